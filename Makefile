@@ -1,0 +1,33 @@
+# The two commands of the quick start, and a few more.
+#   make run    install what is missing, build, train the default GPT-2 on Tiny Shakespeare (CPU)
+#   make test   install what is missing, build, run the whole suite through ctest
+#   make bench  build in release mode and run the benchmarks against the peers (not part of CI)
+BUILD   ?= build
+JOBS    ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: all deps configure build test run bench clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+configure: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DTALLY_WERROR=ON $(CMAKE_FLAGS) > $(BUILD).configure.log 2>&1 || (cat $(BUILD).configure.log; exit 1)
+	@grep -E "^-- tally:" $(BUILD).configure.log || true
+
+build: configure
+	@cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	@cd $(BUILD) && ctest --output-on-failure
+
+run: build
+	@./$(BUILD)/tally train $(ARGS)
+
+bench: build
+	@scripts/bench.sh $(BUILD)
+
+clean:
+	rm -rf $(BUILD) $(BUILD).configure.log

@@ -1,0 +1,93 @@
+// The op set: every differentiable operation on tensors. Each op validates its inputs (throwing tally::Error
+// that names the op and the shapes), allocates its output under the current MemoryScope, dispatches to the
+// backend kernel (core/kernels/), and records its backward (written beside the forward in core/ops/*.cpp).
+// Floating ops run on f32 and f64 (f64 for gradient checks) on the CPU; f32 (and bf16 where noted) on CUDA.
+// Dimension letters in shape comments: B batch, T time, C channels, V vocab, NH heads, HS head size.
+#pragma once
+#include <vector>
+
+#include "core/random.h"
+#include "core/tensor.h"
+
+namespace tally {
+
+// ---- elementwise, broadcasting (numpy rules) ----
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+Tensor neg(const Tensor& a);
+Tensor add_scalar(const Tensor& a, double s);
+Tensor mul_scalar(const Tensor& a, double s);
+Tensor rsub_scalar(const Tensor& a, double s);  // s - a
+Tensor rdiv_scalar(const Tensor& a, double s);  // s / a
+Tensor pow_scalar(const Tensor& a, double exponent);
+Tensor exp(const Tensor& a);
+Tensor log(const Tensor& a);
+Tensor sqrt(const Tensor& a);
+Tensor rsqrt(const Tensor& a);
+Tensor tanh(const Tensor& a);
+Tensor gelu(const Tensor& a);  // tanh approximation, as GPT-2
+
+inline Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
+inline Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
+inline Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }
+inline Tensor operator/(const Tensor& a, const Tensor& b) { return div(a, b); }
+inline Tensor operator-(const Tensor& a) { return neg(a); }
+inline Tensor operator+(const Tensor& a, double s) { return add_scalar(a, s); }
+inline Tensor operator+(double s, const Tensor& a) { return add_scalar(a, s); }
+inline Tensor operator-(const Tensor& a, double s) { return add_scalar(a, -s); }
+inline Tensor operator-(double s, const Tensor& a) { return rsub_scalar(a, s); }
+inline Tensor operator*(const Tensor& a, double s) { return mul_scalar(a, s); }
+inline Tensor operator*(double s, const Tensor& a) { return mul_scalar(a, s); }
+inline Tensor operator/(const Tensor& a, double s) { return mul_scalar(a, 1.0 / s); }
+inline Tensor operator/(double s, const Tensor& a) { return rdiv_scalar(a, s); }
+
+// ---- reductions ----
+enum class KeepDim : bool { no = false, yes = true };
+Tensor sum(const Tensor& a);  // all elements -> shape ()
+Tensor sum(const Tensor& a, const std::vector<int64_t>& dims, KeepDim keep = KeepDim::no);
+Tensor mean(const Tensor& a);
+Tensor mean(const Tensor& a, const std::vector<int64_t>& dims, KeepDim keep = KeepDim::no);
+Tensor max(const Tensor& a, int64_t dim, KeepDim keep = KeepDim::no);  // values; gradient to the first argmax
+
+// ---- matrix products (BLAS / cuBLAS) ----
+// a (..., M, K) @ b (..., K, N) -> (..., M, N). Batch dims broadcast; a 2-D operand is shared by every batch.
+// Transposed views (e.g. b.transpose(-1, -2)) are passed to BLAS as transposed operands, not copied.
+Tensor matmul(const Tensor& a, const Tensor& b);
+// x (..., IN) @ weight (OUT, IN)^T + bias (OUT) -> (..., OUT). bias may be undefined.
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
+
+// ---- shape ----
+Tensor cat(const std::vector<Tensor>& parts, int64_t dim);
+std::vector<Tensor> split(const Tensor& a, int64_t size, int64_t dim);  // views of `size` along dim
+
+// ---- normalisation and probabilities (over the last dim) ----
+Tensor softmax(const Tensor& a);
+Tensor log_softmax(const Tensor& a);
+// x (..., C), weight (C), bias (C) -> (..., C). Saves mean and rstd (..., 1 each) for backward.
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps = 1e-5);
+
+// ---- embeddings and losses ----
+// indices (...) i32 into weight (V, C) -> (..., C). Backward scatter-adds rows (deterministically).
+Tensor embedding(const Tensor& indices, const Tensor& weight);
+// logits (N, V) (row stride may exceed V), targets (N) i32 -> scalar mean of -log softmax(logits)[target].
+// Fused: probabilities are never stored; backward recomputes them from the saved log-sum-exp.
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets);
+
+// ---- attention ----
+// q (B, NH, Tq, HS), k and v (B, NH, Tk, HS), Tq <= Tk; causal: query i sees keys j <= i + (Tk - Tq).
+// Scale 1/sqrt(HS). Fused: saves only the log-sum-exp per query; backward recomputes the probabilities.
+// Inputs may be strided views (last dim contiguous).
+enum class Causal : bool { no = false, yes = true };
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, Causal causal = Causal::yes);
+// GPT-2's attention on the fused projection: qkv (B, T, 3C) -> (B, T, C), NH heads, causal.
+// Reads q, k, v in place (no split copies); backward writes one (B, T, 3C) gradient.
+Tensor causal_self_attention(const Tensor& qkv, int64_t n_head);
+
+// ---- regularisation ----
+// Zeroes each element with probability p and scales the rest by 1/(1-p); the mask comes from `gen` and is
+// recomputed in backward (never stored). p == 0 returns the input.
+Tensor dropout(const Tensor& a, double p, Generator& gen);
+
+}  // namespace tally

@@ -1,0 +1,20 @@
+// Shapes and strides (row-major by default) and the small helpers every op uses on them.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tally {
+
+using Shape = std::vector<int64_t>;
+using Strides = std::vector<int64_t>;
+
+int64_t numel(const Shape& s);
+Strides contiguous_strides(const Shape& s);
+std::string shape_str(const Shape& s);  // "(2, 3, 4)"
+// Wraps a possibly negative dim into [0, ndim); throws naming `op` when out of range.
+int wrap_dim(int64_t dim, int ndim, const char* op);
+// Broadcast of two shapes (numpy rules); throws naming `op` and both shapes when incompatible.
+Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op);
+
+}  // namespace tally

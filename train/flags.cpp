@@ -1,0 +1,125 @@
+// Flag parsing for the tally subcommands (see flags.h).
+#include "train/flags.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <sstream>
+
+namespace tally::cli {
+
+Flags::Flags(std::string command, std::string summary, std::vector<FlagSpec> specs)
+    : command_(std::move(command)), summary_(std::move(summary)), specs_(std::move(specs)) {}
+
+const FlagSpec* Flags::spec(const std::string& name) const {
+  for (const auto& s : specs_)
+    if (s.name == name) return &s;
+  return nullptr;
+}
+
+void Flags::set(const std::string& name, const std::string& value) {
+  const FlagSpec* s = spec(name);
+  if (!s) throw FlagError("unknown flag --" + name + " for 'tally " + command_ + "'");
+  values_[name] = value;
+}
+
+void Flags::parse(const std::vector<std::string>& args) {
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--help" || a == "-h") throw HelpRequested(usage());
+    if (a.rfind("--", 0) != 0 || a.size() == 2) {
+      positional_.push_back(a);
+      continue;
+    }
+    std::string name = a.substr(2), value;
+    bool inline_value = false;
+    if (auto eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+      inline_value = true;
+    }
+    const FlagSpec* s = spec(name);
+    if (!s) throw FlagError("unknown flag --" + name + " for 'tally " + command_ + "'");
+    if (s->kind == FlagKind::switch_) {
+      if (inline_value && value != "1" && value != "true" && value != "0" && value != "false")
+        throw FlagError("--" + name + " is a switch and takes no value (got '" + value + "')");
+      values_[name] = (!inline_value || value == "1" || value == "true") ? "1" : "0";
+      continue;
+    }
+    if (!inline_value) {
+      if (i + 1 >= args.size()) throw FlagError("--" + name + " needs a value");
+      value = args[++i];
+    }
+    values_[name] = value;
+  }
+}
+
+bool Flags::given(const std::string& name) const { return values_.count(name) > 0; }
+
+bool Flags::has(const std::string& name) const {
+  if (given(name)) return true;
+  const FlagSpec* s = spec(name);
+  return s && !s->default_value.empty();
+}
+
+std::optional<std::string> Flags::maybe(const std::string& name) const {
+  if (!spec(name)) throw FlagError("internal: flag --" + name + " was never declared for " + command_);
+  if (auto it = values_.find(name); it != values_.end()) return it->second;
+  const FlagSpec* s = spec(name);
+  if (!s->default_value.empty()) return s->default_value;
+  return std::nullopt;
+}
+
+std::string Flags::str(const std::string& name) const {
+  auto v = maybe(name);
+  if (!v) throw FlagError("--" + name + " is required for 'tally " + command_ + "'");
+  return *v;
+}
+
+int64_t Flags::integer(const std::string& name) const {
+  std::string v = str(name);
+  errno = 0;
+  char* end = nullptr;
+  long long x = std::strtoll(v.c_str(), &end, 10);
+  if (v.empty() || *end != '\0' || errno == ERANGE)
+    throw FlagError("--" + name + " expects an integer, got '" + v + "'");
+  return x;
+}
+
+double Flags::number(const std::string& name) const {
+  std::string v = str(name);
+  errno = 0;
+  char* end = nullptr;
+  double x = std::strtod(v.c_str(), &end);
+  if (v.empty() || *end != '\0' || errno == ERANGE || !std::isfinite(x))
+    throw FlagError("--" + name + " expects a finite number, got '" + v + "'");
+  return x;
+}
+
+bool Flags::on(const std::string& name) const {
+  auto v = maybe(name);
+  return v && (*v == "1" || *v == "true");
+}
+
+std::map<std::string, std::string> Flags::resolved() const {
+  std::map<std::string, std::string> out;
+  for (const auto& s : specs_)
+    if (auto v = maybe(s.name)) out[s.name] = *v;
+  return out;
+}
+
+std::string Flags::usage() const {
+  std::ostringstream os;
+  os << "usage: tally " << command_ << " [flags]\n  " << summary_ << "\n\nflags:\n";
+  for (const auto& s : specs_) {
+    std::string left = "  --" + s.name + (s.kind == FlagKind::value ? " VALUE" : "");
+    os << left;
+    for (size_t i = left.size(); i < 30; ++i) os << ' ';
+    os << ' ' << s.help;
+    if (!s.default_value.empty() && s.kind == FlagKind::value) os << " (default " << s.default_value << ")";
+    os << "\n";
+  }
+  return os.str();
+}
+
+}  // namespace tally::cli

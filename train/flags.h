@@ -1,0 +1,65 @@
+// Command-line flags for the `tally` subcommands: `--name value`, `--name=value`, and switches (`--no-shuffle`).
+// Each subcommand declares its flags (name, help, default); anything undeclared, a missing value or a value
+// of the wrong form is a FlagError (the executable prints it with the subcommand's usage and exits 2).
+#pragma once
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace tally::cli {
+
+class FlagError : public std::runtime_error {
+ public:
+  explicit FlagError(const std::string& what) : std::runtime_error(what) {}
+};
+
+// Thrown by parse() on --help; main prints the usage it carries and exits 0.
+class HelpRequested : public std::runtime_error {
+ public:
+  explicit HelpRequested(const std::string& usage) : std::runtime_error(usage) {}
+};
+
+enum class FlagKind { value, switch_ };
+
+struct FlagSpec {
+  std::string name;  // without dashes
+  std::string help;
+  std::string default_value;  // "" = no default; for switches "" means off
+  FlagKind kind = FlagKind::value;
+};
+
+class Flags {
+ public:
+  Flags(std::string command, std::string summary, std::vector<FlagSpec> specs);
+
+  // Parses args (the words after the subcommand). Positional words are kept in positional().
+  void parse(const std::vector<std::string>& args);
+  // Sets a value as if given on the command line (used by --config files); flags given later override.
+  void set(const std::string& name, const std::string& value);
+
+  bool has(const std::string& name) const;  // given, or has a default
+  bool given(const std::string& name) const;  // given explicitly (command line or config)
+  std::string str(const std::string& name) const;  // FlagError when absent
+  int64_t integer(const std::string& name) const;   // FlagError when absent or not an integer
+  double number(const std::string& name) const;     // FlagError when absent or not a number
+  bool on(const std::string& name) const;           // switches
+  std::optional<std::string> maybe(const std::string& name) const;
+  const std::vector<std::string>& positional() const { return positional_; }
+
+  std::string usage() const;
+  const std::string& command() const { return command_; }
+  // Resolved values of every declared flag that has one (for printing and saving a run's configuration).
+  std::map<std::string, std::string> resolved() const;
+
+ private:
+  const FlagSpec* spec(const std::string& name) const;
+  std::string command_, summary_;
+  std::vector<FlagSpec> specs_;
+  std::map<std::string, std::string> values_;
+  std::vector<std::string> positional_;
+};
+
+}  // namespace tally::cli

@@ -1,0 +1,66 @@
+// `tally`: the command-line entry point. Dispatches to a subcommand (train/commands.h) and turns errors into
+// messages and exit codes: tally::Error -> 1, flag errors -> 2 with the subcommand's usage.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <map>
+#include <string>
+
+#include "core/error.h"
+#include "train/commands.h"
+#include "train/flags.h"
+
+namespace {
+
+struct Command {
+  std::function<int(const tally::cli::Args&)> run;
+  const char* help;
+};
+
+const std::map<std::string, Command>& commands() {
+  static const std::map<std::string, Command> table = {
+      {"demo", {tally::cli::cmd_demo, "a short autograd demo: fit a tiny MLP on the CPU"}},
+      {"prepare", {tally::cli::cmd_prepare, "tokenize a UTF-8 text file into llm.c token shards"}},
+  };
+  return table;
+}
+
+void print_help() {
+  std::printf("usage: tally <command> [flags]   (tally <command> --help for its flags)\n\ncommands:\n");
+  for (const auto& [name, c] : commands()) std::printf("  %-10s %s\n", name.c_str(), c.help);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
+    print_help();
+    return argc < 2 ? 2 : 0;
+  }
+  auto it = commands().find(argv[1]);
+  if (it == commands().end()) {
+    std::fprintf(stderr, "tally: unknown command '%s'\n\n", argv[1]);
+    print_help();
+    return 2;
+  }
+  tally::cli::Args args(argv + 2, argv + argc);
+  try {
+    return it->second.run(args);
+  } catch (const tally::cli::HelpRequested& h) {
+    std::fputs(h.what(), stdout);
+    return 0;
+  } catch (const tally::cli::FlagError& e) {
+    std::fprintf(stderr, "tally %s: %s\n(see 'tally %s --help')\n", argv[1], e.what(), argv[1]);
+    return 2;
+  } catch (const tally::Error& e) {
+    std::fprintf(stderr, "tally %s: error: %s\n", argv[1], e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "tally %s: error: out of memory\n", argv[1]);
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "tally %s: error: %s\n", argv[1], e.what());
+    return 1;
+  }
+}
