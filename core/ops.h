@@ -43,6 +43,9 @@ inline Tensor operator*(double s, const Tensor& a) { return mul_scalar(a, s); }
 inline Tensor operator/(const Tensor& a, double s) { return mul_scalar(a, 1.0 / s); }
 inline Tensor operator/(double s, const Tensor& a) { return rdiv_scalar(a, s); }
 
+// dst += alpha * src, in place and outside autograd (same shape, dtype and device; dst contiguous).
+void add_(Tensor& dst, const Tensor& src, double alpha = 1.0);
+
 // ---- reductions ----
 enum class KeepDim : bool { no = false, yes = true };
 Tensor sum(const Tensor& a);  // all elements -> shape ()

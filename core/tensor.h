@@ -107,7 +107,7 @@ class Tensor {
 
   // ---- autograd ----
   bool requires_grad() const { return impl_->requires_grad; }
-  Tensor& set_requires_grad(bool requires);  // only on leaves
+  Tensor& set_requires_grad(bool on);  // only on leaves
   bool is_leaf() const { return impl_->grad_fn == nullptr; }
   const std::shared_ptr<Node>& grad_fn() const { return impl_->grad_fn; }
   Tensor grad() const { return Tensor(impl_->grad); }

@@ -1,6 +1,8 @@
 // Flag parsing for the tally subcommands (see flags.h).
 #include "train/flags.h"
 
+#include "core/error.h"
+
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -19,7 +21,7 @@ const FlagSpec* Flags::spec(const std::string& name) const {
 
 void Flags::set(const std::string& name, const std::string& value) {
   const FlagSpec* s = spec(name);
-  if (!s) throw FlagError("unknown flag --" + name + " for 'tally " + command_ + "'");
+  if (!s) throw FlagError(tally::cat("unknown flag --", name, " for 'tally ", command_, "'"));
   values_[name] = value;
 }
 
@@ -39,15 +41,15 @@ void Flags::parse(const std::vector<std::string>& args) {
       inline_value = true;
     }
     const FlagSpec* s = spec(name);
-    if (!s) throw FlagError("unknown flag --" + name + " for 'tally " + command_ + "'");
+    if (!s) throw FlagError(tally::cat("unknown flag --", name, " for 'tally ", command_, "'"));
     if (s->kind == FlagKind::switch_) {
       if (inline_value && value != "1" && value != "true" && value != "0" && value != "false")
-        throw FlagError("--" + name + " is a switch and takes no value (got '" + value + "')");
-      values_[name] = (!inline_value || value == "1" || value == "true") ? "1" : "0";
+        throw FlagError(tally::cat("--", name, " is a switch and takes no value (got '", value, "')"));
+      values_[name] = std::string((!inline_value || value == "1" || value == "true") ? "1" : "0");
       continue;
     }
     if (!inline_value) {
-      if (i + 1 >= args.size()) throw FlagError("--" + name + " needs a value");
+      if (i + 1 >= args.size()) throw FlagError(tally::cat("--", name, " needs a value"));
       value = args[++i];
     }
     values_[name] = value;
@@ -63,7 +65,7 @@ bool Flags::has(const std::string& name) const {
 }
 
 std::optional<std::string> Flags::maybe(const std::string& name) const {
-  if (!spec(name)) throw FlagError("internal: flag --" + name + " was never declared for " + command_);
+  if (!spec(name)) throw FlagError(tally::cat("internal: flag --", name, " was never declared for ", command_));
   if (auto it = values_.find(name); it != values_.end()) return it->second;
   const FlagSpec* s = spec(name);
   if (!s->default_value.empty()) return s->default_value;
@@ -72,7 +74,7 @@ std::optional<std::string> Flags::maybe(const std::string& name) const {
 
 std::string Flags::str(const std::string& name) const {
   auto v = maybe(name);
-  if (!v) throw FlagError("--" + name + " is required for 'tally " + command_ + "'");
+  if (!v) throw FlagError(tally::cat("--", name, " is required for 'tally ", command_, "'"));
   return *v;
 }
 
@@ -82,7 +84,7 @@ int64_t Flags::integer(const std::string& name) const {
   char* end = nullptr;
   long long x = std::strtoll(v.c_str(), &end, 10);
   if (v.empty() || *end != '\0' || errno == ERANGE)
-    throw FlagError("--" + name + " expects an integer, got '" + v + "'");
+    throw FlagError(tally::cat("--", name, " expects an integer, got '", v, "'"));
   return x;
 }
 
@@ -92,7 +94,7 @@ double Flags::number(const std::string& name) const {
   char* end = nullptr;
   double x = std::strtod(v.c_str(), &end);
   if (v.empty() || *end != '\0' || errno == ERANGE || !std::isfinite(x))
-    throw FlagError("--" + name + " expects a finite number, got '" + v + "'");
+    throw FlagError(tally::cat("--", name, " expects a finite number, got '", v, "'"));
   return x;
 }
 

@@ -40,11 +40,12 @@ class NoGradGuard {
 };
 
 // True when any of the tensors requires grad and recording is on.
-bool any_requires_grad(std::initializer_list<const Tensor*> inputs);
+bool any_requires_grad(const std::vector<const Tensor*>& inputs);
 
 // Links `out` to `inputs` through a new node running `backward` (when grad mode is on and any input
 // requires grad). Returns `out` for chaining.
 Tensor& record(const char* op, Tensor& out, std::initializer_list<const Tensor*> inputs, BackwardFn backward);
+Tensor& record(const char* op, Tensor& out, const std::vector<const Tensor*>& inputs, BackwardFn backward);
 
 // Sums `grad` over broadcast dimensions so that it has `shape` (the reverse of broadcasting).
 Tensor sum_to(const Tensor& grad, const Shape& shape);

@@ -1,0 +1,48 @@
+// CPU kernels: fused cross-entropy (log-sum-exp per row; probabilities never stored) and its backward.
+#include <algorithm>
+#include <cmath>
+
+#include "core/kernels/kernels.h"
+
+namespace tally::kernels::cpu {
+
+template <class T>
+void cross_entropy_forward(const T* logits, int64_t ld, const int32_t* targets, T* losses, T* lse, int64_t N, int64_t V) {
+#pragma omp parallel for if (N * V > (1 << 15))
+  for (int64_t r = 0; r < N; ++r) {
+    const T* x = logits + r * ld;
+    T mx = -INFINITY;
+    for (int64_t c = 0; c < V; ++c) mx = std::max(mx, x[c]);
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t c = 0; c < V; ++c) sum += std::exp(x[c] - mx);
+    T l = mx + std::log(sum);
+    lse[r] = l;
+    losses[r] = l - x[targets[r]];
+  }
+}
+
+template <class T>
+void cross_entropy_backward(const T* logits, int64_t ld, const int32_t* targets, const T* lse, double scale, T* dlogits,
+                            int64_t ld_grad, int64_t N, int64_t V) {
+  T s = T(scale);
+#pragma omp parallel for if (N * V > (1 << 15))
+  for (int64_t r = 0; r < N; ++r) {
+    const T* x = logits + r * ld;
+    T* d = dlogits + r * ld_grad;
+    T l = lse[r];
+#pragma omp simd
+    for (int64_t c = 0; c < V; ++c) d[c] = s * std::exp(x[c] - l);
+    d[targets[r]] -= s;
+  }
+}
+
+#define TALLY_INSTANTIATE(T)                                                                                     \
+  template void cross_entropy_forward<T>(const T*, int64_t, const int32_t*, T*, T*, int64_t, int64_t);           \
+  template void cross_entropy_backward<T>(const T*, int64_t, const int32_t*, const T*, double, T*, int64_t, int64_t, \
+                                          int64_t);
+TALLY_INSTANTIATE(float)
+TALLY_INSTANTIATE(double)
+#undef TALLY_INSTANTIATE
+
+}  // namespace tally::kernels::cpu

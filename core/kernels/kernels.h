@@ -1,0 +1,69 @@
+// The kernel contract: raw pointers and sizes only (no Tensor, no autograd). Every kernel is declared once in
+// kernels.inc and exists twice with identical signatures: kernels::cpu (core/kernels/cpu/*.cpp) and
+// kernels::cuda (core/kernels/cuda/*.cu, when built). Templates are instantiated for float and double on both.
+// Ops (core/ops/) validate, allocate and dispatch; kernels trust their arguments.
+#pragma once
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace tally::kernels {
+
+inline constexpr int kMaxDims = 8;
+
+// Shape and strides (in elements) of an N-d traversal, outermost first.
+struct StridedLayout {
+  int ndim = 0;
+  int64_t shape[kMaxDims] = {};
+  int64_t dst_stride[kMaxDims] = {};
+  int64_t src_stride[kMaxDims] = {};
+};
+
+// Output contiguous of `shape`; a and b read with their (possibly zero, for broadcast) strides.
+struct BroadcastLayout {
+  int ndim = 0;
+  int64_t shape[kMaxDims] = {};
+  int64_t a_stride[kMaxDims] = {};
+  int64_t b_stride[kMaxDims] = {};
+};
+
+enum class BinaryOp : uint8_t { add, sub, mul, div };
+enum class UnaryOp : uint8_t { neg, exp, log, sqrt, rsqrt, tanh, gelu, add_scalar, mul_scalar, rsub_scalar, rdiv_scalar, pow_scalar };
+enum class Trans : uint8_t { no, yes };
+enum class SoftmaxKind : uint8_t { softmax, log_softmax };
+
+// Row-major batched C = alpha * op(A) @ op(B) + beta * C. op(A) is (M, K), op(B) is (K, N), C is (M, N).
+// lda/ldb/ldc are the row strides of A, B, C as stored; batch strides of 0 share one matrix across the batch.
+template <class T>
+struct GemmArgs {
+  Trans trans_a = Trans::no, trans_b = Trans::no;
+  int64_t M = 0, N = 0, K = 0;
+  const T* A = nullptr;
+  int64_t lda = 0, batch_stride_a = 0;
+  const T* B = nullptr;
+  int64_t ldb = 0, batch_stride_b = 0;
+  T* C = nullptr;
+  int64_t ldc = 0, batch_stride_c = 0;
+  int64_t batch = 1;
+  double alpha = 1.0, beta = 0.0;
+};
+
+// Attention over (B, NH, T, HS) operands addressed through strides (last dim contiguous).
+struct AttentionLayout {
+  int64_t B = 0, NH = 0, Tq = 0, Tk = 0, HS = 0;
+  int64_t q_strides[3] = {}, k_strides[3] = {}, v_strides[3] = {}, out_strides[3] = {};  // b, h, t
+  bool causal = true;  // query i sees keys j <= i + (Tk - Tq)
+  double scale = 1.0;
+};
+
+namespace cpu {
+#include "core/kernels/kernels.inc"
+}  // namespace cpu
+
+#ifdef TALLY_HAS_CUDA
+namespace cuda {
+#include "core/kernels/kernels.inc"
+}  // namespace cuda
+#endif
+
+}  // namespace tally::kernels

@@ -1,0 +1,208 @@
+// Matrix products: matmul (2-D and batched, broadcasting batch dims, transposed views passed to BLAS as
+// transposed operands) and linear (x W^T + b, the layer every transformer is made of).
+#include "core/ops/common.h"
+
+namespace tally {
+
+using detail::check_floating;
+using detail::check_pair;
+using kernels::Trans;
+
+namespace {
+
+// How BLAS reads one operand: its matrix layout (possibly transposed) and the step between batch entries.
+struct Operand {
+  Tensor t;  // possibly a contiguous copy of the input
+  Trans trans = Trans::no;
+  int64_t ld = 0;
+  int64_t batch_stride = 0;
+};
+
+// True when the batch dims [0, nb) of t can be walked with one stride (they are "flattenable").
+bool uniform_batch(const Tensor& t, int nb, int64_t* stride) {
+  if (nb == 0) {
+    *stride = 0;
+    return true;
+  }
+  for (int i = 0; i < nb - 1; ++i)
+    if (t.shape()[i] != 1 && t.strides()[i] != t.strides()[i + 1] * t.shape()[i + 1]) return false;
+  *stride = t.strides()[nb - 1];
+  return true;
+}
+
+Operand operand(const Tensor& in, const Shape& batch, const char* op) {
+  int nb = in.dim() - 2;
+  Tensor t = in;
+  bool own_batch = nb > 0;
+  if (own_batch) {
+    Shape want = batch;
+    want.push_back(in.shape()[in.dim() - 2]);
+    want.push_back(in.shape()[in.dim() - 1]);
+    if (in.shape() != want) t = in.expand(want).contiguous();  // broadcast batch dims materialised
+  }
+  Operand o;
+  int64_t rows = t.shape()[t.dim() - 2], cols = t.shape()[t.dim() - 1];
+  int64_t rs = t.strides()[t.dim() - 2], cs = t.strides()[t.dim() - 1];
+  int64_t bstride = 0;
+  bool batch_ok = !own_batch || uniform_batch(t, int(batch.size()), &bstride);
+  if (batch_ok && (cs == 1 || cols == 1) && rs >= std::max<int64_t>(cols, 1)) {
+    o.trans = Trans::no;
+    o.ld = rs;
+  } else if (batch_ok && (rs == 1 || rows == 1) && cs >= std::max<int64_t>(rows, 1)) {
+    o.trans = Trans::yes;
+    o.ld = cs;
+  } else {
+    t = t.contiguous();
+    o.trans = Trans::no;
+    o.ld = std::max<int64_t>(cols, 1);
+    uniform_batch(t, own_batch ? int(batch.size()) : 0, &bstride);
+  }
+  o.t = t;
+  o.batch_stride = own_batch ? bstride : 0;
+  (void)op;
+  return o;
+}
+
+Tensor matmul_forward(const Tensor& a, const Tensor& b) {
+  check_pair("matmul", a, b);
+  check_floating("matmul", a);
+  TALLY_CHECK(a.dim() >= 2 && b.dim() >= 2, "[matmul] needs operands of 2+ dims, got ", shape_str(a.shape()), " @ ",
+              shape_str(b.shape()));
+  int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
+  TALLY_CHECK(b.size(-2) == K, "[matmul] inner dimensions differ: ", shape_str(a.shape()), " @ ", shape_str(b.shape()));
+  Shape ba(a.shape().begin(), a.shape().end() - 2), bb(b.shape().begin(), b.shape().end() - 2);
+  Shape batch = broadcast_shapes(ba, bb, "matmul");
+  Shape out_shape = batch;
+  out_shape.push_back(M);
+  out_shape.push_back(N);
+  Tensor out = empty(out_shape, a.options());
+  NoGradGuard no_grad;  // operand copies are internal
+  Operand A = operand(a, batch, "matmul"), B = operand(b, batch, "matmul");
+  dispatch_float(a.dtype(), "matmul", [&]<class T>() {
+    kernels::GemmArgs<T> g;
+    g.trans_a = A.trans;
+    g.trans_b = B.trans;
+    g.M = M;
+    g.N = N;
+    g.K = K;
+    g.A = A.t.data<T>();
+    g.lda = A.ld;
+    g.batch_stride_a = A.batch_stride;
+    g.B = B.t.data<T>();
+    g.ldb = B.ld;
+    g.batch_stride_b = B.batch_stride;
+    g.C = out.data<T>();
+    g.ldc = N;
+    g.batch_stride_c = M * N;
+    g.batch = numel(batch);
+    TALLY_KERNEL(out.device(), gemm<T>, g);
+  });
+  return out;
+}
+
+}  // namespace
+
+Tensor matmul(const Tensor& a, const Tensor& b) {
+  Tensor out = matmul_forward(a, b);
+  bool ga = a.requires_grad(), gb = b.requires_grad();
+  Tensor sa = gb ? a.detach() : Tensor(), sb = ga ? b.detach() : Tensor();
+  return record("matmul", out, {&a, &b}, [sa, sb, ga, gb, shape_a = a.shape(), shape_b = b.shape()](const Tensor& g) -> std::vector<Tensor> {
+    Tensor da, db;
+    int64_t K = shape_a.back(), N = shape_b.back();
+    if (ga) da = sum_to(matmul(g, sb.transpose(-1, -2)), shape_a);  // dA = dC B^T
+    if (gb) {
+      // dB = A^T dC; a 2-D B shared by a batch gets the batch summed inside one product.
+      if (shape_b.size() == 2 && g.dim() > 2)
+        db = matmul(sa.reshape({-1, K}).transpose(0, 1), g.reshape({-1, N}));
+      else
+        db = sum_to(matmul(sa.transpose(-1, -2), g), shape_b);
+    }
+    return {da, db};
+  });
+}
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  check_pair("linear", x, weight);
+  check_floating("linear", x);
+  TALLY_CHECK(weight.dim() == 2, "[linear] weight must be (OUT, IN), got ", shape_str(weight.shape()));
+  int64_t out_features = weight.size(0), in_features = weight.size(1);
+  TALLY_CHECK(x.dim() >= 1 && x.size(-1) == in_features, "[linear] input ", shape_str(x.shape()), " does not end in IN=",
+              in_features, " of weight ", shape_str(weight.shape()));
+  if (bias.defined()) {
+    check_pair("linear", x, bias);
+    TALLY_CHECK(bias.dim() == 1 && bias.size(0) == out_features, "[linear] bias ", shape_str(bias.shape()),
+                " does not match OUT=", out_features, " of weight ", shape_str(weight.shape()));
+  }
+  Tensor x2, w;
+  {
+    NoGradGuard no_grad;
+    x2 = x.contiguous().detach().view({-1, in_features});  // (N, IN)
+    w = weight.contiguous().detach();                       // (OUT, IN)
+  }
+  int64_t N = x2.size(0);
+  Shape out_shape = x.shape();
+  out_shape.back() = out_features;
+  Tensor out = empty(out_shape, x.options());
+  Tensor b = bias.defined() ? bias.contiguous().detach() : Tensor();
+  dispatch_float(x.dtype(), "linear", [&]<class T>() {
+    kernels::GemmArgs<T> g;  // out (N, OUT) = x2 (N, IN) @ w^T
+    g.trans_b = Trans::yes;
+    g.M = N;
+    g.N = out_features;
+    g.K = in_features;
+    g.A = x2.data<T>();
+    g.lda = in_features;
+    g.B = w.data<T>();
+    g.ldb = in_features;
+    g.C = out.data<T>();
+    g.ldc = out_features;
+    TALLY_KERNEL(out.device(), gemm<T>, g);
+    if (b.defined()) TALLY_KERNEL(out.device(), add_bias<T>, out.data<T>(), b.data<T>(), N, out_features);
+  });
+  bool need_dx = x.requires_grad(), need_dw = weight.requires_grad(), need_db = bias.defined() && bias.requires_grad();
+  Tensor saved_x = need_dw ? x2 : Tensor(), saved_w = need_dx ? w : Tensor();
+  return record("linear", out, {&x, &weight, &bias},
+                [saved_x, saved_w, need_dx, need_dw, need_db, x_shape = x.shape(), N, in_features,
+                 out_features](const Tensor& g_in) -> std::vector<Tensor> {
+                  Tensor dy = g_in.contiguous();  // (N, OUT) in memory
+                  Tensor dx, dw, db;
+                  dispatch_float(dy.dtype(), "linear_backward", [&]<class T>() {
+                    if (need_dx) {  // dx (N, IN) = dy (N, OUT) @ w (OUT, IN)
+                      dx = empty(x_shape, dy.options());
+                      kernels::GemmArgs<T> g;
+                      g.M = N;
+                      g.N = in_features;
+                      g.K = out_features;
+                      g.A = dy.data<T>();
+                      g.lda = out_features;
+                      g.B = saved_w.data<T>();
+                      g.ldb = in_features;
+                      g.C = dx.data<T>();
+                      g.ldc = in_features;
+                      TALLY_KERNEL(dx.device(), gemm<T>, g);
+                    }
+                    if (need_dw) {  // dw (OUT, IN) = dy^T (OUT, N) @ x (N, IN)
+                      dw = empty({out_features, in_features}, dy.options());
+                      kernels::GemmArgs<T> g;
+                      g.trans_a = Trans::yes;
+                      g.M = out_features;
+                      g.N = in_features;
+                      g.K = N;
+                      g.A = dy.data<T>();
+                      g.lda = out_features;
+                      g.B = saved_x.data<T>();
+                      g.ldb = in_features;
+                      g.C = dw.data<T>();
+                      g.ldc = in_features;
+                      TALLY_KERNEL(dw.device(), gemm<T>, g);
+                    }
+                    if (need_db) {
+                      db = empty({out_features}, dy.options());
+                      TALLY_KERNEL(db.device(), bias_backward<T>, dy.data<T>(), db.data<T>(), N, out_features);
+                    }
+                  });
+                  return {dx, dw, db};
+                });
+}
+
+}  // namespace tally

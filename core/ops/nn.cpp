@@ -1,0 +1,179 @@
+// Neural-network ops: softmax / log_softmax, fused LayerNorm, embedding, fused cross-entropy, dropout.
+// Each op's backward is written right under its forward and keeps only what the gradient needs.
+#include <cmath>
+
+#include "core/ops/common.h"
+
+namespace tally {
+
+using detail::check_floating;
+using detail::check_pair;
+using detail::saved;
+using kernels::SoftmaxKind;
+
+namespace {
+
+Tensor softmax_common(const Tensor& a_in, SoftmaxKind kind, const char* op) {
+  check_floating(op, a_in);
+  TALLY_CHECK(a_in.dim() >= 1, "[", op, "] needs at least one dim, got a scalar");
+  Tensor a = a_in.contiguous();
+  int64_t C = a.size(-1), N = C ? a.numel() / C : 0;
+  Tensor out = empty(a.shape(), a.options());
+  dispatch_float(a.dtype(), op, [&]<class T>() {
+    TALLY_KERNEL(out.device(), softmax_forward<T>, kind, a.data<T>(), out.data<T>(), N, C);
+  });
+  Tensor so = saved(out);
+  return record(op, out, {&a}, [so, kind, N, C](const Tensor& g_in) -> std::vector<Tensor> {
+    Tensor g = g_in.contiguous();
+    Tensor dx = empty(so.shape(), so.options());
+    dispatch_float(so.dtype(), "softmax_backward", [&]<class T>() {
+      TALLY_KERNEL(dx.device(), softmax_backward<T>, kind, so.data<T>(), g.data<T>(), dx.data<T>(), N, C);
+    });
+    return {dx};
+  });
+}
+
+}  // namespace
+
+Tensor softmax(const Tensor& a) { return softmax_common(a, SoftmaxKind::softmax, "softmax"); }
+Tensor log_softmax(const Tensor& a) { return softmax_common(a, SoftmaxKind::log_softmax, "log_softmax"); }
+
+// ---- LayerNorm ----
+
+Tensor layer_norm(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in, double eps) {
+  check_floating("layer_norm", x_in);
+  check_pair("layer_norm", x_in, weight_in);
+  check_pair("layer_norm", x_in, bias_in);
+  int64_t C = x_in.dim() ? x_in.size(-1) : 0;
+  TALLY_CHECK(x_in.dim() >= 1 && C > 0, "[layer_norm] input must end in a non-empty channel dim, got ",
+              shape_str(x_in.shape()));
+  TALLY_CHECK(weight_in.shape() == Shape{C} && bias_in.shape() == Shape{C}, "[layer_norm] weight ",
+              shape_str(weight_in.shape()), " and bias ", shape_str(bias_in.shape()), " must be (", C, ") for input ",
+              shape_str(x_in.shape()));
+  Tensor x = x_in.contiguous(), w = weight_in.contiguous(), b = bias_in.contiguous();
+  int64_t N = x.numel() / C;
+  Tensor out = empty(x.shape(), x.options());
+  Tensor mean = empty({N}, x.options()), rstd = empty({N}, x.options());
+  dispatch_float(x.dtype(), "layer_norm", [&]<class T>() {
+    TALLY_KERNEL(out.device(), layernorm_forward<T>, x.data<T>(), w.data<T>(), b.data<T>(), out.data<T>(), mean.data<T>(),
+                 rstd.data<T>(), N, C, eps);
+  });
+  bool need_dx = x.requires_grad(), need_dw = w.requires_grad(), need_db = b.requires_grad();
+  Tensor sx = x.detach(), sw = w.detach();
+  return record("layer_norm", out, {&x, &w, &b},
+                [sx, sw, mean, rstd, N, C, need_dx, need_dw, need_db](const Tensor& g_in) -> std::vector<Tensor> {
+                  Tensor g = g_in.contiguous();
+                  Tensor dx = need_dx ? empty(sx.shape(), sx.options()) : Tensor();
+                  Tensor dw = need_dw ? empty({C}, sx.options()) : Tensor();
+                  Tensor db = need_db ? empty({C}, sx.options()) : Tensor();
+                  dispatch_float(sx.dtype(), "layer_norm_backward", [&]<class T>() {
+                    TALLY_KERNEL(g.device(), layernorm_backward<T>, g.data<T>(), sx.data<T>(), sw.data<T>(), mean.data<T>(),
+                                 rstd.data<T>(), need_dx ? dx.data<T>() : nullptr, need_dw ? dw.data<T>() : nullptr,
+                                 need_db ? db.data<T>() : nullptr, N, C);
+                  });
+                  return {dx, dw, db};
+                });
+}
+
+// ---- embedding ----
+
+namespace {
+// Ids must be in [0, limit): checked on the host before any kernel reads them.
+void check_ids(const char* op, const Tensor& ids, int64_t limit) {
+  if (ids.device().is_meta()) return;
+  std::vector<int32_t> host = ids.to_vector<int32_t>();
+  for (size_t i = 0; i < host.size(); ++i)
+    TALLY_CHECK(host[i] >= 0 && host[i] < limit, "[", op, "] id ", host[i], " at position ", i, " of ",
+                shape_str(ids.shape()), " is outside [0, ", limit, ")");
+}
+}  // namespace
+
+Tensor embedding(const Tensor& indices_in, const Tensor& weight_in) {
+  TALLY_CHECK(indices_in.defined() && indices_in.dtype() == DType::i32, "[embedding] indices must be i32, got ",
+              indices_in.str());
+  check_floating("embedding", weight_in);
+  TALLY_CHECK(weight_in.dim() == 2, "[embedding] weight must be (V, C), got ", shape_str(weight_in.shape()));
+  TALLY_CHECK(indices_in.device() == weight_in.device(), "[embedding] device mismatch: indices ", indices_in.str(),
+              ", weight ", weight_in.str());
+  Tensor ids = indices_in.contiguous(), w = weight_in.contiguous();
+  int64_t V = w.size(0), C = w.size(1), N = ids.numel();
+  check_ids("embedding", ids, V);
+  Shape out_shape = ids.shape();
+  out_shape.push_back(C);
+  Tensor out = empty(out_shape, w.options());
+  dispatch_float(w.dtype(), "embedding", [&]<class T>() {
+    TALLY_KERNEL(out.device(), embedding_forward<T>, ids.data<int32_t>(), w.data<T>(), out.data<T>(), N, C);
+  });
+  return record("embedding", out, {&w}, [ids, N, V, C](const Tensor& g_in) -> std::vector<Tensor> {
+    Tensor g = g_in.contiguous();
+    Tensor dw = empty({V, C}, g.options());
+    dispatch_float(g.dtype(), "embedding_backward", [&]<class T>() {
+      TALLY_KERNEL(dw.device(), embedding_backward<T>, ids.data<int32_t>(), g.data<T>(), dw.data<T>(), N, V, C);
+    });
+    return {dw};
+  });
+}
+
+// ---- cross-entropy ----
+
+Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets_in) {
+  check_floating("cross_entropy", logits_in);
+  TALLY_CHECK(logits_in.dim() == 2, "[cross_entropy] logits must be (N, V), got ", shape_str(logits_in.shape()));
+  TALLY_CHECK(targets_in.defined() && targets_in.dtype() == DType::i32 && targets_in.dim() == 1 &&
+                  targets_in.size(0) == logits_in.size(0),
+              "[cross_entropy] targets must be i32 (N) for logits ", shape_str(logits_in.shape()), ", got ",
+              targets_in.str());
+  TALLY_CHECK(logits_in.device() == targets_in.device(), "[cross_entropy] device mismatch: logits ", logits_in.str(),
+              ", targets ", targets_in.str());
+  int64_t N = logits_in.size(0), V = logits_in.size(1);
+  TALLY_CHECK(N > 0 && V > 0, "[cross_entropy] empty logits ", shape_str(logits_in.shape()));
+  // Rows may be strided (e.g. the first V columns of padded-vocabulary logits); columns must be contiguous.
+  Tensor logits = (logits_in.stride(1) == 1 && logits_in.stride(0) >= V) ? logits_in : logits_in.contiguous();
+  Tensor targets = targets_in.contiguous();
+  check_ids("cross_entropy", targets, V);
+  int64_t ld = logits.stride(0);
+  Tensor losses = empty({N}, logits.options()), lse = empty({N}, logits.options());
+  dispatch_float(logits.dtype(), "cross_entropy", [&]<class T>() {
+    TALLY_KERNEL(losses.device(), cross_entropy_forward<T>, logits.data<T>(), ld, targets.data<int32_t>(), losses.data<T>(),
+                 lse.data<T>(), N, V);
+  });
+  Tensor out;
+  {
+    NoGradGuard no_grad;
+    out = mean(losses);
+  }
+  Tensor sl = logits.detach();
+  return record("cross_entropy", out, {&logits}, [sl, targets, lse, ld, N, V](const Tensor& g) -> std::vector<Tensor> {
+    Tensor dlogits = empty({N, V}, sl.options());
+    double scale = g.device().is_meta() ? 0.0 : g.item() / double(N);
+    dispatch_float(sl.dtype(), "cross_entropy_backward", [&]<class T>() {
+      TALLY_KERNEL(dlogits.device(), cross_entropy_backward<T>, sl.data<T>(), ld, targets.data<int32_t>(), lse.data<T>(),
+                   scale, dlogits.data<T>(), V, N, V);
+    });
+    return {dlogits};
+  });
+}
+
+// ---- dropout ----
+
+Tensor dropout(const Tensor& a_in, double p, Generator& gen) {
+  check_floating("dropout", a_in);
+  TALLY_CHECK(p >= 0.0 && p < 1.0, "[dropout] p must be in [0, 1), got ", p);
+  if (p == 0.0) return a_in;
+  Tensor a = a_in.contiguous();
+  uint64_t seed = gen.seed(), offset = gen.advance(uint64_t(a.numel()));
+  Tensor out = empty(a.shape(), a.options());
+  dispatch_float(a.dtype(), "dropout", [&]<class T>() {
+    TALLY_KERNEL(out.device(), dropout<T>, a.data<T>(), out.data<T>(), a.numel(), p, seed, offset);
+  });
+  return record("dropout", out, {&a}, [p, seed, offset](const Tensor& g_in) -> std::vector<Tensor> {
+    Tensor g = g_in.contiguous();
+    Tensor dx = empty(g.shape(), g.options());
+    dispatch_float(g.dtype(), "dropout_backward", [&]<class T>() {  // the same mask, regenerated from the counters
+      TALLY_KERNEL(dx.device(), dropout<T>, g.data<T>(), dx.data<T>(), g.numel(), p, seed, offset);
+    });
+    return {dx};
+  });
+}
+
+}  // namespace tally
