@@ -34,6 +34,18 @@ std::shared_ptr<Node> edge_of(const Tensor& t) {
 void accumulate_into(Tensor& existing, const Tensor& g) { add_(existing, g); }
 }  // namespace
 
+Node::~Node() {
+  std::vector<std::shared_ptr<Node>> stack = std::move(next);
+  while (!stack.empty()) {
+    std::shared_ptr<Node> n = std::move(stack.back());
+    stack.pop_back();
+    if (n && n.use_count() == 1) {  // we hold the last reference: adopt its edges before it dies
+      for (auto& child : n->next) stack.push_back(std::move(child));
+      n->next.clear();
+    }
+  }
+}
+
 bool grad_enabled() { return g_grad_enabled; }
 NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { g_grad_enabled = previous_; }
@@ -138,7 +150,7 @@ void run_backward(const Tensor& root, const Tensor& grad_in, BackwardOptions opt
       Tensor leaf(leaf_impl);
       TALLY_CHECK(g.shape() == leaf.shape(), "[backward] gradient ", shape_str(g.shape()), " for leaf '", leaf.name(),
                   "' of shape ", shape_str(leaf.shape()));
-      MemoryScope scope(Category::gradient, leaf.name().empty() ? "unnamed" : leaf.name());
+      MemoryScope scope(Category::gradient, (leaf.name().empty() ? std::string("unnamed") : leaf.name()) + ":grad");
       Tensor existing = leaf.grad();
       if (!existing.defined()) {
         Tensor fresh = empty(leaf.shape(), leaf.options());

@@ -22,6 +22,12 @@ struct Node {
   BackwardFn backward;
   bool accumulator = false;        // a leaf's gradient sink
   std::weak_ptr<TensorImpl> leaf;  // accumulator nodes only
+
+  Node() = default;
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+  // Releases the chain of predecessors iteratively: a graph 100,000 ops deep must not overflow the stack.
+  ~Node();
 };
 
 // True while gradients are being recorded on this thread.

@@ -1,0 +1,64 @@
+// Core engine throughput against the machine's own ceilings, as ratios measured in the same run:
+//   matmul GFLOP/s (tally::matmul, f32) vs OpenBLAS sgemm called directly on the same buffers;
+//   a large elementwise add and a full reduction in GB/s vs a memcpy of the same bytes.
+// Not a test: run it (make bench) and read the ratios.
+#include <cblas.h>
+#include <omp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <vector>
+
+#include "core/autograd/node.h"
+#include "core/ops.h"
+
+using namespace tally;
+
+namespace {
+// Best-of-n wall time in seconds.
+double best_time(int reps, const std::function<void()>& fn) {
+  fn();  // warm up
+  double best = 1e30;
+  for (int i = 0; i < reps; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    fn();
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best;
+}
+}  // namespace
+
+int main() {
+  NoGradGuard no_grad;
+  Generator gen(1);
+  std::printf("tally bench_core: %d threads\n\n", omp_get_max_threads());
+  std::printf("%-34s %12s %12s %8s\n", "what", "tally", "ceiling", "ratio");
+
+  for (int64_t n : {256, 1024, 2048}) {
+    Tensor a = randn({n, n}, gen), b = randn({n, n}, gen), c = empty({n, n});
+    double flops = 2.0 * double(n) * double(n) * double(n);
+    double t_tally = best_time(5, [&] { c = matmul(a, b); });
+    double t_blas = best_time(5, [&] {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), int(n), int(n), 1.0f, a.data<float>(), int(n),
+                  b.data<float>(), int(n), 0.0f, c.data<float>(), int(n));
+    });
+    char what[64];
+    std::snprintf(what, sizeof what, "matmul %lldx%lld GFLOP/s", (long long)n, (long long)n);
+    std::printf("%-34s %12.1f %12.1f %8.2f\n", what, flops / t_tally * 1e-9, flops / t_blas * 1e-9, t_blas / t_tally);
+  }
+
+  const int64_t N = 16 << 20;  // 16M floats = 64 MiB per tensor
+  Tensor x = randn({N}, gen), y = randn({N}, gen);
+  std::vector<float> src(static_cast<size_t>(N), 1.0f), dst(static_cast<size_t>(N));
+  double t_copy = best_time(5, [&] { std::memcpy(dst.data(), src.data(), size_t(N) * 4); });
+  double copy_gbs = 2.0 * double(N) * 4 / t_copy * 1e-9;  // read + write
+  double t_add = best_time(5, [&] { Tensor z = add(x, y); });
+  double add_gbs = 3.0 * double(N) * 4 / t_add * 1e-9;  // two reads + one write
+  std::printf("%-34s %12.1f %12.1f %8.2f\n", "add 16M f32 GB/s (vs memcpy)", add_gbs, copy_gbs, add_gbs / copy_gbs);
+  double t_sum = best_time(5, [&] { Tensor s = sum(x); });
+  double sum_gbs = double(N) * 4 / t_sum * 1e-9;
+  std::printf("%-34s %12.1f %12.1f %8.2f\n", "sum 16M f32 GB/s (vs memcpy)", sum_gbs, copy_gbs, sum_gbs / copy_gbs);
+  return 0;
+}
