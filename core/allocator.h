@@ -1,5 +1,5 @@
 // Allocators: the only places memory is obtained. Each reports every block to its device's ledger.
-// CPU: 64-byte aligned blocks (held = requested rounded up to 64). Meta: no memory at all, same accounting
+// CPU: 64-byte aligned blocks (held = requested rounded up to 64); blocks of 64 KiB+ are cached for reuse. Meta: no memory at all, same accounting
 // as the CPU (so a dry run predicts CPU bytes exactly). CUDA: a caching allocator (core/cuda_allocator.cu).
 #pragma once
 #include <cstddef>

@@ -17,6 +17,14 @@ namespace tally {
 
 Storage::~Storage() { allocator(block.device).deallocate(block); }
 
+void Storage::retag(Category c, const std::string& owner) {
+  Ledger& l = ledger(block.device);
+  l.on_free(block.category, block.owner, block.requested, block.held);
+  block.category = c;
+  block.owner = l.owner_id(owner);
+  l.on_alloc(block.category, block.owner, block.requested, block.held);
+}
+
 namespace {
 
 std::shared_ptr<TensorImpl> new_impl(const Shape& shape, TensorOptions opt) {

@@ -22,6 +22,9 @@ struct Storage {
   Block block;
   explicit Storage(const Block& b) : block(b) {}
   ~Storage();
+  // Moves this storage's bytes to another category and owner in the ledger (e.g. a freshly computed gradient
+  // adopted as a parameter's .grad).
+  void retag(Category c, const std::string& owner);
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
 };

@@ -30,6 +30,13 @@ std::shared_ptr<Node> edge_of(const Tensor& t) {
 }
 
 
+// True when g is the only view of a storage that holds exactly its elements, so it can become a .grad as is.
+bool sole_owner_of_dense_storage(const Tensor& g) {
+  const auto& st = g.impl()->storage;
+  return g.impl_ptr().use_count() == 1 && st.use_count() == 1 && g.is_contiguous() && g.offset() == 0 &&
+         st->block.requested == g.nbytes();
+}
+
 // existing += g, in place (outside autograd).
 void accumulate_into(Tensor& existing, const Tensor& g) { add_(existing, g); }
 }  // namespace
@@ -150,14 +157,18 @@ void run_backward(const Tensor& root, const Tensor& grad_in, BackwardOptions opt
       Tensor leaf(leaf_impl);
       TALLY_CHECK(g.shape() == leaf.shape(), "[backward] gradient ", shape_str(g.shape()), " for leaf '", leaf.name(),
                   "' of shape ", shape_str(leaf.shape()));
-      MemoryScope scope(Category::gradient, (leaf.name().empty() ? std::string("unnamed") : leaf.name()) + ":grad");
+      const std::string owner = (leaf.name().empty() ? std::string("unnamed") : leaf.name()) + ":grad";
       Tensor existing = leaf.grad();
-      if (!existing.defined()) {
+      if (existing.defined()) {
+        accumulate_into(existing, g);
+      } else if (sole_owner_of_dense_storage(g)) {  // adopt the computed gradient: no copy
+        g.impl()->storage->retag(Category::gradient, owner);
+        leaf.set_grad(g.detach());
+      } else {
+        MemoryScope scope(Category::gradient, owner);
         Tensor fresh = empty(leaf.shape(), leaf.options());
         fresh.copy_(g);
         leaf.set_grad(fresh);
-      } else {
-        accumulate_into(existing, g);
       }
       continue;
     }

@@ -14,6 +14,13 @@ template <class T> using Acc = double;
 
 template <class T>
 void sum_dim(const T* in, T* out, int64_t outer, int64_t n, int64_t inner) {
+  if (inner == 1 && outer == 1) {  // one long row: split it across threads
+    Acc<T> acc = 0;
+#pragma omp parallel for simd reduction(+ : acc) if (n > kParallelMin)
+    for (int64_t i = 0; i < n; ++i) acc += in[i];
+    out[0] = T(acc);
+    return;
+  }
   if (inner == 1) {
 #pragma omp parallel for if (outer * n > kParallelMin)
     for (int64_t o = 0; o < outer; ++o) {
