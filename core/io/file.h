@@ -51,6 +51,7 @@ class MappedFile {
 // A failed write (short write, ENOSPC, EIO) throws at once, removes the temp file, and says that the previous
 // <path> is intact; the writer is then dead and further write()/commit() calls throw.
 // Small writes are buffered (256 KiB); large ones go straight to the kernel.
+// If <path> is a symlink, the link itself is replaced by the new regular file (rename semantics).
 // One process may not have two writers for the same path open at once (the temp names would collide): the
 // second constructor throws.
 //
