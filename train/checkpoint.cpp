@@ -1,0 +1,161 @@
+// Training checkpoints (see checkpoint.h): atomic step directories with a checksummed manifest.
+#include "train/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "core/autograd/node.h"
+#include "core/error.h"
+#include "core/io/file.h"
+
+namespace fs = std::filesystem;
+
+namespace tally::train {
+
+namespace {
+
+constexpr const char* kFormat = "tally-checkpoint";
+constexpr int kVersion = 1;
+
+void fsync_path(const fs::path& p) {
+  int fd = ::open(p.c_str(), O_RDONLY);
+  if (fd < 0) return;
+  ::fsync(fd);
+  ::close(fd);
+}
+
+void check_finite(const io::NamedTensors& tensors, const char* part) {
+  NoGradGuard no_grad;
+  for (const auto& [name, t] : tensors) {
+    if (!is_floating(t.dtype())) continue;
+    MemoryScope scope(Category::workspace, "checkpoint");
+    std::vector<float> v = t.to_vector<float>();
+    for (size_t i = 0; i < v.size(); ++i)
+      TALLY_CHECK(std::isfinite(v[i]), "[checkpoint] refusing to save: ", part, " tensor '", name, "' holds ", v[i],
+                  " at element ", i, " (a checkpoint never contains NaN or Inf)");
+  }
+}
+
+nlohmann::json file_entry(const fs::path& p) {
+  io::MappedFile m(p);
+  return {{"bytes", m.size()}, {"crc32c", io::crc32c_hex(io::crc32c(m.data(), m.size()))}};
+}
+
+int64_t step_of(const fs::path& dir) {
+  std::string name = dir.filename().string();
+  if (name.rfind("step-", 0) != 0) return -1;
+  try {
+    size_t used = 0;
+    long long v = std::stoll(name.substr(5), &used);
+    return used == name.size() - 5 ? v : -1;
+  } catch (...) {
+    return -1;
+  }
+}
+
+}  // namespace
+
+std::string checkpoint_name(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step-%08lld", (long long)step);
+  return buf;
+}
+
+fs::path save_checkpoint(const fs::path& run_dir, int64_t step, const CheckpointContent& content, SaveOptions opt) {
+  check_finite(content.model, "model");
+  check_finite(content.optimizer, "optimizer");
+  std::error_code ec;
+  fs::create_directories(run_dir, ec);
+  TALLY_CHECK(!ec, "[checkpoint] cannot create '", run_dir.string(), "': ", ec.message());
+  const fs::path final_dir = run_dir / checkpoint_name(step);
+  const fs::path tmp = run_dir / (".tmp-" + checkpoint_name(step) + "-" + std::to_string(::getpid()));
+  fs::remove_all(tmp, ec);
+  fs::create_directory(tmp, ec);
+  TALLY_CHECK(!ec, "[checkpoint] cannot create '", tmp.string(), "': ", ec.message(), " (is the directory writable?)");
+  try {
+    io::save_tensors(tmp / "model.safetensors", content.model, {{"format", kFormat}, {"part", "model"}});
+    io::save_tensors(tmp / "optimizer.safetensors", content.optimizer, {{"format", kFormat}, {"part", "optimizer"}});
+    nlohmann::json state = content.state;
+    state["step"] = step;
+    io::write_file_atomic(tmp / "state.json", state.dump(2) + "\n");
+    nlohmann::json manifest = {{"format", kFormat}, {"version", kVersion}, {"step", step}, {"files", nlohmann::json::object()}};
+    for (const char* f : {"model.safetensors", "optimizer.safetensors", "state.json"}) manifest["files"][f] = file_entry(tmp / f);
+    io::write_file_atomic(tmp / "manifest.json", manifest.dump(2) + "\n");
+    fsync_path(tmp);
+    if (fs::exists(final_dir)) fs::remove_all(final_dir);  // re-saving the same step replaces it
+    fs::rename(tmp, final_dir);
+    fsync_path(run_dir);
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+  if (opt.keep_last > 0) {
+    std::vector<std::pair<int64_t, fs::path>> all;
+    for (const auto& e : fs::directory_iterator(run_dir))
+      if (int64_t s = step_of(e.path()); s >= 0 && fs::exists(e.path() / "manifest.json")) all.emplace_back(s, e.path());
+    std::sort(all.begin(), all.end());
+    for (size_t i = 0; i + size_t(opt.keep_last) < all.size(); ++i) fs::remove_all(all[i].second, ec);
+  }
+  return final_dir;
+}
+
+CheckpointContent load_checkpoint(const fs::path& dir) {
+  const fs::path manifest_path = dir / "manifest.json";
+  TALLY_CHECK(fs::is_directory(dir), "[checkpoint] '", dir.string(), "' is not a checkpoint directory");
+  TALLY_CHECK(fs::exists(manifest_path), "[checkpoint] '", dir.string(),
+              "' has no manifest.json: it is incomplete or not a tally checkpoint");
+  nlohmann::json manifest;
+  try {
+    manifest = nlohmann::json::parse(io::read_file_text(manifest_path));
+  } catch (const nlohmann::json::exception& e) {
+    fail("[checkpoint] '", manifest_path.string(), "' is not valid JSON: ", e.what());
+  }
+  TALLY_CHECK(manifest.is_object() && manifest.value("format", "") == kFormat, "[checkpoint] '", manifest_path.string(),
+              "' is not a tally checkpoint manifest");
+  TALLY_CHECK(manifest.value("version", 0) == kVersion, "[checkpoint] '", manifest_path.string(), "' has version ",
+              manifest.value("version", 0), ", this tally reads version ", kVersion);
+  TALLY_CHECK(manifest.contains("files") && manifest["files"].is_object(), "[checkpoint] '", manifest_path.string(),
+              "' lists no files");
+  for (const char* f : {"model.safetensors", "optimizer.safetensors", "state.json"}) {
+    TALLY_CHECK(manifest["files"].contains(f), "[checkpoint] '", manifest_path.string(), "' does not list ", f);
+    const fs::path p = dir / f;
+    TALLY_CHECK(fs::exists(p), "[checkpoint] '", p.string(), "' is missing");
+    nlohmann::json want = manifest["files"][f], got = file_entry(p);
+    TALLY_CHECK(want.value("bytes", uint64_t(0)) == got["bytes"].get<uint64_t>(), "[checkpoint] '", p.string(), "' has ",
+                got["bytes"].get<uint64_t>(), " bytes, the manifest says ", want.value("bytes", uint64_t(0)),
+                " (truncated or replaced)");
+    TALLY_CHECK(want.value("crc32c", "") == got["crc32c"].get<std::string>(), "[checkpoint] '", p.string(),
+                "' fails its checksum (CRC-32C ", got["crc32c"].get<std::string>(), ", manifest ",
+                want.value("crc32c", ""), "): the file is corrupt");
+  }
+  CheckpointContent c;
+  c.model = io::load_tensors(dir / "model.safetensors").tensors;
+  c.optimizer = io::load_tensors(dir / "optimizer.safetensors").tensors;
+  try {
+    c.state = nlohmann::json::parse(io::read_file_text(dir / "state.json"));
+  } catch (const nlohmann::json::exception& e) {
+    fail("[checkpoint] '", (dir / "state.json").string(), "' is not valid JSON: ", e.what());
+  }
+  return c;
+}
+
+std::optional<fs::path> latest_checkpoint(const fs::path& run_dir) {
+  std::optional<fs::path> best;
+  int64_t best_step = -1;
+  std::error_code ec;
+  if (!fs::is_directory(run_dir, ec)) return std::nullopt;
+  for (const auto& e : fs::directory_iterator(run_dir, ec)) {
+    int64_t s = step_of(e.path());
+    if (s > best_step && fs::exists(e.path() / "manifest.json")) {
+      best_step = s;
+      best = e.path();
+    }
+  }
+  return best;
+}
+
+}  // namespace tally::train

@@ -1,0 +1,42 @@
+// Training checkpoints: one directory per step, written whole or not at all.
+//   RUN/step-00000123/ model.safetensors  (parameters, dtype kept)
+//                      optimizer.safetensors (every state tensor, dtype kept)
+//                      state.json  (step, data-loader position, RNG states, configuration, counters)
+//                      manifest.json (format, version, step, and each file's size and CRC-32C) -- written last
+// Files are written into RUN/.tmp-step-00000123-<pid>/ and fsynced; the directory is then renamed into place
+// and RUN fsynced, so a crash or SIGKILL at any moment leaves earlier checkpoints untouched and never a
+// half-written step directory. A checkpoint never contains NaN or Inf (checked before anything is written).
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <optional>
+
+#include "core/io/tensor_file.h"
+
+namespace tally::train {
+
+struct CheckpointContent {
+  io::NamedTensors model;
+  io::NamedTensors optimizer;
+  nlohmann::json state = nlohmann::json::object();
+};
+
+struct SaveOptions {
+  int keep_last = 3;  // older complete checkpoints beyond this many are removed (0 keeps all)
+};
+
+// Returns the directory written.
+std::filesystem::path save_checkpoint(const std::filesystem::path& run_dir, int64_t step, const CheckpointContent& content,
+                                      SaveOptions opt = {});
+
+// Verifies the manifest (sizes and checksums) and loads every file. Errors name the file and the problem.
+CheckpointContent load_checkpoint(const std::filesystem::path& checkpoint_dir);
+
+// The complete checkpoint with the highest step under run_dir (ignores temporary directories).
+std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& run_dir);
+
+// "step-00000123"
+std::string checkpoint_name(int64_t step);
+
+}  // namespace tally::train
