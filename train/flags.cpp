@@ -3,7 +3,10 @@
 
 #include "core/error.h"
 
+#include <nlohmann/json.hpp>
+
 #include <cerrno>
+#include <fstream>
 #include <cmath>
 #include <cstdlib>
 #include <sstream>
@@ -53,6 +56,31 @@ void Flags::parse(const std::vector<std::string>& args) {
       value = args[++i];
     }
     values_[name] = value;
+  }
+}
+
+void Flags::merge_json_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw FlagError(tally::cat("cannot read config file '", path, "'"));
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw FlagError(tally::cat("config file '", path, "' is not valid JSON: ", e.what()));
+  }
+  if (!j.is_object()) throw FlagError(tally::cat("config file '", path, "' must hold one JSON object of flag names"));
+  for (const auto& [key, value] : j.items()) {
+    const FlagSpec* s = spec(key);
+    if (!s) throw FlagError(tally::cat("config file '", path, "': unknown flag '", key, "' for 'tally ", command_, "'"));
+    std::string text;
+    if (value.is_string()) text = value.get<std::string>();
+    else if (value.is_boolean()) text = value.get<bool>() ? "1" : "0";
+    else if (value.is_number_integer()) text = std::to_string(value.get<int64_t>());
+    else if (value.is_number()) text = value.dump();
+    else throw FlagError(tally::cat("config file '", path, "': '", key, "' must be a string, number or boolean"));
+    if (s->kind == FlagKind::switch_ && !value.is_boolean())
+      throw FlagError(tally::cat("config file '", path, "': '", key, "' is a switch: use true or false"));
+    if (!values_.count(key)) values_[key] = text;
   }
 }
 

@@ -37,8 +37,11 @@ class Flags {
 
   // Parses args (the words after the subcommand). Positional words are kept in positional().
   void parse(const std::vector<std::string>& args);
-  // Sets a value as if given on the command line (used by --config files); flags given later override.
+  // Sets a value as if given on the command line.
   void set(const std::string& name, const std::string& value);
+  // Fills flags not already given from a JSON object file ({"batch": 8, "optimizer": "came", "no-shuffle": true});
+  // command-line values win. Unknown keys, non-scalar values or malformed JSON: FlagError naming the file.
+  void merge_json_file(const std::string& path);
 
   bool has(const std::string& name) const;  // given, or has a default
   bool given(const std::string& name) const;  // given explicitly (command line or config)
