@@ -167,6 +167,70 @@ class PairMap {
   size_t mask_ = 0;
 };
 
+// Open-addressing map from token bytes to id, probed once or twice per pre-tokenized piece (the hottest lookup
+// of an encode). A slot holds the first 8 bytes and the length inline, so most probes touch one cache line and never
+// the token bytes; longer keys compare their tail against the token store.
+class TokenTable {
+ public:
+  // Indexes tokens 0..count-1 of the store; returns the first id whose bytes repeat an earlier token's, or -1.
+  int32_t build(const std::string& bytes, const std::vector<uint32_t>& offset, int32_t count) {
+    base_ = bytes.data();
+    offset_ = offset.data();
+    size_t cap = 16;
+    while (cap < 3 * size_t(count)) cap <<= 1;
+    slots_.assign(cap, Slot{0, 0, -1});
+    mask_ = cap - 1;
+    for (int32_t id = 0; id < count; ++id) {
+      const std::string_view key(base_ + offset_[id], offset_[id + 1] - offset_[id]);
+      const uint64_t head = head_of(key);
+      size_t i = hash(key, head) & mask_;
+      for (; slots_[i].id >= 0; i = (i + 1) & mask_)
+        if (equal(slots_[i], key, head)) return id;
+      slots_[i] = Slot{head, uint32_t(key.size()), id};
+    }
+    return -1;
+  }
+  int32_t find(std::string_view key) const {
+    const uint64_t head = head_of(key);
+    for (size_t i = hash(key, head) & mask_;; i = (i + 1) & mask_) {
+      const Slot& s = slots_[i];
+      if (s.id < 0) return -1;
+      if (equal(s, key, head)) return s.id;
+    }
+  }
+
+ private:
+  struct Slot {
+    uint64_t head;  // the first min(8, len) bytes, zero-padded
+    uint32_t len;
+    int32_t id;  // -1: empty
+  };
+  static uint64_t head_of(std::string_view k) {
+    uint64_t h = 0;
+    if (k.size() >= 8) std::memcpy(&h, k.data(), 8);
+    else
+      for (size_t i = 0; i < k.size(); ++i) h |= uint64_t(static_cast<unsigned char>(k[i])) << (8 * i);
+    return h;
+  }
+  static uint64_t hash(std::string_view k, uint64_t head) {
+    uint64_t h = (head ^ (uint64_t(k.size()) << 56)) * 0x9E3779B97F4A7C15ull;
+    for (size_t i = 8; i < k.size(); i += 8) {
+      uint64_t w = 0;
+      std::memcpy(&w, k.data() + i, std::min<size_t>(8, k.size() - i));
+      h = (h ^ (h >> 29) ^ w) * 0xBF58476D1CE4E5B9ull;
+    }
+    return h ^ (h >> 31);
+  }
+  bool equal(const Slot& s, std::string_view k, uint64_t head) const {
+    return s.head == head && s.len == k.size() &&
+           (k.size() <= 8 || std::memcmp(base_ + offset_[s.id] + 8, k.data() + 8, k.size() - 8) == 0);
+  }
+  std::vector<Slot> slots_;
+  size_t mask_ = 0;
+  const char* base_ = nullptr;
+  const uint32_t* offset_ = nullptr;
+};
+
 // Unicode White_Space, which is what tiktoken's regex engine means by \s. PCRE2's \s under PCRE2_UCP also takes
 // U+180E (no longer White_Space since Unicode 6.3), so the class is spelled out.
 constexpr const char* kSpace = R"(\t\n\x{0B}\f\r \x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000})";
@@ -194,6 +258,33 @@ constexpr size_t kMaxCachedPiece = 128;
 // The merge loop switches from the array scan (quadratic, fast for short words) to a heap above this length.
 constexpr size_t kShortPiece = 64;
 
+// PCRE2 match data, match context and JIT stack for one thread. The pattern has no capture groups, so one
+// ovector pair serves any tokenizer; created on a thread's first encode and freed when the thread ends.
+struct PcreState {
+  pcre2_match_data* md = nullptr;
+  pcre2_match_context* mctx = nullptr;
+  pcre2_jit_stack* stack = nullptr;
+  PcreState() {
+    md = pcre2_match_data_create(1, nullptr);
+    mctx = pcre2_match_context_create(nullptr);
+    // Runs of one character class do not grow the JIT stack, but a generous one keeps odd inputs from failing.
+    stack = pcre2_jit_stack_create(32 * 1024, 1024 * 1024, nullptr);
+    if (!md || !mctx || !stack) throw Error("[tokenizer] out of memory creating PCRE2 match data");
+    pcre2_jit_stack_assign(mctx, nullptr, stack);
+  }
+  ~PcreState() {
+    pcre2_jit_stack_free(stack);
+    pcre2_match_context_free(mctx);
+    pcre2_match_data_free(md);
+  }
+  PcreState(const PcreState&) = delete;
+  PcreState& operator=(const PcreState&) = delete;
+  static const PcreState& for_this_thread() {
+    thread_local const PcreState state;
+    return state;
+  }
+};
+
 bool ascii_non_space(unsigned char c) { return c < 0x80 && c != ' ' && (c < '\t' || c > '\r'); }
 
 }  // namespace
@@ -205,7 +296,7 @@ struct Tokenizer::Impl {
   fs::path dir;
   std::string bytes;             // every token's bytes, back to back
   std::vector<uint32_t> offset;  // token id -> [offset[id], offset[id+1]) in bytes
-  std::unordered_map<std::string_view, int32_t> rank_of;  // ordinary token bytes -> id (views into bytes)
+  TokenTable rank_of;            // ordinary token bytes -> id
   std::array<int32_t, 256> byte_token{};
   PairMap pairs;
   pcre2_code* re = nullptr;
@@ -218,31 +309,13 @@ struct Tokenizer::Impl {
   std::string_view token(int32_t id) const { return {bytes.data() + offset[id], offset[id + 1] - offset[id]}; }
   int32_t vocab() const { return int32_t(offset.size() - 1); }
 
-  // Per-thread state of one encode call: PCRE2 match data and the word -> tokens cache. The cache keys are views
-  // into the caller's text, which outlives the call.
+  // Per-thread state of one encode call: the PCRE2 match state (kept per thread across calls, since creating it
+  // costs more than encoding a sentence) and the word -> tokens cache. The cache keys are views into the caller's
+  // text, which outlives the call; an empty cache allocates nothing, so short calls pay nothing for it.
   struct Scratch {
-    pcre2_match_data* md = nullptr;
-    pcre2_match_context* mctx = nullptr;
-    pcre2_jit_stack* stack = nullptr;
+    const PcreState& pcre = PcreState::for_this_thread();
     std::unordered_map<std::string_view, std::pair<uint32_t, uint32_t>> cache;  // -> [offset, length) in pool
     std::vector<int32_t> pool;
-    explicit Scratch(const pcre2_code* re) {
-      md = pcre2_match_data_create_from_pattern(re, nullptr);
-      mctx = pcre2_match_context_create(nullptr);
-      // Long runs of one class do not recurse in JIT code, but a generous stack keeps odd inputs off the
-      // interpreter fallback.
-      stack = pcre2_jit_stack_create(32 * 1024, 1024 * 1024, nullptr);
-      TALLY_CHECK(md && mctx && stack, "[tokenizer] out of memory creating PCRE2 match data");
-      pcre2_jit_stack_assign(mctx, nullptr, stack);
-      cache.reserve(1 << 12);
-    }
-    ~Scratch() {
-      pcre2_jit_stack_free(stack);
-      pcre2_match_context_free(mctx);
-      pcre2_match_data_free(md);
-    }
-    Scratch(const Scratch&) = delete;
-    Scratch& operator=(const Scratch&) = delete;
   };
 
   void compile_regex() {
@@ -326,8 +399,8 @@ struct Tokenizer::Impl {
   }
 
   void piece_tokens(std::string_view piece, Scratch& s, std::vector<int32_t>& out) const {
-    if (auto it = rank_of.find(piece); it != rank_of.end()) {  // tiktoken's shortcut: a whole-token piece
-      out.push_back(it->second);
+    if (const int32_t id = rank_of.find(piece); id >= 0) {  // tiktoken's shortcut: a whole-token piece
+      out.push_back(id);
       return;
     }
     if (piece.size() > kMaxCachedPiece) {
@@ -357,10 +430,10 @@ struct Tokenizer::Impl {
     while (at < w.end) {
       // The subject is the whole segment so that the look-ahead of \s+(?!\S) sees past a chunk's end exactly as
       // the serial scan would.
-      const int rc = jit ? pcre2_jit_match(re, subject, len, at, 0, s.md, s.mctx)
-                         : pcre2_match(re, subject, len, at, PCRE2_NO_UTF_CHECK, s.md, s.mctx);
+      const int rc = jit ? pcre2_jit_match(re, subject, len, at, 0, s.pcre.md, s.pcre.mctx)
+                         : pcre2_match(re, subject, len, at, PCRE2_NO_UTF_CHECK, s.pcre.md, s.pcre.mctx);
       TALLY_CHECK(rc > 0, "[tokenizer] encode: PCRE2 found no token at byte ", at, " (code ", rc, ")");
-      const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(s.md);
+      const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(s.pcre.md);
       TALLY_ASSERT(ov[0] == at && ov[1] > at);
       piece_tokens(w.segment.substr(at, ov[1] - at), s, out);
       at = ov[1];
@@ -389,7 +462,7 @@ struct Tokenizer::Impl {
     const int threads = omp_get_max_threads();
     std::vector<int32_t> result;
     if (threads == 1 || total_bytes < kParallelMinBytes || work.size() < 2) {
-      Scratch s(re);
+      Scratch s;
       result.reserve(total_bytes / 3 + 16);
       for (const Work& w : work) encode_work(w, s, result);
       return result;
@@ -399,7 +472,7 @@ struct Tokenizer::Impl {
 #pragma omp parallel
     {
       try {
-        Scratch s(re);
+        Scratch s;
 #pragma omp for schedule(dynamic, 1)
         for (size_t i = 0; i < work.size(); ++i) {
           parts[i].reserve((work[i].end - work[i].begin) / 3 + 4);
@@ -505,18 +578,15 @@ Tokenizer Tokenizer::load(const fs::path& dir_arg) {
               " merges: entries = 256 bytes + merges + <|endoftext|>)");
   const int32_t vocab = int32_t(ordinary.size()) + 1;
 
-  impl->rank_of.reserve(ordinary.size() * 2);
   impl->offset.assign(size_t(vocab) + 1, 0);
   for (size_t r = 0; r < ordinary.size(); ++r) impl->offset[r + 1] = impl->offset[r] + uint32_t(ordinary[r].size());
   impl->offset[size_t(vocab)] = impl->offset[size_t(vocab) - 1] + uint32_t(kEndOfTextText.size());
   impl->bytes.reserve(impl->offset.back());
   for (const auto& o : ordinary) impl->bytes += o;
   impl->bytes += kEndOfTextText;
-  for (int32_t r = 0; r + 1 < vocab; ++r) {
-    const bool fresh = impl->rank_of.emplace(impl->token(r), r).second;
-    TALLY_CHECK(fresh, "[tokenizer] ", bpe_path.string(), " line ", r - 256 + 2,
-                ": this merge makes a token an earlier merge already made");
-  }
+  const int32_t repeat = impl->rank_of.build(impl->bytes, impl->offset, vocab - 1);
+  TALLY_CHECK(repeat < 0, "[tokenizer] ", bpe_path.string(), " line ", repeat - 256 + 2,
+              ": this merge makes a token an earlier merge already made");
 
   std::string key_bytes;
   for (const auto& [key, value] : enc.items()) {
@@ -530,16 +600,16 @@ Tokenizer Tokenizer::load(const fs::path& dir_arg) {
     }
     TALLY_CHECK(gym_to_bytes(key, key_bytes), "[tokenizer] ", enc_path.string(), ": token '", key,
                 "' holds a character outside GPT-2's byte alphabet");
-    auto it = impl->rank_of.find(key_bytes);
-    TALLY_CHECK(it != impl->rank_of.end(), "[tokenizer] ", enc_path.string(), ": token '", key, "' (id ", id,
+    const int32_t rank = impl->rank_of.find(key_bytes);
+    TALLY_CHECK(rank >= 0, "[tokenizer] ", enc_path.string(), ": token '", key, "' (id ", id,
                 ") is not made by any merge in ", bpe_path.string());
-    TALLY_CHECK(it->second == id, "[tokenizer] ", enc_path.string(), ": token '", key, "' has id ", id, " but ",
-                bpe_path.string(), " gives it rank ", it->second);
+    TALLY_CHECK(rank == id, "[tokenizer] ", enc_path.string(), ": token '", key, "' has id ", id, " but ",
+                bpe_path.string(), " gives it rank ", rank);
   }
 
   for (int b = 0; b < 256; ++b) {
     const char c = static_cast<char>(b);
-    impl->byte_token[size_t(b)] = impl->rank_of.at(std::string_view(&c, 1));
+    impl->byte_token[size_t(b)] = impl->rank_of.find(std::string_view(&c, 1));
   }
   // Every split of a token into two tokens is a pair the merge loop may join (tiktoken looks up the concatenated
   // bytes; a pair table keyed by the two ids is the same test without hashing strings).
@@ -547,10 +617,10 @@ Tokenizer Tokenizer::load(const fs::path& dir_arg) {
   for (int32_t t = 256; t + 1 < vocab; ++t) {
     const std::string_view s = impl->token(t);
     for (size_t k = 1; k < s.size(); ++k) {
-      auto a = impl->rank_of.find(s.substr(0, k));
-      if (a == impl->rank_of.end()) continue;
-      auto b = impl->rank_of.find(s.substr(k));
-      if (b != impl->rank_of.end()) impl->pairs.insert(a->second, b->second, t);
+      const int32_t a = impl->rank_of.find(s.substr(0, k));
+      if (a < 0) continue;
+      const int32_t b = impl->rank_of.find(s.substr(k));
+      if (b >= 0) impl->pairs.insert(a, b, t);
     }
   }
   impl->compile_regex();
