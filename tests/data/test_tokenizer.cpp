@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -187,6 +188,20 @@ TEST_CASE("tokenizer: long words and long runs stay fast and exact") {
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   CHECK_MESSAGE(secs < 20.0, "long inputs took " << secs << " s");
+}
+
+TEST_CASE("tokenizer: TALLY_GPT2_DIR chooses the default directory; a wrong one is an error") {
+  const char* before = std::getenv("TALLY_GPT2_DIR");
+  const std::optional<std::string> saved = before ? std::optional<std::string>(before) : std::nullopt;
+  ::setenv("TALLY_GPT2_DIR", "/nonexistent/gpt2", 1);
+  const std::string msg = error_of([] { Tokenizer::default_dir(); });
+  if (fs::exists(gpt2_dir() / "encoder.json")) {
+    ::setenv("TALLY_GPT2_DIR", gpt2_dir().c_str(), 1);
+    CHECK(Tokenizer::default_dir() == gpt2_dir());
+  }
+  if (saved) ::setenv("TALLY_GPT2_DIR", saved->c_str(), 1);
+  else ::unsetenv("TALLY_GPT2_DIR");
+  CHECK(msg.find("TALLY_GPT2_DIR=/nonexistent/gpt2 does not hold encoder.json and vocab.bpe") != std::string::npos);
 }
 
 TEST_CASE("tokenizer: corrupt tokenizer files are clear errors naming the file") {

@@ -7,6 +7,7 @@ import argparse
 import hashlib
 import json
 import os
+import random
 import sys
 
 import tiktoken
@@ -115,6 +116,27 @@ CASES = [
 ]
 
 
+# Building blocks of the random cases: every class the pre-tokenizer distinguishes, and the characters where
+# regex engines disagree (U+180E, U+0085, NBSP, other Unicode spaces), in short runs.
+RANDOM_ATOMS = ["'", "'s", "'S", "'ll", "'LL", "'re", "'ve", "'m", "'d", "'t", " ", "  ", "\t", "\n", "\r\n", "\n\n",
+                "\u00a0", "\u180e", "\u0085", "\u2003", "\u3000", "\u200b", "\u2028", "\x0b", "\x0c", "\x1c",
+                "a", "e", "the", "The", "ing", "tion", "Hello", "x", "Q", "\u00e9", "\u00df", "\u03bb", "\u0436",
+                "\u05d0", "\u0628", "\u0915", "\u093f", "\u4e2d", "\u6587", "\u3042", "\uac00", "\u0e01",
+                "0", "7", "42", "1999", "\u0663", "\u0967", "\u00bd", "\u2167", "\u00b2",
+                ".", ",", "!", "?", "...", "-", "--", "(", ")", "\"", "#", "$", "%", "&", "*", "_", "/", "\\", "@",
+                "\u2014", "\u201c", "\u00bf", "\U0001F600", "\U0001F468\u200d\U0001F469", "\u2764\ufe0f",
+                "\U0001F44D\U0001F3FD", "e\u0301", "\u0301", "\ufffd", "\U00010348", "<|endoftext|>", "<|", "|>"]
+
+
+def random_cases(count: int, seed: int) -> list[tuple[str, str, bool]]:
+    rng = random.Random(seed)
+    cases = []
+    for i in range(count):
+        text = "".join(rng.choice(RANDOM_ATOMS) for _ in range(rng.randint(0, 40)))
+        cases.append((f"random_{i:03d}", text, rng.random() < 0.5))
+    return cases
+
+
 def build_encoding(gpt2_dir: str, pat: str, name: str) -> tiktoken.Encoding:
     ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
         vocab_bpe_file=os.path.join(gpt2_dir, "vocab.bpe"),
@@ -141,7 +163,7 @@ def main() -> None:
         return ids
 
     cases = [{"name": n, "text": t, "special": "allowed" if a else "disallowed", "ids": encode(t, a)}
-             for n, t, a in CASES]
+             for n, t, a in CASES + random_cases(300, 20240520)]
 
     with open(os.path.join(args.shared_data, "tinyshakespeare.txt"), "rb") as f:
         raw = f.read()
@@ -169,9 +191,11 @@ def main() -> None:
         },
     }
     path = os.path.join(HERE, "tokenizer_reference.json")
+    # One case per line: small, and a regenerated file diffs case by case.
+    body = json.dumps({k: v for k, v in out.items() if k != "cases"}, ensure_ascii=True, indent=1)
+    lines = ",\n".join("  " + json.dumps(c, ensure_ascii=True) for c in cases)
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(out, f, ensure_ascii=True, indent=1)
-        f.write("\n")
+        f.write(body[:-2] + ',\n "cases": [\n' + lines + "\n ]\n}\n")
     print(f"wrote {path}: {len(cases)} cases; Tiny Shakespeare {len(plain)} tokens plain, "
           f"{len(with_eot)} with a leading EOT, {len(llmc_docs)} split as llm.c")
 
