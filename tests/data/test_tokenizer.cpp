@@ -84,6 +84,45 @@ TEST_CASE("tokenizer: parity with tiktoken on the reference strings") {
   }
 }
 
+std::string utf8(uint32_t cp) {
+  std::string s;
+  if (cp < 0x80) s += char(cp);
+  else if (cp < 0x800) s += char(0xC0 | (cp >> 6)), s += char(0x80 | (cp & 0x3F));
+  else if (cp < 0x10000) s += char(0xE0 | (cp >> 12)), s += char(0x80 | ((cp >> 6) & 0x3F)), s += char(0x80 | (cp & 0x3F));
+  else
+    s += char(0xF0 | (cp >> 18)), s += char(0x80 | ((cp >> 12) & 0x3F)), s += char(0x80 | ((cp >> 6) & 0x3F)),
+        s += char(0x80 | (cp & 0x3F));
+  return s;
+}
+
+TEST_CASE("tokenizer: parity with tiktoken for every Unicode code point (hashed sweep)") {
+  const Tokenizer* tok = gpt2();
+  if (!tok) return;
+  const auto& sweep = reference()["codepoint_sweep"];
+  const std::string tmpl = sweep["template"];
+  uint64_t h = 0xCBF29CE484222325ull;
+  auto fold = [&](uint8_t b) { h = (h ^ b) * 0x100000001B3ull; };
+  size_t count = 0;
+  std::string text;
+  for (uint32_t cp = 0; cp < 0x110000; ++cp) {
+    if (cp >= 0xD800 && cp < 0xE000) continue;
+    const std::string c = utf8(cp);
+    text.clear();
+    for (size_t i = 0; i < tmpl.size(); ++i) {
+      if (tmpl.compare(i, 3, "{c}") == 0) text += c, i += 2;
+      else text += tmpl[i];
+    }
+    for (const int32_t id : tok->encode(text, SpecialTokens::disallowed))
+      for (int k = 0; k < 4; ++k) fold(uint8_t(uint32_t(id) >> (8 * k)));
+    for (int k = 0; k < 4; ++k) fold(0xFF);
+    ++count;
+  }
+  CHECK(count == sweep["code_points"].get<size_t>());
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  CHECK(std::string(hex) == sweep["fnv1a64"].get<std::string>());
+}
+
 TEST_CASE("tokenizer: whole Tiny Shakespeare matches tiktoken's count, serial and parallel") {
   const Tokenizer* tok = gpt2();
   if (!tok) return;

@@ -125,7 +125,9 @@ RANDOM_ATOMS = ["'", "'s", "'S", "'ll", "'LL", "'re", "'ve", "'m", "'d", "'t", "
                 "0", "7", "42", "1999", "\u0663", "\u0967", "\u00bd", "\u2167", "\u00b2",
                 ".", ",", "!", "?", "...", "-", "--", "(", ")", "\"", "#", "$", "%", "&", "*", "_", "/", "\\", "@",
                 "\u2014", "\u201c", "\u00bf", "\U0001F600", "\U0001F468\u200d\U0001F469", "\u2764\ufe0f",
-                "\U0001F44D\U0001F3FD", "e\u0301", "\u0301", "\ufffd", "\U00010348", "<|endoftext|>", "<|", "|>"]
+                "\U0001F44D\U0001F3FD", "e\u0301", "\u0301", "\ufffd", "\U00010348", "<|endoftext|>", "<|", "|>",
+                # assigned after Unicode 14: Kawi letter and digit, CJK Ext. H, Nag Mundari digit, Todhri letter
+                "\U00011F04", "\U00011F52", "\U00031350", "\U0001E4F3", "\U000105C0"]
 
 
 def random_cases(count: int, seed: int) -> list[tuple[str, str, bool]]:
@@ -135,6 +137,27 @@ def random_cases(count: int, seed: int) -> list[tuple[str, str, bool]]:
         text = "".join(rng.choice(RANDOM_ATOMS) for _ in range(rng.randint(0, 40)))
         cases.append((f"random_{i:03d}", text, rng.random() < 0.5))
     return cases
+
+
+# Every code point c (surrogates excluded) in the template below, one string per code point. "x{c}'s", "1{c}'s",
+# "!{c}'s" and "\t{c}'s" split into different tokens unless tiktoken and tally put c in the same class (letter,
+# number, other, white space). The ids are folded into FNV-1a 64 (each id as 4 little-endian bytes, then FF FF FF FF
+# after each string): this pins the pre-tokenizer's classes for all of Unicode without storing 1.1M id lists.
+SWEEP_TEMPLATE = "x{c}'s 1{c}'s !{c}'s \t{c}'s a{c}b {c}{c} {c}\n{c} x"
+
+
+def codepoint_sweep(enc: tiktoken.Encoding) -> dict:
+    h = 0xCBF29CE484222325
+    count = 0
+    for cp in range(0x110000):
+        if 0xD800 <= cp < 0xE000:
+            continue
+        c = chr(cp)
+        ids = enc.encode_ordinary(SWEEP_TEMPLATE.replace("{c}", c))
+        for b in b"".join(i.to_bytes(4, "little") for i in ids) + b"\xff\xff\xff\xff":
+            h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+        count += 1
+    return {"template": SWEEP_TEMPLATE, "code_points": count, "fnv1a64": f"{h:016x}"}
 
 
 def build_encoding(gpt2_dir: str, pat: str, name: str) -> tiktoken.Encoding:
@@ -176,6 +199,7 @@ def main() -> None:
         "generator": "tests/reference/make_tokenizer_reference.py",
         "tiktoken_version": tiktoken.__version__,
         "pattern": openai_public.r50k_pat_str,
+        "codepoint_sweep": codepoint_sweep(enc),
         "cases": cases,
         "tinyshakespeare": {
             "sha256": hashlib.sha256(raw).hexdigest(),
