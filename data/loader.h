@@ -21,7 +21,7 @@ struct LoaderConfig {
   int32_t rank = 0;     // this process, 0 <= rank < world
   int32_t world = 1;    // processes sharing the data; each reads its own B*T slice of every window
   LoaderOrder order = LoaderOrder::sequential;
-  uint64_t seed = 0;    // for LoaderOrder::shuffled
+  uint64_t seed = 0;    // for LoaderOrder::shuffled; every rank must use the same seed (they share the windows)
 };
 
 // Where a loader stands: the batch next() yields next. The shuffle RNG is counter-based (every permutation is a

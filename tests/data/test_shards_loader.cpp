@@ -176,11 +176,12 @@ TEST_CASE("shards: each corrupt header is an error naming the file and the probl
   std::vector<uint16_t> bad(1000, 5);
   bad[517] = 50300;
   write_shard(dir / "vocab.bin", bad);
-  msg = error_of([&] { ShardSet::open((dir / "vocab.bin").string(), {.format = ShardFormat::llmc, .vocab_limit = 50257}); });
+  const std::string vocab_bin = (dir / "vocab.bin").string();
+  msg = error_of([&] { ShardSet::open(vocab_bin, {.format = ShardFormat::llmc, .vocab_limit = 50257}); });
   has(msg, "vocab.bin");
   has(msg, "token 50300 at position 517");
   has(msg, "expected ids < 50257");
-  CHECK_NOTHROW(ShardSet::open((dir / "vocab.bin").string(), {.format = ShardFormat::llmc, .vocab_limit = 50304}));
+  CHECK_NOTHROW(ShardSet::open(vocab_bin, {.format = ShardFormat::llmc, .vocab_limit = 50304}));
   fs::remove_all(dir);
 }
 

@@ -42,7 +42,8 @@ std::string slurp(const fs::path& p) {
 }
 
 const nlohmann::json& reference() {
-  static const nlohmann::json ref = nlohmann::json::parse(slurp(tally::test::reference_dir() / "tokenizer_reference.json"));
+  static const nlohmann::json ref =
+      nlohmann::json::parse(slurp(tally::test::reference_dir() / "tokenizer_reference.json"));
   return ref;
 }
 
@@ -85,13 +86,11 @@ TEST_CASE("tokenizer: parity with tiktoken on the reference strings") {
 }
 
 std::string utf8(uint32_t cp) {
-  std::string s;
-  if (cp < 0x80) s += char(cp);
-  else if (cp < 0x800) s += char(0xC0 | (cp >> 6)), s += char(0x80 | (cp & 0x3F));
-  else if (cp < 0x10000) s += char(0xE0 | (cp >> 12)), s += char(0x80 | ((cp >> 6) & 0x3F)), s += char(0x80 | (cp & 0x3F));
-  else
-    s += char(0xF0 | (cp >> 18)), s += char(0x80 | ((cp >> 12) & 0x3F)), s += char(0x80 | ((cp >> 6) & 0x3F)),
-        s += char(0x80 | (cp & 0x3F));
+  const int n = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+  if (n == 1) return std::string(1, char(cp));
+  std::string s(size_t(n), '\0');
+  for (int i = n - 1; i > 0; --i, cp >>= 6) s[size_t(i)] = char(0x80 | (cp & 0x3F));
+  s[0] = char(((0xFF00u >> n) & 0xFFu) | cp);  // lead byte: n high bits set (C0, E0, F0), then the rest of cp
   return s;
 }
 
@@ -133,8 +132,10 @@ TEST_CASE("tokenizer: whole Tiny Shakespeare matches tiktoken's count, serial an
   const auto parallel = with_threads(4, [&] { return tok->encode(text, SpecialTokens::disallowed); });
   CHECK(serial.size() == ref["tokens_plain"].get<size_t>());
   CHECK(serial == parallel);
-  CHECK(std::vector<int32_t>(serial.begin(), serial.begin() + 16) == ref["first_tokens_plain"].get<std::vector<int32_t>>());
-  CHECK(std::vector<int32_t>(serial.end() - 16, serial.end()) == ref["last_tokens_plain"].get<std::vector<int32_t>>());
+  const auto first = ref["first_tokens_plain"].get<std::vector<int32_t>>();
+  const auto last = ref["last_tokens_plain"].get<std::vector<int32_t>>();
+  CHECK(std::vector<int32_t>(serial.begin(), serial.begin() + 16) == first);
+  CHECK(std::vector<int32_t>(serial.end() - 16, serial.end()) == last);
   CHECK(tok->decode(parallel) == text);
 
   const std::string_view whole = text;
