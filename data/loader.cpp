@@ -1,0 +1,237 @@
+// DataLoader (see loader.h): llm.c's window arithmetic, the counter-based shuffle, and position save/restore.
+// Permutations come from SplitMix64 streams keyed by (seed, epoch, shard) with a portable unbiased bounded draw,
+// so the same seed gives the same batches with any compiler or standard library.
+#include "data/loader.h"
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+#include <type_traits>
+
+#include "core/error.h"
+
+namespace tally::data {
+
+namespace {
+
+class SplitMix64 {
+ public:
+  explicit SplitMix64(uint64_t state) : s_(state) {}
+  uint64_t next() {
+    uint64_t z = (s_ += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  // Uniform in [0, n): rejection below 2^64 mod n keeps it unbiased.
+  uint64_t below(uint64_t n) {
+    const uint64_t threshold = (0 - n) % n;
+    for (;;)
+      if (const uint64_t x = next(); x >= threshold) return x % n;
+  }
+
+ private:
+  uint64_t s_;
+};
+
+// An independent stream per (seed, epoch, which): each key is mixed through its own SplitMix64 step.
+SplitMix64 stream(uint64_t seed, uint64_t epoch, uint64_t which) {
+  SplitMix64 a(seed), b(epoch ^ 0x5851F42D4C957F2Dull), c(which ^ 0x14057B7EF767814Full);
+  return SplitMix64(a.next() ^ (b.next() * 3) ^ (c.next() * 5));
+}
+
+constexpr uint64_t kShardOrderStream = ~0ull;
+
+std::vector<uint32_t> permutation(size_t n, SplitMix64 rng) {
+  std::vector<uint32_t> p(n);
+  std::iota(p.begin(), p.end(), 0u);
+  for (size_t i = n; i > 1; --i) std::swap(p[i - 1], p[rng.below(i)]);  // Fisher-Yates
+  return p;
+}
+
+constexpr uint32_t kPositionMagic = 0x50444C54;  // "TLDP"
+constexpr uint32_t kPositionVersion = 1;
+
+const char* order_name(LoaderOrder o) { return o == LoaderOrder::shuffled ? "shuffled" : "sequential"; }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------------
+// LoaderPosition
+
+std::vector<uint8_t> LoaderPosition::to_bytes() const {
+  std::vector<uint8_t> out(kBytes);
+  size_t at = 0;
+  auto put = [&](auto v) {
+    static_assert(std::is_integral_v<decltype(v)>);
+    for (size_t i = 0; i < sizeof v; ++i) out[at++] = static_cast<uint8_t>(uint64_t(v) >> (8 * i));
+  };
+  put(kPositionMagic);
+  put(kPositionVersion);
+  put(epoch);
+  put(shard);
+  put(window);
+  put(seed);
+  put(uint64_t(order == LoaderOrder::shuffled ? 1 : 0));
+  put(batch);
+  put(seq_len);
+  put(int64_t(world));
+  put(num_shards);
+  TALLY_ASSERT(at == kBytes);
+  return out;
+}
+
+LoaderPosition LoaderPosition::from_bytes(std::span<const uint8_t> bytes) {
+  TALLY_CHECK(bytes.size() == kBytes, "[loader] position: expected ", kBytes, " bytes, found ", bytes.size());
+  size_t at = 0;
+  auto get = [&](auto& v) {
+    uint64_t x = 0;
+    for (size_t i = 0; i < sizeof v; ++i) x |= uint64_t(bytes[at++]) << (8 * i);
+    v = static_cast<std::remove_reference_t<decltype(v)>>(x);
+  };
+  uint32_t magic = 0, version = 0;
+  get(magic);
+  get(version);
+  TALLY_CHECK(magic == kPositionMagic, "[loader] position: bad magic ", magic, " (not a saved loader position)");
+  TALLY_CHECK(version == kPositionVersion, "[loader] position: unsupported version ", version, ", expected ",
+              kPositionVersion);
+  LoaderPosition p;
+  uint64_t order = 0;
+  int64_t world = 0;
+  get(p.epoch);
+  get(p.shard);
+  get(p.window);
+  get(p.seed);
+  get(order);
+  get(p.batch);
+  get(p.seq_len);
+  get(world);
+  get(p.num_shards);
+  TALLY_CHECK(order <= 1, "[loader] position: bad order code ", order);
+  p.order = order ? LoaderOrder::shuffled : LoaderOrder::sequential;
+  p.world = int32_t(world);
+  return p;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// DataLoader
+
+DataLoader::DataLoader(ShardSet shards, LoaderConfig config) : shards_(std::move(shards)), config_(config) {
+  const LoaderConfig& c = config_;
+  TALLY_CHECK(c.batch > 0 && c.seq_len > 0, "[loader] batch size and sequence length must be positive, got B=",
+              c.batch, " T=", c.seq_len);
+  TALLY_CHECK(c.world >= 1 && c.rank >= 0 && c.rank < c.world, "[loader] rank ", c.rank, " of world ", c.world,
+              " is not a process (expected 0 <= rank < world)");
+  TALLY_CHECK(shards_.size() > 0, "[loader] no shards");
+  TALLY_CHECK(shards_.size() <= UINT32_MAX, "[loader] too many shards (", shards_.size(), ")");
+  stride_ = int64_t(c.world) * c.batch * c.seq_len;
+  for (const Shard& s : shards_.shards())
+    TALLY_CHECK(int64_t(s.size()) >= stride_ + 1, "[loader] ", s.path().string(), " has ", s.size(),
+                " tokens, too few for one batch: B=", c.batch, " x T=", c.seq_len, " across ", c.world,
+                " process(es) needs ", stride_ + 1, " tokens");
+  reset();
+}
+
+int64_t DataLoader::windows_in_shard(size_t shard) const {
+  // llm.c: a window takes B*T+1 tokens but the next starts stride tokens later, hence the -1.
+  return (int64_t(shards_[shard].size()) - 1) / stride_;
+}
+
+int64_t DataLoader::batches_per_epoch() const {
+  int64_t n = 0;
+  for (size_t i = 0; i < shards_.size(); ++i) n += windows_in_shard(i);
+  return n;
+}
+
+void DataLoader::enter_shard() {
+  window_order_.clear();
+  if (config_.order == LoaderOrder::shuffled) {
+    const uint32_t file = shard_order_[shard_];
+    window_order_ = permutation(size_t(windows_in_shard(file)), stream(config_.seed, epoch_, file));
+  }
+}
+
+void DataLoader::reset() {
+  epoch_ = shard_ = window_ = 0;
+  restore(position());
+}
+
+void DataLoader::advance() {
+  window_ = 0;
+  if (++shard_ == shards_.size()) {
+    shard_ = 0;
+    ++epoch_;
+    if (config_.order == LoaderOrder::shuffled)
+      shard_order_ = permutation(shards_.size(), stream(config_.seed, epoch_, kShardOrderStream));
+  }
+  enter_shard();
+}
+
+LoaderPosition DataLoader::position() const {
+  return {.epoch = epoch_,
+          .shard = shard_,
+          .window = window_,
+          .seed = config_.seed,
+          .order = config_.order,
+          .batch = config_.batch,
+          .seq_len = config_.seq_len,
+          .world = config_.world,
+          .num_shards = shards_.size()};
+}
+
+void DataLoader::restore(const LoaderPosition& p) {
+  const LoaderConfig& c = config_;
+  TALLY_CHECK(p.batch == c.batch && p.seq_len == c.seq_len && p.world == c.world && p.order == c.order &&
+                  p.num_shards == shards_.size() && (c.order == LoaderOrder::sequential || p.seed == c.seed),
+              "[loader] restore: the position was saved by a loader with B=", p.batch, " T=", p.seq_len, " world=",
+              p.world, " order=", order_name(p.order), " seed=", p.seed, " over ", p.num_shards,
+              " shard(s); this loader has B=", c.batch, " T=", c.seq_len, " world=", c.world, " order=",
+              order_name(c.order), " seed=", c.seed, " over ", shards_.size(), " shard(s)");
+  TALLY_CHECK(p.shard < shards_.size(), "[loader] restore: shard slot ", p.shard, " is outside the ", shards_.size(),
+              " shard(s)");
+  epoch_ = p.epoch;
+  shard_ = p.shard;
+  shard_order_.resize(shards_.size());
+  if (c.order == LoaderOrder::shuffled)
+    shard_order_ = permutation(shards_.size(), stream(c.seed, epoch_, kShardOrderStream));
+  else
+    std::iota(shard_order_.begin(), shard_order_.end(), 0u);
+  const int64_t windows = windows_in_shard(shard_order_[shard_]);
+  TALLY_CHECK(p.window <= uint64_t(windows), "[loader] restore: window ", p.window, " is past the ", windows,
+              " windows of ", shards_[shard_order_[shard_]].path().string());
+  window_ = p.window;
+  enter_shard();
+}
+
+void DataLoader::next(std::span<int32_t> inputs, std::span<int32_t> targets) {
+  const int64_t bt = config_.batch * config_.seq_len;
+  TALLY_CHECK(int64_t(inputs.size()) == bt && int64_t(targets.size()) == bt, "[loader] next: expected buffers of B*T=",
+              bt, " tokens, got ", inputs.size(), " inputs and ", targets.size(), " targets");
+  // llm.c: move on only when a batch is asked for and the current shard has none left.
+  if (int64_t(window_) >= windows_in_shard(shard_order_[shard_])) advance();
+  const Shard& s = shards_[shard_order_[shard_]];
+  const uint64_t w = config_.order == LoaderOrder::shuffled ? window_order_[window_] : window_;
+  const uint16_t* p = s.data() + int64_t(w) * stride_ + int64_t(config_.rank) * bt;
+  for (int64_t i = 0; i < bt; ++i) {
+    inputs[size_t(i)] = p[i];
+    targets[size_t(i)] = p[i + 1];
+  }
+  ++window_;
+}
+
+void DataLoader::next(Batch& out) {
+  const auto bt = size_t(config_.batch * config_.seq_len);
+  out.batch = config_.batch;
+  out.seq_len = config_.seq_len;
+  out.inputs.resize(bt);
+  out.targets.resize(bt);
+  next(out.inputs, out.targets);
+}
+
+Batch DataLoader::next() {
+  Batch b;
+  next(b);
+  return b;
+}
+
+}  // namespace tally::data

@@ -1,0 +1,354 @@
+// Tests of token shards (round trip, raw uint16, globbing, every corrupt-header case, the vocabulary check) and of
+// the DataLoader (llm.c window arithmetic, shard switching, wrap-around, rank/world, shuffle determinism, exact
+// resume from a saved position). Synthetic data: the token at global position g across a set's shards is g % 50000.
+#include <doctest/doctest.h>
+
+#include <fstream>
+#include <numeric>
+#include <set>
+
+#include "core/error.h"
+#include "data/loader.h"
+#include "data/shards.h"
+#include "tests/test_util.h"
+
+namespace fs = std::filesystem;
+using namespace tally::data;
+
+namespace {
+
+constexpr int32_t kMod = 50000;
+
+// Writes shards of the given sizes to dir/name_000.bin, ...; token at global position g is g % 50000.
+std::vector<fs::path> write_synthetic(const fs::path& dir, const std::string& name, const std::vector<size_t>& sizes) {
+  std::vector<fs::path> paths;
+  size_t g = 0;
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    std::vector<uint16_t> t(sizes[k]);
+    for (auto& x : t) x = static_cast<uint16_t>(g++ % kMod);
+    char file[64];
+    std::snprintf(file, sizeof file, "%s_%03zu.bin", name.c_str(), k);
+    paths.push_back(dir / file);
+    write_shard(paths.back(), t);
+  }
+  return paths;
+}
+
+std::string error_of(auto&& f) {
+  try {
+    f();
+  } catch (const tally::Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+// Checks that batch b holds the windows starting at global token start (inputs) and start + 1 (targets).
+void check_batch(const Batch& b, size_t start) {
+  REQUIRE(b.inputs.size() == size_t(b.batch * b.seq_len));
+  bool ok = true;
+  for (size_t i = 0; i < b.inputs.size(); ++i) {
+    ok &= b.inputs[i] == int32_t((start + i) % kMod);
+    ok &= b.targets[i] == int32_t((start + i + 1) % kMod);
+  }
+  CHECK_MESSAGE(ok, "batch does not start at global token " << start << " (starts with " << b.inputs[0] << ")");
+}
+
+void poke_int32(const fs::path& p, size_t index, int32_t value) {
+  std::fstream f(p, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(std::streamoff(index * 4));
+  f.write(reinterpret_cast<const char*>(&value), 4);
+}
+
+void has(const std::string& msg, const std::string& part) {
+  INFO("message: " << msg);
+  CHECK(msg.find(part) != std::string::npos);
+}
+
+}  // namespace
+
+TEST_SUITE("data") {
+
+TEST_CASE("shards: write and read back, llm.c and raw uint16") {
+  const fs::path dir = tally::test::temp_dir("shards_roundtrip");
+  std::vector<int32_t> tokens(100003);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int32_t((i * 7919) % 50257);
+  write_shard(dir / "a.bin", std::span<const int32_t>(tokens));
+  CHECK(fs::file_size(dir / "a.bin") == 1024 + 2 * tokens.size());
+  for (const auto& e : fs::directory_iterator(dir)) CHECK(e.path().filename() == "a.bin");  // no temp file left
+
+  const Shard s = Shard::open(dir / "a.bin", ShardFormat::llmc);
+  REQUIRE(s.size() == tokens.size());
+  CHECK(std::equal(tokens.begin(), tokens.end(), s.data()));
+
+  // The same bytes without the header are a nanoGPT file.
+  {
+    std::ofstream raw(dir / "raw.bin", std::ios::binary);
+    raw.write(reinterpret_cast<const char*>(s.data()), std::streamsize(2 * s.size()));
+  }
+  const Shard r = Shard::open(dir / "raw.bin", ShardFormat::raw_uint16);
+  CHECK(r.size() == s.size());
+  CHECK(std::equal(s.data(), s.data() + s.size(), r.data()));
+
+  // Overwriting replaces the file whole.
+  const std::vector<uint16_t> small = {1, 2, 3};
+  write_shard(dir / "a.bin", small);
+  CHECK(Shard::open(dir / "a.bin", ShardFormat::llmc).size() == 3);
+
+  has(error_of([&] { write_shard(dir / "b.bin", std::vector<int32_t>{1, 70000}); }), "token 70000 at position 1");
+  has(error_of([&] { write_shard(dir / "missing" / "c.bin", small); }), "does not exist");
+  fs::remove_all(dir);
+}
+
+TEST_CASE("shards: globs are sorted; no match is an error") {
+  const fs::path dir = tally::test::temp_dir("shards_glob");
+  write_synthetic(dir, "train", {100, 200, 300});
+  const ShardSet set = ShardSet::open((dir / "train_*.bin").string());
+  REQUIRE(set.size() == 3);
+  CHECK(set[0].size() == 100);
+  CHECK(set[2].size() == 300);
+  CHECK(set.total_tokens() == 600);
+  CHECK(set[1][0] == 100);
+  has(error_of([&] { ShardSet::open((dir / "val_*.bin").string()); }), "no files match");
+  has(error_of([&] { ShardSet::open((dir / "nope.bin").string()); }), "cannot open");
+  fs::remove_all(dir);
+}
+
+TEST_CASE("shards: each corrupt header is an error naming the file and the problem") {
+  const fs::path dir = tally::test::temp_dir("shards_corrupt");
+  const std::vector<uint16_t> tokens(64, 7);
+  auto fresh = [&](const std::string& name) {
+    write_shard(dir / name, tokens);
+    return dir / name;
+  };
+  auto open_err = [&](const fs::path& p, ShardFormat f = ShardFormat::llmc) {
+    return error_of([&] { Shard::open(p, f); });
+  };
+
+  fs::path p = fresh("magic.bin");
+  poke_int32(p, 0, 12345);
+  std::string msg = open_err(p);
+  has(msg, "magic.bin");
+  has(msg, "bad magic: expected 20240520, found 12345");
+
+  p = fresh("version.bin");
+  poke_int32(p, 1, 2);
+  msg = open_err(p);
+  has(msg, "version.bin");
+  has(msg, "unsupported version: expected 1, found 2");
+
+  p = fresh("trailing.bin");
+  std::ofstream(p, std::ios::app | std::ios::binary) << "xy";
+  msg = open_err(p);
+  has(msg, "trailing.bin");
+  has(msg, "size mismatch: the header says 64 tokens, so the file should be 1024 + 2*64 = 1152 bytes, but it is 1154");
+
+  p = fresh("truncated.bin");
+  fs::resize_file(p, 1024 + 2 * 60);
+  msg = open_err(p);
+  has(msg, "truncated.bin");
+  has(msg, "but it is 1144 bytes (truncated");
+
+  p = fresh("short.bin");
+  fs::resize_file(p, 500);
+  msg = open_err(p);
+  has(msg, "short.bin");
+  has(msg, "file is 500 bytes, shorter than the 1024-byte llm.c header");
+
+  p = fresh("count.bin");
+  poke_int32(p, 2, 1 << 30);
+  msg = open_err(p);
+  has(msg, "count.bin");
+  has(msg, "the header says 1073741824 tokens");
+  has(msg, "header count is too large");
+
+  p = fresh("negative.bin");
+  poke_int32(p, 2, -5);
+  has(open_err(p), "header token count is negative (-5)");
+
+  p = dir / "odd.bin";
+  std::ofstream(p, std::ios::binary) << "abc";
+  msg = open_err(p, ShardFormat::raw_uint16);
+  has(msg, "odd.bin");
+  has(msg, "odd size");
+
+  // A token outside the model's vocabulary is caught at load time, with its position.
+  std::vector<uint16_t> bad(1000, 5);
+  bad[517] = 50300;
+  write_shard(dir / "vocab.bin", bad);
+  const std::string vocab_bin = (dir / "vocab.bin").string();
+  msg = error_of([&] { ShardSet::open(vocab_bin, {.format = ShardFormat::llmc, .vocab_limit = 50257}); });
+  has(msg, "vocab.bin");
+  has(msg, "token 50300 at position 517");
+  has(msg, "expected ids < 50257");
+  CHECK_NOTHROW(ShardSet::open(vocab_bin, {.format = ShardFormat::llmc, .vocab_limit = 50304}));
+  fs::remove_all(dir);
+}
+
+TEST_CASE("loader: sequential batches follow llm.c's window arithmetic, switch shards and wrap") {
+  const fs::path dir = tally::test::temp_dir("loader_seq");
+  // Shard 1 crosses 50000 so values wrap inside a window; shard 2 has a remainder smaller than a window.
+  const std::vector<size_t> sizes = {1000, 60001, 777};
+  write_synthetic(dir, "s", sizes);
+  const size_t offset[] = {0, 1000, 61001};
+  DataLoader dl(ShardSet::open((dir / "s_*.bin").string()), {.batch = 2, .seq_len = 8});
+  const size_t bt = 16;
+  const int64_t w0 = (1000 - 1) / 16, w1 = (60001 - 1) / 16, w2 = (777 - 1) / 16;
+  CHECK(dl.windows_in_shard(0) == w0);
+  CHECK(dl.batches_per_epoch() == w0 + w1 + w2);
+
+  std::vector<std::pair<size_t, size_t>> expect;  // (shard, window) of every batch of two epochs
+  for (int e = 0; e < 2; ++e)
+    for (size_t s = 0; s < 3; ++s)
+      for (int64_t w = 0; w < dl.windows_in_shard(s); ++w) expect.emplace_back(s, size_t(w));
+  Batch b;
+  for (size_t i = 0; i < expect.size(); ++i) {
+    dl.next(b);
+    const auto [s, w] = expect[i];
+    if (i < 5 || (i + 3 > size_t(w0) && i < size_t(w0) + 3) || i % 997 == 0 || i + 5 > expect.size() ||
+        (i + 2 > size_t(dl.batches_per_epoch()) && i < size_t(dl.batches_per_epoch()) + 2)) {
+      INFO("batch " << i << " shard " << s << " window " << w);
+      check_batch(b, offset[s] + w * bt);
+    }
+  }
+  // The explicit values of the first batches.
+  dl.reset();
+  dl.next(b);
+  CHECK(b.inputs[0] == 0);
+  CHECK(b.targets[15] == 16);
+  dl.next(b);
+  CHECK(b.inputs[0] == 16);
+  for (int64_t i = 2; i < w0; ++i) dl.next(b);
+  check_batch(b, size_t(w0 - 1) * bt);  // last window of shard 0: tokens 976..992 (984 unused at the end)
+  dl.next(b);
+  CHECK(b.inputs[0] == 1000);  // first window of shard 1
+  CHECK(dl.position().shard == 1);
+  CHECK(dl.position().window == 1);
+  // The window holding the 50000 wrap: global tokens 49,992..50,008 -> values ..., 49999, 0, 1, ...
+  const size_t wrap_window = (49992 - 1000) / 16;
+  for (size_t i = 1; i < wrap_window; ++i) dl.next(b);
+  dl.next(b);
+  CHECK(b.inputs[0] == 49992);
+  CHECK(b.inputs[7] == 49999);
+  CHECK(b.inputs[8] == 0);
+  CHECK(b.targets[7] == 0);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("loader: rank r of w reads its own slice of each window, as llm.c") {
+  const fs::path dir = tally::test::temp_dir("loader_rank");
+  write_synthetic(dir, "s", {5000, 3001});
+  const size_t offset[] = {0, 5000};
+  const int world = 3;
+  const size_t bt = 4 * 16, stride = world * bt;
+  std::vector<DataLoader> ranks;
+  for (int r = 0; r < world; ++r)
+    ranks.emplace_back(ShardSet::open((dir / "s_*.bin").string()),
+                       LoaderConfig{.batch = 4, .seq_len = 16, .rank = r, .world = world});
+  const int64_t w0 = (5000 - 1) / int64_t(stride), w1 = (3001 - 1) / int64_t(stride);
+  CHECK(ranks[0].windows_in_shard(0) == w0);
+  for (int64_t i = 0; i < 2 * (w0 + w1) + 3; ++i) {
+    const int64_t in_epoch = i % (w0 + w1);
+    const size_t s = in_epoch < w0 ? 0 : 1, w = size_t(in_epoch < w0 ? in_epoch : in_epoch - w0);
+    for (int r = 0; r < world; ++r) {
+      INFO("batch " << i << " rank " << r);
+      check_batch(ranks[size_t(r)].next(), offset[s] + w * stride + size_t(r) * bt);
+    }
+  }
+  fs::remove_all(dir);
+}
+
+TEST_CASE("loader: shuffled order is a seeded permutation, deterministic per seed") {
+  const fs::path dir = tally::test::temp_dir("loader_shuffle");
+  write_synthetic(dir, "s", {3000, 2000, 4001, 1500});
+  const std::string glob = (dir / "s_*.bin").string();
+  auto loader = [&](uint64_t seed) {
+    return DataLoader(ShardSet::open(glob), {.batch = 2, .seq_len = 16, .order = LoaderOrder::shuffled, .seed = seed});
+  };
+  DataLoader a = loader(42), b = loader(42), c = loader(43);
+  DataLoader seq(ShardSet::open(glob), {.batch = 2, .seq_len = 16});
+  const int64_t epoch = a.batches_per_epoch();
+  std::multiset<int32_t> starts_shuffled, starts_seq;
+  std::vector<int32_t> firsts_a, firsts_c;
+  for (int64_t i = 0; i < 3 * epoch; ++i) {
+    const Batch ba = a.next(), bb = b.next(), bc = c.next();
+    CHECK(ba.inputs == bb.inputs);
+    firsts_a.push_back(ba.inputs[0]);
+    firsts_c.push_back(bc.inputs[0]);
+    // Every shuffled batch is still a whole, aligned window: consecutive values.
+    CHECK(ba.targets[31] == (ba.inputs[0] + 32) % kMod);
+    if (i < epoch) {
+      starts_shuffled.insert(ba.inputs[0]);
+      starts_seq.insert(seq.next().inputs[0]);
+    }
+  }
+  CHECK(starts_shuffled == starts_seq);  // one epoch visits every window exactly once
+  CHECK(firsts_a != firsts_c);
+  // Epochs are shuffled differently.
+  CHECK(std::vector<int32_t>(firsts_a.begin(), firsts_a.begin() + epoch) !=
+        std::vector<int32_t>(firsts_a.begin() + epoch, firsts_a.begin() + 2 * epoch));
+  // Not the sequential order.
+  std::vector<int32_t> seq_firsts;
+  seq.reset();
+  for (int64_t i = 0; i < epoch; ++i) seq_firsts.push_back(seq.next().inputs[0]);
+  CHECK(std::vector<int32_t>(firsts_a.begin(), firsts_a.begin() + epoch) != seq_firsts);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("loader: a restored position yields exactly the batches of an uninterrupted loader") {
+  const fs::path dir = tally::test::temp_dir("loader_resume");
+  write_synthetic(dir, "s", {3000, 2000, 4001});
+  const std::string glob = (dir / "s_*.bin").string();
+  for (const LoaderOrder order : {LoaderOrder::sequential, LoaderOrder::shuffled}) {
+    const LoaderConfig cfg{.batch = 3, .seq_len = 10, .rank = 1, .world = 2, .order = order, .seed = 7};
+    DataLoader ref(ShardSet::open(glob), cfg);
+    const int64_t epoch = ref.batches_per_epoch(), w0 = ref.windows_in_shard(0);
+    std::vector<std::vector<int32_t>> expected;
+    for (int64_t i = 0; i < 3 * epoch; ++i) expected.push_back(ref.next().inputs);
+    // Stop mid-shard, exactly at a shard's end, at an epoch's end, and inside the second epoch.
+    for (const int64_t stop : {int64_t(0), int64_t(5), w0, w0 + 1, epoch - 1, epoch, epoch + 17}) {
+      INFO("order " << (order == LoaderOrder::shuffled ? "shuffled" : "sequential") << ", stop after " << stop);
+      DataLoader first(ShardSet::open(glob), cfg);
+      for (int64_t i = 0; i < stop; ++i) first.next();
+      const std::vector<uint8_t> saved = first.position().to_bytes();
+      CHECK(saved.size() == LoaderPosition::kBytes);
+      DataLoader resumed(ShardSet::open(glob), cfg);
+      resumed.restore(LoaderPosition::from_bytes(saved));
+      CHECK(resumed.position() == first.position());
+      bool same = true;
+      for (int64_t i = stop; i < stop + epoch + 3; ++i) same &= resumed.next().inputs == expected[size_t(i)];
+      CHECK(same);
+    }
+    // reset() starts the walk over (the eval loader's use).
+    ref.reset();
+    CHECK(ref.next().inputs == expected[0]);
+  }
+  // A position from a differently configured loader is refused.
+  DataLoader a(ShardSet::open(glob), {.batch = 3, .seq_len = 10});
+  DataLoader b(ShardSet::open(glob), {.batch = 4, .seq_len = 10});
+  has(error_of([&] { b.restore(a.position()); }), "saved by a loader with B=3");
+  std::vector<uint8_t> junk = a.position().to_bytes();
+  junk[0] ^= 1;
+  has(error_of([&] { LoaderPosition::from_bytes(junk); }), "bad magic");
+  has(error_of([&] { LoaderPosition::from_bytes(std::vector<uint8_t>(7)); }), "expected 80 bytes, found 7");
+  fs::remove_all(dir);
+}
+
+TEST_CASE("loader: a shard too small for one batch, and bad configurations, are clear errors") {
+  const fs::path dir = tally::test::temp_dir("loader_small");
+  write_synthetic(dir, "s", {1000, 64});
+  const std::string glob = (dir / "s_*.bin").string();
+  std::string msg = error_of([&] { DataLoader(ShardSet::open(glob), {.batch = 4, .seq_len = 16}); });
+  has(msg, "s_001.bin has 64 tokens, too few for one batch");
+  has(msg, "needs 65 tokens");
+  CHECK_NOTHROW(DataLoader(ShardSet::open(glob), {.batch = 3, .seq_len = 21}));
+  has(error_of([&] { DataLoader(ShardSet::open(glob), {.batch = 0, .seq_len = 16}); }), "must be positive");
+  has(error_of([&] { DataLoader(ShardSet::open(glob), {.batch = 1, .seq_len = 4, .rank = 2, .world = 2}); }),
+      "rank 2 of world 2");
+  DataLoader dl(ShardSet::open(glob), {.batch = 1, .seq_len = 4});
+  std::vector<int32_t> in(3), tg(4);
+  has(error_of([&] { dl.next(in, tg); }), "expected buffers of B*T=4");
+  fs::remove_all(dir);
+}
+
+}  // TEST_SUITE
