@@ -1,16 +1,12 @@
 // `tally prepare`: tokenizes a UTF-8 text file with GPT-2's BPE into llm.c token shards, DIR/val.bin (the first
 // --val-tokens tokens) and DIR/train.bin (the rest), as llm.c's dev/data scripts do. The text is one document with
 // <|endoftext|> first, or with --split-docs SEP many documents, each preceded by <|endoftext|>.
-#include <chrono>
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 
 #include <omp.h>
 
 #include "core/error.h"
-#include "data/shards.h"
-#include "data/tokenizer.h"
+#include "data/prepare.h"
 #include "train/commands.h"
 #include "train/flags.h"
 
@@ -36,29 +32,6 @@ std::string unescape(const std::string& s) {
     }
   }
   return out;
-}
-
-std::string read_text(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  TALLY_CHECK(f, "[prepare] cannot open --text file ", path);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  TALLY_CHECK(!f.bad(), "[prepare] error reading ", path);
-  return ss.str();
-}
-
-// Documents of text split after each occurrence of sep (the separator stays at the end of its document, so the
-// token stream equals llm.c's text.replace(sep, sep + "<|endoftext|>")).
-std::vector<std::string_view> split_documents(std::string_view text, std::string_view sep) {
-  std::vector<std::string_view> docs;
-  if (sep.empty()) return {text};
-  for (size_t start = 0; start < text.size();) {
-    const size_t hit = text.find(sep, start);
-    const size_t end = hit == std::string_view::npos ? text.size() : hit + sep.size();
-    docs.push_back(text.substr(start, end - start));
-    start = end;
-  }
-  return docs;
 }
 
 }  // namespace
@@ -88,29 +61,14 @@ int cmd_prepare(const Args& args) {
   if (val_tokens <= 0) throw FlagError("--val-tokens must be positive, got " + std::to_string(val_tokens));
   const std::string sep = unescape(flags.maybe("split-docs").value_or(""));
 
-  const std::string text = read_text(text_path);
-  TALLY_CHECK(!text.empty(), "[prepare] ", text_path, " is empty");
-  const auto tok = data::Tokenizer::load(flags.maybe("tokenizer-dir").value_or(""));
-
-  const auto t0 = std::chrono::steady_clock::now();
-  const std::vector<std::string_view> docs = split_documents(text, sep);
-  const std::vector<int32_t> tokens = tok.encode_documents(docs);
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  data::PrepareResult r = data::prepare_text(
+      text_path, out_dir,
+      {.val_tokens = val_tokens, .doc_separator = sep, .tokenizer_dir = flags.maybe("tokenizer-dir").value_or("")});
   std::printf("tokenized %s: %zu bytes, %zu document(s), %zu tokens in %.3f s (%.1f MB/s, %d thread(s))\n",
-              text_path.c_str(), text.size(), docs.size(), tokens.size(), secs, double(text.size()) / 1e6 / secs,
+              text_path.c_str(), r.bytes, r.documents, r.tokens, r.seconds, double(r.bytes) / 1e6 / r.seconds,
               omp_get_max_threads());
-
-  TALLY_CHECK(int64_t(tokens.size()) > val_tokens, "[prepare] ", text_path, " has ", tokens.size(),
-              " tokens; --val-tokens ", val_tokens, " leaves none for train.bin");
-  std::error_code ec;
-  std::filesystem::create_directories(out_dir, ec);
-  TALLY_CHECK(!ec, "[prepare] cannot create --out directory ", out_dir.string(), ": ", ec.message());
-  const std::span<const int32_t> all(tokens);
-  const auto val = all.first(size_t(val_tokens)), train = all.subspan(size_t(val_tokens));
-  data::write_shard(out_dir / "val.bin", val);
-  data::write_shard(out_dir / "train.bin", train);
-  std::printf("wrote %s (%zu tokens) and %s (%zu tokens)\n", (out_dir / "val.bin").string().c_str(), val.size(),
-              (out_dir / "train.bin").string().c_str(), train.size());
+  std::printf("wrote %s (%zu tokens) and %s (%zu tokens)\n", r.val_path.string().c_str(), r.val_tokens,
+              r.train_path.string().c_str(), r.train_tokens);
   return 0;
 }
 

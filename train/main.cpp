@@ -21,6 +21,7 @@ struct Command {
 const std::map<std::string, Command>& commands() {
   static const std::map<std::string, Command> table = {
       {"demo", {tally::cli::cmd_demo, "a short autograd demo: fit a tiny MLP on the CPU"}},
+      {"prepare", {tally::cli::cmd_prepare, "tokenize a UTF-8 text file into llm.c token shards"}},
   };
   return table;
 }

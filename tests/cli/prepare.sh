@@ -26,7 +26,7 @@ fail() { echo "FAIL: $*"; exit 1; }
 
 "$tally" prepare --text "$out/no-such-file.txt" --out "$out/x" 2> "$out/err"
 [[ $? == 1 ]] || fail "a missing --text file should exit 1"
-grep -q "cannot open --text file" "$out/err" || fail "missing-file message: $(cat "$out/err")"
+grep -q "cannot open text file" "$out/err" || fail "missing-file message: $(cat "$out/err")"
 "$tally" prepare --out "$out/x" 2> /dev/null
 [[ $? == 2 ]] || fail "a missing --text flag should exit 2"
 echo "ok"

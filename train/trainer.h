@@ -1,0 +1,95 @@
+// One training run, the engine of `tally train` and `tally compare`: model, optimizer, data loaders, schedule,
+// the step (micro-batches, gradient accumulation, global-norm clipping, non-finite skipping), evaluation,
+// sampling, checkpoints with bit-exact resume, the log, and the memory plan measured against its prediction.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "data/loader.h"
+#include "models/gpt2.h"
+#include "optim/optimizer.h"
+#include "optim/schedule.h"
+#include "train/setup.h"
+
+namespace tally::cli {
+
+// Everything a run is configured with (resolved from flags and saved with the run).
+struct RunConfig {
+  models::GPT2Config model;
+  std::string init;  // a model file to start from ("" = GPT-2 init from seed)
+  OptimizerSpec optimizer;
+  DataChoice data;
+  int64_t batch = 8, seq = 128, accumulation = 1, steps = 100;
+  std::string schedule = "cosine";
+  int64_t warmup = 10;
+  double min_lr_ratio = 0.1, grad_clip = 1.0;
+  int64_t eval_every = 50, val_batches = 8, sample_every = 0, sample_tokens = 64;
+  int64_t save_every = 0, keep_last = 3, log_optim = 0, log_every = 10, max_bad_steps = 5;
+  uint64_t seed = 1337;
+  bool shuffle = true;
+  Device device = Device::cpu();
+  int threads = 0;
+  std::filesystem::path out;
+  nlohmann::json flags;  // the resolved flags as given/defaulted
+};
+
+// Flags for `tally train` (model, data, optimizer and run flags).
+std::vector<FlagSpec> train_flags();
+RunConfig run_config(const Flags& flags);
+
+struct StepRecord {
+  int64_t step = 0;
+  double loss = 0, lr = 0, grad_norm = 0, ms = 0, tokens_per_s = 0;
+  bool skipped = false;  // non-finite loss or gradient norm: the optimizer did not run
+};
+
+struct RunSummary {
+  int64_t steps_done = 0;
+  double final_train_loss = NAN, final_val_loss = NAN, ms_per_step = NAN;
+  int64_t optimizer_state_bytes = 0;
+  int64_t skipped_steps = 0;
+  bool interrupted = false;
+  std::filesystem::path last_checkpoint;
+  std::vector<std::pair<int64_t, double>> train_curve, val_curve;
+};
+
+// Set by SIGINT/SIGTERM: the run finishes its step, saves a checkpoint and returns.
+extern std::atomic<bool> g_stop_requested;
+void install_stop_handlers();
+
+class Trainer {
+ public:
+  explicit Trainer(RunConfig config);
+  ~Trainer();
+  // Continues from a checkpoint directory (model, optimizer state, loader position, step, RNG).
+  void resume(const std::filesystem::path& checkpoint_dir);
+  RunSummary run();
+
+  // The exact memory plan of one training step (run on the meta device), and its rendering.
+  MemoryFigures predict_memory() const;
+  double evaluate(int64_t batches);
+  std::string sample(const std::string& prompt, int64_t tokens, uint64_t seed);
+  models::GPT2& model() { return *model_; }
+  optim::Optimizer& optimizer() { return *optimizer_; }
+
+ private:
+  StepRecord train_step(int64_t step);
+  std::filesystem::path save(int64_t step);
+  void log(const nlohmann::json& j);
+
+  RunConfig c_;
+  std::unique_ptr<models::GPT2> model_;
+  std::unique_ptr<optim::Optimizer> optimizer_;
+  std::unique_ptr<data::DataLoader> train_loader_, val_loader_;
+  std::optional<optim::LrSchedule> schedule_;
+  int64_t start_step_ = 0;  // steps already done (resume)
+  int64_t skipped_total_ = 0, skipped_in_row_ = 0;
+  std::FILE* log_ = nullptr;
+};
+
+}  // namespace tally::cli
