@@ -219,7 +219,7 @@ KVCache GPT2::make_kv_cache(int64_t batch, int64_t capacity) const {
   return cache;
 }
 
-Tensor GPT2::forward_cached(const Tensor& idx, KVCache& cache) const {
+Tensor GPT2::forward_cached(const Tensor& idx, KVCache& cache, LogitPositions positions) const {
   TALLY_CHECK(int64_t(cache.layers.size()) == config_.n_layer && cache.length < cache.capacity, "[gpt2] kv cache of ",
               cache.layers.size(), " layers with ", cache.length, "/", cache.capacity,
               " positions filled cannot serve a model of ", config_.n_layer, " layers");
@@ -234,6 +234,7 @@ Tensor GPT2::forward_cached(const Tensor& idx, KVCache& cache) const {
     x = add(wte.forward(idx), wpe.rows(pos, Tn));
   }
   for (size_t l = 0; l < h.size(); ++l) x = h[l]->forward_cached(x, cache.layers[l], pos);
+  if (positions == LogitPositions::last) x = x.slice(1, Tn - 1, Tn);  // (B, 1, C)
   x = ln_f.forward(x);
   cache.length += Tn;
   MemoryScope scope(Category::activation, "lm_head");

@@ -58,6 +58,8 @@ struct KVCache {
   int64_t length = 0;
 };
 
+enum class LogitPositions : uint8_t { all, last };
+
 class GPT2 : public nn::Module {
   // Declared first: members initialise in declaration order and the layers below use these.
   GPT2Config config_;
@@ -84,9 +86,10 @@ class GPT2 : public nn::Module {
   };
   Output forward_with_loss(const Tensor& idx, const Tensor& targets) const;
 
-  // Incremental decoding (no autograd): idx (B, Tn) holds positions [cache.length, cache.length + Tn); their keys
-  // and values are appended to the cache. Returns the logits (B, Tn, V) of those positions.
-  Tensor forward_cached(const Tensor& idx, KVCache& cache) const;
+  // Incremental decoding (no autograd, no dropout): idx (B, Tn) holds positions [cache.length, cache.length + Tn);
+  // their keys and values are appended to the cache. Returns the logits (B, Tn, V) of those positions, or with
+  // LogitPositions::last only the last one's (B, 1, V) (a long prompt then costs no (B, Tn, V) buffer).
+  Tensor forward_cached(const Tensor& idx, KVCache& cache, LogitPositions positions = LogitPositions::all) const;
   // Caches of `capacity` positions (<= block_size) for a batch of `batch`, on the model's device.
   KVCache make_kv_cache(int64_t batch, int64_t capacity) const;
 

@@ -15,13 +15,15 @@ MLP::MLP(std::string name, const BlockConfig& config, TensorOptions options, Gen
   add_child(dropout);
 }
 
-Tensor MLP::forward(const Tensor& x) const {
+Tensor MLP::forward(const Tensor& x) const { return dropout.forward(project(x)); }
+
+Tensor MLP::project(const Tensor& x) const {
   Tensor h = c_fc.forward(x);  // (B, T, 4C)
   {
     MemoryScope scope(Category::activation, name());
     h = gelu(h);
   }
-  return dropout.forward(c_proj.forward(h));
+  return c_proj.forward(h);
 }
 
 CausalSelfAttention::CausalSelfAttention(std::string name, const BlockConfig& config, TensorOptions options,
@@ -101,7 +103,7 @@ Tensor Block::forward(const Tensor& x) const {
 Tensor Block::forward_cached(const Tensor& x, LayerKVCache& cache, int64_t pos) const {
   NoGradGuard no_grad;
   Tensor h = add(x, attn.forward_cached(ln_1.forward(x), cache, pos));
-  return add(h, mlp.forward(ln_2.forward(h)));
+  return add(h, mlp.project(ln_2.forward(h)));
 }
 
 }  // namespace tally::nn

@@ -25,6 +25,7 @@ class MLP : public Module {
  public:
   MLP(std::string name, const BlockConfig& config, TensorOptions options, Generator& dropout_generator);
   Tensor forward(const Tensor& x) const;  // (B, T, C) -> (B, T, C)
+  Tensor project(const Tensor& x) const;  // the same without dropout (inference)
   Linear c_fc;                            // C -> 4C
   Linear c_proj;                          // 4C -> C
   Dropout dropout;
@@ -50,6 +51,7 @@ class Block : public Module {
  public:
   Block(std::string name, const BlockConfig& config, TensorOptions options, Generator& dropout_generator);
   Tensor forward(const Tensor& x) const;  // (B, T, C) -> (B, T, C): x + attn(ln_1(x)), then + mlp(ln_2(.))
+  // Incremental decoding through the cached attention; never applies dropout (inference), no autograd.
   Tensor forward_cached(const Tensor& x, LayerKVCache& cache, int64_t pos) const;
   LayerNorm ln_1;
   CausalSelfAttention attn;
