@@ -39,6 +39,12 @@ bool sole_owner_of_dense_storage(const Tensor& g) {
 
 // existing += g, in place (outside autograd).
 void accumulate_into(Tensor& existing, const Tensor& g) { add_(existing, g); }
+
+// True when `t` is the only handle on its storage (no view, saved tensor or caller shares it), so adding into it in
+// place cannot be observed anywhere else.
+bool exclusively_owned(const Tensor& t) {
+  return t.impl_ptr().use_count() == 1 && t.impl()->storage.use_count() == 1 && t.is_contiguous();
+}
 }  // namespace
 
 Node::~Node() {
@@ -193,7 +199,12 @@ void run_backward(const Tensor& root, const Tensor& grad_in, BackwardOptions opt
         auto [slot, inserted] = pending.try_emplace(child, std::move(grads[i]));
         if (!inserted) {
           MemoryScope scope(Category::workspace, "backward");
-          slot->second = add(slot->second, grads[i]);
+          // A sum of gradients for one node (e.g. a tied weight used twice) is formed in place when the first one is
+          // exclusively ours: one buffer of the node's size fewer at the peak.
+          if (exclusively_owned(slot->second))
+            accumulate_into(slot->second, grads[i]);
+          else
+            slot->second = add(slot->second, grads[i]);
         }
       }
       release_child(child);

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/kernels/cpu/vec_math.h"
 #include "core/kernels/kernels.h"
 
 namespace tally::kernels::cpu {
@@ -12,10 +13,11 @@ void cross_entropy_forward(const T* logits, int64_t ld, const int32_t* targets, 
   for (int64_t r = 0; r < N; ++r) {
     const T* x = logits + r * ld;
     T mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
     for (int64_t c = 0; c < V; ++c) mx = std::max(mx, x[c]);
     T sum = 0;
 #pragma omp simd reduction(+ : sum)
-    for (int64_t c = 0; c < V; ++c) sum += std::exp(x[c] - mx);
+    for (int64_t c = 0; c < V; ++c) sum += exp_fast(x[c] - mx);
     T l = mx + std::log(sum);
     lse[r] = l;
     losses[r] = l - x[targets[r]];
@@ -32,7 +34,7 @@ void cross_entropy_backward(const T* logits, int64_t ld, const int32_t* targets,
     T* d = dlogits + r * ld_grad;
     T l = lse[r];
 #pragma omp simd
-    for (int64_t c = 0; c < V; ++c) d[c] = s * std::exp(x[c] - l);
+    for (int64_t c = 0; c < V; ++c) d[c] = s * exp_fast(x[c] - l);
     d[targets[r]] -= s;
   }
 }

@@ -1,6 +1,7 @@
 // CPU kernels: broadcasting binary ops, unary ops (incl. GELU and its backward), axpy.
 #include <cmath>
 
+#include "core/kernels/cpu/vec_math.h"
 #include "core/kernels/kernels.h"
 
 namespace tally::kernels::cpu {
@@ -53,7 +54,8 @@ template <class T>
 inline T gelu_value(T x) {
   const T s = T(0.7978845608028654);  // sqrt(2/pi)
   T u = s * (x + T(0.044715) * x * x * x);
-  return T(0.5) * x * (T(1) + std::tanh(u));
+  // 0.5 x (1 + tanh(u)) == x * sigmoid(2u): one vectorisable exp, and no cancellation in 1 + tanh for x << 0.
+  return x * sigmoid_fast(T(2) * u);
 }
 
 }  // namespace
@@ -94,9 +96,10 @@ void gelu_backward(const T* x, const T* dy, T* dx, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     T v = x[i];
     T u = s * (v + T(0.044715) * v * v * v);
-    T t = std::tanh(u);
     T du = s * (T(1) + T(3 * 0.044715) * v * v);
-    dx[i] = dy[i] * (T(0.5) * (T(1) + t) + T(0.5) * v * (T(1) - t * t) * du);
+    // With g = sigmoid(2u): 0.5 (1 + tanh u) = g and 0.5 (1 - tanh^2 u) = 2 g (1 - g).
+    T g = sigmoid_fast(T(2) * u);
+    dx[i] = dy[i] * (g + T(2) * v * g * (T(1) - g) * du);
   }
 }
 
