@@ -72,6 +72,8 @@ class GPT2 : public nn::Module {
   const GPT2Config& config() const { return config_; }
   const GPT2Options& options() const { return options_; }
   Device device() const { return options_.device; }
+  // The dropout stream (its state is saved with training checkpoints so a resumed run draws the same masks).
+  Generator& dropout_generator() { return dropout_generator_; }
   DType dtype() const { return options_.dtype; }
 
   // idx (B, T) i32 -> logits (B, T, V): a row-strided view of the head's (B, T, Vp) output, so padded columns

@@ -58,6 +58,15 @@ struct RunSummary {
   std::vector<std::pair<int64_t, double>> train_curve, val_curve;
 };
 
+// The exact memory of one training step (parameters, gradients, optimizer state, activations, workspace, inputs),
+// predicted by running that step on the meta device: the same code path allocates the same bytes, nothing is
+// computed. What the real step then measures on the CPU equals it to the byte.
+struct StepShape {
+  int64_t batch = 1, seq = 1, accumulation = 1;
+  double grad_clip = 1.0;
+};
+MemoryFigures predict_step_memory(const models::GPT2Config& model, const OptimizerSpec& optimizer, StepShape shape);
+
 // Set by SIGINT/SIGTERM: the run finishes its step, saves a checkpoint and returns.
 extern std::atomic<bool> g_stop_requested;
 void install_stop_handlers();

@@ -30,21 +30,19 @@ std::shared_ptr<Node> edge_of(const Tensor& t) {
 }
 
 
-// True when g is the only view of a storage that holds exactly its elements, so it can become a .grad as is.
-bool sole_owner_of_dense_storage(const Tensor& g) {
-  const auto& st = g.impl()->storage;
-  return g.impl_ptr().use_count() == 1 && st.use_count() == 1 && g.is_contiguous() && g.offset() == 0 &&
-         st->block.requested == g.nbytes();
-}
-
-// existing += g, in place (outside autograd).
-void accumulate_into(Tensor& existing, const Tensor& g) { add_(existing, g); }
-
 // True when `t` is the only handle on its storage (no view, saved tensor or caller shares it), so adding into it in
 // place cannot be observed anywhere else.
 bool exclusively_owned(const Tensor& t) {
   return t.impl_ptr().use_count() == 1 && t.impl()->storage.use_count() == 1 && t.is_contiguous();
 }
+
+// True when g is exclusively owned and its storage holds exactly its elements, so it can become a .grad as is.
+bool sole_owner_of_dense_storage(const Tensor& g) {
+  return exclusively_owned(g) && g.offset() == 0 && g.impl()->storage->block.requested == g.nbytes();
+}
+
+// existing += g, in place (outside autograd).
+void accumulate_into(Tensor& existing, const Tensor& g) { add_(existing, g); }
 }  // namespace
 
 Node::~Node() {
