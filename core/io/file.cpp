@@ -1,0 +1,404 @@
+// Whole-file reads, MappedFile, AtomicFileWriter (temp file + fsync + rename + directory fsync) and CRC-32C.
+// POSIX file descriptors are used directly (not iostreams) so every failure reports the precise errno.
+#include "core/io/file.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <set>
+#include <system_error>
+
+#include "core/error.h"
+
+#if defined(__x86_64__)
+#include <nmmintrin.h>
+#endif
+
+namespace tally::io {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string errno_text(int err) { return std::system_category().message(err); }
+
+// Why open(path) failed, in words a user can act on.
+std::string open_problem(const fs::path& path, int err) {
+  switch (err) {
+    case ENOENT: return "does not exist";
+    case EACCES: return "cannot be read: permission denied";
+    case EISDIR: return "is a directory, expected a file";
+    case ENOTDIR: return "has a parent that is not a directory";
+    default: return cat("cannot be opened: ", errno_text(err));
+  }
+}
+
+// Opens path read-only and checks it is not a directory; returns the fd and fills st.
+int open_for_reading(const fs::path& path, struct stat& st) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail("[io] '", path.string(), "' ", open_problem(path, errno));
+  if (::fstat(fd, &st) != 0) {
+    int err = errno;
+    ::close(fd);
+    fail("[io] '", path.string(), "': cannot stat: ", errno_text(err));
+  }
+  if (S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    fail("[io] '", path.string(), "' is a directory, expected a file");
+  }
+  return fd;
+}
+
+template <class Container>
+Container read_all(const fs::path& path) {
+  struct stat st{};
+  int fd = open_for_reading(path, st);
+  Container out;
+  // Regular files report their size, so one allocation suffices; pipes and /proc files report 0 and grow.
+  if (S_ISREG(st.st_mode) && st.st_size > 0) out.resize(size_t(st.st_size));
+  size_t filled = 0;
+  for (;;) {
+    if (filled == out.size()) out.resize(std::max<size_t>(out.size() * 2, 4096));
+    ssize_t r = ::read(fd, out.data() + filled, out.size() - filled);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      ::close(fd);
+      fail("[io] '", path.string(), "': read failed after ", filled, " bytes: ", errno_text(err));
+    }
+    if (r == 0) break;
+    filled += size_t(r);
+  }
+  ::close(fd);
+  out.resize(filled);
+  return out;
+}
+
+}  // namespace
+
+std::vector<uint8_t> read_file(const fs::path& path) { return read_all<std::vector<uint8_t>>(path); }
+std::string read_file_text(const fs::path& path) { return read_all<std::string>(path); }
+
+// ---------------------------------------------------------------------------------------------------------
+// MappedFile
+
+MappedFile::MappedFile(const fs::path& path) : path_(path) {
+  struct stat st{};
+  int fd = open_for_reading(path, st);
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail("[io] '", path.string(), "' is not a regular file and cannot be memory-mapped");
+  }
+  size_ = size_t(st.st_size);
+  if (size_ > 0) {  // mmap of length 0 is an error (EINVAL); an empty file simply has no mapping
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      int err = errno;
+      ::close(fd);
+      fail("[io] '", path.string(), "': cannot memory-map ", size_, " bytes: ", errno_text(err));
+    }
+    data_ = static_cast<const uint8_t*>(p);
+  }
+  ::close(fd);  // the mapping keeps the file alive
+}
+
+MappedFile::~MappedFile() { release(); }
+
+MappedFile::MappedFile(MappedFile&& other) noexcept
+    : path_(std::move(other.path_)), data_(other.data_), size_(other.size_) {
+  other.data_ = nullptr;
+  other.size_ = 0;
+}
+
+MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
+  if (this != &other) {
+    release();
+    path_ = std::move(other.path_);
+    data_ = other.data_;
+    size_ = other.size_;
+    other.data_ = nullptr;
+    other.size_ = 0;
+  }
+  return *this;
+}
+
+void MappedFile::release() noexcept {
+  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+  data_ = nullptr;
+  size_ = 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// AtomicFileWriter
+
+namespace {
+
+constexpr size_t kBufferBytes = size_t(256) << 10;
+constexpr size_t kMaxSyscallBytes = size_t(1) << 30;  // Linux moves at most ~2 GiB per write() anyway
+
+// Temp paths of live writers in this process: two writers for one path would share a temp file.
+std::mutex g_live_mutex;
+std::set<std::string> g_live_temps;
+
+void forget_temp(const fs::path& temp) {
+  std::lock_guard lock(g_live_mutex);
+  g_live_temps.erase(temp.string());
+}
+
+int64_t fault_after_from_env() {
+  const char* e = std::getenv("TALLY_FAULT_WRITE_AFTER_BYTES");
+  if (!e || !*e) return -1;
+  char* end = nullptr;
+  errno = 0;
+  long long v = std::strtoll(e, &end, 10);
+  if (errno != 0 || *end != '\0' || v < 0)
+    fail("[io] TALLY_FAULT_WRITE_AFTER_BYTES='", e, "' is not a non-negative integer byte count");
+  return int64_t(v);
+}
+
+fs::path directory_of(const fs::path& path) {
+  fs::path dir = path.parent_path();
+  return dir.empty() ? fs::path(".") : dir;
+}
+
+}  // namespace
+
+AtomicFileWriter::AtomicFileWriter(fs::path path) : path_(std::move(path)) {
+  TALLY_CHECK(!path_.empty(), "[io] AtomicFileWriter: empty path");
+  TALLY_CHECK(path_.has_filename(), "[io] '", path_.string(), "': expected a file path, got a directory path");
+  fault_after_ = fault_after_from_env();
+  std::error_code ec;
+  if (fs::is_directory(path_, ec))
+    fail("[io] '", path_.string(), "' is a directory; cannot replace it with a file");
+  fs::path dir = directory_of(path_);
+  if (!fs::is_directory(dir, ec))
+    fail("[io] '", path_.string(), "': cannot write: directory '", dir.string(), "' does not exist");
+
+  temp_path_ = path_;
+  temp_path_ += cat(".tmp.", ::getpid());
+  {
+    std::lock_guard lock(g_live_mutex);
+    if (!g_live_temps.insert(temp_path_.string()).second)
+      fail("[io] '", path_.string(), "': another AtomicFileWriter in this process is already writing it");
+  }
+  fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+  if (fd_ < 0) {
+    int err = errno;
+    forget_temp(temp_path_);
+    state_ = State::failed;
+    fail("[io] '", path_.string(), "': cannot create temp file '", temp_path_.string(), "': ",
+         err == EACCES ? "permission denied" : errno_text(err));
+  }
+}
+
+AtomicFileWriter::~AtomicFileWriter() {
+  if (state_ == State::open) abandon();
+}
+
+void AtomicFileWriter::abandon() noexcept {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  ::unlink(temp_path_.c_str());
+  forget_temp(temp_path_);
+  state_ = State::failed;
+}
+
+void AtomicFileWriter::fail_write(int err, size_t attempted) {
+  abandon();
+  std::error_code ec;
+  std::string previous = fs::exists(path_, ec) ? cat("the previous '", path_.string(), "' is intact")
+                                               : cat("'", path_.string(), "' was not created");
+  if (err == ENOSPC || err == EDQUOT)
+    fail("[io] '", path_.string(), "': cannot write: the disk is full (",
+         err == ENOSPC ? "no space left on device" : "disk quota exceeded", ") after ", on_disk_,
+         " bytes had been written; ", previous, " and the temp file '", temp_path_.string(), "' was removed");
+  fail("[io] '", path_.string(), "': writing ", attempted, " bytes to temp file '", temp_path_.string(),
+       "' failed after ", on_disk_, " bytes: ", err == 0 ? "write() made no progress" : errno_text(err), "; ",
+       previous, " and the temp file was removed");
+}
+
+void AtomicFileWriter::write_to_fd(const uint8_t* p, size_t n) {
+  while (n > 0) {
+    size_t want = std::min(n, kMaxSyscallBytes);
+    if (fault_after_ >= 0) {  // injected "disk full": the kernel takes bytes up to the limit, then ENOSPC
+      uint64_t limit = uint64_t(fault_after_);
+      uint64_t room = on_disk_ < limit ? limit - on_disk_ : 0;
+      if (room == 0) fail_write(ENOSPC, n);
+      want = size_t(std::min<uint64_t>(want, room));
+    }
+    ssize_t r = ::write(fd_, p, want);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      fail_write(errno, n);
+    }
+    if (r == 0) fail_write(0, n);
+    p += r;
+    n -= size_t(r);
+    on_disk_ += uint64_t(r);
+  }
+}
+
+void AtomicFileWriter::flush_buffer() {
+  if (buffer_.empty()) return;
+  write_to_fd(buffer_.data(), buffer_.size());
+  buffer_.clear();
+}
+
+void AtomicFileWriter::write(const void* data, size_t n) {
+  if (state_ == State::committed) fail("[io] '", path_.string(), "': write after commit()");
+  if (state_ == State::failed) fail("[io] '", path_.string(), "': write after an earlier failure");
+  if (n == 0) return;
+  TALLY_CHECK(data != nullptr, "[io] '", path_.string(), "': write of ", n, " bytes from a null pointer");
+  const auto* p = static_cast<const uint8_t*>(data);
+  accepted_ += n;
+  if (buffer_.size() + n <= kBufferBytes) {
+    if (buffer_.capacity() < kBufferBytes) buffer_.reserve(kBufferBytes);
+    buffer_.insert(buffer_.end(), p, p + n);
+    return;
+  }
+  flush_buffer();
+  if (n >= kBufferBytes) {
+    write_to_fd(p, n);
+  } else {
+    buffer_.insert(buffer_.end(), p, p + n);
+  }
+}
+
+void AtomicFileWriter::commit() {
+  if (state_ == State::committed) fail("[io] '", path_.string(), "': commit() called twice");
+  if (state_ == State::failed) fail("[io] '", path_.string(), "': commit() after an earlier failure");
+  flush_buffer();
+  auto fail_sync = [&](const char* what, int err) {
+    abandon();
+    std::error_code ec;
+    fail("[io] '", path_.string(), "': ", what, " of temp file '", temp_path_.string(), "' failed: ",
+         errno_text(err), "; ",
+         fs::exists(path_, ec) ? cat("the previous '", path_.string(), "' is intact") : std::string("nothing was written"));
+  };
+  while (::fsync(fd_) != 0) {
+    if (errno != EINTR) fail_sync("fsync", errno);
+  }
+  int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0 && errno != EINTR) fail_sync("close", errno);  // NFS reports late write errors here
+  if (::rename(temp_path_.c_str(), path_.c_str()) != 0) fail_sync("rename", errno);
+  forget_temp(temp_path_);
+  state_ = State::committed;
+  buffer_ = {};
+
+  // Make the rename itself durable. Some filesystems cannot fsync a directory (EINVAL): nothing to do there.
+  fs::path dir = directory_of(path_);
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) fail("[io] '", path_.string(), "' was replaced, but its directory '", dir.string(),
+                    "' could not be opened to fsync the rename: ", errno_text(errno));
+  int rc;
+  do rc = ::fsync(dfd); while (rc != 0 && errno == EINTR);
+  int err = errno;
+  ::close(dfd);
+  if (rc != 0 && err != EINVAL && err != EROFS)
+    fail("[io] '", path_.string(), "' was replaced, but fsync of directory '", dir.string(),
+         "' failed, so the rename may not survive a crash: ", errno_text(err));
+}
+
+void write_file_atomic(const fs::path& path, std::span<const uint8_t> bytes) {
+  AtomicFileWriter w(path);
+  w.write(bytes);
+  w.commit();
+}
+
+void write_file_atomic(const fs::path& path, std::string_view text) {
+  AtomicFileWriter w(path);
+  w.write(text);
+  w.commit();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// CRC-32C
+
+namespace {
+
+constexpr uint32_t kCastagnoliReflected = 0x82F63B78u;
+
+using Crc32cTables = std::array<std::array<uint32_t, 256>, 8>;
+
+constexpr Crc32cTables make_tables() {
+  Crc32cTables t{};
+  for (uint32_t i = 0; i < 256; ++i) {
+    uint32_t c = i;
+    for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ kCastagnoliReflected : c >> 1;
+    t[0][i] = c;
+  }
+  for (size_t s = 1; s < 8; ++s)
+    for (uint32_t i = 0; i < 256; ++i) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xff];
+  return t;
+}
+
+constexpr Crc32cTables kTables = make_tables();
+
+// Slicing-by-8 on the raw (pre-inverted) register.
+uint32_t crc32c_tables(uint32_t crc, const uint8_t* p, size_t n) {
+  while (n >= 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    if constexpr (std::endian::native == std::endian::big) v = __builtin_bswap64(v);
+    v ^= crc;
+    crc = kTables[7][v & 0xff] ^ kTables[6][(v >> 8) & 0xff] ^ kTables[5][(v >> 16) & 0xff] ^
+          kTables[4][(v >> 24) & 0xff] ^ kTables[3][(v >> 32) & 0xff] ^ kTables[2][(v >> 40) & 0xff] ^
+          kTables[1][(v >> 48) & 0xff] ^ kTables[0][v >> 56];
+    p += 8;
+    n -= 8;
+  }
+  while (n--) crc = (crc >> 8) ^ kTables[0][(crc ^ *p++) & 0xff];
+  return crc;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) uint32_t crc32c_sse42(uint32_t crc, const uint8_t* p, size_t n) {
+  uint64_t c = crc;
+  while (n >= 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    c = _mm_crc32_u64(c, v);
+    p += 8;
+    n -= 8;
+  }
+  auto c32 = uint32_t(c);
+  while (n--) c32 = _mm_crc32_u8(c32, *p++);
+  return c32;
+}
+
+bool cpu_has_sse42() {
+  static const bool has = __builtin_cpu_supports("sse4.2");
+  return has;
+}
+#endif
+
+}  // namespace
+
+uint32_t crc32c_portable(const void* data, size_t n, uint32_t previous) {
+  return ~crc32c_tables(~previous, static_cast<const uint8_t*>(data), n);
+}
+
+uint32_t crc32c(const void* data, size_t n, uint32_t previous) {
+#if defined(__x86_64__)
+  if (cpu_has_sse42()) return ~crc32c_sse42(~previous, static_cast<const uint8_t*>(data), n);
+#endif
+  return crc32c_portable(data, n, previous);
+}
+
+std::string crc32c_hex(uint32_t crc) {
+  char buf[9];
+  std::snprintf(buf, sizeof buf, "%08x", crc);
+  return buf;
+}
+
+}  // namespace tally::io

@@ -1,0 +1,108 @@
+// Low-level file I/O: whole-file reads, read-only memory maps, crash-safe atomic writes, and CRC-32C.
+// Every failure throws tally::Error naming the file and the problem ("[io] 'run/ckpt.bin': ...").
+// Used by checkpoints (llm.c format, safetensors, tally's own), golden-data loading in tests, and .npy export.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tally::io {
+
+// ---- whole-file reads ----
+// Errors say whether the file is missing, unreadable (permission), a directory, or failed mid-read.
+std::vector<uint8_t> read_file(const std::filesystem::path& path);
+std::string read_file_text(const std::filesystem::path& path);
+
+// ---- read-only memory map ----
+// Maps the whole file read-only (MAP_PRIVATE). An empty file is valid: size() == 0 and data() == nullptr.
+// The mapping stays valid after the file is renamed or replaced (checkpoints are replaced by rename), but
+// truncating a mapped file in place makes later reads fault: tally never truncates files it may have mapped.
+class MappedFile {
+ public:
+  MappedFile() = default;
+  explicit MappedFile(const std::filesystem::path& path);
+  ~MappedFile();
+  MappedFile(MappedFile&& other) noexcept;
+  MappedFile& operator=(MappedFile&& other) noexcept;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  std::span<const uint8_t> bytes() const { return {data_, size_}; }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  void release() noexcept;
+  std::filesystem::path path_;
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// ---- atomic replacement of a file ----
+// Writes go to "<path>.tmp.<pid>" in the same directory (so the final rename never crosses filesystems).
+// commit() flushes, fsyncs the temp file, renames it over <path> and fsyncs the directory, so after a crash
+// <path> is either the complete old file or the complete new one. Destroying the writer without commit()
+// (an exception unwound past it) removes the temp file and leaves <path> untouched.
+// A failed write (short write, ENOSPC, EIO) throws at once, removes the temp file, and says that the previous
+// <path> is intact; the writer is then dead and further write()/commit() calls throw.
+// Small writes are buffered (256 KiB); large ones go straight to the kernel.
+// One process may not have two writers for the same path open at once (the temp names would collide): the
+// second constructor throws.
+//
+// Fault injection for tests: when the environment variable TALLY_FAULT_WRITE_AFTER_BYTES=N is set at
+// construction, the writer behaves as if the disk filled up after N bytes reached the file: the write that
+// would cross N fails exactly like a real ENOSPC (same message, temp file removed). N=0 fails the first write.
+class AtomicFileWriter {
+ public:
+  explicit AtomicFileWriter(std::filesystem::path path);
+  ~AtomicFileWriter();
+  AtomicFileWriter(const AtomicFileWriter&) = delete;
+  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
+
+  void write(const void* data, size_t n);
+  void write(std::span<const uint8_t> bytes) { write(bytes.data(), bytes.size()); }
+  void write(std::string_view text) { write(text.data(), text.size()); }
+  void commit();
+
+  const std::filesystem::path& path() const { return path_; }
+  const std::filesystem::path& temp_path() const { return temp_path_; }
+  uint64_t bytes_written() const { return accepted_; }  // bytes handed to write() so far
+
+ private:
+  void flush_buffer();
+  void write_to_fd(const uint8_t* p, size_t n);
+  [[noreturn]] void fail_write(int err, size_t attempted);
+  void abandon() noexcept;  // close and unlink the temp file; the writer is dead afterwards
+
+  std::filesystem::path path_;
+  std::filesystem::path temp_path_;
+  int fd_ = -1;
+  enum class State { open, committed, failed } state_ = State::open;
+  std::vector<uint8_t> buffer_;
+  uint64_t accepted_ = 0;  // bytes accepted from callers
+  uint64_t on_disk_ = 0;   // bytes the kernel has taken
+  int64_t fault_after_ = -1;  // from TALLY_FAULT_WRITE_AFTER_BYTES; -1 = no fault injection
+};
+
+// Writes bytes to path atomically (AtomicFileWriter + commit).
+void write_file_atomic(const std::filesystem::path& path, std::span<const uint8_t> bytes);
+void write_file_atomic(const std::filesystem::path& path, std::string_view text);
+
+// ---- CRC-32C (Castagnoli, as in iSCSI/ext4/Btrfs) ----
+// crc32c("123456789") == 0xE3069283. Incremental: crc32c(b, crc32c(a)) == crc32c(a followed by b).
+// Uses the SSE4.2 crc32 instruction when the CPU has it (checked at run time), else slicing-by-8 tables.
+uint32_t crc32c(const void* data, size_t n, uint32_t previous = 0);
+inline uint32_t crc32c(std::span<const uint8_t> bytes, uint32_t previous = 0) {
+  return crc32c(bytes.data(), bytes.size(), previous);
+}
+// The portable table path alone (tests compare it with the hardware path).
+uint32_t crc32c_portable(const void* data, size_t n, uint32_t previous = 0);
+// 8 lowercase hex digits, e.g. "e3069283", for manifests.
+std::string crc32c_hex(uint32_t crc);
+
+}  // namespace tally::io
