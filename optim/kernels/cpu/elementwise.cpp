@@ -1,0 +1,136 @@
+// CPU kernels of the one-pass optimizers (AdamW, SGD with momentum), the gradient-norm helpers (sum of
+// squares in double, in-place scale) and the workspace sizes of the factored steps.
+// AdamW reads g, p, m, v and writes p, m, v: 28 bytes per f32 parameter, the minimum for the algorithm.
+#include <cmath>
+
+#include "optim/kernels/cpu/traverse.h"
+
+namespace tally::optim::kernels::cpu {
+
+using namespace detail;
+
+int64_t factored_workspace_bytes(const FactoredLayout& layout) {
+  return carve(nullptr, layout, make_plan(layout)).bytes;
+}
+
+int64_t dense_workspace_bytes(int64_t) { return 0; }
+
+namespace {
+
+// torch.optim.AdamW's single-tensor step (foreach=False, the CPU default), op for op.
+template <bool kStats>
+void adamw(const AdamWArgs& a) {
+  const double bc1 = 1.0 - std::pow(a.beta1, double(a.step));
+  const double bc2 = 1.0 - std::pow(a.beta2, double(a.step));
+  const float neg_step_size = float(-(a.lr / bc1));
+  const float bc2_sqrt = float(std::sqrt(bc2));
+  const float gs = float(a.grad_scale), eps = float(a.eps);
+  const float keep = float(1.0 - a.lr * a.weight_decay);
+  const float w = float(1.0 - a.beta1);  // lerp weight
+  const float b2 = float(a.beta2), one_b2 = float(1.0 - a.beta2);
+  const bool wd = a.weight_decay != 0.0;
+  const double inv_bc1 = 1.0 / bc1;
+  double ex[kExtras] = {};
+  for_each_range(a.n, ex, [&](int64_t i0, int64_t i1, double* e) {
+    double usq = 0, msq = 0, app = 0;
+#pragma omp simd reduction(+ : usq, msq, app)
+    for (int64_t i = i0; i < i1; ++i) {
+      const float g = a.grad[i] * gs;
+      float p = a.param[i];
+      if (wd) p = p * keep;
+      const float m0 = a.exp_avg[i];
+      // torch's lerp: weight < 0.5 ? self + weight * (end - self) : end - (end - self) * (1 - weight)
+      const float m = w < 0.5f ? m0 + w * (g - m0) : g - (g - m0) * (1.0f - w);
+      const float v = a.exp_avg_sq[i] * b2 + one_b2 * g * g;
+      a.exp_avg[i] = m;
+      a.exp_avg_sq[i] = v;
+      const float denom = std::sqrt(v) / bc2_sqrt + eps;
+      const float step = neg_step_size * (m / denom);
+      a.param[i] = p + step;
+      if constexpr (kStats) {
+        const double dir = double(m / denom) * inv_bc1;
+        usq += dir * dir;
+        msq += double(m) * double(m);
+        app += double(step) * double(step);
+      }
+    }
+    e[0] += usq;
+    e[1] += msq;
+    e[2] += app;
+  });
+  if constexpr (kStats) {
+    a.stats[kStatUpdateSq] += ex[0];
+    a.stats[kStatExpAvgSq] += ex[1];
+    a.stats[kStatAppliedSq] += ex[2];
+  }
+}
+
+// torch.optim.SGD: d = g + wd*p; buf = first ? d : momentum*buf + (1-dampening)*d;
+// d = nesterov ? d + momentum*buf : buf; p -= lr*d.
+template <bool kStats>
+void sgd(const SgdArgs& a) {
+  const float gs = float(a.grad_scale), wdf = float(a.weight_decay), mom = float(a.momentum);
+  const float damp = float(1.0 - a.dampening), neg_lr = float(-a.lr);
+  const bool wd = a.weight_decay != 0.0, nesterov = a.nesterov == Nesterov::yes;
+  float* buf = a.momentum_buffer;
+  double ex[kExtras] = {};
+  for_each_range(a.n, ex, [&](int64_t i0, int64_t i1, double* e) {
+    double usq = 0, msq = 0, app = 0;
+#pragma omp simd reduction(+ : usq, msq, app)
+    for (int64_t i = i0; i < i1; ++i) {
+      float d = a.grad[i] * gs;
+      if (wd) d = d + wdf * a.param[i];
+      if (buf) {
+        const float b = a.first_step ? d : buf[i] * mom + damp * d;
+        buf[i] = b;
+        if constexpr (kStats) msq += double(b) * double(b);
+        d = nesterov ? d + mom * b : b;
+      }
+      const float step = neg_lr * d;
+      a.param[i] = a.param[i] + step;
+      if constexpr (kStats) {
+        usq += double(d) * double(d);
+        app += double(step) * double(step);
+      }
+    }
+    e[0] += usq;
+    e[1] += msq;
+    e[2] += app;
+  });
+  if constexpr (kStats) {
+    a.stats[kStatUpdateSq] += ex[0];
+    a.stats[kStatExpAvgSq] += ex[1];
+    a.stats[kStatAppliedSq] += ex[2];
+  }
+}
+
+}  // namespace
+
+void adamw_step(const AdamWArgs& a) {
+  if (a.n == 0) return;
+  a.stats ? adamw<true>(a) : adamw<false>(a);
+}
+
+void sgd_step(const SgdArgs& a) {
+  if (a.n == 0) return;
+  a.stats ? sgd<true>(a) : sgd<false>(a);
+}
+
+void sum_squares(const float* x, int64_t n, double* out) {
+  double ex[kExtras] = {};
+  for_each_range(n, ex, [&](int64_t i0, int64_t i1, double* e) {
+    double acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = i0; i < i1; ++i) acc += double(x[i]) * double(x[i]);
+    e[0] += acc;
+  });
+  out[0] += ex[0];
+}
+
+void scale(float* x, int64_t n, double s) {
+  const float f = float(s);
+#pragma omp parallel for simd if (n > kParallelMin)
+  for (int64_t i = 0; i < n; ++i) x[i] *= f;
+}
+
+}  // namespace tally::optim::kernels::cpu
