@@ -9,10 +9,13 @@
 #include <vector>
 
 #include "core/io/safetensors.h"
+#include "core/random.h"
 #include "core/tensor.h"
 #include "optim/adafactor.h"
 #include "optim/adamw.h"
 #include "optim/came.h"
+#include "optim/clip.h"
+#include "optim/schedule.h"
 #include "optim/sgd.h"
 #include "tests/test_util.h"
 
@@ -36,6 +39,15 @@ inline Tensor make_param(const std::string& name, const std::vector<float>& valu
 
 inline Tensor make_grad(const std::vector<float>& values, const Shape& shape, Device device = Device::cpu()) {
   return from_vector(values, shape, {.dtype = DType::f32, .device = device});
+}
+
+// n normal values from tally's counter-based stream (same on every backend and run).
+inline std::vector<float> normal_values(int64_t n, uint64_t seed, double std = 1.0) {
+  Generator gen(seed);
+  Tensor t = randn({n}, gen);
+  std::vector<float> v = t.to_vector<float>();
+  for (float& x : v) x = float(double(x) * std);
+  return v;
 }
 
 // The worst element of a comparison under |a - b| <= atol + rtol * |b|.

@@ -1,6 +1,9 @@
 // CPU kernels of the one-pass optimizers (AdamW, SGD with momentum), the gradient-norm helpers (sum of
 // squares in double, in-place scale) and the workspace sizes of the factored steps.
 // AdamW reads g, p, m, v and writes p, m, v: 28 bytes per f32 parameter, the minimum for the algorithm.
+// Rounding follows torch's CPU kernels op by op: std::fma exactly where torch fuses (add with alpha, addcmul,
+// lerp), separate roundings elsewhere; the build compiles these files with -ffp-contract=off so that nothing
+// else is fused (and a step is bit-identical with and without inspection statistics).
 #include <cmath>
 
 #include "optim/kernels/cpu/traverse.h"
@@ -39,16 +42,18 @@ void adamw(const AdamWArgs& a) {
       float p = a.param[i];
       if (wd) p = p * keep;
       const float m0 = a.exp_avg[i];
-      // torch's lerp: weight < 0.5 ? self + weight * (end - self) : end - (end - self) * (1 - weight)
-      const float m = w < 0.5f ? m0 + w * (g - m0) : g - (g - m0) * (1.0f - w);
-      const float v = a.exp_avg_sq[i] * b2 + one_b2 * g * g;
+      // torch's lerp: weight < 0.5 ? self + weight * (end - self) : end - (end - self) * (1 - weight), fused
+      const float m = w < 0.5f ? std::fma(w, g - m0, m0) : std::fma(-(g - m0), 1.0f - w, g);
+      // exp_avg_sq.mul_(b2).addcmul_(g, g, value=1-b2): the product (value*g)*g fused into the add
+      const float v = std::fma(one_b2 * g, g, a.exp_avg_sq[i] * b2);
       a.exp_avg[i] = m;
       a.exp_avg_sq[i] = v;
       const float denom = std::sqrt(v) / bc2_sqrt + eps;
-      const float step = neg_step_size * (m / denom);
+      // param.addcdiv_(m, denom, value=-step_size) = p + (value*m)/denom
+      const float step = (neg_step_size * m) / denom;
       a.param[i] = p + step;
       if constexpr (kStats) {
-        const double dir = double(m / denom) * inv_bc1;
+        const double dir = double(m) / double(denom) * inv_bc1;
         usq += dir * dir;
         msq += double(m) * double(m);
         app += double(step) * double(step);
@@ -79,15 +84,16 @@ void sgd(const SgdArgs& a) {
 #pragma omp simd reduction(+ : usq, msq, app)
     for (int64_t i = i0; i < i1; ++i) {
       float d = a.grad[i] * gs;
-      if (wd) d = d + wdf * a.param[i];
+      if (wd) d = std::fma(a.param[i], wdf, d);  // grad.add(param, alpha=wd)
       if (buf) {
-        const float b = a.first_step ? d : buf[i] * mom + damp * d;
+        // buf.mul_(momentum).add_(d, alpha=1-dampening)
+        const float b = a.first_step ? d : std::fma(d, damp, buf[i] * mom);
         buf[i] = b;
         if constexpr (kStats) msq += double(b) * double(b);
-        d = nesterov ? d + mom * b : b;
+        d = nesterov ? std::fma(b, mom, d) : b;
       }
       const float step = neg_lr * d;
-      a.param[i] = a.param[i] + step;
+      a.param[i] = std::fma(d, neg_lr, a.param[i]);  // param.add_(d, alpha=-lr)
       if constexpr (kStats) {
         usq += double(d) * double(d);
         app += double(step) * double(step);
