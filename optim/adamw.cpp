@@ -56,7 +56,7 @@ std::vector<StateSpec> AdamW::specs_for(const Slot& slot, bool* factored, kernel
   return state_specs(slot.param.shape(), configs_[size_t(slot.group)]);
 }
 
-void AdamW::update(Slot& s, const Tensor& grad, const StepOptions& o, void*, double* stats) {
+void AdamW::update(Slot& s, const Tensor& grad, const StepOptions& o, void* workspace, double* stats) {
   const AdamWConfig& c = configs_[size_t(s.group)];
   kernels::AdamWArgs a{
       .n = s.param.numel(),
@@ -71,6 +71,7 @@ void AdamW::update(Slot& s, const Tensor& grad, const StepOptions& o, void*, dou
       .weight_decay = c.weight_decay,
       .step = s.step,
       .grad_scale = o.grad_scale,
+      .workspace = workspace,
       .stats = stats,
   };
   TALLY_OPTIM_KERNEL(s.param.device(), adamw_step, a);

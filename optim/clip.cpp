@@ -21,17 +21,23 @@ void check_grad(const Tensor& p, const Tensor& g, const char* op) {
 
 double grad_norm(const std::vector<Tensor>& params) {
   // One f64 accumulator per device (device memory on CUDA), added to in parameter order: deterministic.
-  std::map<std::string, Tensor> acc;
+  std::map<std::string, Tensor> acc, scratch;
   for (const Tensor& p : params) {
     const Tensor g = p.grad();
     if (!g.defined() || g.device().is_meta()) continue;
     check_grad(p, g, "grad_norm");
-    Tensor& a = acc[g.device().str()];
-    if (!a.defined()) {
-      MemoryScope scope(Category::workspace, "grad_norm");
-      a = zeros({1}, {.dtype = DType::f64, .device = g.device()});
-    }
-    TALLY_OPTIM_KERNEL(g.device(), sum_squares, g.data<float>(), g.numel(), a.data<double>());
+    const std::string dev = g.device().str();
+    Tensor& a = acc[dev];
+    MemoryScope scope(Category::workspace, "grad_norm");
+    if (!a.defined()) a = zeros({1}, {.dtype = DType::f64, .device = g.device()});
+    int64_t ws = kernels::cpu::dense_workspace_bytes(g.numel());
+#ifdef TALLY_HAS_CUDA
+    if (g.device().is_cuda()) ws = kernels::cuda::dense_workspace_bytes(g.numel());
+#endif
+    Tensor& w = scratch[dev];
+    if (ws > 0 && (!w.defined() || w.nbytes() < ws)) w = empty({ws}, {.dtype = DType::u8, .device = g.device()});
+    TALLY_OPTIM_KERNEL(g.device(), sum_squares, g.data<float>(), g.numel(), a.data<double>(),
+                       w.defined() ? w.data_ptr() : nullptr);
   }
   double total = 0;
   for (auto& [dev, a] : acc) total += a.item();

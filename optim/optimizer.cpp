@@ -135,13 +135,14 @@ int64_t Optimizer::param_step(const std::string& param) const {
 }
 
 int64_t Optimizer::workspace_for(const Slot& slot) const {
-  if (!slot.factored) return 0;
   if (slot.param.device().is_cuda()) {
 #ifdef TALLY_HAS_CUDA
-    return kernels::cuda::factored_workspace_bytes(slot.layout);
+    return slot.factored ? kernels::cuda::factored_workspace_bytes(slot.layout)
+                         : kernels::cuda::dense_workspace_bytes(slot.param.numel());
 #endif
   }
-  return kernels::cpu::factored_workspace_bytes(slot.layout);
+  return slot.factored ? kernels::cpu::factored_workspace_bytes(slot.layout)
+                       : kernels::cpu::dense_workspace_bytes(slot.param.numel());
 }
 
 void Optimizer::ensure_state(Slot& slot) {

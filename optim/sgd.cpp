@@ -56,7 +56,7 @@ std::vector<StateSpec> Sgd::specs_for(const Slot& slot, bool* factored, kernels:
   return state_specs(slot.param.shape(), configs_[size_t(slot.group)]);
 }
 
-void Sgd::update(Slot& s, const Tensor& grad, const StepOptions& o, void*, double* stats) {
+void Sgd::update(Slot& s, const Tensor& grad, const StepOptions& o, void* workspace, double* stats) {
   const SgdConfig& c = configs_[size_t(s.group)];
   kernels::SgdArgs a{
       .n = s.param.numel(),
@@ -70,6 +70,7 @@ void Sgd::update(Slot& s, const Tensor& grad, const StepOptions& o, void*, doubl
       .nesterov = c.nesterov,
       .first_step = s.step == 1,
       .grad_scale = o.grad_scale,
+      .workspace = workspace,
       .stats = stats,
   };
   TALLY_OPTIM_KERNEL(s.param.device(), sgd_step, a);

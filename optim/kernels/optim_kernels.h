@@ -8,6 +8,13 @@
 
 #include "core/dtype.h"
 
+// Layout helpers are callable from CUDA device code too.
+#ifdef __CUDACC__
+#define TALLY_OPTIM_HD __host__ __device__
+#else
+#define TALLY_OPTIM_HD
+#endif
+
 namespace tally::optim::kernels {
 
 // A contiguous tensor seen as (P, n, Q, m, S) whose axes n ("rows") and m ("columns") are factored.
@@ -16,10 +23,10 @@ namespace tally::optim::kernels {
 // row statistic is normalised by its mean over i for each (p, q, s).
 struct FactoredLayout {
   int64_t P = 1, n = 1, Q = 1, m = 1, S = 1;
-  int64_t numel() const { return P * n * Q * m * S; }
-  int64_t rows() const { return P * n * Q * S; }  // elements of a row statistic
-  int64_t cols() const { return P * Q * m * S; }  // elements of a column statistic
-  int64_t groups() const { return P * Q * S; }    // row-normalisation groups
+  TALLY_OPTIM_HD int64_t numel() const { return P * n * Q * m * S; }
+  TALLY_OPTIM_HD int64_t rows() const { return P * n * Q * S; }  // elements of a row statistic
+  TALLY_OPTIM_HD int64_t cols() const { return P * Q * m * S; }  // elements of a column statistic
+  TALLY_OPTIM_HD int64_t groups() const { return P * Q * S; }    // row-normalisation groups
 };
 
 // The scalars a step reports when asked (Optimizer::set_inspect). The kernel adds into these slots (the caller
@@ -100,6 +107,7 @@ struct AdamWArgs {
   double lr = 0, beta1 = 0, beta2 = 0, eps = 0, weight_decay = 0;
   int64_t step = 1;  // this tensor's step count, already incremented (bias correction)
   double grad_scale = 1;
+  void* workspace = nullptr;  // dense_workspace_bytes(n) bytes
   double* stats = nullptr;
 };
 
@@ -114,6 +122,7 @@ struct SgdArgs {
   Nesterov nesterov = Nesterov::no;
   bool first_step = false;  // the buffer is set to the gradient instead of decayed (torch's `buf is None`)
   double grad_scale = 1;
+  void* workspace = nullptr;  // dense_workspace_bytes(n) bytes
   double* stats = nullptr;
 };
 

@@ -122,7 +122,7 @@ void sgd_step(const SgdArgs& a) {
   a.stats ? sgd<true>(a) : sgd<false>(a);
 }
 
-void sum_squares(const float* x, int64_t n, double* out) {
+void sum_squares(const float* x, int64_t n, double* out, void*) {
   double ex[kExtras] = {};
   for_each_range(n, ex, [&](int64_t i0, int64_t i1, double* e) {
     double acc = 0;
