@@ -25,7 +25,6 @@ void adafactor_factored(const AdafactorFactoredArgs& a) {
   const float gs = float(a.grad_scale), eps1 = float(a.eps1);
   const float lr = float(a.lr), decay = float(-a.weight_decay * a.lr);
   const float b1 = float(a.beta1), one_b1 = float(1.0 - a.beta1);
-  const bool wd = a.weight_decay != 0.0;
   auto offset = [&](int64_t p, int64_t i) { return (p * n + i) * K; };
 
   reduce_rows_cols(l, pl, w, nullptr, [&](int64_t p, int64_t i, int64_t k0, int64_t k1, float* x, double*) {
@@ -47,13 +46,10 @@ void adafactor_factored(const AdafactorFactoredArgs& a) {
     const float* cf = w.col_factor + p * K;
     alignas(64) float rf[kChunk];
     row_factor_chunk(l, w.row_factor, p, i, k0, k1, rf);
-    double acc = 0;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t k = k0; k < k1; ++k) {
+    ex[0] += lane_sum(k0, k1, [&](int64_t k) {
       const float u = (rf[k - k0] * cf[k]) * (g[k] * gs);
-      acc += double(u) * double(u);
-    }
-    ex[0] += acc;
+      return double(u) * double(u);
+    });
     if (kStats && a.exact_exp_avg_sq) {
       float* v = a.exact_exp_avg_sq + offset(p, i);
       double err = 0, ref = 0;
@@ -87,7 +83,7 @@ void adafactor_factored(const AdafactorFactoredArgs& a) {
         const float mn = std::fma(u, one_b1, m[k] * b1);
         m[k] = mn;
         float pv = pp[k];
-        if (wd) pv = std::fma(pv, decay, pv);
+        pv = std::fma(pv, decay, pv);  // decay = 0 without weight decay: exact no-op
         pp[k] = pv - mn;
         if constexpr (kStats) {
           msq += double(mn) * double(mn);
@@ -99,7 +95,7 @@ void adafactor_factored(const AdafactorFactoredArgs& a) {
       for (int64_t k = k0; k < k1; ++k) {
         const float u = (((rf[k - k0] * cf[k]) * (g[k] * gs)) / d) * lr;
         float pv = pp[k];
-        if (wd) pv = std::fma(pv, decay, pv);
+        pv = std::fma(pv, decay, pv);  // decay = 0 without weight decay: exact no-op
         pp[k] = pv - u;
         if constexpr (kStats) app += double(u) * double(u);
       }
@@ -122,7 +118,6 @@ void adafactor_dense(const AdafactorDenseArgs& a) {
   const float b2 = float(a.beta2t), one_b2 = float(1.0 - a.beta2t);
   const float lr = float(a.lr), decay = float(-a.weight_decay * a.lr);
   const float b1 = float(a.beta1), one_b1 = float(1.0 - a.beta1);
-  const bool wd = a.weight_decay != 0.0;
 
   double ex1[kExtras] = {};
   for_each_range(a.n, ex1, [&](int64_t i0, int64_t i1, double* ex) {
@@ -152,7 +147,7 @@ void adafactor_dense(const AdafactorDenseArgs& a) {
         if constexpr (kStats) msq += double(step) * double(step);
       }
       float pv = a.param[i];
-      if (wd) pv = std::fma(pv, decay, pv);
+      pv = std::fma(pv, decay, pv);  // decay = 0 without weight decay: exact no-op
       a.param[i] = pv - step;
       if constexpr (kStats) app += double(step) * double(step);
     }

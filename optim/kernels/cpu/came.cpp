@@ -28,7 +28,6 @@ void came_factored(const CameFactoredArgs& a) {
   const float gs = float(a.grad_scale), eps1 = float(a.eps1), eps2 = float(a.eps2);
   const float b1 = float(a.beta1), one_b1 = float(1.0 - a.beta1);
   const float lr = float(a.lr), decay = float(-a.weight_decay * a.lr);
-  const bool wd = a.weight_decay != 0.0;
   MT* exp_avg = static_cast<MT*>(a.exp_avg);
   auto offset = [&](int64_t p, int64_t i) { return (p * n + i) * K; };
 
@@ -54,13 +53,10 @@ void came_factored(const CameFactoredArgs& a) {
     const float* cf = w.col_factor + p * K;
     alignas(64) float rf[kChunk];
     row_factor_chunk(l, w.row_factor, p, i, k0, k1, rf);
-    double acc = 0;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t k = k0; k < k1; ++k) {
+    ex[0] += lane_sum(k0, k1, [&](int64_t k) {
       const float u = (rf[k - k0] * cf[k]) * (g[k] * gs);
-      acc += double(u) * double(u);
-    }
-    ex[0] += acc;
+      return double(u) * double(u);
+    });
     if (kStats && a.exact_exp_avg_sq) {
       float* v = a.exact_exp_avg_sq + offset(p, i);
       double err = 0, ref = 0;
@@ -114,7 +110,7 @@ void came_factored(const CameFactoredArgs& a) {
     for (int64_t k = k0; k < k1; ++k) {
       const float step = ((rf[k - k0] * cf[k]) * load(m + k)) * lr;
       float pv = pp[k];
-      if (wd) pv = std::fma(pv, decay, pv);
+      pv = std::fma(pv, decay, pv);  // decay = 0 without weight decay: exact no-op
       pp[k] = pv - step;
       if constexpr (kStats) app += double(step) * double(step);
     }
@@ -137,7 +133,6 @@ void came_dense(const CameDenseArgs& a) {
   const float b1 = float(a.beta1), one_b1 = float(1.0 - a.beta1);
   const float b2 = float(a.beta2), one_b2 = float(1.0 - a.beta2);
   const float lr = float(a.lr), decay = float(-a.weight_decay * a.lr);
-  const bool wd = a.weight_decay != 0.0;
   MT* exp_avg = static_cast<MT*>(a.exp_avg);
 
   double ex1[kExtras] = {};
@@ -165,7 +160,7 @@ void came_dense(const CameDenseArgs& a) {
       const float mn = store(exp_avg + i, std::fma(u, one_b1, load(exp_avg + i) * b1));
       const float step = mn * lr;
       float pv = a.param[i];
-      if (wd) pv = std::fma(pv, decay, pv);
+      pv = std::fma(pv, decay, pv);  // decay = 0 without weight decay: exact no-op
       a.param[i] = pv - step;
       if constexpr (kStats) {
         msq += double(mn) * double(mn);

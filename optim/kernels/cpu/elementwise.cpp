@@ -21,17 +21,17 @@ int64_t dense_workspace_bytes(int64_t) { return 0; }
 namespace {
 
 // torch.optim.AdamW's single-tensor step (foreach=False, the CPU default), op for op.
-template <bool kStats>
+// Loop-invariant choices are template parameters so that every loop vectorizes (no control flow inside).
+template <bool kStats, bool kLowWeight>
 void adamw(const AdamWArgs& a) {
   const double bc1 = 1.0 - std::pow(a.beta1, double(a.step));
   const double bc2 = 1.0 - std::pow(a.beta2, double(a.step));
   const float neg_step_size = float(-(a.lr / bc1));
   const float bc2_sqrt = float(std::sqrt(bc2));
   const float gs = float(a.grad_scale), eps = float(a.eps);
-  const float keep = float(1.0 - a.lr * a.weight_decay);
+  const float keep = float(1.0 - a.lr * a.weight_decay);  // 1 without weight decay: p * 1 == p exactly
   const float w = float(1.0 - a.beta1);  // lerp weight
   const float b2 = float(a.beta2), one_b2 = float(1.0 - a.beta2);
-  const bool wd = a.weight_decay != 0.0;
   const double inv_bc1 = 1.0 / bc1;
   double ex[kExtras] = {};
   for_each_range(a.n, ex, [&](int64_t i0, int64_t i1, double* e) {
@@ -39,11 +39,10 @@ void adamw(const AdamWArgs& a) {
 #pragma omp simd reduction(+ : usq, msq, app)
     for (int64_t i = i0; i < i1; ++i) {
       const float g = a.grad[i] * gs;
-      float p = a.param[i];
-      if (wd) p = p * keep;
+      const float p = a.param[i] * keep;
       const float m0 = a.exp_avg[i];
       // torch's lerp: weight < 0.5 ? self + weight * (end - self) : end - (end - self) * (1 - weight), fused
-      const float m = w < 0.5f ? std::fma(w, g - m0, m0) : std::fma(-(g - m0), 1.0f - w, g);
+      const float m = kLowWeight ? std::fma(w, g - m0, m0) : std::fma(-(g - m0), 1.0f - w, g);
       // exp_avg_sq.mul_(b2).addcmul_(g, g, value=1-b2): the product (value*g)*g fused into the add
       const float v = std::fma(one_b2 * g, g, a.exp_avg_sq[i] * b2);
       a.exp_avg[i] = m;
@@ -71,26 +70,24 @@ void adamw(const AdamWArgs& a) {
 }
 
 // torch.optim.SGD: d = g + wd*p; buf = first ? d : momentum*buf + (1-dampening)*d;
-// d = nesterov ? d + momentum*buf : buf; p -= lr*d.
-template <bool kStats>
+// d = nesterov ? d + momentum*buf : buf; p -= lr*d. Without weight decay wd = 0 gives fma(p, 0, g) == g.
+template <bool kStats, bool kMomentum, bool kNesterov, bool kFirst>
 void sgd(const SgdArgs& a) {
   const float gs = float(a.grad_scale), wdf = float(a.weight_decay), mom = float(a.momentum);
   const float damp = float(1.0 - a.dampening), neg_lr = float(-a.lr);
-  const bool wd = a.weight_decay != 0.0, nesterov = a.nesterov == Nesterov::yes;
   float* buf = a.momentum_buffer;
   double ex[kExtras] = {};
   for_each_range(a.n, ex, [&](int64_t i0, int64_t i1, double* e) {
     double usq = 0, msq = 0, app = 0;
 #pragma omp simd reduction(+ : usq, msq, app)
     for (int64_t i = i0; i < i1; ++i) {
-      float d = a.grad[i] * gs;
-      if (wd) d = std::fma(a.param[i], wdf, d);  // grad.add(param, alpha=wd)
-      if (buf) {
-        // buf.mul_(momentum).add_(d, alpha=1-dampening)
-        const float b = a.first_step ? d : std::fma(d, damp, buf[i] * mom);
+      float d = std::fma(a.param[i], wdf, a.grad[i] * gs);  // grad.add(param, alpha=wd)
+      if constexpr (kMomentum) {
+        // buf.mul_(momentum).add_(d, alpha=1-dampening); the first step copies d
+        const float b = kFirst ? d : std::fma(d, damp, buf[i] * mom);
         buf[i] = b;
         if constexpr (kStats) msq += double(b) * double(b);
-        d = nesterov ? std::fma(b, mom, d) : b;
+        d = kNesterov ? std::fma(b, mom, d) : b;
       }
       const float step = neg_lr * d;
       a.param[i] = std::fma(d, neg_lr, a.param[i]);  // param.add_(d, alpha=-lr)
@@ -110,25 +107,37 @@ void sgd(const SgdArgs& a) {
   }
 }
 
+// Calls f.template operator()<B>() with B = the runtime flag as a compile-time constant.
+template <class F>
+void with_flag(bool flag, F&& f) {
+  if (flag) f.template operator()<true>();
+  else f.template operator()<false>();
+}
+
 }  // namespace
 
 void adamw_step(const AdamWArgs& a) {
   if (a.n == 0) return;
-  a.stats ? adamw<true>(a) : adamw<false>(a);
+  with_flag(a.stats != nullptr, [&]<bool S>() {
+    with_flag(1.0 - a.beta1 < 0.5, [&]<bool W>() { adamw<S, W>(a); });
+  });
 }
 
 void sgd_step(const SgdArgs& a) {
   if (a.n == 0) return;
-  a.stats ? sgd<true>(a) : sgd<false>(a);
+  with_flag(a.stats != nullptr, [&]<bool S>() {
+    with_flag(a.momentum_buffer != nullptr, [&]<bool M>() {
+      with_flag(a.nesterov == Nesterov::yes, [&]<bool N>() {
+        with_flag(a.first_step, [&]<bool F>() { sgd<S, M, N, F>(a); });
+      });
+    });
+  });
 }
 
 void sum_squares(const float* x, int64_t n, double* out, void*) {
   double ex[kExtras] = {};
   for_each_range(n, ex, [&](int64_t i0, int64_t i1, double* e) {
-    double acc = 0;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t i = i0; i < i1; ++i) acc += double(x[i]) * double(x[i]);
-    e[0] += acc;
+    e[0] += lane_sum(i0, i1, [&](int64_t i) { return double(x[i]) * double(x[i]); });
   });
   out[0] += ex[0];
 }

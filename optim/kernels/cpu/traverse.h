@@ -18,6 +18,42 @@ inline constexpr int64_t kParallelMin = 1 << 14;   // below this many elements a
 inline constexpr int kMaxDenseTasks = 64;
 inline constexpr int kExtras = 4;                  // per-task scalar sums a pass may accumulate
 
+// Sums in double over kLanes independent accumulators: the compiler keeps them in vector registers (a plain
+// `acc +=` loop would need reassociation to vectorize), and the order is fixed, so results are deterministic.
+inline constexpr int kLanes = 16;
+
+// sum of f(k) over [k0, k1).
+template <class F>
+inline double lane_sum(int64_t k0, int64_t k1, F&& f) {
+  double lanes[kLanes] = {};
+  int64_t k = k0;
+  for (; k + kLanes <= k1; k += kLanes)
+    for (int j = 0; j < kLanes; ++j) lanes[j] += f(k + j);
+  for (; k < k1; ++k) lanes[0] += f(k);
+  double s = 0;
+  for (int j = 0; j < kLanes; ++j) s += lanes[j];
+  return s;
+}
+
+// c[k] += x[k] (in double) for k in [0, len); returns the sum of x.
+inline double accumulate_row(const float* x, double* c, int64_t len) {
+  double lanes[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= len; k += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      const double v = x[k + j];
+      lanes[j] += v;
+      c[k + j] += v;
+    }
+  for (; k < len; ++k) {
+    lanes[0] += x[k];
+    c[k] += x[k];
+  }
+  double s = 0;
+  for (int j = 0; j < kLanes; ++j) s += lanes[j];
+  return s;
+}
+
 // The fixed partition of a factored tensor: each task owns a block of rows of one matrix p.
 struct Plan {
   int64_t K = 0;                 // Q*m*S: contiguous elements per (p, i)
@@ -116,13 +152,7 @@ void reduce_rows_cols(const FactoredLayout& l, const Plan& pl, const FactoredWor
         fill(p, i, k0, k1, x, ex);
         double* c = cp + k0;
         if (QS == 1) {
-          double acc = 0;
-#pragma omp simd reduction(+ : acc)
-          for (int64_t k = 0; k < len; ++k) {
-            acc += double(x[k]);
-            c[k] += double(x[k]);
-          }
-          rs[0] += acc;
+          rs[0] += accumulate_row(x, c, len);
         } else {
           for (int64_t k = 0; k < len; ++k) {
             const int64_t kk = k0 + k;
