@@ -3,8 +3,8 @@
 // normalised update, the update scaled by lr *before* the optional first moment (so exp_avg holds lr-scaled
 // updates), decoupled weight decay p -= wd*lr*p.
 //
-// Factored step, three passes (b = 4 bytes): 1. read g -> r, c (4nm); 2. read g -> sum u^2 (4nm);
-// 3. read g, p (and m); write p (and m) (12nm, or 20nm with beta1). Total 20nm (28nm with beta1) against a
+// Factored step, two passes: 1. read g -> r, c, factors and the sum of u^2 (as CAME's pass 1, 4nm bytes);
+// 2. read g, p (and m); write p (and m) (12nm, or 20nm with beta1). Total 16nm (24nm with beta1) against a
 // minimum of 12nm (20nm). Dense: 1. read g, v; write v; sum u^2; 2. read g, v, p (m); write p (m).
 #include <cmath>
 
@@ -27,64 +27,46 @@ void adafactor_factored(const AdafactorFactoredArgs& a) {
   const float b1 = float(a.beta1), one_b1 = float(1.0 - a.beta1);
   auto offset = [&](int64_t p, int64_t i) { return (p * n + i) * K; };
 
-  reduce_rows_cols(l, pl, w, nullptr, [&](int64_t p, int64_t i, int64_t k0, int64_t k1, float* x, double*) {
-    const float* g = a.grad + offset(p, i);
-#pragma omp simd
-    for (int64_t k = k0; k < k1; ++k) {
-      const float gv = g[k] * gs;
-      x[k - k0] = gv * gv + eps1;
-    }
-  });
-  ema_from_sums(a.exp_avg_sq_row, w.row_sum, l.rows(), l.m, a.beta2t);
-  ema_from_sums(a.exp_avg_sq_col, w.col_sum, l.cols(), l.n, a.beta2t);
-  factors(l, a.exp_avg_sq_row, a.exp_avg_sq_col, w.row_factor, w.col_factor);
+  second_moment_pass(l, pl, w, a.grad, gs, eps1, a.exp_avg_sq_row, a.beta2t);
+  const double update_sq = finish_factors(l, w, a.exp_avg_sq_row, a.exp_avg_sq_col, a.beta2t, w.s_sum);
+  const float d = clip_divisor(update_sq, l.numel(), a.clip_threshold);
 
-  double ex2[kExtras] = {};
-  const float b2 = float(a.beta2t), one_b2 = float(1.0 - a.beta2t);
-  for_each_row(l, pl, w, ex2, [&](int64_t p, int64_t i, int64_t k0, int64_t k1, double* ex) {
-    const float* g = a.grad + offset(p, i);
-    const float* cf = w.col_factor + p * K;
-    alignas(64) float rf[kChunk];
-    row_factor_chunk(l, w.row_factor, p, i, k0, k1, rf);
-    ex[0] += lane_sum(k0, k1, [&](int64_t k) {
-      const float u = (rf[k - k0] * cf[k]) * (g[k] * gs);
-      return double(u) * double(u);
-    });
-    if (kStats && a.exact_exp_avg_sq) {
+  double exact[kExtras] = {};
+  if (kStats && a.exact_exp_avg_sq) {
+    const float b2 = float(a.beta2t), one_b2 = float(1.0 - a.beta2t);
+    for_each_row(l, pl, w, exact, [&](int64_t p, int64_t i, int64_t k0, int64_t k1, double* ex) {
+      const float* g = a.grad + offset(p, i);
       float* v = a.exact_exp_avg_sq + offset(p, i);
-      double err = 0, ref = 0;
+      const float* cf = w.col_factor + p * K;
       for (int64_t k = k0; k < k1; ++k) {
         const float gv = g[k] * gs;
         v[k] = std::fma(gv * gv + eps1, one_b2, v[k] * b2);
-        const double f = double(rf[k - k0]) * double(cf[k]);
+        const double f = double(w.row_factor[row_index(l, p, i, k)]) * double(cf[k]);
         const double est = 1.0 / (f * f);
-        err += (est - v[k]) * (est - v[k]);
-        ref += double(v[k]) * double(v[k]);
+        ex[0] += (est - v[k]) * (est - v[k]);
+        ex[1] += double(v[k]) * double(v[k]);
       }
-      ex[1] += err;
-      ex[2] += ref;
-    }
-  });
-  const float d = clip_divisor(ex2[0], l.numel(), a.clip_threshold);
+    });
+  }
 
-  double ex3[kExtras] = {};
-  for_each_row(l, pl, w, ex3, [&](int64_t p, int64_t i, int64_t k0, int64_t k1, double* ex) {
+  double ex2[kExtras] = {};
+  for_each_row(l, pl, w, ex2, [&](int64_t p, int64_t i, int64_t k0, int64_t k1, double* ex) {
     const float* g = a.grad + offset(p, i);
     float* pp = a.param + offset(p, i);
     float* m = a.exp_avg ? a.exp_avg + offset(p, i) : nullptr;
     const float* cf = w.col_factor + p * K;
-    alignas(64) float rf[kChunk];
-    row_factor_chunk(l, w.row_factor, p, i, k0, k1, rf);
+    alignas(64) float rfb[kChunk];
+    const float rf0 = pl.fast ? w.row_factor[p * n + i] : 0.0f;
+    if (!pl.fast) row_factor_chunk(l, w.row_factor, p, i, k0, k1, rfb);
     double msq = 0, app = 0;
     if (m) {
 #pragma omp simd reduction(+ : msq, app)
       for (int64_t k = k0; k < k1; ++k) {
-        const float u = (((rf[k - k0] * cf[k]) * (g[k] * gs)) / d) * lr;
+        const float rf = pl.fast ? rf0 : rfb[k - k0];
+        const float u = (((rf * cf[k]) * (g[k] * gs)) / d) * lr;
         const float mn = std::fma(u, one_b1, m[k] * b1);
         m[k] = mn;
-        float pv = pp[k];
-        pv = std::fma(pv, decay, pv);  // decay = 0 without weight decay: exact no-op
-        pp[k] = pv - mn;
+        pp[k] = std::fma(pp[k], decay, pp[k]) - mn;
         if constexpr (kStats) {
           msq += double(mn) * double(mn);
           app += double(mn) * double(mn);
@@ -93,10 +75,9 @@ void adafactor_factored(const AdafactorFactoredArgs& a) {
     } else {
 #pragma omp simd reduction(+ : app)
       for (int64_t k = k0; k < k1; ++k) {
-        const float u = (((rf[k - k0] * cf[k]) * (g[k] * gs)) / d) * lr;
-        float pv = pp[k];
-        pv = std::fma(pv, decay, pv);  // decay = 0 without weight decay: exact no-op
-        pp[k] = pv - u;
+        const float rf = pl.fast ? rf0 : rfb[k - k0];
+        const float u = (((rf * cf[k]) * (g[k] * gs)) / d) * lr;
+        pp[k] = std::fma(pp[k], decay, pp[k]) - u;
         if constexpr (kStats) app += double(u) * double(u);
       }
     }
@@ -104,11 +85,11 @@ void adafactor_factored(const AdafactorFactoredArgs& a) {
     ex[1] += app;
   });
   if constexpr (kStats) {
-    a.stats[kStatUpdateSq] += ex2[0];
-    a.stats[kStatFactorErrSq] += ex2[1];
-    a.stats[kStatExactSq] += ex2[2];
-    a.stats[kStatExpAvgSq] += ex3[0];
-    a.stats[kStatAppliedSq] += ex3[1];
+    a.stats[kStatUpdateSq] += update_sq;
+    a.stats[kStatFactorErrSq] += exact[0];
+    a.stats[kStatExactSq] += exact[1];
+    a.stats[kStatExpAvgSq] += ex2[0];
+    a.stats[kStatAppliedSq] += ex2[1];
   }
 }
 

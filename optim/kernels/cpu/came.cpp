@@ -1,14 +1,17 @@
 // CPU kernels of CAME (came-pytorch 0.1.3), factored and dense. Float arithmetic follows the package's op
 // order (its rounding points) so results agree to float rounding; sums are in double and deterministic.
 //
-// Factored step of an n x m tensor (batched), four passes over memory (f32 bytes; b = 4):
-//   1. read g             row/col sums of g^2+eps1                    -> r, c, factors       4nm
-//   2. read g             sum of u^2, u = g * rf_i * cf_j (for the RMS clip)                 4nm
-//   3. read g, m; write m u' = u / max(1, RMS/d); m = b1 m + (1-b1) u'; row/col sums of
-//                         (u'-m)^2+eps2                                -> R, C, factors      12nm
-//   4. read m, p; write p p -= lr*wd*p; p -= lr * m * Rf_i * Cf_j                            12nm
-// 32nm bytes in all, against the 20nm any CAME step must move (read g, read+write m and p): passes 1-2 can't
-// merge (u needs the final c, which needs every row) and 3-4 can't (the update needs the final R, C).
+// Factored step of an n x m tensor (batched), three passes over memory (f32 bytes):
+//   1. read g             row/col sums of g^2+eps1 -> r, c, factors; and sum_i g^2/r_i per column (the rows
+//                         re-read from cache), which gives sum(u^2) = sum_j mean(r) S_j / c_j: the RMS clip
+//                         needs no pass of its own                                          4nm
+//   2. read g, m; write m u' = u / max(1, RMS/threshold); m = b1 m + (1-b1) u'; row/col sums of
+//                         (u'-m)^2+eps2 -> R, C, factors                                   12nm
+//   3. read m, p; write p p -= lr*wd*p; p -= lr * m * Rf_i * Cf_j                           12nm
+// 28nm bytes in all (AdamW's one pass moves 28nm too), against the 20nm any CAME step must move (read g,
+// read+write m and p): 1-2 can't merge (u needs the final c, which needs every row) nor 2-3 (the update needs
+// the final R, C). The RMS computed from the factors differs from the package's sum of rounded u^2 by float
+// rounding only (~1e-7 relative).
 #include <cmath>
 
 #include "optim/kernels/cpu/traverse.h"
@@ -31,98 +34,110 @@ void came_factored(const CameFactoredArgs& a) {
   MT* exp_avg = static_cast<MT*>(a.exp_avg);
   auto offset = [&](int64_t p, int64_t i) { return (p * n + i) * K; };
 
-  // Pass 1: row and column means of g^2 + eps1 -> r, c.
-  reduce_rows_cols(l, pl, w, nullptr, [&](int64_t p, int64_t i, int64_t k0, int64_t k1, float* x, double*) {
-    const float* g = a.grad + offset(p, i);
-#pragma omp simd
-    for (int64_t k = k0; k < k1; ++k) {
-      const float gv = g[k] * gs;
-      x[k - k0] = gv * gv + eps1;
-    }
-  });
-  ema_from_sums(a.exp_avg_sq_row, w.row_sum, l.rows(), l.m, a.beta2);
-  ema_from_sums(a.exp_avg_sq_col, w.col_sum, l.cols(), l.n, a.beta2);
-  factors(l, a.exp_avg_sq_row, a.exp_avg_sq_col, w.row_factor, w.col_factor);
+  // Pass 1: r, c (and their factors) and the sum of u^2 for the RMS clip, from one read of g.
+  second_moment_pass(l, pl, w, a.grad, gs, eps1, a.exp_avg_sq_row, a.beta2);
+  const double update_sq = finish_factors(l, w, a.exp_avg_sq_row, a.exp_avg_sq_col, a.beta2, w.s_sum);
+  const float d = clip_divisor(update_sq, l.numel(), a.clip_threshold);
 
-  // Pass 2: sum of u^2 for the RMS clip (and, inspecting, the exact EMA of g^2+eps1 against its factored
-  // estimate 1 / (rf cf)^2).
-  double ex2[kExtras] = {};
-  const float b2 = float(a.beta2), one_b2 = float(1.0 - a.beta2);
-  for_each_row(l, pl, w, ex2, [&](int64_t p, int64_t i, int64_t k0, int64_t k1, double* ex) {
-    const float* g = a.grad + offset(p, i);
-    const float* cf = w.col_factor + p * K;
-    alignas(64) float rf[kChunk];
-    row_factor_chunk(l, w.row_factor, p, i, k0, k1, rf);
-    ex[0] += lane_sum(k0, k1, [&](int64_t k) {
-      const float u = (rf[k - k0] * cf[k]) * (g[k] * gs);
-      return double(u) * double(u);
-    });
-    if (kStats && a.exact_exp_avg_sq) {
+  // Inspection only: the exact EMA of g^2+eps1 against its factored estimate 1 / (rf cf)^2 (an extra pass).
+  double exact[kExtras] = {};
+  if (kStats && a.exact_exp_avg_sq) {
+    const float b2 = float(a.beta2), one_b2 = float(1.0 - a.beta2);
+    for_each_row(l, pl, w, exact, [&](int64_t p, int64_t i, int64_t k0, int64_t k1, double* ex) {
+      const float* g = a.grad + offset(p, i);
       float* v = a.exact_exp_avg_sq + offset(p, i);
-      double err = 0, ref = 0;
+      const float* cf = w.col_factor + p * K;
       for (int64_t k = k0; k < k1; ++k) {
         const float gv = g[k] * gs;
         v[k] = std::fma(gv * gv + eps1, one_b2, v[k] * b2);
-        const double f = double(rf[k - k0]) * double(cf[k]);
+        const double f = double(w.row_factor[row_index(l, p, i, k)]) * double(cf[k]);
         const double est = 1.0 / (f * f);
-        err += (est - v[k]) * (est - v[k]);
-        ref += double(v[k]) * double(v[k]);
+        ex[0] += (est - v[k]) * (est - v[k]);
+        ex[1] += double(v[k]) * double(v[k]);
       }
-      ex[1] += err;
-      ex[2] += ref;
-    }
-  });
-  const float d = clip_divisor(ex2[0], l.numel(), a.clip_threshold);
+    });
+  }
 
-  // Pass 3: clipped update, first moment, instability row/column means -> R, C.
-  double ex3[kExtras] = {};
-  reduce_rows_cols(l, pl, w, ex3, [&](int64_t p, int64_t i, int64_t k0, int64_t k1, float* x, double* ex) {
+  // Pass 2: clipped update u' = u / d (d == 1: no division, exactly the same), first moment, instability
+  // row/column means -> R, C and their factors.
+  double ex2[kExtras] = {};
+  // R rows side by side (fast layouts) or one row (general layouts, and the rows left over).
+  auto moment = [&]<int R, bool kClip>(int64_t p, int64_t i, int64_t k0, int64_t k1, float (*x)[kChunk], double* ex) {
     const float* g = a.grad + offset(p, i);
     MT* m = exp_avg + offset(p, i);
     const float* cf = w.col_factor + p * K;
-    alignas(64) float rf[kChunk];
-    row_factor_chunk(l, w.row_factor, p, i, k0, k1, rf);
     double msq = 0;
+    auto element = [&](float rf, int r, int64_t k) {
+      float u = (rf * cf[k]) * (g[r * K + k] * gs);
+      if constexpr (kClip) u = u / d;
+      const float mn = store(m + r * K + k, std::fma(u, one_b1, load(m + r * K + k) * b1));
+      const float e = u - mn;
+      x[r][k - k0] = e * e + eps2;
+      return mn;
+    };
+    if (pl.fast) {
+      float rf[R];
+      for (int r = 0; r < R; ++r) rf[r] = w.row_factor[p * n + i + r];
 #pragma omp simd reduction(+ : msq)
-    for (int64_t k = k0; k < k1; ++k) {
-      const float u = ((rf[k - k0] * cf[k]) * (g[k] * gs)) / d;
-      const float mn = store(m + k, std::fma(u, one_b1, load(m + k) * b1));
-      const float r = u - mn;
-      x[k - k0] = r * r + eps2;
-      if constexpr (kStats) msq += double(mn) * double(mn);
+      for (int64_t k = k0; k < k1; ++k)
+        for (int r = 0; r < R; ++r) {
+          const float mn = element(rf[r], r, k);
+          if constexpr (kStats) msq += double(mn) * double(mn);
+        }
+    } else {
+      alignas(64) float rfb[kChunk];
+      row_factor_chunk(l, w.row_factor, p, i, k0, k1, rfb);
+      for (int64_t k = k0; k < k1; ++k) {
+        const float mn = element(rfb[k - k0], 0, k);
+        if constexpr (kStats) msq += double(mn) * double(mn);
+      }
     }
     if constexpr (kStats) ex[0] += msq;
-  });
-  ema_from_sums(a.exp_avg_res_row, w.row_sum, l.rows(), l.m, a.beta3);
-  ema_from_sums(a.exp_avg_res_col, w.col_sum, l.cols(), l.n, a.beta3);
-  factors(l, a.exp_avg_res_row, a.exp_avg_res_col, w.row_factor, w.col_factor);
+  };
+  if (d > 1.0f) {
+    reduce_rows_cols(l, pl, w, ex2, [&]<int R>(int64_t p, int64_t i, int64_t k0, int64_t k1, float (*x)[kChunk], double* ex) {
+      moment.template operator()<R, true>(p, i, k0, k1, x, ex);
+    });
+  } else {
+    reduce_rows_cols(l, pl, w, ex2, [&]<int R>(int64_t p, int64_t i, int64_t k0, int64_t k1, float (*x)[kChunk], double* ex) {
+      moment.template operator()<R, false>(p, i, k0, k1, x, ex);
+    });
+  }
+  rows_from_sums(l, w, a.exp_avg_res_row, a.beta3);
+  finish_factors(l, w, a.exp_avg_res_row, a.exp_avg_res_col, a.beta3, nullptr);
 
-  // Pass 4: decoupled weight decay, then the confidence-scaled first moment.
-  double ex4[kExtras] = {};
-  for_each_row(l, pl, w, ex4, [&](int64_t p, int64_t i, int64_t k0, int64_t k1, double* ex) {
+  // Pass 3: decoupled weight decay (decay = 0 without it: an exact no-op), then the confidence-scaled moment.
+  double ex3[kExtras] = {};
+  for_each_row(l, pl, w, ex3, [&](int64_t p, int64_t i, int64_t k0, int64_t k1, double* ex) {
     float* pp = a.param + offset(p, i);
     const MT* m = exp_avg + offset(p, i);
     const float* cf = w.col_factor + p * K;
-    alignas(64) float rf[kChunk];
-    row_factor_chunk(l, w.row_factor, p, i, k0, k1, rf);
-    double app = 0;
-#pragma omp simd reduction(+ : app)
-    for (int64_t k = k0; k < k1; ++k) {
-      const float step = ((rf[k - k0] * cf[k]) * load(m + k)) * lr;
-      float pv = pp[k];
-      pv = std::fma(pv, decay, pv);  // decay = 0 without weight decay: exact no-op
-      pp[k] = pv - step;
-      if constexpr (kStats) app += double(step) * double(step);
+    alignas(64) float rfb[kChunk];
+    const float rf0 = pl.fast ? w.row_factor[p * n + i] : 0.0f;
+    if (!pl.fast) row_factor_chunk(l, w.row_factor, p, i, k0, k1, rfb);
+    if constexpr (kStats) {
+      ex[0] += lane_sum(k0, k1, [&](int64_t k) {
+        const float rf = pl.fast ? rf0 : rfb[k - k0];
+        const float step = ((rf * cf[k]) * load(m + k)) * lr;
+        pp[k] = std::fma(pp[k], decay, pp[k]) - step;
+        return double(step) * double(step);
+      });
+    } else {
+#pragma omp simd
+      for (int64_t k = k0; k < k1; ++k) {
+        const float rf = pl.fast ? rf0 : rfb[k - k0];
+        const float step = ((rf * cf[k]) * load(m + k)) * lr;
+        pp[k] = std::fma(pp[k], decay, pp[k]) - step;
+      }
     }
-    if constexpr (kStats) ex[0] += app;
   });
 
   if constexpr (kStats) {
-    a.stats[kStatUpdateSq] += ex2[0];
-    a.stats[kStatFactorErrSq] += ex2[1];
-    a.stats[kStatExactSq] += ex2[2];
-    a.stats[kStatExpAvgSq] += ex3[0];
-    a.stats[kStatAppliedSq] += ex4[0];
+    a.stats[kStatUpdateSq] += update_sq;
+    a.stats[kStatFactorErrSq] += exact[0];
+    a.stats[kStatExactSq] += exact[1];
+    a.stats[kStatExpAvgSq] += ex2[0];
+    a.stats[kStatAppliedSq] += ex3[0];
   }
 }
 
