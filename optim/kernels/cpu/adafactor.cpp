@@ -55,6 +55,8 @@ void adafactor_factored(const AdafactorFactoredArgs& a) {
     float* pp = a.param + offset(p, i);
     float* m = a.exp_avg ? a.exp_avg + offset(p, i) : nullptr;
     const float* cf = w.col_factor + p * K;
+    // Locals, not captures: the stores through pp and m could otherwise alias them and force reloads.
+    const float gs_ = gs, d_ = d, inv_d = 1.0f / d, lr_ = lr, b1_ = b1, one_b1_ = one_b1, decay_ = decay;
     alignas(64) float rfb[kChunk];
     const float rf0 = pl.fast ? w.row_factor[p * n + i] : 0.0f;
     if (!pl.fast) row_factor_chunk(l, w.row_factor, p, i, k0, k1, rfb);
@@ -63,10 +65,10 @@ void adafactor_factored(const AdafactorFactoredArgs& a) {
 #pragma omp simd reduction(+ : msq, app)
       for (int64_t k = k0; k < k1; ++k) {
         const float rf = pl.fast ? rf0 : rfb[k - k0];
-        const float u = (((rf * cf[k]) * (g[k] * gs)) / d) * lr;
-        const float mn = std::fma(u, one_b1, m[k] * b1);
+        const float u = divide((rf * cf[k]) * (g[k] * gs_), d_, inv_d) * lr_;
+        const float mn = std::fma(u, one_b1_, m[k] * b1_);
         m[k] = mn;
-        pp[k] = std::fma(pp[k], decay, pp[k]) - mn;
+        pp[k] = std::fma(pp[k], decay_, pp[k]) - mn;
         if constexpr (kStats) {
           msq += double(mn) * double(mn);
           app += double(mn) * double(mn);
@@ -76,8 +78,8 @@ void adafactor_factored(const AdafactorFactoredArgs& a) {
 #pragma omp simd reduction(+ : app)
       for (int64_t k = k0; k < k1; ++k) {
         const float rf = pl.fast ? rf0 : rfb[k - k0];
-        const float u = (((rf * cf[k]) * (g[k] * gs)) / d) * lr;
-        pp[k] = std::fma(pp[k], decay, pp[k]) - u;
+        const float u = divide((rf * cf[k]) * (g[k] * gs_), d_, inv_d) * lr_;
+        pp[k] = std::fma(pp[k], decay_, pp[k]) - u;
         if constexpr (kStats) app += double(u) * double(u);
       }
     }

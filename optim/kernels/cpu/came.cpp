@@ -38,6 +38,7 @@ void came_factored(const CameFactoredArgs& a) {
   second_moment_pass(l, pl, w, a.grad, gs, eps1, a.exp_avg_sq_row, a.beta2);
   const double update_sq = finish_factors(l, w, a.exp_avg_sq_row, a.exp_avg_sq_col, a.beta2, w.s_sum);
   const float d = clip_divisor(update_sq, l.numel(), a.clip_threshold);
+  const float inv_d_ = 1.0f / d;
 
   // Inspection only: the exact EMA of g^2+eps1 against its factored estimate 1 / (rf cf)^2 (an extra pass).
   double exact[kExtras] = {};
@@ -66,13 +67,16 @@ void came_factored(const CameFactoredArgs& a) {
     const float* g = a.grad + offset(p, i);
     MT* m = exp_avg + offset(p, i);
     const float* cf = w.col_factor + p * K;
+    // Locals, not captures: the stores through m and x could otherwise alias them and force reloads.
+    const float gs_ = gs, d_ = d, inv_d = inv_d_, b1_ = b1, one_b1_ = one_b1, eps2_ = eps2;
+    const int64_t K_ = K;
     double msq = 0;
     auto element = [&](float rf, int r, int64_t k) {
-      float u = (rf * cf[k]) * (g[r * K + k] * gs);
-      if constexpr (kClip) u = u / d;
-      const float mn = store(m + r * K + k, std::fma(u, one_b1, load(m + r * K + k) * b1));
+      float u = (rf * cf[k]) * (g[r * K_ + k] * gs_);
+      if constexpr (kClip) u = divide(u, d_, inv_d);
+      const float mn = store(m + r * K_ + k, std::fma(u, one_b1_, load(m + r * K_ + k) * b1_));
       const float e = u - mn;
-      x[r][k - k0] = e * e + eps2;
+      x[r][k - k0] = e * e + eps2_;
       return mn;
     };
     if (pl.fast) {
@@ -112,22 +116,23 @@ void came_factored(const CameFactoredArgs& a) {
     float* pp = a.param + offset(p, i);
     const MT* m = exp_avg + offset(p, i);
     const float* cf = w.col_factor + p * K;
+    const float lr_ = lr, decay_ = decay;  // locals: the stores through pp could alias captures
     alignas(64) float rfb[kChunk];
     const float rf0 = pl.fast ? w.row_factor[p * n + i] : 0.0f;
     if (!pl.fast) row_factor_chunk(l, w.row_factor, p, i, k0, k1, rfb);
     if constexpr (kStats) {
       ex[0] += lane_sum(k0, k1, [&](int64_t k) {
         const float rf = pl.fast ? rf0 : rfb[k - k0];
-        const float step = ((rf * cf[k]) * load(m + k)) * lr;
-        pp[k] = std::fma(pp[k], decay, pp[k]) - step;
+        const float step = ((rf * cf[k]) * load(m + k)) * lr_;
+        pp[k] = std::fma(pp[k], decay_, pp[k]) - step;
         return double(step) * double(step);
       });
     } else {
 #pragma omp simd
       for (int64_t k = k0; k < k1; ++k) {
         const float rf = pl.fast ? rf0 : rfb[k - k0];
-        const float step = ((rf * cf[k]) * load(m + k)) * lr;
-        pp[k] = std::fma(pp[k], decay, pp[k]) - step;
+        const float step = ((rf * cf[k]) * load(m + k)) * lr_;
+        pp[k] = std::fma(pp[k], decay_, pp[k]) - step;
       }
     }
   });

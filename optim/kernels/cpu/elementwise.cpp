@@ -34,23 +34,30 @@ void adamw(const AdamWArgs& a) {
   const float b2 = float(a.beta2), one_b2 = float(1.0 - a.beta2);
   const double inv_bc1 = 1.0 / bc1;
   double ex[kExtras] = {};
-  for_each_range(a.n, ex, [&](int64_t i0, int64_t i1, double* e) {
+  for_each_range(a.n, ex, [=](int64_t i0, int64_t i1, double* e) {
     double usq = 0, msq = 0, app = 0;
+    float* param = a.param;
+    float* exp_avg = a.exp_avg;
+    float* exp_avg_sq = a.exp_avg_sq;
+    const float* grad = a.grad;
+    // Locals, not captures: the stores could otherwise alias them and force reloads.
+    const float gs_ = gs, keep_ = keep, w_ = w, b2_ = b2, one_b2_ = one_b2, bc2_sqrt_ = bc2_sqrt, eps_ = eps;
+    const float neg_step_size_ = neg_step_size;
 #pragma omp simd reduction(+ : usq, msq, app)
     for (int64_t i = i0; i < i1; ++i) {
-      const float g = a.grad[i] * gs;
-      const float p = a.param[i] * keep;
-      const float m0 = a.exp_avg[i];
+      const float g = grad[i] * gs_;
+      const float p = param[i] * keep_;
+      const float m0 = exp_avg[i];
       // torch's lerp: weight < 0.5 ? self + weight * (end - self) : end - (end - self) * (1 - weight), fused
-      const float m = kLowWeight ? std::fma(w, g - m0, m0) : std::fma(-(g - m0), 1.0f - w, g);
+      const float m = kLowWeight ? std::fma(w_, g - m0, m0) : std::fma(-(g - m0), 1.0f - w_, g);
       // exp_avg_sq.mul_(b2).addcmul_(g, g, value=1-b2): the product (value*g)*g fused into the add
-      const float v = std::fma(one_b2 * g, g, a.exp_avg_sq[i] * b2);
-      a.exp_avg[i] = m;
-      a.exp_avg_sq[i] = v;
-      const float denom = std::sqrt(v) / bc2_sqrt + eps;
+      const float v = std::fma(one_b2_ * g, g, exp_avg_sq[i] * b2_);
+      exp_avg[i] = m;
+      exp_avg_sq[i] = v;
+      const float denom = std::sqrt(v) / bc2_sqrt_ + eps_;
       // param.addcdiv_(m, denom, value=-step_size) = p + (value*m)/denom
-      const float step = (neg_step_size * m) / denom;
-      a.param[i] = p + step;
+      const float step = (neg_step_size_ * m) / denom;
+      param[i] = p + step;
       if constexpr (kStats) {
         const double dir = double(m) / double(denom) * inv_bc1;
         usq += dir * dir;

@@ -371,6 +371,14 @@ inline void rows_from_sums(const FactoredLayout& l, const FactoredWorkspace& w, 
   for (int64_t x = 0; x < l.rows(); ++x) row_stat[x] = ema(row_stat[x], w.row_sum[x], l.m, b, one_b);
 }
 
+// u / d for the clip: the reciprocal product corrected by one fused residual step. Vector division costs more
+// than the rest of the pass; this equals the correctly rounded quotient except in a few elements per million,
+// which are one ulp off (the divisor itself already differs from the package's by float rounding).
+inline float divide(float u, float d, float inv_d) {
+  const float q = u * inv_d;
+  return std::fma(std::fma(-q, d, u), inv_d, q);
+}
+
 // The clipping divisor max(1, RMS / threshold), in float as the package computes it.
 inline float clip_divisor(double sum_sq, int64_t numel, double threshold) {
   const float rms = float(std::sqrt(sum_sq)) / float(std::sqrt(double(numel)));
