@@ -1,0 +1,143 @@
+// Adafactor: configuration checks, state layout (transformers' names and order), kernel dispatch, internals.
+#include "optim/adafactor.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace tally::optim {
+
+namespace {
+
+void validate(const AdafactorConfig& c, int group) {
+  const char* op = "[adafactor]";
+  TALLY_CHECK(std::isfinite(c.lr) && c.lr > 0.0, op, " group ", group, ": lr is required and must be > 0, got ", c.lr);
+  TALLY_CHECK(c.eps[0] >= 0.0, op, " group ", group, ": eps[0] must be >= 0, got ", c.eps[0]);
+  TALLY_CHECK(c.clip_threshold > 0.0, op, " group ", group, ": clip_threshold must be > 0, got ", c.clip_threshold);
+  TALLY_CHECK(c.decay_rate < 0.0, op, " group ", group, ": decay_rate must be < 0 (beta2_t = 1 - t^decay_rate), got ",
+              c.decay_rate);
+  TALLY_CHECK(!c.beta1 || (*c.beta1 >= 0.0 && *c.beta1 <= 1.0), op, " group ", group, ": beta1 must be in [0, 1], got ",
+              c.beta1.value_or(0.0));
+  TALLY_CHECK(std::isfinite(c.weight_decay) && c.weight_decay >= 0.0, op, " group ", group,
+              ": weight_decay must be >= 0, got ", c.weight_decay);
+  TALLY_CHECK(c.min_dim_to_factor >= 1, op, " group ", group, ": min_dim_to_factor must be >= 1");
+}
+
+}  // namespace
+
+Adafactor::Adafactor(const std::vector<Tensor>& params, const AdafactorConfig& config)
+    : Adafactor(std::vector<ParamGroup<AdafactorConfig>>{{params, config}}) {}
+
+Adafactor::Adafactor(const std::vector<ParamGroup<AdafactorConfig>>& groups) : Optimizer("adafactor") {
+  for (size_t g = 0; g < groups.size(); ++g) {
+    validate(groups[g].config, int(g));
+    configs_.push_back(groups[g].config);
+    add_group(groups[g].params, groups[g].config.lr);
+  }
+}
+
+const AdafactorConfig& Adafactor::config(int group) const {
+  TALLY_CHECK(group >= 0 && group < num_groups(), "[adafactor] no group ", group);
+  return configs_[size_t(group)];
+}
+AdafactorConfig& Adafactor::config(int group) {
+  TALLY_CHECK(group >= 0 && group < num_groups(), "[adafactor] no group ", group);
+  return configs_[size_t(group)];
+}
+
+std::vector<StateSpec> Adafactor::state_specs(const Shape& shape, const AdafactorConfig& c) {
+  const FactoredDims f = factored_dims(shape, c.factoring, c.min_dim_to_factor);
+  std::vector<StateSpec> s;
+  if (c.beta1) s.push_back({.name = "exp_avg", .shape = shape});
+  if (f.factored) {
+    s.push_back({.name = "exp_avg_sq_row", .shape = drop_dim(shape, f.b)});
+    s.push_back({.name = "exp_avg_sq_col", .shape = drop_dim(shape, f.a)});
+  } else {
+    s.push_back({.name = "exp_avg_sq", .shape = shape});
+  }
+  return s;
+}
+
+std::vector<TensorState> Adafactor::predict_state_bytes(const std::vector<NamedShape>& params,
+                                                        const AdafactorConfig& config) {
+  std::vector<TensorState> out;
+  for (const NamedShape& p : params)
+    out.push_back({.param = p.name, .param_shape = p.shape, .states = state_specs(p.shape, config)});
+  return out;
+}
+
+std::vector<StateSpec> Adafactor::specs_for(const Slot& slot, bool* factored, kernels::FactoredLayout* layout) const {
+  const AdafactorConfig& c = configs_[size_t(slot.group)];
+  const FactoredDims f = factored_dims(slot.param.shape(), c.factoring, c.min_dim_to_factor);
+  *factored = f.factored;
+  *layout = f.layout;
+  return state_specs(slot.param.shape(), c);
+}
+
+void Adafactor::update(Slot& s, const Tensor& grad, const StepOptions& o, void* workspace, double* stats) {
+  const AdafactorConfig& c = configs_[size_t(s.group)];
+  const bool has_m = s.specs.front().name == "exp_avg";
+  TALLY_CHECK(has_m == c.beta1.has_value(), "[adafactor.step] '", s.name, "': beta1 was ",
+              has_m ? "set" : "unset", " when its state was allocated and is ", c.beta1 ? "set" : "unset",
+              " now; the first moment cannot be added or dropped after allocation");
+  const double beta2t = 1.0 - std::pow(double(s.step), c.decay_rate);
+  float* m = has_m ? f32(s, 0) : nullptr;
+  const size_t first = has_m ? 1 : 0;
+  const Device dev = s.param.device();
+  if (s.factored) {
+    kernels::AdafactorFactoredArgs a{
+        .layout = s.layout,
+        .param = s.param.data<float>(),
+        .grad = grad.data<float>(),
+        .exp_avg = m,
+        .exp_avg_sq_row = f32(s, first),
+        .exp_avg_sq_col = f32(s, first + 1),
+        .lr = c.lr,
+        .beta1 = c.beta1.value_or(0.0),
+        .beta2t = beta2t,
+        .eps1 = c.eps[0],
+        .clip_threshold = c.clip_threshold,
+        .weight_decay = c.weight_decay,
+        .grad_scale = o.grad_scale,
+        .workspace = workspace,
+        .exact_exp_avg_sq = s.exact.defined() ? s.exact.data<float>() : nullptr,
+        .stats = stats,
+    };
+    TALLY_OPTIM_KERNEL(dev, adafactor_factored_step, a);
+  } else {
+    kernels::AdafactorDenseArgs a{
+        .n = s.param.numel(),
+        .param = s.param.data<float>(),
+        .grad = grad.data<float>(),
+        .exp_avg = m,
+        .exp_avg_sq = f32(s, first),
+        .lr = c.lr,
+        .beta1 = c.beta1.value_or(0.0),
+        .beta2t = beta2t,
+        .eps1 = c.eps[0],
+        .clip_threshold = c.clip_threshold,
+        .weight_decay = c.weight_decay,
+        .grad_scale = o.grad_scale,
+        .workspace = workspace,
+        .stats = stats,
+    };
+    TALLY_OPTIM_KERNEL(dev, adafactor_dense_step, a);
+  }
+}
+
+void Adafactor::record_internals(Slot& s, const double* stats) {
+  Optimizer::record_internals(s, stats);
+  const AdafactorConfig& c = configs_[size_t(s.group)];
+  TensorInternals& in = s.internals;
+  const double n = double(s.param.numel());
+  const float rms = float(std::sqrt(stats[kernels::kStatUpdateSq])) / float(std::sqrt(n));
+  const float divisor = std::max(1.0f, rms / float(c.clip_threshold));
+  in.clipped = divisor > 1.0f;
+  in.clipped_update_rms = in.update_rms / double(divisor);
+  if (c.beta1) in.exp_avg_rms = std::sqrt(stats[kernels::kStatExpAvgSq] / n);
+  if (s.factored && s.exact.defined()) {
+    in.factored_rel_error = std::sqrt(stats[kernels::kStatFactorErrSq] / stats[kernels::kStatExactSq]);
+    in.exact_since_step = s.exact_since;
+  }
+}
+
+}  // namespace tally::optim

@@ -1,0 +1,48 @@
+// Adafactor exactly as Hugging Face transformers' Adafactor with scale_parameter=False, relative_step=False,
+// warmup_init=False (the configuration the CAME paper compares against): factored second moment over the last
+// two dims with beta2_t = 1 - t^decay_rate, RMS clipping, the update scaled by lr before the optional first
+// moment, decoupled weight decay p -= wd*lr*p. eps[1] only matters with scale_parameter, which is not offered.
+#pragma once
+#include <array>
+#include <optional>
+
+#include "optim/optimizer.h"
+
+namespace tally::optim {
+
+struct AdafactorConfig {
+  double lr = 0.0;                             // required (> 0): relative steps are not offered
+  std::array<double, 2> eps = {1e-30, 1e-3};   // eps[0] added to g^2; eps[1] unused (scale_parameter=False)
+  double clip_threshold = 1.0;
+  double decay_rate = -0.8;                    // beta2_t = 1 - t^decay_rate
+  std::optional<double> beta1 = std::nullopt;  // set: keep a first moment (of lr-scaled updates)
+  double weight_decay = 0.0;
+  // ---- beyond transformers (defaults reproduce it) ----
+  Factoring factoring = Factoring::last_two_dims;
+  int64_t min_dim_to_factor = 128;             // with Factoring::two_largest_dims only
+};
+
+class Adafactor final : public Optimizer {
+ public:
+  Adafactor(const std::vector<Tensor>& params, const AdafactorConfig& config);
+  explicit Adafactor(const std::vector<ParamGroup<AdafactorConfig>>& groups);
+
+  const AdafactorConfig& config(int group = 0) const;
+  AdafactorConfig& config(int group = 0);
+
+  static std::vector<StateSpec> state_specs(const Shape& shape, const AdafactorConfig& config);
+  static std::vector<TensorState> predict_state_bytes(const std::vector<NamedShape>& params,
+                                                      const AdafactorConfig& config);
+  using Optimizer::predict_state_bytes;
+
+ private:
+  double group_lr(int group) const override { return configs_[size_t(group)].lr; }
+  void store_group_lr(int group, double lr) override { configs_[size_t(group)].lr = lr; }
+  std::vector<StateSpec> specs_for(const Slot& slot, bool* factored, kernels::FactoredLayout* layout) const override;
+  void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) override;
+  void record_internals(Slot& slot, const double* stats) override;
+
+  std::vector<AdafactorConfig> configs_;
+};
+
+}  // namespace tally::optim

@@ -1,0 +1,219 @@
+// CAME: configuration checks, state layout (the package's names, shapes and order), kernel dispatch, and the
+// internals a step reports (clip, first moment, confidence factors). The arithmetic is in optim/kernels/.
+#include "optim/came.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace tally::optim {
+
+namespace {
+
+void validate(const CameConfig& c, int group) {
+  const char* op = "[came]";
+  TALLY_CHECK(std::isfinite(c.lr) && c.lr > 0.0, op, " group ", group, ": lr is required and must be > 0, got ", c.lr);
+  for (double b : c.betas)
+    TALLY_CHECK(b >= 0.0 && b <= 1.0, op, " group ", group, ": betas must be in [0, 1], got (", c.betas[0], ", ",
+                c.betas[1], ", ", c.betas[2], ")");
+  TALLY_CHECK(c.eps[0] >= 0.0 && c.eps[1] >= 0.0, op, " group ", group, ": eps must be >= 0, got (", c.eps[0], ", ",
+              c.eps[1], ")");
+  TALLY_CHECK(c.clip_threshold > 0.0, op, " group ", group, ": clip_threshold must be > 0, got ", c.clip_threshold);
+  TALLY_CHECK(std::isfinite(c.weight_decay) && c.weight_decay >= 0.0, op, " group ", group,
+              ": weight_decay must be >= 0, got ", c.weight_decay);
+  TALLY_CHECK(c.exp_avg_dtype == DType::f32 || c.exp_avg_dtype == DType::bf16, op, " group ", group,
+              ": exp_avg_dtype must be f32 or bf16, got ", dtype_name(c.exp_avg_dtype));
+  TALLY_CHECK(c.min_dim_to_factor >= 1, op, " group ", group, ": min_dim_to_factor must be >= 1");
+}
+
+}  // namespace
+
+Came::Came(const std::vector<Tensor>& params, const CameConfig& config)
+    : Came(std::vector<ParamGroup<CameConfig>>{{params, config}}) {}
+
+Came::Came(const std::vector<ParamGroup<CameConfig>>& groups) : Optimizer("came") {
+  for (size_t g = 0; g < groups.size(); ++g) {
+    validate(groups[g].config, int(g));
+    configs_.push_back(groups[g].config);
+    add_group(groups[g].params, groups[g].config.lr);
+  }
+}
+
+const CameConfig& Came::config(int group) const {
+  TALLY_CHECK(group >= 0 && group < num_groups(), "[came] no group ", group);
+  return configs_[size_t(group)];
+}
+CameConfig& Came::config(int group) {
+  TALLY_CHECK(group >= 0 && group < num_groups(), "[came] no group ", group);
+  return configs_[size_t(group)];
+}
+
+std::vector<StateSpec> Came::state_specs(const Shape& shape, const CameConfig& c) {
+  const FactoredDims f = factored_dims(shape, c.factoring, c.min_dim_to_factor);
+  std::vector<StateSpec> s;
+  s.push_back({.name = "exp_avg", .shape = shape, .dtype = c.exp_avg_dtype});
+  if (f.factored) {
+    const double conf = c.confidence_init == ConfidenceInit::ones ? 1.0 : 0.0;
+    s.push_back({.name = "exp_avg_sq_row", .shape = drop_dim(shape, f.b)});
+    s.push_back({.name = "exp_avg_sq_col", .shape = drop_dim(shape, f.a)});
+    s.push_back({.name = "exp_avg_res_row", .shape = drop_dim(shape, f.b), .initial = conf});
+    s.push_back({.name = "exp_avg_res_col", .shape = drop_dim(shape, f.a), .initial = conf});
+  } else {
+    s.push_back({.name = "exp_avg_sq", .shape = shape});
+  }
+  return s;
+}
+
+std::vector<TensorState> Came::predict_state_bytes(const std::vector<NamedShape>& params, const CameConfig& config) {
+  std::vector<TensorState> out;
+  for (const NamedShape& p : params)
+    out.push_back({.param = p.name, .param_shape = p.shape, .states = state_specs(p.shape, config)});
+  return out;
+}
+
+std::vector<StateSpec> Came::specs_for(const Slot& slot, bool* factored, kernels::FactoredLayout* layout) const {
+  const CameConfig& c = configs_[size_t(slot.group)];
+  const FactoredDims f = factored_dims(slot.param.shape(), c.factoring, c.min_dim_to_factor);
+  *factored = f.factored;
+  *layout = f.layout;
+  return state_specs(slot.param.shape(), c);
+}
+
+void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* workspace, double* stats) {
+  const CameConfig& c = configs_[size_t(s.group)];
+  const Device dev = s.param.device();
+  if (s.factored) {
+    kernels::CameFactoredArgs a{
+        .layout = s.layout,
+        .param = s.param.data<float>(),
+        .grad = grad.data<float>(),
+        .exp_avg = s.tensors[0].data_ptr(),
+        .exp_avg_dtype = s.tensors[0].dtype(),
+        .exp_avg_sq_row = f32(s, 1),
+        .exp_avg_sq_col = f32(s, 2),
+        .exp_avg_res_row = f32(s, 3),
+        .exp_avg_res_col = f32(s, 4),
+        .lr = c.lr,
+        .beta1 = c.betas[0],
+        .beta2 = c.betas[1],
+        .beta3 = c.betas[2],
+        .eps1 = c.eps[0],
+        .eps2 = c.eps[1],
+        .clip_threshold = c.clip_threshold,
+        .weight_decay = c.weight_decay,
+        .grad_scale = o.grad_scale,
+        .workspace = workspace,
+        .exact_exp_avg_sq = s.exact.defined() ? s.exact.data<float>() : nullptr,
+        .stats = stats,
+    };
+    TALLY_OPTIM_KERNEL(dev, came_factored_step, a);
+  } else {
+    kernels::CameDenseArgs a{
+        .n = s.param.numel(),
+        .param = s.param.data<float>(),
+        .grad = grad.data<float>(),
+        .exp_avg = s.tensors[0].data_ptr(),
+        .exp_avg_dtype = s.tensors[0].dtype(),
+        .exp_avg_sq = f32(s, 1),
+        .lr = c.lr,
+        .beta1 = c.betas[0],
+        .beta2 = c.betas[1],
+        .eps1 = c.eps[0],
+        .clip_threshold = c.clip_threshold,
+        .weight_decay = c.weight_decay,
+        .grad_scale = o.grad_scale,
+        .workspace = workspace,
+        .stats = stats,
+    };
+    TALLY_OPTIM_KERNEL(dev, came_dense_step, a);
+  }
+}
+
+namespace {
+
+// min/mean/max of rsqrt(x / mean over i of x) (rows) or rsqrt(x) (columns), as the kernels compute them.
+struct Factors {
+  std::vector<float> row, col;
+};
+Factors confidence_factors(const kernels::FactoredLayout& l, const std::vector<float>& R, const std::vector<float>& C) {
+  Factors f;
+  f.row.resize(R.size());
+  f.col.resize(C.size());
+  const int64_t QS = l.Q * l.S;
+  for (int64_t g = 0; g < l.groups(); ++g) {
+    const int64_t p = g / QS, qs = g % QS;
+    double acc = 0;
+    for (int64_t i = 0; i < l.n; ++i) acc += R[size_t((p * l.n + i) * QS + qs)];
+    const float mean = float(acc / double(l.n));
+    for (int64_t i = 0; i < l.n; ++i) {
+      const size_t x = size_t((p * l.n + i) * QS + qs);
+      f.row[x] = 1.0f / std::sqrt(R[x] / mean);
+    }
+  }
+  for (size_t x = 0; x < C.size(); ++x) f.col[x] = 1.0f / std::sqrt(C[x]);
+  return f;
+}
+
+Summary summarize(const std::vector<float>& v) {
+  Summary s;
+  if (v.empty()) return s;
+  double lo = v[0], hi = v[0], acc = 0;
+  for (float x : v) {
+    lo = std::min(lo, double(x));
+    hi = std::max(hi, double(x));
+    acc += x;
+  }
+  s.min = lo;
+  s.max = hi;
+  s.mean = acc / double(v.size());
+  return s;
+}
+
+}  // namespace
+
+void Came::record_internals(Slot& s, const double* stats) {
+  Optimizer::record_internals(s, stats);
+  const CameConfig& c = configs_[size_t(s.group)];
+  TensorInternals& in = s.internals;
+  const double n = double(s.param.numel());
+  const float rms = float(std::sqrt(stats[kernels::kStatUpdateSq])) / float(std::sqrt(n));
+  const float divisor = std::max(1.0f, rms / float(c.clip_threshold));
+  in.clipped = divisor > 1.0f;
+  in.clipped_update_rms = in.update_rms / double(divisor);
+  in.exp_avg_rms = std::sqrt(stats[kernels::kStatExpAvgSq] / n);
+  if (!s.factored) return;
+  if (s.exact.defined()) {
+    in.factored_rel_error = std::sqrt(stats[kernels::kStatFactorErrSq] / stats[kernels::kStatExactSq]);
+    in.exact_since_step = s.exact_since;
+  }
+  // The confidence factors, from the small R and C vectors (copied to the host when on a device).
+  const kernels::FactoredLayout& l = s.layout;
+  const Factors f = confidence_factors(l, s.tensors[3].to_vector<float>(), s.tensors[4].to_vector<float>());
+  in.has_confidence = true;
+  in.confidence_row = summarize(f.row);
+  in.confidence_col = summarize(f.col);
+  // The scale of element (p, i, q, j, s) is row(p, i, q, s) * col(p, q, j, s): per (p, q, s) slice its extremes
+  // are products of the extremes and its mean the product of the means (all factors are positive).
+  Summary sc;
+  double mean_acc = 0;
+  const int64_t QS = l.Q * l.S;
+  for (int64_t g = 0; g < l.groups(); ++g) {
+    const int64_t p = g / QS, q = (g % QS) / l.S, ss = g % l.S;
+    double rlo = INFINITY, rhi = -INFINITY, racc = 0, clo = INFINITY, chi = -INFINITY, cacc = 0;
+    for (int64_t i = 0; i < l.n; ++i) {
+      const double v = f.row[size_t(((p * l.n + i) * l.Q + q) * l.S + ss)];
+      rlo = std::min(rlo, v), rhi = std::max(rhi, v), racc += v;
+    }
+    for (int64_t j = 0; j < l.m; ++j) {
+      const double v = f.col[size_t(((p * l.Q + q) * l.m + j) * l.S + ss)];
+      clo = std::min(clo, v), chi = std::max(chi, v), cacc += v;
+    }
+    const double lo = rlo * clo, hi = rhi * chi;
+    sc.min = g == 0 ? lo : std::min(sc.min, lo);
+    sc.max = g == 0 ? hi : std::max(sc.max, hi);
+    mean_acc += (racc / double(l.n)) * (cacc / double(l.m));
+  }
+  sc.mean = mean_acc / double(l.groups());
+  in.confidence_scale = sc;
+}
+
+}  // namespace tally::optim

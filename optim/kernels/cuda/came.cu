@@ -1,0 +1,223 @@
+// CUDA kernels of CAME (came-pytorch 0.1.3), factored and dense; same passes and rounding points as the CPU
+// kernels (optim/kernels/cpu/came.cpp). Factored step: tile_stats(g^2+eps1) -> r, c, factors; grid sums of u^2
+// -> clip divisor (on the device: no host round trip); tile_stats that updates m and sums the instability
+// -> R, C, factors; elementwise parameter update (float4 loads when rows allow). About 11 launches per tensor
+// (the package issues ~22 kernels).
+#include "optim/kernels/cuda/common.cuh"
+
+namespace tally::optim::kernels::cuda {
+
+using namespace detail;
+
+namespace {
+
+// Pass 3, fused layout: updates m (exactly once per element) and returns the instability (u - m_new)^2 + eps2.
+template <class MT, bool kUpdate>
+struct MomentFill {
+  FactoredLayout l;
+  int64_t K;
+  const float* g;
+  MT* m;
+  const float* rf;
+  const float* cf;
+  const float* divisor;
+  float gs, b1, one_b1, eps2;
+  __device__ float operator()(int64_t p, int64_t i, int64_t k) const {
+    const int64_t e = (p * l.n + i) * K + k;
+    const float u = ((row_factor_of(l, rf, p, i, k) * cf[p * K + k]) * (g[e] * gs)) / *divisor;
+    float mn;
+    if constexpr (kUpdate) mn = store(m + e, fmaf(u, one_b1, load(m + e) * b1));
+    else mn = load(m + e);  // already updated (general layouts: the fill must be pure, it runs twice)
+    const float r = u - mn;
+    return r * r + eps2;
+  }
+};
+
+template <class MT>
+__global__ void moment_update(FactoredLayout l, int64_t K, const float* g, MT* m, const float* rf, const float* cf,
+                              const float* divisor, float gs, float b1, float one_b1) {
+  const int64_t pi = blockIdx.x, k = blockIdx.y * int64_t(kThreads) + threadIdx.x;
+  if (k >= K) return;
+  const int64_t p = pi / l.n, i = pi % l.n, e = pi * K + k;
+  const float u = ((row_factor_of(l, rf, p, i, k) * cf[p * K + k]) * (g[e] * gs)) / *divisor;
+  store(m + e, fmaf(u, one_b1, load(m + e) * b1));
+}
+
+// Pass 4: p = p + (-lr*wd)*p (fused, as torch's add_(p, alpha)), then p -= (factor * m) * lr.
+template <class MT>
+__global__ void param_update(FactoredLayout l, int64_t K, float* param, const MT* m, const float* rf, const float* cf,
+                             float lr, float decay, bool wd, bool vec) {
+  const int64_t pi = blockIdx.x, k0 = (blockIdx.y * int64_t(kThreads) + threadIdx.x) * 4;
+  if (k0 >= K) return;
+  const int64_t p = pi / l.n, i = pi % l.n;
+  float* pr = param + pi * K;
+  const MT* mr = m + pi * K;
+  if constexpr (sizeof(MT) == 4) {
+    if (vec) {
+      float4 pv = *reinterpret_cast<float4*>(pr + k0);
+      const float4 mv = *reinterpret_cast<const float4*>(mr + k0);
+      const float r = rf[pi];
+      const float* c = cf + p * K + k0;
+      float* pp[4] = {&pv.x, &pv.y, &pv.z, &pv.w};
+      const float ms[4] = {mv.x, mv.y, mv.z, mv.w};
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        float x = *pp[t];
+        if (wd) x = fmaf(x, decay, x);
+        *pp[t] = x - ((r * c[t]) * ms[t]) * lr;
+      }
+      *reinterpret_cast<float4*>(pr + k0) = pv;
+      return;
+    }
+  }
+  for (int64_t k = k0; k < imin(K, k0 + 4); ++k) {
+    float x = pr[k];
+    if (wd) x = fmaf(x, decay, x);
+    pr[k] = x - ((row_factor_of(l, rf, p, i, k) * cf[p * K + k]) * load(mr + k)) * lr;
+  }
+}
+
+// Inspection after the step: sum m^2 and sum (lr * factor * m)^2.
+template <class MT>
+struct MomentStats {
+  FactoredLayout l;
+  int64_t K;
+  const MT* m;
+  const float* rf;
+  const float* cf;
+  float lr;
+  __device__ void operator()(int64_t e, double* acc) const {
+    const int64_t k = e % K, pi = e / K, p = pi / l.n, i = pi % l.n;
+    const float mv = load(m + e);
+    const float step = ((row_factor_of(l, rf, p, i, k) * cf[p * K + k]) * mv) * lr;
+    acc[0] += double(mv) * mv;
+    acc[1] += double(step) * step;
+  }
+};
+
+template <class MT>
+void came_factored(const CameFactoredArgs& a) {
+  const FactoredLayout& l = a.layout;
+  const Plan plan = make_plan(l);
+  const Workspace w = carve(a.workspace, l, plan);
+  const int64_t K = plan.K, N = l.numel();
+  const float gs = float(a.grad_scale);
+  MT* m = static_cast<MT*>(a.exp_avg);
+
+  // Pass 1: r, c and their factors.
+  factored_stats(l, plan, w, SquareFill{a.grad, l.n, K, gs, float(a.eps1)}, a.exp_avg_sq_row, a.exp_avg_sq_col,
+                 a.beta2);
+  // Pass 2: RMS of u -> clip divisor (device scalar).
+  const int blocks = reduce_blocks(N / 4 + 1);
+  const bool vec = vectorizable(l, {a.grad, a.param, a.exp_avg});
+  update_sq<<<blocks, kThreads>>>(l, K, a.grad, w.row_factor, w.col_factor, gs, vec, w.block_sums);
+  check_launch("came update_sq");
+  clip_divisor<<<1, 1>>>(w.block_sums, blocks, N, a.clip_threshold, w.divisor, a.stats);
+  check_launch("came clip_divisor");
+  if (a.stats && a.exact_exp_avg_sq) {
+    const int b = reduce_blocks(N);
+    ExactFill f{l, K, a.grad, a.exact_exp_avg_sq, w.row_factor, w.col_factor, gs, float(a.eps1), float(a.beta2),
+                float(1.0 - a.beta2)};
+    grid_sums<<<b, kThreads>>>(N, f, w.block_sums);
+    check_launch("came exact ema");
+    add_block_sums<<<1, 1>>>(w.block_sums, b, a.stats, kStatFactorErrSq, kStatExactSq, 0, 2);
+    check_launch("came add_block_sums");
+  }
+  // Pass 3: m, instability -> R, C and their factors (the row/col factor buffers are reused).
+  const float b1 = float(a.beta1), one_b1 = float(1.0 - a.beta1), eps2 = float(a.eps2);
+  if (plan.fused_rows) {
+    MomentFill<MT, true> f{l, K, a.grad, m, w.row_factor, w.col_factor, w.divisor, gs, b1, one_b1, eps2};
+    // The fill reads the second-moment factors while the stats overwrite them only in the finishing kernels,
+    // which run after the tile kernel completes (same stream).
+    factored_stats(l, plan, w, f, a.exp_avg_res_row, a.exp_avg_res_col, a.beta3);
+  } else {
+    moment_update<MT><<<dim3(unsigned(l.P * l.n), unsigned((K + kThreads - 1) / kThreads)), kThreads>>>(l, K, a.grad, m, w.row_factor, w.col_factor, w.divisor, gs, b1, one_b1);
+    check_launch("came moment_update");
+    MomentFill<MT, false> f{l, K, a.grad, m, w.row_factor, w.col_factor, w.divisor, gs, b1, one_b1, eps2};
+    factored_stats(l, plan, w, f, a.exp_avg_res_row, a.exp_avg_res_col, a.beta3);
+  }
+  // Pass 4: the parameter.
+  const dim3 grid(unsigned(l.P * l.n), unsigned((K + 4 * kThreads - 1) / (4 * kThreads)));
+  param_update<MT><<<grid, kThreads>>>(l, K, a.param, m, w.row_factor, w.col_factor, float(a.lr),
+                                       float(-a.weight_decay * a.lr), a.weight_decay != 0.0, vec);
+  check_launch("came param_update");
+  if (a.stats) {
+    const int b = reduce_blocks(N);
+    grid_sums<<<b, kThreads>>>(N, MomentStats<MT>{l, K, m, w.row_factor, w.col_factor, float(a.lr)}, w.block_sums);
+    check_launch("came moment stats");
+    add_block_sums<<<1, 1>>>(w.block_sums, b, a.stats, kStatExpAvgSq, kStatAppliedSq, 0, 2);
+    check_launch("came add_block_sums");
+  }
+}
+
+// Dense pass 2: m and p (and, inspecting, block sums of m^2 and (lr m)^2).
+template <class MT, bool kStats>
+__global__ void dense_update(int64_t n, const float* g, const float* v, MT* m, float* param, const float* divisor,
+                             float gs, float b1, float one_b1, float lr, float decay, bool wd, double* block_sums) {
+  __shared__ double shared[kWarps];
+  double msq = 0, app = 0;
+  const float d = *divisor;
+  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
+    const float u = ((1.0f / sqrtf(v[e])) * (g[e] * gs)) / d;
+    const float mn = store(m + e, fmaf(u, one_b1, load(m + e) * b1));
+    const float step = mn * lr;
+    float x = param[e];
+    if (wd) x = fmaf(x, decay, x);
+    param[e] = x - step;
+    if (kStats) {
+      msq += double(mn) * mn;
+      app += double(step) * step;
+    }
+  }
+  if (kStats) {
+    const double t0 = block_sum(msq, shared);
+    const double t1 = block_sum(app, shared);
+    if (threadIdx.x == 0) {
+      block_sums[blockIdx.x * kSums] = t0;
+      block_sums[blockIdx.x * kSums + 1] = t1;
+    }
+  }
+}
+
+template <class MT>
+void came_dense(const CameDenseArgs& a) {
+  const DenseWorkspace w = carve_dense(a.workspace);
+  const float gs = float(a.grad_scale);
+  const int blocks = reduce_blocks(a.n);
+  dense_second_moment<<<blocks, kThreads>>>(a.n, a.grad, a.exp_avg_sq, gs, float(a.eps1), float(a.beta2),
+                                            float(1.0 - a.beta2), w.block_sums);
+  check_launch("came dense_second_moment");
+  clip_divisor<<<1, 1>>>(w.block_sums, blocks, a.n, a.clip_threshold, w.divisor, a.stats);
+  check_launch("came clip_divisor");
+  MT* m = static_cast<MT*>(a.exp_avg);
+  const float b1 = float(a.beta1), one_b1 = float(1.0 - a.beta1), lr = float(a.lr);
+  const float decay = float(-a.weight_decay * a.lr);
+  const bool wd = a.weight_decay != 0.0;
+  if (a.stats) {
+    dense_update<MT, true><<<blocks, kThreads>>>(a.n, a.grad, a.exp_avg_sq, m, a.param, w.divisor, gs, b1, one_b1, lr,
+                                                 decay, wd, w.block_sums);
+    check_launch("came dense_update");
+    add_block_sums<<<1, 1>>>(w.block_sums, blocks, a.stats, kStatExpAvgSq, kStatAppliedSq, 0, 2);
+    check_launch("came add_block_sums");
+  } else {
+    dense_update<MT, false><<<blocks, kThreads>>>(a.n, a.grad, a.exp_avg_sq, m, a.param, w.divisor, gs, b1, one_b1,
+                                                  lr, decay, wd, w.block_sums);
+    check_launch("came dense_update");
+  }
+}
+
+}  // namespace
+
+void came_factored_step(const CameFactoredArgs& a) {
+  if (a.layout.numel() == 0) return;
+  if (a.exp_avg_dtype == DType::bf16) came_factored<__nv_bfloat16>(a);
+  else came_factored<float>(a);
+}
+
+void came_dense_step(const CameDenseArgs& a) {
+  if (a.n == 0) return;
+  if (a.exp_avg_dtype == DType::bf16) came_dense<__nv_bfloat16>(a);
+  else came_dense<float>(a);
+}
+
+}  // namespace tally::optim::kernels::cuda

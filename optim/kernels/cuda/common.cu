@@ -1,0 +1,111 @@
+// CUDA finishing kernels shared by the factored optimizer steps (see common.cuh): EMAs of row/column means,
+// row factors, the clip divisor, and adding block sums into the inspection statistics. All single-pass over
+// small vectors, deterministic (fixed summation order).
+#include "optim/kernels/cuda/common.cuh"
+
+namespace tally::optim::kernels::cuda::detail {
+
+__global__ void ema_rows(float* stat, const double* partials, int64_t rows, int64_t terms, int64_t count,
+                         double beta) {
+  const int64_t r = blockIdx.x * int64_t(kThreads) + threadIdx.x;
+  if (r >= rows) return;
+  double sum = 0;
+  for (int64_t t = 0; t < terms; ++t) sum += partials[r * terms + t];
+  const float mean = float(sum / double(count));
+  stat[r] = fmaf(mean, float(1.0 - beta), stat[r] * float(beta));
+}
+
+__global__ void ema_cols(float* stat, float* col_factor, const double* partials, FactoredLayout l, Plan plan,
+                         double beta) {
+  const int64_t c = blockIdx.x * int64_t(kThreads) + threadIdx.x;  // p*K + k
+  if (c >= l.cols()) return;
+  const int64_t p = c / plan.K, k = c % plan.K;
+  double sum = 0;
+  for (int64_t t = 0; t < plan.tiles_i; ++t) sum += partials[(p * plan.tiles_i + t) * plan.K + k];
+  const float mean = float(sum / double(l.n));
+  const float v = fmaf(mean, float(1.0 - beta), stat[c] * float(beta));
+  stat[c] = v;
+  col_factor[c] = 1.0f / sqrtf(v);
+}
+
+__global__ void row_factors(const float* row, float* row_factor, FactoredLayout l) {
+  __shared__ double shared[kWarps];
+  __shared__ float mean;
+  const int64_t QS = l.Q * l.S, g = blockIdx.x, p = g / QS, qs = g % QS;
+  double acc = 0;
+  for (int64_t i = threadIdx.x; i < l.n; i += kThreads) acc += double(row[(p * l.n + i) * QS + qs]);
+  const double total = block_sum(acc, shared);
+  if (threadIdx.x == 0) mean = float(total / double(l.n));
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < l.n; i += kThreads) {
+    const int64_t x = (p * l.n + i) * QS + qs;
+    row_factor[x] = 1.0f / sqrtf(row[x] / mean);
+  }
+}
+
+__global__ void clip_divisor(const double* block_sums, int blocks, int64_t numel, double threshold, float* divisor,
+                             double* stats) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  double sum = 0;
+  for (int b = 0; b < blocks; ++b) sum += block_sums[b * kSums];
+  const float rms = float(sqrt(sum)) / float(sqrt(double(numel)));
+  *divisor = fmaxf(1.0f, rms / float(threshold));
+  if (stats) stats[kStatUpdateSq] += sum;
+}
+
+__global__ void add_block_sums(const double* block_sums, int blocks, double* stats, int slot0, int slot1, int slot2,
+                               int count) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  const int slots[3] = {slot0, slot1, slot2};
+  for (int e = 0; e < count; ++e) {
+    double sum = 0;
+    for (int b = 0; b < blocks; ++b) sum += block_sums[b * kSums + e];
+    stats[slots[e]] += sum;
+  }
+}
+
+// Pass 2 of the factored methods (see common.cuh).
+__global__ void update_sq(FactoredLayout l, int64_t K, const float* g, const float* rf, const float* cf, float gs,
+                          bool vec, double* block_sums) {
+  __shared__ double shared[kWarps];
+  double acc = 0;
+  const int64_t rows = l.P * l.n, chunks = (K + 4 * kThreads - 1) / (4 * kThreads);
+  for (int64_t t = blockIdx.x; t < rows * chunks; t += gridDim.x) {
+    const int64_t pi = t / chunks, k0 = (t % chunks) * 4 * kThreads + 4 * threadIdx.x;
+    const int64_t p = pi / l.n, i = pi % l.n;
+    const float* gr = g + pi * K;
+    if (vec && k0 < K) {
+      const float4 gv = *reinterpret_cast<const float4*>(gr + k0);
+      const float r = rf[pi];
+      const float* c = cf + p * K + k0;
+      const float u0 = (r * c[0]) * (gv.x * gs), u1 = (r * c[1]) * (gv.y * gs);
+      const float u2 = (r * c[2]) * (gv.z * gs), u3 = (r * c[3]) * (gv.w * gs);
+      acc += double(u0) * u0 + double(u1) * u1 + double(u2) * u2 + double(u3) * u3;
+    } else {
+      for (int64_t k = k0; k < imin(K, k0 + 4); ++k) {
+        const float u = (row_factor_of(l, rf, p, i, k) * cf[p * K + k]) * (gr[k] * gs);
+        acc += double(u) * u;
+      }
+    }
+  }
+  const double total = block_sum(acc, shared);
+  if (threadIdx.x == 0) block_sums[blockIdx.x * kSums] = total;
+}
+
+// Dense pass 1: v = b2 v + (1-b2)(g^2+eps1), block sums of u^2.
+__global__ void dense_second_moment(int64_t n, const float* g, float* v, float gs, float eps1, float b2, float one_b2,
+                                    double* block_sums) {
+  __shared__ double shared[kWarps];
+  double acc = 0;
+  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
+    const float x = g[e] * gs;
+    const float ve = fmaf(x * x + eps1, one_b2, v[e] * b2);
+    v[e] = ve;
+    const float u = (1.0f / sqrtf(ve)) * x;
+    acc += double(u) * u;
+  }
+  const double total = block_sum(acc, shared);
+  if (threadIdx.x == 0) block_sums[blockIdx.x * kSums] = total;
+}
+
+}  // namespace tally::optim::kernels::cuda::detail

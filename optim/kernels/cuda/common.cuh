@@ -1,0 +1,289 @@
+// CUDA helpers shared by the optimizer kernels (internal to optim/kernels/cuda): error checks, deterministic
+// warp/block sums in double, the tiling of a factored tensor and its workspace layout, element loads/stores of
+// f32 and bf16 moments, and the small finishing kernels (EMA of row/column means, factors, clip divisor).
+// Every reduction has a fixed shape (grid sizes depend on the tensor's shape only) and no float atomics.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+
+#include "core/error.h"
+#include "optim/kernels/optim_kernels.h"
+
+#define TALLY_OPTIM_CUDA_CHECK(expr)                                                                  \
+  do {                                                                                                \
+    const cudaError_t tally_err_ = (expr);                                                            \
+    if (tally_err_ != cudaSuccess) ::tally::fail("[optim cuda] ", #expr, ": ", cudaGetErrorString(tally_err_)); \
+  } while (0)
+
+namespace tally::optim::kernels::cuda::detail {
+
+inline void check_launch(const char* kernel) {
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) ::tally::fail("[optim cuda] launch of ", kernel, " failed: ", cudaGetErrorString(e));
+}
+
+constexpr int kThreads = 256;         // threads per block everywhere
+constexpr int kWarps = kThreads / 32;
+constexpr int kTileCols = kThreads;   // columns per tile (one per thread)
+constexpr int kTileRows = 32;         // rows per tile: column partials cost numel/4 bytes (1/16 of the tensor)
+constexpr int kMaxBlocks = 1024;      // grid of the grid-stride reductions
+constexpr int kSums = 4;              // partial sums per block in the grid-stride reductions
+
+inline int64_t align256(int64_t b) { return (b + 255) / 256 * 256; }
+inline int reduce_blocks(int64_t n) {
+  return int(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, kMaxBlocks));
+}
+
+__host__ __device__ inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+
+__device__ inline double warp_sum(double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  return v;  // lane 0 holds the sum
+}
+
+// Sum over the block; the result is valid in thread 0. `shared` has kWarps doubles.
+__device__ inline double block_sum(double v, double* shared) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  double total = 0;
+  if (threadIdx.x == 0)
+    for (int w = 0; w < kWarps; ++w) total += shared[w];
+  return total;
+}
+
+__device__ inline float load(const float* p) { return *p; }
+__device__ inline float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ inline float store(float* p, float v) {
+  *p = v;
+  return v;
+}
+// Rounded to nearest even; returns the value as stored (what the next step reads).
+__device__ inline float store(__nv_bfloat16* p, float v) {
+  *p = __float2bfloat16_rn(v);
+  return __bfloat162float(*p);
+}
+
+// The tiling of a factored (P, n, Q, m, S) tensor seen as (P, n, K), K = Q*m*S.
+struct Plan {
+  int64_t K = 0;
+  int64_t tiles_k = 0;   // column tiles of kTileCols
+  int64_t tiles_i = 0;   // row tiles of kTileRows per matrix
+  bool fused_rows = true;  // Q*S == 1: the row statistic is the tile's row sum (warp sums in the tile kernel)
+  int64_t row_terms = 0;   // partials per row statistic: tiles_k (fused) or 1 (separate row kernel)
+};
+
+inline Plan make_plan(const FactoredLayout& l) {
+  Plan p;
+  p.K = l.Q * l.m * l.S;
+  p.tiles_k = (p.K + kTileCols - 1) / kTileCols;
+  p.tiles_i = (l.n + kTileRows - 1) / kTileRows;
+  p.fused_rows = l.Q * l.S == 1;
+  p.row_terms = p.fused_rows ? p.tiles_k : 1;
+  return p;
+}
+
+struct Workspace {
+  double* row_partials = nullptr;    // (rows, row_terms)
+  double* col_partials = nullptr;    // (P, tiles_i, K)
+  float* row_factor = nullptr;       // (rows)
+  float* col_factor = nullptr;       // (cols)
+  double* block_sums = nullptr;      // (kMaxBlocks, kSums)
+  float* divisor = nullptr;          // the clip divisor of this step
+  int64_t bytes = 0;
+};
+
+inline Workspace carve(void* base, const FactoredLayout& l, const Plan& p) {
+  Workspace w;
+  char* b = static_cast<char*>(base);
+  int64_t off = 0;
+  auto take = [&](int64_t bytes) {
+    char* at = b ? b + off : nullptr;
+    off += align256(bytes);
+    return at;
+  };
+  w.row_partials = reinterpret_cast<double*>(take(l.rows() * p.row_terms * 8));
+  w.col_partials = reinterpret_cast<double*>(take(l.P * p.tiles_i * p.K * 8));
+  w.row_factor = reinterpret_cast<float*>(take(l.rows() * 4));
+  w.col_factor = reinterpret_cast<float*>(take(l.cols() * 4));
+  w.block_sums = reinterpret_cast<double*>(take(kMaxBlocks * kSums * 8));
+  w.divisor = reinterpret_cast<float*>(take(4));
+  w.bytes = off;
+  return w;
+}
+
+// Workspace of the dense (unfactored) steps: block sums and the divisor.
+struct DenseWorkspace {
+  double* block_sums = nullptr;
+  float* divisor = nullptr;
+  int64_t bytes = 0;
+};
+inline DenseWorkspace carve_dense(void* base) {
+  DenseWorkspace w;
+  char* b = static_cast<char*>(base);
+  w.block_sums = reinterpret_cast<double*>(b);
+  w.divisor = reinterpret_cast<float*>(b ? b + align256(kMaxBlocks * kSums * 8) : nullptr);
+  w.bytes = align256(kMaxBlocks * kSums * 8) + align256(4);
+  return w;
+}
+
+// Index helpers of the (P, n, Q, m, S) layout.
+__device__ inline int64_t row_index(const FactoredLayout& l, int64_t p, int64_t i, int64_t k) {
+  const int64_t s = k % l.S, q = k / (l.m * l.S);
+  return ((p * l.n + i) * l.Q + q) * l.S + s;
+}
+
+// Column partials for tile (p, row tile) x (column tile), and (fused) the tile's row sums. fill(p, i, k) gives
+// the element's quantity (and may update state: it runs exactly once per element).
+template <class Fill>
+__global__ void tile_stats(FactoredLayout l, Plan plan, Fill fill, double* row_partials, double* col_partials) {
+  __shared__ double rows[kTileRows][kWarps];
+  const int64_t pt = blockIdx.x;  // p * tiles_i + row tile
+  const int64_t tk = blockIdx.y;  // column tile
+  const int64_t p = pt / plan.tiles_i, it = pt % plan.tiles_i;
+  const int64_t i0 = it * kTileRows, i1 = imin(l.n, i0 + kTileRows);
+  const int64_t k = tk * kTileCols + threadIdx.x;
+  const bool valid = k < plan.K;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  double col = 0;
+  for (int64_t i = i0; i < i1; ++i) {
+    const double x = valid ? double(fill(p, i, k)) : 0.0;
+    col += x;
+    if (plan.fused_rows) {
+      const double w = warp_sum(x);
+      if (lane == 0) rows[i - i0][warp] = w;
+    }
+  }
+  if (valid) col_partials[pt * plan.K + k] = col;
+  if (plan.fused_rows) {
+    __syncthreads();
+    if (threadIdx.x < i1 - i0) {
+      double acc = 0;
+      for (int w = 0; w < kWarps; ++w) acc += rows[threadIdx.x][w];
+      row_partials[(p * l.n + i0 + threadIdx.x) * plan.tiles_k + tk] = acc;
+    }
+  }
+}
+
+// Row statistics of a layout with Q*S > 1: one block per row statistic (p, i, q, s), summing over j.
+template <class Fill>
+__global__ void row_sums_general(FactoredLayout l, Fill fill, double* row_partials) {
+  __shared__ double shared[kWarps];
+  const int64_t r = blockIdx.x;  // ((p*n + i)*Q + q)*S + s
+  const int64_t s = r % l.S, q = (r / l.S) % l.Q, pi = r / (l.S * l.Q);
+  const int64_t p = pi / l.n, i = pi % l.n;
+  double acc = 0;
+  for (int64_t j = threadIdx.x; j < l.m; j += kThreads) acc += double(fill(p, i, (q * l.m + j) * l.S + s));
+  const double total = block_sum(acc, shared);
+  if (threadIdx.x == 0) row_partials[r] = total;
+}
+
+// stat = beta*stat + (1-beta)*mean, the mean's sum taken from `terms` partials per entry (in order):
+// rows: partials (rows, terms); columns: partials (P, tiles_i, K) summed over tiles_i.
+__global__ void ema_rows(float* stat, const double* partials, int64_t rows, int64_t terms, int64_t count, double beta);
+__global__ void ema_cols(float* stat, float* col_factor, const double* partials, FactoredLayout l, Plan plan,
+                         double beta);
+// row_factor = rsqrt(row / mean_i(row)); one block per (p, q, s) group.
+__global__ void row_factors(const float* row, float* row_factor, FactoredLayout l);
+// divisor = max(1, RMS / threshold) from `blocks` block sums (slot 0); adds the sum to stats (if any).
+__global__ void clip_divisor(const double* block_sums, int blocks, int64_t numel, double threshold, float* divisor,
+                             double* stats);
+// stats[slot_e] += sum of block_sums[b * kSums + e] over b (in order) for e < count.
+__global__ void add_block_sums(const double* block_sums, int blocks, double* stats, int slot0, int slot1, int slot2,
+                               int count);
+
+// Runs the two statistics passes (tile kernel, rows when not fused) of one fill and finishes the EMAs and factors.
+template <class Fill>
+void factored_stats(const FactoredLayout& l, const Plan& plan, const Workspace& w, Fill fill, float* row_stat,
+                    float* col_stat, double beta) {
+  const dim3 grid(unsigned(l.P * plan.tiles_i), unsigned(plan.tiles_k));
+  tile_stats<<<grid, kThreads>>>(l, plan, fill, w.row_partials, w.col_partials);
+  check_launch("tile_stats");
+  if (!plan.fused_rows) {
+    row_sums_general<<<unsigned(l.rows()), kThreads>>>(l, fill, w.row_partials);
+    check_launch("row_sums_general");
+  }
+  ema_rows<<<unsigned((l.rows() + kThreads - 1) / kThreads), kThreads>>>(row_stat, w.row_partials, l.rows(),
+                                                                         plan.row_terms, l.m, beta);
+  check_launch("ema_rows");
+  ema_cols<<<unsigned((l.cols() + kThreads - 1) / kThreads), kThreads>>>(col_stat, w.col_factor, w.col_partials, l,
+                                                                         plan, beta);
+  check_launch("ema_cols");
+  row_factors<<<unsigned(l.groups()), kThreads>>>(row_stat, w.row_factor, l);
+  check_launch("row_factors");
+}
+
+// Sum over the tensor of fn(e) into block sums (slot 0..kSums-1 as fn fills them), grid-stride, fixed grid.
+template <class Fn>
+__global__ void grid_sums(int64_t n, Fn fn, double* block_sums) {
+  __shared__ double shared[kWarps];
+  double acc[kSums] = {0, 0, 0, 0};
+  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) fn(e, acc);
+  for (int s = 0; s < kSums; ++s) {
+    const double total = block_sum(acc[s], shared);
+    if (threadIdx.x == 0) block_sums[blockIdx.x * kSums + s] = total;
+  }
+}
+
+__device__ inline float row_factor_of(const FactoredLayout& l, const float* rf, int64_t p, int64_t i, int64_t k) {
+  return (l.Q * l.S == 1) ? rf[p * l.n + i] : rf[row_index(l, p, i, k)];
+}
+
+// Rows can be read 4 floats at a time: plain (P, n, m) layout, m % 4 == 0 and 16-byte aligned pointers.
+inline bool vectorizable(const FactoredLayout& l, std::initializer_list<const void*> ptrs) {
+  if (l.Q * l.S != 1 || l.m % 4 != 0) return false;
+  for (const void* p : ptrs)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  return true;
+}
+
+// Pass 1 of the factored methods: g^2 + eps1.
+struct SquareFill {
+  const float* g;
+  int64_t n, K;
+  float gs, eps1;
+  __device__ float operator()(int64_t p, int64_t i, int64_t k) const {
+    const float x = g[(p * n + i) * K + k] * gs;
+    return x * x + eps1;
+  }
+};
+
+
+// Pass 2 of the factored methods: block sums of u^2, u = g * row factor * column factor. Rows of K elements,
+// 4 per thread (float4 when `vec`), a fixed grid striding over (row, chunk) tasks.
+__global__ void update_sq(FactoredLayout l, int64_t K, const float* g, const float* rf, const float* cf, float gs,
+                          bool vec, double* block_sums);
+
+// Inspection: exact EMA of g^2+eps1 and its distance to the factored estimate 1/(rf cf)^2.
+struct ExactFill {
+  FactoredLayout l;
+  int64_t K;
+  const float* g;
+  float* v;
+  const float* rf;
+  const float* cf;
+  float gs, eps1, b2, one_b2;
+  __device__ void operator()(int64_t e, double* acc) const {
+    const int64_t k = e % K, pi = e / K, p = pi / l.n, i = pi % l.n;
+    const float x = g[e] * gs;
+    const float ve = fmaf(x * x + eps1, one_b2, v[e] * b2);
+    v[e] = ve;
+    const double f = double(row_factor_of(l, rf, p, i, k)) * cf[p * K + k];
+    const double est = 1.0 / (f * f);
+    acc[0] += (est - ve) * (est - ve);
+    acc[1] += double(ve) * ve;
+  }
+};
+
+// Dense pass 1 (CAME and Adafactor): v = b2 v + (1-b2)(g^2+eps1), block sums of u^2 = (g / sqrt(v))^2.
+__global__ void dense_second_moment(int64_t n, const float* g, float* v, float gs, float eps1, float b2, float one_b2,
+                                    double* block_sums);
+
+}  // namespace tally::optim::kernels::cuda::detail

@@ -1,0 +1,213 @@
+// CUDA kernels of the one-pass optimizers (AdamW, SGD with momentum), the gradient-norm helpers and the
+// workspace sizes. Same rounding points as optim/kernels/cpu/elementwise.cpp (fmaf exactly where torch fuses).
+// AdamW reads g, p, m, v and writes p, m, v (28 bytes per parameter) with float4 loads when aligned.
+#include "optim/kernels/cuda/common.cuh"
+
+namespace tally::optim::kernels::cuda {
+
+using namespace detail;
+
+int64_t factored_workspace_bytes(const FactoredLayout& layout) { return carve(nullptr, layout, make_plan(layout)).bytes; }
+
+int64_t dense_workspace_bytes(int64_t) { return carve_dense(nullptr).bytes; }
+
+namespace {
+
+struct AdamWScalars {
+  float gs, keep, w, b2, one_b2, bc2_sqrt, eps, neg_step_size;
+  double inv_bc1;
+  bool wd;
+};
+
+struct AdamWOut {
+  float p, m, v, step, denom;
+};
+
+__device__ inline AdamWOut adamw_element(float g, float p, float m0, float v0, const AdamWScalars& s) {
+  AdamWOut o;
+  g = g * s.gs;
+  if (s.wd) p = p * s.keep;
+  o.m = s.w < 0.5f ? fmaf(s.w, g - m0, m0) : fmaf(-(g - m0), 1.0f - s.w, g);
+  o.v = fmaf(s.one_b2 * g, g, v0 * s.b2);
+  o.denom = sqrtf(o.v) / s.bc2_sqrt + s.eps;
+  o.step = (s.neg_step_size * o.m) / o.denom;
+  o.p = p + o.step;
+  return o;
+}
+
+template <bool kStats>
+__global__ void adamw_kernel(int64_t n, const float* g, float* p, float* m, float* v, AdamWScalars s, bool vec,
+                             double* block_sums) {
+  __shared__ double shared[kWarps];
+  double acc[3] = {0, 0, 0};
+  auto account = [&](const AdamWOut& o) {
+    if (kStats) {
+      const double dir = double(o.m) / double(o.denom) * s.inv_bc1;
+      acc[0] += dir * dir;
+      acc[1] += double(o.m) * o.m;
+      acc[2] += double(o.step) * o.step;
+    }
+  };
+  const int64_t stride = int64_t(gridDim.x) * kThreads * 4;
+  for (int64_t e0 = (blockIdx.x * int64_t(kThreads) + threadIdx.x) * 4; e0 < n; e0 += stride) {
+    if (vec && e0 + 4 <= n) {
+      const float4 gv = *reinterpret_cast<const float4*>(g + e0);
+      float4 pv = *reinterpret_cast<float4*>(p + e0);
+      float4 mv = *reinterpret_cast<float4*>(m + e0);
+      float4 vv = *reinterpret_cast<float4*>(v + e0);
+      float* pp[4] = {&pv.x, &pv.y, &pv.z, &pv.w};
+      float* mp[4] = {&mv.x, &mv.y, &mv.z, &mv.w};
+      float* vp[4] = {&vv.x, &vv.y, &vv.z, &vv.w};
+      const float gs[4] = {gv.x, gv.y, gv.z, gv.w};
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        const AdamWOut o = adamw_element(gs[t], *pp[t], *mp[t], *vp[t], s);
+        *pp[t] = o.p, *mp[t] = o.m, *vp[t] = o.v;
+        account(o);
+      }
+      *reinterpret_cast<float4*>(p + e0) = pv;
+      *reinterpret_cast<float4*>(m + e0) = mv;
+      *reinterpret_cast<float4*>(v + e0) = vv;
+    } else {
+      for (int64_t e = e0; e < imin(n, e0 + 4); ++e) {
+        const AdamWOut o = adamw_element(g[e], p[e], m[e], v[e], s);
+        p[e] = o.p, m[e] = o.m, v[e] = o.v;
+        account(o);
+      }
+    }
+  }
+  if (kStats) {
+    for (int t = 0; t < 3; ++t) {
+      const double total = block_sum(acc[t], shared);
+      if (threadIdx.x == 0) block_sums[blockIdx.x * kSums + t] = total;
+    }
+  }
+}
+
+bool aligned16(std::initializer_list<const void*> ptrs) {
+  for (const void* p : ptrs)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  return true;
+}
+
+template <bool kStats>
+__global__ void sgd_kernel(int64_t n, const float* g, float* p, float* buf, float gs, float wdf, float mom, float damp,
+                           float neg_lr, bool wd, bool nesterov, bool first, double* block_sums) {
+  __shared__ double shared[kWarps];
+  double acc[3] = {0, 0, 0};
+  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
+    float d = g[e] * gs;
+    if (wd) d = fmaf(p[e], wdf, d);
+    if (buf) {
+      const float b = first ? d : fmaf(d, damp, buf[e] * mom);
+      buf[e] = b;
+      if (kStats) acc[1] += double(b) * b;
+      d = nesterov ? fmaf(b, mom, d) : b;
+    }
+    const float step = neg_lr * d;
+    p[e] = fmaf(d, neg_lr, p[e]);
+    if (kStats) {
+      acc[0] += double(d) * d;
+      acc[2] += double(step) * step;
+    }
+  }
+  if (kStats) {
+    for (int t = 0; t < 3; ++t) {
+      const double total = block_sum(acc[t], shared);
+      if (threadIdx.x == 0) block_sums[blockIdx.x * kSums + t] = total;
+    }
+  }
+}
+
+__global__ void sum_squares_kernel(int64_t n, const float* x, double* block_sums) {
+  __shared__ double shared[kWarps];
+  double acc = 0;
+  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads)
+    acc += double(x[e]) * x[e];
+  const double total = block_sum(acc, shared);
+  if (threadIdx.x == 0) block_sums[blockIdx.x * kSums] = total;
+}
+
+__global__ void sum_blocks_into(const double* block_sums, int blocks, double* out) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  double sum = 0;
+  for (int b = 0; b < blocks; ++b) sum += block_sums[b * kSums];
+  out[0] += sum;
+}
+
+__global__ void scale_kernel(int64_t n, float* x, float s) {
+  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) x[e] *= s;
+}
+
+}  // namespace
+
+void adamw_step(const AdamWArgs& a) {
+  if (a.n == 0) return;
+  const double bc1 = 1.0 - pow(a.beta1, double(a.step));
+  const double bc2 = 1.0 - pow(a.beta2, double(a.step));
+  AdamWScalars s;  // (no designated initializers: .cu files must also build as C++17)
+  s.gs = float(a.grad_scale);
+  s.keep = float(1.0 - a.lr * a.weight_decay);
+  s.w = float(1.0 - a.beta1);
+  s.b2 = float(a.beta2);
+  s.one_b2 = float(1.0 - a.beta2);
+  s.bc2_sqrt = float(sqrt(bc2));
+  s.eps = float(a.eps);
+  s.neg_step_size = float(-(a.lr / bc1));
+  s.inv_bc1 = 1.0 / bc1;
+  s.wd = a.weight_decay != 0.0;
+  const bool vec = aligned16({a.grad, a.param, a.exp_avg, a.exp_avg_sq});
+  const int64_t quads = (a.n + 3) / 4;
+  if (a.stats) {
+    const DenseWorkspace w = carve_dense(a.workspace);
+    const int blocks = reduce_blocks(quads);
+    adamw_kernel<true><<<blocks, kThreads>>>(a.n, a.grad, a.param, a.exp_avg, a.exp_avg_sq, s, vec, w.block_sums);
+    check_launch("adamw");
+    add_block_sums<<<1, 1>>>(w.block_sums, blocks, a.stats, kStatUpdateSq, kStatExpAvgSq, kStatAppliedSq, 3);
+    check_launch("adamw add_block_sums");
+  } else {
+    const unsigned blocks = unsigned(imin((quads + kThreads - 1) / kThreads, int64_t(1) << 30));
+    adamw_kernel<false><<<blocks, kThreads>>>(a.n, a.grad, a.param, a.exp_avg, a.exp_avg_sq, s, vec, nullptr);
+    check_launch("adamw");
+  }
+}
+
+void sgd_step(const SgdArgs& a) {
+  if (a.n == 0) return;
+  const float gs = float(a.grad_scale), wdf = float(a.weight_decay), mom = float(a.momentum);
+  const float damp = float(1.0 - a.dampening), neg_lr = float(-a.lr);
+  const bool wd = a.weight_decay != 0.0, nesterov = a.nesterov == Nesterov::yes;
+  if (a.stats) {
+    const DenseWorkspace w = carve_dense(a.workspace);
+    const int blocks = reduce_blocks(a.n);
+    sgd_kernel<true><<<blocks, kThreads>>>(a.n, a.grad, a.param, a.momentum_buffer, gs, wdf, mom, damp, neg_lr, wd,
+                                           nesterov, a.first_step, w.block_sums);
+    check_launch("sgd");
+    add_block_sums<<<1, 1>>>(w.block_sums, blocks, a.stats, kStatUpdateSq, kStatExpAvgSq, kStatAppliedSq, 3);
+    check_launch("sgd add_block_sums");
+  } else {
+    const unsigned blocks = unsigned(imin((a.n + kThreads - 1) / kThreads, int64_t(1) << 30));
+    sgd_kernel<false><<<blocks, kThreads>>>(a.n, a.grad, a.param, a.momentum_buffer, gs, wdf, mom, damp, neg_lr, wd,
+                                            nesterov, a.first_step, nullptr);
+    check_launch("sgd");
+  }
+}
+
+void sum_squares(const float* x, int64_t n, double* out, void* workspace) {
+  if (n == 0) return;
+  const DenseWorkspace w = carve_dense(workspace);
+  const int blocks = reduce_blocks(n);
+  sum_squares_kernel<<<blocks, kThreads>>>(n, x, w.block_sums);
+  check_launch("sum_squares");
+  sum_blocks_into<<<1, 1>>>(w.block_sums, blocks, out);
+  check_launch("sum_squares total");
+}
+
+void scale(float* x, int64_t n, double s) {
+  if (n == 0) return;
+  const unsigned blocks = unsigned(imin((n + kThreads - 1) / kThreads, 65535));
+  scale_kernel<<<blocks, kThreads>>>(n, x, float(s));
+  check_launch("scale");
+}
+
+}  // namespace tally::optim::kernels::cuda

@@ -1,0 +1,139 @@
+// The optimizer kernel contract: one call per parameter tensor and step, raw pointers and plain-number
+// hyperparameters only (no Tensor, no state lookup). Declared once in optim_kernels.inc and implemented twice
+// with identical signatures: optim::kernels::cpu (optim/kernels/cpu/*.cpp) and optim::kernels::cuda
+// (optim/kernels/cuda/*.cu, when built). Parameters, gradients and second-moment state are f32; a first moment
+// may be bf16 (stored rounded to nearest even, arithmetic in f32). Pointers are device pointers of the backend.
+#pragma once
+#include <cstdint>
+
+#include "core/dtype.h"
+
+// Layout helpers are callable from CUDA device code too.
+#ifdef __CUDACC__
+#define TALLY_OPTIM_HD __host__ __device__
+#else
+#define TALLY_OPTIM_HD
+#endif
+
+namespace tally::optim::kernels {
+
+// A contiguous tensor seen as (P, n, Q, m, S) whose axes n ("rows") and m ("columns") are factored.
+// Factoring the last two dims of (..., n, m) is P = prod(leading), Q = S = 1. Row statistics are indexed
+// (p, i, q, s) (the tensor's shape without m), column statistics (p, q, j, s) (the shape without n), and the
+// row statistic is normalised by its mean over i for each (p, q, s).
+struct FactoredLayout {
+  int64_t P = 1, n = 1, Q = 1, m = 1, S = 1;
+  TALLY_OPTIM_HD int64_t numel() const { return P * n * Q * m * S; }
+  TALLY_OPTIM_HD int64_t rows() const { return P * n * Q * S; }  // elements of a row statistic
+  TALLY_OPTIM_HD int64_t cols() const { return P * Q * m * S; }  // elements of a column statistic
+  TALLY_OPTIM_HD int64_t groups() const { return P * Q * S; }    // row-normalisation groups
+};
+
+// The scalars a step reports when asked (Optimizer::set_inspect). The kernel adds into these slots (the caller
+// zeroes them); a null stats pointer means "report nothing" and costs nothing.
+enum StatSlot : int {
+  kStatUpdateSq = 0,    // sum of the squared update direction before clipping (CAME/Adafactor u, AdamW m^/(sqrt v^+eps))
+  kStatExpAvgSq = 1,    // sum of the squared new first moment
+  kStatAppliedSq = 2,   // sum of the squared applied change lr*direction (weight decay excluded)
+  kStatFactorErrSq = 3, // sum of (factored estimate - exact EMA)^2 of g^2+eps1 (needs exact_exp_avg_sq)
+  kStatExactSq = 4,     // sum of exact EMA^2
+  kStatCount = 8,
+};
+
+// ---- CAME (came-pytorch 0.1.3) ----
+struct CameFactoredArgs {
+  FactoredLayout layout;
+  float* param = nullptr;        // (layout) updated in place
+  const float* grad = nullptr;   // (layout)
+  void* exp_avg = nullptr;       // (layout) f32 or bf16 per exp_avg_dtype
+  DType exp_avg_dtype = DType::f32;
+  float* exp_avg_sq_row = nullptr;   // (rows)
+  float* exp_avg_sq_col = nullptr;   // (cols)
+  float* exp_avg_res_row = nullptr;  // (rows)
+  float* exp_avg_res_col = nullptr;  // (cols)
+  double lr = 0, beta1 = 0, beta2 = 0, beta3 = 0, eps1 = 0, eps2 = 0, clip_threshold = 1, weight_decay = 0;
+  double grad_scale = 1;              // gradients are multiplied by this as they are read (fused clipping)
+  void* workspace = nullptr;          // came_factored_workspace_bytes(layout) bytes
+  float* exact_exp_avg_sq = nullptr;  // inspection only: exact EMA of g^2+eps1 (layout), or null
+  double* stats = nullptr;            // kStatCount doubles, or null
+};
+// Not factored (a vector, or a matrix the factoring rule leaves whole): v is the full second moment.
+struct CameDenseArgs {
+  int64_t n = 0;
+  float* param = nullptr;
+  const float* grad = nullptr;
+  void* exp_avg = nullptr;
+  DType exp_avg_dtype = DType::f32;
+  float* exp_avg_sq = nullptr;
+  double lr = 0, beta1 = 0, beta2 = 0, eps1 = 0, clip_threshold = 1, weight_decay = 0;
+  double grad_scale = 1;
+  void* workspace = nullptr;  // dense_workspace_bytes(n) bytes
+  double* stats = nullptr;
+};
+
+// ---- Adafactor (transformers, scale_parameter=False, relative_step=False) ----
+struct AdafactorFactoredArgs {
+  FactoredLayout layout;
+  float* param = nullptr;
+  const float* grad = nullptr;
+  float* exp_avg = nullptr;  // null without beta1
+  float* exp_avg_sq_row = nullptr;
+  float* exp_avg_sq_col = nullptr;
+  double lr = 0, beta1 = 0, beta2t = 0, eps1 = 0, clip_threshold = 1, weight_decay = 0;
+  double grad_scale = 1;
+  void* workspace = nullptr;  // adafactor_factored_workspace_bytes(layout)
+  float* exact_exp_avg_sq = nullptr;
+  double* stats = nullptr;
+};
+struct AdafactorDenseArgs {
+  int64_t n = 0;
+  float* param = nullptr;
+  const float* grad = nullptr;
+  float* exp_avg = nullptr;  // null without beta1
+  float* exp_avg_sq = nullptr;
+  double lr = 0, beta1 = 0, beta2t = 0, eps1 = 0, clip_threshold = 1, weight_decay = 0;
+  double grad_scale = 1;
+  void* workspace = nullptr;
+  double* stats = nullptr;
+};
+
+// ---- AdamW (torch.optim.AdamW) ----
+struct AdamWArgs {
+  int64_t n = 0;
+  float* param = nullptr;
+  const float* grad = nullptr;
+  float* exp_avg = nullptr;
+  float* exp_avg_sq = nullptr;
+  double lr = 0, beta1 = 0, beta2 = 0, eps = 0, weight_decay = 0;
+  int64_t step = 1;  // this tensor's step count, already incremented (bias correction)
+  double grad_scale = 1;
+  void* workspace = nullptr;  // dense_workspace_bytes(n) bytes
+  double* stats = nullptr;
+};
+
+// ---- SGD with momentum (torch.optim.SGD) ----
+enum class Nesterov : uint8_t { no, yes };
+struct SgdArgs {
+  int64_t n = 0;
+  float* param = nullptr;
+  const float* grad = nullptr;
+  float* momentum_buffer = nullptr;  // null when momentum == 0
+  double lr = 0, momentum = 0, dampening = 0, weight_decay = 0;
+  Nesterov nesterov = Nesterov::no;
+  bool first_step = false;  // the buffer is set to the gradient instead of decayed (torch's `buf is None`)
+  double grad_scale = 1;
+  void* workspace = nullptr;  // dense_workspace_bytes(n) bytes
+  double* stats = nullptr;
+};
+
+namespace cpu {
+#include "optim/kernels/optim_kernels.inc"
+}  // namespace cpu
+
+#ifdef TALLY_HAS_CUDA
+namespace cuda {
+#include "optim/kernels/optim_kernels.inc"
+}  // namespace cuda
+#endif
+
+}  // namespace tally::optim::kernels

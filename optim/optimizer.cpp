@@ -1,0 +1,353 @@
+// The Optimizer base (see optimizer.h): groups, lazy/eager state in the ledger, step loop, workspace,
+// inspection plumbing, save/load, byte measurement and prediction, and the factoring rule.
+#include "optim/optimizer.h"
+
+#include <algorithm>
+#include <numeric>
+#include <set>
+
+#include "core/autograd/node.h"
+#include "core/ledger.h"
+
+namespace tally::optim {
+
+int64_t TensorState::bytes() const {
+  int64_t b = 0;
+  for (const StateSpec& s : states) b += s.bytes();
+  return b;
+}
+
+int64_t total_bytes(const std::vector<TensorState>& tensors) {
+  int64_t b = 0;
+  for (const TensorState& t : tensors) b += t.bytes();
+  return b;
+}
+
+Shape drop_dim(const Shape& shape, int dim) {
+  Shape s = shape;
+  s.erase(s.begin() + dim);
+  return s;
+}
+
+FactoredDims factored_dims(const Shape& shape, Factoring rule, int64_t min_dim_to_factor) {
+  FactoredDims f;
+  const int nd = int(shape.size());
+  if (nd < 2) return f;
+  if (rule == Factoring::last_two_dims) {
+    f.a = nd - 2;
+    f.b = nd - 1;
+  } else {
+    // numpy's argsort of the shape (stable: among equal sizes the later dim sorts last), last two entries.
+    std::vector<int> order(static_cast<size_t>(nd));
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return shape[size_t(x)] < shape[size_t(y)]; });
+    const int second = order[size_t(nd - 2)], first = order[size_t(nd - 1)];
+    if (shape[size_t(second)] < min_dim_to_factor) return f;
+    f.a = std::min(first, second);
+    f.b = std::max(first, second);
+  }
+  f.factored = true;
+  auto prod = [&](int from, int to) {
+    int64_t p = 1;
+    for (int d = from; d < to; ++d) p *= shape[size_t(d)];
+    return p;
+  };
+  f.layout = {.P = prod(0, f.a), .n = shape[size_t(f.a)], .Q = prod(f.a + 1, f.b), .m = shape[size_t(f.b)],
+              .S = prod(f.b + 1, nd)};
+  return f;
+}
+
+Optimizer::Optimizer(std::string kind) : kind_(std::move(kind)) {}
+Optimizer::~Optimizer() = default;
+
+void Optimizer::add_group(const std::vector<Tensor>& params, double lr) {
+  const std::string op = "[" + kind_ + "]";
+  const int g = int(group_params_.size());
+  TALLY_CHECK(std::isfinite(lr) && lr >= 0.0, op, " group ", g, ": learning rate must be finite and >= 0, got ", lr);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const Tensor& p = params[i];
+    TALLY_CHECK(p.defined(), op, " group ", g, " parameter ", i, " is an undefined tensor");
+    TALLY_CHECK(!p.name().empty(), op, " group ", g, " parameter ", i, " ", p.str(),
+                " has no name: name parameters with set_name() (state is recorded under \"<name>:<state>\")");
+    TALLY_CHECK(p.requires_grad(), op, " parameter '", p.name(), "' ", p.str(), " does not require grad");
+    TALLY_CHECK(p.is_leaf(), op, " parameter '", p.name(), "' is not a leaf tensor");
+    TALLY_CHECK(p.dtype() == DType::f32, op, " parameter '", p.name(), "' is ", p.str(),
+                ": optimizers update f32 (master) parameters");
+    TALLY_CHECK(p.is_contiguous(), op, " parameter '", p.name(), "' ", p.str(), " is not contiguous");
+    TALLY_CHECK(find(slots_, p.name()) == nullptr, op, " two parameters are named '", p.name(),
+                "': names key the optimizer state and must be unique");
+    Slot s;
+    s.param = p;
+    s.name = p.name();
+    s.group = g;
+    s.internals.param = p.name();
+    slots_.push_back(std::move(s));
+  }
+  group_params_.push_back(params);
+  initial_lr_.push_back(lr);
+}
+
+const Optimizer::Slot* Optimizer::find(const std::vector<Slot>& slots, const std::string& name) {
+  for (const Slot& s : slots)
+    if (s.name == name) return &s;
+  return nullptr;
+}
+
+const std::vector<Tensor>& Optimizer::group_params(int group) const {
+  TALLY_CHECK(group >= 0 && group < num_groups(), "[", kind_, "] no group ", group, " (", num_groups(), " groups)");
+  return group_params_[size_t(group)];
+}
+
+double Optimizer::lr(int group) const {
+  TALLY_CHECK(group >= 0 && group < num_groups(), "[", kind_, "] no group ", group, " (", num_groups(), " groups)");
+  return group_lr(group);
+}
+
+void Optimizer::set_lr(double lr) {
+  for (int g = 0; g < num_groups(); ++g) set_lr(g, lr);
+}
+
+void Optimizer::set_lr(int group, double lr) {
+  TALLY_CHECK(group >= 0 && group < num_groups(), "[", kind_, "] no group ", group, " (", num_groups(), " groups)");
+  TALLY_CHECK(std::isfinite(lr) && lr >= 0.0, "[", kind_, "] learning rate must be finite and >= 0, got ", lr);
+  store_group_lr(group, lr);
+}
+
+void Optimizer::set_lr_factor(double factor) {
+  for (int g = 0; g < num_groups(); ++g) set_lr(g, initial_lr_[size_t(g)] * factor);
+}
+
+void Optimizer::zero_grad(ZeroGrad mode) {
+  for (Slot& s : slots_) {
+    if (mode == ZeroGrad::set_to_none) {
+      s.param.clear_grad();
+    } else if (s.param.grad().defined()) {
+      Tensor g = s.param.grad();
+      g.zero_();
+    }
+  }
+}
+
+int64_t Optimizer::param_step(const std::string& param) const {
+  const Slot* s = find(slots_, param);
+  TALLY_CHECK(s != nullptr, "[", kind_, "] no parameter named '", param, "'");
+  return s->step;
+}
+
+int64_t Optimizer::workspace_for(const Slot& slot) const {
+  if (slot.param.device().is_cuda()) {
+#ifdef TALLY_HAS_CUDA
+    return slot.factored ? kernels::cuda::factored_workspace_bytes(slot.layout)
+                         : kernels::cuda::dense_workspace_bytes(slot.param.numel());
+#endif
+  }
+  return slot.factored ? kernels::cpu::factored_workspace_bytes(slot.layout)
+                       : kernels::cpu::dense_workspace_bytes(slot.param.numel());
+}
+
+void Optimizer::ensure_state(Slot& slot) {
+  if (slot.allocated) return;
+  slot.specs = specs_for(slot, &slot.factored, &slot.layout);
+  slot.tensors.clear();
+  for (const StateSpec& spec : slot.specs) {
+    MemoryScope scope(Category::optimizer_state, slot.name + ":" + spec.name);
+    Tensor t = zeros(spec.shape, {.dtype = spec.dtype, .device = slot.param.device()});
+    if (spec.initial != 0.0) t.fill_(spec.initial);
+    t.set_name(slot.name + ":" + spec.name);
+    slot.tensors.push_back(std::move(t));
+  }
+  slot.allocated = true;
+}
+
+void* Optimizer::workspace(Device d, int64_t bytes) {
+  if (bytes <= 0) return nullptr;
+  Tensor& w = workspaces_[d.str()];
+  if (!w.defined() || w.nbytes() < bytes) {
+    w = Tensor();  // release the smaller buffer first
+    MemoryScope scope(Category::workspace, kind_ + ":workspace");
+    w = empty({bytes}, {.dtype = DType::u8, .device = d});
+  }
+  return w.data_ptr();
+}
+
+void Optimizer::init_state() {
+  NoGradGuard no_grad;
+  std::map<std::string, std::pair<Device, int64_t>> need;
+  for (Slot& s : slots_) {
+    ensure_state(s);
+    auto& [dev, bytes] = need.try_emplace(s.param.device().str(), s.param.device(), 0).first->second;
+    bytes = std::max(bytes, workspace_for(s));
+    if (inspect_ == Inspect::factored_error && s.factored && !s.exact.defined()) allocate_exact(s);
+  }
+  for (auto& [key, need_dev] : need) workspace(need_dev.first, need_dev.second);
+}
+
+void Optimizer::allocate_exact(Slot& s) {
+  MemoryScope scope(Category::other, s.name + ":inspect.exact_exp_avg_sq");
+  s.exact = zeros(s.param.shape(), {.dtype = DType::f32, .device = s.param.device()});
+  s.exact_since = s.step + 1;
+}
+
+void Optimizer::set_inspect(Inspect level) {
+  inspect_ = level;
+  for (Slot& s : slots_) {
+    if (level != Inspect::factored_error) {
+      s.exact = Tensor();
+      s.exact_since = 0;
+    }
+  }
+}
+
+void Optimizer::step(const StepOptions& options) {
+  TALLY_CHECK(std::isfinite(options.grad_scale) && options.grad_scale > 0.0, "[", kind_,
+              ".step] grad_scale must be finite and > 0, got ", options.grad_scale);
+  NoGradGuard no_grad;
+  for (Slot& s : slots_) {
+    const Tensor grad = s.param.grad();
+    if (!grad.defined()) continue;
+    TALLY_CHECK(grad.shape() == s.param.shape() && grad.dtype() == DType::f32 && grad.device() == s.param.device(),
+                "[", kind_, ".step] gradient of '", s.name, "' is ", grad.str(), ", parameter is ", s.param.str());
+    TALLY_CHECK(grad.is_contiguous(), "[", kind_, ".step] gradient of '", s.name, "' ", grad.str(),
+                " is not contiguous");
+    ensure_state(s);
+    const Device dev = s.param.device();
+    const bool inspecting = inspect_ != Inspect::off && !dev.is_meta();
+    if (inspecting && inspect_ == Inspect::factored_error && s.factored && !s.exact.defined()) allocate_exact(s);
+    double* stats = nullptr;
+    if (inspecting) {
+      Tensor& st = stats_[dev.str()];
+      if (!st.defined()) {
+        MemoryScope scope(Category::workspace, kind_ + ":workspace");
+        st = empty({kernels::kStatCount}, {.dtype = DType::f64, .device = dev});
+      }
+      st.zero_();
+      stats = st.data<double>();
+    }
+    void* ws = workspace(dev, workspace_for(s));
+    s.step += 1;
+    update(s, grad, options, ws, stats);
+    if (inspecting) {
+      const std::vector<double> host = stats_[dev.str()].to_vector<double>();
+      s.internals = TensorInternals{};
+      s.internals.param = s.name;
+      s.internals.step = s.step;
+      record_internals(s, host.data());
+    }
+  }
+  steps_ += 1;
+}
+
+void Optimizer::record_internals(Slot& s, const double* stats) {
+  const double n = double(s.param.numel());
+  TensorInternals& in = s.internals;
+  in.update_rms = std::sqrt(stats[kernels::kStatUpdateSq] / n);
+  in.applied_rms = std::sqrt(stats[kernels::kStatAppliedSq] / n);
+}
+
+std::vector<TensorInternals> Optimizer::internals() const {
+  std::vector<TensorInternals> out;
+  out.reserve(slots_.size());
+  for (const Slot& s : slots_) out.push_back(s.internals);
+  return out;
+}
+
+std::vector<TensorState> Optimizer::state_bytes() const {
+  std::vector<TensorState> out;
+  for (const Slot& s : slots_) {
+    TensorState t{.param = s.name, .param_shape = s.param.shape()};
+    for (size_t i = 0; i < s.tensors.size(); ++i)
+      t.states.push_back({.name = s.specs[i].name, .shape = s.tensors[i].shape(), .dtype = s.tensors[i].dtype(),
+                          .initial = s.specs[i].initial});
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+std::vector<TensorState> Optimizer::predict_state_bytes() const {
+  std::vector<TensorState> out;
+  for (const Slot& s : slots_) {
+    bool factored = false;
+    kernels::FactoredLayout layout;
+    out.push_back({.param = s.name, .param_shape = s.param.shape(), .states = specs_for(s, &factored, &layout)});
+  }
+  return out;
+}
+
+int64_t Optimizer::workspace_bytes() const {
+  int64_t b = 0;
+  for (const auto& [dev, t] : workspaces_) b += t.defined() ? t.nbytes() : 0;
+  for (const auto& [dev, t] : stats_) b += t.defined() ? t.nbytes() : 0;
+  return b;
+}
+
+int64_t Optimizer::inspect_bytes() const {
+  int64_t b = 0;
+  for (const Slot& s : slots_) b += s.exact.defined() ? s.exact.nbytes() : 0;
+  return b;
+}
+
+Tensor Optimizer::state(const std::string& param, const std::string& state) const {
+  const Slot* s = find(slots_, param);
+  TALLY_CHECK(s != nullptr, "[", kind_, ".state] no parameter named '", param, "'");
+  for (size_t i = 0; i < s->tensors.size(); ++i)
+    if (s->specs[i].name == state) return s->tensors[i];
+  return Tensor();
+}
+
+OptimizerState Optimizer::state_dict() const {
+  OptimizerState out;
+  out.kind = kind_;
+  out.steps = steps_;
+  for (const Slot& s : slots_) {
+    if (!s.allocated) continue;
+    out.param_steps[s.name] = s.step;
+    for (size_t i = 0; i < s.tensors.size(); ++i) out.tensors[s.name + ":" + s.specs[i].name] = s.tensors[i];
+  }
+  return out;
+}
+
+void Optimizer::load_state_dict(const OptimizerState& saved) {
+  const std::string op = "[" + kind_ + ".load_state_dict]";
+  TALLY_CHECK(saved.kind == kind_, op, " the saved state is of optimizer '", saved.kind, "', this one is '", kind_,
+              "'");
+  for (const auto& [name, step] : saved.param_steps)
+    TALLY_CHECK(find(slots_, name) != nullptr, op, " the saved state has parameter '", name,
+                "' which this optimizer does not hold");
+  std::set<std::string> used;
+  NoGradGuard no_grad;
+  // Validate everything before changing anything.
+  for (const Slot& s : slots_) {
+    auto it = saved.param_steps.find(s.name);
+    if (it == saved.param_steps.end()) continue;
+    bool factored = false;
+    kernels::FactoredLayout layout;
+    for (const StateSpec& spec : specs_for(s, &factored, &layout)) {
+      const std::string key = s.name + ":" + spec.name;
+      auto t = saved.tensors.find(key);
+      TALLY_CHECK(t != saved.tensors.end() && t->second.defined(), op, " state '", key, "' is missing");
+      TALLY_CHECK(t->second.shape() == spec.shape, op, " state '", key, "' has shape ", shape_str(t->second.shape()),
+                  ", this optimizer keeps ", shape_str(spec.shape));
+      TALLY_CHECK(t->second.dtype() == spec.dtype, op, " state '", key, "' is ", dtype_name(t->second.dtype()),
+                  ", this optimizer keeps it as ", dtype_name(spec.dtype),
+                  " (configure the optimizer with the dtype the state was saved with; tally never converts state)");
+      used.insert(key);
+    }
+  }
+  for (const auto& [key, t] : saved.tensors)
+    TALLY_CHECK(used.count(key) == 1, op, " the saved state has tensor '", key,
+                "' which this optimizer's configuration does not use");
+  for (Slot& s : slots_) {
+    auto it = saved.param_steps.find(s.name);
+    if (it == saved.param_steps.end()) continue;
+    ensure_state(s);
+    for (size_t i = 0; i < s.specs.size(); ++i) s.tensors[i].copy_(saved.tensors.at(s.name + ":" + s.specs[i].name));
+    s.step = it->second;
+    if (s.exact.defined()) {
+      s.exact.zero_();
+      s.exact_since = s.step + 1;
+    }
+  }
+  steps_ = saved.steps;
+}
+
+}  // namespace tally::optim

@@ -1,0 +1,278 @@
+// The Optimizer base: parameter groups, zero_grad/step, named state tensors in the memory ledger
+// (Category::optimizer_state, owner "<param name>:<state name>"), lazy or eager state allocation, state
+// save/load as a name -> Tensor map (dtypes kept), measured and predicted state bytes, and the per-tensor
+// internals a step reports on request. The algorithms live in came.h, adamw.h, adafactor.h, sgd.h.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "optim/kernels/optim_kernels.h"
+
+namespace tally::optim {
+
+// ---- state descriptions (shared by allocation, measurement and prediction) ----
+
+// One state tensor of one parameter.
+struct StateSpec {
+  std::string name = {};  // "exp_avg_sq_row"
+  Shape shape = {};
+  DType dtype = DType::f32;
+  double initial = 0.0;  // the value it starts from
+  int64_t bytes() const { return tally::numel(shape) * int64_t(dtype_size(dtype)); }
+};
+
+// The state of one parameter tensor: every state tensor with its shape, dtype and bytes (as requested from
+// the allocator; a CPU block holds cpu_held_bytes(bytes)).
+struct TensorState {
+  std::string param = {};
+  Shape param_shape = {};
+  std::vector<StateSpec> states = {};
+  int64_t bytes() const;
+};
+int64_t total_bytes(const std::vector<TensorState>& tensors);
+
+// A parameter known by name and shape only (for predictions without tensors).
+struct NamedShape {
+  std::string name = {};
+  Shape shape = {};
+};
+
+// ---- options of the base ----
+
+enum class ZeroGrad : uint8_t {
+  set_to_none,  // free each gradient (torch's default); the next backward allocates it again
+  fill_zeros,   // keep the buffers and zero them (memory stays allocated between steps)
+};
+
+// What a step reports about itself (internals()). `off` costs nothing: the kernels run their plain variants.
+enum class Inspect : uint8_t {
+  off,
+  summary,          // update RMS before/after clipping, clipping fired, first-moment RMS, confidence summaries
+  factored_error,   // summary + the relative error of the factored second moment against the exact EMA of g^2
+                    // (allocates one extra full-size f32 buffer per factored tensor, owner
+                    // "<param>:inspect.exact_exp_avg_sq", Category::other, while this level is on)
+};
+
+struct StepOptions {
+  // Gradients are multiplied by this as the kernels read them (global-norm clipping fused into the step, see
+  // clip.h): the gradient buffers themselves are left unchanged.
+  double grad_scale = 1.0;
+};
+
+// ---- internals ----
+
+struct Summary {
+  double min = std::numeric_limits<double>::quiet_NaN();
+  double mean = std::numeric_limits<double>::quiet_NaN();
+  double max = std::numeric_limits<double>::quiet_NaN();
+};
+
+// What one tensor's last inspected step did. RMS values are over all elements of the tensor; NaN means "not
+// applicable to this optimizer / tensor".
+struct TensorInternals {
+  std::string param = {};
+  int64_t step = 0;  // the tensor's step count when recorded; 0 = no inspected step yet
+  // The update direction before the learning rate: CAME/Adafactor u = g / sqrt(v_hat) (what the RMS clip
+  // sees), AdamW m_hat / (sqrt(v_hat) + eps), SGD the (momentum) direction.
+  double update_rms = std::numeric_limits<double>::quiet_NaN();
+  double clipped_update_rms = std::numeric_limits<double>::quiet_NaN();  // after the RMS clip (CAME, Adafactor)
+  bool clipped = false;                                                   // the clip scaled the update down
+  double exp_avg_rms = std::numeric_limits<double>::quiet_NaN();         // the new first moment
+  double applied_rms = std::numeric_limits<double>::quiet_NaN();         // the change lr*update (no weight decay)
+  // CAME, factored tensors: the confidence factors rsqrt(R / mean(R)) (rows) and rsqrt(C) (columns), and
+  // their product, the per-element scale applied to the first moment.
+  bool has_confidence = false;
+  Summary confidence_row = {}, confidence_col = {}, confidence_scale = {};
+  // Inspect::factored_error on a factored tensor: ||V_factored - V_exact||_F / ||V_exact||_F, where V_exact
+  // is the exact EMA of g^2+eps1 kept since step `exact_since_step` (it starts from zero then, so the figure
+  // is meaningful when that was step 1).
+  double factored_rel_error = std::numeric_limits<double>::quiet_NaN();
+  int64_t exact_since_step = 0;
+};
+
+// ---- save / load ----
+
+struct OptimizerState {
+  std::string kind = {};                       // "came", "adamw", "adafactor", "sgd"
+  int64_t steps = 0;                           // step() calls
+  std::map<std::string, int64_t> param_steps;  // per parameter name: steps that updated it
+  std::map<std::string, Tensor> tensors;       // "<param>:<state>" -> state tensor (its own dtype)
+};
+
+// ---- the base ----
+
+class Optimizer {
+ public:
+  virtual ~Optimizer();
+  Optimizer(const Optimizer&) = delete;
+  Optimizer& operator=(const Optimizer&) = delete;
+
+  const std::string& kind() const { return kind_; }
+
+  // ---- groups and learning rate ----
+  int num_groups() const { return int(group_params_.size()); }
+  const std::vector<Tensor>& group_params(int group) const;
+  double lr(int group = 0) const;
+  void set_lr(double lr);             // every group
+  void set_lr(int group, double lr);  // one group
+  // Every group's lr = the lr it was constructed with * factor (schedules with groups of different lrs).
+  void set_lr_factor(double factor);
+
+  // ---- stepping ----
+  void zero_grad(ZeroGrad mode = ZeroGrad::set_to_none);
+  // Updates every parameter whose gradient is defined (others are skipped and keep their step count).
+  // Allocates state on a parameter's first update unless init_state() already did.
+  void step(const StepOptions& options = {});
+  // Allocates every parameter's state (and the step workspace) now, as the first step would: memory can
+  // then be measured before step 1. Idempotent.
+  void init_state();
+  int64_t steps() const { return steps_; }
+  int64_t param_step(const std::string& param) const;  // throws for an unknown name
+
+  // ---- memory ----
+  // Measured from the state tensors that exist (a parameter not yet updated lists no states).
+  std::vector<TensorState> state_bytes() const;
+  int64_t total_state_bytes() const { return total_bytes(state_bytes()); }
+  // Predicted from this optimizer's parameter shapes and configuration; allocates nothing.
+  std::vector<TensorState> predict_state_bytes() const;
+  // Step workspace currently held (Category::workspace, owner "<kind>:workspace"), all devices.
+  int64_t workspace_bytes() const;
+  // Inspection buffers currently held (Inspect::factored_error).
+  int64_t inspect_bytes() const;
+
+  // ---- inspection ----
+  void set_inspect(Inspect level);
+  Inspect inspect() const { return inspect_; }
+  // One entry per parameter, in parameter order.
+  std::vector<TensorInternals> internals() const;
+
+  // ---- state access, save and load ----
+  // The state tensor `state` of parameter `param`; undefined when not allocated.
+  Tensor state(const std::string& param, const std::string& state) const;
+  OptimizerState state_dict() const;
+  // Copies a saved state into this optimizer's own tensors (allocating them where needed). Throws when the kind,
+  // a parameter name, a state's shape or its dtype differs: dtypes are never converted silently.
+  void load_state_dict(const OptimizerState& saved);
+
+ protected:
+  // Per parameter.
+  struct Slot {
+    Tensor param;
+    std::string name;
+    int group = 0;
+    int64_t step = 0;
+    bool allocated = false;
+    std::vector<StateSpec> specs;  // fixed when the state is allocated
+    std::vector<Tensor> tensors;   // one per spec
+    bool factored = false;         // CAME/Adafactor: factored second moment
+    kernels::FactoredLayout layout;
+    Tensor exact;                  // Inspect::factored_error buffer
+    int64_t exact_since = 0;
+    TensorInternals internals;
+  };
+
+  explicit Optimizer(std::string kind);
+  // Registers a group. Each parameter must be f32, contiguous, require grad and carry a unique non-empty name.
+  void add_group(const std::vector<Tensor>& params, double lr);
+
+  // ---- what each algorithm provides ----
+  virtual double group_lr(int group) const = 0;
+  virtual void store_group_lr(int group, double lr) = 0;
+  // The state of a parameter of this shape in this group (also fixes slot.factored/layout).
+  virtual std::vector<StateSpec> specs_for(const Slot& slot, bool* factored, kernels::FactoredLayout* layout) const = 0;
+  // Workspace bytes one step of this slot needs on its device.
+  virtual int64_t workspace_for(const Slot& slot) const;
+  // Runs the kernel(s). `stats` is a kernels::kStatCount array on the slot's device, or null.
+  virtual void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) = 0;
+  // Fills slot.internals from the step's stats (host copy).
+  virtual void record_internals(Slot& slot, const double* stats);
+
+  float* f32(Slot& s, size_t index) { return s.tensors[index].data<float>(); }
+  static const Slot* find(const std::vector<Slot>& slots, const std::string& name);
+  void ensure_state(Slot& slot);
+
+  std::vector<Slot> slots_;
+
+ private:
+  void* workspace(Device d, int64_t bytes);
+  void allocate_exact(Slot& slot);
+
+  std::string kind_;
+  std::vector<std::vector<Tensor>> group_params_;
+  std::vector<double> initial_lr_;
+  int64_t steps_ = 0;
+  Inspect inspect_ = Inspect::off;
+  std::map<std::string, Tensor> workspaces_;  // by device string
+  std::map<std::string, Tensor> stats_;       // by device string, kStatCount f64
+};
+
+// ---- parameter groups ----
+
+template <class Config>
+struct ParamGroup {
+  std::vector<Tensor> params;
+  Config config;
+};
+
+// Which tensors receive weight decay.
+enum class DecayRule : uint8_t {
+  matrices,  // tensors of 2+ dims (weights, embeddings); not biases or layer-norm gains (nanoGPT's convention)
+  all,
+  none,
+};
+
+// Splits params into a group with config.weight_decay and one with weight_decay = 0 by `rule` (empty groups
+// are left out; order within a group is the given order).
+template <class Config>
+std::vector<ParamGroup<Config>> decay_groups(const std::vector<Tensor>& params, const Config& config,
+                                             DecayRule rule = DecayRule::matrices) {
+  ParamGroup<Config> decay{{}, config}, no_decay{{}, config};
+  no_decay.config.weight_decay = 0.0;
+  for (const Tensor& p : params) {
+    const bool d = rule == DecayRule::all || (rule == DecayRule::matrices && p.dim() >= 2);
+    (d ? decay : no_decay).params.push_back(p);
+  }
+  std::vector<ParamGroup<Config>> out;
+  if (!decay.params.empty()) out.push_back(std::move(decay));
+  if (!no_decay.params.empty()) out.push_back(std::move(no_decay));
+  return out;
+}
+
+// ---- factoring (CAME, Adafactor) ----
+
+enum class Factoring : uint8_t {
+  last_two_dims,     // came-pytorch / transformers: every tensor of 2+ dims, over its last two dims
+  two_largest_dims,  // optax: the two largest dims, only when the smaller of them is >= min_dim_to_factor
+};
+
+struct FactoredDims {
+  bool factored = false;
+  int a = -1, b = -1;  // the factored dims, a < b: the row statistic drops b, the column statistic drops a
+  kernels::FactoredLayout layout;
+};
+FactoredDims factored_dims(const Shape& shape, Factoring rule, int64_t min_dim_to_factor);
+Shape drop_dim(const Shape& shape, int dim);
+
+// Runs kernels::<backend>::NAME(args...) for the device; nothing on meta.
+#ifdef TALLY_HAS_CUDA
+#define TALLY_OPTIM_KERNEL(device, NAME, ...)                                               \
+  do {                                                                                      \
+    const ::tally::Device tally_dev_ = (device);                                            \
+    if (tally_dev_.is_cpu()) ::tally::optim::kernels::cpu::NAME(__VA_ARGS__);               \
+    else if (tally_dev_.is_cuda()) ::tally::optim::kernels::cuda::NAME(__VA_ARGS__);        \
+  } while (0)
+#else
+#define TALLY_OPTIM_KERNEL(device, NAME, ...)                                                         \
+  do {                                                                                                \
+    const ::tally::Device tally_dev_ = (device);                                                      \
+    if (tally_dev_.is_cpu()) ::tally::optim::kernels::cpu::NAME(__VA_ARGS__);                         \
+    else if (tally_dev_.is_cuda()) ::tally::fail("[optim ", #NAME, "] tally was built without CUDA"); \
+  } while (0)
+#endif
+
+}  // namespace tally::optim

@@ -1,0 +1,107 @@
+// GPU against CPU for every optimizer kernel: the same parameters and gradients stepped on both devices must
+// give the same parameters, state and internals (sums run in a different order: tolerance 1e-5 relative plus
+// 1e-6 of each tensor's scale). Shapes cover the float4 path (rows % 4 == 0), the scalar path, batched matrices,
+// a general (P, n, Q, m, S) factoring and a vector. Skipped, visibly, without a GPU.
+#include <doctest/doctest.h>
+
+#include "core/device.h"
+#include "tests/optim/optim_test_util.h"
+
+using namespace tally;
+using namespace tally::test;
+
+namespace {
+
+struct Case {
+  std::string name;
+  std::function<std::unique_ptr<optim::Optimizer>(const std::vector<Tensor>&)> make;
+};
+
+std::vector<Case> cases() {
+  return {
+      {"came", [](const std::vector<Tensor>& p) { return std::make_unique<Came>(p, CameConfig{.lr = 1e-2}); }},
+      {"came wd, ones, bf16",
+       [](const std::vector<Tensor>& p) {
+         return std::make_unique<Came>(p, CameConfig{.lr = 1e-2, .weight_decay = 0.1, .exp_avg_dtype = DType::bf16,
+                                                     .confidence_init = ConfidenceInit::ones});
+       }},
+      {"came two_largest_dims",
+       [](const std::vector<Tensor>& p) {
+         return std::make_unique<Came>(p, CameConfig{.lr = 1e-2, .factoring = optim::Factoring::two_largest_dims});
+       }},
+      {"adamw", [](const std::vector<Tensor>& p) { return std::make_unique<AdamW>(p, AdamWConfig{.lr = 1e-2}); }},
+      {"adafactor", [](const std::vector<Tensor>& p) { return std::make_unique<Adafactor>(p, AdafactorConfig{.lr = 1e-2}); }},
+      {"adafactor beta1 wd",
+       [](const std::vector<Tensor>& p) {
+         return std::make_unique<Adafactor>(p, AdafactorConfig{.lr = 1e-2, .beta1 = 0.9, .weight_decay = 0.1});
+       }},
+      {"sgd nesterov wd",
+       [](const std::vector<Tensor>& p) {
+         return std::make_unique<Sgd>(p, SgdConfig{.lr = 1e-2, .momentum = 0.9, .weight_decay = 0.01,
+                                                   .nesterov = Nesterov::yes});
+       }},
+  };
+}
+
+const std::vector<Shape> kShapes = {{1000}, {300, 260}, {257, 131}, {4, 33, 65}, {130, 2, 128}};
+
+}  // namespace
+
+TEST_SUITE("optim") {
+
+TEST_CASE("cuda: every optimizer on the GPU matches the CPU step for step" * doctest::skip(!tally::cuda_available())) {
+  for (const Case& c : cases()) {
+    std::vector<Tensor> cpu, gpu;
+    for (size_t s = 0; s < kShapes.size(); ++s) {
+      const std::vector<float> init = normal_values(numel(kShapes[s]), 10 + s);
+      cpu.push_back(make_param(cat("p", s), init, kShapes[s]));
+      gpu.push_back(make_param(cat("p", s), init, kShapes[s], Device::cuda()));
+    }
+    auto oc = c.make(cpu), og = c.make(gpu);
+    oc->set_inspect(optim::Inspect::factored_error);
+    og->set_inspect(optim::Inspect::factored_error);
+    for (int k = 0; k < 5; ++k) {
+      for (size_t s = 0; s < kShapes.size(); ++s) {
+        const std::vector<float> g = normal_values(numel(kShapes[s]), 1000 * (s + 1) + uint64_t(k), k == 3 ? 20.0 : 1.0);
+        cpu[s].set_grad(make_grad(g, kShapes[s]));
+        gpu[s].set_grad(make_grad(g, kShapes[s], Device::cuda()));
+      }
+      oc->step({.grad_scale = 0.5});
+      og->step({.grad_scale = 0.5});
+    }
+    for (size_t s = 0; s < kShapes.size(); ++s) {
+      INFO(c.name, " ", shape_str(kShapes[s]));
+      auto check = [&](const Tensor& a, const Tensor& b, const std::string& what) {
+        const std::vector<float> va = a.to(DType::f32).to_vector<float>(), vb = b.to(DType::f32).to_vector<float>();
+        double scale = 0;
+        for (float x : va) scale = std::max(scale, double(std::fabs(x)));
+        const double rtol = a.dtype() == DType::bf16 ? 1e-2 : 1e-5;
+        const Mismatch mm = compare(vb, va, rtol, (a.dtype() == DType::bf16 ? 1e-2 : 1e-6) * scale);
+        CHECK_MESSAGE(mm.ok(), what, ": gpu ", mm.a, " cpu ", mm.b, " at ", mm.index, " (ratio ", mm.worst_ratio, ")");
+      };
+      check(cpu[s], gpu[s], "param");
+      for (const TensorState& ts : oc->state_bytes())
+        if (ts.param == cpu[s].name())
+          for (const StateSpec& st : ts.states) check(oc->state(ts.param, st.name), og->state(ts.param, st.name), st.name);
+      const optim::TensorInternals ic = oc->internals()[s], ig = og->internals()[s];
+      CHECK(ig.update_rms == doctest::Approx(ic.update_rms).epsilon(1e-5));
+      CHECK(ig.clipped == ic.clipped);
+      CHECK(ig.applied_rms == doctest::Approx(ic.applied_rms).epsilon(1e-4));
+      if (std::isfinite(ic.factored_rel_error))
+        CHECK(ig.factored_rel_error == doctest::Approx(ic.factored_rel_error).epsilon(1e-4));
+    }
+  }
+}
+
+TEST_CASE("cuda: gradient norm and clipping match the CPU" * doctest::skip(!tally::cuda_available())) {
+  Tensor a = make_param("n.a", normal_values(100000, 1), {1000, 100});
+  Tensor b = make_param("n.a", normal_values(100000, 1), {1000, 100}, Device::cuda());
+  const std::vector<float> g = normal_values(100000, 2, 3.0);
+  a.set_grad(make_grad(g, {1000, 100}));
+  b.set_grad(make_grad(g, {1000, 100}, Device::cuda()));
+  const double na = optim::clip_grad_norm({a}, 1.0), nb = optim::clip_grad_norm({b}, 1.0);
+  CHECK(nb == doctest::Approx(na).epsilon(1e-12));
+  CHECK(compare(b.grad().to_vector<float>(), a.grad().to_vector<float>(), 0, 0).ok());
+}
+
+}  // TEST_SUITE
