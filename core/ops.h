@@ -76,7 +76,12 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
 Tensor embedding(const Tensor& indices, const Tensor& weight);
 // logits (N, V) (row stride may exceed V), targets (N) i32 -> scalar mean of -log softmax(logits)[target].
 // Fused: probabilities are never stored; backward recomputes them from the saved log-sum-exp.
-Tensor cross_entropy(const Tensor& logits, const Tensor& targets);
+// With classes = K < V, only the first K columns are classes (a padded vocabulary): the rest are ignored in
+// forward and get a zero gradient, written in the same (N, V) buffer (no padded copy).
+struct CrossEntropyOptions {
+  int64_t classes = 0;  // 0: all V columns
+};
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets, CrossEntropyOptions options = {});
 
 // ---- attention ----
 // q (B, NH, Tq, HS), k and v (B, NH, Tk, HS), Tq <= Tk; causal: query i sees keys j <= i + (Tk - Tq).

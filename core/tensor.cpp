@@ -90,6 +90,13 @@ void* Tensor::data_ptr() const {
 
 double Tensor::item() const {
   TALLY_CHECK(numel() == 1, "[item] needs a one-element tensor, got ", str());
+  TALLY_CHECK(!device().is_meta(), "[item] a meta tensor has no value");
+  if (device().is_cpu()) {  // read in place: no allocation
+    double v = 0;
+    kernels::StridedLayout l;  // zero dims: one element
+    kernels::cpu::copy_strided(&v, DType::f64, data_ptr(), dtype(), l);
+    return v;
+  }
   return to_vector<double>()[0];
 }
 
@@ -338,9 +345,14 @@ Tensor arange(int64_t start, int64_t end, TensorOptions opt) {
 }
 
 Tensor from_host(const void* data, DType src_dtype, const Shape& shape, TensorOptions opt) {
-  Tensor host = empty(shape, {src_dtype, Device::cpu()});
-  if (host.nbytes() > 0) std::memcpy(host.data_ptr(), data, size_t(host.nbytes()));
   Tensor out = empty(shape, opt);
+  if (out.nbytes() == 0 || opt.device.is_meta()) return out;
+  if (opt.device.is_cpu() && opt.dtype == src_dtype) {  // straight in: no staging copy
+    std::memcpy(out.data_ptr(), data, size_t(out.nbytes()));
+    return out;
+  }
+  Tensor host = empty(shape, {src_dtype, Device::cpu()});
+  std::memcpy(host.data_ptr(), data, size_t(host.nbytes()));
   out.copy_(host);
   return out;
 }

@@ -197,9 +197,9 @@ GPT2::Output GPT2::forward_with_loss(const Tensor& idx, const Tensor& targets) c
   Tensor logits = logits_padded(idx);  // (B, T, Vp)
   const int64_t N = idx.numel(), V = config_.vocab_size;
   MemoryScope scope(Category::activation, "loss");
-  // Cross-entropy reads the first V columns of each (row-strided) row: padded columns are never predicted.
-  Tensor flat = first_columns(logits.view({N, config_.padded_vocab_size}), V);
-  Tensor l = cross_entropy(flat, targets.reshape({N}));
+  // Cross-entropy reads the first V columns of each row: padded columns are never predicted, and their gradient
+  // (zero) is written in the same (N, Vp) buffer.
+  Tensor l = cross_entropy(logits.view({N, config_.padded_vocab_size}), targets.reshape({N}), {.classes = V});
   return {first_columns(logits, V), l};
 }
 

@@ -22,6 +22,13 @@ const std::map<std::string, Command>& commands() {
   static const std::map<std::string, Command> table = {
       {"demo", {tally::cli::cmd_demo, "a short autograd demo: fit a tiny MLP on the CPU"}},
       {"prepare", {tally::cli::cmd_prepare, "tokenize a UTF-8 text file into llm.c token shards"}},
+      {"train", {tally::cli::cmd_train, "train a GPT-2 (default: small preset, Tiny Shakespeare, CAME, CPU)"}},
+      {"compare", {tally::cli::cmd_compare, "train with several optimizers and write a report"}},
+      {"memory", {tally::cli::cmd_memory, "the exact memory plan of a model and optimizers, without allocating"}},
+      {"inspect", {tally::cli::cmd_inspect, "per-tensor optimizer state of a checkpoint"}},
+      {"eval", {tally::cli::cmd_eval, "mean loss of a model over token shards"}},
+      {"export", {tally::cli::cmd_export, "write a model as llm.c .bin or .safetensors"}},
+      {"sample", {tally::cli::cmd_sample, "generate text from a model"}},
   };
   return table;
 }

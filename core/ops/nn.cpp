@@ -116,7 +116,7 @@ Tensor embedding(const Tensor& indices_in, const Tensor& weight_in) {
 
 // ---- cross-entropy ----
 
-Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets_in) {
+Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets_in, CrossEntropyOptions options) {
   check_floating("cross_entropy", logits_in);
   TALLY_CHECK(logits_in.dim() == 2, "[cross_entropy] logits must be (N, V), got ", shape_str(logits_in.shape()));
   TALLY_CHECK(targets_in.defined() && targets_in.dtype() == DType::i32 && targets_in.dim() == 1 &&
@@ -125,13 +125,16 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets_in) {
               targets_in.str());
   TALLY_CHECK(logits_in.device() == targets_in.device(), "[cross_entropy] device mismatch: logits ", logits_in.str(),
               ", targets ", targets_in.str());
-  int64_t N = logits_in.size(0), V = logits_in.size(1);
-  TALLY_CHECK(N > 0 && V > 0, "[cross_entropy] empty logits ", shape_str(logits_in.shape()));
-  // Rows may be strided (e.g. the first V columns of padded-vocabulary logits); columns must be contiguous.
-  Tensor logits = (logits_in.stride(1) == 1 && logits_in.stride(0) >= V) ? logits_in : logits_in.contiguous();
+  const int64_t N = logits_in.size(0), width = logits_in.size(1);
+  const int64_t V = options.classes > 0 ? options.classes : width;  // the classes: the first V columns
+  TALLY_CHECK(N > 0 && width > 0, "[cross_entropy] empty logits ", shape_str(logits_in.shape()));
+  TALLY_CHECK(V <= width, "[cross_entropy] classes ", V, " exceeds the ", width, " columns of logits ",
+              shape_str(logits_in.shape()));
+  // Rows may be strided (e.g. a column slice of wider logits); columns must be contiguous.
+  Tensor logits = (logits_in.stride(1) == 1 && logits_in.stride(0) >= width) ? logits_in : logits_in.contiguous();
   Tensor targets = targets_in.contiguous();
   check_ids("cross_entropy", targets, V);
-  int64_t ld = logits.stride(0);
+  const int64_t ld = logits.stride(0);
   Tensor losses = empty({N}, logits.options()), lse = empty({N}, logits.options());
   dispatch_float(logits.dtype(), "cross_entropy", [&]<class T>() {
     TALLY_KERNEL(losses.device(), cross_entropy_forward<T>, logits.data<T>(), ld, targets.data<int32_t>(), losses.data<T>(),
@@ -143,12 +146,12 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets_in) {
     out = mean(losses);
   }
   Tensor sl = logits.detach();
-  return record("cross_entropy", out, {&logits}, [sl, targets, lse, ld, N, V](const Tensor& g) -> std::vector<Tensor> {
-    Tensor dlogits = empty({N, V}, sl.options());
+  return record("cross_entropy", out, {&logits}, [sl, targets, lse, ld, N, V, width](const Tensor& g) -> std::vector<Tensor> {
+    Tensor dlogits = empty({N, width}, sl.options());  // columns [V, width) get zeros from the kernel
     double scale = g.device().is_meta() ? 0.0 : g.item() / double(N);
     dispatch_float(sl.dtype(), "cross_entropy_backward", [&]<class T>() {
       TALLY_KERNEL(dlogits.device(), cross_entropy_backward<T>, sl.data<T>(), ld, targets.data<int32_t>(), lse.data<T>(),
-                   scale, dlogits.data<T>(), V, N, V);
+                   scale, dlogits.data<T>(), width, N, V);
     });
     return {dlogits};
   });

@@ -301,3 +301,21 @@ TEST_CASE("dropout: seeded mask, scaling, gradient uses the same mask") {
 }
 
 }  // TEST_SUITE
+
+TEST_SUITE("core") {
+TEST_CASE("cross_entropy over the first K columns (padded vocabulary): equals slicing, pad gradient zero") {
+  Tensor targets = from_vector<int32_t>({2, 0, 3}, {3});
+  Tensor logits = uniform_f64({3, 6}, 21, -2, 2);
+  check_close(cross_entropy(logits, targets, {.classes = 4}), cross_entropy(logits.slice(1, 0, 4), targets).to_vector<double>(),
+              0, 1e-14);
+  gradcheck([targets](const Inputs& v) { return cross_entropy(v[0], targets, {.classes = 4}); }, {uniform_f64({3, 6}, 22)});
+  Tensor x = uniform_f64({3, 6}, 23).set_requires_grad(true);
+  cross_entropy(x, targets, {.classes = 4}).backward();
+  std::vector<double> g = x.grad().to_vector<double>();
+  for (int r = 0; r < 3; ++r)
+    for (int c = 4; c < 6; ++c) CHECK(g[size_t(r * 6 + c)] == 0.0);
+  CHECK_THROWS_WITH_AS(cross_entropy(x, from_vector<int32_t>({4, 0, 0}, {3}), {.classes = 4}),
+                       doctest::Contains("id 4 at position 0 of (3,) is outside [0, 4)"), Error);
+  CHECK_THROWS_WITH_AS(cross_entropy(x, targets, {.classes = 7}), doctest::Contains("classes 7 exceeds the 6 columns"), Error);
+}
+}  // TEST_SUITE

@@ -35,6 +35,7 @@ void cross_entropy_backward(const T* logits, int64_t ld, const int32_t* targets,
     T l = lse[r];
 #pragma omp simd
     for (int64_t c = 0; c < V; ++c) d[c] = s * exp_fast(x[c] - l);
+    for (int64_t c = V; c < ld_grad; ++c) d[c] = T(0);
     d[targets[r]] -= s;
   }
 }

@@ -1,0 +1,265 @@
+// The smaller subcommands around training: `memory` (the exact plan without allocating), `inspect` (optimizer
+// state in a checkpoint), `eval` (loss of a model on shards), `export` (llm.c or safetensors), `sample`.
+#include <cmath>
+#include <omp.h>
+
+#include <cstdio>
+
+#include "core/autograd/node.h"
+#include "core/io/npy.h"
+#include "core/ops.h"
+#include "data/loader.h"
+#include "data/tokenizer.h"
+#include "models/checkpoint_llmc.h"
+#include "models/generate.h"
+#include "models/safetensors_gpt2.h"
+#include "train/checkpoint.h"
+#include "train/commands.h"
+#include "train/trainer.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace tally::cli {
+
+namespace {
+
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= s.size()) {
+    size_t comma = s.find(',', start);
+    if (comma == std::string::npos) comma = s.size();
+    if (comma > start) out.push_back(s.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return out;
+}
+
+void no_positional(const Flags& f) {
+  if (!f.positional().empty()) throw FlagError("unexpected argument '" + f.positional().front() + "'");
+}
+
+}  // namespace
+
+// ---- memory ----
+
+int cmd_memory(const Args& args) {
+  std::vector<FlagSpec> specs = model_flags("gpt2");
+  for (auto& s : optimizer_flags()) {
+    if (s.name == "optimizer") s = {"optimizer", "comma-separated optimizers to compare", "came,adamw,adafactor"};
+    specs.push_back(s);
+  }
+  specs.push_back({"batch", "micro-batch B (with --seq: add activations and the step's peak)", ""});
+  specs.push_back({"seq", "sequence length T", ""});
+  specs.push_back({"json", "print one JSON object", "", FlagKind::switch_});
+  Flags f("memory", "the exact memory plan of a model and optimizers, computed without allocating", specs);
+  f.parse(args);
+  no_positional(f);
+  models::GPT2Config config = model_config(f);
+  const bool with_step = f.given("batch") || f.given("seq");
+  int64_t B = f.given("batch") ? f.integer("batch") : 4, T = f.given("seq") ? f.integer("seq") : config.block_size;
+  if (with_step && (B < 1 || T < 1 || T > config.block_size)) throw FlagError("--batch and --seq must be positive, --seq <= block size");
+
+  std::vector<optim::NamedShape> shapes;
+  int64_t count = 0;
+  {
+    models::GPT2 meta_model(config, {.device = Device::meta()});
+    for (const auto& [name, t] : meta_model.named_parameters()) shapes.push_back({name, t.shape()});
+    count = meta_model.num_parameters();
+  }
+  json out = {{"model", config.str()}, {"parameters", {{"count", count}, {"bytes", count * 4}}}, {"optimizers", json::object()}};
+  if (with_step) out["batch"] = B, out["seq"] = T;
+  std::vector<std::string> names = split_commas(f.str("optimizer"));
+  if (names.empty()) throw FlagError("--optimizer lists no optimizer");
+  for (const std::string& name : names) {
+    OptimizerSpec spec = optimizer_spec(f, parse_optimizer(name));
+    auto states = predict_optimizer_state(spec, shapes);
+    json tensors = json::array();
+    std::map<std::string, int64_t> by_kind;
+    for (const auto& ts : states)
+      for (const auto& st : ts.states) {
+        tensors.push_back({{"name", ts.param + ":" + st.name}, {"shape", st.shape}, {"dtype", dtype_name(st.dtype)}, {"bytes", st.bytes()}});
+        by_kind[st.name] += st.bytes();
+      }
+    json o = {{"state_bytes", optim::total_bytes(states)}, {"state_by_kind", by_kind}, {"tensors", tensors}};
+    if (with_step) {
+      MemoryFigures p = predict_step_memory(config, spec, {.batch = B, .seq = T});
+      o["gradients"] = p.gradients;
+      o["activations"] = p.activations;
+      o["workspace"] = p.workspace;
+      o["total"] = p.total;
+    }
+    out["optimizers"][name] = o;
+  }
+  if (f.on("json")) {
+    std::printf("%s\n", out.dump(2).c_str());
+    return 0;
+  }
+  std::printf("%s: %s parameters, %s\n", config.str().c_str(), format_bytes_exact(count).c_str(),
+              format_bytes_exact(count * 4).c_str());
+  std::printf("\n%-12s %20s %12s %8s", "optimizer", "state bytes", "", "vs adamw");
+  if (with_step) std::printf(" %20s %20s", "activations (peak)", "step total (peak)");
+  std::printf("\n");
+  int64_t adamw = optim::total_bytes(predict_optimizer_state(optimizer_spec(f, OptimizerKind::adamw), shapes));
+  for (const std::string& name : names) {
+    const json& o = out["optimizers"][name];
+    int64_t b = o["state_bytes"];
+    std::printf("%-12s %20s %12s %7.1f%%", name.c_str(), format_bytes_exact(b).c_str(), format_bytes_human(b).c_str(),
+                100.0 * double(b) / double(adamw));
+    if (with_step)
+      std::printf(" %20s %20s", format_bytes_exact(o["activations"]).c_str(), format_bytes_exact(o["total"]).c_str());
+    std::printf("\n");
+    for (const auto& [kind, bytes] : o["state_by_kind"].items())
+      std::printf("  %-10s %20s\n", kind.c_str(), format_bytes_exact(bytes.get<int64_t>()).c_str());
+  }
+  return 0;
+}
+
+// ---- inspect ----
+
+int cmd_inspect(const Args& args) {
+  Flags f("inspect", "per-tensor optimizer state of a checkpoint (tally inspect DIR|CHECKPOINT)",
+          {{"dump", "write one state tensor (by name) to a .npy file: --dump NAME", ""},
+           {"to", "the .npy file for --dump", ""}});
+  f.parse(args);
+  if (f.positional().size() != 1) throw FlagError("give one run or checkpoint directory");
+  fs::path dir = f.positional()[0];
+  if (fs::is_directory(dir) && !fs::exists(dir / "manifest.json")) {
+    auto latest = train::latest_checkpoint(dir);
+    TALLY_CHECK(latest.has_value(), "'", dir.string(), "' holds no complete checkpoint");
+    dir = *latest;
+  }
+  train::CheckpointContent c = train::load_checkpoint(dir);
+  if (auto name = f.maybe("dump")) {
+    if (!f.given("to")) throw FlagError("--dump NAME needs --to FILE.npy");
+    const Tensor& t = io::find_tensor(c.optimizer, *name, (dir / "optimizer.safetensors").string());
+    Tensor host = t.dtype() == DType::bf16 ? t.to(DType::f32) : t;
+    io::write_npy(f.str("to"), host.dtype(), host.shape(), host.data_ptr());
+    std::printf("wrote %s (%s %s)\n", f.str("to").c_str(), dtype_name(host.dtype()), shape_str(host.shape()).c_str());
+    return 0;
+  }
+  std::printf("checkpoint %s: step %lld, optimizer %s\n\n", dir.c_str(), (long long)c.state.value("step", int64_t(0)),
+              c.state.contains("optimizer") ? c.state["optimizer"].value("kind", "?").c_str() : "?");
+  std::printf("%-56s %-16s %-5s %14s %12s %12s %12s %12s\n", "state tensor", "shape", "dtype", "bytes", "min", "mean", "max", "rms");
+  int64_t total = 0;
+  for (const auto& [name, t] : c.optimizer) {
+    total += t.nbytes();
+    if (!is_floating(t.dtype())) {
+      std::printf("%-56s %-16s %-5s %14s\n", name.c_str(), shape_str(t.shape()).c_str(), dtype_name(t.dtype()),
+                  format_bytes_exact(t.nbytes()).c_str());
+      continue;
+    }
+    std::vector<double> v = t.to_vector<double>();
+    double mn = INFINITY, mx = -INFINITY, sum = 0, sq = 0;
+    for (double x : v) mn = std::min(mn, x), mx = std::max(mx, x), sum += x, sq += x * x;
+    double n = double(std::max<size_t>(v.size(), 1));
+    std::printf("%-56s %-16s %-5s %14s %12.4g %12.4g %12.4g %12.4g\n", name.c_str(), shape_str(t.shape()).c_str(),
+                dtype_name(t.dtype()), format_bytes_exact(t.nbytes()).c_str(), mn, sum / n, mx, std::sqrt(sq / n));
+  }
+  std::printf("\n%zu state tensors, %s\n", c.optimizer.size(), format_bytes_exact(total).c_str());
+  return 0;
+}
+
+// ---- eval ----
+
+int cmd_eval(const Args& args) {
+  Flags f("eval", "mean loss of a model over token shards (non-overlapping sequential windows)",
+          {{"checkpoint", "model: tally checkpoint/run directory, llm.c .bin or .safetensors", ""},
+           {"data", "token shards (llm.c format; a path or a glob)", ""},
+           {"batch", "B", "4"},
+           {"seq", "T", "1024"},
+           {"batches", "evaluate the first N batches (default: every full batch)", ""},
+           {"threads", "CPU threads (0: all)", "0"},
+           {"json", "print {\"loss\": ..., \"tokens\": ...}", "", FlagKind::switch_}});
+  f.parse(args);
+  no_positional(f);
+  int threads = int(f.integer("threads"));
+  if (threads > 0) omp_set_num_threads(threads);
+  auto model = load_model_file(f.str("checkpoint"), Device::cpu());
+  int64_t B = f.integer("batch"), T = f.integer("seq");
+  if (B < 1 || T < 1) throw FlagError("--batch and --seq must be positive");
+  if (T > model->config().block_size) throw FlagError("--seq exceeds the model's block size " + std::to_string(model->config().block_size));
+  data::DataLoader loader(data::ShardSet::open(f.str("data"), {.vocab_limit = int32_t(model->config().vocab_size)}),
+                          {.batch = B, .seq_len = T});
+  int64_t n = loader.batches_per_epoch();
+  if (f.given("batches")) n = std::min(n, f.integer("batches"));
+  if (n < 1) throw FlagError("--batches must be positive");
+  NoGradGuard no_grad;
+  model->eval();
+  double sum = 0;
+  data::Batch b;
+  for (int64_t i = 0; i < n; ++i) {
+    loader.next(b);
+    Tensor x = from_vector(b.inputs, {B, T}, {.dtype = DType::i32}), y = from_vector(b.targets, {B, T}, {.dtype = DType::i32});
+    sum += model->loss(x, y).item();
+  }
+  double loss = sum / double(n);
+  int64_t tokens = n * B * T;
+  if (f.on("json")) std::printf("%s\n", json{{"loss", loss}, {"tokens", tokens}}.dump().c_str());
+  else std::printf("loss %.6f over %lld tokens (%lld batches of %lld x %lld)\n", loss, (long long)tokens, (long long)n,
+                   (long long)B, (long long)T);
+  return 0;
+}
+
+// ---- export ----
+
+int cmd_export(const Args& args) {
+  Flags f("export", "write a model in an interchange format",
+          {{"checkpoint", "model: tally checkpoint/run directory, llm.c .bin or .safetensors", ""},
+           {"format", "llmc | llmc-bf16 | safetensors", ""},
+           {"out", "the file to write", ""}});
+  f.parse(args);
+  no_positional(f);
+  std::string format = f.str("format");
+  if (format != "llmc" && format != "llmc-bf16" && format != "safetensors")
+    throw FlagError("--format must be llmc, llmc-bf16 or safetensors, got '" + format + "'");
+  auto model = load_model_file(f.str("checkpoint"), Device::cpu());
+  fs::path out = f.str("out");
+  if (format == "safetensors") models::save_safetensors_gpt2(*model, out);
+  else models::save_llmc(*model, out, format == "llmc" ? models::LlmcPrecision::f32 : models::LlmcPrecision::bf16);
+  std::printf("wrote %s (%s, %s)\n", out.c_str(), format.c_str(), model->config().str().c_str());
+  return 0;
+}
+
+// ---- sample ----
+
+int cmd_sample(const Args& args) {
+  Flags f("sample", "generate text from a model",
+          {{"checkpoint", "model: tally checkpoint/run directory, llm.c .bin or .safetensors", ""},
+           {"prompt", "text to continue (default: start of a document)", ""},
+           {"tokens", "tokens to generate", "128"},
+           {"temperature", "sampling temperature (> 0)", "1.0"},
+           {"top-k", "sample among the k most likely tokens (0: all)", "40"},
+           {"seed", "random seed", "1"},
+           {"threads", "CPU threads (0: all)", "0"}});
+  f.parse(args);
+  no_positional(f);
+  int threads = int(f.integer("threads"));
+  if (threads > 0) omp_set_num_threads(threads);
+  double temperature = f.number("temperature");
+  if (!(temperature > 0)) throw FlagError("--temperature must be positive");
+  int64_t top_k = f.integer("top-k"), tokens = f.integer("tokens");
+  if (top_k < 0 || tokens < 0) throw FlagError("--top-k and --tokens must be >= 0");
+  auto model = load_model_file(f.str("checkpoint"), Device::cpu());
+  data::Tokenizer tok = data::Tokenizer::load();
+  std::string prompt = f.maybe("prompt").value_or("");
+  std::vector<int32_t> ids = prompt.empty() ? std::vector<int32_t>{data::Tokenizer::kEndOfText}
+                                            : tok.encode(prompt, data::SpecialTokens::allowed);
+  TALLY_CHECK(int64_t(ids.size()) < model->config().block_size, "the prompt has ", ids.size(),
+              " tokens; the model sees at most ", model->config().block_size);
+  tokens = std::min(tokens, model->config().block_size - int64_t(ids.size()));
+  NoGradGuard no_grad;
+  model->eval();
+  std::fputs(prompt.c_str(), stdout);
+  auto out = models::generate(*model, {ids},
+                              {.max_new_tokens = tokens, .temperature = temperature, .top_k = top_k,
+                               .seed = uint64_t(f.integer("seed")), .on_step = [&](int64_t, std::span<const int32_t> t) {
+                                 std::fputs(tok.decode(t).c_str(), stdout);
+                                 std::fflush(stdout);
+                               }});
+  std::printf("\n");
+  return 0;
+}
+
+}  // namespace tally::cli

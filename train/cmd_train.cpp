@@ -1,0 +1,49 @@
+// `tally train`: trains a GPT-2 (default: a small preset on Tiny Shakespeare with CAME, on the CPU), printing the
+// exact memory plan first and the measured figures beside it after step 1, a progress line, evaluations and
+// samples; writes DIR/log.jsonl, DIR/config.json and checkpoints. SIGINT/SIGTERM finish the step and save.
+#include <cstdio>
+#include <fstream>
+
+#include "train/commands.h"
+#include "train/trainer.h"
+
+namespace tally::cli {
+
+int cmd_train(const Args& args) {
+  Flags flags("train", "train a GPT-2 (defaults: preset d4 on Tiny Shakespeare with CAME on the CPU)", train_flags());
+  flags.parse(args);
+  if (!flags.positional().empty()) throw FlagError("unexpected argument '" + flags.positional().front() + "'");
+  if (auto cfg = flags.maybe("config")) flags.merge_json_file(*cfg);
+  std::optional<std::filesystem::path> resume;
+  if (auto r = flags.maybe("resume")) {
+    resume = *r;
+    // A resumed run takes its saved flags; flags given now win (e.g. more --steps).
+    std::filesystem::path cfg = std::filesystem::path(*r) / "config.json";
+    if (!std::filesystem::exists(cfg)) cfg = std::filesystem::path(*r).parent_path() / "config.json";
+    if (std::filesystem::exists(cfg)) {
+      nlohmann::json saved = nlohmann::json::parse(std::ifstream(cfg), nullptr, false);
+      if (saved.is_object() && saved.contains("flags"))
+        for (const auto& [k, v] : saved["flags"].items())
+          if (!flags.given(k) && k != "resume" && v.is_string()) flags.set(k, v.get<std::string>());
+    }
+    if (!flags.given("out")) flags.set("out", resume->string());
+  }
+  RunConfig config = run_config(flags);
+  std::printf("tally train: resolved configuration saved to %s/config.json\n", config.out.c_str());
+  for (const auto& [k, v] : config.flags.items()) std::printf("  --%s %s\n", k.c_str(), v.get<std::string>().c_str());
+  install_stop_handlers();
+  Trainer trainer(config);
+  if (resume) trainer.resume(*resume);
+  RunSummary s = trainer.run();
+  if (s.interrupted) return 0;
+  std::printf("\nfinal: train loss %.4f, val loss %.4f, %.0f ms/step, optimizer state %s, %lld skipped step(s)\n",
+              s.final_train_loss, s.final_val_loss, s.ms_per_step, format_bytes_exact(s.optimizer_state_bytes).c_str(),
+              (long long)s.skipped_steps);
+  std::printf("\nsamples:\n");
+  for (uint64_t i = 0; i < 2; ++i)
+    std::printf("--- %llu ---\n%s\n", (unsigned long long)i + 1, trainer.sample("", config.sample_tokens, config.seed + 1000 + i).c_str());
+  std::printf("---\nlog: %s/log.jsonl\ncheckpoint: %s\n", config.out.c_str(), s.last_checkpoint.c_str());
+  return 0;
+}
+
+}  // namespace tally::cli

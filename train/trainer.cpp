@@ -1,0 +1,520 @@
+// One training run (see trainer.h).
+#include "train/trainer.h"
+
+#include <omp.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+
+#include "core/autograd/node.h"
+#include "core/ledger.h"
+#include "core/ops.h"
+#include "data/tokenizer.h"
+#include "models/generate.h"
+#include "optim/clip.h"
+#include "train/checkpoint.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace tally::cli {
+
+std::atomic<bool> g_stop_requested{false};
+
+namespace {
+
+void on_stop_signal(int) { g_stop_requested.store(true); }
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::string duration_str(double s) {
+  char b[32];
+  if (!std::isfinite(s) || s < 0) return "?";
+  if (s < 60) std::snprintf(b, sizeof b, "%.0fs", s);
+  else if (s < 3600) std::snprintf(b, sizeof b, "%dm%02ds", int(s) / 60, int(s) % 60);
+  else std::snprintf(b, sizeof b, "%dh%02dm", int(s) / 3600, (int(s) % 3600) / 60);
+  return b;
+}
+
+std::string hex(const std::vector<uint8_t>& bytes) {
+  static const char* digits = "0123456789abcdef";
+  std::string s;
+  for (uint8_t b : bytes) {
+    s += digits[b >> 4];
+    s += digits[b & 15];
+  }
+  return s;
+}
+
+std::vector<uint8_t> unhex(const std::string& s) {
+  TALLY_CHECK(s.size() % 2 == 0, "[checkpoint] malformed hex string in state.json");
+  std::vector<uint8_t> out(s.size() / 2);
+  auto nib = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    fail("[checkpoint] malformed hex digit in state.json");
+  };
+  for (size_t i = 0; i < out.size(); ++i) out[i] = uint8_t(nib(s[2 * i]) << 4 | nib(s[2 * i + 1]));
+  return out;
+}
+
+json config_json(const models::GPT2Config& c) {
+  return {{"n_layer", c.n_layer}, {"n_head", c.n_head}, {"n_embd", c.n_embd}, {"block_size", c.block_size},
+          {"vocab_size", c.vocab_size}, {"padded_vocab_size", c.padded_vocab_size}, {"dropout", c.dropout}};
+}
+
+// One step's arithmetic, shared by the real run and the meta-device prediction: `next_batch` fills (B, T) i32
+// inputs and targets for each micro-batch.
+struct StepOutcome {
+  double loss = 0;  // mean over micro-batches (NaN on meta)
+  double grad_norm = 0;
+  bool finite = true;
+};
+
+template <class NextBatch>
+StepOutcome step_core(models::GPT2& model, optim::Optimizer& opt, int64_t accumulation, double grad_clip,
+                      NextBatch&& next_batch, bool inject_nan) {
+  const bool meta = model.device().is_meta();
+  opt.zero_grad(optim::ZeroGrad::set_to_none);
+  double loss_sum = 0;
+  for (int64_t micro = 0; micro < accumulation; ++micro) {
+    Tensor x, y;
+    {
+      MemoryScope scope(Category::other, "batch");
+      next_batch(x, y);
+    }
+    Tensor loss = model.loss(x, y);
+    if (!meta) loss_sum += loss.item();
+    if (accumulation > 1) loss = loss * (1.0 / double(accumulation));
+    loss.backward();
+  }
+  StepOutcome out;
+  out.loss = meta ? NAN : loss_sum / double(accumulation);
+  if (inject_nan) out.loss = NAN;
+  out.grad_norm = optim::grad_norm(model.parameters());
+  out.finite = meta || (std::isfinite(out.loss) && std::isfinite(out.grad_norm));
+  if (!out.finite) {
+    opt.zero_grad(optim::ZeroGrad::set_to_none);  // the optimizer state stays untouched
+    return out;
+  }
+  double coef = grad_clip > 0 ? optim::clip_coefficient(out.grad_norm, grad_clip) : 1.0;
+  opt.step({.grad_scale = coef});
+  return out;
+}
+
+int64_t env_int(const char* name, int64_t fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atoll(v) : fallback;
+}
+
+}  // namespace
+
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+// ---- flags ----
+
+std::vector<FlagSpec> train_flags() {
+  std::vector<FlagSpec> f = model_flags("d4");
+  f.push_back({"init", "start from a model file: llm.c .bin, .safetensors (HF naming) or a tally checkpoint", ""});
+  for (auto& s : data_flags()) f.push_back(s);
+  for (auto& s : optimizer_flags()) f.push_back(s);
+  std::vector<FlagSpec> run = {
+      {"batch", "micro-batch size B", "8"},
+      {"seq", "sequence length T", "128"},
+      {"total-batch", "tokens per optimizer step (a multiple of B*T: gradient accumulation)", ""},
+      {"steps", "optimizer steps", "200"},
+      {"schedule", "cosine (linear warmup, cosine decay to --min-lr-ratio) | constant", "cosine"},
+      {"warmup", "warmup steps", "20"},
+      {"min-lr-ratio", "final lr as a fraction of the peak (cosine)", "0.1"},
+      {"grad-clip", "global gradient-norm clip (0: off)", "1"},
+      {"eval-every", "evaluate every N steps (0: only at the end)", "50"},
+      {"val-batches", "validation batches per evaluation", "8"},
+      {"sample-every", "sample a few lines every N steps (0: only at the end)", "0"},
+      {"sample-tokens", "tokens per sample", "64"},
+      {"out", "run directory (log.jsonl, config.json, checkpoints)", "runs/latest"},
+      {"save-every", "checkpoint every N steps (0: only at the end)", "0"},
+      {"keep-last", "checkpoints kept", "3"},
+      {"resume", "continue a run from its directory or a checkpoint directory", ""},
+      {"seed", "seed for initialisation and data order", "1337"},
+      {"no-shuffle", "read the training data in order (as llm.c)", "", FlagKind::switch_},
+      {"device", "cpu | cuda", "cpu"},
+      {"threads", "CPU threads (0: all)", "0"},
+      {"log-optim", "log the optimizer's internals every N steps (0: off)", "0"},
+      {"log-every", "print a progress line every N steps when not on a terminal", "10"},
+      {"max-bad-steps", "stop after this many non-finite steps in a row", "5"},
+      {"config", "a JSON file of flags (command-line flags win)", ""},
+  };
+  f.insert(f.end(), run.begin(), run.end());
+  return f;
+}
+
+RunConfig run_config(const Flags& f) {
+  RunConfig c;
+  c.model = model_config(f);
+  c.init = f.maybe("init").value_or("");
+  c.optimizer = optimizer_spec(f, parse_optimizer(f.str("optimizer")));
+  c.batch = f.integer("batch");
+  c.seq = f.integer("seq");
+  c.steps = f.integer("steps");
+  if (c.batch < 1 || c.seq < 1 || c.steps < 1) throw FlagError("--batch, --seq and --steps must be positive");
+  if (c.seq > c.model.block_size)
+    throw FlagError("--seq " + std::to_string(c.seq) + " exceeds the model's block size " + std::to_string(c.model.block_size));
+  if (f.given("total-batch")) {
+    int64_t total = f.integer("total-batch"), per = c.batch * c.seq;
+    if (total < per || total % per != 0)
+      throw FlagError("--total-batch " + std::to_string(total) + " must be a positive multiple of B*T = " + std::to_string(per));
+    c.accumulation = total / per;
+  }
+  c.schedule = f.str("schedule");
+  if (c.schedule != "cosine" && c.schedule != "constant") throw FlagError("--schedule must be cosine or constant");
+  c.warmup = std::min(f.integer("warmup"), c.steps);  // a run shorter than its warmup warms up throughout
+  c.min_lr_ratio = f.number("min-lr-ratio");
+  c.grad_clip = f.number("grad-clip");
+  c.eval_every = f.integer("eval-every");
+  c.val_batches = f.integer("val-batches");
+  c.sample_every = f.integer("sample-every");
+  c.sample_tokens = f.integer("sample-tokens");
+  c.save_every = f.integer("save-every");
+  c.keep_last = int(f.integer("keep-last"));
+  c.log_optim = f.integer("log-optim");
+  c.log_every = std::max<int64_t>(1, f.integer("log-every"));
+  c.max_bad_steps = f.integer("max-bad-steps");
+  c.seed = uint64_t(f.integer("seed"));
+  c.shuffle = !f.on("no-shuffle");
+  try {
+    c.device = Device::parse(f.str("device"));
+  } catch (const Error& e) {
+    throw FlagError(e.what());
+  }
+  if (c.device.is_meta()) throw FlagError("--device meta is for memory planning only");
+  c.threads = int(f.integer("threads"));
+  if (c.warmup < 0 || c.val_batches < 1 || c.threads < 0 || c.max_bad_steps < 1 || c.keep_last < 0)
+    throw FlagError("--warmup, --threads, --keep-last must be >= 0; --val-batches, --max-bad-steps >= 1");
+  c.out = f.str("out");
+  c.data = resolve_data(f, c.out);
+  for (const auto& [k, v] : f.resolved()) c.flags[k] = v;
+  return c;
+}
+
+// ---- the trainer ----
+
+Trainer::Trainer(RunConfig config) : c_(std::move(config)) {
+  if (c_.threads > 0) omp_set_num_threads(c_.threads);
+#ifdef TALLY_HAS_CUDA
+  constexpr const char* kBuiltWithCuda = "yes";
+#else
+  constexpr const char* kBuiltWithCuda = "no: configure with -DTALLY_CUDA=ON";
+#endif
+  if (c_.device.is_cuda())
+    TALLY_CHECK(cuda_available(), "--device cuda: no CUDA device is available (built with CUDA: ", kBuiltWithCuda, ")");
+  if (!c_.init.empty()) {
+    MemoryScope scope(Category::parameter, "init");
+    model_ = load_model_file(c_.init, c_.device);
+    models::GPT2Config loaded = model_->config();
+    loaded.dropout = c_.model.dropout;
+    c_.model = loaded;
+  } else {
+    model_ = std::make_unique<models::GPT2>(c_.model, models::GPT2Options{.device = c_.device, .seed = c_.seed});
+  }
+  optimizer_ = make_optimizer(c_.optimizer, model_->parameters());
+  const double peak = c_.optimizer.lr;
+  schedule_ = c_.schedule == "constant"
+                  ? optim::LrSchedule::constant(peak)
+                  : optim::LrSchedule::warmup_cosine({.peak_lr = peak, .warmup_steps = c_.warmup, .total_steps = c_.steps,
+                                                      .min_lr = peak * c_.min_lr_ratio});
+  const int32_t vocab = int32_t(c_.model.vocab_size);
+  data::ShardSet train = data::ShardSet::open(c_.data.train_pattern, {.vocab_limit = vocab});
+  data::ShardSet val = data::ShardSet::open(c_.data.val_pattern, {.vocab_limit = vocab});
+  train_loader_ = std::make_unique<data::DataLoader>(
+      std::move(train), data::LoaderConfig{.batch = c_.batch, .seq_len = c_.seq,
+                                           .order = c_.shuffle ? data::LoaderOrder::shuffled : data::LoaderOrder::sequential,
+                                           .seed = c_.seed});
+  val_loader_ = std::make_unique<data::DataLoader>(std::move(val), data::LoaderConfig{.batch = c_.batch, .seq_len = c_.seq});
+  std::error_code ec;
+  fs::create_directories(c_.out, ec);
+  TALLY_CHECK(!ec, "cannot create the run directory '", c_.out.string(), "': ", ec.message());
+}
+
+Trainer::~Trainer() {
+  if (log_) std::fclose(log_);
+}
+
+void Trainer::log(const json& j) {
+  if (!log_) {
+    log_ = std::fopen((c_.out / "log.jsonl").c_str(), start_step_ > 0 ? "a" : "w");
+    TALLY_CHECK(log_, "cannot write '", (c_.out / "log.jsonl").string(), "'");
+  }
+  std::string line = j.dump() + "\n";
+  std::fwrite(line.data(), 1, line.size(), log_);
+  std::fflush(log_);
+}
+
+MemoryFigures predict_step_memory(const models::GPT2Config& config, const OptimizerSpec& spec, StepShape shape) {
+  Ledger& meta = ledger(Device::meta());
+  TALLY_ASSERT(meta.total().live_requested == 0);
+  MemoryFigures p;
+  {
+    models::GPT2 model(config, {.device = Device::meta()});
+    auto opt = make_optimizer(spec, model.parameters());
+    opt->init_state();
+    meta.reset_peaks();
+    step_core(model, *opt, shape.accumulation, shape.grad_clip,
+              [&](Tensor& x, Tensor& y) {
+                x = empty({shape.batch, shape.seq}, {.dtype = DType::i32, .device = Device::meta()});
+                y = empty({shape.batch, shape.seq}, {.dtype = DType::i32, .device = Device::meta()});
+              },
+              false);
+    p = measure(meta);
+    for (const auto& ts : opt->state_bytes())
+      for (const auto& s : ts.states) p.state_by_kind[s.name] += s.bytes();
+  }
+  return p;
+}
+
+MemoryFigures Trainer::predict_memory() const {
+  return predict_step_memory(c_.model, c_.optimizer, {.batch = c_.batch, .seq = c_.seq, .accumulation = c_.accumulation,
+                                                      .grad_clip = c_.grad_clip});
+}
+
+double Trainer::evaluate(int64_t batches) {
+  NoGradGuard no_grad;
+  model_->eval();
+  val_loader_->reset();
+  batches = std::min(batches, val_loader_->batches_per_epoch());
+  double sum = 0;
+  data::Batch b;
+  for (int64_t i = 0; i < batches; ++i) {
+    val_loader_->next(b);
+    MemoryScope scope(Category::other, "eval");
+    Tensor x = from_vector(b.inputs, {c_.batch, c_.seq}, {.dtype = DType::i32, .device = c_.device});
+    Tensor y = from_vector(b.targets, {c_.batch, c_.seq}, {.dtype = DType::i32, .device = c_.device});
+    sum += model_->loss(x, y).item();
+  }
+  model_->train();
+  return sum / double(batches);
+}
+
+std::string Trainer::sample(const std::string& prompt, int64_t tokens, uint64_t seed) {
+  static std::optional<data::Tokenizer> tok;
+  if (!tok) tok.emplace(data::Tokenizer::load());
+  NoGradGuard no_grad;
+  model_->eval();
+  std::vector<int32_t> ids = prompt.empty() ? std::vector<int32_t>{data::Tokenizer::kEndOfText}
+                                            : tok->encode(prompt, data::SpecialTokens::allowed);
+  int64_t room = c_.model.block_size - int64_t(ids.size());
+  MemoryScope scope(Category::other, "sample");
+  auto out = models::generate(*model_, {ids}, {.max_new_tokens = std::max<int64_t>(0, std::min(tokens, room)),
+                                               .temperature = 1.0, .top_k = 40, .seed = seed});
+  model_->train();
+  std::vector<int32_t> all = ids;
+  all.insert(all.end(), out[0].begin(), out[0].end());
+  if (prompt.empty()) all.erase(all.begin());
+  return tok->decode(all);
+}
+
+StepRecord Trainer::train_step(int64_t step) {
+  StepRecord r;
+  r.step = step;
+  r.lr = schedule_->lr(step - 1);
+  optimizer_->set_lr_factor(schedule_->factor(step - 1));
+  const bool inspect = c_.log_optim > 0 && step % c_.log_optim == 0;
+  if (inspect) optimizer_->set_inspect(optim::Inspect::summary);
+  auto t0 = std::chrono::steady_clock::now();
+  data::Batch b;
+  StepOutcome o = step_core(*model_, *optimizer_, c_.accumulation, c_.grad_clip,
+                            [&](Tensor& x, Tensor& y) {
+                              train_loader_->next(b);
+                              x = from_vector(b.inputs, {c_.batch, c_.seq}, {.dtype = DType::i32, .device = c_.device});
+                              y = from_vector(b.targets, {c_.batch, c_.seq}, {.dtype = DType::i32, .device = c_.device});
+                            },
+                            env_int("TALLY_FAULT_NAN_AT_STEP", -1) == step);
+  r.ms = seconds_since(t0) * 1000;
+  r.loss = o.loss;
+  r.grad_norm = o.grad_norm;
+  r.skipped = !o.finite;
+  r.tokens_per_s = double(c_.batch * c_.seq * c_.accumulation) / (r.ms / 1000);
+  if (inspect) {
+    json entries = json::array();
+    for (const auto& t : optimizer_->internals()) {
+      json e = {{"param", t.param}, {"update_rms", t.update_rms}, {"clipped_update_rms", t.clipped_update_rms},
+                {"clipped", t.clipped}, {"exp_avg_rms", t.exp_avg_rms}, {"applied_rms", t.applied_rms}};
+      if (t.has_confidence) {
+        auto sj = [](const optim::Summary& s) { return json{{"min", s.min}, {"mean", s.mean}, {"max", s.max}}; };
+        e["confidence_row"] = sj(t.confidence_row);
+        e["confidence_col"] = sj(t.confidence_col);
+        e["confidence_scale"] = sj(t.confidence_scale);
+      }
+      for (auto& [k, v] : e.items())
+        if (v.is_number_float() && !std::isfinite(v.get<double>())) v = nullptr;
+      entries.push_back(e);
+    }
+    log({{"step", step}, {"optim", entries}});
+    optimizer_->set_inspect(optim::Inspect::off);
+  }
+  return r;
+}
+
+fs::path Trainer::save(int64_t step) {
+  train::CheckpointContent c;
+  for (const auto& [name, t] : model_->named_parameters()) c.model.emplace_back(name, t);
+  optim::OptimizerState st = optimizer_->state_dict();
+  for (const auto& [name, t] : st.tensors) c.optimizer.emplace_back(name, t);
+  c.state["model_config"] = config_json(c_.model);
+  c.state["optimizer"] = {{"kind", st.kind}, {"steps", st.steps}, {"param_steps", st.param_steps}};
+  c.state["loader"] = hex(train_loader_->position().to_bytes());
+  c.state["dropout_rng"] = {{"seed", model_->dropout_generator().seed()}, {"offset", model_->dropout_generator().offset()}};
+  c.state["skipped_steps"] = skipped_total_;
+  c.state["flags"] = c_.flags;
+  return train::save_checkpoint(c_.out, step, c, {.keep_last = int(c_.keep_last)});
+}
+
+void Trainer::resume(const fs::path& dir_in) {
+  fs::path dir = dir_in;
+  if (!fs::exists(dir / "manifest.json")) {
+    auto latest = train::latest_checkpoint(dir);
+    TALLY_CHECK(latest.has_value(), "--resume '", dir.string(), "': no complete checkpoint there");
+    dir = *latest;
+  }
+  train::CheckpointContent c = train::load_checkpoint(dir);
+  TALLY_CHECK(c.state.contains("model_config") && c.state["model_config"] == config_json(c_.model), "--resume '",
+              dir.string(), "': the checkpoint's model ", c.state.value("model_config", json()).dump(),
+              " differs from this run's ", config_json(c_.model).dump());
+  NoGradGuard no_grad;
+  for (const auto& [name, t] : model_->named_parameters()) {
+    Tensor dst = t;
+    dst.copy_(io::find_tensor(c.model, name, (dir / "model.safetensors").string()));
+  }
+  optim::OptimizerState st;
+  st.kind = c.state["optimizer"].at("kind");
+  st.steps = c.state["optimizer"].at("steps");
+  st.param_steps = c.state["optimizer"].at("param_steps").get<std::map<std::string, int64_t>>();
+  for (const auto& [name, t] : c.optimizer) st.tensors[name] = t;
+  optimizer_->load_state_dict(st);
+  auto bytes = unhex(c.state.at("loader").get<std::string>());
+  train_loader_->restore(data::LoaderPosition::from_bytes(bytes));
+  model_->dropout_generator().set_state(c.state["dropout_rng"].at("seed"), c.state["dropout_rng"].at("offset"));
+  skipped_total_ = c.state.value("skipped_steps", int64_t(0));
+  start_step_ = c.state.at("step");
+  std::printf("resumed from %s at step %lld\n", dir.c_str(), (long long)start_step_);
+}
+
+RunSummary Trainer::run() {
+  RunSummary s;
+  const bool tty = ::isatty(STDOUT_FILENO);
+  std::printf("model: GPT-2 %s, %s parameters | optimizer: %s lr %.3g wd %.3g | data: %s\n",
+              c_.model.str().c_str(), format_bytes_exact(model_->num_parameters()).c_str(), optimizer_name(c_.optimizer.kind),
+              c_.optimizer.lr, c_.optimizer.weight_decay, c_.data.description.c_str());
+  std::printf("batch %lld x %lld tokens, %lld micro-batch(es) per step, %lld steps, %s schedule (warmup %lld), %d threads\n",
+              (long long)c_.batch, (long long)c_.seq, (long long)c_.accumulation, (long long)c_.steps, c_.schedule.c_str(),
+              (long long)c_.warmup, omp_get_max_threads());
+  {
+    json cfg = {{"flags", c_.flags}, {"model_config", config_json(c_.model)}};
+    std::ofstream(c_.out / "config.json") << cfg.dump(2) << "\n";
+  }
+  MemoryFigures predicted;
+  if (c_.device.is_cpu()) {
+    predicted = predict_memory();
+    std::printf("\n%s\n", format_plan(predicted, nullptr).c_str());
+  }
+  optimizer_->init_state();
+  Ledger& l = ledger(c_.device);
+  auto t_start = std::chrono::steady_clock::now();
+  double val = NAN, ms_sum = 0;
+  int64_t ms_count = 0;
+  std::string last_line;
+  for (int64_t step = start_step_ + 1; step <= c_.steps; ++step) {
+    const bool first = step == start_step_ + 1;
+    if (first) l.reset_peaks();
+    StepRecord r = train_step(step);
+    if (first && c_.device.is_cpu()) {
+      MemoryFigures m = measure(l);
+      for (const auto& ts : optimizer_->state_bytes())
+        for (const auto& st : ts.states) m.state_by_kind[st.name] += st.bytes();
+      std::printf("after step %lld, measured beside predicted:\n%s\n", (long long)step, format_plan(predicted, &m).c_str());
+      log({{"step", step}, {"memory_predicted", predicted.total}, {"memory_measured", m.total},
+           {"memory_difference", m.total - predicted.total}});
+    }
+    if (!first) {
+      ms_sum += r.ms;
+      ++ms_count;
+    }
+    if (r.skipped) {
+      ++skipped_total_;
+      ++skipped_in_row_;
+      std::printf("%sstep %lld: non-finite loss (%g) or gradient norm (%g): skipped, optimizer state untouched (%lld in a row)\n",
+                  tty ? "\n" : "", (long long)step, r.loss, r.grad_norm, (long long)skipped_in_row_);
+      log({{"step", step}, {"skipped", true}, {"loss", std::isfinite(r.loss) ? json(r.loss) : json(nullptr)},
+           {"grad_norm", std::isfinite(r.grad_norm) ? json(r.grad_norm) : json(nullptr)}});
+      if (skipped_in_row_ >= c_.max_bad_steps) {
+        s.steps_done = step;
+        s.skipped_steps = skipped_total_;
+        s.last_checkpoint = save(step);
+        fail("training stopped: ", skipped_in_row_, " non-finite steps in a row (limit --max-bad-steps ", c_.max_bad_steps,
+             "). The last good model and optimizer state are saved in ", s.last_checkpoint.string(),
+             "; try a lower --lr, a --grad-clip, or more --warmup.");
+      }
+    } else {
+      skipped_in_row_ = 0;
+      log({{"step", step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm}, {"tokens_per_s", r.tokens_per_s},
+           {"ms", r.ms}});
+      s.train_curve.emplace_back(step, r.loss);
+      s.final_train_loss = r.loss;
+    }
+    const bool last = step == c_.steps;
+    if ((c_.eval_every > 0 && step % c_.eval_every == 0) || last) {
+      val = evaluate(c_.val_batches);
+      log({{"step", step}, {"val_loss", val}});
+      s.val_curve.emplace_back(step, val);
+    }
+    double elapsed = seconds_since(t_start);
+    double eta = elapsed / double(step - start_step_) * double(c_.steps - step);
+    Usage u = l.total();
+    char line[256];
+    std::snprintf(line, sizeof line, "step %lld/%lld | loss %.4f | val %s | lr %.2e | %.0f tok/s | ETA %s | mem %s / peak %s",
+                  (long long)step, (long long)c_.steps, r.loss, std::isfinite(val) ? cat(val).substr(0, 6).c_str() : "-",
+                  r.lr, r.tokens_per_s, duration_str(eta).c_str(), format_bytes_human(u.live_held).c_str(),
+                  format_bytes_human(u.peak_held).c_str());
+    if (tty) {
+      std::printf("\r%-*s", int(std::max(last_line.size(), std::string(line).size())), line);
+      std::fflush(stdout);
+    } else if (first || last || step % c_.log_every == 0 || (c_.eval_every > 0 && step % c_.eval_every == 0)) {
+      std::printf("%s\n", line);
+      std::fflush(stdout);
+    }
+    last_line = line;
+    if (c_.sample_every > 0 && step % c_.sample_every == 0 && !last) {
+      std::printf("%s--- sample at step %lld ---\n%s\n---\n", tty ? "\n" : "", (long long)step,
+                  sample("", c_.sample_tokens, c_.seed + uint64_t(step)).c_str());
+    }
+    if ((c_.save_every > 0 && step % c_.save_every == 0) || last) s.last_checkpoint = save(step);
+    s.steps_done = step;
+    if (g_stop_requested.load() && !last) {
+      s.last_checkpoint = save(step);
+      s.interrupted = true;
+      std::printf("%sstopped at step %lld on request; checkpoint %s (continue with --resume %s)\n", tty ? "\n" : "",
+                  (long long)step, s.last_checkpoint.c_str(), c_.out.c_str());
+      break;
+    }
+  }
+  if (tty) std::printf("\n");
+  s.final_val_loss = val;
+  s.ms_per_step = ms_count ? ms_sum / double(ms_count) : NAN;
+  s.optimizer_state_bytes = optimizer_->total_state_bytes();
+  s.skipped_steps = skipped_total_;
+  return s;
+}
+
+}  // namespace tally::cli
