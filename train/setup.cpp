@@ -310,14 +310,21 @@ DataChoice resolve_data(const Flags& f, const fs::path& cache_dir) {
     }
     return from_text(p, val_tokens, cache_dir, "TALLY_DATA");
   }
+  return resolve_data_from(default_data_candidates(), val_tokens, cache_dir);
+}
+
+std::vector<fs::path> default_data_candidates() {
   const fs::path source = TALLY_SOURCE_DIR;
-  for (const fs::path& d : {source / "data"}) {
-    if (fs::exists(d / "train.bin") && fs::exists(d / "val.bin")) return from_dir(d, "checkout data/");
-    if (fs::exists(d / "tinyshakespeare.txt")) return from_text(d / "tinyshakespeare.txt", val_tokens, cache_dir, "checkout data/");
+  return {source / "data", source / "data" / "tinyshakespeare.txt",
+          source.parent_path() / "shared" / "data" / "tinyshakespeare.txt",
+          fs::current_path().parent_path() / "shared" / "data" / "tinyshakespeare.txt"};
+}
+
+DataChoice resolve_data_from(const std::vector<fs::path>& candidates, int64_t val_tokens, const fs::path& cache_dir) {
+  for (const fs::path& p : candidates) {
+    if (fs::is_directory(p) && fs::exists(p / "train.bin") && fs::exists(p / "val.bin")) return from_dir(p, "found");
+    if (fs::is_regular_file(p)) return from_text(p, val_tokens, cache_dir, "found");
   }
-  for (const fs::path& p : {source.parent_path() / "shared" / "data" / "tinyshakespeare.txt",
-                            fs::current_path().parent_path() / "shared" / "data" / "tinyshakespeare.txt"})
-    if (fs::exists(p)) return from_text(p, val_tokens, cache_dir, "shared data");
   fail(kDownloadHint);
 }
 

@@ -66,6 +66,12 @@ struct DataChoice {
 // data/ in the checkout, ../shared/data/tinyshakespeare.txt. Text is tokenized once into `cache_dir`.
 // Nothing found: a tally::Error saying exactly which file to provide and where to download it.
 DataChoice resolve_data(const Flags& flags, const std::filesystem::path& cache_dir);
+// The fallback part of that order: the first candidate that exists (a directory with train.bin and val.bin, or a
+// text file); none: the error that says what to provide.
+DataChoice resolve_data_from(const std::vector<std::filesystem::path>& candidates, int64_t val_tokens,
+                             const std::filesystem::path& cache_dir);
+// data/ in the checkout (train.bin + val.bin, or tinyshakespeare.txt), then ../shared/data/tinyshakespeare.txt.
+std::vector<std::filesystem::path> default_data_candidates();
 std::vector<FlagSpec> data_flags();
 
 // ---- memory plan ----
