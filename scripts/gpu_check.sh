@@ -73,7 +73,7 @@ t0=$(date +%s)
 bin_dir=""
 if timeout 150 cmake -S "$root" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DTALLY_CUDA=ON \
      -DCMAKE_CUDA_ARCHITECTURES=90 -DTALLY_WERROR=OFF "${cmake_args[@]}" >>"$log" 2>&1 &&
-   timeout 240 cmake --build "$build" -j "$jobs" --target tally_tests bench_cuda >>"$log" 2>&1; then
+   timeout "${GPU_CHECK_BUILD_TIMEOUT:-240}" cmake --build "$build" -j "$jobs" --target tally_tests bench_cuda >>"$log" 2>&1; then
   bin_dir=$build
   row "build (sm_90, Release)" "ok in $(elapsed "$t0")"
 else
@@ -91,8 +91,8 @@ if [ -n "$bin_dir" ]; then
   tests=$bin_dir/tally_tests
   # ---- CUDA tests ----
   t0=$(date +%s)
-  say "== tally_tests -ts=cuda"
-  timeout 180 "$tests" -ts=cuda --duration=true >"$out/cuda_tests.log" 2>&1
+  say "== tally_tests -ts=cuda (TALLY_CUDA_SYNC=1: a fault is reported by the kernel that caused it)"
+  TALLY_CUDA_SYNC=1 timeout 180 "$tests" -ts=cuda --duration=true >"$out/cuda_tests.log" 2>&1
   rc=$?
   cat "$out/cuda_tests.log" >>"$log"
   grep -E "ERROR|FAILED|CHECK|REQUIRE|relative max error|differ" "$out/cuda_tests.log" | head -40

@@ -50,6 +50,9 @@ cp -r "$src/usr/include/nlohmann" "$deps/include/"
 cp -r "$src/usr/share/cmake/nlohmann_json" "$deps/share/cmake/"
 cp -r "$src/usr/include/doctest" "$deps/include/"
 cp -r "$src/usr/lib/cmake/doctest" "$deps/lib/cmake/"
+# Debian's doctest targets name /usr outright: make them relative to where they are found.
+sed -i 's|set(_IMPORT_PREFIX "/usr")|get_filename_component(_IMPORT_PREFIX "${CMAKE_CURRENT_LIST_DIR}/../../.." ABSOLUTE)|' \
+  "$deps/lib/cmake/doctest/doctestTargets.cmake"
 copy "$src/usr/bin/pkgconf" "$deps/bin/pkgconf"
 copy "$(ls "$src"/usr/lib/$arch/libpkgconf.so.3.* | head -1)" "$deps/lib/libpkgconf.so.3"
 pcre_version=$(sed -n 's/^Version: *//p' "$src/usr/lib/$arch/pkgconfig/libpcre2-8.pc")
