@@ -24,7 +24,11 @@ using tally::cuda::MaxSum;
 using tally::cuda::row_threads;
 using tally::cuda::stream;
 
+#ifdef TALLY_CUDA_EMULATED
+constexpr int64_t kScoreBudget = 1024;  // the CPU emulator (tools/cuda_emu) exercises chunking on small problems
+#else
 constexpr int64_t kScoreBudget = int64_t(1) << 25;  // elements per score buffer (128 MiB in f32)
+#endif
 constexpr int kPointerArrays = 10;                  // q k v o dout dq dk dv s dp
 
 int64_t pairs_of(const AttentionLayout& l) { return l.B * l.NH; }

@@ -149,9 +149,10 @@ void sum_dim(const T* in, T* out, int64_t outer, int64_t n, int64_t inner) {
     column_sum(outer, n, inner, ReadValue<T>{in, n, inner}, out, "sum_dim_columns_kernel");
     return;
   }
-  // Rows: split long rows when there are too few of them to fill the device.
+  // Rows: split long rows when there are too few of them to fill a GPU (decided by the sizes only, so the
+  // summation order, hence the bits, are the same on every device).
   const int threads = row_threads(n);
-  const int64_t parts = (n > 4 * kRowChunk && outer < 2 * int64_t(tally::cuda::sm_count())) ? ceil_div(n, kRowChunk) : 1;
+  const int64_t parts = (n > 4 * kRowChunk && outer < 256) ? ceil_div(n, kRowChunk) : 1;
   TALLY_CHECK(outer * parts <= int64_t(INT32_MAX), "[sum_dim] too many rows: ", outer);
   if (parts == 1) {
     row_sum_kernel<T, T><<<unsigned(outer), threads, 0, stream()>>>(in, out, n, 1, n);
