@@ -24,9 +24,9 @@ elapsed() { echo "$(($(date +%s) - $1))s"; }
 doctest_line() { grep -E "^\[doctest\] test cases:" "$1" | tail -1 | sed 's/^\[doctest\] //'; }
 
 say "== gpu_check $(date -u +%FT%TZ) in $root"
+command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader 2>&1 || echo "nvidia-smi failed"
-  command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
   nvcc --version 2>&1 | tail -2
   cmake --version 2>&1 | head -1
   g++ --version 2>&1 | head -1
