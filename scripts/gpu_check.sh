@@ -3,8 +3,8 @@
 # installable): builds the CUDA backend for sm_90 (Release, only the targets needed), runs the CUDA tests and
 # the rest of the suite, compute-sanitizer memcheck on a subset, then the GPU benchmarks; writes the full log
 # to $OUT (or ./gpu-check-out) and prints a short table last. Every stage has a time limit (~5 min in all).
-# Before the device call, on the CPU machine: scripts/gpu_deps.sh (makes .gpu-deps/: OpenBLAS, PCRE2,
-# nlohmann-json, doctest, pkgconf), then run this with carry [".gpu-deps"] (plus ".gpu-prebuilt" if made).
+# Before the device call, on the CPU machine: scripts/gpu_deps.sh (packs OpenBLAS, PCRE2, nlohmann-json,
+# doctest and pkgconf into .gpu-carry/), then run this with carry [".gpu-carry"].
 # Environment: GPU_CHECK_SKIP="sanitizer bench full" to leave stages out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +37,13 @@ gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head 
 row "device" "${gpu_name:-unknown}, $jobs CPU cores"
 
 # ---- dependencies: the carried prefix when present, else the system's ----
+unpack() {  # archive: tar's xz, or Python's when the image has no xz
+  tar -C "$root" -xJf "$1" 2>/dev/null ||
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$1" "$root"
+}
+for a in deps prebuilt; do
+  if [ -f "$root/.gpu-carry/$a.tar.xz" ]; then unpack "$root/.gpu-carry/$a.tar.xz" && say "unpacked .gpu-carry/$a.tar.xz"; fi
+done
 cmake_args=()
 if [ -d "$root/.gpu-deps" ]; then
   deps=$root/.gpu-deps

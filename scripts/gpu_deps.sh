@@ -57,7 +57,9 @@ copy "$src/usr/bin/pkgconf" "$deps/bin/pkgconf"
 copy "$(ls "$src"/usr/lib/$arch/libpkgconf.so.3.* | head -1)" "$deps/lib/libpkgconf.so.3"
 pcre_version=$(sed -n 's/^Version: *//p' "$src/usr/lib/$arch/pkgconfig/libpcre2-8.pc")
 echo "$pcre_version" > "$deps/pcre2-version"
-du -sh "$deps"
+mkdir -p "$root/.gpu-carry"
+tar -C "$root" -cJf "$root/.gpu-carry/deps.tar.xz" .gpu-deps
+du -sh "$deps" "$root/.gpu-carry/deps.tar.xz"
 
 if [ "${1:-}" = "--prebuild" ]; then
   echo "gpu_deps: building the sm_90 fallback binaries into .gpu-prebuilt/"
@@ -67,6 +69,7 @@ if [ "${1:-}" = "--prebuild" ]; then
   rm -rf "$root/.gpu-prebuilt" && mkdir -p "$root/.gpu-prebuilt"
   cp "$root/build-prebuilt/tally_tests" "$root/build-prebuilt/bench_cuda" "$root/.gpu-prebuilt/"
   strip "$root/.gpu-prebuilt/"* || true
-  du -sh "$root/.gpu-prebuilt"
+  tar -C "$root" -cJf "$root/.gpu-carry/prebuilt.tar.xz" .gpu-prebuilt
+  du -sh "$root/.gpu-carry/prebuilt.tar.xz"
 fi
-echo "gpu_deps: done; carry [\".gpu-deps\"$( [ "${1:-}" = "--prebuild" ] && echo ', ".gpu-prebuilt"')]"
+echo "gpu_deps: done; carry [\".gpu-carry\"]"
