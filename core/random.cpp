@@ -1,35 +1,18 @@
 // Philox4x32-10 and the random tensor creators (see random.h for the stream's definition).
 #include "core/random.h"
 
-#include <cmath>
-
 #include "core/ops/dispatch.h"
+#include "core/philox.h"
 
 namespace tally {
 
+// Both delegate to core/philox.h, the arithmetic the CUDA backend shares bit for bit.
 std::array<uint32_t, 4> philox(uint64_t seed, uint64_t counter) {
-  uint32_t c0 = uint32_t(counter), c1 = uint32_t(counter >> 32), c2 = 0, c3 = 0;
-  uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
-  for (int round = 0; round < 10; ++round) {
-    uint64_t p0 = uint64_t(0xD2511F53u) * c0;
-    uint64_t p1 = uint64_t(0xCD9E8D57u) * c2;
-    uint32_t n0 = uint32_t(p1 >> 32) ^ c1 ^ k0;
-    uint32_t n2 = uint32_t(p0 >> 32) ^ c3 ^ k1;
-    c1 = uint32_t(p1);
-    c3 = uint32_t(p0);
-    c0 = n0;
-    c2 = n2;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  return {c0, c1, c2, c3};
+  rng::Philox4 r = rng::philox4x32_10(seed, counter);
+  return {r.w[0], r.w[1], r.w[2], r.w[3]};
 }
 
-float normal_from_bits(uint32_t a, uint32_t b) {
-  double u1 = (double(a) + 1.0) * (1.0 / 4294967296.0);  // (0, 1]
-  double u2 = double(b) * (1.0 / 4294967296.0);          // [0, 1)
-  return float(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
-}
+float normal_from_bits(uint32_t a, uint32_t b) { return rng::normal_from_bits(a, b); }
 
 namespace {
 template <class Fill>

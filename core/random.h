@@ -14,7 +14,7 @@ std::array<uint32_t, 4> philox(uint64_t seed, uint64_t counter);
 
 // Element values of the stream (shared by every backend).
 inline float uniform_from_bits(uint32_t bits) { return float(bits >> 8) * (1.0f / 16777216.0f); }  // [0, 1)
-float normal_from_bits(uint32_t a, uint32_t b);  // Box-Muller on two words, computed in double
+float normal_from_bits(uint32_t a, uint32_t b);  // Box-Muller on two words, in double (core/philox.h)
 
 class Generator {
  public:

@@ -1,5 +1,6 @@
 // The few CUDA runtime services the device-independent code needs (implemented in core/cuda/runtime.cu).
 // Declared here so that core/*.cpp never includes CUDA headers; only compiled into calls with TALLY_HAS_CUDA.
+// Kernels use the internal header core/cuda/common.cuh (stream, cuBLAS handle, checks) instead.
 #pragma once
 #include <cstdint>
 
@@ -10,6 +11,40 @@ void memcpy_device_to_host(void* dst, const void* src, int64_t bytes);
 void memcpy_device_to_device(void* dst, const void* src, int64_t bytes);
 void synchronize();                      // waits for the device's work; throws on an earlier async error
 void set_device(int index);
+int current_device();
 void memory_info(int64_t* free_bytes, int64_t* total_bytes);  // cudaMemGetInfo
+
+// How float32 matrix products run on tensor cores. tf32 (the default) is for training speed (~3e-4 relative
+// error on products); strict keeps full FP32 (tests comparing against the CPU use it). double is never affected.
+enum class Fp32Matmul : uint8_t { tf32, strict };
+void set_fp32_matmul(Fp32Matmul mode);
+Fp32Matmul fp32_matmul();
+
+// Sets Fp32Matmul while it lives, restoring the previous mode after.
+class Fp32MatmulScope {
+ public:
+  explicit Fp32MatmulScope(Fp32Matmul mode) : previous_(fp32_matmul()) { set_fp32_matmul(mode); }
+  ~Fp32MatmulScope() { set_fp32_matmul(previous_); }
+  Fp32MatmulScope(const Fp32MatmulScope&) = delete;
+  Fp32MatmulScope& operator=(const Fp32MatmulScope&) = delete;
+
+ private:
+  Fp32Matmul previous_;
+};
+
+// When on, every kernel launch is followed by a stream synchronize, so that an asynchronous fault is reported
+// by the kernel that caused it (slow; for debugging). Also switched on by the environment: TALLY_CUDA_SYNC=1.
+enum class LaunchSync : uint8_t { async, after_each_kernel };
+void set_launch_sync(LaunchSync mode);
+
+// Name and figures of a device, for logs: "NVIDIA H100 80GB HBM3, sm_90, 132 SMs, 79.1 GiB".
+struct DeviceProperties {
+  char name[256] = {};
+  int major = 0, minor = 0;
+  int multiprocessors = 0;
+  int64_t total_memory = 0;
+  int64_t l2_bytes = 0;
+};
+DeviceProperties device_properties(int index);
 
 }  // namespace tally::cuda

@@ -1,0 +1,167 @@
+// GPU benchmarks of the CUDA backend (run by scripts/gpu_check.sh; not part of the test suite): the two
+// ceilings (device-to-device copy bandwidth, cuBLAS GEMM rate) and tally's kernels at GPT-2 small shapes
+// against them. Prints one table; times are medians of host-timed, synchronised batches after a warm-up.
+// Placeholders for the model and optimizers (a full training step) are at the end, for the lead to fill in.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/ops.h"
+#include "core/random.h"
+
+#ifdef TALLY_HAS_CUDA
+#include "core/cuda/runtime.h"
+#endif
+
+using namespace tally;
+
+#ifdef TALLY_HAS_CUDA
+namespace {
+
+struct Row {
+  std::string name;
+  double ms;
+  double rate;       // GB/s or TFLOP/s
+  const char* unit;  // "GB/s" or "TFLOP/s"
+};
+std::vector<Row> rows;
+
+// Median milliseconds of one call of f, over `samples` batches of `iters` calls.
+double time_ms(const std::function<void()>& f, int iters, int samples = 5) {
+  f();
+  cuda::synchronize();
+  std::vector<double> t;
+  for (int s = 0; s < samples; ++s) {
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < iters; ++i) f();
+    cuda::synchronize();
+    auto t1 = std::chrono::steady_clock::now();
+    t.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count() / iters);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+void bandwidth(const std::string& name, double bytes, const std::function<void()>& f, int iters) {
+  double ms = time_ms(f, iters);
+  rows.push_back({name, ms, bytes / (ms * 1e-3) / 1e9, "GB/s"});
+  std::printf("  %-46s %9.3f ms %9.1f GB/s\n", name.c_str(), ms, rows.back().rate);
+  std::fflush(stdout);
+}
+
+void flops(const std::string& name, double flop, const std::function<void()>& f, int iters) {
+  double ms = time_ms(f, iters);
+  rows.push_back({name, ms, flop / (ms * 1e-3) / 1e12, "TFLOP/s"});
+  std::printf("  %-46s %9.3f ms %9.1f TFLOP/s\n", name.c_str(), ms, rows.back().rate);
+  std::fflush(stdout);
+}
+
+Tensor gpu_randn(const Shape& s, uint64_t seed, DType t = DType::f32) {
+  Generator g(seed);
+  return randn(s, g, {.dtype = t, .device = Device::cuda(0)});
+}
+
+}  // namespace
+
+int main() {
+  if (!cuda_available()) {
+    std::printf("bench_cuda: no CUDA device; nothing to measure\n");
+    return 0;
+  }
+  cuda::DeviceProperties p = cuda::device_properties(0);
+  std::printf("bench_cuda on %s (sm_%d%d, %d SMs)\n", p.name, p.major, p.minor, p.multiprocessors);
+  const Device d = Device::cuda(0);
+
+  // ---- ceilings ----
+  const int64_t n = int64_t(1) << 28;  // 256M floats = 1 GiB
+  Tensor a = gpu_randn({n}, 1), b = gpu_randn({n}, 2), c = empty({n}, {.device = d});
+  bandwidth("ceiling: device-to-device copy (1 GiB)", 2.0 * 4 * double(n), [&] { c.copy_(a); }, 10);
+  flops("ceiling: GEMM f32 TF32 8192^3", 2.0 * 8192.0 * 8192 * 8192, [&, x = gpu_randn({8192, 8192}, 3),
+                                                                     y = gpu_randn({8192, 8192}, 4)] { matmul(x, y); },
+        5);
+  {
+    cuda::Fp32MatmulScope strict(cuda::Fp32Matmul::strict);
+    flops("GEMM f32 strict FP32 8192^3", 2.0 * 8192.0 * 8192 * 8192,
+          [&, x = gpu_randn({8192, 8192}, 3), y = gpu_randn({8192, 8192}, 4)] { matmul(x, y); }, 3);
+  }
+  flops("GEMM f64 4096^3", 2.0 * 4096.0 * 4096 * 4096,
+        [&, x = gpu_randn({4096, 4096}, 5, DType::f64), y = gpu_randn({4096, 4096}, 6, DType::f64)] { matmul(x, y); }, 3);
+
+  // ---- elementwise against the copy ceiling ----
+  bandwidth("add (1 GiB + 1 GiB -> 1 GiB)", 3.0 * 4 * double(n), [&] { add(a, b); }, 10);
+  bandwidth("add broadcast row (8192x32768 + 32768)", 2.0 * 4 * double(n),
+            [&, row = gpu_randn({32768}, 7)] { add(a.view({8192, 32768}), row); }, 10);
+  bandwidth("gelu (1 GiB)", 2.0 * 4 * double(n), [&] { gelu(a); }, 10);
+  bandwidth("add_ axpy (1 GiB)", 3.0 * 4 * double(n), [&] { add_(c, a, 0.5); }, 10);
+  bandwidth("randn (1 GiB)", 4.0 * double(n), [&] { Generator g(9); normal_(c, g, 0.0, 1.0); }, 10);
+  bandwidth("transpose copy 16384x16384", 2.0 * 4 * 16384.0 * 16384,
+            [&] { a.view({16384, 16384}).transpose(0, 1).contiguous(); }, 5);
+  a = b = c = Tensor();
+
+  // ---- GPT-2 small shapes: B=8, T=1024, C=768, NH=12, V=50304 ----
+  const int64_t B = 8, T = 1024, C = 768, NH = 12, V = 50304, N = B * T;
+  {
+    Tensor x = gpu_randn({N, C}, 10), w = gpu_randn({3 * C, C}, 11), bias = gpu_randn({3 * C}, 12);
+    flops("linear qkv (8192x768 @ 768x2304, TF32)", 2.0 * N * C * 3 * C, [&] { linear(x, w, bias); }, 20);
+  }
+  {
+    Tensor x = gpu_randn({N, C}, 13), w = gpu_randn({C}, 14), bias = gpu_randn({C}, 15), up = gpu_randn({N, C}, 16);
+    bandwidth("layer_norm forward (8192x768)", 2.0 * 4 * N * C, [&] { layer_norm(x, w, bias); }, 20);
+    w.set_requires_grad(true);
+    bias.set_requires_grad(true);
+    x.set_requires_grad(true);
+    bandwidth("layer_norm forward+backward", 7.0 * 4 * N * C, [&] {
+      layer_norm(x, w, bias).backward(up);
+      x.clear_grad();
+      w.clear_grad();
+      bias.clear_grad();
+    }, 10);
+  }
+  {
+    Tensor logits = gpu_randn({N, V}, 17);
+    Generator g(18);
+    Tensor targets = mul_scalar(rand({N}, g, {.dtype = DType::f32, .device = d}), double(V - 1)).to(DType::i32);
+    bandwidth("cross_entropy forward (8192x50304)", 4.0 * N * V, [&] { cross_entropy(logits, targets); }, 10);
+    logits.set_requires_grad(true);
+    bandwidth("cross_entropy forward+backward", 3.0 * 4 * N * V, [&] {
+      cross_entropy(logits, targets).backward();
+      logits.clear_grad();
+    }, 5);
+    bandwidth("softmax (8192x50304)", 2.0 * 4 * N * V, [&] { softmax(logits.detach()); }, 5);
+  }
+  {
+    Tensor qkv = gpu_randn({B, T, 3 * C}, 19), up = gpu_randn({B, T, C}, 20);
+    const double attn_flop = 4.0 * B * NH * T * T * (C / NH);  // QK^T and PV, full (not causal-halved)
+    flops("attention forward (B8 T1024 C768 NH12)", attn_flop, [&] { causal_self_attention(qkv, NH); }, 10);
+    qkv.set_requires_grad(true);
+    flops("attention forward+backward", 3.5 * attn_flop, [&] {
+      causal_self_attention(qkv, NH).backward(up);
+      qkv.clear_grad();
+    }, 5);
+  }
+  {
+    Generator g(21);
+    Tensor ids = mul_scalar(rand({N}, g, {.dtype = DType::f32, .device = d}), double(V - 1)).to(DType::i32);
+    Tensor w = gpu_randn({V, C}, 22), up = gpu_randn({N, C}, 23);
+    bandwidth("embedding forward (8192 of 50304x768)", 2.0 * 4 * N * C, [&] { embedding(ids, w); }, 20);
+    w.set_requires_grad(true);
+    bandwidth("embedding forward+backward (incl. zeroing dW)", 4.0 * (3.0 * N * C + double(V) * C), [&] {
+      embedding(ids, w).backward(up);
+      w.clear_grad();
+    }, 10);
+  }
+  // ---- placeholders (lead): GPT-2 training step (tokens/s), AdamW / CAME / Adafactor steps (GB/s) ----
+
+  std::printf("\n%-48s %10s %12s\n", "benchmark", "ms", "rate");
+  for (const Row& r : rows) std::printf("%-48s %10.3f %9.1f %s\n", r.name.c_str(), r.ms, r.rate, r.unit);
+  return 0;
+}
+#else
+int main() {
+  std::printf("bench_cuda: built without CUDA; nothing to measure\n");
+  return 0;
+}
+#endif

@@ -1,0 +1,197 @@
+// CUDA runtime services: device presence (false/0, never a crash, without a driver or GPU), the one stream and
+// cuBLAS handle per device, copies, synchronisation, error reporting and the FP32 matmul mode.
+// Per-device state is created on first use and deliberately never destroyed (no teardown-order hazards at exit).
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+
+#include "core/cuda/common.cuh"
+#include "core/cuda/cuda_allocator.h"
+#include "core/device.h"
+#include "core/ledger.h"
+
+namespace tally {
+
+namespace {
+int probe_device_count() {
+  int n = 0;
+  cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();  // no driver / no device: not an error for tally, just no CUDA
+    return 0;
+  }
+  return n;
+}
+}  // namespace
+
+int cuda_device_count() {
+  static const int count = probe_device_count();
+  return count;
+}
+
+bool cuda_available() { return cuda_device_count() > 0; }
+
+namespace cuda {
+
+namespace {
+
+constexpr int kMaxDevices = 64;
+constexpr int64_t kCublasWorkspaceBytes = int64_t(32) << 20;  // what cuBLAS asks for on Hopper
+
+struct DeviceState {
+  std::once_flag stream_once, cublas_once;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t cublas = nullptr;
+  int sms = 0;
+};
+
+DeviceState& state(int device) {
+  static DeviceState* states = new DeviceState[kMaxDevices];  // never freed: see the file comment
+  TALLY_CHECK(device >= 0 && device < kMaxDevices, "[cuda] device index ", device, " out of range");
+  return states[device];
+}
+
+std::atomic<uint8_t> g_fp32_matmul{uint8_t(Fp32Matmul::tf32)};
+
+int initial_launch_sync() {
+  const char* e = std::getenv("TALLY_CUDA_SYNC");
+  return (e && std::strcmp(e, "0") != 0 && e[0] != '\0') ? int(LaunchSync::after_each_kernel) : int(LaunchSync::async);
+}
+std::atomic<int> g_launch_sync{initial_launch_sync()};
+
+void init_stream(DeviceState& s, int device) {
+  TALLY_CUDA_CHECK("cuda", cudaStreamCreateWithFlags(&s.stream, cudaStreamDefault));
+  TALLY_CUDA_CHECK("cuda", cudaDeviceGetAttribute(&s.sms, cudaDevAttrMultiProcessorCount, device));
+}
+
+}  // namespace
+
+int current_device() {
+  int d = 0;
+  TALLY_CUDA_CHECK("cuda", cudaGetDevice(&d));
+  return d;
+}
+
+cudaStream_t stream() {
+  int d = current_device();
+  DeviceState& s = state(d);
+  std::call_once(s.stream_once, [&] { init_stream(s, d); });
+  return s.stream;
+}
+
+int sm_count() {
+  int d = current_device();
+  DeviceState& s = state(d);
+  std::call_once(s.stream_once, [&] { init_stream(s, d); });
+  return s.sms;
+}
+
+cublasHandle_t cublas_handle() {
+  int d = current_device();
+  DeviceState& s = state(d);
+  cudaStream_t st = stream();
+  std::call_once(s.cublas_once, [&] {
+    TALLY_CUBLAS_CHECK("cublas", cublasCreate(&s.cublas));
+    TALLY_CUBLAS_CHECK("cublas", cublasSetStream(s.cublas, st));
+    // Our own workspace, so that cuBLAS makes no hidden allocations and its bytes show in the ledger.
+    Block ws;
+    {
+      MemoryScope scope(Category::workspace, "cuda:cublas_workspace");
+      ws = caching_allocator(d).allocate(kCublasWorkspaceBytes);
+    }
+    TALLY_CUBLAS_CHECK("cublas", cublasSetWorkspace(s.cublas, ws.ptr, size_t(kCublasWorkspaceBytes)));
+  });
+  return s.cublas;
+}
+
+void throw_cuda_error(const char* op, const char* call, cudaError_t err, const char* file, int line) {
+  (void)cudaGetLastError();  // clear a non-sticky error so that later launch checks do not report it again
+  fail("[", op, "] CUDA error ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ") in ", call, " at ", file, ":",
+       line);
+}
+
+void throw_cublas_error(const char* op, const char* call, cublasStatus_t status, const char* file, int line) {
+  fail("[", op, "] cuBLAS error ", cublasGetStatusName(status), " (", cublasGetStatusString(status), ") in ", call, " at ",
+       file, ":", line);
+}
+
+void check_launch(const char* kernel, const char* file, int line) {
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess)
+    fail("[", kernel, "] kernel launch failed: ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ") at ", file,
+         ":", line);
+  if (g_launch_sync.load(std::memory_order_relaxed) == int(LaunchSync::after_each_kernel)) {
+    err = cudaStreamSynchronize(stream());
+    if (err != cudaSuccess)
+      fail("[", kernel, "] kernel failed while running: ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ") at ",
+           file, ":", line);
+  }
+}
+
+void set_launch_sync(LaunchSync mode) { g_launch_sync.store(int(mode)); }
+
+void set_fp32_matmul(Fp32Matmul mode) { g_fp32_matmul.store(uint8_t(mode)); }
+Fp32Matmul fp32_matmul() { return Fp32Matmul(g_fp32_matmul.load()); }
+
+void memcpy_host_to_device(void* dst, const void* src, int64_t bytes) {
+  if (bytes <= 0) return;
+  cudaStream_t s = stream();
+  TALLY_CUDA_CHECK("memcpy_host_to_device", cudaMemcpyAsync(dst, src, size_t(bytes), cudaMemcpyHostToDevice, s));
+  // The host buffer may be freed as soon as we return: wait until the copy has consumed it.
+  TALLY_CUDA_CHECK("memcpy_host_to_device", cudaStreamSynchronize(s));
+}
+
+void memcpy_device_to_host(void* dst, const void* src, int64_t bytes) {
+  if (bytes <= 0) return;
+  cudaStream_t s = stream();
+  TALLY_CUDA_CHECK("memcpy_device_to_host", cudaMemcpyAsync(dst, src, size_t(bytes), cudaMemcpyDeviceToHost, s));
+  TALLY_CUDA_CHECK("memcpy_device_to_host", cudaStreamSynchronize(s));
+}
+
+void memcpy_device_to_device(void* dst, const void* src, int64_t bytes) {
+  if (bytes <= 0) return;
+  TALLY_CUDA_CHECK("memcpy_device_to_device",
+                   cudaMemcpyAsync(dst, src, size_t(bytes), cudaMemcpyDeviceToDevice, stream()));
+}
+
+void synchronize() { TALLY_CUDA_CHECK("synchronize", cudaStreamSynchronize(stream())); }
+
+void set_device(int index) {
+  TALLY_CHECK(index >= 0 && index < cuda_device_count(), "[set_device] cuda:", index, " does not exist (",
+              cuda_device_count(), " CUDA devices)");
+  TALLY_CUDA_CHECK("set_device", cudaSetDevice(index));
+}
+
+void memory_info(int64_t* free_bytes, int64_t* total_bytes) {
+  size_t f = 0, t = 0;
+  TALLY_CUDA_CHECK("memory_info", cudaMemGetInfo(&f, &t));
+  if (free_bytes) *free_bytes = int64_t(f);
+  if (total_bytes) *total_bytes = int64_t(t);
+}
+
+DeviceProperties device_properties(int index) {
+  TALLY_CHECK(index >= 0 && index < cuda_device_count(), "[device_properties] cuda:", index, " does not exist (",
+              cuda_device_count(), " CUDA devices)");
+  cudaDeviceProp p{};
+  TALLY_CUDA_CHECK("device_properties", cudaGetDeviceProperties(&p, index));
+  DeviceProperties out;
+  std::memcpy(out.name, p.name, sizeof(out.name) - 1);  // both 256 bytes; the last stays NUL
+  out.major = p.major;
+  out.minor = p.minor;
+  out.multiprocessors = p.multiProcessorCount;
+  out.total_memory = int64_t(p.totalGlobalMem);
+  out.l2_bytes = int64_t(p.l2CacheSize);
+  return out;
+}
+
+Scratch::Scratch(int64_t bytes, const char* owner) {
+  MemoryScope scope(Category::workspace, std::string("cuda:") + owner);
+  block_ = caching_allocator(current_device()).allocate(bytes);
+}
+
+Scratch::~Scratch() { caching_allocator(block_.device.index).deallocate(block_); }
+
+}  // namespace cuda
+}  // namespace tally

@@ -1,0 +1,244 @@
+// CUDA kernels: attention over (B, NH, T, HS) operands addressed through (b, h, t) strides, as cuBLAS
+// products plus fused softmax kernels. q/k/v of GPT-2's fused qkv have no single batch stride over (b, h)
+// (heads step by HS, batches by T*3C), so every product is one cublasGemmBatchedEx over device arrays of
+// per-(b, h) pointers, built by a kernel (no host round trip). The (b, h) pairs run in chunks so that the
+// score buffers in the workspace stay bounded (kScoreBudget elements each) whatever B*NH*T*T is.
+// Forward: S = scale Q K^T; P = causal softmax(S) in place, lse saved; O = P V.
+// Backward: S again, P = exp(S - lse); dV = P^T dO; dP = dO V^T; dS = P (dP - rowsum(O dO)); dQ = scale dS K;
+// dK = scale dS^T Q. Workspace layout: [2 score buffers of G*Tq*Tk][pointer arrays].
+#include <algorithm>
+
+#include "core/cuda/common.cuh"
+#include "core/kernels/cuda/gemm.cuh"
+#include "core/kernels/kernels.h"
+
+namespace tally::kernels::cuda {
+
+namespace {
+
+using tally::cuda::block_merge;
+using tally::cuda::block_sum;
+using tally::cuda::ceil_div;
+using tally::cuda::grid_for;
+using tally::cuda::MaxSum;
+using tally::cuda::row_threads;
+using tally::cuda::stream;
+
+#ifdef TALLY_CUDA_EMULATED
+constexpr int64_t kScoreBudget = 1024;  // the CPU emulator (tools/cuda_emu) exercises chunking on small problems
+#else
+constexpr int64_t kScoreBudget = int64_t(1) << 25;  // elements per score buffer (128 MiB in f32)
+#endif
+constexpr int kPointerArrays = 10;                  // q k v o dout dq dk dv s dp
+
+int64_t pairs_of(const AttentionLayout& l) { return l.B * l.NH; }
+
+// Pairs per backward chunk (each needs two Tq x Tk buffers); forward chunks use both buffers, so twice that.
+int64_t backward_chunk(const AttentionLayout& l) {
+  const int64_t per = l.Tq * l.Tk;
+  int64_t g = per > 0 ? kScoreBudget / per : 1;
+  if (g < 1) g = 1;
+  const int64_t pairs = pairs_of(l);
+  return g > pairs ? pairs : g;
+}
+
+int64_t pointer_region_offset(const AttentionLayout& l, int64_t elem_size) {
+  return (2 * backward_chunk(l) * l.Tq * l.Tk * elem_size + 255) / 256 * 256;
+}
+
+struct PointerArrays {
+  void** base;
+  int64_t pairs;
+  void** array(int which) const { return base + which * pairs; }
+};
+
+PointerArrays pointers_in(void* workspace, const AttentionLayout& l, int64_t elem_size) {
+  TALLY_CHECK(reinterpret_cast<uintptr_t>(workspace) % 16 == 0, "[attention] workspace is not 16-byte aligned");
+  return {reinterpret_cast<void**>(static_cast<char*>(workspace) + pointer_region_offset(l, elem_size)), pairs_of(l)};
+}
+
+// Per-pair pointers: q, k, v, o, dout (inputs) and dq, dk, dv (outputs) from their strides; s and dp to the
+// pair's slot (p mod chunk) in the score buffers.
+template <class T>
+__global__ void build_pointers_kernel(void** arrays, int64_t pairs, int64_t NH, const T* q, const T* k, const T* v,
+                                      const T* o, const T* dout, T* dq, T* dk, T* dv, const AttentionLayout l,
+                                      const AttentionLayout g, T* scores, T* dscores, int64_t chunk, int64_t slot) {
+  for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < pairs; p += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = p / NH, h = p % NH;
+    auto at = [&](const T* base, const int64_t* s) -> void* {
+      return base ? const_cast<T*>(base + b * s[0] + h * s[1]) : nullptr;
+    };
+    arrays[0 * pairs + p] = at(q, l.q_strides);
+    arrays[1 * pairs + p] = at(k, l.k_strides);
+    arrays[2 * pairs + p] = at(v, l.v_strides);
+    arrays[3 * pairs + p] = at(o, l.out_strides);
+    arrays[4 * pairs + p] = at(dout, g.out_strides);
+    arrays[5 * pairs + p] = at(dq, g.q_strides);
+    arrays[6 * pairs + p] = at(dk, g.k_strides);
+    arrays[7 * pairs + p] = at(dv, g.v_strides);
+    arrays[8 * pairs + p] = scores + (p % chunk) * slot;
+    arrays[9 * pairs + p] = dscores ? dscores + (p % chunk) * slot : nullptr;
+  }
+}
+
+__device__ __forceinline__ int64_t last_key(const AttentionLayout& l, int64_t i) {
+  return l.causal ? i + (l.Tk - l.Tq) : l.Tk - 1;
+}
+
+// One block per (pair in chunk, query row): P = softmax over keys j <= last (0 beyond), in place; lse saved.
+template <class T>
+__global__ void attention_softmax_kernel(T* __restrict__ scores, T* __restrict__ lse, int64_t first_pair,
+                                         const AttentionLayout l) {
+  const int64_t row = blockIdx.x;  // pp * Tq + i
+  const int64_t i = row % l.Tq;
+  T* s = scores + row * l.Tk;
+  const int64_t last = last_key(l, i);
+  MaxSum<T> ms{T(-INFINITY), T(0)};
+  for (int64_t j = threadIdx.x; j <= last; j += blockDim.x) {
+    const T x = s[j];
+    if (x > ms.max) {
+      ms.sum = ms.sum * exp(ms.max - x) + T(1);
+      ms.max = x;
+    } else {
+      ms.sum += exp(x - ms.max);
+    }
+  }
+  ms = block_merge(ms);
+  const T inv = T(1) / ms.sum;
+  for (int64_t j = threadIdx.x; j < l.Tk; j += blockDim.x) s[j] = j <= last ? exp(s[j] - ms.max) * inv : T(0);
+  if (threadIdx.x == 0) lse[first_pair * l.Tq + row] = ms.max + log(ms.sum);
+}
+
+// Backward, before the products: P = exp(S - lse) for j <= last, 0 beyond (in place).
+template <class T>
+__global__ void attention_probs_kernel(T* __restrict__ scores, const T* __restrict__ lse, int64_t first_pair,
+                                       const AttentionLayout l) {
+  const int64_t row = blockIdx.x;
+  const int64_t i = row % l.Tq;
+  T* s = scores + row * l.Tk;
+  const int64_t last = last_key(l, i);
+  const T L = lse[first_pair * l.Tq + row];
+  for (int64_t j = threadIdx.x; j < l.Tk; j += blockDim.x) s[j] = j <= last ? exp(s[j] - L) : T(0);
+}
+
+// Backward, between the products: dS = P * (dP - D), D = sum_e O[i, e] dO[i, e]; written over P.
+template <class T>
+__global__ void attention_dscores_kernel(T* __restrict__ probs, const T* __restrict__ dprobs, const T* __restrict__ out,
+                                         const T* __restrict__ dout, int64_t first_pair, const AttentionLayout l,
+                                         const AttentionLayout g) {
+  const int64_t row = blockIdx.x;
+  const int64_t pp = row / l.Tq, i = row % l.Tq;
+  const int64_t p = first_pair + pp, b = p / l.NH, h = p % l.NH;
+  const T* o = out + b * l.out_strides[0] + h * l.out_strides[1] + i * l.out_strides[2];
+  const T* d = dout + b * g.out_strides[0] + h * g.out_strides[1] + i * g.out_strides[2];
+  double acc = 0.0;
+  for (int64_t e = threadIdx.x; e < l.HS; e += blockDim.x) acc += double(o[e]) * double(d[e]);
+  const T D = T(block_sum(acc));
+  T* s = probs + row * l.Tk;
+  const T* dp = dprobs + row * l.Tk;
+  for (int64_t j = threadIdx.x; j < l.Tk; j += blockDim.x) s[j] = s[j] * (dp[j] - D);
+}
+
+template <class T>
+const T* const* in_array(const PointerArrays& a, int which, int64_t first) {
+  return reinterpret_cast<const T* const*>(a.array(which) + first);
+}
+template <class T>
+T* const* out_array(const PointerArrays& a, int which, int64_t first) {
+  return reinterpret_cast<T* const*>(a.array(which) + first);
+}
+
+enum Slot { kQ = 0, kK, kV, kO, kDout, kDq, kDk, kDv, kS, kDp };
+
+void check_rows(const AttentionLayout& l, int64_t rows, const char* op) {
+  TALLY_CHECK(rows <= int64_t(INT32_MAX), "[", op, "] too many rows in one chunk: ", rows);
+}
+
+}  // namespace
+
+int64_t attention_workspace_size(const AttentionLayout& l) {
+  // In elements of the op's dtype; the pointer region is sized for 4-byte elements, enough for 8-byte ones.
+  const int64_t score_elems = 2 * backward_chunk(l) * l.Tq * l.Tk;
+  const int64_t pointer_bytes = 256 + int64_t(kPointerArrays) * pairs_of(l) * int64_t(sizeof(void*));
+  return score_elems + 256 / 4 + ceil_div(pointer_bytes, 4);
+}
+
+template <class T>
+void attention_forward(const T* q, const T* k, const T* v, T* out, T* lse, T* workspace, const AttentionLayout& l) {
+  const int64_t pairs = pairs_of(l);
+  if (pairs == 0 || l.Tq == 0) return;
+  const int64_t slot = l.Tq * l.Tk;
+  const int64_t chunk = std::min(pairs, 2 * backward_chunk(l));  // forward has no dP: both buffers hold scores
+  PointerArrays arrays = pointers_in(workspace, l, int64_t(sizeof(T)));
+  build_pointers_kernel<T><<<grid_for(pairs, 128), 128, 0, stream()>>>(arrays.base, pairs, l.NH, q, k, v, out, nullptr,
+                                                                       nullptr, nullptr, nullptr, l, l, workspace,
+                                                                       nullptr, chunk, slot);
+  TALLY_CUDA_LAUNCH_CHECK("build_pointers_kernel");
+  for (int64_t p0 = 0; p0 < pairs; p0 += chunk) {
+    const int64_t n = std::min(chunk, pairs - p0);
+    check_rows(l, n * l.Tq, "attention_forward");
+    // S (Tq, Tk) = scale * Q (Tq, HS) @ K^T
+    gemm_batched_pointers<T>(Trans::no, Trans::yes, l.Tq, l.Tk, l.HS, l.scale, in_array<T>(arrays, kQ, p0), l.q_strides[2],
+                             in_array<T>(arrays, kK, p0), l.k_strides[2], 0.0, out_array<T>(arrays, kS, p0), l.Tk, n);
+    attention_softmax_kernel<T><<<unsigned(n * l.Tq), row_threads(l.Tk), 0, stream()>>>(workspace, lse, p0, l);
+    TALLY_CUDA_LAUNCH_CHECK("attention_softmax_kernel");
+    // O (Tq, HS) = P (Tq, Tk) @ V (Tk, HS)
+    gemm_batched_pointers<T>(Trans::no, Trans::no, l.Tq, l.HS, l.Tk, 1.0, in_array<T>(arrays, kS, p0), l.Tk,
+                             in_array<T>(arrays, kV, p0), l.v_strides[2], 0.0, out_array<T>(arrays, kO, p0),
+                             l.out_strides[2], n);
+  }
+}
+
+template <class T>
+void attention_backward(const T* q, const T* k, const T* v, const T* out, const T* lse, const T* dout, T* dq, T* dk, T* dv,
+                        T* workspace, const AttentionLayout& l, const AttentionLayout& g) {
+  const int64_t pairs = pairs_of(l);
+  if (pairs == 0 || l.Tq == 0) return;
+  const int64_t slot = l.Tq * l.Tk;
+  const int64_t chunk = backward_chunk(l);
+  T* scores = workspace;
+  T* dscores = workspace + chunk * slot;
+  PointerArrays arrays = pointers_in(workspace, l, int64_t(sizeof(T)));
+  build_pointers_kernel<T><<<grid_for(pairs, 128), 128, 0, stream()>>>(arrays.base, pairs, l.NH, q, k, v, out, dout, dq,
+                                                                       dk, dv, l, g, scores, dscores, chunk, slot);
+  TALLY_CUDA_LAUNCH_CHECK("build_pointers_kernel");
+  for (int64_t p0 = 0; p0 < pairs; p0 += chunk) {
+    const int64_t n = std::min(chunk, pairs - p0);
+    check_rows(l, n * l.Tq, "attention_backward");
+    const unsigned rows = unsigned(n * l.Tq);
+    // S = scale * Q K^T, then P = exp(S - lse)
+    gemm_batched_pointers<T>(Trans::no, Trans::yes, l.Tq, l.Tk, l.HS, l.scale, in_array<T>(arrays, kQ, p0), l.q_strides[2],
+                             in_array<T>(arrays, kK, p0), l.k_strides[2], 0.0, out_array<T>(arrays, kS, p0), l.Tk, n);
+    attention_probs_kernel<T><<<rows, row_threads(l.Tk), 0, stream()>>>(scores, lse, p0, l);
+    TALLY_CUDA_LAUNCH_CHECK("attention_probs_kernel");
+    // dV (Tk, HS) = P^T (Tk, Tq) @ dO (Tq, HS)
+    gemm_batched_pointers<T>(Trans::yes, Trans::no, l.Tk, l.HS, l.Tq, 1.0, in_array<T>(arrays, kS, p0), l.Tk,
+                             in_array<T>(arrays, kDout, p0), g.out_strides[2], 0.0, out_array<T>(arrays, kDv, p0),
+                             g.v_strides[2], n);
+    // dP (Tq, Tk) = dO (Tq, HS) @ V^T
+    gemm_batched_pointers<T>(Trans::no, Trans::yes, l.Tq, l.Tk, l.HS, 1.0, in_array<T>(arrays, kDout, p0), g.out_strides[2],
+                             in_array<T>(arrays, kV, p0), l.v_strides[2], 0.0, out_array<T>(arrays, kDp, p0), l.Tk, n);
+    // dS = P * (dP - D), over P
+    attention_dscores_kernel<T><<<rows, row_threads(std::max(l.Tk, l.HS)), 0, stream()>>>(scores, dscores, out, dout, p0, l,
+                                                                                           g);
+    TALLY_CUDA_LAUNCH_CHECK("attention_dscores_kernel");
+    // dQ (Tq, HS) = scale * dS (Tq, Tk) @ K (Tk, HS)
+    gemm_batched_pointers<T>(Trans::no, Trans::no, l.Tq, l.HS, l.Tk, l.scale, in_array<T>(arrays, kS, p0), l.Tk,
+                             in_array<T>(arrays, kK, p0), l.k_strides[2], 0.0, out_array<T>(arrays, kDq, p0),
+                             g.q_strides[2], n);
+    // dK (Tk, HS) = scale * dS^T (Tk, Tq) @ Q (Tq, HS)
+    gemm_batched_pointers<T>(Trans::yes, Trans::no, l.Tk, l.HS, l.Tq, l.scale, in_array<T>(arrays, kS, p0), l.Tk,
+                             in_array<T>(arrays, kQ, p0), l.q_strides[2], 0.0, out_array<T>(arrays, kDk, p0),
+                             g.k_strides[2], n);
+  }
+}
+
+#define TALLY_INSTANTIATE(T)                                                                                        \
+  template void attention_forward<T>(const T*, const T*, const T*, T*, T*, T*, const AttentionLayout&);             \
+  template void attention_backward<T>(const T*, const T*, const T*, const T*, const T*, const T*, T*, T*, T*, T*,   \
+                                      const AttentionLayout&, const AttentionLayout&);
+TALLY_INSTANTIATE(float)
+TALLY_INSTANTIATE(double)
+#undef TALLY_INSTANTIATE
+
+}  // namespace tally::kernels::cuda

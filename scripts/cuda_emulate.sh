@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds and runs the CUDA tests on the CPU under the emulator of tools/cuda_emu (no GPU needed): every .cu
+# file is compiled by g++ after its <<<>>> launches are rewritten, kernels run one std::thread per CUDA
+# thread, cuBLAS/CUB are naive host stand-ins, and fresh device memory is poisoned with NaN bytes. It checks
+# the backend's logic (indexing, reductions, barriers, operand mapping) before precious GPU time is spent;
+# it says nothing about speed, the memory model or real cuBLAS. Developer tool: not part of CI.
+# Usage: scripts/cuda_emulate.sh [doctest args, e.g. -tc="cuda softmax*"]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+build=$root/build-emu
+mkdir -p "$build/gen" "$build/obj" "$build/gen-include"
+blas_inc=$(dirname "$(find /usr/include -name cblas.h -path '*openblas-openmp*' | head -1)")
+blas_lib=$(dirname "$(find /usr/lib -name 'libopenblas.so' -path '*openblas-openmp*' | head -1)")
+flags=(-std=c++20 -O1 -g -fopenmp -pthread -Wno-unknown-pragmas -DTALLY_HAS_CUDA=1 -DTALLY_CUDA_EMULATED=1
+       "-DTALLY_SOURCE_DIR=\"$root\"" "-DTALLY_BINARY_DIR=\"$build\"" -I"$root/tools/cuda_emu/include"
+       -I"$build/gen-include" -I"$root"
+       -I"$blas_inc")
+
+# Headers with launches are rewritten too, into a tree searched before the sources.
+while IFS= read -r f; do
+  mkdir -p "$build/gen-include/$(dirname "$f")"
+  python3 tools/cuda_emu/preprocess.py "$f" "$build/gen-include/$f"
+done < <(find core nn optim models -name '*.cuh' 2>/dev/null | sort)
+sources=()
+while IFS= read -r f; do
+  out="$build/gen/$(echo "$f" | tr '/' '_').cpp"
+  python3 tools/cuda_emu/preprocess.py "$f" "$out"
+  sources+=("$out")
+done < <(find core nn optim models -name '*.cu' 2>/dev/null | sort)
+while IFS= read -r f; do sources+=("$root/$f"); done < <(find core nn optim models data -name '*.cpp' 2>/dev/null | sort)
+sources+=("$root/tools/cuda_emu/emu_runtime.cpp" "$root/tests/main.cpp")
+while IFS= read -r f; do sources+=("$root/$f"); done < <(find tests/cuda -name '*.cpp' | sort)
+
+compile() {  # source -> object (only when the source or a header changed since)
+  local src=$1 obj=$2
+  shift 2
+  if [ ! -f "$obj" ] || [ -n "$(find "$root/core" "$root/tools/cuda_emu" "$src" -newer "$obj" -print -quit 2>/dev/null)" ]; then
+    g++ "$@" -c "$src" -o "$obj"
+  fi
+}
+export -f compile
+export root
+objs=()
+for s in "${sources[@]}"; do objs+=("$build/obj/$(echo "$s" | md5sum | cut -c1-12).o"); done
+for i in "${!sources[@]}"; do printf '%s\0%s\0' "${sources[$i]}" "${objs[$i]}"; done |
+  xargs -0 -n 2 -P "$(nproc)" bash -c 'compile "$0" "$1" '"$(printf '%q ' "${flags[@]}")"
+g++ "${objs[@]}" -fopenmp -pthread -L"$blas_lib" -Wl,-rpath,"$blas_lib" -lopenblas -lpcre2-8 -o "$build/tally_tests_emu"
+echo "cuda_emulate: running $build/tally_tests_emu -ts=cuda $*"
+"$build/tally_tests_emu" -ts=cuda "$@"

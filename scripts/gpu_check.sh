@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# The one prepared check for the GPU machine (a fresh H100/H200 with nvcc, cmake, ninja and g++, nothing
+# installable): builds the CUDA backend for sm_90 (Release, only the targets needed), runs the CUDA tests and
+# the rest of the suite, compute-sanitizer memcheck on a subset, then the GPU benchmarks; writes the full log
+# to $OUT (or ./gpu-check-out) and prints a short table last. Every stage has a time limit (~5 min in all).
+# Before the device call, on the CPU machine: scripts/gpu_deps.sh (packs OpenBLAS, PCRE2, nlohmann-json,
+# doctest and pkgconf into .gpu-carry/), then run this with carry [".gpu-carry"].
+# Environment: GPU_CHECK_SKIP="sanitizer bench full" to leave stages out.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+out=${OUT:-$root/gpu-check-out}
+mkdir -p "$out"
+log=$out/gpu_check.log
+: >"$log"
+jobs=$(nproc)
+skip=" ${GPU_CHECK_SKIP:-} "
+t_start=$(date +%s)
+summary=()
+row() { summary+=("$(printf '%-26s %s' "$1" "$2")"); }
+say() { echo "$*" | tee -a "$log"; }
+elapsed() { echo "$(($(date +%s) - $1))s"; }
+# Last doctest summary line of a log ("test cases: ...").
+doctest_line() { grep -E "^\[doctest\] test cases:" "$1" | tail -1 | sed 's/^\[doctest\] //'; }
+
+say "== gpu_check $(date -u +%FT%TZ) in $root"
+command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader 2>&1 || echo "nvidia-smi failed"
+  nvcc --version 2>&1 | tail -2
+  cmake --version 2>&1 | head -1
+  g++ --version 2>&1 | head -1
+  ninja --version 2>&1 | sed 's/^/ninja /'
+  command -v compute-sanitizer || echo "no compute-sanitizer"
+} 2>&1 | tee -a "$log"
+gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+row "device" "${gpu_name:-unknown}, $jobs CPU cores"
+
+# ---- dependencies: the carried prefix when present, else the system's ----
+unpack() {  # archive: tar's xz, or Python's when the image has no xz
+  tar -C "$root" -xJf "$1" 2>/dev/null ||
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$1" "$root"
+}
+for a in deps prebuilt; do
+  if [ -f "$root/.gpu-carry/$a.tar.xz" ]; then unpack "$root/.gpu-carry/$a.tar.xz" && say "unpacked .gpu-carry/$a.tar.xz"; fi
+done
+cmake_args=()
+if [ -d "$root/.gpu-deps" ]; then
+  deps=$root/.gpu-deps
+  export LD_LIBRARY_PATH=$deps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  mkdir -p "$deps/pkgconfig"
+  cat >"$deps/pkgconfig/libpcre2-8.pc" <<PC
+prefix=$deps
+libdir=\${prefix}/lib
+includedir=\${prefix}/include
+Name: libpcre2-8
+Description: PCRE2 (carried)
+Version: $(cat "$deps/pcre2-version" 2>/dev/null || echo 10.42)
+Libs: -L\${libdir} -lpcre2-8
+Cflags: -I\${includedir}
+PC
+  export PKG_CONFIG_PATH=$deps/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
+  if ! command -v pkg-config >/dev/null; then
+    printf '#!/bin/sh\nLD_LIBRARY_PATH=%s/lib exec %s/bin/pkgconf "$@"\n' "$deps" "$deps" >"$deps/bin/pkg-config"
+    chmod +x "$deps/bin/pkg-config" "$deps/bin/pkgconf"
+    cmake_args+=(-DPKG_CONFIG_EXECUTABLE="$deps/bin/pkg-config")
+  fi
+  cmake_args+=(-DOPENBLAS_LIBRARY="$deps/lib/libopenblas.so.0" -DCBLAS_INCLUDE_DIR="$deps/include"
+               -Dnlohmann_json_DIR="$deps/share/cmake/nlohmann_json" -Ddoctest_DIR="$deps/lib/cmake/doctest")
+  say "dependencies: carried prefix $deps"
+else
+  say "dependencies: system (no .gpu-deps carried)"
+fi
+
+# ---- build ----
+build=$root/build-gpu
+gen=()
+command -v ninja >/dev/null && gen=(-G Ninja)
+t0=$(date +%s)
+bin_dir=""
+if timeout 150 cmake -S "$root" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DTALLY_CUDA=ON \
+     -DCMAKE_CUDA_ARCHITECTURES=90 -DTALLY_WERROR=OFF "${cmake_args[@]}" >>"$log" 2>&1 &&
+   timeout "${GPU_CHECK_BUILD_TIMEOUT:-240}" cmake --build "$build" -j "$jobs" --target tally_tests bench_cuda >>"$log" 2>&1; then
+  bin_dir=$build
+  row "build (sm_90, Release)" "ok in $(elapsed "$t0")"
+else
+  say "!! build failed (see the log above)"
+  grep -E "error|Error" "$log" | head -20
+  if [ -x "$root/.gpu-prebuilt/tally_tests" ]; then
+    bin_dir=$root/.gpu-prebuilt
+    row "build (sm_90, Release)" "FAILED in $(elapsed "$t0"); using carried .gpu-prebuilt"
+  else
+    row "build (sm_90, Release)" "FAILED in $(elapsed "$t0")"
+  fi
+fi
+
+if [ -n "$bin_dir" ]; then
+  tests=$bin_dir/tally_tests
+  # ---- CUDA tests ----
+  t0=$(date +%s)
+  say "== tally_tests -ts=cuda (TALLY_CUDA_SYNC=1: a fault is reported by the kernel that caused it)"
+  TALLY_CUDA_SYNC=1 timeout 180 "$tests" -ts=cuda --duration=true >"$out/cuda_tests.log" 2>&1
+  rc=$?
+  cat "$out/cuda_tests.log" >>"$log"
+  grep -E "ERROR|FAILED|CHECK|REQUIRE|relative max error|differ" "$out/cuda_tests.log" | head -40
+  row "cuda tests" "rc=$rc in $(elapsed "$t0"): $(doctest_line "$out/cuda_tests.log")"
+
+  # ---- the rest of the suite ----
+  if [[ "$skip" != *" full "* ]]; then
+    t0=$(date +%s)
+    say "== tally_tests -tse=cuda"
+    timeout 150 "$tests" -tse=cuda >"$out/other_tests.log" 2>&1
+    rc=$?
+    cat "$out/other_tests.log" >>"$log"
+    row "other tests" "rc=$rc in $(elapsed "$t0"): $(doctest_line "$out/other_tests.log")"
+  fi
+
+  # ---- compute-sanitizer memcheck on small cases, exact-size allocations ----
+  if [[ "$skip" != *" sanitizer "* ]]; then
+    if command -v compute-sanitizer >/dev/null; then
+      t0=$(date +%s)
+      say "== compute-sanitizer memcheck (TALLY_CUDA_ALLOCATOR=direct)"
+      subset="cuda copy*,cuda fill*,cuda binary*,cuda softmax*,cuda layer_norm*,cuda embedding*,cuda cross_entropy*,cuda causal_self_attention*,cuda max*,cuda dropout*"
+      TALLY_CUDA_ALLOCATOR=direct timeout 120 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 99 \
+        "$tests" -ts=cuda -tc="$subset" >"$out/memcheck.log" 2>&1
+      rc=$?
+      cat "$out/memcheck.log" >>"$log"
+      errors=$(grep -E "ERROR SUMMARY" "$out/memcheck.log" | tail -1)
+      row "memcheck (subset)" "rc=$rc in $(elapsed "$t0"): ${errors:-no summary} / $(doctest_line "$out/memcheck.log")"
+    else
+      row "memcheck (subset)" "compute-sanitizer not found"
+    fi
+  fi
+
+  # ---- benchmarks ----
+  if [[ "$skip" != *" bench "* ]] && [ -x "$bin_dir/bench_cuda" ]; then
+    t0=$(date +%s)
+    say "== bench_cuda"
+    timeout 120 "$bin_dir/bench_cuda" >"$out/bench.log" 2>&1
+    rc=$?
+    cat "$out/bench.log" >>"$log"
+    row "bench_cuda" "rc=$rc in $(elapsed "$t0")"
+  fi
+fi
+
+row "total" "$(elapsed "$t_start")"
+{
+  echo
+  echo "==================== gpu_check summary ===================="
+  for r in "${summary[@]}"; do echo "$r"; done
+  if [ -f "$out/bench.log" ]; then
+    echo "-------------------- benchmarks --------------------"
+    sed -n '/^benchmark /,$p' "$out/bench.log"
+  fi
+} | tee -a "$log"

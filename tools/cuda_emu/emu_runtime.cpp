@@ -1,0 +1,206 @@
+// CUDA emulation (see include/cuda_runtime.h): the runtime and cuBLAS functions over host memory, one device
+// with 2 "SMs" (small grids). Errors that the real runtime would give for bad arguments are reported too.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+
+thread_local uint3 threadIdx;
+thread_local uint3 blockIdx;
+thread_local dim3 blockDim;
+thread_local dim3 gridDim;
+
+namespace tally_emu {
+thread_local Block* current_block = nullptr;
+thread_local int linear_tid = 0;
+
+void check_config(const Config& c) {
+  const unsigned threads = c.block.x * c.block.y * c.block.z;
+  if (threads == 0 || threads > 1024 || c.grid.x == 0 || c.grid.y == 0 || c.grid.z == 0 || c.grid.y > 65535 ||
+      c.grid.z > 65535) {
+    std::fprintf(stderr, "cuda_emu: invalid launch grid (%u,%u,%u) block (%u,%u,%u)\n", c.grid.x, c.grid.y, c.grid.z,
+                 c.block.x, c.block.y, c.block.z);
+    std::abort();
+  }
+  if (threads % 32 != 0) std::fprintf(stderr, "cuda_emu: note: block of %u threads (not whole warps)\n", threads);
+}
+}  // namespace tally_emu
+
+namespace {
+std::mutex mu;
+std::unordered_map<void*, size_t> allocations;
+size_t allocated = 0;
+constexpr size_t kEmuMemory = size_t(8) << 30;  // the "device" has 8 GiB
+}  // namespace
+
+const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+  }
+  return "cudaErrorUnknown";
+}
+const char* cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "emulated error"; }
+cudaError_t cudaGetLastError() { return cudaSuccess; }
+cudaError_t cudaGetDeviceCount(int* n) {
+  *n = 1;
+  return cudaSuccess;
+}
+cudaError_t cudaGetDevice(int* d) {
+  *d = 0;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidValue; }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
+  *s = reinterpret_cast<cudaStream_t>(0x1);
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int) {
+  *v = 2;
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t) {
+  std::memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t) {
+  std::memset(dst, value, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total_b) {
+  std::lock_guard<std::mutex> lock(mu);
+  *free_b = kEmuMemory - allocated;
+  *total_b = kEmuMemory;
+  return cudaSuccess;
+}
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
+  std::memset(p, 0, sizeof(*p));
+  std::strcpy(p->name, "tally CUDA emulator");
+  p->major = 9;
+  p->minor = 0;
+  p->multiProcessorCount = 2;
+  p->totalGlobalMem = kEmuMemory;
+  p->l2CacheSize = 1 << 20;
+  return cudaSuccess;
+}
+cudaError_t cudaMalloc(void** p, size_t bytes) {
+  std::lock_guard<std::mutex> lock(mu);
+  if (bytes > kEmuMemory - allocated) return cudaErrorMemoryAllocation;
+  // Poisoned (NaN bytes), so that outputs a kernel forgets to write show up in comparisons.
+  void* q = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+  if (!q) return cudaErrorMemoryAllocation;
+  std::memset(q, 0xFF, (bytes + 255) / 256 * 256);
+  allocations[q] = bytes;
+  allocated += bytes;
+  *p = q;
+  return cudaSuccess;
+}
+cudaError_t cudaFree(void* p) {
+  if (!p) return cudaSuccess;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = allocations.find(p);
+  if (it == allocations.end()) return cudaErrorInvalidValue;
+  allocated -= it->second;
+  allocations.erase(it);
+  std::free(p);
+  return cudaSuccess;
+}
+
+// ---- cuBLAS ----
+
+cublasStatus_t cublasCreate(cublasHandle_t* h) {
+  *h = reinterpret_cast<cublasHandle_t>(0x2);
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasSetWorkspace(cublasHandle_t, void* p, size_t) {
+  return p ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_INVALID_VALUE;
+}
+const char* cublasGetStatusName(cublasStatus_t s) {
+  return s == CUBLAS_STATUS_SUCCESS ? "CUBLAS_STATUS_SUCCESS" : "CUBLAS_STATUS_INVALID_VALUE";
+}
+const char* cublasGetStatusString(cublasStatus_t s) { return s == CUBLAS_STATUS_SUCCESS ? "success" : "invalid value"; }
+
+namespace {
+
+double load(const void* p, cudaDataType_t t, long long i) {
+  return t == CUDA_R_32F ? double(static_cast<const float*>(p)[i]) : static_cast<const double*>(p)[i];
+}
+void store(void* p, cudaDataType_t t, long long i, double v) {
+  if (t == CUDA_R_32F) static_cast<float*>(p)[i] = float(v);
+  else static_cast<double*>(p)[i] = v;
+}
+double scalar(const void* p, cublasComputeType_t c) {
+  return c == CUBLAS_COMPUTE_64F ? *static_cast<const double*>(p) : double(*static_cast<const float*>(p));
+}
+
+bool valid(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, int lda, int ldb, int ldc,
+           cudaDataType_t at, cudaDataType_t bt, cudaDataType_t ct, cublasComputeType_t compute) {
+  if (m < 0 || n < 0 || k < 0) return false;
+  if (lda < std::max(1, ta == CUBLAS_OP_N ? m : k)) return false;
+  if (ldb < std::max(1, tb == CUBLAS_OP_N ? k : n)) return false;
+  if (ldc < std::max(1, m)) return false;
+  if (at != bt || at != ct) return false;
+  if ((at == CUDA_R_64F) != (compute == CUBLAS_COMPUTE_64F)) return false;
+  return true;
+}
+
+// Column-major C (m, n) = alpha op(A) (m, k) op(B) (k, n) + beta C; C is not read when beta == 0.
+void gemm_one(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, double alpha, const void* A,
+              cudaDataType_t t, int lda, const void* B, int ldb, double beta, void* C, int ldc) {
+  for (int j = 0; j < n; ++j)
+    for (int i = 0; i < m; ++i) {
+      double acc = 0;
+      for (int p = 0; p < k; ++p) {
+        double a = ta == CUBLAS_OP_N ? load(A, t, i + (long long)p * lda) : load(A, t, p + (long long)i * lda);
+        double b = tb == CUBLAS_OP_N ? load(B, t, p + (long long)j * ldb) : load(B, t, j + (long long)p * ldb);
+        acc += a * b;
+      }
+      long long ci = i + (long long)j * ldc;
+      store(C, t, ci, beta == 0.0 ? alpha * acc : alpha * acc + beta * load(C, t, ci));
+    }
+}
+
+}  // namespace
+
+cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                            const void* alpha, const void* A, cudaDataType_t at, int lda, const void* B, cudaDataType_t bt,
+                            int ldb, const void* beta, void* C, cudaDataType_t ct, int ldc, cublasComputeType_t compute,
+                            cublasGemmAlgo_t) {
+  if (!valid(ta, tb, m, n, k, lda, ldb, ldc, at, bt, ct, compute)) return CUBLAS_STATUS_INVALID_VALUE;
+  gemm_one(ta, tb, m, n, k, scalar(alpha, compute), A, at, lda, B, ldb, scalar(beta, compute), C, ldc);
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                                          const void* alpha, const void* A, cudaDataType_t at, int lda, long long sa,
+                                          const void* B, cudaDataType_t bt, int ldb, long long sb, const void* beta, void* C,
+                                          cudaDataType_t ct, int ldc, long long sc, int batch, cublasComputeType_t compute,
+                                          cublasGemmAlgo_t) {
+  if (!valid(ta, tb, m, n, k, lda, ldb, ldc, at, bt, ct, compute) || batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
+  const size_t es = at == CUDA_R_32F ? 4 : 8;
+  for (int b = 0; b < batch; ++b)
+    gemm_one(ta, tb, m, n, k, scalar(alpha, compute), static_cast<const char*>(A) + b * sa * es, at, lda,
+             static_cast<const char*>(B) + b * sb * es, ldb, scalar(beta, compute), static_cast<char*>(C) + b * sc * es,
+             ldc);
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasGemmBatchedEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                                   const void* alpha, const void* const A[], cudaDataType_t at, int lda,
+                                   const void* const B[], cudaDataType_t bt, int ldb, const void* beta, void* const C[],
+                                   cudaDataType_t ct, int ldc, int batch, cublasComputeType_t compute, cublasGemmAlgo_t) {
+  if (!valid(ta, tb, m, n, k, lda, ldb, ldc, at, bt, ct, compute) || batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
+  for (int b = 0; b < batch; ++b)
+    gemm_one(ta, tb, m, n, k, scalar(alpha, compute), A[b], at, lda, B[b], ldb, scalar(beta, compute), C[b], ldc);
+  return CUBLAS_STATUS_SUCCESS;
+}
