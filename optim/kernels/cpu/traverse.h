@@ -39,6 +39,25 @@ inline double lane_sum(int64_t k0, int64_t k1, F&& f) {
 
 // Sum of a chunk (at most kChunk floats): 16 float lanes of at most kChunk/16 terms each, added in double. The
 // per-lane float error is that of 16 additions (~1e-7 relative); chunks are then accumulated in double.
+// Four rows' chunk sums (as chunk_sum) and c[k] += the four rows' column sum, in one sweep over the buffers.
+inline void chunk_sums4(const float (*__restrict x)[kChunk], int64_t len, double* __restrict c, double* rs) {
+  float l0[kLanes] = {}, l1[kLanes] = {}, l2[kLanes] = {}, l3[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= len; k += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      const float a = x[0][k + j], b = x[1][k + j], cc = x[2][k + j], d = x[3][k + j];
+      l0[j] += a, l1[j] += b, l2[j] += cc, l3[j] += d;
+      c[k + j] += double((a + b) + (cc + d));
+    }
+  for (; k < len; ++k) {
+    rs[0] += double(x[0][k]), rs[1] += double(x[1][k]), rs[2] += double(x[2][k]), rs[3] += double(x[3][k]);
+    c[k] += double((x[0][k] + x[1][k]) + (x[2][k] + x[3][k]));
+  }
+  for (int j = 0; j < kLanes; ++j) {
+    rs[0] += double(l0[j]), rs[1] += double(l1[j]), rs[2] += double(l2[j]), rs[3] += double(l3[j]);
+  }
+}
+
 inline double chunk_sum(const float* __restrict x, int64_t len) {
   float lanes[kLanes] = {};
   int64_t k = 0;
@@ -180,11 +199,9 @@ inline void second_moment_pass(const FactoredLayout& l, const Plan& pl, const Fa
 #pragma omp simd
           for (int64_t k = 0; k < len; ++k) {
             const float a0 = g0[k0 + k] * gs, a1 = g1[k0 + k] * gs, a2 = g2[k0 + k] * gs, a3 = g3[k0 + k] * gs;
-            const float v0 = a0 * a0 + eps1, v1 = a1 * a1 + eps1, v2 = a2 * a2 + eps1, v3 = a3 * a3 + eps1;
-            x[0][k] = v0, x[1][k] = v1, x[2][k] = v2, x[3][k] = v3;
-            c[k] += (double(v0) + double(v1)) + (double(v2) + double(v3));
+            x[0][k] = a0 * a0 + eps1, x[1][k] = a1 * a1 + eps1, x[2][k] = a2 * a2 + eps1, x[3][k] = a3 * a3 + eps1;
           }
-          for (int r = 0; r < kRowsTogether; ++r) rs[r] += chunk_sum(x[r], len);
+          chunk_sums4(x, len, c, rs);
         }
         float inv_r[kRowsTogether];
         for (int r = 0; r < kRowsTogether; ++r) {
@@ -302,11 +319,7 @@ void reduce_rows_cols(const FactoredLayout& l, const Plan& pl, const FactoredWor
         for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
           const int64_t k1 = std::min(K, k0 + kChunk), len = k1 - k0;
           fill.template operator()<kRowsTogether>(p, i, k0, k1, x, ex);
-          for (int r = 0; r < kRowsTogether; ++r) rs[r] += chunk_sum(x[r], len);
-          double* c = cp + k0;
-#pragma omp simd
-          for (int64_t k = 0; k < len; ++k)
-            c[k] += (double(x[0][k]) + double(x[1][k])) + (double(x[2][k]) + double(x[3][k]));
+          chunk_sums4(x, len, cp + k0, rs);
         }
         for (int r = 0; r < kRowsTogether; ++r) w.row_sum[p * l.n + i + r] = rs[r];
       }
