@@ -161,17 +161,25 @@ inline void sum_task_extras(const FactoredWorkspace& w, int64_t tasks, double* e
     for (int e = 0; e < kExtras; ++e) extras_out[e] += w.task_extras[t * kExtras + e];
 }
 
-// Column sums from the task partials, in task order (all matrices p).
+// Column sums from the task partials, in task order (all matrices p): block 0, then each further block added in
+// order, streaming through the partials (a column's sum is the same as adding its 64 terms one by one).
 inline void combine_columns(const FactoredLayout& l, const Plan& pl, const double* partials, double* out) {
-  const int64_t K = pl.K, cols = l.P * K;
-#pragma omp parallel for schedule(static) if (cols * pl.blocks > kParallelMin)
-  for (int64_t pc = 0; pc < cols; ++pc) {
-    const int64_t p = pc / K, k = pc % K;
-    const double* src = partials + (p * pl.blocks) * K + k;
-    double acc = 0;
-    for (int64_t b = 0; b < pl.blocks; ++b) acc += src[b * K];
-    out[pc] = acc;
-  }
+  const int64_t K = pl.K;
+  constexpr int64_t kStrip = 1024;
+  const int64_t strips = (K + kStrip - 1) / kStrip;
+#pragma omp parallel for collapse(2) schedule(static) if (l.P * K * pl.blocks > kParallelMin)
+  for (int64_t p = 0; p < l.P; ++p)
+    for (int64_t st = 0; st < strips; ++st) {
+      const int64_t k0 = st * kStrip, k1 = std::min(K, k0 + kStrip);
+      double* o = out + p * K;
+      const double* src = partials + (p * pl.blocks) * K;
+      for (int64_t k = k0; k < k1; ++k) o[k] = src[k];
+      for (int64_t b = 1; b < pl.blocks; ++b) {
+        const double* sb = src + b * K;
+#pragma omp simd
+        for (int64_t k = k0; k < k1; ++k) o[k] += sb[k];
+      }
+    }
 }
 
 // ---- the second-moment pass of the factored methods (CAME, Adafactor) ----
