@@ -18,7 +18,8 @@ inline constexpr int64_t kChunk = 256;             // elements per stack buffer 
 inline constexpr int64_t kParallelMin = 1 << 14;   // below this many elements a step runs on one thread
 inline constexpr int kMaxDenseTasks = 64;
 inline constexpr int kExtras = 4;                  // per-task scalar sums a pass may accumulate
-inline constexpr int kRowsTogether = 4;            // rows a fast pass streams at once (column sums: 1 RMW per 4 rows)
+inline constexpr int kRowsTogether = 4;            // rows the statistics pass streams at once (g only: 4 streams)
+inline constexpr int kRowsTogetherRMW = 4;         // rows the instability pass streams at once (measured: 4 > 1 > 2)
 
 // Sums in double over kLanes independent accumulators: the compiler keeps them in vector registers (a plain
 // `acc +=` loop would need reassociation to vectorize), and the order is fixed, so results are deterministic.
@@ -39,23 +40,31 @@ inline double lane_sum(int64_t k0, int64_t k1, F&& f) {
 
 // Sum of a chunk (at most kChunk floats): 16 float lanes of at most kChunk/16 terms each, added in double. The
 // per-lane float error is that of 16 additions (~1e-7 relative); chunks are then accumulated in double.
-// Four rows' chunk sums (as chunk_sum) and c[k] += the four rows' column sum, in one sweep over the buffers.
-inline void chunk_sums4(const float (*__restrict x)[kChunk], int64_t len, double* __restrict c, double* rs) {
-  float l0[kLanes] = {}, l1[kLanes] = {}, l2[kLanes] = {}, l3[kLanes] = {};
+// R rows' chunk sums (as chunk_sum) added into rs[r], and c[k] += the R rows' column sum, in one sweep over the
+// buffers.
+template <int R>
+inline void chunk_sums(const float (*__restrict x)[kChunk], int64_t len, double* __restrict c, double* rs) {
+  float lanes[R][kLanes] = {};
   int64_t k = 0;
   for (; k + kLanes <= len; k += kLanes)
     for (int j = 0; j < kLanes; ++j) {
-      const float a = x[0][k + j], b = x[1][k + j], cc = x[2][k + j], d = x[3][k + j];
-      l0[j] += a, l1[j] += b, l2[j] += cc, l3[j] += d;
-      c[k + j] += double((a + b) + (cc + d));
+      float col = 0;
+      for (int r = 0; r < R; ++r) {
+        lanes[r][j] += x[r][k + j];
+        col += x[r][k + j];
+      }
+      c[k + j] += double(col);
     }
   for (; k < len; ++k) {
-    rs[0] += double(x[0][k]), rs[1] += double(x[1][k]), rs[2] += double(x[2][k]), rs[3] += double(x[3][k]);
-    c[k] += double((x[0][k] + x[1][k]) + (x[2][k] + x[3][k]));
+    float col = 0;
+    for (int r = 0; r < R; ++r) {
+      rs[r] += double(x[r][k]);
+      col += x[r][k];
+    }
+    c[k] += double(col);
   }
-  for (int j = 0; j < kLanes; ++j) {
-    rs[0] += double(l0[j]), rs[1] += double(l1[j]), rs[2] += double(l2[j]), rs[3] += double(l3[j]);
-  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < kLanes; ++j) rs[r] += double(lanes[r][j]);
 }
 
 inline double chunk_sum(const float* __restrict x, int64_t len) {
@@ -152,17 +161,25 @@ inline void sum_task_extras(const FactoredWorkspace& w, int64_t tasks, double* e
     for (int e = 0; e < kExtras; ++e) extras_out[e] += w.task_extras[t * kExtras + e];
 }
 
-// Column sums from the task partials, in task order (all matrices p).
+// Column sums from the task partials, in task order (all matrices p): block 0, then each further block added in
+// order, streaming through the partials (a column's sum is the same as adding its 64 terms one by one).
 inline void combine_columns(const FactoredLayout& l, const Plan& pl, const double* partials, double* out) {
-  const int64_t K = pl.K, cols = l.P * K;
-#pragma omp parallel for schedule(static) if (cols * pl.blocks > kParallelMin)
-  for (int64_t pc = 0; pc < cols; ++pc) {
-    const int64_t p = pc / K, k = pc % K;
-    const double* src = partials + (p * pl.blocks) * K + k;
-    double acc = 0;
-    for (int64_t b = 0; b < pl.blocks; ++b) acc += src[b * K];
-    out[pc] = acc;
-  }
+  const int64_t K = pl.K;
+  constexpr int64_t kStrip = 1024;
+  const int64_t strips = (K + kStrip - 1) / kStrip;
+#pragma omp parallel for collapse(2) schedule(static) if (l.P * K * pl.blocks > kParallelMin)
+  for (int64_t p = 0; p < l.P; ++p)
+    for (int64_t st = 0; st < strips; ++st) {
+      const int64_t k0 = st * kStrip, k1 = std::min(K, k0 + kStrip);
+      double* o = out + p * K;
+      const double* src = partials + (p * pl.blocks) * K;
+      for (int64_t k = k0; k < k1; ++k) o[k] = src[k];
+      for (int64_t b = 1; b < pl.blocks; ++b) {
+        const double* sb = src + b * K;
+#pragma omp simd
+        for (int64_t k = k0; k < k1; ++k) o[k] += sb[k];
+      }
+    }
 }
 
 // ---- the second-moment pass of the factored methods (CAME, Adafactor) ----
@@ -201,7 +218,7 @@ inline void second_moment_pass(const FactoredLayout& l, const Plan& pl, const Fa
             const float a0 = g0[k0 + k] * gs, a1 = g1[k0 + k] * gs, a2 = g2[k0 + k] * gs, a3 = g3[k0 + k] * gs;
             x[0][k] = a0 * a0 + eps1, x[1][k] = a1 * a1 + eps1, x[2][k] = a2 * a2 + eps1, x[3][k] = a3 * a3 + eps1;
           }
-          chunk_sums4(x, len, c, rs);
+          chunk_sums<kRowsTogether>(x, len, c, rs);
         }
         float inv_r[kRowsTogether];
         for (int r = 0; r < kRowsTogether; ++r) {
@@ -297,7 +314,7 @@ inline double finish_factors(const FactoredLayout& l, const FactoredWorkspace& w
 }
 
 // fill.template operator()<R>(p, i, k0, k1, x, extra) writes the pass's per-element quantity for elements
-// [k0, k1) of rows i..i+R-1 (R = kRowsTogether side by side, or 1) into x[r] (and may add into extra[kExtras]);
+// [k0, k1) of rows i..i+R-1 (R = kRowsTogetherRMW side by side, or 1) into x[r] (and may add into extra[kExtras]);
 // the quantities are summed over j into the row statistic's sum (row_sum) and over i into col_sum (double),
 // deterministically: each column partial is read and written once per R rows. Extras are summed in task order.
 template <class Fill>
@@ -314,14 +331,15 @@ void reduce_rows_cols(const FactoredLayout& l, const Plan& pl, const FactoredWor
     alignas(64) float x[kRowsTogether][kChunk];
     int64_t i = i0;
     if (pl.fast) {
-      for (; i + kRowsTogether <= i1; i += kRowsTogether) {
-        double rs[kRowsTogether] = {};
+      constexpr int R = kRowsTogetherRMW;
+      for (; i + R <= i1; i += R) {
+        double rs[R] = {};
         for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
           const int64_t k1 = std::min(K, k0 + kChunk), len = k1 - k0;
-          fill.template operator()<kRowsTogether>(p, i, k0, k1, x, ex);
-          chunk_sums4(x, len, cp + k0, rs);
+          fill.template operator()<R>(p, i, k0, k1, x, ex);
+          chunk_sums<R>(x, len, cp + k0, rs);
         }
-        for (int r = 0; r < kRowsTogether; ++r) w.row_sum[p * l.n + i + r] = rs[r];
+        for (int r = 0; r < R; ++r) w.row_sum[p * l.n + i + r] = rs[r];
       }
     }
     for (; i < i1; ++i) {

@@ -1,6 +1,7 @@
-// CUDA kernels of Adafactor (transformers, scale_parameter=False, relative_step=False); same passes and
-// rounding points as optim/kernels/cpu/adafactor.cpp: r, c and factors; u^2 sums -> clip divisor on the device;
-// one elementwise pass for the (optional) first moment and the parameter.
+// CUDA kernels of Adafactor (transformers, scale_parameter=False, relative_step=False); the arithmetic of
+// optim/kernels/cpu/adafactor.cpp in three passes: r, c and factors; u^2 sums -> clip divisor on the device (one
+// more read of g than the CPU's two passes); one elementwise pass for the (optional) first moment and the
+// parameter.
 #include "optim/kernels/cuda/common.cuh"
 
 namespace tally::optim::kernels::cuda {

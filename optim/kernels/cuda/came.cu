@@ -1,8 +1,9 @@
-// CUDA kernels of CAME (came-pytorch 0.1.3), factored and dense; same passes and rounding points as the CPU
-// kernels (optim/kernels/cpu/came.cpp). Factored step: tile_stats(g^2+eps1) -> r, c, factors; grid sums of u^2
-// -> clip divisor (on the device: no host round trip); tile_stats that updates m and sums the instability
-// -> R, C, factors; elementwise parameter update (float4 loads when rows allow). About 11 launches per tensor
-// (the package issues ~22 kernels).
+// CUDA kernels of CAME (came-pytorch 0.1.3), factored and dense; the arithmetic of the CPU kernels
+// (optim/kernels/cpu/came.cpp) in four passes (the CPU folds the u^2 sum into its first pass; here the row
+// statistics are only final after the tile kernel, so u^2 takes one more read of g: 32 bytes/param). Factored
+// step: tile_stats(g^2+eps1) -> r, c, factors; grid sums of u^2 -> clip divisor (on the device: no host round
+// trip); tile_stats that updates m and sums the instability -> R, C, factors; elementwise parameter update
+// (float4 loads when rows allow). About 11 launches per tensor (the package issues ~22 kernels).
 #include "optim/kernels/cuda/common.cuh"
 
 namespace tally::optim::kernels::cuda {
