@@ -28,9 +28,9 @@ while IFS= read -r f; do
   python3 tools/cuda_emu/preprocess.py "$f" "$out"
   sources+=("$out")
 done < <(find core nn optim models -name '*.cu' 2>/dev/null | sort)
-while IFS= read -r f; do sources+=("$root/$f"); done < <(find core nn optim models data -name '*.cpp' 2>/dev/null | sort)
+while IFS= read -r f; do sources+=("$root/$f"); done < <(find core nn optim models data train -name '*.cpp' ! -name main.cpp 2>/dev/null | sort)
 sources+=("$root/tools/cuda_emu/emu_runtime.cpp" "$root/tests/main.cpp")
-while IFS= read -r f; do sources+=("$root/$f"); done < <(find tests/cuda -name '*.cpp' | sort)
+while IFS= read -r f; do sources+=("$root/$f"); done < <(find tests/cuda tests/optim -name 'cuda*.cpp' -o -path '*tests/cuda/*.cpp' | sort)
 
 compile() {  # source -> object (only when the source or a header changed since)
   local src=$1 obj=$2

@@ -80,7 +80,7 @@ t0=$(date +%s)
 bin_dir=""
 if timeout 150 cmake -S "$root" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DTALLY_CUDA=ON \
      -DCMAKE_CUDA_ARCHITECTURES=90 -DTALLY_WERROR=OFF "${cmake_args[@]}" >>"$log" 2>&1 &&
-   timeout "${GPU_CHECK_BUILD_TIMEOUT:-240}" cmake --build "$build" -j "$jobs" --target tally_tests bench_cuda >>"$log" 2>&1; then
+   timeout "${GPU_CHECK_BUILD_TIMEOUT:-240}" cmake --build "$build" -j "$jobs" --target tally_tests bench_cuda bench_gpu_train >>"$log" 2>&1; then
   bin_dir=$build
   row "build (sm_90, Release)" "ok in $(elapsed "$t0")"
 else
@@ -141,6 +141,37 @@ if [ -n "$bin_dir" ]; then
     cat "$out/bench.log" >>"$log"
     row "bench_cuda" "rc=$rc in $(elapsed "$t0")"
   fi
+
+  # ---- GPT-2 124M training step beside PyTorch on the same GPU, model, batch and optimizer ----
+  if [[ "$skip" != *" train "* ]] && [ -x "$bin_dir/bench_gpu_train" ]; then
+    t0=$(date +%s)
+    if ls "$root"/.whl/*.whl >/dev/null 2>&1; then  # came-pytorch travels as a wheel
+      python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$root"/.whl/*.whl >>"$log" 2>&1 &&
+        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    say "== bench_gpu_train (gpt2 124M, B=${GPU_TRAIN_BATCH:-8}, T=1024, TF32)"
+    timeout "${GPU_TRAIN_TIMEOUT:-200}" "$bin_dir/bench_gpu_train" --model gpt2 --batch "${GPU_TRAIN_BATCH:-8}" --seq 1024 \
+      --steps 8 --optimizers came,adamw --torch >"$out/train_bench.log" 2>&1
+    rc=$?
+    cat "$out/train_bench.log" >>"$log"
+    row "bench_gpu_train" "rc=$rc in $(elapsed "$t0")"
+    python3 - "$out/train_bench.log" <<'PY' >"$out/train_table.txt" 2>>"$log" || true
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+tally = {r["optimizer"]: r for r in rows if r.get("bench") == "tally_train_step"}
+torch = {r["optimizer"]: r for r in rows if r.get("peer") == "pytorch-eager"}
+opt = {r["optimizer"]: r for r in rows if r.get("bench") == "tally_optimizer_step"}
+copy = next((r["GB_per_s"] for r in rows if r.get("bench") == "d2d_copy"), None)
+print("%-8s %14s %14s %10s %12s %12s" % ("optim", "tally tok/s", "torch tok/s", "ratio", "opt GB/s", "of d2d copy"))
+for k, t in tally.items():
+    p = torch.get(k, {})
+    ratio = t["tokens_per_s"] / p["tokens_per_s"] if p.get("tokens_per_s") else float("nan")
+    o = opt.get(k, {})
+    print("%-8s %14.0f %14s %10.2f %12.1f %12.2f" % (k, t["tokens_per_s"], "%.0f" % p["tokens_per_s"] if p else "n/a",
+          ratio, o.get("min_GB_per_s", float("nan")), o.get("fraction_of_copy", float("nan"))))
+if copy: print("device-to-device copy: %.0f GB/s" % copy)
+PY
+  fi
 fi
 
 row "total" "$(elapsed "$t_start")"
@@ -151,5 +182,9 @@ row "total" "$(elapsed "$t_start")"
   if [ -f "$out/bench.log" ]; then
     echo "-------------------- benchmarks --------------------"
     sed -n '/^benchmark /,$p' "$out/bench.log"
+  fi
+  if [ -s "$out/train_table.txt" ]; then
+    echo "-------------- gpt2 124M training step (tally vs PyTorch eager, same GPU) --------------"
+    cat "$out/train_table.txt"
   fi
 } | tee -a "$log"

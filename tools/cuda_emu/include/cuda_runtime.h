@@ -37,6 +37,14 @@ struct dim3 {
 struct uint3 {
   unsigned x = 0, y = 0, z = 0;
 };
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+struct alignas(8) float2 {
+  float x, y;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline float2 make_float2(float x, float y) { return {x, y}; }
 
 extern thread_local uint3 threadIdx;
 extern thread_local uint3 blockIdx;
@@ -141,6 +149,34 @@ void launch(const Config& c, Kernel kernel, Args... args) {
 }  // namespace tally_emu
 
 inline void __syncthreads() { tally_emu::current_block->sync->arrive_and_wait(); }
+
+// Reads lane `src(lane)` of this warp's values (all 32 lanes take part, as a full-mask shuffle).
+template <class T, class Src>
+T tally_emu_shuffle(T v, Src src) {
+  static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>);
+  tally_emu::Block& b = *tally_emu::current_block;
+  const int t = tally_emu::linear_tid, base = t & ~31, lane = t & 31;
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  b.exchange[size_t(t)] = bits;
+  b.warp[size_t(t / 32)]->arrive_and_wait();
+  uint64_t other = b.exchange[size_t(base + src(lane))];
+  b.warp[size_t(t / 32)]->arrive_and_wait();
+  T r;
+  std::memcpy(&r, &other, sizeof(T));
+  return r;
+}
+
+// Lanes whose source would pass lane 31 keep their own value, as on the GPU.
+template <class T>
+T __shfl_down_sync(unsigned, T v, unsigned delta) {
+  return tally_emu_shuffle(v, [delta](int lane) { return lane + int(delta) < 32 ? lane + int(delta) : lane; });
+}
+
+template <class T>
+T __shfl_sync(unsigned, T v, int src_lane) {
+  return tally_emu_shuffle(v, [src_lane](int) { return src_lane & 31; });
+}
 
 template <class T>
 T __shfl_xor_sync(unsigned, T v, int lane_mask) {

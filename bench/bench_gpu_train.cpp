@@ -1,0 +1,139 @@
+// GPU training benchmark: GPT-2 (default gpt2 124M) training steps on CUDA (fp32 storage, TF32 matmuls unless
+// --strict) with CAME or AdamW, and the optimizer step alone against the bytes it must move. Prints one JSON
+// object per measurement, then (with --torch) runs bench/peers/torch_gpt2_step.py on the same GPU, model, batch
+// and optimizer and prints the ratio. Used by scripts/gpu_check.sh; not a test.
+//   bench_gpu_train [--model gpt2] [--batch 8] [--seq 1024] [--steps 8] [--optimizers came,adamw] [--torch]
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/autograd/node.h"
+#include "core/ops.h"
+#include "models/gpt2.h"
+#include "optim/clip.h"
+#include "train/setup.h"
+
+#ifdef TALLY_HAS_CUDA
+#include "core/cuda/runtime.h"
+#endif
+
+using namespace tally;
+
+int main(int argc, char** argv) {
+#ifndef TALLY_HAS_CUDA
+  std::printf("bench_gpu_train: built without CUDA; nothing to measure\n");
+  return 0;
+#else
+  if (!cuda_available()) {
+    std::printf("bench_gpu_train: no CUDA device\n");
+    return 0;
+  }
+  std::string preset = "gpt2", optimizers = "came,adamw";
+  int64_t B = 8, T = 1024, steps = 8;
+  bool torch = false, strict = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
+    if (a == "--model") preset = next();
+    else if (a == "--batch") B = std::atoll(next().c_str());
+    else if (a == "--seq") T = std::atoll(next().c_str());
+    else if (a == "--steps") steps = std::atoll(next().c_str());
+    else if (a == "--optimizers") optimizers = next();
+    else if (a == "--torch") torch = true;
+    else if (a == "--strict") strict = true;
+  }
+  cuda::set_fp32_matmul(strict ? cuda::Fp32Matmul::strict : cuda::Fp32Matmul::tf32);
+  const Device dev = Device::cuda(0);
+  models::GPT2Config config = models::GPT2Config::preset(preset);
+  std::vector<int32_t> xs(size_t(B * T)), ys(size_t(B * T));
+  uint64_t r = 88172645463325252ull;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+    xs[i] = int32_t(r % uint64_t(config.vocab_size));
+    ys[i] = int32_t((r >> 20) % uint64_t(config.vocab_size));
+  }
+  Tensor x = from_vector(xs, {B, T}, {.dtype = DType::i32, .device = dev});
+  Tensor y = from_vector(ys, {B, T}, {.dtype = DType::i32, .device = dev});
+
+  // Device-to-device copy ceiling (bytes read + written).
+  double copy_gbs = 0;
+  {
+    Tensor a = empty({256 << 20}, {.device = dev}), b = empty({256 << 20}, {.device = dev});
+    a.fill_(1.0);
+    cuda::synchronize();
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 10; ++i) cuda::memcpy_device_to_device(b.data_ptr(), a.data_ptr(), a.nbytes());
+    cuda::synchronize();
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 10;
+    copy_gbs = 2.0 * double(a.nbytes()) / s * 1e-9;
+    std::printf("{\"bench\": \"d2d_copy\", \"GB_per_s\": %.1f}\n", copy_gbs);
+  }
+
+  size_t start = 0;
+  while (start < optimizers.size()) {
+    size_t comma = optimizers.find(',', start);
+    if (comma == std::string::npos) comma = optimizers.size();
+    std::string name = optimizers.substr(start, comma - start);
+    start = comma + 1;
+    cli::OptimizerSpec spec;
+    spec.kind = cli::parse_optimizer(name);
+    spec.lr = 1e-4;
+    models::GPT2 model(config, {.device = dev, .seed = 1});
+    auto opt = cli::make_optimizer(spec, model.parameters());
+    opt->init_state();
+    auto step = [&] {
+      opt->zero_grad(optim::ZeroGrad::set_to_none);
+      Tensor loss = model.loss(x, y);
+      loss.backward();
+      double norm = optim::grad_norm(model.parameters());
+      opt->step({.grad_scale = optim::clip_coefficient(norm, 1.0)});
+      return loss.item();
+    };
+    for (int i = 0; i < 2; ++i) step();
+    cuda::synchronize();
+    auto t0 = std::chrono::steady_clock::now();
+    double loss = 0;
+    for (int64_t i = 0; i < steps; ++i) loss = step();
+    cuda::synchronize();
+    double ms = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() * 1000 / double(steps);
+    int64_t peak = ledger(dev).total().peak_requested;
+    std::printf("{\"bench\": \"tally_train_step\", \"optimizer\": \"%s\", \"model\": \"%s\", \"batch\": %lld, \"seq\": %lld, "
+                "\"precision\": \"%s\", \"ms_per_step\": %.2f, \"tokens_per_s\": %.0f, \"loss\": %.4f, \"peak_ledger_mb\": %.0f}\n",
+                name.c_str(), preset.c_str(), (long long)B, (long long)T, strict ? "fp32" : "tf32", ms,
+                double(B * T) / (ms / 1000), loss, double(peak) / (1 << 20));
+    // The optimizer step alone (gradients left in place), against the minimum bytes it must move.
+    {
+      Tensor loss_t = model.loss(x, y);
+      loss_t.backward();
+      cuda::synchronize();
+      auto t1 = std::chrono::steady_clock::now();
+      const int reps = 20;
+      for (int i = 0; i < reps; ++i) opt->step();
+      cuda::synchronize();
+      double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count() / reps;
+      double n = double(model.num_parameters());
+      // AdamW: read p, g, m, v; write p, m, v. CAME (and factored methods): read p, g, m; write p, m (+ factors).
+      double min_bytes = (spec.kind == cli::OptimizerKind::adamw ? 28.0 : 20.0) * n;
+      std::printf("{\"bench\": \"tally_optimizer_step\", \"optimizer\": \"%s\", \"ms\": %.3f, \"min_GB_per_s\": %.1f, "
+                  "\"fraction_of_copy\": %.2f}\n",
+                  name.c_str(), s * 1000, min_bytes / s * 1e-9, min_bytes / s * 1e-9 / copy_gbs);
+    }
+    std::fflush(stdout);
+    if (torch) {
+      char cmd[512];
+      std::snprintf(cmd, sizeof cmd,
+                    "python3 %s/bench/peers/torch_gpt2_step.py --device cuda --dtype %s --batch %lld --seq %lld "
+                    "--optimizer %s --steps %lld --warmup 2",
+                    TALLY_SOURCE_DIR, strict ? "fp32" : "tf32", (long long)B, (long long)T, name.c_str(), (long long)steps);
+      std::fflush(stdout);
+      int rc = std::system(cmd);
+      if (rc != 0) std::printf("{\"bench\": \"torch_train_step\", \"optimizer\": \"%s\", \"error\": %d}\n", name.c_str(), rc);
+    }
+  }
+  return 0;
+#endif
+}

@@ -1,0 +1,127 @@
+// A whole GPT-2 training step on the GPU against the same step on the CPU: identical weights and batch, then the
+// logits, the loss, every parameter gradient, and the parameters after one CAME and one AdamW step. Also the
+// GPU step's memory equals the meta-device plan. Skipped, visibly, without a GPU.
+#include <doctest/doctest.h>
+
+#include <cmath>
+
+#include "core/autograd/node.h"
+#include "core/ledger.h"
+#include "core/ops.h"
+#include "models/gpt2.h"
+#include "optim/clip.h"
+#include "train/setup.h"
+
+#ifdef TALLY_HAS_CUDA
+#include "core/cuda/runtime.h"
+#endif
+
+using namespace tally;
+
+namespace {
+
+[[maybe_unused]] double rel_err(const Tensor& got, const Tensor& want) {
+  std::vector<double> a = got.to_vector<double>(), b = want.to_vector<double>();
+  REQUIRE(a.size() == b.size());
+  double err = 0, ref = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    REQUIRE_FALSE(std::isnan(a[i]));
+    err = std::max(err, std::fabs(a[i] - b[i]));
+    ref = std::max(ref, std::fabs(b[i]));
+  }
+  return err / std::max(ref, 1e-30);
+}
+
+struct Pair {
+  std::unique_ptr<models::GPT2> cpu, gpu;
+};
+
+[[maybe_unused]] Pair make_pair(const models::GPT2Config& c, DType dtype) {
+  Pair p;
+  p.cpu = std::make_unique<models::GPT2>(c, models::GPT2Options{.dtype = dtype, .seed = 5});
+  p.gpu = std::make_unique<models::GPT2>(c, models::GPT2Options{.device = Device::cuda(0), .dtype = dtype, .init = models::Init::none});
+  auto src = p.cpu->named_parameters();
+  auto dst = p.gpu->named_parameters();
+  for (size_t i = 0; i < src.size(); ++i) dst[i].second.copy_(src[i].second);
+  return p;
+}
+
+}  // namespace
+
+TEST_SUITE("cuda") {
+
+TEST_CASE("cuda gpt2: a training step equals the CPU step (logits, loss, gradients, CAME and AdamW updates)" *
+          doctest::skip(!cuda_available())) {
+#ifdef TALLY_HAS_CUDA
+  cuda::Fp32MatmulScope strict(cuda::Fp32Matmul::strict);
+  models::GPT2Config c = models::GPT2Config::preset("tiny");
+  c.block_size = 64;
+  for (DType dtype : {DType::f64, DType::f32}) {
+    const double tol = dtype == DType::f64 ? 1e-10 : 2e-5;
+    for (cli::OptimizerKind kind : {cli::OptimizerKind::came, cli::OptimizerKind::adamw}) {
+      INFO(dtype_name(dtype), " ", cli::optimizer_name(kind));
+      if (dtype == DType::f64) continue;  // optimizers keep f32 parameters; f64 is checked for the model below
+      Pair p = make_pair(c, dtype);
+      std::vector<int32_t> ids(2 * 33);
+      for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t((i * 7919 + 13) % 50257);
+      std::vector<int32_t> xs(ids.begin(), ids.begin() + 64), ys(ids.begin() + 2, ids.begin() + 66);
+      Tensor xc = from_vector(xs, {2, 32}), yc = from_vector(ys, {2, 32});
+      Tensor xg = xc.to(Device::cuda(0)), yg = yc.to(Device::cuda(0));
+      Tensor lc = p.cpu->loss(xc, yc), lg = p.gpu->loss(xg, yg);
+      CHECK(std::fabs(lc.item() - lg.item()) <= tol * std::fabs(lc.item()));
+      CHECK(rel_err(p.gpu->forward(xg), p.cpu->forward(xc)) < tol);
+      lc.backward();
+      lg.backward();
+      auto pc = p.cpu->named_parameters(), pg = p.gpu->named_parameters();
+      for (size_t i = 0; i < pc.size(); ++i) {
+        INFO(pc[i].first);
+        CHECK(rel_err(pg[i].second.grad(), pc[i].second.grad()) < 10 * tol);
+      }
+      cli::OptimizerSpec spec;
+      spec.kind = kind;
+      spec.lr = 1e-3;
+      spec.weight_decay = 0.1;
+      auto oc = cli::make_optimizer(spec, p.cpu->parameters()), og = cli::make_optimizer(spec, p.gpu->parameters());
+      double nc = optim::grad_norm(p.cpu->parameters()), ng = optim::grad_norm(p.gpu->parameters());
+      CHECK(std::fabs(nc - ng) <= 1e-5 * nc);
+      oc->step({.grad_scale = optim::clip_coefficient(nc, 1.0)});
+      og->step({.grad_scale = optim::clip_coefficient(ng, 1.0)});
+      for (size_t i = 0; i < pc.size(); ++i) {
+        INFO(pc[i].first);
+        CHECK(rel_err(pg[i].second, pc[i].second) < 1e-5);
+      }
+    }
+  }
+  // The model alone in f64: logits and gradients to 1e-10.
+  Pair p = make_pair(c, DType::f64);
+  Tensor x = from_vector<int32_t>({1, 5, 9, 200, 3000, 45000, 7, 8}, {2, 4});
+  Tensor lc = p.cpu->loss(x, x), lg = p.gpu->loss(x.to(Device::cuda(0)), x.to(Device::cuda(0)));
+  CHECK(std::fabs(lc.item() - lg.item()) <= 1e-12 * std::fabs(lc.item()));
+  lc.backward();
+  lg.backward();
+  auto pc = p.cpu->named_parameters(), pg = p.gpu->named_parameters();
+  for (size_t i = 0; i < pc.size(); ++i) CHECK(rel_err(pg[i].second.grad(), pc[i].second.grad()) < 1e-9);
+#endif
+}
+
+TEST_CASE("cuda gpt2: the GPU step's memory equals the meta-device plan" * doctest::skip(!cuda_available())) {
+#ifdef TALLY_HAS_CUDA
+  models::GPT2Config c = models::GPT2Config::preset("tiny");
+  cli::OptimizerSpec spec;
+  spec.kind = cli::OptimizerKind::came;
+  spec.lr = 1e-3;
+  // Parameters, gradients and optimizer state are allocated by the same code on both devices: requested bytes match.
+  models::GPT2 meta(c, {.device = Device::meta()});
+  models::GPT2 gpu(c, {.device = Device::cuda(0), .seed = 1});
+  CHECK(ledger(Device::cuda(0)).category(Category::parameter).live_requested ==
+        ledger(Device::meta()).category(Category::parameter).live_requested);
+  auto om = cli::make_optimizer(spec, meta.parameters()), og = cli::make_optimizer(spec, gpu.parameters());
+  om->init_state();
+  og->init_state();
+  CHECK(om->total_state_bytes() == og->total_state_bytes());
+  CHECK(ledger(Device::cuda(0)).category(Category::optimizer_state).live_requested ==
+        ledger(Device::meta()).category(Category::optimizer_state).live_requested);
+#endif
+}
+
+}  // TEST_SUITE
