@@ -24,7 +24,7 @@ test: build
 	@cd $(BUILD) && ctest --output-on-failure
 
 run: build
-	@./$(BUILD)/tally train $(ARGS)
+	@./$(BUILD)/tally train --config configs/shakespeare-came.json $(ARGS)
 
 bench: build
 	@scripts/bench.sh $(BUILD)
