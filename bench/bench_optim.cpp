@@ -2,7 +2,8 @@
 // 4096x4096 matrix, a 768x3072 matrix and GPT-2 small's full parameter set (124M), beside the minimum bytes
 // each step must move and the bytes tally's passes move. Runs bench/peers/optim_torch.py (came-pytorch,
 // torch.optim.AdamW, transformers' Adafactor) on the same shapes and thread count when python3 + torch are
-// present, and prints the ratios. Usage: bench_optim [--steps N] [--sets a,b] [--no-peers]
+// present, and prints the ratios. --json adds one JSON line at the end (scripts/bench.sh reads it).
+// Usage: bench_optim [--steps N] [--sets a,b] [--no-peers] [--json]
 #include <omp.h>
 
 #include <algorithm>
@@ -127,14 +128,15 @@ nlohmann::json run_peers(int threads, int steps, const std::string& sets) {
 int main(int argc, char** argv) {
   int steps = 5;
   std::string sets = "4096x4096,768x3072,gpt2-124M";
-  bool peers = true;
+  bool peers = true, json = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--steps" && i + 1 < argc) steps = std::atoi(argv[++i]);
     else if (a == "--sets" && i + 1 < argc) sets = argv[++i];
     else if (a == "--no-peers") peers = false;
+    else if (a == "--json") json = true;
     else {
-      std::fprintf(stderr, "usage: bench_optim [--steps N] [--sets 4096x4096,768x3072,gpt2-124M] [--no-peers]\n");
+      std::fprintf(stderr, "usage: bench_optim [--steps N] [--sets 4096x4096,768x3072,gpt2-124M] [--no-peers] [--json]\n");
       return 2;
     }
   }
@@ -149,6 +151,7 @@ int main(int argc, char** argv) {
   std::printf("%-16s %-11s %12s %10s %10s %10s %10s %10s\n", "optimizer", "set", "params", "ms/step", "ns/param",
               "min B/par", "GB/s(min)", "GB/s(mov)");
   std::map<std::string, std::map<std::string, double>> mine;
+  nlohmann::json out = {{"bench", "optim"}, {"threads", threads}, {"results", nlohmann::json::object()}};
   for (const std::string& set : set_names) {
     const std::vector<Shape> shapes = shape_set(set);
     int64_t n = 0;
@@ -157,6 +160,7 @@ int main(int argc, char** argv) {
       const double t = seconds_per_step(kind, shapes, steps);
       mine[kind][set] = t;
       const Bytes b = step_bytes(kind, shapes);
+      out["results"][kind][set] = {{"s_per_step", t}, {"params", n}, {"min_bytes", b.minimum}, {"moved_bytes", b.moved}};
       std::printf("%-16s %-11s %12lld %10.3f %10.3f %10.2f %10.2f %10.2f\n", kind.c_str(), set.c_str(),
                   static_cast<long long>(n), t * 1e3, t * 1e9 / double(n), double(b.minimum) / double(n),
                   double(b.minimum) / t / 1e9, double(b.moved) / t / 1e9);
@@ -166,9 +170,14 @@ int main(int argc, char** argv) {
   std::printf("\nCAME / AdamW step time (target <= 1.3):");
   for (const std::string& set : set_names) std::printf("  %s %.2f", set.c_str(), mine["came"][set] / mine["adamw"][set]);
   std::printf("\n");
-  if (!peers) return 0;
+  auto finish = [&] {
+    if (json) std::printf("%s\n", out.dump().c_str());
+    return 0;
+  };
+  if (!peers) return finish();
   const nlohmann::json peer = run_peers(threads, steps, sets);
-  if (peer.is_null()) return 0;
+  if (peer.is_null()) return finish();
+  out["peer"] = peer;
   std::printf("\npeers (torch %s, %d threads): ms/step and speed-up of tally (peer time / tally time)\n",
               peer["torch"].get<std::string>().c_str(), peer["threads"].get<int>());
   const std::map<std::string, std::string> peer_name = {{"came", "came-pytorch 0.1.3"},
@@ -184,5 +193,5 @@ int main(int argc, char** argv) {
                   mine[kind][set] * 1e3, pt / mine[kind][set]);
     }
   std::printf("(targets: CAME >= 3x faster than came-pytorch on the CPU)\n");
-  return 0;
+  return finish();
 }
