@@ -25,7 +25,7 @@ test: build
 	@cd $(BUILD) && ctest --output-on-failure
 
 run: build
-	@./$(BUILD)/tally train $(ARGS)
+	@./$(BUILD)/tally train --config configs/shakespeare-came.json $(ARGS)
 
 bench: deps
 	@scripts/bench.sh build-bench
