@@ -10,7 +10,8 @@
 #   (c) tokenizer throughput vs tiktoken on Tiny Shakespeare;
 #   (d) core GEMM / elementwise throughput vs their ceilings (OpenBLAS called directly, memcpy).
 # Peers that need python3 + torch / came-pytorch / transformers / tiktoken are skipped with a message when absent.
-# Not part of CI. Usage: scripts/bench.sh [BUILD_DIR]   (default build-bench)
+# Not part of CI. Usage: scripts/bench.sh [BUILD_DIR]   (default build-bench). Duration: the 2026-11-27 run took 20 min
+# on 2 cores at load average ~200 (8 of them the fresh release build); BENCH_QUICK=1 or BENCH_ROUNDS=1 shorten it.
 # Environment: BENCH_THREADS (default: nproc), BENCH_ROUNDS (2), BENCH_STEPS (timed steps per process, 4),
 #   BENCH_QUICK=1 (d4 only, one round: a smoke test of the script), OMP_WAIT_POLICY (default passive for both
 #   sides, see bench/NOTES.md: on a shared machine spinning at barriers costs both frameworks 2-4x).
