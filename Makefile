@@ -1,7 +1,8 @@
 # The two commands of the quick start, and a few more.
 #   make run    install what is missing, build, train the default GPT-2 on Tiny Shakespeare (CPU)
 #   make test   install what is missing, build, run the whole suite through ctest
-#   make bench  build in release mode and run the benchmarks against the peers (not part of CI)
+#   make bench  build the CPU benchmarks in release mode (build-bench/) and run them against the peers, writing
+#               bench/results/<date>-<host>.md (not part of CI; see scripts/bench.sh)
 BUILD   ?= build
 JOBS    ?= $(shell nproc)
 CMAKE_FLAGS ?=
@@ -32,8 +33,8 @@ test: build
 run: build
 	@./$(BUILD)/tally train --config configs/shakespeare-came.json $(ARGS)
 
-bench: build
-	@scripts/bench.sh $(BUILD)
+bench: deps
+	@scripts/bench.sh build-bench
 
 clean:
 	rm -rf $(BUILD) $(BUILD).configure.log

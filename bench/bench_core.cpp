@@ -1,7 +1,7 @@
 // Core engine throughput against the machine's own ceilings, as ratios measured in the same run:
 //   matmul GFLOP/s (tally::matmul, f32) vs OpenBLAS sgemm called directly on the same buffers;
 //   a large elementwise add and a full reduction in GB/s vs a memcpy of the same bytes.
-// Not a test: run it (make bench) and read the ratios.
+// Not a test: run it (make bench) and read the ratios. The last line is the same table as one JSON object.
 #include <cblas.h>
 #include <omp.h>
 
@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <vector>
 
 #include "core/autograd/node.h"
@@ -35,6 +36,11 @@ int main() {
   Generator gen(1);
   std::printf("tally bench_core: %d threads\n\n", omp_get_max_threads());
   std::printf("%-34s %12s %12s %8s\n", "what", "tally", "ceiling", "ratio");
+  nlohmann::json rows = nlohmann::json::array();
+  auto row = [&](const char* what, double mine, double ceiling, double ratio) {
+    std::printf("%-34s %12.1f %12.1f %8.2f\n", what, mine, ceiling, ratio);
+    rows.push_back({{"what", what}, {"tally", mine}, {"ceiling", ceiling}, {"ratio", ratio}});
+  };
 
   for (int64_t n : {256, 1024, 2048}) {
     Tensor a = randn({n, n}, gen), b = randn({n, n}, gen), c = empty({n, n});
@@ -46,7 +52,7 @@ int main() {
     });
     char what[64];
     std::snprintf(what, sizeof what, "matmul %lldx%lld GFLOP/s", (long long)n, (long long)n);
-    std::printf("%-34s %12.1f %12.1f %8.2f\n", what, flops / t_tally * 1e-9, flops / t_blas * 1e-9, t_blas / t_tally);
+    row(what, flops / t_tally * 1e-9, flops / t_blas * 1e-9, t_blas / t_tally);
   }
 
   const int64_t N = 16 << 20;  // 16M floats = 64 MiB per tensor
@@ -56,9 +62,10 @@ int main() {
   double copy_gbs = 2.0 * double(N) * 4 / t_copy * 1e-9;  // read + write
   double t_add = best_time(5, [&] { Tensor z = add(x, y); });
   double add_gbs = 3.0 * double(N) * 4 / t_add * 1e-9;  // two reads + one write
-  std::printf("%-34s %12.1f %12.1f %8.2f\n", "add 16M f32 GB/s (vs memcpy)", add_gbs, copy_gbs, add_gbs / copy_gbs);
+  row("add 16M f32 GB/s (vs memcpy)", add_gbs, copy_gbs, add_gbs / copy_gbs);
   double t_sum = best_time(5, [&] { Tensor s = sum(x); });
   double sum_gbs = double(N) * 4 / t_sum * 1e-9;
-  std::printf("%-34s %12.1f %12.1f %8.2f\n", "sum 16M f32 GB/s (vs memcpy)", sum_gbs, copy_gbs, sum_gbs / copy_gbs);
+  row("sum 16M f32 GB/s (vs memcpy)", sum_gbs, copy_gbs, sum_gbs / copy_gbs);
+  std::printf("%s\n", nlohmann::json({{"bench", "core"}, {"threads", omp_get_max_threads()}, {"rows", rows}}).dump().c_str());
   return 0;
 }

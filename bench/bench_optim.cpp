@@ -2,13 +2,15 @@
 // 4096x4096 matrix, a 768x3072 matrix and GPT-2 small's full parameter set (124M), beside the minimum bytes
 // each step must move and the bytes tally's passes move. Runs bench/peers/optim_torch.py (came-pytorch,
 // torch.optim.AdamW, transformers' Adafactor) on the same shapes and thread count when python3 + torch are
-// present, and prints the ratios. Usage: bench_optim [--steps N] [--sets a,b] [--no-peers]
+// present, and prints the ratios. --json adds one JSON line at the end (scripts/bench.sh reads it).
+// Usage: bench_optim [--steps N] [--sets a,b] [--kinds came,adamw,...] [--clock wall|cpu] [--no-peers] [--json]
 #include <omp.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -78,6 +80,16 @@ std::unique_ptr<Optimizer> make(const std::string& kind, const std::vector<Tenso
   return std::make_unique<Adafactor>(params, AdafactorConfig{.lr = 1e-4, .beta1 = 0.9});
 }
 
+// Wall time, or (--clock cpu) this process's CPU time: on a loaded machine the latter counts only the work done
+// (with one thread it is the step's time had the core been free).
+bool g_cpu_clock = false;
+double now_seconds() {
+  if (!g_cpu_clock) return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
+
 double seconds_per_step(const std::string& kind, const std::vector<Shape>& shapes, int steps) {
   Generator gen(1234);
   std::vector<Tensor> params;
@@ -93,21 +105,27 @@ double seconds_per_step(const std::string& kind, const std::vector<Shape>& shape
   opt->step();
   std::vector<double> times;
   for (int k = 0; k < steps; ++k) {
-    const auto t0 = std::chrono::steady_clock::now();
+    const double t0 = now_seconds();
     opt->step();
-    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    times.push_back(now_seconds() - t0);
   }
   // The best of the timed steps: on a shared machine the others measure the neighbours.
   return *std::min_element(times.begin(), times.end());
 }
 
-nlohmann::json run_peers(int threads, int steps, const std::string& sets) {
+std::string join(const std::vector<std::string>& v) {
+  std::string s;
+  for (const std::string& x : v) s += (s.empty() ? "" : ",") + x;
+  return s;
+}
+
+nlohmann::json run_peers(int threads, int steps, const std::string& sets, const std::vector<std::string>& kinds) {
   if (std::system("python3 -c 'import torch, came_pytorch, transformers' > /dev/null 2>&1") != 0) {
     std::printf("(peers skipped: python3 with torch, came-pytorch and transformers not found)\n");
     return {};
   }
   const std::string cmd = cat("python3 ", TALLY_SOURCE_DIR, "/bench/peers/optim_torch.py --threads ", threads,
-                              " --steps ", steps, " --sets ", sets);
+                              " --steps ", steps, " --sets ", sets, " --optimizers ", join(kinds));
   std::printf("running peers: %s\n", cmd.c_str());
   std::fflush(stdout);
   FILE* f = popen(cmd.c_str(), "r");
@@ -127,14 +145,22 @@ nlohmann::json run_peers(int threads, int steps, const std::string& sets) {
 int main(int argc, char** argv) {
   int steps = 5;
   std::string sets = "4096x4096,768x3072,gpt2-124M";
-  bool peers = true;
+  bool peers = true, json = false;
+  std::vector<std::string> kinds = {"came", "adamw", "adafactor", "adafactor_beta1"};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--steps" && i + 1 < argc) steps = std::atoi(argv[++i]);
     else if (a == "--sets" && i + 1 < argc) sets = argv[++i];
     else if (a == "--no-peers") peers = false;
+    else if (a == "--json") json = true;
+    else if (a == "--clock" && i + 1 < argc) g_cpu_clock = std::string(argv[++i]) == "cpu";
+    else if (a == "--kinds" && i + 1 < argc) {
+      kinds.clear();
+      std::stringstream ss(argv[++i]);
+      for (std::string k; std::getline(ss, k, ',');) kinds.push_back(k);
+    }
     else {
-      std::fprintf(stderr, "usage: bench_optim [--steps N] [--sets 4096x4096,768x3072,gpt2-124M] [--no-peers]\n");
+      std::fprintf(stderr, "usage: bench_optim [--steps N] [--sets 4096x4096,768x3072,gpt2-124M] [--kinds came,adamw,adafactor,adafactor_beta1] [--clock wall|cpu] [--no-peers] [--json]\n");
       return 2;
     }
   }
@@ -144,11 +170,12 @@ int main(int argc, char** argv) {
     std::stringstream ss(sets);
     for (std::string s; std::getline(ss, s, ',');) set_names.push_back(s);
   }
-  const std::vector<std::string> kinds = {"came", "adamw", "adafactor", "adafactor_beta1"};
-  std::printf("tally optimizer step, CPU, %d threads, best of %d steps\n\n", threads, steps);
+  std::printf("tally optimizer step, CPU, %d threads, best of %d steps (%s time)\n\n", threads, steps,
+              g_cpu_clock ? "process CPU" : "wall");
   std::printf("%-16s %-11s %12s %10s %10s %10s %10s %10s\n", "optimizer", "set", "params", "ms/step", "ns/param",
               "min B/par", "GB/s(min)", "GB/s(mov)");
   std::map<std::string, std::map<std::string, double>> mine;
+  nlohmann::json out = {{"bench", "optim"}, {"threads", threads}, {"results", nlohmann::json::object()}};
   for (const std::string& set : set_names) {
     const std::vector<Shape> shapes = shape_set(set);
     int64_t n = 0;
@@ -157,18 +184,26 @@ int main(int argc, char** argv) {
       const double t = seconds_per_step(kind, shapes, steps);
       mine[kind][set] = t;
       const Bytes b = step_bytes(kind, shapes);
+      out["results"][kind][set] = {{"s_per_step", t}, {"params", n}, {"min_bytes", b.minimum}, {"moved_bytes", b.moved}};
       std::printf("%-16s %-11s %12lld %10.3f %10.3f %10.2f %10.2f %10.2f\n", kind.c_str(), set.c_str(),
                   static_cast<long long>(n), t * 1e3, t * 1e9 / double(n), double(b.minimum) / double(n),
                   double(b.minimum) / t / 1e9, double(b.moved) / t / 1e9);
       std::fflush(stdout);
     }
   }
-  std::printf("\nCAME / AdamW step time (target <= 1.3):");
-  for (const std::string& set : set_names) std::printf("  %s %.2f", set.c_str(), mine["came"][set] / mine["adamw"][set]);
-  std::printf("\n");
-  if (!peers) return 0;
-  const nlohmann::json peer = run_peers(threads, steps, sets);
-  if (peer.is_null()) return 0;
+  if (mine.count("came") && mine.count("adamw")) {
+    std::printf("\nCAME / AdamW step time (target <= 1.3):");
+    for (const std::string& set : set_names) std::printf("  %s %.2f", set.c_str(), mine["came"][set] / mine["adamw"][set]);
+    std::printf("\n");
+  }
+  auto finish = [&] {
+    if (json) std::printf("%s\n", out.dump().c_str());
+    return 0;
+  };
+  if (!peers) return finish();
+  const nlohmann::json peer = run_peers(threads, steps, sets, kinds);
+  if (peer.is_null()) return finish();
+  out["peer"] = peer;
   std::printf("\npeers (torch %s, %d threads): ms/step and speed-up of tally (peer time / tally time)\n",
               peer["torch"].get<std::string>().c_str(), peer["threads"].get<int>());
   const std::map<std::string, std::string> peer_name = {{"came", "came-pytorch 0.1.3"},
@@ -184,5 +219,5 @@ int main(int argc, char** argv) {
                   mine[kind][set] * 1e3, pt / mine[kind][set]);
     }
   std::printf("(targets: CAME >= 3x faster than came-pytorch on the CPU)\n");
-  return 0;
+  return finish();
 }

@@ -1,6 +1,7 @@
 // The CPU and meta allocators, and the device -> allocator lookup (CUDA's lives in core/cuda/).
 #include "core/allocator.h"
 
+#include <cstdint>
 #include <cstdlib>
 #include <mutex>
 #include <unordered_map>
@@ -10,6 +11,10 @@
 
 #ifdef TALLY_HAS_CUDA
 #include "core/cuda/cuda_allocator.h"
+#endif
+
+#ifdef __linux__
+#include <sys/mman.h>
 #endif
 
 namespace tally {
@@ -26,6 +31,20 @@ Block account(Device d, int64_t requested, int64_t held) {
   b.device = d;
   l.on_alloc(b.category, b.owner, requested, held);
   return b;
+}
+
+// Large blocks ask for transparent huge pages (Linux, where THP is in "madvise" mode): the optimizer and
+// elementwise passes stream through whole parameter-sized tensors, and with 4 KiB pages the hardware prefetchers
+// stop at every page (measured in bench/NOTES.md, change 2). Only the 2 MiB-aligned interior is advised; the
+// ledger is unaffected (it counts requested and held bytes, not pages).
+void advise_huge_pages([[maybe_unused]] void* p, [[maybe_unused]] int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  if (!p || bytes < int64_t(2 * kHuge)) return;
+  const uintptr_t a = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + uintptr_t(bytes)) & ~(kHuge - 1);
+  if (e > a) madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);  // a hint: failure changes nothing
+#endif
 }
 
 // 64-byte aligned blocks. Blocks of 64 KiB and more are cached by exact size when freed and handed out again,
@@ -46,6 +65,7 @@ class CpuAllocator final : public Allocator {
       if (!p)
         fail("out of memory on the CPU: could not allocate ", format_bytes_exact(bytes), " for '", current_owner(),
              "' (", category_name(current_category()), ")\n", ledger(Device::cpu()).table());
+      advise_huge_pages(p, held);
       std::lock_guard<std::mutex> lock(mu_);
       obtained_ += held;
     }

@@ -49,11 +49,10 @@ TALLY_HD int floor_log2(uint64_t n) {  // n > 0
 #endif
 }
 
-// ln(n / 2^32) for an integer 1 <= n <= 2^32: n = m 2^e with m in [sqrt(1/2), sqrt(2)),
-// ln m = 2 atanh((m-1)/(m+1)), and the power of two folded in exactly (full relative accuracy near n = 2^32).
-TALLY_HD double log_fraction32(uint64_t n) {
-  int e = floor_log2(n);
-  double m = std::ldexp(double(n), -e);  // exact
+// ln(m 2^(e-32)) for n = m 2^e (m in [1, 2), its exponent e = floor(log2 n)) of an integer 1 <= n <= 2^32: the
+// body of log_fraction32 once n is split (the CPU's vectorised path, core/kernels/cpu/philox_lanes.h, splits n
+// with bit operations and shares this arithmetic).
+TALLY_HD double log_fraction32_split(double m, int e) {
   if (m > 0x1.6a09e667f3bcdp+0) {
     m *= 0.5;  // exact
     e += 1;
@@ -74,6 +73,13 @@ TALLY_HD double log_fraction32(uint64_t n) {
   double k = double(e - 32);
   double low = std::fma(k, 0x1.a39ef35793c76p-33, 2.0 * atanh_s);  // ln 2 split: k * hi is exact
   return k * 0x1.62e42fee00000p-1 + low;
+}
+
+// ln(n / 2^32) for an integer 1 <= n <= 2^32: n = m 2^e with m in [sqrt(1/2), sqrt(2)),
+// ln m = 2 atanh((m-1)/(m+1)), and the power of two folded in exactly (full relative accuracy near n = 2^32).
+TALLY_HD double log_fraction32(uint64_t n) {
+  const int e = floor_log2(n);
+  return log_fraction32_split(std::ldexp(double(n), -e), e);  // ldexp: exact
 }
 
 // cos(phi) and sin(phi) for 0 <= phi <= pi/4 (Taylor to the phi^19 term, error below 2^-53).

@@ -82,12 +82,25 @@ void came_factored(const CameFactoredArgs& a) {
     if (pl.fast) {
       float rf[R];
       for (int r = 0; r < R; ++r) rf[r] = w.row_factor[p * n + i + r];
+      // All R rows' loads before any store: rows K apart (16 KB for K = 4096) share their low 12 address bits,
+      // and a load of m[r+1] issued after the store to m[r] waits for it (4K aliasing). Same arithmetic.
 #pragma omp simd reduction(+ : msq)
-      for (int64_t k = k0; k < k1; ++k)
+      for (int64_t k = k0; k < k1; ++k) {
+        float gv[R], mv[R];
         for (int r = 0; r < R; ++r) {
-          const float mn = element(rf[r], r, k);
+          gv[r] = g[r * K_ + k] * gs_;
+          mv[r] = load(m + r * K_ + k);
+        }
+        const float c = cf[k];
+        for (int r = 0; r < R; ++r) {
+          float u = (rf[r] * c) * gv[r];
+          if constexpr (kClip) u = divide(u, d_, inv_d);
+          const float mn = store(m + r * K_ + k, std::fma(u, one_b1_, mv[r] * b1_));
+          const float e = u - mn;
+          x[r][k - k0] = e * e + eps2_;
           if constexpr (kStats) msq += double(mn) * double(mn);
         }
+      }
     } else {
       alignas(64) float rfb[kChunk];
       row_factor_chunk(l, w.row_factor, p, i, k0, k1, rfb);
