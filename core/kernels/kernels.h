@@ -1,6 +1,7 @@
 // The kernel contract: raw pointers and sizes only (no Tensor, no autograd). Every kernel is declared once in
 // kernels.inc and exists twice with identical signatures: kernels::cpu (core/kernels/cpu/*.cpp) and
-// kernels::cuda (core/kernels/cuda/*.cu, when built). Templates are instantiated for float and double on both.
+// kernels::cuda (core/kernels/cuda/*.cu, when built). Templates are instantiated for float and double on both,
+// and for bf16 on CUDA only (mixed precision: bf16 storage, arithmetic and statistics in float, see acc_t).
 // Ops (core/ops/) validate, allocate and dispatch; kernels trust their arguments.
 #pragma once
 #include <cstdint>
@@ -10,6 +11,13 @@
 namespace tally::kernels {
 
 inline constexpr int kMaxDims = 8;
+
+// The type a kernel computes in and keeps per-row statistics in (layer-norm mean/rstd, log-sum-exp, per-row
+// losses, attention scores): the element type itself, except float for bf16 storage (a bf16 log-sum-exp would
+// be off by up to 1/256 of its value, a bf16 rstd by as much: too coarse for the backward passes that reuse them).
+template <class T> struct acc_type { using type = T; };
+template <> struct acc_type<bf16> { using type = float; };
+template <class T> using acc_t = typename acc_type<T>::type;
 
 // Shape and strides (in elements) of an N-d traversal, outermost first.
 struct StridedLayout {
