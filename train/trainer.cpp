@@ -151,6 +151,8 @@ std::vector<FlagSpec> train_flags() {
       {"seed", "seed for initialisation and data order", "1337"},
       {"no-shuffle", "read the training data in order (as llm.c)", "", FlagKind::switch_},
       {"device", "cpu | cuda", "cpu"},
+      {"dtype", "f32 | bf16 (mixed precision, CUDA only: bf16 parameters, activations and gradients; f32 master "
+                "weights and optimizer state; checkpoints hold both)", "f32"},
       {"threads", "CPU threads (0: all)", "0"},
       {"log-optim", "log the optimizer's internals every N steps (0: off)", "0"},
       {"log-every", "print a progress line every N steps when not on a terminal", "10"},
@@ -200,6 +202,11 @@ RunConfig run_config(const Flags& f) {
     throw FlagError(e.what());
   }
   if (c.device.is_meta()) throw FlagError("--device meta is for memory planning only");
+  const std::string dtype = f.str("dtype");
+  if (dtype != "f32" && dtype != "bf16") throw FlagError("--dtype must be f32 or bf16, got '" + dtype + "'");
+  c.dtype = dtype == "bf16" ? DType::bf16 : DType::f32;
+  if (c.dtype == DType::bf16 && !c.device.is_cuda())
+    throw FlagError("--dtype bf16 computes on CUDA only: add --device cuda, or train in f32 on the CPU");
   c.threads = int(f.integer("threads"));
   if (c.warmup < 0 || c.val_batches < 1 || c.threads < 0 || c.max_bad_steps < 1 || c.keep_last < 0)
     throw FlagError("--warmup, --threads, --keep-last must be >= 0; --val-batches, --max-bad-steps >= 1");
@@ -226,8 +233,18 @@ Trainer::Trainer(RunConfig config) : c_(std::move(config)) {
     models::GPT2Config loaded = model_->config();
     loaded.dropout = c_.model.dropout;
     c_.model = loaded;
+    if (c_.dtype != model_->dtype()) {  // bf16 from a file: the loaded weights rounded to nearest even
+      auto converted = std::make_unique<models::GPT2>(c_.model, models::GPT2Options{.device = c_.device, .dtype = c_.dtype,
+                                                                                    .seed = model_->options().seed,
+                                                                                    .init = models::Init::none});
+      auto src = model_->named_parameters(), dst = converted->named_parameters();
+      NoGradGuard no_grad;
+      for (size_t i = 0; i < src.size(); ++i) dst[i].second.copy_(src[i].second);
+      model_ = std::move(converted);
+    }
   } else {
-    model_ = std::make_unique<models::GPT2>(c_.model, models::GPT2Options{.device = c_.device, .seed = c_.seed});
+    model_ = std::make_unique<models::GPT2>(
+        c_.model, models::GPT2Options{.device = c_.device, .dtype = c_.dtype, .seed = c_.seed});
   }
   optimizer_ = make_optimizer(c_.optimizer, model_->parameters());
   const double peak = c_.optimizer.lr;
@@ -267,7 +284,7 @@ MemoryFigures predict_step_memory(const models::GPT2Config& config, const Optimi
   TALLY_ASSERT(meta.total().live_requested == 0);
   MemoryFigures p;
   {
-    models::GPT2 model(config, {.device = Device::meta()});
+    models::GPT2 model(config, {.device = Device::meta(), .dtype = shape.dtype});
     auto opt = make_optimizer(spec, model.parameters());
     opt->init_state();
     meta.reset_peaks();
@@ -286,7 +303,7 @@ MemoryFigures predict_step_memory(const models::GPT2Config& config, const Optimi
 
 MemoryFigures Trainer::predict_memory() const {
   return predict_step_memory(c_.model, c_.optimizer, {.batch = c_.batch, .seq = c_.seq, .accumulation = c_.accumulation,
-                                                      .grad_clip = c_.grad_clip});
+                                                      .grad_clip = c_.grad_clip, .dtype = c_.dtype});
 }
 
 double Trainer::evaluate(int64_t batches) {
