@@ -19,6 +19,16 @@ void set_strides(int64_t* dst, int64_t b, int64_t h, int64_t t) {
   dst[2] = t;
 }
 
+// Scratch elements the backend needs. The meta device plans f32/f64 as the CPU spends them (predictions match CPU
+// runs) and bf16 as CUDA does (bf16 computes on CUDA only), so both plans equal the measured bytes.
+int64_t workspace_elements(Device d, DType t, const kernels::AttentionLayout& l) {
+#ifdef TALLY_HAS_CUDA
+  if (d.is_cuda()) return kernels::cuda::attention_workspace_size(l);
+#endif
+  if (d.is_meta() && t == DType::bf16) return kernels::cuda_attention_workspace_elements(l);
+  return kernels::cpu::attention_workspace_size(l);
+}
+
 // Runs the backward kernel given the gradient buffers' layout; allocates its workspace.
 template <class T>
 void attention_backward_call(const kernels::AttentionLayout& l, const kernels::AttentionLayout& gl, const Tensor& q,
@@ -27,11 +37,7 @@ void attention_backward_call(const kernels::AttentionLayout& l, const kernels::A
   Tensor ws;
   {
     MemoryScope scope(Category::workspace, "attention");
-    int64_t size = q.device().is_cpu() ? kernels::cpu::attention_workspace_size(l) : 0;
-#ifdef TALLY_HAS_CUDA
-    if (q.device().is_cuda()) size = kernels::cuda::attention_workspace_size(l);
-#endif
-    ws = empty({size}, detail::acc_options(q));
+    ws = empty({workspace_elements(q.device(), q.dtype(), l)}, detail::acc_options(q));
   }
   using A = kernels::acc_t<T>;
   TALLY_KERNEL(q.device(), attention_backward<T>, q.data<T>(), k.data<T>(), v.data<T>(), out.data<T>(), lse.data<A>(),
@@ -44,11 +50,7 @@ void attention_forward_call(const kernels::AttentionLayout& l, const Tensor& q, 
   Tensor ws;
   {
     MemoryScope scope(Category::workspace, "attention");
-    int64_t size = q.device().is_cpu() ? kernels::cpu::attention_workspace_size(l) : 0;
-#ifdef TALLY_HAS_CUDA
-    if (q.device().is_cuda()) size = kernels::cuda::attention_workspace_size(l);
-#endif
-    ws = empty({size}, detail::acc_options(q));  // scores in f32 for bf16 operands
+    ws = empty({workspace_elements(q.device(), q.dtype(), l)}, detail::acc_options(q));  // scores in f32 for bf16 operands
   }
   using A = kernels::acc_t<T>;
   TALLY_KERNEL(q.device(), attention_forward<T>, q.data<T>(), k.data<T>(), v.data<T>(), out.data<T>(), lse.data<A>(),

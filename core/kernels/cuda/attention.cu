@@ -2,7 +2,8 @@
 // products plus fused softmax kernels. q/k/v of GPT-2's fused qkv have no single batch stride over (b, h)
 // (heads step by HS, batches by T*3C), so every product is one cublasGemmBatchedEx over device arrays of
 // per-(b, h) pointers, built by a kernel (no host round trip). The (b, h) pairs run in chunks so that the
-// score buffers in the workspace stay bounded (kScoreBudget elements each) whatever B*NH*T*T is.
+// score buffers in the workspace stay bounded (kCudaAttentionScoreBudget elements each, kernels.h)
+// whatever B*NH*T*T is.
 // Forward: S = scale Q K^T; P = causal softmax(S) in place, lse saved; O = P V.
 // Backward: S again, P = exp(S - lse); dV = P^T dO; dP = dO V^T; dS = P (dP - rowsum(O dO)); dQ = scale dS K;
 // dK = scale dS^T Q. Workspace layout: [2 score buffers of G*Tq*Tk][pointer arrays].
@@ -23,18 +24,10 @@ namespace {
 
 using tally::cuda::block_merge;
 using tally::cuda::block_sum;
-using tally::cuda::ceil_div;
 using tally::cuda::grid_for;
 using tally::cuda::MaxSum;
 using tally::cuda::row_threads;
 using tally::cuda::stream;
-
-#ifdef TALLY_CUDA_EMULATED
-constexpr int64_t kScoreBudget = 1024;  // the CPU emulator (tools/cuda_emu) exercises chunking on small problems
-#else
-constexpr int64_t kScoreBudget = int64_t(1) << 25;  // elements per score buffer (128 MiB in f32)
-#endif
-constexpr int kPointerArrays = 10;                  // q k v o dout dq dk dv s dp
 
 // Row stride (in T elements) of P and dS as the products read them: bf16 rows sit over their float rows.
 template <class T>
@@ -44,14 +37,7 @@ int64_t probs_ld(const AttentionLayout& l) {
 
 int64_t pairs_of(const AttentionLayout& l) { return l.B * l.NH; }
 
-// Pairs per backward chunk (each needs two Tq x Tk buffers); forward chunks use both buffers, so twice that.
-int64_t backward_chunk(const AttentionLayout& l) {
-  const int64_t per = l.Tq * l.Tk;
-  int64_t g = per > 0 ? kScoreBudget / per : 1;
-  if (g < 1) g = 1;
-  const int64_t pairs = pairs_of(l);
-  return g > pairs ? pairs : g;
-}
+int64_t backward_chunk(const AttentionLayout& l) { return cuda_attention_backward_chunk(l); }
 
 int64_t pointer_region_offset(const AttentionLayout& l, int64_t elem_size) {
   return (2 * backward_chunk(l) * l.Tq * l.Tk * elem_size + 255) / 256 * 256;
@@ -190,12 +176,7 @@ void check_rows(const AttentionLayout& l, int64_t rows, const char* op) {
 
 }  // namespace
 
-int64_t attention_workspace_size(const AttentionLayout& l) {
-  // In elements of the op's dtype; the pointer region is sized for 4-byte elements, enough for 8-byte ones.
-  const int64_t score_elems = 2 * backward_chunk(l) * l.Tq * l.Tk;
-  const int64_t pointer_bytes = 256 + int64_t(kPointerArrays) * pairs_of(l) * int64_t(sizeof(void*));
-  return score_elems + 256 / 4 + ceil_div(pointer_bytes, 4);
-}
+int64_t attention_workspace_size(const AttentionLayout& l) { return cuda_attention_workspace_elements(l); }
 
 template <class T>
 void attention_forward(const T* q, const T* k, const T* v, T* out, acc_t<T>* lse, acc_t<T>* workspace,
