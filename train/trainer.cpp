@@ -390,6 +390,7 @@ fs::path Trainer::save(int64_t step) {
   optim::OptimizerState st = optimizer_->state_dict();
   for (const auto& [name, t] : st.tensors) c.optimizer.emplace_back(name, t);
   c.state["model_config"] = config_json(c_.model);
+  c.state["dtype"] = dtype_name(c_.dtype);  // bf16: model.safetensors holds bf16, optimizer.safetensors the f32 masters
   c.state["optimizer"] = {{"kind", st.kind}, {"steps", st.steps}, {"param_steps", st.param_steps}};
   c.state["loader"] = hex(train_loader_->position().to_bytes());
   c.state["dropout_rng"] = {{"seed", model_->dropout_generator().seed()}, {"offset", model_->dropout_generator().offset()}};
@@ -409,6 +410,9 @@ void Trainer::resume(const fs::path& dir_in) {
   TALLY_CHECK(c.state.contains("model_config") && c.state["model_config"] == config_json(c_.model), "--resume '",
               dir.string(), "': the checkpoint's model ", c.state.value("model_config", json()).dump(),
               " differs from this run's ", config_json(c_.model).dump());
+  const std::string saved_dtype = c.state.value("dtype", std::string("f32"));
+  TALLY_CHECK(saved_dtype == dtype_name(c_.dtype), "--resume '", dir.string(), "': the checkpoint was trained with --dtype ",
+              saved_dtype, ", this run has --dtype ", dtype_name(c_.dtype), " (resume with the same --dtype)");
   NoGradGuard no_grad;
   for (const auto& [name, t] : model_->named_parameters()) {
     Tensor dst = t;
