@@ -129,7 +129,7 @@ struct SgdArgs {
 
 // ---- mixed precision (round_to_bf16) ----
 // Philox blocks round_to_bf16 draws for n elements (what one step advances a parameter's counter by).
-inline uint64_t round_to_bf16_blocks(int64_t n) { return uint64_t((n + 7) / 8); }
+TALLY_OPTIM_HD inline uint64_t round_to_bf16_blocks(int64_t n) { return uint64_t((n + 7) / 8); }
 // The bf16 bits of the float with bits `u`, rounded stochastically with 16 random bits: up with probability
 // (low 16 bits of u) / 2^16, so unbiased; NaN stays NaN and Inf stays Inf (core/dtype.h's float_to_bf16_stochastic).
 TALLY_OPTIM_HD inline uint16_t stochastic_bf16_bits(uint32_t u, uint32_t random16) {
