@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/autograd/node.h"
+#include "core/ledger.h"
 #include "core/ops.h"
 #include "models/gpt2.h"
 #include "optim/clip.h"
@@ -121,6 +122,7 @@ int main(int argc, char** argv) {
     cli::OptimizerSpec spec;
     spec.kind = cli::parse_optimizer(name);
     spec.lr = 1e-4;
+    ledger(dev).reset_peaks();  // each optimizer's peak from its own model up (the previous one is freed)
     models::GPT2 model(config, {.device = dev, .dtype = dtype, .seed = 1});
     auto opt = cli::make_optimizer(spec, model.parameters());
     opt->init_state();
