@@ -1,8 +1,10 @@
 // GPU training benchmark: GPT-2 (default gpt2 124M) training steps on CUDA (fp32 storage, TF32 matmuls unless
-// --strict) with CAME or AdamW, and the optimizer step alone against the bytes it must move. Prints one JSON
-// object per measurement, then (with --torch) runs bench/peers/torch_gpt2_step.py on the same GPU, model, batch
-// and optimizer and prints the ratio. Used by scripts/gpu_check.sh; not a test.
-//   bench_gpu_train [--model gpt2] [--batch 8] [--seq 1024] [--steps 8] [--optimizers came,adamw] [--torch]
+// --strict; or --dtype bf16: bf16 parameters, activations and gradients over f32 master weights) with CAME or
+// AdamW, and the optimizer step alone against the bytes it must move. Prints one JSON object per measurement,
+// then (with --torch) runs bench/peers/torch_gpt2_step.py on the same GPU, model, batch, optimizer and precision
+// (bf16: torch.autocast over f32 parameters). Used by scripts/gpu_check.sh; not a test.
+//   bench_gpu_train [--model gpt2] [--batch 8] [--seq 1024] [--steps 8] [--optimizers came,adamw] [--dtype f32|bf16]
+//                   [--strict] [--copy-mb 1024] [--torch]
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -12,6 +14,7 @@
 #include <vector>
 
 #include "core/autograd/node.h"
+#include "core/ledger.h"
 #include "core/ops.h"
 #include "models/gpt2.h"
 #include "optim/clip.h"
@@ -23,8 +26,56 @@
 
 using namespace tally;
 
+namespace {
+
+constexpr const char* kUsage =
+    "usage: bench_gpu_train [--model gpt2] [--batch 8] [--seq 1024] [--steps 8] [--optimizers came,adamw]\n"
+    "                       [--dtype f32|bf16] [--strict] [--copy-mb 1024] [--torch]\n";
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  std::string preset = "gpt2", optimizers = "came,adamw";
+  int64_t B = 8, T = 1024, steps = 8, copy_mb = 1024;
+  bool torch = false, strict = false;
+  std::string dtype_name = "f32";
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    const bool has_value = i + 1 < argc;
+    auto next = [&]() -> std::string { return has_value ? argv[++i] : ""; };
+    auto positive = [&](int64_t& v) {
+      v = std::atoll(next().c_str());
+      return v > 0;
+    };
+    bool ok = true;
+    if (a == "--model") preset = next();
+    else if (a == "--batch") ok = positive(B);
+    else if (a == "--seq") ok = positive(T);
+    else if (a == "--steps") ok = positive(steps);
+    else if (a == "--copy-mb") ok = positive(copy_mb);
+    else if (a == "--optimizers") optimizers = next();
+    else if (a == "--dtype") dtype_name = next();
+    else if (a == "--torch") torch = true;
+    else if (a == "--strict") strict = true;
+    else if (a == "--help" || a == "-h") {
+      std::printf("%s", kUsage);
+      return 0;
+    } else ok = false;
+    if (!ok) {
+      std::printf("bench_gpu_train: bad argument '%s'\n%s", a.c_str(), kUsage);
+      return 2;
+    }
+  }
+  if (dtype_name != "f32" && dtype_name != "bf16") {
+    std::printf("bench_gpu_train: --dtype must be f32 or bf16, got '%s'\n", dtype_name.c_str());
+    return 2;
+  }
+  if (dtype_name == "bf16" && strict) {
+    std::printf("bench_gpu_train: --strict (f32 products without TF32) does not apply to --dtype bf16\n");
+    return 2;
+  }
 #ifndef TALLY_HAS_CUDA
+  (void)torch;
   std::printf("bench_gpu_train: built without CUDA; nothing to measure\n");
   return 0;
 #else
@@ -32,20 +83,8 @@ int main(int argc, char** argv) {
     std::printf("bench_gpu_train: no CUDA device\n");
     return 0;
   }
-  std::string preset = "gpt2", optimizers = "came,adamw";
-  int64_t B = 8, T = 1024, steps = 8;
-  bool torch = false, strict = false;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
-    if (a == "--model") preset = next();
-    else if (a == "--batch") B = std::atoll(next().c_str());
-    else if (a == "--seq") T = std::atoll(next().c_str());
-    else if (a == "--steps") steps = std::atoll(next().c_str());
-    else if (a == "--optimizers") optimizers = next();
-    else if (a == "--torch") torch = true;
-    else if (a == "--strict") strict = true;
-  }
+  const DType dtype = dtype_name == "bf16" ? DType::bf16 : DType::f32;
+  const char* precision = dtype == DType::bf16 ? "bf16" : strict ? "fp32" : "tf32";
   cuda::set_fp32_matmul(strict ? cuda::Fp32Matmul::strict : cuda::Fp32Matmul::tf32);
   const Device dev = Device::cuda(0);
   models::GPT2Config config = models::GPT2Config::preset(preset);
@@ -62,7 +101,8 @@ int main(int argc, char** argv) {
   // Device-to-device copy ceiling (bytes read + written).
   double copy_gbs = 0;
   {
-    Tensor a = empty({256 << 20}, {.device = dev}), b = empty({256 << 20}, {.device = dev});
+    const int64_t n = copy_mb << 18;  // f32 elements
+    Tensor a = empty({n}, {.device = dev}), b = empty({n}, {.device = dev});
     a.fill_(1.0);
     cuda::synchronize();
     auto t0 = std::chrono::steady_clock::now();
@@ -82,7 +122,8 @@ int main(int argc, char** argv) {
     cli::OptimizerSpec spec;
     spec.kind = cli::parse_optimizer(name);
     spec.lr = 1e-4;
-    models::GPT2 model(config, {.device = dev, .seed = 1});
+    ledger(dev).reset_peaks();  // each optimizer's peak from its own model up (the previous one is freed)
+    models::GPT2 model(config, {.device = dev, .dtype = dtype, .seed = 1});
     auto opt = cli::make_optimizer(spec, model.parameters());
     opt->init_state();
     auto step = [&] {
@@ -103,7 +144,7 @@ int main(int argc, char** argv) {
     int64_t peak = ledger(dev).total().peak_requested;
     std::printf("{\"bench\": \"tally_train_step\", \"optimizer\": \"%s\", \"model\": \"%s\", \"batch\": %lld, \"seq\": %lld, "
                 "\"precision\": \"%s\", \"ms_per_step\": %.2f, \"tokens_per_s\": %.0f, \"loss\": %.4f, \"peak_ledger_mb\": %.0f}\n",
-                name.c_str(), preset.c_str(), (long long)B, (long long)T, strict ? "fp32" : "tf32", ms,
+                name.c_str(), preset.c_str(), (long long)B, (long long)T, precision, ms,
                 double(B * T) / (ms / 1000), loss, double(peak) / (1 << 20));
     // The optimizer step alone (gradients left in place), against the minimum bytes it must move.
     {
@@ -117,18 +158,21 @@ int main(int argc, char** argv) {
       double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count() / reps;
       double n = double(model.num_parameters());
       // AdamW: read p, g, m, v; write p, m, v. CAME (and factored methods): read p, g, m; write p, m (+ factors).
+      // bf16: g and p are 2 bytes but the f32 master is read and written: the same totals.
       double min_bytes = (spec.kind == cli::OptimizerKind::adamw ? 28.0 : 20.0) * n;
-      std::printf("{\"bench\": \"tally_optimizer_step\", \"optimizer\": \"%s\", \"ms\": %.3f, \"min_GB_per_s\": %.1f, "
-                  "\"fraction_of_copy\": %.2f}\n",
-                  name.c_str(), s * 1000, min_bytes / s * 1e-9, min_bytes / s * 1e-9 / copy_gbs);
+      std::printf("{\"bench\": \"tally_optimizer_step\", \"optimizer\": \"%s\", \"precision\": \"%s\", \"ms\": %.3f, "
+                  "\"min_GB_per_s\": %.1f, \"fraction_of_copy\": %.2f}\n",
+                  name.c_str(), precision, s * 1000, min_bytes / s * 1e-9, min_bytes / s * 1e-9 / copy_gbs);
     }
     std::fflush(stdout);
     if (torch) {
-      char cmd[512];
+      char cmd[1024];
       std::snprintf(cmd, sizeof cmd,
                     "python3 %s/bench/peers/torch_gpt2_step.py --device cuda --dtype %s --batch %lld --seq %lld "
-                    "--optimizer %s --steps %lld --warmup 2",
-                    TALLY_SOURCE_DIR, strict ? "fp32" : "tf32", (long long)B, (long long)T, name.c_str(), (long long)steps);
+                    "--optimizer %s --steps %lld --warmup 2 --layers %lld --heads %lld --width %lld --vocab %lld --block %lld",
+                    TALLY_SOURCE_DIR, precision, (long long)B, (long long)T, name.c_str(), (long long)steps,
+                    (long long)config.n_layer, (long long)config.n_head, (long long)config.n_embd,
+                    (long long)config.vocab_size, (long long)config.block_size);
       std::fflush(stdout);
       int rc = std::system(cmd);
       if (rc != 0) std::printf("{\"bench\": \"torch_train_step\", \"optimizer\": \"%s\", \"error\": %d}\n", name.c_str(), rc);

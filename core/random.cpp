@@ -26,7 +26,7 @@ void fill_random(Tensor& t, Generator& gen, const char* op, Fill&& fill) {
 
 void normal_(Tensor& t, Generator& gen, double mean, double std) {
   fill_random(t, gen, "normal_", [&](uint64_t offset) {
-    dispatch_float(t.dtype(), "normal_", [&]<class T>() {
+    dispatch_float(t, "normal_", [&]<class T>() {
       TALLY_KERNEL(t.device(), random_normal<T>, t.data<T>(), t.numel(), gen.seed(), offset, mean, std);
     });
   });
@@ -34,7 +34,7 @@ void normal_(Tensor& t, Generator& gen, double mean, double std) {
 
 void uniform_(Tensor& t, Generator& gen, double lo, double hi) {
   fill_random(t, gen, "uniform_", [&](uint64_t offset) {
-    dispatch_float(t.dtype(), "uniform_", [&]<class T>() {
+    dispatch_float(t, "uniform_", [&]<class T>() {
       TALLY_KERNEL(t.device(), random_uniform<T>, t.data<T>(), t.numel(), gen.seed(), offset, lo, hi);
     });
   });

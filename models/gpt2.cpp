@@ -27,8 +27,10 @@ const GPT2Config& validated(const GPT2Config& c) {
 }
 
 const GPT2Options& validated(const GPT2Options& o) {
-  TALLY_CHECK(o.dtype == DType::f32 || o.dtype == DType::f64, "[gpt2] parameters must be f32 or f64, got ",
-              dtype_name(o.dtype));
+  TALLY_CHECK(o.dtype == DType::f32 || o.dtype == DType::f64 || o.dtype == DType::bf16,
+              "[gpt2] parameters must be f32, f64 or bf16, got ", dtype_name(o.dtype));
+  TALLY_CHECK(o.dtype != DType::bf16 || !o.device.is_cpu(), "[gpt2] parameters on the CPU must be f32 or f64, got bf16 ",
+              "(bf16 computes on CUDA only: use device cuda, or meta to plan memory)");
   return o;
 }
 

@@ -45,7 +45,10 @@ enum class Init : uint8_t {
 
 struct GPT2Options {
   Device device = Device::cpu();  // Device::meta() builds a model that only accounts memory
-  DType dtype = DType::f32;       // f64 for finite-difference gradient checks (CPU)
+  // f64 for finite-difference gradient checks (CPU); bf16 for mixed precision on CUDA (activations and gradients
+  // bf16, arithmetic in float; the optimizer keeps f32 master weights). The bf16 init draws the f32 values and
+  // rounds them to nearest even: a bf16 model starts from the f32 model's weights, rounded.
+  DType dtype = DType::f32;
   uint64_t seed = 0;              // initialisation; dropout draws from a stream derived from it
   Init init = Init::gpt2;
 };

@@ -61,7 +61,8 @@ std::vector<TensorState> Adafactor::predict_state_bytes(const std::vector<NamedS
                                                         const AdafactorConfig& config) {
   std::vector<TensorState> out;
   for (const NamedShape& p : params)
-    out.push_back({.param = p.name, .param_shape = p.shape, .states = state_specs(p.shape, config)});
+    out.push_back({.param = p.name, .param_shape = p.shape,
+                   .states = with_master(state_specs(p.shape, config), p.shape, p.dtype)});
   return out;
 }
 
@@ -86,7 +87,7 @@ void Adafactor::update(Slot& s, const Tensor& grad, const StepOptions& o, void* 
   if (s.factored) {
     kernels::AdafactorFactoredArgs a{
         .layout = s.layout,
-        .param = s.param.data<float>(),
+        .param = param_f32(s),
         .grad = grad.data<float>(),
         .exp_avg = m,
         .exp_avg_sq_row = f32(s, first),
@@ -106,7 +107,7 @@ void Adafactor::update(Slot& s, const Tensor& grad, const StepOptions& o, void* 
   } else {
     kernels::AdafactorDenseArgs a{
         .n = s.param.numel(),
-        .param = s.param.data<float>(),
+        .param = param_f32(s),
         .grad = grad.data<float>(),
         .exp_avg = m,
         .exp_avg_sq = f32(s, first),

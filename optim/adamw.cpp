@@ -47,7 +47,8 @@ std::vector<StateSpec> AdamW::state_specs(const Shape& shape, const AdamWConfig&
 std::vector<TensorState> AdamW::predict_state_bytes(const std::vector<NamedShape>& params, const AdamWConfig& config) {
   std::vector<TensorState> out;
   for (const NamedShape& p : params)
-    out.push_back({.param = p.name, .param_shape = p.shape, .states = state_specs(p.shape, config)});
+    out.push_back({.param = p.name, .param_shape = p.shape,
+                   .states = with_master(state_specs(p.shape, config), p.shape, p.dtype)});
   return out;
 }
 
@@ -60,7 +61,7 @@ void AdamW::update(Slot& s, const Tensor& grad, const StepOptions& o, void* work
   const AdamWConfig& c = configs_[size_t(s.group)];
   kernels::AdamWArgs a{
       .n = s.param.numel(),
-      .param = s.param.data<float>(),
+      .param = param_f32(s),
       .grad = grad.data<float>(),
       .exp_avg = f32(s, 0),
       .exp_avg_sq = f32(s, 1),

@@ -66,7 +66,8 @@ std::vector<StateSpec> Came::state_specs(const Shape& shape, const CameConfig& c
 std::vector<TensorState> Came::predict_state_bytes(const std::vector<NamedShape>& params, const CameConfig& config) {
   std::vector<TensorState> out;
   for (const NamedShape& p : params)
-    out.push_back({.param = p.name, .param_shape = p.shape, .states = state_specs(p.shape, config)});
+    out.push_back({.param = p.name, .param_shape = p.shape,
+                   .states = with_master(state_specs(p.shape, config), p.shape, p.dtype)});
   return out;
 }
 
@@ -84,7 +85,7 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
   if (s.factored) {
     kernels::CameFactoredArgs a{
         .layout = s.layout,
-        .param = s.param.data<float>(),
+        .param = param_f32(s),
         .grad = grad.data<float>(),
         .exp_avg = s.tensors[0].data_ptr(),
         .exp_avg_dtype = s.tensors[0].dtype(),
@@ -109,7 +110,7 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
   } else {
     kernels::CameDenseArgs a{
         .n = s.param.numel(),
-        .param = s.param.data<float>(),
+        .param = param_f32(s),
         .grad = grad.data<float>(),
         .exp_avg = s.tensors[0].data_ptr(),
         .exp_avg_dtype = s.tensors[0].dtype(),

@@ -13,8 +13,8 @@ namespace tally::optim {
 namespace {
 
 void check_grad(const Tensor& p, const Tensor& g, const char* op) {
-  TALLY_CHECK(g.dtype() == DType::f32 && g.is_contiguous(), "[", op, "] gradient of '", p.name(), "' is ", g.str(),
-              ": expected contiguous f32");
+  TALLY_CHECK((g.dtype() == DType::f32 || g.dtype() == DType::bf16) && g.is_contiguous(), "[", op, "] gradient of '",
+              p.name(), "' is ", g.str(), ": expected contiguous f32 or bf16");
 }
 
 }  // namespace
@@ -36,8 +36,12 @@ double grad_norm(const std::vector<Tensor>& params) {
 #endif
     Tensor& w = scratch[dev];
     if (ws > 0 && (!w.defined() || w.nbytes() < ws)) w = empty({ws}, {.dtype = DType::u8, .device = g.device()});
-    TALLY_OPTIM_KERNEL(g.device(), sum_squares, g.data<float>(), g.numel(), a.data<double>(),
-                       w.defined() ? w.data_ptr() : nullptr);
+    if (g.dtype() == DType::bf16)  // mixed precision: read as bf16, summed in double like f32
+      TALLY_OPTIM_KERNEL(g.device(), sum_squares_bf16, g.data<bf16>(), g.numel(), a.data<double>(),
+                         w.defined() ? w.data_ptr() : nullptr);
+    else
+      TALLY_OPTIM_KERNEL(g.device(), sum_squares, g.data<float>(), g.numel(), a.data<double>(),
+                         w.defined() ? w.data_ptr() : nullptr);
   }
   double total = 0;
   for (auto& [dev, a] : acc) total += a.item();
@@ -57,7 +61,8 @@ double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
     for (const Tensor& p : params) {
       const Tensor g = p.grad();
       if (!g.defined() || g.device().is_meta()) continue;
-      TALLY_OPTIM_KERNEL(g.device(), scale, g.data<float>(), g.numel(), coef);
+      if (g.dtype() == DType::bf16) TALLY_OPTIM_KERNEL(g.device(), scale_bf16, g.data<bf16>(), g.numel(), coef);
+      else TALLY_OPTIM_KERNEL(g.device(), scale, g.data<float>(), g.numel(), coef);
     }
   }
   return norm;

@@ -1,7 +1,8 @@
 // Global-norm gradient clipping (torch.nn.utils.clip_grad_norm_ semantics). The norm is computed in double in
 // one pass over each gradient. Two ways to apply it: clip_grad_norm scales the gradients in place (a second
 // pass), or grad_norm + clip_coefficient give a factor to pass as StepOptions::grad_scale, which the optimizer
-// kernels apply as they read the gradients (no extra pass; the gradient buffers stay unscaled).
+// kernels apply as they read the gradients (no extra pass; the gradient buffers stay unscaled). bf16 gradients
+// (mixed precision) are read as bf16 and summed in double as well.
 #pragma once
 #include <vector>
 

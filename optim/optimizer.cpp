@@ -1,5 +1,6 @@
 // The Optimizer base (see optimizer.h): groups, lazy/eager state in the ledger, step loop, workspace,
-// inspection plumbing, save/load, byte measurement and prediction, and the factoring rule.
+// inspection plumbing, save/load, byte measurement and prediction, the factoring rule, and the master weights of
+// bf16 parameters.
 #include "optim/optimizer.h"
 
 #include <algorithm>
@@ -22,6 +23,25 @@ int64_t total_bytes(const std::vector<TensorState>& tensors) {
   for (const TensorState& t : tensors) b += t.bytes();
   return b;
 }
+
+std::vector<StateSpec> with_master(std::vector<StateSpec> specs, const Shape& shape, DType param_dtype) {
+  if (param_dtype == DType::bf16) specs.push_back({.name = "master", .shape = shape, .dtype = DType::f32});
+  return specs;
+}
+
+namespace {
+
+// FNV-1a of a parameter name, then splitmix64 with the seed: the Philox key of its stochastic rounding.
+uint64_t rounding_key(uint64_t seed, const std::string& name) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : name) h = (h ^ c) * 0x100000001b3ull;
+  uint64_t z = h ^ seed;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+}  // namespace
 
 Shape drop_dim(const Shape& shape, int dim) {
   Shape s = shape;
@@ -71,8 +91,8 @@ void Optimizer::add_group(const std::vector<Tensor>& params, double lr) {
                 " has no name: name parameters with set_name() (state is recorded under \"<name>:<state>\")");
     TALLY_CHECK(p.requires_grad(), op, " parameter '", p.name(), "' ", p.str(), " does not require grad");
     TALLY_CHECK(p.is_leaf(), op, " parameter '", p.name(), "' is not a leaf tensor");
-    TALLY_CHECK(p.dtype() == DType::f32, op, " parameter '", p.name(), "' is ", p.str(),
-                ": optimizers update f32 (master) parameters");
+    TALLY_CHECK(p.dtype() == DType::f32 || p.dtype() == DType::bf16, op, " parameter '", p.name(), "' is ", p.str(),
+                ": optimizers update f32 parameters, or bf16 ones through f32 master weights");
     TALLY_CHECK(p.is_contiguous(), op, " parameter '", p.name(), "' ", p.str(), " is not contiguous");
     TALLY_CHECK(find(slots_, p.name()) == nullptr, op, " two parameters are named '", p.name(),
                 "': names key the optimizer state and must be unique");
@@ -145,9 +165,13 @@ int64_t Optimizer::workspace_for(const Slot& slot) const {
                        : kernels::cpu::dense_workspace_bytes(slot.param.numel());
 }
 
+std::vector<StateSpec> Optimizer::all_specs(const Slot& slot, bool* factored, kernels::FactoredLayout* layout) const {
+  return with_master(specs_for(slot, factored, layout), slot.param.shape(), slot.param.dtype());
+}
+
 void Optimizer::ensure_state(Slot& slot) {
   if (slot.allocated) return;
-  slot.specs = specs_for(slot, &slot.factored, &slot.layout);
+  slot.specs = all_specs(slot, &slot.factored, &slot.layout);
   slot.tensors.clear();
   for (const StateSpec& spec : slot.specs) {
     MemoryScope scope(Category::optimizer_state, slot.name + ":" + spec.name);
@@ -156,7 +180,28 @@ void Optimizer::ensure_state(Slot& slot) {
     t.set_name(slot.name + ":" + spec.name);
     slot.tensors.push_back(std::move(t));
   }
+  if (slot.param.dtype() == DType::bf16) {
+    slot.master = slot.tensors.back();
+    slot.master.copy_(slot.param);  // bf16 -> f32 is exact
+  }
   slot.allocated = true;
+}
+
+Tensor& Optimizer::widened_grad_buffer(Device d, int64_t numel) {
+  Tensor& w = widened_[d.str()];
+  if (!w.defined() || w.numel() < numel) {
+    w = Tensor();  // release the smaller buffer first
+    MemoryScope scope(Category::workspace, kind_ + ":workspace");
+    w = empty({numel}, {.dtype = DType::f32, .device = d});
+  }
+  return w;
+}
+
+void Optimizer::write_bf16_param(Slot& s) {
+  const int64_t n = s.param.numel();
+  const uint64_t key = rounding_key(rounding_seed_, s.name);
+  const uint64_t offset = uint64_t(s.step) * kernels::round_to_bf16_blocks(n);  // disjoint counters per step
+  TALLY_OPTIM_KERNEL(s.param.device(), round_to_bf16, s.master.data<float>(), s.param.data<bf16>(), n, key, offset);
 }
 
 void* Optimizer::workspace(Device d, int64_t bytes) {
@@ -172,14 +217,19 @@ void* Optimizer::workspace(Device d, int64_t bytes) {
 
 void Optimizer::init_state() {
   NoGradGuard no_grad;
-  std::map<std::string, std::pair<Device, int64_t>> need;
+  std::map<std::string, std::pair<Device, int64_t>> need, widened;
   for (Slot& s : slots_) {
     ensure_state(s);
     auto& [dev, bytes] = need.try_emplace(s.param.device().str(), s.param.device(), 0).first->second;
     bytes = std::max(bytes, workspace_for(s));
+    if (s.master.defined()) {
+      auto& [wdev, numel] = widened.try_emplace(s.param.device().str(), s.param.device(), 0).first->second;
+      numel = std::max(numel, s.param.numel());
+    }
     if (inspect_ == Inspect::factored_error && s.factored && !s.exact.defined()) allocate_exact(s);
   }
   for (auto& [key, need_dev] : need) workspace(need_dev.first, need_dev.second);
+  for (auto& [key, need_dev] : widened) widened_grad_buffer(need_dev.first, need_dev.second);
 }
 
 void Optimizer::allocate_exact(Slot& s) {
@@ -205,7 +255,7 @@ void Optimizer::step(const StepOptions& options) {
   for (Slot& s : slots_) {
     const Tensor grad = s.param.grad();
     if (!grad.defined()) continue;
-    TALLY_CHECK(grad.shape() == s.param.shape() && grad.dtype() == DType::f32 && grad.device() == s.param.device(),
+    TALLY_CHECK(grad.shape() == s.param.shape() && grad.dtype() == s.param.dtype() && grad.device() == s.param.device(),
                 "[", kind_, ".step] gradient of '", s.name, "' is ", grad.str(), ", parameter is ", s.param.str());
     TALLY_CHECK(grad.is_contiguous(), "[", kind_, ".step] gradient of '", s.name, "' ", grad.str(),
                 " is not contiguous");
@@ -225,7 +275,14 @@ void Optimizer::step(const StepOptions& options) {
     }
     void* ws = workspace(dev, workspace_for(s));
     s.step += 1;
-    update(s, grad, options, ws, stats);
+    if (s.master.defined()) {  // mixed precision: the f32 kernels on the master, then the bf16 parameter from it
+      Tensor wide = widened_grad_buffer(dev, s.param.numel()).slice(0, 0, s.param.numel()).view(s.param.shape());
+      wide.copy_(grad);
+      update(s, wide, options, ws, stats);
+      write_bf16_param(s);
+    } else {
+      update(s, grad, options, ws, stats);
+    }
     if (inspecting) {
       const std::vector<double> host = stats_[dev.str()].to_vector<double>();
       s.internals = TensorInternals{};
@@ -268,7 +325,7 @@ std::vector<TensorState> Optimizer::predict_state_bytes() const {
   for (const Slot& s : slots_) {
     bool factored = false;
     kernels::FactoredLayout layout;
-    out.push_back({.param = s.name, .param_shape = s.param.shape(), .states = specs_for(s, &factored, &layout)});
+    out.push_back({.param = s.name, .param_shape = s.param.shape(), .states = all_specs(s, &factored, &layout)});
   }
   return out;
 }
@@ -277,6 +334,7 @@ int64_t Optimizer::workspace_bytes() const {
   int64_t b = 0;
   for (const auto& [dev, t] : workspaces_) b += t.defined() ? t.nbytes() : 0;
   for (const auto& [dev, t] : stats_) b += t.defined() ? t.nbytes() : 0;
+  for (const auto& [dev, t] : widened_) b += t.defined() ? t.nbytes() : 0;
   return b;
 }
 
@@ -321,7 +379,7 @@ void Optimizer::load_state_dict(const OptimizerState& saved) {
     if (it == saved.param_steps.end()) continue;
     bool factored = false;
     kernels::FactoredLayout layout;
-    for (const StateSpec& spec : specs_for(s, &factored, &layout)) {
+    for (const StateSpec& spec : all_specs(s, &factored, &layout)) {
       const std::string key = s.name + ":" + spec.name;
       auto t = saved.tensors.find(key);
       TALLY_CHECK(t != saved.tensors.end() && t->second.defined(), op, " state '", key, "' is missing");

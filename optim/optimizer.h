@@ -1,7 +1,8 @@
 // The Optimizer base: parameter groups, zero_grad/step, named state tensors in the memory ledger
 // (Category::optimizer_state, owner "<param name>:<state name>"), lazy or eager state allocation, state
-// save/load as a name -> Tensor map (dtypes kept), measured and predicted state bytes, and the per-tensor
-// internals a step reports on request. The algorithms live in came.h, adamw.h, adafactor.h, sgd.h.
+// save/load as a name -> Tensor map (dtypes kept), measured and predicted state bytes, the per-tensor
+// internals a step reports on request, and mixed precision (bf16 parameters updated through f32 master weights).
+// The algorithms live in came.h, adamw.h, adafactor.h, sgd.h.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -40,7 +41,13 @@ int64_t total_bytes(const std::vector<TensorState>& tensors);
 struct NamedShape {
   std::string name = {};
   Shape shape = {};
+  DType dtype = DType::f32;  // bf16: the state also holds the f32 master weights (see with_master)
 };
+
+// Mixed precision: a bf16 parameter's state ends with "master", the f32 master weights the algorithm updates
+// (Category::optimizer_state, owner "<param>:master", initialised from the parameter, exactly). `specs` unchanged
+// for an f32 parameter.
+std::vector<StateSpec> with_master(std::vector<StateSpec> specs, const Shape& shape, DType param_dtype);
 
 // ---- options of the base ----
 
@@ -106,6 +113,13 @@ struct OptimizerState {
 
 // ---- the base ----
 
+// Mixed precision: a bf16 parameter (its gradient bf16 too) is updated through f32 master weights kept as its
+// last state tensor, "master". Each step widens the bf16 gradient into an f32 buffer (step workspace, owner
+// "<kind>:workspace"), runs the algorithm's f32 kernels on the master exactly as for an f32 parameter, and writes
+// the bf16 parameter from the master with stochastic rounding (kernels round_to_bf16): unbiased, so updates
+// smaller than bf16's resolution still move the parameter on average, while the master keeps them exactly.
+// The random bits are Philox with a key from the rounding seed and the parameter's name, and a counter from its
+// step count: a resumed run rounds exactly as an uninterrupted one.
 class Optimizer {
  public:
   virtual ~Optimizer();
@@ -132,6 +146,9 @@ class Optimizer {
   // then be measured before step 1. Idempotent.
   void init_state();
   int64_t steps() const { return steps_; }
+  // Seed of the stochastic rounding of bf16 parameters (see above); a fixed default.
+  void set_rounding_seed(uint64_t seed) { rounding_seed_ = seed; }
+  uint64_t rounding_seed() const { return rounding_seed_; }
   int64_t param_step(const std::string& param) const;  // throws for an unknown name
 
   // ---- memory ----
@@ -174,10 +191,12 @@ class Optimizer {
     Tensor exact;                  // Inspect::factored_error buffer
     int64_t exact_since = 0;
     TensorInternals internals;
+    Tensor master;                 // bf16 parameters: the f32 master weights (also the last of `tensors`)
   };
 
   explicit Optimizer(std::string kind);
-  // Registers a group. Each parameter must be f32, contiguous, require grad and carry a unique non-empty name.
+  // Registers a group. Each parameter must be f32 or bf16 (mixed precision), contiguous, require grad and carry a
+  // unique non-empty name.
   void add_group(const std::vector<Tensor>& params, double lr);
 
   // ---- what each algorithm provides ----
@@ -193,6 +212,10 @@ class Optimizer {
   virtual void record_internals(Slot& slot, const double* stats);
 
   float* f32(Slot& s, size_t index) { return s.tensors[index].data<float>(); }
+  // The f32 values the kernels update: the parameter itself, or its master weights when it is bf16.
+  static float* param_f32(Slot& s) { return s.master.defined() ? s.master.data<float>() : s.param.data<float>(); }
+  // The algorithm's own state tensors (the master, when there is one, comes after them).
+  static size_t own_states(const Slot& s) { return s.tensors.size() - (s.master.defined() ? 1 : 0); }
   static const Slot* find(const std::vector<Slot>& slots, const std::string& name);
   void ensure_state(Slot& slot);
 
@@ -201,6 +224,12 @@ class Optimizer {
  private:
   void* workspace(Device d, int64_t bytes);
   void allocate_exact(Slot& slot);
+  // specs_for plus the master weights of a bf16 parameter.
+  std::vector<StateSpec> all_specs(const Slot& slot, bool* factored, kernels::FactoredLayout* layout) const;
+  // The f32 buffer a bf16 gradient is widened into (one per device, sized for the largest bf16 parameter).
+  Tensor& widened_grad_buffer(Device d, int64_t numel);
+  // param = stochastic_round(master) after a step of a bf16 parameter.
+  void write_bf16_param(Slot& slot);
 
   std::string kind_;
   std::vector<std::vector<Tensor>> group_params_;
@@ -209,6 +238,8 @@ class Optimizer {
   Inspect inspect_ = Inspect::off;
   std::map<std::string, Tensor> workspaces_;  // by device string
   std::map<std::string, Tensor> stats_;       // by device string, kStatCount f64
+  std::map<std::string, Tensor> widened_;     // by device string: f32 gradient buffers of bf16 parameters
+  uint64_t rounding_seed_ = 0x6D69786564ull;
 };
 
 // ---- parameter groups ----

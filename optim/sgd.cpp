@@ -47,7 +47,8 @@ std::vector<StateSpec> Sgd::state_specs(const Shape& shape, const SgdConfig& c) 
 std::vector<TensorState> Sgd::predict_state_bytes(const std::vector<NamedShape>& params, const SgdConfig& config) {
   std::vector<TensorState> out;
   for (const NamedShape& p : params)
-    out.push_back({.param = p.name, .param_shape = p.shape, .states = state_specs(p.shape, config)});
+    out.push_back({.param = p.name, .param_shape = p.shape,
+                   .states = with_master(state_specs(p.shape, config), p.shape, p.dtype)});
   return out;
 }
 
@@ -60,9 +61,9 @@ void Sgd::update(Slot& s, const Tensor& grad, const StepOptions& o, void* worksp
   const SgdConfig& c = configs_[size_t(s.group)];
   kernels::SgdArgs a{
       .n = s.param.numel(),
-      .param = s.param.data<float>(),
+      .param = param_f32(s),
       .grad = grad.data<float>(),
-      .momentum_buffer = s.tensors.empty() ? nullptr : f32(s, 0),
+      .momentum_buffer = own_states(s) == 0 ? nullptr : f32(s, 0),
       .lr = c.lr,
       .momentum = c.momentum,
       .dampening = c.dampening,
@@ -79,7 +80,7 @@ void Sgd::update(Slot& s, const Tensor& grad, const StepOptions& o, void* worksp
 void Sgd::record_internals(Slot& s, const double* stats) {
   Optimizer::record_internals(s, stats);
   s.internals.clipped_update_rms = s.internals.update_rms;
-  if (!s.tensors.empty()) s.internals.exp_avg_rms = std::sqrt(stats[kernels::kStatExpAvgSq] / double(s.param.numel()));
+  if (own_states(s) > 0) s.internals.exp_avg_rms = std::sqrt(stats[kernels::kStatExpAvgSq] / double(s.param.numel()));
 }
 
 }  // namespace tally::optim

@@ -155,20 +155,34 @@ if [ -n "$bin_dir" ]; then
     rc=$?
     cat "$out/train_bench.log" >>"$log"
     row "bench_gpu_train" "rc=$rc in $(elapsed "$t0")"
+    # Mixed precision: bf16 parameters/activations/gradients over f32 master weights, beside PyTorch eager under
+    # torch.autocast(bfloat16) with f32 parameters and optimizer state (the closest PyTorch equivalent).
+    t0=$(date +%s)
+    say "== bench_gpu_train --dtype bf16 (gpt2 124M, B=${GPU_TRAIN_BATCH:-8}, T=1024)"
+    timeout "${GPU_TRAIN_BF16_TIMEOUT:-150}" "$bin_dir/bench_gpu_train" --model gpt2 --batch "${GPU_TRAIN_BATCH:-8}" \
+      --seq 1024 --steps 8 --optimizers "${GPU_TRAIN_BF16_OPTIMIZERS:-came,adamw}" --dtype bf16 --torch \
+      >"$out/train_bench_bf16.log" 2>&1
+    rc=$?
+    cat "$out/train_bench_bf16.log" >>"$log"
+    cat "$out/train_bench_bf16.log" >>"$out/train_bench.log"
+    row "bench_gpu_train bf16" "rc=$rc in $(elapsed "$t0")"
     python3 - "$out/train_bench.log" <<'PY' >"$out/train_table.txt" 2>>"$log" || true
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-tally = {r["optimizer"]: r for r in rows if r.get("bench") == "tally_train_step"}
-torch = {r["optimizer"]: r for r in rows if r.get("peer") == "pytorch-eager"}
-opt = {r["optimizer"]: r for r in rows if r.get("bench") == "tally_optimizer_step"}
+# Rows keyed by (optimizer, precision): tally's "precision" is fp32/tf32/bf16, the peer's "dtype" the same names.
+tally = {(r["optimizer"], r["precision"]): r for r in rows if r.get("bench") == "tally_train_step"}
+torch = {(r["optimizer"], r["dtype"]): r for r in rows if r.get("peer") == "pytorch-eager"}
+opt = {(r["optimizer"], r.get("precision", "tf32")): r for r in rows if r.get("bench") == "tally_optimizer_step"}
 copy = next((r["GB_per_s"] for r in rows if r.get("bench") == "d2d_copy"), None)
-print("%-8s %14s %14s %10s %12s %12s" % ("optim", "tally tok/s", "torch tok/s", "ratio", "opt GB/s", "of d2d copy"))
+print("%-8s %-5s %14s %14s %10s %12s %12s" % ("optim", "prec", "tally tok/s", "torch tok/s", "ratio", "opt GB/s",
+                                             "of d2d copy"))
 for k, t in tally.items():
     p = torch.get(k, {})
     ratio = t["tokens_per_s"] / p["tokens_per_s"] if p.get("tokens_per_s") else float("nan")
     o = opt.get(k, {})
-    print("%-8s %14.0f %14s %10.2f %12.1f %12.2f" % (k, t["tokens_per_s"], "%.0f" % p["tokens_per_s"] if p else "n/a",
-          ratio, o.get("min_GB_per_s", float("nan")), o.get("fraction_of_copy", float("nan"))))
+    print("%-8s %-5s %14.0f %14s %10.2f %12.1f %12.2f" % (k[0], k[1], t["tokens_per_s"],
+          "%.0f" % p["tokens_per_s"] if p else "n/a", ratio, o.get("min_GB_per_s", float("nan")),
+          o.get("fraction_of_copy", float("nan"))))
 if copy: print("device-to-device copy: %.0f GB/s" % copy)
 PY
   fi

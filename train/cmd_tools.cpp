@@ -52,6 +52,8 @@ int cmd_memory(const Args& args) {
   }
   specs.push_back({"batch", "micro-batch B (with --seq: add activations and the step's peak)", ""});
   specs.push_back({"seq", "sequence length T", ""});
+  specs.push_back({"dtype", "parameters' dtype: f32 | bf16 (mixed precision: bf16 parameters, gradients and "
+                   "activations, f32 master weights in the optimizer state)", "f32"});
   specs.push_back({"json", "print one JSON object", "", FlagKind::switch_});
   Flags f("memory", "the exact memory plan of a model and optimizers, computed without allocating", specs);
   f.parse(args);
@@ -60,15 +62,20 @@ int cmd_memory(const Args& args) {
   const bool with_step = f.given("batch") || f.given("seq");
   int64_t B = f.given("batch") ? f.integer("batch") : 4, T = f.given("seq") ? f.integer("seq") : config.block_size;
   if (with_step && (B < 1 || T < 1 || T > config.block_size)) throw FlagError("--batch and --seq must be positive, --seq <= block size");
+  const std::string dtype_str = f.str("dtype");
+  if (dtype_str != "f32" && dtype_str != "bf16") throw FlagError("--dtype must be f32 or bf16, got '" + dtype_str + "'");
+  const DType dtype = dtype_str == "bf16" ? DType::bf16 : DType::f32;
+  const int64_t param_size = int64_t(dtype_size(dtype));
 
   std::vector<optim::NamedShape> shapes;
   int64_t count = 0;
   {
-    models::GPT2 meta_model(config, {.device = Device::meta()});
-    for (const auto& [name, t] : meta_model.named_parameters()) shapes.push_back({name, t.shape()});
+    models::GPT2 meta_model(config, {.device = Device::meta(), .dtype = dtype});
+    for (const auto& [name, t] : meta_model.named_parameters()) shapes.push_back({name, t.shape(), t.dtype()});
     count = meta_model.num_parameters();
   }
-  json out = {{"model", config.str()}, {"parameters", {{"count", count}, {"bytes", count * 4}}}, {"optimizers", json::object()}};
+  json out = {{"model", config.str()}, {"dtype", dtype_str},
+              {"parameters", {{"count", count}, {"bytes", count * param_size}}}, {"optimizers", json::object()}};
   if (with_step) out["batch"] = B, out["seq"] = T;
   std::vector<std::string> names = split_commas(f.str("optimizer"));
   if (names.empty()) throw FlagError("--optimizer lists no optimizer");
@@ -84,7 +91,7 @@ int cmd_memory(const Args& args) {
       }
     json o = {{"state_bytes", optim::total_bytes(states)}, {"state_by_kind", by_kind}, {"tensors", tensors}};
     if (with_step) {
-      MemoryFigures p = predict_step_memory(config, spec, {.batch = B, .seq = T});
+      MemoryFigures p = predict_step_memory(config, spec, {.batch = B, .seq = T, .dtype = dtype});
       o["gradients"] = p.gradients;
       o["activations"] = p.activations;
       o["workspace"] = p.workspace;
@@ -96,8 +103,9 @@ int cmd_memory(const Args& args) {
     std::printf("%s\n", out.dump(2).c_str());
     return 0;
   }
-  std::printf("%s: %s parameters, %s\n", config.str().c_str(), format_bytes_exact(count).c_str(),
-              format_bytes_exact(count * 4).c_str());
+  std::printf("%s: %s parameters, %s (%s)\n", config.str().c_str(), format_bytes_exact(count).c_str(),
+              format_bytes_exact(count * param_size).c_str(), dtype_str.c_str());
+  if (dtype == DType::bf16) std::printf("bf16: each optimizer's state includes the f32 master weights ('master')\n");
   std::printf("\n%-12s %20s %12s %8s", "optimizer", "state bytes", "", "vs adamw");
   if (with_step) std::printf(" %20s %20s", "activations (peak)", "step total (peak)");
   std::printf("\n");

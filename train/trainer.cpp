@@ -151,6 +151,8 @@ std::vector<FlagSpec> train_flags() {
       {"seed", "seed for initialisation and data order", "1337"},
       {"no-shuffle", "read the training data in order (as llm.c)", "", FlagKind::switch_},
       {"device", "cpu | cuda", "cpu"},
+      {"dtype", "f32 | bf16 (mixed precision, CUDA only: bf16 parameters, activations and gradients; f32 master "
+                "weights and optimizer state; checkpoints hold both)", "f32"},
       {"threads", "CPU threads (0: all)", "0"},
       {"log-optim", "log the optimizer's internals every N steps (0: off)", "0"},
       {"log-every", "print a progress line every N steps when not on a terminal", "10"},
@@ -200,6 +202,11 @@ RunConfig run_config(const Flags& f) {
     throw FlagError(e.what());
   }
   if (c.device.is_meta()) throw FlagError("--device meta is for memory planning only");
+  const std::string dtype = f.str("dtype");
+  if (dtype != "f32" && dtype != "bf16") throw FlagError("--dtype must be f32 or bf16, got '" + dtype + "'");
+  c.dtype = dtype == "bf16" ? DType::bf16 : DType::f32;
+  if (c.dtype == DType::bf16 && !c.device.is_cuda())
+    throw FlagError("--dtype bf16 computes on CUDA only: add --device cuda, or train in f32 on the CPU");
   c.threads = int(f.integer("threads"));
   if (c.warmup < 0 || c.val_batches < 1 || c.threads < 0 || c.max_bad_steps < 1 || c.keep_last < 0)
     throw FlagError("--warmup, --threads, --keep-last must be >= 0; --val-batches, --max-bad-steps >= 1");
@@ -226,8 +233,18 @@ Trainer::Trainer(RunConfig config) : c_(std::move(config)) {
     models::GPT2Config loaded = model_->config();
     loaded.dropout = c_.model.dropout;
     c_.model = loaded;
+    if (c_.dtype != model_->dtype()) {  // bf16 from a file: the loaded weights rounded to nearest even
+      auto converted = std::make_unique<models::GPT2>(c_.model, models::GPT2Options{.device = c_.device, .dtype = c_.dtype,
+                                                                                    .seed = model_->options().seed,
+                                                                                    .init = models::Init::none});
+      auto src = model_->named_parameters(), dst = converted->named_parameters();
+      NoGradGuard no_grad;
+      for (size_t i = 0; i < src.size(); ++i) dst[i].second.copy_(src[i].second);
+      model_ = std::move(converted);
+    }
   } else {
-    model_ = std::make_unique<models::GPT2>(c_.model, models::GPT2Options{.device = c_.device, .seed = c_.seed});
+    model_ = std::make_unique<models::GPT2>(
+        c_.model, models::GPT2Options{.device = c_.device, .dtype = c_.dtype, .seed = c_.seed});
   }
   optimizer_ = make_optimizer(c_.optimizer, model_->parameters());
   const double peak = c_.optimizer.lr;
@@ -267,7 +284,7 @@ MemoryFigures predict_step_memory(const models::GPT2Config& config, const Optimi
   TALLY_ASSERT(meta.total().live_requested == 0);
   MemoryFigures p;
   {
-    models::GPT2 model(config, {.device = Device::meta()});
+    models::GPT2 model(config, {.device = Device::meta(), .dtype = shape.dtype});
     auto opt = make_optimizer(spec, model.parameters());
     opt->init_state();
     meta.reset_peaks();
@@ -286,7 +303,7 @@ MemoryFigures predict_step_memory(const models::GPT2Config& config, const Optimi
 
 MemoryFigures Trainer::predict_memory() const {
   return predict_step_memory(c_.model, c_.optimizer, {.batch = c_.batch, .seq = c_.seq, .accumulation = c_.accumulation,
-                                                      .grad_clip = c_.grad_clip});
+                                                      .grad_clip = c_.grad_clip, .dtype = c_.dtype});
 }
 
 double Trainer::evaluate(int64_t batches) {
@@ -373,6 +390,7 @@ fs::path Trainer::save(int64_t step) {
   optim::OptimizerState st = optimizer_->state_dict();
   for (const auto& [name, t] : st.tensors) c.optimizer.emplace_back(name, t);
   c.state["model_config"] = config_json(c_.model);
+  c.state["dtype"] = dtype_name(c_.dtype);  // bf16: model.safetensors holds bf16, optimizer.safetensors the f32 masters
   c.state["optimizer"] = {{"kind", st.kind}, {"steps", st.steps}, {"param_steps", st.param_steps}};
   c.state["loader"] = hex(train_loader_->position().to_bytes());
   c.state["dropout_rng"] = {{"seed", model_->dropout_generator().seed()}, {"offset", model_->dropout_generator().offset()}};
@@ -392,6 +410,9 @@ void Trainer::resume(const fs::path& dir_in) {
   TALLY_CHECK(c.state.contains("model_config") && c.state["model_config"] == config_json(c_.model), "--resume '",
               dir.string(), "': the checkpoint's model ", c.state.value("model_config", json()).dump(),
               " differs from this run's ", config_json(c_.model).dump());
+  const std::string saved_dtype = c.state.value("dtype", std::string("f32"));
+  TALLY_CHECK(saved_dtype == dtype_name(c_.dtype), "--resume '", dir.string(), "': the checkpoint was trained with --dtype ",
+              saved_dtype, ", this run has --dtype ", dtype_name(c_.dtype), " (resume with the same --dtype)");
   NoGradGuard no_grad;
   for (const auto& [name, t] : model_->named_parameters()) {
     Tensor dst = t;
@@ -425,7 +446,10 @@ RunSummary Trainer::run() {
     std::ofstream(c_.out / "config.json") << cfg.dump(2) << "\n";
   }
   MemoryFigures predicted;
-  if (c_.device.is_cpu()) {
+  // Compared on the CPU only: a CUDA run also holds cuBLAS's workspace (32 MiB, made on first use) and CUB's sort
+  // scratch, which the meta device does not plan (parameters, gradients, state and activations do match).
+  const bool plan_exact = c_.device.is_cpu();
+  if (plan_exact) {
     predicted = predict_memory();
     std::printf("\n%s\n", format_plan(predicted, nullptr).c_str());
   }
@@ -439,7 +463,7 @@ RunSummary Trainer::run() {
     const bool first = step == start_step_ + 1;
     if (first) l.reset_peaks();
     StepRecord r = train_step(step);
-    if (first && c_.device.is_cpu()) {
+    if (first && plan_exact) {
       MemoryFigures m = measure(l);
       for (const auto& ts : optimizer_->state_bytes())
         for (const auto& st : ts.states) m.state_by_kind[st.name] += st.bytes();

@@ -33,6 +33,7 @@ struct RunConfig {
   uint64_t seed = 1337;
   bool shuffle = true;
   Device device = Device::cpu();
+  DType dtype = DType::f32;  // bf16: mixed precision on CUDA (bf16 model, f32 master weights in the optimizer)
   int threads = 0;
   std::filesystem::path out;
   nlohmann::json flags;  // the resolved flags as given/defaulted
@@ -64,6 +65,7 @@ struct RunSummary {
 struct StepShape {
   int64_t batch = 1, seq = 1, accumulation = 1;
   double grad_clip = 1.0;
+  DType dtype = DType::f32;  // the model's parameters
 };
 MemoryFigures predict_step_memory(const models::GPT2Config& model, const OptimizerSpec& optimizer, StepShape shape);
 

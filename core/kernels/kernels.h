@@ -1,6 +1,7 @@
 // The kernel contract: raw pointers and sizes only (no Tensor, no autograd). Every kernel is declared once in
 // kernels.inc and exists twice with identical signatures: kernels::cpu (core/kernels/cpu/*.cpp) and
-// kernels::cuda (core/kernels/cuda/*.cu, when built). Templates are instantiated for float and double on both.
+// kernels::cuda (core/kernels/cuda/*.cu, when built). Templates are instantiated for float and double on both,
+// and for bf16 on CUDA only (mixed precision: bf16 storage, arithmetic and statistics in float, see acc_t).
 // Ops (core/ops/) validate, allocate and dispatch; kernels trust their arguments.
 #pragma once
 #include <cstdint>
@@ -10,6 +11,13 @@
 namespace tally::kernels {
 
 inline constexpr int kMaxDims = 8;
+
+// The type a kernel computes in and keeps per-row statistics in (layer-norm mean/rstd, log-sum-exp, per-row
+// losses, attention scores): the element type itself, except float for bf16 storage (a bf16 log-sum-exp would
+// be off by up to 1/256 of its value, a bf16 rstd by as much: too coarse for the backward passes that reuse them).
+template <class T> struct acc_type { using type = T; };
+template <> struct acc_type<bf16> { using type = float; };
+template <class T> using acc_t = typename acc_type<T>::type;
 
 // Shape and strides (in elements) of an N-d traversal, outermost first.
 struct StridedLayout {
@@ -55,6 +63,29 @@ struct AttentionLayout {
   bool causal = true;  // query i sees keys j <= i + (Tk - Tq)
   double scale = 1.0;
 };
+
+// The CUDA backend's attention workspace, as host arithmetic available in every build, so that the meta device can
+// plan a bf16 run (bf16 computes on CUDA only) exactly: kernels/cuda/attention.cu allocates and uses this layout.
+// Score buffers of up to kCudaAttentionScoreBudget elements each; in elements of acc_t<T>.
+#ifdef TALLY_CUDA_EMULATED
+inline constexpr int64_t kCudaAttentionScoreBudget = 1024;  // the CPU emulator exercises chunking on small problems
+#else
+inline constexpr int64_t kCudaAttentionScoreBudget = int64_t(1) << 25;  // 128 MiB in f32
+#endif
+inline constexpr int kCudaAttentionPointerArrays = 10;  // q k v o dout dq dk dv s dp
+// (batch, head) pairs per backward chunk (each needs two Tq x Tk buffers); forward chunks are twice that.
+inline int64_t cuda_attention_backward_chunk(const AttentionLayout& l) {
+  const int64_t per = l.Tq * l.Tk, pairs = l.B * l.NH;
+  int64_t g = per > 0 ? kCudaAttentionScoreBudget / per : 1;
+  if (g < 1) g = 1;
+  return g > pairs ? pairs : g;
+}
+// Two score buffers, then 256-byte-aligned pointer arrays (sized for 4-byte elements, enough for 8-byte ones).
+inline int64_t cuda_attention_workspace_elements(const AttentionLayout& l) {
+  const int64_t score_elems = 2 * cuda_attention_backward_chunk(l) * l.Tq * l.Tk;
+  const int64_t pointer_bytes = 256 + int64_t(kCudaAttentionPointerArrays) * l.B * l.NH * int64_t(sizeof(void*));
+  return score_elems + 256 / 4 + (pointer_bytes + 3) / 4;
+}
 
 namespace cpu {
 #include "core/kernels/kernels.inc"

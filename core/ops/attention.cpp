@@ -19,12 +19,13 @@ void set_strides(int64_t* dst, int64_t b, int64_t h, int64_t t) {
   dst[2] = t;
 }
 
-// Scratch elements the backend needs; the meta device plans as the CPU does, so predictions match CPU runs.
-int64_t workspace_elements(Device d, const kernels::AttentionLayout& l) {
+// Scratch elements the backend needs. The meta device plans f32/f64 as the CPU spends them (predictions match CPU
+// runs) and bf16 as CUDA does (bf16 computes on CUDA only), so both plans equal the measured bytes.
+int64_t workspace_elements(Device d, DType t, const kernels::AttentionLayout& l) {
 #ifdef TALLY_HAS_CUDA
   if (d.is_cuda()) return kernels::cuda::attention_workspace_size(l);
 #endif
-  (void)d;
+  if (d.is_meta() && t == DType::bf16) return kernels::cuda_attention_workspace_elements(l);
   return kernels::cpu::attention_workspace_size(l);
 }
 
@@ -36,10 +37,11 @@ void attention_backward_call(const kernels::AttentionLayout& l, const kernels::A
   Tensor ws;
   {
     MemoryScope scope(Category::workspace, "attention");
-    ws = empty({workspace_elements(q.device(), l)}, q.options());
+    ws = empty({workspace_elements(q.device(), q.dtype(), l)}, detail::acc_options(q));
   }
-  TALLY_KERNEL(q.device(), attention_backward<T>, q.data<T>(), k.data<T>(), v.data<T>(), out.data<T>(), lse.data<T>(),
-               dout.data<T>(), dq, dk, dv, ws.data<T>(), l, gl);
+  using A = kernels::acc_t<T>;
+  TALLY_KERNEL(q.device(), attention_backward<T>, q.data<T>(), k.data<T>(), v.data<T>(), out.data<T>(), lse.data<A>(),
+               dout.data<T>(), dq, dk, dv, ws.data<A>(), l, gl);
 }
 
 template <class T>
@@ -48,10 +50,11 @@ void attention_forward_call(const kernels::AttentionLayout& l, const Tensor& q, 
   Tensor ws;
   {
     MemoryScope scope(Category::workspace, "attention");
-    ws = empty({workspace_elements(q.device(), l)}, q.options());
+    ws = empty({workspace_elements(q.device(), q.dtype(), l)}, detail::acc_options(q));  // scores in f32 for bf16 operands
   }
-  TALLY_KERNEL(q.device(), attention_forward<T>, q.data<T>(), k.data<T>(), v.data<T>(), out.data<T>(), lse.data<T>(),
-               ws.data<T>(), l);
+  using A = kernels::acc_t<T>;
+  TALLY_KERNEL(q.device(), attention_forward<T>, q.data<T>(), k.data<T>(), v.data<T>(), out.data<T>(), lse.data<A>(),
+               ws.data<A>(), l);
 }
 
 }  // namespace
@@ -84,8 +87,8 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
   l.causal = causal == Causal::yes;
   l.scale = 1.0 / std::sqrt(double(HS));
   Tensor out = empty({B, NH, Tq, HS}, q.options());
-  Tensor lse = empty({B, NH, Tq}, q.options());
-  dispatch_float(q.dtype(), op, [&]<class T>() { attention_forward_call<T>(l, q, k, v, out, lse); });
+  Tensor lse = empty({B, NH, Tq}, detail::acc_options(q));
+  dispatch_float(q, op, [&]<class T>() { attention_forward_call<T>(l, q, k, v, out, lse); });
   Tensor sq = q.detach(), sk = k.detach(), sv = v.detach(), so = saved(out);
   return record(op, out, {&q, &k, &v}, [sq, sk, sv, so, lse, l](const Tensor& g_in) -> std::vector<Tensor> {
     Tensor g = g_in.contiguous();
@@ -95,7 +98,7 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
     set_strides(gl.k_strides, l.NH * l.Tk * l.HS, l.Tk * l.HS, l.HS);
     set_strides(gl.v_strides, l.NH * l.Tk * l.HS, l.Tk * l.HS, l.HS);
     set_strides(gl.out_strides, l.NH * l.Tq * l.HS, l.Tq * l.HS, l.HS);
-    dispatch_float(sq.dtype(), "scaled_dot_product_attention_backward", [&]<class T>() {
+    dispatch_float(sq, "scaled_dot_product_attention_backward", [&]<class T>() {
       attention_backward_call<T>(l, gl, sq, sk, sv, so, lse, g, dq.data<T>(), dk.data<T>(), dv.data<T>());
     });
     return {dq, dk, dv};
@@ -127,15 +130,15 @@ Tensor causal_self_attention(const Tensor& qkv_in, int64_t n_head) {
   l.causal = true;
   l.scale = 1.0 / std::sqrt(double(HS));
   Tensor out = empty({B, S, C}, qkv.options());
-  Tensor lse = empty({B, NH, S}, qkv.options());
+  Tensor lse = empty({B, NH, S}, detail::acc_options(qkv));
   Tensor q = qkv.detach(), k = make_view(qkv, {qkv.numel() - C}, {1}, qkv.offset() + C),
          v = make_view(qkv, {qkv.numel() - 2 * C}, {1}, qkv.offset() + 2 * C);
-  dispatch_float(qkv.dtype(), op, [&]<class T>() { attention_forward_call<T>(l, q, k, v, out, lse); });
+  dispatch_float(qkv, op, [&]<class T>() { attention_forward_call<T>(l, q, k, v, out, lse); });
   Tensor so = saved(out);
   return record(op, out, {&qkv}, [q, k, v, so, lse, l, B, S, C](const Tensor& g_in) -> std::vector<Tensor> {
     Tensor g = g_in.contiguous();  // (B, T, C)
     Tensor dqkv = empty({B, S, 3 * C}, g.options());
-    dispatch_float(g.dtype(), "causal_self_attention_backward", [&]<class T>() {
+    dispatch_float(g, "causal_self_attention_backward", [&]<class T>() {
       T* base = dqkv.data<T>();
       attention_backward_call<T>(l, l, q, k, v, so, lse, g, base, base ? base + C : nullptr, base ? base + 2 * C : nullptr);
     });

@@ -18,10 +18,14 @@ inline void check_pair(const char* op, const Tensor& a, const Tensor& b) {
   TALLY_CHECK(a.device() == b.device(), "[", op, "] device mismatch: ", a.str(), " vs ", b.str());
 }
 
+// f32, f64, or bf16 (which dispatch_float then accepts on CUDA only).
 inline void check_floating(const char* op, const Tensor& t) {
   TALLY_CHECK(t.defined(), "[", op, "] input is undefined");
-  TALLY_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::f64, "[", op, "] needs an f32 or f64 tensor, got ", t.str());
+  TALLY_CHECK(is_floating(t.dtype()), "[", op, "] needs an f32 or f64 tensor (or bf16 on CUDA), got ", t.str());
 }
+
+// Options for an op's per-row statistics (mean/rstd, log-sum-exp, losses) of input `t`: f32 for bf16 inputs.
+inline TensorOptions acc_options(const Tensor& t) { return {.dtype = acc_dtype(t.dtype()), .device = t.device()}; }
 
 // A saved output: shares storage without the grad_fn link (an output saved with its own node would form a cycle).
 inline Tensor saved(const Tensor& t) { return t.detach(); }

@@ -25,7 +25,7 @@ Tensor binary_forward(BinaryOp op, const char* name, const Tensor& a, const Tens
     l.a_stride[i] = (ia < 0 || a.shape()[ia] == 1) ? 0 : a.strides()[ia];
     l.b_stride[i] = (ib < 0 || b.shape()[ib] == 1) ? 0 : b.strides()[ib];
   }
-  dispatch_float(a.dtype(), name, [&]<class T>() {
+  dispatch_float(a, name, [&]<class T>() {
     TALLY_KERNEL(out.device(), binary<T>, op, a.data<T>(), b.data<T>(), out.data<T>(), l);
   });
   return out;
@@ -35,7 +35,7 @@ Tensor unary_forward(UnaryOp op, const char* name, const Tensor& a_in, double sc
   check_floating(name, a_in);
   Tensor a = a_in.contiguous();
   Tensor out = empty(a.shape(), a.options());
-  dispatch_float(a.dtype(), name, [&]<class T>() {
+  dispatch_float(a, name, [&]<class T>() {
     TALLY_KERNEL(out.device(), unary<T>, op, a.data<T>(), out.data<T>(), a.numel(), scalar);
   });
   return out;
@@ -156,7 +156,7 @@ Tensor gelu(const Tensor& a_in) {
   return record("gelu", out, {&a}, [sa](const Tensor& g_in) -> std::vector<Tensor> {
     Tensor g = g_in.contiguous();
     Tensor dx = empty(sa.shape(), sa.options());
-    dispatch_float(sa.dtype(), "gelu_backward", [&]<class T>() {
+    dispatch_float(sa, "gelu_backward", [&]<class T>() {
       TALLY_KERNEL(dx.device(), gelu_backward<T>, sa.data<T>(), g.data<T>(), dx.data<T>(), sa.numel());
     });
     return {dx};
@@ -172,7 +172,7 @@ void add_(Tensor& dst, const Tensor& src, double alpha) {
               shape_str(src.shape()));
   TALLY_CHECK(dst.is_contiguous(), "[add_] destination must be contiguous, got ", dst.str());
   Tensor s = src.contiguous();
-  dispatch_float(dst.dtype(), "add_", [&]<class T>() {
+  dispatch_float(dst, "add_", [&]<class T>() {
     TALLY_KERNEL(dst.device(), axpy<T>, dst.data<T>(), s.data<T>(), dst.numel(), alpha);
   });
 }

@@ -78,7 +78,7 @@ Tensor matmul_forward(const Tensor& a, const Tensor& b) {
   Tensor out = empty(out_shape, a.options());
   NoGradGuard no_grad;  // operand copies are internal
   Operand A = operand(a, batch, "matmul"), B = operand(b, batch, "matmul");
-  dispatch_float(a.dtype(), "matmul", [&]<class T>() {
+  dispatch_float(a, "matmul", [&]<class T>() {
     kernels::GemmArgs<T> g;
     g.trans_a = A.trans;
     g.trans_b = B.trans;
@@ -144,7 +144,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   out_shape.back() = out_features;
   Tensor out = empty(out_shape, x.options());
   Tensor b = bias.defined() ? bias.contiguous().detach() : Tensor();
-  dispatch_float(x.dtype(), "linear", [&]<class T>() {
+  dispatch_float(x, "linear", [&]<class T>() {
     kernels::GemmArgs<T> g;  // out (N, OUT) = x2 (N, IN) @ w^T
     g.trans_b = Trans::yes;
     g.M = N;
@@ -166,7 +166,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
                  out_features](const Tensor& g_in) -> std::vector<Tensor> {
                   Tensor dy = g_in.contiguous();  // (N, OUT) in memory
                   Tensor dx, dw, db;
-                  dispatch_float(dy.dtype(), "linear_backward", [&]<class T>() {
+                  dispatch_float(dy, "linear_backward", [&]<class T>() {
                     if (need_dx) {  // dx (N, IN) = dy (N, OUT) @ w (OUT, IN)
                       dx = empty(x_shape, dy.options());
                       kernels::GemmArgs<T> g;

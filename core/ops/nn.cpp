@@ -19,14 +19,14 @@ Tensor softmax_common(const Tensor& a_in, SoftmaxKind kind, const char* op) {
   Tensor a = a_in.contiguous();
   int64_t C = a.size(-1), N = C ? a.numel() / C : 0;
   Tensor out = empty(a.shape(), a.options());
-  dispatch_float(a.dtype(), op, [&]<class T>() {
+  dispatch_float(a, op, [&]<class T>() {
     TALLY_KERNEL(out.device(), softmax_forward<T>, kind, a.data<T>(), out.data<T>(), N, C);
   });
   Tensor so = saved(out);
   return record(op, out, {&a}, [so, kind, N, C](const Tensor& g_in) -> std::vector<Tensor> {
     Tensor g = g_in.contiguous();
     Tensor dx = empty(so.shape(), so.options());
-    dispatch_float(so.dtype(), "softmax_backward", [&]<class T>() {
+    dispatch_float(so, "softmax_backward", [&]<class T>() {
       TALLY_KERNEL(dx.device(), softmax_backward<T>, kind, so.data<T>(), g.data<T>(), dx.data<T>(), N, C);
     });
     return {dx};
@@ -53,10 +53,11 @@ Tensor layer_norm(const Tensor& x_in, const Tensor& weight_in, const Tensor& bia
   Tensor x = x_in.contiguous(), w = weight_in.contiguous(), b = bias_in.contiguous();
   int64_t N = x.numel() / C;
   Tensor out = empty(x.shape(), x.options());
-  Tensor mean = empty({N}, x.options()), rstd = empty({N}, x.options());
-  dispatch_float(x.dtype(), "layer_norm", [&]<class T>() {
-    TALLY_KERNEL(out.device(), layernorm_forward<T>, x.data<T>(), w.data<T>(), b.data<T>(), out.data<T>(), mean.data<T>(),
-                 rstd.data<T>(), N, C, eps);
+  Tensor mean = empty({N}, detail::acc_options(x)), rstd = empty({N}, detail::acc_options(x));  // f32 for bf16 x
+  dispatch_float(x, "layer_norm", [&]<class T>() {
+    using A = kernels::acc_t<T>;
+    TALLY_KERNEL(out.device(), layernorm_forward<T>, x.data<T>(), w.data<T>(), b.data<T>(), out.data<T>(), mean.data<A>(),
+                 rstd.data<A>(), N, C, eps);
   });
   bool need_dx = x.requires_grad(), need_dw = w.requires_grad(), need_db = b.requires_grad();
   Tensor sx = x.detach(), sw = w.detach();
@@ -66,9 +67,10 @@ Tensor layer_norm(const Tensor& x_in, const Tensor& weight_in, const Tensor& bia
                   Tensor dx = need_dx ? empty(sx.shape(), sx.options()) : Tensor();
                   Tensor dw = need_dw ? empty({C}, sx.options()) : Tensor();
                   Tensor db = need_db ? empty({C}, sx.options()) : Tensor();
-                  dispatch_float(sx.dtype(), "layer_norm_backward", [&]<class T>() {
-                    TALLY_KERNEL(g.device(), layernorm_backward<T>, g.data<T>(), sx.data<T>(), sw.data<T>(), mean.data<T>(),
-                                 rstd.data<T>(), need_dx ? dx.data<T>() : nullptr, need_dw ? dw.data<T>() : nullptr,
+                  dispatch_float(sx, "layer_norm_backward", [&]<class T>() {
+                    using A = kernels::acc_t<T>;
+                    TALLY_KERNEL(g.device(), layernorm_backward<T>, g.data<T>(), sx.data<T>(), sw.data<T>(), mean.data<A>(),
+                                 rstd.data<A>(), need_dx ? dx.data<T>() : nullptr, need_dw ? dw.data<T>() : nullptr,
                                  need_db ? db.data<T>() : nullptr, N, C);
                   });
                   return {dx, dw, db};
@@ -101,13 +103,13 @@ Tensor embedding(const Tensor& indices_in, const Tensor& weight_in) {
   Shape out_shape = ids.shape();
   out_shape.push_back(C);
   Tensor out = empty(out_shape, w.options());
-  dispatch_float(w.dtype(), "embedding", [&]<class T>() {
+  dispatch_float(w, "embedding", [&]<class T>() {
     TALLY_KERNEL(out.device(), embedding_forward<T>, ids.data<int32_t>(), w.data<T>(), out.data<T>(), N, C);
   });
   return record("embedding", out, {&w}, [ids, N, V, C](const Tensor& g_in) -> std::vector<Tensor> {
     Tensor g = g_in.contiguous();
     Tensor dw = empty({V, C}, g.options());
-    dispatch_float(g.dtype(), "embedding_backward", [&]<class T>() {
+    dispatch_float(g, "embedding_backward", [&]<class T>() {
       TALLY_KERNEL(dw.device(), embedding_backward<T>, ids.data<int32_t>(), g.data<T>(), dw.data<T>(), N, V, C);
     });
     return {dw};
@@ -135,10 +137,12 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets_in, CrossEnt
   Tensor targets = targets_in.contiguous();
   check_ids("cross_entropy", targets, V);
   const int64_t ld = logits.stride(0);
-  Tensor losses = empty({N}, logits.options()), lse = empty({N}, logits.options());
-  dispatch_float(logits.dtype(), "cross_entropy", [&]<class T>() {
-    TALLY_KERNEL(losses.device(), cross_entropy_forward<T>, logits.data<T>(), ld, targets.data<int32_t>(), losses.data<T>(),
-                 lse.data<T>(), N, V);
+  // Per-row losses and log-sum-exp in f32 for bf16 logits: the loss is then an f32 scalar.
+  Tensor losses = empty({N}, detail::acc_options(logits)), lse = empty({N}, detail::acc_options(logits));
+  dispatch_float(logits, "cross_entropy", [&]<class T>() {
+    using A = kernels::acc_t<T>;
+    TALLY_KERNEL(losses.device(), cross_entropy_forward<T>, logits.data<T>(), ld, targets.data<int32_t>(), losses.data<A>(),
+                 lse.data<A>(), N, V);
   });
   Tensor out;
   {
@@ -149,9 +153,9 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets_in, CrossEnt
   return record("cross_entropy", out, {&logits}, [sl, targets, lse, ld, N, V, width](const Tensor& g) -> std::vector<Tensor> {
     Tensor dlogits = empty({N, width}, sl.options());  // columns [V, width) get zeros from the kernel
     double scale = g.device().is_meta() ? 0.0 : g.item() / double(N);
-    dispatch_float(sl.dtype(), "cross_entropy_backward", [&]<class T>() {
-      TALLY_KERNEL(dlogits.device(), cross_entropy_backward<T>, sl.data<T>(), ld, targets.data<int32_t>(), lse.data<T>(),
-                   scale, dlogits.data<T>(), width, N, V);
+    dispatch_float(sl, "cross_entropy_backward", [&]<class T>() {
+      TALLY_KERNEL(dlogits.device(), cross_entropy_backward<T>, sl.data<T>(), ld, targets.data<int32_t>(),
+                   lse.data<kernels::acc_t<T>>(), scale, dlogits.data<T>(), width, N, V);
     });
     return {dlogits};
   });
@@ -166,13 +170,13 @@ Tensor dropout(const Tensor& a_in, double p, Generator& gen) {
   Tensor a = a_in.contiguous();
   uint64_t seed = gen.seed(), offset = gen.advance(uint64_t(a.numel()));
   Tensor out = empty(a.shape(), a.options());
-  dispatch_float(a.dtype(), "dropout", [&]<class T>() {
+  dispatch_float(a, "dropout", [&]<class T>() {
     TALLY_KERNEL(out.device(), dropout<T>, a.data<T>(), out.data<T>(), a.numel(), p, seed, offset);
   });
   return record("dropout", out, {&a}, [p, seed, offset](const Tensor& g_in) -> std::vector<Tensor> {
     Tensor g = g_in.contiguous();
     Tensor dx = empty(g.shape(), g.options());
-    dispatch_float(g.dtype(), "dropout_backward", [&]<class T>() {  // the same mask, regenerated from the counters
+    dispatch_float(g, "dropout_backward", [&]<class T>() {  // the same mask, regenerated from the counters
       TALLY_KERNEL(dx.device(), dropout<T>, g.data<T>(), dx.data<T>(), g.numel(), p, seed, offset);
     });
     return {dx};

@@ -17,7 +17,7 @@ Tensor sum_one_dim(const Tensor& a, int d) {
   for (int i = d + 1; i < a.dim(); ++i) inner *= a.shape()[i];
   out_shape[d] = 1;
   Tensor out = empty(out_shape, a.options());
-  dispatch_float(a.dtype(), "sum", [&]<class T>() {
+  dispatch_float(a, "sum", [&]<class T>() {
     TALLY_KERNEL(out.device(), sum_dim<T>, a.data<T>(), out.data<T>(), outer, n, inner);
   });
   return out;
@@ -90,14 +90,14 @@ Tensor max(const Tensor& a_in, int64_t dim, KeepDim keep) {
   keep_shape[d] = 1;
   Tensor out = empty(keep_shape, a.options());
   Tensor argmax = empty(keep_shape, {DType::i32, a.device()});
-  dispatch_float(a.dtype(), "max", [&]<class T>() {
+  dispatch_float(a, "max", [&]<class T>() {
     TALLY_KERNEL(out.device(), max_dim<T>, a.data<T>(), out.data<T>(), argmax.data<int32_t>(), outer, n, inner);
   });
   if (keep == KeepDim::no) out = out.view(drop_dims(keep_shape, {d}));
   return record("max", out, {&a}, [argmax, keep_shape, in_shape = a.shape(), outer, n, inner](const Tensor& g_in) -> std::vector<Tensor> {
     Tensor g = g_in.reshape(keep_shape).contiguous();
     Tensor dx = empty(in_shape, g.options());
-    dispatch_float(g.dtype(), "max_backward", [&]<class T>() {
+    dispatch_float(g, "max_backward", [&]<class T>() {
       TALLY_KERNEL(dx.device(), max_dim_backward<T>, g.data<T>(), argmax.data<int32_t>(), dx.data<T>(), outer, n, inner);
     });
     return {dx};

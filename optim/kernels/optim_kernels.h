@@ -2,7 +2,8 @@
 // hyperparameters only (no Tensor, no state lookup). Declared once in optim_kernels.inc and implemented twice
 // with identical signatures: optim::kernels::cpu (optim/kernels/cpu/*.cpp) and optim::kernels::cuda
 // (optim/kernels/cuda/*.cu, when built). Parameters, gradients and second-moment state are f32; a first moment
-// may be bf16 (stored rounded to nearest even, arithmetic in f32). Pointers are device pointers of the backend.
+// may be bf16 (stored rounded to nearest even, arithmetic in f32). bf16 parameters are updated through f32 master
+// copies (round_to_bf16 writes them back). Pointers are device pointers of the backend.
 #pragma once
 #include <cstdint>
 
@@ -125,6 +126,17 @@ struct SgdArgs {
   void* workspace = nullptr;  // dense_workspace_bytes(n) bytes
   double* stats = nullptr;
 };
+
+// ---- mixed precision (round_to_bf16) ----
+// Philox blocks round_to_bf16 draws for n elements (what one step advances a parameter's counter by).
+TALLY_OPTIM_HD inline uint64_t round_to_bf16_blocks(int64_t n) { return uint64_t((n + 7) / 8); }
+// The bf16 bits of the float with bits `u`, rounded stochastically with 16 random bits: up with probability
+// (low 16 bits of u) / 2^16, so unbiased; NaN stays NaN and Inf stays Inf (core/dtype.h's float_to_bf16_stochastic).
+TALLY_OPTIM_HD inline uint16_t stochastic_bf16_bits(uint32_t u, uint32_t random16) {
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40u);
+  if ((u & 0x7fffffffu) == 0x7f800000u) return uint16_t(u >> 16);
+  return uint16_t((u + (random16 & 0xffffu)) >> 16);
+}
 
 namespace cpu {
 #include "optim/kernels/optim_kernels.inc"

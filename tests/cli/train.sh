@@ -49,6 +49,12 @@ grep -q "exp_avg_sq_row" "$work/o" || fail "inspect lists no CAME state"
 [ -s "$work/m.npy" ] || fail "no npy written"
 "$tally" memory --model gpt2 --json >"$work/mem.json" || fail "memory --json"
 grep -q '"state_bytes"' "$work/mem.json" || fail "memory json"
+# Mixed precision plans on any build: 2-byte parameters, the f32 master weights in the optimizer state.
+"$tally" memory --model tiny --dtype bf16 --batch 2 --seq 32 --json >"$work/mem16.json" || fail "memory --dtype bf16"
+grep -q '"master"' "$work/mem16.json" || fail "memory --dtype bf16 plans no master weights"
+grep -q '"dtype": "bf16"' "$work/mem16.json" || fail "memory --dtype bf16 json has no dtype"
+"$tally" train --model tiny --dtype bf16 --steps 1 --out "$work/bf16" >"$work/o16" 2>&1 && fail "train --dtype bf16 ran on the CPU"
+grep -q "needs --device cuda\|CUDA only" "$work/o16" || fail "train --dtype bf16 on the CPU: unclear error: $(cat "$work/o16")"
 "$tally" export --checkpoint "$work/int" --format llmc --out "$work/m.bin" >/dev/null || fail "export llmc"
 "$tally" export --checkpoint "$work/int" --format safetensors --out "$work/m.safetensors" >/dev/null || fail "export safetensors"
 a=$("$tally" eval --checkpoint "$work/m.bin" --data "$work/int/data/val.bin" --batch 2 --seq 32 --batches 3 --json)

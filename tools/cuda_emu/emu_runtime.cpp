@@ -10,6 +10,8 @@
 #include <string>
 #include <unordered_map>
 
+#include "core/dtype.h"
+
 thread_local uint3 threadIdx;
 thread_local uint3 blockIdx;
 thread_local dim3 blockDim;
@@ -133,12 +135,15 @@ const char* cublasGetStatusString(cublasStatus_t s) { return s == CUBLAS_STATUS_
 namespace {
 
 double load(const void* p, cudaDataType_t t, long long i) {
+  if (t == CUDA_R_16BF) return double(tally::bf16_to_float(static_cast<const tally::bf16*>(p)[i]));
   return t == CUDA_R_32F ? double(static_cast<const float*>(p)[i]) : static_cast<const double*>(p)[i];
 }
 void store(void* p, cudaDataType_t t, long long i, double v) {
-  if (t == CUDA_R_32F) static_cast<float*>(p)[i] = float(v);
+  if (t == CUDA_R_16BF) static_cast<tally::bf16*>(p)[i] = tally::float_to_bf16(float(v));
+  else if (t == CUDA_R_32F) static_cast<float*>(p)[i] = float(v);
   else static_cast<double*>(p)[i] = v;
 }
+size_t element_size(cudaDataType_t t) { return t == CUDA_R_16BF ? 2 : t == CUDA_R_32F ? 4 : 8; }
 double scalar(const void* p, cublasComputeType_t c) {
   return c == CUBLAS_COMPUTE_64F ? *static_cast<const double*>(p) : double(*static_cast<const float*>(p));
 }
@@ -149,14 +154,16 @@ bool valid(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, int 
   if (lda < std::max(1, ta == CUBLAS_OP_N ? m : k)) return false;
   if (ldb < std::max(1, tb == CUBLAS_OP_N ? k : n)) return false;
   if (ldc < std::max(1, m)) return false;
-  if (at != bt || at != ct) return false;
+  // The combinations tally uses, as cuBLAS allows them: same-type operands; C of their type, or f32 for bf16.
+  if (at != bt || (at != ct && !(at == CUDA_R_16BF && ct == CUDA_R_32F))) return false;
   if ((at == CUDA_R_64F) != (compute == CUBLAS_COMPUTE_64F)) return false;
+  if (at == CUDA_R_16BF && compute != CUBLAS_COMPUTE_32F) return false;
   return true;
 }
 
 // Column-major C (m, n) = alpha op(A) (m, k) op(B) (k, n) + beta C; C is not read when beta == 0.
 void gemm_one(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, double alpha, const void* A,
-              cudaDataType_t t, int lda, const void* B, int ldb, double beta, void* C, int ldc) {
+              cudaDataType_t t, int lda, const void* B, int ldb, double beta, void* C, cudaDataType_t ct, int ldc) {
   for (int j = 0; j < n; ++j)
     for (int i = 0; i < m; ++i) {
       double acc = 0;
@@ -166,7 +173,7 @@ void gemm_one(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, d
         acc += a * b;
       }
       long long ci = i + (long long)j * ldc;
-      store(C, t, ci, beta == 0.0 ? alpha * acc : alpha * acc + beta * load(C, t, ci));
+      store(C, ct, ci, beta == 0.0 ? alpha * acc : alpha * acc + beta * load(C, ct, ci));
     }
 }
 
@@ -177,7 +184,7 @@ cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperatio
                             int ldb, const void* beta, void* C, cudaDataType_t ct, int ldc, cublasComputeType_t compute,
                             cublasGemmAlgo_t) {
   if (!valid(ta, tb, m, n, k, lda, ldb, ldc, at, bt, ct, compute)) return CUBLAS_STATUS_INVALID_VALUE;
-  gemm_one(ta, tb, m, n, k, scalar(alpha, compute), A, at, lda, B, ldb, scalar(beta, compute), C, ldc);
+  gemm_one(ta, tb, m, n, k, scalar(alpha, compute), A, at, lda, B, ldb, scalar(beta, compute), C, ct, ldc);
   return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -187,11 +194,11 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t ta, 
                                           cudaDataType_t ct, int ldc, long long sc, int batch, cublasComputeType_t compute,
                                           cublasGemmAlgo_t) {
   if (!valid(ta, tb, m, n, k, lda, ldb, ldc, at, bt, ct, compute) || batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
-  const size_t es = at == CUDA_R_32F ? 4 : 8;
+  const size_t es = element_size(at), cs = element_size(ct);
   for (int b = 0; b < batch; ++b)
     gemm_one(ta, tb, m, n, k, scalar(alpha, compute), static_cast<const char*>(A) + b * sa * es, at, lda,
-             static_cast<const char*>(B) + b * sb * es, ldb, scalar(beta, compute), static_cast<char*>(C) + b * sc * es,
-             ldc);
+             static_cast<const char*>(B) + b * sb * es, ldb, scalar(beta, compute), static_cast<char*>(C) + b * sc * cs,
+             ct, ldc);
   return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -201,6 +208,6 @@ cublasStatus_t cublasGemmBatchedEx(cublasHandle_t, cublasOperation_t ta, cublasO
                                    cudaDataType_t ct, int ldc, int batch, cublasComputeType_t compute, cublasGemmAlgo_t) {
   if (!valid(ta, tb, m, n, k, lda, ldb, ldc, at, bt, ct, compute) || batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
   for (int b = 0; b < batch; ++b)
-    gemm_one(ta, tb, m, n, k, scalar(alpha, compute), A[b], at, lda, B[b], ldb, scalar(beta, compute), C[b], ldc);
+    gemm_one(ta, tb, m, n, k, scalar(alpha, compute), A[b], at, lda, B[b], ldb, scalar(beta, compute), C[b], ct, ldc);
   return CUBLAS_STATUS_SUCCESS;
 }

@@ -49,7 +49,8 @@ T* at(T* base, const int64_t* strides, int64_t b, int64_t h) {
 int64_t attention_workspace_size(const AttentionLayout& l) { return int64_t(omp_get_max_threads()) * 2 * l.Tq * l.Tk; }
 
 template <class T>
-void attention_forward(const T* q, const T* k, const T* v, T* out, T* lse, T* workspace, const AttentionLayout& l) {
+void attention_forward(const T* q, const T* k, const T* v, T* out, acc_t<T>* lse, acc_t<T>* workspace,
+                       const AttentionLayout& l) {
   const int64_t pairs = l.B * l.NH;
 #pragma omp parallel for schedule(dynamic)
   for (int64_t p = 0; p < pairs; ++p) {
@@ -81,8 +82,8 @@ void attention_forward(const T* q, const T* k, const T* v, T* out, T* lse, T* wo
 }
 
 template <class T>
-void attention_backward(const T* q, const T* k, const T* v, const T* out, const T* lse, const T* dout, T* dq, T* dk, T* dv,
-                        T* workspace, const AttentionLayout& l, const AttentionLayout& g) {
+void attention_backward(const T* q, const T* k, const T* v, const T* out, const acc_t<T>* lse, const T* dout, T* dq, T* dk,
+                        T* dv, acc_t<T>* workspace, const AttentionLayout& l, const AttentionLayout& g) {
   const int64_t pairs = l.B * l.NH;
 #pragma omp parallel for schedule(dynamic)
   for (int64_t p = 0; p < pairs; ++p) {

@@ -8,7 +8,8 @@
 namespace tally::kernels::cpu {
 
 template <class T>
-void cross_entropy_forward(const T* logits, int64_t ld, const int32_t* targets, T* losses, T* lse, int64_t N, int64_t V) {
+void cross_entropy_forward(const T* logits, int64_t ld, const int32_t* targets, acc_t<T>* losses, acc_t<T>* lse, int64_t N,
+                           int64_t V) {
 #pragma omp parallel for if (N * V > (1 << 15))
   for (int64_t r = 0; r < N; ++r) {
     const T* x = logits + r * ld;
@@ -25,8 +26,8 @@ void cross_entropy_forward(const T* logits, int64_t ld, const int32_t* targets, 
 }
 
 template <class T>
-void cross_entropy_backward(const T* logits, int64_t ld, const int32_t* targets, const T* lse, double scale, T* dlogits,
-                            int64_t ld_grad, int64_t N, int64_t V) {
+void cross_entropy_backward(const T* logits, int64_t ld, const int32_t* targets, const acc_t<T>* lse, double scale,
+                            T* dlogits, int64_t ld_grad, int64_t N, int64_t V) {
   T s = T(scale);
 #pragma omp parallel for if (N * V > (1 << 15))
   for (int64_t r = 0; r < N; ++r) {

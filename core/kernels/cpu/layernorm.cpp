@@ -9,8 +9,8 @@
 namespace tally::kernels::cpu {
 
 template <class T>
-void layernorm_forward(const T* x, const T* weight, const T* bias, T* y, T* mean, T* rstd, int64_t N, int64_t C,
-                       double eps) {
+void layernorm_forward(const T* x, const T* weight, const T* bias, T* y, acc_t<T>* mean, acc_t<T>* rstd, int64_t N,
+                       int64_t C, double eps) {
 #pragma omp parallel for if (N * C > (1 << 14))
   for (int64_t r = 0; r < N; ++r) {
     const T* xr = x + r * C;
@@ -34,8 +34,8 @@ void layernorm_forward(const T* x, const T* weight, const T* bias, T* y, T* mean
 }
 
 template <class T>
-void layernorm_backward(const T* dy, const T* x, const T* weight, const T* mean, const T* rstd, T* dx, T* dweight,
-                        T* dbias, int64_t N, int64_t C) {
+void layernorm_backward(const T* dy, const T* x, const T* weight, const acc_t<T>* mean, const acc_t<T>* rstd, T* dx,
+                        T* dweight, T* dbias, int64_t N, int64_t C) {
   if (dx) {
 #pragma omp parallel for if (N * C > (1 << 14))
     for (int64_t r = 0; r < N; ++r) {

@@ -2,13 +2,19 @@
 // products plus fused softmax kernels. q/k/v of GPT-2's fused qkv have no single batch stride over (b, h)
 // (heads step by HS, batches by T*3C), so every product is one cublasGemmBatchedEx over device arrays of
 // per-(b, h) pointers, built by a kernel (no host round trip). The (b, h) pairs run in chunks so that the
-// score buffers in the workspace stay bounded (kScoreBudget elements each) whatever B*NH*T*T is.
+// score buffers in the workspace stay bounded (kCudaAttentionScoreBudget elements each, kernels.h)
+// whatever B*NH*T*T is.
 // Forward: S = scale Q K^T; P = causal softmax(S) in place, lse saved; O = P V.
 // Backward: S again, P = exp(S - lse); dV = P^T dO; dP = dO V^T; dS = P (dP - rowsum(O dO)); dQ = scale dS K;
 // dK = scale dS^T Q. Workspace layout: [2 score buffers of G*Tq*Tk][pointer arrays].
+// bf16 operands: the score buffers are float (acc_t), S and dP come out of cuBLAS in float, softmax statistics
+// are float; P and dS, which feed further bf16 products, are rounded to bf16 and written over the first half of
+// their own float rows (row stride 2*Tk in bf16 elements), so bf16 needs no more workspace than f32.
 #include <algorithm>
+#include <type_traits>
 
 #include "core/cuda/common.cuh"
+#include "core/kernels/cuda/convert.cuh"
 #include "core/kernels/cuda/gemm.cuh"
 #include "core/kernels/kernels.h"
 
@@ -18,29 +24,20 @@ namespace {
 
 using tally::cuda::block_merge;
 using tally::cuda::block_sum;
-using tally::cuda::ceil_div;
 using tally::cuda::grid_for;
 using tally::cuda::MaxSum;
 using tally::cuda::row_threads;
 using tally::cuda::stream;
 
-#ifdef TALLY_CUDA_EMULATED
-constexpr int64_t kScoreBudget = 1024;  // the CPU emulator (tools/cuda_emu) exercises chunking on small problems
-#else
-constexpr int64_t kScoreBudget = int64_t(1) << 25;  // elements per score buffer (128 MiB in f32)
-#endif
-constexpr int kPointerArrays = 10;                  // q k v o dout dq dk dv s dp
+// Row stride (in T elements) of P and dS as the products read them: bf16 rows sit over their float rows.
+template <class T>
+int64_t probs_ld(const AttentionLayout& l) {
+  return std::is_same_v<T, bf16> ? 2 * l.Tk : l.Tk;
+}
 
 int64_t pairs_of(const AttentionLayout& l) { return l.B * l.NH; }
 
-// Pairs per backward chunk (each needs two Tq x Tk buffers); forward chunks use both buffers, so twice that.
-int64_t backward_chunk(const AttentionLayout& l) {
-  const int64_t per = l.Tq * l.Tk;
-  int64_t g = per > 0 ? kScoreBudget / per : 1;
-  if (g < 1) g = 1;
-  const int64_t pairs = pairs_of(l);
-  return g > pairs ? pairs : g;
-}
+int64_t backward_chunk(const AttentionLayout& l) { return cuda_attention_backward_chunk(l); }
 
 int64_t pointer_region_offset(const AttentionLayout& l, int64_t elem_size) {
   return (2 * backward_chunk(l) * l.Tq * l.Tk * elem_size + 255) / 256 * 256;
@@ -62,7 +59,8 @@ PointerArrays pointers_in(void* workspace, const AttentionLayout& l, int64_t ele
 template <class T>
 __global__ void build_pointers_kernel(void** arrays, int64_t pairs, int64_t NH, const T* q, const T* k, const T* v,
                                       const T* o, const T* dout, T* dq, T* dk, T* dv, const AttentionLayout l,
-                                      const AttentionLayout g, T* scores, T* dscores, int64_t chunk, int64_t slot) {
+                                      const AttentionLayout g, acc_t<T>* scores, acc_t<T>* dscores, int64_t chunk,
+                                      int64_t slot) {
   for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < pairs; p += int64_t(gridDim.x) * blockDim.x) {
     const int64_t b = p / NH, h = p % NH;
     auto at = [&](const T* base, const int64_t* s) -> void* {
@@ -85,58 +83,80 @@ __device__ __forceinline__ int64_t last_key(const AttentionLayout& l, int64_t i)
   return l.causal ? i + (l.Tk - l.Tq) : l.Tk - 1;
 }
 
-// One block per (pair in chunk, query row): P = softmax over keys j <= last (0 beyond), in place; lse saved.
+// Writes value(j, row[j]) for j < n over the float row itself: in place (T = float or double), or as bf16 into
+// the row's first half (T = bf16; element j then overlaps float j/2). The bf16 case goes in chunks of blockDim.x
+// with a barrier between a chunk's reads and its writes: a chunk's writes touch only floats of that chunk or
+// earlier ones, all read by then, and never the later chunks' floats (bytes [2j, 2j+2) lie below float j).
+template <class T, class Value>
+__device__ __forceinline__ void write_probs(acc_t<T>* row, int64_t n, Value value) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    bf16* out = reinterpret_cast<bf16*>(row);
+    for (int64_t j0 = 0; j0 < n; j0 += blockDim.x) {
+      const int64_t j = j0 + threadIdx.x;
+      const float v = j < n ? value(j, row[j]) : 0.0f;
+      __syncthreads();
+      if (j < n) out[j] = float_to_bf16_dev(v);
+    }
+  } else {
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) row[j] = value(j, row[j]);
+  }
+}
+
+// One block per (pair in chunk, query row): P = softmax over keys j <= last (0 beyond), over S; lse saved.
 template <class T>
-__global__ void attention_softmax_kernel(T* __restrict__ scores, T* __restrict__ lse, int64_t first_pair,
+__global__ void attention_softmax_kernel(acc_t<T>* __restrict__ scores, acc_t<T>* __restrict__ lse, int64_t first_pair,
                                          const AttentionLayout l) {
+  using A = acc_t<T>;
   const int64_t row = blockIdx.x;  // pp * Tq + i
   const int64_t i = row % l.Tq;
-  T* s = scores + row * l.Tk;
+  A* s = scores + row * l.Tk;
   const int64_t last = last_key(l, i);
-  MaxSum<T> ms{T(-INFINITY), T(0)};
+  MaxSum<A> ms{A(-INFINITY), A(0)};
   for (int64_t j = threadIdx.x; j <= last; j += blockDim.x) {
-    const T x = s[j];
+    const A x = s[j];
     if (x > ms.max) {
-      ms.sum = ms.sum * exp(ms.max - x) + T(1);
+      ms.sum = ms.sum * exp(ms.max - x) + A(1);
       ms.max = x;
     } else {
       ms.sum += exp(x - ms.max);
     }
   }
   ms = block_merge(ms);
-  const T inv = T(1) / ms.sum;
-  for (int64_t j = threadIdx.x; j < l.Tk; j += blockDim.x) s[j] = j <= last ? exp(s[j] - ms.max) * inv : T(0);
+  const A inv = A(1) / ms.sum;
+  write_probs<T>(s, l.Tk, [&](int64_t j, A x) { return j <= last ? exp(x - ms.max) * inv : A(0); });
   if (threadIdx.x == 0) lse[first_pair * l.Tq + row] = ms.max + log(ms.sum);
 }
 
-// Backward, before the products: P = exp(S - lse) for j <= last, 0 beyond (in place).
+// Backward, before the products: P = exp(S - lse) for j <= last, 0 beyond (over S).
 template <class T>
-__global__ void attention_probs_kernel(T* __restrict__ scores, const T* __restrict__ lse, int64_t first_pair,
+__global__ void attention_probs_kernel(acc_t<T>* __restrict__ scores, const acc_t<T>* __restrict__ lse, int64_t first_pair,
                                        const AttentionLayout l) {
+  using A = acc_t<T>;
   const int64_t row = blockIdx.x;
   const int64_t i = row % l.Tq;
-  T* s = scores + row * l.Tk;
+  A* s = scores + row * l.Tk;
   const int64_t last = last_key(l, i);
-  const T L = lse[first_pair * l.Tq + row];
-  for (int64_t j = threadIdx.x; j < l.Tk; j += blockDim.x) s[j] = j <= last ? exp(s[j] - L) : T(0);
+  const A L = lse[first_pair * l.Tq + row];
+  write_probs<T>(s, l.Tk, [&](int64_t j, A x) { return j <= last ? exp(x - L) : A(0); });
 }
 
-// Backward, between the products: dS = P * (dP - D), D = sum_e O[i, e] dO[i, e]; written over P.
+// Backward, between the products: dS = P * (dP - D), D = sum_e O[i, e] dO[i, e]; written over P (row stride ldp).
 template <class T>
-__global__ void attention_dscores_kernel(T* __restrict__ probs, const T* __restrict__ dprobs, const T* __restrict__ out,
-                                         const T* __restrict__ dout, int64_t first_pair, const AttentionLayout l,
-                                         const AttentionLayout g) {
+__global__ void attention_dscores_kernel(T* __restrict__ probs, int64_t ldp, const acc_t<T>* __restrict__ dprobs,
+                                         const T* __restrict__ out, const T* __restrict__ dout, int64_t first_pair,
+                                         const AttentionLayout l, const AttentionLayout g) {
+  using A = acc_t<T>;
   const int64_t row = blockIdx.x;
   const int64_t pp = row / l.Tq, i = row % l.Tq;
   const int64_t p = first_pair + pp, b = p / l.NH, h = p % l.NH;
   const T* o = out + b * l.out_strides[0] + h * l.out_strides[1] + i * l.out_strides[2];
   const T* d = dout + b * g.out_strides[0] + h * g.out_strides[1] + i * g.out_strides[2];
   double acc = 0.0;
-  for (int64_t e = threadIdx.x; e < l.HS; e += blockDim.x) acc += double(o[e]) * double(d[e]);
-  const T D = T(block_sum(acc));
-  T* s = probs + row * l.Tk;
-  const T* dp = dprobs + row * l.Tk;
-  for (int64_t j = threadIdx.x; j < l.Tk; j += blockDim.x) s[j] = s[j] * (dp[j] - D);
+  for (int64_t e = threadIdx.x; e < l.HS; e += blockDim.x) acc += double(to_acc(o[e])) * double(to_acc(d[e]));
+  const A D = A(block_sum(acc));
+  T* s = probs + row * ldp;
+  const A* dp = dprobs + row * l.Tk;
+  for (int64_t j = threadIdx.x; j < l.Tk; j += blockDim.x) s[j] = from_acc<T>(to_acc(s[j]) * (dp[j] - D));
 }
 
 template <class T>
@@ -156,20 +176,17 @@ void check_rows(const AttentionLayout& l, int64_t rows, const char* op) {
 
 }  // namespace
 
-int64_t attention_workspace_size(const AttentionLayout& l) {
-  // In elements of the op's dtype; the pointer region is sized for 4-byte elements, enough for 8-byte ones.
-  const int64_t score_elems = 2 * backward_chunk(l) * l.Tq * l.Tk;
-  const int64_t pointer_bytes = 256 + int64_t(kPointerArrays) * pairs_of(l) * int64_t(sizeof(void*));
-  return score_elems + 256 / 4 + ceil_div(pointer_bytes, 4);
-}
+int64_t attention_workspace_size(const AttentionLayout& l) { return cuda_attention_workspace_elements(l); }
 
 template <class T>
-void attention_forward(const T* q, const T* k, const T* v, T* out, T* lse, T* workspace, const AttentionLayout& l) {
+void attention_forward(const T* q, const T* k, const T* v, T* out, acc_t<T>* lse, acc_t<T>* workspace,
+                       const AttentionLayout& l) {
+  using A = acc_t<T>;
   const int64_t pairs = pairs_of(l);
   if (pairs == 0 || l.Tq == 0) return;
-  const int64_t slot = l.Tq * l.Tk;
+  const int64_t slot = l.Tq * l.Tk, ldp = probs_ld<T>(l);
   const int64_t chunk = std::min(pairs, 2 * backward_chunk(l));  // forward has no dP: both buffers hold scores
-  PointerArrays arrays = pointers_in(workspace, l, int64_t(sizeof(T)));
+  PointerArrays arrays = pointers_in(workspace, l, int64_t(sizeof(A)));
   build_pointers_kernel<T><<<grid_for(pairs, 128), 128, 0, stream()>>>(arrays.base, pairs, l.NH, q, k, v, out, nullptr,
                                                                        nullptr, nullptr, nullptr, l, l, workspace,
                                                                        nullptr, chunk, slot);
@@ -178,27 +195,29 @@ void attention_forward(const T* q, const T* k, const T* v, T* out, T* lse, T* wo
     const int64_t n = std::min(chunk, pairs - p0);
     check_rows(l, n * l.Tq, "attention_forward");
     // S (Tq, Tk) = scale * Q (Tq, HS) @ K^T
-    gemm_batched_pointers<T>(Trans::no, Trans::yes, l.Tq, l.Tk, l.HS, l.scale, in_array<T>(arrays, kQ, p0), l.q_strides[2],
-                             in_array<T>(arrays, kK, p0), l.k_strides[2], 0.0, out_array<T>(arrays, kS, p0), l.Tk, n);
+    gemm_batched_pointers<T, A>(Trans::no, Trans::yes, l.Tq, l.Tk, l.HS, l.scale, in_array<T>(arrays, kQ, p0),
+                                l.q_strides[2], in_array<T>(arrays, kK, p0), l.k_strides[2], 0.0,
+                                out_array<A>(arrays, kS, p0), l.Tk, n);
     attention_softmax_kernel<T><<<unsigned(n * l.Tq), row_threads(l.Tk), 0, stream()>>>(workspace, lse, p0, l);
     TALLY_CUDA_LAUNCH_CHECK("attention_softmax_kernel");
     // O (Tq, HS) = P (Tq, Tk) @ V (Tk, HS)
-    gemm_batched_pointers<T>(Trans::no, Trans::no, l.Tq, l.HS, l.Tk, 1.0, in_array<T>(arrays, kS, p0), l.Tk,
+    gemm_batched_pointers<T>(Trans::no, Trans::no, l.Tq, l.HS, l.Tk, 1.0, in_array<T>(arrays, kS, p0), ldp,
                              in_array<T>(arrays, kV, p0), l.v_strides[2], 0.0, out_array<T>(arrays, kO, p0),
                              l.out_strides[2], n);
   }
 }
 
 template <class T>
-void attention_backward(const T* q, const T* k, const T* v, const T* out, const T* lse, const T* dout, T* dq, T* dk, T* dv,
-                        T* workspace, const AttentionLayout& l, const AttentionLayout& g) {
+void attention_backward(const T* q, const T* k, const T* v, const T* out, const acc_t<T>* lse, const T* dout, T* dq, T* dk,
+                        T* dv, acc_t<T>* workspace, const AttentionLayout& l, const AttentionLayout& g) {
+  using A = acc_t<T>;
   const int64_t pairs = pairs_of(l);
   if (pairs == 0 || l.Tq == 0) return;
-  const int64_t slot = l.Tq * l.Tk;
+  const int64_t slot = l.Tq * l.Tk, ldp = probs_ld<T>(l);
   const int64_t chunk = backward_chunk(l);
-  T* scores = workspace;
-  T* dscores = workspace + chunk * slot;
-  PointerArrays arrays = pointers_in(workspace, l, int64_t(sizeof(T)));
+  A* scores = workspace;
+  A* dscores = workspace + chunk * slot;
+  PointerArrays arrays = pointers_in(workspace, l, int64_t(sizeof(A)));
   build_pointers_kernel<T><<<grid_for(pairs, 128), 128, 0, stream()>>>(arrays.base, pairs, l.NH, q, k, v, out, dout, dq,
                                                                        dk, dv, l, g, scores, dscores, chunk, slot);
   TALLY_CUDA_LAUNCH_CHECK("build_pointers_kernel");
@@ -207,38 +226,41 @@ void attention_backward(const T* q, const T* k, const T* v, const T* out, const 
     check_rows(l, n * l.Tq, "attention_backward");
     const unsigned rows = unsigned(n * l.Tq);
     // S = scale * Q K^T, then P = exp(S - lse)
-    gemm_batched_pointers<T>(Trans::no, Trans::yes, l.Tq, l.Tk, l.HS, l.scale, in_array<T>(arrays, kQ, p0), l.q_strides[2],
-                             in_array<T>(arrays, kK, p0), l.k_strides[2], 0.0, out_array<T>(arrays, kS, p0), l.Tk, n);
+    gemm_batched_pointers<T, A>(Trans::no, Trans::yes, l.Tq, l.Tk, l.HS, l.scale, in_array<T>(arrays, kQ, p0),
+                                l.q_strides[2], in_array<T>(arrays, kK, p0), l.k_strides[2], 0.0,
+                                out_array<A>(arrays, kS, p0), l.Tk, n);
     attention_probs_kernel<T><<<rows, row_threads(l.Tk), 0, stream()>>>(scores, lse, p0, l);
     TALLY_CUDA_LAUNCH_CHECK("attention_probs_kernel");
     // dV (Tk, HS) = P^T (Tk, Tq) @ dO (Tq, HS)
-    gemm_batched_pointers<T>(Trans::yes, Trans::no, l.Tk, l.HS, l.Tq, 1.0, in_array<T>(arrays, kS, p0), l.Tk,
+    gemm_batched_pointers<T>(Trans::yes, Trans::no, l.Tk, l.HS, l.Tq, 1.0, in_array<T>(arrays, kS, p0), ldp,
                              in_array<T>(arrays, kDout, p0), g.out_strides[2], 0.0, out_array<T>(arrays, kDv, p0),
                              g.v_strides[2], n);
     // dP (Tq, Tk) = dO (Tq, HS) @ V^T
-    gemm_batched_pointers<T>(Trans::no, Trans::yes, l.Tq, l.Tk, l.HS, 1.0, in_array<T>(arrays, kDout, p0), g.out_strides[2],
-                             in_array<T>(arrays, kV, p0), l.v_strides[2], 0.0, out_array<T>(arrays, kDp, p0), l.Tk, n);
+    gemm_batched_pointers<T, A>(Trans::no, Trans::yes, l.Tq, l.Tk, l.HS, 1.0, in_array<T>(arrays, kDout, p0),
+                                g.out_strides[2], in_array<T>(arrays, kV, p0), l.v_strides[2], 0.0,
+                                out_array<A>(arrays, kDp, p0), l.Tk, n);
     // dS = P * (dP - D), over P
-    attention_dscores_kernel<T><<<rows, row_threads(std::max(l.Tk, l.HS)), 0, stream()>>>(scores, dscores, out, dout, p0, l,
-                                                                                           g);
+    attention_dscores_kernel<T><<<rows, row_threads(std::max(l.Tk, l.HS)), 0, stream()>>>(
+        reinterpret_cast<T*>(scores), ldp, dscores, out, dout, p0, l, g);
     TALLY_CUDA_LAUNCH_CHECK("attention_dscores_kernel");
     // dQ (Tq, HS) = scale * dS (Tq, Tk) @ K (Tk, HS)
-    gemm_batched_pointers<T>(Trans::no, Trans::no, l.Tq, l.HS, l.Tk, l.scale, in_array<T>(arrays, kS, p0), l.Tk,
+    gemm_batched_pointers<T>(Trans::no, Trans::no, l.Tq, l.HS, l.Tk, l.scale, in_array<T>(arrays, kS, p0), ldp,
                              in_array<T>(arrays, kK, p0), l.k_strides[2], 0.0, out_array<T>(arrays, kDq, p0),
                              g.q_strides[2], n);
     // dK (Tk, HS) = scale * dS^T (Tk, Tq) @ Q (Tq, HS)
-    gemm_batched_pointers<T>(Trans::yes, Trans::no, l.Tk, l.HS, l.Tq, l.scale, in_array<T>(arrays, kS, p0), l.Tk,
+    gemm_batched_pointers<T>(Trans::yes, Trans::no, l.Tk, l.HS, l.Tq, l.scale, in_array<T>(arrays, kS, p0), ldp,
                              in_array<T>(arrays, kQ, p0), l.q_strides[2], 0.0, out_array<T>(arrays, kDk, p0),
                              g.k_strides[2], n);
   }
 }
 
 #define TALLY_INSTANTIATE(T)                                                                                        \
-  template void attention_forward<T>(const T*, const T*, const T*, T*, T*, T*, const AttentionLayout&);             \
-  template void attention_backward<T>(const T*, const T*, const T*, const T*, const T*, const T*, T*, T*, T*, T*,   \
-                                      const AttentionLayout&, const AttentionLayout&);
+  template void attention_forward<T>(const T*, const T*, const T*, T*, acc_t<T>*, acc_t<T>*, const AttentionLayout&); \
+  template void attention_backward<T>(const T*, const T*, const T*, const T*, const acc_t<T>*, const T*, T*, T*, T*,  \
+                                      acc_t<T>*, const AttentionLayout&, const AttentionLayout&);
 TALLY_INSTANTIATE(float)
 TALLY_INSTANTIATE(double)
+TALLY_INSTANTIATE(bf16)
 #undef TALLY_INSTANTIATE
 
 }  // namespace tally::kernels::cuda

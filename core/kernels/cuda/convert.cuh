@@ -1,5 +1,6 @@
 // Element conversions on the device, bit for bit those of the CPU backend (core/kernels/cpu/copy.cpp):
-// bf16 <-> float directly (round to nearest even, NaN kept), every other pair through double.
+// bf16 <-> float directly (round to nearest even, NaN kept), every other pair through double. Also the compute-type
+// loads and stores (to_acc / from_acc) through which the typed kernels read and write bf16 storage.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -7,6 +8,7 @@
 #include <type_traits>
 
 #include "core/dtype.h"
+#include "core/kernels/kernels.h"
 
 namespace tally::kernels::cuda {
 
@@ -37,6 +39,19 @@ __device__ __forceinline__ D convert_dev(S v) {
   else if constexpr (std::is_same_v<D, bf16> && std::is_same_v<S, float>) return float_to_bf16_dev(v);
   else if constexpr (std::is_same_v<D, float> && std::is_same_v<S, bf16>) return bf16_to_float_dev(v);
   else return from_double_dev<D>(to_double_dev(v));
+}
+
+// A stored element as the compute type acc_t<T> (exact), and a computed value stored back: the identity for float
+// and double (so their kernels are unchanged), round to nearest even for bf16.
+template <class T>
+__device__ __forceinline__ acc_t<T> to_acc(T v) {
+  if constexpr (std::is_same_v<T, bf16>) return bf16_to_float_dev(v);
+  else return v;
+}
+template <class T>
+__device__ __forceinline__ T from_acc(acc_t<T> v) {
+  if constexpr (std::is_same_v<T, bf16>) return float_to_bf16_dev(v);
+  else return v;
 }
 
 // Calls f.template operator()<T>() with the C++ type of `t`.

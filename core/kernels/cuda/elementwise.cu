@@ -1,8 +1,10 @@
 // CUDA kernels: broadcasting binary ops, unary ops (incl. GELU and its backward), axpy.
 // Contiguous operands take a vectorised path (16-byte loads and stores, e.g. float4) when every pointer is
 // 16-byte aligned; broadcast layouts are collapsed on the host and walked with 32-bit index arithmetic when
-// the sizes allow. Results match the CPU's to rounding (GPU exp/tanh differ by an ulp or two).
+// the sizes allow. Results match the CPU's to rounding (GPU exp/tanh differ by an ulp or two). Functors compute in
+// acc_t<T>: bf16 elements are widened to float on load and rounded to nearest even on store.
 #include "core/cuda/common.cuh"
+#include "core/kernels/cuda/convert.cuh"
 #include "core/kernels/kernels.h"
 
 namespace tally::kernels::cuda {
@@ -74,26 +76,27 @@ __global__ void binary_contiguous_kernel(const T* a, const T* b, T* __restrict__
     Vec<T, W> y = reinterpret_cast<const Vec<T, W>*>(b)[i];
     Vec<T, W> r;
 #pragma unroll
-    for (int k = 0; k < W; ++k) r.v[k] = f(x.v[k], y.v[k]);
+    for (int k = 0; k < W; ++k) r.v[k] = from_acc<T>(f(to_acc(x.v[k]), to_acc(y.v[k])));
     reinterpret_cast<Vec<T, W>*>(out)[i] = r;
   }
-  for (int64_t i = vecs * W + start; i < n; i += step) out[i] = f(a[i], b[i]);
+  for (int64_t i = vecs * W + start; i < n; i += step) out[i] = from_acc<T>(f(to_acc(a[i]), to_acc(b[i])));
 }
 
 // One operand is a single value (broadcast scalar): out[i] = f(a[i], s) or f(s, b[i]).
 template <class T, int W, class F, bool kScalarIsA>
 __global__ void binary_scalar_kernel(const T* v, const T* scalar, T* __restrict__ out, int64_t n, F f) {
-  const T s = *scalar;
+  const acc_t<T> s = to_acc(*scalar);
   const int64_t start = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, step = int64_t(gridDim.x) * blockDim.x;
   const int64_t vecs = n / W;
   for (int64_t i = start; i < vecs; i += step) {
     Vec<T, W> x = reinterpret_cast<const Vec<T, W>*>(v)[i];
     Vec<T, W> r;
 #pragma unroll
-    for (int k = 0; k < W; ++k) r.v[k] = kScalarIsA ? f(s, x.v[k]) : f(x.v[k], s);
+    for (int k = 0; k < W; ++k) r.v[k] = from_acc<T>(kScalarIsA ? f(s, to_acc(x.v[k])) : f(to_acc(x.v[k]), s));
     reinterpret_cast<Vec<T, W>*>(out)[i] = r;
   }
-  for (int64_t i = vecs * W + start; i < n; i += step) out[i] = kScalarIsA ? f(s, v[i]) : f(v[i], s);
+  for (int64_t i = vecs * W + start; i < n; i += step)
+    out[i] = from_acc<T>(kScalarIsA ? f(s, to_acc(v[i])) : f(to_acc(v[i]), s));
 }
 
 // General broadcast: the contiguous output index is decomposed along the collapsed shape.
@@ -109,7 +112,7 @@ __global__ void binary_broadcast_kernel(const T* a, const T* b, T* __restrict__ 
       aoff += int64_t(idx) * l.a_stride[d];
       boff += int64_t(idx) * l.b_stride[d];
     }
-    out[i] = f(a[aoff], b[boff]);
+    out[i] = from_acc<T>(f(to_acc(a[aoff]), to_acc(b[boff])));
   }
 }
 
@@ -121,10 +124,10 @@ __global__ void unary_kernel(const T* a, T* __restrict__ out, int64_t n, F f) {
     Vec<T, W> x = reinterpret_cast<const Vec<T, W>*>(a)[i];
     Vec<T, W> r;
 #pragma unroll
-    for (int k = 0; k < W; ++k) r.v[k] = f(x.v[k]);
+    for (int k = 0; k < W; ++k) r.v[k] = from_acc<T>(f(to_acc(x.v[k])));
     reinterpret_cast<Vec<T, W>*>(out)[i] = r;
   }
-  for (int64_t i = vecs * W + start; i < n; i += step) out[i] = f(a[i]);
+  for (int64_t i = vecs * W + start; i < n; i += step) out[i] = from_acc<T>(f(to_acc(a[i])));
 }
 
 template <class T>
@@ -140,17 +143,17 @@ struct GeluBackward {
 
 // y[i] += alpha * x[i] (y and x may be the same array).
 template <class T, int W>
-__global__ void axpy_kernel(T* y, const T* x, int64_t n, T alpha) {
+__global__ void axpy_kernel(T* y, const T* x, int64_t n, acc_t<T> alpha) {
   const int64_t start = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, step = int64_t(gridDim.x) * blockDim.x;
   const int64_t vecs = n / W;
   for (int64_t i = start; i < vecs; i += step) {
     Vec<T, W> xv = reinterpret_cast<const Vec<T, W>*>(x)[i];
     Vec<T, W> yv = reinterpret_cast<Vec<T, W>*>(y)[i];
 #pragma unroll
-    for (int k = 0; k < W; ++k) yv.v[k] += alpha * xv.v[k];
+    for (int k = 0; k < W; ++k) yv.v[k] = from_acc<T>(to_acc(yv.v[k]) + alpha * to_acc(xv.v[k]));
     reinterpret_cast<Vec<T, W>*>(y)[i] = yv;
   }
-  for (int64_t i = vecs * W + start; i < n; i += step) y[i] += alpha * x[i];
+  for (int64_t i = vecs * W + start; i < n; i += step) y[i] = from_acc<T>(to_acc(y[i]) + alpha * to_acc(x[i]));
 }
 
 // ---- launchers ----
@@ -221,7 +224,8 @@ void binary_launch(const T* a, const T* b, T* out, const BroadcastLayout& layout
 
 template <class T, UnaryOp op>
 void unary_launch(const T* a, T* out, int64_t n, double scalar) {
-  Unary<T, op> f{T(scalar)};
+  using C = acc_t<T>;
+  Unary<C, op> f{C(scalar)};
   constexpr int P = kPackSize<T>;
   if (aligned16(a) && aligned16(out))
     unary_kernel<T, P><<<grid_for(n / P + 1, kThreads), kThreads, 0, stream()>>>(a, out, n, f);
@@ -235,10 +239,10 @@ void unary_launch(const T* a, T* out, int64_t n, double scalar) {
 template <class T>
 void binary(BinaryOp op, const T* a, const T* b, T* out, const BroadcastLayout& l) {
   switch (op) {
-    case BinaryOp::add: binary_launch(a, b, out, l, Add<T>{}); return;
-    case BinaryOp::sub: binary_launch(a, b, out, l, Sub<T>{}); return;
-    case BinaryOp::mul: binary_launch(a, b, out, l, Mul<T>{}); return;
-    case BinaryOp::div: binary_launch(a, b, out, l, Div<T>{}); return;
+    case BinaryOp::add: binary_launch(a, b, out, l, Add<acc_t<T>>{}); return;
+    case BinaryOp::sub: binary_launch(a, b, out, l, Sub<acc_t<T>>{}); return;
+    case BinaryOp::mul: binary_launch(a, b, out, l, Mul<acc_t<T>>{}); return;
+    case BinaryOp::div: binary_launch(a, b, out, l, Div<acc_t<T>>{}); return;
   }
 }
 
@@ -266,9 +270,9 @@ void gelu_backward(const T* x, const T* dy, T* dx, int64_t n) {
   if (n <= 0) return;
   constexpr int P = kPackSize<T>;
   if (aligned16(x) && aligned16(dy) && aligned16(dx))
-    binary_contiguous_kernel<T, P><<<grid_for(n / P + 1, kThreads), kThreads, 0, stream()>>>(x, dy, dx, n, GeluBackward<T>{});
+    binary_contiguous_kernel<T, P><<<grid_for(n / P + 1, kThreads), kThreads, 0, stream()>>>(x, dy, dx, n, GeluBackward<acc_t<T>>{});
   else
-    binary_contiguous_kernel<T, 1><<<grid_for(n, kThreads), kThreads, 0, stream()>>>(x, dy, dx, n, GeluBackward<T>{});
+    binary_contiguous_kernel<T, 1><<<grid_for(n, kThreads), kThreads, 0, stream()>>>(x, dy, dx, n, GeluBackward<acc_t<T>>{});
   TALLY_CUDA_LAUNCH_CHECK("gelu_backward_kernel");
 }
 
@@ -277,9 +281,9 @@ void axpy(T* y, const T* x, int64_t n, double alpha) {
   if (n <= 0) return;
   constexpr int P = kPackSize<T>;
   if (aligned16(x) && aligned16(y))
-    axpy_kernel<T, P><<<grid_for(n / P + 1, kThreads), kThreads, 0, stream()>>>(y, x, n, T(alpha));
+    axpy_kernel<T, P><<<grid_for(n / P + 1, kThreads), kThreads, 0, stream()>>>(y, x, n, acc_t<T>(alpha));
   else
-    axpy_kernel<T, 1><<<grid_for(n, kThreads), kThreads, 0, stream()>>>(y, x, n, T(alpha));
+    axpy_kernel<T, 1><<<grid_for(n, kThreads), kThreads, 0, stream()>>>(y, x, n, acc_t<T>(alpha));
   TALLY_CUDA_LAUNCH_CHECK("axpy_kernel");
 }
 
@@ -290,6 +294,7 @@ void axpy(T* y, const T* x, int64_t n, double alpha) {
   template void axpy<T>(T*, const T*, int64_t, double);
 TALLY_INSTANTIATE(float)
 TALLY_INSTANTIATE(double)
+TALLY_INSTANTIATE(bf16)
 #undef TALLY_INSTANTIATE
 
 }  // namespace tally::kernels::cuda

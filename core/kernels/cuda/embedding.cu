@@ -1,10 +1,12 @@
 // CUDA kernels: embedding gather, and its deterministic backward without float atomics.
 // Backward sorts the token positions by id (CUB radix sort: stable, so each id's positions stay ascending),
 // then one block per distinct id sums its rows of dout in position order, in T: the same additions in the
-// same order as the CPU backend, hence bit-identical results. Ids absent from the batch get zero rows.
+// same order as the CPU backend, hence bit-identical results (bf16: summed in float, rounded once). Ids absent
+// from the batch get zero rows.
 #include <cub/device/device_radix_sort.cuh>
 
 #include "core/cuda/common.cuh"
+#include "core/kernels/cuda/convert.cuh"
 #include "core/kernels/kernels.h"
 
 namespace tally::kernels::cuda {
@@ -47,9 +49,9 @@ __global__ void embedding_backward_kernel(const uint32_t* __restrict__ sorted_id
   while (end < N && sorted_ids[end] == id) ++end;
   T* dst = dweight + int64_t(id) * C;
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    T acc = T(0);
-    for (int64_t k = start; k < end; ++k) acc += dout[int64_t(positions[k]) * C + c];
-    dst[c] = acc;
+    acc_t<T> acc = acc_t<T>(0);
+    for (int64_t k = start; k < end; ++k) acc += to_acc(dout[int64_t(positions[k]) * C + c]);
+    dst[c] = from_acc<T>(acc);
   }
 }
 
@@ -112,6 +114,7 @@ void embedding_backward(const int32_t* indices, const T* dout, T* dweight, int64
   template void embedding_backward<T>(const int32_t*, const T*, T*, int64_t, int64_t, int64_t);
 TALLY_INSTANTIATE(float)
 TALLY_INSTANTIATE(double)
+TALLY_INSTANTIATE(bf16)
 #undef TALLY_INSTANTIATE
 
 }  // namespace tally::kernels::cuda

@@ -1,8 +1,9 @@
 // CUDA kernel entry: batched row-major GEMM through cuBLAS (cublasGemmEx / cublasGemmStridedBatchedEx /
 // cublasGemmBatchedEx), with the row-major -> column-major swap hidden here (see gemm.cuh). K == 0 (C = beta C)
-// is handled by a small kernel, as the CPU backend does it.
+// is handled by a small kernel, as the CPU backend does it. bf16: CUDA_R_16BF operands, float accumulation.
 #include <climits>
 
+#include "core/kernels/cuda/convert.cuh"
 #include "core/kernels/cuda/gemm.cuh"
 
 namespace tally::kernels::cuda {
@@ -13,11 +14,13 @@ using tally::cuda::cublas_handle;
 using tally::cuda::grid_for;
 using tally::cuda::stream;
 
+// Per element type: cuBLAS's data type, the compute type, and the host type of alpha and beta (the compute type's).
 template <class T>
 struct CublasTypes;
 template <>
 struct CublasTypes<float> {
   static constexpr cudaDataType_t data = CUDA_R_32F;
+  using Scalar = float;
   static cublasComputeType_t compute() {
     return tally::cuda::fp32_matmul() == tally::cuda::Fp32Matmul::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   }
@@ -25,7 +28,14 @@ struct CublasTypes<float> {
 template <>
 struct CublasTypes<double> {
   static constexpr cudaDataType_t data = CUDA_R_64F;
+  using Scalar = double;
   static cublasComputeType_t compute() { return CUBLAS_COMPUTE_64F; }
+};
+template <>
+struct CublasTypes<bf16> {
+  static constexpr cudaDataType_t data = CUDA_R_16BF;
+  using Scalar = float;
+  static cublasComputeType_t compute() { return CUBLAS_COMPUTE_32F; }
 };
 
 cublasOperation_t op(Trans t) { return t == Trans::yes ? CUBLAS_OP_T : CUBLAS_OP_N; }
@@ -37,12 +47,14 @@ int as_int(int64_t v, const char* what) {
 
 // C (per batch, row stride ldc) = beta * C; beta == 0 writes zeros (C may hold NaN garbage).
 template <class T>
-__global__ void scale_matrix_kernel(T* C, int64_t M, int64_t N, int64_t ldc, int64_t batch_stride, int64_t batch, T beta) {
+__global__ void scale_matrix_kernel(T* C, int64_t M, int64_t N, int64_t ldc, int64_t batch_stride, int64_t batch,
+                                    acc_t<T> beta) {
+  using A = acc_t<T>;
   const int64_t total = batch * M * N;
   for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < total; j += int64_t(gridDim.x) * blockDim.x) {
     const int64_t col = j % N, row = (j / N) % M, b = j / (M * N);
     T& c = C[b * batch_stride + row * ldc + col];
-    c = beta == T(0) ? T(0) : beta * c;
+    c = from_acc<T>(beta == A(0) ? A(0) : beta * to_acc(c));
   }
 }
 
@@ -54,12 +66,13 @@ void gemm(const GemmArgs<T>& g) {
   if (g.K == 0) {
     const int64_t total = g.batch * g.M * g.N;
     scale_matrix_kernel<T><<<grid_for(total, 256), 256, 0, stream()>>>(g.C, g.M, g.N, g.ldc, g.batch_stride_c, g.batch,
-                                                                      T(g.beta));
+                                                                      acc_t<T>(g.beta));
     TALLY_CUDA_LAUNCH_CHECK("scale_matrix_kernel");
     return;
   }
   using Types = CublasTypes<T>;
-  const T alpha = T(g.alpha), beta = T(g.beta);  // host scalars, of the compute type
+  using S = typename Types::Scalar;  // alpha and beta: host scalars of the compute type
+  const S alpha = S(g.alpha), beta = S(g.beta);
   const int m = as_int(g.N, "N"), n = as_int(g.M, "M"), k = as_int(g.K, "K");
   const int lda = as_int(g.lda, "lda"), ldb = as_int(g.ldb, "ldb"), ldc = as_int(g.ldc, "ldc");
   cublasHandle_t h = cublas_handle();
@@ -76,14 +89,15 @@ void gemm(const GemmArgs<T>& g) {
                                                         Types::compute(), CUBLAS_GEMM_DEFAULT));
 }
 
-template <class T>
+template <class T, class TC>
 void gemm_batched_pointers(Trans trans_a, Trans trans_b, int64_t M, int64_t N, int64_t K, double alpha_d,
-                           const T* const* A, int64_t lda_, const T* const* B, int64_t ldb_, double beta_d, T* const* C,
+                           const T* const* A, int64_t lda_, const T* const* B, int64_t ldb_, double beta_d, TC* const* C,
                            int64_t ldc_, int64_t batch_) {
   if (M == 0 || N == 0 || batch_ == 0) return;
   TALLY_CHECK(K > 0, "[gemm_batched_pointers] K must be positive, got ", K);
   using Types = CublasTypes<T>;
-  const T alpha = T(alpha_d), beta = T(beta_d);
+  using S = typename Types::Scalar;
+  const S alpha = S(alpha_d), beta = S(beta_d);
   const int m = as_int(N, "N"), n = as_int(M, "M"), k = as_int(K, "K");
   const int lda = as_int(lda_, "lda"), ldb = as_int(ldb_, "ldb"), ldc = as_int(ldc_, "ldc");
   const int batch = as_int(batch_, "batch");
@@ -91,15 +105,21 @@ void gemm_batched_pointers(Trans trans_a, Trans trans_b, int64_t M, int64_t N, i
                      cublasGemmBatchedEx(cublas_handle(), op(trans_b), op(trans_a), m, n, k, &alpha,
                                          reinterpret_cast<const void* const*>(B), Types::data, ldb,
                                          reinterpret_cast<const void* const*>(A), Types::data, lda, &beta,
-                                         reinterpret_cast<void* const*>(C), Types::data, ldc, batch, Types::compute(),
+                                         reinterpret_cast<void* const*>(C), CublasTypes<TC>::data, ldc, batch,
+                                         Types::compute(),
                                          CUBLAS_GEMM_DEFAULT));
 }
 
 template void gemm<float>(const GemmArgs<float>&);
 template void gemm<double>(const GemmArgs<double>&);
-template void gemm_batched_pointers<float>(Trans, Trans, int64_t, int64_t, int64_t, double, const float* const*, int64_t,
-                                           const float* const*, int64_t, double, float* const*, int64_t, int64_t);
-template void gemm_batched_pointers<double>(Trans, Trans, int64_t, int64_t, int64_t, double, const double* const*, int64_t,
-                                            const double* const*, int64_t, double, double* const*, int64_t, int64_t);
+template void gemm<bf16>(const GemmArgs<bf16>&);
+#define TALLY_INSTANTIATE(T, TC)                                                                                    \
+  template void gemm_batched_pointers<T, TC>(Trans, Trans, int64_t, int64_t, int64_t, double, const T* const*, int64_t, \
+                                             const T* const*, int64_t, double, TC* const*, int64_t, int64_t);
+TALLY_INSTANTIATE(float, float)
+TALLY_INSTANTIATE(double, double)
+TALLY_INSTANTIATE(bf16, bf16)
+TALLY_INSTANTIATE(bf16, float)
+#undef TALLY_INSTANTIATE
 
 }  // namespace tally::kernels::cuda

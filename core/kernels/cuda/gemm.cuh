@@ -1,6 +1,7 @@
 // The one place cuBLAS's column-major order is handled (used by gemm.cu and attention.cu): a row-major
 // C (M, N) = op(A) (M, K) op(B) (K, N) is, read column-major, C^T = op(B)^T op(A)^T, so cuBLAS is called with
-// the operands swapped and M, N exchanged. float products use TF32 tensor cores unless Fp32Matmul::strict.
+// the operands swapped and M, N exchanged. float products use TF32 tensor cores unless Fp32Matmul::strict; bf16
+// products accumulate in float (CUBLAS_COMPUTE_32F) and may write float (attention's scores) or bf16.
 #pragma once
 #include "core/cuda/common.cuh"
 #include "core/kernels/kernels.h"
@@ -8,10 +9,11 @@
 namespace tally::kernels::cuda {
 
 // Row-major batched product over device arrays of per-batch pointers (cublasGemmBatchedEx):
-// C[i] = alpha * op(A[i]) @ op(B[i]) + beta * C[i]; lda/ldb/ldc are row strides as stored.
-template <class T>
+// C[i] = alpha * op(A[i]) @ op(B[i]) + beta * C[i]; lda/ldb/ldc are row strides as stored. Operands are T, the
+// product TC: T itself, or float for bf16 operands.
+template <class T, class TC = T>
 void gemm_batched_pointers(Trans trans_a, Trans trans_b, int64_t M, int64_t N, int64_t K, double alpha,
-                           const T* const* A, int64_t lda, const T* const* B, int64_t ldb, double beta, T* const* C,
+                           const T* const* A, int64_t lda, const T* const* B, int64_t ldb, double beta, TC* const* C,
                            int64_t ldc, int64_t batch);
 
 }  // namespace tally::kernels::cuda

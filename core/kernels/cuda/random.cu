@@ -1,7 +1,9 @@
 // CUDA kernels: the Philox stream of core/random.h as normal and uniform fills, and dropout. The per-element
 // arithmetic is core/philox.h, shared with the CPU backend, so both draw bit-identical values (element i uses
-// counter offset + i). The affine maps use an explicit fma, exactly as the CPU kernels do.
+// counter offset + i). The affine maps use an explicit fma, exactly as the CPU kernels do. bf16 draws are the f32
+// draws rounded to nearest even (so a bf16 model starts from the f32 model's weights, rounded).
 #include "core/cuda/common.cuh"
+#include "core/kernels/cuda/convert.cuh"
 #include "core/kernels/kernels.h"
 #include "core/philox.h"
 
@@ -17,7 +19,7 @@ __global__ void random_normal_kernel(T* __restrict__ out, int64_t n, uint64_t se
                                      double std) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const rng::Philox4 r = rng::philox4x32_10(seed, offset + uint64_t(i));
-    out[i] = T(fma(std, double(rng::normal_from_bits(r.w[0], r.w[1])), mean));
+    out[i] = from_double_dev<T>(fma(std, double(rng::normal_from_bits(r.w[0], r.w[1])), mean));
   }
 }
 
@@ -26,16 +28,16 @@ __global__ void random_uniform_kernel(T* __restrict__ out, int64_t n, uint64_t s
                                       double hi) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const rng::Philox4 r = rng::philox4x32_10(seed, offset + uint64_t(i));
-    out[i] = T(fma(hi - lo, double(rng::uniform_from_bits(r.w[0])), lo));
+    out[i] = from_double_dev<T>(fma(hi - lo, double(rng::uniform_from_bits(r.w[0])), lo));
   }
 }
 
 template <class T>
-__global__ void dropout_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n, float threshold, T scale,
+__global__ void dropout_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n, float threshold, acc_t<T> scale,
                                uint64_t seed, uint64_t offset) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const rng::Philox4 r = rng::philox4x32_10(seed, offset + uint64_t(i));
-    y[i] = rng::uniform_from_bits(r.w[0]) >= threshold ? x[i] * scale : T(0);
+    y[i] = from_acc<T>(rng::uniform_from_bits(r.w[0]) >= threshold ? to_acc(x[i]) * scale : acc_t<T>(0));
   }
 }
 
@@ -58,7 +60,7 @@ void random_uniform(T* out, int64_t n, uint64_t seed, uint64_t offset, double lo
 template <class T>
 void dropout(const T* x, T* y, int64_t n, double p, uint64_t seed, uint64_t offset) {
   if (n <= 0) return;
-  const T scale = T(1.0 / (1.0 - p));  // as the CPU computes it
+  const acc_t<T> scale = acc_t<T>(1.0 / (1.0 - p));  // as the CPU computes it
   dropout_kernel<T><<<grid_for(n, 256), 256, 0, stream()>>>(x, y, n, float(p), scale, seed, offset);
   TALLY_CUDA_LAUNCH_CHECK("dropout_kernel");
 }
@@ -69,6 +71,7 @@ void dropout(const T* x, T* y, int64_t n, double p, uint64_t seed, uint64_t offs
   template void dropout<T>(const T*, T*, int64_t, double, uint64_t, uint64_t);
 TALLY_INSTANTIATE(float)
 TALLY_INSTANTIATE(double)
+TALLY_INSTANTIATE(bf16)
 #undef TALLY_INSTANTIATE
 
 }  // namespace tally::kernels::cuda

@@ -1,8 +1,10 @@
 // CUDA kernels: sums and maxima over one dim of an (outer, n, inner) contiguous view; bias add and its
 // backward. All deterministic (fixed trees and chunking, double accumulators like the CPU, no atomics).
 // Row sums (inner == 1) run one block per row, or split into chunks with a second pass when there are few,
-// long rows; column sums share reduce.cuh with layernorm's parameter gradients.
+// long rows; column sums share reduce.cuh with layernorm's parameter gradients. bf16 inputs are read through
+// to_acc (exact) and results rounded once, on store.
 #include "core/cuda/common.cuh"
+#include "core/kernels/cuda/convert.cuh"
 #include "core/kernels/cuda/reduce.cuh"
 #include "core/kernels/kernels.h"
 
@@ -29,9 +31,9 @@ __global__ void row_sum_kernel(const T* __restrict__ in, Out* __restrict__ out, 
   const int64_t c0 = part * part_len, c1 = c0 + part_len < n ? c0 + part_len : n;
   const T* p = in + row * n;
   double acc = 0.0;
-  for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) acc += double(p[c]);
+  for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) acc += double(to_acc(p[c]));
   acc = block_sum(acc);
-  if (threadIdx.x == 0) out[blockIdx.x] = Out(acc);
+  if (threadIdx.x == 0) out[blockIdx.x] = from_double_dev<Out>(acc);
 }
 
 template <class T>
@@ -40,14 +42,16 @@ __global__ void partial_finish_kernel(const double* __restrict__ partial, T* __r
   double acc = 0.0;
   for (int64_t k = threadIdx.x; k < parts; k += blockDim.x) acc += p[k];
   acc = block_sum(acc);
-  if (threadIdx.x == 0) out[blockIdx.x] = T(acc);
+  if (threadIdx.x == 0) out[blockIdx.x] = from_double_dev<T>(acc);
 }
 
 template <class T>
 struct ReadValue {
   const T* in;
   int64_t n, inner;
-  __device__ double operator()(int64_t o, int64_t i, int64_t c) const { return double(in[(o * n + i) * inner + c]); }
+  __device__ double operator()(int64_t o, int64_t i, int64_t c) const {
+    return double(to_acc(in[(o * n + i) * inner + c]));
+  }
 };
 
 // (value, index) of the first maximum, NaN winning (first NaN), as the CPU's sequential scan.
@@ -58,15 +62,17 @@ __device__ __forceinline__ bool better(T v, int64_t i, T best, int64_t bi) {
   return v > best || (v == best && i < bi);
 }
 
+// Values are compared as acc_t<T> (bf16 widens exactly, so the order is that of the stored values).
 template <class T>
 __global__ void max_rows_kernel(const T* __restrict__ in, T* __restrict__ out, int32_t* __restrict__ argmax, int64_t n) {
-  __shared__ T best_s[1024];
+  using C = acc_t<T>;
+  __shared__ C best_s[1024];
   __shared__ int64_t arg_s[1024];
   const T* p = in + int64_t(blockIdx.x) * n;
-  T best = p[0];
+  C best = to_acc(p[0]);
   int64_t arg = 0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    T v = p[i];
+    C v = to_acc(p[i]);
     if (better(v, i, best, arg)) {
       best = v;
       arg = i;
@@ -83,7 +89,7 @@ __global__ void max_rows_kernel(const T* __restrict__ in, T* __restrict__ out, i
     __syncthreads();
   }
   if (threadIdx.x == 0) {
-    out[blockIdx.x] = best_s[0];
+    out[blockIdx.x] = from_acc<T>(best_s[0]);
     argmax[blockIdx.x] = int32_t(arg_s[0]);
   }
 }
@@ -96,16 +102,16 @@ __global__ void max_columns_kernel(const T* __restrict__ in, T* __restrict__ out
   for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < total; j += int64_t(gridDim.x) * blockDim.x) {
     const int64_t o = j / inner, c = j % inner;
     const T* p = in + o * n * inner + c;
-    T best = p[0];
+    acc_t<T> best = to_acc(p[0]);
     int32_t arg = 0;
     for (int64_t i = 1; i < n; ++i) {
-      T v = p[i * inner];
+      acc_t<T> v = to_acc(p[i * inner]);
       if (v > best || (v != v && best == best)) {
         best = v;
         arg = int32_t(i);
       }
     }
-    out[j] = best;
+    out[j] = from_acc<T>(best);
     argmax[j] = arg;
   }
 }
@@ -131,7 +137,7 @@ __global__ void add_bias_kernel(T* __restrict__ y, const T* __restrict__ bias, i
     Vec<T, W>* row = reinterpret_cast<Vec<T, W>*>(y + r * C);
     Vec<T, W> v = row[g];
 #pragma unroll
-    for (int k = 0; k < W; ++k) v.v[k] += b.v[k];
+    for (int k = 0; k < W; ++k) v.v[k] = from_acc<T>(to_acc(v.v[k]) + to_acc(b.v[k]));
     row[g] = v;
   }
 }
@@ -216,6 +222,7 @@ void bias_backward(const T* dy, T* dbias, int64_t N, int64_t C) {
   template void bias_backward<T>(const T*, T*, int64_t, int64_t);
 TALLY_INSTANTIATE(float)
 TALLY_INSTANTIATE(double)
+TALLY_INSTANTIATE(bf16)
 #undef TALLY_INSTANTIATE
 
 }  // namespace tally::kernels::cuda

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "core/cuda/common.cuh"
+#include "core/kernels/cuda/convert.cuh"
 
 namespace tally::kernels::cuda {
 
@@ -47,7 +48,7 @@ __global__ void column_sum_kernel(int64_t outer, int64_t n, int64_t inner, int64
 #pragma unroll
       for (int k = 0; k < kColRows; ++k) total += acc_s[k][tx];
       if (c < inner) {
-        if (chunks == 1) out[o * inner + c] = T(total);
+        if (chunks == 1) out[o * inner + c] = from_double_dev<T>(total);
         else partial[(o * chunks + chunk) * inner + c] = total;
       }
     }
@@ -65,7 +66,7 @@ __global__ void column_sum_finish_kernel(const double* __restrict__ partial, T* 
     const double* p = partial + o * chunks * inner + c;
     double s = 0.0;
     for (int64_t k = 0; k < chunks; ++k) s += p[k * inner];
-    out[j] = T(s);
+    out[j] = from_double_dev<T>(s);
   }
 }
 

@@ -1,7 +1,8 @@
 // CUDA kernels: softmax and log-softmax over the last dim of (N, C), forward and backward; one block per row.
 // Forward keeps a running (max, sum of exp) per thread and merges them across the block, so the row is read
-// twice (statistics, then output) instead of three times.
+// twice (statistics, then output) instead of three times. bf16 rows are computed in float (C = acc_t<T>).
 #include "core/cuda/common.cuh"
+#include "core/kernels/cuda/convert.cuh"
 #include "core/kernels/kernels.h"
 
 namespace tally::kernels::cuda {
@@ -28,17 +29,18 @@ __device__ __forceinline__ void accumulate(MaxSum<T>& ms, T x) {
 
 template <class T>
 __global__ void softmax_forward_kernel(SoftmaxKind kind, const T* __restrict__ x, T* __restrict__ y, int64_t C) {
+  using A = acc_t<T>;
   const T* xr = x + int64_t(blockIdx.x) * C;
   T* yr = y + int64_t(blockIdx.x) * C;
-  MaxSum<T> ms{T(-INFINITY), T(0)};
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) accumulate(ms, xr[c]);
+  MaxSum<A> ms{A(-INFINITY), A(0)};
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) accumulate(ms, to_acc(xr[c]));
   ms = block_merge(ms);
   if (kind == SoftmaxKind::softmax) {
-    const T inv = T(1) / ms.sum;
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) yr[c] = exp(xr[c] - ms.max) * inv;
+    const A inv = A(1) / ms.sum;
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) yr[c] = from_acc<T>(exp(to_acc(xr[c]) - ms.max) * inv);
   } else {
-    const T lse = ms.max + log(ms.sum);
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) yr[c] = xr[c] - lse;
+    const A lse = ms.max + log(ms.sum);
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) yr[c] = from_acc<T>(to_acc(xr[c]) - lse);
   }
 }
 
@@ -48,17 +50,18 @@ __global__ void softmax_backward_kernel(SoftmaxKind kind, const T* __restrict__ 
   const int64_t off = int64_t(blockIdx.x) * C;
   const T *yr = y + off, *dyr = dy + off;
   T* dxr = dx + off;
+  using A = acc_t<T>;
   double dot = 0.0;
   if (kind == SoftmaxKind::softmax) {
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) dot += double(dyr[c]) * double(yr[c]);
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) dot += double(to_acc(dyr[c])) * double(to_acc(yr[c]));
   } else {
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) dot += double(dyr[c]);
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) dot += double(to_acc(dyr[c]));
   }
-  const T d = T(block_sum(dot));
+  const A d = A(block_sum(dot));
   if (kind == SoftmaxKind::softmax) {
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) dxr[c] = yr[c] * (dyr[c] - d);
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) dxr[c] = from_acc<T>(to_acc(yr[c]) * (to_acc(dyr[c]) - d));
   } else {
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) dxr[c] = dyr[c] - exp(yr[c]) * d;
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) dxr[c] = from_acc<T>(to_acc(dyr[c]) - exp(to_acc(yr[c])) * d);
   }
 }
 
@@ -85,6 +88,7 @@ void softmax_backward(SoftmaxKind kind, const T* y, const T* dy, T* dx, int64_t 
   template void softmax_backward<T>(SoftmaxKind, const T*, const T*, T*, int64_t, int64_t);
 TALLY_INSTANTIATE(float)
 TALLY_INSTANTIATE(double)
+TALLY_INSTANTIATE(bf16)
 #undef TALLY_INSTANTIATE
 
 }  // namespace tally::kernels::cuda

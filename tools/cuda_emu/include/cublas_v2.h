@@ -1,13 +1,14 @@
 // CUDA emulation (see cuda_runtime.h here): the few cuBLAS entry points tally uses, as naive column-major
-// loops in double, with cuBLAS's argument checks (leading dimensions), so that the row-major wrapper's
-// operand swap and leading dimensions are really exercised.
+// loops in double, with cuBLAS's argument checks (leading dimensions, type combinations), so that the row-major
+// wrapper's operand swap and leading dimensions are really exercised. bf16 operands are widened exactly and a bf16
+// product is rounded to nearest even once (cuBLAS accumulates in float: the emulator in double, a little tighter).
 #pragma once
 #include "cuda_runtime.h"
 
 using cublasHandle_t = struct cublasContext*;
 enum cublasStatus_t { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_INVALID_VALUE = 7 };
 enum cublasOperation_t { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 };
-enum cudaDataType_t { CUDA_R_32F = 0, CUDA_R_64F = 1 };
+enum cudaDataType_t { CUDA_R_32F = 0, CUDA_R_64F = 1, CUDA_R_16BF = 14 };
 using cudaDataType = cudaDataType_t;
 enum cublasComputeType_t { CUBLAS_COMPUTE_32F = 68, CUBLAS_COMPUTE_32F_FAST_TF32 = 77, CUBLAS_COMPUTE_64F = 70 };
 enum cublasGemmAlgo_t { CUBLAS_GEMM_DEFAULT = -1 };

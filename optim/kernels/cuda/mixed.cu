@@ -1,0 +1,98 @@
+// CUDA kernels of mixed precision (bf16 parameters over f32 master weights): stochastic rounding of the master
+// into the bf16 parameter (one Philox block per 8 elements, 16-byte loads and stores when aligned), and the sum of
+// squares (global-norm clipping) and in-place scale of bf16 gradients. Same bits as optim/kernels/cpu/mixed.cpp.
+#include "core/kernels/cuda/convert.cuh"
+#include "core/philox.h"
+#include "optim/kernels/cuda/common.cuh"
+
+namespace tally::optim::kernels::cuda {
+
+using namespace detail;
+
+namespace {
+
+__device__ inline uint32_t pair_bits(const uint32_t* u, const rng::Philox4& r, int k) {  // elements k, k+1 (k even)
+  const uint32_t w = r.w[k / 2];
+  return uint32_t(stochastic_bf16_bits(u[k], w)) | (uint32_t(stochastic_bf16_bits(u[k + 1], w >> 16)) << 16);
+}
+
+__global__ void round_to_bf16_kernel(const float* master, bf16* param, int64_t n, uint64_t seed, uint64_t offset,
+                                     bool vec) {
+  const int64_t blocks = int64_t(round_to_bf16_blocks(n));
+  for (int64_t b = blockIdx.x * int64_t(kThreads) + threadIdx.x; b < blocks; b += int64_t(gridDim.x) * kThreads) {
+    const rng::Philox4 r = rng::philox4x32_10(seed, offset + uint64_t(b));
+    const int64_t e0 = 8 * b;
+    if (vec && e0 + 8 <= n) {
+      const float4 lo = reinterpret_cast<const float4*>(master + e0)[0];
+      const float4 hi = reinterpret_cast<const float4*>(master + e0)[1];
+      const uint32_t u[8] = {__float_as_uint(lo.x), __float_as_uint(lo.y), __float_as_uint(lo.z), __float_as_uint(lo.w),
+                             __float_as_uint(hi.x), __float_as_uint(hi.y), __float_as_uint(hi.z), __float_as_uint(hi.w)};
+      uint4 out;
+      out.x = pair_bits(u, r, 0);
+      out.y = pair_bits(u, r, 2);
+      out.z = pair_bits(u, r, 4);
+      out.w = pair_bits(u, r, 6);
+      *reinterpret_cast<uint4*>(param + e0) = out;
+    } else {
+      for (int64_t e = e0; e < imin(n, e0 + 8); ++e) {
+        const int k = int(e - e0);
+        param[e].bits = stochastic_bf16_bits(__float_as_uint(master[e]), r.w[k / 2] >> (16 * (k % 2)));
+      }
+    }
+  }
+}
+
+__global__ void sum_squares_bf16_kernel(int64_t n, const bf16* x, double* block_sums) {
+  __shared__ double shared[kWarps];
+  double acc = 0;
+  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
+    const double v = double(tally::kernels::cuda::bf16_to_float_dev(x[e]));
+    acc += v * v;
+  }
+  const double total = block_sum(acc, shared);
+  if (threadIdx.x == 0) block_sums[blockIdx.x * kSums] = total;
+}
+
+__global__ void sum_block_sums_into(const double* block_sums, int blocks, double* out) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  double sum = 0;
+  for (int b = 0; b < blocks; ++b) sum += block_sums[b * kSums];
+  out[0] += sum;
+}
+
+__global__ void scale_bf16_kernel(int64_t n, bf16* x, float s) {
+  using tally::kernels::cuda::bf16_to_float_dev;
+  using tally::kernels::cuda::float_to_bf16_dev;
+  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads)
+    x[e] = float_to_bf16_dev(bf16_to_float_dev(x[e]) * s);
+}
+
+}  // namespace
+
+void round_to_bf16(const float* master, bf16* param, int64_t n, uint64_t seed, uint64_t offset) {
+  if (n == 0) return;
+  const bool vec = reinterpret_cast<uintptr_t>(master) % 16 == 0 && reinterpret_cast<uintptr_t>(param) % 16 == 0;
+  const int64_t blocks = int64_t(round_to_bf16_blocks(n));
+  const unsigned grid = unsigned(imin((blocks + kThreads - 1) / kThreads, int64_t(1) << 20));
+  round_to_bf16_kernel<<<grid, kThreads>>>(master, param, n, seed, offset, vec);
+  check_launch("round_to_bf16");
+}
+
+void sum_squares_bf16(const bf16* x, int64_t n, double* out, void* workspace) {
+  if (n == 0) return;
+  const DenseWorkspace w = carve_dense(workspace);
+  const int blocks = reduce_blocks(n);
+  sum_squares_bf16_kernel<<<blocks, kThreads>>>(n, x, w.block_sums);
+  check_launch("sum_squares_bf16");
+  sum_block_sums_into<<<1, 1>>>(w.block_sums, blocks, out);
+  check_launch("sum_squares_bf16 total");
+}
+
+void scale_bf16(bf16* x, int64_t n, double s) {
+  if (n == 0) return;
+  const unsigned blocks = unsigned(imin((n + kThreads - 1) / kThreads, 65535));
+  scale_bf16_kernel<<<blocks, kThreads>>>(n, x, float(s));
+  check_launch("scale_bf16");
+}
+
+}  // namespace tally::optim::kernels::cuda
