@@ -1,6 +1,7 @@
 // The CPU and meta allocators, and the device -> allocator lookup (CUDA's lives in core/cuda/).
 #include "core/allocator.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <mutex>
 #include <unordered_map>
@@ -15,6 +16,8 @@
 namespace tally {
 
 namespace {
+
+std::atomic<int64_t> g_cpu_limit{0};
 
 Block account(Device d, int64_t requested, int64_t held) {
   Ledger& l = ledger(d);
@@ -36,6 +39,13 @@ class CpuAllocator final : public Allocator {
   Block allocate(int64_t bytes) override {
     TALLY_CHECK(bytes >= 0, "[allocate] negative size ", bytes);
     int64_t held = cpu_held_bytes(bytes);
+    if (const int64_t limit = g_cpu_limit.load(std::memory_order_relaxed); limit > 0 && held > 0) {
+      const int64_t live = ledger(Device::cpu()).total().live_held;
+      if (live + held > limit)
+        fail("out of memory on the CPU: could not allocate ", format_bytes_exact(bytes), " for '", current_owner(),
+             "' (", category_name(current_category()), "): ", format_bytes_exact(live), " are live and the limit is ",
+             format_bytes_exact(limit), " (set_cpu_memory_limit)\n", ledger(Device::cpu()).table());
+    }
     void* p = take_cached(held);
     if (!p && held > 0) {
       p = std::aligned_alloc(kCpuAlignment, size_t(held));
@@ -116,6 +126,13 @@ class MetaAllocator final : public Allocator {
 };
 
 }  // namespace
+
+void set_cpu_memory_limit(int64_t bytes) {
+  TALLY_CHECK(bytes >= 0, "set_cpu_memory_limit: negative limit ", bytes);
+  g_cpu_limit.store(bytes);
+}
+
+int64_t cpu_memory_limit() { return g_cpu_limit.load(); }
 
 Allocator& allocator(Device d) {
   static CpuAllocator cpu;
