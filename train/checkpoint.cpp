@@ -20,6 +20,7 @@ namespace {
 
 constexpr const char* kFormat = "tally-checkpoint";
 constexpr int kVersion = 1;
+constexpr const char* kFiles[] = {"model.safetensors", "optimizer.safetensors", "state.json"};
 
 void fsync_path(const fs::path& p) {
   int fd = ::open(p.c_str(), O_RDONLY);
@@ -83,7 +84,7 @@ fs::path save_checkpoint(const fs::path& run_dir, int64_t step, const Checkpoint
     state["step"] = step;
     io::write_file_atomic(tmp / "state.json", state.dump(2) + "\n");
     nlohmann::json manifest = {{"format", kFormat}, {"version", kVersion}, {"step", step}, {"files", nlohmann::json::object()}};
-    for (const char* f : {"model.safetensors", "optimizer.safetensors", "state.json"}) manifest["files"][f] = file_entry(tmp / f);
+    for (const char* f : kFiles) manifest["files"][f] = file_entry(tmp / f);
     io::write_file_atomic(tmp / "manifest.json", manifest.dump(2) + "\n");
     fsync_path(tmp);
     if (fs::exists(final_dir)) fs::remove_all(final_dir);  // re-saving the same step replaces it
@@ -103,34 +104,52 @@ fs::path save_checkpoint(const fs::path& run_dir, int64_t step, const Checkpoint
   return final_dir;
 }
 
+Manifest parse_manifest(std::string_view text, const std::string& where) {
+  nlohmann::json m;
+  try {
+    m = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fail("[checkpoint] '", where, "' is not valid JSON: ", e.what());
+  }
+  TALLY_CHECK(m.is_object() && m.contains("format") && m["format"] == kFormat, "[checkpoint] '", where,
+              "' is not a tally checkpoint manifest");
+  TALLY_CHECK(m.contains("version") && m["version"].is_number_integer(), "[checkpoint] '", where,
+              "' has no integer version");
+  TALLY_CHECK(m["version"] == kVersion, "[checkpoint] '", where, "' has version ", m["version"].dump(),
+              ", this tally reads version ", kVersion);
+  Manifest out;
+  TALLY_CHECK(m.contains("step") && m["step"].is_number_unsigned(), "[checkpoint] '", where,
+              "' has no step (a non-negative integer)");
+  TALLY_CHECK(m["step"].get<uint64_t>() <= uint64_t(INT64_MAX), "[checkpoint] '", where, "': step out of range");
+  out.step = m["step"].get<int64_t>();
+  TALLY_CHECK(m.contains("files") && m["files"].is_object(), "[checkpoint] '", where, "' lists no files");
+  for (const char* f : kFiles) {
+    TALLY_CHECK(m["files"].contains(f), "[checkpoint] '", where, "' does not list ", f);
+    const nlohmann::json& e = m["files"][f];
+    const bool ok = e.is_object() && e.contains("bytes") && e["bytes"].is_number_unsigned() && e.contains("crc32c") &&
+                    e["crc32c"].is_string();
+    TALLY_CHECK(ok, "[checkpoint] '", where, "': the entry of ", f,
+                " must be {\"bytes\": <size>, \"crc32c\": \"<8 hex digits>\"}");
+    out.files[f] = {.bytes = e["bytes"].get<uint64_t>(), .crc32c = e["crc32c"].get<std::string>()};
+  }
+  return out;
+}
+
 CheckpointContent load_checkpoint(const fs::path& dir) {
   const fs::path manifest_path = dir / "manifest.json";
   TALLY_CHECK(fs::is_directory(dir), "[checkpoint] '", dir.string(), "' is not a checkpoint directory");
   TALLY_CHECK(fs::exists(manifest_path), "[checkpoint] '", dir.string(),
               "' has no manifest.json: it is incomplete or not a tally checkpoint");
-  nlohmann::json manifest;
-  try {
-    manifest = nlohmann::json::parse(io::read_file_text(manifest_path));
-  } catch (const nlohmann::json::exception& e) {
-    fail("[checkpoint] '", manifest_path.string(), "' is not valid JSON: ", e.what());
-  }
-  TALLY_CHECK(manifest.is_object() && manifest.value("format", "") == kFormat, "[checkpoint] '", manifest_path.string(),
-              "' is not a tally checkpoint manifest");
-  TALLY_CHECK(manifest.value("version", 0) == kVersion, "[checkpoint] '", manifest_path.string(), "' has version ",
-              manifest.value("version", 0), ", this tally reads version ", kVersion);
-  TALLY_CHECK(manifest.contains("files") && manifest["files"].is_object(), "[checkpoint] '", manifest_path.string(),
-              "' lists no files");
-  for (const char* f : {"model.safetensors", "optimizer.safetensors", "state.json"}) {
-    TALLY_CHECK(manifest["files"].contains(f), "[checkpoint] '", manifest_path.string(), "' does not list ", f);
+  const Manifest manifest = parse_manifest(io::read_file_text(manifest_path), manifest_path.string());
+  for (const auto& [f, want] : manifest.files) {
     const fs::path p = dir / f;
     TALLY_CHECK(fs::exists(p), "[checkpoint] '", p.string(), "' is missing");
-    nlohmann::json want = manifest["files"][f], got = file_entry(p);
-    TALLY_CHECK(want.value("bytes", uint64_t(0)) == got["bytes"].get<uint64_t>(), "[checkpoint] '", p.string(), "' has ",
-                got["bytes"].get<uint64_t>(), " bytes, the manifest says ", want.value("bytes", uint64_t(0)),
-                " (truncated or replaced)");
-    TALLY_CHECK(want.value("crc32c", "") == got["crc32c"].get<std::string>(), "[checkpoint] '", p.string(),
-                "' fails its checksum (CRC-32C ", got["crc32c"].get<std::string>(), ", manifest ",
-                want.value("crc32c", ""), "): the file is corrupt");
+    io::MappedFile m(p);
+    TALLY_CHECK(want.bytes == m.size(), "[checkpoint] '", p.string(), "' has ", m.size(), " bytes, the manifest says ",
+                want.bytes, " (truncated or replaced)");
+    const std::string crc = io::crc32c_hex(io::crc32c(m.data(), m.size()));
+    TALLY_CHECK(want.crc32c == crc, "[checkpoint] '", p.string(), "' fails its checksum (CRC-32C ", crc, ", manifest ",
+                want.crc32c, "): the file is corrupt");
   }
   CheckpointContent c;
   c.model = io::load_tensors(dir / "model.safetensors").tensors;

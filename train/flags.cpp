@@ -60,11 +60,18 @@ void Flags::parse(const std::vector<std::string>& args) {
 }
 
 void Flags::merge_json_file(const std::string& path) {
-  std::ifstream in(path);
+  std::ifstream in(path, std::ios::binary);
   if (!in) throw FlagError(tally::cat("cannot read config file '", path, "'"));
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) throw FlagError(tally::cat("cannot read config file '", path, "'"));
+  merge_json(text.str(), path);
+}
+
+void Flags::merge_json(std::string_view json_text, const std::string& path) {
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(in);
+    j = nlohmann::json::parse(json_text);
   } catch (const nlohmann::json::exception& e) {
     throw FlagError(tally::cat("config file '", path, "' is not valid JSON: ", e.what()));
   }

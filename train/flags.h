@@ -7,6 +7,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace tally::cli {
@@ -42,6 +43,8 @@ class Flags {
   // Fills flags not already given from a JSON object file ({"batch": 8, "optimizer": "came", "no-shuffle": true});
   // command-line values win. Unknown keys, non-scalar values or malformed JSON: FlagError naming the file.
   void merge_json_file(const std::string& path);
+  // The same for JSON text in memory; source names it in errors.
+  void merge_json(std::string_view text, const std::string& source);
 
   bool has(const std::string& name) const;  // given, or has a default
   bool given(const std::string& name) const;  // given explicitly (command line or config)

@@ -40,7 +40,9 @@ struct RunConfig {
 
 // Flags for `tally train` (model, data, optimizer and run flags).
 std::vector<FlagSpec> train_flags();
-RunConfig run_config(const Flags& flags);
+// skip: leave config.data empty (no files are looked at or tokenized; the flag fuzz target).
+enum class DataResolution { resolve, skip };
+RunConfig run_config(const Flags& flags, DataResolution data = DataResolution::resolve);
 
 struct StepRecord {
   int64_t step = 0;
@@ -67,6 +69,22 @@ struct StepShape {
 };
 MemoryFigures predict_step_memory(const models::GPT2Config& model, const OptimizerSpec& optimizer, StepShape shape);
 
+// The memory a run may hold on its device at its peak. TALLY_MEMORY_LIMIT (bytes, or with a K/M/G/T suffix:
+// powers of 1024) when set -- on the CPU it is also enforced by the allocator (set_cpu_memory_limit) -- else
+// what the system has free: MemAvailable from /proc/meminfo on the CPU, cudaMemGetInfo's free bytes on a GPU;
+// either plus what the device's ledger already holds. bytes < 0: unknown (no check).
+struct MemoryBudget {
+  int64_t bytes = -1;
+  std::string source;  // "TALLY_MEMORY_LIMIT", "MemAvailable (/proc/meminfo) + ...", for messages
+};
+MemoryBudget memory_budget(Device device);
+int64_t parse_byte_count(const std::string& text);  // "123", "512M", "8G"; throws tally::Error
+
+// The largest micro-batch B <= shape.batch whose step's predicted peak (held bytes) is at most `bytes`; 0 when
+// not even B = 1 fits. Predictions run on the meta device (nothing is allocated).
+int64_t largest_fitting_batch(const models::GPT2Config& model, const OptimizerSpec& optimizer, StepShape shape,
+                              int64_t bytes);
+
 // Set by SIGINT/SIGTERM: the run finishes its step, saves a checkpoint and returns.
 extern std::atomic<bool> g_stop_requested;
 void install_stop_handlers();
@@ -88,6 +106,11 @@ class Trainer {
 
  private:
   StepRecord train_step(int64_t step);
+  void run_steps(RunSummary& s, const MemoryFigures& predicted);  // the loop of run()
+  // Refuses to start when the predicted peak exceeds the budget; the message has the plan and the batch that fits.
+  void check_memory(const MemoryFigures& predicted) const;
+  // The advice added to an out-of-memory error: budget, plan, largest batch that fits.
+  std::string memory_advice(const MemoryFigures& predicted, const MemoryBudget& budget) const;
   std::filesystem::path save(int64_t step);
   void log(const nlohmann::json& j);
 
