@@ -2,9 +2,11 @@
 #include "train/checkpoint.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 
@@ -58,6 +60,24 @@ int64_t step_of(const fs::path& dir) {
   }
 }
 
+// Temporary step directories left by processes that died while saving (SIGKILL, power loss): never taken for
+// checkpoints, but they hold disk space. Those of live processes (another run saving into the same directory) stay.
+void remove_stale_temporaries(const fs::path& run_dir) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(run_dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind(".tmp-step-", 0) != 0) continue;
+    const size_t dash = name.rfind('-');
+    long pid = 0;
+    try {
+      pid = std::stol(name.substr(dash + 1));
+    } catch (...) {
+      continue;
+    }
+    if (pid > 0 && pid != ::getpid() && ::kill(pid_t(pid), 0) != 0 && errno == ESRCH) fs::remove_all(e.path(), ec);
+  }
+}
+
 }  // namespace
 
 std::string checkpoint_name(int64_t step) {
@@ -74,6 +94,7 @@ fs::path save_checkpoint(const fs::path& run_dir, int64_t step, const Checkpoint
   TALLY_CHECK(!ec, "[checkpoint] cannot create '", run_dir.string(), "': ", ec.message());
   const fs::path final_dir = run_dir / checkpoint_name(step);
   const fs::path tmp = run_dir / (".tmp-" + checkpoint_name(step) + "-" + std::to_string(::getpid()));
+  remove_stale_temporaries(run_dir);
   fs::remove_all(tmp, ec);
   fs::create_directory(tmp, ec);
   TALLY_CHECK(!ec, "[checkpoint] cannot create '", tmp.string(), "': ", ec.message(), " (is the directory writable?)");
@@ -145,11 +166,11 @@ CheckpointContent load_checkpoint(const fs::path& dir) {
     const fs::path p = dir / f;
     TALLY_CHECK(fs::exists(p), "[checkpoint] '", p.string(), "' is missing");
     io::MappedFile m(p);
-    TALLY_CHECK(want.bytes == m.size(), "[checkpoint] '", p.string(), "' has ", m.size(), " bytes, the manifest says ",
-                want.bytes, " (truncated or replaced)");
+    TALLY_CHECK(want.bytes == m.size(), "[checkpoint] '", p.string(), "' has ", m.size(), " bytes, '",
+                manifest_path.string(), "' says ", want.bytes, " (one of them is truncated, replaced or damaged)");
     const std::string crc = io::crc32c_hex(io::crc32c(m.data(), m.size()));
-    TALLY_CHECK(want.crc32c == crc, "[checkpoint] '", p.string(), "' fails its checksum (CRC-32C ", crc, ", manifest ",
-                want.crc32c, "): the file is corrupt");
+    TALLY_CHECK(want.crc32c == crc, "[checkpoint] '", p.string(), "' fails its checksum (CRC-32C ", crc, ", '",
+                manifest_path.string(), "' records ", want.crc32c, "): the file is corrupt");
   }
   CheckpointContent c;
   c.model = io::load_tensors(dir / "model.safetensors").tensors;
@@ -159,6 +180,11 @@ CheckpointContent load_checkpoint(const fs::path& dir) {
   } catch (const nlohmann::json::exception& e) {
     fail("[checkpoint] '", (dir / "state.json").string(), "' is not valid JSON: ", e.what());
   }
+  // save_checkpoint writes the step into both; a disagreement means one was edited or damaged undetected.
+  const bool same_step = c.state.is_object() && c.state.contains("step") && c.state["step"].is_number_integer() &&
+                         c.state["step"].get<int64_t>() == manifest.step;
+  TALLY_CHECK(same_step, "[checkpoint] '", manifest_path.string(), "' is for step ", manifest.step, " but '",
+              (dir / "state.json").string(), "' does not record that step");
   return c;
 }
 

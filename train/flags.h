@@ -55,6 +55,11 @@ class Flags {
   std::optional<std::string> maybe(const std::string& name) const;
   const std::vector<std::string>& positional() const { return positional_; }
 
+  // " (from config file 'run.json')" for a value merged from a file, "" otherwise: value errors carry it.
+  std::string origin(const std::string& name) const;
+  // The config files values were merged from, and which flags each set (for errors about combinations of flags).
+  std::string config_sources() const;
+
   std::string usage() const;
   const std::string& command() const { return command_; }
   // Resolved values of every declared flag that has one (for printing and saving a run's configuration).
@@ -65,6 +70,7 @@ class Flags {
   std::string command_, summary_;
   std::vector<FlagSpec> specs_;
   std::map<std::string, std::string> values_;
+  std::map<std::string, std::string> from_file_;  // flag -> the config file its value came from
   std::vector<std::string> positional_;
 };
 

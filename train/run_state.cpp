@@ -47,7 +47,8 @@ struct Fields {
   std::string where, prefix;
 
   Fields(const json& o, std::string w, std::string p) : obj(o), where(std::move(w)), prefix(std::move(p)) {
-    TALLY_CHECK(obj.is_object(), "[checkpoint] '", where, "': ", prefix.empty() ? "the file" : "'" + prefix + "'",
+    TALLY_CHECK(obj.is_object(), "[checkpoint] '", where, "': ",
+                prefix.empty() ? std::string("the file") : "field '" + prefix.substr(0, prefix.size() - 1) + "'",
                 " must be a JSON object, found ", obj.type_name());
   }
   const json& at(const std::string& key) const {

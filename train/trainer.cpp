@@ -20,6 +20,10 @@
 #include "train/checkpoint.h"
 #include "train/run_state.h"
 
+#ifdef TALLY_HAS_CUDA
+#include "core/cuda/runtime.h"
+#endif
+
 namespace fs = std::filesystem;
 using nlohmann::json;
 
@@ -80,6 +84,9 @@ StepOutcome step_core(models::GPT2& model, optim::Optimizer& opt, int64_t accumu
   }
   double coef = grad_clip > 0 ? optim::clip_coefficient(out.grad_norm, grad_clip) : 1.0;
   opt.step({.grad_scale = coef});
+  // Past the update the gradients are dead: freeing them now keeps evaluation, sampling and checkpointing between
+  // steps inside the step's predicted peak (the budget check covers the whole run, not only the step).
+  opt.zero_grad(optim::ZeroGrad::set_to_none);
   return out;
 }
 
@@ -99,6 +106,8 @@ void install_stop_handlers() {
 }
 
 // ---- flags ----
+
+RunConfig run_config_unchecked(const Flags& f, DataResolution data);
 
 std::vector<FlagSpec> train_flags() {
   std::vector<FlagSpec> f = model_flags("d4");
@@ -136,6 +145,17 @@ std::vector<FlagSpec> train_flags() {
 }
 
 RunConfig run_config(const Flags& f, DataResolution data) {
+  // An error about a value that came from a --config file says so, naming the file.
+  try {
+    return run_config_unchecked(f, data);
+  } catch (const FlagError& e) {
+    const std::string sources = f.config_sources();
+    if (sources.empty() || std::string_view(e.what()).find("config file '") != std::string_view::npos) throw;
+    throw FlagError(cat(e.what(), " (", sources, ")"));
+  }
+}
+
+RunConfig run_config_unchecked(const Flags& f, DataResolution data) {
   RunConfig c;
   c.model = model_config(f);
   c.init = f.maybe("init").value_or("");
@@ -187,6 +207,7 @@ RunConfig run_config(const Flags& f, DataResolution data) {
 
 Trainer::Trainer(RunConfig config) : c_(std::move(config)) {
   if (c_.threads > 0) omp_set_num_threads(c_.threads);
+  baseline_live_ = c_.device.is_cuda() && !cuda_available() ? 0 : ledger(c_.device).total().live_held;
 #ifdef TALLY_HAS_CUDA
   constexpr const char* kBuiltWithCuda = "yes";
 #else
@@ -277,9 +298,11 @@ int64_t parse_byte_count(const std::string& text) {
   return int64_t(v) << shift;
 }
 
-MemoryBudget memory_budget(Device device) {
+int64_t Trainer::run_live() const { return ledger(c_.device).total().live_held - baseline_live_; }
+
+MemoryBudget Trainer::memory_budget() const {
   MemoryBudget b;
-  const int64_t live = device.is_meta() ? 0 : ledger(device).total().live_held;
+  const int64_t live = run_live();
   if (const char* env = std::getenv("TALLY_MEMORY_LIMIT"); env && *env) {
     try {
       b.bytes = parse_byte_count(env);
@@ -289,25 +312,30 @@ MemoryBudget memory_budget(Device device) {
     b.source = cat("TALLY_MEMORY_LIMIT=", env);
     return b;
   }
-  if (device.is_cpu()) {
-    std::FILE* f = std::fopen("/proc/meminfo", "r");
-    if (!f) return b;
-    char line[256];
+  if (c_.device.is_cpu()) {
     long long kib = -1;
-    while (std::fgets(line, sizeof line, f))
-      if (std::sscanf(line, "MemAvailable: %lld kB", &kib) == 1) break;
-    std::fclose(f);
-    if (kib < 0) return b;
-    b.bytes = int64_t(kib) * 1024 + live;
-    b.source = cat("MemAvailable in /proc/meminfo (", format_bytes_human(int64_t(kib) * 1024), ") + ",
-                   format_bytes_human(live), " this run already holds");
+    if (std::FILE* f = std::fopen("/proc/meminfo", "r")) {
+      char line[256];
+      while (std::fgets(line, sizeof line, f))
+        if (std::sscanf(line, "MemAvailable: %lld kB", &kib) == 1) break;
+      std::fclose(f);
+    }
+    if (kib >= 0) {
+      b.bytes = int64_t(kib) * 1024 + live;
+      b.source = cat("MemAvailable in /proc/meminfo, ", format_bytes_human(int64_t(kib) * 1024), ", + ",
+                     format_bytes_human(live), " this run already holds");
+    }
+    if (const int64_t limit = cpu_memory_limit(); limit > 0 && (b.bytes < 0 || limit - baseline_live_ < b.bytes)) {
+      b.bytes = limit - baseline_live_;
+      b.source = "the CPU allocator's limit (set_cpu_memory_limit)";
+    }
   }
 #ifdef TALLY_HAS_CUDA
-  if (device.is_cuda()) {
+  if (c_.device.is_cuda()) {
     int64_t free_bytes = 0, total_bytes = 0;
     cuda::memory_info(&free_bytes, &total_bytes);
     b.bytes = free_bytes + live;
-    b.source = cat("free memory on ", device.str(), " (cudaMemGetInfo: ", format_bytes_human(free_bytes), " of ",
+    b.source = cat("free memory on ", c_.device.str(), " (cudaMemGetInfo: ", format_bytes_human(free_bytes), " of ",
                    format_bytes_human(total_bytes), ") + ", format_bytes_human(live), " this run already holds");
   }
 #endif
@@ -357,14 +385,16 @@ std::string Trainer::memory_advice(const MemoryFigures& predicted, const MemoryB
     s.batch = 1;
     out += cat("Not even --batch 1 fits (peak ",
                format_bytes_human(predict_step_memory(c_.model, c_.optimizer, s).total_held),
-               "): use a smaller model or --seq, or an optimizer with less state (came, adafactor).\n");
+               "): use a smaller model or --seq",
+               c_.optimizer.kind == OptimizerKind::adamw ? ", or an optimizer with less state (came, adafactor)" : "",
+               ".\n");
   }
   out += "\n" + format_plan(predicted, nullptr);
   return out;
 }
 
 void Trainer::check_memory(const MemoryFigures& predicted) const {
-  const MemoryBudget budget = memory_budget(c_.device);
+  const MemoryBudget budget = memory_budget();
   if (budget.bytes < 0 || predicted.total_held <= budget.bytes) return;
   fail("out of memory: refusing to start training on ", c_.device.str(), ". ", memory_advice(predicted, budget),
        "Nothing was trained and no checkpoint was written.");
@@ -418,6 +448,20 @@ StepRecord Trainer::train_step(int64_t step) {
   optimizer_->set_lr_factor(schedule_->factor(step - 1));
   const bool inspect = c_.log_optim > 0 && step % c_.log_optim == 0;
   if (inspect) optimizer_->set_inspect(optim::Inspect::summary);
+  // Fault injection for tests: TALLY_FAULT_OOM_AT_STEP=k makes step k's allocations fail as a refused malloc
+  // would (the CPU allocator's ceiling is set to what is live), for that step only.
+  struct OomFault {
+    bool on;
+    int64_t previous = 0;
+    explicit OomFault(bool enable) : on(enable) {
+      if (!on) return;
+      previous = cpu_memory_limit();
+      set_cpu_memory_limit(ledger(Device::cpu()).total().live_held);
+    }
+    ~OomFault() {
+      if (on) set_cpu_memory_limit(previous);
+    }
+  } oom_fault(c_.device.is_cpu() && env_int("TALLY_FAULT_OOM_AT_STEP", -1) == step);
   auto t0 = std::chrono::steady_clock::now();
   data::Batch b;
   StepOutcome o = step_core(*model_, *optimizer_, c_.accumulation, c_.grad_clip,
@@ -522,10 +566,10 @@ RunSummary Trainer::run() {
   if (c_.device.is_cpu()) std::printf("\n%s\n", format_plan(predicted, nullptr).c_str());
   check_memory(predicted);
   // TALLY_MEMORY_LIMIT is a real ceiling on the CPU for the length of the run, not only a figure to plan with.
-  const MemoryBudget budget = memory_budget(c_.device);
+  const MemoryBudget budget = memory_budget();
   const int64_t previous_limit = cpu_memory_limit();
   const bool enforce = c_.device.is_cpu() && budget.source.rfind("TALLY_MEMORY_LIMIT", 0) == 0;
-  if (enforce) set_cpu_memory_limit(budget.bytes);
+  if (enforce) set_cpu_memory_limit(budget.bytes + baseline_live_);
   struct RestoreLimit {
     bool active;
     int64_t previous;
@@ -536,11 +580,11 @@ RunSummary Trainer::run() {
   try {
     run_steps(s, predicted);
   } catch (const std::bad_alloc&) {
-    fail("out of memory during training (std::bad_alloc). ", memory_advice(predicted, memory_budget(c_.device)),
+    fail("out of memory during training (std::bad_alloc). ", memory_advice(predicted, memory_budget()),
          "Nothing of the failed step was saved; earlier checkpoints are untouched.");
   } catch (const Error& e) {
     if (std::string_view(e.what()).find("out of memory") == std::string_view::npos) throw;
-    const MemoryBudget now = memory_budget(c_.device);
+    const MemoryBudget now = memory_budget();
     if (now.bytes < 0) throw;
     fail(e.what(), "\n\n", memory_advice(predicted, now),
          "Nothing of the failed step was saved; earlier checkpoints are untouched.");
