@@ -5,6 +5,12 @@
 BUILD   ?= build
 JOBS    ?= $(shell nproc)
 CMAKE_FLAGS ?=
+# The CUDA backend compiles whenever the toolkit is installed, even where its bin/ is not on PATH (CI shells).
+ifeq ($(shell command -v nvcc 2>/dev/null),)
+  ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
+    export CUDACXX ?= /usr/local/cuda/bin/nvcc
+  endif
+endif
 
 .PHONY: all deps configure build test run bench clean
 
@@ -24,7 +30,7 @@ test: build
 	@cd $(BUILD) && ctest --output-on-failure
 
 run: build
-	@./$(BUILD)/tally train $(ARGS)
+	@./$(BUILD)/tally train --config configs/shakespeare-came.json $(ARGS)
 
 bench: build
 	@scripts/bench.sh $(BUILD)

@@ -1,6 +1,7 @@
 // Where a tensor lives: the CPU, a CUDA device, or "meta" (shapes and ledger only, no memory: used to
 // predict a step's memory exactly by running it without computing anything).
 #pragma once
+#include <cstdint>
 #include <string>
 
 namespace tally {

@@ -99,7 +99,7 @@ if [ -n "$bin_dir" ]; then
   # ---- CUDA tests ----
   t0=$(date +%s)
   say "== tally_tests -ts=cuda (TALLY_CUDA_SYNC=1: a fault is reported by the kernel that caused it)"
-  TALLY_CUDA_SYNC=1 timeout 180 "$tests" -ts=cuda --duration=true >"$out/cuda_tests.log" 2>&1
+  TALLY_CUDA_SYNC=1 timeout 180 "$tests" -tc="cuda*" --duration=true >"$out/cuda_tests.log" 2>&1
   rc=$?
   cat "$out/cuda_tests.log" >>"$log"
   grep -E "ERROR|FAILED|CHECK|REQUIRE|relative max error|differ" "$out/cuda_tests.log" | head -40

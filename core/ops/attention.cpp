@@ -19,6 +19,15 @@ void set_strides(int64_t* dst, int64_t b, int64_t h, int64_t t) {
   dst[2] = t;
 }
 
+// Scratch elements the backend needs; the meta device plans as the CPU does, so predictions match CPU runs.
+int64_t workspace_elements(Device d, const kernels::AttentionLayout& l) {
+#ifdef TALLY_HAS_CUDA
+  if (d.is_cuda()) return kernels::cuda::attention_workspace_size(l);
+#endif
+  (void)d;
+  return kernels::cpu::attention_workspace_size(l);
+}
+
 // Runs the backward kernel given the gradient buffers' layout; allocates its workspace.
 template <class T>
 void attention_backward_call(const kernels::AttentionLayout& l, const kernels::AttentionLayout& gl, const Tensor& q,
@@ -27,11 +36,7 @@ void attention_backward_call(const kernels::AttentionLayout& l, const kernels::A
   Tensor ws;
   {
     MemoryScope scope(Category::workspace, "attention");
-    int64_t size = q.device().is_cpu() ? kernels::cpu::attention_workspace_size(l) : 0;
-#ifdef TALLY_HAS_CUDA
-    if (q.device().is_cuda()) size = kernels::cuda::attention_workspace_size(l);
-#endif
-    ws = empty({size}, q.options());
+    ws = empty({workspace_elements(q.device(), l)}, q.options());
   }
   TALLY_KERNEL(q.device(), attention_backward<T>, q.data<T>(), k.data<T>(), v.data<T>(), out.data<T>(), lse.data<T>(),
                dout.data<T>(), dq, dk, dv, ws.data<T>(), l, gl);
@@ -43,11 +48,7 @@ void attention_forward_call(const kernels::AttentionLayout& l, const Tensor& q, 
   Tensor ws;
   {
     MemoryScope scope(Category::workspace, "attention");
-    int64_t size = q.device().is_cpu() ? kernels::cpu::attention_workspace_size(l) : 0;
-#ifdef TALLY_HAS_CUDA
-    if (q.device().is_cuda()) size = kernels::cuda::attention_workspace_size(l);
-#endif
-    ws = empty({size}, q.options());
+    ws = empty({workspace_elements(q.device(), l)}, q.options());
   }
   TALLY_KERNEL(q.device(), attention_forward<T>, q.data<T>(), k.data<T>(), v.data<T>(), out.data<T>(), lse.data<T>(),
                ws.data<T>(), l);

@@ -102,3 +102,27 @@ TEST_CASE("ledger: peaks restart from live figures") {
 }
 
 }  // TEST_SUITE
+
+TEST_SUITE("core") {
+TEST_CASE("ledger: the meta device plans every op's bytes as the CPU spends them (attention with workspace)") {
+  auto run = [](Device d) {
+    Ledger& l = ledger(d);
+    l.reset_peaks();
+    Usage before = l.category(Category::workspace);
+    {
+      MemoryScope s(Category::activation, "test.meta_vs_cpu");
+      Tensor qkv = empty({2, 16, 24}, {.device = d}).set_requires_grad(true);
+      if (d.is_cpu()) qkv.detach().fill_(0.1);
+      Tensor y = causal_self_attention(qkv, 2);
+      Tensor loss = sum(y * y);
+      loss.backward();
+    }
+    return std::pair<int64_t, int64_t>{l.category(Category::workspace).peak_requested - before.live_requested,
+                                       l.owner("test.meta_vs_cpu").peak_requested};
+  };
+  auto cpu = run(Device::cpu()), meta = run(Device::meta());
+  CHECK(cpu.first > 0);
+  CHECK(cpu.first == meta.first);
+  CHECK(cpu.second == meta.second);
+}
+}  // TEST_SUITE

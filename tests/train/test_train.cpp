@@ -164,3 +164,33 @@ TEST_CASE("train: bad flags and missing data are refused clearly") {
 }
 
 }  // TEST_SUITE
+
+TEST_SUITE("train") {
+TEST_CASE("train: --log-optim writes CAME's internals for every tensor") {
+  fs::path out = test::temp_dir("train_log_optim");
+  {
+    Trainer t(config_from({"--steps", "4", "--log-optim", "2"}, out));
+    t.run();
+  }
+  int entries = 0;
+  for (const auto& j : read_log(out / "log.jsonl")) {
+    if (!j.contains("optim")) continue;
+    ++entries;
+    CHECK((j["step"] == 2 || j["step"] == 4));
+    REQUIRE(j["optim"].is_array());
+    bool saw_confidence = false;
+    for (const auto& e : j["optim"]) {
+      CHECK(e.contains("param"));
+      CHECK(e["update_rms"].is_number());
+      CHECK(e["clipped"].is_boolean());
+      if (e.contains("confidence_scale")) {
+        saw_confidence = true;
+        CHECK(e["confidence_scale"]["min"].get<double>() <= e["confidence_scale"]["max"].get<double>());
+      }
+    }
+    CHECK(saw_confidence);  // CAME's factored tensors report their confidence factors
+  }
+  CHECK(entries == 2);
+  fs::remove_all(out);
+}
+}  // TEST_SUITE
