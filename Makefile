@@ -2,6 +2,8 @@
 #   make run    install what is missing, build, train the default GPT-2 on Tiny Shakespeare (CPU)
 #   make test   install what is missing, build, run the whole suite through ctest
 #   make bench  build in release mode and run the benchmarks against the peers (not part of CI)
+#   make test-sanitize   the CPU suite under AddressSanitizer + UndefinedBehaviorSanitizer (clang, build-asan/)
+#   make fuzz   every libFuzzer target for FUZZ_SECONDS seconds each (clang, the same build-asan/)
 BUILD   ?= build
 JOBS    ?= $(shell nproc)
 CMAKE_FLAGS ?=
@@ -12,12 +14,16 @@ ifeq ($(shell command -v nvcc 2>/dev/null),)
   endif
 endif
 
-.PHONY: all deps configure build test run bench clean
+.PHONY: all deps deps-clang configure build test test-sanitize fuzz run bench clean
+FUZZ_SECONDS ?= 10
 
 all: build
 
 deps:
 	@scripts/install-deps.sh
+
+deps-clang:
+	@scripts/install-deps.sh clang
 
 configure: deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DTALLY_WERROR=ON $(CMAKE_FLAGS) > $(BUILD).configure.log 2>&1 || (cat $(BUILD).configure.log; exit 1)
@@ -29,6 +35,12 @@ build: configure
 test: build
 	@cd $(BUILD) && ctest --output-on-failure
 
+test-sanitize: deps deps-clang
+	@JOBS=$(JOBS) scripts/test-sanitize.sh
+
+fuzz: deps deps-clang
+	@JOBS=$(JOBS) scripts/fuzz.sh $(FUZZ_SECONDS)
+
 run: build
 	@./$(BUILD)/tally train --config configs/shakespeare-came.json $(ARGS)
 
@@ -36,4 +48,4 @@ bench: build
 	@scripts/bench.sh $(BUILD)
 
 clean:
-	rm -rf $(BUILD) $(BUILD).configure.log
+	rm -rf $(BUILD) $(BUILD).configure.log build-asan build-asan.configure.log
