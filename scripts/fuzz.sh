@@ -4,7 +4,7 @@
 # crash, sanitizer report, leak, uncaught exception, input slower than 10 s, or single allocation over 1 GiB; the
 # input that failed is kept in <build>/fuzz-artifacts/ and shown.
 #   scripts/fuzz.sh [seconds per target, default 10] [target ...]   (no targets: all of them)
-# Environment: TALLY_FUZZ_BUILD (default build-asan: the same build as `make test-asan`, so CI compiles it once),
+# Environment: TALLY_FUZZ_BUILD (default build-asan: the same build as `make test-sanitize`, so CI compiles it once),
 # JOBS (parallel compile jobs). New inputs found go to a scratch copy of the corpus, never into the checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
