@@ -3,6 +3,8 @@
 #   make test   install what is missing, build, run the whole suite through ctest
 #   make bench  build the CPU benchmarks in release mode (build-bench/) and run them against the peers, writing
 #               bench/results/<date>-<host>.md (not part of CI; see scripts/bench.sh)
+#   make test-sanitize   the CPU suite under AddressSanitizer + UndefinedBehaviorSanitizer (clang, build-asan/)
+#   make fuzz   every libFuzzer target for FUZZ_SECONDS seconds each (clang, the same build-asan/)
 BUILD   ?= build
 JOBS    ?= $(shell nproc)
 CMAKE_FLAGS ?=
@@ -13,12 +15,16 @@ ifeq ($(shell command -v nvcc 2>/dev/null),)
   endif
 endif
 
-.PHONY: all deps configure build test run bench clean
+.PHONY: all deps deps-clang configure build test test-sanitize fuzz run bench clean
+FUZZ_SECONDS ?= 10
 
 all: build
 
 deps:
 	@scripts/install-deps.sh
+
+deps-clang:
+	@scripts/install-deps.sh clang
 
 configure: deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DTALLY_WERROR=ON $(CMAKE_FLAGS) > $(BUILD).configure.log 2>&1 || (cat $(BUILD).configure.log; exit 1)
@@ -30,6 +36,12 @@ build: configure
 test: build
 	@cd $(BUILD) && ctest --output-on-failure
 
+test-sanitize: deps deps-clang
+	@JOBS=$(JOBS) scripts/test-sanitize.sh
+
+fuzz: deps deps-clang
+	@JOBS=$(JOBS) scripts/fuzz.sh $(FUZZ_SECONDS)
+
 run: build
 	@./$(BUILD)/tally train --config configs/shakespeare-came.json $(ARGS)
 
@@ -37,4 +49,4 @@ bench: deps
 	@scripts/bench.sh build-bench
 
 clean:
-	rm -rf $(BUILD) $(BUILD).configure.log
+	rm -rf $(BUILD) $(BUILD).configure.log build-asan build-asan.configure.log

@@ -1,6 +1,7 @@
 // The CPU and meta allocators, and the device -> allocator lookup (CUDA's lives in core/cuda/).
 #include "core/allocator.h"
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <mutex>
@@ -20,6 +21,8 @@
 namespace tally {
 
 namespace {
+
+std::atomic<int64_t> g_cpu_limit{0};
 
 Block account(Device d, int64_t requested, int64_t held) {
   Ledger& l = ledger(d);
@@ -52,9 +55,19 @@ void advise_huge_pages([[maybe_unused]] void* p, [[maybe_unused]] int64_t bytes)
 // zeroing by the kernel) after its first step. Small blocks go straight back to malloc, which caches them well.
 class CpuAllocator final : public Allocator {
  public:
+  // The allocator is a static: at exit the cached blocks go back to malloc (LeakSanitizer found them lost).
+  ~CpuAllocator() override { release_cached(); }
+
   Block allocate(int64_t bytes) override {
     TALLY_CHECK(bytes >= 0, "[allocate] negative size ", bytes);
     int64_t held = cpu_held_bytes(bytes);
+    if (const int64_t limit = g_cpu_limit.load(std::memory_order_relaxed); limit > 0 && held > 0) {
+      const int64_t live = ledger(Device::cpu()).total().live_held;
+      if (live + held > limit)
+        fail("out of memory on the CPU: could not allocate ", format_bytes_exact(bytes), " for '", current_owner(),
+             "' (", category_name(current_category()), "): ", format_bytes_exact(live), " are live and the limit is ",
+             format_bytes_exact(limit), " (set_cpu_memory_limit)\n", ledger(Device::cpu()).table());
+    }
     void* p = take_cached(held);
     if (!p && held > 0) {
       p = std::aligned_alloc(kCpuAlignment, size_t(held));
@@ -136,6 +149,13 @@ class MetaAllocator final : public Allocator {
 };
 
 }  // namespace
+
+void set_cpu_memory_limit(int64_t bytes) {
+  TALLY_CHECK(bytes >= 0, "set_cpu_memory_limit: negative limit ", bytes);
+  g_cpu_limit.store(bytes);
+}
+
+int64_t cpu_memory_limit() { return g_cpu_limit.load(); }
 
 Allocator& allocator(Device d) {
   static CpuAllocator cpu;

@@ -34,6 +34,12 @@ class Allocator {
 
 Allocator& allocator(Device d);
 
+// A ceiling on the CPU's live held bytes (0, the default: none). An allocation that would go above it fails
+// exactly as one the system refuses (tally::Error "out of memory on the CPU ..." with the ledger's table), so a
+// memory budget can be enforced, and out-of-memory handling tested, without exhausting the machine.
+void set_cpu_memory_limit(int64_t bytes);
+int64_t cpu_memory_limit();
+
 // Rounding the CPU allocator applies (also used by predictions).
 inline constexpr int64_t kCpuAlignment = 64;
 inline int64_t cpu_held_bytes(int64_t requested) {

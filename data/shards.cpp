@@ -107,6 +107,44 @@ void write_shard(const fs::path& path, std::span<const int32_t> tokens) {
 
 // ---------------------------------------------------------------------------------------------------------------
 
+namespace {
+
+// Where the tokens of a shard file of `bytes` bytes start and how many there are. head holds the file's first
+// bytes (at least 12 of them when the file has that many): the header fields checked against the size.
+struct ShardLayout {
+  size_t header_bytes = 0, count = 0;
+};
+
+ShardLayout shard_layout(std::span<const uint8_t> head, size_t bytes, ShardFormat format, const std::string& name) {
+  ShardLayout l;
+  if (format == ShardFormat::llmc) {
+    TALLY_CHECK(bytes >= kShardHeaderBytes, "[shards] ", name, ": file is ", bytes, " bytes, shorter than the ",
+                kShardHeaderBytes, "-byte llm.c header (truncated, or not an llm.c shard)");
+    std::array<int32_t, 3> h{};
+    TALLY_ASSERT(head.size() >= sizeof h);
+    std::memcpy(h.data(), head.data(), sizeof h);
+    TALLY_CHECK(h[0] == kShardMagic, "[shards] ", name, ": bad magic: expected ", kShardMagic, ", found ", h[0],
+                h[0] == 20240326 ? " (a model checkpoint)" : " (not an llm.c token shard)");
+    TALLY_CHECK(h[1] == kShardVersion, "[shards] ", name, ": unsupported version: expected ", kShardVersion,
+                ", found ", h[1]);
+    TALLY_CHECK(h[2] >= 0, "[shards] ", name, ": header token count is negative (", h[2], ")");
+    l.header_bytes = kShardHeaderBytes;
+    l.count = size_t(h[2]);
+    const size_t expected = kShardHeaderBytes + 2 * l.count;
+    TALLY_CHECK(bytes == expected, "[shards] ", name, ": size mismatch: the header says ", l.count,
+                " tokens, so the file should be 1024 + 2*", l.count, " = ", expected, " bytes, but it is ", bytes,
+                " bytes (", bytes < expected ? "truncated, or the header count is too large" : "trailing bytes", ")");
+  } else {
+    TALLY_CHECK(bytes > 0, "[shards] ", name, ": empty file (expected raw uint16 tokens)");
+    TALLY_CHECK(bytes % 2 == 0, "[shards] ", name, ": ", bytes,
+                " bytes is an odd size; raw uint16 token files have an even size");
+    l.count = bytes / 2;
+  }
+  return l;
+}
+
+}  // namespace
+
 Shard Shard::open(const fs::path& path, ShardFormat format) {
   const std::string name = path.string();
   Fd f{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
@@ -116,30 +154,11 @@ Shard Shard::open(const fs::path& path, ShardFormat format) {
   TALLY_CHECK(S_ISREG(st.st_mode), "[shards] ", name, " is not a regular file");
   const size_t bytes = size_t(st.st_size);
 
-  size_t header_bytes = 0, count = 0;
-  if (format == ShardFormat::llmc) {
-    TALLY_CHECK(bytes >= kShardHeaderBytes, "[shards] ", name, ": file is ", bytes, " bytes, shorter than the ",
-                kShardHeaderBytes, "-byte llm.c header (truncated, or not an llm.c shard)");
-    std::array<int32_t, 3> h{};
-    TALLY_CHECK(::pread(f.fd, h.data(), sizeof h, 0) == ssize_t(sizeof h), "[shards] cannot read the header of ", name,
-                ": ", sys_error());
-    TALLY_CHECK(h[0] == kShardMagic, "[shards] ", name, ": bad magic: expected ", kShardMagic, ", found ", h[0],
-                h[0] == 20240326 ? " (a model checkpoint)" : " (not an llm.c token shard)");
-    TALLY_CHECK(h[1] == kShardVersion, "[shards] ", name, ": unsupported version: expected ", kShardVersion,
-                ", found ", h[1]);
-    TALLY_CHECK(h[2] >= 0, "[shards] ", name, ": header token count is negative (", h[2], ")");
-    header_bytes = kShardHeaderBytes;
-    count = size_t(h[2]);
-    const size_t expected = kShardHeaderBytes + 2 * count;
-    TALLY_CHECK(bytes == expected, "[shards] ", name, ": size mismatch: the header says ", count,
-                " tokens, so the file should be 1024 + 2*", count, " = ", expected, " bytes, but it is ", bytes,
-                " bytes (", bytes < expected ? "truncated, or the header count is too large" : "trailing bytes", ")");
-  } else {
-    TALLY_CHECK(bytes > 0, "[shards] ", name, ": empty file (expected raw uint16 tokens)");
-    TALLY_CHECK(bytes % 2 == 0, "[shards] ", name, ": ", bytes,
-                " bytes is an odd size; raw uint16 token files have an even size");
-    count = bytes / 2;
-  }
+  std::array<uint8_t, 12> head{};
+  if (format == ShardFormat::llmc && bytes >= kShardHeaderBytes)
+    TALLY_CHECK(::pread(f.fd, head.data(), head.size(), 0) == ssize_t(head.size()), "[shards] cannot read the header of ",
+                name, ": ", sys_error());
+  const ShardLayout l = shard_layout(head, bytes, format, name);
 
   Shard s;
   s.path_ = path;
@@ -149,8 +168,19 @@ Shard Shard::open(const fs::path& path, ShardFormat format) {
     s.map_ = nullptr;
     fail("[shards] cannot memory-map ", name, " (", bytes, " bytes): ", sys_error());
   }
-  s.tokens_ = reinterpret_cast<const uint16_t*>(static_cast<const char*>(s.map_) + header_bytes);
-  s.count_ = count;
+  s.tokens_ = reinterpret_cast<const uint16_t*>(static_cast<const char*>(s.map_) + l.header_bytes);
+  s.count_ = l.count;
+  return s;
+}
+
+Shard Shard::from_memory(std::span<const uint8_t> bytes, ShardFormat format, const fs::path& name) {
+  TALLY_CHECK(reinterpret_cast<uintptr_t>(bytes.data()) % alignof(uint16_t) == 0, "[shards] ", name.string(),
+              ": an in-memory shard must be 2-byte aligned");
+  const ShardLayout l = shard_layout(bytes.first(std::min<size_t>(bytes.size(), 12)), bytes.size(), format, name.string());
+  Shard s;
+  s.path_ = name;
+  s.tokens_ = reinterpret_cast<const uint16_t*>(bytes.data() + l.header_bytes);
+  s.count_ = l.count;
   return s;
 }
 
@@ -179,6 +209,14 @@ ShardSet ShardSet::from_paths(const std::vector<fs::path>& paths, ShardSetOption
   ShardSet set;
   set.shards_.reserve(paths.size());
   for (const auto& p : paths) set.shards_.push_back(Shard::open(p, options.format));
+  if (options.vocab_limit > 0) set.validate_vocab(options.vocab_limit);
+  return set;
+}
+
+ShardSet ShardSet::from_shards(std::vector<Shard> shards, ShardSetOptions options) {
+  TALLY_CHECK(!shards.empty(), "[shards] no shards given");
+  ShardSet set;
+  set.shards_ = std::move(shards);
   if (options.vocab_limit > 0) set.validate_vocab(options.vocab_limit);
   return set;
 }

@@ -28,6 +28,9 @@ class Shard {
   // Maps path and checks it: for llmc, the magic, version and that the size is 1024 + 2 * count; for raw_uint16,
   // an even, non-zero size. Each mismatch throws tally::Error naming the file, what was expected and what was found.
   static Shard open(const std::filesystem::path& path, ShardFormat format);
+  // The same checks on a file image already in memory (fuzzing, tests): nothing is copied, so bytes must outlive
+  // the Shard and be 2-byte aligned; name appears in errors.
+  static Shard from_memory(std::span<const uint8_t> bytes, ShardFormat format, const std::filesystem::path& name);
 
   Shard(Shard&& other) noexcept;
   Shard& operator=(Shard&& other) noexcept;
@@ -44,7 +47,7 @@ class Shard {
  private:
   Shard() = default;
   std::filesystem::path path_;
-  void* map_ = nullptr;
+  void* map_ = nullptr;  // null for from_memory
   size_t map_bytes_ = 0;
   const uint16_t* tokens_ = nullptr;
   size_t count_ = 0;
@@ -61,6 +64,8 @@ class ShardSet {
   // pattern: a file path or a glob ("dir/train_*.bin"). No match is an error naming the pattern.
   static ShardSet open(const std::string& pattern, ShardSetOptions options = {});
   static ShardSet from_paths(const std::vector<std::filesystem::path>& paths, ShardSetOptions options = {});
+  // Shards already open (e.g. Shard::from_memory); options.format is not used.
+  static ShardSet from_shards(std::vector<Shard> shards, ShardSetOptions options = {});
 
   size_t size() const { return shards_.size(); }
   const Shard& operator[](size_t i) const { return shards_[i]; }

@@ -615,6 +615,15 @@ fs::path Tokenizer::default_dir() {
 Tokenizer Tokenizer::load(const fs::path& dir_arg) {
   const fs::path dir = dir_arg.empty() ? default_dir() : dir_arg;
   const fs::path enc_path = dir / "encoder.json", bpe_path = dir / "vocab.bpe";
+  return build(read_file(enc_path), read_file(bpe_path), dir);
+}
+
+Tokenizer Tokenizer::from_memory(std::string_view encoder_json, std::string_view vocab_bpe, const fs::path& dir) {
+  return build(encoder_json, vocab_bpe, dir);
+}
+
+Tokenizer Tokenizer::build(std::string_view enc_text, std::string_view bpe_text, const fs::path& dir) {
+  const fs::path enc_path = dir / "encoder.json", bpe_path = dir / "vocab.bpe";
   auto impl = std::make_unique<Impl>();
   impl->dir = dir;
   const ByteMaps& maps = byte_maps();
@@ -625,7 +634,7 @@ Tokenizer Tokenizer::load(const fs::path& dir_arg) {
   ordinary.reserve(50256);
   for (int r = 0; r < 256; ++r) ordinary.emplace_back(1, static_cast<char>(maps.byte_of_rank[r]));
   {
-    const std::string text = read_file(bpe_path);
+    const std::string_view text = bpe_text;
     const auto where = [&](size_t line) { return cat("[tokenizer] ", bpe_path.string(), " line ", line, ": "); };
     size_t pos = text.find('\n');
     TALLY_CHECK(text.rfind("#version", 0) == 0 && pos != std::string::npos, "[tokenizer] ", bpe_path.string(),
@@ -658,7 +667,7 @@ Tokenizer Tokenizer::load(const fs::path& dir_arg) {
   // special token.
   nlohmann::json enc;
   try {
-    enc = nlohmann::json::parse(read_file(enc_path));
+    enc = nlohmann::json::parse(enc_text);
   } catch (const nlohmann::json::exception& e) {
     fail("[tokenizer] ", enc_path.string(), ": not valid JSON: ", e.what());
   }

@@ -28,6 +28,9 @@ class Tokenizer {
   // Reads dir/encoder.json and dir/vocab.bpe (an empty path means default_dir()). Corrupt or inconsistent files
   // throw tally::Error naming the file and what was expected.
   static Tokenizer load(const std::filesystem::path& dir = {});
+  // The same from the two files' contents in memory (fuzzing, tests); errors name dir/encoder.json and dir/vocab.bpe.
+  static Tokenizer from_memory(std::string_view encoder_json, std::string_view vocab_bpe,
+                               const std::filesystem::path& dir = "<memory>");
 
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;
@@ -50,6 +53,7 @@ class Tokenizer {
  private:
   struct Impl;
   explicit Tokenizer(std::unique_ptr<Impl> impl);
+  static Tokenizer build(std::string_view encoder_json, std::string_view vocab_bpe, const std::filesystem::path& dir);
   std::unique_ptr<Impl> impl_;
 };
 

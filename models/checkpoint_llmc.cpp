@@ -50,8 +50,8 @@ std::vector<Slot> layout(const GPT2& m) {
 size_t element_size(LlmcPrecision p) { return p == LlmcPrecision::f32 ? 4 : 2; }
 const char* precision_name(LlmcPrecision p) { return p == LlmcPrecision::f32 ? "fp32" : "bf16"; }
 
-LlmcFileInfo parse_header(const std::filesystem::path& path, const uint8_t* data, size_t size) {
-  const std::string where = cat("[llmc] '", path.string(), "': ");
+LlmcFileInfo parse_header(const std::string& name, const uint8_t* data, size_t size) {
+  const std::string where = cat("[llmc] '", name, "': ");
   TALLY_CHECK(size >= size_t(kHeaderBytes), where, "file is ", size, " bytes, shorter than the ", kHeaderBytes,
               "-byte header (truncated, or not an llm.c model file)");
   std::array<int32_t, kHeaderInts> h{};
@@ -85,38 +85,58 @@ LlmcFileInfo parse_header(const std::filesystem::path& path, const uint8_t* data
   return info;
 }
 
-}  // namespace
-
-LlmcFileInfo read_llmc_info(const std::filesystem::path& path) {
-  io::MappedFile file(path);
-  return parse_header(path, file.data(), file.size());
-}
-
-void load_llmc_into(GPT2& model, const std::filesystem::path& path) {
-  io::MappedFile file(path);
-  LlmcFileInfo info = parse_header(path, file.data(), file.size());
+// The weights of a file image whose header has been checked, into a model of the same configuration.
+void load_weights(GPT2& model, const std::string& name, const uint8_t* data, size_t size) {
+  LlmcFileInfo info = parse_header(name, data, size);
   GPT2Config want = model.config();
   info.config.dropout = want.dropout;  // not stored in the file
   info.config.ln_eps = want.ln_eps;
-  TALLY_CHECK(info.config == want, "[llmc] '", path.string(), "' holds a model ", info.config.str(),
+  TALLY_CHECK(info.config == want, "[llmc] '", name, "' holds a model ", info.config.str(),
               " but the model to load into is ", want.str());
   const DType src = info.precision == LlmcPrecision::f32 ? DType::f32 : DType::bf16;
-  const uint8_t* p = file.data() + kHeaderBytes;
+  const uint8_t* p = data + kHeaderBytes;
   NoGradGuard no_grad;
   for (const Slot& slot : layout(model))
     for (const Tensor& part : slot.parts) {
       detail::assign_from_host(part, p, src);
       p += part.numel() * int64_t(element_size(info.precision));
     }
-  TALLY_ASSERT(p == file.data() + file.size());
+  TALLY_ASSERT(p == data + size);
+}
+
+std::unique_ptr<GPT2> load_image(const std::string& name, const uint8_t* data, size_t size,
+                                 const LlmcLoadOptions& options) {
+  LlmcFileInfo info = parse_header(name, data, size);
+  auto model = std::make_unique<GPT2>(info.config, GPT2Options{.device = options.device, .dtype = options.dtype,
+                                                               .init = Init::none});
+  load_weights(*model, name, data, size);
+  return model;
+}
+
+}  // namespace
+
+LlmcFileInfo read_llmc_info(const std::filesystem::path& path) {
+  io::MappedFile file(path);
+  return parse_header(path.string(), file.data(), file.size());
+}
+
+LlmcFileInfo parse_llmc_info(std::span<const uint8_t> file, const std::string& name) {
+  return parse_header(name, file.data(), file.size());
+}
+
+void load_llmc_into(GPT2& model, const std::filesystem::path& path) {
+  io::MappedFile file(path);
+  load_weights(model, path.string(), file.data(), file.size());
 }
 
 std::unique_ptr<GPT2> load_llmc(const std::filesystem::path& path, const LlmcLoadOptions& options) {
-  LlmcFileInfo info = read_llmc_info(path);
-  auto model = std::make_unique<GPT2>(info.config, GPT2Options{.device = options.device, .dtype = options.dtype,
-                                                               .init = Init::none});
-  load_llmc_into(*model, path);
-  return model;
+  io::MappedFile file(path);
+  return load_image(path.string(), file.data(), file.size(), options);
+}
+
+std::unique_ptr<GPT2> load_llmc_from_memory(std::span<const uint8_t> file, const std::string& name,
+                                            const LlmcLoadOptions& options) {
+  return load_image(name, file.data(), file.size(), options);
 }
 
 void save_llmc(const GPT2& model, const std::filesystem::path& path, LlmcPrecision precision) {

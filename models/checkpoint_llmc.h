@@ -5,6 +5,8 @@
 #pragma once
 #include <filesystem>
 #include <memory>
+#include <span>
+#include <string>
 
 #include "models/gpt2.h"
 
@@ -25,6 +27,8 @@ struct LlmcFileInfo {
 
 // Reads and validates the header (and the file size against it).
 LlmcFileInfo read_llmc_info(const std::filesystem::path& path);
+// The same checks on a whole file image in memory; name appears in errors.
+LlmcFileInfo parse_llmc_info(std::span<const uint8_t> file, const std::string& name);
 
 struct LlmcLoadOptions {
   Device device = Device::cpu();
@@ -32,6 +36,9 @@ struct LlmcLoadOptions {
 };
 // A model built from the file's header and weights.
 std::unique_ptr<GPT2> load_llmc(const std::filesystem::path& path, const LlmcLoadOptions& options = {});
+// A model from a whole file image in memory (fuzzing, tests); name appears in errors.
+std::unique_ptr<GPT2> load_llmc_from_memory(std::span<const uint8_t> file, const std::string& name,
+                                            const LlmcLoadOptions& options = {});
 // Loads the file's weights into an existing model whose config must equal the file's.
 void load_llmc_into(GPT2& model, const std::filesystem::path& path);
 

@@ -87,6 +87,14 @@ void GPT2Config::validate() const {
               ") must be at least vocab_size (", vocab_size, ")");
   TALLY_CHECK(dropout >= 0.0 && dropout < 1.0, "[gpt2] config: dropout must be in [0, 1), got ", dropout);
   TALLY_CHECK(ln_eps > 0.0, "[gpt2] config: ln_eps must be positive, got ", ln_eps);
+  // Bounds that keep every size computed from the config (parameter bytes, activations, the block list) far from
+  // int64 overflow; nothing real comes near them (GPT-2 XL: 48 layers, 1.6e9 parameters).
+  TALLY_CHECK(n_layer <= kMaxLayers, "[gpt2] config: n_layer ", n_layer, " is more than ", kMaxLayers);
+  const long double C = n_embd;
+  const long double params = (long double)(padded_vocab_size) * C + (long double)(block_size) * C +
+                             (long double)(n_layer) * (12 * C * C + 13 * C) + 2 * C;
+  TALLY_CHECK(params <= (long double)kMaxParameters, "[gpt2] config: ", str(), " would have about ",
+              double(params), " parameters, more than ", kMaxParameters);
 }
 
 std::string GPT2Config::str() const {

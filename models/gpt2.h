@@ -29,7 +29,11 @@ struct GPT2Config {
   int64_t head_size() const { return n_embd / n_head; }
   // Parameter count in closed form (wte counted once: the head is tied), matching GPT2::num_parameters().
   int64_t num_parameters() const;
-  void validate() const;  // throws tally::Error naming the bad field
+  // Throws tally::Error naming the bad field; also refuses more than kMaxLayers blocks or kMaxParameters
+  // parameters (a corrupt header or a typo, never a real model), so sizes derived from a valid config never overflow.
+  void validate() const;
+  static constexpr int64_t kMaxLayers = 1 << 16;
+  static constexpr int64_t kMaxParameters = int64_t(1) << 40;
   std::string str() const;  // "L12 NH12 C768 T1024 V50257 (Vp 50304)"
   bool operator==(const GPT2Config&) const = default;
 };

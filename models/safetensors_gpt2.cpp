@@ -86,7 +86,9 @@ int64_t known_gpt2_heads(int64_t n_layer, int64_t n_embd) {
   return 0;
 }
 
-GPT2Config infer_config(const io::SafetensorsReader& r, const FileIndex& idx, const std::filesystem::path& path,
+// config_json: Hugging Face's config.json beside the file, if any is to be consulted.
+GPT2Config infer_config(const io::SafetensorsReader& r, const FileIndex& idx,
+                        const std::optional<std::filesystem::path>& config_json,
                         const SafetensorsImportOptions& options) {
   const std::string where = cat("[safetensors] '", r.source(), "': ");
   const auto& wte = *idx.tensors.at("wte.weight");
@@ -102,16 +104,17 @@ GPT2Config infer_config(const io::SafetensorsReader& r, const FileIndex& idx, co
 
   // config.json beside the file (Hugging Face's): heads, epsilon, and a check that it describes these tensors.
   std::optional<nlohmann::json> hf;
-  const std::filesystem::path config_json = path.parent_path() / "config.json";
-  if (std::filesystem::exists(config_json)) {
+  if (config_json && std::filesystem::exists(*config_json)) {
     try {
-      hf = nlohmann::json::parse(io::read_file_text(config_json));
+      hf = nlohmann::json::parse(io::read_file_text(*config_json));
     } catch (const nlohmann::json::exception& e) {
-      fail("[safetensors] '", config_json.string(), "': not valid JSON: ", e.what());
+      fail("[safetensors] '", config_json->string(), "': not valid JSON: ", e.what());
     }
+    TALLY_CHECK(hf->is_object(), "[safetensors] '", config_json->string(), "': expected a JSON object, found a ",
+                hf->type_name());
     auto expect = [&](const char* key, int64_t have) {
       if (hf->contains(key) && (*hf)[key].is_number_integer())
-        TALLY_CHECK((*hf)[key].get<int64_t>() == have, "[safetensors] '", config_json.string(), "' says ", key, " = ",
+        TALLY_CHECK((*hf)[key].get<int64_t>() == have, "[safetensors] '", config_json->string(), "' says ", key, " = ",
                     (*hf)[key].get<int64_t>(), " but '", r.source(), "' has ", have);
     };
     expect("n_layer", c.n_layer);
@@ -123,7 +126,7 @@ GPT2Config infer_config(const io::SafetensorsReader& r, const FileIndex& idx, co
     if (hf->contains("activation_function") && (*hf)["activation_function"].is_string()) {
       std::string act = (*hf)["activation_function"].get<std::string>();
       TALLY_CHECK(act == "gelu_new" || act == "gelu_pytorch_tanh" || act == "gelu_fast", "[safetensors] '",
-                  config_json.string(), "': activation_function '", act,
+                  config_json->string(), "': activation_function '", act,
                   "' is not GPT-2's tanh-approximated GELU (gelu_new), the only one tally implements");
     }
   }
@@ -143,7 +146,7 @@ GPT2Config infer_config(const io::SafetensorsReader& r, const FileIndex& idx, co
   }
   if (heads == 0 && hf && hf->contains("n_head") && (*hf)["n_head"].is_number_integer()) {
     heads = (*hf)["n_head"].get<int64_t>();
-    source = config_json.string();
+    source = config_json->string();
   }
   if (heads == 0) {
     heads = known_gpt2_heads(c.n_layer, c.n_embd);
@@ -208,9 +211,50 @@ void load_all(GPT2& model, const io::SafetensorsReader& r, const FileIndex& idx)
 
 }  // namespace
 
+namespace {
+
+// Every tensor's shape against the configuration, before a model of that configuration is allocated: the sizes a
+// file claims through wte and wpe alone must not make the import allocate more than the file could fill.
+void check_shapes(const io::SafetensorsReader& r, const FileIndex& idx, const GPT2Config& c) {
+  const int64_t C = c.n_embd;
+  auto expect = [&](const std::string& name, const Shape& want, bool conv1d) {
+    const io::SafetensorsEntry& e = *idx.tensors.at(name);
+    TALLY_CHECK(e.shape == want, "[safetensors] '", r.source(), "': tensor '", e.name, "' is ", shape_str(e.shape),
+                ", expected ", shape_str(want), conv1d ? " (Conv1D: (in, out))" : "", " for a GPT-2 ", c.str());
+  };
+  expect("wte.weight", {c.vocab_size, C}, false);
+  expect("wpe.weight", {c.block_size, C}, false);
+  expect("ln_f.weight", {C}, false);
+  expect("ln_f.bias", {C}, false);
+  const Shape shapes[] = {{C}, {C}, {C, 3 * C}, {3 * C}, {C, C}, {C}, {C}, {C}, {C, 4 * C}, {4 * C}, {4 * C, C}, {C}};
+  for (int64_t i = 0; i < c.n_layer; ++i)
+    for (size_t k = 0; k < std::size(kLayerTensors); ++k)
+      expect(cat("h.", i, ".", kLayerTensors[k].name), shapes[k], kLayerTensors[k].conv1d);
+}
+
+std::unique_ptr<GPT2> load_from_reader(const io::SafetensorsReader& reader,
+                                       const std::optional<std::filesystem::path>& config_json,
+                                       const SafetensorsImportOptions& options) {
+  FileIndex idx = index_file(reader);
+  GPT2Config config = infer_config(reader, idx, config_json, options);
+  check_shapes(reader, idx, config);
+  auto model = std::make_unique<GPT2>(config, GPT2Options{.device = options.device, .dtype = options.dtype,
+                                                          .init = Init::none});
+  if (model->dtype() == DType::f64)
+    load_all<double>(*model, reader, idx);
+  else
+    load_all<float>(*model, reader, idx);
+  return model;
+}
+
+}  // namespace
+
 GPT2Config read_safetensors_gpt2_config(const std::filesystem::path& path, const SafetensorsImportOptions& options) {
   io::SafetensorsReader reader(path);
-  return infer_config(reader, index_file(reader), path, options);
+  FileIndex idx = index_file(reader);
+  GPT2Config config = infer_config(reader, idx, path.parent_path() / "config.json", options);
+  check_shapes(reader, idx, config);
+  return config;
 }
 
 void load_safetensors_gpt2_into(GPT2& model, const std::filesystem::path& path) {
@@ -231,11 +275,13 @@ void load_safetensors_gpt2_into(GPT2& model, const std::filesystem::path& path) 
 }
 
 std::unique_ptr<GPT2> load_safetensors_gpt2(const std::filesystem::path& path, const SafetensorsImportOptions& options) {
-  GPT2Config config = read_safetensors_gpt2_config(path, options);
-  auto model = std::make_unique<GPT2>(config, GPT2Options{.device = options.device, .dtype = options.dtype,
-                                                          .init = Init::none});
-  load_safetensors_gpt2_into(*model, path);
-  return model;
+  io::SafetensorsReader reader(path);
+  return load_from_reader(reader, path.parent_path() / "config.json", options);
+}
+
+std::unique_ptr<GPT2> load_safetensors_gpt2_from_memory(std::span<const uint8_t> file, const std::string& name,
+                                                        const SafetensorsImportOptions& options) {
+  return load_from_reader(io::SafetensorsReader::from_memory(file, name), std::nullopt, options);
 }
 
 namespace {

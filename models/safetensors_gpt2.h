@@ -6,6 +6,8 @@
 #pragma once
 #include <filesystem>
 #include <memory>
+#include <span>
+#include <string>
 
 #include "models/gpt2.h"
 
@@ -24,6 +26,9 @@ struct SafetensorsImportOptions {
 // The configuration the file implies (shapes, layer count, heads as above).
 GPT2Config read_safetensors_gpt2_config(const std::filesystem::path& path, const SafetensorsImportOptions& options = {});
 std::unique_ptr<GPT2> load_safetensors_gpt2(const std::filesystem::path& path, const SafetensorsImportOptions& options = {});
+// The same import from a whole file image in memory (fuzzing, tests), without a config.json; name appears in errors.
+std::unique_ptr<GPT2> load_safetensors_gpt2_from_memory(std::span<const uint8_t> file, const std::string& name,
+                                                        const SafetensorsImportOptions& options = {});
 // Loads into an existing model: L, C, maxT and V must match (the model's padding rows are zeroed).
 void load_safetensors_gpt2_into(GPT2& model, const std::filesystem::path& path);
 

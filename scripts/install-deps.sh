@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages tally needs to build and test, and only those that are missing.
 # Idempotent: a second run installs nothing and says so. Uses sudo when not run as root.
+# Extra packages may be named as arguments (`scripts/install-deps.sh clang` for the sanitizer and fuzz builds).
 set -euo pipefail
 
 packages=(
@@ -9,6 +10,7 @@ packages=(
   libpcre2-dev                       # GPT-2 pre-tokenizer regex (UTF + UCP)
   nlohmann-json3-dev                 # JSON: configs, safetensors headers, encoder.json
   doctest-dev                        # unit tests
+  "$@"                               # extras: clang (make test-sanitize, make fuzz: ASan, UBSan, libFuzzer)
 )
 
 missing=()

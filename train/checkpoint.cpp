@@ -2,9 +2,11 @@
 #include "train/checkpoint.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 
@@ -20,6 +22,7 @@ namespace {
 
 constexpr const char* kFormat = "tally-checkpoint";
 constexpr int kVersion = 1;
+constexpr const char* kFiles[] = {"model.safetensors", "optimizer.safetensors", "state.json"};
 
 void fsync_path(const fs::path& p) {
   int fd = ::open(p.c_str(), O_RDONLY);
@@ -57,6 +60,24 @@ int64_t step_of(const fs::path& dir) {
   }
 }
 
+// Temporary step directories left by processes that died while saving (SIGKILL, power loss): never taken for
+// checkpoints, but they hold disk space. Those of live processes (another run saving into the same directory) stay.
+void remove_stale_temporaries(const fs::path& run_dir) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(run_dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind(".tmp-step-", 0) != 0) continue;
+    const size_t dash = name.rfind('-');
+    long pid = 0;
+    try {
+      pid = std::stol(name.substr(dash + 1));
+    } catch (...) {
+      continue;
+    }
+    if (pid > 0 && pid != ::getpid() && ::kill(pid_t(pid), 0) != 0 && errno == ESRCH) fs::remove_all(e.path(), ec);
+  }
+}
+
 }  // namespace
 
 std::string checkpoint_name(int64_t step) {
@@ -73,6 +94,7 @@ fs::path save_checkpoint(const fs::path& run_dir, int64_t step, const Checkpoint
   TALLY_CHECK(!ec, "[checkpoint] cannot create '", run_dir.string(), "': ", ec.message());
   const fs::path final_dir = run_dir / checkpoint_name(step);
   const fs::path tmp = run_dir / (".tmp-" + checkpoint_name(step) + "-" + std::to_string(::getpid()));
+  remove_stale_temporaries(run_dir);
   fs::remove_all(tmp, ec);
   fs::create_directory(tmp, ec);
   TALLY_CHECK(!ec, "[checkpoint] cannot create '", tmp.string(), "': ", ec.message(), " (is the directory writable?)");
@@ -83,7 +105,7 @@ fs::path save_checkpoint(const fs::path& run_dir, int64_t step, const Checkpoint
     state["step"] = step;
     io::write_file_atomic(tmp / "state.json", state.dump(2) + "\n");
     nlohmann::json manifest = {{"format", kFormat}, {"version", kVersion}, {"step", step}, {"files", nlohmann::json::object()}};
-    for (const char* f : {"model.safetensors", "optimizer.safetensors", "state.json"}) manifest["files"][f] = file_entry(tmp / f);
+    for (const char* f : kFiles) manifest["files"][f] = file_entry(tmp / f);
     io::write_file_atomic(tmp / "manifest.json", manifest.dump(2) + "\n");
     fsync_path(tmp);
     if (fs::exists(final_dir)) fs::remove_all(final_dir);  // re-saving the same step replaces it
@@ -103,34 +125,52 @@ fs::path save_checkpoint(const fs::path& run_dir, int64_t step, const Checkpoint
   return final_dir;
 }
 
+Manifest parse_manifest(std::string_view text, const std::string& where) {
+  nlohmann::json m;
+  try {
+    m = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fail("[checkpoint] '", where, "' is not valid JSON: ", e.what());
+  }
+  TALLY_CHECK(m.is_object() && m.contains("format") && m["format"] == kFormat, "[checkpoint] '", where,
+              "' is not a tally checkpoint manifest");
+  TALLY_CHECK(m.contains("version") && m["version"].is_number_integer(), "[checkpoint] '", where,
+              "' has no integer version");
+  TALLY_CHECK(m["version"] == kVersion, "[checkpoint] '", where, "' has version ", m["version"].dump(),
+              ", this tally reads version ", kVersion);
+  Manifest out;
+  TALLY_CHECK(m.contains("step") && m["step"].is_number_unsigned(), "[checkpoint] '", where,
+              "' has no step (a non-negative integer)");
+  TALLY_CHECK(m["step"].get<uint64_t>() <= uint64_t(INT64_MAX), "[checkpoint] '", where, "': step out of range");
+  out.step = m["step"].get<int64_t>();
+  TALLY_CHECK(m.contains("files") && m["files"].is_object(), "[checkpoint] '", where, "' lists no files");
+  for (const char* f : kFiles) {
+    TALLY_CHECK(m["files"].contains(f), "[checkpoint] '", where, "' does not list ", f);
+    const nlohmann::json& e = m["files"][f];
+    const bool ok = e.is_object() && e.contains("bytes") && e["bytes"].is_number_unsigned() && e.contains("crc32c") &&
+                    e["crc32c"].is_string();
+    TALLY_CHECK(ok, "[checkpoint] '", where, "': the entry of ", f,
+                " must be {\"bytes\": <size>, \"crc32c\": \"<8 hex digits>\"}");
+    out.files[f] = {.bytes = e["bytes"].get<uint64_t>(), .crc32c = e["crc32c"].get<std::string>()};
+  }
+  return out;
+}
+
 CheckpointContent load_checkpoint(const fs::path& dir) {
   const fs::path manifest_path = dir / "manifest.json";
   TALLY_CHECK(fs::is_directory(dir), "[checkpoint] '", dir.string(), "' is not a checkpoint directory");
   TALLY_CHECK(fs::exists(manifest_path), "[checkpoint] '", dir.string(),
               "' has no manifest.json: it is incomplete or not a tally checkpoint");
-  nlohmann::json manifest;
-  try {
-    manifest = nlohmann::json::parse(io::read_file_text(manifest_path));
-  } catch (const nlohmann::json::exception& e) {
-    fail("[checkpoint] '", manifest_path.string(), "' is not valid JSON: ", e.what());
-  }
-  TALLY_CHECK(manifest.is_object() && manifest.value("format", "") == kFormat, "[checkpoint] '", manifest_path.string(),
-              "' is not a tally checkpoint manifest");
-  TALLY_CHECK(manifest.value("version", 0) == kVersion, "[checkpoint] '", manifest_path.string(), "' has version ",
-              manifest.value("version", 0), ", this tally reads version ", kVersion);
-  TALLY_CHECK(manifest.contains("files") && manifest["files"].is_object(), "[checkpoint] '", manifest_path.string(),
-              "' lists no files");
-  for (const char* f : {"model.safetensors", "optimizer.safetensors", "state.json"}) {
-    TALLY_CHECK(manifest["files"].contains(f), "[checkpoint] '", manifest_path.string(), "' does not list ", f);
+  const Manifest manifest = parse_manifest(io::read_file_text(manifest_path), manifest_path.string());
+  for (const auto& [f, want] : manifest.files) {
     const fs::path p = dir / f;
     TALLY_CHECK(fs::exists(p), "[checkpoint] '", p.string(), "' is missing");
-    nlohmann::json want = manifest["files"][f], got = file_entry(p);
-    TALLY_CHECK(want.value("bytes", uint64_t(0)) == got["bytes"].get<uint64_t>(), "[checkpoint] '", p.string(), "' has ",
-                got["bytes"].get<uint64_t>(), " bytes, the manifest says ", want.value("bytes", uint64_t(0)),
-                " (truncated or replaced)");
-    TALLY_CHECK(want.value("crc32c", "") == got["crc32c"].get<std::string>(), "[checkpoint] '", p.string(),
-                "' fails its checksum (CRC-32C ", got["crc32c"].get<std::string>(), ", manifest ",
-                want.value("crc32c", ""), "): the file is corrupt");
+    io::MappedFile m(p);
+    TALLY_CHECK(want.bytes == m.size(), "[checkpoint] '", p.string(), "' has ", m.size(), " bytes, '",
+                manifest_path.string(), "' says ", want.bytes, " (one of them is truncated, replaced or damaged)");
+    const std::string crc = io::crc32c_hex(io::crc32c(m.data(), m.size()));
+    TALLY_CHECK(want.crc32c == crc, "[checkpoint] '", p.string(), "' fails its checksum (CRC-32C ", crc, ", '",
+                manifest_path.string(), "' records ", want.crc32c, "): the file is corrupt");
   }
   CheckpointContent c;
   c.model = io::load_tensors(dir / "model.safetensors").tensors;
@@ -140,6 +180,11 @@ CheckpointContent load_checkpoint(const fs::path& dir) {
   } catch (const nlohmann::json::exception& e) {
     fail("[checkpoint] '", (dir / "state.json").string(), "' is not valid JSON: ", e.what());
   }
+  // save_checkpoint writes the step into both; a disagreement means one was edited or damaged undetected.
+  const bool same_step = c.state.is_object() && c.state.contains("step") && c.state["step"].is_number_integer() &&
+                         c.state["step"].get<int64_t>() == manifest.step;
+  TALLY_CHECK(same_step, "[checkpoint] '", manifest_path.string(), "' is for step ", manifest.step, " but '",
+              (dir / "state.json").string(), "' does not record that step");
   return c;
 }
 

@@ -10,6 +10,9 @@
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <map>
+#include <string>
+#include <string_view>
 #include <optional>
 
 #include "core/io/tensor_file.h"
@@ -32,6 +35,18 @@ std::filesystem::path save_checkpoint(const std::filesystem::path& run_dir, int6
 
 // Verifies the manifest (sizes and checksums) and loads every file. Errors name the file and the problem.
 CheckpointContent load_checkpoint(const std::filesystem::path& checkpoint_dir);
+
+// manifest.json, parsed and checked (format, version, and a size and CRC-32C for each of the three files);
+// where names the file in errors. load_checkpoint uses it; exposed for the fuzz target.
+struct ManifestEntry {
+  uint64_t bytes = 0;
+  std::string crc32c;  // 8 lowercase hex digits
+};
+struct Manifest {
+  int64_t step = 0;
+  std::map<std::string, ManifestEntry> files;
+};
+Manifest parse_manifest(std::string_view text, const std::string& where);
 
 // The complete checkpoint with the highest step under run_dir (ignores temporary directories).
 std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& run_dir);

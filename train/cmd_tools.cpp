@@ -15,6 +15,7 @@
 #include "models/safetensors_gpt2.h"
 #include "train/checkpoint.h"
 #include "train/commands.h"
+#include "train/run_state.h"
 #include "train/trainer.h"
 
 namespace fs = std::filesystem;
@@ -147,8 +148,8 @@ int cmd_inspect(const Args& args) {
     std::printf("wrote %s (%s %s)\n", f.str("to").c_str(), dtype_name(host.dtype()), shape_str(host.shape()).c_str());
     return 0;
   }
-  std::printf("checkpoint %s: step %lld, optimizer %s\n\n", dir.c_str(), (long long)c.state.value("step", int64_t(0)),
-              c.state.contains("optimizer") ? c.state["optimizer"].value("kind", "?").c_str() : "?");
+  const train::RunState rs = train::run_state_from_json(c.state, (dir / "state.json").string());
+  std::printf("checkpoint %s: step %lld, optimizer %s\n\n", dir.c_str(), (long long)rs.step, rs.optimizer_kind.c_str());
   std::printf("%-56s %-16s %-5s %14s %12s %12s %12s %12s\n", "state tensor", "shape", "dtype", "bytes", "min", "mean", "max", "rms");
   int64_t total = 0;
   for (const auto& [name, t] : c.optimizer) {

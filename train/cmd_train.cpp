@@ -22,11 +22,14 @@ int cmd_train(const Args& args) {
     if (!std::filesystem::exists(cfg)) cfg = std::filesystem::path(*r).parent_path() / "config.json";
     if (std::filesystem::exists(cfg)) {
       nlohmann::json saved = nlohmann::json::parse(std::ifstream(cfg), nullptr, false);
-      if (saved.is_object() && saved.contains("flags"))
+      // The saved "out" is where the run was, not where it is now (a moved or copied run continues in place).
+      if (saved.is_object() && saved.contains("flags") && saved["flags"].is_object())
         for (const auto& [k, v] : saved["flags"].items())
-          if (!flags.given(k) && k != "resume" && v.is_string()) flags.set(k, v.get<std::string>());
+          if (!flags.given(k) && k != "resume" && k != "out" && v.is_string()) flags.set(k, v.get<std::string>());
     }
-    if (!flags.given("out")) flags.set("out", resume->string());
+    // --resume names a run directory or one of its checkpoints; either way the run goes on in the run directory.
+    if (!flags.given("out"))
+      flags.set("out", std::filesystem::exists(*resume / "manifest.json") ? resume->parent_path().string() : resume->string());
   }
   RunConfig config = run_config(flags);
   std::printf("tally train: resolved configuration saved to %s/config.json\n", config.out.c_str());

@@ -60,11 +60,18 @@ void Flags::parse(const std::vector<std::string>& args) {
 }
 
 void Flags::merge_json_file(const std::string& path) {
-  std::ifstream in(path);
+  std::ifstream in(path, std::ios::binary);
   if (!in) throw FlagError(tally::cat("cannot read config file '", path, "'"));
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) throw FlagError(tally::cat("cannot read config file '", path, "'"));
+  merge_json(text.str(), path);
+}
+
+void Flags::merge_json(std::string_view json_text, const std::string& path) {
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(in);
+    j = nlohmann::json::parse(json_text);
   } catch (const nlohmann::json::exception& e) {
     throw FlagError(tally::cat("config file '", path, "' is not valid JSON: ", e.what()));
   }
@@ -80,7 +87,10 @@ void Flags::merge_json_file(const std::string& path) {
     else throw FlagError(tally::cat("config file '", path, "': '", key, "' must be a string, number or boolean"));
     if (s->kind == FlagKind::switch_ && !value.is_boolean())
       throw FlagError(tally::cat("config file '", path, "': '", key, "' is a switch: use true or false"));
-    if (!values_.count(key)) values_[key] = text;
+    if (!values_.count(key)) {
+      values_[key] = text;
+      from_file_[key] = path;
+    }
   }
 }
 
@@ -112,7 +122,7 @@ int64_t Flags::integer(const std::string& name) const {
   char* end = nullptr;
   long long x = std::strtoll(v.c_str(), &end, 10);
   if (v.empty() || *end != '\0' || errno == ERANGE)
-    throw FlagError(tally::cat("--", name, " expects an integer, got '", v, "'"));
+    throw FlagError(tally::cat("--", name, " expects an integer, got '", v, "'", origin(name)));
   return x;
 }
 
@@ -122,13 +132,26 @@ double Flags::number(const std::string& name) const {
   char* end = nullptr;
   double x = std::strtod(v.c_str(), &end);
   if (v.empty() || *end != '\0' || errno == ERANGE || !std::isfinite(x))
-    throw FlagError(tally::cat("--", name, " expects a finite number, got '", v, "'"));
+    throw FlagError(tally::cat("--", name, " expects a finite number, got '", v, "'", origin(name)));
   return x;
 }
 
 bool Flags::on(const std::string& name) const {
   auto v = maybe(name);
   return v && (*v == "1" || *v == "true");
+}
+
+std::string Flags::origin(const std::string& name) const {
+  auto it = from_file_.find(name);
+  return it == from_file_.end() ? "" : tally::cat(" (from config file '", it->second, "')");
+}
+
+std::string Flags::config_sources() const {
+  std::map<std::string, std::string> by_file;
+  for (const auto& [name, file] : from_file_) by_file[file] += (by_file[file].empty() ? "" : ", ") + name;
+  std::string out;
+  for (const auto& [file, names] : by_file) out += tally::cat(out.empty() ? "" : "; ", "config file '", file, "' set ", names);
+  return out;
 }
 
 std::map<std::string, std::string> Flags::resolved() const {

@@ -7,6 +7,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace tally::cli {
@@ -42,6 +43,8 @@ class Flags {
   // Fills flags not already given from a JSON object file ({"batch": 8, "optimizer": "came", "no-shuffle": true});
   // command-line values win. Unknown keys, non-scalar values or malformed JSON: FlagError naming the file.
   void merge_json_file(const std::string& path);
+  // The same for JSON text in memory; source names it in errors.
+  void merge_json(std::string_view text, const std::string& source);
 
   bool has(const std::string& name) const;  // given, or has a default
   bool given(const std::string& name) const;  // given explicitly (command line or config)
@@ -51,6 +54,11 @@ class Flags {
   bool on(const std::string& name) const;           // switches
   std::optional<std::string> maybe(const std::string& name) const;
   const std::vector<std::string>& positional() const { return positional_; }
+
+  // " (from config file 'run.json')" for a value merged from a file, "" otherwise: value errors carry it.
+  std::string origin(const std::string& name) const;
+  // The config files values were merged from, and which flags each set (for errors about combinations of flags).
+  std::string config_sources() const;
 
   std::string usage() const;
   const std::string& command() const { return command_; }
@@ -62,6 +70,7 @@ class Flags {
   std::string command_, summary_;
   std::vector<FlagSpec> specs_;
   std::map<std::string, std::string> values_;
+  std::map<std::string, std::string> from_file_;  // flag -> the config file its value came from
   std::vector<std::string> positional_;
 };
 

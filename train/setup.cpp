@@ -17,6 +17,7 @@
 #include "optim/came.h"
 #include "optim/sgd.h"
 #include "train/checkpoint.h"
+#include "train/run_state.h"
 
 namespace fs = std::filesystem;
 
@@ -69,20 +70,25 @@ std::unique_ptr<models::GPT2> load_model_file(const fs::path& path_in, Device de
       path = *latest;
     }
     train::CheckpointContent c = train::load_checkpoint(path);
-    TALLY_CHECK(c.state.contains("model_config"), "checkpoint '", path.string(), "' does not record its model configuration");
-    const auto& mc = c.state["model_config"];
-    models::GPT2Config config;
-    config.n_layer = mc.at("n_layer");
-    config.n_head = mc.at("n_head");
-    config.n_embd = mc.at("n_embd");
-    config.block_size = mc.at("block_size");
-    config.vocab_size = mc.at("vocab_size");
-    config.padded_vocab_size = mc.at("padded_vocab_size");
-    config.validate();
+    const fs::path state_path = path / "state.json", model_path = path / "model.safetensors";
+    TALLY_CHECK(c.state.is_object() && c.state.contains("model_config"), "checkpoint '", state_path.string(),
+                "' does not record its model configuration");
+    models::GPT2Config config = train::model_config_from_json(c.state["model_config"], state_path.string());
+    {
+      // Every parameter's shape and presence against the recorded configuration before anything is allocated,
+      // so a configuration that disagrees with the tensors is an error rather than a huge allocation.
+      models::GPT2 plan(config, models::GPT2Options{.device = Device::meta(), .init = models::Init::none});
+      for (const auto& [name, t] : plan.named_parameters()) {
+        const Tensor& saved = io::find_tensor(c.model, name, model_path.string());
+        TALLY_CHECK(saved.shape() == t.shape(), "checkpoint '", model_path.string(), "': tensor '", name, "' is ",
+                    shape_str(saved.shape()), " but the model configuration ", config.str(), " in '",
+                    state_path.string(), "' needs ", shape_str(t.shape()));
+      }
+    }
     auto model = std::make_unique<models::GPT2>(config, models::GPT2Options{.device = device, .init = models::Init::none});
     for (const auto& [name, t] : model->named_parameters()) {
       Tensor dst = t;
-      dst.copy_(io::find_tensor(c.model, name, (path / "model.safetensors").string()));
+      dst.copy_(io::find_tensor(c.model, name, model_path.string()));
     }
     return model;
   }
@@ -339,6 +345,7 @@ MemoryFigures measure(const Ledger& l) {
   m.workspace = l.category(Category::workspace).peak_requested;
   m.other = l.category(Category::other).peak_requested;
   m.total = l.total().peak_requested;
+  m.total_held = l.total().peak_held;
   return m;
 }
 

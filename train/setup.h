@@ -84,6 +84,7 @@ struct MemoryFigures {
   int64_t workspace = 0;                         // peak during the step
   int64_t other = 0;                             // peak (input batches, ...)
   int64_t total = 0;                             // peak of everything at once
+  int64_t total_held = 0;                        // the same in held bytes (the allocator's 64-byte rounding)
 };
 // Reads a ledger after a step (peaks since the last reset_peaks()).
 MemoryFigures measure(const Ledger& l);

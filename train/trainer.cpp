@@ -9,15 +9,20 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 
 #include "core/autograd/node.h"
+#include "core/io/file.h"
 #include "core/ledger.h"
 #include "core/ops.h"
 #include "data/tokenizer.h"
 #include "models/generate.h"
 #include "optim/clip.h"
 #include "train/checkpoint.h"
+#include "train/run_state.h"
+
+#ifdef TALLY_HAS_CUDA
+#include "core/cuda/runtime.h"
+#endif
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -41,33 +46,6 @@ std::string duration_str(double s) {
   else if (s < 3600) std::snprintf(b, sizeof b, "%dm%02ds", int(s) / 60, int(s) % 60);
   else std::snprintf(b, sizeof b, "%dh%02dm", int(s) / 3600, (int(s) % 3600) / 60);
   return b;
-}
-
-std::string hex(const std::vector<uint8_t>& bytes) {
-  static const char* digits = "0123456789abcdef";
-  std::string s;
-  for (uint8_t b : bytes) {
-    s += digits[b >> 4];
-    s += digits[b & 15];
-  }
-  return s;
-}
-
-std::vector<uint8_t> unhex(const std::string& s) {
-  TALLY_CHECK(s.size() % 2 == 0, "[checkpoint] malformed hex string in state.json");
-  std::vector<uint8_t> out(s.size() / 2);
-  auto nib = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    fail("[checkpoint] malformed hex digit in state.json");
-  };
-  for (size_t i = 0; i < out.size(); ++i) out[i] = uint8_t(nib(s[2 * i]) << 4 | nib(s[2 * i + 1]));
-  return out;
-}
-
-json config_json(const models::GPT2Config& c) {
-  return {{"n_layer", c.n_layer}, {"n_head", c.n_head}, {"n_embd", c.n_embd}, {"block_size", c.block_size},
-          {"vocab_size", c.vocab_size}, {"padded_vocab_size", c.padded_vocab_size}, {"dropout", c.dropout}};
 }
 
 // One step's arithmetic, shared by the real run and the meta-device prediction: `next_batch` fills (B, T) i32
@@ -106,6 +84,9 @@ StepOutcome step_core(models::GPT2& model, optim::Optimizer& opt, int64_t accumu
   }
   double coef = grad_clip > 0 ? optim::clip_coefficient(out.grad_norm, grad_clip) : 1.0;
   opt.step({.grad_scale = coef});
+  // Past the update the gradients are dead: freeing them now keeps evaluation, sampling and checkpointing between
+  // steps inside the step's predicted peak (the budget check covers the whole run, not only the step).
+  opt.zero_grad(optim::ZeroGrad::set_to_none);
   return out;
 }
 
@@ -125,6 +106,8 @@ void install_stop_handlers() {
 }
 
 // ---- flags ----
+
+RunConfig run_config_unchecked(const Flags& f, DataResolution data);
 
 std::vector<FlagSpec> train_flags() {
   std::vector<FlagSpec> f = model_flags("d4");
@@ -163,7 +146,18 @@ std::vector<FlagSpec> train_flags() {
   return f;
 }
 
-RunConfig run_config(const Flags& f) {
+RunConfig run_config(const Flags& f, DataResolution data) {
+  // An error about a value that came from a --config file says so, naming the file.
+  try {
+    return run_config_unchecked(f, data);
+  } catch (const FlagError& e) {
+    const std::string sources = f.config_sources();
+    if (sources.empty() || std::string_view(e.what()).find("config file '") != std::string_view::npos) throw;
+    throw FlagError(cat(e.what(), " (", sources, ")"));
+  }
+}
+
+RunConfig run_config_unchecked(const Flags& f, DataResolution data) {
   RunConfig c;
   c.model = model_config(f);
   c.init = f.maybe("init").value_or("");
@@ -211,7 +205,7 @@ RunConfig run_config(const Flags& f) {
   if (c.warmup < 0 || c.val_batches < 1 || c.threads < 0 || c.max_bad_steps < 1 || c.keep_last < 0)
     throw FlagError("--warmup, --threads, --keep-last must be >= 0; --val-batches, --max-bad-steps >= 1");
   c.out = f.str("out");
-  c.data = resolve_data(f, c.out);
+  if (data == DataResolution::resolve) c.data = resolve_data(f, c.out);
   for (const auto& [k, v] : f.resolved()) c.flags[k] = v;
   return c;
 }
@@ -220,6 +214,7 @@ RunConfig run_config(const Flags& f) {
 
 Trainer::Trainer(RunConfig config) : c_(std::move(config)) {
   if (c_.threads > 0) omp_set_num_threads(c_.threads);
+  baseline_live_ = c_.device.is_cuda() && !cuda_available() ? 0 : ledger(c_.device).total().live_held;
 #ifdef TALLY_HAS_CUDA
   constexpr const char* kBuiltWithCuda = "yes";
 #else
@@ -301,6 +296,127 @@ MemoryFigures predict_step_memory(const models::GPT2Config& config, const Optimi
   return p;
 }
 
+int64_t parse_byte_count(const std::string& text) {
+  size_t used = 0;
+  long long v = -1;
+  try {
+    v = std::stoll(text, &used);
+  } catch (const std::exception&) {
+  }
+  int shift = 0;
+  const std::string suffix = used <= text.size() ? text.substr(used) : "";
+  if (suffix == "K" || suffix == "k") shift = 10;
+  else if (suffix == "M") shift = 20;
+  else if (suffix == "G") shift = 30;
+  else if (suffix == "T") shift = 40;
+  else if (!suffix.empty()) v = -1;
+  TALLY_CHECK(v >= 0 && v <= (INT64_MAX >> shift), "'", text,
+              "' is not a byte count (a non-negative integer, optionally with K, M, G or T)");
+  return int64_t(v) << shift;
+}
+
+int64_t Trainer::run_live() const { return ledger(c_.device).total().live_held - baseline_live_; }
+
+MemoryBudget Trainer::memory_budget() const {
+  MemoryBudget b;
+  const int64_t live = run_live();
+  if (const char* env = std::getenv("TALLY_MEMORY_LIMIT"); env && *env) {
+    try {
+      b.bytes = parse_byte_count(env);
+    } catch (const Error& e) {
+      fail("TALLY_MEMORY_LIMIT: ", e.what());
+    }
+    b.source = cat("TALLY_MEMORY_LIMIT=", env);
+    return b;
+  }
+  if (c_.device.is_cpu()) {
+    long long kib = -1;
+    if (std::FILE* f = std::fopen("/proc/meminfo", "r")) {
+      char line[256];
+      while (std::fgets(line, sizeof line, f))
+        if (std::sscanf(line, "MemAvailable: %lld kB", &kib) == 1) break;
+      std::fclose(f);
+    }
+    if (kib >= 0) {
+      b.bytes = int64_t(kib) * 1024 + live;
+      b.source = cat("MemAvailable in /proc/meminfo, ", format_bytes_human(int64_t(kib) * 1024), ", + ",
+                     format_bytes_human(live), " this run already holds");
+    }
+    if (const int64_t limit = cpu_memory_limit(); limit > 0 && (b.bytes < 0 || limit - baseline_live_ < b.bytes)) {
+      b.bytes = limit - baseline_live_;
+      b.source = "the CPU allocator's limit (set_cpu_memory_limit)";
+    }
+  }
+#ifdef TALLY_HAS_CUDA
+  if (c_.device.is_cuda()) {
+    int64_t free_bytes = 0, total_bytes = 0;
+    cuda::memory_info(&free_bytes, &total_bytes);
+    b.bytes = free_bytes + live;
+    b.source = cat("free memory on ", c_.device.str(), " (cudaMemGetInfo: ", format_bytes_human(free_bytes), " of ",
+                   format_bytes_human(total_bytes), ") + ", format_bytes_human(live), " this run already holds");
+  }
+#endif
+  return b;
+}
+
+int64_t largest_fitting_batch(const models::GPT2Config& model, const OptimizerSpec& optimizer, StepShape shape,
+                              int64_t bytes) {
+  // The peak grows with B (activations are proportional to it), so a binary search over [1, B] finds the edge.
+  int64_t lo = 0, hi = shape.batch;  // lo fits (0 trivially), everything above hi does not
+  auto fits = [&](int64_t b) {
+    StepShape s = shape;
+    s.batch = b;
+    return predict_step_memory(model, optimizer, s).total_held <= bytes;
+  };
+  if (fits(hi)) return hi;
+  --hi;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo + 1) / 2;
+    if (fits(mid)) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+std::string Trainer::memory_advice(const MemoryFigures& predicted, const MemoryBudget& budget) const {
+  std::string out = cat("One training step of this run needs ", format_bytes_exact(predicted.total_held), " (",
+                        format_bytes_human(predicted.total_held), ") at its peak, predicted exactly on the meta device; ",
+                        "the budget is ", format_bytes_exact(budget.bytes), " (", format_bytes_human(budget.bytes),
+                        ", ", budget.source, ").\n");
+  const StepShape shape{.batch = c_.batch, .seq = c_.seq, .accumulation = c_.accumulation, .grad_clip = c_.grad_clip};
+  const int64_t fit = largest_fitting_batch(c_.model, c_.optimizer, shape, budget.bytes);
+  if (fit >= c_.batch) {
+    out += cat("The plan fits the budget at --batch ", c_.batch, ": memory is used outside the training step (or by "
+               "another process); lower --batch or --val-batches, or free memory.\n");
+  } else if (fit > 0) {
+    StepShape s = shape;
+    s.batch = fit;
+    const MemoryFigures at = predict_step_memory(c_.model, c_.optimizer, s);
+    out += cat("The largest --batch that fits is ", fit, " (peak ", format_bytes_human(at.total_held), ")");
+    out += (c_.batch * c_.accumulation) % fit == 0
+               ? cat("; --total-batch ", c_.batch * c_.seq * c_.accumulation,
+                     " keeps the tokens per optimizer step (gradient accumulation).\n")
+               : ".\n";
+  } else {
+    StepShape s = shape;
+    s.batch = 1;
+    out += cat("Not even --batch 1 fits (peak ",
+               format_bytes_human(predict_step_memory(c_.model, c_.optimizer, s).total_held),
+               "): use a smaller model or --seq",
+               c_.optimizer.kind == OptimizerKind::adamw ? ", or an optimizer with less state (came, adafactor)" : "",
+               ".\n");
+  }
+  out += "\n" + format_plan(predicted, nullptr);
+  return out;
+}
+
+void Trainer::check_memory(const MemoryFigures& predicted) const {
+  const MemoryBudget budget = memory_budget();
+  if (budget.bytes < 0 || predicted.total_held <= budget.bytes) return;
+  fail("out of memory: refusing to start training on ", c_.device.str(), ". ", memory_advice(predicted, budget),
+       "Nothing was trained and no checkpoint was written.");
+}
+
 MemoryFigures Trainer::predict_memory() const {
   return predict_step_memory(c_.model, c_.optimizer, {.batch = c_.batch, .seq = c_.seq, .accumulation = c_.accumulation,
                                                       .grad_clip = c_.grad_clip, .dtype = c_.dtype});
@@ -349,6 +465,20 @@ StepRecord Trainer::train_step(int64_t step) {
   optimizer_->set_lr_factor(schedule_->factor(step - 1));
   const bool inspect = c_.log_optim > 0 && step % c_.log_optim == 0;
   if (inspect) optimizer_->set_inspect(optim::Inspect::summary);
+  // Fault injection for tests: TALLY_FAULT_OOM_AT_STEP=k makes step k's allocations fail as a refused malloc
+  // would (the CPU allocator's ceiling is set to what is live), for that step only.
+  struct OomFault {
+    bool on;
+    int64_t previous = 0;
+    explicit OomFault(bool enable) : on(enable) {
+      if (!on) return;
+      previous = cpu_memory_limit();
+      set_cpu_memory_limit(ledger(Device::cpu()).total().live_held);
+    }
+    ~OomFault() {
+      if (on) set_cpu_memory_limit(previous);
+    }
+  } oom_fault(c_.device.is_cpu() && env_int("TALLY_FAULT_OOM_AT_STEP", -1) == step);
   auto t0 = std::chrono::steady_clock::now();
   data::Batch b;
   StepOutcome o = step_core(*model_, *optimizer_, c_.accumulation, c_.grad_clip,
@@ -389,13 +519,19 @@ fs::path Trainer::save(int64_t step) {
   for (const auto& [name, t] : model_->named_parameters()) c.model.emplace_back(name, t);
   optim::OptimizerState st = optimizer_->state_dict();
   for (const auto& [name, t] : st.tensors) c.optimizer.emplace_back(name, t);
-  c.state["model_config"] = config_json(c_.model);
-  c.state["dtype"] = dtype_name(c_.dtype);  // bf16: model.safetensors holds bf16, optimizer.safetensors the f32 masters
-  c.state["optimizer"] = {{"kind", st.kind}, {"steps", st.steps}, {"param_steps", st.param_steps}};
-  c.state["loader"] = hex(train_loader_->position().to_bytes());
-  c.state["dropout_rng"] = {{"seed", model_->dropout_generator().seed()}, {"offset", model_->dropout_generator().offset()}};
-  c.state["skipped_steps"] = skipped_total_;
-  c.state["flags"] = c_.flags;
+  train::RunState rs;
+  rs.step = step;
+  rs.model = c_.model;
+  rs.optimizer_kind = st.kind;
+  rs.optimizer_steps = st.steps;
+  rs.param_steps = st.param_steps;
+  rs.loader = train_loader_->position();
+  rs.dropout_seed = model_->dropout_generator().seed();
+  rs.dropout_offset = model_->dropout_generator().offset();
+  rs.skipped_steps = skipped_total_;
+  rs.dtype = c_.dtype;  // bf16: model.safetensors holds bf16, optimizer.safetensors the f32 masters
+  rs.flags = c_.flags;
+  c.state = train::to_json(rs);
   return train::save_checkpoint(c_.out, step, c, {.keep_last = int(c_.keep_last)});
 }
 
@@ -407,34 +543,32 @@ void Trainer::resume(const fs::path& dir_in) {
     dir = *latest;
   }
   train::CheckpointContent c = train::load_checkpoint(dir);
-  TALLY_CHECK(c.state.contains("model_config") && c.state["model_config"] == config_json(c_.model), "--resume '",
-              dir.string(), "': the checkpoint's model ", c.state.value("model_config", json()).dump(),
-              " differs from this run's ", config_json(c_.model).dump());
-  const std::string saved_dtype = c.state.value("dtype", std::string("f32"));
-  TALLY_CHECK(saved_dtype == dtype_name(c_.dtype), "--resume '", dir.string(), "': the checkpoint was trained with --dtype ",
-              saved_dtype, ", this run has --dtype ", dtype_name(c_.dtype), " (resume with the same --dtype)");
+  const train::RunState rs = train::run_state_from_json(c.state, (dir / "state.json").string());
+  TALLY_CHECK(train::model_config_json(rs.model) == train::model_config_json(c_.model), "--resume '", dir.string(),
+              "': the checkpoint's model ", train::model_config_json(rs.model).dump(), " differs from this run's ",
+              train::model_config_json(c_.model).dump());
+  TALLY_CHECK(rs.dtype == c_.dtype, "--resume '", dir.string(), "': the checkpoint was trained with --dtype ",
+              dtype_name(rs.dtype), ", this run has --dtype ", dtype_name(c_.dtype), " (resume with the same --dtype)");
   NoGradGuard no_grad;
   for (const auto& [name, t] : model_->named_parameters()) {
     Tensor dst = t;
     dst.copy_(io::find_tensor(c.model, name, (dir / "model.safetensors").string()));
   }
   optim::OptimizerState st;
-  st.kind = c.state["optimizer"].at("kind");
-  st.steps = c.state["optimizer"].at("steps");
-  st.param_steps = c.state["optimizer"].at("param_steps").get<std::map<std::string, int64_t>>();
+  st.kind = rs.optimizer_kind;
+  st.steps = rs.optimizer_steps;
+  st.param_steps = rs.param_steps;
   for (const auto& [name, t] : c.optimizer) st.tensors[name] = t;
   optimizer_->load_state_dict(st);
-  auto bytes = unhex(c.state.at("loader").get<std::string>());
-  train_loader_->restore(data::LoaderPosition::from_bytes(bytes));
-  model_->dropout_generator().set_state(c.state["dropout_rng"].at("seed"), c.state["dropout_rng"].at("offset"));
-  skipped_total_ = c.state.value("skipped_steps", int64_t(0));
-  start_step_ = c.state.at("step");
+  train_loader_->restore(rs.loader);
+  model_->dropout_generator().set_state(rs.dropout_seed, rs.dropout_offset);
+  skipped_total_ = rs.skipped_steps;
+  start_step_ = rs.step;
   std::printf("resumed from %s at step %lld\n", dir.c_str(), (long long)start_step_);
 }
 
 RunSummary Trainer::run() {
   RunSummary s;
-  const bool tty = ::isatty(STDOUT_FILENO);
   std::printf("model: GPT-2 %s, %s parameters | optimizer: %s lr %.3g wd %.3g | data: %s\n",
               c_.model.str().c_str(), format_bytes_exact(model_->num_parameters()).c_str(), optimizer_name(c_.optimizer.kind),
               c_.optimizer.lr, c_.optimizer.weight_decay, c_.data.description.c_str());
@@ -442,17 +576,46 @@ RunSummary Trainer::run() {
               (long long)c_.batch, (long long)c_.seq, (long long)c_.accumulation, (long long)c_.steps, c_.schedule.c_str(),
               (long long)c_.warmup, omp_get_max_threads());
   {
-    json cfg = {{"flags", c_.flags}, {"model_config", config_json(c_.model)}};
-    std::ofstream(c_.out / "config.json") << cfg.dump(2) << "\n";
+    // Atomic: a resume reads the run's flags back from it, so a kill must never leave it half written.
+    json cfg = {{"flags", c_.flags}, {"model_config", train::model_config_json(c_.model)}};
+    io::write_file_atomic(c_.out / "config.json", cfg.dump(2) + "\n");
   }
-  MemoryFigures predicted;
-  // Compared on the CPU only: a CUDA run also holds cuBLAS's workspace (32 MiB, made on first use) and CUB's sort
-  // scratch, which the meta device does not plan (parameters, gradients, state and activations do match).
-  const bool plan_exact = c_.device.is_cpu();
-  if (plan_exact) {
-    predicted = predict_memory();
-    std::printf("\n%s\n", format_plan(predicted, nullptr).c_str());
+  // The exact plan of one step (meta device; on a GPU it counts the same tensors, without cuBLAS workspaces and
+  // the caching allocator's rounding), checked against the memory there is before anything more is allocated.
+  // Compared with the measured step on the CPU only: a CUDA run also holds cuBLAS's workspace (32 MiB, made on
+  // first use) and CUB's sort scratch, which the meta device does not plan.
+  const MemoryFigures predicted = predict_memory();
+  if (c_.device.is_cpu()) std::printf("\n%s\n", format_plan(predicted, nullptr).c_str());
+  check_memory(predicted);
+  // TALLY_MEMORY_LIMIT is a real ceiling on the CPU for the length of the run, not only a figure to plan with.
+  const MemoryBudget budget = memory_budget();
+  const int64_t previous_limit = cpu_memory_limit();
+  const bool enforce = c_.device.is_cpu() && budget.source.rfind("TALLY_MEMORY_LIMIT", 0) == 0;
+  if (enforce) set_cpu_memory_limit(budget.bytes + baseline_live_);
+  struct RestoreLimit {
+    bool active;
+    int64_t previous;
+    ~RestoreLimit() {
+      if (active) set_cpu_memory_limit(previous);
+    }
+  } restore{enforce, previous_limit};
+  try {
+    run_steps(s, predicted);
+  } catch (const std::bad_alloc&) {
+    fail("out of memory during training (std::bad_alloc). ", memory_advice(predicted, memory_budget()),
+         "Nothing of the failed step was saved; earlier checkpoints are untouched.");
+  } catch (const Error& e) {
+    if (std::string_view(e.what()).find("out of memory") == std::string_view::npos) throw;
+    const MemoryBudget now = memory_budget();
+    if (now.bytes < 0) throw;
+    fail(e.what(), "\n\n", memory_advice(predicted, now),
+         "Nothing of the failed step was saved; earlier checkpoints are untouched.");
   }
+  return s;
+}
+
+void Trainer::run_steps(RunSummary& s, const MemoryFigures& predicted) {
+  const bool tty = ::isatty(STDOUT_FILENO);
   optimizer_->init_state();
   Ledger& l = ledger(c_.device);
   auto t_start = std::chrono::steady_clock::now();
@@ -463,7 +626,7 @@ RunSummary Trainer::run() {
     const bool first = step == start_step_ + 1;
     if (first) l.reset_peaks();
     StepRecord r = train_step(step);
-    if (first && plan_exact) {
+    if (first && c_.device.is_cpu()) {
       MemoryFigures m = measure(l);
       for (const auto& ts : optimizer_->state_bytes())
         for (const auto& st : ts.states) m.state_by_kind[st.name] += st.bytes();
@@ -538,7 +701,6 @@ RunSummary Trainer::run() {
   s.ms_per_step = ms_count ? ms_sum / double(ms_count) : NAN;
   s.optimizer_state_bytes = optimizer_->total_state_bytes();
   s.skipped_steps = skipped_total_;
-  return s;
 }
 
 }  // namespace tally::cli

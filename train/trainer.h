@@ -41,7 +41,9 @@ struct RunConfig {
 
 // Flags for `tally train` (model, data, optimizer and run flags).
 std::vector<FlagSpec> train_flags();
-RunConfig run_config(const Flags& flags);
+// skip: leave config.data empty (no files are looked at or tokenized; the flag fuzz target).
+enum class DataResolution { resolve, skip };
+RunConfig run_config(const Flags& flags, DataResolution data = DataResolution::resolve);
 
 struct StepRecord {
   int64_t step = 0;
@@ -69,6 +71,18 @@ struct StepShape {
 };
 MemoryFigures predict_step_memory(const models::GPT2Config& model, const OptimizerSpec& optimizer, StepShape shape);
 
+// The memory a run may hold on its device at its peak (see Trainer::memory_budget). bytes < 0: unknown (no check).
+struct MemoryBudget {
+  int64_t bytes = -1;
+  std::string source;  // where the figure comes from, for messages
+};
+int64_t parse_byte_count(const std::string& text);  // "123", "512M", "8G"; throws tally::Error
+
+// The largest micro-batch B <= shape.batch whose step's predicted peak (held bytes) is at most `bytes`; 0 when
+// not even B = 1 fits. Predictions run on the meta device (nothing is allocated).
+int64_t largest_fitting_batch(const models::GPT2Config& model, const OptimizerSpec& optimizer, StepShape shape,
+                              int64_t bytes);
+
 // Set by SIGINT/SIGTERM: the run finishes its step, saves a checkpoint and returns.
 extern std::atomic<bool> g_stop_requested;
 void install_stop_handlers();
@@ -90,6 +104,17 @@ class Trainer {
 
  private:
   StepRecord train_step(int64_t step);
+  void run_steps(RunSummary& s, const MemoryFigures& predicted);  // the loop of run()
+  // This run's budget: TALLY_MEMORY_LIMIT (bytes, or with a K/M/G/T suffix: powers of 1024) when set -- on the
+  // CPU it is then also enforced by the allocator for the length of run() -- else what the system has free
+  // (MemAvailable from /proc/meminfo on the CPU, cudaMemGetInfo on a GPU) plus what this run already holds; on
+  // the CPU never more than set_cpu_memory_limit allows. Bytes held before the Trainer was built do not count.
+  MemoryBudget memory_budget() const;
+  // Refuses to start when the predicted peak exceeds the budget; the message has the plan and the batch that fits.
+  void check_memory(const MemoryFigures& predicted) const;
+  // The advice added to an out-of-memory error: budget, plan, largest batch that fits.
+  std::string memory_advice(const MemoryFigures& predicted, const MemoryBudget& budget) const;
+  int64_t run_live() const;  // bytes this run holds on its device now
   std::filesystem::path save(int64_t step);
   void log(const nlohmann::json& j);
 
@@ -99,6 +124,7 @@ class Trainer {
   std::unique_ptr<data::DataLoader> train_loader_, val_loader_;
   std::optional<optim::LrSchedule> schedule_;
   int64_t start_step_ = 0;  // steps already done (resume)
+  int64_t baseline_live_ = 0;  // bytes live on the device before this run allocated anything
   int64_t skipped_total_ = 0, skipped_in_row_ = 0;
   std::FILE* log_ = nullptr;
 };

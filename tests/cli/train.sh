@@ -39,8 +39,11 @@ for round in 1 2 3; do
     "$tally" inspect "$work/kill" >"$work/insp.log" 2>&1 || fail "checkpoint unreadable after SIGKILL (round $round): $(cat "$work/insp.log")"
   fi
 done
-"$tally" train --resume "$work/kill" --steps 100000 --max-bad-steps 1 --eval-every 0 >/dev/null 2>&1 &
-pid=$!; sleep 2; kill -INT $pid; wait $pid || fail "resume after SIGKILL failed"
+"$tally" train --resume "$work/kill" --steps 100000 --max-bad-steps 1 --eval-every 0 >"$work/rk.log" 2>&1 &
+pid=$!
+# SIGINT once it is training (a slow start, e.g. under the sanitizers, must not meet the default handler).
+for _ in $(seq 1 150); do grep -q "^step [0-9]*/" "$work/rk.log" 2>/dev/null && break; sleep 0.2; done
+kill -INT $pid; wait $pid || fail "resume after SIGKILL failed: $(tail -5 "$work/rk.log")"
 
 # The other subcommands on that run.
 "$tally" inspect "$work/int" >"$work/o" 2>&1 || fail "inspect: $(cat "$work/o")"

@@ -204,7 +204,8 @@ TEST_CASE("loader: sequential batches follow llm.c's window arithmetic, switch s
   Batch b;
   for (size_t i = 0; i < expect.size(); ++i) {
     dl.next(b);
-    const auto [s, w] = expect[i];
+    // Plain variables, not a structured binding: clang 14 (the sanitizer build) cannot capture those in INFO's lambda.
+    const size_t s = expect[i].first, w = expect[i].second;
     if (i < 5 || (i + 3 > size_t(w0) && i < size_t(w0) + 3) || i % 997 == 0 || i + 5 > expect.size() ||
         (i + 2 > size_t(dl.batches_per_epoch()) && i < size_t(dl.batches_per_epoch()) + 2)) {
       INFO("batch " << i << " shard " << s << " window " << w);

@@ -74,7 +74,8 @@ TEST_CASE("llm.c file: bf16 (version 5) stores round-to-nearest-even values and 
   CHECK(std::filesystem::file_size(dir / "m.bin") == 1024 + 2 * uint64_t(test::tiny_config().num_parameters()));
   auto back = load_llmc(dir / "m.bin");
   for (const auto& [name, p] : model.named_parameters()) {
-    INFO(name);
+    const std::string label = name;  // no structured binding inside INFO's lambda (clang 14)
+    INFO(label);
     std::vector<float> orig = p.to_vector<float>(), got = back->parameter(name).to_vector<float>();
     bool all = true;
     for (size_t i = 0; i < orig.size(); ++i) all = all && got[i] == bf16_to_float(float_to_bf16(orig[i]));

@@ -27,7 +27,8 @@ TEST_CASE("kv cache: incremental logits equal the full forward's") {
     for (int64_t t = 5; t < T - 3; ++t) chunks.push_back({t, t + 1});
     chunks.push_back({T - 3, T});
     const double tol = dtype == DType::f32 ? 1e-5 : 1e-12;
-    for (auto [t0, t1] : chunks) {
+    for (const auto& chunk : chunks) {
+      const int64_t t0 = chunk.first, t1 = chunk.second;  // not a structured binding: INFO captures them (clang 14)
       Tensor part = model.forward_cached(idx.slice(1, t0, t1).contiguous(), cache);
       REQUIRE(part.shape() == Shape{B, t1 - t0, V});
       std::vector<double> got = part.to_vector<double>(), want;

@@ -155,7 +155,8 @@ TEST_CASE("gpt2 forward: padded and unpadded heads give the same logits and loss
   // The gradient reaches every parameter; padded rows of wte get none (their logits are never used).
   ra.loss.backward();
   for (const auto& [name, p] : a.named_parameters()) {
-    INFO(name);
+    const std::string label = name;  // no structured binding inside INFO's lambda (clang 14)
+    INFO(label);
     REQUIRE(p.grad().defined());
     for (double g : p.grad().to_vector<double>()) REQUIRE(std::isfinite(g));
   }

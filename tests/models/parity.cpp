@@ -73,7 +73,8 @@ void check_against_golden(GPT2& model, Tolerance logits_tol, Tolerance grad_tol,
   std::string worst_name;
   size_t compared = 0;
   for (const auto& [name, p] : model.named_parameters()) {
-    INFO("gradient of ", name);
+    const std::string label = name;  // no structured binding inside INFO's lambda (clang 14)
+    INFO("gradient of ", label);
     std::vector<double> ref = golden.read_doubles("grad." + name);
     std::vector<double> ours = grad_hf_layout(model, name);
     double scale = max_abs(ref);

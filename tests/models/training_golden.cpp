@@ -215,7 +215,8 @@ TEST_CASE("training golden: 10 steps of the tiny HF GPT-2 with CAME, AdamW, Adaf
   const double clip = std::stod(golden().metadata().at("clip_grad_norm"));
   int clipped = 0, unclipped = 0;  // steps whose gradient the clip scaled down, and steps it left alone
   for (const auto& [kind, hyper] : optimizers.items()) {
-    INFO("optimizer ", kind, " ", hyper.dump());
+    const std::string label = "optimizer " + std::string(kind) + " " + hyper.dump();  // no binding in INFO (clang 14)
+    INFO(label);
     Run run = train(kind, 1, optim::DecayRule::matrices);
     const Achieved a = compare_with_golden(kind, run);
     MESSAGE(kind, ": loss ", run.losses.front(), " -> ", run.losses.back(), "; worst relative errors: loss ", a.loss,

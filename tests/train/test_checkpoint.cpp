@@ -87,7 +87,7 @@ TEST_CASE("checkpoint: damage is detected and named") {
   }
   SUBCASE("truncated optimizer state") {
     fs::resize_file(dir / "optimizer.safetensors", 20);
-    CHECK_THROWS_WITH_AS(train::load_checkpoint(dir), doctest::Contains("optimizer.safetensors' has 20 bytes, the manifest says"),
+    CHECK_THROWS_WITH_AS(train::load_checkpoint(dir), doctest::Contains("optimizer.safetensors' has 20 bytes, '"),
                          Error);
   }
   SUBCASE("missing manifest") {

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# End to end with the executable, the faults a long run meets: out of memory (refused before training with the
+# plan and the largest batch that fits; an allocation failing mid-step reported, no partial checkpoint), a full
+# disk while checkpointing (fault injection, and a real 40 MB tmpfs where mount namespaces are available), a
+# read-only run directory, and damaged input files of every kind. Each gives a clear message naming the file and
+# exit code 1 (2 for flags and configs) -- never a signal -- and the previous checkpoint stays loadable.
+set -uo pipefail
+tally="$1"
+work=$(mktemp -d)
+cleanup() {
+  [ -d "$work/ro" ] && chattr -i "$work/ro" 2>/dev/null
+  [ -d "$work/ro" ] && chmod 755 "$work/ro" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+common=(--model tiny --batch 2 --seq 16 --threads 1 --val-batches 1 --eval-every 0 --warmup 1)
+
+# expect CODE PATTERN CMD...: runs CMD, requires exit status CODE and PATTERN (grep -E) in its output.
+expect() {
+  local code=$1 pattern=$2
+  shift 2
+  "$@" >"$work/out" 2>&1
+  local rc=$?
+  [ $rc -lt 128 ] || fail "killed by signal $((rc - 128)): $* -- $(tail -5 "$work/out")"
+  [ $rc -eq "$code" ] || fail "exit $rc (expected $code): $* -- $(tail -5 "$work/out")"
+  grep -qE -- "$pattern" "$work/out" || fail "no '$pattern' in the output of: $* -- $(tail -5 "$work/out")"
+}
+# The step directories and leftovers of a run directory, one line.
+steps() { ls -a "$1" | grep -E "^(step-|\.tmp)" | tr '\n' ' '; }
+
+# ---- out of memory ----
+expect 1 "largest --batch that fits is [0-9]+" env TALLY_MEMORY_LIMIT=60M "$tally" train "${common[@]}" --batch 8 \
+  --steps 2 --out "$work/oom"
+grep -q "no checkpoint was written" "$work/out" || fail "refusal does not say nothing was written"
+grep -q "total (peak, all at once)" "$work/out" || fail "refusal has no plan"
+[ -z "$(steps "$work/oom")" ] || fail "refused run left $(steps "$work/oom")"
+
+"$tally" train "${common[@]}" --steps 2 --out "$work/run" >"$work/out" 2>&1 || fail "training: $(tail -5 "$work/out")"
+expect 1 "out of memory on the CPU: could not allocate" env TALLY_FAULT_OOM_AT_STEP=4 "$tally" train --resume "$work/run" \
+  --steps 5 --save-every 1
+grep -q "live requested" "$work/out" || fail "mid-step out of memory: no ledger table"
+grep -q "Nothing of the failed step was saved" "$work/out" || fail "mid-step out of memory: no statement on checkpoints"
+[ "$(steps "$work/run")" = "step-00000002 step-00000003 " ] || fail "after out of memory at step 4: $(steps "$work/run")"
+"$tally" inspect "$work/run" >"$work/out" 2>&1 || fail "checkpoint unreadable after out of memory"
+grep -q "step 3" "$work/out" || fail "latest checkpoint is not step 3: $(head -1 "$work/out")"
+
+# ---- full disk (fault injection: the write that crosses 100000 bytes fails with ENOSPC) ----
+expect 1 "disk is full|No space left" env TALLY_FAULT_WRITE_AFTER_BYTES=100000 "$tally" train --resume "$work/run" --steps 4
+[ "$(steps "$work/run")" = "step-00000002 step-00000003 " ] || fail "after a full disk: $(steps "$work/run")"
+"$tally" inspect "$work/run" >"$work/out" 2>&1 && grep -q "step 3" "$work/out" || fail "previous checkpoint unreadable after a full disk"
+"$tally" train --resume "$work/run" --steps 4 >"$work/out" 2>&1 || fail "resume after a full disk: $(tail -5 "$work/out")"
+grep -q "resumed from .*step-00000003 at step 3" "$work/out" || fail "did not resume from step 3"
+
+# ---- a real full disk and a read-only filesystem, in a private mount namespace when one can be made ----
+if unshare -rm true 2>/dev/null; then
+  mkdir -p "$work/small"
+  cat >"$work/ns.sh" <<NS
+set -u
+mount -t tmpfs -o size=40m tally-test "$work/small" || exit 90
+# One checkpoint of the tiny model takes ~27 MB: the first fits, the second fills the disk.
+"$tally" train ${common[*]} --steps 3 --save-every 1 --keep-last 5 --out "$work/small/run" >"$work/ns_train.log" 2>&1
+echo "train_rc=\$?" >"$work/ns.result"
+ls -a "$work/small/run" | grep -E "^(step-|\.tmp)" | tr '\n' ' ' >>"$work/ns.steps"
+"$tally" inspect "$work/small/run" >"$work/ns_inspect.log" 2>&1
+echo "inspect_rc=\$?" >>"$work/ns.result"
+# Read-only: the same filesystem remounted read-only, and the run resumed.
+mount -o remount,ro "$work/small" || exit 91
+"$tally" train --resume "$work/small/run" --steps 3 >"$work/ns_ro.log" 2>&1
+echo "ro_rc=\$?" >>"$work/ns.result"
+"$tally" inspect "$work/small/run" >"$work/ns_inspect_ro.log" 2>&1
+echo "inspect_ro_rc=\$?" >>"$work/ns.result"
+NS
+  unshare -rm bash "$work/ns.sh" || fail "mount namespace script failed ($?)"
+  source "$work/ns.result"
+  [ "$train_rc" -eq 1 ] || fail "tmpfs full: exit $train_rc -- $(tail -3 "$work/ns_train.log")"
+  grep -q "disk is full (no space left on device)" "$work/ns_train.log" || fail "tmpfs full: $(tail -3 "$work/ns_train.log")"
+  [ "$(cat "$work/ns.steps")" = "step-00000001 " ] || fail "tmpfs full left: $(cat "$work/ns.steps")"
+  [ "$inspect_rc" -eq 0 ] && grep -q "step 1" "$work/ns_inspect.log" || fail "checkpoint unreadable on a full disk"
+  [ "$ro_rc" -eq 1 ] || fail "read-only: exit $ro_rc -- $(tail -3 "$work/ns_ro.log")"
+  grep -q "Read-only file system" "$work/ns_ro.log" || fail "read-only: $(tail -3 "$work/ns_ro.log")"
+  [ "$inspect_ro_rc" -eq 0 ] && grep -q "step 1" "$work/ns_inspect_ro.log" || fail "checkpoint unreadable when read-only"
+  echo "cli reliability: real full disk (tmpfs) and read-only filesystem: ok"
+else
+  echo "cli reliability: SKIPPED the real full disk and read-only filesystem (no mount namespaces here: unshare -rm)"
+fi
+# A run directory that cannot be written (root ignores permission bits: the immutable attribute stands in).
+cp -r "$work/run" "$work/ro"
+if [ "$(id -u)" -eq 0 ]; then chattr +i "$work/ro" 2>/dev/null || echo "cli reliability: chattr +i unavailable"; else chmod 555 "$work/ro"; fi
+if ! touch "$work/ro/probe" 2>/dev/null; then
+  expect 1 "config.json" "$tally" train --resume "$work/ro" --steps 5
+  "$tally" inspect "$work/ro" >"$work/out" 2>&1 && grep -q "step 4" "$work/out" || fail "checkpoint unreadable in an unwritable directory"
+else
+  echo "cli reliability: SKIPPED the unwritable run directory (could not make one)"
+fi
+
+# ---- damaged input files: exit 1 (2 for configs and flags) naming the file ----
+ck="$work/run"
+cp "$ck/data/val.bin" "$work/val_trunc.bin" && truncate -s 2000 "$work/val_trunc.bin"
+expect 1 "val_trunc.bin.*truncated" "$tally" eval --checkpoint "$ck" --data "$work/val_trunc.bin" --batch 2 --seq 16
+cp "$ck/data/val.bin" "$work/val_flip.bin" && printf '\x21' | dd of="$work/val_flip.bin" bs=1 seek=0 conv=notrunc 2>/dev/null
+expect 1 "val_flip.bin: bad magic" "$tally" eval --checkpoint "$ck" --data "$work/val_flip.bin" --batch 2 --seq 16
+"$tally" export --checkpoint "$ck" --format llmc --out "$work/m.bin" >/dev/null || fail "export llmc"
+"$tally" export --checkpoint "$ck" --format safetensors --out "$work/m.safetensors" >/dev/null || fail "export safetensors"
+for f in m.bin m.safetensors; do
+  cp "$work/$f" "$work/t_$f" && truncate -s 5000 "$work/t_$f"
+  expect 1 "t_$f" "$tally" eval --checkpoint "$work/t_$f" --data "$ck/data/val.bin" --batch 2 --seq 16 --batches 1
+  cp "$work/$f" "$work/f_$f" && printf '\x7f' | dd of="$work/f_$f" bs=1 seek=3 conv=notrunc 2>/dev/null
+  expect 1 "f_$f" "$tally" eval --checkpoint "$work/f_$f" --data "$ck/data/val.bin" --batch 2 --seq 16 --batches 1
+done
+cp -r "$ck/step-00000004" "$work/flipped" && printf '\x00' | dd of="$work/flipped/model.safetensors" bs=1 seek=5000 conv=notrunc 2>/dev/null
+expect 1 "model.safetensors' fails its checksum" "$tally" eval --checkpoint "$work/flipped" --data "$ck/data/val.bin"
+cp -r "$ck/step-00000004" "$work/trunc" && truncate -s 10 "$work/trunc/state.json"
+expect 1 "state.json' has 10 bytes" "$tally" eval --checkpoint "$work/trunc" --data "$ck/data/val.bin"
+gpt2="${TALLY_GPT2_DIR:-$2/../shared/data/gpt2}"
+if [ -f "$gpt2/encoder.json" ]; then
+  mkdir -p "$work/tok" && cp "$gpt2/encoder.json" "$work/tok/"
+  # Cut mid-line (the last line is half a merge), then at a line boundary (too few merges for encoder.json).
+  head -c 100000 "$gpt2/vocab.bpe" >"$work/tok/vocab.bpe"
+  expect 1 "vocab.bpe line [0-9]+: expected a merge" env TALLY_GPT2_DIR="$work/tok" "$tally" sample --checkpoint "$ck" --prompt hi --tokens 2
+  head -n 20000 "$gpt2/vocab.bpe" >"$work/tok/vocab.bpe"
+  expect 1 "vocab.bpe has [0-9]+ merges" env TALLY_GPT2_DIR="$work/tok" "$tally" sample --checkpoint "$ck" --prompt hi --tokens 2
+  # A flipped bit in a merge: the space between its two parts becomes '!' (0x20 ^ 0x01).
+  cp "$gpt2/vocab.bpe" "$work/tok/vocab.bpe"
+  off=$(head -n 3 "$gpt2/vocab.bpe" | wc -c)
+  off=$((off + $(sed -n 4p "$gpt2/vocab.bpe" | cut -d' ' -f1 | wc -c) - 1))
+  printf '!' | dd of="$work/tok/vocab.bpe" bs=1 seek="$off" conv=notrunc 2>/dev/null
+  expect 1 "vocab.bpe line 4: expected a merge" env TALLY_GPT2_DIR="$work/tok" "$tally" sample --checkpoint "$ck" --prompt hi --tokens 2
+  cp "$gpt2/vocab.bpe" "$work/tok/vocab.bpe"
+  cp "$gpt2/encoder.json" "$work/tok/t_encoder.json" && head -c 300000 "$work/tok/t_encoder.json" >"$work/tok/encoder.json"
+  expect 1 "encoder.json: not valid JSON" env TALLY_GPT2_DIR="$work/tok" "$tally" sample --checkpoint "$ck" --prompt hi --tokens 2
+  cp "$gpt2/encoder.json" "$work/tok/encoder.json"
+  printf '\x00' | dd of="$work/tok/encoder.json" bs=1 seek=500 conv=notrunc 2>/dev/null
+  expect 1 "encoder.json: not valid JSON" env TALLY_GPT2_DIR="$work/tok" "$tally" sample --checkpoint "$ck" --prompt hi --tokens 2
+else
+  echo "cli reliability: SKIPPED damaged tokenizer files (no GPT-2 files in $gpt2)"
+fi
+printf '{"batch": 2, "seq": 1' >"$work/cfg_trunc.json"
+expect 2 "cfg_trunc.json' is not valid JSON" "$tally" train --config "$work/cfg_trunc.json"
+printf '{"batch": "2x", "seq": 16}' >"$work/cfg_bad.json"
+expect 2 "--batch expects an integer, got '2x' \(from config file '.*cfg_bad.json'\)" "$tally" train --config "$work/cfg_bad.json"
+expect 2 "expects an integer" "$tally" train --batch 99999999999999999999
+expect 2 "more than 1099511627776" "$tally" train --width 1048576 --heads 1
+expect 2 "must be positive" "$tally" train --steps -1
+echo "cli reliability: ok"
