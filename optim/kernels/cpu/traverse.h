@@ -8,6 +8,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "core/dtype.h"
 #include "optim/kernels/optim_kernels.h"
@@ -19,7 +22,7 @@ inline constexpr int64_t kParallelMin = 1 << 14;   // below this many elements a
 inline constexpr int kMaxDenseTasks = 64;
 inline constexpr int kExtras = 4;                  // per-task scalar sums a pass may accumulate
 inline constexpr int kRowsTogether = 8;            // rows the statistics pass streams at once (g only: 8 streams)
-inline constexpr int kRowsTogetherRMW = 4;         // rows the instability pass streams at once (measured: 4 > 1 > 2)
+inline constexpr int kRowsTogetherRMW = 4;         // rows the instability pass streams at once (measured: 4 > 1 > 2; fused: 4 > 8)
 
 // Sums in double over kLanes independent accumulators: the compiler keeps them in vector registers (a plain
 // `acc +=` loop would need reassociation to vectorize), and the order is fixed, so results are deterministic.
@@ -205,6 +208,22 @@ inline void add16(double* c, f16v v) {
   std::memcpy(c + 8, &c1, sizeof c1);
 }
 static_assert(kLanes == 16);
+inline void store16(float* p, f16v v) { std::memcpy(p, &v, sizeof v); }
+inline f16v splat16(float v) {
+  f16v r;
+  for (int j = 0; j < 16; ++j) r[j] = v;
+  return r;
+}
+// a*b + c rounded once, as std::fma.
+inline f16v fma16(f16v a, f16v b, f16v c) {
+#if defined(__AVX512F__)
+  return f16v(_mm512_fmadd_ps(__m512(a), __m512(b), __m512(c)));
+#else
+  f16v r;
+  for (int j = 0; j < 16; ++j) r[j] = std::fma(a[j], b[j], c[j]);
+  return r;
+#endif
+}
 
 // The statistics pass over R consecutive rows g[0..R) of length K (fast layouts): row EMA of mean(x^2 + eps1)
 // into stat[0..R), column sums of x^2 + eps1 into cp, and (re-reading the rows from cache) S_j += x^2 / r_i into
@@ -419,6 +438,31 @@ void reduce_rows_cols(const FactoredLayout& l, const Plan& pl, const FactoredWor
         }
       }
     }
+    for (int e = 0; e < kExtras; ++e) w.task_extras[t * kExtras + e] = ex[e];
+  }
+  combine_columns(l, pl, w.col_partials, w.col_sum);
+  sum_task_extras(w, pl.tasks, extras_out);
+}
+
+// As reduce_rows_cols for fast layouts, with the rows in groups: group.template operator()<R>(p, i, cp, rs, extra)
+// handles whole rows i..i+R-1 (R = 8, then 4, then 1 for what is left of a block), adds their column sums into
+// the task's column partial cp and writes their row sums to rs[0..R).
+template <class Group>
+void reduce_row_groups(const FactoredLayout& l, const Plan& pl, const FactoredWorkspace& w, double* extras_out,
+                       Group&& group) {
+  const int64_t K = pl.K;
+#pragma omp parallel for schedule(static) if (l.numel() > kParallelMin && pl.tasks > 1)
+  for (int64_t t = 0; t < pl.tasks; ++t) {
+    const int64_t p = t / pl.blocks, blk = t % pl.blocks;
+    const int64_t i0 = blk * pl.rows_per_block, i1 = std::min(l.n, i0 + pl.rows_per_block);
+    double* cp = w.col_partials + t * K;
+    std::memset(cp, 0, size_t(K) * 8);
+    double ex[kExtras] = {};
+    int64_t i = i0;
+    for (; i + kRowsTogetherRMW <= i1; i += kRowsTogetherRMW)
+      group.template operator()<kRowsTogetherRMW>(p, i, cp, w.row_sum + p * l.n + i, ex);
+    for (; i + 4 <= i1; i += 4) group.template operator()<4>(p, i, cp, w.row_sum + p * l.n + i, ex);
+    for (; i < i1; ++i) group.template operator()<1>(p, i, cp, w.row_sum + p * l.n + i, ex);
     for (int e = 0; e < kExtras; ++e) w.task_extras[t * kExtras + e] = ex[e];
   }
   combine_columns(l, pl, w.col_partials, w.col_sum);
