@@ -13,6 +13,7 @@
 // the final R, C). The RMS computed from the factors differs from the package's sum of rounded u^2 by float
 // rounding only (~1e-7 relative).
 #include <cmath>
+#include <type_traits>
 
 #include "optim/kernels/cpu/traverse.h"
 
@@ -111,7 +112,88 @@ void came_factored(const CameFactoredArgs& a) {
     }
     if constexpr (kStats) ex[0] += msq;
   };
-  if (d > 1.0f) {
+  // f32 moments in fast layouts: R whole rows per call in one sweep of 16-float vectors, the sums grouped exactly
+  // as chunk_sums groups them (so the same results as the buffered path below with the same R).
+  auto moment_rows = [&]<int R, bool kClip>(int64_t p, int64_t i, double* cp, double* rsum, double* ex) {
+    const float* g = a.grad + offset(p, i);
+    float* m = reinterpret_cast<float*>(exp_avg) + offset(p, i);
+    const float* cf = w.col_factor + p * K;
+    const float gs_ = gs, d_ = d, inv_d = inv_d_, b1_ = b1, one_b1_ = one_b1, eps2_ = eps2;
+    const int64_t K_ = K;
+    float rf[R];
+    for (int r = 0; r < R; ++r) rf[r] = w.row_factor[p * n + i + r];
+    const f16v dv = splat16(d_), inv_dv = splat16(inv_d), one_b1v = splat16(one_b1_);
+    double rs[R] = {};
+    d8v msq = {};
+    double msq_tail = 0;
+    for (int64_t k0 = 0; k0 < K_; k0 += kChunk) {
+      const int64_t k1 = std::min(K_, k0 + kChunk);
+      f16v lanes[R] = {};
+      int64_t k = k0;
+      for (; k + kLanes <= k1; k += kLanes) {
+        // All R rows' loads before any store (4K aliasing, see the buffered path).
+        f16v gv[R], mv[R];
+        for (int r = 0; r < R; ++r) {
+          gv[r] = load16(g + r * K_ + k) * gs_;
+          mv[r] = load16(m + r * K_ + k);
+        }
+        const f16v c = load16(cf + k);
+        f16v col = {};
+        for (int r = 0; r < R; ++r) {
+          f16v u = (rf[r] * c) * gv[r];
+          if constexpr (kClip) {
+            const f16v q = u * inv_dv;
+            u = fma16(fma16(-q, dv, u), inv_dv, q);
+          }
+          const f16v mn = fma16(u, one_b1v, mv[r] * b1_);
+          store16(m + r * K_ + k, mn);
+          const f16v e = u - mn;
+          const f16v x = e * e + eps2_;
+          lanes[r] += x;
+          col += x;
+          if constexpr (kStats) {
+            const d8v lo = __builtin_convertvector(__builtin_shufflevector(mn, mn, 0, 1, 2, 3, 4, 5, 6, 7), d8v);
+            const d8v hi = __builtin_convertvector(__builtin_shufflevector(mn, mn, 8, 9, 10, 11, 12, 13, 14, 15), d8v);
+            msq += lo * lo + hi * hi;
+          }
+        }
+        add16(cp + k, col);
+      }
+      for (; k < k1; ++k) {
+        float col = 0;
+        for (int r = 0; r < R; ++r) {
+          float u = (rf[r] * cf[k]) * (g[r * K_ + k] * gs_);
+          if constexpr (kClip) u = divide(u, d_, inv_d);
+          const float mn = std::fma(u, one_b1_, m[r * K_ + k] * b1_);
+          m[r * K_ + k] = mn;
+          const float e = u - mn;
+          const float x = e * e + eps2_;
+          rs[r] += double(x);
+          col += x;
+          if constexpr (kStats) msq_tail += double(mn) * double(mn);
+        }
+        cp[k] += double(col);
+      }
+      for (int r = 0; r < R; ++r)
+        for (int j = 0; j < kLanes; ++j) rs[r] += double(lanes[r][j]);
+    }
+    for (int r = 0; r < R; ++r) rsum[r] = rs[r];
+    if constexpr (kStats) {
+      for (int j = 0; j < 8; ++j) msq_tail += msq[j];
+      ex[0] += msq_tail;
+    }
+  };
+  if (std::is_same_v<MT, float> && pl.fast) {
+    if (d > 1.0f) {
+      reduce_row_groups(l, pl, w, ex2, [&]<int R>(int64_t p, int64_t i, double* cp, double* rsum, double* ex) {
+        moment_rows.template operator()<R, true>(p, i, cp, rsum, ex);
+      });
+    } else {
+      reduce_row_groups(l, pl, w, ex2, [&]<int R>(int64_t p, int64_t i, double* cp, double* rsum, double* ex) {
+        moment_rows.template operator()<R, false>(p, i, cp, rsum, ex);
+      });
+    }
+  } else if (d > 1.0f) {
     reduce_rows_cols(l, pl, w, ex2, [&]<int R>(int64_t p, int64_t i, int64_t k0, int64_t k1, float (*x)[kChunk], double* ex) {
       moment.template operator()<R, true>(p, i, k0, k1, x, ex);
     });

@@ -8,6 +8,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "core/dtype.h"
 #include "optim/kernels/optim_kernels.h"
@@ -18,8 +21,8 @@ inline constexpr int64_t kChunk = 256;             // elements per stack buffer 
 inline constexpr int64_t kParallelMin = 1 << 14;   // below this many elements a step runs on one thread
 inline constexpr int kMaxDenseTasks = 64;
 inline constexpr int kExtras = 4;                  // per-task scalar sums a pass may accumulate
-inline constexpr int kRowsTogether = 4;            // rows the statistics pass streams at once (g only: 4 streams)
-inline constexpr int kRowsTogetherRMW = 4;         // rows the instability pass streams at once (measured: 4 > 1 > 2)
+inline constexpr int kRowsTogether = 8;            // rows the statistics pass streams at once (g only: 8 streams)
+inline constexpr int kRowsTogetherRMW = 4;         // rows the instability pass streams at once (measured: 4 > 1 > 2; fused: 4 > 8)
 
 // Sums in double over kLanes independent accumulators: the compiler keeps them in vector registers (a plain
 // `acc +=` loop would need reassociation to vectorize), and the order is fixed, so results are deterministic.
@@ -92,7 +95,11 @@ inline Plan make_plan(const FactoredLayout& l) {
   pl.K = l.Q * l.m * l.S;
   pl.fast = l.Q * l.S == 1;
   // About 64 rows per block, at most 64 blocks: column partials then cost numel/8 bytes (1/32 of the tensor).
-  const int64_t nb = std::clamp<int64_t>(l.n / 64, 1, 64);
+  // Wide rows get fewer, taller blocks (down to 16): at most 1 MiB of partials per array (about an L2), since the
+  // blocks write them and combine_columns reads them back (4096x4096: 32 blocks of 128 rows, measured 0.5-0.7 ms
+  // faster per CAME step than 64 of 64).
+  const int64_t nb = std::min(std::clamp<int64_t>(l.n / 64, 1, 64),
+                              std::max<int64_t>(16, (int64_t(1) << 20) / (8 * std::max<int64_t>(1, l.Q * l.m * l.S))));
   pl.rows_per_block = (l.n + nb - 1) / nb;
   pl.rows_per_block = (pl.rows_per_block + kRowsTogether - 1) / kRowsTogether * kRowsTogether;
   pl.blocks = (l.n + pl.rows_per_block - 1) / pl.rows_per_block;
@@ -182,6 +189,112 @@ inline void combine_columns(const FactoredLayout& l, const Plan& pl, const doubl
     }
 }
 
+// 16-float / 8-double vectors (GNU vector extensions: element-wise IEEE arithmetic, exactly the scalar code's
+// rounding; one AVX-512 register each, two AVX2 registers elsewhere).
+using f16v = float __attribute__((vector_size(64)));
+using f8v = float __attribute__((vector_size(32)));
+using d8v = double __attribute__((vector_size(64)));
+inline f16v load16(const float* p) {
+  f16v v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+// c[0..16) += double(v[0..16)).
+inline void add16(double* c, f16v v) {
+  const d8v lo = __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), d8v);
+  const d8v hi = __builtin_convertvector(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15), d8v);
+  d8v c0, c1;
+  std::memcpy(&c0, c, sizeof c0);
+  std::memcpy(&c1, c + 8, sizeof c1);
+  c0 += lo;
+  c1 += hi;
+  std::memcpy(c, &c0, sizeof c0);
+  std::memcpy(c + 8, &c1, sizeof c1);
+}
+static_assert(kLanes == 16);
+inline void store16(float* p, f16v v) { std::memcpy(p, &v, sizeof v); }
+inline f16v splat16(float v) {
+  f16v r;
+  for (int j = 0; j < 16; ++j) r[j] = v;
+  return r;
+}
+// a*b + c rounded once, as std::fma.
+inline f16v fma16(f16v a, f16v b, f16v c) {
+#if defined(__AVX512F__)
+  return f16v(_mm512_fmadd_ps(__m512(a), __m512(b), __m512(c)));
+#else
+  f16v r;
+  for (int j = 0; j < 16; ++j) r[j] = std::fma(a[j], b[j], c[j]);
+  return r;
+#endif
+}
+
+// The statistics pass over R consecutive rows g[0..R) of length K (fast layouts): row EMA of mean(x^2 + eps1)
+// into stat[0..R), column sums of x^2 + eps1 into cp, and (re-reading the rows from cache) S_j += x^2 / r_i into
+// sp. One sweep, no staging buffer; the sums are grouped exactly as chunk_sums groups them (16 float lanes per
+// row per chunk of kChunk, chunks added in double; R rows' column sum in float, then added in double). Each
+// column partial is read and written once per R rows.
+template <int R>
+inline void stats_rows(const float* g, int64_t K, int64_t m, float gs, float eps1, float b, float one_b, float* stat,
+                       double* __restrict cp, double* __restrict sp) {
+  double rs[R] = {};
+  for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+    const int64_t k1 = std::min(K, k0 + kChunk);
+    f16v lanes[R] = {};
+    int64_t k = k0;
+    for (; k + kLanes <= k1; k += kLanes) {
+      f16v col = {};
+      for (int r = 0; r < R; ++r) {
+        const f16v a = load16(g + r * K + k) * gs;
+        const f16v x = a * a + eps1;
+        lanes[r] += x;
+        col += x;
+      }
+      add16(cp + k, col);
+    }
+    for (; k < k1; ++k) {
+      float col = 0;
+      for (int r = 0; r < R; ++r) {
+        const float a = g[r * K + k] * gs;
+        const float x = a * a + eps1;
+        rs[r] += double(x);
+        col += x;
+      }
+      cp[k] += double(col);
+    }
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < kLanes; ++j) rs[r] += double(lanes[r][j]);
+  }
+  float inv_r[R];
+  for (int r = 0; r < R; ++r) {
+    stat[r] = ema(stat[r], rs[r], m, b, one_b);
+    inv_r[r] = float(1.0 / double(stat[r]));
+  }
+  // The same rows again (from cache): S_j += x^2 / r_i (only the clip's RMS depends on S: float terms), summed
+  // pairwise over the rows: ((t0 + t1) + (t2 + t3)) + ...
+  int64_t k = 0;
+  for (; k + kLanes <= K; k += kLanes) {
+    f16v t[R];
+    for (int r = 0; r < R; ++r) {
+      const f16v a = load16(g + r * K + k) * gs;
+      t[r] = a * a * inv_r[r];
+    }
+    for (int h = R / 2; h >= 1; h /= 2)
+      for (int r = 0; r < h; ++r) t[r] = t[2 * r] + t[2 * r + 1];
+    add16(sp + k, t[0]);
+  }
+  for (; k < K; ++k) {
+    float t[R];
+    for (int r = 0; r < R; ++r) {
+      const float a = g[r * K + k] * gs;
+      t[r] = a * a * inv_r[r];
+    }
+    for (int h = R / 2; h >= 1; h /= 2)
+      for (int r = 0; r < h; ++r) t[r] = t[2 * r] + t[2 * r + 1];
+    sp[k] += double(t[0]);
+  }
+}
+
 // ---- the second-moment pass of the factored methods (CAME, Adafactor) ----
 //
 // One read of g (x = g * grad_scale): the row statistic's EMA of mean(x^2 + eps1) is updated in place as soon as
@@ -202,37 +315,10 @@ inline void second_moment_pass(const FactoredLayout& l, const Plan& pl, const Fa
     std::memset(sp, 0, size_t(K) * 8);
     if (pl.fast) {
       int64_t i = i0;
-      for (; i + kRowsTogether <= i1; i += kRowsTogether) {
-        const float* g0 = grad + (p * l.n + i) * K;
-        const float* g1 = g0 + K;
-        const float* g2 = g1 + K;
-        const float* g3 = g2 + K;
-        double rs[kRowsTogether] = {};
-        alignas(64) float x[kRowsTogether][kChunk];
-        for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
-          const int64_t len = std::min(K, k0 + kChunk) - k0;
-          double* c = cp + k0;
-          // The four rows side by side (four read streams), the column partial updated once per four rows.
-#pragma omp simd
-          for (int64_t k = 0; k < len; ++k) {
-            const float a0 = g0[k0 + k] * gs, a1 = g1[k0 + k] * gs, a2 = g2[k0 + k] * gs, a3 = g3[k0 + k] * gs;
-            x[0][k] = a0 * a0 + eps1, x[1][k] = a1 * a1 + eps1, x[2][k] = a2 * a2 + eps1, x[3][k] = a3 * a3 + eps1;
-          }
-          chunk_sums<kRowsTogether>(x, len, c, rs);
-        }
-        float inv_r[kRowsTogether];
-        for (int r = 0; r < kRowsTogether; ++r) {
-          float& stat = row_stat[p * l.n + i + r];
-          stat = ema(stat, rs[r], l.m, b, one_b);
-          inv_r[r] = float(1.0 / double(stat));
-        }
-        // The same four rows again (from cache): S_j += x^2 / r_i (only the clip's RMS depends on S: float terms).
-#pragma omp simd
-        for (int64_t kk = 0; kk < K; ++kk) {
-          const float a0 = g0[kk] * gs, a1 = g1[kk] * gs, a2 = g2[kk] * gs, a3 = g3[kk] * gs;
-          sp[kk] += double((a0 * a0 * inv_r[0] + a1 * a1 * inv_r[1]) + (a2 * a2 * inv_r[2] + a3 * a3 * inv_r[3]));
-        }
-      }
+      for (; i + kRowsTogether <= i1; i += kRowsTogether)
+        stats_rows<kRowsTogether>(grad + (p * l.n + i) * K, K, l.m, gs, eps1, b, one_b, row_stat + p * l.n + i, cp, sp);
+      for (; i + 4 <= i1; i += 4)
+        stats_rows<4>(grad + (p * l.n + i) * K, K, l.m, gs, eps1, b, one_b, row_stat + p * l.n + i, cp, sp);
       for (; i < i1; ++i) {
         const float* g0 = grad + (p * l.n + i) * K;
         const double s = lane_sum(0, K, [&](int64_t kk) {
@@ -356,6 +442,31 @@ void reduce_rows_cols(const FactoredLayout& l, const Plan& pl, const FactoredWor
         }
       }
     }
+    for (int e = 0; e < kExtras; ++e) w.task_extras[t * kExtras + e] = ex[e];
+  }
+  combine_columns(l, pl, w.col_partials, w.col_sum);
+  sum_task_extras(w, pl.tasks, extras_out);
+}
+
+// As reduce_rows_cols for fast layouts, with the rows in groups: group.template operator()<R>(p, i, cp, rs, extra)
+// handles whole rows i..i+R-1 (R = 8, then 4, then 1 for what is left of a block), adds their column sums into
+// the task's column partial cp and writes their row sums to rs[0..R).
+template <class Group>
+void reduce_row_groups(const FactoredLayout& l, const Plan& pl, const FactoredWorkspace& w, double* extras_out,
+                       Group&& group) {
+  const int64_t K = pl.K;
+#pragma omp parallel for schedule(static) if (l.numel() > kParallelMin && pl.tasks > 1)
+  for (int64_t t = 0; t < pl.tasks; ++t) {
+    const int64_t p = t / pl.blocks, blk = t % pl.blocks;
+    const int64_t i0 = blk * pl.rows_per_block, i1 = std::min(l.n, i0 + pl.rows_per_block);
+    double* cp = w.col_partials + t * K;
+    std::memset(cp, 0, size_t(K) * 8);
+    double ex[kExtras] = {};
+    int64_t i = i0;
+    for (; i + kRowsTogetherRMW <= i1; i += kRowsTogetherRMW)
+      group.template operator()<kRowsTogetherRMW>(p, i, cp, w.row_sum + p * l.n + i, ex);
+    for (; i + 4 <= i1; i += 4) group.template operator()<4>(p, i, cp, w.row_sum + p * l.n + i, ex);
+    for (; i < i1; ++i) group.template operator()<1>(p, i, cp, w.row_sum + p * l.n + i, ex);
     for (int e = 0; e < kExtras; ++e) w.task_extras[t * kExtras + e] = ex[e];
   }
   combine_columns(l, pl, w.col_partials, w.col_sum);
