@@ -14,20 +14,6 @@ using nlohmann::json;
 
 namespace tally::cli {
 
-namespace {
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (start <= s.size()) {
-    size_t comma = s.find(',', start);
-    if (comma == std::string::npos) comma = s.size();
-    if (comma > start) out.push_back(s.substr(start, comma - start));
-    start = comma + 1;
-  }
-  return out;
-}
-}  // namespace
-
 int cmd_compare(const Args& args) {
   std::vector<FlagSpec> specs;
   for (FlagSpec s : train_flags()) {
@@ -41,8 +27,8 @@ int cmd_compare(const Args& args) {
   f.parse(args);
   if (!f.positional().empty()) throw FlagError("unexpected argument '" + f.positional().front() + "'");
   if (auto cfg = f.maybe("config")) f.merge_json_file(*cfg);
-  std::vector<std::string> names = split_list(f.str("optimizers"));
-  std::vector<std::string> lrs = f.given("lrs") ? split_list(f.str("lrs")) : std::vector<std::string>{};
+  std::vector<std::string> names = f.list("optimizers");
+  std::vector<std::string> lrs = f.given("lrs") ? f.list("lrs") : std::vector<std::string>{};
   if (names.empty()) throw FlagError("--optimizers lists none");
   if (!lrs.empty() && lrs.size() != names.size())
     throw FlagError("--lrs gives " + std::to_string(lrs.size()) + " rates for " + std::to_string(names.size()) + " optimizers");

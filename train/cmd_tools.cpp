@@ -25,18 +25,6 @@ namespace tally::cli {
 
 namespace {
 
-std::vector<std::string> split_commas(const std::string& s) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (start <= s.size()) {
-    size_t comma = s.find(',', start);
-    if (comma == std::string::npos) comma = s.size();
-    if (comma > start) out.push_back(s.substr(start, comma - start));
-    start = comma + 1;
-  }
-  return out;
-}
-
 void no_positional(const Flags& f) {
   if (!f.positional().empty()) throw FlagError("unexpected argument '" + f.positional().front() + "'");
 }
@@ -78,7 +66,7 @@ int cmd_memory(const Args& args) {
   json out = {{"model", config.str()}, {"dtype", dtype_str},
               {"parameters", {{"count", count}, {"bytes", count * param_size}}}, {"optimizers", json::object()}};
   if (with_step) out["batch"] = B, out["seq"] = T;
-  std::vector<std::string> names = split_commas(f.str("optimizer"));
+  std::vector<std::string> names = f.list("optimizer");
   if (names.empty()) throw FlagError("--optimizer lists no optimizer");
   for (const std::string& name : names) {
     OptimizerSpec spec = optimizer_spec(f, parse_optimizer(name));

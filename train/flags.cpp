@@ -110,6 +110,19 @@ std::optional<std::string> Flags::maybe(const std::string& name) const {
   return std::nullopt;
 }
 
+std::vector<std::string> Flags::list(const std::string& name) const {
+  const std::string s = str(name);
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= s.size()) {
+    size_t comma = s.find(',', start);
+    if (comma == std::string::npos) comma = s.size();
+    if (comma > start) out.push_back(s.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return out;
+}
+
 std::string Flags::str(const std::string& name) const {
   auto v = maybe(name);
   if (!v) throw FlagError(tally::cat("--", name, " is required for 'tally ", command_, "'"));

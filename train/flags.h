@@ -52,6 +52,7 @@ class Flags {
   int64_t integer(const std::string& name) const;   // FlagError when absent or not an integer
   double number(const std::string& name) const;     // FlagError when absent or not a number
   bool on(const std::string& name) const;           // switches
+  std::vector<std::string> list(const std::string& name) const;  // a comma-separated value, empty items dropped
   std::optional<std::string> maybe(const std::string& name) const;
   const std::vector<std::string>& positional() const { return positional_; }
 
