@@ -51,9 +51,9 @@ TEST_CASE("bf16: GPT-2 is refused on the CPU with the way out, and planned on me
     Tensor loss = m.loss(x, x);
     CHECK(loss.dtype() == DType::f32);
     loss.backward();
-    for (const auto& [name, p] : m.named_parameters()) {
-      INFO(name);
-      CHECK(p.grad().dtype() == DType::bf16);
+    for (const auto& named : m.named_parameters()) {  // not a structured binding: clang 14 cannot capture one in INFO
+      INFO(named.first);
+      CHECK(named.second.grad().dtype() == DType::bf16);
     }
   }
 }

@@ -508,7 +508,7 @@ TEST_CASE("cuda bf16: tally train --device cuda --dtype bf16 trains, evaluates, 
   REQUIRE(la.size() == 3);
   for (const auto& [step, loss] : la) CHECK(std::isfinite(loss));
   REQUIRE(lb.size() == 1);  // step 3
-  for (const auto& [step, loss] : lb) CHECK_MESSAGE(loss == la[step], "step ", step);  // exact
+  for (const auto& entry : lb) CHECK_MESSAGE(entry.second == la[entry.first], "step ", entry.first);  // exact
   fs::remove_all(a);
   fs::remove_all(b);
 }

@@ -51,7 +51,9 @@ TEST_SUITE("optim") {
 
 TEST_CASE("mixed precision: a bf16 parameter's state ends with its f32 master; predicted bytes equal measured") {
   const Shape shapes[] = {{37, 20}, {50}};
-  for (const auto& [name, make] : optimizers()) {
+  for (const auto& entry : optimizers()) {  // no structured binding: clang 14 cannot capture one in INFO
+    const std::string& name = entry.first;
+    const Make& make = entry.second;
     INFO(name);
     std::vector<Tensor> params;
     std::vector<NamedShape> named;
@@ -91,7 +93,9 @@ TEST_CASE("mixed precision: a bf16 parameter's state ends with its f32 master; p
 TEST_CASE("mixed precision: the master steps exactly as an f32 parameter; the bf16 parameter is its rounding") {
   const Shape shape{33, 24};
   const int64_t n = numel(shape);
-  for (const auto& [name, make] : optimizers()) {
+  for (const auto& entry : optimizers()) {  // no structured binding: clang 14 cannot capture one in INFO
+    const std::string& name = entry.first;
+    const Make& make = entry.second;
     INFO(name);
     Tensor pb = make_bf16_param("w", normal_values(n, 7), shape);
     Tensor pf = make_param("w", pb.to(DType::f32).to_vector<float>(), shape);
@@ -187,7 +191,9 @@ TEST_CASE("mixed precision: stochastic rounding is unbiased, keeps exact values,
 TEST_CASE("mixed precision: master weights save and load; a reloaded run steps bit for bit like the original") {
   const Shape shape{12, 9};
   const int64_t n = numel(shape);
-  for (const auto& [name, make] : optimizers()) {
+  for (const auto& entry : optimizers()) {  // no structured binding: clang 14 cannot capture one in INFO
+    const std::string& name = entry.first;
+    const Make& make = entry.second;
     INFO(name);
     Tensor p1 = make_bf16_param("w", normal_values(n, 3), shape);
     auto o1 = make({p1});
