@@ -399,6 +399,27 @@ inline double finish_factors(const FactoredLayout& l, const FactoredWorkspace& w
   return total;
 }
 
+// The task loop both row-and-column reductions share: each task (p, block of rows [i0, i1)) gets its own zeroed
+// column partial cp (K doubles) and extras ex; body(p, i0, i1, cp, ex) fills them and the row sums. Afterwards the
+// partials are combined into col_sum and the extras summed, both in task order (deterministic).
+template <class Body>
+void reduce_tasks(const FactoredLayout& l, const Plan& pl, const FactoredWorkspace& w, double* extras_out,
+                  Body&& body) {
+  const int64_t K = pl.K;
+#pragma omp parallel for schedule(static) if (l.numel() > kParallelMin && pl.tasks > 1)
+  for (int64_t t = 0; t < pl.tasks; ++t) {
+    const int64_t p = t / pl.blocks, blk = t % pl.blocks;
+    const int64_t i0 = blk * pl.rows_per_block, i1 = std::min(l.n, i0 + pl.rows_per_block);
+    double* cp = w.col_partials + t * K;
+    std::memset(cp, 0, size_t(K) * 8);
+    double ex[kExtras] = {};
+    body(p, i0, i1, cp, ex);
+    for (int e = 0; e < kExtras; ++e) w.task_extras[t * kExtras + e] = ex[e];
+  }
+  combine_columns(l, pl, w.col_partials, w.col_sum);
+  sum_task_extras(w, pl.tasks, extras_out);
+}
+
 // fill.template operator()<R>(p, i, k0, k1, x, extra) writes the pass's per-element quantity for elements
 // [k0, k1) of rows i..i+R-1 (R = kRowsTogetherRMW side by side, or 1) into x[r] (and may add into extra[kExtras]);
 // the quantities are summed over j into the row statistic's sum (row_sum) and over i into col_sum (double),
@@ -407,13 +428,7 @@ template <class Fill>
 void reduce_rows_cols(const FactoredLayout& l, const Plan& pl, const FactoredWorkspace& w, double* extras_out,
                       Fill&& fill) {
   const int64_t K = pl.K, QS = l.Q * l.S;
-#pragma omp parallel for schedule(static) if (l.numel() > kParallelMin && pl.tasks > 1)
-  for (int64_t t = 0; t < pl.tasks; ++t) {
-    const int64_t p = t / pl.blocks, blk = t % pl.blocks;
-    const int64_t i0 = blk * pl.rows_per_block, i1 = std::min(l.n, i0 + pl.rows_per_block);
-    double* cp = w.col_partials + t * K;
-    std::memset(cp, 0, size_t(K) * 8);
-    double ex[kExtras] = {};
+  reduce_tasks(l, pl, w, extras_out, [&](int64_t p, int64_t i0, int64_t i1, double* cp, double* ex) {
     alignas(64) float x[kRowsTogether][kChunk];
     int64_t i = i0;
     if (pl.fast) {
@@ -442,10 +457,7 @@ void reduce_rows_cols(const FactoredLayout& l, const Plan& pl, const FactoredWor
         }
       }
     }
-    for (int e = 0; e < kExtras; ++e) w.task_extras[t * kExtras + e] = ex[e];
-  }
-  combine_columns(l, pl, w.col_partials, w.col_sum);
-  sum_task_extras(w, pl.tasks, extras_out);
+  });
 }
 
 // As reduce_rows_cols for fast layouts, with the rows in groups: group.template operator()<R>(p, i, cp, rs, extra)
@@ -454,23 +466,13 @@ void reduce_rows_cols(const FactoredLayout& l, const Plan& pl, const FactoredWor
 template <class Group>
 void reduce_row_groups(const FactoredLayout& l, const Plan& pl, const FactoredWorkspace& w, double* extras_out,
                        Group&& group) {
-  const int64_t K = pl.K;
-#pragma omp parallel for schedule(static) if (l.numel() > kParallelMin && pl.tasks > 1)
-  for (int64_t t = 0; t < pl.tasks; ++t) {
-    const int64_t p = t / pl.blocks, blk = t % pl.blocks;
-    const int64_t i0 = blk * pl.rows_per_block, i1 = std::min(l.n, i0 + pl.rows_per_block);
-    double* cp = w.col_partials + t * K;
-    std::memset(cp, 0, size_t(K) * 8);
-    double ex[kExtras] = {};
+  reduce_tasks(l, pl, w, extras_out, [&](int64_t p, int64_t i0, int64_t i1, double* cp, double* ex) {
     int64_t i = i0;
     for (; i + kRowsTogetherRMW <= i1; i += kRowsTogetherRMW)
       group.template operator()<kRowsTogetherRMW>(p, i, cp, w.row_sum + p * l.n + i, ex);
     for (; i + 4 <= i1; i += 4) group.template operator()<4>(p, i, cp, w.row_sum + p * l.n + i, ex);
     for (; i < i1; ++i) group.template operator()<1>(p, i, cp, w.row_sum + p * l.n + i, ex);
-    for (int e = 0; e < kExtras; ++e) w.task_extras[t * kExtras + e] = ex[e];
-  }
-  combine_columns(l, pl, w.col_partials, w.col_sum);
-  sum_task_extras(w, pl.tasks, extras_out);
+  });
 }
 
 // For every row (p, i): fn(p, i, k0, k1, extra) over the row (fast layouts: the whole row at once; general: in
