@@ -13,13 +13,7 @@ shift || true
 build=${TALLY_FUZZ_BUILD:-build-asan}
 jobs=${JOBS:-$(nproc)}
 
-if ! command -v clang++ >/dev/null; then
-  echo "fuzz: clang++ not found (scripts/install-deps.sh installs it)" >&2
-  exit 1
-fi
-# No -Werror here: the GCC build keeps the warnings at bay; clang-only ones must not stop the sanitizers running.
-CC=clang CXX=clang++ cmake -S . -B "$build" -DTALLY_CUDA=OFF -DTALLY_FUZZ=ON -DTALLY_WERROR=OFF \
-  -DCMAKE_BUILD_TYPE=Release >"$build.configure.log" 2>&1 || { cat "$build.configure.log"; exit 1; }
+scripts/configure-asan.sh "$build" fuzz
 
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then

@@ -10,15 +10,7 @@ cd "$(dirname "$0")/.."
 build=${TALLY_SANITIZE_BUILD:-build-asan}
 jobs=${JOBS:-$(nproc)}
 
-if ! command -v clang++ >/dev/null; then
-  echo "test-sanitize: clang++ not found (scripts/install-deps.sh clang installs it)" >&2
-  exit 1
-fi
-# The same configuration as scripts/fuzz.sh (TALLY_FUZZ implies TALLY_SANITIZE=address,undefined). No -Werror:
-# the GCC build of `make test` keeps warnings at bay; a clang-only warning must not stop the sanitizers running.
-CC=clang CXX=clang++ cmake -S . -B "$build" -DTALLY_CUDA=OFF -DTALLY_FUZZ=ON -DTALLY_WERROR=OFF \
-  -DCMAKE_BUILD_TYPE=Release >"$build.configure.log" 2>&1 || { cat "$build.configure.log"; exit 1; }
-grep -E "^-- tally:" "$build.configure.log" || true
+scripts/configure-asan.sh "$build" test-sanitize
 cmake --build "$build" -j "$jobs" --target tally tally_tests
 
 # allocator_may_return_null=1: an allocation ASan cannot satisfy returns null as malloc would, so the code's own
