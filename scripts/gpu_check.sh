@@ -41,9 +41,16 @@ unpack() {  # archive: tar's xz, or Python's when the image has no xz
   tar -C "$root" -xJf "$1" 2>/dev/null ||
     python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$1" "$root"
 }
-for a in deps prebuilt; do
+for a in deps prebuilt data; do
   if [ -f "$root/.gpu-carry/$a.tar.xz" ]; then unpack "$root/.gpu-carry/$a.tar.xz" && say "unpacked .gpu-carry/$a.tar.xz"; fi
 done
+if [ -d "$root/.gpu-shared/data" ]; then  # carried ../shared/data: where the tests and the trainer look for it
+  export TALLY_SHARED_DATA=$root/.gpu-shared/data TALLY_GPT2_DIR=$root/.gpu-shared/data/gpt2
+  export TALLY_DATA=$root/.gpu-shared/data/tinyshakespeare.txt
+  say "data: carried $TALLY_SHARED_DATA"
+else
+  say "data: none carried (tests that train from text will fail: run scripts/gpu_deps.sh first)"
+fi
 cmake_args=()
 if [ -d "$root/.gpu-deps" ]; then
   deps=$root/.gpu-deps

@@ -2,8 +2,9 @@
 # Prepares what the GPU machine lacks, to be carried with the device call (it has nvcc, cmake, ninja and g++, but
 # nothing can be installed there): Debian's OpenBLAS (OpenMP build), PCRE2, nlohmann-json, doctest and pkgconf,
 # fetched with `apt-get download` (or copied from this machine's installed packages) and unpacked with
-# `dpkg -x` into one flat, relocatable prefix: .gpu-deps/ (about 42 MB; git-ignored).
-# Usage: scripts/gpu_deps.sh [--prebuild]   then carry [".gpu-deps"] (and ".gpu-prebuilt" with --prebuild).
+# `dpkg -x` into one flat, relocatable prefix: .gpu-deps/ (about 42 MB; git-ignored), packed into .gpu-carry/
+# with a copy of ../shared/data (Tiny Shakespeare and the GPT-2 BPE files, which do not travel otherwise).
+# Usage: scripts/gpu_deps.sh [--prebuild]   then carry [".gpu-carry"] (--prebuild adds prebuilt.tar.xz to it).
 # --prebuild also builds tally_tests and bench_cuda here for sm_90 into .gpu-prebuilt/, a fallback that
 # scripts/gpu_check.sh runs if building on the GPU machine fails.
 set -euo pipefail
@@ -60,6 +61,19 @@ echo "$pcre_version" > "$deps/pcre2-version"
 mkdir -p "$root/.gpu-carry"
 tar -C "$root" -cJf "$root/.gpu-carry/deps.tar.xz" .gpu-deps
 du -sh "$deps" "$root/.gpu-carry/deps.tar.xz"
+
+# The shared data (Tiny Shakespeare, the GPT-2 BPE files) does not travel with the checkout: the GPU machine's
+# tests that train from text and decode samples read this copy (gpu_check.sh unpacks it to .gpu-shared/data).
+shared_data=$root/../shared/data
+if [ -f "$shared_data/tinyshakespeare.txt" ] && [ -f "$shared_data/gpt2/encoder.json" ]; then
+  rm -rf "$work/shared" && mkdir -p "$work/shared/.gpu-shared/data/gpt2"
+  cp "$shared_data/tinyshakespeare.txt" "$work/shared/.gpu-shared/data/"
+  cp "$shared_data/gpt2/encoder.json" "$shared_data/gpt2/vocab.bpe" "$work/shared/.gpu-shared/data/gpt2/"
+  tar -C "$work/shared" -cJf "$root/.gpu-carry/data.tar.xz" .gpu-shared
+  du -sh "$root/.gpu-carry/data.tar.xz"
+else
+  echo "gpu_deps: no ../shared/data beside the checkout; the GPU machine's text-training tests will report it" >&2
+fi
 
 if [ "${1:-}" = "--prebuild" ]; then
   echo "gpu_deps: building the sm_90 fallback binaries into .gpu-prebuilt/"

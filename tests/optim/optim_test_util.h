@@ -67,7 +67,7 @@ inline Mismatch compare(const std::vector<float>& a, const std::vector<float>& b
   }
   for (size_t i = 0; i < a.size(); ++i) {
     const double d = std::fabs(double(a[i]) - double(b[i]));
-    const double r = d / (atol + rtol * std::fabs(double(b[i])));
+    const double r = d == 0 ? 0.0 : d / (atol + rtol * std::fabs(double(b[i])));  // equal passes a zero tolerance
     m.max_abs = std::max(m.max_abs, d);
     if (b[i] != 0) m.max_rel = std::max(m.max_rel, d / std::fabs(double(b[i])));
     if (!(r <= m.worst_ratio)) {  // NaN counts as the worst

@@ -3,7 +3,9 @@
 // untouched, and bad flags or data are refused with the promised messages.
 #include <doctest/doctest.h>
 
+#include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "core/ledger.h"
@@ -158,11 +160,14 @@ TEST_CASE("train: bad flags and missing data are refused clearly") {
   CHECK_THROWS_WITH_AS(config_from({"--text", (out / "missing.txt").string()}, out), doctest::Contains("does not exist"), Error);
   CHECK_THROWS_WITH_AS(Trainer(config_from({"--train", (out / "no.bin").string(), "--val", (out / "no.bin").string()}, out)),
                        doctest::Contains("no.bin"), Error);
+  const char* before = std::getenv("TALLY_DATA");  // set where the shared data is carried (scripts/gpu_check.sh)
+  const std::optional<std::string> saved = before ? std::optional<std::string>(before) : std::nullopt;
   ::setenv("TALLY_DATA", (out / "nowhere.txt").string().c_str(), 1);
   CHECK_THROWS_WITH_AS(config_from({}, out), doctest::Contains("nowhere.txt' does not exist"), Error);
   ::unsetenv("TALLY_DATA");
   CHECK_THROWS_WITH_AS(resolve_data_from({}, 32768, out), doctest::Contains("no training data found"), Error);
   CHECK_THROWS_WITH_AS(resolve_data_from({}, 32768, out), doctest::Contains("tinyshakespeare/input.txt"), Error);
+  if (saved) ::setenv("TALLY_DATA", saved->c_str(), 1);
   fs::remove_all(out);
 }
 
