@@ -49,8 +49,12 @@ class Came final : public Optimizer {
   std::vector<StateSpec> specs_for(const Slot& slot, bool* factored, kernels::FactoredLayout* layout) const override;
   void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) override;
   void record_internals(Slot& slot, const double* stats) override;
+  void finish_updates() override;
 
   std::vector<CameConfig> configs_;
+  // Dense CUDA steps of small f32 parameters without statistics, launched together by finish_updates().
+  std::vector<kernels::CameDenseArgs> deferred_dense_;
+  Device deferred_device_ = Device::cpu();
 };
 
 }  // namespace tally::optim

@@ -210,6 +210,9 @@ class Optimizer {
   virtual void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) = 0;
   // Fills slot.internals from the step's stats (host copy).
   virtual void record_internals(Slot& slot, const double* stats);
+  // Runs what update() deferred to be launched together (CAME's small dense tensors on CUDA); called once after
+  // every slot's update() in a step.
+  virtual void finish_updates() {}
 
   float* f32(Slot& s, size_t index) { return s.tensors[index].data<float>(); }
   // The f32 values the kernels update: the parameter itself, or its master weights when it is bf16.

@@ -72,6 +72,11 @@ struct CameDenseArgs {
   double* stats = nullptr;
 };
 
+// came_dense_steps on CUDA: the largest tensor given a block of its own, and the tasks per launch (the launch's
+// parameter block stays under CUDA's classic 4 KiB).
+constexpr int64_t kCameDenseBatchMax = int64_t(1) << 16;
+constexpr int kCameDenseBatchTasks = 48;
+
 // ---- Adafactor (transformers, scale_parameter=False, relative_step=False) ----
 struct AdafactorFactoredArgs {
   FactoredLayout layout;

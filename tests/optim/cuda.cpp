@@ -51,13 +51,17 @@ std::vector<Case> cases() {
   };
 }
 
-const std::vector<Shape> kShapes = {{1000}, {300, 260}, {257, 131}, {4, 33, 65}, {130, 2, 128}};
+// {1100, 36}: more row tiles (35 of 32 rows) than the column EMA has lanes, and a column count not a multiple of 32.
+const std::vector<Shape> kShapes = {{1000}, {300, 260}, {257, 131}, {4, 33, 65}, {130, 2, 128}, {1100, 36}};
 
 }  // namespace
 
 TEST_SUITE("optim") {
 
+// With inspection (statistics, the exact second moment) and without (CAME's small dense tensors are then launched
+// together: came_dense_steps).
 TEST_CASE("cuda: every optimizer on the GPU matches the CPU step for step" * doctest::skip(!tally::cuda_available())) {
+  for (const optim::Inspect inspect : {optim::Inspect::factored_error, optim::Inspect::off})
   for (const Case& c : cases()) {
     std::vector<Tensor> cpu, gpu;
     for (size_t s = 0; s < kShapes.size(); ++s) {
@@ -66,8 +70,8 @@ TEST_CASE("cuda: every optimizer on the GPU matches the CPU step for step" * doc
       gpu.push_back(make_param(cat("p", s), init, kShapes[s], Device::cuda()));
     }
     auto oc = c.make(cpu), og = c.make(gpu);
-    oc->set_inspect(optim::Inspect::factored_error);
-    og->set_inspect(optim::Inspect::factored_error);
+    oc->set_inspect(inspect);
+    og->set_inspect(inspect);
     for (int k = 0; k < kSteps; ++k) {
       for (size_t s = 0; s < kShapes.size(); ++s) {
         const std::vector<float> g = normal_values(numel(kShapes[s]), 1000 * (s + 1) + uint64_t(k), k == 3 ? 20.0 : 1.0);
@@ -78,7 +82,7 @@ TEST_CASE("cuda: every optimizer on the GPU matches the CPU step for step" * doc
       og->step({.grad_scale = 0.5});
     }
     for (size_t s = 0; s < kShapes.size(); ++s) {
-      INFO(c.name, " ", shape_str(kShapes[s]));
+      INFO(c.name, " ", shape_str(kShapes[s]), inspect == optim::Inspect::off ? " (no inspection)" : "");
       auto check = [&](const Tensor& a, const Tensor& b, const std::string& what, double extra_atol) {
         const std::vector<float> va = a.to(DType::f32).to_vector<float>(), vb = b.to(DType::f32).to_vector<float>();
         double scale = 0;
@@ -91,6 +95,7 @@ TEST_CASE("cuda: every optimizer on the GPU matches the CPU step for step" * doc
       for (const TensorState& ts : oc->state_bytes())
         if (ts.param == cpu[s].name())
           for (const StateSpec& st : ts.states) check(oc->state(ts.param, st.name), og->state(ts.param, st.name), st.name, 0);
+      if (inspect == optim::Inspect::off) continue;
       const optim::TensorInternals ic = oc->internals()[s], ig = og->internals()[s];
       CHECK(ig.update_rms == doctest::Approx(ic.update_rms).epsilon(1e-5));
       CHECK(ig.clipped == ic.clipped);
@@ -98,6 +103,51 @@ TEST_CASE("cuda: every optimizer on the GPU matches the CPU step for step" * doc
       if (std::isfinite(ic.factored_rel_error))
         CHECK(ig.factored_rel_error == doctest::Approx(ic.factored_rel_error).epsilon(1e-4));
     }
+  }
+}
+
+TEST_CASE("cuda: CAME steps many small dense tensors together as the CPU steps them one by one" *
+          doctest::skip(!tally::cuda_available())) {
+  // More tensors than one launch takes (kCameDenseBatchTasks), sizes from 1 to 3001 and one too large to batch;
+  // two groups with different hyperparameters; f32 and bf16 first moments.
+  for (const DType m_dtype : {DType::f32, DType::bf16}) {
+    std::vector<Tensor> cpu[2], gpu[2];
+    for (int i = 0; i < 2 * optim::kernels::kCameDenseBatchTasks + 7; ++i) {
+      const int64_t n = i == 5 ? optim::kernels::kCameDenseBatchMax + 3 : 1 + (97 * int64_t(i)) % 3001;
+      const std::vector<float> init = normal_values(n, 50 + uint64_t(i));
+      cpu[i % 2].push_back(make_param(cat("v", i), init, {n}));
+      gpu[i % 2].push_back(make_param(cat("v", i), init, {n}, Device::cuda()));
+    }
+    auto make = [&](std::vector<Tensor>* p) {
+      return std::make_unique<Came>(std::vector<ParamGroup<CameConfig>>{
+          {p[0], CameConfig{.lr = 1e-2, .weight_decay = 0.1, .exp_avg_dtype = m_dtype}},
+          {p[1], CameConfig{.lr = 3e-3, .betas = {0.8, 0.99, 0.999}, .clip_threshold = 0.5,
+                            .exp_avg_dtype = m_dtype}}});
+    };
+    auto oc = make(cpu), og = make(gpu);
+    for (int k = 0; k < kSteps; ++k) {
+      for (int grp = 0; grp < 2; ++grp)
+        for (size_t s = 0; s < cpu[grp].size(); ++s) {
+          const std::vector<float> g = normal_values(cpu[grp][s].numel(), 7000 + 100 * s + 10 * grp + uint64_t(k));
+          cpu[grp][s].set_grad(make_grad(g, cpu[grp][s].shape()));
+          gpu[grp][s].set_grad(make_grad(g, cpu[grp][s].shape(), Device::cuda()));
+        }
+      oc->step({.grad_scale = 0.5});
+      og->step({.grad_scale = 0.5});
+    }
+    // A bf16 first moment may round differently after a summation-order difference (see Case::param_atol).
+    const double param_atol = m_dtype == DType::bf16 ? kSteps * 1e-2 / 64 : 0.0;
+    for (int grp = 0; grp < 2; ++grp)
+      for (size_t s = 0; s < cpu[grp].size(); ++s) {
+        INFO(cpu[grp][s].name(), " ", shape_str(cpu[grp][s].shape()), " exp_avg ", dtype_name(m_dtype));
+        const Mismatch p =
+            compare(gpu[grp][s].to_vector<float>(), cpu[grp][s].to_vector<float>(), 1e-5, 1e-6 + param_atol);
+        CHECK_MESSAGE(p.ok(), "param: gpu ", p.a, " cpu ", p.b, " at ", p.index, " (ratio ", p.worst_ratio, ")");
+        const std::string name = cpu[grp][s].name();
+        const Mismatch v = compare(og->state(name, "exp_avg_sq").to_vector<float>(),
+                                   oc->state(name, "exp_avg_sq").to_vector<float>(), 1e-5, 0);
+        CHECK_MESSAGE(v.ok(), "exp_avg_sq: gpu ", v.a, " cpu ", v.b, " at ", v.index, " (ratio ", v.worst_ratio, ")");
+      }
   }
 }
 

@@ -314,4 +314,8 @@ void came_dense_step(const CameDenseArgs& a) {
   }
 }
 
+void came_dense_steps(const CameDenseArgs* steps, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) came_dense_step(steps[i]);
+}
+
 }  // namespace tally::optim::kernels::cpu

@@ -88,16 +88,14 @@ void adafactor_factored_step(const AdafactorFactoredArgs& a) {
   update_sq<<<blocks, kThreads>>>(l, K, a.grad, w.row_factor, w.col_factor, gs, vectorizable(l, {a.grad}),
                                   w.block_sums);
   check_launch("adafactor update_sq");
-  clip_divisor<<<1, 1>>>(w.block_sums, blocks, N, a.clip_threshold, w.divisor, a.stats);
-  check_launch("adafactor clip_divisor");
+  launch_clip_divisor(w.block_sums, blocks, N, a.clip_threshold, w.divisor, a.stats, "adafactor clip_divisor");
   if (a.stats && a.exact_exp_avg_sq) {
     const int b = reduce_blocks(N);
     ExactFill f{l, K, a.grad, a.exact_exp_avg_sq, w.row_factor, w.col_factor, gs, float(a.eps1), float(a.beta2t),
                 float(1.0 - a.beta2t)};
     grid_sums<<<b, kThreads>>>(N, f, w.block_sums);
     check_launch("adafactor exact ema");
-    add_block_sums<<<1, 1>>>(w.block_sums, b, a.stats, kStatFactorErrSq, kStatExactSq, 0, 2);
-    check_launch("adafactor add_block_sums");
+    launch_add_block_sums(w.block_sums, b, a.stats, kStatFactorErrSq, kStatExactSq, 0, 2, "adafactor add_block_sums");
   }
   const int ub = reduce_blocks(N);
   const float lr = float(a.lr), b1 = float(a.beta1), one_b1 = float(1.0 - a.beta1);
@@ -107,8 +105,7 @@ void adafactor_factored_step(const AdafactorFactoredArgs& a) {
     factored_update<true><<<ub, kThreads>>>(l, K, a.grad, a.exp_avg, a.param, w.row_factor, w.col_factor, w.divisor,
                                             gs, lr, b1, one_b1, decay, wd, w.block_sums);
     check_launch("adafactor factored_update");
-    add_block_sums<<<1, 1>>>(w.block_sums, ub, a.stats, kStatExpAvgSq, kStatAppliedSq, 0, 2);
-    check_launch("adafactor add_block_sums");
+    launch_add_block_sums(w.block_sums, ub, a.stats, kStatExpAvgSq, kStatAppliedSq, 0, 2, "adafactor add_block_sums");
   } else {
     // Without statistics the grid covers the tensor (no striding needed for bandwidth).
     const int64_t tasks = l.P * l.n * ((K + kThreads - 1) / kThreads);
@@ -127,8 +124,7 @@ void adafactor_dense_step(const AdafactorDenseArgs& a) {
   dense_second_moment<<<blocks, kThreads>>>(a.n, a.grad, a.exp_avg_sq, gs, float(a.eps1), float(a.beta2t),
                                             float(1.0 - a.beta2t), w.block_sums);
   check_launch("adafactor dense_second_moment");
-  clip_divisor<<<1, 1>>>(w.block_sums, blocks, a.n, a.clip_threshold, w.divisor, a.stats);
-  check_launch("adafactor clip_divisor");
+  launch_clip_divisor(w.block_sums, blocks, a.n, a.clip_threshold, w.divisor, a.stats, "adafactor clip_divisor");
   const float lr = float(a.lr), b1 = float(a.beta1), one_b1 = float(1.0 - a.beta1);
   const float decay = float(-a.weight_decay * a.lr);
   const bool wd = a.weight_decay != 0.0;
@@ -136,8 +132,8 @@ void adafactor_dense_step(const AdafactorDenseArgs& a) {
     dense_update<true><<<blocks, kThreads>>>(a.n, a.grad, a.exp_avg_sq, a.exp_avg, a.param, w.divisor, gs, lr, b1,
                                              one_b1, decay, wd, w.block_sums);
     check_launch("adafactor dense_update");
-    add_block_sums<<<1, 1>>>(w.block_sums, blocks, a.stats, kStatExpAvgSq, kStatAppliedSq, 0, 2);
-    check_launch("adafactor add_block_sums");
+    launch_add_block_sums(w.block_sums, blocks, a.stats, kStatExpAvgSq, kStatAppliedSq, 0, 2,
+                          "adafactor add_block_sums");
   } else {
     dense_update<false><<<blocks, kThreads>>>(a.n, a.grad, a.exp_avg_sq, a.exp_avg, a.param, w.divisor, gs, lr, b1,
                                               one_b1, decay, wd, w.block_sums);

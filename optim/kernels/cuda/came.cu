@@ -113,16 +113,14 @@ void came_factored(const CameFactoredArgs& a) {
   const bool vec = vectorizable(l, {a.grad, a.param, a.exp_avg});
   update_sq<<<blocks, kThreads>>>(l, K, a.grad, w.row_factor, w.col_factor, gs, vec, w.block_sums);
   check_launch("came update_sq");
-  clip_divisor<<<1, 1>>>(w.block_sums, blocks, N, a.clip_threshold, w.divisor, a.stats);
-  check_launch("came clip_divisor");
+  launch_clip_divisor(w.block_sums, blocks, N, a.clip_threshold, w.divisor, a.stats, "came clip_divisor");
   if (a.stats && a.exact_exp_avg_sq) {
     const int b = reduce_blocks(N);
     ExactFill f{l, K, a.grad, a.exact_exp_avg_sq, w.row_factor, w.col_factor, gs, float(a.eps1), float(a.beta2),
                 float(1.0 - a.beta2)};
     grid_sums<<<b, kThreads>>>(N, f, w.block_sums);
     check_launch("came exact ema");
-    add_block_sums<<<1, 1>>>(w.block_sums, b, a.stats, kStatFactorErrSq, kStatExactSq, 0, 2);
-    check_launch("came add_block_sums");
+    launch_add_block_sums(w.block_sums, b, a.stats, kStatFactorErrSq, kStatExactSq, 0, 2, "came add_block_sums");
   }
   // Pass 3: m, instability -> R, C and their factors (the row/col factor buffers are reused).
   const float b1 = float(a.beta1), one_b1 = float(1.0 - a.beta1), eps2 = float(a.eps2);
@@ -146,8 +144,7 @@ void came_factored(const CameFactoredArgs& a) {
     const int b = reduce_blocks(N);
     grid_sums<<<b, kThreads>>>(N, MomentStats<MT>{l, K, m, w.row_factor, w.col_factor, float(a.lr)}, w.block_sums);
     check_launch("came moment stats");
-    add_block_sums<<<1, 1>>>(w.block_sums, b, a.stats, kStatExpAvgSq, kStatAppliedSq, 0, 2);
-    check_launch("came add_block_sums");
+    launch_add_block_sums(w.block_sums, b, a.stats, kStatExpAvgSq, kStatAppliedSq, 0, 2, "came add_block_sums");
   }
 }
 
@@ -188,8 +185,7 @@ void came_dense(const CameDenseArgs& a) {
   dense_second_moment<<<blocks, kThreads>>>(a.n, a.grad, a.exp_avg_sq, gs, float(a.eps1), float(a.beta2),
                                             float(1.0 - a.beta2), w.block_sums);
   check_launch("came dense_second_moment");
-  clip_divisor<<<1, 1>>>(w.block_sums, blocks, a.n, a.clip_threshold, w.divisor, a.stats);
-  check_launch("came clip_divisor");
+  launch_clip_divisor(w.block_sums, blocks, a.n, a.clip_threshold, w.divisor, a.stats, "came clip_divisor");
   MT* m = static_cast<MT*>(a.exp_avg);
   const float b1 = float(a.beta1), one_b1 = float(1.0 - a.beta1), lr = float(a.lr);
   const float decay = float(-a.weight_decay * a.lr);
@@ -198,8 +194,7 @@ void came_dense(const CameDenseArgs& a) {
     dense_update<MT, true><<<blocks, kThreads>>>(a.n, a.grad, a.exp_avg_sq, m, a.param, w.divisor, gs, b1, one_b1, lr,
                                                  decay, wd, w.block_sums);
     check_launch("came dense_update");
-    add_block_sums<<<1, 1>>>(w.block_sums, blocks, a.stats, kStatExpAvgSq, kStatAppliedSq, 0, 2);
-    check_launch("came add_block_sums");
+    launch_add_block_sums(w.block_sums, blocks, a.stats, kStatExpAvgSq, kStatAppliedSq, 0, 2, "came add_block_sums");
   } else {
     dense_update<MT, false><<<blocks, kThreads>>>(a.n, a.grad, a.exp_avg_sq, m, a.param, w.divisor, gs, b1, one_b1,
                                                   lr, decay, wd, w.block_sums);
@@ -207,7 +202,96 @@ void came_dense(const CameDenseArgs& a) {
   }
 }
 
+// Batched dense steps (came_dense_steps): one block per small tensor runs both passes of came_dense, the clip
+// divisor between them from the block's own sum (no workspace). The scalars are converted as came_dense does.
+struct DenseTask {
+  float* param;
+  const float* grad;
+  void* exp_avg;
+  float* v;
+  int n;
+  float gs, eps1, b2, one_b2, b1, one_b1, lr, decay, threshold;
+};
+struct DenseBatch {
+  DenseTask task[kCameDenseBatchTasks];
+  int count;
+};
+static_assert(sizeof(DenseBatch) <= 4000, "came_dense_batch: the launch's parameters must stay under 4 KiB");
+
+template <class MT>
+__global__ void came_dense_batch(const DenseBatch b) {
+  __shared__ double shared[kWarps];
+  __shared__ float divisor;
+  const DenseTask& t = b.task[blockIdx.x];
+  MT* m = static_cast<MT*>(t.exp_avg);
+  double acc = 0;
+  for (int e = threadIdx.x; e < t.n; e += kThreads) {  // dense_second_moment
+    const float x = t.grad[e] * t.gs;
+    const float ve = fmaf(x * x + t.eps1, t.one_b2, t.v[e] * t.b2);
+    t.v[e] = ve;
+    const float u = (1.0f / sqrtf(ve)) * x;
+    acc += double(u) * u;
+  }
+  const double sum = block_sum(acc, shared);
+  if (threadIdx.x == 0) {  // clip_divisor
+    const float rms = float(sqrt(sum)) / float(sqrt(double(t.n)));
+    divisor = fmaxf(1.0f, rms / t.threshold);
+  }
+  __syncthreads();
+  const float d = divisor;
+  const bool wd = t.decay != 0.0f;
+  for (int e = threadIdx.x; e < t.n; e += kThreads) {  // dense_update (each thread reads back its own v[e])
+    const float u = ((1.0f / sqrtf(t.v[e])) * (t.grad[e] * t.gs)) / d;
+    const float mn = store(m + e, fmaf(u, t.one_b1, load(m + e) * t.b1));
+    float x = t.param[e];
+    if (wd) x = fmaf(x, t.decay, x);
+    t.param[e] = x - mn * t.lr;
+  }
+}
+
+template <class MT>
+void launch_dense_batch(const DenseBatch& b) {
+  came_dense_batch<MT><<<unsigned(b.count), kThreads>>>(b);
+  check_launch("came dense_batch");
+}
+
 }  // namespace
+
+void came_dense_steps(const CameDenseArgs* steps, int64_t count) {
+  DenseBatch f32{}, bf{};
+  for (int64_t i = 0; i < count; ++i) {
+    const CameDenseArgs& a = steps[i];
+    TALLY_CHECK(!a.stats, "[came_dense_steps] a batched step cannot carry statistics");
+    if (a.n == 0) continue;
+    if (a.n > kCameDenseBatchMax) {
+      came_dense_step(a);
+      continue;
+    }
+    const bool is_bf16 = a.exp_avg_dtype == DType::bf16;
+    DenseBatch& b = is_bf16 ? bf : f32;
+    DenseTask& t = b.task[b.count++];
+    t.param = a.param;
+    t.grad = a.grad;
+    t.exp_avg = a.exp_avg;
+    t.v = a.exp_avg_sq;
+    t.n = int(a.n);
+    t.gs = float(a.grad_scale);
+    t.eps1 = float(a.eps1);
+    t.b2 = float(a.beta2);
+    t.one_b2 = float(1.0 - a.beta2);
+    t.b1 = float(a.beta1);
+    t.one_b1 = float(1.0 - a.beta1);
+    t.lr = float(a.lr);
+    t.decay = a.weight_decay != 0.0 ? float(-a.weight_decay * a.lr) : 0.0f;
+    t.threshold = float(a.clip_threshold);
+    if (b.count == kCameDenseBatchTasks) {
+      is_bf16 ? launch_dense_batch<__nv_bfloat16>(b) : launch_dense_batch<float>(b);
+      b.count = 0;
+    }
+  }
+  if (f32.count > 0) launch_dense_batch<float>(f32);
+  if (bf.count > 0) launch_dense_batch<__nv_bfloat16>(bf);
+}
 
 void came_factored_step(const CameFactoredArgs& a) {
   if (a.layout.numel() == 0) return;

@@ -1,6 +1,6 @@
-// CUDA finishing kernels shared by the factored optimizer steps (see common.cuh): EMAs of row/column means,
-// row factors, the clip divisor, and adding block sums into the inspection statistics. All single-pass over
-// small vectors, deterministic (fixed summation order).
+// CUDA finishing kernels shared by the optimizer steps (see common.cuh): EMAs of row/column means, row factors,
+// the clip divisor, and adding block sums into the inspection statistics or a norm's accumulator. All single-pass
+// over small vectors, deterministic (fixed summation order).
 #include "optim/kernels/cuda/common.cuh"
 
 namespace tally::optim::kernels::cuda::detail {
@@ -17,37 +17,54 @@ __global__ void ema_rows(float* stat, const double* partials, int64_t rows, int6
 
 __global__ void ema_cols(float* stat, float* col_factor, const double* partials, FactoredLayout l, Plan plan,
                          double beta) {
-  const int64_t c = blockIdx.x * int64_t(kThreads) + threadIdx.x;  // p*K + k
-  if (c >= l.cols()) return;
+  __shared__ double lanes[kColLanes][32];
+  const int lane = threadIdx.x / 32, x = threadIdx.x % 32;
+  const int64_t c = blockIdx.x * int64_t(32) + x;  // p*K + k
+  const bool valid = c < l.cols();
   const int64_t p = c / plan.K, k = c % plan.K;
   double sum = 0;
-  for (int64_t t = 0; t < plan.tiles_i; ++t) sum += partials[(p * plan.tiles_i + t) * plan.K + k];
-  const float mean = float(sum / double(l.n));
+  if (valid)
+    for (int64_t t = lane; t < plan.tiles_i; t += kColLanes) sum += partials[(p * plan.tiles_i + t) * plan.K + k];
+  lanes[lane][x] = sum;
+  __syncthreads();
+  if (lane != 0 || !valid) return;
+  double total = 0;
+  for (int j = 0; j < kColLanes; ++j) total += lanes[j][x];
+  const float mean = float(total / double(l.n));
   const float v = fmaf(mean, float(1.0 - beta), stat[c] * float(beta));
   stat[c] = v;
   col_factor[c] = 1.0f / sqrtf(v);
 }
 
 __global__ void row_factors(const float* row, float* row_factor, FactoredLayout l) {
-  __shared__ double shared[kWarps];
+  __shared__ double shared[kRowFactorThreads / 32];
   __shared__ float mean;
   const int64_t QS = l.Q * l.S, g = blockIdx.x, p = g / QS, qs = g % QS;
   double acc = 0;
-  for (int64_t i = threadIdx.x; i < l.n; i += kThreads) acc += double(row[(p * l.n + i) * QS + qs]);
-  const double total = block_sum(acc, shared);
+  for (int64_t i = threadIdx.x; i < l.n; i += kRowFactorThreads) acc += double(row[(p * l.n + i) * QS + qs]);
+  const double total = block_sum<kRowFactorThreads>(acc, shared);
   if (threadIdx.x == 0) mean = float(total / double(l.n));
   __syncthreads();
-  for (int64_t i = threadIdx.x; i < l.n; i += kThreads) {
+  for (int64_t i = threadIdx.x; i < l.n; i += kRowFactorThreads) {
     const int64_t x = (p * l.n + i) * QS + qs;
     row_factor[x] = 1.0f / sqrtf(row[x] / mean);
   }
 }
 
+namespace {
+
+// The sum of slot `slot` over `blocks` block sums, valid in thread 0 of a kThreads block.
+__device__ double sum_slot(const double* block_sums, int blocks, int slot, double* shared) {
+  double acc = 0;
+  for (int b = threadIdx.x; b < blocks; b += kThreads) acc += block_sums[b * kSums + slot];
+  return block_sum(acc, shared);
+}
+
 __global__ void clip_divisor(const double* block_sums, int blocks, int64_t numel, double threshold, float* divisor,
                              double* stats) {
-  if (threadIdx.x != 0 || blockIdx.x != 0) return;
-  double sum = 0;
-  for (int b = 0; b < blocks; ++b) sum += block_sums[b * kSums];
+  __shared__ double shared[kWarps];
+  const double sum = sum_slot(block_sums, blocks, 0, shared);
+  if (threadIdx.x != 0) return;
   const float rms = float(sqrt(sum)) / float(sqrt(double(numel)));
   *divisor = fmaxf(1.0f, rms / float(threshold));
   if (stats) stats[kStatUpdateSq] += sum;
@@ -55,13 +72,26 @@ __global__ void clip_divisor(const double* block_sums, int blocks, int64_t numel
 
 __global__ void add_block_sums(const double* block_sums, int blocks, double* stats, int slot0, int slot1, int slot2,
                                int count) {
-  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  __shared__ double shared[kWarps];
   const int slots[3] = {slot0, slot1, slot2};
   for (int e = 0; e < count; ++e) {
-    double sum = 0;
-    for (int b = 0; b < blocks; ++b) sum += block_sums[b * kSums + e];
-    stats[slots[e]] += sum;
+    const double sum = sum_slot(block_sums, blocks, e, shared);
+    if (threadIdx.x == 0) stats[slots[e]] += sum;
   }
+}
+
+}  // namespace
+
+void launch_clip_divisor(const double* block_sums, int blocks, int64_t numel, double threshold, float* divisor,
+                         double* stats, const char* what) {
+  clip_divisor<<<1, kThreads>>>(block_sums, blocks, numel, threshold, divisor, stats);
+  check_launch(what);
+}
+
+void launch_add_block_sums(const double* block_sums, int blocks, double* stats, int slot0, int slot1, int slot2,
+                           int count, const char* what) {
+  add_block_sums<<<1, kThreads>>>(block_sums, blocks, stats, slot0, slot1, slot2, count);
+  check_launch(what);
 }
 
 // Pass 2 of the factored methods (see common.cuh).

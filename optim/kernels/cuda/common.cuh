@@ -46,7 +46,8 @@ __device__ inline double warp_sum(double v) {
   return v;  // lane 0 holds the sum
 }
 
-// Sum over the block; the result is valid in thread 0. `shared` has kWarps doubles.
+// Sum over a block of kBlock threads; the result is valid in thread 0. `shared` has kBlock / 32 doubles.
+template <int kBlock = kThreads>
 __device__ inline double block_sum(double v, double* shared) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   v = warp_sum(v);
@@ -55,7 +56,7 @@ __device__ inline double block_sum(double v, double* shared) {
   __syncthreads();
   double total = 0;
   if (threadIdx.x == 0)
-    for (int w = 0; w < kWarps; ++w) total += shared[w];
+    for (int w = 0; w < kBlock / 32; ++w) total += shared[w];
   return total;
 }
 
@@ -188,16 +189,25 @@ __global__ void row_sums_general(FactoredLayout l, Fill fill, double* row_partia
 // stat = beta*stat + (1-beta)*mean, the mean's sum taken from `terms` partials per entry (in order):
 // rows: partials (rows, terms); columns: partials (P, tiles_i, K) summed over tiles_i.
 __global__ void ema_rows(float* stat, const double* partials, int64_t rows, int64_t terms, int64_t count, double beta);
+// Columns: blocks of 32 columns x kColLanes threads; lane j adds row tiles j, j + kColLanes, ... (a tall matrix has
+// thousands: wte's 50304 rows are 1572 tiles), then lane 0 adds the lanes in order.
+constexpr int kColLanes = 16;
 __global__ void ema_cols(float* stat, float* col_factor, const double* partials, FactoredLayout l, Plan plan,
                          double beta);
-// row_factor = rsqrt(row / mean_i(row)); one block per (p, q, s) group.
+// row_factor = rsqrt(row / mean_i(row)); one block of kRowFactorThreads per (p, q, s) group.
+constexpr int kRowFactorThreads = 1024;
 __global__ void row_factors(const float* row, float* row_factor, FactoredLayout l);
-// divisor = max(1, RMS / threshold) from `blocks` block sums (slot 0); adds the sum to stats (if any).
-__global__ void clip_divisor(const double* block_sums, int blocks, int64_t numel, double threshold, float* divisor,
-                             double* stats);
-// stats[slot_e] += sum of block_sums[b * kSums + e] over b (in order) for e < count.
-__global__ void add_block_sums(const double* block_sums, int blocks, double* stats, int slot0, int slot1, int slot2,
-                               int count);
+
+// The finishing sums over a grid's block sums (slot e of block b at block_sums[b * kSums + e]), each in one block
+// of kThreads: thread t adds blocks t, t + kThreads, ... in order, then the block's fixed tree (deterministic; a
+// single thread walking up to kMaxBlocks sums serially took tens of microseconds per tensor). `what` names the op
+// in a launch error.
+// divisor = max(1, RMS / threshold) from slot 0; adds that sum to stats[kStatUpdateSq] (if stats).
+void launch_clip_divisor(const double* block_sums, int blocks, int64_t numel, double threshold, float* divisor,
+                         double* stats, const char* what);
+// stats[slot_e] += the sum of slot e, for e < count (at most 3).
+void launch_add_block_sums(const double* block_sums, int blocks, double* stats, int slot0, int slot1, int slot2,
+                           int count, const char* what);
 
 // Runs the two statistics passes (tile kernel, rows when not fused) of one fill and finishes the EMAs and factors.
 template <class Fill>
@@ -213,10 +223,9 @@ void factored_stats(const FactoredLayout& l, const Plan& plan, const Workspace& 
   ema_rows<<<unsigned((l.rows() + kThreads - 1) / kThreads), kThreads>>>(row_stat, w.row_partials, l.rows(),
                                                                          plan.row_terms, l.m, beta);
   check_launch("ema_rows");
-  ema_cols<<<unsigned((l.cols() + kThreads - 1) / kThreads), kThreads>>>(col_stat, w.col_factor, w.col_partials, l,
-                                                                         plan, beta);
+  ema_cols<<<unsigned((l.cols() + 31) / 32), 32 * kColLanes>>>(col_stat, w.col_factor, w.col_partials, l, plan, beta);
   check_launch("ema_cols");
-  row_factors<<<unsigned(l.groups()), kThreads>>>(row_stat, w.row_factor, l);
+  row_factors<<<unsigned(l.groups()), kRowFactorThreads>>>(row_stat, w.row_factor, l);
   check_launch("row_factors");
 }
 

@@ -128,13 +128,6 @@ __global__ void sum_squares_kernel(int64_t n, const float* x, double* block_sums
   if (threadIdx.x == 0) block_sums[blockIdx.x * kSums] = total;
 }
 
-__global__ void sum_blocks_into(const double* block_sums, int blocks, double* out) {
-  if (threadIdx.x != 0 || blockIdx.x != 0) return;
-  double sum = 0;
-  for (int b = 0; b < blocks; ++b) sum += block_sums[b * kSums];
-  out[0] += sum;
-}
-
 __global__ void scale_kernel(int64_t n, float* x, float s) {
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) x[e] *= s;
 }
@@ -163,8 +156,8 @@ void adamw_step(const AdamWArgs& a) {
     const int blocks = reduce_blocks(quads);
     adamw_kernel<true><<<blocks, kThreads>>>(a.n, a.grad, a.param, a.exp_avg, a.exp_avg_sq, s, vec, w.block_sums);
     check_launch("adamw");
-    add_block_sums<<<1, 1>>>(w.block_sums, blocks, a.stats, kStatUpdateSq, kStatExpAvgSq, kStatAppliedSq, 3);
-    check_launch("adamw add_block_sums");
+    launch_add_block_sums(w.block_sums, blocks, a.stats, kStatUpdateSq, kStatExpAvgSq, kStatAppliedSq, 3,
+                          "adamw add_block_sums");
   } else {
     const unsigned blocks = unsigned(imin((quads + kThreads - 1) / kThreads, int64_t(1) << 30));
     adamw_kernel<false><<<blocks, kThreads>>>(a.n, a.grad, a.param, a.exp_avg, a.exp_avg_sq, s, vec, nullptr);
@@ -183,8 +176,8 @@ void sgd_step(const SgdArgs& a) {
     sgd_kernel<true><<<blocks, kThreads>>>(a.n, a.grad, a.param, a.momentum_buffer, gs, wdf, mom, damp, neg_lr, wd,
                                            nesterov, a.first_step, w.block_sums);
     check_launch("sgd");
-    add_block_sums<<<1, 1>>>(w.block_sums, blocks, a.stats, kStatUpdateSq, kStatExpAvgSq, kStatAppliedSq, 3);
-    check_launch("sgd add_block_sums");
+    launch_add_block_sums(w.block_sums, blocks, a.stats, kStatUpdateSq, kStatExpAvgSq, kStatAppliedSq, 3,
+                          "sgd add_block_sums");
   } else {
     const unsigned blocks = unsigned(imin((a.n + kThreads - 1) / kThreads, int64_t(1) << 30));
     sgd_kernel<false><<<blocks, kThreads>>>(a.n, a.grad, a.param, a.momentum_buffer, gs, wdf, mom, damp, neg_lr, wd,
@@ -199,8 +192,7 @@ void sum_squares(const float* x, int64_t n, double* out, void* workspace) {
   const int blocks = reduce_blocks(n);
   sum_squares_kernel<<<blocks, kThreads>>>(n, x, w.block_sums);
   check_launch("sum_squares");
-  sum_blocks_into<<<1, 1>>>(w.block_sums, blocks, out);
-  check_launch("sum_squares total");
+  launch_add_block_sums(w.block_sums, blocks, out, 0, 0, 0, 1, "sum_squares total");
 }
 
 void scale(float* x, int64_t n, double s) {

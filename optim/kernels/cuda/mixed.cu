@@ -53,13 +53,6 @@ __global__ void sum_squares_bf16_kernel(int64_t n, const bf16* x, double* block_
   if (threadIdx.x == 0) block_sums[blockIdx.x * kSums] = total;
 }
 
-__global__ void sum_block_sums_into(const double* block_sums, int blocks, double* out) {
-  if (threadIdx.x != 0 || blockIdx.x != 0) return;
-  double sum = 0;
-  for (int b = 0; b < blocks; ++b) sum += block_sums[b * kSums];
-  out[0] += sum;
-}
-
 __global__ void scale_bf16_kernel(int64_t n, bf16* x, float s) {
   using tally::kernels::cuda::bf16_to_float_dev;
   using tally::kernels::cuda::float_to_bf16_dev;
@@ -84,8 +77,7 @@ void sum_squares_bf16(const bf16* x, int64_t n, double* out, void* workspace) {
   const int blocks = reduce_blocks(n);
   sum_squares_bf16_kernel<<<blocks, kThreads>>>(n, x, w.block_sums);
   check_launch("sum_squares_bf16");
-  sum_block_sums_into<<<1, 1>>>(w.block_sums, blocks, out);
-  check_launch("sum_squares_bf16 total");
+  launch_add_block_sums(w.block_sums, blocks, out, 0, 0, 0, 1, "sum_squares_bf16 total");
 }
 
 void scale_bf16(bf16* x, int64_t n, double s) {
