@@ -20,31 +20,31 @@ void check_grad(const Tensor& p, const Tensor& g, const char* op) {
 }  // namespace
 
 double grad_norm(const std::vector<Tensor>& params) {
-  // One f64 accumulator per device (device memory on CUDA), added to in parameter order: deterministic.
-  std::map<std::string, Tensor> acc, scratch;
+  // The gradients of each device in parameter order, summed by one call (on CUDA a few launches for all of them)
+  // into one f64 accumulator on that device: deterministic.
+  std::map<std::string, std::pair<Device, std::vector<kernels::SquaresInput>>> inputs;
   for (const Tensor& p : params) {
     const Tensor g = p.grad();
     if (!g.defined() || g.device().is_meta()) continue;
     check_grad(p, g, "grad_norm");
-    const std::string dev = g.device().str();
-    Tensor& a = acc[dev];
-    MemoryScope scope(Category::workspace, "grad_norm");
-    if (!a.defined()) a = zeros({1}, {.dtype = DType::f64, .device = g.device()});
-    int64_t ws = kernels::cpu::dense_workspace_bytes(g.numel());
-#ifdef TALLY_HAS_CUDA
-    if (g.device().is_cuda()) ws = kernels::cuda::dense_workspace_bytes(g.numel());
-#endif
-    Tensor& w = scratch[dev];
-    if (ws > 0 && (!w.defined() || w.nbytes() < ws)) w = empty({ws}, {.dtype = DType::u8, .device = g.device()});
-    if (g.dtype() == DType::bf16)  // mixed precision: read as bf16, summed in double like f32
-      TALLY_OPTIM_KERNEL(g.device(), sum_squares_bf16, g.data<bf16>(), g.numel(), a.data<double>(),
-                         w.defined() ? w.data_ptr() : nullptr);
-    else
-      TALLY_OPTIM_KERNEL(g.device(), sum_squares, g.data<float>(), g.numel(), a.data<double>(),
-                         w.defined() ? w.data_ptr() : nullptr);
+    auto& [dev, xs] = inputs.try_emplace(g.device().str(), g.device(), std::vector<kernels::SquaresInput>{})
+                          .first->second;
+    xs.push_back({.x = g.data_ptr(), .n = g.numel(), .dtype = g.dtype()});
   }
   double total = 0;
-  for (auto& [dev, a] : acc) total += a.item();
+  for (auto& [key, entry] : inputs) {
+    const auto& [dev, xs] = entry;
+    MemoryScope scope(Category::workspace, "grad_norm");
+    Tensor acc = zeros({1}, {.dtype = DType::f64, .device = dev});
+    int64_t ws = kernels::cpu::squares_workspace_bytes(xs.data(), int64_t(xs.size()));
+#ifdef TALLY_HAS_CUDA
+    if (dev.is_cuda()) ws = kernels::cuda::squares_workspace_bytes(xs.data(), int64_t(xs.size()));
+#endif
+    Tensor w = ws > 0 ? empty({ws}, {.dtype = DType::u8, .device = dev}) : Tensor();
+    TALLY_OPTIM_KERNEL(dev, sum_squares_many, xs.data(), int64_t(xs.size()), acc.data<double>(),
+                       w.defined() ? w.data_ptr() : nullptr);
+    total += acc.item();
+  }
   return std::sqrt(total);
 }
 

@@ -5,17 +5,24 @@
 # the backend's logic (indexing, reductions, barriers, operand mapping) before precious GPU time is spent;
 # it says nothing about speed, the memory model or real cuBLAS. Developer tool: not part of CI.
 # Usage: scripts/cuda_emulate.sh [doctest args, e.g. -tc="cuda softmax*"]
+# CUDA_EMU_ASAN=1 builds into build-emu-asan with AddressSanitizer: emulated device memory is host heap memory, so
+# a kernel's out-of-bounds access is reported with the kernel's source line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 build=$root/build-emu
+sanitize=()
+if [ -n "${CUDA_EMU_ASAN:-}" ]; then
+  build=$root/build-emu-asan
+  sanitize=(-fsanitize=address -fno-omit-frame-pointer)
+fi
 mkdir -p "$build/gen" "$build/obj" "$build/gen-include"
 blas_inc=$(dirname "$(find /usr/include -name cblas.h -path '*openblas-openmp*' | head -1)")
 blas_lib=$(dirname "$(find /usr/lib -name 'libopenblas.so' -path '*openblas-openmp*' | head -1)")
 flags=(-std=c++20 -O1 -g -fopenmp -pthread -Wno-unknown-pragmas -DTALLY_HAS_CUDA=1 -DTALLY_CUDA_EMULATED=1
        "-DTALLY_SOURCE_DIR=\"$root\"" "-DTALLY_BINARY_DIR=\"$build\"" -I"$root/tools/cuda_emu/include"
        -I"$build/gen-include" -I"$root"
-       -I"$blas_inc")
+       -I"$blas_inc" "${sanitize[@]}")
 
 # Headers with launches are rewritten too, into a tree searched before the sources.
 while IFS= read -r f; do
@@ -32,10 +39,13 @@ while IFS= read -r f; do sources+=("$root/$f"); done < <(find core nn optim mode
 sources+=("$root/tools/cuda_emu/emu_runtime.cpp" "$root/tests/main.cpp")
 while IFS= read -r f; do sources+=("$root/$f"); done < <(find tests/cuda tests/optim -name 'cuda*.cpp' -o -path '*tests/cuda/*.cpp' | sort)
 
-compile() {  # source -> object (only when the source or a header changed since)
+compile() {  # source -> object (only when the source or any header changed since: a stale object that saw an
+  # older class layout corrupts memory at run time)
   local src=$1 obj=$2
   shift 2
-  if [ ! -f "$obj" ] || [ -n "$(find "$root/core" "$root/tools/cuda_emu" "$src" -newer "$obj" -print -quit 2>/dev/null)" ]; then
+  if [ ! -f "$obj" ] || [ -n "$(find "$src" "$root/tools/cuda_emu" -newer "$obj" -print -quit 2>/dev/null)" ] ||
+     [ -n "$(cd "$root" && find core optim nn models data train tests \( -name '*.h' -o -name '*.cuh' -o -name '*.inc' \) \
+             -newer "$obj" -print -quit 2>/dev/null)" ]; then
     g++ "$@" -c "$src" -o "$obj"
   fi
 }
@@ -45,6 +55,6 @@ objs=()
 for s in "${sources[@]}"; do objs+=("$build/obj/$(echo "$s" | md5sum | cut -c1-12).o"); done
 for i in "${!sources[@]}"; do printf '%s\0%s\0' "${sources[$i]}" "${objs[$i]}"; done |
   xargs -0 -n 2 -P "$(nproc)" bash -c 'compile "$0" "$1" '"$(printf '%q ' "${flags[@]}")"
-g++ "${objs[@]}" -fopenmp -pthread -L"$blas_lib" -Wl,-rpath,"$blas_lib" -lopenblas -lpcre2-8 -o "$build/tally_tests_emu"
+g++ "${objs[@]}" "${sanitize[@]}" -fopenmp -pthread -L"$blas_lib" -Wl,-rpath,"$blas_lib" -lopenblas -lpcre2-8 -o "$build/tally_tests_emu"
 echo "cuda_emulate: running $build/tally_tests_emu -ts=cuda $*"
 "$build/tally_tests_emu" -ts=cuda "$@"

@@ -72,6 +72,13 @@ struct CameDenseArgs {
   double* stats = nullptr;
 };
 
+// One tensor of a gradient norm (sum_squares_many).
+struct SquaresInput {
+  const void* x = nullptr;
+  int64_t n = 0;
+  DType dtype = DType::f32;  // f32 or bf16
+};
+
 // came_dense_steps on CUDA: the largest tensor given a block of its own, and the tasks per launch (the launch's
 // parameter block stays under CUDA's classic 4 KiB).
 constexpr int64_t kCameDenseBatchMax = int64_t(1) << 16;

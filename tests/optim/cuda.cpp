@@ -51,8 +51,10 @@ std::vector<Case> cases() {
   };
 }
 
-// {1100, 36}: more row tiles (35 of 32 rows) than the column EMA has lanes, and a column count not a multiple of 32.
-const std::vector<Shape> kShapes = {{1000}, {300, 260}, {257, 131}, {4, 33, 65}, {130, 2, 128}, {1100, 36}};
+// The CUDA tiles have 8 rows for the small matrices, 16 for {9000, 3} and 32 for {16400, 3} (make_plan); {1100, 36}
+// has more row tiles than the column EMA has lanes and a column count not a multiple of 32.
+const std::vector<Shape> kShapes = {{1000},        {300, 260}, {257, 131}, {4, 33, 65},
+                                    {130, 2, 128}, {1100, 36}, {9000, 3},  {16400, 3}};
 
 }  // namespace
 

@@ -149,6 +149,15 @@ void sum_squares(const float* x, int64_t n, double* out, void*) {
   out[0] += ex[0];
 }
 
+int64_t squares_workspace_bytes(const SquaresInput*, int64_t) { return 0; }
+
+void sum_squares_many(const SquaresInput* xs, int64_t count, double* out, void* workspace) {
+  for (int64_t i = 0; i < count; ++i) {
+    if (xs[i].dtype == DType::bf16) sum_squares_bf16(static_cast<const bf16*>(xs[i].x), xs[i].n, out, workspace);
+    else sum_squares(static_cast<const float*>(xs[i].x), xs[i].n, out, workspace);
+  }
+}
+
 void scale(float* x, int64_t n, double s) {
   const float f = float(s);
 #pragma omp parallel for simd if (n > kParallelMin)

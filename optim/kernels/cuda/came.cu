@@ -3,7 +3,8 @@
 // statistics are only final after the tile kernel, so u^2 takes one more read of g: 32 bytes/param). Factored
 // step: tile_stats(g^2+eps1) -> r, c, factors; grid sums of u^2 -> clip divisor (on the device: no host round
 // trip); tile_stats that updates m and sums the instability -> R, C, factors; elementwise parameter update
-// (float4 loads when rows allow). About 11 launches per tensor (the package issues ~22 kernels).
+// (float4 loads when rows allow). Nine launches per factored tensor (the package issues ~22 kernels); small dense
+// tensors are stepped together, one block each (came_dense_steps).
 #include "optim/kernels/cuda/common.cuh"
 
 namespace tally::optim::kernels::cuda {

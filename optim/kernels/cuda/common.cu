@@ -5,9 +5,11 @@
 
 namespace tally::optim::kernels::cuda::detail {
 
-__global__ void ema_rows(float* stat, const double* partials, int64_t rows, int64_t terms, int64_t count,
-                         double beta) {
-  const int64_t r = blockIdx.x * int64_t(kThreads) + threadIdx.x;
+namespace {
+
+// stat[r] = beta*stat[r] + (1-beta)*mean of row r, its sum from `terms` partials (in order).
+__device__ void ema_row(float* stat, const double* partials, int64_t r, int64_t rows, int64_t terms, int64_t count,
+                        double beta) {
   if (r >= rows) return;
   double sum = 0;
   for (int64_t t = 0; t < terms; ++t) sum += partials[r * terms + t];
@@ -15,11 +17,12 @@ __global__ void ema_rows(float* stat, const double* partials, int64_t rows, int6
   stat[r] = fmaf(mean, float(1.0 - beta), stat[r] * float(beta));
 }
 
-__global__ void ema_cols(float* stat, float* col_factor, const double* partials, FactoredLayout l, Plan plan,
-                         double beta) {
+// The 32 columns from c0: lane j adds row tiles j, j + kColLanes, ...; lane 0 adds the lanes in order.
+__device__ void ema_col_group(float* stat, float* col_factor, const double* partials, const FactoredLayout& l,
+                              const Plan& plan, int64_t c0, double beta) {
   __shared__ double lanes[kColLanes][32];
   const int lane = threadIdx.x / 32, x = threadIdx.x % 32;
-  const int64_t c = blockIdx.x * int64_t(32) + x;  // p*K + k
+  const int64_t c = c0 + x;  // p*K + k
   const bool valid = c < l.cols();
   const int64_t p = c / plan.K, k = c % plan.K;
   double sum = 0;
@@ -36,7 +39,20 @@ __global__ void ema_cols(float* stat, float* col_factor, const double* partials,
   col_factor[c] = 1.0f / sqrtf(v);
 }
 
-__global__ void row_factors(const float* row, float* row_factor, FactoredLayout l) {
+}  // namespace
+
+__global__ void __launch_bounds__(kEmaThreads)
+    ema_rows_cols(float* row_stat, const double* row_partials, float* col_stat, float* col_factor,
+                  const double* col_partials, FactoredLayout l, Plan plan, double beta, unsigned row_blocks) {
+  if (blockIdx.x < row_blocks)
+    ema_row(row_stat, row_partials, blockIdx.x * int64_t(kEmaThreads) + threadIdx.x, l.rows(), plan.row_terms, l.m,
+            beta);
+  else
+    ema_col_group(col_stat, col_factor, col_partials, l, plan, (blockIdx.x - row_blocks) * int64_t(32), beta);
+}
+
+__global__ void __launch_bounds__(kRowFactorThreads)
+    row_factors(const float* row, float* row_factor, FactoredLayout l) {
   __shared__ double shared[kRowFactorThreads / 32];
   __shared__ float mean;
   const int64_t QS = l.Q * l.S, g = blockIdx.x, p = g / QS, qs = g % QS;

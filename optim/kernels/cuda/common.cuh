@@ -29,7 +29,8 @@ inline void check_launch(const char* kernel) {
 constexpr int kThreads = 256;         // threads per block everywhere
 constexpr int kWarps = kThreads / 32;
 constexpr int kTileCols = kThreads;   // columns per tile (one per thread)
-constexpr int kTileRows = 32;         // rows per tile: column partials cost numel/4 bytes (1/16 of the tensor)
+constexpr int kTileRows = 32;         // rows per tile at most (column partials: numel/4 bytes at 32 rows)
+constexpr int64_t kFillTiles = 512;   // fewer tiles than this leave most SMs idle: tiles shrink to 16, then 8 rows
 constexpr int kMaxBlocks = 1024;      // grid of the grid-stride reductions
 constexpr int kSums = 4;              // partial sums per block in the grid-stride reductions
 
@@ -76,7 +77,8 @@ __device__ inline float store(__nv_bfloat16* p, float v) {
 struct Plan {
   int64_t K = 0;
   int64_t tiles_k = 0;   // column tiles of kTileCols
-  int64_t tiles_i = 0;   // row tiles of kTileRows per matrix
+  int64_t tile_rows = 0;  // rows per tile: kTileRows, or 16 or 8 for a small matrix (see make_plan)
+  int64_t tiles_i = 0;   // row tiles of tile_rows per matrix
   bool fused_rows = true;  // Q*S == 1: the row statistic is the tile's row sum (warp sums in the tile kernel)
   int64_t row_terms = 0;   // partials per row statistic: tiles_k (fused) or 1 (separate row kernel)
 };
@@ -85,7 +87,11 @@ inline Plan make_plan(const FactoredLayout& l) {
   Plan p;
   p.K = l.Q * l.m * l.S;
   p.tiles_k = (p.K + kTileCols - 1) / kTileCols;
-  p.tiles_i = (l.n + kTileRows - 1) / kTileRows;
+  // Each thread of a tile walks its rows in sequence: a small matrix (GPT-2's 768x768 has 72 tiles of 32 rows)
+  // gets shorter tiles, and more of them, so that more SMs share the walk. Depends on the shape only.
+  p.tile_rows = kTileRows;
+  while (p.tile_rows > 8 && l.P * ((l.n + p.tile_rows - 1) / p.tile_rows) * p.tiles_k < kFillTiles) p.tile_rows /= 2;
+  p.tiles_i = (l.n + p.tile_rows - 1) / p.tile_rows;
   p.fused_rows = l.Q * l.S == 1;
   p.row_terms = p.fused_rows ? p.tiles_k : 1;
   return p;
@@ -149,7 +155,7 @@ __global__ void tile_stats(FactoredLayout l, Plan plan, Fill fill, double* row_p
   const int64_t pt = blockIdx.x;  // p * tiles_i + row tile
   const int64_t tk = blockIdx.y;  // column tile
   const int64_t p = pt / plan.tiles_i, it = pt % plan.tiles_i;
-  const int64_t i0 = it * kTileRows, i1 = imin(l.n, i0 + kTileRows);
+  const int64_t i0 = it * plan.tile_rows, i1 = imin(l.n, i0 + plan.tile_rows);
   const int64_t k = tk * kTileCols + threadIdx.x;
   const bool valid = k < plan.K;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -186,17 +192,20 @@ __global__ void row_sums_general(FactoredLayout l, Fill fill, double* row_partia
   if (threadIdx.x == 0) row_partials[r] = total;
 }
 
-// stat = beta*stat + (1-beta)*mean, the mean's sum taken from `terms` partials per entry (in order):
-// rows: partials (rows, terms); columns: partials (P, tiles_i, K) summed over tiles_i.
-__global__ void ema_rows(float* stat, const double* partials, int64_t rows, int64_t terms, int64_t count, double beta);
-// Columns: blocks of 32 columns x kColLanes threads; lane j adds row tiles j, j + kColLanes, ... (a tall matrix has
-// thousands: wte's 50304 rows are 1572 tiles), then lane 0 adds the lanes in order.
+// stat = beta*stat + (1-beta)*mean for the rows and the columns, in one launch of kEmaThreads-thread blocks: the
+// first row_blocks blocks take kEmaThreads rows each (a row's sum from its row_terms partials, in order); each
+// block after them takes 32 columns, whose partials (P, tiles_i, K) are summed over tiles_i by kColLanes lanes per
+// column (lane j adds row tiles j, j + kColLanes, ...; a tall matrix has thousands: wte's 50304 rows make 1572
+// tiles), then lane 0 adds the lanes in order and writes the column factor rsqrt(col) too.
 constexpr int kColLanes = 16;
-__global__ void ema_cols(float* stat, float* col_factor, const double* partials, FactoredLayout l, Plan plan,
-                         double beta);
+constexpr int kEmaThreads = 32 * kColLanes;
+__global__ void __launch_bounds__(kEmaThreads)
+    ema_rows_cols(float* row_stat, const double* row_partials, float* col_stat, float* col_factor,
+                  const double* col_partials, FactoredLayout l, Plan plan, double beta, unsigned row_blocks);
 // row_factor = rsqrt(row / mean_i(row)); one block of kRowFactorThreads per (p, q, s) group.
 constexpr int kRowFactorThreads = 1024;
-__global__ void row_factors(const float* row, float* row_factor, FactoredLayout l);
+__global__ void __launch_bounds__(kRowFactorThreads)
+    row_factors(const float* row, float* row_factor, FactoredLayout l);
 
 // The finishing sums over a grid's block sums (slot e of block b at block_sums[b * kSums + e]), each in one block
 // of kThreads: thread t adds blocks t, t + kThreads, ... in order, then the block's fixed tree (deterministic; a
@@ -220,11 +229,11 @@ void factored_stats(const FactoredLayout& l, const Plan& plan, const Workspace& 
     row_sums_general<<<unsigned(l.rows()), kThreads>>>(l, fill, w.row_partials);
     check_launch("row_sums_general");
   }
-  ema_rows<<<unsigned((l.rows() + kThreads - 1) / kThreads), kThreads>>>(row_stat, w.row_partials, l.rows(),
-                                                                         plan.row_terms, l.m, beta);
-  check_launch("ema_rows");
-  ema_cols<<<unsigned((l.cols() + 31) / 32), 32 * kColLanes>>>(col_stat, w.col_factor, w.col_partials, l, plan, beta);
-  check_launch("ema_cols");
+  const unsigned row_blocks = unsigned((l.rows() + kEmaThreads - 1) / kEmaThreads);
+  const unsigned col_blocks = unsigned((l.cols() + 31) / 32);
+  ema_rows_cols<<<row_blocks + col_blocks, kEmaThreads>>>(row_stat, w.row_partials, col_stat, w.col_factor,
+                                                           w.col_partials, l, plan, beta, row_blocks);
+  check_launch("ema_rows_cols");
   row_factors<<<unsigned(l.groups()), kRowFactorThreads>>>(row_stat, w.row_factor, l);
   check_launch("row_factors");
 }

@@ -1,6 +1,7 @@
 // CUDA kernels of the one-pass optimizers (AdamW, SGD with momentum), the gradient-norm helpers and the
 // workspace sizes. Same rounding points as optim/kernels/cpu/elementwise.cpp (fmaf exactly where torch fuses).
 // AdamW reads g, p, m, v and writes p, m, v (28 bytes per parameter) with float4 loads when aligned.
+#include "core/kernels/cuda/convert.cuh"
 #include "optim/kernels/cuda/common.cuh"
 
 namespace tally::optim::kernels::cuda {
@@ -193,6 +194,73 @@ void sum_squares(const float* x, int64_t n, double* out, void* workspace) {
   sum_squares_kernel<<<blocks, kThreads>>>(n, x, w.block_sums);
   check_launch("sum_squares");
   launch_add_block_sums(w.block_sums, blocks, out, 0, 0, 0, 1, "sum_squares total");
+}
+
+namespace {
+
+// sum_squares_many: tasks of one launch, each over its own run of blocks (grid-stride within the run).
+constexpr int kSquaresTasks = 128;
+struct SquaresTask {
+  const void* x;
+  int64_t n;
+  int is_bf16;
+  int first_block;
+};
+struct SquaresBatch {
+  SquaresTask task[kSquaresTasks];
+  int count;
+};
+static_assert(sizeof(SquaresBatch) <= 4000, "sum_squares_batch: the launch's parameters must stay under 4 KiB");
+
+// Blocks of one tensor: one per 8192 elements, 1..256 (the launch takes at most kMaxBlocks).
+int squares_blocks(int64_t n) { return int(std::clamp<int64_t>((n + 8191) / 8192, 1, 256)); }
+
+__global__ void sum_squares_batch(const SquaresBatch b, double* block_sums) {
+  __shared__ double shared[kWarps];
+  int t = 0;
+  while (t + 1 < b.count && b.task[t + 1].first_block <= int(blockIdx.x)) ++t;
+  const SquaresTask& k = b.task[t];
+  const int64_t blocks = (t + 1 < b.count ? b.task[t + 1].first_block : int(gridDim.x)) - k.first_block;
+  const int64_t first = (int64_t(blockIdx.x) - k.first_block) * kThreads + threadIdx.x, stride = blocks * kThreads;
+  double acc = 0;
+  if (k.is_bf16) {
+    const bf16* x = static_cast<const bf16*>(k.x);
+    for (int64_t e = first; e < k.n; e += stride) {
+      const double v = double(tally::kernels::cuda::bf16_to_float_dev(x[e]));
+      acc += v * v;
+    }
+  } else {
+    const float* x = static_cast<const float*>(k.x);
+    for (int64_t e = first; e < k.n; e += stride) acc += double(x[e]) * x[e];
+  }
+  const double total = block_sum(acc, shared);
+  if (threadIdx.x == 0) block_sums[blockIdx.x * kSums] = total;
+}
+
+}  // namespace
+
+int64_t squares_workspace_bytes(const SquaresInput*, int64_t) { return carve_dense(nullptr).bytes; }
+
+void sum_squares_many(const SquaresInput* xs, int64_t count, double* out, void* workspace) {
+  const DenseWorkspace w = carve_dense(workspace);
+  SquaresBatch b{};
+  int blocks = 0;
+  auto launch = [&] {
+    if (b.count == 0) return;
+    sum_squares_batch<<<unsigned(blocks), kThreads>>>(b, w.block_sums);
+    check_launch("sum_squares_many");
+    launch_add_block_sums(w.block_sums, blocks, out, 0, 0, 0, 1, "sum_squares_many total");
+    b.count = 0;
+    blocks = 0;
+  };
+  for (int64_t i = 0; i < count; ++i) {
+    if (xs[i].n == 0) continue;
+    const int need = squares_blocks(xs[i].n);
+    if (b.count == kSquaresTasks || blocks + need > kMaxBlocks) launch();
+    b.task[b.count++] = SquaresTask{xs[i].x, xs[i].n, xs[i].dtype == DType::bf16 ? 1 : 0, blocks};
+    blocks += need;
+  }
+  launch();
 }
 
 void scale(float* x, int64_t n, double s) {
