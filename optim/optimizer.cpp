@@ -253,52 +253,53 @@ void Optimizer::step(const StepOptions& options) {
               ".step] grad_scale must be finite and > 0, got ", options.grad_scale);
   NoGradGuard no_grad;
   try {
-    for (Slot& s : slots_) {
-      const Tensor grad = s.param.grad();
-      if (!grad.defined()) continue;
-      TALLY_CHECK(grad.shape() == s.param.shape() && grad.dtype() == s.param.dtype() &&
-                      grad.device() == s.param.device(),
-                  "[", kind_, ".step] gradient of '", s.name, "' is ", grad.str(), ", parameter is ", s.param.str());
-      TALLY_CHECK(grad.is_contiguous(), "[", kind_, ".step] gradient of '", s.name, "' ", grad.str(),
-                  " is not contiguous");
-      ensure_state(s);
-      const Device dev = s.param.device();
-      const bool inspecting = inspect_ != Inspect::off && !dev.is_meta();
-      if (inspecting && inspect_ == Inspect::factored_error && s.factored && !s.exact.defined()) allocate_exact(s);
-      double* stats = nullptr;
-      if (inspecting) {
-        Tensor& st = stats_[dev.str()];
-        if (!st.defined()) {
-          MemoryScope scope(Category::workspace, kind_ + ":workspace");
-          st = empty({kernels::kStatCount}, {.dtype = DType::f64, .device = dev});
-        }
-        st.zero_();
-        stats = st.data<double>();
-      }
-      void* ws = workspace(dev, workspace_for(s));
-      s.step += 1;
-      if (s.master.defined()) {  // mixed precision: the f32 kernels on the master, then the bf16 parameter from it
-        Tensor wide = widened_grad_buffer(dev, s.param.numel()).slice(0, 0, s.param.numel()).view(s.param.shape());
-        wide.copy_(grad);
-        update(s, wide, options, ws, stats);
-        write_bf16_param(s);
-      } else {
-        update(s, grad, options, ws, stats);
-      }
-      if (inspecting) {
-        const std::vector<double> host = stats_[dev.str()].to_vector<double>();
-        s.internals = TensorInternals{};
-        s.internals.param = s.name;
-        s.internals.step = s.step;
-        record_internals(s, host.data());
-      }
-    }
+    for (Slot& s : slots_) step_slot(s, options);
   } catch (...) {
     finish_updates();  // the slots before the failure have stepped, deferred launches included
     throw;
   }
   finish_updates();
   steps_ += 1;
+}
+
+void Optimizer::step_slot(Slot& s, const StepOptions& options) {
+  const Tensor grad = s.param.grad();
+  if (!grad.defined()) return;
+  TALLY_CHECK(grad.shape() == s.param.shape() && grad.dtype() == s.param.dtype() && grad.device() == s.param.device(),
+              "[", kind_, ".step] gradient of '", s.name, "' is ", grad.str(), ", parameter is ", s.param.str());
+  TALLY_CHECK(grad.is_contiguous(), "[", kind_, ".step] gradient of '", s.name, "' ", grad.str(),
+              " is not contiguous");
+  ensure_state(s);
+  const Device dev = s.param.device();
+  const bool inspecting = inspect_ != Inspect::off && !dev.is_meta();
+  if (inspecting && inspect_ == Inspect::factored_error && s.factored && !s.exact.defined()) allocate_exact(s);
+  double* stats = nullptr;
+  if (inspecting) {
+    Tensor& st = stats_[dev.str()];
+    if (!st.defined()) {
+      MemoryScope scope(Category::workspace, kind_ + ":workspace");
+      st = empty({kernels::kStatCount}, {.dtype = DType::f64, .device = dev});
+    }
+    st.zero_();
+    stats = st.data<double>();
+  }
+  void* ws = workspace(dev, workspace_for(s));
+  s.step += 1;
+  if (s.master.defined()) {  // mixed precision: the f32 kernels on the master, then the bf16 parameter from it
+    Tensor wide = widened_grad_buffer(dev, s.param.numel()).slice(0, 0, s.param.numel()).view(s.param.shape());
+    wide.copy_(grad);
+    update(s, wide, options, ws, stats);
+    write_bf16_param(s);
+  } else {
+    update(s, grad, options, ws, stats);
+  }
+  if (inspecting) {
+    const std::vector<double> host = stats_[dev.str()].to_vector<double>();
+    s.internals = TensorInternals{};
+    s.internals.param = s.name;
+    s.internals.step = s.step;
+    record_internals(s, host.data());
+  }
 }
 
 void Optimizer::record_internals(Slot& s, const double* stats) {

@@ -225,6 +225,8 @@ class Optimizer {
   std::vector<Slot> slots_;
 
  private:
+  // One slot's part of step(): checks, state, workspace, update() (which may defer its launch), inspection.
+  void step_slot(Slot& slot, const StepOptions& options);
   void* workspace(Device d, int64_t bytes);
   void allocate_exact(Slot& slot);
   // specs_for plus the master weights of a bf16 parameter.
