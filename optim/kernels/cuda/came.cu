@@ -149,6 +149,19 @@ void came_factored(const CameFactoredArgs& a) {
   }
 }
 
+// Dense pass 2 on one element: u = g / sqrt(v) / divisor, m = b1 m + (1-b1) u, p = p + decay p - lr m. Returns m
+// as stored.
+template <class MT>
+__device__ inline float dense_moment_param(float g, float v, MT* m, float* p, float gs, float d, float b1,
+                                           float one_b1, float lr, float decay, bool wd) {
+  const float u = ((1.0f / sqrtf(v)) * (g * gs)) / d;
+  const float mn = store(m, fmaf(u, one_b1, load(m) * b1));
+  float x = *p;
+  if (wd) x = fmaf(x, decay, x);
+  *p = x - mn * lr;
+  return mn;
+}
+
 // Dense pass 2: m and p (and, inspecting, block sums of m^2 and (lr m)^2).
 template <class MT, bool kStats>
 __global__ void dense_update(int64_t n, const float* g, const float* v, MT* m, float* param, const float* divisor,
@@ -157,13 +170,9 @@ __global__ void dense_update(int64_t n, const float* g, const float* v, MT* m, f
   double msq = 0, app = 0;
   const float d = *divisor;
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
-    const float u = ((1.0f / sqrtf(v[e])) * (g[e] * gs)) / d;
-    const float mn = store(m + e, fmaf(u, one_b1, load(m + e) * b1));
-    const float step = mn * lr;
-    float x = param[e];
-    if (wd) x = fmaf(x, decay, x);
-    param[e] = x - step;
+    const float mn = dense_moment_param(g[e], v[e], m + e, param + e, gs, d, b1, one_b1, lr, decay, wd);
     if (kStats) {
+      const float step = mn * lr;
       msq += double(mn) * mn;
       app += double(step) * step;
     }
@@ -226,28 +235,17 @@ __global__ void came_dense_batch(const DenseBatch b) {
   const DenseTask& t = b.task[blockIdx.x];
   MT* m = static_cast<MT*>(t.exp_avg);
   double acc = 0;
-  for (int e = threadIdx.x; e < t.n; e += kThreads) {  // dense_second_moment
-    const float x = t.grad[e] * t.gs;
-    const float ve = fmaf(x * x + t.eps1, t.one_b2, t.v[e] * t.b2);
-    t.v[e] = ve;
-    const float u = (1.0f / sqrtf(ve)) * x;
+  for (int e = threadIdx.x; e < t.n; e += kThreads) {  // as dense_second_moment
+    const float u = dense_v_update(t.grad[e] * t.gs, t.v + e, t.eps1, t.b2, t.one_b2);
     acc += double(u) * u;
   }
   const double sum = block_sum(acc, shared);
-  if (threadIdx.x == 0) {  // clip_divisor
-    const float rms = float(sqrt(sum)) / float(sqrt(double(t.n)));
-    divisor = fmaxf(1.0f, rms / t.threshold);
-  }
+  if (threadIdx.x == 0) divisor = clip_divisor_of(sum, t.n, t.threshold);  // as clip_divisor
   __syncthreads();
   const float d = divisor;
   const bool wd = t.decay != 0.0f;
-  for (int e = threadIdx.x; e < t.n; e += kThreads) {  // dense_update (each thread reads back its own v[e])
-    const float u = ((1.0f / sqrtf(t.v[e])) * (t.grad[e] * t.gs)) / d;
-    const float mn = store(m + e, fmaf(u, t.one_b1, load(m + e) * t.b1));
-    float x = t.param[e];
-    if (wd) x = fmaf(x, t.decay, x);
-    t.param[e] = x - mn * t.lr;
-  }
+  for (int e = threadIdx.x; e < t.n; e += kThreads)  // as dense_update (each thread reads back its own v[e])
+    dense_moment_param(t.grad[e], t.v[e], m + e, t.param + e, t.gs, d, t.b1, t.one_b1, t.lr, t.decay, wd);
 }
 
 template <class MT>

@@ -81,8 +81,7 @@ __global__ void clip_divisor(const double* block_sums, int blocks, int64_t numel
   __shared__ double shared[kWarps];
   const double sum = sum_slot(block_sums, blocks, 0, shared);
   if (threadIdx.x != 0) return;
-  const float rms = float(sqrt(sum)) / float(sqrt(double(numel)));
-  *divisor = fmaxf(1.0f, rms / float(threshold));
+  *divisor = clip_divisor_of(sum, numel, float(threshold));
   if (stats) stats[kStatUpdateSq] += sum;
 }
 
@@ -144,10 +143,7 @@ __global__ void dense_second_moment(int64_t n, const float* g, float* v, float g
   __shared__ double shared[kWarps];
   double acc = 0;
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
-    const float x = g[e] * gs;
-    const float ve = fmaf(x * x + eps1, one_b2, v[e] * b2);
-    v[e] = ve;
-    const float u = (1.0f / sqrtf(ve)) * x;
+    const float u = dense_v_update(g[e] * gs, v + e, eps1, b2, one_b2);
     acc += double(u) * u;
   }
   const double total = block_sum(acc, shared);

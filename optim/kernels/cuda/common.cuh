@@ -300,6 +300,19 @@ struct ExactFill {
   }
 };
 
+// Dense pass 1 on one element (x = g * grad_scale): v = b2 v + (1-b2)(x^2+eps1); returns u = x / sqrt(v).
+__device__ inline float dense_v_update(float x, float* v, float eps1, float b2, float one_b2) {
+  const float ve = fmaf(x * x + eps1, one_b2, *v * b2);
+  *v = ve;
+  return (1.0f / sqrtf(ve)) * x;
+}
+
+// The clip divisor from the sum of u^2 over numel elements: max(1, RMS(u) / threshold).
+__device__ inline float clip_divisor_of(double sum, int64_t numel, float threshold) {
+  const float rms = float(sqrt(sum)) / float(sqrt(double(numel)));
+  return fmaxf(1.0f, rms / threshold);
+}
+
 // Dense pass 1 (CAME and Adafactor): v = b2 v + (1-b2)(g^2+eps1), block sums of u^2 = (g / sqrt(v))^2.
 __global__ void dense_second_moment(int64_t n, const float* g, float* v, float gs, float eps1, float b2, float one_b2,
                                     double* block_sums);
