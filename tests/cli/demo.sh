@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # End to end: `tally demo` trains its MLP (the loss must fall), and bad usage exits 2 with a clear message.
+# Output is matched with here-strings, not `echo | grep -q`: grep -q stops reading at the first match, and under
+# pipefail the echo's SIGPIPE would fail the test at random.
 set -euo pipefail
 tally="$1"
 out=$("$tally" demo --steps 100)
-echo "$out" | grep -q "memory ledger (CPU)"
+grep -q "memory ledger (CPU)" <<<"$out"
 set +e
 msg=$("$tally" demo --no-such-flag 2>&1); rc=$?
 set -e
 [ "$rc" -eq 2 ] || { echo "expected exit 2 for an unknown flag, got $rc"; exit 1; }
-echo "$msg" | grep -q "unknown flag --no-such-flag" || { echo "unexpected message: $msg"; exit 1; }
+grep -q "unknown flag --no-such-flag" <<<"$msg" || { echo "unexpected message: $msg"; exit 1; }
 set +e
 msg=$("$tally" demo --steps abc 2>&1); rc=$?
 set -e
-[ "$rc" -eq 2 ] && echo "$msg" | grep -q "expects an integer, got 'abc'" || { echo "bad integer not refused: $rc $msg"; exit 1; }
+[ "$rc" -eq 2 ] && grep -q "expects an integer, got 'abc'" <<<"$msg" || { echo "bad integer not refused: $rc $msg"; exit 1; }
 set +e
 "$tally" no-such-command >/dev/null 2>&1; rc=$?
 set -e

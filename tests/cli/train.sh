@@ -24,7 +24,7 @@ for _ in $(seq 1 100); do grep -q "^step 1/" "$work/int.log" 2>/dev/null && brea
 kill -INT $pid; wait $pid; rc=$?
 [ $rc -eq 0 ] || fail "SIGINT exit code $rc: $(tail -5 "$work/int.log")"
 grep -q "stopped at step" "$work/int.log" || fail "no stop message: $(tail -5 "$work/int.log")"
-ls "$work/int" | grep -q "^step-" || fail "no checkpoint after SIGINT"
+compgen -G "$work/int/step-*" >/dev/null || fail "no checkpoint after SIGINT"
 last=$(ls "$work/int" | grep "^step-" | sort | tail -1); last=$((10#${last#step-}))
 "$tally" train --resume "$work/int" --steps $((last + 2)) >"$work/res.log" 2>&1 || fail "resume failed: $(tail -5 "$work/res.log")"
 grep -q "resumed from" "$work/res.log" || fail "no resume message"
@@ -35,7 +35,7 @@ for round in 1 2 3; do
   pid=$!
   sleep "0.$((RANDOM % 9 + 1))"; sleep $((round))
   kill -KILL $pid; wait $pid 2>/dev/null
-  if ls "$work/kill" | grep -q "^step-"; then
+  if compgen -G "$work/kill/step-*" >/dev/null; then
     "$tally" inspect "$work/kill" >"$work/insp.log" 2>&1 || fail "checkpoint unreadable after SIGKILL (round $round): $(cat "$work/insp.log")"
   fi
 done

@@ -145,8 +145,11 @@ TEST_CASE("gpt2 forward: padded and unpadded heads give the same logits and loss
   auto ra = a.forward_with_loss(idx, tgt), rb = b.forward_with_loss(idx, tgt);
   CHECK(ra.logits.shape() == Shape{2, 8, 500});
   CHECK(rb.logits.shape() == Shape{2, 8, 500});
-  CHECK(ra.logits.to_vector<double>() == rb.logits.to_vector<double>());
-  CHECK(ra.loss.item() == rb.loss.item());
+  // The heads are GEMMs with N = 512 and N = 500 columns: BLAS may block them differently (another kernel, another
+  // summation order over K = 32), so the two agree to float rounding, not bit for bit. One model computing the same
+  // product twice makes the same call, and that is bit-identical.
+  test::check_close("logits, padded vs unpadded head", ra.logits, rb.logits.to_vector<double>(), 1e-5, 1e-6);
+  CHECK(ra.loss.item() == doctest::Approx(rb.loss.item()).epsilon(1e-6));
   CHECK(a.forward(idx).to_vector<double>() == ra.logits.to_vector<double>());
   CHECK(a.loss(idx, tgt).item() == ra.loss.item());
   // Near uniform predictions at initialisation: loss close to ln V.
