@@ -114,14 +114,16 @@ void Ledger::reset_peaks() {
   restart_peak(total_);
 }
 
-std::string format_bytes_exact(int64_t bytes) {
-  std::string digits = std::to_string(bytes < 0 ? -bytes : bytes), out;
+std::string format_count(int64_t n) {
+  std::string digits = std::to_string(n < 0 ? -n : n), out;
   for (size_t i = 0; i < digits.size(); ++i) {
     if (i && (digits.size() - i) % 3 == 0) out += ',';
     out += digits[i];
   }
-  return (bytes < 0 ? "-" : "") + out + " B";
+  return (n < 0 ? "-" : "") + out;
 }
+
+std::string format_bytes_exact(int64_t bytes) { return format_count(bytes) + " B"; }
 
 std::string format_bytes_human(int64_t bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};

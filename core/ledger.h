@@ -72,7 +72,8 @@ class MemoryScope {
 Category current_category();
 const std::string& current_owner();
 
-// Formats a byte count: "1,234,567 B" or human "1.18 MiB".
+// Formats a count with thousands separators: "1,234,567"; a byte count: "1,234,567 B" or human "1.18 MiB".
+std::string format_count(int64_t n);
 std::string format_bytes_exact(int64_t bytes);
 std::string format_bytes_human(int64_t bytes);
 

@@ -328,6 +328,13 @@ void Tensor::backward(const Tensor& grad) const { run_backward(*this, grad); }
 
 Tensor Tensor::detach() const { return make_view(*this, shape(), strides(), offset()); }
 
+Tensor& Tensor::set_padding_rows(int64_t rows) {
+  TALLY_CHECK(is_leaf() && dim() >= 1 && rows >= 0 && rows < size(0), "[set_padding_rows] ", rows,
+              " padding rows on ", str(), ": a leaf tensor of 1+ dims keeps at least one row of its own");
+  impl_->padding_rows = rows;
+  return *this;
+}
+
 // ---- creation ----
 
 Tensor empty(const Shape& shape, TensorOptions opt) { return Tensor(new_impl(shape, opt)); }

@@ -41,6 +41,7 @@ struct TensorImpl {
   std::shared_ptr<Node> grad_accumulator;  // leaf tensors that require grad: where gradients land
   std::shared_ptr<TensorImpl> grad;
   std::string name;
+  int64_t padding_rows = 0;  // see Tensor::padding_rows
 };
 
 struct TensorOptions {
@@ -127,6 +128,11 @@ class Tensor {
     impl_->name = std::move(n);
     return *this;
   }
+  // Trailing rows of dim 0 that are alignment padding rather than part of the model (GPT-2's vocabulary rounded up
+  // to a multiple of 128 for the kernels): optimizers keep state for, and update, rows [0, size(0) - padding_rows)
+  // only, so the algorithm sees the model exactly as it would unpadded. A property of a parameter (a leaf).
+  int64_t padding_rows() const { return impl_->padding_rows; }
+  Tensor& set_padding_rows(int64_t rows);
 
  private:
   std::shared_ptr<TensorImpl> impl_;

@@ -11,6 +11,8 @@
 #include <string_view>
 #include <vector>
 
+#include "data/utf8.h"  // first_invalid_utf8, and Utf8Stream for decoded output
+
 namespace tally::data {
 
 // Whether "<|endoftext|>" in the text becomes the special token 50256 (tiktoken's encode with it allowed) or is
@@ -41,8 +43,9 @@ class Tokenizer {
   // <|endoftext|> before each document, each document encoded as ordinary text (a literal "<|endoftext|>" inside
   // one stays text). Parallel over documents and within long ones.
   std::vector<int32_t> encode_documents(std::span<const std::string_view> docs) const;
-  // The bytes the ids stand for (not necessarily valid UTF-8 for an arbitrary id sequence). An id outside
-  // [0, vocab_size()) throws tally::Error naming its position.
+  // The bytes the ids stand for: not necessarily valid UTF-8 for an arbitrary id sequence (text shown to people
+  // goes through Utf8Stream or to_valid_utf8). An id outside [0, vocab_size()) throws tally::Error naming its
+  // position.
   std::string decode(std::span<const int32_t> ids) const;
   // The bytes of one token ("<|endoftext|>" for the special one).
   std::string_view token_bytes(int32_t id) const;
@@ -56,9 +59,5 @@ class Tokenizer {
   static Tokenizer build(std::string_view encoder_json, std::string_view vocab_bpe, const std::filesystem::path& dir);
   std::unique_ptr<Impl> impl_;
 };
-
-// Offset of the first byte that does not continue valid UTF-8 (overlong forms, surrogates and code points above
-// U+10FFFF are invalid), or text.size() when all of it is valid.
-size_t first_invalid_utf8(std::string_view text);
 
 }  // namespace tally::data

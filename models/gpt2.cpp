@@ -127,6 +127,12 @@ GPT2::GPT2(const GPT2Config& config, GPT2Options options)
   }
   // ln_f was built in the initialiser list; registering it last gives the Hugging Face parameter order.
   add_child(ln_f);
+  // Rows [V, Vp) of wte are kernel alignment: zero, never predicted, and not the optimizer's to keep state for or
+  // update (a factored optimizer's row mean and update RMS would otherwise count them).
+  if (config_.padded_vocab_size > config_.vocab_size) {
+    Tensor w = wte.weight();
+    w.set_padding_rows(config_.padded_vocab_size - config_.vocab_size);
+  }
   if (options.init == Init::gpt2) init_gpt2(options.seed);
 }
 
@@ -175,6 +181,23 @@ void GPT2::check_ids(const Tensor& ids, const char* what, int64_t T_limit) const
   for (size_t i = 0; i < host.size(); ++i)
     TALLY_CHECK(host[i] >= 0 && host[i] < config_.vocab_size, "[gpt2] ", what, " ", shape_str(ids.shape()), ": token ",
                 host[i], " at flat position ", i, " is outside the vocabulary [0, ", config_.vocab_size, ")");
+}
+
+void GPT2::load_parameter(const std::string& name, const Tensor& saved, const std::string& source) {
+  NoGradGuard no_grad;
+  Tensor dst = parameter(name);
+  const int64_t V = config_.vocab_size;
+  const bool embedding_rows =
+      dst.impl() == wte.weight().impl() && saved.dim() == 2 && saved.size(1) == dst.size(1) && saved.size(0) >= V;
+  if (saved.shape() == dst.shape()) {
+    dst.copy_(saved);
+  } else if (embedding_rows) {  // another vocabulary padding: the V real rows, then zero padding
+    dst.slice(0, 0, V).copy_(saved.slice(0, 0, V));
+    if (dst.size(0) > V) dst.slice(0, V, dst.size(0)).zero_();
+  } else {
+    fail("[gpt2] '", source, "': tensor '", name, "' is ", shape_str(saved.shape()), " but the model ", config_.str(),
+         " needs ", shape_str(dst.shape()));
+  }
 }
 
 Tensor GPT2::logits_padded(const Tensor& idx) const {

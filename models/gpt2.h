@@ -109,6 +109,11 @@ class GPT2 : public nn::Module {
   //   biases: zero (no draws); LayerNorm weight one, bias zero (no draws).
   void init_gpt2(uint64_t seed);
 
+  // Copies a saved parameter into the model's own, converting dtype and device: the same shape, or for the token
+  // embedding any vocabulary padding (rows [0, V) copied, this model's padding rows zeroed), so a model saved
+  // padded loads unpadded and the other way round. A wrong shape throws naming `name`, both shapes and `source`.
+  void load_parameter(const std::string& name, const Tensor& saved, const std::string& source);
+
   nn::Embedding wte;  // transformer.wte (Vp, C), also the output head
   nn::Embedding wpe;  // transformer.wpe (block_size, C)
   nn::Dropout drop;

@@ -1,6 +1,6 @@
-// CAME (Luo et al., ACL 2023), step for step as the official came-pytorch 0.1.3 (see docs/optimizers.md and
-// /work/shared/docs/came.md): factored second moment over the last two dims, RMS-clipped update, first moment
-// of the clipped update, confidence (instability) factors, decoupled weight decay, no bias correction.
+// CAME (Luo et al., ACL 2023), step for step as the official came-pytorch 0.1.3 (docs/optimizers.md gives the
+// algorithm and its state formulas): factored second moment over the last two dims, RMS-clipped update, first
+// moment of the clipped update, confidence (instability) factors, decoupled weight decay, no bias correction.
 // A few options beyond the package, all off by default, are in CameConfig.
 #pragma once
 #include <array>

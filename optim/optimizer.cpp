@@ -43,6 +43,18 @@ uint64_t rounding_key(uint64_t seed, const std::string& name) {
 
 }  // namespace
 
+Tensor updated_part(const Tensor& param) {
+  const int64_t pad = param.padding_rows();
+  if (pad == 0) return param;
+  Shape shape = param.shape();
+  shape[0] -= pad;
+  return make_view(param, shape, param.strides(), param.offset());  // a prefix of rows: contiguous when param is
+}
+
+NamedShape named_shape(const Tensor& param) {
+  return {.name = param.name(), .shape = updated_part(param).shape(), .dtype = param.dtype()};
+}
+
 Shape drop_dim(const Shape& shape, int dim) {
   Shape s = shape;
   s.erase(s.begin() + dim);
@@ -97,7 +109,8 @@ void Optimizer::add_group(const std::vector<Tensor>& params, double lr) {
     TALLY_CHECK(find(slots_, p.name()) == nullptr, op, " two parameters are named '", p.name(),
                 "': names key the optimizer state and must be unique");
     Slot s;
-    s.param = p;
+    s.param = updated_part(p);
+    s.leaf = p;
     s.name = p.name();
     s.group = g;
     s.internals.param = p.name();
@@ -140,9 +153,9 @@ void Optimizer::set_lr_factor(double factor) {
 void Optimizer::zero_grad(ZeroGrad mode) {
   for (Slot& s : slots_) {
     if (mode == ZeroGrad::set_to_none) {
-      s.param.clear_grad();
-    } else if (s.param.grad().defined()) {
-      Tensor g = s.param.grad();
+      s.leaf.clear_grad();
+    } else if (s.leaf.grad().defined()) {
+      Tensor g = s.leaf.grad();
       g.zero_();
     }
   }
@@ -263,12 +276,17 @@ void Optimizer::step(const StepOptions& options) {
 }
 
 void Optimizer::step_slot(Slot& s, const StepOptions& options) {
-  const Tensor grad = s.param.grad();
-  if (!grad.defined()) return;
-  TALLY_CHECK(grad.shape() == s.param.shape() && grad.dtype() == s.param.dtype() && grad.device() == s.param.device(),
-              "[", kind_, ".step] gradient of '", s.name, "' is ", grad.str(), ", parameter is ", s.param.str());
-  TALLY_CHECK(grad.is_contiguous(), "[", kind_, ".step] gradient of '", s.name, "' ", grad.str(),
+  const Tensor full_grad = s.leaf.grad();
+  if (!full_grad.defined()) return;
+  TALLY_CHECK(full_grad.shape() == s.leaf.shape() && full_grad.dtype() == s.leaf.dtype() &&
+                  full_grad.device() == s.leaf.device(),
+              "[", kind_, ".step] gradient of '", s.name, "' is ", full_grad.str(), ", parameter is ", s.leaf.str());
+  TALLY_CHECK(full_grad.is_contiguous(), "[", kind_, ".step] gradient of '", s.name, "' ", full_grad.str(),
               " is not contiguous");
+  // The rows the algorithm sees; a padding row's gradient is not read (it is zero: padding is never used).
+  const Tensor grad = s.param.shape() == s.leaf.shape()
+                          ? full_grad
+                          : make_view(full_grad, s.param.shape(), full_grad.strides(), full_grad.offset());
   ensure_state(s);
   const Device dev = s.param.device();
   const bool inspecting = inspect_ != Inspect::off && !dev.is_meta();

@@ -43,6 +43,11 @@ struct NamedShape {
   Shape shape = {};
   DType dtype = DType::f32;  // bf16: the state also holds the f32 master weights (see with_master)
 };
+// The part of a parameter an optimizer updates: the tensor less its padding rows (Tensor::padding_rows), a view
+// of the same storage; the tensor itself when it has none.
+Tensor updated_part(const Tensor& param);
+// A parameter as the optimizers see it: its name, the shape of updated_part(), its dtype.
+NamedShape named_shape(const Tensor& param);
 
 // Mixed precision: a bf16 parameter's state ends with "master", the f32 master weights the algorithm updates
 // (Category::optimizer_state, owner "<param>:master", initialised from the parameter, exactly). `specs` unchanged
@@ -179,7 +184,8 @@ class Optimizer {
  protected:
   // Per parameter.
   struct Slot {
-    Tensor param;
+    Tensor param;  // what the algorithm updates: updated_part(leaf), the parameter less its padding rows
+    Tensor leaf;   // the parameter itself, whose .grad backward fills
     std::string name;
     int group = 0;
     int64_t step = 0;

@@ -3,7 +3,9 @@
 #include <cmath>
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <string_view>
 
 #include "core/autograd/node.h"
 #include "core/io/npy.h"
@@ -60,7 +62,7 @@ int cmd_memory(const Args& args) {
   int64_t count = 0;
   {
     models::GPT2 meta_model(config, {.device = Device::meta(), .dtype = dtype});
-    for (const auto& [name, t] : meta_model.named_parameters()) shapes.push_back({name, t.shape(), t.dtype()});
+    for (const Tensor& t : meta_model.parameters()) shapes.push_back(optim::named_shape(t));
     count = meta_model.num_parameters();
   }
   json out = {{"model", config.str()}, {"dtype", dtype_str},
@@ -92,23 +94,29 @@ int cmd_memory(const Args& args) {
     std::printf("%s\n", out.dump(2).c_str());
     return 0;
   }
-  std::printf("%s: %s parameters, %s (%s)\n", config.str().c_str(), format_bytes_exact(count).c_str(),
+  std::printf("%s: %s parameters, %s (%s)\n", config.str().c_str(), format_count(count).c_str(),
               format_bytes_exact(count * param_size).c_str(), dtype_str.c_str());
   if (dtype == DType::bf16) std::printf("bf16: each optimizer's state includes the f32 master weights ('master')\n");
-  std::printf("\n%-12s %20s %12s %8s", "optimizer", "state bytes", "", "vs adamw");
+  // One name column wide enough for every optimizer and every "  <state>" row under it.
+  int w = int(std::string_view("optimizer").size());
+  for (const std::string& name : names) {
+    w = std::max(w, int(name.size()));
+    for (const auto& [kind, bytes] : out["optimizers"][name]["state_by_kind"].items()) w = std::max(w, 2 + int(kind.size()));
+  }
+  std::printf("\n%-*s %18s %12s %9s", w, "optimizer", "state bytes", "", "vs adamw");
   if (with_step) std::printf(" %20s %20s", "activations (peak)", "step total (peak)");
   std::printf("\n");
   int64_t adamw = optim::total_bytes(predict_optimizer_state(optimizer_spec(f, OptimizerKind::adamw), shapes));
   for (const std::string& name : names) {
     const json& o = out["optimizers"][name];
     int64_t b = o["state_bytes"];
-    std::printf("%-12s %20s %12s %7.1f%%", name.c_str(), format_bytes_exact(b).c_str(), format_bytes_human(b).c_str(),
+    std::printf("%-*s %18s %12s %8.1f%%", w, name.c_str(), format_bytes_exact(b).c_str(), format_bytes_human(b).c_str(),
                 100.0 * double(b) / double(adamw));
     if (with_step)
       std::printf(" %20s %20s", format_bytes_exact(o["activations"]).c_str(), format_bytes_exact(o["total"]).c_str());
     std::printf("\n");
     for (const auto& [kind, bytes] : o["state_by_kind"].items())
-      std::printf("  %-10s %20s\n", kind.c_str(), format_bytes_exact(bytes.get<int64_t>()).c_str());
+      std::printf("  %-*s %18s\n", w - 2, kind.c_str(), format_bytes_exact(bytes.get<int64_t>()).c_str());
   }
   return 0;
 }
@@ -249,13 +257,17 @@ int cmd_sample(const Args& args) {
   NoGradGuard no_grad;
   model->eval();
   std::fputs(prompt.c_str(), stdout);
+  // Tokens are bytes, not characters: the stream holds a character split across tokens back until it is whole,
+  // and writes bytes that are no UTF-8 (an untrained model emits them) as U+FFFD, so stdout is always valid UTF-8.
+  data::Utf8Stream text;
   auto out = models::generate(*model, {ids},
                               {.max_new_tokens = tokens, .temperature = temperature, .top_k = top_k,
                                .seed = uint64_t(f.integer("seed")), .on_step = [&](int64_t, std::span<const int32_t> t) {
-                                 std::fputs(tok.decode(t).c_str(), stdout);
+                                 const std::string piece = text.push(tok.decode(t));
+                                 std::fwrite(piece.data(), 1, piece.size(), stdout);  // a NUL byte is text too
                                  std::fflush(stdout);
                                }});
-  std::printf("\n");
+  std::printf("%s\n", text.finish().c_str());
   return 0;
 }
 

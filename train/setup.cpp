@@ -50,7 +50,7 @@ models::GPT2Config model_config(const Flags& f) {
   if (f.given("heads")) c.n_head = f.integer("heads");
   if (f.given("width")) c.n_embd = f.integer("width");
   if (f.given("block")) c.block_size = f.integer("block");
-  if (f.on("no-vocab-pad")) c.padded_vocab_size = c.vocab_size;
+  c.padded_vocab_size = models::padded_vocab(c.vocab_size, vocab_multiple(f));
   c.dropout = f.number("dropout");
   try {
     c.validate();
@@ -59,6 +59,8 @@ models::GPT2Config model_config(const Flags& f) {
   }
   return c;
 }
+
+int64_t vocab_multiple(const Flags& f) { return f.on("no-vocab-pad") ? 1 : 128; }
 
 std::unique_ptr<models::GPT2> load_model_file(const fs::path& path_in, Device device) {
   fs::path path = path_in;
@@ -86,10 +88,8 @@ std::unique_ptr<models::GPT2> load_model_file(const fs::path& path_in, Device de
       }
     }
     auto model = std::make_unique<models::GPT2>(config, models::GPT2Options{.device = device, .init = models::Init::none});
-    for (const auto& [name, t] : model->named_parameters()) {
-      Tensor dst = t;
-      dst.copy_(io::find_tensor(c.model, name, model_path.string()));
-    }
+    for (const auto& [name, t] : model->named_parameters())
+      model->load_parameter(name, io::find_tensor(c.model, name, model_path.string()), model_path.string());
     return model;
   }
   std::string ext = path.extension().string();

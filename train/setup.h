@@ -20,6 +20,9 @@ namespace tally::cli {
 // Flags: --model PRESET, --layers L --heads H --width C (override the preset), --block T, --no-vocab-pad.
 std::vector<FlagSpec> model_flags(const std::string& default_preset);
 models::GPT2Config model_config(const Flags& flags);
+// The vocabulary is padded to a multiple of this: 128, or 1 with --no-vocab-pad. Whatever a model file holds, a
+// run's model is padded so (the optimizers see the real rows only either way: Tensor::padding_rows).
+int64_t vocab_multiple(const Flags& flags);
 
 // A model file: a tally checkpoint directory (or a run directory: its latest checkpoint), an llm.c .bin,
 // or a .safetensors in Hugging Face naming. Returns the model on `device`.

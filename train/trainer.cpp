@@ -160,6 +160,7 @@ RunConfig run_config(const Flags& f, DataResolution data) {
 RunConfig run_config_unchecked(const Flags& f, DataResolution data) {
   RunConfig c;
   c.model = model_config(f);
+  c.vocab_multiple = vocab_multiple(f);
   c.init = f.maybe("init").value_or("");
   c.optimizer = optimizer_spec(f, parse_optimizer(f.str("optimizer")));
   c.batch = f.integer("batch");
@@ -212,7 +213,19 @@ RunConfig run_config_unchecked(const Flags& f, DataResolution data) {
 
 // ---- the trainer ----
 
-Trainer::Trainer(RunConfig config) : c_(std::move(config)) {
+namespace {
+
+// The run directory first: a second run given the same --out is refused before this one reads or writes anything.
+std::unique_ptr<io::DirectoryLock> lock_run_directory(const fs::path& out) {
+  std::error_code ec;
+  fs::create_directories(out, ec);
+  TALLY_CHECK(!ec, "cannot create the run directory '", out.string(), "': ", ec.message());
+  return std::make_unique<io::DirectoryLock>(out, "run directory");
+}
+
+}  // namespace
+
+Trainer::Trainer(RunConfig config) : c_(std::move(config)), lock_(lock_run_directory(c_.out)) {
   if (c_.threads > 0) omp_set_num_threads(c_.threads);
   baseline_live_ = c_.device.is_cuda() && !cuda_available() ? 0 : ledger(c_.device).total().live_held;
 #ifdef TALLY_HAS_CUDA
@@ -227,14 +240,14 @@ Trainer::Trainer(RunConfig config) : c_(std::move(config)) {
     model_ = load_model_file(c_.init, c_.device);
     models::GPT2Config loaded = model_->config();
     loaded.dropout = c_.model.dropout;
+    loaded.padded_vocab_size = models::padded_vocab(loaded.vocab_size, c_.vocab_multiple);
     c_.model = loaded;
-    if (c_.dtype != model_->dtype()) {  // bf16 from a file: the loaded weights rounded to nearest even
+    // bf16 from a file: the loaded weights rounded to nearest even; another padding: the vocabulary's rows moved.
+    if (c_.dtype != model_->dtype() || c_.model.padded_vocab_size != model_->config().padded_vocab_size) {
       auto converted = std::make_unique<models::GPT2>(c_.model, models::GPT2Options{.device = c_.device, .dtype = c_.dtype,
                                                                                     .seed = model_->options().seed,
                                                                                     .init = models::Init::none});
-      auto src = model_->named_parameters(), dst = converted->named_parameters();
-      NoGradGuard no_grad;
-      for (size_t i = 0; i < src.size(); ++i) dst[i].second.copy_(src[i].second);
+      for (const auto& [name, t] : model_->named_parameters()) converted->load_parameter(name, t, c_.init);
       model_ = std::move(converted);
     }
   } else {
@@ -255,9 +268,6 @@ Trainer::Trainer(RunConfig config) : c_(std::move(config)) {
                                            .order = c_.shuffle ? data::LoaderOrder::shuffled : data::LoaderOrder::sequential,
                                            .seed = c_.seed});
   val_loader_ = std::make_unique<data::DataLoader>(std::move(val), data::LoaderConfig{.batch = c_.batch, .seq_len = c_.seq});
-  std::error_code ec;
-  fs::create_directories(c_.out, ec);
-  TALLY_CHECK(!ec, "cannot create the run directory '", c_.out.string(), "': ", ec.message());
 }
 
 Trainer::~Trainer() {
@@ -455,7 +465,7 @@ std::string Trainer::sample(const std::string& prompt, int64_t tokens, uint64_t 
   std::vector<int32_t> all = ids;
   all.insert(all.end(), out[0].begin(), out[0].end());
   if (prompt.empty()) all.erase(all.begin());
-  return tok->decode(all);
+  return data::to_valid_utf8(tok->decode(all));  // printed: bytes that are no UTF-8 become U+FFFD
 }
 
 StepRecord Trainer::train_step(int64_t step) {
@@ -544,16 +554,17 @@ void Trainer::resume(const fs::path& dir_in) {
   }
   train::CheckpointContent c = train::load_checkpoint(dir);
   const train::RunState rs = train::run_state_from_json(c.state, (dir / "state.json").string());
-  TALLY_CHECK(train::model_config_json(rs.model) == train::model_config_json(c_.model), "--resume '", dir.string(),
+  // The vocabulary's padding may differ (--no-vocab-pad given now): the optimizer state never holds padding rows.
+  models::GPT2Config saved_model = rs.model;
+  saved_model.padded_vocab_size = c_.model.padded_vocab_size;
+  TALLY_CHECK(train::model_config_json(saved_model) == train::model_config_json(c_.model), "--resume '", dir.string(),
               "': the checkpoint's model ", train::model_config_json(rs.model).dump(), " differs from this run's ",
               train::model_config_json(c_.model).dump());
   TALLY_CHECK(rs.dtype == c_.dtype, "--resume '", dir.string(), "': the checkpoint was trained with --dtype ",
               dtype_name(rs.dtype), ", this run has --dtype ", dtype_name(c_.dtype), " (resume with the same --dtype)");
-  NoGradGuard no_grad;
-  for (const auto& [name, t] : model_->named_parameters()) {
-    Tensor dst = t;
-    dst.copy_(io::find_tensor(c.model, name, (dir / "model.safetensors").string()));
-  }
+  const std::string model_file = (dir / "model.safetensors").string();
+  for (const auto& [name, t] : model_->named_parameters())
+    model_->load_parameter(name, io::find_tensor(c.model, name, model_file), model_file);
   optim::OptimizerState st;
   st.kind = rs.optimizer_kind;
   st.steps = rs.optimizer_steps;
@@ -570,7 +581,7 @@ void Trainer::resume(const fs::path& dir_in) {
 RunSummary Trainer::run() {
   RunSummary s;
   std::printf("model: GPT-2 %s, %s parameters | optimizer: %s lr %.3g wd %.3g | data: %s\n",
-              c_.model.str().c_str(), format_bytes_exact(model_->num_parameters()).c_str(), optimizer_name(c_.optimizer.kind),
+              c_.model.str().c_str(), format_count(model_->num_parameters()).c_str(), optimizer_name(c_.optimizer.kind),
               c_.optimizer.lr, c_.optimizer.weight_decay, c_.data.description.c_str());
   std::printf("batch %lld x %lld tokens, %lld micro-batch(es) per step, %lld steps, %s schedule (warmup %lld), %d threads\n",
               (long long)c_.batch, (long long)c_.seq, (long long)c_.accumulation, (long long)c_.steps, c_.schedule.c_str(),

@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 
+#include "core/io/file.h"
 #include "data/loader.h"
 #include "models/gpt2.h"
 #include "optim/optimizer.h"
@@ -21,6 +22,7 @@ namespace tally::cli {
 // Everything a run is configured with (resolved from flags and saved with the run).
 struct RunConfig {
   models::GPT2Config model;
+  int64_t vocab_multiple = 128;  // the vocabulary is padded to a multiple of this (1: --no-vocab-pad), --init too
   std::string init;  // a model file to start from ("" = GPT-2 init from seed)
   OptimizerSpec optimizer;
   DataChoice data;
@@ -119,6 +121,7 @@ class Trainer {
   void log(const nlohmann::json& j);
 
   RunConfig c_;
+  std::unique_ptr<io::DirectoryLock> lock_;  // c_.out, held for the Trainer's lifetime
   std::unique_ptr<models::GPT2> model_;
   std::unique_ptr<optim::Optimizer> optimizer_;
   std::unique_ptr<data::DataLoader> train_loader_, val_loader_;

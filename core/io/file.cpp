@@ -3,6 +3,7 @@
 #include "core/io/file.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -87,6 +88,55 @@ Container read_all(const fs::path& path) {
 
 std::vector<uint8_t> read_file(const fs::path& path) { return read_all<std::vector<uint8_t>>(path); }
 std::string read_file_text(const fs::path& path) { return read_all<std::string>(path); }
+
+// ---------------------------------------------------------------------------------------------------------
+// DirectoryLock
+
+namespace {
+
+// "pid 1234: tally train --out runs/a", from /proc/self/cmdline (arguments joined by spaces).
+std::string holder_text() {
+  std::string cmd = read_file_text("/proc/self/cmdline");
+  while (!cmd.empty() && cmd.back() == '\0') cmd.pop_back();
+  std::replace(cmd.begin(), cmd.end(), '\0', ' ');
+  return cat("pid ", ::getpid(), ": ", cmd, "\n");
+}
+
+}  // namespace
+
+DirectoryLock::DirectoryLock(const fs::path& dir, std::string_view what) {
+  const fs::path path = dir / kLockFile;
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) fail("[io] cannot lock the ", what, " '", dir.string(), "': '", path.string(), "' ", open_problem(path, errno));
+  while (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    if (err == EINTR) continue;
+    ::close(fd_);
+    fd_ = -1;
+    if (err != EWOULDBLOCK) fail("[io] cannot lock the ", what, " '", dir.string(), "': flock: ", errno_text(err));
+    std::string holder;
+    try {
+      holder = read_file_text(path);
+    } catch (const Error&) {
+    }
+    while (!holder.empty() && (holder.back() == '\n' || holder.back() == '\0')) holder.pop_back();
+    fail("the ", what, " '", dir.string(), "' is in use by another process (",
+         holder.empty() ? std::string("it has not recorded its pid yet") : holder,
+         "); wait for it to finish, stop it, or choose another directory");
+  }
+  // Ours now: record who holds it (for the message a second process gets).
+  const std::string text = holder_text();
+  if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, text.data(), text.size(), 0) != ssize_t(text.size())) {
+    const int err = errno;
+    ::close(fd_);  // a constructor that throws runs no destructor
+    fd_ = -1;
+    fail("[io] cannot write '", path.string(), "': ", errno_text(err));
+  }
+}
+
+DirectoryLock::~DirectoryLock() {
+  if (fd_ >= 0) ::close(fd_);  // closing the last descriptor of the open file releases the flock
+}
 
 // ---------------------------------------------------------------------------------------------------------
 // MappedFile

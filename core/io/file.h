@@ -94,6 +94,24 @@ class AtomicFileWriter {
 void write_file_atomic(const std::filesystem::path& path, std::span<const uint8_t> bytes);
 void write_file_atomic(const std::filesystem::path& path, std::string_view text);
 
+// ---- exclusive use of a directory ----
+// Holds an advisory lock (flock, exclusive, non-blocking) on <dir>/<kLockFile> for its lifetime; the file records
+// the holder's pid and command line. The kernel drops the lock when the holder dies, however it dies, so a file
+// left behind never blocks anyone. A second holder (another process, or another DirectoryLock in this one: each
+// opens the file afresh) is refused with a tally::Error naming the directory and the holding process.
+class DirectoryLock {
+ public:
+  static constexpr const char* kLockFile = "tally.lock";
+  // `what` names the user of the directory in the error ("run directory").
+  DirectoryLock(const std::filesystem::path& dir, std::string_view what);
+  ~DirectoryLock();
+  DirectoryLock(const DirectoryLock&) = delete;
+  DirectoryLock& operator=(const DirectoryLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
 // ---- CRC-32C (Castagnoli, as in iSCSI/ext4/Btrfs) ----
 // crc32c("123456789") == 0xE3069283. Incremental: crc32c(b, crc32c(a)) == crc32c(a followed by b).
 // Uses the SSE4.2 crc32 instruction when the CPU has it (checked at run time), else slicing-by-8 tables.

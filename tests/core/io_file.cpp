@@ -1,5 +1,5 @@
 // Tests of core/io/file.h: read_file and MappedFile errors, AtomicFileWriter (commit, abandon, injected disk
-// full leaving the previous file intact), and CRC-32C known vectors and hardware/portable agreement.
+// full leaving the previous file intact), DirectoryLock, and CRC-32C known vectors and hardware/portable agreement.
 #include <doctest/doctest.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -235,6 +235,22 @@ TEST_CASE("AtomicFileWriter: an injected full disk fails clearly and leaves the 
   // Whatever failed above, the previous checkpoint is byte-for-byte the old one and no temp file is left.
   CHECK(read_file(p) == old_bytes);
   CHECK(test::count_temp_files(dir) == 0);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("DirectoryLock: one holder at a time, the second refused naming the holder; released with the holder") {
+  const fs::path dir = test::temp_dir("dir_lock");
+  {
+    DirectoryLock first(dir, "run directory");
+    const std::string holder = read_file_text(dir / DirectoryLock::kLockFile);
+    CHECK(holder.rfind(cat("pid ", ::getpid(), ": "), 0) == 0);  // the holder's pid and command line
+    const std::string msg = error_message([&] { DirectoryLock second(dir, "run directory"); });
+    CHECK(contains(msg, cat("the run directory '", dir.string(), "' is in use by another process (pid ", ::getpid())));
+    CHECK(contains(msg, "choose another directory"));
+  }
+  DirectoryLock again(dir, "run directory");  // the file stays behind; the lock went with its holder
+  CHECK(contains(error_message([&] { DirectoryLock bad(dir / "missing" / "deeper", "run directory"); }),
+                 "cannot lock the run directory"));
   fs::remove_all(dir);
 }
 

@@ -209,6 +209,27 @@ TEST_CASE("tokenizer: invalid UTF-8 is an error naming the byte offset") {
         std::string::npos);
 }
 
+TEST_CASE("tokenizer: a character split over two tokens is written whole through Utf8Stream") {
+  const Tokenizer* tok = gpt2();
+  if (!tok) return;
+  // GPT-2 has no token for most emoji: their four bytes are spread over two or more tokens.
+  const std::string text = "hi \xF0\x9F\xA6\x99!";  // U+1F999
+  const std::vector<int32_t> ids = tok->encode(text, SpecialTokens::disallowed);
+  size_t split = 0;  // tokens whose bytes are not valid UTF-8 on their own
+  tally::data::Utf8Stream s;
+  std::string out;
+  for (int32_t id : ids) {
+    const std::string_view bytes = tok->token_bytes(id);
+    if (tally::data::first_invalid_utf8(bytes) != bytes.size()) ++split;
+    const std::string piece = s.push(bytes);
+    CHECK(tally::data::first_invalid_utf8(piece) == piece.size());
+    out += piece;
+  }
+  out += s.finish();
+  CHECK(split >= 2);
+  CHECK(out == text);
+}
+
 TEST_CASE("tokenizer: decode rejects ids outside the vocabulary") {
   const Tokenizer* tok = gpt2();
   if (!tok) return;

@@ -6,6 +6,7 @@
 // groups, fused global-norm clipping); the optimizers alone are matched state by state in tests/optim/golden.cpp.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -110,6 +111,7 @@ std::pair<Tensor, Tensor> batch(int k) {
 
 struct Run {
   std::unique_ptr<GPT2> model;
+  std::unique_ptr<optim::Optimizer> opt;
   std::vector<double> losses, grad_norms;
   double final_loss = 0;
   std::map<std::string, double> delta_norm;  // ||p_final - p_initial||_2 by HF name
@@ -126,7 +128,8 @@ Run train(const std::string& kind, int64_t vocab_multiple, optim::DecayRule rule
   m.train();
   std::map<std::string, Tensor> initial;
   for (const auto& [name, p] : m.named_parameters()) initial[name] = p.clone();
-  auto opt = make_optimizer(kind, hyper, m.parameters(), rule);
+  run.opt = make_optimizer(kind, hyper, m.parameters(), rule);
+  optim::Optimizer* opt = run.opt.get();
   const int64_t C = m.config().n_embd;
   for (int k = 0; k < steps; ++k) {
     opt->zero_grad(optim::ZeroGrad::set_to_none);
@@ -237,13 +240,10 @@ TEST_CASE("training golden: 10 steps of the tiny HF GPT-2 with CAME, AdamW, Adaf
 }
 
 TEST_CASE("training golden: the padded head (500 -> 512, tally's default) follows the same trajectory") {
-  // Padded rows of wte get no gradient and stay zero, but they are part of the tensor CAME and Adafactor factor and
-  // RMS-clip. The factored statistics are unaffected (the row and column means scale together), the RMS of the update
-  // is lowered by sqrt(500/512). CAME's factored update is invariant to the clip's scale (the confidence factors
-  // scale inversely), so only Adafactor could notice, and only on a step where its clip fires on wte. In these 10
-  // steps it fires on most other matrices but never on wte (update RMS 0.89-0.97 padded, 0.90-0.99 unpadded), so
-  // here both optimizers match the same reference; a run where it fired would not match HF's unpadded model.
-  for (const std::string kind : {"came", "adafactor"}) {
+  // Padded rows of wte are alignment, not model: they get no gradient, and the optimizers keep no state for them and
+  // never see them (Tensor::padding_rows), so CAME's and Adafactor's row means and the RMS of their clipped update are
+  // those of HF's unpadded model. Every optimizer matches the same reference, and the state is the unpadded one.
+  for (const std::string kind : {"came", "adamw", "adafactor", "sgd"}) {
     INFO("optimizer ", kind);
     Run run = train(kind, 128, optim::DecayRule::matrices);
     REQUIRE(run.model->config().padded_vocab_size == 512);
@@ -251,6 +251,11 @@ TEST_CASE("training golden: the padded head (500 -> 512, tally's default) follow
     CHECK_MESSAGE(a.ok, "loss ", a.loss, " grad norm ", a.norm, " worst ||delta|| ", a.worst_delta, " final values ",
                   a.param);
     CHECK(max_abs(run.model->wte.weight().slice(0, 500, 512).to_vector<double>()) == 0.0);
+    for (const optim::TensorState& ts : run.opt->state_bytes())
+      if (ts.param == "transformer.wte.weight") {
+        CHECK(ts.param_shape == Shape{500, run.model->config().n_embd});
+        for (const optim::StateSpec& s : ts.states) CHECK(std::count(s.shape.begin(), s.shape.end(), 512) == 0);
+      }
   }
 }
 
