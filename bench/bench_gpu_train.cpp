@@ -119,12 +119,9 @@ int main(int argc, char** argv) {
     if (comma == std::string::npos) comma = optimizers.size();
     std::string name = optimizers.substr(start, comma - start);
     start = comma + 1;
-    cli::OptimizerSpec spec;
-    spec.kind = cli::parse_optimizer(name);
-    spec.lr = 1e-4;
     ledger(dev).reset_peaks();  // each optimizer's peak from its own model up (the previous one is freed)
     models::GPT2 model(config, {.device = dev, .dtype = dtype, .seed = 1});
-    auto opt = cli::make_optimizer(spec, model.parameters());
+    auto opt = optim::make_optimizer(name, model.parameters(), {{"lr", 1e-4}});
     opt->init_state();
     auto step = [&] {
       opt->zero_grad(optim::ZeroGrad::set_to_none);
@@ -156,10 +153,10 @@ int main(int argc, char** argv) {
       for (int i = 0; i < reps; ++i) opt->step();
       cuda::synchronize();
       double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count() / reps;
-      double n = double(model.num_parameters());
-      // AdamW: read p, g, m, v; write p, m, v. CAME (and factored methods): read p, g, m; write p, m (+ factors).
-      // bf16: g and p are 2 bytes but the f32 master is read and written: the same totals.
-      double min_bytes = (spec.kind == cli::OptimizerKind::adamw ? 28.0 : 20.0) * n;
+      // Read the parameter and its gradient, write the parameter, read and write every state tensor (the f32 master
+      // of a bf16 parameter among them): AdamW f32 28 bytes per parameter, CAME 20 plus its small factors.
+      const double n = double(model.num_parameters()), p = double(dtype_size(dtype));
+      const double min_bytes = 3 * p * n + 2 * double(opt->total_state_bytes());
       std::printf("{\"bench\": \"tally_optimizer_step\", \"optimizer\": \"%s\", \"precision\": \"%s\", \"ms\": %.3f, "
                   "\"min_GB_per_s\": %.1f, \"fraction_of_copy\": %.2f}\n",
                   name.c_str(), precision, s * 1000, min_bytes / s * 1e-9, min_bytes / s * 1e-9 / copy_gbs);

@@ -6,8 +6,6 @@
 
 namespace tally::optim {
 
-namespace {
-
 void validate(const AdafactorConfig& c, int group) {
   const char* op = "[adafactor]";
   TALLY_CHECK(std::isfinite(c.lr) && c.lr > 0.0, op, " group ", group, ": lr is required and must be > 0, got ", c.lr);
@@ -22,30 +20,12 @@ void validate(const AdafactorConfig& c, int group) {
   TALLY_CHECK(c.min_dim_to_factor >= 1, op, " group ", group, ": min_dim_to_factor must be >= 1");
 }
 
-}  // namespace
-
-Adafactor::Adafactor(const std::vector<Tensor>& params, const AdafactorConfig& config)
-    : Adafactor(std::vector<ParamGroup<AdafactorConfig>>{{params, config}}) {}
-
-Adafactor::Adafactor(const std::vector<ParamGroup<AdafactorConfig>>& groups) : Optimizer("adafactor") {
-  for (size_t g = 0; g < groups.size(); ++g) {
-    validate(groups[g].config, int(g));
-    configs_.push_back(groups[g].config);
-    add_group(groups[g].params, groups[g].config.lr);
-  }
-}
-
-const AdafactorConfig& Adafactor::config(int group) const {
-  TALLY_CHECK(group >= 0 && group < num_groups(), "[adafactor] no group ", group);
-  return configs_[size_t(group)];
-}
-AdafactorConfig& Adafactor::config(int group) {
-  TALLY_CHECK(group >= 0 && group < num_groups(), "[adafactor] no group ", group);
-  return configs_[size_t(group)];
+FactoredDims Adafactor::factoring(const Shape& shape, const AdafactorConfig& c) {
+  return factored_dims(shape, c.factoring, c.min_dim_to_factor);
 }
 
 std::vector<StateSpec> Adafactor::state_specs(const Shape& shape, const AdafactorConfig& c) {
-  const FactoredDims f = factored_dims(shape, c.factoring, c.min_dim_to_factor);
+  const FactoredDims f = factoring(shape, c);
   std::vector<StateSpec> s;
   if (c.beta1) s.push_back({.name = "exp_avg", .shape = shape});
   if (f.factored) {
@@ -57,32 +37,14 @@ std::vector<StateSpec> Adafactor::state_specs(const Shape& shape, const Adafacto
   return s;
 }
 
-std::vector<TensorState> Adafactor::predict_state_bytes(const std::vector<NamedShape>& params,
-                                                        const AdafactorConfig& config) {
-  std::vector<TensorState> out;
-  for (const NamedShape& p : params)
-    out.push_back({.param = p.name, .param_shape = p.shape,
-                   .states = with_master(state_specs(p.shape, config), p.shape, p.dtype)});
-  return out;
-}
-
-std::vector<StateSpec> Adafactor::specs_for(const Slot& slot, bool* factored, kernels::FactoredLayout* layout) const {
-  const AdafactorConfig& c = configs_[size_t(slot.group)];
-  const FactoredDims f = factored_dims(slot.param.shape(), c.factoring, c.min_dim_to_factor);
-  *factored = f.factored;
-  *layout = f.layout;
-  return state_specs(slot.param.shape(), c);
-}
-
 void Adafactor::update(Slot& s, const Tensor& grad, const StepOptions& o, void* workspace, double* stats) {
-  const AdafactorConfig& c = configs_[size_t(s.group)];
-  const bool has_m = s.specs.front().name == "exp_avg";
+  const AdafactorConfig& c = config_of(s);
+  const bool has_m = s.has("exp_avg");
   TALLY_CHECK(has_m == c.beta1.has_value(), "[adafactor.step] '", s.name, "': beta1 was ",
               has_m ? "set" : "unset", " when its state was allocated and is ", c.beta1 ? "set" : "unset",
               " now; the first moment cannot be added or dropped after allocation");
   const double beta2t = 1.0 - std::pow(double(s.step), c.decay_rate);
-  float* m = has_m ? f32(s, 0) : nullptr;
-  const size_t first = has_m ? 1 : 0;
+  float* m = has_m ? s.f32("exp_avg") : nullptr;
   const Device dev = s.param.device();
   if (s.factored) {
     kernels::AdafactorFactoredArgs a{
@@ -90,8 +52,8 @@ void Adafactor::update(Slot& s, const Tensor& grad, const StepOptions& o, void* 
         .param = param_f32(s),
         .grad = grad.data<float>(),
         .exp_avg = m,
-        .exp_avg_sq_row = f32(s, first),
-        .exp_avg_sq_col = f32(s, first + 1),
+        .exp_avg_sq_row = s.f32("exp_avg_sq_row"),
+        .exp_avg_sq_col = s.f32("exp_avg_sq_col"),
         .lr = c.lr,
         .beta1 = c.beta1.value_or(0.0),
         .beta2t = beta2t,
@@ -110,7 +72,7 @@ void Adafactor::update(Slot& s, const Tensor& grad, const StepOptions& o, void* 
         .param = param_f32(s),
         .grad = grad.data<float>(),
         .exp_avg = m,
-        .exp_avg_sq = f32(s, first),
+        .exp_avg_sq = s.f32("exp_avg_sq"),
         .lr = c.lr,
         .beta1 = c.beta1.value_or(0.0),
         .beta2t = beta2t,
@@ -127,7 +89,7 @@ void Adafactor::update(Slot& s, const Tensor& grad, const StepOptions& o, void* 
 
 void Adafactor::record_internals(Slot& s, const double* stats) {
   Optimizer::record_internals(s, stats);
-  const AdafactorConfig& c = configs_[size_t(s.group)];
+  const AdafactorConfig& c = config_of(s);
   TensorInternals& in = s.internals;
   const double n = double(s.param.numel());
   const float rms = float(std::sqrt(stats[kernels::kStatUpdateSq])) / float(std::sqrt(n));

@@ -22,27 +22,21 @@ struct AdafactorConfig {
   int64_t min_dim_to_factor = 128;             // with Factoring::two_largest_dims only
 };
 
-class Adafactor final : public Optimizer {
+// Throws tally::Error naming the group and the bad field.
+void validate(const AdafactorConfig& config, int group);
+
+class Adafactor final : public OptimizerWith<Adafactor, AdafactorConfig> {
  public:
-  Adafactor(const std::vector<Tensor>& params, const AdafactorConfig& config);
-  explicit Adafactor(const std::vector<ParamGroup<AdafactorConfig>>& groups);
+  static constexpr const char* kKind = "adafactor";
+  using OptimizerWith::OptimizerWith;
 
-  const AdafactorConfig& config(int group = 0) const;
-  AdafactorConfig& config(int group = 0);
-
+  // transformers' names and order: exp_avg (with beta1), then exp_avg_sq_row/_col or exp_avg_sq.
   static std::vector<StateSpec> state_specs(const Shape& shape, const AdafactorConfig& config);
-  static std::vector<TensorState> predict_state_bytes(const std::vector<NamedShape>& params,
-                                                      const AdafactorConfig& config);
-  using Optimizer::predict_state_bytes;
+  static FactoredDims factoring(const Shape& shape, const AdafactorConfig& config);
 
  private:
-  double group_lr(int group) const override { return configs_[size_t(group)].lr; }
-  void store_group_lr(int group, double lr) override { configs_[size_t(group)].lr = lr; }
-  std::vector<StateSpec> specs_for(const Slot& slot, bool* factored, kernels::FactoredLayout* layout) const override;
   void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) override;
   void record_internals(Slot& slot, const double* stats) override;
-
-  std::vector<AdafactorConfig> configs_;
 };
 
 }  // namespace tally::optim

@@ -6,8 +6,6 @@
 
 namespace tally::optim {
 
-namespace {
-
 void validate(const AdamWConfig& c, int group) {
   const char* op = "[adamw]";
   TALLY_CHECK(std::isfinite(c.lr) && c.lr >= 0.0, op, " group ", group, ": lr must be >= 0, got ", c.lr);
@@ -18,53 +16,18 @@ void validate(const AdamWConfig& c, int group) {
               ": weight_decay must be >= 0, got ", c.weight_decay);
 }
 
-}  // namespace
-
-AdamW::AdamW(const std::vector<Tensor>& params, const AdamWConfig& config)
-    : AdamW(std::vector<ParamGroup<AdamWConfig>>{{params, config}}) {}
-
-AdamW::AdamW(const std::vector<ParamGroup<AdamWConfig>>& groups) : Optimizer("adamw") {
-  for (size_t g = 0; g < groups.size(); ++g) {
-    validate(groups[g].config, int(g));
-    configs_.push_back(groups[g].config);
-    add_group(groups[g].params, groups[g].config.lr);
-  }
-}
-
-const AdamWConfig& AdamW::config(int group) const {
-  TALLY_CHECK(group >= 0 && group < num_groups(), "[adamw] no group ", group);
-  return configs_[size_t(group)];
-}
-AdamWConfig& AdamW::config(int group) {
-  TALLY_CHECK(group >= 0 && group < num_groups(), "[adamw] no group ", group);
-  return configs_[size_t(group)];
-}
-
 std::vector<StateSpec> AdamW::state_specs(const Shape& shape, const AdamWConfig&) {
   return {{.name = "exp_avg", .shape = shape}, {.name = "exp_avg_sq", .shape = shape}};
 }
 
-std::vector<TensorState> AdamW::predict_state_bytes(const std::vector<NamedShape>& params, const AdamWConfig& config) {
-  std::vector<TensorState> out;
-  for (const NamedShape& p : params)
-    out.push_back({.param = p.name, .param_shape = p.shape,
-                   .states = with_master(state_specs(p.shape, config), p.shape, p.dtype)});
-  return out;
-}
-
-std::vector<StateSpec> AdamW::specs_for(const Slot& slot, bool* factored, kernels::FactoredLayout*) const {
-  *factored = false;
-  return state_specs(slot.param.shape(), configs_[size_t(slot.group)]);
-}
-
 void AdamW::update(Slot& s, const Tensor& grad, const StepOptions& o, void* workspace, double* stats) {
-  const AdamWConfig& c = configs_[size_t(s.group)];
+  const AdamWConfig& c = config_of(s);
   kernels::AdamWArgs a{
       .n = s.param.numel(),
       .param = param_f32(s),
       .grad = grad.data<float>(),
-      .exp_avg = f32(s, 0),
-      .exp_avg_sq = f32(s, 1),
+      .exp_avg = s.f32("exp_avg"),
+      .exp_avg_sq = s.f32("exp_avg_sq"),
       .lr = c.lr,
       .beta1 = c.betas[0],
       .beta2 = c.betas[1],

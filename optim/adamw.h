@@ -14,26 +14,19 @@ struct AdamWConfig {
   double weight_decay = 1e-2;  // torch's default
 };
 
-class AdamW final : public Optimizer {
- public:
-  AdamW(const std::vector<Tensor>& params, const AdamWConfig& config);
-  explicit AdamW(const std::vector<ParamGroup<AdamWConfig>>& groups);
+// Throws tally::Error naming the group and the bad field.
+void validate(const AdamWConfig& config, int group);
 
-  const AdamWConfig& config(int group = 0) const;
-  AdamWConfig& config(int group = 0);
+class AdamW final : public OptimizerWith<AdamW, AdamWConfig> {
+ public:
+  static constexpr const char* kKind = "adamw";
+  using OptimizerWith::OptimizerWith;
 
   static std::vector<StateSpec> state_specs(const Shape& shape, const AdamWConfig& config);
-  static std::vector<TensorState> predict_state_bytes(const std::vector<NamedShape>& params, const AdamWConfig& config);
-  using Optimizer::predict_state_bytes;
 
  private:
-  double group_lr(int group) const override { return configs_[size_t(group)].lr; }
-  void store_group_lr(int group, double lr) override { configs_[size_t(group)].lr = lr; }
-  std::vector<StateSpec> specs_for(const Slot& slot, bool* factored, kernels::FactoredLayout* layout) const override;
   void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) override;
   void record_internals(Slot& slot, const double* stats) override;
-
-  std::vector<AdamWConfig> configs_;
 };
 
 }  // namespace tally::optim

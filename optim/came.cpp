@@ -7,8 +7,6 @@
 
 namespace tally::optim {
 
-namespace {
-
 void validate(const CameConfig& c, int group) {
   const char* op = "[came]";
   TALLY_CHECK(std::isfinite(c.lr) && c.lr > 0.0, op, " group ", group, ": lr is required and must be > 0, got ", c.lr);
@@ -25,30 +23,12 @@ void validate(const CameConfig& c, int group) {
   TALLY_CHECK(c.min_dim_to_factor >= 1, op, " group ", group, ": min_dim_to_factor must be >= 1");
 }
 
-}  // namespace
-
-Came::Came(const std::vector<Tensor>& params, const CameConfig& config)
-    : Came(std::vector<ParamGroup<CameConfig>>{{params, config}}) {}
-
-Came::Came(const std::vector<ParamGroup<CameConfig>>& groups) : Optimizer("came") {
-  for (size_t g = 0; g < groups.size(); ++g) {
-    validate(groups[g].config, int(g));
-    configs_.push_back(groups[g].config);
-    add_group(groups[g].params, groups[g].config.lr);
-  }
-}
-
-const CameConfig& Came::config(int group) const {
-  TALLY_CHECK(group >= 0 && group < num_groups(), "[came] no group ", group);
-  return configs_[size_t(group)];
-}
-CameConfig& Came::config(int group) {
-  TALLY_CHECK(group >= 0 && group < num_groups(), "[came] no group ", group);
-  return configs_[size_t(group)];
+FactoredDims Came::factoring(const Shape& shape, const CameConfig& c) {
+  return factored_dims(shape, c.factoring, c.min_dim_to_factor);
 }
 
 std::vector<StateSpec> Came::state_specs(const Shape& shape, const CameConfig& c) {
-  const FactoredDims f = factored_dims(shape, c.factoring, c.min_dim_to_factor);
+  const FactoredDims f = factoring(shape, c);
   std::vector<StateSpec> s;
   s.push_back({.name = "exp_avg", .shape = shape, .dtype = c.exp_avg_dtype});
   if (f.factored) {
@@ -63,36 +43,21 @@ std::vector<StateSpec> Came::state_specs(const Shape& shape, const CameConfig& c
   return s;
 }
 
-std::vector<TensorState> Came::predict_state_bytes(const std::vector<NamedShape>& params, const CameConfig& config) {
-  std::vector<TensorState> out;
-  for (const NamedShape& p : params)
-    out.push_back({.param = p.name, .param_shape = p.shape,
-                   .states = with_master(state_specs(p.shape, config), p.shape, p.dtype)});
-  return out;
-}
-
-std::vector<StateSpec> Came::specs_for(const Slot& slot, bool* factored, kernels::FactoredLayout* layout) const {
-  const CameConfig& c = configs_[size_t(slot.group)];
-  const FactoredDims f = factored_dims(slot.param.shape(), c.factoring, c.min_dim_to_factor);
-  *factored = f.factored;
-  *layout = f.layout;
-  return state_specs(slot.param.shape(), c);
-}
-
 void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* workspace, double* stats) {
-  const CameConfig& c = configs_[size_t(s.group)];
+  const CameConfig& c = config_of(s);
   const Device dev = s.param.device();
+  const Tensor& m = s.state("exp_avg");
   if (s.factored) {
     kernels::CameFactoredArgs a{
         .layout = s.layout,
         .param = param_f32(s),
         .grad = grad.data<float>(),
-        .exp_avg = s.tensors[0].data_ptr(),
-        .exp_avg_dtype = s.tensors[0].dtype(),
-        .exp_avg_sq_row = f32(s, 1),
-        .exp_avg_sq_col = f32(s, 2),
-        .exp_avg_res_row = f32(s, 3),
-        .exp_avg_res_col = f32(s, 4),
+        .exp_avg = m.data_ptr(),
+        .exp_avg_dtype = m.dtype(),
+        .exp_avg_sq_row = s.f32("exp_avg_sq_row"),
+        .exp_avg_sq_col = s.f32("exp_avg_sq_col"),
+        .exp_avg_res_row = s.f32("exp_avg_res_row"),
+        .exp_avg_res_col = s.f32("exp_avg_res_col"),
         .lr = c.lr,
         .beta1 = c.betas[0],
         .beta2 = c.betas[1],
@@ -112,9 +77,9 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
         .n = s.param.numel(),
         .param = param_f32(s),
         .grad = grad.data<float>(),
-        .exp_avg = s.tensors[0].data_ptr(),
-        .exp_avg_dtype = s.tensors[0].dtype(),
-        .exp_avg_sq = f32(s, 1),
+        .exp_avg = m.data_ptr(),
+        .exp_avg_dtype = m.dtype(),
+        .exp_avg_sq = s.f32("exp_avg_sq"),
         .lr = c.lr,
         .beta1 = c.betas[0],
         .beta2 = c.betas[1],
@@ -189,7 +154,7 @@ Summary summarize(const std::vector<float>& v) {
 
 void Came::record_internals(Slot& s, const double* stats) {
   Optimizer::record_internals(s, stats);
-  const CameConfig& c = configs_[size_t(s.group)];
+  const CameConfig& c = config_of(s);
   TensorInternals& in = s.internals;
   const double n = double(s.param.numel());
   const float rms = float(std::sqrt(stats[kernels::kStatUpdateSq])) / float(std::sqrt(n));
@@ -204,7 +169,8 @@ void Came::record_internals(Slot& s, const double* stats) {
   }
   // The confidence factors, from the small R and C vectors (copied to the host when on a device).
   const kernels::FactoredLayout& l = s.layout;
-  const Factors f = confidence_factors(l, s.tensors[3].to_vector<float>(), s.tensors[4].to_vector<float>());
+  const Factors f = confidence_factors(l, s.state("exp_avg_res_row").to_vector<float>(),
+                                       s.state("exp_avg_res_col").to_vector<float>());
   in.has_confidence = true;
   in.confidence_row = summarize(f.row);
   in.confidence_col = summarize(f.col);

@@ -28,30 +28,23 @@ struct CameConfig {
   ConfidenceInit confidence_init = ConfidenceInit::zeros;
 };
 
-class Came final : public Optimizer {
- public:
-  Came(const std::vector<Tensor>& params, const CameConfig& config);
-  explicit Came(const std::vector<ParamGroup<CameConfig>>& groups);
+// Throws tally::Error naming the group and the bad field.
+void validate(const CameConfig& config, int group);
 
-  const CameConfig& config(int group = 0) const;
-  // Hyperparameters may change between steps; the structural options (factoring, exp_avg_dtype,
-  // confidence_init) are read when a tensor's state is allocated.
-  CameConfig& config(int group = 0);
+class Came final : public OptimizerWith<Came, CameConfig> {
+ public:
+  static constexpr const char* kKind = "came";
+  using OptimizerWith::OptimizerWith;
 
   // The state a parameter of this shape gets, in the package's order and names.
   static std::vector<StateSpec> state_specs(const Shape& shape, const CameConfig& config);
-  static std::vector<TensorState> predict_state_bytes(const std::vector<NamedShape>& params, const CameConfig& config);
-  using Optimizer::predict_state_bytes;
+  static FactoredDims factoring(const Shape& shape, const CameConfig& config);
 
  private:
-  double group_lr(int group) const override { return configs_[size_t(group)].lr; }
-  void store_group_lr(int group, double lr) override { configs_[size_t(group)].lr = lr; }
-  std::vector<StateSpec> specs_for(const Slot& slot, bool* factored, kernels::FactoredLayout* layout) const override;
   void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) override;
   void record_internals(Slot& slot, const double* stats) override;
   void finish_updates() override;
 
-  std::vector<CameConfig> configs_;
   // Dense CUDA steps of small f32 parameters without statistics, launched together by finish_updates().
   std::vector<kernels::CameDenseArgs> deferred_dense_;
   Device deferred_device_ = Device::cpu();

@@ -178,13 +178,31 @@ int64_t Optimizer::workspace_for(const Slot& slot) const {
                        : kernels::cpu::dense_workspace_bytes(slot.param.numel());
 }
 
-std::vector<StateSpec> Optimizer::all_specs(const Slot& slot, bool* factored, kernels::FactoredLayout* layout) const {
-  return with_master(specs_for(slot, factored, layout), slot.param.shape(), slot.param.dtype());
+StateLayout Optimizer::full_layout(const Slot& slot) const {
+  StateLayout l = state_layout(slot);
+  l.specs = with_master(std::move(l.specs), slot.param.shape(), slot.param.dtype());
+  return l;
+}
+
+const Tensor& Optimizer::Slot::state(std::string_view state_name) const {
+  for (size_t i = 0; i < specs.size(); ++i)
+    if (specs[i].name == state_name) return tensors[i];
+  fail("[optim] parameter '", name, "' has no state '", state_name, "'",
+       allocated ? "" : " (its state is not allocated yet)");
+}
+
+bool Optimizer::Slot::has(std::string_view state_name) const {
+  for (const StateSpec& s : specs)
+    if (s.name == state_name) return true;
+  return false;
 }
 
 void Optimizer::ensure_state(Slot& slot) {
   if (slot.allocated) return;
-  slot.specs = all_specs(slot, &slot.factored, &slot.layout);
+  StateLayout layout = full_layout(slot);
+  slot.specs = std::move(layout.specs);
+  slot.factored = layout.factoring.factored;
+  slot.layout = layout.factoring.layout;
   slot.tensors.clear();
   for (const StateSpec& spec : slot.specs) {
     MemoryScope scope(Category::optimizer_state, slot.name + ":" + spec.name);
@@ -349,9 +367,7 @@ std::vector<TensorState> Optimizer::state_bytes() const {
 std::vector<TensorState> Optimizer::predict_state_bytes() const {
   std::vector<TensorState> out;
   for (const Slot& s : slots_) {
-    bool factored = false;
-    kernels::FactoredLayout layout;
-    out.push_back({.param = s.name, .param_shape = s.param.shape(), .states = all_specs(s, &factored, &layout)});
+    out.push_back({.param = s.name, .param_shape = s.param.shape(), .states = full_layout(s).specs});
   }
   return out;
 }
@@ -403,9 +419,7 @@ void Optimizer::load_state_dict(const OptimizerState& saved) {
   for (const Slot& s : slots_) {
     auto it = saved.param_steps.find(s.name);
     if (it == saved.param_steps.end()) continue;
-    bool factored = false;
-    kernels::FactoredLayout layout;
-    for (const StateSpec& spec : all_specs(s, &factored, &layout)) {
+    for (const StateSpec& spec : full_layout(s).specs) {
       const std::string key = s.name + ":" + spec.name;
       auto t = saved.tensors.find(key);
       TALLY_CHECK(t != saved.tensors.end() && t->second.defined(), op, " state '", key, "' is missing");

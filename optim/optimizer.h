@@ -9,6 +9,7 @@
 #include <limits>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/tensor.h"
@@ -53,6 +54,28 @@ NamedShape named_shape(const Tensor& param);
 // (Category::optimizer_state, owner "<param>:master", initialised from the parameter, exactly). `specs` unchanged
 // for an f32 parameter.
 std::vector<StateSpec> with_master(std::vector<StateSpec> specs, const Shape& shape, DType param_dtype);
+
+// ---- factoring (CAME, Adafactor) ----
+
+enum class Factoring : uint8_t {
+  last_two_dims,     // came-pytorch / transformers: every tensor of 2+ dims, over its last two dims
+  two_largest_dims,  // optax: the two largest dims, only when the smaller of them is >= min_dim_to_factor
+};
+
+struct FactoredDims {
+  bool factored = false;
+  int a = -1, b = -1;  // the factored dims, a < b: the row statistic drops b, the column statistic drops a
+  kernels::FactoredLayout layout;
+};
+FactoredDims factored_dims(const Shape& shape, Factoring rule, int64_t min_dim_to_factor);
+Shape drop_dim(const Shape& shape, int dim);
+
+// The state of one parameter tensor as an algorithm lays it out: its state tensors (the algorithm's own, without
+// the master weights of a bf16 parameter) and, for the factored optimizers, which dims are factored.
+struct StateLayout {
+  std::vector<StateSpec> specs = {};
+  FactoredDims factoring = {};  // .factored false: a dense state
+};
 
 // ---- options of the base ----
 
@@ -198,6 +221,11 @@ class Optimizer {
     int64_t exact_since = 0;
     TensorInternals internals;
     Tensor master;                 // bf16 parameters: the f32 master weights (also the last of `tensors`)
+
+    // The state tensor called `name` ("exp_avg_sq_row"); throws naming the parameter when it has none.
+    const Tensor& state(std::string_view state_name) const;
+    float* f32(std::string_view state_name) const { return state(state_name).data<float>(); }
+    bool has(std::string_view state_name) const;
   };
 
   explicit Optimizer(std::string kind);
@@ -208,8 +236,8 @@ class Optimizer {
   // ---- what each algorithm provides ----
   virtual double group_lr(int group) const = 0;
   virtual void store_group_lr(int group, double lr) = 0;
-  // The state of a parameter of this shape in this group (also fixes slot.factored/layout).
-  virtual std::vector<StateSpec> specs_for(const Slot& slot, bool* factored, kernels::FactoredLayout* layout) const = 0;
+  // The state of this slot's parameter (its shape, its group's configuration).
+  virtual StateLayout state_layout(const Slot& slot) const = 0;
   // Workspace bytes one step of this slot needs on its device.
   virtual int64_t workspace_for(const Slot& slot) const;
   // Runs the kernel(s). `stats` is a kernels::kStatCount array on the slot's device, or null.
@@ -220,11 +248,8 @@ class Optimizer {
   // every slot's update() in a step.
   virtual void finish_updates() {}
 
-  float* f32(Slot& s, size_t index) { return s.tensors[index].data<float>(); }
   // The f32 values the kernels update: the parameter itself, or its master weights when it is bf16.
   static float* param_f32(Slot& s) { return s.master.defined() ? s.master.data<float>() : s.param.data<float>(); }
-  // The algorithm's own state tensors (the master, when there is one, comes after them).
-  static size_t own_states(const Slot& s) { return s.tensors.size() - (s.master.defined() ? 1 : 0); }
   static const Slot* find(const std::vector<Slot>& slots, const std::string& name);
   void ensure_state(Slot& slot);
 
@@ -235,8 +260,8 @@ class Optimizer {
   void step_slot(Slot& slot, const StepOptions& options);
   void* workspace(Device d, int64_t bytes);
   void allocate_exact(Slot& slot);
-  // specs_for plus the master weights of a bf16 parameter.
-  std::vector<StateSpec> all_specs(const Slot& slot, bool* factored, kernels::FactoredLayout* layout) const;
+  // state_layout plus the master weights of a bf16 parameter.
+  StateLayout full_layout(const Slot& slot) const;
   // The f32 buffer a bf16 gradient is widened into (one per device, sized for the largest bf16 parameter).
   Tensor& widened_grad_buffer(Device d, int64_t numel);
   // param = stochastic_round(master) after a step of a bf16 parameter.
@@ -285,20 +310,64 @@ std::vector<ParamGroup<Config>> decay_groups(const std::vector<Tensor>& params, 
   return out;
 }
 
-// ---- factoring (CAME, Adafactor) ----
+// ---- the common part of every algorithm ----
 
-enum class Factoring : uint8_t {
-  last_two_dims,     // came-pytorch / transformers: every tensor of 2+ dims, over its last two dims
-  two_largest_dims,  // optax: the two largest dims, only when the smaller of them is >= min_dim_to_factor
-};
+// An algorithm with one Config per group (a struct with at least `double lr`): construction from parameters or
+// groups, each group's Config checked by `validate(config, group)` (a free function beside the Config, found by
+// argument-dependent lookup), the lr hooks, config access, and the state predicted from shapes alone. The
+// algorithm itself (Derived) provides
+//   static constexpr const char* kKind;                                   // "came"
+//   static std::vector<StateSpec> state_specs(const Shape&, const Config&);  // its own state, by name
+//   static FactoredDims factoring(const Shape&, const Config&);             // only the factored optimizers
+//   void update(Slot&, const Tensor& grad, const StepOptions&, void* workspace, double* stats) override;
+// and may override record_internals (and finish_updates).
+template <class Derived, class Config>
+class OptimizerWith : public Optimizer {
+ public:
+  OptimizerWith(const std::vector<Tensor>& params, const Config& config)
+      : OptimizerWith(std::vector<ParamGroup<Config>>{{params, config}}) {}
+  explicit OptimizerWith(const std::vector<ParamGroup<Config>>& groups) : Optimizer(Derived::kKind) {
+    for (size_t g = 0; g < groups.size(); ++g) {
+      validate(groups[g].config, int(g));
+      configs_.push_back(groups[g].config);
+      add_group(groups[g].params, groups[g].config.lr);
+    }
+  }
 
-struct FactoredDims {
-  bool factored = false;
-  int a = -1, b = -1;  // the factored dims, a < b: the row statistic drops b, the column statistic drops a
-  kernels::FactoredLayout layout;
+  // Hyperparameters may change between steps; structural options (factoring, state dtypes) are read when a
+  // tensor's state is allocated.
+  const Config& config(int group = 0) const { return configs_[checked(group)]; }
+  Config& config(int group = 0) { return configs_[checked(group)]; }
+
+  static StateLayout layout(const Shape& shape, const Config& config) {
+    StateLayout l{.specs = Derived::state_specs(shape, config)};
+    if constexpr (requires { Derived::factoring(shape, config); }) l.factoring = Derived::factoring(shape, config);
+    return l;
+  }
+  // Closed-form state bytes from shapes alone (nothing allocated); master weights for bf16 parameters.
+  static std::vector<TensorState> predict_state_bytes(const std::vector<NamedShape>& params, const Config& config) {
+    std::vector<TensorState> out;
+    for (const NamedShape& p : params)
+      out.push_back({.param = p.name, .param_shape = p.shape,
+                     .states = with_master(Derived::state_specs(p.shape, config), p.shape, p.dtype)});
+    return out;
+  }
+  using Optimizer::predict_state_bytes;
+
+ protected:
+  const Config& config_of(const Slot& s) const { return configs_[size_t(s.group)]; }
+
+ private:
+  size_t checked(int group) const {
+    TALLY_CHECK(group >= 0 && group < num_groups(), "[", kind(), "] no group ", group, " (", num_groups(), " groups)");
+    return size_t(group);
+  }
+  double group_lr(int group) const final { return configs_[size_t(group)].lr; }
+  void store_group_lr(int group, double lr) final { configs_[size_t(group)].lr = lr; }
+  StateLayout state_layout(const Slot& slot) const final { return layout(slot.param.shape(), config_of(slot)); }
+
+  std::vector<Config> configs_;
 };
-FactoredDims factored_dims(const Shape& shape, Factoring rule, int64_t min_dim_to_factor);
-Shape drop_dim(const Shape& shape, int dim);
 
 // Runs kernels::<backend>::NAME(args...) for the device; nothing on meta.
 #ifdef TALLY_HAS_CUDA

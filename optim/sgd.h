@@ -17,26 +17,19 @@ struct SgdConfig {
   Nesterov nesterov = Nesterov::no;
 };
 
-class Sgd final : public Optimizer {
- public:
-  Sgd(const std::vector<Tensor>& params, const SgdConfig& config);
-  explicit Sgd(const std::vector<ParamGroup<SgdConfig>>& groups);
+// Throws tally::Error naming the group and the bad field.
+void validate(const SgdConfig& config, int group);
 
-  const SgdConfig& config(int group = 0) const;
-  SgdConfig& config(int group = 0);
+class Sgd final : public OptimizerWith<Sgd, SgdConfig> {
+ public:
+  static constexpr const char* kKind = "sgd";
+  using OptimizerWith::OptimizerWith;
 
   static std::vector<StateSpec> state_specs(const Shape& shape, const SgdConfig& config);
-  static std::vector<TensorState> predict_state_bytes(const std::vector<NamedShape>& params, const SgdConfig& config);
-  using Optimizer::predict_state_bytes;
 
  private:
-  double group_lr(int group) const override { return configs_[size_t(group)].lr; }
-  void store_group_lr(int group, double lr) override { configs_[size_t(group)].lr = lr; }
-  std::vector<StateSpec> specs_for(const Slot& slot, bool* factored, kernels::FactoredLayout* layout) const override;
   void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) override;
   void record_internals(Slot& slot, const double* stats) override;
-
-  std::vector<SgdConfig> configs_;
 };
 
 }  // namespace tally::optim

@@ -21,7 +21,7 @@ int cmd_compare(const Args& args) {
     if (s.name == "out") s = {"out", "report directory (runs go to OUT/runs/<optimizer>)", "runs/compare"};
     specs.push_back(s);
   }
-  specs.push_back({"optimizers", "comma-separated optimizers", "came,adamw,adafactor"});
+  specs.push_back({"optimizers", "comma-separated optimizers (" + optim::optimizer_names() + ")", "came,adamw,adafactor"});
   specs.push_back({"lrs", "comma-separated peak learning rates, one per optimizer (default: each one's default)", ""});
   Flags f("compare", "train the same model with several optimizers and write a report", specs);
   f.parse(args);
@@ -52,9 +52,9 @@ int cmd_compare(const Args& args) {
     if (!lrs.empty()) rf.set("lr", lrs[i]);
     rf.set("out", (report / "runs" / names[i]).string());
     RunConfig c = run_config(rf);
-    std::printf("\n=== %s (lr %.3g) ===\n", names[i].c_str(), c.optimizer.lr);
+    std::printf("\n=== %s (lr %.3g) ===\n", names[i].c_str(), c.optimizer.lr());
     Trainer t(c);
-    results.push_back({names[i], c.optimizer.lr, t.run()});
+    results.push_back({names[i], c.optimizer.lr(), t.run()});
     if (g_stop_requested.load()) break;
   }
 

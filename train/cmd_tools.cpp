@@ -71,8 +71,8 @@ int cmd_memory(const Args& args) {
   std::vector<std::string> names = f.list("optimizer");
   if (names.empty()) throw FlagError("--optimizer lists no optimizer");
   for (const std::string& name : names) {
-    OptimizerSpec spec = optimizer_spec(f, parse_optimizer(name));
-    auto states = predict_optimizer_state(spec, shapes);
+    const OptimizerChoice choice = optimizer_choice(f, name);
+    auto states = choice.predict(shapes);
     json tensors = json::array();
     std::map<std::string, int64_t> by_kind;
     for (const auto& ts : states)
@@ -82,7 +82,7 @@ int cmd_memory(const Args& args) {
       }
     json o = {{"state_bytes", optim::total_bytes(states)}, {"state_by_kind", by_kind}, {"tensors", tensors}};
     if (with_step) {
-      MemoryFigures p = predict_step_memory(config, spec, {.batch = B, .seq = T, .dtype = dtype});
+      MemoryFigures p = predict_step_memory(config, choice, {.batch = B, .seq = T, .dtype = dtype});
       o["gradients"] = p.gradients;
       o["activations"] = p.activations;
       o["workspace"] = p.workspace;
@@ -106,7 +106,7 @@ int cmd_memory(const Args& args) {
   std::printf("\n%-*s %18s %12s %9s", w, "optimizer", "state bytes", "", "vs adamw");
   if (with_step) std::printf(" %20s %20s", "activations (peak)", "step total (peak)");
   std::printf("\n");
-  int64_t adamw = optim::total_bytes(predict_optimizer_state(optimizer_spec(f, OptimizerKind::adamw), shapes));
+  int64_t adamw = optim::total_bytes(optimizer_choice(f, "adamw").predict(shapes));
   for (const std::string& name : names) {
     const json& o = out["optimizers"][name];
     int64_t b = o["state_bytes"];

@@ -12,10 +12,6 @@
 #include "data/tokenizer.h"
 #include "models/checkpoint_llmc.h"
 #include "models/safetensors_gpt2.h"
-#include "optim/adafactor.h"
-#include "optim/adamw.h"
-#include "optim/came.h"
-#include "optim/sgd.h"
 #include "train/checkpoint.h"
 #include "train/run_state.h"
 
@@ -99,152 +95,43 @@ std::unique_ptr<models::GPT2> load_model_file(const fs::path& path_in, Device de
 
 // ---- optimizer ----
 
-OptimizerKind parse_optimizer(const std::string& name) {
-  if (name == "came") return OptimizerKind::came;
-  if (name == "adamw") return OptimizerKind::adamw;
-  if (name == "adafactor") return OptimizerKind::adafactor;
-  if (name == "sgd") return OptimizerKind::sgd;
-  throw FlagError("unknown optimizer '" + name + "' (expected came, adamw, adafactor or sgd)");
+double OptimizerChoice::lr() const {
+  return settings.get("lr") ? std::stod(*settings.get("lr")) : optim::find_optimizer(name).default_lr;
 }
 
-const char* optimizer_name(OptimizerKind k) {
-  switch (k) {
-    case OptimizerKind::came: return "came";
-    case OptimizerKind::adamw: return "adamw";
-    case OptimizerKind::adafactor: return "adafactor";
-    case OptimizerKind::sgd: return "sgd";
-  }
-  return "?";
+double OptimizerChoice::weight_decay() const {
+  return settings.get("weight-decay") ? std::stod(*settings.get("weight-decay")) : 0.0;
 }
 
-double default_lr(OptimizerKind kind) {
-  switch (kind) {
-    case OptimizerKind::came: return 1e-3;      // the authors: about 0.5-0.9x of AdamW's
-    case OptimizerKind::adamw: return 1.5e-3;
-    case OptimizerKind::adafactor: return 1.5e-3;
-    case OptimizerKind::sgd: return 0.1;
-  }
-  return 1e-3;
+std::unique_ptr<optim::Optimizer> OptimizerChoice::make(const std::vector<Tensor>& params) const {
+  return optim::make_optimizer(name, params, settings);
+}
+
+std::vector<optim::TensorState> OptimizerChoice::predict(const std::vector<optim::NamedShape>& params) const {
+  return optim::predict_optimizer_state(name, params, settings);
 }
 
 std::vector<FlagSpec> optimizer_flags() {
-  return {
-      {"optimizer", "came | adamw | adafactor | sgd", "came"},
-      {"lr", "peak learning rate (default: came 1e-3, adamw 1.5e-3, adafactor 1.5e-3, sgd 0.1)", ""},
-      {"weight-decay", "decoupled weight decay (SGD: L2)", "0"},
-      {"decay", "which tensors get weight decay: matrices (2+ dims) | all | none", "matrices"},
-      {"beta1", "first-moment decay (came, adamw, adafactor)", "0.9"},
-      {"beta2", "second-moment decay (came, adamw)", "0.999"},
-      {"beta3", "CAME's instability decay", "0.9999"},
-      {"eps", "AdamW's epsilon", "1e-8"},
-      {"eps1", "CAME/Adafactor epsilon added to g^2", "1e-30"},
-      {"eps2", "CAME epsilon added to the instability", "1e-16"},
-      {"clip-threshold", "CAME/Adafactor RMS clip of the update", "1"},
-      {"decay-rate", "Adafactor's second-moment schedule exponent", "-0.8"},
-      {"no-adafactor-beta1", "Adafactor without a first moment", "", FlagKind::switch_},
-      {"momentum", "SGD momentum", "0.9"},
-      {"came-factor-largest", "CAME/Adafactor: factor the two largest dims when the smaller is >= 128 (optax)", "",
-       FlagKind::switch_},
-      {"came-bf16-m", "CAME: keep the first moment in bf16", "", FlagKind::switch_},
-      {"came-confidence-ones", "CAME: start the confidence factors at one instead of zero", "", FlagKind::switch_},
-  };
+  std::vector<FlagSpec> out = {{"optimizer", optim::optimizer_names(" | "), "came"}};
+  for (const optim::Setting& s : optim::all_settings())
+    out.push_back({s.name, s.help, s.default_value,
+                   s.kind == optim::SettingKind::switch_ ? FlagKind::switch_ : FlagKind::value});
+  return out;
 }
 
-OptimizerSpec optimizer_spec(const Flags& f, OptimizerKind kind) {
-  OptimizerSpec s;
-  s.kind = kind;
-  s.lr = f.given("lr") ? f.number("lr") : default_lr(kind);
-  if (!(s.lr > 0)) throw FlagError("--lr must be positive");
-  s.weight_decay = f.number("weight-decay");
-  std::string decay = f.str("decay");
-  if (decay == "matrices") s.decay_rule = optim::DecayRule::matrices;
-  else if (decay == "all") s.decay_rule = optim::DecayRule::all;
-  else if (decay == "none") s.decay_rule = optim::DecayRule::none;
-  else throw FlagError("--decay must be matrices, all or none, got '" + decay + "'");
-  s.beta1 = f.number("beta1");
-  s.beta2 = f.number("beta2");
-  s.beta3 = f.number("beta3");
-  for (double b : {s.beta1, s.beta2, s.beta3})
-    if (!(b >= 0 && b < 1)) throw FlagError("betas must lie in [0, 1)");
-  s.eps = f.number("eps");
-  s.eps1 = f.number("eps1");
-  s.eps2 = f.number("eps2");
-  s.clip_threshold = f.number("clip-threshold");
-  s.decay_rate = f.number("decay-rate");
-  s.adafactor_beta1 = !f.on("no-adafactor-beta1");
-  s.momentum = f.number("momentum");
-  s.factor_two_largest = f.on("came-factor-largest");
-  s.bf16_exp_avg = f.on("came-bf16-m");
-  s.confidence_ones = f.on("came-confidence-ones");
-  return s;
-}
-
-namespace {
-
-optim::CameConfig came_config(const OptimizerSpec& s) {
-  optim::CameConfig c;
-  c.lr = s.lr;
-  c.betas = {s.beta1, s.beta2, s.beta3};
-  c.eps = {s.eps1, s.eps2};
-  c.clip_threshold = s.clip_threshold;
-  c.weight_decay = s.weight_decay;
-  if (s.factor_two_largest) c.factoring = optim::Factoring::two_largest_dims;
-  if (s.bf16_exp_avg) c.exp_avg_dtype = DType::bf16;
-  if (s.confidence_ones) c.confidence_init = optim::ConfidenceInit::ones;
-  return c;
-}
-
-optim::AdamWConfig adamw_config(const OptimizerSpec& s) {
-  optim::AdamWConfig c;
-  c.lr = s.lr;
-  c.betas = {s.beta1, s.beta2};
-  c.eps = s.eps;
-  c.weight_decay = s.weight_decay;
-  return c;
-}
-
-optim::AdafactorConfig adafactor_config(const OptimizerSpec& s) {
-  optim::AdafactorConfig c;
-  c.lr = s.lr;
-  c.eps = {s.eps1, 1e-3};
-  c.clip_threshold = s.clip_threshold;
-  c.decay_rate = s.decay_rate;
-  if (s.adafactor_beta1) c.beta1 = s.beta1;
-  c.weight_decay = s.weight_decay;
-  if (s.factor_two_largest) c.factoring = optim::Factoring::two_largest_dims;
-  return c;
-}
-
-optim::SgdConfig sgd_config(const OptimizerSpec& s) {
-  optim::SgdConfig c;
-  c.lr = s.lr;
-  c.momentum = s.momentum;
-  c.weight_decay = s.weight_decay;
-  return c;
-}
-
-}  // namespace
-
-std::unique_ptr<optim::Optimizer> make_optimizer(const OptimizerSpec& s, const std::vector<Tensor>& params) {
-  switch (s.kind) {
-    case OptimizerKind::came: return std::make_unique<optim::Came>(optim::decay_groups(params, came_config(s), s.decay_rule));
-    case OptimizerKind::adamw: return std::make_unique<optim::AdamW>(optim::decay_groups(params, adamw_config(s), s.decay_rule));
-    case OptimizerKind::adafactor:
-      return std::make_unique<optim::Adafactor>(optim::decay_groups(params, adafactor_config(s), s.decay_rule));
-    case OptimizerKind::sgd: return std::make_unique<optim::Sgd>(optim::decay_groups(params, sgd_config(s), s.decay_rule));
+OptimizerChoice optimizer_choice(const Flags& f, const std::string& name) {
+  OptimizerChoice c{.name = name};
+  try {
+    const optim::OptimizerEntry& e = optim::find_optimizer(name);
+    for (const optim::Setting& s : e.settings)
+      if (f.given(s.name)) c.settings.set(s.name, s.kind == optim::SettingKind::switch_ ? (f.on(s.name) ? "true" : "false")
+                                                                                     : f.str(s.name));
+    e.check(c.settings);
+  } catch (const Error& err) {
+    throw FlagError(cat(err.what(), f.origin("optimizer")));
   }
-  fail("unknown optimizer kind");
-}
-
-std::vector<optim::TensorState> predict_optimizer_state(const OptimizerSpec& s, const std::vector<optim::NamedShape>& params) {
-  // Weight decay does not change the state; one config serves every group.
-  switch (s.kind) {
-    case OptimizerKind::came: return optim::Came::predict_state_bytes(params, came_config(s));
-    case OptimizerKind::adamw: return optim::AdamW::predict_state_bytes(params, adamw_config(s));
-    case OptimizerKind::adafactor: return optim::Adafactor::predict_state_bytes(params, adafactor_config(s));
-    case OptimizerKind::sgd: return optim::Sgd::predict_state_bytes(params, sgd_config(s));
-  }
-  fail("unknown optimizer kind");
+  if (!(c.lr() > 0)) throw FlagError("--lr must be positive");
+  return c;
 }
 
 // ---- data ----

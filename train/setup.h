@@ -12,6 +12,7 @@
 #include "data/shards.h"
 #include "models/gpt2.h"
 #include "optim/optimizer.h"
+#include "optim/registry.h"
 #include "train/flags.h"
 
 namespace tally::cli {
@@ -29,36 +30,21 @@ int64_t vocab_multiple(const Flags& flags);
 std::unique_ptr<models::GPT2> load_model_file(const std::filesystem::path& path, Device device);
 
 // ---- optimizer ----
-enum class OptimizerKind { came, adamw, adafactor, sgd };
-OptimizerKind parse_optimizer(const std::string& name);  // FlagError on unknown
-const char* optimizer_name(OptimizerKind k);
-
-struct OptimizerSpec {
-  OptimizerKind kind = OptimizerKind::came;
-  double lr = 0;
-  double weight_decay = 0;
-  optim::DecayRule decay_rule = optim::DecayRule::matrices;
-  double beta1 = 0.9, beta2 = 0.999, beta3 = 0.9999;  // beta2 is AdamW's and CAME's; Adafactor uses decay_rate
-  double eps = 1e-8;                                  // AdamW
-  double eps1 = 1e-30, eps2 = 1e-16;                  // CAME (eps2 = Adafactor's second eps is unused there)
-  double clip_threshold = 1.0;                        // CAME, Adafactor
-  double decay_rate = -0.8;                           // Adafactor
-  bool adafactor_beta1 = true;                        // Adafactor keeps a first moment (the paper's baseline)
-  double momentum = 0.9;                              // SGD
-  bool factor_two_largest = false;                    // CAME/Adafactor: optax's factoring rule
-  bool bf16_exp_avg = false;                          // CAME: bf16 first moment
-  bool confidence_ones = false;                       // CAME: R = C = 1 at the start
+// The optimizer of a run: its name in the registry (optim/registry.h) and the settings given for it (flags, a JSON
+// config); what is not given takes the optimizer's default.
+struct OptimizerChoice {
+  std::string name = "came";
+  optim::Settings settings = {};
+  double lr() const;  // given, else the optimizer's default
+  double weight_decay() const;
+  std::unique_ptr<optim::Optimizer> make(const std::vector<Tensor>& params) const;
+  // Closed-form state bytes from shapes alone (nothing allocated).
+  std::vector<optim::TensorState> predict(const std::vector<optim::NamedShape>& params) const;
 };
-// Flags: --optimizer, --lr, --weight-decay, --decay (matrices|all|none), --beta1/2/3, --eps, --eps1, --eps2,
-// --clip-threshold, --decay-rate, --no-adafactor-beta1, --momentum, --came-factor-largest, --came-bf16-m,
-// --came-confidence-ones.
+// Flags: --optimizer, and the settings of every optimizer in the registry, each name once.
 std::vector<FlagSpec> optimizer_flags();
-// The spec for `kind` from flags; where --lr is not given, the kind's default learning rate.
-OptimizerSpec optimizer_spec(const Flags& flags, OptimizerKind kind);
-double default_lr(OptimizerKind kind);
-std::unique_ptr<optim::Optimizer> make_optimizer(const OptimizerSpec& spec, const std::vector<Tensor>& params);
-// Closed-form state bytes from shapes alone (nothing allocated).
-std::vector<optim::TensorState> predict_optimizer_state(const OptimizerSpec& spec, const std::vector<optim::NamedShape>& params);
+// `name` with the settings it reads that `flags` gives. An unknown name or a bad value: FlagError.
+OptimizerChoice optimizer_choice(const Flags& flags, const std::string& name);
 
 // ---- data ----
 struct DataChoice {

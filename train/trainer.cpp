@@ -162,7 +162,7 @@ RunConfig run_config_unchecked(const Flags& f, DataResolution data) {
   c.model = model_config(f);
   c.vocab_multiple = vocab_multiple(f);
   c.init = f.maybe("init").value_or("");
-  c.optimizer = optimizer_spec(f, parse_optimizer(f.str("optimizer")));
+  c.optimizer = optimizer_choice(f, f.str("optimizer"));
   c.batch = f.integer("batch");
   c.seq = f.integer("seq");
   c.steps = f.integer("steps");
@@ -254,8 +254,8 @@ Trainer::Trainer(RunConfig config) : c_(std::move(config)), lock_(lock_run_direc
     model_ = std::make_unique<models::GPT2>(
         c_.model, models::GPT2Options{.device = c_.device, .dtype = c_.dtype, .seed = c_.seed});
   }
-  optimizer_ = make_optimizer(c_.optimizer, model_->parameters());
-  const double peak = c_.optimizer.lr;
+  optimizer_ = c_.optimizer.make(model_->parameters());
+  const double peak = c_.optimizer.lr();
   schedule_ = c_.schedule == "constant"
                   ? optim::LrSchedule::constant(peak)
                   : optim::LrSchedule::warmup_cosine({.peak_lr = peak, .warmup_steps = c_.warmup, .total_steps = c_.steps,
@@ -284,13 +284,13 @@ void Trainer::log(const json& j) {
   std::fflush(log_);
 }
 
-MemoryFigures predict_step_memory(const models::GPT2Config& config, const OptimizerSpec& spec, StepShape shape) {
+MemoryFigures predict_step_memory(const models::GPT2Config& config, const OptimizerChoice& optimizer, StepShape shape) {
   Ledger& meta = ledger(Device::meta());
   TALLY_ASSERT(meta.total().live_requested == 0);
   MemoryFigures p;
   {
     models::GPT2 model(config, {.device = Device::meta(), .dtype = shape.dtype});
-    auto opt = make_optimizer(spec, model.parameters());
+    auto opt = optimizer.make(model.parameters());
     opt->init_state();
     meta.reset_peaks();
     step_core(model, *opt, shape.accumulation, shape.grad_clip,
@@ -369,7 +369,7 @@ MemoryBudget Trainer::memory_budget() const {
   return b;
 }
 
-int64_t largest_fitting_batch(const models::GPT2Config& model, const OptimizerSpec& optimizer, StepShape shape,
+int64_t largest_fitting_batch(const models::GPT2Config& model, const OptimizerChoice& optimizer, StepShape shape,
                               int64_t bytes) {
   // The peak grows with B (activations are proportional to it), so a binary search over [1, B] finds the edge.
   int64_t lo = 0, hi = shape.batch;  // lo fits (0 trivially), everything above hi does not
@@ -410,11 +410,17 @@ std::string Trainer::memory_advice(const MemoryFigures& predicted, const MemoryB
   } else {
     StepShape s = shape;
     s.batch = 1;
+    // Optimizers whose state (at their defaults) is smaller than this run's, for this model.
+    std::vector<optim::NamedShape> shapes;
+    for (const Tensor& p : model_->parameters()) shapes.push_back(optim::named_shape(p));
+    const int64_t ours = optim::total_bytes(c_.optimizer.predict(shapes));
+    std::string smaller;
+    for (const optim::OptimizerEntry& e : optim::optimizers())
+      if (optim::total_bytes(e.predict(shapes, {})) < ours) smaller += (smaller.empty() ? "" : ", ") + e.name;
     out += cat("Not even --batch 1 fits (peak ",
                format_bytes_human(predict_step_memory(c_.model, c_.optimizer, s).total_held),
                "): use a smaller model or --seq",
-               c_.optimizer.kind == OptimizerKind::adamw ? ", or an optimizer with less state (came, adafactor)" : "",
-               ".\n");
+               smaller.empty() ? std::string() : cat(", or an optimizer with less state (", smaller, ")"), ".\n");
   }
   out += "\n" + format_plan(predicted, nullptr);
   return out;
@@ -581,8 +587,8 @@ void Trainer::resume(const fs::path& dir_in) {
 RunSummary Trainer::run() {
   RunSummary s;
   std::printf("model: GPT-2 %s, %s parameters | optimizer: %s lr %.3g wd %.3g | data: %s\n",
-              c_.model.str().c_str(), format_count(model_->num_parameters()).c_str(), optimizer_name(c_.optimizer.kind),
-              c_.optimizer.lr, c_.optimizer.weight_decay, c_.data.description.c_str());
+              c_.model.str().c_str(), format_count(model_->num_parameters()).c_str(), c_.optimizer.name.c_str(),
+              c_.optimizer.lr(), c_.optimizer.weight_decay(), c_.data.description.c_str());
   std::printf("batch %lld x %lld tokens, %lld micro-batch(es) per step, %lld steps, %s schedule (warmup %lld), %d threads\n",
               (long long)c_.batch, (long long)c_.seq, (long long)c_.accumulation, (long long)c_.steps, c_.schedule.c_str(),
               (long long)c_.warmup, omp_get_max_threads());

@@ -24,7 +24,7 @@ struct RunConfig {
   models::GPT2Config model;
   int64_t vocab_multiple = 128;  // the vocabulary is padded to a multiple of this (1: --no-vocab-pad), --init too
   std::string init;  // a model file to start from ("" = GPT-2 init from seed)
-  OptimizerSpec optimizer;
+  OptimizerChoice optimizer;
   DataChoice data;
   int64_t batch = 8, seq = 128, accumulation = 1, steps = 100;
   std::string schedule = "cosine";
@@ -71,7 +71,7 @@ struct StepShape {
   double grad_clip = 1.0;
   DType dtype = DType::f32;  // the model's parameters
 };
-MemoryFigures predict_step_memory(const models::GPT2Config& model, const OptimizerSpec& optimizer, StepShape shape);
+MemoryFigures predict_step_memory(const models::GPT2Config& model, const OptimizerChoice& optimizer, StepShape shape);
 
 // The memory a run may hold on its device at its peak (see Trainer::memory_budget). bytes < 0: unknown (no check).
 struct MemoryBudget {
@@ -82,7 +82,7 @@ int64_t parse_byte_count(const std::string& text);  // "123", "512M", "8G"; thro
 
 // The largest micro-batch B <= shape.batch whose step's predicted peak (held bytes) is at most `bytes`; 0 when
 // not even B = 1 fits. Predictions run on the meta device (nothing is allocated).
-int64_t largest_fitting_batch(const models::GPT2Config& model, const OptimizerSpec& optimizer, StepShape shape,
+int64_t largest_fitting_batch(const models::GPT2Config& model, const OptimizerChoice& optimizer, StepShape shape,
                               int64_t bytes);
 
 // Set by SIGINT/SIGTERM: the run finishes its step, saves a checkpoint and returns.

@@ -58,8 +58,8 @@ TEST_CASE("cuda gpt2: a training step equals the CPU step (logits, loss, gradien
   c.block_size = 64;
   for (DType dtype : {DType::f64, DType::f32}) {
     const double tol = dtype == DType::f64 ? 1e-10 : 2e-5;
-    for (cli::OptimizerKind kind : {cli::OptimizerKind::came, cli::OptimizerKind::adamw}) {
-      INFO(dtype_name(dtype), " ", cli::optimizer_name(kind));
+    for (const std::string kind : {"came", "adamw"}) {
+      INFO(dtype_name(dtype), " ", kind);
       if (dtype == DType::f64) continue;  // optimizers keep f32 parameters; f64 is checked for the model below
       Pair p = make_pair(c, dtype);
       std::vector<int32_t> ids(2 * 33);
@@ -81,11 +81,9 @@ TEST_CASE("cuda gpt2: a training step equals the CPU step (logits, loss, gradien
       // key bias, which softmax cannot see) are rounding noise on each device, and Adam-like first steps turn noise
       // into +-lr. With identical inputs the two steps must agree to float rounding.
       for (size_t i = 0; i < pc.size(); ++i) pc[i].second.grad().copy_(pg[i].second.grad());
-      cli::OptimizerSpec spec;
-      spec.kind = kind;
-      spec.lr = 1e-3;
-      spec.weight_decay = 0.1;
-      auto oc = cli::make_optimizer(spec, p.cpu->parameters()), og = cli::make_optimizer(spec, p.gpu->parameters());
+      const optim::Settings settings{{"lr", 1e-3}, {"weight-decay", 0.1}};
+      auto oc = optim::make_optimizer(kind, p.cpu->parameters(), settings);
+      auto og = optim::make_optimizer(kind, p.gpu->parameters(), settings);
       double nc = optim::grad_norm(p.cpu->parameters()), ng = optim::grad_norm(p.gpu->parameters());
       CHECK(std::fabs(nc - ng) <= 1e-5 * nc);
       oc->step({.grad_scale = optim::clip_coefficient(nc, 1.0)});
@@ -111,15 +109,14 @@ TEST_CASE("cuda gpt2: a training step equals the CPU step (logits, loss, gradien
 TEST_CASE("cuda gpt2: the GPU step's memory equals the meta-device plan" * doctest::skip(!cuda_available())) {
 #ifdef TALLY_HAS_CUDA
   models::GPT2Config c = models::GPT2Config::preset("tiny");
-  cli::OptimizerSpec spec;
-  spec.kind = cli::OptimizerKind::came;
-  spec.lr = 1e-3;
+  const optim::Settings settings{{"lr", 1e-3}};
   // Parameters, gradients and optimizer state are allocated by the same code on both devices: requested bytes match.
   models::GPT2 meta(c, {.device = Device::meta()});
   models::GPT2 gpu(c, {.device = Device::cuda(0), .seed = 1});
   CHECK(ledger(Device::cuda(0)).category(Category::parameter).live_requested ==
         ledger(Device::meta()).category(Category::parameter).live_requested);
-  auto om = cli::make_optimizer(spec, meta.parameters()), og = cli::make_optimizer(spec, gpu.parameters());
+  auto om = optim::make_optimizer("came", meta.parameters(), settings);
+  auto og = optim::make_optimizer("came", gpu.parameters(), settings);
   om->init_state();
   og->init_state();
   CHECK(om->total_state_bytes() == og->total_state_bytes());

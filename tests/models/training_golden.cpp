@@ -14,12 +14,9 @@
 #include "core/autograd/node.h"
 #include "core/io/safetensors.h"
 #include "models/safetensors_gpt2.h"
-#include "optim/adafactor.h"
-#include "optim/adamw.h"
-#include "optim/came.h"
 #include "optim/clip.h"
-#include "optim/sgd.h"
 #include "tests/models/test_helpers.h"
+#include "tests/optim/optim_test_util.h"
 #include "tests/test_util.h"
 
 using namespace tally;
@@ -79,20 +76,9 @@ double rel(double a, double b) { return std::abs(a - b) / std::abs(b); }
 // (as the reference's two torch param groups; for Adafactor and SGD weight_decay is 0 and both groups are alike).
 std::unique_ptr<optim::Optimizer> make_optimizer(const std::string& kind, const nlohmann::json& h,
                                                  const std::vector<Tensor>& params, optim::DecayRule rule) {
-  const double lr = h.at("lr").get<double>(), wd = h.value("weight_decay", 0.0);
-  if (kind == "came")
-    return std::make_unique<optim::Came>(
-        optim::decay_groups(params, optim::CameConfig{.lr = lr, .weight_decay = wd}, rule));
-  if (kind == "adamw")
-    return std::make_unique<optim::AdamW>(
-        optim::decay_groups(params, optim::AdamWConfig{.lr = lr, .weight_decay = wd}, rule));
-  if (kind == "adafactor")
-    return std::make_unique<optim::Adafactor>(optim::decay_groups(
-        params, optim::AdafactorConfig{.lr = lr, .beta1 = h.at("beta1").get<double>(), .weight_decay = wd}, rule));
-  if (kind == "sgd")
-    return std::make_unique<optim::Sgd>(optim::decay_groups(
-        params, optim::SgdConfig{.lr = lr, .momentum = h.at("momentum").get<double>(), .weight_decay = wd}, rule));
-  fail("[training_golden] unknown optimizer kind: ", kind);
+  optim::Settings s = test::reference_settings(kind, h, nlohmann::json::object());
+  s.set("decay", rule == optim::DecayRule::all ? "all" : "matrices");
+  return optim::make_optimizer(kind, params, s);
 }
 
 // Batch k of the file: idx = seq[:, :-1], targets = seq[:, 1:] (B, T) i32.

@@ -35,14 +35,14 @@ bool same_bits(const Tensor& a, const Tensor& b) {
 
 using Make = std::function<std::unique_ptr<optim::Optimizer>(const std::vector<Tensor>&)>;
 
-std::vector<std::pair<std::string, Make>> optimizers() {
-  return {
-      {"adamw", [](const std::vector<Tensor>& p) { return std::make_unique<AdamW>(p, AdamWConfig{.lr = 1e-2}); }},
-      {"came", [](const std::vector<Tensor>& p) { return std::make_unique<Came>(p, CameConfig{.lr = 1e-2}); }},
-      {"adafactor",
-       [](const std::vector<Tensor>& p) { return std::make_unique<Adafactor>(p, AdafactorConfig{.lr = 1e-2}); }},
-      {"sgd", [](const std::vector<Tensor>& p) { return std::make_unique<Sgd>(p, SgdConfig{.lr = 1e-2, .momentum = 0.9}); }},
-  };
+// Every optimizer in the registry at its defaults, lr 1e-2 (momentum on for SGD, its default).
+std::vector<std::pair<std::string, Make>> registered() {
+  std::vector<std::pair<std::string, Make>> out;
+  for (const optim::OptimizerEntry& e : optim::optimizers())
+    out.emplace_back(e.name, [name = e.name](const std::vector<Tensor>& p) {
+      return optim::make_optimizer(name, p, {{"lr", 1e-2}});
+    });
+  return out;
 }
 
 }  // namespace
@@ -51,7 +51,7 @@ TEST_SUITE("optim") {
 
 TEST_CASE("mixed precision: a bf16 parameter's state ends with its f32 master; predicted bytes equal measured") {
   const Shape shapes[] = {{37, 20}, {50}};
-  for (const auto& entry : optimizers()) {  // no structured binding: clang 14 cannot capture one in INFO
+  for (const auto& entry : registered()) {  // no structured binding: clang 14 cannot capture one in INFO
     const std::string& name = entry.first;
     const Make& make = entry.second;
     INFO(name);
@@ -78,22 +78,18 @@ TEST_CASE("mixed precision: a bf16 parameter's state ends with its f32 master; p
       CHECK(ledger(Device::cpu()).owner(cat("p", s, ":master")).live_requested == numel(shapes[s]) * 4);
     }
     // The static prediction from names, shapes and dtypes agrees; f32 parameters have no master.
-    std::vector<TensorState> from_shapes;
-    if (name == "adamw") from_shapes = AdamW::predict_state_bytes(named, AdamWConfig{});
-    if (name == "came") from_shapes = Came::predict_state_bytes(named, CameConfig{.lr = 1e-2});
-    if (name == "adafactor") from_shapes = Adafactor::predict_state_bytes(named, AdafactorConfig{});
-    if (name == "sgd") from_shapes = Sgd::predict_state_bytes(named, SgdConfig{.momentum = 0.9});
+    const std::vector<TensorState> from_shapes = optim::predict_optimizer_state(name, named, {{"lr", 1e-2}});
     CHECK(total_bytes(from_shapes) == opt->total_state_bytes());
     for (auto& n : named) n.dtype = DType::f32;
-    if (name == "adamw") CHECK(total_bytes(AdamW::predict_state_bytes(named, AdamWConfig{})) ==
-                               opt->total_state_bytes() - (37 * 20 + 50) * 4);
+    CHECK(total_bytes(optim::predict_optimizer_state(name, named, {{"lr", 1e-2}})) ==
+          opt->total_state_bytes() - (37 * 20 + 50) * 4);
   }
 }
 
 TEST_CASE("mixed precision: the master steps exactly as an f32 parameter; the bf16 parameter is its rounding") {
   const Shape shape{33, 24};
   const int64_t n = numel(shape);
-  for (const auto& entry : optimizers()) {  // no structured binding: clang 14 cannot capture one in INFO
+  for (const auto& entry : registered()) {  // no structured binding: clang 14 cannot capture one in INFO
     const std::string& name = entry.first;
     const Make& make = entry.second;
     INFO(name);
@@ -191,7 +187,7 @@ TEST_CASE("mixed precision: stochastic rounding is unbiased, keeps exact values,
 TEST_CASE("mixed precision: master weights save and load; a reloaded run steps bit for bit like the original") {
   const Shape shape{12, 9};
   const int64_t n = numel(shape);
-  for (const auto& entry : optimizers()) {  // no structured binding: clang 14 cannot capture one in INFO
+  for (const auto& entry : registered()) {  // no structured binding: clang 14 cannot capture one in INFO
     const std::string& name = entry.first;
     const Make& make = entry.second;
     INFO(name);

@@ -17,6 +17,7 @@
 #include "optim/came.h"
 #include "optim/clip.h"
 #include "optim/schedule.h"
+#include "optim/registry.h"
 #include "optim/sgd.h"
 #include "tests/test_util.h"
 
@@ -80,48 +81,49 @@ inline Mismatch compare(const std::vector<float>& a, const std::vector<float>& b
   return m;
 }
 
-// Optimizer configs from the generator's JSON hyperparameters (metadata "cases").
-inline CameConfig came_config(const nlohmann::json& h, const nlohmann::json& extra) {
-  CameConfig c{.lr = h.at("lr").get<double>()};
-  if (h.contains("betas")) c.betas = {h["betas"][0].get<double>(), h["betas"][1].get<double>(), h["betas"][2].get<double>()};
-  if (h.contains("eps")) c.eps = {h["eps"][0].get<double>(), h["eps"][1].get<double>()};
-  if (h.contains("clip_threshold")) c.clip_threshold = h["clip_threshold"].get<double>();
-  if (h.contains("weight_decay")) c.weight_decay = h["weight_decay"].get<double>();
-  if (extra.contains("confidence_init") && extra["confidence_init"] == "ones") c.confidence_init = ConfidenceInit::ones;
-  return c;
-}
-inline AdamWConfig adamw_config(const nlohmann::json& h) {
-  AdamWConfig c{.lr = h.at("lr").get<double>()};
-  if (h.contains("betas")) c.betas = {h["betas"][0].get<double>(), h["betas"][1].get<double>()};
-  if (h.contains("eps")) c.eps = h["eps"].get<double>();
-  if (h.contains("weight_decay")) c.weight_decay = h["weight_decay"].get<double>();
-  return c;
-}
-inline AdafactorConfig adafactor_config(const nlohmann::json& h) {
-  AdafactorConfig c{.lr = h.at("lr").get<double>()};
-  if (h.contains("eps")) c.eps = {h["eps"][0].get<double>(), h["eps"][1].get<double>()};
-  if (h.contains("clip_threshold")) c.clip_threshold = h["clip_threshold"].get<double>();
-  if (h.contains("decay_rate")) c.decay_rate = h["decay_rate"].get<double>();
-  if (h.contains("beta1")) c.beta1 = h["beta1"].get<double>();
-  if (h.contains("weight_decay")) c.weight_decay = h["weight_decay"].get<double>();
-  return c;
-}
-inline SgdConfig sgd_config(const nlohmann::json& h) {
-  SgdConfig c{.lr = h.at("lr").get<double>()};
-  if (h.contains("momentum")) c.momentum = h["momentum"].get<double>();
-  if (h.contains("dampening")) c.dampening = h["dampening"].get<double>();
-  if (h.contains("weight_decay")) c.weight_decay = h["weight_decay"].get<double>();
-  if (h.contains("nesterov") && h["nesterov"].get<bool>()) c.nesterov = Nesterov::yes;
-  return c;
+// The golden file's hyperparameters (metadata "cases": the reference's own keyword arguments, e.g. came-pytorch's
+// betas=(b1, b2, b3)) as registry settings. Where a keyword is absent the reference's default applies, which the
+// registry's need not share (torch's AdamW decays by 1e-2, transformers' Adafactor has no first moment, torch's SGD
+// no momentum), so those are written out. The references decay every tensor they are given.
+inline optim::Settings reference_settings(const std::string& kind, const nlohmann::json& h, const nlohmann::json& extra) {
+  optim::Settings s{{"lr", h.at("lr").get<double>()}, {"decay", "all"}};
+  auto number = [&](const char* key, const std::string& setting, double fallback) {
+    s.set(setting, h.contains(key) ? h[key].get<double>() : fallback);
+  };
+  if (kind == "came") {
+    const std::vector<double> betas = h.value("betas", std::vector<double>{0.9, 0.999, 0.9999});
+    const std::vector<double> eps = h.value("eps", std::vector<double>{1e-30, 1e-16});
+    s.set("beta1", betas[0]).set("beta2", betas[1]).set("beta3", betas[2]).set("eps1", eps[0]).set("eps2", eps[1]);
+    number("clip_threshold", "clip-threshold", 1.0);
+    number("weight_decay", "weight-decay", 0.0);
+    s.set("came-confidence-ones", extra.value("confidence_init", "zeros") == "ones");
+  } else if (kind == "adamw") {
+    const std::vector<double> betas = h.value("betas", std::vector<double>{0.9, 0.999});
+    s.set("beta1", betas[0]).set("beta2", betas[1]);
+    number("eps", "eps", 1e-8);
+    number("weight_decay", "weight-decay", 1e-2);
+  } else if (kind == "adafactor") {
+    const std::vector<double> eps = h.value("eps", std::vector<double>{1e-30, 1e-3});
+    s.set("eps1", eps[0]);
+    number("clip_threshold", "clip-threshold", 1.0);
+    number("decay_rate", "decay-rate", -0.8);
+    number("weight_decay", "weight-decay", 0.0);
+    if (h.contains("beta1") && !h["beta1"].is_null()) s.set("beta1", h["beta1"].get<double>());
+    else s.set("no-adafactor-beta1", true);
+  } else if (kind == "sgd") {
+    number("momentum", "momentum", 0.0);
+    number("dampening", "dampening", 0.0);
+    number("weight_decay", "weight-decay", 0.0);
+    s.set("nesterov", h.value("nesterov", false));
+  } else {
+    fail("unknown optimizer kind in the golden file: ", kind);
+  }
+  return s;
 }
 
 inline std::unique_ptr<optim::Optimizer> make_optimizer(const std::string& kind, const nlohmann::json& hyper,
                                                         const nlohmann::json& extra, const std::vector<Tensor>& params) {
-  if (kind == "came") return std::make_unique<optim::Came>(params, came_config(hyper, extra));
-  if (kind == "adamw") return std::make_unique<optim::AdamW>(params, adamw_config(hyper));
-  if (kind == "adafactor") return std::make_unique<optim::Adafactor>(params, adafactor_config(hyper));
-  if (kind == "sgd") return std::make_unique<optim::Sgd>(params, sgd_config(hyper));
-  fail("unknown optimizer kind in the golden file: ", kind);
+  return optim::make_optimizer(kind, params, reference_settings(kind, hyper, extra));
 }
 
 }  // namespace tally::test
