@@ -64,9 +64,10 @@ class CpuAllocator final : public Allocator {
     if (const int64_t limit = g_cpu_limit.load(std::memory_order_relaxed); limit > 0 && held > 0) {
       const int64_t live = ledger(Device::cpu()).total().live_held;
       if (live + held > limit)
-        fail("out of memory on the CPU: could not allocate ", format_bytes_exact(bytes), " for '", current_owner(),
-             "' (", category_name(current_category()), "): ", format_bytes_exact(live), " are live and the limit is ",
-             format_bytes_exact(limit), " (set_cpu_memory_limit)\n", ledger(Device::cpu()).table());
+        throw OutOfMemory(cat("out of memory on the CPU: could not allocate ", format_bytes_exact(bytes), " for '",
+                              current_owner(), "' (", category_name(current_category()), "): ", format_bytes_exact(live),
+                              " are live and the limit is ", format_bytes_exact(limit), " (set_cpu_memory_limit)\n",
+                              ledger(Device::cpu()).table()));
     }
     void* p = take_cached(held);
     if (!p && held > 0) {
@@ -76,8 +77,9 @@ class CpuAllocator final : public Allocator {
         p = std::aligned_alloc(kCpuAlignment, size_t(held));
       }
       if (!p)
-        fail("out of memory on the CPU: could not allocate ", format_bytes_exact(bytes), " for '", current_owner(),
-             "' (", category_name(current_category()), ")\n", ledger(Device::cpu()).table());
+        throw OutOfMemory(cat("out of memory on the CPU: could not allocate ", format_bytes_exact(bytes), " for '",
+                              current_owner(), "' (", category_name(current_category()), ")\n",
+                              ledger(Device::cpu()).table()));
       advise_huge_pages(p, held);
       std::lock_guard<std::mutex> lock(mu_);
       obtained_ += held;
@@ -156,6 +158,16 @@ void set_cpu_memory_limit(int64_t bytes) {
 }
 
 int64_t cpu_memory_limit() { return g_cpu_limit.load(); }
+
+CpuMemoryLimitScope::CpuMemoryLimitScope(std::optional<int64_t> bytes) {
+  if (!bytes) return;
+  previous_ = cpu_memory_limit();
+  set_cpu_memory_limit(*bytes);
+}
+
+CpuMemoryLimitScope::~CpuMemoryLimitScope() {
+  if (previous_) set_cpu_memory_limit(*previous_);
+}
 
 Allocator& allocator(Device d) {
   static CpuAllocator cpu;

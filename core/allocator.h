@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 
 #include "core/device.h"
 #include "core/ledger.h"
@@ -35,10 +36,21 @@ class Allocator {
 Allocator& allocator(Device d);
 
 // A ceiling on the CPU's live held bytes (0, the default: none). An allocation that would go above it fails
-// exactly as one the system refuses (tally::Error "out of memory on the CPU ..." with the ledger's table), so a
-// memory budget can be enforced, and out-of-memory handling tested, without exhausting the machine.
+// exactly as one the system refuses (tally::OutOfMemory "out of memory on the CPU ..." with the ledger's table), so
+// a memory budget can be enforced, and out-of-memory handling tested, without exhausting the machine.
 void set_cpu_memory_limit(int64_t bytes);
 int64_t cpu_memory_limit();
+// The ceiling set for the lifetime of the object, the previous one restored afterwards; nullopt: left as it is.
+class CpuMemoryLimitScope {
+ public:
+  explicit CpuMemoryLimitScope(std::optional<int64_t> bytes);
+  ~CpuMemoryLimitScope();
+  CpuMemoryLimitScope(const CpuMemoryLimitScope&) = delete;
+  CpuMemoryLimitScope& operator=(const CpuMemoryLimitScope&) = delete;
+
+ private:
+  std::optional<int64_t> previous_;
+};
 
 // Rounding the CPU allocator applies (also used by predictions).
 inline constexpr int64_t kCpuAlignment = 64;

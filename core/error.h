@@ -14,6 +14,12 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& what) : std::runtime_error(what) {}
 };
 
+// An allocation the device (or the CPU allocator's limit) refused: the caller may free memory and try less.
+class OutOfMemory : public Error {
+ public:
+  explicit OutOfMemory(const std::string& what) : Error(what) {}
+};
+
 // Concatenates any streamable values into one string: cat("[add] ", a, " vs ", b).
 template <class... Args>
 std::string cat(Args&&... args) {

@@ -1,6 +1,6 @@
 // Building blocks shared by the training subcommands (train, compare, memory, eval, sample, export, inspect):
-// the model from flags or a checkpoint file, the optimizer from flags, where the data comes from, and the exact
-// memory plan of a training step (predicted by running that very step on the meta device).
+// the model from flags or a checkpoint file, the optimizer from flags, and where the data comes from. The memory
+// of a step is in memory_plan.h.
 #pragma once
 #include <filesystem>
 #include <map>
@@ -62,21 +62,5 @@ DataChoice resolve_data_from(const std::vector<std::filesystem::path>& candidate
 // data/ in the checkout (train.bin + val.bin, or tinyshakespeare.txt), then ../shared/data/tinyshakespeare.txt.
 std::vector<std::filesystem::path> default_data_candidates();
 std::vector<FlagSpec> data_flags();
-
-// ---- memory plan ----
-struct MemoryFigures {
-  int64_t parameters = 0;                        // live bytes (requested)
-  int64_t gradients = 0;                         // peak during the step
-  int64_t optimizer_state = 0;                   // live after the step
-  std::map<std::string, int64_t> state_by_kind;  // optimizer state by state name ("exp_avg", ...)
-  int64_t activations = 0;                       // peak during the step
-  int64_t workspace = 0;                         // peak during the step
-  int64_t other = 0;                             // peak (input batches, ...)
-  int64_t total = 0;                             // peak of everything at once
-  int64_t total_held = 0;                        // the same in held bytes (the allocator's 64-byte rounding)
-};
-// Reads a ledger after a step (peaks since the last reset_peaks()).
-MemoryFigures measure(const Ledger& l);
-std::string format_plan(const MemoryFigures& predicted, const MemoryFigures* measured);
 
 }  // namespace tally::cli

@@ -149,11 +149,14 @@ class CachingAllocator final : public Allocator {
       size_t free_b = 0, total_b = 0;
       (void)cudaMemGetInfo(&free_b, &total_b);
       (void)cudaGetLastError();
-      fail("out of memory on cuda:", device_, ": could not allocate ", format_bytes_exact(requested), " (",
-           format_bytes_human(requested), ") for '", current_owner(), "' (", category_name(current_category()),
-           "): ", cudaGetErrorName(err), "\n", ledger(Device::cuda(device_)).table(), "reserved by tally: ",
-           format_bytes_exact(reserved_), " (", format_bytes_human(reserved_), "); device free: ",
-           format_bytes_human(int64_t(free_b)), " of ", format_bytes_human(int64_t(total_b)));
+      const std::string what =
+          cat("out of memory on cuda:", device_, ": could not allocate ", format_bytes_exact(requested), " (",
+              format_bytes_human(requested), ") for '", current_owner(), "' (", category_name(current_category()),
+              "): ", cudaGetErrorName(err), "\n", ledger(Device::cuda(device_)).table(), "reserved by tally: ",
+              format_bytes_exact(reserved_), " (", format_bytes_human(reserved_), "); device free: ",
+              format_bytes_human(int64_t(free_b)), " of ", format_bytes_human(int64_t(total_b)));
+      if (err == cudaErrorMemoryAllocation) throw OutOfMemory(what);
+      fail(what);  // another failure of cudaMalloc is not the caller's to recover from
     }
     reserved_ += rounded;
     mallocs_ += 1;

@@ -20,6 +20,7 @@
 #include <system_error>
 
 #include "core/error.h"
+#include "core/faults.h"
 
 #if defined(__x86_64__)
 #include <nmmintrin.h>
@@ -204,17 +205,6 @@ void forget_temp(const fs::path& temp) {
   g_live_temps.erase(temp.string());
 }
 
-int64_t fault_after_from_env() {
-  const char* e = std::getenv("TALLY_FAULT_WRITE_AFTER_BYTES");
-  if (!e || !*e) return -1;
-  char* end = nullptr;
-  errno = 0;
-  long long v = std::strtoll(e, &end, 10);
-  if (errno != 0 || *end != '\0' || v < 0)
-    fail("[io] TALLY_FAULT_WRITE_AFTER_BYTES='", e, "' is not a non-negative integer byte count");
-  return int64_t(v);
-}
-
 fs::path directory_of(const fs::path& path) {
   fs::path dir = path.parent_path();
   return dir.empty() ? fs::path(".") : dir;
@@ -225,7 +215,7 @@ fs::path directory_of(const fs::path& path) {
 AtomicFileWriter::AtomicFileWriter(fs::path path) : path_(std::move(path)) {
   TALLY_CHECK(!path_.empty(), "[io] AtomicFileWriter: empty path");
   TALLY_CHECK(path_.has_filename(), "[io] '", path_.string(), "': expected a file path, got a directory path");
-  fault_after_ = fault_after_from_env();
+  fault_after_ = faults::write_after_bytes();
   std::error_code ec;
   if (fs::is_directory(path_, ec))
     fail("[io] '", path_.string(), "' is a directory; cannot replace it with a file");

@@ -55,7 +55,7 @@ class MappedFile {
 // One process may not have two writers for the same path open at once (the temp names would collide): the
 // second constructor throws.
 //
-// Fault injection for tests: when the environment variable TALLY_FAULT_WRITE_AFTER_BYTES=N is set at
+// Fault injection for tests (core/faults.h): when the environment variable TALLY_FAULT_WRITE_AFTER_BYTES=N is set at
 // construction, the writer behaves as if the disk filled up after N bytes reached the file: the write that
 // would cross N fails exactly like a real ENOSPC (same message, temp file removed). N=0 fails the first write.
 class AtomicFileWriter {

@@ -1,0 +1,217 @@
+// The memory of a training step: figures, the meta-device plan, the budget, the batch that fits (see memory_plan.h).
+#include "train/memory_plan.h"
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "core/allocator.h"
+#include "train/step.h"
+
+#ifdef TALLY_HAS_CUDA
+#include "core/cuda/runtime.h"
+#endif
+
+namespace tally::cli {
+
+MemoryFigures measure(const Ledger& l, const optim::Optimizer& optimizer) {
+  MemoryFigures m;
+  m.parameters = l.category(Category::parameter).live_requested;
+  m.gradients = l.category(Category::gradient).peak_requested;
+  m.optimizer_state = l.category(Category::optimizer_state).live_requested;
+  m.activations = l.category(Category::activation).peak_requested;
+  m.workspace = l.category(Category::workspace).peak_requested;
+  m.other = l.category(Category::other).peak_requested;
+  m.total = l.total().peak_requested;
+  m.total_held = l.total().peak_held;
+  for (const auto& ts : optimizer.state_bytes())
+    for (const auto& s : ts.states) m.state_by_kind[s.name] += s.bytes();
+  return m;
+}
+
+std::string format_plan(const MemoryFigures& p, const MemoryFigures* m) {
+  std::string out;
+  char line[256];
+  auto row = [&](const std::string& name, int64_t predicted, const int64_t* measured) {
+    if (measured)
+      std::snprintf(line, sizeof line, "  %-28s %20s %20s %16s\n", name.c_str(), format_bytes_exact(predicted).c_str(),
+                    format_bytes_exact(*measured).c_str(), format_bytes_exact(*measured - predicted).c_str());
+    else
+      std::snprintf(line, sizeof line, "  %-28s %20s %12s\n", name.c_str(), format_bytes_exact(predicted).c_str(),
+                    format_bytes_human(predicted).c_str());
+    out += line;
+  };
+  if (m)
+    std::snprintf(line, sizeof line, "  %-28s %20s %20s %16s\n", "memory (bytes requested)", "predicted", "measured",
+                  "difference");
+  else
+    std::snprintf(line, sizeof line, "  %-28s %20s\n", "memory plan (bytes requested)", "predicted");
+  out += line;
+  row("parameters", p.parameters, m ? &m->parameters : nullptr);
+  row("gradients (peak)", p.gradients, m ? &m->gradients : nullptr);
+  row("optimizer state", p.optimizer_state, m ? &m->optimizer_state : nullptr);
+  for (const auto& [kind, bytes] : p.state_by_kind) {
+    const int64_t* mk = nullptr;
+    if (m)
+      if (auto it = m->state_by_kind.find(kind); it != m->state_by_kind.end()) mk = &it->second;
+    int64_t zero = 0;
+    row("  " + kind, bytes, m ? (mk ? mk : &zero) : nullptr);
+  }
+  row("activations (peak)", p.activations, m ? &m->activations : nullptr);
+  row("workspace (peak)", p.workspace, m ? &m->workspace : nullptr);
+  row("inputs and other (peak)", p.other, m ? &m->other : nullptr);
+  row("total (peak, all at once)", p.total, m ? &m->total : nullptr);
+  return out;
+}
+
+namespace {
+
+// Micro-batches of the right shape on the meta device: nothing is read, nothing is allocated.
+class MetaBatches final : public Batches {
+ public:
+  explicit MetaBatches(const StepShape& s) : shape_(s) {}
+  void next(Tensor& inputs, Tensor& targets) override {
+    inputs = empty({shape_.batch, shape_.seq}, {.dtype = DType::i32, .device = Device::meta()});
+    targets = empty({shape_.batch, shape_.seq}, {.dtype = DType::i32, .device = Device::meta()});
+  }
+
+ private:
+  StepShape shape_;
+};
+
+}  // namespace
+
+MemoryFigures predict_step_memory(const models::GPT2Config& config, const OptimizerChoice& optimizer, StepShape shape) {
+  Ledger& meta = ledger(Device::meta());
+  TALLY_ASSERT(meta.total().live_requested == 0);
+  models::GPT2 model(config, {.device = Device::meta(), .dtype = shape.dtype});
+  auto opt = optimizer.make(model.parameters());
+  opt->init_state();
+  meta.reset_peaks();
+  MetaBatches batches(shape);
+  optimizer_step(model, *opt, batches, {.accumulation = shape.accumulation, .grad_clip = shape.grad_clip});
+  return measure(meta, *opt);
+}
+
+int64_t parse_byte_count(const std::string& text) {
+  size_t used = 0;
+  long long v = -1;
+  try {
+    v = std::stoll(text, &used);
+  } catch (const std::exception&) {
+  }
+  int shift = 0;
+  const std::string suffix = used <= text.size() ? text.substr(used) : "";
+  if (suffix == "K" || suffix == "k") shift = 10;
+  else if (suffix == "M") shift = 20;
+  else if (suffix == "G") shift = 30;
+  else if (suffix == "T") shift = 40;
+  else if (!suffix.empty()) v = -1;
+  TALLY_CHECK(v >= 0 && v <= (INT64_MAX >> shift), "'", text,
+              "' is not a byte count (a non-negative integer, optionally with K, M, G or T)");
+  return int64_t(v) << shift;
+}
+
+MemoryBudget memory_budget(Device device, int64_t live, int64_t held_before) {
+  MemoryBudget b;
+  if (const char* env = std::getenv("TALLY_MEMORY_LIMIT"); env && *env) {
+    try {
+      b.bytes = parse_byte_count(env);
+    } catch (const Error& e) {
+      fail("TALLY_MEMORY_LIMIT: ", e.what());
+    }
+    b.source = cat("TALLY_MEMORY_LIMIT=", env);
+    b.enforced = device.is_cpu();
+    return b;
+  }
+  if (device.is_cpu()) {
+    long long kib = -1;
+    if (std::FILE* f = std::fopen("/proc/meminfo", "r")) {
+      char line[256];
+      while (std::fgets(line, sizeof line, f))
+        if (std::sscanf(line, "MemAvailable: %lld kB", &kib) == 1) break;
+      std::fclose(f);
+    }
+    if (kib >= 0) {
+      b.bytes = int64_t(kib) * 1024 + live;
+      b.source = cat("MemAvailable in /proc/meminfo, ", format_bytes_human(int64_t(kib) * 1024), ", + ",
+                     format_bytes_human(live), " this run already holds");
+    }
+    if (const int64_t limit = cpu_memory_limit(); limit > 0 && (b.bytes < 0 || limit - held_before < b.bytes)) {
+      b.bytes = limit - held_before;
+      b.source = "the CPU allocator's limit (set_cpu_memory_limit)";
+    }
+  }
+#ifdef TALLY_HAS_CUDA
+  if (device.is_cuda()) {
+    int64_t free_bytes = 0, total_bytes = 0;
+    cuda::memory_info(&free_bytes, &total_bytes);
+    b.bytes = free_bytes + live;
+    b.source = cat("free memory on ", device.str(), " (cudaMemGetInfo: ", format_bytes_human(free_bytes), " of ",
+                   format_bytes_human(total_bytes), ") + ", format_bytes_human(live), " this run already holds");
+  }
+#endif
+  return b;
+}
+
+int64_t largest_fitting_batch(const models::GPT2Config& model, const OptimizerChoice& optimizer, StepShape shape,
+                              int64_t bytes) {
+  // The peak grows with B (activations are proportional to it), so a binary search over [1, B] finds the edge.
+  int64_t lo = 0, hi = shape.batch;  // lo fits (0 trivially), everything above hi does not
+  auto fits = [&](int64_t b) {
+    StepShape s = shape;
+    s.batch = b;
+    return predict_step_memory(model, optimizer, s).total_held <= bytes;
+  };
+  if (fits(hi)) return hi;
+  --hi;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo + 1) / 2;
+    if (fits(mid)) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+std::string memory_advice(const models::GPT2Config& model, const OptimizerChoice& optimizer, StepShape shape,
+                          const MemoryFigures& predicted, const MemoryBudget& budget) {
+  std::string out = cat("One training step of this run needs ", format_bytes_exact(predicted.total_held), " (",
+                        format_bytes_human(predicted.total_held), ") at its peak, predicted exactly on the meta device; ",
+                        "the budget is ", format_bytes_exact(budget.bytes), " (", format_bytes_human(budget.bytes),
+                        ", ", budget.source, ").\n");
+  const int64_t batch = shape.batch;
+  const int64_t fit = largest_fitting_batch(model, optimizer, shape, budget.bytes);
+  if (fit >= batch) {
+    out += cat("The plan fits the budget at --batch ", batch, ": memory is used outside the training step (or by "
+               "another process); lower --batch or --val-batches, or free memory.\n");
+  } else if (fit > 0) {
+    StepShape s = shape;
+    s.batch = fit;
+    const MemoryFigures at = predict_step_memory(model, optimizer, s);
+    out += cat("The largest --batch that fits is ", fit, " (peak ", format_bytes_human(at.total_held), ")");
+    out += (batch * shape.accumulation) % fit == 0
+               ? cat("; --total-batch ", batch * shape.seq * shape.accumulation,
+                     " keeps the tokens per optimizer step (gradient accumulation).\n")
+               : ".\n";
+  } else {
+    StepShape s = shape;
+    s.batch = 1;
+    // Optimizers whose state (at their defaults) is smaller than this run's, for this model.
+    std::vector<optim::NamedShape> shapes;
+    {
+      models::GPT2 meta(model, {.device = Device::meta(), .dtype = shape.dtype});
+      for (const Tensor& p : meta.parameters()) shapes.push_back(optim::named_shape(p));
+    }
+    const int64_t ours = optim::total_bytes(optimizer.predict(shapes));
+    std::string smaller;
+    for (const optim::OptimizerEntry& e : optim::optimizers())
+      if (optim::total_bytes(e.predict(shapes, {})) < ours) smaller += (smaller.empty() ? "" : ", ") + e.name;
+    out += cat("Not even --batch 1 fits (peak ", format_bytes_human(predict_step_memory(model, optimizer, s).total_held),
+               "): use a smaller model or --seq",
+               smaller.empty() ? std::string() : cat(", or an optimizer with less state (", smaller, ")"), ".\n");
+  }
+  out += '\n';
+  out += format_plan(predicted, nullptr);
+  return out;
+}
+
+}  // namespace tally::cli

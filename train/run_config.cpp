@@ -1,0 +1,116 @@
+// `tally train`'s flags and the RunConfig resolved from them (see run_config.h).
+#include "train/run_config.h"
+
+namespace tally::cli {
+
+namespace {
+RunConfig run_config_unchecked(const Flags& f, DataResolution data);
+}  // namespace
+
+std::vector<FlagSpec> train_flags() {
+  std::vector<FlagSpec> f = model_flags("d4");
+  f.push_back({"init", "start from a model file: llm.c .bin, .safetensors (HF naming) or a tally checkpoint", ""});
+  for (auto& s : data_flags()) f.push_back(s);
+  for (auto& s : optimizer_flags()) f.push_back(s);
+  std::vector<FlagSpec> run = {
+      {"batch", "micro-batch size B", "8"},
+      {"seq", "sequence length T", "128"},
+      {"total-batch", "tokens per optimizer step (a multiple of B*T: gradient accumulation)", ""},
+      {"steps", "optimizer steps", "200"},
+      {"schedule", "cosine (linear warmup, cosine decay to --min-lr-ratio) | constant", "cosine"},
+      {"warmup", "warmup steps", "20"},
+      {"min-lr-ratio", "final lr as a fraction of the peak (cosine)", "0.1"},
+      {"grad-clip", "global gradient-norm clip (0: off)", "1"},
+      {"eval-every", "evaluate every N steps (0: only at the end)", "50"},
+      {"val-batches", "validation batches per evaluation", "8"},
+      {"sample-every", "sample a few lines every N steps (0: only at the end)", "0"},
+      {"sample-tokens", "tokens per sample", "64"},
+      {"out", "run directory (log.jsonl, config.json, checkpoints)", "runs/latest"},
+      {"save-every", "checkpoint every N steps (0: only at the end)", "0"},
+      {"keep-last", "checkpoints kept", "3"},
+      {"resume", "continue a run from its directory or a checkpoint directory", ""},
+      {"seed", "seed for initialisation and data order", "1337"},
+      {"no-shuffle", "read the training data in order (as llm.c)", "", FlagKind::switch_},
+      {"device", "cpu | cuda", "cpu"},
+      {"dtype", "f32 | bf16 (mixed precision, CUDA only: bf16 parameters, activations and gradients; f32 master "
+                "weights and optimizer state; checkpoints hold both)", "f32"},
+      {"threads", "CPU threads (0: all)", "0"},
+      {"log-optim", "log the optimizer's internals every N steps (0: off)", "0"},
+      {"log-every", "print a progress line every N steps when not on a terminal", "10"},
+      {"max-bad-steps", "stop after this many non-finite steps in a row", "5"},
+      {"config", "a JSON file of flags (command-line flags win)", ""},
+  };
+  f.insert(f.end(), run.begin(), run.end());
+  return f;
+}
+
+RunConfig run_config(const Flags& f, DataResolution data) {
+  // An error about a value that came from a --config file says so, naming the file.
+  try {
+    return run_config_unchecked(f, data);
+  } catch (const FlagError& e) {
+    const std::string sources = f.config_sources();
+    if (sources.empty() || std::string_view(e.what()).find("config file '") != std::string_view::npos) throw;
+    throw FlagError(cat(e.what(), " (", sources, ")"));
+  }
+}
+
+namespace {
+
+RunConfig run_config_unchecked(const Flags& f, DataResolution data) {
+  RunConfig c;
+  c.model = model_config(f);
+  c.vocab_multiple = vocab_multiple(f);
+  c.init = f.maybe("init").value_or("");
+  c.optimizer = optimizer_choice(f, f.str("optimizer"));
+  c.batch = f.integer("batch");
+  c.seq = f.integer("seq");
+  c.steps = f.integer("steps");
+  if (c.batch < 1 || c.seq < 1 || c.steps < 1) throw FlagError("--batch, --seq and --steps must be positive");
+  if (c.seq > c.model.block_size)
+    throw FlagError("--seq " + std::to_string(c.seq) + " exceeds the model's block size " + std::to_string(c.model.block_size));
+  if (f.given("total-batch")) {
+    int64_t total = f.integer("total-batch"), per = c.batch * c.seq;
+    if (total < per || total % per != 0)
+      throw FlagError("--total-batch " + std::to_string(total) + " must be a positive multiple of B*T = " + std::to_string(per));
+    c.accumulation = total / per;
+  }
+  c.schedule = f.str("schedule");
+  if (c.schedule != "cosine" && c.schedule != "constant") throw FlagError("--schedule must be cosine or constant");
+  c.warmup = std::min(f.integer("warmup"), c.steps);  // a run shorter than its warmup warms up throughout
+  c.min_lr_ratio = f.number("min-lr-ratio");
+  c.grad_clip = f.number("grad-clip");
+  c.eval_every = f.integer("eval-every");
+  c.val_batches = f.integer("val-batches");
+  c.sample_every = f.integer("sample-every");
+  c.sample_tokens = f.integer("sample-tokens");
+  c.save_every = f.integer("save-every");
+  c.keep_last = int(f.integer("keep-last"));
+  c.log_optim = f.integer("log-optim");
+  c.log_every = std::max<int64_t>(1, f.integer("log-every"));
+  c.max_bad_steps = f.integer("max-bad-steps");
+  c.seed = uint64_t(f.integer("seed"));
+  c.shuffle = !f.on("no-shuffle");
+  try {
+    c.device = Device::parse(f.str("device"));
+  } catch (const Error& e) {
+    throw FlagError(e.what());
+  }
+  if (c.device.is_meta()) throw FlagError("--device meta is for memory planning only");
+  const std::string dtype = f.str("dtype");
+  if (dtype != "f32" && dtype != "bf16") throw FlagError("--dtype must be f32 or bf16, got '" + dtype + "'");
+  c.dtype = dtype == "bf16" ? DType::bf16 : DType::f32;
+  if (c.dtype == DType::bf16 && !c.device.is_cuda())
+    throw FlagError("--dtype bf16 computes on CUDA only: add --device cuda, or train in f32 on the CPU");
+  c.threads = int(f.integer("threads"));
+  if (c.warmup < 0 || c.val_batches < 1 || c.threads < 0 || c.max_bad_steps < 1 || c.keep_last < 0)
+    throw FlagError("--warmup, --threads, --keep-last must be >= 0; --val-batches, --max-bad-steps >= 1");
+  c.out = f.str("out");
+  if (data == DataResolution::resolve) c.data = resolve_data(f, c.out);
+  for (const auto& [k, v] : f.resolved()) c.flags[k] = v;
+  return c;
+}
+
+}  // namespace
+
+}  // namespace tally::cli

@@ -1,0 +1,45 @@
+// A training run's configuration: the flags of `tally train` (model, data, optimizer and run flags) and the
+// RunConfig resolved and checked from them before anything is allocated; saved with the run for --resume.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "models/gpt2.h"
+#include "train/flags.h"
+#include "train/setup.h"
+
+namespace tally::cli {
+
+// Everything a run is configured with (resolved from flags and saved with the run).
+struct RunConfig {
+  models::GPT2Config model;
+  int64_t vocab_multiple = 128;  // the vocabulary is padded to a multiple of this (1: --no-vocab-pad), --init too
+  std::string init;  // a model file to start from ("" = GPT-2 init from seed)
+  OptimizerChoice optimizer;
+  DataChoice data;
+  int64_t batch = 8, seq = 128, accumulation = 1, steps = 100;
+  std::string schedule = "cosine";
+  int64_t warmup = 10;
+  double min_lr_ratio = 0.1, grad_clip = 1.0;
+  int64_t eval_every = 50, val_batches = 8, sample_every = 0, sample_tokens = 64;
+  int64_t save_every = 0, keep_last = 3, log_optim = 0, log_every = 10, max_bad_steps = 5;
+  uint64_t seed = 1337;
+  bool shuffle = true;
+  Device device = Device::cpu();
+  DType dtype = DType::f32;  // bf16: mixed precision on CUDA (bf16 model, f32 master weights in the optimizer)
+  int threads = 0;
+  std::filesystem::path out;
+  nlohmann::json flags;  // the resolved flags as given/defaulted
+};
+
+// Flags for `tally train` (model, data, optimizer and run flags).
+std::vector<FlagSpec> train_flags();
+// skip: leave config.data empty (no files are looked at or tokenized; the flag fuzz target).
+enum class DataResolution { resolve, skip };
+RunConfig run_config(const Flags& flags, DataResolution data = DataResolution::resolve);
+
+}  // namespace tally::cli

@@ -1,0 +1,69 @@
+// log.jsonl (see run_log.h).
+#include "train/run_log.h"
+
+#include <cmath>
+
+#include "core/error.h"
+
+using nlohmann::json;
+
+namespace tally::cli {
+
+namespace {
+
+// JSON has no NaN or infinity: they are written as null.
+json number(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
+
+}  // namespace
+
+RunLog::RunLog(std::filesystem::path path, LogStart start) : path_(std::move(path)) {
+  file_ = std::fopen(path_.c_str(), start == LogStart::append ? "a" : "w");
+  TALLY_CHECK(file_, "cannot write '", path_.string(), "'");
+}
+
+RunLog::~RunLog() {
+  if (file_) std::fclose(file_);
+}
+
+void RunLog::write(const json& record) {
+  const std::string line = record.dump() + "\n";
+  TALLY_CHECK(std::fwrite(line.data(), 1, line.size(), file_) == line.size() && std::fflush(file_) == 0,
+              "cannot write '", path_.string(), "'");
+}
+
+void RunLog::step(const StepRecord& r) {
+  if (r.skipped) {
+    write({{"step", r.step}, {"skipped", true}, {"loss", number(r.loss)}, {"grad_norm", number(r.grad_norm)}});
+    return;
+  }
+  write({{"step", r.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
+         {"tokens_per_s", r.tokens_per_s}, {"ms", r.ms}});
+}
+
+void RunLog::validation(int64_t step, double loss) { write({{"step", step}, {"val_loss", number(loss)}}); }
+
+void RunLog::memory(int64_t step, int64_t predicted, int64_t measured) {
+  write({{"step", step}, {"memory_predicted", predicted}, {"memory_measured", measured},
+         {"memory_difference", measured - predicted}});
+}
+
+void RunLog::optimizer_internals(int64_t step, const std::vector<optim::TensorInternals>& internals) {
+  json entries = json::array();
+  for (const optim::TensorInternals& t : internals) {
+    json e = {{"param", t.param}, {"update_rms", number(t.update_rms)},
+              {"clipped_update_rms", number(t.clipped_update_rms)}, {"clipped", t.clipped},
+              {"exp_avg_rms", number(t.exp_avg_rms)}, {"applied_rms", number(t.applied_rms)}};
+    if (t.has_confidence) {
+      auto summary = [](const optim::Summary& s) {
+        return json{{"min", number(s.min)}, {"mean", number(s.mean)}, {"max", number(s.max)}};
+      };
+      e["confidence_row"] = summary(t.confidence_row);
+      e["confidence_col"] = summary(t.confidence_col);
+      e["confidence_scale"] = summary(t.confidence_scale);
+    }
+    entries.push_back(e);
+  }
+  write({{"step", step}, {"optim", entries}});
+}
+
+}  // namespace tally::cli

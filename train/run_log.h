@@ -1,0 +1,45 @@
+// log.jsonl of a training run: one JSON object per line, the only writer of the file. Each record is written and
+// flushed whole, so a killed run loses at most the line it was writing; a resumed run appends. Records:
+//   {"step", "loss", "lr", "grad_norm", "tokens_per_s", "ms"}             a training step
+//   {"step", "skipped": true, "loss", "grad_norm"}                          a non-finite step (null for NaN/inf)
+//   {"step", "val_loss"}                                                   an evaluation
+//   {"step", "memory_predicted", "memory_measured", "memory_difference"}   after the first step (CPU)
+//   {"step", "optim": [{"param", "update_rms", ...}]}                      the optimizer's internals (--log-optim)
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <vector>
+
+#include "optim/optimizer.h"
+
+namespace tally::cli {
+
+struct StepRecord {
+  int64_t step = 0;
+  double loss = 0, lr = 0, grad_norm = 0, ms = 0, tokens_per_s = 0;
+  bool skipped = false;  // non-finite loss or gradient norm: the optimizer did not run
+};
+
+enum class LogStart { fresh, append };
+
+class RunLog {
+ public:
+  RunLog(std::filesystem::path path, LogStart start);
+  ~RunLog();
+  RunLog(const RunLog&) = delete;
+  RunLog& operator=(const RunLog&) = delete;
+
+  void step(const StepRecord& r);
+  void validation(int64_t step, double loss);
+  void memory(int64_t step, int64_t predicted, int64_t measured);
+  void optimizer_internals(int64_t step, const std::vector<optim::TensorInternals>& internals);
+
+ private:
+  void write(const nlohmann::json& record);
+  std::filesystem::path path_;
+  std::FILE* file_ = nullptr;
+};
+
+}  // namespace tally::cli

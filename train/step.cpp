@@ -1,0 +1,41 @@
+// One optimizer step (see step.h).
+#include "train/step.h"
+
+#include <cmath>
+
+#include "core/ledger.h"
+#include "core/ops.h"
+#include "optim/clip.h"
+
+namespace tally::cli {
+
+StepOutcome optimizer_step(models::GPT2& model, optim::Optimizer& opt, Batches& batches, const StepPlan& plan) {
+  const bool meta = model.device().is_meta();
+  opt.zero_grad(optim::ZeroGrad::set_to_none);
+  double loss_sum = 0;
+  for (int64_t micro = 0; micro < plan.accumulation; ++micro) {
+    Tensor x, y;  // (B, T) i32
+    {
+      MemoryScope scope(Category::other, "batch");
+      batches.next(x, y);
+    }
+    Tensor loss = model.loss(x, y);
+    if (!meta) loss_sum += loss.item();
+    if (plan.accumulation > 1) loss = loss * (1.0 / double(plan.accumulation));
+    loss.backward();
+  }
+  StepOutcome out;
+  out.loss = meta || plan.poison_loss ? NAN : loss_sum / double(plan.accumulation);
+  out.grad_norm = optim::grad_norm(model.parameters());
+  out.finite = meta || (std::isfinite(out.loss) && std::isfinite(out.grad_norm));
+  if (out.finite) {
+    const double coef = plan.grad_clip > 0 ? optim::clip_coefficient(out.grad_norm, plan.grad_clip) : 1.0;
+    opt.step({.grad_scale = coef});  // the clip is fused into the step: the gradients are read scaled
+  }
+  // Past the update (or a skipped one) the gradients are dead: freeing them now keeps evaluation, sampling and
+  // checkpointing between steps inside the step's predicted peak.
+  opt.zero_grad(optim::ZeroGrad::set_to_none);
+  return out;
+}
+
+}  // namespace tally::cli

@@ -1,0 +1,35 @@
+// One optimizer step of a GPT-2, top to bottom: for each micro-batch, batch -> forward -> loss -> backward (the
+// gradients accumulate, each loss scaled by 1/accumulation); then the global gradient norm -> clip -> optimizer step
+// -> gradients freed. A non-finite loss or norm skips the optimizer, whose state stays untouched. The same function
+// runs on the meta device to predict a step's memory (train/memory_plan.h), so the plan is of this very code.
+#pragma once
+#include <cstdint>
+
+#include "core/tensor.h"
+#include "models/gpt2.h"
+#include "optim/optimizer.h"
+
+namespace tally::cli {
+
+// Where a step's micro-batches come from: (B, T) i32 inputs and targets on the model's device.
+class Batches {
+ public:
+  virtual ~Batches() = default;
+  virtual void next(Tensor& inputs, Tensor& targets) = 0;
+};
+
+struct StepPlan {
+  int64_t accumulation = 1;   // micro-batches per optimizer step
+  double grad_clip = 1.0;     // global-norm clip (0: off)
+  bool poison_loss = false;   // fault injection (core/faults.h): the step's loss reads as NaN
+};
+
+struct StepOutcome {
+  double loss = 0;       // mean over the micro-batches (NaN on the meta device)
+  double grad_norm = 0;  // before clipping
+  bool finite = true;    // false: the optimizer did not run
+};
+
+StepOutcome optimizer_step(models::GPT2& model, optim::Optimizer& optimizer, Batches& batches, const StepPlan& plan);
+
+}  // namespace tally::cli
