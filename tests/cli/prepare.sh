@@ -5,7 +5,9 @@
 set -u
 tally="$1"
 src="$2"
+# Where tally finds it: ../shared/data (or $TALLY_SHARED_DATA), else data/ in the checkout (where it is downloaded).
 text="${TALLY_SHARED_DATA:-$src/../shared/data}/tinyshakespeare.txt"
+[[ -f "$text" ]] || text="$src/data/tinyshakespeare.txt"
 if [[ ! -f "$text" ]]; then
   echo "SKIPPED: $text not found"
   exit 0
