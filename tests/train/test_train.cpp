@@ -181,14 +181,20 @@ TEST_CASE("train: with no data in any place, Tiny Shakespeare is downloaded into
     test::ScopedEnv cache("TALLY_CACHE_DIR", "/c"), shared("TALLY_SHARED_DATA", "/s");
     CHECK(default_data_candidates() == std::vector<fs::path>{"/c", "/c/tinyshakespeare.txt", "/s/tinyshakespeare.txt"});
   }
-  const fs::path real = test::data_file(data::DataFile::tiny_shakespeare);
-  if (real.empty()) {
-    MESSAGE("SKIPPED: Tiny Shakespeare neither found nor downloaded");
+  // The mirror serves all three files: with the cache moved, tokenizing downloads GPT-2's files too where no
+  // ../shared/data has them.
+  const fs::path real = test::data_file(data::DataFile::tiny_shakespeare),
+                 encoder = test::data_file(data::DataFile::gpt2_encoder),
+                 vocab = test::data_file(data::DataFile::gpt2_vocab);
+  if (real.empty() || encoder.empty() || vocab.empty()) {
+    MESSAGE("SKIPPED: the data files were neither found nor downloaded");
     return;
   }
   const fs::path out = test::temp_dir("train_fetch");
-  fs::create_directories(out / "mirror");
+  fs::create_directories(out / "mirror" / "gpt2");
   fs::copy_file(real, out / "mirror" / "tinyshakespeare.txt");
+  fs::copy_file(encoder, out / "mirror" / "gpt2" / "encoder.json");
+  fs::copy_file(vocab, out / "mirror" / "gpt2" / "vocab.bpe");
   {
     test::ScopedEnv cache("TALLY_CACHE_DIR", (out / "cache").string()),
         url("TALLY_DATA_URL", "file://" + (out / "mirror").string()), offline("TALLY_OFFLINE", std::nullopt);
