@@ -20,6 +20,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "data/fetch.h"
 #include "data/utf8.h"
 
 namespace tally::data {
@@ -561,15 +562,18 @@ fs::path Tokenizer::default_dir() {
     TALLY_CHECK(ok(env), "[tokenizer] TALLY_GPT2_DIR=", env, " does not hold encoder.json and vocab.bpe");
     return env;
   }
-  for (const fs::path& d : {fs::path(TALLY_SOURCE_DIR) / ".." / "shared" / "data" / "gpt2",
-                            fs::current_path() / ".." / "shared" / "data" / "gpt2"}) {
-    if (ok(d)) return d.lexically_normal();
-    tried.push_back(d.lexically_normal());
+  for (const fs::path& searched : search_dirs()) {
+    const fs::path d = (searched / "gpt2").lexically_normal();
+    if (ok(d)) return d;
+    tried.push_back(d);
   }
+  // None has both: the two from the download cache, downloaded there once (not with TALLY_OFFLINE=1).
+  const auto encoder = fetch(DataFile::gpt2_encoder), vocab = fetch(DataFile::gpt2_vocab);
+  if (encoder && vocab) return encoder->parent_path();
   std::string msg = "[tokenizer] GPT-2 files (encoder.json, vocab.bpe) not found; set TALLY_GPT2_DIR or pass a "
                     "directory. Tried:";
   for (const auto& d : tried) msg += cat(' ', d.string());
-  throw Error(msg);
+  throw Error(cat(msg, ". ", offline_note()));
 }
 
 Tokenizer Tokenizer::load(const fs::path& dir_arg) {

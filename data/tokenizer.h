@@ -24,8 +24,10 @@ class Tokenizer {
   static constexpr int32_t kEndOfText = 50256;
   static constexpr std::string_view kEndOfTextText = "<|endoftext|>";
 
-  // Where the GPT-2 files are looked for when load() gets no directory: $TALLY_GPT2_DIR, else
-  // <source dir>/../shared/data/gpt2, else ./../shared/data/gpt2. Throws tally::Error listing what was tried.
+  // Where the GPT-2 files are looked for when load() gets no directory: $TALLY_GPT2_DIR, else gpt2/ in each of
+  // data::search_dirs() (data/ in the checkout, ../shared/data), else the download cache, where they are downloaded
+  // once and checked (data/fetch.h). A failed download, or nothing found with TALLY_OFFLINE=1, throws tally::Error
+  // (with TALLY_OFFLINE=1 it lists what was tried).
   static std::filesystem::path default_dir();
   // Reads dir/encoder.json and dir/vocab.bpe (an empty path means default_dir()). Corrupt or inconsistent files
   // throw tally::Error naming the file and what was expected.

@@ -44,6 +44,7 @@ unpack() {  # archive: tar's xz, or Python's when the image has no xz
 for a in deps prebuilt data; do
   if [ -f "$root/.gpu-carry/$a.tar.xz" ]; then unpack "$root/.gpu-carry/$a.tar.xz" && say "unpacked .gpu-carry/$a.tar.xz"; fi
 done
+export TALLY_OFFLINE=1  # nothing outside the GPU machine can be reached: the data files come carried or not at all
 if [ -d "$root/.gpu-shared/data" ]; then  # carried ../shared/data: where the tests and the trainer look for it
   export TALLY_SHARED_DATA=$root/.gpu-shared/data TALLY_GPT2_DIR=$root/.gpu-shared/data/gpt2
   export TALLY_DATA=$root/.gpu-shared/data/tinyshakespeare.txt

@@ -1,16 +1,36 @@
-// Helpers shared by the tests: where the shared data and committed reference files are.
+// Helpers shared by the tests: where the data files and committed reference files are, temporary directories,
+// and environment variables set for one scope.
 #pragma once
+#include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <filesystem>
+#include <map>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <unistd.h>
 
+#include "data/fetch.h"
+
 namespace tally::test {
 
-// ../shared/data beside the checkout (or $TALLY_SHARED_DATA).
-inline std::filesystem::path shared_data_dir() {
-  if (const char* e = std::getenv("TALLY_SHARED_DATA")) return e;
-  return std::filesystem::path(TALLY_SOURCE_DIR).parent_path() / "shared" / "data";
+// A data file (Tiny Shakespeare, GPT-2's encoder.json or vocab.bpe) where tally itself finds it: data/ in the
+// checkout, ../shared/data beside it (or $TALLY_SHARED_DATA), else the download cache, where it is downloaded once
+// unless TALLY_OFFLINE=1 (data::locate). An empty path when it cannot be had, for the test to skip with a message;
+// tried once per file and process, so a machine without the files and without a network pays one failure.
+inline std::filesystem::path data_file(data::DataFile file) {
+  static std::mutex mu;
+  static std::map<data::DataFile, std::filesystem::path> known;
+  std::lock_guard lock(mu);
+  if (auto it = known.find(file); it != known.end()) return it->second;
+  std::filesystem::path p;
+  try {
+    p = data::locate(file).value_or(std::filesystem::path());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "test data: %s\n", e.what());
+  }
+  return known[file] = p;
 }
 // tests/reference in the checkout.
 inline std::filesystem::path reference_dir() { return std::filesystem::path(TALLY_SOURCE_DIR) / "tests" / "reference"; }
@@ -21,5 +41,26 @@ inline std::filesystem::path temp_dir(const std::string& name) {
   std::filesystem::create_directories(p);
   return p;
 }
+
+// Sets (or, with std::nullopt, unsets) an environment variable for one scope; the old value comes back after it,
+// also when a check fails and unwinds.
+class ScopedEnv {
+ public:
+  ScopedEnv(std::string name, const std::optional<std::string>& value) : name_(std::move(name)) {
+    if (const char* old = std::getenv(name_.c_str())) old_ = old;
+    if (value) ::setenv(name_.c_str(), value->c_str(), 1);
+    else ::unsetenv(name_.c_str());
+  }
+  ~ScopedEnv() {
+    if (old_) ::setenv(name_.c_str(), old_->c_str(), 1);
+    else ::unsetenv(name_.c_str());
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  std::string name_;
+  std::optional<std::string> old_;
+};
 
 }  // namespace tally::test

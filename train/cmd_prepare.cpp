@@ -49,8 +49,8 @@ int cmd_prepare(const Args& args) {
                            "document and the separator stays at its end, as llm.c's tinyshakespeare.py with '\\n\\n'",
                    .default_value = ""},
                   {.name = "tokenizer-dir",
-                   .help = "directory with encoder.json and vocab.bpe (default: $TALLY_GPT2_DIR, else "
-                           "../shared/data/gpt2)",
+                   .help = "directory with encoder.json and vocab.bpe (default: $TALLY_GPT2_DIR, else gpt2/ in "
+                           "data/ or ../shared/data, else downloaded once into the cache)",
                    .default_value = ""},
               });
   flags.parse(args);

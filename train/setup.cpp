@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/ledger.h"
+#include "data/fetch.h"
 #include "data/prepare.h"
 #include "data/tokenizer.h"
 #include "models/checkpoint_llmc.h"
@@ -207,10 +208,10 @@ DataChoice resolve_data(const Flags& f, const fs::path& cache_dir) {
 }
 
 std::vector<fs::path> default_data_candidates() {
-  const fs::path source = TALLY_SOURCE_DIR;
-  return {source / "data", source / "data" / "tinyshakespeare.txt",
-          source.parent_path() / "shared" / "data" / "tinyshakespeare.txt",
-          fs::current_path().parent_path() / "shared" / "data" / "tinyshakespeare.txt"};
+  const std::vector<fs::path> dirs = data::search_dirs();
+  std::vector<fs::path> candidates = {dirs.front()};  // the data directory may hold train.bin and val.bin
+  for (const fs::path& d : dirs) candidates.push_back(d / data::pinned(data::DataFile::tiny_shakespeare).name);
+  return candidates;
 }
 
 DataChoice resolve_data_from(const std::vector<fs::path>& candidates, int64_t val_tokens, const fs::path& cache_dir) {
@@ -218,7 +219,9 @@ DataChoice resolve_data_from(const std::vector<fs::path>& candidates, int64_t va
     if (fs::is_directory(p) && fs::exists(p / "train.bin") && fs::exists(p / "val.bin")) return from_dir(p, "found");
     if (fs::is_regular_file(p)) return from_text(p, val_tokens, cache_dir, "found");
   }
-  fail(kDownloadHint);
+  // None of them: Tiny Shakespeare from the download cache, downloaded there once (not with TALLY_OFFLINE=1).
+  if (auto text = data::fetch(data::DataFile::tiny_shakespeare)) return from_text(*text, val_tokens, cache_dir, "cached");
+  fail(kDownloadHint, "\n", data::offline_note());
 }
 
 }  // namespace tally::cli

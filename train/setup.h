@@ -52,14 +52,16 @@ struct DataChoice {
   std::string description;                 // where it came from, for the log
 };
 // Lookup order: --train/--val, --text FILE, $TALLY_DATA (a text file or a directory with train.bin and val.bin),
-// data/ in the checkout, ../shared/data/tinyshakespeare.txt. Text is tokenized once into `cache_dir`.
-// Nothing found: a tally::Error saying exactly which file to provide and where to download it.
+// data/ in the checkout, ../shared/data/tinyshakespeare.txt, then Tiny Shakespeare downloaded once into the cache
+// (data/fetch.h). Text is tokenized once into `cache_dir`. A failed download, or nothing found with
+// TALLY_OFFLINE=1: a tally::Error saying exactly which file to provide and where to download it.
 DataChoice resolve_data(const Flags& flags, const std::filesystem::path& cache_dir);
 // The fallback part of that order: the first candidate that exists (a directory with train.bin and val.bin, or a
-// text file); none: the error that says what to provide.
+// text file); none: Tiny Shakespeare from the download cache (data::fetch), or the error that says what to provide.
 DataChoice resolve_data_from(const std::vector<std::filesystem::path>& candidates, int64_t val_tokens,
                              const std::filesystem::path& cache_dir);
-// data/ in the checkout (train.bin + val.bin, or tinyshakespeare.txt), then ../shared/data/tinyshakespeare.txt.
+// The data directory (data/ in the checkout, or $TALLY_CACHE_DIR) holding train.bin + val.bin, then
+// tinyshakespeare.txt in each of data::search_dirs() (that directory, then ../shared/data or $TALLY_SHARED_DATA).
 std::vector<std::filesystem::path> default_data_candidates();
 std::vector<FlagSpec> data_flags();
 

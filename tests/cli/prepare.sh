@@ -5,7 +5,10 @@
 set -u
 tally="$1"
 src="$2"
+# Where tally finds it: ../shared/data (or $TALLY_SHARED_DATA), else the download cache (data/ in the checkout, or
+# $TALLY_CACHE_DIR), which the unit tests fill where no place has it.
 text="${TALLY_SHARED_DATA:-$src/../shared/data}/tinyshakespeare.txt"
+[[ -f "$text" ]] || text="${TALLY_CACHE_DIR:-$src/data}/tinyshakespeare.txt"
 if [[ ! -f "$text" ]]; then
   echo "SKIPPED: $text not found"
   exit 0

@@ -113,6 +113,7 @@ expect 1 "model.safetensors' fails its checksum" "$tally" eval --checkpoint "$wo
 cp -r "$ck/step-00000004" "$work/trunc" && truncate -s 10 "$work/trunc/state.json"
 expect 1 "state.json' has 10 bytes" "$tally" eval --checkpoint "$work/trunc" --data "$ck/data/val.bin"
 gpt2="${TALLY_GPT2_DIR:-$2/../shared/data/gpt2}"
+[ -f "$gpt2/encoder.json" ] || gpt2="${TALLY_CACHE_DIR:-$2/data}/gpt2"  # the download cache
 if [ -f "$gpt2/encoder.json" ]; then
   mkdir -p "$work/tok" && cp "$gpt2/encoder.json" "$work/tok/"
   # Cut mid-line (the last line is half a merge), then at a line boundary (too few merges for encoder.json).

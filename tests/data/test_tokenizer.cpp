@@ -1,6 +1,7 @@
 // Tests of the GPT-2 tokenizer: parity with tiktoken (tests/reference/tokenizer_reference.json), the whole Tiny
 // Shakespeare count, round trips, special tokens, invalid UTF-8, parallel == serial, and corrupt tokenizer files.
-// Needs ../shared/data/gpt2 (CI has it); without it the parity tests skip with a visible message.
+// Needs GPT-2's files and Tiny Shakespeare where tally finds them (../shared/data in CI, else downloaded once into
+// the cache); without them the parity tests skip with a visible message.
 #include <doctest/doctest.h>
 #include <omp.h>
 
@@ -21,15 +22,21 @@ using tally::data::Tokenizer;
 
 namespace {
 
-fs::path gpt2_dir() { return tally::test::shared_data_dir() / "gpt2"; }
+using tally::data::DataFile;
+
+// The directory holding both GPT-2 files as the tests find them (test::data_file); empty when they cannot be had.
+fs::path gpt2_dir() {
+  const fs::path enc = tally::test::data_file(DataFile::gpt2_encoder), bpe = tally::test::data_file(DataFile::gpt2_vocab);
+  return !enc.empty() && !bpe.empty() && enc.parent_path() == bpe.parent_path() ? enc.parent_path() : fs::path();
+}
 
 // The tokenizer, loaded once for the whole binary; nullptr (with a message) when the GPT-2 files are absent.
 const Tokenizer* gpt2() {
   static const std::optional<Tokenizer> tok = []() -> std::optional<Tokenizer> {
-    if (!fs::exists(gpt2_dir() / "encoder.json")) return std::nullopt;
+    if (gpt2_dir().empty()) return std::nullopt;
     return Tokenizer::load(gpt2_dir());
   }();
-  if (!tok) MESSAGE("SKIPPED: GPT-2 tokenizer files not found in " << gpt2_dir().string());
+  if (!tok) MESSAGE("SKIPPED: GPT-2 tokenizer files (encoder.json, vocab.bpe) neither found nor downloaded");
   return tok ? &*tok : nullptr;
 }
 
@@ -125,7 +132,12 @@ TEST_CASE("tokenizer: parity with tiktoken for every Unicode code point (hashed 
 TEST_CASE("tokenizer: whole Tiny Shakespeare matches tiktoken's count, serial and parallel") {
   const Tokenizer* tok = gpt2();
   if (!tok) return;
-  const std::string text = slurp(tally::test::shared_data_dir() / "tinyshakespeare.txt");
+  const fs::path text_path = tally::test::data_file(DataFile::tiny_shakespeare);
+  if (text_path.empty()) {
+    MESSAGE("SKIPPED: Tiny Shakespeare neither found nor downloaded");
+    return;
+  }
+  const std::string text = slurp(text_path);
   const auto& ref = reference()["tinyshakespeare"];
   REQUIRE(text.size() == ref["bytes"].get<size_t>());
   const auto serial = with_threads(1, [&] { return tok->encode(text, SpecialTokens::disallowed); });
@@ -256,7 +268,7 @@ TEST_CASE("tokenizer: TALLY_GPT2_DIR chooses the default directory; a wrong one 
   const std::optional<std::string> saved = before ? std::optional<std::string>(before) : std::nullopt;
   ::setenv("TALLY_GPT2_DIR", "/nonexistent/gpt2", 1);
   const std::string msg = error_of([] { Tokenizer::default_dir(); });
-  if (fs::exists(gpt2_dir() / "encoder.json")) {
+  if (!gpt2_dir().empty()) {
     ::setenv("TALLY_GPT2_DIR", gpt2_dir().c_str(), 1);
     CHECK(Tokenizer::default_dir() == gpt2_dir());
   }
@@ -266,8 +278,8 @@ TEST_CASE("tokenizer: TALLY_GPT2_DIR chooses the default directory; a wrong one 
 }
 
 TEST_CASE("tokenizer: corrupt tokenizer files are clear errors naming the file") {
-  if (!fs::exists(gpt2_dir() / "encoder.json")) {
-    MESSAGE("SKIPPED: GPT-2 tokenizer files not found in " << gpt2_dir().string());
+  if (gpt2_dir().empty()) {
+    MESSAGE("SKIPPED: GPT-2 tokenizer files (encoder.json, vocab.bpe) neither found nor downloaded");
     return;
   }
   const std::string enc = slurp(gpt2_dir() / "encoder.json"), bpe = slurp(gpt2_dir() / "vocab.bpe");

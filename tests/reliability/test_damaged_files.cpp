@@ -241,13 +241,14 @@ TEST_CASE("damaged files: a training run's checkpoint (state.json's loader posit
 }
 
 TEST_CASE("damaged files: GPT-2 tokenizer files (encoder.json, vocab.bpe)") {
-  const fs::path src = test::shared_data_dir() / "gpt2";
-  if (!fs::exists(src / "encoder.json")) {
-    MESSAGE("SKIPPED: GPT-2 tokenizer files not found in " << src.string());
+  const fs::path enc = test::data_file(data::DataFile::gpt2_encoder), bpe = test::data_file(data::DataFile::gpt2_vocab);
+  if (enc.empty() || bpe.empty()) {
+    MESSAGE("SKIPPED: GPT-2 tokenizer files (encoder.json, vocab.bpe) neither found nor downloaded");
     return;
   }
   const fs::path dir = test::temp_dir("damage_tokenizer");
-  for (const char* name : {"encoder.json", "vocab.bpe"}) fs::copy_file(src / name, dir / name);
+  fs::copy_file(enc, dir / "encoder.json");
+  fs::copy_file(bpe, dir / "vocab.bpe");
   for (const char* name : {"encoder.json", "vocab.bpe"}) {
     const fs::path file = dir / name;
     Damage d{file, [&] { data::Tokenizer::load(dir); }};

@@ -165,9 +165,44 @@ TEST_CASE("train: bad flags and missing data are refused clearly") {
   ::setenv("TALLY_DATA", (out / "nowhere.txt").string().c_str(), 1);
   CHECK_THROWS_WITH_AS(config_from({}, out), doctest::Contains("nowhere.txt' does not exist"), Error);
   ::unsetenv("TALLY_DATA");
-  CHECK_THROWS_WITH_AS(resolve_data_from({}, 32768, out), doctest::Contains("no training data found"), Error);
-  CHECK_THROWS_WITH_AS(resolve_data_from({}, 32768, out), doctest::Contains("tinyshakespeare/input.txt"), Error);
+  {
+    // Nothing in the candidates and nothing cached: offline, the message says what to provide and why nothing came.
+    test::ScopedEnv offline("TALLY_OFFLINE", "1"), cache("TALLY_CACHE_DIR", (out / "cache").string());
+    CHECK_THROWS_WITH_AS(resolve_data_from({}, 32768, out), doctest::Contains("no training data found"), Error);
+    CHECK_THROWS_WITH_AS(resolve_data_from({}, 32768, out), doctest::Contains("tinyshakespeare/input.txt"), Error);
+    CHECK_THROWS_WITH_AS(resolve_data_from({}, 32768, out), doctest::Contains("TALLY_OFFLINE is set"), Error);
+  }
   if (saved) ::setenv("TALLY_DATA", saved->c_str(), 1);
+  fs::remove_all(out);
+}
+
+TEST_CASE("train: with no data in any place, Tiny Shakespeare is downloaded into the cache and tokenized") {
+  {
+    test::ScopedEnv cache("TALLY_CACHE_DIR", "/c"), shared("TALLY_SHARED_DATA", "/s");
+    CHECK(default_data_candidates() == std::vector<fs::path>{"/c", "/c/tinyshakespeare.txt", "/s/tinyshakespeare.txt"});
+  }
+  // The mirror serves all three files: with the cache moved, tokenizing downloads GPT-2's files too where no
+  // ../shared/data has them.
+  const fs::path real = test::data_file(data::DataFile::tiny_shakespeare),
+                 encoder = test::data_file(data::DataFile::gpt2_encoder),
+                 vocab = test::data_file(data::DataFile::gpt2_vocab);
+  if (real.empty() || encoder.empty() || vocab.empty()) {
+    MESSAGE("SKIPPED: the data files were neither found nor downloaded");
+    return;
+  }
+  const fs::path out = test::temp_dir("train_fetch");
+  fs::create_directories(out / "mirror" / "gpt2");
+  fs::copy_file(real, out / "mirror" / "tinyshakespeare.txt");
+  fs::copy_file(encoder, out / "mirror" / "gpt2" / "encoder.json");
+  fs::copy_file(vocab, out / "mirror" / "gpt2" / "vocab.bpe");
+  {
+    test::ScopedEnv cache("TALLY_CACHE_DIR", (out / "cache").string()),
+        url("TALLY_DATA_URL", "file://" + (out / "mirror").string()), offline("TALLY_OFFLINE", std::nullopt);
+    const DataChoice d = resolve_data_from({}, 32768, out);
+    CHECK(d.description.find("cached " + (out / "cache" / "tinyshakespeare.txt").string()) != std::string::npos);
+    CHECK(fs::file_size(out / "cache" / "tinyshakespeare.txt") == fs::file_size(real));
+    CHECK(fs::file_size(d.val_pattern) == 1024 + 2 * 32768);
+  }
   fs::remove_all(out);
 }
 
