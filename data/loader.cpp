@@ -181,7 +181,7 @@ LoaderPosition DataLoader::position() const {
 
 void DataLoader::restore(const LoaderPosition& p) {
   const LoaderConfig& c = config_;
-  TALLY_CHECK(p.batch == c.batch && p.seq_len == c.seq_len && p.world == c.world && p.order == c.order &&
+  TALLY_CHECK(p.batch == c.batch && p.seq_len == c.seq_len && p.world >= 1 && p.order == c.order &&
                   p.num_shards == shards_.size() && (c.order == LoaderOrder::sequential || p.seed == c.seed),
               "[loader] restore: the position was saved by a loader with B=", p.batch, " T=", p.seq_len, " world=",
               p.world, " order=", order_name(p.order), " seed=", p.seed, " over ", p.num_shards,
@@ -197,9 +197,14 @@ void DataLoader::restore(const LoaderPosition& p) {
   else
     std::iota(shard_order_.begin(), shard_order_.end(), 0u);
   const int64_t windows = windows_in_shard(shard_order_[shard_]);
-  TALLY_CHECK(p.window <= uint64_t(windows), "[loader] restore: window ", p.window, " is past the ", windows,
-              " windows of ", shards_[shard_order_[shard_]].path().string());
-  window_ = p.window;
+  TALLY_CHECK(p.window <= uint64_t(p.world == c.world ? windows : INT64_MAX), "[loader] restore: window ", p.window,
+              " is past the ", windows, " windows of ", shards_[shard_order_[shard_]].path().string());
+  // Saved by a loader split over another number of processes: the same tokens read, in windows of this world's
+  // width, rounded up so none is read twice (exact in llm.c's order when they divide evenly; a shuffled order has
+  // other windows at another width, so there only the epoch and shard carry over exactly).
+  window_ = p.world == c.world ? p.window
+                               : std::min(uint64_t(windows), (p.window * uint64_t(p.world) + uint64_t(c.world) - 1) /
+                                                                 uint64_t(c.world));
   enter_shard();
 }
 

@@ -62,8 +62,9 @@ class DataLoader {
   // Back to the first batch of epoch 0 (the eval walk starts here).
   void reset();
   LoaderPosition position() const;
-  // Continues from a saved position; throws tally::Error if it was taken with a different B, T, world, order,
-  // seed or number of shards, or lies outside this data.
+  // Continues from a saved position; throws tally::Error if it was taken with a different B, T, order, seed or
+  // number of shards, or lies outside this data. A position saved at another world moves to the same place in the
+  // data (see restore's comment).
   void restore(const LoaderPosition& pos);
 
   int64_t windows_in_shard(size_t shard) const;  // batches this process reads from a shard (by file index)

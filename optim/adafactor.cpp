@@ -29,8 +29,8 @@ std::vector<StateSpec> Adafactor::state_specs(const Shape& shape, const Adafacto
   std::vector<StateSpec> s;
   if (c.beta1) s.push_back({.name = "exp_avg", .shape = shape});
   if (f.factored) {
-    s.push_back({.name = "exp_avg_sq_row", .shape = drop_dim(shape, f.b)});
-    s.push_back({.name = "exp_avg_sq_col", .shape = drop_dim(shape, f.a)});
+    s.push_back({.name = "exp_avg_sq_row", .shape = drop_dim(shape, f.b), .index = StateIndex::rows});
+    s.push_back({.name = "exp_avg_sq_col", .shape = drop_dim(shape, f.a), .index = StateIndex::columns});
   } else {
     s.push_back({.name = "exp_avg_sq", .shape = shape});
   }
@@ -91,7 +91,7 @@ void Adafactor::record_internals(Slot& s, const double* stats) {
   Optimizer::record_internals(s, stats);
   const AdafactorConfig& c = config_of(s);
   TensorInternals& in = s.internals;
-  const double n = double(s.param.numel());
+  const double n = double(s.whole.numel());
   const float rms = float(std::sqrt(stats[kernels::kStatUpdateSq])) / float(std::sqrt(n));
   const float divisor = std::max(1.0f, rms / float(c.clip_threshold));
   in.clipped = divisor > 1.0f;

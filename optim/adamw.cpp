@@ -44,7 +44,7 @@ void AdamW::update(Slot& s, const Tensor& grad, const StepOptions& o, void* work
 void AdamW::record_internals(Slot& s, const double* stats) {
   Optimizer::record_internals(s, stats);
   s.internals.clipped_update_rms = s.internals.update_rms;  // no clipping in AdamW
-  s.internals.exp_avg_rms = std::sqrt(stats[kernels::kStatExpAvgSq] / double(s.param.numel()));
+  s.internals.exp_avg_rms = std::sqrt(stats[kernels::kStatExpAvgSq] / double(s.whole.numel()));
 }
 
 }  // namespace tally::optim

@@ -33,10 +33,11 @@ std::vector<StateSpec> Came::state_specs(const Shape& shape, const CameConfig& c
   s.push_back({.name = "exp_avg", .shape = shape, .dtype = c.exp_avg_dtype});
   if (f.factored) {
     const double conf = c.confidence_init == ConfidenceInit::ones ? 1.0 : 0.0;
-    s.push_back({.name = "exp_avg_sq_row", .shape = drop_dim(shape, f.b)});
-    s.push_back({.name = "exp_avg_sq_col", .shape = drop_dim(shape, f.a)});
-    s.push_back({.name = "exp_avg_res_row", .shape = drop_dim(shape, f.b), .initial = conf});
-    s.push_back({.name = "exp_avg_res_col", .shape = drop_dim(shape, f.a), .initial = conf});
+    s.push_back({.name = "exp_avg_sq_row", .shape = drop_dim(shape, f.b), .index = StateIndex::rows});
+    s.push_back({.name = "exp_avg_sq_col", .shape = drop_dim(shape, f.a), .index = StateIndex::columns});
+    s.push_back({.name = "exp_avg_res_row", .shape = drop_dim(shape, f.b), .initial = conf, .index = StateIndex::rows});
+    s.push_back(
+        {.name = "exp_avg_res_col", .shape = drop_dim(shape, f.a), .initial = conf, .index = StateIndex::columns});
   } else {
     s.push_back({.name = "exp_avg_sq", .shape = shape});
   }
@@ -156,7 +157,7 @@ void Came::record_internals(Slot& s, const double* stats) {
   Optimizer::record_internals(s, stats);
   const CameConfig& c = config_of(s);
   TensorInternals& in = s.internals;
-  const double n = double(s.param.numel());
+  const double n = double(s.whole.numel());
   const float rms = float(std::sqrt(stats[kernels::kStatUpdateSq])) / float(std::sqrt(n));
   const float divisor = std::max(1.0f, rms / float(c.clip_threshold));
   in.clipped = divisor > 1.0f;
@@ -167,10 +168,11 @@ void Came::record_internals(Slot& s, const double* stats) {
     in.factored_rel_error = std::sqrt(stats[kernels::kStatFactorErrSq] / stats[kernels::kStatExactSq]);
     in.exact_since_step = s.exact_since;
   }
-  // The confidence factors, from the small R and C vectors (copied to the host when on a device).
-  const kernels::FactoredLayout& l = s.layout;
-  const Factors f = confidence_factors(l, s.state("exp_avg_res_row").to_vector<float>(),
-                                       s.state("exp_avg_res_col").to_vector<float>());
+  // The confidence factors, from the small R and C vectors of the whole tensor (copied to the host when on a device;
+  // sharded, every rank's rows gathered).
+  const kernels::FactoredLayout l = layout(s.whole.shape(), c).factoring.layout;
+  const Factors f = confidence_factors(l, gathered(s, s.index_of("exp_avg_res_row")).to_vector<float>(),
+                                       gathered(s, s.index_of("exp_avg_res_col")).to_vector<float>());
   in.has_confidence = true;
   in.confidence_row = summarize(f.row);
   in.confidence_col = summarize(f.col);

@@ -20,32 +20,43 @@ void check_grad(const Tensor& p, const Tensor& g, const char* op) {
 }  // namespace
 
 double grad_norm(const std::vector<Tensor>& params) {
-  // The gradients of each device in parameter order, summed by one call (on CUDA a few launches for all of them)
-  // into one f64 accumulator on that device: deterministic.
-  std::map<std::string, std::pair<Device, std::vector<kernels::SquaresInput>>> inputs;
+  std::vector<Tensor> grads;
   for (const Tensor& p : params) {
     const Tensor g = p.grad();
-    if (!g.defined() || g.device().is_meta()) continue;
+    if (!g.defined()) continue;
     check_grad(p, g, "grad_norm");
-    auto& [dev, xs] = inputs.try_emplace(g.device().str(), g.device(), std::vector<kernels::SquaresInput>{})
+    grads.push_back(g);
+  }
+  return std::sqrt(sum_of_squares(grads));
+}
+
+double sum_of_squares(const std::vector<Tensor>& xs) {
+  // The tensors of each device in order, summed by one call (on CUDA a few launches for all of them) into one f64
+  // accumulator on that device: deterministic.
+  std::map<std::string, std::pair<Device, std::vector<kernels::SquaresInput>>> inputs;
+  for (const Tensor& x : xs) {
+    if (x.device().is_meta() || x.numel() == 0) continue;
+    TALLY_CHECK((x.dtype() == DType::f32 || x.dtype() == DType::bf16) && x.is_contiguous(), "[sum_of_squares] ",
+                x.str(), ": expected contiguous f32 or bf16");
+    auto& [dev, in] = inputs.try_emplace(x.device().str(), x.device(), std::vector<kernels::SquaresInput>{})
                           .first->second;
-    xs.push_back({.x = g.data_ptr(), .n = g.numel(), .dtype = g.dtype()});
+    in.push_back({.x = x.data_ptr(), .n = x.numel(), .dtype = x.dtype()});
   }
   double total = 0;
   for (auto& [key, entry] : inputs) {
-    const auto& [dev, xs] = entry;
+    const auto& [dev, in] = entry;
     MemoryScope scope(Category::workspace, "grad_norm");
     Tensor acc = zeros({1}, {.dtype = DType::f64, .device = dev});
-    int64_t ws = kernels::cpu::squares_workspace_bytes(xs.data(), int64_t(xs.size()));
+    int64_t ws = kernels::cpu::squares_workspace_bytes(in.data(), int64_t(in.size()));
 #ifdef TALLY_HAS_CUDA
-    if (dev.is_cuda()) ws = kernels::cuda::squares_workspace_bytes(xs.data(), int64_t(xs.size()));
+    if (dev.is_cuda()) ws = kernels::cuda::squares_workspace_bytes(in.data(), int64_t(in.size()));
 #endif
     Tensor w = ws > 0 ? empty({ws}, {.dtype = DType::u8, .device = dev}) : Tensor();
-    TALLY_OPTIM_KERNEL(dev, sum_squares_many, xs.data(), int64_t(xs.size()), acc.data<double>(),
+    TALLY_OPTIM_KERNEL(dev, sum_squares_many, in.data(), int64_t(in.size()), acc.data<double>(),
                        w.defined() ? w.data_ptr() : nullptr);
     total += acc.item();
   }
-  return std::sqrt(total);
+  return total;
 }
 
 double clip_coefficient(double norm, double max_norm) {

@@ -12,6 +12,8 @@ namespace tally::optim {
 
 // sqrt(sum over params with a defined gradient of sum(g^2)); undefined gradients are skipped.
 double grad_norm(const std::vector<Tensor>& params);
+// sum over the tensors of sum(x^2), in double (contiguous f32 or bf16; meta tensors count nothing).
+double sum_of_squares(const std::vector<Tensor>& xs);
 // min(1, max_norm / (norm + 1e-6)), as torch computes it.
 double clip_coefficient(double norm, double max_norm);
 // Scales every defined gradient by clip_coefficient(norm, max_norm) when it is below 1; returns the norm

@@ -4,6 +4,7 @@
 #include "optim/optimizer.h"
 
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 #include <set>
 
@@ -89,6 +90,69 @@ FactoredDims factored_dims(const Shape& shape, Factoring rule, int64_t min_dim_t
   return f;
 }
 
+namespace {
+
+// n items over `world` ranks, the first n % world ranks one more: world + 1 boundaries.
+std::vector<int64_t> balanced(int64_t n, int world) {
+  std::vector<int64_t> b(size_t(world) + 1, 0);
+  for (int k = 0; k < world; ++k) b[size_t(k) + 1] = b[size_t(k)] + n / world + (k < n % world ? 1 : 0);
+  return b;
+}
+
+int64_t prod(const Shape& s, size_t from, size_t to) {
+  int64_t p = 1;
+  for (size_t d = from; d < to; ++d) p *= s[d];
+  return p;
+}
+
+}  // namespace
+
+ShardCut shard_cut(const Shape& whole, const StateLayout& layout, int world) {
+  TALLY_CHECK(world >= 1, "[zero] world must be >= 1, got ", world);
+  ShardCut cut;
+  int64_t inner = 1;  // elements per index along the cut dim
+  if (layout.factoring.factored) {
+    const size_t a = size_t(layout.factoring.a);
+    cut.dim = prod(whole, 0, a) == 1 ? int(a) : 0;
+    cut.columns_shared = cut.dim == int(a);
+    cut.bounds = balanced(whole[size_t(cut.dim)], world);
+    inner = prod(whole, size_t(cut.dim) + 1, whole.size());
+  } else {
+    cut.bounds = balanced(numel(whole), world);
+  }
+  cut.offsets = cut.bounds;
+  for (int64_t& o : cut.offsets) o *= inner;
+  return cut;
+}
+
+Shape part_shape(const Shape& whole, const ShardCut& cut, int rank) {
+  const int64_t part = cut.bounds[size_t(rank) + 1] - cut.bounds[size_t(rank)];
+  if (cut.dim < 0) return {part};
+  Shape s = whole;
+  s[size_t(cut.dim)] = part;
+  return s;
+}
+
+StateLayout part_layout(const StateLayout& whole_layout, const Shape& whole, const ShardCut& cut, int rank) {
+  if (cut.bounds.size() == 2) return whole_layout;  // one rank: the whole tensor
+  const int64_t part = cut.bounds[size_t(rank) + 1] - cut.bounds[size_t(rank)];
+  StateLayout l = whole_layout;
+  for (StateSpec& s : l.specs) {
+    if (cut.dim < 0) {
+      TALLY_ASSERT(s.index == StateIndex::elements && s.shape == whole);
+      s.shape = {part};
+    } else if (s.index != StateIndex::columns || !cut.columns_shared) {
+      s.shape[size_t(cut.dim)] = part;  // rows and columns keep the dims before the factored ones in place
+    }
+  }
+  if (l.factoring.factored) {
+    kernels::FactoredLayout& f = l.factoring.layout;
+    if (cut.columns_shared) f.n = part;
+    else f.P = part * prod(whole, 1, size_t(l.factoring.a));
+  }
+  return l;
+}
+
 Optimizer::Optimizer(std::string kind) : kind_(std::move(kind)) {}
 Optimizer::~Optimizer() = default;
 
@@ -109,8 +173,10 @@ void Optimizer::add_group(const std::vector<Tensor>& params, double lr) {
     TALLY_CHECK(find(slots_, p.name()) == nullptr, op, " two parameters are named '", p.name(),
                 "': names key the optimizer state and must be unique");
     Slot s;
-    s.param = updated_part(p);
+    s.whole = updated_part(p);
+    s.param = s.whole;
     s.leaf = p;
+    s.cut = ShardCut{.bounds = {0, s.whole.numel()}, .offsets = {0, s.whole.numel()}};
     s.name = p.name();
     s.group = g;
     s.internals.param = p.name();
@@ -179,17 +245,37 @@ int64_t Optimizer::workspace_for(const Slot& slot) const {
 }
 
 StateLayout Optimizer::full_layout(const Slot& slot) const {
-  StateLayout l = state_layout(slot);
+  StateLayout l = part_layout(state_layout(slot), slot.whole.shape(), slot.cut, shard_of().rank);
   l.specs = with_master(std::move(l.specs), slot.param.shape(), slot.param.dtype());
   return l;
 }
 
-const Tensor& Optimizer::Slot::state(std::string_view state_name) const {
+void Optimizer::shard(dist::Communicator& comm) {
+  for (const Slot& s : slots_)
+    TALLY_CHECK(!s.allocated, "[", kind_, ".shard] '", s.name,
+                "' already has state: shard an optimizer before its first step or init_state()");
+  comm_ = &comm;
+  for (Slot& s : slots_) {
+    s.cut = optim::shard_cut(s.whole.shape(), state_layout(s), comm.world());
+    const Shape part = part_shape(s.whole.shape(), s.cut, comm.rank());
+    s.param = make_view(s.whole, part, contiguous_strides(part), s.whole.offset() + s.cut.offsets[size_t(comm.rank())]);
+  }
+}
+
+const ShardCut& Optimizer::shard_cut(const std::string& param) const {
+  const Slot* s = find(slots_, param);
+  TALLY_CHECK(s != nullptr, "[", kind_, ".shard_cut] no parameter named '", param, "'");
+  return s->cut;
+}
+
+size_t Optimizer::Slot::index_of(std::string_view state_name) const {
   for (size_t i = 0; i < specs.size(); ++i)
-    if (specs[i].name == state_name) return tensors[i];
+    if (specs[i].name == state_name) return i;
   fail("[optim] parameter '", name, "' has no state '", state_name, "'",
        allocated ? "" : " (its state is not allocated yet)");
 }
+
+const Tensor& Optimizer::Slot::state(std::string_view state_name) const { return tensors[index_of(state_name)]; }
 
 bool Optimizer::Slot::has(std::string_view state_name) const {
   for (const StateSpec& s : specs)
@@ -301,10 +387,12 @@ void Optimizer::step_slot(Slot& s, const StepOptions& options) {
               "[", kind_, ".step] gradient of '", s.name, "' is ", full_grad.str(), ", parameter is ", s.leaf.str());
   TALLY_CHECK(full_grad.is_contiguous(), "[", kind_, ".step] gradient of '", s.name, "' ", full_grad.str(),
               " is not contiguous");
-  // The rows the algorithm sees; a padding row's gradient is not read (it is zero: padding is never used).
+  // The part the algorithm sees: this rank's, of the rows that are not padding (a padding row's gradient is not
+  // read: it is zero, padding is never used).
   const Tensor grad = s.param.shape() == s.leaf.shape()
                           ? full_grad
-                          : make_view(full_grad, s.param.shape(), full_grad.strides(), full_grad.offset());
+                          : make_view(full_grad, s.param.shape(), contiguous_strides(s.param.shape()),
+                                      full_grad.offset() + s.cut.offsets[size_t(shard_of().rank)]);
   ensure_state(s);
   const Device dev = s.param.device();
   const bool inspecting = inspect_ != Inspect::off && !dev.is_meta();
@@ -330,7 +418,8 @@ void Optimizer::step_slot(Slot& s, const StepOptions& options) {
     update(s, grad, options, ws, stats);
   }
   if (inspecting) {
-    const std::vector<double> host = stats_[dev.str()].to_vector<double>();
+    std::vector<double> host = stats_[dev.str()].to_vector<double>();
+    if (comm()) comm()->all_reduce_sum(host.data(), int64_t(host.size()));  // sums over the whole tensor
     s.internals = TensorInternals{};
     s.internals.param = s.name;
     s.internals.step = s.step;
@@ -339,7 +428,7 @@ void Optimizer::step_slot(Slot& s, const StepOptions& options) {
 }
 
 void Optimizer::record_internals(Slot& s, const double* stats) {
-  const double n = double(s.param.numel());
+  const double n = double(s.whole.numel());
   TensorInternals& in = s.internals;
   in.update_rms = std::sqrt(stats[kernels::kStatUpdateSq] / n);
   in.applied_rms = std::sqrt(stats[kernels::kStatAppliedSq] / n);
@@ -394,6 +483,49 @@ Tensor Optimizer::state(const std::string& param, const std::string& state) cons
   return Tensor();
 }
 
+namespace {
+
+// Where rank `rank`'s part of a state lies in the whole state tensor (its first element): the parts are contiguous
+// (a cut dim has only dims of size 1 before it, or is dim 0).
+int64_t part_begin(const StateSpec& whole, const ShardCut& cut, int rank) {
+  if (cut.dim < 0) return cut.offsets[size_t(rank)];
+  if (whole.index == StateIndex::columns && cut.columns_shared) return 0;
+  return cut.bounds[size_t(rank)] * prod(whole.shape, size_t(cut.dim) + 1, whole.shape.size());
+}
+
+}  // namespace
+
+std::vector<StateSpec> Optimizer::whole_specs(const Slot& s) const {
+  return with_master(state_layout(s).specs, s.whole.shape(), s.whole.dtype());
+}
+
+Tensor Optimizer::gathered(const Slot& s, size_t i) const {
+  const Tensor& mine = s.tensors[i];
+  if (!comm()) return mine;
+  const StateSpec whole = whole_specs(s)[i];
+  if (whole.index == StateIndex::columns && s.cut.columns_shared) return mine;  // the same on every rank
+  // Every rank's part, padded to the largest, in one all-gather of bytes (a bf16 state travels as its bits).
+  const int world = comm()->world();
+  const size_t esize = dtype_size(whole.dtype);
+  std::vector<int64_t> numels(static_cast<size_t>(world));
+  for (int r = 0; r < world; ++r) {
+    const StateLayout part = part_layout(state_layout(s), s.whole.shape(), s.cut, r);
+    const std::vector<StateSpec> specs = with_master(part.specs, part_shape(s.whole.shape(), s.cut, r), s.whole.dtype());
+    numels[size_t(r)] = numel(specs[i].shape);
+  }
+  const int64_t segment = (*std::max_element(numels.begin(), numels.end()) * int64_t(esize) + 3) / 4;  // floats
+  std::vector<float> buffer(size_t(segment) * size_t(world));
+  const Tensor host = mine.to(Device::cpu());
+  std::memcpy(buffer.data() + size_t(segment) * size_t(comm()->rank()), host.data_ptr(), size_t(host.nbytes()));
+  comm()->all_gather(buffer.data(), segment, Device::cpu());
+  MemoryScope scope(Category::other, s.name + ":" + whole.name + ":gathered");
+  Tensor out = empty(whole.shape, {.dtype = whole.dtype, .device = Device::cpu()});
+  for (int r = 0; r < world; ++r)
+    std::memcpy(static_cast<char*>(out.data_ptr()) + size_t(part_begin(whole, s.cut, r)) * esize,
+                buffer.data() + size_t(segment) * size_t(r), size_t(numels[size_t(r)]) * esize);
+  return out;
+}
+
 OptimizerState Optimizer::state_dict() const {
   OptimizerState out;
   out.kind = kind_;
@@ -401,7 +533,7 @@ OptimizerState Optimizer::state_dict() const {
   for (const Slot& s : slots_) {
     if (!s.allocated) continue;
     out.param_steps[s.name] = s.step;
-    for (size_t i = 0; i < s.tensors.size(); ++i) out.tensors[s.name + ":" + s.specs[i].name] = s.tensors[i];
+    for (size_t i = 0; i < s.tensors.size(); ++i) out.tensors[s.name + ":" + s.specs[i].name] = gathered(s, i);
   }
   return out;
 }
@@ -419,7 +551,7 @@ void Optimizer::load_state_dict(const OptimizerState& saved) {
   for (const Slot& s : slots_) {
     auto it = saved.param_steps.find(s.name);
     if (it == saved.param_steps.end()) continue;
-    for (const StateSpec& spec : full_layout(s).specs) {
+    for (const StateSpec& spec : whole_specs(s)) {
       const std::string key = s.name + ":" + spec.name;
       auto t = saved.tensors.find(key);
       TALLY_CHECK(t != saved.tensors.end() && t->second.defined(), op, " state '", key, "' is missing");
@@ -438,7 +570,12 @@ void Optimizer::load_state_dict(const OptimizerState& saved) {
     auto it = saved.param_steps.find(s.name);
     if (it == saved.param_steps.end()) continue;
     ensure_state(s);
-    for (size_t i = 0; i < s.specs.size(); ++i) s.tensors[i].copy_(saved.tensors.at(s.name + ":" + s.specs[i].name));
+    const std::vector<StateSpec> whole = whole_specs(s);
+    for (size_t i = 0; i < s.specs.size(); ++i) {  // this rank's part of each whole saved state
+      const Tensor& t = saved.tensors.at(s.name + ":" + s.specs[i].name);
+      const Shape& part = s.specs[i].shape;
+      s.tensors[i].copy_(make_view(t, part, contiguous_strides(part), t.offset() + part_begin(whole[i], s.cut, shard_of().rank)));
+    }
     s.step = it->second;
     if (s.exact.defined()) {
       s.exact.zero_();

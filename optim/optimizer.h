@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/dist/communicator.h"
 #include "core/tensor.h"
 #include "optim/kernels/optim_kernels.h"
 
@@ -19,12 +20,20 @@ namespace tally::optim {
 
 // ---- state descriptions (shared by allocation, measurement and prediction) ----
 
+// What a state tensor is indexed by: what a shard of the parameter keeps of it (ZeRO-1, see Optimizer::shard).
+enum class StateIndex : uint8_t {
+  elements,  // one value per element of the parameter (a moment): cut with the parameter
+  rows,      // a row statistic of a factored tensor (the shape without the column dim): cut with the rows
+  columns,   // a column statistic (the shape without the row dim): whole on every rank when the rows are cut
+};
+
 // One state tensor of one parameter.
 struct StateSpec {
   std::string name = {};  // "exp_avg_sq_row"
   Shape shape = {};
   DType dtype = DType::f32;
   double initial = 0.0;  // the value it starts from
+  StateIndex index = StateIndex::elements;
   int64_t bytes() const { return tally::numel(shape) * int64_t(dtype_size(dtype)); }
 };
 
@@ -76,6 +85,33 @@ struct StateLayout {
   std::vector<StateSpec> specs = {};
   FactoredDims factoring = {};  // .factored false: a dense state
 };
+
+// ---- ZeRO-1: a parameter's state cut over the ranks of a data-parallel group ----
+
+// Which rank of how many a shard is. {0, 1}: the whole tensor.
+struct ShardOf {
+  int rank = 0;
+  int world = 1;
+};
+
+// How one parameter (its updated part) is cut over the ranks: rank k keeps state for, and updates, elements
+// [offsets[k], offsets[k+1]), contiguous. A tensor whose state is factored is cut into whole rows of its factored
+// view: along the row dim `a` when the dims before it are all 1 (the row statistics stay with their rows; the column
+// statistics, the row means and the update's RMS are sums over every rank), else along dim 0 (whole slabs: only the
+// RMS crosses ranks). Any other tensor is cut into balanced ranges of its elements. Cuts may be uneven, and a rank
+// may hold nothing of a small tensor.
+struct ShardCut {
+  int dim = -1;                  // the dim cut into ranges, or -1: the flattened elements
+  std::vector<int64_t> bounds;   // world + 1 boundaries along `dim` (over the elements when dim == -1)
+  std::vector<int64_t> offsets;  // world + 1 element offsets of each rank's part
+  bool columns_shared = false;   // the factored row dim is cut: column statistics are summed over every rank's rows
+  int64_t part_numel(int rank) const { return offsets[size_t(rank) + 1] - offsets[size_t(rank)]; }
+};
+ShardCut shard_cut(const Shape& whole, const StateLayout& layout, int world);
+// The shape of rank `rank`'s part of a tensor of shape `whole`.
+Shape part_shape(const Shape& whole, const ShardCut& cut, int rank);
+// The state of rank `rank`'s part: each state cut as its StateIndex says, the factored layout of the part.
+StateLayout part_layout(const StateLayout& whole_layout, const Shape& whole, const ShardCut& cut, int rank);
 
 // ---- options of the base ----
 
@@ -196,27 +232,42 @@ class Optimizer {
   // One entry per parameter, in parameter order.
   std::vector<TensorInternals> internals() const;
 
+  // ---- ZeRO-1 ----
+  // From now on this optimizer keeps state for, and updates, only rank comm.rank()'s part of each parameter
+  // (shard_cut); the sums a step needs over a whole tensor (the RMS clip, column statistics, row means, inspection
+  // statistics) are completed over the ranks through `comm`, which must outlive the optimizer. Before any state
+  // exists. The caller gives whole gradients (this rank's part is read) and all-gathers the updated parameters.
+  void shard(dist::Communicator& comm);
+  ShardOf shard_of() const { return comm_ ? ShardOf{comm_->rank(), comm_->world()} : ShardOf{}; }
+  // How parameter `param` is cut over the ranks (one part when not sharded).
+  const ShardCut& shard_cut(const std::string& param) const;
+
   // ---- state access, save and load ----
-  // The state tensor `state` of parameter `param`; undefined when not allocated.
+  // The state tensor `state` of parameter `param` (this rank's part when sharded); undefined when not allocated.
   Tensor state(const std::string& param, const std::string& state) const;
+  // Every parameter's whole state. Sharded, the parts are gathered from every rank (a collective: every rank calls
+  // it), so a checkpoint holds the same tensors at any world size.
   OptimizerState state_dict() const;
-  // Copies a saved state into this optimizer's own tensors (allocating them where needed). Throws when the kind,
-  // a parameter name, a state's shape or its dtype differs: dtypes are never converted silently.
+  // Copies a saved state (whole tensors) into this optimizer's own (allocating them where needed), each rank its
+  // part. Throws when the kind, a parameter name, a state's shape or its dtype differs: dtypes are never converted
+  // silently.
   void load_state_dict(const OptimizerState& saved);
 
  protected:
   // Per parameter.
   struct Slot {
-    Tensor param;  // what the algorithm updates: updated_part(leaf), the parameter less its padding rows
+    Tensor param;  // what the algorithm updates: this rank's part (shard_cut) of `whole`
+    Tensor whole;  // updated_part(leaf): the parameter less its padding rows
     Tensor leaf;   // the parameter itself, whose .grad backward fills
+    ShardCut cut;  // `whole` over the ranks
     std::string name;
     int group = 0;
     int64_t step = 0;
     bool allocated = false;
     std::vector<StateSpec> specs;  // fixed when the state is allocated
     std::vector<Tensor> tensors;   // one per spec
-    bool factored = false;         // CAME/Adafactor: factored second moment
-    kernels::FactoredLayout layout;
+    bool factored = false;          // CAME/Adafactor: factored second moment
+    kernels::FactoredLayout layout;  // of `param` (this rank's rows when sharded)
     Tensor exact;                  // Inspect::factored_error buffer
     int64_t exact_since = 0;
     TensorInternals internals;
@@ -226,6 +277,7 @@ class Optimizer {
     const Tensor& state(std::string_view state_name) const;
     float* f32(std::string_view state_name) const { return state(state_name).data<float>(); }
     bool has(std::string_view state_name) const;
+    size_t index_of(std::string_view state_name) const;  // its place in specs/tensors
   };
 
   explicit Optimizer(std::string kind);
@@ -236,7 +288,8 @@ class Optimizer {
   // ---- what each algorithm provides ----
   virtual double group_lr(int group) const = 0;
   virtual void store_group_lr(int group, double lr) = 0;
-  // The state of this slot's parameter (its shape, its group's configuration).
+  // The state of this slot's whole parameter (its shape, its group's configuration); the base cuts it to the
+  // rank's part.
   virtual StateLayout state_layout(const Slot& slot) const = 0;
   // Workspace bytes one step of this slot needs on its device.
   virtual int64_t workspace_for(const Slot& slot) const;
@@ -252,6 +305,12 @@ class Optimizer {
   static float* param_f32(Slot& s) { return s.master.defined() ? s.master.data<float>() : s.param.data<float>(); }
   static const Slot* find(const std::vector<Slot>& slots, const std::string& name);
   void ensure_state(Slot& slot);
+  // Sharded: the communicator that completes cross-rank sums (null when the tensors are whole here).
+  dist::Communicator* comm() const { return comm_ && comm_->world() > 1 ? comm_ : nullptr; }
+  // State `state` of the slot whole: this rank's part, or, sharded, every rank's parts gathered (a collective).
+  Tensor gathered(const Slot& slot, size_t state) const;
+  // The slot's state specs for the whole parameter (what a checkpoint holds), master weights included.
+  std::vector<StateSpec> whole_specs(const Slot& slot) const;
 
   std::vector<Slot> slots_;
 
@@ -260,7 +319,7 @@ class Optimizer {
   void step_slot(Slot& slot, const StepOptions& options);
   void* workspace(Device d, int64_t bytes);
   void allocate_exact(Slot& slot);
-  // state_layout plus the master weights of a bf16 parameter.
+  // state_layout cut to this rank's part, plus the master weights of a bf16 parameter.
   StateLayout full_layout(const Slot& slot) const;
   // The f32 buffer a bf16 gradient is widened into (one per device, sized for the largest bf16 parameter).
   Tensor& widened_grad_buffer(Device d, int64_t numel);
@@ -276,6 +335,7 @@ class Optimizer {
   std::map<std::string, Tensor> stats_;       // by device string, kStatCount f64
   std::map<std::string, Tensor> widened_;     // by device string: f32 gradient buffers of bf16 parameters
   uint64_t rounding_seed_ = 0x6D69786564ull;
+  dist::Communicator* comm_ = nullptr;  // shard(): the ranks this optimizer's state is cut over
 };
 
 // ---- parameter groups ----
@@ -345,11 +405,17 @@ class OptimizerWith : public Optimizer {
     return l;
   }
   // Closed-form state bytes from shapes alone (nothing allocated); master weights for bf16 parameters.
-  static std::vector<TensorState> predict_state_bytes(const std::vector<NamedShape>& params, const Config& config) {
+  // Sharded (ZeRO-1): rank shard.rank's part of each parameter.
+  static std::vector<TensorState> predict_state_bytes(const std::vector<NamedShape>& params, const Config& config,
+                                                      ShardOf shard = {}) {
     std::vector<TensorState> out;
-    for (const NamedShape& p : params)
-      out.push_back({.param = p.name, .param_shape = p.shape,
-                     .states = with_master(Derived::state_specs(p.shape, config), p.shape, p.dtype)});
+    for (const NamedShape& p : params) {
+      const StateLayout whole = layout(p.shape, config);
+      const ShardCut cut = optim::shard_cut(p.shape, whole, shard.world);
+      const Shape part = part_shape(p.shape, cut, shard.rank);
+      out.push_back({.param = p.name, .param_shape = part,
+                     .states = with_master(part_layout(whole, p.shape, cut, shard.rank).specs, part, p.dtype)});
+    }
     return out;
   }
   using Optimizer::predict_state_bytes;
@@ -364,7 +430,7 @@ class OptimizerWith : public Optimizer {
   }
   double group_lr(int group) const final { return configs_[size_t(group)].lr; }
   void store_group_lr(int group, double lr) final { configs_[size_t(group)].lr = lr; }
-  StateLayout state_layout(const Slot& slot) const final { return layout(slot.param.shape(), config_of(slot)); }
+  StateLayout state_layout(const Slot& slot) const final { return layout(slot.whole.shape(), config_of(slot)); }
 
   std::vector<Config> configs_;
 };

@@ -43,7 +43,7 @@ void Sgd::update(Slot& s, const Tensor& grad, const StepOptions& o, void* worksp
 void Sgd::record_internals(Slot& s, const double* stats) {
   Optimizer::record_internals(s, stats);
   s.internals.clipped_update_rms = s.internals.update_rms;
-  if (s.has("momentum_buffer")) s.internals.exp_avg_rms = std::sqrt(stats[kernels::kStatExpAvgSq] / double(s.param.numel()));
+  if (s.has("momentum_buffer")) s.internals.exp_avg_rms = std::sqrt(stats[kernels::kStatExpAvgSq] / double(s.whole.numel()));
 }
 
 }  // namespace tally::optim

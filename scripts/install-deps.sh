@@ -10,6 +10,7 @@ packages=(
   libpcre2-dev                       # GPT-2 pre-tokenizer regex (UTF + UCP)
   nlohmann-json3-dev                 # JSON: configs, safetensors headers, encoder.json
   doctest-dev                        # unit tests
+  libopenmpi-dev openmpi-bin         # data-parallel runs over processes (mpirun -np N tally train ...)
   curl                               # downloads the data files when no place has them (data/fetch.cpp)
   python3                            # tests: http.server stands in for the internet (tests/cli/fetch.sh)
   "$@"                               # extras: clang (make test-sanitize, make fuzz: ASan, UBSan, libFuzzer)

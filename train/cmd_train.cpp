@@ -4,12 +4,16 @@
 #include <cstdio>
 #include <fstream>
 
+#include "core/dist/communicator.h"
 #include "train/commands.h"
 #include "train/trainer.h"
 
 namespace tally::cli {
 
 int cmd_train(const Args& args) {
+  // Data-parallel (mpirun -np N tally train ...): rank 0 alone prints; the others' errors still reach stderr.
+  const dist::Communicator& ranks = dist::process_group();
+  if (ranks.rank() != 0 && !std::freopen("/dev/null", "w", stdout)) fail("rank ", ranks.rank(), ": cannot quiet stdout");
   Flags flags("train", "train a GPT-2 (defaults: preset d4 on Tiny Shakespeare with CAME on the CPU)", train_flags());
   flags.parse(args);
   if (!flags.positional().empty()) throw FlagError("unexpected argument '" + flags.positional().front() + "'");
@@ -42,6 +46,7 @@ int cmd_train(const Args& args) {
   std::printf("\nfinal: train loss %.4f, val loss %.4f, %.0f ms/step, optimizer state %s, %lld skipped step(s)\n",
               s.final_train_loss, s.final_val_loss, s.ms_per_step, format_bytes_exact(s.optimizer_state_bytes).c_str(),
               (long long)s.skipped_steps);
+  if (ranks.rank() != 0) return 0;
   std::printf("\nsamples:\n");
   for (uint64_t i = 0; i < 2; ++i)
     std::printf("--- %llu ---\n%s\n", (unsigned long long)i + 1, trainer.sample("", config.sample_tokens, config.seed + 1000 + i).c_str());

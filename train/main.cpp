@@ -7,6 +7,7 @@
 #include <map>
 #include <string>
 
+#include "core/dist/communicator.h"
 #include "core/error.h"
 #include "train/commands.h"
 #include "train/flags.h"
@@ -33,6 +34,32 @@ const std::map<std::string, Command>& commands() {
   return table;
 }
 
+// " (rank 1 of 4)" in a data-parallel run, "" otherwise.
+std::string rank_label() {
+  if (!tally::dist::launched_by_mpi()) return "";
+  try {
+    const tally::dist::Communicator& c = tally::dist::process_group();
+    return c.world() > 1 ? " (rank " + std::to_string(c.rank()) + " of " + std::to_string(c.world()) + ")" : "";
+  } catch (const std::exception&) {
+    return "";
+  }
+}
+
+// A rank that fails ends the whole job: the others would otherwise wait for it in their next collective.
+int end_job(int code) {
+  if (tally::dist::launched_by_mpi()) {
+    try {
+      tally::dist::Communicator& c = tally::dist::process_group();
+      if (c.world() > 1) {
+        std::fflush(stderr);
+        c.abort(code);
+      }
+    } catch (const std::exception&) {
+    }
+  }
+  return code;
+}
+
 void print_help() {
   std::printf("usage: tally <command> [flags]   (tally <command> --help for its flags)\n\ncommands:\n");
   for (const auto& [name, c] : commands()) std::printf("  %-10s %s\n", name.c_str(), c.help);
@@ -52,22 +79,23 @@ int main(int argc, char** argv) {
     return 2;
   }
   tally::cli::Args args(argv + 2, argv + argc);
+  const std::string who = std::string(argv[1]) + rank_label();
   try {
     return it->second.run(args);
   } catch (const tally::cli::HelpRequested& h) {
     std::fputs(h.what(), stdout);
     return 0;
   } catch (const tally::cli::FlagError& e) {
-    std::fprintf(stderr, "tally %s: %s\n(see 'tally %s --help')\n", argv[1], e.what(), argv[1]);
-    return 2;
+    std::fprintf(stderr, "tally %s: %s\n(see 'tally %s --help')\n", who.c_str(), e.what(), argv[1]);
+    return end_job(2);
   } catch (const tally::Error& e) {
-    std::fprintf(stderr, "tally %s: error: %s\n", argv[1], e.what());
-    return 1;
+    std::fprintf(stderr, "tally %s: error: %s\n", who.c_str(), e.what());
+    return end_job(1);
   } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "tally %s: error: out of memory\n", argv[1]);
-    return 1;
+    std::fprintf(stderr, "tally %s: error: out of memory\n", who.c_str());
+    return end_job(1);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "tally %s: error: %s\n", argv[1], e.what());
-    return 1;
+    std::fprintf(stderr, "tally %s: error: %s\n", who.c_str(), e.what());
+    return end_job(1);
   }
 }

@@ -85,10 +85,17 @@ MemoryFigures predict_step_memory(const models::GPT2Config& config, const Optimi
   TALLY_ASSERT(meta.total().live_requested == 0);
   models::GPT2 model(config, {.device = Device::meta(), .dtype = shape.dtype});
   auto opt = optimizer.make(model.parameters());
+  // A rank of a data-parallel run: the same cut of the state and the same buffers; the plan moves nothing.
+  const Parallelism& par = shape.parallel;
+  const auto comm = dist::single_process(par.rank, par.world);
+  if (par.zero == ZeroStage::zero1 && par.world > 1) opt->shard(*comm);
   opt->init_state();
+  std::unique_ptr<DataParallel> dp;
+  if (par.world > 1) dp = std::make_unique<DataParallel>(*comm, par.zero, *opt, model.parameters());
   meta.reset_peaks();
   MetaBatches batches(shape);
-  optimizer_step(model, *opt, batches, {.accumulation = shape.accumulation, .grad_clip = shape.grad_clip});
+  optimizer_step(model, *opt, batches,
+                 {.accumulation = shape.accumulation, .grad_clip = shape.grad_clip, .parallel = dp.get()});
   return measure(meta, *opt);
 }
 

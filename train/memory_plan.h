@@ -9,6 +9,7 @@
 
 #include "core/ledger.h"
 #include "models/gpt2.h"
+#include "train/data_parallel.h"
 #include "train/setup.h"
 
 namespace tally::cli {
@@ -28,13 +29,20 @@ struct MemoryFigures {
 MemoryFigures measure(const Ledger& l, const optim::Optimizer& optimizer);
 std::string format_plan(const MemoryFigures& predicted, const MemoryFigures* measured);
 
+// A data-parallel run: rank `rank` of `world` (its optimizer state cut for ZeRO 1, its communication buffer).
+struct Parallelism {
+  int world = 1, rank = 0;
+  ZeroStage zero = ZeroStage::zero0;
+};
+
 struct StepShape {
   int64_t batch = 1, seq = 1, accumulation = 1;
   double grad_clip = 1.0;
   DType dtype = DType::f32;  // the model's parameters
+  Parallelism parallel = {};
 };
-// The exact memory of one training step, predicted on the meta device. What the real step then measures on the
-// CPU equals it to the byte.
+// The exact memory of one training step (of one rank), predicted on the meta device. What the real step then
+// measures on the CPU equals it to the byte.
 MemoryFigures predict_step_memory(const models::GPT2Config& model, const OptimizerChoice& optimizer, StepShape shape);
 
 // The memory a run may hold on its device at its peak. bytes < 0: unknown (nothing is checked).

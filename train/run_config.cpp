@@ -35,6 +35,8 @@ std::vector<FlagSpec> train_flags() {
       {"dtype", "f32 | bf16 (mixed precision, CUDA only: bf16 parameters, activations and gradients; f32 master "
                 "weights and optimizer state; checkpoints hold both)", "f32"},
       {"threads", "CPU threads (0: all)", "0"},
+      {"zero", "data-parallel runs (mpirun -np N tally train ...): 0 every rank keeps the whole optimizer state | "
+               "1 each rank keeps and steps its part of it (ZeRO stage 1)", "0"},
       {"log-optim", "log the optimizer's internals every N steps (0: off)", "0"},
       {"log-every", "print a progress line every N steps when not on a terminal", "10"},
       {"max-bad-steps", "stop after this many non-finite steps in a row", "5"},
@@ -105,6 +107,9 @@ RunConfig run_config_unchecked(const Flags& f, DataResolution data) {
   c.threads = int(f.integer("threads"));
   if (c.warmup < 0 || c.val_batches < 1 || c.threads < 0 || c.max_bad_steps < 1 || c.keep_last < 0)
     throw FlagError("--warmup, --threads, --keep-last must be >= 0; --val-batches, --max-bad-steps >= 1");
+  const std::string zero = f.str("zero");
+  if (zero != "0" && zero != "1") throw FlagError("--zero must be 0 or 1, got '" + zero + "'");
+  c.zero = zero == "1" ? ZeroStage::zero1 : ZeroStage::zero0;
   c.out = f.str("out");
   if (data == DataResolution::resolve) c.data = resolve_data(f, c.out);
   for (const auto& [k, v] : f.resolved()) c.flags[k] = v;

@@ -10,6 +10,7 @@
 
 #include "models/gpt2.h"
 #include "train/flags.h"
+#include "train/data_parallel.h"
 #include "train/setup.h"
 
 namespace tally::cli {
@@ -32,6 +33,7 @@ struct RunConfig {
   Device device = Device::cpu();
   DType dtype = DType::f32;  // bf16: mixed precision on CUDA (bf16 model, f32 master weights in the optimizer)
   int threads = 0;
+  ZeroStage zero = ZeroStage::zero0;  // data-parallel runs (mpirun -np N): ZeRO 1 cuts the optimizer state over ranks
   std::filesystem::path out;
   nlohmann::json flags;  // the resolved flags as given/defaulted
 };

@@ -120,6 +120,7 @@ json to_json(const RunState& s) {
           {"dropout_rng", {{"seed", s.dropout_seed}, {"offset", s.dropout_offset}}},
           {"skipped_steps", s.skipped_steps},
           {"dtype", dtype_name(s.dtype)},
+          {"parallel", {{"world", s.world}, {"zero", s.zero}}},
           {"flags", s.flags}};
 }
 
@@ -147,6 +148,15 @@ RunState run_state_from_json(const json& j, const std::string& where) {
     TALLY_CHECK(dtype == "f32" || dtype == "bf16", "[checkpoint] '", where, "': field 'dtype' must be \"f32\" or \"bf16\", found \"",
                 dtype, "\"");
     s.dtype = dtype == "bf16" ? DType::bf16 : DType::f32;
+  }
+  if (j.contains("parallel")) {  // absent in checkpoints of single-process runs written before data parallelism
+    Fields par = f.object("parallel");
+    const int64_t world = par.integer("world"), zero = par.integer("zero");
+    TALLY_CHECK(world >= 1 && world <= (int64_t(1) << 20), "[checkpoint] '", where,
+                "': field 'parallel.world' must be a positive number of ranks, found ", world);
+    TALLY_CHECK(zero == 0 || zero == 1, "[checkpoint] '", where, "': field 'parallel.zero' must be 0 or 1, found ", zero);
+    s.world = int32_t(world);
+    s.zero = int(zero);
   }
   if (j.contains("flags")) {
     TALLY_CHECK(j["flags"].is_object(), "[checkpoint] '", where, "': field 'flags' must be a JSON object");

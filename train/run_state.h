@@ -25,6 +25,8 @@ struct RunState {
   uint64_t dropout_seed = 0, dropout_offset = 0;
   int64_t skipped_steps = 0;
   DType dtype = DType::f32;  // the model's parameters (bf16: the optimizer's state holds the f32 master weights)
+  int32_t world = 1;         // the data-parallel ranks that wrote it (the state is whole, whatever the world)
+  int zero = 0;              // their ZeRO stage
   nlohmann::json flags = nlohmann::json::object();
 };
 

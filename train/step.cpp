@@ -11,6 +11,8 @@ namespace tally::cli {
 
 StepOutcome optimizer_step(models::GPT2& model, optim::Optimizer& opt, Batches& batches, const StepPlan& plan) {
   const bool meta = model.device().is_meta();
+  DataParallel* dp = plan.parallel;
+  const int64_t parts = plan.accumulation * (dp ? dp->world() : 1);  // the step's loss is the mean of `parts` losses
   opt.zero_grad(optim::ZeroGrad::set_to_none);
   double loss_sum = 0;
   for (int64_t micro = 0; micro < plan.accumulation; ++micro) {
@@ -21,16 +23,22 @@ StepOutcome optimizer_step(models::GPT2& model, optim::Optimizer& opt, Batches& 
     }
     Tensor loss = model.loss(x, y);
     if (!meta) loss_sum += loss.item();
-    if (plan.accumulation > 1) loss = loss * (1.0 / double(plan.accumulation));
+    if (parts > 1) loss = loss * (1.0 / double(parts));
     loss.backward();
   }
   StepOutcome out;
-  out.loss = meta || plan.poison_loss ? NAN : loss_sum / double(plan.accumulation);
-  out.grad_norm = optim::grad_norm(model.parameters());
+  out.loss = plan.poison_loss ? NAN : loss_sum / double(plan.accumulation);
+  if (dp) {
+    out.loss = dp->mean(out.loss);  // one rank's NaN is every rank's: they skip the step together
+    dp->reduce_gradients();          // every rank now holds the sum (ZeRO 1: of the parts it steps)
+  }
+  if (meta) out.loss = NAN;
+  out.grad_norm = dp ? dp->grad_norm() : optim::grad_norm(model.parameters());
   out.finite = meta || (std::isfinite(out.loss) && std::isfinite(out.grad_norm));
   if (out.finite) {
     const double coef = plan.grad_clip > 0 ? optim::clip_coefficient(out.grad_norm, plan.grad_clip) : 1.0;
     opt.step({.grad_scale = coef});  // the clip is fused into the step: the gradients are read scaled
+    if (dp) dp->gather_parameters();
   }
   // Past the update (or a skipped one) the gradients are dead: freeing them now keeps evaluation, sampling and
   // checkpointing between steps inside the step's predicted peak.

@@ -1,6 +1,7 @@
 // One optimizer step of a GPT-2, top to bottom: for each micro-batch, batch -> forward -> loss -> backward (the
-// gradients accumulate, each loss scaled by 1/accumulation); then the global gradient norm -> clip -> optimizer step
-// -> gradients freed. A non-finite loss or norm skips the optimizer, whose state stays untouched. The same function
+// gradients accumulate, each loss scaled by 1/(accumulation x ranks)); then, data-parallel, the gradients summed
+// over the ranks; the global gradient norm -> clip -> optimizer step -> (ZeRO 1) the updated parts gathered ->
+// gradients freed. A non-finite loss or norm skips the optimizer, whose state stays untouched. The same function
 // runs on the meta device to predict a step's memory (train/memory_plan.h), so the plan is of this very code.
 #pragma once
 #include <cstdint>
@@ -8,6 +9,7 @@
 #include "core/tensor.h"
 #include "models/gpt2.h"
 #include "optim/optimizer.h"
+#include "train/data_parallel.h"
 
 namespace tally::cli {
 
@@ -22,10 +24,11 @@ struct StepPlan {
   int64_t accumulation = 1;   // micro-batches per optimizer step
   double grad_clip = 1.0;     // global-norm clip (0: off)
   bool poison_loss = false;   // fault injection (core/faults.h): the step's loss reads as NaN
+  DataParallel* parallel = nullptr;  // data-parallel over ranks, or null: one process
 };
 
 struct StepOutcome {
-  double loss = 0;       // mean over the micro-batches (NaN on the meta device)
+  double loss = 0;       // mean over the micro-batches and ranks (NaN on the meta device)
   double grad_norm = 0;  // before clipping
   bool finite = true;    // false: the optimizer did not run
 };

@@ -83,8 +83,15 @@ void install_stop_handlers() {
 // ---- the trainer ----
 
 Trainer::Trainer(RunConfig config)
-    : c_(std::move(config)), lock_(lock_run_directory(c_.out)) {
+    : c_(std::move(config)),
+      comm_(dist::process_group()),
+      lock_(comm_.rank() == 0 ? lock_run_directory(c_.out) : nullptr) {
   if (c_.threads > 0) omp_set_num_threads(c_.threads);
+  if (comm_.world() > 1) {
+    check_same_configuration();
+    // One GPU per rank: the rank's place on its machine picks it.
+    if (c_.device.is_cuda()) c_.device = Device::cuda(comm_.local_rank());
+  }
   held_before_ = c_.device.is_cuda() && !cuda_available() ? 0 : ledger(c_.device).total().live_held;
 #ifdef TALLY_HAS_CUDA
   constexpr const char* kBuiltWithCuda = "yes";
@@ -113,6 +120,7 @@ Trainer::Trainer(RunConfig config)
         c_.model, models::GPT2Options{.device = c_.device, .dtype = c_.dtype, .seed = c_.seed});
   }
   optimizer_ = c_.optimizer.make(model_->parameters());
+  if (c_.zero == ZeroStage::zero1 && comm_.world() > 1) optimizer_->shard(comm_);
   const double peak = c_.optimizer.lr();
   schedule_ = c_.schedule == "constant"
                   ? optim::LrSchedule::constant(peak)
@@ -121,18 +129,45 @@ Trainer::Trainer(RunConfig config)
   const int32_t vocab = int32_t(c_.model.vocab_size);
   data::ShardSet train = data::ShardSet::open(c_.data.train_pattern, {.vocab_limit = vocab});
   data::ShardSet val = data::ShardSet::open(c_.data.val_pattern, {.vocab_limit = vocab});
+  // Each rank reads its own B x T slice of every window: N ranks see what one process sees over N micro-batches.
   train_loader_ = std::make_unique<data::DataLoader>(
-      std::move(train), data::LoaderConfig{.batch = c_.batch, .seq_len = c_.seq,
+      std::move(train), data::LoaderConfig{.batch = c_.batch, .seq_len = c_.seq, .rank = comm_.rank(),
+                                           .world = comm_.world(),
                                            .order = c_.shuffle ? data::LoaderOrder::shuffled : data::LoaderOrder::sequential,
                                            .seed = c_.seed});
+  // Validation walks the batches one process would; the ranks share them out (evaluate()).
   val_loader_ = std::make_unique<data::DataLoader>(std::move(val), data::LoaderConfig{.batch = c_.batch, .seq_len = c_.seq});
+  if (comm_.world() > 1)
+    parallel_ = std::make_unique<DataParallel>(comm_, c_.zero, *optimizer_, model_->parameters());
+}
+
+void Trainer::check_same_configuration() {
+  // Rank 0's resolved flags to every rank, each compares them with its own: a rank started differently would
+  // train another model, or stall the others in a collective of another size.
+  std::string mine = c_.flags.dump();
+  int64_t size = int64_t(mine.size());
+  comm_.broadcast(&size, sizeof size, 0);
+  std::string lead(size_t(size), '\0');
+  if (comm_.rank() == 0) lead = mine;
+  comm_.broadcast(lead.data(), size, 0);
+  const nlohmann::json theirs = nlohmann::json::parse(lead, nullptr, false);
+  std::string differences;
+  for (const auto& [k, v] : c_.flags.items())
+    if (k != "out" && (!theirs.contains(k) || theirs[k] != v))
+      differences += cat(" --", k, " ", v.dump(), " (rank 0: ", theirs.contains(k) ? theirs[k].dump() : "unset", ")");
+  double mismatches = differences.empty() ? 0 : 1;
+  comm_.all_reduce_sum(&mismatches, 1);
+  if (mismatches > 0)
+    fail("the ranks of this run were started with different configurations (", int(mismatches), " of ", comm_.world(),
+         " differ from rank 0)", differences.empty() ? "" : cat("; this rank, ", comm_.rank(), ", has", differences),
+         ". Start every rank with the same flags.");
 }
 
 Trainer::~Trainer() = default;
 
 StepShape Trainer::step_shape() const {
   return {.batch = c_.batch, .seq = c_.seq, .accumulation = c_.accumulation, .grad_clip = c_.grad_clip,
-          .dtype = c_.dtype};
+          .dtype = c_.dtype, .parallel = {.world = comm_.world(), .rank = comm_.rank(), .zero = c_.zero}};
 }
 
 MemoryFigures Trainer::predict_memory() const { return predict_step_memory(c_.model, c_.optimizer, step_shape()); }
@@ -146,12 +181,14 @@ double Trainer::evaluate(int64_t batches) {
   data::Batch b;
   for (int64_t i = 0; i < batches; ++i) {
     val_loader_->next(b);
+    if (i % comm_.world() != comm_.rank()) continue;  // data-parallel: the ranks take turns
     MemoryScope scope(Category::other, "eval");
     Tensor x = from_vector(b.inputs, {c_.batch, c_.seq}, {.dtype = DType::i32, .device = c_.device});
     Tensor y = from_vector(b.targets, {c_.batch, c_.seq}, {.dtype = DType::i32, .device = c_.device});
     sum += model_->loss(x, y).item();
   }
   model_->train();
+  comm_.all_reduce_sum(&sum, 1);
   return sum / double(batches);
 }
 
@@ -193,7 +230,7 @@ StepRecord Trainer::train_step(int64_t step) {
     LoaderBatches batches(*train_loader_, c_.batch, c_.seq, c_.device);
     o = optimizer_step(*model_, *optimizer_, batches,
                        {.accumulation = c_.accumulation, .grad_clip = c_.grad_clip,
-                        .poison_loss = faults_.nan_at_step == step});
+                        .poison_loss = faults_.nan_at_step == step, .parallel = parallel_.get()});
   }
   r.ms = seconds_since(t0) * 1000;
   r.loss = o.loss;
@@ -204,11 +241,11 @@ StepRecord Trainer::train_step(int64_t step) {
   if (first && c_.device.is_cpu()) {  // a CUDA step also holds cuBLAS's and CUB's scratch, which the plan omits
     const MemoryFigures m = measure(ledger_now, *optimizer_);
     std::printf("after step %lld, measured beside predicted:\n%s\n", (long long)step, format_plan(predicted_, &m).c_str());
-    log_->memory(step, predicted_.total, m.total);
+    if (log_) log_->memory(step, predicted_.total, m.total);
   }
-  log_->step(r);
+  if (log_) log_->step(r);
   if (inspect) {
-    log_->optimizer_internals(step, optimizer_->internals());
+    if (log_) log_->optimizer_internals(step, optimizer_->internals());
     optimizer_->set_inspect(optim::Inspect::off);
   }
   return r;
@@ -217,7 +254,10 @@ StepRecord Trainer::train_step(int64_t step) {
 fs::path Trainer::save(int64_t step) {
   train::CheckpointContent c;
   for (const auto& [name, t] : model_->named_parameters()) c.model.emplace_back(name, t);
+  // Every rank takes part (ZeRO 1: the state's parts are gathered); rank 0 alone writes the checkpoint, in the same
+  // format at any world size.
   optim::OptimizerState st = optimizer_->state_dict();
+  if (comm_.rank() != 0) return c_.out / train::checkpoint_name(step);
   for (const auto& [name, t] : st.tensors) c.optimizer.emplace_back(name, t);
   train::RunState rs;
   rs.step = step;
@@ -230,6 +270,8 @@ fs::path Trainer::save(int64_t step) {
   rs.dropout_offset = model_->dropout_generator().offset();
   rs.skipped_steps = skipped_total_;
   rs.dtype = c_.dtype;  // bf16: model.safetensors holds bf16, optimizer.safetensors the f32 masters
+  rs.world = comm_.world();
+  rs.zero = c_.zero == ZeroStage::zero1 ? 1 : 0;
   rs.flags = c_.flags;
   c.state = train::to_json(rs);
   return train::save_checkpoint(c_.out, step, c, {.keep_last = int(c_.keep_last)});
@@ -265,7 +307,11 @@ void Trainer::resume(const fs::path& dir_in) {
   model_->dropout_generator().set_state(rs.dropout_seed, rs.dropout_offset);
   skipped_total_ = rs.skipped_steps;
   start_step_ = rs.step;
-  std::printf("resumed from %s at step %lld\n", dir.c_str(), (long long)start_step_);
+  std::printf("resumed from %s at step %lld%s\n", dir.c_str(), (long long)start_step_,
+              rs.world == comm_.world() ? ""
+                                        : cat(" (saved by ", rs.world, " rank(s), continued by ", comm_.world(),
+                                              ": the data resumes at the same tokens, rounded up to a whole batch)")
+                                              .c_str());
 }
 
 RunSummary Trainer::run() {
@@ -294,7 +340,8 @@ RunSummary Trainer::run() {
                           memory_advice(c_.model, c_.optimizer, step_shape(), predicted_, budget),
                           "Nothing was trained and no checkpoint was written."));
   CpuMemoryLimitScope ceiling(budget.enforced ? std::optional(budget.bytes + held_before_) : std::nullopt);
-  log_ = std::make_unique<RunLog>(c_.out / "log.jsonl", start_step_ > 0 ? LogStart::append : LogStart::fresh);
+  if (comm_.rank() == 0)  // rank 0 alone logs
+    log_ = std::make_unique<RunLog>(c_.out / "log.jsonl", start_step_ > 0 ? LogStart::append : LogStart::fresh);
   try {
     run_steps(s);
   } catch (const std::bad_alloc&) {
@@ -372,7 +419,7 @@ void Trainer::run_steps(RunSummary& s) {
     const bool evaluating = (c_.eval_every > 0 && step % c_.eval_every == 0) || last;
     if (evaluating) {
       val = evaluate(c_.val_batches);
-      log_->validation(step, val);
+      if (log_) log_->validation(step, val);
       s.val_curve.emplace_back(step, val);
     }
     const double eta = seconds_since(t_start) / double(step - start_step_) * double(c_.steps - step);
@@ -383,7 +430,7 @@ void Trainer::run_steps(RunSummary& s) {
                   r.lr, r.tokens_per_s, duration_str(eta).c_str(), format_bytes_human(u.live_held).c_str(),
                   format_bytes_human(u.peak_held).c_str());
     progress.show(step, line, first || last || evaluating);
-    if (c_.sample_every > 0 && step % c_.sample_every == 0 && !last) {
+    if (c_.sample_every > 0 && step % c_.sample_every == 0 && !last && comm_.rank() == 0) {
       std::printf("%s--- sample at step %lld ---\n%s\n---\n", progress.break_line(), (long long)step,
                   sample("", c_.sample_tokens, c_.seed + uint64_t(step)).c_str());
     }

@@ -59,8 +59,12 @@ class Trainer {
   int64_t run_holds() const { return ledger(c_.device).total().live_held - held_before_; }
   std::filesystem::path save(int64_t step);
 
+  // Resolved flags compared over the ranks: refuses (naming the flags) a rank started differently from rank 0.
+  void check_same_configuration();
+
   RunConfig c_;
-  std::unique_ptr<io::DirectoryLock> lock_;  // c_.out, held for the Trainer's lifetime
+  dist::Communicator& comm_;                  // the ranks of a data-parallel run (one: a single process)
+  std::unique_ptr<io::DirectoryLock> lock_;  // c_.out, held by rank 0 for the Trainer's lifetime
   struct Faults {
     int64_t nan_at_step = -1, oom_at_step = -1;
   } faults_;  // core/faults.h, read when run() starts
@@ -68,7 +72,8 @@ class Trainer {
   std::unique_ptr<optim::Optimizer> optimizer_;
   std::unique_ptr<data::DataLoader> train_loader_, val_loader_;
   std::optional<optim::LrSchedule> schedule_;
-  std::unique_ptr<RunLog> log_;  // opened by run()
+  std::unique_ptr<DataParallel> parallel_;  // more than one rank
+  std::unique_ptr<RunLog> log_;  // opened by run(), on rank 0
   MemoryFigures predicted_;      // the plan of one step, made by run()
   int64_t start_step_ = 0;       // steps already done (resume)
   int64_t held_before_ = 0;      // bytes live on the device before this run allocated anything

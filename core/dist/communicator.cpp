@@ -1,0 +1,70 @@
+// The single-process communicator, the launcher check and the process group (see communicator.h). The MPI and
+// NCCL engines are in mpi.cpp.
+#include "core/dist/communicator.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "core/error.h"
+
+namespace tally::dist {
+
+namespace {
+
+// One rank moves nothing: every collective is already complete. On the meta device it stands for rank `rank` of
+// `world` (the plan allocates that rank's buffers).
+class SingleProcess final : public Communicator {
+ public:
+  SingleProcess(int rank, int world) : Communicator(rank, world, 0) {}
+  std::string engine() const override { return "single process"; }
+  void all_reduce_sum(float*, int64_t, Device) override {}
+  void all_reduce_sum(double*, int64_t) override {}
+  void reduce_scatter_sum(float*, int64_t, Device) override {}
+  void all_gather(float*, int64_t, Device) override {}
+  void broadcast(void*, int64_t, int) override {}
+  void barrier() override {}
+  [[noreturn]] void abort(int code) override { std::exit(code); }
+};
+
+}  // namespace
+
+std::vector<uint64_t> Communicator::all_gather_u64(uint64_t x) {
+  // Through a sum of doubles would lose bits: each rank's value travels as four 16-bit pieces, exact in a double.
+  std::vector<double> slots(size_t(world()) * 4, 0.0);
+  for (int k = 0; k < 4; ++k) slots[size_t(rank()) * 4 + size_t(k)] = double((x >> (16 * k)) & 0xffff);
+  all_reduce_sum(slots.data(), int64_t(slots.size()));
+  std::vector<uint64_t> out(static_cast<size_t>(world()));
+  for (size_t r = 0; r < out.size(); ++r)
+    for (int k = 0; k < 4; ++k) out[r] |= uint64_t(slots[r * 4 + size_t(k)]) << (16 * k);
+  return out;
+}
+
+bool launched_by_mpi() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"})
+    if (const char* e = std::getenv(v); e && *e) return true;
+  return false;
+}
+
+std::unique_ptr<Communicator> single_process(int rank, int world) {
+  TALLY_CHECK(world >= 1 && rank >= 0 && rank < world, "[dist] rank ", rank, " of world ", world, " does not exist");
+  return std::make_unique<SingleProcess>(rank, world);
+}
+
+#ifdef TALLY_HAS_MPI
+std::unique_ptr<Communicator> make_mpi();  // mpi.cpp
+#endif
+
+Communicator& process_group() {
+  static std::unique_ptr<Communicator> group = []() -> std::unique_ptr<Communicator> {
+    if (!launched_by_mpi()) return single_process();
+#ifdef TALLY_HAS_MPI
+    return make_mpi();
+#else
+    fail("this process was started by an MPI launcher, but tally was built without MPI: install libopenmpi-dev "
+         "(scripts/install-deps.sh does) and rebuild, or run a single process without mpirun");
+#endif
+  }();
+  return *group;
+}
+
+}  // namespace tally::dist

@@ -1,0 +1,63 @@
+// Collectives between the processes of a data-parallel run, over existing engines: MPI between processes (CPU
+// buffers), NCCL between GPUs (CUDA buffers; its id exchanged over MPI). One process alone needs neither: its
+// communicator copies nothing. Every call is collective: all ranks make it, in the same order, with the same sizes.
+// A failure (a rank gone, an engine error) is a tally::Error naming the collective; MPI aborts the whole job when a
+// rank dies, so no rank waits forever.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/device.h"
+
+namespace tally::dist {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  int rank() const { return rank_; }
+  int world() const { return world_; }
+  int local_rank() const { return local_rank_; }  // among the ranks of this machine: the GPU a rank uses
+  virtual std::string engine() const = 0;         // "single process", "mpi", "mpi+nccl"
+
+  // In place: data[i] = sum over ranks of data[i]. f32 on `device` (a CUDA buffer goes through NCCL), f64 on the
+  // host. The ranks' contributions are added in an order fixed by the engine for a given world, so a rerun gives
+  // the same bits.
+  virtual void all_reduce_sum(float* data, int64_t n, Device device) = 0;
+  virtual void all_reduce_sum(double* data, int64_t n) = 0;
+  // `data` holds world() segments of `segment` floats. Afterwards segment rank() holds, element by element, the
+  // sum over ranks of their segment rank(); the other segments are left undefined.
+  virtual void reduce_scatter_sum(float* data, int64_t segment, Device device) = 0;
+  // `data` holds world() segments of `segment` floats, segment rank() this rank's. Afterwards every segment k holds
+  // rank k's.
+  virtual void all_gather(float* data, int64_t segment, Device device) = 0;
+  // Host bytes from `root` to every rank.
+  virtual void broadcast(void* data, int64_t bytes, int root) = 0;
+  virtual void barrier() = 0;
+  // Ends the whole job at once (every rank), after this rank's error was printed: used when one rank fails.
+  [[noreturn]] virtual void abort(int code) = 0;
+
+  // Every rank's value of `x` (host), in rank order.
+  std::vector<uint64_t> all_gather_u64(uint64_t x);
+
+ protected:
+  Communicator(int rank, int world, int local_rank) : rank_(rank), world_(world), local_rank_(local_rank) {}
+
+ private:
+  int rank_, world_, local_rank_;
+};
+
+// Whether this process was started by an MPI launcher (mpirun, srun): OMPI_COMM_WORLD_SIZE, PMI_SIZE or
+// PMIX_RANK in the environment.
+bool launched_by_mpi();
+
+// The communicator of this process, made on first use: MPI when launched by one (a build without MPI then refuses
+// with a clear error), else the single-process one. MPI is finalised at exit.
+Communicator& process_group();
+
+// A communicator of one rank that moves nothing (a single process, or the meta device's plan of a rank of
+// `world`: the same buffers are allocated, nothing is sent).
+std::unique_ptr<Communicator> single_process(int rank = 0, int world = 1);
+
+}  // namespace tally::dist

@@ -1,0 +1,20 @@
+// NCCL between the GPUs of a data-parallel run (one GPU per rank), for the MPI engine of mpi.cpp: collectives on
+// CUDA buffers, in place, on the library's CUDA stream (ordered with the kernels around them, no host wait).
+// Compiled when CUDA and NCCL are; the MPI engine makes the communicator on first use of a CUDA buffer, with the
+// unique id rank 0 draws broadcast over MPI.
+#pragma once
+#include <cstdint>
+
+namespace tally::dist::nccl {
+
+constexpr int kUniqueIdBytes = 128;  // NCCL_UNIQUE_ID_BYTES
+struct Comm;
+
+void unique_id(char (&id)[kUniqueIdBytes]);
+Comm* init(int rank, int world, const char (&id)[kUniqueIdBytes]);
+void destroy(Comm* comm);
+void all_reduce_sum(Comm* comm, float* data, int64_t n);
+void reduce_scatter_sum(Comm* comm, float* data, int64_t segment, int rank);
+void all_gather(Comm* comm, float* data, int64_t segment, int rank);
+
+}  // namespace tally::dist::nccl

@@ -1,0 +1,133 @@
+// Data parallelism for a training step (see data_parallel.h).
+#include "train/data_parallel.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/autograd/node.h"
+#include "core/ledger.h"
+#include "optim/clip.h"
+
+namespace tally::cli {
+
+namespace {
+
+// Elements [begin, end) of a contiguous tensor, as a flat view.
+Tensor flat(const Tensor& t, int64_t begin, int64_t end) { return make_view(t, {end - begin}, {1}, t.offset() + begin); }
+
+}  // namespace
+
+DataParallel::DataParallel(dist::Communicator& comm, ZeroStage stage, const optim::Optimizer& optimizer,
+                           const std::vector<Tensor>& params, int64_t bucket_bytes)
+    : comm_(comm), stage_(stage), params_(params) {
+  TALLY_CHECK(bucket_bytes >= 4, "[data parallel] bucket_bytes must be at least one float, got ", bucket_bytes);
+  TALLY_CHECK(!params.empty(), "[data parallel] no parameters");
+  const Device device = params.front().device();
+  for (const Tensor& p : params)
+    TALLY_CHECK(p.device() == device, "[data parallel] parameters on two devices: ", device.str(), " and ",
+                p.device().str(), " ('", p.name(), "')");
+  if (stage == ZeroStage::zero1)
+    TALLY_CHECK(optimizer.shard_of().world == comm.world(), "[data parallel] ZeRO 1 needs the optimizer sharded over ",
+                "the same ", comm.world(), " ranks (it is cut over ", optimizer.shard_of().world, ")");
+  // Buckets of whole tensors, in parameter order, closed when the next tensor would take one over the cap (a tensor
+  // larger than the cap gets a bucket of its own).
+  const int world = comm.world();
+  const int segments = stage == ZeroStage::zero1 ? world : 1;
+  const int64_t cap = bucket_bytes / 4;
+  Bucket open{.segments = std::vector<std::vector<Piece>>(size_t(segments))};
+  std::vector<int64_t> filled(size_t(segments), 0);
+  auto close = [&] {
+    if (open.segments[0].empty()) return;
+    open.segment = *std::max_element(filled.begin(), filled.end());
+    buckets_.push_back(std::move(open));
+    open = Bucket{.segments = std::vector<std::vector<Piece>>(size_t(segments))};
+    std::fill(filled.begin(), filled.end(), 0);
+  };
+  for (const Tensor& p : params) {
+    std::vector<int64_t> offsets = {0, optim::updated_part(p).numel()};  // padding rows never travel
+    if (stage == ZeroStage::zero1) offsets = optimizer.shard_cut(p.name()).offsets;
+    std::vector<int64_t> grown = filled;
+    for (int k = 0; k < segments; ++k) grown[size_t(k)] += offsets[size_t(k) + 1] - offsets[size_t(k)];
+    if (int64_t(segments) * *std::max_element(grown.begin(), grown.end()) > cap) close();
+    for (int k = 0; k < segments; ++k) {
+      open.segments[size_t(k)].push_back({.param = p, .begin = offsets[size_t(k)], .end = offsets[size_t(k) + 1]});
+      filled[size_t(k)] += offsets[size_t(k) + 1] - offsets[size_t(k)];
+    }
+  }
+  close();
+  int64_t largest = 0;
+  for (const Bucket& b : buckets_) {
+    largest = std::max(largest, b.segment * segments);
+    // Floats handed to the engine per step: the all-reduce's buffer, or the reduce-scatter's and the all-gather's.
+    bytes_per_step_ += 4 * b.segment * segments * (stage == ZeroStage::zero1 ? 2 : 1);
+  }
+  MemoryScope scope(Category::workspace, "dist:bucket");
+  buffer_ = empty({largest}, {.dtype = DType::f32, .device = device});
+}
+
+void DataParallel::pack(const Bucket& b, int segment, Source from, int64_t at) const {
+  for (const Piece& piece : b.segments[size_t(segment)]) {
+    const Tensor src = from == Source::gradients ? piece.param.grad() : piece.param;
+    TALLY_CHECK(src.defined(), "[data parallel] '", piece.param.name(), "' has no gradient to average: every ",
+                "parameter must take part in every step's loss");
+    Tensor dst = flat(buffer_, at, at + piece.end - piece.begin);
+    dst.copy_(flat(src, piece.begin, piece.end));
+    at += piece.end - piece.begin;
+  }
+}
+
+void DataParallel::unpack(const Bucket& b, int segment, Source to, int64_t at) const {
+  for (const Piece& piece : b.segments[size_t(segment)]) {
+    Tensor dst = flat(to == Source::gradients ? piece.param.grad() : piece.param, piece.begin, piece.end);
+    dst.copy_(flat(buffer_, at, at + piece.end - piece.begin));
+    at += piece.end - piece.begin;
+  }
+}
+
+void DataParallel::reduce_gradients() {
+  NoGradGuard no_grad;
+  const Device d = buffer_.device();
+  float* base = static_cast<float*>(buffer_.data_ptr());  // null on the meta device, where nothing moves
+  for (const Bucket& b : buckets_) {
+    if (stage_ == ZeroStage::zero0) {
+      pack(b, 0, Source::gradients, 0);
+      comm_.all_reduce_sum(base, b.segment, d);
+      unpack(b, 0, Source::gradients, 0);
+      continue;
+    }
+    for (int r = 0; r < comm_.world(); ++r) pack(b, r, Source::gradients, int64_t(r) * b.segment);
+    comm_.reduce_scatter_sum(base, b.segment, d);
+    unpack(b, comm_.rank(), Source::gradients, int64_t(comm_.rank()) * b.segment);
+  }
+}
+
+double DataParallel::grad_norm() {
+  if (stage_ == ZeroStage::zero0) return optim::grad_norm(params_);
+  std::vector<Tensor> parts;
+  for (const Bucket& b : buckets_)
+    for (const Piece& piece : b.segments[size_t(comm_.rank())])
+      if (piece.end > piece.begin) parts.push_back(flat(piece.param.grad(), piece.begin, piece.end));
+  double sum = optim::sum_of_squares(parts);
+  comm_.all_reduce_sum(&sum, 1);
+  return std::sqrt(sum);
+}
+
+void DataParallel::gather_parameters() {
+  if (stage_ == ZeroStage::zero0) return;
+  NoGradGuard no_grad;
+  const Device d = buffer_.device();
+  float* base = static_cast<float*>(buffer_.data_ptr());
+  for (const Bucket& b : buckets_) {
+    pack(b, comm_.rank(), Source::parameters, int64_t(comm_.rank()) * b.segment);
+    comm_.all_gather(base, b.segment, d);
+    for (int r = 0; r < comm_.world(); ++r)
+      if (r != comm_.rank()) unpack(b, r, Source::parameters, int64_t(r) * b.segment);
+  }
+}
+
+double DataParallel::mean(double x) {
+  comm_.all_reduce_sum(&x, 1);
+  return x / double(comm_.world());
+}
+
+}  // namespace tally::cli

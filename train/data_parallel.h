@@ -1,0 +1,67 @@
+// Data parallelism for a training step over the ranks of a process group. After backward (each rank's loss scaled
+// by 1/world, so sums are averages) the gradients are summed over ranks: whole on every rank (ZeRO 0), or
+// reduce-scattered so that each rank receives the sum of just the part of each tensor it steps (ZeRO 1; the cut is
+// the optimizer's, optim::ShardCut). Then the global gradient norm for clipping, and after a ZeRO-1 step every
+// rank's updated part is all-gathered into every rank's parameters. Tensors travel through one communication
+// buffer (Category::workspace, owner "dist:bucket") in buckets of at most `bucket_bytes`, so a step makes a few
+// collectives, not one per tensor; on the meta device the buffer is planned and nothing moves.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/dist/communicator.h"
+#include "core/tensor.h"
+#include "optim/optimizer.h"
+
+namespace tally::cli {
+
+enum class ZeroStage : uint8_t {
+  zero0,  // plain data parallelism: every rank keeps the whole optimizer state
+  zero1,  // each rank keeps the state of its part of every parameter (optim::Optimizer::shard)
+};
+
+class DataParallel {
+ public:
+  static constexpr int64_t kDefaultBucketBytes = int64_t(32) << 20;
+
+  // `optimizer` is sharded over `comm` for ZeRO 1 (by the caller, before this). `comm` must outlive this object.
+  DataParallel(dist::Communicator& comm, ZeroStage stage, const optim::Optimizer& optimizer,
+               const std::vector<Tensor>& params, int64_t bucket_bytes = kDefaultBucketBytes);
+
+  int world() const { return comm_.world(); }
+  // Sums the gradients over the ranks (ZeRO 1: this rank's parts only are complete afterwards).
+  void reduce_gradients();
+  // The norm of the whole summed gradient (ZeRO 1: this rank's parts, summed over ranks). After reduce_gradients.
+  double grad_norm();
+  // ZeRO 1, after the optimizer step: every rank's updated parts into every rank's parameters. ZeRO 0: nothing.
+  void gather_parameters();
+  // The mean over ranks of a per-rank value (the loss, for the log).
+  double mean(double x);
+  // Bytes sent by this rank per step through the collectives (the buffer's floats), for the benchmarks.
+  int64_t bytes_per_step() const { return bytes_per_step_; }
+
+ private:
+  struct Piece {
+    Tensor param;     // the leaf (its .grad at step time)
+    int64_t begin, end;  // element range within the parameter for the bucket's segment of one rank
+  };
+  // One collective: for ZeRO 0 one segment (every tensor whole); for ZeRO 1 one segment per rank, each holding that
+  // rank's part of every tensor in the bucket, padded to the longest.
+  struct Bucket {
+    std::vector<std::vector<Piece>> segments;  // [rank][piece]; ZeRO 0: one segment
+    int64_t segment = 0;                       // floats per segment
+  };
+  enum class Source { gradients, parameters };
+  // One segment of a bucket between the tensors and the buffer, starting at float `at` of the buffer.
+  void pack(const Bucket& b, int segment, Source from, int64_t at) const;
+  void unpack(const Bucket& b, int segment, Source to, int64_t at) const;
+
+  dist::Communicator& comm_;
+  ZeroStage stage_;
+  std::vector<Tensor> params_;
+  std::vector<Bucket> buckets_;
+  Tensor buffer_;  // f32, the largest bucket, on the parameters' device
+  int64_t bytes_per_step_ = 0;
+};
+
+}  // namespace tally::cli
