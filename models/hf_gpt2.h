@@ -17,9 +17,9 @@ namespace tally::models {
 
 // GPT-2's tokenizer files, as data/tokenizer.h reads them (the caller has checked that they load).
 struct HfTokenizerFiles {
-  std::filesystem::path encoder_json;  // written as vocab.json, byte for byte
-  std::filesystem::path vocab_bpe;     // written as merges.txt, byte for byte
-  int64_t vocab_size = 50257;          // must equal the model's V
+  std::filesystem::path encoder_json = {};  // written as vocab.json, byte for byte
+  std::filesystem::path vocab_bpe = {};     // written as merges.txt, byte for byte
+  int64_t vocab_size = 50257;               // must equal the model's V
 };
 
 struct HfExportOptions {
