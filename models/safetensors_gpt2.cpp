@@ -91,7 +91,8 @@ int64_t known_gpt2_heads(int64_t n_layer, int64_t n_embd) {
 // Each error names the field, config.json and both values (or what tally needs instead).
 class HfConfigFile {
  public:
-  HfConfigFile(const std::filesystem::path& path, std::string weights) : path_(path.string()), weights_(std::move(weights)) {
+  HfConfigFile(const std::filesystem::path& path, std::string weights)
+      : path_(path.string()), weights_(std::move(weights)) {
     try {
       j_ = nlohmann::json::parse(io::read_file_text(path));
     } catch (const nlohmann::json::exception& e) {

@@ -221,7 +221,8 @@ TEST_CASE("hf export: the exported model's logits equal transformers' from the s
     }
     NoGradGuard no_grad;
     model->eval();
-    const std::vector<double> logits = model->forward(from_vector(ids, {1, T}, {.dtype = DType::i32})).to_vector<double>();
+    const Tensor idx = from_vector(ids, {1, T}, {.dtype = DType::i32});
+    const std::vector<double> logits = model->forward(idx).to_vector<double>();
     REQUIRE(logits.size() == size_t(T * kV));
     std::vector<double> at_columns, logsumexp;
     for (int64_t t = 0; t < T; ++t) {
@@ -268,7 +269,8 @@ TEST_CASE("hf export: an existing directory is replaced only where it holds a pr
   CHECK(staging_left(out) == 0);
 
   // A previous export's tokenizer files are not left beside a model they were not exported with.
-  for (const char* f : {"vocab.json", "merges.txt", "tokenizer_config.json"}) io::write_file_atomic(out / f, std::string("{}"));
+  for (const char* f : {"vocab.json", "merges.txt", "tokenizer_config.json"})
+    io::write_file_atomic(out / f, std::string("{}"));
   save_hf_gpt2(model, out);
   CHECK(files_in(out) == std::set<std::string>{"model.safetensors", "config.json", "generation_config.json"});
 
@@ -346,6 +348,13 @@ TEST_CASE("hf import: config.json is checked against the tensors, naming the fie
   refused("resid_pdrop", 1.5, cfg + ": resid_pdrop must be in [0, 1), found 1.5");
   refused("layer_norm_epsilon", 0, cfg + ": layer_norm_epsilon must be positive");
 
+  io::write_file_atomic(config_path, std::string("{\"n_head\": 2,"));
+  CHECK_THROWS_WITH_AS(cli::load_model_file(dir / "hf", Device::cpu()),
+                       doctest::Contains((cfg + ": not valid JSON").c_str()), Error);
+  io::write_file_atomic(config_path, std::string("[2]"));
+  CHECK_THROWS_WITH_AS(cli::load_model_file(dir / "hf", Device::cpu()),
+                       doctest::Contains((cfg + ": expected a JSON object, found a array").c_str()), Error);
+
   // Fields that agree, or that transformers leaves null, load.
   with("n_inner", nullptr);
   CHECK(cli::load_model_file(dir / "hf", Device::cpu())->config() == back->config());
@@ -369,7 +378,8 @@ TEST_CASE("hf export: the JSON for a vocabulary without GPT-2's <|endoftext|>, a
   CHECK_THROWS_WITH_AS(run_export({(dir / "m.safetensors").string(), "--format", "hf", "--out", (dir / "a").string()}),
                        doctest::Contains("the model's vocabulary has 500 tokens but the GPT-2 tokenizer"), Error);
   CHECK_FALSE(fs::exists(dir / "a"));
-  CHECK(run_export({(dir / "m.safetensors").string(), "--format", "hf", "--no-tokenizer", "--out", (dir / "a").string()}) == 0);
+  CHECK(run_export({(dir / "m.safetensors").string(), "--format", "hf", "--no-tokenizer", "--out",
+                    (dir / "a").string()}) == 0);
   CHECK(files_in(dir / "a") == std::set<std::string>{"model.safetensors", "config.json", "generation_config.json"});
   fs::remove_all(dir);
 }
