@@ -110,16 +110,17 @@ void check_same_fields(const fs::path& ours_path, const fs::path& golden_path) {
   REQUIRE(golden.is_object());
   CHECK(ours.contains("transformers_version") == false);
   golden.erase("transformers_version");
-  for (const auto& [key, want] : golden.items()) {
-    const std::string k = key;  // no structured binding inside INFO's lambda (clang 14)
+  for (auto it = golden.begin(); it != golden.end(); ++it) {  // no structured binding inside INFO (clang 14)
+    const std::string k = it.key();
+    const json& want = it.value();
     INFO("field ", k, ": transformers ", want.dump());
     REQUIRE(ours.contains(k));
     INFO("tally ", ours[k].dump());
     CHECK(ours[k] == want);
     CHECK(ours[k].type() == want.type());
   }
-  for (const auto& [key, value] : ours.items()) {
-    const std::string k = key;
+  for (auto it = ours.begin(); it != ours.end(); ++it) {
+    const std::string k = it.key();
     INFO("field ", k, " only in tally's file");
     CHECK(golden.contains(k));
   }
