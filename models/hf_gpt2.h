@@ -34,9 +34,9 @@ const std::vector<std::string>& hf_export_file_names();
 
 // The JSON files' contents (tests compare them with transformers' own output, field by field).
 // config.json: what transformers' GPT2Config.to_json writes for this model, but for transformers_version (tally is not
-// transformers). The weights' element type is "dtype" (once "torch_dtype": transformers writes and reads "dtype" since
-// 4.56 and warns about "torch_dtype"; older versions read neither key unless asked to, and then fall back to the
-// weights' own type, which is the same).
+// transformers). The weights' element type is "dtype", formerly "torch_dtype": transformers writes and reads "dtype"
+// since 4.56 and warns about "torch_dtype"; older versions consult "torch_dtype" only when loading with
+// torch_dtype="auto", and without it take the weights' own type, which is the same.
 // Dropout: resid_pdrop and embd_pdrop are the model's training dropout, attn_pdrop 0 (tally has no dropout on
 // attention probabilities). bos/eos_token_id: GPT-2's <|endoftext|> (50256) where the vocabulary holds it, else null.
 nlohmann::json hf_config_json(const GPT2Config& config, DType dtype);

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <optional>
 #include <string_view>
 
 #include "core/autograd/node.h"
@@ -240,7 +241,13 @@ int cmd_export(const Args& args) {
     models::HfExportOptions options{.dtype = export_dtype};
     if (!f.on("no-tokenizer")) {
       // The GPT-2 tokenizer's files, checked by loading them, and only for a model of its vocabulary.
-      const data::Tokenizer tok = data::Tokenizer::load();
+      std::optional<data::Tokenizer> loaded;
+      try {
+        loaded = data::Tokenizer::load();
+      } catch (const Error& e) {
+        fail(e.what(), " (or export without tokenizer files: --no-tokenizer)");
+      }
+      const data::Tokenizer& tok = *loaded;
       TALLY_CHECK(tok.vocab_size() == model->config().vocab_size, "the model's vocabulary has ",
                   model->config().vocab_size, " tokens but the GPT-2 tokenizer (", tok.dir().string(), ") has ",
                   tok.vocab_size(), ": export with --no-tokenizer");

@@ -52,6 +52,17 @@ grep -q "holds 'notes.txt', which a Hugging Face export does not write" "$work/o
   fail "the refused directory was changed: $(ls -A "$work/mine")"
 "$tally" export --checkpoint "$work/run" --format hf --out "$work/run" >"$work/o" 2>&1 && fail "export into the run directory ran"
 
+# No GPT-2 tokenizer files to be found: the error says where it looked and how to export without them.
+mkdir "$work/empty"
+TALLY_GPT2_DIR="$work/empty" "$tally" export --checkpoint "$work/run" --format hf --out "$work/notok" >"$work/o" 2>&1
+[ $? -eq 1 ] && grep -q "TALLY_GPT2_DIR=$work/empty does not hold encoder.json and vocab.bpe" "$work/o" &&
+  grep -q -- "--no-tokenizer" "$work/o" || fail "missing tokenizer files: $(cat "$work/o")"
+[ ! -e "$work/notok" ] || fail "a failed export created its directory"
+TALLY_GPT2_DIR="$work/empty" "$tally" export --checkpoint "$work/run" --format hf --no-tokenizer --out "$work/notok" \
+  >"$work/o" 2>&1 || fail "--no-tokenizer: $(cat "$work/o")"
+[ "$(ls "$work/notok" | tr '\n' ' ')" = "config.json generation_config.json model.safetensors " ] ||
+  fail "--no-tokenizer wrote: $(ls "$work/notok")"
+
 # Usage errors exit 2.
 "$tally" export --checkpoint "$work/run" --format llmc --dtype bf16 --out "$work/x.bin" >"$work/o" 2>&1; [ $? -eq 2 ] ||
   fail "--dtype with llmc should exit 2"
