@@ -149,6 +149,7 @@ def main():
         cfg = GPT2Config(vocab_size=V, n_positions=T, n_embd=C, n_layer=L, n_head=NH, activation_function="gelu_new",
                          resid_pdrop=DROPOUT, embd_pdrop=DROPOUT, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
                          bos_token_id=50256, eos_token_id=50256, tie_word_embeddings=True)
+        recipe = json.dumps(cfg.to_diff_dict(), sort_keys=True)  # before save_pretrained records a dtype in cfg
         own = GPT2LMHeadModel(cfg)
         own.save_pretrained(os.path.join(tmp, "own"))
         own.to(torch.bfloat16).save_pretrained(os.path.join(tmp, "own-bf16"))
@@ -194,7 +195,7 @@ def main():
             cols, lse = logits_of(exported[dtype], ids, columns)
             golden[dtype + ".logits"], golden[dtype + ".logsumexp"] = cols, lse
         meta = {"prompt": PROMPT, "torch": torch.__version__, "transformers": transformers.__version__,
-                "config": json.dumps(cfg.to_diff_dict(), sort_keys=True),
+                "config": recipe,
                 "columns": f"every {COLUMN_STRIDE}th vocabulary column and the last"}
         save_file(golden, os.path.join(OUT, "golden.safetensors"), metadata=meta)
         print(f"{len(ids)} prompt tokens; logits (f32 export) at token 0: {golden['f32.logits'][0, :3].tolist()}; "
