@@ -86,6 +86,56 @@ int64_t known_gpt2_heads(int64_t n_layer, int64_t n_embd) {
   return 0;
 }
 
+// Hugging Face's config.json beside the weights, checked against what the tensors say: every field that the tensors
+// determine must agree with them, and every field that selects an architecture tally does not implement is refused.
+// Each error names the field, config.json and both values (or what tally needs instead).
+class HfConfigFile {
+ public:
+  HfConfigFile(const std::filesystem::path& path, std::string weights)
+      : path_(path.string()), weights_(std::move(weights)) {
+    try {
+      j_ = nlohmann::json::parse(io::read_file_text(path));
+    } catch (const nlohmann::json::exception& e) {
+      fail("[safetensors] '", path_, "': not valid JSON: ", e.what());
+    }
+    TALLY_CHECK(j_.is_object(), "[safetensors] '", path_, "': expected a JSON object, found a ", j_.type_name());
+  }
+  const std::string& path() const { return path_; }
+
+  // The integer field `key`, if present (null counts as absent); any other type is an error.
+  std::optional<int64_t> integer(const char* key) const {
+    if (!j_.contains(key) || j_[key].is_null()) return std::nullopt;
+    TALLY_CHECK(j_[key].is_number_integer(), "[safetensors] '", path_, "': ", key, " must be an integer, found ",
+                j_[key].dump());
+    return j_[key].get<int64_t>();
+  }
+  std::optional<double> number(const char* key) const {
+    if (!j_.contains(key) || j_[key].is_null()) return std::nullopt;
+    TALLY_CHECK(j_[key].is_number(), "[safetensors] '", path_, "': ", key, " must be a number, found ", j_[key].dump());
+    return j_[key].get<double>();
+  }
+  // A field the tensors determine: present, it must equal `have`.
+  void expect_integer(const char* key, int64_t have, std::string_view what = "has") const {
+    if (auto v = integer(key))
+      TALLY_CHECK(*v == have, "[safetensors] '", path_, "' says ", key, " = ", *v, " but '", weights_, "' ", what, " ",
+                  have);
+  }
+  // A field that selects an architecture: present, it must be `want`; `why` says what tally implements.
+  void expect_value(const char* key, const nlohmann::json& want, std::string_view why) const {
+    if (!j_.contains(key) || j_[key] == want) return;
+    fail("[safetensors] '", path_, "' says ", key, " = ", j_[key].dump(), " but tally needs ", want.dump(), ": ", why);
+  }
+  std::optional<std::string> string(const char* key) const {
+    if (!j_.contains(key) || j_[key].is_null()) return std::nullopt;
+    TALLY_CHECK(j_[key].is_string(), "[safetensors] '", path_, "': ", key, " must be a string, found ", j_[key].dump());
+    return j_[key].get<std::string>();
+  }
+
+ private:
+  std::string path_, weights_;
+  nlohmann::json j_;
+};
+
 // config_json: Hugging Face's config.json beside the file, if any is to be consulted.
 GPT2Config infer_config(const io::SafetensorsReader& r, const FileIndex& idx,
                         const std::optional<std::filesystem::path>& config_json,
@@ -102,51 +152,64 @@ GPT2Config infer_config(const io::SafetensorsReader& r, const FileIndex& idx,
   c.block_size = wpe.shape[0];
   c.padded_vocab_size = padded_vocab(c.vocab_size, options.vocab_multiple);
 
-  // config.json beside the file (Hugging Face's): heads, epsilon, and a check that it describes these tensors.
-  std::optional<nlohmann::json> hf;
-  if (config_json && std::filesystem::exists(*config_json)) {
+  // The heads the file's own metadata records (save_safetensors_gpt2 writes them).
+  std::optional<int64_t> metadata_heads;
+  if (auto it = r.metadata().find("n_head"); it != r.metadata().end()) {
     try {
-      hf = nlohmann::json::parse(io::read_file_text(*config_json));
-    } catch (const nlohmann::json::exception& e) {
-      fail("[safetensors] '", config_json->string(), "': not valid JSON: ", e.what());
+      size_t used = 0;
+      metadata_heads = std::stoll(it->second, &used);
+      if (used != it->second.size()) throw std::invalid_argument("trailing characters");
+    } catch (const std::exception&) {
+      fail(where, "metadata n_head '", it->second, "' is not a number");
     }
-    TALLY_CHECK(hf->is_object(), "[safetensors] '", config_json->string(), "': expected a JSON object, found a ",
-                hf->type_name());
-    auto expect = [&](const char* key, int64_t have) {
-      if (hf->contains(key) && (*hf)[key].is_number_integer())
-        TALLY_CHECK((*hf)[key].get<int64_t>() == have, "[safetensors] '", config_json->string(), "' says ", key, " = ",
-                    (*hf)[key].get<int64_t>(), " but '", r.source(), "' has ", have);
-    };
-    expect("n_layer", c.n_layer);
-    expect("n_embd", c.n_embd);
-    expect("n_positions", c.block_size);
-    expect("vocab_size", c.vocab_size);
-    if (hf->contains("layer_norm_epsilon") && (*hf)["layer_norm_epsilon"].is_number())
-      c.ln_eps = (*hf)["layer_norm_epsilon"].get<double>();
-    if (hf->contains("activation_function") && (*hf)["activation_function"].is_string()) {
-      std::string act = (*hf)["activation_function"].get<std::string>();
-      TALLY_CHECK(act == "gelu_new" || act == "gelu_pytorch_tanh" || act == "gelu_fast", "[safetensors] '",
-                  config_json->string(), "': activation_function '", act,
+  }
+
+  std::optional<int64_t> config_heads;
+  std::string config_path;
+  if (config_json && std::filesystem::exists(*config_json)) {
+    const HfConfigFile hf(*config_json, r.source());
+    config_path = hf.path();
+    hf.expect_integer("n_layer", c.n_layer);
+    hf.expect_integer("n_embd", c.n_embd);
+    hf.expect_integer("n_positions", c.block_size);
+    hf.expect_integer("vocab_size", c.vocab_size);
+    // n_inner (null: 4 * n_embd) is the MLP's width, c_fc's (C, inner) in the file (check_shapes then holds it to
+    // tally's 4 * C).
+    if (const auto& fc = *idx.tensors.at("h.0.mlp.c_fc.weight"); fc.shape.size() == 2)
+      hf.expect_integer("n_inner", fc.shape[1], "has an mlp.c_fc of width");
+    config_heads = hf.integer("n_head");
+    if (config_heads && metadata_heads)
+      TALLY_CHECK(*config_heads == *metadata_heads, "[safetensors] '", hf.path(), "' says n_head = ", *config_heads,
+                  " but the metadata of '", r.source(), "' says n_head = ", *metadata_heads);
+    if (auto eps = hf.number("layer_norm_epsilon")) {
+      TALLY_CHECK(*eps > 0, "[safetensors] '", hf.path(), "': layer_norm_epsilon must be positive, found ", *eps);
+      c.ln_eps = *eps;
+    }
+    // tally has one dropout probability (embeddings and residual branches); a training run sets its own.
+    if (auto p = hf.number("resid_pdrop")) {
+      TALLY_CHECK(*p >= 0 && *p < 1, "[safetensors] '", hf.path(), "': resid_pdrop must be in [0, 1), found ", *p);
+      c.dropout = *p;
+    }
+    if (auto act = hf.string("activation_function"))
+      TALLY_CHECK(*act == "gelu_new" || *act == "gelu_pytorch_tanh" || *act == "gelu_fast", "[safetensors] '",
+                  hf.path(), "': activation_function '", *act,
                   "' is not GPT-2's tanh-approximated GELU (gelu_new), the only one tally implements");
-    }
+    hf.expect_value("model_type", "gpt2", "tally implements GPT-2");
+    hf.expect_value("tie_word_embeddings", true, "tally's GPT-2 ties the output head to the token embedding");
+    hf.expect_value("scale_attn_weights", true, "tally scales attention scores by 1/sqrt(head size)");
+    hf.expect_value("scale_attn_by_inverse_layer_idx", false, "tally does not scale attention by layer");
+    hf.expect_value("add_cross_attention", false, "tally's GPT-2 is a decoder without cross-attention");
   }
 
   int64_t heads = options.n_head;
   std::string source = "the import options";
-  if (heads == 0) {
-    auto it = r.metadata().find("n_head");
-    if (it != r.metadata().end()) {
-      try {
-        heads = std::stoll(it->second);
-      } catch (const std::exception&) {
-        fail(where, "metadata n_head '", it->second, "' is not a number");
-      }
-      source = "the file's metadata";
-    }
+  if (heads == 0 && metadata_heads) {
+    heads = *metadata_heads;
+    source = "the file's metadata";
   }
-  if (heads == 0 && hf && hf->contains("n_head") && (*hf)["n_head"].is_number_integer()) {
-    heads = (*hf)["n_head"].get<int64_t>();
-    source = config_json->string();
+  if (heads == 0 && config_heads) {
+    heads = *config_heads;
+    source = config_path;
   }
   if (heads == 0) {
     heads = known_gpt2_heads(c.n_layer, c.n_embd);
@@ -285,6 +348,20 @@ std::unique_ptr<GPT2> load_safetensors_gpt2_from_memory(std::span<const uint8_t>
 }
 
 namespace {
+
+// The values of a parameter as the file's element type T (float, double or bf16).
+template <class T>
+std::vector<T> file_values(const Tensor& t) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    std::vector<float> f = detail::values_of<float>(t);
+    std::vector<bf16> out(f.size());
+    for (size_t i = 0; i < f.size(); ++i) out[i] = float_to_bf16(f[i]);
+    return out;
+  } else {
+    return detail::values_of<T>(t);
+  }
+}
+
 template <class T>
 void save_all(const GPT2& model, const std::filesystem::path& path) {
   const GPT2Config& c = model.config();
@@ -294,7 +371,7 @@ void save_all(const GPT2& model, const std::filesystem::path& path) {
   buffers.reserve(named.size());
   for (const auto& [name, p] : named) {
     Tensor src = p.impl() == model.wte.weight().impl() ? p.slice(0, 0, c.vocab_size) : p;  // drop padding rows
-    std::vector<T> v = detail::values_of<T>(src);
+    std::vector<T> v = file_values<T>(src);
     std::vector<int64_t> shape = src.shape();
     if (is_conv1d_weight(name)) {
       v = detail::transposed(v, shape[0], shape[1]);
@@ -314,14 +391,25 @@ void save_all(const GPT2& model, const std::filesystem::path& path) {
 }
 }  // namespace
 
-void save_safetensors_gpt2(const GPT2& model, const std::filesystem::path& path) {
+DType export_dtype(const GPT2& model, ExportDType dtype) {
+  switch (dtype) {
+    case ExportDType::as_model: return model.dtype() == DType::f64 ? DType::f64 : DType::f32;
+    case ExportDType::f32: return DType::f32;
+    case ExportDType::bf16: return DType::bf16;
+  }
+  fail("[safetensors] unknown export dtype");
+}
+
+void save_safetensors_gpt2(const GPT2& model, const std::filesystem::path& path,
+                           const SafetensorsExportOptions& options) {
   TALLY_CHECK(!model.device().is_meta(), "[safetensors] cannot save '", path.string(),
               "': the model is on the meta device");
   NoGradGuard no_grad;
-  if (model.dtype() == DType::f64)
-    save_all<double>(model, path);
-  else
-    save_all<float>(model, path);
+  switch (export_dtype(model, options.dtype)) {
+    case DType::f64: save_all<double>(model, path); break;
+    case DType::bf16: save_all<bf16>(model, path); break;
+    default: save_all<float>(model, path); break;
+  }
 }
 
 }  // namespace tally::models

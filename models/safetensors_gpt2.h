@@ -2,7 +2,10 @@
 // ...). HF's Conv1D stores Linear weights as (in, out): they are transposed against tally's (out, in) both ways.
 // Import accepts the real files' conventions: names with or without the "transformer." prefix, the attention mask
 // buffers attn.bias / attn.masked_bias (ignored), an lm_head.weight equal to wte (tied; an untied head is an error),
-// and F32/F16/BF16/F64 data. The file parsing itself is core/io/safetensors.h.
+// and F32/F16/BF16/F64 data. A Hugging Face config.json beside the file is read (heads, LayerNorm epsilon, dropout)
+// and checked against the tensors: n_layer, n_embd, n_positions, vocab_size, n_inner and the metadata's n_head must
+// agree, and fields that select another architecture (activation, untied head, cross-attention, attention scaling)
+// are refused; each error names the field, the file and both values. The file parsing itself is core/io/safetensors.h.
 #pragma once
 #include <filesystem>
 #include <memory>
@@ -32,8 +35,18 @@ std::unique_ptr<GPT2> load_safetensors_gpt2_from_memory(std::span<const uint8_t>
 // Loads into an existing model: L, C, maxT and V must match (the model's padding rows are zeroed).
 void load_safetensors_gpt2_into(GPT2& model, const std::filesystem::path& path);
 
+// The element type of an exported file: the model's own (F32, or F64 for a float64 model; a bf16 model's values are
+// written as F32), or F32 / BF16 whatever the model holds (BF16: each value rounded to nearest, ties to even).
+enum class ExportDType : uint8_t { as_model, f32, bf16 };
+struct SafetensorsExportOptions {
+  ExportDType dtype = ExportDType::as_model;
+};
+// The safetensors dtype that `options` gives for `model` (F32, F64 or BF16).
+DType export_dtype(const GPT2& model, ExportDType dtype);
+
 // Writes HF naming with the "transformer." prefix, Conv1D weights (in, out), wte without padding rows, no lm_head
-// (tied), in the model's dtype (F32 or F64); metadata: format "pt", n_layer, n_head, n_embd, n_positions, vocab_size.
-void save_safetensors_gpt2(const GPT2& model, const std::filesystem::path& path);
+// (tied); metadata: format "pt", n_layer, n_head, n_embd, n_positions, vocab_size. Atomic (one file).
+void save_safetensors_gpt2(const GPT2& model, const std::filesystem::path& path,
+                           const SafetensorsExportOptions& options = {});
 
 }  // namespace tally::models

@@ -1,10 +1,12 @@
 // The smaller subcommands around training: `memory` (the exact plan without allocating), `inspect` (optimizer
-// state in a checkpoint), `eval` (loss of a model on shards), `export` (llm.c or safetensors), `sample`.
+// state in a checkpoint), `eval` (loss of a model on shards), `export` (llm.c, safetensors or a Hugging Face model
+// directory), `sample`.
 #include <cmath>
 #include <omp.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <optional>
 #include <string_view>
 
 #include "core/autograd/node.h"
@@ -14,6 +16,7 @@
 #include "data/tokenizer.h"
 #include "models/checkpoint_llmc.h"
 #include "models/generate.h"
+#include "models/hf_gpt2.h"
 #include "models/safetensors_gpt2.h"
 #include "train/checkpoint.h"
 #include "train/commands.h"
@@ -170,7 +173,8 @@ int cmd_inspect(const Args& args) {
 
 int cmd_eval(const Args& args) {
   Flags f("eval", "mean loss of a model over token shards (non-overlapping sequential windows)",
-          {{"checkpoint", "model: tally checkpoint/run directory, llm.c .bin or .safetensors", ""},
+          {{"checkpoint", "model: tally checkpoint/run directory, Hugging Face model directory, llm.c .bin or "
+                          ".safetensors", ""},
            {"data", "token shards (llm.c format; a path or a glob)", ""},
            {"batch", "B", "4"},
            {"seq", "T", "1024"},
@@ -211,19 +215,54 @@ int cmd_eval(const Args& args) {
 
 int cmd_export(const Args& args) {
   Flags f("export", "write a model in an interchange format",
-          {{"checkpoint", "model: tally checkpoint/run directory, llm.c .bin or .safetensors", ""},
-           {"format", "llmc | llmc-bf16 | safetensors", ""},
-           {"out", "the file to write", ""}});
+          {{"checkpoint", "model: tally checkpoint/run directory, Hugging Face model directory, llm.c .bin or "
+                          ".safetensors", ""},
+           {"format", "llmc | llmc-bf16 | safetensors | hf (a Hugging Face model directory: weights, config.json, "
+                      "generation_config.json, tokenizer files)", ""},
+           {"out", "the file to write (hf: the directory; an existing one must be empty or hold a previous export)", ""},
+           {"dtype", "safetensors and hf: the weights' element type, f32 | bf16 (llm.c: choose llmc or llmc-bf16)", "f32"},
+           {"no-tokenizer", "hf: leave out the tokenizer files (needed when the vocabulary is not GPT-2's)", "",
+            FlagKind::switch_}});
   f.parse(args);
   no_positional(f);
-  std::string format = f.str("format");
-  if (format != "llmc" && format != "llmc-bf16" && format != "safetensors")
-    throw FlagError("--format must be llmc, llmc-bf16 or safetensors, got '" + format + "'");
+  const std::string format = f.str("format");
+  if (format != "llmc" && format != "llmc-bf16" && format != "safetensors" && format != "hf")
+    throw FlagError("--format must be llmc, llmc-bf16, safetensors or hf, got '" + format + "'");
+  const std::string dtype = f.str("dtype");
+  if (dtype != "f32" && dtype != "bf16") throw FlagError("--dtype must be f32 or bf16, got '" + dtype + "'");
+  if (f.given("dtype") && format.starts_with("llmc"))
+    throw FlagError("--dtype is for safetensors and hf; llm.c's precision is the format: llmc or llmc-bf16");
+  if (f.on("no-tokenizer") && format != "hf") throw FlagError("--no-tokenizer is for --format hf");
+  const models::ExportDType export_dtype = dtype == "bf16" ? models::ExportDType::bf16 : models::ExportDType::f32;
+
   auto model = load_model_file(f.str("checkpoint"), Device::cpu());
-  fs::path out = f.str("out");
-  if (format == "safetensors") models::save_safetensors_gpt2(*model, out);
-  else models::save_llmc(*model, out, format == "llmc" ? models::LlmcPrecision::f32 : models::LlmcPrecision::bf16);
-  std::printf("wrote %s (%s, %s)\n", out.c_str(), format.c_str(), model->config().str().c_str());
+  const fs::path out = f.str("out");
+  if (format == "hf") {
+    models::HfExportOptions options{.dtype = export_dtype};
+    if (!f.on("no-tokenizer")) {
+      // The GPT-2 tokenizer's files, checked by loading them, and only for a model of its vocabulary.
+      std::optional<data::Tokenizer> loaded;
+      try {
+        loaded = data::Tokenizer::load();
+      } catch (const Error& e) {
+        fail(e.what(), " (or export without tokenizer files: --no-tokenizer)");
+      }
+      const data::Tokenizer& tok = *loaded;
+      TALLY_CHECK(tok.vocab_size() == model->config().vocab_size, "the model's vocabulary has ",
+                  model->config().vocab_size, " tokens but the GPT-2 tokenizer (", tok.dir().string(), ") has ",
+                  tok.vocab_size(), ": export with --no-tokenizer");
+      options.tokenizer = models::HfTokenizerFiles{.encoder_json = tok.dir() / "encoder.json",
+                                                   .vocab_bpe = tok.dir() / "vocab.bpe",
+                                                   .vocab_size = tok.vocab_size()};
+    }
+    models::save_hf_gpt2(*model, out, options);
+  } else if (format == "safetensors") {
+    models::save_safetensors_gpt2(*model, out, {.dtype = export_dtype});
+  } else {
+    models::save_llmc(*model, out, format == "llmc" ? models::LlmcPrecision::f32 : models::LlmcPrecision::bf16);
+  }
+  const std::string what = format == "hf" || format == "safetensors" ? format + " " + dtype : format;
+  std::printf("wrote %s (%s, %s)\n", out.c_str(), what.c_str(), model->config().str().c_str());
   return 0;
 }
 
@@ -231,7 +270,8 @@ int cmd_export(const Args& args) {
 
 int cmd_sample(const Args& args) {
   Flags f("sample", "generate text from a model",
-          {{"checkpoint", "model: tally checkpoint/run directory, llm.c .bin or .safetensors", ""},
+          {{"checkpoint", "model: tally checkpoint/run directory, Hugging Face model directory, llm.c .bin or "
+                          ".safetensors", ""},
            {"prompt", "text to continue (default: start of a document)", ""},
            {"tokens", "tokens to generate", "128"},
            {"temperature", "sampling temperature (> 0)", "1.0"},

@@ -15,7 +15,7 @@ int cmd_compare(const Args& args);  // train/cmd_compare.cpp: several optimizers
 int cmd_memory(const Args& args);   // train/cmd_tools.cpp: the exact memory plan, without allocating
 int cmd_inspect(const Args& args);  // train/cmd_tools.cpp: optimizer state in a checkpoint
 int cmd_eval(const Args& args);     // train/cmd_tools.cpp: loss of a model on shards
-int cmd_export(const Args& args);   // train/cmd_tools.cpp: llm.c / safetensors
+int cmd_export(const Args& args);   // train/cmd_tools.cpp: llm.c / safetensors / Hugging Face directory
 int cmd_sample(const Args& args);   // train/cmd_tools.cpp: generate text
 
 }  // namespace tally::cli

@@ -62,10 +62,17 @@ int64_t vocab_multiple(const Flags& f) { return f.on("no-vocab-pad") ? 1 : 128; 
 std::unique_ptr<models::GPT2> load_model_file(const fs::path& path_in, Device device) {
   fs::path path = path_in;
   TALLY_CHECK(fs::exists(path), "model file '", path.string(), "' does not exist");
+  // A Hugging Face model directory (save_pretrained's or `tally export --format hf`'s): its weights, with
+  // config.json beside them checked against the tensors. A tally checkpoint has a manifest; a run directory has
+  // checkpoints under it and no weights of its own.
+  if (fs::is_directory(path) && !fs::exists(path / "manifest.json") && fs::exists(path / "model.safetensors"))
+    path /= "model.safetensors";
   if (fs::is_directory(path)) {
     if (!fs::exists(path / "manifest.json")) {
       auto latest = train::latest_checkpoint(path);
-      TALLY_CHECK(latest.has_value(), "'", path.string(), "' is neither a tally checkpoint nor a run directory holding one");
+      TALLY_CHECK(latest.has_value(), "'", path.string(),
+                  "' is neither a tally checkpoint, a run directory holding one, nor a Hugging Face model directory "
+                  "(model.safetensors and config.json)");
       path = *latest;
     }
     train::CheckpointContent c = train::load_checkpoint(path);

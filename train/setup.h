@@ -25,8 +25,9 @@ models::GPT2Config model_config(const Flags& flags);
 // run's model is padded so (the optimizers see the real rows only either way: Tensor::padding_rows).
 int64_t vocab_multiple(const Flags& flags);
 
-// A model file: a tally checkpoint directory (or a run directory: its latest checkpoint), an llm.c .bin,
-// or a .safetensors in Hugging Face naming. Returns the model on `device`.
+// A model file: a tally checkpoint directory (or a run directory: its latest checkpoint), an llm.c .bin, a
+// .safetensors in Hugging Face naming, or a Hugging Face model directory (its model.safetensors, config.json beside it
+// checked against the tensors). Returns the model on `device`.
 std::unique_ptr<models::GPT2> load_model_file(const std::filesystem::path& path, Device device);
 
 // ---- optimizer ----
