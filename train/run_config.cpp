@@ -9,7 +9,10 @@ RunConfig run_config_unchecked(const Flags& f, DataResolution data);
 
 std::vector<FlagSpec> train_flags() {
   std::vector<FlagSpec> f = model_flags("d4");
-  f.push_back({"init", "start from a model file: llm.c .bin, .safetensors (HF naming) or a tally checkpoint", ""});
+  f.push_back({"init",
+               "start from a model file: llm.c .bin, .safetensors (HF naming), a Hugging Face model directory or a "
+               "tally checkpoint",
+               ""});
   for (auto& s : data_flags()) f.push_back(s);
   for (auto& s : optimizer_flags()) f.push_back(s);
   std::vector<FlagSpec> run = {
