@@ -127,10 +127,10 @@ OptimizerEntry entry(std::string name, std::string summary, double default_lr, s
     const SettingsReader r = reader(given);
     return std::make_unique<Opt>(decay_groups(params, config(r), r.decay_rule()));
   };
-  e.predict = [reader, config](const std::vector<NamedShape>& params, const Settings& given) {
+  e.predict = [reader, config](const std::vector<NamedShape>& params, const Settings& given, ShardOf shard) {
     const Config c = config(reader(given));  // weight decay never changes the state: one config serves every group
     validate(c, 0);
-    return Opt::predict_state_bytes(params, c);
+    return Opt::predict_state_bytes(params, c, shard);
   };
   e.check = [reader, config](const Settings& given) {
     const SettingsReader r = reader(given);
@@ -244,8 +244,8 @@ std::unique_ptr<Optimizer> make_optimizer(std::string_view name, const std::vect
 }
 
 std::vector<TensorState> predict_optimizer_state(std::string_view name, const std::vector<NamedShape>& params,
-                                                 const Settings& given) {
-  return find_optimizer(name).predict(params, given);
+                                                 const Settings& given, ShardOf shard) {
+  return find_optimizer(name).predict(params, given, shard);
 }
 
 std::vector<Setting> all_settings() {

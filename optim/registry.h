@@ -77,8 +77,10 @@ struct OptimizerEntry {
   // What it reads: lr, weight-decay and decay (every optimizer's), then its own.
   std::vector<Setting> settings = {};
   std::function<std::unique_ptr<Optimizer>(const std::vector<Tensor>& params, const Settings& given)> make = {};
-  // The state of parameters of these shapes (nothing allocated), by the same settings.
-  std::function<std::vector<TensorState>(const std::vector<NamedShape>& params, const Settings& given)> predict = {};
+  // The state of parameters of these shapes (nothing allocated), by the same settings; ZeRO 1: rank shard.rank's
+  // part of each.
+  std::function<std::vector<TensorState>(const std::vector<NamedShape>& params, const Settings& given, ShardOf shard)>
+      predict = {};
   // Throws what make() would throw for these settings, without parameters (flags are checked before a run).
   std::function<void(const Settings& given)> check = {};
 };
@@ -91,7 +93,7 @@ std::string optimizer_names(std::string_view separator = ", ");
 std::unique_ptr<Optimizer> make_optimizer(std::string_view name, const std::vector<Tensor>& params,
                                           const Settings& given = {});
 std::vector<TensorState> predict_optimizer_state(std::string_view name, const std::vector<NamedShape>& params,
-                                                 const Settings& given = {});
+                                                 const Settings& given = {}, ShardOf shard = {});
 // The settings of all optimizers, each name once (the command line's flags). A name several optimizers share
 // with different defaults gets no default here ("" in default_value) and lists each one's in its help.
 std::vector<Setting> all_settings();

@@ -48,6 +48,9 @@ int cmd_memory(const Args& args) {
   specs.push_back({"seq", "sequence length T", ""});
   specs.push_back({"dtype", "parameters' dtype: f32 | bf16 (mixed precision: bf16 parameters, gradients and "
                    "activations, f32 master weights in the optimizer state)", "f32"});
+  specs.push_back({"world", "data-parallel ranks (mpirun -np N): the figures are one rank's", "1"});
+  specs.push_back({"zero", "0: every rank keeps the whole optimizer state | 1: its part of it (ZeRO stage 1)", "0"});
+  specs.push_back({"rank", "the rank whose figures are printed (parts may be uneven)", "0"});
   specs.push_back({"json", "print one JSON object", "", FlagKind::switch_});
   Flags f("memory", "the exact memory plan of a model and optimizers, computed without allocating", specs);
   f.parse(args);
@@ -60,6 +63,19 @@ int cmd_memory(const Args& args) {
   if (dtype_str != "f32" && dtype_str != "bf16") throw FlagError("--dtype must be f32 or bf16, got '" + dtype_str + "'");
   const DType dtype = dtype_str == "bf16" ? DType::bf16 : DType::f32;
   const int64_t param_size = int64_t(dtype_size(dtype));
+  const int64_t world = f.integer("world"), rank = f.integer("rank");
+  const std::string zero_str = f.str("zero");
+  if (world < 1 || world > 65536) throw FlagError("--world must be between 1 and 65536");
+  if (rank < 0 || rank >= world) throw FlagError("--rank must be in [0, --world)");
+  if (zero_str != "0" && zero_str != "1") throw FlagError("--zero must be 0 or 1, got '" + zero_str + "'");
+  const ZeroStage zero = zero_str == "1" ? ZeroStage::zero1 : ZeroStage::zero0;
+  // The state cut of rank r (ZeRO 1), and the step of rank r (its buffers too).
+  auto shard_of = [&](int64_t r) {
+    return zero == ZeroStage::zero1 ? optim::ShardOf{int(r), int(world)} : optim::ShardOf{};
+  };
+  auto step_of = [&](int64_t r) {
+    return StepShape{.batch = B, .seq = T, .dtype = dtype, .parallel = {.world = int(world), .rank = int(r), .zero = zero}};
+  };
 
   std::vector<optim::NamedShape> shapes;
   int64_t count = 0;
@@ -71,11 +87,12 @@ int cmd_memory(const Args& args) {
   json out = {{"model", config.str()}, {"dtype", dtype_str},
               {"parameters", {{"count", count}, {"bytes", count * param_size}}}, {"optimizers", json::object()}};
   if (with_step) out["batch"] = B, out["seq"] = T;
+  out["world"] = world, out["zero"] = zero == ZeroStage::zero1 ? 1 : 0, out["rank"] = rank;
   std::vector<std::string> names = f.list("optimizer");
   if (names.empty()) throw FlagError("--optimizer lists no optimizer");
   for (const std::string& name : names) {
     const OptimizerChoice choice = optimizer_choice(f, name);
-    auto states = choice.predict(shapes);
+    auto states = choice.predict(shapes, shard_of(rank));
     json tensors = json::array();
     std::map<std::string, int64_t> by_kind;
     for (const auto& ts : states)
@@ -85,11 +102,20 @@ int cmd_memory(const Args& args) {
       }
     json o = {{"state_bytes", optim::total_bytes(states)}, {"state_by_kind", by_kind}, {"tensors", tensors}};
     if (with_step) {
-      MemoryFigures p = predict_step_memory(config, choice, {.batch = B, .seq = T, .dtype = dtype});
+      MemoryFigures p = predict_step_memory(config, choice, step_of(rank));
       o["gradients"] = p.gradients;
       o["activations"] = p.activations;
-      o["workspace"] = p.workspace;
+      o["workspace"] = p.workspace;  // with more than one rank, the communication buffer ("dist:bucket") too
       o["total"] = p.total;
+    }
+    if (world > 1) {  // every rank's state (and step), for uneven parts
+      json ranks = json::array();
+      for (int64_t r = 0; r < world; ++r) {
+        json e = {{"rank", r}, {"state_bytes", optim::total_bytes(choice.predict(shapes, shard_of(r)))}};
+        if (with_step && world <= 64) e["total"] = predict_step_memory(config, choice, step_of(r)).total;
+        ranks.push_back(e);
+      }
+      o["ranks"] = ranks;
     }
     out["optimizers"][name] = o;
   }
@@ -100,6 +126,11 @@ int cmd_memory(const Args& args) {
   std::printf("%s: %s parameters, %s (%s)\n", config.str().c_str(), format_count(count).c_str(),
               format_bytes_exact(count * param_size).c_str(), dtype_str.c_str());
   if (dtype == DType::bf16) std::printf("bf16: each optimizer's state includes the f32 master weights ('master')\n");
+  if (world > 1)
+    std::printf("rank %lld of %lld data-parallel ranks, ZeRO %s: %s\n", (long long)rank, (long long)world,
+                zero_str.c_str(),
+                zero == ZeroStage::zero1 ? "its part of the optimizer state, and its communication buffer"
+                                         : "the whole optimizer state on every rank, and its communication buffer");
   // One name column wide enough for every optimizer and every "  <state>" row under it.
   int w = int(std::string_view("optimizer").size());
   for (const std::string& name : names) {
@@ -109,7 +140,7 @@ int cmd_memory(const Args& args) {
   std::printf("\n%-*s %18s %12s %9s", w, "optimizer", "state bytes", "", "vs adamw");
   if (with_step) std::printf(" %20s %20s", "activations (peak)", "step total (peak)");
   std::printf("\n");
-  int64_t adamw = optim::total_bytes(optimizer_choice(f, "adamw").predict(shapes));
+  int64_t adamw = optim::total_bytes(optimizer_choice(f, "adamw").predict(shapes, shard_of(rank)));
   for (const std::string& name : names) {
     const json& o = out["optimizers"][name];
     int64_t b = o["state_bytes"];

@@ -208,10 +208,13 @@ std::string memory_advice(const models::GPT2Config& model, const OptimizerChoice
       models::GPT2 meta(model, {.device = Device::meta(), .dtype = shape.dtype});
       for (const Tensor& p : meta.parameters()) shapes.push_back(optim::named_shape(p));
     }
-    const int64_t ours = optim::total_bytes(optimizer.predict(shapes));
+    const optim::ShardOf shard = shape.parallel.zero == ZeroStage::zero1
+                                     ? optim::ShardOf{shape.parallel.rank, shape.parallel.world}
+                                     : optim::ShardOf{};
+    const int64_t ours = optim::total_bytes(optimizer.predict(shapes, shard));
     std::string smaller;
     for (const optim::OptimizerEntry& e : optim::optimizers())
-      if (optim::total_bytes(e.predict(shapes, {})) < ours) smaller += (smaller.empty() ? "" : ", ") + e.name;
+      if (optim::total_bytes(e.predict(shapes, {}, shard)) < ours) smaller += (smaller.empty() ? "" : ", ") + e.name;
     out += cat("Not even --batch 1 fits (peak ", format_bytes_human(predict_step_memory(model, optimizer, s).total_held),
                "): use a smaller model or --seq",
                smaller.empty() ? std::string() : cat(", or an optimizer with less state (", smaller, ")"), ".\n");

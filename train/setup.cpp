@@ -115,8 +115,9 @@ std::unique_ptr<optim::Optimizer> OptimizerChoice::make(const std::vector<Tensor
   return optim::make_optimizer(name, params, settings);
 }
 
-std::vector<optim::TensorState> OptimizerChoice::predict(const std::vector<optim::NamedShape>& params) const {
-  return optim::predict_optimizer_state(name, params, settings);
+std::vector<optim::TensorState> OptimizerChoice::predict(const std::vector<optim::NamedShape>& params,
+                                                        optim::ShardOf shard) const {
+  return optim::predict_optimizer_state(name, params, settings, shard);
 }
 
 std::vector<FlagSpec> optimizer_flags() {

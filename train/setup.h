@@ -39,8 +39,9 @@ struct OptimizerChoice {
   double lr() const;  // given, else the optimizer's default
   double weight_decay() const;
   std::unique_ptr<optim::Optimizer> make(const std::vector<Tensor>& params) const;
-  // Closed-form state bytes from shapes alone (nothing allocated).
-  std::vector<optim::TensorState> predict(const std::vector<optim::NamedShape>& params) const;
+  // Closed-form state bytes from shapes alone (nothing allocated); ZeRO 1: rank shard.rank's part.
+  std::vector<optim::TensorState> predict(const std::vector<optim::NamedShape>& params,
+                                          optim::ShardOf shard = {}) const;
 };
 // Flags: --optimizer, and the settings of every optimizer in the registry, each name once.
 std::vector<FlagSpec> optimizer_flags();
