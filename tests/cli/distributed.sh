@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# End to end over processes (mpirun --oversubscribe, root allowed): the distributed unit cases at 2 and 3 ranks; a
+# 2-rank run equals one process accumulating 2 micro-batches (the same windows of data in the same order) within
+# float rounding, ZeRO 1 equals ZeRO 0, a rerun is bit-identical; a checkpoint of 2 ranks resumes bit-exactly at 2
+# and continues at 1; ranks started with different flags are refused naming the flag; a rank that fails or dies
+# ends the job with a clear error in bounded time and the last checkpoint stays loadable. Skipped, saying so,
+# where MPI is not installed or tally was built without it.
+set -uo pipefail
+tally="$1"
+tests_bin="$(dirname "$tally")/tally_tests"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+if ! command -v mpirun >/dev/null; then echo "cli distributed: SKIPPED (no mpirun: scripts/install-deps.sh installs openmpi-bin)"; exit 0; fi
+if ! "$tally" memory --help 2>&1 | grep -q -- "--world"; then fail "tally has no data-parallel flags"; fi
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+mpi=(timeout 600 mpirun --oversubscribe)
+if ! "${mpi[@]}" -np 2 "$tally" memory --model tiny >"$work/probe" 2>&1; then
+  if grep -q "built without MPI" "$work/probe"; then echo "cli distributed: SKIPPED (tally built without MPI)"; exit 0; fi
+  fail "mpirun cannot start tally: $(tail -5 "$work/probe")"
+fi
+
+# The distributed unit cases with 2 and 3 ranks (3: uneven cuts).
+for n in 2 3; do
+  "${mpi[@]}" -np $n "$tests_bin" -ts=distributed >"$work/unit$n.log" 2>&1 ||
+    fail "distributed unit cases at $n ranks: $(grep -a -E 'ERROR|logged|max' "$work/unit$n.log" | head -20)"
+done
+
+common=(--model tiny --batch 2 --seq 32 --threads 1 --val-batches 2 --eval-every 0 --warmup 2 --no-shuffle)
+# "step loss" per training step, from a run's log (nlohmann writes keys in order: loss before step).
+losses() { sed -n 's/.*"loss":\([^,}]*\).*"step":\([0-9]*\).*/\2 \1/p' "$1/log.jsonl"; }
+# Largest relative difference of the losses of two runs.
+worst() { paste <(losses "$1") <(losses "$2") | awk '{ d = $2 - $4; if (d < 0) d = -d; r = d / ($4 < 0 ? -$4 : $4); if (r > m) m = r } END { printf "%.3g\n", m }'; }
+
+for opt in adamw came adafactor sgd; do
+  "$tally" train "${common[@]}" --optimizer $opt --steps 6 --total-batch 128 --out "$work/one-$opt" >"$work/o" 2>&1 ||
+    fail "$opt, one process: $(tail -3 "$work/o")"
+  for zero in 0 1; do
+    "${mpi[@]}" -np 2 "$tally" train "${common[@]}" --optimizer $opt --steps 6 --zero $zero --out "$work/two-$opt-$zero" \
+      >"$work/o" 2>&1 || fail "$opt, 2 ranks, zero $zero: $(tail -5 "$work/o")"
+    [ "$(losses "$work/two-$opt-$zero" | wc -l)" -eq 6 ] || fail "$opt zero $zero: 6 steps expected in the log"
+    # Summation order differs (two ranks' sums, then one sum over them): float rounding, amplified a little by six
+    # adaptive steps.
+    w=$(worst "$work/two-$opt-$zero" "$work/one-$opt")
+    awk -v w="$w" 'BEGIN { exit !(w <= 1e-5) }' || fail "$opt zero $zero: losses differ from one process by $w (relative)"
+    grep -q '"memory_difference":0' "$work/two-$opt-$zero/log.jsonl" || fail "$opt zero $zero: rank 0's memory differs from its plan"
+  done
+done
+# A rerun at the same world is bit-identical.
+"${mpi[@]}" -np 2 "$tally" train "${common[@]}" --optimizer came --steps 6 --zero 1 --out "$work/again" >"$work/o" 2>&1 ||
+  fail "rerun: $(tail -3 "$work/o")"
+cmp -s <(losses "$work/again") <(losses "$work/two-came-1") || fail "a rerun at 2 ranks is not bit-identical"
+
+# Checkpoints: saved at 2 ranks, resumed at 2 (bit-exact) and at 1 (continues).
+"${mpi[@]}" -np 2 "$tally" train "${common[@]}" --optimizer came --steps 6 --zero 1 --save-every 3 --out "$work/ck" \
+  >"$work/o" 2>&1 || fail "checkpointed run: $(tail -3 "$work/o")"
+grep -q '"world": 2' "$work/ck/step-00000003/state.json" || fail "the checkpoint does not record its world"
+cp -r "$work/ck" "$work/ck1"
+rm -rf "$work/ck/step-00000006"
+head -n "$(grep -n '"step":3,' "$work/ck/log.jsonl" | tail -1 | cut -d: -f1)" "$work/ck/log.jsonl" >"$work/log3" && mv "$work/log3" "$work/ck/log.jsonl"
+"${mpi[@]}" -np 2 "$tally" train --resume "$work/ck/step-00000003" >"$work/o" 2>&1 || fail "resume at 2 ranks: $(tail -3 "$work/o")"
+cmp -s <(losses "$work/ck") <(losses "$work/two-came-1") || fail "resuming at 2 ranks is not bit-exact"
+rm -rf "$work/ck1/step-00000006"
+"$tally" train --resume "$work/ck1/step-00000003" --out "$work/ck1" >"$work/o" 2>&1 || fail "resume at 1 rank: $(tail -3 "$work/o")"
+grep -q "saved by 2 rank(s), continued by 1" "$work/o" || fail "resume at 1 rank does not say the world changed"
+
+# Ranks started differently are refused, naming the flag.
+"${mpi[@]}" -np 1 "$tally" train "${common[@]}" --steps 2 --lr 1e-3 --out "$work/mix" : \
+  -np 1 "$tally" train "${common[@]}" --steps 2 --lr 2e-3 --out "$work/mix" >"$work/o" 2>&1 && fail "mismatched ranks ran"
+grep -q "different configurations" "$work/o" && grep -q -- "--lr" "$work/o" || fail "mismatch message: $(tail -5 "$work/o")"
+
+# A rank that fails (out of memory at step 3 on rank 1 only) ends the job: its error, nothing hangs.
+"${mpi[@]}" -np 1 "$tally" train "${common[@]}" --steps 6 --save-every 2 --out "$work/fault" : \
+  -np 1 -x TALLY_FAULT_OOM_AT_STEP=3 "$tally" train "${common[@]}" --steps 6 --save-every 2 --out "$work/fault" \
+  >"$work/o" 2>&1 && fail "a failing rank did not fail the job"
+grep -q "(rank 1 of 2): error: out of memory" "$work/o" || fail "the failing rank's error is missing: $(tail -5 "$work/o")"
+"$tally" inspect "$work/fault" >/dev/null 2>&1 || fail "the last checkpoint before the failure does not load"
+
+# A rank that dies (SIGKILL) ends the job within the timeout.
+cat >"$work/rank.sh" <<EOF
+#!/usr/bin/env bash
+[ "\${OMPI_COMM_WORLD_RANK:-0}" = 1 ] && echo \$\$ > "$work/rank1.pid"
+exec "$tally" "\$@"
+EOF
+chmod +x "$work/rank.sh"
+"${mpi[@]}" -np 2 "$work/rank.sh" train "${common[@]}" --steps 100000 --out "$work/dies" >"$work/dies.log" 2>&1 &
+job=$!
+for _ in $(seq 1 150); do grep -q "^step 1/\|step 1/" "$work/dies.log" 2>/dev/null && [ -s "$work/rank1.pid" ] && break; sleep 0.2; done
+kill -KILL "$(cat "$work/rank1.pid")"
+for _ in $(seq 1 60); do kill -0 $job 2>/dev/null || break; sleep 1; done
+kill -0 $job 2>/dev/null && { kill -KILL $job; fail "the job did not end within 60 s of a rank dying"; }
+wait $job && fail "the job succeeded although a rank died"
+echo "cli distributed: ok"
