@@ -28,7 +28,9 @@ struct AdafactorElement {
   float decay = 0;           // -weight_decay * lr
 
   // lr * u / d with u = (g*gs) * rf * cf: the clip's division by the corrected reciprocal product.
-  float factored_update(float rf, float cf, float g) const { return divide(factored_normalised(rf, cf, g, gs), d, inv_d) * lr; }
+  float factored_update(float rf, float cf, float g) const {
+    return divide(factored_normalised(rf, cf, g, gs), d, inv_d) * lr;
+  }
   // lr * u / d with u = (g*gs) / sqrt(v), an exact division (dense tensors are small).
   float dense_update(float g, float v) const { return (dense_normalised(g * gs, v) / d) * lr; }
   // With beta1 the step is the first moment of the lr-scaled updates: m = b1*m + (1-b1)*update, stored.

@@ -218,9 +218,10 @@ void came_factored(const CameFactoredArgs& a) {
         return;
       }
     }
-    reduce_rows_cols(l, pl, w, ex2, [&]<int R>(int64_t p, int64_t i, int64_t k0, int64_t k1, float (*x)[kChunk], double* ex) {
-      moment.template operator()<R, kClip>(p, i, k0, k1, x, ex);
-    });
+    reduce_rows_cols(l, pl, w, ex2,
+                     [&]<int R>(int64_t p, int64_t i, int64_t k0, int64_t k1, float (*x)[kChunk], double* ex) {
+                       moment.template operator()<R, kClip>(p, i, k0, k1, x, ex);
+                     });
   };
   // d == 1: no division (dividing by 1 is exact; the division is the pass's costliest arithmetic).
   if (d > 1.0f) pass2.template operator()<true>();

@@ -13,7 +13,8 @@
 namespace tally::optim::kernels::cpu::detail {
 
 inline constexpr int kMaxDenseTasks = 64;
-inline constexpr int kRowsTogetherRMW = 4;  // rows the instability pass streams at once (measured: 4 > 1 > 2; fused: 4 > 8)
+// Rows the instability pass streams at once (measured: 4 > 1 > 2; in the fused 16-float sweep: 4 > 8).
+inline constexpr int kRowsTogetherRMW = 4;
 
 // The task loop both row-and-column reductions share: each task (p, block of rows [i0, i1)) gets its own zeroed
 // column partial cp (K doubles) and extras ex; body(p, i0, i1, cp, ex) fills them and the row sums. Afterwards the
