@@ -1,5 +1,6 @@
 // CPU kernels of CAME (came-pytorch 0.1.3), factored and dense. Float arithmetic follows the package's op
-// order (its rounding points) so results agree to float rounding; sums are in double and deterministic.
+// order (its rounding points) so results agree to float rounding; sums are in double and deterministic. The
+// per-element arithmetic is written once (CameElement) and called by every path.
 //
 // Factored step of an n x m tensor (batched), three passes over memory (f32 bytes):
 //   1. read g             row/col sums of g^2+eps1 -> r, c, factors; and sum_i g^2/r_i per column (the rows
@@ -15,7 +16,7 @@
 #include <cmath>
 #include <type_traits>
 
-#include "optim/kernels/cpu/traverse.h"
+#include "optim/kernels/cpu/second_moment.h"
 
 namespace tally::optim::kernels::cpu {
 
@@ -23,15 +24,76 @@ using namespace detail;
 
 namespace {
 
+// The first moment as stored: f32, or bf16 rounded to nearest even. store returns the value as stored, so the
+// rest of the step sees what the next step will read.
+inline float load(const float* p) { return *p; }
+inline float load(const bf16* p) { return bf16_to_float(*p); }
+inline float store(float* p, float v) {
+  *p = v;
+  return v;
+}
+inline floatx16 store(float* p, floatx16 v) {
+  store_x16(p, v);
+  return v;
+}
+inline float store(bf16* p, float v) {
+  *p = float_to_bf16(v);
+  return bf16_to_float(*p);
+}
+
+template <class V>
+struct Moment {
+  V m;            // the new first moment, as stored
+  V instability;  // (u - m)^2 + eps2
+};
+
+// CAME's arithmetic per element, each formula once for every path: factored (buffered, 16-float sweeps and their
+// tails, general layouts) and dense, with and without statistics, f32 and bf16 first moment; for one element
+// (V = float) or 16 side by side (V = floatx16). The rounding points are the package's ops. The loops take a
+// local copy: stores through float pointers could otherwise alias the constants and force reloads.
+struct CameElement {
+  float gs = 1;              // gradient scale (fused clipping)
+  float b1 = 0, one_b1 = 1;  // beta1, 1 - beta1
+  float eps2 = 0;
+  float d = 1, inv_d = 1;    // the RMS clip's divisor and its reciprocal
+  float lr = 0;
+  float decay = 0;           // -weight_decay * lr
+
+  // Pass 2 of a factored step: u = (g*gs) * rf * cf, divided by d when kClip (d == 1: skipped, the same result);
+  // m = b1*m + (1-b1)*u, stored through m_out.
+  template <bool kClip, class R, class V, class MT>
+  Moment<V> factored_moment(R rf, V cf, V g, V m, MT* m_out) const {
+    V u = factored_normalised(rf, cf, g, gs);
+    if constexpr (kClip) u = divide(u, d, inv_d);
+    const V mn = store(m_out, ema(m, u, b1, one_b1));
+    const V e = u - mn;
+    return {mn, e * e + eps2};
+  }
+
+  // Pass 2 of a dense step: u = (g*gs) / sqrt(v) / d (an exact division: dense tensors are small);
+  // m = b1*m + (1-b1)*u, stored through m. Returns m as stored.
+  template <class MT>
+  float dense_moment(float g, float v, MT* m) const {
+    const float u = dense_normalised(g * gs, v) / d;
+    return store(m, ema(load(m), u, b1, one_b1));
+  }
+
+  // The last step of both: p -= lr*wd*p, then p -= lr*update (update = m, times rf*cf when factored). Returns
+  // the applied step lr*update.
+  float apply(float update, float* p) const {
+    const float step = update * lr;
+    *p = decay_and_step(*p, decay, step);
+    return step;
+  }
+};
+
 template <class MT, bool kStats>
 void came_factored(const CameFactoredArgs& a) {
   const FactoredLayout& l = a.layout;
-  const Plan pl = make_plan(l);
+  const BlockPlan pl = make_block_plan(l);
   const FactoredWorkspace w = carve(a.workspace, l, pl);
   const int64_t K = pl.K, n = l.n;
-  const float gs = float(a.grad_scale), eps1 = float(a.eps1), eps2 = float(a.eps2);
-  const float b1 = float(a.beta1), one_b1 = float(1.0 - a.beta1);
-  const float lr = float(a.lr), decay = float(-a.weight_decay * a.lr);
+  const float gs = float(a.grad_scale), eps1 = float(a.eps1);
   MT* exp_avg = static_cast<MT*>(a.exp_avg);
   auto offset = [&](int64_t p, int64_t i) { return (p * n + i) * K; };
 
@@ -39,47 +101,31 @@ void came_factored(const CameFactoredArgs& a) {
   second_moment_pass(l, pl, w, a.grad, gs, eps1, a.exp_avg_sq_row, a.beta2);
   const double update_sq = finish_factors(l, w, a.exp_avg_sq_row, a.exp_avg_sq_col, a.beta2, w.s_sum);
   const float d = clip_divisor(update_sq, l.numel(), a.clip_threshold);
-  const float inv_d_ = 1.0f / d;
+  const CameElement came{.gs = gs,
+                         .b1 = float(a.beta1),
+                         .one_b1 = float(1.0 - a.beta1),
+                         .eps2 = float(a.eps2),
+                         .d = d,
+                         .inv_d = 1.0f / d,
+                         .lr = float(a.lr),
+                         .decay = float(-a.weight_decay * a.lr)};
 
-  // Inspection only: the exact EMA of g^2+eps1 against its factored estimate 1 / (rf cf)^2 (an extra pass).
+  // Inspection only: the exact EMA of g^2+eps1 against its factored estimate (an extra pass).
   double exact[kExtras] = {};
-  if (kStats && a.exact_exp_avg_sq) {
-    const float b2 = float(a.beta2), one_b2 = float(1.0 - a.beta2);
-    for_each_row(l, pl, w, exact, [&](int64_t p, int64_t i, int64_t k0, int64_t k1, double* ex) {
-      const float* g = a.grad + offset(p, i);
-      float* v = a.exact_exp_avg_sq + offset(p, i);
-      const float* cf = w.col_factor + p * K;
-      for (int64_t k = k0; k < k1; ++k) {
-        const float gv = g[k] * gs;
-        v[k] = std::fma(gv * gv + eps1, one_b2, v[k] * b2);
-        const double f = double(w.row_factor[row_index(l, p, i, k)]) * double(cf[k]);
-        const double est = 1.0 / (f * f);
-        ex[0] += (est - v[k]) * (est - v[k]);
-        ex[1] += double(v[k]) * double(v[k]);
-      }
-    });
-  }
+  if (kStats && a.exact_exp_avg_sq)
+    exact_second_moment(l, pl, w, a.grad, gs, eps1, a.beta2, a.exact_exp_avg_sq, exact);
 
-  // Pass 2: clipped update u' = u / d (d == 1: no division, exactly the same), first moment, instability
-  // row/column means -> R, C and their factors.
+  // Pass 2: clipped update, first moment, instability row/column means -> R, C and their factors.
   double ex2[kExtras] = {};
-  // R rows side by side (fast layouts) or one row (general layouts, and the rows left over).
+  // Buffered: R rows side by side (fast layouts) or one row (general layouts, and the rows left over), a chunk
+  // at a time, the instability terms written to x for reduce_rows_cols to sum.
   auto moment = [&]<int R, bool kClip>(int64_t p, int64_t i, int64_t k0, int64_t k1, float (*x)[kChunk], double* ex) {
     const float* g = a.grad + offset(p, i);
     MT* m = exp_avg + offset(p, i);
     const float* cf = w.col_factor + p * K;
-    // Locals, not captures: the stores through m and x could otherwise alias them and force reloads.
-    const float gs_ = gs, d_ = d, inv_d = inv_d_, b1_ = b1, one_b1_ = one_b1, eps2_ = eps2;
+    const CameElement e = came;
     const int64_t K_ = K;
     double msq = 0;
-    auto element = [&](float rf, int r, int64_t k) {
-      float u = (rf * cf[k]) * (g[r * K_ + k] * gs_);
-      if constexpr (kClip) u = divide(u, d_, inv_d);
-      const float mn = store(m + r * K_ + k, std::fma(u, one_b1_, load(m + r * K_ + k) * b1_));
-      const float e = u - mn;
-      x[r][k - k0] = e * e + eps2_;
-      return mn;
-    };
     if (pl.fast) {
       float rf[R];
       for (int r = 0; r < R; ++r) rf[r] = w.row_factor[p * n + i + r];
@@ -89,88 +135,68 @@ void came_factored(const CameFactoredArgs& a) {
       for (int64_t k = k0; k < k1; ++k) {
         float gv[R], mv[R];
         for (int r = 0; r < R; ++r) {
-          gv[r] = g[r * K_ + k] * gs_;
+          gv[r] = g[r * K_ + k];
           mv[r] = load(m + r * K_ + k);
         }
         const float c = cf[k];
         for (int r = 0; r < R; ++r) {
-          float u = (rf[r] * c) * gv[r];
-          if constexpr (kClip) u = divide(u, d_, inv_d);
-          const float mn = store(m + r * K_ + k, std::fma(u, one_b1_, mv[r] * b1_));
-          const float e = u - mn;
-          x[r][k - k0] = e * e + eps2_;
-          if constexpr (kStats) msq += double(mn) * double(mn);
+          const Moment<float> mo = e.factored_moment<kClip>(rf[r], c, gv[r], mv[r], m + r * K_ + k);
+          x[r][k - k0] = mo.instability;
+          if constexpr (kStats) msq += squared(mo.m);
         }
       }
     } else {
       alignas(64) float rfb[kChunk];
       row_factor_chunk(l, w.row_factor, p, i, k0, k1, rfb);
       for (int64_t k = k0; k < k1; ++k) {
-        const float mn = element(rfb[k - k0], 0, k);
-        if constexpr (kStats) msq += double(mn) * double(mn);
+        const Moment<float> mo = e.factored_moment<kClip>(rfb[k - k0], cf[k], g[k], load(m + k), m + k);
+        x[0][k - k0] = mo.instability;
+        if constexpr (kStats) msq += squared(mo.m);
       }
     }
     if constexpr (kStats) ex[0] += msq;
   };
-  // f32 moments in fast layouts: R whole rows per call in one sweep of 16-float vectors, the sums grouped exactly
-  // as chunk_sums groups them (so the same results as the buffered path below with the same R).
+  // f32 moments in fast layouts: R whole rows per call in one sweep of floatx16, the sums grouped exactly as
+  // chunk_sums groups them (so the same results as the buffered path with the same R).
   auto moment_rows = [&]<int R, bool kClip>(int64_t p, int64_t i, double* cp, double* rsum, double* ex) {
     const float* g = a.grad + offset(p, i);
-    float* m = reinterpret_cast<float*>(exp_avg) + offset(p, i);
+    float* m = exp_avg + offset(p, i);
     const float* cf = w.col_factor + p * K;
-    const float gs_ = gs, d_ = d, inv_d = inv_d_, b1_ = b1, one_b1_ = one_b1, eps2_ = eps2;
+    const CameElement e = came;
     const int64_t K_ = K;
     float rf[R];
     for (int r = 0; r < R; ++r) rf[r] = w.row_factor[p * n + i + r];
-    const f16v dv = splat16(d_), inv_dv = splat16(inv_d), one_b1v = splat16(one_b1_);
     double rs[R] = {};
-    d8v msq = {};
+    doublex8 msq = {};
     double msq_tail = 0;
     for (int64_t k0 = 0; k0 < K_; k0 += kChunk) {
       const int64_t k1 = std::min(K_, k0 + kChunk);
-      f16v lanes[R] = {};
+      floatx16 lanes[R] = {};
       int64_t k = k0;
       for (; k + kLanes <= k1; k += kLanes) {
         // All R rows' loads before any store (4K aliasing, see the buffered path).
-        f16v gv[R], mv[R];
+        floatx16 gv[R], mv[R];
         for (int r = 0; r < R; ++r) {
-          gv[r] = load16(g + r * K_ + k) * gs_;
-          mv[r] = load16(m + r * K_ + k);
+          gv[r] = load_x16(g + r * K_ + k);
+          mv[r] = load_x16(m + r * K_ + k);
         }
-        const f16v c = load16(cf + k);
-        f16v col = {};
+        const floatx16 c = load_x16(cf + k);
+        floatx16 col = {};
         for (int r = 0; r < R; ++r) {
-          f16v u = (rf[r] * c) * gv[r];
-          if constexpr (kClip) {
-            const f16v q = u * inv_dv;
-            u = fma16(fma16(-q, dv, u), inv_dv, q);
-          }
-          const f16v mn = fma16(u, one_b1v, mv[r] * b1_);
-          store16(m + r * K_ + k, mn);
-          const f16v e = u - mn;
-          const f16v x = e * e + eps2_;
-          lanes[r] += x;
-          col += x;
-          if constexpr (kStats) {
-            const d8v lo = __builtin_convertvector(__builtin_shufflevector(mn, mn, 0, 1, 2, 3, 4, 5, 6, 7), d8v);
-            const d8v hi = __builtin_convertvector(__builtin_shufflevector(mn, mn, 8, 9, 10, 11, 12, 13, 14, 15), d8v);
-            msq += lo * lo + hi * hi;
-          }
+          const Moment<floatx16> mo = e.factored_moment<kClip>(rf[r], c, gv[r], mv[r], m + r * K_ + k);
+          lanes[r] += mo.instability;
+          col += mo.instability;
+          if constexpr (kStats) msq += squared(mo.m);
         }
-        add16(cp + k, col);
+        add_to_doubles(cp + k, col);
       }
       for (; k < k1; ++k) {
         float col = 0;
         for (int r = 0; r < R; ++r) {
-          float u = (rf[r] * cf[k]) * (g[r * K_ + k] * gs_);
-          if constexpr (kClip) u = divide(u, d_, inv_d);
-          const float mn = std::fma(u, one_b1_, m[r * K_ + k] * b1_);
-          m[r * K_ + k] = mn;
-          const float e = u - mn;
-          const float x = e * e + eps2_;
-          rs[r] += double(x);
-          col += x;
-          if constexpr (kStats) msq_tail += double(mn) * double(mn);
+          const Moment<float> mo = e.factored_moment<kClip>(rf[r], cf[k], g[r * K_ + k], m[r * K_ + k], m + r * K_ + k);
+          rs[r] += double(mo.instability);
+          col += mo.instability;
+          if constexpr (kStats) msq_tail += squared(mo.m);
         }
         cp[k] += double(col);
       }
@@ -183,25 +209,23 @@ void came_factored(const CameFactoredArgs& a) {
       ex[0] += msq_tail;
     }
   };
-  if (std::is_same_v<MT, float> && pl.fast) {
-    if (d > 1.0f) {
-      reduce_row_groups(l, pl, w, ex2, [&]<int R>(int64_t p, int64_t i, double* cp, double* rsum, double* ex) {
-        moment_rows.template operator()<R, true>(p, i, cp, rsum, ex);
-      });
-    } else {
-      reduce_row_groups(l, pl, w, ex2, [&]<int R>(int64_t p, int64_t i, double* cp, double* rsum, double* ex) {
-        moment_rows.template operator()<R, false>(p, i, cp, rsum, ex);
-      });
+  auto pass2 = [&]<bool kClip>() {
+    if constexpr (std::is_same_v<MT, float>) {
+      if (pl.fast) {
+        reduce_row_groups(l, pl, w, ex2, [&]<int R>(int64_t p, int64_t i, double* cp, double* rsum, double* ex) {
+          moment_rows.template operator()<R, kClip>(p, i, cp, rsum, ex);
+        });
+        return;
+      }
     }
-  } else if (d > 1.0f) {
-    reduce_rows_cols(l, pl, w, ex2, [&]<int R>(int64_t p, int64_t i, int64_t k0, int64_t k1, float (*x)[kChunk], double* ex) {
-      moment.template operator()<R, true>(p, i, k0, k1, x, ex);
-    });
-  } else {
-    reduce_rows_cols(l, pl, w, ex2, [&]<int R>(int64_t p, int64_t i, int64_t k0, int64_t k1, float (*x)[kChunk], double* ex) {
-      moment.template operator()<R, false>(p, i, k0, k1, x, ex);
-    });
-  }
+    reduce_rows_cols(l, pl, w, ex2,
+                     [&]<int R>(int64_t p, int64_t i, int64_t k0, int64_t k1, float (*x)[kChunk], double* ex) {
+                       moment.template operator()<R, kClip>(p, i, k0, k1, x, ex);
+                     });
+  };
+  // d == 1: no division (dividing by 1 is exact; the division is the pass's costliest arithmetic).
+  if (d > 1.0f) pass2.template operator()<true>();
+  else pass2.template operator()<false>();
   rows_from_sums(l, w, a.exp_avg_res_row, a.beta3);
   finish_factors(l, w, a.exp_avg_res_row, a.exp_avg_res_col, a.beta3, nullptr);
 
@@ -211,24 +235,19 @@ void came_factored(const CameFactoredArgs& a) {
     float* pp = a.param + offset(p, i);
     const MT* m = exp_avg + offset(p, i);
     const float* cf = w.col_factor + p * K;
-    const float lr_ = lr, decay_ = decay;  // locals: the stores through pp could alias captures
+    const CameElement e = came;
     alignas(64) float rfb[kChunk];
     const float rf0 = pl.fast ? w.row_factor[p * n + i] : 0.0f;
     if (!pl.fast) row_factor_chunk(l, w.row_factor, p, i, k0, k1, rfb);
+    auto element = [&](int64_t k) {
+      const float rf = pl.fast ? rf0 : rfb[k - k0];
+      return e.apply((rf * cf[k]) * load(m + k), pp + k);
+    };
     if constexpr (kStats) {
-      ex[0] += lane_sum(k0, k1, [&](int64_t k) {
-        const float rf = pl.fast ? rf0 : rfb[k - k0];
-        const float step = ((rf * cf[k]) * load(m + k)) * lr_;
-        pp[k] = std::fma(pp[k], decay_, pp[k]) - step;
-        return double(step) * double(step);
-      });
+      ex[0] += lane_sum(k0, k1, [&](int64_t k) { return squared(element(k)); });
     } else {
 #pragma omp simd
-      for (int64_t k = k0; k < k1; ++k) {
-        const float rf = pl.fast ? rf0 : rfb[k - k0];
-        const float step = ((rf * cf[k]) * load(m + k)) * lr_;
-        pp[k] = std::fma(pp[k], decay_, pp[k]) - step;
-      }
+      for (int64_t k = k0; k < k1; ++k) element(k);
     }
   });
 
@@ -244,49 +263,38 @@ void came_factored(const CameFactoredArgs& a) {
 // Dense (not factored): two passes. 1: read g, v; write v; sum u^2 (12n). 2: read g, v, m, p; write m, p (24n).
 template <class MT, bool kStats>
 void came_dense(const CameDenseArgs& a) {
-  const float gs = float(a.grad_scale), eps1 = float(a.eps1);
-  const float b1 = float(a.beta1), one_b1 = float(1.0 - a.beta1);
-  const float b2 = float(a.beta2), one_b2 = float(1.0 - a.beta2);
-  const float lr = float(a.lr), decay = float(-a.weight_decay * a.lr);
-  MT* exp_avg = static_cast<MT*>(a.exp_avg);
-
-  double ex1[kExtras] = {};
-  for_each_range(a.n, ex1, [&](int64_t i0, int64_t i1, double* ex) {
-    double acc = 0;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t i = i0; i < i1; ++i) {
-      const float g = a.grad[i] * gs;
-      const float v = std::fma(g * g + eps1, one_b2, a.exp_avg_sq[i] * b2);
-      a.exp_avg_sq[i] = v;
-      const float u = (1.0f / std::sqrt(v)) * g;
-      acc += double(u) * double(u);
-    }
-    ex[0] += acc;
-  });
-  const float d = clip_divisor(ex1[0], a.n, a.clip_threshold);
+  const float gs = float(a.grad_scale);
+  const double update_sq = dense_second_moment_pass(a.n, a.grad, gs, float(a.eps1), a.beta2, a.exp_avg_sq);
+  const float d = clip_divisor(update_sq, a.n, a.clip_threshold);
+  const CameElement came{.gs = gs,
+                         .b1 = float(a.beta1),
+                         .one_b1 = float(1.0 - a.beta1),
+                         .d = d,
+                         .inv_d = 1.0f / d,
+                         .lr = float(a.lr),
+                         .decay = float(-a.weight_decay * a.lr)};
 
   double ex2[kExtras] = {};
+  MT* exp_avg = static_cast<MT*>(a.exp_avg);
   for_each_range(a.n, ex2, [&](int64_t i0, int64_t i1, double* ex) {
+    const CameElement e = came;
+    // Reads through `a`, not through hoisted pointers: the order of the simd reductions below (the inspection
+    // sums) is the vectorizer's and depends on the loop's shape; this shape keeps them bit for bit as they were.
     double msq = 0, app = 0;
 #pragma omp simd reduction(+ : msq, app)
     for (int64_t i = i0; i < i1; ++i) {
-      const float g = a.grad[i] * gs;
-      const float u = ((1.0f / std::sqrt(a.exp_avg_sq[i])) * g) / d;
-      const float mn = store(exp_avg + i, std::fma(u, one_b1, load(exp_avg + i) * b1));
-      const float step = mn * lr;
-      float pv = a.param[i];
-      pv = std::fma(pv, decay, pv);  // decay = 0 without weight decay: exact no-op
-      a.param[i] = pv - step;
+      const float mn = e.dense_moment(a.grad[i], a.exp_avg_sq[i], exp_avg + i);
+      const float step = e.apply(mn, a.param + i);
       if constexpr (kStats) {
-        msq += double(mn) * double(mn);
-        app += double(step) * double(step);
+        msq += squared(mn);
+        app += squared(step);
       }
     }
     ex[0] += msq;
     ex[1] += app;
   });
   if constexpr (kStats) {
-    a.stats[kStatUpdateSq] += ex1[0];
+    a.stats[kStatUpdateSq] += update_sq;
     a.stats[kStatExpAvgSq] += ex2[0];
     a.stats[kStatAppliedSq] += ex2[1];
   }

@@ -6,14 +6,14 @@
 // else is fused (and a step is bit-identical with and without inspection statistics).
 #include <cmath>
 
-#include "optim/kernels/cpu/traverse.h"
+#include "optim/kernels/cpu/traversals.h"
 
 namespace tally::optim::kernels::cpu {
 
 using namespace detail;
 
 int64_t factored_workspace_bytes(const FactoredLayout& layout) {
-  return carve(nullptr, layout, make_plan(layout)).bytes;
+  return carve(nullptr, layout, make_block_plan(layout)).bytes;
 }
 
 int64_t dense_workspace_bytes(int64_t) { return 0; }
