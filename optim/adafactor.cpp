@@ -64,6 +64,7 @@ void Adafactor::update(Slot& s, const Tensor& grad, const StepOptions& o, void* 
         .workspace = workspace,
         .exact_exp_avg_sq = s.exact.defined() ? s.exact.data<float>() : nullptr,
         .stats = stats,
+        .shard = sharding(s),
     };
     TALLY_OPTIM_KERNEL(dev, adafactor_factored_step, a);
   } else {
@@ -82,6 +83,7 @@ void Adafactor::update(Slot& s, const Tensor& grad, const StepOptions& o, void* 
         .grad_scale = o.grad_scale,
         .workspace = workspace,
         .stats = stats,
+        .shard = sharding(s),
     };
     TALLY_OPTIM_KERNEL(dev, adafactor_dense_step, a);
   }

@@ -71,6 +71,7 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
         .workspace = workspace,
         .exact_exp_avg_sq = s.exact.defined() ? s.exact.data<float>() : nullptr,
         .stats = stats,
+        .shard = sharding(s),
     };
     TALLY_OPTIM_KERNEL(dev, came_factored_step, a);
   } else {
@@ -90,6 +91,7 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
         .grad_scale = o.grad_scale,
         .workspace = workspace,
         .stats = stats,
+        .shard = sharding(s),
     };
     // Small dense tensors on CUDA (biases, layer-norm vectors) are launched together after the other slots: each
     // alone is a few microseconds of work behind three launches. Not with statistics (read right after update)

@@ -234,6 +234,7 @@ int64_t Optimizer::param_step(const std::string& param) const {
 }
 
 int64_t Optimizer::workspace_for(const Slot& slot) const {
+  if (slot.param.numel() == 0) return 0;  // a rank's empty part of a sharded tensor
   if (slot.param.device().is_cuda()) {
 #ifdef TALLY_HAS_CUDA
     return slot.factored ? kernels::cuda::factored_workspace_bytes(slot.layout)
@@ -255,11 +256,22 @@ void Optimizer::shard(dist::Communicator& comm) {
     TALLY_CHECK(!s.allocated, "[", kind_, ".shard] '", s.name,
                 "' already has state: shard an optimizer before its first step or init_state()");
   comm_ = &comm;
+  host_sum_.comm = &comm;
   for (Slot& s : slots_) {
-    s.cut = optim::shard_cut(s.whole.shape(), state_layout(s), comm.world());
+    const StateLayout layout = state_layout(s);
+    s.cut = optim::shard_cut(s.whole.shape(), layout, comm.world());
+    s.whole_rows = layout.factoring.factored ? layout.factoring.layout.n : 0;
     const Shape part = part_shape(s.whole.shape(), s.cut, comm.rank());
     s.param = make_view(s.whole, part, contiguous_strides(part), s.whole.offset() + s.cut.offsets[size_t(comm.rank())]);
   }
+}
+
+kernels::Sharding Optimizer::sharding(const Slot& s) const {
+  if (!comm()) return {};
+  TALLY_CHECK(s.param.device().is_cpu() || s.param.device().is_meta(), "[", kind_, "] ZeRO 1 of '", s.name,
+              "' on ", s.param.device().str(), ": the cross-rank sums of ", kind_,
+              "'s CUDA kernels are not written yet; train with --zero 0 on GPUs, or --zero 1 on CPUs");
+  return {.sum = &host_sum_, .numel = s.whole.numel(), .rows = s.whole_rows, .rows_cut = s.cut.columns_shared};
 }
 
 const ShardCut& Optimizer::shard_cut(const std::string& param) const {

@@ -260,6 +260,7 @@ class Optimizer {
     Tensor whole;  // updated_part(leaf): the parameter less its padding rows
     Tensor leaf;   // the parameter itself, whose .grad backward fills
     ShardCut cut;  // `whole` over the ranks
+    int64_t whole_rows = 0;  // the factored view's n of `whole` (the row means' count when rows are cut)
     std::string name;
     int group = 0;
     int64_t step = 0;
@@ -307,6 +308,8 @@ class Optimizer {
   void ensure_state(Slot& slot);
   // Sharded: the communicator that completes cross-rank sums (null when the tensors are whole here).
   dist::Communicator* comm() const { return comm_ && comm_->world() > 1 ? comm_ : nullptr; }
+  // What a kernel needs to complete this slot's sums over the ranks (no sum when the tensor is whole here).
+  kernels::Sharding sharding(const Slot& slot) const;
   // State `state` of the slot whole: this rank's part, or, sharded, every rank's parts gathered (a collective).
   Tensor gathered(const Slot& slot, size_t state) const;
   // The slot's state specs for the whole parameter (what a checkpoint holds), master weights included.
@@ -336,6 +339,11 @@ class Optimizer {
   std::map<std::string, Tensor> widened_;     // by device string: f32 gradient buffers of bf16 parameters
   uint64_t rounding_seed_ = 0x6D69786564ull;
   dist::Communicator* comm_ = nullptr;  // shard(): the ranks this optimizer's state is cut over
+  // Host doubles added over comm_'s ranks (the kernels' CrossRankSum).
+  struct HostSum final : kernels::CrossRankSum {
+    dist::Communicator* comm = nullptr;
+    void operator()(double* data, int64_t n) const override { comm->all_reduce_sum(data, n); }
+  } host_sum_;
 };
 
 // ---- parameter groups ----

@@ -41,6 +41,24 @@ enum StatSlot : int {
   kStatCount = 8,
 };
 
+// ---- ZeRO 1: a tensor cut over the ranks of a data-parallel group (optim::ShardCut) ----
+// Adds n doubles, in place, over the ranks (a collective: every rank calls it for every tensor, in the same order).
+// `data` is on the kernel's device.
+class CrossRankSum {
+ public:
+  virtual ~CrossRankSum() = default;
+  virtual void operator()(double* data, int64_t n) const = 0;
+};
+// A kernel given a part of a tensor completes the sums a step takes over the whole tensor: the update's RMS (the
+// clip) always, and when the factored row dim is cut the column sums and the row sums per row-group (the row
+// means) too, three rounds per CAME step. A rank may hold no element of a tensor: it still takes part.
+struct Sharding {
+  const CrossRankSum* sum = nullptr;  // null: the tensor is whole here (the fields below are then unused)
+  int64_t numel = 0;                  // elements of the whole tensor
+  int64_t rows = 0;                   // rows_cut: the factored view's n over every rank
+  bool rows_cut = false;              // the factored row dim is cut (column statistics are sums over every rank)
+};
+
 // ---- CAME (came-pytorch 0.1.3) ----
 struct CameFactoredArgs {
   FactoredLayout layout;
@@ -56,7 +74,8 @@ struct CameFactoredArgs {
   double grad_scale = 1;              // gradients are multiplied by this as they are read (fused clipping)
   void* workspace = nullptr;          // came_factored_workspace_bytes(layout) bytes
   float* exact_exp_avg_sq = nullptr;  // inspection only: exact EMA of g^2+eps1 (layout), or null
-  double* stats = nullptr;            // kStatCount doubles, or null
+  double* stats = nullptr;            // kStatCount doubles (this part's sums), or null
+  Sharding shard = {};                // a part of a tensor cut over ranks (layout: this rank's rows)
 };
 // Not factored (a vector, or a matrix the factoring rule leaves whole): v is the full second moment.
 struct CameDenseArgs {
@@ -70,6 +89,7 @@ struct CameDenseArgs {
   double grad_scale = 1;
   void* workspace = nullptr;  // dense_workspace_bytes(n) bytes
   double* stats = nullptr;
+  Sharding shard = {};
 };
 
 // One tensor of a gradient norm (sum_squares_many).
@@ -97,6 +117,7 @@ struct AdafactorFactoredArgs {
   void* workspace = nullptr;  // adafactor_factored_workspace_bytes(layout)
   float* exact_exp_avg_sq = nullptr;
   double* stats = nullptr;
+  Sharding shard = {};
 };
 struct AdafactorDenseArgs {
   int64_t n = 0;
@@ -108,6 +129,7 @@ struct AdafactorDenseArgs {
   double grad_scale = 1;
   void* workspace = nullptr;
   double* stats = nullptr;
+  Sharding shard = {};
 };
 
 // ---- AdamW (torch.optim.AdamW) ----

@@ -20,9 +20,10 @@ namespace {
 dist::Communicator& ranks() { return dist::process_group(); }
 
 // Parameters whose parts are cut every way: a matrix (factored by CAME/Adafactor: rows cut), a 3-D tensor (factored
-// over its last two dims with a leading dim: slabs cut), a vector, and a matrix with padding rows (as GPT-2's wte).
+// over its last two dims with a leading dim: slabs cut), a vector, tensors smaller than the world (a rank of 3 holds
+// nothing of them), and a matrix with padding rows (as GPT-2's wte), last.
 std::vector<Tensor> make_params(const std::string& prefix) {
-  const std::vector<Shape> shapes = {{37, 20}, {3, 8, 6}, {50}, {12, 6}};
+  const std::vector<Shape> shapes = {{37, 20}, {3, 8, 6}, {50}, {2, 5}, {2}, {12, 6}};
   std::vector<Tensor> out;
   for (size_t i = 0; i < shapes.size(); ++i)
     out.push_back(test::make_param(cat(prefix, i), test::normal_values(numel(shapes[i]), 40 + i), shapes[i]));

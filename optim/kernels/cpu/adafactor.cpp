@@ -53,8 +53,8 @@ void adafactor_factored(const AdafactorFactoredArgs& a) {
   auto offset = [&](int64_t p, int64_t i) { return (p * n + i) * K; };
 
   second_moment_pass(l, pl, w, a.grad, gs, eps1, a.exp_avg_sq_row, a.beta2t);
-  const double update_sq = finish_factors(l, w, a.exp_avg_sq_row, a.exp_avg_sq_col, a.beta2t, w.s_sum);
-  const float d = clip_divisor(update_sq, l.numel(), a.clip_threshold);
+  const double update_sq = finish_factors(l, w, a.exp_avg_sq_row, a.exp_avg_sq_col, a.beta2t, w.s_sum, a.shard);
+  const float d = clip_divisor(whole_sum(update_sq, a.shard), whole_numel(l.numel(), a.shard), a.clip_threshold);
   const AdafactorElement ada{.gs = gs,
                              .d = d,
                              .inv_d = 1.0f / d,
@@ -110,7 +110,7 @@ template <bool kStats>
 void adafactor_dense(const AdafactorDenseArgs& a) {
   const float gs = float(a.grad_scale);
   const double update_sq = dense_second_moment_pass(a.n, a.grad, gs, float(a.eps1), a.beta2t, a.exp_avg_sq);
-  const float d = clip_divisor(update_sq, a.n, a.clip_threshold);
+  const float d = clip_divisor(whole_sum(update_sq, a.shard), whole_numel(a.n, a.shard), a.clip_threshold);
   const AdafactorElement ada{.gs = gs,
                              .d = d,
                              .inv_d = 1.0f / d,
@@ -146,12 +146,20 @@ void adafactor_dense(const AdafactorDenseArgs& a) {
 }  // namespace
 
 void adafactor_factored_step(const AdafactorFactoredArgs& a) {
-  if (a.layout.numel() == 0) return;
+  if (a.layout.numel() == 0) {  // a rank with no rows of a sharded tensor: its share of the sums, then nothing
+    if (!a.shard.sum) return;
+    if (a.shard.rows_cut) columns_without_rows(a.layout, a.exp_avg_sq_col, a.beta2t, a.shard);
+    whole_sum(0.0, a.shard);
+    return;
+  }
   a.stats ? adafactor_factored<true>(a) : adafactor_factored<false>(a);
 }
 
 void adafactor_dense_step(const AdafactorDenseArgs& a) {
-  if (a.n == 0) return;
+  if (a.n == 0) {
+    whole_sum(0.0, a.shard);
+    return;
+  }
   a.stats ? adafactor_dense<true>(a) : adafactor_dense<false>(a);
 }
 

@@ -99,8 +99,8 @@ void came_factored(const CameFactoredArgs& a) {
 
   // Pass 1: r, c (and their factors) and the sum of u^2 for the RMS clip, from one read of g.
   second_moment_pass(l, pl, w, a.grad, gs, eps1, a.exp_avg_sq_row, a.beta2);
-  const double update_sq = finish_factors(l, w, a.exp_avg_sq_row, a.exp_avg_sq_col, a.beta2, w.s_sum);
-  const float d = clip_divisor(update_sq, l.numel(), a.clip_threshold);
+  const double update_sq = finish_factors(l, w, a.exp_avg_sq_row, a.exp_avg_sq_col, a.beta2, w.s_sum, a.shard);
+  const float d = clip_divisor(whole_sum(update_sq, a.shard), whole_numel(l.numel(), a.shard), a.clip_threshold);
   const CameElement came{.gs = gs,
                          .b1 = float(a.beta1),
                          .one_b1 = float(1.0 - a.beta1),
@@ -227,7 +227,7 @@ void came_factored(const CameFactoredArgs& a) {
   if (d > 1.0f) pass2.template operator()<true>();
   else pass2.template operator()<false>();
   rows_from_sums(l, w, a.exp_avg_res_row, a.beta3);
-  finish_factors(l, w, a.exp_avg_res_row, a.exp_avg_res_col, a.beta3, nullptr);
+  finish_factors(l, w, a.exp_avg_res_row, a.exp_avg_res_col, a.beta3, nullptr, a.shard);
 
   // Pass 3: decoupled weight decay (decay = 0 without it: an exact no-op), then the confidence-scaled moment.
   double ex3[kExtras] = {};
@@ -265,7 +265,7 @@ template <class MT, bool kStats>
 void came_dense(const CameDenseArgs& a) {
   const float gs = float(a.grad_scale);
   const double update_sq = dense_second_moment_pass(a.n, a.grad, gs, float(a.eps1), a.beta2, a.exp_avg_sq);
-  const float d = clip_divisor(update_sq, a.n, a.clip_threshold);
+  const float d = clip_divisor(whole_sum(update_sq, a.shard), whole_numel(a.n, a.shard), a.clip_threshold);
   const CameElement came{.gs = gs,
                          .b1 = float(a.beta1),
                          .one_b1 = float(1.0 - a.beta1),
@@ -303,7 +303,13 @@ void came_dense(const CameDenseArgs& a) {
 }  // namespace
 
 void came_factored_step(const CameFactoredArgs& a) {
-  if (a.layout.numel() == 0) return;
+  if (a.layout.numel() == 0) {  // a rank with no rows of a sharded tensor: its share of the three rounds
+    if (!a.shard.sum) return;
+    if (a.shard.rows_cut) columns_without_rows(a.layout, a.exp_avg_sq_col, a.beta2, a.shard);
+    whole_sum(0.0, a.shard);
+    if (a.shard.rows_cut) columns_without_rows(a.layout, a.exp_avg_res_col, a.beta3, a.shard);
+    return;
+  }
   const bool bf = a.exp_avg_dtype == DType::bf16;
   if (a.stats) {
     bf ? came_factored<bf16, true>(a) : came_factored<float, true>(a);
@@ -313,7 +319,10 @@ void came_factored_step(const CameFactoredArgs& a) {
 }
 
 void came_dense_step(const CameDenseArgs& a) {
-  if (a.n == 0) return;
+  if (a.n == 0) {
+    whole_sum(0.0, a.shard);
+    return;
+  }
   const bool bf = a.exp_avg_dtype == DType::bf16;
   if (a.stats) {
     bf ? came_dense<bf16, true>(a) : came_dense<float, true>(a);

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "optim/kernels/cpu/float_vectors.h"
 #include "optim/kernels/cpu/traversals.h"
@@ -147,23 +148,41 @@ inline void second_moment_pass(const FactoredLayout& l, const BlockPlan& pl, con
 }
 
 // After a statistics pass: the column EMA from col_sum, the factors rsqrt(row / mean_i(row)) and rsqrt(col) (the
-// package's _approx_sq_grad), and the group means. Returns sum_j mean_r * S_j / c_j when s_sum is given.
+// package's _approx_sq_grad), and the group means. Returns sum_j mean_r * S_j / c_j when s_sum is given (this
+// part's: a sharded caller adds it over the ranks). When the rows are cut over ranks (sh.rows_cut), the column
+// sums and the row sums per group are added over the ranks first, in one round, and the means are over every rank's
+// rows.
 inline double finish_factors(const FactoredLayout& l, const FactoredWorkspace& w, const float* row_stat,
-                             float* col_stat, double beta, const double* s_sum) {
+                             float* col_stat, double beta, const double* s_sum, const Sharding& sh = {}) {
   const float b = float(beta), one_b = float(1.0 - beta);
-  const int64_t QS = l.Q * l.S, cols = l.cols();
+  const int64_t QS = l.Q * l.S, cols = l.cols(), groups = l.groups();
+  std::vector<double> group_sum(static_cast<size_t>(groups));
+#pragma omp parallel for if (l.rows() > kParallelMin)
+  for (int64_t g = 0; g < groups; ++g) {  // g = p*QS + qs
+    const int64_t p = g / QS, qs = g % QS;
+    double acc = 0;
+    for (int64_t i = 0; i < l.n; ++i) acc += double(row_stat[(p * l.n + i) * QS + qs]);
+    group_sum[size_t(g)] = acc;
+  }
+  const bool across = sh.sum && sh.rows_cut;
+  if (across) {
+    std::vector<double> both(w.col_sum, w.col_sum + cols);
+    both.insert(both.end(), group_sum.begin(), group_sum.end());
+    (*sh.sum)(both.data(), int64_t(both.size()));
+    std::copy(both.begin(), both.begin() + cols, w.col_sum);
+    std::copy(both.begin() + cols, both.end(), group_sum.begin());
+  }
+  const int64_t n = across ? sh.rows : l.n;
 #pragma omp parallel for simd if (cols > kParallelMin)
   for (int64_t x = 0; x < cols; ++x) {
-    const float c = ema_of_mean(col_stat[x], w.col_sum[x], l.n, b, one_b);
+    const float c = ema_of_mean(col_stat[x], w.col_sum[x], n, b, one_b);
     col_stat[x] = c;
     w.col_factor[x] = 1.0f / std::sqrt(c);
   }
 #pragma omp parallel for if (l.rows() > kParallelMin)
-  for (int64_t g = 0; g < l.groups(); ++g) {  // g = p*QS + qs
+  for (int64_t g = 0; g < groups; ++g) {
     const int64_t p = g / QS, qs = g % QS;
-    double acc = 0;
-    for (int64_t i = 0; i < l.n; ++i) acc += double(row_stat[(p * l.n + i) * QS + qs]);
-    const float mean = float(acc / double(l.n));
+    const float mean = float(group_sum[size_t(g)] / double(n));
     w.group_mean[g] = mean;
     for (int64_t i = 0; i < l.n; ++i) {
       const int64_t x = (p * l.n + i) * QS + qs;
@@ -179,6 +198,24 @@ inline double finish_factors(const FactoredLayout& l, const FactoredWorkspace& w
     total += double(w.group_mean[g]) * s_sum[x] / double(col_stat[x]);
   }
   return total;
+}
+
+// The sum of the squared update over the whole tensor: this part's, added over the ranks when it is one part of
+// several (the RMS clip reads it).
+inline double whole_sum(double part, const Sharding& sh) {
+  if (sh.sum) (*sh.sum)(&part, 1);
+  return part;
+}
+// The element count the RMS is taken over.
+inline int64_t whole_numel(int64_t part, const Sharding& sh) { return sh.sum ? sh.numel : part; }
+
+// A rank that holds no row of a tensor whose rows are cut still takes part in the round of finish_factors and keeps
+// its copy of the column statistic in step with every other rank's (nothing of its own to add).
+inline void columns_without_rows(const FactoredLayout& l, float* col_stat, double beta, const Sharding& sh) {
+  const float b = float(beta), one_b = float(1.0 - beta);
+  std::vector<double> both(size_t(l.cols() + l.groups()), 0.0);
+  (*sh.sum)(both.data(), int64_t(both.size()));
+  for (int64_t x = 0; x < l.cols(); ++x) col_stat[x] = ema_of_mean(col_stat[x], both[size_t(x)], sh.rows, b, one_b);
 }
 
 // The row EMA from row_sum (after reduce_rows_cols or reduce_row_groups).
