@@ -37,7 +37,8 @@ class DataParallel {
   void gather_parameters();
   // The mean over ranks of a per-rank value (the loss, for the log).
   double mean(double x);
-  // Bytes sent by this rank per step through the collectives (the buffer's floats), for the benchmarks.
+  // The float bytes one step hands to the collectives (dist::Communicator::float_bytes counts what was handed),
+  // predicted from the buckets.
   int64_t bytes_per_step() const { return bytes_per_step_; }
 
  private:

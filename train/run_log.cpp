@@ -47,6 +47,10 @@ void RunLog::memory(int64_t step, int64_t predicted, int64_t measured) {
          {"memory_difference", measured - predicted}});
 }
 
+void RunLog::communication(int64_t step, int64_t predicted, int64_t measured) {
+  write({{"step", step}, {"comm_bytes_predicted", predicted}, {"comm_bytes_measured", measured}});
+}
+
 void RunLog::optimizer_internals(int64_t step, const std::vector<optim::TensorInternals>& internals) {
   json entries = json::array();
   for (const optim::TensorInternals& t : internals) {

@@ -4,6 +4,7 @@
 //   {"step", "skipped": true, "loss", "grad_norm"}                          a non-finite step (null for NaN/inf)
 //   {"step", "val_loss"}                                                   an evaluation
 //   {"step", "memory_predicted", "memory_measured", "memory_difference"}   after the first step (CPU)
+//   {"step", "comm_bytes_predicted", "comm_bytes_measured"}                after the first step (data parallel)
 //   {"step", "optim": [{"param", "update_rms", ...}]}                      the optimizer's internals (--log-optim)
 #pragma once
 #include <nlohmann/json.hpp>
@@ -34,6 +35,7 @@ class RunLog {
   void step(const StepRecord& r);
   void validation(int64_t step, double loss);
   void memory(int64_t step, int64_t predicted, int64_t measured);
+  void communication(int64_t step, int64_t predicted, int64_t measured);
   void optimizer_internals(int64_t step, const std::vector<optim::TensorInternals>& internals);
 
  private:

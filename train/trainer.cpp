@@ -137,7 +137,8 @@ Trainer::Trainer(RunConfig config)
                                            .seed = c_.seed});
   // Validation walks the batches one process would; the ranks share them out (evaluate()).
   val_loader_ = std::make_unique<data::DataLoader>(std::move(val), data::LoaderConfig{.batch = c_.batch, .seq_len = c_.seq});
-  if (comm_.world() > 1)
+  // Started by mpirun, even as one rank: the collectives run (one GPU then exercises NCCL's path).
+  if (comm_.world() > 1 || dist::launched_by_mpi())
     parallel_ = std::make_unique<DataParallel>(comm_, c_.zero, *optimizer_, model_->parameters());
 }
 
@@ -167,7 +168,8 @@ Trainer::~Trainer() = default;
 
 StepShape Trainer::step_shape() const {
   return {.batch = c_.batch, .seq = c_.seq, .accumulation = c_.accumulation, .grad_clip = c_.grad_clip,
-          .dtype = c_.dtype, .parallel = {.world = comm_.world(), .rank = comm_.rank(), .zero = c_.zero}};
+          .dtype = c_.dtype,
+          .parallel = {.world = comm_.world(), .rank = comm_.rank(), .zero = c_.zero, .launched = parallel_ != nullptr}};
 }
 
 MemoryFigures Trainer::predict_memory() const { return predict_step_memory(c_.model, c_.optimizer, step_shape()); }
@@ -222,6 +224,7 @@ StepRecord Trainer::train_step(int64_t step) {
   if (first) ledger_now.reset_peaks();
 
   const auto t0 = std::chrono::steady_clock::now();
+  const int64_t sent_before = comm_.float_bytes();
   StepOutcome o;
   {
     // Fault injection: this step's CPU allocations fail as a refused malloc would.
@@ -243,6 +246,7 @@ StepRecord Trainer::train_step(int64_t step) {
     std::printf("after step %lld, measured beside predicted:\n%s\n", (long long)step, format_plan(predicted_, &m).c_str());
     if (log_) log_->memory(step, predicted_.total, m.total);
   }
+  if (first && parallel_ && log_) log_->communication(step, parallel_->bytes_per_step(), comm_.float_bytes() - sent_before);
   if (log_) log_->step(r);
   if (inspect) {
     if (log_) log_->optimizer_internals(step, optimizer_->internals());

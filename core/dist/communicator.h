@@ -41,8 +41,13 @@ class Communicator {
   // Every rank's value of `x` (host), in rank order.
   std::vector<uint64_t> all_gather_u64(uint64_t x);
 
+  // Bytes of the float buffers handed to all_reduce_sum, reduce_scatter_sum and all_gather so far (whole buffers:
+  // world segments for the last two): the gradient and parameter traffic, counted for the benchmarks and the log.
+  int64_t float_bytes() const { return float_bytes_; }
+
  protected:
   Communicator(int rank, int world, int local_rank) : rank_(rank), world_(world), local_rank_(local_rank) {}
+  int64_t float_bytes_ = 0;
 
  private:
   int rank_, world_, local_rank_;

@@ -64,6 +64,7 @@ class Mpi final : public Communicator {
   }
 
   void all_reduce_sum(float* data, int64_t n, Device device) override {
+    float_bytes_ += 4 * n;
     if (device.is_meta() || n == 0) return;
     if (device.is_cuda()) {
 #ifdef TALLY_HAS_NCCL
@@ -85,6 +86,7 @@ class Mpi final : public Communicator {
   }
 
   void reduce_scatter_sum(float* data, int64_t segment, Device device) override {
+    float_bytes_ += 4 * segment * world();
     if (device.is_meta() || segment == 0) return;
     if (device.is_cuda()) {
 #ifdef TALLY_HAS_NCCL
@@ -102,6 +104,7 @@ class Mpi final : public Communicator {
   }
 
   void all_gather(float* data, int64_t segment, Device device) override {
+    float_bytes_ += 4 * segment * world();
     if (device.is_meta() || segment == 0) return;
     if (device.is_cuda()) {
 #ifdef TALLY_HAS_NCCL

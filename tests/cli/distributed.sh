@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End to end over processes (mpirun --oversubscribe, root allowed): the distributed unit cases at 2 and 3 ranks; a
 # 2-rank run equals one process accumulating 2 micro-batches (the same windows of data in the same order) within
-# float rounding, ZeRO 1 equals ZeRO 0, a rerun is bit-identical; a checkpoint of 2 ranks resumes bit-exactly at 2
+# float rounding, ZeRO 1 equals ZeRO 0, memory and communication bytes equal their plans, a rerun is bit-identical; a checkpoint of 2 ranks resumes bit-exactly at 2
 # and continues at 1; ranks started with different flags are refused naming the flag; a rank that fails or dies
 # ends the job with a clear error in bounded time and the last checkpoint stays loadable. Skipped, saying so,
 # where MPI is not installed or tally was built without it.
@@ -44,6 +44,8 @@ for opt in adamw came adafactor sgd; do
     w=$(worst "$work/two-$opt-$zero" "$work/one-$opt")
     awk -v w="$w" 'BEGIN { exit !(w <= 1e-5) }' || fail "$opt zero $zero: losses differ from one process by $w (relative)"
     grep -q '"memory_difference":0' "$work/two-$opt-$zero/log.jsonl" || fail "$opt zero $zero: rank 0's memory differs from its plan"
+    sed -n 's/.*"comm_bytes_measured":\([0-9]*\),"comm_bytes_predicted":\([0-9]*\).*/\1 \2/p' "$work/two-$opt-$zero/log.jsonl" |
+      awk '{ ok = $1 == $2 && $1 > 0 } END { exit !ok }' || fail "$opt zero $zero: communication bytes differ from the prediction"
   done
 done
 # A rerun at the same world is bit-identical.
