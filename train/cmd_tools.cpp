@@ -107,6 +107,7 @@ int cmd_memory(const Args& args) {
       o["activations"] = p.activations;
       o["workspace"] = p.workspace;  // with more than one rank, the communication buffer ("dist:bucket") too
       o["total"] = p.total;
+      if (world > 1) o["comm_bytes_per_step"] = p.comm_bytes;
     }
     if (world > 1) {  // every rank's state (and step), for uneven parts
       json ranks = json::array();

@@ -96,7 +96,9 @@ MemoryFigures predict_step_memory(const models::GPT2Config& config, const Optimi
   MetaBatches batches(shape);
   optimizer_step(model, *opt, batches,
                  {.accumulation = shape.accumulation, .grad_clip = shape.grad_clip, .parallel = dp.get()});
-  return measure(meta, *opt);
+  MemoryFigures figures = measure(meta, *opt);
+  if (dp) figures.comm_bytes = dp->bytes_per_step();
+  return figures;
 }
 
 int64_t parse_byte_count(const std::string& text) {

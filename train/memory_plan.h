@@ -24,6 +24,7 @@ struct MemoryFigures {
   int64_t other = 0;                             // peak (input batches, ...)
   int64_t total = 0;                             // peak of everything at once
   int64_t total_held = 0;                        // the same in held bytes (the allocator's 64-byte rounding)
+  int64_t comm_bytes = 0;                        // data parallel: float bytes a step hands to the collectives
 };
 // Reads a ledger after a step (peaks since the last reset_peaks()); state_by_kind from the optimizer.
 MemoryFigures measure(const Ledger& l, const optim::Optimizer& optimizer);

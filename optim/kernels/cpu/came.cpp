@@ -158,9 +158,15 @@ void came_factored(const CameFactoredArgs& a) {
   };
   // f32 moments in fast layouts: R whole rows per call in one sweep of floatx16, the sums grouped exactly as
   // chunk_sums groups them (so the same results as the buffered path with the same R).
+  // The fast layouts hold f32 moments only (pass2 calls moment_rows for MT = float); this pointer keeps the lambda's
+  // body well-formed for bf16 too, which clang checks when came_factored<bf16> is instantiated.
+  float* const exp_avg_f32 = [&]() -> float* {
+    if constexpr (std::is_same_v<MT, float>) return exp_avg;
+    else return nullptr;
+  }();
   auto moment_rows = [&]<int R, bool kClip>(int64_t p, int64_t i, double* cp, double* rsum, double* ex) {
     const float* g = a.grad + offset(p, i);
-    float* m = exp_avg + offset(p, i);
+    float* m = exp_avg_f32 + offset(p, i);
     const float* cf = w.col_factor + p * K;
     const CameElement e = came;
     const int64_t K_ = K;
