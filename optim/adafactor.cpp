@@ -65,7 +65,7 @@ void Adafactor::update(Slot& s, const Tensor& grad, const StepOptions& o, void* 
         .exact_exp_avg_sq = s.exact.defined() ? s.exact.data<float>() : nullptr,
         .stats = stats,
     };
-    TALLY_OPTIM_KERNEL(dev, adafactor_factored_step, a);
+    TALLY_KERNEL(dev, adafactor_factored_step, a);
   } else {
     kernels::AdafactorDenseArgs a{
         .n = s.param.numel(),
@@ -83,7 +83,7 @@ void Adafactor::update(Slot& s, const Tensor& grad, const StepOptions& o, void* 
         .workspace = workspace,
         .stats = stats,
     };
-    TALLY_OPTIM_KERNEL(dev, adafactor_dense_step, a);
+    TALLY_KERNEL(dev, adafactor_dense_step, a);
   }
 }
 

@@ -36,13 +36,10 @@ double grad_norm(const std::vector<Tensor>& params) {
     const auto& [dev, xs] = entry;
     MemoryScope scope(Category::workspace, "grad_norm");
     Tensor acc = zeros({1}, {.dtype = DType::f64, .device = dev});
-    int64_t ws = kernels::cpu::squares_workspace_bytes(xs.data(), int64_t(xs.size()));
-#ifdef TALLY_HAS_CUDA
-    if (dev.is_cuda()) ws = kernels::cuda::squares_workspace_bytes(xs.data(), int64_t(xs.size()));
-#endif
+    const int64_t ws = TALLY_KERNEL(dev, squares_workspace_bytes, xs.data(), int64_t(xs.size()));
     Tensor w = ws > 0 ? empty({ws}, {.dtype = DType::u8, .device = dev}) : Tensor();
-    TALLY_OPTIM_KERNEL(dev, sum_squares_many, xs.data(), int64_t(xs.size()), acc.data<double>(),
-                       w.defined() ? w.data_ptr() : nullptr);
+    TALLY_KERNEL(dev, sum_squares_many, xs.data(), int64_t(xs.size()), acc.data<double>(),
+                 w.defined() ? w.data_ptr() : nullptr);
     total += acc.item();
   }
   return std::sqrt(total);
@@ -61,8 +58,8 @@ double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
     for (const Tensor& p : params) {
       const Tensor g = p.grad();
       if (!g.defined() || g.device().is_meta()) continue;
-      if (g.dtype() == DType::bf16) TALLY_OPTIM_KERNEL(g.device(), scale_bf16, g.data<bf16>(), g.numel(), coef);
-      else TALLY_OPTIM_KERNEL(g.device(), scale, g.data<float>(), g.numel(), coef);
+      if (g.dtype() == DType::bf16) TALLY_KERNEL(g.device(), scale_bf16, g.data<bf16>(), g.numel(), coef);
+      else TALLY_KERNEL(g.device(), scale, g.data<float>(), g.numel(), coef);
     }
   }
   return norm;
