@@ -66,7 +66,7 @@ void Adafactor::update(Slot& s, const Tensor& grad, const StepOptions& o, void* 
         .stats = stats,
         .shard = sharding(s),
     };
-    TALLY_OPTIM_KERNEL(dev, adafactor_factored_step, a);
+    TALLY_KERNEL(dev, adafactor_factored_step, a);
   } else {
     kernels::AdafactorDenseArgs a{
         .n = s.param.numel(),
@@ -85,7 +85,7 @@ void Adafactor::update(Slot& s, const Tensor& grad, const StepOptions& o, void* 
         .stats = stats,
         .shard = sharding(s),
     };
-    TALLY_OPTIM_KERNEL(dev, adafactor_dense_step, a);
+    TALLY_KERNEL(dev, adafactor_dense_step, a);
   }
 }
 

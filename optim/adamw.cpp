@@ -38,7 +38,7 @@ void AdamW::update(Slot& s, const Tensor& grad, const StepOptions& o, void* work
       .workspace = workspace,
       .stats = stats,
   };
-  TALLY_OPTIM_KERNEL(s.param.device(), adamw_step, a);
+  TALLY_KERNEL(s.param.device(), adamw_step, a);
 }
 
 void AdamW::record_internals(Slot& s, const double* stats) {

@@ -73,7 +73,7 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
         .stats = stats,
         .shard = sharding(s),
     };
-    TALLY_OPTIM_KERNEL(dev, came_factored_step, a);
+    TALLY_KERNEL(dev, came_factored_step, a);
   } else {
     kernels::CameDenseArgs a{
         .n = s.param.numel(),
@@ -102,7 +102,7 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
       deferred_dense_.push_back(a);
       return;
     }
-    TALLY_OPTIM_KERNEL(dev, came_dense_step, a);
+    TALLY_KERNEL(dev, came_dense_step, a);
   }
 }
 
@@ -110,7 +110,7 @@ void Came::finish_updates() {
   if (deferred_dense_.empty()) return;
   const std::vector<kernels::CameDenseArgs> steps = std::move(deferred_dense_);
   deferred_dense_.clear();
-  TALLY_OPTIM_KERNEL(deferred_device_, came_dense_steps, steps.data(), int64_t(steps.size()));
+  TALLY_KERNEL(deferred_device_, came_dense_steps, steps.data(), int64_t(steps.size()));
 }
 
 namespace {

@@ -47,13 +47,10 @@ double sum_of_squares(const std::vector<Tensor>& xs) {
     const auto& [dev, in] = entry;
     MemoryScope scope(Category::workspace, "grad_norm");
     Tensor acc = zeros({1}, {.dtype = DType::f64, .device = dev});
-    int64_t ws = kernels::cpu::squares_workspace_bytes(in.data(), int64_t(in.size()));
-#ifdef TALLY_HAS_CUDA
-    if (dev.is_cuda()) ws = kernels::cuda::squares_workspace_bytes(in.data(), int64_t(in.size()));
-#endif
+    const int64_t ws = TALLY_KERNEL(dev, squares_workspace_bytes, in.data(), int64_t(in.size()));
     Tensor w = ws > 0 ? empty({ws}, {.dtype = DType::u8, .device = dev}) : Tensor();
-    TALLY_OPTIM_KERNEL(dev, sum_squares_many, in.data(), int64_t(in.size()), acc.data<double>(),
-                       w.defined() ? w.data_ptr() : nullptr);
+    TALLY_KERNEL(dev, sum_squares_many, in.data(), int64_t(in.size()), acc.data<double>(),
+                 w.defined() ? w.data_ptr() : nullptr);
     total += acc.item();
   }
   return total;
@@ -72,8 +69,8 @@ double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
     for (const Tensor& p : params) {
       const Tensor g = p.grad();
       if (!g.defined() || g.device().is_meta()) continue;
-      if (g.dtype() == DType::bf16) TALLY_OPTIM_KERNEL(g.device(), scale_bf16, g.data<bf16>(), g.numel(), coef);
-      else TALLY_OPTIM_KERNEL(g.device(), scale, g.data<float>(), g.numel(), coef);
+      if (g.dtype() == DType::bf16) TALLY_KERNEL(g.device(), scale_bf16, g.data<bf16>(), g.numel(), coef);
+      else TALLY_KERNEL(g.device(), scale, g.data<float>(), g.numel(), coef);
     }
   }
   return norm;

@@ -235,14 +235,10 @@ int64_t Optimizer::param_step(const std::string& param) const {
 
 int64_t Optimizer::workspace_for(const Slot& slot) const {
   if (slot.param.numel() == 0) return 0;  // a rank's empty part of a sharded tensor
-  if (slot.param.device().is_cuda()) {
-#ifdef TALLY_HAS_CUDA
-    return slot.factored ? kernels::cuda::factored_workspace_bytes(slot.layout)
-                         : kernels::cuda::dense_workspace_bytes(slot.param.numel());
-#endif
-  }
-  return slot.factored ? kernels::cpu::factored_workspace_bytes(slot.layout)
-                       : kernels::cpu::dense_workspace_bytes(slot.param.numel());
+  // The meta device plans with the CPU's figures.
+  const Device d = slot.param.device().is_meta() ? Device::cpu() : slot.param.device();
+  return slot.factored ? TALLY_KERNEL(d, factored_workspace_bytes, slot.layout)
+                       : TALLY_KERNEL(d, dense_workspace_bytes, slot.param.numel());
 }
 
 StateLayout Optimizer::full_layout(const Slot& slot) const {
@@ -330,7 +326,7 @@ void Optimizer::write_bf16_param(Slot& s) {
   const int64_t n = s.param.numel();
   const uint64_t key = rounding_key(rounding_seed_, s.name);
   const uint64_t offset = uint64_t(s.step) * kernels::round_to_bf16_blocks(n);  // disjoint counters per step
-  TALLY_OPTIM_KERNEL(s.param.device(), round_to_bf16, s.master.data<float>(), s.param.data<bf16>(), n, key, offset);
+  TALLY_KERNEL(s.param.device(), round_to_bf16, s.master.data<float>(), s.param.data<bf16>(), n, key, offset);
 }
 
 void* Optimizer::workspace(Device d, int64_t bytes) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/dist/communicator.h"
+#include "core/kernels/dispatch.h"  // TALLY_KERNEL: how each algorithm runs its kernels
 #include "core/tensor.h"
 #include "optim/kernels/optim_kernels.h"
 
@@ -442,22 +443,5 @@ class OptimizerWith : public Optimizer {
 
   std::vector<Config> configs_;
 };
-
-// Runs kernels::<backend>::NAME(args...) for the device; nothing on meta.
-#ifdef TALLY_HAS_CUDA
-#define TALLY_OPTIM_KERNEL(device, NAME, ...)                                               \
-  do {                                                                                      \
-    const ::tally::Device tally_dev_ = (device);                                            \
-    if (tally_dev_.is_cpu()) ::tally::optim::kernels::cpu::NAME(__VA_ARGS__);               \
-    else if (tally_dev_.is_cuda()) ::tally::optim::kernels::cuda::NAME(__VA_ARGS__);        \
-  } while (0)
-#else
-#define TALLY_OPTIM_KERNEL(device, NAME, ...)                                                         \
-  do {                                                                                                \
-    const ::tally::Device tally_dev_ = (device);                                                      \
-    if (tally_dev_.is_cpu()) ::tally::optim::kernels::cpu::NAME(__VA_ARGS__);                         \
-    else if (tally_dev_.is_cuda()) ::tally::fail("[optim ", #NAME, "] tally was built without CUDA"); \
-  } while (0)
-#endif
 
 }  // namespace tally::optim

@@ -37,7 +37,7 @@ void Sgd::update(Slot& s, const Tensor& grad, const StepOptions& o, void* worksp
       .workspace = workspace,
       .stats = stats,
   };
-  TALLY_OPTIM_KERNEL(s.param.device(), sgd_step, a);
+  TALLY_KERNEL(s.param.device(), sgd_step, a);
 }
 
 void Sgd::record_internals(Slot& s, const double* stats) {

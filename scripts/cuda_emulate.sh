@@ -4,7 +4,7 @@
 # thread, cuBLAS/CUB are naive host stand-ins, and fresh device memory is poisoned with NaN bytes. It checks
 # the backend's logic (indexing, reductions, barriers, operand mapping) before precious GPU time is spent;
 # it says nothing about speed, the memory model or real cuBLAS. Developer tool: not part of CI.
-# Usage: scripts/cuda_emulate.sh [doctest args, e.g. -tc="cuda softmax*"]
+# Usage: scripts/cuda_emulate.sh [doctest args, e.g. -tc="cuda softmax*", or -ts=optim for the optimizer kernels]
 # CUDA_EMU_ASAN=1 builds into build-emu-asan with AddressSanitizer: emulated device memory is host heap memory, so
 # a kernel's out-of-bounds access is reported with the kernel's source line.
 set -euo pipefail
@@ -56,5 +56,6 @@ for s in "${sources[@]}"; do objs+=("$build/obj/$(echo "$s" | md5sum | cut -c1-1
 for i in "${!sources[@]}"; do printf '%s\0%s\0' "${sources[$i]}" "${objs[$i]}"; done |
   xargs -0 -n 2 -P "$(nproc)" bash -c 'compile "$0" "$1" '"$(printf '%q ' "${flags[@]}")"
 g++ "${objs[@]}" "${sanitize[@]}" -fopenmp -pthread -L"$blas_lib" -Wl,-rpath,"$blas_lib" -lopenblas -lpcre2-8 -o "$build/tally_tests_emu"
-echo "cuda_emulate: running $build/tally_tests_emu -ts=cuda $*"
-"$build/tally_tests_emu" -ts=cuda "$@"
+# Every test case linked in is a CUDA test: the ops' (suite "cuda") and the optimizers' (suite "optim", "cuda: ...").
+echo "cuda_emulate: running $build/tally_tests_emu $*"
+"$build/tally_tests_emu" "$@"

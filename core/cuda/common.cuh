@@ -1,11 +1,13 @@
-// Internal to the CUDA backend (.cu files only): the one stream and cuBLAS handle, the checks that turn CUDA
-// and cuBLAS errors into tally::Error, launch sizing, scratch memory from the caching allocator, 16-byte packs
-// and warp/block reductions. Kernels follow kernel -> launcher -> entry (core/kernels/cuda/*.cu).
+// The CUDA toolkit of every kernel, the ops' (core/kernels/cuda) and the optimizers' (optim/kernels/cuda); .cu
+// files only: the one stream and cuBLAS handle every launch, copy, memset and library call runs on, the checks that
+// turn CUDA and cuBLAS errors into tally::Error naming the op, launch sizing, scratch memory from the caching
+// allocator, 16-byte packs and deterministic warp/block reductions. Kernels follow kernel -> launcher -> entry.
 #pragma once
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <initializer_list>
 
 #include "core/allocator.h"
 #include "core/cuda/runtime.h"
@@ -47,6 +49,9 @@ class Scratch {
 };
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+__host__ __device__ inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+// Bytes rounded up to whole 256-byte lines: the alignment of each buffer carved out of one scratch block.
+inline int64_t align256(int64_t bytes) { return (bytes + 255) / 256 * 256; }
 
 // Blocks for a grid-stride loop over n items of `threads` per block: enough to fill every SM several times,
 // never more than the items need (at least 1).
@@ -67,6 +72,11 @@ inline constexpr int kPackSize = 16 / int(sizeof(T));
 template <class T>
 using Pack = Vec<T, kPackSize<T>>;
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+inline bool aligned16(std::initializer_list<const void*> ptrs) {
+  for (const void* p : ptrs)
+    if (!aligned16(p)) return false;
+  return true;
+}
 
 // ---- warp and block reductions (deterministic: a fixed tree for a given block size) ----
 
@@ -96,6 +106,22 @@ __device__ T block_sum(T v) {
   __syncthreads();
   T total = lane < warps ? slots[lane] : T(0);
   return warp_sum(total);
+}
+
+// Sum over a block of kBlock threads (a multiple of 32), valid in thread 0 only: each warp's tree, then thread 0
+// adds the warps' sums in order. Another order than block_sum's: the optimizer kernels' bits depend on this one.
+// `shared` holds kBlock / 32 values; may be called again with the same `shared` (it synchronises first).
+template <int kBlock, class T>
+__device__ T block_sum_to_first(T v, T* shared) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  T total = T(0);
+  if (threadIdx.x == 0)
+    for (int w = 0; w < kBlock / 32; ++w) total += shared[w];
+  return total;
 }
 
 template <class T>

@@ -88,6 +88,8 @@ inline int64_t cuda_attention_workspace_elements(const AttentionLayout& l) {
 }
 
 namespace cpu {
+// No bf16 kernels: bf16 computes on CUDA only, and TALLY_KERNEL never instantiates a CPU call with bf16 data.
+inline constexpr bool kHasBf16Kernels = false;
 #include "core/kernels/kernels.inc"
 }  // namespace cpu
 

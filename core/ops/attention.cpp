@@ -22,11 +22,11 @@ void set_strides(int64_t* dst, int64_t b, int64_t h, int64_t t) {
 // Scratch elements the backend needs. The meta device plans f32/f64 as the CPU spends them (predictions match CPU
 // runs) and bf16 as CUDA does (bf16 computes on CUDA only), so both plans equal the measured bytes.
 int64_t workspace_elements(Device d, DType t, const kernels::AttentionLayout& l) {
-#ifdef TALLY_HAS_CUDA
-  if (d.is_cuda()) return kernels::cuda::attention_workspace_size(l);
-#endif
-  if (d.is_meta() && t == DType::bf16) return kernels::cuda_attention_workspace_elements(l);
-  return kernels::cpu::attention_workspace_size(l);
+  if (d.is_meta()) {
+    if (t == DType::bf16) return kernels::cuda_attention_workspace_elements(l);
+    d = Device::cpu();
+  }
+  return TALLY_KERNEL(d, attention_workspace_size, l);
 }
 
 // Runs the backward kernel given the gradient buffers' layout; allocates its workspace.

@@ -173,6 +173,7 @@ TALLY_OPTIM_HD inline uint16_t stochastic_bf16_bits(uint32_t u, uint32_t random1
 }
 
 namespace cpu {
+inline constexpr bool kHasBf16Kernels = true;  // the mixed-precision kernels (round_to_bf16, ...) read and write bf16
 #include "optim/kernels/optim_kernels.inc"
 }  // namespace cpu
 

@@ -18,18 +18,28 @@ thread_local dim3 blockDim;
 thread_local dim3 gridDim;
 
 namespace tally_emu {
+// The one stream cudaStreamCreateWithFlags hands out.
+const cudaStream_t kStream = reinterpret_cast<cudaStream_t>(0x1);
 thread_local Block* current_block = nullptr;
 thread_local int linear_tid = 0;
 
-void check_config(const Config& c) {
+void check_config(const char* kernel, const Config& c) {
   const unsigned threads = c.block.x * c.block.y * c.block.z;
   if (threads == 0 || threads > 1024 || c.grid.x == 0 || c.grid.y == 0 || c.grid.z == 0 || c.grid.y > 65535 ||
       c.grid.z > 65535) {
-    std::fprintf(stderr, "cuda_emu: invalid launch grid (%u,%u,%u) block (%u,%u,%u)\n", c.grid.x, c.grid.y, c.grid.z,
-                 c.block.x, c.block.y, c.block.z);
+    std::fprintf(stderr, "cuda_emu: invalid launch of %s: grid (%u,%u,%u) block (%u,%u,%u)\n", kernel, c.grid.x,
+                 c.grid.y, c.grid.z, c.block.x, c.block.y, c.block.z);
     std::abort();
   }
-  if (threads % 32 != 0) std::fprintf(stderr, "cuda_emu: note: block of %u threads (not whole warps)\n", threads);
+  if (threads % 32 != 0) std::fprintf(stderr, "cuda_emu: note: %s: block of %u threads (not whole warps)\n", kernel, threads);
+  check_stream(c.stream, kernel);
+}
+
+void check_stream(cudaStream_t s, const char* what) {
+  if (s == kStream) return;
+  std::fprintf(stderr, "cuda_emu: %s runs on %s, not on tally's stream (tally::cuda::stream())\n", what,
+               s ? "an unknown stream" : "the legacy default stream");
+  std::abort();
 }
 }  // namespace tally_emu
 
@@ -61,18 +71,20 @@ cudaError_t cudaGetDevice(int* d) {
 }
 cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidValue; }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
-  *s = reinterpret_cast<cudaStream_t>(0x1);
+  *s = tally_emu::kStream;
   return cudaSuccess;
 }
 cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int) {
   *v = 2;
   return cudaSuccess;
 }
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t) {
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t s) {
+  tally_emu::check_stream(s, "cudaMemcpyAsync");
   std::memmove(dst, src, bytes);
   return cudaSuccess;
 }
-cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t) {
+cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t s) {
+  tally_emu::check_stream(s, "cudaMemsetAsync");
   std::memset(dst, value, bytes);
   return cudaSuccess;
 }
@@ -123,7 +135,10 @@ cublasStatus_t cublasCreate(cublasHandle_t* h) {
   *h = reinterpret_cast<cublasHandle_t>(0x2);
   return CUBLAS_STATUS_SUCCESS;
 }
-cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t s) {
+  tally_emu::check_stream(s, "cublasSetStream");
+  return CUBLAS_STATUS_SUCCESS;
+}
 cublasStatus_t cublasSetWorkspace(cublasHandle_t, void* p, size_t) {
   return p ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_INVALID_VALUE;
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """CUDA emulation (tools/cuda_emu): rewrites a .cu file's kernel launches `k<...><<<cfg>>>(args);` into
-`tally_emu::launch(tally_emu::Config{cfg}, [&](auto&&... a) { k<...>(a...); }, args);` so that g++ compiles it."""
+`tally_emu::launch("k<...>", tally_emu::Config(cfg), [&](auto&&... a) { k<...>(a...); }, args);` so that g++
+compiles it (the name is for the emulator's messages)."""
 import re
 import sys
 
@@ -9,7 +10,8 @@ LAUNCH = re.compile(r"(\b[A-Za-z_]\w*(?:<[^<>;]*(?:<[^<>;]*>[^<>;]*)*>)?)\s*<<<(
 
 def rewrite(m):
     kernel, cfg, args = m.group(1), m.group(2), m.group(3)
-    return f"tally_emu::launch(tally_emu::Config({cfg}), [&](auto&&... a_) {{ {kernel}(a_...); }}, {args});"
+    name = " ".join(kernel.split())
+    return f"tally_emu::launch(\"{name}\", tally_emu::Config({cfg}), [&](auto&&... a_) {{ {kernel}(a_...); }}, {args});"
 
 
 src = open(sys.argv[1]).read()

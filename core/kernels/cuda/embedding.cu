@@ -13,6 +13,7 @@ namespace tally::kernels::cuda {
 
 namespace {
 
+using tally::cuda::align256;
 using tally::cuda::aligned16;
 using tally::cuda::ceil_div;
 using tally::cuda::grid_for;
@@ -54,8 +55,6 @@ __global__ void embedding_backward_kernel(const uint32_t* __restrict__ sorted_id
     dst[c] = from_acc<T>(acc);
   }
 }
-
-int64_t align256(int64_t bytes) { return (bytes + 255) / 256 * 256; }
 
 }  // namespace
 

@@ -35,8 +35,8 @@ __global__ void factored_update(FactoredLayout l, int64_t K, const float* g, flo
     if (kStats) app += double(step) * step;
   }
   if (kStats) {
-    const double t0 = block_sum(msq, shared);
-    const double t1 = block_sum(app, shared);
+    const double t0 = block_sum_to_first<kThreads>(msq, shared);
+    const double t1 = block_sum_to_first<kThreads>(app, shared);
     if (threadIdx.x == 0) {
       block_sums[blockIdx.x * kSums] = t0;
       block_sums[blockIdx.x * kSums + 1] = t1;
@@ -63,8 +63,8 @@ __global__ void dense_update(int64_t n, const float* g, const float* v, float* m
     if (kStats) app += double(step) * step;
   }
   if (kStats) {
-    const double t0 = block_sum(msq, shared);
-    const double t1 = block_sum(app, shared);
+    const double t0 = block_sum_to_first<kThreads>(msq, shared);
+    const double t1 = block_sum_to_first<kThreads>(app, shared);
     if (threadIdx.x == 0) {
       block_sums[blockIdx.x * kSums] = t0;
       block_sums[blockIdx.x * kSums + 1] = t1;
@@ -85,16 +85,16 @@ void adafactor_factored_step(const AdafactorFactoredArgs& a) {
   factored_stats(l, plan, w, SquareFill{a.grad, l.n, K, gs, float(a.eps1)}, a.exp_avg_sq_row, a.exp_avg_sq_col,
                  a.beta2t);
   const int blocks = reduce_blocks(N / 4 + 1);
-  update_sq<<<blocks, kThreads>>>(l, K, a.grad, w.row_factor, w.col_factor, gs, vectorizable(l, {a.grad}),
-                                  w.block_sums);
-  check_launch("adafactor update_sq");
+  update_sq<<<blocks, kThreads, 0, stream()>>>(l, K, a.grad, w.row_factor, w.col_factor, gs, vectorizable(l, {a.grad}),
+                                               w.block_sums);
+  TALLY_CUDA_LAUNCH_CHECK("adafactor update_sq");
   launch_clip_divisor(w.block_sums, blocks, N, a.clip_threshold, w.divisor, a.stats, "adafactor clip_divisor");
   if (a.stats && a.exact_exp_avg_sq) {
     const int b = reduce_blocks(N);
     ExactFill f{l, K, a.grad, a.exact_exp_avg_sq, w.row_factor, w.col_factor, gs, float(a.eps1), float(a.beta2t),
                 float(1.0 - a.beta2t)};
-    grid_sums<<<b, kThreads>>>(N, f, w.block_sums);
-    check_launch("adafactor exact ema");
+    grid_sums<<<b, kThreads, 0, stream()>>>(N, f, w.block_sums);
+    TALLY_CUDA_LAUNCH_CHECK("adafactor exact ema");
     launch_add_block_sums(w.block_sums, b, a.stats, kStatFactorErrSq, kStatExactSq, 0, 2, "adafactor add_block_sums");
   }
   const int ub = reduce_blocks(N);
@@ -102,17 +102,18 @@ void adafactor_factored_step(const AdafactorFactoredArgs& a) {
   const float decay = float(-a.weight_decay * a.lr);
   const bool wd = a.weight_decay != 0.0;
   if (a.stats) {
-    factored_update<true><<<ub, kThreads>>>(l, K, a.grad, a.exp_avg, a.param, w.row_factor, w.col_factor, w.divisor,
-                                            gs, lr, b1, one_b1, decay, wd, w.block_sums);
-    check_launch("adafactor factored_update");
+    factored_update<true><<<ub, kThreads, 0, stream()>>>(l, K, a.grad, a.exp_avg, a.param, w.row_factor, w.col_factor,
+                                                         w.divisor, gs, lr, b1, one_b1, decay, wd, w.block_sums);
+    TALLY_CUDA_LAUNCH_CHECK("adafactor factored_update");
     launch_add_block_sums(w.block_sums, ub, a.stats, kStatExpAvgSq, kStatAppliedSq, 0, 2, "adafactor add_block_sums");
   } else {
     // Without statistics the grid covers the tensor (no striding needed for bandwidth).
     const int64_t tasks = l.P * l.n * ((K + kThreads - 1) / kThreads);
     const unsigned grid = unsigned(imin(tasks, int64_t(1) << 30));
-    factored_update<false><<<grid, kThreads>>>(l, K, a.grad, a.exp_avg, a.param, w.row_factor, w.col_factor,
-                                               w.divisor, gs, lr, b1, one_b1, decay, wd, w.block_sums);
-    check_launch("adafactor factored_update");
+    factored_update<false><<<grid, kThreads, 0, stream()>>>(l, K, a.grad, a.exp_avg, a.param, w.row_factor,
+                                                            w.col_factor, w.divisor, gs, lr, b1, one_b1, decay, wd,
+                                                            w.block_sums);
+    TALLY_CUDA_LAUNCH_CHECK("adafactor factored_update");
   }
 }
 
@@ -121,23 +122,23 @@ void adafactor_dense_step(const AdafactorDenseArgs& a) {
   const DenseWorkspace w = carve_dense(a.workspace);
   const float gs = float(a.grad_scale);
   const int blocks = reduce_blocks(a.n);
-  dense_second_moment<<<blocks, kThreads>>>(a.n, a.grad, a.exp_avg_sq, gs, float(a.eps1), float(a.beta2t),
-                                            float(1.0 - a.beta2t), w.block_sums);
-  check_launch("adafactor dense_second_moment");
+  dense_second_moment<<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.exp_avg_sq, gs, float(a.eps1), float(a.beta2t),
+                                                         float(1.0 - a.beta2t), w.block_sums);
+  TALLY_CUDA_LAUNCH_CHECK("adafactor dense_second_moment");
   launch_clip_divisor(w.block_sums, blocks, a.n, a.clip_threshold, w.divisor, a.stats, "adafactor clip_divisor");
   const float lr = float(a.lr), b1 = float(a.beta1), one_b1 = float(1.0 - a.beta1);
   const float decay = float(-a.weight_decay * a.lr);
   const bool wd = a.weight_decay != 0.0;
   if (a.stats) {
-    dense_update<true><<<blocks, kThreads>>>(a.n, a.grad, a.exp_avg_sq, a.exp_avg, a.param, w.divisor, gs, lr, b1,
-                                             one_b1, decay, wd, w.block_sums);
-    check_launch("adafactor dense_update");
+    dense_update<true><<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.exp_avg_sq, a.exp_avg, a.param, w.divisor, gs,
+                                                          lr, b1, one_b1, decay, wd, w.block_sums);
+    TALLY_CUDA_LAUNCH_CHECK("adafactor dense_update");
     launch_add_block_sums(w.block_sums, blocks, a.stats, kStatExpAvgSq, kStatAppliedSq, 0, 2,
                           "adafactor add_block_sums");
   } else {
-    dense_update<false><<<blocks, kThreads>>>(a.n, a.grad, a.exp_avg_sq, a.exp_avg, a.param, w.divisor, gs, lr, b1,
-                                              one_b1, decay, wd, w.block_sums);
-    check_launch("adafactor dense_update");
+    dense_update<false><<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.exp_avg_sq, a.exp_avg, a.param, w.divisor, gs,
+                                                           lr, b1, one_b1, decay, wd, w.block_sums);
+    TALLY_CUDA_LAUNCH_CHECK("adafactor dense_update");
   }
 }
 

@@ -112,15 +112,15 @@ void came_factored(const CameFactoredArgs& a) {
   // Pass 2: RMS of u -> clip divisor (device scalar).
   const int blocks = reduce_blocks(N / 4 + 1);
   const bool vec = vectorizable(l, {a.grad, a.param, a.exp_avg});
-  update_sq<<<blocks, kThreads>>>(l, K, a.grad, w.row_factor, w.col_factor, gs, vec, w.block_sums);
-  check_launch("came update_sq");
+  update_sq<<<blocks, kThreads, 0, stream()>>>(l, K, a.grad, w.row_factor, w.col_factor, gs, vec, w.block_sums);
+  TALLY_CUDA_LAUNCH_CHECK("came update_sq");
   launch_clip_divisor(w.block_sums, blocks, N, a.clip_threshold, w.divisor, a.stats, "came clip_divisor");
   if (a.stats && a.exact_exp_avg_sq) {
     const int b = reduce_blocks(N);
     ExactFill f{l, K, a.grad, a.exact_exp_avg_sq, w.row_factor, w.col_factor, gs, float(a.eps1), float(a.beta2),
                 float(1.0 - a.beta2)};
-    grid_sums<<<b, kThreads>>>(N, f, w.block_sums);
-    check_launch("came exact ema");
+    grid_sums<<<b, kThreads, 0, stream()>>>(N, f, w.block_sums);
+    TALLY_CUDA_LAUNCH_CHECK("came exact ema");
     launch_add_block_sums(w.block_sums, b, a.stats, kStatFactorErrSq, kStatExactSq, 0, 2, "came add_block_sums");
   }
   // Pass 3: m, instability -> R, C and their factors (the row/col factor buffers are reused).
@@ -131,20 +131,23 @@ void came_factored(const CameFactoredArgs& a) {
     // which run after the tile kernel completes (same stream).
     factored_stats(l, plan, w, f, a.exp_avg_res_row, a.exp_avg_res_col, a.beta3);
   } else {
-    moment_update<MT><<<dim3(unsigned(l.P * l.n), unsigned((K + kThreads - 1) / kThreads)), kThreads>>>(l, K, a.grad, m, w.row_factor, w.col_factor, w.divisor, gs, b1, one_b1);
-    check_launch("came moment_update");
+    const dim3 rows_grid(unsigned(l.P * l.n), unsigned((K + kThreads - 1) / kThreads));
+    moment_update<MT><<<rows_grid, kThreads, 0, stream()>>>(l, K, a.grad, m, w.row_factor, w.col_factor, w.divisor, gs,
+                                                            b1, one_b1);
+    TALLY_CUDA_LAUNCH_CHECK("came moment_update");
     MomentFill<MT, false> f{l, K, a.grad, m, w.row_factor, w.col_factor, w.divisor, gs, b1, one_b1, eps2};
     factored_stats(l, plan, w, f, a.exp_avg_res_row, a.exp_avg_res_col, a.beta3);
   }
   // Pass 4: the parameter.
   const dim3 grid(unsigned(l.P * l.n), unsigned((K + 4 * kThreads - 1) / (4 * kThreads)));
-  param_update<MT><<<grid, kThreads>>>(l, K, a.param, m, w.row_factor, w.col_factor, float(a.lr),
-                                       float(-a.weight_decay * a.lr), a.weight_decay != 0.0, vec);
-  check_launch("came param_update");
+  param_update<MT><<<grid, kThreads, 0, stream()>>>(l, K, a.param, m, w.row_factor, w.col_factor, float(a.lr),
+                                                    float(-a.weight_decay * a.lr), a.weight_decay != 0.0, vec);
+  TALLY_CUDA_LAUNCH_CHECK("came param_update");
   if (a.stats) {
     const int b = reduce_blocks(N);
-    grid_sums<<<b, kThreads>>>(N, MomentStats<MT>{l, K, m, w.row_factor, w.col_factor, float(a.lr)}, w.block_sums);
-    check_launch("came moment stats");
+    grid_sums<<<b, kThreads, 0, stream()>>>(N, MomentStats<MT>{l, K, m, w.row_factor, w.col_factor, float(a.lr)},
+                                            w.block_sums);
+    TALLY_CUDA_LAUNCH_CHECK("came moment stats");
     launch_add_block_sums(w.block_sums, b, a.stats, kStatExpAvgSq, kStatAppliedSq, 0, 2, "came add_block_sums");
   }
 }
@@ -178,8 +181,8 @@ __global__ void dense_update(int64_t n, const float* g, const float* v, MT* m, f
     }
   }
   if (kStats) {
-    const double t0 = block_sum(msq, shared);
-    const double t1 = block_sum(app, shared);
+    const double t0 = block_sum_to_first<kThreads>(msq, shared);
+    const double t1 = block_sum_to_first<kThreads>(app, shared);
     if (threadIdx.x == 0) {
       block_sums[blockIdx.x * kSums] = t0;
       block_sums[blockIdx.x * kSums + 1] = t1;
@@ -192,23 +195,23 @@ void came_dense(const CameDenseArgs& a) {
   const DenseWorkspace w = carve_dense(a.workspace);
   const float gs = float(a.grad_scale);
   const int blocks = reduce_blocks(a.n);
-  dense_second_moment<<<blocks, kThreads>>>(a.n, a.grad, a.exp_avg_sq, gs, float(a.eps1), float(a.beta2),
-                                            float(1.0 - a.beta2), w.block_sums);
-  check_launch("came dense_second_moment");
+  dense_second_moment<<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.exp_avg_sq, gs, float(a.eps1), float(a.beta2),
+                                                         float(1.0 - a.beta2), w.block_sums);
+  TALLY_CUDA_LAUNCH_CHECK("came dense_second_moment");
   launch_clip_divisor(w.block_sums, blocks, a.n, a.clip_threshold, w.divisor, a.stats, "came clip_divisor");
   MT* m = static_cast<MT*>(a.exp_avg);
   const float b1 = float(a.beta1), one_b1 = float(1.0 - a.beta1), lr = float(a.lr);
   const float decay = float(-a.weight_decay * a.lr);
   const bool wd = a.weight_decay != 0.0;
   if (a.stats) {
-    dense_update<MT, true><<<blocks, kThreads>>>(a.n, a.grad, a.exp_avg_sq, m, a.param, w.divisor, gs, b1, one_b1, lr,
-                                                 decay, wd, w.block_sums);
-    check_launch("came dense_update");
+    dense_update<MT, true><<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.exp_avg_sq, m, a.param, w.divisor, gs, b1,
+                                                              one_b1, lr, decay, wd, w.block_sums);
+    TALLY_CUDA_LAUNCH_CHECK("came dense_update");
     launch_add_block_sums(w.block_sums, blocks, a.stats, kStatExpAvgSq, kStatAppliedSq, 0, 2, "came add_block_sums");
   } else {
-    dense_update<MT, false><<<blocks, kThreads>>>(a.n, a.grad, a.exp_avg_sq, m, a.param, w.divisor, gs, b1, one_b1,
-                                                  lr, decay, wd, w.block_sums);
-    check_launch("came dense_update");
+    dense_update<MT, false><<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.exp_avg_sq, m, a.param, w.divisor, gs, b1,
+                                                               one_b1, lr, decay, wd, w.block_sums);
+    TALLY_CUDA_LAUNCH_CHECK("came dense_update");
   }
 }
 
@@ -239,7 +242,7 @@ __global__ void came_dense_batch(const DenseBatch b) {
     const float u = dense_v_update(t.grad[e] * t.gs, t.v + e, t.eps1, t.b2, t.one_b2);
     acc += double(u) * u;
   }
-  const double sum = block_sum(acc, shared);
+  const double sum = block_sum_to_first<kThreads>(acc, shared);
   if (threadIdx.x == 0) divisor = clip_divisor_of(sum, t.n, t.threshold);  // as clip_divisor
   __syncthreads();
   const float d = divisor;
@@ -250,8 +253,8 @@ __global__ void came_dense_batch(const DenseBatch b) {
 
 template <class MT>
 void launch_dense_batch(const DenseBatch& b) {
-  came_dense_batch<MT><<<unsigned(b.count), kThreads>>>(b);
-  check_launch("came dense_batch");
+  came_dense_batch<MT><<<unsigned(b.count), kThreads, 0, stream()>>>(b);
+  TALLY_CUDA_LAUNCH_CHECK("came dense_batch");
 }
 
 }  // namespace

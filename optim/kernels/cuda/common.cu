@@ -58,7 +58,7 @@ __global__ void __launch_bounds__(kRowFactorThreads)
   const int64_t QS = l.Q * l.S, g = blockIdx.x, p = g / QS, qs = g % QS;
   double acc = 0;
   for (int64_t i = threadIdx.x; i < l.n; i += kRowFactorThreads) acc += double(row[(p * l.n + i) * QS + qs]);
-  const double total = block_sum<kRowFactorThreads>(acc, shared);
+  const double total = block_sum_to_first<kRowFactorThreads>(acc, shared);
   if (threadIdx.x == 0) mean = float(total / double(l.n));
   __syncthreads();
   for (int64_t i = threadIdx.x; i < l.n; i += kRowFactorThreads) {
@@ -73,7 +73,7 @@ namespace {
 __device__ double sum_slot(const double* block_sums, int blocks, int slot, double* shared) {
   double acc = 0;
   for (int b = threadIdx.x; b < blocks; b += kThreads) acc += block_sums[b * kSums + slot];
-  return block_sum(acc, shared);
+  return block_sum_to_first<kThreads>(acc, shared);
 }
 
 __global__ void clip_divisor(const double* block_sums, int blocks, int64_t numel, double threshold, float* divisor,
@@ -99,14 +99,14 @@ __global__ void add_block_sums(const double* block_sums, int blocks, double* sta
 
 void launch_clip_divisor(const double* block_sums, int blocks, int64_t numel, double threshold, float* divisor,
                          double* stats, const char* what) {
-  clip_divisor<<<1, kThreads>>>(block_sums, blocks, numel, threshold, divisor, stats);
-  check_launch(what);
+  clip_divisor<<<1, kThreads, 0, stream()>>>(block_sums, blocks, numel, threshold, divisor, stats);
+  TALLY_CUDA_LAUNCH_CHECK(what);
 }
 
 void launch_add_block_sums(const double* block_sums, int blocks, double* stats, int slot0, int slot1, int slot2,
                            int count, const char* what) {
-  add_block_sums<<<1, kThreads>>>(block_sums, blocks, stats, slot0, slot1, slot2, count);
-  check_launch(what);
+  add_block_sums<<<1, kThreads, 0, stream()>>>(block_sums, blocks, stats, slot0, slot1, slot2, count);
+  TALLY_CUDA_LAUNCH_CHECK(what);
 }
 
 // Pass 2 of the factored methods (see common.cuh).
@@ -133,7 +133,7 @@ __global__ void update_sq(FactoredLayout l, int64_t K, const float* g, const flo
       }
     }
   }
-  const double total = block_sum(acc, shared);
+  const double total = block_sum_to_first<kThreads>(acc, shared);
   if (threadIdx.x == 0) block_sums[blockIdx.x * kSums] = total;
 }
 
@@ -146,7 +146,7 @@ __global__ void dense_second_moment(int64_t n, const float* g, float* v, float g
     const float u = dense_v_update(g[e] * gs, v + e, eps1, b2, one_b2);
     acc += double(u) * u;
   }
-  const double total = block_sum(acc, shared);
+  const double total = block_sum_to_first<kThreads>(acc, shared);
   if (threadIdx.x == 0) block_sums[blockIdx.x * kSums] = total;
 }
 

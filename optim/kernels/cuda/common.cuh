@@ -1,7 +1,8 @@
-// CUDA helpers shared by the optimizer kernels (internal to optim/kernels/cuda): error checks, deterministic
-// warp/block sums in double, the tiling of a factored tensor and its workspace layout, element loads/stores of
-// f32 and bf16 moments, and the small finishing kernels (EMA of row/column means, factors, clip divisor).
-// Every reduction has a fixed shape (grid sizes depend on the tensor's shape only) and no float atomics.
+// CUDA helpers of the optimizer kernels (internal to optim/kernels/cuda); the error checks, the stream, launch
+// sizing and the warp/block sums are core/cuda/common.cuh's, shared with the ops. Here: the tiling of a factored
+// tensor and its workspace layout, element loads/stores of f32 and bf16 moments, and the small finishing kernels
+// (EMA of row/column means, factors, clip divisor). Every reduction has a fixed shape (grid sizes depend on the
+// tensor's shape only), sums in double and no float atomics. Every launch runs on tally::cuda::stream().
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -10,21 +11,18 @@
 #include <cstdint>
 #include <initializer_list>
 
+#include "core/cuda/common.cuh"
 #include "core/error.h"
 #include "optim/kernels/optim_kernels.h"
 
-#define TALLY_OPTIM_CUDA_CHECK(expr)                                                                  \
-  do {                                                                                                \
-    const cudaError_t tally_err_ = (expr);                                                            \
-    if (tally_err_ != cudaSuccess) ::tally::fail("[optim cuda] ", #expr, ": ", cudaGetErrorString(tally_err_)); \
-  } while (0)
-
 namespace tally::optim::kernels::cuda::detail {
 
-inline void check_launch(const char* kernel) {
-  const cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) ::tally::fail("[optim cuda] launch of ", kernel, " failed: ", cudaGetErrorString(e));
-}
+using ::tally::cuda::align256;
+using ::tally::cuda::aligned16;
+using ::tally::cuda::block_sum_to_first;
+using ::tally::cuda::imin;
+using ::tally::cuda::stream;
+using ::tally::cuda::warp_sum;
 
 constexpr int kThreads = 256;         // threads per block everywhere
 constexpr int kWarps = kThreads / 32;
@@ -34,31 +32,8 @@ constexpr int64_t kFillTiles = 512;   // fewer tiles than this leave most SMs id
 constexpr int kMaxBlocks = 1024;      // grid of the grid-stride reductions
 constexpr int kSums = 4;              // partial sums per block in the grid-stride reductions
 
-inline int64_t align256(int64_t b) { return (b + 255) / 256 * 256; }
 inline int reduce_blocks(int64_t n) {
   return int(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, kMaxBlocks));
-}
-
-__host__ __device__ inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
-
-__device__ inline double warp_sum(double v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  return v;  // lane 0 holds the sum
-}
-
-// Sum over a block of kBlock threads; the result is valid in thread 0. `shared` has kBlock / 32 doubles.
-template <int kBlock = kThreads>
-__device__ inline double block_sum(double v, double* shared) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  v = warp_sum(v);
-  __syncthreads();
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  double total = 0;
-  if (threadIdx.x == 0)
-    for (int w = 0; w < kBlock / 32; ++w) total += shared[w];
-  return total;
 }
 
 __device__ inline float load(const float* p) { return *p; }
@@ -188,7 +163,7 @@ __global__ void row_sums_general(FactoredLayout l, Fill fill, double* row_partia
   const int64_t p = pi / l.n, i = pi % l.n;
   double acc = 0;
   for (int64_t j = threadIdx.x; j < l.m; j += kThreads) acc += double(fill(p, i, (q * l.m + j) * l.S + s));
-  const double total = block_sum(acc, shared);
+  const double total = block_sum_to_first<kThreads>(acc, shared);
   if (threadIdx.x == 0) row_partials[r] = total;
 }
 
@@ -223,19 +198,19 @@ template <class Fill>
 void factored_stats(const FactoredLayout& l, const Plan& plan, const Workspace& w, Fill fill, float* row_stat,
                     float* col_stat, double beta) {
   const dim3 grid(unsigned(l.P * plan.tiles_i), unsigned(plan.tiles_k));
-  tile_stats<<<grid, kThreads>>>(l, plan, fill, w.row_partials, w.col_partials);
-  check_launch("tile_stats");
+  tile_stats<<<grid, kThreads, 0, stream()>>>(l, plan, fill, w.row_partials, w.col_partials);
+  TALLY_CUDA_LAUNCH_CHECK("tile_stats");
   if (!plan.fused_rows) {
-    row_sums_general<<<unsigned(l.rows()), kThreads>>>(l, fill, w.row_partials);
-    check_launch("row_sums_general");
+    row_sums_general<<<unsigned(l.rows()), kThreads, 0, stream()>>>(l, fill, w.row_partials);
+    TALLY_CUDA_LAUNCH_CHECK("row_sums_general");
   }
   const unsigned row_blocks = unsigned((l.rows() + kEmaThreads - 1) / kEmaThreads);
   const unsigned col_blocks = unsigned((l.cols() + 31) / 32);
-  ema_rows_cols<<<row_blocks + col_blocks, kEmaThreads>>>(row_stat, w.row_partials, col_stat, w.col_factor,
-                                                           w.col_partials, l, plan, beta, row_blocks);
-  check_launch("ema_rows_cols");
-  row_factors<<<unsigned(l.groups()), kRowFactorThreads>>>(row_stat, w.row_factor, l);
-  check_launch("row_factors");
+  ema_rows_cols<<<row_blocks + col_blocks, kEmaThreads, 0, stream()>>>(row_stat, w.row_partials, col_stat, w.col_factor,
+                                                                       w.col_partials, l, plan, beta, row_blocks);
+  TALLY_CUDA_LAUNCH_CHECK("ema_rows_cols");
+  row_factors<<<unsigned(l.groups()), kRowFactorThreads, 0, stream()>>>(row_stat, w.row_factor, l);
+  TALLY_CUDA_LAUNCH_CHECK("row_factors");
 }
 
 // Sum over the tensor of fn(e) into block sums (slot 0..kSums-1 as fn fills them), grid-stride, fixed grid.
@@ -245,7 +220,7 @@ __global__ void grid_sums(int64_t n, Fn fn, double* block_sums) {
   double acc[kSums] = {0, 0, 0, 0};
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) fn(e, acc);
   for (int s = 0; s < kSums; ++s) {
-    const double total = block_sum(acc[s], shared);
+    const double total = block_sum_to_first<kThreads>(acc[s], shared);
     if (threadIdx.x == 0) block_sums[blockIdx.x * kSums + s] = total;
   }
 }
@@ -256,10 +231,7 @@ __device__ inline float row_factor_of(const FactoredLayout& l, const float* rf, 
 
 // Rows can be read 4 floats at a time: plain (P, n, m) layout, m % 4 == 0 and 16-byte aligned pointers.
 inline bool vectorizable(const FactoredLayout& l, std::initializer_list<const void*> ptrs) {
-  if (l.Q * l.S != 1 || l.m % 4 != 0) return false;
-  for (const void* p : ptrs)
-    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
-  return true;
+  return l.Q * l.S == 1 && l.m % 4 == 0 && aligned16(ptrs);
 }
 
 // Pass 1 of the factored methods: g^2 + eps1.

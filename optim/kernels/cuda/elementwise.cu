@@ -79,16 +79,10 @@ __global__ void adamw_kernel(int64_t n, const float* g, float* p, float* m, floa
   }
   if (kStats) {
     for (int t = 0; t < 3; ++t) {
-      const double total = block_sum(acc[t], shared);
+      const double total = block_sum_to_first<kThreads>(acc[t], shared);
       if (threadIdx.x == 0) block_sums[blockIdx.x * kSums + t] = total;
     }
   }
-}
-
-bool aligned16(std::initializer_list<const void*> ptrs) {
-  for (const void* p : ptrs)
-    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
-  return true;
 }
 
 template <bool kStats>
@@ -114,7 +108,7 @@ __global__ void sgd_kernel(int64_t n, const float* g, float* p, float* buf, floa
   }
   if (kStats) {
     for (int t = 0; t < 3; ++t) {
-      const double total = block_sum(acc[t], shared);
+      const double total = block_sum_to_first<kThreads>(acc[t], shared);
       if (threadIdx.x == 0) block_sums[blockIdx.x * kSums + t] = total;
     }
   }
@@ -125,7 +119,7 @@ __global__ void sum_squares_kernel(int64_t n, const float* x, double* block_sums
   double acc = 0;
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads)
     acc += double(x[e]) * x[e];
-  const double total = block_sum(acc, shared);
+  const double total = block_sum_to_first<kThreads>(acc, shared);
   if (threadIdx.x == 0) block_sums[blockIdx.x * kSums] = total;
 }
 
@@ -155,14 +149,16 @@ void adamw_step(const AdamWArgs& a) {
   if (a.stats) {
     const DenseWorkspace w = carve_dense(a.workspace);
     const int blocks = reduce_blocks(quads);
-    adamw_kernel<true><<<blocks, kThreads>>>(a.n, a.grad, a.param, a.exp_avg, a.exp_avg_sq, s, vec, w.block_sums);
-    check_launch("adamw");
+    adamw_kernel<true><<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.param, a.exp_avg, a.exp_avg_sq, s, vec,
+                                                          w.block_sums);
+    TALLY_CUDA_LAUNCH_CHECK("adamw");
     launch_add_block_sums(w.block_sums, blocks, a.stats, kStatUpdateSq, kStatExpAvgSq, kStatAppliedSq, 3,
                           "adamw add_block_sums");
   } else {
     const unsigned blocks = unsigned(imin((quads + kThreads - 1) / kThreads, int64_t(1) << 30));
-    adamw_kernel<false><<<blocks, kThreads>>>(a.n, a.grad, a.param, a.exp_avg, a.exp_avg_sq, s, vec, nullptr);
-    check_launch("adamw");
+    adamw_kernel<false><<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.param, a.exp_avg, a.exp_avg_sq, s, vec,
+                                                           nullptr);
+    TALLY_CUDA_LAUNCH_CHECK("adamw");
   }
 }
 
@@ -174,16 +170,16 @@ void sgd_step(const SgdArgs& a) {
   if (a.stats) {
     const DenseWorkspace w = carve_dense(a.workspace);
     const int blocks = reduce_blocks(a.n);
-    sgd_kernel<true><<<blocks, kThreads>>>(a.n, a.grad, a.param, a.momentum_buffer, gs, wdf, mom, damp, neg_lr, wd,
-                                           nesterov, a.first_step, w.block_sums);
-    check_launch("sgd");
+    sgd_kernel<true><<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.param, a.momentum_buffer, gs, wdf, mom, damp,
+                                                        neg_lr, wd, nesterov, a.first_step, w.block_sums);
+    TALLY_CUDA_LAUNCH_CHECK("sgd");
     launch_add_block_sums(w.block_sums, blocks, a.stats, kStatUpdateSq, kStatExpAvgSq, kStatAppliedSq, 3,
                           "sgd add_block_sums");
   } else {
     const unsigned blocks = unsigned(imin((a.n + kThreads - 1) / kThreads, int64_t(1) << 30));
-    sgd_kernel<false><<<blocks, kThreads>>>(a.n, a.grad, a.param, a.momentum_buffer, gs, wdf, mom, damp, neg_lr, wd,
-                                            nesterov, a.first_step, nullptr);
-    check_launch("sgd");
+    sgd_kernel<false><<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.param, a.momentum_buffer, gs, wdf, mom, damp,
+                                                         neg_lr, wd, nesterov, a.first_step, nullptr);
+    TALLY_CUDA_LAUNCH_CHECK("sgd");
   }
 }
 
@@ -191,8 +187,8 @@ void sum_squares(const float* x, int64_t n, double* out, void* workspace) {
   if (n == 0) return;
   const DenseWorkspace w = carve_dense(workspace);
   const int blocks = reduce_blocks(n);
-  sum_squares_kernel<<<blocks, kThreads>>>(n, x, w.block_sums);
-  check_launch("sum_squares");
+  sum_squares_kernel<<<blocks, kThreads, 0, stream()>>>(n, x, w.block_sums);
+  TALLY_CUDA_LAUNCH_CHECK("sum_squares");
   launch_add_block_sums(w.block_sums, blocks, out, 0, 0, 0, 1, "sum_squares total");
 }
 
@@ -233,7 +229,7 @@ __global__ void sum_squares_batch(const SquaresBatch b, double* block_sums) {
     const float* x = static_cast<const float*>(k.x);
     for (int64_t e = first; e < k.n; e += stride) acc += double(x[e]) * x[e];
   }
-  const double total = block_sum(acc, shared);
+  const double total = block_sum_to_first<kThreads>(acc, shared);
   if (threadIdx.x == 0) block_sums[blockIdx.x * kSums] = total;
 }
 
@@ -247,8 +243,8 @@ void sum_squares_many(const SquaresInput* xs, int64_t count, double* out, void* 
   int blocks = 0;
   auto launch = [&] {
     if (b.count == 0) return;
-    sum_squares_batch<<<unsigned(blocks), kThreads>>>(b, w.block_sums);
-    check_launch("sum_squares_many");
+    sum_squares_batch<<<unsigned(blocks), kThreads, 0, stream()>>>(b, w.block_sums);
+    TALLY_CUDA_LAUNCH_CHECK("sum_squares_many");
     launch_add_block_sums(w.block_sums, blocks, out, 0, 0, 0, 1, "sum_squares_many total");
     b.count = 0;
     blocks = 0;
@@ -266,8 +262,8 @@ void sum_squares_many(const SquaresInput* xs, int64_t count, double* out, void* 
 void scale(float* x, int64_t n, double s) {
   if (n == 0) return;
   const unsigned blocks = unsigned(imin((n + kThreads - 1) / kThreads, 65535));
-  scale_kernel<<<blocks, kThreads>>>(n, x, float(s));
-  check_launch("scale");
+  scale_kernel<<<blocks, kThreads, 0, stream()>>>(n, x, float(s));
+  TALLY_CUDA_LAUNCH_CHECK("scale");
 }
 
 }  // namespace tally::optim::kernels::cuda

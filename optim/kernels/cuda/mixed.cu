@@ -49,7 +49,7 @@ __global__ void sum_squares_bf16_kernel(int64_t n, const bf16* x, double* block_
     const double v = double(tally::kernels::cuda::bf16_to_float_dev(x[e]));
     acc += v * v;
   }
-  const double total = block_sum(acc, shared);
+  const double total = block_sum_to_first<kThreads>(acc, shared);
   if (threadIdx.x == 0) block_sums[blockIdx.x * kSums] = total;
 }
 
@@ -64,27 +64,27 @@ __global__ void scale_bf16_kernel(int64_t n, bf16* x, float s) {
 
 void round_to_bf16(const float* master, bf16* param, int64_t n, uint64_t seed, uint64_t offset) {
   if (n == 0) return;
-  const bool vec = reinterpret_cast<uintptr_t>(master) % 16 == 0 && reinterpret_cast<uintptr_t>(param) % 16 == 0;
+  const bool vec = aligned16({master, param});
   const int64_t blocks = int64_t(round_to_bf16_blocks(n));
   const unsigned grid = unsigned(imin((blocks + kThreads - 1) / kThreads, int64_t(1) << 20));
-  round_to_bf16_kernel<<<grid, kThreads>>>(master, param, n, seed, offset, vec);
-  check_launch("round_to_bf16");
+  round_to_bf16_kernel<<<grid, kThreads, 0, stream()>>>(master, param, n, seed, offset, vec);
+  TALLY_CUDA_LAUNCH_CHECK("round_to_bf16");
 }
 
 void sum_squares_bf16(const bf16* x, int64_t n, double* out, void* workspace) {
   if (n == 0) return;
   const DenseWorkspace w = carve_dense(workspace);
   const int blocks = reduce_blocks(n);
-  sum_squares_bf16_kernel<<<blocks, kThreads>>>(n, x, w.block_sums);
-  check_launch("sum_squares_bf16");
+  sum_squares_bf16_kernel<<<blocks, kThreads, 0, stream()>>>(n, x, w.block_sums);
+  TALLY_CUDA_LAUNCH_CHECK("sum_squares_bf16");
   launch_add_block_sums(w.block_sums, blocks, out, 0, 0, 0, 1, "sum_squares_bf16 total");
 }
 
 void scale_bf16(bf16* x, int64_t n, double s) {
   if (n == 0) return;
   const unsigned blocks = unsigned(imin((n + kThreads - 1) / kThreads, 65535));
-  scale_bf16_kernel<<<blocks, kThreads>>>(n, x, float(s));
-  check_launch("scale_bf16");
+  scale_bf16_kernel<<<blocks, kThreads, 0, stream()>>>(n, x, float(s));
+  TALLY_CUDA_LAUNCH_CHECK("scale_bf16");
 }
 
 }  // namespace tally::optim::kernels::cuda

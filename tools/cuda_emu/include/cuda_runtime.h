@@ -3,7 +3,8 @@
 // is host memory, a kernel launch runs every block in turn with one std::thread per CUDA thread, so that
 // __syncthreads (a std::barrier), warp shuffles (a per-warp exchange) and __shared__ (static storage, private
 // to the one block running) behave as on a GPU. Slow; for small sizes. It checks indexing, reductions and API
-// use, not timing, the memory model or real cuBLAS/CUB.
+// use (launch shapes; every launch, copy, memset, CUB and cuBLAS call on tally's one stream), not timing, the
+// memory model or real cuBLAS/CUB.
 #pragma once
 #include <barrier>
 #include <cmath>
@@ -114,12 +115,16 @@ struct Config {
   Config(dim3 g, dim3 b, size_t s = 0, cudaStream_t st = nullptr) : grid(g), block(b), smem(s), stream(st) {}
 };
 
-void check_config(const Config& c);
+// Aborts, naming the kernel, on a grid or block the GPU would refuse, or a launch on the legacy default stream.
+void check_config(const char* kernel, const Config& c);
+// Aborts unless `s` is a stream made by cudaStreamCreateWithFlags: tally runs all its device work on its own stream
+// (tally::cuda::stream()), so work on the legacy default stream (a null stream) is a bug. `what` names the call.
+void check_stream(cudaStream_t s, const char* what);
 
 // Runs kernel(args...) for every thread of every block, block after block.
 template <class Kernel, class... Args>
-void launch(const Config& c, Kernel kernel, Args... args) {
-  check_config(c);
+void launch(const char* name, const Config& c, Kernel kernel, Args... args) {
+  check_config(name, c);
   const int threads = int(c.block.x * c.block.y * c.block.z);
   Block block;
   block.threads = threads;

@@ -12,7 +12,8 @@ struct DeviceRadixSort {
   template <class K, class V>
   static cudaError_t SortPairs(void* temp, size_t& temp_bytes, const K* keys_in, K* keys_out, const V* values_in,
                                V* values_out, int n, int begin_bit = 0, int end_bit = int(sizeof(K) * 8),
-                               cudaStream_t = nullptr) {
+                               cudaStream_t stream = nullptr) {
+    tally_emu::check_stream(stream, "cub::DeviceRadixSort::SortPairs");
     if (!temp) {
       temp_bytes = 64;  // something to allocate, as CUB always asks for
       return cudaSuccess;
