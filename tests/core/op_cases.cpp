@@ -62,7 +62,8 @@ Tensor make_leaf(const Arg& a, uint64_t seed, DType dtype) {
       return t;
     }
     case Values::Kind::given:
-      TALLY_CHECK(int64_t(v.given.size()) == numel(a.shape), "op table: ", v.given.size(), " values for ", shape_str(a.shape));
+      TALLY_CHECK(int64_t(v.given.size()) == numel(a.shape), "op table: ", v.given.size(), " values for ",
+                  shape_str(a.shape));
       return from_vector<double>(v.given, a.shape, {.dtype = dtype});
     case Values::Kind::ids: {
       std::vector<int32_t> out;
@@ -73,7 +74,8 @@ Tensor make_leaf(const Arg& a, uint64_t seed, DType dtype) {
       return from_vector<int32_t>(out, a.shape);
     }
     case Values::Kind::given_ids: {
-      TALLY_CHECK(int64_t(v.given.size()) == numel(a.shape), "op table: ", v.given.size(), " ids for ", shape_str(a.shape));
+      TALLY_CHECK(int64_t(v.given.size()) == numel(a.shape), "op table: ", v.given.size(), " ids for ",
+                  shape_str(a.shape));
       std::vector<int32_t> out(v.given.begin(), v.given.end());
       return from_vector<int32_t>(out, a.shape);
     }
@@ -90,7 +92,8 @@ Inputs make_leaves(const Variant& v, size_t index, DType dtype) {
 
 Inputs views_of(const Variant& v, const Inputs& leaves) {
   Inputs seen;
-  for (size_t i = 0; i < leaves.size(); ++i) seen.push_back(v.args[i].view.apply ? v.args[i].view.apply(leaves[i]) : leaves[i]);
+  for (size_t i = 0; i < leaves.size(); ++i)
+    seen.push_back(v.args[i].view.apply ? v.args[i].view.apply(leaves[i]) : leaves[i]);
   return seen;
 }
 
@@ -125,15 +128,19 @@ const std::vector<double> k23 = {1, 2, 3, 4, 5, 6};  // a (2, 3) with given valu
 // The shapes every binary op runs on; `b` makes the second operand (a safe divisor for div).
 std::vector<Variant> binary_variants(const Values& b) {
   const std::pair<Shape, Shape> shapes[] = {
-      {{3, 4}, {4}}, {{3, 1}, {2, 1, 4}}, {{3, 4}, {3, 1}}, {{2, 3}, {3}},  // finite differences
+      // small, for finite differences
+      {{3, 4}, {4}}, {{3, 1}, {2, 1, 4}}, {{3, 4}, {3, 1}}, {{2, 3}, {3}},
+      // awkward sizes and 0-d operands for the CUDA kernels
       {{1}, {1}}, {{769}, {769}}, {{17, 33}, {33}}, {{17, 33}, {17, 1}}, {{3, 1, 5}, {1, 4, 1}}, {{257}, {}},
-      {{}, {257}}, {{2, 3, 4, 5}, {3, 1, 5}}, {{4099}, {1}},                 // awkward sizes, scalars
-      {{5, 37}, {5, 37}}, {{5, 37}, {37}}, {{4, 1, 9}, {1, 6, 9}}, {{33}, {1}}, {{1}, {19}}};  // bf16 packs
+      {{}, {257}}, {{2, 3, 4, 5}, {3, 1, 5}}, {{4099}, {1}},
+      // around bf16's 8-wide packs
+      {{5, 37}, {5, 37}}, {{5, 37}, {37}}, {{4, 1, 9}, {1, 6, 9}}, {{33}, {1}}, {{1}, {19}}};
   std::vector<Variant> v;
   for (const auto& [sa, sb] : shapes) v.push_back({.args = {{.shape = sa}, {.shape = sb, .values = b}}});
   v.push_back({.args = {{.shape = {4, 3}, .view = transposed(0, 1)}, {.shape = {3, 4}, .values = b}}});
   v.push_back({.args = {{.shape = {33, 17}, .view = transposed(0, 1)}, {.shape = {17, 33}, .values = b}}});
-  v.push_back({.args = {{.shape = {1031}, .view = sliced(0, 1, 1030)}, {.shape = {1031}, .values = b, .view = sliced(0, 2, 1031)}},
+  v.push_back({.args = {{.shape = {1031}, .view = sliced(0, 1, 1030)},
+                        {.shape = {1031}, .values = b, .view = sliced(0, 2, 1031)}},
                .note = "offsets of one and two elements: misaligned for vector loads"});
   return v;
 }
@@ -150,7 +157,8 @@ std::vector<Variant> unary_variants(const Values& x) {
   v.push_back({.args = {{.shape = {3}, .values = given({0.5, 1.0, 2.0})}}});
   for (int64_t n : {7, 1, 3, 17, 257, 4099, 8, 1001}) v.push_back({.args = {{.shape = {n}, .values = x}}});
   v.push_back({.args = {{.shape = {4, 5}, .values = x}}});
-  v.push_back({.args = {{.shape = {4, 5}, .values = x, .view = transposed(0, 1)}}, .note = "made contiguous by the op"});
+  v.push_back(
+      {.args = {{.shape = {4, 5}, .values = x, .view = transposed(0, 1)}}, .note = "made contiguous by the op"});
   v.push_back({.args = {{.shape = {17, 33}, .values = x, .view = transposed(0, 1)}}});
   return v;
 }
@@ -170,43 +178,47 @@ void add_elementwise(std::vector<OpCase>& t) {
   const Values divisor = uniform(0.5, 2.0);
   t.push_back({.op = "add",
                .forward = [](const Inputs& x) { return add(x[0], x[1]); },
-               .variants = with({{.args = {{.shape = {2, 3}, .values = given(k23)}, {.shape = {3}, .values = given({10, 20, 30})}},
-                                  .expect = {.values = {11, 22, 33, 14, 25, 36}}},
-                                 {.args = {{.shape = {2, 3}, .values = given(k23), .view = transposed(0, 1)},
-                                           {.shape = {2, 1}, .values = given({2, 4}), .view = transposed(0, 1)}},
-                                  .note = "strided operands",
-                                  .expect = {.values = {3, 8, 4, 9, 5, 10}}}},
-                                binary_variants(normal()))});
-  t.push_back({.op = "sub",
-               .forward = [](const Inputs& x) { return sub(x[0], x[1]); },
-               .variants = with({{.args = {{.shape = {2, 3}, .values = given(k23)}, {.shape = {2, 1}, .values = given({2, 4})}},
-                                  .expect = {.values = {-1, 0, 1, 0, 1, 2}}}},
-                                binary_variants(normal()))});
+               .variants = with(
+                   {{.args = {{.shape = {2, 3}, .values = given(k23)}, {.shape = {3}, .values = given({10, 20, 30})}},
+                     .expect = {.values = {11, 22, 33, 14, 25, 36}}},
+                    {.args = {{.shape = {2, 3}, .values = given(k23), .view = transposed(0, 1)},
+                              {.shape = {2, 1}, .values = given({2, 4}), .view = transposed(0, 1)}},
+                     .note = "strided operands",
+                     .expect = {.values = {3, 8, 4, 9, 5, 10}}}},
+                   binary_variants(normal()))});
+  t.push_back(
+      {.op = "sub",
+       .forward = [](const Inputs& x) { return sub(x[0], x[1]); },
+       .variants = with({{.args = {{.shape = {2, 3}, .values = given(k23)}, {.shape = {2, 1}, .values = given({2, 4})}},
+                          .expect = {.values = {-1, 0, 1, 0, 1, 2}}}},
+                        binary_variants(normal()))});
   const View expand_rows{"unsqueeze(0).expand(2, 3)", [](const Tensor& b) { return b.unsqueeze(0).expand({2, 3}); }};
-  t.push_back({.op = "mul",
-               .forward = [](const Inputs& x) { return mul(x[0], x[1]); },
-               .variants = with({{.args = {{.shape = {2, 3}, .values = given(k23)}, {.shape = {2, 1}, .values = given({2, 4})}},
-                                  .expect = {.values = {2, 4, 6, 16, 20, 24}}},
-                                 {.args = {{.shape = {3}, .values = given({10, 20, 30}), .view = expand_rows},
-                                           {.shape = {2, 3}, .values = given(k23)}},
-                                  .expect = {.values = {10, 40, 90, 40, 100, 180}}}},
-                                binary_variants(normal()))});
+  t.push_back(
+      {.op = "mul",
+       .forward = [](const Inputs& x) { return mul(x[0], x[1]); },
+       .variants = with({{.args = {{.shape = {2, 3}, .values = given(k23)}, {.shape = {2, 1}, .values = given({2, 4})}},
+                          .expect = {.values = {2, 4, 6, 16, 20, 24}}},
+                         {.args = {{.shape = {3}, .values = given({10, 20, 30}), .view = expand_rows},
+                                   {.shape = {2, 3}, .values = given(k23)}},
+                          .expect = {.values = {10, 40, 90, 40, 100, 180}}}},
+                        binary_variants(normal()))});
   t.push_back({.op = "div",
                .forward = [](const Inputs& x) { return div(x[0], x[1]); },
-               .variants = with({{.args = {{.shape = {2, 3}, .values = given(k23)}, {.shape = {3}, .values = given({10, 20, 30})}},
-                                  .expect = {.values = {0.1, 0.1, 0.1, 0.4, 0.25, 0.2}}}},
-                                binary_variants(divisor))});
+               .variants = with(
+                   {{.args = {{.shape = {2, 3}, .values = given(k23)}, {.shape = {3}, .values = given({10, 20, 30})}},
+                     .expect = {.values = {0.1, 0.1, 0.1, 0.4, 0.25, 0.2}}}},
+                   binary_variants(divisor))});
 
   const Values positive = uniform(0.25, 3.0);
   t.push_back(unary("neg", [](const Inputs& x) { return neg(x[0]); }, [](double v) { return -v; }, normal()));
-  t.push_back(unary("add_scalar", [](const Inputs& x) { return add_scalar(x[0], 0.75); }, [](double v) { return v + 0.75; },
-                    normal()));
+  t.push_back(unary("add_scalar", [](const Inputs& x) { return add_scalar(x[0], 0.75); },
+                    [](double v) { return v + 0.75; }, normal()));
   t.push_back(unary("mul_scalar", [](const Inputs& x) { return mul_scalar(x[0], -1.25); },
                     [](double v) { return v * -1.25; }, normal()));
-  t.push_back(unary("rsub_scalar", [](const Inputs& x) { return rsub_scalar(x[0], 2.0); }, [](double v) { return 2.0 - v; },
-                    normal()));
-  t.push_back(unary("rdiv_scalar", [](const Inputs& x) { return rdiv_scalar(x[0], 3.0); }, [](double v) { return 3.0 / v; },
-                    positive));
+  t.push_back(unary("rsub_scalar", [](const Inputs& x) { return rsub_scalar(x[0], 2.0); },
+                    [](double v) { return 2.0 - v; }, normal()));
+  t.push_back(unary("rdiv_scalar", [](const Inputs& x) { return rdiv_scalar(x[0], 3.0); },
+                    [](double v) { return 3.0 / v; }, positive));
   t.push_back(unary("pow_scalar", [](const Inputs& x) { return pow_scalar(x[0], 1.7); },
                     [](double v) { return std::pow(v, 1.7); }, positive,
                     {{.args = {{.shape = {3}, .values = given({0.5, 1.0, 2.0})}},
@@ -215,7 +227,8 @@ void add_elementwise(std::vector<OpCase>& t) {
                       .expect = {.values = {0.125, 1.0, 8.0}}}}));
   t.push_back(unary("exp", [](const Inputs& x) { return exp(x[0]); }, [](double v) { return std::exp(v); }, normal()));
   t.push_back(unary("log", [](const Inputs& x) { return log(x[0]); }, [](double v) { return std::log(v); }, positive));
-  t.push_back(unary("sqrt", [](const Inputs& x) { return sqrt(x[0]); }, [](double v) { return std::sqrt(v); }, positive));
+  t.push_back(unary("sqrt", [](const Inputs& x) { return sqrt(x[0]); }, [](double v) { return std::sqrt(v); },
+                    positive));
   t.push_back(unary("rsqrt", [](const Inputs& x) { return rsqrt(x[0]); }, [](double v) { return 1 / std::sqrt(v); },
                     positive));
   t.push_back(unary("tanh", [](const Inputs& x) { return tanh(x[0]); }, [](double v) { return std::tanh(v); },
@@ -266,13 +279,22 @@ std::string dims_note(const std::vector<int64_t>& dims, KeepDim keep) {
 void add_reductions(std::vector<OpCase>& t) {
   std::vector<Variant> sums = {
       {.args = {{.shape = {2, 3}, .values = given(k23)}}, .note = "all", .expect = {.values = {21}}},
-      {.args = {{.shape = {2, 3}, .values = given(k23)}}, .note = "dims {0}", .forward = sum_over({0}), .expect = {.values = {5, 7, 9}}},
-      {.args = {{.shape = {2, 3}, .values = given(k23)}}, .note = "dims {1}", .forward = sum_over({1}), .expect = {.values = {6, 15}}},
+      {.args = {{.shape = {2, 3}, .values = given(k23)}},
+       .note = "dims {0}",
+       .forward = sum_over({0}),
+       .expect = {.values = {5, 7, 9}}},
+      {.args = {{.shape = {2, 3}, .values = given(k23)}},
+       .note = "dims {1}",
+       .forward = sum_over({1}),
+       .expect = {.values = {6, 15}}},
       {.args = {{.shape = {2, 3}, .values = given(k23)}},
        .note = "dims {1} keep",
        .forward = sum_over({1}, KeepDim::yes),
        .expect = {.values = {6, 15}, .shape = Shape{2, 1}}},
-      {.args = {{.shape = {2, 3}, .values = given(k23)}}, .note = "dims {0, 1}", .forward = sum_over({0, 1}), .expect = {.values = {21}}},
+      {.args = {{.shape = {2, 3}, .values = given(k23)}},
+       .note = "dims {0, 1}",
+       .forward = sum_over({0, 1}),
+       .expect = {.values = {21}}},
       {.args = {{.shape = {2, 3}, .values = given(k23), .view = transposed(0, 1)}},
        .note = "dims {1}",
        .forward = sum_over({1}),
@@ -290,31 +312,38 @@ void add_reductions(std::vector<OpCase>& t) {
       {.args = {{.shape = {2, 3, 4}, .view = permuted({2, 0, 1})}}, .note = "dims {0}", .forward = sum_over({0})},
       {.args = {{.shape = {1, 1}}}, .note = "one element"},
       {.args = {{.shape = {300007}}}, .note = "a long vector, in chunks", .checks = kDevicesOnly},
-      {.args = {{.shape = {5000, 37}}}, .note = "columns over 5000 rows, in chunks", .forward = sum_over({0}),
+      {.args = {{.shape = {5000, 37}}},
+       .note = "columns over 5000 rows, in chunks",
+       .forward = sum_over({0}),
        .checks = kDevicesOnly},
       {.args = {{.shape = {6, 5, 43}}}, .note = "dims {2}", .forward = sum_over({2})},
       {.args = {{.shape = {6, 5, 43}}}, .note = "dims {0, 1} keep", .forward = sum_over({0, 1}, KeepDim::yes)}};
   for (std::vector<int64_t> dims : std::vector<std::vector<int64_t>>{{0}, {1}, {2}, {0, 2}, {0, 1, 2}})
     for (KeepDim keep : {KeepDim::no, KeepDim::yes})
-      sums.push_back({.args = {{.shape = {5, 17, 33}}}, .note = dims_note(dims, keep), .forward = sum_over(dims, keep)});
+      sums.push_back(
+          {.args = {{.shape = {5, 17, 33}}}, .note = dims_note(dims, keep), .forward = sum_over(dims, keep)});
   t.push_back({.op = "sum", .forward = [](const Inputs& x) { return sum(x[0]); }, .variants = std::move(sums)});
 
-  t.push_back({.op = "mean",
-               .forward = [](const Inputs& x) { return mean(x[0]); },
-               .variants = {{.args = {{.shape = {2, 3}, .values = given(k23)}},
-                             .note = "dims {0}",
-                             .forward = mean_over({0}),
-                             .expect = {.values = {2.5, 3.5, 4.5}}},
-                            {.args = {{.shape = {2, 3}, .values = given(k23)}}, .note = "all", .expect = {.values = {3.5}}},
-                            {.args = {{.shape = {3, 4}}}, .note = "dims {-1}", .forward = mean_over({-1})},
-                            {.args = {{.shape = {3, 4}}}, .note = "all"},
-                            {.args = {{.shape = {5, 17, 33}}}, .note = "all"},
-                            {.args = {{.shape = {6, 5, 43}}}, .note = "all"}}});
+  t.push_back(
+      {.op = "mean",
+       .forward = [](const Inputs& x) { return mean(x[0]); },
+       .variants = {{.args = {{.shape = {2, 3}, .values = given(k23)}},
+                     .note = "dims {0}",
+                     .forward = mean_over({0}),
+                     .expect = {.values = {2.5, 3.5, 4.5}}},
+                    {.args = {{.shape = {2, 3}, .values = given(k23)}}, .note = "all", .expect = {.values = {3.5}}},
+                    {.args = {{.shape = {3, 4}}}, .note = "dims {-1}", .forward = mean_over({-1})},
+                    {.args = {{.shape = {3, 4}}}, .note = "all"},
+                    {.args = {{.shape = {5, 17, 33}}}, .note = "all"},
+                    {.args = {{.shape = {6, 5, 43}}}, .note = "all"}}});
 
   const std::vector<double> m23 = {1, 7, 3, 9, 2, 4};
   std::vector<Variant> maxes = {
       {.args = {{.shape = {2, 3}, .values = given(m23)}}, .note = "dim 1", .expect = {.values = {7, 9}}},
-      {.args = {{.shape = {2, 3}, .values = given(m23)}}, .note = "dim 0", .forward = max_over(0), .expect = {.values = {9, 7, 4}}},
+      {.args = {{.shape = {2, 3}, .values = given(m23)}},
+       .note = "dim 0",
+       .forward = max_over(0),
+       .expect = {.values = {9, 7, 4}}},
       {.args = {{.shape = {3, 5}}}, .note = "dim 1"},
       {.args = {{.shape = {4, 3}}}, .note = "dim 0 keep", .forward = max_over(0, KeepDim::yes)},
       // Ties: the first maximum wins on every backend (the gradient goes there); not differentiable at a tie.
@@ -326,7 +355,8 @@ void add_reductions(std::vector<OpCase>& t) {
       {.args = {{.shape = {3, 5000}}}, .note = "long rows, dim 1"},
       {.args = {{.shape = {6, 5, 43}}}, .note = "dim 1"},
       {.args = {{.shape = {6, 5, 43}}}, .note = "dim 2", .forward = max_over(2)}};
-  for (int64_t d : {0, 1, 2}) maxes.push_back({.args = {{.shape = {7, 257, 3}}}, .note = cat("dim ", d), .forward = max_over(d)});
+  for (int64_t d : {0, 1, 2})
+    maxes.push_back({.args = {{.shape = {7, 257, 3}}}, .note = cat("dim ", d), .forward = max_over(d)});
   t.push_back({.op = "max", .forward = max_over(1), .variants = std::move(maxes)});
 }
 
@@ -349,27 +379,40 @@ void add_products(std::vector<OpCase>& t) {
   const Layout P = Layout::plain, T = Layout::transposed;
   const std::vector<double> b32 = {1, 0, 0, 1, 1, 1};  // (3, 2)
   std::vector<Variant> v = {
-      {.args = {{.shape = {2, 3}, .values = given(k23)}, {.shape = {3, 2}, .values = given(b32)}}, .expect = {.values = {4, 5, 10, 11}}},
-      {.args = {{.shape = {3, 2}, .values = given({1, 4, 2, 5, 3, 6}), .view = transposed(0, 1)}, {.shape = {3, 2}, .values = given(b32)}},
+      {.args = {{.shape = {2, 3}, .values = given(k23)}, {.shape = {3, 2}, .values = given(b32)}},
+       .expect = {.values = {4, 5, 10, 11}}},
+      {.args = {{.shape = {3, 2}, .values = given({1, 4, 2, 5, 3, 6}), .view = transposed(0, 1)},
+                {.shape = {3, 2}, .values = given(b32)}},
        .note = "a as a transposed view",
        .expect = {.values = {4, 5, 10, 11}}},
       {.args = {{.shape = {3, 2}, .values = given(b32), .view = transposed(0, 1)},
                 {.shape = {2, 3}, .values = given(k23), .view = transposed(0, 1)}},
        .expect = {.values = {4, 10, 5, 11}}},
-      {.args = {{.shape = {2, 2, 3}, .values = given({1, 2, 3, 4, 5, 6, 2, 4, 6, 8, 10, 12})}, {.shape = {3, 2}, .values = given(b32)}},
+      {.args = {{.shape = {2, 2, 3}, .values = given({1, 2, 3, 4, 5, 6, 2, 4, 6, 8, 10, 12})},
+                {.shape = {3, 2}, .values = given(b32)}},
        .note = "batched",
        .expect = {.values = {4, 5, 10, 11, 8, 10, 20, 22}, .shape = Shape{2, 2, 2}}},
       // Finite differences: batches, a shared 2-D operand, broadcast batch dims, transposed views.
-      product({3, 4}, P, {4, 5}, P), product({2, 3, 4}, P, {4, 2}, P), product({3, 4}, P, {2, 4, 2}, P),
+      product({3, 4}, P, {4, 5}, P),
+      product({2, 3, 4}, P, {4, 2}, P),
+      product({3, 4}, P, {2, 4, 2}, P),
       product({2, 1, 3, 4}, P, {3, 4, 2}, P),
       {.args = {{.shape = {2, 4, 3}, .view = transposed(-1, -2)}, {.shape = {5, 4}, .view = transposed(0, 1)}}},
       // The devices: awkward sizes, every combination of transposed operands.
-      product({1, 1}, P, {1, 1}, P), product({17, 33}, P, {33, 5}, P), product({17, 33}, T, {33, 5}, P),
-      product({17, 33}, P, {33, 5}, T), product({17, 33}, T, {33, 5}, T), product({3, 17, 9}, P, {3, 9, 4}, P),
-      product({3, 17, 9}, P, {9, 4}, T), product({2, 1, 5, 7}, P, {3, 7, 2}, P), product({1, 769}, P, {769, 3}, P),
+      product({1, 1}, P, {1, 1}, P),
+      product({17, 33}, P, {33, 5}, P),
+      product({17, 33}, T, {33, 5}, P),
+      product({17, 33}, P, {33, 5}, T),
+      product({17, 33}, T, {33, 5}, T),
+      product({3, 17, 9}, P, {3, 9, 4}, P),
+      product({3, 17, 9}, P, {9, 4}, T),
+      product({2, 1, 5, 7}, P, {3, 7, 2}, P),
+      product({1, 769}, P, {769, 3}, P),
       product({257, 64}, T, {64, 257}, P, kDevicesOnly),
       // bf16
-      product({7, 13}, P, {13, 5}, P), product({7, 13}, T, {13, 5}, P), product({3, 7, 13}, P, {3, 13, 5}, T),
+      product({7, 13}, P, {13, 5}, P),
+      product({7, 13}, T, {13, 5}, P),
+      product({3, 7, 13}, P, {3, 13, 5}, T),
       product({2, 3, 4, 9}, P, {9, 6}, P),
       // K = 0: the product is zeros (nothing to accumulate; the output must still be written); no inputs to perturb.
       {.args = {{.shape = {17, 0}}, {.shape = {0, 5}}},
@@ -387,7 +430,8 @@ void add_products(std::vector<OpCase>& t) {
                 {.shape = {3, 2}, .values = given({1, 1, 0, 2, -1, 0})},
                 {.shape = {3}, .values = given({0.5, 0, -1})}},
        .expect = {.values = {3.5, 4, -2, 7.5, 8, -4}}},
-      {.args = {{.shape = {2, 2}, .values = given({1, 2, 3, 4})}, {.shape = {3, 2}, .values = given({1, 1, 0, 2, -1, 0})}},
+      {.args = {{.shape = {2, 2}, .values = given({1, 2, 3, 4})},
+                {.shape = {3, 2}, .values = given({1, 1, 0, 2, -1, 0})}},
        .note = "no bias",
        .expect = {.values = {3, 4, -1, 7, 8, -3}}},
       {.args = {{.shape = {2, 3, 4}}, {.shape = {5, 4}}, {.shape = {5}}}},
@@ -414,9 +458,11 @@ std::vector<Variant> softmax_variants() {
   std::vector<Variant> v = {{.args = {{.shape = {3, 5}, .values = uniform(-2, 2)}}},
                             {.args = {{.shape = {4, 3}, .values = uniform(-2, 2), .view = transposed(0, 1)}}},
                             {.args = {{.shape = {33, 17}, .view = transposed(0, 1)}}}};
-  for (Shape s : std::vector<Shape>{{1, 1}, {3, 33}, {4, 3, 17}, {7, 300}, {3, 1}, {2, 3, 40}}) v.push_back({.args = {{.shape = s}}});
+  for (Shape s : std::vector<Shape>{{1, 1}, {3, 33}, {4, 3, 17}, {7, 300}, {3, 1}, {2, 3, 40}})
+    v.push_back({.args = {{.shape = s}}});
   // Long rows: the rounding of a loss summed over 10^4 log-probabilities swamps a finite difference.
-  for (Shape s : std::vector<Shape>{{17, 769}, {2, 5000}}) v.push_back({.args = {{.shape = s}}, .checks = kDevicesOnly});
+  for (Shape s : std::vector<Shape>{{17, 769}, {2, 5000}})
+    v.push_back({.args = {{.shape = s}}, .checks = kDevicesOnly});
   return v;
 }
 
@@ -425,17 +471,18 @@ void add_normalisation(std::vector<OpCase>& t) {
   const double z = std::exp(1) + std::exp(2) + std::exp(3);
   t.push_back({.op = "softmax",
                .forward = [](const Inputs& in) { return softmax(in[0]); },
-               .variants = with({{.args = {{.shape = {2, 3}, .values = given(x)}},
-                                  .expect = {.values = {std::exp(1) / z, std::exp(2) / z, std::exp(3) / z, 1. / 3, 1. / 3, 1. / 3}}},
-                                 {.args = {{.shape = {1, 2}, .values = given({1000, 1000})}},
-                                  .note = "large values do not overflow",
-                                  .expect = {.values = {0.5, 0.5}}}},
-                                softmax_variants())});
+               .variants = with(
+                   {{.args = {{.shape = {2, 3}, .values = given(x)}},
+                     .expect = {.values = {std::exp(1) / z, std::exp(2) / z, std::exp(3) / z, 1. / 3, 1. / 3, 1. / 3}}},
+                    {.args = {{.shape = {1, 2}, .values = given({1000, 1000})}},
+                     .note = "large values do not overflow",
+                     .expect = {.values = {0.5, 0.5}}}},
+                   softmax_variants())});
   t.push_back({.op = "log_softmax",
                .forward = [](const Inputs& in) { return log_softmax(in[0]); },
                .variants = with({{.args = {{.shape = {2, 3}, .values = given(x)}},
-                                  .expect = {.values = {1 - std::log(z), 2 - std::log(z), 3 - std::log(z), -std::log(3.),
-                                                        -std::log(3.), -std::log(3.)}}}},
+                                  .expect = {.values = {1 - std::log(z), 2 - std::log(z), 3 - std::log(z),
+                                                        -std::log(3.), -std::log(3.), -std::log(3.)}}}},
                                 softmax_variants())});
 
   const double m = 2.5, var = 1.25, rs = 1 / std::sqrt(var + 1e-5);
@@ -443,8 +490,8 @@ void add_normalisation(std::vector<OpCase>& t) {
       {.args = {{.shape = {2, 4}, .values = given({1, 2, 3, 4, -1, 0, 1, 2})},
                 {.shape = {4}, .values = given({1, 1, 2, 1})},
                 {.shape = {4}, .values = given({0, 0, 0, 1})}},
-       .expect = {.values = {(1 - m) * rs, (2 - m) * rs, 2 * (3 - m) * rs, (4 - m) * rs + 1, (-1 - 0.5) * rs, (0 - 0.5) * rs,
-                             2 * (1 - 0.5) * rs, (2 - 0.5) * rs + 1},
+       .expect = {.values = {(1 - m) * rs, (2 - m) * rs, 2 * (3 - m) * rs, (4 - m) * rs + 1, (-1 - 0.5) * rs,
+                             (0 - 0.5) * rs, 2 * (1 - 0.5) * rs, (2 - 0.5) * rs + 1},
                   .atol = 1e-9,
                   .rtol = 1e-9}},
       {.args = {{.shape = {2, 3, 6}}, {.shape = {6}}, {.shape = {6}}}},
@@ -452,7 +499,8 @@ void add_normalisation(std::vector<OpCase>& t) {
       {.args = {{.shape = {6, 67}}, {.shape = {67}, .values = uniform(0.5, 1.5)}, {.shape = {67}}}}};
   for (Shape s : std::vector<Shape>{{1, 1}, {1, 3}, {3, 17}, {257, 769}, {2, 1500, 33}, {2, 3, 8}}) {
     const int64_t C = s.back();
-    ln.push_back({.args = {{.shape = s}, {.shape = {C}}, {.shape = {C}}}, .checks = numel(s) > 10000 ? kDevicesOnly : Check::all});
+    ln.push_back({.args = {{.shape = s}, {.shape = {C}}, {.shape = {C}}},
+                  .checks = numel(s) > 10000 ? kDevicesOnly : Check::all});
   }
   t.push_back({.op = "layer_norm",
                .forward = [](const Inputs& in) { return layer_norm(in[0], in[1], in[2]); },
@@ -477,10 +525,12 @@ OpFn composed_cross_entropy(int64_t classes = 0) {
 
 void add_lookups(std::vector<OpCase>& t) {
   std::vector<Variant> emb = {
-      {.args = {{.shape = {2, 2}, .values = given_ids({2, 0, 2, 1})}, {.shape = {3, 2}, .values = given({0, 1, 10, 11, 20, 21})}},
+      {.args = {{.shape = {2, 2}, .values = given_ids({2, 0, 2, 1})},
+                {.shape = {3, 2}, .values = given({0, 1, 10, 11, 20, 21})}},
        .expect = {.values = {20, 21, 0, 1, 20, 21, 10, 11}, .shape = Shape{2, 2, 2}}},
       {.args = {{.shape = {2, 2}, .values = given_ids({2, 0, 2, 1})}, {.shape = {3, 4}}}, .note = "repeated ids"},
-      {.args = {{.shape = {13}, .values = given_ids({3, 0, 49, 3, 7, 7, 7, 12, 3, 48, 1, 0, 25})}, {.shape = {50, 24}}}}};
+      {.args = {{.shape = {13}, .values = given_ids({3, 0, 49, 3, 7, 7, 7, 12, 3, 48, 1, 0, 25})},
+                {.shape = {50, 24}}}}};
   struct Sizes {
     int64_t N, V, C;
   };
@@ -506,12 +556,15 @@ void add_lookups(std::vector<OpCase>& t) {
       {.args = {{.shape = {3, 6}, .values = uniform(-2, 2)}, {.shape = {3}, .values = given_ids({2, 0, 3})}},
        .note = "classes 4 of 6 equal slicing",
        .forward = [](const Inputs& x) { return cross_entropy(x[0], x[1], {.classes = 4}); },
-       .expect = {.reference = [](const Inputs& x) { return cross_entropy(x[0].slice(1, 0, 4), x[1]); }, .atol = 0, .rtol = 1e-14}},
+       .expect = {.reference = [](const Inputs& x) { return cross_entropy(x[0].slice(1, 0, 4), x[1]); },
+                  .atol = 0,
+                  .rtol = 1e-14}},
       {.args = {{.shape = {9, 320}}, {.shape = {9}, .values = given_ids({0, 299, 5, 17, 17, 250, 3, 100, 42})}},
        .note = "classes 300 of 320",
        .forward = [](const Inputs& x) { return cross_entropy(x[0], x[1], {.classes = 300}); },
        .expect = {.reference = composed_cross_entropy(300), .atol = 1e-12, .rtol = 1e-12}},
-      {.args = {{.shape = {9, 320}, .view = sliced(1, 0, 300)}, {.shape = {9}, .values = given_ids({0, 299, 5, 17, 17, 250, 3, 100, 42})}}}};
+      {.args = {{.shape = {9, 320}, .view = sliced(1, 0, 300)},
+                {.shape = {9}, .values = given_ids({0, 299, 5, 17, 17, 250, 3, 100, 42})}}}};
   for (auto [N, V] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {1, 3}, {17, 769}, {64, 5003}}) {
     const Check checks = N * V > 20000 ? kDevicesOnly : Check::all;
     ce.push_back({.args = {{.shape = {N, V}}, {.shape = {N}, .values = ids(V)}}, .checks = checks});
@@ -573,29 +626,30 @@ Variant self_attention(int64_t B, int64_t T, int64_t C, int64_t NH, Check checks
 void add_attention(std::vector<OpCase>& t) {
   const Causal Y = Causal::yes, N = Causal::no;
   auto bhtd = [](int64_t B, int64_t NH, int64_t T, int64_t HS) { return Shape{B, NH, T, HS}; };
-  t.push_back({.op = "scaled_dot_product_attention",
-               .forward = [](const Inputs& x) { return scaled_dot_product_attention(x[0], x[1], x[2]); },
-               .variants =
-                   {attention(bhtd(2, 3, 5, 4), bhtd(2, 3, 5, 4), Y), attention(bhtd(2, 3, 5, 4), bhtd(2, 3, 5, 4), N),
-                    attention(bhtd(2, 3, 2, 4), bhtd(2, 3, 5, 4), Y),  // fewer queries than keys (a KV cache)
-                    attention(bhtd(1, 2, 4, 3), bhtd(1, 2, 4, 3), Y), attention(bhtd(2, 1, 3, 2), bhtd(2, 1, 5, 2), N),
-                    attention(bhtd(1, 2, 1, 3), bhtd(1, 2, 1, 3), Y),  // T = 1
-                    attention(bhtd(1, 1, 1, 1), bhtd(1, 1, 1, 1), Y), attention(bhtd(2, 3, 17, 8), bhtd(2, 3, 17, 8), Y),
-                    attention(bhtd(1, 2, 33, 64), bhtd(1, 2, 33, 64), Y, kDevicesOnly),
-                    attention(bhtd(2, 2, 17, 8), bhtd(2, 2, 17, 8), N), attention(bhtd(1, 3, 5, 16), bhtd(1, 3, 17, 16), Y),
-                    attention(bhtd(1, 1, 5, 16), bhtd(1, 1, 17, 16), N), attention(bhtd(3, 1, 1, 4), bhtd(3, 1, 9, 4), Y),
-                    // (B, T, NH, HS) in memory, seen as (B, NH, T, HS)
-                    attention({2, 17, 3, 8}, {2, 17, 3, 8}, Y, Check::all, transposed(1, 2)),
-                    attention(bhtd(2, 2, 5, 8), bhtd(2, 2, 9, 8), Y), attention(bhtd(1, 3, 7, 4), bhtd(1, 3, 7, 4), N),
-                    attention(bhtd(2, 1, 1, 8), bhtd(2, 1, 1, 8), Y),
-                    attention(bhtd(1, 1, 50, 4), bhtd(1, 1, 50, 4), Y)},  // Tk = 50 > 32 threads: rows in two chunks
-               .tol = {.f32 = 5e-5, .bf16_grad = 2e-2}});
+  t.push_back(
+      {.op = "scaled_dot_product_attention",
+       .forward = [](const Inputs& x) { return scaled_dot_product_attention(x[0], x[1], x[2]); },
+       .variants =
+           {attention(bhtd(2, 3, 5, 4), bhtd(2, 3, 5, 4), Y), attention(bhtd(2, 3, 5, 4), bhtd(2, 3, 5, 4), N),
+            attention(bhtd(2, 3, 2, 4), bhtd(2, 3, 5, 4), Y),  // fewer queries than keys (a KV cache)
+            attention(bhtd(1, 2, 4, 3), bhtd(1, 2, 4, 3), Y), attention(bhtd(2, 1, 3, 2), bhtd(2, 1, 5, 2), N),
+            attention(bhtd(1, 2, 1, 3), bhtd(1, 2, 1, 3), Y),  // T = 1
+            attention(bhtd(1, 1, 1, 1), bhtd(1, 1, 1, 1), Y), attention(bhtd(2, 3, 17, 8), bhtd(2, 3, 17, 8), Y),
+            attention(bhtd(1, 2, 33, 64), bhtd(1, 2, 33, 64), Y, kDevicesOnly),
+            attention(bhtd(2, 2, 17, 8), bhtd(2, 2, 17, 8), N), attention(bhtd(1, 3, 5, 16), bhtd(1, 3, 17, 16), Y),
+            attention(bhtd(1, 1, 5, 16), bhtd(1, 1, 17, 16), N), attention(bhtd(3, 1, 1, 4), bhtd(3, 1, 9, 4), Y),
+            // (B, T, NH, HS) in memory, seen as (B, NH, T, HS)
+            attention({2, 17, 3, 8}, {2, 17, 3, 8}, Y, Check::all, transposed(1, 2)),
+            attention(bhtd(2, 2, 5, 8), bhtd(2, 2, 9, 8), Y), attention(bhtd(1, 3, 7, 4), bhtd(1, 3, 7, 4), N),
+            attention(bhtd(2, 1, 1, 8), bhtd(2, 1, 1, 8), Y),
+            attention(bhtd(1, 1, 50, 4), bhtd(1, 1, 50, 4), Y)},  // Tk = 50 > 32 threads: rows in two chunks
+       .tol = {.f32 = 5e-5, .bf16_grad = 2e-2}});
   t.push_back({.op = "causal_self_attention",
                .forward = [](const Inputs& x) { return causal_self_attention(x[0], 2); },
                .variants = {self_attention(2, 5, 6, 2), self_attention(2, 4, 4, 2), self_attention(1, 1, 2, 1),
-                            self_attention(1, 1, 8, 2), self_attention(2, 17, 24, 3), self_attention(2, 64, 64, 4, kDevicesOnly),
-                            self_attention(1, 33, 36, 1), self_attention(2, 17, 16, 2), self_attention(1, 40, 24, 3),
-                            self_attention(3, 1, 8, 2)},
+                            self_attention(1, 1, 8, 2), self_attention(2, 17, 24, 3),
+                            self_attention(2, 64, 64, 4, kDevicesOnly), self_attention(1, 33, 36, 1),
+                            self_attention(2, 17, 16, 2), self_attention(1, 40, 24, 3), self_attention(3, 1, 8, 2)},
                .tol = {.f32 = 5e-5, .bf16_grad = 2e-2}});
 }
 
@@ -629,15 +683,18 @@ OpCase one_variant(std::string op, OpFn forward, std::vector<Arg> args) {
 void add_shape(std::vector<OpCase>& t) {
   t.push_back({.op = "cat",
                .forward = [](const Inputs& x) { return cat({x[0], x[1] * 2.0}, 1); },
-               .variants = {{.args = {{.shape = {2, 3}}, {.shape = {2, 2}}}}, {.args = {{.shape = {3, 4}}, {.shape = {3, 9}}}}}});
+               .variants = {{.args = {{.shape = {2, 3}}, {.shape = {2, 2}}}},
+                            {.args = {{.shape = {3, 4}}, {.shape = {3, 9}}}}}});
   t.push_back(one_variant("split", [](const Inputs& x) { return split(x[0], 2, 1)[1] * 3.0; }, {{.shape = {2, 5}}}));
   t.push_back(one_variant("reshape", [](const Inputs& x) { return x[0].reshape({4, 3}); }, {{.shape = {3, 4}}}));
-  t.push_back(one_variant("transpose", [](const Inputs& x) { return x[0].transpose(0, 1) * 2.0; }, {{.shape = {3, 4}}}));
-  t.push_back(one_variant("permute", [](const Inputs& x) { return x[0].permute({1, 2, 0}) * 2.0; }, {{.shape = {2, 3, 4}}}));
+  t.push_back(
+      one_variant("transpose", [](const Inputs& x) { return x[0].transpose(0, 1) * 2.0; }, {{.shape = {3, 4}}}));
+  t.push_back(
+      one_variant("permute", [](const Inputs& x) { return x[0].permute({1, 2, 0}) * 2.0; }, {{.shape = {2, 3, 4}}}));
   t.push_back(one_variant("slice", [](const Inputs& x) { return x[0].slice(1, 1, 3) * 2.0; }, {{.shape = {3, 4}}}));
   t.push_back(one_variant("select", [](const Inputs& x) { return x[0].select(0, 1) * 2.0; }, {{.shape = {3, 4}}}));
   t.push_back(one_variant("expand", [](const Inputs& x) { return x[0].expand({3, 2, 4}) * 2.0; }, {{.shape = {2, 1}}}));
-  t.push_back(one_variant("unsqueeze, squeeze",
+  t.push_back(one_variant("unsqueeze-squeeze",
                           [](const Inputs& x) { return x[0].unsqueeze(1).squeeze(1).contiguous(); }, {{.shape = {3}}}));
 }
 

@@ -1,15 +1,15 @@
-// The op table: one OpCase per op (core/ops.h, and the autograd-aware views of Tensor), iterated by the generic op
-// tests. A case says how to make the op's inputs (shapes, value ranges, non-contiguous views), runs the op as a
-// lambda, and says what its output is checked against; the drivers run every case the same way:
+// The op table: one OpCase per op (core/ops.h, and the autograd-aware views of Tensor), iterated by generic drivers:
 //   tests/core/test_ops.cpp        values (given, or computed another way) and finite-difference gradients, f64 CPU
 //   tests/cuda/test_cuda_ops.cpp   CUDA against the CPU in f64 and f32, forward and backward (skipped without a GPU)
 //   tests/cuda/test_cuda_bf16.cpp  bf16 on CUDA against f32 on the CPU, forward and backward (skipped likewise)
+// A case says how to make the op's inputs, runs the op as a lambda, and says what its output is checked against.
 //
 // Adding an op: write its kernels (core/kernels/cpu, core/kernels/cuda) and its forward and backward (core/ops/),
-// then add one OpCase to op_cases.cpp: its forward, variants of its inputs (small ones for finite differences,
-// awkward sizes and strided views for the devices), its values or a reference computed independently, and
-// tolerances where the defaults do not fit. Every check then runs it. Only what a table cannot say (error messages,
-// memory accounting, statistics of random ops) is written as a specific test beside the drivers.
+// then add one OpCase to op_cases.cpp - its forward; variants of its inputs (small ones with given values or for
+// finite differences, awkward sizes and strided views for the kernels, Variant::forward where a variant sets one
+// of the op's parameters); given values or a reference computed independently; tolerances where the defaults do
+// not fit; Backward::none, a narrower `checks` or bf16_output where the op differs. Every driver then runs it.
+// What a table cannot say (error messages, memory accounting, statistics of random ops) stays a specific test.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -48,8 +48,8 @@ enum class Spread { uniform, skewed };
 // How the values of one input are made. Floating inputs take the dtype of the run; ids are i32.
 struct Values {
   enum class Kind { normal, uniform, given, ids, given_ids } kind = Kind::normal;
-  double lo = 0, hi = 0;      // uniform in [lo, hi)
-  int64_t classes = 0;        // ids in [0, classes)
+  double lo = 0, hi = 0;  // uniform in [lo, hi)
+  int64_t classes = 0;    // ids in [0, classes)
   Spread spread = Spread::uniform;
   std::vector<double> given = {};  // row-major
 };
@@ -63,7 +63,7 @@ inline Values given_ids(std::vector<double> v) { return {.kind = Values::Kind::g
 
 // What the op sees of a leaf input: the leaf itself, or a view of it (transposed, offset, broadcast).
 struct View {
-  std::string name = "";                           // for messages, e.g. "transpose(0, 1)"
+  std::string name = "";                            // for messages, e.g. "transpose(0, 1)"
   std::function<Tensor(const Tensor&)> apply = {};  // empty: the leaf itself
 };
 View transposed(int64_t d0, int64_t d1);
@@ -73,7 +73,7 @@ View permuted(std::vector<int64_t> dims);
 // One input: a contiguous leaf of `shape` (gradients are taken with respect to it), seen through `view`.
 struct Arg {
   Shape shape = {};
-  Values values = normal();
+  Values values = normal();  // a call, not "= {}", which trips GCC 12's -Wmaybe-uninitialized in the table
   View view = {};
 };
 
@@ -100,20 +100,21 @@ struct Variant {
 
 // Device tolerances, as max |got - want| / max |want| over a tensor (scale-aware; 0 asks for bit equality).
 struct Tolerance {
-  double f64 = 1e-10;        // CUDA against the CPU
+  double f64 = 1e-10;  // CUDA against the CPU
   double f32 = 1e-5;
-  double bf16 = 1e-2;        // bf16 on CUDA against f32 on the CPU: the output
-  double bf16_grad = 1e-2;   // and the gradients
+  double bf16 = 1e-2;       // bf16 on CUDA against f32 on the CPU: the output
+  double bf16_grad = 1e-2;  // and the gradients
 };
 
+// One op: its forward and the variants it runs on, with what the drivers check them against.
 struct OpCase {
   std::string op = "";
-  OpFn forward = {};                 // over the inputs as the op sees them (after their views)
+  OpFn forward = {};  // over the inputs as the op sees them (after their views)
   std::vector<Variant> variants = {};
-  Expect expect = {};            // for every variant without its own
+  Expect expect = {};  // for every variant without its own
   Tolerance tol = {};
   Backward backward = Backward::yes;
-  Check checks = Check::all;     // the generic checks the op supports
+  Check checks = Check::all;        // the generic checks the op supports
   DType bf16_output = DType::bf16;  // the output's dtype for bf16 inputs
 };
 

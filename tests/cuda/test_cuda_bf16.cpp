@@ -1,9 +1,9 @@
 // Mixed precision on the GPU: every op of the table (tests/core/op_cases.h) forward and backward in bf16 against
-// the f32 CPU op on the same (bf16-representable) values, within bf16 tolerance; stochastic rounding unbiased and bit-identical to the CPU
-// kernel; a bf16 GPT-2 tiny training step (loss, gradients, CAME and AdamW updates) against the f32 CPU step;
-// master weights that step exactly as f32 parameters and keep updates below bf16's resolution; and the meta-device
-// plan of a bf16 model equal to the bytes measured on the GPU. Skipped, visibly, without a GPU; without one,
-// scripts/cuda_emulate.sh runs these cases against the CPU emulation of CUDA (tools/cuda_emu).
+// the f32 CPU op on the same (bf16-representable) values, within bf16 tolerance; stochastic rounding unbiased and
+// bit-identical to the CPU kernel; a bf16 GPT-2 tiny training step (loss, gradients, CAME and AdamW updates) against
+// the f32 CPU step; master weights that step exactly as f32 parameters and keep updates below bf16's resolution; and
+// the meta-device plan of a bf16 model equal to the bytes measured on the GPU. Skipped, visibly, without a GPU;
+// without one, scripts/cuda_emulate.sh runs these cases against the CPU emulation of CUDA (tools/cuda_emu).
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -129,7 +129,8 @@ TEST_CASE("cuda bf16 op table: every op forward and backward in bf16 against f32
     test::Inputs leaves = make_leaves(v, i, DType::f32);
     for (Tensor& t : leaves)
       if (is_floating(t.dtype())) t = t.to(DType::bf16).to(DType::f32);
-    compare_bf16("bf16", [&](const test::Inputs& in) { return run(c, v, in); }, leaves, c.tol, c.bf16_output, c.backward);
+    compare_bf16("bf16", [&](const test::Inputs& in) { return run(c, v, in); }, leaves, c.tol, c.bf16_output,
+                 c.backward);
   });
 }
 
