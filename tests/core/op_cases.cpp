@@ -496,8 +496,9 @@ void add_normalisation(std::vector<OpCase>& t) {
                   .rtol = 1e-9}},
       {.args = {{.shape = {2, 3, 6}}, {.shape = {6}}, {.shape = {6}}}},
       {.args = {{.shape = {3, 5}, .view = transposed(0, 1)}, {.shape = {3}}, {.shape = {3}}}},
-      {.args = {{.shape = {6, 67}}, {.shape = {67}, .values = uniform(0.5, 1.5)}, {.shape = {67}}}}};
-  for (Shape s : std::vector<Shape>{{1, 1}, {1, 3}, {3, 17}, {257, 769}, {2, 1500, 33}, {2, 3, 8}}) {
+      {.args = {{.shape = {6, 67}}, {.shape = {67}, .values = uniform(0.5, 1.5)}, {.shape = {67}}}},
+      {.args = {{.shape = {2, 3, 8}}, {.shape = {8}, .values = uniform(0.5, 1.5)}, {.shape = {8}}}}};
+  for (Shape s : std::vector<Shape>{{1, 1}, {1, 3}, {3, 17}, {257, 769}, {2, 1500, 33}}) {
     const int64_t C = s.back();
     ln.push_back({.args = {{.shape = s}, {.shape = {C}}, {.shape = {C}}},
                   .checks = numel(s) > 10000 ? kDevicesOnly : Check::all});
