@@ -36,7 +36,7 @@ while IFS= read -r f; do
   sources+=("$out")
 done < <(find core nn optim models -name '*.cu' 2>/dev/null | sort)
 while IFS= read -r f; do sources+=("$root/$f"); done < <(find core nn optim models data train -name '*.cpp' ! -name main.cpp 2>/dev/null | sort)
-sources+=("$root/tools/cuda_emu/emu_runtime.cpp" "$root/tests/main.cpp")
+sources+=("$root/tools/cuda_emu/emu_runtime.cpp" "$root/tests/main.cpp" "$root/tests/core/op_cases.cpp")  # the op table
 while IFS= read -r f; do sources+=("$root/$f"); done < <(find tests/cuda tests/optim -name 'cuda*.cpp' -o -path '*tests/cuda/*.cpp' | sort)
 
 compile() {  # source -> object (only when the source or any header changed since: a stale object that saw an

@@ -1,9 +1,9 @@
-// Mixed precision on the GPU: every op forward and backward in bf16 against the f32 CPU op on the same
-// (bf16-representable) values, within bf16 tolerance; stochastic rounding unbiased and bit-identical to the CPU
-// kernel; a bf16 GPT-2 tiny training step (loss, gradients, CAME and AdamW updates) against the f32 CPU step;
-// master weights that step exactly as f32 parameters and keep updates below bf16's resolution; and the meta-device
-// plan of a bf16 model equal to the bytes measured on the GPU. Skipped, visibly, without a GPU; without one,
-// scripts/cuda_emulate.sh runs these cases against the CPU emulation of CUDA (tools/cuda_emu).
+// Mixed precision on the GPU: every op of the table (tests/core/op_cases.h) forward and backward in bf16 against
+// the f32 CPU op on the same (bf16-representable) values, within bf16 tolerance; stochastic rounding unbiased and
+// bit-identical to the CPU kernel; a bf16 GPT-2 tiny training step (loss, gradients, CAME and AdamW updates) against
+// the f32 CPU step; master weights that step exactly as f32 parameters and keep updates below bf16's resolution; and
+// the meta-device plan of a bf16 model equal to the bytes measured on the GPU. Skipped, visibly, without a GPU;
+// without one, scripts/cuda_emulate.sh runs these cases against the CPU emulation of CUDA (tools/cuda_emu).
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -24,6 +24,7 @@
 #include "optim/adamw.h"
 #include "optim/clip.h"
 #include "optim/sgd.h"
+#include "tests/core/op_cases.h"
 #include "tests/test_util.h"
 #include "train/setup.h"
 #include "train/trainer.h"
@@ -67,19 +68,17 @@ Tensor bf16_values(const Shape& shape, uint64_t seed, double lo = 0.0, double hi
   return t.to(DType::bf16).to(DType::f32);
 }
 
-using OpFn = std::function<Tensor(const std::vector<Tensor>&)>;
-
-// Runs `f` on f32 CPU leaves and on their bf16 GPU copies (integer inputs copied as they are); compares the output
-// and, for a bf16-representable upstream gradient, the gradient of every floating input, relative to the largest
-// reference value. The GPU gradients must be bf16 (the bf16 kernels ran).
-void compare_bf16(const std::string& name, const OpFn& f, const std::vector<Tensor>& inputs, double tol = 1e-2,
-                  double grad_tol = -1) {
-  if (grad_tol < 0) grad_tol = tol;
+// Runs `f` on the f32 CPU leaves and on their bf16 GPU copies (integer inputs copied as they are); compares the
+// output and, for a bf16-representable upstream gradient, the gradient of every floating input, relative to the
+// largest reference value. The GPU output must have the dtype the op promises for bf16 inputs (`output`) and the
+// gradients must be bf16 (the bf16 kernels ran).
+void compare_bf16(const std::string& name, const test::OpFn& f, const test::Inputs& leaves, const test::Tolerance& tol,
+                  DType output, test::Backward backward) {
   std::vector<Tensor> ci, gi;
-  for (const Tensor& t : inputs) {
+  for (const Tensor& t : leaves) {
     Tensor c = t.detach().clone();
     Tensor g = is_floating(c.dtype()) ? c.to(DType::bf16).to(gpu()) : c.to(gpu());
-    if (is_floating(c.dtype())) {
+    if (backward == test::Backward::yes && is_floating(c.dtype())) {
       c.set_requires_grad(true);
       g.set_requires_grad(true);
     }
@@ -88,7 +87,9 @@ void compare_bf16(const std::string& name, const OpFn& f, const std::vector<Tens
   }
   Tensor oc = f(ci), og = f(gi);
   REQUIRE(og.device() == gpu());
-  check_close(og, oc, tol, name + ": forward");
+  CHECK(og.dtype() == output);
+  check_close(og, oc, tol.bf16, name + ": forward");
+  if (backward == test::Backward::none) return;
   Tensor up = bf16_values(oc.shape(), 4242);
   oc.backward(up);
   og.backward(up.to(og.dtype()).to(gpu()));
@@ -96,7 +97,7 @@ void compare_bf16(const std::string& name, const OpFn& f, const std::vector<Tens
     if (!ci[i].requires_grad()) continue;
     REQUIRE(gi[i].grad().defined());
     CHECK(gi[i].grad().dtype() == DType::bf16);
-    check_close(gi[i].grad(), ci[i].grad(), grad_tol, name + ": gradient of input " + std::to_string(i));
+    check_close(gi[i].grad(), ci[i].grad(), tol.bf16_grad, name + ": gradient of input " + std::to_string(i));
   }
 }
 
@@ -122,142 +123,15 @@ Tensor named_param(Tensor t, const std::string& name) {
 
 TEST_SUITE("cuda") {
 
-TEST_CASE("cuda bf16: elementwise ops and their gradients match the f32 CPU ops" * doctest::skip(kNoGpu)) {
-  struct Shapes {
-    Shape a, b;
-  };
-  for (const Shapes& s : {Shapes{{5, 37}, {5, 37}}, Shapes{{5, 37}, {37}}, Shapes{{4, 1, 9}, {1, 6, 9}},
-                          Shapes{{33}, {1}}, Shapes{{1}, {19}}}) {
-    Tensor a = bf16_values(s.a, 1), b = bf16_values(s.b, 2), pos = bf16_values(s.b, 3, 0.5, 2.0);
-    const std::string sh = shape_str(s.a) + " " + shape_str(s.b);
-    compare_bf16("add " + sh, [](const std::vector<Tensor>& v) { return add(v[0], v[1]); }, {a, b});
-    compare_bf16("sub " + sh, [](const std::vector<Tensor>& v) { return sub(v[0], v[1]); }, {a, b});
-    compare_bf16("mul " + sh, [](const std::vector<Tensor>& v) { return mul(v[0], v[1]); }, {a, b});
-    compare_bf16("div " + sh, [](const std::vector<Tensor>& v) { return div(v[0], v[1]); }, {a, pos});
-  }
-  struct Unary {
-    const char* name;
-    std::function<Tensor(const Tensor&)> f;
-    bool positive;
-  };
-  const Unary unaries[] = {
-      {"neg", [](const Tensor& x) { return neg(x); }, false},
-      {"exp", [](const Tensor& x) { return exp(x); }, false},
-      {"log", [](const Tensor& x) { return log(x); }, true},
-      {"sqrt", [](const Tensor& x) { return sqrt(x); }, true},
-      {"rsqrt", [](const Tensor& x) { return rsqrt(x); }, true},
-      {"tanh", [](const Tensor& x) { return tanh(x); }, false},
-      {"gelu", [](const Tensor& x) { return gelu(x); }, false},
-      {"add_scalar", [](const Tensor& x) { return add_scalar(x, 0.75); }, false},
-      {"mul_scalar", [](const Tensor& x) { return mul_scalar(x, -1.5); }, false},
-      {"rsub_scalar", [](const Tensor& x) { return rsub_scalar(x, 2.0); }, false},
-      {"rdiv_scalar", [](const Tensor& x) { return rdiv_scalar(x, 3.0); }, true},
-      {"pow_scalar", [](const Tensor& x) { return pow_scalar(x, 1.7); }, true},
-  };
-  for (int64_t n : {1, 7, 8, 1001}) {  // 8-wide packs, their tail, and the scalar path
-    for (const Unary& u : unaries) {
-      Tensor x = u.positive ? bf16_values({n}, 10 + uint64_t(n), 0.5, 3.0) : bf16_values({n}, 10 + uint64_t(n));
-      compare_bf16(cat(u.name, " n=", n), [&](const std::vector<Tensor>& v) { return u.f(v[0]); }, {x});
-    }
-  }
-  // In place (outside autograd): y += alpha x.
-  Tensor y = bf16_values({1001}, 20), x = bf16_values({1001}, 21);
-  Tensor yc = y.clone(), yg = y.to(DType::bf16).to(gpu());
-  add_(yc, x, 0.5);
-  add_(yg, x.to(DType::bf16).to(gpu()), 0.5);
-  CHECK(yg.dtype() == DType::bf16);
-  check_close(yg, yc, 1e-2, "add_");
-}
-
-TEST_CASE("cuda bf16: reductions, matrix products and linear match the f32 CPU ops" * doctest::skip(kNoGpu)) {
-  Tensor x = bf16_values({6, 5, 43}, 30);
-  compare_bf16("sum dim 2", [](const std::vector<Tensor>& v) { return sum(v[0], {2}); }, {x});
-  compare_bf16("sum dims 0,1 keep", [](const std::vector<Tensor>& v) { return sum(v[0], {0, 1}, KeepDim::yes); }, {x});
-  compare_bf16("mean", [](const std::vector<Tensor>& v) { return mean(v[0]); }, {x});
-  compare_bf16("max dim 1", [](const std::vector<Tensor>& v) { return max(v[0], 1); }, {x});
-  compare_bf16("max dim 2", [](const std::vector<Tensor>& v) { return max(v[0], 2); }, {x});
-  struct Mm {
-    Shape a, b;
-    bool ta, tb;
-  };
-  for (const Mm& m : {Mm{{7, 13}, {13, 5}, false, false}, Mm{{13, 7}, {13, 5}, true, false},
-                      Mm{{3, 7, 13}, {3, 5, 13}, false, true}, Mm{{2, 3, 4, 9}, {9, 6}, false, false}}) {
-    Tensor a = bf16_values(m.a, 31), b = bf16_values(m.b, 32);
-    compare_bf16(cat("matmul ", shape_str(m.a), " @ ", shape_str(m.b)),
-                 [&](const std::vector<Tensor>& v) {
-                   return matmul(m.ta ? v[0].transpose(-1, -2) : v[0], m.tb ? v[1].transpose(-1, -2) : v[1]);
-                 },
-                 {a, b});
-  }
-  for (int64_t n : {1, 9}) {
-    Tensor in = bf16_values({n, 3, 24}, 33), w = bf16_values({17, 24}, 34), bias = bf16_values({17}, 35);
-    compare_bf16(cat("linear N=", 3 * n), [](const std::vector<Tensor>& v) { return linear(v[0], v[1], v[2]); },
-                 {in, w, bias});
-    compare_bf16(cat("linear no bias N=", 3 * n), [](const std::vector<Tensor>& v) { return linear(v[0], v[1], Tensor()); },
-                 {in, w});
-  }
-}
-
-TEST_CASE("cuda bf16: softmax, layer norm, embedding, cross-entropy and dropout match the f32 CPU ops" *
-          doctest::skip(kNoGpu)) {
-  for (const Shape& s : {Shape{7, 300}, Shape{3, 1}, Shape{2, 3, 40}}) {
-    Tensor x = bf16_values(s, 40);
-    compare_bf16("softmax " + shape_str(s), [](const std::vector<Tensor>& v) { return softmax(v[0]); }, {x});
-    compare_bf16("log_softmax " + shape_str(s), [](const std::vector<Tensor>& v) { return log_softmax(v[0]); }, {x});
-  }
-  for (const Shape& s : {Shape{6, 67}, Shape{2, 3, 8}}) {
-    const int64_t C = s.back();
-    Tensor x = bf16_values(s, 41), w = bf16_values({C}, 42, 0.5, 1.5), b = bf16_values({C}, 43);
-    compare_bf16("layer_norm " + shape_str(s),
-                 [](const std::vector<Tensor>& v) { return layer_norm(v[0], v[1], v[2], 1e-5); }, {x, w, b}, 1e-2, 2e-2);
-  }
-  Tensor ids = from_vector<int32_t>({3, 0, 49, 3, 7, 7, 7, 12, 3, 48, 1, 0, 25}, {13});
-  compare_bf16("embedding", [](const std::vector<Tensor>& v) { return embedding(v[0], v[1]); },
-               {ids, bf16_values({50, 24}, 44)});
-  Tensor targets = from_vector<int32_t>({0, 299, 5, 17, 17, 250, 3, 100, 42}, {9});
-  Tensor logits = bf16_values({9, 320}, 45);
-  compare_bf16("cross_entropy (classes 300 of 320)",
-               [](const std::vector<Tensor>& v) { return cross_entropy(v[0], v[1], {.classes = 300}); },
-               {logits, targets});
-  compare_bf16("cross_entropy row-strided",
-               [](const std::vector<Tensor>& v) { return cross_entropy(v[0].slice(1, 0, 300), v[1]); }, {logits, targets});
-  {
-    Tensor loss = cross_entropy(logits.to(DType::bf16).to(gpu()), targets.to(gpu()));
-    CHECK(loss.dtype() == DType::f32);  // per-row losses and their mean in f32
-  }
-  Tensor d = bf16_values({1000}, 46);
-  compare_bf16("dropout p=0.3 (the same mask on both devices)",
-               [](const std::vector<Tensor>& v) {
-                 Generator gen(9);
-                 return dropout(v[0], 0.3, gen);
-               },
-               {d});
-  compare_bf16("cat", [](const std::vector<Tensor>& v) { return cat({v[0], v[1]}, 1); },
-               {bf16_values({3, 4}, 47), bf16_values({3, 9}, 48)});
-}
-
-TEST_CASE("cuda bf16: attention (scores in f32, probabilities over their own rows) matches the f32 CPU op" *
-          doctest::skip(kNoGpu)) {
-  struct Sdpa {
-    int64_t B, NH, Tq, Tk, HS;
-    Causal causal;
-  };
-  for (const Sdpa& c : {Sdpa{2, 2, 5, 9, 8, Causal::yes}, Sdpa{1, 3, 7, 7, 4, Causal::no}, Sdpa{2, 1, 1, 1, 8, Causal::yes},
-                        Sdpa{1, 1, 50, 50, 4, Causal::yes}}) {  // Tk = 50 > 32 threads: rows rewritten in two chunks
-    Tensor q = bf16_values({c.B, c.NH, c.Tq, c.HS}, 50), k = bf16_values({c.B, c.NH, c.Tk, c.HS}, 51),
-           v = bf16_values({c.B, c.NH, c.Tk, c.HS}, 52);
-    compare_bf16(cat("sdpa B=", c.B, " NH=", c.NH, " Tq=", c.Tq, " Tk=", c.Tk, " HS=", c.HS, " causal=", int(c.causal)),
-                 [&](const std::vector<Tensor>& t) { return scaled_dot_product_attention(t[0], t[1], t[2], c.causal); },
-                 {q, k, v}, 1e-2, 2e-2);
-  }
-  struct Csa {
-    int64_t B, T, C, NH;
-  };
-  for (const Csa& c : {Csa{2, 17, 16, 2}, Csa{1, 40, 24, 3}, Csa{3, 1, 8, 2}}) {
-    Tensor qkv = bf16_values({c.B, c.T, 3 * c.C}, 53);
-    compare_bf16(cat("causal_self_attention B=", c.B, " T=", c.T, " C=", c.C, " NH=", c.NH),
-                 [&](const std::vector<Tensor>& t) { return causal_self_attention(t[0], c.NH); }, {qkv}, 1e-2, 2e-2);
-  }
+TEST_CASE("cuda bf16 op table: every op forward and backward in bf16 against f32 on the CPU" * doctest::skip(kNoGpu)) {
+  test::for_each_variant(test::Check::bf16, [](const test::OpCase& c, const test::Variant& v, size_t i) {
+    // Values rounded to bf16 and widened back: the CPU reference sees exactly the GPU's inputs.
+    test::Inputs leaves = make_leaves(v, i, DType::f32);
+    for (Tensor& t : leaves)
+      if (is_floating(t.dtype())) t = t.to(DType::bf16).to(DType::f32);
+    compare_bf16("bf16", [&](const test::Inputs& in) { return run(c, v, in); }, leaves, c.tol, c.bf16_output,
+                 c.backward);
+  });
 }
 
 TEST_CASE("cuda bf16: stochastic rounding on the GPU is the CPU kernel's, bit for bit, and unbiased" *
