@@ -239,7 +239,8 @@ StepRecord Trainer::train_step(int64_t step) {
   r.loss = o.loss;
   r.grad_norm = o.grad_norm;
   r.skipped = !o.finite;
-  r.tokens_per_s = double(c_.batch * c_.seq * c_.accumulation) / (r.ms / 1000);
+  // The whole job's rate: every rank trains as many tokens per step as this one.
+  r.tokens_per_s = double(c_.batch * c_.seq * c_.accumulation * comm_.world()) / (r.ms / 1000);
 
   if (first && c_.device.is_cpu()) {  // a CUDA step also holds cuBLAS's and CUB's scratch, which the plan omits
     const MemoryFigures m = measure(ledger_now, *optimizer_);
