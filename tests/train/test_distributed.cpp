@@ -106,7 +106,9 @@ TEST_CASE("distributed: a ZeRO-1 step equals the whole step for every optimizer 
     }
     const optim::OptimizerState a = whole->state_dict(), b = sharded->state_dict();  // gathered: whole tensors
     REQUIRE(a.tensors.size() == b.tensors.size());
-    for (const auto& [key, t] : a.tensors) {
+    for (const auto& entry : a.tensors) {
+      const std::string key = entry.first;  // not a structured binding: doctest's INFO captures it (clang)
+      const Tensor& t = entry.second;
       INFO("state ", key);
       REQUIRE(b.tensors.count(key) == 1);
       const Tensor& u = b.tensors.at(key);
