@@ -50,6 +50,27 @@ def write_shard(path, ntok, vocab, seed):
         tokens.tofile(f)
 
 
+def library_path(binary):
+    """Directories of the Python nvidia-* packages (PyTorch's cuDNN, cuBLAS, NVRTC) that hold libraries `ldd`
+    reports missing for the binary; empty when nothing is missing or ldd is absent."""
+    try:
+        out = subprocess.run(["ldd", binary], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    missing = {line.split()[0] for line in out.splitlines() if "not found" in line}
+    if not missing:
+        return []
+    import glob
+    import site
+    roots = site.getsitepackages() + [site.getusersitepackages()]
+    dirs = []
+    for root in roots:
+        for lib in glob.glob(os.path.join(root, "nvidia", "**", "lib*", "*.so*"), recursive=True):
+            if os.path.basename(lib) in missing and os.path.dirname(lib) not in dirs:
+                dirs.append(os.path.dirname(lib))
+    return dirs
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bin", default=os.environ.get("LLMC_BIN", ""), help="train_gpt2cu (default: $LLMC_BIN)")
@@ -95,6 +116,10 @@ def main():
     write_shard(train, ntok, V, seed=1)
     write_shard(val, max(batches) * T + 1, V, seed=2)
     total = args.warmup + args.steps
+    env = dict(os.environ)
+    libs = library_path(binary)
+    if libs:
+        env["LD_LIBRARY_PATH"] = ":".join(libs + [p for p in [env.get("LD_LIBRARY_PATH", "")] if p])
     for B in batches:
         cmd = [binary, "-i", train, "-j", val, "-e", model, "-b", str(B), "-t", str(T), "-x", str(total),
                "-l", "1e-4", "-c", "0.0", "-v", "1000000", "-m", "1", "-s", "0", "-h", "0"] + args.extra.split()
@@ -102,7 +127,8 @@ def main():
         t0 = time.perf_counter()
         try:
             with open(log, "w") as f:
-                rc = subprocess.run(cmd, cwd=work, stdout=f, stderr=subprocess.STDOUT, timeout=args.timeout).returncode
+                rc = subprocess.run(cmd, cwd=work, stdout=f, stderr=subprocess.STDOUT, timeout=args.timeout,
+                                    env=env).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
         wall = time.perf_counter() - t0
@@ -110,6 +136,8 @@ def main():
         ms = [float(m.group(3)) for m in map(STEP_RE.match, text.splitlines()) if m]
         row = {"peer": "llm.c", "dtype": "bf16", "optimizer": "adamw", "batch": B, "seq": T, "cmd": " ".join(cmd),
                "log": log, "wall_s": wall}
+        if libs:
+            row["library_path"] = ":".join(libs)
         mem, params = MEM_RE.search(text), PARAMS_RE.search(text)
         if mem:
             row["device_mb"], row["device_total_mb"] = int(mem.group(1)), int(mem.group(2))

@@ -91,6 +91,7 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="bf16: autocast over f32 parameters")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--compile-mode", default="default", help="torch.compile mode (default, max-autotune, ...)")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H100/H200 SXM: 989)")
     ap.add_argument("--json", action="store_true", help="one JSON object per optimizer")
     args = ap.parse_args()
@@ -128,7 +129,7 @@ def main():
     torch.manual_seed(0)
     model = build_model(torch, nn, F, Vp, args.block, L, H, C).to(dev)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    step_fn = torch.compile(model) if args.compile else model
+    step_fn = torch.compile(model, mode=args.compile_mode, dynamic=False) if args.compile else model
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, V, (args.batch, T), generator=g).to(dev)
     y = torch.randint(0, V, (args.batch, T), generator=g).to(dev)
@@ -192,7 +193,8 @@ def main():
         tokens_per_s = args.batch * T / (ms / 1000)
         out = {
             "peer": peer, "torch": torch.__version__, "device": str(dev), "dtype": args.dtype,
-            "compile": args.compile, "optimizer": name, "fused": bool(getattr(opt, "defaults", {}).get("fused")),
+            "compile": args.compile, "compile_mode": args.compile_mode if args.compile else None,
+            "optimizer": name, "fused": bool(getattr(opt, "defaults", {}).get("fused")),
             "params": N, "params_padded": sum(p.numel() for p in params), "layers": L, "width": C, "vocab": V,
             "vocab_padded": Vp, "batch": args.batch, "seq": T, "steps": args.steps, "warmup": args.warmup,
             "ms_per_step": ms, "best_ms": 1000 * times[0], "mean_ms": 1000 * sum(times) / len(times),
