@@ -50,22 +50,28 @@ def write_shard(path, ntok, vocab, seed):
         tokens.tofile(f)
 
 
-def library_path(binary):
-    """Directories of the Python nvidia-* packages (PyTorch's cuDNN, cuBLAS, NVRTC) that hold libraries `ldd`
-    reports missing for the binary; empty when nothing is missing or ldd is absent."""
+def ldd(binary, env=None):
     try:
-        out = subprocess.run(["ldd", binary], capture_output=True, text=True, timeout=30).stdout
+        return subprocess.run(["ldd", binary], capture_output=True, text=True, timeout=30, env=env).stdout
     except (OSError, subprocess.SubprocessError):
-        return []
-    missing = {line.split()[0] for line in out.splitlines() if "not found" in line}
+        return ""
+
+
+def library_path(binary):
+    """Directories that hold the libraries `ldd` reports missing for the binary: the CUDA toolkit's, then the
+    Python nvidia-* packages' (PyTorch's cuDNN, cuBLAS, NVRTC). Empty when nothing is missing or ldd is absent."""
+    missing = {line.split()[0] for line in ldd(binary).splitlines() if "not found" in line}
     if not missing:
         return []
     import glob
     import site
-    roots = site.getsitepackages() + [site.getusersitepackages()]
+    patterns = [os.path.join(d, "*.so*") for d in ("/usr/local/cuda/lib64", "/usr/local/cuda/lib",
+                                                   "/usr/local/cuda/targets/x86_64-linux/lib")]
+    for root in site.getsitepackages() + [site.getusersitepackages()]:
+        patterns.append(os.path.join(root, "nvidia", "**", "lib*", "*.so*"))
     dirs = []
-    for root in roots:
-        for lib in glob.glob(os.path.join(root, "nvidia", "**", "lib*", "*.so*"), recursive=True):
+    for pattern in patterns:
+        for lib in glob.glob(pattern, recursive=True):
             if os.path.basename(lib) in missing and os.path.dirname(lib) not in dirs:
                 dirs.append(os.path.dirname(lib))
     return dirs
@@ -84,6 +90,8 @@ def main():
     ap.add_argument("--timeout", type=float, default=120, help="seconds per run")
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--check", action="store_true",
+                    help="only check that the binary loads (its libraries resolve): exit 0 if so, else 1")
     args = ap.parse_args()
 
     def emit(obj):
@@ -101,7 +109,22 @@ def main():
     binary = os.path.abspath(args.bin) if args.bin else ""
     if not binary or not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
         emit({"peer": "llm.c", "skipped": f"llm.c binary not found at {binary or '(LLMC_BIN unset)'}"})
-        return 0
+        return 1 if args.check else 0
+    env = dict(os.environ)
+    libs = library_path(binary)
+    if libs:
+        env["LD_LIBRARY_PATH"] = ":".join(libs + [p for p in [env.get("LD_LIBRARY_PATH", "")] if p])
+    linked = ldd(binary, env)
+    cudnn = "libcudnn" in linked
+    if args.check:  # with a missing argument llm.c prints its usage and exits 1; a library that fails to load: 127
+        try:
+            rc = subprocess.run([binary, "-b"], capture_output=True, env=env, timeout=60).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+        print(f"llm.c binary {binary}: " + ("loads" if rc not in (127, "timeout") else f"does not load ({rc})") +
+              (", cuDNN attention" if cudnn else ", no cuDNN (llm.c's own attention kernels)") +
+              (f", library path {':'.join(libs)}" if libs else ""))
+        return 0 if rc not in (127, "timeout") else 1
     batches = [int(b) for b in args.batches.split(",") if b]
     T = args.seq
     V, C, L, block = 50257, 768, 12, 1024
@@ -116,10 +139,6 @@ def main():
     write_shard(train, ntok, V, seed=1)
     write_shard(val, max(batches) * T + 1, V, seed=2)
     total = args.warmup + args.steps
-    env = dict(os.environ)
-    libs = library_path(binary)
-    if libs:
-        env["LD_LIBRARY_PATH"] = ":".join(libs + [p for p in [env.get("LD_LIBRARY_PATH", "")] if p])
     for B in batches:
         cmd = [binary, "-i", train, "-j", val, "-e", model, "-b", str(B), "-t", str(T), "-x", str(total),
                "-l", "1e-4", "-c", "0.0", "-v", "1000000", "-m", "1", "-s", "0", "-h", "0"] + args.extra.split()
@@ -134,7 +153,8 @@ def main():
         wall = time.perf_counter() - t0
         text = open(log, errors="replace").read()
         ms = [float(m.group(3)) for m in map(STEP_RE.match, text.splitlines()) if m]
-        row = {"peer": "llm.c", "dtype": "bf16", "optimizer": "adamw", "batch": B, "seq": T, "cmd": " ".join(cmd),
+        row = {"peer": "llm.c", "dtype": "bf16", "optimizer": "adamw", "cudnn": cudnn, "batch": B, "seq": T,
+               "cmd": " ".join(cmd),
                "log": log, "wall_s": wall}
         if libs:
             row["library_path"] = ":".join(libs)

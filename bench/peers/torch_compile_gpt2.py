@@ -128,7 +128,7 @@ def main():
     flops_per_token = 6 * N + 6 * L * C * T
     torch.manual_seed(0)
     model = build_model(torch, nn, F, Vp, args.block, L, H, C).to(dev)
-    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    initial = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}  # off the GPU's peak
     step_fn = torch.compile(model, mode=args.compile_mode, dynamic=False) if args.compile else model
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, V, (args.batch, T), generator=g).to(dev)
