@@ -4,7 +4,10 @@
 llm.c is not part of this repository and is not built by it. To get the binary, build it yourself from llm.c's
 own repository with its Makefile (`make train_gpt2cu USE_CUDNN=1` for cuDNN's flash attention; see llm.c's
 README), then pass its path with --bin or the LLMC_BIN environment variable. Without it this prints
-"skipped: llm.c binary not found at ..." (a JSON object with "skipped" under --json) and exits 0.
+"skipped: llm.c binary not found at ..." (a JSON object with "skipped" under --json) and exits 0. (Seen with
+llm.c at f1e2ace (2025-05) and CUDA 13.0: its one cudaMemAdvise call needs the newer signature, which takes a
+cudaMemLocation, and a recent cudnn-frontend also needs -lnvrtc at link time.) --check only tells whether the
+binary loads.
 
 Each batch size is one run of the binary in a scratch directory: random initialisation (`-e d12`: GPT-2 124M,
 12 layers, width 768, vocabulary padded to 50304 as llm.c always does) or a weights file (--model), random token
