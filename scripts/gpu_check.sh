@@ -2,7 +2,7 @@
 # The one prepared check for the GPU machine (a fresh H100/H200 with nvcc, cmake, ninja and g++, nothing
 # installable): builds the CUDA backend for sm_90 (Release, only the targets needed), runs the CUDA tests and
 # the rest of the suite, compute-sanitizer memcheck on a subset, then the GPU benchmarks; writes the full log
-# to $OUT (or ./gpu-check-out) and prints a short table last. Every stage has a time limit (~5 min in all).
+# to $OUT (or ./gpu-check-out) and prints a short table last. Every stage has a time limit (~5 min in all before the peers stage).
 # Before the device call, on the CPU machine: scripts/gpu_deps.sh (packs OpenBLAS, PCRE2, nlohmann-json,
 # doctest and pkgconf into .gpu-carry/), then run this with carry [".gpu-carry"].
 # Environment: GPU_CHECK_SKIP="build sanitizer bench full train peers" to leave stages out ("build": use a carried
@@ -13,7 +13,8 @@
 # (bench/peers/llmc_gpu.py). GPU_PEERS_BATCHES (default "8 64 16 32", run in that order), GPU_PEERS_EAGER_BATCHES
 # ("8"), GPU_PEERS_COMPILE_BATCHES (as GPU_PEERS_BATCHES), GPU_PEERS_STEPS (10 timed steps after 3 warm-up steps),
 # GPU_PEERS_BUDGET (400 s: runs not started by then are skipped and said so; none runs past it by more than 60 s),
-# PYTHON (python3) for the peers. With all stages but "sanitizer full bench train" the check takes about 8 minutes.
+# PYTHON (python3) for the peers. Skipping "sanitizer full train", the check should take about 8 minutes (an
+# estimate: build ~1, peers stage up to GPU_PEERS_BUDGET + 1).
 # came-pytorch travels as a wheel in .whl/ (carry it too); without it the PyTorch CAME rows say skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
