@@ -2,7 +2,8 @@
 # The one prepared check for the GPU machine (a fresh H100/H200 with nvcc, cmake, ninja and g++, nothing
 # installable): builds the CUDA backend for sm_90 (Release, only the targets needed), runs the CUDA tests and
 # the rest of the suite, compute-sanitizer memcheck on a subset, then the GPU benchmarks; writes the full log
-# to $OUT (or ./gpu-check-out) and prints a short table last. Every stage has a time limit (~5 min in all before the peers stage).
+# to $OUT (or ./gpu-check-out) and prints a short table last. Every stage has a time limit (~5 min in all before
+# the peers stage).
 # Before the device call, on the CPU machine: scripts/gpu_deps.sh (packs OpenBLAS, PCRE2, nlohmann-json,
 # doctest and pkgconf into .gpu-carry/), then run this with carry [".gpu-carry"].
 # Environment: GPU_CHECK_SKIP="build sanitizer bench full train peers" to leave stages out ("build": use a carried
