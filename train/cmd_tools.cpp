@@ -77,7 +77,9 @@ int memory_of_shapes(const Flags& f) {
 int cmd_memory(const Args& args) {
   std::vector<FlagSpec> specs = model_flags("gpt2");
   for (auto& s : optimizer_flags()) {
-    if (s.name == "optimizer") s = {"optimizer", "comma-separated optimizers to compare", "came,adamw,adafactor"};
+    if (s.name == "optimizer")
+      s = {"optimizer", "comma-separated optimizers to compare, of " + optim::optimizer_names(" | ") +
+                            " (with --shapes: all of them unless given)", "came,adamw,adafactor"};
     specs.push_back(s);
   }
   specs.push_back({"batch", "micro-batch B (with --seq: add activations and the step's peak)", ""});

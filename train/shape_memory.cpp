@@ -170,7 +170,7 @@ const std::vector<ReferenceRule>& reference_rules() {
                    .why = "torch keeps each parameter's step count in a 0-d float32 tensor; tally counts steps in "
                           "an integer of the optimizer"}}},
       {.optimizer = "adafactor",
-       .implementation = "transformers.optimization.Adafactor (scale_parameter=False, relative_step=False)",
+       .implementation = "transformers' Adafactor (scale_parameter=False, relative_step=False)",
        .factoring = last_two,
        .extras = {{.state = "RMS", .shape = {}, .dtype = "float32", .bytes = 4,
                    .why = "transformers stores the parameter's RMS in a 0-d tensor each step, read only with "
@@ -303,9 +303,10 @@ std::string format_shapes_report(const ShapesReport& r, TensorListing listing) {
     out += cat("rank ", par.rank, " of ", par.world, " data-parallel ranks, ZeRO ", sharded(par) ? "1" : "0", ": ",
                sharded(par) ? "its part of each optimizer's state" : "the whole optimizer state on every rank",
                "; parameters and gradients whole on every rank\n");
-  out += cat("f32 training:  parameters ", format_bytes_exact(4 * n), ", gradients ", format_bytes_exact(4 * n), "\n");
-  out += cat("bf16 training: parameters ", format_bytes_exact(2 * n), ", gradients ", format_bytes_exact(2 * n),
-             ", and f32 master weights (", format_bytes_exact(4 * n), ", 'master') in the optimizer state\n");
+  out += cat("f32 training:  parameters ", format_bytes_exact(4 * n), " + gradients ", format_bytes_exact(4 * n), "\n");
+  out += cat("bf16 training: parameters ", format_bytes_exact(2 * n), " + gradients ", format_bytes_exact(2 * n),
+             ", and f32 master weights ('master', ", format_bytes_exact(4 * n), ") in the optimizer state: as many bytes ",
+             "as f32 training (bf16 saves activations and bandwidth)\n");
 
   // ---- totals ----
   const std::vector<const PlannedRow*> rows = by_state_bytes(r);
@@ -314,23 +315,24 @@ std::string format_shapes_report(const ShapesReport& r, TensorListing listing) {
     w = std::max(w, int(row->optimizer.label.size()));
     for (const auto& [kind, bytes] : row->f32.state_by_kind) w = std::max(w, 2 + int(kind.size()));
   }
-  out += cat("\noptimizer state, largest first (bytes; 'vs adamw': against AdamW's state",
-             par.world > 1 ? "; one rank" : "", "):\n");
-  std::snprintf(line, sizeof line, "%-*s %18s %11s %9s %18s %9s %18s %18s\n", w, "optimizer", "state (f32)", "",
-                "vs adamw", "f32 total", "", "state (bf16)", "bf16 total");
+  out += cat("\noptimizer state, largest first", par.world > 1 ? " (one rank)" : "",
+             "; 'total' adds the parameters and gradients:\n");
+  std::snprintf(line, sizeof line, "%-*s  %-29s %8s %11s   %-29s %11s\n", w, "", "f32 training", "", "",
+                "bf16 training", "");
   out += line;
-  std::snprintf(line, sizeof line, "%-*s %18s %11s %9s %18s %9s %18s %18s\n", w, "", "", "", "",
-                "params+grads+state", "", "with master", "params+grads+state");
+  std::snprintf(line, sizeof line, "%-*s  %17s %11s %8s %11s   %17s %11s %11s\n", w, "optimizer", "state bytes", "",
+                "vs adamw", "total", "state + master", "", "total");
   out += line;
   for (const PlannedRow* row : rows) {
     const StateFigures &a = row->f32, &b = row->bf16;
-    std::snprintf(line, sizeof line, "%-*s %18s %11s %9s %18s %9s %18s %18s\n", w, row->optimizer.label.c_str(),
+    std::snprintf(line, sizeof line, "%-*s  %17s %11s %8s %11s   %17s %11s %11s\n", w, row->optimizer.label.c_str(),
                   format_count(a.state).c_str(), format_bytes_human(a.state).c_str(),
-                  ratio(a.state, r.adamw_f32).c_str(), format_count(a.total()).c_str(),
-                  format_bytes_human(a.total()).c_str(), format_count(b.state).c_str(), format_count(b.total()).c_str());
+                  ratio(a.state, r.adamw_f32).c_str(), format_bytes_human(a.total()).c_str(),
+                  format_count(b.state).c_str(), format_bytes_human(b.state).c_str(),
+                  format_bytes_human(b.total()).c_str());
     out += line;
     for (const auto& [kind, bytes] : a.state_by_kind) {
-      std::snprintf(line, sizeof line, "  %-*s %18s\n", w - 2, kind.c_str(), format_count(bytes).c_str());
+      std::snprintf(line, sizeof line, "  %-*s  %17s\n", w - 2, kind.c_str(), format_count(bytes).c_str());
       out += line;
     }
   }
@@ -379,9 +381,11 @@ std::string format_shapes_report(const ShapesReport& r, TensorListing listing) {
     nw = std::max(nw, int(r.trained[g.first].name.size()));
     sw = std::max(sw, int(shape_text(r.trained[g.first].shape).size()));
   }
+  const std::string part = sharded(par) ? cat(", rank ", par.rank, "'s part") : "";
   out += listing == TensorListing::by_shape
-             ? "\nper tensor, grouped by shape (state bytes of one tensor, f32; --tensors lists every tensor):\n"
-             : "\nper tensor (state bytes, f32):\n";
+             ? cat("\nper tensor, grouped by shape (state bytes of one tensor, f32", part,
+                   "; --tensors lists every tensor):\n")
+             : cat("\nper tensor (state bytes, f32", part, "):\n");
   std::string head;
   if (listing == TensorListing::by_shape) {
     std::snprintf(line, sizeof line, "%-*s %7s  %-*s", sw, "shape", "tensors", nw, "for example");
@@ -410,40 +414,51 @@ std::string format_shapes_report(const ShapesReport& r, TensorListing listing) {
   }
 
   // ---- against the reference implementations ----
-  out += "\nagainst the reference implementations (f32 parameters):\n";
+  out += "\nagainst the reference implementations (f32 parameters, whole tensors):\n";
+  std::vector<const ReferenceRule*> cited;  // whose notes follow, in the order first cited
+  auto cite = [&](const ReferenceRule* rule) {
+    if (std::find(cited.begin(), cited.end(), rule) == cited.end()) cited.push_back(rule);
+  };
   for (const PlannedRow* row : rows) {
-    const std::string& label = row->optimizer.label;
+    std::snprintf(line, sizeof line, "  %-*s  ", w, row->optimizer.label.c_str());
+    out += line;
     const ReferenceRule* rule = find_reference_rule(row->optimizer.choice.name);
     if (!rule) {
-      out += cat("  ", label, ": no reference implementation recorded\n");
+      out += "no reference implementation recorded\n";
       continue;
     }
+    cite(rule);
     const std::vector<std::string> beyond = beyond_reference(*rule, row->optimizer.choice);
     if (!beyond.empty()) {
-      for (const std::string& s : beyond)
-        out += cat("  ", label, ": --", s, " is beyond ", rule->implementation, ": ", rule->beyond.at(s), "\n");
+      std::string settings;
+      for (const std::string& b : beyond) settings += (settings.empty() ? "--" : ", --") + b;
+      out += cat("beyond ", rule->implementation, ": ", settings, " (below)\n");
       continue;
     }
     if (sharded(par)) {
-      out += cat("  ", label, ": ", rule->implementation, " keeps whole tensors (compare with --zero 0)\n");
+      out += cat(rule->implementation, " keeps whole tensors: compare with --zero 0\n");
       continue;
     }
-    const int64_t ref = reference_bytes(r, *row, *rule);
-    out += cat("  ", label, ": ", rule->implementation, " allocates ", format_count(ref), " bytes");
-    if (rule->extras.empty()) {
-      out += ", the same state tensors\n";
-      continue;
-    }
-    out += ": the same state tensors, and per parameter";
-    for (const ReferenceExtra& x : rule->extras)
-      out += cat(" '", x.state, "' (0-d ", x.dtype, ", ", x.bytes, " bytes; ", x.why, ")");
-    out += "\n";
+    out += cat(rule->implementation, ": ", format_count(reference_bytes(r, *row, *rule)), " bytes");
+    std::string extras;
+    for (const ReferenceExtra& x : rule->extras) extras += cat(extras.empty() ? "" : ", ", "'", x.state, "'");
+    out += extras.empty() ? ", the same state tensors\n"
+                          : cat(": the same state tensors, and ", extras, " for each parameter\n");
   }
-  std::set<std::string> said;
-  for (const PlannedRow* row : rows)
-    if (const ReferenceRule* rule = find_reference_rule(row->optimizer.choice.name);
-        rule && !rule->factoring.empty() && said.insert(rule->implementation).second)
-      out += cat("  ", rule->implementation, " factors ", rule->factoring, "\n");
+  for (const ReferenceRule* rule : cited) {
+    std::string notes;
+    for (const ReferenceExtra& x : rule->extras)
+      notes += cat("    '", x.state, "': a 0-d ", x.dtype, " tensor (", x.bytes, " bytes) per parameter: ", x.why, "\n");
+    for (const std::string& k : rule->python_numbers) notes += cat("    '", k, "': a Python int, no tensor\n");
+    if (!rule->factoring.empty())
+      notes += cat("    factors ", rule->factoring, ", as tally does by default\n");
+    std::set<std::string> beyond;
+    for (const PlannedRow* row : rows)
+      if (row->optimizer.choice.name == rule->optimizer)
+        for (const std::string& b : beyond_reference(*rule, row->optimizer.choice)) beyond.insert(b);
+    for (const std::string& b : beyond) notes += cat("    --", b, " (tally only): ", rule->beyond.at(b), "\n");
+    if (!notes.empty()) out += cat("  ", rule->implementation, ":\n", notes);
+  }
   return out;
 }
 

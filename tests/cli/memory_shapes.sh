@@ -14,7 +14,9 @@ ref="$src/tests/reference/state_bytes"
 # A shape list: every registered optimizer, sorted by state bytes, with its reference and the factoring.
 "$tally" memory --shapes "$src/tests/data/gpt2_124m.shapes.json" >"$work/o" 2>&1 || fail "shape list: $(cat "$work/o")"
 grep -q "124,439,808 parameters in 148 tensors" "$work/o" || fail "parameter count: $(head -3 "$work/o")"
-for name in $("$tally" memory --help 2>&1 | sed -n 's/^ *--optimizer *\([a-z0-9 |]*\).*/\1/p' | tr -d '|'); do
+names=$("$tally" train --help 2>&1 | sed -n 's/^ *--optimizer VALUE *\([a-z0-9 |]*\) (default .*/\1/p' | tr -d '|')
+[ -n "$names" ] || fail "no optimizer names in tally train --help"
+for name in $names; do
   grep -q "^$name " "$work/o" || fail "optimizer $name is missing from the table"
 done
 grep -q "^came --came-bf16-m " "$work/o" || fail "no row for CAME's bf16 first moment"
@@ -22,7 +24,7 @@ grep -q "^adafactor --no-adafactor-beta1 " "$work/o" || fail "no row for Adafact
 grep -q "^sgd --momentum 0 " "$work/o" || fail "no row for SGD without momentum"
 grep -q "factored: last two dims 768x3072" "$work/o" || fail "no factoring note"
 grep -q "not factored: 1-D" "$work/o" || fail "no note for vectors"
-grep -q "came-pytorch 0.1.3 (came_pytorch.CAME) allocates" "$work/o" || fail "no reference comparison"
+grep -q "came-pytorch 0.1.3 (came_pytorch.CAME): 499,847,384 bytes" "$work/o" || fail "no reference comparison"
 # AdamW's state is 8 bytes a parameter, and the table is sorted largest first.
 grep -q "^adamw  *995,518,464 " "$work/o" || fail "AdamW's state: $(grep '^adamw' "$work/o")"
 first=$(grep -n "^adamw " "$work/o" | cut -d: -f1); last=$(grep -n "^sgd --momentum 0 " "$work/o" | cut -d: -f1)

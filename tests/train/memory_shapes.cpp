@@ -366,9 +366,11 @@ TEST_CASE("memory shapes: the report lists every optimizer, sorted by state byte
   const ShapesReport r = plan_shapes(m, all, {});
   const std::string text = format_shapes_report(r, TensorListing::by_shape);
   for (const optim::OptimizerEntry& e : optim::optimizers()) CHECK(text.find("\n" + e.name + " ") != std::string::npos);
-  CHECK(text.find("came-pytorch 0.1.3 (came_pytorch.CAME) allocates") != std::string::npos);
-  CHECK(text.find("'step' (0-d float32, 4 bytes;") != std::string::npos);
-  CHECK(text.find("--came-bf16-m is beyond came-pytorch 0.1.3") != std::string::npos);
+  CHECK(text.find("came-pytorch 0.1.3 (came_pytorch.CAME): ") != std::string::npos);
+  CHECK(text.find(" bytes: the same state tensors, and 'RMS' for each parameter") != std::string::npos);
+  CHECK(text.find("'step': a 0-d float32 tensor (4 bytes) per parameter") != std::string::npos);
+  CHECK(text.find("beyond came-pytorch 0.1.3 (came_pytorch.CAME): --came-bf16-m") != std::string::npos);
+  CHECK(text.find("--came-bf16-m (tally only): exp_avg is kept in bf16") != std::string::npos);
   CHECK(text.find("factored: last two dims 64x16") != std::string::npos);
   CHECK(text.find("not factored: 1-D") != std::string::npos);
   // Largest state first.
