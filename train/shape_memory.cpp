@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <set>
 
 #include "core/dist/communicator.h"
@@ -135,11 +136,7 @@ std::vector<PlannedOptimizer> with_state_variants(const std::vector<OptimizerCho
         } catch (const Error&) {
           continue;  // not a valid value for this optimizer
         }
-        std::string label = label_of(base);
-        label += s.kind == optim::SettingKind::value ? cat(" --", s.name, " ", value)
-                 : is_on(value)                       ? cat(" --", s.name)
-                                                      : cat(" without --", s.name);
-        out.push_back({.label = label, .choice = v, .varied = s.name});
+        out.push_back({.label = label_of(v), .choice = v, .varied = s.name});
       }
     }
   }
@@ -192,10 +189,15 @@ const ReferenceRule* find_reference_rule(std::string_view optimizer) {
 
 ShapesReport plan_shapes(ModelShapes model, const std::vector<OptimizerChoice>& optimizers, Parallelism parallel) {
   ShapesReport r{.model = std::move(model), .parallel = parallel};
+  // Every figure (state, masters, totals) is at most 32 bytes a parameter: this keeps them within 64 bits.
+  constexpr int64_t kMostParameters = std::numeric_limits<int64_t>::max() / 32;
   for (const ModelTensor& t : r.model.tensors)
     if (t.trained()) {
       r.trained.push_back(t);
-      r.parameter_count += numel(t.shape);
+      if (__builtin_add_overflow(r.parameter_count, numel(t.shape), &r.parameter_count) ||
+          r.parameter_count > kMostParameters)
+        fail("[memory] '", r.model.source, "': its tensors hold more than ", kMostParameters,
+             " elements in all, more than tally counts bytes of in 64 bits");
     }
   TALLY_CHECK(!r.trained.empty(), "[memory] '", r.model.source, "' holds no floating-point tensor to train (its ",
               r.model.tensors.size(), " tensors are integers or booleans)");

@@ -245,6 +245,15 @@ TEST_CASE("memory shapes: every setting that changes the state gets a row, and o
   for (const PlannedOptimizer& p : with_state_variants(all, {t[0], t[1]})) matrices.insert(p.label);
   CHECK(matrices.count("came --came-factor-largest") == 0);
   CHECK(matrices.count("came --came-bf16-m") == 1);
+  // Settings given on the command line stay in every row of their optimizer; a row names the value it tries.
+  OptimizerChoice sgd{.name = "sgd"};
+  sgd.settings.set("momentum", "0.5");
+  OptimizerChoice came{.name = "came"};
+  came.settings.set("came-bf16-m", "true");
+  std::vector<std::string> given;
+  for (const PlannedOptimizer& p : with_state_variants({sgd, came}, {t[0]})) given.push_back(p.label);
+  CHECK(given == std::vector<std::string>{"sgd --momentum 0.5", "sgd --momentum 0", "came --came-bf16-m",
+                                          "came without --came-bf16-m"});
 }
 
 TEST_CASE("memory shapes: a safetensors header, a sharded index and a shape list give the same tensors") {
@@ -353,6 +362,12 @@ TEST_CASE("memory shapes: bad input is a clear error naming the file and the ten
   write_safetensors_header(d / "one.safetensors", R"({"v":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8);
   CHECK(index_error(R"({"weight_map": {"w": "one.safetensors"}})").find("does not hold it") != std::string::npos);
   CHECK(index_error(R"({"weight_map": ["w"]})").find("\"weight_map\" must be an object") != std::string::npos);
+  // Tensors each within bounds, too many elements in all.
+  std::string huge = "[";
+  for (int i = 0; i < 64; ++i) huge += cat(i ? "," : "", R"({"name": "t)", i, R"(", "shape": [1073741824, 536870912]})");
+  write_text(d / "huge.json", huge + "]");
+  CHECK(error_of([&] { plan_shapes(read_model_shapes(d / "huge.json"), {{.name = "adamw"}}, {}); })
+            .find("elements in all") != std::string::npos);
   // Nothing to train.
   write_text(d / "ints.json", R"([{"name": "ids", "shape": [8], "dtype": "int64"}])");
   CHECK(error_of([&] { plan_shapes(read_model_shapes(d / "ints.json"), {{.name = "came"}}, {}); })
