@@ -339,18 +339,14 @@ std::string format_shapes_report(const ShapesReport& r, TensorListing listing) {
     }
   }
   if (par.world > 1) {
-    out += "\nper rank (f32 state bytes)";
-    if (par.world > 64) out += ": more than 64 ranks; --rank R gives one\n";
-    else {
-      out += ":\n";
-      for (const PlannedRow* row : rows) {
-        std::string ranks;
-        for (int64_t b : row->rank_state) ranks += (ranks.empty() ? "" : "  ") + format_count(b);
-        out += cat("  ", row->optimizer.label, ": ", ranks, "\n");
-      }
-      const PlannedRow& first = *rows.front();
-      out += cat("communication buffer (dist:bucket, f32 training): ", format_count(first.f32.comm_buffer),
-                 " bytes on every rank\n");
+    out += cat("\nf32 training, every rank: its state bytes",
+               par.world > 64 ? " (more than 64 ranks: --rank R gives one)" : "",
+               "; the communication buffer (dist:bucket) each rank holds:\n");
+    for (const PlannedRow* row : rows) {
+      std::string ranks;
+      for (int64_t b : row->rank_state) ranks += (ranks.empty() ? "" : "  ") + format_count(b);
+      std::snprintf(line, sizeof line, "  %-*s  ", w, row->optimizer.label.c_str());
+      out += cat(line, ranks, ranks.empty() ? "" : "; ", "buffer ", format_count(row->f32.comm_buffer), "\n");
     }
   }
 

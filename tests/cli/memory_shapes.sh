@@ -46,7 +46,8 @@ grep -q "^adamw " "$work/t" && fail "--optimizer came lists adamw"
 # ZeRO 1 over 4 ranks: one rank's part, every rank listed.
 "$tally" memory --shapes "$ref/conv_experts.json" --world 4 --zero 1 --rank 1 >"$work/z" 2>&1 || fail "zero 1: $(cat "$work/z")"
 grep -q "rank 1 of 4 data-parallel ranks, ZeRO 1" "$work/z" || fail "zero 1 header: $(head -3 "$work/z")"
-grep -q "per rank (f32 state bytes):" "$work/z" || fail "zero 1 per-rank figures"
+grep -q "f32 training, every rank: its state bytes" "$work/z" || fail "zero 1 per-rank figures"
+grep -q "^  adamw  *3,704  3,696  3,696  3,696; buffer 7,408$" "$work/z" || fail "zero 1 AdamW: $(grep '^  adamw ' "$work/z")"
 
 # Bad input: exit 1 with an error naming the file (and the tensor), or exit 2 for flags; never a crash.
 expect_error() {  # code, pattern, args...
