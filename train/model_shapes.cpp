@@ -120,13 +120,14 @@ ModelShapes read_shape_list(const fs::path& path, const ordered_json& doc) {
 ModelShapes read_index(const fs::path& path, const ordered_json& doc) {
   ModelShapes m{.source = path.string()};
   const std::string where = cat("[shapes] '", m.source, "': ");
-  const ordered_json& map = doc["weight_map"];
+  const ordered_json& map = doc.at("weight_map");
   if (!map.is_object()) fail(where, "\"weight_map\" must be an object {tensor name: shard file}");
   // The shards in the order the weight map first names them; each header read once.
   std::vector<std::string> shards;
   std::map<std::string, io::SafetensorsHeader> headers;
   for (const auto& [name, file] : map.items()) {
-    if (!file.is_string()) fail(where, "tensor '", name, "': its shard must be a file name, found a JSON ", file.type_name());
+    if (!file.is_string())
+      fail(where, "tensor '", name, "': its shard must be a file name, found a JSON ", file.type_name());
     const std::string shard = file.get<std::string>();
     if (shard.empty() || shard == "." || shard == ".." || shard.find('/') != std::string::npos ||
         shard.find('\\') != std::string::npos)
@@ -135,7 +136,8 @@ ModelShapes read_index(const fs::path& path, const ordered_json& doc) {
     const fs::path shard_path = path.parent_path() / shard;
     std::error_code ec;
     if (!fs::exists(shard_path, ec))
-      fail(where, "shard '", shard, "' (of tensor '", name, "') is not in ", path.parent_path().empty() ? "." : path.parent_path().string());
+      fail(where, "shard '", shard, "' (of tensor '", name, "') is not in ",
+           path.parent_path().empty() ? std::string(".") : path.parent_path().string());
     headers.emplace(shard, io::read_safetensors_header(shard_path));
     shards.push_back(shard);
   }

@@ -146,7 +146,8 @@ std::vector<PlannedOptimizer> with_state_variants(const std::vector<OptimizerCho
 // ---- the reference implementations ----
 
 const std::vector<ReferenceRule>& reference_rules() {
-  static const std::string last_two = "the last two dims of every tensor of 2 or more dims (factored = len(shape) >= 2)";
+  static const std::string last_two =
+      "the last two dims of every tensor of 2 or more dims (factored = len(shape) >= 2)";
   static const std::string largest =
       "factors the two largest dims, and only when the smaller of them is >= 128 (optax's rule), where the reference "
       "factors the last two dims of every tensor of 2 or more dims";
@@ -307,8 +308,8 @@ std::string format_shapes_report(const ShapesReport& r, TensorListing listing) {
                "; parameters and gradients whole on every rank\n");
   out += cat("f32 training:  parameters ", format_bytes_exact(4 * n), " + gradients ", format_bytes_exact(4 * n), "\n");
   out += cat("bf16 training: parameters ", format_bytes_exact(2 * n), " + gradients ", format_bytes_exact(2 * n),
-             ", and f32 master weights ('master', ", format_bytes_exact(4 * n), ") in the optimizer state: as many bytes ",
-             "as f32 training (bf16 saves activations and bandwidth)\n");
+             ", and f32 master weights ('master', ", format_bytes_exact(4 * n),
+             ") in the optimizer state: as many bytes as f32 training (bf16 saves activations and bandwidth)\n");
 
   // ---- totals ----
   const std::vector<const PlannedRow*> rows = by_state_bytes(r);
@@ -446,7 +447,8 @@ std::string format_shapes_report(const ShapesReport& r, TensorListing listing) {
   for (const ReferenceRule* rule : cited) {
     std::string notes;
     for (const ReferenceExtra& x : rule->extras)
-      notes += cat("    '", x.state, "': a 0-d ", x.dtype, " tensor (", x.bytes, " bytes) per parameter: ", x.why, "\n");
+      notes += cat("    '", x.state, "': a 0-d ", x.dtype, " tensor (", x.bytes, " bytes) per parameter: ", x.why,
+                   "\n");
     for (const std::string& k : rule->python_numbers) notes += cat("    '", k, "': a Python int, no tensor\n");
     if (!rule->factoring.empty())
       notes += cat("    factors ", rule->factoring, ", as tally does by default\n");
@@ -470,7 +472,8 @@ nlohmann::json shapes_report_json(const ShapesReport& r) {
               {"format", r.model.format},
               {"description", r.model.description},
               {"tensors", tensors},
-              {"parameters", {{"count", n}, {"tensors", r.trained.size()}, {"f32_bytes", 4 * n}, {"bf16_bytes", 2 * n}}},
+              {"parameters",
+               {{"count", n}, {"tensors", r.trained.size()}, {"f32_bytes", 4 * n}, {"bf16_bytes", 2 * n}}},
               {"world", r.parallel.world},
               {"zero", sharded(r.parallel) ? 1 : 0},
               {"rank", r.parallel.rank},
@@ -486,7 +489,8 @@ nlohmann::json shapes_report_json(const ShapesReport& r) {
         for (size_t i = 0; i < f.tensors.size(); ++i) {
           json states = json::array();
           for (const optim::StateSpec& s : f.tensors[i].states)
-            states.push_back({{"name", s.name}, {"shape", s.shape}, {"dtype", dtype_name(s.dtype)}, {"bytes", s.bytes()}});
+            states.push_back(
+                {{"name", s.name}, {"shape", s.shape}, {"dtype", dtype_name(s.dtype)}, {"bytes", s.bytes()}});
           ts.push_back({{"name", f.tensors[i].param},
                         {"shape", r.trained[i].shape},
                         {"factored", f.factoring[i].factored},
@@ -513,7 +517,8 @@ nlohmann::json shapes_report_json(const ShapesReport& r) {
     if (const ReferenceRule* rule = find_reference_rule(row.optimizer.choice.name)) {
       json extras = json::array();
       for (const ReferenceExtra& x : rule->extras)
-        extras.push_back({{"state", x.state}, {"shape", x.shape}, {"dtype", x.dtype}, {"bytes", x.bytes}, {"why", x.why}});
+        extras.push_back(
+            {{"state", x.state}, {"shape", x.shape}, {"dtype", x.dtype}, {"bytes", x.bytes}, {"why", x.why}});
       json beyond = json::object();
       for (const std::string& s : beyond_reference(*rule, row.optimizer.choice)) beyond[s] = rule->beyond.at(s);
       const int64_t bytes = reference_bytes(r, row, *rule);

@@ -44,7 +44,8 @@ std::string torch_dtype(DType d) {
 struct TempDir {
   fs::path path;
   TempDir() {
-    path = fs::temp_directory_path() / ("tally_shapes_" + std::to_string(::getpid()) + "_" + std::to_string(counter()++));
+    path = fs::temp_directory_path() /
+           ("tally_shapes_" + std::to_string(::getpid()) + "_" + std::to_string(counter()++));
     fs::create_directories(path);
   }
   ~TempDir() {
@@ -292,11 +293,10 @@ TEST_CASE("memory shapes: only the header of a large safetensors file is read") 
   const fs::path p = dir.path / "big.safetensors";
   const int64_t rows = 49152, cols = 65536;  // 3 Gi elements of BF16
   const uint64_t bytes = uint64_t(rows * cols) * 2;
-  write_safetensors_header(p,
-                           cat(R"({"__metadata__":{"format":"pt"},"w":{"dtype":"BF16","shape":[)", rows, ",", cols,
-                               R"(],"data_offsets":[0,)", bytes, R"(]},"pos":{"dtype":"I64","shape":[8],"data_offsets":[)",
-                               bytes, ",", bytes + 64, "]}}"),
-                           bytes + 64);
+  const std::string header = cat(R"({"__metadata__":{"format":"pt"},"w":{"dtype":"BF16","shape":[)", rows, ",", cols,
+                                 R"(],"data_offsets":[0,)", bytes, R"(]},)",
+                                 R"("pos":{"dtype":"I64","shape":[8],"data_offsets":[)", bytes, ",", bytes + 64, "]}}");
+  write_safetensors_header(p, header, bytes + 64);
   const ModelShapes m = read_model_shapes(p);
   REQUIRE(m.tensors.size() == 2);
   CHECK(m.tensors[0].shape == Shape{rows, cols});
@@ -364,7 +364,8 @@ TEST_CASE("memory shapes: bad input is a clear error naming the file and the ten
   CHECK(index_error(R"({"weight_map": ["w"]})").find("\"weight_map\" must be an object") != std::string::npos);
   // Tensors each within bounds, too many elements in all.
   std::string huge = "[";
-  for (int i = 0; i < 64; ++i) huge += cat(i ? "," : "", R"({"name": "t)", i, R"(", "shape": [1073741824, 536870912]})");
+  for (int i = 0; i < 64; ++i)
+    huge += cat(i ? "," : "", R"({"name": "t)", i, R"(", "shape": [1073741824, 536870912]})");
   write_text(d / "huge.json", huge + "]");
   CHECK(error_of([&] { plan_shapes(read_model_shapes(d / "huge.json"), {{.name = "adamw"}}, {}); })
             .find("elements in all") != std::string::npos);
