@@ -97,7 +97,9 @@ TEST_CASE("memory shapes: tally's state equals what the reference implementation
     // The shapes come through tally's own reader: the reference file is a shape list (an object with "tensors").
     const ModelShapes shapes = read_model_shapes(file);
     REQUIRE(shapes.tensors.size() == ref["tensors"].size());
-    for (const auto& [case_name, c] : ref["cases"].items()) {
+    for (const auto& item : ref["cases"].items()) {
+      const std::string case_name = item.key();  // not a structured binding: INFO captures it
+      const json& c = item.value();
       INFO(model, " / ", case_name, " (", c["reference"].get<std::string>(), ")");
       OptimizerChoice choice{.name = c["tally"]["optimizer"].get<std::string>()};
       for (const auto& [k, v] : c["tally"]["settings"].items()) choice.settings.set(k, v.get<std::string>());
@@ -125,7 +127,9 @@ TEST_CASE("memory shapes: tally's state equals what the reference implementation
           ++compared;
         }
         // Everything else the reference keeps is a documented difference, exactly as the rule states it.
-        for (const auto& [key, w] : want.items()) {
+        for (const auto& entry : want.items()) {
+          const std::string key = entry.key();
+          const json& w = entry.value();
           reference_total += w.value("bytes", int64_t(0));
           if (matched.count(key)) continue;
           INFO("reference-only state ", key);
