@@ -200,8 +200,8 @@ ShapesReport plan_shapes(ModelShapes model, const std::vector<OptimizerChoice>& 
         fail("[memory] '", r.model.source, "': its tensors hold more than ", kMostParameters,
              " elements in all, more than tally counts bytes of in 64 bits");
     }
-  TALLY_CHECK(!r.trained.empty(), "[memory] '", r.model.source, "' holds no floating-point tensor to train (its ",
-              r.model.tensors.size(), " tensors are integers or booleans)");
+  TALLY_CHECK(!r.trained.empty(), "[memory] '", r.model.source, "' holds no floating-point tensor to train (none of ",
+              "its ", r.model.tensors.size(), " tensors)");
   for (const PlannedOptimizer& p : with_state_variants(optimizers, r.trained)) {
     PlannedRow row{.optimizer = p};
     row.f32 = plan_state(r.trained, p.choice, DType::f32, parallel);
@@ -299,7 +299,7 @@ std::string format_shapes_report(const ShapesReport& r, TensorListing listing) {
       if (!t.trained()) skipped.insert(t.dtype);
     std::string kinds;
     for (const std::string& d : skipped) kinds += (kinds.empty() ? "" : ", ") + d;
-    out += cat(" (", r.model.tensors.size() - r.trained.size(), " integer or boolean tensors left out: ", kinds, ")");
+    out += cat(" (left out, not floating point: ", r.model.tensors.size() - r.trained.size(), " tensors of ", kinds, ")");
   }
   out += "\n";
   if (par.world > 1)
@@ -320,8 +320,7 @@ std::string format_shapes_report(const ShapesReport& r, TensorListing listing) {
   }
   out += cat("\noptimizer state, largest first", par.world > 1 ? " (one rank)" : "",
              "; 'total' adds the parameters and gradients:\n");
-  std::snprintf(line, sizeof line, "%-*s  %-29s %8s %11s   %-29s %11s\n", w, "", "f32 training", "", "",
-                "bf16 training", "");
+  std::snprintf(line, sizeof line, "%-*s  %-29s %8s %11s   %s\n", w, "", "f32 training", "", "", "bf16 training");
   out += line;
   std::snprintf(line, sizeof line, "%-*s  %17s %11s %8s %11s   %17s %11s %11s\n", w, "optimizer", "state bytes", "",
                 "vs adamw", "total", "state + master", "", "total");
