@@ -1,6 +1,8 @@
 // The HTML report of training runs (see report.h): reading run directories, downsampling, the page's data.
 #include "train/report.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -390,6 +392,12 @@ json config_and_plan(const fs::path& dir) {
     }
     RunConfig c = run_config(flags, DataResolution::skip);
     if (cfg.contains("model_config")) c.model = train::model_config_from_json(cfg["model_config"], path.string());
+    // Some CPU scratch is per thread (attention's): plan with the run's thread count, as its trainer did.
+    struct Threads {
+      int before = omp_get_max_threads();
+      ~Threads() { omp_set_num_threads(before); }
+    } restore;
+    if (c.threads > 0) omp_set_num_threads(c.threads);
     const StepShape shape{.batch = c.batch, .seq = c.seq, .accumulation = c.accumulation, .grad_clip = c.grad_clip,
                           .dtype = c.dtype};
     std::vector<optim::NamedShape> shapes;

@@ -181,7 +181,7 @@ const char* report_page_script() {
     const yMin = y0;
     const logY = !!o.logY && y0 > 0;
     if (logY) { y0 = Math.log10(y0); y1 = Math.log10(y1); }
-    if (y1 === y0) { y0 -= 0.5; y1 += 0.5; }
+    if (y1 === y0) { const d = logY ? 0.5 : Math.abs(y0) * 0.1 || 1; y0 -= d; y1 += d; }
     const padY = (y1 - y0) * 0.05;
     y0 -= padY; y1 += padY;
     if (!logY && yMin >= 0 && y0 < 0) y0 = 0;
@@ -387,7 +387,7 @@ const char* report_page_script() {
 
   // ---- optimizer internals ----
   const WHAT = {
-    update: 'RMS(u) of CAME\'s normalised update u = g · rsqrt(r / mean(r)) · rsqrt(c) (u = g · rsqrt(v) for a vector) before the clip u = u / max(1, RMS(u) / d), and after it; a step is clipped when RMS(u) > d, the clip threshold.',
+    update: 'RMS(u) of CAME\'s normalised update u = g · rsqrt(r / mean(r)) · rsqrt(c) (u = g · rsqrt(v) for a vector) before the clip u = u / max(1, RMS(u) / clip_threshold), and after it; a step is clipped when RMS(u) > clip_threshold.',
     moment: 'RMS of CAME\'s first moment m = b1 m + (1 − b1) u, the moving average of the clipped update (not of g), and of the change lr · update actually applied to the parameter.',
     confidence: 'CAME\'s confidence factors from the instability (u − m)² + eps2, whose row and column moving averages are R and C: per row rsqrt(R / mean(R)), per column rsqrt(C), and their product, the scale that multiplies m in update = m · rsqrt(R / mean(R)) · rsqrt(C) (large where updates agree with m, small where they are unstable). Each cell is the mean over the tensor\'s rows, columns or elements.',
     error: 'The factored second moment\'s error ‖V_factored − V_exact‖_F / ‖V_exact‖_F, where V_factored = r c / mean(r) stands for the exact moving average V of g² + eps1.',
@@ -446,7 +446,7 @@ const char* report_page_script() {
       const upd = sub('internals-update', 'Update RMS and the clip', WHAT.update);
       upd.append(h('div', {class: 'grid'},
         lineChart({title: `${t.param}: update RMS`, key: `${r.name}/update/${t.param}`, yLabel: 'RMS', logY: true,
-                   hlines: threshold ? [{y: threshold, label: `clip threshold d = ${threshold}`}] : [],
+                   hlines: threshold && t.series.clipped_update_rms ? [{y: threshold, label: `clip_threshold ${threshold}`}] : [],
                    series: [{name: 'before clip', key: `${r.name}/${t.param}/update_rms`, color: COLORS[0], points: tensorSeries(it, t, 'update_rms')},
                             {name: 'after clip', key: `${r.name}/${t.param}/clipped_update_rms`, color: COLORS[1], dash: true, points: tensorSeries(it, t, 'clipped_update_rms')}]}),
         h('div', {}, hm('update_rms', true), hm('clipped', false))));

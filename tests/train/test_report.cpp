@@ -164,6 +164,34 @@ TEST_CASE("report: a long run is downsampled within its budget, buckets keeping 
   CHECK(covered == 3000);
 }
 
+TEST_CASE("report: 100,000 steps with 150 tensors' internals every 100 steps make a page of a few MB") {
+  const fs::path dir = test::temp_dir("report_big");
+  {
+    RunLog log(dir / "log.jsonl", LogStart::fresh);
+    std::vector<optim::TensorInternals> tensors;
+    for (int i = 0; i < 150; ++i)
+      tensors.push_back(internals("transformer.h." + std::to_string(i / 12) + ".w" + std::to_string(i), 1.0, false, true));
+    for (int64_t s = 1; s <= 100000; ++s) {
+      log.step({.step = s, .loss = 3.0 + 1.0 / double(s), .lr = 1e-3, .grad_norm = 1, .ms = 10, .tokens_per_s = 1000});
+      if (s % 100 == 0) {
+        for (auto& t : tensors) t.update_rms = double(s);
+        log.optimizer_internals(s, tensors);
+      }
+    }
+  }
+  const json data = report_data({dir});
+  const json& run = data["runs"][0];
+  CHECK(run["summary"]["steps"] == 100000);
+  CHECK(run["series"]["loss"]["points"].size() <= 2000);
+  CHECK(run["internals"]["records"] == 1000);
+  CHECK(run["internals"]["tensors"].size() == 150);
+  CHECK(run["internals"]["first"].size() * 150 * 14 <= 200000);
+  const std::string html = report_html(data);
+  MESSAGE("page of 100,000 steps x 150 tensors: ", html.size(), " bytes");
+  CHECK(html.size() < 4'000'000);
+  fs::remove_all(dir);
+}
+
 TEST_CASE("report: steps a resumed run logged again are shown once; an unfinished last line is left out") {
   const fs::path dir = write_run("resumed", 6);
   {
