@@ -326,7 +326,7 @@ const char* report_page_script() {
         h('td', {}, c.model || '?'), num(`run/${r.name}/parameters`, c.parameters, count(c.parameters)),
         h('td', {}, c.batch ? `${c.batch} × ${c.seq} × ${c.accumulation}` : '?'),
         num(`run/${r.name}/steps`, r.summary.steps, `${count(r.summary.steps)}${c.steps ? ' of ' + count(c.steps) : ''}`),
-        h('td', {}, c.log_optim ? `every ${c.log_optim}` : 'off'), h('td', {}, c.device ? `${c.device} ${c.dtype}` : '?')));
+        h('td', {}, c.log_optim === undefined ? '?' : c.log_optim ? `every ${c.log_optim}` : 'off'), h('td', {}, c.device ? `${c.device} ${c.dtype}` : '?')));
     });
     sec.append(tbl);
     // How the page was made smaller.
@@ -553,7 +553,7 @@ const char* report_page_script() {
       box.append(owners);
     }
     // Every registered optimizer's state for this model.
-    const cmp = sub('memory-optimizers', 'Optimizer state of every optimizer, for this model', 'The state each optimizer tally registers would keep for this run\'s model, predicted from the parameters\' shapes with the run\'s settings (the same prediction tally memory prints), and the training step\'s peak with it; CAME keeps m plus row and column factors, AdamW two full-size moments, Adafactor only the factors (and m with beta1).');
+    const cmp = sub('memory-optimizers', 'Optimizer state of every optimizer, for this model', 'The state each optimizer tally registers would keep for this run\'s model, predicted from the parameters\' shapes with the run\'s settings (the same prediction tally memory prints), and the training step\'s peak with it; CAME keeps m plus row and column factors, AdamW two full-size moments, Adafactor the factors (and m, unless --no-adafactor-beta1).');
     if (!c.optimizers) {
       cmp.append(h('p', {class: 'note'}, c.error || 'No configuration: no prediction.'));
     } else {

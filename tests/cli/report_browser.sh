@@ -5,6 +5,7 @@
 # log.jsonl and `tally memory --json` (tests/cli/report_check.py reads them from the DOM Chromium leaves after the
 # script ran). A screenshot is left in the build directory (report-screenshot.png) for people to look at.
 # Without a Chromium that runs (scripts/install-deps.sh chromium installs one), the test is skipped (exit 77).
+# TALLY_CHROMIUM=PATH names the browser (Chromium or Chrome) when it is not chromium on PATH.
 set -uo pipefail
 tally="$1"
 src="$2"
@@ -14,8 +15,9 @@ trap 'rm -rf "$work"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 skip() { echo "cli report_browser: SKIPPED: $*"; exit 77; }
 
-browser=$(command -v chromium || command -v chromium-browser || true)
+browser=${TALLY_CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}
 [ -n "$browser" ] || skip "no chromium on PATH (scripts/install-deps.sh chromium installs it)"
+[ -x "$browser" ] || skip "TALLY_CHROMIUM=$browser is not an executable"
 command -v python3 >/dev/null || skip "no python3 to read the page's DOM"
 flags=(--headless --disable-gpu --no-first-run --hide-scrollbars --user-data-dir="$work/profile")
 [ "$(id -u)" -eq 0 ] && flags+=(--no-sandbox)  # Chromium refuses to run as root with its sandbox
