@@ -159,7 +159,10 @@ class InternalsBuckets {
     TALLY_CHECK(entries.is_array(), where, ": \"optim\" is not an array");
     if (records_ == 0) {
       const int64_t per_bucket_numbers = std::max<int64_t>(1, int64_t(entries.size()) * kNumFields);
-      max_buckets_ = std::clamp<int64_t>(budget_ / per_bucket_numbers, 16, max_points_) & ~int64_t(1);
+      // Within the budget, but never fewer than 16 buckets (nor more than a training series' points); even, so
+      // that merging pairs leaves every bucket but the last full.
+      const int64_t fit = std::max<int64_t>(16, budget_ / per_bucket_numbers);
+      max_buckets_ = std::max<int64_t>(2, std::min(fit, max_points_)) & ~int64_t(1);
     }
     if (buckets_.empty() || buckets_.back().records == per_bucket_) {
       if (int64_t(buckets_.size()) == max_buckets_) merge_pairs();

@@ -36,7 +36,9 @@ std::vector<StepPoint> downsample_min_max(const std::vector<StepPoint>& points, 
 
 // The page's data for these run directories (each holds log.jsonl, and config.json for the memory panel). A
 // missing directory or log, or a line of log.jsonl that is not a record, is a tally::Error naming the file (and
-// line). `names`: one per run (empty: the directories' names).
+// line); an unfinished last line (a run killed while writing it) is left out, and the page says so. Without a
+// readable config.json the page has no memory plan and says why. `names`: one per run (empty: the directories'
+// names).
 nlohmann::json report_data(const std::vector<std::filesystem::path>& runs, const std::vector<std::string>& names = {},
                            const ReportOptions& options = {});
 // The whole page for that data.

@@ -553,7 +553,7 @@ const char* report_page_script() {
       box.append(owners);
     }
     // Every registered optimizer's state for this model.
-    const cmp = sub('memory-optimizers', 'Optimizer state of every optimizer, for this model', 'The state each optimizer tally registers would keep for this run\'s model, predicted from the parameters\' shapes with the run\'s settings (the same prediction tally memory prints), and the training step\'s peak with it; CAME keeps m plus row and column factors, AdamW two full-size moments, Adafactor the factors (and m, unless --no-adafactor-beta1).');
+    const cmp = sub('memory-optimizers', 'Optimizer state of every optimizer, for this model', 'The state each optimizer tally registers would keep for this run\'s model, predicted from the parameters\' shapes with the run\'s settings for one process (the same prediction tally memory prints), and the training step\'s peak with it; CAME keeps m plus row and column factors, AdamW two full-size moments, Adafactor the factors (and m, unless --no-adafactor-beta1).');
     if (!c.optimizers) {
       cmp.append(h('p', {class: 'note'}, c.error || 'No configuration: no prediction.'));
     } else {
