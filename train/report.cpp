@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/io/file.h"
 #include "core/ledger.h"
+#include "data/utf8.h"
 #include "optim/clip.h"
 #include "optim/registry.h"
 #include "train/memory_plan.h"
@@ -306,9 +307,7 @@ struct RunLogData {
 
 // Reads log.jsonl. Records of a step already read (a resumed run repeats the steps after its checkpoint: bit for bit,
 // but for their timing) are counted and left out.
-RunLogData read_log(const fs::path& log, InternalsBuckets& internals) {
-  std::ifstream in(log);
-  TALLY_CHECK(in.is_open(), "cannot read '", log.string(), "'");
+RunLogData read_log(std::istream& in, const std::string& name, InternalsBuckets& internals) {
   RunLogData d;
   int64_t last_step = -1, last_val = -1, last_optim = -1;
   std::string line;
@@ -317,7 +316,7 @@ RunLogData read_log(const fs::path& log, InternalsBuckets& internals) {
     ++line_no;
     const bool terminated = !in.eof();
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = cat(log.string(), ":", line_no);
+    const std::string where = cat(name, ":", line_no);
     json r = json::parse(line, nullptr, false);
     if (r.is_discarded() || !r.is_object()) {
       // A run killed while writing leaves its last line unfinished: that line alone is left out.
@@ -446,10 +445,35 @@ json run_json(const fs::path& dir, const std::string& name, const ReportOptions&
   TALLY_CHECK(fs::is_directory(dir), "'", dir.string(), "' is not a run directory (not a directory)");
   const fs::path log = dir / "log.jsonl";
   TALLY_CHECK(fs::exists(log), "no log.jsonl in '", dir.string(), "' (a run directory of tally train has one)");
-  InternalsBuckets internals(options.internals_numbers, options.max_points);
-  const RunLogData d = read_log(log, internals);
+  std::ifstream in(log);
+  TALLY_CHECK(in.is_open(), "cannot read '", log.string(), "'");
   json config = config_and_plan(dir);
+  json run = log_data(in, log.string(), options, config.contains("grad_clip") ? config["grad_clip"].get<double>() : 0);
+  run["name"] = name;
+  run["dir"] = dir.string();
+  run["config"] = config;
+  return run;
+}
 
+std::string html_escape(const std::string& s) {
+  std::string out;
+  for (char ch : s) {
+    switch (ch) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      default: out += ch;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+json log_data(std::istream& log, const std::string& where, const ReportOptions& options, double grad_clip) {
+  InternalsBuckets internals(options.internals_numbers, options.max_points);
+  const RunLogData d = read_log(log, where, internals);
   json summary = {{"steps", d.loss.size()}, {"skipped", d.skipped}, {"skipped_steps", d.skipped_steps},
                   {"repeated_records", d.repeated}, {"unknown_records", d.unknown},
                   {"incomplete_last_line", d.incomplete_last_line}};
@@ -473,41 +497,21 @@ json run_json(const fs::path& dir, const std::string& name, const ReportOptions&
     summary["mean_tokens_per_s"] = sum / double(d.tokens_per_s.size() - 1);
   }
   // Global gradient-norm clipping: the steps whose gradients the clip scaled down (as the step computes it).
-  if (config.contains("grad_clip")) {
-    const double clip = config["grad_clip"].get<double>();
+  if (grad_clip > 0) {
     int64_t clipped = 0;
-    if (clip > 0)
-      for (const StepPoint& p : d.grad_norm) clipped += optim::clip_coefficient(p.value, clip) < 1.0 ? 1 : 0;
-    summary["grad_clip"] = clip;
+    for (const StepPoint& p : d.grad_norm) clipped += optim::clip_coefficient(p.value, grad_clip) < 1.0 ? 1 : 0;
+    summary["grad_clip"] = grad_clip;
     summary["grad_clipped_steps"] = clipped;
   }
-
-  json run = {{"name", name}, {"dir", dir.string()}, {"summary", summary}, {"config", config},
-              {"series", {{"loss", series_json(d.loss, options.max_points)},
-                          {"lr", series_json(d.lr, options.max_points)},
-                          {"grad_norm", series_json(d.grad_norm, options.max_points)},
-                          {"tokens_per_s", series_json(d.tokens_per_s, options.max_points)},
-                          {"val_loss", series_json(d.val_loss, options.max_points)}}},
-              {"internals", internals.empty() ? json(nullptr) : internals.to_json()},
-              {"memory", d.memory}, {"comm", d.comm}};
-  return run;
+  return {{"summary", summary},
+          {"series", {{"loss", series_json(d.loss, options.max_points)},
+                      {"lr", series_json(d.lr, options.max_points)},
+                      {"grad_norm", series_json(d.grad_norm, options.max_points)},
+                      {"tokens_per_s", series_json(d.tokens_per_s, options.max_points)},
+                      {"val_loss", series_json(d.val_loss, options.max_points)}}},
+          {"internals", internals.empty() ? json(nullptr) : internals.to_json()},
+          {"memory", d.memory}, {"comm", d.comm}};
 }
-
-std::string html_escape(const std::string& s) {
-  std::string out;
-  for (char ch : s) {
-    switch (ch) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += ch;
-    }
-  }
-  return out;
-}
-
-}  // namespace
 
 json report_data(const std::vector<fs::path>& runs, const std::vector<std::string>& names, const ReportOptions& options) {
   TALLY_CHECK(!runs.empty(), "report: no run directory given");
@@ -530,16 +534,17 @@ json report_data(const std::vector<fs::path>& runs, const std::vector<std::strin
 }
 
 std::string report_html(const json& data) {
-  // JSON in a <script> element: a '<' only ever occurs inside strings, where \u003c means the same.
+  // JSON in a <script> element: a '<' only ever occurs inside strings, where \u003c means the same. Bytes that are
+  // no UTF-8 (a parameter name in a hand-edited log) become U+FFFD.
   std::string payload;
-  for (char ch : data.dump()) {
+  for (char ch : data.dump(-1, ' ', false, json::error_handler_t::replace)) {
     if (ch == '<') payload += "\\u003c";
     else payload += ch;
   }
   std::string title = "tally report:";
   for (const json& r : data["runs"]) {
     title += ' ';
-    title += r["name"].get<std::string>();
+    title += data::to_valid_utf8(r["name"].get<std::string>());
   }
   std::string html;
   html += "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n";

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <istream>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,10 @@ std::vector<StepPoint> downsample_min_max(const std::vector<StepPoint>& points, 
 // names).
 nlohmann::json report_data(const std::vector<std::filesystem::path>& runs, const std::vector<std::string>& names = {},
                            const ReportOptions& options = {});
+// The part of a run's data read from its log.jsonl, given as `log` (`where` names it in errors):
+// {"summary", "series", "internals", "memory", "comm"}. grad_clip > 0: the summary counts the steps it clipped.
+nlohmann::json log_data(std::istream& log, const std::string& where, const ReportOptions& options = {},
+                        double grad_clip = 0);
 // The whole page for that data.
 std::string report_html(const nlohmann::json& data);
 // report_data + report_html, written to `out` (replaced atomically).

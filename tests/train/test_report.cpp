@@ -2,7 +2,7 @@
 // uses: series and internals exact when they fit, bounded and faithful when downsampled (min/max kept, bucket
 // means, fractions clipped), steps a resumed run logged twice shown once, an unfinished last line left out, and
 // every bad input (missing directory or log, a corrupt line, a field of the wrong type) a tally::Error naming the
-// file and line. The page itself is opened in a browser by tests/cli/report.sh.
+// file and line. tests/fuzz/fuzz_report_log.cpp tries any text as a log. The page itself is opened in a browser by tests/cli/report.sh.
 #include <doctest/doctest.h>
 
 #include <fstream>
@@ -243,6 +243,9 @@ TEST_CASE("report: the page embeds its data where no text of it can end the scri
   CHECK(html.find("<title>tally report: a&lt;/script&gt;&lt;b&gt;</title>") != std::string::npos);
   CHECK(html.find("http://") == html.find("http://www.w3.org/2000/svg"));  // nothing is fetched
   CHECK(html.find("https://") == std::string::npos);
+  // A run directory whose name is no UTF-8 (JSON cannot hold it): its bytes become U+FFFD, nothing throws.
+  const std::string named = report_html(report_data({dir}, {"run\xff"}));
+  CHECK(named.find("<title>tally report: run\xef\xbf\xbd</title>") != std::string::npos);
 }
 
 }  // TEST_SUITE
