@@ -2,7 +2,8 @@
 // uses: series and internals exact when they fit, bounded and faithful when downsampled (min/max kept, bucket
 // means, fractions clipped), steps a resumed run logged twice shown once, an unfinished last line left out, and
 // every bad input (missing directory or log, a corrupt line, a field of the wrong type) a tally::Error naming the
-// file and line. tests/fuzz/fuzz_report_log.cpp tries any text as a log. The page itself is opened in a browser by tests/cli/report.sh.
+// file and line. tests/fuzz/fuzz_report_log.cpp tries any text as a log; tests/cli/report_browser.sh opens the
+// page in a browser.
 #include <doctest/doctest.h>
 
 #include <fstream>
