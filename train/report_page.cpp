@@ -441,8 +441,11 @@ const char* report_page_script() {
       body.textContent = '';
       const t = it.tensors.find(x => x.param === state.tensor);
       const cols = {first: it.first, last: it.last, count: it.count};
-      const hm = (field, log) => heatmap({title: FIELD_LABEL[field], key: `${r.name}/${field}`, cols, log,
-                                           rows: heatRows(it.tensors, field, state.byLayer)});
+      const hm = (field, log) => {
+        const rows = heatRows(it.tensors, field, state.byLayer);
+        if (!rows.length) return h('p', {class: 'muted'}, `${FIELD_LABEL[field]}: not recorded by ${opt}.`);
+        return heatmap({title: FIELD_LABEL[field], key: `${r.name}/${field}`, cols, log, rows});
+      };
       const upd = sub('internals-update', 'Update RMS and the clip', WHAT.update);
       upd.append(h('div', {class: 'grid'},
         lineChart({title: `${t.param}: update RMS`, key: `${r.name}/update/${t.param}`, yLabel: 'RMS', logY: true,
