@@ -11,9 +11,9 @@ namespace tally::cli {
 
 int cmd_report(const Args& args) {
   Flags f("report",
-          "write one self-contained HTML page (no network needed) of training runs: loss, learning rate, gradient "
-          "norm, throughput; the optimizer's internals logged with --log-optim; memory predicted and measured. "
-          "Usage: tally report RUN_DIR [RUN_DIR ...] [--out FILE]",
+          "tally report RUN_DIR [RUN_DIR ...] [--out FILE]: one self-contained HTML page (nothing fetched, opens "
+          "from disk) of training runs: loss, learning rate, gradient norm, throughput; the optimizer's internals "
+          "logged with --log-optim; memory predicted and measured",
           {{"out", "the page to write (default: RUN_DIR/report.html for one run, report.html here for several)", ""},
            {"max-points", "points kept per training series (longer ones are downsampled, min and max per bucket)",
             "2000"}});
