@@ -158,17 +158,22 @@ const char* report_page_script() {
 
   // A line chart. series: [{name, key, color, dash, markers, points: [[step, value], ...]}]; hlines: [{y, label}].
   function lineChart(o) {
-    const W = 560, H = 270, L = 64, R = 14, T = 48, B = 36, pw = W - L - R, ph = H - T - B;
+    // The legend under the title, in as many rows as it needs; the plot starts below it.
+    const W = 560, L = 64, R = 14, B = 36, legend = [];
+    let lx = 4, ly = 28;
+    for (const sr of o.series) {
+      const w = 32 + 6.5 * sr.name.length;
+      if (lx > 4 && lx + w > W) { lx = 4; ly += 13; }
+      legend.push({sr, x: lx, y: ly});
+      lx += w;
+    }
+    const T = ly + 20, H = T + 186 + B, pw = W - L - R, ph = H - T - B;
     const svgEl = s('svg', {class: 'chart', width: W, height: H, viewBox: `0 0 ${W} ${H}`, 'data-chart': o.key,
                             role: 'img', 'aria-label': o.title});
     svgEl.append(s('text', {x: 4, y: 14, class: 'title', text: o.title}));
-    let lx = 4;
-    for (const sr of o.series) {
-      const label = s('text', {x: lx + 18, y: 28, text: sr.name});
-      svgEl.append(s('line', {x1: lx, x2: lx + 14, y1: 24, y2: 24, stroke: sr.color, 'stroke-width': 2.5,
-                              'stroke-dasharray': sr.dash ? '5 3' : null}), label);
-      lx += 32 + 6.5 * sr.name.length;
-    }
+    for (const {sr, x, y} of legend)
+      svgEl.append(s('line', {x1: x, x2: x + 14, y1: y - 4, y2: y - 4, stroke: sr.color, 'stroke-width': 2.5,
+                              'stroke-dasharray': sr.dash ? '5 3' : null}), s('text', {x: x + 18, y, text: sr.name}));
     const pts = o.series.flatMap(sr => sr.points);
     if (!pts.length) {
       svgEl.append(s('text', {x: L + pw / 2, y: T + ph / 2, 'text-anchor': 'middle', text: 'nothing logged'}));
