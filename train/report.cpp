@@ -15,7 +15,6 @@
 
 #include "core/error.h"
 #include "core/io/file.h"
-#include "core/ledger.h"
 #include "data/utf8.h"
 #include "optim/clip.h"
 #include "optim/registry.h"
