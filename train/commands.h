@@ -12,6 +12,7 @@ int cmd_demo(const Args& args);     // train/cmd_demo.cpp: a short autograd demo
 int cmd_prepare(const Args& args);  // train/cmd_prepare.cpp: text -> llm.c token shards
 int cmd_train(const Args& args);    // train/cmd_train.cpp: the main job
 int cmd_compare(const Args& args);  // train/cmd_compare.cpp: several optimizers, one report
+int cmd_report(const Args& args);   // train/cmd_report.cpp: the HTML report of runs
 int cmd_memory(const Args& args);   // train/cmd_tools.cpp: the exact memory plan, without allocating
 int cmd_inspect(const Args& args);  // train/cmd_tools.cpp: optimizer state in a checkpoint
 int cmd_eval(const Args& args);     // train/cmd_tools.cpp: loss of a model on shards

@@ -25,6 +25,7 @@ const std::map<std::string, Command>& commands() {
       {"prepare", {tally::cli::cmd_prepare, "tokenize a UTF-8 text file into llm.c token shards"}},
       {"train", {tally::cli::cmd_train, "train a GPT-2 (default: small preset, Tiny Shakespeare, CAME, CPU)"}},
       {"compare", {tally::cli::cmd_compare, "train with several optimizers and write a report"}},
+      {"report", {tally::cli::cmd_report, "an HTML page of runs: training curves, optimizer internals, memory"}},
       {"memory", {tally::cli::cmd_memory, "the exact memory plan of a model and optimizers, without allocating"}},
       {"inspect", {tally::cli::cmd_inspect, "per-tensor optimizer state of a checkpoint"}},
       {"eval", {tally::cli::cmd_eval, "mean loss of a model over token shards"}},

@@ -245,7 +245,7 @@ StepRecord Trainer::train_step(int64_t step) {
   if (first && c_.device.is_cpu()) {  // a CUDA step also holds cuBLAS's and CUB's scratch, which the plan omits
     const MemoryFigures m = measure(ledger_now, *optimizer_);
     std::printf("after step %lld, measured beside predicted:\n%s\n", (long long)step, format_plan(predicted_, &m).c_str());
-    if (log_) log_->memory(step, predicted_.total, m.total);
+    if (log_) log_->memory(step, predicted_, m);
   }
   if (first && parallel_ && log_) log_->communication(step, parallel_->bytes_per_step(), comm_.float_bytes() - sent_before);
   if (log_) log_->step(r);

@@ -31,8 +31,9 @@ for n in 2 3; do
 done
 
 common=(--model tiny --batch 2 --seq 32 --threads 1 --val-batches 2 --eval-every 0 --warmup 2 --no-shuffle)
-# "step loss" per training step, from a run's log (nlohmann writes keys in order: loss before step).
-losses() { sed -n 's/.*"loss":\([^,}]*\).*"step":\([0-9]*\).*/\2 \1/p' "$1/log.jsonl"; }
+# "step loss" per training step, from a run's log: its step records, which begin with "grad_norm" (nlohmann writes
+# keys in order: grad_norm, loss, ..., step); other records may hold a "loss" key too (the memory record's owners).
+losses() { sed -n 's/^{"grad_norm":[^,]*,"loss":\([^,}]*\),.*"step":\([0-9]*\).*/\2 \1/p' "$1/log.jsonl"; }
 # Largest relative difference of the losses of two runs.
 worst() { paste <(losses "$1") <(losses "$2") | awk '{ d = $2 - $4; if (d < 0) d = -d; r = d / ($4 < 0 ? -$4 : $4); if (r > m) m = r } END { printf "%.3g\n", m }'; }
 
