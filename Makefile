@@ -37,7 +37,9 @@ configure: deps
 build: configure
 	@cmake --build $(BUILD) -j $(JOBS)
 
+# Chromium for the report's browser test, best effort: where it cannot be installed the test says so and is skipped.
 test: build
+	@scripts/install-deps.sh chromium || echo "make test: Chromium could not be installed; tests/cli/report_browser.sh will be skipped"
 	@cd $(BUILD) && ctest --output-on-failure
 
 test-sanitize: deps deps-clang
