@@ -14,7 +14,7 @@
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-namespace tally::cli {
+namespace tally::train {
 
 int cmd_compare(const Args& args) {
   std::vector<FlagSpec> specs;
@@ -97,4 +97,4 @@ int cmd_compare(const Args& args) {
   return 0;
 }
 
-}  // namespace tally::cli
+}  // namespace tally::train

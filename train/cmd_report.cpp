@@ -7,7 +7,7 @@
 
 namespace fs = std::filesystem;
 
-namespace tally::cli {
+namespace tally::train {
 
 int cmd_report(const Args& args) {
   Flags f("report",
@@ -29,4 +29,4 @@ int cmd_report(const Args& args) {
   return 0;
 }
 
-}  // namespace tally::cli
+}  // namespace tally::train

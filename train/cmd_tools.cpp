@@ -27,7 +27,7 @@
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-namespace tally::cli {
+namespace tally::train {
 
 namespace {
 
@@ -387,4 +387,4 @@ int cmd_sample(const Args& args) {
   return 0;
 }
 
-}  // namespace tally::cli
+}  // namespace tally::train

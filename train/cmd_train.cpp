@@ -10,7 +10,7 @@
 #include "train/report.h"
 #include "train/trainer.h"
 
-namespace tally::cli {
+namespace tally::train {
 
 int cmd_train(const Args& args) {
   // Data-parallel (mpirun -np N tally train ...): rank 0 alone prints; the others' errors still reach stderr.
@@ -60,4 +60,4 @@ int cmd_train(const Args& args) {
   return 0;
 }
 
-}  // namespace tally::cli
+}  // namespace tally::train

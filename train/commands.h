@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-namespace tally::cli {
+namespace tally::train {
 
 using Args = std::vector<std::string>;
 
@@ -19,4 +19,4 @@ int cmd_eval(const Args& args);     // train/cmd_tools.cpp: loss of a model on s
 int cmd_export(const Args& args);   // train/cmd_tools.cpp: llm.c / safetensors / Hugging Face directory
 int cmd_sample(const Args& args);   // train/cmd_tools.cpp: generate text
 
-}  // namespace tally::cli
+}  // namespace tally::train

@@ -11,7 +11,7 @@
 #include "core/cuda/runtime.h"
 #endif
 
-namespace tally::cli {
+namespace tally::train {
 
 MemoryFigures measure(const Ledger& l, const optim::Optimizer& optimizer) {
   MemoryFigures m;
@@ -236,4 +236,4 @@ std::string memory_advice(const models::GPT2Config& model, const OptimizerChoice
   return out;
 }
 
-}  // namespace tally::cli
+}  // namespace tally::train

@@ -15,7 +15,7 @@
 #include "train/data_parallel.h"
 #include "train/setup.h"
 
-namespace tally::cli {
+namespace tally::train {
 
 struct MemoryFigures {
   int64_t parameters = 0;                        // live bytes (requested)
@@ -84,4 +84,4 @@ int64_t largest_fitting_batch(const models::GPT2Config& model, const OptimizerCh
 std::string memory_advice(const models::GPT2Config& model, const OptimizerChoice& optimizer, StepShape shape,
                           const MemoryFigures& predicted, const MemoryBudget& budget);
 
-}  // namespace tally::cli
+}  // namespace tally::train

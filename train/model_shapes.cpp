@@ -12,7 +12,7 @@
 
 namespace fs = std::filesystem;
 
-namespace tally::cli {
+namespace tally::train {
 
 namespace {
 
@@ -185,4 +185,4 @@ ModelShapes read_model_shapes(const fs::path& path) {
   return m;
 }
 
-}  // namespace tally::cli
+}  // namespace tally::train

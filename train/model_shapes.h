@@ -15,7 +15,7 @@
 
 #include "core/shape.h"
 
-namespace tally::cli {
+namespace tally::train {
 
 struct ModelTensor {
   std::string name = {};
@@ -38,4 +38,4 @@ struct ModelShapes {
 // as a safetensors file.
 ModelShapes read_model_shapes(const std::filesystem::path& path);
 
-}  // namespace tally::cli
+}  // namespace tally::train

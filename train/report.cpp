@@ -25,7 +25,7 @@
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-namespace tally::cli {
+namespace tally::train {
 
 std::vector<StepPoint> downsample_min_max(const std::vector<StepPoint>& points, int64_t max_points) {
   TALLY_CHECK(max_points >= 2, "downsample_min_max: max_points must be at least 2, got ", max_points);
@@ -566,4 +566,4 @@ void write_report(const std::vector<fs::path>& runs, const fs::path& out, const 
   io::write_file_atomic(out, report_html(report_data(runs, names, options)));
 }
 
-}  // namespace tally::cli
+}  // namespace tally::train

@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-namespace tally::cli {
+namespace tally::train {
 
 struct ReportOptions {
   int64_t max_points = 2000;              // per training series (steps, validations)
@@ -56,4 +56,4 @@ void write_report(const std::vector<std::filesystem::path>& runs, const std::fil
 const char* report_page_css();
 const char* report_page_script();
 
-}  // namespace tally::cli
+}  // namespace tally::train

@@ -6,7 +6,7 @@
 // data-rendered="true" once every panel is drawn.
 #include "train/report.h"
 
-namespace tally::cli {
+namespace tally::train {
 
 const char* report_page_css() {
   return R"css(
@@ -597,4 +597,4 @@ const char* report_page_script() {
 )js";
 }
 
-}  // namespace tally::cli
+}  // namespace tally::train

@@ -7,7 +7,7 @@
 
 using nlohmann::json;
 
-namespace tally::cli {
+namespace tally::train {
 
 namespace {
 
@@ -71,4 +71,4 @@ void RunLog::optimizer_internals(int64_t step, const std::vector<optim::TensorIn
   write({{"step", step}, {"optim", entries}});
 }
 
-}  // namespace tally::cli
+}  // namespace tally::train

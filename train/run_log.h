@@ -17,7 +17,7 @@
 #include "optim/optimizer.h"
 #include "train/memory_plan.h"
 
-namespace tally::cli {
+namespace tally::train {
 
 struct StepRecord {
   int64_t step = 0;
@@ -46,4 +46,4 @@ class RunLog {
   std::FILE* file_ = nullptr;
 };
 
-}  // namespace tally::cli
+}  // namespace tally::train

@@ -13,7 +13,7 @@
 #include "optim/registry.h"
 #include "train/data_parallel.h"
 
-namespace tally::cli {
+namespace tally::train {
 
 // ---- one optimizer over the tensors ----
 
@@ -534,4 +534,4 @@ nlohmann::json shapes_report_json(const ShapesReport& r) {
   return out;
 }
 
-}  // namespace tally::cli
+}  // namespace tally::train

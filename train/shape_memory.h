@@ -20,7 +20,7 @@
 #include "train/model_shapes.h"
 #include "train/setup.h"
 
-namespace tally::cli {
+namespace tally::train {
 
 // ---- one optimizer over the tensors ----
 
@@ -108,4 +108,4 @@ enum class TensorListing : uint8_t {
 std::string format_shapes_report(const ShapesReport& report, TensorListing listing);
 nlohmann::json shapes_report_json(const ShapesReport& report);
 
-}  // namespace tally::cli
+}  // namespace tally::train

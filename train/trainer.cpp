@@ -23,7 +23,7 @@
 
 namespace fs = std::filesystem;
 
-namespace tally::cli {
+namespace tally::train {
 
 std::atomic<bool> g_stop_requested{false};
 
@@ -456,4 +456,4 @@ void Trainer::run_steps(RunSummary& s) {
   s.skipped_steps = skipped_total_;
 }
 
-}  // namespace tally::cli
+}  // namespace tally::train

@@ -16,7 +16,7 @@
 #include "train/shape_memory.h"
 
 using namespace tally;
-using namespace tally::cli;
+using namespace tally::train;
 using nlohmann::json;
 namespace fs = std::filesystem;
 

@@ -83,7 +83,7 @@ TEST_CASE("distributed: a ZeRO-1 step equals the whole step for every optimizer 
     auto whole = optim::make_optimizer(e.name, whole_params, settings);
     auto sharded = optim::make_optimizer(e.name, part_params, settings);
     sharded->shard(c);
-    cli::DataParallel dp(c, cli::ZeroStage::zero1, *sharded, part_params, 1024);  // small buckets: several
+    train::DataParallel dp(c, train::ZeroStage::zero1, *sharded, part_params, 1024);  // small buckets: several
     for (int step = 1; step <= 50; ++step) {
       for (size_t i = 0; i < whole_params.size(); ++i) {
         whole_params[i].set_grad(gradient(whole_params[i], i, step));

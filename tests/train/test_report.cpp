@@ -15,7 +15,7 @@
 #include "train/run_log.h"
 
 using namespace tally;
-using namespace tally::cli;
+using namespace tally::train;
 namespace fs = std::filesystem;
 using nlohmann::json;
 
