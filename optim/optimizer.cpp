@@ -563,13 +563,15 @@ Tensor Optimizer::gathered(const Slot& s, size_t i) const {
   const int64_t segment = (*std::max_element(numels.begin(), numels.end()) * int64_t(esize) + 3) / 4;  // floats
   std::vector<float> buffer(size_t(segment) * size_t(world));
   const Tensor host = mine.to(Device::cpu());
-  std::memcpy(buffer.data() + size_t(segment) * size_t(comm()->rank()), host.data_ptr(), size_t(host.nbytes()));
+  if (host.nbytes() > 0)  // a rank may hold none of a small tensor (and memcpy's pointers must not be null)
+    std::memcpy(buffer.data() + size_t(segment) * size_t(comm()->rank()), host.data_ptr(), size_t(host.nbytes()));
   comm()->all_gather(buffer.data(), segment, Device::cpu());
   MemoryScope scope(Category::other, s.name + ":" + whole.name + ":gathered");
   Tensor out = empty(whole.shape, {.dtype = whole.dtype, .device = Device::cpu()});
   for (int r = 0; r < world; ++r)
-    std::memcpy(static_cast<char*>(out.data_ptr()) + size_t(part_begin(whole, s.cut, r)) * esize,
-                buffer.data() + size_t(segment) * size_t(r), size_t(numels[size_t(r)]) * esize);
+    if (numels[size_t(r)] > 0)
+      std::memcpy(static_cast<char*>(out.data_ptr()) + size_t(part_begin(whole, s.cut, r)) * esize,
+                  buffer.data() + size_t(segment) * size_t(r), size_t(numels[size_t(r)]) * esize);
   return out;
 }
 

@@ -27,7 +27,7 @@ fi
 # The distributed unit cases with 2 and 3 ranks (3: uneven cuts).
 for n in 2 3; do
   "${mpi[@]}" -np $n "$tests_bin" -ts=distributed >"$work/unit$n.log" 2>&1 ||
-    fail "distributed unit cases at $n ranks: $(grep -a -E 'ERROR|logged|max' "$work/unit$n.log" | head -20)"
+    fail "distributed unit cases at $n ranks: $(grep -a -E 'ERROR|logged|max|runtime error|Sanitizer|SUMMARY' "$work/unit$n.log" | head -20)"
 done
 
 common=(--model tiny --batch 2 --seq 32 --threads 1 --val-batches 2 --eval-every 0 --warmup 2 --no-shuffle)
