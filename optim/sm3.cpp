@@ -19,6 +19,12 @@ kernels::Sm3Shape sm3_shape(const Shape& shape) {
 
 }  // namespace
 
+// The shape the kernel walks: the whole tensor's while this rank holds all of it (shard() views a part flat, even
+// one of a single rank), else the part, which is a vector's or a scalar's (check_shardable lets nothing else be cut).
+kernels::Sm3Shape Sm3::kernel_shape(const Slot& s) {
+  return sm3_shape(s.param.numel() == s.whole.numel() ? s.whole.shape() : s.param.shape());
+}
+
 void validate(const Sm3Config& c, int group) {
   const char* op = "[sm3]";
   TALLY_CHECK(std::isfinite(c.lr) && c.lr >= 0.0, op, " group ", group, ": lr must be >= 0, got ", c.lr);
@@ -49,13 +55,13 @@ std::vector<StateSpec> Sm3::state_specs(const Shape& shape, const Sm3Config& c) 
 int64_t Sm3::workspace_for(const Slot& s) const {
   if (s.param.numel() == 0) return 0;
   const Device d = s.param.device().is_meta() ? Device::cpu() : s.param.device();  // meta plans with the CPU's
-  return TALLY_KERNEL(d, sm3_workspace_bytes, sm3_shape(s.param.shape()));
+  return TALLY_KERNEL(d, sm3_workspace_bytes, kernel_shape(s));
 }
 
 void Sm3::update(Slot& s, const Tensor& grad, const StepOptions& o, void* workspace, double* stats) {
   const Sm3Config& c = config_of(s);
   kernels::Sm3Args a{
-      .shape = sm3_shape(s.param.shape()),
+      .shape = kernel_shape(s),
       .param = param_f32(s),
       .grad = grad.data<float>(),
       .momentum_buffer = s.has("momentum_buffer") ? s.f32("momentum_buffer") : nullptr,

@@ -32,6 +32,7 @@ class Sm3 final : public OptimizerWith<Sm3, Sm3Config> {
   static std::vector<StateSpec> state_specs(const Shape& shape, const Sm3Config& config);
 
  private:
+  static kernels::Sm3Shape kernel_shape(const Slot& slot);
   int64_t workspace_for(const Slot& slot) const override;
   void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) override;
   void record_internals(Slot& slot, const double* stats) override;
