@@ -243,7 +243,8 @@ class Optimizer {
   // From now on this optimizer keeps state for, and updates, only rank comm.rank()'s part of each parameter
   // (shard_cut); the sums a step needs over a whole tensor (the RMS clip, column statistics, row means, inspection
   // statistics) are completed over the ranks through `comm`, which must outlive the optimizer. Before any state
-  // exists. Throws (check_shardable) when a parameter's state cannot be cut over more than one rank. The caller gives whole gradients (this rank's part is read) and all-gathers the updated parameters.
+  // exists. The caller gives whole gradients (this rank's part is read) and all-gathers the updated parameters.
+  // Throws, changing nothing, when a parameter's state cannot be cut over more than one rank (check_shardable).
   void shard(dist::Communicator& comm);
   ShardOf shard_of() const { return comm_ ? ShardOf{comm_->rank(), comm_->world()} : ShardOf{}; }
   // How parameter `param` is cut over the ranks (one part when not sharded).

@@ -56,11 +56,12 @@ __device__ inline float sm3_element(float g, float smallest, float* p, float* m,
 
 template <bool kStats>
 __device__ inline void write_block_sums(const double* acc, double* block_sums) {
-  if (!kStats) return;
-  __shared__ double shared[kWarps];
-  for (int t = 0; t < 3; ++t) {
-    const double total = block_sum_to_first<kThreads>(acc[t], shared);
-    if (threadIdx.x == 0) block_sums[blockIdx.x * kSums + t] = total;
+  if constexpr (kStats) {
+    __shared__ double shared[kWarps];
+    for (int t = 0; t < 3; ++t) {
+      const double total = block_sum_to_first<kThreads>(acc[t], shared);
+      if (threadIdx.x == 0) block_sums[blockIdx.x * kSums + t] = total;
+    }
   }
 }
 
@@ -155,7 +156,7 @@ __global__ void sm3_tiles(Sm3Walk w, Sm3Scalars s, const float* g, float* p, flo
                                                   kMomentum ? m + e : nullptr, s, sums);
         col = fmaxf(col, v);
       }
-      const float r = warp_max(v);
+      const float r = ::tally::cuda::warp_max(v);
       if (lane == 0) rows[i - i0][warp] = r;
     }
     if (valid) col_max[ti * w.K + j] = col;
