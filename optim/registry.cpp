@@ -245,7 +245,8 @@ std::vector<OptimizerEntry> make_registry() {
                           {"beta", "SM3's accumulator decay (0: sums of g^2, the paper's SM3-II)", "0"},
                           {"eps", kEpsHelp, "1e-30"}},
                          sm3_config));
-  r.push_back(entry<Lamb>("lamb", "LAMB (pytorch_optimizer 4.1.0): Adam moments, per-tensor trust ratio", 1e-3,
+  // LAMB's steps are about lr times each tensor's norm: the reference's lr (1e-3) barely moves GPT-2's small weights.
+  r.push_back(entry<Lamb>("lamb", "LAMB (pytorch_optimizer 4.1.0): Adam moments, per-tensor trust ratio", 1e-2,
                           {kBeta1, kBeta2,
                            {"eps", kEpsHelp, "1e-6"},
                            {"lamb-clamp", "LAMB: the weight norm of the trust ratio is clamped to at most this", "10"},
