@@ -2,8 +2,8 @@
 // scalar: one elementwise launch. Rank >= 2, seen as (R rows of the last dim, K columns): a tile kernel (kTileRows
 // rows x kTileCols columns per tile, a fixed grid striding over the tiles) updates every element from the old
 // accumulators and writes each tile's column maxima and each row's maxima per column tile into the workspace; then
-// one launch takes the maxima of every index of the dims before the last (over its rows) and one the maxima of
-// every column (over the row tiles), and writes the accumulators. Maxima are exact in any order and there are no
+// one launch takes the maxima of every index of the dims before the last (a thread per index, over its rows) and one
+// the maxima of every column (over the row tiles), and writes the accumulators. Maxima are exact in any order and there are no
 // atomics: the result is the CPU's, element for element (the statistics sum in another order).
 #include "optim/kernels/cuda/common.cuh"
 
@@ -171,10 +171,11 @@ __global__ void sm3_tiles(Sm3Walk w, Sm3Scalars s, const float* g, float* p, flo
   write_block_sums<kStats>(sums, block_sums);
 }
 
-// Accumulators of the dims before the last: one block per index i of dim k (blocks in the order of the dims), the
-// maximum over the rows of that index and their column tiles.
-__global__ void sm3_leading(Sm3Walk w, const float* row_max, bool keep_max) {
-  int64_t b = blockIdx.x;
+// Accumulators of the dims before the last: one thread per index i of dim k (indices in the order of the dims), the
+// maximum over the rows of that index and their column tiles (dim 0 of a matrix: its row's tiles_k partials).
+__global__ void sm3_leading(Sm3Walk w, int64_t indices, const float* row_max, bool keep_max) {
+  int64_t b = blockIdx.x * int64_t(kThreads) + threadIdx.x;
+  if (b >= indices) return;
   int k = 0;
   while (b >= w.dims[k]) b -= w.dims[k++];
   const int64_t i = b;
@@ -182,13 +183,11 @@ __global__ void sm3_leading(Sm3Walk w, const float* row_max, bool keep_max) {
   for (int x = 0; x < k; ++x) outer *= w.dims[x];
   for (int x = k + 1; x + 1 < w.rank; ++x) inner *= w.dims[x];
   float mx = 0;
-  for (int64_t q = threadIdx.x; q < outer * inner * w.tiles_k; q += kThreads) {
-    const int64_t r = q / w.tiles_k, tk = q % w.tiles_k;
+  for (int64_t r = 0; r < outer * inner; ++r) {
     const int64_t row = ((r / inner) * w.dims[k] + i) * inner + r % inner;
-    mx = fmaxf(mx, row_max[row * w.tiles_k + tk]);
+    for (int64_t tk = 0; tk < w.tiles_k; ++tk) mx = fmaxf(mx, row_max[row * w.tiles_k + tk]);
   }
-  mx = ::tally::cuda::block_max(mx);
-  if (threadIdx.x == 0) w.acc[k][i] = keep_max ? fmaxf(w.acc[k][i], mx) : mx;
+  w.acc[k][i] = keep_max ? fmaxf(w.acc[k][i], mx) : mx;
 }
 
 // The last dim's accumulator: 32 columns per block, lane l of kColLanes taking row tiles l, l + kColLanes, ...
@@ -231,7 +230,7 @@ void sm3_launch(const Sm3Args& a, int64_t n) {
   TALLY_CUDA_LAUNCH_CHECK("sm3 tiles");
   int64_t leading = 0;
   for (int k = 0; k + 1 < a.shape.rank; ++k) leading += a.shape.dims[k];
-  sm3_leading<<<unsigned(leading), kThreads, 0, stream()>>>(walk, w.row_max, kBeta);
+  sm3_leading<<<unsigned((leading + kThreads - 1) / kThreads), kThreads, 0, stream()>>>(walk, leading, w.row_max, kBeta);
   TALLY_CUDA_LAUNCH_CHECK("sm3 leading");
   sm3_columns<<<unsigned((walk.K + 31) / 32), kEmaThreads, 0, stream()>>>(walk, w.col_max, kBeta);
   TALLY_CUDA_LAUNCH_CHECK("sm3 columns");
