@@ -5,6 +5,7 @@
 #               bench/results/<date>-<host>.md (not part of CI; see scripts/bench.sh)
 #   make test-sanitize   the CPU suite under AddressSanitizer + UndefinedBehaviorSanitizer (clang, build-asan/)
 #   make fuzz   every libFuzzer target for FUZZ_SECONDS seconds each (clang, the same build-asan/)
+#   make deps-chromium   headless Chromium, for the report's browser test (tests/cli/report_browser.sh)
 BUILD   ?= build
 JOBS    ?= $(shell nproc)
 CMAKE_FLAGS ?=
@@ -15,7 +16,7 @@ ifeq ($(shell command -v nvcc 2>/dev/null),)
   endif
 endif
 
-.PHONY: all deps deps-clang configure build test test-sanitize fuzz run bench clean
+.PHONY: all deps deps-clang deps-chromium configure build test test-sanitize fuzz run bench clean
 FUZZ_SECONDS ?= 10
 
 all: build
@@ -26,6 +27,9 @@ deps:
 deps-clang:
 	@scripts/install-deps.sh clang
 
+deps-chromium:
+	@scripts/install-deps.sh chromium
+
 configure: deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DTALLY_WERROR=ON $(CMAKE_FLAGS) > $(BUILD).configure.log 2>&1 || (cat $(BUILD).configure.log; exit 1)
 	@grep -E "^-- tally:" $(BUILD).configure.log || true
@@ -33,7 +37,9 @@ configure: deps
 build: configure
 	@cmake --build $(BUILD) -j $(JOBS)
 
+# Chromium for the report's browser test, best effort: where it cannot be installed the test says so and is skipped.
 test: build
+	@scripts/install-deps.sh chromium || echo "make test: Chromium could not be installed; tests/cli/report_browser.sh will be skipped"
 	@cd $(BUILD) && ctest --output-on-failure
 
 test-sanitize: deps deps-clang

@@ -3,8 +3,12 @@
 // AdamW, and the optimizer step alone against the bytes it must move. Prints one JSON object per measurement,
 // then (with --torch) runs bench/peers/torch_gpt2_step.py on the same GPU, model, batch, optimizer and precision
 // (bf16: torch.autocast over f32 parameters). Used by scripts/gpu_check.sh; not a test.
-//   bench_gpu_train [--model gpt2] [--batch 8] [--seq 1024] [--steps 8] [--optimizers came,adamw] [--dtype f32|bf16]
-//                   [--strict] [--copy-mb 1024] [--torch]
+// Step time: the mean over --steps consecutive steps after --warmup untimed ones (one synchronization at each end).
+// MFU as llm.c computes it: flops per token = 6 N + 6 L C T, N every parameter once at the unpadded vocabulary
+// (124,439,808 for gpt2 124M; the padded rows of wte are left out), against --peak-tflops (dense bf16 of an
+// H100/H200 SXM: 989; for TF32 runs the same peak is used, so their MFU reads low).
+//   bench_gpu_train [--model gpt2] [--batch 8] [--seq 1024] [--steps 8] [--warmup 2] [--optimizers came,adamw]
+//                   [--dtype f32|bf16] [--strict] [--copy-mb 1024] [--peak-tflops 989] [--torch]
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -29,14 +33,15 @@ using namespace tally;
 namespace {
 
 constexpr const char* kUsage =
-    "usage: bench_gpu_train [--model gpt2] [--batch 8] [--seq 1024] [--steps 8] [--optimizers came,adamw]\n"
-    "                       [--dtype f32|bf16] [--strict] [--copy-mb 1024] [--torch]\n";
+    "usage: bench_gpu_train [--model gpt2] [--batch 8] [--seq 1024] [--steps 8] [--warmup 2] [--optimizers came,adamw]\n"
+    "                       [--dtype f32|bf16] [--strict] [--copy-mb 1024] [--peak-tflops 989] [--torch]\n";
 
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string preset = "gpt2", optimizers = "came,adamw";
-  int64_t B = 8, T = 1024, steps = 8, copy_mb = 1024;
+  int64_t B = 8, T = 1024, steps = 8, warmup = 2, copy_mb = 1024;
+  double peak_tflops = 989;
   bool torch = false, strict = false;
   std::string dtype_name = "f32";
   for (int i = 1; i < argc; ++i) {
@@ -52,6 +57,13 @@ int main(int argc, char** argv) {
     else if (a == "--batch") ok = positive(B);
     else if (a == "--seq") ok = positive(T);
     else if (a == "--steps") ok = positive(steps);
+    else if (a == "--warmup") {
+      warmup = std::atoll(next().c_str());
+      ok = has_value && warmup >= 0;
+    } else if (a == "--peak-tflops") {
+      peak_tflops = std::atof(next().c_str());
+      ok = peak_tflops > 0;
+    }
     else if (a == "--copy-mb") ok = positive(copy_mb);
     else if (a == "--optimizers") optimizers = next();
     else if (a == "--dtype") dtype_name = next();
@@ -88,6 +100,9 @@ int main(int argc, char** argv) {
   cuda::set_fp32_matmul(strict ? cuda::Fp32Matmul::strict : cuda::Fp32Matmul::tf32);
   const Device dev = Device::cuda(0);
   models::GPT2Config config = models::GPT2Config::preset(preset);
+  // MFU's N: every parameter once at the unpadded vocabulary; flops per token as llm.c counts them.
+  const double n_mfu = double(config.num_parameters() - (config.padded_vocab_size - config.vocab_size) * config.n_embd);
+  const double flops_per_token = 6 * n_mfu + 6.0 * double(config.n_layer * config.n_embd * T);
   std::vector<int32_t> xs(size_t(B * T)), ys(size_t(B * T));
   uint64_t r = 88172645463325252ull;
   for (size_t i = 0; i < xs.size(); ++i) {
@@ -131,18 +146,22 @@ int main(int argc, char** argv) {
       opt->step({.grad_scale = optim::clip_coefficient(norm, 1.0)});
       return loss.item();
     };
-    for (int i = 0; i < 2; ++i) step();
+    for (int64_t i = 0; i < warmup; ++i) step();
     cuda::synchronize();
     auto t0 = std::chrono::steady_clock::now();
     double loss = 0;
     for (int64_t i = 0; i < steps; ++i) loss = step();
     cuda::synchronize();
     double ms = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() * 1000 / double(steps);
-    int64_t peak = ledger(dev).total().peak_requested;
+    const auto usage = ledger(dev).total();
+    const double tokens_per_s = double(B * T) / (ms / 1000);
     std::printf("{\"bench\": \"tally_train_step\", \"optimizer\": \"%s\", \"model\": \"%s\", \"batch\": %lld, \"seq\": %lld, "
-                "\"precision\": \"%s\", \"ms_per_step\": %.2f, \"tokens_per_s\": %.0f, \"loss\": %.4f, \"peak_ledger_mb\": %.0f}\n",
-                name.c_str(), preset.c_str(), (long long)B, (long long)T, precision, ms,
-                double(B * T) / (ms / 1000), loss, double(peak) / (1 << 20));
+                "\"precision\": \"%s\", \"steps\": %lld, \"warmup\": %lld, \"ms_per_step\": %.2f, \"tokens_per_s\": %.0f, "
+                "\"loss\": %.4f, \"peak_ledger_mb\": %.0f, \"peak_held_mb\": %.0f, \"params\": %.0f, "
+                "\"flops_per_token\": %.0f, \"mfu\": %.4f, \"peak_tflops\": %.0f}\n",
+                name.c_str(), preset.c_str(), (long long)B, (long long)T, precision, (long long)steps, (long long)warmup, ms,
+                tokens_per_s, loss, double(usage.peak_requested) / (1 << 20), double(usage.peak_held) / (1 << 20), n_mfu,
+                flops_per_token, tokens_per_s * flops_per_token / (peak_tflops * 1e12), peak_tflops);
     // The optimizer step alone (gradients left in place), against the minimum bytes it must move.
     {
       Tensor loss_t = model.loss(x, y);

@@ -51,6 +51,7 @@ uint32_t Ledger::owner_id(const std::string& name) {
   uint32_t id = uint32_t(owner_names_.size());
   owner_names_.push_back(name);
   owners_.push_back(Usage{});
+  owner_categories_.push_back({});
   owner_ids_.emplace(name, id);
   return id;
 }
@@ -66,6 +67,7 @@ void Ledger::on_alloc(Category c, uint32_t owner, int64_t requested, int64_t hel
   add(categories_[int(c)], requested, held);
   add(total_, requested, held);
   add(owners_.at(owner), requested, held);
+  add(owner_categories_[owner][int(c)], requested, held);
 }
 
 void Ledger::on_free(Category c, uint32_t owner, int64_t requested, int64_t held) {
@@ -73,6 +75,7 @@ void Ledger::on_free(Category c, uint32_t owner, int64_t requested, int64_t held
   remove(categories_[int(c)], requested, held);
   remove(total_, requested, held);
   remove(owners_.at(owner), requested, held);
+  remove(owner_categories_[owner][int(c)], requested, held);
 }
 
 Usage Ledger::total() const {
@@ -99,6 +102,16 @@ std::vector<std::pair<std::string, Usage>> Ledger::owners() const {
   return out;
 }
 
+std::vector<Ledger::OwnerInCategory> Ledger::owners_by_category() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<OwnerInCategory> out;
+  for (int c = 0; c < kNumCategories; ++c)
+    for (const auto& [name, id] : owner_ids_)  // std::map: sorted by name
+      if (const Usage& u = owner_categories_[id][size_t(c)]; u.peak_held > 0 || u.live_held > 0)
+        out.push_back({name, Category(c), u});
+  return out;
+}
+
 int64_t Ledger::live_requested_with_prefix(const std::string& prefix) const {
   std::lock_guard<std::mutex> lock(mu_);
   int64_t sum = 0;
@@ -111,6 +124,8 @@ void Ledger::reset_peaks() {
   std::lock_guard<std::mutex> lock(mu_);
   for (auto& u : categories_) restart_peak(u);
   for (auto& u : owners_) restart_peak(u);
+  for (auto& per_category : owner_categories_)
+    for (auto& u : per_category) restart_peak(u);
   restart_peak(total_);
 }
 

@@ -42,6 +42,14 @@ class Ledger {
   Usage owner(const std::string& name) const;  // zero usage for an unknown name
   // Owners with any live or peak bytes, sorted by name.
   std::vector<std::pair<std::string, Usage>> owners() const;
+  // The same per (owner, category): an owner's bytes in each category it allocated in (a gradient adopted from
+  // an activation's storage moves between the two), sorted by category, then name.
+  struct OwnerInCategory {
+    std::string owner;
+    Category category;
+    Usage usage;
+  };
+  std::vector<OwnerInCategory> owners_by_category() const;
   // Live bytes of owners whose name starts with `prefix` (requested bytes).
   int64_t live_requested_with_prefix(const std::string& prefix) const;
 
@@ -57,6 +65,7 @@ class Ledger {
   std::vector<std::string> owner_names_;
   std::map<std::string, uint32_t> owner_ids_;
   std::vector<Usage> owners_;
+  std::vector<std::array<Usage, kNumCategories>> owner_categories_;  // by owner id
 };
 
 Ledger& ledger(Device d = Device::cpu());

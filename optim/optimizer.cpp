@@ -65,19 +65,28 @@ Shape drop_dim(const Shape& shape, int dim) {
 FactoredDims factored_dims(const Shape& shape, Factoring rule, int64_t min_dim_to_factor) {
   FactoredDims f;
   const int nd = int(shape.size());
-  if (nd < 2) return f;
+  if (rule == Factoring::two_largest_dims) f.min_dim_to_factor = min_dim_to_factor;
+  if (nd < 2) {
+    f.reason = FactoringReason::under_two_dims;
+    return f;
+  }
   if (rule == Factoring::last_two_dims) {
     f.a = nd - 2;
     f.b = nd - 1;
+    f.reason = FactoringReason::last_two_dims;
   } else {
     // numpy's argsort of the shape (stable: among equal sizes the later dim sorts last), last two entries.
     std::vector<int> order(static_cast<size_t>(nd));
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return shape[size_t(x)] < shape[size_t(y)]; });
     const int second = order[size_t(nd - 2)], first = order[size_t(nd - 1)];
-    if (shape[size_t(second)] < min_dim_to_factor) return f;
     f.a = std::min(first, second);
     f.b = std::max(first, second);
+    if (shape[size_t(second)] < min_dim_to_factor) {
+      f.reason = FactoringReason::below_min_dim;  // a and b say which dims were measured
+      return f;
+    }
+    f.reason = FactoringReason::two_largest_dims;
   }
   f.factored = true;
   auto prod = [&](int from, int to) {
@@ -88,6 +97,30 @@ FactoredDims factored_dims(const Shape& shape, Factoring rule, int64_t min_dim_t
   f.layout = {.P = prod(0, f.a), .n = shape[size_t(f.a)], .Q = prod(f.a + 1, f.b), .m = shape[size_t(f.b)],
               .S = prod(f.b + 1, nd)};
   return f;
+}
+
+std::string describe_factoring(const Shape& shape, const FactoredDims& f) {
+  auto dims = [&] { return cat(shape[size_t(f.a)], "x", shape[size_t(f.b)]); };
+  // How many (a, b) matrices the tensor holds: the product of its other dims.
+  auto copies = [&] {
+    int64_t n = 1;
+    for (size_t d = 0; d < shape.size(); ++d)
+      if (int(d) != f.a && int(d) != f.b) n *= shape[d];
+    return shape.size() > 2 ? cat(" (", n, " such matrices)") : std::string();
+  };
+  switch (f.reason) {
+    case FactoringReason::never: return "dense (this optimizer does not factor)";
+    case FactoringReason::last_two_dims: return cat("factored: last two dims ", dims(), copies());
+    case FactoringReason::two_largest_dims:
+      return f.a == int(shape.size()) - 2 && f.b == int(shape.size()) - 1
+                 ? cat("factored: last two dims ", dims(), ", the two largest", copies())
+                 : cat("factored: dims ", f.a, " and ", f.b, " (", dims(), "), the two largest", copies());
+    case FactoringReason::under_two_dims: return cat("not factored: ", shape.size(), "-D");
+    case FactoringReason::below_min_dim:
+      return cat("not factored: its two largest dims are ", dims(), ", and ",
+                 std::min(shape[size_t(f.a)], shape[size_t(f.b)]), " < ", f.min_dim_to_factor);
+  }
+  return "?";
 }
 
 namespace {
@@ -285,6 +318,12 @@ const ShardCut& Optimizer::shard_cut(const std::string& param) const {
   const Slot* s = find(slots_, param);
   TALLY_CHECK(s != nullptr, "[", kind_, ".shard_cut] no parameter named '", param, "'");
   return s->cut;
+}
+
+StateLayout Optimizer::whole_layout(const std::string& param) const {
+  const Slot* s = find(slots_, param);
+  TALLY_CHECK(s != nullptr, "[", kind_, ".whole_layout] no parameter named '", param, "'");
+  return state_layout(*s);
 }
 
 size_t Optimizer::Slot::index_of(std::string_view state_name) const {

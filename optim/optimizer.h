@@ -74,13 +74,28 @@ enum class Factoring : uint8_t {
   two_largest_dims,  // optax: the two largest dims, only when the smaller of them is >= min_dim_to_factor
 };
 
+// Why a tensor's second moment is (not) factored: what factored_dims decided, by which rule.
+enum class FactoringReason : uint8_t {
+  never,             // the algorithm keeps no factored state (AdamW, SGD): a default FactoredDims
+  last_two_dims,     // factored over its last two dims (Factoring::last_two_dims)
+  two_largest_dims,  // factored over its two largest dims (Factoring::two_largest_dims)
+  under_two_dims,    // not factored: a vector or a scalar
+  below_min_dim,     // not factored (Factoring::two_largest_dims): the smaller of its two largest dims is too small
+};
+
 struct FactoredDims {
   bool factored = false;
   int a = -1, b = -1;  // the factored dims, a < b: the row statistic drops b, the column statistic drops a
   kernels::FactoredLayout layout;
+  FactoringReason reason = FactoringReason::never;
+  int64_t min_dim_to_factor = 0;  // the minimum the rule applied (Factoring::two_largest_dims)
 };
 FactoredDims factored_dims(const Shape& shape, Factoring rule, int64_t min_dim_to_factor);
 Shape drop_dim(const Shape& shape, int dim);
+// The decision in words, for a tensor of `shape`: "factored: last two dims 768x3072", "factored: last two dims
+// 4096x14336 (8 such matrices)", "factored: dims 0 and 2 (4096x11008), the two largest", "not factored: 1-D",
+// "not factored: its two largest dims are 64x50, and 50 < 128", "dense (this optimizer does not factor)".
+std::string describe_factoring(const Shape& shape, const FactoredDims& f);
 
 // The state of one parameter tensor as an algorithm lays it out: its state tensors (the algorithm's own, without
 // the master weights of a bf16 parameter) and, for the factored optimizers, which dims are factored.
@@ -249,6 +264,9 @@ class Optimizer {
   ShardOf shard_of() const { return comm_ ? ShardOf{comm_->rank(), comm_->world()} : ShardOf{}; }
   // How parameter `param` is cut over the ranks (one part when not sharded).
   const ShardCut& shard_cut(const std::string& param) const;
+  // The state of parameter `param` whole, as the algorithm lays it out (its own state tensors, without the master
+  // weights of a bf16 parameter, and which dims are factored): what its state is, or will be, allocated from.
+  StateLayout whole_layout(const std::string& param) const;
 
   // ---- state access, save and load ----
   // The state tensor `state` of parameter `param` (this rank's part when sharded); undefined when not allocated.

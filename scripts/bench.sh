@@ -8,7 +8,11 @@
 #   (b) optimizer step alone (CAME, AdamW, Adafactor) vs came-pytorch / torch.optim / transformers, and against
 #       the minimum bytes each step must move;
 #   (c) tokenizer throughput vs tiktoken on Tiny Shakespeare;
-#   (d) core GEMM / elementwise throughput vs their ceilings (OpenBLAS called directly, memcpy).
+#   (d) core GEMM / elementwise throughput vs their ceilings (OpenBLAS called directly, memcpy);
+#   (e) data parallelism on the CPU: the default d4 model, 2 ranks x 1 thread (mpirun, ZeRO 0 and 1) against
+#       1 process x 2 threads with 2-step gradient accumulation (the same tokens per step), tokens/s, and the
+#       communication bytes per step predicted from the buckets against those the communicator measured. Skipped,
+#       saying so, without mpirun or with a tally built without MPI.
 # Peers that need python3 + torch / came-pytorch / transformers / tiktoken are skipped with a message when absent.
 # Not part of CI. Usage: scripts/bench.sh [BUILD_DIR]   (default build-bench). Duration: the 2026-11-27 run took 20 min
 # on 2 cores at load average ~200 (8 of them the fresh release build); BENCH_QUICK=1 or BENCH_ROUNDS=1 shorten it.
@@ -33,7 +37,7 @@ say "configure + build ($build, Release, CPU only)"
 mkdir -p "$build"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DTALLY_CUDA=OFF -DTALLY_WERROR=ON > "$build/configure.log" 2>&1 ||
   { cat "$build/configure.log"; exit 1; }
-cmake --build "$build" -j "$(nproc)" --target bench_gpt2_step bench_optim bench_tokenizer bench_core >&2
+cmake --build "$build" -j "$(nproc)" --target bench_gpt2_step bench_optim bench_tokenizer bench_core tally >&2
 
 host="$(hostname -s 2>/dev/null || echo host)"
 date_tag="$(date -u +%Y-%m-%d)"
@@ -88,6 +92,29 @@ say "tokenizer"
 # ---- (d) core ----
 say "core"
 "$build/bench_core" | tee "$raw/core.txt" >&2
+
+# ---- (e) data parallelism ----
+# Per step: 2 x 8 x 128 tokens, either as two ranks' micro-batches or as one process's two accumulated ones.
+dp_common=(--model d4 --batch 8 --seq 128 --steps 8 --eval-every 0 --val-batches 1 --sample-tokens 1 --no-shuffle)
+if ! command -v mpirun > /dev/null; then
+  echo "data parallel skipped: no mpirun (scripts/install-deps.sh installs openmpi-bin)" >&2
+elif ! OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe -np 2 "$build/tally" memory \
+    --model tiny > "$raw/dp_probe.txt" 2>&1; then
+  echo "data parallel skipped: mpirun cannot run tally ($(tail -1 "$raw/dp_probe.txt"))" >&2
+else
+  for ((r = 0; r < rounds; ++r)); do
+    say "data parallel: 1 process x $threads threads, accumulation 2 (round $((r + 1))/$rounds)"
+    "$build/tally" train "${dp_common[@]}" --total-batch 2048 --threads "$threads" --out "$raw/dp-one-$r" \
+      > "$raw/dp-one-$r.txt" 2>&1 || { echo "data parallel run failed: $(tail -3 "$raw/dp-one-$r.txt")" >&2; }
+    for zero in 0 1; do
+      say "data parallel: 2 ranks x 1 thread, ZeRO $zero (round $((r + 1))/$rounds)"
+      OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 mpirun --oversubscribe \
+        --bind-to none -np 2 "$build/tally" train "${dp_common[@]}" --threads 1 --zero "$zero" \
+        --out "$raw/dp-two$zero-$r" > "$raw/dp-two$zero-$r.txt" 2>&1 ||
+        { echo "data parallel run failed: $(tail -3 "$raw/dp-two$zero-$r.txt")" >&2; }
+    done
+  done
+fi
 
 load_after="$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a)"
 
@@ -219,6 +246,40 @@ if c:
         L.append(f"| {r['what']} | {r['tally']:.1f} | {r['ceiling']:.1f} | {r['ratio']:.2f} |")
     L.append("")
     L.append("Ceilings: matmul = OpenBLAS sgemm called directly on the same buffers; add/sum = memcpy of the same bytes.")
+    L.append("")
+
+# (e)
+def dp_runs(prefix):
+    runs = []
+    for name in sorted(os.listdir(raw)):
+        log = os.path.join(raw, name, "log.jsonl")
+        if name.startswith(prefix + "-") and os.path.exists(log):
+            runs.append([json.loads(line) for line in open(log) if line.strip()])
+    return runs
+
+def best_tokens(runs):  # best step after the first (which also plans and warms up) over all rounds
+    rates = [r["tokens_per_s"] for run in runs for r in run if "tokens_per_s" in r and r["step"] > 1]
+    return max(rates) if rates else None
+
+one = best_tokens(dp_runs("dp-one"))
+if one:
+    L.append("## Data parallelism on the CPU (d4, 2 x 8 x 128 tokens per step, CAME)")
+    L.append("")
+    L.append("| run | tok/s (best step) | ratio to 1 process | comm bytes/step predicted | measured |")
+    L.append("| --- | --- | --- | --- | --- |")
+    L.append(f"| 1 process x {threads} threads, accumulation 2 | {one:.0f} | 1.00 | - | - |")
+    for zero in (0, 1):
+        runs = dp_runs(f"dp-two{zero}")
+        two = best_tokens(runs)
+        comm = [r for run in runs for r in run if "comm_bytes_predicted" in r]
+        if two:
+            c = comm[0] if comm else {}
+            L.append(f"| 2 ranks x 1 thread (mpirun), ZeRO {zero} | {two:.0f} | **{two / one:.2f}** | "
+                     f"{c.get('comm_bytes_predicted', 'n/a')} | {c.get('comm_bytes_measured', 'n/a')} |")
+    L.append("")
+    L.append("Both sides compute the same gradients (the same tokens per step; the ranks' sum is the accumulation's, "
+             "to float rounding); the ratio is what the processes' exchange (MPI over shared memory) costs or "
+             "gains against threads in one process.")
     L.append("")
 
 open(out, "w").write("\n".join(L) + "\n")

@@ -2,10 +2,21 @@
 # The one prepared check for the GPU machine (a fresh H100/H200 with nvcc, cmake, ninja and g++, nothing
 # installable): builds the CUDA backend for sm_90 (Release, only the targets needed), runs the CUDA tests and
 # the rest of the suite, compute-sanitizer memcheck on a subset, then the GPU benchmarks; writes the full log
-# to $OUT (or ./gpu-check-out) and prints a short table last. Every stage has a time limit (~5 min in all).
+# to $OUT (or ./gpu-check-out) and prints a short table last. Every stage has a time limit (~5 min in all before
+# the peers stage).
 # Before the device call, on the CPU machine: scripts/gpu_deps.sh (packs OpenBLAS, PCRE2, nlohmann-json,
 # doctest and pkgconf into .gpu-carry/), then run this with carry [".gpu-carry"].
-# Environment: GPU_CHECK_SKIP="sanitizer bench full" to leave stages out.
+# Environment: GPU_CHECK_SKIP="build sanitizer bench full train peers" to leave stages out ("build": use a carried
+# .gpu-prebuilt/ if any; with no GPU every GPU stage then skips or fails fast, which checks the script's logic).
+# The peer comparison (gpt2 124M, T=1024, bf16, AdamW and CAME, by batch size): tally's bench_gpu_train beside
+# bench/peers/torch_compile_gpt2.py, PyTorch eager (bench/peers/torch_gpt2_step.py) and, when LLMC_BIN names
+# llm.c's train_gpt2cu (built beforehand from llm.c's own repository; this script builds no peer), llm.c
+# (bench/peers/llmc_gpu.py). GPU_PEERS_BATCHES (default "8 64 16 32", run in that order), GPU_PEERS_EAGER_BATCHES
+# ("8"), GPU_PEERS_COMPILE_BATCHES (as GPU_PEERS_BATCHES), GPU_PEERS_STEPS (10 timed steps after 3 warm-up steps),
+# GPU_PEERS_BUDGET (400 s: runs not started by then are skipped and said so; none runs past it by more than 60 s),
+# PYTHON (python3) for the peers. Skipping "sanitizer full train", the check should take about 8 minutes (an
+# estimate: build ~1, peers stage up to GPU_PEERS_BUDGET + 1).
+# came-pytorch travels as a wheel in .whl/ (carry it too); without it the PyTorch CAME rows say skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -44,6 +55,10 @@ unpack() {  # archive: tar's xz, or Python's when the image has no xz
 for a in deps prebuilt data; do
   if [ -f "$root/.gpu-carry/$a.tar.xz" ]; then unpack "$root/.gpu-carry/$a.tar.xz" && say "unpacked .gpu-carry/$a.tar.xz"; fi
 done
+if ls "$root"/.whl/*.whl >/dev/null 2>&1; then  # came-pytorch travels as a wheel
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$root"/.whl/*.whl >>"$log" 2>&1 &&
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} && say "installed $(cd "$root/.whl" && ls *.whl | tr '\n' ' ')"
+fi
 export TALLY_OFFLINE=1  # nothing outside the GPU machine can be reached: the data files come carried or not at all
 if [ -d "$root/.gpu-shared/data" ]; then  # carried ../shared/data: where the tests and the trainer look for it
   export TALLY_SHARED_DATA=$root/.gpu-shared/data TALLY_GPT2_DIR=$root/.gpu-shared/data/gpt2
@@ -86,7 +101,14 @@ gen=()
 command -v ninja >/dev/null && gen=(-G Ninja)
 t0=$(date +%s)
 bin_dir=""
-if timeout 150 cmake -S "$root" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DTALLY_CUDA=ON \
+if [[ "$skip" == *" build "* ]]; then
+  if [ -x "$root/.gpu-prebuilt/bench_gpu_train" ] || [ -x "$root/.gpu-prebuilt/tally_tests" ]; then
+    bin_dir=$root/.gpu-prebuilt
+    row "build" "skipped; using carried .gpu-prebuilt"
+  else
+    row "build" "skipped; no binaries"
+  fi
+elif timeout 150 cmake -S "$root" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DTALLY_CUDA=ON \
      -DCMAKE_CUDA_ARCHITECTURES=90 -DTALLY_WERROR=OFF "${cmake_args[@]}" >>"$log" 2>&1 &&
    timeout "${GPU_CHECK_BUILD_TIMEOUT:-240}" cmake --build "$build" -j "$jobs" --target tally_tests bench_cuda bench_gpu_train >>"$log" 2>&1; then
   bin_dir=$build
@@ -155,10 +177,6 @@ if [ -n "$bin_dir" ]; then
   # ---- GPT-2 124M training step beside PyTorch on the same GPU, model, batch and optimizer ----
   if [[ "$skip" != *" train "* ]] && [ -x "$bin_dir/bench_gpu_train" ]; then
     t0=$(date +%s)
-    if ls "$root"/.whl/*.whl >/dev/null 2>&1; then  # came-pytorch travels as a wheel
-      python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$root"/.whl/*.whl >>"$log" 2>&1 &&
-        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-    fi
     say "== bench_gpu_train (gpt2 124M, B=${GPU_TRAIN_BATCH:-8}, T=1024, TF32)"
     timeout "${GPU_TRAIN_TIMEOUT:-200}" "$bin_dir/bench_gpu_train" --model gpt2 --batch "${GPU_TRAIN_BATCH:-8}" --seq 1024 \
       --steps 8 --optimizers came,adamw --torch >"$out/train_bench.log" 2>&1
@@ -198,6 +216,80 @@ PY
   fi
 fi
 
+# ---- gpt2 124M, T=1024, bf16 by batch size: tally beside torch.compile, PyTorch eager and llm.c on this GPU ----
+# Every run appends JSON lines to peers.log; bench/peers/peer_table.py turns them into the table printed last. The
+# scratch files stay outside $OUT (few files come back from the GPU machine): the full log gets a copy of each.
+if [[ "$skip" != *" peers "* ]]; then
+  py=${PYTHON:-python3}
+  scratch=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check-peers.XXXXXX")
+  peers_log=$scratch/peers.log
+  : >"$peers_log"
+  p_batches=${GPU_PEERS_BATCHES:-8 64 16 32}
+  p_steps=${GPU_PEERS_STEPS:-10}
+  p_start=$(date +%s)
+  p_budget=${GPU_PEERS_BUDGET:-400}
+  p_skipped=()
+  # run_peer NAME TIMEOUT CMD...: runs CMD (stdout to peers.log, stderr kept for the log) unless the budget is
+  # spent; no run goes on more than 60 s past the budget.
+  run_peer() {
+    local name=$1 limit=$2 t0 rc used
+    shift 2
+    used=$(($(date +%s) - p_start))
+    [ "$limit" -gt $((p_budget - used + 60)) ] && limit=$((p_budget - used + 60))
+    if [ "$used" -ge "$p_budget" ]; then
+      p_skipped+=("$name")
+      say "== $name: skipped (GPU_PEERS_BUDGET=${p_budget}s spent)"
+      return 0
+    fi
+    say "== $name: $*"
+    t0=$(date +%s)
+    timeout "$limit" "$@" >>"$peers_log" 2>>"$scratch/stderr.log"
+    rc=$?
+    say "   rc=$rc in $(elapsed "$t0")"
+    row "$name" "rc=$rc in $(elapsed "$t0")"
+  }
+  if [ -n "$bin_dir" ] && [ -x "$bin_dir/bench_gpu_train" ]; then
+    for b in $p_batches; do
+      run_peer "tally bf16 B=$b" 150 "$bin_dir/bench_gpu_train" --model gpt2 --batch "$b" --seq 1024 --dtype bf16 \
+        --steps "$p_steps" --warmup 3 --optimizers adamw,came
+    done
+  else
+    row "tally bf16 peers" "no bench_gpu_train binary"
+  fi
+  if [ -n "${LLMC_BIN:-}" ]; then
+    run_peer "llm.c" 420 "$py" "$root/bench/peers/llmc_gpu.py" --bin "$LLMC_BIN" --batches "$(echo $p_batches | tr ' ' ',')" \
+      --seq 1024 --steps "$p_steps" --warmup 2 --timeout 100 --workdir "$scratch/llmc" --json
+  else
+    "$py" "$root/bench/peers/llmc_gpu.py" --json >>"$peers_log" 2>&1
+    row "llm.c" "skipped: set LLMC_BIN to llm.c's train_gpt2cu"
+  fi
+  for b in ${GPU_PEERS_EAGER_BATCHES-8}; do
+    for o in adamw came; do
+      run_peer "PyTorch eager B=$b $o" 120 "$py" "$root/bench/peers/torch_gpt2_step.py" --device cuda --dtype bf16 \
+        --batch "$b" --seq 1024 --optimizer "$o" --steps "$p_steps" --warmup 3
+    done
+  done
+  for b in ${GPU_PEERS_COMPILE_BATCHES-$p_batches}; do  # one compile per batch size serves both optimizers
+    run_peer "torch.compile B=$b" "${GPU_PEERS_COMPILE_TIMEOUT:-240}" "$py" "$root/bench/peers/torch_compile_gpt2.py" \
+      --device cuda --batch "$b" --seq 1024 --optimizer adamw,came --steps "$p_steps" --warmup 3 --json
+  done
+  [ ${#p_skipped[@]} -gt 0 ] && row "peers over budget" "skipped: $(IFS=,; echo "${p_skipped[*]}" | sed 's/,/, /g')"
+  "$py" "$root/bench/peers/peer_table.py" "$peers_log" >"$scratch/table.txt" 2>>"$log" ||
+    python3 "$root/bench/peers/peer_table.py" "$peers_log" >"$scratch/table.txt" 2>>"$log" || true
+  {
+    echo "== peers: JSON lines"
+    cat "$peers_log"
+    echo "== peers: stderr (last 200 lines)"
+    tail -200 "$scratch/stderr.log" 2>/dev/null
+    for f in "$scratch"/llmc/llmc_b*.log; do
+      [ -f "$f" ] && echo "== peers: $f" && grep -v "^|\|^+--" "$f" | tail -40
+    done
+  } >>"$log"
+  peers_table=$(cat "$scratch/table.txt")
+  rm -rf "$scratch"
+  row "peers" "in $(elapsed "$p_start")"
+fi
+
 row "total" "$(elapsed "$t_start")"
 {
   echo
@@ -210,5 +302,9 @@ row "total" "$(elapsed "$t_start")"
   if [ -s "$out/train_table.txt" ]; then
     echo "-------------- gpt2 124M training step (tally vs PyTorch eager, same GPU) --------------"
     cat "$out/train_table.txt"
+  fi
+  if [ -n "${peers_table:-}" ]; then
+    echo "-------------- gpt2 124M bf16 by batch size: tally vs torch.compile, PyTorch eager, llm.c --------------"
+    echo "$peers_table"
   fi
 } | tee -a "$log"

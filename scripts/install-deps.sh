@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages tally needs to build and test, and only those that are missing.
 # Idempotent: a second run installs nothing and says so. Uses sudo when not run as root.
-# Extra packages may be named as arguments (`scripts/install-deps.sh clang` for the sanitizer and fuzz builds).
+# Extra packages may be named as arguments (`scripts/install-deps.sh clang` for the sanitizer and fuzz builds,
+# `scripts/install-deps.sh chromium` for the report's browser test).
 set -euo pipefail
 
 packages=(
@@ -13,7 +14,9 @@ packages=(
   libopenmpi-dev openmpi-bin         # data-parallel runs over processes (mpirun -np N tally train ...)
   curl                               # downloads the data files when no place has them (data/fetch.cpp)
   python3                            # tests: http.server stands in for the internet (tests/cli/fetch.sh)
-  "$@"                               # extras: clang (make test-sanitize, make fuzz: ASan, UBSan, libFuzzer)
+  "$@"                               # extras: clang (make test-sanitize, make fuzz: ASan, UBSan, libFuzzer),
+                                     # chromium (tests/cli/report_browser.sh opens `tally report`'s page headless;
+                                     # skipped without it)
 )
 
 missing=()

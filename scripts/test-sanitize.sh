@@ -18,7 +18,8 @@ cmake --build "$build" -j "$jobs" --target tally tally_tests
 # detect_leaks=1: a leak is a finding. The tests/cli scripts check exit codes, so a report there fails them too.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1:allocator_may_return_null=1:strict_string_checks=1:detect_stack_use_after_return=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-# OpenMPI keeps memory for the life of a process that ran MPI (the data-parallel tests): not reported.
+# OpenMPI keeps memory for the life of a process that ran MPI (the data-parallel tests): not reported (tests/cli/
+# distributed.sh also turns on the slow unwinder that matching these suppressions needs).
 export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/scripts/lsan-suppressions.txt}
 # Nothing is skipped: every test case and cli script runs under the sanitizers (none needs what ASan forbids).
 cd "$build"

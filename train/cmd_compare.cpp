@@ -1,18 +1,20 @@
 // `tally compare`: the same training run with several optimizers (default CAME, AdamW, Adafactor, each with its
-// own learning rate), written up as a report directory: loss curves (SVG), optimizer-state memory (SVG), and a
-// Markdown table of final train/val loss, state bytes and ms/step. The CAME paper's central claim at small scale.
+// own learning rate), written up as a report directory: the HTML page of all runs (report.html, train/report.h),
+// loss curves (SVG), optimizer-state memory (SVG), and a Markdown table of final train/val loss, state bytes and
+// ms/step. The CAME paper's central claim at small scale.
 #include <cstdio>
 #include <fstream>
 
 #include "core/ledger.h"
 #include "train/commands.h"
+#include "train/report.h"
 #include "train/svg.h"
 #include "train/trainer.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-namespace tally::cli {
+namespace tally::train {
 
 int cmd_compare(const Args& args) {
   std::vector<FlagSpec> specs;
@@ -84,8 +86,15 @@ int cmd_compare(const Args& args) {
                        {"ms_per_step", r.summary.ms_per_step}, {"steps", r.summary.steps_done}});
   }
   std::ofstream(report / "summary.json") << summary.dump(2) << "\n";
-  std::printf("\nreport: %s/report.md (loss.svg, memory.svg, summary.json)\n", report.c_str());
+  std::vector<fs::path> run_dirs;
+  std::vector<std::string> run_names;
+  for (const auto& r : results) {
+    run_dirs.push_back(report / "runs" / r.name);
+    run_names.push_back(r.name);
+  }
+  write_report(run_dirs, report / "report.html", run_names);
+  std::printf("\nreport: %s/report.html (and report.md, loss.svg, memory.svg, summary.json)\n", report.c_str());
   return 0;
 }
 
-}  // namespace tally::cli
+}  // namespace tally::train

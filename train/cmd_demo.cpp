@@ -9,7 +9,7 @@
 #include "train/commands.h"
 #include "train/flags.h"
 
-namespace tally::cli {
+namespace tally::train {
 
 int cmd_demo(const Args& args) {
   Flags flags("demo", "fit a two-layer MLP to a smooth target with plain SGD and show the memory ledger",
@@ -66,4 +66,4 @@ int cmd_demo(const Args& args) {
   return last < first ? 0 : 1;
 }
 
-}  // namespace tally::cli
+}  // namespace tally::train

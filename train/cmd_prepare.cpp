@@ -10,7 +10,7 @@
 #include "train/commands.h"
 #include "train/flags.h"
 
-namespace tally::cli {
+namespace tally::train {
 
 namespace {
 
@@ -72,4 +72,4 @@ int cmd_prepare(const Args& args) {
   return 0;
 }
 
-}  // namespace tally::cli
+}  // namespace tally::train

@@ -21,12 +21,13 @@
 #include "train/checkpoint.h"
 #include "train/commands.h"
 #include "train/run_state.h"
+#include "train/shape_memory.h"
 #include "train/trainer.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-namespace tally::cli {
+namespace tally::train {
 
 namespace {
 
@@ -38,10 +39,47 @@ void no_positional(const Flags& f) {
 
 // ---- memory ----
 
+namespace {
+
+// tally memory --shapes FILE: any model's tensors, every optimizer (train/shape_memory.h).
+int memory_of_shapes(const Flags& f) {
+  for (const FlagSpec& s : model_flags("gpt2"))
+    if (f.given(s.name)) throw FlagError("--" + s.name + " is for a GPT-2 model; --shapes gives the model");
+  if (f.given("batch") || f.given("seq"))
+    throw FlagError("--batch and --seq plan activations, which need a model tally runs (--model); --shapes plans "
+                    "parameters, gradients and optimizer state");
+  if (f.given("dtype")) throw FlagError("--shapes plans both f32 and bf16 training; leave out --dtype");
+  const int64_t world = f.integer("world"), rank = f.integer("rank");
+  const std::string zero = f.str("zero");
+  if (world < 1 || world > 65536) throw FlagError("--world must be between 1 and 65536");
+  if (rank < 0 || rank >= world) throw FlagError("--rank must be in [0, --world)");
+  if (zero != "0" && zero != "1") throw FlagError("--zero must be 0 or 1, got '" + zero + "'");
+  std::vector<std::string> names;
+  if (f.given("optimizer")) names = f.list("optimizer");
+  else
+    for (const optim::OptimizerEntry& e : optim::optimizers()) names.push_back(e.name);
+  if (names.empty()) throw FlagError("--optimizer lists no optimizer");
+  std::vector<OptimizerChoice> choices;
+  for (const std::string& name : names) choices.push_back(optimizer_choice(f, name));
+  const Parallelism parallel{.world = int(world), .rank = int(rank),
+                             .zero = zero == "1" ? ZeroStage::zero1 : ZeroStage::zero0};
+  const ShapesReport report = plan_shapes(read_model_shapes(f.str("shapes")), choices, parallel);
+  if (f.on("json")) std::printf("%s\n", shapes_report_json(report).dump(2).c_str());
+  else
+    std::fputs(format_shapes_report(report, f.on("tensors") ? TensorListing::each_tensor : TensorListing::by_shape)
+                   .c_str(),
+               stdout);
+  return 0;
+}
+
+}  // namespace
+
 int cmd_memory(const Args& args) {
   std::vector<FlagSpec> specs = model_flags("gpt2");
   for (auto& s : optimizer_flags()) {
-    if (s.name == "optimizer") s = {"optimizer", "comma-separated optimizers to compare", "came,adamw,adafactor"};
+    if (s.name == "optimizer")
+      s = {"optimizer", "comma-separated optimizers to compare, of " + optim::optimizer_names(" | ") +
+                            " (with --shapes: all of them unless given)", "came,adamw,adafactor"};
     specs.push_back(s);
   }
   specs.push_back({"batch", "micro-batch B (with --seq: add activations and the step's peak)", ""});
@@ -52,9 +90,15 @@ int cmd_memory(const Args& args) {
   specs.push_back({"zero", "0: every rank keeps the whole optimizer state | 1: its part of it (ZeRO stage 1)", "0"});
   specs.push_back({"rank", "the rank whose figures are printed (parts may be uneven)", "0"});
   specs.push_back({"json", "print one JSON object", "", FlagKind::switch_});
+  specs.push_back({"shapes", "any model instead of a GPT-2 preset: a .safetensors file (only its header is read), a "
+                   "sharded checkpoint's .safetensors.index.json, or a JSON list of {\"name\", \"shape\"}: the state "
+                   "of every optimizer (default: all) for f32 and bf16 training", ""});
+  specs.push_back({"tensors", "with --shapes: list every tensor, not one line per shape", "", FlagKind::switch_});
   Flags f("memory", "the exact memory plan of a model and optimizers, computed without allocating", specs);
   f.parse(args);
   no_positional(f);
+  if (f.given("shapes")) return memory_of_shapes(f);
+  if (f.on("tensors")) throw FlagError("--tensors goes with --shapes");
   models::GPT2Config config = model_config(f);
   const bool with_step = f.given("batch") || f.given("seq");
   int64_t B = f.given("batch") ? f.integer("batch") : 4, T = f.given("seq") ? f.integer("seq") : config.block_size;
@@ -343,4 +387,4 @@ int cmd_sample(const Args& args) {
   return 0;
 }
 
-}  // namespace tally::cli
+}  // namespace tally::train

@@ -1,14 +1,16 @@
 // `tally train`: trains a GPT-2 (default: a small preset on Tiny Shakespeare with CAME, on the CPU), printing the
 // exact memory plan first and the measured figures beside it after step 1, a progress line, evaluations and
-// samples; writes DIR/log.jsonl, DIR/config.json and checkpoints. SIGINT/SIGTERM finish the step and save.
+// samples; writes DIR/log.jsonl, DIR/config.json, checkpoints and DIR/report.html (train/report.h). SIGINT/SIGTERM
+// finish the step and save.
 #include <cstdio>
 #include <fstream>
 
 #include "core/dist/communicator.h"
 #include "train/commands.h"
+#include "train/report.h"
 #include "train/trainer.h"
 
-namespace tally::cli {
+namespace tally::train {
 
 int cmd_train(const Args& args) {
   // Data-parallel (mpirun -np N tally train ...): rank 0 alone prints; the others' errors still reach stderr.
@@ -42,6 +44,10 @@ int cmd_train(const Args& args) {
   Trainer trainer(config);
   if (resume) trainer.resume(*resume);
   RunSummary s = trainer.run();
+  if (ranks.rank() == 0) {  // the page of this run, also of one stopped early
+    write_report({config.out}, config.out / "report.html");
+    std::printf("report: %s/report.html\n", config.out.c_str());
+  }
   if (s.interrupted) return 0;
   std::printf("\nfinal: train loss %.4f, val loss %.4f, %.0f ms/step, optimizer state %s, %lld skipped step(s)\n",
               s.final_train_loss, s.final_val_loss, s.ms_per_step, format_bytes_exact(s.optimizer_state_bytes).c_str(),
@@ -54,4 +60,4 @@ int cmd_train(const Args& args) {
   return 0;
 }
 
-}  // namespace tally::cli
+}  // namespace tally::train

@@ -8,7 +8,7 @@
 #include "core/ledger.h"
 #include "optim/clip.h"
 
-namespace tally::cli {
+namespace tally::train {
 
 namespace {
 
@@ -130,4 +130,4 @@ double DataParallel::mean(double x) {
   return x / double(comm_.world());
 }
 
-}  // namespace tally::cli
+}  // namespace tally::train

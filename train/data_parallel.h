@@ -13,7 +13,7 @@
 #include "core/tensor.h"
 #include "optim/optimizer.h"
 
-namespace tally::cli {
+namespace tally::train {
 
 enum class ZeroStage : uint8_t {
   zero0,  // plain data parallelism: every rank keeps the whole optimizer state
@@ -65,4 +65,4 @@ class DataParallel {
   int64_t bytes_per_step_ = 0;
 };
 
-}  // namespace tally::cli
+}  // namespace tally::train

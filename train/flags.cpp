@@ -11,7 +11,7 @@
 #include <cstdlib>
 #include <sstream>
 
-namespace tally::cli {
+namespace tally::train {
 
 Flags::Flags(std::string command, std::string summary, std::vector<FlagSpec> specs)
     : command_(std::move(command)), summary_(std::move(summary)), specs_(std::move(specs)) {}
@@ -188,4 +188,4 @@ std::string Flags::usage() const {
   return os.str();
 }
 
-}  // namespace tally::cli
+}  // namespace tally::train

@@ -10,7 +10,7 @@
 #include <string_view>
 #include <vector>
 
-namespace tally::cli {
+namespace tally::train {
 
 class FlagError : public std::runtime_error {
  public:
@@ -75,4 +75,4 @@ class Flags {
   std::vector<std::string> positional_;
 };
 
-}  // namespace tally::cli
+}  // namespace tally::train

@@ -15,21 +15,22 @@
 namespace {
 
 struct Command {
-  std::function<int(const tally::cli::Args&)> run;
+  std::function<int(const tally::train::Args&)> run;
   const char* help;
 };
 
 const std::map<std::string, Command>& commands() {
   static const std::map<std::string, Command> table = {
-      {"demo", {tally::cli::cmd_demo, "a short autograd demo: fit a tiny MLP on the CPU"}},
-      {"prepare", {tally::cli::cmd_prepare, "tokenize a UTF-8 text file into llm.c token shards"}},
-      {"train", {tally::cli::cmd_train, "train a GPT-2 (default: small preset, Tiny Shakespeare, CAME, CPU)"}},
-      {"compare", {tally::cli::cmd_compare, "train with several optimizers and write a report"}},
-      {"memory", {tally::cli::cmd_memory, "the exact memory plan of a model and optimizers, without allocating"}},
-      {"inspect", {tally::cli::cmd_inspect, "per-tensor optimizer state of a checkpoint"}},
-      {"eval", {tally::cli::cmd_eval, "mean loss of a model over token shards"}},
-      {"export", {tally::cli::cmd_export, "write a model as llm.c .bin or .safetensors"}},
-      {"sample", {tally::cli::cmd_sample, "generate text from a model"}},
+      {"demo", {tally::train::cmd_demo, "a short autograd demo: fit a tiny MLP on the CPU"}},
+      {"prepare", {tally::train::cmd_prepare, "tokenize a UTF-8 text file into llm.c token shards"}},
+      {"train", {tally::train::cmd_train, "train a GPT-2 (default: small preset, Tiny Shakespeare, CAME, CPU)"}},
+      {"compare", {tally::train::cmd_compare, "train with several optimizers and write a report"}},
+      {"report", {tally::train::cmd_report, "an HTML page of runs: training curves, optimizer internals, memory"}},
+      {"memory", {tally::train::cmd_memory, "the exact memory plan of a model and optimizers, without allocating"}},
+      {"inspect", {tally::train::cmd_inspect, "per-tensor optimizer state of a checkpoint"}},
+      {"eval", {tally::train::cmd_eval, "mean loss of a model over token shards"}},
+      {"export", {tally::train::cmd_export, "write a model as llm.c .bin or .safetensors"}},
+      {"sample", {tally::train::cmd_sample, "generate text from a model"}},
   };
   return table;
 }
@@ -78,14 +79,14 @@ int main(int argc, char** argv) {
     print_help();
     return 2;
   }
-  tally::cli::Args args(argv + 2, argv + argc);
+  tally::train::Args args(argv + 2, argv + argc);
   const std::string who = std::string(argv[1]) + rank_label();
   try {
     return it->second.run(args);
-  } catch (const tally::cli::HelpRequested& h) {
+  } catch (const tally::train::HelpRequested& h) {
     std::fputs(h.what(), stdout);
     return 0;
-  } catch (const tally::cli::FlagError& e) {
+  } catch (const tally::train::FlagError& e) {
     std::fprintf(stderr, "tally %s: %s\n(see 'tally %s --help')\n", who.c_str(), e.what(), argv[1]);
     return end_job(2);
   } catch (const tally::Error& e) {

@@ -11,7 +11,7 @@
 #include "core/cuda/runtime.h"
 #endif
 
-namespace tally::cli {
+namespace tally::train {
 
 MemoryFigures measure(const Ledger& l, const optim::Optimizer& optimizer) {
   MemoryFigures m;
@@ -25,7 +25,17 @@ MemoryFigures measure(const Ledger& l, const optim::Optimizer& optimizer) {
   m.total_held = l.total().peak_held;
   for (const auto& ts : optimizer.state_bytes())
     for (const auto& s : ts.states) m.state_by_kind[s.name] += s.bytes();
+  for (const Ledger::OwnerInCategory& o : l.owners_by_category())
+    m.owners.push_back({o.category, o.owner, o.usage.peak_requested});
   return m;
+}
+
+nlohmann::json to_json(const MemoryFigures& m) {
+  nlohmann::json owners = nlohmann::json::object();
+  for (const MemoryFigures::Owner& o : m.owners) owners[category_name(o.category)][o.name] = o.bytes;
+  return {{"parameters", m.parameters}, {"gradients", m.gradients}, {"optimizer_state", m.optimizer_state},
+          {"state_by_kind", m.state_by_kind}, {"activations", m.activations}, {"workspace", m.workspace},
+          {"other", m.other}, {"total", m.total}, {"total_held", m.total_held}, {"owners", owners}};
 }
 
 std::string format_plan(const MemoryFigures& p, const MemoryFigures* m) {
@@ -230,4 +240,4 @@ std::string memory_advice(const models::GPT2Config& model, const OptimizerChoice
   return out;
 }
 
-}  // namespace tally::cli
+}  // namespace tally::train

@@ -3,16 +3,19 @@
 // code allocates the same bytes, nothing is computed), the budget the device allows, the largest batch that fits,
 // and the advice an out-of-memory error carries.
 #pragma once
+#include <nlohmann/json.hpp>
+
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "core/ledger.h"
 #include "models/gpt2.h"
 #include "train/data_parallel.h"
 #include "train/setup.h"
 
-namespace tally::cli {
+namespace tally::train {
 
 struct MemoryFigures {
   int64_t parameters = 0;                        // live bytes (requested)
@@ -25,7 +28,18 @@ struct MemoryFigures {
   int64_t total = 0;                             // peak of everything at once
   int64_t total_held = 0;                        // the same in held bytes (the allocator's 64-byte rounding)
   int64_t comm_bytes = 0;                        // data parallel: float bytes a step hands to the collectives
+  // The ledger by owner: each owner's peak in each category it allocated in (parameters and optimizer state are
+  // live throughout, so their peak is their size; the owners' peaks need not coincide, so they do not sum to total).
+  struct Owner {
+    Category category;
+    std::string name;  // "transformer.h.0.attn.c_attn.weight", "...:grad", "...:exp_avg", "transformer.h.0.mlp", ...
+    int64_t bytes = 0;
+  };
+  std::vector<Owner> owners;
 };
+// As log.jsonl's memory record carries it: {"parameters", ..., "state_by_kind": {...}, "total", "total_held",
+// "owners": {"<category>": {"<owner>": bytes}}}.
+nlohmann::json to_json(const MemoryFigures& m);
 // Reads a ledger after a step (peaks since the last reset_peaks()); state_by_kind from the optimizer.
 MemoryFigures measure(const Ledger& l, const optim::Optimizer& optimizer);
 std::string format_plan(const MemoryFigures& predicted, const MemoryFigures* measured);
@@ -70,4 +84,4 @@ int64_t largest_fitting_batch(const models::GPT2Config& model, const OptimizerCh
 std::string memory_advice(const models::GPT2Config& model, const OptimizerChoice& optimizer, StepShape shape,
                           const MemoryFigures& predicted, const MemoryBudget& budget);
 
-}  // namespace tally::cli
+}  // namespace tally::train

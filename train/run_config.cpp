@@ -1,7 +1,7 @@
 // `tally train`'s flags and the RunConfig resolved from them (see run_config.h).
 #include "train/run_config.h"
 
-namespace tally::cli {
+namespace tally::train {
 
 namespace {
 RunConfig run_config_unchecked(const Flags& f, DataResolution data);
@@ -121,4 +121,4 @@ RunConfig run_config_unchecked(const Flags& f, DataResolution data) {
 
 }  // namespace
 
-}  // namespace tally::cli
+}  // namespace tally::train

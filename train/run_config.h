@@ -13,7 +13,7 @@
 #include "train/data_parallel.h"
 #include "train/setup.h"
 
-namespace tally::cli {
+namespace tally::train {
 
 // Everything a run is configured with (resolved from flags and saved with the run).
 struct RunConfig {
@@ -44,4 +44,4 @@ std::vector<FlagSpec> train_flags();
 enum class DataResolution { resolve, skip };
 RunConfig run_config(const Flags& flags, DataResolution data = DataResolution::resolve);
 
-}  // namespace tally::cli
+}  // namespace tally::train

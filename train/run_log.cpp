@@ -7,7 +7,7 @@
 
 using nlohmann::json;
 
-namespace tally::cli {
+namespace tally::train {
 
 namespace {
 
@@ -42,9 +42,10 @@ void RunLog::step(const StepRecord& r) {
 
 void RunLog::validation(int64_t step, double loss) { write({{"step", step}, {"val_loss", number(loss)}}); }
 
-void RunLog::memory(int64_t step, int64_t predicted, int64_t measured) {
-  write({{"step", step}, {"memory_predicted", predicted}, {"memory_measured", measured},
-         {"memory_difference", measured - predicted}});
+void RunLog::memory(int64_t step, const MemoryFigures& predicted, const MemoryFigures& measured) {
+  write({{"step", step}, {"memory_predicted", predicted.total}, {"memory_measured", measured.total},
+         {"memory_difference", measured.total - predicted.total},
+         {"memory", {{"predicted", to_json(predicted)}, {"measured", to_json(measured)}}}});
 }
 
 void RunLog::communication(int64_t step, int64_t predicted, int64_t measured) {
@@ -70,4 +71,4 @@ void RunLog::optimizer_internals(int64_t step, const std::vector<optim::TensorIn
   write({{"step", step}, {"optim", entries}});
 }
 
-}  // namespace tally::cli
+}  // namespace tally::train

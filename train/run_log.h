@@ -3,7 +3,8 @@
 //   {"step", "loss", "lr", "grad_norm", "tokens_per_s", "ms"}             a training step
 //   {"step", "skipped": true, "loss", "grad_norm"}                          a non-finite step (null for NaN/inf)
 //   {"step", "val_loss"}                                                   an evaluation
-//   {"step", "memory_predicted", "memory_measured", "memory_difference"}   after the first step (CPU)
+//   {"step", "memory_predicted", "memory_measured", "memory_difference",   after the first step (CPU): totals, and
+//    "memory": {"predicted": {...}, "measured": {...}}}                     each side by category and owner (to_json)
 //   {"step", "comm_bytes_predicted", "comm_bytes_measured"}                after the first step (data parallel)
 //   {"step", "optim": [{"param", "update_rms", ...}]}                      the optimizer's internals (--log-optim)
 #pragma once
@@ -14,8 +15,9 @@
 #include <vector>
 
 #include "optim/optimizer.h"
+#include "train/memory_plan.h"
 
-namespace tally::cli {
+namespace tally::train {
 
 struct StepRecord {
   int64_t step = 0;
@@ -34,7 +36,7 @@ class RunLog {
 
   void step(const StepRecord& r);
   void validation(int64_t step, double loss);
-  void memory(int64_t step, int64_t predicted, int64_t measured);
+  void memory(int64_t step, const MemoryFigures& predicted, const MemoryFigures& measured);
   void communication(int64_t step, int64_t predicted, int64_t measured);
   void optimizer_internals(int64_t step, const std::vector<optim::TensorInternals>& internals);
 
@@ -44,4 +46,4 @@ class RunLog {
   std::FILE* file_ = nullptr;
 };
 
-}  // namespace tally::cli
+}  // namespace tally::train

@@ -18,7 +18,7 @@
 
 namespace fs = std::filesystem;
 
-namespace tally::cli {
+namespace tally::train {
 
 // ---- model ----
 
@@ -232,4 +232,4 @@ DataChoice resolve_data_from(const std::vector<fs::path>& candidates, int64_t va
   fail(kDownloadHint, "\n", data::offline_note());
 }
 
-}  // namespace tally::cli
+}  // namespace tally::train

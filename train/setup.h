@@ -15,7 +15,7 @@
 #include "optim/registry.h"
 #include "train/flags.h"
 
-namespace tally::cli {
+namespace tally::train {
 
 // ---- model ----
 // Flags: --model PRESET, --layers L --heads H --width C (override the preset), --block T, --no-vocab-pad.
@@ -67,4 +67,4 @@ DataChoice resolve_data_from(const std::vector<std::filesystem::path>& candidate
 std::vector<std::filesystem::path> default_data_candidates();
 std::vector<FlagSpec> data_flags();
 
-}  // namespace tally::cli
+}  // namespace tally::train

@@ -7,7 +7,7 @@
 #include "core/ops.h"
 #include "optim/clip.h"
 
-namespace tally::cli {
+namespace tally::train {
 
 StepOutcome optimizer_step(models::GPT2& model, optim::Optimizer& opt, Batches& batches, const StepPlan& plan) {
   const bool meta = model.device().is_meta();
@@ -46,4 +46,4 @@ StepOutcome optimizer_step(models::GPT2& model, optim::Optimizer& opt, Batches& 
   return out;
 }
 
-}  // namespace tally::cli
+}  // namespace tally::train

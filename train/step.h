@@ -11,7 +11,7 @@
 #include "optim/optimizer.h"
 #include "train/data_parallel.h"
 
-namespace tally::cli {
+namespace tally::train {
 
 // Where a step's micro-batches come from: (B, T) i32 inputs and targets on the model's device.
 class Batches {
@@ -35,4 +35,4 @@ struct StepOutcome {
 
 StepOutcome optimizer_step(models::GPT2& model, optim::Optimizer& optimizer, Batches& batches, const StepPlan& plan);
 
-}  // namespace tally::cli
+}  // namespace tally::train

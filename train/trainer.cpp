@@ -23,7 +23,7 @@
 
 namespace fs = std::filesystem;
 
-namespace tally::cli {
+namespace tally::train {
 
 std::atomic<bool> g_stop_requested{false};
 
@@ -239,12 +239,13 @@ StepRecord Trainer::train_step(int64_t step) {
   r.loss = o.loss;
   r.grad_norm = o.grad_norm;
   r.skipped = !o.finite;
-  r.tokens_per_s = double(c_.batch * c_.seq * c_.accumulation) / (r.ms / 1000);
+  // The whole job's rate: every rank trains as many tokens per step as this one.
+  r.tokens_per_s = double(c_.batch * c_.seq * c_.accumulation * comm_.world()) / (r.ms / 1000);
 
   if (first && c_.device.is_cpu()) {  // a CUDA step also holds cuBLAS's and CUB's scratch, which the plan omits
     const MemoryFigures m = measure(ledger_now, *optimizer_);
     std::printf("after step %lld, measured beside predicted:\n%s\n", (long long)step, format_plan(predicted_, &m).c_str());
-    if (log_) log_->memory(step, predicted_.total, m.total);
+    if (log_) log_->memory(step, predicted_, m);
   }
   if (first && parallel_ && log_) log_->communication(step, parallel_->bytes_per_step(), comm_.float_bytes() - sent_before);
   if (log_) log_->step(r);
@@ -455,4 +456,4 @@ void Trainer::run_steps(RunSummary& s) {
   s.skipped_steps = skipped_total_;
 }
 
-}  // namespace tally::cli
+}  // namespace tally::train

@@ -21,7 +21,7 @@
 #include "train/setup.h"
 #include "train/step.h"
 
-namespace tally::cli {
+namespace tally::train {
 
 struct RunSummary {
   int64_t steps_done = 0;
@@ -80,4 +80,4 @@ class Trainer {
   int64_t skipped_total_ = 0, skipped_in_row_ = 0;
 };
 
-}  // namespace tally::cli
+}  // namespace tally::train

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
 
@@ -143,25 +144,17 @@ SafetensorsReader SafetensorsReader::from_memory(std::span<const uint8_t> bytes,
   return r;
 }
 
-void SafetensorsReader::parse(std::span<const uint8_t> file) {
-  const std::string where = cat("[safetensors] '", source_, "': ");
-  if (file.size() < 8)
-    fail(where, "truncated: the file is ", file.size(),
-         " bytes, but a safetensors file starts with an 8-byte header length");
-  const uint64_t n = load<uint64_t>(file.data());
-  if (n > kSafetensorsMaxHeaderBytes)
-    fail(where, "header length ", n, " exceeds the ", kSafetensorsMaxHeaderBytes,
-         "-byte limit (not a safetensors file, or corrupt)");
-  if (n > file.size() - 8)
-    fail(where, "header length ", n, " is larger than the ", file.size() - 8,
-         " bytes that follow it (file truncated or corrupt)");
-  header_size_ = n;
-  const auto* header_begin = reinterpret_cast<const char*>(file.data() + 8);
-  const std::span<const uint8_t> data = file.subspan(8 + n);
+namespace {
 
+// The header's JSON (n bytes) of a file whose data section has `data_size` bytes: every entry and its validation
+// (known dtype, shape, offsets inside the data section, bytes == numel * element size, tensors packed with no
+// overlap, gap or trailing bytes). Entries come out sorted by offset, their `bytes` left empty.
+void parse_header(const std::string& where, std::string_view json_text, uint64_t data_size,
+                  std::vector<SafetensorsEntry>& entries, std::map<std::string, std::string, std::less<>>& metadata) {
+  const uint64_t n = json_text.size();
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(header_begin, header_begin + n);
+    header = nlohmann::json::parse(json_text.begin(), json_text.end());
   } catch (const nlohmann::json::exception& e) {
     fail(where, "the ", n, "-byte header is not valid JSON: ", e.what());
   }
@@ -180,7 +173,7 @@ void SafetensorsReader::parse(std::span<const uint8_t> file) {
           const nlohmann::json& mv = meta.value();
           if (!mv.is_string())
             fail(where, "\"__metadata__\" value for key '", mk, "' must be a string, found a JSON ", mv.type_name());
-          metadata_.emplace(mk, mv.get<std::string>());
+          metadata.emplace(mk, mv.get<std::string>());
         }
         continue;
       }
@@ -220,26 +213,25 @@ void SafetensorsReader::parse(std::span<const uint8_t> file) {
       e.begin = (*off)[0].get<uint64_t>();
       e.end = (*off)[1].get<uint64_t>();
       if (e.begin > e.end) fail(tw, "data_offsets [", e.begin, ", ", e.end, "] end before they begin");
-      if (e.end > data.size())
-        fail(tw, "data_offsets [", e.begin, ", ", e.end, "] lie outside the data section of ", data.size(),
+      if (e.end > data_size)
+        fail(tw, "data_offsets [", e.begin, ", ", e.end, "] lie outside the data section of ", data_size,
              " bytes (offsets out of range)");
       if (e.end - e.begin != nbytes)
         fail(tw, "size mismatch: dtype ", dname, " with shape ", shape_text(e.shape), " needs ", nbytes,
              " bytes, but data_offsets [", e.begin, ", ", e.end, "] span ", e.end - e.begin);
-      e.bytes = data.subspan(e.begin, e.end - e.begin);
-      entries_.push_back(std::move(e));
+      entries.push_back(std::move(e));
     }
   } catch (const nlohmann::json::exception& ex) {  // type errors while reading a well-formed but odd header
     fail(where, "malformed header: ", ex.what());
   }
 
   // The tensors must tile the data section exactly: sorted by offset, each begins where the previous ends.
-  std::sort(entries_.begin(), entries_.end(), [](const SafetensorsEntry& a, const SafetensorsEntry& b) {
+  std::sort(entries.begin(), entries.end(), [](const SafetensorsEntry& a, const SafetensorsEntry& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
   });
   uint64_t covered = 0;
   const SafetensorsEntry* last = nullptr;  // the entry that ends at `covered`
-  for (const SafetensorsEntry& e : entries_) {
+  for (const SafetensorsEntry& e : entries) {
     if (e.begin < covered)
       fail(where, "tensors '", last->name, "' [", last->begin, ", ", last->end, "] and '", e.name, "' [", e.begin,
            ", ", e.end, "] overlap");
@@ -249,11 +241,58 @@ void SafetensorsReader::parse(std::span<const uint8_t> file) {
     covered = e.end;
     last = &e;
   }
-  if (covered != data.size())
-    fail(where, "the data section has ", data.size(), " bytes but the tensors cover only ", covered,
+  if (covered != data_size)
+    fail(where, "the data section has ", data_size, " bytes but the tensors cover only ", covered,
          " (trailing bytes; file corrupt)");
+}
 
+// The 8-byte header length N of a file of `file_size` bytes, checked against the limit and the file.
+uint64_t checked_header_length(const std::string& where, const uint8_t* first8, uint64_t file_size) {
+  if (file_size < 8)
+    fail(where, "truncated: the file is ", file_size,
+         " bytes, but a safetensors file starts with an 8-byte header length");
+  const uint64_t n = load<uint64_t>(first8);
+  if (n > kSafetensorsMaxHeaderBytes)
+    fail(where, "header length ", n, " exceeds the ", kSafetensorsMaxHeaderBytes,
+         "-byte limit (not a safetensors file, or corrupt)");
+  if (n > file_size - 8)
+    fail(where, "header length ", n, " is larger than the ", file_size - 8,
+         " bytes that follow it (file truncated or corrupt)");
+  return n;
+}
+
+}  // namespace
+
+void SafetensorsReader::parse(std::span<const uint8_t> file) {
+  const std::string where = cat("[safetensors] '", source_, "': ");
+  static const uint8_t kNone[8] = {};
+  const uint64_t n = checked_header_length(where, file.size() >= 8 ? file.data() : kNone, file.size());
+  header_size_ = n;
+  const std::span<const uint8_t> data = file.subspan(8 + n);
+  parse_header(where, {reinterpret_cast<const char*>(file.data() + 8), size_t(n)}, data.size(), entries_, metadata_);
+  for (SafetensorsEntry& e : entries_) e.bytes = data.subspan(e.begin, e.end - e.begin);
   for (size_t i = 0; i < entries_.size(); ++i) by_name_.emplace(entries_[i].name, i);
+}
+
+SafetensorsHeader read_safetensors_header(const fs::path& path) {
+  SafetensorsHeader h;
+  h.source = path.string();
+  const std::string where = cat("[safetensors] '", h.source, "': ");
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) fail(where, "is a directory, not a safetensors file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(where, fs::exists(path, ec) ? "cannot be opened for reading" : "no such file");
+  const uintmax_t file_size = fs::file_size(path, ec);
+  if (ec) fail(where, "cannot read its size: ", ec.message());
+  uint8_t first8[8] = {};
+  if (file_size >= 8 && !in.read(reinterpret_cast<char*>(first8), 8)) fail(where, "reading the header length failed");
+  const uint64_t n = checked_header_length(where, first8, file_size);
+  std::string text(size_t(n), '\0');
+  if (n > 0 && !in.read(text.data(), std::streamsize(n))) fail(where, "reading the ", n, "-byte header failed");
+  h.header_size = n;
+  h.data_size = file_size - 8 - n;
+  parse_header(where, text, h.data_size, h.tensors, h.metadata);
+  return h;
 }
 
 const SafetensorsEntry* SafetensorsReader::find(std::string_view name) const {

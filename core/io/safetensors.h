@@ -89,6 +89,18 @@ class SafetensorsReader {
   std::map<std::string, std::string, std::less<>> metadata_;
 };
 
+// Only the header of a file: its 8-byte length and JSON are read (a multi-gigabyte checkpoint costs a few
+// kilobytes), and validated as the reader does, against the file's size: names, dtypes, shapes and offsets. The
+// entries' `bytes` are empty.
+struct SafetensorsHeader {
+  std::string source = {};
+  uint64_t header_size = 0;                  // N, the JSON header's length including padding
+  uint64_t data_size = 0;                    // the bytes after the header
+  std::vector<SafetensorsEntry> tensors;     // ordered by their position in the data section
+  std::map<std::string, std::string, std::less<>> metadata = {};
+};
+SafetensorsHeader read_safetensors_header(const std::filesystem::path& path);
+
 // ---- writing ----
 
 // A tensor to write. The writer reads numel * element-size bytes from `data` (may be null when numel is 0) and

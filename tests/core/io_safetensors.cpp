@@ -34,6 +34,8 @@ std::string read_error(const fs::path& dir, const std::string& name, const std::
   test::write_raw(dir / name, bytes);
   std::string msg = error_message([&] { SafetensorsReader r(dir / name); });
   MESSAGE(msg);  // shown with -s, and beside any failing check on it
+  // Reading the header alone finds the same fault, in the same words (the data section's size comes from the file).
+  CHECK(error_message([&] { read_safetensors_header(dir / name); }) == msg);
   return msg;
 }
 
@@ -387,3 +389,26 @@ TEST_CASE("safetensors: corrupt files throw tally::Error naming the file and the
 }
 
 }  // TEST_SUITE("io")
+
+TEST_CASE("safetensors: reading the header alone gives the reader's tensors, offsets and metadata") {
+  const fs::path sample = test::reference_dir() / "safetensors_sample.safetensors";
+  const SafetensorsReader full(sample);
+  const SafetensorsHeader h = read_safetensors_header(sample);
+  CHECK(h.source == sample.string());
+  CHECK(h.header_size == full.header_size());
+  CHECK(h.data_size == fs::file_size(sample) - 8 - full.header_size());
+  CHECK(h.metadata == full.metadata());
+  REQUIRE(h.tensors.size() == full.tensors().size());
+  for (size_t i = 0; i < h.tensors.size(); ++i) {
+    const SafetensorsEntry &a = h.tensors[i], &b = full.tensors()[i];
+    CHECK(a.name == b.name);
+    CHECK(a.dtype == b.dtype);
+    CHECK(a.shape == b.shape);
+    CHECK(a.begin == b.begin);
+    CHECK(a.end == b.end);
+    CHECK(a.bytes.empty());
+  }
+  fs::path dir = test::temp_dir("st_header");
+  CHECK(contains(error_message([&] { read_safetensors_header(dir / "absent.safetensors"); }), "no such file"));
+  CHECK(contains(error_message([&] { read_safetensors_header(dir); }), "is a directory"));
+}

@@ -59,12 +59,12 @@ TEST_CASE("bf16: GPT-2 is refused on the CPU with the way out, and planned on me
 }
 
 TEST_CASE("bf16: tally train --dtype bf16 needs --device cuda") {
-  cli::Flags f("train", "", cli::train_flags());
+  train::Flags f("train", "", train::train_flags());
   f.parse({"--model", "tiny", "--dtype", "bf16"});
-  CHECK_THROWS_WITH_AS(cli::run_config(f), doctest::Contains("--dtype bf16 computes on CUDA only"), cli::FlagError);
-  cli::Flags g("train", "", cli::train_flags());
+  CHECK_THROWS_WITH_AS(train::run_config(f), doctest::Contains("--dtype bf16 computes on CUDA only"), train::FlagError);
+  train::Flags g("train", "", train::train_flags());
   g.parse({"--model", "tiny", "--dtype", "f16"});
-  CHECK_THROWS_WITH_AS(cli::run_config(g), doctest::Contains("--dtype must be f32 or bf16"), cli::FlagError);
+  CHECK_THROWS_WITH_AS(train::run_config(g), doctest::Contains("--dtype must be f32 or bf16"), train::FlagError);
 }
 
 }  // TEST_SUITE

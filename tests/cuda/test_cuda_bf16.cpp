@@ -331,14 +331,14 @@ TEST_CASE("cuda bf16: the meta-device plan of a bf16 training step equals the by
 TEST_CASE("cuda bf16: tally train --device cuda --dtype bf16 trains, evaluates, samples, and resumes bit for bit" * doctest::skip(kNoGpu)) {
   namespace fs = std::filesystem;
   auto config = [](const fs::path& out, std::vector<std::string> extra) {
-    cli::Flags f("train", "", cli::train_flags());
+    train::Flags f("train", "", train::train_flags());
     // SGD with momentum and few steps keep this affordable under the CPU emulator (CAME's factored step is slow there).
     std::vector<std::string> args = {"--model", "tiny", "--device", "cuda", "--dtype", "bf16", "--batch", "1", "--seq",
                                      "16", "--steps", "3", "--eval-every", "2", "--val-batches", "1", "--sample-tokens",
                                      "2", "--out", out.string(), "--optimizer", "sgd", "--lr", "3e-2", "--warmup", "1"};
     args.insert(args.end(), extra.begin(), extra.end());
     f.parse(args);
-    return cli::run_config(f);
+    return train::run_config(f);
   };
   auto losses = [](const fs::path& log) {
     std::map<int64_t, double> m;
@@ -354,7 +354,7 @@ TEST_CASE("cuda bf16: tally train --device cuda --dtype bf16 trains, evaluates, 
   };
   fs::path a = test::temp_dir("cuda_bf16_train_a"), b = test::temp_dir("cuda_bf16_train_b");
   {
-    cli::Trainer t(config(a, {"--save-every", "2"}));
+    train::Trainer t(config(a, {"--save-every", "2"}));
     t.run();
   }
   REQUIRE(fs::exists(a / "step-00000002"));
@@ -363,14 +363,14 @@ TEST_CASE("cuda bf16: tally train --device cuda --dtype bf16 trains, evaluates, 
     CHECK(state["dtype"] == "bf16");
   }
   {
-    cli::Trainer t(config(b, {}));
+    train::Trainer t(config(b, {}));
     t.resume(a / "step-00000002");
     t.run();
   }
   {
-    cli::Flags f("train", "", cli::train_flags());
+    train::Flags f("train", "", train::train_flags());
     f.parse({"--model", "tiny", "--device", "cuda", "--out", (b / "f32").string()});
-    cli::Trainer t(cli::run_config(f));
+    train::Trainer t(train::run_config(f));
     CHECK_THROWS_WITH_AS(t.resume(a / "step-00000002"), doctest::Contains("trained with --dtype bf16"), Error);
   }
   auto [la, planned] = losses(a / "log.jsonl");

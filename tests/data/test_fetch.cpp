@@ -79,9 +79,11 @@ TEST_CASE("fetch: the pinned sizes and digests are those of the files as found")
     MESSAGE("SKIPPED: the data files were neither found nor downloaded");
     return;
   }
-  for (const auto& [file, path] : {std::pair{DataFile::tiny_shakespeare, real.text},
-                                   std::pair{DataFile::gpt2_encoder, real.encoder},
-                                   std::pair{DataFile::gpt2_vocab, real.vocab}}) {
+  for (const auto& entry : {std::pair{DataFile::tiny_shakespeare, real.text},
+                            std::pair{DataFile::gpt2_encoder, real.encoder},
+                            std::pair{DataFile::gpt2_vocab, real.vocab}}) {
+    const DataFile file = entry.first;  // not structured bindings: doctest's CHECK captures them in a lambda (clang)
+    const fs::path path = entry.second;
     CHECK_MESSAGE(int64_t(fs::file_size(path)) == pinned(file).bytes, path.string());
     CHECK_MESSAGE(io::sha256_file_hex(path) == pinned(file).sha256, path.string());
   }
@@ -112,8 +114,9 @@ TEST_CASE("fetch: search order, cache directory, URLs and TALLY_OFFLINE follow t
     test::ScopedEnv url("TALLY_DATA_URL", "http://127.0.0.1:8000/mirror/");
     CHECK(download_url(DataFile::gpt2_encoder) == "http://127.0.0.1:8000/mirror/gpt2/encoder.json");
   }
-  for (const auto& [value, expected] : {std::pair{"", false}, std::pair{"0", false}, std::pair{"1", true},
-                                        std::pair{"yes", true}}) {
+  for (const auto& entry : {std::pair{"", false}, std::pair{"0", false}, std::pair{"1", true}, std::pair{"yes", true}}) {
+    const char* value = entry.first;
+    const bool expected = entry.second;
     test::ScopedEnv env("TALLY_OFFLINE", value);
     CHECK_MESSAGE(offline() == expected, "TALLY_OFFLINE=", value);
   }

@@ -13,18 +13,18 @@
 using namespace tally;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  cli::Flags flags("train", "fuzz", cli::train_flags());
+  train::Flags flags("train", "fuzz", train::train_flags());
   try {
     flags.merge_json({reinterpret_cast<const char*>(data), size}, "config.json");
-  } catch (const cli::FlagError& e) {
+  } catch (const train::FlagError& e) {
     if (std::string(e.what()).find("config.json") == std::string::npos) std::abort();
     return 0;
   }
   try {
-    cli::RunConfig c = cli::run_config(flags, cli::DataResolution::skip);
+    train::RunConfig c = train::run_config(flags, train::DataResolution::skip);
     c.model.validate();
     if (c.batch < 1 || c.seq < 1 || c.seq > c.model.block_size || c.accumulation < 1) std::abort();
-  } catch (const cli::FlagError&) {
+  } catch (const train::FlagError&) {
   } catch (const Error&) {
   }
   return 0;

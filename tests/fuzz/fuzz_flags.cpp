@@ -18,14 +18,14 @@ using namespace tally;
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<std::string> args;
   for (std::string_view a : fuzz::split_nul({data, size})) args.emplace_back(a);
-  cli::Flags flags("train", "fuzz", cli::train_flags());
+  train::Flags flags("train", "fuzz", train::train_flags());
   try {
     flags.parse(args);
-    cli::RunConfig c = cli::run_config(flags, cli::DataResolution::skip);
+    train::RunConfig c = train::run_config(flags, train::DataResolution::skip);
     c.model.validate();
     if (c.batch < 1 || c.seq < 1 || c.seq > c.model.block_size || c.accumulation < 1) std::abort();
-  } catch (const cli::FlagError&) {
-  } catch (const cli::HelpRequested&) {
+  } catch (const train::FlagError&) {
+  } catch (const train::HelpRequested&) {
   } catch (const Error&) {
   }
   return 0;

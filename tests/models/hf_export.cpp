@@ -127,9 +127,9 @@ void check_same_fields(const fs::path& ours_path, const fs::path& golden_path) {
 }
 
 int run_export(const std::vector<std::string>& args) {
-  cli::Args a = {"--checkpoint"};
+  train::Args a = {"--checkpoint"};
   a.insert(a.end(), args.begin(), args.end());
-  return cli::cmd_export(a);
+  return train::cmd_export(a);
 }
 
 std::set<std::string> files_in(const fs::path& dir) {
@@ -212,7 +212,7 @@ TEST_CASE("hf export: the exported model's logits equal transformers' from the s
     INFO("export ", label);
     const fs::path out = dir / dtype;
     REQUIRE(run_export({src.string(), "--format", "hf", "--dtype", dtype, "--out", out.string()}) == 0);
-    auto model = cli::load_model_file(out, Device::cpu());  // the directory, as --init and --checkpoint take it
+    auto model = train::load_model_file(out, Device::cpu());  // the directory, as --init and --checkpoint take it
     CHECK(model->config().n_head == kNH);
     CHECK(model->config().dropout == 0.1);  // read from the exported config.json
     if (label == "bf16") {  // the weights came back as the formula's floats rounded to nearest even
@@ -318,11 +318,11 @@ TEST_CASE("hf import: config.json is checked against the tensors, naming the fie
   const json good = read_json(config_path);
 
   // As written, it loads back as the model it was: heads, dropout, values.
-  auto back = cli::load_model_file(dir / "hf", Device::cpu());
+  auto back = train::load_model_file(dir / "hf", Device::cpu());
   CHECK(back->config().n_head == 2);
   CHECK(back->config().dropout == 0.25);
   CHECK(back->wte.weight().to_vector<float>() == model.wte.weight().to_vector<float>());
-  CHECK(cli::load_model_file(weights, Device::cpu())->config() == back->config());
+  CHECK(train::load_model_file(weights, Device::cpu())->config() == back->config());
 
   auto with = [&](const char* key, const json& value) {
     json j = good;
@@ -332,7 +332,7 @@ TEST_CASE("hf import: config.json is checked against the tensors, naming the fie
   auto refused = [&](const char* key, const json& value, const std::string& message) {
     INFO(key, " = ", value.dump());
     with(key, value);
-    CHECK_THROWS_WITH_AS(cli::load_model_file(dir / "hf", Device::cpu()), doctest::Contains(message.c_str()), Error);
+    CHECK_THROWS_WITH_AS(train::load_model_file(dir / "hf", Device::cpu()), doctest::Contains(message.c_str()), Error);
   };
   const std::string cfg = cat("'", config_path.string(), "'"), file = cat("'", weights.string(), "'");
   refused("n_layer", 3, cfg + " says n_layer = 3 but " + file + " has 2");
@@ -350,17 +350,17 @@ TEST_CASE("hf import: config.json is checked against the tensors, naming the fie
   refused("layer_norm_epsilon", 0, cfg + ": layer_norm_epsilon must be positive");
 
   io::write_file_atomic(config_path, std::string("{\"n_head\": 2,"));
-  CHECK_THROWS_WITH_AS(cli::load_model_file(dir / "hf", Device::cpu()),
+  CHECK_THROWS_WITH_AS(train::load_model_file(dir / "hf", Device::cpu()),
                        doctest::Contains((cfg + ": not valid JSON").c_str()), Error);
   io::write_file_atomic(config_path, std::string("[2]"));
-  CHECK_THROWS_WITH_AS(cli::load_model_file(dir / "hf", Device::cpu()),
+  CHECK_THROWS_WITH_AS(train::load_model_file(dir / "hf", Device::cpu()),
                        doctest::Contains((cfg + ": expected a JSON object, found a array").c_str()), Error);
 
   // Fields that agree, or that transformers leaves null, load.
   with("n_inner", nullptr);
-  CHECK(cli::load_model_file(dir / "hf", Device::cpu())->config() == back->config());
+  CHECK(train::load_model_file(dir / "hf", Device::cpu())->config() == back->config());
   with("layer_norm_epsilon", 1e-6);
-  CHECK(cli::load_model_file(dir / "hf", Device::cpu())->config().ln_eps == 1e-6);
+  CHECK(train::load_model_file(dir / "hf", Device::cpu())->config().ln_eps == 1e-6);
   fs::remove_all(dir);
 }
 

@@ -43,7 +43,7 @@ Outcome attempt(const std::function<void()>& load, const fs::path& file, const s
   } catch (const Error& e) {
     CHECK_MESSAGE(std::string(e.what()).find(file.filename().string()) != std::string::npos, std::string(e.what()));
     return Outcome::refused;
-  } catch (const cli::FlagError& e) {
+  } catch (const train::FlagError& e) {
     CHECK_MESSAGE(std::string(e.what()).find(file.filename().string()) != std::string::npos, std::string(e.what()));
     return Outcome::refused;
   } catch (const std::exception& e) {
@@ -197,11 +197,11 @@ TEST_CASE("damaged files: a training run's checkpoint (state.json's loader posit
   // The CRC catches damage; a state.json that is well formed but wrong (edited by hand, or written with a
   // matching checksum) is refused by its own checks, naming the field.
   const fs::path run = test::temp_dir("damage_state");
-  cli::Flags f("train", "", cli::train_flags());
+  train::Flags f("train", "", train::train_flags());
   f.parse({"--model", "tiny", "--batch", "2", "--seq", "16", "--steps", "1", "--eval-every", "0", "--val-batches", "1",
            "--out", run.string(), "--threads", "1"});
-  const cli::RunConfig config = cli::run_config(f);
-  cli::Trainer(config).run();
+  const train::RunConfig config = train::run_config(f);
+  train::Trainer(config).run();
   const fs::path dir = run / "step-00000001", state = dir / "state.json";
   const std::string good = slurp(state);
   auto resume_with = [&](const std::function<void(nlohmann::json&)>& edit) {
@@ -215,7 +215,7 @@ TEST_CASE("damaged files: a training run's checkpoint (state.json's loader posit
     spit(dir / "manifest.json", m.dump(2) + "\n");
     std::string msg;
     try {
-      cli::Trainer t(config);
+      train::Trainer t(config);
       t.resume(dir);
     } catch (const Error& e) {
       msg = e.what();
@@ -236,7 +236,7 @@ TEST_CASE("damaged files: a training run's checkpoint (state.json's loader posit
   // The same state with a model configuration far larger than the tensors saved: loading the model file refuses
   // before allocating it.
   resume_with([](nlohmann::json& j) { j["model_config"]["n_layer"] = 60000; });
-  CHECK_THROWS_WITH_AS(cli::load_model_file(dir, Device::cpu()), doctest::Contains("has no tensor named 'transformer.h.2"), Error);
+  CHECK_THROWS_WITH_AS(train::load_model_file(dir, Device::cpu()), doctest::Contains("has no tensor named 'transformer.h.2"), Error);
   fs::remove_all(run);
 }
 
@@ -264,9 +264,9 @@ TEST_CASE("damaged files: JSON configuration for --config") {
   const fs::path dir = test::temp_dir("damage_config"), file = dir / "run.json";
   spit(file, R"({"model": "tiny", "batch": 4, "seq": 64, "optimizer": "adamw", "lr": 0.001, "no-shuffle": true})");
   Damage d{file, [&] {
-             cli::Flags f("train", "", cli::train_flags());
+             train::Flags f("train", "", train::train_flags());
              f.merge_json_file(file.string());
-             cli::run_config(f, cli::DataResolution::skip);
+             train::run_config(f, train::DataResolution::skip);
            }};
   CHECK(d.truncate(range(0, fs::file_size(file)))[Outcome::loaded] == 0);  // JSON cannot end early
   d.flip(range(0, fs::file_size(file)), 8);  // refused (named) or, e.g. "batch": 4 -> 5, a different valid config

@@ -102,7 +102,7 @@ TEST_CASE("distributed: a ZeRO-1 step equals the whole step for every optimizer 
       continue;
     }
     sharded->shard(c);
-    cli::DataParallel dp(c, cli::ZeroStage::zero1, *sharded, part_params, 1024);  // small buckets: several
+    train::DataParallel dp(c, train::ZeroStage::zero1, *sharded, part_params, 1024);  // small buckets: several
     for (int step = 1; step <= 50; ++step) {
       for (size_t i = 0; i < whole_params.size(); ++i) {
         whole_params[i].set_grad(gradient(whole_params[i], i, step));
@@ -125,7 +125,9 @@ TEST_CASE("distributed: a ZeRO-1 step equals the whole step for every optimizer 
     }
     const optim::OptimizerState a = whole->state_dict(), b = sharded->state_dict();  // gathered: whole tensors
     REQUIRE(a.tensors.size() == b.tensors.size());
-    for (const auto& [key, t] : a.tensors) {
+    for (const auto& entry : a.tensors) {
+      const std::string key = entry.first;  // not a structured binding: doctest's INFO captures it (clang)
+      const Tensor& t = entry.second;
       INFO("state ", key);
       REQUIRE(b.tensors.count(key) == 1);
       const Tensor& u = b.tensors.at(key);

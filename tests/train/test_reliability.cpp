@@ -12,7 +12,7 @@
 #include "train/trainer.h"
 
 using namespace tally;
-using namespace tally::cli;
+using namespace tally::train;
 namespace fs = std::filesystem;
 
 namespace {

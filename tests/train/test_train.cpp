@@ -13,7 +13,7 @@
 #include "train/trainer.h"
 
 using namespace tally;
-using namespace tally::cli;
+using namespace tally::train;
 namespace fs = std::filesystem;
 using nlohmann::json;
 
@@ -77,7 +77,7 @@ TEST_CASE("train: the loss falls, the log is well formed, the plan equals the me
   fs::remove_all(out);
 }
 
-TEST_CASE("train: the plan predicted on the meta device equals the CPU step, category by category") {
+TEST_CASE("train: the plan predicted on the meta device equals the CPU step, category by category and owner") {
   fs::path out = test::temp_dir("train_plan");
   for (const char* opt : {"came", "adamw", "adafactor", "sgd"}) {
     RunConfig c = config_from({"--optimizer", opt, "--steps", "1", "--total-batch", "128"}, out);
@@ -92,6 +92,19 @@ TEST_CASE("train: the plan predicted on the meta device equals the CPU step, cat
         seen = true;
         CHECK_MESSAGE(j["memory_predicted"] == p.total, opt);
         CHECK_MESSAGE(j["memory_difference"] == 0, opt);
+        // The record's figures: the plan's, and measured equal to them category by category; by owner, every
+        // parameter, gradient, optimizer state and module's activations too (workspace and other owners may
+        // differ where their peaks do not make the category's: e.g. the inspection statistics' buffer).
+        const json& predicted = j["memory"]["predicted"];
+        const json& measured = j["memory"]["measured"];
+        CHECK_MESSAGE(predicted == to_json(p), opt);
+        for (const char* k : {"parameters", "gradients", "optimizer_state", "state_by_kind", "activations",
+                              "workspace", "other", "total", "total_held"})
+          CHECK_MESSAGE(measured[k] == predicted[k], opt, " ", k);
+        for (const char* k : {"parameter", "gradient", "optimizer_state", "activation"}) {
+          CHECK_MESSAGE(predicted["owners"][k].size() > 0, opt, " ", k);
+          CHECK_MESSAGE(measured["owners"][k] == predicted["owners"][k], opt, " ", k);
+        }
       }
     CHECK(seen);
     CHECK(s.optimizer_state_bytes == p.optimizer_state);

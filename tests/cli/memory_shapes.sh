@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# End to end with the executable: `tally memory --shapes` on a shape list, a safetensors file, a sharded checkpoint's
+# index, with --json, --tensors, --world/--zero; and bad input (a missing file, a corrupt header, a bad shape, flags
+# that do not go with --shapes) gives a clear error and exit code, never a crash. (Byte-exact checks against the
+# reference implementations: tests/train/memory_shapes.cpp.)
+set -uo pipefail
+tally="$1"
+src="$2"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+ref="$src/tests/reference/state_bytes"
+
+# A shape list: every registered optimizer, sorted by state bytes, with its reference and the factoring.
+"$tally" memory --shapes "$src/tests/data/gpt2_124m.shapes.json" >"$work/o" 2>&1 || fail "shape list: $(cat "$work/o")"
+grep -q "124,439,808 parameters in 148 tensors" "$work/o" || fail "parameter count: $(head -3 "$work/o")"
+names=$("$tally" train --help 2>&1 | sed -n 's/^ *--optimizer VALUE *\([a-z0-9 |]*\) (default .*/\1/p' | tr -d '|')
+[ -n "$names" ] || fail "no optimizer names in tally train --help"
+for name in $names; do
+  grep -q "^$name " "$work/o" || fail "optimizer $name is missing from the table"
+done
+grep -q "^came --came-bf16-m " "$work/o" || fail "no row for CAME's bf16 first moment"
+grep -q "^adafactor --no-adafactor-beta1 " "$work/o" || fail "no row for Adafactor without a first moment"
+grep -q "^sgd --momentum 0 " "$work/o" || fail "no row for SGD without momentum"
+grep -q "factored: last two dims 768x3072" "$work/o" || fail "no factoring note"
+grep -q "not factored: 1-D" "$work/o" || fail "no note for vectors"
+grep -q "came-pytorch 0.1.3 (came_pytorch.CAME): 499,847,384 bytes" "$work/o" || fail "no reference comparison"
+# AdamW's state is 8 bytes a parameter, and the table is sorted largest first.
+grep -q "^adamw  *995,518,464 " "$work/o" || fail "AdamW's state: $(grep '^adamw' "$work/o")"
+first=$(grep -n "^adamw " "$work/o" | cut -d: -f1); last=$(grep -n "^sgd --momentum 0 " "$work/o" | cut -d: -f1)
+[ "$first" -lt "$last" ] || fail "the table is not sorted by bytes"
+
+# A safetensors file (its header only) and a sharded index of the same model give the same figures.
+"$tally" memory --shapes "$ref/llama_tiny.safetensors" --json >"$work/a.json" 2>&1 || fail "safetensors: $(cat "$work/a.json")"
+"$tally" memory --shapes "$ref/llama_tiny_sharded/model.safetensors.index.json" --json >"$work/b.json" 2>&1 ||
+  fail "index: $(cat "$work/b.json")"
+grep -q '"format": "safetensors header"' "$work/a.json" || fail "safetensors format"
+grep -q '"format": "safetensors index (2 shards)"' "$work/b.json" || fail "index format"
+figures() { grep -E '"(state_bytes|total|count)":' "$1"; }
+[ "$(figures "$work/a.json")" = "$(figures "$work/b.json")" ] || fail "the safetensors file and its shards differ"
+"$tally" memory --shapes "$ref/llama_tiny.safetensors" --tensors --optimizer came >"$work/t" 2>&1 || fail "--tensors"
+grep -q "^model.layers.1.mlp.down_proj.weight " "$work/t" || fail "--tensors does not list every tensor"
+grep -q "^came --came-bf16-m " "$work/t" || fail "--optimizer came drops its variants"
+grep -q "^adamw " "$work/t" && fail "--optimizer came lists adamw"
+
+# ZeRO 1 over 4 ranks: one rank's part, every rank listed.
+"$tally" memory --shapes "$ref/conv_experts.json" --world 4 --zero 1 --rank 1 >"$work/z" 2>&1 || fail "zero 1: $(cat "$work/z")"
+grep -q "rank 1 of 4 data-parallel ranks, ZeRO 1" "$work/z" || fail "zero 1 header: $(head -3 "$work/z")"
+grep -q "f32 training, every rank: its state bytes" "$work/z" || fail "zero 1 per-rank figures"
+grep -q "^  adamw  *3,704  3,696  3,696  3,696; buffer 7,408$" "$work/z" || fail "zero 1 AdamW: $(grep '^  adamw ' "$work/z")"
+
+# Bad input: exit 1 with an error naming the file (and the tensor), or exit 2 for flags; never a crash.
+expect_error() {  # code, pattern, args...
+  local code="$1" pattern="$2"; shift 2
+  "$tally" memory "$@" >"$work/e" 2>&1; local rc=$?
+  [ $rc -eq "$code" ] || fail "memory $*: exit $rc, expected $code: $(cat "$work/e")"
+  grep -q -- "$pattern" "$work/e" || fail "memory $*: expected '$pattern' in: $(cat "$work/e")"
+}
+expect_error 1 "'$work/none.safetensors': no such file" --shapes "$work/none.safetensors"
+printf '\x20\x00\x00\x00\x00\x00\x00\x00{"w": {"dtype": "F32", "shape"' >"$work/corrupt.safetensors"
+expect_error 1 "header length 32 is larger than the" --shapes "$work/corrupt.safetensors"
+printf '\x08\x00\x00\x00\x00\x00\x00\x00{broken}' >"$work/badjson.safetensors"
+expect_error 1 "is not valid JSON" --shapes "$work/badjson.safetensors"
+echo '[{"name": "w", "shape": [768, -3]}]' >"$work/bad.json"
+expect_error 1 "tensor 'w' (entry 0): shape \[768,-3\] must hold non-negative integers" --shapes "$work/bad.json"
+echo '{"weight_map": {"w": "model-00001-of-00002.safetensors"}}' >"$work/model.safetensors.index.json"
+expect_error 1 "shard 'model-00001-of-00002.safetensors'" --shapes "$work/model.safetensors.index.json"
+expect_error 2 "--batch and --seq plan activations" --shapes "$src/tests/data/gpt2_124m.shapes.json" --batch 4
+expect_error 2 "--model is for a GPT-2 model" --shapes "$src/tests/data/gpt2_124m.shapes.json" --model tiny
+expect_error 2 "--tensors goes with --shapes" --model tiny --tensors
+expect_error 2 "unknown optimizer 'lion'" --shapes "$src/tests/data/gpt2_124m.shapes.json" --optimizer lion
+echo "cli memory_shapes: ok"
