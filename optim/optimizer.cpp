@@ -186,6 +186,16 @@ StateLayout part_layout(const StateLayout& whole_layout, const Shape& whole, con
   return l;
 }
 
+void check_shardable(std::string_view kind, const std::string& param, const Shape& whole, const StateLayout& layout,
+                     int world) {
+  if (world <= 1) return;
+  for (const StateSpec& s : layout.specs)
+    TALLY_CHECK(s.index != StateIndex::whole, "[", kind, "] ZeRO 1 cannot cut '", param, "' ", shape_str(whole),
+                " over ", world, " ranks: its state '", s.name, "' ", shape_str(s.shape),
+                " is a statistic of the whole tensor, not of a part; ", kind,
+                " does not support ZeRO 1 (train it with --zero 0)");
+}
+
 Optimizer::Optimizer(std::string kind) : kind_(std::move(kind)) {}
 Optimizer::~Optimizer() = default;
 
@@ -284,6 +294,7 @@ void Optimizer::shard(dist::Communicator& comm) {
   for (const Slot& s : slots_)
     TALLY_CHECK(!s.allocated, "[", kind_, ".shard] '", s.name,
                 "' already has state: shard an optimizer before its first step or init_state()");
+  for (const Slot& s : slots_) check_shardable(kind_, s.name, s.whole.shape(), state_layout(s), comm.world());
   comm_ = &comm;
   host_sum_.comm = &comm;
   for (Slot& s : slots_) {

@@ -2,7 +2,7 @@
 // (Category::optimizer_state, owner "<param name>:<state name>"), lazy or eager state allocation, state
 // save/load as a name -> Tensor map (dtypes kept), measured and predicted state bytes, the per-tensor
 // internals a step reports on request, and mixed precision (bf16 parameters updated through f32 master weights).
-// The algorithms live in came.h, adamw.h, adafactor.h, sgd.h.
+// The algorithms live in came.h, adamw.h, adafactor.h, sgd.h, sm3.h, lamb.h.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -26,6 +26,8 @@ enum class StateIndex : uint8_t {
   elements,  // one value per element of the parameter (a moment): cut with the parameter
   rows,      // a row statistic of a factored tensor (the shape without the column dim): cut with the rows
   columns,   // a column statistic (the shape without the row dim): whole on every rank when the rows are cut
+  whole,     // a statistic over slices of the whole tensor (SM3's accumulator of one dim): no rank can keep a part
+             // of it, so a tensor with such state is never cut (check_shardable)
 };
 
 // One state tensor of one parameter.
@@ -128,6 +130,10 @@ ShardCut shard_cut(const Shape& whole, const StateLayout& layout, int world);
 Shape part_shape(const Shape& whole, const ShardCut& cut, int rank);
 // The state of rank `rank`'s part: each state cut as its StateIndex says, the factored layout of the part.
 StateLayout part_layout(const StateLayout& whole_layout, const Shape& whole, const ShardCut& cut, int rank);
+// Throws, naming the optimizer `kind`, the parameter and the state, when `world` > 1 and the layout cannot be cut
+// (a state indexed StateIndex::whole): the optimizer refuses ZeRO 1 for it, in a prediction as in shard().
+void check_shardable(std::string_view kind, const std::string& param, const Shape& whole, const StateLayout& layout,
+                     int world);
 
 // ---- options of the base ----
 
@@ -185,7 +191,7 @@ struct TensorInternals {
 // ---- save / load ----
 
 struct OptimizerState {
-  std::string kind = {};                       // "came", "adamw", "adafactor", "sgd"
+  std::string kind = {};                       // "came", "adamw", "adafactor", "sgd", "sm3", "lamb"
   int64_t steps = 0;                           // step() calls
   std::map<std::string, int64_t> param_steps;  // per parameter name: steps that updated it
   std::map<std::string, Tensor> tensors;       // "<param>:<state>" -> state tensor (its own dtype)
@@ -253,6 +259,7 @@ class Optimizer {
   // (shard_cut); the sums a step needs over a whole tensor (the RMS clip, column statistics, row means, inspection
   // statistics) are completed over the ranks through `comm`, which must outlive the optimizer. Before any state
   // exists. The caller gives whole gradients (this rank's part is read) and all-gathers the updated parameters.
+  // Throws, changing nothing, when a parameter's state cannot be cut over more than one rank (check_shardable).
   void shard(dist::Communicator& comm);
   ShardOf shard_of() const { return comm_ ? ShardOf{comm_->rank(), comm_->world()} : ShardOf{}; }
   // How parameter `param` is cut over the ranks (one part when not sharded).
@@ -438,6 +445,7 @@ class OptimizerWith : public Optimizer {
     std::vector<TensorState> out;
     for (const NamedShape& p : params) {
       const StateLayout whole = layout(p.shape, config);
+      check_shardable(Derived::kKind, p.name, p.shape, whole, shard.world);
       const ShardCut cut = optim::shard_cut(p.shape, whole, shard.world);
       const Shape part = part_shape(p.shape, cut, shard.rank);
       out.push_back({.param = p.name, .param_shape = part,

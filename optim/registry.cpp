@@ -10,7 +10,9 @@
 #include "optim/adafactor.h"
 #include "optim/adamw.h"
 #include "optim/came.h"
+#include "optim/lamb.h"
 #include "optim/sgd.h"
+#include "optim/sm3.h"
 
 namespace tally::optim {
 
@@ -178,11 +180,33 @@ SgdConfig sgd_config(const SettingsReader& s) {
           .nesterov = s.on("nesterov") ? Nesterov::yes : Nesterov::no};
 }
 
+Sm3Config sm3_config(const SettingsReader& s) {
+  return {.lr = s.number("lr"),
+          .momentum = s.number("momentum"),
+          .beta = s.number("beta"),
+          .eps = s.number("eps"),
+          .weight_decay = s.number("weight-decay")};
+}
+
+LambConfig lamb_config(const SettingsReader& s) {
+  return {.lr = s.number("lr"),
+          .betas = {s.number("beta1"), s.number("beta2")},
+          .eps = s.number("eps"),
+          .weight_decay = s.number("weight-decay"),
+          .decay = s.on("lamb-decay-in-update") ? LambDecay::in_update : LambDecay::decoupled,
+          .clamp = s.number("lamb-clamp"),
+          .bias_correction = s.on("lamb-no-bias-correction") ? LambBiasCorrection::none
+                                                             : LambBiasCorrection::step_size};
+}
+
 // Settings several optimizers read, declared once.
 const Setting kBeta1{"beta1", "first-moment decay", "0.9"};
 const Setting kBeta2{"beta2", "second-moment decay", "0.999"};
 const Setting kEps1{"eps1", "epsilon added to g^2", "1e-30"};
 const Setting kClip{"clip-threshold", "RMS clip of the normalised update", "1"};
+// Shared by optimizers with different defaults: one help text, each its own default.
+const char* const kEpsHelp = "epsilon (AdamW, LAMB: added to sqrt(v); SM3: added to v)";
+const char* const kMomentumHelp = "momentum (SGD: of the step direction; SM3: of the normalised update)";
 const Setting kFactorLargest{"came-factor-largest",
                              "factor the two largest dims when the smaller is >= 128 (optax's rule)", "",
                              SettingKind::switch_};
@@ -201,7 +225,7 @@ std::vector<OptimizerEntry> make_registry() {
                             SettingKind::switch_}},
                           came_config));
   r.push_back(entry<AdamW>("adamw", "AdamW (torch.optim.AdamW)", 1.5e-3,
-                           {kBeta1, kBeta2, {"eps", "AdamW's epsilon", "1e-8"}}, adamw_config));
+                           {kBeta1, kBeta2, {"eps", kEpsHelp, "1e-8"}}, adamw_config));
   r.push_back(entry<Adafactor>("adafactor", "Adafactor (transformers', fixed lr, with a first moment by default)",
                                1.5e-3,
                                {kBeta1,
@@ -212,10 +236,28 @@ std::vector<OptimizerEntry> make_registry() {
                                 kFactorLargest},
                                adafactor_config));
   r.push_back(entry<Sgd>("sgd", "SGD with momentum (torch.optim.SGD)", 0.1,
-                         {{"momentum", "SGD momentum", "0.9"},
+                         {{"momentum", kMomentumHelp, "0.9"},
                           {"dampening", "SGD dampening of the momentum", "0"},
                           {"nesterov", "SGD with Nesterov momentum", "", SettingKind::switch_}},
                          sgd_config));
+  r.push_back(entry<Sm3>("sm3", "SM3 (pytorch_optimizer 4.1.0): one accumulator per dim, state O(sum of dims)", 0.1,
+                         {{"momentum", kMomentumHelp, "0"},
+                          {"beta", "SM3's accumulator decay (0: sums of g^2, the paper's SM3-II)", "0"},
+                          {"eps", kEpsHelp, "1e-30"}},
+                         sm3_config));
+  // LAMB's steps are about lr times each tensor's norm: the reference's lr (1e-3) barely moves GPT-2's small weights.
+  r.push_back(entry<Lamb>("lamb", "LAMB (pytorch_optimizer 4.1.0): Adam moments, per-tensor trust ratio", 1e-2,
+                          {kBeta1, kBeta2,
+                           {"eps", kEpsHelp, "1e-6"},
+                           {"lamb-clamp", "LAMB: the weight norm of the trust ratio is clamped to at most this", "10"},
+                           {"lamb-decay-in-update",
+                            "LAMB: weight decay added to the update inside the trust ratio (the paper's) instead of "
+                            "decoupled",
+                            "", SettingKind::switch_},
+                           {"lamb-no-bias-correction",
+                            "LAMB: step size lr instead of lr / (1 - beta1^t) (the reference's adam_debias=True)", "",
+                            SettingKind::switch_}},
+                          lamb_config));
   return r;
 }
 

@@ -161,6 +161,47 @@ struct SgdArgs {
   double* stats = nullptr;
 };
 
+// ---- SM3 (pytorch_optimizer 4.1.0's SM3) ----
+// A tensor of rank >= 2 keeps one accumulator per dim (dims[k] values: maxima over the other dims); a vector or a
+// scalar keeps one value per element.
+constexpr int kSm3MaxDims = 8;
+struct Sm3Shape {
+  int rank = 0;                       // 0: a scalar
+  int64_t dims[kSm3MaxDims] = {};     // the tensor's shape (dims[0..rank))
+};
+struct Sm3Args {
+  Sm3Shape shape;
+  float* param = nullptr;
+  const float* grad = nullptr;
+  float* momentum_buffer = nullptr;              // (shape) null when momentum == 0
+  float* accumulators[kSm3MaxDims] = {};         // rank >= 2: accumulator k has dims[k] values; else one, (shape)
+  double lr = 0, momentum = 0, beta = 0, eps = 0, weight_decay = 0;
+  double grad_scale = 1;
+  void* workspace = nullptr;  // sm3_workspace_bytes(shape) bytes
+  double* stats = nullptr;
+};
+
+// ---- LAMB (pytorch_optimizer 4.1.0's Lamb, its default foreach path) ----
+enum class LambDecay : uint8_t {
+  decoupled,  // p *= 1 - lr*wd before the step; the trust ratio sees the decayed p (the reference's default)
+  in_update,  // wd*p added to the normalised update, inside the trust ratio (the paper's; weight_decouple=False)
+};
+struct LambArgs {
+  int64_t n = 0;
+  float* param = nullptr;
+  const float* grad = nullptr;
+  float* exp_avg = nullptr;
+  float* exp_avg_sq = nullptr;
+  double lr = 0, beta1 = 0, beta2 = 0, eps = 0, weight_decay = 0;
+  LambDecay decay = LambDecay::decoupled;
+  double clamp = 10;      // the weight norm in the trust ratio is clamped to at most this
+  double step_size = 0;   // what the trust-scaled update is multiplied by: lr / (1 - beta1^t), or lr
+  double grad_scale = 1;
+  void* workspace = nullptr;  // dense_workspace_bytes(n) bytes
+  double* stats = nullptr;
+  Sharding shard = {};        // a part of a tensor cut over ranks: the two norms are sums over every rank
+};
+
 // ---- mixed precision (round_to_bf16) ----
 // Philox blocks round_to_bf16 draws for n elements (what one step advances a parameter's counter by).
 TALLY_OPTIM_HD inline uint64_t round_to_bf16_blocks(int64_t n) { return uint64_t((n + 7) / 8); }

@@ -1,6 +1,7 @@
 // The training golden (golden data from tests/reference/make_gpt2_training_reference.py): 10 steps of the tiny HF
-// GPT-2 (tests/reference/gpt2_tiny) with CAME (came-pytorch 0.1.3), AdamW (torch), Adafactor (transformers, beta1 0.9)
-// and SGD with momentum, replayed through tally's float32 GPT2 and tally::optim on the same 10 batches. Checked: every
+// GPT-2 (tests/reference/gpt2_tiny) with CAME (came-pytorch 0.1.3), AdamW (torch), Adafactor (transformers, beta1 0.9),
+// SGD with momentum, SM3 and LAMB (pytorch_optimizer 4.1.0), every optimizer of the registry, replayed through
+// tally's float32 GPT2 and tally::optim on the same 10 batches. Checked: every
 // step's loss and gradient norm, the loss after the last step, ||p_final - p_initial|| of every parameter, and the
 // final values of a few tensors. It tests the whole training step together (tied head, Conv1D layouts, parameter
 // groups, fused global-norm clipping); the optimizers alone are matched state by state in tests/optim/golden.cpp.
@@ -38,7 +39,9 @@ namespace {
 //                             PyTorch f32 3.6e-7 / 1.2e-5 / 2.0e-7 / 2.1e-7; AdamW's is larger because elements
 //                             whose gradient is near eps = 1e-8 amplify the gradient's float32 rounding (its
 //                             first steps are g / (|g| + eps)), so AdamW gets its own bound.
-// The padded head (Vp 512; run for CAME and Adafactor, the optimizers it could affect) achieves the same figures.
+// SM3 / LAMB: losses 3.7e-8 / 3.1e-8, gradient norms 1.1e-8 / 5.5e-8, ||delta|| 2.6e-6 / 7.0e-7, final values
+// 2.0e-7 / 4.2e-7 (PyTorch f32: final values 2.0e-7 / 4.2e-7).
+// The padded head (Vp 512; run for every optimizer) achieves the same figures.
 // The bounds below leave a margin of 5x (final values) to 25x (losses).
 constexpr double kLossRtol = 1e-6;
 constexpr double kNormRtol = 2e-7;
@@ -198,9 +201,10 @@ Achieved compare_with_golden(const std::string& kind, const Run& run) {
 
 TEST_SUITE("models") {
 
-TEST_CASE("training golden: 10 steps of the tiny HF GPT-2 with CAME, AdamW, Adafactor and SGD match PyTorch") {
+TEST_CASE("training golden: 10 steps of the tiny HF GPT-2 with every optimizer match PyTorch") {
   const nlohmann::json optimizers = nlohmann::json::parse(golden().metadata().at("optimizers"));
-  CHECK(optimizers.size() == 4);
+  CHECK(optimizers.size() == optim::optimizers().size());
+  for (const optim::OptimizerEntry& e : optim::optimizers()) CHECK_MESSAGE(optimizers.contains(e.name), e.name);
   const double clip = std::stod(golden().metadata().at("clip_grad_norm"));
   int clipped = 0, unclipped = 0;  // steps whose gradient the clip scaled down, and steps it left alone
   for (const auto& [kind, hyper] : optimizers.items()) {
@@ -229,7 +233,9 @@ TEST_CASE("training golden: the padded head (500 -> 512, tally's default) follow
   // Padded rows of wte are alignment, not model: they get no gradient, and the optimizers keep no state for them and
   // never see them (Tensor::padding_rows), so CAME's and Adafactor's row means and the RMS of their clipped update are
   // those of HF's unpadded model. Every optimizer matches the same reference, and the state is the unpadded one.
-  for (const std::string kind : {"came", "adamw", "adafactor", "sgd"}) {
+  const nlohmann::json optimizers = nlohmann::json::parse(golden().metadata().at("optimizers"));
+  for (const auto& entry : optimizers.items()) {
+    const std::string kind = entry.key();
     INFO("optimizer ", kind);
     Run run = train(kind, 128, optim::DecayRule::matrices);
     REQUIRE(run.model->config().padded_vocab_size == 512);

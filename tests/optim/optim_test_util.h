@@ -16,9 +16,11 @@
 #include "optim/adamw.h"
 #include "optim/came.h"
 #include "optim/clip.h"
+#include "optim/lamb.h"
 #include "optim/schedule.h"
 #include "optim/registry.h"
 #include "optim/sgd.h"
+#include "optim/sm3.h"
 #include "tests/test_util.h"
 
 namespace tally::test {
@@ -115,6 +117,18 @@ inline optim::Settings reference_settings(const std::string& kind, const nlohman
     number("dampening", "dampening", 0.0);
     number("weight_decay", "weight-decay", 0.0);
     s.set("nesterov", h.value("nesterov", false));
+  } else if (kind == "sm3") {
+    number("momentum", "momentum", 0.0);
+    number("beta", "beta", 0.0);
+    number("eps", "eps", 1e-30);
+  } else if (kind == "lamb") {
+    const std::vector<double> betas = h.value("betas", std::vector<double>{0.9, 0.999});
+    s.set("beta1", betas[0]).set("beta2", betas[1]);
+    number("eps", "eps", 1e-6);
+    number("weight_decay", "weight-decay", 0.0);
+    s.set("lamb-decay-in-update", !h.value("weight_decouple", true));
+    s.set("lamb-no-bias-correction", h.value("adam_debias", false));
+    if (extra.contains("clamp")) s.set("lamb-clamp", extra["clamp"].get<double>());  // the class attribute Lamb.clamp
   } else {
     fail("unknown optimizer kind in the golden file: ", kind);
   }

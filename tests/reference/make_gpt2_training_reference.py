@@ -20,6 +20,8 @@ Optimizers (metadata "optimizers" holds each one's hyperparameters as JSON):
   adafactor  transformers' Adafactor(scale_parameter=False, relative_step=False, warmup_init=False, beta1=0.9) (the
              CAME paper's baseline), no weight decay
   sgd        torch.optim.SGD(momentum=0.9), no weight decay
+  sm3        pytorch_optimizer 4.1.0's SM3(momentum=0.9), no weight decay (the reference has none)
+  lamb       pytorch_optimizer 4.1.0's Lamb, default betas/eps/clamp, weight decay WD on tensors of 2+ dims only
 Two param groups where weight decay is used: [decay (dim >= 2), no decay], in named_parameters() order within each,
 exactly tally's optim::decay_groups(params, config, DecayRule::matrices). The learning rate is constant. Every step
 clips the global gradient norm to CLIP (0.65) with torch.nn.utils.clip_grad_norm_ (the norm over the deduplicated parameter
@@ -39,7 +41,7 @@ tensors over each tensor's max |value|): about as far as any careful float32 run
 scale the test's tolerances are set against.
 
 Run: python3 tests/reference/make_gpt2_training_reference.py   (torch, transformers, came-pytorch==0.1.3,
-safetensors, numpy; CPU only; deterministic)
+pytorch_optimizer==4.1.0, safetensors, numpy; CPU only; deterministic)
 """
 import json
 import os
@@ -50,6 +52,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 from came_pytorch import CAME
+from pytorch_optimizer import SM3, Lamb
 from safetensors.torch import save_file
 from transformers import GPT2LMHeadModel
 from transformers.optimization import Adafactor
@@ -68,6 +71,11 @@ OPTIMIZERS = {
     "adamw": dict(lr=2e-3, weight_decay=WD),
     "adafactor": dict(lr=2e-3, beta1=0.9),
     "sgd": dict(lr=0.1, momentum=0.9),
+    # SM3's first step is sign(g) per element (v = g^2 while the accumulators are zero); its momentum (an EMA of the
+    # update) makes that a tenth of lr.
+    "sm3": dict(lr=1e-2, momentum=0.9),
+    # Lamb divides its step size by 1 - beta1^t: step 1 moves each tensor by about 10 lr of its norm.
+    "lamb": dict(lr=1e-3, weight_decay=WD),
 }
 FINAL_TENSORS = ["transformer.h.0.attn.c_attn.weight", "transformer.h.1.mlp.c_proj.bias", "transformer.ln_f.weight",
                  "transformer.wpe.weight"]
@@ -108,11 +116,17 @@ def make_optimizer(kind, named, hyper):
         h = {k: v for k, v in hyper.items() if k != "weight_decay"}
         return torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
                                  **h)
+    if kind == "lamb":
+        wd = hyper["weight_decay"]
+        h = {k: v for k, v in hyper.items() if k != "weight_decay"}
+        return Lamb([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}], **h)
     params = [p for _, p in named]
     if kind == "adafactor":
         return Adafactor(params, scale_parameter=False, relative_step=False, warmup_init=False, **hyper)
     if kind == "sgd":
         return torch.optim.SGD(params, **hyper)
+    if kind == "sm3":
+        return SM3(params, **hyper)
     raise ValueError(kind)
 
 
@@ -161,6 +175,7 @@ def main():
     torch.set_num_threads(1)
     torch.manual_seed(SEED)
     assert version("came-pytorch") == "0.1.3", version("came-pytorch")
+    assert version("pytorch_optimizer") == "4.1.0", version("pytorch_optimizer")
     batches = make_batches()
     out = {"batches": batches.to(torch.int32).contiguous()}
     spread = {}
@@ -195,6 +210,7 @@ def main():
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "came_pytorch": version("came-pytorch"),
+        "pytorch_optimizer": version("pytorch_optimizer"),
         "loss_convention": "mean cross-entropy of logits[b, t] vs targets[b, t] = seq[b, t+1] over B*T",
     }
     save_file(out, OUT, metadata=meta)

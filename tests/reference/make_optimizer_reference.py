@@ -2,7 +2,8 @@
 """Writes tests/reference/optimizer_reference.safetensors: golden steps of the reference optimizers.
 
 Runs the real implementations (came-pytorch 0.1.3, torch.optim.AdamW, transformers' Adafactor with
-scale_parameter=False, relative_step=False, warmup_init=False, torch.optim.SGD) for STEPS steps on fixed small
+scale_parameter=False, relative_step=False, warmup_init=False, torch.optim.SGD, pytorch_optimizer 4.1.0's SM3 and
+Lamb) for STEPS steps on fixed small
 tensors (a vector, square, wide and tall matrices, a 3-D tensor) with deterministic gradients (numpy seed),
 and stores every parameter and every state tensor after every step. tests/optim/golden.cpp replays the same
 gradients through tally's optimizers and compares everything.
@@ -12,17 +13,24 @@ Names: init/<shape>                    the starting parameter (f32)
        <case>/<shape>/step<k>/param   the parameter after step k
        <case>/<shape>/step<k>/<state> each state tensor after step k (came-pytorch / transformers / torch names)
        <case>/<shape>/step<k>/update_rms   (CAME, Adafactor) the RMS of the update before clipping, as the
-                                           package computed it (recorded through its own _rms), f64
+                                           package computed it (recorded through its own _rms), f64;
+                                           (LAMB) the RMS of the update before the trust ratio, from the
+                                           package's own state['adam_norm'] / sqrt(numel), f64
+SM3 keeps a zero momentum_buffer even without momentum, which is not recorded then (tally allocates none); Lamb's
+scalar state (weight_norm, adam_norm, trust_ratio) is not recorded as state.
 Metadata "cases" lists each case with its hyperparameters as JSON.
 Regenerate: python3 tests/reference/make_optimizer_reference.py   (needs torch, came-pytorch==0.1.3,
-transformers, safetensors, numpy)
+pytorch_optimizer==4.1.0, transformers, safetensors, numpy)
 """
 import json
 import os
 
+from importlib.metadata import version
+
 import numpy as np
 import torch
 from came_pytorch import CAME
+from pytorch_optimizer import SM3, Lamb
 from safetensors.torch import save_file
 from transformers.optimization import Adafactor
 import came_pytorch
@@ -53,6 +61,15 @@ CASES = {
     "sgd_nesterov_wd": ("sgd", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01), {}),
     "sgd_dampening_wd": ("sgd", dict(lr=0.1, momentum=0.8, dampening=0.3, weight_decay=0.05), {}),
     "sgd_plain": ("sgd", dict(lr=0.1), {}),
+    # pytorch_optimizer 4.1.0, CPU. SM3: 1-D (full accumulator), 2-D and 3-D (one accumulator per dim).
+    "sm3": ("sm3", dict(lr=0.1), {}),
+    "sm3_momentum_beta": ("sm3", dict(lr=0.1, momentum=0.9, beta=0.95), {}),
+    "sm3_momentum_low_eps": ("sm3", dict(lr=0.05, momentum=0.3, eps=1e-8), {}),
+    # Lamb on its default foreach path. "clamp" is the class attribute Lamb.clamp (the largest weight norm of the
+    # trust ratio), set on the instance: at 2.0 it clamps every tensor here (their norms are 3 to 8).
+    "lamb": ("lamb", dict(lr=1e-2), {}),
+    "lamb_wd_clamp": ("lamb", dict(lr=1e-2, betas=(0.8, 0.95), eps=1e-8, weight_decay=0.1), {"clamp": 2.0}),
+    "lamb_l2_no_debias": ("lamb", dict(lr=1e-2, weight_decay=0.05, weight_decouple=False, adam_debias=True), {}),
 }
 
 
@@ -102,6 +119,13 @@ def make_optimizer(kind, p, hyper, extra):
         return RecordingAdafactor([p], scale_parameter=False, relative_step=False, warmup_init=False, **hyper)
     if kind == "sgd":
         return torch.optim.SGD([p], **hyper)
+    if kind == "sm3":
+        return SM3([p], **hyper)
+    if kind == "lamb":
+        opt = Lamb([p], **hyper)
+        if "clamp" in extra:
+            opt.clamp = extra["clamp"]
+        return opt
     raise ValueError(kind)
 
 
@@ -131,20 +155,26 @@ def main():
                 prefix = f"{cname}/{sname}/step{k}"
                 out[f"{prefix}/param"] = p.detach().clone()
                 for key, val in opt.state[p].items():
-                    if key in ("step", "RMS"):
+                    if key in ("step", "RMS", "weight_norm", "adam_norm", "trust_ratio"):
                         continue
                     if val is None:  # SGD without momentum keeps a None buffer
                         continue
+                    if kind == "sm3" and key == "momentum_buffer" and hyper.get("momentum", 0.0) == 0.0:
+                        continue  # allocated but never read without momentum
                     out[f"{prefix}/{key}"] = val.detach().clone().contiguous()
                 if kind in ("came", "adafactor"):
                     # _rms(p) then _rms(update) per step
                     assert len(opt.rms_calls) == 2, opt.rms_calls
                     out[f"{prefix}/update_rms"] = torch.tensor([opt.rms_calls[1]], dtype=torch.float64)
+                if kind == "lamb":
+                    adam_norm = float(opt.state[p]["adam_norm"])
+                    out[f"{prefix}/update_rms"] = torch.tensor([adam_norm / p.numel() ** 0.5], dtype=torch.float64)
 
     meta = {
         "generator": "tests/reference/make_optimizer_reference.py",
         "torch": torch.__version__,
         "came_pytorch": "0.1.3",
+        "pytorch_optimizer": version("pytorch_optimizer"),
         "steps": str(STEPS),
         "cases": json.dumps({c: {"kind": k, "hyper": h, "extra": e} for c, (k, h, e) in CASES.items()}),
     }
@@ -152,12 +182,11 @@ def main():
         import transformers
 
         meta["transformers"] = transformers.__version__
-        from importlib.metadata import version
-
         meta["came_pytorch"] = version("came-pytorch")
     except Exception:  # noqa: BLE001 - metadata is informative only
         pass
     assert meta["came_pytorch"] == "0.1.3", meta["came_pytorch"]
+    assert meta["pytorch_optimizer"] == "4.1.0", meta["pytorch_optimizer"]
     save_file(out, OUT, metadata=meta)
     print(f"wrote {OUT}: {len(out)} tensors, {os.path.getsize(OUT)} bytes")
 

@@ -2,7 +2,8 @@
 // world is one process and the same cases check the single-rank path. Checked: the collectives (uneven sizes), and
 // for every optimizer in the registry that a ZeRO-1 step - each rank stepping its part of every parameter from the
 // summed gradients, the parts then gathered - equals the whole step after 50 steps, parameters and every state
-// tensor; checkpoints of a sharded optimizer hold whole tensors and load at any world size.
+// tensor, or, for an optimizer whose state cannot be cut (SM3's per-dim accumulators), that it refuses ZeRO 1 by name;
+// checkpoints of a sharded optimizer hold whole tensors and load at any world size.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -82,6 +83,24 @@ TEST_CASE("distributed: a ZeRO-1 step equals the whole step for every optimizer 
     std::vector<Tensor> whole_params = make_params("w"), part_params = make_params("w");
     auto whole = optim::make_optimizer(e.name, whole_params, settings);
     auto sharded = optim::make_optimizer(e.name, part_params, settings);
+    // The prediction tells whether this optimizer's state can be cut over these ranks (check_shardable); if not,
+    // shard() refuses the same way, naming the optimizer (tests/optim/sm3_lamb.cpp checks which one does).
+    std::vector<optim::NamedShape> named;
+    for (const Tensor& p : part_params) named.push_back(optim::named_shape(p));
+    std::string refusal;
+    try {
+      e.predict(named, settings, {.rank = c.rank(), .world = c.world()});
+    } catch (const Error& err) {
+      refusal = err.what();
+    }
+    if (!refusal.empty()) {
+      CHECK(c.world() > 1);
+      const std::string expect = "[" + e.name + "] ZeRO 1 cannot cut";
+      CHECK(refusal.find(expect) != std::string::npos);
+      CHECK_THROWS_WITH_AS(sharded->shard(c), doctest::Contains(expect.c_str()), Error);
+      MESSAGE(e.name, " refuses ZeRO 1 at world ", c.world(), ": ", refusal);
+      continue;
+    }
     sharded->shard(c);
     train::DataParallel dp(c, train::ZeroStage::zero1, *sharded, part_params, 1024);  // small buckets: several
     for (int step = 1; step <= 50; ++step) {

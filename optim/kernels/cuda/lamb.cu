@@ -1,0 +1,127 @@
+// CUDA kernels of LAMB (pytorch_optimizer 4.1.0's Lamb, foreach path); the arithmetic of
+// optim/kernels/cpu/lamb.cpp in three launches: the moments and the block sums of ||p'||^2, ||u||^2 (and ||m||^2)
+// over a fixed grid; one block turning them into the trust ratio on the device (no host round trip); the
+// trust-scaled step (u recomputed from m and v by the same float operations).
+#include "optim/kernels/cuda/common.cuh"
+
+namespace tally::optim::kernels::cuda {
+
+using namespace detail;
+
+namespace {
+
+struct LambScalars {
+  float gs, b1, one_minus_b1, b2, one_minus_b2, eps, keep, wd, neg_step, clamp;
+  bool in_update;
+};
+
+// u = m * (1 / (sqrt(v) + eps)), plus wd*p with LambDecay::in_update.
+__device__ inline float lamb_update(float m, float v, float kept, const LambScalars& s) {
+  const float u = (1.0f / (sqrtf(v) + s.eps)) * m;
+  return s.in_update ? fmaf(kept, s.wd, u) : u;
+}
+
+// Pass 1: the moments; block sums of p'^2 (slot 0), u^2 (slot 1), m^2 (slot 2).
+__global__ void lamb_moments(int64_t n, const float* g, const float* p, float* m, float* v, LambScalars s,
+                             double* block_sums) {
+  __shared__ double shared[kWarps];
+  double acc[3] = {0, 0, 0};
+  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
+    const float x = g[e] * s.gs;
+    const float mn = fmaf(x, s.one_minus_b1, m[e] * s.b1);
+    const float vn = fmaf(s.one_minus_b2 * x, x, v[e] * s.b2);
+    m[e] = mn;
+    v[e] = vn;
+    const float kept = p[e] * s.keep;
+    const float u = lamb_update(mn, vn, kept, s);
+    acc[0] += double(kept) * kept;
+    acc[1] += double(u) * u;
+    acc[2] += double(mn) * mn;
+  }
+  for (int t = 0; t < 3; ++t) {
+    const double total = block_sum_to_first<kThreads>(acc[t], shared);
+    if (threadIdx.x == 0) block_sums[blockIdx.x * kSums + t] = total;
+  }
+}
+
+// One block: the norms from the block sums (in order), the trust ratio into *trust; statistics of this tensor.
+__global__ void lamb_trust(const double* block_sums, int blocks, float clamp, float eps, float* trust, double* stats) {
+  __shared__ double shared[kWarps];
+  double total[3];
+  for (int slot = 0; slot < 3; ++slot) {
+    double acc = 0;
+    for (int b = threadIdx.x; b < blocks; b += kThreads) acc += block_sums[b * kSums + slot];
+    total[slot] = block_sum_to_first<kThreads>(acc, shared);
+  }
+  if (threadIdx.x != 0) return;
+  const float weight_norm = fminf(float(sqrt(total[0])), clamp);
+  const float update_norm = float(sqrt(total[1]));
+  *trust = weight_norm != 0.0f && update_norm != 0.0f ? weight_norm / (update_norm + eps) : 1.0f;
+  if (stats) {
+    stats[kStatUpdateSq] += total[1];
+    stats[kStatExpAvgSq] += total[2];
+  }
+}
+
+// Pass 2: p = p' + (-step_size) * (u * trust), fused; block sums of the applied change^2 (slot 0) with kStats.
+template <bool kStats>
+__global__ void lamb_apply(int64_t n, float* p, const float* m, const float* v, LambScalars s, const float* trust,
+                           double* block_sums) {
+  __shared__ double shared[kWarps];
+  const float tr = *trust;
+  double acc = 0;
+  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
+    const float kept = p[e] * s.keep;
+    const float scaled = lamb_update(m[e], v[e], kept, s) * tr;
+    p[e] = fmaf(scaled, s.neg_step, kept);
+    if (kStats) {
+      const float step = s.neg_step * scaled;
+      acc += double(step) * step;
+    }
+  }
+  if (kStats) {
+    const double total = block_sum_to_first<kThreads>(acc, shared);
+    if (threadIdx.x == 0) block_sums[blockIdx.x * kSums] = total;
+  }
+}
+
+}  // namespace
+
+void lamb_step(const LambArgs& a) {
+  TALLY_CHECK(a.shard.sum == nullptr, "[lamb] the CUDA kernel takes whole tensors (ZeRO 1 runs on the CPU)");
+  if (a.n == 0) return;
+  const bool in_update = a.decay == LambDecay::in_update;
+  LambScalars s;  // (no designated initializers: .cu files must also build as C++17)
+  s.gs = float(a.grad_scale);
+  s.b1 = float(a.beta1);
+  s.one_minus_b1 = float(1.0 - a.beta1);
+  s.b2 = float(a.beta2);
+  s.one_minus_b2 = float(1.0 - a.beta2);
+  s.eps = float(a.eps);
+  s.keep = in_update ? 1.0f : float(1.0 - a.weight_decay * a.lr);
+  s.wd = float(a.weight_decay);
+  s.neg_step = float(-a.step_size);
+  s.clamp = float(a.clamp);
+  s.in_update = in_update;
+  const DenseWorkspace w = carve_dense(a.workspace);
+  float* trust = w.divisor;  // the dense workspace's one float
+  const int blocks = reduce_blocks(a.n);
+  lamb_moments<<<unsigned(blocks), kThreads, 0, stream()>>>(a.n, a.grad, a.param, a.exp_avg, a.exp_avg_sq, s,
+                                                           w.block_sums);
+  TALLY_CUDA_LAUNCH_CHECK("lamb moments");
+  lamb_trust<<<1, kThreads, 0, stream()>>>(w.block_sums, blocks, s.clamp, s.eps, trust, a.stats);
+  TALLY_CUDA_LAUNCH_CHECK("lamb trust");
+  if (a.stats) {
+    lamb_apply<true><<<unsigned(blocks), kThreads, 0, stream()>>>(a.n, a.param, a.exp_avg, a.exp_avg_sq, s, trust,
+                                                                  w.block_sums);
+    TALLY_CUDA_LAUNCH_CHECK("lamb apply");
+    launch_add_block_sums(w.block_sums, blocks, a.stats, kStatAppliedSq, 0, 0, 1, "lamb add_block_sums");
+  } else {
+    const unsigned apply_blocks = unsigned(imin((a.n + kThreads - 1) / kThreads, int64_t(1) << 30));
+    lamb_apply<false><<<apply_blocks, kThreads, 0, stream()>>>(a.n, a.param, a.exp_avg, a.exp_avg_sq, s, trust,
+                                                               nullptr);
+    TALLY_CUDA_LAUNCH_CHECK("lamb apply");
+  }
+}
+
+}  // namespace tally::optim::kernels::cuda

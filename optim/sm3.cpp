@@ -1,0 +1,87 @@
+// SM3: configuration checks (the reference's ranges), state layout (its names, shapes and order), kernel dispatch
+// and internals. The arithmetic is in optim/kernels/ (sm3.cpp, sm3.cu).
+#include "optim/sm3.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace tally::optim {
+
+namespace {
+
+kernels::Sm3Shape sm3_shape(const Shape& shape) {
+  TALLY_CHECK(shape.size() <= size_t(kernels::kSm3MaxDims), "[sm3] a parameter of shape ", shape_str(shape), " has ",
+              shape.size(), " dims; SM3 keeps one accumulator per dim for at most ", kernels::kSm3MaxDims);
+  kernels::Sm3Shape s{.rank = int(shape.size())};
+  for (size_t k = 0; k < shape.size(); ++k) s.dims[k] = shape[k];
+  return s;
+}
+
+}  // namespace
+
+// The shape the kernel walks: the whole tensor's while this rank holds all of it (shard() views a part flat, even
+// one of a single rank), else the part, which is a vector's or a scalar's (check_shardable lets nothing else be cut).
+kernels::Sm3Shape Sm3::kernel_shape(const Slot& s) {
+  return sm3_shape(s.param.numel() == s.whole.numel() ? s.whole.shape() : s.param.shape());
+}
+
+void validate(const Sm3Config& c, int group) {
+  const char* op = "[sm3]";
+  TALLY_CHECK(std::isfinite(c.lr) && c.lr >= 0.0, op, " group ", group, ": lr must be >= 0, got ", c.lr);
+  TALLY_CHECK(c.momentum >= 0.0 && c.momentum < 1.0, op, " group ", group, ": momentum must be in [0, 1), got ",
+              c.momentum);
+  TALLY_CHECK(c.beta >= 0.0 && c.beta <= 1.0, op, " group ", group, ": beta must be in [0, 1], got ", c.beta);
+  TALLY_CHECK(c.eps >= 0.0, op, " group ", group, ": eps must be >= 0, got ", c.eps);
+  TALLY_CHECK(std::isfinite(c.weight_decay) && c.weight_decay >= 0.0, op, " group ", group,
+              ": weight_decay must be >= 0, got ", c.weight_decay);
+}
+
+std::vector<StateSpec> Sm3::state_specs(const Shape& shape, const Sm3Config& c) {
+  const int rank = sm3_shape(shape).rank;
+  std::vector<StateSpec> s;
+  if (c.momentum > 0.0) s.push_back({.name = "momentum_buffer", .shape = shape});
+  if (rank <= 1) {
+    s.push_back({.name = "accumulator_0", .shape = shape});
+    return s;
+  }
+  for (int k = 0; k < rank; ++k) {
+    Shape acc(size_t(rank), 1);  // (1, .., shape[k], .., 1)
+    acc[size_t(k)] = shape[size_t(k)];
+    s.push_back({.name = cat("accumulator_", k), .shape = acc, .index = StateIndex::whole});
+  }
+  return s;
+}
+
+int64_t Sm3::workspace_for(const Slot& s) const {
+  if (s.param.numel() == 0) return 0;
+  const Device d = s.param.device().is_meta() ? Device::cpu() : s.param.device();  // meta plans with the CPU's
+  return TALLY_KERNEL(d, sm3_workspace_bytes, kernel_shape(s));
+}
+
+void Sm3::update(Slot& s, const Tensor& grad, const StepOptions& o, void* workspace, double* stats) {
+  const Sm3Config& c = config_of(s);
+  kernels::Sm3Args a{
+      .shape = kernel_shape(s),
+      .param = param_f32(s),
+      .grad = grad.data<float>(),
+      .momentum_buffer = s.has("momentum_buffer") ? s.f32("momentum_buffer") : nullptr,
+      .lr = c.lr,
+      .momentum = c.momentum,
+      .beta = c.beta,
+      .eps = c.eps,
+      .weight_decay = c.weight_decay,
+      .grad_scale = o.grad_scale,
+      .workspace = workspace,
+      .stats = stats,
+  };
+  for (int k = 0; k < std::max(1, a.shape.rank); ++k) a.accumulators[k] = s.f32(cat("accumulator_", k));
+  TALLY_KERNEL(s.param.device(), sm3_step, a);
+}
+
+void Sm3::record_internals(Slot& s, const double* stats) {
+  Optimizer::record_internals(s, stats);  // update_rms: of what lr multiplies (the momentum buffer when kept)
+  s.internals.clipped_update_rms = s.internals.update_rms;  // no clipping in SM3
+  if (s.has("momentum_buffer")) s.internals.exp_avg_rms = std::sqrt(stats[kernels::kStatExpAvgSq] / double(s.whole.numel()));
+}
+
+}  // namespace tally::optim
