@@ -12,7 +12,10 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 if ! command -v mpirun >/dev/null; then echo "cli distributed: SKIPPED (no mpirun: scripts/install-deps.sh installs openmpi-bin)"; exit 0; fi
-if ! "$tally" memory --help 2>&1 | grep -q -- "--world"; then fail "tally has no data-parallel flags"; fi
+# The help is read whole before matching (grep -q stops at the first match; under pipefail the writer's SIGPIPE
+# would fail the test at random).
+help=$("$tally" memory --help 2>&1)
+grep -q -- "--world" <<<"$help" || fail "tally has no data-parallel flags"
 # Under AddressSanitizer (scripts/test-sanitize.sh): OpenMPI's libraries keep some memory for the life of the
 # process, and LeakSanitizer's fast unwinder stops at their frames (no frame pointers), so only the slow one sees
 # that OpenMPI allocated it (scripts/lsan-suppressions.txt); tally's own allocations are checked as everywhere.
