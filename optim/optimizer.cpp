@@ -190,10 +190,11 @@ void check_shardable(std::string_view kind, const std::string& param, const Shap
                      int world) {
   if (world <= 1) return;
   for (const StateSpec& s : layout.specs)
-    TALLY_CHECK(s.index != StateIndex::whole, "[", kind, "] ZeRO 1 cannot cut '", param, "' ", shape_str(whole),
-                " over ", world, " ranks: its state '", s.name, "' ", shape_str(s.shape),
-                " is a statistic of the whole tensor, not of a part; ", kind,
-                " does not support ZeRO 1 (train it with --zero 0)");
+    if (s.index == StateIndex::whole)
+      throw CannotShard(cat("[", kind, "] ZeRO 1 cannot cut '", param, "' ", shape_str(whole), " over ", world,
+                            " ranks: its state '", s.name, "' ", shape_str(s.shape),
+                            " is a statistic of the whole tensor, not of a part; ", kind,
+                            " does not support ZeRO 1 (train it with --zero 0)"));
 }
 
 Optimizer::Optimizer(std::string kind) : kind_(std::move(kind)) {}

@@ -130,8 +130,16 @@ ShardCut shard_cut(const Shape& whole, const StateLayout& layout, int world);
 Shape part_shape(const Shape& whole, const ShardCut& cut, int rank);
 // The state of rank `rank`'s part: each state cut as its StateIndex says, the factored layout of the part.
 StateLayout part_layout(const StateLayout& whole_layout, const Shape& whole, const ShardCut& cut, int rank);
-// Throws, naming the optimizer `kind`, the parameter and the state, when `world` > 1 and the layout cannot be cut
-// (a state indexed StateIndex::whole): the optimizer refuses ZeRO 1 for it, in a prediction as in shard().
+// The refusal of ZeRO 1 by an optimizer whose state holds a statistic of a whole tensor (SM3's accumulators): a
+// planner may leave that optimizer out and say why, where any other error is a fault.
+class CannotShard : public Error {
+ public:
+  explicit CannotShard(const std::string& what) : Error(what) {}
+};
+
+// Throws CannotShard, naming the optimizer `kind`, the parameter and the state, when `world` > 1 and the layout
+// cannot be cut (a state indexed StateIndex::whole): the optimizer refuses ZeRO 1 for it, in a prediction as in
+// shard().
 void check_shardable(std::string_view kind, const std::string& param, const Shape& whole, const StateLayout& layout,
                      int world);
 

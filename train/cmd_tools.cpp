@@ -143,9 +143,7 @@ int cmd_memory(const Args& args) {
     std::vector<optim::TensorState> states;
     try {
       states = choice.predict(shapes, shard_of(rank));
-    } catch (const Error& e) {
-      if (zero != ZeroStage::zero1 || world <= 1) throw;
-      (void)choice.predict(shapes, {});  // an error not of the cut is thrown as it is
+    } catch (const optim::CannotShard& e) {
       refused.push_back({{"optimizer", name}, {"reason", e.what()}});
       continue;
     }
@@ -178,7 +176,7 @@ int cmd_memory(const Args& args) {
     out["optimizers"][name] = o;
   }
   if (shown.empty()) throw Error(refused.front()["reason"].get<std::string>());
-  if (zero == ZeroStage::zero1 && world > 1) out["zero1_refused"] = refused;
+  out["zero1_refused"] = refused;
   if (f.on("json")) {
     std::printf("%s\n", out.dump(2).c_str());
     return 0;
@@ -213,7 +211,7 @@ int cmd_memory(const Args& args) {
       std::printf("  %-*s %18s\n", w - 2, kind.c_str(), format_bytes_exact(bytes.get<int64_t>()).c_str());
   }
   if (!refused.empty()) {
-    std::printf("\nnot shown: ZeRO 1 cannot cut their state (train them with --zero 0):\n");
+    std::printf("\nnot shown: ZeRO 1 cannot cut their state (train them with --zero 0, or plan them without --zero 1):\n");
     for (const json& x : refused)
       std::printf("  %s: %s\n", x["optimizer"].get<std::string>().c_str(), x["reason"].get<std::string>().c_str());
   }

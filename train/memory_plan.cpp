@@ -228,7 +228,7 @@ std::string memory_advice(const models::GPT2Config& model, const OptimizerChoice
     for (const optim::OptimizerEntry& e : optim::optimizers()) {
       try {
         if (optim::total_bytes(e.predict(shapes, {}, shard)) < ours) smaller += (smaller.empty() ? "" : ", ") + e.name;
-      } catch (const Error&) {  // an optimizer that refuses ZeRO 1 (check_shardable) is no alternative here
+      } catch (const optim::CannotShard&) {  // an optimizer that refuses ZeRO 1 is no alternative here
       }
     }
     out += cat("Not even --batch 1 fits (peak ", format_bytes_human(predict_step_memory(model, optimizer, s).total_held),

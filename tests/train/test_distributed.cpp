@@ -90,14 +90,14 @@ TEST_CASE("distributed: a ZeRO-1 step equals the whole step for every optimizer 
     std::string refusal;
     try {
       e.predict(named, settings, {.rank = c.rank(), .world = c.world()});
-    } catch (const Error& err) {
+    } catch (const optim::CannotShard& err) {
       refusal = err.what();
     }
     if (!refusal.empty()) {
       CHECK(c.world() > 1);
       const std::string expect = "[" + e.name + "] ZeRO 1 cannot cut";
       CHECK(refusal.find(expect) != std::string::npos);
-      CHECK_THROWS_WITH_AS(sharded->shard(c), doctest::Contains(expect.c_str()), Error);
+      CHECK_THROWS_WITH_AS(sharded->shard(c), doctest::Contains(expect.c_str()), optim::CannotShard);
       MESSAGE(e.name, " refuses ZeRO 1 at world ", c.world(), ": ", refusal);
       continue;
     }
