@@ -96,7 +96,8 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
     // Small dense tensors on CUDA (biases, layer-norm vectors) are launched together after the other slots: each
     // alone is a few microseconds of work behind three launches. Not with statistics (read right after update)
     // or master weights (the bf16 parameter is written from them right after update).
-    if (dev.is_cuda() && !stats && !s.master.defined() && a.n <= kernels::kCameDenseBatchMax) {
+    // Nor a part of a tensor cut over ranks (its clip waits for a sum over them).
+    if (dev.is_cuda() && !stats && !s.master.defined() && !a.shard.sum && a.n <= kernels::kCameDenseBatchMax) {
       if (!deferred_dense_.empty() && deferred_device_ != dev) finish_updates();
       deferred_device_ = dev;
       deferred_dense_.push_back(a);

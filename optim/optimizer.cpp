@@ -278,9 +278,11 @@ int64_t Optimizer::param_step(const std::string& param) const {
 }
 
 int64_t Optimizer::workspace_for(const Slot& slot) const {
-  if (slot.param.numel() == 0) return 0;  // a rank's empty part of a sharded tensor
   // The meta device plans with the CPU's figures.
   const Device d = slot.param.device().is_meta() ? Device::cpu() : slot.param.device();
+  // A rank's empty part of a sharded tensor: the CPU kernels need nothing; the CUDA kernels still take part in the
+  // cross-rank sums through device buffers of their workspace.
+  if (slot.param.numel() == 0 && !d.is_cuda()) return 0;
   return slot.factored ? TALLY_KERNEL(d, factored_workspace_bytes, slot.layout)
                        : TALLY_KERNEL(d, dense_workspace_bytes, slot.param.numel());
 }
@@ -298,6 +300,7 @@ void Optimizer::shard(dist::Communicator& comm) {
   for (const Slot& s : slots_) check_shardable(kind_, s.name, s.whole.shape(), state_layout(s), comm.world());
   comm_ = &comm;
   host_sum_.comm = &comm;
+  cuda_sum_.comm = &comm;
   for (Slot& s : slots_) {
     const StateLayout layout = state_layout(s);
     s.cut = optim::shard_cut(s.whole.shape(), layout, comm.world());
@@ -309,10 +312,8 @@ void Optimizer::shard(dist::Communicator& comm) {
 
 kernels::Sharding Optimizer::sharding(const Slot& s) const {
   if (!comm()) return {};
-  TALLY_CHECK(s.param.device().is_cpu() || s.param.device().is_meta(), "[", kind_, "] ZeRO 1 of '", s.name,
-              "' on ", s.param.device().str(), ": the cross-rank sums of ", kind_,
-              "'s CUDA kernels are not written yet; train with --zero 0 on GPUs, or --zero 1 on CPUs");
-  return {.sum = &host_sum_, .numel = s.whole.numel(), .rows = s.whole_rows, .rows_cut = s.cut.columns_shared};
+  const RankSum* sum = s.param.device().is_cuda() ? &cuda_sum_ : &host_sum_;
+  return {.sum = sum, .numel = s.whole.numel(), .rows = s.whole_rows, .rows_cut = s.cut.columns_shared};
 }
 
 const ShardCut& Optimizer::shard_cut(const std::string& param) const {

@@ -373,11 +373,15 @@ class Optimizer {
   std::map<std::string, Tensor> widened_;     // by device string: f32 gradient buffers of bf16 parameters
   uint64_t rounding_seed_ = 0x6D69786564ull;
   dist::Communicator* comm_ = nullptr;  // shard(): the ranks this optimizer's state is cut over
-  // Host doubles added over comm_'s ranks (the kernels' CrossRankSum).
-  struct HostSum final : kernels::CrossRankSum {
+  // Doubles added over comm_'s ranks (the kernels' CrossRankSum): on the host (MPI) for the CPU kernels, in device
+  // memory (NCCL, on tally's stream) for the CUDA kernels.
+  struct RankSum final : kernels::CrossRankSum {
+    RankSum(Device d) : device(d) {}
     dist::Communicator* comm = nullptr;
-    void operator()(double* data, int64_t n) const override { comm->all_reduce_sum(data, n); }
-  } host_sum_;
+    Device device;
+    void operator()(double* data, int64_t n) const override { comm->all_reduce_sum(data, n, device); }
+  };
+  RankSum host_sum_{Device::cpu()}, cuda_sum_{Device::cuda()};
 };
 
 // ---- parameter groups ----

@@ -19,6 +19,7 @@ class SingleProcess final : public Communicator {
   std::string engine() const override { return "single process"; }
   void all_reduce_sum(float*, int64_t n, Device) override { float_bytes_ += 4 * n; }
   void all_reduce_sum(double*, int64_t) override {}
+  void all_reduce_sum(double*, int64_t, Device) override {}
   void reduce_scatter_sum(float*, int64_t segment, Device) override { float_bytes_ += 4 * segment * world(); }
   void all_gather(float*, int64_t segment, Device) override { float_bytes_ += 4 * segment * world(); }
   void broadcast(void*, int64_t, int) override {}
@@ -27,6 +28,12 @@ class SingleProcess final : public Communicator {
 };
 
 }  // namespace
+
+void Communicator::all_reduce_sum(double* data, int64_t n, Device device) {
+  TALLY_CHECK(!device.is_cuda(), "[", engine(), "] all_reduce_sum of ", n, " doubles on ", device.str(),
+              ": this engine has no collectives on CUDA buffers");
+  if (!device.is_meta()) all_reduce_sum(data, n);
+}
 
 std::vector<uint64_t> Communicator::all_gather_u64(uint64_t x) {
   // Through a sum of doubles would lose bits: each rank's value travels as four 16-bit pieces, exact in a double.

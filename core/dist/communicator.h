@@ -26,6 +26,9 @@ class Communicator {
   // the same bits.
   virtual void all_reduce_sum(float* data, int64_t n, Device device) = 0;
   virtual void all_reduce_sum(double* data, int64_t n) = 0;
+  // f64 on `device`: the host's (as above) or a CUDA buffer's (NCCL, on tally's stream: no host wait), for the
+  // optimizer kernels' cross-rank sums of a ZeRO-1 step on GPUs.
+  virtual void all_reduce_sum(double* data, int64_t n, Device device);
   // `data` holds world() segments of `segment` floats. Afterwards segment rank() holds, element by element, the
   // sum over ranks of their segment rank(); the other segments are left undefined.
   virtual void reduce_scatter_sum(float* data, int64_t segment, Device device) = 0;

@@ -85,6 +85,16 @@ class Mpi final : public Communicator {
             "MPI_Allreduce");
   }
 
+  void all_reduce_sum(double* data, int64_t n, Device device) override {
+    if (device.is_meta() || n == 0) return;
+    if (!device.is_cuda()) return all_reduce_sum(data, n);
+#ifdef TALLY_HAS_NCCL
+    nccl::all_reduce_sum(nccl_comm(), data, n);
+#else
+    fail("[mpi] all_reduce_sum of a CUDA buffer needs NCCL: this build has none");
+#endif
+  }
+
   void reduce_scatter_sum(float* data, int64_t segment, Device device) override {
     float_bytes_ += 4 * segment * world();
     if (device.is_meta() || segment == 0) return;

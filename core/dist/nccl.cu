@@ -53,6 +53,10 @@ void all_reduce_sum(Comm* c, float* data, int64_t n) {
   check(ncclAllReduce(data, data, size_t(n), ncclFloat32, ncclSum, c->comm, cuda::stream()), "ncclAllReduce");
 }
 
+void all_reduce_sum(Comm* c, double* data, int64_t n) {
+  check(ncclAllReduce(data, data, size_t(n), ncclFloat64, ncclSum, c->comm, cuda::stream()), "ncclAllReduce (f64)");
+}
+
 void reduce_scatter_sum(Comm* c, float* data, int64_t segment, int rank) {
   // In place: the result lands in this rank's own segment of the send buffer.
   check(ncclReduceScatter(data, data + int64_t(rank) * segment, size_t(segment), ncclFloat32, ncclSum, c->comm,

@@ -1,18 +1,17 @@
 // Data parallelism. tests/cli/distributed.sh runs this suite under `mpirun -np 2` (and 3); in the plain unit run the
-// world is one process and the same cases check the single-rank path. Checked: the collectives (uneven sizes), and
-// for every optimizer in the registry that a ZeRO-1 step - each rank stepping its part of every parameter from the
-// summed gradients, the parts then gathered - equals the whole step after 50 steps, parameters and every state
-// tensor, or, for an optimizer whose state cannot be cut (SM3's per-dim accumulators), that it refuses ZeRO 1 by name;
-// checkpoints of a sharded optimizer hold whole tensors and load at any world size.
+// world is one process and the same cases check the single-rank path, and ranks taking turns as threads of one
+// process check worlds of 2 and 3 as well. Checked: the collectives (uneven sizes), and for every optimizer in the
+// registry that a ZeRO-1 step equals the whole step after 50 steps, parameters and every state tensor, or that it
+// refuses ZeRO 1 by name (tests/train/zero1_equivalence.h); checkpoints of a sharded optimizer hold whole tensors and
+// load at any world size.
 #include <doctest/doctest.h>
 
 #include <cmath>
 
 #include "core/autograd/node.h"
 #include "core/dist/communicator.h"
-#include "optim/registry.h"
-#include "tests/optim/optim_test_util.h"
-#include "train/data_parallel.h"
+#include "tests/train/turn_ranks.h"
+#include "tests/train/zero1_equivalence.h"
 
 using namespace tally;
 
@@ -20,39 +19,18 @@ namespace {
 
 dist::Communicator& ranks() { return dist::process_group(); }
 
-// Parameters whose parts are cut every way: a matrix (factored by CAME/Adafactor: rows cut), a 3-D tensor (factored
-// over its last two dims with a leading dim: slabs cut), a vector, tensors smaller than the world (a rank of 3 holds
-// nothing of them), and a matrix with padding rows (as GPT-2's wte), last.
-std::vector<Tensor> make_params(const std::string& prefix) {
-  const std::vector<Shape> shapes = {{37, 20}, {3, 8, 6}, {50}, {2, 5}, {2}, {12, 6}};
-  std::vector<Tensor> out;
-  for (size_t i = 0; i < shapes.size(); ++i)
-    out.push_back(test::make_param(cat(prefix, i), test::normal_values(numel(shapes[i]), 40 + i), shapes[i]));
-  out.back().set_padding_rows(2);
-  return out;
-}
-
-// Step k's gradient of parameter i times `scale`, the same on every rank (zero in padding rows, as a model leaves
-// them).
-Tensor gradient(const Tensor& p, size_t i, int step, double scale = 1.0) {
-  std::vector<float> g = test::normal_values(p.numel(), 1000 * uint64_t(step) + i, 0.5 * scale);
-  if (p.padding_rows() > 0)
-    for (int64_t k = (p.size(0) - p.padding_rows()) * (p.numel() / p.size(0)); k < p.numel(); ++k) g[size_t(k)] = 0;
-  return test::make_grad(g, p.shape());
-}
-
-}  // namespace
-
-TEST_SUITE("distributed") {
-
-TEST_CASE("distributed: collectives sum, scatter and gather, whatever the sizes") {
-  dist::Communicator& c = ranks();
+void check_collectives(dist::Communicator& c) {
   const int W = c.world(), R = c.rank();
   MESSAGE("world ", W, " (", c.engine(), ")");
   std::vector<double> d = {double(R + 1), 0.5};
   c.all_reduce_sum(d.data(), 2);
   CHECK(d[0] == double(W * (W + 1) / 2));
   CHECK(d[1] == 0.5 * W);
+  c.all_reduce_sum(d.data(), 2, Device::cpu());  // the optimizer kernels' form (a device named)
+  CHECK(d[0] == double(W * W * (W + 1) / 2));
+  std::vector<char> b(5, R == W - 1 ? 'x' : 'y');
+  c.broadcast(b.data(), 5, W - 1);
+  CHECK(std::string(b.begin(), b.end()) == "xxxxx");
   std::vector<float> f(7);
   for (size_t i = 0; i < f.size(); ++i) f[i] = float(R * 10 + int(i));
   c.all_reduce_sum(f.data(), 7, Device::cpu());
@@ -72,79 +50,28 @@ TEST_CASE("distributed: collectives sum, scatter and gather, whatever the sizes"
   for (int r = 0; r < W; ++r) CHECK(ids[size_t(r)] == 0xFEDCBA9876543210ull + uint64_t(r));
 }
 
+}  // namespace
+
+TEST_SUITE("distributed") {
+
+TEST_CASE("distributed: collectives sum, scatter and gather, whatever the sizes") {
+  check_collectives(ranks());
+  for (const int world : {2, 3}) {  // and ranks taking turns in this process (the check below runs on them)
+    test::TurnRanks group(world);
+    group.run(check_collectives);
+  }
+}
+
 TEST_CASE("distributed: a ZeRO-1 step equals the whole step for every optimizer (50 steps, every state tensor)") {
-  // The sharded step differs from the whole one only in how sums over a tensor are formed (each rank's part, then
-  // over ranks, in double): parameters and state agree to float rounding, accumulated over 50 steps of updates
-  // about lr in size.
-  dist::Communicator& c = ranks();
-  for (const optim::OptimizerEntry& e : optim::optimizers()) {
-    INFO("optimizer ", e.name, ", world ", c.world());
-    const optim::Settings settings{{"lr", 1e-2}, {"weight-decay", 0.1}};
-    std::vector<Tensor> whole_params = make_params("w"), part_params = make_params("w");
-    auto whole = optim::make_optimizer(e.name, whole_params, settings);
-    auto sharded = optim::make_optimizer(e.name, part_params, settings);
-    // The prediction tells whether this optimizer's state can be cut over these ranks (check_shardable); if not,
-    // shard() refuses the same way, naming the optimizer (tests/optim/sm3_lamb.cpp checks which one does).
-    std::vector<optim::NamedShape> named;
-    for (const Tensor& p : part_params) named.push_back(optim::named_shape(p));
-    std::string refusal;
-    try {
-      e.predict(named, settings, {.rank = c.rank(), .world = c.world()});
-    } catch (const optim::CannotShard& err) {
-      refusal = err.what();
-    }
-    if (!refusal.empty()) {
-      CHECK(c.world() > 1);
-      const std::string expect = "[" + e.name + "] ZeRO 1 cannot cut";
-      CHECK(refusal.find(expect) != std::string::npos);
-      CHECK_THROWS_WITH_AS(sharded->shard(c), doctest::Contains(expect.c_str()), optim::CannotShard);
-      MESSAGE(e.name, " refuses ZeRO 1 at world ", c.world(), ": ", refusal);
-      continue;
-    }
-    sharded->shard(c);
-    train::DataParallel dp(c, train::ZeroStage::zero1, *sharded, part_params, 1024);  // small buckets: several
-    for (int step = 1; step <= 50; ++step) {
-      for (size_t i = 0; i < whole_params.size(); ++i) {
-        whole_params[i].set_grad(gradient(whole_params[i], i, step));
-        // Each rank contributes g / world (a training step scales its loss so): the reduce-scatter sums them to g.
-        part_params[i].set_grad(gradient(part_params[i], i, step, 1.0 / c.world()));
-      }
-      whole->step();
-      dp.reduce_gradients();
-      sharded->step();
-      dp.gather_parameters();
-    }
-    for (size_t i = 0; i < whole_params.size(); ++i) {
-      INFO("parameter ", i);
-      const std::vector<double> ref = whole_params[i].to_vector<double>();
-      double scale = 0;
-      for (double v : ref) scale = std::max(scale, std::abs(v));
-      const test::Mismatch m = test::compare(part_params[i].to_vector<float>(), whole_params[i].to_vector<float>(),
-                                             1e-5, 1e-6 * scale);
-      CHECK_MESSAGE(m.ok(), "max |a-b| ", m.max_abs, " at ", m.index);
-    }
-    const optim::OptimizerState a = whole->state_dict(), b = sharded->state_dict();  // gathered: whole tensors
-    REQUIRE(a.tensors.size() == b.tensors.size());
-    for (const auto& entry : a.tensors) {
-      const std::string key = entry.first;  // not a structured binding: doctest's INFO captures it (clang)
-      const Tensor& t = entry.second;
-      INFO("state ", key);
-      REQUIRE(b.tensors.count(key) == 1);
-      const Tensor& u = b.tensors.at(key);
-      REQUIRE(u.shape() == t.shape());
-      const std::vector<float> ref = t.to(DType::f32).to_vector<float>();
-      double scale = 0;
-      for (float v : ref) scale = std::max(scale, double(std::abs(v)));
-      const test::Mismatch m = test::compare(u.to(DType::f32).to_vector<float>(), ref, 1e-4, 1e-6 * scale);
-      CHECK_MESSAGE(m.ok(), "max |a-b| ", m.max_abs, " max rel ", m.max_rel, " at ", m.index);
-    }
-    // The whole state loads into a sharded optimizer at this world (each rank takes its part), and gathers back.
-    auto again = optim::make_optimizer(e.name, make_params("w"), settings);
-    again->shard(c);
-    again->load_state_dict(a);
-    const optim::OptimizerState back = again->state_dict();
-    for (const auto& [key, t] : a.tensors) CHECK(back.tensors.at(key).to(DType::f32).to_vector<float>() ==
-                                                  t.to(DType::f32).to_vector<float>());
+  test::check_zero1_equals_whole(ranks(), Device::cpu(), 50);
+}
+
+TEST_CASE("distributed: the same at 2 and 3 ranks taking turns in one process (no mpirun)") {
+  // The ranks as threads of this process, one running at a time (tests/train/turn_ranks.h): the same check, so that
+  // the plain unit run covers world sizes above one too.
+  for (const int world : {2, 3}) {
+    test::TurnRanks group(world);
+    group.run([](dist::Communicator& c) { test::check_zero1_equals_whole(c, Device::cpu(), 50); });
   }
 }
 

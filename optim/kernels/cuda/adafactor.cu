@@ -1,7 +1,7 @@
 // CUDA kernels of Adafactor (transformers, scale_parameter=False, relative_step=False); the arithmetic of
 // optim/kernels/cpu/adafactor.cpp in three passes: r, c and factors; u^2 sums -> clip divisor on the device (one
 // more read of g than the CPU's two passes); one elementwise pass for the (optional) first moment and the
-// parameter.
+// parameter. ZeRO 1: sums over the ranks completed in device memory, as came.cu does.
 #include "optim/kernels/cuda/common.cuh"
 
 namespace tally::optim::kernels::cuda {
@@ -77,18 +77,25 @@ __global__ void dense_update(int64_t n, const float* g, const float* v, float* m
 void adafactor_factored_step(const AdafactorFactoredArgs& a) {
   const FactoredLayout& l = a.layout;
   const int64_t N = l.numel();
-  if (N == 0) return;
+  if (N == 0) {  // a rank with no rows of a sharded tensor: its share of the rounds, then nothing
+    if (!a.shard.sum) return;
+    const Workspace w = carve(a.workspace, l, make_plan(l));
+    if (a.shard.rows_cut) columns_without_rows(l, w, a.exp_avg_sq_col, a.beta2t, a.shard);
+    total_without_elements(w.total, a.shard);
+    return;
+  }
   const Plan plan = make_plan(l);
   const Workspace w = carve(a.workspace, l, plan);
   const int64_t K = plan.K;
   const float gs = float(a.grad_scale);
   factored_stats(l, plan, w, SquareFill{a.grad, l.n, K, gs, float(a.eps1)}, a.exp_avg_sq_row, a.exp_avg_sq_col,
-                 a.beta2t);
+                 a.beta2t, a.shard);
   const int blocks = reduce_blocks(N / 4 + 1);
   update_sq<<<blocks, kThreads, 0, stream()>>>(l, K, a.grad, w.row_factor, w.col_factor, gs, vectorizable(l, {a.grad}),
                                                w.block_sums);
   TALLY_CUDA_LAUNCH_CHECK("adafactor update_sq");
-  launch_clip_divisor(w.block_sums, blocks, N, a.clip_threshold, w.divisor, a.stats, "adafactor clip_divisor");
+  launch_clip_divisor(w.block_sums, blocks, N, a.clip_threshold, w.divisor, a.stats, a.shard, w.total,
+                      "adafactor clip_divisor");
   if (a.stats && a.exact_exp_avg_sq) {
     const int b = reduce_blocks(N);
     ExactFill f{l, K, a.grad, a.exact_exp_avg_sq, w.row_factor, w.col_factor, gs, float(a.eps1), float(a.beta2t),
@@ -118,14 +125,18 @@ void adafactor_factored_step(const AdafactorFactoredArgs& a) {
 }
 
 void adafactor_dense_step(const AdafactorDenseArgs& a) {
-  if (a.n == 0) return;
+  if (a.n == 0) {
+    if (a.shard.sum) total_without_elements(carve_dense(a.workspace).total, a.shard);
+    return;
+  }
   const DenseWorkspace w = carve_dense(a.workspace);
   const float gs = float(a.grad_scale);
   const int blocks = reduce_blocks(a.n);
   dense_second_moment<<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.exp_avg_sq, gs, float(a.eps1), float(a.beta2t),
                                                          float(1.0 - a.beta2t), w.block_sums);
   TALLY_CUDA_LAUNCH_CHECK("adafactor dense_second_moment");
-  launch_clip_divisor(w.block_sums, blocks, a.n, a.clip_threshold, w.divisor, a.stats, "adafactor clip_divisor");
+  launch_clip_divisor(w.block_sums, blocks, a.n, a.clip_threshold, w.divisor, a.stats, a.shard, w.total,
+                      "adafactor clip_divisor");
   const float lr = float(a.lr), b1 = float(a.beta1), one_b1 = float(1.0 - a.beta1);
   const float decay = float(-a.weight_decay * a.lr);
   const bool wd = a.weight_decay != 0.0;

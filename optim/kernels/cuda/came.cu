@@ -4,7 +4,8 @@
 // step: tile_stats(g^2+eps1) -> r, c, factors; grid sums of u^2 -> clip divisor (on the device: no host round
 // trip); tile_stats that updates m and sums the instability -> R, C, factors; elementwise parameter update
 // (float4 loads when rows allow). Nine launches per factored tensor (the package issues ~22 kernels); small dense
-// tensors are stepped together, one block each (came_dense_steps).
+// tensors are stepped together, one block each (came_dense_steps). ZeRO 1: a part of a tensor completes its sums
+// over the ranks in device memory (Sharding: NCCL on tally's stream, no host wait), as the CPU kernels do.
 #include "optim/kernels/cuda/common.cuh"
 
 namespace tally::optim::kernels::cuda {
@@ -108,13 +109,14 @@ void came_factored(const CameFactoredArgs& a) {
 
   // Pass 1: r, c and their factors.
   factored_stats(l, plan, w, SquareFill{a.grad, l.n, K, gs, float(a.eps1)}, a.exp_avg_sq_row, a.exp_avg_sq_col,
-                 a.beta2);
+                 a.beta2, a.shard);
   // Pass 2: RMS of u -> clip divisor (device scalar).
   const int blocks = reduce_blocks(N / 4 + 1);
   const bool vec = vectorizable(l, {a.grad, a.param, a.exp_avg});
   update_sq<<<blocks, kThreads, 0, stream()>>>(l, K, a.grad, w.row_factor, w.col_factor, gs, vec, w.block_sums);
   TALLY_CUDA_LAUNCH_CHECK("came update_sq");
-  launch_clip_divisor(w.block_sums, blocks, N, a.clip_threshold, w.divisor, a.stats, "came clip_divisor");
+  launch_clip_divisor(w.block_sums, blocks, N, a.clip_threshold, w.divisor, a.stats, a.shard, w.total,
+                      "came clip_divisor");
   if (a.stats && a.exact_exp_avg_sq) {
     const int b = reduce_blocks(N);
     ExactFill f{l, K, a.grad, a.exact_exp_avg_sq, w.row_factor, w.col_factor, gs, float(a.eps1), float(a.beta2),
@@ -129,14 +131,14 @@ void came_factored(const CameFactoredArgs& a) {
     MomentFill<MT, true> f{l, K, a.grad, m, w.row_factor, w.col_factor, w.divisor, gs, b1, one_b1, eps2};
     // The fill reads the second-moment factors while the stats overwrite them only in the finishing kernels,
     // which run after the tile kernel completes (same stream).
-    factored_stats(l, plan, w, f, a.exp_avg_res_row, a.exp_avg_res_col, a.beta3);
+    factored_stats(l, plan, w, f, a.exp_avg_res_row, a.exp_avg_res_col, a.beta3, a.shard);
   } else {
     const dim3 rows_grid(unsigned(l.P * l.n), unsigned((K + kThreads - 1) / kThreads));
     moment_update<MT><<<rows_grid, kThreads, 0, stream()>>>(l, K, a.grad, m, w.row_factor, w.col_factor, w.divisor, gs,
                                                             b1, one_b1);
     TALLY_CUDA_LAUNCH_CHECK("came moment_update");
     MomentFill<MT, false> f{l, K, a.grad, m, w.row_factor, w.col_factor, w.divisor, gs, b1, one_b1, eps2};
-    factored_stats(l, plan, w, f, a.exp_avg_res_row, a.exp_avg_res_col, a.beta3);
+    factored_stats(l, plan, w, f, a.exp_avg_res_row, a.exp_avg_res_col, a.beta3, a.shard);
   }
   // Pass 4: the parameter.
   const dim3 grid(unsigned(l.P * l.n), unsigned((K + 4 * kThreads - 1) / (4 * kThreads)));
@@ -198,7 +200,8 @@ void came_dense(const CameDenseArgs& a) {
   dense_second_moment<<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.exp_avg_sq, gs, float(a.eps1), float(a.beta2),
                                                          float(1.0 - a.beta2), w.block_sums);
   TALLY_CUDA_LAUNCH_CHECK("came dense_second_moment");
-  launch_clip_divisor(w.block_sums, blocks, a.n, a.clip_threshold, w.divisor, a.stats, "came clip_divisor");
+  launch_clip_divisor(w.block_sums, blocks, a.n, a.clip_threshold, w.divisor, a.stats, a.shard, w.total,
+                      "came clip_divisor");
   MT* m = static_cast<MT*>(a.exp_avg);
   const float b1 = float(a.beta1), one_b1 = float(1.0 - a.beta1), lr = float(a.lr);
   const float decay = float(-a.weight_decay * a.lr);
@@ -264,8 +267,8 @@ void came_dense_steps(const CameDenseArgs* steps, int64_t count) {
   for (int64_t i = 0; i < count; ++i) {
     const CameDenseArgs& a = steps[i];
     TALLY_CHECK(!a.stats, "[came_dense_steps] a batched step cannot carry statistics");
-    if (a.n == 0) continue;
-    if (a.n > kCameDenseBatchMax) {
+    if (a.n == 0 && !a.shard.sum) continue;
+    if (a.n > kCameDenseBatchMax || a.shard.sum) {  // a part of a sharded tensor: its clip needs a cross-rank sum
       came_dense_step(a);
       continue;
     }
@@ -296,13 +299,23 @@ void came_dense_steps(const CameDenseArgs* steps, int64_t count) {
 }
 
 void came_factored_step(const CameFactoredArgs& a) {
-  if (a.layout.numel() == 0) return;
+  if (a.layout.numel() == 0) {  // a rank with no rows of a sharded tensor: its share of the three rounds
+    if (!a.shard.sum) return;
+    const Workspace w = carve(a.workspace, a.layout, make_plan(a.layout));
+    if (a.shard.rows_cut) columns_without_rows(a.layout, w, a.exp_avg_sq_col, a.beta2, a.shard);
+    total_without_elements(w.total, a.shard);
+    if (a.shard.rows_cut) columns_without_rows(a.layout, w, a.exp_avg_res_col, a.beta3, a.shard);
+    return;
+  }
   if (a.exp_avg_dtype == DType::bf16) came_factored<__nv_bfloat16>(a);
   else came_factored<float>(a);
 }
 
 void came_dense_step(const CameDenseArgs& a) {
-  if (a.n == 0) return;
+  if (a.n == 0) {
+    if (a.shard.sum) total_without_elements(carve_dense(a.workspace).total, a.shard);
+    return;
+  }
   if (a.exp_avg_dtype == DType::bf16) came_dense<__nv_bfloat16>(a);
   else came_dense<float>(a);
 }

@@ -79,6 +79,8 @@ struct Workspace {
   float* col_factor = nullptr;       // (cols)
   double* block_sums = nullptr;      // (kMaxBlocks, kSums)
   float* divisor = nullptr;          // the clip divisor of this step
+  double* cross = nullptr;           // ZeRO 1, rows cut: (cols + groups) column and row-group sums over every rank
+  double* total = nullptr;           // ZeRO 1: the sum of u^2 over every rank
   int64_t bytes = 0;
 };
 
@@ -97,22 +99,28 @@ inline Workspace carve(void* base, const FactoredLayout& l, const Plan& p) {
   w.col_factor = reinterpret_cast<float*>(take(l.cols() * 4));
   w.block_sums = reinterpret_cast<double*>(take(kMaxBlocks * kSums * 8));
   w.divisor = reinterpret_cast<float*>(take(4));
+  w.cross = reinterpret_cast<double*>(take((l.cols() + l.groups()) * 8));
+  w.total = reinterpret_cast<double*>(take(8));
   w.bytes = off;
   return w;
 }
 
-// Workspace of the dense (unfactored) steps: block sums and the divisor.
+// Workspace of the dense (unfactored) steps: block sums, the divisor (or LAMB's trust ratio) and, for ZeRO 1,
+// the sums completed over the ranks (the clip's sum of u^2, or LAMB's two norms).
 struct DenseWorkspace {
   double* block_sums = nullptr;
   float* divisor = nullptr;
+  double* total = nullptr;  // (2)
   int64_t bytes = 0;
 };
 inline DenseWorkspace carve_dense(void* base) {
   DenseWorkspace w;
   char* b = static_cast<char*>(base);
+  const int64_t sums = align256(kMaxBlocks * kSums * 8), divisor = align256(4);
   w.block_sums = reinterpret_cast<double*>(b);
-  w.divisor = reinterpret_cast<float*>(b ? b + align256(kMaxBlocks * kSums * 8) : nullptr);
-  w.bytes = align256(kMaxBlocks * kSums * 8) + align256(4);
+  w.divisor = reinterpret_cast<float*>(b ? b + sums : nullptr);
+  w.total = reinterpret_cast<double*>(b ? b + sums + divisor : nullptr);
+  w.bytes = sums + divisor + align256(2 * 8);
   return w;
 }
 
@@ -172,31 +180,51 @@ __global__ void row_sums_general(FactoredLayout l, Fill fill, double* row_partia
 // block after them takes 32 columns, whose partials (P, tiles_i, K) are summed over tiles_i by kColLanes lanes per
 // column (lane j adds row tiles j, j + kColLanes, ...; a tall matrix has thousands: wte's 50304 rows make 1572
 // tiles), then lane 0 adds the lanes in order and writes the column factor rsqrt(col) too.
+// With col_sums (ZeRO 1, rows cut) the columns stop at their sums over this rank's rows, written to col_sums.
 constexpr int kColLanes = 16;
 constexpr int kEmaThreads = 32 * kColLanes;
 __global__ void __launch_bounds__(kEmaThreads)
     ema_rows_cols(float* row_stat, const double* row_partials, float* col_stat, float* col_factor,
-                  const double* col_partials, FactoredLayout l, Plan plan, double beta, unsigned row_blocks);
-// row_factor = rsqrt(row / mean_i(row)); one block of kRowFactorThreads per (p, q, s) group.
+                  const double* col_partials, FactoredLayout l, Plan plan, double beta, unsigned row_blocks,
+                  double* col_sums);
+// row_factor = rsqrt(row / mean_i(row)); one block of kRowFactorThreads per (p, q, s) group. The mean is over this
+// tensor's rows, or, given group_sums (ZeRO 1, rows cut), group_sums[g] / rows (the sum over every rank's rows).
 constexpr int kRowFactorThreads = 1024;
 __global__ void __launch_bounds__(kRowFactorThreads)
-    row_factors(const float* row, float* row_factor, FactoredLayout l);
+    row_factors(const float* row, float* row_factor, FactoredLayout l, const double* group_sums, int64_t rows);
+// ZeRO 1, rows cut: the sum of each (p, q, s) group's row statistics over this rank's rows into group_sums[g].
+__global__ void __launch_bounds__(kRowFactorThreads)
+    row_group_sums(const float* row, FactoredLayout l, double* group_sums);
+// ZeRO 1, rows cut: the column EMAs and factors from col_sums, the sums over every rank's `rows` rows.
+__global__ void ema_cols_of_sums(float* col_stat, float* col_factor, const double* col_sums, int64_t cols,
+                                 int64_t rows, double beta);
 
 // The finishing sums over a grid's block sums (slot e of block b at block_sums[b * kSums + e]), each in one block
 // of kThreads: thread t adds blocks t, t + kThreads, ... in order, then the block's fixed tree (deterministic; a
 // single thread walking up to kMaxBlocks sums serially took tens of microseconds per tensor). `what` names the op
 // in a launch error.
-// divisor = max(1, RMS / threshold) from slot 0; adds that sum to stats[kStatUpdateSq] (if stats).
+// divisor = max(1, RMS / threshold) from slot 0; adds that sum to stats[kStatUpdateSq] (if stats). ZeRO 1 (sh.sum):
+// the RMS is over the whole tensor, sh.numel elements, its sum completed over the ranks in *total (device memory);
+// the statistic keeps this part's sum (the optimizer adds the parts over the ranks).
 void launch_clip_divisor(const double* block_sums, int blocks, int64_t numel, double threshold, float* divisor,
-                         double* stats, const char* what);
+                         double* stats, const Sharding& sh, double* total, const char* what);
+// ZeRO 1, a rank that holds no element of a tensor: its share of the rounds of a step, nothing of its own to add.
+// The clip's round (total: a device double of the workspace).
+void total_without_elements(double* total, const Sharding& sh);
+// The round of factored_stats when rows are cut (through w.cross), keeping this rank's copy of the column statistic
+// in step with every other rank's.
+void columns_without_rows(const FactoredLayout& l, const Workspace& w, float* col_stat, double beta,
+                          const Sharding& sh);
 // stats[slot_e] += the sum of slot e, for e < count (at most 3).
 void launch_add_block_sums(const double* block_sums, int blocks, double* stats, int slot0, int slot1, int slot2,
                            int count, const char* what);
 
 // Runs the two statistics passes (tile kernel, rows when not fused) of one fill and finishes the EMAs and factors.
+// ZeRO 1 with rows cut (sh.rows_cut): the column sums and the row-group sums are completed over the ranks in one
+// round (w.cross) before the column EMAs and the row factors.
 template <class Fill>
 void factored_stats(const FactoredLayout& l, const Plan& plan, const Workspace& w, Fill fill, float* row_stat,
-                    float* col_stat, double beta) {
+                    float* col_stat, double beta, const Sharding& sh) {
   const dim3 grid(unsigned(l.P * plan.tiles_i), unsigned(plan.tiles_k));
   tile_stats<<<grid, kThreads, 0, stream()>>>(l, plan, fill, w.row_partials, w.col_partials);
   TALLY_CUDA_LAUNCH_CHECK("tile_stats");
@@ -206,10 +234,23 @@ void factored_stats(const FactoredLayout& l, const Plan& plan, const Workspace& 
   }
   const unsigned row_blocks = unsigned((l.rows() + kEmaThreads - 1) / kEmaThreads);
   const unsigned col_blocks = unsigned((l.cols() + 31) / 32);
+  const bool across = sh.sum && sh.rows_cut;
   ema_rows_cols<<<row_blocks + col_blocks, kEmaThreads, 0, stream()>>>(row_stat, w.row_partials, col_stat, w.col_factor,
-                                                                       w.col_partials, l, plan, beta, row_blocks);
+                                                                       w.col_partials, l, plan, beta, row_blocks,
+                                                                       across ? w.cross : nullptr);
   TALLY_CUDA_LAUNCH_CHECK("ema_rows_cols");
-  row_factors<<<unsigned(l.groups()), kRowFactorThreads, 0, stream()>>>(row_stat, w.row_factor, l);
+  if (across) {
+    double* group_sums = w.cross + l.cols();
+    row_group_sums<<<unsigned(l.groups()), kRowFactorThreads, 0, stream()>>>(row_stat, l, group_sums);
+    TALLY_CUDA_LAUNCH_CHECK("row_group_sums");
+    (*sh.sum)(w.cross, l.cols() + l.groups());
+    ema_cols_of_sums<<<unsigned((l.cols() + kThreads - 1) / kThreads), kThreads, 0, stream()>>>(
+        col_stat, w.col_factor, w.cross, l.cols(), sh.rows, beta);
+    TALLY_CUDA_LAUNCH_CHECK("ema_cols_of_sums");
+    row_factors<<<unsigned(l.groups()), kRowFactorThreads, 0, stream()>>>(row_stat, w.row_factor, l, group_sums, sh.rows);
+  } else {
+    row_factors<<<unsigned(l.groups()), kRowFactorThreads, 0, stream()>>>(row_stat, w.row_factor, l, nullptr, l.n);
+  }
   TALLY_CUDA_LAUNCH_CHECK("row_factors");
 }
 

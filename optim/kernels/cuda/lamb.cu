@@ -1,7 +1,8 @@
 // CUDA kernels of LAMB (pytorch_optimizer 4.1.0's Lamb, foreach path); the arithmetic of
 // optim/kernels/cpu/lamb.cpp in three launches: the moments and the block sums of ||p'||^2, ||u||^2 (and ||m||^2)
 // over a fixed grid; one block turning them into the trust ratio on the device (no host round trip); the
-// trust-scaled step (u recomputed from m and v by the same float operations).
+// trust-scaled step (u recomputed from m and v by the same float operations). ZeRO 1: the two norms are summed over
+// the ranks in device memory between the first two launches.
 #include "optim/kernels/cuda/common.cuh"
 
 namespace tally::optim::kernels::cuda {
@@ -44,8 +45,17 @@ __global__ void lamb_moments(int64_t n, const float* g, const float* p, float* m
   }
 }
 
-// One block: the norms from the block sums (in order), the trust ratio into *trust; statistics of this tensor.
-__global__ void lamb_trust(const double* block_sums, int blocks, float clamp, float eps, float* trust, double* stats) {
+// The trust ratio from the squared norms of p' and u (torch's float32 norms, clamp and division).
+__device__ inline float trust_ratio(double weight_sq, double update_sq, float clamp, float eps) {
+  const float weight_norm = fminf(float(sqrt(weight_sq)), clamp);
+  const float update_norm = float(sqrt(update_sq));
+  return weight_norm != 0.0f && update_norm != 0.0f ? weight_norm / (update_norm + eps) : 1.0f;
+}
+
+// One block: the norms from the block sums (in order), the trust ratio into *trust; statistics of this tensor. ZeRO 1
+// (norms_sq): the two squared norms of this part into norms_sq instead, completed over the ranks before trust_of.
+__global__ void lamb_trust(const double* block_sums, int blocks, float clamp, float eps, float* trust, double* stats,
+                           double* norms_sq) {
   __shared__ double shared[kWarps];
   double total[3];
   for (int slot = 0; slot < 3; ++slot) {
@@ -54,13 +64,20 @@ __global__ void lamb_trust(const double* block_sums, int blocks, float clamp, fl
     total[slot] = block_sum_to_first<kThreads>(acc, shared);
   }
   if (threadIdx.x != 0) return;
-  const float weight_norm = fminf(float(sqrt(total[0])), clamp);
-  const float update_norm = float(sqrt(total[1]));
-  *trust = weight_norm != 0.0f && update_norm != 0.0f ? weight_norm / (update_norm + eps) : 1.0f;
-  if (stats) {
+  if (norms_sq) {
+    norms_sq[0] = total[0];
+    norms_sq[1] = total[1];
+  } else {
+    *trust = trust_ratio(total[0], total[1], clamp, eps);
+  }
+  if (stats) {  // this part's sums (the optimizer adds them over the ranks)
     stats[kStatUpdateSq] += total[1];
     stats[kStatExpAvgSq] += total[2];
   }
+}
+
+__global__ void trust_of(const double* norms_sq, float clamp, float eps, float* trust) {
+  *trust = trust_ratio(norms_sq[0], norms_sq[1], clamp, eps);
 }
 
 // Pass 2: p = p' + (-step_size) * (u * trust), fused; block sums of the applied change^2 (slot 0) with kStats.
@@ -88,8 +105,14 @@ __global__ void lamb_apply(int64_t n, float* p, const float* m, const float* v, 
 }  // namespace
 
 void lamb_step(const LambArgs& a) {
-  TALLY_CHECK(a.shard.sum == nullptr, "[lamb] the CUDA kernel takes whole tensors (ZeRO 1 runs on the CPU)");
-  if (a.n == 0) return;
+  if (a.n == 0) {  // a rank with no element of a sharded tensor still adds its (zero) norms
+    if (a.shard.sum) {
+      double* norms_sq = carve_dense(a.workspace).total;
+      TALLY_CUDA_CHECK("cudaMemsetAsync", cudaMemsetAsync(norms_sq, 0, 2 * sizeof(double), stream()));
+      (*a.shard.sum)(norms_sq, 2);
+    }
+    return;
+  }
   const bool in_update = a.decay == LambDecay::in_update;
   LambScalars s;  // (no designated initializers: .cu files must also build as C++17)
   s.gs = float(a.grad_scale);
@@ -109,8 +132,14 @@ void lamb_step(const LambArgs& a) {
   lamb_moments<<<unsigned(blocks), kThreads, 0, stream()>>>(a.n, a.grad, a.param, a.exp_avg, a.exp_avg_sq, s,
                                                            w.block_sums);
   TALLY_CUDA_LAUNCH_CHECK("lamb moments");
-  lamb_trust<<<1, kThreads, 0, stream()>>>(w.block_sums, blocks, s.clamp, s.eps, trust, a.stats);
+  lamb_trust<<<1, kThreads, 0, stream()>>>(w.block_sums, blocks, s.clamp, s.eps, trust, a.stats,
+                                           a.shard.sum ? w.total : nullptr);
   TALLY_CUDA_LAUNCH_CHECK("lamb trust");
+  if (a.shard.sum) {  // the norms of the whole tensor: summed over the ranks in device memory
+    (*a.shard.sum)(w.total, 2);
+    trust_of<<<1, 1, 0, stream()>>>(w.total, s.clamp, s.eps, trust);
+    TALLY_CUDA_LAUNCH_CHECK("lamb trust_of");
+  }
   if (a.stats) {
     lamb_apply<true><<<unsigned(blocks), kThreads, 0, stream()>>>(a.n, a.param, a.exp_avg, a.exp_avg_sq, s, trust,
                                                                   w.block_sums);

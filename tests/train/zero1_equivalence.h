@@ -1,0 +1,118 @@
+// The check that a ZeRO-1 step - each rank stepping its part of every parameter from the summed gradients, the
+// parts then gathered - equals the whole step, for every optimizer in the registry, parameters and every state
+// tensor; or, for an optimizer whose state cannot be cut (SM3's per-dim accumulators), that it refuses ZeRO 1 by
+// name; and that a sharded optimizer's checkpoint holds whole tensors and loads at this world. Run by every rank of
+// a group: MPI processes (tests/train/test_distributed.cpp), ranks taking turns in one process on the CPU or on one
+// GPU (tests/train/turn_ranks.h).
+#pragma once
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/dist/communicator.h"
+#include "optim/registry.h"
+#include "tests/optim/optim_test_util.h"
+#include "train/data_parallel.h"
+
+namespace tally::test {
+
+// Parameters whose parts are cut every way: a matrix (factored by CAME/Adafactor: rows cut), a 3-D tensor (factored
+// over its last two dims with a leading dim: slabs cut), a vector, tensors smaller than the world (a rank of 3 holds
+// nothing of them), and a matrix with padding rows (as GPT-2's wte), last.
+inline std::vector<Tensor> zero1_params(const std::string& prefix, Device device) {
+  const std::vector<Shape> shapes = {{37, 20}, {3, 8, 6}, {50}, {2, 5}, {2}, {12, 6}};
+  std::vector<Tensor> out;
+  for (size_t i = 0; i < shapes.size(); ++i)
+    out.push_back(make_param(cat(prefix, i), normal_values(numel(shapes[i]), 40 + i), shapes[i], device));
+  out.back().set_padding_rows(2);
+  return out;
+}
+
+// Step k's gradient of parameter i times `scale`, the same on every rank (zero in padding rows, as a model leaves
+// them).
+inline Tensor zero1_gradient(const Tensor& p, size_t i, int step, double scale = 1.0) {
+  std::vector<float> g = normal_values(p.numel(), 1000 * uint64_t(step) + i, 0.5 * scale);
+  if (p.padding_rows() > 0)
+    for (int64_t k = (p.size(0) - p.padding_rows()) * (p.numel() / p.size(0)); k < p.numel(); ++k) g[size_t(k)] = 0;
+  return make_grad(g, p.shape(), p.device());
+}
+
+// The sharded step differs from the whole one only in how sums over a tensor are formed (each rank's part, then
+// over ranks, in double): parameters and state agree to float rounding, accumulated over `steps` steps of updates
+// about lr in size.
+inline void check_zero1_equals_whole(dist::Communicator& c, Device device, int steps) {
+  for (const optim::OptimizerEntry& e : optim::optimizers()) {
+    INFO("optimizer ", e.name, ", world ", c.world(), ", rank ", c.rank(), ", ", device.str());
+    const optim::Settings settings{{"lr", 1e-2}, {"weight-decay", 0.1}};
+    std::vector<Tensor> whole_params = zero1_params("w", device), part_params = zero1_params("w", device);
+    auto whole = optim::make_optimizer(e.name, whole_params, settings);
+    auto sharded = optim::make_optimizer(e.name, part_params, settings);
+    // The prediction tells whether this optimizer's state can be cut over these ranks (check_shardable); if not,
+    // shard() refuses the same way, naming the optimizer (tests/optim/sm3_lamb.cpp checks which one does).
+    std::vector<optim::NamedShape> named;
+    for (const Tensor& p : part_params) named.push_back(optim::named_shape(p));
+    std::string refusal;
+    try {
+      e.predict(named, settings, {.rank = c.rank(), .world = c.world()});
+    } catch (const optim::CannotShard& err) {
+      refusal = err.what();
+    }
+    if (!refusal.empty()) {
+      CHECK(c.world() > 1);
+      const std::string expect = "[" + e.name + "] ZeRO 1 cannot cut";
+      CHECK(refusal.find(expect) != std::string::npos);
+      CHECK_THROWS_WITH_AS(sharded->shard(c), doctest::Contains(expect.c_str()), optim::CannotShard);
+      if (c.rank() == 0) MESSAGE(e.name, " refuses ZeRO 1 at world ", c.world(), ": ", refusal);
+      continue;
+    }
+    sharded->shard(c);
+    train::DataParallel dp(c, train::ZeroStage::zero1, *sharded, part_params, 1024);  // small buckets: several
+    for (int step = 1; step <= steps; ++step) {
+      for (size_t i = 0; i < whole_params.size(); ++i) {
+        whole_params[i].set_grad(zero1_gradient(whole_params[i], i, step));
+        // Each rank contributes g / world (a training step scales its loss so): the reduce-scatter sums them to g.
+        part_params[i].set_grad(zero1_gradient(part_params[i], i, step, 1.0 / c.world()));
+      }
+      whole->step();
+      dp.reduce_gradients();
+      sharded->step();
+      dp.gather_parameters();
+    }
+    for (size_t i = 0; i < whole_params.size(); ++i) {
+      INFO("parameter ", i);
+      const std::vector<double> ref = whole_params[i].to_vector<double>();
+      double scale = 0;
+      for (double v : ref) scale = std::max(scale, std::abs(v));
+      const Mismatch m = compare(part_params[i].to_vector<float>(), whole_params[i].to_vector<float>(), 1e-5,
+                                 1e-6 * scale);
+      CHECK_MESSAGE(m.ok(), "max |a-b| ", m.max_abs, " at ", m.index);
+    }
+    const optim::OptimizerState a = whole->state_dict(), b = sharded->state_dict();  // gathered: whole tensors
+    REQUIRE(a.tensors.size() == b.tensors.size());
+    for (const auto& entry : a.tensors) {
+      const std::string key = entry.first;  // not a structured binding: doctest's INFO captures it (clang)
+      const Tensor& t = entry.second;
+      INFO("state ", key);
+      REQUIRE(b.tensors.count(key) == 1);
+      const Tensor& u = b.tensors.at(key);
+      REQUIRE(u.shape() == t.shape());
+      const std::vector<float> ref = t.to(DType::f32).to_vector<float>();
+      double scale = 0;
+      for (float v : ref) scale = std::max(scale, double(std::abs(v)));
+      const Mismatch m = compare(u.to(DType::f32).to_vector<float>(), ref, 1e-4, 1e-6 * scale);
+      CHECK_MESSAGE(m.ok(), "max |a-b| ", m.max_abs, " max rel ", m.max_rel, " at ", m.index);
+    }
+    // The whole state loads into a sharded optimizer at this world (each rank takes its part), and gathers back.
+    auto again = optim::make_optimizer(e.name, zero1_params("w", device), settings);
+    again->shard(c);
+    again->load_state_dict(a);
+    const optim::OptimizerState back = again->state_dict();
+    for (const auto& entry : a.tensors) {
+      const std::string key = entry.first;
+      CHECK(back.tensors.at(key).to(DType::f32).to_vector<float>() == entry.second.to(DType::f32).to_vector<float>());
+    }
+  }
+}
+
+}  // namespace tally::test
