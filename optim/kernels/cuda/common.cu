@@ -120,8 +120,9 @@ __global__ void clip_divisor(const double* block_sums, int blocks, int64_t numel
   if (stats) stats[kStatUpdateSq] += sum;
 }
 
+// One warp; its first thread writes the divisor.
 __global__ void divisor_of_total(const double* total, int64_t numel, double threshold, float* divisor) {
-  *divisor = clip_divisor_of(*total, numel, float(threshold));
+  if (threadIdx.x == 0) *divisor = clip_divisor_of(*total, numel, float(threshold));
 }
 
 __global__ void add_block_sums(const double* block_sums, int blocks, double* stats, int slot0, int slot1, int slot2,
@@ -143,7 +144,7 @@ void launch_clip_divisor(const double* block_sums, int blocks, int64_t numel, do
   TALLY_CUDA_LAUNCH_CHECK(what);
   if (!sh.sum) return;
   (*sh.sum)(total, 1);
-  divisor_of_total<<<1, 1, 0, stream()>>>(total, sh.numel, threshold, divisor);
+  divisor_of_total<<<1, 32, 0, stream()>>>(total, sh.numel, threshold, divisor);
   TALLY_CUDA_LAUNCH_CHECK(what);
 }
 

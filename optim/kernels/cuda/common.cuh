@@ -72,6 +72,19 @@ inline Plan make_plan(const FactoredLayout& l) {
   return p;
 }
 
+// Cuts a workspace into 256-byte-aligned pieces, in order; with a null base it only counts (the *_workspace_bytes
+// functions carve nothing to learn the size).
+struct Carver {
+  void* base = nullptr;
+  int64_t bytes = 0;  // taken so far
+  template <class T>
+  T* take(int64_t count) {
+    T* at = base ? reinterpret_cast<T*>(static_cast<char*>(base) + bytes) : nullptr;
+    bytes += align256(count * int64_t(sizeof(T)));
+    return at;
+  }
+};
+
 struct Workspace {
   double* row_partials = nullptr;    // (rows, row_terms)
   double* col_partials = nullptr;    // (P, tiles_i, K)
@@ -86,22 +99,16 @@ struct Workspace {
 
 inline Workspace carve(void* base, const FactoredLayout& l, const Plan& p) {
   Workspace w;
-  char* b = static_cast<char*>(base);
-  int64_t off = 0;
-  auto take = [&](int64_t bytes) {
-    char* at = b ? b + off : nullptr;
-    off += align256(bytes);
-    return at;
-  };
-  w.row_partials = reinterpret_cast<double*>(take(l.rows() * p.row_terms * 8));
-  w.col_partials = reinterpret_cast<double*>(take(l.P * p.tiles_i * p.K * 8));
-  w.row_factor = reinterpret_cast<float*>(take(l.rows() * 4));
-  w.col_factor = reinterpret_cast<float*>(take(l.cols() * 4));
-  w.block_sums = reinterpret_cast<double*>(take(kMaxBlocks * kSums * 8));
-  w.divisor = reinterpret_cast<float*>(take(4));
-  w.cross = reinterpret_cast<double*>(take((l.cols() + l.groups()) * 8));
-  w.total = reinterpret_cast<double*>(take(8));
-  w.bytes = off;
+  Carver c{base};
+  w.row_partials = c.take<double>(l.rows() * p.row_terms);
+  w.col_partials = c.take<double>(l.P * p.tiles_i * p.K);
+  w.row_factor = c.take<float>(l.rows());
+  w.col_factor = c.take<float>(l.cols());
+  w.block_sums = c.take<double>(kMaxBlocks * kSums);
+  w.divisor = c.take<float>(1);
+  w.cross = c.take<double>(l.cols() + l.groups());
+  w.total = c.take<double>(1);
+  w.bytes = c.bytes;
   return w;
 }
 
@@ -115,12 +122,11 @@ struct DenseWorkspace {
 };
 inline DenseWorkspace carve_dense(void* base) {
   DenseWorkspace w;
-  char* b = static_cast<char*>(base);
-  const int64_t sums = align256(kMaxBlocks * kSums * 8), divisor = align256(4);
-  w.block_sums = reinterpret_cast<double*>(b);
-  w.divisor = reinterpret_cast<float*>(b ? b + sums : nullptr);
-  w.total = reinterpret_cast<double*>(b ? b + sums + divisor : nullptr);
-  w.bytes = sums + divisor + align256(2 * 8);
+  Carver c{base};
+  w.block_sums = c.take<double>(kMaxBlocks * kSums);
+  w.divisor = c.take<float>(1);
+  w.total = c.take<double>(2);
+  w.bytes = c.bytes;
   return w;
 }
 

@@ -76,8 +76,9 @@ __global__ void lamb_trust(const double* block_sums, int blocks, float clamp, fl
   }
 }
 
+// One warp; its first thread writes the trust ratio.
 __global__ void trust_of(const double* norms_sq, float clamp, float eps, float* trust) {
-  *trust = trust_ratio(norms_sq[0], norms_sq[1], clamp, eps);
+  if (threadIdx.x == 0) *trust = trust_ratio(norms_sq[0], norms_sq[1], clamp, eps);
 }
 
 // Pass 2: p = p' + (-step_size) * (u * trust), fused; block sums of the applied change^2 (slot 0) with kStats.
@@ -137,7 +138,7 @@ void lamb_step(const LambArgs& a) {
   TALLY_CUDA_LAUNCH_CHECK("lamb trust");
   if (a.shard.sum) {  // the norms of the whole tensor: summed over the ranks in device memory
     (*a.shard.sum)(w.total, 2);
-    trust_of<<<1, 1, 0, stream()>>>(w.total, s.clamp, s.eps, trust);
+    trust_of<<<1, 32, 0, stream()>>>(w.total, s.clamp, s.eps, trust);
     TALLY_CUDA_LAUNCH_CHECK("lamb trust_of");
   }
   if (a.stats) {

@@ -111,17 +111,11 @@ struct Sm3Workspace {
 
 Sm3Workspace carve_sm3(void* base, const Sm3Walk& w) {
   Sm3Workspace s;
-  char* b = static_cast<char*>(base);
-  int64_t off = 0;
-  auto take = [&](int64_t bytes) {
-    char* at = b ? b + off : nullptr;
-    off += align256(bytes);
-    return at;
-  };
-  s.col_max = reinterpret_cast<float*>(take(w.tiles_i * w.K * 4));
-  s.row_max = reinterpret_cast<float*>(take(w.R * w.tiles_k * 4));
-  s.block_sums = reinterpret_cast<double*>(take(kMaxBlocks * kSums * 8));
-  s.bytes = off;
+  Carver c{base};
+  s.col_max = c.take<float>(w.tiles_i * w.K);
+  s.row_max = c.take<float>(w.R * w.tiles_k);
+  s.block_sums = c.take<double>(kMaxBlocks * kSums);
+  s.bytes = c.bytes;
   return s;
 }
 
