@@ -23,6 +23,7 @@ all: build
 
 deps:
 	@scripts/install-deps.sh
+	@if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then scripts/fetch-cudnn-frontend.sh; fi
 
 deps-clang:
 	@scripts/install-deps.sh clang

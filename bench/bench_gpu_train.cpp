@@ -26,6 +26,7 @@
 
 #ifdef TALLY_HAS_CUDA
 #include "core/cuda/runtime.h"
+#include "core/kernels/cuda/attention_cudnn.h"
 #endif
 
 using namespace tally;
@@ -155,11 +156,15 @@ int main(int argc, char** argv) {
     double ms = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() * 1000 / double(steps);
     const auto usage = ledger(dev).total();
     const double tokens_per_s = double(B * T) / (ms / 1000);
+    // Whose attention ran: cuDNN's fused kernels (TALLY_CUDNN_ATTENTION=1, bf16, taken) or tally's.
+    const bool fused = dtype == DType::bf16 && kernels::cuda::cudnn_attention_enabled() &&
+                       kernels::cuda::cudnn_attention_last_refusal().empty();
     std::printf("{\"bench\": \"tally_train_step\", \"optimizer\": \"%s\", \"model\": \"%s\", \"batch\": %lld, \"seq\": %lld, "
-                "\"precision\": \"%s\", \"steps\": %lld, \"warmup\": %lld, \"ms_per_step\": %.2f, \"tokens_per_s\": %.0f, "
+                "\"precision\": \"%s\", \"attention\": \"%s\", \"steps\": %lld, \"warmup\": %lld, \"ms_per_step\": %.2f, \"tokens_per_s\": %.0f, "
                 "\"loss\": %.4f, \"peak_ledger_mb\": %.0f, \"peak_held_mb\": %.0f, \"params\": %.0f, "
                 "\"flops_per_token\": %.0f, \"mfu\": %.4f, \"peak_tflops\": %.0f}\n",
-                name.c_str(), preset.c_str(), (long long)B, (long long)T, precision, (long long)steps, (long long)warmup, ms,
+                name.c_str(), preset.c_str(), (long long)B, (long long)T, precision, fused ? "cudnn" : "tally",
+                (long long)steps, (long long)warmup, ms,
                 tokens_per_s, loss, double(usage.peak_requested) / (1 << 20), double(usage.peak_held) / (1 << 20), n_mfu,
                 flops_per_token, tokens_per_s * flops_per_token / (peak_tflops * 1e12), peak_tflops);
     // The optimizer step alone (gradients left in place), against the minimum bytes it must move.

@@ -52,7 +52,7 @@ unpack() {  # archive: tar's xz, or Python's when the image has no xz
   tar -C "$root" -xJf "$1" 2>/dev/null ||
     python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$1" "$root"
 }
-for a in deps prebuilt data; do
+for a in deps prebuilt data cudnn-frontend; do
   if [ -f "$root/.gpu-carry/$a.tar.xz" ]; then unpack "$root/.gpu-carry/$a.tar.xz" && say "unpacked .gpu-carry/$a.tar.xz"; fi
 done
 if ls "$root"/.whl/*.whl >/dev/null 2>&1; then  # came-pytorch travels as a wheel
@@ -113,6 +113,7 @@ elif timeout 150 cmake -S "$root" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Rel
    timeout "${GPU_CHECK_BUILD_TIMEOUT:-240}" cmake --build "$build" -j "$jobs" --target tally_tests bench_cuda bench_gpu_train >>"$log" 2>&1; then
   bin_dir=$build
   row "build (sm_90, Release)" "ok in $(elapsed "$t0")"
+  row "configured" "$(grep -E '^-- tally: (MPI|cuDNN)' "$log" | sed 's/^-- tally: //' | tr '\n' ';' | sed 's/;$//; s/;/; /g')"
 else
   say "!! build failed (see the log above)"
   grep -E "error|Error" "$log" | head -20
@@ -253,6 +254,10 @@ if [[ "$skip" != *" peers "* ]]; then
     for b in $p_batches; do
       run_peer "tally bf16 B=$b" 150 "$bin_dir/bench_gpu_train" --model gpt2 --batch "$b" --seq 1024 --dtype bf16 \
         --steps "$p_steps" --warmup 3 --optimizers adamw,came
+    done
+    for b in ${GPU_PEERS_CUDNN_BATCHES-8 64}; do  # cuDNN's fused attention (off by default until checked here)
+      run_peer "tally bf16 cuDNN B=$b" 150 env TALLY_CUDNN_ATTENTION=1 "$bin_dir/bench_gpu_train" --model gpt2 \
+        --batch "$b" --seq 1024 --dtype bf16 --steps "$p_steps" --warmup 3 --optimizers adamw,came
     done
   else
     row "tally bf16 peers" "no bench_gpu_train binary"

@@ -75,6 +75,13 @@ else
   echo "gpu_deps: no ../shared/data beside the checkout; the GPU machine's text-training tests will report it" >&2
 fi
 
+# cuDNN's graph API headers (header-only, from PyPI; the GPU machine cannot download them): for cuDNN attention.
+scripts/fetch-cudnn-frontend.sh
+if [ -f "$root/.deps/cudnn-frontend/include/cudnn_frontend.h" ]; then
+  tar -C "$root" -cJf "$root/.gpu-carry/cudnn-frontend.tar.xz" .deps/cudnn-frontend
+  du -sh "$root/.gpu-carry/cudnn-frontend.tar.xz"
+fi
+
 if [ "${1:-}" = "--prebuild" ]; then
   echo "gpu_deps: building the sm_90 fallback binaries into .gpu-prebuilt/"
   cmake -S "$root" -B "$root/build-prebuilt" -DCMAKE_BUILD_TYPE=Release -DTALLY_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \

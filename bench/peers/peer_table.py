@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The short table of scripts/gpu_check.sh's GPU peer comparison: GPT-2 training steps in bf16 by batch size and
 optimizer, tally (bench_gpu_train --dtype bf16) beside torch.compile (torch_compile_gpt2.py), PyTorch eager
-(torch_gpt2_step.py --dtype bf16) and llm.c (llmc_gpu.py), from the JSON lines of any number of log files.
+(torch_gpt2_step.py --dtype bf16) and llm.c (llmc_gpu.py), from the JSON lines of any number of log files; tally
+runs with cuDNN's fused attention (TALLY_CUDNN_ATTENTION=1) are listed after the table, beside tally's own kernels.
 Then the targets: tally >= llm.c at every batch size, tally >= 1.3x torch.compile, CAME's step rate within 5% of
 AdamW's. Rows that are missing, skipped or failed show as n/a, skip, oom or err; a target without data reads n/a.
   peer_table.py LOG [LOG...]
@@ -33,11 +34,12 @@ def key(r):
 
 def main(paths):
     rows = load(paths)
-    tally, compiled, eager, llmc = {}, {}, {}, {}
+    tally, fused, compiled, eager, llmc = {}, {}, {}, {}, {}
     notes = []
     for r in rows:
         if r.get("bench") == "tally_train_step" and r.get("precision") == "bf16":
-            tally[key(r)] = r
+            # tally's own attention kernels (the default), or cuDNN's fused attention (TALLY_CUDNN_ATTENTION=1)
+            (fused if r.get("attention") == "cudnn" else tally)[key(r)] = r
         elif r.get("peer") == "pytorch-compile" and r.get("dtype", "bf16") == "bf16":
             compiled[key(r)] = r
         elif r.get("peer") == "pytorch-eager" and r.get("dtype") == "bf16":
@@ -92,6 +94,11 @@ def main(paths):
             ratio(t, c), ratio(t, e), ratio(t, l) if k[1] == "adamw" else "-"))
     print("MiB: tally the ledger's peak of requested bytes; PyTorch torch.cuda.max_memory_allocated(); llm.c the "
           "device memory in use after its allocations (CUDA context included)")
+    for k in sorted(fused, key=lambda k: (k[0], k[1] != "adamw", k[1] or "")):
+        f = fused[k]
+        print("tally with cuDNN attention B=%s %-5s: %s tok/s, MFU %s%%, %s MiB; x tally's kernels %s, x compile %s, "
+              "x llm.c %s" % (k[0], k[1], tok(f), mfu(f), mem(f, "peak_ledger_mb"), ratio(f, tally.get(k)),
+                              ratio(f, compiled.get(k)), ratio(f, llmc.get(k)) if k[1] == "adamw" else "-"))
 
     # Targets.
     def verdict(pairs, test):

@@ -10,10 +10,13 @@
 // bf16 operands: the score buffers are float (acc_t), S and dP come out of cuBLAS in float, softmax statistics
 // are float; P and dS, which feed further bf16 products, are rounded to bf16 and written over the first half of
 // their own float rows (row stride 2*Tk in bf16 elements), so bf16 needs no more workspace than f32.
+// bf16 with TALLY_CUDNN_ATTENTION=1: cuDNN's fused attention instead when it takes the problem within this planned
+// workspace (attention_cudnn.h); these kernels otherwise.
 #include <algorithm>
 #include <type_traits>
 
 #include "core/cuda/common.cuh"
+#include "core/kernels/cuda/attention_cudnn.h"
 #include "core/kernels/cuda/convert.cuh"
 #include "core/kernels/cuda/gemm.cuh"
 #include "core/kernels/kernels.h"
@@ -184,6 +187,10 @@ void attention_forward(const T* q, const T* k, const T* v, T* out, acc_t<T>* lse
   using A = acc_t<T>;
   const int64_t pairs = pairs_of(l);
   if (pairs == 0 || l.Tq == 0) return;
+  if constexpr (std::is_same_v<T, bf16>) {  // cuDNN's fused attention when switched on and it takes the problem
+    if (cudnn_attention_forward(q, k, v, out, lse, workspace, attention_workspace_size(l) * int64_t(sizeof(A)), l))
+      return;
+  }
   const int64_t slot = l.Tq * l.Tk, ldp = probs_ld<T>(l);
   const int64_t chunk = std::min(pairs, 2 * backward_chunk(l));  // forward has no dP: both buffers hold scores
   PointerArrays arrays = pointers_in(workspace, l, int64_t(sizeof(A)));
@@ -213,6 +220,11 @@ void attention_backward(const T* q, const T* k, const T* v, const T* out, const 
   using A = acc_t<T>;
   const int64_t pairs = pairs_of(l);
   if (pairs == 0 || l.Tq == 0) return;
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (cudnn_attention_backward(q, k, v, out, lse, dout, dq, dk, dv, workspace,
+                                 attention_workspace_size(l) * int64_t(sizeof(A)), l, g))
+      return;
+  }
   const int64_t slot = l.Tq * l.Tk, ldp = probs_ld<T>(l);
   const int64_t chunk = backward_chunk(l);
   A* scores = workspace;
