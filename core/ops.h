@@ -72,14 +72,20 @@ Tensor log_softmax(const Tensor& a);
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps = 1e-5);
 
 // ---- embeddings and losses ----
+// Token ids handed to an op that indexes with them: checked on the host first (a copy to the host: on a GPU, a wait
+// for the device), or already checked by the caller where they were made (the shard loader validates all of its data
+// against the vocabulary when it opens it), so that a training step does not wait on the device for them.
+enum class TokenIds : uint8_t { check, checked_by_caller };
+
 // indices (...) i32 into weight (V, C) -> (..., C). Backward scatter-adds rows (deterministically).
-Tensor embedding(const Tensor& indices, const Tensor& weight);
+Tensor embedding(const Tensor& indices, const Tensor& weight, TokenIds ids = TokenIds::check);
 // logits (N, V) (row stride may exceed V), targets (N) i32 -> scalar mean of -log softmax(logits)[target].
 // Fused: probabilities are never stored; backward recomputes them from the saved log-sum-exp.
 // With classes = K < V, only the first K columns are classes (a padded vocabulary): the rest are ignored in
 // forward and get a zero gradient, written in the same (N, V) buffer (no padded copy).
 struct CrossEntropyOptions {
   int64_t classes = 0;  // 0: all V columns
+  TokenIds targets = TokenIds::check;
 };
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, CrossEntropyOptions options = {});
 

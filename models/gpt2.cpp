@@ -169,14 +169,14 @@ void GPT2::init_gpt2(uint64_t seed) {
   layer_norm(ln_f);
 }
 
-void GPT2::check_ids(const Tensor& ids, const char* what, int64_t T_limit) const {
+void GPT2::check_ids(const Tensor& ids, const char* what, int64_t T_limit, TokenIds values) const {
   TALLY_CHECK(ids.defined() && ids.dtype() == DType::i32 && ids.dim() == 2, "[gpt2] ", what, " must be i32 (B, T), got ",
               ids.defined() ? ids.str() : std::string("undefined"));
   TALLY_CHECK(ids.device() == device(), "[gpt2] ", what, " is on ", ids.device().str(), " but the model is on ",
               device().str());
   TALLY_CHECK(ids.size(0) > 0 && ids.size(1) > 0 && ids.size(1) <= T_limit, "[gpt2] ", what, " ", shape_str(ids.shape()),
               ": need B > 0 and 0 < T <= ", T_limit, " (block_size ", config_.block_size, ")");
-  if (device().is_meta()) return;
+  if (device().is_meta() || values == TokenIds::checked_by_caller) return;
   std::vector<int32_t> host = ids.to_vector<int32_t>();
   for (size_t i = 0; i < host.size(); ++i)
     TALLY_CHECK(host[i] >= 0 && host[i] < config_.vocab_size, "[gpt2] ", what, " ", shape_str(ids.shape()), ": token ",
@@ -200,10 +200,10 @@ void GPT2::load_parameter(const std::string& name, const Tensor& saved, const st
   }
 }
 
-Tensor GPT2::logits_padded(const Tensor& idx) const {
-  check_ids(idx, "idx", config_.block_size);
+Tensor GPT2::logits_padded(const Tensor& idx, TokenIds ids) const {
+  check_ids(idx, "idx", config_.block_size, ids);
   const int64_t T = idx.size(1);
-  Tensor tok = wte.forward(idx);  // (B, T, C)
+  Tensor tok = wte.forward(idx, TokenIds::checked_by_caller);  // (B, T, C); checked just above
   Tensor x;
   {
     MemoryScope scope(Category::activation, wpe.name());
@@ -221,22 +221,27 @@ namespace {
 Tensor first_columns(const Tensor& logits, int64_t V) { return logits.size(-1) == V ? logits : logits.slice(-1, 0, V); }
 }  // namespace
 
-Tensor GPT2::forward(const Tensor& idx) const { return first_columns(logits_padded(idx), config_.vocab_size); }
+Tensor GPT2::forward(const Tensor& idx) const {
+  return first_columns(logits_padded(idx, TokenIds::check), config_.vocab_size);
+}
 
-GPT2::Output GPT2::forward_with_loss(const Tensor& idx, const Tensor& targets) const {
-  check_ids(targets, "targets", config_.block_size);
+GPT2::Output GPT2::forward_with_loss(const Tensor& idx, const Tensor& targets, TokenIds ids) const {
+  check_ids(targets, "targets", config_.block_size, ids);
   TALLY_CHECK(idx.defined() && targets.shape() == idx.shape(), "[gpt2] targets ", shape_str(targets.shape()),
               " must have the shape of idx ", idx.defined() ? shape_str(idx.shape()) : std::string("undefined"));
-  Tensor logits = logits_padded(idx);  // (B, T, Vp)
+  Tensor logits = logits_padded(idx, ids);  // (B, T, Vp)
   const int64_t N = idx.numel(), V = config_.vocab_size;
   MemoryScope scope(Category::activation, "loss");
   // Cross-entropy reads the first V columns of each row: padded columns are never predicted, and their gradient
   // (zero) is written in the same (N, Vp) buffer.
-  Tensor l = cross_entropy(logits.view({N, config_.padded_vocab_size}), targets.reshape({N}), {.classes = V});
+  Tensor l = cross_entropy(logits.view({N, config_.padded_vocab_size}), targets.reshape({N}),
+                           {.classes = V, .targets = TokenIds::checked_by_caller});  // checked above, or by the caller
   return {first_columns(logits, V), l};
 }
 
-Tensor GPT2::loss(const Tensor& idx, const Tensor& targets) const { return forward_with_loss(idx, targets).loss; }
+Tensor GPT2::loss(const Tensor& idx, const Tensor& targets, TokenIds ids) const {
+  return forward_with_loss(idx, targets, ids).loss;
+}
 
 KVCache GPT2::make_kv_cache(int64_t batch, int64_t capacity) const {
   TALLY_CHECK(batch > 0 && capacity > 0 && capacity <= config_.block_size, "[gpt2] kv cache needs batch > 0 and 0 < "
@@ -256,7 +261,7 @@ Tensor GPT2::forward_cached(const Tensor& idx, KVCache& cache, LogitPositions po
   TALLY_CHECK(int64_t(cache.layers.size()) == config_.n_layer && cache.length < cache.capacity, "[gpt2] kv cache of ",
               cache.layers.size(), " layers with ", cache.length, "/", cache.capacity,
               " positions filled cannot serve a model of ", config_.n_layer, " layers");
-  check_ids(idx, "idx", cache.capacity - cache.length);
+  check_ids(idx, "idx", cache.capacity - cache.length, TokenIds::check);
   TALLY_CHECK(idx.size(0) == cache.batch, "[gpt2] idx ", shape_str(idx.shape()), " does not match the cache batch ",
               cache.batch);
   NoGradGuard no_grad;
@@ -264,7 +269,7 @@ Tensor GPT2::forward_cached(const Tensor& idx, KVCache& cache, LogitPositions po
   Tensor x;
   {
     MemoryScope scope(Category::activation, wpe.name());
-    x = add(wte.forward(idx), wpe.rows(pos, Tn));
+    x = add(wte.forward(idx, TokenIds::checked_by_caller), wpe.rows(pos, Tn));
   }
   for (size_t l = 0; l < h.size(); ++l) x = h[l]->forward_cached(x, cache.layers[l], pos);
   if (positions == LogitPositions::last) x = x.slice(1, Tn - 1, Tn);  // (B, 1, C)

@@ -88,12 +88,14 @@ class GPT2 : public nn::Module {
   Tensor forward(const Tensor& idx) const;
   // Mean cross-entropy of predicting targets (B, T) i32 (the next tokens, llm.c's convention: the caller shifts)
   // over all B*T positions. Only logits are materialised (the loss is fused; probabilities are never stored).
-  Tensor loss(const Tensor& idx, const Tensor& targets) const;
+  // ids: TokenIds::checked_by_caller skips the host check of the ids' values (shapes and devices are always
+  // checked): for ids the caller has already checked, as the trainer's from shards validated when opened.
+  Tensor loss(const Tensor& idx, const Tensor& targets, TokenIds ids = TokenIds::check) const;
   struct Output {
     Tensor logits;  // (B, T, V) view
     Tensor loss;    // scalar
   };
-  Output forward_with_loss(const Tensor& idx, const Tensor& targets) const;
+  Output forward_with_loss(const Tensor& idx, const Tensor& targets, TokenIds ids = TokenIds::check) const;
 
   // Incremental decoding (no autograd, no dropout): idx (B, Tn) holds positions [cache.length, cache.length + Tn);
   // their keys and values are appended to the cache. Returns the logits (B, Tn, V) of those positions, or with
@@ -122,9 +124,9 @@ class GPT2 : public nn::Module {
 
  private:
   // Embeddings + blocks + ln_f + head: (B, T) -> (B, T, Vp).
-  Tensor logits_padded(const Tensor& idx) const;
-  // ids (B, T) i32 on the model's device with values in [0, V) and T <= limit.
-  void check_ids(const Tensor& ids, const char* what, int64_t T_limit) const;
+  Tensor logits_padded(const Tensor& idx, TokenIds ids) const;
+  // ids (B, T) i32 on the model's device with T <= limit, and (TokenIds::check) values in [0, V).
+  void check_ids(const Tensor& ids, const char* what, int64_t T_limit, TokenIds values) const;
 };
 
 }  // namespace tally::models

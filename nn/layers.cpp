@@ -23,9 +23,9 @@ Embedding::Embedding(std::string name, int64_t num_embeddings, int64_t dim, Tens
   weight_ = add_parameter("weight", {num_embeddings, dim}, options);
 }
 
-Tensor Embedding::forward(const Tensor& ids) const {
+Tensor Embedding::forward(const Tensor& ids, TokenIds check) const {
   MemoryScope scope(Category::activation, name());
-  return embedding(ids, weight_);
+  return embedding(ids, weight_, check);
 }
 
 Tensor Embedding::rows(int64_t start, int64_t count) const {

@@ -34,7 +34,7 @@ class Embedding : public Module {
  public:
   Embedding(std::string name, int64_t num_embeddings, int64_t dim, TensorOptions options);
   // ids (...) i32 -> (..., dim)
-  Tensor forward(const Tensor& ids) const;
+  Tensor forward(const Tensor& ids, TokenIds check = TokenIds::check) const;
   // Rows [start, start + count) as a view (dim-wide): position embeddings of consecutive positions need no gather.
   Tensor rows(int64_t start, int64_t count) const;
   const Tensor& weight() const { return weight_; }  // (num_embeddings, dim)

@@ -14,18 +14,23 @@ StepOutcome optimizer_step(models::GPT2& model, optim::Optimizer& opt, Batches& 
   DataParallel* dp = plan.parallel;
   const int64_t parts = plan.accumulation * (dp ? dp->world() : 1);  // the step's loss is the mean of `parts` losses
   opt.zero_grad(optim::ZeroGrad::set_to_none);
-  double loss_sum = 0;
+  // The micro-batches' losses are read after the last backward pass is queued: the host does not wait for the
+  // device inside the loop (on a GPU it keeps queueing kernels while the earlier ones run).
+  std::vector<Tensor> losses;
   for (int64_t micro = 0; micro < plan.accumulation; ++micro) {
     Tensor x, y;  // (B, T) i32
     {
       MemoryScope scope(Category::other, "batch");
       batches.next(x, y);
     }
-    Tensor loss = model.loss(x, y);
-    if (!meta) loss_sum += loss.item();
+    Tensor loss = model.loss(x, y, batches.ids());
+    losses.push_back(loss.detach());
     if (parts > 1) loss = loss * (1.0 / double(parts));
     loss.backward();
   }
+  double loss_sum = 0;
+  if (!meta)
+    for (const Tensor& l : losses) loss_sum += l.item();
   StepOutcome out;
   out.loss = plan.poison_loss ? NAN : loss_sum / double(plan.accumulation);
   if (dp) {

@@ -18,6 +18,9 @@ class Batches {
  public:
   virtual ~Batches() = default;
   virtual void next(Tensor& inputs, Tensor& targets) = 0;
+  // Whether the ids were checked against the model's vocabulary where they were made (then the step does not copy
+  // them back to the host to check them: no wait on the device).
+  virtual TokenIds ids() const { return TokenIds::check; }
 };
 
 struct StepPlan {

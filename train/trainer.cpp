@@ -62,6 +62,8 @@ class LoaderBatches final : public Batches {
     inputs = from_vector(batch_.inputs, {B_, T_}, {.dtype = DType::i32, .device = device_});
     targets = from_vector(batch_.targets, {B_, T_}, {.dtype = DType::i32, .device = device_});
   }
+  // The shard sets are opened with the model's vocabulary as their limit (validate_vocab): every id is valid.
+  TokenIds ids() const override { return TokenIds::checked_by_caller; }
 
  private:
   data::DataLoader& loader_;

@@ -135,8 +135,15 @@ void set_launch_sync(LaunchSync mode) { g_launch_sync.store(int(mode)); }
 void set_fp32_matmul(Fp32Matmul mode) { g_fp32_matmul.store(uint8_t(mode)); }
 Fp32Matmul fp32_matmul() { return Fp32Matmul(g_fp32_matmul.load()); }
 
+namespace {
+std::atomic<int64_t> g_host_waits{0};
+}  // namespace
+
+int64_t host_waits() { return g_host_waits.load(); }
+
 void memcpy_host_to_device(void* dst, const void* src, int64_t bytes) {
   if (bytes <= 0) return;
+  g_host_waits.fetch_add(1);
   cudaStream_t s = stream();
   TALLY_CUDA_CHECK("memcpy_host_to_device", cudaMemcpyAsync(dst, src, size_t(bytes), cudaMemcpyHostToDevice, s));
   // The host buffer may be freed as soon as we return: wait until the copy has consumed it.
@@ -145,6 +152,7 @@ void memcpy_host_to_device(void* dst, const void* src, int64_t bytes) {
 
 void memcpy_device_to_host(void* dst, const void* src, int64_t bytes) {
   if (bytes <= 0) return;
+  g_host_waits.fetch_add(1);
   cudaStream_t s = stream();
   TALLY_CUDA_CHECK("memcpy_device_to_host", cudaMemcpyAsync(dst, src, size_t(bytes), cudaMemcpyDeviceToHost, s));
   TALLY_CUDA_CHECK("memcpy_device_to_host", cudaStreamSynchronize(s));
@@ -156,7 +164,10 @@ void memcpy_device_to_device(void* dst, const void* src, int64_t bytes) {
                    cudaMemcpyAsync(dst, src, size_t(bytes), cudaMemcpyDeviceToDevice, stream()));
 }
 
-void synchronize() { TALLY_CUDA_CHECK("synchronize", cudaStreamSynchronize(stream())); }
+void synchronize() {
+  g_host_waits.fetch_add(1);
+  TALLY_CUDA_CHECK("synchronize", cudaStreamSynchronize(stream()));
+}
 
 void set_device(int index) {
   TALLY_CHECK(index >= 0 && index < cuda_device_count(), "[set_device] cuda:", index, " does not exist (",

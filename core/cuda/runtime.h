@@ -10,6 +10,9 @@ void memcpy_host_to_device(void* dst, const void* src, int64_t bytes);
 void memcpy_device_to_host(void* dst, const void* src, int64_t bytes);
 void memcpy_device_to_device(void* dst, const void* src, int64_t bytes);
 void synchronize();                      // waits for the device's work; throws on an earlier async error
+// How many times the host has waited for the device so far (synchronize, and the two host copies above, which wait
+// for the stream to reach them): what a training step costs in host waits, checked in tests/cuda/test_cuda_gpt2.cpp.
+int64_t host_waits();
 void set_device(int index);
 int current_device();
 void memory_info(int64_t* free_bytes, int64_t* total_bytes);  // cudaMemGetInfo

@@ -90,7 +90,7 @@ void check_ids(const char* op, const Tensor& ids, int64_t limit) {
 }
 }  // namespace
 
-Tensor embedding(const Tensor& indices_in, const Tensor& weight_in) {
+Tensor embedding(const Tensor& indices_in, const Tensor& weight_in, TokenIds id_check) {
   TALLY_CHECK(indices_in.defined() && indices_in.dtype() == DType::i32, "[embedding] indices must be i32, got ",
               indices_in.str());
   check_floating("embedding", weight_in);
@@ -99,7 +99,7 @@ Tensor embedding(const Tensor& indices_in, const Tensor& weight_in) {
               ", weight ", weight_in.str());
   Tensor ids = indices_in.contiguous(), w = weight_in.contiguous();
   int64_t V = w.size(0), C = w.size(1), N = ids.numel();
-  check_ids("embedding", ids, V);
+  if (id_check == TokenIds::check) check_ids("embedding", ids, V);
   Shape out_shape = ids.shape();
   out_shape.push_back(C);
   Tensor out = empty(out_shape, w.options());
@@ -135,7 +135,7 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets_in, CrossEnt
   // Rows may be strided (e.g. a column slice of wider logits); columns must be contiguous.
   Tensor logits = (logits_in.stride(1) == 1 && logits_in.stride(0) >= width) ? logits_in : logits_in.contiguous();
   Tensor targets = targets_in.contiguous();
-  check_ids("cross_entropy", targets, V);
+  if (options.targets == TokenIds::check) check_ids("cross_entropy", targets, V);
   const int64_t ld = logits.stride(0);
   // Per-row losses and log-sum-exp in f32 for bf16 logits: the loss is then an f32 scalar.
   Tensor losses = empty({N}, detail::acc_options(logits)), lse = empty({N}, detail::acc_options(logits));
@@ -152,10 +152,12 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets_in, CrossEnt
   Tensor sl = logits.detach();
   return record("cross_entropy", out, {&logits}, [sl, targets, lse, ld, N, V, width](const Tensor& g) -> std::vector<Tensor> {
     Tensor dlogits = empty({N, width}, sl.options());  // columns [V, width) get zeros from the kernel
-    double scale = g.device().is_meta() ? 0.0 : g.item() / double(N);
+    if (g.device().is_meta()) return {dlogits};
+    // The loss's gradient stays where it is: the kernel reads it (no host wait inside the backward pass).
+    Tensor dloss = g.to(lse.dtype()).contiguous();
     dispatch_float(sl, "cross_entropy_backward", [&]<class T>() {
       TALLY_KERNEL(dlogits.device(), cross_entropy_backward<T>, sl.data<T>(), ld, targets.data<int32_t>(),
-                   lse.data<kernels::acc_t<T>>(), scale, dlogits.data<T>(), width, N, V);
+                   lse.data<kernels::acc_t<T>>(), dloss.data<kernels::acc_t<T>>(), dlogits.data<T>(), width, N, V);
     });
     return {dlogits};
   });

@@ -1,6 +1,7 @@
 // A whole GPT-2 training step on the GPU against the same step on the CPU: identical weights and batch, then the
 // logits, the loss, every parameter gradient, and the parameters after one CAME and one AdamW step. Also the
-// GPU step's memory equals the meta-device plan. Skipped, visibly, without a GPU.
+// GPU step's memory equals the meta-device plan, and a training step's host waits are counted. Skipped, visibly,
+// without a GPU.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -10,7 +11,9 @@
 #include "core/ops.h"
 #include "models/gpt2.h"
 #include "optim/clip.h"
+#include "optim/registry.h"
 #include "train/setup.h"
+#include "train/step.h"
 
 #ifdef TALLY_HAS_CUDA
 #include "core/cuda/runtime.h"
@@ -122,6 +125,45 @@ TEST_CASE("cuda gpt2: the GPU step's memory equals the meta-device plan" * docte
   CHECK(om->total_state_bytes() == og->total_state_bytes());
   CHECK(ledger(Device::cuda(0)).category(Category::optimizer_state).live_requested ==
         ledger(Device::meta()).category(Category::optimizer_state).live_requested);
+#endif
+}
+
+TEST_CASE("cuda gpt2: a training step waits for the device once per micro-batch (its loss) and once for the norm" *
+          doctest::skip(!cuda_available())) {
+#ifdef TALLY_HAS_CUDA
+  // The host queues a step's kernels while the device runs them, except where it must read a result: each
+  // micro-batch's loss (read after the last backward pass is queued) and the gradient norm for clipping. Ids the
+  // caller has checked (the trainer's, from shards validated against the vocabulary when opened) are not copied
+  // back to be checked; unchecked ids cost two waits per micro-batch (inputs and targets).
+  models::GPT2Config c = models::GPT2Config::preset("tiny");
+  c.block_size = 32;
+  models::GPT2 model(c, {.device = Device::cuda(0), .seed = 3});
+  auto opt = optim::make_optimizer("came", model.parameters(), {{"lr", 1e-3}});
+  struct Fixed final : train::Batches {
+    Tensor x, y;
+    TokenIds checked;
+    void next(Tensor& inputs, Tensor& targets) override {
+      inputs = x;
+      targets = y;
+    }
+    TokenIds ids() const override { return checked; }
+  } batches;
+  std::vector<int32_t> ids(2 * 33);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t((i * 7919 + 13) % 50257);
+  batches.x = from_vector(std::vector<int32_t>(ids.begin(), ids.begin() + 64), {2, 32}).to(Device::cuda(0));
+  batches.y = from_vector(std::vector<int32_t>(ids.begin() + 2, ids.begin() + 66), {2, 32}).to(Device::cuda(0));
+  const train::StepPlan plan{.accumulation = 3, .grad_clip = 1.0};
+  for (const TokenIds checked : {TokenIds::checked_by_caller, TokenIds::check}) {
+    batches.checked = checked;
+    train::optimizer_step(model, *opt, batches, plan);  // warm: the first step allocates
+    cuda::synchronize();
+    const int64_t before = cuda::host_waits();
+    const train::StepOutcome out = train::optimizer_step(model, *opt, batches, plan);
+    const int64_t waits = cuda::host_waits() - before;
+    CHECK(out.finite);
+    const int64_t expected = plan.accumulation * (checked == TokenIds::check ? 3 : 1) + 1;
+    CHECK_MESSAGE(waits == expected, "host waits in one step: ", waits, ", expected ", expected);
+  }
 #endif
 }
 

@@ -26,9 +26,9 @@ void cross_entropy_forward(const T* logits, int64_t ld, const int32_t* targets, 
 }
 
 template <class T>
-void cross_entropy_backward(const T* logits, int64_t ld, const int32_t* targets, const acc_t<T>* lse, double scale,
-                            T* dlogits, int64_t ld_grad, int64_t N, int64_t V) {
-  T s = T(scale);
+void cross_entropy_backward(const T* logits, int64_t ld, const int32_t* targets, const acc_t<T>* lse,
+                            const acc_t<T>* dloss, T* dlogits, int64_t ld_grad, int64_t N, int64_t V) {
+  const T s = T(double(*dloss) / double(N));
 #pragma omp parallel for if (N * V > (1 << 15))
   for (int64_t r = 0; r < N; ++r) {
     const T* x = logits + r * ld;
@@ -43,8 +43,8 @@ void cross_entropy_backward(const T* logits, int64_t ld, const int32_t* targets,
 
 #define TALLY_INSTANTIATE(T)                                                                                     \
   template void cross_entropy_forward<T>(const T*, int64_t, const int32_t*, T*, T*, int64_t, int64_t);           \
-  template void cross_entropy_backward<T>(const T*, int64_t, const int32_t*, const T*, double, T*, int64_t, int64_t, \
-                                          int64_t);
+  template void cross_entropy_backward<T>(const T*, int64_t, const int32_t*, const T*, const T*, T*, int64_t,     \
+                                          int64_t, int64_t);
 TALLY_INSTANTIATE(float)
 TALLY_INSTANTIATE(double)
 #undef TALLY_INSTANTIATE

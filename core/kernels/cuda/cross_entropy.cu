@@ -43,9 +43,10 @@ __global__ void cross_entropy_forward_kernel(const T* __restrict__ logits, int64
 
 template <class T>
 __global__ void cross_entropy_backward_kernel(const T* __restrict__ logits, int64_t ld, const int32_t* __restrict__ targets,
-                                              const acc_t<T>* __restrict__ lse, acc_t<T> scale, T* __restrict__ dlogits,
-                                              int64_t ld_grad, int64_t V) {
+                                              const acc_t<T>* __restrict__ lse, const acc_t<T>* __restrict__ dloss,
+                                              double inv_n, T* __restrict__ dlogits, int64_t ld_grad, int64_t V) {
   using A = acc_t<T>;
+  const A scale = A(double(*dloss) * inv_n);  // the loss's gradient, read on the device
   const int64_t r = blockIdx.x;
   const T* x = logits + r * ld;
   T* d = dlogits + r * ld_grad;
@@ -73,19 +74,19 @@ void cross_entropy_forward(const T* logits, int64_t ld, const int32_t* targets, 
 }
 
 template <class T>
-void cross_entropy_backward(const T* logits, int64_t ld, const int32_t* targets, const acc_t<T>* lse, double scale,
-                            T* dlogits, int64_t ld_grad, int64_t N, int64_t V) {
+void cross_entropy_backward(const T* logits, int64_t ld, const int32_t* targets, const acc_t<T>* lse,
+                            const acc_t<T>* dloss, T* dlogits, int64_t ld_grad, int64_t N, int64_t V) {
   if (N == 0 || V == 0) return;
   TALLY_CHECK(N <= int64_t(INT32_MAX), "[cross_entropy_backward] too many rows: ", N);
-  cross_entropy_backward_kernel<T><<<unsigned(N), row_threads(V), 0, stream()>>>(logits, ld, targets, lse, acc_t<T>(scale),
-                                                                                dlogits, ld_grad, V);
+  cross_entropy_backward_kernel<T><<<unsigned(N), row_threads(V), 0, stream()>>>(logits, ld, targets, lse, dloss,
+                                                                                1.0 / double(N), dlogits, ld_grad, V);
   TALLY_CUDA_LAUNCH_CHECK("cross_entropy_backward_kernel");
 }
 
 #define TALLY_INSTANTIATE(T)                                                                                       \
   template void cross_entropy_forward<T>(const T*, int64_t, const int32_t*, acc_t<T>*, acc_t<T>*, int64_t, int64_t);    \
-  template void cross_entropy_backward<T>(const T*, int64_t, const int32_t*, const acc_t<T>*, double, T*, int64_t,      \
-                                          int64_t, int64_t);
+  template void cross_entropy_backward<T>(const T*, int64_t, const int32_t*, const acc_t<T>*, const acc_t<T>*, T*,   \
+                                          int64_t, int64_t, int64_t);
 TALLY_INSTANTIATE(float)
 TALLY_INSTANTIATE(double)
 TALLY_INSTANTIATE(bf16)
