@@ -11,7 +11,8 @@
 # The peer comparison (gpt2 124M, T=1024, bf16, AdamW and CAME, by batch size): tally's bench_gpu_train beside
 # bench/peers/torch_compile_gpt2.py, PyTorch eager (bench/peers/torch_gpt2_step.py) and, when LLMC_BIN names
 # llm.c's train_gpt2cu (built beforehand from llm.c's own repository; this script builds no peer), llm.c
-# (bench/peers/llmc_gpu.py). GPU_PEERS_BATCHES (default "8 64 16 32", run in that order), GPU_PEERS_EAGER_BATCHES
+# (bench/peers/llmc_gpu.py), then tally with cuDNN's fused attention (TALLY_CUDNN_ATTENTION=1) at
+# GPU_PEERS_CUDNN_BATCHES ("8 64"). GPU_PEERS_BATCHES (default "8 64 16 32", run in that order), GPU_PEERS_EAGER_BATCHES
 # ("8"), GPU_PEERS_COMPILE_BATCHES (as GPU_PEERS_BATCHES), GPU_PEERS_STEPS (10 timed steps after 3 warm-up steps),
 # GPU_PEERS_BUDGET (400 s: runs not started by then are skipped and said so; none runs past it by more than 60 s),
 # PYTHON (python3) for the peers. Skipping "sanitizer full train", the check should take about 8 minutes (an
@@ -255,10 +256,6 @@ if [[ "$skip" != *" peers "* ]]; then
       run_peer "tally bf16 B=$b" 150 "$bin_dir/bench_gpu_train" --model gpt2 --batch "$b" --seq 1024 --dtype bf16 \
         --steps "$p_steps" --warmup 3 --optimizers adamw,came
     done
-    for b in ${GPU_PEERS_CUDNN_BATCHES-8 64}; do  # cuDNN's fused attention (off by default until checked here)
-      run_peer "tally bf16 cuDNN B=$b" 150 env TALLY_CUDNN_ATTENTION=1 "$bin_dir/bench_gpu_train" --model gpt2 \
-        --batch "$b" --seq 1024 --dtype bf16 --steps "$p_steps" --warmup 3 --optimizers adamw,came
-    done
   else
     row "tally bf16 peers" "no bench_gpu_train binary"
   fi
@@ -279,6 +276,13 @@ if [[ "$skip" != *" peers "* ]]; then
     run_peer "torch.compile B=$b" "${GPU_PEERS_COMPILE_TIMEOUT:-240}" "$py" "$root/bench/peers/torch_compile_gpt2.py" \
       --device cuda --batch "$b" --seq 1024 --optimizer adamw,came --steps "$p_steps" --warmup 3 --json
   done
+  # Last, within what is left of the budget: tally with cuDNN's fused attention (off by default until checked here).
+  if [ -n "$bin_dir" ] && [ -x "$bin_dir/bench_gpu_train" ]; then
+    for b in ${GPU_PEERS_CUDNN_BATCHES-8 64}; do
+      run_peer "tally bf16 cuDNN B=$b" 150 env TALLY_CUDNN_ATTENTION=1 "$bin_dir/bench_gpu_train" --model gpt2 \
+        --batch "$b" --seq 1024 --dtype bf16 --steps "$p_steps" --warmup 3 --optimizers adamw,came
+    done
+  fi
   [ ${#p_skipped[@]} -gt 0 ] && row "peers over budget" "skipped: $(IFS=,; echo "${p_skipped[*]}" | sed 's/,/, /g')"
   "$py" "$root/bench/peers/peer_table.py" "$peers_log" >"$scratch/table.txt" 2>>"$log" ||
     python3 "$root/bench/peers/peer_table.py" "$peers_log" >"$scratch/table.txt" 2>>"$log" || true
