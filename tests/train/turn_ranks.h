@@ -107,9 +107,11 @@ class TurnRanks {
   }
 
   void collective(int r, const Pending& p) {
+    int64_t generation = 0;
     {
       std::unique_lock lock(mutex_);
       if (failed_) throw Stopped{};
+      generation = completed_;
       pending_[size_t(r)] = p;
       if (r + 1 < world_) {
         turn_ = r + 1;
@@ -119,10 +121,13 @@ class TurnRanks {
     if (r + 1 == world_) {
       complete();  // still this rank's turn: no other thread runs
       std::lock_guard lock(mutex_);
+      ++completed_;
       turn_ = 0;
       changed_.notify_all();
     }
     wait_turn(r);
+    // The turn came back from a rank that ended instead of joining: the ranks' programs differ.
+    TALLY_CHECK(completed_ > generation, "[turn ranks] rank ", r, "'s collective was not joined by every rank");
   }
 
   // Every rank's buffer as host bytes, and back.
@@ -210,6 +215,7 @@ class TurnRanks {
   std::condition_variable changed_;
   int turn_ = 0;
   bool failed_ = false;
+  int64_t completed_ = 0;  // collectives completed so far
   std::vector<Pending> pending_;
 };
 
