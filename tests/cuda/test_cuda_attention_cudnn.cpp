@@ -8,6 +8,7 @@
 // visibly, without a GPU or without cuDNN in the build.
 #include <doctest/doctest.h>
 
+#ifdef TALLY_HAS_CUDA
 #include <cmath>
 
 #include "core/autograd/node.h"
@@ -87,3 +88,8 @@ TEST_CASE("cuda attention: cuDNN's fused attention matches tally's kernels (bf16
 }
 
 }  // TEST_SUITE
+#else
+TEST_SUITE("cuda") {
+TEST_CASE("cuda attention: not run, this build has no CUDA" * doctest::skip(true)) {}
+}  // TEST_SUITE
+#endif
