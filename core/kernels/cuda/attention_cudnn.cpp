@@ -233,8 +233,7 @@ bool run(const Built& b, std::unordered_map<int64_t, void*>& pack, void* workspa
   if (b.workspace > workspace_bytes)
     return refuse("cuDNN wants " + std::to_string(b.workspace) + " B of workspace, the plan has " +
                   std::to_string(workspace_bytes));
-  check_cudnn(cudnnSetStream(handle(), tally::cuda::stream()), "cudnnSetStream");
-  fe::error_t e = b.graph->execute(handle(), pack, workspace);
+  fe::error_t e = b.graph->execute(handle(), pack, workspace);  // the handle is bound to tally's stream
   if (!e.is_good()) fail("[attention/cudnn] execute: ", e.get_message());
   g_refusal.clear();
   return true;

@@ -81,7 +81,7 @@ void adafactor_factored_step(const AdafactorFactoredArgs& a) {
     if (!a.shard.sum) return;
     const Workspace w = carve(a.workspace, l, make_plan(l));
     if (a.shard.rows_cut) columns_without_rows(l, w, a.exp_avg_sq_col, a.beta2t, a.shard);
-    total_without_elements(w.total, a.shard);
+    sums_without_elements(w.total, 1, a.shard);
     return;
   }
   const Plan plan = make_plan(l);
@@ -126,7 +126,7 @@ void adafactor_factored_step(const AdafactorFactoredArgs& a) {
 
 void adafactor_dense_step(const AdafactorDenseArgs& a) {
   if (a.n == 0) {
-    if (a.shard.sum) total_without_elements(carve_dense(a.workspace).total, a.shard);
+    if (a.shard.sum) sums_without_elements(carve_dense(a.workspace).total, 1, a.shard);
     return;
   }
   const DenseWorkspace w = carve_dense(a.workspace);

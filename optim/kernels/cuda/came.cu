@@ -303,7 +303,7 @@ void came_factored_step(const CameFactoredArgs& a) {
     if (!a.shard.sum) return;
     const Workspace w = carve(a.workspace, a.layout, make_plan(a.layout));
     if (a.shard.rows_cut) columns_without_rows(a.layout, w, a.exp_avg_sq_col, a.beta2, a.shard);
-    total_without_elements(w.total, a.shard);
+    sums_without_elements(w.total, 1, a.shard);
     if (a.shard.rows_cut) columns_without_rows(a.layout, w, a.exp_avg_res_col, a.beta3, a.shard);
     return;
   }
@@ -313,7 +313,7 @@ void came_factored_step(const CameFactoredArgs& a) {
 
 void came_dense_step(const CameDenseArgs& a) {
   if (a.n == 0) {
-    if (a.shard.sum) total_without_elements(carve_dense(a.workspace).total, a.shard);
+    if (a.shard.sum) sums_without_elements(carve_dense(a.workspace).total, 1, a.shard);
     return;
   }
   if (a.exp_avg_dtype == DType::bf16) came_dense<__nv_bfloat16>(a);

@@ -148,20 +148,25 @@ void launch_clip_divisor(const double* block_sums, int blocks, int64_t numel, do
   TALLY_CUDA_LAUNCH_CHECK(what);
 }
 
-void total_without_elements(double* total, const Sharding& sh) {
-  TALLY_CUDA_CHECK("cudaMemsetAsync", cudaMemsetAsync(total, 0, sizeof(double), stream()));
-  (*sh.sum)(total, 1);
+void sums_without_elements(double* sums, int64_t count, const Sharding& sh) {
+  TALLY_CUDA_CHECK("cudaMemsetAsync", cudaMemsetAsync(sums, 0, size_t(count) * sizeof(double), stream()));
+  (*sh.sum)(sums, count);
+}
+
+void columns_over_ranks(const FactoredLayout& l, const Workspace& w, float* col_stat, double beta,
+                        const Sharding& sh) {
+  (*sh.sum)(w.cross, l.cols() + l.groups());
+  ema_cols_of_sums<<<unsigned((l.cols() + kThreads - 1) / kThreads), kThreads, 0, stream()>>>(
+      col_stat, w.col_factor, w.cross, l.cols(), sh.rows, beta);
+  TALLY_CUDA_LAUNCH_CHECK("ema_cols_of_sums");
 }
 
 void columns_without_rows(const FactoredLayout& l, const Workspace& w, float* col_stat, double beta,
                           const Sharding& sh) {
   // Nothing of its own to add: zeros into the round, then the column EMAs as every rank makes them.
-  const int64_t n = l.cols() + l.groups();
-  TALLY_CUDA_CHECK("cudaMemsetAsync", cudaMemsetAsync(w.cross, 0, size_t(n) * sizeof(double), stream()));
-  (*sh.sum)(w.cross, n);
-  ema_cols_of_sums<<<unsigned((l.cols() + kThreads - 1) / kThreads), kThreads, 0, stream()>>>(
-      col_stat, w.col_factor, w.cross, l.cols(), sh.rows, beta);
-  TALLY_CUDA_LAUNCH_CHECK("ema_cols_of_sums");
+  TALLY_CUDA_CHECK("cudaMemsetAsync",
+                   cudaMemsetAsync(w.cross, 0, size_t(l.cols() + l.groups()) * sizeof(double), stream()));
+  columns_over_ranks(l, w, col_stat, beta, sh);
 }
 
 void launch_add_block_sums(const double* block_sums, int blocks, double* stats, int slot0, int slot1, int slot2,

@@ -215,8 +215,12 @@ __global__ void ema_cols_of_sums(float* col_stat, float* col_factor, const doubl
 void launch_clip_divisor(const double* block_sums, int blocks, int64_t numel, double threshold, float* divisor,
                          double* stats, const Sharding& sh, double* total, const char* what);
 // ZeRO 1, a rank that holds no element of a tensor: its share of the rounds of a step, nothing of its own to add.
-// The clip's round (total: a device double of the workspace).
-void total_without_elements(double* total, const Sharding& sh);
+// A round of `count` sums (the clip's u^2, LAMB's two norms; device doubles of the workspace) made of zeros.
+void sums_without_elements(double* sums, int64_t count, const Sharding& sh);
+// ZeRO 1, rows cut: w.cross (this rank's column sums, then its row-group sums) summed over the ranks, then the column
+// EMAs and factors from the sums over every rank's rows.
+void columns_over_ranks(const FactoredLayout& l, const Workspace& w, float* col_stat, double beta,
+                        const Sharding& sh);
 // The round of factored_stats when rows are cut (through w.cross), keeping this rank's copy of the column statistic
 // in step with every other rank's.
 void columns_without_rows(const FactoredLayout& l, const Workspace& w, float* col_stat, double beta,
@@ -249,10 +253,7 @@ void factored_stats(const FactoredLayout& l, const Plan& plan, const Workspace& 
     double* group_sums = w.cross + l.cols();
     row_group_sums<<<unsigned(l.groups()), kRowFactorThreads, 0, stream()>>>(row_stat, l, group_sums);
     TALLY_CUDA_LAUNCH_CHECK("row_group_sums");
-    (*sh.sum)(w.cross, l.cols() + l.groups());
-    ema_cols_of_sums<<<unsigned((l.cols() + kThreads - 1) / kThreads), kThreads, 0, stream()>>>(
-        col_stat, w.col_factor, w.cross, l.cols(), sh.rows, beta);
-    TALLY_CUDA_LAUNCH_CHECK("ema_cols_of_sums");
+    columns_over_ranks(l, w, col_stat, beta, sh);
     row_factors<<<unsigned(l.groups()), kRowFactorThreads, 0, stream()>>>(row_stat, w.row_factor, l, group_sums, sh.rows);
   } else {
     row_factors<<<unsigned(l.groups()), kRowFactorThreads, 0, stream()>>>(row_stat, w.row_factor, l, nullptr, l.n);

@@ -107,11 +107,7 @@ __global__ void lamb_apply(int64_t n, float* p, const float* m, const float* v, 
 
 void lamb_step(const LambArgs& a) {
   if (a.n == 0) {  // a rank with no element of a sharded tensor still adds its (zero) norms
-    if (a.shard.sum) {
-      double* norms_sq = carve_dense(a.workspace).total;
-      TALLY_CUDA_CHECK("cudaMemsetAsync", cudaMemsetAsync(norms_sq, 0, 2 * sizeof(double), stream()));
-      (*a.shard.sum)(norms_sq, 2);
-    }
+    if (a.shard.sum) sums_without_elements(carve_dense(a.workspace).total, 2, a.shard);
     return;
   }
   const bool in_update = a.decay == LambDecay::in_update;
