@@ -10,9 +10,7 @@
 
 #include "core/error.h"
 
-#ifdef TALLY_HAS_CUDA
-#include "core/cuda/cuda_allocator.h"
-#endif
+#include "core/cuda/cuda_allocator.h"  // cuda_held_bytes (plain C++; the allocator itself exists in CUDA builds only)
 
 #ifdef __linux__
 #include <sys/mman.h>
@@ -139,15 +137,21 @@ class CpuAllocator final : public Allocator {
   int64_t obtained_ = 0;  // bytes obtained from malloc and not returned (live + cached)
 };
 
-// Accounts exactly as the CPU allocator does, but holds no memory.
+// Accounts as the allocator of the backend it plans for (the CPU's 64-byte rounding, or CUDA's rounding of a fresh
+// block), but holds no memory.
 class MetaAllocator final : public Allocator {
  public:
+  explicit MetaAllocator(DeviceKind plans) : device_(Device::meta(plans)) {}
   Block allocate(int64_t bytes) override {
     TALLY_CHECK(bytes >= 0, "[allocate] negative size ", bytes);
-    return account(Device::meta(), bytes, cpu_held_bytes(bytes));
+    const int64_t held = device_.plans == DeviceKind::cuda ? cuda::cuda_held_bytes(bytes) : cpu_held_bytes(bytes);
+    return account(device_, bytes, held);
   }
   void deallocate(const Block& b) override { ledger(Device::meta()).on_free(b.category, b.owner, b.requested, b.held); }
   int64_t reserved_bytes() const override { return ledger(Device::meta()).total().live_held; }
+
+ private:
+  Device device_;
 };
 
 }  // namespace
@@ -171,10 +175,10 @@ CpuMemoryLimitScope::~CpuMemoryLimitScope() {
 
 Allocator& allocator(Device d) {
   static CpuAllocator cpu;
-  static MetaAllocator meta;
+  static MetaAllocator meta_cpu(DeviceKind::cpu), meta_cuda(DeviceKind::cuda);
   switch (d.kind) {
     case DeviceKind::cpu: return cpu;
-    case DeviceKind::meta: return meta;
+    case DeviceKind::meta: return d.plans == DeviceKind::cuda ? meta_cuda : meta_cpu;
     case DeviceKind::cuda:
 #ifdef TALLY_HAS_CUDA
       return cuda::caching_allocator(d.index);

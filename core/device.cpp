@@ -10,6 +10,7 @@ namespace tally {
 Device Device::parse(const std::string& s) {
   if (s == "cpu") return cpu();
   if (s == "meta") return meta();
+  if (s == "meta:cuda") return meta(DeviceKind::cuda);
   if (s == "cuda") return cuda(0);
   if (s.rfind("cuda:", 0) == 0) {
     char* end = nullptr;
@@ -22,7 +23,7 @@ Device Device::parse(const std::string& s) {
 std::string Device::str() const {
   switch (kind) {
     case DeviceKind::cpu: return "cpu";
-    case DeviceKind::meta: return "meta";
+    case DeviceKind::meta: return plans == DeviceKind::cuda ? "meta:cuda" : "meta";
     case DeviceKind::cuda: return "cuda:" + std::to_string(index);
   }
   return "?";

@@ -6,6 +6,7 @@
 
 #include "core/autograd/node.h"
 #include "core/ledger.h"
+#include "optim/kernels/cuda_workspace.h"
 #include "optim/optimizer.h"
 
 namespace tally::optim {
@@ -32,10 +33,10 @@ double grad_norm(const std::vector<Tensor>& params) {
 
 double sum_of_squares(const std::vector<Tensor>& xs) {
   // The tensors of each device in order, summed by one call (on CUDA a few launches for all of them) into one f64
-  // accumulator on that device: deterministic.
+  // accumulator on that device: deterministic. A meta device holds the same accumulator and workspace, sums nothing.
   std::map<std::string, std::pair<Device, std::vector<kernels::SquaresInput>>> inputs;
   for (const Tensor& x : xs) {
-    if (x.device().is_meta() || x.numel() == 0) continue;
+    if (x.numel() == 0) continue;
     TALLY_CHECK((x.dtype() == DType::f32 || x.dtype() == DType::bf16) && x.is_contiguous(), "[sum_of_squares] ",
                 x.str(), ": expected contiguous f32 or bf16");
     auto& [dev, in] = inputs.try_emplace(x.device().str(), x.device(), std::vector<kernels::SquaresInput>{})
@@ -47,8 +48,11 @@ double sum_of_squares(const std::vector<Tensor>& xs) {
     const auto& [dev, in] = entry;
     MemoryScope scope(Category::workspace, "grad_norm");
     Tensor acc = zeros({1}, {.dtype = DType::f64, .device = dev});
-    const int64_t ws = TALLY_KERNEL(dev, squares_workspace_bytes, in.data(), int64_t(in.size()));
+    const int64_t ws = dev.backend() == DeviceKind::cuda
+                           ? kernels::cuda_dense_workspace_bytes()
+                           : TALLY_KERNEL(Device::cpu(), squares_workspace_bytes, in.data(), int64_t(in.size()));
     Tensor w = ws > 0 ? empty({ws}, {.dtype = DType::u8, .device = dev}) : Tensor();
+    if (dev.is_meta()) continue;
     TALLY_KERNEL(dev, sum_squares_many, in.data(), int64_t(in.size()), acc.data<double>(),
                  w.defined() ? w.data_ptr() : nullptr);
     total += acc.item();

@@ -10,6 +10,7 @@
 
 #include "core/autograd/node.h"
 #include "core/ledger.h"
+#include "optim/kernels/cuda_workspace.h"
 
 namespace tally::optim {
 
@@ -278,13 +279,13 @@ int64_t Optimizer::param_step(const std::string& param) const {
 }
 
 int64_t Optimizer::workspace_for(const Slot& slot) const {
-  // The meta device plans with the CPU's figures.
-  const Device d = slot.param.device().is_meta() ? Device::cpu() : slot.param.device();
-  // A rank's empty part of a sharded tensor: the CPU kernels need nothing; the CUDA kernels still take part in the
-  // cross-rank sums through device buffers of their workspace.
-  if (slot.param.numel() == 0 && !d.is_cuda()) return 0;
-  return slot.factored ? TALLY_KERNEL(d, factored_workspace_bytes, slot.layout)
-                       : TALLY_KERNEL(d, dense_workspace_bytes, slot.param.numel());
+  // CUDA (or a meta device planning for it): a rank's empty part of a sharded tensor too, whose kernels still take
+  // part in the cross-rank sums through device buffers of their workspace.
+  if (slot.param.device().backend() == DeviceKind::cuda)
+    return slot.factored ? kernels::cuda_factored_workspace_bytes(slot.layout) : kernels::cuda_dense_workspace_bytes();
+  if (slot.param.numel() == 0) return 0;
+  return slot.factored ? TALLY_KERNEL(Device::cpu(), factored_workspace_bytes, slot.layout)
+                       : TALLY_KERNEL(Device::cpu(), dense_workspace_bytes, slot.param.numel());
 }
 
 StateLayout Optimizer::full_layout(const Slot& slot) const {

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "optim/kernels/cuda_workspace.h"
+
 namespace tally::optim {
 
 namespace {
@@ -54,8 +56,8 @@ std::vector<StateSpec> Sm3::state_specs(const Shape& shape, const Sm3Config& c) 
 
 int64_t Sm3::workspace_for(const Slot& s) const {
   if (s.param.numel() == 0) return 0;
-  const Device d = s.param.device().is_meta() ? Device::cpu() : s.param.device();  // meta plans with the CPU's
-  return TALLY_KERNEL(d, sm3_workspace_bytes, kernel_shape(s));
+  if (s.param.device().backend() == DeviceKind::cuda) return kernels::cuda_sm3_workspace_bytes(kernel_shape(s));
+  return TALLY_KERNEL(Device::cpu(), sm3_workspace_bytes, kernel_shape(s));
 }
 
 void Sm3::update(Slot& s, const Tensor& grad, const StepOptions& o, void* workspace, double* stats) {

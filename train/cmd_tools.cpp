@@ -86,6 +86,8 @@ int cmd_memory(const Args& args) {
   specs.push_back({"seq", "sequence length T", ""});
   specs.push_back({"dtype", "parameters' dtype: f32 | bf16 (mixed precision: bf16 parameters, gradients and "
                    "activations, f32 master weights in the optimizer state)", "f32"});
+  specs.push_back({"device", "where the step runs: cpu | cuda (planned here, no GPU needed: the CUDA kernels' scratch, "
+                   "cuBLAS's workspace and the caching allocator's rounding; bf16 is always planned for cuda)", "cpu"});
   specs.push_back({"world", "data-parallel ranks (mpirun -np N): the figures are one rank's", "1"});
   specs.push_back({"zero", "0: every rank keeps the whole optimizer state | 1: its part of it (ZeRO stage 1)", "0"});
   specs.push_back({"rank", "the rank whose figures are printed (parts may be uneven)", "0"});
@@ -113,12 +115,19 @@ int cmd_memory(const Args& args) {
   if (rank < 0 || rank >= world) throw FlagError("--rank must be in [0, --world)");
   if (zero_str != "0" && zero_str != "1") throw FlagError("--zero must be 0 or 1, got '" + zero_str + "'");
   const ZeroStage zero = zero_str == "1" ? ZeroStage::zero1 : ZeroStage::zero0;
+  const std::string device_str = f.str("device");
+  if (device_str != "cpu" && device_str != "cuda") throw FlagError("--device must be cpu or cuda, got '" + device_str + "'");
+  const DeviceKind device = device_str == "cuda" || dtype == DType::bf16 ? DeviceKind::cuda : DeviceKind::cpu;
   // The state cut of rank r (ZeRO 1), and the step of rank r (its buffers too).
   auto shard_of = [&](int64_t r) {
     return zero == ZeroStage::zero1 ? optim::ShardOf{int(r), int(world)} : optim::ShardOf{};
   };
   auto step_of = [&](int64_t r) {
-    return StepShape{.batch = B, .seq = T, .dtype = dtype, .parallel = {.world = int(world), .rank = int(r), .zero = zero}};
+    return StepShape{.batch = B,
+                     .seq = T,
+                     .dtype = dtype,
+                     .parallel = {.world = int(world), .rank = int(r), .zero = zero},
+                     .device = device};
   };
 
   std::vector<optim::NamedShape> shapes;
@@ -130,7 +139,7 @@ int cmd_memory(const Args& args) {
   }
   json out = {{"model", config.str()}, {"dtype", dtype_str},
               {"parameters", {{"count", count}, {"bytes", count * param_size}}}, {"optimizers", json::object()}};
-  if (with_step) out["batch"] = B, out["seq"] = T;
+  if (with_step) out["batch"] = B, out["seq"] = T, out["device"] = device == DeviceKind::cuda ? "cuda" : "cpu";
   out["world"] = world, out["zero"] = zero == ZeroStage::zero1 ? 1 : 0, out["rank"] = rank;
   std::vector<std::string> names = f.list("optimizer");
   if (names.empty()) throw FlagError("--optimizer lists no optimizer");
@@ -184,6 +193,10 @@ int cmd_memory(const Args& args) {
   std::printf("%s: %s parameters, %s (%s)\n", config.str().c_str(), format_count(count).c_str(),
               format_bytes_exact(count * param_size).c_str(), dtype_str.c_str());
   if (dtype == DType::bf16) std::printf("bf16: each optimizer's state includes the f32 master weights ('master')\n");
+  if (with_step)
+    std::printf("a step of batch %lld x %lld tokens on %s%s\n", (long long)B, (long long)T,
+                device == DeviceKind::cuda ? "a CUDA GPU" : "the CPU",
+                device == DeviceKind::cuda ? " (its kernels' scratch and cuBLAS's 32 MiB workspace included)" : "");
   if (world > 1)
     std::printf("rank %lld of %lld data-parallel ranks, ZeRO %s: %s\n", (long long)rank, (long long)world,
                 zero_str.c_str(),

@@ -8,7 +8,7 @@
 #include "train/step.h"
 
 #ifdef TALLY_HAS_CUDA
-#include "core/cuda/runtime.h"
+#include "core/cuda/runtime.h"  // cuBLAS workspace size (plain C++)
 #endif
 
 namespace tally::train {
@@ -80,8 +80,8 @@ class MetaBatches final : public Batches {
  public:
   explicit MetaBatches(const StepShape& s) : shape_(s) {}
   void next(Tensor& inputs, Tensor& targets) override {
-    inputs = empty({shape_.batch, shape_.seq}, {.dtype = DType::i32, .device = Device::meta()});
-    targets = empty({shape_.batch, shape_.seq}, {.dtype = DType::i32, .device = Device::meta()});
+    inputs = empty({shape_.batch, shape_.seq}, {.dtype = DType::i32, .device = plan_device(shape_)});
+    targets = empty({shape_.batch, shape_.seq}, {.dtype = DType::i32, .device = plan_device(shape_)});
   }
 
  private:
@@ -90,10 +90,21 @@ class MetaBatches final : public Batches {
 
 }  // namespace
 
+Device plan_device(const StepShape& shape) {
+  return Device::meta(shape.dtype == DType::bf16 ? DeviceKind::cuda : shape.device);
+}
+
 MemoryFigures predict_step_memory(const models::GPT2Config& config, const OptimizerChoice& optimizer, StepShape shape) {
-  Ledger& meta = ledger(Device::meta());
+  const Device device = plan_device(shape);
+  Ledger& meta = ledger(device);
   TALLY_ASSERT(meta.total().live_requested == 0);
-  models::GPT2 model(config, {.device = Device::meta(), .dtype = shape.dtype});
+  // CUDA: cuBLAS's workspace, made with the first product of the run and kept.
+  Tensor cublas_workspace;
+  if (device.backend() == DeviceKind::cuda) {
+    MemoryScope scope(Category::workspace, cuda::kCublasWorkspaceOwner);
+    cublas_workspace = empty({cuda::kCublasWorkspaceBytes}, {.dtype = DType::u8, .device = device});
+  }
+  models::GPT2 model(config, {.device = device, .dtype = shape.dtype});
   auto opt = optimizer.make(model.parameters());
   // A rank of a data-parallel run: the same cut of the state and the same buffers; the plan moves nothing.
   const Parallelism& par = shape.parallel;

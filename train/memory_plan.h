@@ -56,9 +56,15 @@ struct StepShape {
   double grad_clip = 1.0;
   DType dtype = DType::f32;  // the model's parameters
   Parallelism parallel = {};
+  DeviceKind device = DeviceKind::cpu;  // where the step runs: cpu or cuda (bf16 runs on CUDA only)
 };
+// The meta device that plans a step of this shape: its kernels' workspaces and its allocator's rounding are those of
+// the step's device.
+Device plan_device(const StepShape& shape);
 // The exact memory of one training step (of one rank), predicted on the meta device. What the real step then
-// measures on the CPU equals it to the byte.
+// measures equals it to the byte: every category's requested bytes, on the CPU and on a GPU (CUDA kernels' scratch
+// and cuBLAS's workspace included). Held bytes too on the CPU; on a GPU the caching allocator may hand out a cached
+// block up to 1/8 larger than a fresh one, so the measured held bytes can exceed the plan's by that much.
 MemoryFigures predict_step_memory(const models::GPT2Config& model, const OptimizerChoice& optimizer, StepShape shape);
 
 // The memory a run may hold on its device at its peak. bytes < 0: unknown (nothing is checked).

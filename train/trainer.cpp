@@ -171,7 +171,8 @@ Trainer::~Trainer() = default;
 StepShape Trainer::step_shape() const {
   return {.batch = c_.batch, .seq = c_.seq, .accumulation = c_.accumulation, .grad_clip = c_.grad_clip,
           .dtype = c_.dtype,
-          .parallel = {.world = comm_.world(), .rank = comm_.rank(), .zero = c_.zero, .launched = parallel_ != nullptr}};
+          .parallel = {.world = comm_.world(), .rank = comm_.rank(), .zero = c_.zero, .launched = parallel_ != nullptr},
+          .device = c_.device.kind};
 }
 
 MemoryFigures Trainer::predict_memory() const { return predict_step_memory(c_.model, c_.optimizer, step_shape()); }
@@ -244,7 +245,7 @@ StepRecord Trainer::train_step(int64_t step) {
   // The whole job's rate: every rank trains as many tokens per step as this one.
   r.tokens_per_s = double(c_.batch * c_.seq * c_.accumulation * comm_.world()) / (r.ms / 1000);
 
-  if (first && c_.device.is_cpu()) {  // a CUDA step also holds cuBLAS's and CUB's scratch, which the plan omits
+  if (first) {
     const MemoryFigures m = measure(ledger_now, *optimizer_);
     std::printf("after step %lld, measured beside predicted:\n%s\n", (long long)step, format_plan(predicted_, &m).c_str());
     if (log_) log_->memory(step, predicted_, m);
@@ -335,11 +336,11 @@ RunSummary Trainer::run() {
     nlohmann::json cfg = {{"flags", c_.flags}, {"model_config", train::model_config_json(c_.model)}};
     io::write_file_atomic(c_.out / "config.json", cfg.dump(2) + "\n");
   }
-  // The exact plan of one step (meta device; on a GPU it counts the same tensors, without cuBLAS workspaces and
-  // the caching allocator's rounding), checked against the budget before anything more is allocated. The budget
-  // is computed once: the check, the CPU's ceiling (TALLY_MEMORY_LIMIT) and the advice of an error all use it.
+  // The exact plan of one step (a meta device planning for this run's device: the same tensors, kernels' scratch
+  // and cuBLAS's workspace), checked against the budget before anything more is allocated. The budget is computed
+  // once: the check, the CPU's ceiling (TALLY_MEMORY_LIMIT) and the advice of an error all use it.
   predicted_ = predict_memory();
-  if (c_.device.is_cpu()) std::printf("\n%s\n", format_plan(predicted_, nullptr).c_str());
+  std::printf("\n%s\n", format_plan(predicted_, nullptr).c_str());
   const MemoryBudget budget = memory_budget(c_.device, run_holds(), held_before_);
   const std::string advice_of_failure = "Nothing of the failed step was saved; earlier checkpoints are untouched.";
   if (budget.bytes >= 0 && predicted_.total_held > budget.bytes)

@@ -29,25 +29,6 @@ int sm_count();
 // After a launch: cudaGetLastError (and a synchronize under LaunchSync::after_each_kernel), naming the kernel.
 void check_launch(const char* kernel, const char* file, int line);
 
-// Temporary device memory for one kernel call, from the caching allocator, recorded in the ledger as
-// workspace under "cuda:<owner>". Freed (back to the cache) at scope exit: safe because all work is ordered
-// on the one stream, so later users of the block run after the kernels that use it now.
-class Scratch {
- public:
-  Scratch(int64_t bytes, const char* owner);
-  ~Scratch();
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  void* get() const { return block_.ptr; }
-  template <class T>
-  T* as(int64_t byte_offset = 0) const {
-    return reinterpret_cast<T*>(static_cast<char*>(block_.ptr) + byte_offset);
-  }
-
- private:
-  Block block_;
-};
-
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 __host__ __device__ inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 // Bytes rounded up to whole 256-byte lines: the alignment of each buffer carved out of one scratch block.

@@ -38,7 +38,6 @@ namespace cuda {
 namespace {
 
 constexpr int kMaxDevices = 64;
-constexpr int64_t kCublasWorkspaceBytes = int64_t(32) << 20;  // what cuBLAS asks for on Hopper
 
 struct DeviceState {
   std::once_flag stream_once, cublas_once;
@@ -98,7 +97,7 @@ cublasHandle_t cublas_handle() {
     // Our own workspace, so that cuBLAS makes no hidden allocations and its bytes show in the ledger.
     Block ws;
     {
-      MemoryScope scope(Category::workspace, "cuda:cublas_workspace");
+      MemoryScope scope(Category::workspace, kCublasWorkspaceOwner);
       ws = caching_allocator(d).allocate(kCublasWorkspaceBytes);
     }
     TALLY_CUBLAS_CHECK("cublas", cublasSetWorkspace(s.cublas, ws.ptr, size_t(kCublasWorkspaceBytes)));
@@ -196,13 +195,6 @@ DeviceProperties device_properties(int index) {
   out.l2_bytes = int64_t(p.l2CacheSize);
   return out;
 }
-
-Scratch::Scratch(int64_t bytes, const char* owner) {
-  MemoryScope scope(Category::workspace, std::string("cuda:") + owner);
-  block_ = caching_allocator(current_device()).allocate(bytes);
-}
-
-Scratch::~Scratch() { caching_allocator(block_.device.index).deallocate(block_); }
 
 }  // namespace cuda
 }  // namespace tally

@@ -17,6 +17,11 @@ void set_device(int index);
 int current_device();
 void memory_info(int64_t* free_bytes, int64_t* total_bytes);  // cudaMemGetInfo
 
+// cuBLAS's workspace: tally's own block, so that cuBLAS makes no hidden allocations and its bytes show in the ledger
+// (workspace, owner kCublasWorkspaceOwner). Made with a device's first cuBLAS call and kept; plans for CUDA hold it.
+inline constexpr int64_t kCublasWorkspaceBytes = int64_t(32) << 20;  // what cuBLAS asks for on Hopper
+inline constexpr const char* kCublasWorkspaceOwner = "cuda:cublas_workspace";
+
 // How float32 matrix products run on tensor cores. tf32 (the default) is for training speed (~3e-4 relative
 // error on products); strict keeps full FP32 (tests comparing against the CPU use it). double is never affected.
 enum class Fp32Matmul : uint8_t { tf32, strict };

@@ -4,6 +4,7 @@
 // and for bf16 on CUDA only (mixed precision: bf16 storage, arithmetic and statistics in float, see acc_t).
 // Ops (core/ops/) validate, allocate and dispatch; kernels trust their arguments.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 #include "core/dtype.h"
@@ -85,6 +86,55 @@ inline int64_t cuda_attention_workspace_elements(const AttentionLayout& l) {
   const int64_t score_elems = 2 * cuda_attention_backward_chunk(l) * l.Tq * l.Tk;
   const int64_t pointer_bytes = 256 + int64_t(kCudaAttentionPointerArrays) * l.B * l.NH * int64_t(sizeof(void*));
   return score_elems + 256 / 4 + (pointer_bytes + 3) / 4;
+}
+
+// The CUDA reductions' scratch, as formulas of the sizes (plain C++: a plan made without a GPU, on the meta device,
+// holds the very bytes the kernels take; the ops allocate it and hand it down).
+// Column sums (sum over a non-last dim, bias and LayerNorm weight gradients): out[o, c] = sum over i < n, in f64, by
+// row chunks (enough blocks in flight, bounded scratch; a function of the sizes only, so the summation order, hence
+// the bits, never depend on the device), whose partial sums (outer, chunks, inner) are then added in order.
+inline constexpr int64_t kCudaColTile = 32;            // columns per block
+inline constexpr int64_t kCudaChunkRows = 256;         // fewest rows per chunk
+inline constexpr int64_t kCudaTargetBlocks = 2048;     // enough blocks to fill any current GPU several times
+inline constexpr int64_t kCudaMaxPartials = int64_t(1) << 23;  // doubles of scratch at most (64 MiB)
+inline int64_t cuda_column_chunks(int64_t outer, int64_t n, int64_t inner) {
+  if (n == 0) return 1;
+  const auto up = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
+  const int64_t tiles = up(inner, kCudaColTile) * (outer < 65535 ? outer : 65535);
+  int64_t chunks = up(n, kCudaChunkRows);
+  chunks = std::min(chunks, up(kCudaTargetBlocks, tiles));
+  chunks = std::min(chunks, kCudaMaxPartials / std::max<int64_t>(1, outer * inner));
+  return std::max<int64_t>(1, std::min<int64_t>(chunks, 65535));
+}
+inline int64_t cuda_column_sum_workspace_bytes(int64_t outer, int64_t n, int64_t inner) {
+  if (outer == 0 || inner == 0) return 0;
+  const int64_t chunks = cuda_column_chunks(outer, n, inner);
+  return chunks == 1 ? 0 : outer * chunks * inner * 8;
+}
+// Row sums (sum over the last dim): a few long rows (outer < 256, n > 4 chunks) are split into chunks of
+// kCudaRowChunk elements whose f64 partial sums are then added in order; otherwise no scratch.
+inline constexpr int64_t kCudaRowChunk = 16384;
+inline int64_t cuda_sum_dim_row_parts(int64_t outer, int64_t n) {
+  return (n > 4 * kCudaRowChunk && outer < 256) ? (n + kCudaRowChunk - 1) / kCudaRowChunk : 1;
+}
+// sum_dim (out (outer, inner) = sum over n): columns when inner > 1, else rows.
+inline int64_t cuda_sum_dim_workspace_bytes(int64_t outer, int64_t n, int64_t inner) {
+  if (outer == 0 || n == 0 || inner == 0) return 0;
+  if (inner > 1) return cuda_column_sum_workspace_bytes(outer, n, inner);
+  const int64_t parts = cuda_sum_dim_row_parts(outer, n);
+  return parts == 1 ? 0 : outer * parts * 8;
+}
+
+// Embedding backward's scratch on CUDA, in bytes: the ids and their positions, each sorted through two buffers by
+// a stable LSD radix sort of 8-bit digits, and each tile's digit counts (256 per tile of kCudaSortTile ids). A
+// formula of N alone, so that a plan made without a GPU (the meta device) holds the very bytes the kernel takes.
+inline constexpr int64_t kCudaSortTile = 1024;
+inline constexpr int64_t kCudaSortDigits = 256;
+inline int64_t cuda_sort_tiles(int64_t N) { return (N + kCudaSortTile - 1) / kCudaSortTile; }
+inline int64_t cuda_embedding_backward_workspace_bytes(int64_t N) {
+  const auto align256 = [](int64_t bytes) { return (bytes + 255) / 256 * 256; };
+  if (N == 0) return 0;
+  return 4 * align256(N * 4) + align256(kCudaSortDigits * cuda_sort_tiles(N) * 4);
 }
 
 namespace cpu {

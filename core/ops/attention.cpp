@@ -19,11 +19,11 @@ void set_strides(int64_t* dst, int64_t b, int64_t h, int64_t t) {
   dst[2] = t;
 }
 
-// Scratch elements the backend needs. The meta device plans f32/f64 as the CPU spends them (predictions match CPU
-// runs) and bf16 as CUDA does (bf16 computes on CUDA only), so both plans equal the measured bytes.
+// Scratch elements the backend needs; a meta device plans as the backend it plans for, and bf16 as CUDA spends it
+// (bf16 computes on CUDA only), so that every plan equals the measured bytes.
 int64_t workspace_elements(Device d, DType t, const kernels::AttentionLayout& l) {
   if (d.is_meta()) {
-    if (t == DType::bf16) return kernels::cuda_attention_workspace_elements(l);
+    if (t == DType::bf16 || d.backend() == DeviceKind::cuda) return kernels::cuda_attention_workspace_elements(l);
     d = Device::cpu();
   }
   return TALLY_KERNEL(d, attention_workspace_size, l);

@@ -27,6 +27,17 @@ inline void check_floating(const char* op, const Tensor& t) {
 // Options for an op's per-row statistics (mean/rstd, log-sum-exp, losses) of input `t`: f32 for bf16 inputs.
 inline TensorOptions acc_options(const Tensor& t) { return {.dtype = acc_dtype(t.dtype()), .device = t.device()}; }
 
+// A kernel's scratch: `bytes` (a formula of the sizes, so that a meta plan holds the same) on t's device, as
+// workspace owned by `owner` in the ledger; undefined when 0 bytes. Pass it down with data_or_null.
+inline Tensor kernel_workspace(const Tensor& t, int64_t bytes, const char* owner) {
+  if (bytes == 0) return Tensor();
+  MemoryScope scope(Category::workspace, owner);
+  return empty({bytes}, {.dtype = DType::u8, .device = t.device()});
+}
+// The bytes a CUDA kernel of t's device needs (the CPU's kernels need none).
+inline int64_t cuda_only(const Tensor& t, int64_t bytes) { return t.device().backend() == DeviceKind::cuda ? bytes : 0; }
+inline void* data_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+
 // A saved output: shares storage without the grad_fn link (an output saved with its own node would form a cycle).
 inline Tensor saved(const Tensor& t) { return t.detach(); }
 

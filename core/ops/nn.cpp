@@ -67,11 +67,14 @@ Tensor layer_norm(const Tensor& x_in, const Tensor& weight_in, const Tensor& bia
                   Tensor dx = need_dx ? empty(sx.shape(), sx.options()) : Tensor();
                   Tensor dw = need_dw ? empty({C}, sx.options()) : Tensor();
                   Tensor db = need_db ? empty({C}, sx.options()) : Tensor();
+                  // CUDA sums the weight and bias gradients' columns in chunks.
+                  const int64_t ws_bytes = need_dw || need_db ? kernels::cuda_column_sum_workspace_bytes(1, N, C) : 0;
+                  Tensor ws = detail::kernel_workspace(g, detail::cuda_only(g, ws_bytes), "layer_norm_backward");
                   dispatch_float(sx, "layer_norm_backward", [&]<class T>() {
                     using A = kernels::acc_t<T>;
                     TALLY_KERNEL(g.device(), layernorm_backward<T>, g.data<T>(), sx.data<T>(), sw.data<T>(), mean.data<A>(),
                                  rstd.data<A>(), need_dx ? dx.data<T>() : nullptr, need_dw ? dw.data<T>() : nullptr,
-                                 need_db ? db.data<T>() : nullptr, N, C);
+                                 need_db ? db.data<T>() : nullptr, detail::data_or_null(ws), N, C);
                   });
                   return {dx, dw, db};
                 });
@@ -109,8 +112,12 @@ Tensor embedding(const Tensor& indices_in, const Tensor& weight_in, TokenIds id_
   return record("embedding", out, {&w}, [ids, N, V, C](const Tensor& g_in) -> std::vector<Tensor> {
     Tensor g = g_in.contiguous();
     Tensor dw = empty({V, C}, g.options());
+    // CUDA sorts the ids; the CPU sums in place.
+    Tensor ws = detail::kernel_workspace(
+        g, detail::cuda_only(g, kernels::cuda_embedding_backward_workspace_bytes(N)), "embedding_backward");
     dispatch_float(g, "embedding_backward", [&]<class T>() {
-      TALLY_KERNEL(dw.device(), embedding_backward<T>, ids.data<int32_t>(), g.data<T>(), dw.data<T>(), N, V, C);
+      TALLY_KERNEL(dw.device(), embedding_backward<T>, ids.data<int32_t>(), g.data<T>(), dw.data<T>(),
+                   detail::data_or_null(ws), N, V, C);
     });
     return {dw};
   });

@@ -17,8 +17,10 @@ Tensor sum_one_dim(const Tensor& a, int d) {
   for (int i = d + 1; i < a.dim(); ++i) inner *= a.shape()[i];
   out_shape[d] = 1;
   Tensor out = empty(out_shape, a.options());
+  Tensor ws = detail::kernel_workspace(a, detail::cuda_only(a, kernels::cuda_sum_dim_workspace_bytes(outer, n, inner)),
+                                      "sum");
   dispatch_float(a, "sum", [&]<class T>() {
-    TALLY_KERNEL(out.device(), sum_dim<T>, a.data<T>(), out.data<T>(), outer, n, inner);
+    TALLY_KERNEL(out.device(), sum_dim<T>, a.data<T>(), out.data<T>(), detail::data_or_null(ws), outer, n, inner);
   });
   return out;
 }

@@ -2,8 +2,11 @@
 // backward pass (saved tensors released); the meta device accounts like the CPU without memory.
 #include <doctest/doctest.h>
 
+#include <map>
+
 #include "core/autograd/node.h"
 #include "core/ledger.h"
+#include "core/kernels/kernels.h"
 #include "core/ops.h"
 
 using namespace tally;
@@ -124,5 +127,50 @@ TEST_CASE("ledger: the meta device plans every op's bytes as the CPU spends them
   CHECK(cpu.first > 0);
   CHECK(cpu.first == meta.first);
   CHECK(cpu.second == meta.second);
+}
+
+TEST_CASE("ledger: a meta device planning for CUDA takes the CUDA kernels' scratch and the CUDA allocator's rounding") {
+  const Device plan = Device::parse("meta:cuda");
+  CHECK(plan.is_meta());
+  CHECK(plan.backend() == DeviceKind::cuda);
+  CHECK(plan.str() == "meta:cuda");
+  CHECK(Device::meta().backend() == DeviceKind::cpu);
+  CHECK(plan != Device::meta());
+  Ledger& m = ledger(plan);
+  CHECK(&m == &ledger(Device::meta()));  // one meta ledger, whatever a meta device plans for
+  {
+    MemoryScope s(Category::activation, "test.meta_cuda");
+    Tensor a = empty({1000}, {.device = plan});  // 4000 B: a CUDA block is rounded to 512 B, a CPU one to 64 B
+    CHECK(m.owner("test.meta_cuda").live_held == 4096);
+    Tensor b = empty({1000}, {.device = Device::meta()});
+    CHECK(m.owner("test.meta_cuda").live_held == 4096 + 4032);
+  }
+  // Backward passes whose CUDA kernels need scratch (the embedding's sort, LayerNorm's and a bias's column sums, a
+  // sum of long rows): a plan for CUDA holds it under the op's name, a plan for the CPU holds none.
+  auto scratch = [&](Device d) {
+    std::map<std::string, int64_t> peaks;
+    const char* owners[] = {"embedding_backward", "layer_norm_backward", "bias_backward", "sum"};
+    m.reset_peaks();
+    {
+      Tensor w = empty({300, 64}, {.device = d}), ln_w = empty({64}, {.device = d}), ln_b = empty({64}, {.device = d});
+      Tensor lw = empty({40, 64}, {.device = d}), lb = empty({40}, {.device = d});
+      for (Tensor* t : {&w, &ln_w, &ln_b, &lw, &lb}) t->set_requires_grad(true);
+      Tensor ids = empty({4, 512}, {.dtype = DType::i32, .device = d});
+      Tensor x = layer_norm(embedding(ids, w), ln_w, ln_b);  // (4, 512, 64)
+      Tensor y = linear(x, lw, lb);                          // (4, 512, 40)
+      sum(sum(y.reshape({1, 4 * 512 * 40}), {1})).backward();  // one row of 81920: split into chunks on CUDA
+    }
+    for (const char* o : owners) peaks[o] = m.owner(o).peak_requested;
+    return peaks;
+  };
+  const auto cuda = scratch(plan), cpu = scratch(Device::meta());
+  CHECK(cuda.at("embedding_backward") == kernels::cuda_embedding_backward_workspace_bytes(2048));
+  CHECK(cuda.at("layer_norm_backward") == kernels::cuda_column_sum_workspace_bytes(1, 2048, 64));
+  CHECK(cuda.at("bias_backward") == kernels::cuda_column_sum_workspace_bytes(1, 2048, 40));
+  CHECK(cuda.at("sum") == kernels::cuda_sum_dim_workspace_bytes(1, 81920, 1));
+  CHECK(cuda.at("sum") > 0);
+  CHECK(cuda.at("layer_norm_backward") > 0);
+  CHECK(cuda.at("bias_backward") > 0);
+  for (const auto& [owner, bytes] : cpu) CHECK_MESSAGE(bytes == 0, owner);
 }
 }  // TEST_SUITE

@@ -13,7 +13,8 @@ void embedding_forward(const int32_t* indices, const T* weight, T* out, int64_t 
 }
 
 template <class T>
-void embedding_backward(const int32_t* indices, const T* dout, T* dweight, int64_t N, int64_t V, int64_t C) {
+void embedding_backward(const int32_t* indices, const T* dout, T* dweight, void* /*workspace: none needed*/, int64_t N,
+                        int64_t V, int64_t C) {
   std::memset(dweight, 0, size_t(V * C) * sizeof(T));
   constexpr int64_t kBlock = 64;
   int64_t blocks = (C + kBlock - 1) / kBlock;
@@ -31,7 +32,7 @@ void embedding_backward(const int32_t* indices, const T* dout, T* dweight, int64
 
 #define TALLY_INSTANTIATE(T)                                                                  \
   template void embedding_forward<T>(const int32_t*, const T*, T*, int64_t, int64_t);         \
-  template void embedding_backward<T>(const int32_t*, const T*, T*, int64_t, int64_t, int64_t);
+  template void embedding_backward<T>(const int32_t*, const T*, T*, void*, int64_t, int64_t, int64_t);
 TALLY_INSTANTIATE(float)
 TALLY_INSTANTIATE(double)
 #undef TALLY_INSTANTIATE

@@ -35,7 +35,7 @@ void layernorm_forward(const T* x, const T* weight, const T* bias, T* y, acc_t<T
 
 template <class T>
 void layernorm_backward(const T* dy, const T* x, const T* weight, const acc_t<T>* mean, const acc_t<T>* rstd, T* dx,
-                        T* dweight, T* dbias, int64_t N, int64_t C) {
+                        T* dweight, T* dbias, void* /*workspace: none needed*/, int64_t N, int64_t C) {
   if (dx) {
 #pragma omp parallel for if (N * C > (1 << 14))
     for (int64_t r = 0; r < N; ++r) {
@@ -84,7 +84,8 @@ void layernorm_backward(const T* dy, const T* x, const T* weight, const acc_t<T>
 
 #define TALLY_INSTANTIATE(T)                                                                                     \
   template void layernorm_forward<T>(const T*, const T*, const T*, T*, T*, T*, int64_t, int64_t, double);        \
-  template void layernorm_backward<T>(const T*, const T*, const T*, const T*, const T*, T*, T*, T*, int64_t, int64_t);
+  template void layernorm_backward<T>(const T*, const T*, const T*, const T*, const T*, T*, T*, T*, void*, int64_t,    \
+                                      int64_t);
 TALLY_INSTANTIATE(float)
 TALLY_INSTANTIATE(double)
 #undef TALLY_INSTANTIATE

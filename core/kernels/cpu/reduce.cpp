@@ -13,7 +13,7 @@ template <class T> using Acc = double;
 }  // namespace
 
 template <class T>
-void sum_dim(const T* in, T* out, int64_t outer, int64_t n, int64_t inner) {
+void sum_dim(const T* in, T* out, void* /*workspace: none needed*/, int64_t outer, int64_t n, int64_t inner) {
   if (inner == 1 && outer == 1) {  // one long row: split it across threads
     Acc<T> acc = 0;
 #pragma omp parallel for simd reduction(+ : acc) if (n > kParallelMin)
@@ -89,16 +89,16 @@ void add_bias(T* y, const T* bias, int64_t N, int64_t C) {
 }
 
 template <class T>
-void bias_backward(const T* dy, T* dbias, int64_t N, int64_t C) {
-  sum_dim(dy, dbias, 1, N, C);
+void bias_backward(const T* dy, T* dbias, void* /*workspace: none needed*/, int64_t N, int64_t C) {
+  sum_dim(dy, dbias, nullptr, 1, N, C);
 }
 
 #define TALLY_INSTANTIATE(T)                                                                   \
-  template void sum_dim<T>(const T*, T*, int64_t, int64_t, int64_t);                           \
+  template void sum_dim<T>(const T*, T*, void*, int64_t, int64_t, int64_t);                           \
   template void max_dim<T>(const T*, T*, int32_t*, int64_t, int64_t, int64_t);                 \
   template void max_dim_backward<T>(const T*, const int32_t*, T*, int64_t, int64_t, int64_t);  \
   template void add_bias<T>(T*, const T*, int64_t, int64_t);                                   \
-  template void bias_backward<T>(const T*, T*, int64_t, int64_t);
+  template void bias_backward<T>(const T*, T*, void*, int64_t, int64_t);
 TALLY_INSTANTIATE(float)
 TALLY_INSTANTIATE(double)
 #undef TALLY_INSTANTIATE

@@ -1,10 +1,9 @@
 // CUDA kernels: embedding gather, and its deterministic backward without float atomics.
-// Backward sorts the token positions by id (CUB radix sort: stable, so each id's positions stay ascending),
-// then one block per distinct id sums its rows of dout in position order, in T: the same additions in the
-// same order as the CPU backend, hence bit-identical results (bf16: summed in float, rounded once). Ids absent
-// from the batch get zero rows.
-#include <cub/device/device_radix_sort.cuh>
-
+// Backward sorts the token positions by id (a stable LSD radix sort of 8-bit digits written here, so that its
+// scratch is a formula of N that a plan made without a GPU can hold: see cuda_embedding_backward_workspace_bytes),
+// then one block per distinct id sums its rows of dout in position order, in T: the same additions in the same
+// order as the CPU backend, hence bit-identical results (bf16: summed in float, rounded once). Ids absent from the
+// batch get zero rows.
 #include "core/cuda/common.cuh"
 #include "core/kernels/cuda/convert.cuh"
 #include "core/kernels/kernels.h"
@@ -16,7 +15,6 @@ namespace {
 using tally::cuda::align256;
 using tally::cuda::aligned16;
 using tally::cuda::ceil_div;
-using tally::cuda::grid_for;
 using tally::cuda::kPackSize;
 using tally::cuda::stream;
 using tally::cuda::Vec;
@@ -34,9 +32,71 @@ __global__ void embedding_forward_kernel(const int32_t* __restrict__ indices, co
   }
 }
 
-__global__ void iota_kernel(uint32_t* __restrict__ p, int64_t n) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    p[i] = uint32_t(i);
+// One pass of the radix sort, digit = (key >> shift) & 255, in three launches:
+//  sort_count:   block t counts tile t's keys per digit (thread d counts digit d): counts[d * tiles + t];
+//  sort_offsets: one block turns the counts (digit-major) into exclusive prefix sums: where tile t's keys of digit d
+//                start in the output;
+//  sort_scatter: thread d walks tile t in order and moves its digit's keys (and their values) there: stable.
+// values_in == nullptr: the values are the keys' positions (the first pass).
+constexpr int kSortThreads = int(kCudaSortDigits);
+constexpr int kScanThreads = 1024;
+static_assert(kCudaSortTile % kSortThreads == 0, "a tile loads in whole rounds of the block");
+
+__device__ inline int64_t tile_load(const uint32_t* keys, uint32_t* tile, int shift, int64_t N) {
+  const int64_t t0 = int64_t(blockIdx.x) * kCudaSortTile;
+  const int64_t count = N - t0 < kCudaSortTile ? N - t0 : kCudaSortTile;
+  for (int64_t i = threadIdx.x; i < count; i += kSortThreads) tile[i] = (keys[t0 + i] >> shift) & 255u;
+  __syncthreads();
+  return count;
+}
+
+__global__ void __launch_bounds__(kSortThreads)
+    sort_count(const uint32_t* __restrict__ keys, uint32_t* __restrict__ counts, int shift, int64_t N) {
+  __shared__ uint32_t tile[kCudaSortTile];  // the tile's digits
+  const int64_t count = tile_load(keys, tile, shift, N);
+  const uint32_t d = threadIdx.x;
+  uint32_t n = 0;
+  for (int64_t i = 0; i < count; ++i) n += tile[i] == d;
+  counts[int64_t(d) * gridDim.x + blockIdx.x] = n;
+}
+
+__global__ void __launch_bounds__(kScanThreads) sort_offsets(uint32_t* __restrict__ counts, int64_t length) {
+  __shared__ uint32_t sums[kScanThreads];
+  const int64_t per = (length + kScanThreads - 1) / kScanThreads;
+  const int64_t a = threadIdx.x * per, b = a + per < length ? a + per : length;
+  uint32_t own = 0;
+  for (int64_t i = a; i < b; ++i) own += counts[i];
+  sums[threadIdx.x] = own;
+  __syncthreads();
+  for (int step = 1; step < kScanThreads; step *= 2) {  // inclusive scan of the threads' sums (Hillis-Steele)
+    const uint32_t add = threadIdx.x >= step ? sums[threadIdx.x - step] : 0u;
+    __syncthreads();
+    sums[threadIdx.x] += add;
+    __syncthreads();
+  }
+  uint32_t at = sums[threadIdx.x] - own;
+  for (int64_t i = a; i < b; ++i) {
+    const uint32_t c = counts[i];
+    counts[i] = at;
+    at += c;
+  }
+}
+
+__global__ void __launch_bounds__(kSortThreads)
+    sort_scatter(const uint32_t* __restrict__ keys_in, const uint32_t* __restrict__ values_in,
+                 uint32_t* __restrict__ keys_out, uint32_t* __restrict__ values_out, const uint32_t* __restrict__ offsets,
+                 int shift, int64_t N) {
+  __shared__ uint32_t tile[kCudaSortTile];
+  const int64_t count = tile_load(keys_in, tile, shift, N);
+  const int64_t t0 = int64_t(blockIdx.x) * kCudaSortTile;
+  const uint32_t d = threadIdx.x;
+  uint32_t at = offsets[int64_t(d) * gridDim.x + blockIdx.x];
+  for (int64_t i = 0; i < count; ++i) {
+    if (tile[i] != d) continue;
+    keys_out[at] = keys_in[t0 + i];
+    values_out[at] = values_in ? values_in[t0 + i] : uint32_t(t0 + i);
+    ++at;
+  }
 }
 
 // Block j handles sorted position j if it starts a run of equal ids: dweight[id] = sum of dout rows of the run.
@@ -77,40 +137,44 @@ void embedding_forward(const int32_t* indices, const T* weight, T* out, int64_t 
 }
 
 template <class T>
-void embedding_backward(const int32_t* indices, const T* dout, T* dweight, int64_t N, int64_t V, int64_t C) {
+void embedding_backward(const int32_t* indices, const T* dout, T* dweight, void* workspace, int64_t N, int64_t V,
+                        int64_t C) {
   if (V == 0 || C == 0) return;
   TALLY_CUDA_CHECK("embedding_backward", cudaMemsetAsync(dweight, 0, size_t(V * C) * sizeof(T), stream()));
   if (N == 0) return;
   TALLY_CHECK(N <= int64_t(INT32_MAX) && V <= int64_t(UINT32_MAX), "[embedding_backward] sizes beyond 32 bits: N=", N,
               " V=", V);
+  TALLY_CHECK(workspace != nullptr, "[embedding_backward] no workspace for N=", N);
   int end_bit = 1;  // sort only the bits an id in [0, V) can have
   while (end_bit < 32 && (int64_t(1) << end_bit) < V) ++end_bit;
   // Ids are checked non-negative by the op, so sorting their bits as unsigned keeps their order.
-  const uint32_t* keys_in = reinterpret_cast<const uint32_t*>(indices);
-  size_t temp_bytes = 0;
-  TALLY_CUDA_CHECK("embedding_backward",
-                   cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys_in, static_cast<uint32_t*>(nullptr),
-                                                   static_cast<const uint32_t*>(nullptr), static_cast<uint32_t*>(nullptr),
-                                                   int(N), 0, end_bit, stream()));
   const int64_t ids_bytes = align256(N * int64_t(sizeof(uint32_t)));
-  tally::cuda::Scratch scratch(3 * ids_bytes + align256(int64_t(temp_bytes)), "embedding_backward_sort");
-  uint32_t* sorted_ids = scratch.as<uint32_t>(0);
-  uint32_t* positions_in = scratch.as<uint32_t>(ids_bytes);
-  uint32_t* positions = scratch.as<uint32_t>(2 * ids_bytes);
-  void* temp = scratch.as<char>(3 * ids_bytes);
-  iota_kernel<<<grid_for(N, 256), 256, 0, stream()>>>(positions_in, N);
-  TALLY_CUDA_LAUNCH_CHECK("iota_kernel");
-  TALLY_CUDA_CHECK("embedding_backward",
-                   cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, sorted_ids, positions_in, positions, int(N),
-                                                   0, end_bit, stream()));
+  char* base = static_cast<char*>(workspace);
+  uint32_t* keys[2] = {reinterpret_cast<uint32_t*>(base), reinterpret_cast<uint32_t*>(base + ids_bytes)};
+  uint32_t* values[2] = {reinterpret_cast<uint32_t*>(base + 2 * ids_bytes), reinterpret_cast<uint32_t*>(base + 3 * ids_bytes)};
+  uint32_t* counts = reinterpret_cast<uint32_t*>(base + 4 * ids_bytes);
+  const unsigned tiles = unsigned(cuda_sort_tiles(N));
+  const uint32_t* keys_in = reinterpret_cast<const uint32_t*>(indices);
+  const uint32_t* values_in = nullptr;  // the first pass makes the positions
+  int out = 0;
+  for (int shift = 0; shift < end_bit; shift += 8, out ^= 1) {
+    sort_count<<<tiles, kSortThreads, 0, stream()>>>(keys_in, counts, shift, N);
+    TALLY_CUDA_LAUNCH_CHECK("embedding_backward sort_count");
+    sort_offsets<<<1, kScanThreads, 0, stream()>>>(counts, int64_t(tiles) * kCudaSortDigits);
+    TALLY_CUDA_LAUNCH_CHECK("embedding_backward sort_offsets");
+    sort_scatter<<<tiles, kSortThreads, 0, stream()>>>(keys_in, values_in, keys[out], values[out], counts, shift, N);
+    TALLY_CUDA_LAUNCH_CHECK("embedding_backward sort_scatter");
+    keys_in = keys[out];
+    values_in = values[out];
+  }
   const int threads = C >= 256 ? 256 : int(ceil_div(C, 32) * 32);
-  embedding_backward_kernel<T><<<unsigned(N), threads, 0, stream()>>>(sorted_ids, positions, dout, dweight, N, C);
+  embedding_backward_kernel<T><<<unsigned(N), threads, 0, stream()>>>(keys_in, values_in, dout, dweight, N, C);
   TALLY_CUDA_LAUNCH_CHECK("embedding_backward_kernel");
 }
 
 #define TALLY_INSTANTIATE(T)                                                                  \
   template void embedding_forward<T>(const int32_t*, const T*, T*, int64_t, int64_t);         \
-  template void embedding_backward<T>(const int32_t*, const T*, T*, int64_t, int64_t, int64_t);
+  template void embedding_backward<T>(const int32_t*, const T*, T*, void*, int64_t, int64_t, int64_t);
 TALLY_INSTANTIATE(float)
 TALLY_INSTANTIATE(double)
 TALLY_INSTANTIATE(bf16)

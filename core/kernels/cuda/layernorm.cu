@@ -97,21 +97,23 @@ void layernorm_forward(const T* x, const T* weight, const T* bias, T* y, acc_t<T
 
 template <class T>
 void layernorm_backward(const T* dy, const T* x, const T* weight, const acc_t<T>* mean, const acc_t<T>* rstd, T* dx,
-                        T* dweight, T* dbias, int64_t N, int64_t C) {
+                        T* dweight, T* dbias, void* workspace, int64_t N, int64_t C) {
   if (C == 0) return;
   TALLY_CHECK(N <= int64_t(INT32_MAX), "[layernorm_backward] too many rows: ", N);
   if (dx && N > 0) {
     layernorm_backward_dx_kernel<T><<<unsigned(N), row_threads(C), 0, stream()>>>(dy, x, weight, mean, rstd, dx, C);
     TALLY_CUDA_LAUNCH_CHECK("layernorm_backward_dx_kernel");
   }
-  if (dweight) column_sum(1, N, C, DweightValue<T>{dy, x, mean, rstd, C}, dweight, "layernorm_dweight_kernel");
-  if (dbias) column_sum(1, N, C, DbiasValue<T>{dy, C}, dbias, "layernorm_dbias_kernel");
+  // One after the other on the stream: they share the workspace.
+  if (dweight)
+    column_sum(1, N, C, DweightValue<T>{dy, x, mean, rstd, C}, dweight, workspace, "layernorm_dweight_kernel");
+  if (dbias) column_sum(1, N, C, DbiasValue<T>{dy, C}, dbias, workspace, "layernorm_dbias_kernel");
 }
 
 #define TALLY_INSTANTIATE(T)                                                                                      \
   template void layernorm_forward<T>(const T*, const T*, const T*, T*, acc_t<T>*, acc_t<T>*, int64_t, int64_t, double); \
-  template void layernorm_backward<T>(const T*, const T*, const T*, const acc_t<T>*, const acc_t<T>*, T*, T*, T*, int64_t, \
-                                      int64_t);
+  template void layernorm_backward<T>(const T*, const T*, const T*, const acc_t<T>*, const acc_t<T>*, T*, T*, T*, void*, \
+                                      int64_t, int64_t);
 TALLY_INSTANTIATE(float)
 TALLY_INSTANTIATE(double)
 TALLY_INSTANTIATE(bf16)

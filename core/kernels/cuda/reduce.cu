@@ -21,7 +21,7 @@ using tally::cuda::row_threads;
 using tally::cuda::stream;
 using tally::cuda::Vec;
 
-constexpr int64_t kRowChunk = 16384;  // elements per block when long rows are split
+constexpr int64_t kRowChunk = kCudaRowChunk;  // elements per block when long rows are split
 
 // Block r sums elements [c0, c1) of row (r / parts) where part = r % parts; writes out[r] (T or double).
 template <class T, class Out>
@@ -145,30 +145,31 @@ __global__ void add_bias_kernel(T* __restrict__ y, const T* __restrict__ bias, i
 }  // namespace
 
 template <class T>
-void sum_dim(const T* in, T* out, int64_t outer, int64_t n, int64_t inner) {
+void sum_dim(const T* in, T* out, void* workspace, int64_t outer, int64_t n, int64_t inner) {
   if (outer == 0 || inner == 0) return;
   if (n == 0) {
     TALLY_CUDA_CHECK("sum_dim", cudaMemsetAsync(out, 0, size_t(outer * inner) * sizeof(T), stream()));
     return;
   }
   if (inner > 1) {
-    column_sum(outer, n, inner, ReadValue<T>{in, n, inner}, out, "sum_dim_columns_kernel");
+    column_sum(outer, n, inner, ReadValue<T>{in, n, inner}, out, workspace, "sum_dim_columns_kernel");
     return;
   }
   // Rows: split long rows when there are too few of them to fill a GPU (decided by the sizes only, so the
   // summation order, hence the bits, are the same on every device).
   const int threads = row_threads(n);
-  const int64_t parts = (n > 4 * kRowChunk && outer < 256) ? ceil_div(n, kRowChunk) : 1;
+  const int64_t parts = cuda_sum_dim_row_parts(outer, n);
   TALLY_CHECK(outer * parts <= int64_t(INT32_MAX), "[sum_dim] too many rows: ", outer);
   if (parts == 1) {
     row_sum_kernel<T, T><<<unsigned(outer), threads, 0, stream()>>>(in, out, n, 1, n);
     TALLY_CUDA_LAUNCH_CHECK("row_sum_kernel");
     return;
   }
-  tally::cuda::Scratch partial(outer * parts * int64_t(sizeof(double)), "row_sum_partials");
-  row_sum_kernel<T, double><<<unsigned(outer * parts), 512, 0, stream()>>>(in, partial.as<double>(), n, parts, kRowChunk);
+  TALLY_CHECK(workspace != nullptr, "[sum_dim] no workspace for ", outer, " rows of ", n);
+  double* partial = static_cast<double*>(workspace);  // (outer, parts)
+  row_sum_kernel<T, double><<<unsigned(outer * parts), 512, 0, stream()>>>(in, partial, n, parts, kRowChunk);
   TALLY_CUDA_LAUNCH_CHECK("row_sum_kernel");
-  partial_finish_kernel<T><<<unsigned(outer), 256, 0, stream()>>>(partial.as<double>(), out, parts);
+  partial_finish_kernel<T><<<unsigned(outer), 256, 0, stream()>>>(partial, out, parts);
   TALLY_CUDA_LAUNCH_CHECK("partial_finish_kernel");
 }
 
@@ -210,16 +211,16 @@ void add_bias(T* y, const T* bias, int64_t N, int64_t C) {
 }
 
 template <class T>
-void bias_backward(const T* dy, T* dbias, int64_t N, int64_t C) {
-  sum_dim(dy, dbias, 1, N, C);
+void bias_backward(const T* dy, T* dbias, void* workspace, int64_t N, int64_t C) {
+  sum_dim(dy, dbias, workspace, 1, N, C);
 }
 
 #define TALLY_INSTANTIATE(T)                                                                   \
-  template void sum_dim<T>(const T*, T*, int64_t, int64_t, int64_t);                           \
+  template void sum_dim<T>(const T*, T*, void*, int64_t, int64_t, int64_t);                           \
   template void max_dim<T>(const T*, T*, int32_t*, int64_t, int64_t, int64_t);                 \
   template void max_dim_backward<T>(const T*, const int32_t*, T*, int64_t, int64_t, int64_t);  \
   template void add_bias<T>(T*, const T*, int64_t, int64_t);                                   \
-  template void bias_backward<T>(const T*, T*, int64_t, int64_t);
+  template void bias_backward<T>(const T*, T*, void*, int64_t, int64_t);
 TALLY_INSTANTIATE(float)
 TALLY_INSTANTIATE(double)
 TALLY_INSTANTIATE(bf16)

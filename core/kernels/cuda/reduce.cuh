@@ -9,22 +9,8 @@
 
 namespace tally::kernels::cuda {
 
-inline constexpr int kColTile = 32;            // columns per block (one warp-wide row segment)
-inline constexpr int kColRows = 16;            // row phases per block
-inline constexpr int64_t kChunkRows = 256;     // fewest rows per chunk
-inline constexpr int64_t kTargetBlocks = 2048; // enough blocks to fill any current GPU several times
-inline constexpr int64_t kMaxPartials = int64_t(1) << 23;  // doubles of scratch at most (64 MiB)
-
-// Row chunks for a column sum: enough blocks in flight, bounded scratch; a function of the sizes only, so
-// the summation order (and the result's bits) never depends on the device.
-inline int64_t column_chunks(int64_t outer, int64_t n, int64_t inner) {
-  using tally::cuda::ceil_div;
-  const int64_t tiles = ceil_div(inner, kColTile) * (outer < 65535 ? outer : 65535);
-  int64_t chunks = ceil_div(n, kChunkRows);
-  chunks = std::min(chunks, ceil_div(kTargetBlocks, tiles));
-  chunks = std::min(chunks, kMaxPartials / std::max<int64_t>(1, outer * inner));
-  return std::max<int64_t>(1, std::min<int64_t>(chunks, 65535));
-}
+inline constexpr int kColTile = int(kCudaColTile);  // columns per block (one warp-wide row segment)
+inline constexpr int kColRows = 16;                  // row phases per block
 
 // Block (kColTile, kColRows); grid (column tiles, min(outer, 65535), chunks). Value(o, i, c) -> double.
 // With one chunk the result goes to out (converted to T); else to partial[(o * chunks + chunk) * inner + c].
@@ -70,13 +56,14 @@ __global__ void column_sum_finish_kernel(const double* __restrict__ partial, T* 
   }
 }
 
-// Launches the column sum of value(o, i, c) over i for every (o, c), writing out (outer, inner).
+// Launches the column sum of value(o, i, c) over i for every (o, c), writing out (outer, inner); workspace holds
+// cuda_column_sum_workspace_bytes(outer, n, inner) bytes (the chunks' partial sums; null when that is 0).
 template <class T, class Value>
-void column_sum(int64_t outer, int64_t n, int64_t inner, Value value, T* out, const char* name) {
+void column_sum(int64_t outer, int64_t n, int64_t inner, Value value, T* out, void* workspace, const char* name) {
   using tally::cuda::ceil_div;
   using tally::cuda::stream;
   if (outer == 0 || inner == 0) return;
-  const int64_t chunks = n == 0 ? 1 : column_chunks(outer, n, inner);
+  const int64_t chunks = cuda_column_chunks(outer, n, inner);
   const int64_t rows_per_chunk = n == 0 ? 1 : ceil_div(n, chunks);
   const dim3 block(kColTile, kColRows);
   const dim3 grid(unsigned(ceil_div(inner, kColTile)), unsigned(outer < 65535 ? outer : 65535), unsigned(chunks));
@@ -86,11 +73,13 @@ void column_sum(int64_t outer, int64_t n, int64_t inner, Value value, T* out, co
     TALLY_CUDA_LAUNCH_CHECK(name);
     return;
   }
-  tally::cuda::Scratch partial(outer * chunks * inner * int64_t(sizeof(double)), "column_sum_partials");
-  column_sum_kernel<T><<<grid, block, 0, stream()>>>(outer, n, inner, rows_per_chunk, value, out, partial.as<double>());
+  TALLY_CHECK(workspace != nullptr, "[", name, "] no workspace for the column sums of (", outer, ", ", n, ", ", inner,
+              ")");
+  double* partial = static_cast<double*>(workspace);  // (outer, chunks, inner)
+  column_sum_kernel<T><<<grid, block, 0, stream()>>>(outer, n, inner, rows_per_chunk, value, out, partial);
   TALLY_CUDA_LAUNCH_CHECK(name);
-  column_sum_finish_kernel<T><<<tally::cuda::grid_for(outer * inner, 256), 256, 0, stream()>>>(partial.as<double>(), out,
-                                                                                               outer, chunks, inner);
+  column_sum_finish_kernel<T><<<tally::cuda::grid_for(outer * inner, 256), 256, 0, stream()>>>(partial, out, outer,
+                                                                                               chunks, inner);
   TALLY_CUDA_LAUNCH_CHECK("column_sum_finish_kernel");
 }
 

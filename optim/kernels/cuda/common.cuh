@@ -1,6 +1,6 @@
 // CUDA helpers of the optimizer kernels (internal to optim/kernels/cuda); the error checks, the stream, launch
-// sizing and the warp/block sums are core/cuda/common.cuh's, shared with the ops. Here: the tiling of a factored
-// tensor and its workspace layout, element loads/stores of f32 and bf16 moments, and the small finishing kernels
+// sizing and the warp/block sums are core/cuda/common.cuh's, shared with the ops; the tiling of a factored tensor
+// and the workspace layouts are optim/kernels/cuda_workspace.h's (plain C++, for plans). Here: element loads/stores of f32 and bf16 moments, and the small finishing kernels
 // (EMA of row/column means, factors, clip divisor). Every reduction has a fixed shape (grid sizes depend on the
 // tensor's shape only), sums in double and no float atomics. Every launch runs on tally::cuda::stream().
 #pragma once
@@ -13,6 +13,7 @@
 
 #include "core/cuda/common.cuh"
 #include "core/error.h"
+#include "optim/kernels/cuda_workspace.h"
 #include "optim/kernels/optim_kernels.h"
 
 namespace tally::optim::kernels::cuda::detail {
@@ -24,13 +25,8 @@ using ::tally::cuda::imin;
 using ::tally::cuda::stream;
 using ::tally::cuda::warp_sum;
 
-constexpr int kThreads = 256;         // threads per block everywhere
+constexpr int kThreads = kCudaThreads;  // threads per block everywhere
 constexpr int kWarps = kThreads / 32;
-constexpr int kTileCols = kThreads;   // columns per tile (one per thread)
-constexpr int kTileRows = 32;         // rows per tile at most (column partials: numel/4 bytes at 32 rows)
-constexpr int64_t kFillTiles = 512;   // fewer tiles than this leave most SMs idle: tiles shrink to 16, then 8 rows
-constexpr int kMaxBlocks = 1024;      // grid of the grid-stride reductions
-constexpr int kSums = 4;              // partial sums per block in the grid-stride reductions
 
 inline int reduce_blocks(int64_t n) {
   return int(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, kMaxBlocks));
@@ -46,88 +42,6 @@ __device__ inline float store(float* p, float v) {
 __device__ inline float store(__nv_bfloat16* p, float v) {
   *p = __float2bfloat16_rn(v);
   return __bfloat162float(*p);
-}
-
-// The tiling of a factored (P, n, Q, m, S) tensor seen as (P, n, K), K = Q*m*S.
-struct Plan {
-  int64_t K = 0;
-  int64_t tiles_k = 0;   // column tiles of kTileCols
-  int64_t tile_rows = 0;  // rows per tile: kTileRows, or 16 or 8 for a small matrix (see make_plan)
-  int64_t tiles_i = 0;   // row tiles of tile_rows per matrix
-  bool fused_rows = true;  // Q*S == 1: the row statistic is the tile's row sum (warp sums in the tile kernel)
-  int64_t row_terms = 0;   // partials per row statistic: tiles_k (fused) or 1 (separate row kernel)
-};
-
-inline Plan make_plan(const FactoredLayout& l) {
-  Plan p;
-  p.K = l.Q * l.m * l.S;
-  p.tiles_k = (p.K + kTileCols - 1) / kTileCols;
-  // Each thread of a tile walks its rows in sequence: a small matrix (GPT-2's 768x768 has 72 tiles of 32 rows)
-  // gets shorter tiles, and more of them, so that more SMs share the walk. Depends on the shape only.
-  p.tile_rows = kTileRows;
-  while (p.tile_rows > 8 && l.P * ((l.n + p.tile_rows - 1) / p.tile_rows) * p.tiles_k < kFillTiles) p.tile_rows /= 2;
-  p.tiles_i = (l.n + p.tile_rows - 1) / p.tile_rows;
-  p.fused_rows = l.Q * l.S == 1;
-  p.row_terms = p.fused_rows ? p.tiles_k : 1;
-  return p;
-}
-
-// Cuts a workspace into 256-byte-aligned pieces, in order; with a null base it only counts (the *_workspace_bytes
-// functions carve nothing to learn the size).
-struct Carver {
-  void* base = nullptr;
-  int64_t bytes = 0;  // taken so far
-  template <class T>
-  T* take(int64_t count) {
-    T* at = base ? reinterpret_cast<T*>(static_cast<char*>(base) + bytes) : nullptr;
-    bytes += align256(count * int64_t(sizeof(T)));
-    return at;
-  }
-};
-
-struct Workspace {
-  double* row_partials = nullptr;    // (rows, row_terms)
-  double* col_partials = nullptr;    // (P, tiles_i, K)
-  float* row_factor = nullptr;       // (rows)
-  float* col_factor = nullptr;       // (cols)
-  double* block_sums = nullptr;      // (kMaxBlocks, kSums)
-  float* divisor = nullptr;          // the clip divisor of this step
-  double* cross = nullptr;           // ZeRO 1, rows cut: (cols + groups) column and row-group sums over every rank
-  double* total = nullptr;           // ZeRO 1: the sum of u^2 over every rank
-  int64_t bytes = 0;
-};
-
-inline Workspace carve(void* base, const FactoredLayout& l, const Plan& p) {
-  Workspace w;
-  Carver c{base};
-  w.row_partials = c.take<double>(l.rows() * p.row_terms);
-  w.col_partials = c.take<double>(l.P * p.tiles_i * p.K);
-  w.row_factor = c.take<float>(l.rows());
-  w.col_factor = c.take<float>(l.cols());
-  w.block_sums = c.take<double>(kMaxBlocks * kSums);
-  w.divisor = c.take<float>(1);
-  w.cross = c.take<double>(l.cols() + l.groups());
-  w.total = c.take<double>(1);
-  w.bytes = c.bytes;
-  return w;
-}
-
-// Workspace of the dense (unfactored) steps: block sums, the divisor (or LAMB's trust ratio) and, for ZeRO 1,
-// the sums completed over the ranks (the clip's sum of u^2, or LAMB's two norms).
-struct DenseWorkspace {
-  double* block_sums = nullptr;
-  float* divisor = nullptr;
-  double* total = nullptr;  // (2)
-  int64_t bytes = 0;
-};
-inline DenseWorkspace carve_dense(void* base) {
-  DenseWorkspace w;
-  Carver c{base};
-  w.block_sums = c.take<double>(kMaxBlocks * kSums);
-  w.divisor = c.take<float>(1);
-  w.total = c.take<double>(2);
-  w.bytes = c.bytes;
-  return w;
 }
 
 // Index helpers of the (P, n, Q, m, S) layout.

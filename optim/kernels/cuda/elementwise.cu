@@ -8,9 +8,9 @@ namespace tally::optim::kernels::cuda {
 
 using namespace detail;
 
-int64_t factored_workspace_bytes(const FactoredLayout& layout) { return carve(nullptr, layout, make_plan(layout)).bytes; }
+int64_t factored_workspace_bytes(const FactoredLayout& layout) { return cuda_factored_workspace_bytes(layout); }
 
-int64_t dense_workspace_bytes(int64_t) { return carve_dense(nullptr).bytes; }
+int64_t dense_workspace_bytes(int64_t) { return cuda_dense_workspace_bytes(); }
 
 namespace {
 
@@ -235,7 +235,7 @@ __global__ void sum_squares_batch(const SquaresBatch b, double* block_sums) {
 
 }  // namespace
 
-int64_t squares_workspace_bytes(const SquaresInput*, int64_t) { return carve_dense(nullptr).bytes; }
+int64_t squares_workspace_bytes(const SquaresInput*, int64_t) { return cuda_dense_workspace_bytes(); }
 
 void sum_squares_many(const SquaresInput* xs, int64_t count, double* out, void* workspace) {
   const DenseWorkspace w = carve_dense(workspace);

@@ -102,23 +102,6 @@ Sm3Walk walk_of(const Sm3Shape& shape, float* const* accumulators) {
   return w;
 }
 
-struct Sm3Workspace {
-  float* col_max = nullptr;  // (tiles_i, K): each row tile's column maxima
-  float* row_max = nullptr;  // (R, tiles_k): each row's maxima per column tile
-  double* block_sums = nullptr;
-  int64_t bytes = 0;
-};
-
-Sm3Workspace carve_sm3(void* base, const Sm3Walk& w) {
-  Sm3Workspace s;
-  Carver c{base};
-  s.col_max = c.take<float>(w.tiles_i * w.K);
-  s.row_max = c.take<float>(w.R * w.tiles_k);
-  s.block_sums = c.take<double>(kMaxBlocks * kSums);
-  s.bytes = c.bytes;
-  return s;
-}
-
 // The smallest accumulator of row i over the dims before the last.
 __device__ inline float leading_min(const Sm3Walk& w, int64_t i) {
   float lead = INFINITY;
@@ -217,7 +200,7 @@ void sm3_launch(const Sm3Args& a, int64_t n) {
     return;
   }
   const Sm3Walk walk = walk_of(a.shape, a.accumulators);
-  const Sm3Workspace w = carve_sm3(a.workspace, walk);
+  const Sm3Workspace w = carve_sm3(a.workspace, walk.R, walk.K);
   const int blocks = int(imin(walk.tiles_i * walk.tiles_k, kMaxBlocks));
   sm3_tiles<kStats, kMomentum, kBeta><<<unsigned(blocks), kThreads, 0, stream()>>>(
       walk, s, a.grad, a.param, a.momentum_buffer, w.col_max, w.row_max, w.block_sums);
@@ -235,10 +218,7 @@ void sm3_launch(const Sm3Args& a, int64_t n) {
 
 }  // namespace
 
-int64_t sm3_workspace_bytes(const Sm3Shape& shape) {
-  if (shape.rank < 2) return carve_dense(nullptr).bytes;
-  return carve_sm3(nullptr, walk_of(shape, nullptr)).bytes;
-}
+int64_t sm3_workspace_bytes(const Sm3Shape& shape) { return cuda_sm3_workspace_bytes(shape); }
 
 void sm3_step(const Sm3Args& a) {
   int64_t n = 1;

@@ -3,8 +3,8 @@
 // is host memory, a kernel launch runs every block in turn with one std::thread per CUDA thread, so that
 // __syncthreads (a std::barrier), warp shuffles (a per-warp exchange) and __shared__ (static storage, private
 // to the one block running) behave as on a GPU. Slow; for small sizes. It checks indexing, reductions and API
-// use (launch shapes; every launch, copy, memset, CUB and cuBLAS call on tally's one stream), not timing, the
-// memory model or real cuBLAS/CUB.
+// use (launch shapes; every launch, copy, memset and cuBLAS call on tally's one stream), not timing, the
+// memory model or real cuBLAS.
 #pragma once
 #include <barrier>
 #include <cmath>
