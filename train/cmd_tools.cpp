@@ -45,8 +45,8 @@ namespace {
 int memory_of_shapes(const Flags& f) {
   for (const FlagSpec& s : model_flags("gpt2"))
     if (f.given(s.name)) throw FlagError("--" + s.name + " is for a GPT-2 model; --shapes gives the model");
-  if (f.given("batch") || f.given("seq"))
-    throw FlagError("--batch and --seq plan activations, which need a model tally runs (--model); --shapes plans "
+  if (f.given("batch") || f.given("seq") || f.given("device"))
+    throw FlagError("--batch, --seq and --device plan a step's activations and workspaces, which need a model tally runs (--model); --shapes plans "
                     "parameters, gradients and optimizer state");
   if (f.given("dtype")) throw FlagError("--shapes plans both f32 and bf16 training; leave out --dtype");
   const int64_t world = f.integer("world"), rank = f.integer("rank");

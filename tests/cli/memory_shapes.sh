@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # End to end with the executable: `tally memory --shapes` on a shape list, a safetensors file, a sharded checkpoint's
 # index, with --json, --tensors, --world/--zero; and bad input (a missing file, a corrupt header, a bad shape, flags
-# that do not go with --shapes) gives a clear error and exit code, never a crash. (Byte-exact checks against the
-# reference implementations: tests/train/memory_shapes.cpp.)
+# that do not go with --shapes) gives a clear error and exit code, never a crash; and a GPT-2 step planned for a GPU
+# (--device cuda). (Byte-exact checks against the reference implementations: tests/train/memory_shapes.cpp.)
 set -uo pipefail
 tally="$1"
 src="$2"
@@ -69,8 +69,20 @@ echo '[{"name": "w", "shape": [768, -3]}]' >"$work/bad.json"
 expect_error 1 "tensor 'w' (entry 0): shape \[768,-3\] must hold non-negative integers" --shapes "$work/bad.json"
 echo '{"weight_map": {"w": "model-00001-of-00002.safetensors"}}' >"$work/model.safetensors.index.json"
 expect_error 1 "shard 'model-00001-of-00002.safetensors'" --shapes "$work/model.safetensors.index.json"
-expect_error 2 "--batch and --seq plan activations" --shapes "$src/tests/data/gpt2_124m.shapes.json" --batch 4
+expect_error 2 "--batch, --seq and --device plan" --shapes "$src/tests/data/gpt2_124m.shapes.json" --batch 4
+expect_error 2 "--batch, --seq and --device plan" --shapes "$src/tests/data/gpt2_124m.shapes.json" --device cuda
+expect_error 2 "--device must be cpu or cuda, got 'tpu'" --model tiny --batch 2 --seq 32 --device tpu
 expect_error 2 "--model is for a GPT-2 model" --shapes "$src/tests/data/gpt2_124m.shapes.json" --model tiny
 expect_error 2 "--tensors goes with --shapes" --model tiny --tensors
 expect_error 2 "unknown optimizer 'lion'" --shapes "$src/tests/data/gpt2_124m.shapes.json" --optimizer lion
+# A step planned for a GPU, without one: the same tensors as the CPU's step, plus the CUDA kernels' scratch and
+# cuBLAS's workspace (32 MiB, kept); equal to the GPU's measured bytes (tests/cuda/test_cuda_gpt2.cpp).
+plan_total() {  # device -> the adamw step's planned peak, requested bytes
+  "$tally" memory --model tiny --batch 2 --seq 32 --optimizer adamw --device "$1" --json >"$work/plan-$1.json" 2>&1 ||
+    fail "memory --device $1: $(cat "$work/plan-$1.json")"
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["optimizers"]["adamw"]["total"])' "$work/plan-$1.json"
+}
+cpu_total=$(plan_total cpu) cuda_total=$(plan_total cuda)
+[ "$cuda_total" -ge $((cpu_total + 33554432)) ] || fail "the CUDA plan ($cuda_total B) lacks cuBLAS's workspace over the CPU's ($cpu_total B)"
+grep -q '"device": "cuda"' "$work/plan-cuda.json" || fail "the CUDA plan does not say it is one"
 echo "cli memory_shapes: ok"
