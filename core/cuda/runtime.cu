@@ -39,11 +39,24 @@ namespace {
 
 constexpr int kMaxDevices = 64;
 
+// A pinned host buffer that host-to-device copies go through, and the event that marks its last copy done.
+struct Upload {
+  void* host = nullptr;  // cudaHostAlloc'd
+  int64_t bytes = 0;
+  cudaEvent_t done = nullptr;
+  bool in_flight = false;  // `done` was recorded after a copy from it
+};
+constexpr int kUploadBuffers = 4;  // a micro-batch's inputs and targets, and the next micro-batch's
+constexpr int64_t kUploadMaxBytes = int64_t(8) << 20;  // larger copies (weights, checkpoints) wait as before
+
 struct DeviceState {
   std::once_flag stream_once, cublas_once;
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
   int sms = 0;
+  std::mutex upload_mu;
+  Upload uploads[kUploadBuffers];
+  int next_upload = 0;
 };
 
 DeviceState& state(int device) {
@@ -140,8 +153,50 @@ std::atomic<int64_t> g_host_waits{0};
 
 int64_t host_waits() { return g_host_waits.load(); }
 
+namespace {
+
+// Small copies (a batch's token ids) go through a ring of pinned buffers: the bytes are copied into the next buffer
+// and the device copies them from there in stream order, so the host returns at once. It waits only when that buffer
+// is still being read by a copy queued kUploadBuffers copies ago (the host is that far ahead of the device).
+// The buffers are the runtime's own host memory (at most kUploadBuffers x kUploadMaxBytes, kept), like the CUDA
+// context's: not tensors, so not in a device's ledger.
+bool upload_through_pinned(void* dst, const void* src, int64_t bytes) {
+  if (bytes > kUploadMaxBytes) return false;
+  cudaStream_t s = stream();
+  DeviceState& st = state(current_device());
+  std::lock_guard<std::mutex> lock(st.upload_mu);
+  Upload& u = st.uploads[st.next_upload];
+  st.next_upload = (st.next_upload + 1) % kUploadBuffers;
+  if (!u.done) TALLY_CUDA_CHECK("upload", cudaEventCreateWithFlags(&u.done, cudaEventDisableTiming));
+  if (u.in_flight) {
+    const cudaError_t ready = cudaEventQuery(u.done);
+    if (ready == cudaErrorNotReady) {
+      g_host_waits.fetch_add(1);
+      TALLY_CUDA_CHECK("upload", cudaEventSynchronize(u.done));
+    } else {
+      TALLY_CUDA_CHECK("upload", ready);
+    }
+    u.in_flight = false;
+  }
+  if (u.bytes < bytes) {
+    if (u.host) TALLY_CUDA_CHECK("upload", cudaFreeHost(u.host));
+    u.host = nullptr;
+    u.bytes = 0;
+    TALLY_CUDA_CHECK("upload", cudaHostAlloc(&u.host, size_t(bytes), cudaHostAllocDefault));
+    u.bytes = bytes;
+  }
+  std::memcpy(u.host, src, size_t(bytes));
+  TALLY_CUDA_CHECK("upload", cudaMemcpyAsync(dst, u.host, size_t(bytes), cudaMemcpyHostToDevice, s));
+  TALLY_CUDA_CHECK("upload", cudaEventRecord(u.done, s));
+  u.in_flight = true;
+  return true;
+}
+
+}  // namespace
+
 void memcpy_host_to_device(void* dst, const void* src, int64_t bytes) {
   if (bytes <= 0) return;
+  if (upload_through_pinned(dst, src, bytes)) return;
   g_host_waits.fetch_add(1);
   cudaStream_t s = stream();
   TALLY_CUDA_CHECK("memcpy_host_to_device", cudaMemcpyAsync(dst, src, size_t(bytes), cudaMemcpyHostToDevice, s));

@@ -6,12 +6,15 @@
 
 namespace tally::cuda {
 
+// In stream order; `src` may be reused as soon as it returns. Up to 8 MiB (a batch's ids) the bytes go through
+// a ring of pinned host buffers and the host does not wait; larger copies wait for the stream.
 void memcpy_host_to_device(void* dst, const void* src, int64_t bytes);
 void memcpy_device_to_host(void* dst, const void* src, int64_t bytes);
 void memcpy_device_to_device(void* dst, const void* src, int64_t bytes);
 void synchronize();                      // waits for the device's work; throws on an earlier async error
-// How many times the host has waited for the device so far (synchronize, and the two host copies above, which wait
-// for the stream to reach them): what a training step costs in host waits, checked in tests/cuda/test_cuda_gpt2.cpp.
+// How many times the host has waited for the device so far (synchronize, a copy to the host, a large copy to the
+// device, and a small one whose pinned buffer was still in use): what a training step costs in host waits, checked
+// in tests/cuda/test_cuda_gpt2.cpp.
 int64_t host_waits();
 void set_device(int index);
 int current_device();

@@ -199,7 +199,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
                     if (need_db) {
                       db = empty({out_features}, dy.options());
                       Tensor ws = detail::kernel_workspace(
-                          dy, detail::cuda_only(dy, kernels::cuda_column_sum_workspace_bytes(1, N, out_features)),
+                          dy, detail::cuda_only(dy, kernels::cuda_sum_dim_workspace_bytes(1, N, out_features)),
                           "bias_backward");
                       TALLY_KERNEL(db.device(), bias_backward<T>, dy.data<T>(), db.data<T>(), detail::data_or_null(ws), N,
                                    out_features);

@@ -174,6 +174,31 @@ TEST_CASE("cuda copy: host <-> device round trip is exact" * doctest::skip(kNoGp
   }
 }
 
+TEST_CASE("cuda copy: uploads queued back to back through the pinned ring each land intact" * doctest::skip(kNoGpu)) {
+  // Small host-to-device copies return before the device has read them (a ring of four pinned buffers): queue more
+  // than the ring holds behind a long kernel, overwrite each host source at once, then read every copy back. A
+  // buffer reused before its copy ran would show another upload's values. The last one is beyond the ring's 8 MiB
+  // and waits, as before.
+#ifdef TALLY_CUDA_EMULATED
+  constexpr int64_t side = 64;  // the emulator runs each call to its end anyway, with a naive product
+#else
+  constexpr int64_t side = 2048;
+#endif
+  Tensor big = randn_cpu({side, side}, DType::f32, 3).to(gpu());
+  std::vector<Tensor> landed;
+  std::vector<std::vector<float>> want;
+  for (int i = 0; i < 11; ++i) {
+    (void)matmul(big, big);  // keeps the device busy while the host queues
+    const int64_t n = i == 10 ? (int64_t(3) << 20) : 1000 + 37 * i;
+    std::vector<float> host(static_cast<size_t>(n));
+    for (int64_t k = 0; k < n; ++k) host[size_t(k)] = float(i * 100000 + k % 100000);
+    landed.push_back(from_vector(host, {n}, {.device = gpu()}));
+    want.push_back(host);
+    std::fill(host.begin(), host.end(), -1.0f);  // the source is free as soon as the call returns
+  }
+  for (size_t i = 0; i < landed.size(); ++i) CHECK_MESSAGE(landed[i].to_vector<float>() == want[i], "upload ", i);
+}
+
 TEST_CASE("cuda copy: casts between every pair of dtypes match the CPU bit for bit" * doctest::skip(kNoGpu)) {
   const DType all[] = {DType::f32, DType::f64, DType::bf16, DType::i32, DType::i64, DType::u16, DType::u8};
   // Values in [0, 200): valid for every dtype, with fractions to exercise rounding and truncation.
