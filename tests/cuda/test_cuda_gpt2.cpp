@@ -50,6 +50,19 @@ struct Pair {
   return p;
 }
 
+// Micro-batches (2, 32) uploaded from host memory each time one is asked for, as the trainer's are: inputs
+// ids[0, 64), targets ids[2, 66).
+struct UploadedBatches final : train::Batches {
+  std::vector<int32_t> x, y;
+  explicit UploadedBatches(const std::vector<int32_t>& ids)
+      : x(ids.begin(), ids.begin() + 64), y(ids.begin() + 2, ids.begin() + 66) {}
+  void next(Tensor& inputs, Tensor& targets) override {
+    inputs = from_vector(x, {2, 32}, {.dtype = DType::i32, .device = Device::cuda(0)});
+    targets = from_vector(y, {2, 32}, {.dtype = DType::i32, .device = Device::cuda(0)});
+  }
+  TokenIds ids() const override { return TokenIds::checked_by_caller; }
+};
+
 }  // namespace
 
 TEST_SUITE("cuda") {
@@ -127,16 +140,7 @@ TEST_CASE("cuda gpt2: a GPU training step's memory equals the plan made for CUDA
   cuda::synchronize();
   std::vector<int32_t> ids(2 * 33);
   for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t((i * 7919 + 13) % 50257);
-  struct Upload final : train::Batches {  // as the trainer's: each micro-batch uploaded when it is asked for
-    std::vector<int32_t> x, y;
-    void next(Tensor& inputs, Tensor& targets) override {
-      inputs = from_vector(x, {2, 32}, {.dtype = DType::i32, .device = Device::cuda(0)});
-      targets = from_vector(y, {2, 32}, {.dtype = DType::i32, .device = Device::cuda(0)});
-    }
-    TokenIds ids() const override { return TokenIds::checked_by_caller; }
-  } batches;
-  batches.x.assign(ids.begin(), ids.begin() + 64);
-  batches.y.assign(ids.begin() + 2, ids.begin() + 66);
+  UploadedBatches batches(ids);
   for (const DType dtype : {DType::f32, DType::bf16})
     for (const char* name : {"came", "adamw"}) {  // factored and dense optimizer workspaces
       INFO(name, " ", dtype_name(dtype));
@@ -222,16 +226,7 @@ TEST_CASE("cuda gpt2: a training step waits for the device once per micro-batch 
   // a ring of four and does not wait. (After a synchronize every buffer is free, so two micro-batches' four uploads
   // cannot find one in use: the count is exact. Later, an upload waits only when the host is two micro-batches
   // ahead of the device, and then the device is busy anyway.)
-  struct Upload final : train::Batches {
-    std::vector<int32_t> x, y;
-    void next(Tensor& inputs, Tensor& targets) override {
-      inputs = from_vector(x, {2, 32}, {.dtype = DType::i32, .device = Device::cuda(0)});
-      targets = from_vector(y, {2, 32}, {.dtype = DType::i32, .device = Device::cuda(0)});
-    }
-    TokenIds ids() const override { return TokenIds::checked_by_caller; }
-  } uploads;
-  uploads.x.assign(ids.begin(), ids.begin() + 64);
-  uploads.y.assign(ids.begin() + 2, ids.begin() + 66);
+  UploadedBatches uploads(ids);
   const train::StepPlan two{.accumulation = 2, .grad_clip = 1.0};
   const train::StepOutcome warm = train::optimizer_step(model, *opt, uploads, two);
   cuda::synchronize();
