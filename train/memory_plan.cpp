@@ -5,11 +5,8 @@
 #include <cstdlib>
 
 #include "core/allocator.h"
+#include "core/cuda/runtime.h"  // plain C++: cuBLAS's workspace size in every build; its functions run in CUDA builds
 #include "train/step.h"
-
-#ifdef TALLY_HAS_CUDA
-#include "core/cuda/runtime.h"  // cuBLAS workspace size (plain C++)
-#endif
 
 namespace tally::train {
 

@@ -171,6 +171,6 @@ TEST_CASE("ledger: a meta device planning for CUDA takes the CUDA kernels' scrat
   CHECK(cuda.at("sum") > 0);
   CHECK(cuda.at("layer_norm_backward") > 0);
   CHECK(cuda.at("bias_backward") > 0);
-  for (const auto& [owner, bytes] : cpu) CHECK_MESSAGE(bytes == 0, owner);
+  for (const auto& entry : cpu) CHECK_MESSAGE(entry.second == 0, entry.first);
 }
 }  // TEST_SUITE
