@@ -75,10 +75,11 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
     };
     TALLY_KERNEL(dev, came_factored_step, a);
   } else {
+    const bool fused = grad.dtype() == DType::bf16;  // fuses_mixed_precision(s): step() passed the bf16 gradient
     kernels::CameDenseArgs a{
         .n = s.param.numel(),
         .param = param_f32(s),
-        .grad = grad.data<float>(),
+        .grad = fused ? nullptr : grad.data<float>(),
         .exp_avg = m.data_ptr(),
         .exp_avg_dtype = m.dtype(),
         .exp_avg_sq = s.f32("exp_avg_sq"),
@@ -92,12 +93,10 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
         .workspace = workspace,
         .stats = stats,
         .shard = sharding(s),
+        .bf16_param = fused ? fused_bf16(s, grad) : kernels::FusedBf16{},
     };
-    // Small dense tensors on CUDA (biases, layer-norm vectors) are launched together after the other slots: each
-    // alone is a few microseconds of work behind three launches. Not with statistics (read right after update)
-    // or master weights (the bf16 parameter is written from them right after update).
-    // Nor a part of a tensor cut over ranks (its clip waits for a sum over them).
-    if (dev.is_cuda() && !stats && !s.master.defined() && !a.shard.sum && a.n <= kernels::kCameDenseBatchMax) {
+    // An unfused bf16 parameter is not deferred: step() writes it from the master right after update().
+    if (fused || (!s.master.defined() && batches_dense(s, stats != nullptr))) {
       if (!deferred_dense_.empty() && deferred_device_ != dev) finish_updates();
       deferred_device_ = dev;
       deferred_dense_.push_back(a);
@@ -105,6 +104,20 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
     }
     TALLY_KERNEL(dev, came_dense_step, a);
   }
+}
+
+// Small dense tensors on CUDA (biases, layer-norm vectors) are launched together after the other slots: each alone
+// is a few microseconds of work behind three launches (five for a bf16 parameter, with its widening and rounding).
+// Not with statistics (read right after update), nor a part of a tensor cut over ranks (its clip waits for a sum
+// over them).
+bool Came::batches_dense(const Slot& s, bool with_stats) const {
+  return s.param.device().backend() == DeviceKind::cuda && !s.factored && !with_stats && !sharding(s).sum &&
+         s.param.numel() <= kernels::kCameDenseBatchMax;
+}
+
+// A bf16 parameter batched so joins its batch with the widening and the rounding in the kernel (FusedBf16).
+bool Came::fuses_mixed_precision(const Slot& s) const {
+  return s.master.defined() && batches_dense(s, inspect() != Inspect::off);
 }
 
 void Came::finish_updates() {

@@ -44,8 +44,11 @@ class Came final : public OptimizerWith<Came, CameConfig> {
   void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) override;
   void record_internals(Slot& slot, const double* stats) override;
   void finish_updates() override;
+  bool fuses_mixed_precision(const Slot& slot) const override;
+  // A dense CUDA step launched with others (came_dense_steps): a small tensor, whole on this rank, no statistics.
+  bool batches_dense(const Slot& slot, bool with_stats) const;
 
-  // Dense CUDA steps of small f32 parameters without statistics, launched together by finish_updates().
+  // Dense CUDA steps of small parameters without statistics (bf16 ones fused), launched together by finish_updates().
   std::vector<kernels::CameDenseArgs> deferred_dense_;
   Device deferred_device_ = Device::cpu();
 };

@@ -31,10 +31,7 @@ std::vector<StateSpec> with_master(std::vector<StateSpec> specs, const Shape& sh
   return specs;
 }
 
-namespace {
-
-// FNV-1a of a parameter name, then splitmix64 with the seed: the Philox key of its stochastic rounding.
-uint64_t rounding_key(uint64_t seed, const std::string& name) {
+uint64_t bf16_rounding_key(uint64_t seed, const std::string& name) {  // FNV-1a of the name, then splitmix64
   uint64_t h = 0xcbf29ce484222325ull;
   for (unsigned char c : name) h = (h ^ c) * 0x100000001b3ull;
   uint64_t z = h ^ seed;
@@ -42,8 +39,6 @@ uint64_t rounding_key(uint64_t seed, const std::string& name) {
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);
 }
-
-}  // namespace
 
 Tensor updated_part(const Tensor& param) {
   const int64_t pad = param.padding_rows();
@@ -375,11 +370,19 @@ Tensor& Optimizer::widened_grad_buffer(Device d, int64_t numel) {
   return w;
 }
 
+kernels::FusedBf16 Optimizer::fused_bf16(Slot& s, const Tensor& grad) const {
+  TALLY_CHECK(s.master.defined() && grad.dtype() == DType::bf16 && grad.numel() == s.param.numel(), "[", kind_,
+              ".step] '", s.name, "': a fused bf16 step needs a bf16 parameter and gradient, got ", s.param.str(), " and ",
+              grad.str());
+  return {.grad = grad.data<bf16>(),
+          .param = s.param.data<bf16>(),
+          .seed = bf16_rounding_key(rounding_seed_, s.name),
+          .offset = uint64_t(s.step) * kernels::round_to_bf16_blocks(s.param.numel())};  // disjoint counters per step
+}
+
 void Optimizer::write_bf16_param(Slot& s) {
-  const int64_t n = s.param.numel();
-  const uint64_t key = rounding_key(rounding_seed_, s.name);
-  const uint64_t offset = uint64_t(s.step) * kernels::round_to_bf16_blocks(n);  // disjoint counters per step
-  TALLY_KERNEL(s.param.device(), round_to_bf16, s.master.data<float>(), s.param.data<bf16>(), n, key, offset);
+  const kernels::FusedBf16 r = fused_bf16(s, s.param);  // the key and counter (the "gradient" is not read)
+  TALLY_KERNEL(s.param.device(), round_to_bf16, s.master.data<float>(), r.param, s.param.numel(), r.seed, r.offset);
 }
 
 void* Optimizer::workspace(Device d, int64_t bytes) {
@@ -400,7 +403,7 @@ void Optimizer::init_state() {
     ensure_state(s);
     auto& [dev, bytes] = need.try_emplace(s.param.device().str(), s.param.device(), 0).first->second;
     bytes = std::max(bytes, workspace_for(s));
-    if (s.master.defined()) {
+    if (s.master.defined() && !fuses_mixed_precision(s)) {
       auto& [wdev, numel] = widened.try_emplace(s.param.device().str(), s.param.device(), 0).first->second;
       numel = std::max(numel, s.param.numel());
     }
@@ -470,7 +473,8 @@ void Optimizer::step_slot(Slot& s, const StepOptions& options) {
   }
   void* ws = workspace(dev, workspace_for(s));
   s.step += 1;
-  if (s.master.defined()) {  // mixed precision: the f32 kernels on the master, then the bf16 parameter from it
+  // Mixed precision (unless the kernel fuses it): the f32 kernels on the master, then the bf16 parameter from it.
+  if (s.master.defined() && !fuses_mixed_precision(s)) {
     Tensor wide = widened_grad_buffer(dev, s.param.numel()).slice(0, 0, s.param.numel()).view(s.param.shape());
     wide.copy_(grad);
     update(s, wide, options, ws, stats);

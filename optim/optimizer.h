@@ -66,6 +66,9 @@ NamedShape named_shape(const Tensor& param);
 // (Category::optimizer_state, owner "<param>:master", initialised from the parameter, exactly). `specs` unchanged
 // for an f32 parameter.
 std::vector<StateSpec> with_master(std::vector<StateSpec> specs, const Shape& shape, DType param_dtype);
+// The Philox key of a bf16 parameter's stochastic rounding (kernels::round_to_bf16): from the optimizer's rounding
+// seed and the parameter's name; the counter is the parameter's step count x round_to_bf16_blocks(numel).
+uint64_t bf16_rounding_key(uint64_t seed, const std::string& name);
 
 // ---- factoring (CAME, Adafactor) ----
 
@@ -213,7 +216,8 @@ struct OptimizerState {
 // the bf16 parameter from the master with stochastic rounding (kernels round_to_bf16): unbiased, so updates
 // smaller than bf16's resolution still move the parameter on average, while the master keeps them exactly.
 // The random bits are Philox with a key from the rounding seed and the parameter's name, and a counter from its
-// step count: a resumed run rounds exactly as an uninterrupted one.
+// step count: a resumed run rounds exactly as an uninterrupted one. An algorithm may fuse the widening and the
+// rounding into its kernel (fuses_mixed_precision: CAME's small dense tensors on CUDA), with the same bits.
 class Optimizer {
  public:
   virtual ~Optimizer();
@@ -335,6 +339,13 @@ class Optimizer {
   // Runs what update() deferred to be launched together (CAME's small dense tensors on CUDA); called once after
   // every slot's update() in a step.
   virtual void finish_updates() {}
+  // Mixed precision fused into the kernel: true when update() of this bf16 slot takes the bf16 gradient itself and
+  // writes the bf16 parameter from the master (fused_bf16()), so step() neither widens the gradient nor rounds
+  // afterwards. Asked with the optimizer's current inspection level, before the step and when sizing workspace.
+  virtual bool fuses_mixed_precision(const Slot& /*slot*/) const { return false; }
+  // What such an update() passes its kernel: the bf16 gradient and parameter of this slot, and the Philox key and
+  // counter round_to_bf16 would use for its current step (Slot::step already incremented).
+  kernels::FusedBf16 fused_bf16(Slot& slot, const Tensor& grad) const;
 
   // The f32 values the kernels update: the parameter itself, or its master weights when it is bf16.
   static float* param_f32(Slot& s) { return s.master.defined() ? s.master.data<float>() : s.param.data<float>(); }

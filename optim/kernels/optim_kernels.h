@@ -3,7 +3,8 @@
 // with identical signatures: optim::kernels::cpu (optim/kernels/cpu/*.cpp) and optim::kernels::cuda
 // (optim/kernels/cuda/*.cu, when built). Parameters, gradients and second-moment state are f32; a first moment
 // may be bf16 (stored rounded to nearest even, arithmetic in f32). bf16 parameters are updated through f32 master
-// copies (round_to_bf16 writes them back). Pointers are device pointers of the backend.
+// copies (round_to_bf16 writes them back; CAME's batched dense steps on CUDA read bf16 gradients and write bf16
+// parameters themselves: FusedBf16). Pointers are device pointers of the backend.
 #pragma once
 #include <cstdint>
 
@@ -77,6 +78,16 @@ struct CameFactoredArgs {
   double* stats = nullptr;            // kStatCount doubles (this part's sums), or null
   Sharding shard = {};                // a part of a tensor cut over ranks (layout: this rank's rows)
 };
+// Mixed precision fused into a batched dense step (came_dense_steps on CUDA): the kernel reads the bf16 gradient
+// (widening is exact) and, after updating the f32 master weights, writes the bf16 parameter exactly as
+// round_to_bf16(master, param, n, seed, offset) would. One launch then does what a widening copy, the step and a
+// rounding launch did per tensor.
+struct FusedBf16 {
+  const bf16* grad = nullptr;  // (n) null: not fused (the step reads the f32 `grad`)
+  bf16* param = nullptr;       // (n) written from the updated master (the step's `param`)
+  uint64_t seed = 0, offset = 0;  // round_to_bf16's Philox key and counter
+};
+
 // Not factored (a vector, or a matrix the factoring rule leaves whole): v is the full second moment.
 struct CameDenseArgs {
   int64_t n = 0;
@@ -90,6 +101,7 @@ struct CameDenseArgs {
   void* workspace = nullptr;  // dense_workspace_bytes(n) bytes
   double* stats = nullptr;
   Sharding shard = {};
+  FusedBf16 bf16_param = {};  // came_dense_steps on CUDA only: `grad` is then null and `param` the master weights
 };
 
 // One tensor of a gradient norm (sum_squares_many).
@@ -102,7 +114,7 @@ struct SquaresInput {
 // came_dense_steps on CUDA: the largest tensor given a block of its own, and the tasks per launch (the launch's
 // parameter block stays under CUDA's classic 4 KiB).
 constexpr int64_t kCameDenseBatchMax = int64_t(1) << 16;
-constexpr int kCameDenseBatchTasks = 48;
+constexpr int kCameDenseBatchTasks = 32;
 
 // ---- Adafactor (transformers, scale_parameter=False, relative_step=False) ----
 struct AdafactorFactoredArgs {

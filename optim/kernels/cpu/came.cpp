@@ -16,6 +16,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "core/error.h"
 #include "optim/kernels/cpu/second_moment.h"
 
 namespace tally::optim::kernels::cpu {
@@ -338,7 +339,11 @@ void came_dense_step(const CameDenseArgs& a) {
 }
 
 void came_dense_steps(const CameDenseArgs* steps, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) came_dense_step(steps[i]);
+  for (int64_t i = 0; i < count; ++i) {
+    TALLY_CHECK(!steps[i].bf16_param.grad, "[came_dense_steps] a fused bf16 step (FusedBf16) of ", steps[i].n,
+                " elements is CUDA's only: on the CPU the gradient is widened and the parameter rounded around the step");
+    came_dense_step(steps[i]);
+  }
 }
 
 }  // namespace tally::optim::kernels::cpu

@@ -1,11 +1,14 @@
 // CUDA kernels of CAME (came-pytorch 0.1.3), factored and dense; the arithmetic of the CPU kernels
-// (optim/kernels/cpu/came.cpp) in four passes (the CPU folds the u^2 sum into its first pass; here the row
-// statistics are only final after the tile kernel, so u^2 takes one more read of g: 32 bytes/param). Factored
-// step: tile_stats(g^2+eps1) -> r, c, factors; grid sums of u^2 -> clip divisor (on the device: no host round
-// trip); tile_stats that updates m and sums the instability -> R, C, factors; elementwise parameter update
-// (float4 loads when rows allow). Nine launches per factored tensor (the package issues ~22 kernels); small dense
-// tensors are stepped together, one block each (came_dense_steps). ZeRO 1: a part of a tensor completes its sums
-// over the ranks in device memory (Sharding: NCCL on tally's stream, no host wait), as the CPU kernels do.
+// (optim/kernels/cpu/came.cpp) in four passes (the CPU folds the u^2 sum into its first pass; here the row statistics
+// are only final after the tile kernel, so u^2 takes one more read of g: 32 bytes/param). Factored step:
+// tile_stats(g^2+eps1) -> r, c, factors; grid sums of u^2 -> clip divisor (on the device: no host round trip);
+// tile_stats that updates m and sums the instability -> R, C, factors; elementwise parameter update (float4 loads when
+// rows allow). Nine launches per factored tensor (the package issues ~22 kernels); small dense tensors are stepped
+// together, one block each (came_dense_steps), bf16 ones with their widening and rounding fused. ZeRO 1: a part of a
+// tensor completes its sums over the ranks in device memory (Sharding: NCCL on tally's stream, no host wait), as the
+// CPU kernels do.
+#include "core/kernels/cuda/convert.cuh"
+#include "core/philox.h"
 #include "optim/kernels/cuda/common.cuh"
 
 namespace tally::optim::kernels::cuda {
@@ -220,11 +223,16 @@ void came_dense(const CameDenseArgs& a) {
 
 // Batched dense steps (came_dense_steps): one block per small tensor runs both passes of came_dense, the clip
 // divisor between them from the block's own sum (no workspace). The scalars are converted as came_dense does.
+// A task with grad_bf16 (FusedBf16) reads its gradient from bf16 and writes its bf16 parameter after the master:
+// thread after thread takes whole 8-element Philox blocks, as round_to_bf16 draws them.
 struct DenseTask {
-  float* param;
-  const float* grad;
+  float* param;          // f32 parameter or master weights
+  const float* grad;     // null when grad_bf16 is set
   void* exp_avg;
   float* v;
+  const bf16* grad_bf16;  // FusedBf16 (else null)
+  bf16* param_bf16;
+  uint64_t seed, offset;
   int n;
   float gs, eps1, b2, one_b2, b1, one_b1, lr, decay, threshold;
 };
@@ -234,6 +242,10 @@ struct DenseBatch {
 };
 static_assert(sizeof(DenseBatch) <= 4000, "came_dense_batch: the launch's parameters must stay under 4 KiB");
 
+__device__ inline float grad_of(const DenseTask& t, int e) {  // widening bf16 is exact: the f32 copy's value
+  return t.grad ? t.grad[e] : ::tally::kernels::cuda::bf16_to_float_dev(t.grad_bf16[e]);
+}
+
 template <class MT>
 __global__ void came_dense_batch(const DenseBatch b) {
   __shared__ double shared[kWarps];
@@ -242,16 +254,27 @@ __global__ void came_dense_batch(const DenseBatch b) {
   MT* m = static_cast<MT*>(t.exp_avg);
   double acc = 0;
   for (int e = threadIdx.x; e < t.n; e += kThreads) {  // as dense_second_moment
-    const float u = dense_v_update(t.grad[e] * t.gs, t.v + e, t.eps1, t.b2, t.one_b2);
+    const float u = dense_v_update(grad_of(t, e) * t.gs, t.v + e, t.eps1, t.b2, t.one_b2);
     acc += double(u) * u;
   }
   const double sum = block_sum_to_first<kThreads>(acc, shared);
   if (threadIdx.x == 0) divisor = clip_divisor_of(sum, t.n, t.threshold);  // as clip_divisor
-  __syncthreads();
+  __syncthreads();  // also makes every thread's v visible to the block
   const float d = divisor;
   const bool wd = t.decay != 0.0f;
-  for (int e = threadIdx.x; e < t.n; e += kThreads)  // as dense_update (each thread reads back its own v[e])
-    dense_moment_param(t.grad[e], t.v[e], m + e, t.param + e, t.gs, d, t.b1, t.one_b1, t.lr, t.decay, wd);
+  if (!t.param_bf16) {
+    for (int e = threadIdx.x; e < t.n; e += kThreads)  // as dense_update
+      dense_moment_param(grad_of(t, e), t.v[e], m + e, t.param + e, t.gs, d, t.b1, t.one_b1, t.lr, t.decay, wd);
+    return;
+  }
+  for (int blk = threadIdx.x; 8 * blk < t.n; blk += kThreads) {  // as dense_update, then round_to_bf16
+    const rng::Philox4 r = rng::philox4x32_10(t.seed, t.offset + uint64_t(blk));
+    for (int k = 0; k < 8 && 8 * blk + k < t.n; ++k) {
+      const int e = 8 * blk + k;
+      dense_moment_param(grad_of(t, e), t.v[e], m + e, t.param + e, t.gs, d, t.b1, t.one_b1, t.lr, t.decay, wd);
+      t.param_bf16[e].bits = stochastic_bf16_bits(__float_as_uint(t.param[e]), r.w[k / 2] >> (16 * (k % 2)));
+    }
+  }
 }
 
 template <class MT>
@@ -267,6 +290,11 @@ void came_dense_steps(const CameDenseArgs* steps, int64_t count) {
   for (int64_t i = 0; i < count; ++i) {
     const CameDenseArgs& a = steps[i];
     TALLY_CHECK(!a.stats, "[came_dense_steps] a batched step cannot carry statistics");
+    const bool fused = a.bf16_param.grad != nullptr;
+    if (fused)
+      TALLY_CHECK(a.n <= kCameDenseBatchMax && !a.shard.sum && a.bf16_param.param && !a.grad, "[came_dense_steps] a ",
+                  "bf16 step of ", a.n, " elements", a.shard.sum ? " cut over ranks" : "",
+                  " cannot be fused (at most ", kCameDenseBatchMax, " whole elements, a bf16 parameter, no f32 grad)");
     if (a.n == 0 && !a.shard.sum) continue;
     if (a.n > kCameDenseBatchMax || a.shard.sum) {  // a part of a sharded tensor: its clip needs a cross-rank sum
       came_dense_step(a);
@@ -279,6 +307,10 @@ void came_dense_steps(const CameDenseArgs* steps, int64_t count) {
     t.grad = a.grad;
     t.exp_avg = a.exp_avg;
     t.v = a.exp_avg_sq;
+    t.grad_bf16 = a.bf16_param.grad;
+    t.param_bf16 = fused ? a.bf16_param.param : nullptr;
+    t.seed = a.bf16_param.seed;
+    t.offset = a.bf16_param.offset;
     t.n = int(a.n);
     t.gs = float(a.grad_scale);
     t.eps1 = float(a.eps1);
