@@ -22,10 +22,11 @@ std::vector<StateSpec> AdamW::state_specs(const Shape& shape, const AdamWConfig&
 
 void AdamW::update(Slot& s, const Tensor& grad, const StepOptions& o, void* workspace, double* stats) {
   const AdamWConfig& c = config_of(s);
+  const bool fused = grad.dtype() == DType::bf16;  // fuses_mixed_precision(s): step() passed the bf16 gradient
   kernels::AdamWArgs a{
       .n = s.param.numel(),
       .param = param_f32(s),
-      .grad = grad.data<float>(),
+      .grad = fused ? nullptr : grad.data<float>(),
       .exp_avg = s.f32("exp_avg"),
       .exp_avg_sq = s.f32("exp_avg_sq"),
       .lr = c.lr,
@@ -37,8 +38,14 @@ void AdamW::update(Slot& s, const Tensor& grad, const StepOptions& o, void* work
       .grad_scale = o.grad_scale,
       .workspace = workspace,
       .stats = stats,
+      .bf16_param = fused ? fused_bf16(s, grad) : kernels::FusedBf16{},
   };
   TALLY_KERNEL(s.param.device(), adamw_step, a);
+}
+
+// On CUDA, a bf16 parameter's gradient widening and rounding run inside the step when no statistics are asked for.
+bool AdamW::fuses_mixed_precision(const Slot& s) const {
+  return s.master.defined() && s.param.device().backend() == DeviceKind::cuda && inspect() == Inspect::off;
 }
 
 void AdamW::record_internals(Slot& s, const double* stats) {

@@ -27,6 +27,7 @@ class AdamW final : public OptimizerWith<AdamW, AdamWConfig> {
  private:
   void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) override;
   void record_internals(Slot& slot, const double* stats) override;
+  bool fuses_mixed_precision(const Slot& slot) const override;
 };
 
 }  // namespace tally::optim

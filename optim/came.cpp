@@ -48,11 +48,12 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
   const CameConfig& c = config_of(s);
   const Device dev = s.param.device();
   const Tensor& m = s.state("exp_avg");
+  const bool fused = grad.dtype() == DType::bf16;  // fuses_mixed_precision(s): step() passed the bf16 gradient
   if (s.factored) {
     kernels::CameFactoredArgs a{
         .layout = s.layout,
         .param = param_f32(s),
-        .grad = grad.data<float>(),
+        .grad = fused ? nullptr : grad.data<float>(),
         .exp_avg = m.data_ptr(),
         .exp_avg_dtype = m.dtype(),
         .exp_avg_sq_row = s.f32("exp_avg_sq_row"),
@@ -72,10 +73,10 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
         .exact_exp_avg_sq = s.exact.defined() ? s.exact.data<float>() : nullptr,
         .stats = stats,
         .shard = sharding(s),
+        .bf16_param = fused ? fused_bf16(s, grad) : kernels::FusedBf16{},
     };
     TALLY_KERNEL(dev, came_factored_step, a);
   } else {
-    const bool fused = grad.dtype() == DType::bf16;  // fuses_mixed_precision(s): step() passed the bf16 gradient
     kernels::CameDenseArgs a{
         .n = s.param.numel(),
         .param = param_f32(s),
@@ -115,9 +116,11 @@ bool Came::batches_dense(const Slot& s, bool with_stats) const {
          s.param.numel() <= kernels::kCameDenseBatchMax;
 }
 
-// A bf16 parameter batched so joins its batch with the widening and the rounding in the kernel (FusedBf16).
+// On CUDA, a bf16 parameter's gradient widening and rounding run inside its step (FusedBf16) when no statistics are
+// asked for: every factored tensor, and the dense ones that are batched.
 bool Came::fuses_mixed_precision(const Slot& s) const {
-  return s.master.defined() && batches_dense(s, inspect() != Inspect::off);
+  if (!s.master.defined() || s.param.device().backend() != DeviceKind::cuda || inspect() != Inspect::off) return false;
+  return s.factored || batches_dense(s, false);
 }
 
 void Came::finish_updates() {

@@ -3,7 +3,7 @@
 // with identical signatures: optim::kernels::cpu (optim/kernels/cpu/*.cpp) and optim::kernels::cuda
 // (optim/kernels/cuda/*.cu, when built). Parameters, gradients and second-moment state are f32; a first moment
 // may be bf16 (stored rounded to nearest even, arithmetic in f32). bf16 parameters are updated through f32 master
-// copies (round_to_bf16 writes them back; CAME's batched dense steps on CUDA read bf16 gradients and write bf16
+// copies (round_to_bf16 writes them back; CAME's and AdamW's steps on CUDA may read bf16 gradients and write bf16
 // parameters themselves: FusedBf16). Pointers are device pointers of the backend.
 #pragma once
 #include <cstdint>
@@ -61,6 +61,16 @@ struct Sharding {
 };
 
 // ---- CAME (came-pytorch 0.1.3) ----
+// Mixed precision fused into a step on CUDA (CAME's factored and batched dense steps, AdamW's): the kernels read the
+// bf16 gradient in place of `grad` (widening is exact) and, after updating the f32 master weights (`param`), write
+// the bf16 parameter exactly as round_to_bf16(master, param, n, seed, offset) would. This replaces a widening copy
+// and a rounding launch per tensor, and the f32 buffer the gradient was widened into. No statistics then.
+struct FusedBf16 {
+  const bf16* grad = nullptr;  // (n) null: not fused (the step reads the f32 `grad`)
+  bf16* param = nullptr;       // (n) written from the updated master (the step's `param`)
+  uint64_t seed = 0, offset = 0;  // round_to_bf16's Philox key and counter
+};
+
 struct CameFactoredArgs {
   FactoredLayout layout;
   float* param = nullptr;        // (layout) updated in place
@@ -77,17 +87,8 @@ struct CameFactoredArgs {
   float* exact_exp_avg_sq = nullptr;  // inspection only: exact EMA of g^2+eps1 (layout), or null
   double* stats = nullptr;            // kStatCount doubles (this part's sums), or null
   Sharding shard = {};                // a part of a tensor cut over ranks (layout: this rank's rows)
+  FusedBf16 bf16_param = {};          // CUDA only, without statistics: `grad` is then null, `param` the master weights
 };
-// Mixed precision fused into a batched dense step (came_dense_steps on CUDA): the kernel reads the bf16 gradient
-// (widening is exact) and, after updating the f32 master weights, writes the bf16 parameter exactly as
-// round_to_bf16(master, param, n, seed, offset) would. One launch then does what a widening copy, the step and a
-// rounding launch did per tensor.
-struct FusedBf16 {
-  const bf16* grad = nullptr;  // (n) null: not fused (the step reads the f32 `grad`)
-  bf16* param = nullptr;       // (n) written from the updated master (the step's `param`)
-  uint64_t seed = 0, offset = 0;  // round_to_bf16's Philox key and counter
-};
-
 // Not factored (a vector, or a matrix the factoring rule leaves whole): v is the full second moment.
 struct CameDenseArgs {
   int64_t n = 0;
@@ -101,7 +102,7 @@ struct CameDenseArgs {
   void* workspace = nullptr;  // dense_workspace_bytes(n) bytes
   double* stats = nullptr;
   Sharding shard = {};
-  FusedBf16 bf16_param = {};  // came_dense_steps on CUDA only: `grad` is then null and `param` the master weights
+  FusedBf16 bf16_param = {};  // came_dense_steps on CUDA only: `grad` is then null, `param` the master weights
 };
 
 // One tensor of a gradient norm (sum_squares_many).
@@ -156,6 +157,7 @@ struct AdamWArgs {
   double grad_scale = 1;
   void* workspace = nullptr;  // dense_workspace_bytes(n) bytes
   double* stats = nullptr;
+  FusedBf16 bf16_param = {};  // CUDA only: `grad` is then null, `param` the master weights
 };
 
 // ---- SGD with momentum (torch.optim.SGD) ----

@@ -155,48 +155,67 @@ TEST_CASE("cuda: CAME steps many small dense tensors together as the CPU steps t
   }
 }
 
-// A bf16 parameter batched by came_dense_steps is stepped in one launch with its gradient read from bf16 and its
-// parameter rounded in the kernel. The batch kernel's arithmetic is the same for an f32 parameter given the widened
-// gradient (widening is exact), so the master must equal that parameter bit for bit, and the bf16 parameter must be
-// round_to_bf16 of the master with the parameter's key and counter, bit for bit (integer arithmetic from there).
-TEST_CASE("cuda: CAME's batched bf16 steps fuse the widening and the rounding, bit for bit" *
+// A bf16 parameter's CAME or AdamW step on CUDA reads its gradient from bf16 and rounds its parameter in the kernels
+// (FusedBf16): CAME's factored tensors and small dense ones (batched by came_dense_steps), and every AdamW tensor. The
+// kernels' arithmetic is the same for an f32 parameter given the widened gradient (widening is exact), so the master
+// must equal that parameter bit for bit, and the bf16 parameter must be round_to_bf16 of the master with the
+// parameter's key and counter, bit for bit (integer arithmetic from there). Factored shapes: float4 rows, odd rows
+// (Philox blocks spanning rows), batched matrices, and a general (P, n, Q, m, S) layout under two_largest_dims.
+TEST_CASE("cuda: CAME's and AdamW's bf16 steps fuse the gradient widening and the rounding, bit for bit" *
           doctest::skip(!tally::cuda_available())) {
-  for (const DType m_dtype : {DType::f32, DType::bf16}) {
-    INFO("exp_avg ", dtype_name(m_dtype));
+  using Make = std::function<std::unique_ptr<optim::Optimizer>(const std::vector<Tensor>&)>;
+  const std::vector<std::pair<std::string, Make>> makers = {
+      {"came", [](const std::vector<Tensor>& p) { return std::make_unique<Came>(p, CameConfig{.lr = 1e-2}); }},
+      {"came bf16 exp_avg, wd",
+       [](const std::vector<Tensor>& p) {
+         return std::make_unique<Came>(p, CameConfig{.lr = 1e-2, .weight_decay = 0.1, .exp_avg_dtype = DType::bf16});
+       }},
+      {"came two_largest_dims",
+       [](const std::vector<Tensor>& p) {
+         return std::make_unique<Came>(p, CameConfig{.lr = 1e-2, .factoring = optim::Factoring::two_largest_dims});
+       }},
+      {"adamw wd",
+       [](const std::vector<Tensor>& p) {
+         return std::make_unique<AdamW>(p, AdamWConfig{.lr = 1e-2, .weight_decay = 0.1});
+       }},
+  };
+  for (const auto& maker : makers) {
+    INFO(maker.first);
+    std::vector<Shape> shapes = {{300, 260}, {257, 131}, {4, 33, 65}, {130, 2, 128}};
+    for (int i = 0; i < optim::kernels::kCameDenseBatchTasks + 5; ++i)  // two batch launches; sizes 1 .. 3001
+      shapes.push_back({1 + (97 * int64_t(i)) % 3001});
     std::vector<Tensor> pb, pf;  // bf16 parameters, and f32 ones holding the same values
-    for (int i = 0; i < optim::kernels::kCameDenseBatchTasks + 5; ++i) {  // two launches; sizes 1 .. 3001
-      const int64_t n = 1 + (97 * int64_t(i)) % 3001;
-      Tensor b = from_vector(normal_values(n, 300 + uint64_t(i)), {n}, {.device = Device::cuda()}).to(DType::bf16);
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      const int64_t n = numel(shapes[i]);
+      Tensor b = from_vector(normal_values(n, 300 + i), shapes[i], {.device = Device::cuda()}).to(DType::bf16);
       b.set_requires_grad(true);
-      b.set_name(cat("v", i));
+      b.set_name(cat("p", i));
       pb.push_back(b);
-      pf.push_back(make_param(cat("v", i), b.to(DType::f32).to_vector<float>(), {n}, Device::cuda()));
+      pf.push_back(make_param(cat("p", i), b.to(DType::f32).to_vector<float>(), shapes[i], Device::cuda()));
     }
-    const CameConfig config{.lr = 1e-2, .weight_decay = 0.1, .exp_avg_dtype = m_dtype};
-    Came ob(pb, config), of(pf, config);
-    ob.init_state();
-    of.init_state();
+    const std::unique_ptr<optim::Optimizer> ob = maker.second(pb), of = maker.second(pf);
+    ob->init_state();
+    of->init_state();
     // Fused, the bf16 steps need no f32 buffer to widen gradients into: the same workspace as the f32 steps.
-    CHECK(ob.workspace_bytes() == of.workspace_bytes());
+    CHECK(ob->workspace_bytes() == of->workspace_bytes());
     for (int k = 1; k <= 3; ++k) {
       for (size_t i = 0; i < pb.size(); ++i) {
-        const int64_t n = pb[i].numel();
-        const Tensor g = from_vector(normal_values(n, 900 + 10 * i + uint64_t(k), k == 2 ? 20.0 : 1.0), {n},
-                                     {.device = Device::cuda()}).to(DType::bf16);
+        const Tensor g = from_vector(normal_values(numel(shapes[i]), 900 + 10 * i + uint64_t(k), k == 2 ? 20.0 : 1.0),
+                                     shapes[i], {.device = Device::cuda()}).to(DType::bf16);
         pb[i].set_grad(g.clone());
         pf[i].set_grad(g.to(DType::f32));
       }
-      ob.step({.grad_scale = 0.5});
-      of.step({.grad_scale = 0.5});
+      ob->step({.grad_scale = 0.5});
+      of->step({.grad_scale = 0.5});
       for (size_t i = 0; i < pb.size(); ++i) {
         const int64_t n = pb[i].numel();
-        INFO(pb[i].name(), " (", n, " elements) step ", k);
-        const std::vector<float> master = ob.state(pb[i].name(), "master").to_vector<float>();
+        INFO(pb[i].name(), " ", shape_str(shapes[i]), " step ", k);
+        const std::vector<float> master = ob->state(pb[i].name(), "master").to_vector<float>();
         const std::vector<float> f32 = pf[i].to_vector<float>();
         CHECK(std::memcmp(master.data(), f32.data(), size_t(n) * 4) == 0);
         std::vector<bf16> want(static_cast<size_t>(n));
         optim::kernels::cpu::round_to_bf16(master.data(), want.data(), n,
-                                           optim::bf16_rounding_key(ob.rounding_seed(), pb[i].name()),
+                                           optim::bf16_rounding_key(ob->rounding_seed(), pb[i].name()),
                                            uint64_t(k) * optim::kernels::round_to_bf16_blocks(n));
         const Tensor got = pb[i].to(Device::cpu());
         CHECK(std::memcmp(got.data<bf16>(), want.data(), size_t(n) * 2) == 0);

@@ -6,6 +6,7 @@
 // else is fused (and a step is bit-identical with and without inspection statistics).
 #include <cmath>
 
+#include "core/error.h"
 #include "optim/kernels/cpu/traversals.h"
 
 namespace tally::optim::kernels::cpu {
@@ -124,6 +125,8 @@ void with_flag(bool flag, F&& f) {
 }  // namespace
 
 void adamw_step(const AdamWArgs& a) {
+  TALLY_CHECK(!a.bf16_param.grad, "[adamw_step] a fused bf16 step (FusedBf16) is CUDA's only: on the CPU the gradient ",
+              "is widened and the parameter rounded around the step");
   if (a.n == 0) return;
   with_flag(a.stats != nullptr, [&]<bool S>() {
     with_flag(1.0 - a.beta1 < 0.5, [&]<bool W>() { adamw<S, W>(a); });

@@ -88,10 +88,10 @@ void adafactor_factored_step(const AdafactorFactoredArgs& a) {
   const Workspace w = carve(a.workspace, l, plan);
   const int64_t K = plan.K;
   const float gs = float(a.grad_scale);
-  factored_stats(l, plan, w, SquareFill{a.grad, l.n, K, gs, float(a.eps1)}, a.exp_avg_sq_row, a.exp_avg_sq_col,
+  factored_stats(l, plan, w, SquareFill<float>{a.grad, l.n, K, gs, float(a.eps1)}, a.exp_avg_sq_row, a.exp_avg_sq_col,
                  a.beta2t, a.shard);
   const int blocks = reduce_blocks(N / 4 + 1);
-  update_sq<<<blocks, kThreads, 0, stream()>>>(l, K, a.grad, w.row_factor, w.col_factor, gs, vectorizable(l, {a.grad}),
+  update_sq<float><<<blocks, kThreads, 0, stream()>>>(l, K, a.grad, w.row_factor, w.col_factor, gs, vectorizable(l, {a.grad}),
                                                w.block_sums);
   TALLY_CUDA_LAUNCH_CHECK("adafactor update_sq");
   launch_clip_divisor(w.block_sums, blocks, N, a.clip_threshold, w.divisor, a.stats, a.shard, w.total,

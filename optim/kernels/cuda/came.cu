@@ -7,7 +7,6 @@
 // together, one block each (came_dense_steps), bf16 ones with their widening and rounding fused. ZeRO 1: a part of a
 // tensor completes its sums over the ranks in device memory (Sharding: NCCL on tally's stream, no host wait), as the
 // CPU kernels do.
-#include "core/kernels/cuda/convert.cuh"
 #include "core/philox.h"
 #include "optim/kernels/cuda/common.cuh"
 
@@ -18,11 +17,12 @@ using namespace detail;
 namespace {
 
 // Pass 3, fused layout: updates m (exactly once per element) and returns the instability (u - m_new)^2 + eps2.
-template <class MT, bool kUpdate>
+// MT: the first moment's type; GT: the gradient's (f32, or bf16 read in place: FusedBf16).
+template <class MT, bool kUpdate, class GT>
 struct MomentFill {
   FactoredLayout l;
   int64_t K;
-  const float* g;
+  const GT* g;
   MT* m;
   const float* rf;
   const float* cf;
@@ -30,7 +30,7 @@ struct MomentFill {
   float gs, b1, one_b1, eps2;
   __device__ float operator()(int64_t p, int64_t i, int64_t k) const {
     const int64_t e = (p * l.n + i) * K + k;
-    const float u = ((row_factor_of(l, rf, p, i, k) * cf[p * K + k]) * (g[e] * gs)) / *divisor;
+    const float u = ((row_factor_of(l, rf, p, i, k) * cf[p * K + k]) * (load(g + e) * gs)) / *divisor;
     float mn;
     if constexpr (kUpdate) mn = store(m + e, fmaf(u, one_b1, load(m + e) * b1));
     else mn = load(m + e);  // already updated (general layouts: the fill must be pure, it runs twice)
@@ -39,13 +39,13 @@ struct MomentFill {
   }
 };
 
-template <class MT>
-__global__ void moment_update(FactoredLayout l, int64_t K, const float* g, MT* m, const float* rf, const float* cf,
+template <class MT, class GT>
+__global__ void moment_update(FactoredLayout l, int64_t K, const GT* g, MT* m, const float* rf, const float* cf,
                               const float* divisor, float gs, float b1, float one_b1) {
   const int64_t pi = blockIdx.x, k = blockIdx.y * int64_t(kThreads) + threadIdx.x;
   if (k >= K) return;
   const int64_t p = pi / l.n, i = pi % l.n, e = pi * K + k;
-  const float u = ((row_factor_of(l, rf, p, i, k) * cf[p * K + k]) * (g[e] * gs)) / *divisor;
+  const float u = ((row_factor_of(l, rf, p, i, k) * cf[p * K + k]) * (load(g + e) * gs)) / *divisor;
   store(m + e, fmaf(u, one_b1, load(m + e) * b1));
 }
 
@@ -83,6 +83,25 @@ __global__ void param_update(FactoredLayout l, int64_t K, float* param, const MT
   }
 }
 
+// Pass 4 of a bf16 parameter (FusedBf16): param_update's arithmetic on the master, then the bf16 parameter as
+// round_to_bf16 writes it: each thread takes whole 8-element Philox blocks of the flat tensor (a block may span rows).
+template <class MT>
+__global__ void param_update_rounded(FactoredLayout l, int64_t K, float* param, const MT* m, const float* rf,
+                                     const float* cf, float lr, float decay, bool wd, FusedBf16 out) {
+  const int64_t N = l.numel(), blocks = int64_t(round_to_bf16_blocks(N));
+  for (int64_t b = blockIdx.x * int64_t(kThreads) + threadIdx.x; b < blocks; b += int64_t(gridDim.x) * kThreads) {
+    const rng::Philox4 r = rng::philox4x32_10(out.seed, out.offset + uint64_t(b));
+    for (int j = 0; j < 8 && 8 * b + j < N; ++j) {
+      const int64_t e = 8 * b + j, k = e % K, pi = e / K, p = pi / l.n, i = pi % l.n;
+      float x = param[e];
+      if (wd) x = fmaf(x, decay, x);
+      x = x - ((row_factor_of(l, rf, p, i, k) * cf[p * K + k]) * load(m + e)) * lr;
+      param[e] = x;
+      out.param[e].bits = stochastic_bf16_bits(__float_as_uint(x), r.w[j / 2] >> (16 * (j % 2)));
+    }
+  }
+}
+
 // Inspection after the step: sum m^2 and sum (lr * factor * m)^2.
 template <class MT>
 struct MomentStats {
@@ -101,8 +120,9 @@ struct MomentStats {
   }
 };
 
-template <class MT>
-void came_factored(const CameFactoredArgs& a) {
+// g: a.grad, or the bf16 gradient of a FusedBf16 step.
+template <class MT, class GT>
+void came_factored(const CameFactoredArgs& a, const GT* g) {
   const FactoredLayout& l = a.layout;
   const Plan plan = make_plan(l);
   const Workspace w = carve(a.workspace, l, plan);
@@ -111,12 +131,12 @@ void came_factored(const CameFactoredArgs& a) {
   MT* m = static_cast<MT*>(a.exp_avg);
 
   // Pass 1: r, c and their factors.
-  factored_stats(l, plan, w, SquareFill{a.grad, l.n, K, gs, float(a.eps1)}, a.exp_avg_sq_row, a.exp_avg_sq_col,
+  factored_stats(l, plan, w, SquareFill<GT>{g, l.n, K, gs, float(a.eps1)}, a.exp_avg_sq_row, a.exp_avg_sq_col,
                  a.beta2, a.shard);
   // Pass 2: RMS of u -> clip divisor (device scalar).
   const int blocks = reduce_blocks(N / 4 + 1);
-  const bool vec = vectorizable(l, {a.grad, a.param, a.exp_avg});
-  update_sq<<<blocks, kThreads, 0, stream()>>>(l, K, a.grad, w.row_factor, w.col_factor, gs, vec, w.block_sums);
+  const bool vec = vectorizable(l, {g, a.param, a.exp_avg});
+  update_sq<GT><<<blocks, kThreads, 0, stream()>>>(l, K, g, w.row_factor, w.col_factor, gs, vec, w.block_sums);
   TALLY_CUDA_LAUNCH_CHECK("came update_sq");
   launch_clip_divisor(w.block_sums, blocks, N, a.clip_threshold, w.divisor, a.stats, a.shard, w.total,
                       "came clip_divisor");
@@ -131,23 +151,32 @@ void came_factored(const CameFactoredArgs& a) {
   // Pass 3: m, instability -> R, C and their factors (the row/col factor buffers are reused).
   const float b1 = float(a.beta1), one_b1 = float(1.0 - a.beta1), eps2 = float(a.eps2);
   if (plan.fused_rows) {
-    MomentFill<MT, true> f{l, K, a.grad, m, w.row_factor, w.col_factor, w.divisor, gs, b1, one_b1, eps2};
+    MomentFill<MT, true, GT> f{l, K, g, m, w.row_factor, w.col_factor, w.divisor, gs, b1, one_b1, eps2};
     // The fill reads the second-moment factors while the stats overwrite them only in the finishing kernels,
     // which run after the tile kernel completes (same stream).
     factored_stats(l, plan, w, f, a.exp_avg_res_row, a.exp_avg_res_col, a.beta3, a.shard);
   } else {
     const dim3 rows_grid(unsigned(l.P * l.n), unsigned((K + kThreads - 1) / kThreads));
-    moment_update<MT><<<rows_grid, kThreads, 0, stream()>>>(l, K, a.grad, m, w.row_factor, w.col_factor, w.divisor, gs,
-                                                            b1, one_b1);
+    moment_update<MT, GT><<<rows_grid, kThreads, 0, stream()>>>(l, K, g, m, w.row_factor, w.col_factor, w.divisor, gs,
+                                                                b1, one_b1);
     TALLY_CUDA_LAUNCH_CHECK("came moment_update");
-    MomentFill<MT, false> f{l, K, a.grad, m, w.row_factor, w.col_factor, w.divisor, gs, b1, one_b1, eps2};
+    MomentFill<MT, false, GT> f{l, K, g, m, w.row_factor, w.col_factor, w.divisor, gs, b1, one_b1, eps2};
     factored_stats(l, plan, w, f, a.exp_avg_res_row, a.exp_avg_res_col, a.beta3, a.shard);
   }
-  // Pass 4: the parameter.
-  const dim3 grid(unsigned(l.P * l.n), unsigned((K + 4 * kThreads - 1) / (4 * kThreads)));
-  param_update<MT><<<grid, kThreads, 0, stream()>>>(l, K, a.param, m, w.row_factor, w.col_factor, float(a.lr),
-                                                    float(-a.weight_decay * a.lr), a.weight_decay != 0.0, vec);
-  TALLY_CUDA_LAUNCH_CHECK("came param_update");
+  // Pass 4: the parameter (and, fused, the bf16 parameter from it).
+  const float lr = float(a.lr), decay = float(-a.weight_decay * a.lr);
+  const bool wd = a.weight_decay != 0.0;
+  if (a.bf16_param.grad) {
+    const int64_t round_blocks = int64_t(round_to_bf16_blocks(N));
+    const unsigned grid = unsigned(imin((round_blocks + kThreads - 1) / kThreads, int64_t(1) << 20));
+    param_update_rounded<MT><<<grid, kThreads, 0, stream()>>>(l, K, a.param, m, w.row_factor, w.col_factor, lr, decay,
+                                                              wd, a.bf16_param);
+    TALLY_CUDA_LAUNCH_CHECK("came param_update_rounded");
+  } else {
+    const dim3 grid(unsigned(l.P * l.n), unsigned((K + 4 * kThreads - 1) / (4 * kThreads)));
+    param_update<MT><<<grid, kThreads, 0, stream()>>>(l, K, a.param, m, w.row_factor, w.col_factor, lr, decay, wd, vec);
+    TALLY_CUDA_LAUNCH_CHECK("came param_update");
+  }
   if (a.stats) {
     const int b = reduce_blocks(N);
     grid_sums<<<b, kThreads, 0, stream()>>>(N, MomentStats<MT>{l, K, m, w.row_factor, w.col_factor, float(a.lr)},
@@ -242,9 +271,7 @@ struct DenseBatch {
 };
 static_assert(sizeof(DenseBatch) <= 4000, "came_dense_batch: the launch's parameters must stay under 4 KiB");
 
-__device__ inline float grad_of(const DenseTask& t, int e) {  // widening bf16 is exact: the f32 copy's value
-  return t.grad ? t.grad[e] : ::tally::kernels::cuda::bf16_to_float_dev(t.grad_bf16[e]);
-}
+__device__ inline float grad_of(const DenseTask& t, int e) { return t.grad ? t.grad[e] : load(t.grad_bf16 + e); }
 
 template <class MT>
 __global__ void came_dense_batch(const DenseBatch b) {
@@ -339,11 +366,19 @@ void came_factored_step(const CameFactoredArgs& a) {
     if (a.shard.rows_cut) columns_without_rows(a.layout, w, a.exp_avg_res_col, a.beta3, a.shard);
     return;
   }
-  if (a.exp_avg_dtype == DType::bf16) came_factored<__nv_bfloat16>(a);
-  else came_factored<float>(a);
+  const bool bf16_moment = a.exp_avg_dtype == DType::bf16;
+  if (a.bf16_param.grad) {
+    TALLY_CHECK(!a.grad && a.bf16_param.param && !a.stats && !a.exact_exp_avg_sq, "[came_factored_step] a fused bf16 ",
+                "step takes the bf16 gradient and parameter (no f32 gradient) and no statistics");
+    bf16_moment ? came_factored<__nv_bfloat16>(a, a.bf16_param.grad) : came_factored<float>(a, a.bf16_param.grad);
+  } else {
+    bf16_moment ? came_factored<__nv_bfloat16>(a, a.grad) : came_factored<float>(a, a.grad);
+  }
 }
 
 void came_dense_step(const CameDenseArgs& a) {
+  TALLY_CHECK(!a.bf16_param.grad, "[came_dense_step] a fused bf16 step of ", a.n,
+              " elements runs batched only (came_dense_steps)");
   if (a.n == 0) {
     if (a.shard.sum) sums_without_elements(carve_dense(a.workspace).total, 1, a.shard);
     return;

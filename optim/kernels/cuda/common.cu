@@ -175,33 +175,6 @@ void launch_add_block_sums(const double* block_sums, int blocks, double* stats, 
   TALLY_CUDA_LAUNCH_CHECK(what);
 }
 
-// Pass 2 of the factored methods (see common.cuh).
-__global__ void update_sq(FactoredLayout l, int64_t K, const float* g, const float* rf, const float* cf, float gs,
-                          bool vec, double* block_sums) {
-  __shared__ double shared[kWarps];
-  double acc = 0;
-  const int64_t rows = l.P * l.n, chunks = (K + 4 * kThreads - 1) / (4 * kThreads);
-  for (int64_t t = blockIdx.x; t < rows * chunks; t += gridDim.x) {
-    const int64_t pi = t / chunks, k0 = (t % chunks) * 4 * kThreads + 4 * threadIdx.x;
-    const int64_t p = pi / l.n, i = pi % l.n;
-    const float* gr = g + pi * K;
-    if (vec && k0 < K) {
-      const float4 gv = *reinterpret_cast<const float4*>(gr + k0);
-      const float r = rf[pi];
-      const float* c = cf + p * K + k0;
-      const float u0 = (r * c[0]) * (gv.x * gs), u1 = (r * c[1]) * (gv.y * gs);
-      const float u2 = (r * c[2]) * (gv.z * gs), u3 = (r * c[3]) * (gv.w * gs);
-      acc += double(u0) * u0 + double(u1) * u1 + double(u2) * u2 + double(u3) * u3;
-    } else {
-      for (int64_t k = k0; k < imin(K, k0 + 4); ++k) {
-        const float u = (row_factor_of(l, rf, p, i, k) * cf[p * K + k]) * (gr[k] * gs);
-        acc += double(u) * u;
-      }
-    }
-  }
-  const double total = block_sum_to_first<kThreads>(acc, shared);
-  if (threadIdx.x == 0) block_sums[blockIdx.x * kSums] = total;
-}
 
 // Dense pass 1: v = b2 v + (1-b2)(g^2+eps1), block sums of u^2.
 __global__ void dense_second_moment(int64_t n, const float* g, float* v, float gs, float eps1, float b2, float one_b2,

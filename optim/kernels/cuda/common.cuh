@@ -43,6 +43,15 @@ __device__ inline float store(__nv_bfloat16* p, float v) {
   *p = __float2bfloat16_rn(v);
   return __bfloat162float(*p);
 }
+// Gradients are f32, or tally's bf16 (FusedBf16: read in place of a widened copy; widening is exact).
+__device__ inline float load(const bf16* p) { return __uint_as_float(uint32_t(p->bits) << 16); }
+// Four consecutive gradient elements (a 16-byte aligned f32 or 8-byte aligned bf16 run).
+__device__ inline float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ inline float4 load4(const bf16* p) {
+  const uint2 b = *reinterpret_cast<const uint2*>(p);
+  return make_float4(__uint_as_float(b.x << 16), __uint_as_float(b.x & 0xffff0000u), __uint_as_float(b.y << 16),
+                     __uint_as_float(b.y & 0xffff0000u));
+}
 
 // Index helpers of the (P, n, Q, m, S) layout.
 __device__ inline int64_t row_index(const FactoredLayout& l, int64_t p, int64_t i, int64_t k) {
@@ -196,22 +205,47 @@ inline bool vectorizable(const FactoredLayout& l, std::initializer_list<const vo
   return l.Q * l.S == 1 && l.m % 4 == 0 && aligned16(ptrs);
 }
 
-// Pass 1 of the factored methods: g^2 + eps1.
+// Pass 1 of the factored methods: g^2 + eps1 (GT: the gradient's type, float or bf16).
+template <class GT>
 struct SquareFill {
-  const float* g;
+  const GT* g;
   int64_t n, K;
   float gs, eps1;
   __device__ float operator()(int64_t p, int64_t i, int64_t k) const {
-    const float x = g[(p * n + i) * K + k] * gs;
+    const float x = load(g + (p * n + i) * K + k) * gs;
     return x * x + eps1;
   }
 };
 
-
 // Pass 2 of the factored methods: block sums of u^2, u = g * row factor * column factor. Rows of K elements,
-// 4 per thread (float4 when `vec`), a fixed grid striding over (row, chunk) tasks.
-__global__ void update_sq(FactoredLayout l, int64_t K, const float* g, const float* rf, const float* cf, float gs,
-                          bool vec, double* block_sums);
+// 4 per thread (one vector load when `vec`), a fixed grid striding over (row, chunk) tasks.
+template <class GT>
+__global__ void update_sq(FactoredLayout l, int64_t K, const GT* g, const float* rf, const float* cf, float gs,
+                          bool vec, double* block_sums) {
+  __shared__ double shared[kWarps];
+  double acc = 0;
+  const int64_t rows = l.P * l.n, chunks = (K + 4 * kThreads - 1) / (4 * kThreads);
+  for (int64_t t = blockIdx.x; t < rows * chunks; t += gridDim.x) {
+    const int64_t pi = t / chunks, k0 = (t % chunks) * 4 * kThreads + 4 * threadIdx.x;
+    const int64_t p = pi / l.n, i = pi % l.n;
+    const GT* gr = g + pi * K;
+    if (vec && k0 < K) {
+      const float4 gv = load4(gr + k0);
+      const float r = rf[pi];
+      const float* c = cf + p * K + k0;
+      const float u0 = (r * c[0]) * (gv.x * gs), u1 = (r * c[1]) * (gv.y * gs);
+      const float u2 = (r * c[2]) * (gv.z * gs), u3 = (r * c[3]) * (gv.w * gs);
+      acc += double(u0) * u0 + double(u1) * u1 + double(u2) * u2 + double(u3) * u3;
+    } else {
+      for (int64_t k = k0; k < imin(K, k0 + 4); ++k) {
+        const float u = (row_factor_of(l, rf, p, i, k) * cf[p * K + k]) * (load(gr + k) * gs);
+        acc += double(u) * u;
+      }
+    }
+  }
+  const double total = block_sum_to_first<kThreads>(acc, shared);
+  if (threadIdx.x == 0) block_sums[blockIdx.x * kSums] = total;
+}
 
 // Inspection: exact EMA of g^2+eps1 and its distance to the factored estimate 1/(rf cf)^2.
 struct ExactFill {

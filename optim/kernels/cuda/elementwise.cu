@@ -1,7 +1,9 @@
 // CUDA kernels of the one-pass optimizers (AdamW, SGD with momentum), the gradient-norm helpers and the
 // workspace sizes. Same rounding points as optim/kernels/cpu/elementwise.cpp (fmaf exactly where torch fuses).
-// AdamW reads g, p, m, v and writes p, m, v (28 bytes per parameter) with float4 loads when aligned.
+// AdamW reads g, p, m, v and writes p, m, v (28 bytes per parameter) with float4 loads when aligned; for a bf16
+// parameter (FusedBf16) it reads the bf16 gradient and writes the bf16 parameter too (28 bytes, not 40 unfused).
 #include "core/kernels/cuda/convert.cuh"
+#include "core/philox.h"
 #include "optim/kernels/cuda/common.cuh"
 
 namespace tally::optim::kernels::cuda {
@@ -85,6 +87,53 @@ __global__ void adamw_kernel(int64_t n, const float* g, float* p, float* m, floa
   }
 }
 
+// A bf16 parameter (FusedBf16): adamw_element on the master, then the bf16 parameter as round_to_bf16 writes it.
+// Each thread takes whole 8-element Philox blocks (two float4 of p, m, v and 16 bytes of g when aligned).
+__global__ void adamw_rounded_kernel(int64_t n, const bf16* g, float* p, float* m, float* v, AdamWScalars s, bool vec,
+                                     FusedBf16 out) {
+  const int64_t blocks = int64_t(round_to_bf16_blocks(n));
+  for (int64_t b = blockIdx.x * int64_t(kThreads) + threadIdx.x; b < blocks; b += int64_t(gridDim.x) * kThreads) {
+    const rng::Philox4 r = rng::philox4x32_10(out.seed, out.offset + uint64_t(b));
+    const int64_t e0 = 8 * b;
+    if (vec && e0 + 8 <= n) {
+      float pe[8], me[8], ve[8], ge[8];
+      uint32_t bits[4];
+      for (int h = 0; h < 2; ++h) {
+        const float4 pv = reinterpret_cast<const float4*>(p + e0)[h], mv = reinterpret_cast<const float4*>(m + e0)[h];
+        const float4 vv = reinterpret_cast<const float4*>(v + e0)[h];
+        const float4 gv = load4(g + e0 + 4 * h);
+        pe[4 * h] = pv.x, pe[4 * h + 1] = pv.y, pe[4 * h + 2] = pv.z, pe[4 * h + 3] = pv.w;
+        me[4 * h] = mv.x, me[4 * h + 1] = mv.y, me[4 * h + 2] = mv.z, me[4 * h + 3] = mv.w;
+        ve[4 * h] = vv.x, ve[4 * h + 1] = vv.y, ve[4 * h + 2] = vv.z, ve[4 * h + 3] = vv.w;
+        ge[4 * h] = gv.x, ge[4 * h + 1] = gv.y, ge[4 * h + 2] = gv.z, ge[4 * h + 3] = gv.w;
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const AdamWOut o = adamw_element(ge[j], pe[j], me[j], ve[j], s);
+        pe[j] = o.p, me[j] = o.m, ve[j] = o.v;
+      }
+      for (int h = 0; h < 2; ++h) {
+        reinterpret_cast<float4*>(p + e0)[h] = make_float4(pe[4 * h], pe[4 * h + 1], pe[4 * h + 2], pe[4 * h + 3]);
+        reinterpret_cast<float4*>(m + e0)[h] = make_float4(me[4 * h], me[4 * h + 1], me[4 * h + 2], me[4 * h + 3]);
+        reinterpret_cast<float4*>(v + e0)[h] = make_float4(ve[4 * h], ve[4 * h + 1], ve[4 * h + 2], ve[4 * h + 3]);
+      }
+      for (int k = 0; k < 4; ++k)
+        bits[k] = uint32_t(stochastic_bf16_bits(__float_as_uint(pe[2 * k]), r.w[k])) |
+                  (uint32_t(stochastic_bf16_bits(__float_as_uint(pe[2 * k + 1]), r.w[k] >> 16)) << 16);
+      uint4 packed;
+      packed.x = bits[0], packed.y = bits[1], packed.z = bits[2], packed.w = bits[3];
+      *reinterpret_cast<uint4*>(out.param + e0) = packed;
+    } else {
+      for (int j = 0; j < 8 && e0 + j < n; ++j) {
+        const int64_t e = e0 + j;
+        const AdamWOut o = adamw_element(load(g + e), p[e], m[e], v[e], s);
+        p[e] = o.p, m[e] = o.m, v[e] = o.v;
+        out.param[e].bits = stochastic_bf16_bits(__float_as_uint(o.p), r.w[j / 2] >> (16 * (j % 2)));
+      }
+    }
+  }
+}
+
 template <bool kStats>
 __global__ void sgd_kernel(int64_t n, const float* g, float* p, float* buf, float gs, float wdf, float mom, float damp,
                            float neg_lr, bool wd, bool nesterov, bool first, double* block_sums) {
@@ -144,6 +193,17 @@ void adamw_step(const AdamWArgs& a) {
   s.neg_step_size = float(-(a.lr / bc1));
   s.inv_bc1 = 1.0 / bc1;
   s.wd = a.weight_decay != 0.0;
+  if (a.bf16_param.grad) {
+    TALLY_CHECK(!a.grad && a.bf16_param.param && !a.stats, "[adamw_step] a fused bf16 step takes the bf16 gradient ",
+                "and parameter (no f32 gradient) and no statistics");
+    const FusedBf16& f = a.bf16_param;
+    const bool vec = aligned16({f.grad, f.param, a.param, a.exp_avg, a.exp_avg_sq});
+    const int64_t blocks = int64_t(round_to_bf16_blocks(a.n));
+    const unsigned grid = unsigned(imin((blocks + kThreads - 1) / kThreads, int64_t(1) << 20));
+    adamw_rounded_kernel<<<grid, kThreads, 0, stream()>>>(a.n, f.grad, a.param, a.exp_avg, a.exp_avg_sq, s, vec, f);
+    TALLY_CUDA_LAUNCH_CHECK("adamw_rounded");
+    return;
+  }
   const bool vec = aligned16({a.grad, a.param, a.exp_avg, a.exp_avg_sq});
   const int64_t quads = (a.n + 3) / 4;
   if (a.stats) {
