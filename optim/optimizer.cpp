@@ -370,18 +370,29 @@ Tensor& Optimizer::widened_grad_buffer(Device d, int64_t numel) {
   return w;
 }
 
+namespace {
+
+// round_to_bf16's arguments for a bf16 parameter at step `step`: the parameter, its Philox key and its counter
+// (disjoint counters per step).
+kernels::FusedBf16 bf16_rounding(const Tensor& param, const std::string& name, int64_t step, uint64_t seed) {
+  return {.param = param.data<bf16>(),
+          .seed = bf16_rounding_key(seed, name),
+          .offset = uint64_t(step) * kernels::round_to_bf16_blocks(param.numel())};
+}
+
+}  // namespace
+
 kernels::FusedBf16 Optimizer::fused_bf16(Slot& s, const Tensor& grad) const {
   TALLY_CHECK(s.master.defined() && grad.dtype() == DType::bf16 && grad.numel() == s.param.numel(), "[", kind_,
               ".step] '", s.name, "': a fused bf16 step needs a bf16 parameter and gradient, got ", s.param.str(), " and ",
               grad.str());
-  return {.grad = grad.data<bf16>(),
-          .param = s.param.data<bf16>(),
-          .seed = bf16_rounding_key(rounding_seed_, s.name),
-          .offset = uint64_t(s.step) * kernels::round_to_bf16_blocks(s.param.numel())};  // disjoint counters per step
+  kernels::FusedBf16 f = bf16_rounding(s.param, s.name, s.step, rounding_seed_);
+  f.grad = grad.data<bf16>();
+  return f;
 }
 
 void Optimizer::write_bf16_param(Slot& s) {
-  const kernels::FusedBf16 r = fused_bf16(s, s.param);  // the key and counter (the "gradient" is not read)
+  const kernels::FusedBf16 r = bf16_rounding(s.param, s.name, s.step, rounding_seed_);
   TALLY_KERNEL(s.param.device(), round_to_bf16, s.master.data<float>(), r.param, s.param.numel(), r.seed, r.offset);
 }
 
