@@ -43,11 +43,6 @@ void AdamW::update(Slot& s, const Tensor& grad, const StepOptions& o, void* work
   TALLY_KERNEL(s.param.device(), adamw_step, a);
 }
 
-// On CUDA, a bf16 parameter's gradient widening and rounding run inside the step when no statistics are asked for.
-bool AdamW::fuses_mixed_precision(const Slot& s) const {
-  return s.master.defined() && s.param.device().backend() == DeviceKind::cuda && inspect() == Inspect::off;
-}
-
 void AdamW::record_internals(Slot& s, const double* stats) {
   Optimizer::record_internals(s, stats);
   s.internals.clipped_update_rms = s.internals.update_rms;  // no clipping in AdamW

@@ -20,6 +20,7 @@ void validate(const AdamWConfig& config, int group);
 class AdamW final : public OptimizerWith<AdamW, AdamWConfig> {
  public:
   static constexpr const char* kKind = "adamw";
+  static constexpr bool kFusedBf16 = true;  // its CUDA kernels take FusedBf16 (bf16 gradient in, bf16 parameter out)
   using OptimizerWith::OptimizerWith;
 
   static std::vector<StateSpec> state_specs(const Shape& shape, const AdamWConfig& config);
@@ -27,7 +28,6 @@ class AdamW final : public OptimizerWith<AdamW, AdamWConfig> {
  private:
   void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) override;
   void record_internals(Slot& slot, const double* stats) override;
-  bool fuses_mixed_precision(const Slot& slot) const override;
 };
 
 }  // namespace tally::optim

@@ -96,8 +96,9 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
         .shard = sharding(s),
         .bf16_param = fused ? fused_bf16(s, grad) : kernels::FusedBf16{},
     };
-    // An unfused bf16 parameter is not deferred: step() writes it from the master right after update().
-    if (fused || (!s.master.defined() && batches_dense(s, stats != nullptr))) {
+    // Small dense tensors are batched after the other slots; an unfused bf16 parameter is not (step() writes it from the
+    // master right after update()).
+    if (batches_dense(s, stats != nullptr) && (fused || !s.master.defined())) {
       if (!deferred_dense_.empty() && deferred_device_ != dev) finish_updates();
       deferred_device_ = dev;
       deferred_dense_.push_back(a);
@@ -114,13 +115,6 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
 bool Came::batches_dense(const Slot& s, bool with_stats) const {
   return s.param.device().backend() == DeviceKind::cuda && !s.factored && !with_stats && !sharding(s).sum &&
          s.param.numel() <= kernels::kCameDenseBatchMax;
-}
-
-// On CUDA, a bf16 parameter's gradient widening and rounding run inside its step (FusedBf16) when no statistics are
-// asked for: every factored tensor, and the dense ones that are batched.
-bool Came::fuses_mixed_precision(const Slot& s) const {
-  if (!s.master.defined() || s.param.device().backend() != DeviceKind::cuda || inspect() != Inspect::off) return false;
-  return s.factored || batches_dense(s, false);
 }
 
 void Came::finish_updates() {

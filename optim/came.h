@@ -34,6 +34,7 @@ void validate(const CameConfig& config, int group);
 class Came final : public OptimizerWith<Came, CameConfig> {
  public:
   static constexpr const char* kKind = "came";
+  static constexpr bool kFusedBf16 = true;  // its CUDA kernels take FusedBf16 (bf16 gradient in, bf16 parameter out)
   using OptimizerWith::OptimizerWith;
 
   // The state a parameter of this shape gets, in the package's order and names.
@@ -44,7 +45,6 @@ class Came final : public OptimizerWith<Came, CameConfig> {
   void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) override;
   void record_internals(Slot& slot, const double* stats) override;
   void finish_updates() override;
-  bool fuses_mixed_precision(const Slot& slot) const override;
   // A dense CUDA step launched with others (came_dense_steps): a small tensor, whole on this rank, no statistics.
   bool batches_dense(const Slot& slot, bool with_stats) const;
 

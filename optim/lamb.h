@@ -35,6 +35,7 @@ void validate(const LambConfig& config, int group);
 class Lamb final : public OptimizerWith<Lamb, LambConfig> {
  public:
   static constexpr const char* kKind = "lamb";
+  static constexpr bool kFusedBf16 = true;  // its CUDA kernels take FusedBf16 (bf16 gradient in, bf16 parameter out)
   using OptimizerWith::OptimizerWith;
 
   static std::vector<StateSpec> state_specs(const Shape& shape, const LambConfig& config);

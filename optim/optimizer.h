@@ -342,6 +342,7 @@ class Optimizer {
   // Mixed precision fused into the kernel: true when update() of this bf16 slot takes the bf16 gradient itself and
   // writes the bf16 parameter from the master (fused_bf16()), so step() neither widens the gradient nor rounds
   // afterwards. Asked with the optimizer's current inspection level, before the step and when sizing workspace.
+  // OptimizerWith answers for an optimizer whose kernels take FusedBf16 (Derived::kFusedBf16).
   virtual bool fuses_mixed_precision(const Slot& /*slot*/) const { return false; }
   // What such an update() passes its kernel: the bf16 gradient and parameter of this slot, and the Philox key and
   // counter round_to_bf16 would use for its current step (Slot::step already incremented).
@@ -456,6 +457,10 @@ class OptimizerWith : public Optimizer {
   const Config& config(int group = 0) const { return configs_[checked(group)]; }
   Config& config(int group = 0) { return configs_[checked(group)]; }
 
+  // Whether the optimizer's CUDA kernels take FusedBf16; an optimizer whose kernels do says so with its own
+  // kFusedBf16 = true.
+  static constexpr bool kFusedBf16 = false;
+
   static StateLayout layout(const Shape& shape, const Config& config) {
     StateLayout l{.specs = Derived::state_specs(shape, config)};
     if constexpr (requires { Derived::factoring(shape, config); }) l.factoring = Derived::factoring(shape, config);
@@ -480,6 +485,13 @@ class OptimizerWith : public Optimizer {
 
  protected:
   const Config& config_of(const Slot& s) const { return configs_[size_t(s.group)]; }
+  // An optimizer whose CUDA kernels take FusedBf16 (Derived::kFusedBf16) fuses a bf16 parameter's gradient widening
+  // and rounding into its step on CUDA when no statistics are asked for (they are read right after a step, from the
+  // f32 path).
+  bool fuses_mixed_precision(const Slot& s) const override {
+    return Derived::kFusedBf16 && s.master.defined() && s.param.device().backend() == DeviceKind::cuda &&
+           inspect() == Inspect::off;
+  }
 
  private:
   size_t checked(int group) const {

@@ -23,6 +23,7 @@ void validate(const SgdConfig& config, int group);
 class Sgd final : public OptimizerWith<Sgd, SgdConfig> {
  public:
   static constexpr const char* kKind = "sgd";
+  static constexpr bool kFusedBf16 = true;  // its CUDA kernels take FusedBf16 (bf16 gradient in, bf16 parameter out)
   using OptimizerWith::OptimizerWith;
 
   static std::vector<StateSpec> state_specs(const Shape& shape, const SgdConfig& config);

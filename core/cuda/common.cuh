@@ -31,8 +31,6 @@ void check_launch(const char* kernel, const char* file, int line);
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 __host__ __device__ inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
-// Bytes rounded up to whole 256-byte lines: the alignment of each buffer carved out of one scratch block.
-inline int64_t align256(int64_t bytes) { return (bytes + 255) / 256 * 256; }
 
 // Blocks for a grid-stride loop over n items of `threads` per block: enough to fill every SM several times,
 // never more than the items need (at least 1).

@@ -125,6 +125,10 @@ inline int64_t cuda_sum_dim_workspace_bytes(int64_t outer, int64_t n, int64_t in
   return parts == 1 ? 0 : outer * parts * 8;
 }
 
+// Bytes rounded up to whole 256-byte lines: the alignment of each buffer carved out of one CUDA scratch block (plans
+// and kernels carve with this one rule).
+inline int64_t align256(int64_t bytes) { return (bytes + 255) / 256 * 256; }
+
 // Embedding backward's scratch on CUDA, in bytes: the ids and their positions, each sorted through two buffers by
 // a stable LSD radix sort of 8-bit digits, and each tile's digit counts (256 per tile of kCudaSortTile ids). A
 // formula of N alone, so that a plan made without a GPU (the meta device) holds the very bytes the kernel takes.
@@ -132,7 +136,6 @@ inline constexpr int64_t kCudaSortTile = 1024;
 inline constexpr int64_t kCudaSortDigits = 256;
 inline int64_t cuda_sort_tiles(int64_t N) { return (N + kCudaSortTile - 1) / kCudaSortTile; }
 inline int64_t cuda_embedding_backward_workspace_bytes(int64_t N) {
-  const auto align256 = [](int64_t bytes) { return (bytes + 255) / 256 * 256; };
   if (N == 0) return 0;
   return 4 * align256(N * 4) + align256(kCudaSortDigits * cuda_sort_tiles(N) * 4);
 }

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 
+#include "core/kernels/kernels.h"
 #include "optim/kernels/optim_kernels.h"
 
 namespace tally::optim::kernels::cuda::detail {
@@ -48,7 +49,7 @@ struct Carver {
   template <class T>
   T* take(int64_t count) {
     T* at = base ? reinterpret_cast<T*>(static_cast<char*>(base) + bytes) : nullptr;
-    bytes += (count * int64_t(sizeof(T)) + 255) / 256 * 256;  // 256-byte aligned pieces
+    bytes += tally::kernels::align256(count * int64_t(sizeof(T)));
     return at;
   }
 };

@@ -3,8 +3,8 @@
 // with identical signatures: optim::kernels::cpu (optim/kernels/cpu/*.cpp) and optim::kernels::cuda
 // (optim/kernels/cuda/*.cu, when built). Parameters, gradients and second-moment state are f32; a first moment
 // may be bf16 (stored rounded to nearest even, arithmetic in f32). bf16 parameters are updated through f32 master
-// copies (round_to_bf16 writes them back; CAME's and AdamW's steps on CUDA may read bf16 gradients and write bf16
-// parameters themselves: FusedBf16). Pointers are device pointers of the backend.
+// copies (round_to_bf16 writes them back; every optimizer's step but SM3's may on CUDA read bf16 gradients and
+// write bf16 parameters itself: FusedBf16). Pointers are device pointers of the backend.
 #pragma once
 #include <cstdint>
 
@@ -61,10 +61,10 @@ struct Sharding {
 };
 
 // ---- CAME (came-pytorch 0.1.3) ----
-// Mixed precision fused into a step on CUDA (CAME's factored and batched dense steps, AdamW's): the kernels read the
-// bf16 gradient in place of `grad` (widening is exact) and, after updating the f32 master weights (`param`), write
-// the bf16 parameter exactly as round_to_bf16(master, param, n, seed, offset) would. This replaces a widening copy
-// and a rounding launch per tensor, and the f32 buffer the gradient was widened into. No statistics then.
+// Mixed precision fused into a step on CUDA (every optimizer's but SM3's): the kernels read the bf16 gradient in place
+// of `grad` (widening is exact) and, after updating the f32 master weights (`param`), write the bf16 parameter exactly
+// as round_to_bf16(master, param, n, seed, offset) would. This replaces a widening copy and a rounding launch per
+// tensor, and the f32 buffer the gradient was widened into. No statistics.
 struct FusedBf16 {
   const bf16* grad = nullptr;  // (n) null: not fused (the step reads the f32 `grad`)
   bf16* param = nullptr;       // (n) written from the updated master (the step's `param`)
@@ -131,6 +131,7 @@ struct AdafactorFactoredArgs {
   float* exact_exp_avg_sq = nullptr;
   double* stats = nullptr;
   Sharding shard = {};
+  FusedBf16 bf16_param = {};  // CUDA only, without statistics: `grad` is then null, `param` the master weights
 };
 struct AdafactorDenseArgs {
   int64_t n = 0;
@@ -143,6 +144,7 @@ struct AdafactorDenseArgs {
   void* workspace = nullptr;
   double* stats = nullptr;
   Sharding shard = {};
+  FusedBf16 bf16_param = {};  // CUDA only, without statistics: `grad` is then null, `param` the master weights
 };
 
 // ---- AdamW (torch.optim.AdamW) ----
@@ -173,6 +175,7 @@ struct SgdArgs {
   double grad_scale = 1;
   void* workspace = nullptr;  // dense_workspace_bytes(n) bytes
   double* stats = nullptr;
+  FusedBf16 bf16_param = {};  // CUDA only, without statistics: `grad` is then null, `param` the master weights
 };
 
 // ---- SM3 (pytorch_optimizer 4.1.0's SM3) ----
@@ -214,6 +217,7 @@ struct LambArgs {
   void* workspace = nullptr;  // dense_workspace_bytes(n) bytes
   double* stats = nullptr;
   Sharding shard = {};        // a part of a tensor cut over ranks: the two norms are sums over every rank
+  FusedBf16 bf16_param = {};  // CUDA only, without statistics: `grad` is then null, `param` the master weights
 };
 
 // ---- mixed precision (round_to_bf16) ----
@@ -230,6 +234,9 @@ TALLY_OPTIM_HD inline uint16_t stochastic_bf16_bits(uint32_t u, uint32_t random1
 namespace cpu {
 inline constexpr bool kHasBf16Kernels = true;  // the mixed-precision kernels (round_to_bf16, ...) read and write bf16
 #include "optim/kernels/optim_kernels.inc"
+// The CPU kernels' refusal of a fused bf16 step (FusedBf16 is CUDA's only: on the CPU, step() widens the gradient and
+// rounds the parameter around the f32 step); `op` names the kernel in the error.
+void refuse_fused_bf16(const FusedBf16& fused, const char* op);
 }  // namespace cpu
 
 #ifdef TALLY_HAS_CUDA

@@ -155,13 +155,13 @@ TEST_CASE("cuda: CAME steps many small dense tensors together as the CPU steps t
   }
 }
 
-// A bf16 parameter's CAME or AdamW step on CUDA reads its gradient from bf16 and rounds its parameter in the kernels
-// (FusedBf16): CAME's factored tensors and small dense ones (batched by came_dense_steps), and every AdamW tensor. The
-// kernels' arithmetic is the same for an f32 parameter given the widened gradient (widening is exact), so the master
-// must equal that parameter bit for bit, and the bf16 parameter must be round_to_bf16 of the master with the
-// parameter's key and counter, bit for bit (integer arithmetic from there). Factored shapes: float4 rows, odd rows
-// (Philox blocks spanning rows), batched matrices, and a general (P, n, Q, m, S) layout under two_largest_dims.
-TEST_CASE("cuda: CAME's and AdamW's bf16 steps fuse the gradient widening and the rounding, bit for bit" *
+// A bf16 parameter's step on CUDA (every optimizer but SM3) reads its gradient from bf16 and rounds its parameter in
+// the kernels (FusedBf16): every tensor, CAME's small dense ones batched by came_dense_steps. The kernels' arithmetic is the same for an f32 parameter given the widened gradient
+// (widening is exact), so the master must equal that parameter bit for bit, and the bf16 parameter must be
+// round_to_bf16 of the master with the parameter's key and counter, bit for bit (integer arithmetic from there).
+// Factored shapes: float4 rows, odd rows (Philox blocks spanning rows), batched matrices, and a general
+// (P, n, Q, m, S) layout under two_largest_dims.
+TEST_CASE("cuda: bf16 optimizer steps fuse the gradient widening and the rounding, bit for bit" *
           doctest::skip(!tally::cuda_available())) {
   using Make = std::function<std::unique_ptr<optim::Optimizer>(const std::vector<Tensor>&)>;
   const std::vector<std::pair<std::string, Make>> makers = {
@@ -174,14 +174,27 @@ TEST_CASE("cuda: CAME's and AdamW's bf16 steps fuse the gradient widening and th
        [](const std::vector<Tensor>& p) {
          return std::make_unique<Came>(p, CameConfig{.lr = 1e-2, .factoring = optim::Factoring::two_largest_dims});
        }},
+      {"adafactor",
+       [](const std::vector<Tensor>& p) { return std::make_unique<Adafactor>(p, AdafactorConfig{.lr = 1e-2}); }},
+      {"adafactor beta1, wd",
+       [](const std::vector<Tensor>& p) {
+         return std::make_unique<Adafactor>(p, AdafactorConfig{.lr = 1e-2, .beta1 = 0.9, .weight_decay = 0.1});
+       }},
       {"adamw wd",
        [](const std::vector<Tensor>& p) {
          return std::make_unique<AdamW>(p, AdamWConfig{.lr = 1e-2, .weight_decay = 0.1});
        }},
+      {"sgd nesterov, wd",
+       [](const std::vector<Tensor>& p) {
+         return std::make_unique<Sgd>(
+             p, SgdConfig{.lr = 1e-2, .momentum = 0.9, .weight_decay = 0.1, .nesterov = optim::Nesterov::yes});
+       }},
+      {"lamb", [](const std::vector<Tensor>& p) { return std::make_unique<Lamb>(p, LambConfig{.lr = 1e-2}); }},
   };
   for (const auto& maker : makers) {
     INFO(maker.first);
-    std::vector<Shape> shapes = {{300, 260}, {257, 131}, {4, 33, 65}, {130, 2, 128}};
+    // A dense tensor too large to be batched (CAME steps it alone), then small ones.
+    std::vector<Shape> shapes = {{300, 260}, {257, 131}, {4, 33, 65}, {130, 2, 128}, {70001}};
     for (int i = 0; i < optim::kernels::kCameDenseBatchTasks + 5; ++i)  // two batch launches; sizes 1 .. 3001
       shapes.push_back({1 + (97 * int64_t(i)) % 3001});
     std::vector<Tensor> pb, pf;  // bf16 parameters, and f32 ones holding the same values

@@ -235,4 +235,38 @@ TEST_CASE("mixed precision: a bf16 gradient for an f32 parameter (or the reverse
   CHECK_THROWS_WITH_AS(opt.step(), doctest::Contains("gradient of 'w'"), Error);
 }
 
+// The fused bf16 steps (FusedBf16) exist on CUDA only: the CPU kernels refuse one by name instead of reading a null
+// f32 gradient.
+TEST_CASE("mixed precision: the CPU kernels refuse a fused bf16 step, naming the kernel") {
+  std::vector<float> param(64, 1.0f), state(64, 0.0f), rows(8, 0.0f), cols(8, 0.0f);
+  std::vector<bf16> grad16(64), param16(64);
+  const optim::kernels::FusedBf16 fused{.grad = grad16.data(), .param = param16.data()};
+  namespace k = optim::kernels;
+  const k::FactoredLayout layout{.P = 1, .n = 8, .Q = 1, .m = 8, .S = 1};
+  const auto refused = [](const char* op) { return doctest::Contains(cat("[", op, "] a fused bf16 step").c_str()); };
+  CHECK_THROWS_WITH_AS(k::cpu::adamw_step({.n = 64, .param = param.data(), .exp_avg = state.data(),
+                                           .exp_avg_sq = state.data(), .bf16_param = fused}),
+                       refused("adamw_step"), Error);
+  CHECK_THROWS_WITH_AS(k::cpu::came_dense_step({.n = 64, .param = param.data(), .exp_avg = state.data(),
+                                                .exp_avg_sq = state.data(), .bf16_param = fused}),
+                       refused("came_dense_step"), Error);
+  CHECK_THROWS_WITH_AS(k::cpu::came_factored_step({.layout = layout, .param = param.data(), .exp_avg = state.data(),
+                                                   .exp_avg_sq_row = rows.data(), .exp_avg_sq_col = cols.data(),
+                                                   .bf16_param = fused}),
+                       refused("came_factored_step"), Error);
+  CHECK_THROWS_WITH_AS(k::cpu::adafactor_dense_step({.n = 64, .param = param.data(), .exp_avg_sq = state.data(),
+                                                     .bf16_param = fused}),
+                       refused("adafactor_dense_step"), Error);
+  CHECK_THROWS_WITH_AS(k::cpu::adafactor_factored_step({.layout = layout, .param = param.data(),
+                                                        .exp_avg_sq_row = rows.data(),
+                                                        .exp_avg_sq_col = cols.data(), .bf16_param = fused}),
+                       refused("adafactor_factored_step"), Error);
+  CHECK_THROWS_WITH_AS(k::cpu::sgd_step({.n = 64, .param = param.data(), .lr = 1e-2, .bf16_param = fused}),
+                       refused("sgd_step"), Error);
+  CHECK_THROWS_WITH_AS(k::cpu::lamb_step({.n = 64, .param = param.data(), .exp_avg = state.data(),
+                                          .exp_avg_sq = state.data(), .bf16_param = fused}),
+                       refused("lamb_step"), Error);
+  CHECK(param == std::vector<float>(64, 1.0f));  // nothing was stepped
+}
+
 }  // TEST_SUITE

@@ -12,7 +12,7 @@ namespace tally::kernels::cuda {
 
 namespace {
 
-using tally::cuda::align256;
+using tally::kernels::align256;
 using tally::cuda::aligned16;
 using tally::cuda::ceil_div;
 using tally::cuda::kPackSize;

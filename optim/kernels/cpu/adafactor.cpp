@@ -146,6 +146,7 @@ void adafactor_dense(const AdafactorDenseArgs& a) {
 }  // namespace
 
 void adafactor_factored_step(const AdafactorFactoredArgs& a) {
+  refuse_fused_bf16(a.bf16_param, "adafactor_factored_step");
   if (a.layout.numel() == 0) {  // a rank with no rows of a sharded tensor: its share of the sums, then nothing
     if (!a.shard.sum) return;
     if (a.shard.rows_cut) columns_without_rows(a.layout, a.exp_avg_sq_col, a.beta2t, a.shard);
@@ -156,6 +157,7 @@ void adafactor_factored_step(const AdafactorFactoredArgs& a) {
 }
 
 void adafactor_dense_step(const AdafactorDenseArgs& a) {
+  refuse_fused_bf16(a.bf16_param, "adafactor_dense_step");
   if (a.n == 0) {
     whole_sum(0.0, a.shard);
     return;

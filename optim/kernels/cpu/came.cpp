@@ -310,8 +310,7 @@ void came_dense(const CameDenseArgs& a) {
 }  // namespace
 
 void came_factored_step(const CameFactoredArgs& a) {
-  TALLY_CHECK(!a.bf16_param.grad, "[came_factored_step] a fused bf16 step (FusedBf16) is CUDA's only: on the CPU the gradient is ",
-              "widened and the parameter rounded around the step");
+  refuse_fused_bf16(a.bf16_param, "came_factored_step");
   if (a.layout.numel() == 0) {  // a rank with no rows of a sharded tensor: its share of the three rounds
     if (!a.shard.sum) return;
     if (a.shard.rows_cut) columns_without_rows(a.layout, a.exp_avg_sq_col, a.beta2, a.shard);
@@ -328,8 +327,7 @@ void came_factored_step(const CameFactoredArgs& a) {
 }
 
 void came_dense_step(const CameDenseArgs& a) {
-  TALLY_CHECK(!a.bf16_param.grad, "[came_dense_step] a fused bf16 step (FusedBf16) is CUDA's only: on the CPU the gradient is ",
-              "widened and the parameter rounded around the step");
+  refuse_fused_bf16(a.bf16_param, "came_dense_step");
   if (a.n == 0) {
     whole_sum(0.0, a.shard);
     return;

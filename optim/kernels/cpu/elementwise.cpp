@@ -125,8 +125,7 @@ void with_flag(bool flag, F&& f) {
 }  // namespace
 
 void adamw_step(const AdamWArgs& a) {
-  TALLY_CHECK(!a.bf16_param.grad, "[adamw_step] a fused bf16 step (FusedBf16) is CUDA's only: on the CPU the gradient ",
-              "is widened and the parameter rounded around the step");
+  refuse_fused_bf16(a.bf16_param, "adamw_step");
   if (a.n == 0) return;
   with_flag(a.stats != nullptr, [&]<bool S>() {
     with_flag(1.0 - a.beta1 < 0.5, [&]<bool W>() { adamw<S, W>(a); });
@@ -134,6 +133,7 @@ void adamw_step(const AdamWArgs& a) {
 }
 
 void sgd_step(const SgdArgs& a) {
+  refuse_fused_bf16(a.bf16_param, "sgd_step");
   if (a.n == 0) return;
   with_flag(a.stats != nullptr, [&]<bool S>() {
     with_flag(a.momentum_buffer != nullptr, [&]<bool M>() {

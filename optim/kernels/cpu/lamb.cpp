@@ -108,6 +108,7 @@ void lamb(const LambArgs& a) {
 }  // namespace
 
 void lamb_step(const LambArgs& a) {
+  refuse_fused_bf16(a.bf16_param, "lamb_step");
   if (a.n == 0 && !a.shard.sum) return;  // a rank with no element of a sharded tensor still adds its (zero) norms
   const bool in_update = a.decay == LambDecay::in_update;
   if (a.stats) {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/error.h"
 #include "core/philox.h"
 #include "optim/kernels/optim_kernels.h"
 
@@ -36,6 +37,11 @@ void sum_squares_bf16(const bf16* x, int64_t n, double* out, void*) {
 void scale_bf16(bf16* x, int64_t n, double scale) {
   const float s = float(scale);
   for (int64_t i = 0; i < n; ++i) x[i] = float_to_bf16(bf16_to_float(x[i]) * s);
+}
+
+void refuse_fused_bf16(const FusedBf16& fused, const char* op) {
+  TALLY_CHECK(!fused.grad, "[", op, "] a fused bf16 step (FusedBf16) is CUDA's only: on the CPU the gradient is ",
+              "widened and the parameter rounded around the step");
 }
 
 }  // namespace tally::optim::kernels::cpu

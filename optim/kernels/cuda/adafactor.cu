@@ -10,31 +10,46 @@ using namespace detail;
 
 namespace {
 
-// u' = u / divisor * lr; with a first moment m = b1 m + (1-b1) u' and the step is m; p = p + (-lr*wd) p - step.
-template <bool kStats>
-__global__ void factored_update(FactoredLayout l, int64_t K, const float* g, float* m, float* param, const float* rf,
-                                const float* cf, const float* divisor, float gs, float lr, float b1, float one_b1,
-                                float decay, bool wd, double* block_sums) {
-  __shared__ double shared[kWarps];
-  double msq = 0, app = 0;
-  const float d = *divisor;
-  const int64_t rows = l.P * l.n, chunks = (K + kThreads - 1) / kThreads;
-  for (int64_t t = blockIdx.x; t < rows * chunks; t += gridDim.x) {
-    const int64_t pi = t / chunks, k = (t % chunks) * kThreads + threadIdx.x;
-    if (k >= K) continue;
-    const int64_t p = pi / l.n, i = pi % l.n, e = pi * K + k;
-    float step = (((row_factor_of(l, rf, p, i, k) * cf[p * K + k]) * (g[e] * gs)) / d) * lr;
-    if (m) {
-      step = fmaf(step, one_b1, m[e] * b1);
-      m[e] = step;
-      if (kStats) msq += double(step) * step;
-    }
-    float x = param[e];
-    if (wd) x = fmaf(x, decay, x);
-    param[e] = x - step;
-    if (kStats) app += double(step) * step;
+// The scalars of the update pass (the step's doubles as the CPU kernels convert them).
+struct UpdateScalars {
+  float gs, lr, b1, one_b1, decay;
+  bool wd;
+};
+
+// One element of the update pass, u = factor * g: u' = u / divisor * lr; with a first moment m = b1 m + (1-b1) u' and
+// the step is m; p = p + (-lr*wd) p - step. Returns the step. Every update kernel (fused bf16 or not) runs this.
+__device__ inline float update_element(float factor, float g, float* m, float* p, float d, const UpdateScalars& s) {
+  float step = ((factor * (g * s.gs)) / d) * s.lr;
+  if (m) {
+    step = fmaf(step, s.one_b1, *m * s.b1);
+    *m = step;
   }
-  if (kStats) {
+  float x = *p;
+  if (s.wd) x = fmaf(x, s.decay, x);
+  *p = x - step;
+  return step;
+}
+
+// The factor of element e: 1 / sqrt(v) of a factored tensor's row and column statistics, or of its own v (dense).
+struct FactoredFactor {
+  FactoredLayout l;
+  int64_t K;
+  const float* rf;
+  const float* cf;
+  __device__ float operator()(int64_t e) const {
+    const int64_t k = e % K, pi = e / K, p = pi / l.n, i = pi % l.n;
+    return row_factor_of(l, rf, p, i, k) * cf[p * K + k];
+  }
+};
+struct DenseFactor {
+  const float* v;
+  __device__ float operator()(int64_t e) const { return 1.0f / sqrtf(v[e]); }
+};
+
+// Block sums of m^2 (slot 0, with a first moment) and of the applied step^2 (slot 1).
+template <bool kStats>
+__device__ inline void write_update_sums(double msq, double app, double* shared, double* block_sums) {
+  if constexpr (kStats) {
     const double t0 = block_sum_to_first<kThreads>(msq, shared);
     const double t1 = block_sum_to_first<kThreads>(app, shared);
     if (threadIdx.x == 0) {
@@ -44,32 +59,99 @@ __global__ void factored_update(FactoredLayout l, int64_t K, const float* g, flo
   }
 }
 
+// The factored update pass: (row, chunk of kThreads columns) tasks over a grid.
+template <bool kStats>
+__global__ void factored_update(FactoredLayout l, int64_t K, const float* g, float* m, float* param, const float* rf,
+                                const float* cf, const float* divisor, UpdateScalars s, double* block_sums) {
+  __shared__ double shared[kWarps];
+  double msq = 0, app = 0;
+  const float d = *divisor;
+  const int64_t rows = l.P * l.n, chunks = (K + kThreads - 1) / kThreads;
+  for (int64_t t = blockIdx.x; t < rows * chunks; t += gridDim.x) {
+    const int64_t pi = t / chunks, k = (t % chunks) * kThreads + threadIdx.x;
+    if (k >= K) continue;
+    const int64_t p = pi / l.n, i = pi % l.n, e = pi * K + k;
+    const float step = update_element(row_factor_of(l, rf, p, i, k) * cf[p * K + k], g[e], m ? m + e : nullptr,
+                                      param + e, d, s);
+    if (kStats) {
+      if (m) msq += double(step) * step;
+      app += double(step) * step;
+    }
+  }
+  write_update_sums<kStats>(msq, app, shared, block_sums);
+}
+
 template <bool kStats>
 __global__ void dense_update(int64_t n, const float* g, const float* v, float* m, float* param, const float* divisor,
-                             float gs, float lr, float b1, float one_b1, float decay, bool wd, double* block_sums) {
+                             UpdateScalars s, double* block_sums) {
   __shared__ double shared[kWarps];
   double msq = 0, app = 0;
   const float d = *divisor;
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
-    float step = (((1.0f / sqrtf(v[e])) * (g[e] * gs)) / d) * lr;
-    if (m) {
-      step = fmaf(step, one_b1, m[e] * b1);
-      m[e] = step;
-      if (kStats) msq += double(step) * step;
-    }
-    float x = param[e];
-    if (wd) x = fmaf(x, decay, x);
-    param[e] = x - step;
-    if (kStats) app += double(step) * step;
-  }
-  if (kStats) {
-    const double t0 = block_sum_to_first<kThreads>(msq, shared);
-    const double t1 = block_sum_to_first<kThreads>(app, shared);
-    if (threadIdx.x == 0) {
-      block_sums[blockIdx.x * kSums] = t0;
-      block_sums[blockIdx.x * kSums + 1] = t1;
+    const float step = update_element(DenseFactor{v}(e), g[e], m ? m + e : nullptr, param + e, d, s);
+    if (kStats) {
+      if (m) msq += double(step) * step;
+      app += double(step) * step;
     }
   }
+  write_update_sums<kStats>(msq, app, shared, block_sums);
+}
+
+// The update pass of a bf16 parameter (FusedBf16), factored or dense: update_element on the master from the bf16
+// gradient, then the bf16 parameter as round_to_bf16 writes it; each thread takes whole 8-element Philox blocks.
+template <class Factor>
+__global__ void update_rounded(int64_t n, Factor factor, float* m, float* param, const float* divisor,
+                               UpdateScalars s, FusedBf16 out) {
+  const float d = *divisor;
+  const int64_t blocks = int64_t(round_to_bf16_blocks(n));
+  for (int64_t b = blockIdx.x * int64_t(kThreads) + threadIdx.x; b < blocks; b += int64_t(gridDim.x) * kThreads) {
+    const rng::Philox4 r = rng::philox4x32_10(out.seed, out.offset + uint64_t(b));
+    for (int j = 0; j < 8 && 8 * b + j < n; ++j) {
+      const int64_t e = 8 * b + j;
+      update_element(factor(e), load(out.grad + e), m ? m + e : nullptr, param + e, d, s);
+      out.param[e].bits = rounded_bf16(param[e], r, j);
+    }
+  }
+}
+
+template <class Factor>
+void launch_update_rounded(int64_t n, Factor factor, float* m, float* param, const float* divisor,
+                           const UpdateScalars& s, const FusedBf16& out) {
+  const int64_t blocks = int64_t(round_to_bf16_blocks(n));
+  const unsigned grid = unsigned(imin((blocks + kThreads - 1) / kThreads, int64_t(1) << 20));
+  update_rounded<<<grid, kThreads, 0, stream()>>>(n, factor, m, param, divisor, s, out);
+  TALLY_CUDA_LAUNCH_CHECK("adafactor update_rounded");
+}
+
+UpdateScalars update_scalars(double grad_scale, double lr, double beta1, double weight_decay) {
+  return {.gs = float(grad_scale),
+          .lr = float(lr),
+          .b1 = float(beta1),
+          .one_b1 = float(1.0 - beta1),
+          .decay = float(-weight_decay * lr),
+          .wd = weight_decay != 0.0};
+}
+
+// A fused bf16 step takes the bf16 gradient and parameter and no statistics (they are read right after the step).
+void check_fused(const FusedBf16& f, const float* grad, const double* stats, const float* exact, const char* op) {
+  TALLY_CHECK(!f.grad || (!grad && f.param && !stats && !exact), "[", op, "] a fused bf16 step takes the bf16 ",
+              "gradient and parameter (no f32 gradient) and no statistics");
+}
+
+// The first two passes of a factored step (GT: the gradient's type): r, c and their factors; the clip divisor.
+template <class GT>
+void factored_first_passes(const AdafactorFactoredArgs& a, const GT* g, const Plan& plan, const Workspace& w) {
+  const FactoredLayout& l = a.layout;
+  const int64_t K = plan.K, N = l.numel();
+  const float gs = float(a.grad_scale);
+  factored_stats(l, plan, w, SquareFill<GT>{g, l.n, K, gs, float(a.eps1)}, a.exp_avg_sq_row, a.exp_avg_sq_col,
+                 a.beta2t, a.shard);
+  const int blocks = reduce_blocks(N / 4 + 1);
+  update_sq<GT><<<blocks, kThreads, 0, stream()>>>(l, K, g, w.row_factor, w.col_factor, gs, vectorizable(l, {g}),
+                                                   w.block_sums);
+  TALLY_CUDA_LAUNCH_CHECK("adafactor update_sq");
+  launch_clip_divisor(w.block_sums, blocks, N, a.clip_threshold, w.divisor, a.stats, a.shard, w.total,
+                      "adafactor clip_divisor");
 }
 
 }  // namespace
@@ -84,33 +166,30 @@ void adafactor_factored_step(const AdafactorFactoredArgs& a) {
     sums_without_elements(w.total, 1, a.shard);
     return;
   }
+  check_fused(a.bf16_param, a.grad, a.stats, a.exact_exp_avg_sq, "adafactor_factored_step");
   const Plan plan = make_plan(l);
   const Workspace w = carve(a.workspace, l, plan);
   const int64_t K = plan.K;
-  const float gs = float(a.grad_scale);
-  factored_stats(l, plan, w, SquareFill<float>{a.grad, l.n, K, gs, float(a.eps1)}, a.exp_avg_sq_row, a.exp_avg_sq_col,
-                 a.beta2t, a.shard);
-  const int blocks = reduce_blocks(N / 4 + 1);
-  update_sq<float><<<blocks, kThreads, 0, stream()>>>(l, K, a.grad, w.row_factor, w.col_factor, gs, vectorizable(l, {a.grad}),
-                                               w.block_sums);
-  TALLY_CUDA_LAUNCH_CHECK("adafactor update_sq");
-  launch_clip_divisor(w.block_sums, blocks, N, a.clip_threshold, w.divisor, a.stats, a.shard, w.total,
-                      "adafactor clip_divisor");
+  const UpdateScalars s = update_scalars(a.grad_scale, a.lr, a.beta1, a.weight_decay);
+  if (a.bf16_param.grad) {
+    factored_first_passes(a, a.bf16_param.grad, plan, w);
+    launch_update_rounded(N, FactoredFactor{l, K, w.row_factor, w.col_factor}, a.exp_avg, a.param, w.divisor, s,
+                          a.bf16_param);
+    return;
+  }
+  factored_first_passes(a, a.grad, plan, w);
   if (a.stats && a.exact_exp_avg_sq) {
     const int b = reduce_blocks(N);
-    ExactFill f{l, K, a.grad, a.exact_exp_avg_sq, w.row_factor, w.col_factor, gs, float(a.eps1), float(a.beta2t),
+    ExactFill f{l, K, a.grad, a.exact_exp_avg_sq, w.row_factor, w.col_factor, s.gs, float(a.eps1), float(a.beta2t),
                 float(1.0 - a.beta2t)};
     grid_sums<<<b, kThreads, 0, stream()>>>(N, f, w.block_sums);
     TALLY_CUDA_LAUNCH_CHECK("adafactor exact ema");
     launch_add_block_sums(w.block_sums, b, a.stats, kStatFactorErrSq, kStatExactSq, 0, 2, "adafactor add_block_sums");
   }
-  const int ub = reduce_blocks(N);
-  const float lr = float(a.lr), b1 = float(a.beta1), one_b1 = float(1.0 - a.beta1);
-  const float decay = float(-a.weight_decay * a.lr);
-  const bool wd = a.weight_decay != 0.0;
   if (a.stats) {
+    const int ub = reduce_blocks(N);
     factored_update<true><<<ub, kThreads, 0, stream()>>>(l, K, a.grad, a.exp_avg, a.param, w.row_factor, w.col_factor,
-                                                         w.divisor, gs, lr, b1, one_b1, decay, wd, w.block_sums);
+                                                         w.divisor, s, w.block_sums);
     TALLY_CUDA_LAUNCH_CHECK("adafactor factored_update");
     launch_add_block_sums(w.block_sums, ub, a.stats, kStatExpAvgSq, kStatAppliedSq, 0, 2, "adafactor add_block_sums");
   } else {
@@ -118,8 +197,7 @@ void adafactor_factored_step(const AdafactorFactoredArgs& a) {
     const int64_t tasks = l.P * l.n * ((K + kThreads - 1) / kThreads);
     const unsigned grid = unsigned(imin(tasks, int64_t(1) << 30));
     factored_update<false><<<grid, kThreads, 0, stream()>>>(l, K, a.grad, a.exp_avg, a.param, w.row_factor,
-                                                            w.col_factor, w.divisor, gs, lr, b1, one_b1, decay, wd,
-                                                            w.block_sums);
+                                                            w.col_factor, w.divisor, s, w.block_sums);
     TALLY_CUDA_LAUNCH_CHECK("adafactor factored_update");
   }
 }
@@ -129,26 +207,32 @@ void adafactor_dense_step(const AdafactorDenseArgs& a) {
     if (a.shard.sum) sums_without_elements(carve_dense(a.workspace).total, 1, a.shard);
     return;
   }
+  check_fused(a.bf16_param, a.grad, a.stats, nullptr, "adafactor_dense_step");
   const DenseWorkspace w = carve_dense(a.workspace);
-  const float gs = float(a.grad_scale);
+  const UpdateScalars s = update_scalars(a.grad_scale, a.lr, a.beta1, a.weight_decay);
   const int blocks = reduce_blocks(a.n);
-  dense_second_moment<<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.exp_avg_sq, gs, float(a.eps1), float(a.beta2t),
-                                                         float(1.0 - a.beta2t), w.block_sums);
+  const float eps1 = float(a.eps1), b2 = float(a.beta2t), one_b2 = float(1.0 - a.beta2t);
+  if (a.bf16_param.grad) {
+    dense_second_moment<bf16><<<blocks, kThreads, 0, stream()>>>(a.n, a.bf16_param.grad, a.exp_avg_sq, s.gs, eps1, b2,
+                                                                 one_b2, w.block_sums);
+  } else {
+    dense_second_moment<float><<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.exp_avg_sq, s.gs, eps1, b2, one_b2,
+                                                                  w.block_sums);
+  }
   TALLY_CUDA_LAUNCH_CHECK("adafactor dense_second_moment");
   launch_clip_divisor(w.block_sums, blocks, a.n, a.clip_threshold, w.divisor, a.stats, a.shard, w.total,
                       "adafactor clip_divisor");
-  const float lr = float(a.lr), b1 = float(a.beta1), one_b1 = float(1.0 - a.beta1);
-  const float decay = float(-a.weight_decay * a.lr);
-  const bool wd = a.weight_decay != 0.0;
-  if (a.stats) {
-    dense_update<true><<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.exp_avg_sq, a.exp_avg, a.param, w.divisor, gs,
-                                                          lr, b1, one_b1, decay, wd, w.block_sums);
+  if (a.bf16_param.grad) {
+    launch_update_rounded(a.n, DenseFactor{a.exp_avg_sq}, a.exp_avg, a.param, w.divisor, s, a.bf16_param);
+  } else if (a.stats) {
+    dense_update<true><<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.exp_avg_sq, a.exp_avg, a.param, w.divisor, s,
+                                                          w.block_sums);
     TALLY_CUDA_LAUNCH_CHECK("adafactor dense_update");
     launch_add_block_sums(w.block_sums, blocks, a.stats, kStatExpAvgSq, kStatAppliedSq, 0, 2,
                           "adafactor add_block_sums");
   } else {
-    dense_update<false><<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.exp_avg_sq, a.exp_avg, a.param, w.divisor, gs,
-                                                           lr, b1, one_b1, decay, wd, w.block_sums);
+    dense_update<false><<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.exp_avg_sq, a.exp_avg, a.param, w.divisor, s,
+                                                           w.block_sums);
     TALLY_CUDA_LAUNCH_CHECK("adafactor dense_update");
   }
 }

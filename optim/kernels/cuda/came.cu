@@ -7,7 +7,6 @@
 // together, one block each (came_dense_steps), bf16 ones with their widening and rounding fused. ZeRO 1: a part of a
 // tensor completes its sums over the ranks in device memory (Sharding: NCCL on tally's stream, no host wait), as the
 // CPU kernels do.
-#include "core/philox.h"
 #include "optim/kernels/cuda/common.cuh"
 
 namespace tally::optim::kernels::cuda {
@@ -97,7 +96,7 @@ __global__ void param_update_rounded(FactoredLayout l, int64_t K, float* param, 
       if (wd) x = fmaf(x, decay, x);
       x = x - ((row_factor_of(l, rf, p, i, k) * cf[p * K + k]) * load(m + e)) * lr;
       param[e] = x;
-      out.param[e].bits = stochastic_bf16_bits(__float_as_uint(x), r.w[j / 2] >> (16 * (j % 2)));
+      out.param[e].bits = rounded_bf16(x, r, j);
     }
   }
 }
@@ -224,13 +223,31 @@ __global__ void dense_update(int64_t n, const float* g, const float* v, MT* m, f
   }
 }
 
+// Dense pass 2 of a bf16 parameter (FusedBf16): dense_moment_param on the master from the bf16 gradient, then the bf16
+// parameter as round_to_bf16 writes it; each thread takes whole 8-element Philox blocks.
 template <class MT>
-void came_dense(const CameDenseArgs& a) {
+__global__ void dense_update_rounded(int64_t n, const float* v, MT* m, float* param, const float* divisor, float gs,
+                                     float b1, float one_b1, float lr, float decay, bool wd, FusedBf16 out) {
+  const float d = *divisor;
+  const int64_t blocks = int64_t(round_to_bf16_blocks(n));
+  for (int64_t b = blockIdx.x * int64_t(kThreads) + threadIdx.x; b < blocks; b += int64_t(gridDim.x) * kThreads) {
+    const rng::Philox4 r = rng::philox4x32_10(out.seed, out.offset + uint64_t(b));
+    for (int j = 0; j < 8 && 8 * b + j < n; ++j) {
+      const int64_t e = 8 * b + j;
+      dense_moment_param(load(out.grad + e), v[e], m + e, param + e, gs, d, b1, one_b1, lr, decay, wd);
+      out.param[e].bits = rounded_bf16(param[e], r, j);
+    }
+  }
+}
+
+// g: a.grad, or the bf16 gradient of a FusedBf16 step.
+template <class MT, class GT>
+void came_dense(const CameDenseArgs& a, const GT* g) {
   const DenseWorkspace w = carve_dense(a.workspace);
   const float gs = float(a.grad_scale);
   const int blocks = reduce_blocks(a.n);
-  dense_second_moment<<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.exp_avg_sq, gs, float(a.eps1), float(a.beta2),
-                                                         float(1.0 - a.beta2), w.block_sums);
+  dense_second_moment<GT><<<blocks, kThreads, 0, stream()>>>(a.n, g, a.exp_avg_sq, gs, float(a.eps1), float(a.beta2),
+                                                             float(1.0 - a.beta2), w.block_sums);
   TALLY_CUDA_LAUNCH_CHECK("came dense_second_moment");
   launch_clip_divisor(w.block_sums, blocks, a.n, a.clip_threshold, w.divisor, a.stats, a.shard, w.total,
                       "came clip_divisor");
@@ -238,7 +255,13 @@ void came_dense(const CameDenseArgs& a) {
   const float b1 = float(a.beta1), one_b1 = float(1.0 - a.beta1), lr = float(a.lr);
   const float decay = float(-a.weight_decay * a.lr);
   const bool wd = a.weight_decay != 0.0;
-  if (a.stats) {
+  if (a.bf16_param.grad) {
+    const int64_t round_blocks = int64_t(round_to_bf16_blocks(a.n));
+    const unsigned grid = unsigned(imin((round_blocks + kThreads - 1) / kThreads, int64_t(1) << 20));
+    dense_update_rounded<MT><<<grid, kThreads, 0, stream()>>>(a.n, a.exp_avg_sq, m, a.param, w.divisor, gs, b1, one_b1,
+                                                              lr, decay, wd, a.bf16_param);
+    TALLY_CUDA_LAUNCH_CHECK("came dense_update_rounded");
+  } else if (a.stats) {
     dense_update<MT, true><<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.exp_avg_sq, m, a.param, w.divisor, gs, b1,
                                                               one_b1, lr, decay, wd, w.block_sums);
     TALLY_CUDA_LAUNCH_CHECK("came dense_update");
@@ -252,16 +275,14 @@ void came_dense(const CameDenseArgs& a) {
 
 // Batched dense steps (came_dense_steps): one block per small tensor runs both passes of came_dense, the clip
 // divisor between them from the block's own sum (no workspace). The scalars are converted as came_dense does.
-// A task with grad_bf16 (FusedBf16) reads its gradient from bf16 and writes its bf16 parameter after the master:
+// A task with bf16.grad (FusedBf16) reads its gradient from bf16 and writes its bf16 parameter after the master:
 // thread after thread takes whole 8-element Philox blocks, as round_to_bf16 draws them.
 struct DenseTask {
-  float* param;          // f32 parameter or master weights
-  const float* grad;     // null when grad_bf16 is set
+  float* param;       // f32 parameter or master weights
+  const float* grad;  // null when fused
   void* exp_avg;
   float* v;
-  const bf16* grad_bf16;  // FusedBf16 (else null)
-  bf16* param_bf16;
-  uint64_t seed, offset;
+  FusedBf16 bf16;  // fused: bf16.grad is set
   int n;
   float gs, eps1, b2, one_b2, b1, one_b1, lr, decay, threshold;
 };
@@ -271,7 +292,7 @@ struct DenseBatch {
 };
 static_assert(sizeof(DenseBatch) <= 4000, "came_dense_batch: the launch's parameters must stay under 4 KiB");
 
-__device__ inline float grad_of(const DenseTask& t, int e) { return t.grad ? t.grad[e] : load(t.grad_bf16 + e); }
+__device__ inline float grad_of(const DenseTask& t, int e) { return t.grad ? t.grad[e] : load(t.bf16.grad + e); }
 
 template <class MT>
 __global__ void came_dense_batch(const DenseBatch b) {
@@ -289,17 +310,17 @@ __global__ void came_dense_batch(const DenseBatch b) {
   __syncthreads();  // also makes every thread's v visible to the block
   const float d = divisor;
   const bool wd = t.decay != 0.0f;
-  if (!t.param_bf16) {
+  if (!t.bf16.grad) {
     for (int e = threadIdx.x; e < t.n; e += kThreads)  // as dense_update
       dense_moment_param(grad_of(t, e), t.v[e], m + e, t.param + e, t.gs, d, t.b1, t.one_b1, t.lr, t.decay, wd);
     return;
   }
   for (int blk = threadIdx.x; 8 * blk < t.n; blk += kThreads) {  // as dense_update, then round_to_bf16
-    const rng::Philox4 r = rng::philox4x32_10(t.seed, t.offset + uint64_t(blk));
+    const rng::Philox4 r = rng::philox4x32_10(t.bf16.seed, t.bf16.offset + uint64_t(blk));
     for (int k = 0; k < 8 && 8 * blk + k < t.n; ++k) {
       const int e = 8 * blk + k;
       dense_moment_param(grad_of(t, e), t.v[e], m + e, t.param + e, t.gs, d, t.b1, t.one_b1, t.lr, t.decay, wd);
-      t.param_bf16[e].bits = stochastic_bf16_bits(__float_as_uint(t.param[e]), r.w[k / 2] >> (16 * (k % 2)));
+      t.bf16.param[e].bits = rounded_bf16(t.param[e], r, k);
     }
   }
 }
@@ -317,11 +338,9 @@ void came_dense_steps(const CameDenseArgs* steps, int64_t count) {
   for (int64_t i = 0; i < count; ++i) {
     const CameDenseArgs& a = steps[i];
     TALLY_CHECK(!a.stats, "[came_dense_steps] a batched step cannot carry statistics");
-    const bool fused = a.bf16_param.grad != nullptr;
-    if (fused)
-      TALLY_CHECK(a.n <= kCameDenseBatchMax && !a.shard.sum && a.bf16_param.param && !a.grad, "[came_dense_steps] a ",
-                  "bf16 step of ", a.n, " elements", a.shard.sum ? " cut over ranks" : "",
-                  " cannot be fused (at most ", kCameDenseBatchMax, " whole elements, a bf16 parameter, no f32 grad)");
+    if (a.bf16_param.grad)
+      TALLY_CHECK(a.bf16_param.param && !a.grad, "[came_dense_steps] a fused bf16 step takes the bf16 gradient and ",
+                  "parameter (no f32 gradient)");
     if (a.n == 0 && !a.shard.sum) continue;
     if (a.n > kCameDenseBatchMax || a.shard.sum) {  // a part of a sharded tensor: its clip needs a cross-rank sum
       came_dense_step(a);
@@ -334,10 +353,7 @@ void came_dense_steps(const CameDenseArgs* steps, int64_t count) {
     t.grad = a.grad;
     t.exp_avg = a.exp_avg;
     t.v = a.exp_avg_sq;
-    t.grad_bf16 = a.bf16_param.grad;
-    t.param_bf16 = fused ? a.bf16_param.param : nullptr;
-    t.seed = a.bf16_param.seed;
-    t.offset = a.bf16_param.offset;
+    t.bf16 = a.bf16_param;
     t.n = int(a.n);
     t.gs = float(a.grad_scale);
     t.eps1 = float(a.eps1);
@@ -377,14 +393,18 @@ void came_factored_step(const CameFactoredArgs& a) {
 }
 
 void came_dense_step(const CameDenseArgs& a) {
-  TALLY_CHECK(!a.bf16_param.grad, "[came_dense_step] a fused bf16 step of ", a.n,
-              " elements runs batched only (came_dense_steps)");
   if (a.n == 0) {
     if (a.shard.sum) sums_without_elements(carve_dense(a.workspace).total, 1, a.shard);
     return;
   }
-  if (a.exp_avg_dtype == DType::bf16) came_dense<__nv_bfloat16>(a);
-  else came_dense<float>(a);
+  const bool bf16_moment = a.exp_avg_dtype == DType::bf16;
+  if (a.bf16_param.grad) {
+    TALLY_CHECK(!a.grad && a.bf16_param.param && !a.stats, "[came_dense_step] a fused bf16 step takes the bf16 ",
+                "gradient and parameter (no f32 gradient) and no statistics");
+    bf16_moment ? came_dense<__nv_bfloat16>(a, a.bf16_param.grad) : came_dense<float>(a, a.bf16_param.grad);
+  } else {
+    bf16_moment ? came_dense<__nv_bfloat16>(a, a.grad) : came_dense<float>(a, a.grad);
+  }
 }
 
 }  // namespace tally::optim::kernels::cuda

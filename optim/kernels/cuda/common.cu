@@ -175,18 +175,4 @@ void launch_add_block_sums(const double* block_sums, int blocks, double* stats, 
   TALLY_CUDA_LAUNCH_CHECK(what);
 }
 
-
-// Dense pass 1: v = b2 v + (1-b2)(g^2+eps1), block sums of u^2.
-__global__ void dense_second_moment(int64_t n, const float* g, float* v, float gs, float eps1, float b2, float one_b2,
-                                    double* block_sums) {
-  __shared__ double shared[kWarps];
-  double acc = 0;
-  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
-    const float u = dense_v_update(g[e] * gs, v + e, eps1, b2, one_b2);
-    acc += double(u) * u;
-  }
-  const double total = block_sum_to_first<kThreads>(acc, shared);
-  if (threadIdx.x == 0) block_sums[blockIdx.x * kSums] = total;
-}
-
 }  // namespace tally::optim::kernels::cuda::detail

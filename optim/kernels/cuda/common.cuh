@@ -13,12 +13,12 @@
 
 #include "core/cuda/common.cuh"
 #include "core/error.h"
+#include "core/philox.h"
 #include "optim/kernels/cuda_workspace.h"
 #include "optim/kernels/optim_kernels.h"
 
 namespace tally::optim::kernels::cuda::detail {
 
-using ::tally::cuda::align256;
 using ::tally::cuda::aligned16;
 using ::tally::cuda::block_sum_to_first;
 using ::tally::cuda::imin;
@@ -51,6 +51,25 @@ __device__ inline float4 load4(const bf16* p) {
   const uint2 b = *reinterpret_cast<const uint2*>(p);
   return make_float4(__uint_as_float(b.x << 16), __uint_as_float(b.x & 0xffff0000u), __uint_as_float(b.y << 16),
                      __uint_as_float(b.y & 0xffff0000u));
+}
+
+// round_to_bf16's bits of element j (0..7) of its 8-element Philox block r: x rounded stochastically with the 16
+// random bits the CPU's round_to_bf16 gives that element (every fused bf16 step writes its parameter through this).
+__device__ inline uint16_t rounded_bf16(float x, const rng::Philox4& r, int j) {
+  return stochastic_bf16_bits(__float_as_uint(x), r.w[j / 2] >> (16 * (j % 2)));
+}
+// Elements j and j + 1 (j even) of a block, packed as two bf16 in one word (the low half is element j).
+__device__ inline uint32_t rounded_bf16_pair(float x0, float x1, const rng::Philox4& r, int j) {
+  return uint32_t(rounded_bf16(x0, r, j)) | (uint32_t(rounded_bf16(x1, r, j + 1)) << 16);
+}
+// A whole block of 8, one 16-byte store (dst 16-byte aligned).
+__device__ inline void store_rounded_bf16x8(bf16* dst, const float* x, const rng::Philox4& r) {
+  uint4 out;
+  out.x = rounded_bf16_pair(x[0], x[1], r, 0);
+  out.y = rounded_bf16_pair(x[2], x[3], r, 2);
+  out.z = rounded_bf16_pair(x[4], x[5], r, 4);
+  out.w = rounded_bf16_pair(x[6], x[7], r, 6);
+  *reinterpret_cast<uint4*>(dst) = out;
 }
 
 // Index helpers of the (P, n, Q, m, S) layout.
@@ -281,8 +300,19 @@ __device__ inline float clip_divisor_of(double sum, int64_t numel, float thresho
   return fmaxf(1.0f, rms / threshold);
 }
 
-// Dense pass 1 (CAME and Adafactor): v = b2 v + (1-b2)(g^2+eps1), block sums of u^2 = (g / sqrt(v))^2.
-__global__ void dense_second_moment(int64_t n, const float* g, float* v, float gs, float eps1, float b2, float one_b2,
-                                    double* block_sums);
+// Dense pass 1 (CAME and Adafactor): v = b2 v + (1-b2)(g^2+eps1), block sums of u^2 = (g / sqrt(v))^2. GT: the
+// gradient's type (f32, or bf16 read in place: FusedBf16).
+template <class GT>
+__global__ void dense_second_moment(int64_t n, const GT* g, float* v, float gs, float eps1, float b2, float one_b2,
+                                    double* block_sums) {
+  __shared__ double shared[kWarps];
+  double acc = 0;
+  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
+    const float u = dense_v_update(load(g + e) * gs, v + e, eps1, b2, one_b2);
+    acc += double(u) * u;
+  }
+  const double total = block_sum_to_first<kThreads>(acc, shared);
+  if (threadIdx.x == 0) block_sums[blockIdx.x * kSums] = total;
+}
 
 }  // namespace tally::optim::kernels::cuda::detail

@@ -97,7 +97,6 @@ __global__ void adamw_rounded_kernel(int64_t n, const bf16* g, float* p, float* 
     const int64_t e0 = 8 * b;
     if (vec && e0 + 8 <= n) {
       float pe[8], me[8], ve[8], ge[8];
-      uint32_t bits[4];
       for (int h = 0; h < 2; ++h) {
         const float4 pv = reinterpret_cast<const float4*>(p + e0)[h], mv = reinterpret_cast<const float4*>(m + e0)[h];
         const float4 vv = reinterpret_cast<const float4*>(v + e0)[h];
@@ -117,48 +116,71 @@ __global__ void adamw_rounded_kernel(int64_t n, const bf16* g, float* p, float* 
         reinterpret_cast<float4*>(m + e0)[h] = make_float4(me[4 * h], me[4 * h + 1], me[4 * h + 2], me[4 * h + 3]);
         reinterpret_cast<float4*>(v + e0)[h] = make_float4(ve[4 * h], ve[4 * h + 1], ve[4 * h + 2], ve[4 * h + 3]);
       }
-      for (int k = 0; k < 4; ++k)
-        bits[k] = uint32_t(stochastic_bf16_bits(__float_as_uint(pe[2 * k]), r.w[k])) |
-                  (uint32_t(stochastic_bf16_bits(__float_as_uint(pe[2 * k + 1]), r.w[k] >> 16)) << 16);
-      uint4 packed;
-      packed.x = bits[0], packed.y = bits[1], packed.z = bits[2], packed.w = bits[3];
-      *reinterpret_cast<uint4*>(out.param + e0) = packed;
+      store_rounded_bf16x8(out.param + e0, pe, r);
     } else {
       for (int j = 0; j < 8 && e0 + j < n; ++j) {
         const int64_t e = e0 + j;
         const AdamWOut o = adamw_element(load(g + e), p[e], m[e], v[e], s);
         p[e] = o.p, m[e] = o.m, v[e] = o.v;
-        out.param[e].bits = stochastic_bf16_bits(__float_as_uint(o.p), r.w[j / 2] >> (16 * (j % 2)));
+        out.param[e].bits = rounded_bf16(o.p, r, j);
       }
     }
   }
 }
 
+struct SgdScalars {
+  float gs, wdf, mom, damp, neg_lr;
+  bool wd, nesterov, first;
+};
+struct SgdOut {
+  float d, b, step;  // the direction, the new momentum buffer (0 without one), the applied change
+};
+
+// One element of torch's SGD: d = g (+ wd p); with momentum b = mom b + (1-dampening) d (d on the first step) and d = b
+// (Nesterov: d + mom b); p += -lr d. Every SGD kernel (fused bf16 or not) runs this.
+__device__ inline SgdOut sgd_element(float g, float* p, float* buf, const SgdScalars& s) {
+  float d = g * s.gs;
+  if (s.wd) d = fmaf(*p, s.wdf, d);
+  float b = 0;
+  if (buf) {
+    b = s.first ? d : fmaf(d, s.damp, *buf * s.mom);
+    *buf = b;
+    d = s.nesterov ? fmaf(b, s.mom, d) : b;
+  }
+  *p = fmaf(d, s.neg_lr, *p);
+  return {d, b, s.neg_lr * d};
+}
+
 template <bool kStats>
-__global__ void sgd_kernel(int64_t n, const float* g, float* p, float* buf, float gs, float wdf, float mom, float damp,
-                           float neg_lr, bool wd, bool nesterov, bool first, double* block_sums) {
+__global__ void sgd_kernel(int64_t n, const float* g, float* p, float* buf, SgdScalars s, double* block_sums) {
   __shared__ double shared[kWarps];
   double acc[3] = {0, 0, 0};
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
-    float d = g[e] * gs;
-    if (wd) d = fmaf(p[e], wdf, d);
-    if (buf) {
-      const float b = first ? d : fmaf(d, damp, buf[e] * mom);
-      buf[e] = b;
-      if (kStats) acc[1] += double(b) * b;
-      d = nesterov ? fmaf(b, mom, d) : b;
-    }
-    const float step = neg_lr * d;
-    p[e] = fmaf(d, neg_lr, p[e]);
+    const SgdOut o = sgd_element(g[e], p + e, buf ? buf + e : nullptr, s);
     if (kStats) {
-      acc[0] += double(d) * d;
-      acc[2] += double(step) * step;
+      acc[0] += double(o.d) * o.d;
+      if (buf) acc[1] += double(o.b) * o.b;
+      acc[2] += double(o.step) * o.step;
     }
   }
   if (kStats) {
     for (int t = 0; t < 3; ++t) {
       const double total = block_sum_to_first<kThreads>(acc[t], shared);
       if (threadIdx.x == 0) block_sums[blockIdx.x * kSums + t] = total;
+    }
+  }
+}
+
+// A bf16 parameter (FusedBf16): sgd_element on the master, then the bf16 parameter as round_to_bf16 writes it; each
+// thread takes whole 8-element Philox blocks.
+__global__ void sgd_rounded_kernel(int64_t n, float* p, float* buf, SgdScalars s, FusedBf16 out) {
+  const int64_t blocks = int64_t(round_to_bf16_blocks(n));
+  for (int64_t b = blockIdx.x * int64_t(kThreads) + threadIdx.x; b < blocks; b += int64_t(gridDim.x) * kThreads) {
+    const rng::Philox4 r = rng::philox4x32_10(out.seed, out.offset + uint64_t(b));
+    for (int j = 0; j < 8 && 8 * b + j < n; ++j) {
+      const int64_t e = 8 * b + j;
+      sgd_element(load(out.grad + e), p + e, buf ? buf + e : nullptr, s);
+      out.param[e].bits = rounded_bf16(p[e], r, j);
     }
   }
 }
@@ -224,21 +246,34 @@ void adamw_step(const AdamWArgs& a) {
 
 void sgd_step(const SgdArgs& a) {
   if (a.n == 0) return;
-  const float gs = float(a.grad_scale), wdf = float(a.weight_decay), mom = float(a.momentum);
-  const float damp = float(1.0 - a.dampening), neg_lr = float(-a.lr);
-  const bool wd = a.weight_decay != 0.0, nesterov = a.nesterov == Nesterov::yes;
+  SgdScalars s;  // (no designated initializers: .cu files must also build as C++17)
+  s.gs = float(a.grad_scale);
+  s.wdf = float(a.weight_decay);
+  s.mom = float(a.momentum);
+  s.damp = float(1.0 - a.dampening);
+  s.neg_lr = float(-a.lr);
+  s.wd = a.weight_decay != 0.0;
+  s.nesterov = a.nesterov == Nesterov::yes;
+  s.first = a.first_step;
+  if (a.bf16_param.grad) {
+    TALLY_CHECK(!a.grad && a.bf16_param.param && !a.stats, "[sgd_step] a fused bf16 step takes the bf16 gradient ",
+                "and parameter (no f32 gradient) and no statistics");
+    const int64_t blocks = int64_t(round_to_bf16_blocks(a.n));
+    const unsigned grid = unsigned(imin((blocks + kThreads - 1) / kThreads, int64_t(1) << 20));
+    sgd_rounded_kernel<<<grid, kThreads, 0, stream()>>>(a.n, a.param, a.momentum_buffer, s, a.bf16_param);
+    TALLY_CUDA_LAUNCH_CHECK("sgd_rounded");
+    return;
+  }
   if (a.stats) {
     const DenseWorkspace w = carve_dense(a.workspace);
     const int blocks = reduce_blocks(a.n);
-    sgd_kernel<true><<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.param, a.momentum_buffer, gs, wdf, mom, damp,
-                                                        neg_lr, wd, nesterov, a.first_step, w.block_sums);
+    sgd_kernel<true><<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.param, a.momentum_buffer, s, w.block_sums);
     TALLY_CUDA_LAUNCH_CHECK("sgd");
     launch_add_block_sums(w.block_sums, blocks, a.stats, kStatUpdateSq, kStatExpAvgSq, kStatAppliedSq, 3,
                           "sgd add_block_sums");
   } else {
     const unsigned blocks = unsigned(imin((a.n + kThreads - 1) / kThreads, int64_t(1) << 30));
-    sgd_kernel<false><<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.param, a.momentum_buffer, gs, wdf, mom, damp,
-                                                         neg_lr, wd, nesterov, a.first_step, nullptr);
+    sgd_kernel<false><<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.param, a.momentum_buffer, s, nullptr);
     TALLY_CUDA_LAUNCH_CHECK("sgd");
   }
 }

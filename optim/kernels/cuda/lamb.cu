@@ -22,13 +22,15 @@ __device__ inline float lamb_update(float m, float v, float kept, const LambScal
   return s.in_update ? fmaf(kept, s.wd, u) : u;
 }
 
-// Pass 1: the moments; block sums of p'^2 (slot 0), u^2 (slot 1), m^2 (slot 2).
-__global__ void lamb_moments(int64_t n, const float* g, const float* p, float* m, float* v, LambScalars s,
+// Pass 1: the moments; block sums of p'^2 (slot 0), u^2 (slot 1), m^2 (slot 2). GT: the gradient's type (f32, or
+// bf16 read in place: FusedBf16).
+template <class GT>
+__global__ void lamb_moments(int64_t n, const GT* g, const float* p, float* m, float* v, LambScalars s,
                              double* block_sums) {
   __shared__ double shared[kWarps];
   double acc[3] = {0, 0, 0};
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
-    const float x = g[e] * s.gs;
+    const float x = load(g + e) * s.gs;
     const float mn = fmaf(x, s.one_minus_b1, m[e] * s.b1);
     const float vn = fmaf(s.one_minus_b2 * x, x, v[e] * s.b2);
     m[e] = mn;
@@ -81,7 +83,16 @@ __global__ void trust_of(const double* norms_sq, float clamp, float eps, float* 
   if (threadIdx.x == 0) *trust = trust_ratio(norms_sq[0], norms_sq[1], clamp, eps);
 }
 
-// Pass 2: p = p' + (-step_size) * (u * trust), fused; block sums of the applied change^2 (slot 0) with kStats.
+// Pass 2 on one element: p = p' + (-step_size) * (u * trust), fused; returns u * trust. Every apply kernel (fused
+// bf16 or not) runs this.
+__device__ inline float lamb_apply_element(float* p, float m, float v, float tr, const LambScalars& s) {
+  const float kept = *p * s.keep;
+  const float scaled = lamb_update(m, v, kept, s) * tr;
+  *p = fmaf(scaled, s.neg_step, kept);
+  return scaled;
+}
+
+// Pass 2; block sums of the applied change^2 (slot 0) with kStats.
 template <bool kStats>
 __global__ void lamb_apply(int64_t n, float* p, const float* m, const float* v, LambScalars s, const float* trust,
                            double* block_sums) {
@@ -89,9 +100,7 @@ __global__ void lamb_apply(int64_t n, float* p, const float* m, const float* v, 
   const float tr = *trust;
   double acc = 0;
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
-    const float kept = p[e] * s.keep;
-    const float scaled = lamb_update(m[e], v[e], kept, s) * tr;
-    p[e] = fmaf(scaled, s.neg_step, kept);
+    const float scaled = lamb_apply_element(p + e, m[e], v[e], tr, s);
     if (kStats) {
       const float step = s.neg_step * scaled;
       acc += double(step) * step;
@@ -100,6 +109,22 @@ __global__ void lamb_apply(int64_t n, float* p, const float* m, const float* v, 
   if (kStats) {
     const double total = block_sum_to_first<kThreads>(acc, shared);
     if (threadIdx.x == 0) block_sums[blockIdx.x * kSums] = total;
+  }
+}
+
+// Pass 2 of a bf16 parameter (FusedBf16): lamb_apply_element on the master, then the bf16 parameter as round_to_bf16
+// writes it; each thread takes whole 8-element Philox blocks.
+__global__ void lamb_apply_rounded(int64_t n, float* p, const float* m, const float* v, LambScalars s,
+                                   const float* trust, FusedBf16 out) {
+  const float tr = *trust;
+  const int64_t blocks = int64_t(round_to_bf16_blocks(n));
+  for (int64_t b = blockIdx.x * int64_t(kThreads) + threadIdx.x; b < blocks; b += int64_t(gridDim.x) * kThreads) {
+    const rng::Philox4 r = rng::philox4x32_10(out.seed, out.offset + uint64_t(b));
+    for (int j = 0; j < 8 && 8 * b + j < n; ++j) {
+      const int64_t e = 8 * b + j;
+      lamb_apply_element(p + e, m[e], v[e], tr, s);
+      out.param[e].bits = rounded_bf16(p[e], r, j);
+    }
   }
 }
 
@@ -123,11 +148,19 @@ void lamb_step(const LambArgs& a) {
   s.neg_step = float(-a.step_size);
   s.clamp = float(a.clamp);
   s.in_update = in_update;
+  const FusedBf16& fused = a.bf16_param;
+  TALLY_CHECK(!fused.grad || (!a.grad && fused.param && !a.stats), "[lamb_step] a fused bf16 step takes the bf16 ",
+              "gradient and parameter (no f32 gradient) and no statistics");
   const DenseWorkspace w = carve_dense(a.workspace);
   float* trust = w.divisor;  // the dense workspace's one float
   const int blocks = reduce_blocks(a.n);
-  lamb_moments<<<unsigned(blocks), kThreads, 0, stream()>>>(a.n, a.grad, a.param, a.exp_avg, a.exp_avg_sq, s,
-                                                           w.block_sums);
+  if (fused.grad) {
+    lamb_moments<bf16><<<unsigned(blocks), kThreads, 0, stream()>>>(a.n, fused.grad, a.param, a.exp_avg, a.exp_avg_sq,
+                                                                    s, w.block_sums);
+  } else {
+    lamb_moments<float><<<unsigned(blocks), kThreads, 0, stream()>>>(a.n, a.grad, a.param, a.exp_avg, a.exp_avg_sq, s,
+                                                                     w.block_sums);
+  }
   TALLY_CUDA_LAUNCH_CHECK("lamb moments");
   lamb_trust<<<1, kThreads, 0, stream()>>>(w.block_sums, blocks, s.clamp, s.eps, trust, a.stats,
                                            a.shard.sum ? w.total : nullptr);
@@ -137,7 +170,12 @@ void lamb_step(const LambArgs& a) {
     trust_of<<<1, 32, 0, stream()>>>(w.total, s.clamp, s.eps, trust);
     TALLY_CUDA_LAUNCH_CHECK("lamb trust_of");
   }
-  if (a.stats) {
+  if (fused.grad) {
+    const int64_t round_blocks = int64_t(round_to_bf16_blocks(a.n));
+    const unsigned grid = unsigned(imin((round_blocks + kThreads - 1) / kThreads, int64_t(1) << 20));
+    lamb_apply_rounded<<<grid, kThreads, 0, stream()>>>(a.n, a.param, a.exp_avg, a.exp_avg_sq, s, trust, fused);
+    TALLY_CUDA_LAUNCH_CHECK("lamb apply_rounded");
+  } else if (a.stats) {
     lamb_apply<true><<<unsigned(blocks), kThreads, 0, stream()>>>(a.n, a.param, a.exp_avg, a.exp_avg_sq, s, trust,
                                                                   w.block_sums);
     TALLY_CUDA_LAUNCH_CHECK("lamb apply");

@@ -2,7 +2,6 @@
 // into the bf16 parameter (one Philox block per 8 elements, 16-byte loads and stores when aligned), and the sum of
 // squares (global-norm clipping) and in-place scale of bf16 gradients. Same bits as optim/kernels/cpu/mixed.cpp.
 #include "core/kernels/cuda/convert.cuh"
-#include "core/philox.h"
 #include "optim/kernels/cuda/common.cuh"
 
 namespace tally::optim::kernels::cuda {
@@ -10,11 +9,6 @@ namespace tally::optim::kernels::cuda {
 using namespace detail;
 
 namespace {
-
-__device__ inline uint32_t pair_bits(const uint32_t* u, const rng::Philox4& r, int k) {  // elements k, k+1 (k even)
-  const uint32_t w = r.w[k / 2];
-  return uint32_t(stochastic_bf16_bits(u[k], w)) | (uint32_t(stochastic_bf16_bits(u[k + 1], w >> 16)) << 16);
-}
 
 __global__ void round_to_bf16_kernel(const float* master, bf16* param, int64_t n, uint64_t seed, uint64_t offset,
                                      bool vec) {
@@ -25,19 +19,10 @@ __global__ void round_to_bf16_kernel(const float* master, bf16* param, int64_t n
     if (vec && e0 + 8 <= n) {
       const float4 lo = reinterpret_cast<const float4*>(master + e0)[0];
       const float4 hi = reinterpret_cast<const float4*>(master + e0)[1];
-      const uint32_t u[8] = {__float_as_uint(lo.x), __float_as_uint(lo.y), __float_as_uint(lo.z), __float_as_uint(lo.w),
-                             __float_as_uint(hi.x), __float_as_uint(hi.y), __float_as_uint(hi.z), __float_as_uint(hi.w)};
-      uint4 out;
-      out.x = pair_bits(u, r, 0);
-      out.y = pair_bits(u, r, 2);
-      out.z = pair_bits(u, r, 4);
-      out.w = pair_bits(u, r, 6);
-      *reinterpret_cast<uint4*>(param + e0) = out;
+      const float x[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+      store_rounded_bf16x8(param + e0, x, r);
     } else {
-      for (int64_t e = e0; e < imin(n, e0 + 8); ++e) {
-        const int k = int(e - e0);
-        param[e].bits = stochastic_bf16_bits(__float_as_uint(master[e]), r.w[k / 2] >> (16 * (k % 2)));
-      }
+      for (int64_t e = e0; e < imin(n, e0 + 8); ++e) param[e].bits = rounded_bf16(master[e], r, int(e - e0));
     }
   }
 }
