@@ -103,23 +103,16 @@ template <class Factor>
 __global__ void update_rounded(int64_t n, Factor factor, float* m, float* param, const float* divisor,
                                UpdateScalars s, FusedBf16 out) {
   const float d = *divisor;
-  const int64_t blocks = int64_t(round_to_bf16_blocks(n));
-  for (int64_t b = blockIdx.x * int64_t(kThreads) + threadIdx.x; b < blocks; b += int64_t(gridDim.x) * kThreads) {
-    const rng::Philox4 r = rng::philox4x32_10(out.seed, out.offset + uint64_t(b));
-    for (int j = 0; j < 8 && 8 * b + j < n; ++j) {
-      const int64_t e = 8 * b + j;
-      update_element(factor(e), load(out.grad + e), m ? m + e : nullptr, param + e, d, s);
-      out.param[e].bits = rounded_bf16(param[e], r, j);
-    }
-  }
+  update_rounded_blocks(n, out, [&](int64_t e) {
+    update_element(factor(e), load(out.grad + e), m ? m + e : nullptr, param + e, d, s);
+    return param[e];
+  });
 }
 
 template <class Factor>
 void launch_update_rounded(int64_t n, Factor factor, float* m, float* param, const float* divisor,
                            const UpdateScalars& s, const FusedBf16& out) {
-  const int64_t blocks = int64_t(round_to_bf16_blocks(n));
-  const unsigned grid = unsigned(imin((blocks + kThreads - 1) / kThreads, int64_t(1) << 20));
-  update_rounded<<<grid, kThreads, 0, stream()>>>(n, factor, m, param, divisor, s, out);
+  update_rounded<<<rounded_blocks_grid(n), kThreads, 0, stream()>>>(n, factor, m, param, divisor, s, out);
   TALLY_CUDA_LAUNCH_CHECK("adafactor update_rounded");
 }
 

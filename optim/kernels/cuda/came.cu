@@ -87,18 +87,14 @@ __global__ void param_update(FactoredLayout l, int64_t K, float* param, const MT
 template <class MT>
 __global__ void param_update_rounded(FactoredLayout l, int64_t K, float* param, const MT* m, const float* rf,
                                      const float* cf, float lr, float decay, bool wd, FusedBf16 out) {
-  const int64_t N = l.numel(), blocks = int64_t(round_to_bf16_blocks(N));
-  for (int64_t b = blockIdx.x * int64_t(kThreads) + threadIdx.x; b < blocks; b += int64_t(gridDim.x) * kThreads) {
-    const rng::Philox4 r = rng::philox4x32_10(out.seed, out.offset + uint64_t(b));
-    for (int j = 0; j < 8 && 8 * b + j < N; ++j) {
-      const int64_t e = 8 * b + j, k = e % K, pi = e / K, p = pi / l.n, i = pi % l.n;
-      float x = param[e];
-      if (wd) x = fmaf(x, decay, x);
-      x = x - ((row_factor_of(l, rf, p, i, k) * cf[p * K + k]) * load(m + e)) * lr;
-      param[e] = x;
-      out.param[e].bits = rounded_bf16(x, r, j);
-    }
-  }
+  update_rounded_blocks(l.numel(), out, [&](int64_t e) {
+    const int64_t k = e % K, pi = e / K, p = pi / l.n, i = pi % l.n;
+    float x = param[e];
+    if (wd) x = fmaf(x, decay, x);
+    x = x - ((row_factor_of(l, rf, p, i, k) * cf[p * K + k]) * load(m + e)) * lr;
+    param[e] = x;
+    return x;
+  });
 }
 
 // Inspection after the step: sum m^2 and sum (lr * factor * m)^2.
@@ -166,9 +162,7 @@ void came_factored(const CameFactoredArgs& a, const GT* g) {
   const float lr = float(a.lr), decay = float(-a.weight_decay * a.lr);
   const bool wd = a.weight_decay != 0.0;
   if (a.bf16_param.grad) {
-    const int64_t round_blocks = int64_t(round_to_bf16_blocks(N));
-    const unsigned grid = unsigned(imin((round_blocks + kThreads - 1) / kThreads, int64_t(1) << 20));
-    param_update_rounded<MT><<<grid, kThreads, 0, stream()>>>(l, K, a.param, m, w.row_factor, w.col_factor, lr, decay,
+    param_update_rounded<MT><<<rounded_blocks_grid(N), kThreads, 0, stream()>>>(l, K, a.param, m, w.row_factor, w.col_factor, lr, decay,
                                                               wd, a.bf16_param);
     TALLY_CUDA_LAUNCH_CHECK("came param_update_rounded");
   } else {
@@ -229,15 +223,10 @@ template <class MT>
 __global__ void dense_update_rounded(int64_t n, const float* v, MT* m, float* param, const float* divisor, float gs,
                                      float b1, float one_b1, float lr, float decay, bool wd, FusedBf16 out) {
   const float d = *divisor;
-  const int64_t blocks = int64_t(round_to_bf16_blocks(n));
-  for (int64_t b = blockIdx.x * int64_t(kThreads) + threadIdx.x; b < blocks; b += int64_t(gridDim.x) * kThreads) {
-    const rng::Philox4 r = rng::philox4x32_10(out.seed, out.offset + uint64_t(b));
-    for (int j = 0; j < 8 && 8 * b + j < n; ++j) {
-      const int64_t e = 8 * b + j;
-      dense_moment_param(load(out.grad + e), v[e], m + e, param + e, gs, d, b1, one_b1, lr, decay, wd);
-      out.param[e].bits = rounded_bf16(param[e], r, j);
-    }
-  }
+  update_rounded_blocks(n, out, [&](int64_t e) {
+    dense_moment_param(load(out.grad + e), v[e], m + e, param + e, gs, d, b1, one_b1, lr, decay, wd);
+    return param[e];
+  });
 }
 
 // g: a.grad, or the bf16 gradient of a FusedBf16 step.
@@ -256,9 +245,7 @@ void came_dense(const CameDenseArgs& a, const GT* g) {
   const float decay = float(-a.weight_decay * a.lr);
   const bool wd = a.weight_decay != 0.0;
   if (a.bf16_param.grad) {
-    const int64_t round_blocks = int64_t(round_to_bf16_blocks(a.n));
-    const unsigned grid = unsigned(imin((round_blocks + kThreads - 1) / kThreads, int64_t(1) << 20));
-    dense_update_rounded<MT><<<grid, kThreads, 0, stream()>>>(a.n, a.exp_avg_sq, m, a.param, w.divisor, gs, b1, one_b1,
+    dense_update_rounded<MT><<<rounded_blocks_grid(a.n), kThreads, 0, stream()>>>(a.n, a.exp_avg_sq, m, a.param, w.divisor, gs, b1, one_b1,
                                                               lr, decay, wd, a.bf16_param);
     TALLY_CUDA_LAUNCH_CHECK("came dense_update_rounded");
   } else if (a.stats) {

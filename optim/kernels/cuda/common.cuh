@@ -72,6 +72,22 @@ __device__ inline void store_rounded_bf16x8(bf16* dst, const float* x, const rng
   *reinterpret_cast<uint4*>(dst) = out;
 }
 
+// The last pass of a fused bf16 step (FusedBf16): each thread takes whole 8-element Philox blocks of the n elements
+// (grid-stride); update(e) steps element e on the master and returns its new value, which the bf16 parameter gets
+// rounded as round_to_bf16 rounds it.
+template <class Update>
+__device__ inline void update_rounded_blocks(int64_t n, const FusedBf16& out, Update update) {
+  const int64_t blocks = int64_t(round_to_bf16_blocks(n));
+  for (int64_t b = blockIdx.x * int64_t(kThreads) + threadIdx.x; b < blocks; b += int64_t(gridDim.x) * kThreads) {
+    const rng::Philox4 r = rng::philox4x32_10(out.seed, out.offset + uint64_t(b));
+    for (int j = 0; j < 8 && 8 * b + j < n; ++j) out.param[8 * b + j].bits = rounded_bf16(update(8 * b + j), r, j);
+  }
+}
+// The grid of a pass over round_to_bf16's blocks of n elements: a thread per block, at most 2^20 blocks of threads.
+inline unsigned rounded_blocks_grid(int64_t n) {
+  return unsigned(imin((int64_t(round_to_bf16_blocks(n)) + kThreads - 1) / kThreads, int64_t(1) << 20));
+}
+
 // Index helpers of the (P, n, Q, m, S) layout.
 __device__ inline int64_t row_index(const FactoredLayout& l, int64_t p, int64_t i, int64_t k) {
   const int64_t s = k % l.S, q = k / (l.m * l.S);

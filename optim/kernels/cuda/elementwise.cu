@@ -174,15 +174,10 @@ __global__ void sgd_kernel(int64_t n, const float* g, float* p, float* buf, SgdS
 // A bf16 parameter (FusedBf16): sgd_element on the master, then the bf16 parameter as round_to_bf16 writes it; each
 // thread takes whole 8-element Philox blocks.
 __global__ void sgd_rounded_kernel(int64_t n, float* p, float* buf, SgdScalars s, FusedBf16 out) {
-  const int64_t blocks = int64_t(round_to_bf16_blocks(n));
-  for (int64_t b = blockIdx.x * int64_t(kThreads) + threadIdx.x; b < blocks; b += int64_t(gridDim.x) * kThreads) {
-    const rng::Philox4 r = rng::philox4x32_10(out.seed, out.offset + uint64_t(b));
-    for (int j = 0; j < 8 && 8 * b + j < n; ++j) {
-      const int64_t e = 8 * b + j;
-      sgd_element(load(out.grad + e), p + e, buf ? buf + e : nullptr, s);
-      out.param[e].bits = rounded_bf16(p[e], r, j);
-    }
-  }
+  update_rounded_blocks(n, out, [&](int64_t e) {
+    sgd_element(load(out.grad + e), p + e, buf ? buf + e : nullptr, s);
+    return p[e];
+  });
 }
 
 __global__ void sum_squares_kernel(int64_t n, const float* x, double* block_sums) {
@@ -220,9 +215,7 @@ void adamw_step(const AdamWArgs& a) {
                 "and parameter (no f32 gradient) and no statistics");
     const FusedBf16& f = a.bf16_param;
     const bool vec = aligned16({f.grad, f.param, a.param, a.exp_avg, a.exp_avg_sq});
-    const int64_t blocks = int64_t(round_to_bf16_blocks(a.n));
-    const unsigned grid = unsigned(imin((blocks + kThreads - 1) / kThreads, int64_t(1) << 20));
-    adamw_rounded_kernel<<<grid, kThreads, 0, stream()>>>(a.n, f.grad, a.param, a.exp_avg, a.exp_avg_sq, s, vec, f);
+    adamw_rounded_kernel<<<rounded_blocks_grid(a.n), kThreads, 0, stream()>>>(a.n, f.grad, a.param, a.exp_avg, a.exp_avg_sq, s, vec, f);
     TALLY_CUDA_LAUNCH_CHECK("adamw_rounded");
     return;
   }
@@ -258,9 +251,7 @@ void sgd_step(const SgdArgs& a) {
   if (a.bf16_param.grad) {
     TALLY_CHECK(!a.grad && a.bf16_param.param && !a.stats, "[sgd_step] a fused bf16 step takes the bf16 gradient ",
                 "and parameter (no f32 gradient) and no statistics");
-    const int64_t blocks = int64_t(round_to_bf16_blocks(a.n));
-    const unsigned grid = unsigned(imin((blocks + kThreads - 1) / kThreads, int64_t(1) << 20));
-    sgd_rounded_kernel<<<grid, kThreads, 0, stream()>>>(a.n, a.param, a.momentum_buffer, s, a.bf16_param);
+    sgd_rounded_kernel<<<rounded_blocks_grid(a.n), kThreads, 0, stream()>>>(a.n, a.param, a.momentum_buffer, s, a.bf16_param);
     TALLY_CUDA_LAUNCH_CHECK("sgd_rounded");
     return;
   }

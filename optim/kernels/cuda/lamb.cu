@@ -117,15 +117,10 @@ __global__ void lamb_apply(int64_t n, float* p, const float* m, const float* v, 
 __global__ void lamb_apply_rounded(int64_t n, float* p, const float* m, const float* v, LambScalars s,
                                    const float* trust, FusedBf16 out) {
   const float tr = *trust;
-  const int64_t blocks = int64_t(round_to_bf16_blocks(n));
-  for (int64_t b = blockIdx.x * int64_t(kThreads) + threadIdx.x; b < blocks; b += int64_t(gridDim.x) * kThreads) {
-    const rng::Philox4 r = rng::philox4x32_10(out.seed, out.offset + uint64_t(b));
-    for (int j = 0; j < 8 && 8 * b + j < n; ++j) {
-      const int64_t e = 8 * b + j;
-      lamb_apply_element(p + e, m[e], v[e], tr, s);
-      out.param[e].bits = rounded_bf16(p[e], r, j);
-    }
-  }
+  update_rounded_blocks(n, out, [&](int64_t e) {
+    lamb_apply_element(p + e, m[e], v[e], tr, s);
+    return p[e];
+  });
 }
 
 }  // namespace
@@ -171,9 +166,7 @@ void lamb_step(const LambArgs& a) {
     TALLY_CUDA_LAUNCH_CHECK("lamb trust_of");
   }
   if (fused.grad) {
-    const int64_t round_blocks = int64_t(round_to_bf16_blocks(a.n));
-    const unsigned grid = unsigned(imin((round_blocks + kThreads - 1) / kThreads, int64_t(1) << 20));
-    lamb_apply_rounded<<<grid, kThreads, 0, stream()>>>(a.n, a.param, a.exp_avg, a.exp_avg_sq, s, trust, fused);
+    lamb_apply_rounded<<<rounded_blocks_grid(a.n), kThreads, 0, stream()>>>(a.n, a.param, a.exp_avg, a.exp_avg_sq, s, trust, fused);
     TALLY_CUDA_LAUNCH_CHECK("lamb apply_rounded");
   } else if (a.stats) {
     lamb_apply<true><<<unsigned(blocks), kThreads, 0, stream()>>>(a.n, a.param, a.exp_avg, a.exp_avg_sq, s, trust,

@@ -50,9 +50,7 @@ __global__ void scale_bf16_kernel(int64_t n, bf16* x, float s) {
 void round_to_bf16(const float* master, bf16* param, int64_t n, uint64_t seed, uint64_t offset) {
   if (n == 0) return;
   const bool vec = aligned16({master, param});
-  const int64_t blocks = int64_t(round_to_bf16_blocks(n));
-  const unsigned grid = unsigned(imin((blocks + kThreads - 1) / kThreads, int64_t(1) << 20));
-  round_to_bf16_kernel<<<grid, kThreads, 0, stream()>>>(master, param, n, seed, offset, vec);
+  round_to_bf16_kernel<<<rounded_blocks_grid(n), kThreads, 0, stream()>>>(master, param, n, seed, offset, vec);
   TALLY_CUDA_LAUNCH_CHECK("round_to_bf16");
 }
 
