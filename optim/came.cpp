@@ -96,8 +96,8 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
         .shard = sharding(s),
         .bf16_param = fused ? fused_bf16(s, grad) : kernels::FusedBf16{},
     };
-    // Small dense tensors are batched after the other slots; an unfused bf16 parameter is not (step() writes it from the
-    // master right after update()).
+    // Small dense tensors are batched after the other slots; an unfused bf16 parameter is not (step() writes it from
+    // the master right after update()).
     if (batches_dense(s, stats != nullptr) && (fused || !s.master.defined())) {
       if (!deferred_dense_.empty() && deferred_device_ != dev) finish_updates();
       deferred_device_ = dev;

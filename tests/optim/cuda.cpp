@@ -156,9 +156,10 @@ TEST_CASE("cuda: CAME steps many small dense tensors together as the CPU steps t
 }
 
 // A bf16 parameter's step on CUDA (every optimizer but SM3) reads its gradient from bf16 and rounds its parameter in
-// the kernels (FusedBf16): every tensor, CAME's small dense ones batched by came_dense_steps. The kernels' arithmetic is the same for an f32 parameter given the widened gradient
-// (widening is exact), so the master must equal that parameter bit for bit, and the bf16 parameter must be
-// round_to_bf16 of the master with the parameter's key and counter, bit for bit (integer arithmetic from there).
+// the kernels (FusedBf16): every tensor, CAME's small dense ones batched by came_dense_steps. The kernels' arithmetic
+// is the same for an f32 parameter given the widened gradient (widening is exact), so the master must equal that
+// parameter bit for bit, and the bf16 parameter must be round_to_bf16 of the master with the parameter's key and
+// counter, bit for bit (integer arithmetic from there).
 // Factored shapes: float4 rows, odd rows (Philox blocks spanning rows), batched matrices, and a general
 // (P, n, Q, m, S) layout under two_largest_dims.
 TEST_CASE("cuda: bf16 optimizer steps fuse the gradient widening and the rounding, bit for bit" *

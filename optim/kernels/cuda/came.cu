@@ -162,8 +162,9 @@ void came_factored(const CameFactoredArgs& a, const GT* g) {
   const float lr = float(a.lr), decay = float(-a.weight_decay * a.lr);
   const bool wd = a.weight_decay != 0.0;
   if (a.bf16_param.grad) {
-    param_update_rounded<MT><<<rounded_blocks_grid(N), kThreads, 0, stream()>>>(l, K, a.param, m, w.row_factor, w.col_factor, lr, decay,
-                                                              wd, a.bf16_param);
+    param_update_rounded<MT><<<rounded_blocks_grid(N), kThreads, 0, stream()>>>(l, K, a.param, m, w.row_factor,
+                                                                                w.col_factor, lr, decay, wd,
+                                                                                a.bf16_param);
     TALLY_CUDA_LAUNCH_CHECK("came param_update_rounded");
   } else {
     const dim3 grid(unsigned(l.P * l.n), unsigned((K + 4 * kThreads - 1) / (4 * kThreads)));
@@ -245,8 +246,9 @@ void came_dense(const CameDenseArgs& a, const GT* g) {
   const float decay = float(-a.weight_decay * a.lr);
   const bool wd = a.weight_decay != 0.0;
   if (a.bf16_param.grad) {
-    dense_update_rounded<MT><<<rounded_blocks_grid(a.n), kThreads, 0, stream()>>>(a.n, a.exp_avg_sq, m, a.param, w.divisor, gs, b1, one_b1,
-                                                              lr, decay, wd, a.bf16_param);
+    dense_update_rounded<MT><<<rounded_blocks_grid(a.n), kThreads, 0, stream()>>>(a.n, a.exp_avg_sq, m, a.param,
+                                                                                  w.divisor, gs, b1, one_b1, lr, decay,
+                                                                                  wd, a.bf16_param);
     TALLY_CUDA_LAUNCH_CHECK("came dense_update_rounded");
   } else if (a.stats) {
     dense_update<MT, true><<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.exp_avg_sq, m, a.param, w.divisor, gs, b1,

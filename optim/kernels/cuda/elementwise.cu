@@ -215,7 +215,8 @@ void adamw_step(const AdamWArgs& a) {
                 "and parameter (no f32 gradient) and no statistics");
     const FusedBf16& f = a.bf16_param;
     const bool vec = aligned16({f.grad, f.param, a.param, a.exp_avg, a.exp_avg_sq});
-    adamw_rounded_kernel<<<rounded_blocks_grid(a.n), kThreads, 0, stream()>>>(a.n, f.grad, a.param, a.exp_avg, a.exp_avg_sq, s, vec, f);
+    adamw_rounded_kernel<<<rounded_blocks_grid(a.n), kThreads, 0, stream()>>>(a.n, f.grad, a.param, a.exp_avg,
+                                                                              a.exp_avg_sq, s, vec, f);
     TALLY_CUDA_LAUNCH_CHECK("adamw_rounded");
     return;
   }
@@ -251,7 +252,8 @@ void sgd_step(const SgdArgs& a) {
   if (a.bf16_param.grad) {
     TALLY_CHECK(!a.grad && a.bf16_param.param && !a.stats, "[sgd_step] a fused bf16 step takes the bf16 gradient ",
                 "and parameter (no f32 gradient) and no statistics");
-    sgd_rounded_kernel<<<rounded_blocks_grid(a.n), kThreads, 0, stream()>>>(a.n, a.param, a.momentum_buffer, s, a.bf16_param);
+    sgd_rounded_kernel<<<rounded_blocks_grid(a.n), kThreads, 0, stream()>>>(a.n, a.param, a.momentum_buffer, s,
+                                                                            a.bf16_param);
     TALLY_CUDA_LAUNCH_CHECK("sgd_rounded");
     return;
   }

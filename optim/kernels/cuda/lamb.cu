@@ -166,7 +166,8 @@ void lamb_step(const LambArgs& a) {
     TALLY_CUDA_LAUNCH_CHECK("lamb trust_of");
   }
   if (fused.grad) {
-    lamb_apply_rounded<<<rounded_blocks_grid(a.n), kThreads, 0, stream()>>>(a.n, a.param, a.exp_avg, a.exp_avg_sq, s, trust, fused);
+    lamb_apply_rounded<<<rounded_blocks_grid(a.n), kThreads, 0, stream()>>>(a.n, a.param, a.exp_avg, a.exp_avg_sq, s,
+                                                                            trust, fused);
     TALLY_CUDA_LAUNCH_CHECK("lamb apply_rounded");
   } else if (a.stats) {
     lamb_apply<true><<<unsigned(blocks), kThreads, 0, stream()>>>(a.n, a.param, a.exp_avg, a.exp_avg_sq, s, trust,
