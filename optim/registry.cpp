@@ -3,7 +3,9 @@
 #include "optim/registry.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 
@@ -72,9 +74,11 @@ const std::string& SettingsReader::text(std::string_view name) const {
 double SettingsReader::number(std::string_view name) const {
   const std::string& t = text(name);
   char* end = nullptr;
+  errno = 0;
   const double v = t.empty() ? 0.0 : std::strtod(t.c_str(), &end);
-  if (t.empty() || end != t.c_str() + t.size())
-    fail("[", optimizer_, "] setting '", name, "' expects a number, got '", t, "'");
+  // ERANGE: too large for a double, or so small it underflows ("1e-332" reads as 0, "1e400" as inf).
+  if (t.empty() || end != t.c_str() + t.size() || errno == ERANGE || !std::isfinite(v))
+    fail("[", optimizer_, "] setting '", name, "' expects a finite number within double's range, got '", t, "'");
   return v;
 }
 

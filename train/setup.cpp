@@ -103,12 +103,13 @@ std::unique_ptr<models::GPT2> load_model_file(const fs::path& path_in, Device de
 
 // ---- optimizer ----
 
-double OptimizerChoice::lr() const {
-  return settings.get("lr") ? std::stod(*settings.get("lr")) : optim::find_optimizer(name).default_lr;
-}
+// Read as the optimizer's entry reads them (its defaults; a malformed or out-of-range value throws tally::Error).
+double OptimizerChoice::lr() const { return reader().number("lr"); }
 
-double OptimizerChoice::weight_decay() const {
-  return settings.get("weight-decay") ? std::stod(*settings.get("weight-decay")) : 0.0;
+double OptimizerChoice::weight_decay() const { return reader().number("weight-decay"); }
+
+optim::SettingsReader OptimizerChoice::reader() const {
+  return optim::SettingsReader(name, optim::find_optimizer(name).settings, settings);
 }
 
 std::unique_ptr<optim::Optimizer> OptimizerChoice::make(const std::vector<Tensor>& params) const {

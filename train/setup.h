@@ -42,6 +42,9 @@ struct OptimizerChoice {
   // Closed-form state bytes from shapes alone (nothing allocated); ZeRO 1: rank shard.rank's part.
   std::vector<optim::TensorState> predict(const std::vector<optim::NamedShape>& params,
                                           optim::ShardOf shard = {}) const;
+
+ private:
+  optim::SettingsReader reader() const;
 };
 // Flags: --optimizer, and the settings of every optimizer in the registry, each name once.
 std::vector<FlagSpec> optimizer_flags();

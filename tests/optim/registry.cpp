@@ -54,7 +54,10 @@ TEST_CASE("registry: settings reach the configuration; unknown names and malform
                        doctest::Contains("[came] has no setting 'momentum' (it reads lr, weight-decay, decay, beta1"),
                        Error);
   CHECK_THROWS_WITH_AS(make_optimizer("adamw", {p}, {{"beta1", "high"}}),
-                       doctest::Contains("[adamw] setting 'beta1' expects a number, got 'high'"), Error);
+                       doctest::Contains("[adamw] setting 'beta1' expects a finite number within double's range, got 'high'"),
+                       Error);
+  CHECK_THROWS_WITH_AS(make_optimizer("came", {p}, {{"beta3", "1e-400"}}),
+                       doctest::Contains("[came] setting 'beta3' expects a finite number within double's range"), Error);
   CHECK_THROWS_WITH_AS(make_optimizer("sgd", {p}, {{"nesterov", "maybe"}}),
                        doctest::Contains("[sgd] switch 'nesterov' expects true or false, got 'maybe'"), Error);
   CHECK_THROWS_WITH_AS(make_optimizer("came", {p}, {{"decay", "some"}}),

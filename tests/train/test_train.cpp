@@ -169,6 +169,15 @@ TEST_CASE("train: bad flags and missing data are refused clearly") {
   CHECK_THROWS_WITH_AS(config_from({"--total-batch", "100"}, out), doctest::Contains("must be a positive multiple of B*T = 64"),
                        FlagError);
   CHECK_THROWS_WITH_AS(config_from({"--model", "gpt5"}, out), doctest::Contains("gpt5"), FlagError);
+  // Numbers a double cannot hold (an underflow reads as 0, an overflow as inf) and non-finite ones are refused by name.
+  for (const char* lr : {"1e-332", "1e400", "nan", "inf", "0", "-1e-3"})
+    CHECK_THROWS_AS(config_from({"--lr", lr}, out), FlagError);
+  CHECK_THROWS_WITH_AS(config_from({"--lr", "1e-332"}, out),
+                       doctest::Contains("setting 'lr' expects a finite number within double's range, got '1e-332'"),
+                       FlagError);
+  CHECK_THROWS_WITH_AS(config_from({"--optimizer", "adamw", "--beta2", "1e999"}, out),
+                       doctest::Contains("[adamw] setting 'beta2' expects a finite number"), FlagError);
+  CHECK_THROWS_WITH_AS(config_from({"--weight-decay", "-1e-400"}, out), doctest::Contains("'weight-decay'"), FlagError);
   CHECK_THROWS_WITH_AS(config_from({"--train", "x.bin"}, out), doctest::Contains("--train and --val go together"), FlagError);
   CHECK_THROWS_WITH_AS(config_from({"--text", (out / "missing.txt").string()}, out), doctest::Contains("does not exist"), Error);
   CHECK_THROWS_WITH_AS(Trainer(config_from({"--train", (out / "no.bin").string(), "--val", (out / "no.bin").string()}, out)),
