@@ -186,9 +186,8 @@ class DictParser {
 }  // namespace
 
 int64_t NpyArray::numel() const {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
+  // Parsing checked the shape; the order matters still: (huge, huge, 0) holds nothing, and must not overflow.
+  return int64_t(checked_numel(shape, "[npy] NpyArray::numel: "));
 }
 
 void NpyArray::check_dtype(DType wanted) const {

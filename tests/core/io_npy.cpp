@@ -79,6 +79,12 @@ TEST_CASE("npy: round trip of every dtype; header is NumPy's v1.0 layout, 64-byt
   NpyArray e = parse_npy(empty, "empty");
   CHECK(e.shape == std::vector<int64_t>{0, 4});
   CHECK(e.data.empty());
+  CHECK(e.numel() == 0);
+  // Empty, with dimensions whose product before the zero overflows 64 bits: still 0 elements.
+  const std::vector<int64_t> wide = {27518114, 666666666665, 0};
+  NpyArray w = parse_npy(serialize_npy(DType::u16, wide, nullptr), "wide empty");
+  CHECK(w.shape == wide);
+  CHECK(w.numel() == 0);
   fs::remove_all(dir);
 }
 
