@@ -48,11 +48,11 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 std::optional<uint64_t> checked_numel(const std::vector<int64_t>& shape) {
   uint64_t n = 1;
   for (int64_t d : shape)
-    if (d == 0) return 0;
-  for (int64_t d : shape) {
     if (d < 0) return std::nullopt;
+  for (int64_t d : shape)
+    if (d == 0) return 0;
+  for (int64_t d : shape)
     if (__builtin_mul_overflow(n, uint64_t(d), &n)) return std::nullopt;
-  }
   if (n > uint64_t(std::numeric_limits<int64_t>::max())) return std::nullopt;
   return n;
 }
@@ -125,9 +125,9 @@ float f16_to_float(uint16_t h) {
 }
 
 int64_t SafetensorsEntry::numel() const {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;  // validated on parse: cannot overflow
-  return n;
+  // Validated on parse, so it has a value; checked still, as (huge, huge, 0) is a valid empty shape whose product
+  // in order would overflow.
+  return int64_t(*checked_numel(shape));
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -145,6 +145,14 @@ TEST_CASE("safetensors: round trip of every tally dtype, F16, a 0-d and an empty
   CHECK(std::string(none.begin() + 8, none.end()) == "{}      ");
   CHECK(SafetensorsReader::from_memory(none, "none").tensors().empty());
 
+  // Empty, with dimensions whose product before the zero overflows 64 bits: 0 elements, no overflow on the way.
+  const std::vector<SafetensorsTensor> wide_empty = {
+      {.name = "wide", .dtype = SafeDType::f32, .shape = {int64_t(1) << 40, int64_t(1) << 40, 0}}};
+  auto wide = serialize_safetensors(wide_empty);
+  const SafetensorsReader wr = SafetensorsReader::from_memory(wide, "wide");
+  CHECK(wr.at("wide").numel() == 0);
+  CHECK(wr.read_floats("wide").empty());
+
   // A reader can be moved; the spans stay valid.
   SafetensorsReader moved = std::move(r);
   CHECK(moved.read_typed<float>("w") == w);
