@@ -105,6 +105,7 @@ int cmd_memory(const Args& args) {
   const bool with_step = f.given("batch") || f.given("seq");
   int64_t B = f.given("batch") ? f.integer("batch") : 4, T = f.given("seq") ? f.integer("seq") : config.block_size;
   if (with_step && (B < 1 || T < 1 || T > config.block_size)) throw FlagError("--batch and --seq must be positive, --seq <= block size");
+  if (with_step) micro_batch_tokens(B, T);
   const std::string dtype_str = f.str("dtype");
   if (dtype_str != "f32" && dtype_str != "bf16") throw FlagError("--dtype must be f32 or bf16, got '" + dtype_str + "'");
   const DType dtype = dtype_str == "bf16" ? DType::bf16 : DType::f32;
@@ -296,6 +297,7 @@ int cmd_eval(const Args& args) {
   int64_t B = f.integer("batch"), T = f.integer("seq");
   if (B < 1 || T < 1) throw FlagError("--batch and --seq must be positive");
   if (T > model->config().block_size) throw FlagError("--seq exceeds the model's block size " + std::to_string(model->config().block_size));
+  micro_batch_tokens(B, T);
   data::DataLoader loader(data::ShardSet::open(f.str("data"), {.vocab_limit = int32_t(model->config().vocab_size)}),
                           {.batch = B, .seq_len = T});
   int64_t n = loader.batches_per_epoch();

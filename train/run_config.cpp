@@ -74,8 +74,9 @@ RunConfig run_config_unchecked(const Flags& f, DataResolution data) {
   if (c.batch < 1 || c.seq < 1 || c.steps < 1) throw FlagError("--batch, --seq and --steps must be positive");
   if (c.seq > c.model.block_size)
     throw FlagError("--seq " + std::to_string(c.seq) + " exceeds the model's block size " + std::to_string(c.model.block_size));
+  const int64_t per = micro_batch_tokens(c.batch, c.seq);
   if (f.given("total-batch")) {
-    int64_t total = f.integer("total-batch"), per = c.batch * c.seq;
+    int64_t total = f.integer("total-batch");
     if (total < per || total % per != 0)
       throw FlagError("--total-batch " + std::to_string(total) + " must be a positive multiple of B*T = " + std::to_string(per));
     c.accumulation = total / per;

@@ -101,6 +101,15 @@ std::unique_ptr<models::GPT2> load_model_file(const fs::path& path_in, Device de
   return models::load_llmc(path, {.device = device});
 }
 
+int64_t micro_batch_tokens(int64_t batch, int64_t seq) {
+  TALLY_ASSERT(batch > 0 && seq > 0);
+  constexpr int64_t kMaxTokens = INT32_MAX;
+  if (batch > kMaxTokens / seq)
+    throw FlagError(cat("--batch ", batch, " x --seq ", seq, " is more than the ", kMaxTokens,
+                        " tokens a micro-batch may hold (rows of its logits are indexed in 32 bits)"));
+  return batch * seq;
+}
+
 // ---- optimizer ----
 
 // Read as the optimizer's entry reads them (its defaults; a malformed or out-of-range value throws tally::Error).

@@ -25,6 +25,11 @@ models::GPT2Config model_config(const Flags& flags);
 // run's model is padded so (the optimizers see the real rows only either way: Tensor::padding_rows).
 int64_t vocab_multiple(const Flags& flags);
 
+// B*T, the tokens of one micro-batch of `batch` sequences of `seq` tokens (both positive). More than 2^31 - 1 is
+// refused with a FlagError naming both flags: the kernels index the rows of (B*T, V) logits in 32 bits, and B*T
+// itself must not overflow.
+int64_t micro_batch_tokens(int64_t batch, int64_t seq);
+
 // A model file: a tally checkpoint directory (or a run directory: its latest checkpoint), an llm.c .bin, a
 // .safetensors in Hugging Face naming, or a Hugging Face model directory (its model.safetensors, config.json beside it
 // checked against the tensors). Returns the model on `device`.

@@ -178,6 +178,12 @@ TEST_CASE("train: bad flags and missing data are refused clearly") {
   CHECK_THROWS_WITH_AS(config_from({"--optimizer", "adamw", "--beta2", "1e999"}, out),
                        doctest::Contains("[adamw] setting 'beta2' expects a finite number"), FlagError);
   CHECK_THROWS_WITH_AS(config_from({"--weight-decay", "-1e-400"}, out), doctest::Contains("'weight-decay'"), FlagError);
+  // B*T past the kernels' 32-bit row index, and past int64 itself, is refused before it is multiplied.
+  CHECK_THROWS_WITH_AS(config_from({"--batch", "67108864", "--seq", "32"}, out),
+                       doctest::Contains("--batch 67108864 x --seq 32 is more than the 2147483647 tokens"), FlagError);
+  CHECK_NOTHROW(config_from({"--batch", "67108863", "--seq", "32"}, out));  // 2^31 - 32 tokens: allowed
+  CHECK_THROWS_WITH_AS(config_from({"--batch", "9223372036854775807", "--total-batch", "256"}, out),
+                       doctest::Contains("--batch 9223372036854775807 x --seq"), FlagError);
   CHECK_THROWS_WITH_AS(config_from({"--train", "x.bin"}, out), doctest::Contains("--train and --val go together"), FlagError);
   CHECK_THROWS_WITH_AS(config_from({"--text", (out / "missing.txt").string()}, out), doctest::Contains("does not exist"), Error);
   CHECK_THROWS_WITH_AS(Trainer(config_from({"--train", (out / "no.bin").string(), "--val", (out / "no.bin").string()}, out)),
