@@ -69,6 +69,14 @@ int64_t integer_field(const json& r, const char* key, const std::string& where) 
   return it->get<int64_t>();
 }
 
+// A switch of a record: absent (or null) is false.
+bool boolean_field(const json& r, const char* key, const std::string& where) {
+  auto it = r.find(key);
+  if (it == r.end() || it->is_null()) return false;
+  TALLY_CHECK(it->is_boolean(), where, ": \"", key, "\" is ", it->dump(), ", not true or false");
+  return it->get<bool>();
+}
+
 // A value for the page: NaN -> null; aggregates of downsampled series to 6 significant digits (the page says so).
 json page_number(double v, bool rounded) {
   if (!std::isfinite(v)) return nullptr;
@@ -351,7 +359,7 @@ RunLogData read_log(std::istream& in, const std::string& name, InternalsBuckets&
         continue;
       }
       last_step = step;
-      if (r.value("skipped", false)) {
+      if (boolean_field(r, "skipped", where)) {
         ++d.skipped;
         if (d.skipped_steps.size() < 100) d.skipped_steps.push_back(step);
         continue;

@@ -225,6 +225,9 @@ TEST_CASE("report: bad input is an error naming the file and line, never a crash
   const fs::path typed = write_run("typed", 2);
   append_line(typed / "log.jsonl", "{\"step\": 3, \"loss\": \"low\"}\n");
   CHECK_THROWS_WITH_AS(report_data({typed}), doctest::Contains(":5: \"loss\" is \"low\", not a number"), Error);
+  const fs::path skipped = write_run("skipped", 2);
+  append_line(skipped / "log.jsonl", "{\"step\": 3, \"skipped\": 8, \"loss\": null}\n");
+  CHECK_THROWS_WITH_AS(report_data({skipped}), doctest::Contains(":5: \"skipped\" is 8, not true or false"), Error);
 
   const fs::path nostep = write_run("nostep", 1);
   append_line(nostep / "log.jsonl", "{\"loss\": 1}\n");
