@@ -46,12 +46,12 @@ void Adafactor::update(Slot& s, const Tensor& grad, const StepOptions& o, void* 
   const double beta2t = 1.0 - std::pow(double(s.step), c.decay_rate);
   float* m = has_m ? s.f32("exp_avg") : nullptr;
   const Device dev = s.param.device();
-  const bool fused = grad.dtype() == DType::bf16;  // fuses_mixed_precision(s): step() passed the bf16 gradient
+  const KernelGradient g = kernel_gradient(s, grad);
   if (s.factored) {
     kernels::AdafactorFactoredArgs a{
         .layout = s.layout,
         .param = param_f32(s),
-        .grad = fused ? nullptr : grad.data<float>(),
+        .grad = g.f32,
         .exp_avg = m,
         .exp_avg_sq_row = s.f32("exp_avg_sq_row"),
         .exp_avg_sq_col = s.f32("exp_avg_sq_col"),
@@ -66,14 +66,14 @@ void Adafactor::update(Slot& s, const Tensor& grad, const StepOptions& o, void* 
         .exact_exp_avg_sq = s.exact.defined() ? s.exact.data<float>() : nullptr,
         .stats = stats,
         .shard = sharding(s),
-        .bf16_param = fused ? fused_bf16(s, grad) : kernels::FusedBf16{},
+        .bf16_param = g.bf16,
     };
     TALLY_KERNEL(dev, adafactor_factored_step, a);
   } else {
     kernels::AdafactorDenseArgs a{
         .n = s.param.numel(),
         .param = param_f32(s),
-        .grad = fused ? nullptr : grad.data<float>(),
+        .grad = g.f32,
         .exp_avg = m,
         .exp_avg_sq = s.f32("exp_avg_sq"),
         .lr = c.lr,
@@ -86,7 +86,7 @@ void Adafactor::update(Slot& s, const Tensor& grad, const StepOptions& o, void* 
         .workspace = workspace,
         .stats = stats,
         .shard = sharding(s),
-        .bf16_param = fused ? fused_bf16(s, grad) : kernels::FusedBf16{},
+        .bf16_param = g.bf16,
     };
     TALLY_KERNEL(dev, adafactor_dense_step, a);
   }

@@ -22,11 +22,11 @@ std::vector<StateSpec> AdamW::state_specs(const Shape& shape, const AdamWConfig&
 
 void AdamW::update(Slot& s, const Tensor& grad, const StepOptions& o, void* workspace, double* stats) {
   const AdamWConfig& c = config_of(s);
-  const bool fused = grad.dtype() == DType::bf16;  // fuses_mixed_precision(s): step() passed the bf16 gradient
+  const KernelGradient g = kernel_gradient(s, grad);
   kernels::AdamWArgs a{
       .n = s.param.numel(),
       .param = param_f32(s),
-      .grad = fused ? nullptr : grad.data<float>(),
+      .grad = g.f32,
       .exp_avg = s.f32("exp_avg"),
       .exp_avg_sq = s.f32("exp_avg_sq"),
       .lr = c.lr,
@@ -38,7 +38,7 @@ void AdamW::update(Slot& s, const Tensor& grad, const StepOptions& o, void* work
       .grad_scale = o.grad_scale,
       .workspace = workspace,
       .stats = stats,
-      .bf16_param = fused ? fused_bf16(s, grad) : kernels::FusedBf16{},
+      .bf16_param = g.bf16,
   };
   TALLY_KERNEL(s.param.device(), adamw_step, a);
 }

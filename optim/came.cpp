@@ -48,12 +48,12 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
   const CameConfig& c = config_of(s);
   const Device dev = s.param.device();
   const Tensor& m = s.state("exp_avg");
-  const bool fused = grad.dtype() == DType::bf16;  // fuses_mixed_precision(s): step() passed the bf16 gradient
+  const KernelGradient g = kernel_gradient(s, grad);
   if (s.factored) {
     kernels::CameFactoredArgs a{
         .layout = s.layout,
         .param = param_f32(s),
-        .grad = fused ? nullptr : grad.data<float>(),
+        .grad = g.f32,
         .exp_avg = m.data_ptr(),
         .exp_avg_dtype = m.dtype(),
         .exp_avg_sq_row = s.f32("exp_avg_sq_row"),
@@ -73,14 +73,14 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
         .exact_exp_avg_sq = s.exact.defined() ? s.exact.data<float>() : nullptr,
         .stats = stats,
         .shard = sharding(s),
-        .bf16_param = fused ? fused_bf16(s, grad) : kernels::FusedBf16{},
+        .bf16_param = g.bf16,
     };
     TALLY_KERNEL(dev, came_factored_step, a);
   } else {
     kernels::CameDenseArgs a{
         .n = s.param.numel(),
         .param = param_f32(s),
-        .grad = fused ? nullptr : grad.data<float>(),
+        .grad = g.f32,
         .exp_avg = m.data_ptr(),
         .exp_avg_dtype = m.dtype(),
         .exp_avg_sq = s.f32("exp_avg_sq"),
@@ -94,11 +94,11 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
         .workspace = workspace,
         .stats = stats,
         .shard = sharding(s),
-        .bf16_param = fused ? fused_bf16(s, grad) : kernels::FusedBf16{},
+        .bf16_param = g.bf16,
     };
     // Small dense tensors are batched after the other slots; an unfused bf16 parameter is not (step() writes it from
     // the master right after update()).
-    if (batches_dense(s, stats != nullptr) && (fused || !s.master.defined())) {
+    if (batches_dense(s, stats != nullptr) && (g.fused() || !s.master.defined())) {
       if (!deferred_dense_.empty() && deferred_device_ != dev) finish_updates();
       deferred_device_ = dev;
       deferred_dense_.push_back(a);

@@ -29,11 +29,11 @@ double Lamb::step_size(const LambConfig& c, int64_t t) {
 
 void Lamb::update(Slot& s, const Tensor& grad, const StepOptions& o, void* workspace, double* stats) {
   const LambConfig& c = config_of(s);
-  const bool fused = grad.dtype() == DType::bf16;  // fuses_mixed_precision(s): step() passed the bf16 gradient
+  const KernelGradient g = kernel_gradient(s, grad);
   kernels::LambArgs a{
       .n = s.param.numel(),
       .param = param_f32(s),
-      .grad = fused ? nullptr : grad.data<float>(),
+      .grad = g.f32,
       .exp_avg = s.f32("exp_avg"),
       .exp_avg_sq = s.f32("exp_avg_sq"),
       .lr = c.lr,
@@ -48,7 +48,7 @@ void Lamb::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
       .workspace = workspace,
       .stats = stats,
       .shard = sharding(s),
-      .bf16_param = fused ? fused_bf16(s, grad) : kernels::FusedBf16{},
+      .bf16_param = g.bf16,
   };
   TALLY_KERNEL(s.param.device(), lamb_step, a);
 }

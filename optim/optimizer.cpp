@@ -382,13 +382,14 @@ kernels::FusedBf16 bf16_rounding(const Tensor& param, const std::string& name, i
 
 }  // namespace
 
-kernels::FusedBf16 Optimizer::fused_bf16(Slot& s, const Tensor& grad) const {
+Optimizer::KernelGradient Optimizer::kernel_gradient(Slot& s, const Tensor& grad) const {
+  if (grad.dtype() == DType::f32) return {.f32 = grad.data<float>()};
   TALLY_CHECK(s.master.defined() && grad.dtype() == DType::bf16 && grad.numel() == s.param.numel(), "[", kind_,
               ".step] '", s.name, "': a fused bf16 step needs a bf16 parameter and gradient, got ", s.param.str(), " and ",
               grad.str());
   kernels::FusedBf16 f = bf16_rounding(s.param, s.name, s.step, rounding_seed_);
   f.grad = grad.data<bf16>();
-  return f;
+  return {.bf16 = f};
 }
 
 void Optimizer::write_bf16_param(Slot& s) {

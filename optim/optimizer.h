@@ -340,13 +340,19 @@ class Optimizer {
   // every slot's update() in a step.
   virtual void finish_updates() {}
   // Mixed precision fused into the kernel: true when update() of this bf16 slot takes the bf16 gradient itself and
-  // writes the bf16 parameter from the master (fused_bf16()), so step() neither widens the gradient nor rounds
+  // writes the bf16 parameter from the master (kernel_gradient()), so step() neither widens the gradient nor rounds
   // afterwards. Asked with the optimizer's current inspection level, before the step and when sizing workspace.
   // OptimizerWith answers for an optimizer whose kernels take FusedBf16 (Derived::kFusedBf16).
   virtual bool fuses_mixed_precision(const Slot& /*slot*/) const { return false; }
-  // What such an update() passes its kernel: the bf16 gradient and parameter of this slot, and the Philox key and
-  // counter round_to_bf16 would use for its current step (Slot::step already incremented).
-  kernels::FusedBf16 fused_bf16(Slot& slot, const Tensor& grad) const;
+  // The gradient as update() passes it to a kernel: an f32 gradient in `f32`; a bf16 one (step() passes it only when
+  // fuses_mixed_precision) in `bf16`, with this slot's bf16 parameter and the Philox key and counter round_to_bf16
+  // would use for its current step (Slot::step already incremented).
+  struct KernelGradient {
+    const float* f32 = nullptr;
+    kernels::FusedBf16 bf16 = {};
+    bool fused() const { return bf16.grad != nullptr; }
+  };
+  KernelGradient kernel_gradient(Slot& slot, const Tensor& grad) const;
 
   // The f32 values the kernels update: the parameter itself, or its master weights when it is bf16.
   static float* param_f32(Slot& s) { return s.master.defined() ? s.master.data<float>() : s.param.data<float>(); }

@@ -22,11 +22,11 @@ std::vector<StateSpec> Sgd::state_specs(const Shape& shape, const SgdConfig& c) 
 
 void Sgd::update(Slot& s, const Tensor& grad, const StepOptions& o, void* workspace, double* stats) {
   const SgdConfig& c = config_of(s);
-  const bool fused = grad.dtype() == DType::bf16;  // fuses_mixed_precision(s): step() passed the bf16 gradient
+  const KernelGradient g = kernel_gradient(s, grad);
   kernels::SgdArgs a{
       .n = s.param.numel(),
       .param = param_f32(s),
-      .grad = fused ? nullptr : grad.data<float>(),
+      .grad = g.f32,
       .momentum_buffer = s.has("momentum_buffer") ? s.f32("momentum_buffer") : nullptr,
       .lr = c.lr,
       .momentum = c.momentum,
@@ -37,7 +37,7 @@ void Sgd::update(Slot& s, const Tensor& grad, const StepOptions& o, void* worksp
       .grad_scale = o.grad_scale,
       .workspace = workspace,
       .stats = stats,
-      .bf16_param = fused ? fused_bf16(s, grad) : kernels::FusedBf16{},
+      .bf16_param = g.bf16,
   };
   TALLY_KERNEL(s.param.device(), sgd_step, a);
 }

@@ -46,24 +46,11 @@ struct DenseFactor {
   __device__ float operator()(int64_t e) const { return 1.0f / sqrtf(v[e]); }
 };
 
-// Block sums of m^2 (slot 0, with a first moment) and of the applied step^2 (slot 1).
-template <bool kStats>
-__device__ inline void write_update_sums(double msq, double app, double* shared, double* block_sums) {
-  if constexpr (kStats) {
-    const double t0 = block_sum_to_first<kThreads>(msq, shared);
-    const double t1 = block_sum_to_first<kThreads>(app, shared);
-    if (threadIdx.x == 0) {
-      block_sums[blockIdx.x * kSums] = t0;
-      block_sums[blockIdx.x * kSums + 1] = t1;
-    }
-  }
-}
-
-// The factored update pass: (row, chunk of kThreads columns) tasks over a grid.
+// The factored update pass: (row, chunk of kThreads columns) tasks over a grid. Inspecting (kStats), the update
+// passes write block sums of m^2 (slot 0, with a first moment) and of the applied step^2 (slot 1).
 template <bool kStats>
 __global__ void factored_update(FactoredLayout l, int64_t K, const float* g, float* m, float* param, const float* rf,
                                 const float* cf, const float* divisor, UpdateScalars s, double* block_sums) {
-  __shared__ double shared[kWarps];
   double msq = 0, app = 0;
   const float d = *divisor;
   const int64_t rows = l.P * l.n, chunks = (K + kThreads - 1) / kThreads;
@@ -78,13 +65,15 @@ __global__ void factored_update(FactoredLayout l, int64_t K, const float* g, flo
       app += double(step) * step;
     }
   }
-  write_update_sums<kStats>(msq, app, shared, block_sums);
+  if constexpr (kStats) {
+    const double sums[2] = {msq, app};
+    write_block_sums(sums, block_sums);
+  }
 }
 
 template <bool kStats>
 __global__ void dense_update(int64_t n, const float* g, const float* v, float* m, float* param, const float* divisor,
                              UpdateScalars s, double* block_sums) {
-  __shared__ double shared[kWarps];
   double msq = 0, app = 0;
   const float d = *divisor;
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
@@ -94,7 +83,10 @@ __global__ void dense_update(int64_t n, const float* g, const float* v, float* m
       app += double(step) * step;
     }
   }
-  write_update_sums<kStats>(msq, app, shared, block_sums);
+  if constexpr (kStats) {
+    const double sums[2] = {msq, app};
+    write_block_sums(sums, block_sums);
+  }
 }
 
 // The update pass of a bf16 parameter (FusedBf16), factored or dense: update_element on the master from the bf16

@@ -48,7 +48,15 @@ __global__ void moment_update(FactoredLayout l, int64_t K, const GT* g, MT* m, c
   store(m + e, fmaf(u, one_b1, load(m + e) * b1));
 }
 
-// Pass 4: p = p + (-lr*wd)*p (fused, as torch's add_(p, alpha)), then p -= (factor * m) * lr.
+// Pass 4 on one element: p = p + (-lr*wd)*p (fused, as torch's add_(p, alpha)), then p -= (factor * m) * lr. Every
+// kernel that writes the parameter (factored, dense, fused bf16 or not) steps it through here, so that they round
+// alike. The dense step has no factor (1: the product is then m itself, exactly).
+__device__ inline float param_step(float x, float factor, float m, float lr, float decay, bool wd) {
+  if (wd) x = fmaf(x, decay, x);
+  return x - (factor * m) * lr;
+}
+
+// Pass 4 of a factored tensor.
 template <class MT>
 __global__ void param_update(FactoredLayout l, int64_t K, float* param, const MT* m, const float* rf, const float* cf,
                              float lr, float decay, bool wd, bool vec) {
@@ -66,20 +74,13 @@ __global__ void param_update(FactoredLayout l, int64_t K, float* param, const MT
       float* pp[4] = {&pv.x, &pv.y, &pv.z, &pv.w};
       const float ms[4] = {mv.x, mv.y, mv.z, mv.w};
 #pragma unroll
-      for (int t = 0; t < 4; ++t) {
-        float x = *pp[t];
-        if (wd) x = fmaf(x, decay, x);
-        *pp[t] = x - ((r * c[t]) * ms[t]) * lr;
-      }
+      for (int t = 0; t < 4; ++t) *pp[t] = param_step(*pp[t], r * c[t], ms[t], lr, decay, wd);
       *reinterpret_cast<float4*>(pr + k0) = pv;
       return;
     }
   }
-  for (int64_t k = k0; k < imin(K, k0 + 4); ++k) {
-    float x = pr[k];
-    if (wd) x = fmaf(x, decay, x);
-    pr[k] = x - ((row_factor_of(l, rf, p, i, k) * cf[p * K + k]) * load(mr + k)) * lr;
-  }
+  for (int64_t k = k0; k < imin(K, k0 + 4); ++k)
+    pr[k] = param_step(pr[k], row_factor_of(l, rf, p, i, k) * cf[p * K + k], load(mr + k), lr, decay, wd);
 }
 
 // Pass 4 of a bf16 parameter (FusedBf16): param_update's arithmetic on the master, then the bf16 parameter as
@@ -89,9 +90,7 @@ __global__ void param_update_rounded(FactoredLayout l, int64_t K, float* param, 
                                      const float* cf, float lr, float decay, bool wd, FusedBf16 out) {
   update_rounded_blocks(l.numel(), out, [&](int64_t e) {
     const int64_t k = e % K, pi = e / K, p = pi / l.n, i = pi % l.n;
-    float x = param[e];
-    if (wd) x = fmaf(x, decay, x);
-    x = x - ((row_factor_of(l, rf, p, i, k) * cf[p * K + k]) * load(m + e)) * lr;
+    const float x = param_step(param[e], row_factor_of(l, rf, p, i, k) * cf[p * K + k], load(m + e), lr, decay, wd);
     param[e] = x;
     return x;
   });
@@ -187,9 +186,7 @@ __device__ inline float dense_moment_param(float g, float v, MT* m, float* p, fl
                                            float one_b1, float lr, float decay, bool wd) {
   const float u = ((1.0f / sqrtf(v)) * (g * gs)) / d;
   const float mn = store(m, fmaf(u, one_b1, load(m) * b1));
-  float x = *p;
-  if (wd) x = fmaf(x, decay, x);
-  *p = x - mn * lr;
+  *p = param_step(*p, 1.0f, mn, lr, decay, wd);
   return mn;
 }
 
@@ -197,7 +194,6 @@ __device__ inline float dense_moment_param(float g, float v, MT* m, float* p, fl
 template <class MT, bool kStats>
 __global__ void dense_update(int64_t n, const float* g, const float* v, MT* m, float* param, const float* divisor,
                              float gs, float b1, float one_b1, float lr, float decay, bool wd, double* block_sums) {
-  __shared__ double shared[kWarps];
   double msq = 0, app = 0;
   const float d = *divisor;
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
@@ -208,13 +204,9 @@ __global__ void dense_update(int64_t n, const float* g, const float* v, MT* m, f
       app += double(step) * step;
     }
   }
-  if (kStats) {
-    const double t0 = block_sum_to_first<kThreads>(msq, shared);
-    const double t1 = block_sum_to_first<kThreads>(app, shared);
-    if (threadIdx.x == 0) {
-      block_sums[blockIdx.x * kSums] = t0;
-      block_sums[blockIdx.x * kSums + 1] = t1;
-    }
+  if constexpr (kStats) {
+    const double sums[2] = {msq, app};
+    write_block_sums(sums, block_sums);
   }
 }
 

@@ -163,6 +163,23 @@ __global__ void __launch_bounds__(kRowFactorThreads)
 __global__ void ema_cols_of_sums(float* col_stat, float* col_factor, const double* col_sums, int64_t cols,
                                  int64_t rows, double beta);
 
+// A block of kThreads threads writes its sums of acc[0..kCount) to slots 0..kCount-1 of its row of block_sums
+// (slot s at block_sums[blockIdx.x * kSums + s]), for launch_add_block_sums and the clip's finishing kernels to add
+// up. Every thread of the block calls it with its own partial sums.
+template <int kCount>
+__device__ inline void write_block_sums(const double (&acc)[kCount], double* block_sums) {
+  static_assert(kCount >= 1 && kCount <= kSums);
+  __shared__ double shared[kWarps];
+  for (int s = 0; s < kCount; ++s) {
+    const double total = block_sum_to_first<kThreads>(acc[s], shared);
+    if (threadIdx.x == 0) block_sums[blockIdx.x * kSums + s] = total;
+  }
+}
+__device__ inline void write_block_sum(double acc, double* block_sums) {
+  const double one[1] = {acc};
+  write_block_sums(one, block_sums);
+}
+
 // The finishing sums over a grid's block sums (slot e of block b at block_sums[b * kSums + e]), each in one block
 // of kThreads: thread t adds blocks t, t + kThreads, ... in order, then the block's fixed tree (deterministic; a
 // single thread walking up to kMaxBlocks sums serially took tens of microseconds per tensor). `what` names the op
@@ -222,13 +239,9 @@ void factored_stats(const FactoredLayout& l, const Plan& plan, const Workspace& 
 // Sum over the tensor of fn(e) into block sums (slot 0..kSums-1 as fn fills them), grid-stride, fixed grid.
 template <class Fn>
 __global__ void grid_sums(int64_t n, Fn fn, double* block_sums) {
-  __shared__ double shared[kWarps];
   double acc[kSums] = {0, 0, 0, 0};
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) fn(e, acc);
-  for (int s = 0; s < kSums; ++s) {
-    const double total = block_sum_to_first<kThreads>(acc[s], shared);
-    if (threadIdx.x == 0) block_sums[blockIdx.x * kSums + s] = total;
-  }
+  write_block_sums(acc, block_sums);
 }
 
 __device__ inline float row_factor_of(const FactoredLayout& l, const float* rf, int64_t p, int64_t i, int64_t k) {
@@ -257,7 +270,6 @@ struct SquareFill {
 template <class GT>
 __global__ void update_sq(FactoredLayout l, int64_t K, const GT* g, const float* rf, const float* cf, float gs,
                           bool vec, double* block_sums) {
-  __shared__ double shared[kWarps];
   double acc = 0;
   const int64_t rows = l.P * l.n, chunks = (K + 4 * kThreads - 1) / (4 * kThreads);
   for (int64_t t = blockIdx.x; t < rows * chunks; t += gridDim.x) {
@@ -278,8 +290,7 @@ __global__ void update_sq(FactoredLayout l, int64_t K, const GT* g, const float*
       }
     }
   }
-  const double total = block_sum_to_first<kThreads>(acc, shared);
-  if (threadIdx.x == 0) block_sums[blockIdx.x * kSums] = total;
+  write_block_sum(acc, block_sums);
 }
 
 // Inspection: exact EMA of g^2+eps1 and its distance to the factored estimate 1/(rf cf)^2.
@@ -321,14 +332,12 @@ __device__ inline float clip_divisor_of(double sum, int64_t numel, float thresho
 template <class GT>
 __global__ void dense_second_moment(int64_t n, const GT* g, float* v, float gs, float eps1, float b2, float one_b2,
                                     double* block_sums) {
-  __shared__ double shared[kWarps];
   double acc = 0;
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
     const float u = dense_v_update(load(g + e) * gs, v + e, eps1, b2, one_b2);
     acc += double(u) * u;
   }
-  const double total = block_sum_to_first<kThreads>(acc, shared);
-  if (threadIdx.x == 0) block_sums[blockIdx.x * kSums] = total;
+  write_block_sum(acc, block_sums);
 }
 
 }  // namespace tally::optim::kernels::cuda::detail

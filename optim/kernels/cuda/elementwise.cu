@@ -41,7 +41,6 @@ __device__ inline AdamWOut adamw_element(float g, float p, float m0, float v0, c
 template <bool kStats>
 __global__ void adamw_kernel(int64_t n, const float* g, float* p, float* m, float* v, AdamWScalars s, bool vec,
                              double* block_sums) {
-  __shared__ double shared[kWarps];
   double acc[3] = {0, 0, 0};
   auto account = [&](const AdamWOut& o) {
     if (kStats) {
@@ -79,12 +78,7 @@ __global__ void adamw_kernel(int64_t n, const float* g, float* p, float* m, floa
       }
     }
   }
-  if (kStats) {
-    for (int t = 0; t < 3; ++t) {
-      const double total = block_sum_to_first<kThreads>(acc[t], shared);
-      if (threadIdx.x == 0) block_sums[blockIdx.x * kSums + t] = total;
-    }
-  }
+  if constexpr (kStats) write_block_sums(acc, block_sums);
 }
 
 // A bf16 parameter (FusedBf16): adamw_element on the master, then the bf16 parameter as round_to_bf16 writes it.
@@ -153,7 +147,6 @@ __device__ inline SgdOut sgd_element(float g, float* p, float* buf, const SgdSca
 
 template <bool kStats>
 __global__ void sgd_kernel(int64_t n, const float* g, float* p, float* buf, SgdScalars s, double* block_sums) {
-  __shared__ double shared[kWarps];
   double acc[3] = {0, 0, 0};
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
     const SgdOut o = sgd_element(g[e], p + e, buf ? buf + e : nullptr, s);
@@ -163,12 +156,7 @@ __global__ void sgd_kernel(int64_t n, const float* g, float* p, float* buf, SgdS
       acc[2] += double(o.step) * o.step;
     }
   }
-  if (kStats) {
-    for (int t = 0; t < 3; ++t) {
-      const double total = block_sum_to_first<kThreads>(acc[t], shared);
-      if (threadIdx.x == 0) block_sums[blockIdx.x * kSums + t] = total;
-    }
-  }
+  if constexpr (kStats) write_block_sums(acc, block_sums);
 }
 
 // A bf16 parameter (FusedBf16): sgd_element on the master, then the bf16 parameter as round_to_bf16 writes it; each
@@ -181,12 +169,10 @@ __global__ void sgd_rounded_kernel(int64_t n, float* p, float* buf, SgdScalars s
 }
 
 __global__ void sum_squares_kernel(int64_t n, const float* x, double* block_sums) {
-  __shared__ double shared[kWarps];
   double acc = 0;
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads)
     acc += double(x[e]) * x[e];
-  const double total = block_sum_to_first<kThreads>(acc, shared);
-  if (threadIdx.x == 0) block_sums[blockIdx.x * kSums] = total;
+  write_block_sum(acc, block_sums);
 }
 
 __global__ void scale_kernel(int64_t n, float* x, float s) {
@@ -300,7 +286,6 @@ static_assert(sizeof(SquaresBatch) <= 4000, "sum_squares_batch: the launch's par
 int squares_blocks(int64_t n) { return int(std::clamp<int64_t>((n + 8191) / 8192, 1, 256)); }
 
 __global__ void sum_squares_batch(const SquaresBatch b, double* block_sums) {
-  __shared__ double shared[kWarps];
   int t = 0;
   while (t + 1 < b.count && b.task[t + 1].first_block <= int(blockIdx.x)) ++t;
   const SquaresTask& k = b.task[t];
@@ -317,8 +302,7 @@ __global__ void sum_squares_batch(const SquaresBatch b, double* block_sums) {
     const float* x = static_cast<const float*>(k.x);
     for (int64_t e = first; e < k.n; e += stride) acc += double(x[e]) * x[e];
   }
-  const double total = block_sum_to_first<kThreads>(acc, shared);
-  if (threadIdx.x == 0) block_sums[blockIdx.x * kSums] = total;
+  write_block_sum(acc, block_sums);
 }
 
 }  // namespace

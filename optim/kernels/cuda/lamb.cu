@@ -27,7 +27,6 @@ __device__ inline float lamb_update(float m, float v, float kept, const LambScal
 template <class GT>
 __global__ void lamb_moments(int64_t n, const GT* g, const float* p, float* m, float* v, LambScalars s,
                              double* block_sums) {
-  __shared__ double shared[kWarps];
   double acc[3] = {0, 0, 0};
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
     const float x = load(g + e) * s.gs;
@@ -41,10 +40,7 @@ __global__ void lamb_moments(int64_t n, const GT* g, const float* p, float* m, f
     acc[1] += double(u) * u;
     acc[2] += double(mn) * mn;
   }
-  for (int t = 0; t < 3; ++t) {
-    const double total = block_sum_to_first<kThreads>(acc[t], shared);
-    if (threadIdx.x == 0) block_sums[blockIdx.x * kSums + t] = total;
-  }
+  write_block_sums(acc, block_sums);
 }
 
 // The trust ratio from the squared norms of p' and u (torch's float32 norms, clamp and division).
@@ -96,7 +92,6 @@ __device__ inline float lamb_apply_element(float* p, float m, float v, float tr,
 template <bool kStats>
 __global__ void lamb_apply(int64_t n, float* p, const float* m, const float* v, LambScalars s, const float* trust,
                            double* block_sums) {
-  __shared__ double shared[kWarps];
   const float tr = *trust;
   double acc = 0;
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
@@ -106,10 +101,7 @@ __global__ void lamb_apply(int64_t n, float* p, const float* m, const float* v, 
       acc += double(step) * step;
     }
   }
-  if (kStats) {
-    const double total = block_sum_to_first<kThreads>(acc, shared);
-    if (threadIdx.x == 0) block_sums[blockIdx.x * kSums] = total;
-  }
+  if constexpr (kStats) write_block_sum(acc, block_sums);
 }
 
 // Pass 2 of a bf16 parameter (FusedBf16): lamb_apply_element on the master, then the bf16 parameter as round_to_bf16

@@ -28,14 +28,12 @@ __global__ void round_to_bf16_kernel(const float* master, bf16* param, int64_t n
 }
 
 __global__ void sum_squares_bf16_kernel(int64_t n, const bf16* x, double* block_sums) {
-  __shared__ double shared[kWarps];
   double acc = 0;
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
     const double v = double(tally::kernels::cuda::bf16_to_float_dev(x[e]));
     acc += v * v;
   }
-  const double total = block_sum_to_first<kThreads>(acc, shared);
-  if (threadIdx.x == 0) block_sums[blockIdx.x * kSums] = total;
+  write_block_sum(acc, block_sums);
 }
 
 __global__ void scale_bf16_kernel(int64_t n, bf16* x, float s) {

@@ -54,17 +54,6 @@ __device__ inline float sm3_element(float g, float smallest, float* p, float* m,
   return v;
 }
 
-template <bool kStats>
-__device__ inline void write_block_sums(const double* acc, double* block_sums) {
-  if constexpr (kStats) {
-    __shared__ double shared[kWarps];
-    for (int t = 0; t < 3; ++t) {
-      const double total = block_sum_to_first<kThreads>(acc[t], shared);
-      if (threadIdx.x == 0) block_sums[blockIdx.x * kSums + t] = total;
-    }
-  }
-}
-
 // Rank 0 or 1: one accumulator value per element (a vector keeps max(acc, v) with beta > 0, a scalar v).
 template <bool kStats, bool kMomentum, bool kBeta>
 __global__ void sm3_dense(int64_t n, const float* g, float* p, float* m, float* acc, Sm3Scalars s, bool keep_max,
@@ -75,7 +64,7 @@ __global__ void sm3_dense(int64_t n, const float* g, float* p, float* m, float* 
     const float v = sm3_element<kStats, kMomentum, kBeta>(g[e], old, p + e, kMomentum ? m + e : nullptr, s, sums);
     acc[e] = keep_max ? fmaxf(old, v) : v;
   }
-  write_block_sums<kStats>(sums, block_sums);
+  if constexpr (kStats) write_block_sums(sums, block_sums);
 }
 
 // The walk of a tensor of rank >= 2.
@@ -145,7 +134,7 @@ __global__ void sm3_tiles(Sm3Walk w, Sm3Scalars s, const float* g, float* p, flo
     }
     __syncthreads();  // `rows` is reused by the block's next tile
   }
-  write_block_sums<kStats>(sums, block_sums);
+  if constexpr (kStats) write_block_sums(sums, block_sums);
 }
 
 // Accumulators of the dims before the last: one thread per index i of dim k (indices in the order of the dims), the
