@@ -13,6 +13,15 @@ int64_t numel(const Shape& s) {
   return n;
 }
 
+std::optional<int64_t> checked_numel(std::span<const int64_t> shape) {
+  if (std::ranges::any_of(shape, [](int64_t d) { return d < 0; })) return std::nullopt;
+  if (std::ranges::any_of(shape, [](int64_t d) { return d == 0; })) return 0;
+  int64_t n = 1;
+  for (int64_t d : shape)
+    if (__builtin_mul_overflow(n, d, &n)) return std::nullopt;
+  return n;
+}
+
 Strides contiguous_strides(const Shape& s) {
   Strides st(s.size());
   int64_t acc = 1;

@@ -29,8 +29,11 @@ namespace {
 
 std::shared_ptr<TensorImpl> new_impl(const Shape& shape, TensorOptions opt) {
   for (int64_t d : shape) TALLY_CHECK(d >= 0, "[empty] negative dimension in shape ", shape_str(shape));
+  const std::optional<int64_t> n = checked_numel(shape);
+  int64_t bytes = 0;
+  TALLY_CHECK(n && !__builtin_mul_overflow(*n, int64_t(dtype_size(opt.dtype)), &bytes), "[empty] shape ",
+              shape_str(shape), " of ", dtype_name(opt.dtype), " holds more bytes than fit in 64 bits");
   auto impl = std::make_shared<TensorImpl>();
-  int64_t bytes = tally::numel(shape) * int64_t(dtype_size(opt.dtype));
   impl->storage = std::make_shared<Storage>(allocator(opt.device).allocate(bytes));
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);

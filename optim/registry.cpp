@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "core/parse.h"
 #include "optim/adafactor.h"
 #include "optim/adamw.h"
 #include "optim/came.h"
@@ -73,13 +74,9 @@ const std::string& SettingsReader::text(std::string_view name) const {
 
 double SettingsReader::number(std::string_view name) const {
   const std::string& t = text(name);
-  char* end = nullptr;
-  errno = 0;
-  const double v = t.empty() ? 0.0 : std::strtod(t.c_str(), &end);
-  // ERANGE: too large for a double, or so small it underflows ("1e-332" reads as 0, "1e400" as inf).
-  if (t.empty() || end != t.c_str() + t.size() || errno == ERANGE || !std::isfinite(v))
-    fail("[", optimizer_, "] setting '", name, "' expects a finite number within double's range, got '", t, "'");
-  return v;
+  const std::optional<double> v = parse_finite_double(t);
+  if (!v) fail("[", optimizer_, "] setting '", name, "' expects a finite number within double's range, got '", t, "'");
+  return *v;
 }
 
 int64_t SettingsReader::integer(std::string_view name) const {

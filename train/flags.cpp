@@ -2,6 +2,7 @@
 #include "train/flags.h"
 
 #include "core/error.h"
+#include "core/parse.h"
 
 #include <nlohmann/json.hpp>
 
@@ -140,13 +141,10 @@ int64_t Flags::integer(const std::string& name) const {
 }
 
 double Flags::number(const std::string& name) const {
-  std::string v = str(name);
-  errno = 0;
-  char* end = nullptr;
-  double x = std::strtod(v.c_str(), &end);
-  if (v.empty() || *end != '\0' || errno == ERANGE || !std::isfinite(x))
-    throw FlagError(tally::cat("--", name, " expects a finite number, got '", v, "'", origin(name)));
-  return x;
+  const std::string v = str(name);
+  const std::optional<double> x = parse_finite_double(v);
+  if (!x) throw FlagError(tally::cat("--", name, " expects a finite number within double's range, got '", v, "'", origin(name)));
+  return *x;
 }
 
 bool Flags::on(const std::string& name) const {

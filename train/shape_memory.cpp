@@ -10,6 +10,7 @@
 #include "core/dist/communicator.h"
 #include "core/ledger.h"
 #include "core/ops.h"
+#include "core/parse.h"
 #include "optim/registry.h"
 #include "train/data_parallel.h"
 
@@ -70,13 +71,6 @@ StateFigures plan_state(const std::vector<ModelTensor>& tensors, const Optimizer
 
 namespace {
 
-bool is_number(const std::string& text) {
-  if (text.empty()) return false;
-  char* end = nullptr;
-  std::strtod(text.c_str(), &end);
-  return end == text.c_str() + text.size();
-}
-
 bool is_on(const std::string& text) { return text == "true" || text == "1" || text == "on" || text == "yes"; }
 
 // The same state tensors (names, shapes, dtypes) for every parameter.
@@ -121,11 +115,10 @@ std::vector<PlannedOptimizer> with_state_variants(const std::vector<OptimizerCho
       std::vector<std::string> tries;  // other values of this setting
       if (s.kind == optim::SettingKind::switch_) {
         tries.push_back(is_on(current) ? "false" : "true");
-      } else if (is_number(current)) {
-        if (std::strtod(current.c_str(), nullptr) != 0.0) tries.push_back("0");
-        if (is_number(s.default_value) && std::strtod(s.default_value.c_str(), nullptr) !=
-                                              std::strtod(current.c_str(), nullptr))
-          tries.push_back(s.default_value);
+      } else if (const std::optional<double> value = parse_finite_double(current)) {
+        if (*value != 0.0) tries.push_back("0");
+        const std::optional<double> default_value = parse_finite_double(s.default_value);
+        if (default_value && *default_value != *value) tries.push_back(s.default_value);
       }
       for (const std::string& value : tries) {
         OptimizerChoice v = base;

@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "core/io/file.h"
+#include "core/shape.h"
 
 namespace tally::io {
 namespace fs = std::filesystem;
@@ -58,16 +59,12 @@ std::string shape_tuple(std::span<const int64_t> shape) {
 }
 
 // Validates the shape and returns numel; `where` names the destination.
-uint64_t checked_numel(std::span<const int64_t> shape, const std::string& where) {
-  uint64_t n = 1;
+uint64_t numel_or_fail(std::span<const int64_t> shape, const std::string& where) {
+  const std::optional<int64_t> n = checked_numel(shape);
+  if (n) return uint64_t(*n);
   for (int64_t d : shape)
     if (d < 0) fail(where, "shape ", shape_tuple(shape), " has a negative dimension");
-  for (int64_t d : shape)
-    if (d == 0) return 0;
-  for (int64_t d : shape)
-    if (__builtin_mul_overflow(n, uint64_t(d), &n) || n > uint64_t(std::numeric_limits<int64_t>::max()))
-      fail(where, "shape ", shape_tuple(shape), " has more elements than fit in 64 bits");
-  return n;
+  fail(where, "shape ", shape_tuple(shape), " has more elements than fit in 64 bits");
 }
 
 // The full preamble: magic, version, header length and the padded dict.
@@ -187,7 +184,7 @@ class DictParser {
 
 int64_t NpyArray::numel() const {
   // Parsing checked the shape; the order matters still: (huge, huge, 0) holds nothing, and must not overflow.
-  return int64_t(checked_numel(shape, "[npy] NpyArray::numel: "));
+  return int64_t(numel_or_fail(shape, "[npy] NpyArray::numel: "));
 }
 
 void NpyArray::check_dtype(DType wanted) const {
@@ -196,7 +193,7 @@ void NpyArray::check_dtype(DType wanted) const {
 
 void write_npy(const fs::path& path, DType dtype, std::span<const int64_t> shape, const void* data) {
   const std::string where = cat("[npy] '", path.string(), "': ");
-  uint64_t numel = checked_numel(shape, where);
+  uint64_t numel = numel_or_fail(shape, where);
   if (numel > 0 && data == nullptr) fail(where, "data is null but the shape has ", numel, " elements");
   std::string preamble = make_preamble(dtype, shape);
   AtomicFileWriter w(path);
@@ -207,7 +204,7 @@ void write_npy(const fs::path& path, DType dtype, std::span<const int64_t> shape
 
 std::vector<uint8_t> serialize_npy(DType dtype, std::span<const int64_t> shape, const void* data) {
   const std::string where = "[npy] '<memory>': ";
-  uint64_t numel = checked_numel(shape, where);
+  uint64_t numel = numel_or_fail(shape, where);
   if (numel > 0 && data == nullptr) fail(where, "data is null but the shape has ", numel, " elements");
   std::string preamble = make_preamble(dtype, shape);
   std::vector<uint8_t> out(preamble.begin(), preamble.end());
@@ -271,7 +268,7 @@ NpyArray parse_npy(std::span<const uint8_t> bytes, std::string_view source_name)
     fail(where, "unsupported dtype '", *descr, "' (expected <f4, <f8, <i4, <i8, <u2 or |u1)");
   }
   a.shape = std::move(*shape);
-  uint64_t numel = checked_numel(a.shape, where);
+  uint64_t numel = numel_or_fail(a.shape, where);
   uint64_t want;
   if (__builtin_mul_overflow(numel, uint64_t(dtype_size(a.dtype)), &want))
     fail(where, "shape ", shape_tuple(a.shape), " needs more bytes than fit in 64 bits");

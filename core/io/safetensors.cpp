@@ -10,6 +10,8 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "core/shape.h"
+
 namespace tally::io {
 namespace fs = std::filesystem;
 
@@ -42,19 +44,6 @@ std::string shape_text(const std::vector<int64_t>& shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
   return s + "]";
-}
-
-// numel of a shape, or nullopt when it does not fit in int64 (a zero dimension makes it 0 regardless).
-std::optional<uint64_t> checked_numel(const std::vector<int64_t>& shape) {
-  uint64_t n = 1;
-  for (int64_t d : shape)
-    if (d < 0) return std::nullopt;
-  for (int64_t d : shape)
-    if (d == 0) return 0;
-  for (int64_t d : shape)
-    if (__builtin_mul_overflow(n, uint64_t(d), &n)) return std::nullopt;
-  if (n > uint64_t(std::numeric_limits<int64_t>::max())) return std::nullopt;
-  return n;
 }
 
 template <class T>

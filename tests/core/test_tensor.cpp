@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/ops.h"
+#include "core/parse.h"
 #include "core/random.h"
 #include "tests/gradcheck.h"
 
@@ -23,6 +24,28 @@ TEST_CASE("creation: zeros, ones, full, arange, from_vector") {
   Tensor v = from_vector<float>({1, 2, 3, 4, 5, 6}, {2, 3});
   CHECK(v.numel() == 6);
   CHECK(v.to_vector<float>() == std::vector<float>{1, 2, 3, 4, 5, 6});
+}
+
+TEST_CASE("checked_numel: negative dimensions and overflow give nothing; a zero dimension gives 0 first") {
+  const int64_t big = int64_t(1) << 40;
+  CHECK(checked_numel(Shape{}) == 1);
+  CHECK(checked_numel(Shape{2, 3, 4}) == 24);
+  CHECK(checked_numel(Shape{big, big, 0}) == 0);  // empty, though the product in order overflows
+  CHECK(!checked_numel(Shape{big, big}));
+  CHECK(!checked_numel(Shape{-5, 0}));  // negative before zero
+  CHECK(checked_numel(Shape{int64_t(1) << 62, 2}) == std::nullopt);
+  CHECK(checked_numel(Shape{int64_t(1) << 61, 2}) == int64_t(1) << 62);
+  CHECK_THROWS_WITH_AS(empty({big, big}), doctest::Contains("[empty] shape (1099511627776, 1099511627776) of f32"),
+                       Error);
+  CHECK_THROWS_WITH_AS(empty({int64_t(1) << 62}), doctest::Contains("more bytes than fit in 64 bits"), Error);
+  CHECK(empty({big, big, 0}, {DType::f32, Device::meta()}).numel() == 0);
+}
+
+TEST_CASE("parse_finite_double: the whole text, within double's range, finite") {
+  CHECK(parse_finite_double("3e-4") == 3e-4);
+  CHECK(parse_finite_double("-0.5") == -0.5);
+  for (const char* bad : {"", "1e-332", "1e400", "inf", "nan", "0.1x", "x", "1 "})
+    CHECK_MESSAGE(!parse_finite_double(bad), bad);
 }
 
 TEST_CASE("item requires exactly one element") {
