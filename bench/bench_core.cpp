@@ -1,10 +1,13 @@
 // Core engine throughput against the machine's own ceilings, as ratios measured in the same run:
 //   matmul GFLOP/s (tally::matmul, f32) vs OpenBLAS sgemm called directly on the same buffers;
-//   a large elementwise add and a full reduction in GB/s vs a memcpy of the same bytes.
+//   a large elementwise add and a full reduction in GB/s vs a memcpy of the same bytes;
+//   GPT-2's head and loss, forward and backward, in row chunks (linear_cross_entropy) vs whole (linear, then
+//   cross_entropy): time and the peak bytes beside the inputs.
 // Not a test: run it (make bench) and read the ratios. The last line is the same table as one JSON object.
 #include <cblas.h>
 #include <omp.h>
 
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -13,6 +16,7 @@
 #include <vector>
 
 #include "core/autograd/node.h"
+#include "core/ledger.h"
 #include "core/ops.h"
 
 using namespace tally;
@@ -29,11 +33,41 @@ double best_time(int reps, const std::function<void()>& fn) {
   }
   return best;
 }
+// The head and loss of the d4 model (C = 256, Vp = 50304) over N = 2048 positions, forward and backward: chunks of
+// 1024 rows (GPT2Options::loss_chunk_rows) against the whole (N, Vp) logits. Returns {chunked ms, whole ms, chunked
+// peak bytes, whole peak bytes}, the peaks of the CPU ledger beside the inputs.
+std::array<double, 4> head_and_loss(Generator& gen) {
+  const int64_t N = 2048, C = 256, Vp = 50304, V = 50257;
+  Tensor x = randn({N, C}, gen).set_requires_grad(true), w = (randn({Vp, C}, gen) * 0.02).detach().set_requires_grad(true);
+  std::vector<int32_t> ids(static_cast<size_t>(N));
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t((i * 7919) % size_t(V));
+  Tensor targets = from_vector<int32_t>(ids, {N});
+  Ledger& led = ledger();
+  auto run = [&](bool chunked) {
+    x.clear_grad();
+    w.clear_grad();
+    Tensor loss = chunked ? linear_cross_entropy(x, w, targets, {.classes = V, .chunk_rows = 1024})
+                          : cross_entropy(linear(x, w, Tensor()), targets, {.classes = V});
+    loss.backward();
+  };
+  std::array<double, 4> out{};
+  for (int k = 0; k < 2; ++k) {
+    const bool chunked = k == 0;
+    out[size_t(k)] = best_time(3, [&] { run(chunked); }) * 1e3;
+    x.clear_grad();
+    w.clear_grad();
+    const int64_t live = led.total().live_requested;
+    led.reset_peaks();
+    run(chunked);
+    out[size_t(2 + k)] = double(led.total().peak_requested - live);
+  }
+  return out;
+}
 }  // namespace
 
 int main() {
-  NoGradGuard no_grad;
   Generator gen(1);
+  const std::array<double, 4> head = head_and_loss(gen);  // needs gradients: before the guard below
   std::printf("tally bench_core: %d threads\n\n", omp_get_max_threads());
   std::printf("%-34s %12s %12s %8s\n", "what", "tally", "ceiling", "ratio");
   nlohmann::json rows = nlohmann::json::array();
@@ -66,6 +100,8 @@ int main() {
   double t_sum = best_time(5, [&] { Tensor s = sum(x); });
   double sum_gbs = double(N) * 4 / t_sum * 1e-9;
   row("sum 16M f32 GB/s (vs memcpy)", sum_gbs, copy_gbs, sum_gbs / copy_gbs);
+  row("head+loss fwd+bwd ms (chunked)", head[0], head[1], head[1] / head[0]);
+  row("head+loss peak MiB (chunked)", head[2] / 1048576.0, head[3] / 1048576.0, head[3] / head[2]);
   std::printf("%s\n", nlohmann::json({{"bench", "core"}, {"threads", omp_get_max_threads()}, {"rows", rows}}).dump().c_str());
   return 0;
 }

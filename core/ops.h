@@ -88,6 +88,20 @@ struct CrossEntropyOptions {
   TokenIds targets = TokenIds::check;
 };
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, CrossEntropyOptions options = {});
+// cross_entropy(linear(x, weight), targets) over the first `classes` rows of weight, in chunks of chunk_rows rows
+// of x, so that the (N, V) logits are never held whole: x (N, C), weight (V, C), targets (N) i32 -> scalar mean.
+// Only one chunk's (chunk_rows, V) logits exist at a time. When x or weight needs a gradient, the forward pass also
+// computes it chunk by chunk (each chunk's logits turn into their gradient in place, which the two products of
+// the classifier's backward then read): dx (N, C) and dweight (V, C) of the mean loss are kept until backward,
+// which scales them by the loss's gradient in place. dweight sums over the chunks in weight's dtype.
+// Memory: one chunk's logits (workspace) + dx + dweight, against (N, V) logits + (N, V) dlogits unfused.
+struct LinearCrossEntropyOptions {
+  int64_t classes = 0;     // 0: all V rows of weight
+  int64_t chunk_rows = 0;  // 0: one chunk of all N rows
+  TokenIds targets = TokenIds::check;
+};
+Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor& targets,
+                            LinearCrossEntropyOptions options = {});
 
 // ---- attention ----
 // q (B, NH, Tq, HS), k and v (B, NH, Tk, HS), Tq <= Tk; causal: query i sees keys j <= i + (Tk - Tq).

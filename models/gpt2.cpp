@@ -31,6 +31,8 @@ const GPT2Options& validated(const GPT2Options& o) {
               "[gpt2] parameters must be f32, f64 or bf16, got ", dtype_name(o.dtype));
   TALLY_CHECK(o.dtype != DType::bf16 || !o.device.is_cpu(), "[gpt2] parameters on the CPU must be f32 or f64, got bf16 ",
               "(bf16 computes on CUDA only: use device cuda, or meta to plan memory)");
+  TALLY_CHECK(o.loss_chunk_rows >= 0, "[gpt2] loss_chunk_rows must be >= 0 (0: the loss is never chunked), got ",
+              o.loss_chunk_rows);
   return o;
 }
 
@@ -200,7 +202,7 @@ void GPT2::load_parameter(const std::string& name, const Tensor& saved, const st
   }
 }
 
-Tensor GPT2::logits_padded(const Tensor& idx, TokenIds ids) const {
+Tensor GPT2::hidden(const Tensor& idx, TokenIds ids) const {
   check_ids(idx, "idx", config_.block_size, ids);
   const int64_t T = idx.size(1);
   Tensor tok = wte.forward(idx, TokenIds::checked_by_caller);  // (B, T, C); checked just above
@@ -211,7 +213,11 @@ Tensor GPT2::logits_padded(const Tensor& idx, TokenIds ids) const {
   }
   x = drop.forward(x);
   for (const auto& block : h) x = block->forward(x);
-  x = ln_f.forward(x);
+  return ln_f.forward(x);
+}
+
+Tensor GPT2::logits_padded(const Tensor& idx, TokenIds ids) const {
+  Tensor x = hidden(idx, ids);  // (B, T, C)
   MemoryScope scope(Category::activation, "lm_head");
   return linear(x, wte.weight(), Tensor());  // (B, T, Vp): the head is the token embedding
 }
@@ -240,7 +246,16 @@ GPT2::Output GPT2::forward_with_loss(const Tensor& idx, const Tensor& targets, T
 }
 
 Tensor GPT2::loss(const Tensor& idx, const Tensor& targets, TokenIds ids) const {
-  return forward_with_loss(idx, targets, ids).loss;
+  const int64_t N = idx.defined() ? idx.numel() : 0, R = options_.loss_chunk_rows;
+  if (R <= 0 || N <= R) return forward_with_loss(idx, targets, ids).loss;
+  check_ids(targets, "targets", config_.block_size, ids);
+  TALLY_CHECK(targets.shape() == idx.shape(), "[gpt2] targets ", shape_str(targets.shape()),
+              " must have the shape of idx ", shape_str(idx.shape()));
+  Tensor x = hidden(idx, ids);  // (B, T, C)
+  MemoryScope scope(Category::activation, "lm_head");
+  return linear_cross_entropy(x.view({N, config_.n_embd}), wte.weight(), targets.reshape({N}),
+                              {.classes = config_.vocab_size, .chunk_rows = R,
+                               .targets = TokenIds::checked_by_caller});  // checked above, or by the caller
 }
 
 KVCache GPT2::make_kv_cache(int64_t batch, int64_t capacity) const {

@@ -55,6 +55,11 @@ struct GPT2Options {
   DType dtype = DType::f32;
   uint64_t seed = 0;              // initialisation; dropout draws from a stream derived from it
   Init init = Init::gpt2;
+  // loss() runs the head and the cross-entropy in chunks of this many rows (linear_cross_entropy) when B*T exceeds
+  // it, so that the (B*T, Vp) logits and their gradient are never held whole; 0: never. 1024 rows keep each chunk's
+  // products large enough for BLAS and cuBLAS (the head's gradient is re-read once per chunk), and the default CPU
+  // configurations (B*T <= 1024) on the unchunked path.
+  int64_t loss_chunk_rows = 1024;
 };
 
 // Per-layer key/value caches for incremental decoding (models/generate.h). length = positions filled.
@@ -87,7 +92,8 @@ class GPT2 : public nn::Module {
   // never reach the caller.
   Tensor forward(const Tensor& idx) const;
   // Mean cross-entropy of predicting targets (B, T) i32 (the next tokens, llm.c's convention: the caller shifts)
-  // over all B*T positions. Only logits are materialised (the loss is fused; probabilities are never stored).
+  // over all B*T positions. Probabilities are never stored; past options.loss_chunk_rows positions neither are the
+  // whole logits (the head and the loss run in chunks of rows, see linear_cross_entropy in core/ops.h).
   // ids: TokenIds::checked_by_caller skips the host check of the ids' values (shapes and devices are always
   // checked): for ids the caller has already checked, as the trainer's from shards validated when opened.
   Tensor loss(const Tensor& idx, const Tensor& targets, TokenIds ids = TokenIds::check) const;
@@ -123,7 +129,9 @@ class GPT2 : public nn::Module {
   nn::LayerNorm ln_f;                          // transformer.ln_f
 
  private:
-  // Embeddings + blocks + ln_f + head: (B, T) -> (B, T, Vp).
+  // Embeddings + blocks + ln_f: (B, T) -> (B, T, C).
+  Tensor hidden(const Tensor& idx, TokenIds ids) const;
+  // hidden + head: (B, T) -> (B, T, Vp).
   Tensor logits_padded(const Tensor& idx, TokenIds ids) const;
   // ids (B, T) i32 on the model's device with T <= limit, and (TokenIds::check) values in [0, V).
   void check_ids(const Tensor& ids, const char* what, int64_t T_limit, TokenIds values) const;

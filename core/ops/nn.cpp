@@ -1,5 +1,6 @@
 // Neural-network ops: softmax / log_softmax, fused LayerNorm, embedding, fused cross-entropy, dropout.
 // Each op's backward is written right under its forward and keeps only what the gradient needs.
+#include <algorithm>
 #include <cmath>
 
 #include "core/ops/common.h"
@@ -10,6 +11,7 @@ using detail::check_floating;
 using detail::check_pair;
 using detail::saved;
 using kernels::SoftmaxKind;
+using kernels::Trans;
 
 namespace {
 
@@ -164,9 +166,123 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets_in, CrossEnt
     Tensor dloss = g.to(lse.dtype()).contiguous();
     dispatch_float(sl, "cross_entropy_backward", [&]<class T>() {
       TALLY_KERNEL(dlogits.device(), cross_entropy_backward<T>, sl.data<T>(), ld, targets.data<int32_t>(),
-                   lse.data<kernels::acc_t<T>>(), dloss.data<kernels::acc_t<T>>(), dlogits.data<T>(), width, N, V);
+                   lse.data<kernels::acc_t<T>>(), dloss.data<kernels::acc_t<T>>(), dlogits.data<T>(), width, N, V, N);
     });
     return {dlogits};
+  });
+}
+
+// ---- classifier + cross-entropy, in row chunks ----
+
+Tensor linear_cross_entropy(const Tensor& x_in, const Tensor& weight_in, const Tensor& targets_in,
+                            LinearCrossEntropyOptions options) {
+  check_pair("linear_cross_entropy", x_in, weight_in);
+  check_floating("linear_cross_entropy", x_in);
+  TALLY_CHECK(x_in.dim() == 2 && weight_in.dim() == 2 && x_in.size(1) == weight_in.size(1),
+              "[linear_cross_entropy] x must be (N, C) and weight (V, C), got x ", shape_str(x_in.shape()),
+              " and weight ", shape_str(weight_in.shape()));
+  const int64_t N = x_in.size(0), C = x_in.size(1), width = weight_in.size(0);
+  TALLY_CHECK(targets_in.defined() && targets_in.dtype() == DType::i32 && targets_in.dim() == 1 &&
+                  targets_in.size(0) == N,
+              "[linear_cross_entropy] targets must be i32 (N) for x ", shape_str(x_in.shape()), ", got ",
+              targets_in.str());
+  TALLY_CHECK(x_in.device() == targets_in.device(), "[linear_cross_entropy] device mismatch: x ", x_in.str(),
+              ", targets ", targets_in.str());
+  TALLY_CHECK(N > 0 && C > 0 && width > 0, "[linear_cross_entropy] empty operands: x ", shape_str(x_in.shape()),
+              ", weight ", shape_str(weight_in.shape()));
+  const int64_t V = options.classes > 0 ? options.classes : width;  // the classes: the first V rows of weight
+  TALLY_CHECK(V <= width, "[linear_cross_entropy] classes ", V, " exceeds the ", width, " rows of weight ",
+              shape_str(weight_in.shape()));
+  TALLY_CHECK(options.chunk_rows >= 0, "[linear_cross_entropy] chunk_rows must be >= 0 (0: one chunk), got ",
+              options.chunk_rows);
+  const int64_t R = options.chunk_rows > 0 ? std::min(options.chunk_rows, N) : N;
+  Tensor x, w;
+  {
+    NoGradGuard no_grad;
+    x = x_in.contiguous().detach();       // (N, C)
+    w = weight_in.contiguous().detach();  // (width, C)
+  }
+  Tensor targets = targets_in.contiguous();
+  if (options.targets == TokenIds::check) check_ids("linear_cross_entropy", targets, V);
+  const bool need_dx = grad_enabled() && x_in.requires_grad(), need_dw = grad_enabled() && weight_in.requires_grad();
+  Tensor losses = empty({N}, detail::acc_options(x));  // per row, in f32 for bf16
+  Tensor dx = need_dx ? empty({N, C}, x.options()) : Tensor();
+  Tensor dw = need_dw ? empty({width, C}, x.options()) : Tensor();
+  {
+    MemoryScope scope(Category::workspace, "linear_cross_entropy");
+    Tensor logits = empty({R, width}, x.options());  // one chunk's logits, then their gradient in place
+    Tensor lse = empty({R}, detail::acc_options(x));
+    dispatch_float(x, "linear_cross_entropy", [&]<class T>() {
+      using A = kernels::acc_t<T>;
+      if (x.device().is_meta()) return;  // accounting only (and no offsets into a meta tensor's null data)
+      for (int64_t r0 = 0; r0 < N; r0 += R) {
+        const int64_t rows = std::min(R, N - r0);
+        const T* xc = x.data<T>() + r0 * C;
+        kernels::GemmArgs<T> head;  // logits (rows, width) = x[r0, r0 + rows) (rows, C) @ w^T
+        head.trans_b = Trans::yes;
+        head.M = rows;
+        head.N = width;
+        head.K = C;
+        head.A = xc;
+        head.lda = C;
+        head.B = w.data<T>();
+        head.ldb = C;
+        head.C = logits.data<T>();
+        head.ldc = width;
+        TALLY_KERNEL(x.device(), gemm<T>, head);
+        TALLY_KERNEL(x.device(), cross_entropy_forward<T>, logits.data<T>(), width, targets.data<int32_t>() + r0,
+                     losses.data<A>() + r0, lse.data<A>(), rows, V);
+        if (!need_dx && !need_dw) continue;
+        // dlogits of the mean over all N rows (unit loss gradient), over the logits in place; padded columns zero.
+        TALLY_KERNEL(x.device(), cross_entropy_backward<T>, logits.data<T>(), width, targets.data<int32_t>() + r0,
+                     lse.data<A>(), static_cast<const A*>(nullptr), logits.data<T>(), width, rows, V, N);
+        if (need_dx) {  // dx[r0, r0 + rows) (rows, C) = dlogits (rows, width) @ w (width, C)
+          kernels::GemmArgs<T> g;
+          g.M = rows;
+          g.N = C;
+          g.K = width;
+          g.A = logits.data<T>();
+          g.lda = width;
+          g.B = w.data<T>();
+          g.ldb = C;
+          g.C = dx.data<T>() + r0 * C;
+          g.ldc = C;
+          TALLY_KERNEL(x.device(), gemm<T>, g);
+        }
+        if (need_dw) {  // dw (width, C) (+)= dlogits^T (width, rows) @ x[r0, r0 + rows) (rows, C)
+          kernels::GemmArgs<T> g;
+          g.trans_a = Trans::yes;
+          g.M = width;
+          g.N = C;
+          g.K = rows;
+          g.A = logits.data<T>();
+          g.lda = width;
+          g.B = xc;
+          g.ldb = C;
+          g.C = dw.data<T>();
+          g.ldc = C;
+          g.beta = r0 == 0 ? 0.0 : 1.0;
+          TALLY_KERNEL(x.device(), gemm<T>, g);
+        }
+      }
+    });
+  }
+  Tensor out;
+  {
+    NoGradGuard no_grad;
+    out = mean(losses);
+  }
+  return record("linear_cross_entropy", out, {&x_in, &weight_in}, [dx, dw](const Tensor& g) -> std::vector<Tensor> {
+    // The gradients were computed for a unit loss gradient: scaled in place by the real one, read on the device.
+    const Tensor& any = dx.defined() ? dx : dw;
+    if (g.device().is_meta()) return {dx, dw};
+    Tensor dloss = g.to(acc_dtype(any.dtype())).contiguous();
+    dispatch_float(any, "linear_cross_entropy_backward", [&]<class T>() {
+      for (const Tensor& d : {dx, dw})
+        if (d.defined())
+          TALLY_KERNEL(d.device(), scale_by<T>, d.data<T>(), dloss.data<kernels::acc_t<T>>(), d.numel());
+    });
+    return {dx, dw};
   });
 }
 

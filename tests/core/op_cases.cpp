@@ -579,6 +579,44 @@ void add_lookups(std::vector<OpCase>& t) {
                .variants = std::move(ce),
                .expect = {.reference = composed_cross_entropy(), .atol = 1e-12, .rtol = 1e-12},
                .bf16_output = DType::f32});  // per-row losses and their mean in f32
+
+  // x (N, C), weight (V, C), targets (N): chunks of `rows` rows (0: one), the first `classes` rows of weight.
+  const auto chunked = [](int64_t rows, int64_t classes) -> OpFn {
+    return [rows, classes](const Inputs& x) {
+      return linear_cross_entropy(x[0], x[1], x[2], {.classes = classes, .chunk_rows = rows});
+    };
+  };
+  const auto unfused = [](int64_t classes) -> OpFn {
+    return [classes](const Inputs& x) {
+      return cross_entropy(linear(x[0], x[1], Tensor()), x[2], {.classes = classes});
+    };
+  };
+  struct Chunking {
+    int64_t N, C, V, classes, rows;
+    const char* note;
+  };
+  std::vector<Variant> lce;
+  for (Chunking k : {Chunking{5, 4, 7, 0, 2, "chunks of 2, 2, 1 rows"}, Chunking{6, 3, 9, 7, 3, "classes 7 of 9"},
+                     Chunking{4, 5, 6, 0, 0, "one chunk"}, Chunking{3, 2, 5, 0, 8, "a chunk larger than N"},
+                     Chunking{1, 1, 1, 0, 1, "one row, one class"},
+                     Chunking{300, 64, 1000, 977, 128, "padded vocabulary, chunks of 128"},
+                     Chunking{1030, 48, 2051, 2000, 1024, "chunks of 1024 + 6 rows"}})
+    lce.push_back({.args = {{.shape = {k.N, k.C}}, {.shape = {k.V, k.C}},
+                            {.shape = {k.N}, .values = ids(k.classes ? k.classes : k.V)}},
+                   .note = k.note,
+                   .forward = chunked(k.rows, k.classes),
+                   .expect = {.reference = unfused(k.classes), .atol = 1e-12, .rtol = 1e-12},
+                   .checks = k.N * k.V > 20000 ? kDevicesOnly : Check::all});
+  lce.push_back({.args = {{.shape = {4, 6}, .view = transposed(0, 1)}, {.shape = {5, 4}},
+                          {.shape = {6}, .values = ids(5)}},
+                 .note = "a transposed x, chunks of 4 rows",
+                 .forward = chunked(4, 0),
+                 .expect = {.reference = unfused(0), .atol = 1e-12, .rtol = 1e-12}});
+  t.push_back({.op = "linear_cross_entropy",
+               .variants = std::move(lce),
+               // bf16: the head's gradient is summed over chunks in bf16 (one rounding per chunk)
+               .tol = {.bf16_grad = 2e-2},
+               .bf16_output = DType::f32});
 }
 
 // ---- attention ----

@@ -112,6 +112,30 @@ TEST_CASE("cross_entropy over the first K columns (padded vocabulary): the pad g
   CHECK_THROWS_WITH_AS(cross_entropy(x, targets, {.classes = 7}), doctest::Contains("classes 7 exceeds the 6 columns"), Error);
 }
 
+TEST_CASE("linear_cross_entropy: errors name the op and the shapes; ids are checked; no gradient, no buffers") {
+  Tensor x = uniform_f64({3, 4}, 31), w = uniform_f64({6, 4}, 32);
+  Tensor targets = from_vector<int32_t>({2, 0, 3}, {3});
+  CHECK_THROWS_WITH_AS(linear_cross_entropy(x, uniform_f64({6, 5}, 1), targets),
+                       doctest::Contains("[linear_cross_entropy] x must be (N, C) and weight (V, C), got x (3, 4) and "
+                                         "weight (6, 5)"),
+                       Error);
+  CHECK_THROWS_WITH_AS(linear_cross_entropy(x, w, from_vector<int32_t>({0, 1}, {2})),
+                       doctest::Contains("targets must be i32 (N) for x (3, 4)"), Error);
+  CHECK_THROWS_WITH_AS(linear_cross_entropy(x, w, targets, {.classes = 7}),
+                       doctest::Contains("classes 7 exceeds the 6 rows of weight (6, 4)"), Error);
+  CHECK_THROWS_WITH_AS(linear_cross_entropy(x, w, targets, {.classes = 3}),
+                       doctest::Contains("[linear_cross_entropy] id 3 at position 2 of (3,) is outside [0, 3)"), Error);
+  CHECK_THROWS_WITH_AS(linear_cross_entropy(x, w, targets, {.chunk_rows = -2}),
+                       doctest::Contains("chunk_rows must be >= 0"), Error);
+  CHECK_THROWS_WITH_AS(linear_cross_entropy(x, w.to(DType::f32), targets), doctest::Contains("dtype mismatch"), Error);
+  // Inputs that need no gradient: the loss only (one chunk's logits as workspace, nothing kept).
+  Ledger& led = ledger();
+  const int64_t live = led.total().live_requested;
+  Tensor loss = linear_cross_entropy(x, w, targets, {.chunk_rows = 2});
+  CHECK(led.total().live_requested - live == 8);  // the loss alone
+  CHECK(loss.item() == doctest::Approx(cross_entropy(linear(x, w, Tensor()), targets).item()).epsilon(1e-12));
+}
+
 TEST_CASE("dropout: seeded mask, scaling, p = 0 is the identity") {
   Generator g(5);
   Tensor x = ones({10000}, {.dtype = DType::f64});

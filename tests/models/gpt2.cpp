@@ -188,20 +188,63 @@ TEST_CASE("gpt2 forward: activations are recorded per module in the ledger") {
   CHECK(led.owner("transformer.h.1.mlp.c_fc").live_requested == 0);
 }
 
+TEST_CASE("gpt2 loss in row chunks equals the unchunked loss and gradients; the logits are never held whole") {
+  // 2 x 16 = 32 positions in chunks of 7 rows (7, 7, 7, 7, 4), against one unchunked head; padded vocabulary.
+  const GPT2Config c = test::tiny_config(128);
+  GPT2 whole(c, {.seed = 4, .loss_chunk_rows = 0}), chunked(c, {.seed = 4, .loss_chunk_rows = 7});
+  Tensor idx = test::random_tokens(2, 16, 500, 21), tgt = test::random_tokens(2, 16, 500, 22);
+  Ledger& led = ledger();
+  led.reset_peaks();
+  const int64_t before = led.owner("lm_head").live_requested;
+  Tensor lc = chunked.loss(idx, tgt);
+  const int64_t B = 2, T = 16, C = 32, Vp = 512;
+  // Held until backward: the loss, dx (B*T, C) and the head's gradient (Vp, C); the per-row losses and one chunk's
+  // (7, Vp) logits (workspace) lived during the forward pass only.
+  CHECK(led.owner("lm_head").live_requested - before == 4 + B * T * C * 4 + Vp * C * 4);
+  CHECK(led.owner("linear_cross_entropy").peak_requested == 7 * Vp * 4 + 7 * 4);
+  CHECK(led.owner("linear_cross_entropy").live_requested == 0);
+  Tensor lw = whole.loss(idx, tgt);
+  CHECK(lc.item() == doctest::Approx(lw.item()).epsilon(1e-6));
+  // Scaled as the trainer scales a micro-batch's loss: the gradient of the loss reaches the chunked path's backward.
+  (lc * 0.25).backward();
+  (lw * 0.25).backward();
+  const auto pw = whole.named_parameters(), pc = chunked.named_parameters();
+  REQUIRE(pw.size() == pc.size());
+  for (size_t i = 0; i < pw.size(); ++i) {
+    const std::string label = pw[i].first;
+    INFO(label);
+    // Chunks change the summation order of the head's gradient (float rounding only).
+    test::check_close("gradient, chunked vs whole", pc[i].second.grad(), pw[i].second.grad().to_vector<double>(), 1e-5,
+                      1e-6);
+  }
+  std::vector<double> gw = chunked.wte.weight().grad().to_vector<double>();
+  double pad = 0;
+  for (size_t i = 500 * 32; i < gw.size(); ++i) pad += std::abs(gw[i]);
+  CHECK(pad == 0.0);  // padded rows of the head get no gradient
+  {
+    NoGradGuard no_grad;  // evaluation: one chunk's logits, no gradient buffers
+    const int64_t live = led.owner("lm_head").live_requested;
+    Tensor eval = chunked.loss(idx, tgt);
+    CHECK(led.owner("lm_head").live_requested - live == 4);
+    CHECK(eval.item() == lc.item());
+  }
+  CHECK_THROWS_WITH_AS(GPT2(c, {.loss_chunk_rows = -1}), doctest::Contains("[gpt2] loss_chunk_rows must be >= 0"), Error);
+}
+
 TEST_CASE("gpt2 on meta predicts the CPU step's memory exactly, per category") {
   GPT2Config c = test::tiny_config();
   Tensor idx_cpu = test::random_tokens(2, 16, 500, 5), tgt_cpu = test::random_tokens(2, 16, 500, 6);
   struct Peaks {
     std::vector<int64_t> requested, held;
   };
-  auto run = [&](Device d) {
+  auto run = [&](Device d, int64_t loss_chunk_rows) {
     Ledger& led = ledger(d);
     std::vector<int64_t> live(kNumCategories);
     for (int k = 0; k < kNumCategories; ++k) live[k] = led.category(Category(k)).live_requested;
     led.reset_peaks();
     Peaks p;
     {
-      GPT2 model(c, {.device = d, .seed = 1});
+      GPT2 model(c, {.device = d, .seed = 1, .loss_chunk_rows = loss_chunk_rows});
       Tensor idx = empty({2, 16}, {DType::i32, d}), tgt = empty({2, 16}, {DType::i32, d});
       idx.copy_(idx_cpu);
       tgt.copy_(tgt_cpu);
@@ -214,14 +257,17 @@ TEST_CASE("gpt2 on meta predicts the CPU step's memory exactly, per category") {
     }
     return p;
   };
-  Peaks cpu = run(Device::cpu()), meta = run(Device::meta());
-  for (int k = 0; k < kNumCategories; ++k) {
-    INFO(category_name(Category(k)));
-    CHECK(cpu.requested[k] == meta.requested[k]);
+  for (const int64_t rows : {int64_t(0), int64_t(10)}) {  // the head unchunked, and in chunks of 10 rows
+    INFO("loss_chunk_rows ", rows);
+    Peaks cpu = run(Device::cpu(), rows), meta = run(Device::meta(), rows);
+    for (int k = 0; k < kNumCategories; ++k) {
+      INFO(category_name(Category(k)));
+      CHECK(cpu.requested[k] == meta.requested[k]);
+    }
+    CHECK(cpu.requested[int(Category::parameter)] == 4 * c.num_parameters());
+    CHECK(cpu.requested[int(Category::gradient)] == 4 * c.num_parameters());
+    CHECK(cpu.requested[int(Category::activation)] > 0);
   }
-  CHECK(cpu.requested[int(Category::parameter)] == 4 * c.num_parameters());
-  CHECK(cpu.requested[int(Category::gradient)] == 4 * c.num_parameters());
-  CHECK(cpu.requested[int(Category::activation)] > 0);
 }
 
 TEST_CASE("gpt2 dropout: active in train mode only, reproducible from the seed") {

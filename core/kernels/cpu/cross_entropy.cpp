@@ -27,14 +27,15 @@ void cross_entropy_forward(const T* logits, int64_t ld, const int32_t* targets, 
 
 template <class T>
 void cross_entropy_backward(const T* logits, int64_t ld, const int32_t* targets, const acc_t<T>* lse,
-                            const acc_t<T>* dloss, T* dlogits, int64_t ld_grad, int64_t N, int64_t V) {
-  const T s = T(double(*dloss) / double(N));
+                            const acc_t<T>* dloss, T* dlogits, int64_t ld_grad, int64_t N, int64_t V,
+                            int64_t mean_count) {
+  const T s = T((dloss ? double(*dloss) : 1.0) / double(mean_count));
 #pragma omp parallel for if (N * V > (1 << 15))
   for (int64_t r = 0; r < N; ++r) {
     const T* x = logits + r * ld;
     T* d = dlogits + r * ld_grad;
     T l = lse[r];
-#pragma omp simd
+#pragma omp simd  // in place (d == x) too: each element is read, then written
     for (int64_t c = 0; c < V; ++c) d[c] = s * exp_fast(x[c] - l);
     for (int64_t c = V; c < ld_grad; ++c) d[c] = T(0);
     d[targets[r]] -= s;
@@ -44,7 +45,7 @@ void cross_entropy_backward(const T* logits, int64_t ld, const int32_t* targets,
 #define TALLY_INSTANTIATE(T)                                                                                     \
   template void cross_entropy_forward<T>(const T*, int64_t, const int32_t*, T*, T*, int64_t, int64_t);           \
   template void cross_entropy_backward<T>(const T*, int64_t, const int32_t*, const T*, const T*, T*, int64_t,     \
-                                          int64_t, int64_t);
+                                          int64_t, int64_t, int64_t);
 TALLY_INSTANTIATE(float)
 TALLY_INSTANTIATE(double)
 #undef TALLY_INSTANTIATE

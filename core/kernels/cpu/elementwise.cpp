@@ -1,4 +1,4 @@
-// CPU kernels: broadcasting binary ops, unary ops (incl. GELU and its backward), axpy.
+// CPU kernels: broadcasting binary ops, unary ops (incl. GELU and its backward), axpy, scale_by.
 #include <cmath>
 
 #include "core/kernels/cpu/vec_math.h"
@@ -110,11 +110,19 @@ void axpy(T* y, const T* x, int64_t n, double alpha) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
+template <class T>
+void scale_by(T* x, const acc_t<T>* scale, int64_t n) {
+  const T s = *scale;
+#pragma omp parallel for simd if (n > kParallelMin)
+  for (int64_t i = 0; i < n; ++i) x[i] *= s;
+}
+
 #define TALLY_INSTANTIATE(T)                                                                    \
   template void binary<T>(BinaryOp, const T*, const T*, T*, const BroadcastLayout&);            \
   template void unary<T>(UnaryOp, const T*, T*, int64_t, double);                               \
   template void gelu_backward<T>(const T*, const T*, T*, int64_t);                              \
-  template void axpy<T>(T*, const T*, int64_t, double);
+  template void axpy<T>(T*, const T*, int64_t, double);                                         \
+  template void scale_by<T>(T*, const acc_t<T>*, int64_t);
 TALLY_INSTANTIATE(float)
 TALLY_INSTANTIATE(double)
 #undef TALLY_INSTANTIATE

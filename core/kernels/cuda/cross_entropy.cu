@@ -42,11 +42,12 @@ __global__ void cross_entropy_forward_kernel(const T* __restrict__ logits, int64
 }
 
 template <class T>
-__global__ void cross_entropy_backward_kernel(const T* __restrict__ logits, int64_t ld, const int32_t* __restrict__ targets,
+// logits and dlogits may be one buffer (each element is read, then written, by one thread): not __restrict__.
+__global__ void cross_entropy_backward_kernel(const T* logits, int64_t ld, const int32_t* __restrict__ targets,
                                               const acc_t<T>* __restrict__ lse, const acc_t<T>* __restrict__ dloss,
-                                              double inv_n, T* __restrict__ dlogits, int64_t ld_grad, int64_t V) {
+                                              double inv_count, T* dlogits, int64_t ld_grad, int64_t V) {
   using A = acc_t<T>;
-  const A scale = A(double(*dloss) * inv_n);  // the loss's gradient, read on the device
+  const A scale = A((dloss ? double(*dloss) : 1.0) * inv_count);  // the loss's gradient, read on the device
   const int64_t r = blockIdx.x;
   const T* x = logits + r * ld;
   T* d = dlogits + r * ld_grad;
@@ -75,18 +76,20 @@ void cross_entropy_forward(const T* logits, int64_t ld, const int32_t* targets, 
 
 template <class T>
 void cross_entropy_backward(const T* logits, int64_t ld, const int32_t* targets, const acc_t<T>* lse,
-                            const acc_t<T>* dloss, T* dlogits, int64_t ld_grad, int64_t N, int64_t V) {
+                            const acc_t<T>* dloss, T* dlogits, int64_t ld_grad, int64_t N, int64_t V,
+                            int64_t mean_count) {
   if (N == 0 || V == 0) return;
   TALLY_CHECK(N <= int64_t(INT32_MAX), "[cross_entropy_backward] too many rows: ", N);
   cross_entropy_backward_kernel<T><<<unsigned(N), row_threads(V), 0, stream()>>>(logits, ld, targets, lse, dloss,
-                                                                                1.0 / double(N), dlogits, ld_grad, V);
+                                                                                1.0 / double(mean_count), dlogits,
+                                                                                ld_grad, V);
   TALLY_CUDA_LAUNCH_CHECK("cross_entropy_backward_kernel");
 }
 
 #define TALLY_INSTANTIATE(T)                                                                                       \
   template void cross_entropy_forward<T>(const T*, int64_t, const int32_t*, acc_t<T>*, acc_t<T>*, int64_t, int64_t);    \
   template void cross_entropy_backward<T>(const T*, int64_t, const int32_t*, const acc_t<T>*, const acc_t<T>*, T*,   \
-                                          int64_t, int64_t, int64_t);
+                                          int64_t, int64_t, int64_t, int64_t);
 TALLY_INSTANTIATE(float)
 TALLY_INSTANTIATE(double)
 TALLY_INSTANTIATE(bf16)

@@ -1,4 +1,4 @@
-// CUDA kernels: broadcasting binary ops, unary ops (incl. GELU and its backward), axpy.
+// CUDA kernels: broadcasting binary ops, unary ops (incl. GELU and its backward), axpy, scale_by.
 // Contiguous operands take a vectorised path (16-byte loads and stores, e.g. float4) when every pointer is
 // 16-byte aligned; broadcast layouts are collapsed on the host and walked with 32-bit index arithmetic when
 // the sizes allow. Results match the CPU's to rounding (GPU exp/tanh differ by an ulp or two). Functors compute in
@@ -156,6 +156,21 @@ __global__ void axpy_kernel(T* y, const T* x, int64_t n, acc_t<T> alpha) {
   for (int64_t i = vecs * W + start; i < n; i += step) y[i] = from_acc<T>(to_acc(y[i]) + alpha * to_acc(x[i]));
 }
 
+// x[i] *= *scale, the scale read on the device.
+template <class T, int W>
+__global__ void scale_by_kernel(T* x, const acc_t<T>* scale, int64_t n) {
+  const acc_t<T> s = *scale;
+  const int64_t start = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, step = int64_t(gridDim.x) * blockDim.x;
+  const int64_t vecs = n / W;
+  for (int64_t i = start; i < vecs; i += step) {
+    Vec<T, W> xv = reinterpret_cast<Vec<T, W>*>(x)[i];
+#pragma unroll
+    for (int k = 0; k < W; ++k) xv.v[k] = from_acc<T>(to_acc(xv.v[k]) * s);
+    reinterpret_cast<Vec<T, W>*>(x)[i] = xv;
+  }
+  for (int64_t i = vecs * W + start; i < n; i += step) x[i] = from_acc<T>(to_acc(x[i]) * s);
+}
+
 // ---- launchers ----
 
 // Drops size-1 dims and fuses neighbours whose strides chain in both operands (the output is contiguous).
@@ -287,11 +302,23 @@ void axpy(T* y, const T* x, int64_t n, double alpha) {
   TALLY_CUDA_LAUNCH_CHECK("axpy_kernel");
 }
 
+template <class T>
+void scale_by(T* x, const acc_t<T>* scale, int64_t n) {
+  if (n <= 0) return;
+  constexpr int P = kPackSize<T>;
+  if (aligned16(x))
+    scale_by_kernel<T, P><<<grid_for(n / P + 1, kThreads), kThreads, 0, stream()>>>(x, scale, n);
+  else
+    scale_by_kernel<T, 1><<<grid_for(n, kThreads), kThreads, 0, stream()>>>(x, scale, n);
+  TALLY_CUDA_LAUNCH_CHECK("scale_by_kernel");
+}
+
 #define TALLY_INSTANTIATE(T)                                                                    \
   template void binary<T>(BinaryOp, const T*, const T*, T*, const BroadcastLayout&);            \
   template void unary<T>(UnaryOp, const T*, T*, int64_t, double);                               \
   template void gelu_backward<T>(const T*, const T*, T*, int64_t);                              \
-  template void axpy<T>(T*, const T*, int64_t, double);
+  template void axpy<T>(T*, const T*, int64_t, double);                                         \
+  template void scale_by<T>(T*, const acc_t<T>*, int64_t);
 TALLY_INSTANTIATE(float)
 TALLY_INSTANTIATE(double)
 TALLY_INSTANTIATE(bf16)
