@@ -9,6 +9,7 @@
 // H100/H200 SXM: 989; for TF32 runs the same peak is used, so their MFU reads low).
 //   bench_gpu_train [--model gpt2] [--batch 8] [--seq 1024] [--steps 8] [--warmup 2] [--optimizers came,adamw]
 //                   [--dtype f32|bf16] [--strict] [--copy-mb 1024] [--peak-tflops 989] [--torch]
+//                   [--loss-chunk-rows 1024]   (the head and loss in chunks of that many rows past it; 0: whole)
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -35,13 +36,15 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: bench_gpu_train [--model gpt2] [--batch 8] [--seq 1024] [--steps 8] [--warmup 2] [--optimizers came,adamw]\n"
-    "                       [--dtype f32|bf16] [--strict] [--copy-mb 1024] [--peak-tflops 989] [--torch]\n";
+    "                       [--dtype f32|bf16] [--strict] [--copy-mb 1024] [--peak-tflops 989] [--torch]\n"
+    "                       [--loss-chunk-rows 1024]\n";
 
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string preset = "gpt2", optimizers = "came,adamw";
   int64_t B = 8, T = 1024, steps = 8, warmup = 2, copy_mb = 1024;
+  int64_t loss_chunk_rows = models::GPT2Options{}.loss_chunk_rows;
   double peak_tflops = 989;
   bool torch = false, strict = false;
   std::string dtype_name = "f32";
@@ -66,6 +69,12 @@ int main(int argc, char** argv) {
       ok = peak_tflops > 0;
     }
     else if (a == "--copy-mb") ok = positive(copy_mb);
+    else if (a == "--loss-chunk-rows") {
+      const std::string v = next();
+      char* end = nullptr;
+      loss_chunk_rows = std::strtoll(v.c_str(), &end, 10);
+      ok = !v.empty() && *end == '\0' && loss_chunk_rows >= 0;
+    }
     else if (a == "--optimizers") optimizers = next();
     else if (a == "--dtype") dtype_name = next();
     else if (a == "--torch") torch = true;
@@ -136,7 +145,7 @@ int main(int argc, char** argv) {
     std::string name = optimizers.substr(start, comma - start);
     start = comma + 1;
     ledger(dev).reset_peaks();  // each optimizer's peak from its own model up (the previous one is freed)
-    models::GPT2 model(config, {.device = dev, .dtype = dtype, .seed = 1});
+    models::GPT2 model(config, {.device = dev, .dtype = dtype, .seed = 1, .loss_chunk_rows = loss_chunk_rows});
     auto opt = optim::make_optimizer(name, model.parameters(), {{"lr", 1e-4}});
     opt->init_state();
     auto step = [&] {
@@ -160,11 +169,11 @@ int main(int argc, char** argv) {
     const bool fused = dtype == DType::bf16 && kernels::cuda::cudnn_attention_enabled() &&
                        kernels::cuda::cudnn_attention_last_refusal().empty();
     std::printf("{\"bench\": \"tally_train_step\", \"optimizer\": \"%s\", \"model\": \"%s\", \"batch\": %lld, \"seq\": %lld, "
-                "\"precision\": \"%s\", \"attention\": \"%s\", \"steps\": %lld, \"warmup\": %lld, \"ms_per_step\": %.2f, \"tokens_per_s\": %.0f, "
+                "\"precision\": \"%s\", \"attention\": \"%s\", \"loss_chunk_rows\": %lld, \"steps\": %lld, \"warmup\": %lld, \"ms_per_step\": %.2f, \"tokens_per_s\": %.0f, "
                 "\"loss\": %.4f, \"peak_ledger_mb\": %.0f, \"peak_held_mb\": %.0f, \"params\": %.0f, "
                 "\"flops_per_token\": %.0f, \"mfu\": %.4f, \"peak_tflops\": %.0f}\n",
                 name.c_str(), preset.c_str(), (long long)B, (long long)T, precision, fused ? "cudnn" : "tally",
-                (long long)steps, (long long)warmup, ms,
+                (long long)loss_chunk_rows, (long long)steps, (long long)warmup, ms,
                 tokens_per_s, loss, double(usage.peak_requested) / (1 << 20), double(usage.peak_held) / (1 << 20), n_mfu,
                 flops_per_token, tokens_per_s * flops_per_token / (peak_tflops * 1e12), peak_tflops);
     // The optimizer step alone (gradients left in place), against the minimum bytes it must move.

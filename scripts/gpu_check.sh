@@ -12,7 +12,8 @@
 # bench/peers/torch_compile_gpt2.py, PyTorch eager (bench/peers/torch_gpt2_step.py) and, when LLMC_BIN names
 # llm.c's train_gpt2cu (built beforehand from llm.c's own repository; this script builds no peer), llm.c
 # (bench/peers/llmc_gpu.py), then tally with cuDNN's fused attention (TALLY_CUDNN_ATTENTION=1) at
-# GPU_PEERS_CUDNN_BATCHES ("8 64"). GPU_PEERS_BATCHES (default "8 64 16 32", run in that order), GPU_PEERS_EAGER_BATCHES
+# GPU_PEERS_CUDNN_BATCHES ("8 64") and with the head and loss unchunked (--loss-chunk-rows 0) at
+# GPU_PEERS_WHOLE_HEAD_BATCHES ("8"). GPU_PEERS_BATCHES (default "8 64 16 32", run in that order), GPU_PEERS_EAGER_BATCHES
 # ("8"), GPU_PEERS_COMPILE_BATCHES (as GPU_PEERS_BATCHES), GPU_PEERS_STEPS (10 timed steps after 3 warm-up steps),
 # GPU_PEERS_BUDGET (400 s: runs not started by then are skipped and said so; none runs past it by more than 60 s),
 # PYTHON (python3) for the peers. Skipping "sanitizer full train", the check should take about 8 minutes (an
@@ -281,6 +282,13 @@ if [[ "$skip" != *" peers "* ]]; then
     for b in ${GPU_PEERS_CUDNN_BATCHES-8 64}; do
       run_peer "tally bf16 cuDNN B=$b" 150 env TALLY_CUDNN_ATTENTION=1 "$bin_dir/bench_gpu_train" --model gpt2 \
         --batch "$b" --seq 1024 --dtype bf16 --steps "$p_steps" --warmup 3 --optimizers adamw,came
+    done
+  fi
+  # Then the head and loss unchunked (--loss-chunk-rows 0), against the default chunks of 1024 rows.
+  if [ -n "$bin_dir" ] && [ -x "$bin_dir/bench_gpu_train" ]; then
+    for b in ${GPU_PEERS_WHOLE_HEAD_BATCHES-8}; do
+      run_peer "tally bf16 unchunked head B=$b" 150 "$bin_dir/bench_gpu_train" --model gpt2 --batch "$b" --seq 1024 \
+        --dtype bf16 --steps "$p_steps" --warmup 3 --optimizers adamw,came --loss-chunk-rows 0
     done
   fi
   [ ${#p_skipped[@]} -gt 0 ] && row "peers over budget" "skipped: $(IFS=,; echo "${p_skipped[*]}" | sed 's/,/, /g')"
