@@ -218,52 +218,25 @@ Tensor linear_cross_entropy(const Tensor& x_in, const Tensor& weight_in, const T
       for (int64_t r0 = 0; r0 < N; r0 += R) {
         const int64_t rows = std::min(R, N - r0);
         const T* xc = x.data<T>() + r0 * C;
-        kernels::GemmArgs<T> head;  // logits (rows, width) = x[r0, r0 + rows) (rows, C) @ w^T
-        head.trans_b = Trans::yes;
-        head.M = rows;
-        head.N = width;
-        head.K = C;
-        head.A = xc;
-        head.lda = C;
-        head.B = w.data<T>();
-        head.ldb = C;
-        head.C = logits.data<T>();
-        head.ldc = width;
-        TALLY_KERNEL(x.device(), gemm<T>, head);
+        // logits (rows, width) = x[r0, r0 + rows) (rows, C) @ w^T
+        TALLY_KERNEL(x.device(), gemm<T>,
+                     kernels::GemmArgs<T>{.trans_b = Trans::yes, .M = rows, .N = width, .K = C, .A = xc, .lda = C,
+                                          .B = w.data<T>(), .ldb = C, .C = logits.data<T>(), .ldc = width});
         TALLY_KERNEL(x.device(), cross_entropy_forward<T>, logits.data<T>(), width, targets.data<int32_t>() + r0,
                      losses.data<A>() + r0, lse.data<A>(), rows, V);
         if (!need_dx && !need_dw) continue;
         // dlogits of the mean over all N rows (unit loss gradient), over the logits in place; padded columns zero.
         TALLY_KERNEL(x.device(), cross_entropy_backward<T>, logits.data<T>(), width, targets.data<int32_t>() + r0,
                      lse.data<A>(), static_cast<const A*>(nullptr), logits.data<T>(), width, rows, V, N);
-        if (need_dx) {  // dx[r0, r0 + rows) (rows, C) = dlogits (rows, width) @ w (width, C)
-          kernels::GemmArgs<T> g;
-          g.M = rows;
-          g.N = C;
-          g.K = width;
-          g.A = logits.data<T>();
-          g.lda = width;
-          g.B = w.data<T>();
-          g.ldb = C;
-          g.C = dx.data<T>() + r0 * C;
-          g.ldc = C;
-          TALLY_KERNEL(x.device(), gemm<T>, g);
-        }
-        if (need_dw) {  // dw (width, C) (+)= dlogits^T (width, rows) @ x[r0, r0 + rows) (rows, C)
-          kernels::GemmArgs<T> g;
-          g.trans_a = Trans::yes;
-          g.M = width;
-          g.N = C;
-          g.K = rows;
-          g.A = logits.data<T>();
-          g.lda = width;
-          g.B = xc;
-          g.ldb = C;
-          g.C = dw.data<T>();
-          g.ldc = C;
-          g.beta = r0 == 0 ? 0.0 : 1.0;
-          TALLY_KERNEL(x.device(), gemm<T>, g);
-        }
+        if (need_dx)  // dx[r0, r0 + rows) (rows, C) = dlogits (rows, width) @ w (width, C)
+          TALLY_KERNEL(x.device(), gemm<T>,
+                       kernels::GemmArgs<T>{.M = rows, .N = C, .K = width, .A = logits.data<T>(), .lda = width,
+                                            .B = w.data<T>(), .ldb = C, .C = dx.data<T>() + r0 * C, .ldc = C});
+        if (need_dw)  // dw (width, C) (+)= dlogits^T (width, rows) @ x[r0, r0 + rows) (rows, C)
+          TALLY_KERNEL(x.device(), gemm<T>,
+                       kernels::GemmArgs<T>{.trans_a = Trans::yes, .M = width, .N = C, .K = rows,
+                                            .A = logits.data<T>(), .lda = width, .B = xc, .ldb = C,
+                                            .C = dw.data<T>(), .ldc = C, .beta = r0 == 0 ? 0.0 : 1.0});
       }
     });
   }
