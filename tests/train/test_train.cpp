@@ -79,8 +79,19 @@ TEST_CASE("train: the loss falls, the log is well formed, the plan equals the me
 
 TEST_CASE("train: the plan predicted on the meta device equals the CPU step, category by category and owner") {
   fs::path out = test::temp_dir("train_plan");
-  for (const char* opt : {"came", "adamw", "adafactor", "sgd"}) {
-    RunConfig c = config_from({"--optimizer", opt, "--steps", "1", "--total-batch", "128"}, out);
+  // Each optimizer at 64 positions per micro-batch; and CAME at 1,280, where GPT-2's head and loss run in chunks of
+  // 1,024 rows (linear_cross_entropy: a chunk's logits as workspace, the head's gradient made in the forward pass).
+  const std::vector<std::vector<std::string>> runs = {
+      {"--optimizer", "came", "--total-batch", "128"},
+      {"--optimizer", "adamw", "--total-batch", "128"},
+      {"--optimizer", "adafactor", "--total-batch", "128"},
+      {"--optimizer", "sgd", "--total-batch", "128"},
+      {"--optimizer", "came", "--seq", "640", "--total-batch", "1280", "--val-batches", "1"}};
+  for (std::vector<std::string> args : runs) {
+    const bool chunked = args.size() > 4;                              // the last run
+    const std::string opt = args[1] + (chunked ? " B*T 1280" : "");  // for the messages
+    args.insert(args.end(), {"--steps", "1"});
+    RunConfig c = config_from(args, out);
     Trainer t(c);
     MemoryFigures p = t.predict_memory();
     RunSummary s = t.run();
@@ -105,6 +116,12 @@ TEST_CASE("train: the plan predicted on the meta device equals the CPU step, cat
           CHECK_MESSAGE(predicted["owners"][k].size() > 0, opt, " ", k);
           CHECK_MESSAGE(measured["owners"][k] == predicted["owners"][k], opt, " ", k);
         }
+        // The chunked head's one chunk of (1,024, Vp) f32 logits and its log-sum-exp, as planned and as measured.
+        if (chunked)
+          for (const json* figures : {&predicted, &measured})
+            CHECK_MESSAGE((*figures)["owners"]["workspace"].value("linear_cross_entropy", int64_t(0)) ==
+                              1024 * 50304 * 4 + 1024 * 4,
+                          opt);
       }
     CHECK(seen);
     CHECK(s.optimizer_state_bytes == p.optimizer_state);
