@@ -2,12 +2,14 @@
 #include "core/shape.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "core/error.h"
 
 namespace tally {
 
 int64_t numel(const Shape& s) {
+  if (std::ranges::find(s, int64_t(0)) != s.end()) return 0;  // before the product: (huge, huge, 0) is empty
   int64_t n = 1;
   for (int64_t d : s) n *= d;
   return n;
@@ -27,7 +29,9 @@ Strides contiguous_strides(const Shape& s) {
   int64_t acc = 1;
   for (size_t i = s.size(); i-- > 0;) {
     st[i] = acc;
-    acc *= std::max<int64_t>(s[i], 1);
+    // Only an empty tensor's product can overflow (a non-empty one's element count fits, checked by empty()): its
+    // strides address nothing, so they saturate.
+    if (__builtin_mul_overflow(acc, std::max<int64_t>(s[i], 1), &acc)) acc = std::numeric_limits<int64_t>::max();
   }
   return st;
 }

@@ -11,7 +11,7 @@ namespace tally {
 using Shape = std::vector<int64_t>;
 using Strides = std::vector<int64_t>;
 
-int64_t numel(const Shape& s);  // unchecked: for shapes already made into tensors
+int64_t numel(const Shape& s);  // for shapes already made into tensors (empty() checked that theirs fits)
 // The element count of a shape read from outside (a file, a flag), or nullopt when a dimension is negative or the
 // count does not fit in int64. A zero dimension gives 0 whatever the others are: (huge, huge, 0) is a valid empty
 // shape whose product taken in order would overflow. Each caller words its own error.
