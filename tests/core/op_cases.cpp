@@ -614,7 +614,10 @@ void add_lookups(std::vector<OpCase>& t) {
                  .expect = {.reference = unfused(0), .atol = 1e-12, .rtol = 1e-12}});
   t.push_back({.op = "linear_cross_entropy",
                .variants = std::move(lce),
-               // bf16: the head's gradient is summed over chunks in bf16 (one rounding per chunk)
+               // bf16: normal inputs with C = 48 or 64 give logits of standard deviation 7-8, which bf16 holds to
+               // within 1/256 of their size, so the probabilities in dx = dlogits @ w are off by a few percent of
+               // the largest (the emulator measured 1.6-1.7% for dx; the head's gradient, summed over chunks in bf16,
+               // stayed under 1%)
                .tol = {.bf16_grad = 2e-2},
                .bf16_output = DType::f32});
 }
