@@ -231,10 +231,14 @@ Tensor GPT2::forward(const Tensor& idx) const {
   return first_columns(logits_padded(idx, TokenIds::check), config_.vocab_size);
 }
 
-GPT2::Output GPT2::forward_with_loss(const Tensor& idx, const Tensor& targets, TokenIds ids) const {
-  check_ids(targets, "targets", config_.block_size, ids);
+void GPT2::check_targets(const Tensor& idx, const Tensor& targets, TokenIds values) const {
+  check_ids(targets, "targets", config_.block_size, values);
   TALLY_CHECK(idx.defined() && targets.shape() == idx.shape(), "[gpt2] targets ", shape_str(targets.shape()),
               " must have the shape of idx ", idx.defined() ? shape_str(idx.shape()) : std::string("undefined"));
+}
+
+GPT2::Output GPT2::forward_with_loss(const Tensor& idx, const Tensor& targets, TokenIds ids) const {
+  check_targets(idx, targets, ids);
   Tensor logits = logits_padded(idx, ids);  // (B, T, Vp)
   const int64_t N = idx.numel(), V = config_.vocab_size;
   MemoryScope scope(Category::activation, "loss");
@@ -248,9 +252,7 @@ GPT2::Output GPT2::forward_with_loss(const Tensor& idx, const Tensor& targets, T
 Tensor GPT2::loss(const Tensor& idx, const Tensor& targets, TokenIds ids) const {
   const int64_t N = idx.defined() ? idx.numel() : 0, R = options_.loss_chunk_rows;
   if (R <= 0 || N <= R) return forward_with_loss(idx, targets, ids).loss;
-  check_ids(targets, "targets", config_.block_size, ids);
-  TALLY_CHECK(targets.shape() == idx.shape(), "[gpt2] targets ", shape_str(targets.shape()),
-              " must have the shape of idx ", shape_str(idx.shape()));
+  check_targets(idx, targets, ids);
   Tensor x = hidden(idx, ids);  // (B, T, C)
   MemoryScope scope(Category::activation, "lm_head");
   return linear_cross_entropy(x.view({N, config_.n_embd}), wte.weight(), targets.reshape({N}),

@@ -135,6 +135,8 @@ class GPT2 : public nn::Module {
   Tensor logits_padded(const Tensor& idx, TokenIds ids) const;
   // ids (B, T) i32 on the model's device with T <= limit, and (TokenIds::check) values in [0, V).
   void check_ids(const Tensor& ids, const char* what, int64_t T_limit, TokenIds values) const;
+  // targets: check_ids as above, and the shape of idx.
+  void check_targets(const Tensor& idx, const Tensor& targets, TokenIds values) const;
 };
 
 }  // namespace tally::models
