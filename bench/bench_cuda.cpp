@@ -1,7 +1,8 @@
 // GPU benchmarks of the CUDA backend (run by scripts/gpu_check.sh; not part of the test suite): the two
 // ceilings (device-to-device copy bandwidth, cuBLAS GEMM rate) and tally's kernels at GPT-2 small shapes
-// against them. Prints one table; times are medians of host-timed, synchronised batches after a warm-up.
-// Placeholders for the model and optimizers (a full training step) are at the end, for the lead to fill in.
+// against them, and CAME's factored kernels on GPT-2 small's matrices, one tensor per launch sequence against
+// batched. Prints one table; times are medians of host-timed, synchronised batches after a warm-up. The training step
+// and the whole optimizer steps are bench_gpu_train's.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -14,6 +15,8 @@
 
 #ifdef TALLY_HAS_CUDA
 #include "core/cuda/runtime.h"
+#include "optim/kernels/cuda_workspace.h"
+#include "optim/kernels/optim_kernels.h"
 #endif
 
 using namespace tally;
@@ -153,7 +156,68 @@ int main() {
       w.clear_grad();
     }, 10);
   }
-  // ---- placeholders (lead): GPT-2 training step (tokens/s), AdamW / CAME / Adafactor steps (GB/s) ----
+  {
+    // CAME's 50 factored tensors of GPT-2 124M (the 98 vectors are came_dense_steps' and not here): each tensor's
+    // nine launches in turn (came_factored_step), against came_factored_steps' batches of up to 10 tensors sharing
+    // the workspace of the largest (wte's, as the optimizer holds it). Minimum bytes: the gradient read, the
+    // parameter (or master) and the first moment read and written, the bf16 parameter written: 20 bytes per
+    // element in f32 and 22 in bf16 (f32 first moment).
+    using optim::kernels::CameFactoredArgs;
+    using optim::kernels::FactoredLayout;
+    std::vector<FactoredLayout> layouts = {{1, 50257, 1, 768, 1}, {1, 1024, 1, 768, 1}};
+    for (int layer = 0; layer < 12; ++layer)
+      for (const auto& [rows, cols] : {std::pair{768, 2304}, {768, 768}, {768, 3072}, {3072, 768}})
+        layouts.push_back({1, rows, 1, cols, 1});
+    int64_t elements = 0, largest = 0;
+    for (const FactoredLayout& l : layouts) {
+      elements += l.numel();
+      largest = std::max(largest, optim::kernels::cuda_factored_workspace_bytes(l));
+    }
+    Tensor ws = empty({largest}, {.dtype = DType::u8, .device = d});
+    std::vector<Tensor> keep;  // the buffers of every tensor
+    for (const bool fused : {false, true}) {
+      std::vector<CameFactoredArgs> args;
+      for (size_t i = 0; i < layouts.size(); ++i) {
+        const FactoredLayout& l = layouts[i];
+        Tensor param = gpu_randn({l.numel()}, 40 + i), m = zeros({l.numel()}, {.device = d});
+        Tensor g = mul_scalar(gpu_randn({l.numel()}, 140 + i), 1e-3);
+        Tensor stats[4] = {zeros({l.rows()}, {.device = d}), zeros({l.cols()}, {.device = d}),
+                           full({l.rows()}, 1.0, {.device = d}), full({l.cols()}, 1.0, {.device = d})};
+        CameFactoredArgs step{.layout = l,
+                              .param = param.data<float>(),
+                              .exp_avg = m.data_ptr(),
+                              .exp_avg_sq_row = stats[0].data<float>(),
+                              .exp_avg_sq_col = stats[1].data<float>(),
+                              .exp_avg_res_row = stats[2].data<float>(),
+                              .exp_avg_res_col = stats[3].data<float>(),
+                              .lr = 1e-4,
+                              .beta1 = 0.9,
+                              .beta2 = 0.999,
+                              .beta3 = 0.9999,
+                              .eps1 = 1e-30,
+                              .eps2 = 1e-16,
+                              .clip_threshold = 1.0,
+                              .workspace = ws.data_ptr()};
+        if (fused) {
+          Tensor gb = g.to(DType::bf16), pb = param.to(DType::bf16);
+          step.bf16_param = {.grad = gb.data<bf16>(), .param = pb.data<bf16>(), .seed = 7, .offset = 0};
+          keep.insert(keep.end(), {gb, pb});
+        } else {
+          step.grad = g.data<float>();
+        }
+        keep.insert(keep.end(), {param, m, g, stats[0], stats[1], stats[2], stats[3]});
+        args.push_back(step);
+      }
+      const double bytes = double(elements) * (fused ? 22.0 : 20.0);
+      const std::string what = fused ? "bf16 (fused)" : "f32";
+      bandwidth("CAME gpt2 matrices, one by one, " + what, bytes, [&] {
+        for (const CameFactoredArgs& one : args) optim::kernels::cuda::came_factored_step(one);
+      }, 10);
+      bandwidth("CAME gpt2 matrices, batched, " + what, bytes, [&] {
+        optim::kernels::cuda::came_factored_steps(args.data(), int64_t(args.size()), ws.data_ptr(), largest);
+      }, 10);
+    }
+  }
 
   std::printf("\n%-48s %10s %12s\n", "benchmark", "ms", "rate");
   for (const Row& r : rows) std::printf("%-48s %10.3f %9.1f %s\n", r.name.c_str(), r.ms, r.rate, r.unit);

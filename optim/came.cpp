@@ -75,6 +75,12 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
         .shard = sharding(s),
         .bf16_param = g.bf16,
     };
+    // An unfused bf16 parameter is not deferred: step() writes it from the master right after update().
+    if (batches(s, stats != nullptr) && (g.fused() || !s.master.defined())) {
+      defer_to(dev);
+      deferred_factored_.push_back(a);
+      return;
+    }
     TALLY_KERNEL(dev, came_factored_step, a);
   } else {
     kernels::CameDenseArgs a{
@@ -96,11 +102,8 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
         .shard = sharding(s),
         .bf16_param = g.bf16,
     };
-    // Small dense tensors are batched after the other slots; an unfused bf16 parameter is not (step() writes it from
-    // the master right after update()).
-    if (batches_dense(s, stats != nullptr) && (g.fused() || !s.master.defined())) {
-      if (!deferred_dense_.empty() && deferred_device_ != dev) finish_updates();
-      deferred_device_ = dev;
+    if (batches(s, stats != nullptr) && (g.fused() || !s.master.defined())) {
+      defer_to(dev);
       deferred_dense_.push_back(a);
       return;
     }
@@ -108,20 +111,32 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
   }
 }
 
-// Small dense tensors on CUDA (biases, layer-norm vectors) are launched together after the other slots: each alone
-// is a few microseconds of work behind three launches (five for a bf16 parameter, with its widening and rounding).
-// Not with statistics (read right after update), nor a part of a tensor cut over ranks (its clip waits for a sum
-// over them).
-bool Came::batches_dense(const Slot& s, bool with_stats) const {
-  return s.param.device().backend() == DeviceKind::cuda && !s.factored && !with_stats && !sharding(s).sum &&
-         s.param.numel() <= kernels::kCameDenseBatchMax;
+// On CUDA, tensors are launched together after the other slots: a small dense one (a bias, a layer-norm vector) is
+// a few microseconds of work behind three launches (came_dense_steps: one block each), and a factored one's nine
+// launches are as many host round trips for a GPU that finishes a 768x768 matrix's pass in about as long
+// (came_factored_steps: nine launches per batch). Not with statistics (read right after update), nor a part of a
+// tensor cut over ranks (its sums wait for the other ranks).
+bool Came::batches(const Slot& s, bool with_stats) const {
+  if (s.param.device().backend() != DeviceKind::cuda || with_stats || sharding(s).sum) return false;
+  return s.factored ? !s.exact.defined() : s.param.numel() <= kernels::kCameDenseBatchMax;
+}
+
+void Came::defer_to(Device device) {
+  if ((!deferred_dense_.empty() || !deferred_factored_.empty()) && deferred_device_ != device) finish_updates();
+  deferred_device_ = device;
 }
 
 void Came::finish_updates() {
-  if (deferred_dense_.empty()) return;
-  const std::vector<kernels::CameDenseArgs> steps = std::move(deferred_dense_);
+  const std::vector<kernels::CameFactoredArgs> factored = std::move(deferred_factored_);
+  const std::vector<kernels::CameDenseArgs> dense = std::move(deferred_dense_);
+  deferred_factored_.clear();
   deferred_dense_.clear();
-  TALLY_KERNEL(deferred_device_, came_dense_steps, steps.data(), int64_t(steps.size()));
+  if (!factored.empty()) {
+    // The workspace is the one held for every slot's own step: batches take what fits of it.
+    const HeldWorkspace w = held_workspace(deferred_device_);
+    TALLY_KERNEL(deferred_device_, came_factored_steps, factored.data(), int64_t(factored.size()), w.data, w.bytes);
+  }
+  if (!dense.empty()) TALLY_KERNEL(deferred_device_, came_dense_steps, dense.data(), int64_t(dense.size()));
 }
 
 namespace {

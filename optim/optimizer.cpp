@@ -408,6 +408,12 @@ void* Optimizer::workspace(Device d, int64_t bytes) {
   return w.data_ptr();
 }
 
+Optimizer::HeldWorkspace Optimizer::held_workspace(Device d) const {
+  const auto it = workspaces_.find(d.str());
+  if (it == workspaces_.end() || !it->second.defined()) return {};
+  return {.data = it->second.data_ptr(), .bytes = it->second.nbytes()};
+}
+
 void Optimizer::init_state() {
   NoGradGuard no_grad;
   std::map<std::string, std::pair<Device, int64_t>> need, widened;

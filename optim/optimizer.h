@@ -336,9 +336,16 @@ class Optimizer {
   virtual void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) = 0;
   // Fills slot.internals from the step's stats (host copy).
   virtual void record_internals(Slot& slot, const double* stats);
-  // Runs what update() deferred to be launched together (CAME's small dense tensors on CUDA); called once after
-  // every slot's update() in a step.
+  // Runs what update() deferred to be launched together (CAME's tensors on CUDA); called once after every slot's
+  // update() in a step.
   virtual void finish_updates() {}
+  // The step workspace held on device d now (at least the largest workspace_for() of the slots stepped there), for
+  // deferred launches that share it.
+  struct HeldWorkspace {
+    void* data = nullptr;
+    int64_t bytes = 0;
+  };
+  HeldWorkspace held_workspace(Device d) const;
   // Mixed precision fused into the kernel: true when update() of this bf16 slot takes the bf16 gradient itself and
   // writes the bf16 parameter from the master (kernel_gradient()), so step() neither widens the gradient nor rounds
   // afterwards. Asked with the optimizer's current inspection level, before the step and when sizing workspace.

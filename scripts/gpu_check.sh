@@ -154,7 +154,7 @@ if [ -n "$bin_dir" ]; then
       t0=$(date +%s)
       say "== compute-sanitizer memcheck (TALLY_CUDA_ALLOCATOR=direct)"
       subset="cuda copy*,cuda fill*,cuda op table*"
-      subset+=",cuda: every optimizer*,cuda: CAME steps many*,cuda: gradient norm*"  # the optimizer kernels (suite optim)
+      subset+=",cuda: every optimizer*,cuda: CAME steps*,cuda: gradient norm*"  # the optimizer kernels (suite optim)
       subset+=",cuda: a ZeRO-1*"  # the ZeRO-1 kernels (cross-rank sums; NCCL itself is not ours to memcheck)
       ops="add,sub,mul,div,softmax,log_softmax,layer_norm,embedding,cross_entropy,causal_self_attention,max,dropout"
       TALLY_CUDA_ALLOCATOR=direct timeout 150 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 99 \
@@ -176,6 +176,10 @@ if [ -n "$bin_dir" ]; then
     rc=$?
     cat "$out/bench.log" >>"$log"
     row "bench_cuda" "rc=$rc in $(elapsed "$t0")"
+    # CAME's factored kernels on GPT-2's matrices, one tensor at a time and batched (bench/NOTES.md section 14).
+    while IFS= read -r line; do
+      row "$(echo "${line:2:46}" | sed 's/ *$//')" "$(echo "${line:48}" | tr -s ' ' | sed 's/^ //')"
+    done < <(grep -E "^  CAME gpt2 matrices" "$out/bench.log")
   fi
 
   # ---- GPT-2 124M training step beside PyTorch on the same GPU, model, batch and optimizer ----

@@ -116,6 +116,8 @@ struct SquaresInput {
 // parameter block stays under CUDA's classic 4 KiB).
 constexpr int64_t kCameDenseBatchMax = int64_t(1) << 16;
 constexpr int kCameDenseBatchTasks = 32;
+// came_factored_steps on CUDA: the factored tensors per batch (the launch's parameter block, under 4 KiB too).
+constexpr int kCameFactoredBatchTasks = 10;
 
 // ---- Adafactor (transformers, scale_parameter=False, relative_step=False) ----
 struct AdafactorFactoredArgs {

@@ -7,6 +7,8 @@
 #include <cstring>
 
 #include "core/device.h"
+#include "core/kernels/dispatch.h"
+#include "optim/kernels/cuda_workspace.h"
 #include "tests/optim/optim_test_util.h"
 
 using namespace tally;
@@ -233,6 +235,153 @@ TEST_CASE("cuda: bf16 optimizer steps fuse the gradient widening and the roundin
                                            uint64_t(k) * optim::kernels::round_to_bf16_blocks(n));
         const Tensor got = pb[i].to(Device::cpu());
         CHECK(std::memcmp(got.data<bf16>(), want.data(), size_t(n) * 2) == 0);
+      }
+    }
+  }
+}
+
+}  // TEST_SUITE
+
+namespace tally::optim {
+namespace {
+
+// The CUDA kernels called directly (kernels:: is optim's here).
+void came_factored_one(const kernels::CameFactoredArgs& a) { TALLY_KERNEL(Device::cuda(), came_factored_step, a); }
+void came_factored_batched(const std::vector<kernels::CameFactoredArgs>& steps, void* workspace, int64_t bytes) {
+  TALLY_KERNEL(Device::cuda(), came_factored_steps, steps.data(), int64_t(steps.size()), workspace, bytes);
+}
+
+// A factored CAME tensor's buffers on the GPU, from fixed seeds (two calls give the same values).
+struct FactoredBuffers {
+  Tensor param, m, sq_row, sq_col, res_row, res_col, bf16_param, stats;
+};
+FactoredBuffers factored_buffers(const kernels::FactoredLayout& l, DType m_dtype, bool fused, bool stats,
+                                 uint64_t seed) {
+  const TensorOptions cuda{.device = Device::cuda()};
+  FactoredBuffers b;
+  b.param = from_vector(normal_values(l.numel(), seed), {l.numel()}, cuda);
+  b.m = zeros({l.numel()}, {.dtype = m_dtype, .device = Device::cuda()});
+  b.sq_row = zeros({l.rows()}, cuda);
+  b.sq_col = zeros({l.cols()}, cuda);
+  b.res_row = full({l.rows()}, 1.0, cuda);
+  b.res_col = full({l.cols()}, 1.0, cuda);
+  if (fused) b.bf16_param = b.param.to(DType::bf16);
+  if (stats) b.stats = zeros({kernels::kStatCount}, {.dtype = DType::f64, .device = Device::cuda()});
+  return b;
+}
+
+}  // namespace
+}  // namespace tally::optim
+
+TEST_SUITE("optim") {
+
+// came_factored_steps (CAME's factored tensors on CUDA, launched in batches) against came_factored_step tensor by
+// tensor: each tensor is stepped by the same blocks, sums and orders, so every output must be the same bit for bit.
+// More tensors of one kind than a batch takes; the four kinds of batch (first moment f32 or bf16, gradient f32 or bf16
+// with the parameter's rounding fused) mixed in one call; steps no batch takes (a general layout, statistics) run
+// alone within the same call; a workspace that holds little more than the largest tensor's (batches cut by bytes)
+// and one that holds them all (batches cut at kCameFactoredBatchTasks).
+TEST_CASE("cuda: CAME steps factored tensors in batches exactly as one by one" *
+          doctest::skip(!tally::cuda_available())) {
+  using optim::kernels::FactoredLayout;
+  struct Item {
+    FactoredLayout l;
+    DType m;
+    bool fused = false, stats = false;
+  };
+  // Plain (P, n, m) layouts, small for the CUDA emulator: 16- and 8-row tiles (make_plan; tiles of 16 or 32 rows
+  // mean more than 512 blocks, costly there: one such tensor), two column tiles, batched matrices, float4 rows and
+  // not, tiny ones.
+  const std::vector<FactoredLayout> plain = {{1, 8200, 1, 2, 1}, {1, 3, 1, 40, 1}, {1, 7, 1, 260, 1},
+                                             {4, 9, 1, 13, 1},   {1, 16, 1, 16, 1}, {3, 5, 1, 7, 1},
+                                             {1, 64, 1, 8, 1},   {1, 2, 1, 2, 1},   {2, 20, 1, 12, 1},
+                                             {1, 33, 1, 65, 1},  {1, 40, 1, 36, 1}, {1, 1, 1, 5, 1}};
+  std::vector<Item> items;
+  for (const FactoredLayout& l : plain) items.push_back({l, DType::f32});  // 12 > kCameFactoredBatchTasks
+  for (int i = 1; i < 5; ++i) items.push_back({plain[size_t(i)], DType::bf16});
+  for (int i = 4; i < 9; ++i) items.push_back({plain[size_t(i)], DType::f32, true});
+  for (int i : {9, 10, 11, 2}) items.push_back({plain[size_t(i)], DType::bf16, true});
+  items.push_back({{2, 6, 3, 10, 2}, DType::f32});                  // general layout: alone
+  items.push_back({{1, 40, 1, 36, 1}, DType::bf16, false, true});  // statistics: alone
+  REQUIRE(std::count_if(items.begin(), items.end(), [](const Item& it) { return it.m == DType::f32 && !it.fused; }) >
+          optim::kernels::kCameFactoredBatchTasks);
+
+  int64_t largest = 0, all = 0;
+  for (const Item& it : items) {
+    const int64_t b = optim::kernels::cuda_factored_workspace_bytes(it.l);
+    largest = std::max(largest, b);
+    all += b;
+  }
+  for (const int64_t budget : {largest + 4096, all}) {
+    INFO("workspace ", budget, " bytes (largest step's ", largest, ", all ", all, ")");
+    std::vector<optim::FactoredBuffers> one, batched;
+    for (size_t i = 0; i < items.size(); ++i) {
+      one.push_back(optim::factored_buffers(items[i].l, items[i].m, items[i].fused, items[i].stats, 40 + i));
+      batched.push_back(optim::factored_buffers(items[i].l, items[i].m, items[i].fused, items[i].stats, 40 + i));
+    }
+    Tensor ws_one = empty({largest}, {.dtype = DType::u8, .device = Device::cuda()});
+    Tensor ws_batched = empty({budget}, {.dtype = DType::u8, .device = Device::cuda()});
+    for (int k = 1; k <= 2; ++k) {  // the second step's gradients are clipped
+      std::vector<optim::kernels::CameFactoredArgs> args_one, args_batched;
+      std::vector<Tensor> grads;  // read by both
+      for (size_t i = 0; i < items.size(); ++i) {
+        const Item& it = items[i];
+        const int64_t n = it.l.numel();
+        Tensor g = from_vector(normal_values(n, 500 + 10 * i + uint64_t(k), k == 2 ? 20.0 : 1.0), {n},
+                               {.device = Device::cuda()});
+        if (it.fused) g = g.to(DType::bf16);
+        grads.push_back(g);
+        auto args = [&](optim::FactoredBuffers& b, void* ws) {
+          optim::kernels::CameFactoredArgs a{
+              .layout = it.l,
+              .param = b.param.data<float>(),
+              .grad = it.fused ? nullptr : g.data<float>(),
+              .exp_avg = b.m.data_ptr(),
+              .exp_avg_dtype = it.m,
+              .exp_avg_sq_row = b.sq_row.data<float>(),
+              .exp_avg_sq_col = b.sq_col.data<float>(),
+              .exp_avg_res_row = b.res_row.data<float>(),
+              .exp_avg_res_col = b.res_col.data<float>(),
+              .lr = 1e-2,
+              .beta1 = 0.9,
+              .beta2 = 0.999,
+              .beta3 = 0.9999,
+              .eps1 = 1e-30,
+              .eps2 = 1e-16,
+              .clip_threshold = 1.0,
+              .weight_decay = i % 3 == 0 ? 0.1 : 0.0,
+              .grad_scale = 0.5,
+              .workspace = ws,
+              .stats = it.stats ? b.stats.data<double>() : nullptr,
+          };
+          if (it.fused)
+            a.bf16_param = {.grad = g.data<bf16>(),
+                            .param = b.bf16_param.data<bf16>(),
+                            .seed = 7 + i,
+                            .offset = uint64_t(k) * optim::kernels::round_to_bf16_blocks(n)};
+          return a;
+        };
+        args_one.push_back(args(one[i], ws_one.data_ptr()));
+        args_batched.push_back(args(batched[i], nullptr));  // not read: the shared workspace is
+      }
+      for (const auto& a : args_one) optim::came_factored_one(a);
+      optim::came_factored_batched(args_batched, ws_batched.data_ptr(), budget);
+      for (size_t i = 0; i < items.size(); ++i) {
+        INFO("tensor ", i, " (P, n, Q, m, S) = (", items[i].l.P, ", ", items[i].l.n, ", ", items[i].l.Q, ", ",
+             items[i].l.m, ", ", items[i].l.S, "), exp_avg ", dtype_name(items[i].m), items[i].fused ? ", fused bf16" : "",
+             items[i].stats ? ", statistics" : "", ", step ", k);
+        const optim::FactoredBuffers& a = one[i];
+        const optim::FactoredBuffers& b = batched[i];
+        const std::vector<std::pair<const char*, std::pair<Tensor, Tensor>>> outputs = {
+            {"param", {a.param, b.param}},       {"exp_avg", {a.m, b.m}},
+            {"exp_avg_sq_row", {a.sq_row, b.sq_row}}, {"exp_avg_sq_col", {a.sq_col, b.sq_col}},
+            {"exp_avg_res_row", {a.res_row, b.res_row}}, {"exp_avg_res_col", {a.res_col, b.res_col}},
+            {"bf16 param", {a.bf16_param, b.bf16_param}}, {"stats", {a.stats, b.stats}}};
+        for (const auto& [what, ab] : outputs) {
+          if (!ab.first.defined()) continue;
+          const Tensor x = ab.first.to(Device::cpu()), y = ab.second.to(Device::cpu());
+          CHECK_MESSAGE(std::memcmp(x.data_ptr(), y.data_ptr(), size_t(x.nbytes())) == 0, what);
+        }
       }
     }
   }

@@ -3,10 +3,13 @@
 // are only final after the tile kernel, so u^2 takes one more read of g: 32 bytes/param). Factored step:
 // tile_stats(g^2+eps1) -> r, c, factors; grid sums of u^2 -> clip divisor (on the device: no host round trip);
 // tile_stats that updates m and sums the instability -> R, C, factors; elementwise parameter update (float4 loads when
-// rows allow). Nine launches per factored tensor (the package issues ~22 kernels); small dense tensors are stepped
-// together, one block each (came_dense_steps), bf16 ones with their widening and rounding fused. ZeRO 1: a part of a
+// rows allow). Nine launches per factored tensor (the package issues ~22 kernels), or nine for a batch of them
+// (came_factored_steps); small dense tensors are stepped together, one block each (came_dense_steps); bf16 ones have
+// their widening and rounding fused. ZeRO 1: a part of a
 // tensor completes its sums over the ranks in device memory (Sharding: NCCL on tally's stream, no host wait), as the
 // CPU kernels do.
+#include <type_traits>
+
 #include "optim/kernels/cuda/common.cuh"
 
 namespace tally::optim::kernels::cuda {
@@ -56,11 +59,12 @@ __device__ inline float param_step(float x, float factor, float m, float lr, flo
   return x - (factor * m) * lr;
 }
 
-// Pass 4 of a factored tensor.
+// Pass 4 of a factored tensor: row pi (p * n + i), its chunk kc of 4 * kThreads columns.
 template <class MT>
-__global__ void param_update(FactoredLayout l, int64_t K, float* param, const MT* m, const float* rf, const float* cf,
-                             float lr, float decay, bool wd, bool vec) {
-  const int64_t pi = blockIdx.x, k0 = (blockIdx.y * int64_t(kThreads) + threadIdx.x) * 4;
+__device__ inline void param_update_of(const FactoredLayout& l, int64_t K, float* param, const MT* m, const float* rf,
+                                       const float* cf, float lr, float decay, bool wd, bool vec, int64_t pi,
+                                       int64_t kc) {
+  const int64_t k0 = (kc * kThreads + threadIdx.x) * 4;
   if (k0 >= K) return;
   const int64_t p = pi / l.n, i = pi % l.n;
   float* pr = param + pi * K;
@@ -82,18 +86,34 @@ __global__ void param_update(FactoredLayout l, int64_t K, float* param, const MT
   for (int64_t k = k0; k < imin(K, k0 + 4); ++k)
     pr[k] = param_step(pr[k], row_factor_of(l, rf, p, i, k) * cf[p * K + k], load(mr + k), lr, decay, wd);
 }
+inline int64_t param_update_chunks(int64_t K) { return (K + 4 * kThreads - 1) / (4 * kThreads); }
+template <class MT>
+__global__ void param_update(FactoredLayout l, int64_t K, float* param, const MT* m, const float* rf, const float* cf,
+                             float lr, float decay, bool wd, bool vec) {
+  param_update_of(l, K, param, m, rf, cf, lr, decay, wd, vec, blockIdx.x, blockIdx.y);
+}
 
 // Pass 4 of a bf16 parameter (FusedBf16): param_update's arithmetic on the master, then the bf16 parameter as
 // round_to_bf16 writes it: each thread takes whole 8-element Philox blocks of the flat tensor (a block may span rows).
 template <class MT>
+__device__ inline void param_update_rounded_of(const FactoredLayout& l, int64_t K, float* param, const MT* m,
+                                               const float* rf, const float* cf, float lr, float decay, bool wd,
+                                               const FusedBf16& out, GridPos at) {
+  update_rounded_blocks(
+      l.numel(), out,
+      [&](int64_t e) {
+        const int64_t k = e % K, pi = e / K, p = pi / l.n, i = pi % l.n;
+        const float x =
+            param_step(param[e], row_factor_of(l, rf, p, i, k) * cf[p * K + k], load(m + e), lr, decay, wd);
+        param[e] = x;
+        return x;
+      },
+      at);
+}
+template <class MT>
 __global__ void param_update_rounded(FactoredLayout l, int64_t K, float* param, const MT* m, const float* rf,
                                      const float* cf, float lr, float decay, bool wd, FusedBf16 out) {
-  update_rounded_blocks(l.numel(), out, [&](int64_t e) {
-    const int64_t k = e % K, pi = e / K, p = pi / l.n, i = pi % l.n;
-    const float x = param_step(param[e], row_factor_of(l, rf, p, i, k) * cf[p * K + k], load(m + e), lr, decay, wd);
-    param[e] = x;
-    return x;
-  });
+  param_update_rounded_of(l, K, param, m, rf, cf, lr, decay, wd, out, own_grid());
 }
 
 // Inspection after the step: sum m^2 and sum (lr * factor * m)^2.
@@ -166,7 +186,7 @@ void came_factored(const CameFactoredArgs& a, const GT* g) {
                                                                                 a.bf16_param);
     TALLY_CUDA_LAUNCH_CHECK("came param_update_rounded");
   } else {
-    const dim3 grid(unsigned(l.P * l.n), unsigned((K + 4 * kThreads - 1) / (4 * kThreads)));
+    const dim3 grid(unsigned(l.P * l.n), unsigned(param_update_chunks(K)));
     param_update<MT><<<grid, kThreads, 0, stream()>>>(l, K, a.param, m, w.row_factor, w.col_factor, lr, decay, wd, vec);
     TALLY_CUDA_LAUNCH_CHECK("came param_update");
   }
@@ -312,7 +332,232 @@ void launch_dense_batch(const DenseBatch& b) {
   TALLY_CUDA_LAUNCH_CHECK("came dense_batch");
 }
 
+// ---- came_factored_steps: whole factored tensors of plain layout (Q*S == 1), without statistics, stepped together.
+// Each of came_factored's nine launches runs once for a batch of tensors: the batch's grid is every tensor's own grid
+// in turn, and a block finds its tensor and its place in that tensor's grid (GridPos) from the tensors' first blocks,
+// so each tensor is stepped by the very blocks, sums and orders of its own launches, bit for bit.
+enum BatchLaunch : int { kTiles, kEma, kRowFactors, kUpdateSq, kClip, kParam, kBatchLaunches };
+
+struct FactoredTask {
+  FactoredLayout l;
+  Plan plan;
+  Workspace w;  // this tensor's own part of the shared workspace
+  const void* g;  // GT: f32, or bf16 (fused)
+  void* m;        // MT
+  float* param;   // f32 parameter or master weights
+  float* row_stat[2];  // pass 1: exp_avg_sq_row; pass 3: exp_avg_res_row
+  float* col_stat[2];  // pass 1: exp_avg_sq_col; pass 3: exp_avg_res_col
+  FusedBf16 out;
+  double beta[2];  // beta2, beta3
+  float gs, eps1, b1, one_b1, eps2, lr, decay, threshold;
+  bool wd, vec;
+  int update_blocks;  // update_sq's grid (the clip sums its block sums)
+  unsigned first[kBatchLaunches];  // the tensor's first block in each launch
+};
+struct FactoredBatch {
+  FactoredTask task[kCameFactoredBatchTasks];
+  int count;
+  unsigned blocks[kBatchLaunches];  // each launch's grid: the tensors' grids end to end
+};
+static_assert(sizeof(FactoredBatch) <= 4000, "came_factored_steps: the launch's parameters must stay under 4 KiB");
+
+// This block's tensor in launch `launch`, and its place in that tensor's own grid.
+__device__ inline const FactoredTask& task_of(const FactoredBatch& b, int launch, GridPos& at) {
+  int t = 0;
+  while (t + 1 < b.count && blockIdx.x >= b.task[t + 1].first[launch]) ++t;
+  const unsigned first = b.task[t].first[launch];
+  const unsigned end = t + 1 < b.count ? b.task[t + 1].first[launch] : b.blocks[launch];
+  at = {int64_t(blockIdx.x) - first, int64_t(end) - first};
+  return b.task[t];
+}
+
+// Pass 1 (kPass 0: g^2 + eps1) or pass 3 (kPass 1: m and the instability) of each tensor's tiles.
+template <class MT, class GT, int kPass>
+__global__ void batch_tiles(const FactoredBatch b) {
+  GridPos at;
+  const FactoredTask& t = task_of(b, kTiles, at);
+  const int64_t pt = at.block / t.plan.tiles_k, tk = at.block % t.plan.tiles_k;
+  const GT* g = static_cast<const GT*>(t.g);
+  if constexpr (kPass == 0) {
+    tile_stats_of(t.l, t.plan, SquareFill<GT>{g, t.l.n, t.plan.K, t.gs, t.eps1}, t.w.row_partials, t.w.col_partials,
+                  pt, tk);
+  } else {
+    MT* m = static_cast<MT*>(t.m);
+    const MomentFill<MT, true, GT> f{t.l, t.plan.K, g, m, t.w.row_factor, t.w.col_factor, t.w.divisor, t.gs, t.b1,
+                                     t.one_b1, t.eps2};
+    tile_stats_of(t.l, t.plan, f, t.w.row_partials, t.w.col_partials, pt, tk);
+  }
+}
+
+template <int kPass>
+__global__ void __launch_bounds__(kEmaThreads) batch_ema(const FactoredBatch b) {
+  GridPos at;
+  const FactoredTask& t = task_of(b, kEma, at);
+  ema_rows_cols_of(t.row_stat[kPass], t.w.row_partials, t.col_stat[kPass], t.w.col_factor, t.w.col_partials, t.l,
+                   t.plan, t.beta[kPass], nullptr, at.block);
+}
+
+template <int kPass>
+__global__ void __launch_bounds__(kRowFactorThreads) batch_row_factors(const FactoredBatch b) {
+  GridPos at;
+  const FactoredTask& t = task_of(b, kRowFactors, at);
+  row_factors_of(t.row_stat[kPass], t.w.row_factor, t.l, nullptr, t.l.n, at.block);
+}
+
+template <class GT>
+__global__ void batch_update_sq(const FactoredBatch b) {
+  GridPos at;
+  const FactoredTask& t = task_of(b, kUpdateSq, at);
+  update_sq_of(t.l, t.plan.K, static_cast<const GT*>(t.g), t.w.row_factor, t.w.col_factor, t.gs, t.vec,
+               t.w.block_sums, at);
+}
+
+// One block per tensor, as clip_divisor.
+__global__ void batch_clip(const FactoredBatch b) {
+  __shared__ double shared[kWarps];
+  const FactoredTask& t = b.task[blockIdx.x];
+  const double sum = sum_slot(t.w.block_sums, t.update_blocks, 0, shared);
+  if (threadIdx.x == 0) *t.w.divisor = clip_divisor_of(sum, t.l.numel(), t.threshold);
+}
+
+template <class MT>
+__global__ void batch_param(const FactoredBatch b) {
+  GridPos at;
+  const FactoredTask& t = task_of(b, kParam, at);
+  const MT* m = static_cast<const MT*>(t.m);
+  if (t.out.grad) {
+    param_update_rounded_of(t.l, t.plan.K, t.param, m, t.w.row_factor, t.w.col_factor, t.lr, t.decay, t.wd, t.out, at);
+  } else {
+    const int64_t chunks = (t.plan.K + 4 * kThreads - 1) / (4 * kThreads);  // param_update_chunks
+    param_update_of(t.l, t.plan.K, t.param, m, t.w.row_factor, t.w.col_factor, t.lr, t.decay, t.wd, t.vec,
+                    at.block / chunks, at.block % chunks);
+  }
+}
+
+// The grid each tensor takes in each launch, as came_factored launches it.
+void set_grids(FactoredBatch& b) {
+  for (int e = 0; e < kBatchLaunches; ++e) b.blocks[e] = 0;
+  for (int i = 0; i < b.count; ++i) {
+    FactoredTask& t = b.task[i];
+    const int64_t N = t.l.numel();
+    const int64_t grid[kBatchLaunches] = {
+        t.l.P * t.plan.tiles_i * t.plan.tiles_k,
+        ema_blocks(t.l),
+        t.l.groups(),
+        t.update_blocks,
+        1,
+        t.out.grad ? int64_t(rounded_blocks_grid(N)) : t.l.P * t.l.n * param_update_chunks(t.plan.K),
+    };
+    for (int e = 0; e < kBatchLaunches; ++e) {
+      TALLY_CHECK(int64_t(b.blocks[e]) + grid[e] < (int64_t(1) << 31), "[came_factored_steps] a batch of ", b.count,
+                  " tensors needs more than 2^31 blocks in one launch");
+      t.first[e] = b.blocks[e];
+      b.blocks[e] += unsigned(grid[e]);
+    }
+  }
+}
+
+// A statistics pass of every tensor of the batch (factored_stats): tiles, EMAs, row factors.
+template <class MT, class GT, int kPass>
+void launch_stats_pass(const FactoredBatch& b) {
+  batch_tiles<MT, GT, kPass><<<b.blocks[kTiles], kThreads, 0, stream()>>>(b);
+  TALLY_CUDA_LAUNCH_CHECK("came batch tiles");
+  batch_ema<kPass><<<b.blocks[kEma], kEmaThreads, 0, stream()>>>(b);
+  TALLY_CUDA_LAUNCH_CHECK("came batch ema");
+  batch_row_factors<kPass><<<b.blocks[kRowFactors], kRowFactorThreads, 0, stream()>>>(b);
+  TALLY_CUDA_LAUNCH_CHECK("came batch row_factors");
+}
+
+// came_factored's passes, each launched once for the batch.
+template <class MT, class GT>
+void launch_factored_batch(FactoredBatch& b) {
+  set_grids(b);
+  launch_stats_pass<MT, GT, 0>(b);
+  batch_update_sq<GT><<<b.blocks[kUpdateSq], kThreads, 0, stream()>>>(b);
+  TALLY_CUDA_LAUNCH_CHECK("came batch update_sq");
+  batch_clip<<<unsigned(b.count), kThreads, 0, stream()>>>(b);
+  TALLY_CUDA_LAUNCH_CHECK("came batch clip");
+  launch_stats_pass<MT, GT, 1>(b);
+  batch_param<MT><<<b.blocks[kParam], kThreads, 0, stream()>>>(b);
+  TALLY_CUDA_LAUNCH_CHECK("came batch param");
+}
+
+// Whole, plain (Q*S == 1), no statistics: the steps came_factored_steps batches.
+bool batchable(const CameFactoredArgs& a) {
+  return !a.stats && !a.exact_exp_avg_sq && !a.shard.sum && a.layout.numel() > 0 && a.layout.Q * a.layout.S == 1;
+}
+
+// The batch of steps of one kind (first moment bf16 or not, gradient bf16 or not), filled in order; launched when
+// its tensors or their workspaces no longer fit, the workspace then taken again from its start.
+template <class MT, class GT>
+void batch_steps(const CameFactoredArgs* steps, int64_t count, char* workspace, int64_t workspace_bytes) {
+  FactoredBatch b{};
+  int64_t used = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const CameFactoredArgs& a = steps[i];
+    const bool bf16_m = a.exp_avg_dtype == DType::bf16, bf16_g = a.bf16_param.grad != nullptr;
+    if (!batchable(a) || bf16_m != std::is_same_v<MT, __nv_bfloat16> || bf16_g != std::is_same_v<GT, bf16>) continue;
+    const Plan plan = make_plan(a.layout);
+    const int64_t bytes = carve(nullptr, a.layout, plan).bytes;
+    if (b.count == kCameFactoredBatchTasks || used + bytes > workspace_bytes) {
+      launch_factored_batch<MT, GT>(b);
+      b.count = 0;
+      used = 0;
+    }
+    FactoredTask& t = b.task[b.count++];
+    t.l = a.layout;
+    t.plan = plan;
+    t.w = carve(workspace + used, a.layout, plan);
+    used += bytes;
+    const GT* g = bf16_g ? reinterpret_cast<const GT*>(a.bf16_param.grad) : reinterpret_cast<const GT*>(a.grad);
+    t.g = g;
+    t.m = a.exp_avg;
+    t.param = a.param;
+    t.row_stat[0] = a.exp_avg_sq_row;
+    t.row_stat[1] = a.exp_avg_res_row;
+    t.col_stat[0] = a.exp_avg_sq_col;
+    t.col_stat[1] = a.exp_avg_res_col;
+    t.out = a.bf16_param;
+    t.beta[0] = a.beta2;
+    t.beta[1] = a.beta3;
+    // The scalars as came_factored converts them.
+    t.gs = float(a.grad_scale);
+    t.eps1 = float(a.eps1);
+    t.b1 = float(a.beta1);
+    t.one_b1 = float(1.0 - a.beta1);
+    t.eps2 = float(a.eps2);
+    t.lr = float(a.lr);
+    t.decay = float(-a.weight_decay * a.lr);
+    t.wd = a.weight_decay != 0.0;
+    t.threshold = float(a.clip_threshold);
+    t.vec = vectorizable(a.layout, {g, a.param, a.exp_avg});
+    t.update_blocks = reduce_blocks(a.layout.numel() / 4 + 1);
+  }
+  if (b.count > 0) launch_factored_batch<MT, GT>(b);
+}
+
 }  // namespace
+
+void came_factored_steps(const CameFactoredArgs* steps, int64_t count, void* workspace, int64_t workspace_bytes) {
+  for (int64_t i = 0; i < count; ++i) {
+    const CameFactoredArgs& a = steps[i];
+    const int64_t need = cuda_factored_workspace_bytes(a.layout);
+    TALLY_CHECK(need <= workspace_bytes, "[came_factored_steps] step ", i, " needs ", need,
+                " bytes of workspace, the shared workspace has ", workspace_bytes);
+    if (a.bf16_param.grad)
+      TALLY_CHECK(!a.grad && a.bf16_param.param && !a.stats && !a.exact_exp_avg_sq, "[came_factored_steps] a fused ",
+                  "bf16 step takes the bf16 gradient and parameter (no f32 gradient) and no statistics");
+    if (batchable(a)) continue;
+    CameFactoredArgs one = a;
+    one.workspace = workspace;
+    came_factored_step(one);
+  }
+  char* base = static_cast<char*>(workspace);
+  batch_steps<float, float>(steps, count, base, workspace_bytes);
+  batch_steps<float, bf16>(steps, count, base, workspace_bytes);
+  batch_steps<__nv_bfloat16, float>(steps, count, base, workspace_bytes);
+  batch_steps<__nv_bfloat16, bf16>(steps, count, base, workspace_bytes);
+}
 
 void came_dense_steps(const CameDenseArgs* steps, int64_t count) {
   DenseBatch f32{}, bf{};

@@ -32,6 +32,14 @@ inline int reduce_blocks(int64_t n) {
   return int(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, kMaxBlocks));
 }
 
+// Where a block works: its index among its grid's blocks. A kernel launched for one tensor is at (blockIdx.x,
+// gridDim.x); a batched launch (came_factored_steps) gives each tensor's blocks their places in that tensor's own grid,
+// so that every tensor is stepped exactly as its own launch would step it.
+struct GridPos {
+  int64_t block, blocks;
+};
+__device__ inline GridPos own_grid() { return {int64_t(blockIdx.x), int64_t(gridDim.x)}; }
+
 __device__ inline float load(const float* p) { return *p; }
 __device__ inline float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
 __device__ inline float store(float* p, float v) {
@@ -76,9 +84,9 @@ __device__ inline void store_rounded_bf16x8(bf16* dst, const float* x, const rng
 // (grid-stride); update(e) steps element e on the master and returns its new value, which the bf16 parameter gets
 // rounded as round_to_bf16 rounds it.
 template <class Update>
-__device__ inline void update_rounded_blocks(int64_t n, const FusedBf16& out, Update update) {
+__device__ inline void update_rounded_blocks(int64_t n, const FusedBf16& out, Update update, GridPos at = own_grid()) {
   const int64_t blocks = int64_t(round_to_bf16_blocks(n));
-  for (int64_t b = blockIdx.x * int64_t(kThreads) + threadIdx.x; b < blocks; b += int64_t(gridDim.x) * kThreads) {
+  for (int64_t b = at.block * kThreads + threadIdx.x; b < blocks; b += at.blocks * kThreads) {
     const rng::Philox4 r = rng::philox4x32_10(out.seed, out.offset + uint64_t(b));
     for (int j = 0; j < 8 && 8 * b + j < n; ++j) out.param[8 * b + j].bits = rounded_bf16(update(8 * b + j), r, j);
   }
@@ -96,11 +104,11 @@ __device__ inline int64_t row_index(const FactoredLayout& l, int64_t p, int64_t 
 
 // Column partials for tile (p, row tile) x (column tile), and (fused) the tile's row sums. fill(p, i, k) gives
 // the element's quantity (and may update state: it runs exactly once per element).
+// pt: p * tiles_i + row tile; tk: the column tile.
 template <class Fill>
-__global__ void tile_stats(FactoredLayout l, Plan plan, Fill fill, double* row_partials, double* col_partials) {
+__device__ inline void tile_stats_of(const FactoredLayout& l, const Plan& plan, const Fill& fill, double* row_partials,
+                                     double* col_partials, int64_t pt, int64_t tk) {
   __shared__ double rows[kTileRows][kWarps];
-  const int64_t pt = blockIdx.x;  // p * tiles_i + row tile
-  const int64_t tk = blockIdx.y;  // column tile
   const int64_t p = pt / plan.tiles_i, it = pt % plan.tiles_i;
   const int64_t i0 = it * plan.tile_rows, i1 = imin(l.n, i0 + plan.tile_rows);
   const int64_t k = tk * kTileCols + threadIdx.x;
@@ -125,6 +133,10 @@ __global__ void tile_stats(FactoredLayout l, Plan plan, Fill fill, double* row_p
     }
   }
 }
+template <class Fill>
+__global__ void tile_stats(FactoredLayout l, Plan plan, Fill fill, double* row_partials, double* col_partials) {
+  tile_stats_of(l, plan, fill, row_partials, col_partials, blockIdx.x, blockIdx.y);
+}
 
 // Row statistics of a layout with Q*S > 1: one block per row statistic (p, i, q, s), summing over j.
 template <class Fill>
@@ -147,13 +159,90 @@ __global__ void row_sums_general(FactoredLayout l, Fill fill, double* row_partia
 // With col_sums (ZeRO 1, rows cut) the columns stop at their sums over this rank's rows, written to col_sums.
 constexpr int kColLanes = 16;
 constexpr int kEmaThreads = 32 * kColLanes;
+// Its blocks for the rows, and in all.
+__host__ __device__ inline unsigned ema_row_blocks(const FactoredLayout& l) {
+  return unsigned((l.rows() + kEmaThreads - 1) / kEmaThreads);
+}
+inline unsigned ema_blocks(const FactoredLayout& l) { return ema_row_blocks(l) + unsigned((l.cols() + 31) / 32); }
+
+// stat[r] = beta*stat[r] + (1-beta)*mean of row r, its sum from `terms` partials (in order).
+__device__ inline void ema_row(float* stat, const double* partials, int64_t r, int64_t rows, int64_t terms,
+                               int64_t count, double beta) {
+  if (r >= rows) return;
+  double sum = 0;
+  for (int64_t t = 0; t < terms; ++t) sum += partials[r * terms + t];
+  const float mean = float(sum / double(count));
+  stat[r] = fmaf(mean, float(1.0 - beta), stat[r] * float(beta));
+}
+
+// stat[c] = beta*stat[c] + (1-beta)*mean of column c over `rows` rows, its sum given; col_factor[c] = rsqrt(stat[c]).
+__device__ inline void ema_col(float* stat, float* col_factor, int64_t c, double sum, int64_t rows, double beta) {
+  const float mean = float(sum / double(rows));
+  const float v = fmaf(mean, float(1.0 - beta), stat[c] * float(beta));
+  stat[c] = v;
+  col_factor[c] = 1.0f / sqrtf(v);
+}
+
+// The 32 columns from c0: lane j adds row tiles j, j + kColLanes, ...; lane 0 adds the lanes in order, then
+// finishes the column, or (col_sums) writes its sum there.
+__device__ inline void ema_col_group(float* stat, float* col_factor, const double* partials, const FactoredLayout& l,
+                                     const Plan& plan, int64_t c0, double beta, double* col_sums) {
+  __shared__ double lanes[kColLanes][32];
+  const int lane = threadIdx.x / 32, x = threadIdx.x % 32;
+  const int64_t c = c0 + x;  // p*K + k
+  const bool valid = c < l.cols();
+  const int64_t p = c / plan.K, k = c % plan.K;
+  double sum = 0;
+  if (valid)
+    for (int64_t t = lane; t < plan.tiles_i; t += kColLanes) sum += partials[(p * plan.tiles_i + t) * plan.K + k];
+  lanes[lane][x] = sum;
+  __syncthreads();
+  if (lane != 0 || !valid) return;
+  double total = 0;
+  for (int j = 0; j < kColLanes; ++j) total += lanes[j][x];
+  if (col_sums) col_sums[c] = total;
+  else ema_col(stat, col_factor, c, total, l.n, beta);
+}
+
+// Block `block` of ema_rows_cols (ema_blocks(l) in all).
+__device__ inline void ema_rows_cols_of(float* row_stat, const double* row_partials, float* col_stat,
+                                        float* col_factor, const double* col_partials, const FactoredLayout& l,
+                                        const Plan& plan, double beta, double* col_sums, int64_t block) {
+  const int64_t row_blocks = ema_row_blocks(l);
+  if (block < row_blocks)
+    ema_row(row_stat, row_partials, block * kEmaThreads + threadIdx.x, l.rows(), plan.row_terms, l.m, beta);
+  else
+    ema_col_group(col_stat, col_factor, col_partials, l, plan, (block - row_blocks) * 32, beta, col_sums);
+}
 __global__ void __launch_bounds__(kEmaThreads)
     ema_rows_cols(float* row_stat, const double* row_partials, float* col_stat, float* col_factor,
-                  const double* col_partials, FactoredLayout l, Plan plan, double beta, unsigned row_blocks,
-                  double* col_sums);
-// row_factor = rsqrt(row / mean_i(row)); one block of kRowFactorThreads per (p, q, s) group. The mean is over this
-// tensor's rows, or, given group_sums (ZeRO 1, rows cut), group_sums[g] / rows (the sum over every rank's rows).
+                  const double* col_partials, FactoredLayout l, Plan plan, double beta, double* col_sums);
+
+// The sum of group g's row statistics over this tensor's rows, valid in thread 0 of a kRowFactorThreads block.
 constexpr int kRowFactorThreads = 1024;
+__device__ inline double row_group_sum(const float* row, const FactoredLayout& l, int64_t g, double* shared) {
+  const int64_t QS = l.Q * l.S, p = g / QS, qs = g % QS;
+  double acc = 0;
+  for (int64_t i = threadIdx.x; i < l.n; i += kRowFactorThreads) acc += double(row[(p * l.n + i) * QS + qs]);
+  return block_sum_to_first<kRowFactorThreads>(acc, shared);
+}
+
+// row_factor = rsqrt(row / mean_i(row)) for (p, q, s) group g, by a block of kRowFactorThreads. The mean is over this
+// tensor's rows, or, given group_sums (ZeRO 1, rows cut), group_sums[g] / rows (the sum over every rank's rows).
+__device__ inline void row_factors_of(const float* row, float* row_factor, const FactoredLayout& l,
+                                      const double* group_sums, int64_t rows, int64_t g) {
+  __shared__ double shared[kRowFactorThreads / 32];
+  __shared__ float mean;
+  const int64_t QS = l.Q * l.S, p = g / QS, qs = g % QS;
+  const double total = group_sums ? group_sums[g] : row_group_sum(row, l, g, shared);
+  if (threadIdx.x == 0) mean = float(total / double(rows));
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < l.n; i += kRowFactorThreads) {
+    const int64_t x = (p * l.n + i) * QS + qs;
+    row_factor[x] = 1.0f / sqrtf(row[x] / mean);
+  }
+}
+// One block per (p, q, s) group.
 __global__ void __launch_bounds__(kRowFactorThreads)
     row_factors(const float* row, float* row_factor, FactoredLayout l, const double* group_sums, int64_t rows);
 // ZeRO 1, rows cut: the sum of each (p, q, s) group's row statistics over this rank's rows into group_sums[g].
@@ -167,17 +256,25 @@ __global__ void ema_cols_of_sums(float* col_stat, float* col_factor, const doubl
 // (slot s at block_sums[blockIdx.x * kSums + s]), for launch_add_block_sums and the clip's finishing kernels to add
 // up. Every thread of the block calls it with its own partial sums.
 template <int kCount>
-__device__ inline void write_block_sums(const double (&acc)[kCount], double* block_sums) {
+__device__ inline void write_block_sums(const double (&acc)[kCount], double* block_sums, int64_t block = blockIdx.x) {
   static_assert(kCount >= 1 && kCount <= kSums);
   __shared__ double shared[kWarps];
   for (int s = 0; s < kCount; ++s) {
     const double total = block_sum_to_first<kThreads>(acc[s], shared);
-    if (threadIdx.x == 0) block_sums[blockIdx.x * kSums + s] = total;
+    if (threadIdx.x == 0) block_sums[block * kSums + s] = total;
   }
 }
-__device__ inline void write_block_sum(double acc, double* block_sums) {
+__device__ inline void write_block_sum(double acc, double* block_sums, int64_t block = blockIdx.x) {
   const double one[1] = {acc};
-  write_block_sums(one, block_sums);
+  write_block_sums(one, block_sums, block);
+}
+
+// The sum of slot `slot` over `blocks` block sums, valid in thread 0 of a kThreads block: thread t adds blocks t,
+// t + kThreads, ... in order, then the block's fixed tree.
+__device__ inline double sum_slot(const double* block_sums, int64_t blocks, int slot, double* shared) {
+  double acc = 0;
+  for (int64_t b = threadIdx.x; b < blocks; b += kThreads) acc += block_sums[b * kSums + slot];
+  return block_sum_to_first<kThreads>(acc, shared);
 }
 
 // The finishing sums over a grid's block sums (slot e of block b at block_sums[b * kSums + e]), each in one block
@@ -217,12 +314,9 @@ void factored_stats(const FactoredLayout& l, const Plan& plan, const Workspace& 
     row_sums_general<<<unsigned(l.rows()), kThreads, 0, stream()>>>(l, fill, w.row_partials);
     TALLY_CUDA_LAUNCH_CHECK("row_sums_general");
   }
-  const unsigned row_blocks = unsigned((l.rows() + kEmaThreads - 1) / kEmaThreads);
-  const unsigned col_blocks = unsigned((l.cols() + 31) / 32);
   const bool across = sh.sum && sh.rows_cut;
-  ema_rows_cols<<<row_blocks + col_blocks, kEmaThreads, 0, stream()>>>(row_stat, w.row_partials, col_stat, w.col_factor,
-                                                                       w.col_partials, l, plan, beta, row_blocks,
-                                                                       across ? w.cross : nullptr);
+  ema_rows_cols<<<ema_blocks(l), kEmaThreads, 0, stream()>>>(row_stat, w.row_partials, col_stat, w.col_factor,
+                                                             w.col_partials, l, plan, beta, across ? w.cross : nullptr);
   TALLY_CUDA_LAUNCH_CHECK("ema_rows_cols");
   if (across) {
     double* group_sums = w.cross + l.cols();
@@ -268,11 +362,11 @@ struct SquareFill {
 // Pass 2 of the factored methods: block sums of u^2, u = g * row factor * column factor. Rows of K elements,
 // 4 per thread (one vector load when `vec`), a fixed grid striding over (row, chunk) tasks.
 template <class GT>
-__global__ void update_sq(FactoredLayout l, int64_t K, const GT* g, const float* rf, const float* cf, float gs,
-                          bool vec, double* block_sums) {
+__device__ inline void update_sq_of(const FactoredLayout& l, int64_t K, const GT* g, const float* rf, const float* cf,
+                                    float gs, bool vec, double* block_sums, GridPos at) {
   double acc = 0;
   const int64_t rows = l.P * l.n, chunks = (K + 4 * kThreads - 1) / (4 * kThreads);
-  for (int64_t t = blockIdx.x; t < rows * chunks; t += gridDim.x) {
+  for (int64_t t = at.block; t < rows * chunks; t += at.blocks) {
     const int64_t pi = t / chunks, k0 = (t % chunks) * 4 * kThreads + 4 * threadIdx.x;
     const int64_t p = pi / l.n, i = pi % l.n;
     const GT* gr = g + pi * K;
@@ -290,7 +384,12 @@ __global__ void update_sq(FactoredLayout l, int64_t K, const GT* g, const float*
       }
     }
   }
-  write_block_sum(acc, block_sums);
+  write_block_sum(acc, block_sums, at.block);
+}
+template <class GT>
+__global__ void update_sq(FactoredLayout l, int64_t K, const GT* g, const float* rf, const float* cf, float gs,
+                          bool vec, double* block_sums) {
+  update_sq_of(l, K, g, rf, cf, gs, vec, block_sums, own_grid());
 }
 
 // Inspection: exact EMA of g^2+eps1 and its distance to the factored estimate 1/(rf cf)^2.
