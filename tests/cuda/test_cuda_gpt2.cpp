@@ -79,7 +79,7 @@ TEST_CASE("cuda gpt2: a training step equals the CPU step (logits, loss, gradien
   for (DType dtype : {DType::f64, DType::f32}) {
     const double tol = dtype == DType::f64 ? 1e-10 : 2e-5;
     for (const std::string kind : {"came", "adamw"}) {
-      INFO(dtype_name(dtype), " ", kind);
+      INFO(std::string(dtype_name(dtype)), " ", kind);
       if (dtype == DType::f64) continue;  // optimizers keep f32 parameters; f64 is checked for the model below
       // AdamW's GPU model runs the loss in chunks of 24 rows (24, 24, 16): the same step as the CPU's whole head.
       Pair p = make_pair(c, dtype, kind == "adamw" ? 24 : 0);
@@ -147,7 +147,7 @@ TEST_CASE("cuda gpt2: a GPU training step's memory equals the plan made for CUDA
   UploadedBatches batches(ids);
   for (const DType dtype : {DType::f32, DType::bf16})
     for (const char* name : {"came", "adamw"}) {  // factored and dense optimizer workspaces
-      INFO(name, " ", dtype_name(dtype));
+      INFO(name, " ", std::string(dtype_name(dtype)));
       const train::OptimizerChoice choice{.name = name, .settings = {{"lr", 1e-3}}};
       const train::StepShape shape{.batch = 2, .seq = 32, .accumulation = 2, .grad_clip = 1.0, .dtype = dtype,
                                    .device = DeviceKind::cuda};

@@ -308,7 +308,7 @@ TEST_CASE("loader: a restored position yields exactly the batches of an uninterr
     for (int64_t i = 0; i < 3 * epoch; ++i) expected.push_back(ref.next().inputs);
     // Stop mid-shard, exactly at a shard's end, at an epoch's end, and inside the second epoch.
     for (const int64_t stop : {int64_t(0), int64_t(5), w0, w0 + 1, epoch - 1, epoch, epoch + 17}) {
-      INFO("order " << (order == LoaderOrder::shuffled ? "shuffled" : "sequential") << ", stop after " << stop);
+      INFO("order " << std::string(order == LoaderOrder::shuffled ? "shuffled" : "sequential") << ", stop after " << stop);
       DataLoader first(ShardSet::open(glob), cfg);
       for (int64_t i = 0; i < stop; ++i) first.next();
       const std::vector<uint8_t> saved = first.position().to_bytes();

@@ -16,7 +16,7 @@ TEST_SUITE("models") {
 
 TEST_CASE("kv cache: incremental logits equal the full forward's") {
   for (DType dtype : {DType::f32, DType::f64}) {
-    INFO(dtype_name(dtype));
+    INFO(std::string(dtype_name(dtype)));
     GPT2 model(test::tiny_config(), {.dtype = dtype, .seed = 41});
     const int64_t B = 2, T = 14, V = 500;
     Tensor idx = test::random_tokens(B, T, V, 42);

@@ -32,7 +32,7 @@ TEST_SUITE("optim") {
 
 TEST_CASE("save/load: a restored optimizer continues bit for bit, bf16 state stays bf16") {
   for (DType moment : {DType::f32, DType::bf16}) {
-    INFO(dtype_name(moment));
+    INFO(std::string(dtype_name(moment)));
     const CameConfig cfg{.lr = 1e-2, .weight_decay = 0.1, .exp_avg_dtype = moment};
     const std::vector<float> init = normal_values(48 * 40, 7);
     Tensor a = make_param("sl.w", init, {48, 40});

@@ -88,7 +88,7 @@ TEST_CASE("cuda: every optimizer on the GPU matches the CPU step for step" * doc
       og->step({.grad_scale = 0.5});
     }
     for (size_t s = 0; s < kShapes.size(); ++s) {
-      INFO(c.name, " ", shape_str(kShapes[s]), inspect == optim::Inspect::off ? " (no inspection)" : "");
+      INFO(cat(c.name, " ", shape_str(kShapes[s]), inspect == optim::Inspect::off ? " (no inspection)" : ""));
       auto check = [&](const Tensor& a, const Tensor& b, const std::string& what, double extra_atol) {
         const std::vector<float> va = a.to(DType::f32).to_vector<float>(), vb = b.to(DType::f32).to_vector<float>();
         double scale = 0;
@@ -145,7 +145,7 @@ TEST_CASE("cuda: CAME steps many small dense tensors together as the CPU steps t
     const double param_atol = m_dtype == DType::bf16 ? kSteps * 1e-2 / 64 : 0.0;
     for (int grp = 0; grp < 2; ++grp)
       for (size_t s = 0; s < cpu[grp].size(); ++s) {
-        INFO(cpu[grp][s].name(), " ", shape_str(cpu[grp][s].shape()), " exp_avg ", dtype_name(m_dtype));
+        INFO(cat(cpu[grp][s].name(), " ", shape_str(cpu[grp][s].shape()), " exp_avg ", dtype_name(m_dtype)));
         const Mismatch p =
             compare(gpu[grp][s].to_vector<float>(), cpu[grp][s].to_vector<float>(), 1e-5, 1e-6 + param_atol);
         CHECK_MESSAGE(p.ok(), "param: gpu ", p.a, " cpu ", p.b, " at ", p.index, " (ratio ", p.worst_ratio, ")");
@@ -367,9 +367,10 @@ TEST_CASE("cuda: CAME steps factored tensors in batches exactly as one by one" *
       for (const auto& a : args_one) optim::came_factored_one(a);
       optim::came_factored_batched(args_batched, ws_batched.data_ptr(), budget);
       for (size_t i = 0; i < items.size(); ++i) {
-        INFO("tensor ", i, " (P, n, Q, m, S) = (", items[i].l.P, ", ", items[i].l.n, ", ", items[i].l.Q, ", ",
-             items[i].l.m, ", ", items[i].l.S, "), exp_avg ", dtype_name(items[i].m), items[i].fused ? ", fused bf16" : "",
-             items[i].stats ? ", statistics" : "", ", step ", k);
+        // (doctest prints a const char* as a pointer: the words go through one std::string)
+        INFO(cat("tensor ", i, " (P, n, Q, m, S) = (", items[i].l.P, ", ", items[i].l.n, ", ", items[i].l.Q, ", ",
+                 items[i].l.m, ", ", items[i].l.S, "), exp_avg ", dtype_name(items[i].m),
+                 items[i].fused ? ", fused bf16" : "", items[i].stats ? ", statistics" : "", ", step ", k));
         const optim::FactoredBuffers& a = one[i];
         const optim::FactoredBuffers& b = batched[i];
         const std::vector<std::pair<const char*, std::pair<Tensor, Tensor>>> outputs = {
@@ -380,7 +381,7 @@ TEST_CASE("cuda: CAME steps factored tensors in batches exactly as one by one" *
         for (const auto& output : outputs) {  // (no structured binding: clang cannot capture one in CHECK_MESSAGE)
           if (!output.second.first.defined()) continue;
           const Tensor x = output.second.first.to(Device::cpu()), y = output.second.second.to(Device::cpu());
-          CHECK_MESSAGE(std::memcmp(x.data_ptr(), y.data_ptr(), size_t(x.nbytes())) == 0, output.first);
+          CHECK_MESSAGE(std::memcmp(x.data_ptr(), y.data_ptr(), size_t(x.nbytes())) == 0, std::string(output.first));
         }
       }
     }
