@@ -86,7 +86,9 @@ __device__ inline void param_update_of(const FactoredLayout& l, int64_t K, float
   for (int64_t k = k0; k < imin(K, k0 + 4); ++k)
     pr[k] = param_step(pr[k], row_factor_of(l, rf, p, i, k) * cf[p * K + k], load(mr + k), lr, decay, wd);
 }
-inline int64_t param_update_chunks(int64_t K) { return (K + 4 * kThreads - 1) / (4 * kThreads); }
+__host__ __device__ inline int64_t param_update_chunks(int64_t K) {
+  return (K + 4 * kThreads - 1) / (4 * kThreads);
+}
 template <class MT>
 __global__ void param_update(FactoredLayout l, int64_t K, float* param, const MT* m, const float* rf, const float* cf,
                              float lr, float decay, bool wd, bool vec) {
@@ -428,7 +430,7 @@ __global__ void batch_param(const FactoredBatch b) {
   if (t.out.grad) {
     param_update_rounded_of(t.l, t.plan.K, t.param, m, t.w.row_factor, t.w.col_factor, t.lr, t.decay, t.wd, t.out, at);
   } else {
-    const int64_t chunks = (t.plan.K + 4 * kThreads - 1) / (4 * kThreads);  // param_update_chunks
+    const int64_t chunks = param_update_chunks(t.plan.K);
     param_update_of(t.l, t.plan.K, t.param, m, t.w.row_factor, t.w.col_factor, t.lr, t.decay, t.wd, t.vec,
                     at.block / chunks, at.block % chunks);
   }
@@ -480,6 +482,12 @@ void launch_factored_batch(FactoredBatch& b) {
   launch_stats_pass<MT, GT, 1>(b);
   batch_param<MT><<<b.blocks[kParam], kThreads, 0, stream()>>>(b);
   TALLY_CUDA_LAUNCH_CHECK("came batch param");
+}
+
+// A fused bf16 factored step takes the bf16 gradient and parameter and no statistics (op: the caller, for the error).
+void check_fused(const CameFactoredArgs& a, const char* op) {
+  TALLY_CHECK(!a.bf16_param.grad || (!a.grad && a.bf16_param.param && !a.stats && !a.exact_exp_avg_sq), "[", op,
+              "] a fused bf16 step takes the bf16 gradient and parameter (no f32 gradient) and no statistics");
 }
 
 // Whole, plain (Q*S == 1), no statistics: the steps came_factored_steps batches.
@@ -544,9 +552,7 @@ void came_factored_steps(const CameFactoredArgs* steps, int64_t count, void* wor
     const int64_t need = cuda_factored_workspace_bytes(a.layout);
     TALLY_CHECK(need <= workspace_bytes, "[came_factored_steps] step ", i, " needs ", need,
                 " bytes of workspace, the shared workspace has ", workspace_bytes);
-    if (a.bf16_param.grad)
-      TALLY_CHECK(!a.grad && a.bf16_param.param && !a.stats && !a.exact_exp_avg_sq, "[came_factored_steps] a fused ",
-                  "bf16 step takes the bf16 gradient and parameter (no f32 gradient) and no statistics");
+    check_fused(a, "came_factored_steps");
     if (batchable(a)) continue;
     CameFactoredArgs one = a;
     one.workspace = workspace;
@@ -609,9 +615,8 @@ void came_factored_step(const CameFactoredArgs& a) {
     return;
   }
   const bool bf16_moment = a.exp_avg_dtype == DType::bf16;
+  check_fused(a, "came_factored_step");
   if (a.bf16_param.grad) {
-    TALLY_CHECK(!a.grad && a.bf16_param.param && !a.stats && !a.exact_exp_avg_sq, "[came_factored_step] a fused bf16 ",
-                "step takes the bf16 gradient and parameter (no f32 gradient) and no statistics");
     bf16_moment ? came_factored<__nv_bfloat16>(a, a.bf16_param.grad) : came_factored<float>(a, a.bf16_param.grad);
   } else {
     bf16_moment ? came_factored<__nv_bfloat16>(a, a.grad) : came_factored<float>(a, a.grad);
