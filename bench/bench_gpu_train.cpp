@@ -28,6 +28,7 @@
 #ifdef TALLY_HAS_CUDA
 #include "core/cuda/runtime.h"
 #include "core/kernels/cuda/attention_cudnn.h"
+#include "core/kernels/cuda/linear_epilogues.h"
 #endif
 
 using namespace tally;
@@ -168,11 +169,16 @@ int main(int argc, char** argv) {
     // Whose attention ran: cuDNN's fused kernels (TALLY_CUDNN_ATTENTION=1, bf16, taken) or tally's.
     const bool fused = dtype == DType::bf16 && kernels::cuda::cudnn_attention_enabled() &&
                        kernels::cuda::cudnn_attention_last_refusal().empty();
+    // Whose Linear epilogues ran: cuBLASLt's (TALLY_CUBLASLT_EPILOGUES=1, taken by the step's last bias gradient)
+    // or the separate bias, GELU and bias-gradient kernels.
+    const bool epilogues = kernels::cuda::linear_epilogues_enabled() &&
+                           kernels::cuda::linear_epilogues_last_refusal().empty();
     std::printf("{\"bench\": \"tally_train_step\", \"optimizer\": \"%s\", \"model\": \"%s\", \"batch\": %lld, \"seq\": %lld, "
-                "\"precision\": \"%s\", \"attention\": \"%s\", \"loss_chunk_rows\": %lld, \"steps\": %lld, \"warmup\": %lld, \"ms_per_step\": %.2f, \"tokens_per_s\": %.0f, "
+                "\"precision\": \"%s\", \"attention\": \"%s\", \"epilogues\": \"%s\", \"loss_chunk_rows\": %lld, \"steps\": %lld, \"warmup\": %lld, \"ms_per_step\": %.2f, \"tokens_per_s\": %.0f, "
                 "\"loss\": %.4f, \"peak_ledger_mb\": %.0f, \"peak_held_mb\": %.0f, \"params\": %.0f, "
                 "\"flops_per_token\": %.0f, \"mfu\": %.4f, \"peak_tflops\": %.0f}\n",
                 name.c_str(), preset.c_str(), (long long)B, (long long)T, precision, fused ? "cudnn" : "tally",
+                epilogues ? "cublaslt" : "separate",
                 (long long)loss_chunk_rows, (long long)steps, (long long)warmup, ms,
                 tokens_per_s, loss, double(usage.peak_requested) / (1 << 20), double(usage.peak_held) / (1 << 20), n_mfu,
                 flops_per_token, tokens_per_s * flops_per_token / (peak_tflops * 1e12), peak_tflops);

@@ -60,6 +60,9 @@ Tensor max(const Tensor& a, int64_t dim, KeepDim keep = KeepDim::no);  // values
 Tensor matmul(const Tensor& a, const Tensor& b);
 // x (..., IN) @ weight (OUT, IN)^T + bias (OUT) -> (..., OUT). bias may be undefined.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
+// gelu(linear(x, weight, bias)) as one op (one cuBLASLt call with a GELU epilogue on CUDA where switched on); keeps
+// the pre-activation (..., OUT) for its backward, as linear then gelu would.
+Tensor linear_gelu(const Tensor& x, const Tensor& weight, const Tensor& bias);
 
 // ---- shape ----
 Tensor cat(const std::vector<Tensor>& parts, int64_t dim);

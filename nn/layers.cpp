@@ -16,6 +16,11 @@ Tensor Linear::forward(const Tensor& x) const {
   return linear(x, weight_, bias_);
 }
 
+Tensor Linear::forward_gelu(const Tensor& x) const {
+  MemoryScope scope(Category::activation, name());
+  return linear_gelu(x, weight_, bias_);
+}
+
 Embedding::Embedding(std::string name, int64_t num_embeddings, int64_t dim, TensorOptions options)
     : Module(std::move(name)) {
   TALLY_CHECK(num_embeddings > 0 && dim > 0, "[Embedding] '", this->name(), "' needs positive sizes, got (",

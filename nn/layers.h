@@ -20,6 +20,8 @@ class Linear : public Module {
   Linear(std::string name, int64_t in_features, int64_t out_features, TensorOptions options, LinearOptions opt = {});
   // x (..., IN) -> (..., OUT)
   Tensor forward(const Tensor& x) const;
+  // gelu(forward(x)) as one op (linear_gelu): the pre-activation it keeps for the backward is this layer's in the ledger.
+  Tensor forward_gelu(const Tensor& x) const;
   const Tensor& weight() const { return weight_; }  // (OUT, IN)
   const Tensor& bias() const { return bias_; }      // (OUT), undefined without bias
   int64_t in_features() const { return in_; }

@@ -18,12 +18,7 @@ MLP::MLP(std::string name, const BlockConfig& config, TensorOptions options, Gen
 Tensor MLP::forward(const Tensor& x) const { return dropout.forward(project(x)); }
 
 Tensor MLP::project(const Tensor& x) const {
-  Tensor h = c_fc.forward(x);  // (B, T, 4C)
-  {
-    MemoryScope scope(Category::activation, name());
-    h = gelu(h);
-  }
-  return c_proj.forward(h);
+  return c_proj.forward(c_fc.forward_gelu(x));  // gelu(c_fc(x)) (B, T, 4C) in one op, then (B, T, C)
 }
 
 CausalSelfAttention::CausalSelfAttention(std::string name, const BlockConfig& config, TensorOptions options,

@@ -12,7 +12,8 @@
 # bench/peers/torch_compile_gpt2.py, PyTorch eager (bench/peers/torch_gpt2_step.py) and, when LLMC_BIN names
 # llm.c's train_gpt2cu (built beforehand from llm.c's own repository; this script builds no peer), llm.c
 # (bench/peers/llmc_gpu.py), then tally with cuDNN's fused attention (TALLY_CUDNN_ATTENTION=1) at
-# GPU_PEERS_CUDNN_BATCHES ("8 64") and with the head and loss unchunked (--loss-chunk-rows 0) at
+# GPU_PEERS_CUDNN_BATCHES ("8 64"), with cuBLASLt's Linear epilogues (TALLY_CUBLASLT_EPILOGUES=1) at
+# GPU_PEERS_EPILOGUE_BATCHES ("8 64") and with the head and loss unchunked (--loss-chunk-rows 0) at
 # GPU_PEERS_WHOLE_HEAD_BATCHES ("8"). GPU_PEERS_BATCHES (default "8 64 16 32", run in that order), GPU_PEERS_EAGER_BATCHES
 # ("8"), GPU_PEERS_COMPILE_BATCHES (as GPU_PEERS_BATCHES), GPU_PEERS_STEPS (10 timed steps after 3 warm-up steps),
 # GPU_PEERS_BUDGET (400 s: runs not started by then are skipped and said so; none runs past it by more than 60 s),
@@ -153,10 +154,10 @@ if [ -n "$bin_dir" ]; then
     if command -v compute-sanitizer >/dev/null; then
       t0=$(date +%s)
       say "== compute-sanitizer memcheck (TALLY_CUDA_ALLOCATOR=direct)"
-      subset="cuda copy*,cuda fill*,cuda op table*"
+      subset="cuda copy*,cuda fill*,cuda op table*,cuda linear*"
       subset+=",cuda: every optimizer*,cuda: CAME steps*,cuda: gradient norm*"  # the optimizer kernels (suite optim)
       subset+=",cuda: a ZeRO-1*"  # the ZeRO-1 kernels (cross-rank sums; NCCL itself is not ours to memcheck)
-      ops="add,sub,mul,div,softmax,log_softmax,layer_norm,embedding,cross_entropy,causal_self_attention,max,dropout"
+      ops="add,sub,mul,div,softmax,log_softmax,layer_norm,embedding,cross_entropy,causal_self_attention,max,dropout,linear,linear_gelu"
       TALLY_CUDA_ALLOCATOR=direct timeout 150 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 99 \
         "$tests" -tc="$subset" -sc="$ops" >"$out/memcheck.log" 2>&1
       rc=$?
@@ -286,6 +287,13 @@ if [[ "$skip" != *" peers "* ]]; then
     for b in ${GPU_PEERS_CUDNN_BATCHES-8 64}; do
       run_peer "tally bf16 cuDNN B=$b" 150 env TALLY_CUDNN_ATTENTION=1 "$bin_dir/bench_gpu_train" --model gpt2 \
         --batch "$b" --seq 1024 --dtype bf16 --steps "$p_steps" --warmup 3 --optimizers adamw,came
+    done
+  fi
+  # Then cuBLASLt's bias, GELU and bias-gradient epilogues (off by default until checked here).
+  if [ -n "$bin_dir" ] && [ -x "$bin_dir/bench_gpu_train" ]; then
+    for b in ${GPU_PEERS_EPILOGUE_BATCHES-8 64}; do
+      run_peer "tally bf16 cuBLASLt epilogues B=$b" 150 env TALLY_CUBLASLT_EPILOGUES=1 "$bin_dir/bench_gpu_train" \
+        --model gpt2 --batch "$b" --seq 1024 --dtype bf16 --steps "$p_steps" --warmup 3 --optimizers adamw,came
     done
   fi
   # Then the head and loss unchunked (--loss-chunk-rows 0), against the default chunks of 1024 rows.

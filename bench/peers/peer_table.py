@@ -2,8 +2,9 @@
 """The short table of scripts/gpu_check.sh's GPU peer comparison: GPT-2 training steps in bf16 by batch size and
 optimizer, tally (bench_gpu_train --dtype bf16) beside torch.compile (torch_compile_gpt2.py), PyTorch eager
 (torch_gpt2_step.py --dtype bf16) and llm.c (llmc_gpu.py), from the JSON lines of any number of log files; tally
-runs with cuDNN's fused attention (TALLY_CUDNN_ATTENTION=1) and runs with the head and loss unchunked
-(--loss-chunk-rows 0) are listed after the table, beside tally's defaults.
+runs with cuDNN's fused attention (TALLY_CUDNN_ATTENTION=1), with cuBLASLt's Linear epilogues
+(TALLY_CUBLASLT_EPILOGUES=1) and with the head and loss unchunked (--loss-chunk-rows 0) are listed after the table,
+beside tally's defaults.
 Then the targets: tally >= llm.c at every batch size, tally >= 1.3x torch.compile, CAME's step rate within 5% of
 AdamW's. Rows that are missing, skipped or failed show as n/a, skip, oom or err; a target without data reads n/a.
   peer_table.py LOG [LOG...]
@@ -35,13 +36,15 @@ def key(r):
 
 def main(paths):
     rows = load(paths)
-    tally, fused, whole, compiled, eager, llmc = {}, {}, {}, {}, {}, {}
+    tally, fused, lt, whole, compiled, eager, llmc = {}, {}, {}, {}, {}, {}, {}
     notes = []
     for r in rows:
         if r.get("bench") == "tally_train_step" and r.get("precision") == "bf16":
             # tally's defaults; cuDNN's fused attention (TALLY_CUDNN_ATTENTION=1); the head and loss unchunked
             if r.get("loss_chunk_rows") == 0:
                 whole[key(r)] = r
+            elif r.get("epilogues") == "cublaslt":
+                lt[key(r)] = r
             else:
                 (fused if r.get("attention") == "cudnn" else tally)[key(r)] = r
         elif r.get("peer") == "pytorch-compile" and r.get("dtype", "bf16") == "bf16":
@@ -101,6 +104,12 @@ def main(paths):
     for k in sorted(fused, key=lambda k: (k[0], k[1] != "adamw", k[1] or "")):
         f = fused[k]
         print("tally with cuDNN attention B=%s %-5s: %s tok/s, MFU %s%%, %s MiB; x tally's kernels %s, x compile %s, "
+              "x llm.c %s" % (k[0], k[1], tok(f), mfu(f), mem(f, "peak_ledger_mb"), ratio(f, tally.get(k)),
+                              ratio(f, compiled.get(k)), ratio(f, llmc.get(k)) if k[1] == "adamw" else "-"))
+
+    for k in sorted(lt, key=lambda k: (k[0], k[1] != "adamw", k[1] or "")):
+        f = lt[k]
+        print("tally with cuBLASLt epilogues B=%s %-5s: %s tok/s, MFU %s%%, %s MiB; x separate kernels %s, x compile %s, "
               "x llm.c %s" % (k[0], k[1], tok(f), mfu(f), mem(f, "peak_ledger_mb"), ratio(f, tally.get(k)),
                               ratio(f, compiled.get(k)), ratio(f, llmc.get(k)) if k[1] == "adamw" else "-"))
 

@@ -21,6 +21,8 @@ cudaStream_t stream();
 // cuBLAS handle of the current device: bound to stream(), workspace from the caching allocator (ledger:
 // workspace / "cuda:cublas_workspace").
 cublasHandle_t cublas_handle();
+// That workspace (kCublasWorkspaceBytes), for the cuBLASLt calls that run on the same stream (core/kernels/cuda/linear.cu).
+void* cublas_workspace();
 // Multiprocessors of the current device.
 int sm_count();
 

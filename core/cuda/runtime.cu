@@ -53,6 +53,7 @@ struct DeviceState {
   std::once_flag stream_once, cublas_once;
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
+  void* cublas_workspace = nullptr;
   int sms = 0;
   std::mutex upload_mu;
   Upload uploads[kUploadBuffers];
@@ -114,8 +115,14 @@ cublasHandle_t cublas_handle() {
       ws = caching_allocator(d).allocate(kCublasWorkspaceBytes);
     }
     TALLY_CUBLAS_CHECK("cublas", cublasSetWorkspace(s.cublas, ws.ptr, size_t(kCublasWorkspaceBytes)));
+    s.cublas_workspace = ws.ptr;
   });
   return s.cublas;
+}
+
+void* cublas_workspace() {
+  cublas_handle();  // made with the handle
+  return state(current_device()).cublas_workspace;
 }
 
 void throw_cuda_error(const char* op, const char* call, cudaError_t err, const char* file, int line) {

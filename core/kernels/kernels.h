@@ -40,6 +40,7 @@ enum class BinaryOp : uint8_t { add, sub, mul, div };
 enum class UnaryOp : uint8_t { neg, exp, log, sqrt, rsqrt, tanh, gelu, add_scalar, mul_scalar, rsub_scalar, rdiv_scalar, pow_scalar };
 enum class Trans : uint8_t { no, yes };
 enum class SoftmaxKind : uint8_t { softmax, log_softmax };
+enum class Activation : uint8_t { none, gelu };  // what follows a Linear's product and bias (linear_forward)
 
 // Row-major batched C = alpha * op(A) @ op(B) + beta * C. op(A) is (M, K), op(B) is (K, N), C is (M, N).
 // lda/ldb/ldc are the row strides of A, B, C as stored; batch strides of 0 share one matrix across the batch.
@@ -56,6 +57,29 @@ struct GemmArgs {
   int64_t batch = 1;
   double alpha = 1.0, beta = 0.0;
 };
+
+// The products of a Linear layer, as GemmArgs: y (N, OUT) = x (N, IN) @ w (OUT, IN)^T, and
+// dw (OUT, IN) = dy (N, OUT)^T @ x (N, IN). Used by both backends' linear_forward / linear_weight_grad.
+template <class T>
+GemmArgs<T> linear_forward_product(const T* x, const T* w, T* y, int64_t N, int64_t IN, int64_t OUT) {
+  GemmArgs<T> g;
+  g.trans_b = Trans::yes;
+  g.M = N, g.N = OUT, g.K = IN;
+  g.A = x, g.lda = IN;
+  g.B = w, g.ldb = IN;
+  g.C = y, g.ldc = OUT;
+  return g;
+}
+template <class T>
+GemmArgs<T> linear_weight_grad_product(const T* dy, const T* x, T* dw, int64_t N, int64_t IN, int64_t OUT) {
+  GemmArgs<T> g;
+  g.trans_a = Trans::yes;
+  g.M = OUT, g.N = IN, g.K = N;
+  g.A = dy, g.lda = OUT;
+  g.B = x, g.ldb = IN;
+  g.C = dw, g.ldc = IN;
+  return g;
+}
 
 // Attention over (B, NH, T, HS) operands addressed through strides (last dim contiguous).
 struct AttentionLayout {

@@ -1,5 +1,6 @@
 // Matrix products: matmul (2-D and batched, broadcasting batch dims, transposed views passed to BLAS as
-// transposed operands) and linear (x W^T + b, the layer every transformer is made of).
+// transposed operands), linear (x W^T + b, the layer every transformer is made of) and linear_gelu (GPT-2's MLP
+// input layer: the product, bias and GELU in one op).
 #include "core/ops/common.h"
 
 namespace tally {
@@ -121,16 +122,22 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   });
 }
 
-Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
-  check_pair("linear", x, weight);
-  check_floating("linear", x);
-  TALLY_CHECK(weight.dim() == 2, "[linear] weight must be (OUT, IN), got ", shape_str(weight.shape()));
-  int64_t out_features = weight.size(0), in_features = weight.size(1);
-  TALLY_CHECK(x.dim() >= 1 && x.size(-1) == in_features, "[linear] input ", shape_str(x.shape()), " does not end in IN=",
+namespace {
+
+// linear and linear_gelu: y = act(x (N, IN) @ weight (OUT, IN)^T + bias (OUT)), with the product, the bias and the
+// activation in one kernel call (linear_forward), and the bias gradient with the weight's (linear_weight_grad).
+// linear_gelu keeps the pre-activation (N, OUT) for its backward; the input x is kept when the weight needs a
+// gradient, the weight when x does.
+Tensor linear_op(const char* op, const Tensor& x, const Tensor& weight, const Tensor& bias, kernels::Activation act) {
+  check_pair(op, x, weight);
+  check_floating(op, x);
+  TALLY_CHECK(weight.dim() == 2, "[", op, "] weight must be (OUT, IN), got ", shape_str(weight.shape()));
+  const int64_t out_features = weight.size(0), in_features = weight.size(1);
+  TALLY_CHECK(x.dim() >= 1 && x.size(-1) == in_features, "[", op, "] input ", shape_str(x.shape()), " does not end in IN=",
               in_features, " of weight ", shape_str(weight.shape()));
   if (bias.defined()) {
-    check_pair("linear", x, bias);
-    TALLY_CHECK(bias.dim() == 1 && bias.size(0) == out_features, "[linear] bias ", shape_str(bias.shape()),
+    check_pair(op, x, bias);
+    TALLY_CHECK(bias.dim() == 1 && bias.size(0) == out_features, "[", op, "] bias ", shape_str(bias.shape()),
                 " does not match OUT=", out_features, " of weight ", shape_str(weight.shape()));
   }
   Tensor x2, w;
@@ -139,34 +146,31 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     x2 = x.contiguous().detach().view({-1, in_features});  // (N, IN)
     w = weight.contiguous().detach();                       // (OUT, IN)
   }
-  int64_t N = x2.size(0);
+  const int64_t N = x2.size(0);
   Shape out_shape = x.shape();
   out_shape.back() = out_features;
+  const bool gelu = act == kernels::Activation::gelu;
+  Tensor pre = gelu ? empty(out_shape, x.options()) : Tensor();  // (..., OUT): x w^T + b, before the GELU
   Tensor out = empty(out_shape, x.options());
   Tensor b = bias.defined() ? bias.contiguous().detach() : Tensor();
-  dispatch_float(x, "linear", [&]<class T>() {
-    kernels::GemmArgs<T> g;  // out (N, OUT) = x2 (N, IN) @ w^T
-    g.trans_b = Trans::yes;
-    g.M = N;
-    g.N = out_features;
-    g.K = in_features;
-    g.A = x2.data<T>();
-    g.lda = in_features;
-    g.B = w.data<T>();
-    g.ldb = in_features;
-    g.C = out.data<T>();
-    g.ldc = out_features;
-    TALLY_KERNEL(out.device(), gemm<T>, g);
-    if (b.defined()) TALLY_KERNEL(out.device(), add_bias<T>, out.data<T>(), b.data<T>(), N, out_features);
+  dispatch_float(x, op, [&]<class T>() {
+    TALLY_KERNEL(out.device(), linear_forward<T>, x2.data<T>(), w.data<T>(), b.defined() ? b.data<T>() : nullptr,
+                 out.data<T>(), gelu ? pre.data<T>() : nullptr, act, N, in_features, out_features);
   });
-  bool need_dx = x.requires_grad(), need_dw = weight.requires_grad(), need_db = bias.defined() && bias.requires_grad();
+  const bool need_dx = x.requires_grad(), need_dw = weight.requires_grad(), need_db = bias.defined() && bias.requires_grad();
   Tensor saved_x = need_dw ? x2 : Tensor(), saved_w = need_dx ? w : Tensor();
-  return record("linear", out, {&x, &weight, &bias},
-                [saved_x, saved_w, need_dx, need_dw, need_db, x_shape = x.shape(), N, in_features,
+  return record(op, out, {&x, &weight, &bias},
+                [op, saved_x, saved_w, pre, need_dx, need_dw, need_db, x_shape = x.shape(), N, in_features,
                  out_features](const Tensor& g_in) -> std::vector<Tensor> {
-                  Tensor dy = g_in.contiguous();  // (N, OUT) in memory
+                  Tensor dy = g_in.contiguous();  // (N, OUT) in memory: the output's gradient
                   Tensor dx, dw, db;
-                  dispatch_float(dy, "linear_backward", [&]<class T>() {
+                  dispatch_float(dy, op, [&]<class T>() {
+                    if (pre.defined()) {  // through the GELU: dy = dout * gelu'(pre)
+                      Tensor dpre = empty(pre.shape(), dy.options());
+                      TALLY_KERNEL(dpre.device(), gelu_backward<T>, pre.data<T>(), dy.data<T>(), dpre.data<T>(),
+                                   pre.numel());
+                      dy = dpre;
+                    }
                     if (need_dx) {  // dx (N, IN) = dy (N, OUT) @ w (OUT, IN)
                       dx = empty(x_shape, dy.options());
                       kernels::GemmArgs<T> g;
@@ -181,32 +185,37 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
                       g.ldc = in_features;
                       TALLY_KERNEL(dx.device(), gemm<T>, g);
                     }
-                    if (need_dw) {  // dw (OUT, IN) = dy^T (OUT, N) @ x (N, IN)
-                      dw = empty({out_features, in_features}, dy.options());
-                      kernels::GemmArgs<T> g;
-                      g.trans_a = Trans::yes;
-                      g.M = out_features;
-                      g.N = in_features;
-                      g.K = N;
-                      g.A = dy.data<T>();
-                      g.lda = out_features;
-                      g.B = saved_x.data<T>();
-                      g.ldb = in_features;
-                      g.C = dw.data<T>();
-                      g.ldc = in_features;
-                      TALLY_KERNEL(dw.device(), gemm<T>, g);
-                    }
-                    if (need_db) {
-                      db = empty({out_features}, dy.options());
-                      Tensor ws = detail::kernel_workspace(
-                          dy, detail::cuda_only(dy, kernels::cuda_sum_dim_workspace_bytes(1, N, out_features)),
-                          "bias_backward");
-                      TALLY_KERNEL(db.device(), bias_backward<T>, dy.data<T>(), db.data<T>(), detail::data_or_null(ws), N,
-                                   out_features);
+                    if (need_db) db = empty({out_features}, dy.options());
+                    if (need_db || need_dw) {
+                      Tensor ws = need_db ? detail::kernel_workspace(
+                                                dy,
+                                                detail::cuda_only(
+                                                    dy, kernels::cuda_sum_dim_workspace_bytes(1, N, out_features)),
+                                                "bias_backward")
+                                          : Tensor();
+                      if (need_dw) {  // dw (OUT, IN) = dy^T (OUT, N) @ x (N, IN), and db (OUT) = column sums of dy
+                        dw = empty({out_features, in_features}, dy.options());
+                        TALLY_KERNEL(dw.device(), linear_weight_grad<T>, dy.data<T>(), saved_x.data<T>(), dw.data<T>(),
+                                     need_db ? db.data<T>() : nullptr, detail::data_or_null(ws), N, in_features,
+                                     out_features);
+                      } else {
+                        TALLY_KERNEL(db.device(), bias_backward<T>, dy.data<T>(), db.data<T>(), detail::data_or_null(ws),
+                                     N, out_features);
+                      }
                     }
                   });
                   return {dx, dw, db};
                 });
+}
+
+}  // namespace
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  return linear_op("linear", x, weight, bias, kernels::Activation::none);
+}
+
+Tensor linear_gelu(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  return linear_op("linear_gelu", x, weight, bias, kernels::Activation::gelu);
 }
 
 }  // namespace tally

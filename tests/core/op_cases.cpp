@@ -450,6 +450,27 @@ void add_products(std::vector<OpCase>& t) {
                .forward = [](const Inputs& x) { return linear(x[0], x[1], x.size() > 2 ? x[2] : Tensor()); },
                .variants = std::move(lin),
                .tol = {.f32 = 2e-5}});
+
+  // linear_gelu: GELU of linear's values; OUT a multiple of 8 and not (cuBLASLt's GELU epilogue wants rows of 8k).
+  std::vector<double> gelu_of_linear = {3.5, 4, -2, 7.5, 8, -4};
+  for (double& e : gelu_of_linear) e = gelu_ref(e);
+  std::vector<Variant> lg = {
+      {.args = {{.shape = {2, 2}, .values = given({1, 2, 3, 4})},
+                {.shape = {3, 2}, .values = given({1, 1, 0, 2, -1, 0})},
+                {.shape = {3}, .values = given({0.5, 0, -1})}},
+       .expect = {.values = gelu_of_linear}},
+      {.args = {{.shape = {2, 3, 4}}, {.shape = {5, 4}}}, .note = "no bias"},
+      {.args = {{.shape = {4, 3}, .view = transposed(0, 1)}, {.shape = {8, 4}}, {.shape = {8}}}},
+      {.args = {{.shape = {2, 5, 16}}, {.shape = {24, 16}}, {.shape = {24}}}}};
+  for (int64_t n : {1, 257}) {
+    const Check checks = n > 100 ? kDevicesOnly : Check::all;
+    lg.push_back({.args = {{.shape = {n, 33}}, {.shape = {17, 33}}, {.shape = {17}}}, .checks = checks});
+    lg.push_back({.args = {{.shape = {n, 40}}, {.shape = {64, 40}}, {.shape = {64}}}, .checks = checks});
+  }
+  t.push_back({.op = "linear_gelu",
+               .forward = [](const Inputs& x) { return linear_gelu(x[0], x[1], x.size() > 2 ? x[2] : Tensor()); },
+               .variants = std::move(lg),
+               .tol = {.f32 = 2e-5}});
 }
 
 // ---- softmax, layer norm ----

@@ -1,10 +1,14 @@
-// CUDA emulation (see include/cuda_runtime.h): the runtime and cuBLAS functions over host memory, one device
+// CUDA emulation (see include/cuda_runtime.h): the runtime, cuBLAS and cuBLASLt functions over host memory, one device
 // with 2 "SMs" (small grids). Errors that the real runtime would give for bad arguments are reported too.
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -243,5 +247,176 @@ cublasStatus_t cublasGemmBatchedEx(cublasHandle_t, cublasOperation_t ta, cublasO
   if (!valid(ta, tb, m, n, k, lda, ldb, ldc, at, bt, ct, compute) || batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
   for (int b = 0; b < batch; ++b)
     gemm_one(ta, tb, m, n, k, scalar(alpha, compute), A[b], at, lda, B[b], ldb, scalar(beta, compute), C[b], ct, ldc);
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+// ---- cuBLASLt (see include/cublasLt.h) ----
+
+struct cublasLtMatmulDescOpaque {
+  cublasComputeType_t compute;
+  cudaDataType_t scale;
+  cublasOperation_t transa = CUBLAS_OP_N, transb = CUBLAS_OP_N;
+  int32_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+  const void* bias = nullptr;
+  void* aux = nullptr;
+  int64_t aux_ld = 0;
+};
+struct cublasLtMatrixLayoutOpaque {
+  cudaDataType_t type;
+  uint64_t rows, cols;
+  int64_t ld;
+};
+struct cublasLtMatmulPreferenceOpaque {
+  uint64_t workspace = 0;
+};
+
+namespace {
+
+template <class V>
+cublasStatus_t read_attribute(V* dst, const void* v, size_t bytes) {
+  if (!v || bytes != sizeof(V)) return CUBLAS_STATUS_INVALID_VALUE;
+  std::memcpy(dst, v, sizeof(V));
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+// The problem's m, n, k when the layouts agree with the operations and each other, as cuBLASLt requires.
+bool lt_valid(const cublasLtMatmulDescOpaque& d, const cublasLtMatrixLayoutOpaque& a, const cublasLtMatrixLayoutOpaque& b,
+              const cublasLtMatrixLayoutOpaque& c, const cublasLtMatrixLayoutOpaque& dl, int64_t* m, int64_t* n,
+              int64_t* k) {
+  *m = int64_t(dl.rows), *n = int64_t(dl.cols);
+  *k = int64_t(d.transa == CUBLAS_OP_N ? a.cols : a.rows);
+  const uint64_t a_rows = d.transa == CUBLAS_OP_N ? uint64_t(*m) : uint64_t(*k);
+  const uint64_t b_rows = d.transb == CUBLAS_OP_N ? uint64_t(*k) : uint64_t(*n);
+  const uint64_t b_cols = d.transb == CUBLAS_OP_N ? uint64_t(*n) : uint64_t(*k);
+  if (a.rows != a_rows || b.rows != b_rows || b.cols != b_cols) return false;
+  if (c.rows != dl.rows || c.cols != dl.cols || c.type != dl.type || c.ld != dl.ld) return false;
+  for (const cublasLtMatrixLayoutOpaque* l : {&a, &b, &dl})
+    if (l->ld < std::max<int64_t>(1, int64_t(l->rows))) return false;
+  if (a.type != b.type || a.type != dl.type || d.scale != CUDA_R_32F) return false;
+  if (a.type == CUDA_R_16BF && d.compute != CUBLAS_COMPUTE_32F) return false;
+  if (a.type == CUDA_R_32F && d.compute != CUBLAS_COMPUTE_32F && d.compute != CUBLAS_COMPUTE_32F_FAST_TF32) return false;
+  if (a.type == CUDA_R_64F) return false;  // tally never asks: double goes through cublasGemmEx
+  switch (d.epilogue) {
+    case CUBLASLT_EPILOGUE_DEFAULT: return true;
+    case CUBLASLT_EPILOGUE_BIAS:
+    case CUBLASLT_EPILOGUE_BGRADB: return d.bias != nullptr;
+    case CUBLASLT_EPILOGUE_GELU_AUX_BIAS: return d.bias && d.aux && d.aux_ld % 8 == 0 && d.aux_ld >= *m;
+    default: return false;
+  }
+}
+
+double gelu_tanh(double v) { return 0.5 * v * (1 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))); }
+
+}  // namespace
+
+cublasStatus_t cublasLtCreate(cublasLtHandle_t* h) {
+  *h = reinterpret_cast<cublasLtHandle_t>(0x3);
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t* d, cublasComputeType_t compute, cudaDataType_t scale) {
+  *d = new cublasLtMatmulDescOpaque{compute, scale};
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t d) {
+  delete d;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t a, const void* v,
+                                              size_t bytes) {
+  switch (a) {
+    case CUBLASLT_MATMUL_DESC_TRANSA: {
+      int32_t t;
+      if (read_attribute(&t, v, bytes) != CUBLAS_STATUS_SUCCESS) return CUBLAS_STATUS_INVALID_VALUE;
+      d->transa = cublasOperation_t(t);
+      return CUBLAS_STATUS_SUCCESS;
+    }
+    case CUBLASLT_MATMUL_DESC_TRANSB: {
+      int32_t t;
+      if (read_attribute(&t, v, bytes) != CUBLAS_STATUS_SUCCESS) return CUBLAS_STATUS_INVALID_VALUE;
+      d->transb = cublasOperation_t(t);
+      return CUBLAS_STATUS_SUCCESS;
+    }
+    case CUBLASLT_MATMUL_DESC_EPILOGUE: {
+      uint32_t e;
+      if (read_attribute(&e, v, bytes) != CUBLAS_STATUS_SUCCESS) return CUBLAS_STATUS_INVALID_VALUE;
+      d->epilogue = int32_t(e);
+      return CUBLAS_STATUS_SUCCESS;
+    }
+    case CUBLASLT_MATMUL_DESC_BIAS_POINTER: return read_attribute(&d->bias, v, bytes);
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER: return read_attribute(&d->aux, v, bytes);
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD: return read_attribute(&d->aux_ld, v, bytes);
+  }
+  return CUBLAS_STATUS_INVALID_VALUE;
+}
+cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t* l, cudaDataType_t type, uint64_t rows, uint64_t cols,
+                                          int64_t ld) {
+  *l = new cublasLtMatrixLayoutOpaque{type, rows, cols, ld};
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l) {
+  delete l;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t* p) {
+  *p = new cublasLtMatmulPreferenceOpaque;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p) {
+  delete p;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p, cublasLtMatmulPreferenceAttributes_t a,
+                                                    const void* v, size_t bytes) {
+  if (a == CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES) return read_attribute(&p->workspace, v, bytes);
+  uint32_t align;
+  return read_attribute(&align, v, bytes);
+}
+cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDesc_t d, cublasLtMatrixLayout_t a,
+                                              cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c,
+                                              cublasLtMatrixLayout_t dl, cublasLtMatmulPreference_t,
+                                              int requested, cublasLtMatmulHeuristicResult_t results[],
+                                              int* returned) {
+  int64_t m, n, k;
+  if (requested < 1 || !lt_valid(*d, *a, *b, *c, *dl, &m, &n, &k)) return CUBLAS_STATUS_INVALID_VALUE;
+  results[0] = {};
+  *returned = 1;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t d, const void* alpha_p, const void* A,
+                              cublasLtMatrixLayout_t a, const void* B, cublasLtMatrixLayout_t b, const void* beta_p,
+                              const void* C, cublasLtMatrixLayout_t c, void* D, cublasLtMatrixLayout_t dl,
+                              const cublasLtMatmulAlgo_t* algo, void* workspace, size_t workspace_bytes,
+                              cudaStream_t stream) {
+  tally_emu::check_stream(stream, "cublasLtMatmul");
+  int64_t m, n, k;
+  if (!algo || !lt_valid(*d, *a, *b, *c, *dl, &m, &n, &k) || (workspace_bytes > 0 && !workspace))
+    return CUBLAS_STATUS_INVALID_VALUE;
+  const double alpha = *static_cast<const float*>(alpha_p), beta = *static_cast<const float*>(beta_p);
+  const cudaDataType_t t = a->type;
+  auto op_a = [&](int64_t i, int64_t p) {  // op(A) (m, k)
+    return d->transa == CUBLAS_OP_N ? load(A, t, i + p * a->ld) : load(A, t, p + i * a->ld);
+  };
+  auto op_b = [&](int64_t p, int64_t j) {  // op(B) (k, n)
+    return d->transb == CUBLAS_OP_N ? load(B, t, p + j * b->ld) : load(B, t, j + p * b->ld);
+  };
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = 0; i < m; ++i) {
+      double acc = 0;
+      for (int64_t p = 0; p < k; ++p) acc += op_a(i, p) * op_b(p, j);
+      double v = alpha * acc + (beta == 0.0 ? 0.0 : beta * load(C, t, i + j * c->ld));
+      if (d->epilogue == CUBLASLT_EPILOGUE_BIAS || d->epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS)
+        v += load(d->bias, t, i);  // along D's rows
+      if (d->epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS) {
+        store(d->aux, t, i + j * d->aux_ld, v);
+        v = gelu_tanh(v);
+      }
+      store(D, t, i + j * dl->ld, v);
+    }
+  if (d->epilogue == CUBLASLT_EPILOGUE_BGRADB)  // along D's columns: op(B)'s columns summed over k
+    for (int64_t j = 0; j < n; ++j) {
+      double sum = 0;
+      for (int64_t p = 0; p < k; ++p) sum += op_b(p, j);
+      store(const_cast<void*>(d->bias), t, j, sum);
+    }
   return CUBLAS_STATUS_SUCCESS;
 }

@@ -1,5 +1,6 @@
-// CPU kernel: batched row-major GEMM through OpenBLAS (sgemm/dgemm). Small batched products run one per
+// CPU kernels: batched row-major GEMM through OpenBLAS (sgemm/dgemm). Small batched products run one per
 // thread (the OpenMP build of OpenBLAS is serial inside a parallel region); large ones use BLAS's threads.
+// A Linear layer's forward and weight gradient are the product followed by the bias (and GELU) kernels.
 #include <cblas.h>
 #include <omp.h>
 
@@ -41,7 +42,28 @@ void gemm(const GemmArgs<T>& g) {
     call_blas(g, g.A + b * g.batch_stride_a, g.B + b * g.batch_stride_b, g.C + b * g.batch_stride_c);
 }
 
-template void gemm<float>(const GemmArgs<float>&);
-template void gemm<double>(const GemmArgs<double>&);
+template <class T>
+void linear_forward(const T* x, const T* w, const T* b, T* y, T* pre, Activation act, int64_t N, int64_t IN,
+                    int64_t OUT) {
+  T* sum = act == Activation::gelu ? pre : y;  // where x w^T + b goes
+  gemm(linear_forward_product(x, w, sum, N, IN, OUT));
+  if (b) add_bias(sum, b, N, OUT);
+  if (act == Activation::gelu) unary(UnaryOp::gelu, pre, y, N * OUT, 0.0);
+}
+
+template <class T>
+void linear_weight_grad(const T* dy, const T* x, T* dw, T* db, void* /*workspace: none needed*/, int64_t N, int64_t IN,
+                        int64_t OUT) {
+  gemm(linear_weight_grad_product(dy, x, dw, N, IN, OUT));
+  if (db) bias_backward(dy, db, nullptr, N, OUT);
+}
+
+#define TALLY_INSTANTIATE(T)                                                                                \
+  template void gemm<T>(const GemmArgs<T>&);                                                                \
+  template void linear_forward<T>(const T*, const T*, const T*, T*, T*, Activation, int64_t, int64_t, int64_t); \
+  template void linear_weight_grad<T>(const T*, const T*, T*, T*, void*, int64_t, int64_t, int64_t);
+TALLY_INSTANTIATE(float)
+TALLY_INSTANTIATE(double)
+#undef TALLY_INSTANTIATE
 
 }  // namespace tally::kernels::cpu
