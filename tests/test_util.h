@@ -1,6 +1,8 @@
 // Helpers shared by the tests: where the data files and committed reference files are, temporary directories,
-// and environment variables set for one scope.
+// environment variables set for one scope, and the scale-aware error the GPU tests compare tensors with.
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -11,6 +13,7 @@
 #include <string>
 #include <unistd.h>
 
+#include "core/tensor.h"
 #include "data/fetch.h"
 
 namespace tally::test {
@@ -62,5 +65,19 @@ class ScopedEnv {
   std::string name_;
   std::optional<std::string> old_;
 };
+
+// max |got - want| / max |want| over all elements (scale-aware); infinite when the sizes differ or `got` is not finite
+// where `want` is.
+inline double max_rel_error(const Tensor& got_t, const Tensor& want_t) {
+  const std::vector<double> got = got_t.to_vector<double>(), want = want_t.to_vector<double>();
+  if (got.size() != want.size()) return INFINITY;
+  double max_err = 0.0, max_ref = 0.0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i]) && std::isfinite(want[i])) return INFINITY;
+    max_err = std::max(max_err, std::fabs(got[i] - want[i]));
+    max_ref = std::max(max_ref, std::fabs(want[i]));
+  }
+  return max_err / std::max(max_ref, 1e-300);
+}
 
 }  // namespace tally::test

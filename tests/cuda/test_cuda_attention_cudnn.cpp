@@ -15,6 +15,7 @@
 #include "core/kernels/cuda/attention_cudnn.h"
 #include "core/ops.h"
 #include "core/random.h"
+#include "tests/test_util.h"
 
 using namespace tally;
 namespace kc = tally::kernels::cuda;
@@ -40,18 +41,6 @@ Result attend(const Tensor& qkv_f32, const Tensor& w_f32, int64_t heads, kc::Cud
   return {out.to(DType::f32).to(Device::cpu()), qkv.grad().to(DType::f32).to(Device::cpu())};
 }
 
-double rel_err(const Tensor& got, const Tensor& want) {
-  const std::vector<float> a = got.to_vector<float>(), b = want.to_vector<float>();
-  REQUIRE(a.size() == b.size());
-  double err = 0, ref = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    err = std::max(err, std::fabs(double(a[i]) - b[i]));
-    ref = std::max(ref, std::fabs(double(b[i])));
-  }
-  return err / std::max(ref, 1e-30);
-}
-
 }  // namespace
 
 TEST_SUITE("cuda") {
@@ -71,11 +60,11 @@ TEST_CASE("cuda attention: cuDNN's fused attention matches tally's kernels (bf16
     const Result fused = attend(qkv, w, s.heads, on, on);
     const std::string refusal = kc::cudnn_attention_last_refusal();
     CHECK_MESSAGE(refusal.empty(), "cuDNN refused: ", refusal);
-    CHECK(rel_err(fused.out, mine.out) <= 2e-2);
-    CHECK(rel_err(fused.dqkv, mine.dqkv) <= 2e-2);
+    CHECK(test::max_rel_error(fused.out, mine.out) <= 2e-2);
+    CHECK(test::max_rel_error(fused.dqkv, mine.dqkv) <= 2e-2);
     // cuDNN's forward, tally's backward: the saved statistic means the same to both (max + log sum exp).
     const Result mixed = attend(qkv, w, s.heads, on, off);
-    CHECK(rel_err(mixed.dqkv, mine.dqkv) <= 2e-2);
+    CHECK(test::max_rel_error(mixed.dqkv, mine.dqkv) <= 2e-2);
   }
   // f32 operands are not cuDNN's here: tally's kernels run, whatever the switch says.
   kc::set_cudnn_attention(kc::CudnnAttention::on);

@@ -37,23 +37,10 @@ const bool kNoGpu = !cuda_available();
 
 Device gpu() { return Device::cuda(0); }
 
-// max |got - want| / max |want| (scale-aware); NaN in `got` fails.
-double rel_err(const Tensor& got_t, const Tensor& want_t) {
-  std::vector<double> got = got_t.to_vector<double>(), want = want_t.to_vector<double>();
-  REQUIRE(got.size() == want.size());
-  double max_err = 0.0, max_ref = 0.0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (std::isnan(got[i]) && !std::isnan(want[i])) return INFINITY;
-    max_err = std::max(max_err, std::fabs(got[i] - want[i]));
-    max_ref = std::max(max_ref, std::fabs(want[i]));
-  }
-  return max_err / std::max(max_ref, 1e-300);
-}
-
 void check_close(const Tensor& got, const Tensor& want, double tol, const std::string& what) {
   INFO(what);
   REQUIRE(got.shape() == want.shape());
-  const double err = rel_err(got, want);
+  const double err = test::max_rel_error(got, want);
   INFO("relative max error ", err, ", tolerance ", tol);
   CHECK(err <= tol);
   if (err > tol / 2 && err <= tol) MESSAGE(what, ": error ", err, " is over half the tolerance ", tol);
@@ -231,7 +218,7 @@ TEST_CASE("cuda bf16: a GPT-2 training step matches the f32 CPU step within bf16
     for (size_t i = 0; i < pc.size(); ++i) {
       INFO(pc[i].first);
       REQUIRE(pg[i].second.grad().dtype() == DType::bf16);
-      CHECK(rel_err(pg[i].second.grad(), pc[i].second.grad()) < 5e-2);
+      CHECK(test::max_rel_error(pg[i].second.grad(), pc[i].second.grad()) < 5e-2);
     }
     const double ng = optim::grad_norm(gpu_model.parameters()), nc = optim::grad_norm(cpu_model.parameters());
     CHECK(std::fabs(ng - nc) <= 2e-2 * nc);
@@ -252,9 +239,9 @@ TEST_CASE("cuda bf16: a GPT-2 training step matches the f32 CPU step within bf16
     for (size_t i = 0; i < pc.size(); ++i) {
       INFO(pc[i].first);
       Tensor master = og->state(pg[i].first, "master");
-      CHECK(rel_err(master, pc[i].second) < 1e-5);
-      CHECK(rel_err(pg[i].second, master) < 1.0 / 128);  // within a bf16 ulp of the largest value
-      CHECK(rel_err(pg[i].second, pc[i].second) < 1.0 / 128);
+      CHECK(test::max_rel_error(master, pc[i].second) < 1e-5);
+      CHECK(test::max_rel_error(pg[i].second, master) < 1.0 / 128);  // within a bf16 ulp of the largest value
+      CHECK(test::max_rel_error(pg[i].second, pc[i].second) < 1.0 / 128);
     }
   }
 }

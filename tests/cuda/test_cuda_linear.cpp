@@ -17,6 +17,7 @@
 #include "core/kernels/cuda/linear_epilogues.h"
 #include "core/ops.h"
 #include "core/random.h"
+#include "tests/test_util.h"
 
 using namespace tally;
 namespace kc = tally::kernels::cuda;
@@ -55,18 +56,6 @@ Run layer(Layer kind, const Tensor& x32, const Tensor& w32, const Tensor& b32, c
   return run;
 }
 
-double rel_err(const Tensor& got, const Tensor& want) {
-  const std::vector<float> a = got.to_vector<float>(), b = want.to_vector<float>();
-  REQUIRE(a.size() == b.size());
-  double err = 0, ref = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    err = std::max(err, std::fabs(double(a[i]) - b[i]));
-    ref = std::max(ref, std::fabs(double(b[i])));
-  }
-  return err / std::max(ref, 1e-30);
-}
-
 }  // namespace
 
 TEST_SUITE("cuda") {
@@ -100,10 +89,10 @@ TEST_CASE("cuda linear: cuBLASLt's bias, GELU and bias-gradient epilogues match 
         }
         if (!p.bias) CHECK(fused.forward_refusal == "no bias");
         if (!gelu_rows_ok) CHECK(fused.forward_refusal.find("multiple of 8") != std::string::npos);
-        CHECK(rel_err(fused.y, separate.y) <= tol);
-        CHECK(rel_err(fused.dx, separate.dx) <= tol);
-        CHECK(rel_err(fused.dw, separate.dw) <= tol);
-        if (p.bias) CHECK(rel_err(fused.db, separate.db) <= tol);
+        CHECK(test::max_rel_error(fused.y, separate.y) <= tol);
+        CHECK(test::max_rel_error(fused.dx, separate.dx) <= tol);
+        CHECK(test::max_rel_error(fused.dw, separate.dw) <= tol);
+        if (p.bias) CHECK(test::max_rel_error(fused.db, separate.db) <= tol);
       }
   }
 }
