@@ -93,7 +93,6 @@ void attention_backward(const T* q, const T* k, const T* v, const T* out, const 
     const T* Q = at(q, l.q_strides, b, h);
     const T* K = at(k, l.k_strides, b, h);
     const T* Vp = at(v, l.v_strides, b, h);
-    const T* O = at(out, l.out_strides, b, h);
     const T* dO = at(dout, g.out_strides, b, h);
     T* dQ = at(dq, g.q_strides, b, h);
     T* dK = at(dk, g.k_strides, b, h);
@@ -110,14 +109,13 @@ void attention_backward(const T* q, const T* k, const T* v, const T* out, const 
     // dV = P^T dO;  dP = dO V^T
     mm(Trans::yes, Trans::no, l.Tk, l.HS, l.Tq, 1.0, P, l.Tk, dO, g.out_strides[2], 0.0, dV, g.v_strides[2]);
     mm(Trans::no, Trans::yes, l.Tq, l.Tk, l.HS, 1.0, dO, g.out_strides[2], Vp, l.v_strides[2], 0.0, dP, l.Tk);
-    // dS = P * (dP - rowsum(dO * O))   (written over P)
+    // dS = P * (dP - rowsum(P * dP))   (written over P). rowsum(P * dP) equals rowsum(O * dO) in exact arithmetic;
+    // from P and dP, a row with one visible key gets dS = 0 exactly, as its gradient is.
     for (int64_t i = 0; i < l.Tq; ++i) {
-      const T* o = O + i * l.out_strides[2];
-      const T* d = dO + i * g.out_strides[2];
-      T D = 0;
-      for (int64_t e = 0; e < l.HS; ++e) D += o[e] * d[e];
       T* row = P + i * l.Tk;
       const T* dprow = dP + i * l.Tk;
+      T D = 0;
+      for (int64_t j = 0; j < l.Tk; ++j) D += row[j] * dprow[j];
       for (int64_t j = 0; j < l.Tk; ++j) row[j] = row[j] * (dprow[j] - D);
     }
     // dQ = scale * dS K;  dK = scale * dS^T Q

@@ -4,9 +4,16 @@
 // per-(b, h) pointers, built by a kernel (no host round trip). The (b, h) pairs run in chunks so that the
 // score buffers in the workspace stay bounded (kCudaAttentionScoreBudget elements each, kernels.h)
 // whatever B*NH*T*T is.
+// Causal self-attention runs in blocks of kCausalRowBlock query rows (and, for dV and dK, of keys): the rows
+// [r0, r1) see keys [0, r1) only, so each block's products and softmax rows stop there and the masked corner above
+// the diagonal is neither computed nor stored: (R + 1) / 2R of the square's work with R blocks, 62.5% at T = 1024
+// (R = 4; smaller blocks would save more work but launch more, smaller products). Other attention (not causal, or
+// Tq != Tk) is one block of all rows and keys.
 // Forward: S = scale Q K^T; P = causal softmax(S) in place, lse saved; O = P V.
-// Backward: S again, P = exp(S - lse); dV = P^T dO; dP = dO V^T; dS = P (dP - rowsum(O dO)); dQ = scale dS K;
-// dK = scale dS^T Q. Workspace layout: [2 score buffers of G*Tq*Tk][pointer arrays].
+// Backward: S again, P = exp(S - lse); dV = P^T dO; dP = dO V^T; dS = P (dP - rowsum(P dP)); dQ = scale dS K;
+// dK = scale dS^T Q. P and dS are made row block by row block over the lower triangle of the pair's slot; dV and
+// dK are then products by blocks of keys, each over the query rows that see them.
+// Workspace layout: [2 score buffers of G*Tq*Tk][pointer arrays].
 // bf16 operands: the score buffers are float (acc_t), S and dP come out of cuBLAS in float, softmax statistics
 // are float; P and dS, which feed further bf16 products, are rounded to bf16 and written over the first half of
 // their own float rows (row stride 2*Tk in bf16 elements), so bf16 needs no more workspace than f32.
@@ -40,6 +47,43 @@ int64_t probs_ld(const AttentionLayout& l) {
 
 int64_t pairs_of(const AttentionLayout& l) { return l.B * l.NH; }
 
+#ifdef TALLY_CUDA_EMULATED
+constexpr int64_t kCausalRowBlock = 16;  // the CPU emulator exercises several blocks on small problems
+#else
+constexpr int64_t kCausalRowBlock = 256;
+#endif
+
+// Query rows [r0, r0 + rows) and the keys [0, keys) they see.
+struct RowBlock {
+  int64_t r0 = 0, rows = 0, keys = 0;
+};
+
+// Blocks for causal self-attention (Tq == Tk: row and key blocks then share their bounds, so a key block's rows have
+// every one of its keys within their own row blocks' keys); one block otherwise (cross or key/value-cached attention).
+bool blocked(const AttentionLayout& l) { return l.causal && l.Tq == l.Tk; }
+
+int64_t row_blocks(const AttentionLayout& l) { return blocked(l) ? (l.Tq + kCausalRowBlock - 1) / kCausalRowBlock : 1; }
+
+RowBlock row_block(const AttentionLayout& l, int64_t r) {
+  if (!blocked(l)) return {0, l.Tq, l.Tk};
+  const int64_t r0 = r * kCausalRowBlock, r1 = std::min(l.Tq, r0 + kCausalRowBlock);
+  return {r0, r1 - r0, r1};  // row i sees keys j <= i
+}
+
+// Keys [c0, c0 + keys) and the query rows [r0, Tq) that see them: the column blocks of the backward's dV and dK,
+// each one product over the rows below the diagonal (no sum over blocks: one rounding, as one product).
+struct KeyBlock {
+  int64_t c0 = 0, keys = 0, r0 = 0, rows = 0;
+};
+
+int64_t key_blocks(const AttentionLayout& l) { return blocked(l) ? (l.Tk + kCausalRowBlock - 1) / kCausalRowBlock : 1; }
+
+KeyBlock key_block(const AttentionLayout& l, int64_t c) {
+  if (!blocked(l)) return {0, l.Tk, 0, l.Tq};
+  const int64_t c0 = c * kCausalRowBlock, c1 = std::min(l.Tk, c0 + kCausalRowBlock);
+  return {c0, c1 - c0, c0, l.Tq - c0};  // query rows from c0 on see keys from c0
+}
+
 int64_t backward_chunk(const AttentionLayout& l) { return cuda_attention_backward_chunk(l); }
 
 int64_t pointer_region_offset(const AttentionLayout& l, int64_t elem_size) {
@@ -57,29 +101,52 @@ PointerArrays pointers_in(void* workspace, const AttentionLayout& l, int64_t ele
   return {reinterpret_cast<void**>(static_cast<char*>(workspace) + pointer_region_offset(l, elem_size)), pairs_of(l)};
 }
 
-// Per-pair pointers: q, k, v, o, dout (inputs) and dq, dk, dv (outputs) from their strides; s and dp to the
-// pair's slot (p mod chunk) in the score buffers.
+// Per-pair pointers to a block of the problem: q, o, dout (inputs) and dq (output) at query row r0; k, v and dk, dv at
+// key c0, from their strides; s and dp to row r0 of the pair's slot (p mod chunk) in the score buffers, c0 elements of
+// T on (P and dS are T: float in place, or bf16 over the first half of their float rows; S and dP, written in float,
+// are only ever addressed with c0 = 0).
 template <class T>
 __global__ void build_pointers_kernel(void** arrays, int64_t pairs, int64_t NH, const T* q, const T* k, const T* v,
                                       const T* o, const T* dout, T* dq, T* dk, T* dv, const AttentionLayout l,
                                       const AttentionLayout g, acc_t<T>* scores, acc_t<T>* dscores, int64_t chunk,
-                                      int64_t slot) {
+                                      int64_t slot, int64_t r0, int64_t c0) {
   for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < pairs; p += int64_t(gridDim.x) * blockDim.x) {
     const int64_t b = p / NH, h = p % NH;
-    auto at = [&](const T* base, const int64_t* s) -> void* {
-      return base ? const_cast<T*>(base + b * s[0] + h * s[1]) : nullptr;
+    auto at = [&](const T* base, const int64_t* s, int64_t row) -> void* {
+      return base ? const_cast<T*>(base + b * s[0] + h * s[1] + row * s[2]) : nullptr;
     };
-    arrays[0 * pairs + p] = at(q, l.q_strides);
-    arrays[1 * pairs + p] = at(k, l.k_strides);
-    arrays[2 * pairs + p] = at(v, l.v_strides);
-    arrays[3 * pairs + p] = at(o, l.out_strides);
-    arrays[4 * pairs + p] = at(dout, g.out_strides);
-    arrays[5 * pairs + p] = at(dq, g.q_strides);
-    arrays[6 * pairs + p] = at(dk, g.k_strides);
-    arrays[7 * pairs + p] = at(dv, g.v_strides);
-    arrays[8 * pairs + p] = scores + (p % chunk) * slot;
-    arrays[9 * pairs + p] = dscores ? dscores + (p % chunk) * slot : nullptr;
+    auto in_slot = [&](acc_t<T>* buffer) -> void* {
+      return buffer ? reinterpret_cast<T*>(buffer + (p % chunk) * slot + r0 * l.Tk) + c0 : nullptr;
+    };
+    arrays[0 * pairs + p] = at(q, l.q_strides, r0);
+    arrays[1 * pairs + p] = at(k, l.k_strides, c0);
+    arrays[2 * pairs + p] = at(v, l.v_strides, c0);
+    arrays[3 * pairs + p] = at(o, l.out_strides, r0);
+    arrays[4 * pairs + p] = at(dout, g.out_strides, r0);
+    arrays[5 * pairs + p] = at(dq, g.q_strides, r0);
+    arrays[6 * pairs + p] = at(dk, g.k_strides, c0);
+    arrays[7 * pairs + p] = at(dv, g.v_strides, c0);
+    arrays[8 * pairs + p] = in_slot(scores);
+    arrays[9 * pairs + p] = in_slot(dscores);
   }
+}
+
+template <class T>
+void build_pointers(const PointerArrays& arrays, int64_t pairs, const T* q, const T* k, const T* v, const T* o,
+                    const T* dout, T* dq, T* dk, T* dv, const AttentionLayout& l, const AttentionLayout& g,
+                    acc_t<T>* scores, acc_t<T>* dscores, int64_t chunk, int64_t r0, int64_t c0) {
+  build_pointers_kernel<T><<<grid_for(pairs, 128), 128, 0, stream()>>>(arrays.base, pairs, l.NH, q, k, v, o, dout, dq,
+                                                                       dk, dv, l, g, scores, dscores, chunk,
+                                                                       l.Tq * l.Tk, r0, c0);
+  TALLY_CUDA_LAUNCH_CHECK("build_pointers_kernel");
+}
+
+// The score row of a launch's row index: (pair in chunk pp, query row i = block.r0 + row % block.rows).
+struct ScoreRow {
+  int64_t pp, i;
+};
+__device__ __forceinline__ ScoreRow score_row(int64_t row, const RowBlock& block) {
+  return {row / block.rows, block.r0 + row % block.rows};
 }
 
 __device__ __forceinline__ int64_t last_key(const AttentionLayout& l, int64_t i) {
@@ -105,14 +172,14 @@ __device__ __forceinline__ void write_probs(acc_t<T>* row, int64_t n, Value valu
   }
 }
 
-// One block per (pair in chunk, query row): P = softmax over keys j <= last (0 beyond), over S; lse saved.
+// One block per (pair in chunk, query row of the row block): P = softmax over keys j <= last (0 beyond, up to the
+// block's keys), over S; lse saved.
 template <class T>
 __global__ void attention_softmax_kernel(acc_t<T>* __restrict__ scores, acc_t<T>* __restrict__ lse, int64_t first_pair,
-                                         const AttentionLayout l) {
+                                         const AttentionLayout l, const RowBlock block) {
   using A = acc_t<T>;
-  const int64_t row = blockIdx.x;  // pp * Tq + i
-  const int64_t i = row % l.Tq;
-  A* s = scores + row * l.Tk;
+  const auto [pp, i] = score_row(blockIdx.x, block);
+  A* s = scores + (pp * l.Tq + i) * l.Tk;
   const int64_t last = last_key(l, i);
   MaxSum<A> ms{A(-INFINITY), A(0)};
   for (int64_t j = threadIdx.x; j <= last; j += blockDim.x) {
@@ -126,40 +193,36 @@ __global__ void attention_softmax_kernel(acc_t<T>* __restrict__ scores, acc_t<T>
   }
   ms = block_merge(ms);
   const A inv = A(1) / ms.sum;
-  write_probs<T>(s, l.Tk, [&](int64_t j, A x) { return j <= last ? exp(x - ms.max) * inv : A(0); });
-  if (threadIdx.x == 0) lse[first_pair * l.Tq + row] = ms.max + log(ms.sum);
+  write_probs<T>(s, block.keys, [&](int64_t j, A x) { return j <= last ? exp(x - ms.max) * inv : A(0); });
+  if (threadIdx.x == 0) lse[(first_pair + pp) * l.Tq + i] = ms.max + log(ms.sum);
 }
 
 // Backward, before the products: P = exp(S - lse) for j <= last, 0 beyond (over S).
 template <class T>
 __global__ void attention_probs_kernel(acc_t<T>* __restrict__ scores, const acc_t<T>* __restrict__ lse, int64_t first_pair,
-                                       const AttentionLayout l) {
+                                       const AttentionLayout l, const RowBlock block) {
   using A = acc_t<T>;
-  const int64_t row = blockIdx.x;
-  const int64_t i = row % l.Tq;
-  A* s = scores + row * l.Tk;
+  const auto [pp, i] = score_row(blockIdx.x, block);
+  A* s = scores + (pp * l.Tq + i) * l.Tk;
   const int64_t last = last_key(l, i);
-  const A L = lse[first_pair * l.Tq + row];
-  write_probs<T>(s, l.Tk, [&](int64_t j, A x) { return j <= last ? exp(x - L) : A(0); });
+  const A L = lse[(first_pair + pp) * l.Tq + i];
+  write_probs<T>(s, block.keys, [&](int64_t j, A x) { return j <= last ? exp(x - L) : A(0); });
 }
 
-// Backward, between the products: dS = P * (dP - D), D = sum_e O[i, e] dO[i, e]; written over P (row stride ldp).
+// Backward, between the products: dS = P * (dP - D), D = sum_j P[i, j] dP[i, j] (= sum_e O[i, e] dO[i, e] in exact
+// arithmetic; from P and dP, a row with one visible key gets dS = 0 exactly, as its gradient is); written over P
+// (row stride ldp) once D is summed.
 template <class T>
 __global__ void attention_dscores_kernel(T* __restrict__ probs, int64_t ldp, const acc_t<T>* __restrict__ dprobs,
-                                         const T* __restrict__ out, const T* __restrict__ dout, int64_t first_pair,
-                                         const AttentionLayout l, const AttentionLayout g) {
+                                         const AttentionLayout l, const RowBlock block) {
   using A = acc_t<T>;
-  const int64_t row = blockIdx.x;
-  const int64_t pp = row / l.Tq, i = row % l.Tq;
-  const int64_t p = first_pair + pp, b = p / l.NH, h = p % l.NH;
-  const T* o = out + b * l.out_strides[0] + h * l.out_strides[1] + i * l.out_strides[2];
-  const T* d = dout + b * g.out_strides[0] + h * g.out_strides[1] + i * g.out_strides[2];
+  const auto [pp, i] = score_row(blockIdx.x, block);
+  T* s = probs + (pp * l.Tq + i) * ldp;
+  const A* dp = dprobs + (pp * l.Tq + i) * l.Tk;
   double acc = 0.0;
-  for (int64_t e = threadIdx.x; e < l.HS; e += blockDim.x) acc += double(to_acc(o[e])) * double(to_acc(d[e]));
-  const A D = A(block_sum(acc));
-  T* s = probs + row * ldp;
-  const A* dp = dprobs + row * l.Tk;
-  for (int64_t j = threadIdx.x; j < l.Tk; j += blockDim.x) s[j] = from_acc<T>(to_acc(s[j]) * (dp[j] - D));
+  for (int64_t j = threadIdx.x; j < block.keys; j += blockDim.x) acc += double(to_acc(s[j])) * double(dp[j]);
+  const A D = A(block_sum(acc));  // every thread's reads are done before any thread writes
+  for (int64_t j = threadIdx.x; j < block.keys; j += blockDim.x) s[j] = from_acc<T>(to_acc(s[j]) * (dp[j] - D));
 }
 
 template <class T>
@@ -191,26 +254,28 @@ void attention_forward(const T* q, const T* k, const T* v, T* out, acc_t<T>* lse
     if (cudnn_attention_forward(q, k, v, out, lse, workspace, attention_workspace_size(l) * int64_t(sizeof(A)), l))
       return;
   }
-  const int64_t slot = l.Tq * l.Tk, ldp = probs_ld<T>(l);
+  const int64_t ldp = probs_ld<T>(l);
   const int64_t chunk = std::min(pairs, 2 * backward_chunk(l));  // forward has no dP: both buffers hold scores
   PointerArrays arrays = pointers_in(workspace, l, int64_t(sizeof(A)));
-  build_pointers_kernel<T><<<grid_for(pairs, 128), 128, 0, stream()>>>(arrays.base, pairs, l.NH, q, k, v, out, nullptr,
-                                                                       nullptr, nullptr, nullptr, l, l, workspace,
-                                                                       nullptr, chunk, slot);
-  TALLY_CUDA_LAUNCH_CHECK("build_pointers_kernel");
-  for (int64_t p0 = 0; p0 < pairs; p0 += chunk) {
-    const int64_t n = std::min(chunk, pairs - p0);
-    check_rows(l, n * l.Tq, "attention_forward");
-    // S (Tq, Tk) = scale * Q (Tq, HS) @ K^T
-    gemm_batched_pointers<T, A>(Trans::no, Trans::yes, l.Tq, l.Tk, l.HS, l.scale, in_array<T>(arrays, kQ, p0),
-                                l.q_strides[2], in_array<T>(arrays, kK, p0), l.k_strides[2], 0.0,
-                                out_array<A>(arrays, kS, p0), l.Tk, n);
-    attention_softmax_kernel<T><<<unsigned(n * l.Tq), row_threads(l.Tk), 0, stream()>>>(workspace, lse, p0, l);
-    TALLY_CUDA_LAUNCH_CHECK("attention_softmax_kernel");
-    // O (Tq, HS) = P (Tq, Tk) @ V (Tk, HS)
-    gemm_batched_pointers<T>(Trans::no, Trans::no, l.Tq, l.HS, l.Tk, 1.0, in_array<T>(arrays, kS, p0), ldp,
-                             in_array<T>(arrays, kV, p0), l.v_strides[2], 0.0, out_array<T>(arrays, kO, p0),
-                             l.out_strides[2], n);
+  for (int64_t r = 0; r < row_blocks(l); ++r) {
+    const RowBlock block = row_block(l, r);
+    build_pointers<T>(arrays, pairs, q, k, v, out, nullptr, nullptr, nullptr, nullptr, l, l, workspace, nullptr, chunk,
+                      block.r0, 0);
+    for (int64_t p0 = 0; p0 < pairs; p0 += chunk) {
+      const int64_t n = std::min(chunk, pairs - p0);
+      check_rows(l, n * l.Tq, "attention_forward");
+      // S (rows, keys) = scale * Q (rows, HS) @ K^T
+      gemm_batched_pointers<T, A>(Trans::no, Trans::yes, block.rows, block.keys, l.HS, l.scale,
+                                  in_array<T>(arrays, kQ, p0), l.q_strides[2], in_array<T>(arrays, kK, p0),
+                                  l.k_strides[2], 0.0, out_array<A>(arrays, kS, p0), l.Tk, n);
+      attention_softmax_kernel<T><<<unsigned(n * block.rows), row_threads(block.keys), 0, stream()>>>(workspace, lse,
+                                                                                                       p0, l, block);
+      TALLY_CUDA_LAUNCH_CHECK("attention_softmax_kernel");
+      // O (rows, HS) = P (rows, keys) @ V (keys, HS)
+      gemm_batched_pointers<T>(Trans::no, Trans::no, block.rows, l.HS, block.keys, 1.0, in_array<T>(arrays, kS, p0),
+                               ldp, in_array<T>(arrays, kV, p0), l.v_strides[2], 0.0, out_array<T>(arrays, kO, p0),
+                               l.out_strides[2], n);
+    }
   }
 }
 
@@ -230,39 +295,51 @@ void attention_backward(const T* q, const T* k, const T* v, const T* out, const 
   A* scores = workspace;
   A* dscores = workspace + chunk * slot;
   PointerArrays arrays = pointers_in(workspace, l, int64_t(sizeof(A)));
-  build_pointers_kernel<T><<<grid_for(pairs, 128), 128, 0, stream()>>>(arrays.base, pairs, l.NH, q, k, v, out, dout, dq,
-                                                                       dk, dv, l, g, scores, dscores, chunk, slot);
-  TALLY_CUDA_LAUNCH_CHECK("build_pointers_kernel");
   for (int64_t p0 = 0; p0 < pairs; p0 += chunk) {
     const int64_t n = std::min(chunk, pairs - p0);
     check_rows(l, n * l.Tq, "attention_backward");
-    const unsigned rows = unsigned(n * l.Tq);
-    // S = scale * Q K^T, then P = exp(S - lse)
-    gemm_batched_pointers<T, A>(Trans::no, Trans::yes, l.Tq, l.Tk, l.HS, l.scale, in_array<T>(arrays, kQ, p0),
-                                l.q_strides[2], in_array<T>(arrays, kK, p0), l.k_strides[2], 0.0,
-                                out_array<A>(arrays, kS, p0), l.Tk, n);
-    attention_probs_kernel<T><<<rows, row_threads(l.Tk), 0, stream()>>>(scores, lse, p0, l);
-    TALLY_CUDA_LAUNCH_CHECK("attention_probs_kernel");
-    // dV (Tk, HS) = P^T (Tk, Tq) @ dO (Tq, HS)
-    gemm_batched_pointers<T>(Trans::yes, Trans::no, l.Tk, l.HS, l.Tq, 1.0, in_array<T>(arrays, kS, p0), ldp,
-                             in_array<T>(arrays, kDout, p0), g.out_strides[2], 0.0, out_array<T>(arrays, kDv, p0),
-                             g.v_strides[2], n);
-    // dP (Tq, Tk) = dO (Tq, HS) @ V^T
-    gemm_batched_pointers<T, A>(Trans::no, Trans::yes, l.Tq, l.Tk, l.HS, 1.0, in_array<T>(arrays, kDout, p0),
-                                g.out_strides[2], in_array<T>(arrays, kV, p0), l.v_strides[2], 0.0,
-                                out_array<A>(arrays, kDp, p0), l.Tk, n);
-    // dS = P * (dP - D), over P
-    attention_dscores_kernel<T><<<rows, row_threads(std::max(l.Tk, l.HS)), 0, stream()>>>(
-        reinterpret_cast<T*>(scores), ldp, dscores, out, dout, p0, l, g);
-    TALLY_CUDA_LAUNCH_CHECK("attention_dscores_kernel");
-    // dQ (Tq, HS) = scale * dS (Tq, Tk) @ K (Tk, HS)
-    gemm_batched_pointers<T>(Trans::no, Trans::no, l.Tq, l.HS, l.Tk, l.scale, in_array<T>(arrays, kS, p0), ldp,
-                             in_array<T>(arrays, kK, p0), l.k_strides[2], 0.0, out_array<T>(arrays, kDq, p0),
-                             g.q_strides[2], n);
-    // dK (Tk, HS) = scale * dS^T (Tk, Tq) @ Q (Tq, HS)
-    gemm_batched_pointers<T>(Trans::yes, Trans::no, l.Tk, l.HS, l.Tq, l.scale, in_array<T>(arrays, kS, p0), ldp,
-                             in_array<T>(arrays, kQ, p0), l.q_strides[2], 0.0, out_array<T>(arrays, kDk, p0),
-                             g.k_strides[2], n);
+    for (int64_t r = 0; r < row_blocks(l); ++r) {  // S = scale * Q K^T, then P = exp(S - lse)
+      const RowBlock block = row_block(l, r);
+      build_pointers<T>(arrays, pairs, q, k, v, out, dout, dq, dk, dv, l, g, scores, dscores, chunk, block.r0, 0);
+      gemm_batched_pointers<T, A>(Trans::no, Trans::yes, block.rows, block.keys, l.HS, l.scale,
+                                  in_array<T>(arrays, kQ, p0), l.q_strides[2], in_array<T>(arrays, kK, p0),
+                                  l.k_strides[2], 0.0, out_array<A>(arrays, kS, p0), l.Tk, n);
+      attention_probs_kernel<T><<<unsigned(n * block.rows), row_threads(block.keys), 0, stream()>>>(scores, lse, p0, l,
+                                                                                                     block);
+      TALLY_CUDA_LAUNCH_CHECK("attention_probs_kernel");
+    }
+    for (int64_t c = 0; c < key_blocks(l); ++c) {  // dV (keys, HS) = P^T (keys, rows) @ dO (rows, HS)
+      const KeyBlock block = key_block(l, c);
+      build_pointers<T>(arrays, pairs, q, k, v, out, dout, dq, dk, dv, l, g, scores, dscores, chunk, block.r0,
+                        block.c0);
+      gemm_batched_pointers<T>(Trans::yes, Trans::no, block.keys, l.HS, block.rows, 1.0, in_array<T>(arrays, kS, p0),
+                               ldp, in_array<T>(arrays, kDout, p0), g.out_strides[2], 0.0,
+                               out_array<T>(arrays, kDv, p0), g.v_strides[2], n);
+    }
+    for (int64_t r = 0; r < row_blocks(l); ++r) {
+      const RowBlock block = row_block(l, r);
+      build_pointers<T>(arrays, pairs, q, k, v, out, dout, dq, dk, dv, l, g, scores, dscores, chunk, block.r0, 0);
+      // dP (rows, keys) = dO (rows, HS) @ V^T
+      gemm_batched_pointers<T, A>(Trans::no, Trans::yes, block.rows, block.keys, l.HS, 1.0,
+                                  in_array<T>(arrays, kDout, p0), g.out_strides[2], in_array<T>(arrays, kV, p0),
+                                  l.v_strides[2], 0.0, out_array<A>(arrays, kDp, p0), l.Tk, n);
+      // dS = P * (dP - D), over P
+      attention_dscores_kernel<T><<<unsigned(n * block.rows), row_threads(block.keys), 0, stream()>>>(
+          reinterpret_cast<T*>(scores), ldp, dscores, l, block);
+      TALLY_CUDA_LAUNCH_CHECK("attention_dscores_kernel");
+      // dQ (rows, HS) = scale * dS (rows, keys) @ K (keys, HS)
+      gemm_batched_pointers<T>(Trans::no, Trans::no, block.rows, l.HS, block.keys, l.scale,
+                               in_array<T>(arrays, kS, p0), ldp, in_array<T>(arrays, kK, p0), l.k_strides[2], 0.0,
+                               out_array<T>(arrays, kDq, p0), g.q_strides[2], n);
+    }
+    for (int64_t c = 0; c < key_blocks(l); ++c) {  // dK (keys, HS) = scale * dS^T (keys, rows) @ Q (rows, HS)
+      const KeyBlock block = key_block(l, c);
+      build_pointers<T>(arrays, pairs, q, k, v, out, dout, dq, dk, dv, l, g, scores, dscores, chunk, block.r0,
+                        block.c0);
+      gemm_batched_pointers<T>(Trans::yes, Trans::no, block.keys, l.HS, block.rows, l.scale,
+                               in_array<T>(arrays, kS, p0), ldp, in_array<T>(arrays, kQ, p0), l.q_strides[2], 0.0,
+                               out_array<T>(arrays, kDk, p0), g.k_strides[2], n);
+    }
   }
 }
 

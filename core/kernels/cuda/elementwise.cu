@@ -42,7 +42,9 @@ template <class T>
 __device__ __forceinline__ T gelu_value(T x) {
   const T s = T(0.7978845608028654);  // sqrt(2/pi)
   T u = s * (x + T(0.044715) * x * x * x);
-  return T(0.5) * x * (T(1) + tanh(u));
+  // 0.5 x (1 + tanh(u)) == x * sigmoid(2u), as on the CPU: no cancellation in 1 + tanh(u) for x << 0 (at x = -3 the
+  // tanh form loses about 6 bits of f32).
+  return x / (T(1) + exp(T(-2) * u));
 }
 
 template <class T, UnaryOp op>
@@ -135,9 +137,10 @@ struct GeluBackward {
   __device__ T operator()(T v, T dy) const {
     const T s = T(0.7978845608028654);
     T u = s * (v + T(0.044715) * v * v * v);
-    T t = tanh(u);
     T du = s * (T(1) + T(3 * 0.044715) * v * v);
-    return dy * (T(0.5) * (T(1) + t) + T(0.5) * v * (T(1) - t * t) * du);
+    // With g = sigmoid(2u): 0.5 (1 + tanh u) = g and 0.5 (1 - tanh^2 u) = 2 g (1 - g) (no cancellation, as the CPU).
+    T g = T(1) / (T(1) + exp(T(-2) * u));
+    return dy * (g + T(2) * v * g * (T(1) - g) * du);
   }
 };
 
