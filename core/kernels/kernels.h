@@ -98,6 +98,19 @@ inline constexpr int64_t kCudaAttentionScoreBudget = 1024;  // the CPU emulator 
 inline constexpr int64_t kCudaAttentionScoreBudget = int64_t(1) << 25;  // 128 MiB in f32
 #endif
 inline constexpr int kCudaAttentionPointerArrays = 10;  // q k v o dout dq dk dv s dp
+// Causal self-attention (Tq == Tk) runs in blocks of query rows and, for dV and dK, of keys (kernels/cuda/attention.cu);
+// other attention is one block. Each block has its set of pointer arrays, all built at once.
+#ifdef TALLY_CUDA_EMULATED
+inline constexpr int64_t kCudaAttentionBlock = 16;  // the emulator exercises several blocks on small problems
+#else
+inline constexpr int64_t kCudaAttentionBlock = 256;
+#endif
+inline bool cuda_attention_blocked(const AttentionLayout& l) { return l.causal && l.Tq == l.Tk; }
+inline int64_t cuda_attention_row_blocks(const AttentionLayout& l) {
+  return cuda_attention_blocked(l) ? (l.Tq + kCudaAttentionBlock - 1) / kCudaAttentionBlock : 1;
+}
+// Row blocks' sets first, then as many key blocks' sets.
+inline int64_t cuda_attention_pointer_sets(const AttentionLayout& l) { return 2 * cuda_attention_row_blocks(l); }
 // (batch, head) pairs per backward chunk (each needs two Tq x Tk buffers); forward chunks are twice that.
 inline int64_t cuda_attention_backward_chunk(const AttentionLayout& l) {
   const int64_t per = l.Tq * l.Tk, pairs = l.B * l.NH;
@@ -105,10 +118,12 @@ inline int64_t cuda_attention_backward_chunk(const AttentionLayout& l) {
   if (g < 1) g = 1;
   return g > pairs ? pairs : g;
 }
-// Two score buffers, then 256-byte-aligned pointer arrays (sized for 4-byte elements, enough for 8-byte ones).
+// Two score buffers, then 256-byte-aligned pointer arrays, a set per block (sized for 4-byte elements, enough for
+// 8-byte ones).
 inline int64_t cuda_attention_workspace_elements(const AttentionLayout& l) {
   const int64_t score_elems = 2 * cuda_attention_backward_chunk(l) * l.Tq * l.Tk;
-  const int64_t pointer_bytes = 256 + int64_t(kCudaAttentionPointerArrays) * l.B * l.NH * int64_t(sizeof(void*));
+  const int64_t pointer_bytes = 256 + int64_t(kCudaAttentionPointerArrays) * cuda_attention_pointer_sets(l) * l.B * l.NH *
+                                          int64_t(sizeof(void*));
   return score_elems + 256 / 4 + (pointer_bytes + 3) / 4;
 }
 

@@ -1,5 +1,7 @@
 // Reductions over dims (sum, mean, max) with keepdim: forward and backward side by side.
 #include <algorithm>
+#include <utility>
+#include <vector>
 
 #include "core/ops/common.h"
 
@@ -10,12 +12,16 @@ using detail::check_floating;
 namespace {
 
 // Sums one dim of a contiguous tensor, keeping it as size 1.
-Tensor sum_one_dim(const Tensor& a, int d) {
+// Sums the adjacent dims [d0, d1] of a contiguous tensor in one pass, viewed as (outer, n, inner); they stay as 1s.
+Tensor sum_dims_run(const Tensor& a, int d0, int d1) {
   Shape out_shape = a.shape();
-  int64_t outer = 1, inner = 1, n = a.shape()[d];
-  for (int i = 0; i < d; ++i) outer *= a.shape()[i];
-  for (int i = d + 1; i < a.dim(); ++i) inner *= a.shape()[i];
-  out_shape[d] = 1;
+  int64_t outer = 1, inner = 1, n = 1;
+  for (int i = 0; i < d0; ++i) outer *= a.shape()[i];
+  for (int i = d0; i <= d1; ++i) {
+    n *= a.shape()[i];
+    out_shape[i] = 1;
+  }
+  for (int i = d1 + 1; i < a.dim(); ++i) inner *= a.shape()[i];
   Tensor out = empty(out_shape, a.options());
   Tensor ws = detail::kernel_workspace(a, detail::cuda_only(a, kernels::cuda_sum_dim_workspace_bytes(outer, n, inner)),
                                       "sum");
@@ -51,8 +57,18 @@ Tensor sum(const Tensor& a, const std::vector<int64_t>& dims_in, KeepDim keep) {
   Tensor x = a.contiguous().detach();
   {
     NoGradGuard no_grad;
-    // Dims are reduced one at a time from the innermost, each pass shrinking the tensor.
-    for (auto it = dims.rbegin(); it != dims.rend(); ++it) x = sum_one_dim(x, *it);
+    // Runs of adjacent dims are reduced one pass each, from the innermost run, each pass shrinking the tensor. With
+    // more than one run, bf16 sums in f32 until the end, so that the result is rounded to bf16 once (partial sums
+    // rounded in between lose the result to cancellation).
+    std::vector<std::pair<int, int>> runs;
+    for (int d : dims) {
+      if (!runs.empty() && runs.back().second == d - 1) runs.back().second = d;
+      else runs.push_back({d, d});
+    }
+    const DType dtype = x.dtype();
+    if (runs.size() > 1 && dtype == DType::bf16) x = x.to(DType::f32);
+    for (auto it = runs.rbegin(); it != runs.rend(); ++it) x = sum_dims_run(x, it->first, it->second);
+    if (x.dtype() != dtype) x = x.to(dtype);
   }
   Shape keep_shape = x.shape();
   Tensor out = keep == KeepDim::yes ? x : x.view(drop_dims(keep_shape, dims));

@@ -4,7 +4,7 @@
 // per-(b, h) pointers, built by a kernel (no host round trip). The (b, h) pairs run in chunks so that the
 // score buffers in the workspace stay bounded (kCudaAttentionScoreBudget elements each, kernels.h)
 // whatever B*NH*T*T is.
-// Causal self-attention runs in blocks of kCausalRowBlock query rows (and, for dV and dK, of keys): the rows
+// Causal self-attention runs in blocks of kCudaAttentionBlock (kernels.h) query rows (and, for dV and dK, of keys): the rows
 // [r0, r1) see keys [0, r1) only, so each block's products and softmax rows stop there and the masked corner above
 // the diagonal is neither computed nor stored: (R + 1) / 2R of the square's work with R blocks, 62.5% at T = 1024
 // (R = 4; smaller blocks would save more work but launch more, smaller products). Other attention (not causal, or
@@ -47,26 +47,21 @@ int64_t probs_ld(const AttentionLayout& l) {
 
 int64_t pairs_of(const AttentionLayout& l) { return l.B * l.NH; }
 
-#ifdef TALLY_CUDA_EMULATED
-constexpr int64_t kCausalRowBlock = 16;  // the CPU emulator exercises several blocks on small problems
-#else
-constexpr int64_t kCausalRowBlock = 256;
-#endif
-
 // Query rows [r0, r0 + rows) and the keys [0, keys) they see.
 struct RowBlock {
   int64_t r0 = 0, rows = 0, keys = 0;
 };
 
-// Blocks for causal self-attention (Tq == Tk: row and key blocks then share their bounds, so a key block's rows have
-// every one of its keys within their own row blocks' keys); one block otherwise (cross or key/value-cached attention).
-bool blocked(const AttentionLayout& l) { return l.causal && l.Tq == l.Tk; }
-
-int64_t row_blocks(const AttentionLayout& l) { return blocked(l) ? (l.Tq + kCausalRowBlock - 1) / kCausalRowBlock : 1; }
+// Blocks (kCudaAttentionBlock rows or keys) for causal self-attention (Tq == Tk: row and key blocks then share their
+// bounds, so a key block's rows have every one of its keys within their own row blocks' keys); one block otherwise
+// (cross or key/value-cached attention).
+bool blocked(const AttentionLayout& l) { return cuda_attention_blocked(l); }
+int64_t row_blocks(const AttentionLayout& l) { return cuda_attention_row_blocks(l); }
+int64_t key_blocks(const AttentionLayout& l) { return cuda_attention_row_blocks(l); }
 
 RowBlock row_block(const AttentionLayout& l, int64_t r) {
   if (!blocked(l)) return {0, l.Tq, l.Tk};
-  const int64_t r0 = r * kCausalRowBlock, r1 = std::min(l.Tq, r0 + kCausalRowBlock);
+  const int64_t r0 = r * kCudaAttentionBlock, r1 = std::min(l.Tq, r0 + kCudaAttentionBlock);
   return {r0, r1 - r0, r1};  // row i sees keys j <= i
 }
 
@@ -76,11 +71,9 @@ struct KeyBlock {
   int64_t c0 = 0, keys = 0, r0 = 0, rows = 0;
 };
 
-int64_t key_blocks(const AttentionLayout& l) { return blocked(l) ? (l.Tk + kCausalRowBlock - 1) / kCausalRowBlock : 1; }
-
 KeyBlock key_block(const AttentionLayout& l, int64_t c) {
   if (!blocked(l)) return {0, l.Tk, 0, l.Tq};
-  const int64_t c0 = c * kCausalRowBlock, c1 = std::min(l.Tk, c0 + kCausalRowBlock);
+  const int64_t c0 = c * kCudaAttentionBlock, c1 = std::min(l.Tk, c0 + kCudaAttentionBlock);
   return {c0, c1 - c0, c0, l.Tq - c0};  // query rows from c0 on see keys from c0
 }
 
@@ -90,9 +83,12 @@ int64_t pointer_region_offset(const AttentionLayout& l, int64_t elem_size) {
   return (2 * backward_chunk(l) * l.Tq * l.Tk * elem_size + 255) / 256 * 256;
 }
 
+// The pointer arrays of every block: set s (row block s, then key block s - row_blocks) holds kCudaAttentionPointerArrays
+// arrays of one pointer per pair.
 struct PointerArrays {
   void** base;
   int64_t pairs;
+  PointerArrays set(int64_t s) const { return {base + s * kCudaAttentionPointerArrays * pairs, pairs}; }
   void** array(int which) const { return base + which * pairs; }
 };
 
@@ -101,15 +97,20 @@ PointerArrays pointers_in(void* workspace, const AttentionLayout& l, int64_t ele
   return {reinterpret_cast<void**>(static_cast<char*>(workspace) + pointer_region_offset(l, elem_size)), pairs_of(l)};
 }
 
-// Per-pair pointers to a block of the problem: q, o, dout (inputs) and dq (output) at query row r0; k, v and dk, dv at
-// key c0, from their strides; s and dp to row r0 of the pair's slot (p mod chunk) in the score buffers, c0 elements of
-// T on (P and dS are T: float in place, or bf16 over the first half of their float rows; S and dP, written in float,
-// are only ever addressed with c0 = 0).
+// Per-pair pointers to each block of the problem (blockIdx.y: the set), for query rows from r0 and keys from c0 (row
+// block r: r0 = r * kCudaAttentionBlock, c0 = 0; key block c: both c * kCudaAttentionBlock; 0 when not blocked):
+// q, o, dout (inputs) and dq (output) at row r0; k, v and dk, dv at key c0, from their strides; s and dp to row r0 of
+// the pair's slot (p mod chunk) in the score buffers, c0 elements of T on (P and dS are T: float in place, or bf16
+// over the first half of their float rows; S and dP, written in float, are only ever addressed with c0 = 0).
 template <class T>
-__global__ void build_pointers_kernel(void** arrays, int64_t pairs, int64_t NH, const T* q, const T* k, const T* v,
+__global__ void build_pointers_kernel(void** sets, int64_t pairs, int64_t NH, const T* q, const T* k, const T* v,
                                       const T* o, const T* dout, T* dq, T* dk, T* dv, const AttentionLayout l,
                                       const AttentionLayout g, acc_t<T>* scores, acc_t<T>* dscores, int64_t chunk,
-                                      int64_t slot, int64_t r0, int64_t c0) {
+                                      int64_t slot, int64_t row_sets, int64_t block_size) {
+  const int64_t set = blockIdx.y;
+  const int64_t key_set = set >= row_sets ? set - row_sets : -1;
+  const int64_t r0 = (key_set >= 0 ? key_set : set) * block_size, c0 = key_set >= 0 ? r0 : 0;
+  void** arrays = sets + set * kCudaAttentionPointerArrays * pairs;
   for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < pairs; p += int64_t(gridDim.x) * blockDim.x) {
     const int64_t b = p / NH, h = p % NH;
     auto at = [&](const T* base, const int64_t* s, int64_t row) -> void* {
@@ -131,13 +132,16 @@ __global__ void build_pointers_kernel(void** arrays, int64_t pairs, int64_t NH, 
   }
 }
 
+// Every block's pointer arrays, in one launch.
 template <class T>
-void build_pointers(const PointerArrays& arrays, int64_t pairs, const T* q, const T* k, const T* v, const T* o,
-                    const T* dout, T* dq, T* dk, T* dv, const AttentionLayout& l, const AttentionLayout& g,
-                    acc_t<T>* scores, acc_t<T>* dscores, int64_t chunk, int64_t r0, int64_t c0) {
-  build_pointers_kernel<T><<<grid_for(pairs, 128), 128, 0, stream()>>>(arrays.base, pairs, l.NH, q, k, v, o, dout, dq,
-                                                                       dk, dv, l, g, scores, dscores, chunk,
-                                                                       l.Tq * l.Tk, r0, c0);
+void build_pointers(const PointerArrays& arrays, const T* q, const T* k, const T* v, const T* o, const T* dout, T* dq,
+                    T* dk, T* dv, const AttentionLayout& l, const AttentionLayout& g, acc_t<T>* scores,
+                    acc_t<T>* dscores, int64_t chunk) {
+  const int64_t block_size = cuda_attention_blocked(l) ? kCudaAttentionBlock : 0;
+  const dim3 grid(grid_for(arrays.pairs, 128), unsigned(cuda_attention_pointer_sets(l)));
+  build_pointers_kernel<T><<<grid, 128, 0, stream()>>>(arrays.base, arrays.pairs, l.NH, q, k, v, o, dout, dq, dk, dv,
+                                                       l, g, scores, dscores, chunk, l.Tq * l.Tk,
+                                                       cuda_attention_row_blocks(l), block_size);
   TALLY_CUDA_LAUNCH_CHECK("build_pointers_kernel");
 }
 
@@ -256,11 +260,11 @@ void attention_forward(const T* q, const T* k, const T* v, T* out, acc_t<T>* lse
   }
   const int64_t ldp = probs_ld<T>(l);
   const int64_t chunk = std::min(pairs, 2 * backward_chunk(l));  // forward has no dP: both buffers hold scores
-  PointerArrays arrays = pointers_in(workspace, l, int64_t(sizeof(A)));
+  const PointerArrays all = pointers_in(workspace, l, int64_t(sizeof(A)));
+  build_pointers<T>(all, q, k, v, out, nullptr, nullptr, nullptr, nullptr, l, l, workspace, nullptr, chunk);
   for (int64_t r = 0; r < row_blocks(l); ++r) {
     const RowBlock block = row_block(l, r);
-    build_pointers<T>(arrays, pairs, q, k, v, out, nullptr, nullptr, nullptr, nullptr, l, l, workspace, nullptr, chunk,
-                      block.r0, 0);
+    const PointerArrays arrays = all.set(r);
     for (int64_t p0 = 0; p0 < pairs; p0 += chunk) {
       const int64_t n = std::min(chunk, pairs - p0);
       check_rows(l, n * l.Tq, "attention_forward");
@@ -294,13 +298,14 @@ void attention_backward(const T* q, const T* k, const T* v, const T* out, const 
   const int64_t chunk = backward_chunk(l);
   A* scores = workspace;
   A* dscores = workspace + chunk * slot;
-  PointerArrays arrays = pointers_in(workspace, l, int64_t(sizeof(A)));
+  const PointerArrays all = pointers_in(workspace, l, int64_t(sizeof(A)));
+  build_pointers<T>(all, q, k, v, out, dout, dq, dk, dv, l, g, scores, dscores, chunk);
   for (int64_t p0 = 0; p0 < pairs; p0 += chunk) {
     const int64_t n = std::min(chunk, pairs - p0);
     check_rows(l, n * l.Tq, "attention_backward");
     for (int64_t r = 0; r < row_blocks(l); ++r) {  // S = scale * Q K^T, then P = exp(S - lse)
       const RowBlock block = row_block(l, r);
-      build_pointers<T>(arrays, pairs, q, k, v, out, dout, dq, dk, dv, l, g, scores, dscores, chunk, block.r0, 0);
+      const PointerArrays arrays = all.set(r);
       gemm_batched_pointers<T, A>(Trans::no, Trans::yes, block.rows, block.keys, l.HS, l.scale,
                                   in_array<T>(arrays, kQ, p0), l.q_strides[2], in_array<T>(arrays, kK, p0),
                                   l.k_strides[2], 0.0, out_array<A>(arrays, kS, p0), l.Tk, n);
@@ -310,15 +315,14 @@ void attention_backward(const T* q, const T* k, const T* v, const T* out, const 
     }
     for (int64_t c = 0; c < key_blocks(l); ++c) {  // dV (keys, HS) = P^T (keys, rows) @ dO (rows, HS)
       const KeyBlock block = key_block(l, c);
-      build_pointers<T>(arrays, pairs, q, k, v, out, dout, dq, dk, dv, l, g, scores, dscores, chunk, block.r0,
-                        block.c0);
+      const PointerArrays arrays = all.set(row_blocks(l) + c);
       gemm_batched_pointers<T>(Trans::yes, Trans::no, block.keys, l.HS, block.rows, 1.0, in_array<T>(arrays, kS, p0),
                                ldp, in_array<T>(arrays, kDout, p0), g.out_strides[2], 0.0,
                                out_array<T>(arrays, kDv, p0), g.v_strides[2], n);
     }
     for (int64_t r = 0; r < row_blocks(l); ++r) {
       const RowBlock block = row_block(l, r);
-      build_pointers<T>(arrays, pairs, q, k, v, out, dout, dq, dk, dv, l, g, scores, dscores, chunk, block.r0, 0);
+      const PointerArrays arrays = all.set(r);
       // dP (rows, keys) = dO (rows, HS) @ V^T
       gemm_batched_pointers<T, A>(Trans::no, Trans::yes, block.rows, block.keys, l.HS, 1.0,
                                   in_array<T>(arrays, kDout, p0), g.out_strides[2], in_array<T>(arrays, kV, p0),
@@ -334,8 +338,7 @@ void attention_backward(const T* q, const T* k, const T* v, const T* out, const 
     }
     for (int64_t c = 0; c < key_blocks(l); ++c) {  // dK (keys, HS) = scale * dS^T (keys, rows) @ Q (rows, HS)
       const KeyBlock block = key_block(l, c);
-      build_pointers<T>(arrays, pairs, q, k, v, out, dout, dq, dk, dv, l, g, scores, dscores, chunk, block.r0,
-                        block.c0);
+      const PointerArrays arrays = all.set(row_blocks(l) + c);
       gemm_batched_pointers<T>(Trans::yes, Trans::no, block.keys, l.HS, block.rows, l.scale,
                                in_array<T>(arrays, kS, p0), ldp, in_array<T>(arrays, kQ, p0), l.q_strides[2], 0.0,
                                out_array<T>(arrays, kDk, p0), g.k_strides[2], n);
