@@ -15,6 +15,7 @@
 
 #ifdef TALLY_HAS_CUDA
 #include "core/cuda/runtime.h"
+#include "core/kernels/cuda/linear_epilogues.h"
 #include "optim/kernels/cuda_workspace.h"
 #include "optim/kernels/optim_kernels.h"
 #endif
@@ -109,6 +110,22 @@ int main() {
   {
     Tensor x = gpu_randn({N, C}, 10), w = gpu_randn({3 * C, C}, 11), bias = gpu_randn({3 * C}, 12);
     flops("linear qkv (8192x768 @ 768x2304, TF32)", 2.0 * N * C * 3 * C, [&] { linear(x, w, bias); }, 20);
+  }
+  {
+    // GPT-2's c_fc and GELU in bf16, forward and backward (three products), with the bias, GELU and bias gradient as
+    // separate kernels and as cuBLASLt's epilogues (kernels::cuda::LinearEpilogues), in one run.
+    Tensor x = gpu_randn({N, C}, 17).to(DType::bf16), w = gpu_randn({4 * C, C}, 18).to(DType::bf16);
+    Tensor bias = gpu_randn({4 * C}, 19).to(DType::bf16), up = gpu_randn({N, 4 * C}, 20).to(DType::bf16);
+    for (Tensor* t : {&x, &w, &bias}) t->set_requires_grad(true);
+    for (const auto mode : {kernels::cuda::LinearEpilogues::separate, kernels::cuda::LinearEpilogues::cublaslt}) {
+      kernels::cuda::set_linear_epilogues(mode);
+      const bool lt = mode == kernels::cuda::LinearEpilogues::cublaslt;
+      flops(lt ? "c_fc+gelu fwd+bwd bf16, cuBLASLt epilogues" : "c_fc+gelu fwd+bwd bf16, separate kernels",
+            3 * 2.0 * N * C * 4 * C, [&] { linear_gelu(x, w, bias).backward(up); }, 10);
+      if (lt && !kernels::cuda::linear_epilogues_last_refusal().empty())
+        std::printf("  (cuBLASLt refused: %s)\n", kernels::cuda::linear_epilogues_last_refusal().c_str());
+    }
+    kernels::cuda::set_linear_epilogues(kernels::cuda::LinearEpilogues::separate);
   }
   {
     Tensor x = gpu_randn({N, C}, 13), w = gpu_randn({C}, 14), bias = gpu_randn({C}, 15), up = gpu_randn({N, C}, 16);
