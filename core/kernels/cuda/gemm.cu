@@ -14,30 +14,6 @@ using tally::cuda::cublas_handle;
 using tally::cuda::grid_for;
 using tally::cuda::stream;
 
-// Per element type: cuBLAS's data type, the compute type, and the host type of alpha and beta (the compute type's).
-template <class T>
-struct CublasTypes;
-template <>
-struct CublasTypes<float> {
-  static constexpr cudaDataType_t data = CUDA_R_32F;
-  using Scalar = float;
-  static cublasComputeType_t compute() {
-    return tally::cuda::fp32_matmul() == tally::cuda::Fp32Matmul::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-  }
-};
-template <>
-struct CublasTypes<double> {
-  static constexpr cudaDataType_t data = CUDA_R_64F;
-  using Scalar = double;
-  static cublasComputeType_t compute() { return CUBLAS_COMPUTE_64F; }
-};
-template <>
-struct CublasTypes<bf16> {
-  static constexpr cudaDataType_t data = CUDA_R_16BF;
-  using Scalar = float;
-  static cublasComputeType_t compute() { return CUBLAS_COMPUTE_32F; }
-};
-
 cublasOperation_t op(Trans t) { return t == Trans::yes ? CUBLAS_OP_T : CUBLAS_OP_N; }
 
 int as_int(int64_t v, const char* what) {

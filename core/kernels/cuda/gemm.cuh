@@ -1,4 +1,4 @@
-// The one place cuBLAS's column-major order is handled (used by gemm.cu and attention.cu): a row-major
+// The one place cuBLAS's column-major order is handled (used by gemm.cu, attention.cu and linear.cu): a row-major
 // C (M, N) = op(A) (M, K) op(B) (K, N) is, read column-major, C^T = op(B)^T op(A)^T, so cuBLAS is called with
 // the operands swapped and M, N exchanged. float products use TF32 tensor cores unless Fp32Matmul::strict; bf16
 // products accumulate in float (CUBLAS_COMPUTE_32F) and may write float (attention's scores) or bf16.
@@ -7,6 +7,30 @@
 #include "core/kernels/kernels.h"
 
 namespace tally::kernels::cuda {
+
+// Per element type: cuBLAS's data type, the compute type, and the host type of alpha and beta (the compute type's).
+template <class T>
+struct CublasTypes;
+template <>
+struct CublasTypes<float> {
+  static constexpr cudaDataType_t data = CUDA_R_32F;
+  using Scalar = float;
+  static cublasComputeType_t compute() {
+    return tally::cuda::fp32_matmul() == tally::cuda::Fp32Matmul::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  }
+};
+template <>
+struct CublasTypes<double> {
+  static constexpr cudaDataType_t data = CUDA_R_64F;
+  using Scalar = double;
+  static cublasComputeType_t compute() { return CUBLAS_COMPUTE_64F; }
+};
+template <>
+struct CublasTypes<bf16> {
+  static constexpr cudaDataType_t data = CUDA_R_16BF;
+  using Scalar = float;
+  static cublasComputeType_t compute() { return CUBLAS_COMPUTE_32F; }
+};
 
 // Row-major batched product over device arrays of per-batch pointers (cublasGemmBatchedEx):
 // C[i] = alpha * op(A[i]) @ op(B[i]) + beta * C[i]; lda/ldb/ldc are row strides as stored. Operands are T, the

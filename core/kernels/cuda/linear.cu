@@ -85,21 +85,6 @@ int alignment(const void* p) {
   return a;
 }
 
-template <class T>
-struct LtTypes;
-template <>
-struct LtTypes<float> {
-  static constexpr cudaDataType_t data = CUDA_R_32F;
-  static cublasComputeType_t compute() {
-    return tally::cuda::fp32_matmul() == tally::cuda::Fp32Matmul::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-  }
-};
-template <>
-struct LtTypes<bf16> {
-  static constexpr cudaDataType_t data = CUDA_R_16BF;
-  static cublasComputeType_t compute() { return CUBLAS_COMPUTE_32F; }
-};
-
 const char* epilogue_name(cublasLtEpilogue_t e) {
   switch (e) {
     case CUBLASLT_EPILOGUE_BIAS: return "BIAS";
@@ -112,7 +97,7 @@ const char* epilogue_name(cublasLtEpilogue_t e) {
 template <class T>
 LtPlan make_plan(cublasLtHandle_t h, const GemmArgs<T>& g, cublasLtEpilogue_t epilogue, const void* bias,
                  const void* aux) {
-  using Types = LtTypes<T>;
+  using Types = CublasTypes<T>;
   LtPlan p;
   const cublasOperation_t op_a = g.trans_b == Trans::yes ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLASLt's A is our B
   const cublasOperation_t op_b = g.trans_a == Trans::yes ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLASLt's B is our A
@@ -179,7 +164,7 @@ bool lt_matmul(const GemmArgs<T>& g, cublasLtEpilogue_t epilogue, const void* bi
     if (g.K == 0) return refuse("K = 0");
     if (aux && g.N % 8 != 0) return refuse(cat("the pre-activation's rows (", g.N, ") are not a multiple of 8 elements"));
     const int device = tally::cuda::current_device();
-    const LtKey key{device,          int(LtTypes<T>::data), int(LtTypes<T>::compute()), int(epilogue),
+    const LtKey key{device,          int(CublasTypes<T>::data), int(CublasTypes<T>::compute()), int(epilogue),
                     int(g.trans_a),  int(g.trans_b),        g.M,                         g.N,
                     g.K,             g.lda,                 g.ldb,                       g.ldc,
                     alignment(g.A),  alignment(g.B),        alignment(g.C),              alignment(bias),
