@@ -234,6 +234,44 @@ int main() {
         optim::kernels::cuda::came_factored_steps(args.data(), int64_t(args.size()), ws.data_ptr(), largest);
       }, 10);
     }
+    // Adafactor's (transformers' defaults: no first moment) on the same matrices: six launches per tensor against
+    // adafactor_factored_steps' six per batch of up to 12. Minimum bytes: the gradient read, the parameter (or
+    // master) read and written, the bf16 parameter written: 12 bytes per element in f32 and in bf16.
+    using optim::kernels::AdafactorFactoredArgs;
+    for (const bool fused : {false, true}) {
+      std::vector<AdafactorFactoredArgs> args;
+      for (size_t i = 0; i < layouts.size(); ++i) {
+        const FactoredLayout& l = layouts[i];
+        Tensor param = gpu_randn({l.numel()}, 40 + i), g = mul_scalar(gpu_randn({l.numel()}, 140 + i), 1e-3);
+        Tensor row = zeros({l.rows()}, {.device = d}), col = zeros({l.cols()}, {.device = d});
+        AdafactorFactoredArgs step{.layout = l,
+                                   .param = param.data<float>(),
+                                   .exp_avg_sq_row = row.data<float>(),
+                                   .exp_avg_sq_col = col.data<float>(),
+                                   .lr = 1e-4,
+                                   .beta2t = 0.9,
+                                   .eps1 = 1e-30,
+                                   .clip_threshold = 1.0,
+                                   .workspace = ws.data_ptr()};
+        if (fused) {
+          Tensor gb = g.to(DType::bf16), pb = param.to(DType::bf16);
+          step.bf16_param = {.grad = gb.data<bf16>(), .param = pb.data<bf16>(), .seed = 7, .offset = 0};
+          keep.insert(keep.end(), {gb, pb});
+        } else {
+          step.grad = g.data<float>();
+        }
+        keep.insert(keep.end(), {param, g, row, col});
+        args.push_back(step);
+      }
+      const double bytes = double(elements) * 12.0;
+      const std::string what = fused ? "bf16 (fused)" : "f32";
+      bandwidth("Adafactor gpt2 matrices, singly, " + what, bytes, [&] {
+        for (const AdafactorFactoredArgs& one : args) optim::kernels::cuda::adafactor_factored_step(one);
+      }, 10);
+      bandwidth("Adafactor gpt2 matrices, batched, " + what, bytes, [&] {
+        optim::kernels::cuda::adafactor_factored_steps(args.data(), int64_t(args.size()), ws.data_ptr(), largest);
+      }, 10);
+    }
   }
 
   std::printf("\n%-48s %10s %12s\n", "benchmark", "ms", "rate");

@@ -38,6 +38,10 @@ class Adafactor final : public OptimizerWith<Adafactor, AdafactorConfig> {
  private:
   void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) override;
   void record_internals(Slot& slot, const double* stats) override;
+  void finish_updates() override;
+  // CUDA steps deferred by update() (launches_later), launched together by finish_updates().
+  using Deferred = DeferredSteps<kernels::AdafactorFactoredArgs, kernels::AdafactorDenseArgs>;
+  Deferred deferred_;
 };
 
 }  // namespace tally::optim

@@ -75,10 +75,8 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
         .shard = sharding(s),
         .bf16_param = g.bf16,
     };
-    // An unfused bf16 parameter is not deferred: step() writes it from the master right after update().
-    if (batches(s, stats != nullptr) && (g.fused() || !s.master.defined())) {
-      defer_to(dev);
-      deferred_factored_.push_back(a);
+    if (launches_later(s, g, stats, kernels::kDenseBatchMax)) {
+      deferred_.on(dev, [this] { finish_updates(); }).factored.push_back(a);
       return;
     }
     TALLY_KERNEL(dev, came_factored_step, a);
@@ -102,9 +100,8 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
         .shard = sharding(s),
         .bf16_param = g.bf16,
     };
-    if (batches(s, stats != nullptr) && (g.fused() || !s.master.defined())) {
-      defer_to(dev);
-      deferred_dense_.push_back(a);
+    if (launches_later(s, g, stats, kernels::kDenseBatchMax)) {
+      deferred_.on(dev, [this] { finish_updates(); }).dense.push_back(a);
       return;
     }
     TALLY_KERNEL(dev, came_dense_step, a);
@@ -114,29 +111,15 @@ void Came::update(Slot& s, const Tensor& grad, const StepOptions& o, void* works
 // On CUDA, tensors are launched together after the other slots: a small dense one (a bias, a layer-norm vector) is
 // a few microseconds of work behind three launches (came_dense_steps: one block each), and a factored one's nine
 // launches are as many host round trips for a GPU that finishes a 768x768 matrix's pass in about as long
-// (came_factored_steps: nine launches per batch). Not with statistics (read right after update), nor a part of a
-// tensor cut over ranks (its sums wait for the other ranks).
-bool Came::batches(const Slot& s, bool with_stats) const {
-  if (s.param.device().backend() != DeviceKind::cuda || with_stats || sharding(s).sum) return false;
-  return s.factored ? !s.exact.defined() : s.param.numel() <= kernels::kCameDenseBatchMax;
-}
-
-void Came::defer_to(Device device) {
-  if ((!deferred_dense_.empty() || !deferred_factored_.empty()) && deferred_device_ != device) finish_updates();
-  deferred_device_ = device;
-}
-
+// (came_factored_steps: nine launches per batch).
 void Came::finish_updates() {
-  const std::vector<kernels::CameFactoredArgs> factored = std::move(deferred_factored_);
-  const std::vector<kernels::CameDenseArgs> dense = std::move(deferred_dense_);
-  deferred_factored_.clear();
-  deferred_dense_.clear();
-  if (!factored.empty()) {
+  const Deferred d = deferred_.take();
+  if (!d.factored.empty()) {
     // The workspace is the one held for every slot's own step: batches take what fits of it.
-    const HeldWorkspace w = held_workspace(deferred_device_);
-    TALLY_KERNEL(deferred_device_, came_factored_steps, factored.data(), int64_t(factored.size()), w.data, w.bytes);
+    const HeldWorkspace w = held_workspace(d.device);
+    TALLY_KERNEL(d.device, came_factored_steps, d.factored.data(), int64_t(d.factored.size()), w.data, w.bytes);
   }
-  if (!dense.empty()) TALLY_KERNEL(deferred_device_, came_dense_steps, dense.data(), int64_t(dense.size()));
+  if (!d.dense.empty()) TALLY_KERNEL(d.device, came_dense_steps, d.dense.data(), int64_t(d.dense.size()));
 }
 
 namespace {

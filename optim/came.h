@@ -45,16 +45,9 @@ class Came final : public OptimizerWith<Came, CameConfig> {
   void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) override;
   void record_internals(Slot& slot, const double* stats) override;
   void finish_updates() override;
-  // A CUDA step launched with others by finish_updates(): a tensor whole on this rank, no statistics; a dense one
-  // small (came_dense_steps), a factored one any size (came_factored_steps).
-  bool batches(const Slot& slot, bool with_stats) const;
-  // Defers this step's launch to finish_updates(), launched with the others of its device.
-  void defer_to(Device device);
-
-  // CUDA steps without statistics (bf16 ones fused), launched together by finish_updates().
-  std::vector<kernels::CameDenseArgs> deferred_dense_;
-  std::vector<kernels::CameFactoredArgs> deferred_factored_;
-  Device deferred_device_ = Device::cpu();
+  // CUDA steps deferred by update() (launches_later), launched together by finish_updates().
+  using Deferred = DeferredSteps<kernels::CameFactoredArgs, kernels::CameDenseArgs>;
+  Deferred deferred_;
 };
 
 }  // namespace tally::optim

@@ -408,6 +408,12 @@ void* Optimizer::workspace(Device d, int64_t bytes) {
   return w.data_ptr();
 }
 
+bool Optimizer::launches_later(const Slot& s, const KernelGradient& g, const double* stats, int64_t dense_max) const {
+  if (s.param.device().backend() != DeviceKind::cuda || stats || sharding(s).sum) return false;
+  if (s.master.defined() && !g.fused()) return false;
+  return s.factored ? !s.exact.defined() : s.param.numel() <= dense_max;
+}
+
 Optimizer::HeldWorkspace Optimizer::held_workspace(Device d) const {
   const auto it = workspaces_.find(d.str());
   if (it == workspaces_.end() || !it->second.defined()) return {};

@@ -336,8 +336,8 @@ class Optimizer {
   virtual void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) = 0;
   // Fills slot.internals from the step's stats (host copy).
   virtual void record_internals(Slot& slot, const double* stats);
-  // Runs what update() deferred to be launched together (CAME's tensors on CUDA); called once after every slot's
-  // update() in a step.
+  // Runs what update() deferred to be launched together (CAME's and Adafactor's tensors on CUDA); called once after
+  // every slot's update() in a step.
   virtual void finish_updates() {}
   // The step workspace held on device d now (at least the largest workspace_for() of the slots stepped there), for
   // deferred launches that share it.
@@ -360,6 +360,12 @@ class Optimizer {
     bool fused() const { return bf16.grad != nullptr; }
   };
   KernelGradient kernel_gradient(Slot& slot, const Tensor& grad) const;
+  // Whether update() may defer this slot's CUDA step to finish_updates(), to be launched with others (CAME's and
+  // Adafactor's *_steps kernels): on CUDA, the tensor whole on this rank (a part's sums wait for the other ranks), no
+  // statistics asked (`stats` null: they are read right after update()), a bf16 parameter only when its rounding is fused (step() writes
+  // an unfused one from the master right after update()), and a dense tensor of at most dense_max elements (a
+  // factored one any size; not with the inspection's exact second moment).
+  bool launches_later(const Slot& slot, const KernelGradient& g, const double* stats, int64_t dense_max) const;
 
   // The f32 values the kernels update: the parameter itself, or its master weights when it is bf16.
   static float* param_f32(Slot& s) { return s.master.defined() ? s.master.data<float>() : s.param.data<float>(); }
@@ -407,6 +413,34 @@ class Optimizer {
     void operator()(double* data, int64_t n) const override { comm->all_reduce_sum(data, n, device); }
   };
   RankSum host_sum_{Device::cpu()}, cuda_sum_{Device::cuda()};
+};
+
+// ---- steps launched together ----
+
+// The kernel arguments of the steps update() deferred (Optimizer::launches_later), launched together on `device` by
+// finish_updates(): factored ones sharing the step workspace, small dense ones a block each.
+template <class FactoredArgs, class DenseArgs>
+struct DeferredSteps {
+  std::vector<FactoredArgs> factored;
+  std::vector<DenseArgs> dense;
+  Device device = Device::cpu();
+
+  bool empty() const { return factored.empty() && dense.empty(); }
+  // These steps, to take one on device d: those deferred on another device are launched first (launch(), the
+  // optimizer's finish_updates()).
+  template <class Launch>
+  DeferredSteps& on(Device d, Launch launch) {
+    if (!empty() && device != d) launch();
+    device = d;
+    return *this;
+  }
+  // The steps deferred so far, leaving none here.
+  DeferredSteps take() {
+    DeferredSteps out{std::move(factored), std::move(dense), device};
+    factored.clear();
+    dense.clear();
+    return out;
+  }
 };
 
 // ---- parameter groups ----

@@ -177,10 +177,11 @@ if [ -n "$bin_dir" ]; then
     rc=$?
     cat "$out/bench.log" >>"$log"
     row "bench_cuda" "rc=$rc in $(elapsed "$t0")"
-    # CAME's factored kernels on GPT-2's matrices, one tensor at a time and batched (bench/NOTES.md section 14).
+    # CAME's and Adafactor's factored kernels on GPT-2's matrices, one tensor at a time and batched (bench/NOTES.md
+    # sections 14 and 17).
     while IFS= read -r line; do
       row "$(echo "${line:2:46}" | sed 's/ *$//')" "$(echo "${line:48}" | tr -s ' ' | sed 's/^ //')"
-    done < <(grep -E "^  CAME gpt2 matrices" "$out/bench.log")
+    done < <(grep -E "^  (CAME|Adafactor) gpt2 matrices" "$out/bench.log")
     # Attention (causal row blocks, section 16) and c_fc + GELU with and without cuBLASLt's epilogues (section 15).
     while IFS= read -r line; do
       row "$(echo "${line:2:46}" | sed 's/ *$//')" "$(echo "${line:48}" | tr -s ' ' | sed 's/^ //')"

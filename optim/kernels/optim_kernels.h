@@ -112,12 +112,15 @@ struct SquaresInput {
   DType dtype = DType::f32;  // f32 or bf16
 };
 
-// came_dense_steps on CUDA: the largest tensor given a block of its own, and the tasks per launch (the launch's
-// parameter block stays under CUDA's classic 4 KiB).
-constexpr int64_t kCameDenseBatchMax = int64_t(1) << 16;
+// The batched dense steps on CUDA (came_dense_steps, adafactor_dense_steps): the largest tensor given a block of its
+// own, and the tasks per launch (the launch's parameter block stays under CUDA's classic 4 KiB).
+constexpr int64_t kDenseBatchMax = int64_t(1) << 16;
 constexpr int kCameDenseBatchTasks = 32;
-// came_factored_steps on CUDA: the factored tensors per batch (the launch's parameter block, under 4 KiB too).
+constexpr int kAdafactorDenseBatchTasks = 32;
+// The batched factored steps on CUDA (came_factored_steps, adafactor_factored_steps): the tensors per batch (the
+// launch's parameter block, under 4 KiB too).
 constexpr int kCameFactoredBatchTasks = 10;
+constexpr int kAdafactorFactoredBatchTasks = 12;
 
 // ---- Adafactor (transformers, scale_parameter=False, relative_step=False) ----
 struct AdafactorFactoredArgs {

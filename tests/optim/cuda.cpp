@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <cstring>
+#include <optional>
 
 #include "core/device.h"
 #include "core/kernels/dispatch.h"
@@ -64,8 +65,8 @@ const std::vector<Shape> kShapes = {{1000},        {300, 260}, {257, 131}, {4, 3
 
 TEST_SUITE("optim") {
 
-// With inspection (statistics, the exact second moment) and without (CAME's small dense tensors are then launched
-// together: came_dense_steps).
+// With inspection (statistics, the exact second moment) and without (CAME's and Adafactor's tensors are then launched
+// in batches: *_dense_steps, *_factored_steps).
 TEST_CASE("cuda: every optimizer on the GPU matches the CPU step for step" * doctest::skip(!tally::cuda_available())) {
   for (const optim::Inspect inspect : {optim::Inspect::factored_error, optim::Inspect::off})
   for (const Case& c : cases()) {
@@ -112,25 +113,52 @@ TEST_CASE("cuda: every optimizer on the GPU matches the CPU step for step" * doc
   }
 }
 
-TEST_CASE("cuda: CAME steps many small dense tensors together as the CPU steps them one by one" *
+// CAME's and Adafactor's small dense tensors on CUDA are stepped a block each, many per launch (came_dense_steps,
+// adafactor_dense_steps), one block's sum giving the clip where a tensor's own step sums over a grid: against the CPU.
+TEST_CASE("cuda: CAME and Adafactor step many small dense tensors together as the CPU steps them one by one" *
           doctest::skip(!tally::cuda_available())) {
-  // More tensors than one launch takes (kCameDenseBatchTasks), sizes from 1 to 3001 and one too large to batch;
-  // two groups with different hyperparameters; f32 and bf16 first moments.
-  for (const DType m_dtype : {DType::f32, DType::bf16}) {
+  using Groups = std::vector<Tensor>*;
+  struct Maker {
+    std::string name;
+    std::function<std::unique_ptr<optim::Optimizer>(Groups)> make;
+    double param_atol;  // a bf16 first moment may round differently after a summation-order difference (Case)
+  };
+  const std::vector<Maker> makers = {
+      {"came",
+       [](Groups p) {
+         return std::make_unique<Came>(std::vector<ParamGroup<CameConfig>>{
+             {p[0], CameConfig{.lr = 1e-2, .weight_decay = 0.1}},
+             {p[1], CameConfig{.lr = 3e-3, .betas = {0.8, 0.99, 0.999}, .clip_threshold = 0.5}}});
+       },
+       0.0},
+      {"came bf16 exp_avg",
+       [](Groups p) {
+         return std::make_unique<Came>(std::vector<ParamGroup<CameConfig>>{
+             {p[0], CameConfig{.lr = 1e-2, .weight_decay = 0.1, .exp_avg_dtype = DType::bf16}},
+             {p[1], CameConfig{.lr = 3e-3, .betas = {0.8, 0.99, 0.999}, .clip_threshold = 0.5,
+                               .exp_avg_dtype = DType::bf16}}});
+       },
+       kSteps * 1e-2 / 64},
+      {"adafactor",
+       [](Groups p) {
+         return std::make_unique<Adafactor>(std::vector<ParamGroup<AdafactorConfig>>{
+             {p[0], AdafactorConfig{.lr = 1e-2, .weight_decay = 0.1}},
+             {p[1], AdafactorConfig{.lr = 3e-3, .clip_threshold = 0.5, .beta1 = 0.9}}});
+       },
+       0.0},
+  };
+  // More tensors than one launch takes (kCameDenseBatchTasks, kAdafactorDenseBatchTasks), sizes from 1 to 3001 and
+  // one too large to batch; two groups with different hyperparameters.
+  REQUIRE(2 * optim::kernels::kCameDenseBatchTasks + 7 > 2 * optim::kernels::kAdafactorDenseBatchTasks);
+  for (const Maker& maker : makers) {
     std::vector<Tensor> cpu[2], gpu[2];
     for (int i = 0; i < 2 * optim::kernels::kCameDenseBatchTasks + 7; ++i) {
-      const int64_t n = i == 5 ? optim::kernels::kCameDenseBatchMax + 3 : 1 + (97 * int64_t(i)) % 3001;
+      const int64_t n = i == 5 ? optim::kernels::kDenseBatchMax + 3 : 1 + (97 * int64_t(i)) % 3001;
       const std::vector<float> init = normal_values(n, 50 + uint64_t(i));
       cpu[i % 2].push_back(make_param(cat("v", i), init, {n}));
       gpu[i % 2].push_back(make_param(cat("v", i), init, {n}, Device::cuda()));
     }
-    auto make = [&](std::vector<Tensor>* p) {
-      return std::make_unique<Came>(std::vector<ParamGroup<CameConfig>>{
-          {p[0], CameConfig{.lr = 1e-2, .weight_decay = 0.1, .exp_avg_dtype = m_dtype}},
-          {p[1], CameConfig{.lr = 3e-3, .betas = {0.8, 0.99, 0.999}, .clip_threshold = 0.5,
-                            .exp_avg_dtype = m_dtype}}});
-    };
-    auto oc = make(cpu), og = make(gpu);
+    auto oc = maker.make(cpu), og = maker.make(gpu);
     for (int k = 0; k < kSteps; ++k) {
       for (int grp = 0; grp < 2; ++grp)
         for (size_t s = 0; s < cpu[grp].size(); ++s) {
@@ -141,13 +169,11 @@ TEST_CASE("cuda: CAME steps many small dense tensors together as the CPU steps t
       oc->step({.grad_scale = 0.5});
       og->step({.grad_scale = 0.5});
     }
-    // A bf16 first moment may round differently after a summation-order difference (see Case::param_atol).
-    const double param_atol = m_dtype == DType::bf16 ? kSteps * 1e-2 / 64 : 0.0;
     for (int grp = 0; grp < 2; ++grp)
       for (size_t s = 0; s < cpu[grp].size(); ++s) {
-        INFO(cat(cpu[grp][s].name(), " ", shape_str(cpu[grp][s].shape()), " exp_avg ", dtype_name(m_dtype)));
+        INFO(cat(maker.name, ": ", cpu[grp][s].name(), " ", shape_str(cpu[grp][s].shape())));
         const Mismatch p =
-            compare(gpu[grp][s].to_vector<float>(), cpu[grp][s].to_vector<float>(), 1e-5, 1e-6 + param_atol);
+            compare(gpu[grp][s].to_vector<float>(), cpu[grp][s].to_vector<float>(), 1e-5, 1e-6 + maker.param_atol);
         CHECK_MESSAGE(p.ok(), "param: gpu ", p.a, " cpu ", p.b, " at ", p.index, " (ratio ", p.worst_ratio, ")");
         const std::string name = cpu[grp][s].name();
         const Mismatch v = compare(og->state(name, "exp_avg_sq").to_vector<float>(),
@@ -158,10 +184,10 @@ TEST_CASE("cuda: CAME steps many small dense tensors together as the CPU steps t
 }
 
 // A bf16 parameter's step on CUDA (every optimizer but SM3) reads its gradient from bf16 and rounds its parameter in
-// the kernels (FusedBf16): every tensor, CAME's small dense ones batched by came_dense_steps. The kernels' arithmetic
-// is the same for an f32 parameter given the widened gradient (widening is exact), so the master must equal that
-// parameter bit for bit, and the bf16 parameter must be round_to_bf16 of the master with the parameter's key and
-// counter, bit for bit (integer arithmetic from there).
+// the kernels (FusedBf16): every tensor, CAME's and Adafactor's in batches (*_dense_steps, *_factored_steps). The
+// kernels' arithmetic is the same for an f32 parameter given the widened gradient (widening is exact), so the master
+// must equal that parameter bit for bit, and the bf16 parameter must be round_to_bf16 of the master with the
+// parameter's key and counter, bit for bit (integer arithmetic from there).
 // Factored shapes: float4 rows, odd rows (Philox blocks spanning rows), batched matrices, and a general
 // (P, n, Q, m, S) layout under two_largest_dims.
 TEST_CASE("cuda: bf16 optimizer steps fuse the gradient widening and the rounding, bit for bit" *
@@ -245,134 +271,84 @@ TEST_CASE("cuda: bf16 optimizer steps fuse the gradient widening and the roundin
 namespace tally::optim {
 namespace {
 
-// The CUDA kernels called directly (kernels:: is optim's here).
-void came_factored_one(const kernels::CameFactoredArgs& a) { TALLY_KERNEL(Device::cuda(), came_factored_step, a); }
-void came_factored_batched(const std::vector<kernels::CameFactoredArgs>& steps, void* workspace, int64_t bytes) {
-  TALLY_KERNEL(Device::cuda(), came_factored_steps, steps.data(), int64_t(steps.size()), workspace, bytes);
-}
+// A factored tensor of a batched-against-one-by-one test: its layout, its first moment (CAME's dtype; none for an
+// Adafactor without beta1), a fused bf16 parameter or not, statistics or not.
+struct BatchItem {
+  kernels::FactoredLayout l;
+  std::optional<DType> m;
+  bool fused = false, stats = false;
+};
 
-// A factored CAME tensor's buffers on the GPU, from fixed seeds (two calls give the same values).
+// A factored tensor's buffers on the GPU, from fixed seeds (two calls give the same values). res_row/res_col: CAME's.
 struct FactoredBuffers {
   Tensor param, m, sq_row, sq_col, res_row, res_col, bf16_param, stats;
 };
-FactoredBuffers factored_buffers(const kernels::FactoredLayout& l, DType m_dtype, bool fused, bool stats,
-                                 uint64_t seed) {
+FactoredBuffers factored_buffers(const BatchItem& it, uint64_t seed) {
+  const kernels::FactoredLayout& l = it.l;
   const TensorOptions cuda{.device = Device::cuda()};
   FactoredBuffers b;
   b.param = from_vector(normal_values(l.numel(), seed), {l.numel()}, cuda);
-  b.m = zeros({l.numel()}, {.dtype = m_dtype, .device = Device::cuda()});
+  if (it.m) b.m = zeros({l.numel()}, {.dtype = *it.m, .device = Device::cuda()});
   b.sq_row = zeros({l.rows()}, cuda);
   b.sq_col = zeros({l.cols()}, cuda);
   b.res_row = full({l.rows()}, 1.0, cuda);
   b.res_col = full({l.cols()}, 1.0, cuda);
-  if (fused) b.bf16_param = b.param.to(DType::bf16);
-  if (stats) b.stats = zeros({kernels::kStatCount}, {.dtype = DType::f64, .device = Device::cuda()});
+  if (it.fused) b.bf16_param = b.param.to(DType::bf16);
+  if (it.stats) b.stats = zeros({kernels::kStatCount}, {.dtype = DType::f64, .device = Device::cuda()});
   return b;
 }
 
-}  // namespace
-}  // namespace tally::optim
+// Plain (P, n, m) layouts, small for the CUDA emulator: 16- and 8-row tiles (make_plan; tiles of 16 or 32 rows mean
+// more than 512 blocks, costly there: one such tensor), two column tiles, batched matrices, float4 rows and not, tiny
+// ones.
+const std::vector<kernels::FactoredLayout> kPlainLayouts = {
+    {1, 8200, 1, 2, 1}, {1, 3, 1, 40, 1}, {1, 7, 1, 260, 1},  {4, 9, 1, 13, 1},  {1, 16, 1, 16, 1}, {3, 5, 1, 7, 1},
+    {1, 64, 1, 8, 1},   {1, 2, 1, 2, 1},  {2, 20, 1, 12, 1}, {1, 33, 1, 65, 1}, {1, 40, 1, 36, 1}, {1, 1, 1, 5, 1}};
 
-TEST_SUITE("optim") {
-
-// came_factored_steps (CAME's factored tensors on CUDA, launched in batches) against came_factored_step tensor by
-// tensor: each tensor is stepped by the same blocks, sums and orders, so every output must be the same bit for bit.
-// More tensors of one kind than a batch takes; the four kinds of batch (first moment f32 or bf16, gradient f32 or bf16
-// with the parameter's rounding fused) mixed in one call; steps no batch takes (a general layout, statistics) run
-// alone within the same call; a workspace that holds little more than the largest tensor's (batches cut by bytes)
-// and one that holds them all (batches cut at kCameFactoredBatchTasks).
-TEST_CASE("cuda: CAME steps factored tensors in batches exactly as one by one" *
-          doctest::skip(!tally::cuda_available())) {
-  using optim::kernels::FactoredLayout;
-  struct Item {
-    FactoredLayout l;
-    DType m;
-    bool fused = false, stats = false;
-  };
-  // Plain (P, n, m) layouts, small for the CUDA emulator: 16- and 8-row tiles (make_plan; tiles of 16 or 32 rows
-  // mean more than 512 blocks, costly there: one such tensor), two column tiles, batched matrices, float4 rows and
-  // not, tiny ones.
-  const std::vector<FactoredLayout> plain = {{1, 8200, 1, 2, 1}, {1, 3, 1, 40, 1}, {1, 7, 1, 260, 1},
-                                             {4, 9, 1, 13, 1},   {1, 16, 1, 16, 1}, {3, 5, 1, 7, 1},
-                                             {1, 64, 1, 8, 1},   {1, 2, 1, 2, 1},   {2, 20, 1, 12, 1},
-                                             {1, 33, 1, 65, 1},  {1, 40, 1, 36, 1}, {1, 1, 1, 5, 1}};
-  std::vector<Item> items;
-  for (const FactoredLayout& l : plain) items.push_back({l, DType::f32});  // 12 > kCameFactoredBatchTasks
-  for (int i = 1; i < 5; ++i) items.push_back({plain[size_t(i)], DType::bf16});
-  for (int i = 4; i < 9; ++i) items.push_back({plain[size_t(i)], DType::f32, true});
-  for (int i : {9, 10, 11, 2}) items.push_back({plain[size_t(i)], DType::bf16, true});
-  items.push_back({{2, 6, 3, 10, 2}, DType::f32});                  // general layout: alone
-  items.push_back({{1, 40, 1, 36, 1}, DType::bf16, false, true});  // statistics: alone
-  REQUIRE(std::count_if(items.begin(), items.end(), [](const Item& it) { return it.m == DType::f32 && !it.fused; }) >
-          optim::kernels::kCameFactoredBatchTasks);
-
+// Steps every item twice (the second step's gradients are clipped) tensor by tensor (one(args)) and in one batched
+// call (batched(all args, workspace, bytes)) from the same values, and checks every output equal bit for bit: each
+// tensor must be stepped by the same blocks, sums and orders. args(item, buffers, gradient, workspace, seed, step)
+// gives a step's kernel arguments. Twice: with a workspace that holds little more than the largest tensor's (batches
+// cut by bytes) and with one that holds them all (batches cut by the tensors a launch takes).
+template <class Args, class MakeArgs, class One, class Batched>
+void check_batched_as_one_by_one(const std::vector<BatchItem>& items, MakeArgs args, One one, Batched batched) {
   int64_t largest = 0, all = 0;
-  for (const Item& it : items) {
-    const int64_t b = optim::kernels::cuda_factored_workspace_bytes(it.l);
+  for (const BatchItem& it : items) {
+    const int64_t b = kernels::cuda_factored_workspace_bytes(it.l);
     largest = std::max(largest, b);
     all += b;
   }
   for (const int64_t budget : {largest + 4096, all}) {
     INFO("workspace ", budget, " bytes (largest step's ", largest, ", all ", all, ")");
-    std::vector<optim::FactoredBuffers> one, batched;
+    std::vector<FactoredBuffers> ones, batches;
     for (size_t i = 0; i < items.size(); ++i) {
-      one.push_back(optim::factored_buffers(items[i].l, items[i].m, items[i].fused, items[i].stats, 40 + i));
-      batched.push_back(optim::factored_buffers(items[i].l, items[i].m, items[i].fused, items[i].stats, 40 + i));
+      ones.push_back(factored_buffers(items[i], 40 + i));
+      batches.push_back(factored_buffers(items[i], 40 + i));
     }
     Tensor ws_one = empty({largest}, {.dtype = DType::u8, .device = Device::cuda()});
     Tensor ws_batched = empty({budget}, {.dtype = DType::u8, .device = Device::cuda()});
-    for (int k = 1; k <= 2; ++k) {  // the second step's gradients are clipped
-      std::vector<optim::kernels::CameFactoredArgs> args_one, args_batched;
+    for (int k = 1; k <= 2; ++k) {
+      std::vector<Args> args_one, args_batched;
       std::vector<Tensor> grads;  // read by both
       for (size_t i = 0; i < items.size(); ++i) {
-        const Item& it = items[i];
-        const int64_t n = it.l.numel();
+        const int64_t n = items[i].l.numel();
         Tensor g = from_vector(normal_values(n, 500 + 10 * i + uint64_t(k), k == 2 ? 20.0 : 1.0), {n},
                                {.device = Device::cuda()});
-        if (it.fused) g = g.to(DType::bf16);
+        if (items[i].fused) g = g.to(DType::bf16);
         grads.push_back(g);
-        auto args = [&](optim::FactoredBuffers& b, void* ws) {
-          optim::kernels::CameFactoredArgs a{
-              .layout = it.l,
-              .param = b.param.data<float>(),
-              .grad = it.fused ? nullptr : g.data<float>(),
-              .exp_avg = b.m.data_ptr(),
-              .exp_avg_dtype = it.m,
-              .exp_avg_sq_row = b.sq_row.data<float>(),
-              .exp_avg_sq_col = b.sq_col.data<float>(),
-              .exp_avg_res_row = b.res_row.data<float>(),
-              .exp_avg_res_col = b.res_col.data<float>(),
-              .lr = 1e-2,
-              .beta1 = 0.9,
-              .beta2 = 0.999,
-              .beta3 = 0.9999,
-              .eps1 = 1e-30,
-              .eps2 = 1e-16,
-              .clip_threshold = 1.0,
-              .weight_decay = i % 3 == 0 ? 0.1 : 0.0,
-              .grad_scale = 0.5,
-              .workspace = ws,
-              .stats = it.stats ? b.stats.data<double>() : nullptr,
-          };
-          if (it.fused)
-            a.bf16_param = {.grad = g.data<bf16>(),
-                            .param = b.bf16_param.data<bf16>(),
-                            .seed = 7 + i,
-                            .offset = uint64_t(k) * optim::kernels::round_to_bf16_blocks(n)};
-          return a;
-        };
-        args_one.push_back(args(one[i], ws_one.data_ptr()));
-        args_batched.push_back(args(batched[i], nullptr));  // not read: the shared workspace is
+        args_one.push_back(args(items[i], ones[i], g, ws_one.data_ptr(), 7 + i, k));
+        args_batched.push_back(args(items[i], batches[i], g, nullptr, 7 + i, k));  // not read: the shared workspace is
       }
-      for (const auto& a : args_one) optim::came_factored_one(a);
-      optim::came_factored_batched(args_batched, ws_batched.data_ptr(), budget);
+      for (const Args& a : args_one) one(a);
+      batched(args_batched, ws_batched.data_ptr(), budget);
       for (size_t i = 0; i < items.size(); ++i) {
+        const BatchItem& it = items[i];
         // (doctest prints a const char* as a pointer: the words go through one std::string)
-        INFO(cat("tensor ", i, " (P, n, Q, m, S) = (", items[i].l.P, ", ", items[i].l.n, ", ", items[i].l.Q, ", ",
-                 items[i].l.m, ", ", items[i].l.S, "), exp_avg ", dtype_name(items[i].m),
-                 items[i].fused ? ", fused bf16" : "", items[i].stats ? ", statistics" : "", ", step ", k));
-        const optim::FactoredBuffers& a = one[i];
-        const optim::FactoredBuffers& b = batched[i];
+        INFO(cat("tensor ", i, " (P, n, Q, m, S) = (", it.l.P, ", ", it.l.n, ", ", it.l.Q, ", ", it.l.m, ", ", it.l.S,
+                 "), exp_avg ", it.m ? dtype_name(*it.m) : "none", it.fused ? ", fused bf16" : "",
+                 it.stats ? ", statistics" : "", ", step ", k));
+        const FactoredBuffers& a = ones[i];
+        const FactoredBuffers& b = batches[i];
         const std::vector<std::pair<const char*, std::pair<Tensor, Tensor>>> outputs = {
             {"param", {a.param, b.param}},       {"exp_avg", {a.m, b.m}},
             {"exp_avg_sq_row", {a.sq_row, b.sq_row}}, {"exp_avg_sq_col", {a.sq_col, b.sq_col}},
@@ -386,6 +362,125 @@ TEST_CASE("cuda: CAME steps factored tensors in batches exactly as one by one" *
       }
     }
   }
+}
+
+// A fused step's bf16 gradient and parameter, and the rounding's key and counter for step k.
+kernels::FusedBf16 fused_output(const Tensor& g, const FactoredBuffers& b, uint64_t seed, int k) {
+  return {.grad = g.data<bf16>(),
+          .param = b.bf16_param.data<bf16>(),
+          .seed = seed,
+          .offset = uint64_t(k) * kernels::round_to_bf16_blocks(g.numel())};
+}
+
+// The CUDA kernels called directly (kernels:: is optim's here).
+void came_one(const kernels::CameFactoredArgs& a) { TALLY_KERNEL(Device::cuda(), came_factored_step, a); }
+void came_batched(const std::vector<kernels::CameFactoredArgs>& steps, void* workspace, int64_t bytes) {
+  TALLY_KERNEL(Device::cuda(), came_factored_steps, steps.data(), int64_t(steps.size()), workspace, bytes);
+}
+void adafactor_one(const kernels::AdafactorFactoredArgs& a) {
+  TALLY_KERNEL(Device::cuda(), adafactor_factored_step, a);
+}
+void adafactor_batched(const std::vector<kernels::AdafactorFactoredArgs>& steps, void* workspace, int64_t bytes) {
+  TALLY_KERNEL(Device::cuda(), adafactor_factored_steps, steps.data(), int64_t(steps.size()), workspace, bytes);
+}
+
+}  // namespace
+}  // namespace tally::optim
+
+TEST_SUITE("optim") {
+
+// came_factored_steps (CAME's factored tensors on CUDA, launched in batches) against came_factored_step tensor by
+// tensor. More tensors of one kind than a batch takes; the four kinds of batch (first moment f32 or bf16, gradient
+// f32 or bf16 with the parameter's rounding fused) mixed in one call; steps no batch takes (a general layout,
+// statistics) run alone within the same call.
+TEST_CASE("cuda: CAME steps factored tensors in batches exactly as one by one" *
+          doctest::skip(!tally::cuda_available())) {
+  using optim::BatchItem;
+  const auto& plain = optim::kPlainLayouts;
+  std::vector<BatchItem> items;
+  for (const auto& l : plain) items.push_back({l, DType::f32});  // 12 > kCameFactoredBatchTasks
+  for (int i = 1; i < 5; ++i) items.push_back({plain[size_t(i)], DType::bf16});
+  for (int i = 4; i < 9; ++i) items.push_back({plain[size_t(i)], DType::f32, true});
+  for (int i : {9, 10, 11, 2}) items.push_back({plain[size_t(i)], DType::bf16, true});
+  items.push_back({{2, 6, 3, 10, 2}, DType::f32});                  // general layout: alone
+  items.push_back({{1, 40, 1, 36, 1}, DType::bf16, false, true});  // statistics: alone
+  REQUIRE(std::count_if(items.begin(), items.end(), [](const BatchItem& it) {
+            return it.m == DType::f32 && !it.fused;
+          }) > optim::kernels::kCameFactoredBatchTasks);
+  using Args = optim::kernels::CameFactoredArgs;
+  optim::check_batched_as_one_by_one<Args>(
+      items,
+      [](const BatchItem& it, optim::FactoredBuffers& b, const Tensor& g, void* ws, uint64_t seed, int k) {
+        Args a{
+            .layout = it.l,
+            .param = b.param.data<float>(),
+            .grad = it.fused ? nullptr : g.data<float>(),
+            .exp_avg = b.m.data_ptr(),
+            .exp_avg_dtype = *it.m,
+            .exp_avg_sq_row = b.sq_row.data<float>(),
+            .exp_avg_sq_col = b.sq_col.data<float>(),
+            .exp_avg_res_row = b.res_row.data<float>(),
+            .exp_avg_res_col = b.res_col.data<float>(),
+            .lr = 1e-2,
+            .beta1 = 0.9,
+            .beta2 = 0.999,
+            .beta3 = 0.9999,
+            .eps1 = 1e-30,
+            .eps2 = 1e-16,
+            .clip_threshold = 1.0,
+            .weight_decay = seed % 3 == 0 ? 0.1 : 0.0,
+            .grad_scale = 0.5,
+            .workspace = ws,
+            .stats = it.stats ? b.stats.data<double>() : nullptr,
+        };
+        if (it.fused) a.bf16_param = optim::fused_output(g, b, seed, k);
+        return a;
+      },
+      optim::came_one, optim::came_batched);
+}
+
+// adafactor_factored_steps against adafactor_factored_step tensor by tensor, as CAME's: more tensors of one kind than
+// a batch takes, with and without a first moment (beta1) and weight decay; the two kinds of batch (gradient f32, or
+// bf16 with the rounding fused) mixed in one call; a general layout and a step with statistics run alone.
+TEST_CASE("cuda: Adafactor steps factored tensors in batches exactly as one by one" *
+          doctest::skip(!tally::cuda_available())) {
+  using optim::BatchItem;
+  const auto& plain = optim::kPlainLayouts;
+  std::vector<BatchItem> items;
+  for (size_t i = 0; i < plain.size(); ++i)  // 12 f32 steps, 6 with a first moment
+    items.push_back({plain[i], i % 2 ? std::optional<DType>(DType::f32) : std::nullopt});
+  items.push_back({plain[3], DType::f32});  // 13 > kAdafactorFactoredBatchTasks
+  for (int i = 2; i < 9; ++i)
+    items.push_back({plain[size_t(i)], i % 3 ? std::optional<DType>(DType::f32) : std::nullopt, true});
+  items.push_back({{2, 6, 3, 10, 2}, DType::f32});                 // general layout: alone
+  items.push_back({{1, 40, 1, 36, 1}, DType::f32, false, true});  // statistics: alone
+  REQUIRE(std::count_if(items.begin(), items.end(), [](const BatchItem& it) { return !it.fused; }) - 2 >
+          optim::kernels::kAdafactorFactoredBatchTasks);
+  using Args = optim::kernels::AdafactorFactoredArgs;
+  optim::check_batched_as_one_by_one<Args>(
+      items,
+      [](const BatchItem& it, optim::FactoredBuffers& b, const Tensor& g, void* ws, uint64_t seed, int k) {
+        Args a{
+            .layout = it.l,
+            .param = b.param.data<float>(),
+            .grad = it.fused ? nullptr : g.data<float>(),
+            .exp_avg = it.m ? b.m.data<float>() : nullptr,
+            .exp_avg_sq_row = b.sq_row.data<float>(),
+            .exp_avg_sq_col = b.sq_col.data<float>(),
+            .lr = 1e-2,
+            .beta1 = it.m ? 0.9 : 0.0,
+            .beta2t = 1.0 - std::pow(double(k), -0.8),
+            .eps1 = 1e-30,
+            .clip_threshold = 1.0,
+            .weight_decay = seed % 3 == 0 ? 0.1 : 0.0,
+            .grad_scale = 0.5,
+            .workspace = ws,
+            .stats = it.stats ? b.stats.data<double>() : nullptr,
+        };
+        if (it.fused) a.bf16_param = optim::fused_output(g, b, seed, k);
+        return a;
+      },
+      optim::adafactor_one, optim::adafactor_batched);
 }
 
 TEST_CASE("cuda: gradient norm and clipping match the CPU" * doctest::skip(!tally::cuda_available())) {

@@ -165,4 +165,13 @@ void adafactor_dense_step(const AdafactorDenseArgs& a) {
   a.stats ? adafactor_dense<true>(a) : adafactor_dense<false>(a);
 }
 
+void adafactor_factored_steps(const AdafactorFactoredArgs* steps, int64_t count, void* workspace,
+                              int64_t workspace_bytes) {
+  factored_steps_in_turn(steps, count, workspace, workspace_bytes, adafactor_factored_step, "adafactor_factored_steps");
+}
+
+void adafactor_dense_steps(const AdafactorDenseArgs* steps, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) adafactor_dense_step(steps[i]);
+}
+
 }  // namespace tally::optim::kernels::cpu

@@ -341,14 +341,7 @@ void came_dense_step(const CameDenseArgs& a) {
 }
 
 void came_factored_steps(const CameFactoredArgs* steps, int64_t count, void* workspace, int64_t workspace_bytes) {
-  for (int64_t i = 0; i < count; ++i) {
-    CameFactoredArgs one = steps[i];
-    const int64_t need = factored_workspace_bytes(one.layout);
-    TALLY_CHECK(need <= workspace_bytes, "[came_factored_steps] step ", i, " needs ", need,
-                " bytes of workspace, the shared workspace has ", workspace_bytes);
-    one.workspace = workspace;
-    came_factored_step(one);
-  }
+  factored_steps_in_turn(steps, count, workspace, workspace_bytes, came_factored_step, "came_factored_steps");
 }
 
 void came_dense_steps(const CameDenseArgs* steps, int64_t count) {

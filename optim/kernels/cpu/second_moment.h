@@ -9,6 +9,8 @@
 #include <cstring>
 #include <vector>
 
+#include "core/error.h"
+
 #include "optim/kernels/cpu/float_vectors.h"
 #include "optim/kernels/cpu/traversals.h"
 #include "optim/kernels/cpu/update_math.h"
@@ -263,6 +265,21 @@ inline double dense_second_moment_pass(int64_t n, const float* grad, float gs, f
     ex[0] += acc;
   });
   return sum[0];
+}
+
+// The CPU's *_factored_steps calls (CAME, Adafactor): the steps one by one through step(args), each given the shared
+// workspace, which must hold the largest step's factored_workspace_bytes (op names the call in the error).
+template <class Args, class Step>
+void factored_steps_in_turn(const Args* steps, int64_t count, void* workspace, int64_t workspace_bytes, Step step,
+                            const char* op) {
+  for (int64_t i = 0; i < count; ++i) {
+    Args one = steps[i];
+    const int64_t need = factored_workspace_bytes(one.layout);
+    TALLY_CHECK(need <= workspace_bytes, "[", op, "] step ", i, " needs ", need,
+                " bytes of workspace, the shared workspace has ", workspace_bytes);
+    one.workspace = workspace;
+    step(one);
+  }
 }
 
 }  // namespace tally::optim::kernels::cpu::detail

@@ -1,8 +1,12 @@
 // CUDA kernels of Adafactor (transformers, scale_parameter=False, relative_step=False); the arithmetic of
 // optim/kernels/cpu/adafactor.cpp in three passes: r, c and factors; u^2 sums -> clip divisor on the device (one
 // more read of g than the CPU's two passes); one elementwise pass for the (optional) first moment and the
-// parameter. ZeRO 1: sums over the ranks completed in device memory, as came.cu does.
-#include "optim/kernels/cuda/common.cuh"
+// parameter. Six launches per factored tensor, or six for a batch of them (adafactor_factored_steps); small dense
+// tensors are stepped together, one block each (adafactor_dense_steps). ZeRO 1: sums over the ranks completed in device
+// memory, as came.cu does.
+#include <type_traits>
+
+#include "optim/kernels/cuda/batches.cuh"
 
 namespace tally::optim::kernels::cuda {
 
@@ -49,12 +53,13 @@ struct DenseFactor {
 // The factored update pass: (row, chunk of kThreads columns) tasks over a grid. Inspecting (kStats), the update
 // passes write block sums of m^2 (slot 0, with a first moment) and of the applied step^2 (slot 1).
 template <bool kStats>
-__global__ void factored_update(FactoredLayout l, int64_t K, const float* g, float* m, float* param, const float* rf,
-                                const float* cf, const float* divisor, UpdateScalars s, double* block_sums) {
+__device__ inline void factored_update_of(const FactoredLayout& l, int64_t K, const float* g, float* m, float* param,
+                                          const float* rf, const float* cf, const float* divisor,
+                                          const UpdateScalars& s, double* block_sums, GridPos at) {
   double msq = 0, app = 0;
   const float d = *divisor;
   const int64_t rows = l.P * l.n, chunks = (K + kThreads - 1) / kThreads;
-  for (int64_t t = blockIdx.x; t < rows * chunks; t += gridDim.x) {
+  for (int64_t t = at.block; t < rows * chunks; t += at.blocks) {
     const int64_t pi = t / chunks, k = (t % chunks) * kThreads + threadIdx.x;
     if (k >= K) continue;
     const int64_t p = pi / l.n, i = pi % l.n, e = pi * K + k;
@@ -67,8 +72,17 @@ __global__ void factored_update(FactoredLayout l, int64_t K, const float* g, flo
   }
   if constexpr (kStats) {
     const double sums[2] = {msq, app};
-    write_block_sums(sums, block_sums);
+    write_block_sums(sums, block_sums, at.block);
   }
+}
+template <bool kStats>
+__global__ void factored_update(FactoredLayout l, int64_t K, const float* g, float* m, float* param, const float* rf,
+                                const float* cf, const float* divisor, UpdateScalars s, double* block_sums) {
+  factored_update_of<kStats>(l, K, g, m, param, rf, cf, divisor, s, block_sums, own_grid());
+}
+// The update pass's grid without statistics: the tensor's (row, chunk) tasks, one block each.
+inline int64_t factored_update_tasks(const FactoredLayout& l, int64_t K) {
+  return l.P * l.n * ((K + kThreads - 1) / kThreads);
 }
 
 template <bool kStats>
@@ -92,13 +106,21 @@ __global__ void dense_update(int64_t n, const float* g, const float* v, float* m
 // The update pass of a bf16 parameter (FusedBf16), factored or dense: update_element on the master from the bf16
 // gradient, then the bf16 parameter as round_to_bf16 writes it; each thread takes whole 8-element Philox blocks.
 template <class Factor>
+__device__ inline void update_rounded_of(int64_t n, const Factor& factor, float* m, float* param, const float* divisor,
+                                         const UpdateScalars& s, const FusedBf16& out, GridPos at) {
+  const float d = *divisor;
+  update_rounded_blocks(
+      n, out,
+      [&](int64_t e) {
+        update_element(factor(e), load(out.grad + e), m ? m + e : nullptr, param + e, d, s);
+        return param[e];
+      },
+      at);
+}
+template <class Factor>
 __global__ void update_rounded(int64_t n, Factor factor, float* m, float* param, const float* divisor,
                                UpdateScalars s, FusedBf16 out) {
-  const float d = *divisor;
-  update_rounded_blocks(n, out, [&](int64_t e) {
-    update_element(factor(e), load(out.grad + e), m ? m + e : nullptr, param + e, d, s);
-    return param[e];
-  });
+  update_rounded_of(n, factor, m, param, divisor, s, out, own_grid());
 }
 
 template <class Factor>
@@ -137,6 +159,80 @@ void factored_first_passes(const AdafactorFactoredArgs& a, const GT* g, const Pl
   TALLY_CUDA_LAUNCH_CHECK("adafactor update_sq");
   launch_clip_divisor(w.block_sums, blocks, N, a.clip_threshold, w.divisor, a.stats, a.shard, w.total,
                       "adafactor clip_divisor");
+}
+
+// ---- adafactor_factored_steps: whole factored tensors of plain layout (Q*S == 1), without statistics, stepped
+// together (batches.cuh): each of the six launches of a factored step runs once for a batch of tensors.
+using AdafactorBatch = FactoredBatch<1, kAdafactorFactoredBatchTasks>;
+static_assert(sizeof(AdafactorBatch) <= 4000, "adafactor_factored_steps: the launch's parameters must stay under 4 KiB");
+
+__device__ inline UpdateScalars update_scalars_of(const FactoredTask<1>& t) {
+  return {.gs = t.gs, .lr = t.lr, .b1 = t.b1, .one_b1 = t.one_b1, .decay = t.decay, .wd = t.wd};
+}
+
+// The update pass of each tensor, as factored_update<false> or (fused bf16) update_rounded.
+__global__ void batch_update(const AdafactorBatch b) {
+  GridPos at;
+  const auto& t = task_of(b, kParam, at);
+  float* m = static_cast<float*>(t.m);
+  if (t.out.grad) {
+    update_rounded_of(t.l.numel(), FactoredFactor{t.l, t.plan.K, t.w.row_factor, t.w.col_factor}, m, t.param,
+                      t.w.divisor, update_scalars_of(t), t.out, at);
+  } else {
+    factored_update_of<false>(t.l, t.plan.K, static_cast<const float*>(t.g), m, t.param, t.w.row_factor,
+                              t.w.col_factor, t.w.divisor, update_scalars_of(t), nullptr, at);
+  }
+}
+
+// The passes of adafactor_factored_step, each launched once for the batch.
+template <class GT>
+void launch_factored_batch(AdafactorBatch& b) {
+  set_grids(
+      b,
+      [](const FactoredTask<1>& t) {
+        return t.out.grad ? int64_t(rounded_blocks_grid(t.l.numel()))
+                          : imin(factored_update_tasks(t.l, t.plan.K), int64_t(1) << 30);
+      },
+      "adafactor_factored_steps");
+  launch_second_moment_and_clip<AdafactorBatch, GT>(b, "adafactor batch");
+  batch_update<<<b.blocks[kParam], kThreads, 0, stream()>>>(b);
+  TALLY_CUDA_LAUNCH_CHECK("adafactor batch update");
+}
+
+// The batches of steps whose gradient is GT (f32, or bf16: fused).
+template <class GT>
+void batch_steps_of_kind(const AdafactorFactoredArgs* steps, int64_t count, char* workspace, int64_t workspace_bytes) {
+  batch_steps<AdafactorBatch>(
+      steps, count, workspace, workspace_bytes,
+      [](const AdafactorFactoredArgs& a) { return (a.bf16_param.grad != nullptr) == std::is_same_v<GT, bf16>; },
+      [](FactoredTask<1>& t, const AdafactorFactoredArgs& a) {
+        const void* g = a.bf16_param.grad ? static_cast<const void*>(a.bf16_param.grad) : a.grad;
+        fill_common(t, a, g);
+        t.row_stat[0] = a.exp_avg_sq_row;
+        t.col_stat[0] = a.exp_avg_sq_col;
+        t.beta[0] = a.beta2t;
+        t.eps2 = 0.0f;  // CAME's only
+        t.vec = vectorizable(a.layout, {g});
+      },
+      [](AdafactorBatch& b) { launch_factored_batch<GT>(b); });
+}
+
+// ---- adafactor_dense_steps: one block per small tensor runs the whole of adafactor_dense_step (batches.cuh).
+using AdafactorDenseBatch = DenseBatch<kAdafactorDenseBatchTasks>;
+static_assert(sizeof(AdafactorDenseBatch) <= 4000, "adafactor_dense_batch: the launch's parameters must stay under 4 KiB");
+
+__global__ void adafactor_dense_batch(const AdafactorDenseBatch b) {
+  const DenseTask& t = b.task[blockIdx.x];
+  float* m = static_cast<float*>(t.exp_avg);
+  const UpdateScalars s{.gs = t.gs, .lr = t.lr, .b1 = t.b1, .one_b1 = t.one_b1, .decay = t.decay, .wd = t.decay != 0.0f};
+  dense_task_step(t, [&](int64_t e, float d) {  // as dense_update
+    update_element(DenseFactor{t.v}(e), grad_of(t, e), m ? m + e : nullptr, t.param + e, d, s);
+  });
+}
+
+void launch_dense_batch(const AdafactorDenseBatch& b) {
+  adafactor_dense_batch<<<unsigned(b.count), kThreads, 0, stream()>>>(b);
+  TALLY_CUDA_LAUNCH_CHECK("adafactor dense_batch");
 }
 
 }  // namespace
@@ -179,8 +275,7 @@ void adafactor_factored_step(const AdafactorFactoredArgs& a) {
     launch_add_block_sums(w.block_sums, ub, a.stats, kStatExpAvgSq, kStatAppliedSq, 0, 2, "adafactor add_block_sums");
   } else {
     // Without statistics the grid covers the tensor (no striding needed for bandwidth).
-    const int64_t tasks = l.P * l.n * ((K + kThreads - 1) / kThreads);
-    const unsigned grid = unsigned(imin(tasks, int64_t(1) << 30));
+    const unsigned grid = unsigned(imin(factored_update_tasks(l, K), int64_t(1) << 30));
     factored_update<false><<<grid, kThreads, 0, stream()>>>(l, K, a.grad, a.exp_avg, a.param, w.row_factor,
                                                             w.col_factor, w.divisor, s, w.block_sums);
     TALLY_CUDA_LAUNCH_CHECK("adafactor factored_update");
@@ -220,6 +315,43 @@ void adafactor_dense_step(const AdafactorDenseArgs& a) {
                                                            w.block_sums);
     TALLY_CUDA_LAUNCH_CHECK("adafactor dense_update");
   }
+}
+
+void adafactor_factored_steps(const AdafactorFactoredArgs* steps, int64_t count, void* workspace,
+                              int64_t workspace_bytes) {
+  for (int64_t i = 0; i < count; ++i) {
+    const AdafactorFactoredArgs& a = steps[i];
+    const int64_t need = cuda_factored_workspace_bytes(a.layout);
+    TALLY_CHECK(need <= workspace_bytes, "[adafactor_factored_steps] step ", i, " needs ", need,
+                " bytes of workspace, the shared workspace has ", workspace_bytes);
+    check_fused(a.bf16_param, a.grad, a.stats, a.exact_exp_avg_sq, "adafactor_factored_steps");
+    if (batchable(a)) continue;
+    AdafactorFactoredArgs one = a;
+    one.workspace = workspace;
+    adafactor_factored_step(one);
+  }
+  char* base = static_cast<char*>(workspace);
+  batch_steps_of_kind<float>(steps, count, base, workspace_bytes);
+  batch_steps_of_kind<bf16>(steps, count, base, workspace_bytes);
+}
+
+void adafactor_dense_steps(const AdafactorDenseArgs* steps, int64_t count) {
+  AdafactorDenseBatch b{};
+  for (int64_t i = 0; i < count; ++i) {
+    const AdafactorDenseArgs& a = steps[i];
+    const DenseRoute route = dense_route(a, "adafactor_dense_steps");
+    if (route == DenseRoute::skip) continue;
+    if (route == DenseRoute::alone) {
+      adafactor_dense_step(a);
+      continue;
+    }
+    b.task[b.count++] = dense_task(a, a.beta2t);
+    if (b.count == AdafactorDenseBatch::kCapacity) {
+      launch_dense_batch(b);
+      b.count = 0;
+    }
+  }
+  if (b.count > 0) launch_dense_batch(b);
 }
 
 }  // namespace tally::optim::kernels::cuda

@@ -10,7 +10,7 @@
 // CPU kernels do.
 #include <type_traits>
 
-#include "optim/kernels/cuda/common.cuh"
+#include "optim/kernels/cuda/batches.cuh"
 
 namespace tally::optim::kernels::cuda {
 
@@ -276,156 +276,46 @@ void came_dense(const CameDenseArgs& a, const GT* g) {
   }
 }
 
-// Batched dense steps (came_dense_steps): one block per small tensor runs both passes of came_dense, the clip
-// divisor between them from the block's own sum (no workspace). The scalars are converted as came_dense does.
-// A task with bf16.grad (FusedBf16) reads its gradient from bf16 and writes its bf16 parameter after the master:
-// thread after thread takes whole 8-element Philox blocks, as round_to_bf16 draws them.
-struct DenseTask {
-  float* param;       // f32 parameter or master weights
-  const float* grad;  // null when fused
-  void* exp_avg;
-  float* v;
-  FusedBf16 bf16;  // fused: bf16.grad is set
-  int n;
-  float gs, eps1, b2, one_b2, b1, one_b1, lr, decay, threshold;
-};
-struct DenseBatch {
-  DenseTask task[kCameDenseBatchTasks];
-  int count;
-};
-static_assert(sizeof(DenseBatch) <= 4000, "came_dense_batch: the launch's parameters must stay under 4 KiB");
-
-__device__ inline float grad_of(const DenseTask& t, int e) { return t.grad ? t.grad[e] : load(t.bf16.grad + e); }
+// came_dense_steps: one block per small tensor runs both passes of came_dense (batches.cuh).
+using CameDenseBatch = DenseBatch<kCameDenseBatchTasks>;
+static_assert(sizeof(CameDenseBatch) <= 4000, "came_dense_batch: the launch's parameters must stay under 4 KiB");
 
 template <class MT>
-__global__ void came_dense_batch(const DenseBatch b) {
-  __shared__ double shared[kWarps];
-  __shared__ float divisor;
+__global__ void came_dense_batch(const CameDenseBatch b) {
   const DenseTask& t = b.task[blockIdx.x];
   MT* m = static_cast<MT*>(t.exp_avg);
-  double acc = 0;
-  for (int e = threadIdx.x; e < t.n; e += kThreads) {  // as dense_second_moment
-    const float u = dense_v_update(grad_of(t, e) * t.gs, t.v + e, t.eps1, t.b2, t.one_b2);
-    acc += double(u) * u;
-  }
-  const double sum = block_sum_to_first<kThreads>(acc, shared);
-  if (threadIdx.x == 0) divisor = clip_divisor_of(sum, t.n, t.threshold);  // as clip_divisor
-  __syncthreads();  // also makes every thread's v visible to the block
-  const float d = divisor;
   const bool wd = t.decay != 0.0f;
-  if (!t.bf16.grad) {
-    for (int e = threadIdx.x; e < t.n; e += kThreads)  // as dense_update
-      dense_moment_param(grad_of(t, e), t.v[e], m + e, t.param + e, t.gs, d, t.b1, t.one_b1, t.lr, t.decay, wd);
-    return;
-  }
-  for (int blk = threadIdx.x; 8 * blk < t.n; blk += kThreads) {  // as dense_update, then round_to_bf16
-    const rng::Philox4 r = rng::philox4x32_10(t.bf16.seed, t.bf16.offset + uint64_t(blk));
-    for (int k = 0; k < 8 && 8 * blk + k < t.n; ++k) {
-      const int e = 8 * blk + k;
-      dense_moment_param(grad_of(t, e), t.v[e], m + e, t.param + e, t.gs, d, t.b1, t.one_b1, t.lr, t.decay, wd);
-      t.bf16.param[e].bits = rounded_bf16(t.param[e], r, k);
-    }
-  }
+  dense_task_step(t, [&](int64_t e, float d) {  // as dense_update
+    dense_moment_param(grad_of(t, e), t.v[e], m + e, t.param + e, t.gs, d, t.b1, t.one_b1, t.lr, t.decay, wd);
+  });
 }
 
 template <class MT>
-void launch_dense_batch(const DenseBatch& b) {
+void launch_dense_batch(const CameDenseBatch& b) {
   came_dense_batch<MT><<<unsigned(b.count), kThreads, 0, stream()>>>(b);
   TALLY_CUDA_LAUNCH_CHECK("came dense_batch");
 }
 
-// ---- came_factored_steps: whole factored tensors of plain layout (Q*S == 1), without statistics, stepped together.
-// Each of came_factored's nine launches runs once for a batch of tensors: the batch's grid is every tensor's own grid
-// in turn, and a block finds its tensor and its place in that tensor's grid (GridPos) from the tensors' first blocks,
-// so each tensor is stepped by the very blocks, sums and orders of its own launches, bit for bit.
-enum BatchLaunch : int { kTiles, kEma, kRowFactors, kUpdateSq, kClip, kParam, kBatchLaunches };
+// ---- came_factored_steps: whole factored tensors of plain layout (Q*S == 1), without statistics, stepped together
+// (batches.cuh): each of came_factored's nine launches runs once for a batch of tensors.
+using CameBatch = FactoredBatch<2, kCameFactoredBatchTasks>;
+static_assert(sizeof(CameBatch) <= 4000, "came_factored_steps: the launch's parameters must stay under 4 KiB");
 
-struct FactoredTask {
-  FactoredLayout l;
-  Plan plan;
-  Workspace w;  // this tensor's own part of the shared workspace
-  const void* g;  // GT: f32, or bf16 (fused)
-  void* m;        // MT
-  float* param;   // f32 parameter or master weights
-  float* row_stat[2];  // pass 1: exp_avg_sq_row; pass 3: exp_avg_res_row
-  float* col_stat[2];  // pass 1: exp_avg_sq_col; pass 3: exp_avg_res_col
-  FusedBf16 out;
-  double beta[2];  // beta2, beta3
-  float gs, eps1, b1, one_b1, eps2, lr, decay, threshold;
-  bool wd, vec;
-  int update_blocks;  // update_sq's grid (the clip sums its block sums)
-  unsigned first[kBatchLaunches];  // the tensor's first block in each launch
-};
-struct FactoredBatch {
-  FactoredTask task[kCameFactoredBatchTasks];
-  int count;
-  unsigned blocks[kBatchLaunches];  // each launch's grid: the tensors' grids end to end
-};
-static_assert(sizeof(FactoredBatch) <= 4000, "came_factored_steps: the launch's parameters must stay under 4 KiB");
-
-// This block's tensor in launch `launch`, and its place in that tensor's own grid.
-__device__ inline const FactoredTask& task_of(const FactoredBatch& b, int launch, GridPos& at) {
-  int t = 0;
-  while (t + 1 < b.count && blockIdx.x >= b.task[t + 1].first[launch]) ++t;
-  const unsigned first = b.task[t].first[launch];
-  const unsigned end = t + 1 < b.count ? b.task[t + 1].first[launch] : b.blocks[launch];
-  at = {int64_t(blockIdx.x) - first, int64_t(end) - first};
-  return b.task[t];
-}
-
-// Pass 1 (kPass 0: g^2 + eps1) or pass 3 (kPass 1: m and the instability) of each tensor's tiles.
-template <class MT, class GT, int kPass>
-__global__ void batch_tiles(const FactoredBatch b) {
+// Pass 3 of each tensor's tiles: m and the instability (MomentFill).
+template <class MT, class GT>
+__global__ void batch_moment_tiles(const CameBatch b) {
   GridPos at;
-  const FactoredTask& t = task_of(b, kTiles, at);
+  const auto& t = task_of(b, kTiles, at);
   const int64_t pt = at.block / t.plan.tiles_k, tk = at.block % t.plan.tiles_k;
-  const GT* g = static_cast<const GT*>(t.g);
-  if constexpr (kPass == 0) {
-    tile_stats_of(t.l, t.plan, SquareFill<GT>{g, t.l.n, t.plan.K, t.gs, t.eps1}, t.w.row_partials, t.w.col_partials,
-                  pt, tk);
-  } else {
-    MT* m = static_cast<MT*>(t.m);
-    const MomentFill<MT, true, GT> f{t.l, t.plan.K, g, m, t.w.row_factor, t.w.col_factor, t.w.divisor, t.gs, t.b1,
-                                     t.one_b1, t.eps2};
-    tile_stats_of(t.l, t.plan, f, t.w.row_partials, t.w.col_partials, pt, tk);
-  }
-}
-
-template <int kPass>
-__global__ void __launch_bounds__(kEmaThreads) batch_ema(const FactoredBatch b) {
-  GridPos at;
-  const FactoredTask& t = task_of(b, kEma, at);
-  ema_rows_cols_of(t.row_stat[kPass], t.w.row_partials, t.col_stat[kPass], t.w.col_factor, t.w.col_partials, t.l,
-                   t.plan, t.beta[kPass], nullptr, at.block);
-}
-
-template <int kPass>
-__global__ void __launch_bounds__(kRowFactorThreads) batch_row_factors(const FactoredBatch b) {
-  GridPos at;
-  const FactoredTask& t = task_of(b, kRowFactors, at);
-  row_factors_of(t.row_stat[kPass], t.w.row_factor, t.l, nullptr, t.l.n, at.block);
-}
-
-template <class GT>
-__global__ void batch_update_sq(const FactoredBatch b) {
-  GridPos at;
-  const FactoredTask& t = task_of(b, kUpdateSq, at);
-  update_sq_of(t.l, t.plan.K, static_cast<const GT*>(t.g), t.w.row_factor, t.w.col_factor, t.gs, t.vec,
-               t.w.block_sums, at);
-}
-
-// One block per tensor, as clip_divisor.
-__global__ void batch_clip(const FactoredBatch b) {
-  __shared__ double shared[kWarps];
-  const FactoredTask& t = b.task[blockIdx.x];
-  const double sum = sum_slot(t.w.block_sums, t.update_blocks, 0, shared);
-  if (threadIdx.x == 0) *t.w.divisor = clip_divisor_of(sum, t.l.numel(), t.threshold);
+  const MomentFill<MT, true, GT> f{t.l, t.plan.K, static_cast<const GT*>(t.g), static_cast<MT*>(t.m), t.w.row_factor,
+                                   t.w.col_factor, t.w.divisor, t.gs, t.b1, t.one_b1, t.eps2};
+  tile_stats_of(t.l, t.plan, f, t.w.row_partials, t.w.col_partials, pt, tk);
 }
 
 template <class MT>
-__global__ void batch_param(const FactoredBatch b) {
+__global__ void batch_param(const CameBatch b) {
   GridPos at;
-  const FactoredTask& t = task_of(b, kParam, at);
+  const auto& t = task_of(b, kParam, at);
   const MT* m = static_cast<const MT*>(t.m);
   if (t.out.grad) {
     param_update_rounded_of(t.l, t.plan.K, t.param, m, t.w.row_factor, t.w.col_factor, t.lr, t.decay, t.wd, t.out, at);
@@ -436,50 +326,20 @@ __global__ void batch_param(const FactoredBatch b) {
   }
 }
 
-// The grid each tensor takes in each launch, as came_factored launches it.
-void set_grids(FactoredBatch& b) {
-  for (int e = 0; e < kBatchLaunches; ++e) b.blocks[e] = 0;
-  for (int i = 0; i < b.count; ++i) {
-    FactoredTask& t = b.task[i];
-    const int64_t N = t.l.numel();
-    const int64_t grid[kBatchLaunches] = {
-        t.l.P * t.plan.tiles_i * t.plan.tiles_k,
-        ema_blocks(t.l),
-        t.l.groups(),
-        t.update_blocks,
-        1,
-        t.out.grad ? int64_t(rounded_blocks_grid(N)) : t.l.P * t.l.n * param_update_chunks(t.plan.K),
-    };
-    for (int e = 0; e < kBatchLaunches; ++e) {
-      TALLY_CHECK(int64_t(b.blocks[e]) + grid[e] < (int64_t(1) << 31), "[came_factored_steps] a batch of ", b.count,
-                  " tensors needs more than 2^31 blocks in one launch");
-      t.first[e] = b.blocks[e];
-      b.blocks[e] += unsigned(grid[e]);
-    }
-  }
-}
-
-// A statistics pass of every tensor of the batch (factored_stats): tiles, EMAs, row factors.
-template <class MT, class GT, int kPass>
-void launch_stats_pass(const FactoredBatch& b) {
-  batch_tiles<MT, GT, kPass><<<b.blocks[kTiles], kThreads, 0, stream()>>>(b);
-  TALLY_CUDA_LAUNCH_CHECK("came batch tiles");
-  batch_ema<kPass><<<b.blocks[kEma], kEmaThreads, 0, stream()>>>(b);
-  TALLY_CUDA_LAUNCH_CHECK("came batch ema");
-  batch_row_factors<kPass><<<b.blocks[kRowFactors], kRowFactorThreads, 0, stream()>>>(b);
-  TALLY_CUDA_LAUNCH_CHECK("came batch row_factors");
-}
-
 // came_factored's passes, each launched once for the batch.
 template <class MT, class GT>
-void launch_factored_batch(FactoredBatch& b) {
-  set_grids(b);
-  launch_stats_pass<MT, GT, 0>(b);
-  batch_update_sq<GT><<<b.blocks[kUpdateSq], kThreads, 0, stream()>>>(b);
-  TALLY_CUDA_LAUNCH_CHECK("came batch update_sq");
-  batch_clip<<<unsigned(b.count), kThreads, 0, stream()>>>(b);
-  TALLY_CUDA_LAUNCH_CHECK("came batch clip");
-  launch_stats_pass<MT, GT, 1>(b);
+void launch_factored_batch(CameBatch& b) {
+  set_grids(
+      b,
+      [](const FactoredTask<2>& t) {
+        const int64_t N = t.l.numel();
+        return t.out.grad ? int64_t(rounded_blocks_grid(N)) : t.l.P * t.l.n * param_update_chunks(t.plan.K);
+      },
+      "came_factored_steps");
+  launch_second_moment_and_clip<CameBatch, GT>(b, "came batch");
+  batch_moment_tiles<MT, GT><<<b.blocks[kTiles], kThreads, 0, stream()>>>(b);
+  TALLY_CUDA_LAUNCH_CHECK("came batch moment tiles");
+  launch_batch_ema_factors<CameBatch, 1>(b, "came batch");
   batch_param<MT><<<b.blocks[kParam], kThreads, 0, stream()>>>(b);
   TALLY_CUDA_LAUNCH_CHECK("came batch param");
 }
@@ -490,58 +350,28 @@ void check_fused(const CameFactoredArgs& a, const char* op) {
               "] a fused bf16 step takes the bf16 gradient and parameter (no f32 gradient) and no statistics");
 }
 
-// Whole, plain (Q*S == 1), no statistics: the steps came_factored_steps batches.
-bool batchable(const CameFactoredArgs& a) {
-  return !a.stats && !a.exact_exp_avg_sq && !a.shard.sum && a.layout.numel() > 0 && a.layout.Q * a.layout.S == 1;
-}
-
-// The batch of steps of one kind (first moment bf16 or not, gradient bf16 or not), filled in order; launched when
-// its tensors or their workspaces no longer fit, the workspace then taken again from its start.
+// The batches of steps of one kind (first moment bf16 or not, gradient bf16 or not).
 template <class MT, class GT>
-void batch_steps(const CameFactoredArgs* steps, int64_t count, char* workspace, int64_t workspace_bytes) {
-  FactoredBatch b{};
-  int64_t used = 0;
-  for (int64_t i = 0; i < count; ++i) {
-    const CameFactoredArgs& a = steps[i];
-    const bool bf16_m = a.exp_avg_dtype == DType::bf16, bf16_g = a.bf16_param.grad != nullptr;
-    if (!batchable(a) || bf16_m != std::is_same_v<MT, __nv_bfloat16> || bf16_g != std::is_same_v<GT, bf16>) continue;
-    const Plan plan = make_plan(a.layout);
-    const int64_t bytes = carve(nullptr, a.layout, plan).bytes;
-    if (b.count == kCameFactoredBatchTasks || used + bytes > workspace_bytes) {
-      launch_factored_batch<MT, GT>(b);
-      b.count = 0;
-      used = 0;
-    }
-    FactoredTask& t = b.task[b.count++];
-    t.l = a.layout;
-    t.plan = plan;
-    t.w = carve(workspace + used, a.layout, plan);
-    used += bytes;
-    const GT* g = bf16_g ? reinterpret_cast<const GT*>(a.bf16_param.grad) : reinterpret_cast<const GT*>(a.grad);
-    t.g = g;
-    t.m = a.exp_avg;
-    t.param = a.param;
-    t.row_stat[0] = a.exp_avg_sq_row;
-    t.row_stat[1] = a.exp_avg_res_row;
-    t.col_stat[0] = a.exp_avg_sq_col;
-    t.col_stat[1] = a.exp_avg_res_col;
-    t.out = a.bf16_param;
-    t.beta[0] = a.beta2;
-    t.beta[1] = a.beta3;
-    // The scalars as came_factored converts them.
-    t.gs = float(a.grad_scale);
-    t.eps1 = float(a.eps1);
-    t.b1 = float(a.beta1);
-    t.one_b1 = float(1.0 - a.beta1);
-    t.eps2 = float(a.eps2);
-    t.lr = float(a.lr);
-    t.decay = float(-a.weight_decay * a.lr);
-    t.wd = a.weight_decay != 0.0;
-    t.threshold = float(a.clip_threshold);
-    t.vec = vectorizable(a.layout, {g, a.param, a.exp_avg});
-    t.update_blocks = reduce_blocks(a.layout.numel() / 4 + 1);
-  }
-  if (b.count > 0) launch_factored_batch<MT, GT>(b);
+void batch_steps_of_kind(const CameFactoredArgs* steps, int64_t count, char* workspace, int64_t workspace_bytes) {
+  batch_steps<CameBatch>(
+      steps, count, workspace, workspace_bytes,
+      [](const CameFactoredArgs& a) {
+        const bool bf16_m = a.exp_avg_dtype == DType::bf16, bf16_g = a.bf16_param.grad != nullptr;
+        return bf16_m == std::is_same_v<MT, __nv_bfloat16> && bf16_g == std::is_same_v<GT, bf16>;
+      },
+      [](FactoredTask<2>& t, const CameFactoredArgs& a) {
+        const void* g = a.bf16_param.grad ? static_cast<const void*>(a.bf16_param.grad) : a.grad;
+        fill_common(t, a, g);
+        t.row_stat[0] = a.exp_avg_sq_row;
+        t.row_stat[1] = a.exp_avg_res_row;
+        t.col_stat[0] = a.exp_avg_sq_col;
+        t.col_stat[1] = a.exp_avg_res_col;
+        t.beta[0] = a.beta2;
+        t.beta[1] = a.beta3;
+        t.eps2 = float(a.eps2);
+        t.vec = vectorizable(a.layout, {g, a.param, a.exp_avg});
+      },
+      [](CameBatch& b) { launch_factored_batch<MT, GT>(b); });
 }
 
 }  // namespace
@@ -559,44 +389,26 @@ void came_factored_steps(const CameFactoredArgs* steps, int64_t count, void* wor
     came_factored_step(one);
   }
   char* base = static_cast<char*>(workspace);
-  batch_steps<float, float>(steps, count, base, workspace_bytes);
-  batch_steps<float, bf16>(steps, count, base, workspace_bytes);
-  batch_steps<__nv_bfloat16, float>(steps, count, base, workspace_bytes);
-  batch_steps<__nv_bfloat16, bf16>(steps, count, base, workspace_bytes);
+  batch_steps_of_kind<float, float>(steps, count, base, workspace_bytes);
+  batch_steps_of_kind<float, bf16>(steps, count, base, workspace_bytes);
+  batch_steps_of_kind<__nv_bfloat16, float>(steps, count, base, workspace_bytes);
+  batch_steps_of_kind<__nv_bfloat16, bf16>(steps, count, base, workspace_bytes);
 }
 
 void came_dense_steps(const CameDenseArgs* steps, int64_t count) {
-  DenseBatch f32{}, bf{};
+  CameDenseBatch f32{}, bf{};
   for (int64_t i = 0; i < count; ++i) {
     const CameDenseArgs& a = steps[i];
-    TALLY_CHECK(!a.stats, "[came_dense_steps] a batched step cannot carry statistics");
-    if (a.bf16_param.grad)
-      TALLY_CHECK(a.bf16_param.param && !a.grad, "[came_dense_steps] a fused bf16 step takes the bf16 gradient and ",
-                  "parameter (no f32 gradient)");
-    if (a.n == 0 && !a.shard.sum) continue;
-    if (a.n > kCameDenseBatchMax || a.shard.sum) {  // a part of a sharded tensor: its clip needs a cross-rank sum
+    const DenseRoute route = dense_route(a, "came_dense_steps");
+    if (route == DenseRoute::skip) continue;
+    if (route == DenseRoute::alone) {
       came_dense_step(a);
       continue;
     }
     const bool is_bf16 = a.exp_avg_dtype == DType::bf16;
-    DenseBatch& b = is_bf16 ? bf : f32;
-    DenseTask& t = b.task[b.count++];
-    t.param = a.param;
-    t.grad = a.grad;
-    t.exp_avg = a.exp_avg;
-    t.v = a.exp_avg_sq;
-    t.bf16 = a.bf16_param;
-    t.n = int(a.n);
-    t.gs = float(a.grad_scale);
-    t.eps1 = float(a.eps1);
-    t.b2 = float(a.beta2);
-    t.one_b2 = float(1.0 - a.beta2);
-    t.b1 = float(a.beta1);
-    t.one_b1 = float(1.0 - a.beta1);
-    t.lr = float(a.lr);
-    t.decay = a.weight_decay != 0.0 ? float(-a.weight_decay * a.lr) : 0.0f;
-    t.threshold = float(a.clip_threshold);
-    if (b.count == kCameDenseBatchTasks) {
+    CameDenseBatch& b = is_bf16 ? bf : f32;
+    b.task[b.count++] = dense_task(a, a.beta2);
+    if (b.count == CameDenseBatch::kCapacity) {
       is_bf16 ? launch_dense_batch<__nv_bfloat16>(b) : launch_dense_batch<float>(b);
       b.count = 0;
     }
