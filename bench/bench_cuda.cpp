@@ -127,13 +127,18 @@ int main() {
     }
     kernels::cuda::set_linear_epilogues(kernels::cuda::LinearEpilogues::separate);
   }
-  {
-    Tensor x = gpu_randn({N, C}, 13), w = gpu_randn({C}, 14), bias = gpu_randn({C}, 15), up = gpu_randn({N, C}, 16);
-    bandwidth("layer_norm forward (8192x768)", 2.0 * 4 * N * C, [&] { layer_norm(x, w, bias); }, 20);
+  // LayerNorm at GPT-2's (B*T, C), f32 and bf16 (bytes: the forward reads x and writes y; forward and backward read
+  // x three times, dy twice, write y and dx: 7 passes).
+  for (const DType t : {DType::f32, DType::bf16}) {
+    const double bytes = double(dtype_size(t)) * N * C;
+    const std::string what = t == DType::f32 ? "f32" : "bf16";
+    Tensor x = gpu_randn({N, C}, 13, t), w = gpu_randn({C}, 14, t), bias = gpu_randn({C}, 15, t);
+    Tensor up = gpu_randn({N, C}, 16, t);
+    bandwidth("layer_norm forward (8192x768) " + what, 2.0 * bytes, [&] { layer_norm(x, w, bias); }, 20);
     w.set_requires_grad(true);
     bias.set_requires_grad(true);
     x.set_requires_grad(true);
-    bandwidth("layer_norm forward+backward", 7.0 * 4 * N * C, [&] {
+    bandwidth("layer_norm forward+backward " + what, 7.0 * bytes, [&] {
       layer_norm(x, w, bias).backward(up);
       x.clear_grad();
       w.clear_grad();

@@ -2,8 +2,12 @@
 // same step bench/peers/torch_gpt2_step.py times in PyTorch eager: ms per step (best and median of the timed
 // steps, with the forward / backward / optimizer split), tokens/s, the process's peak RSS (VmHWM) and the memory
 // ledger's peak. Run one configuration per process when comparing peak RSS (scripts/bench.sh does).
+// --device meta runs the same step on the meta device as it would run on CUDA (--dtype bf16 for mixed precision):
+// every op, autograd node, ledger entry and optimizer slot, but no arithmetic and no launches: the time is tally's own
+// host work per step, which a GPU step cannot go below.
 // Usage: bench_gpt2_step [--models gpt2,d4] [--batch 4] [--seq 64] [--optimizer adamw|came|adafactor|none]
-//                        [--threads N] [--steps 3] [--warmup 1] [--json] [--ledger]
+//                        [--threads N] [--steps 3] [--warmup 1] [--device cpu|meta] [--dtype f32|bf16] [--json]
+//                        [--ledger]
 #include <omp.h>
 
 #include <algorithm>
@@ -45,7 +49,8 @@ double peak_rss_mib() {
   return -1;
 }
 
-Tensor random_tokens(int64_t B, int64_t T, int64_t V, uint64_t seed) {
+Tensor random_tokens(int64_t B, int64_t T, int64_t V, uint64_t seed, Device device) {
+  if (device.is_meta()) return empty({B, T}, {.dtype = DType::i32, .device = device});
   std::vector<int32_t> ids(static_cast<size_t>(B * T));
   for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t(philox(seed, i)[0] % uint32_t(V));
   return from_vector(ids, {B, T}, {.dtype = DType::i32});
@@ -64,21 +69,26 @@ struct Options {
   int64_t B = 4, T = 64;
   int steps = 3, warmup = 1;
   std::string optimizer = "adamw";
+  Device device = Device::cpu();  // or the meta device planning for CUDA
+  DType dtype = DType::f32;
   bool json = false, ledger_table = false;
 };
 
 void bench(const std::string& preset, const Options& o) {
   models::GPT2Config config = models::GPT2Config::preset(preset);
   auto t_init = Clock::now();
-  models::GPT2 model(config, {.seed = 1});
+  models::GPT2 model(config, {.device = o.device, .dtype = o.dtype, .seed = 1});
   const double init_ms = ms_since(t_init);
   std::unique_ptr<optim::Optimizer> opt = make_optimizer(o.optimizer, model.parameters());
-  Tensor idx = random_tokens(o.B, o.T, config.vocab_size, 1), tgt = random_tokens(o.B, o.T, config.vocab_size, 2);
+  Tensor idx = random_tokens(o.B, o.T, config.vocab_size, 1, o.device);
+  Tensor tgt = random_tokens(o.B, o.T, config.vocab_size, 2, o.device);
   if (!o.json)
-    std::printf("\n== %s (%s, %lld parameters), B=%lld T=%lld, optimizer %s, %d threads; init %.0f ms\n", preset.c_str(),
-                config.str().c_str(), (long long)model.num_parameters(), (long long)o.B, (long long)o.T,
-                o.optimizer.c_str(), omp_get_max_threads(), init_ms);
-  ledger().reset_peaks();
+    std::printf("\n== %s (%s, %lld parameters), B=%lld T=%lld, optimizer %s, %d threads, %s %s; init %.0f ms\n",
+                preset.c_str(), config.str().c_str(), (long long)model.num_parameters(), (long long)o.B,
+                (long long)o.T, o.optimizer.c_str(), omp_get_max_threads(), o.device.str().c_str(),
+                dtype_name(o.dtype), init_ms);
+  Ledger& book = ledger(o.device);
+  book.reset_peaks();
   std::vector<double> total, fwd_ms, bwd_ms, opt_ms, cpu;
   double last_loss = 0;
   for (int step = 0; step < o.warmup + o.steps; ++step) {
@@ -98,13 +108,13 @@ void bench(const std::string& preset, const Options& o) {
     }
     const double ost = ms_since(t2);
     const double step_cpu = cpu_ms() - c0;
-    last_loss = loss.item();
+    last_loss = o.device.is_meta() ? 0.0 : loss.item();  // the meta device computes no values
     loss = Tensor();
     if (!o.json)
       std::printf("step %d%s: loss %.4f  forward %8.1f  backward %8.1f  optimizer %7.1f  total %8.1f ms\n", step,
                   step < o.warmup ? " (warmup)" : "", last_loss, fwd, bwd, ost, fwd + bwd + ost);
     if (step == 0 && o.ledger_table && !o.json)
-      std::printf("\nmemory ledger (CPU) after the first step:\n%s\n", ledger().table().c_str());
+      std::printf("\nmemory ledger (%s) after the first step:\n%s\n", o.device.str().c_str(), book.table().c_str());
     if (step >= o.warmup) {
       total.push_back(fwd + bwd + ost);
       fwd_ms.push_back(fwd);
@@ -120,14 +130,16 @@ void bench(const std::string& preset, const Options& o) {
   const double tokens = double(o.B * o.T);
   const double best_cpu = *std::min_element(cpu.begin(), cpu.end());
   const double rss = peak_rss_mib();
-  const double ledger_total_peak = double(ledger().total().peak_requested) / 1048576.0;
+  const double ledger_total_peak = double(book.total().peak_requested) / 1048576.0;
   if (o.json) {
     std::printf(
-        "{\"peer\": \"tally\", \"model\": \"%s\", \"threads\": %d, \"optimizer\": \"%s\", \"params\": %lld, "
+        "{\"peer\": \"tally\", \"model\": \"%s\", \"device\": \"%s\", \"dtype\": \"%s\", \"threads\": %d, "
+        "\"optimizer\": \"%s\", \"params\": %lld, "
         "\"batch\": %lld, \"seq\": %lld, \"init_ms\": %.1f, \"best_ms\": %.2f, \"ms_per_step\": %.2f, "
         "\"cpu_ms\": %.2f, \"forward_ms\": %.2f, \"backward_ms\": %.2f, \"optimizer_ms\": %.2f, \"tokens_per_s\": %.1f, "
         "\"peak_rss_mb\": %.1f, \"ledger_peak_mb\": %.1f, \"loss\": %.5f}\n",
-        preset.c_str(), omp_get_max_threads(), o.optimizer.c_str(), (long long)model.num_parameters(), (long long)o.B,
+        preset.c_str(), o.device.str().c_str(), dtype_name(o.dtype), omp_get_max_threads(), o.optimizer.c_str(),
+        (long long)model.num_parameters(), (long long)o.B,
         (long long)o.T, init_ms, best, median, best_cpu, fwd_ms[best_index], bwd_ms[best_index], opt_ms[best_index],
         tokens / (best / 1000.0), rss, ledger_total_peak, last_loss);
   } else {
@@ -146,7 +158,7 @@ int main(int argc, char** argv) {
   Options o;
   const char* usage =
       "flags: --models gpt2,d4 --batch B --seq T --optimizer adamw|came|adafactor|none --threads N --steps N "
-      "--warmup N --json --ledger";
+      "--warmup N --device cpu|meta --dtype f32|bf16 --json --ledger";
   for (int i = 1; i < argc; ++i) {
     std::string k = argv[i];
     if (k == "--json") {
@@ -169,6 +181,11 @@ int main(int argc, char** argv) {
     else if (k == "--warmup") o.warmup = std::atoi(v.c_str());
     else if (k == "--optimizer") o.optimizer = v;
     else if (k == "--threads") omp_set_num_threads(std::atoi(v.c_str()));
+    else if ((k == "--device" && v != "cpu" && v != "meta") || (k == "--dtype" && v != "f32" && v != "bf16")) {
+      std::fprintf(stderr, "%s %s: not one of %s\n", k.c_str(), v.c_str(), k == "--device" ? "cpu, meta" : "f32, bf16");
+      return 2;
+    } else if (k == "--device") o.device = v == "meta" ? Device::meta(DeviceKind::cuda) : Device::cpu();
+    else if (k == "--dtype") o.dtype = v == "bf16" ? DType::bf16 : DType::f32;
     else {
       std::fprintf(stderr, "unknown flag %s (%s)\n", k.c_str(), usage);
       return 2;
@@ -176,6 +193,10 @@ int main(int argc, char** argv) {
   }
   if (o.B < 1 || o.T < 1 || o.steps < 1 || o.warmup < 0) {
     std::fprintf(stderr, "--batch, --seq and --steps must be positive\n");
+    return 2;
+  }
+  if (o.dtype == DType::bf16 && !o.device.is_meta()) {
+    std::fprintf(stderr, "--dtype bf16 trains on CUDA only: here with --device meta (the step's host work)\n");
     return 2;
   }
   std::stringstream list(models);

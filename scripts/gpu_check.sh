@@ -182,10 +182,11 @@ if [ -n "$bin_dir" ]; then
     while IFS= read -r line; do
       row "$(echo "${line:2:46}" | sed 's/ *$//')" "$(echo "${line:48}" | tr -s ' ' | sed 's/^ //')"
     done < <(grep -E "^  (CAME|Adafactor) gpt2 matrices" "$out/bench.log")
-    # Attention (causal row blocks, section 16) and c_fc + GELU with and without cuBLASLt's epilogues (section 15).
+    # Attention (causal row blocks, section 16), c_fc + GELU with and without cuBLASLt's epilogues (section 15), and
+    # LayerNorm a warp per row (section 18).
     while IFS= read -r line; do
       row "$(echo "${line:2:46}" | sed 's/ *$//')" "$(echo "${line:48}" | tr -s ' ' | sed 's/^ //')"
-    done < <(grep -E "^  (attention forward|c_fc\+gelu)" "$out/bench.log")
+    done < <(grep -E "^  (attention forward|c_fc\+gelu|layer_norm)" "$out/bench.log")
   fi
 
   # ---- GPT-2 124M training step beside PyTorch on the same GPU, model, batch and optimizer ----

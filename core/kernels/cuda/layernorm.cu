@@ -1,8 +1,10 @@
 // CUDA kernels: fused LayerNorm over the last dim of (N, C), forward (saving mean and rstd) and backward.
-// One block per row, double accumulators like the CPU. dweight/dbias are column sums over the N rows, done by
-// the deterministic chunked column reduction of reduce.cuh (per-block partials, then a second kernel; no
-// atomics), so repeated runs give identical bits. bf16 rows are computed in float (C = acc_t<T>), with mean and
-// rstd kept in float.
+// One warp per row (8 rows to a block of 256 threads): a lane takes columns lane, lane + 32, ... (each load a
+// warp-wide 128-byte run for f32), sums in double like the CPU, and the warp's butterfly sums give every lane the
+// row's totals with no block barrier; a row's second and third reads hit the cache (bench/NOTES.md section 18).
+// dweight/dbias are column sums over the N rows, done by the deterministic chunked column reduction of reduce.cuh
+// (per-block partials, then a second kernel; no atomics), so repeated runs give identical bits. bf16 rows are
+// computed in float (C = acc_t<T>), with mean and rstd kept in float.
 #include "core/cuda/common.cuh"
 #include "core/kernels/cuda/convert.cuh"
 #include "core/kernels/cuda/reduce.cuh"
@@ -12,30 +14,39 @@ namespace tally::kernels::cuda {
 
 namespace {
 
-using tally::cuda::block_sum;
-using tally::cuda::row_threads;
 using tally::cuda::stream;
+using tally::cuda::warp_sum;
+
+constexpr int kRowsPerBlock = 8;  // warps of a 256-thread block, one row each
+
+// This warp's row, or -1 past the last.
+__device__ inline int64_t warp_row(int64_t N) {
+  const int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+  return r < N ? r : -1;
+}
 
 template <class T>
 __global__ void layernorm_forward_kernel(const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,
                                          T* __restrict__ y, acc_t<T>* __restrict__ mean, acc_t<T>* __restrict__ rstd,
-                                         int64_t C, double eps) {
+                                         int64_t N, int64_t C, double eps) {
   using A = acc_t<T>;
-  const int64_t r = blockIdx.x;
+  const int64_t r = warp_row(N);
+  if (r < 0) return;
+  const int lane = threadIdx.x & 31;
   const T* xr = x + r * C;
   T* yr = y + r * C;
   double s = 0.0;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) s += double(to_acc(xr[c]));
-  const A m = A(block_sum(s) / double(C));
+  for (int64_t c = lane; c < C; c += 32) s += double(to_acc(xr[c]));
+  const A m = A(warp_sum(s) / double(C));
   double v = 0.0;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+  for (int64_t c = lane; c < C; c += 32) {
     const double d = double(to_acc(xr[c]) - m);
     v += d * d;
   }
-  const A rs = A(1.0 / sqrt(block_sum(v) / double(C) + eps));
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x)
+  const A rs = A(1.0 / sqrt(warp_sum(v) / double(C) + eps));
+  for (int64_t c = lane; c < C; c += 32)
     yr[c] = from_acc<T>((to_acc(xr[c]) - m) * rs * to_acc(weight[c]) + to_acc(bias[c]));
-  if (threadIdx.x == 0) {
+  if (lane == 0) {
     mean[r] = m;
     rstd[r] = rs;
   }
@@ -44,25 +55,30 @@ __global__ void layernorm_forward_kernel(const T* __restrict__ x, const T* __res
 template <class T>
 __global__ void layernorm_backward_dx_kernel(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ weight,
                                              const acc_t<T>* __restrict__ mean, const acc_t<T>* __restrict__ rstd,
-                                             T* __restrict__ dx, int64_t C) {
+                                             T* __restrict__ dx, int64_t N, int64_t C) {
   using A = acc_t<T>;
-  const int64_t r = blockIdx.x;
+  const int64_t r = warp_row(N);
+  if (r < 0) return;
+  const int lane = threadIdx.x & 31;
   const T *dyr = dy + r * C, *xr = x + r * C;
   T* dxr = dx + r * C;
   const A m = mean[r], rs = rstd[r];
   double sum_g = 0.0, sum_gn = 0.0;  // sums of dnorm and dnorm * norm, dnorm = dy * weight
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+  for (int64_t c = lane; c < C; c += 32) {
     const A g = to_acc(dyr[c]) * to_acc(weight[c]);
     sum_g += double(g);
     sum_gn += double(g) * double((to_acc(xr[c]) - m) * rs);
   }
-  const A mg = A(block_sum(sum_g) / double(C));
-  const A mgn = A(block_sum(sum_gn) / double(C));
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+  const A mg = A(warp_sum(sum_g) / double(C));
+  const A mgn = A(warp_sum(sum_gn) / double(C));
+  for (int64_t c = lane; c < C; c += 32) {
     const A norm = (to_acc(xr[c]) - m) * rs;
     dxr[c] = from_acc<T>(rs * (to_acc(dyr[c]) * to_acc(weight[c]) - mg - norm * mgn));
   }
 }
+
+// Blocks of kRowsPerBlock warps for N rows.
+unsigned row_blocks(int64_t N) { return unsigned((N + kRowsPerBlock - 1) / kRowsPerBlock); }
 
 // dweight[c] = sum_i dy[i, c] * norm[i, c]
 template <class T>
@@ -91,7 +107,8 @@ void layernorm_forward(const T* x, const T* weight, const T* bias, T* y, acc_t<T
                        int64_t C, double eps) {
   if (N == 0 || C == 0) return;
   TALLY_CHECK(N <= int64_t(INT32_MAX), "[layernorm_forward] too many rows: ", N);
-  layernorm_forward_kernel<T><<<unsigned(N), row_threads(C), 0, stream()>>>(x, weight, bias, y, mean, rstd, C, eps);
+  layernorm_forward_kernel<T><<<row_blocks(N), 32 * kRowsPerBlock, 0, stream()>>>(x, weight, bias, y, mean, rstd, N, C,
+                                                                                 eps);
   TALLY_CUDA_LAUNCH_CHECK("layernorm_forward_kernel");
 }
 
@@ -101,7 +118,8 @@ void layernorm_backward(const T* dy, const T* x, const T* weight, const acc_t<T>
   if (C == 0) return;
   TALLY_CHECK(N <= int64_t(INT32_MAX), "[layernorm_backward] too many rows: ", N);
   if (dx && N > 0) {
-    layernorm_backward_dx_kernel<T><<<unsigned(N), row_threads(C), 0, stream()>>>(dy, x, weight, mean, rstd, dx, C);
+    layernorm_backward_dx_kernel<T><<<row_blocks(N), 32 * kRowsPerBlock, 0, stream()>>>(dy, x, weight, mean, rstd, dx,
+                                                                                      N, C);
     TALLY_CUDA_LAUNCH_CHECK("layernorm_backward_dx_kernel");
   }
   // One after the other on the stream: they share the workspace.

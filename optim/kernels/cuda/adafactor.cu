@@ -164,7 +164,8 @@ void factored_first_passes(const AdafactorFactoredArgs& a, const GT* g, const Pl
 // ---- adafactor_factored_steps: whole factored tensors of plain layout (Q*S == 1), without statistics, stepped
 // together (batches.cuh): each of the six launches of a factored step runs once for a batch of tensors.
 using AdafactorBatch = FactoredBatch<1, kAdafactorFactoredBatchTasks>;
-static_assert(sizeof(AdafactorBatch) <= 4000, "adafactor_factored_steps: the launch's parameters must stay under 4 KiB");
+static_assert(sizeof(AdafactorBatch) <= 4000,
+              "adafactor_factored_steps: the launch's parameters must stay under 4 KiB");
 
 __device__ inline UpdateScalars update_scalars_of(const FactoredTask<1>& t) {
   return {.gs = t.gs, .lr = t.lr, .b1 = t.b1, .one_b1 = t.one_b1, .decay = t.decay, .wd = t.wd};
@@ -219,12 +220,14 @@ void batch_steps_of_kind(const AdafactorFactoredArgs* steps, int64_t count, char
 
 // ---- adafactor_dense_steps: one block per small tensor runs the whole of adafactor_dense_step (batches.cuh).
 using AdafactorDenseBatch = DenseBatch<kAdafactorDenseBatchTasks>;
-static_assert(sizeof(AdafactorDenseBatch) <= 4000, "adafactor_dense_batch: the launch's parameters must stay under 4 KiB");
+static_assert(sizeof(AdafactorDenseBatch) <= 4000,
+              "adafactor_dense_batch: the launch's parameters must stay under 4 KiB");
 
 __global__ void adafactor_dense_batch(const AdafactorDenseBatch b) {
   const DenseTask& t = b.task[blockIdx.x];
   float* m = static_cast<float*>(t.exp_avg);
-  const UpdateScalars s{.gs = t.gs, .lr = t.lr, .b1 = t.b1, .one_b1 = t.one_b1, .decay = t.decay, .wd = t.decay != 0.0f};
+  const UpdateScalars s{
+      .gs = t.gs, .lr = t.lr, .b1 = t.b1, .one_b1 = t.one_b1, .decay = t.decay, .wd = t.decay != 0.0f};
   dense_task_step(t, [&](int64_t e, float d) {  // as dense_update
     update_element(DenseFactor{t.v}(e), grad_of(t, e), m ? m + e : nullptr, t.param + e, d, s);
   });
