@@ -5,9 +5,7 @@
 #ifdef TALLY_HAS_CUDA
 #include "core/kernels/cuda/attention_cudnn.h"
 
-#include <atomic>
-#include <cstdlib>
-#include <cstring>
+#include "core/cuda/env_switch.h"
 
 #ifdef TALLY_HAS_CUDNN
 #include <cuda_runtime_api.h>
@@ -47,22 +45,12 @@ bool refuse(std::string why) {
 std::string cudnn_attention_last_refusal() { return g_refusal; }
 
 namespace {
-std::atomic<int>& mode() {  // -1: not read from the environment yet
-  static std::atomic<int> m{-1};
-  return m;
-}
+tally::cuda::EnvSwitch g_switch{"TALLY_CUDNN_ATTENTION"};
 }  // namespace
 
-bool cudnn_attention_enabled() {
-  if (mode().load() < 0) {
-    const char* e = std::getenv("TALLY_CUDNN_ATTENTION");
-    int expected = -1;
-    mode().compare_exchange_strong(expected, e && std::strcmp(e, "1") == 0 ? 1 : 0);
-  }
-  return mode().load() == 1 && cudnn_attention_built();
-}
+bool cudnn_attention_enabled() { return g_switch.on() && cudnn_attention_built(); }
 
-void set_cudnn_attention(CudnnAttention m) { mode().store(m == CudnnAttention::on ? 1 : 0); }
+void set_cudnn_attention(CudnnAttention m) { m == CudnnAttention::on ? g_switch.turn_on() : g_switch.turn_off(); }
 
 #ifndef TALLY_HAS_CUDNN
 

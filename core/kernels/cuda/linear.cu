@@ -14,15 +14,13 @@
 // with cuBLAS's own workspace (planned: the ledger does not change).
 #include <cublasLt.h>
 
-#include <atomic>
-#include <cstdlib>
-#include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
 #include <tuple>
 #include <type_traits>
 
+#include "core/cuda/env_switch.h"
 #include "core/kernels/cuda/gemm.cuh"
 #include "core/kernels/cuda/linear_epilogues.h"
 
@@ -40,10 +38,7 @@ bool refuse(std::string why) {
   return false;
 }
 
-std::atomic<int>& mode() {  // -1: not read from the environment yet
-  static std::atomic<int> m{-1};
-  return m;
-}
+tally::cuda::EnvSwitch g_switch{"TALLY_CUBLASLT_EPILOGUES"};
 
 // What a problem is cached by.
 struct LtKey {
@@ -194,16 +189,11 @@ bool lt_matmul(const GemmArgs<T>& g, cublasLtEpilogue_t epilogue, const void* bi
 
 }  // namespace
 
-bool linear_epilogues_enabled() {
-  if (mode().load() < 0) {
-    const char* e = std::getenv("TALLY_CUBLASLT_EPILOGUES");
-    int expected = -1;
-    mode().compare_exchange_strong(expected, e && std::strcmp(e, "1") == 0 ? 1 : 0);
-  }
-  return mode().load() == 1;
-}
+bool linear_epilogues_enabled() { return g_switch.on(); }
 
-void set_linear_epilogues(LinearEpilogues m) { mode().store(m == LinearEpilogues::cublaslt ? 1 : 0); }
+void set_linear_epilogues(LinearEpilogues m) {
+  m == LinearEpilogues::cublaslt ? g_switch.turn_on() : g_switch.turn_off();
+}
 
 std::string linear_epilogues_last_refusal() { return g_refusal; }
 
