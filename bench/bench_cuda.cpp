@@ -197,6 +197,16 @@ int main() {
     }
     Tensor ws = empty({largest}, {.dtype = DType::u8, .device = d});
     std::vector<Tensor> keep;  // the buffers of every tensor
+    // A step's gradient: f32, or (fused) bf16 with the bf16 parameter the step rounds into.
+    auto set_gradient = [&keep](auto& step, const Tensor& g, const Tensor& param, bool fused) {
+      if (!fused) {
+        step.grad = g.data<float>();
+        return;
+      }
+      Tensor gb = g.to(DType::bf16), pb = param.to(DType::bf16);
+      step.bf16_param = {.grad = gb.data<bf16>(), .param = pb.data<bf16>(), .seed = 7, .offset = 0};
+      keep.insert(keep.end(), {gb, pb});
+    };
     for (const bool fused : {false, true}) {
       std::vector<CameFactoredArgs> args;
       for (size_t i = 0; i < layouts.size(); ++i) {
@@ -220,13 +230,7 @@ int main() {
                               .eps2 = 1e-16,
                               .clip_threshold = 1.0,
                               .workspace = ws.data_ptr()};
-        if (fused) {
-          Tensor gb = g.to(DType::bf16), pb = param.to(DType::bf16);
-          step.bf16_param = {.grad = gb.data<bf16>(), .param = pb.data<bf16>(), .seed = 7, .offset = 0};
-          keep.insert(keep.end(), {gb, pb});
-        } else {
-          step.grad = g.data<float>();
-        }
+        set_gradient(step, g, param, fused);
         keep.insert(keep.end(), {param, m, g, stats[0], stats[1], stats[2], stats[3]});
         args.push_back(step);
       }
@@ -258,13 +262,7 @@ int main() {
                                    .eps1 = 1e-30,
                                    .clip_threshold = 1.0,
                                    .workspace = ws.data_ptr()};
-        if (fused) {
-          Tensor gb = g.to(DType::bf16), pb = param.to(DType::bf16);
-          step.bf16_param = {.grad = gb.data<bf16>(), .param = pb.data<bf16>(), .seed = 7, .offset = 0};
-          keep.insert(keep.end(), {gb, pb});
-        } else {
-          step.grad = g.data<float>();
-        }
+        set_gradient(step, g, param, fused);
         keep.insert(keep.end(), {param, g, row, col});
         args.push_back(step);
       }
