@@ -155,7 +155,8 @@ if [ -n "$bin_dir" ]; then
       t0=$(date +%s)
       say "== compute-sanitizer memcheck (TALLY_CUDA_ALLOCATOR=direct)"
       subset="cuda copy*,cuda fill*,cuda op table*,cuda linear*"
-      subset+=",cuda: every optimizer*,cuda: CAME steps*,cuda: gradient norm*"  # the optimizer kernels (suite optim)
+      subset+=",cuda: every optimizer*,cuda: CAME steps*,cuda: Adafactor steps*,cuda: CAME and Adafactor*"
+      subset+=",cuda: gradient norm*"  # the optimizer kernels (suite optim)
       subset+=",cuda: a ZeRO-1*"  # the ZeRO-1 kernels (cross-rank sums; NCCL itself is not ours to memcheck)
       ops="add,sub,mul,div,softmax,log_softmax,layer_norm,embedding,cross_entropy,causal_self_attention,max,dropout,linear,linear_gelu"
       TALLY_CUDA_ALLOCATOR=direct timeout 150 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 99 \
