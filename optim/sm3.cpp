@@ -62,10 +62,11 @@ int64_t Sm3::workspace_for(const Slot& s) const {
 
 void Sm3::update(Slot& s, const Tensor& grad, const StepOptions& o, void* workspace, double* stats) {
   const Sm3Config& c = config_of(s);
+  const KernelGradient g = kernel_gradient(s, grad);
   kernels::Sm3Args a{
       .shape = kernel_shape(s),
       .param = param_f32(s),
-      .grad = grad.data<float>(),
+      .grad = g.f32,
       .momentum_buffer = s.has("momentum_buffer") ? s.f32("momentum_buffer") : nullptr,
       .lr = c.lr,
       .momentum = c.momentum,
@@ -75,6 +76,7 @@ void Sm3::update(Slot& s, const Tensor& grad, const StepOptions& o, void* worksp
       .grad_scale = o.grad_scale,
       .workspace = workspace,
       .stats = stats,
+      .bf16_param = g.bf16,
   };
   for (int k = 0; k < std::max(1, a.shape.rank); ++k) a.accumulators[k] = s.f32(cat("accumulator_", k));
   TALLY_KERNEL(s.param.device(), sm3_step, a);

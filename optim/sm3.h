@@ -25,6 +25,7 @@ void validate(const Sm3Config& config, int group);
 class Sm3 final : public OptimizerWith<Sm3, Sm3Config> {
  public:
   static constexpr const char* kKind = "sm3";
+  static constexpr bool kFusedBf16 = true;  // its CUDA kernels take FusedBf16 (bf16 gradient in, bf16 parameter out)
   using OptimizerWith::OptimizerWith;
 
   // momentum_buffer (momentum > 0), then one accumulator per dim (rank >= 2, StateIndex::whole: never cut over

@@ -3,7 +3,7 @@
 // with identical signatures: optim::kernels::cpu (optim/kernels/cpu/*.cpp) and optim::kernels::cuda
 // (optim/kernels/cuda/*.cu, when built). Parameters, gradients and second-moment state are f32; a first moment
 // may be bf16 (stored rounded to nearest even, arithmetic in f32). bf16 parameters are updated through f32 master
-// copies (round_to_bf16 writes them back; every optimizer's step but SM3's may on CUDA read bf16 gradients and
+// copies (round_to_bf16 writes them back; every optimizer's step may on CUDA read bf16 gradients and
 // write bf16 parameters itself: FusedBf16). Pointers are device pointers of the backend.
 #pragma once
 #include <cstdint>
@@ -61,7 +61,7 @@ struct Sharding {
 };
 
 // ---- CAME (came-pytorch 0.1.3) ----
-// Mixed precision fused into a step on CUDA (every optimizer's but SM3's): the kernels read the bf16 gradient in place
+// Mixed precision fused into a step on CUDA (every optimizer's): the kernels read the bf16 gradient in place
 // of `grad` (widening is exact) and, after updating the f32 master weights (`param`), write the bf16 parameter exactly
 // as round_to_bf16(master, param, n, seed, offset) would. This replaces a widening copy and a rounding launch per
 // tensor, and the f32 buffer the gradient was widened into. No statistics.
@@ -201,6 +201,7 @@ struct Sm3Args {
   double grad_scale = 1;
   void* workspace = nullptr;  // sm3_workspace_bytes(shape) bytes
   double* stats = nullptr;
+  FusedBf16 bf16_param = {};  // CUDA only, without statistics: `grad` is then null, `param` the master weights
 };
 
 // ---- LAMB (pytorch_optimizer 4.1.0's Lamb, its default foreach path) ----

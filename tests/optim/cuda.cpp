@@ -183,7 +183,7 @@ TEST_CASE("cuda: CAME and Adafactor step many small dense tensors together as th
   }
 }
 
-// A bf16 parameter's step on CUDA (every optimizer but SM3) reads its gradient from bf16 and rounds its parameter in
+// A bf16 parameter's step on CUDA (every optimizer) reads its gradient from bf16 and rounds its parameter in
 // the kernels (FusedBf16): every tensor, CAME's and Adafactor's in batches (*_dense_steps, *_factored_steps). The
 // kernels' arithmetic is the same for an f32 parameter given the widened gradient (widening is exact), so the master
 // must equal that parameter bit for bit, and the bf16 parameter must be round_to_bf16 of the master with the
@@ -219,6 +219,11 @@ TEST_CASE("cuda: bf16 optimizer steps fuse the gradient widening and the roundin
              p, SgdConfig{.lr = 1e-2, .momentum = 0.9, .weight_decay = 0.1, .nesterov = optim::Nesterov::yes});
        }},
       {"lamb", [](const std::vector<Tensor>& p) { return std::make_unique<Lamb>(p, LambConfig{.lr = 1e-2}); }},
+      {"sm3", [](const std::vector<Tensor>& p) { return std::make_unique<Sm3>(p, Sm3Config{.lr = 1e-2}); }},
+      {"sm3 momentum, beta, wd",
+       [](const std::vector<Tensor>& p) {
+         return std::make_unique<Sm3>(p, Sm3Config{.lr = 1e-2, .momentum = 0.9, .beta = 0.5, .weight_decay = 0.1});
+       }},
   };
   for (const auto& maker : makers) {
     INFO(maker.first);

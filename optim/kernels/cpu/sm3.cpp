@@ -224,6 +224,7 @@ int64_t sm3_workspace_bytes(const Sm3Shape& shape) {
 }
 
 void sm3_step(const Sm3Args& a) {
+  refuse_fused_bf16(a.bf16_param, "sm3_step");
   int64_t n = 1;
   for (int k = 0; k < a.shape.rank; ++k) n *= a.shape.dims[k];
   if (n == 0) return;

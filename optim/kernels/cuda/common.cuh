@@ -80,6 +80,14 @@ __device__ inline void store_rounded_bf16x8(bf16* dst, const float* x, const rng
   *reinterpret_cast<uint4*>(dst) = out;
 }
 
+// The bf16 parameter of element e from its new master value x, as round_to_bf16 writes it, for kernels whose threads
+// do not take whole 8-element blocks (SM3's tiles give a row's consecutive elements to different threads): the
+// element draws its block's Philox numbers itself.
+__device__ inline void store_rounded_element(const FusedBf16& out, int64_t e, float x) {
+  const rng::Philox4 r = rng::philox4x32_10(out.seed, out.offset + uint64_t(e / 8));
+  out.param[e].bits = rounded_bf16(x, r, int(e % 8));
+}
+
 // The last pass of a fused bf16 step (FusedBf16): each thread takes whole 8-element Philox blocks of the n elements
 // (grid-stride); update(e) steps element e on the master and returns its new value, which the bf16 parameter gets
 // rounded as round_to_bf16 rounds it.

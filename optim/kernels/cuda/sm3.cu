@@ -3,8 +3,10 @@
 // rows x kTileCols columns per tile, a fixed grid striding over the tiles) updates every element from the old
 // accumulators and writes each tile's column maxima and each row's maxima per column tile into the workspace; then
 // one launch takes the maxima of every index of the dims before the last (a thread per index, over its rows) and one
-// the maxima of every column (over the row tiles), and writes the accumulators. Maxima are exact in any order and there are no
-// atomics: the result is the CPU's, element for element (the statistics sum in another order).
+// the maxima of every column (over the row tiles), and writes the accumulators. Maxima are exact in any order and there
+// are no atomics: the result is the CPU's, element for element (the statistics sum in another order). A bf16 parameter
+// (FusedBf16) is stepped from its bf16 gradient and written from its master in the same pass, each element drawing
+// its own Philox block's numbers (a tile's consecutive elements belong to different threads).
 #include "optim/kernels/cuda/common.cuh"
 
 namespace tally::optim::kernels::cuda {
@@ -54,15 +56,17 @@ __device__ inline float sm3_element(float g, float smallest, float* p, float* m,
   return v;
 }
 
-// Rank 0 or 1: one accumulator value per element (a vector keeps max(acc, v) with beta > 0, a scalar v).
-template <bool kStats, bool kMomentum, bool kBeta>
-__global__ void sm3_dense(int64_t n, const float* g, float* p, float* m, float* acc, Sm3Scalars s, bool keep_max,
-                          double* block_sums) {
+// Rank 0 or 1: one accumulator value per element (a vector keeps max(acc, v) with beta > 0, a scalar v). GT: the
+// gradient's type (f32, or bf16 with the parameter's rounding fused: `out`).
+template <bool kStats, bool kMomentum, bool kBeta, class GT>
+__global__ void sm3_dense(int64_t n, const GT* g, float* p, float* m, float* acc, Sm3Scalars s, bool keep_max,
+                          FusedBf16 out, double* block_sums) {
   double sums[3] = {0, 0, 0};
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
     const float old = acc[e];
-    const float v = sm3_element<kStats, kMomentum, kBeta>(g[e], old, p + e, kMomentum ? m + e : nullptr, s, sums);
+    const float v = sm3_element<kStats, kMomentum, kBeta>(load(g + e), old, p + e, kMomentum ? m + e : nullptr, s, sums);
     acc[e] = keep_max ? fmaxf(old, v) : v;
+    if (out.param) store_rounded_element(out, e, p[e]);
   }
   if constexpr (kStats) write_block_sums(sums, block_sums);
 }
@@ -101,9 +105,9 @@ __device__ inline float leading_min(const Sm3Walk& w, int64_t i) {
   return lead;
 }
 
-template <bool kStats, bool kMomentum, bool kBeta>
-__global__ void sm3_tiles(Sm3Walk w, Sm3Scalars s, const float* g, float* p, float* m, float* col_max, float* row_max,
-                          double* block_sums) {
+template <bool kStats, bool kMomentum, bool kBeta, class GT>
+__global__ void sm3_tiles(Sm3Walk w, Sm3Scalars s, const GT* g, float* p, float* m, FusedBf16 out, float* col_max,
+                          float* row_max, double* block_sums) {
   __shared__ float rows[kTileRows][kWarps];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   double sums[3] = {0, 0, 0};
@@ -118,8 +122,9 @@ __global__ void sm3_tiles(Sm3Walk w, Sm3Scalars s, const float* g, float* p, flo
       float v = 0;
       if (valid) {
         const int64_t e = i * w.K + j;
-        v = sm3_element<kStats, kMomentum, kBeta>(g[e], fminf(leading_min(w, i), last), p + e,
+        v = sm3_element<kStats, kMomentum, kBeta>(load(g + e), fminf(leading_min(w, i), last), p + e,
                                                   kMomentum ? m + e : nullptr, s, sums);
+        if (out.param) store_rounded_element(out, e, p[e]);
         col = fmaxf(col, v);
       }
       const float r = ::tally::cuda::warp_max(v);
@@ -173,15 +178,16 @@ __global__ void __launch_bounds__(kEmaThreads) sm3_columns(Sm3Walk w, const floa
   acc[j] = keep_max ? fmaxf(acc[j], mx) : mx;
 }
 
-// One step of a tensor with the flags as template arguments.
-template <bool kStats, bool kMomentum, bool kBeta>
-void sm3_launch(const Sm3Args& a, int64_t n) {
+// One step of a tensor with the flags as template arguments; GT: the gradient's type (bf16: fused, no statistics).
+template <bool kStats, bool kMomentum, bool kBeta, class GT>
+void sm3_launch(const Sm3Args& a, const GT* g, int64_t n) {
   const Sm3Scalars s = scalars_of(a);
   if (a.shape.rank < 2) {
     const DenseWorkspace w = carve_dense(a.workspace);
     const int blocks = kStats ? reduce_blocks(n) : int(imin((n + kThreads - 1) / kThreads, int64_t(1) << 30));
-    sm3_dense<kStats, kMomentum, kBeta><<<unsigned(blocks), kThreads, 0, stream()>>>(
-        n, a.grad, a.param, a.momentum_buffer, a.accumulators[0], s, kBeta && a.shape.rank == 1, w.block_sums);
+    sm3_dense<kStats, kMomentum, kBeta, GT><<<unsigned(blocks), kThreads, 0, stream()>>>(
+        n, g, a.param, a.momentum_buffer, a.accumulators[0], s, kBeta && a.shape.rank == 1, a.bf16_param,
+        w.block_sums);
     TALLY_CUDA_LAUNCH_CHECK("sm3 dense");
     if (kStats)
       launch_add_block_sums(w.block_sums, blocks, a.stats, kStatUpdateSq, kStatExpAvgSq, kStatAppliedSq, 3,
@@ -191,8 +197,8 @@ void sm3_launch(const Sm3Args& a, int64_t n) {
   const Sm3Walk walk = walk_of(a.shape, a.accumulators);
   const Sm3Workspace w = carve_sm3(a.workspace, walk.R, walk.K);
   const int blocks = int(imin(walk.tiles_i * walk.tiles_k, kMaxBlocks));
-  sm3_tiles<kStats, kMomentum, kBeta><<<unsigned(blocks), kThreads, 0, stream()>>>(
-      walk, s, a.grad, a.param, a.momentum_buffer, w.col_max, w.row_max, w.block_sums);
+  sm3_tiles<kStats, kMomentum, kBeta, GT><<<unsigned(blocks), kThreads, 0, stream()>>>(
+      walk, s, g, a.param, a.momentum_buffer, a.bf16_param, w.col_max, w.row_max, w.block_sums);
   TALLY_CUDA_LAUNCH_CHECK("sm3 tiles");
   int64_t leading = 0;
   for (int k = 0; k + 1 < a.shape.rank; ++k) leading += a.shape.dims[k];
@@ -205,21 +211,33 @@ void sm3_launch(const Sm3Args& a, int64_t n) {
                           "sm3 add_block_sums");
 }
 
+template <bool kStats, bool kMomentum, bool kBeta>
+void sm3_launch_of(const Sm3Args& a, int64_t n) {
+  if constexpr (kStats) {
+    sm3_launch<true, kMomentum, kBeta>(a, a.grad, n);  // statistics: never fused (sm3_step checks)
+  } else {
+    if (a.bf16_param.grad) sm3_launch<false, kMomentum, kBeta>(a, a.bf16_param.grad, n);
+    else sm3_launch<false, kMomentum, kBeta>(a, a.grad, n);
+  }
+}
+
 }  // namespace
 
 int64_t sm3_workspace_bytes(const Sm3Shape& shape) { return cuda_sm3_workspace_bytes(shape); }
 
 void sm3_step(const Sm3Args& a) {
+  TALLY_CHECK(!a.bf16_param.grad || (!a.grad && a.bf16_param.param && !a.stats), "[sm3_step] a fused bf16 step ",
+              "takes the bf16 gradient and parameter (no f32 gradient) and no statistics");
   int64_t n = 1;
   for (int k = 0; k < a.shape.rank; ++k) n *= a.shape.dims[k];
   if (n == 0) return;
   using Launch = void (*)(const Sm3Args&, int64_t);
   // [stats][momentum][beta > 0]
   static const Launch launch[2][2][2] = {
-      {{sm3_launch<false, false, false>, sm3_launch<false, false, true>},
-       {sm3_launch<false, true, false>, sm3_launch<false, true, true>}},
-      {{sm3_launch<true, false, false>, sm3_launch<true, false, true>},
-       {sm3_launch<true, true, false>, sm3_launch<true, true, true>}}};
+      {{sm3_launch_of<false, false, false>, sm3_launch_of<false, false, true>},
+       {sm3_launch_of<false, true, false>, sm3_launch_of<false, true, true>}},
+      {{sm3_launch_of<true, false, false>, sm3_launch_of<true, false, true>},
+       {sm3_launch_of<true, true, false>, sm3_launch_of<true, true, true>}}};
   launch[a.stats != nullptr][a.momentum_buffer != nullptr][a.beta > 0.0](a, n);
 }
 
