@@ -1,6 +1,7 @@
 // Core engine throughput against the machine's own ceilings, as ratios measured in the same run:
 //   matmul GFLOP/s (tally::matmul, f32) vs OpenBLAS sgemm called directly on the same buffers;
 //   a large elementwise add and a full reduction in GB/s vs a memcpy of the same bytes;
+//   the residual stream's add and LayerNorm in one pass (add_layer_norm) vs add, then layer_norm;
 //   GPT-2's head and loss, forward and backward, in row chunks (linear_cross_entropy) vs whole (linear, then
 //   cross_entropy): time and the peak bytes beside the inputs.
 // Not a test: run it (make bench) and read the ratios. The last line is the same table as one JSON object.
@@ -100,6 +101,13 @@ int main() {
   double t_sum = best_time(5, [&] { Tensor s = sum(x); });
   double sum_gbs = double(N) * 4 / t_sum * 1e-9;
   row("sum 16M f32 GB/s (vs memcpy)", sum_gbs, copy_gbs, sum_gbs / copy_gbs);
+  {
+    // The residual stream's join at GPT-2's (B*T, C) = (8192, 768): add_layer_norm against add then layer_norm.
+    Tensor a = randn({8192, 768}, gen), r = randn({8192, 768}, gen), w = randn({768}, gen), b = randn({768}, gen);
+    const double fused = best_time(5, [&] { add_layer_norm(a, r, w, b); }) * 1e3;
+    const double separate = best_time(5, [&] { layer_norm(add(a, r), w, b); }) * 1e3;
+    row("add+layer_norm 8192x768 ms (fused)", fused, separate, separate / fused);
+  }
   row("head+loss fwd+bwd ms (chunked)", head[0], head[1], head[1] / head[0]);
   row("head+loss peak MiB (chunked)", head[2] / 1048576.0, head[3] / 1048576.0, head[3] / head[2]);
   std::printf("%s\n", nlohmann::json({{"bench", "core"}, {"threads", omp_get_max_threads()}, {"rows", rows}}).dump().c_str());

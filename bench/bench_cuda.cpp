@@ -145,6 +145,17 @@ int main() {
       bias.clear_grad();
     }, 10);
   }
+  // The residual stream's join, x + r then LayerNorm of the sum: add then layer_norm (reads x and r, writes the sum,
+  // reads it, writes y: 5 passes) against add_layer_norm (reads x and r, writes the sum and y: 4), in one run. The
+  // rate is over the 4 passes that both must make, so the fused row's GB/s says how close it comes to them.
+  for (const DType t : {DType::f32, DType::bf16}) {
+    const double bytes = double(dtype_size(t)) * N * C;
+    const std::string what = t == DType::f32 ? "f32" : "bf16";
+    Tensor x = gpu_randn({N, C}, 21, t), r = gpu_randn({N, C}, 22, t), w = gpu_randn({C}, 23, t);
+    Tensor bias = gpu_randn({C}, 24, t);
+    bandwidth("layer_norm after add, separate " + what, 4.0 * bytes, [&] { layer_norm(add(x, r), w, bias); }, 20);
+    bandwidth("layer_norm after add, fused " + what, 4.0 * bytes, [&] { add_layer_norm(x, r, w, bias); }, 20);
+  }
   {
     Tensor logits = gpu_randn({N, V}, 17);
     Generator g(18);

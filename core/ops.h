@@ -73,6 +73,15 @@ Tensor softmax(const Tensor& a);
 Tensor log_softmax(const Tensor& a);
 // x (..., C), weight (C), bias (C) -> (..., C). Saves mean and rstd (..., 1 each) for backward.
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps = 1e-5);
+// The residual stream's join: sum = x + residual and normed = layer_norm(sum, weight, bias) in one pass over the rows
+// (x and residual of one shape (..., C)). Both equal add then layer_norm's bit for bit, gradients included; the graph
+// holds add's node and layer_norm's, and the memory is theirs, allocated in their order.
+struct AddLayerNorm {
+  Tensor sum;
+  Tensor normed;
+};
+AddLayerNorm add_layer_norm(const Tensor& x, const Tensor& residual, const Tensor& weight, const Tensor& bias,
+                            double eps = 1e-5);
 
 // ---- embeddings and losses ----
 // Token ids handed to an op that indexes with them: checked on the host first (a copy to the host: on a GPU, a wait

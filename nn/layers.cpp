@@ -52,6 +52,11 @@ Tensor LayerNorm::forward(const Tensor& x) const {
   return layer_norm(x, weight_, bias_, eps_);
 }
 
+AddLayerNorm LayerNorm::forward_sum(const Tensor& x, const Tensor& residual) const {
+  MemoryScope scope(Category::activation, name());
+  return add_layer_norm(x, residual, weight_, bias_, eps_);
+}
+
 Dropout::Dropout(std::string name, double p, Generator& generator)
     : Module(std::move(name)), p_(p), generator_(&generator) {
   TALLY_CHECK(p >= 0.0 && p < 1.0, "[Dropout] '", this->name(), "': p must be in [0, 1), got ", p);

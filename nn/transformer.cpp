@@ -84,15 +84,18 @@ Block::Block(std::string name, const BlockConfig& config, TensorOptions options,
 }
 
 Tensor Block::forward(const Tensor& x) const {
-  Tensor a = attn.forward(ln_1.forward(x));
-  Tensor h;
-  {
-    MemoryScope scope(Category::activation, name());
-    h = add(x, a);
-  }
-  Tensor m = mlp.forward(ln_2.forward(h));
+  const AddLayerNorm mid = ln_2.forward_sum(x, attn.forward(ln_1.forward(x)));
+  Tensor m = mlp.forward(mid.normed);
   MemoryScope scope(Category::activation, name());
-  return add(h, m);
+  return add(mid.sum, m);
+}
+
+AddLayerNorm Block::forward(const Tensor& x, Tensor x_normed, const LayerNorm& next) const {
+  Tensor a = attn.forward(x_normed);
+  x_normed = Tensor();  // as a temporary would be: the attention's backward keeps what it needs
+  const AddLayerNorm mid = ln_2.forward_sum(x, a);
+  a = Tensor();
+  return next.forward_sum(mid.sum, mlp.forward(mid.normed));
 }
 
 Tensor Block::forward_cached(const Tensor& x, LayerKVCache& cache, int64_t pos) const {

@@ -154,11 +154,11 @@ if [ -n "$bin_dir" ]; then
     if command -v compute-sanitizer >/dev/null; then
       t0=$(date +%s)
       say "== compute-sanitizer memcheck (TALLY_CUDA_ALLOCATOR=direct)"
-      subset="cuda copy*,cuda fill*,cuda op table*,cuda linear*"
+      subset="cuda copy*,cuda fill*,cuda op table*,cuda linear*,cuda add_layer_norm*"
       subset+=",cuda: every optimizer*,cuda: CAME steps*,cuda: Adafactor steps*,cuda: CAME and Adafactor*"
       subset+=",cuda: gradient norm*"  # the optimizer kernels (suite optim)
       subset+=",cuda: a ZeRO-1*"  # the ZeRO-1 kernels (cross-rank sums; NCCL itself is not ours to memcheck)
-      ops="add,sub,mul,div,softmax,log_softmax,layer_norm,embedding,cross_entropy,causal_self_attention,max,dropout,linear,linear_gelu"
+      ops="add,sub,mul,div,softmax,log_softmax,layer_norm,add_layer_norm,embedding,cross_entropy,causal_self_attention,max,dropout,linear,linear_gelu"
       TALLY_CUDA_ALLOCATOR=direct timeout 150 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 99 \
         "$tests" -tc="$subset" -sc="$ops" >"$out/memcheck.log" 2>&1
       rc=$?
@@ -184,7 +184,7 @@ if [ -n "$bin_dir" ]; then
       row "$(echo "${line:2:46}" | sed 's/ *$//')" "$(echo "${line:48}" | tr -s ' ' | sed 's/^ //')"
     done < <(grep -E "^  (CAME|Adafactor) gpt2 matrices" "$out/bench.log")
     # Attention (causal row blocks, section 16), c_fc + GELU with and without cuBLASLt's epilogues (section 15), and
-    # LayerNorm a warp per row (section 18).
+    # LayerNorm a warp per row (section 18), and after a residual add, fused and not (section 20).
     while IFS= read -r line; do
       row "$(echo "${line:2:46}" | sed 's/ *$//')" "$(echo "${line:48}" | tr -s ' ' | sed 's/^ //')"
     done < <(grep -E "^  (attention forward|c_fc\+gelu|layer_norm)" "$out/bench.log")

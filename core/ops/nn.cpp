@@ -1,4 +1,5 @@
-// Neural-network ops: softmax / log_softmax, fused LayerNorm, embedding, fused cross-entropy, dropout.
+// Neural-network ops: softmax / log_softmax, fused LayerNorm (alone or after a residual add), embedding, fused
+// cross-entropy, dropout.
 // Each op's backward is written right under its forward and keeps only what the gradient needs.
 #include <algorithm>
 #include <cmath>
@@ -40,20 +41,52 @@ Tensor softmax_common(const Tensor& a_in, SoftmaxKind kind, const char* op) {
 Tensor softmax(const Tensor& a) { return softmax_common(a, SoftmaxKind::softmax, "softmax"); }
 Tensor log_softmax(const Tensor& a) { return softmax_common(a, SoftmaxKind::log_softmax, "log_softmax"); }
 
-// ---- LayerNorm ----
+// ---- LayerNorm, alone or after a residual add ----
+
+namespace {
+
+// x (..., C), weight (C), bias (C), all floating on one device.
+int64_t check_layer_norm(const char* op, const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  check_floating(op, x);
+  check_pair(op, x, weight);
+  check_pair(op, x, bias);
+  const int64_t C = x.dim() ? x.size(-1) : 0;
+  TALLY_CHECK(x.dim() >= 1 && C > 0, "[", op, "] input must end in a non-empty channel dim, got ", shape_str(x.shape()));
+  TALLY_CHECK(weight.shape() == Shape{C} && bias.shape() == Shape{C}, "[", op, "] weight ", shape_str(weight.shape()),
+              " and bias ", shape_str(bias.shape()), " must be (", C, ") for input ", shape_str(x.shape()));
+  return C;
+}
+
+// The LayerNorm node of `out` = LayerNorm(x) (N rows of C): its backward keeps x, the weight, mean and rstd (N).
+void record_layer_norm(Tensor& out, const Tensor& x, const Tensor& w, const Tensor& b, Tensor mean, Tensor rstd,
+                       int64_t N, int64_t C) {
+  bool need_dx = x.requires_grad(), need_dw = w.requires_grad(), need_db = b.requires_grad();
+  Tensor sx = x.detach(), sw = w.detach();
+  record("layer_norm", out, {&x, &w, &b},
+         [sx, sw, mean, rstd, N, C, need_dx, need_dw, need_db](const Tensor& g_in) -> std::vector<Tensor> {
+           Tensor g = g_in.contiguous();
+           Tensor dx = need_dx ? empty(sx.shape(), sx.options()) : Tensor();
+           Tensor dw = need_dw ? empty({C}, sx.options()) : Tensor();
+           Tensor db = need_db ? empty({C}, sx.options()) : Tensor();
+           // CUDA sums the weight and bias gradients' columns in chunks.
+           const int64_t ws_bytes = need_dw || need_db ? kernels::cuda_column_sum_workspace_bytes(1, N, C) : 0;
+           Tensor ws = detail::kernel_workspace(g, detail::cuda_only(g, ws_bytes), "layer_norm_backward");
+           dispatch_float(sx, "layer_norm_backward", [&]<class T>() {
+             using A = kernels::acc_t<T>;
+             TALLY_KERNEL(g.device(), layernorm_backward<T>, g.data<T>(), sx.data<T>(), sw.data<T>(), mean.data<A>(),
+                          rstd.data<A>(), need_dx ? dx.data<T>() : nullptr, need_dw ? dw.data<T>() : nullptr,
+                          need_db ? db.data<T>() : nullptr, detail::data_or_null(ws), N, C);
+           });
+           return {dx, dw, db};
+         });
+}
+
+}  // namespace
 
 Tensor layer_norm(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in, double eps) {
-  check_floating("layer_norm", x_in);
-  check_pair("layer_norm", x_in, weight_in);
-  check_pair("layer_norm", x_in, bias_in);
-  int64_t C = x_in.dim() ? x_in.size(-1) : 0;
-  TALLY_CHECK(x_in.dim() >= 1 && C > 0, "[layer_norm] input must end in a non-empty channel dim, got ",
-              shape_str(x_in.shape()));
-  TALLY_CHECK(weight_in.shape() == Shape{C} && bias_in.shape() == Shape{C}, "[layer_norm] weight ",
-              shape_str(weight_in.shape()), " and bias ", shape_str(bias_in.shape()), " must be (", C, ") for input ",
-              shape_str(x_in.shape()));
+  const int64_t C = check_layer_norm("layer_norm", x_in, weight_in, bias_in);
   Tensor x = x_in.contiguous(), w = weight_in.contiguous(), b = bias_in.contiguous();
-  int64_t N = x.numel() / C;
+  const int64_t N = x.numel() / C;
   Tensor out = empty(x.shape(), x.options());
   Tensor mean = empty({N}, detail::acc_options(x)), rstd = empty({N}, detail::acc_options(x));  // f32 for bf16 x
   dispatch_float(x, "layer_norm", [&]<class T>() {
@@ -61,25 +94,31 @@ Tensor layer_norm(const Tensor& x_in, const Tensor& weight_in, const Tensor& bia
     TALLY_KERNEL(out.device(), layernorm_forward<T>, x.data<T>(), w.data<T>(), b.data<T>(), out.data<T>(), mean.data<A>(),
                  rstd.data<A>(), N, C, eps);
   });
-  bool need_dx = x.requires_grad(), need_dw = w.requires_grad(), need_db = b.requires_grad();
-  Tensor sx = x.detach(), sw = w.detach();
-  return record("layer_norm", out, {&x, &w, &b},
-                [sx, sw, mean, rstd, N, C, need_dx, need_dw, need_db](const Tensor& g_in) -> std::vector<Tensor> {
-                  Tensor g = g_in.contiguous();
-                  Tensor dx = need_dx ? empty(sx.shape(), sx.options()) : Tensor();
-                  Tensor dw = need_dw ? empty({C}, sx.options()) : Tensor();
-                  Tensor db = need_db ? empty({C}, sx.options()) : Tensor();
-                  // CUDA sums the weight and bias gradients' columns in chunks.
-                  const int64_t ws_bytes = need_dw || need_db ? kernels::cuda_column_sum_workspace_bytes(1, N, C) : 0;
-                  Tensor ws = detail::kernel_workspace(g, detail::cuda_only(g, ws_bytes), "layer_norm_backward");
-                  dispatch_float(sx, "layer_norm_backward", [&]<class T>() {
-                    using A = kernels::acc_t<T>;
-                    TALLY_KERNEL(g.device(), layernorm_backward<T>, g.data<T>(), sx.data<T>(), sw.data<T>(), mean.data<A>(),
-                                 rstd.data<A>(), need_dx ? dx.data<T>() : nullptr, need_dw ? dw.data<T>() : nullptr,
-                                 need_db ? db.data<T>() : nullptr, detail::data_or_null(ws), N, C);
-                  });
-                  return {dx, dw, db};
-                });
+  record_layer_norm(out, x, w, b, mean, rstd, N, C);
+  return out;
+}
+
+AddLayerNorm add_layer_norm(const Tensor& x_in, const Tensor& residual_in, const Tensor& weight_in,
+                            const Tensor& bias_in, double eps) {
+  const int64_t C = check_layer_norm("add_layer_norm", x_in, weight_in, bias_in);
+  check_pair("add_layer_norm", x_in, residual_in);
+  TALLY_CHECK(residual_in.shape() == x_in.shape(), "[add_layer_norm] residual ", shape_str(residual_in.shape()),
+              " must have the input's shape ", shape_str(x_in.shape()));
+  Tensor x = x_in.contiguous(), r = residual_in.contiguous(), w = weight_in.contiguous(), b = bias_in.contiguous();
+  const int64_t N = x.numel() / C;
+  // Allocated in add then layer_norm's order, so that memory plans and peaks are theirs.
+  Tensor sum = empty(x.shape(), x.options()), out = empty(x.shape(), x.options());
+  Tensor mean = empty({N}, detail::acc_options(x)), rstd = empty({N}, detail::acc_options(x));
+  dispatch_float(x, "add_layer_norm", [&]<class T>() {
+    using A = kernels::acc_t<T>;
+    TALLY_KERNEL(out.device(), add_layernorm_forward<T>, x.data<T>(), r.data<T>(), sum.data<T>(), w.data<T>(),
+                 b.data<T>(), out.data<T>(), mean.data<A>(), rstd.data<A>(), N, C, eps);
+  });
+  // The graph is add's node, then layer_norm's on the sum: the sum's gradient (from its other readers and from the
+  // norm) flows to x and the residual as add's does.
+  record("add", sum, {&x, &r}, [](const Tensor& g) -> std::vector<Tensor> { return {g, g}; });
+  record_layer_norm(out, sum, w, b, mean, rstd, N, C);
+  return {.sum = sum, .normed = out};
 }
 
 // ---- embedding ----

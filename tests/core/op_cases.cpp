@@ -528,6 +528,36 @@ void add_normalisation(std::vector<OpCase>& t) {
                .forward = [](const Inputs& in) { return layer_norm(in[0], in[1], in[2]); },
                .variants = std::move(ln),
                .tol = {.f32 = 2e-5, .bf16_grad = 2e-2}});
+
+  // Both outputs side by side, against add then layer_norm: the same kernels' arithmetic on the same values, so
+  // equal bit for bit (f64 here; every device and dtype in check_add_layer_norm_as_composed).
+  std::vector<Variant> aln = {
+      {.args = {{.shape = {2, 3, 6}}, {.shape = {2, 3, 6}}, {.shape = {6}}, {.shape = {6}}}},
+      {.args = {{.shape = {6, 67}}, {.shape = {6, 67}}, {.shape = {67}, .values = uniform(0.5, 1.5)}, {.shape = {67}}}},
+      {.args = {{.shape = {3, 5}, .view = transposed(0, 1)}, {.shape = {5, 3}}, {.shape = {3}}, {.shape = {3}}},
+       .note = "a strided input"},
+      {.args = {{.shape = {5, 3}}, {.shape = {3, 5}, .view = transposed(0, 1)}, {.shape = {3}}, {.shape = {3}}},
+       .note = "a strided residual"}};
+  for (Shape s : std::vector<Shape>{{1, 1}, {3, 17}, {257, 769}, {2, 1500, 33}}) {
+    const int64_t C = s.back();
+    aln.push_back({.args = {{.shape = s}, {.shape = s}, {.shape = {C}}, {.shape = {C}}},
+                   .checks = numel(s) > 10000 ? kDevicesOnly : Check::all});
+  }
+  t.push_back({.op = "add_layer_norm",
+               .forward =
+                   [](const Inputs& in) {
+                     const AddLayerNorm o = add_layer_norm(in[0], in[1], in[2], in[3]);
+                     return cat({o.sum, o.normed}, -1);
+                   },
+               .variants = std::move(aln),
+               .expect = {.reference =
+                              [](const Inputs& in) {
+                                Tensor sum = add(in[0], in[1]);
+                                return cat({sum, layer_norm(sum, in[2], in[3])}, -1);
+                              },
+                          .atol = 0,
+                          .rtol = 0},
+               .tol = {.f32 = 2e-5, .bf16_grad = 2e-2}});
 }
 
 // ---- embedding, cross-entropy ----
@@ -780,6 +810,57 @@ std::vector<OpCase> build() {
 const std::vector<OpCase>& op_cases() {
   static const std::vector<OpCase> table = build();
   return table;
+}
+
+
+void check_add_layer_norm_as_composed(Device device, DType dtype) {
+  INFO("add_layer_norm against add then layer_norm on ", device.str(), " in ", dtype_name(dtype));
+  const Shape shape{3, 5, 67};
+  const int64_t C = shape.back();
+  Generator gen(2026);
+  auto made = [&](const Shape& s, double scale, double shift) {
+    Tensor t = randn(s, gen, {.dtype = DType::f64}) * scale + shift;
+    return t.to(dtype).to(device);
+  };
+  const Inputs values = {made(shape, 1, 0), made(shape, 1, 0.5), made({C}, 0.25, 1), made({C}, 1, 0)};
+  // Upstream gradients for the sum (its other readers) and for the norm.
+  const Tensor g_sum = made(shape, 1, 0), g_normed = made(shape, 1, 0);
+  struct Outcome {
+    Tensor sum, normed;
+    Inputs grads;
+  };
+  auto run = [&](const std::function<AddLayerNorm(const Inputs&)>& op) {
+    Inputs leaves;
+    for (const Tensor& v : values) {
+      Tensor leaf = v.clone();
+      leaf.set_requires_grad(true);
+      leaves.push_back(leaf);
+    }
+    const AddLayerNorm out = op(leaves);
+    add(out.sum * g_sum, out.normed * g_normed).backward(ones(shape, {.dtype = dtype, .device = device}));
+    Outcome o{.sum = out.sum.detach(), .normed = out.normed.detach(), .grads = {}};
+    for (const Tensor& leaf : leaves) o.grads.push_back(leaf.grad());
+    return o;
+  };
+  const Outcome fused = run([](const Inputs& in) { return add_layer_norm(in[0], in[1], in[2], in[3]); });
+  const Outcome composed = run([](const Inputs& in) {
+    Tensor sum = add(in[0], in[1]);
+    return AddLayerNorm{.sum = sum, .normed = layer_norm(sum, in[2], in[3])};
+  });
+  auto equal = [](const Tensor& got, const Tensor& want, const char* what) {
+    INFO(what);
+    REQUIRE(got.defined());
+    REQUIRE(got.dtype() == want.dtype());
+    const std::vector<double> g = got.to_vector<double>(), w = want.to_vector<double>();
+    REQUIRE(g.size() == w.size());
+    size_t differ = 0;
+    for (size_t i = 0; i < g.size(); ++i) differ += g[i] != w[i];
+    CHECK(differ == 0);
+  };
+  equal(fused.sum, composed.sum, "sum");
+  equal(fused.normed, composed.normed, "normed");
+  const char* names[] = {"gradient of x", "gradient of the residual", "gradient of the weight", "gradient of the bias"};
+  for (size_t i = 0; i < 4; ++i) equal(fused.grads[i], composed.grads[i], names[i]);
 }
 
 }  // namespace tally::test

@@ -123,6 +123,11 @@ const std::vector<OpCase>& op_cases();
 
 // ---- for the drivers ----
 
+// add_layer_norm against add then layer_norm on `device` in `dtype` (3, 5, 67): the sum, the norm and the gradients
+// of all four inputs, bit for bit (one kernel's arithmetic on the same values), with an upstream gradient for each
+// output.
+void check_add_layer_norm_as_composed(Device device, DType dtype);
+
 // The checks that apply to variant v of case c.
 inline Check checks_of(const OpCase& c, const Variant& v) { return c.checks & v.checks; }
 const Expect& expect_of(const OpCase& c, const Variant& v);

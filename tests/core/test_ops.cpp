@@ -60,6 +60,11 @@ TEST_CASE("operators on tensors and scalars; an input used twice gets the sum of
   gradcheck([](const Inputs& x) { return x[0] * x[0]; }, {uniform_f64({5}, 11)});
 }
 
+TEST_CASE("add_layer_norm equals add then layer_norm bit for bit, gradients included (f64, f32)") {
+  check_add_layer_norm_as_composed(Device::cpu(), DType::f64);
+  check_add_layer_norm_as_composed(Device::cpu(), DType::f32);
+}
+
 TEST_CASE("op errors name the op and the shapes") {
   CHECK_THROWS_WITH_AS(zeros({2, 3}) + zeros({4}), doctest::Contains("[add] shapes (2, 3) and (4,) do not broadcast"), Error);
   CHECK_THROWS_WITH_AS(zeros({2}) * zeros({2}, {.dtype = DType::f64}), doctest::Contains("[mul] dtype mismatch: f32(2,) cpu vs f64(2,) cpu"),
@@ -77,6 +82,12 @@ TEST_CASE("op errors name the op and the shapes") {
 
   CHECK_THROWS_WITH_AS(layer_norm(zeros({2, 4}), zeros({3}), zeros({3})),
                        doctest::Contains("[layer_norm] weight (3,) and bias (3,) must be (4) for input (2, 4)"), Error);
+  CHECK_THROWS_WITH_AS(add_layer_norm(zeros({2, 4}), zeros({4}), zeros({4}), zeros({4})),
+                       doctest::Contains("[add_layer_norm] residual (4,) must have the input's shape (2, 4)"), Error);
+  CHECK_THROWS_WITH_AS(add_layer_norm(zeros({2, 4}), zeros({2, 4}), zeros({3}), zeros({4})),
+                       doctest::Contains("[add_layer_norm] weight (3,) and bias (4,) must be (4) for input (2, 4)"), Error);
+  CHECK_THROWS_WITH_AS(add_layer_norm(zeros({2, 4}), zeros({2, 4}, {.dtype = DType::f64}), zeros({4}), zeros({4})),
+                       doctest::Contains("[add_layer_norm] dtype mismatch"), Error);
 
   Tensor w = from_vector<double>({0, 1, 10, 11, 20, 21}, {3, 2});
   CHECK_THROWS_WITH_AS(embedding(from_vector<int32_t>({0, 3}, {2}), w),

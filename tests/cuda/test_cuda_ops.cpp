@@ -361,6 +361,11 @@ TEST_CASE("cuda random streams are bit-identical to the CPU's" * doctest::skip(k
 // determinism
 // ---------------------------------------------------------------------------------------------------------------
 
+TEST_CASE("cuda add_layer_norm equals add then layer_norm bit for bit, gradients included (f64, f32, bf16)" *
+          doctest::skip(kNoGpu)) {
+  for (DType dtype : {DType::f64, DType::f32, DType::bf16}) test::check_add_layer_norm_as_composed(gpu(), dtype);
+}
+
 TEST_CASE("cuda reductions with partial sums are deterministic run to run" * doctest::skip(kNoGpu)) {
   Tensor x = randn_cpu({4000, 769}, DType::f32, 151).to(gpu()), w = randn_cpu({769}, DType::f32, 152).to(gpu()),
          b = randn_cpu({769}, DType::f32, 153).to(gpu());

@@ -1,4 +1,5 @@
-// CUDA kernels: fused LayerNorm over the last dim of (N, C), forward (saving mean and rstd) and backward.
+// CUDA kernels: fused LayerNorm over the last dim of (N, C), forward (saving mean and rstd; alone or after a residual
+// add) and backward.
 // One warp per row (8 rows to a block of 256 threads): a lane takes columns lane, lane + 32, ... (each load a
 // warp-wide 128-byte run for f32), sums in double like the CPU, and the warp's butterfly sums give every lane the
 // row's totals with no block barrier; a row's second and third reads hit the cache (bench/NOTES.md section 18).
@@ -25,10 +26,14 @@ __device__ inline int64_t warp_row(int64_t N) {
   return r < N ? r : -1;
 }
 
+// y = LayerNorm(x); or, given a residual, sum = x + residual (rounded as add() rounds it) is written in the first
+// pass and the later passes read the row of sum back (this thread's own writes, from the cache): one kernel, so both
+// forms run the same arithmetic on the same values and agree bit for bit.
 template <class T>
-__global__ void layernorm_forward_kernel(const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,
-                                         T* __restrict__ y, acc_t<T>* __restrict__ mean, acc_t<T>* __restrict__ rstd,
-                                         int64_t N, int64_t C, double eps) {
+__global__ void layernorm_forward_kernel(const T* __restrict__ x, const T* __restrict__ residual, T* __restrict__ sum,
+                                         const T* __restrict__ weight, const T* __restrict__ bias, T* __restrict__ y,
+                                         acc_t<T>* __restrict__ mean, acc_t<T>* __restrict__ rstd, int64_t N, int64_t C,
+                                         double eps) {
   using A = acc_t<T>;
   const int64_t r = warp_row(N);
   if (r < 0) return;
@@ -36,7 +41,18 @@ __global__ void layernorm_forward_kernel(const T* __restrict__ x, const T* __res
   const T* xr = x + r * C;
   T* yr = y + r * C;
   double s = 0.0;
-  for (int64_t c = lane; c < C; c += 32) s += double(to_acc(xr[c]));
+  if (residual) {
+    const T* rr = residual + r * C;
+    T* sr = sum + r * C;
+    for (int64_t c = lane; c < C; c += 32) {
+      const T v = from_acc<T>(to_acc(xr[c]) + to_acc(rr[c]));
+      sr[c] = v;
+      s += double(to_acc(v));
+    }
+    xr = sr;
+  } else {
+    for (int64_t c = lane; c < C; c += 32) s += double(to_acc(xr[c]));
+  }
   const A m = A(warp_sum(s) / double(C));
   double v = 0.0;
   for (int64_t c = lane; c < C; c += 32) {
@@ -107,8 +123,18 @@ void layernorm_forward(const T* x, const T* weight, const T* bias, T* y, acc_t<T
                        int64_t C, double eps) {
   if (N == 0 || C == 0) return;
   TALLY_CHECK(N <= int64_t(INT32_MAX), "[layernorm_forward] too many rows: ", N);
-  layernorm_forward_kernel<T><<<row_blocks(N), 32 * kRowsPerBlock, 0, stream()>>>(x, weight, bias, y, mean, rstd, N, C,
-                                                                                 eps);
+  layernorm_forward_kernel<T><<<row_blocks(N), 32 * kRowsPerBlock, 0, stream()>>>(x, nullptr, nullptr, weight, bias, y,
+                                                                                 mean, rstd, N, C, eps);
+  TALLY_CUDA_LAUNCH_CHECK("layernorm_forward_kernel");
+}
+
+template <class T>
+void add_layernorm_forward(const T* x, const T* residual, T* sum, const T* weight, const T* bias, T* y, acc_t<T>* mean,
+                           acc_t<T>* rstd, int64_t N, int64_t C, double eps) {
+  if (N == 0 || C == 0) return;
+  TALLY_CHECK(N <= int64_t(INT32_MAX), "[add_layernorm_forward] too many rows: ", N);
+  layernorm_forward_kernel<T><<<row_blocks(N), 32 * kRowsPerBlock, 0, stream()>>>(x, residual, sum, weight, bias, y,
+                                                                                 mean, rstd, N, C, eps);
   TALLY_CUDA_LAUNCH_CHECK("layernorm_forward_kernel");
 }
 
@@ -130,6 +156,8 @@ void layernorm_backward(const T* dy, const T* x, const T* weight, const acc_t<T>
 
 #define TALLY_INSTANTIATE(T)                                                                                      \
   template void layernorm_forward<T>(const T*, const T*, const T*, T*, acc_t<T>*, acc_t<T>*, int64_t, int64_t, double); \
+  template void add_layernorm_forward<T>(const T*, const T*, T*, const T*, const T*, T*, acc_t<T>*, acc_t<T>*, int64_t, \
+                                         int64_t, double);                                                          \
   template void layernorm_backward<T>(const T*, const T*, const T*, const acc_t<T>*, const acc_t<T>*, T*, T*, T*, void*, \
                                       int64_t, int64_t);
 TALLY_INSTANTIATE(float)
