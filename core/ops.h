@@ -73,9 +73,10 @@ Tensor softmax(const Tensor& a);
 Tensor log_softmax(const Tensor& a);
 // x (..., C), weight (C), bias (C) -> (..., C). Saves mean and rstd (..., 1 each) for backward.
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps = 1e-5);
-// The residual stream's join: sum = x + residual and normed = layer_norm(sum, weight, bias) in one pass over the rows
-// (x and residual of one shape (..., C)). Both equal add then layer_norm's bit for bit, gradients included; the graph
-// holds add's node and layer_norm's, and the memory is theirs, allocated in their order.
+// The residual stream's join: sum = x + residual and normed = layer_norm(sum, weight, bias) in one kernel (x and
+// residual of one shape (..., C); on CUDA each row's sum is made in the norm's first pass over it: a read of the sum
+// fewer). Both equal add then layer_norm's bit for bit, gradients included; the graph holds add's node and
+// layer_norm's, and the memory is theirs, allocated in their order.
 struct AddLayerNorm {
   Tensor sum;
   Tensor normed;

@@ -212,7 +212,7 @@ Tensor GPT2::hidden(const Tensor& idx, TokenIds ids) const {
     x = add(tok, wpe.rows(0, T));  // + (T, C), broadcast over B
   }
   x = drop.forward(x);
-  // Each block's sums joined with the norm that follows (the next block's ln_1, or ln_f) in one pass.
+  // Each block's sums joined with the norm that follows (the next block's ln_1, or ln_f) in one kernel.
   Tensor normed = h.front()->ln_1.forward(x);
   for (size_t l = 0; l < h.size(); ++l) {
     AddLayerNorm out = h[l]->forward(x, std::move(normed), l + 1 < h.size() ? h[l + 1]->ln_1 : ln_f);

@@ -50,8 +50,8 @@ class LayerNorm : public Module {
   LayerNorm(std::string name, int64_t channels, TensorOptions options, double eps = 1e-5);
   // x (..., C) -> (..., C)
   Tensor forward(const Tensor& x) const;
-  // x + residual and this norm of it, both (..., C), in one pass (add_layer_norm): the residual stream's join with the
-  // LayerNorm that reads it. Both tensors are recorded as this module's activations.
+  // x + residual and this norm of it, both (..., C), in one kernel (add_layer_norm): the residual stream's join with
+  // the LayerNorm that reads it. Both tensors are recorded as this module's activations.
   AddLayerNorm forward_sum(const Tensor& x, const Tensor& residual) const;
   const Tensor& weight() const { return weight_; }
   const Tensor& bias() const { return bias_; }

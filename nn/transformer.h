@@ -52,8 +52,8 @@ class Block : public Module {
   Block(std::string name, const BlockConfig& config, TensorOptions options, Generator& dropout_generator);
   Tensor forward(const Tensor& x) const;  // (B, T, C) -> (B, T, C): x + attn(ln_1(x)), then + mlp(ln_2(.))
   // The same within a stack of blocks: given the stream x and x_normed = ln_1(x) (B, T, C), returns the stream after
-  // this block and `next` of it (the next block's ln_1, or the final norm). Each residual sum is formed in the pass of
-  // the LayerNorm that reads it (add_layer_norm). x_normed is released once the attention has read it.
+  // this block and `next` of it (the next block's ln_1, or the final norm). Each residual sum is formed in one kernel
+  // with the LayerNorm that reads it (add_layer_norm). x_normed is released once the attention has read it.
   AddLayerNorm forward(const Tensor& x, Tensor x_normed, const LayerNorm& next) const;
   // Incremental decoding through the cached attention; never applies dropout (inference), no autograd.
   Tensor forward_cached(const Tensor& x, LayerKVCache& cache, int64_t pos) const;

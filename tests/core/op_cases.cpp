@@ -529,8 +529,8 @@ void add_normalisation(std::vector<OpCase>& t) {
                .variants = std::move(ln),
                .tol = {.f32 = 2e-5, .bf16_grad = 2e-2}});
 
-  // Both outputs side by side, against add then layer_norm: the same kernels' arithmetic on the same values, so
-  // equal bit for bit (f64 here; every device and dtype in check_add_layer_norm_as_composed).
+  // Both outputs side by side, against add then layer_norm: the same arithmetic on the same values, so equal bit for
+  // bit (f64 here; every device and dtype in check_add_layer_norm_as_composed).
   std::vector<Variant> aln = {
       {.args = {{.shape = {2, 3, 6}}, {.shape = {2, 3, 6}}, {.shape = {6}}, {.shape = {6}}}},
       {.args = {{.shape = {6, 67}}, {.shape = {6, 67}}, {.shape = {67}, .values = uniform(0.5, 1.5)}, {.shape = {67}}}},

@@ -322,17 +322,12 @@ void adafactor_dense_step(const AdafactorDenseArgs& a) {
 
 void adafactor_factored_steps(const AdafactorFactoredArgs* steps, int64_t count, void* workspace,
                               int64_t workspace_bytes) {
-  for (int64_t i = 0; i < count; ++i) {
-    const AdafactorFactoredArgs& a = steps[i];
-    const int64_t need = cuda_factored_workspace_bytes(a.layout);
-    TALLY_CHECK(need <= workspace_bytes, "[adafactor_factored_steps] step ", i, " needs ", need,
-                " bytes of workspace, the shared workspace has ", workspace_bytes);
-    check_fused(a.bf16_param, a.grad, a.stats, a.exact_exp_avg_sq, "adafactor_factored_steps");
-    if (batchable(a)) continue;
-    AdafactorFactoredArgs one = a;
-    one.workspace = workspace;
-    adafactor_factored_step(one);
-  }
+  check_and_step_unbatchable(
+      steps, count, workspace, workspace_bytes, "adafactor_factored_steps",
+      [](const AdafactorFactoredArgs& a) {
+        check_fused(a.bf16_param, a.grad, a.stats, a.exact_exp_avg_sq, "adafactor_factored_steps");
+      },
+      [](const AdafactorFactoredArgs& a) { adafactor_factored_step(a); });
   char* base = static_cast<char*>(workspace);
   batch_steps_of_kind<float>(steps, count, base, workspace_bytes);
   batch_steps_of_kind<bf16>(steps, count, base, workspace_bytes);

@@ -145,6 +145,25 @@ bool batchable(const Args& a) {
   return !a.stats && !a.exact_exp_avg_sq && !a.shard.sum && a.layout.numel() > 0 && a.layout.Q * a.layout.S == 1;
 }
 
+// What a batched factored call does before its batches (op: the caller, for the errors): checks that every step's
+// workspace fits in the shared one and its own arguments (check(args)), and runs each step a batch cannot take alone
+// (step(args), in the shared workspace from its start).
+template <class Args, class Check, class Step>
+void check_and_step_unbatchable(const Args* steps, int64_t count, void* workspace, int64_t workspace_bytes,
+                                const char* op, Check check, Step step) {
+  for (int64_t i = 0; i < count; ++i) {
+    const Args& a = steps[i];
+    const int64_t need = cuda_factored_workspace_bytes(a.layout);
+    TALLY_CHECK(need <= workspace_bytes, "[", op, "] step ", i, " needs ", need, " bytes of workspace, the shared ",
+                "workspace has ", workspace_bytes);
+    check(a);
+    if (batchable(a)) continue;
+    Args one = a;
+    one.workspace = workspace;
+    step(one);
+  }
+}
+
 // The fields every method's task takes from its arguments alike (g: the gradient the kernels read), with the scalars
 // converted as the single-tensor steps convert them.
 template <int kPasses, class Args>

@@ -377,17 +377,10 @@ void batch_steps_of_kind(const CameFactoredArgs* steps, int64_t count, char* wor
 }  // namespace
 
 void came_factored_steps(const CameFactoredArgs* steps, int64_t count, void* workspace, int64_t workspace_bytes) {
-  for (int64_t i = 0; i < count; ++i) {
-    const CameFactoredArgs& a = steps[i];
-    const int64_t need = cuda_factored_workspace_bytes(a.layout);
-    TALLY_CHECK(need <= workspace_bytes, "[came_factored_steps] step ", i, " needs ", need,
-                " bytes of workspace, the shared workspace has ", workspace_bytes);
-    check_fused(a, "came_factored_steps");
-    if (batchable(a)) continue;
-    CameFactoredArgs one = a;
-    one.workspace = workspace;
-    came_factored_step(one);
-  }
+  check_and_step_unbatchable(
+      steps, count, workspace, workspace_bytes, "came_factored_steps",
+      [](const CameFactoredArgs& a) { check_fused(a, "came_factored_steps"); },
+      [](const CameFactoredArgs& a) { came_factored_step(a); });
   char* base = static_cast<char*>(workspace);
   batch_steps_of_kind<float, float>(steps, count, base, workspace_bytes);
   batch_steps_of_kind<float, bf16>(steps, count, base, workspace_bytes);
