@@ -812,7 +812,6 @@ const std::vector<OpCase>& op_cases() {
   return table;
 }
 
-
 void check_add_layer_norm_as_composed(Device device, DType dtype) {
   INFO("add_layer_norm against add then layer_norm on ", device.str(), " in ", dtype_name(dtype));
   const Shape shape{3, 5, 67};
