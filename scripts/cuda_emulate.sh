@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds and runs the CUDA tests on the CPU under the emulator of tools/cuda_emu (no GPU needed): every .cu
-# file is compiled by g++ after its <<<>>> launches are rewritten, kernels run one std::thread per CUDA
-# thread, cuBLAS is a naive host stand-in, and fresh device memory is poisoned with NaN bytes. It checks
-# the backend's logic (indexing, reductions, barriers, operand mapping) before precious GPU time is spent;
-# it says nothing about speed, the memory model or real cuBLAS. Developer tool: not part of CI.
+# file is compiled by g++ after its <<<>>> launches are rewritten, kernels run one fiber per CUDA thread
+# (switched at __syncthreads and shuffles; a barrier that some threads never reach aborts), cuBLAS is a naive
+# host stand-in, and fresh device memory is poisoned with NaN bytes. It checks the backend's logic (indexing,
+# reductions, barriers, operand mapping) before precious GPU time is spent; it says nothing about speed, the
+# memory model or real cuBLAS. Developer tool: not part of CI.
 # Usage: scripts/cuda_emulate.sh [doctest args, e.g. -tc="cuda softmax*", or -ts=optim for the optimizer kernels]
 # CUDA_EMU_ASAN=1 builds into build-emu-asan with AddressSanitizer: emulated device memory is host heap memory, so
 # a kernel's out-of-bounds access is reported with the kernel's source line.

@@ -10,22 +10,27 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <sys/mman.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
 
 #include "core/dtype.h"
 
-thread_local uint3 threadIdx;
-thread_local uint3 blockIdx;
-thread_local dim3 blockDim;
-thread_local dim3 gridDim;
+constinit thread_local uint3 threadIdx;
+constinit thread_local uint3 blockIdx;
+constinit thread_local dim3 blockDim;
+constinit thread_local dim3 gridDim;
 
 namespace tally_emu {
 // The one stream cudaStreamCreateWithFlags hands out.
 const cudaStream_t kStream = reinterpret_cast<cudaStream_t>(0x1);
-thread_local Block* current_block = nullptr;
-thread_local int linear_tid = 0;
+constinit thread_local Block* current_block = nullptr;
+constinit thread_local int linear_tid = 0;
 
 void check_config(const char* kernel, const Config& c) {
   const unsigned threads = c.block.x * c.block.y * c.block.z;
@@ -44,6 +49,204 @@ void check_stream(cudaStream_t s, const char* what) {
   std::fprintf(stderr, "cuda_emu: %s runs on %s, not on tally's stream (tally::cuda::stream())\n", what,
                s ? "an unknown stream" : "the legacy default stream");
   std::abort();
+}
+
+// ---- the threads of a block as fibers ----
+// Each CUDA thread of the block being run is a fiber with its own stack on the launching host thread. The block's
+// scheduler resumes them in thread order; a fiber runs until it waits at a barrier or ends. Switching saves the
+// callee-saved registers on the fiber's stack and swaps the stack pointer (x86-64 System V; no kernel changes the
+// floating-point control words, which all fibers share): tens of nanoseconds, where a host thread per CUDA thread
+// paid the kernel's scheduler at every barrier.
+
+namespace {
+
+// AddressSanitizer is told of each switch, so that it checks each fiber's stack as a stack (CUDA_EMU_ASAN=1).
+void asan_start_switch(void** fake_stack_save, const void* bottom, size_t size) {
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_start_switch_fiber(fake_stack_save, bottom, size);
+#else
+  (void)fake_stack_save, (void)bottom, (void)size;
+#endif
+}
+void asan_finish_switch(void* fake_stack_save, const void** bottom_old, size_t* size_old) {
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(fake_stack_save, bottom_old, size_old);
+#else
+  (void)fake_stack_save, (void)bottom_old, (void)size_old;
+#endif
+}
+
+constexpr size_t kStackBytes = size_t(256) << 10;  // per CUDA thread; the lowest page is a guard
+constexpr size_t kGuardBytes = 4096;
+
+struct Fiber {
+  void* sp = nullptr;                  // the saved stack pointer while it is switched out
+  char* stack = nullptr;               // kStackBytes, guard page first
+  const Barrier* waiting = nullptr;    // the barrier it waits at, and that barrier's generation when it arrived
+  uint64_t generation = 0;
+  bool done = false;
+  void* asan_fake_stack = nullptr;
+};
+
+struct Scheduler {
+  std::vector<Fiber> fibers;  // one per CUDA thread of the block; stacks kept from launch to launch
+  Fiber* running = nullptr;
+  void* sp = nullptr;  // the scheduler's stack pointer while a fiber runs
+  const void* asan_stack_bottom = nullptr;
+  size_t asan_stack_size = 0;
+  void* asan_fake_stack = nullptr;
+  void (*body)(void*) = nullptr;
+  void* ctx = nullptr;
+};
+thread_local Scheduler sched;
+
+}  // namespace
+
+// Saves the callee-saved registers on the current stack, stores the stack pointer in *save, switches to `to` (a stack
+// saved the same way, or laid out so by start_fiber) and restores from it.
+extern "C" void tally_emu_switch(void** save, void* to);
+asm(R"(
+  .text
+  .globl tally_emu_switch
+  .type tally_emu_switch, @function
+tally_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size tally_emu_switch, .-tally_emu_switch
+)");
+static_assert(sizeof(void*) == 8, "the CUDA emulator's fibers switch x86-64 stacks");
+
+namespace {
+
+// The scheduler switches into fiber f, and f back to the scheduler (`finished`: f's stack is no longer needed).
+void enter(Fiber& f) {
+  sched.running = &f;
+  asan_start_switch(&sched.asan_fake_stack, f.stack + kGuardBytes, kStackBytes - kGuardBytes);
+  tally_emu_switch(&sched.sp, f.sp);
+  asan_finish_switch(sched.asan_fake_stack, nullptr, nullptr);
+  sched.running = nullptr;
+}
+void leave(Fiber& f, bool finished) {
+  asan_start_switch(finished ? nullptr : &f.asan_fake_stack, sched.asan_stack_bottom, sched.asan_stack_size);
+  void* unused = nullptr;
+  tally_emu_switch(finished ? &unused : &f.sp, sched.sp);
+  asan_finish_switch(f.asan_fake_stack, nullptr, nullptr);
+}
+
+[[noreturn]] void fiber_main() {
+  asan_finish_switch(nullptr, &sched.asan_stack_bottom, &sched.asan_stack_size);
+  Fiber& f = *sched.running;
+  sched.body(sched.ctx);
+  f.done = true;
+  leave(f, /*finished=*/true);
+  std::abort();  // never resumed
+}
+
+// Lays out f's stack so that switching to it enters fiber_main with the alignment of a function's entry.
+void start_fiber(Fiber& f) {
+  auto* top = reinterpret_cast<uint64_t*>(f.stack + kStackBytes);  // 16-byte aligned
+  *--top = 0;                                              // fiber_main's return address: it never returns
+  *--top = reinterpret_cast<uint64_t>(&fiber_main);        // popped by tally_emu_switch's ret
+  for (int r = 0; r < 6; ++r) *--top = 0;                  // rbp, rbx, r12-r15
+  f.sp = top;
+  f.waiting = nullptr;
+  f.done = false;
+  f.asan_fake_stack = nullptr;
+}
+
+char* new_stack() {
+  void* p = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED || mprotect(p, kGuardBytes, PROT_NONE) != 0) {
+    std::fprintf(stderr, "cuda_emu: cannot map a fiber stack of %zu bytes\n", kStackBytes);
+    std::abort();
+  }
+  return static_cast<char*>(p);
+}
+
+}  // namespace
+
+void arrive_and_wait(Barrier& b) {
+  if (++b.arrived == b.count) {
+    b.arrived = 0;
+    ++b.generation;
+    return;
+  }
+  Fiber& f = *sched.running;
+  f.waiting = &b;
+  f.generation = b.generation;
+  leave(f, /*finished=*/false);
+}
+
+void check_whole_warp(const Block& b, int t) {
+  const int lanes = std::min(32, b.threads - (t & ~31));
+  if (b.warp[size_t(t / 32)].count == lanes) return;
+  std::fprintf(stderr, "cuda_emu: a full-mask warp shuffle in block (%u,%u,%u), thread %d, after %d lanes of its warp "
+               "returned\n", blockIdx.x, blockIdx.y, blockIdx.z, t, lanes - b.warp[size_t(t / 32)].count);
+  std::abort();
+}
+
+void run_block(const char* kernel, Block& block, void (*body)(void*), void* ctx) {
+  if (sched.running) {
+    std::fprintf(stderr, "cuda_emu: %s launched from inside a kernel\n", kernel);
+    std::abort();
+  }
+  const int n = block.threads;
+  // A thread that has returned no longer counts at the barriers (as on the GPU, where exited threads do not hold
+  // a __syncthreads); counts start whole for each block.
+  block.sync = {.count = n};
+  for (size_t w = 0; w < block.warp.size(); ++w) block.warp[w] = {.count = std::min(32, n - 32 * int(w))};
+  auto leave_barrier = [](Barrier& b) {
+    if (--b.count > 0 && b.arrived == b.count) {
+      b.arrived = 0;
+      ++b.generation;
+    }
+  };
+  while (int(sched.fibers.size()) < n) sched.fibers.push_back({.stack = new_stack()});
+  for (int t = 0; t < n; ++t) start_fiber(sched.fibers[size_t(t)]);
+  sched.body = body;
+  sched.ctx = ctx;
+  current_block = &block;
+  for (int left = n; left > 0;) {
+    bool progress = false;
+    for (int t = 0; t < n; ++t) {
+      Fiber& f = sched.fibers[size_t(t)];
+      if (f.done || (f.waiting && f.waiting->generation == f.generation)) continue;
+      f.waiting = nullptr;
+      linear_tid = t;
+      threadIdx = {unsigned(t % int(blockDim.x)), unsigned((t / int(blockDim.x)) % int(blockDim.y)),
+                   unsigned(t / int(blockDim.x * blockDim.y))};
+      enter(f);
+      progress = true;
+      if (f.done) {
+        --left;
+        leave_barrier(block.sync);
+        leave_barrier(block.warp[size_t(t / 32)]);
+      }
+    }
+    if (!progress) {
+      int at_sync = 0;
+      for (int t = 0; t < n; ++t) at_sync += !sched.fibers[size_t(t)].done && sched.fibers[size_t(t)].waiting == &block.sync;
+      std::fprintf(stderr,
+                   "cuda_emu: %s hangs in block (%u,%u,%u): %d of %d threads wait at __syncthreads, %d at warp "
+                   "shuffles, %d have returned (a barrier some threads never reach)\n",
+                   kernel, blockIdx.x, blockIdx.y, blockIdx.z, at_sync, n, left - at_sync, n - left);
+      std::abort();
+    }
+  }
+  current_block = nullptr;
 }
 }  // namespace tally_emu
 
@@ -202,6 +405,7 @@ bool valid(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, int 
 // Column-major C (m, n) = alpha op(A) (m, k) op(B) (k, n) + beta C; C is not read when beta == 0.
 void gemm_one(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, double alpha, const void* A,
               cudaDataType_t t, int lda, const void* B, int ldb, double beta, void* C, cudaDataType_t ct, int ldc) {
+#pragma omp parallel for schedule(static)  // columns are independent: the emulator's one parallel part
   for (int j = 0; j < n; ++j)
     for (int i = 0; i < m; ++i) {
       double acc = 0;
@@ -399,6 +603,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t d, const vo
   auto op_b = [&](int64_t p, int64_t j) {  // op(B) (k, n)
     return d->transb == CUBLAS_OP_N ? load(B, t, p + j * b->ld) : load(B, t, j + p * b->ld);
   };
+#pragma omp parallel for schedule(static)
   for (int64_t j = 0; j < n; ++j)
     for (int64_t i = 0; i < m; ++i) {
       double acc = 0;

@@ -1,18 +1,18 @@
 // CUDA emulation on the CPU, for checking the CUDA backend's logic on a machine without a GPU (developer tool,
 // scripts/cuda_emulate.sh; never part of the product or CI). Stands in for <cuda_runtime.h>: "device" memory
-// is host memory, a kernel launch runs every block in turn with one std::thread per CUDA thread, so that
-// __syncthreads (a std::barrier), warp shuffles (a per-warp exchange) and __shared__ (static storage, private
-// to the one block running) behave as on a GPU. Slow; for small sizes. It checks indexing, reductions and API
-// use (launch shapes; every launch, copy, memset and cuBLAS call on tally's one stream), not timing, the
-// memory model or real cuBLAS.
+// is host memory, a kernel launch runs every block in turn with one fiber per CUDA thread (switched only where
+// the threads must meet), so that __syncthreads (a barrier of the block's fibers), warp shuffles (a per-warp
+// exchange at a warp barrier) and __shared__ (static storage, private to the one block running) behave as on a
+// GPU. Slow (every CUDA thread runs in turn on one core; cuBLAS's stand-ins use OpenMP); for small sizes. It checks
+// indexing, reductions and API use (launch shapes; every launch, copy, memset and cuBLAS call on tally's one
+// stream), not timing, the memory model or real cuBLAS.
 #pragma once
-#include <barrier>
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -33,7 +33,7 @@ using std::tanh;
 
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
-  dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 struct uint3 {
   unsigned x = 0, y = 0, z = 0;
@@ -53,10 +53,11 @@ struct alignas(8) uint2 {
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 inline float2 make_float2(float x, float y) { return {x, y}; }
 
-extern thread_local uint3 threadIdx;
-extern thread_local uint3 blockIdx;
-extern thread_local dim3 blockDim;
-extern thread_local dim3 gridDim;
+// constinit: read directly, without a call to a thread-local initialiser at every use.
+extern constinit thread_local uint3 threadIdx;
+extern constinit thread_local uint3 blockIdx;
+extern constinit thread_local dim3 blockDim;
+extern constinit thread_local dim3 gridDim;
 
 using cudaStream_t = struct CUstream_st*;
 enum cudaError_t {
@@ -118,15 +119,21 @@ inline uint32_t __float_as_uint(float f) {
 
 namespace tally_emu {
 
+// A barrier among `count` threads of the block being run (__syncthreads: all of them; a shuffle: one warp).
+struct Barrier {
+  int count = 0, arrived = 0;
+  uint64_t generation = 0;  // bumped each time the last thread arrives, which lets the waiting ones go on
+};
+
 // Per-launch state shared by the threads of the block being run.
 struct Block {
   int threads = 0;
-  std::unique_ptr<std::barrier<>> sync;               // __syncthreads
-  std::vector<std::unique_ptr<std::barrier<>>> warp;  // one per warp, for shuffles
-  std::vector<uint64_t> exchange;                     // one slot per thread
+  Barrier sync;                 // __syncthreads
+  std::vector<Barrier> warp;    // one per warp, for shuffles
+  std::vector<uint64_t> exchange;  // two slots per thread, for shuffles
 };
-extern thread_local Block* current_block;
-extern thread_local int linear_tid;
+extern constinit thread_local Block* current_block;
+extern constinit thread_local int linear_tid;
 
 struct Config {
   dim3 grid, block;
@@ -141,55 +148,58 @@ void check_config(const char* kernel, const Config& c);
 // (tally::cuda::stream()), so work on the legacy default stream (a null stream) is a bug. `what` names the call.
 void check_stream(cudaStream_t s, const char* what);
 
+// The calling CUDA thread waits at `b` until all the threads it counts have arrived: its fiber gives way to the
+// block's others (the last to arrive goes on at once).
+void arrive_and_wait(Barrier& b);
+
+// Aborts when a lane of thread t's warp has returned: a full-mask shuffle then reads a lane that is gone.
+void check_whole_warp(const Block& b, int t);
+
+// Runs body(ctx) as every thread of the block blockIdx, each thread a fiber on the calling host thread, switched
+// only at barriers; aborts, naming the kernel and the block, when the threads wait at barriers that can never all be
+// reached (a __syncthreads or full-mask shuffle that some threads skip: a hang on the GPU).
+void run_block(const char* kernel, Block& block, void (*body)(void*), void* ctx);
+
 // Runs kernel(args...) for every thread of every block, block after block.
 template <class Kernel, class... Args>
 void launch(const char* name, const Config& c, Kernel kernel, Args... args) {
   check_config(name, c);
   const int threads = int(c.block.x * c.block.y * c.block.z);
-  Block block;
+  Block block;  // its barriers' counts are set by run_block for each block
   block.threads = threads;
-  block.sync = std::make_unique<std::barrier<>>(threads);
-  const int warps = (threads + 31) / 32;
-  for (int w = 0; w < warps; ++w) block.warp.push_back(std::make_unique<std::barrier<>>(std::min(32, threads - 32 * w)));
-  block.exchange.assign(size_t(threads), 0);
-  std::vector<std::thread> pool;
-  pool.reserve(size_t(threads));
-  for (int t = 0; t < threads; ++t) {
-    pool.emplace_back([&, t] {
-      current_block = &block;
-      linear_tid = t;
-      blockDim = c.block;
-      gridDim = c.grid;
-      threadIdx = {unsigned(t % int(c.block.x)), unsigned((t / int(c.block.x)) % int(c.block.y)),
-                   unsigned(t / int(c.block.x * c.block.y))};
-      for (unsigned bz = 0; bz < c.grid.z; ++bz)
-        for (unsigned by = 0; by < c.grid.y; ++by)
-          for (unsigned bx = 0; bx < c.grid.x; ++bx) {
-            blockIdx = {bx, by, bz};
-            kernel(args...);
-            block.sync->arrive_and_wait();  // the block ends: __shared__ storage may be reused
-          }
-    });
-  }
-  for (auto& th : pool) th.join();
+  block.warp.resize(size_t(threads + 31) / 32);
+  block.exchange.assign(2 * size_t(threads), 0);
+  blockDim = c.block;
+  gridDim = c.grid;
+  auto call = [&] { kernel(args...); };
+  for (unsigned bz = 0; bz < c.grid.z; ++bz)
+    for (unsigned by = 0; by < c.grid.y; ++by)
+      for (unsigned bx = 0; bx < c.grid.x; ++bx) {
+        blockIdx = {bx, by, bz};
+        run_block(name, block, [](void* f) { (*static_cast<decltype(call)*>(f))(); }, &call);
+      }
 }
 
 }  // namespace tally_emu
 
-inline void __syncthreads() { tally_emu::current_block->sync->arrive_and_wait(); }
+inline void __syncthreads() { tally_emu::arrive_and_wait(tally_emu::current_block->sync); }
 
-// Reads lane `src(lane)` of this warp's values (all 32 lanes take part, as a full-mask shuffle).
+// Reads lane `src(lane)` of this warp's values (all 32 lanes take part, as a full-mask shuffle). The exchange has
+// two halves, used by turns: a lane can write its next value only after every lane of its warp has arrived at that
+// next shuffle, so after all have read this one.
 template <class T, class Src>
 T tally_emu_shuffle(T v, Src src) {
   static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>);
   tally_emu::Block& b = *tally_emu::current_block;
   const int t = tally_emu::linear_tid, base = t & ~31, lane = t & 31;
+  tally_emu::check_whole_warp(b, t);
+  tally_emu::Barrier& warp = b.warp[size_t(t / 32)];
+  const size_t half = size_t(warp.generation & 1) * size_t(b.threads);
   uint64_t bits = 0;
   std::memcpy(&bits, &v, sizeof(T));
-  b.exchange[size_t(t)] = bits;
-  b.warp[size_t(t / 32)]->arrive_and_wait();
-  uint64_t other = b.exchange[size_t(base + src(lane))];
-  b.warp[size_t(t / 32)]->arrive_and_wait();
+  b.exchange[half + size_t(t)] = bits;
+  tally_emu::arrive_and_wait(warp);
+  const uint64_t other = b.exchange[half + size_t(base + src(lane))];
   T r;
   std::memcpy(&r, &other, sizeof(T));
   return r;
@@ -208,16 +218,5 @@ T __shfl_sync(unsigned, T v, int src_lane) {
 
 template <class T>
 T __shfl_xor_sync(unsigned, T v, int lane_mask) {
-  static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>);
-  tally_emu::Block& b = *tally_emu::current_block;
-  const int t = tally_emu::linear_tid, base = t & ~31, lane = t & 31;
-  uint64_t bits = 0;
-  std::memcpy(&bits, &v, sizeof(T));
-  b.exchange[size_t(t)] = bits;
-  b.warp[size_t(t / 32)]->arrive_and_wait();
-  uint64_t other = b.exchange[size_t(base + (lane ^ lane_mask))];
-  b.warp[size_t(t / 32)]->arrive_and_wait();
-  T r;
-  std::memcpy(&r, &other, sizeof(T));
-  return r;
+  return tally_emu_shuffle(v, [lane_mask](int lane) { return lane ^ (lane_mask & 31); });
 }
