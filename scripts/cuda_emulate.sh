@@ -6,11 +6,19 @@
 # reductions, barriers, operand mapping) before precious GPU time is spent; it says nothing about speed, the
 # memory model or real cuBLAS. Developer tool: not part of CI.
 # Usage: scripts/cuda_emulate.sh [doctest args, e.g. -tc="cuda softmax*", or -ts=optim for the optimizer kernels]
+#        scripts/cuda_emulate.sh --bench bench_gpu_train [its flags, at small sizes]: a GPU benchmark's own code
+#        (flags, runs, output) under the emulator, before a GPU session runs it; its timings mean nothing.
 # CUDA_EMU_ASAN=1 builds into build-emu-asan with AddressSanitizer: emulated device memory is host heap memory, so
 # a kernel's out-of-bounds access is reported with the kernel's source line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+bench=""
+if [ "${1:-}" = "--bench" ]; then
+  bench=${2:?"--bench needs a benchmark's name (bench/<name>.cpp)"}
+  [ -f "bench/$bench.cpp" ] || { echo "cuda_emulate: no bench/$bench.cpp" >&2; exit 2; }
+  shift 2
+fi
 build=$root/build-emu
 sanitize=()
 if [ -n "${CUDA_EMU_ASAN:-}" ]; then
@@ -37,8 +45,15 @@ while IFS= read -r f; do
   sources+=("$out")
 done < <(find core nn optim models -name '*.cu' 2>/dev/null | sort)
 while IFS= read -r f; do sources+=("$root/$f"); done < <(find core nn optim models data train -name '*.cpp' ! -name main.cpp 2>/dev/null | sort)
-sources+=("$root/tools/cuda_emu/emu_runtime.cpp" "$root/tests/main.cpp" "$root/tests/core/op_cases.cpp")  # the op table
-while IFS= read -r f; do sources+=("$root/$f"); done < <(find tests/cuda tests/optim -name 'cuda*.cpp' -o -path '*tests/cuda/*.cpp' | sort)
+sources+=("$root/tools/cuda_emu/emu_runtime.cpp")
+if [ -n "$bench" ]; then
+  sources+=("$root/bench/$bench.cpp")
+  exe=$build/${bench}_emu
+else
+  sources+=("$root/tests/main.cpp" "$root/tests/core/op_cases.cpp")  # the op table
+  while IFS= read -r f; do sources+=("$root/$f"); done < <(find tests/cuda tests/optim -name 'cuda*.cpp' -o -path '*tests/cuda/*.cpp' | sort)
+  exe=$build/tally_tests_emu
+fi
 
 compile() {  # source -> object (only when the source or any header changed since: a stale object that saw an
   # older class layout corrupts memory at run time)
@@ -56,7 +71,7 @@ objs=()
 for s in "${sources[@]}"; do objs+=("$build/obj/$(echo "$s" | md5sum | cut -c1-12).o"); done
 for i in "${!sources[@]}"; do printf '%s\0%s\0' "${sources[$i]}" "${objs[$i]}"; done |
   xargs -0 -n 2 -P "$(nproc)" bash -c 'compile "$0" "$1" '"$(printf '%q ' "${flags[@]}")"
-g++ "${objs[@]}" "${sanitize[@]}" -fopenmp -pthread -L"$blas_lib" -Wl,-rpath,"$blas_lib" -lopenblas -lpcre2-8 -o "$build/tally_tests_emu"
+g++ "${objs[@]}" "${sanitize[@]}" -fopenmp -pthread -L"$blas_lib" -Wl,-rpath,"$blas_lib" -lopenblas -lpcre2-8 -o "$exe"
 # Every test case linked in is a CUDA test: the ops' (suite "cuda") and the optimizers' (suite "optim", "cuda: ...").
-echo "cuda_emulate: running $build/tally_tests_emu $*"
-"$build/tally_tests_emu" "$@"
+echo "cuda_emulate: running $exe $*"
+"$exe" "$@"
