@@ -8,16 +8,24 @@
 # Usage: scripts/cuda_emulate.sh [doctest args, e.g. -tc="cuda softmax*", or -ts=optim for the optimizer kernels]
 #        scripts/cuda_emulate.sh --bench bench_gpu_train [its flags, at small sizes]: a GPU benchmark's own code
 #        (flags, runs, output) under the emulator, before a GPU session runs it; its timings mean nothing.
+#        scripts/cuda_emulate.sh --cli [tally's arguments]: the tally command itself (build-emu/tally_emu), e.g.
+#        CUDA_EMU_DEVICES=2 mpirun -np 2 build-emu/tally_emu train --device cuda --zero 1 ...: several emulated GPUs,
+#        one per process, whose NCCL collectives are MPI's (tools/cuda_emu/include/nccl.h).
+# With OpenMPI installed (mpicxx), the emulator is built with MPI and NCCL, as a GPU build with both.
 # CUDA_EMU_ASAN=1 builds into build-emu-asan with AddressSanitizer: emulated device memory is host heap memory, so
 # a kernel's out-of-bounds access is reported with the kernel's source line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 bench=""
+cli=""
 if [ "${1:-}" = "--bench" ]; then
   bench=${2:?"--bench needs a benchmark's name (bench/<name>.cpp)"}
   [ -f "bench/$bench.cpp" ] || { echo "cuda_emulate: no bench/$bench.cpp" >&2; exit 2; }
   shift 2
+elif [ "${1:-}" = "--cli" ]; then
+  cli=1
+  shift
 fi
 build=$root/build-emu
 sanitize=()
@@ -32,6 +40,13 @@ flags=(-std=c++20 -O1 -g -fopenmp -pthread -Wno-unknown-pragmas -DTALLY_HAS_CUDA
        "-DTALLY_SOURCE_DIR=\"$root\"" "-DTALLY_BINARY_DIR=\"$build\"" -I"$root/tools/cuda_emu/include"
        -I"$build/gen-include" -I"$root"
        -I"$blas_inc" "${sanitize[@]}")
+libs=()
+if command -v mpicxx >/dev/null; then
+  read -ra mpi_compile < <(mpicxx --showme:compile)
+  read -ra mpi_link < <(mpicxx --showme:link)
+  flags+=(-DTALLY_HAS_MPI=1 -DTALLY_HAS_NCCL=1 "${mpi_compile[@]}")
+  libs+=("${mpi_link[@]}")
+fi
 
 # Headers with launches are rewritten too, into a tree searched before the sources.
 while IFS= read -r f; do
@@ -45,10 +60,13 @@ while IFS= read -r f; do
   sources+=("$out")
 done < <(find core nn optim models -name '*.cu' 2>/dev/null | sort)
 while IFS= read -r f; do sources+=("$root/$f"); done < <(find core nn optim models data train -name '*.cpp' ! -name main.cpp 2>/dev/null | sort)
-sources+=("$root/tools/cuda_emu/emu_runtime.cpp")
+sources+=("$root/tools/cuda_emu/emu_runtime.cpp" "$root/tools/cuda_emu/emu_nccl.cpp")
 if [ -n "$bench" ]; then
   sources+=("$root/bench/$bench.cpp")
   exe=$build/${bench}_emu
+elif [ -n "$cli" ]; then
+  sources+=("$root/train/main.cpp")
+  exe=$build/tally_emu
 else
   sources+=("$root/tests/main.cpp" "$root/tests/core/op_cases.cpp")  # the op table
   while IFS= read -r f; do sources+=("$root/$f"); done < <(find tests/cuda tests/optim -name 'cuda*.cpp' -o -path '*tests/cuda/*.cpp' | sort)
@@ -68,10 +86,11 @@ compile() {  # source -> object (only when the source or any header changed sinc
 export -f compile
 export root
 objs=()
-for s in "${sources[@]}"; do objs+=("$build/obj/$(echo "$s" | md5sum | cut -c1-12).o"); done
+# An object's name covers its flags too: one built without MPI is never linked into a build with it.
+for s in "${sources[@]}"; do objs+=("$build/obj/$(echo "$s ${flags[*]}" | md5sum | cut -c1-12).o"); done
 for i in "${!sources[@]}"; do printf '%s\0%s\0' "${sources[$i]}" "${objs[$i]}"; done |
   xargs -0 -n 2 -P "$(nproc)" bash -c 'compile "$0" "$1" '"$(printf '%q ' "${flags[@]}")"
-g++ "${objs[@]}" "${sanitize[@]}" -fopenmp -pthread -L"$blas_lib" -Wl,-rpath,"$blas_lib" -lopenblas -lpcre2-8 -o "$exe"
+g++ "${objs[@]}" "${sanitize[@]}" -fopenmp -pthread -L"$blas_lib" -Wl,-rpath,"$blas_lib" -lopenblas -lpcre2-8 "${libs[@]}" -o "$exe"
 # Every test case linked in is a CUDA test: the ops' (suite "cuda") and the optimizers' (suite "optim", "cuda: ...").
 echo "cuda_emulate: running $exe $*"
 "$exe" "$@"

@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 #include <stdexcept>
@@ -157,6 +158,10 @@ void leave(Fiber& f, bool finished) {
 
 // Lays out f's stack so that switching to it enters fiber_main with the alignment of a function's entry.
 void start_fiber(Fiber& f) {
+#if defined(__SANITIZE_ADDRESS__)
+  // A reused stack still carries the poisoned red zones of the frames its last fiber left (it never returns).
+  ASAN_UNPOISON_MEMORY_REGION(f.stack + kGuardBytes, kStackBytes - kGuardBytes);
+#endif
   auto* top = reinterpret_cast<uint64_t*>(f.stack + kStackBytes);  // 16-byte aligned
   *--top = 0;                                              // fiber_main's return address: it never returns
   *--top = reinterpret_cast<uint64_t>(&fiber_main);        // popped by tally_emu_switch's ret
@@ -269,15 +274,31 @@ const char* cudaGetErrorName(cudaError_t e) {
 }
 const char* cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "emulated error"; }
 cudaError_t cudaGetLastError() { return cudaSuccess; }
+// CUDA_EMU_DEVICES devices (1 unless set), all the same host memory: the processes of an emulated multi-GPU run take
+// one each (cudaSetDevice(local rank)).
+namespace {
+int device_count() {
+  static const int n = [] {
+    const char* v = std::getenv("CUDA_EMU_DEVICES");
+    return v && std::atoi(v) > 0 ? std::atoi(v) : 1;
+  }();
+  return n;
+}
+thread_local int current_device = 0;
+}  // namespace
 cudaError_t cudaGetDeviceCount(int* n) {
-  *n = 1;
+  *n = device_count();
   return cudaSuccess;
 }
 cudaError_t cudaGetDevice(int* d) {
-  *d = 0;
+  *d = current_device;
   return cudaSuccess;
 }
-cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidValue; }
+cudaError_t cudaSetDevice(int d) {
+  if (d < 0 || d >= device_count()) return cudaErrorInvalidValue;
+  current_device = d;
+  return cudaSuccess;
+}
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
   *s = tally_emu::kStream;
   return cudaSuccess;
