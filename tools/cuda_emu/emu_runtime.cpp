@@ -209,16 +209,11 @@ void run_block(const char* kernel, Block& block, void (*body)(void*), void* ctx)
     std::abort();
   }
   const int n = block.threads;
-  // A thread that has returned no longer counts at the barriers (as on the GPU, where exited threads do not hold
-  // a __syncthreads); counts start whole for each block.
+  // A thread that has returned is counted out of its warp (a shuffle after that aborts: check_whole_warp) but stays
+  // counted at the block's barrier: a __syncthreads that some threads skip by returning is reported as the hang it
+  // may be (the CUDA guide leaves it undefined), as is one they skip by a branch. Counts start whole for each block.
   block.sync = {.count = n};
   for (size_t w = 0; w < block.warp.size(); ++w) block.warp[w] = {.count = std::min(32, n - 32 * int(w))};
-  auto leave_barrier = [](Barrier& b) {
-    if (--b.count > 0 && b.arrived == b.count) {
-      b.arrived = 0;
-      ++b.generation;
-    }
-  };
   while (int(sched.fibers.size()) < n) sched.fibers.push_back({.stack = new_stack()});
   for (int t = 0; t < n; ++t) start_fiber(sched.fibers[size_t(t)]);
   sched.body = body;
@@ -237,8 +232,7 @@ void run_block(const char* kernel, Block& block, void (*body)(void*), void* ctx)
       progress = true;
       if (f.done) {
         --left;
-        leave_barrier(block.sync);
-        leave_barrier(block.warp[size_t(t / 32)]);
+        --block.warp[size_t(t / 32)].count;  // lanes already waiting at a shuffle then wait for ever: a hang, reported
       }
     }
     if (!progress) {

@@ -157,7 +157,7 @@ void check_whole_warp(const Block& b, int t);
 
 // Runs body(ctx) as every thread of the block blockIdx, each thread a fiber on the calling host thread, switched
 // only at barriers; aborts, naming the kernel and the block, when the threads wait at barriers that can never all be
-// reached (a __syncthreads or full-mask shuffle that some threads skip: a hang on the GPU).
+// reached (a __syncthreads or full-mask shuffle that some threads skip, by a branch or by returning).
 void run_block(const char* kernel, Block& block, void (*body)(void*), void* ctx);
 
 // Runs kernel(args...) for every thread of every block, block after block.
