@@ -7,7 +7,7 @@
 # memory model or real cuBLAS. Developer tool: not part of CI.
 # Usage: scripts/cuda_emulate.sh [doctest args, e.g. -tc="cuda softmax*", or -ts=optim for the optimizer kernels]
 #        scripts/cuda_emulate.sh --bench bench_gpu_train [its flags, at small sizes]: a GPU benchmark's own code
-#        (flags, runs, output) under the emulator, before a GPU session runs it; its timings mean nothing.
+#        (flags, runs, output) under the emulator, before a GPU runs it; its timings mean nothing.
 #        scripts/cuda_emulate.sh --cli [tally's arguments]: the tally command itself (build-emu/tally_emu), e.g.
 #        CUDA_EMU_DEVICES=2 mpirun -np 2 build-emu/tally_emu train --device cuda --zero 1 ...: several emulated GPUs,
 #        one per process, whose NCCL collectives are MPI's (tools/cuda_emu/include/nccl.h).
