@@ -91,6 +91,7 @@ for s in "${sources[@]}"; do objs+=("$build/obj/$(echo "$s ${flags[*]}" | md5sum
 for i in "${!sources[@]}"; do printf '%s\0%s\0' "${sources[$i]}" "${objs[$i]}"; done |
   xargs -0 -n 2 -P "$(nproc)" bash -c 'compile "$0" "$1" '"$(printf '%q ' "${flags[@]}")"
 g++ "${objs[@]}" "${sanitize[@]}" -fopenmp -pthread -L"$blas_lib" -Wl,-rpath,"$blas_lib" -lopenblas -lpcre2-8 "${libs[@]}" -o "$exe"
-# Every test case linked in is a CUDA test: the ops' (suite "cuda") and the optimizers' (suite "optim", "cuda: ...").
+# In the test binary every test case linked in is a CUDA test: the ops' (suite "cuda") and the optimizers' (suite
+# "optim", "cuda: ...").
 echo "cuda_emulate: running $exe $*"
 "$exe" "$@"

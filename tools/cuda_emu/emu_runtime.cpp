@@ -10,15 +10,15 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
-#include <sys/mman.h>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
 
+#include <sys/mman.h>
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
-#include <stdexcept>
-#include <string>
-#include <unordered_map>
 
 #include "core/dtype.h"
 
