@@ -11,6 +11,7 @@
 #include "core/cuda/cuda_allocator.h"
 #include "core/device.h"
 #include "core/ledger.h"
+#include "core/wait.h"
 
 namespace tally {
 
@@ -156,9 +157,47 @@ Fp32Matmul fp32_matmul() { return Fp32Matmul(g_fp32_matmul.load()); }
 
 namespace {
 std::atomic<int64_t> g_host_waits{0};
+std::atomic<WaitWatch*> g_wait_watch{nullptr};
+
+// Every host wait for the device goes through here: `query` asks whether the work is done (cudaStreamQuery,
+// cudaEventQuery), `block` waits for it inside CUDA (named `call` in errors). With a watch set, the host polls and
+// the watch may end the wait (see WaitWatch in runtime.h); without one, it blocks.
+template <class Query, class Block>
+void wait_for(const char* op, const char* call, Query query, Block block) {
+  g_host_waits.fetch_add(1);
+  WaitWatch* watch = g_wait_watch.load();
+  cudaError_t err = cudaSuccess;
+  if (!watch) {
+    err = block();
+  } else {
+    const std::string why = wait_until_ready(
+        [&] {
+          err = query();
+          return err == cudaErrorNotReady ? Readiness::pending : Readiness::ready;
+        },
+        [&](double waited_seconds) { return watch->verdict(waited_seconds); });
+    if (!why.empty()) {
+      watch->cancel();
+      fail("[", op, "] gave up waiting for the GPU: ", why);
+    }
+  }
+  if (err != cudaSuccess) throw_cuda_error(op, call, err, __FILE__, __LINE__);
+}
+
+void wait_for_stream(const char* op, cudaStream_t s) {
+  wait_for(op, "cudaStreamSynchronize", [s] { return cudaStreamQuery(s); }, [s] { return cudaStreamSynchronize(s); });
+}
+
+void wait_for_event(const char* op, cudaEvent_t e) {
+  wait_for(op, "cudaEventSynchronize", [e] { return cudaEventQuery(e); }, [e] { return cudaEventSynchronize(e); });
+}
+
 }  // namespace
 
 int64_t host_waits() { return g_host_waits.load(); }
+
+void set_wait_watch(WaitWatch* watch) { g_wait_watch.store(watch); }
+WaitWatch* wait_watch() { return g_wait_watch.load(); }
 
 namespace {
 
@@ -178,8 +217,7 @@ bool upload_through_pinned(void* dst, const void* src, int64_t bytes) {
   if (u.in_flight) {
     const cudaError_t ready = cudaEventQuery(u.done);
     if (ready == cudaErrorNotReady) {
-      g_host_waits.fetch_add(1);
-      TALLY_CUDA_CHECK("upload", cudaEventSynchronize(u.done));
+      wait_for_event("upload", u.done);
     } else {
       TALLY_CUDA_CHECK("upload", ready);
     }
@@ -204,19 +242,17 @@ bool upload_through_pinned(void* dst, const void* src, int64_t bytes) {
 void memcpy_host_to_device(void* dst, const void* src, int64_t bytes) {
   if (bytes <= 0) return;
   if (upload_through_pinned(dst, src, bytes)) return;
-  g_host_waits.fetch_add(1);
   cudaStream_t s = stream();
   TALLY_CUDA_CHECK("memcpy_host_to_device", cudaMemcpyAsync(dst, src, size_t(bytes), cudaMemcpyHostToDevice, s));
   // The host buffer may be freed as soon as we return: wait until the copy has consumed it.
-  TALLY_CUDA_CHECK("memcpy_host_to_device", cudaStreamSynchronize(s));
+  wait_for_stream("memcpy_host_to_device", s);
 }
 
 void memcpy_device_to_host(void* dst, const void* src, int64_t bytes) {
   if (bytes <= 0) return;
-  g_host_waits.fetch_add(1);
   cudaStream_t s = stream();
   TALLY_CUDA_CHECK("memcpy_device_to_host", cudaMemcpyAsync(dst, src, size_t(bytes), cudaMemcpyDeviceToHost, s));
-  TALLY_CUDA_CHECK("memcpy_device_to_host", cudaStreamSynchronize(s));
+  wait_for_stream("memcpy_device_to_host", s);
 }
 
 void memcpy_device_to_device(void* dst, const void* src, int64_t bytes) {
@@ -225,10 +261,7 @@ void memcpy_device_to_device(void* dst, const void* src, int64_t bytes) {
                    cudaMemcpyAsync(dst, src, size_t(bytes), cudaMemcpyDeviceToDevice, stream()));
 }
 
-void synchronize() {
-  g_host_waits.fetch_add(1);
-  TALLY_CUDA_CHECK("synchronize", cudaStreamSynchronize(stream()));
-}
+void synchronize() { wait_for_stream("synchronize", stream()); }
 
 void set_device(int index) {
   TALLY_CHECK(index >= 0 && index < cuda_device_count(), "[set_device] cuda:", index, " does not exist (",

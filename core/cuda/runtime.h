@@ -3,6 +3,7 @@
 // Kernels use the internal header core/cuda/common.cuh (stream, cuBLAS handle, checks) instead.
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace tally::cuda {
 
@@ -16,6 +17,21 @@ void synchronize();                      // waits for the device's work; throws 
 // device, and a small one whose pinned buffer was still in use): what a training step costs in host waits, checked
 // in tests/cuda/test_cuda_gpt2.cpp.
 int64_t host_waits();
+
+// A watch over the host's waits for the device. NCCL sets one while a communicator is open (core/dist/nccl.cu): a
+// collective whose peer has stopped never ends, and a plain CUDA wait would wait for it forever. While a watch is
+// set, every wait above polls the stream and asks `verdict` every millisecond; a non-empty answer (why to give up)
+// makes the wait call `cancel` (NCCL: abort the communicator, which ends its kernels) and throw tally::Error naming
+// the wait and the reason. Without a watch the waits block in CUDA, as they always have.
+class WaitWatch {
+ public:
+  virtual ~WaitWatch() = default;
+  virtual std::string verdict(double waited_seconds) = 0;  // "" to go on waiting
+  virtual void cancel() = 0;
+};
+void set_wait_watch(WaitWatch* watch);  // nullptr: no watch
+WaitWatch* wait_watch();
+
 void set_device(int index);
 int current_device();
 void memory_info(int64_t* free_bytes, int64_t* total_bytes);  // cudaMemGetInfo

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/parse.h"
 
 namespace tally::dist {
 
@@ -50,6 +51,14 @@ bool launched_by_mpi() {
   for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"})
     if (const char* e = std::getenv(v); e && *e) return true;
   return false;
+}
+
+double nccl_timeout_seconds(const char* value) {
+  if (!value || !*value) return kNcclTimeoutSeconds;
+  const std::optional<double> s = parse_finite_double(value);
+  TALLY_CHECK(s && *s >= 0.0, "[nccl] TALLY_NCCL_TIMEOUT_S must be a number of seconds >= 0 (0: no limit), got '",
+              value, "'");
+  return *s;
 }
 
 std::unique_ptr<Communicator> single_process(int rank, int world) {

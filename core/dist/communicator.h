@@ -64,6 +64,13 @@ bool launched_by_mpi();
 // with a clear error), else the single-process one. MPI is finalised at exit.
 Communicator& process_group();
 
+// How long a rank waits for its GPU while an NCCL communicator is open before it gives up: a rank that has stopped
+// leaves the others' collectives unfinished, and NCCL's kernels would wait for it forever. The value of
+// TALLY_NCCL_TIMEOUT_S (`value`; nullptr or empty: unset), in seconds: default kNcclTimeoutSeconds, 0 for no limit;
+// anything else than a number >= 0 is refused with an error naming the variable.
+inline constexpr double kNcclTimeoutSeconds = 600;
+double nccl_timeout_seconds(const char* value);
+
 // A communicator of one rank that moves nothing (a single process, or the meta device's plan of a rank of
 // `world`: the same buffers are allocated, nothing is sent).
 std::unique_ptr<Communicator> single_process(int rank = 0, int world = 1);

@@ -1,7 +1,9 @@
 // NCCL between the GPUs of a data-parallel run (one GPU per rank), for the MPI engine of mpi.cpp: collectives on
 // CUDA buffers, in place, on the library's CUDA stream (ordered with the kernels around them, no host wait).
 // Compiled when CUDA and NCCL are; the MPI engine makes the communicator on first use of a CUDA buffer, with the
-// unique id rank 0 draws broadcast over MPI.
+// unique id rank 0 draws broadcast over MPI. While a communicator is open it watches the host's waits for the GPU
+// (nccl.cu): a wait that NCCL reports failed, or that lasts longer than TALLY_NCCL_TIMEOUT_S (600 s unless set), aborts
+// the communicator and throws, so that a rank whose peer has stopped exits with an error instead of hanging.
 #pragma once
 #include <cstdint>
 

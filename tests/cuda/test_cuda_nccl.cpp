@@ -2,10 +2,17 @@
 // MPI from a unique id, runs the all-reduce (f32, and f64 for the optimizers' cross-rank sums), the reduce-scatter
 // and the all-gather on device buffers, in place on tally's stream, ordered with the kernels around them. At one
 // rank each is the identity on its result segment, so the check is that the calls run, touch nothing else and
-// report NCCL's errors by name. Runs of several ranks (an id exchanged over MPI, one GPU per rank) need a machine
+// report NCCL's errors by name. While open, the communicator watches the host's waits for the GPU: NCCL's
+// asynchronous error or TALLY_NCCL_TIMEOUT_S ends a wait that cannot finish (shown with faults injected into the CUDA
+// emulator's NCCL, where a collective can be made to never finish). Runs of several ranks (an id exchanged over MPI, one GPU per rank) need a machine
 // with several GPUs. Skipped, visibly, without a GPU or without NCCL in the build.
 #include <doctest/doctest.h>
 
+#include <chrono>
+#include <cstdlib>
+#include <vector>
+
+#include "core/cuda/runtime.h"
 #include "core/device.h"
 #include "core/dist/nccl.h"
 #include "core/ops.h"
@@ -50,7 +57,58 @@ TEST_CASE("cuda nccl: one rank's collectives on device buffers, in place, in str
   char other[dist::nccl::kUniqueIdBytes];
   dist::nccl::unique_id(other);
   CHECK_THROWS_WITH(dist::nccl::init(1, 1, other), doctest::Contains("[nccl] ncclCommInitRank"));
+
+  // The communicator watches the host's waits while it is open, and only then; a bad time limit is refused first.
+  comm = dist::nccl::init(0, 1, other);
+  CHECK(cuda::wait_watch() != nullptr);
+  cuda::synchronize();
+  dist::nccl::destroy(comm);
+  CHECK(cuda::wait_watch() == nullptr);
+  ::setenv("TALLY_NCCL_TIMEOUT_S", "ten", 1);
+  CHECK_THROWS_WITH(dist::nccl::init(0, 1, other), doctest::Contains("TALLY_NCCL_TIMEOUT_S must be a number"));
+  ::unsetenv("TALLY_NCCL_TIMEOUT_S");
+  CHECK(cuda::wait_watch() == nullptr);
 }
+
+#ifdef TALLY_CUDA_EMULATED
+// Faults injected into the emulator's NCCL (tools/cuda_emu/include/nccl.h): a rank's collectives stop finishing, as
+// when a peer has stopped, and its stream stays busy. A real GPU would need a second rank that stops.
+TEST_CASE("cuda nccl: a collective that cannot finish ends the host's wait with an error, not a hang (emulated)") {
+  const Device gpu = Device::cuda();
+  char id[dist::nccl::kUniqueIdBytes];
+  dist::nccl::unique_id(id);
+  Tensor f = from_vector(std::vector<float>{1, 2, 3}, {3}, {.dtype = DType::f32, .device = gpu});
+
+  // NCCL reports the failure: the first wait after it gives up, and the aborted communicator refuses more work.
+  ::setenv("CUDA_EMU_NCCL_FAULT", "error:0:1", 1);
+  dist::nccl::Comm* comm = dist::nccl::init(0, 1, id);
+  dist::nccl::all_reduce_sum(comm, f.data<float>(), f.numel());
+  cuda::synchronize();  // the first collective finishes
+  dist::nccl::all_reduce_sum(comm, f.data<float>(), f.numel());
+  CHECK_THROWS_WITH(cuda::synchronize(), doctest::Contains("[synchronize] gave up waiting for the GPU: NCCL reported "
+                                                           "remote process exited or there was a network error"));
+  CHECK_THROWS_WITH(dist::nccl::all_reduce_sum(comm, f.data<float>(), f.numel()),
+                    doctest::Contains("[nccl] ncclAllReduce: the communicator was aborted"));
+  dist::nccl::destroy(comm);
+  CHECK(cuda::wait_watch() == nullptr);
+
+  // Nothing reported (a peer that stopped silently): the time limit ends the wait.
+  ::setenv("CUDA_EMU_NCCL_FAULT", "stall:0:0", 1);
+  ::setenv("TALLY_NCCL_TIMEOUT_S", "0.2", 1);
+  comm = dist::nccl::init(0, 1, id);
+  dist::nccl::reduce_scatter_sum(comm, f.data<float>(), f.numel(), 0);
+  const auto start = std::chrono::steady_clock::now();
+  CHECK_THROWS_WITH((void)f.to_vector<float>(),
+                    doctest::Contains("[memcpy_device_to_host] gave up waiting for the GPU: no end after"));
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  CHECK(took >= 0.2);
+  CHECK(took < 30.0);
+  dist::nccl::destroy(comm);
+  ::unsetenv("CUDA_EMU_NCCL_FAULT");
+  ::unsetenv("TALLY_NCCL_TIMEOUT_S");
+  CHECK(f.to_vector<float>() == std::vector<float>{1, 2, 3});  // the lost collectives changed nothing
+}
+#endif
 #else
 TEST_CASE("cuda nccl: not run, this build has no NCCL" * doctest::skip(true)) {}
 #endif

@@ -20,6 +20,9 @@
 #include "core/cuda/runtime.h"
 #include "core/kernels/kernels.h"
 #endif
+#ifdef TALLY_CUDA_EMULATED
+#include <cuda_runtime.h>  // the emulator's (tools/cuda_emu): tally_emu::set_stream_stalled
+#endif
 
 namespace {
 
@@ -160,6 +163,75 @@ TEST_CASE("cuda runtime: device presence and properties" * doctest::skip(kNoGpu)
   CHECK_THROWS_WITH_AS(cuda::set_device(cuda_device_count()), doctest::Contains("does not exist"), Error);
 #endif
 }
+
+#ifdef TALLY_HAS_CUDA
+// A watch over the host's waits (set by NCCL while a communicator is open): the stream is kept busy (on a GPU, a
+// queue of products far longer than the host's next step; in the emulator, whose launches finish at once, a stream
+// marked stalled), and a wait then polls, asks the watch, and either ends with the work or gives up with the
+// watch's reason after cancelling.
+struct TestWatch final : cuda::WaitWatch {
+  int asks = 0, cancels = 0;
+  int give_up_at = -1;  // the first ask that gives up (-1: none)
+  int done_at = -1;     // emulator: the ask after which the stalled stream's work ends
+  std::string verdict(double waited_seconds) override {
+    CHECK(waited_seconds >= 0.0);
+    ++asks;
+#ifdef TALLY_CUDA_EMULATED
+    if (asks == done_at) tally_emu::set_stream_stalled(false);
+#endif
+    return give_up_at > 0 && asks >= give_up_at ? "the test's watch gives up" : "";
+  }
+  void cancel() override {
+    ++cancels;
+#ifdef TALLY_CUDA_EMULATED
+    tally_emu::set_stream_stalled(false);  // as NCCL's abort ends its kernels
+#endif
+  }
+};
+
+void keep_stream_busy() {
+#ifdef TALLY_CUDA_EMULATED
+  tally_emu::set_stream_stalled(true);
+#else
+  [[maybe_unused]] StrictFp32 strict;
+  Tensor a = randn_cpu({4096, 4096}, DType::f32, 5).to(gpu());
+  for (int i = 0; i < 40; ++i) (void)matmul(a, a);  // ~100 ms of FP32 products queued behind one another
+#endif
+}
+
+TEST_CASE("cuda runtime: a watched wait polls, and gives up with the watch's reason after cancelling" *
+          doctest::skip(kNoGpu)) {
+  REQUIRE(cuda::wait_watch() == nullptr);
+  Tensor x = from_vector(std::vector<float>{1, 2, 3}, {3}, {.device = gpu()});
+  TestWatch keeps_waiting;
+  keeps_waiting.done_at = 3;
+  cuda::set_wait_watch(&keeps_waiting);
+  keep_stream_busy();
+  const int64_t waits = cuda::host_waits();
+  cuda::synchronize();  // ends with the work
+  CHECK(cuda::host_waits() == waits + 1);
+  CHECK(keeps_waiting.asks >= 1);
+  CHECK(keeps_waiting.cancels == 0);
+
+  TestWatch gives_up;
+  gives_up.give_up_at = 1;
+  cuda::set_wait_watch(&gives_up);
+  keep_stream_busy();
+  CHECK_THROWS_WITH_AS(cuda::synchronize(),
+                       doctest::Contains("[synchronize] gave up waiting for the GPU: the test's watch gives up"), Error);
+  CHECK(gives_up.cancels == 1);
+  keep_stream_busy();
+  CHECK_THROWS_WITH_AS((void)x.to_vector<float>(), doctest::Contains("[memcpy_device_to_host] gave up waiting"), Error);
+  CHECK(gives_up.cancels == 2);
+
+  cuda::set_wait_watch(nullptr);  // blocking waits again
+  keep_stream_busy();
+#ifdef TALLY_CUDA_EMULATED
+  tally_emu::set_stream_stalled(false);  // a blocking wait on a stalled stream would never return
+#endif
+  CHECK(x.to_vector<float>() == std::vector<float>{1, 2, 3});
+}
+#endif
 
 // ---------------------------------------------------------------------------------------------------------------
 // copy, cast, fill

@@ -3,6 +3,8 @@
 #include <nccl.h>
 
 #include <climits>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -13,6 +15,10 @@
 
 struct ncclComm {
   int rank = 0, nranks = 1;
+  int collectives = 0;       // made so far
+  int fault_after = -1;      // an injected fault's <n> (CUDA_EMU_NCCL_FAULT), -1: none on this rank
+  bool fault_error = false;  // the fault's kind: "error" (reported) or "stall" (silent)
+  bool faulted = false;      // the fault has begun
 };
 
 namespace {
@@ -32,6 +38,33 @@ bool valid(ncclComm_t comm, size_t count, ncclDataType_t type, ncclRedOp_t op, c
   if (!comm) return refuse(ncclInvalidArgument, std::string(what) + ": null communicator"), false;
   if (type != ncclFloat32 && type != ncclFloat64) return refuse(ncclInvalidArgument, std::string(what) + ": data type"), false;
   if (op != ncclSum) return refuse(ncclInvalidArgument, std::string(what) + ": reduction"), false;
+  return true;
+}
+
+// CUDA_EMU_NCCL_FAULT=<kind>:<rank>:<n> (see nccl.h), for `comm`'s rank.
+void read_fault(ncclComm& comm) {
+  const char* e = std::getenv("CUDA_EMU_NCCL_FAULT");
+  if (!e || !*e) return;
+  char kind[16] = {};
+  int rank = -1, after = -1;
+  if (std::sscanf(e, "%15[a-z]:%d:%d", kind, &rank, &after) != 3 || after < 0 ||
+      (std::strcmp(kind, "stall") != 0 && std::strcmp(kind, "error") != 0)) {
+    std::fprintf(stderr, "cuda_emu: CUDA_EMU_NCCL_FAULT must be stall:<rank>:<n> or error:<rank>:<n>, got '%s'\n", e);
+    std::abort();
+  }
+  if (rank != comm.rank) return;
+  comm.fault_after = after;
+  comm.fault_error = std::strcmp(kind, "error") == 0;
+}
+
+// Whether this collective is lost to the injected fault: its data stays as it was and the stream stays busy.
+bool lost(ncclComm& comm) {
+  if (comm.faulted) return true;
+  if (comm.fault_after < 0 || comm.collectives++ < comm.fault_after) return false;
+  comm.faulted = true;
+  tally_emu::set_stream_stalled(true);
+  std::fprintf(stderr, "cuda_emu: rank %d: injected NCCL fault (%s): collectives no longer finish\n", comm.rank,
+               comm.fault_error ? "error" : "stall");
   return true;
 }
 
@@ -66,12 +99,26 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId, int ra
     return refuse(ncclInvalidArgument, "ncclCommInitRank: several ranks need the emulator built with MPI");
 #endif
   }
-  *comm = new ncclComm{rank, nranks};
+  *comm = new ncclComm{.rank = rank, .nranks = nranks};
+  read_fault(**comm);
   return ncclSuccess;
 }
 
 ncclResult_t ncclCommDestroy(ncclComm_t comm) {
   delete comm;
+  return ncclSuccess;
+}
+
+ncclResult_t ncclCommAbort(ncclComm_t comm) {
+  if (comm && comm->faulted) tally_emu::set_stream_stalled(false);  // the aborted collectives' kernels end
+  delete comm;
+  return ncclSuccess;
+}
+
+ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* async_error) {
+  if (!comm || !async_error) return refuse(ncclInvalidArgument, "ncclCommGetAsyncError: null argument");
+  *async_error = comm->faulted && comm->fault_error ? ncclRemoteError : ncclSuccess;
+  if (*async_error != ncclSuccess) last_error = "emulated: a remote rank stopped (CUDA_EMU_NCCL_FAULT)";
   return ncclSuccess;
 }
 
@@ -81,6 +128,8 @@ const char* ncclGetErrorString(ncclResult_t r) {
     case ncclSystemError: return "unhandled system error";
     case ncclInternalError: return "internal error";
     case ncclInvalidArgument: return "invalid argument";
+    case ncclRemoteError: return "remote process exited or there was a network error";
+    case ncclInProgress: return "NCCL operation in progress";
   }
   return "unknown result";
 }
@@ -90,6 +139,7 @@ const char* ncclGetLastError(ncclComm_t) { return last_error.c_str(); }
 ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataType_t type, ncclRedOp_t op,
                            ncclComm_t comm, cudaStream_t stream) {
   if (!valid(comm, count, type, op, stream, "ncclAllReduce")) return ncclInvalidArgument;
+  if (lost(*comm)) return ncclSuccess;
   if (comm->nranks == 1) {
     if (send != recv) std::memmove(recv, send, count * element_bytes(type));
     return ncclSuccess;
@@ -107,6 +157,7 @@ ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataT
 ncclResult_t ncclReduceScatter(const void* send, void* recv, size_t recv_count, ncclDataType_t type, ncclRedOp_t op,
                                ncclComm_t comm, cudaStream_t stream) {
   if (!valid(comm, recv_count, type, op, stream, "ncclReduceScatter")) return ncclInvalidArgument;
+  if (lost(*comm)) return ncclSuccess;
   const size_t bytes = recv_count * element_bytes(type);
   const char* own = static_cast<const char*>(send) + size_t(comm->rank) * bytes;
   if (comm->nranks == 1) {
@@ -131,6 +182,7 @@ ncclResult_t ncclReduceScatter(const void* send, void* recv, size_t recv_count, 
 ncclResult_t ncclAllGather(const void* send, void* recv, size_t send_count, ncclDataType_t type, ncclComm_t comm,
                            cudaStream_t stream) {
   if (!valid(comm, send_count, type, ncclSum, stream, "ncclAllGather")) return ncclInvalidArgument;
+  if (lost(*comm)) return ncclSuccess;
   const size_t bytes = send_count * element_bytes(type);
   char* own = static_cast<char*>(recv) + size_t(comm->rank) * bytes;
   if (comm->nranks == 1) {

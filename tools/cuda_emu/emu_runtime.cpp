@@ -5,6 +5,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -12,6 +14,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <unordered_map>
 
 #include <sys/mman.h>
@@ -311,7 +314,26 @@ cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t s) 
   std::memset(dst, value, bytes);
   return cudaSuccess;
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+namespace tally_emu {
+namespace {
+std::atomic<bool> g_stalled{false};
+// A blocking wait on a stalled stream: as on a GPU, forever.
+void wait_while_stalled() {
+  while (g_stalled.load()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+}
+}  // namespace
+void set_stream_stalled(bool stalled) { g_stalled.store(stalled); }
+}  // namespace tally_emu
+
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  tally_emu::check_stream(s, "cudaStreamSynchronize");
+  tally_emu::wait_while_stalled();
+  return cudaSuccess;
+}
+cudaError_t cudaStreamQuery(cudaStream_t s) {
+  tally_emu::check_stream(s, "cudaStreamQuery");
+  return tally_emu::g_stalled.load() ? cudaErrorNotReady : cudaSuccess;
+}
 cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned) {
   *p = std::malloc(bytes ? bytes : 1);
   return *p ? cudaSuccess : cudaErrorMemoryAllocation;
@@ -328,9 +350,15 @@ cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t s) {
   tally_emu::check_stream(s, "cudaEventRecord");
   return cudaSuccess;
 }
-cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaEventQuery(cudaEvent_t) { return tally_emu::g_stalled.load() ? cudaErrorNotReady : cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t) {
+  tally_emu::wait_while_stalled();
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize() {
+  tally_emu::wait_while_stalled();
+  return cudaSuccess;
+}
 cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total_b) {
   std::lock_guard<std::mutex> lock(mu);
   *free_b = kEmuMemory - allocated;

@@ -89,6 +89,7 @@ cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int device);
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s);
 cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t s);
 cudaError_t cudaStreamSynchronize(cudaStream_t s);
+cudaError_t cudaStreamQuery(cudaStream_t s);
 cudaError_t cudaDeviceSynchronize();
 cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total_b);
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device);
@@ -147,6 +148,11 @@ void check_config(const char* kernel, const Config& c);
 // Aborts unless `s` is a stream made by cudaStreamCreateWithFlags: tally runs all its device work on its own stream
 // (tally::cuda::stream()), so work on the legacy default stream (a null stream) is a bug. `what` names the call.
 void check_stream(cudaStream_t s, const char* what);
+
+// A stream whose work never ends, as a GPU's stays busy in a collective whose peer has stopped (the NCCL stand-in's
+// injected faults): while stalled, cudaStreamQuery and cudaEventQuery answer cudaErrorNotReady and the blocking
+// waits never return. The launches themselves still run at once (nothing else depends on the stall).
+void set_stream_stalled(bool stalled);
 
 // The calling CUDA thread waits at `b` until all the threads it counts have arrived: its fiber gives way to the
 // block's others (the last to arrive goes on at once).

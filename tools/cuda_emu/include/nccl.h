@@ -4,6 +4,10 @@
 // memory): the ranks' values are summed in MPI's order, not NCCL's ring. The MPI world must be the communicator's
 // ranks (tally exchanges the unique id over the whole of it). Each call checks its arguments and that it runs on
 // tally's stream.
+// Faults, to see what a rank does when a collective cannot finish: CUDA_EMU_NCCL_FAULT=<kind>:<rank>:<n> makes rank
+// <rank>'s collectives after its first <n> do nothing and leaves its stream busy for ever (cudaStreamQuery: not
+// ready), as a GPU waiting on a peer that has stopped; <kind> "stall" has NCCL see nothing, "error" has
+// ncclCommGetAsyncError report ncclRemoteError. ncclCommAbort ends the stall.
 #pragma once
 #include <cstddef>
 
@@ -14,13 +18,22 @@ struct ncclUniqueId {
   char internal[NCCL_UNIQUE_ID_BYTES];
 };
 using ncclComm_t = struct ncclComm*;
-enum ncclResult_t { ncclSuccess = 0, ncclSystemError = 2, ncclInternalError = 3, ncclInvalidArgument = 4 };
+enum ncclResult_t {
+  ncclSuccess = 0,
+  ncclSystemError = 2,
+  ncclInternalError = 3,
+  ncclInvalidArgument = 4,
+  ncclRemoteError = 6,
+  ncclInProgress = 7
+};
 enum ncclDataType_t { ncclFloat32 = 7, ncclFloat = 7, ncclFloat64 = 8 };
 enum ncclRedOp_t { ncclSum = 0 };
 
 ncclResult_t ncclGetUniqueId(ncclUniqueId* id);
 ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int rank);
 ncclResult_t ncclCommDestroy(ncclComm_t comm);
+ncclResult_t ncclCommAbort(ncclComm_t comm);
+ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* async_error);
 const char* ncclGetErrorString(ncclResult_t r);
 const char* ncclGetLastError(ncclComm_t comm);
 ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataType_t type, ncclRedOp_t op,
