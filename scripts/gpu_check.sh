@@ -184,7 +184,8 @@ if [ -n "$bin_dir" ]; then
       row "$(echo "${line:2:46}" | sed 's/ *$//')" "$(echo "${line:48}" | tr -s ' ' | sed 's/^ //')"
     done < <(grep -E "^  (CAME|Adafactor) gpt2 matrices" "$out/bench.log")
     # Attention (causal row blocks, section 16), c_fc + GELU with and without cuBLASLt's epilogues (section 15), and
-    # LayerNorm a warp per row (section 18), and after a residual add, fused and not (section 20).
+    # LayerNorm a warp per row (section 18) with its weight and bias sums in the backward's pass (section 21), and
+    # after a residual add, fused and not (section 20).
     while IFS= read -r line; do
       row "$(echo "${line:2:46}" | sed 's/ *$//')" "$(echo "${line:48}" | tr -s ' ' | sed 's/^ //')"
     done < <(grep -E "^  (attention forward|c_fc\+gelu|layer_norm)" "$out/bench.log")

@@ -150,6 +150,23 @@ inline int64_t cuda_column_sum_workspace_bytes(int64_t outer, int64_t n, int64_t
   const int64_t chunks = cuda_column_chunks(outer, n, inner);
   return chunks == 1 ? 0 : outer * chunks * inner * 8;
 }
+// LayerNorm's backward: dweight and dbias are summed in the pass that writes dx (rows up to
+// kCudaLayerNormFusedMaxC wide, the block's sums held in shared memory). Tiles of kCudaLayerNormTileRows rows go to at
+// most kCudaLayerNormMaxBlocks blocks (a function of N only, so the order of the sums, hence the bits, never depends on
+// the device), each leaving f64 partial sums (2, blocks, C) that a second kernel adds in block order. Wider rows, or
+// none: the column sums above.
+inline constexpr int64_t kCudaLayerNormTileRows = 32;
+inline constexpr int64_t kCudaLayerNormMaxBlocks = 256;
+inline constexpr int64_t kCudaLayerNormFusedMaxC = 2048;  // 2 x C doubles of shared memory: 32 KiB
+inline bool cuda_layernorm_backward_fused(int64_t N, int64_t C) { return N > 0 && C > 0 && C <= kCudaLayerNormFusedMaxC; }
+inline int64_t cuda_layernorm_backward_blocks(int64_t N) {
+  return std::min((N + kCudaLayerNormTileRows - 1) / kCudaLayerNormTileRows, kCudaLayerNormMaxBlocks);
+}
+// Scratch of a backward that computes dweight or dbias (none otherwise).
+inline int64_t cuda_layernorm_backward_workspace_bytes(int64_t N, int64_t C) {
+  if (!cuda_layernorm_backward_fused(N, C)) return cuda_column_sum_workspace_bytes(1, N, C);
+  return 2 * cuda_layernorm_backward_blocks(N) * C * 8;
+}
 // Row sums (sum over the last dim): a few long rows (outer < 256, n > 4 chunks) are split into chunks of
 // kCudaRowChunk elements whose f64 partial sums are then added in order; otherwise no scratch.
 inline constexpr int64_t kCudaRowChunk = 16384;

@@ -68,8 +68,8 @@ void record_layer_norm(Tensor& out, const Tensor& x, const Tensor& w, const Tens
            Tensor dx = need_dx ? empty(sx.shape(), sx.options()) : Tensor();
            Tensor dw = need_dw ? empty({C}, sx.options()) : Tensor();
            Tensor db = need_db ? empty({C}, sx.options()) : Tensor();
-           // CUDA sums the weight and bias gradients' columns in chunks.
-           const int64_t ws_bytes = need_dw || need_db ? kernels::cuda_column_sum_workspace_bytes(1, N, C) : 0;
+           // CUDA sums the weight and bias gradients' columns in parts, added up after.
+           const int64_t ws_bytes = need_dw || need_db ? kernels::cuda_layernorm_backward_workspace_bytes(N, C) : 0;
            Tensor ws = detail::kernel_workspace(g, detail::cuda_only(g, ws_bytes), "layer_norm_backward");
            dispatch_float(sx, "layer_norm_backward", [&]<class T>() {
              using A = kernels::acc_t<T>;

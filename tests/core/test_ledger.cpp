@@ -165,7 +165,7 @@ TEST_CASE("ledger: a meta device planning for CUDA takes the CUDA kernels' scrat
   };
   const auto cuda = scratch(plan), cpu = scratch(Device::meta());
   CHECK(cuda.at("embedding_backward") == kernels::cuda_embedding_backward_workspace_bytes(2048));
-  CHECK(cuda.at("layer_norm_backward") == kernels::cuda_column_sum_workspace_bytes(1, 2048, 64));
+  CHECK(cuda.at("layer_norm_backward") == kernels::cuda_layernorm_backward_workspace_bytes(2048, 64));
   CHECK(cuda.at("bias_backward") == kernels::cuda_sum_dim_workspace_bytes(1, 2048, 40));
   CHECK(cuda.at("sum") == kernels::cuda_sum_dim_workspace_bytes(1, 81920, 1));
   CHECK(cuda.at("sum") > 0);

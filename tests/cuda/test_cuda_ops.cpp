@@ -451,6 +451,18 @@ TEST_CASE("cuda reductions with partial sums are deterministic run to run" * doc
   };
   std::vector<Tensor> first = grads(), second = grads();
   for (size_t i = 0; i < first.size(); ++i) check_equal(second[i], first[i], cat("repeat ", i));
+
+  // The LayerNorm's weight and bias gradients with no input gradient (its sums alone), against the CPU's.
+  Tensor xc = x.to(Device::cpu()), wc = w.to(Device::cpu()).detach().clone(), bc = b.to(Device::cpu()).detach().clone();
+  wc.set_requires_grad(true);
+  bc.set_requires_grad(true);
+  layer_norm(xc, wc, bc).backward(xc);
+  const std::vector<float> dw = first[0].to_vector<float>(), dw_cpu = wc.grad().to_vector<float>();
+  const std::vector<float> db = first[1].to_vector<float>(), db_cpu = bc.grad().to_vector<float>();
+  for (size_t c = 0; c < dw.size(); ++c) {
+    CHECK_MESSAGE(std::abs(dw[c] - dw_cpu[c]) <= 1e-4 * (1.0 + std::abs(dw_cpu[c])), "dweight ", c);
+    CHECK_MESSAGE(std::abs(db[c] - db_cpu[c]) <= 1e-4 * (1.0 + std::abs(db_cpu[c])), "dbias ", c);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 // One warp per row (8 rows to a block of 256 threads): a lane takes columns lane, lane + 32, ... (each load a
 // warp-wide 128-byte run for f32), sums in double like the CPU, and the warp's butterfly sums give every lane the
 // row's totals with no block barrier; a row's second and third reads hit the cache (bench/NOTES.md section 18).
-// dweight/dbias are column sums over the N rows, done by the deterministic chunked column reduction of reduce.cuh
-// (per-block partials, then a second kernel; no atomics), so repeated runs give identical bits. bf16 rows are
+// The backward sums dweight and dbias in the pass that writes dx (layernorm_backward_kernel: per-block f64 partial
+// sums, then reduce.cuh's second kernel adds them in block order; no atomics), so repeated runs give identical bits;
+// rows wider than kCudaLayerNormFusedMaxC take the dx kernel and reduce.cuh's column sums. bf16 rows are
 // computed in float (C = acc_t<T>), with mean and rstd kept in float.
 #include "core/cuda/common.cuh"
 #include "core/kernels/cuda/convert.cuh"
@@ -93,6 +94,66 @@ __global__ void layernorm_backward_dx_kernel(const T* __restrict__ dy, const T* 
   }
 }
 
+// dx, dweight and dbias in one pass (cuda_layernorm_backward_fused; kernels.h): a block takes tiles of kTileRows rows
+// (tile, tile + blocks, ...). Per tile, its warps make each row's two sums (as layernorm_backward_dx_kernel does),
+// then each thread walks its columns c, c + 256, ... down the tile's rows: it writes dx (the arithmetic of
+// layernorm_backward_dx_kernel) and adds dy * norm and dy for dweight and dbias, in f64, into the
+// block's sums in shared memory (a column is one thread's alone: no atomics). At the end the block's sums go to
+// partial (2, blocks, C), which column_sum_finish_kernel adds in block order. dx may be null (not wanted): then only
+// the sums. One read of dy and x from memory, where the dx kernel and two column sums made three.
+constexpr int kTileRows = int(kCudaLayerNormTileRows);
+
+template <class T>
+__global__ void layernorm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ weight,
+                                          const acc_t<T>* __restrict__ mean, const acc_t<T>* __restrict__ rstd,
+                                          T* __restrict__ dx, double* __restrict__ partial, int64_t N, int64_t C) {
+  using A = acc_t<T>;
+  __shared__ double sums_s[2 * kCudaLayerNormFusedMaxC];  // [0, C): dweight's, [C, 2C): dbias's
+  __shared__ A mean_s[kTileRows], rstd_s[kTileRows], mg_s[kTileRows], mgn_s[kTileRows];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int64_t c = threadIdx.x; c < 2 * C; c += blockDim.x) sums_s[c] = 0.0;
+  for (int64_t row0 = int64_t(blockIdx.x) * kTileRows; row0 < N; row0 += int64_t(gridDim.x) * kTileRows) {
+    const int rows = int(N - row0 < kTileRows ? N - row0 : kTileRows);
+    for (int i = warp; i < rows; i += kRowsPerBlock) {  // the rows' statistics and sums
+      const int64_t r = row0 + i;
+      const A m = mean[r], rs = rstd[r];
+      if (dx) {
+        const T *dyr = dy + r * C, *xr = x + r * C;
+        double sum_g = 0.0, sum_gn = 0.0;
+        for (int64_t c = lane; c < C; c += 32) {
+          const A g = to_acc(dyr[c]) * to_acc(weight[c]);
+          sum_g += double(g);
+          sum_gn += double(g) * double((to_acc(xr[c]) - m) * rs);
+        }
+        const A mg = A(warp_sum(sum_g) / double(C));
+        const A mgn = A(warp_sum(sum_gn) / double(C));
+        if (lane == 0) mg_s[i] = mg, mgn_s[i] = mgn;
+      }
+      if (lane == 0) mean_s[i] = m, rstd_s[i] = rs;
+    }
+    __syncthreads();
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {  // down the columns
+      const A w = to_acc(weight[c]);
+      double dw = 0.0, db = 0.0;
+      for (int i = 0; i < rows; ++i) {
+        const int64_t j = (row0 + i) * C + c;
+        const A g = to_acc(dy[j]);
+        const A norm = (to_acc(x[j]) - mean_s[i]) * rstd_s[i];
+        if (dx) dx[j] = from_acc<T>(rstd_s[i] * (g * w - mg_s[i] - norm * mgn_s[i]));
+        dw += double(g) * double(norm);
+        db += double(g);
+      }
+      sums_s[c] += dw;
+      sums_s[C + c] += db;
+    }
+    __syncthreads();  // the next tile's statistics overwrite this one's
+  }
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    partial[int64_t(blockIdx.x) * C + c] = sums_s[c];
+    partial[(int64_t(gridDim.x) + blockIdx.x) * C + c] = sums_s[C + c];
+  }
+}
+
 // Blocks of kRowsPerBlock warps for N rows.
 unsigned row_blocks(int64_t N) { return unsigned((N + kRowsPerBlock - 1) / kRowsPerBlock); }
 
@@ -143,6 +204,25 @@ void layernorm_backward(const T* dy, const T* x, const T* weight, const acc_t<T>
                         T* dweight, T* dbias, void* workspace, int64_t N, int64_t C) {
   if (C == 0) return;
   TALLY_CHECK(N <= int64_t(INT32_MAX), "[layernorm_backward] too many rows: ", N);
+  if ((dweight || dbias) && cuda_layernorm_backward_fused(N, C)) {
+    TALLY_CHECK(workspace != nullptr, "[layernorm_backward] no workspace for the sums of dweight and dbias (", N, ", ",
+                C, ")");
+    const int64_t blocks = cuda_layernorm_backward_blocks(N);
+    double* partial = static_cast<double*>(workspace);  // (2, blocks, C)
+    layernorm_backward_kernel<T><<<unsigned(blocks), 32 * kRowsPerBlock, 0, stream()>>>(
+        dy, x, weight, mean, rstd, dx, partial, N, C);
+    TALLY_CUDA_LAUNCH_CHECK("layernorm_backward_kernel");
+    const unsigned finish_blocks = tally::cuda::grid_for(C, 256);
+    if (dweight) {
+      column_sum_finish_kernel<T><<<finish_blocks, 256, 0, stream()>>>(partial, dweight, 1, blocks, C);
+      TALLY_CUDA_LAUNCH_CHECK("column_sum_finish_kernel");
+    }
+    if (dbias) {
+      column_sum_finish_kernel<T><<<finish_blocks, 256, 0, stream()>>>(partial + blocks * C, dbias, 1, blocks, C);
+      TALLY_CUDA_LAUNCH_CHECK("column_sum_finish_kernel");
+    }
+    return;
+  }
   if (dx && N > 0) {
     layernorm_backward_dx_kernel<T><<<row_blocks(N), 32 * kRowsPerBlock, 0, stream()>>>(dy, x, weight, mean, rstd, dx,
                                                                                       N, C);
