@@ -158,7 +158,9 @@ inline int64_t cuda_column_sum_workspace_bytes(int64_t outer, int64_t n, int64_t
 inline constexpr int64_t kCudaLayerNormTileRows = 32;
 inline constexpr int64_t kCudaLayerNormMaxBlocks = 256;
 inline constexpr int64_t kCudaLayerNormFusedMaxC = 2048;  // 2 x C doubles of shared memory: 32 KiB
-inline bool cuda_layernorm_backward_fused(int64_t N, int64_t C) { return N > 0 && C > 0 && C <= kCudaLayerNormFusedMaxC; }
+inline bool cuda_layernorm_backward_fused(int64_t N, int64_t C) {
+  return N > 0 && C > 0 && C <= kCudaLayerNormFusedMaxC;
+}
 inline int64_t cuda_layernorm_backward_blocks(int64_t N) {
   return std::min((N + kCudaLayerNormTileRows - 1) / kCudaLayerNormTileRows, kCudaLayerNormMaxBlocks);
 }

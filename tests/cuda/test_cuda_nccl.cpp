@@ -1,11 +1,11 @@
-// NCCL's collectives as tally calls them (core/dist/nccl.h), on one GPU: a communicator of one rank, made without
-// MPI from a unique id, runs the all-reduce (f32, and f64 for the optimizers' cross-rank sums), the reduce-scatter
-// and the all-gather on device buffers, in place on tally's stream, ordered with the kernels around them. At one
-// rank each is the identity on its result segment, so the check is that the calls run, touch nothing else and
-// report NCCL's errors by name. While open, the communicator watches the host's waits for the GPU: NCCL's
-// asynchronous error or TALLY_NCCL_TIMEOUT_S ends a wait that cannot finish (shown with faults injected into the CUDA
-// emulator's NCCL, where a collective can be made to never finish). Runs of several ranks (an id exchanged over MPI, one GPU per rank) need a machine
-// with several GPUs. Skipped, visibly, without a GPU or without NCCL in the build.
+// NCCL's collectives as tally calls them (core/dist/nccl.h), on one GPU: a communicator of one rank, made without MPI
+// from a unique id, runs the all-reduce (f32, and f64 for the optimizers' cross-rank sums), the reduce-scatter and the
+// all-gather on device buffers, in place on tally's stream, ordered with the kernels around them. At one rank each is
+// the identity on its result segment, so the check is that the calls run, touch nothing else and report NCCL's errors
+// by name. While open, the communicator watches the host's waits for the GPU: NCCL's asynchronous error or
+// TALLY_NCCL_TIMEOUT_S ends a wait that cannot finish (shown with faults injected into the CUDA emulator's NCCL, where
+// a collective can be made to never finish). Runs of several ranks (an id exchanged over MPI, one GPU per rank) need a
+// machine with several GPUs. Skipped, visibly, without a GPU or without NCCL in the build.
 #include <doctest/doctest.h>
 
 #include <chrono>

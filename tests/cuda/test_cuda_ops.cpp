@@ -218,7 +218,8 @@ TEST_CASE("cuda runtime: a watched wait polls, and gives up with the watch's rea
   cuda::set_wait_watch(&gives_up);
   keep_stream_busy();
   CHECK_THROWS_WITH_AS(cuda::synchronize(),
-                       doctest::Contains("[synchronize] gave up waiting for the GPU: the test's watch gives up"), Error);
+                       doctest::Contains("[synchronize] gave up waiting for the GPU: the test's watch gives up"),
+                       Error);
   CHECK(gives_up.cancels == 1);
   keep_stream_busy();
   CHECK_THROWS_WITH_AS((void)x.to_vector<float>(), doctest::Contains("[memcpy_device_to_host] gave up waiting"), Error);

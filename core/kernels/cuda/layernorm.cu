@@ -104,9 +104,10 @@ __global__ void layernorm_backward_dx_kernel(const T* __restrict__ dy, const T* 
 constexpr int kTileRows = int(kCudaLayerNormTileRows);
 
 template <class T>
-__global__ void layernorm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ weight,
-                                          const acc_t<T>* __restrict__ mean, const acc_t<T>* __restrict__ rstd,
-                                          T* __restrict__ dx, double* __restrict__ partial, int64_t N, int64_t C) {
+__global__ void layernorm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x,
+                                          const T* __restrict__ weight, const acc_t<T>* __restrict__ mean,
+                                          const acc_t<T>* __restrict__ rstd, T* __restrict__ dx,
+                                          double* __restrict__ partial, int64_t N, int64_t C) {
   using A = acc_t<T>;
   __shared__ double sums_s[2 * kCudaLayerNormFusedMaxC];  // [0, C): dweight's, [C, 2C): dbias's
   __shared__ A mean_s[kTileRows], rstd_s[kTileRows], mg_s[kTileRows], mgn_s[kTileRows];
