@@ -59,13 +59,15 @@ TEST_CASE("cuda nccl: one rank's collectives on device buffers, in place, in str
   CHECK_THROWS_WITH(dist::nccl::init(1, 1, other), doctest::Contains("[nccl] ncclCommInitRank"));
 
   // The communicator watches the host's waits while it is open, and only then; a bad time limit is refused first.
-  comm = dist::nccl::init(0, 1, other);
+  char fresh[dist::nccl::kUniqueIdBytes];
+  dist::nccl::unique_id(fresh);
+  comm = dist::nccl::init(0, 1, fresh);
   CHECK(cuda::wait_watch() != nullptr);
   cuda::synchronize();
   dist::nccl::destroy(comm);
   CHECK(cuda::wait_watch() == nullptr);
   ::setenv("TALLY_NCCL_TIMEOUT_S", "ten", 1);
-  CHECK_THROWS_WITH(dist::nccl::init(0, 1, other), doctest::Contains("TALLY_NCCL_TIMEOUT_S must be a number"));
+  CHECK_THROWS_WITH(dist::nccl::init(0, 1, fresh), doctest::Contains("TALLY_NCCL_TIMEOUT_S must be a number"));
   ::unsetenv("TALLY_NCCL_TIMEOUT_S");
   CHECK(cuda::wait_watch() == nullptr);
 }

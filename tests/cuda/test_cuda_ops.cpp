@@ -189,44 +189,60 @@ struct TestWatch final : cuda::WaitWatch {
   }
 };
 
-void keep_stream_busy() {
+// Queues work that keeps the stream busy: `a` was uploaded before any watch was set, so queueing waits for nothing.
+void keep_stream_busy([[maybe_unused]] const Tensor& a) {
 #ifdef TALLY_CUDA_EMULATED
   tally_emu::set_stream_stalled(true);
 #else
   [[maybe_unused]] StrictFp32 strict;
-  Tensor a = randn_cpu({4096, 4096}, DType::f32, 5).to(gpu());
   for (int i = 0; i < 40; ++i) (void)matmul(a, a);  // ~100 ms of FP32 products queued behind one another
 #endif
 }
+
+// Unsets the test's watch however the test ends.
+struct WatchScope {
+  explicit WatchScope(cuda::WaitWatch* w) { cuda::set_wait_watch(w); }
+  ~WatchScope() { cuda::set_wait_watch(nullptr); }
+  WatchScope(const WatchScope&) = delete;
+  WatchScope& operator=(const WatchScope&) = delete;
+};
 
 TEST_CASE("cuda runtime: a watched wait polls, and gives up with the watch's reason after cancelling" *
           doctest::skip(kNoGpu)) {
   REQUIRE(cuda::wait_watch() == nullptr);
   Tensor x = from_vector(std::vector<float>{1, 2, 3}, {3}, {.device = gpu()});
-  TestWatch keeps_waiting;
-  keeps_waiting.done_at = 3;
-  cuda::set_wait_watch(&keeps_waiting);
-  keep_stream_busy();
-  const int64_t waits = cuda::host_waits();
-  cuda::synchronize();  // ends with the work
-  CHECK(cuda::host_waits() == waits + 1);
-  CHECK(keeps_waiting.asks >= 1);
-  CHECK(keeps_waiting.cancels == 0);
-
-  TestWatch gives_up;
-  gives_up.give_up_at = 1;
-  cuda::set_wait_watch(&gives_up);
-  keep_stream_busy();
-  CHECK_THROWS_WITH_AS(cuda::synchronize(),
-                       doctest::Contains("[synchronize] gave up waiting for the GPU: the test's watch gives up"),
-                       Error);
-  CHECK(gives_up.cancels == 1);
-  keep_stream_busy();
-  CHECK_THROWS_WITH_AS((void)x.to_vector<float>(), doctest::Contains("[memcpy_device_to_host] gave up waiting"), Error);
-  CHECK(gives_up.cancels == 2);
-
-  cuda::set_wait_watch(nullptr);  // blocking waits again
-  keep_stream_busy();
+#ifdef TALLY_CUDA_EMULATED
+  const Tensor a;  // the emulator's stream is stalled instead
+#else
+  const Tensor a = randn_cpu({4096, 4096}, DType::f32, 5).to(gpu());
+#endif
+  {
+    TestWatch keeps_waiting;
+    keeps_waiting.done_at = 3;
+    WatchScope scope(&keeps_waiting);
+    keep_stream_busy(a);
+    const int64_t waits = cuda::host_waits();
+    cuda::synchronize();  // ends with the work
+    CHECK(cuda::host_waits() == waits + 1);
+    CHECK(keeps_waiting.asks >= 1);
+    CHECK(keeps_waiting.cancels == 0);
+  }
+  {
+    TestWatch gives_up;
+    gives_up.give_up_at = 1;
+    WatchScope scope(&gives_up);
+    keep_stream_busy(a);
+    CHECK_THROWS_WITH_AS(cuda::synchronize(),
+                         doctest::Contains("[synchronize] gave up waiting for the GPU: the test's watch gives up"),
+                         Error);
+    CHECK(gives_up.cancels == 1);
+    keep_stream_busy(a);
+    CHECK_THROWS_WITH_AS((void)x.to_vector<float>(), doctest::Contains("[memcpy_device_to_host] gave up waiting"),
+                         Error);
+    CHECK(gives_up.cancels == 2);
+  }
+  REQUIRE(cuda::wait_watch() == nullptr);  // blocking waits again
+  keep_stream_busy(a);
 #ifdef TALLY_CUDA_EMULATED
   tally_emu::set_stream_stalled(false);  // a blocking wait on a stalled stream would never return
 #endif
