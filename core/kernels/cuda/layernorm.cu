@@ -69,6 +69,26 @@ __global__ void layernorm_forward_kernel(const T* __restrict__ x, const T* __res
   }
 }
 
+// A row's two means of the backward, over its C columns: of dnorm = dy * weight, and of dnorm * norm. Called by a
+// whole warp (lane: its lane), summed in double in lane order and by the warp's butterfly: every lane gets both.
+template <class T>
+struct RowMeans {
+  acc_t<T> g, gn;
+};
+template <class T>
+__device__ inline RowMeans<T> backward_row_means(const T* __restrict__ dyr, const T* __restrict__ xr,
+                                                 const T* __restrict__ weight, acc_t<T> m, acc_t<T> rs, int64_t C,
+                                                 int lane) {
+  using A = acc_t<T>;
+  double sum_g = 0.0, sum_gn = 0.0;
+  for (int64_t c = lane; c < C; c += 32) {
+    const A g = to_acc(dyr[c]) * to_acc(weight[c]);
+    sum_g += double(g);
+    sum_gn += double(g) * double((to_acc(xr[c]) - m) * rs);
+  }
+  return {A(warp_sum(sum_g) / double(C)), A(warp_sum(sum_gn) / double(C))};
+}
+
 template <class T>
 __global__ void layernorm_backward_dx_kernel(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ weight,
                                              const acc_t<T>* __restrict__ mean, const acc_t<T>* __restrict__ rstd,
@@ -80,22 +100,15 @@ __global__ void layernorm_backward_dx_kernel(const T* __restrict__ dy, const T* 
   const T *dyr = dy + r * C, *xr = x + r * C;
   T* dxr = dx + r * C;
   const A m = mean[r], rs = rstd[r];
-  double sum_g = 0.0, sum_gn = 0.0;  // sums of dnorm and dnorm * norm, dnorm = dy * weight
-  for (int64_t c = lane; c < C; c += 32) {
-    const A g = to_acc(dyr[c]) * to_acc(weight[c]);
-    sum_g += double(g);
-    sum_gn += double(g) * double((to_acc(xr[c]) - m) * rs);
-  }
-  const A mg = A(warp_sum(sum_g) / double(C));
-  const A mgn = A(warp_sum(sum_gn) / double(C));
+  const RowMeans<T> means = backward_row_means(dyr, xr, weight, m, rs, C, lane);
   for (int64_t c = lane; c < C; c += 32) {
     const A norm = (to_acc(xr[c]) - m) * rs;
-    dxr[c] = from_acc<T>(rs * (to_acc(dyr[c]) * to_acc(weight[c]) - mg - norm * mgn));
+    dxr[c] = from_acc<T>(rs * (to_acc(dyr[c]) * to_acc(weight[c]) - means.g - norm * means.gn));
   }
 }
 
 // dx, dweight and dbias in one pass (cuda_layernorm_backward_fused; kernels.h): a block takes tiles of kTileRows rows
-// (tile, tile + blocks, ...). Per tile, its warps make each row's two sums (as layernorm_backward_dx_kernel does),
+// (tile, tile + blocks, ...). Per tile, its warps make each row's two means (backward_row_means, as the dx kernel),
 // then each thread walks its columns c, c + 256, ... down the tile's rows: it writes dx (the arithmetic of
 // layernorm_backward_dx_kernel) and adds dy * norm and dy for dweight and dbias, in f64, into the
 // block's sums in shared memory (a column is one thread's alone: no atomics). At the end the block's sums go to
@@ -119,16 +132,8 @@ __global__ void layernorm_backward_kernel(const T* __restrict__ dy, const T* __r
       const int64_t r = row0 + i;
       const A m = mean[r], rs = rstd[r];
       if (dx) {
-        const T *dyr = dy + r * C, *xr = x + r * C;
-        double sum_g = 0.0, sum_gn = 0.0;
-        for (int64_t c = lane; c < C; c += 32) {
-          const A g = to_acc(dyr[c]) * to_acc(weight[c]);
-          sum_g += double(g);
-          sum_gn += double(g) * double((to_acc(xr[c]) - m) * rs);
-        }
-        const A mg = A(warp_sum(sum_g) / double(C));
-        const A mgn = A(warp_sum(sum_gn) / double(C));
-        if (lane == 0) mg_s[i] = mg, mgn_s[i] = mgn;
+        const RowMeans<T> means = backward_row_means(dy + r * C, x + r * C, weight, m, rs, C, lane);
+        if (lane == 0) mg_s[i] = means.g, mgn_s[i] = means.gn;
       }
       if (lane == 0) mean_s[i] = m, rstd_s[i] = rs;
     }
