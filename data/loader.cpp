@@ -50,7 +50,7 @@ std::vector<uint32_t> permutation(size_t n, SplitMix64 rng) {
 }
 
 constexpr uint32_t kPositionMagic = 0x50444C54;  // "TLDP"
-constexpr uint32_t kPositionVersion = 1;
+constexpr uint32_t kPositionVersion = 2;         // 1: shuffled positions in windows of W slices
 
 const char* order_name(LoaderOrder o) { return o == LoaderOrder::shuffled ? "shuffled" : "sequential"; }
 
@@ -93,8 +93,8 @@ LoaderPosition LoaderPosition::from_bytes(std::span<const uint8_t> bytes) {
   get(magic);
   get(version);
   TALLY_CHECK(magic == kPositionMagic, "[loader] position: bad magic ", magic, " (not a saved loader position)");
-  TALLY_CHECK(version == kPositionVersion, "[loader] position: unsupported version ", version, ", expected ",
-              kPositionVersion);
+  TALLY_CHECK(version == 1 || version == kPositionVersion, "[loader] position: unsupported version ", version,
+              ", expected 1 or ", kPositionVersion);
   LoaderPosition p;
   uint64_t order = 0;
   int64_t world = 0;
@@ -108,8 +108,13 @@ LoaderPosition LoaderPosition::from_bytes(std::span<const uint8_t> bytes) {
   get(world);
   get(p.num_shards);
   TALLY_CHECK(order <= 1, "[loader] position: bad order code ", order);
+  TALLY_CHECK(world >= 1 && world <= INT32_MAX, "[loader] position: bad world ", world);
   p.order = order ? LoaderOrder::shuffled : LoaderOrder::sequential;
   p.world = int32_t(world);
+  if (version == 1 && p.order == LoaderOrder::shuffled) {  // windows of `world` slices: the same place in slices
+    TALLY_CHECK(p.window <= UINT64_MAX / uint64_t(world), "[loader] position: window ", p.window, " out of range");
+    p.window *= uint64_t(world);
+  }
   return p;
 }
 
@@ -124,11 +129,13 @@ DataLoader::DataLoader(ShardSet shards, LoaderConfig config) : shards_(std::move
               " is not a process (expected 0 <= rank < world)");
   TALLY_CHECK(shards_.size() > 0, "[loader] no shards");
   TALLY_CHECK(shards_.size() <= UINT32_MAX, "[loader] too many shards (", shards_.size(), ")");
-  stride_ = int64_t(c.world) * c.batch * c.seq_len;
+  tokens_ = c.batch * c.seq_len;
+  stride_ = c.order == LoaderOrder::shuffled ? tokens_ : int64_t(c.world) * tokens_;
   for (const Shard& s : shards_.shards())
     TALLY_CHECK(int64_t(s.size()) >= stride_ + 1, "[loader] ", s.path().string(), " has ", s.size(),
-                " tokens, too few for one batch: B=", c.batch, " x T=", c.seq_len, " across ", c.world,
-                " process(es) needs ", stride_ + 1, " tokens");
+                " tokens, too few for one batch: B=", c.batch, " x T=", c.seq_len,
+                c.order == LoaderOrder::shuffled ? std::string() : cat(" across ", c.world, " process(es)"), " needs ",
+                stride_ + 1, " tokens");
   reset();
 }
 
@@ -140,37 +147,66 @@ int64_t DataLoader::windows_in_shard(size_t shard) const {
 int64_t DataLoader::batches_per_epoch() const {
   int64_t n = 0;
   for (size_t i = 0; i < shards_.size(); ++i) n += windows_in_shard(i);
-  return n;
+  return config_.order == LoaderOrder::shuffled ? n / config_.world : n;
 }
 
-void DataLoader::enter_shard() {
-  window_order_.clear();
-  if (config_.order == LoaderOrder::shuffled) {
-    const uint32_t file = shard_order_[shard_];
-    window_order_ = permutation(size_t(windows_in_shard(file)), stream(config_.seed, epoch_, file));
+const std::vector<uint32_t>& DataLoader::cached(std::array<CachedOrder, 2>& cache, uint64_t epoch, uint32_t file,
+                                                size_t n, uint64_t stream_key) {
+  for (CachedOrder& c : cache)
+    if (c.last_use != 0 && c.epoch == epoch && c.file == file) {
+      c.last_use = ++uses_;
+      return c.order;
+    }
+  CachedOrder& slot = cache[0].last_use < cache[1].last_use ? cache[0] : cache[1];  // the one used longer ago
+  slot = {.epoch = epoch,
+          .file = file,
+          .last_use = ++uses_,
+          .order = permutation(n, stream(config_.seed, epoch, stream_key))};
+  return slot.order;
+}
+
+uint32_t DataLoader::file_at(uint64_t epoch, uint64_t slot) {
+  if (config_.order == LoaderOrder::sequential) return uint32_t(slot);
+  return cached(shard_orders_, epoch, 0, shards_.size(), kShardOrderStream)[slot];
+}
+
+uint64_t DataLoader::count_at(uint64_t epoch, uint64_t slot) {
+  return uint64_t(windows_in_shard(file_at(epoch, slot)));
+}
+
+void DataLoader::settle(Place& p) {
+  // llm.c: move on only when a batch is asked for and the current shard has none left.
+  while (p.window >= count_at(p.epoch, p.slot)) {
+    p.window = 0;
+    if (++p.slot == shards_.size()) {
+      p.slot = 0;
+      ++p.epoch;
+    }
+  }
+}
+
+void DataLoader::forward(Place& p, uint64_t n) {
+  for (;;) {
+    const uint64_t count = count_at(p.epoch, p.slot);
+    if (p.window + n <= count) {
+      p.window += n;
+      return;
+    }
+    n -= count - p.window;
+    p.window = count;
+    settle(p);
   }
 }
 
 void DataLoader::reset() {
-  epoch_ = shard_ = window_ = 0;
+  next_ = {};
   restore(position());
 }
 
-void DataLoader::advance() {
-  window_ = 0;
-  if (++shard_ == shards_.size()) {
-    shard_ = 0;
-    ++epoch_;
-    if (config_.order == LoaderOrder::shuffled)
-      shard_order_ = permutation(shards_.size(), stream(config_.seed, epoch_, kShardOrderStream));
-  }
-  enter_shard();
-}
-
 LoaderPosition DataLoader::position() const {
-  return {.epoch = epoch_,
-          .shard = shard_,
-          .window = window_,
+  return {.epoch = next_.epoch,
+          .shard = next_.slot,
+          .window = next_.window,
           .seed = config_.seed,
           .order = config_.order,
           .batch = config_.batch,
@@ -189,39 +225,46 @@ void DataLoader::restore(const LoaderPosition& p) {
               order_name(c.order), " seed=", c.seed, " over ", shards_.size(), " shard(s)");
   TALLY_CHECK(p.shard < shards_.size(), "[loader] restore: shard slot ", p.shard, " is outside the ", shards_.size(),
               " shard(s)");
-  epoch_ = p.epoch;
-  shard_ = p.shard;
-  shard_order_.resize(shards_.size());
-  if (c.order == LoaderOrder::shuffled)
-    shard_order_ = permutation(shards_.size(), stream(c.seed, epoch_, kShardOrderStream));
-  else
-    std::iota(shard_order_.begin(), shard_order_.end(), 0u);
-  const int64_t windows = windows_in_shard(shard_order_[shard_]);
-  TALLY_CHECK(p.window <= uint64_t(p.world == c.world ? windows : INT64_MAX), "[loader] restore: window ", p.window,
-              " is past the ", windows, " windows of ", shards_[shard_order_[shard_]].path().string());
-  // Saved by a loader split over another number of processes: the same tokens read, in windows of this world's
-  // width, rounded up so none is read twice (exact in llm.c's order when they divide evenly; a shuffled order has
-  // other windows at another width, so there only the epoch and shard carry over exactly).
-  window_ = p.world == c.world ? p.window
-                               : std::min(uint64_t(windows), (p.window * uint64_t(p.world) + uint64_t(c.world) - 1) /
-                                                                 uint64_t(c.world));
-  enter_shard();
+  const uint32_t file = file_at(p.epoch, p.shard);
+  const uint64_t count = uint64_t(windows_in_shard(file));
+  // Sequential, saved by a loader split over another number of processes: the same tokens read, in windows of this
+  // world's width, rounded up so none is read twice (exact when the widths divide evenly). Shuffled, the slices are
+  // the same at every world: the place carries over as it is.
+  const bool same_cut = p.world == c.world || c.order == LoaderOrder::shuffled;
+  TALLY_CHECK(p.window <= (same_cut ? count : UINT64_MAX / uint64_t(p.world)), "[loader] restore: window ", p.window,
+              " is past the ", count, " ", c.order == LoaderOrder::shuffled ? "slices" : "windows", " of ",
+              shards_[file].path().string());
+  next_ = {.epoch = p.epoch,
+           .slot = p.shard,
+           .window = same_cut
+                         ? p.window
+                         : std::min(count, (p.window * uint64_t(p.world) + uint64_t(c.world) - 1) / uint64_t(c.world))};
 }
 
 void DataLoader::next(std::span<int32_t> inputs, std::span<int32_t> targets) {
-  const int64_t bt = config_.batch * config_.seq_len;
+  const int64_t bt = tokens_;
   TALLY_CHECK(int64_t(inputs.size()) == bt && int64_t(targets.size()) == bt, "[loader] next: expected buffers of B*T=",
               bt, " tokens, got ", inputs.size(), " inputs and ", targets.size(), " targets");
-  // llm.c: move on only when a batch is asked for and the current shard has none left.
-  if (int64_t(window_) >= windows_in_shard(shard_order_[shard_])) advance();
-  const Shard& s = shards_[shard_order_[shard_]];
-  const uint64_t w = config_.order == LoaderOrder::shuffled ? window_order_[window_] : window_;
-  const uint16_t* p = s.data() + int64_t(w) * stride_ + int64_t(config_.rank) * bt;
+  settle(next_);
+  const uint16_t* p = nullptr;
+  if (config_.order == LoaderOrder::sequential) {
+    // This rank's slice of the window.
+    p = shards_[file_at(next_.epoch, next_.slot)].data() + int64_t(next_.window) * stride_ + int64_t(config_.rank) * bt;
+    forward(next_, 1);
+  } else {
+    // The rank-th slice of the stream from here on; the ranks' next batches start world slices later.
+    Place mine = next_;
+    forward(mine, uint64_t(config_.rank));
+    settle(mine);
+    const uint32_t file = file_at(mine.epoch, mine.slot);
+    const uint32_t slice = cached(slice_orders_, mine.epoch, file, size_t(windows_in_shard(file)), file)[mine.window];
+    p = shards_[file].data() + int64_t(slice) * bt;
+    forward(next_, uint64_t(config_.world));
+  }
   for (int64_t i = 0; i < bt; ++i) {
     inputs[size_t(i)] = p[i];
     targets[size_t(i)] = p[i + 1];
   }
-  ++window_;
 }
 
 void DataLoader::next(Batch& out) {

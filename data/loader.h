@@ -1,8 +1,14 @@
-// DataLoader: (B, T) batches of int32 inputs and next-token targets from a ShardSet, as llm.c's loader does it —
-// window i of a shard is the B*T+1 tokens at i*W*B*T + rank*B*T (W processes), shards in turn, wrapping — either
-// in order or shuffled (a seeded permutation of the shards per epoch and of the windows per shard). Its position
-// is a small value that can be saved and restored, so a resumed run sees exactly the batches it would have seen.
+// DataLoader: (B, T) batches of int32 inputs and next-token targets from a ShardSet, in one of two orders:
+// - sequential, as llm.c's loader does it: window i of a shard is the B*T+1 tokens at i*W*B*T + rank*B*T (W
+//   processes), shards in turn, wrapping;
+// - shuffled: the shards in a seeded permutation per epoch and each shard's slices of B*T+1 tokens (at j*B*T) in a
+//   seeded permutation, one stream of slices that the W processes deal out (rank r takes slices r, r+W, ...). The
+//   stream does not depend on W, so W processes read what one process reads over W micro-batches, in the same order,
+//   at every position of every epoch.
+// Its position is a small value that can be saved and restored, so a resumed run sees exactly the batches it would
+// have seen (and, shuffled, at another W too).
 #pragma once
+#include <array>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -28,9 +34,11 @@ struct LoaderConfig {
 // function of seed, epoch and shard), so these few integers are its whole state. The configuration fields are
 // kept to refuse restoring into a loader that would cut the data differently.
 struct LoaderPosition {
-  uint64_t epoch = 0;   // completed passes over all shards
-  uint64_t shard = 0;   // index into this epoch's shard order
-  uint64_t window = 0;  // index into the current shard's window order (== its window count: shard used up)
+  uint64_t epoch = 0;  // completed passes over all shards
+  uint64_t shard = 0;  // index into this epoch's shard order
+  // sequential: index of this world's windows in the shard; shuffled: index into the shard's slice order of the
+  // slice rank 0 reads next (the same at every world). Equal to the count: the shard is used up.
+  uint64_t window = 0;
   uint64_t seed = 0;
   LoaderOrder order = LoaderOrder::sequential;
   int64_t batch = 0, seq_len = 0;
@@ -39,6 +47,8 @@ struct LoaderPosition {
 
   static constexpr size_t kBytes = 80;
   // Fixed-size little-endian encoding with a magic and version; from_bytes throws tally::Error on anything else.
+  // Version 1 counted a shuffled position in windows of W slices (the older shuffle): read, it becomes the same
+  // place in slices (the slices after it come in this version's order).
   std::vector<uint8_t> to_bytes() const;
   static LoaderPosition from_bytes(std::span<const uint8_t> bytes);
   bool operator==(const LoaderPosition&) const = default;
@@ -67,21 +77,41 @@ class DataLoader {
   // data (see restore's comment).
   void restore(const LoaderPosition& pos);
 
-  int64_t windows_in_shard(size_t shard) const;  // batches this process reads from a shard (by file index)
-  int64_t batches_per_epoch() const;             // summed over all shards
+  // A shard's (by file index) windows (sequential: this process reads one slice of each) or slices (shuffled: the
+  // processes share them out).
+  int64_t windows_in_shard(size_t shard) const;
+  // This process's, over all shards (shuffled: the epoch's slices / W, rounded down).
+  int64_t batches_per_epoch() const;
   const ShardSet& shards() const { return shards_; }
   const LoaderConfig& config() const { return config_; }
 
  private:
-  void enter_shard();  // computes the current shard's window order
-  void advance();      // to the next shard, or the next epoch after the last
+  // A place in the walk: epoch, shard slot and window (or slice) in it, as in LoaderPosition.
+  struct Place {
+    uint64_t epoch = 0, slot = 0, window = 0;
+  };
+  uint32_t file_at(uint64_t epoch, uint64_t slot);   // the shard in that slot of that epoch's order
+  uint64_t count_at(uint64_t epoch, uint64_t slot);  // its windows or slices
+  void settle(Place& p);                             // past a used-up shard, to the next one's start
+  void forward(Place& p, uint64_t n);                // n windows or slices on (stays at a shard's end)
+  // Shuffled: the orders, each a function of (seed, epoch[, shard]), kept for the epoch (and shard) in use and the
+  // one after, which a rank's slice may lie in.
+  struct CachedOrder {
+    uint64_t epoch = 0;
+    uint32_t file = 0;
+    uint64_t last_use = 0;  // 0: empty
+    std::vector<uint32_t> order;
+  };
+  const std::vector<uint32_t>& cached(std::array<CachedOrder, 2>& cache, uint64_t epoch, uint32_t file, size_t n,
+                                      uint64_t stream_key);
 
   ShardSet shards_;
   LoaderConfig config_;
-  int64_t stride_ = 0;  // world * B * T: tokens between window starts
-  uint64_t epoch_ = 0, shard_ = 0, window_ = 0;
-  std::vector<uint32_t> shard_order_;   // this epoch's file index for each shard slot
-  std::vector<uint32_t> window_order_;  // shuffled: window index for each slot of the current shard
+  int64_t tokens_ = 0;  // B * T: one process's batch
+  int64_t stride_ = 0;  // sequential: world * B * T, tokens between window starts; shuffled: B * T
+  Place next_;          // sequential: this process's next window; shuffled: the slice rank 0 reads next
+  std::array<CachedOrder, 2> shard_orders_, slice_orders_;
+  uint64_t uses_ = 0;
 };
 
 }  // namespace tally::data

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <fstream>
 
+#include "core/dist/communicator.h"
 #include "core/ledger.h"
 #include "train/commands.h"
 #include "train/report.h"
@@ -53,7 +54,7 @@ int cmd_compare(const Args& args) {
     rf.set("optimizer", names[i]);
     if (!lrs.empty()) rf.set("lr", lrs[i]);
     rf.set("out", (report / "runs" / names[i]).string());
-    RunConfig c = run_config(rf);
+    RunConfig c = run_config(rf, DataResolution::resolve, dist::process_group().world());
     std::printf("\n=== %s (lr %.3g) ===\n", names[i].c_str(), c.optimizer.lr());
     Trainer t(c);
     results.push_back({names[i], c.optimizer.lr(), t.run()});

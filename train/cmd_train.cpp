@@ -37,7 +37,7 @@ int cmd_train(const Args& args) {
     if (!flags.given("out"))
       flags.set("out", std::filesystem::exists(*resume / "manifest.json") ? resume->parent_path().string() : resume->string());
   }
-  RunConfig config = run_config(flags);
+  RunConfig config = run_config(flags, DataResolution::resolve, ranks.world());
   std::printf("tally train: resolved configuration saved to %s/config.json\n", config.out.c_str());
   for (const auto& [k, v] : config.flags.items()) std::printf("  --%s %s\n", k.c_str(), v.get<std::string>().c_str());
   install_stop_handlers();

@@ -216,7 +216,7 @@ std::string memory_advice(const models::GPT2Config& model, const OptimizerChoice
     const MemoryFigures at = predict_step_memory(model, optimizer, s);
     out += cat("The largest --batch that fits is ", fit, " (peak ", format_bytes_human(at.total_held), ")");
     out += (batch * shape.accumulation) % fit == 0
-               ? cat("; --total-batch ", batch * shape.seq * shape.accumulation,
+               ? cat("; --total-batch ", batch * shape.seq * shape.accumulation * shape.parallel.world,
                      " keeps the tokens per optimizer step (gradient accumulation).\n")
                : ".\n";
   } else {

@@ -399,7 +399,12 @@ json config_and_plan(const fs::path& dir) {
       TALLY_CHECK(v.is_string(), "'", path.string(), "': flag \"", k, "\" is not a string");
       flags.set(k, v.get<std::string>());
     }
-    RunConfig c = run_config(flags, DataResolution::skip);
+    // Written by a run of several ranks: its tokens per step were theirs (a config.json without "world": one).
+    const int32_t world = cfg.contains("world") && cfg["world"].is_number_integer() &&
+                                  cfg["world"].get<int64_t>() >= 1 && cfg["world"].get<int64_t>() <= INT32_MAX
+                              ? cfg["world"].get<int32_t>()
+                              : 1;
+    RunConfig c = run_config(flags, DataResolution::skip, world);
     if (cfg.contains("model_config")) c.model = train::model_config_from_json(cfg["model_config"], path.string());
     // Some CPU scratch is per thread (attention's): plan with the run's thread count, as its trainer did.
     struct Threads {

@@ -4,7 +4,7 @@
 namespace tally::train {
 
 namespace {
-RunConfig run_config_unchecked(const Flags& f, DataResolution data);
+RunConfig run_config_unchecked(const Flags& f, DataResolution data, int32_t world);
 }  // namespace
 
 std::vector<FlagSpec> train_flags() {
@@ -18,7 +18,7 @@ std::vector<FlagSpec> train_flags() {
   std::vector<FlagSpec> run = {
       {"batch", "micro-batch size B", "8"},
       {"seq", "sequence length T", "128"},
-      {"total-batch", "tokens per optimizer step (a multiple of B*T: gradient accumulation)", ""},
+      {"total-batch", "tokens per optimizer step, all ranks' (a multiple of B*T*ranks: gradient accumulation)", ""},
       {"steps", "optimizer steps", "200"},
       {"schedule", "cosine (linear warmup, cosine decay to --min-lr-ratio) | constant", "cosine"},
       {"warmup", "warmup steps", "20"},
@@ -35,11 +35,15 @@ std::vector<FlagSpec> train_flags() {
       {"seed", "seed for initialisation and data order", "1337"},
       {"no-shuffle", "read the training data in order (as llm.c)", "", FlagKind::switch_},
       {"device", "cpu | cuda", "cpu"},
-      {"dtype", "f32 | bf16 (mixed precision, CUDA only: bf16 parameters, activations and gradients; f32 master "
-                "weights and optimizer state; checkpoints hold both)", "f32"},
+      {"dtype",
+       "f32 | bf16 (mixed precision, CUDA only: bf16 parameters, activations and gradients; f32 master "
+       "weights and optimizer state; checkpoints hold both)",
+       "f32"},
       {"threads", "CPU threads (0: all)", "0"},
-      {"zero", "data-parallel runs (mpirun -np N tally train ...): 0 every rank keeps the whole optimizer state | "
-               "1 each rank keeps and steps its part of it (ZeRO stage 1)", "0"},
+      {"zero",
+       "data-parallel runs (mpirun -np N tally train ...): 0 every rank keeps the whole optimizer state | "
+       "1 each rank keeps and steps its part of it (ZeRO stage 1)",
+       "0"},
       {"log-optim", "log the optimizer's internals every N steps (0: off)", "0"},
       {"log-every", "print a progress line every N steps when not on a terminal", "10"},
       {"max-bad-steps", "stop after this many non-finite steps in a row", "5"},
@@ -49,10 +53,10 @@ std::vector<FlagSpec> train_flags() {
   return f;
 }
 
-RunConfig run_config(const Flags& f, DataResolution data) {
+RunConfig run_config(const Flags& f, DataResolution data, int32_t world) {
   // An error about a value that came from a --config file says so, naming the file.
   try {
-    return run_config_unchecked(f, data);
+    return run_config_unchecked(f, data, world);
   } catch (const FlagError& e) {
     const std::string sources = f.config_sources();
     if (sources.empty() || std::string_view(e.what()).find("config file '") != std::string_view::npos) throw;
@@ -62,7 +66,7 @@ RunConfig run_config(const Flags& f, DataResolution data) {
 
 namespace {
 
-RunConfig run_config_unchecked(const Flags& f, DataResolution data) {
+RunConfig run_config_unchecked(const Flags& f, DataResolution data, int32_t world) {
   RunConfig c;
   c.model = model_config(f);
   c.vocab_multiple = vocab_multiple(f);
@@ -74,12 +78,20 @@ RunConfig run_config_unchecked(const Flags& f, DataResolution data) {
   if (c.batch < 1 || c.seq < 1 || c.steps < 1) throw FlagError("--batch, --seq and --steps must be positive");
   if (c.seq > c.model.block_size)
     throw FlagError("--seq " + std::to_string(c.seq) + " exceeds the model's block size " + std::to_string(c.model.block_size));
+  if (world < 1) throw FlagError("the data-parallel world must be at least 1 rank, got " + std::to_string(world));
+  c.world = world;
   const int64_t per = micro_batch_tokens(c.batch, c.seq);
+  if (per > INT64_MAX / world)
+    throw FlagError("B*T = " + std::to_string(per) + " tokens on each of " + std::to_string(world) +
+                    " ranks overflows");
+  const int64_t per_step = per * world;  // one micro-batch on every rank
   if (f.given("total-batch")) {
     int64_t total = f.integer("total-batch");
-    if (total < per || total % per != 0)
-      throw FlagError("--total-batch " + std::to_string(total) + " must be a positive multiple of B*T = " + std::to_string(per));
-    c.accumulation = total / per;
+    if (total < per_step || total % per_step != 0)
+      throw FlagError("--total-batch " + std::to_string(total) +
+                      " must be a positive multiple of B*T = " + std::to_string(per) +
+                      (world > 1 ? " x " + std::to_string(world) + " ranks = " + std::to_string(per_step) : ""));
+    c.accumulation = total / per_step;
   }
   c.schedule = f.str("schedule");
   if (c.schedule != "cosine" && c.schedule != "constant") throw FlagError("--schedule must be cosine or constant");
@@ -117,6 +129,7 @@ RunConfig run_config_unchecked(const Flags& f, DataResolution data) {
   c.out = f.str("out");
   if (data == DataResolution::resolve) c.data = resolve_data(f, c.out);
   for (const auto& [k, v] : f.resolved()) c.flags[k] = v;
+  c.flags["total-batch"] = std::to_string(per_step * c.accumulation);  // the tokens per step, at any world
   return c;
 }
 

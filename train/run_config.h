@@ -22,7 +22,9 @@ struct RunConfig {
   std::string init;  // a model file to start from ("" = GPT-2 init from seed)
   OptimizerChoice optimizer;
   DataChoice data;
-  int64_t batch = 8, seq = 128, accumulation = 1, steps = 100;
+  int64_t batch = 8, seq = 128, steps = 100;
+  int64_t accumulation = 1;  // micro-batches per optimizer step on each rank: --total-batch / (B x T x world)
+  int32_t world = 1;         // the data-parallel ranks it was resolved for
   std::string schedule = "cosine";
   int64_t warmup = 10;
   double min_lr_ratio = 0.1, grad_clip = 1.0;
@@ -42,6 +44,9 @@ struct RunConfig {
 std::vector<FlagSpec> train_flags();
 // skip: leave config.data empty (no files are looked at or tokenized; the flag fuzz target).
 enum class DataResolution { resolve, skip };
-RunConfig run_config(const Flags& flags, DataResolution data = DataResolution::resolve);
+// `world`: the ranks that share each optimizer step (mpirun -np N). --total-batch counts all of their tokens; when
+// it is not given, it is resolved to one micro-batch per rank (B x T x world) and recorded so in config.flags, so
+// that a run resumed at another world keeps its tokens per step.
+RunConfig run_config(const Flags& flags, DataResolution data = DataResolution::resolve, int32_t world = 1);
 
 }  // namespace tally::train

@@ -318,7 +318,9 @@ void Trainer::resume(const fs::path& dir_in) {
   std::printf("resumed from %s at step %lld%s\n", dir.c_str(), (long long)start_step_,
               rs.world == comm_.world() ? ""
                                         : cat(" (saved by ", rs.world, " rank(s), continued by ", comm_.world(),
-                                              ": the data resumes at the same tokens, rounded up to a whole batch)")
+                                              c_.shuffle ? ": the shuffled data resumes exactly where it stopped)"
+                                                         : ": the data resumes at the same tokens, rounded up to a "
+                                                           "whole batch)")
                                               .c_str());
 }
 
@@ -333,7 +335,8 @@ RunSummary Trainer::run() {
               (long long)c_.warmup, omp_get_max_threads());
   {
     // Atomic: a resume reads the run's flags back from it, so a kill must never leave it half written.
-    nlohmann::json cfg = {{"flags", c_.flags}, {"model_config", train::model_config_json(c_.model)}};
+    nlohmann::json cfg = {
+        {"flags", c_.flags}, {"model_config", train::model_config_json(c_.model)}, {"world", comm_.world()}};
     io::write_file_atomic(c_.out / "config.json", cfg.dump(2) + "\n");
   }
   // The exact plan of one step (a meta device planning for this run's device: the same tensors, kernels' scratch

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # End to end over processes (mpirun --oversubscribe, root allowed): the distributed unit cases at 2 and 3 ranks; a
 # 2-rank run equals one process accumulating 2 micro-batches (the same windows of data in the same order) within
-# float rounding, ZeRO 1 equals ZeRO 0, memory and communication bytes equal their plans, a rerun is bit-identical; a checkpoint of 2 ranks resumes bit-exactly at 2
-# and continues at 1; ranks started with different flags are refused naming the flag; a rank that fails or dies
-# ends the job with a clear error in bounded time and the last checkpoint stays loadable. Skipped, saying so,
-# where MPI is not installed or tally was built without it.
+# float rounding, ZeRO 1 equals ZeRO 0, memory and communication bytes equal their plans, a rerun is bit-identical; a
+# checkpoint of 2 ranks resumes bit-exactly at 2 and continues at 1; shuffled, 2 ranks equal one process too and a
+# 2-rank checkpoint continues at 1 on the same batches; ranks started with different flags are refused naming the
+# flag; a rank that fails or dies ends the job with a clear error in bounded time and the last checkpoint stays
+# loadable. Skipped, saying so, where MPI is not installed or tally was built without it.
 set -uo pipefail
 tally="$1"
 tests_bin="$(dirname "$tally")/tally_tests"
@@ -33,7 +34,8 @@ for n in 2 3; do
     fail "distributed unit cases at $n ranks: $(grep -a -E 'ERROR|logged|max|runtime error|Sanitizer|SUMMARY' "$work/unit$n.log" | head -20)"
 done
 
-common=(--model tiny --batch 2 --seq 32 --threads 1 --val-batches 2 --eval-every 0 --warmup 2 --no-shuffle)
+base=(--model tiny --batch 2 --seq 32 --threads 1 --val-batches 2 --eval-every 0 --warmup 2)
+common=("${base[@]}" --no-shuffle)
 # "step loss" per training step, from a run's log: its step records, which begin with "grad_norm" (nlohmann writes
 # keys in order: grad_norm, loss, ..., step); other records may hold a "loss" key too (the memory record's owners).
 losses() { sed -n 's/^{"grad_norm":[^,]*,"loss":\([^,}]*\),.*"step":\([0-9]*\).*/\2 \1/p' "$1/log.jsonl"; }
@@ -73,6 +75,31 @@ cmp -s <(losses "$work/ck") <(losses "$work/two-came-1") || fail "resuming at 2 
 rm -rf "$work/ck1/step-00000006"
 "$tally" train --resume "$work/ck1/step-00000003" --out "$work/ck1" >"$work/o" 2>&1 || fail "resume at 1 rank: $(tail -3 "$work/o")"
 grep -q "saved by 2 rank(s), continued by 1" "$work/o" || fail "resume at 1 rank does not say the world changed"
+
+# Shuffled (the default order): the ranks deal out the stream of slices one process reads, so 2 ranks accumulating 2
+# micro-batches train on the batches of one process accumulating 4 (--total-batch counts all ranks' tokens), and a
+# checkpoint of 2 ranks continues at 1 (4 micro-batches: the tokens per step are kept) on the batches the 2 would
+# have read next: losses within float rounding in both.
+"$tally" train "${base[@]}" --optimizer came --steps 6 --total-batch 256 --out "$work/one-shuf" >"$work/o" 2>&1 ||
+  fail "shuffled, one process: $(tail -3 "$work/o")"
+"${mpi[@]}" -np 2 "$tally" train "${base[@]}" --optimizer came --steps 6 --total-batch 256 --zero 1 --save-every 3 \
+  --out "$work/two-shuf" >"$work/o" 2>&1 || fail "shuffled, 2 ranks: $(tail -3 "$work/o")"
+grep -q "2 micro-batch(es) per step" "$work/o" || fail "--total-batch 256 at 2 ranks: $(grep micro-batch "$work/o")"
+"${mpi[@]}" -np 2 "$tally" train "${base[@]}" --steps 1 --total-batch 192 --out "$work/bad-total" >"$work/o" 2>&1 &&
+  fail "--total-batch 192 at 2 ranks of 64 tokens ran"
+grep -q "must be a positive multiple of B\*T = 64 x 2 ranks = 128" "$work/o" || fail "total-batch message: $(tail -3 "$work/o")"
+w=$(worst "$work/two-shuf" "$work/one-shuf")
+awk -v w="$w" 'BEGIN { exit !(w <= 1e-5) }' || fail "shuffled: 2 ranks' losses differ from one process's by $w (relative)"
+rm -rf "$work/two-shuf/step-00000006"
+head -n "$(grep -n '"step":3,' "$work/two-shuf/log.jsonl" | tail -1 | cut -d: -f1)" "$work/two-shuf/log.jsonl" >"$work/log3"
+mv "$work/log3" "$work/two-shuf/log.jsonl"
+"$tally" train --resume "$work/two-shuf/step-00000003" --out "$work/two-shuf" >"$work/o" 2>&1 ||
+  fail "shuffled, resume at 1 rank: $(tail -3 "$work/o")"
+grep -q "the shuffled data resumes exactly where it stopped" "$work/o" || fail "resume message: $(grep resumed "$work/o")"
+grep -q "4 micro-batch(es) per step" "$work/o" || fail "resumed at 1 rank: $(grep micro-batch "$work/o")"
+[ "$(losses "$work/two-shuf" | wc -l)" -eq 6 ] || fail "shuffled resume: 6 steps expected in the log"
+w=$(worst "$work/two-shuf" "$work/one-shuf")
+awk -v w="$w" 'BEGIN { exit !(w <= 1e-5) }' || fail "shuffled: resumed at 1 rank, losses differ by $w (relative)"
 
 # Ranks started differently are refused, naming the flag.
 "${mpi[@]}" -np 1 "$tally" train "${common[@]}" --steps 2 --lr 1e-3 --out "$work/mix" : \

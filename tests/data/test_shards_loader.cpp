@@ -1,6 +1,7 @@
 // Tests of token shards (round trip, raw uint16, globbing, every corrupt-header case, the vocabulary check) and of
-// the DataLoader (llm.c window arithmetic, shard switching, wrap-around, rank/world, shuffle determinism, exact
-// resume from a saved position). Synthetic data: the token at global position g across a set's shards is g % 50000.
+// the DataLoader (llm.c window arithmetic, shard switching, wrap-around, rank/world, shuffle determinism, the
+// shuffled stream the same at every world, exact resume from a saved position, at any world when shuffled).
+// Synthetic data: the token at global position g across a set's shards is g % 50000.
 #include <doctest/doctest.h>
 
 #include <fstream>
@@ -294,6 +295,88 @@ TEST_CASE("loader: shuffled order is a seeded permutation, deterministic per see
   for (int64_t i = 0; i < epoch; ++i) seq_firsts.push_back(seq.next().inputs[0]);
   CHECK(std::vector<int32_t>(firsts_a.begin(), firsts_a.begin() + epoch) != seq_firsts);
   fs::remove_all(dir);
+}
+
+TEST_CASE("loader: shuffled, W processes deal out the stream of slices one process reads, at any W and position") {
+  const fs::path dir = tally::test::temp_dir("loader_shuffle_world");
+  // 62, 20, 2 and 125 slices of 16 tokens: 209 a epoch, which no W below divides, so the ranks' batches straddle
+  // shards and epochs; the third shard has fewer slices than most worlds here.
+  write_synthetic(dir, "s", {1000, 333, 40, 2001});
+  const std::string glob = (dir / "s_*.bin").string();
+  auto config = [](int32_t rank, int32_t world) {
+    return LoaderConfig{
+        .batch = 2, .seq_len = 8, .rank = rank, .world = world, .order = LoaderOrder::shuffled, .seed = 5};
+  };
+  DataLoader one(ShardSet::open(glob), config(0, 1));
+  CHECK(one.batches_per_epoch() == 209);
+  std::vector<std::vector<int32_t>> stream;  // what one process reads over three epochs and more
+  std::vector<LoaderPosition> at;            // its position before each batch
+  for (int i = 0; i < 3 * 209 + 40; ++i) {
+    at.push_back(one.position());
+    stream.push_back(one.next().inputs);
+  }
+  for (const int32_t world : {2, 3, 5}) {
+    std::vector<DataLoader> ranks;
+    for (int32_t r = 0; r < world; ++r) ranks.emplace_back(ShardSet::open(glob), config(r, world));
+    CHECK(ranks[0].batches_per_epoch() == 209 / world);
+    bool same = true, same_place = true;
+    for (size_t round = 0; (round + 1) * size_t(world) <= stream.size(); ++round) {
+      // Every rank stands where one process stood after round * W batches, and reads its share of the next W.
+      for (int32_t r = 0; r < world; ++r) {
+        const LoaderPosition p = ranks[size_t(r)].position(), q = at[round * size_t(world)];
+        same_place &= p.epoch == q.epoch && p.shard == q.shard && p.window == q.window;
+        same &= ranks[size_t(r)].next().inputs == stream[round * size_t(world) + size_t(r)];
+      }
+    }
+    INFO("world " << world);
+    CHECK(same);
+    CHECK(same_place);
+    // A position saved at this world continues exactly at another, and at one process.
+    for (const int32_t other : {1, 2, 3, 5}) {
+      DataLoader saver(ShardSet::open(glob), config(0, world));
+      const size_t rounds = 211 / size_t(world) + 1;  // into the second epoch
+      for (size_t i = 0; i < rounds; ++i) saver.next();
+      const LoaderPosition saved = LoaderPosition::from_bytes(saver.position().to_bytes());
+      bool continues = true;
+      std::vector<DataLoader> resumed;
+      for (int32_t r = 0; r < other; ++r) {
+        resumed.emplace_back(ShardSet::open(glob), config(r, other));
+        resumed.back().restore(saved);
+      }
+      for (size_t k = 0; k < 50; ++k)
+        for (int32_t r = 0; r < other; ++r)
+          continues &=
+              resumed[size_t(r)].next().inputs == stream[rounds * size_t(world) + k * size_t(other) + size_t(r)];
+      INFO("saved at world " << world << ", resumed at " << other);
+      CHECK(continues);
+    }
+  }
+  fs::remove_all(dir);
+}
+
+TEST_CASE("loader: a version 1 position (shuffled windows of W slices) reads as the same place in slices") {
+  LoaderPosition p{.epoch = 1,
+                   .shard = 2,
+                   .window = 5,
+                   .seed = 5,
+                   .order = LoaderOrder::shuffled,
+                   .batch = 2,
+                   .seq_len = 8,
+                   .world = 3,
+                   .num_shards = 4};
+  std::vector<uint8_t> v1 = p.to_bytes();
+  CHECK(v1[4] == 2);  // the version, after the magic
+  v1[4] = 1;
+  LoaderPosition read = LoaderPosition::from_bytes(v1);
+  CHECK(read.window == 15);
+  CHECK(read.epoch == 1);
+  CHECK(read.shard == 2);
+  p.order = LoaderOrder::sequential;  // sequential windows are what they were
+  v1 = p.to_bytes();
+  v1[4] = 1;
+  CHECK(LoaderPosition::from_bytes(v1) == p);
+  v1[4] = 3;
+  has(error_of([&] { LoaderPosition::from_bytes(v1); }), "unsupported version 3, expected 1 or 2");
 }
 
 TEST_CASE("loader: a restored position yields exactly the batches of an uninterrupted loader") {

@@ -59,12 +59,14 @@ put("fuzz_shards", "raw_uint16", bytes([1, 1, 3, 0, 0, 0]) + np.asarray(toks[:40
 
 # loader positions: order byte, then the 80-byte encoding (magic "TLDP", version 1, epoch, shard, window, seed,
 # order, B, T, world, number of shards), for the target's 2-shard loader with B=2, T=4, seed 7
-def position(order, epoch, shard_, window):
-    return bytes([order]) + struct.pack("<IIQQQQQqqqQ", 0x50444C54, 1, epoch, shard_, window, 7, order, 2, 4, 1, 2)
+def position(order, epoch, shard_, window, version=2, world=1):
+    return bytes([order]) + struct.pack("<IIQQQQQqqqQ", 0x50444C54, version, epoch, shard_, window, 7, order, 2, 4,
+                                        world, 2)
 
 put("fuzz_loader_position", "sequential", position(0, 0, 1, 3))
 put("fuzz_loader_position", "shuffled", position(1, 2, 0, 5))
 put("fuzz_loader_position", "end_of_shard", position(0, 1, 1, 7))
+put("fuzz_loader_position", "shuffled_v1_world2", position(1, 1, 1, 3, version=1, world=2))  # windows of 2 slices
 
 # llm.c model files: L1 NH1 C4 T4 V8 Vp8 (300 parameters), fp32 (version 3) and bf16 (version 5)
 def llmc(version, n_params=300, cfg=(4, 8, 1, 1, 4, 8)):

@@ -19,14 +19,14 @@ using nlohmann::json;
 
 namespace {
 
-RunConfig config_from(const std::vector<std::string>& extra, const fs::path& out) {
+RunConfig config_from(const std::vector<std::string>& extra, const fs::path& out, int32_t world = 1) {
   Flags f("train", "", train_flags());
   std::vector<std::string> args = {"--model", "tiny", "--batch", "2", "--seq", "32", "--steps", "8", "--eval-every", "4",
                                    "--val-batches", "2", "--out", out.string(), "--threads", "1", "--lr", "3e-3",
                                    "--warmup", "2"};
   args.insert(args.end(), extra.begin(), extra.end());
   f.parse(args);
-  return run_config(f);
+  return run_config(f, DataResolution::resolve, world);
 }
 
 std::vector<json> read_log(const fs::path& p) {
@@ -175,6 +175,27 @@ TEST_CASE("train: a NaN step is skipped, the optimizer untouched; too many stop 
     CHECK_THROWS_WITH_AS(t.run(), doctest::Contains("training stopped: 1 non-finite steps in a row"), Error);
   }
   ::unsetenv("TALLY_FAULT_NAN_AT_STEP");
+  fs::remove_all(out);
+}
+
+TEST_CASE("train: --total-batch counts the tokens of every rank and is recorded resolved") {
+  fs::path out = test::temp_dir("train_total_batch");
+  // B x T = 64 tokens a micro-batch.
+  RunConfig one = config_from({}, out), two = config_from({}, out, 2);
+  CHECK(one.accumulation == 1);
+  CHECK(one.flags["total-batch"] == "64");
+  CHECK(two.accumulation == 1);  // one micro-batch on each rank when not given
+  CHECK(two.flags["total-batch"] == "128");
+  CHECK(config_from({"--total-batch", "256"}, out).accumulation == 4);
+  CHECK(config_from({"--total-batch", "256"}, out, 2).accumulation == 2);
+  CHECK(config_from({"--total-batch", "256"}, out, 4).accumulation == 1);
+  // The resolved total, given back (a resume reads it from config.json), keeps the tokens per step at another world.
+  CHECK(config_from({"--total-batch", two.flags["total-batch"].get<std::string>()}, out, 1).accumulation == 2);
+  CHECK_THROWS_WITH_AS(config_from({"--total-batch", "192"}, out, 2),
+                       doctest::Contains("--total-batch 192 must be a positive multiple of B*T = 64 x 2 ranks = 128"),
+                       FlagError);
+  CHECK_THROWS_WITH_AS(config_from({"--total-batch", "64"}, out, 2), doctest::Contains("x 2 ranks = 128"), FlagError);
+  CHECK_THROWS_AS(config_from({}, out, 0), FlagError);
   fs::remove_all(out);
 }
 
