@@ -166,8 +166,9 @@ class CachingAllocator final : public Allocator {
   void release_cached_locked() {
     if (cached_ == 0) return;
     DeviceGuard guard(device_);
-    // Work still queued may use a block freed on the host a moment ago: let it finish first.
-    (void)cudaDeviceSynchronize();
+    // Work still queued may use a block freed on the host a moment ago: let it finish first (a watched wait, so an
+    // out-of-memory retry cannot hang behind a stalled collective; an earlier kernel's error is raised here).
+    synchronize_device("cuda_allocator");
     for (auto& [size, ptrs] : free_) {
       for (void* p : ptrs) {
         (void)cudaFree(p);

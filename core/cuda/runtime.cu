@@ -137,13 +137,19 @@ void throw_cublas_error(const char* op, const char* call, cublasStatus_t status,
        file, ":", line);
 }
 
+namespace {
+template <class Query, class Block>
+cudaError_t wait_for(const char* op, Query query, Block block);
+}  // namespace
+
 void check_launch(const char* kernel, const char* file, int line) {
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess)
     fail("[", kernel, "] kernel launch failed: ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ") at ", file,
          ":", line);
   if (g_launch_sync.load(std::memory_order_relaxed) == int(LaunchSync::after_each_kernel)) {
-    err = cudaStreamSynchronize(stream());
+    cudaStream_t s = stream();
+    err = wait_for(kernel, [s] { return cudaStreamQuery(s); }, [s] { return cudaStreamSynchronize(s); });
     if (err != cudaSuccess)
       fail("[", kernel, "] kernel failed while running: ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ") at ",
            file, ":", line);
@@ -160,10 +166,10 @@ std::atomic<int64_t> g_host_waits{0};
 std::atomic<WaitWatch*> g_wait_watch{nullptr};
 
 // Every host wait for the device goes through here: `query` asks whether the work is done (cudaStreamQuery,
-// cudaEventQuery), `block` waits for it inside CUDA (named `call` in errors). With a watch set, the host polls and
-// the watch may end the wait (see WaitWatch in runtime.h); without one, it blocks.
+// cudaEventQuery), `block` waits for it inside CUDA. With a watch set, the host polls and the watch may end the wait
+// (see WaitWatch in runtime.h: tally::Error naming `op`); without one, it blocks. Returns the wait's CUDA status.
 template <class Query, class Block>
-void wait_for(const char* op, const char* call, Query query, Block block) {
+cudaError_t wait_for(const char* op, Query query, Block block) {
   g_host_waits.fetch_add(1);
   WaitWatch* watch = g_wait_watch.load();
   cudaError_t err = cudaSuccess;
@@ -181,15 +187,17 @@ void wait_for(const char* op, const char* call, Query query, Block block) {
       fail("[", op, "] gave up waiting for the GPU: ", why);
     }
   }
-  if (err != cudaSuccess) throw_cuda_error(op, call, err, __FILE__, __LINE__);
+  return err;
 }
 
 void wait_for_stream(const char* op, cudaStream_t s) {
-  wait_for(op, "cudaStreamSynchronize", [s] { return cudaStreamQuery(s); }, [s] { return cudaStreamSynchronize(s); });
+  const cudaError_t err = wait_for(op, [s] { return cudaStreamQuery(s); }, [s] { return cudaStreamSynchronize(s); });
+  if (err != cudaSuccess) throw_cuda_error(op, "cudaStreamSynchronize", err, __FILE__, __LINE__);
 }
 
 void wait_for_event(const char* op, cudaEvent_t e) {
-  wait_for(op, "cudaEventSynchronize", [e] { return cudaEventQuery(e); }, [e] { return cudaEventSynchronize(e); });
+  const cudaError_t err = wait_for(op, [e] { return cudaEventQuery(e); }, [e] { return cudaEventSynchronize(e); });
+  if (err != cudaSuccess) throw_cuda_error(op, "cudaEventSynchronize", err, __FILE__, __LINE__);
 }
 
 }  // namespace
@@ -262,6 +270,14 @@ void memcpy_device_to_device(void* dst, const void* src, int64_t bytes) {
 }
 
 void synchronize() { wait_for_stream("synchronize", stream()); }
+
+void synchronize_device(const char* op) {
+  // Watched, the stream is polled: all of tally's work on a device (kernels, copies, cuBLAS, cuDNN, NCCL) is queued
+  // on that one stream.
+  cudaStream_t s = stream();
+  const cudaError_t err = wait_for(op, [s] { return cudaStreamQuery(s); }, [] { return cudaDeviceSynchronize(); });
+  if (err != cudaSuccess) throw_cuda_error(op, "cudaDeviceSynchronize", err, __FILE__, __LINE__);
+}
 
 void set_device(int index) {
   TALLY_CHECK(index >= 0 && index < cuda_device_count(), "[set_device] cuda:", index, " does not exist (",

@@ -13,6 +13,7 @@ void memcpy_host_to_device(void* dst, const void* src, int64_t bytes);
 void memcpy_device_to_host(void* dst, const void* src, int64_t bytes);
 void memcpy_device_to_device(void* dst, const void* src, int64_t bytes);
 void synchronize();                      // waits for the device's work; throws on an earlier async error
+void synchronize_device(const char* op);  // cudaDeviceSynchronize (all streams), watched as the waits below are
 // How many times the host has waited for the device so far (synchronize, a copy to the host, a large copy to the
 // device, and a small one whose pinned buffer was still in use): what a training step costs in host waits, checked
 // in tests/cuda/test_cuda_gpt2.cpp.

@@ -240,6 +240,28 @@ TEST_CASE("cuda runtime: a watched wait polls, and gives up with the watch's rea
     CHECK_THROWS_WITH_AS((void)x.to_vector<float>(), doctest::Contains("[memcpy_device_to_host] gave up waiting"),
                          Error);
     CHECK(gives_up.cancels == 2);
+    // The debugging mode's wait after each kernel, and the caching allocator's release of its blocks (an
+    // out-of-memory retry's), wait the same way.
+    keep_stream_busy(a);
+    {
+      struct SyncAfterEachKernel {
+        SyncAfterEachKernel() { cuda::set_launch_sync(cuda::LaunchSync::after_each_kernel); }
+        ~SyncAfterEachKernel() { cuda::set_launch_sync(cuda::LaunchSync::async); }
+      } sync_mode;
+      CHECK_THROWS_WITH_AS((void)add(x, x), doctest::Contains("gave up waiting for the GPU: the test's watch gives up"),
+                           Error);
+    }
+    CHECK(gives_up.cancels == 3);
+    if (cuda::cuda_allocator_mode() != cuda::CudaAllocatorMode::direct) {
+      {
+        MemoryScope scope(Category::other, "test.cuda.watch");
+        Tensor spare = empty({1 << 20}, {.dtype = DType::u8, .device = gpu()});  // cached when dropped
+      }
+      keep_stream_busy(a);
+      CHECK_THROWS_WITH_AS(allocator(gpu()).release_cached(),
+                           doctest::Contains("[cuda_allocator] gave up waiting for the GPU"), Error);
+      CHECK(gives_up.cancels == 4);
+    }
   }
   REQUIRE(cuda::wait_watch() == nullptr);  // blocking waits again
   keep_stream_busy(a);
