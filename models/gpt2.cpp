@@ -233,6 +233,11 @@ namespace {
 Tensor first_columns(const Tensor& logits, int64_t V) { return logits.size(-1) == V ? logits : logits.slice(-1, 0, V); }
 }  // namespace
 
+uint64_t GPT2::dropout_draws(int64_t tokens) const {
+  if (!training() || config_.dropout == 0.0) return 0;
+  return uint64_t(tokens) * uint64_t(config_.n_embd) * uint64_t(1 + 2 * config_.n_layer);
+}
+
 Tensor GPT2::forward(const Tensor& idx) const {
   return first_columns(logits_padded(idx, TokenIds::check), config_.vocab_size);
 }

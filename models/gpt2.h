@@ -86,6 +86,10 @@ class GPT2 : public nn::Module {
   Device device() const { return options_.device; }
   // The dropout stream (its state is saved with training checkpoints so a resumed run draws the same masks).
   Generator& dropout_generator() { return dropout_generator_; }
+  // The counters of the dropout stream that one forward pass of `tokens` positions (B x T) takes: (tokens, C) for the
+  // embeddings' dropout and for each block's two residual branches' in Mode::train with dropout > 0; 0 otherwise.
+  // A data-parallel step places each micro-batch's masks with it (train/step.cpp).
+  uint64_t dropout_draws(int64_t tokens) const;
   DType dtype() const { return options_.dtype; }
 
   // idx (B, T) i32 -> logits (B, T, V): a row-strided view of the head's (B, T, Vp) output, so padded columns

@@ -29,6 +29,7 @@ class DataParallel {
                const std::vector<Tensor>& params, int64_t bucket_bytes = kDefaultBucketBytes);
 
   int world() const { return comm_.world(); }
+  int rank() const { return comm_.rank(); }
   // Sums the gradients over the ranks (ZeRO 1: this rank's parts only are complete afterwards).
   void reduce_gradients();
   // The norm of the whole summed gradient (ZeRO 1: this rank's parts, summed over ranks). After reduce_gradients.

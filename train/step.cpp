@@ -5,6 +5,7 @@
 
 #include "core/ledger.h"
 #include "core/ops.h"
+#include "core/random.h"
 #include "optim/clip.h"
 
 namespace tally::train {
@@ -12,7 +13,13 @@ namespace tally::train {
 StepOutcome optimizer_step(models::GPT2& model, optim::Optimizer& opt, Batches& batches, const StepPlan& plan) {
   const bool meta = model.device().is_meta();
   DataParallel* dp = plan.parallel;
-  const int64_t parts = plan.accumulation * (dp ? dp->world() : 1);  // the step's loss is the mean of `parts` losses
+  const int64_t ranks = dp ? dp->world() : 1, rank = dp ? dp->rank() : 0;
+  const int64_t parts = plan.accumulation * ranks;  // the step's loss is the mean of `parts` losses
+  // Dropout: micro-batch `micro` of rank r is the step's (micro x ranks + r)-th, as the loader deals the data out;
+  // its masks come from where one process accumulating all `parts` would draw them, so N ranks train as one does.
+  Generator& dropout = model.dropout_generator();
+  const uint64_t first_draw = dropout.offset();
+  uint64_t draws = 0;
   opt.zero_grad(optim::ZeroGrad::set_to_none);
   // The micro-batches' losses are read after the last backward pass is queued: the host does not wait for the
   // device inside the loop (on a GPU it keeps queueing kernels while the earlier ones run).
@@ -23,11 +30,14 @@ StepOutcome optimizer_step(models::GPT2& model, optim::Optimizer& opt, Batches& 
       MemoryScope scope(Category::other, "batch");
       batches.next(x, y);
     }
+    draws = model.dropout_draws(x.numel());
+    dropout.set_state(dropout.seed(), first_draw + uint64_t(micro * ranks + rank) * draws);
     Tensor loss = model.loss(x, y, batches.ids());
     losses.push_back(loss.detach());
     if (parts > 1) loss = loss * (1.0 / double(parts));
     loss.backward();
   }
+  dropout.set_state(dropout.seed(), first_draw + uint64_t(parts) * draws);  // past every rank's micro-batches
   double loss_sum = 0;
   if (!meta)
     for (const Tensor& l : losses) loss_sum += l.item();

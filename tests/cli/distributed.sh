@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # End to end over processes (mpirun --oversubscribe, root allowed): the distributed unit cases at 2 and 3 ranks; a
 # 2-rank run equals one process accumulating 2 micro-batches (the same windows of data in the same order) within
-# float rounding, ZeRO 1 equals ZeRO 0, memory and communication bytes equal their plans, a rerun is bit-identical; a
-# checkpoint of 2 ranks resumes bit-exactly at 2 and continues at 1; shuffled, 2 ranks equal one process too and a
-# 2-rank checkpoint continues at 1 on the same batches; ranks started with different flags are refused naming the
-# flag; a rank that fails or dies ends the job with a clear error in bounded time and the last checkpoint stays
-# loadable. Skipped, saying so, where MPI is not installed or tally was built without it.
+# float rounding (with dropout too), ZeRO 1 equals ZeRO 0, memory and communication bytes equal their plans, a rerun
+# is bit-identical; a checkpoint of 2 ranks resumes bit-exactly at 2 and continues at 1; shuffled, 2 ranks equal one
+# process too and a 2-rank checkpoint continues at 1 on the same batches; ranks started with different flags are
+# refused naming the flag; a rank that fails or dies ends the job with a clear error in bounded time and the last
+# checkpoint stays loadable. Skipped, saying so, where MPI is not installed or tally was built without it.
 set -uo pipefail
 tally="$1"
 tests_bin="$(dirname "$tally")/tally_tests"
@@ -58,6 +58,15 @@ for opt in adamw came adafactor sgd; do
       awk '{ ok = $1 == $2 && $1 > 0 } END { exit !ok }' || fail "$opt zero $zero: communication bytes differ from the prediction"
   done
 done
+# Dropout: each rank's micro-batch draws the masks one process accumulating them draws for it.
+"$tally" train "${common[@]}" --dropout 0.1 --optimizer adamw --steps 4 --total-batch 128 --out "$work/one-drop" \
+  >"$work/o" 2>&1 || fail "dropout, one process: $(tail -3 "$work/o")"
+"${mpi[@]}" -np 2 "$tally" train "${common[@]}" --dropout 0.1 --optimizer adamw --steps 4 --out "$work/two-drop" \
+  >"$work/o" 2>&1 || fail "dropout, 2 ranks: $(tail -3 "$work/o")"
+w=$(worst "$work/two-drop" "$work/one-drop")
+awk -v w="$w" 'BEGIN { exit !(w <= 1e-5) }' || fail "dropout: 2 ranks' losses differ from one process's by $w (relative)"
+cmp -s <(losses "$work/one-drop") <(losses "$work/one-adamw" | head -4) && fail "dropout 0.1 changed nothing"
+
 # A rerun at the same world is bit-identical.
 "${mpi[@]}" -np 2 "$tally" train "${common[@]}" --optimizer came --steps 6 --zero 1 --out "$work/again" >"$work/o" 2>&1 ||
   fail "rerun: $(tail -3 "$work/o")"

@@ -254,7 +254,7 @@ TEST_CASE("cuda runtime: a watched wait polls, and gives up with the watch's rea
     CHECK(gives_up.cancels == 3);
     if (cuda::cuda_allocator_mode() != cuda::CudaAllocatorMode::direct) {
       {
-        MemoryScope scope(Category::other, "test.cuda.watch");
+        MemoryScope owner(Category::other, "test.cuda.watch");
         Tensor spare = empty({1 << 20}, {.dtype = DType::u8, .device = gpu()});  // cached when dropped
       }
       keep_stream_busy(a);

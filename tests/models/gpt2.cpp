@@ -287,6 +287,26 @@ TEST_CASE("gpt2 dropout: active in train mode only, reproducible from the seed")
   CHECK(plain.loss(idx, tgt).item() == e1);  // eval mode == no dropout
 }
 
+TEST_CASE("gpt2 dropout: a forward pass takes exactly dropout_draws counters of the stream") {
+  GPT2Config c = test::tiny_config();
+  c.dropout = 0.1;
+  Tensor idx = test::random_tokens(3, 8, 500, 1), tgt = test::random_tokens(3, 8, 500, 2);
+  for (const int64_t chunk_rows : {int64_t(0), int64_t(5)}) {  // the head and loss whole, and in row chunks
+    GPT2 m(c, {.seed = 5, .loss_chunk_rows = chunk_rows});
+    const uint64_t before = m.dropout_generator().offset();
+    (void)m.loss(idx, tgt);
+    CHECK(m.dropout_generator().offset() - before == m.dropout_draws(24));
+    CHECK(m.dropout_draws(24) == uint64_t(24 * c.n_embd * (1 + 2 * c.n_layer)));
+    m.eval();
+    CHECK(m.dropout_draws(24) == 0);
+    const uint64_t at = m.dropout_generator().offset();
+    (void)m.loss(idx, tgt);
+    CHECK(m.dropout_generator().offset() == at);
+  }
+  c.dropout = 0.0;
+  CHECK(GPT2(c, {.seed = 5}).dropout_draws(24) == 0);
+}
+
 TEST_CASE("gpt2 argument errors name the problem") {
   GPT2Config c = test::tiny_config();
   GPT2 model(c, {.seed = 1});
