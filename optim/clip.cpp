@@ -20,7 +20,7 @@ void check_grad(const Tensor& p, const Tensor& g, const char* op) {
 
 }  // namespace
 
-double grad_norm(const std::vector<Tensor>& params) {
+std::vector<Tensor> defined_grads(const std::vector<Tensor>& params) {
   std::vector<Tensor> grads;
   for (const Tensor& p : params) {
     const Tensor g = p.grad();
@@ -28,12 +28,16 @@ double grad_norm(const std::vector<Tensor>& params) {
     check_grad(p, g, "grad_norm");
     grads.push_back(g);
   }
-  return std::sqrt(sum_of_squares(grads));
+  return grads;
 }
 
-double sum_of_squares(const std::vector<Tensor>& xs) {
-  // The tensors of each device in order, summed by one call (on CUDA a few launches for all of them) into one f64
-  // accumulator on that device: deterministic. A meta device holds the same accumulator and workspace, sums nothing.
+double grad_norm(const std::vector<Tensor>& params) { return std::sqrt(sum_of_squares(defined_grads(params))); }
+
+namespace {
+
+// The non-empty tensors of `xs`, grouped by device (in order within each).
+std::map<std::string, std::pair<Device, std::vector<kernels::SquaresInput>>> squares_inputs(
+    const std::vector<Tensor>& xs) {
   std::map<std::string, std::pair<Device, std::vector<kernels::SquaresInput>>> inputs;
   for (const Tensor& x : xs) {
     if (x.numel() == 0) continue;
@@ -43,21 +47,47 @@ double sum_of_squares(const std::vector<Tensor>& xs) {
                           .first->second;
     in.push_back({.x = x.data_ptr(), .n = x.numel(), .dtype = x.dtype()});
   }
+  return inputs;
+}
+
+// One device's tensors summed by one call (on CUDA a few launches for all of them) into its f64 accumulator:
+// deterministic. A meta device holds the same workspace, sums nothing.
+void add_squares(Device dev, const std::vector<kernels::SquaresInput>& in, double* acc) {
+  MemoryScope scope(Category::workspace, "grad_norm");
+  const int64_t ws = dev.backend() == DeviceKind::cuda
+                         ? kernels::cuda_dense_workspace_bytes()
+                         : TALLY_KERNEL(Device::cpu(), squares_workspace_bytes, in.data(), int64_t(in.size()));
+  Tensor w = ws > 0 ? empty({ws}, {.dtype = DType::u8, .device = dev}) : Tensor();
+  if (dev.is_meta()) return;
+  TALLY_KERNEL(dev, sum_squares_many, in.data(), int64_t(in.size()), acc, w.defined() ? w.data_ptr() : nullptr);
+}
+
+}  // namespace
+
+double sum_of_squares(const std::vector<Tensor>& xs) {
   double total = 0;
-  for (auto& [key, entry] : inputs) {
+  for (auto& [key, entry] : squares_inputs(xs)) {
     const auto& [dev, in] = entry;
-    MemoryScope scope(Category::workspace, "grad_norm");
-    Tensor acc = zeros({1}, {.dtype = DType::f64, .device = dev});
-    const int64_t ws = dev.backend() == DeviceKind::cuda
-                           ? kernels::cuda_dense_workspace_bytes()
-                           : TALLY_KERNEL(Device::cpu(), squares_workspace_bytes, in.data(), int64_t(in.size()));
-    Tensor w = ws > 0 ? empty({ws}, {.dtype = DType::u8, .device = dev}) : Tensor();
-    if (dev.is_meta()) continue;
-    TALLY_KERNEL(dev, sum_squares_many, in.data(), int64_t(in.size()), acc.data<double>(),
-                 w.defined() ? w.data_ptr() : nullptr);
-    total += acc.item();
+    Tensor acc;
+    {
+      MemoryScope scope(Category::workspace, "grad_norm");
+      acc = zeros({1}, {.dtype = DType::f64, .device = dev});
+    }
+    add_squares(dev, in, acc.data<double>());
+    if (!dev.is_meta()) total += acc.item();
   }
   return total;
+}
+
+void add_sum_of_squares(const std::vector<Tensor>& xs, Tensor& acc) {
+  TALLY_CHECK(acc.defined() && acc.dtype() == DType::f64 && acc.numel() == 1 && acc.is_contiguous(),
+              "[sum_of_squares] the accumulator must be one f64 element, got ", acc.defined() ? acc.str() : "none");
+  for (auto& [key, entry] : squares_inputs(xs)) {
+    const auto& [dev, in] = entry;
+    TALLY_CHECK(dev == acc.device(), "[sum_of_squares] a tensor on ", dev.str(), ", the accumulator on ",
+                acc.device().str());
+    add_squares(dev, in, acc.data<double>());
+  }
 }
 
 double clip_coefficient(double norm, double max_norm) {

@@ -14,6 +14,11 @@ namespace tally::optim {
 double grad_norm(const std::vector<Tensor>& params);
 // sum over the tensors of sum(x^2), in double (contiguous f32 or bf16; meta tensors count nothing).
 double sum_of_squares(const std::vector<Tensor>& xs);
+// The same sum added into `acc`, one f64 element on the tensors' device, and not read back: for a caller that reads
+// it with other numbers in one copy (a training step's loss and gradient norm: one host wait).
+void add_sum_of_squares(const std::vector<Tensor>& xs, Tensor& acc);
+// The gradients of `params` that are defined (checked: contiguous f32 or bf16), for the two sums above.
+std::vector<Tensor> defined_grads(const std::vector<Tensor>& params);
 // min(1, max_norm / (norm + 1e-6)), as torch computes it.
 double clip_coefficient(double norm, double max_norm);
 // Scales every defined gradient by clip_coefficient(norm, max_norm) when it is below 1; returns the norm

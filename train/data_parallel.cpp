@@ -101,15 +101,20 @@ void DataParallel::reduce_gradients() {
   }
 }
 
-double DataParallel::grad_norm() {
-  if (stage_ == ZeroStage::zero0) return optim::grad_norm(params_);
+void DataParallel::add_grad_squares(Tensor& acc) const {
+  if (stage_ == ZeroStage::zero0) return optim::add_sum_of_squares(optim::defined_grads(params_), acc);
   std::vector<Tensor> parts;
   for (const Bucket& b : buckets_)
     for (const Piece& piece : b.segments[size_t(comm_.rank())])
       if (piece.end > piece.begin) parts.push_back(flat(piece.param.grad(), piece.begin, piece.end));
-  double sum = optim::sum_of_squares(parts);
-  comm_.all_reduce_sum(&sum, 1);
-  return std::sqrt(sum);
+  optim::add_sum_of_squares(parts, acc);
+}
+
+DataParallel::LossAndNorm DataParallel::loss_and_norm(double loss, double squares) {
+  // ZeRO 0: every rank summed the same whole gradient, so its squares are already the global sum.
+  double both[2] = {loss, stage_ == ZeroStage::zero1 ? squares : 0.0};
+  comm_.all_reduce_sum(both, 2);
+  return {.loss = both[0] / double(comm_.world()), .norm = std::sqrt(stage_ == ZeroStage::zero1 ? both[1] : squares)};
 }
 
 void DataParallel::gather_parameters() {
@@ -123,11 +128,6 @@ void DataParallel::gather_parameters() {
     for (int r = 0; r < comm_.world(); ++r)
       if (r != comm_.rank()) unpack(b, r, Source::parameters, int64_t(r) * b.segment);
   }
-}
-
-double DataParallel::mean(double x) {
-  comm_.all_reduce_sum(&x, 1);
-  return x / double(comm_.world());
 }
 
 }  // namespace tally::train

@@ -32,12 +32,18 @@ class DataParallel {
   int rank() const { return comm_.rank(); }
   // Sums the gradients over the ranks (ZeRO 1: this rank's parts only are complete afterwards).
   void reduce_gradients();
-  // The norm of the whole summed gradient (ZeRO 1: this rank's parts, summed over ranks). After reduce_gradients.
-  double grad_norm();
+  // After reduce_gradients, the squares this rank adds to the global gradient norm, added into `acc` (one f64
+  // element on the device) and not read back: ZeRO 0 the whole summed gradient's (the same on every rank), ZeRO 1
+  // its parts'.
+  void add_grad_squares(Tensor& acc) const;
+  // From this rank's loss and squares (read back from the device together): the mean loss over the ranks and the
+  // global gradient norm, completed in one collective of two numbers.
+  struct LossAndNorm {
+    double loss = 0, norm = 0;
+  };
+  LossAndNorm loss_and_norm(double loss, double squares);
   // ZeRO 1, after the optimizer step: every rank's updated parts into every rank's parameters. ZeRO 0: nothing.
   void gather_parameters();
-  // The mean over ranks of a per-rank value (the loss, for the log).
-  double mean(double x);
   // The float bytes one step hands to the collectives (dist::Communicator::float_bytes counts what was handed),
   // predicted from the buckets.
   int64_t bytes_per_step() const { return bytes_per_step_; }

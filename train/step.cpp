@@ -38,17 +38,38 @@ StepOutcome optimizer_step(models::GPT2& model, optim::Optimizer& opt, Batches& 
     loss.backward();
   }
   dropout.set_state(dropout.seed(), first_draw + uint64_t(parts) * draws);  // past every rank's micro-batches
-  double loss_sum = 0;
-  if (!meta)
-    for (const Tensor& l : losses) loss_sum += l.item();
+  if (dp) dp->reduce_gradients();  // every rank now holds the sum (ZeRO 1: of the parts it steps)
+  // The two numbers the host needs, made on the device in one buffer and read back by one copy (the step's one wait
+  // for a GPU): the micro-batches' losses summed in double, in order, and the squared gradient elements (this rank's
+  // share of the norm).
+  double loss_sum = 0, squares = 0;
+  {
+    MemoryScope scope(Category::workspace, "step_readback");
+    Tensor readback = zeros({2}, {.dtype = DType::f64, .device = model.device()});
+    Tensor loss_slot = readback.slice(0, 0, 1), squares_slot = readback.slice(0, 1, 2);
+    for (const Tensor& l : losses) add_(loss_slot, l.to(DType::f64).reshape({1}));
+    if (dp)
+      dp->add_grad_squares(squares_slot);
+    else
+      optim::add_sum_of_squares(optim::defined_grads(model.parameters()), squares_slot);
+    if (!meta) {
+      const std::vector<double> both = readback.to_vector<double>();
+      loss_sum = both[0];
+      squares = both[1];
+    }
+  }
   StepOutcome out;
-  out.loss = plan.poison_loss ? NAN : loss_sum / double(plan.accumulation);
+  const double loss = plan.poison_loss ? NAN : loss_sum / double(plan.accumulation);
   if (dp) {
-    out.loss = dp->mean(out.loss);  // one rank's NaN is every rank's: they skip the step together
-    dp->reduce_gradients();          // every rank now holds the sum (ZeRO 1: of the parts it steps)
+    // One rank's NaN is every rank's: they skip the step together.
+    const DataParallel::LossAndNorm both = dp->loss_and_norm(loss, squares);
+    out.loss = both.loss;
+    out.grad_norm = both.norm;
+  } else {
+    out.loss = loss;
+    out.grad_norm = std::sqrt(squares);
   }
   if (meta) out.loss = NAN;
-  out.grad_norm = dp ? dp->grad_norm() : optim::grad_norm(model.parameters());
   out.finite = meta || (std::isfinite(out.loss) && std::isfinite(out.grad_norm));
   if (out.finite) {
     const double coef = plan.grad_clip > 0 ? optim::clip_coefficient(out.grad_norm, plan.grad_clip) : 1.0;
