@@ -137,27 +137,6 @@ void throw_cublas_error(const char* op, const char* call, cublasStatus_t status,
        file, ":", line);
 }
 
-namespace {
-template <class Query, class Block>
-cudaError_t wait_for(const char* op, Query query, Block block);
-}  // namespace
-
-void check_launch(const char* kernel, const char* file, int line) {
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    fail("[", kernel, "] kernel launch failed: ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ") at ", file,
-         ":", line);
-  if (g_launch_sync.load(std::memory_order_relaxed) == int(LaunchSync::after_each_kernel)) {
-    cudaStream_t s = stream();
-    err = wait_for(kernel, [s] { return cudaStreamQuery(s); }, [s] { return cudaStreamSynchronize(s); });
-    if (err != cudaSuccess)
-      fail("[", kernel, "] kernel failed while running: ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ") at ",
-           file, ":", line);
-  }
-}
-
-void set_launch_sync(LaunchSync mode) { g_launch_sync.store(int(mode)); }
-
 void set_fp32_matmul(Fp32Matmul mode) { g_fp32_matmul.store(uint8_t(mode)); }
 Fp32Matmul fp32_matmul() { return Fp32Matmul(g_fp32_matmul.load()); }
 
@@ -169,7 +148,7 @@ std::atomic<WaitWatch*> g_wait_watch{nullptr};
 // cudaEventQuery), `block` waits for it inside CUDA. With a watch set, the host polls and the watch may end the wait
 // (see WaitWatch in runtime.h: tally::Error naming `op`); without one, it blocks. Returns the wait's CUDA status.
 template <class Query, class Block>
-cudaError_t wait_for(const char* op, Query query, Block block) {
+cudaError_t wait_status(const char* op, Query query, Block block) {
   g_host_waits.fetch_add(1);
   WaitWatch* watch = g_wait_watch.load();
   cudaError_t err = cudaSuccess;
@@ -190,17 +169,38 @@ cudaError_t wait_for(const char* op, Query query, Block block) {
   return err;
 }
 
+// The same, raising a CUDA error from the wait (named `call`).
+template <class Query, class Block>
+void wait_for(const char* op, const char* call, Query query, Block block) {
+  const cudaError_t err = wait_status(op, query, block);
+  if (err != cudaSuccess) throw_cuda_error(op, call, err, __FILE__, __LINE__);
+}
+
 void wait_for_stream(const char* op, cudaStream_t s) {
-  const cudaError_t err = wait_for(op, [s] { return cudaStreamQuery(s); }, [s] { return cudaStreamSynchronize(s); });
-  if (err != cudaSuccess) throw_cuda_error(op, "cudaStreamSynchronize", err, __FILE__, __LINE__);
+  wait_for(op, "cudaStreamSynchronize", [s] { return cudaStreamQuery(s); }, [s] { return cudaStreamSynchronize(s); });
 }
 
 void wait_for_event(const char* op, cudaEvent_t e) {
-  const cudaError_t err = wait_for(op, [e] { return cudaEventQuery(e); }, [e] { return cudaEventSynchronize(e); });
-  if (err != cudaSuccess) throw_cuda_error(op, "cudaEventSynchronize", err, __FILE__, __LINE__);
+  wait_for(op, "cudaEventSynchronize", [e] { return cudaEventQuery(e); }, [e] { return cudaEventSynchronize(e); });
 }
 
 }  // namespace
+
+void check_launch(const char* kernel, const char* file, int line) {
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess)
+    fail("[", kernel, "] kernel launch failed: ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ") at ", file,
+         ":", line);
+  if (g_launch_sync.load(std::memory_order_relaxed) == int(LaunchSync::after_each_kernel)) {
+    cudaStream_t s = stream();
+    err = wait_status(kernel, [s] { return cudaStreamQuery(s); }, [s] { return cudaStreamSynchronize(s); });
+    if (err != cudaSuccess)
+      fail("[", kernel, "] kernel failed while running: ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ") at ",
+           file, ":", line);
+  }
+}
+
+void set_launch_sync(LaunchSync mode) { g_launch_sync.store(int(mode)); }
 
 int64_t host_waits() { return g_host_waits.load(); }
 
@@ -275,8 +275,7 @@ void synchronize_device(const char* op) {
   // Watched, the stream is polled: all of tally's work on a device (kernels, copies, cuBLAS, cuDNN, NCCL) is queued
   // on that one stream.
   cudaStream_t s = stream();
-  const cudaError_t err = wait_for(op, [s] { return cudaStreamQuery(s); }, [] { return cudaDeviceSynchronize(); });
-  if (err != cudaSuccess) throw_cuda_error(op, "cudaDeviceSynchronize", err, __FILE__, __LINE__);
+  wait_for(op, "cudaDeviceSynchronize", [s] { return cudaStreamQuery(s); }, [] { return cudaDeviceSynchronize(); });
 }
 
 void set_device(int index) {
