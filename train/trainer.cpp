@@ -89,6 +89,10 @@ Trainer::Trainer(RunConfig config)
       comm_(dist::process_group()),
       lock_(comm_.rank() == 0 ? lock_run_directory(c_.out) : nullptr) {
   if (c_.threads > 0) omp_set_num_threads(c_.threads);
+  // --total-batch is shared out over the ranks (accumulation per rank): the configuration must have been resolved for
+  // this run's.
+  TALLY_CHECK(c_.world == comm_.world(), "[train] the configuration was resolved for ", c_.world,
+              " rank(s), but this run has ", comm_.world(), " (run_config's world)");
   if (comm_.world() > 1) {
     check_same_configuration();
     // One GPU per rank: the rank's place on its machine picks it.
@@ -336,7 +340,7 @@ RunSummary Trainer::run() {
   {
     // Atomic: a resume reads the run's flags back from it, so a kill must never leave it half written.
     nlohmann::json cfg = {
-        {"flags", c_.flags}, {"model_config", train::model_config_json(c_.model)}, {"world", comm_.world()}};
+        {"flags", c_.flags}, {"model_config", train::model_config_json(c_.model)}, {"world", c_.world}};
     io::write_file_atomic(c_.out / "config.json", cfg.dump(2) + "\n");
   }
   // The exact plan of one step (a meta device planning for this run's device: the same tensors, kernels' scratch

@@ -196,6 +196,8 @@ TEST_CASE("train: --total-batch counts the tokens of every rank and is recorded 
                        FlagError);
   CHECK_THROWS_WITH_AS(config_from({"--total-batch", "64"}, out, 2), doctest::Contains("x 2 ranks = 128"), FlagError);
   CHECK_THROWS_AS(config_from({}, out, 0), FlagError);
+  // A trainer refuses a configuration resolved for another number of ranks than its run's (here one).
+  CHECK_THROWS_WITH_AS(Trainer{two}, doctest::Contains("resolved for 2 rank(s), but this run has 1"), Error);
   fs::remove_all(out);
 }
 
