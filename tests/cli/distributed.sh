@@ -41,6 +41,14 @@ common=("${base[@]}" --no-shuffle)
 losses() { sed -n 's/^{"grad_norm":[^,]*,"loss":\([^,}]*\),.*"step":\([0-9]*\).*/\2 \1/p' "$1/log.jsonl"; }
 # Largest relative difference of the losses of two runs.
 worst() { paste <(losses "$1") <(losses "$2") | awk '{ d = $2 - $4; if (d < 0) d = -d; r = d / ($4 < 0 ? -$4 : $4); if (r > m) m = r } END { printf "%.3g\n", m }'; }
+# Whether such a difference is float rounding: the sums run in another order (each rank's, then over the ranks),
+# amplified a little by a few adaptive steps.
+rounding() { awk -v w="$1" 'BEGIN { exit !(w <= 1e-5) }'; }
+# Cuts a run's log back to its records up to step $2, as it was when the checkpoint of that step was written.
+log_up_to() {
+  head -n "$(grep -n "\"step\":$2," "$1/log.jsonl" | tail -1 | cut -d: -f1)" "$1/log.jsonl" >"$work/log.cut" &&
+    mv "$work/log.cut" "$1/log.jsonl"
+}
 
 for opt in adamw came adafactor sgd; do
   "$tally" train "${common[@]}" --optimizer $opt --steps 6 --total-batch 128 --out "$work/one-$opt" >"$work/o" 2>&1 ||
@@ -49,10 +57,8 @@ for opt in adamw came adafactor sgd; do
     "${mpi[@]}" -np 2 "$tally" train "${common[@]}" --optimizer $opt --steps 6 --zero $zero --out "$work/two-$opt-$zero" \
       >"$work/o" 2>&1 || fail "$opt, 2 ranks, zero $zero: $(tail -5 "$work/o")"
     [ "$(losses "$work/two-$opt-$zero" | wc -l)" -eq 6 ] || fail "$opt zero $zero: 6 steps expected in the log"
-    # Summation order differs (two ranks' sums, then one sum over them): float rounding, amplified a little by six
-    # adaptive steps.
     w=$(worst "$work/two-$opt-$zero" "$work/one-$opt")
-    awk -v w="$w" 'BEGIN { exit !(w <= 1e-5) }' || fail "$opt zero $zero: losses differ from one process by $w (relative)"
+    rounding "$w" || fail "$opt zero $zero: losses differ from one process by $w (relative)"
     grep -q '"memory_difference":0' "$work/two-$opt-$zero/log.jsonl" || fail "$opt zero $zero: rank 0's memory differs from its plan"
     sed -n 's/.*"comm_bytes_measured":\([0-9]*\),"comm_bytes_predicted":\([0-9]*\).*/\1 \2/p' "$work/two-$opt-$zero/log.jsonl" |
       awk '{ ok = $1 == $2 && $1 > 0 } END { exit !ok }' || fail "$opt zero $zero: communication bytes differ from the prediction"
@@ -64,7 +70,7 @@ done
 "${mpi[@]}" -np 2 "$tally" train "${common[@]}" --dropout 0.1 --optimizer adamw --steps 4 --out "$work/two-drop" \
   >"$work/o" 2>&1 || fail "dropout, 2 ranks: $(tail -3 "$work/o")"
 w=$(worst "$work/two-drop" "$work/one-drop")
-awk -v w="$w" 'BEGIN { exit !(w <= 1e-5) }' || fail "dropout: 2 ranks' losses differ from one process's by $w (relative)"
+rounding "$w" || fail "dropout: 2 ranks' losses differ from one process's by $w (relative)"
 cmp -s <(losses "$work/one-drop") <(losses "$work/one-adamw" | head -4) && fail "dropout 0.1 changed nothing"
 
 # A rerun at the same world is bit-identical.
@@ -78,7 +84,7 @@ cmp -s <(losses "$work/again") <(losses "$work/two-came-1") || fail "a rerun at 
 grep -q '"world": 2' "$work/ck/step-00000003/state.json" || fail "the checkpoint does not record its world"
 cp -r "$work/ck" "$work/ck1"
 rm -rf "$work/ck/step-00000006"
-head -n "$(grep -n '"step":3,' "$work/ck/log.jsonl" | tail -1 | cut -d: -f1)" "$work/ck/log.jsonl" >"$work/log3" && mv "$work/log3" "$work/ck/log.jsonl"
+log_up_to "$work/ck" 3
 "${mpi[@]}" -np 2 "$tally" train --resume "$work/ck/step-00000003" >"$work/o" 2>&1 || fail "resume at 2 ranks: $(tail -3 "$work/o")"
 cmp -s <(losses "$work/ck") <(losses "$work/two-came-1") || fail "resuming at 2 ranks is not bit-exact"
 rm -rf "$work/ck1/step-00000006"
@@ -98,17 +104,16 @@ grep -q "2 micro-batch(es) per step" "$work/o" || fail "--total-batch 256 at 2 r
   fail "--total-batch 192 at 2 ranks of 64 tokens ran"
 grep -q "must be a positive multiple of B\*T = 64 x 2 ranks = 128" "$work/o" || fail "total-batch message: $(tail -3 "$work/o")"
 w=$(worst "$work/two-shuf" "$work/one-shuf")
-awk -v w="$w" 'BEGIN { exit !(w <= 1e-5) }' || fail "shuffled: 2 ranks' losses differ from one process's by $w (relative)"
+rounding "$w" || fail "shuffled: 2 ranks' losses differ from one process's by $w (relative)"
 rm -rf "$work/two-shuf/step-00000006"
-head -n "$(grep -n '"step":3,' "$work/two-shuf/log.jsonl" | tail -1 | cut -d: -f1)" "$work/two-shuf/log.jsonl" >"$work/log3"
-mv "$work/log3" "$work/two-shuf/log.jsonl"
+log_up_to "$work/two-shuf" 3
 "$tally" train --resume "$work/two-shuf/step-00000003" --out "$work/two-shuf" >"$work/o" 2>&1 ||
   fail "shuffled, resume at 1 rank: $(tail -3 "$work/o")"
 grep -q "the shuffled data resumes exactly where it stopped" "$work/o" || fail "resume message: $(grep resumed "$work/o")"
 grep -q "4 micro-batch(es) per step" "$work/o" || fail "resumed at 1 rank: $(grep micro-batch "$work/o")"
 [ "$(losses "$work/two-shuf" | wc -l)" -eq 6 ] || fail "shuffled resume: 6 steps expected in the log"
 w=$(worst "$work/two-shuf" "$work/one-shuf")
-awk -v w="$w" 'BEGIN { exit !(w <= 1e-5) }' || fail "shuffled: resumed at 1 rank, losses differ by $w (relative)"
+rounding "$w" || fail "shuffled: resumed at 1 rank, losses differ by $w (relative)"
 
 # Ranks started differently are refused, naming the flag.
 "${mpi[@]}" -np 1 "$tally" train "${common[@]}" --steps 2 --lr 1e-3 --out "$work/mix" : \
