@@ -146,6 +146,11 @@ ShardCut shard_cut(const Shape& whole, const StateLayout& layout, int world) {
     cut.columns_shared = cut.dim == int(a);
     cut.bounds = balanced(whole[size_t(cut.dim)], world);
     inner = prod(whole, size_t(cut.dim) + 1, whole.size());
+  } else if (std::any_of(layout.specs.begin(), layout.specs.end(),
+                         [](const StateSpec& s) { return s.index == StateIndex::dim0; })) {
+    cut.dim = 0;
+    cut.bounds = balanced(whole[0], world);
+    inner = prod(whole, 1, whole.size());
   } else {
     cut.bounds = balanced(numel(whole), world);
   }
@@ -170,6 +175,8 @@ StateLayout part_layout(const StateLayout& whole_layout, const Shape& whole, con
     if (cut.dim < 0) {
       TALLY_ASSERT(s.index == StateIndex::elements && s.shape == whole);
       s.shape = {part};
+    } else if (s.index == StateIndex::other_dim) {
+      continue;  // whole on every rank
     } else if (s.index != StateIndex::columns || !cut.columns_shared) {
       s.shape[size_t(cut.dim)] = part;  // rows and columns keep the dims before the factored ones in place
     }
@@ -180,17 +187,6 @@ StateLayout part_layout(const StateLayout& whole_layout, const Shape& whole, con
     else f.P = part * prod(whole, 1, size_t(l.factoring.a));
   }
   return l;
-}
-
-void check_shardable(std::string_view kind, const std::string& param, const Shape& whole, const StateLayout& layout,
-                     int world) {
-  if (world <= 1) return;
-  for (const StateSpec& s : layout.specs)
-    if (s.index == StateIndex::whole)
-      throw CannotShard(cat("[", kind, "] ZeRO 1 cannot cut '", param, "' ", shape_str(whole), " over ", world,
-                            " ranks: its state '", s.name, "' ", shape_str(s.shape),
-                            " is a statistic of the whole tensor, not of a part; ", kind,
-                            " does not support ZeRO 1 (train it with --zero 0)"));
 }
 
 Optimizer::Optimizer(std::string kind) : kind_(std::move(kind)) {}
@@ -293,7 +289,6 @@ void Optimizer::shard(dist::Communicator& comm) {
   for (const Slot& s : slots_)
     TALLY_CHECK(!s.allocated, "[", kind_, ".shard] '", s.name,
                 "' already has state: shard an optimizer before its first step or init_state()");
-  for (const Slot& s : slots_) check_shardable(kind_, s.name, s.whole.shape(), state_layout(s), comm.world());
   comm_ = &comm;
   host_sum_.comm = &comm;
   cuda_sum_.comm = &comm;
@@ -578,7 +573,7 @@ namespace {
 // (a cut dim has only dims of size 1 before it, or is dim 0).
 int64_t part_begin(const StateSpec& whole, const ShardCut& cut, int rank) {
   if (cut.dim < 0) return cut.offsets[size_t(rank)];
-  if (whole.index == StateIndex::columns && cut.columns_shared) return 0;
+  if ((whole.index == StateIndex::columns && cut.columns_shared) || whole.index == StateIndex::other_dim) return 0;
   return cut.bounds[size_t(rank)] * prod(whole.shape, size_t(cut.dim) + 1, whole.shape.size());
 }
 
@@ -592,7 +587,8 @@ Tensor Optimizer::gathered(const Slot& s, size_t i) const {
   const Tensor& mine = s.tensors[i];
   if (!comm()) return mine;
   const StateSpec whole = whole_specs(s)[i];
-  if (whole.index == StateIndex::columns && s.cut.columns_shared) return mine;  // the same on every rank
+  if ((whole.index == StateIndex::columns && s.cut.columns_shared) || whole.index == StateIndex::other_dim)
+    return mine;  // the same on every rank
   // Every rank's part, padded to the largest, in one all-gather of bytes (a bf16 state travels as its bits).
   const int world = comm()->world();
   const size_t esize = dtype_size(whole.dtype);

@@ -23,11 +23,13 @@ namespace tally::optim {
 
 // What a state tensor is indexed by: what a shard of the parameter keeps of it (ZeRO-1, see Optimizer::shard).
 enum class StateIndex : uint8_t {
-  elements,  // one value per element of the parameter (a moment): cut with the parameter
-  rows,      // a row statistic of a factored tensor (the shape without the column dim): cut with the rows
-  columns,   // a column statistic (the shape without the row dim): whole on every rank when the rows are cut
-  whole,     // a statistic over slices of the whole tensor (SM3's accumulator of one dim): no rank can keep a part
-             // of it, so a tensor with such state is never cut (check_shardable)
+  elements,   // one value per element of the parameter (a moment): cut with the parameter
+  rows,       // a row statistic of a factored tensor (the shape without the column dim): cut with the rows
+  columns,    // a column statistic (the shape without the row dim): whole on every rank when the rows are cut
+  dim0,       // one value per index of dim 0, a maximum over the other dims (SM3's accumulator_0): the tensor is cut
+              // along dim 0, and this statistic with it
+  other_dim,  // one value per index of a later dim, a maximum over the others (SM3's accumulator_k, k >= 1): whole on
+              // every rank when dim 0 is cut, completed over the ranks (Communicator::all_reduce_max)
 };
 
 // One state tensor of one parameter.
@@ -119,8 +121,9 @@ struct ShardOf {
 // [offsets[k], offsets[k+1]), contiguous. A tensor whose state is factored is cut into whole rows of its factored
 // view: along the row dim `a` when the dims before it are all 1 (the row statistics stay with their rows; the column
 // statistics, the row means and the update's RMS are sums over every rank), else along dim 0 (whole slabs: only the
-// RMS crosses ranks). Any other tensor is cut into balanced ranges of its elements. Cuts may be uneven, and a rank
-// may hold nothing of a small tensor.
+// RMS crosses ranks). A tensor with per-dim statistics (StateIndex::dim0, other_dim: SM3's) is cut along dim 0.
+// Any other tensor is cut into balanced ranges of its elements. Cuts may be uneven, and a rank may hold nothing of a
+// small tensor.
 struct ShardCut {
   int dim = -1;                  // the dim cut into ranges, or -1: the flattened elements
   std::vector<int64_t> bounds;   // world + 1 boundaries along `dim` (over the elements when dim == -1)
@@ -133,18 +136,6 @@ ShardCut shard_cut(const Shape& whole, const StateLayout& layout, int world);
 Shape part_shape(const Shape& whole, const ShardCut& cut, int rank);
 // The state of rank `rank`'s part: each state cut as its StateIndex says, the factored layout of the part.
 StateLayout part_layout(const StateLayout& whole_layout, const Shape& whole, const ShardCut& cut, int rank);
-// The refusal of ZeRO 1 by an optimizer whose state holds a statistic of a whole tensor (SM3's accumulators): a
-// planner may leave that optimizer out and say why, where any other error is a fault.
-class CannotShard : public Error {
- public:
-  explicit CannotShard(const std::string& what) : Error(what) {}
-};
-
-// Throws CannotShard, naming the optimizer `kind`, the parameter and the state, when `world` > 1 and the layout
-// cannot be cut (a state indexed StateIndex::whole): the optimizer refuses ZeRO 1 for it, in a prediction as in
-// shard().
-void check_shardable(std::string_view kind, const std::string& param, const Shape& whole, const StateLayout& layout,
-                     int world);
 
 // ---- options of the base ----
 
@@ -271,7 +262,6 @@ class Optimizer {
   // (shard_cut); the sums a step needs over a whole tensor (the RMS clip, column statistics, row means, inspection
   // statistics) are completed over the ranks through `comm`, which must outlive the optimizer. Before any state
   // exists. The caller gives whole gradients (this rank's part is read) and all-gathers the updated parameters.
-  // Throws, changing nothing, when a parameter's state cannot be cut over more than one rank (check_shardable).
   void shard(dist::Communicator& comm);
   ShardOf shard_of() const { return comm_ ? ShardOf{comm_->rank(), comm_->world()} : ShardOf{}; }
   // How parameter `param` is cut over the ranks (one part when not sharded).
@@ -520,7 +510,6 @@ class OptimizerWith : public Optimizer {
     std::vector<TensorState> out;
     for (const NamedShape& p : params) {
       const StateLayout whole = layout(p.shape, config);
-      check_shardable(Derived::kKind, p.name, p.shape, whole, shard.world);
       const ShardCut cut = optim::shard_cut(p.shape, whole, shard.world);
       const Shape part = part_shape(p.shape, cut, shard.rank);
       out.push_back({.param = p.name, .param_shape = part,

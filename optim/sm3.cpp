@@ -21,8 +21,8 @@ kernels::Sm3Shape sm3_shape(const Shape& shape) {
 
 }  // namespace
 
-// The shape the kernel walks: the whole tensor's while this rank holds all of it (shard() views a part flat, even
-// one of a single rank), else the part, which is a vector's or a scalar's (check_shardable lets nothing else be cut).
+// The shape the kernel walks: the whole tensor's while this rank holds all of it (shard() views a scalar as a vector
+// of one), else the part: a range of a vector's elements, or of the indices of dim 0 of a tensor of 2+ dims.
 kernels::Sm3Shape Sm3::kernel_shape(const Slot& s) {
   return sm3_shape(s.param.numel() == s.whole.numel() ? s.whole.shape() : s.param.shape());
 }
@@ -49,7 +49,8 @@ std::vector<StateSpec> Sm3::state_specs(const Shape& shape, const Sm3Config& c) 
   for (int k = 0; k < rank; ++k) {
     Shape acc(size_t(rank), 1);  // (1, .., shape[k], .., 1)
     acc[size_t(k)] = shape[size_t(k)];
-    s.push_back({.name = cat("accumulator_", k), .shape = acc, .index = StateIndex::whole});
+    const StateIndex index = k == 0 ? StateIndex::dim0 : StateIndex::other_dim;
+    s.push_back({.name = cat("accumulator_", k), .shape = acc, .index = index});
   }
   return s;
 }
@@ -80,6 +81,19 @@ void Sm3::update(Slot& s, const Tensor& grad, const StepOptions& o, void* worksp
   };
   for (int k = 0; k < std::max(1, a.shape.rank); ++k) a.accumulators[k] = s.f32(cat("accumulator_", k));
   TALLY_KERNEL(s.param.device(), sm3_step, a);
+  if (comm() && s.whole.dim() >= 2) complete_maxima(s);
+}
+
+// ZeRO 1 cut dim 0: the kernel took the other dims' accumulators as maxima over this rank's indices of dim 0 (with
+// beta > 0, also over their old values, which every rank holds); the maxima over every rank's complete them, the
+// same bits as the whole tensor's. A rank holding no index of dim 0 ran no kernel: with beta == 0, where the new
+// maxima replace the old values, it contributes zeros (v >= 0: the identity of the maxima).
+void Sm3::complete_maxima(Slot& s) {
+  for (int k = 1; k < s.whole.dim(); ++k) {
+    Tensor& acc = s.tensors[s.index_of(cat("accumulator_", k))];
+    if (s.param.numel() == 0 && config_of(s).beta == 0.0) acc.zero_();
+    comm()->all_reduce_max(acc.data<float>(), acc.numel(), acc.device());
+  }
 }
 
 void Sm3::record_internals(Slot& s, const double* stats) {

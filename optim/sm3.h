@@ -28,8 +28,8 @@ class Sm3 final : public OptimizerWith<Sm3, Sm3Config> {
   static constexpr bool kFusedBf16 = true;  // its CUDA kernels take FusedBf16 (bf16 gradient in, bf16 parameter out)
   using OptimizerWith::OptimizerWith;
 
-  // momentum_buffer (momentum > 0), then one accumulator per dim (rank >= 2, StateIndex::whole: never cut over
-  // ranks) or one of the parameter's shape (rank <= 1).
+  // momentum_buffer (momentum > 0), then one accumulator per dim (rank >= 2: ZeRO 1 cuts dim 0, accumulator_0 with
+  // it; the others are whole on every rank, maxima completed over ranks) or one of the parameter's shape (rank <= 1).
   static std::vector<StateSpec> state_specs(const Shape& shape, const Sm3Config& config);
 
  private:
@@ -37,6 +37,7 @@ class Sm3 final : public OptimizerWith<Sm3, Sm3Config> {
   int64_t workspace_for(const Slot& slot) const override;
   void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) override;
   void record_internals(Slot& slot, const double* stats) override;
+  void complete_maxima(Slot& slot);
 };
 
 }  // namespace tally::optim

@@ -144,20 +144,9 @@ int cmd_memory(const Args& args) {
   out["world"] = world, out["zero"] = zero == ZeroStage::zero1 ? 1 : 0, out["rank"] = rank;
   std::vector<std::string> names = f.list("optimizer");
   if (names.empty()) throw FlagError("--optimizer lists no optimizer");
-  // ZeRO 1: an optimizer whose state cannot be cut (a statistic of a whole tensor, as SM3's) is named with the
-  // reason instead of planned; when none can be, that is the error.
-  std::vector<std::string> shown;
-  json refused = json::array();
   for (const std::string& name : names) {
     const OptimizerChoice choice = optimizer_choice(f, name);
-    std::vector<optim::TensorState> states;
-    try {
-      states = choice.predict(shapes, shard_of(rank));
-    } catch (const optim::CannotShard& e) {
-      refused.push_back({{"optimizer", name}, {"reason", e.what()}});
-      continue;
-    }
-    shown.push_back(name);
+    const std::vector<optim::TensorState> states = choice.predict(shapes, shard_of(rank));
     json tensors = json::array();
     std::map<std::string, int64_t> by_kind;
     for (const auto& ts : states)
@@ -185,8 +174,6 @@ int cmd_memory(const Args& args) {
     }
     out["optimizers"][name] = o;
   }
-  if (shown.empty()) throw Error(refused.front()["reason"].get<std::string>());
-  out["zero1_refused"] = refused;
   if (f.on("json")) {
     std::printf("%s\n", out.dump(2).c_str());
     return 0;
@@ -205,7 +192,7 @@ int cmd_memory(const Args& args) {
                                          : "the whole optimizer state on every rank, and its communication buffer");
   // One name column wide enough for every optimizer and every "  <state>" row under it.
   int w = int(std::string_view("optimizer").size());
-  for (const std::string& name : shown) {
+  for (const std::string& name : names) {
     w = std::max(w, int(name.size()));
     for (const auto& [kind, bytes] : out["optimizers"][name]["state_by_kind"].items()) w = std::max(w, 2 + int(kind.size()));
   }
@@ -213,7 +200,7 @@ int cmd_memory(const Args& args) {
   if (with_step) std::printf(" %20s %20s", "activations (peak)", "step total (peak)");
   std::printf("\n");
   int64_t adamw = optim::total_bytes(optimizer_choice(f, "adamw").predict(shapes, shard_of(rank)));
-  for (const std::string& name : shown) {
+  for (const std::string& name : names) {
     const json& o = out["optimizers"][name];
     int64_t b = o["state_bytes"];
     std::printf("%-*s %18s %12s %8.1f%%", w, name.c_str(), format_bytes_exact(b).c_str(), format_bytes_human(b).c_str(),
@@ -223,11 +210,6 @@ int cmd_memory(const Args& args) {
     std::printf("\n");
     for (const auto& [kind, bytes] : o["state_by_kind"].items())
       std::printf("  %-*s %18s\n", w - 2, kind.c_str(), format_bytes_exact(bytes.get<int64_t>()).c_str());
-  }
-  if (!refused.empty()) {
-    std::printf("\nnot shown: ZeRO 1 cannot cut their state (train them with --zero 0, or plan them without --zero 1):\n");
-    for (const json& x : refused)
-      std::printf("  %s: %s\n", x["optimizer"].get<std::string>().c_str(), x["reason"].get<std::string>().c_str());
   }
   return 0;
 }

@@ -233,12 +233,8 @@ std::string memory_advice(const models::GPT2Config& model, const OptimizerChoice
                                      : optim::ShardOf{};
     const int64_t ours = optim::total_bytes(optimizer.predict(shapes, shard));
     std::string smaller;
-    for (const optim::OptimizerEntry& e : optim::optimizers()) {
-      try {
-        if (optim::total_bytes(e.predict(shapes, {}, shard)) < ours) smaller += (smaller.empty() ? "" : ", ") + e.name;
-      } catch (const optim::CannotShard&) {  // an optimizer that refuses ZeRO 1 is no alternative here
-      }
-    }
+    for (const optim::OptimizerEntry& e : optim::optimizers())
+      if (optim::total_bytes(e.predict(shapes, {}, shard)) < ours) smaller += (smaller.empty() ? "" : ", ") + e.name;
     out += cat("Not even --batch 1 fits (peak ", format_bytes_human(predict_step_memory(model, optimizer, s).total_held),
                "): use a smaller model or --seq",
                smaller.empty() ? std::string() : cat(", or an optimizer with less state (", smaller, ")"), ".\n");

@@ -197,12 +197,7 @@ ShapesReport plan_shapes(ModelShapes model, const std::vector<OptimizerChoice>& 
               "its ", r.model.tensors.size(), " tensors)");
   for (const PlannedOptimizer& p : with_state_variants(optimizers, r.trained)) {
     PlannedRow row{.optimizer = p};
-    try {
-      row.f32 = plan_state(r.trained, p.choice, DType::f32, parallel);
-    } catch (const optim::CannotShard& e) {
-      r.refused.push_back({.label = p.label, .reason = e.what()});
-      continue;
-    }
+    row.f32 = plan_state(r.trained, p.choice, DType::f32, parallel);
     row.bf16 = plan_state(r.trained, p.choice, DType::bf16, parallel);
     if (parallel.world > 1 && parallel.world <= 64)
       for (int k = 0; k < parallel.world; ++k) {
@@ -213,7 +208,6 @@ ShapesReport plan_shapes(ModelShapes model, const std::vector<OptimizerChoice>& 
       }
     r.rows.push_back(std::move(row));
   }
-  if (r.rows.empty() && !r.refused.empty()) throw Error(r.refused.front().reason);
   for (const optim::OptimizerEntry& e : optim::optimizers())
     if (e.name == "adamw") {
       const OptimizerChoice adamw{.name = "adamw"};
@@ -347,11 +341,6 @@ std::string format_shapes_report(const ShapesReport& r, TensorListing listing) {
       std::snprintf(line, sizeof line, "  %-*s  ", w, row->optimizer.label.c_str());
       out += cat(line, ranks, ranks.empty() ? "" : "; ", "buffer ", format_count(row->f32.comm_buffer), "\n");
     }
-  }
-
-  if (!r.refused.empty()) {
-    out += "\nnot shown: ZeRO 1 cannot cut their state (train them with --zero 0, or plan them without --zero 1):\n";
-    for (const ShapesReport::Refused& x : r.refused) out += cat("  ", x.label, ": ", x.reason, "\n");
   }
 
   // ---- per tensor ----
@@ -535,9 +524,6 @@ nlohmann::json shapes_report_json(const ShapesReport& r) {
     rows.push_back(o);
   }
   out["optimizers"] = rows;
-  json refused = json::array();
-  for (const ShapesReport::Refused& x : r.refused) refused.push_back({{"label", x.label}, {"reason", x.reason}});
-  out["zero1_refused"] = refused;
   return out;
 }
 

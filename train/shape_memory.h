@@ -96,11 +96,6 @@ struct ShapesReport {
   int64_t parameter_count = 0;
   Parallelism parallel = {};
   std::vector<PlannedRow> rows = {};  // in registry order, each optimizer followed by its variants
-  // ZeRO 1: the rows whose state cannot be cut (a statistic of a whole tensor, as SM3's), with the reason.
-  struct Refused {
-    std::string label, reason;
-  };
-  std::vector<Refused> refused = {};
   int64_t adamw_f32 = -1, adamw_bf16 = -1;  // AdamW's state at its defaults (-1: no AdamW in the registry)
 };
 

@@ -21,6 +21,7 @@ class SingleProcess final : public Communicator {
   void all_reduce_sum(float*, int64_t n, Device) override { float_bytes_ += 4 * n; }
   void all_reduce_sum(double*, int64_t) override {}
   void all_reduce_sum(double*, int64_t, Device) override {}
+  void all_reduce_max(float*, int64_t, Device) override {}
   void reduce_scatter_sum(float*, int64_t segment, Device) override { float_bytes_ += 4 * segment * world(); }
   void all_gather(float*, int64_t segment, Device) override { float_bytes_ += 4 * segment * world(); }
   void broadcast(void*, int64_t, int) override {}

@@ -29,6 +29,10 @@ class Communicator {
   // f64 on `device`: the host's (as above) or a CUDA buffer's (NCCL, on tally's stream: no host wait), for the
   // optimizer kernels' cross-rank sums of a ZeRO-1 step on GPUs.
   virtual void all_reduce_sum(double* data, int64_t n, Device device);
+  // In place: data[i] = the largest over ranks of data[i]. f32 on `device` (a CUDA buffer goes through NCCL): SM3's
+  // accumulators under ZeRO 1. Exact in any order. Not counted in float_bytes() (an optimizer's own statistics,
+  // as its sums of doubles).
+  virtual void all_reduce_max(float* data, int64_t n, Device device) = 0;
   // `data` holds world() segments of `segment` floats. Afterwards segment rank() holds, element by element, the
   // sum over ranks of their segment rank(); the other segments are left undefined.
   virtual void reduce_scatter_sum(float* data, int64_t segment, Device device) = 0;

@@ -95,6 +95,21 @@ class Mpi final : public Communicator {
 #endif
   }
 
+  void all_reduce_max(float* data, int64_t n, Device device) override {
+    if (device.is_meta() || n == 0) return;
+    if (device.is_cuda()) {
+#ifdef TALLY_HAS_NCCL
+      nccl::all_reduce_max(nccl_comm(), data, n);
+      return;
+#else
+      fail("[mpi] all_reduce_max of a CUDA buffer needs NCCL: this build has none");
+#endif
+    }
+    for (int64_t at = 0; at < n; at += kMaxCount)
+      check(MPI_Allreduce(MPI_IN_PLACE, data + at, int(std::min(kMaxCount, n - at)), MPI_FLOAT, MPI_MAX, MPI_COMM_WORLD),
+            "MPI_Allreduce");
+  }
+
   void reduce_scatter_sum(float* data, int64_t segment, Device device) override {
     float_bytes_ += 4 * segment * world();
     if (device.is_meta() || segment == 0) return;

@@ -109,6 +109,11 @@ void all_reduce_sum(Comm* c, double* data, int64_t n) {
         "ncclAllReduce (f64)");
 }
 
+void all_reduce_max(Comm* c, float* data, int64_t n) {
+  check(ncclAllReduce(data, data, size_t(n), ncclFloat32, ncclMax, live(c, "ncclAllReduce"), cuda::stream()),
+        "ncclAllReduce (max)");
+}
+
 void reduce_scatter_sum(Comm* c, float* data, int64_t segment, int rank) {
   // In place: the result lands in this rank's own segment of the send buffer.
   check(ncclReduceScatter(data, data + int64_t(rank) * segment, size_t(segment), ncclFloat32, ncclSum,

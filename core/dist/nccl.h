@@ -17,6 +17,7 @@ Comm* init(int rank, int world, const char (&id)[kUniqueIdBytes]);
 void destroy(Comm* comm);
 void all_reduce_sum(Comm* comm, float* data, int64_t n);
 void all_reduce_sum(Comm* comm, double* data, int64_t n);
+void all_reduce_max(Comm* comm, float* data, int64_t n);
 void reduce_scatter_sum(Comm* comm, float* data, int64_t segment, int rank);
 void all_gather(Comm* comm, float* data, int64_t segment, int rank);
 

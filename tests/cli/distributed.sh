@@ -50,7 +50,7 @@ log_up_to() {
     mv "$work/log.cut" "$1/log.jsonl"
 }
 
-for opt in adamw came adafactor sgd; do
+for opt in adamw came adafactor sgd sm3 lamb; do
   "$tally" train "${common[@]}" --optimizer $opt --steps 6 --total-batch 128 --out "$work/one-$opt" >"$work/o" 2>&1 ||
     fail "$opt, one process: $(tail -3 "$work/o")"
   for zero in 0 1; do

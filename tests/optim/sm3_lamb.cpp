@@ -1,14 +1,15 @@
 // SM3 and LAMB beyond the golden steps (tests/optim/golden.cpp replays the reference on vectors, matrices and a 3-D
 // tensor): SM3 on a scalar, a vector and a 4-D tensor against a plain reimplementation of the reference's step
 // (every accumulator, the momentum), LAMB's trust ratio when the weights are zero, exact state bytes (ledger ==
-// measured == predicted == docs/optimizers.md's closed forms), settings and bad values refused by name, ZeRO 1
-// refused by SM3 for its per-dim accumulators, results independent of the thread count and of inspection, and a
-// save/load round trip.
+// measured == predicted == docs/optimizers.md's closed forms), settings and bad values refused by name, SM3 under ZeRO
+// 1 (dim 0 cut, the other accumulators' maxima completed over ranks) equal to the whole step, results independent of
+// the thread count and of inspection, and a save/load round trip.
 #include <doctest/doctest.h>
 #include <omp.h>
 
 #include "core/ledger.h"
 #include "tests/optim/optim_test_util.h"
+#include "tests/train/turn_ranks.h"
 
 using namespace tally;
 using namespace tally::test;
@@ -88,19 +89,6 @@ void expect_close(const std::vector<float>& got, const std::vector<float>& want,
   const Mismatch mm = compare(got, want, 1e-6, 1e-6 * scale);
   CHECK_MESSAGE(mm.ok(), what, ": tally ", mm.a, " plain ", mm.b, " at ", mm.index, " (ratio ", mm.worst_ratio, ")");
 }
-
-// A communicator of `world` ranks that is never asked for a collective (shard() refuses before any).
-struct IdleRanks final : dist::Communicator {
-  explicit IdleRanks(int world) : Communicator(0, world, 0) {}
-  std::string engine() const override { return "idle"; }
-  void all_reduce_sum(float*, int64_t, Device) override { FAIL("unexpected collective"); }
-  void all_reduce_sum(double*, int64_t) override { FAIL("unexpected collective"); }
-  void reduce_scatter_sum(float*, int64_t, Device) override { FAIL("unexpected collective"); }
-  void all_gather(float*, int64_t, Device) override { FAIL("unexpected collective"); }
-  void broadcast(void*, int64_t, int) override { FAIL("unexpected collective"); }
-  void barrier() override {}
-  [[noreturn]] void abort(int code) override { std::exit(code); }
-};
 
 }  // namespace
 
@@ -235,22 +223,100 @@ TEST_CASE("sm3, lamb: settings reach the configuration; bad values are refused n
                        doctest::Contains("[sm3] a parameter of shape (2, 2, 2, 2, 2, 2, 2, 2, 2) has 9 dims"), Error);
 }
 
-TEST_CASE("sm3: ZeRO 1 is refused by name for tensors of 2+ dims (prediction and shard()); vectors can be cut") {
-  IdleRanks two(2);
-  Tensor m = make_param("m", normal_values(12, 1), {3, 4});
-  Tensor v = make_param("v", normal_values(12, 2), {12});
-  auto opt = optim::make_optimizer("sm3", {m, v});
-  CHECK_THROWS_WITH_AS(opt->shard(two), doctest::Contains("[sm3] ZeRO 1 cannot cut 'm' (3, 4) over 2 ranks: its state "
-                                                          "'accumulator_0' (3, 1) is a statistic of the whole tensor"),
-                       optim::CannotShard);
-  CHECK(opt->shard_of().world == 1);  // refused: left unsharded
-  CHECK_THROWS_WITH_AS(optim::predict_optimizer_state("sm3", {{"m", {3, 4}}}, {}, {.rank = 1, .world = 2}),
-                       doctest::Contains("sm3 does not support ZeRO 1"), optim::CannotShard);
+TEST_CASE("sm3: ZeRO 1 cuts dim 0 and gives the whole tensor's bits, ranks holding nothing included") {
+  // Per rank: the rows of dim 0 with their accumulator_0 (and momentum), the other dims' accumulators whole.
+  const auto rank_of_2 = [](int r) { return optim::predict_optimizer_state("sm3", {{"m", {3, 4}}}, {}, {r, 2}); };
+  const std::vector<TensorState> r0 = rank_of_2(0), r1 = rank_of_2(1);
+  CHECK(r0[0].param_shape == Shape{2, 4});
+  CHECK(r0[0].states[0].shape == Shape{2, 1});
+  CHECK(r0[0].states[1].shape == Shape{1, 4});
+  CHECK(r1[0].states[0].shape == Shape{1, 1});
+  CHECK(r1[0].states[1].shape == Shape{1, 4});
   CHECK(optim::total_bytes(optim::predict_optimizer_state("sm3", {{"v", {12}}}, {}, {.rank = 1, .world = 2})) == 4 * 6);
-  auto vectors = optim::make_optimizer("sm3", {make_param("v2", normal_values(12, 2), {12})});
-  CHECK_NOTHROW(vectors->shard(two));
-  // One rank: nothing to cut, nothing refused.
-  CHECK(optim::total_bytes(optim::predict_optimizer_state("sm3", {{"m", {3, 4}}}, {}, {.rank = 0, .world = 1})) == 4 * 7);
+  // Maxima are exact in any order and each element's arithmetic is the same at any cut: equal bits, not a
+  // tolerance. Shapes with more ranks than indices of dim 0 ({2, 5} at 3 ranks), a 3-D tensor (two accumulators
+  // completed over ranks), a vector and a scalar; beta 0 (the new maxima replace the old: a rank holding nothing
+  // contributes zeros) and beta > 0 with momentum.
+  const std::vector<Shape> shapes = {{37, 20}, {2, 5}, {5, 6, 7}, {50}, {}};
+  struct Config {
+    double momentum, beta;
+  };
+  for (const Config cfg : {Config{0, 0}, Config{0.9, 0.5}}) {
+    const optim::Settings settings{{"lr", 0.05}, {"momentum", cfg.momentum}, {"beta", cfg.beta}, {"weight-decay", 0.1}};
+    auto make = [&](std::vector<Tensor>& params) {
+      params.clear();
+      for (size_t i = 0; i < shapes.size(); ++i)
+        params.push_back(make_param(cat("s", i), normal_values(numel(shapes[i]), 60 + i), shapes[i]));
+      return optim::make_optimizer("sm3", params, settings);
+    };
+    auto gradient = [&](const Tensor& p, size_t i, int step) {
+      // Larger at some steps, so that the maxima change hands between ranks.
+      return make_grad(normal_values(p.numel(), 700 * uint64_t(step) + i, step % 3 == 0 ? 4.0 : 0.5), p.shape());
+    };
+    std::vector<Tensor> whole_params;
+    auto whole = make(whole_params);
+    for (int step = 1; step <= 8; ++step) {
+      for (size_t i = 0; i < whole_params.size(); ++i) whole_params[i].set_grad(gradient(whole_params[i], i, step));
+      whole->step();
+    }
+    const optim::OptimizerState want = whole->state_dict();
+    for (int world : {2, 3}) {
+      INFO("momentum ", cfg.momentum, " beta ", cfg.beta, ", world ", world);
+      TurnRanks group(world);
+      group.run([&](dist::Communicator& c) {
+        std::vector<Tensor> params;
+        auto sharded = make(params);
+        sharded->shard(c);
+        for (int step = 1; step <= 8; ++step) {
+          for (size_t i = 0; i < params.size(); ++i) params[i].set_grad(gradient(params[i], i, step));
+          sharded->step();  // each rank updates its part of every parameter: compared below, part by part
+        }
+        const optim::OptimizerState got = sharded->state_dict();  // gathered: whole tensors
+        REQUIRE(got.tensors.size() == want.tensors.size());
+        for (const auto& entry : want.tensors) {
+          const std::string key = entry.first;
+          INFO("rank ", c.rank(), " state ", key);
+          CHECK(got.tensors.at(key).to_vector<float>() == entry.second.to_vector<float>());
+        }
+        for (size_t i = 0; i < params.size(); ++i) {
+          const optim::ShardCut& cut = sharded->shard_cut(params[i].name());
+          const auto part = [&](const Tensor& t) {  // this rank's elements
+            const std::vector<float> v = t.to_vector<float>();
+            return std::vector<float>(v.begin() + cut.offsets[size_t(c.rank())],
+                                      v.begin() + cut.offsets[size_t(c.rank()) + 1]);
+          };
+          INFO("rank ", c.rank(), " parameter ", params[i].name());
+          CHECK(part(params[i]) == part(whole_params[i]));
+        }
+      });
+    }
+  }
+  // beta 0 from a state it did not make (saved with beta > 0, say): accumulator_1 above every new v. The new maxima
+  // replace it on every rank, on a rank holding no row of the tensor too (at 3 ranks, rank 2 of a (2, 5) tensor).
+  const Shape shape{2, 5};
+  const std::vector<float> gradient = normal_values(10, 9);
+  Tensor w = make_param("t", normal_values(10, 8), shape);
+  auto whole = optim::make_optimizer("sm3", {w});
+  whole->init_state();
+  optim::OptimizerState saved = whole->state_dict();
+  for (auto& entry : saved.tensors) entry.second = entry.second.clone();  // not the optimizer's own tensors
+  saved.tensors.at("t:accumulator_1").fill_(100.0);
+  whole->load_state_dict(saved);
+  w.set_grad(make_grad(gradient, shape));
+  whole->step();
+  const std::vector<float> want = whole->state("t", "accumulator_1").to_vector<float>();
+  CHECK(*std::max_element(want.begin(), want.end()) < 100.0f);
+  TurnRanks group(3);
+  group.run([&](dist::Communicator& c) {
+    Tensor p = make_param("t", normal_values(10, 8), shape);
+    auto sharded = optim::make_optimizer("sm3", {p});
+    sharded->shard(c);
+    sharded->load_state_dict(saved);
+    p.set_grad(make_grad(gradient, shape));
+    sharded->step();
+    INFO("rank ", c.rank());
+    CHECK(sharded->state("t", "accumulator_1").to_vector<float>() == want);
+  });
 }
 
 TEST_CASE("sm3, lamb: results do not depend on the thread count, nor on inspection (bitwise)") {

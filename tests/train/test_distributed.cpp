@@ -1,8 +1,8 @@
 // Data parallelism. tests/cli/distributed.sh runs this suite under `mpirun -np 2` (and 3); in the plain unit run the
 // world is one process and the same cases check the single-rank path, and ranks taking turns as threads of one
 // process check worlds of 2 and 3 as well. Checked: the collectives (uneven sizes), and for every optimizer in the
-// registry that a ZeRO-1 step equals the whole step after 50 steps, parameters and every state tensor, or that it
-// refuses ZeRO 1 by name (tests/train/zero1_equivalence.h); checkpoints of a sharded optimizer hold whole tensors and
+// registry that a ZeRO-1 step equals the whole step after 50 steps, parameters and every state tensor
+// (tests/train/zero1_equivalence.h); checkpoints of a sharded optimizer hold whole tensors and
 // load at any world size.
 #include <doctest/doctest.h>
 
@@ -35,6 +35,11 @@ void check_collectives(dist::Communicator& c) {
   for (size_t i = 0; i < f.size(); ++i) f[i] = float(R * 10 + int(i));
   c.all_reduce_sum(f.data(), 7, Device::cpu());
   for (size_t i = 0; i < f.size(); ++i) CHECK(f[i] == float(10 * W * (W - 1) / 2 + W * int(i)));
+  // Maxima: element i's largest is rank (i % W)'s, the others' are negative.
+  std::vector<float> mx(7);
+  for (size_t i = 0; i < mx.size(); ++i) mx[i] = int(i) % W == R ? float(i) + 0.5f : -float(R) - float(i);
+  c.all_reduce_max(mx.data(), 7, Device::cpu());
+  for (size_t i = 0; i < mx.size(); ++i) CHECK(mx[i] == float(i) + 0.5f);
   const int64_t seg = 3;
   std::vector<float> rs(size_t(seg * W));
   for (size_t i = 0; i < rs.size(); ++i) rs[i] = float(i) + float(R);
@@ -54,7 +59,7 @@ void check_collectives(dist::Communicator& c) {
 
 TEST_SUITE("distributed") {
 
-TEST_CASE("distributed: collectives sum, scatter and gather, whatever the sizes") {
+TEST_CASE("distributed: collectives sum, take maxima, scatter and gather, whatever the sizes") {
   check_collectives(ranks());
   for (const int world : {2, 3}) {  // and ranks taking turns in this process (the check below runs on them)
     test::TurnRanks group(world);

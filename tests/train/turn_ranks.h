@@ -5,6 +5,7 @@
 // buffers go through host copies. What it is for: ZeRO 1 over several ranks on one GPU (NCCL wants one GPU per
 // rank), and over several ranks without mpirun. Not a transport: tally's runs use MPI and NCCL (core/dist).
 #pragma once
+#include <algorithm>
 #include <condition_variable>
 #include <cstring>
 #include <exception>
@@ -51,7 +52,7 @@ class TurnRanks {
 
  private:
   struct Stopped {};  // another rank failed: this one unwinds
-  enum class Op { sum_f32, sum_f64, reduce_scatter, all_gather, broadcast, barrier };
+  enum class Op { sum_f32, sum_f64, max_f32, reduce_scatter, all_gather, broadcast, barrier };
   struct Pending {
     Op op = Op::barrier;
     void* data = nullptr;
@@ -71,6 +72,9 @@ class TurnRanks {
     void all_reduce_sum(double* data, int64_t n) override { all_reduce_sum(data, n, Device::cpu()); }
     void all_reduce_sum(double* data, int64_t n, Device device) override {
       group_.collective(rank(), {Op::sum_f64, data, n, device});
+    }
+    void all_reduce_max(float* data, int64_t n, Device device) override {
+      group_.collective(rank(), {Op::max_f32, data, n, device});
     }
     void reduce_scatter_sum(float* data, int64_t segment, Device device) override {
       float_bytes_ += 4 * segment * world();
@@ -155,14 +159,15 @@ class TurnRanks {
     std::memcpy(p.data, h.data(), h.size());
   }
 
-  template <class T>
-  void sum(int64_t n) {
+  // Element by element over the ranks, in rank order: add(acc, x) -> acc.
+  template <class T, class Add>
+  void reduce(int64_t n, Add add) {
     std::vector<std::vector<char>> host;
     for (const Pending& p : pending_) host.push_back(fetch(p, n * int64_t(sizeof(T))));
     std::vector<char> total(size_t(n) * sizeof(T));
     for (int64_t i = 0; i < n; ++i) {
-      T acc = 0;
-      for (const std::vector<char>& h : host) acc += reinterpret_cast<const T*>(h.data())[i];  // in rank order
+      T acc = reinterpret_cast<const T*>(host[0].data())[i];
+      for (size_t r = 1; r < host.size(); ++r) acc = add(acc, reinterpret_cast<const T*>(host[r].data())[i]);
       reinterpret_cast<T*>(total.data())[i] = acc;
     }
     for (const Pending& p : pending_) put(p, total);
@@ -175,8 +180,9 @@ class TurnRanks {
                   "[turn ranks] the ranks made different collectives (or sizes) at the same point");
     const int64_t n = first.n, W = world_;
     switch (first.op) {
-      case Op::sum_f32: return sum<float>(n);
-      case Op::sum_f64: return sum<double>(n);
+      case Op::sum_f32: return reduce<float>(n, [](float a, float b) { return a + b; });
+      case Op::sum_f64: return reduce<double>(n, [](double a, double b) { return a + b; });
+      case Op::max_f32: return reduce<float>(n, [](float a, float b) { return std::max(a, b); });
       case Op::reduce_scatter: {  // segment r of rank r = sum over ranks of their segment r
         std::vector<std::vector<char>> host;
         for (const Pending& p : pending_) host.push_back(fetch(p, 4 * n * W));

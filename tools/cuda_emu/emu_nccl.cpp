@@ -37,7 +37,7 @@ bool valid(ncclComm_t comm, size_t count, ncclDataType_t type, ncclRedOp_t op, c
   if (count > size_t(INT_MAX)) return refuse(ncclInvalidArgument, std::string(what) + ": count beyond MPI's int"), false;
   if (!comm) return refuse(ncclInvalidArgument, std::string(what) + ": null communicator"), false;
   if (type != ncclFloat32 && type != ncclFloat64) return refuse(ncclInvalidArgument, std::string(what) + ": data type"), false;
-  if (op != ncclSum) return refuse(ncclInvalidArgument, std::string(what) + ": reduction"), false;
+  if (op != ncclSum && op != ncclMax) return refuse(ncclInvalidArgument, std::string(what) + ": reduction"), false;
   return true;
 }
 
@@ -145,8 +145,8 @@ ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataT
     return ncclSuccess;
   }
 #ifdef TALLY_HAS_MPI
-  return mpi_result(MPI_Allreduce(send == recv ? MPI_IN_PLACE : send, recv, int(count), mpi_type(type), MPI_SUM,
-                                  MPI_COMM_WORLD),
+  return mpi_result(MPI_Allreduce(send == recv ? MPI_IN_PLACE : send, recv, int(count), mpi_type(type),
+                                  op == ncclMax ? MPI_MAX : MPI_SUM, MPI_COMM_WORLD),
                     "ncclAllReduce");
 #else
   return ncclInternalError;
@@ -157,6 +157,7 @@ ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataT
 ncclResult_t ncclReduceScatter(const void* send, void* recv, size_t recv_count, ncclDataType_t type, ncclRedOp_t op,
                                ncclComm_t comm, cudaStream_t stream) {
   if (!valid(comm, recv_count, type, op, stream, "ncclReduceScatter")) return ncclInvalidArgument;
+  if (op != ncclSum) return refuse(ncclInvalidArgument, "ncclReduceScatter: the emulator sums only");
   if (lost(*comm)) return ncclSuccess;
   const size_t bytes = recv_count * element_bytes(type);
   const char* own = static_cast<const char*>(send) + size_t(comm->rank) * bytes;

@@ -1,7 +1,7 @@
 // CUDA emulation (see cuda_runtime.h here): the few NCCL entry points tally uses (core/dist/nccl.cu), for one
 // machine. A communicator of one rank needs nothing else; one of several ranks is the processes of an mpirun on
 // this machine, each with its emulated GPU, and its collectives are MPI's on the emulated device buffers (host
-// memory): the ranks' values are summed in MPI's order, not NCCL's ring. The MPI world must be the communicator's
+// memory): the ranks' values are summed (or their largest taken) in MPI's order, not NCCL's ring. The MPI world must be the communicator's
 // ranks (tally exchanges the unique id over the whole of it). Each call checks its arguments and that it runs on
 // tally's stream.
 // Faults, to see what a rank does when a collective cannot finish: CUDA_EMU_NCCL_FAULT=<kind>:<rank>:<n> makes rank
@@ -27,7 +27,7 @@ enum ncclResult_t {
   ncclInProgress = 7
 };
 enum ncclDataType_t { ncclFloat32 = 7, ncclFloat = 7, ncclFloat64 = 8 };
-enum ncclRedOp_t { ncclSum = 0 };
+enum ncclRedOp_t { ncclSum = 0, ncclMax = 2 };
 
 ncclResult_t ncclGetUniqueId(ncclUniqueId* id);
 ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int rank);
