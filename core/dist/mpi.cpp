@@ -65,18 +65,7 @@ class Mpi final : public Communicator {
 
   void all_reduce_sum(float* data, int64_t n, Device device) override {
     float_bytes_ += 4 * n;
-    if (device.is_meta() || n == 0) return;
-    if (device.is_cuda()) {
-#ifdef TALLY_HAS_NCCL
-      nccl::all_reduce_sum(nccl_comm(), data, n);
-      return;
-#else
-      fail("[mpi] all_reduce_sum of a CUDA buffer needs NCCL: this build has none");
-#endif
-    }
-    for (int64_t at = 0; at < n; at += kMaxCount)
-      check(MPI_Allreduce(MPI_IN_PLACE, data + at, int(std::min(kMaxCount, n - at)), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD),
-            "MPI_Allreduce");
+    all_reduce_floats(data, n, device, MPI_SUM);
   }
 
   void all_reduce_sum(double* data, int64_t n) override {
@@ -95,20 +84,7 @@ class Mpi final : public Communicator {
 #endif
   }
 
-  void all_reduce_max(float* data, int64_t n, Device device) override {
-    if (device.is_meta() || n == 0) return;
-    if (device.is_cuda()) {
-#ifdef TALLY_HAS_NCCL
-      nccl::all_reduce_max(nccl_comm(), data, n);
-      return;
-#else
-      fail("[mpi] all_reduce_max of a CUDA buffer needs NCCL: this build has none");
-#endif
-    }
-    for (int64_t at = 0; at < n; at += kMaxCount)
-      check(MPI_Allreduce(MPI_IN_PLACE, data + at, int(std::min(kMaxCount, n - at)), MPI_FLOAT, MPI_MAX, MPI_COMM_WORLD),
-            "MPI_Allreduce");
-  }
+  void all_reduce_max(float* data, int64_t n, Device device) override { all_reduce_floats(data, n, device, MPI_MAX); }
 
   void reduce_scatter_sum(float* data, int64_t segment, Device device) override {
     float_bytes_ += 4 * segment * world();
@@ -158,6 +134,23 @@ class Mpi final : public Communicator {
   }
 
  private:
+  // In place over the ranks, `op` MPI_SUM or MPI_MAX: MPI's on the host, NCCL's on a CUDA buffer.
+  void all_reduce_floats(float* data, int64_t n, Device device, MPI_Op op) {
+    if (device.is_meta() || n == 0) return;
+    if (device.is_cuda()) {
+#ifdef TALLY_HAS_NCCL
+      if (op == MPI_MAX) nccl::all_reduce_max(nccl_comm(), data, n);
+      else nccl::all_reduce_sum(nccl_comm(), data, n);
+      return;
+#else
+      fail("[mpi] all_reduce_", op == MPI_MAX ? "max" : "sum", " of a CUDA buffer needs NCCL: this build has none");
+#endif
+    }
+    for (int64_t at = 0; at < n; at += kMaxCount)
+      check(MPI_Allreduce(MPI_IN_PLACE, data + at, int(std::min(kMaxCount, n - at)), MPI_FLOAT, op, MPI_COMM_WORLD),
+            "MPI_Allreduce");
+  }
+
   Mpi(int rank, int world, int local) : Communicator(rank, world, local) {}
 
 #ifdef TALLY_HAS_NCCL
