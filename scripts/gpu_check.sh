@@ -17,7 +17,7 @@
 # GPU_PEERS_WHOLE_HEAD_BATCHES ("8"). GPU_PEERS_BATCHES (default "8 64 16 32", run in that order), GPU_PEERS_EAGER_BATCHES
 # ("8"), GPU_PEERS_COMPILE_BATCHES (as GPU_PEERS_BATCHES), GPU_PEERS_STEPS (10 timed steps after 3 warm-up steps),
 # GPU_PEERS_BUDGET (400 s: runs not started by then are skipped and said so; none runs past it by more than 60 s),
-# PYTHON (python3) for the peers. Skipping "sanitizer full train", the check should take about 8 minutes (an
+# PYTHON (python3) for the peers, GPU_PEAK_TFLOPS (the dense bf16 peak of every MFU; default from the GPU's name). Skipping "sanitizer full train", the check should take about 8 minutes (an
 # estimate: build ~1, peers stage up to GPU_PEERS_BUDGET + 1).
 # came-pytorch travels as a wheel in .whl/ (carry it too); without it the PyTorch CAME rows say skipped.
 set -uo pipefail
@@ -49,6 +49,16 @@ command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
 } 2>&1 | tee -a "$log"
 gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 row "device" "${gpu_name:-unknown}, $jobs CPU cores"
+# The GPU's dense bf16 peak for every MFU below (TFLOP/s; GPU_PEAK_TFLOPS overrides): NVIDIA's figures without
+# sparsity, SXM H100 and H200 989, H100 PCIe 756, H100 and H200 NVL 835, A100 312.
+case "$gpu_name" in
+  *H100*PCIe*) peak_tflops=756 ;;
+  *H100*NVL* | *H200*NVL*) peak_tflops=835 ;;
+  *A100*) peak_tflops=312 ;;
+  *) peak_tflops=989 ;;
+esac
+peak_tflops=${GPU_PEAK_TFLOPS:-$peak_tflops}
+row "MFU peak" "$peak_tflops TFLOP/s dense bf16"
 
 # ---- dependencies: the carried prefix when present, else the system's ----
 unpack() {  # archive: tar's xz, or Python's when the image has no xz
@@ -195,8 +205,8 @@ if [ -n "$bin_dir" ]; then
   if [[ "$skip" != *" train "* ]] && [ -x "$bin_dir/bench_gpu_train" ]; then
     t0=$(date +%s)
     say "== bench_gpu_train (gpt2 124M, B=${GPU_TRAIN_BATCH:-8}, T=1024, TF32)"
-    timeout "${GPU_TRAIN_TIMEOUT:-200}" "$bin_dir/bench_gpu_train" --model gpt2 --batch "${GPU_TRAIN_BATCH:-8}" --seq 1024 \
-      --steps 8 --optimizers came,adamw --torch >"$out/train_bench.log" 2>&1
+    timeout "${GPU_TRAIN_TIMEOUT:-200}" "$bin_dir/bench_gpu_train" --peak-tflops "$peak_tflops" --model gpt2 \
+      --batch "${GPU_TRAIN_BATCH:-8}" --seq 1024 --steps 8 --optimizers came,adamw --torch >"$out/train_bench.log" 2>&1
     rc=$?
     cat "$out/train_bench.log" >>"$log"
     row "bench_gpu_train" "rc=$rc in $(elapsed "$t0")"
@@ -204,9 +214,9 @@ if [ -n "$bin_dir" ]; then
     # torch.autocast(bfloat16) with f32 parameters and optimizer state (the closest PyTorch equivalent).
     t0=$(date +%s)
     say "== bench_gpu_train --dtype bf16 (gpt2 124M, B=${GPU_TRAIN_BATCH:-8}, T=1024)"
-    timeout "${GPU_TRAIN_BF16_TIMEOUT:-150}" "$bin_dir/bench_gpu_train" --model gpt2 --batch "${GPU_TRAIN_BATCH:-8}" \
-      --seq 1024 --steps 8 --optimizers "${GPU_TRAIN_BF16_OPTIMIZERS:-came,adamw}" --dtype bf16 --torch \
-      >"$out/train_bench_bf16.log" 2>&1
+    timeout "${GPU_TRAIN_BF16_TIMEOUT:-150}" "$bin_dir/bench_gpu_train" --peak-tflops "$peak_tflops" --model gpt2 \
+      --batch "${GPU_TRAIN_BATCH:-8}" --seq 1024 --steps 8 --optimizers "${GPU_TRAIN_BF16_OPTIMIZERS:-came,adamw}" \
+      --dtype bf16 --torch >"$out/train_bench_bf16.log" 2>&1
     rc=$?
     cat "$out/train_bench_bf16.log" >>"$log"
     cat "$out/train_bench_bf16.log" >>"$out/train_bench.log"
@@ -267,15 +277,16 @@ if [[ "$skip" != *" peers "* ]]; then
   }
   if [ -n "$bin_dir" ] && [ -x "$bin_dir/bench_gpu_train" ]; then
     for b in $p_batches; do
-      run_peer "tally bf16 B=$b" 150 "$bin_dir/bench_gpu_train" --model gpt2 --batch "$b" --seq 1024 --dtype bf16 \
-        --steps "$p_steps" --warmup 3 --optimizers adamw,came
+      run_peer "tally bf16 B=$b" 150 "$bin_dir/bench_gpu_train" --peak-tflops "$peak_tflops" --model gpt2 --batch "$b" \
+        --seq 1024 --dtype bf16 --steps "$p_steps" --warmup 3 --optimizers adamw,came
     done
   else
     row "tally bf16 peers" "no bench_gpu_train binary"
   fi
   if [ -n "${LLMC_BIN:-}" ]; then
-    run_peer "llm.c" 420 "$py" "$root/bench/peers/llmc_gpu.py" --bin "$LLMC_BIN" --batches "$(echo $p_batches | tr ' ' ',')" \
-      --seq 1024 --steps "$p_steps" --warmup 2 --timeout 100 --workdir "$scratch/llmc" --json
+    run_peer "llm.c" 420 "$py" "$root/bench/peers/llmc_gpu.py" --peak-tflops "$peak_tflops" --bin "$LLMC_BIN" \
+      --batches "$(echo $p_batches | tr ' ' ',')" --seq 1024 --steps "$p_steps" --warmup 2 --timeout 100 \
+      --workdir "$scratch/llmc" --json
   else
     "$py" "$root/bench/peers/llmc_gpu.py" --json >>"$peers_log" 2>&1
     row "llm.c" "skipped: set LLMC_BIN to llm.c's train_gpt2cu"
@@ -288,27 +299,31 @@ if [[ "$skip" != *" peers "* ]]; then
   done
   for b in ${GPU_PEERS_COMPILE_BATCHES-$p_batches}; do  # one compile per batch size serves both optimizers
     run_peer "torch.compile B=$b" "${GPU_PEERS_COMPILE_TIMEOUT:-240}" "$py" "$root/bench/peers/torch_compile_gpt2.py" \
-      --device cuda --batch "$b" --seq 1024 --optimizer adamw,came --steps "$p_steps" --warmup 3 --json
+      --peak-tflops "$peak_tflops" --device cuda --batch "$b" --seq 1024 --optimizer adamw,came --steps "$p_steps" \
+      --warmup 3 --json
   done
   # Last, within what is left of the budget: tally with cuDNN's fused attention (off by default until checked here).
   if [ -n "$bin_dir" ] && [ -x "$bin_dir/bench_gpu_train" ]; then
     for b in ${GPU_PEERS_CUDNN_BATCHES-8 64}; do
-      run_peer "tally bf16 cuDNN B=$b" 150 env TALLY_CUDNN_ATTENTION=1 "$bin_dir/bench_gpu_train" --model gpt2 \
-        --batch "$b" --seq 1024 --dtype bf16 --steps "$p_steps" --warmup 3 --optimizers adamw,came
+      run_peer "tally bf16 cuDNN B=$b" 150 env TALLY_CUDNN_ATTENTION=1 "$bin_dir/bench_gpu_train" \
+        --peak-tflops "$peak_tflops" --model gpt2 --batch "$b" --seq 1024 --dtype bf16 --steps "$p_steps" --warmup 3 \
+        --optimizers adamw,came
     done
   fi
   # Then cuBLASLt's bias, GELU and bias-gradient epilogues (off by default until checked here).
   if [ -n "$bin_dir" ] && [ -x "$bin_dir/bench_gpu_train" ]; then
     for b in ${GPU_PEERS_EPILOGUE_BATCHES-8 64}; do
       run_peer "tally bf16 cuBLASLt epilogues B=$b" 150 env TALLY_CUBLASLT_EPILOGUES=1 "$bin_dir/bench_gpu_train" \
-        --model gpt2 --batch "$b" --seq 1024 --dtype bf16 --steps "$p_steps" --warmup 3 --optimizers adamw,came
+        --peak-tflops "$peak_tflops" --model gpt2 --batch "$b" --seq 1024 --dtype bf16 --steps "$p_steps" --warmup 3 \
+        --optimizers adamw,came
     done
   fi
   # Then the head and loss unchunked (--loss-chunk-rows 0), against the default chunks of 1024 rows.
   if [ -n "$bin_dir" ] && [ -x "$bin_dir/bench_gpu_train" ]; then
     for b in ${GPU_PEERS_WHOLE_HEAD_BATCHES-8}; do
-      run_peer "tally bf16 unchunked head B=$b" 150 "$bin_dir/bench_gpu_train" --model gpt2 --batch "$b" --seq 1024 \
-        --dtype bf16 --steps "$p_steps" --warmup 3 --optimizers adamw,came --loss-chunk-rows 0
+      run_peer "tally bf16 unchunked head B=$b" 150 "$bin_dir/bench_gpu_train" --peak-tflops "$peak_tflops" \
+        --model gpt2 --batch "$b" --seq 1024 --dtype bf16 --steps "$p_steps" --warmup 3 --optimizers adamw,came \
+        --loss-chunk-rows 0
     done
   fi
   [ ${#p_skipped[@]} -gt 0 ] && row "peers over budget" "skipped: $(IFS=,; echo "${p_skipped[*]}" | sed 's/,/, /g')"
