@@ -17,8 +17,9 @@
 # GPU_PEERS_WHOLE_HEAD_BATCHES ("8"). GPU_PEERS_BATCHES (default "8 64 16 32", run in that order), GPU_PEERS_EAGER_BATCHES
 # ("8"), GPU_PEERS_COMPILE_BATCHES (as GPU_PEERS_BATCHES), GPU_PEERS_STEPS (10 timed steps after 3 warm-up steps),
 # GPU_PEERS_BUDGET (400 s: runs not started by then are skipped and said so; none runs past it by more than 60 s),
-# PYTHON (python3) for the peers, GPU_PEAK_TFLOPS (the dense bf16 peak of every MFU; default from the GPU's name). Skipping "sanitizer full train", the check should take about 8 minutes (an
-# estimate: build ~1, peers stage up to GPU_PEERS_BUDGET + 1).
+# PYTHON (python3) for the peers, GPU_PEAK_TFLOPS (the dense bf16 peak of every MFU; default from the GPU's name).
+# Skipping "sanitizer full train", the check should take about 8 minutes (an estimate: build ~1, peers stage up to
+# GPU_PEERS_BUDGET + 1).
 # came-pytorch travels as a wheel in .whl/ (carry it too); without it the PyTorch CAME rows say skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
