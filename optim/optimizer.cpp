@@ -121,11 +121,20 @@ std::string describe_factoring(const Shape& shape, const FactoredDims& f) {
 
 namespace {
 
-// n items over `world` ranks, the first n % world ranks one more: world + 1 boundaries.
-std::vector<int64_t> balanced(int64_t n, int world) {
+// n items over `world` ranks in units of `unit` items (the last unit may be short), the first ranks one unit more:
+// world + 1 boundaries, every one a multiple of `unit` but the last, n.
+std::vector<int64_t> balanced(int64_t n, int world, int64_t unit) {
+  const int64_t units = (n + unit - 1) / unit;
   std::vector<int64_t> b(size_t(world) + 1, 0);
-  for (int k = 0; k < world; ++k) b[size_t(k) + 1] = b[size_t(k)] + n / world + (k < n % world ? 1 : 0);
+  for (int k = 0; k < world; ++k)
+    b[size_t(k) + 1] = std::min(n, b[size_t(k)] + unit * (units / world + (k < units % world ? 1 : 0)));
   return b;
+}
+
+// The indices of a dim with `inner` elements each that make a part start on a block of round_to_bf16 (8 elements):
+// 1 when inner is a multiple of 8 (every matrix row of GPT-2), else up to 8.
+int64_t aligned_unit(int64_t inner) {
+  return kernels::kBf16RoundingBlock / std::gcd(inner, kernels::kBf16RoundingBlock);
 }
 
 int64_t prod(const Shape& s, size_t from, size_t to) {
@@ -144,15 +153,15 @@ ShardCut shard_cut(const Shape& whole, const StateLayout& layout, int world) {
     const size_t a = size_t(layout.factoring.a);
     cut.dim = prod(whole, 0, a) == 1 ? int(a) : 0;
     cut.columns_shared = cut.dim == int(a);
-    cut.bounds = balanced(whole[size_t(cut.dim)], world);
     inner = prod(whole, size_t(cut.dim) + 1, whole.size());
+    cut.bounds = balanced(whole[size_t(cut.dim)], world, aligned_unit(inner));
   } else if (std::any_of(layout.specs.begin(), layout.specs.end(),
                          [](const StateSpec& s) { return s.index == StateIndex::dim0; })) {
     cut.dim = 0;
-    cut.bounds = balanced(whole[0], world);
     inner = prod(whole, 1, whole.size());
+    cut.bounds = balanced(whole[0], world, aligned_unit(inner));
   } else {
-    cut.bounds = balanced(numel(whole), world);
+    cut.bounds = balanced(numel(whole), world, kernels::kBf16RoundingBlock);
   }
   cut.offsets = cut.bounds;
   for (int64_t& o : cut.offsets) o *= inner;
@@ -297,7 +306,7 @@ void Optimizer::shard(dist::Communicator& comm) {
     s.cut = optim::shard_cut(s.whole.shape(), layout, comm.world());
     s.whole_rows = layout.factoring.factored ? layout.factoring.layout.n : 0;
     const Shape part = part_shape(s.whole.shape(), s.cut, comm.rank());
-    s.param = make_view(s.whole, part, contiguous_strides(part), s.whole.offset() + s.cut.offsets[size_t(comm.rank())]);
+    s.param = make_view(s.whole, part, contiguous_strides(part), s.whole.offset() + part_first(s));
   }
 }
 
@@ -367,12 +376,17 @@ Tensor& Optimizer::widened_grad_buffer(Device d, int64_t numel) {
 
 namespace {
 
-// round_to_bf16's arguments for a bf16 parameter at step `step`: the parameter, its Philox key and its counter
-// (disjoint counters per step).
-kernels::FusedBf16 bf16_rounding(const Tensor& param, const std::string& name, int64_t step, uint64_t seed) {
+// round_to_bf16's arguments for a bf16 parameter at step `step`: the parameter, its Philox key and its counter. The
+// counters are the whole tensor's (`whole_numel` elements, disjoint per step); a part of it (ZeRO 1) that starts at
+// its element `first` (a multiple of 8, shard_cut, unless the part is empty and first is the end) takes its own
+// elements' blocks, so each element is rounded with the random bits it gets in a whole step, on any number of ranks.
+kernels::FusedBf16 bf16_rounding(const Tensor& param, const std::string& name, int64_t step, uint64_t seed,
+                                 int64_t whole_numel, int64_t first) {
+  TALLY_ASSERT(first % kernels::kBf16RoundingBlock == 0 || first == whole_numel);
   return {.param = param.data<bf16>(),
           .seed = bf16_rounding_key(seed, name),
-          .offset = uint64_t(step) * kernels::round_to_bf16_blocks(param.numel())};
+          .offset = uint64_t(step) * kernels::round_to_bf16_blocks(whole_numel) +
+                    uint64_t(first / kernels::kBf16RoundingBlock)};
 }
 
 }  // namespace
@@ -382,13 +396,13 @@ Optimizer::KernelGradient Optimizer::kernel_gradient(Slot& s, const Tensor& grad
   TALLY_CHECK(s.master.defined() && grad.dtype() == DType::bf16 && grad.numel() == s.param.numel(), "[", kind_,
               ".step] '", s.name, "': a fused bf16 step needs a bf16 parameter and gradient, got ", s.param.str(), " and ",
               grad.str());
-  kernels::FusedBf16 f = bf16_rounding(s.param, s.name, s.step, rounding_seed_);
+  kernels::FusedBf16 f = bf16_rounding(s.param, s.name, s.step, rounding_seed_, s.whole.numel(), part_first(s));
   f.grad = grad.data<bf16>();
   return {.bf16 = f};
 }
 
 void Optimizer::write_bf16_param(Slot& s) {
-  const kernels::FusedBf16 r = bf16_rounding(s.param, s.name, s.step, rounding_seed_);
+  const kernels::FusedBf16 r = bf16_rounding(s.param, s.name, s.step, rounding_seed_, s.whole.numel(), part_first(s));
   TALLY_KERNEL(s.param.device(), round_to_bf16, s.master.data<float>(), r.param, s.param.numel(), r.seed, r.offset);
 }
 
@@ -475,7 +489,7 @@ void Optimizer::step_slot(Slot& s, const StepOptions& options) {
   const Tensor grad = s.param.shape() == s.leaf.shape()
                           ? full_grad
                           : make_view(full_grad, s.param.shape(), contiguous_strides(s.param.shape()),
-                                      full_grad.offset() + s.cut.offsets[size_t(shard_of().rank)]);
+                                      full_grad.offset() + part_first(s));
   ensure_state(s);
   const Device dev = s.param.device();
   const bool inspecting = inspect_ != Inspect::off && !dev.is_meta();

@@ -69,7 +69,8 @@ NamedShape named_shape(const Tensor& param);
 // for an f32 parameter.
 std::vector<StateSpec> with_master(std::vector<StateSpec> specs, const Shape& shape, DType param_dtype);
 // The Philox key of a bf16 parameter's stochastic rounding (kernels::round_to_bf16): from the optimizer's rounding
-// seed and the parameter's name; the counter is the parameter's step count x round_to_bf16_blocks(numel).
+// seed and the parameter's name; the counter is the parameter's step count x round_to_bf16_blocks(numel), plus the
+// block where a ZeRO-1 part starts (every element draws the same bits on any number of ranks).
 uint64_t bf16_rounding_key(uint64_t seed, const std::string& name);
 
 // ---- factoring (CAME, Adafactor) ----
@@ -122,8 +123,10 @@ struct ShardOf {
 // view: along the row dim `a` when the dims before it are all 1 (the row statistics stay with their rows; the column
 // statistics, the row means and the update's RMS are sums over every rank), else along dim 0 (whole slabs: only the
 // RMS crosses ranks). A tensor with per-dim statistics (StateIndex::dim0, other_dim: SM3's) is cut along dim 0.
-// Any other tensor is cut into balanced ranges of its elements. Cuts may be uneven, and a rank may hold nothing of a
-// small tensor.
+// Any other tensor is cut into balanced ranges of its elements. Every part starts on a multiple of 8 elements
+// (kernels::kBf16RoundingBlock: the ranges are balanced in units of 8 elements, or of as many indices of the cut dim
+// as make a multiple of 8), so that a bf16 parameter's stochastic rounding draws each element's bits as the whole
+// tensor's does. Cuts may be uneven, and a rank may hold nothing of a small tensor.
 struct ShardCut {
   int dim = -1;                  // the dim cut into ranges, or -1: the flattened elements
   std::vector<int64_t> bounds;   // world + 1 boundaries along `dim` (over the elements when dim == -1)
@@ -365,6 +368,8 @@ class Optimizer {
   dist::Communicator* comm() const { return comm_ && comm_->world() > 1 ? comm_ : nullptr; }
   // What a kernel needs to complete this slot's sums over the ranks (no sum when the tensor is whole here).
   kernels::Sharding sharding(const Slot& slot) const;
+  // Where this rank's part of the slot's parameter starts in the whole (its element offset; 0 when not sharded).
+  int64_t part_first(const Slot& slot) const { return slot.cut.offsets[size_t(shard_of().rank)]; }
   // State `state` of the slot whole: this rank's part, or, sharded, every rank's parts gathered (a collective).
   Tensor gathered(const Slot& slot, size_t state) const;
   // The slot's state specs for the whole parameter (what a checkpoint holds), master weights included.

@@ -227,8 +227,12 @@ struct LambArgs {
 };
 
 // ---- mixed precision (round_to_bf16) ----
-// Philox blocks round_to_bf16 draws for n elements (what one step advances a parameter's counter by).
-TALLY_OPTIM_HD inline uint64_t round_to_bf16_blocks(int64_t n) { return uint64_t((n + 7) / 8); }
+// Elements per Philox block of round_to_bf16 (8 x 16 random bits), and the blocks it draws for n elements (what one
+// step advances a parameter's counter by).
+constexpr int64_t kBf16RoundingBlock = 8;
+TALLY_OPTIM_HD inline uint64_t round_to_bf16_blocks(int64_t n) {
+  return uint64_t((n + kBf16RoundingBlock - 1) / kBf16RoundingBlock);
+}
 // The bf16 bits of the float with bits `u`, rounded stochastically with 16 random bits: up with probability
 // (low 16 bits of u) / 2^16, so unbiased; NaN stays NaN and Inf stays Inf (core/dtype.h's float_to_bf16_stochastic).
 TALLY_OPTIM_HD inline uint16_t stochastic_bf16_bits(uint32_t u, uint32_t random16) {

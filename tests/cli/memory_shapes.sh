@@ -47,11 +47,14 @@ grep -q "^adamw " "$work/t" && fail "--optimizer came lists adamw"
 "$tally" memory --shapes "$ref/conv_experts.json" --world 4 --zero 1 --rank 1 >"$work/z" 2>&1 || fail "zero 1: $(cat "$work/z")"
 grep -q "rank 1 of 4 data-parallel ranks, ZeRO 1" "$work/z" || fail "zero 1 header: $(head -3 "$work/z")"
 grep -q "f32 training, every rank: its state bytes" "$work/z" || fail "zero 1 per-rank figures"
-# SM3 is cut along dim 0, its other accumulators whole on every rank: rank 0 holds experts' row of dim 0 (1 + 16 +
-# 24 floats), all of 'row' (1 + 16) and the temperature, conv.weight's 2 of 8 (2 + 4 + 3 + 3), conv.bias's 2 of 8;
-# rank 1 the same less 'row''s row and the temperature.
-grep -q "^  sm3  *292  284  284  284; buffer 7,600$" "$work/z" || fail "zero 1 SM3: $(grep '^  sm3 ' "$work/z")"
-grep -q "^  adamw  *3,704  3,696  3,696  3,696; buffer 7,408$" "$work/z" || fail "zero 1 AdamW: $(grep '^  adamw ' "$work/z")"
+# SM3 is cut along dim 0, its other accumulators whole on every rank: rank 0 holds experts' index 0 of dim 0 (1 + 16
+# + 24 floats), all of 'row' (1 + 16), the temperature, conv.weight's first 2 of 8 (2 + 4 + 3 + 3: pairs, 2 x 36
+# elements being the first multiple of 8) and conv.bias (8 elements, one unit of 8); rank 1 the same less 'row''s index,
+# the temperature and conv.bias.
+grep -q "^  sm3  *316  276  276  276; buffer 7,696$" "$work/z" || fail "zero 1 SM3: $(grep '^  sm3 ' "$work/z")"
+# AdamW in units of 8 elements: experts 384 each, 'row' 8, 8, 0, 0, the temperature and conv.bias on rank 0,
+# conv.weight 72 each; two f32 moments.
+grep -q "^  adamw  *3,784  3,712  3,648  3,648; buffer 7,568$" "$work/z" || fail "zero 1 AdamW: $(grep '^  adamw ' "$work/z")"
 
 # Bad input: exit 1 with an error naming the file (and the tensor), or exit 2 for flags; never a crash.
 expect_error() {  # code, pattern, args...

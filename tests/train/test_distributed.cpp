@@ -2,8 +2,8 @@
 // world is one process and the same cases check the single-rank path, and ranks taking turns as threads of one
 // process check worlds of 2 and 3 as well. Checked: the collectives (uneven sizes), and for every optimizer in the
 // registry that a ZeRO-1 step equals the whole step after 50 steps, parameters and every state tensor
-// (tests/train/zero1_equivalence.h); checkpoints of a sharded optimizer hold whole tensors and
-// load at any world size.
+// (tests/train/zero1_equivalence.h), and that bf16 parameters are rounded with the whole step's random bits;
+// checkpoints of a sharded optimizer hold whole tensors and load at any world size.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -69,6 +69,14 @@ TEST_CASE("distributed: collectives sum, take maxima, scatter and gather, whatev
 
 TEST_CASE("distributed: a ZeRO-1 step equals the whole step for every optimizer (50 steps, every state tensor)") {
   test::check_zero1_equals_whole(ranks(), Device::cpu(), 50);
+}
+
+TEST_CASE("distributed: ZeRO 1 rounds each element of a bf16 parameter with the whole step's random bits") {
+  test::check_zero1_bf16_rounding(ranks(), Device::cpu(), 4);
+  for (const int world : {2, 3}) {
+    test::TurnRanks group(world);
+    group.run([](dist::Communicator& c) { test::check_zero1_bf16_rounding(c, Device::cpu(), 4); });
+  }
 }
 
 TEST_CASE("distributed: the same at 2 and 3 ranks taking turns in one process (no mpirun)") {

@@ -96,4 +96,55 @@ inline void check_zero1_equals_whole(dist::Communicator& c, Device device, int s
   }
 }
 
+// bf16 parameters over f32 master weights, sharded: each rank rounds its part's elements with the random bits the
+// whole step gives them (every part starts on one of round_to_bf16's 8-element blocks and draws from that block's
+// counter). AdamW, SGD and SM3 step each element with the same arithmetic at any cut, so this rank's part of the bf16
+// parameter and of the master equal the whole step's bit for bit, for cuts whose balanced share would not be a
+// multiple of 8 ({50} at 3 ranks: 24, 16 and 10 elements; {37, 20}: rows in pairs). The full gradient is given to
+// every rank, as the reduce-scatter leaves it; each rank checks its own part (nothing is gathered). On CUDA the
+// rounding runs inside the optimizer kernels, on the CPU after them.
+inline void check_zero1_bf16_rounding(dist::Communicator& c, Device device, int steps) {
+  const std::vector<Shape> shapes = {{37, 20}, {3, 8, 6}, {50}, {2, 5}, {2}};
+  const auto bf16_params = [&] {
+    std::vector<Tensor> out;
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      Tensor p =
+          from_vector(normal_values(numel(shapes[i]), 80 + i), shapes[i], {.dtype = DType::bf16, .device = device});
+      p.set_requires_grad(true);
+      p.set_name(cat("h", i));
+      out.push_back(p);
+    }
+    return out;
+  };
+  for (const std::string name : {"adamw", "sgd", "sm3"}) {
+    INFO("optimizer ", name, ", world ", c.world(), ", rank ", c.rank(), ", ", device.str());
+    std::vector<Tensor> whole_params = bf16_params(), part_params = bf16_params();
+    auto whole = optim::make_optimizer(name, whole_params, {{"lr", 1e-2}});
+    auto sharded = optim::make_optimizer(name, part_params, {{"lr", 1e-2}});
+    sharded->shard(c);
+    for (int step = 1; step <= steps; ++step) {
+      for (size_t i = 0; i < shapes.size(); ++i) {
+        const std::vector<float> g = normal_values(numel(shapes[i]), 1000 * uint64_t(step) + i, 0.5);
+        whole_params[i].set_grad(from_vector(g, shapes[i], {.dtype = DType::bf16, .device = device}));
+        part_params[i].set_grad(from_vector(g, shapes[i], {.dtype = DType::bf16, .device = device}));
+      }
+      whole->step();
+      sharded->step();
+    }
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      const std::string param = part_params[i].name();
+      const optim::ShardCut& cut = sharded->shard_cut(param);
+      const int64_t first = cut.offsets[size_t(c.rank())], last = cut.offsets[size_t(c.rank()) + 1];
+      CHECK((first % 8 == 0 || first == last));
+      const auto part = [&](const Tensor& t) {  // this rank's elements (exact: bf16 widens exactly)
+        const std::vector<float> v = t.to_vector<float>();
+        return std::vector<float>(v.begin() + first, v.begin() + last);
+      };
+      INFO("parameter ", param, " elements [", first, ", ", last, ")");
+      CHECK(part(part_params[i]) == part(whole_params[i]));
+      CHECK(sharded->state(param, "master").to_vector<float>() == part(whole->state(param, "master")));
+    }
+  }
+}
+
 }  // namespace tally::test
