@@ -1,11 +1,11 @@
 // NCCL's collectives as tally calls them (core/dist/nccl.h), on one GPU: a communicator of one rank, made without MPI
-// from a unique id, runs the all-reduce (f32, and f64 for the optimizers' cross-rank sums), the reduce-scatter and the
-// all-gather on device buffers, in place on tally's stream, ordered with the kernels around them. At one rank each is
-// the identity on its result segment, so the check is that the calls run, touch nothing else and report NCCL's errors
-// by name. While open, the communicator watches the host's waits for the GPU: NCCL's asynchronous error or
-// TALLY_NCCL_TIMEOUT_S ends a wait that cannot finish (shown with faults injected into the CUDA emulator's NCCL, where
-// a collective can be made to never finish). Runs of several ranks (an id exchanged over MPI, one GPU per rank) need a
-// machine with several GPUs. Skipped, visibly, without a GPU or without NCCL in the build.
+// from a unique id, runs the all-reduce (f32, f64 for the optimizers' cross-rank sums, and f32 maxima for SM3's), the
+// reduce-scatter and the all-gather on device buffers, in place on tally's stream, ordered with the kernels around
+// them. At one rank each is the identity on its result segment, so the check is that the calls run, touch nothing
+// else and report NCCL's errors by name. While open, the communicator watches the host's waits for the GPU: NCCL's
+// asynchronous error or TALLY_NCCL_TIMEOUT_S ends a wait that cannot finish (shown with faults injected into the CUDA
+// emulator's NCCL, where a collective can be made to never finish). Runs of several ranks (an id exchanged over MPI,
+// one GPU per rank) need a machine with several GPUs. Skipped, visibly, without a GPU or without NCCL in the build.
 #include <doctest/doctest.h>
 
 #include <chrono>
@@ -44,6 +44,13 @@ TEST_CASE("cuda nccl: one rank's collectives on device buffers, in place, in str
   Tensor t = from_vector(d, {4}, {.dtype = DType::f64, .device = gpu});
   dist::nccl::all_reduce_sum(comm, t.data<double>(), t.numel());
   CHECK(t.to_vector<double>() == d);  // f64 travels as f64 (1 + 1e-15 would not survive a float)
+
+  // The all-reduce of maxima (SM3's accumulators under ZeRO 1), between two kernels as the sum above.
+  Tensor m = from_vector(values, {1000}, {.dtype = DType::f32, .device = gpu});
+  m = m * 1.0;
+  dist::nccl::all_reduce_max(comm, m.data<float>(), m.numel());
+  m = m * 2.0;
+  CHECK(m.to_vector<float>() == twice);
 
   // Reduce-scatter and all-gather of one segment (rank 0's: the whole buffer).
   Tensor s = from_vector(values, {1000}, {.dtype = DType::f32, .device = gpu});
