@@ -293,7 +293,8 @@ TEST_CASE("sm3: ZeRO 1 cuts dim 0 and gives the whole tensor's bits, ranks holdi
     }
   }
   // beta 0 from a state it did not make (saved with beta > 0, say): accumulator_1 above every new v. The new maxima
-  // replace it on every rank, on a rank holding no row of the tensor too (at 3 ranks, rank 2 of a (2, 5) tensor).
+  // replace it on every rank, on the ranks holding no row of the tensor too (a (2, 5) tensor's rows go in units of 8,
+  // all to rank 0).
   const Shape shape{2, 5};
   const std::vector<float> gradient = normal_values(10, 9);
   Tensor w = make_param("t", normal_values(10, 8), shape);
