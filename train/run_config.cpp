@@ -35,11 +35,15 @@ std::vector<FlagSpec> train_flags() {
       {"seed", "seed for initialisation and data order", "1337"},
       {"no-shuffle", "read the training data in order (as llm.c)", "", FlagKind::switch_},
       {"device", "cpu | cuda", "cpu"},
-      {"dtype", "f32 | bf16 (mixed precision, CUDA only: bf16 parameters, activations and gradients; f32 master "
-                "weights and optimizer state; checkpoints hold both)", "f32"},
+      {"dtype",
+       "f32 | bf16 (mixed precision, CUDA only: bf16 parameters, activations and gradients; f32 master "
+       "weights and optimizer state; checkpoints hold both)",
+       "f32"},
       {"threads", "CPU threads (0: all)", "0"},
-      {"zero", "data-parallel runs (mpirun -np N tally train ...): 0 every rank keeps the whole optimizer state | "
-               "1 each rank keeps and steps its part of it (ZeRO stage 1)", "0"},
+      {"zero",
+       "data-parallel runs (mpirun -np N tally train ...): 0 every rank keeps the whole optimizer state | "
+       "1 each rank keeps and steps its part of it (ZeRO stage 1)",
+       "0"},
       {"log-optim", "log the optimizer's internals every N steps (0: off)", "0"},
       {"log-every", "print a progress line every N steps when not on a terminal", "10"},
       {"max-bad-steps", "stop after this many non-finite steps in a row", "5"},
