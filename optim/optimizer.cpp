@@ -143,6 +143,12 @@ int64_t prod(const Shape& s, size_t from, size_t to) {
   return p;
 }
 
+// Whether every rank keeps the whole of a state indexed `index` when the tensor is cut as `cut`: the column
+// statistics of cut rows, and SM3's accumulators of the dims after dim 0 (the ranks complete them together).
+bool whole_on_every_rank(StateIndex index, const ShardCut& cut) {
+  return (index == StateIndex::columns && cut.columns_shared) || index == StateIndex::other_dim;
+}
+
 }  // namespace
 
 ShardCut shard_cut(const Shape& whole, const StateLayout& layout, int world) {
@@ -184,9 +190,7 @@ StateLayout part_layout(const StateLayout& whole_layout, const Shape& whole, con
     if (cut.dim < 0) {
       TALLY_ASSERT(s.index == StateIndex::elements && s.shape == whole);
       s.shape = {part};
-    } else if (s.index == StateIndex::other_dim) {
-      continue;  // whole on every rank
-    } else if (s.index != StateIndex::columns || !cut.columns_shared) {
+    } else if (!whole_on_every_rank(s.index, cut)) {
       s.shape[size_t(cut.dim)] = part;  // rows and columns keep the dims before the factored ones in place
     }
   }
@@ -587,7 +591,7 @@ namespace {
 // (a cut dim has only dims of size 1 before it, or is dim 0).
 int64_t part_begin(const StateSpec& whole, const ShardCut& cut, int rank) {
   if (cut.dim < 0) return cut.offsets[size_t(rank)];
-  if ((whole.index == StateIndex::columns && cut.columns_shared) || whole.index == StateIndex::other_dim) return 0;
+  if (whole_on_every_rank(whole.index, cut)) return 0;
   return cut.bounds[size_t(rank)] * prod(whole.shape, size_t(cut.dim) + 1, whole.shape.size());
 }
 
@@ -601,8 +605,7 @@ Tensor Optimizer::gathered(const Slot& s, size_t i) const {
   const Tensor& mine = s.tensors[i];
   if (!comm()) return mine;
   const StateSpec whole = whole_specs(s)[i];
-  if ((whole.index == StateIndex::columns && s.cut.columns_shared) || whole.index == StateIndex::other_dim)
-    return mine;  // the same on every rank
+  if (whole_on_every_rank(whole.index, s.cut)) return mine;  // the same on every rank
   // Every rank's part, padded to the largest, in one all-gather of bytes (a bf16 state travels as its bits).
   const int world = comm()->world();
   const size_t esize = dtype_size(whole.dtype);
