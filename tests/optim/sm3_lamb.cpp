@@ -10,6 +10,7 @@
 #include "core/ledger.h"
 #include "tests/optim/optim_test_util.h"
 #include "tests/train/turn_ranks.h"
+#include "tests/train/zero1_equivalence.h"
 
 using namespace tally;
 using namespace tally::test;
@@ -281,13 +282,8 @@ TEST_CASE("sm3: ZeRO 1 cuts dim 0 and gives the whole tensor's bits, ranks holdi
         }
         for (size_t i = 0; i < params.size(); ++i) {
           const optim::ShardCut& cut = sharded->shard_cut(params[i].name());
-          const auto part = [&](const Tensor& t) {  // this rank's elements
-            const std::vector<float> v = t.to_vector<float>();
-            return std::vector<float>(v.begin() + cut.offsets[size_t(c.rank())],
-                                      v.begin() + cut.offsets[size_t(c.rank()) + 1]);
-          };
           INFO("rank ", c.rank(), " parameter ", params[i].name());
-          CHECK(part(params[i]) == part(whole_params[i]));
+          CHECK(rank_elements(params[i], cut, c.rank()) == rank_elements(whole_params[i], cut, c.rank()));
         }
       });
     }

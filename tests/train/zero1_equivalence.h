@@ -37,6 +37,12 @@ inline Tensor zero1_gradient(const Tensor& p, size_t i, int step, double scale =
   return make_grad(g, p.shape(), p.device());
 }
 
+// Rank `rank`'s elements of a tensor cut as `cut`, as floats (exact for bf16, which widens exactly).
+inline std::vector<float> rank_elements(const Tensor& t, const optim::ShardCut& cut, int rank) {
+  const std::vector<float> v = t.to_vector<float>();
+  return {v.begin() + cut.offsets[size_t(rank)], v.begin() + cut.offsets[size_t(rank) + 1]};
+}
+
 // The sharded step differs from the whole one only in how sums over a tensor are formed (each rank's part, then
 // over ranks, in double): parameters and state agree to float rounding, accumulated over `steps` steps of updates
 // about lr in size. (SM3 takes maxima, exact in any order: tests/optim/sm3_lamb.cpp checks its bits.)
@@ -136,13 +142,10 @@ inline void check_zero1_bf16_rounding(dist::Communicator& c, Device device, int 
       const optim::ShardCut& cut = sharded->shard_cut(param);
       const int64_t first = cut.offsets[size_t(c.rank())], last = cut.offsets[size_t(c.rank()) + 1];
       CHECK((first % 8 == 0 || first == last));
-      const auto part = [&](const Tensor& t) {  // this rank's elements (exact: bf16 widens exactly)
-        const std::vector<float> v = t.to_vector<float>();
-        return std::vector<float>(v.begin() + first, v.begin() + last);
-      };
       INFO("parameter ", param, " elements [", first, ", ", last, ")");
-      CHECK(part(part_params[i]) == part(whole_params[i]));
-      CHECK(sharded->state(param, "master").to_vector<float>() == part(whole->state(param, "master")));
+      CHECK(rank_elements(part_params[i], cut, c.rank()) == rank_elements(whole_params[i], cut, c.rank()));
+      CHECK(sharded->state(param, "master").to_vector<float>() ==
+            rank_elements(whole->state(param, "master"), cut, c.rank()));
     }
   }
 }
