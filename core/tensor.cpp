@@ -67,6 +67,21 @@ Tensor make_view(const Tensor& base, Shape shape, Strides strides, int64_t offse
   return Tensor(std::move(impl));
 }
 
+Tensor bytes_as(const Tensor& base, DType dtype) {
+  TALLY_CHECK(base.is_contiguous(), "[bytes_as] ", base.str(), " is not contiguous");
+  const int64_t from = int64_t(dtype_size(base.dtype())), to = int64_t(dtype_size(dtype));
+  TALLY_CHECK(base.nbytes() % to == 0 && base.offset() * from % to == 0, "[bytes_as] ", base.str(), " at element ",
+              base.offset(), " is not a whole number of ", dtype_name(dtype), " elements");
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = base.impl()->storage;
+  impl->shape = {base.nbytes() / to};
+  impl->strides = {1};
+  impl->offset = base.offset() * from / to;
+  impl->dtype = dtype;
+  impl->device = base.device();
+  return Tensor(std::move(impl));
+}
+
 int64_t Tensor::size(int64_t dim) const { return impl_->shape[wrap_dim(dim, this->dim(), "size")]; }
 int64_t Tensor::stride(int64_t dim) const { return impl_->strides[wrap_dim(dim, this->dim(), "stride")]; }
 

@@ -154,5 +154,9 @@ Tensor from_host(const void* data, DType src_dtype, const Shape& shape, TensorOp
 
 // Makes a view tensor over `storage` (no allocation).
 Tensor make_view(const Tensor& base, Shape shape, Strides strides, int64_t offset);
+// The bytes of a contiguous tensor as a flat tensor of `dtype` (no copy, no graph): (nbytes / size of dtype,). Its
+// byte size and start must be whole elements of `dtype` (else an error naming both). For buffers that hold values of
+// several dtypes in turn (a communication buffer); the bits are reinterpreted, not converted.
+Tensor bytes_as(const Tensor& base, DType dtype);
 
 }  // namespace tally

@@ -615,8 +615,8 @@ Tensor Optimizer::gathered(const Slot& s, size_t i) const {
     const std::vector<StateSpec> specs = with_master(part.specs, part_shape(s.whole.shape(), s.cut, r), s.whole.dtype());
     numels[size_t(r)] = numel(specs[i].shape);
   }
-  const int64_t segment = (*std::max_element(numels.begin(), numels.end()) * int64_t(esize) + 3) / 4;  // floats
-  std::vector<float> buffer(size_t(segment) * size_t(world));
+  const int64_t segment = *std::max_element(numels.begin(), numels.end()) * int64_t(esize);  // bytes
+  std::vector<char> buffer(size_t(segment) * size_t(world));
   const Tensor host = mine.to(Device::cpu());
   if (host.nbytes() > 0)  // a rank may hold none of a small tensor (and memcpy's pointers must not be null)
     std::memcpy(buffer.data() + size_t(segment) * size_t(comm()->rank()), host.data_ptr(), size_t(host.nbytes()));

@@ -55,14 +55,19 @@ DataParallel::DataParallel(dist::Communicator& comm, ZeroStage stage, const opti
     }
   }
   close();
+  gather_dtype_ = params.front().dtype();
+  for (const Tensor& p : params)
+    if (p.dtype() != gather_dtype_) gather_dtype_ = DType::f32;
+  const int64_t gather_size = int64_t(dtype_size(gather_dtype_));
   int64_t largest = 0;
   for (const Bucket& b : buckets_) {
     largest = std::max(largest, b.segment * segments);
-    // Floats handed to the engine per step: the all-reduce's buffer, or the reduce-scatter's and the all-gather's.
-    bytes_per_step_ += 4 * b.segment * segments * (stage == ZeroStage::zero1 ? 2 : 1);
+    // Bytes handed to the engine per step: the all-reduce's buffer, or the reduce-scatter's and the all-gather's.
+    bytes_per_step_ += b.segment * segments * (stage == ZeroStage::zero1 ? 4 + gather_size : 4);
   }
   MemoryScope scope(Category::workspace, "dist:bucket");
-  buffer_ = empty({largest}, {.dtype = DType::f32, .device = device});
+  buffer_ = empty({(largest * std::max<int64_t>(4, gather_size) + 3) / 4}, {.dtype = DType::f32, .device = device});
+  gather_buffer_ = bytes_as(buffer_, gather_dtype_);
 }
 
 void DataParallel::pack(const Bucket& b, int segment, Source from, int64_t at) const {
@@ -70,7 +75,7 @@ void DataParallel::pack(const Bucket& b, int segment, Source from, int64_t at) c
     const Tensor src = from == Source::gradients ? piece.param.grad() : piece.param;
     TALLY_CHECK(src.defined(), "[data parallel] '", piece.param.name(), "' has no gradient to average: every ",
                 "parameter must take part in every step's loss");
-    Tensor dst = flat(buffer_, at, at + piece.end - piece.begin);
+    Tensor dst = flat(buffer_for(from), at, at + piece.end - piece.begin);
     dst.copy_(flat(src, piece.begin, piece.end));
     at += piece.end - piece.begin;
   }
@@ -79,7 +84,7 @@ void DataParallel::pack(const Bucket& b, int segment, Source from, int64_t at) c
 void DataParallel::unpack(const Bucket& b, int segment, Source to, int64_t at) const {
   for (const Piece& piece : b.segments[size_t(segment)]) {
     Tensor dst = flat(to == Source::gradients ? piece.param.grad() : piece.param, piece.begin, piece.end);
-    dst.copy_(flat(buffer_, at, at + piece.end - piece.begin));
+    dst.copy_(flat(buffer_for(to), at, at + piece.end - piece.begin));
     at += piece.end - piece.begin;
   }
 }
@@ -121,10 +126,11 @@ void DataParallel::gather_parameters() {
   if (stage_ == ZeroStage::zero0) return;
   NoGradGuard no_grad;
   const Device d = buffer_.device();
-  float* base = static_cast<float*>(buffer_.data_ptr());
+  void* base = buffer_.data_ptr();  // null on the meta device, where nothing moves
+  const int64_t size = int64_t(dtype_size(gather_dtype_));
   for (const Bucket& b : buckets_) {
     pack(b, comm_.rank(), Source::parameters, int64_t(comm_.rank()) * b.segment);
-    comm_.all_gather(base, b.segment, d);
+    comm_.all_gather(base, b.segment * size, d);
     for (int r = 0; r < comm_.world(); ++r)
       if (r != comm_.rank()) unpack(b, r, Source::parameters, int64_t(r) * b.segment);
   }

@@ -4,7 +4,9 @@
 // the optimizer's, optim::ShardCut). Then the global gradient norm for clipping, and after a ZeRO-1 step every
 // rank's updated part is all-gathered into every rank's parameters. Tensors travel through one communication
 // buffer (Category::workspace, owner "dist:bucket") in buckets of at most `bucket_bytes`, so a step makes a few
-// collectives, not one per tensor; on the meta device the buffer is planned and nothing moves.
+// collectives, not one per tensor; on the meta device the buffer is planned and nothing moves. Gradients are summed
+// in f32 (bf16 ones widened: one rounding, after the sum); parameters are gathered in their own dtype when they all
+// share one (bf16 parameters as bf16: the same bits in half the bytes), else as f32.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -44,8 +46,8 @@ class DataParallel {
   LossAndNorm loss_and_norm(double loss, double squares);
   // ZeRO 1, after the optimizer step: every rank's updated parts into every rank's parameters. ZeRO 0: nothing.
   void gather_parameters();
-  // The float bytes one step hands to the collectives (dist::Communicator::float_bytes counts what was handed),
-  // predicted from the buckets.
+  // The bytes one step hands to the collectives (dist::Communicator::data_bytes counts what was handed), predicted
+  // from the buckets.
   int64_t bytes_per_step() const { return bytes_per_step_; }
 
  private:
@@ -57,18 +59,22 @@ class DataParallel {
   // rank's part of every tensor in the bucket, padded to the longest.
   struct Bucket {
     std::vector<std::vector<Piece>> segments;  // [rank][piece]; ZeRO 0: one segment
-    int64_t segment = 0;                       // floats per segment
+    int64_t segment = 0;                       // elements per segment
   };
   enum class Source { gradients, parameters };
-  // One segment of a bucket between the tensors and the buffer, starting at float `at` of the buffer.
+  // One segment of a bucket between the tensors and the buffer, starting at element `at` of the buffer (of the
+  // gradients' f32 or of the parameters' gather_dtype_).
   void pack(const Bucket& b, int segment, Source from, int64_t at) const;
   void unpack(const Bucket& b, int segment, Source to, int64_t at) const;
+  const Tensor& buffer_for(Source s) const { return s == Source::gradients ? buffer_ : gather_buffer_; }
 
   dist::Communicator& comm_;
   ZeroStage stage_;
   std::vector<Tensor> params_;
   std::vector<Bucket> buckets_;
-  Tensor buffer_;  // f32, the largest bucket, on the parameters' device
+  Tensor buffer_;         // f32, the largest bucket (in f32 or gather_dtype_, the larger), on the parameters' device
+  DType gather_dtype_ = DType::f32;  // the parameters' dtype when they all share one, else f32
+  Tensor gather_buffer_;  // buffer_'s bytes as gather_dtype_
   int64_t bytes_per_step_ = 0;
 };
 

@@ -231,7 +231,7 @@ StepRecord Trainer::train_step(int64_t step) {
   if (first) ledger_now.reset_peaks();
 
   const auto t0 = std::chrono::steady_clock::now();
-  const int64_t sent_before = comm_.float_bytes();
+  const int64_t sent_before = comm_.data_bytes();
   StepOutcome o;
   {
     // Fault injection: this step's CPU allocations fail as a refused malloc would.
@@ -254,7 +254,7 @@ StepRecord Trainer::train_step(int64_t step) {
     std::printf("after step %lld, measured beside predicted:\n%s\n", (long long)step, format_plan(predicted_, &m).c_str());
     if (log_) log_->memory(step, predicted_, m);
   }
-  if (first && parallel_ && log_) log_->communication(step, parallel_->bytes_per_step(), comm_.float_bytes() - sent_before);
+  if (first && parallel_ && log_) log_->communication(step, parallel_->bytes_per_step(), comm_.data_bytes() - sent_before);
   if (log_) log_->step(r);
   if (inspect) {
     if (log_) log_->optimizer_internals(step, optimizer_->internals());

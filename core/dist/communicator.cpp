@@ -18,12 +18,12 @@ class SingleProcess final : public Communicator {
  public:
   SingleProcess(int rank, int world) : Communicator(rank, world, 0) {}
   std::string engine() const override { return "single process"; }
-  void all_reduce_sum(float*, int64_t n, Device) override { float_bytes_ += 4 * n; }
+  void all_reduce_sum(float*, int64_t n, Device) override { data_bytes_ += 4 * n; }
   void all_reduce_sum(double*, int64_t) override {}
   void all_reduce_sum(double*, int64_t, Device) override {}
   void all_reduce_max(float*, int64_t, Device) override {}
-  void reduce_scatter_sum(float*, int64_t segment, Device) override { float_bytes_ += 4 * segment * world(); }
-  void all_gather(float*, int64_t segment, Device) override { float_bytes_ += 4 * segment * world(); }
+  void reduce_scatter_sum(float*, int64_t segment, Device) override { data_bytes_ += 4 * segment * world(); }
+  void all_gather(void*, int64_t segment_bytes, Device) override { data_bytes_ += segment_bytes * world(); }
   void broadcast(void*, int64_t, int) override {}
   void barrier() override {}
   [[noreturn]] void abort(int code) override { std::exit(code); }

@@ -30,15 +30,15 @@ class Communicator {
   // optimizer kernels' cross-rank sums of a ZeRO-1 step on GPUs.
   virtual void all_reduce_sum(double* data, int64_t n, Device device);
   // In place: data[i] = the largest over ranks of data[i]. f32 on `device` (a CUDA buffer goes through NCCL): SM3's
-  // accumulators under ZeRO 1. Exact in any order. Not counted in float_bytes() (an optimizer's own statistics,
+  // accumulators under ZeRO 1. Exact in any order. Not counted in data_bytes() (an optimizer's own statistics,
   // as its sums of doubles).
   virtual void all_reduce_max(float* data, int64_t n, Device device) = 0;
   // `data` holds world() segments of `segment` floats. Afterwards segment rank() holds, element by element, the
   // sum over ranks of their segment rank(); the other segments are left undefined.
   virtual void reduce_scatter_sum(float* data, int64_t segment, Device device) = 0;
-  // `data` holds world() segments of `segment` floats, segment rank() this rank's. Afterwards every segment k holds
-  // rank k's.
-  virtual void all_gather(float* data, int64_t segment, Device device) = 0;
+  // `data` holds world() segments of `segment_bytes` bytes, segment rank() this rank's. Afterwards every segment k
+  // holds rank k's. It moves bytes: the elements may be of any dtype (bf16 parameters travel as bf16).
+  virtual void all_gather(void* data, int64_t segment_bytes, Device device) = 0;
   // Host bytes from `root` to every rank.
   virtual void broadcast(void* data, int64_t bytes, int root) = 0;
   virtual void barrier() = 0;
@@ -48,13 +48,13 @@ class Communicator {
   // Every rank's value of `x` (host), in rank order.
   std::vector<uint64_t> all_gather_u64(uint64_t x);
 
-  // Bytes of the float buffers handed to all_reduce_sum, reduce_scatter_sum and all_gather so far (whole buffers:
+  // Bytes of the buffers handed to all_reduce_sum (f32), reduce_scatter_sum and all_gather so far (whole buffers:
   // world segments for the last two): the gradient and parameter traffic, counted for the benchmarks and the log.
-  int64_t float_bytes() const { return float_bytes_; }
+  int64_t data_bytes() const { return data_bytes_; }
 
  protected:
   Communicator(int rank, int world, int local_rank) : rank_(rank), world_(world), local_rank_(local_rank) {}
-  int64_t float_bytes_ = 0;
+  int64_t data_bytes_ = 0;
 
  private:
   int rank_, world_, local_rank_;

@@ -64,7 +64,7 @@ class Mpi final : public Communicator {
   }
 
   void all_reduce_sum(float* data, int64_t n, Device device) override {
-    float_bytes_ += 4 * n;
+    data_bytes_ += 4 * n;
     all_reduce_floats(data, n, device, MPI_SUM);
   }
 
@@ -87,7 +87,7 @@ class Mpi final : public Communicator {
   void all_reduce_max(float* data, int64_t n, Device device) override { all_reduce_floats(data, n, device, MPI_MAX); }
 
   void reduce_scatter_sum(float* data, int64_t segment, Device device) override {
-    float_bytes_ += 4 * segment * world();
+    data_bytes_ += 4 * segment * world();
     if (device.is_meta() || segment == 0) return;
     if (device.is_cuda()) {
 #ifdef TALLY_HAS_NCCL
@@ -104,19 +104,20 @@ class Mpi final : public Communicator {
     if (rank() > 0) std::memmove(data + int64_t(rank()) * segment, data, size_t(segment) * sizeof(float));
   }
 
-  void all_gather(float* data, int64_t segment, Device device) override {
-    float_bytes_ += 4 * segment * world();
-    if (device.is_meta() || segment == 0) return;
+  void all_gather(void* data, int64_t segment_bytes, Device device) override {
+    data_bytes_ += segment_bytes * world();
+    if (device.is_meta() || segment_bytes == 0) return;
     if (device.is_cuda()) {
 #ifdef TALLY_HAS_NCCL
-      nccl::all_gather(nccl_comm(), data, segment, rank());
+      nccl::all_gather(nccl_comm(), data, segment_bytes, rank());
       return;
 #else
       fail("[mpi] all_gather of a CUDA buffer needs NCCL: this build has none");
 #endif
     }
-    TALLY_CHECK(segment <= INT_MAX, "[mpi] all_gather: a segment of ", segment, " floats is over MPI's limit");
-    check(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, int(segment), MPI_FLOAT, MPI_COMM_WORLD),
+    TALLY_CHECK(segment_bytes <= INT_MAX, "[mpi] all_gather: a segment of ", segment_bytes,
+                " bytes is over MPI's limit");
+    check(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, int(segment_bytes), MPI_BYTE, MPI_COMM_WORLD),
           "MPI_Allgather");
   }
 

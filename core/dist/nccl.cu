@@ -121,9 +121,10 @@ void reduce_scatter_sum(Comm* c, float* data, int64_t segment, int rank) {
         "ncclReduceScatter");
 }
 
-void all_gather(Comm* c, float* data, int64_t segment, int rank) {
-  check(ncclAllGather(data + int64_t(rank) * segment, data, size_t(segment), ncclFloat32, live(c, "ncclAllGather"),
-                      cuda::stream()),
+void all_gather(Comm* c, void* data, int64_t segment_bytes, int rank) {
+  char* bytes = static_cast<char*>(data);
+  check(ncclAllGather(bytes + int64_t(rank) * segment_bytes, bytes, size_t(segment_bytes), ncclUint8,
+                      live(c, "ncclAllGather"), cuda::stream()),
         "ncclAllGather");
 }
 

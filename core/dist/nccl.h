@@ -19,6 +19,6 @@ void all_reduce_sum(Comm* comm, float* data, int64_t n);
 void all_reduce_sum(Comm* comm, double* data, int64_t n);
 void all_reduce_max(Comm* comm, float* data, int64_t n);
 void reduce_scatter_sum(Comm* comm, float* data, int64_t segment, int rank);
-void all_gather(Comm* comm, float* data, int64_t segment, int rank);
+void all_gather(Comm* comm, void* data, int64_t segment_bytes, int rank);  // moves bytes (any dtype)
 
 }  // namespace tally::dist::nccl

@@ -81,6 +81,23 @@ TEST_CASE("views share storage and compute strides") {
   CHECK(a.to_vector<float>() == std::vector<float>{0, 1, 2, 9, 9, 9});
 }
 
+TEST_CASE("bytes_as reads a contiguous tensor's bytes as another dtype, in place") {
+  Tensor a = from_vector<float>({1.0f, -2.0f, 0.5f, 3.0f}, {2, 2});
+  Tensor h = bytes_as(a, DType::bf16);  // a float's high half is its bf16 (exact for these values)
+  CHECK(h.shape() == Shape{8});
+  CHECK(h.to_vector<float>() == std::vector<float>{0.0f, 1.0f, 0.0f, -2.0f, 0.0f, 0.5f, 0.0f, 3.0f});
+  h.slice(0, 6, 8).copy_(from_vector<float>({0.0f, 7.0f}, {2}));  // writes land in the base's bytes
+  CHECK(a.to_vector<float>()[3] == 7.0f);
+  Tensor tail = bytes_as(a.view({4}).slice(0, 2, 4), DType::bf16);  // a view's start, in the new dtype's elements
+  CHECK(tail.offset() == 4);
+  CHECK(tail.to_vector<float>() == std::vector<float>{0.0f, 0.5f, 0.0f, 7.0f});
+  CHECK(bytes_as(h.slice(0, 2, 6), DType::f32).to_vector<float>() == std::vector<float>{-2.0f, 0.5f});
+  CHECK_THROWS_WITH_AS(bytes_as(h.slice(0, 1, 3), DType::f32), doctest::Contains("[bytes_as] "), Error);
+  CHECK_THROWS_WITH_AS(bytes_as(h.slice(0, 0, 3), DType::f32),
+                       doctest::Contains("is not a whole number of f32 elements"), Error);
+  CHECK_THROWS_WITH_AS(bytes_as(a.transpose(0, 1), DType::bf16), doctest::Contains("is not contiguous"), Error);
+}
+
 TEST_CASE("view errors name the op and the shapes") {
   Tensor a = zeros({2, 3});
   CHECK_THROWS_WITH_AS(a.view({4, 2}), doctest::Contains("[view] cannot view (2, 3) (6 elements) as (4, 2)"), Error);

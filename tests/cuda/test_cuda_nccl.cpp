@@ -56,8 +56,12 @@ TEST_CASE("cuda nccl: one rank's collectives on device buffers, in place, in str
   Tensor s = from_vector(values, {1000}, {.dtype = DType::f32, .device = gpu});
   dist::nccl::reduce_scatter_sum(comm, s.data<float>(), s.numel(), 0);
   CHECK(s.to_vector<float>() == values);
-  dist::nccl::all_gather(comm, s.data<float>(), s.numel(), 0);
+  dist::nccl::all_gather(comm, s.data<float>(), s.nbytes(), 0);
   CHECK(s.to_vector<float>() == values);
+  Tensor h = from_vector(values, {1000}, {.dtype = DType::bf16, .device = gpu});  // bytes of any dtype
+  const std::vector<float> rounded = h.to_vector<float>();
+  dist::nccl::all_gather(comm, h.data_ptr(), h.nbytes(), 0);
+  CHECK(h.to_vector<float>() == rounded);
   dist::nccl::destroy(comm);
 
   // An invalid rank is NCCL's error, named.

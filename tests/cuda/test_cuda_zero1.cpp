@@ -22,7 +22,7 @@ TEST_CASE("cuda: a ZeRO-1 step over 2 and 3 ranks equals the whole step on the G
   }
 }
 
-TEST_CASE("cuda: ZeRO 1 rounds each element of a bf16 parameter with the whole step's random bits (fused kernels)" *
+TEST_CASE("cuda: ZeRO 1 rounds a bf16 parameter with the whole step's random bits and gathers it as bf16 (fused kernels)" *
           doctest::skip(!tally::cuda_available())) {
   for (const int world : {2, 3}) {
     test::TurnRanks group(world);

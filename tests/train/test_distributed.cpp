@@ -47,9 +47,15 @@ void check_collectives(dist::Communicator& c) {
   for (int64_t k = 0; k < seg; ++k) CHECK(rs[size_t(R * seg + k)] == float(W * (R * seg + k) + W * (W - 1) / 2));
   std::vector<float> ag(size_t(seg * W), -1.0f);
   for (int64_t k = 0; k < seg; ++k) ag[size_t(R * seg + k)] = float(R * 100 + k);
-  c.all_gather(ag.data(), seg, Device::cpu());
+  c.all_gather(ag.data(), seg * 4, Device::cpu());
   for (int r = 0; r < W; ++r)
     for (int64_t k = 0; k < seg; ++k) CHECK(ag[size_t(r * seg + k)] == float(r * 100 + k));
+  // Bytes of any dtype: segments of 3 bf16 values (6 bytes, not a multiple of a float), bits unchanged.
+  std::vector<uint16_t> half(size_t(seg * W), 0xFFFF);
+  for (int64_t k = 0; k < seg; ++k) half[size_t(R * seg + k)] = uint16_t(0x7F80 + R * 16 + k);
+  c.all_gather(half.data(), seg * 2, Device::cpu());
+  for (int r = 0; r < W; ++r)
+    for (int64_t k = 0; k < seg; ++k) CHECK(half[size_t(r * seg + k)] == uint16_t(0x7F80 + r * 16 + k));
   const std::vector<uint64_t> ids = c.all_gather_u64(0xFEDCBA9876543210ull + uint64_t(R));
   REQUIRE(ids.size() == size_t(W));
   for (int r = 0; r < W; ++r) CHECK(ids[size_t(r)] == 0xFEDCBA9876543210ull + uint64_t(r));
@@ -71,7 +77,7 @@ TEST_CASE("distributed: a ZeRO-1 step equals the whole step for every optimizer 
   test::check_zero1_equals_whole(ranks(), Device::cpu(), 50);
 }
 
-TEST_CASE("distributed: ZeRO 1 rounds each element of a bf16 parameter with the whole step's random bits") {
+TEST_CASE("distributed: ZeRO 1 rounds a bf16 parameter with the whole step's random bits and gathers it as bf16") {
   test::check_zero1_bf16_rounding(ranks(), Device::cpu(), 4);
   for (const int world : {2, 3}) {
     test::TurnRanks group(world);

@@ -56,7 +56,7 @@ class TurnRanks {
   struct Pending {
     Op op = Op::barrier;
     void* data = nullptr;
-    int64_t n = 0;  // elements (sums), floats per segment (reduce_scatter, all_gather), bytes (broadcast)
+    int64_t n = 0;  // elements (sums), floats per segment (reduce_scatter), bytes (all_gather's segment, broadcast)
     Device device = Device::cpu();
     int root = 0;
   };
@@ -66,7 +66,7 @@ class TurnRanks {
     Rank(TurnRanks& group, int rank) : Communicator(rank, group.world_, 0), group_(group) {}
     std::string engine() const override { return "ranks taking turns (test)"; }
     void all_reduce_sum(float* data, int64_t n, Device device) override {
-      float_bytes_ += 4 * n;
+      data_bytes_ += 4 * n;
       group_.collective(rank(), {Op::sum_f32, data, n, device});
     }
     void all_reduce_sum(double* data, int64_t n) override { all_reduce_sum(data, n, Device::cpu()); }
@@ -77,12 +77,12 @@ class TurnRanks {
       group_.collective(rank(), {Op::max_f32, data, n, device});
     }
     void reduce_scatter_sum(float* data, int64_t segment, Device device) override {
-      float_bytes_ += 4 * segment * world();
+      data_bytes_ += 4 * segment * world();
       group_.collective(rank(), {Op::reduce_scatter, data, segment, device});
     }
-    void all_gather(float* data, int64_t segment, Device device) override {
-      float_bytes_ += 4 * segment * world();
-      group_.collective(rank(), {Op::all_gather, data, segment, device});
+    void all_gather(void* data, int64_t segment_bytes, Device device) override {
+      data_bytes_ += segment_bytes * world();
+      group_.collective(rank(), {Op::all_gather, data, segment_bytes, device});
     }
     void broadcast(void* data, int64_t bytes, int root) override {
       group_.collective(rank(), {Op::broadcast, data, bytes, Device::cpu(), root});
@@ -199,10 +199,10 @@ class TurnRanks {
         return;
       }
       case Op::all_gather: {  // every segment k = rank k's segment k
-        std::vector<char> all(size_t(4 * n * W));
+        std::vector<char> all(size_t(n * W));
         for (int64_t r = 0; r < W; ++r) {
-          const std::vector<char> h = fetch(pending_[size_t(r)], 4 * n * W);
-          std::memcpy(all.data() + 4 * n * r, h.data() + 4 * n * r, size_t(4 * n));
+          const std::vector<char> h = fetch(pending_[size_t(r)], n * W);
+          std::memcpy(all.data() + n * r, h.data() + n * r, size_t(n));
         }
         for (const Pending& p : pending_) put(p, all);
         return;

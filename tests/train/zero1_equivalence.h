@@ -107,8 +107,9 @@ inline void check_zero1_equals_whole(dist::Communicator& c, Device device, int s
 // counter). AdamW, SGD and SM3 step each element with the same arithmetic at any cut, so this rank's part of the bf16
 // parameter and of the master equal the whole step's bit for bit, for cuts whose balanced share would not be a
 // multiple of 8 ({50} at 3 ranks: 24, 16 and 10 elements; {37, 20}: rows in pairs). The full gradient is given to
-// every rank, as the reduce-scatter leaves it; each rank checks its own part (nothing is gathered). On CUDA the
-// rounding runs inside the optimizer kernels, on the CPU after them.
+// every rank, as the reduce-scatter leaves it. Then the parts are gathered, as bf16 (a third of the bytes a step's
+// reduce-scatter and gather hand over, which carry 4 and 2 bytes an element), and every rank's whole parameters
+// equal the whole step's. On CUDA the rounding runs inside the optimizer kernels, on the CPU after them.
 inline void check_zero1_bf16_rounding(dist::Communicator& c, Device device, int steps) {
   const std::vector<Shape> shapes = {{37, 20}, {3, 8, 6}, {50}, {2, 5}, {2}};
   const auto bf16_params = [&] {
@@ -128,6 +129,7 @@ inline void check_zero1_bf16_rounding(dist::Communicator& c, Device device, int 
     auto whole = optim::make_optimizer(name, whole_params, {{"lr", 1e-2}});
     auto sharded = optim::make_optimizer(name, part_params, {{"lr", 1e-2}});
     sharded->shard(c);
+    train::DataParallel dp(c, train::ZeroStage::zero1, *sharded, part_params, 256);  // small buckets: several
     for (int step = 1; step <= steps; ++step) {
       for (size_t i = 0; i < shapes.size(); ++i) {
         const std::vector<float> g = normal_values(numel(shapes[i]), 1000 * uint64_t(step) + i, 0.5);
@@ -136,6 +138,9 @@ inline void check_zero1_bf16_rounding(dist::Communicator& c, Device device, int 
       }
       whole->step();
       sharded->step();
+      const int64_t before = c.data_bytes();
+      dp.gather_parameters();
+      CHECK(3 * (c.data_bytes() - before) == dp.bytes_per_step());
     }
     for (size_t i = 0; i < shapes.size(); ++i) {
       const std::string param = part_params[i].name();
@@ -146,6 +151,7 @@ inline void check_zero1_bf16_rounding(dist::Communicator& c, Device device, int 
       CHECK(rank_elements(part_params[i], cut, c.rank()) == rank_elements(whole_params[i], cut, c.rank()));
       CHECK(sharded->state(param, "master").to_vector<float>() ==
             rank_elements(whole->state(param, "master"), cut, c.rank()));
+      CHECK(part_params[i].to_vector<float>() == whole_params[i].to_vector<float>());  // gathered: every rank's part
     }
   }
 }

@@ -30,13 +30,14 @@ ncclResult_t refuse(ncclResult_t r, const std::string& why) {
   return r;
 }
 
-size_t element_bytes(ncclDataType_t t) { return t == ncclFloat64 ? 8 : 4; }
+size_t element_bytes(ncclDataType_t t) { return t == ncclFloat64 ? 8 : t == ncclUint8 ? 1 : 4; }
 
 bool valid(ncclComm_t comm, size_t count, ncclDataType_t type, ncclRedOp_t op, cudaStream_t stream, const char* what) {
   tally_emu::check_stream(stream, what);
   if (count > size_t(INT_MAX)) return refuse(ncclInvalidArgument, std::string(what) + ": count beyond MPI's int"), false;
   if (!comm) return refuse(ncclInvalidArgument, std::string(what) + ": null communicator"), false;
-  if (type != ncclFloat32 && type != ncclFloat64) return refuse(ncclInvalidArgument, std::string(what) + ": data type"), false;
+  if (type != ncclFloat32 && type != ncclFloat64 && type != ncclUint8)
+    return refuse(ncclInvalidArgument, std::string(what) + ": data type"), false;
   if (op != ncclSum && op != ncclMax) return refuse(ncclInvalidArgument, std::string(what) + ": reduction"), false;
   return true;
 }
@@ -69,7 +70,7 @@ bool lost(ncclComm& comm) {
 }
 
 #ifdef TALLY_HAS_MPI
-MPI_Datatype mpi_type(ncclDataType_t t) { return t == ncclFloat64 ? MPI_DOUBLE : MPI_FLOAT; }
+MPI_Datatype mpi_type(ncclDataType_t t) { return t == ncclFloat64 ? MPI_DOUBLE : t == ncclUint8 ? MPI_BYTE : MPI_FLOAT; }
 ncclResult_t mpi_result(int code, const char* what) {
   return code == MPI_SUCCESS ? ncclSuccess : refuse(ncclSystemError, std::string(what) + ": MPI error " + std::to_string(code));
 }
@@ -139,6 +140,7 @@ const char* ncclGetLastError(ncclComm_t) { return last_error.c_str(); }
 ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataType_t type, ncclRedOp_t op,
                            ncclComm_t comm, cudaStream_t stream) {
   if (!valid(comm, count, type, op, stream, "ncclAllReduce")) return ncclInvalidArgument;
+  if (type == ncclUint8) return refuse(ncclInvalidArgument, "ncclAllReduce: the emulator reduces floats only");
   if (lost(*comm)) return ncclSuccess;
   if (comm->nranks == 1) {
     if (send != recv) std::memmove(recv, send, count * element_bytes(type));
@@ -157,6 +159,7 @@ ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataT
 ncclResult_t ncclReduceScatter(const void* send, void* recv, size_t recv_count, ncclDataType_t type, ncclRedOp_t op,
                                ncclComm_t comm, cudaStream_t stream) {
   if (!valid(comm, recv_count, type, op, stream, "ncclReduceScatter")) return ncclInvalidArgument;
+  if (type == ncclUint8) return refuse(ncclInvalidArgument, "ncclReduceScatter: the emulator reduces floats only");
   if (op != ncclSum) return refuse(ncclInvalidArgument, "ncclReduceScatter: the emulator sums only");
   if (lost(*comm)) return ncclSuccess;
   const size_t bytes = recv_count * element_bytes(type);
