@@ -61,8 +61,10 @@ int memory_of_shapes(const Flags& f) {
   if (names.empty()) throw FlagError("--optimizer lists no optimizer");
   std::vector<OptimizerChoice> choices;
   for (const std::string& name : names) choices.push_back(optimizer_choice(f, name));
-  const Parallelism parallel{.world = int(world), .rank = int(rank),
-                             .zero = zero == "1" ? ZeroStage::zero1 : ZeroStage::zero0};
+  const Parallelism parallel{.world = int(world),
+                             .rank = int(rank),
+                             .zero = zero == "1" ? ZeroStage::zero1 : ZeroStage::zero0,
+                             .reduce_dtype = reduce_dtype(f)};
   const ShapesReport report = plan_shapes(read_model_shapes(f.str("shapes")), choices, parallel);
   if (f.on("json")) std::printf("%s\n", shapes_report_json(report).dump(2).c_str());
   else
@@ -90,6 +92,7 @@ int cmd_memory(const Args& args) {
                    "cuBLAS's workspace and the caching allocator's rounding; bf16 is always planned for cuda)", "cpu"});
   specs.push_back({"world", "data-parallel ranks (mpirun -np N): the figures are one rank's", "1"});
   specs.push_back({"zero", "0: every rank keeps the whole optimizer state | 1: its part of it (ZeRO stage 1)", "0"});
+  specs.push_back(reduce_dtype_flag());
   specs.push_back({"rank", "the rank whose figures are printed (parts may be uneven)", "0"});
   specs.push_back({"json", "print one JSON object", "", FlagKind::switch_});
   specs.push_back({"shapes", "any model instead of a GPT-2 preset: a .safetensors file (only its header is read), a "
@@ -116,6 +119,7 @@ int cmd_memory(const Args& args) {
   if (rank < 0 || rank >= world) throw FlagError("--rank must be in [0, --world)");
   if (zero_str != "0" && zero_str != "1") throw FlagError("--zero must be 0 or 1, got '" + zero_str + "'");
   const ZeroStage zero = zero_str == "1" ? ZeroStage::zero1 : ZeroStage::zero0;
+  const DType reduce = reduce_dtype(f);
   const std::string device_str = f.str("device");
   if (device_str != "cpu" && device_str != "cuda") throw FlagError("--device must be cpu or cuda, got '" + device_str + "'");
   const DeviceKind device = device_str == "cuda" || dtype == DType::bf16 ? DeviceKind::cuda : DeviceKind::cpu;
@@ -127,7 +131,7 @@ int cmd_memory(const Args& args) {
     return StepShape{.batch = B,
                      .seq = T,
                      .dtype = dtype,
-                     .parallel = {.world = int(world), .rank = int(r), .zero = zero},
+                     .parallel = {.world = int(world), .rank = int(r), .zero = zero, .reduce_dtype = reduce},
                      .device = device};
   };
 
@@ -186,10 +190,11 @@ int cmd_memory(const Args& args) {
                 device == DeviceKind::cuda ? "a CUDA GPU" : "the CPU",
                 device == DeviceKind::cuda ? " (its kernels' scratch and cuBLAS's 32 MiB workspace included)" : "");
   if (world > 1)
-    std::printf("rank %lld of %lld data-parallel ranks, ZeRO %s: %s\n", (long long)rank, (long long)world,
-                zero_str.c_str(),
+    std::printf("rank %lld of %lld data-parallel ranks, ZeRO %s: %s (gradients summed in %s)\n", (long long)rank,
+                (long long)world, zero_str.c_str(),
                 zero == ZeroStage::zero1 ? "its part of the optimizer state, and its communication buffer"
-                                         : "the whole optimizer state on every rank, and its communication buffer");
+                                         : "the whole optimizer state on every rank, and its communication buffer",
+                dtype_name(reduce));
   // One name column wide enough for every optimizer and every "  <state>" row under it.
   int w = int(std::string_view("optimizer").size());
   for (const std::string& name : names) {

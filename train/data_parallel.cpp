@@ -18,9 +18,11 @@ Tensor flat(const Tensor& t, int64_t begin, int64_t end) { return make_view(t, {
 }  // namespace
 
 DataParallel::DataParallel(dist::Communicator& comm, ZeroStage stage, const optim::Optimizer& optimizer,
-                           const std::vector<Tensor>& params, int64_t bucket_bytes)
-    : comm_(comm), stage_(stage), params_(params) {
+                           const std::vector<Tensor>& params, DType reduce_dtype, int64_t bucket_bytes)
+    : comm_(comm), stage_(stage), params_(params), reduce_dtype_(reduce_dtype) {
   TALLY_CHECK(bucket_bytes >= 4, "[data parallel] bucket_bytes must be at least one float, got ", bucket_bytes);
+  TALLY_CHECK(reduce_dtype == DType::f32 || reduce_dtype == DType::bf16,
+              "[data parallel] gradients are summed in f32 or bf16, not ", dtype_name(reduce_dtype));
   TALLY_CHECK(!params.empty(), "[data parallel] no parameters");
   const Device device = params.front().device();
   for (const Tensor& p : params)
@@ -58,15 +60,17 @@ DataParallel::DataParallel(dist::Communicator& comm, ZeroStage stage, const opti
   gather_dtype_ = params.front().dtype();
   for (const Tensor& p : params)
     if (p.dtype() != gather_dtype_) gather_dtype_ = DType::f32;
-  const int64_t gather_size = int64_t(dtype_size(gather_dtype_));
+  const int64_t reduce_size = int64_t(dtype_size(reduce_dtype_)), gather_size = int64_t(dtype_size(gather_dtype_));
   int64_t largest = 0;
   for (const Bucket& b : buckets_) {
     largest = std::max(largest, b.segment * segments);
     // Bytes handed to the engine per step: the all-reduce's buffer, or the reduce-scatter's and the all-gather's.
-    bytes_per_step_ += b.segment * segments * (stage == ZeroStage::zero1 ? 4 + gather_size : 4);
+    bytes_per_step_ += b.segment * segments * (stage == ZeroStage::zero1 ? reduce_size + gather_size : reduce_size);
   }
+  const int64_t widest = std::max(reduce_size, stage == ZeroStage::zero1 ? gather_size : 0);
   MemoryScope scope(Category::workspace, "dist:bucket");
-  buffer_ = empty({(largest * std::max<int64_t>(4, gather_size) + 3) / 4}, {.dtype = DType::f32, .device = device});
+  buffer_ = empty({(largest * widest + 3) / 4}, {.dtype = DType::f32, .device = device});
+  reduce_buffer_ = bytes_as(buffer_, reduce_dtype_);
   gather_buffer_ = bytes_as(buffer_, gather_dtype_);
 }
 
@@ -89,19 +93,30 @@ void DataParallel::unpack(const Bucket& b, int segment, Source to, int64_t at) c
   }
 }
 
+void DataParallel::all_reduce(int64_t n) {
+  void* base = buffer_.data_ptr();  // null on the meta device, where nothing moves
+  if (reduce_dtype_ == DType::bf16) return comm_.all_reduce_sum(static_cast<bf16*>(base), n, buffer_.device());
+  comm_.all_reduce_sum(static_cast<float*>(base), n, buffer_.device());
+}
+
+void DataParallel::reduce_scatter(int64_t segment) {
+  void* base = buffer_.data_ptr();
+  if (reduce_dtype_ == DType::bf16)
+    return comm_.reduce_scatter_sum(static_cast<bf16*>(base), segment, buffer_.device());
+  comm_.reduce_scatter_sum(static_cast<float*>(base), segment, buffer_.device());
+}
+
 void DataParallel::reduce_gradients() {
   NoGradGuard no_grad;
-  const Device d = buffer_.device();
-  float* base = static_cast<float*>(buffer_.data_ptr());  // null on the meta device, where nothing moves
   for (const Bucket& b : buckets_) {
     if (stage_ == ZeroStage::zero0) {
       pack(b, 0, Source::gradients, 0);
-      comm_.all_reduce_sum(base, b.segment, d);
+      all_reduce(b.segment);
       unpack(b, 0, Source::gradients, 0);
       continue;
     }
     for (int r = 0; r < comm_.world(); ++r) pack(b, r, Source::gradients, int64_t(r) * b.segment);
-    comm_.reduce_scatter_sum(base, b.segment, d);
+    reduce_scatter(b.segment);
     unpack(b, comm_.rank(), Source::gradients, int64_t(comm_.rank()) * b.segment);
   }
 }

@@ -5,8 +5,9 @@
 // rank's updated part is all-gathered into every rank's parameters. Tensors travel through one communication
 // buffer (Category::workspace, owner "dist:bucket") in buckets of at most `bucket_bytes`, so a step makes a few
 // collectives, not one per tensor; on the meta device the buffer is planned and nothing moves. Gradients are summed
-// in f32 (bf16 ones widened: one rounding, after the sum); parameters are gathered in their own dtype when they all
-// share one (bf16 parameters as bf16: the same bits in half the bytes), else as f32.
+// in the reduce dtype: f32 (bf16 ones widened: one rounding, after the sum) or bf16 (half the bytes; NCCL's bf16
+// sum, each partial sum rounded, as llm.c's gradients are summed); parameters are gathered in their own dtype when
+// they all share one (bf16 parameters as bf16: the same bits in half the bytes), else as f32.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -27,8 +28,10 @@ class DataParallel {
   static constexpr int64_t kDefaultBucketBytes = int64_t(32) << 20;
 
   // `optimizer` is sharded over `comm` for ZeRO 1 (by the caller, before this). `comm` must outlive this object.
+  // `reduce_dtype`: f32 or bf16, what the gradients are summed in.
   DataParallel(dist::Communicator& comm, ZeroStage stage, const optim::Optimizer& optimizer,
-               const std::vector<Tensor>& params, int64_t bucket_bytes = kDefaultBucketBytes);
+               const std::vector<Tensor>& params, DType reduce_dtype = DType::f32,
+               int64_t bucket_bytes = kDefaultBucketBytes);
 
   int world() const { return comm_.world(); }
   int rank() const { return comm_.rank(); }
@@ -62,19 +65,23 @@ class DataParallel {
     int64_t segment = 0;                       // elements per segment
   };
   enum class Source { gradients, parameters };
-  // One segment of a bucket between the tensors and the buffer, starting at element `at` of the buffer (of the
-  // gradients' f32 or of the parameters' gather_dtype_).
+  // One segment of a bucket between the tensors and the buffer, starting at element `at` of the buffer (in the
+  // gradients' reduce_dtype_ or the parameters' gather_dtype_).
   void pack(const Bucket& b, int segment, Source from, int64_t at) const;
   void unpack(const Bucket& b, int segment, Source to, int64_t at) const;
-  const Tensor& buffer_for(Source s) const { return s == Source::gradients ? buffer_ : gather_buffer_; }
+  const Tensor& buffer_for(Source s) const { return s == Source::gradients ? reduce_buffer_ : gather_buffer_; }
+  // The collectives on the buffer's gradients, in reduce_dtype_.
+  void all_reduce(int64_t n);
+  void reduce_scatter(int64_t segment);
 
   dist::Communicator& comm_;
   ZeroStage stage_;
   std::vector<Tensor> params_;
   std::vector<Bucket> buckets_;
-  Tensor buffer_;         // f32, the largest bucket (in f32 or gather_dtype_, the larger), on the parameters' device
+  Tensor buffer_;  // f32, the largest bucket (in the larger of reduce_dtype_ and gather_dtype_), on the params' device
+  DType reduce_dtype_ = DType::f32;  // f32 or bf16
   DType gather_dtype_ = DType::f32;  // the parameters' dtype when they all share one, else f32
-  Tensor gather_buffer_;  // buffer_'s bytes as gather_dtype_
+  Tensor reduce_buffer_, gather_buffer_;  // buffer_'s bytes as reduce_dtype_ and as gather_dtype_
   int64_t bytes_per_step_ = 0;
 };
 

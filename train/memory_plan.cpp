@@ -109,7 +109,8 @@ MemoryFigures predict_step_memory(const models::GPT2Config& config, const Optimi
   if (par.zero == ZeroStage::zero1 && par.world > 1) opt->shard(*comm);
   opt->init_state();
   std::unique_ptr<DataParallel> dp;
-  if (par.world > 1 || par.launched) dp = std::make_unique<DataParallel>(*comm, par.zero, *opt, model.parameters());
+  if (par.world > 1 || par.launched)
+    dp = std::make_unique<DataParallel>(*comm, par.zero, *opt, model.parameters(), par.reduce_dtype);
   meta.reset_peaks();
   MetaBatches batches(shape);
   optimizer_step(model, *opt, batches,

@@ -48,6 +48,7 @@ std::string format_plan(const MemoryFigures& predicted, const MemoryFigures* mea
 struct Parallelism {
   int world = 1, rank = 0;
   ZeroStage zero = ZeroStage::zero0;
+  DType reduce_dtype = DType::f32;  // what the gradients are summed in (--reduce-dtype)
   bool launched = false;  // started by mpirun: the collectives run (and their buffer is held) even at one rank
 };
 

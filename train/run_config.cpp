@@ -44,6 +44,7 @@ std::vector<FlagSpec> train_flags() {
        "data-parallel runs (mpirun -np N tally train ...): 0 every rank keeps the whole optimizer state | "
        "1 each rank keeps and steps its part of it (ZeRO stage 1)",
        "0"},
+      reduce_dtype_flag(),
       {"log-optim", "log the optimizer's internals every N steps (0: off)", "0"},
       {"log-every", "print a progress line every N steps when not on a terminal", "10"},
       {"max-bad-steps", "stop after this many non-finite steps in a row", "5"},
@@ -126,6 +127,7 @@ RunConfig run_config_unchecked(const Flags& f, DataResolution data, int32_t worl
   const std::string zero = f.str("zero");
   if (zero != "0" && zero != "1") throw FlagError("--zero must be 0 or 1, got '" + zero + "'");
   c.zero = zero == "1" ? ZeroStage::zero1 : ZeroStage::zero0;
+  c.reduce_dtype = reduce_dtype(f);
   c.out = f.str("out");
   if (data == DataResolution::resolve) c.data = resolve_data(f, c.out);
   for (const auto& [k, v] : f.resolved()) c.flags[k] = v;

@@ -36,6 +36,7 @@ struct RunConfig {
   DType dtype = DType::f32;  // bf16: mixed precision on CUDA (bf16 model, f32 master weights in the optimizer)
   int threads = 0;
   ZeroStage zero = ZeroStage::zero0;  // data-parallel runs (mpirun -np N): ZeRO 1 cuts the optimizer state over ranks
+  DType reduce_dtype = DType::f32;    // data-parallel runs: what the gradients are summed in
   std::filesystem::path out;
   nlohmann::json flags;  // the resolved flags as given/defaulted
 };

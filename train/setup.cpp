@@ -110,6 +110,21 @@ int64_t micro_batch_tokens(int64_t batch, int64_t seq) {
   return batch * seq;
 }
 
+// ---- data parallel ----
+
+FlagSpec reduce_dtype_flag() {
+  return {"reduce-dtype",
+          "data-parallel runs: what the gradients are summed in over the ranks: f32 (bf16 gradients widened, rounded "
+          "once after the sum) | bf16 (half the bytes; every partial sum rounded to bf16, as NCCL and llm.c sum them)",
+          "f32"};
+}
+
+DType reduce_dtype(const Flags& flags) {
+  const std::string s = flags.str("reduce-dtype");
+  if (s != "f32" && s != "bf16") throw FlagError("--reduce-dtype must be f32 or bf16, got '" + s + "'");
+  return s == "bf16" ? DType::bf16 : DType::f32;
+}
+
 // ---- optimizer ----
 
 // Read as the optimizer's entry reads them (its defaults; a malformed or out-of-range value throws tally::Error).

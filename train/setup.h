@@ -35,6 +35,12 @@ int64_t micro_batch_tokens(int64_t batch, int64_t seq);
 // checked against the tensors). Returns the model on `device`.
 std::unique_ptr<models::GPT2> load_model_file(const std::filesystem::path& path, Device device);
 
+// ---- data parallel ----
+// --reduce-dtype: what a data-parallel run sums its gradients in over the ranks, f32 (default) or bf16 (half the
+// bytes, each partial sum rounded as NCCL rounds it); anything else is a FlagError.
+FlagSpec reduce_dtype_flag();
+DType reduce_dtype(const Flags& flags);
+
 // ---- optimizer ----
 // The optimizer of a run: its name in the registry (optim/registry.h) and the settings given for it (flags, a JSON
 // config); what is not given takes the optimizer's default.

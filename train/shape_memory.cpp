@@ -48,7 +48,7 @@ StateFigures plan_state(const std::vector<ModelTensor>& tensors, const Optimizer
   opt->init_state();
   std::unique_ptr<DataParallel> dp;
   if (parallel.world > 1 || parallel.launched)
-    dp = std::make_unique<DataParallel>(*comm, parallel.zero, *opt, params);
+    dp = std::make_unique<DataParallel>(*comm, parallel.zero, *opt, params, parallel.reduce_dtype);
 
   f.parameters = live(Category::parameter) - params_before;
   f.gradients = live(Category::gradient) - grads_before;

@@ -145,7 +145,7 @@ Trainer::Trainer(RunConfig config)
   val_loader_ = std::make_unique<data::DataLoader>(std::move(val), data::LoaderConfig{.batch = c_.batch, .seq_len = c_.seq});
   // Started by mpirun, even as one rank: the collectives run (one GPU then exercises NCCL's path).
   if (comm_.world() > 1 || dist::launched_by_mpi())
-    parallel_ = std::make_unique<DataParallel>(comm_, c_.zero, *optimizer_, model_->parameters());
+    parallel_ = std::make_unique<DataParallel>(comm_, c_.zero, *optimizer_, model_->parameters(), c_.reduce_dtype);
 }
 
 void Trainer::check_same_configuration() {
@@ -173,9 +173,16 @@ void Trainer::check_same_configuration() {
 Trainer::~Trainer() = default;
 
 StepShape Trainer::step_shape() const {
-  return {.batch = c_.batch, .seq = c_.seq, .accumulation = c_.accumulation, .grad_clip = c_.grad_clip,
+  return {.batch = c_.batch,
+          .seq = c_.seq,
+          .accumulation = c_.accumulation,
+          .grad_clip = c_.grad_clip,
           .dtype = c_.dtype,
-          .parallel = {.world = comm_.world(), .rank = comm_.rank(), .zero = c_.zero, .launched = parallel_ != nullptr},
+          .parallel = {.world = comm_.world(),
+                       .rank = comm_.rank(),
+                       .zero = c_.zero,
+                       .reduce_dtype = c_.reduce_dtype,
+                       .launched = parallel_ != nullptr},
           .device = c_.device.kind};
 }
 

@@ -22,7 +22,9 @@ class SingleProcess final : public Communicator {
   void all_reduce_sum(double*, int64_t) override {}
   void all_reduce_sum(double*, int64_t, Device) override {}
   void all_reduce_max(float*, int64_t, Device) override {}
+  void all_reduce_sum(bf16*, int64_t n, Device) override { data_bytes_ += 2 * n; }
   void reduce_scatter_sum(float*, int64_t segment, Device) override { data_bytes_ += 4 * segment * world(); }
+  void reduce_scatter_sum(bf16*, int64_t segment, Device) override { data_bytes_ += 2 * segment * world(); }
   void all_gather(void*, int64_t segment_bytes, Device) override { data_bytes_ += segment_bytes * world(); }
   void broadcast(void*, int64_t, int) override {}
   void barrier() override {}

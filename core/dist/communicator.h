@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/device.h"
+#include "core/dtype.h"
 
 namespace tally::dist {
 
@@ -26,6 +27,10 @@ class Communicator {
   // the same bits.
   virtual void all_reduce_sum(float* data, int64_t n, Device device) = 0;
   virtual void all_reduce_sum(double* data, int64_t n) = 0;
+  // bf16 on `device`, added as NCCL adds bf16: two values widened, added in f32 and rounded to the nearest bf16, so
+  // every partial sum is rounded (gradients summed in half the bytes, at that cost). MPI, which has no bf16, runs
+  // the same addition as its own reduction.
+  virtual void all_reduce_sum(bf16* data, int64_t n, Device device) = 0;
   // f64 on `device`: the host's (as above) or a CUDA buffer's (NCCL, on tally's stream: no host wait), for the
   // optimizer kernels' cross-rank sums of a ZeRO-1 step on GPUs.
   virtual void all_reduce_sum(double* data, int64_t n, Device device);
@@ -35,7 +40,9 @@ class Communicator {
   virtual void all_reduce_max(float* data, int64_t n, Device device) = 0;
   // `data` holds world() segments of `segment` floats. Afterwards segment rank() holds, element by element, the
   // sum over ranks of their segment rank(); the other segments are left undefined.
+  // f32, or bf16 (added as all_reduce_sum adds it).
   virtual void reduce_scatter_sum(float* data, int64_t segment, Device device) = 0;
+  virtual void reduce_scatter_sum(bf16* data, int64_t segment, Device device) = 0;
   // `data` holds world() segments of `segment_bytes` bytes, segment rank() this rank's. Afterwards every segment k
   // holds rank k's. It moves bytes: the elements may be of any dtype (bf16 parameters travel as bf16).
   virtual void all_gather(void* data, int64_t segment_bytes, Device device) = 0;
@@ -48,7 +55,7 @@ class Communicator {
   // Every rank's value of `x` (host), in rank order.
   std::vector<uint64_t> all_gather_u64(uint64_t x);
 
-  // Bytes of the buffers handed to all_reduce_sum (f32), reduce_scatter_sum and all_gather so far (whole buffers:
+  // Bytes of the buffers handed to all_reduce_sum (f32, bf16), reduce_scatter_sum and all_gather so far (whole buffers:
   // world segments for the last two): the gradient and parameter traffic, counted for the benchmarks and the log.
   int64_t data_bytes() const { return data_bytes_; }
 

@@ -30,6 +30,14 @@ void check(int code, const char* what) {
 // MPI counts are ints: larger buffers go in pieces.
 constexpr int64_t kMaxCount = int64_t(1) << 30;
 
+// MPI has no bf16: its sum as NCCL computes it, elementwise over 16-bit words (inout[i] = in[i] + inout[i], widened,
+// added in f32, rounded to the nearest bf16).
+void bf16_sum(void* in, void* inout, int* len, MPI_Datatype*) {
+  const auto* a = static_cast<const bf16*>(in);
+  auto* b = static_cast<bf16*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = float_to_bf16(bf16_to_float(a[i]) + bf16_to_float(b[i]));
+}
+
 class Mpi final : public Communicator {
  public:
   static std::unique_ptr<Communicator> make() {
@@ -43,13 +51,16 @@ class Mpi final : public Communicator {
     check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
     check(MPI_Comm_rank(node, &local), "MPI_Comm_rank");
     MPI_Comm_free(&node);
-    return std::unique_ptr<Communicator>(new Mpi(rank, world, local));
+    auto mpi = std::unique_ptr<Mpi>(new Mpi(rank, world, local));
+    check(MPI_Op_create(bf16_sum, 1, &mpi->bf16_sum_), "MPI_Op_create");
+    return mpi;
   }
 
   ~Mpi() override {
 #ifdef TALLY_HAS_NCCL
     nccl::destroy(nccl_);
 #endif
+    if (bf16_sum_ != MPI_OP_NULL) MPI_Op_free(&bf16_sum_);
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (!finalized) MPI_Finalize();
@@ -84,24 +95,30 @@ class Mpi final : public Communicator {
 #endif
   }
 
+  void all_reduce_sum(bf16* data, int64_t n, Device device) override {
+    data_bytes_ += 2 * n;
+    if (device.is_meta() || n == 0) return;
+    if (device.is_cuda()) {
+#ifdef TALLY_HAS_NCCL
+      nccl::all_reduce_sum(nccl_comm(), data, n);
+      return;
+#else
+      fail("[mpi] all_reduce_sum of a CUDA buffer needs NCCL: this build has none");
+#endif
+    }
+    for (int64_t at = 0; at < n; at += kMaxCount)
+      check(MPI_Allreduce(MPI_IN_PLACE, data + at, int(std::min(kMaxCount, n - at)), MPI_UINT16_T, bf16_sum_,
+                          MPI_COMM_WORLD),
+            "MPI_Allreduce (bf16)");
+  }
+
   void all_reduce_max(float* data, int64_t n, Device device) override { all_reduce_floats(data, n, device, MPI_MAX); }
 
   void reduce_scatter_sum(float* data, int64_t segment, Device device) override {
-    data_bytes_ += 4 * segment * world();
-    if (device.is_meta() || segment == 0) return;
-    if (device.is_cuda()) {
-#ifdef TALLY_HAS_NCCL
-      nccl::reduce_scatter_sum(nccl_comm(), data, segment, rank());
-      return;
-#else
-      fail("[mpi] reduce_scatter_sum of a CUDA buffer needs NCCL: this build has none");
-#endif
-    }
-    TALLY_CHECK(segment <= INT_MAX, "[mpi] reduce_scatter_sum: a segment of ", segment, " floats is over MPI's limit");
-    // In place, MPI leaves the result at the start of the buffer: move it to this rank's segment.
-    check(MPI_Reduce_scatter_block(MPI_IN_PLACE, data, int(segment), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD),
-          "MPI_Reduce_scatter_block");
-    if (rank() > 0) std::memmove(data + int64_t(rank()) * segment, data, size_t(segment) * sizeof(float));
+    reduce_scatter(data, segment, device, MPI_FLOAT, MPI_SUM);
+  }
+  void reduce_scatter_sum(bf16* data, int64_t segment, Device device) override {
+    reduce_scatter(data, segment, device, MPI_UINT16_T, bf16_sum_);
   }
 
   void all_gather(void* data, int64_t segment_bytes, Device device) override {
@@ -135,6 +152,28 @@ class Mpi final : public Communicator {
   }
 
  private:
+  // Segment rank() of `data` (world() segments of T, f32 or bf16) := the sum over ranks of their segment rank():
+  // MPI's on the host (`type`, `op`), NCCL's on a CUDA buffer.
+  template <class T>
+  void reduce_scatter(T* data, int64_t segment, Device device, MPI_Datatype type, MPI_Op op) {
+    data_bytes_ += int64_t(sizeof(T)) * segment * world();
+    if (device.is_meta() || segment == 0) return;
+    if (device.is_cuda()) {
+#ifdef TALLY_HAS_NCCL
+      nccl::reduce_scatter_sum(nccl_comm(), data, segment, rank());
+      return;
+#else
+      fail("[mpi] reduce_scatter_sum of a CUDA buffer needs NCCL: this build has none");
+#endif
+    }
+    TALLY_CHECK(segment <= INT_MAX, "[mpi] reduce_scatter_sum: a segment of ", segment,
+                " elements is over MPI's limit");
+    // In place, MPI leaves the result at the start of the buffer: move it to this rank's segment.
+    check(MPI_Reduce_scatter_block(MPI_IN_PLACE, data, int(segment), type, op, MPI_COMM_WORLD),
+          "MPI_Reduce_scatter_block");
+    if (rank() > 0) std::memmove(data + int64_t(rank()) * segment, data, size_t(segment) * sizeof(T));
+  }
+
   // In place over the ranks, `op` MPI_SUM or MPI_MAX: MPI's on the host, NCCL's on a CUDA buffer.
   void all_reduce_floats(float* data, int64_t n, Device device, MPI_Op op) {
     if (device.is_meta() || n == 0) return;
@@ -153,6 +192,7 @@ class Mpi final : public Communicator {
   }
 
   Mpi(int rank, int world, int local) : Communicator(rank, world, local) {}
+  MPI_Op bf16_sum_ = MPI_OP_NULL;
 
 #ifdef TALLY_HAS_NCCL
   // Made on the first CUDA collective (every rank reaches it together): rank 0's id, broadcast over MPI.

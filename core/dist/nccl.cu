@@ -109,6 +109,11 @@ void all_reduce_sum(Comm* c, double* data, int64_t n) {
         "ncclAllReduce (f64)");
 }
 
+void all_reduce_sum(Comm* c, bf16* data, int64_t n) {
+  check(ncclAllReduce(data, data, size_t(n), ncclBfloat16, ncclSum, live(c, "ncclAllReduce"), cuda::stream()),
+        "ncclAllReduce (bf16)");
+}
+
 void all_reduce_max(Comm* c, float* data, int64_t n) {
   check(ncclAllReduce(data, data, size_t(n), ncclFloat32, ncclMax, live(c, "ncclAllReduce"), cuda::stream()),
         "ncclAllReduce (max)");
@@ -119,6 +124,12 @@ void reduce_scatter_sum(Comm* c, float* data, int64_t segment, int rank) {
   check(ncclReduceScatter(data, data + int64_t(rank) * segment, size_t(segment), ncclFloat32, ncclSum,
                           live(c, "ncclReduceScatter"), cuda::stream()),
         "ncclReduceScatter");
+}
+
+void reduce_scatter_sum(Comm* c, bf16* data, int64_t segment, int rank) {
+  check(ncclReduceScatter(data, data + int64_t(rank) * segment, size_t(segment), ncclBfloat16, ncclSum,
+                          live(c, "ncclReduceScatter"), cuda::stream()),
+        "ncclReduceScatter (bf16)");
 }
 
 void all_gather(Comm* c, void* data, int64_t segment_bytes, int rank) {

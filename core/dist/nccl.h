@@ -7,6 +7,8 @@
 #pragma once
 #include <cstdint>
 
+#include "core/dtype.h"
+
 namespace tally::dist::nccl {
 
 constexpr int kUniqueIdBytes = 128;  // NCCL_UNIQUE_ID_BYTES
@@ -17,8 +19,10 @@ Comm* init(int rank, int world, const char (&id)[kUniqueIdBytes]);
 void destroy(Comm* comm);
 void all_reduce_sum(Comm* comm, float* data, int64_t n);
 void all_reduce_sum(Comm* comm, double* data, int64_t n);
+void all_reduce_sum(Comm* comm, bf16* data, int64_t n);  // NCCL's bf16 sum: each partial sum rounded to bf16
 void all_reduce_max(Comm* comm, float* data, int64_t n);
 void reduce_scatter_sum(Comm* comm, float* data, int64_t segment, int rank);
+void reduce_scatter_sum(Comm* comm, bf16* data, int64_t segment, int rank);
 void all_gather(Comm* comm, void* data, int64_t segment_bytes, int rank);  // moves bytes (any dtype)
 
 }  // namespace tally::dist::nccl

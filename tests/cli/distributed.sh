@@ -73,6 +73,25 @@ w=$(worst "$work/two-drop" "$work/one-drop")
 rounding "$w" || fail "dropout: 2 ranks' losses differ from one process's by $w (relative)"
 cmp -s <(losses "$work/one-drop") <(losses "$work/one-adamw" | head -4) && fail "dropout 0.1 changed nothing"
 
+# Gradients summed in bf16 (--reduce-dtype bf16): half the bytes of the f32 sums (ZeRO 1: 2 bytes an element for the
+# gradients, 4 for the f32 parameters gathered); the losses stay within what rounding the gradients to bf16 (2^-9
+# relative) moves over 6 AdamW steps (1e-5 here; 1e-4 allowed); ZeRO 0 and 1 agree exactly (a sum of two bf16 values
+# rounds the same in either order).
+for zero in 0 1; do
+  "${mpi[@]}" -np 2 "$tally" train "${common[@]}" --optimizer adamw --steps 6 --zero $zero --reduce-dtype bf16 \
+    --out "$work/bf16-sum-$zero" >"$work/o" 2>&1 || fail "--reduce-dtype bf16, zero $zero: $(tail -5 "$work/o")"
+  w=$(worst "$work/bf16-sum-$zero" "$work/one-adamw")
+  awk -v w="$w" 'BEGIN { exit !(w <= 1e-4) }' || fail "--reduce-dtype bf16, zero $zero: losses differ from one process by $w"
+done
+cmp -s <(losses "$work/bf16-sum-0") <(losses "$work/bf16-sum-1") || fail "--reduce-dtype bf16: ZeRO 0 and 1 differ"
+comm() { sed -n 's/.*"comm_bytes_measured":\([0-9]*\),"comm_bytes_predicted":\([0-9]*\).*/\1 \2/p' "$1/log.jsonl"; }
+read -r m0 p0 < <(comm "$work/bf16-sum-0")
+read -r m1 p1 < <(comm "$work/bf16-sum-1")
+read -r f0 _ < <(comm "$work/two-adamw-0")
+[ "$m0" = "$p0" ] && [ "$m1" = "$p1" ] || fail "--reduce-dtype bf16: communication bytes differ from the plan"
+[ $((2 * m0)) -eq "$f0" ] && [ $((2 * m1)) -eq $((3 * f0)) ] ||
+  fail "--reduce-dtype bf16: $m0 and $m1 bytes a step, expected $((f0 / 2)) and $((3 * f0 / 2)) (f32 sums: $f0)"
+
 # A rerun at the same world is bit-identical.
 "${mpi[@]}" -np 2 "$tally" train "${common[@]}" --optimizer came --steps 6 --zero 1 --out "$work/again" >"$work/o" 2>&1 ||
   fail "rerun: $(tail -3 "$work/o")"

@@ -1,11 +1,12 @@
 // NCCL's collectives as tally calls them (core/dist/nccl.h), on one GPU: a communicator of one rank, made without MPI
-// from a unique id, runs the all-reduce (f32, f64 for the optimizers' cross-rank sums, and f32 maxima for SM3's), the
-// reduce-scatter and the all-gather on device buffers, in place on tally's stream, ordered with the kernels around
-// them. At one rank each is the identity on its result segment, so the check is that the calls run, touch nothing
-// else and report NCCL's errors by name. While open, the communicator watches the host's waits for the GPU: NCCL's
-// asynchronous error or TALLY_NCCL_TIMEOUT_S ends a wait that cannot finish (shown with faults injected into the CUDA
-// emulator's NCCL, where a collective can be made to never finish). Runs of several ranks (an id exchanged over MPI,
-// one GPU per rank) need a machine with several GPUs. Skipped, visibly, without a GPU or without NCCL in the build.
+// from a unique id, runs the all-reduce (f32, f64 for the optimizers' cross-rank sums, f32 maxima for SM3's, bf16
+// for gradients summed in bf16), the reduce-scatter (f32, bf16) and the all-gather (bytes) on device buffers, in place
+// on tally's stream, ordered with the kernels around them. At one rank each is the identity on its result segment, so
+// the check is that the calls run, touch nothing else and report NCCL's errors by name. While open, the communicator
+// watches the host's waits for the GPU: NCCL's asynchronous error or TALLY_NCCL_TIMEOUT_S ends a wait that cannot
+// finish (shown with faults injected into the CUDA emulator's NCCL, where a collective can be made to never finish).
+// Runs of several ranks (an id exchanged over MPI, one GPU per rank) need a machine with several GPUs. Skipped,
+// visibly, without a GPU or without NCCL in the build.
 #include <doctest/doctest.h>
 
 #include <chrono>
@@ -61,6 +62,10 @@ TEST_CASE("cuda nccl: one rank's collectives on device buffers, in place, in str
   Tensor h = from_vector(values, {1000}, {.dtype = DType::bf16, .device = gpu});  // bytes of any dtype
   const std::vector<float> rounded = h.to_vector<float>();
   dist::nccl::all_gather(comm, h.data_ptr(), h.nbytes(), 0);
+  CHECK(h.to_vector<float>() == rounded);
+  // bf16 sums (gradients summed in bf16): one rank's values come back as they were.
+  dist::nccl::all_reduce_sum(comm, static_cast<bf16*>(h.data_ptr()), h.numel());
+  dist::nccl::reduce_scatter_sum(comm, static_cast<bf16*>(h.data_ptr()), h.numel(), 0);
   CHECK(h.to_vector<float>() == rounded);
   dist::nccl::destroy(comm);
 

@@ -19,6 +19,25 @@ namespace {
 
 dist::Communicator& ranks() { return dist::process_group(); }
 
+// `got`, a bf16 sum over W ranks of value(r, i), as the engines make it: at 1 rank the value; at 2 one addition in
+// f32 rounded to the nearest bf16 (the same in either order); at more the engine picks the order, so it is checked
+// against the exact sum within W - 1 roundings (each at most half a bf16 step, 2^-8 of the partial sum, which is at
+// most the sum of the magnitudes).
+template <class Value>
+void check_bf16_sum(float got, int W, int64_t i, Value value) {
+  if (W <= 2) {
+    const bf16 sum = W == 1 ? value(0, i) : float_to_bf16(bf16_to_float(value(0, i)) + bf16_to_float(value(1, i)));
+    CHECK(got == bf16_to_float(sum));
+    return;
+  }
+  double exact = 0, size = 0;
+  for (int r = 0; r < W; ++r) {
+    exact += bf16_to_float(value(r, i));
+    size += std::abs(bf16_to_float(value(r, i)));
+  }
+  CHECK(std::abs(double(got) - exact) <= double(W - 1) * std::ldexp(size, -8));
+}
+
 void check_collectives(dist::Communicator& c) {
   const int W = c.world(), R = c.rank();
   MESSAGE("world ", W, " (", c.engine(), ")");
@@ -59,6 +78,71 @@ void check_collectives(dist::Communicator& c) {
   const std::vector<uint64_t> ids = c.all_gather_u64(0xFEDCBA9876543210ull + uint64_t(R));
   REQUIRE(ids.size() == size_t(W));
   for (int r = 0; r < W; ++r) CHECK(ids[size_t(r)] == 0xFEDCBA9876543210ull + uint64_t(r));
+  // bf16 sums, all-reduced and reduce-scattered (segments of 3).
+  const auto value = [](int r, int64_t i) {
+    return float_to_bf16(1.0f + 0.0078125f * float(r + 1) + 0.013f * float(i));
+  };
+  std::vector<bf16> h(size_t(seg * W));
+  for (size_t i = 0; i < h.size(); ++i) h[i] = value(R, int64_t(i));
+  std::vector<bf16> hs = h;
+  c.all_reduce_sum(h.data(), int64_t(h.size()), Device::cpu());
+  c.reduce_scatter_sum(hs.data(), seg, Device::cpu());
+  for (int64_t i = 0; i < seg * W; ++i) {
+    INFO("element ", i);
+    check_bf16_sum(bf16_to_float(h[size_t(i)]), W, i, value);
+    if (i / seg == R) check_bf16_sum(bf16_to_float(hs[size_t(i)]), W, i, value);
+  }
+}
+
+// Gradients summed in bf16 (--reduce-dtype bf16), ZeRO 0 and 1, f32 and bf16 parameters: each rank's summed
+// gradient (ZeRO 1: its parts) is the engine's bf16 sum of the ranks' gradients rounded to bf16, and the collectives
+// were handed half the bytes of the f32 sum.
+void check_bf16_gradient_sums(dist::Communicator& c) {
+  const int W = c.world(), R = c.rank();
+  const std::vector<Shape> shapes = {{37, 20}, {50}, {2}};
+  std::vector<std::vector<std::vector<float>>> grads(shapes.size());  // [tensor][rank]
+  for (size_t p = 0; p < shapes.size(); ++p)
+    for (int r = 0; r < W; ++r)
+      grads[p].push_back(test::normal_values(numel(shapes[p]), 500 + 10 * p + size_t(r), 0.5));
+  for (const train::ZeroStage stage : {train::ZeroStage::zero0, train::ZeroStage::zero1})
+    for (const DType dtype : {DType::f32, DType::bf16}) {
+      INFO("ZeRO ", stage == train::ZeroStage::zero1 ? 1 : 0, ", ", dtype_name(dtype), " parameters, world ", W);
+      std::vector<Tensor> params;
+      for (size_t p = 0; p < shapes.size(); ++p) {
+        params.push_back(from_vector(test::normal_values(numel(shapes[p]), 80 + p), shapes[p], {.dtype = dtype}));
+        params.back().set_requires_grad(true);
+        params.back().set_name(cat("g", p));
+      }
+      auto opt = optim::make_optimizer("adamw", params, {{"lr", 1e-2}});
+      if (stage == train::ZeroStage::zero1) opt->shard(c);
+      train::DataParallel in_bf16(c, stage, *opt, params, DType::bf16, 256),
+          in_f32(c, stage, *opt, params, DType::f32, 256);
+      const auto set_grads = [&] {
+        for (size_t p = 0; p < shapes.size(); ++p)
+          params[p].set_grad(from_vector(grads[p][size_t(R)], shapes[p], {.dtype = dtype}));
+      };
+      set_grads();
+      int64_t before = c.data_bytes();
+      in_bf16.reduce_gradients();
+      const int64_t bf16_bytes = c.data_bytes() - before;
+      for (size_t p = 0; p < shapes.size(); ++p) {
+        int64_t first = 0, last = params[p].numel();
+        if (stage == train::ZeroStage::zero1) {
+          const optim::ShardCut& cut = opt->shard_cut(params[p].name());
+          first = cut.offsets[size_t(R)], last = cut.offsets[size_t(R) + 1];
+        }
+        const std::vector<float> got = params[p].grad().to_vector<float>();
+        const auto value = [&](int r, int64_t i) { return float_to_bf16(grads[p][size_t(r)][size_t(i)]); };
+        for (int64_t i = first; i < last; ++i) {
+          INFO("tensor ", p, " element ", i);
+          check_bf16_sum(got[size_t(i)], W, i, value);
+        }
+      }
+      set_grads();
+      before = c.data_bytes();
+      in_f32.reduce_gradients();
+      CHECK(2 * bf16_bytes == c.data_bytes() - before);
+    }
 }
 
 }  // namespace
@@ -82,6 +166,14 @@ TEST_CASE("distributed: ZeRO 1 rounds a bf16 parameter with the whole step's ran
   for (const int world : {2, 3}) {
     test::TurnRanks group(world);
     group.run([](dist::Communicator& c) { test::check_zero1_bf16_rounding(c, Device::cpu(), 4); });
+  }
+}
+
+TEST_CASE("distributed: gradients summed in bf16 are the engine's bf16 sums, in half the bytes") {
+  check_bf16_gradient_sums(ranks());
+  for (const int world : {2, 3}) {
+    test::TurnRanks group(world);
+    group.run(check_bf16_gradient_sums);
   }
 }
 

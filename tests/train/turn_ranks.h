@@ -52,11 +52,21 @@ class TurnRanks {
 
  private:
   struct Stopped {};  // another rank failed: this one unwinds
-  enum class Op { sum_f32, sum_f64, max_f32, reduce_scatter, all_gather, broadcast, barrier };
+  enum class Op {
+    sum_f32,
+    sum_f64,
+    sum_bf16,
+    max_f32,
+    reduce_scatter_f32,
+    reduce_scatter_bf16,
+    all_gather,
+    broadcast,
+    barrier
+  };
   struct Pending {
     Op op = Op::barrier;
     void* data = nullptr;
-    int64_t n = 0;  // elements (sums), floats per segment (reduce_scatter), bytes (all_gather's segment, broadcast)
+    int64_t n = 0;  // elements (sums), elements per segment (reduce_scatter), bytes (all_gather's segment, broadcast)
     Device device = Device::cpu();
     int root = 0;
   };
@@ -73,12 +83,20 @@ class TurnRanks {
     void all_reduce_sum(double* data, int64_t n, Device device) override {
       group_.collective(rank(), {Op::sum_f64, data, n, device});
     }
+    void all_reduce_sum(bf16* data, int64_t n, Device device) override {
+      data_bytes_ += 2 * n;
+      group_.collective(rank(), {Op::sum_bf16, data, n, device});
+    }
     void all_reduce_max(float* data, int64_t n, Device device) override {
       group_.collective(rank(), {Op::max_f32, data, n, device});
     }
     void reduce_scatter_sum(float* data, int64_t segment, Device device) override {
       data_bytes_ += 4 * segment * world();
-      group_.collective(rank(), {Op::reduce_scatter, data, segment, device});
+      group_.collective(rank(), {Op::reduce_scatter_f32, data, segment, device});
+    }
+    void reduce_scatter_sum(bf16* data, int64_t segment, Device device) override {
+      data_bytes_ += 2 * segment * world();
+      group_.collective(rank(), {Op::reduce_scatter_bf16, data, segment, device});
     }
     void all_gather(void* data, int64_t segment_bytes, Device device) override {
       data_bytes_ += segment_bytes * world();
@@ -173,6 +191,25 @@ class TurnRanks {
     for (const Pending& p : pending_) put(p, total);
   }
 
+  // Segment r of rank r := its segments r added over the ranks, in rank order.
+  template <class T, class Add>
+  void reduce_scatter(int64_t n, Add add) {
+    const int64_t W = world_;
+    std::vector<std::vector<char>> host;
+    for (const Pending& p : pending_) host.push_back(fetch(p, int64_t(sizeof(T)) * n * W));
+    for (int64_t r = 0; r < W; ++r) {
+      std::vector<char> mine = host[size_t(r)];
+      T* out = reinterpret_cast<T*>(mine.data()) + r * n;
+      for (int64_t i = 0; i < n; ++i) {
+        T acc = reinterpret_cast<const T*>(host[0].data())[r * n + i];
+        for (size_t k = 1; k < host.size(); ++k) acc = add(acc, reinterpret_cast<const T*>(host[k].data())[r * n + i]);
+        out[i] = acc;
+      }
+      put(pending_[size_t(r)], mine);
+    }
+  }
+  static bf16 add_bf16(bf16 a, bf16 b) { return float_to_bf16(bf16_to_float(a) + bf16_to_float(b)); }
+
   void complete() {
     const Pending& first = pending_[0];
     for (const Pending& p : pending_)
@@ -182,22 +219,13 @@ class TurnRanks {
     switch (first.op) {
       case Op::sum_f32: return reduce<float>(n, [](float a, float b) { return a + b; });
       case Op::sum_f64: return reduce<double>(n, [](double a, double b) { return a + b; });
+      case Op::sum_bf16:
+        return reduce<bf16>(n, add_bf16);
       case Op::max_f32: return reduce<float>(n, [](float a, float b) { return std::max(a, b); });
-      case Op::reduce_scatter: {  // segment r of rank r = sum over ranks of their segment r
-        std::vector<std::vector<char>> host;
-        for (const Pending& p : pending_) host.push_back(fetch(p, 4 * n * W));
-        for (int64_t r = 0; r < W; ++r) {
-          std::vector<char> mine = host[size_t(r)];
-          float* out = reinterpret_cast<float*>(mine.data()) + r * n;
-          for (int64_t i = 0; i < n; ++i) {
-            float acc = 0;
-            for (const std::vector<char>& h : host) acc += reinterpret_cast<const float*>(h.data())[r * n + i];
-            out[i] = acc;
-          }
-          put(pending_[size_t(r)], mine);
-        }
-        return;
-      }
+      case Op::reduce_scatter_f32:
+        return reduce_scatter<float>(n, [](float a, float b) { return a + b; });
+      case Op::reduce_scatter_bf16:
+        return reduce_scatter<bf16>(n, add_bf16);
       case Op::all_gather: {  // every segment k = rank k's segment k
         std::vector<char> all(size_t(n * W));
         for (int64_t r = 0; r < W; ++r) {

@@ -54,7 +54,7 @@ inline void check_zero1_equals_whole(dist::Communicator& c, Device device, int s
     auto whole = optim::make_optimizer(e.name, whole_params, settings);
     auto sharded = optim::make_optimizer(e.name, part_params, settings);
     sharded->shard(c);
-    train::DataParallel dp(c, train::ZeroStage::zero1, *sharded, part_params, 1024);  // small buckets: several
+    train::DataParallel dp(c, train::ZeroStage::zero1, *sharded, part_params, DType::f32, 1024);  // small buckets
     for (int step = 1; step <= steps; ++step) {
       for (size_t i = 0; i < whole_params.size(); ++i) {
         whole_params[i].set_grad(zero1_gradient(whole_params[i], i, step));
@@ -129,7 +129,7 @@ inline void check_zero1_bf16_rounding(dist::Communicator& c, Device device, int 
     auto whole = optim::make_optimizer(name, whole_params, {{"lr", 1e-2}});
     auto sharded = optim::make_optimizer(name, part_params, {{"lr", 1e-2}});
     sharded->shard(c);
-    train::DataParallel dp(c, train::ZeroStage::zero1, *sharded, part_params, 256);  // small buckets: several
+    train::DataParallel dp(c, train::ZeroStage::zero1, *sharded, part_params, DType::f32, 256);  // small buckets
     for (int step = 1; step <= steps; ++step) {
       for (size_t i = 0; i < shapes.size(); ++i) {
         const std::vector<float> g = normal_values(numel(shapes[i]), 1000 * uint64_t(step) + i, 0.5);

@@ -13,6 +13,8 @@
 #include <mpi.h>
 #endif
 
+#include "core/dtype.h"
+
 struct ncclComm {
   int rank = 0, nranks = 1;
   int collectives = 0;       // made so far
@@ -30,14 +32,16 @@ ncclResult_t refuse(ncclResult_t r, const std::string& why) {
   return r;
 }
 
-size_t element_bytes(ncclDataType_t t) { return t == ncclFloat64 ? 8 : t == ncclUint8 ? 1 : 4; }
+size_t element_bytes(ncclDataType_t t) { return t == ncclFloat64 ? 8 : t == ncclUint8 ? 1 : t == ncclBfloat16 ? 2 : 4; }
 
 bool valid(ncclComm_t comm, size_t count, ncclDataType_t type, ncclRedOp_t op, cudaStream_t stream, const char* what) {
   tally_emu::check_stream(stream, what);
   if (count > size_t(INT_MAX)) return refuse(ncclInvalidArgument, std::string(what) + ": count beyond MPI's int"), false;
   if (!comm) return refuse(ncclInvalidArgument, std::string(what) + ": null communicator"), false;
-  if (type != ncclFloat32 && type != ncclFloat64 && type != ncclUint8)
+  if (type != ncclFloat32 && type != ncclFloat64 && type != ncclUint8 && type != ncclBfloat16)
     return refuse(ncclInvalidArgument, std::string(what) + ": data type"), false;
+  if (type == ncclBfloat16 && op != ncclSum)
+    return refuse(ncclInvalidArgument, std::string(what) + ": bf16 sums only"), false;
   if (op != ncclSum && op != ncclMax) return refuse(ncclInvalidArgument, std::string(what) + ": reduction"), false;
   return true;
 }
@@ -70,7 +74,26 @@ bool lost(ncclComm& comm) {
 }
 
 #ifdef TALLY_HAS_MPI
-MPI_Datatype mpi_type(ncclDataType_t t) { return t == ncclFloat64 ? MPI_DOUBLE : t == ncclUint8 ? MPI_BYTE : MPI_FLOAT; }
+MPI_Datatype mpi_type(ncclDataType_t t) {
+  return t == ncclFloat64 ? MPI_DOUBLE : t == ncclUint8 ? MPI_BYTE : t == ncclBfloat16 ? MPI_UINT16_T : MPI_FLOAT;
+}
+// MPI has no bf16: its sum as NCCL's (inout[i] = in[i] + inout[i], in f32, rounded to the nearest bf16).
+void bf16_sum(void* in, void* inout, int* len, MPI_Datatype*) {
+  const auto* a = static_cast<const tally::bf16*>(in);
+  auto* b = static_cast<tally::bf16*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = tally::float_to_bf16(tally::bf16_to_float(a[i]) + tally::bf16_to_float(b[i]));
+}
+MPI_Op mpi_op(ncclDataType_t t, ncclRedOp_t op) {
+  if (t == ncclBfloat16) {
+    static MPI_Op sum = [] {
+      MPI_Op o = MPI_OP_NULL;
+      MPI_Op_create(bf16_sum, 1, &o);
+      return o;
+    }();
+    return sum;
+  }
+  return op == ncclMax ? MPI_MAX : MPI_SUM;
+}
 ncclResult_t mpi_result(int code, const char* what) {
   return code == MPI_SUCCESS ? ncclSuccess : refuse(ncclSystemError, std::string(what) + ": MPI error " + std::to_string(code));
 }
@@ -148,7 +171,7 @@ ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataT
   }
 #ifdef TALLY_HAS_MPI
   return mpi_result(MPI_Allreduce(send == recv ? MPI_IN_PLACE : send, recv, int(count), mpi_type(type),
-                                  op == ncclMax ? MPI_MAX : MPI_SUM, MPI_COMM_WORLD),
+                                  mpi_op(type, op), MPI_COMM_WORLD),
                     "ncclAllReduce");
 #else
   return ncclInternalError;
@@ -171,12 +194,13 @@ ncclResult_t ncclReduceScatter(const void* send, void* recv, size_t recv_count, 
 #ifdef TALLY_HAS_MPI
   if (own == recv) {  // NCCL's in-place form (recv is this rank's segment of send); MPI's leaves the sum at the start
     const int code = MPI_Reduce_scatter_block(MPI_IN_PLACE, const_cast<void*>(send), int(recv_count), mpi_type(type),
-                                              MPI_SUM, MPI_COMM_WORLD);
+                                              mpi_op(type, ncclSum), MPI_COMM_WORLD);
     if (code == MPI_SUCCESS) std::memmove(recv, send, bytes);
     return mpi_result(code, "ncclReduceScatter");
   }
-  return mpi_result(MPI_Reduce_scatter_block(send, recv, int(recv_count), mpi_type(type), MPI_SUM, MPI_COMM_WORLD),
-                    "ncclReduceScatter");
+  return mpi_result(
+      MPI_Reduce_scatter_block(send, recv, int(recv_count), mpi_type(type), mpi_op(type, ncclSum), MPI_COMM_WORLD),
+      "ncclReduceScatter");
 #else
   return ncclInternalError;
 #endif

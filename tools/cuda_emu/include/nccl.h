@@ -1,9 +1,9 @@
 // CUDA emulation (see cuda_runtime.h here): the few NCCL entry points tally uses (core/dist/nccl.cu), for one
 // machine. A communicator of one rank needs nothing else; one of several ranks is the processes of an mpirun on
 // this machine, each with its emulated GPU, and its collectives are MPI's on the emulated device buffers (host
-// memory): the ranks' values are summed (or their largest taken) in MPI's order, not NCCL's ring. The MPI world must be the communicator's
-// ranks (tally exchanges the unique id over the whole of it). Each call checks its arguments and that it runs on
-// tally's stream.
+// memory): the ranks' values are summed (or their largest taken) in MPI's order, not NCCL's ring; bf16 values as NCCL
+// adds them (widened, added in f32, rounded to the nearest bf16). The MPI world must be the communicator's ranks (tally
+// exchanges the unique id over the whole of it). Each call checks its arguments and that it runs on tally's stream.
 // Faults, to see what a rank does when a collective cannot finish: CUDA_EMU_NCCL_FAULT=<kind>:<rank>:<n> makes rank
 // <rank>'s collectives after its first <n> do nothing and leaves its stream busy for ever (cudaStreamQuery: not
 // ready), as a GPU waiting on a peer that has stopped; <kind> "stall" has NCCL see nothing, "error" has
@@ -26,7 +26,7 @@ enum ncclResult_t {
   ncclRemoteError = 6,
   ncclInProgress = 7
 };
-enum ncclDataType_t { ncclUint8 = 1, ncclFloat32 = 7, ncclFloat = 7, ncclFloat64 = 8 };
+enum ncclDataType_t { ncclUint8 = 1, ncclFloat32 = 7, ncclFloat = 7, ncclFloat64 = 8, ncclBfloat16 = 9 };
 enum ncclRedOp_t { ncclSum = 0, ncclMax = 2 };
 
 ncclResult_t ncclGetUniqueId(ncclUniqueId* id);
