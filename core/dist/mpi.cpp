@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <type_traits>
 
 #include "core/dist/communicator.h"
 #include "core/error.h"
@@ -76,7 +77,7 @@ class Mpi final : public Communicator {
 
   void all_reduce_sum(float* data, int64_t n, Device device) override {
     data_bytes_ += 4 * n;
-    all_reduce_floats(data, n, device, MPI_SUM);
+    all_reduce(data, n, device, MPI_FLOAT, MPI_SUM);
   }
 
   void all_reduce_sum(double* data, int64_t n) override {
@@ -97,22 +98,12 @@ class Mpi final : public Communicator {
 
   void all_reduce_sum(bf16* data, int64_t n, Device device) override {
     data_bytes_ += 2 * n;
-    if (device.is_meta() || n == 0) return;
-    if (device.is_cuda()) {
-#ifdef TALLY_HAS_NCCL
-      nccl::all_reduce_sum(nccl_comm(), data, n);
-      return;
-#else
-      fail("[mpi] all_reduce_sum of a CUDA buffer needs NCCL: this build has none");
-#endif
-    }
-    for (int64_t at = 0; at < n; at += kMaxCount)
-      check(MPI_Allreduce(MPI_IN_PLACE, data + at, int(std::min(kMaxCount, n - at)), MPI_UINT16_T, bf16_sum_,
-                          MPI_COMM_WORLD),
-            "MPI_Allreduce (bf16)");
+    all_reduce(data, n, device, MPI_UINT16_T, bf16_sum_);
   }
 
-  void all_reduce_max(float* data, int64_t n, Device device) override { all_reduce_floats(data, n, device, MPI_MAX); }
+  void all_reduce_max(float* data, int64_t n, Device device) override {
+    all_reduce(data, n, device, MPI_FLOAT, MPI_MAX);
+  }
 
   void reduce_scatter_sum(float* data, int64_t segment, Device device) override {
     reduce_scatter(data, segment, device, MPI_FLOAT, MPI_SUM);
@@ -174,20 +165,23 @@ class Mpi final : public Communicator {
     if (rank() > 0) std::memmove(data + int64_t(rank()) * segment, data, size_t(segment) * sizeof(T));
   }
 
-  // In place over the ranks, `op` MPI_SUM or MPI_MAX: MPI's on the host, NCCL's on a CUDA buffer.
-  void all_reduce_floats(float* data, int64_t n, Device device, MPI_Op op) {
+  // In place over the ranks: f32 with `op` MPI_SUM or MPI_MAX, or bf16 with bf16_sum_ (`type` T's MPI type). MPI's
+  // on the host, NCCL's on a CUDA buffer.
+  template <class T>
+  void all_reduce(T* data, int64_t n, Device device, MPI_Datatype type, MPI_Op op) {
     if (device.is_meta() || n == 0) return;
     if (device.is_cuda()) {
 #ifdef TALLY_HAS_NCCL
-      if (op == MPI_MAX) nccl::all_reduce_max(nccl_comm(), data, n);
-      else nccl::all_reduce_sum(nccl_comm(), data, n);
+      if constexpr (std::is_same_v<T, float>)
+        if (op == MPI_MAX) return nccl::all_reduce_max(nccl_comm(), data, n);
+      nccl::all_reduce_sum(nccl_comm(), data, n);
       return;
 #else
       fail("[mpi] all_reduce_", op == MPI_MAX ? "max" : "sum", " of a CUDA buffer needs NCCL: this build has none");
 #endif
     }
     for (int64_t at = 0; at < n; at += kMaxCount)
-      check(MPI_Allreduce(MPI_IN_PLACE, data + at, int(std::min(kMaxCount, n - at)), MPI_FLOAT, op, MPI_COMM_WORLD),
+      check(MPI_Allreduce(MPI_IN_PLACE, data + at, int(std::min(kMaxCount, n - at)), type, op, MPI_COMM_WORLD),
             "MPI_Allreduce");
   }
 
