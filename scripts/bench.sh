@@ -9,7 +9,8 @@
 #       the minimum bytes each step must move;
 #   (c) tokenizer throughput vs tiktoken on Tiny Shakespeare;
 #   (d) core GEMM / elementwise throughput vs their ceilings (OpenBLAS called directly, memcpy);
-#   (e) data parallelism on the CPU: the default d4 model, 2 ranks x 1 thread (mpirun, ZeRO 0 and 1) against
+#   (e) data parallelism on the CPU: the default d4 model, 2 ranks x 1 thread (mpirun, ZeRO 0 and 1, and ZeRO 0
+#       with the gradients summed in bf16) against
 #       1 process x 2 threads with 2-step gradient accumulation (the same tokens per step), tokens/s, and the
 #       communication bytes per step predicted from the buckets against those the communicator measured. Skipped,
 #       saying so, without mpirun or with a tally built without MPI.
@@ -106,12 +107,13 @@ else
     say "data parallel: 1 process x $threads threads, accumulation 2 (round $((r + 1))/$rounds)"
     "$build/tally" train "${dp_common[@]}" --total-batch 2048 --threads "$threads" --out "$raw/dp-one-$r" \
       > "$raw/dp-one-$r.txt" 2>&1 || { echo "data parallel run failed: $(tail -3 "$raw/dp-one-$r.txt")" >&2; }
-    for zero in 0 1; do
-      say "data parallel: 2 ranks x 1 thread, ZeRO $zero (round $((r + 1))/$rounds)"
+    for run in 0:f32 1:f32 0:bf16; do
+      zero=${run%:*} sum=${run#*:} name=dp-two${run%:*}${run#*:}
+      say "data parallel: 2 ranks x 1 thread, ZeRO $zero, $sum sums (round $((r + 1))/$rounds)"
       OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 mpirun --oversubscribe \
-        --bind-to none -np 2 "$build/tally" train "${dp_common[@]}" --threads 1 --zero "$zero" \
-        --out "$raw/dp-two$zero-$r" > "$raw/dp-two$zero-$r.txt" 2>&1 ||
-        { echo "data parallel run failed: $(tail -3 "$raw/dp-two$zero-$r.txt")" >&2; }
+        --bind-to none -np 2 "$build/tally" train "${dp_common[@]}" --threads 1 --zero "$zero" --reduce-dtype "$sum" \
+        --out "$raw/$name-$r" > "$raw/$name-$r.txt" 2>&1 ||
+        { echo "data parallel run failed: $(tail -3 "$raw/$name-$r.txt")" >&2; }
     done
   done
 fi
@@ -268,18 +270,19 @@ if one:
     L.append("| run | tok/s (best step) | ratio to 1 process | comm bytes/step predicted | measured |")
     L.append("| --- | --- | --- | --- | --- |")
     L.append(f"| 1 process x {threads} threads, accumulation 2 | {one:.0f} | 1.00 | - | - |")
-    for zero in (0, 1):
-        runs = dp_runs(f"dp-two{zero}")
+    for zero, sums in ((0, "f32"), (1, "f32"), (0, "bf16")):
+        runs = dp_runs(f"dp-two{zero}{sums}")
         two = best_tokens(runs)
         comm = [r for run in runs for r in run if "comm_bytes_predicted" in r]
         if two:
             c = comm[0] if comm else {}
-            L.append(f"| 2 ranks x 1 thread (mpirun), ZeRO {zero} | {two:.0f} | **{two / one:.2f}** | "
+            what = f"ZeRO {zero}" + (", gradients summed in bf16" if sums == "bf16" else "")
+            L.append(f"| 2 ranks x 1 thread (mpirun), {what} | {two:.0f} | **{two / one:.2f}** | "
                      f"{c.get('comm_bytes_predicted', 'n/a')} | {c.get('comm_bytes_measured', 'n/a')} |")
     L.append("")
     L.append("Both sides compute the same gradients (the same tokens per step; the ranks' sum is the accumulation's, "
-             "to float rounding); the ratio is what the processes' exchange (MPI over shared memory) costs or "
-             "gains against threads in one process.")
+             "to float rounding, or to bf16 rounding where summed in bf16); the ratio is what the processes' "
+             "exchange (MPI over shared memory) costs or gains against threads in one process.")
     L.append("")
 
 open(out, "w").write("\n".join(L) + "\n")
