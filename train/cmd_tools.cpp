@@ -146,6 +146,7 @@ int cmd_memory(const Args& args) {
               {"parameters", {{"count", count}, {"bytes", count * param_size}}}, {"optimizers", json::object()}};
   if (with_step) out["batch"] = B, out["seq"] = T, out["device"] = device == DeviceKind::cuda ? "cuda" : "cpu";
   out["world"] = world, out["zero"] = zero == ZeroStage::zero1 ? 1 : 0, out["rank"] = rank;
+  out["reduce_dtype"] = dtype_name(reduce);
   std::vector<std::string> names = f.list("optimizer");
   if (names.empty()) throw FlagError("--optimizer lists no optimizer");
   for (const std::string& name : names) {

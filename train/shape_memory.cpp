@@ -468,6 +468,7 @@ nlohmann::json shapes_report_json(const ShapesReport& r) {
                {{"count", n}, {"tensors", r.trained.size()}, {"f32_bytes", 4 * n}, {"bf16_bytes", 2 * n}}},
               {"world", r.parallel.world},
               {"zero", sharded(r.parallel) ? 1 : 0},
+              {"reduce_dtype", dtype_name(r.parallel.reduce_dtype)},
               {"rank", r.parallel.rank},
               {"adamw_state_bytes", {{"f32", r.adamw_f32}, {"bf16", r.adamw_bf16}}}};
   json rows = json::array();

@@ -88,16 +88,19 @@ plan_total() {  # device -> the adamw step's planned peak, requested bytes
 cpu_total=$(plan_total cpu) cuda_total=$(plan_total cuda)
 [ "$cuda_total" -ge $((cpu_total + 33554432)) ] || fail "the CUDA plan ($cuda_total B) lacks cuBLAS's workspace over the CPU's ($cpu_total B)"
 grep -q '"device": "cuda"' "$work/plan-cuda.json" || fail "the CUDA plan does not say it is one"
-# Bytes handed to the collectives per step at 2 ranks: ZeRO 0 all-reduces the gradients as f32; ZeRO 1 reduce-scatters
-# them as f32 and all-gathers the parameters in their own dtype (bf16 parameters in 2 bytes, not 4).
-comm_bytes() {  # dtype zero -> comm_bytes_per_step of rank 0's AdamW step
+# Bytes handed to the collectives per step at 2 ranks: ZeRO 0 all-reduces the gradients in the reduce dtype (f32 unless
+# --reduce-dtype bf16); ZeRO 1 reduce-scatters them so and all-gathers the parameters in their own dtype (bf16
+# parameters in 2 bytes, not 4).
+comm_bytes() {  # dtype zero [reduce dtype] -> comm_bytes_per_step of rank 0's AdamW step
   "$tally" memory --model tiny --batch 2 --seq 32 --optimizer adamw --device cuda --dtype "$1" --world 2 --zero "$2" \
-    --json >"$work/comm.json" 2>&1 || fail "memory --world 2 --zero $2 --dtype $1: $(cat "$work/comm.json")"
-  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["optimizers"]["adamw"]["comm_bytes_per_step"])' \
-    "$work/comm.json"
+    --reduce-dtype "${3:-f32}" --json >"$work/comm.json" 2>&1 || fail "memory --world 2 --zero $2: $(cat "$work/comm.json")"
+  python3 -c 'import json,sys; d = json.load(open(sys.argv[1])); assert d["reduce_dtype"] == sys.argv[2]
+print(d["optimizers"]["adamw"]["comm_bytes_per_step"])' "$work/comm.json" "${3:-f32}" || fail "memory --json: $*"
 }
 reduce=$(comm_bytes f32 0)
 [ "$(comm_bytes bf16 0)" -eq "$reduce" ] || fail "bf16 gradients should be summed as f32: $(comm_bytes bf16 0) vs $reduce"
 [ "$(comm_bytes f32 1)" -eq $((2 * reduce)) ] || fail "ZeRO 1 f32: $(comm_bytes f32 1), expected $((2 * reduce))"
 [ "$(comm_bytes bf16 1)" -eq $((3 * reduce / 2)) ] || fail "ZeRO 1 bf16: $(comm_bytes bf16 1), expected $((3 * reduce / 2))"
+[ "$(comm_bytes bf16 0 bf16)" -eq $((reduce / 2)) ] || fail "bf16 sums: $(comm_bytes bf16 0 bf16), expected $((reduce / 2))"
+[ "$(comm_bytes bf16 1 bf16)" -eq "$reduce" ] || fail "ZeRO 1, bf16 sums: $(comm_bytes bf16 1 bf16), expected $reduce"
 echo "cli memory_shapes: ok"
