@@ -71,7 +71,7 @@ DataParallel::DataParallel(dist::Communicator& comm, ZeroStage stage, const opti
   MemoryScope scope(Category::workspace, "dist:bucket");
   buffer_ = empty({(largest * widest + 3) / 4}, {.dtype = DType::f32, .device = device});
   reduce_buffer_ = bytes_as(buffer_, reduce_dtype_);
-  gather_buffer_ = bytes_as(buffer_, gather_dtype_);
+  if (stage == ZeroStage::zero1) gather_buffer_ = bytes_as(buffer_, gather_dtype_);  // ZeRO 0 gathers nothing
 }
 
 void DataParallel::pack(const Bucket& b, int segment, Source from, int64_t at) const {

@@ -81,7 +81,7 @@ class DataParallel {
   Tensor buffer_;  // f32, the largest bucket (in the larger of reduce_dtype_ and gather_dtype_), on the params' device
   DType reduce_dtype_ = DType::f32;  // f32 or bf16
   DType gather_dtype_ = DType::f32;  // the parameters' dtype when they all share one, else f32
-  Tensor reduce_buffer_, gather_buffer_;  // buffer_'s bytes as reduce_dtype_ and as gather_dtype_
+  Tensor reduce_buffer_, gather_buffer_;  // buffer_'s bytes as reduce_dtype_ and (ZeRO 1) as gather_dtype_
   int64_t bytes_per_step_ = 0;
 };
 
