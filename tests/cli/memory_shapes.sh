@@ -103,4 +103,9 @@ reduce=$(comm_bytes f32 0)
 [ "$(comm_bytes bf16 1)" -eq $((3 * reduce / 2)) ] || fail "ZeRO 1 bf16: $(comm_bytes bf16 1), expected $((3 * reduce / 2))"
 [ "$(comm_bytes bf16 0 bf16)" -eq $((reduce / 2)) ] || fail "bf16 sums: $(comm_bytes bf16 0 bf16), expected $((reduce / 2))"
 [ "$(comm_bytes bf16 1 bf16)" -eq "$reduce" ] || fail "ZeRO 1, bf16 sums: $(comm_bytes bf16 1 bf16), expected $reduce"
+# The table says so too, in its last column.
+"$tally" memory --model tiny --batch 2 --seq 32 --optimizer adamw --device cuda --world 2 >"$work/comm.txt" 2>&1 ||
+  fail "memory --world 2: $(cat "$work/comm.txt")"
+grep -q "^adamw .* $(python3 -c "print(f'{$reduce:,}')") B$" "$work/comm.txt" ||
+  fail "the table lacks the communication bytes: $(grep '^adamw' "$work/comm.txt")"
 echo "cli memory_shapes: ok"
