@@ -38,9 +38,9 @@ class Communicator {
   // accumulators under ZeRO 1. Exact in any order. Not counted in data_bytes() (an optimizer's own statistics,
   // as its sums of doubles).
   virtual void all_reduce_max(float* data, int64_t n, Device device) = 0;
-  // `data` holds world() segments of `segment` floats. Afterwards segment rank() holds, element by element, the
-  // sum over ranks of their segment rank(); the other segments are left undefined.
-  // f32, or bf16 (added as all_reduce_sum adds it).
+  // `data` holds world() segments of `segment` elements, f32 or bf16 (added as all_reduce_sum adds bf16). Afterwards
+  // segment rank() holds, element by element, the sum over ranks of their segment rank(); the other segments are
+  // left undefined.
   virtual void reduce_scatter_sum(float* data, int64_t segment, Device device) = 0;
   virtual void reduce_scatter_sum(bf16* data, int64_t segment, Device device) = 0;
   // `data` holds world() segments of `segment_bytes` bytes, segment rank() this rank's. Afterwards every segment k
@@ -55,8 +55,9 @@ class Communicator {
   // Every rank's value of `x` (host), in rank order.
   std::vector<uint64_t> all_gather_u64(uint64_t x);
 
-  // Bytes of the buffers handed to all_reduce_sum (f32, bf16), reduce_scatter_sum and all_gather so far (whole buffers:
-  // world segments for the last two): the gradient and parameter traffic, counted for the benchmarks and the log.
+  // Bytes of the buffers handed to all_reduce_sum (f32, bf16), reduce_scatter_sum and all_gather so far (whole
+  // buffers: world segments for the last two): the gradient and parameter traffic, counted for the benchmarks and
+  // the log.
   int64_t data_bytes() const { return data_bytes_; }
 
  protected:
