@@ -46,6 +46,10 @@ inline bf16 float_to_bf16(float f) {
   return bf16{uint16_t(u >> 16)};
 }
 
+// The sum of two bf16 values as NCCL forms it (and tally's MPI and test engines, which have no bf16 of their own):
+// widened, added in f32, rounded to the nearest bf16.
+inline bf16 bf16_add(bf16 a, bf16 b) { return float_to_bf16(bf16_to_float(a) + bf16_to_float(b)); }
+
 // Stochastic rounding: adds 16 random bits below the kept mantissa before truncating.
 inline bf16 float_to_bf16_stochastic(float f, uint32_t random_bits) {
   uint32_t u;

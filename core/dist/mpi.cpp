@@ -31,12 +31,11 @@ void check(int code, const char* what) {
 // MPI counts are ints: larger buffers go in pieces.
 constexpr int64_t kMaxCount = int64_t(1) << 30;
 
-// MPI has no bf16: its sum as NCCL computes it, elementwise over 16-bit words (inout[i] = in[i] + inout[i], widened,
-// added in f32, rounded to the nearest bf16).
+// MPI has no bf16: its sum as NCCL computes it, elementwise over 16-bit words (inout[i] = in[i] + inout[i]).
 void bf16_sum(void* in, void* inout, int* len, MPI_Datatype*) {
   const auto* a = static_cast<const bf16*>(in);
   auto* b = static_cast<bf16*>(inout);
-  for (int i = 0; i < *len; ++i) b[i] = float_to_bf16(bf16_to_float(a[i]) + bf16_to_float(b[i]));
+  for (int i = 0; i < *len; ++i) b[i] = bf16_add(a[i], b[i]);
 }
 
 class Mpi final : public Communicator {

@@ -208,7 +208,6 @@ class TurnRanks {
       put(pending_[size_t(r)], mine);
     }
   }
-  static bf16 add_bf16(bf16 a, bf16 b) { return float_to_bf16(bf16_to_float(a) + bf16_to_float(b)); }
 
   void complete() {
     const Pending& first = pending_[0];
@@ -220,12 +219,12 @@ class TurnRanks {
       case Op::sum_f32: return reduce<float>(n, [](float a, float b) { return a + b; });
       case Op::sum_f64: return reduce<double>(n, [](double a, double b) { return a + b; });
       case Op::sum_bf16:
-        return reduce<bf16>(n, add_bf16);
+        return reduce<bf16>(n, bf16_add);
       case Op::max_f32: return reduce<float>(n, [](float a, float b) { return std::max(a, b); });
       case Op::reduce_scatter_f32:
         return reduce_scatter<float>(n, [](float a, float b) { return a + b; });
       case Op::reduce_scatter_bf16:
-        return reduce_scatter<bf16>(n, add_bf16);
+        return reduce_scatter<bf16>(n, bf16_add);
       case Op::all_gather: {  // every segment k = rank k's segment k
         std::vector<char> all(size_t(n * W));
         for (int64_t r = 0; r < W; ++r) {

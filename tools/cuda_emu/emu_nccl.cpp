@@ -77,11 +77,11 @@ bool lost(ncclComm& comm) {
 MPI_Datatype mpi_type(ncclDataType_t t) {
   return t == ncclFloat64 ? MPI_DOUBLE : t == ncclUint8 ? MPI_BYTE : t == ncclBfloat16 ? MPI_UINT16_T : MPI_FLOAT;
 }
-// MPI has no bf16: its sum as NCCL's (inout[i] = in[i] + inout[i], in f32, rounded to the nearest bf16).
+// MPI has no bf16: its sum as NCCL's (inout[i] = in[i] + inout[i]).
 void bf16_sum(void* in, void* inout, int* len, MPI_Datatype*) {
   const auto* a = static_cast<const tally::bf16*>(in);
   auto* b = static_cast<tally::bf16*>(inout);
-  for (int i = 0; i < *len; ++i) b[i] = tally::float_to_bf16(tally::bf16_to_float(a[i]) + tally::bf16_to_float(b[i]));
+  for (int i = 0; i < *len; ++i) b[i] = tally::bf16_add(a[i], b[i]);
 }
 MPI_Op mpi_op(ncclDataType_t t, ncclRedOp_t op) {
   if (t == ncclBfloat16) {
