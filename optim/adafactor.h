@@ -38,6 +38,8 @@ class Adafactor final : public OptimizerWith<Adafactor, AdafactorConfig> {
  private:
   void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) override;
   void record_internals(Slot& slot, const double* stats) override;
+  // Column sums: 1 round (second moment).
+  dist::Traffic cross_rank_traffic(const Slot& slot) const override { return factored_sums(slot, 1); }
   void finish_updates() override;
   // CUDA steps deferred by update() (launches_later), launched together by finish_updates().
   using Deferred = DeferredSteps<kernels::AdafactorFactoredArgs, kernels::AdafactorDenseArgs>;

@@ -164,6 +164,15 @@ Summary summarize(const std::vector<float>& v) {
 
 }  // namespace
 
+dist::Traffic Came::inspection_traffic(const Slot& s) const {
+  dist::Traffic t = Optimizer::inspection_traffic(s);
+  if (!s.factored) return t;
+  const std::vector<StateSpec> specs = whole_specs(s);  // in the order of the slot's state (allocated or not)
+  for (size_t i = 0; i < specs.size(); ++i)
+    if (specs[i].name == "exp_avg_res_row" || specs[i].name == "exp_avg_res_col") t += gather_traffic(s, i);
+  return t;
+}
+
 void Came::record_internals(Slot& s, const double* stats) {
   Optimizer::record_internals(s, stats);
   const CameConfig& c = config_of(s);

@@ -44,6 +44,10 @@ class Came final : public OptimizerWith<Came, CameConfig> {
  private:
   void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) override;
   void record_internals(Slot& slot, const double* stats) override;
+  // Column sums: 2 rounds (second moment, instability).
+  dist::Traffic cross_rank_traffic(const Slot& slot) const override { return factored_sums(slot, 2); }
+  // With the confidence factors' rows (and columns, when cut) gathered by record_internals.
+  dist::Traffic inspection_traffic(const Slot& slot) const override;
   void finish_updates() override;
   // CUDA steps deferred by update() (launches_later), launched together by finish_updates().
   using Deferred = DeferredSteps<kernels::CameFactoredArgs, kernels::CameDenseArgs>;

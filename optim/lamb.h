@@ -45,6 +45,8 @@ class Lamb final : public OptimizerWith<Lamb, LambConfig> {
  private:
   void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) override;
   void record_internals(Slot& slot, const double* stats) override;
+  // The two norms' squares of each tensor, summed over the ranks.
+  dist::Traffic cross_rank_traffic(const Slot&) const override { return {1, 2 * int64_t(sizeof(double))}; }
 };
 
 }  // namespace tally::optim

@@ -320,6 +320,27 @@ kernels::Sharding Optimizer::sharding(const Slot& s) const {
   return {.sum = sum, .numel = s.whole.numel(), .rows = s.whole_rows, .rows_cut = s.cut.columns_shared};
 }
 
+dist::Traffic Optimizer::traffic_per_step() const {
+  dist::Traffic t;
+  if (!comm()) return t;
+  for (const Slot& s : slots_) {
+    t += cross_rank_traffic(s);
+    if (inspect_ != Inspect::off) t += inspection_traffic(s);
+  }
+  return t;
+}
+
+dist::Traffic Optimizer::inspection_traffic(const Slot& /*slot*/) const {
+  return {1, kernels::kStatCount * int64_t(sizeof(double))};  // step_slot's statistics, summed over the ranks
+}
+
+dist::Traffic Optimizer::factored_sums(const Slot& s, int column_rounds) {
+  const dist::Traffic clip = {1, int64_t(sizeof(double))};
+  if (!s.factored || !s.cut.columns_shared) return clip;
+  const dist::Traffic columns = {1, (s.layout.cols() + s.layout.groups()) * int64_t(sizeof(double))};
+  return column_rounds * columns + clip;
+}
+
 const ShardCut& Optimizer::shard_cut(const std::string& param) const {
   const Slot* s = find(slots_, param);
   TALLY_CHECK(s != nullptr, "[", kind_, ".shard_cut] no parameter named '", param, "'");
@@ -601,20 +622,33 @@ std::vector<StateSpec> Optimizer::whole_specs(const Slot& s) const {
   return with_master(state_layout(s).specs, s.whole.shape(), s.whole.dtype());
 }
 
+std::vector<int64_t> Optimizer::part_numels(const Slot& s, size_t i) const {
+  std::vector<int64_t> numels;
+  if (!comm() || whole_on_every_rank(whole_specs(s)[i].index, s.cut)) return numels;
+  for (int r = 0; r < comm()->world(); ++r) {
+    const StateLayout part = part_layout(state_layout(s), s.whole.shape(), s.cut, r);
+    const std::vector<StateSpec> specs =
+        with_master(part.specs, part_shape(s.whole.shape(), s.cut, r), s.whole.dtype());
+    numels.push_back(numel(specs[i].shape));
+  }
+  return numels;
+}
+
+dist::Traffic Optimizer::gather_traffic(const Slot& s, size_t i) const {
+  const std::vector<int64_t> numels = part_numels(s, i);
+  if (numels.empty()) return {};
+  const int64_t largest = *std::max_element(numels.begin(), numels.end());
+  return {1, largest * int64_t(dtype_size(whole_specs(s)[i].dtype)) * comm()->world()};
+}
+
 Tensor Optimizer::gathered(const Slot& s, size_t i) const {
   const Tensor& mine = s.tensors[i];
-  if (!comm()) return mine;
-  const StateSpec whole = whole_specs(s)[i];
-  if (whole_on_every_rank(whole.index, s.cut)) return mine;  // the same on every rank
+  const std::vector<int64_t> numels = part_numels(s, i);
+  if (numels.empty()) return mine;  // not sharded, or the same on every rank
   // Every rank's part, padded to the largest, in one all-gather of bytes (a bf16 state travels as its bits).
+  const StateSpec whole = whole_specs(s)[i];
   const int world = comm()->world();
   const size_t esize = dtype_size(whole.dtype);
-  std::vector<int64_t> numels(static_cast<size_t>(world));
-  for (int r = 0; r < world; ++r) {
-    const StateLayout part = part_layout(state_layout(s), s.whole.shape(), s.cut, r);
-    const std::vector<StateSpec> specs = with_master(part.specs, part_shape(s.whole.shape(), s.cut, r), s.whole.dtype());
-    numels[size_t(r)] = numel(specs[i].shape);
-  }
   const int64_t segment = *std::max_element(numels.begin(), numels.end()) * int64_t(esize);  // bytes
   std::vector<char> buffer(size_t(segment) * size_t(world));
   const Tensor host = mine.to(Device::cpu());

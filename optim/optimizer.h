@@ -269,6 +269,10 @@ class Optimizer {
   ShardOf shard_of() const { return comm_ ? ShardOf{comm_->rank(), comm_->world()} : ShardOf{}; }
   // How parameter `param` is cut over the ranks (one part when not sharded).
   const ShardCut& shard_cut(const std::string& param) const;
+  // What one step() hands to the collectives (dist::Communicator::traffic counts it) when sharded: the sums the
+  // kernels complete over the ranks (cross_rank_traffic of every slot) and, while inspecting, each slot's statistics.
+  // Nothing when not sharded.
+  dist::Traffic traffic_per_step() const;
   // The state of parameter `param` whole, as the algorithm lays it out (its own state tensors, without the master
   // weights of a bf16 parameter, and which dims are factored): what its state is, or will be, allocated from.
   StateLayout whole_layout(const std::string& param) const;
@@ -325,6 +329,14 @@ class Optimizer {
   virtual StateLayout state_layout(const Slot& slot) const = 0;
   // Workspace bytes one step of this slot needs on its device.
   virtual int64_t workspace_for(const Slot& slot) const;
+  // Sharded: the collectives one step of this slot makes to complete its sums over the ranks (none by default),
+  // and those its inspection makes (the statistics' sum; an override adds what its record_internals gathers).
+  virtual dist::Traffic cross_rank_traffic(const Slot& /*slot*/) const { return {}; }
+  virtual dist::Traffic inspection_traffic(const Slot& slot) const;
+  // Those of a CAME or Adafactor step (its kernels' kernels::Sharding): when the factored rows are cut,
+  // `column_rounds` rounds of the column sums with the row sums per group; always the update's squared sum (the RMS
+  // clip), one double.
+  static dist::Traffic factored_sums(const Slot& slot, int column_rounds);
   // Runs the kernel(s). `stats` is a kernels::kStatCount array on the slot's device, or null.
   virtual void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) = 0;
   // Fills slot.internals from the step's stats (host copy).
@@ -372,6 +384,8 @@ class Optimizer {
   int64_t part_first(const Slot& slot) const { return slot.cut.offsets[size_t(shard_of().rank)]; }
   // State `state` of the slot whole: this rank's part, or, sharded, every rank's parts gathered (a collective).
   Tensor gathered(const Slot& slot, size_t state) const;
+  // The collective gathered() makes (none when the state is whole here).
+  dist::Traffic gather_traffic(const Slot& slot, size_t state) const;
   // The slot's state specs for the whole parameter (what a checkpoint holds), master weights included.
   std::vector<StateSpec> whole_specs(const Slot& slot) const;
 
@@ -388,6 +402,8 @@ class Optimizer {
   Tensor& widened_grad_buffer(Device d, int64_t numel);
   // param = stochastic_round(master) after a step of a bf16 parameter.
   void write_bf16_param(Slot& slot);
+  // Sharded, of a state not whole on every rank: its elements on each rank (gathered's parts); else empty.
+  std::vector<int64_t> part_numels(const Slot& slot, size_t state) const;
 
   std::string kind_;
   std::vector<std::vector<Tensor>> group_params_;

@@ -96,6 +96,13 @@ void Sm3::complete_maxima(Slot& s) {
   }
 }
 
+dist::Traffic Sm3::cross_rank_traffic(const Slot& s) const {
+  dist::Traffic t;
+  if (s.whole.dim() < 2) return t;
+  for (int k = 1; k < s.whole.dim(); ++k) t += {1, s.whole.size(k) * int64_t(sizeof(float))};
+  return t;
+}
+
 void Sm3::record_internals(Slot& s, const double* stats) {
   Optimizer::record_internals(s, stats);  // update_rms: of what lr multiplies (the momentum buffer when kept)
   s.internals.clipped_update_rms = s.internals.update_rms;  // no clipping in SM3

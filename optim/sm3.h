@@ -37,6 +37,8 @@ class Sm3 final : public OptimizerWith<Sm3, Sm3Config> {
   int64_t workspace_for(const Slot& slot) const override;
   void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) override;
   void record_internals(Slot& slot, const double* stats) override;
+  // complete_maxima: one all-reduce of maxima per accumulator of dims 1.. (f32).
+  dist::Traffic cross_rank_traffic(const Slot& slot) const override;
   void complete_maxima(Slot& slot);
 };
 

@@ -267,9 +267,10 @@ one = best_tokens(dp_runs("dp-one"))
 if one:
     L.append("## Data parallelism on the CPU (d4, 2 x 8 x 128 tokens per step, CAME)")
     L.append("")
-    L.append("| run | tok/s (best step) | ratio to 1 process | comm bytes/step predicted | measured |")
-    L.append("| --- | --- | --- | --- | --- |")
-    L.append(f"| 1 process x {threads} threads, accumulation 2 | {one:.0f} | 1.00 | - | - |")
+    L.append("| run | tok/s (best step) | ratio to 1 process | comm bytes/step predicted | measured "
+             "| collectives/step predicted | measured |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- |")
+    L.append(f"| 1 process x {threads} threads, accumulation 2 | {one:.0f} | 1.00 | - | - | - | - |")
     for zero, sums in ((0, "f32"), (1, "f32"), (0, "bf16")):
         runs = dp_runs(f"dp-two{zero}{sums}")
         two = best_tokens(runs)
@@ -278,7 +279,8 @@ if one:
             c = comm[0] if comm else {}
             what = f"ZeRO {zero}" + (", gradients summed in bf16" if sums == "bf16" else "")
             L.append(f"| 2 ranks x 1 thread (mpirun), {what} | {two:.0f} | **{two / one:.2f}** | "
-                     f"{c.get('comm_bytes_predicted', 'n/a')} | {c.get('comm_bytes_measured', 'n/a')} |")
+                     f"{c.get('comm_bytes_predicted', 'n/a')} | {c.get('comm_bytes_measured', 'n/a')} | "
+                     f"{c.get('collectives_predicted', 'n/a')} | {c.get('collectives_measured', 'n/a')} |")
     L.append("")
     L.append("Both sides compute the same gradients (the same tokens per step; the ranks' sum is the accumulation's, "
              "to float rounding, or to bf16 rounding where summed in bf16); the ratio is what the processes' "

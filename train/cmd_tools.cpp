@@ -166,7 +166,10 @@ int cmd_memory(const Args& args) {
       o["activations"] = p.activations;
       o["workspace"] = p.workspace;  // with more than one rank, the communication buffer ("dist:bucket") too
       o["total"] = p.total;
-      if (world > 1) o["comm_bytes_per_step"] = p.comm_bytes;
+      if (world > 1) {
+        o["comm_bytes_per_step"] = p.comm.bytes;
+        o["collectives_per_step"] = p.comm.collectives;
+      }
     }
     if (world > 1) {  // every rank's state (and step), for uneven parts
       json ranks = json::array();
@@ -202,10 +205,10 @@ int cmd_memory(const Args& args) {
     w = std::max(w, int(name.size()));
     for (const auto& [kind, bytes] : out["optimizers"][name]["state_by_kind"].items()) w = std::max(w, 2 + int(kind.size()));
   }
-  const bool with_comm = with_step && world > 1;  // the bytes a step hands to the collectives
+  const bool with_comm = with_step && world > 1;  // what a step hands to the collectives: bytes, in how many calls
   std::printf("\n%-*s %18s %12s %9s", w, "optimizer", "state bytes", "", "vs adamw");
   if (with_step) std::printf(" %20s %20s", "activations (peak)", "step total (peak)");
-  if (with_comm) std::printf(" %20s", "communication/step");
+  if (with_comm) std::printf(" %20s %11s", "communication/step", "collectives");
   std::printf("\n");
   int64_t adamw = optim::total_bytes(optimizer_choice(f, "adamw").predict(shapes, shard_of(rank)));
   for (const std::string& name : names) {
@@ -215,7 +218,9 @@ int cmd_memory(const Args& args) {
                 100.0 * double(b) / double(adamw));
     if (with_step)
       std::printf(" %20s %20s", format_bytes_exact(o["activations"]).c_str(), format_bytes_exact(o["total"]).c_str());
-    if (with_comm) std::printf(" %20s", format_bytes_exact(o["comm_bytes_per_step"]).c_str());
+    if (with_comm)
+      std::printf(" %20s %11lld", format_bytes_exact(o["comm_bytes_per_step"]).c_str(),
+                  (long long)o["collectives_per_step"].get<int64_t>());
     std::printf("\n");
     for (const auto& [kind, bytes] : o["state_by_kind"].items())
       std::printf("  %-*s %18s\n", w - 2, kind.c_str(), format_bytes_exact(bytes.get<int64_t>()).c_str());

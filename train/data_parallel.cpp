@@ -62,11 +62,14 @@ DataParallel::DataParallel(dist::Communicator& comm, ZeroStage stage, const opti
     if (p.dtype() != gather_dtype_) gather_dtype_ = DType::f32;
   const int64_t reduce_size = int64_t(dtype_size(reduce_dtype_)), gather_size = int64_t(dtype_size(gather_dtype_));
   int64_t largest = 0;
+  // Per bucket and step: an all-reduce, or a reduce-scatter and an all-gather, of the whole buffer; then the loss
+  // and the norm's two doubles.
   for (const Bucket& b : buckets_) {
     largest = std::max(largest, b.segment * segments);
-    // Bytes handed to the engine per step: the all-reduce's buffer, or the reduce-scatter's and the all-gather's.
-    bytes_per_step_ += b.segment * segments * (stage == ZeroStage::zero1 ? reduce_size + gather_size : reduce_size);
+    reduce_traffic_ += {1, b.segment * segments * reduce_size};
+    if (stage == ZeroStage::zero1) gather_traffic_ += {1, b.segment * segments * gather_size};
   }
+  reduce_traffic_ += {1, 2 * int64_t(sizeof(double))};
   const int64_t widest = std::max(reduce_size, stage == ZeroStage::zero1 ? gather_size : 0);
   MemoryScope scope(Category::workspace, "dist:bucket");
   buffer_ = empty({(largest * widest + 3) / 4}, {.dtype = DType::f32, .device = device});

@@ -49,9 +49,10 @@ class DataParallel {
   LossAndNorm loss_and_norm(double loss, double squares);
   // ZeRO 1, after the optimizer step: every rank's updated parts into every rank's parameters. ZeRO 0: nothing.
   void gather_parameters();
-  // The bytes one step hands to the collectives (dist::Communicator::data_bytes counts what was handed), predicted
-  // from the buckets.
-  int64_t bytes_per_step() const { return bytes_per_step_; }
+  // What a step hands to the collectives (dist::Communicator::traffic counts what was handed), predicted from the
+  // buckets: reduce_gradients with loss_and_norm (every step), and gather_parameters (a step that updates).
+  dist::Traffic reduce_traffic() const { return reduce_traffic_; }
+  dist::Traffic gather_traffic() const { return gather_traffic_; }
 
  private:
   struct Piece {
@@ -82,7 +83,7 @@ class DataParallel {
   DType reduce_dtype_ = DType::f32;  // f32 or bf16
   DType gather_dtype_ = DType::f32;  // the parameters' dtype when they all share one, else f32
   Tensor reduce_buffer_, gather_buffer_;  // buffer_'s bytes as reduce_dtype_ and (ZeRO 1) as gather_dtype_
-  int64_t bytes_per_step_ = 0;
+  dist::Traffic reduce_traffic_, gather_traffic_;
 };
 
 }  // namespace tally::train

@@ -116,7 +116,7 @@ MemoryFigures predict_step_memory(const models::GPT2Config& config, const Optimi
   optimizer_step(model, *opt, batches,
                  {.accumulation = shape.accumulation, .grad_clip = shape.grad_clip, .parallel = dp.get()});
   MemoryFigures figures = measure(meta, *opt);
-  if (dp) figures.comm_bytes = dp->bytes_per_step();
+  if (dp) figures.comm = dp->reduce_traffic() + dp->gather_traffic() + opt->traffic_per_step();
   return figures;
 }
 

@@ -27,7 +27,7 @@ struct MemoryFigures {
   int64_t other = 0;                             // peak (input batches, ...)
   int64_t total = 0;                             // peak of everything at once
   int64_t total_held = 0;                        // the same in held bytes (the allocator's 64-byte rounding)
-  int64_t comm_bytes = 0;                        // data parallel: the bytes a step hands to the collectives
+  dist::Traffic comm;                            // data parallel: what a step hands to the collectives
   // The ledger by owner: each owner's peak in each category it allocated in (parameters and optimizer state are
   // live throughout, so their peak is their size; the owners' peaks need not coincide, so they do not sum to total).
   struct Owner {

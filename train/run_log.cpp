@@ -48,8 +48,12 @@ void RunLog::memory(int64_t step, const MemoryFigures& predicted, const MemoryFi
          {"memory", {{"predicted", to_json(predicted)}, {"measured", to_json(measured)}}}});
 }
 
-void RunLog::communication(int64_t step, int64_t predicted, int64_t measured) {
-  write({{"step", step}, {"comm_bytes_predicted", predicted}, {"comm_bytes_measured", measured}});
+void RunLog::communication(int64_t step, const dist::Traffic& predicted, const dist::Traffic& measured) {
+  write({{"step", step},
+         {"comm_bytes_predicted", predicted.bytes},
+         {"comm_bytes_measured", measured.bytes},
+         {"collectives_predicted", predicted.collectives},
+         {"collectives_measured", measured.collectives}});
 }
 
 void RunLog::optimizer_internals(int64_t step, const std::vector<optim::TensorInternals>& internals) {

@@ -5,7 +5,9 @@
 //   {"step", "val_loss"}                                                   an evaluation
 //   {"step", "memory_predicted", "memory_measured", "memory_difference",   after the first step (CPU): totals, and
 //    "memory": {"predicted": {...}, "measured": {...}}}                     each side by category and owner (to_json)
-//   {"step", "comm_bytes_predicted", "comm_bytes_measured"}                after the first step (data parallel)
+//   {"step", "comm_bytes_predicted", "comm_bytes_measured",                after the first step (data parallel): what
+//    "collectives_predicted", "collectives_measured"}                       it handed to the collectives, and in how
+//                                                                           many calls
 //   {"step", "optim": [{"param", "update_rms", ...}]}                      the optimizer's internals (--log-optim)
 #pragma once
 #include <nlohmann/json.hpp>
@@ -37,7 +39,7 @@ class RunLog {
   void step(const StepRecord& r);
   void validation(int64_t step, double loss);
   void memory(int64_t step, const MemoryFigures& predicted, const MemoryFigures& measured);
-  void communication(int64_t step, int64_t predicted, int64_t measured);
+  void communication(int64_t step, const dist::Traffic& predicted, const dist::Traffic& measured);
   void optimizer_internals(int64_t step, const std::vector<optim::TensorInternals>& internals);
 
  private:

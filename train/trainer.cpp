@@ -238,7 +238,7 @@ StepRecord Trainer::train_step(int64_t step) {
   if (first) ledger_now.reset_peaks();
 
   const auto t0 = std::chrono::steady_clock::now();
-  const int64_t sent_before = comm_.data_bytes();
+  const dist::Traffic sent_before = comm_.traffic();
   StepOutcome o;
   {
     // Fault injection: this step's CPU allocations fail as a refused malloc would.
@@ -261,7 +261,12 @@ StepRecord Trainer::train_step(int64_t step) {
     std::printf("after step %lld, measured beside predicted:\n%s\n", (long long)step, format_plan(predicted_, &m).c_str());
     if (log_) log_->memory(step, predicted_, m);
   }
-  if (first && parallel_ && log_) log_->communication(step, parallel_->bytes_per_step(), comm_.data_bytes() - sent_before);
+  if (first && parallel_ && log_) {
+    // What the step handed to the collectives beside the plan: a skipped step neither updates nor gathers.
+    dist::Traffic predicted = parallel_->reduce_traffic();
+    if (!r.skipped) predicted += parallel_->gather_traffic() + optimizer_->traffic_per_step();
+    log_->communication(step, predicted, comm_.traffic() - sent_before);
+  }
   if (log_) log_->step(r);
   if (inspect) {
     if (log_) log_->optimizer_internals(step, optimizer_->internals());

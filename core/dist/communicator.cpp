@@ -18,25 +18,66 @@ class SingleProcess final : public Communicator {
  public:
   SingleProcess(int rank, int world) : Communicator(rank, world, 0) {}
   std::string engine() const override { return "single process"; }
-  void all_reduce_sum(float*, int64_t n, Device) override { data_bytes_ += 4 * n; }
-  void all_reduce_sum(double*, int64_t) override {}
-  void all_reduce_sum(double*, int64_t, Device) override {}
-  void all_reduce_max(float*, int64_t, Device) override {}
-  void all_reduce_sum(bf16*, int64_t n, Device) override { data_bytes_ += 2 * n; }
-  void reduce_scatter_sum(float*, int64_t segment, Device) override { data_bytes_ += 4 * segment * world(); }
-  void reduce_scatter_sum(bf16*, int64_t segment, Device) override { data_bytes_ += 2 * segment * world(); }
-  void all_gather(void*, int64_t segment_bytes, Device) override { data_bytes_ += segment_bytes * world(); }
-  void broadcast(void*, int64_t, int) override {}
-  void barrier() override {}
   [[noreturn]] void abort(int code) override { std::exit(code); }
+
+ protected:
+  void do_all_reduce_sum(float*, int64_t, Device) override {}
+  void do_all_reduce_sum(double*, int64_t, Device) override {}
+  void do_all_reduce_sum(bf16*, int64_t, Device) override {}
+  void do_all_reduce_max(float*, int64_t, Device) override {}
+  void do_reduce_scatter_sum(float*, int64_t, Device) override {}
+  void do_reduce_scatter_sum(bf16*, int64_t, Device) override {}
+  void do_all_gather(void*, int64_t, Device) override {}
+  void do_broadcast(void*, int64_t, int) override {}
+  void do_barrier() override {}
 };
 
 }  // namespace
 
+// Each collective counted, then handed to the engine.
+void Communicator::all_reduce_sum(float* data, int64_t n, Device device) {
+  count(4 * n);
+  do_all_reduce_sum(data, n, device);
+}
+
+void Communicator::all_reduce_sum(bf16* data, int64_t n, Device device) {
+  count(2 * n);
+  do_all_reduce_sum(data, n, device);
+}
+
 void Communicator::all_reduce_sum(double* data, int64_t n, Device device) {
-  TALLY_CHECK(!device.is_cuda(), "[", engine(), "] all_reduce_sum of ", n, " doubles on ", device.str(),
-              ": this engine has no collectives on CUDA buffers");
-  if (!device.is_meta()) all_reduce_sum(data, n);
+  count(8 * n);
+  do_all_reduce_sum(data, n, device);
+}
+
+void Communicator::all_reduce_max(float* data, int64_t n, Device device) {
+  count(4 * n);
+  do_all_reduce_max(data, n, device);
+}
+
+void Communicator::reduce_scatter_sum(float* data, int64_t segment, Device device) {
+  count(4 * segment * world());
+  do_reduce_scatter_sum(data, segment, device);
+}
+
+void Communicator::reduce_scatter_sum(bf16* data, int64_t segment, Device device) {
+  count(2 * segment * world());
+  do_reduce_scatter_sum(data, segment, device);
+}
+
+void Communicator::all_gather(void* data, int64_t segment_bytes, Device device) {
+  count(segment_bytes * world());
+  do_all_gather(data, segment_bytes, device);
+}
+
+void Communicator::broadcast(void* data, int64_t bytes, int root) {
+  count(bytes);
+  do_broadcast(data, bytes, root);
+}
+
+void Communicator::barrier() {
+  count(0);
+  do_barrier();
 }
 
 std::vector<uint64_t> Communicator::all_gather_u64(uint64_t x) {

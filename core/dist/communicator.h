@@ -14,6 +14,24 @@
 
 namespace tally::dist {
 
+// What a process handed to the collectives: how many calls, and the bytes of their buffers (whole buffers: the
+// world() segments of a reduce-scatter or an all-gather).
+struct Traffic {
+  int64_t collectives = 0;
+  int64_t bytes = 0;
+  Traffic& operator+=(const Traffic& o) {
+    collectives += o.collectives;
+    bytes += o.bytes;
+    return *this;
+  }
+  friend Traffic operator+(Traffic a, const Traffic& b) { return a += b; }
+  friend Traffic operator-(const Traffic& a, const Traffic& b) {
+    return {a.collectives - b.collectives, a.bytes - b.bytes};
+  }
+  friend Traffic operator*(int64_t k, const Traffic& t) { return {k * t.collectives, k * t.bytes}; }
+  bool operator==(const Traffic&) const = default;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -25,47 +43,57 @@ class Communicator {
   // In place: data[i] = sum over ranks of data[i]. f32 on `device` (a CUDA buffer goes through NCCL), f64 on the
   // host. The ranks' contributions are added in an order fixed by the engine for a given world, so a rerun gives
   // the same bits.
-  virtual void all_reduce_sum(float* data, int64_t n, Device device) = 0;
-  virtual void all_reduce_sum(double* data, int64_t n) = 0;
+  void all_reduce_sum(float* data, int64_t n, Device device);
+  void all_reduce_sum(double* data, int64_t n) { all_reduce_sum(data, n, Device::cpu()); }
   // bf16 on `device`, added as NCCL adds bf16: two values widened, added in f32 and rounded to the nearest bf16, so
   // every partial sum is rounded (gradients summed in half the bytes, at that cost). MPI, which has no bf16, runs
   // the same addition as its own reduction.
-  virtual void all_reduce_sum(bf16* data, int64_t n, Device device) = 0;
+  void all_reduce_sum(bf16* data, int64_t n, Device device);
   // f64 on `device`: the host's (as above) or a CUDA buffer's (NCCL, on tally's stream: no host wait), for the
   // optimizer kernels' cross-rank sums of a ZeRO-1 step on GPUs.
-  virtual void all_reduce_sum(double* data, int64_t n, Device device);
+  void all_reduce_sum(double* data, int64_t n, Device device);
   // In place: data[i] = the largest over ranks of data[i]. f32 on `device` (a CUDA buffer goes through NCCL): SM3's
-  // accumulators under ZeRO 1. Exact in any order. Not counted in data_bytes() (an optimizer's own statistics,
-  // as its sums of doubles).
-  virtual void all_reduce_max(float* data, int64_t n, Device device) = 0;
+  // accumulators under ZeRO 1. Exact in any order.
+  void all_reduce_max(float* data, int64_t n, Device device);
   // `data` holds world() segments of `segment` elements, f32 or bf16 (added as all_reduce_sum adds bf16). Afterwards
   // segment rank() holds, element by element, the sum over ranks of their segment rank(); the other segments are
   // left undefined.
-  virtual void reduce_scatter_sum(float* data, int64_t segment, Device device) = 0;
-  virtual void reduce_scatter_sum(bf16* data, int64_t segment, Device device) = 0;
+  void reduce_scatter_sum(float* data, int64_t segment, Device device);
+  void reduce_scatter_sum(bf16* data, int64_t segment, Device device);
   // `data` holds world() segments of `segment_bytes` bytes, segment rank() this rank's. Afterwards every segment k
   // holds rank k's. It moves bytes: the elements may be of any dtype (bf16 parameters travel as bf16).
-  virtual void all_gather(void* data, int64_t segment_bytes, Device device) = 0;
+  void all_gather(void* data, int64_t segment_bytes, Device device);
   // Host bytes from `root` to every rank.
-  virtual void broadcast(void* data, int64_t bytes, int root) = 0;
-  virtual void barrier() = 0;
+  void broadcast(void* data, int64_t bytes, int root);
+  void barrier();
   // Ends the whole job at once (every rank), after this rank's error was printed: used when one rank fails.
   [[noreturn]] virtual void abort(int code) = 0;
 
   // Every rank's value of `x` (host), in rank order.
   std::vector<uint64_t> all_gather_u64(uint64_t x);
 
-  // Bytes of the buffers handed to all_reduce_sum (f32, bf16), reduce_scatter_sum and all_gather so far (whole
-  // buffers: world segments for the last two): the gradient and parameter traffic, counted for the benchmarks and
-  // the log.
-  int64_t data_bytes() const { return data_bytes_; }
+  // Every collective called so far, whatever it carried (gradients, parameters, an optimizer's statistics, the
+  // loss): counted here, for the log and the benchmarks to set beside the plan (DataParallel's and the optimizer's
+  // traffic_per_step). Counted as handed: on the meta device too, where nothing moves.
+  Traffic traffic() const { return traffic_; }
 
  protected:
   Communicator(int rank, int world, int local_rank) : rank_(rank), world_(world), local_rank_(local_rank) {}
-  int64_t data_bytes_ = 0;
+  // What each engine provides: the collectives above, uncounted.
+  virtual void do_all_reduce_sum(float* data, int64_t n, Device device) = 0;
+  virtual void do_all_reduce_sum(double* data, int64_t n, Device device) = 0;
+  virtual void do_all_reduce_sum(bf16* data, int64_t n, Device device) = 0;
+  virtual void do_all_reduce_max(float* data, int64_t n, Device device) = 0;
+  virtual void do_reduce_scatter_sum(float* data, int64_t segment, Device device) = 0;
+  virtual void do_reduce_scatter_sum(bf16* data, int64_t segment, Device device) = 0;
+  virtual void do_all_gather(void* data, int64_t segment_bytes, Device device) = 0;
+  virtual void do_broadcast(void* data, int64_t bytes, int root) = 0;
+  virtual void do_barrier() = 0;
 
  private:
+  void count(int64_t bytes) { traffic_ += {1, bytes}; }
   int rank_, world_, local_rank_;
+  Traffic traffic_;
 };
 
 // Whether this process was started by an MPI launcher (mpirun, srun): OMPI_COMM_WORLD_SIZE, PMI_SIZE or

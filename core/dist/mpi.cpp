@@ -74,45 +74,33 @@ class Mpi final : public Communicator {
 #endif
   }
 
-  void all_reduce_sum(float* data, int64_t n, Device device) override {
-    data_bytes_ += 4 * n;
+  [[noreturn]] void abort(int code) override {
+    MPI_Abort(MPI_COMM_WORLD, code);
+    std::exit(code);  // MPI_Abort does not return; in case an implementation does
+  }
+
+ protected:
+  void do_all_reduce_sum(float* data, int64_t n, Device device) override {
     all_reduce(data, n, device, MPI_FLOAT, MPI_SUM);
   }
-
-  void all_reduce_sum(double* data, int64_t n) override {
-    for (int64_t at = 0; at < n; at += kMaxCount)
-      check(MPI_Allreduce(MPI_IN_PLACE, data + at, int(std::min(kMaxCount, n - at)), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD),
-            "MPI_Allreduce");
+  void do_all_reduce_sum(double* data, int64_t n, Device device) override {
+    all_reduce(data, n, device, MPI_DOUBLE, MPI_SUM);
   }
-
-  void all_reduce_sum(double* data, int64_t n, Device device) override {
-    if (device.is_meta() || n == 0) return;
-    if (!device.is_cuda()) return all_reduce_sum(data, n);
-#ifdef TALLY_HAS_NCCL
-    nccl::all_reduce_sum(nccl_comm(), data, n);
-#else
-    fail("[mpi] all_reduce_sum of a CUDA buffer needs NCCL: this build has none");
-#endif
-  }
-
-  void all_reduce_sum(bf16* data, int64_t n, Device device) override {
-    data_bytes_ += 2 * n;
+  void do_all_reduce_sum(bf16* data, int64_t n, Device device) override {
     all_reduce(data, n, device, MPI_UINT16_T, bf16_sum_);
   }
-
-  void all_reduce_max(float* data, int64_t n, Device device) override {
+  void do_all_reduce_max(float* data, int64_t n, Device device) override {
     all_reduce(data, n, device, MPI_FLOAT, MPI_MAX);
   }
 
-  void reduce_scatter_sum(float* data, int64_t segment, Device device) override {
+  void do_reduce_scatter_sum(float* data, int64_t segment, Device device) override {
     reduce_scatter(data, segment, device, MPI_FLOAT, MPI_SUM);
   }
-  void reduce_scatter_sum(bf16* data, int64_t segment, Device device) override {
+  void do_reduce_scatter_sum(bf16* data, int64_t segment, Device device) override {
     reduce_scatter(data, segment, device, MPI_UINT16_T, bf16_sum_);
   }
 
-  void all_gather(void* data, int64_t segment_bytes, Device device) override {
-    data_bytes_ += segment_bytes * world();
+  void do_all_gather(void* data, int64_t segment_bytes, Device device) override {
     if (device.is_meta() || segment_bytes == 0) return;
     if (device.is_cuda()) {
 #ifdef TALLY_HAS_NCCL
@@ -128,25 +116,19 @@ class Mpi final : public Communicator {
           "MPI_Allgather");
   }
 
-  void broadcast(void* data, int64_t bytes, int root) override {
+  void do_broadcast(void* data, int64_t bytes, int root) override {
     auto* p = static_cast<char*>(data);
     for (int64_t at = 0; at < bytes; at += kMaxCount)
       check(MPI_Bcast(p + at, int(std::min(kMaxCount, bytes - at)), MPI_BYTE, root, MPI_COMM_WORLD), "MPI_Bcast");
   }
 
-  void barrier() override { check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
-
-  [[noreturn]] void abort(int code) override {
-    MPI_Abort(MPI_COMM_WORLD, code);
-    std::exit(code);  // MPI_Abort does not return; in case an implementation does
-  }
+  void do_barrier() override { check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
 
  private:
   // Segment rank() of `data` (world() segments of T, f32 or bf16) := the sum over ranks of their segment rank():
   // MPI's on the host (`type`, `op`), NCCL's on a CUDA buffer.
   template <class T>
   void reduce_scatter(T* data, int64_t segment, Device device, MPI_Datatype type, MPI_Op op) {
-    data_bytes_ += int64_t(sizeof(T)) * segment * world();
     if (device.is_meta() || segment == 0) return;
     if (device.is_cuda()) {
 #ifdef TALLY_HAS_NCCL
@@ -164,8 +146,8 @@ class Mpi final : public Communicator {
     if (rank() > 0) std::memmove(data + int64_t(rank()) * segment, data, size_t(segment) * sizeof(T));
   }
 
-  // In place over the ranks: f32 with `op` MPI_SUM or MPI_MAX, or bf16 with bf16_sum_ (`type` T's MPI type). MPI's
-  // on the host, NCCL's on a CUDA buffer.
+  // In place over the ranks: f32 with `op` MPI_SUM or MPI_MAX, f64 with MPI_SUM, or bf16 with bf16_sum_ (`type`
+  // T's MPI type). MPI's on the host, NCCL's on a CUDA buffer.
   template <class T>
   void all_reduce(T* data, int64_t n, Device device, MPI_Datatype type, MPI_Op op) {
     if (device.is_meta() || n == 0) return;
@@ -188,12 +170,13 @@ class Mpi final : public Communicator {
   MPI_Op bf16_sum_ = MPI_OP_NULL;
 
 #ifdef TALLY_HAS_NCCL
-  // Made on the first CUDA collective (every rank reaches it together): rank 0's id, broadcast over MPI.
+  // Made on the first CUDA collective (every rank reaches it together): rank 0's id, broadcast over MPI (once, not
+  // counted in traffic(): it belongs to no step).
   nccl::Comm* nccl_comm() {
     if (!nccl_) {
       char id[nccl::kUniqueIdBytes] = {};
       if (rank() == 0) nccl::unique_id(id);
-      broadcast(id, sizeof id, 0);
+      do_broadcast(id, sizeof id, 0);
       nccl_ = nccl::init(rank(), world(), id);
     }
     return nccl_;

@@ -50,6 +50,12 @@ log_up_to() {
     mv "$work/log.cut" "$1/log.jsonl"
 }
 
+# What rank 0's first step handed to the collectives, from its log: "collectives measured, predicted, bytes measured,
+# predicted" (the optimizers' own sums over the ranks, and the loss and norm's two doubles, included).
+comm() {
+  sed -n 's/.*"collectives_measured":\([0-9]*\),"collectives_predicted":\([0-9]*\),"comm_bytes_measured":\([0-9]*\),"comm_bytes_predicted":\([0-9]*\).*/\1 \2 \3 \4/p' \
+    "$1/log.jsonl"
+}
 for opt in adamw came adafactor sgd sm3 lamb; do
   "$tally" train "${common[@]}" --optimizer $opt --steps 6 --total-batch 128 --out "$work/one-$opt" >"$work/o" 2>&1 ||
     fail "$opt, one process: $(tail -3 "$work/o")"
@@ -60,10 +66,15 @@ for opt in adamw came adafactor sgd sm3 lamb; do
     w=$(worst "$work/two-$opt-$zero" "$work/one-$opt")
     rounding "$w" || fail "$opt zero $zero: losses differ from one process by $w (relative)"
     grep -q '"memory_difference":0' "$work/two-$opt-$zero/log.jsonl" || fail "$opt zero $zero: rank 0's memory differs from its plan"
-    sed -n 's/.*"comm_bytes_measured":\([0-9]*\),"comm_bytes_predicted":\([0-9]*\).*/\1 \2/p' "$work/two-$opt-$zero/log.jsonl" |
-      awk '{ ok = $1 == $2 && $1 > 0 } END { exit !ok }' || fail "$opt zero $zero: communication bytes differ from the prediction"
+    comm "$work/two-$opt-$zero" | awk '{ ok = $1 == $2 && $3 == $4 && $1 > 0 && $3 > 0 } END { exit !ok }' ||
+      fail "$opt zero $zero: communication (collectives, bytes) differs from the prediction: $(comm "$work/two-$opt-$zero")"
   done
 done
+# ZeRO 1 CAME completes its sums over the ranks (three rounds per matrix, one per vector): more collectives than
+# AdamW's, whose ZeRO-1 step needs none of its own.
+read -r came_calls _ < <(comm "$work/two-came-1")
+read -r adamw_calls _ < <(comm "$work/two-adamw-1")
+[ "$came_calls" -gt "$adamw_calls" ] || fail "ZeRO 1: CAME's $came_calls collectives a step, AdamW's $adamw_calls"
 # Dropout: each rank's micro-batch draws the masks one process accumulating them draws for it.
 "$tally" train "${common[@]}" --dropout 0.1 --optimizer adamw --steps 4 --total-batch 128 --out "$work/one-drop" \
   >"$work/o" 2>&1 || fail "dropout, one process: $(tail -3 "$work/o")"
@@ -84,11 +95,12 @@ for zero in 0 1; do
   awk -v w="$w" 'BEGIN { exit !(w <= 1e-4) }' || fail "--reduce-dtype bf16, zero $zero: losses differ from one process by $w"
 done
 cmp -s <(losses "$work/bf16-sum-0") <(losses "$work/bf16-sum-1") || fail "--reduce-dtype bf16: ZeRO 0 and 1 differ"
-comm() { sed -n 's/.*"comm_bytes_measured":\([0-9]*\),"comm_bytes_predicted":\([0-9]*\).*/\1 \2/p' "$1/log.jsonl"; }
-read -r m0 p0 < <(comm "$work/bf16-sum-0")
-read -r m1 p1 < <(comm "$work/bf16-sum-1")
-read -r f0 _ < <(comm "$work/two-adamw-0")
+read -r _ _ m0 p0 < <(comm "$work/bf16-sum-0")
+read -r _ _ m1 p1 < <(comm "$work/bf16-sum-1")
+read -r _ _ f0 _ < <(comm "$work/two-adamw-0")
 [ "$m0" = "$p0" ] && [ "$m1" = "$p1" ] || fail "--reduce-dtype bf16: communication bytes differ from the plan"
+# Less the loss and norm's 16 bytes, the gradients' and parameters' bytes.
+m0=$((m0 - 16)) m1=$((m1 - 16)) f0=$((f0 - 16))
 [ $((2 * m0)) -eq "$f0" ] && [ $((2 * m1)) -eq $((3 * f0)) ] ||
   fail "--reduce-dtype bf16: $m0 and $m1 bytes a step, expected $((f0 / 2)) and $((3 * f0 / 2)) (f32 sums: $f0)"
 

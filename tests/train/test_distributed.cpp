@@ -122,9 +122,9 @@ void check_bf16_gradient_sums(dist::Communicator& c) {
           params[p].set_grad(from_vector(grads[p][size_t(R)], shapes[p], {.dtype = dtype}));
       };
       set_grads();
-      int64_t before = c.data_bytes();
+      dist::Traffic before = c.traffic();
       in_bf16.reduce_gradients();
-      const int64_t bf16_bytes = c.data_bytes() - before;
+      const dist::Traffic bf16_sums = c.traffic() - before;
       for (size_t p = 0; p < shapes.size(); ++p) {
         int64_t first = 0, last = params[p].numel();
         if (stage == train::ZeroStage::zero1) {
@@ -139,9 +139,11 @@ void check_bf16_gradient_sums(dist::Communicator& c) {
         }
       }
       set_grads();
-      before = c.data_bytes();
+      before = c.traffic();
       in_f32.reduce_gradients();
-      CHECK(2 * bf16_bytes == c.data_bytes() - before);
+      const dist::Traffic f32_sums = c.traffic() - before;
+      CHECK(2 * bf16_sums.bytes == f32_sums.bytes);
+      CHECK(bf16_sums.collectives == f32_sums.collectives);
     }
 }
 

@@ -75,38 +75,34 @@ class TurnRanks {
    public:
     Rank(TurnRanks& group, int rank) : Communicator(rank, group.world_, 0), group_(group) {}
     std::string engine() const override { return "ranks taking turns (test)"; }
-    void all_reduce_sum(float* data, int64_t n, Device device) override {
-      data_bytes_ += 4 * n;
+    [[noreturn]] void abort(int code) override { fail("[turn ranks] rank ", rank(), " aborted with code ", code); }
+
+   protected:
+    void do_all_reduce_sum(float* data, int64_t n, Device device) override {
       group_.collective(rank(), {Op::sum_f32, data, n, device});
     }
-    void all_reduce_sum(double* data, int64_t n) override { all_reduce_sum(data, n, Device::cpu()); }
-    void all_reduce_sum(double* data, int64_t n, Device device) override {
+    void do_all_reduce_sum(double* data, int64_t n, Device device) override {
       group_.collective(rank(), {Op::sum_f64, data, n, device});
     }
-    void all_reduce_sum(bf16* data, int64_t n, Device device) override {
-      data_bytes_ += 2 * n;
+    void do_all_reduce_sum(bf16* data, int64_t n, Device device) override {
       group_.collective(rank(), {Op::sum_bf16, data, n, device});
     }
-    void all_reduce_max(float* data, int64_t n, Device device) override {
+    void do_all_reduce_max(float* data, int64_t n, Device device) override {
       group_.collective(rank(), {Op::max_f32, data, n, device});
     }
-    void reduce_scatter_sum(float* data, int64_t segment, Device device) override {
-      data_bytes_ += 4 * segment * world();
+    void do_reduce_scatter_sum(float* data, int64_t segment, Device device) override {
       group_.collective(rank(), {Op::reduce_scatter_f32, data, segment, device});
     }
-    void reduce_scatter_sum(bf16* data, int64_t segment, Device device) override {
-      data_bytes_ += 2 * segment * world();
+    void do_reduce_scatter_sum(bf16* data, int64_t segment, Device device) override {
       group_.collective(rank(), {Op::reduce_scatter_bf16, data, segment, device});
     }
-    void all_gather(void* data, int64_t segment_bytes, Device device) override {
-      data_bytes_ += segment_bytes * world();
+    void do_all_gather(void* data, int64_t segment_bytes, Device device) override {
       group_.collective(rank(), {Op::all_gather, data, segment_bytes, device});
     }
-    void broadcast(void* data, int64_t bytes, int root) override {
+    void do_broadcast(void* data, int64_t bytes, int root) override {
       group_.collective(rank(), {Op::broadcast, data, bytes, Device::cpu(), root});
     }
-    void barrier() override { group_.collective(rank(), {}); }
-    [[noreturn]] void abort(int code) override { fail("[turn ranks] rank ", rank(), " aborted with code ", code); }
+    void do_barrier() override { group_.collective(rank(), {}); }
 
    private:
     TurnRanks& group_;

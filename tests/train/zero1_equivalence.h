@@ -8,11 +8,19 @@
 
 #include <algorithm>
 #include <cmath>
+#include <ostream>
 
 #include "core/dist/communicator.h"
 #include "optim/registry.h"
 #include "tests/optim/optim_test_util.h"
 #include "train/data_parallel.h"
+
+namespace tally::dist {
+// For doctest's messages: "{collectives, bytes}".
+inline std::ostream& operator<<(std::ostream& os, const Traffic& t) {
+  return os << "{" << t.collectives << " collectives, " << t.bytes << " bytes}";
+}
+}  // namespace tally::dist
 
 namespace tally::test {
 
@@ -62,9 +70,21 @@ inline void check_zero1_equals_whole(dist::Communicator& c, Device device, int s
         part_params[i].set_grad(zero1_gradient(part_params[i], i, step, 1.0 / c.world()));
       }
       whole->step();
+      INFO("step ", step);
+      // Step 2 inspects: each tensor's statistics are summed over the ranks too.
+      sharded->set_inspect(step == 2 ? optim::Inspect::summary : optim::Inspect::off);
+      const dist::Traffic t0 = c.traffic();
       dp.reduce_gradients();
+      dp.loss_and_norm(0.0, 0.0);  // a training step's other collective
+      const dist::Traffic t1 = c.traffic();
       sharded->step();
+      const dist::Traffic t2 = c.traffic();
       dp.gather_parameters();
+      // What each part of the step handed to the collectives, as predicted (the plan's and the log's figures): the
+      // optimizer's own sums over the ranks included, call for call and byte for byte.
+      CHECK(t1 - t0 == dp.reduce_traffic());
+      CHECK(t2 - t1 == sharded->traffic_per_step());
+      CHECK(c.traffic() - t2 == dp.gather_traffic());
     }
     for (size_t i = 0; i < whole_params.size(); ++i) {
       INFO("parameter ", i);
@@ -137,10 +157,14 @@ inline void check_zero1_bf16_rounding(dist::Communicator& c, Device device, int 
         part_params[i].set_grad(from_vector(g, shapes[i], {.dtype = DType::bf16, .device = device}));
       }
       whole->step();
+      const dist::Traffic before_step = c.traffic();
       sharded->step();
-      const int64_t before = c.data_bytes();
+      CHECK(c.traffic() - before_step == sharded->traffic_per_step());  // SM3's maxima
+      const dist::Traffic before = c.traffic();
       dp.gather_parameters();
-      CHECK(3 * (c.data_bytes() - before) == dp.bytes_per_step());
+      CHECK(c.traffic() - before == dp.gather_traffic());
+      // bf16 parameters gathered as bf16: half the bytes of the f32 sums (less the loss and norm's two doubles).
+      CHECK(2 * dp.gather_traffic().bytes == dp.reduce_traffic().bytes - 16);
     }
     for (size_t i = 0; i < shapes.size(); ++i) {
       const std::string param = part_params[i].name();
