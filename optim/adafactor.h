@@ -29,6 +29,7 @@ class Adafactor final : public OptimizerWith<Adafactor, AdafactorConfig> {
  public:
   static constexpr const char* kKind = "adafactor";
   static constexpr bool kFusedBf16 = true;  // its CUDA kernels take FusedBf16 (bf16 gradient in, bf16 parameter out)
+  static constexpr bool kSumsOverTensor = true;  // the RMS clip
   using OptimizerWith::OptimizerWith;
 
   // transformers' names and order: exp_avg (with beta1), then exp_avg_sq_row/_col or exp_avg_sq.

@@ -35,6 +35,7 @@ class Came final : public OptimizerWith<Came, CameConfig> {
  public:
   static constexpr const char* kKind = "came";
   static constexpr bool kFusedBf16 = true;  // its CUDA kernels take FusedBf16 (bf16 gradient in, bf16 parameter out)
+  static constexpr bool kSumsOverTensor = true;  // the RMS clip
   using OptimizerWith::OptimizerWith;
 
   // The state a parameter of this shape gets, in the package's order and names.

@@ -36,6 +36,7 @@ class Lamb final : public OptimizerWith<Lamb, LambConfig> {
  public:
   static constexpr const char* kKind = "lamb";
   static constexpr bool kFusedBf16 = true;  // its CUDA kernels take FusedBf16 (bf16 gradient in, bf16 parameter out)
+  static constexpr bool kSumsOverTensor = true;  // its two norms
   using OptimizerWith::OptimizerWith;
 
   static std::vector<StateSpec> state_specs(const Shape& shape, const LambConfig& config);

@@ -174,6 +174,40 @@ ShardCut shard_cut(const Shape& whole, const StateLayout& layout, int world) {
   return cut;
 }
 
+bool ShardCut::whole_on_one_rank() const {
+  if (dim >= 0) return false;
+  for (size_t k = 0; k + 1 < offsets.size(); ++k)
+    if (offsets[k + 1] - offsets[k] == offsets.back()) return true;
+  return false;
+}
+
+std::vector<ShardCut> shard_cuts(const std::vector<std::string>& names, const std::vector<Shape>& wholes,
+                                 const std::vector<StateLayout>& layouts, int world) {
+  TALLY_CHECK(names.size() == wholes.size() && wholes.size() == layouts.size(), "[zero] ", names.size(), " names, ",
+              wholes.size(), " shapes and ", layouts.size(), " layouts");
+  std::vector<ShardCut> cuts;
+  std::vector<size_t> unsplit;  // the small tensors cut over their elements
+  for (size_t i = 0; i < wholes.size(); ++i) {
+    cuts.push_back(shard_cut(wholes[i], layouts[i], world));
+    const bool small_vector = wholes[i].size() <= 1 && numel(wholes[i]) <= kWholeTensorMax;
+    if (world > 1 && small_vector && layouts[i].sums_over_tensor && cuts.back().dim < 0) unsplit.push_back(i);
+  }
+  std::sort(unsplit.begin(), unsplit.end(), [&](size_t a, size_t b) {
+    const int64_t na = numel(wholes[a]), nb = numel(wholes[b]);
+    return na != nb ? na > nb : names[a] < names[b];
+  });
+  std::vector<int64_t> held(static_cast<size_t>(world), 0);  // their elements each rank holds so far
+  for (const size_t i : unsplit) {
+    const int64_t n = numel(wholes[i]);
+    const int owner = int(std::min_element(held.begin(), held.end()) - held.begin());
+    held[size_t(owner)] += n;
+    ShardCut& cut = cuts[i];
+    for (int k = 0; k <= world; ++k) cut.bounds[size_t(k)] = k <= owner ? 0 : n;
+    cut.offsets = cut.bounds;
+  }
+  return cuts;
+}
+
 Shape part_shape(const Shape& whole, const ShardCut& cut, int rank) {
   const int64_t part = cut.bounds[size_t(rank) + 1] - cut.bounds[size_t(rank)];
   if (cut.dim < 0) return {part};
@@ -305,9 +339,19 @@ void Optimizer::shard(dist::Communicator& comm) {
   comm_ = &comm;
   host_sum_.comm = &comm;
   cuda_sum_.comm = &comm;
-  for (Slot& s : slots_) {
-    const StateLayout layout = state_layout(s);
-    s.cut = optim::shard_cut(s.whole.shape(), layout, comm.world());
+  std::vector<std::string> names;
+  std::vector<Shape> wholes;
+  std::vector<StateLayout> layouts;
+  for (const Slot& s : slots_) {
+    names.push_back(s.name);
+    wholes.push_back(s.whole.shape());
+    layouts.push_back(state_layout(s));
+  }
+  const std::vector<ShardCut> cuts = shard_cuts(names, wholes, layouts, comm.world());
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    Slot& s = slots_[i];
+    const StateLayout& layout = layouts[i];
+    s.cut = cuts[i];
     s.whole_rows = layout.factoring.factored ? layout.factoring.layout.n : 0;
     const Shape part = part_shape(s.whole.shape(), s.cut, comm.rank());
     s.param = make_view(s.whole, part, contiguous_strides(part), s.whole.offset() + part_first(s));
@@ -315,7 +359,7 @@ void Optimizer::shard(dist::Communicator& comm) {
 }
 
 kernels::Sharding Optimizer::sharding(const Slot& s) const {
-  if (!comm()) return {};
+  if (!comm() || s.cut.whole_on_one_rank()) return {};  // the tensor is whole here, or nothing of it is
   const RankSum* sum = s.param.device().is_cuda() ? &cuda_sum_ : &host_sum_;
   return {.sum = sum, .numel = s.whole.numel(), .rows = s.whole_rows, .rows_cut = s.cut.columns_shared};
 }
@@ -324,7 +368,7 @@ dist::Traffic Optimizer::traffic_per_step() const {
   dist::Traffic t;
   if (!comm()) return t;
   for (const Slot& s : slots_) {
-    t += cross_rank_traffic(s);
+    if (!s.cut.whole_on_one_rank()) t += cross_rank_traffic(s);
     if (inspect_ != Inspect::off) t += inspection_traffic(s);
   }
   return t;

@@ -108,6 +108,9 @@ std::string describe_factoring(const Shape& shape, const FactoredDims& f);
 struct StateLayout {
   std::vector<StateSpec> specs = {};
   FactoredDims factoring = {};  // .factored false: a dense state
+  // The step takes a sum over the whole tensor (an RMS clip, a norm), which a tensor split over ranks completes over
+  // them (a collective per tensor and step).
+  bool sums_over_tensor = false;
 };
 
 // ---- ZeRO-1: a parameter's state cut over the ranks of a data-parallel group ----
@@ -133,8 +136,22 @@ struct ShardCut {
   std::vector<int64_t> offsets;  // world + 1 element offsets of each rank's part
   bool columns_shared = false;   // the factored row dim is cut: column statistics are summed over every rank's rows
   int64_t part_numel(int rank) const { return offsets[size_t(rank) + 1] - offsets[size_t(rank)]; }
+  // A cut over the flattened elements (no state kept on every rank) that gives them all to one rank: the others
+  // hold nothing of the tensor or its state, and its step needs no sum over the ranks.
+  bool whole_on_one_rank() const;
 };
 ShardCut shard_cut(const Shape& whole, const StateLayout& layout, int world);
+// A vector (a bias, a LayerNorm weight) of at most this many elements may stay whole: see shard_cuts.
+inline constexpr int64_t kWholeTensorMax = int64_t(1) << 16;
+// Every tensor's cut over `world` ranks (tensor i called names[i], of shape wholes[i], laid out as layouts[i]):
+// shard_cut's, except that a vector or a scalar whose step sums over it (StateLayout::sums_over_tensor: CAME's and
+// Adafactor's RMS clip, LAMB's norms), of at most kWholeTensorMax elements, goes whole to one rank: its state is
+// still kept by one rank only, and its step makes no collective (split, every rank would join a sum over the ranks
+// for it, each step). Those go largest first (then by name, so that the order given does not matter), each to the
+// rank holding the fewest of their elements so far (ties: the lowest). Larger tensors stay split (whole, they would
+// leave the ranks' state uneven), and so do those whose step sums nothing (AdamW's, SGD's: nothing to save).
+std::vector<ShardCut> shard_cuts(const std::vector<std::string>& names, const std::vector<Shape>& wholes,
+                                 const std::vector<StateLayout>& layouts, int world);
 // The shape of rank `rank`'s part of a tensor of shape `whole`.
 Shape part_shape(const Shape& whole, const ShardCut& cut, int rank);
 // The state of rank `rank`'s part: each state cut as its StateIndex says, the factored layout of the part.
@@ -262,7 +279,7 @@ class Optimizer {
 
   // ---- ZeRO-1 ----
   // From now on this optimizer keeps state for, and updates, only rank comm.rank()'s part of each parameter
-  // (shard_cut); the sums a step needs over a whole tensor (the RMS clip, column statistics, row means, inspection
+  // (shard_cuts); the sums a step needs over a whole tensor (the RMS clip, column statistics, row means, inspection
   // statistics) are completed over the ranks through `comm`, which must outlive the optimizer. Before any state
   // exists. The caller gives whole gradients (this rank's part is read) and all-gathers the updated parameters.
   void shard(dist::Communicator& comm);
@@ -291,7 +308,7 @@ class Optimizer {
  protected:
   // Per parameter.
   struct Slot {
-    Tensor param;  // what the algorithm updates: this rank's part (shard_cut) of `whole`
+    Tensor param;  // what the algorithm updates: this rank's part (shard_cuts) of `whole`
     Tensor whole;  // updated_part(leaf): the parameter less its padding rows
     Tensor leaf;   // the parameter itself, whose .grad backward fills
     ShardCut cut;  // `whole` over the ranks
@@ -518,9 +535,11 @@ class OptimizerWith : public Optimizer {
   // Whether the optimizer's CUDA kernels take FusedBf16; an optimizer whose kernels do says so with its own
   // kFusedBf16 = true.
   static constexpr bool kFusedBf16 = false;
+  // Whether a step sums over each whole tensor (StateLayout::sums_over_tensor); an optimizer that does says so.
+  static constexpr bool kSumsOverTensor = false;
 
   static StateLayout layout(const Shape& shape, const Config& config) {
-    StateLayout l{.specs = Derived::state_specs(shape, config)};
+    StateLayout l{.specs = Derived::state_specs(shape, config), .sums_over_tensor = Derived::kSumsOverTensor};
     if constexpr (requires { Derived::factoring(shape, config); }) l.factoring = Derived::factoring(shape, config);
     return l;
   }
@@ -528,13 +547,22 @@ class OptimizerWith : public Optimizer {
   // Sharded (ZeRO-1): rank shard.rank's part of each parameter.
   static std::vector<TensorState> predict_state_bytes(const std::vector<NamedShape>& params, const Config& config,
                                                       ShardOf shard = {}) {
-    std::vector<TensorState> out;
+    std::vector<std::string> names;
+    std::vector<Shape> shapes;
+    std::vector<StateLayout> wholes;
     for (const NamedShape& p : params) {
-      const StateLayout whole = layout(p.shape, config);
-      const ShardCut cut = optim::shard_cut(p.shape, whole, shard.world);
-      const Shape part = part_shape(p.shape, cut, shard.rank);
-      out.push_back({.param = p.name, .param_shape = part,
-                     .states = with_master(part_layout(whole, p.shape, cut, shard.rank).specs, part, p.dtype)});
+      names.push_back(p.name);
+      shapes.push_back(p.shape);
+      wholes.push_back(layout(p.shape, config));
+    }
+    const std::vector<ShardCut> cuts = shard_cuts(names, shapes, wholes, shard.world);
+    std::vector<TensorState> out;
+    for (size_t i = 0; i < params.size(); ++i) {
+      const NamedShape& p = params[i];
+      const Shape part = part_shape(p.shape, cuts[i], shard.rank);
+      out.push_back({.param = p.name,
+                     .param_shape = part,
+                     .states = with_master(part_layout(wholes[i], p.shape, cuts[i], shard.rank).specs, part, p.dtype)});
     }
     return out;
   }

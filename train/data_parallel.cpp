@@ -45,9 +45,7 @@ DataParallel::DataParallel(dist::Communicator& comm, ZeroStage stage, const opti
     open = Bucket{.segments = std::vector<std::vector<Piece>>(size_t(segments))};
     std::fill(filled.begin(), filled.end(), 0);
   };
-  for (const Tensor& p : params) {
-    std::vector<int64_t> offsets = {0, optim::updated_part(p).numel()};  // padding rows never travel
-    if (stage == ZeroStage::zero1) offsets = optimizer.shard_cut(p.name()).offsets;
+  auto add = [&](const Tensor& p, const std::vector<int64_t>& offsets) {
     std::vector<int64_t> grown = filled;
     for (int k = 0; k < segments; ++k) grown[size_t(k)] += offsets[size_t(k) + 1] - offsets[size_t(k)];
     if (int64_t(segments) * *std::max_element(grown.begin(), grown.end()) > cap) close();
@@ -55,7 +53,24 @@ DataParallel::DataParallel(dist::Communicator& comm, ZeroStage stage, const opti
       open.segments[size_t(k)].push_back({.param = p, .begin = offsets[size_t(k)], .end = offsets[size_t(k) + 1]});
       filled[size_t(k)] += offsets[size_t(k) + 1] - offsets[size_t(k)];
     }
+  };
+  // ZeRO 1: the tensors one rank holds whole (small vectors, optim::shard_cuts) in buckets of their own, after the
+  // others: among split tensors each would lengthen one rank's segment, and the collective pads every segment to the
+  // longest; together, spread over the ranks, they nearly balance.
+  std::vector<Tensor> whole_on_one_rank;
+  for (const Tensor& p : params) {
+    if (stage == ZeroStage::zero0) {
+      add(p, {0, optim::updated_part(p).numel()});  // padding rows never travel
+      continue;
+    }
+    const optim::ShardCut& cut = optimizer.shard_cut(p.name());
+    if (cut.whole_on_one_rank())
+      whole_on_one_rank.push_back(p);
+    else
+      add(p, cut.offsets);
   }
+  close();
+  for (const Tensor& p : whole_on_one_rank) add(p, optimizer.shard_cut(p.name()).offsets);
   close();
   gather_dtype_ = params.front().dtype();
   for (const Tensor& p : params)

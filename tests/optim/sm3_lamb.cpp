@@ -233,8 +233,18 @@ TEST_CASE("sm3: ZeRO 1 cuts dim 0 and gives the whole tensor's bits, ranks holdi
   CHECK(r0[0].states[1].shape == Shape{1, 4});
   CHECK(r1[0].states[0].shape == Shape{1, 1});
   CHECK(r1[0].states[1].shape == Shape{1, 4});
-  // A vector in units of 8 elements (parts start on round_to_bf16's blocks): 8 and 4 of 12.
-  CHECK(optim::total_bytes(optim::predict_optimizer_state("sm3", {{"v", {12}}}, {}, {.rank = 1, .world = 2})) == 4 * 4);
+  // A vector in units of 8 elements (parts start on round_to_bf16's blocks): 8 and 4 of 12. SM3's step sums nothing
+  // over a tensor, so its vectors stay split; LAMB's, whose two norms would cost a collective a step, go whole to one
+  // rank (optim::shard_cuts), up to kWholeTensorMax elements.
+  const auto vector_bytes = [](const char* name, int64_t n, int rank) {
+    return optim::total_bytes(optim::predict_optimizer_state(name, {{"v", {n}}}, {}, {.rank = rank, .world = 2}));
+  };
+  CHECK(vector_bytes("sm3", 12, 1) == 4 * 4);
+  CHECK(vector_bytes("lamb", 12, 0) == 12 * 8);
+  CHECK(vector_bytes("lamb", 12, 1) == 0);
+  const int64_t n = optim::kWholeTensorMax + 12, first = (n / 8 + 1) / 2 * 8;  // 8194 blocks of 8, the last short
+  CHECK(vector_bytes("lamb", n, 0) == first * 8);
+  CHECK(vector_bytes("lamb", n, 1) == (n - first) * 8);
   // Maxima are exact in any order and each element's arithmetic is the same at any cut: equal bits, not a
   // tolerance. Shapes with more ranks than indices of dim 0 ({2, 5} at 3 ranks), a 3-D tensor (two accumulators
   // completed over ranks), a vector and a scalar; beta 0 (the new maxima replace the old: a rank holding nothing

@@ -10,6 +10,8 @@
 
 #include "core/autograd/node.h"
 #include "core/dist/communicator.h"
+#include "optim/came.h"
+#include "optim/lamb.h"
 #include "tests/train/turn_ranks.h"
 #include "tests/train/zero1_equivalence.h"
 
@@ -176,6 +178,75 @@ TEST_CASE("distributed: gradients summed in bf16 are the engine's bf16 sums, in 
   for (const int world : {2, 3}) {
     test::TurnRanks group(world);
     group.run(check_bf16_gradient_sums);
+  }
+}
+
+TEST_CASE("distributed: a vector whose step sums over it goes whole to one rank, and makes no collective") {
+  // Largest first, each to the rank holding the fewest such elements so far: 100 -> 0, 50 -> 1, 40 -> 1, then the
+  // two of 10 by name, in whatever order they are given: "a" -> 1 (100 and 90 held), "b" -> 0 (100 each: the lowest).
+  // A vector over kWholeTensorMax, a factored matrix and a small matrix of elementwise state (LAMB's) are cut as
+  // shard_cut says.
+  const int64_t big = optim::kWholeTensorMax + 12;
+  const std::vector<std::string> names = {"v", "w", "x", "b", "a", "y", "z", "m"};
+  const std::vector<Shape> shapes = {{100}, {50}, {40}, {10}, {10}, {big}, {40, 24}, {40, 24}};
+  std::vector<optim::StateLayout> layouts;
+  for (size_t i = 0; i + 1 < shapes.size(); ++i)
+    layouts.push_back(optim::Came::layout(shapes[i], optim::CameConfig{.lr = 1e-3}));
+  layouts.push_back(optim::Lamb::layout(shapes.back(), optim::LambConfig{.lr = 1e-3}));
+  const std::vector<optim::ShardCut> cuts = optim::shard_cuts(names, shapes, layouts, 2);
+  const std::vector<int> owners = {0, 1, 1, 0, 1};
+  for (size_t i = 0; i < owners.size(); ++i) {
+    INFO("tensor ", i);
+    CHECK(cuts[i].whole_on_one_rank());
+    CHECK(cuts[i].part_numel(owners[i]) == numel(shapes[i]));
+  }
+  CHECK_FALSE(cuts[5].whole_on_one_rank());
+  CHECK((cuts[5].part_numel(0) > 0 && cuts[5].part_numel(1) > 0));
+  CHECK(cuts[5].offsets[1] % 8 == 0);        // parts start on round_to_bf16's blocks
+  CHECK_FALSE(cuts[6].whole_on_one_rank());  // rows cut, the column statistics completed over the ranks
+  CHECK(cuts[6].columns_shared);
+  CHECK((cuts[7].dim < 0 && cuts[7].part_numel(0) == 480 && cuts[7].part_numel(1) == 480));
+
+  // CAME over the small vectors at 2 and 3 ranks: the owner steps each whole, bit for bit as one process does, and
+  // no rank hands anything to the collectives (cut into ranges, each vector's RMS would cost one per step).
+  const std::vector<Shape> vectors(shapes.begin(), shapes.begin() + 5);
+  const auto make = [&](std::vector<Tensor>& params) {
+    for (size_t i = 0; i < vectors.size(); ++i) {
+      params.push_back(from_vector(test::normal_values(numel(vectors[i]), 30 + i), vectors[i]));
+      params.back().set_requires_grad(true);
+      params.back().set_name(cat("v", i));
+    }
+    return optim::make_optimizer("came", params, {{"lr", 1e-2}});
+  };
+  const auto gradient = [&](size_t i, int step) {
+    return from_vector(test::normal_values(numel(vectors[i]), 100 * uint64_t(step) + i, 0.5), vectors[i]);
+  };
+  std::vector<Tensor> whole_params;
+  auto whole = make(whole_params);
+  for (int step = 1; step <= 3; ++step) {
+    for (size_t i = 0; i < vectors.size(); ++i) whole_params[i].set_grad(gradient(i, step));
+    whole->step();
+  }
+  for (const int world : {2, 3}) {
+    test::TurnRanks group(world);
+    group.run([&](dist::Communicator& c) {
+      std::vector<Tensor> params;
+      auto sharded = make(params);
+      sharded->shard(c);
+      const dist::Traffic before = c.traffic();
+      for (int step = 1; step <= 3; ++step) {
+        for (size_t i = 0; i < vectors.size(); ++i) params[i].set_grad(gradient(i, step));
+        sharded->step();
+      }
+      CHECK(c.traffic() - before == dist::Traffic{});
+      CHECK(sharded->traffic_per_step() == dist::Traffic{});
+      for (size_t i = 0; i < vectors.size(); ++i) {
+        const optim::ShardCut& cut = sharded->shard_cut(params[i].name());
+        INFO("world ", world, " rank ", c.rank(), " vector ", i);
+        CHECK(cut.whole_on_one_rank());
+        CHECK(test::rank_elements(params[i], cut, c.rank()) == test::rank_elements(whole_params[i], cut, c.rank()));
+      }
+    });
   }
 }
 
