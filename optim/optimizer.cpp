@@ -186,7 +186,7 @@ std::vector<ShardCut> shard_cuts(const std::vector<std::string>& names, const st
   TALLY_CHECK(names.size() == wholes.size() && wholes.size() == layouts.size(), "[zero] ", names.size(), " names, ",
               wholes.size(), " shapes and ", layouts.size(), " layouts");
   std::vector<ShardCut> cuts;
-  std::vector<size_t> unsplit;  // the small tensors cut over their elements
+  std::vector<size_t> unsplit;  // the small vectors kept whole
   for (size_t i = 0; i < wholes.size(); ++i) {
     cuts.push_back(shard_cut(wholes[i], layouts[i], world));
     const bool small_vector = wholes[i].size() <= 1 && numel(wholes[i]) <= kWholeTensorMax;
