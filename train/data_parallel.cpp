@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "core/autograd/node.h"
 #include "core/ledger.h"
@@ -57,7 +58,7 @@ DataParallel::DataParallel(dist::Communicator& comm, ZeroStage stage, const opti
   // ZeRO 1: the tensors one rank holds whole (small vectors, optim::shard_cuts) in buckets of their own, after the
   // others: among split tensors each would lengthen one rank's segment, and the collective pads every segment to the
   // longest; together, spread over the ranks, they nearly balance.
-  std::vector<Tensor> whole_on_one_rank;
+  std::vector<std::pair<Tensor, const optim::ShardCut*>> whole_on_one_rank;
   for (const Tensor& p : params) {
     if (stage == ZeroStage::zero0) {
       add(p, {0, optim::updated_part(p).numel()});  // padding rows never travel
@@ -65,12 +66,12 @@ DataParallel::DataParallel(dist::Communicator& comm, ZeroStage stage, const opti
     }
     const optim::ShardCut& cut = optimizer.shard_cut(p.name());
     if (cut.whole_on_one_rank())
-      whole_on_one_rank.push_back(p);
+      whole_on_one_rank.emplace_back(p, &cut);
     else
       add(p, cut.offsets);
   }
   close();
-  for (const Tensor& p : whole_on_one_rank) add(p, optimizer.shard_cut(p.name()).offsets);
+  for (const auto& [p, cut] : whole_on_one_rank) add(p, cut->offsets);
   close();
   gather_dtype_ = params.front().dtype();
   for (const Tensor& p : params)
