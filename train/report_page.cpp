@@ -518,7 +518,7 @@ const char* report_page_script() {
     const logged = r.memory && r.memory.memory;
     const predicted = logged ? r.memory.memory.predicted : (c.plan || null);
     const measured = logged ? r.memory.memory.measured : null;
-    const ledger = sub('memory-ledger', 'The ledger by category: predicted and measured', 'Every byte tally allocates is counted by category and owner (bytes requested); the prediction is the same training step run on the meta device, which allocates nothing, and the measurement is the ledger after the run\'s first step.');
+    const ledger = sub('memory-ledger', 'The ledger by category: predicted and measured', 'Every byte tally allocates is counted by category and owner (bytes requested); the prediction is the same training step run on the meta device, which allocates nothing, and the measurement is the ledger after the run\'s first step. A data-parallel run adds what each step hands to the collectives: bytes, and how many calls (one rank\'s, planned and counted).');
     if (r.memory && !logged)
       ledger.append(h('p', {class: 'note'}, `This log records the totals only (predicted ${bytes(r.memory.memory_predicted)}, measured ${bytes(r.memory.memory_measured)}): it was written before tally logged the categories.`));
     if (!predicted) {
@@ -528,9 +528,10 @@ const char* report_page_script() {
       if (!measured)
         ledger.append(h('p', {class: 'note', 'data-key': `memory/${r.name}/measured`}, `Not measured: ${r.memory ? '' : 'log.jsonl has no memory record (runs on a GPU log none: cuBLAS\'s and the caching allocator\'s memory are outside the plan). '}The predicted column is this page's plan for the run's configuration.`));
       const tbl = h('table', {'data-table': `memory/${r.name}`}, h('tr', {}, th('category', {text: 'predicted', cls: 'num'}, {text: 'measured', cls: 'num'}, {text: 'difference', cls: 'num'}, {text: '', cls: 'num'})));
-      const row = (label, key, p, m, indent) => tbl.append(h('tr', {}, h('td', {}, indent ? '\u2003' + label : label),
-        num(`memory/${r.name}/${key}/predicted`, p, bytes(p)), measured ? num(`memory/${r.name}/${key}/measured`, m, bytes(m)) : h('td', {class: 'num'}, '–'),
-        measured ? num(`memory/${r.name}/${key}/difference`, m - p, bytes(m - p)) : h('td', {class: 'num'}, '–'), h('td', {class: 'num muted'}, human(p))));
+      // fmt: bytes (with their binary-unit reading beside) or count (collectives).
+      const row = (label, key, p, m, indent, fmt = bytes) => tbl.append(h('tr', {}, h('td', {}, indent ? '\u2003' + label : label),
+        num(`memory/${r.name}/${key}/predicted`, p, fmt(p)), measured ? num(`memory/${r.name}/${key}/measured`, m, fmt(m)) : h('td', {class: 'num'}, '–'),
+        measured ? num(`memory/${r.name}/${key}/difference`, m - p, fmt(m - p)) : h('td', {class: 'num'}, '–'), h('td', {class: 'num muted'}, fmt === bytes ? human(p) : '')));
       for (const [field, , label] of CATEGORIES) {
         row(label, field, predicted[field], measured && measured[field]);
         if (field === 'optimizer_state')
@@ -539,7 +540,11 @@ const char* report_page_script() {
       }
       row('total (peak, all at once)', 'total', predicted.total, measured && measured.total);
       row('total held (64-byte blocks)', 'total_held', predicted.total_held, measured && measured.total_held);
-      if (r.comm) row('communication per step', 'comm', r.comm.comm_bytes_predicted, measured && r.comm.comm_bytes_measured);
+      if (r.comm) {
+        row('communication per step', 'comm', r.comm.comm_bytes_predicted, measured && r.comm.comm_bytes_measured);
+        if (r.comm.collectives_predicted !== undefined)
+          row('collectives per step', 'collectives', r.comm.collectives_predicted, measured && r.comm.collectives_measured, true, count);
+      }
       ledger.append(h('div', {class: 'grid'}, tbl, barChart({title: 'By category', key: `${r.name}/memory`, groups: CATEGORIES.map(([field, , label]) => ({label,
         bars: [{name: 'predicted', value: predicted[field], color: COLORS[0]}].concat(measured ? [{name: 'measured', value: measured[field], color: COLORS[2]}] : [])}))})));
       box.append(ledger);

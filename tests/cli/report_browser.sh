@@ -62,4 +62,16 @@ timeout 120 "$browser" "${flags[@]}" --window-size=1280,2600 --screenshot="$buil
   fail "compare: $(tail -3 "$work/o")"
 read_page "$work/cmp/report.html" "came=$work/cmp/runs/came" "adamw=$work/cmp/runs/adamw" \
   "adafactor=$work/cmp/runs/adafactor"
+# Two ranks (mpirun; where tally was built with MPI): the run's page adds its communication per step, bytes and
+# collectives, as logged.
+if command -v mpirun >/dev/null; then
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  if timeout 300 mpirun --oversubscribe -np 2 "$tally" train "${common[@]}" --steps 3 --eval-every 3 --log-optim 1 \
+    --zero 1 --out "$work/dp" >"$work/o" 2>&1; then
+    grep -q '"collectives_measured"' "$work/dp/log.jsonl" || fail "the 2-rank run logged no communication record"
+    read_page "$work/dp/report.html" "dp=$work/dp"
+  elif ! grep -q "built without MPI" "$work/o"; then
+    fail "2 ranks: $(tail -3 "$work/o")"
+  fi
+fi
 echo "cli report_browser: ok (screenshot: $build/report-screenshot.png)"

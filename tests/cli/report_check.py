@@ -139,6 +139,14 @@ def check_run(dom, name, run_dir, memory, optimizers):
                 same(dom, f"memory/{name}/owner/{cat}/{owner}/{side}", b)
     same(dom, f"memory/{name}/total/predicted", mem["memory_predicted"])
     same(dom, f"memory/{name}/total/measured", mem["memory_measured"])
+    # Data parallel: what a step hands to the collectives, bytes and calls, planned and counted (the first record).
+    comm = next((r for r in log if "comm_bytes_predicted" in r), None)
+    if comm is not None:
+        for key, field in [("comm", "comm_bytes"), ("collectives", "collectives")]:
+            for side in ["predicted", "measured"]:
+                k = f"memory/{name}/{key}/{side}"
+                if check(value(dom, k) is not None, f"{k}: not on the page"):
+                    same(dom, k, comm[f"{field}_{side}"])
 
     # Every registered optimizer's state for this model: what `tally memory` predicts.
     listed = [key.split("/")[2] for key in dom.values
