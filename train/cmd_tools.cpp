@@ -287,7 +287,7 @@ int cmd_eval(const Args& args) {
            {"json", "print {\"loss\": ..., \"tokens\": ...}", "", FlagKind::switch_}});
   f.parse(args);
   no_positional(f);
-  int threads = int(f.integer("threads"));
+  const int threads = thread_count(f);
   if (threads > 0) omp_set_num_threads(threads);
   auto model = load_model_file(f.str("checkpoint"), Device::cpu());
   int64_t B = f.integer("batch"), T = f.integer("seq");
@@ -385,7 +385,7 @@ int cmd_sample(const Args& args) {
            {"threads", "CPU threads (0: all)", "0"}});
   f.parse(args);
   no_positional(f);
-  int threads = int(f.integer("threads"));
+  const int threads = thread_count(f);
   if (threads > 0) omp_set_num_threads(threads);
   double temperature = f.number("temperature");
   if (!(temperature > 0)) throw FlagError("--temperature must be positive");

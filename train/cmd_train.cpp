@@ -6,11 +6,34 @@
 #include <fstream>
 
 #include "core/dist/communicator.h"
+#include "train/checkpoint.h"
 #include "train/commands.h"
 #include "train/report.h"
 #include "train/trainer.h"
 
 namespace tally::train {
+
+namespace {
+
+// The flags of the run a --resume continues (a run directory, or one of its checkpoints): the run directory's
+// config.json (the flags it was last started with: more --steps, say), else, for a checkpoint taken out of its run
+// directory, those the checkpoint was saved with (its state.json); an empty object when neither is there or
+// readable (the checkpoint's own checks then name what differs).
+nlohmann::json saved_flags(const std::filesystem::path& resume) {
+  namespace fs = std::filesystem;
+  auto flags_in = [](const fs::path& file) {
+    if (!fs::is_regular_file(file)) return nlohmann::json::object();
+    nlohmann::json j = nlohmann::json::parse(std::ifstream(file), nullptr, false);
+    return j.is_object() && j.contains("flags") && j["flags"].is_object() ? j["flags"] : nlohmann::json::object();
+  };
+  const bool is_checkpoint = fs::exists(resume / "manifest.json");
+  nlohmann::json flags = flags_in((is_checkpoint ? resume.parent_path() : resume) / "config.json");
+  if (!flags.empty()) return flags;
+  const std::optional<fs::path> checkpoint = is_checkpoint ? std::optional(resume) : latest_checkpoint(resume);
+  return checkpoint ? flags_in(*checkpoint / "state.json") : flags;
+}
+
+}  // namespace
 
 int cmd_train(const Args& args) {
   // Data-parallel (mpirun -np N tally train ...): rank 0 alone prints; the others' errors still reach stderr.
@@ -23,22 +46,17 @@ int cmd_train(const Args& args) {
   std::optional<std::filesystem::path> resume;
   if (auto r = flags.maybe("resume")) {
     resume = *r;
-    // A resumed run takes its saved flags; flags given now win (e.g. more --steps).
-    std::filesystem::path cfg = std::filesystem::path(*r) / "config.json";
-    if (!std::filesystem::exists(cfg)) cfg = std::filesystem::path(*r).parent_path() / "config.json";
-    if (std::filesystem::exists(cfg)) {
-      nlohmann::json saved = nlohmann::json::parse(std::ifstream(cfg), nullptr, false);
-      // The saved "out" is where the run was, not where it is now (a moved or copied run continues in place).
-      if (saved.is_object() && saved.contains("flags") && saved["flags"].is_object())
-        for (const auto& [k, v] : saved["flags"].items())
-          if (!flags.given(k) && k != "resume" && k != "out" && v.is_string()) flags.set(k, v.get<std::string>());
-    }
+    // A resumed run takes its saved flags; flags given now win (e.g. more --steps). The saved "out" is where the run
+    // was, not where it is now (a moved or copied run continues in place).
+    const nlohmann::json saved = saved_flags(*resume);
+    for (const auto& [k, v] : saved.items())
+      if (!flags.given(k) && k != "resume" && k != "out" && v.is_string()) flags.set(k, v.get<std::string>());
     // --resume names a run directory or one of its checkpoints; either way the run goes on in the run directory.
     if (!flags.given("out"))
       flags.set("out", std::filesystem::exists(*resume / "manifest.json") ? resume->parent_path().string() : resume->string());
   }
   RunConfig config = run_config(flags, DataResolution::resolve, ranks.world());
-  std::printf("tally train: resolved configuration saved to %s/config.json\n", config.out.c_str());
+  std::printf("tally train: resolved configuration (written to %s/config.json as training starts)\n", config.out.c_str());
   for (const auto& [k, v] : config.flags.items()) std::printf("  --%s %s\n", k.c_str(), v.get<std::string>().c_str());
   install_stop_handlers();
   Trainer trainer(config);

@@ -78,14 +78,14 @@ DataParallel::DataParallel(dist::Communicator& comm, ZeroStage stage, const opti
     if (p.dtype() != gather_dtype_) gather_dtype_ = DType::f32;
   const int64_t reduce_size = int64_t(dtype_size(reduce_dtype_)), gather_size = int64_t(dtype_size(gather_dtype_));
   int64_t largest = 0;
-  // Per bucket and step: an all-reduce, or a reduce-scatter and an all-gather, of the whole buffer; then the loss
-  // and the norm's two doubles.
+  // Per bucket and step: an all-reduce, or a reduce-scatter and an all-gather, of the whole buffer; then the loss,
+  // the norm's squares and the stop request, three doubles.
   for (const Bucket& b : buckets_) {
     largest = std::max(largest, b.segment * segments);
     reduce_traffic_ += {1, b.segment * segments * reduce_size};
     if (stage == ZeroStage::zero1) gather_traffic_ += {1, b.segment * segments * gather_size};
   }
-  reduce_traffic_ += {1, 2 * int64_t(sizeof(double))};
+  reduce_traffic_ += {1, kLossAndNormBytes};
   const int64_t widest = std::max(reduce_size, stage == ZeroStage::zero1 ? gather_size : 0);
   MemoryScope scope(Category::workspace, "dist:bucket");
   buffer_ = empty({(largest * widest + 3) / 4}, {.dtype = DType::f32, .device = device});
@@ -149,11 +149,13 @@ void DataParallel::add_grad_squares(Tensor& acc) const {
   optim::add_sum_of_squares(parts, acc);
 }
 
-DataParallel::LossAndNorm DataParallel::loss_and_norm(double loss, double squares) {
+DataParallel::LossAndNorm DataParallel::loss_and_norm(double loss, double squares, bool stop) {
   // ZeRO 0: every rank summed the same whole gradient, so its squares are already the global sum.
-  double both[2] = {loss, stage_ == ZeroStage::zero1 ? squares : 0.0};
-  comm_.all_reduce_sum(both, 2);
-  return {.loss = both[0] / double(comm_.world()), .norm = std::sqrt(stage_ == ZeroStage::zero1 ? both[1] : squares)};
+  double sums[kLossAndNormValues] = {loss, stage_ == ZeroStage::zero1 ? squares : 0.0, stop ? 1.0 : 0.0};
+  comm_.all_reduce_sum(sums, kLossAndNormValues);
+  return {.loss = sums[0] / double(comm_.world()),
+          .norm = std::sqrt(stage_ == ZeroStage::zero1 ? sums[1] : squares),
+          .stop = sums[2] > 0};
 }
 
 void DataParallel::gather_parameters() {

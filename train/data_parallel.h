@@ -41,18 +41,24 @@ class DataParallel {
   // element on the device) and not read back: ZeRO 0 the whole summed gradient's (the same on every rank), ZeRO 1
   // its parts'.
   void add_grad_squares(Tensor& acc) const;
-  // From this rank's loss and squares (read back from the device together): the mean loss over the ranks and the
-  // global gradient norm, completed in one collective of two numbers.
+  // From this rank's loss and squares (read back from the device together) and whether it was asked to stop: the
+  // mean loss over the ranks, the global gradient norm, and whether any rank was asked to stop, completed in one
+  // collective of three numbers.
   struct LossAndNorm {
     double loss = 0, norm = 0;
+    bool stop = false;
   };
-  LossAndNorm loss_and_norm(double loss, double squares);
+  LossAndNorm loss_and_norm(double loss, double squares, bool stop);
   // ZeRO 1, after the optimizer step: every rank's updated parts into every rank's parameters. ZeRO 0: nothing.
   void gather_parameters();
   // What a step hands to the collectives (dist::Communicator::traffic counts what was handed), predicted from the
   // buckets: reduce_gradients with loss_and_norm (every step), and gather_parameters (a step that updates).
   dist::Traffic reduce_traffic() const { return reduce_traffic_; }
   dist::Traffic gather_traffic() const { return gather_traffic_; }
+
+  // loss_and_norm's collective: three doubles (loss, squares, stop) every step.
+  static constexpr int kLossAndNormValues = 3;
+  static constexpr int64_t kLossAndNormBytes = kLossAndNormValues * int64_t(sizeof(double));
 
  private:
   struct Piece {

@@ -186,4 +186,12 @@ std::string Flags::usage() const {
   return os.str();
 }
 
+int thread_count(const Flags& f) {
+  const int64_t n = f.integer("threads");
+  if (n < 0 || n > kMaxThreads)
+    throw FlagError("--threads must be 0 (all cores) to " + std::to_string(kMaxThreads) + ", got " + std::to_string(n) +
+                    f.origin("threads"));
+  return int(n);
+}
+
 }  // namespace tally::train

@@ -75,4 +75,9 @@ class Flags {
   std::vector<std::string> positional_;
 };
 
+// --threads: 0 (all the cores) up to kMaxThreads (every OpenMP thread takes a stack; far beyond the cores it only
+// slows a run down, and tens of thousands exhaust the process), FlagError otherwise.
+constexpr int kMaxThreads = 1024;
+int thread_count(const Flags& f);
+
 }  // namespace tally::train

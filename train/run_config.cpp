@@ -121,9 +121,9 @@ RunConfig run_config_unchecked(const Flags& f, DataResolution data, int32_t worl
   c.dtype = dtype == "bf16" ? DType::bf16 : DType::f32;
   if (c.dtype == DType::bf16 && !c.device.is_cuda())
     throw FlagError("--dtype bf16 computes on CUDA only: add --device cuda, or train in f32 on the CPU");
-  c.threads = int(f.integer("threads"));
-  if (c.warmup < 0 || c.val_batches < 1 || c.threads < 0 || c.max_bad_steps < 1 || c.keep_last < 0)
-    throw FlagError("--warmup, --threads, --keep-last must be >= 0; --val-batches, --max-bad-steps >= 1");
+  c.threads = thread_count(f);
+  if (c.warmup < 0 || c.val_batches < 1 || c.max_bad_steps < 1 || c.keep_last < 0)
+    throw FlagError("--warmup, --keep-last must be >= 0; --val-batches, --max-bad-steps >= 1");
   const std::string zero = f.str("zero");
   if (zero != "0" && zero != "1") throw FlagError("--zero must be 0 or 1, got '" + zero + "'");
   c.zero = zero == "1" ? ZeroStage::zero1 : ZeroStage::zero0;

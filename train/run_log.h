@@ -25,6 +25,7 @@ struct StepRecord {
   int64_t step = 0;
   double loss = 0, lr = 0, grad_norm = 0, ms = 0, tokens_per_s = 0;
   bool skipped = false;  // non-finite loss or gradient norm: the optimizer did not run
+  bool stop = false;     // a stop was requested (and, data-parallel, every rank knows it): the run stops after this step
 };
 
 enum class LogStart { fresh, append };

@@ -60,14 +60,17 @@ StepOutcome optimizer_step(models::GPT2& model, optim::Optimizer& opt, Batches& 
   }
   StepOutcome out;
   const double loss = plan.poison_loss ? NAN : loss_sum / double(plan.accumulation);
+  const bool stop = plan.stop_requested && plan.stop_requested->load();
   if (dp) {
-    // One rank's NaN is every rank's: they skip the step together.
-    const DataParallel::LossAndNorm both = dp->loss_and_norm(loss, squares);
+    // One rank's NaN is every rank's: they skip the step together; one rank's stop request every rank's too.
+    const DataParallel::LossAndNorm both = dp->loss_and_norm(loss, squares, stop);
     out.loss = both.loss;
     out.grad_norm = both.norm;
+    out.stop = both.stop;
   } else {
     out.loss = loss;
     out.grad_norm = std::sqrt(squares);
+    out.stop = stop;
   }
   if (meta) out.loss = NAN;
   out.finite = meta || (std::isfinite(out.loss) && std::isfinite(out.grad_norm));

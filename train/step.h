@@ -4,6 +4,7 @@
 // gradients freed. A non-finite loss or norm skips the optimizer, whose state stays untouched. The same function
 // runs on the meta device to predict a step's memory (train/memory_plan.h), so the plan is of this very code.
 #pragma once
+#include <atomic>
 #include <cstdint>
 
 #include "core/tensor.h"
@@ -28,12 +29,16 @@ struct StepPlan {
   double grad_clip = 1.0;     // global-norm clip (0: off)
   bool poison_loss = false;   // fault injection (core/faults.h): the step's loss reads as NaN
   DataParallel* parallel = nullptr;  // data-parallel over ranks, or null: one process
+  // A request to stop after this step (SIGINT/SIGTERM), or null. Data-parallel, it is read when the loss is summed
+  // over the ranks and summed with it, so that every rank stops after the same step.
+  const std::atomic<bool>* stop_requested = nullptr;
 };
 
 struct StepOutcome {
   double loss = 0;       // mean over the micro-batches and ranks (NaN on the meta device)
   double grad_norm = 0;  // before clipping
   bool finite = true;    // false: the optimizer did not run
+  bool stop = false;     // some rank had a stop request when the loss was summed: every rank stops after this step
 };
 
 StepOutcome optimizer_step(models::GPT2& model, optim::Optimizer& optimizer, Batches& batches, const StepPlan& plan);

@@ -247,12 +247,14 @@ StepRecord Trainer::train_step(int64_t step) {
     LoaderBatches batches(*train_loader_, c_.batch, c_.seq, c_.device);
     o = optimizer_step(*model_, *optimizer_, batches,
                        {.accumulation = c_.accumulation, .grad_clip = c_.grad_clip,
-                        .poison_loss = faults_.nan_at_step == step, .parallel = parallel_.get()});
+                        .poison_loss = faults_.nan_at_step == step, .parallel = parallel_.get(),
+                        .stop_requested = &g_stop_requested});
   }
   r.ms = seconds_since(t0) * 1000;
   r.loss = o.loss;
   r.grad_norm = o.grad_norm;
   r.skipped = !o.finite;
+  r.stop = o.stop;
   // The whole job's rate: every rank trains as many tokens per step as this one.
   r.tokens_per_s = double(c_.batch * c_.seq * c_.accumulation * comm_.world()) / (r.ms / 1000);
 
@@ -281,7 +283,29 @@ fs::path Trainer::save(int64_t step) {
   // Every rank takes part (ZeRO 1: the state's parts are gathered); rank 0 alone writes the checkpoint, in the same
   // format at any world size.
   optim::OptimizerState st = optimizer_->state_dict();
-  if (comm_.rank() != 0) return c_.out / train::checkpoint_name(step);
+  // The other ranks wait for rank 0's write and learn how it went: nothing they do next (an error that ends the job,
+  // the next step) can cut it short, and a write that failed stops every rank, not rank 0 alone.
+  int32_t written = 0;
+  if (comm_.rank() != 0) {
+    comm_.broadcast(&written, sizeof written, 0);
+    TALLY_CHECK(written == 1, "rank 0 could not write the checkpoint of step ", step, " into '", c_.out.string(),
+                "' (its error says why); earlier checkpoints are untouched");
+    return c_.out / train::checkpoint_name(step);
+  }
+  fs::path path;
+  try {
+    path = write_checkpoint(step, std::move(c), st);
+    written = 1;
+  } catch (...) {
+    comm_.broadcast(&written, sizeof written, 0);
+    throw;
+  }
+  comm_.broadcast(&written, sizeof written, 0);
+  return path;
+}
+
+// Rank 0's part of save(): the run's state beside the model and the optimizer's state, written atomically.
+fs::path Trainer::write_checkpoint(int64_t step, train::CheckpointContent c, const optim::OptimizerState& st) {
   for (const auto& [name, t] : st.tensors) c.optimizer.emplace_back(name, t);
   train::RunState rs;
   rs.step = step;
@@ -331,6 +355,7 @@ void Trainer::resume(const fs::path& dir_in) {
   model_->dropout_generator().set_state(rs.dropout_seed, rs.dropout_offset);
   skipped_total_ = rs.skipped_steps;
   start_step_ = rs.step;
+  resumed_from_ = dir;
   std::printf("resumed from %s at step %lld%s\n", dir.c_str(), (long long)start_step_,
               rs.world == comm_.world() ? ""
                                         : cat(" (saved by ", rs.world, " rank(s), continued by ", comm_.world(),
@@ -343,6 +368,8 @@ void Trainer::resume(const fs::path& dir_in) {
 RunSummary Trainer::run() {
   RunSummary s;
   faults_ = {.nan_at_step = faults::nan_at_step(), .oom_at_step = faults::oom_at_step()};
+  TALLY_CHECK(start_step_ < c_.steps, "--resume '", resumed_from_.string(), "': the checkpoint is at step ", start_step_,
+              " and this run has --steps ", c_.steps, ": nothing to train (give --steps above ", start_step_, ")");
   std::printf("model: GPT-2 %s, %s parameters | optimizer: %s lr %.3g wd %.3g | data: %s\n",
               c_.model.str().c_str(), format_count(model_->num_parameters()).c_str(), c_.optimizer.name.c_str(),
               c_.optimizer.lr(), c_.optimizer.weight_decay(), c_.data.description.c_str());
@@ -463,7 +490,9 @@ void Trainer::run_steps(RunSummary& s) {
     }
     if ((c_.save_every > 0 && step % c_.save_every == 0) || last) s.last_checkpoint = save(step);
     s.steps_done = step;
-    if (g_stop_requested.load() && !last) {
+    // One process stops at a request made by now; ranks at one some rank had when the step's loss was summed (a rank
+    // that stopped alone would leave the others waiting in the next step's collectives).
+    if ((parallel_ ? r.stop : g_stop_requested.load()) && !last) {
       s.last_checkpoint = save(step);
       s.interrupted = true;
       std::printf("%sstopped at step %lld on request; checkpoint %s (continue with --resume %s)\n", progress.break_line(),

@@ -15,6 +15,7 @@
 #include "models/gpt2.h"
 #include "optim/optimizer.h"
 #include "optim/schedule.h"
+#include "train/checkpoint.h"
 #include "train/memory_plan.h"
 #include "train/run_config.h"
 #include "train/run_log.h"
@@ -57,7 +58,8 @@ class Trainer {
   void run_steps(RunSummary& s);  // the loop of run()
   StepShape step_shape() const;
   int64_t run_holds() const { return ledger(c_.device).total().live_held - held_before_; }
-  std::filesystem::path save(int64_t step);
+  std::filesystem::path save(int64_t step);  // every rank calls it; rank 0 writes
+  std::filesystem::path write_checkpoint(int64_t step, train::CheckpointContent c, const optim::OptimizerState& st);
 
   // Resolved flags compared over the ranks: refuses (naming the flags) a rank started differently from rank 0.
   void check_same_configuration();
@@ -76,6 +78,7 @@ class Trainer {
   std::unique_ptr<RunLog> log_;  // opened by run(), on rank 0
   MemoryFigures predicted_;      // the plan of one step, made by run()
   int64_t start_step_ = 0;       // steps already done (resume)
+  std::filesystem::path resumed_from_;  // the checkpoint resume() loaded, if any
   int64_t held_before_ = 0;      // bytes live on the device before this run allocated anything
   int64_t skipped_total_ = 0, skipped_in_row_ = 0;
 };

@@ -51,7 +51,7 @@ log_up_to() {
 }
 
 # What rank 0's first step handed to the collectives, from its log: "collectives measured, predicted, bytes measured,
-# predicted" (the optimizers' own sums over the ranks, and the loss and norm's two doubles, included).
+# predicted" (the optimizers' own sums over the ranks, and the loss, norm and stop request's three doubles, included).
 comm() {
   sed -n 's/.*"collectives_measured":\([0-9]*\),"collectives_predicted":\([0-9]*\),"comm_bytes_measured":\([0-9]*\),"comm_bytes_predicted":\([0-9]*\).*/\1 \2 \3 \4/p' \
     "$1/log.jsonl"
@@ -99,8 +99,8 @@ read -r _ _ m0 p0 < <(comm "$work/bf16-sum-0")
 read -r _ _ m1 p1 < <(comm "$work/bf16-sum-1")
 read -r _ _ f0 _ < <(comm "$work/two-adamw-0")
 [ "$m0" = "$p0" ] && [ "$m1" = "$p1" ] || fail "--reduce-dtype bf16: communication bytes differ from the plan"
-# Less the loss and norm's 16 bytes, the gradients' and parameters' bytes.
-m0=$((m0 - 16)) m1=$((m1 - 16)) f0=$((f0 - 16))
+# Less the loss, norm and stop request's 24 bytes, the gradients' and parameters' bytes.
+m0=$((m0 - 24)) m1=$((m1 - 24)) f0=$((f0 - 24))
 [ $((2 * m0)) -eq "$f0" ] && [ $((2 * m1)) -eq $((3 * f0)) ] ||
   fail "--reduce-dtype bf16: $m0 and $m1 bytes a step, expected $((f0 / 2)) and $((3 * f0 / 2)) (f32 sums: $f0)"
 
@@ -113,6 +113,7 @@ cmp -s <(losses "$work/again") <(losses "$work/two-came-1") || fail "a rerun at 
 "${mpi[@]}" -np 2 "$tally" train "${common[@]}" --optimizer came --steps 6 --zero 1 --save-every 3 --out "$work/ck" \
   >"$work/o" 2>&1 || fail "checkpointed run: $(tail -3 "$work/o")"
 grep -q '"world": 2' "$work/ck/step-00000003/state.json" || fail "the checkpoint does not record its world"
+mkdir -p "$work/alone" && cp -r "$work/ck/step-00000003" "$work/alone/"
 cp -r "$work/ck" "$work/ck1"
 rm -rf "$work/ck/step-00000006"
 log_up_to "$work/ck" 3
@@ -121,6 +122,16 @@ cmp -s <(losses "$work/ck") <(losses "$work/two-came-1") || fail "resuming at 2 
 rm -rf "$work/ck1/step-00000006"
 "$tally" train --resume "$work/ck1/step-00000003" --out "$work/ck1" >"$work/o" 2>&1 || fail "resume at 1 rank: $(tail -3 "$work/o")"
 grep -q "saved by 2 rank(s), continued by 1" "$work/o" || fail "resume at 1 rank does not say the world changed"
+# A checkpoint taken out of its run directory (no config.json beside it) continues with the flags it was saved with:
+# the losses of the run it came from, bit for bit.
+"${mpi[@]}" -np 2 "$tally" train --resume "$work/alone/step-00000003" --out "$work/alone-run" >"$work/o" 2>&1 ||
+  fail "a checkpoint resumed alone: $(tail -3 "$work/o")"
+cmp -s <(losses "$work/alone-run") <(losses "$work/two-came-1" | tail -3) ||
+  fail "a checkpoint resumed alone did not continue its run: $(losses "$work/alone-run" | tr '\n' ' ')"
+"$tally" train --resume "$work/alone/step-00000003" --steps 3 --out "$work/alone-run2" >"$work/o" 2>&1 &&
+  fail "a resume with --steps at the checkpoint's step ran"
+grep -q "the checkpoint is at step 3 and this run has --steps 3: nothing to train" "$work/o" ||
+  fail "--steps at the checkpoint's step: $(tail -3 "$work/o")"
 
 # Shuffled (the default order): the ranks deal out the stream of slices one process reads, so 2 ranks accumulating 2
 # micro-batches train on the batches of one process accumulating 4 (--total-batch counts all ranks' tokens), and a
@@ -172,4 +183,29 @@ kill -KILL "$(cat "$work/rank1.pid")"
 for _ in $(seq 1 60); do kill -0 $job 2>/dev/null || break; sleep 1; done
 kill -0 $job 2>/dev/null && { kill -KILL $job; fail "the job did not end within 60 s of a rank dying"; }
 wait $job && fail "the job succeeded although a rank died"
+
+# A stop request (SIGTERM) that reaches one rank alone: it travels with the step's loss, every rank stops after the
+# same step, rank 0 saves and the job exits 0 (a rank stopping alone would leave the others waiting in a collective).
+rm -f "$work/rank1.pid"
+"${mpi[@]}" -np 2 "$work/rank.sh" train "${common[@]}" --steps 100000 --zero 1 --out "$work/term" >"$work/term.log" 2>&1 &
+job=$!
+for _ in $(seq 1 150); do grep -q "step 1/" "$work/term.log" 2>/dev/null && [ -s "$work/rank1.pid" ] && break; sleep 0.2; done
+kill -TERM "$(cat "$work/rank1.pid")"
+for _ in $(seq 1 60); do kill -0 $job 2>/dev/null || break; sleep 1; done
+kill -0 $job 2>/dev/null && { kill -KILL $job; fail "SIGTERM to one rank: the job did not end within 60 s"; }
+wait $job || fail "SIGTERM to one rank: the job failed: $(tail -5 "$work/term.log")"
+grep -q "stopped at step [0-9]* on request" "$work/term.log" || fail "SIGTERM to one rank: $(tail -5 "$work/term.log")"
+"$tally" inspect "$work/term" >/dev/null 2>&1 || fail "the checkpoint of a stop request to one rank does not load"
+
+# Rank 0 cannot write a checkpoint (its disk full, simulated on rank 0 alone): the other rank waits for the write and
+# stops too, nothing hangs, the checkpoint before stays loadable.
+"${mpi[@]}" -np 2 "$tally" train "${common[@]}" --steps 2 --zero 1 --out "$work/full" >"$work/o" 2>&1 ||
+  fail "the run before the full disk: $(tail -3 "$work/o")"
+timeout 120 mpirun --oversubscribe -np 1 -x TALLY_FAULT_WRITE_AFTER_BYTES=100000 "$tally" train --resume "$work/full" \
+  --steps 4 : -np 1 "$tally" train --resume "$work/full" --steps 4 >"$work/o" 2>&1
+rc=$?
+[ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] || fail "rank 0's full disk: exit $rc -- $(tail -5 "$work/o")"
+grep -q "disk is full" "$work/o" || fail "rank 0's full disk: $(tail -5 "$work/o")"
+"$tally" inspect "$work/full" >"$work/o" 2>&1 && grep -q "step 2" "$work/o" ||
+  fail "rank 0's full disk: the checkpoint of step 2 does not load: $(head -3 "$work/o")"
 echo "cli distributed: ok"

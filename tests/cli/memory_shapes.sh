@@ -90,13 +90,13 @@ cpu_total=$(plan_total cpu) cuda_total=$(plan_total cuda)
 grep -q '"device": "cuda"' "$work/plan-cuda.json" || fail "the CUDA plan does not say it is one"
 # Bytes handed to the collectives per step at 2 ranks: ZeRO 0 all-reduces the gradients in the reduce dtype (f32 unless
 # --reduce-dtype bf16); ZeRO 1 reduce-scatters them so and all-gathers the parameters in their own dtype (bf16
-# parameters in 2 bytes, not 4). Every step also sums the loss and the gradient norm's squares (two doubles, 16 bytes),
-# left out of the comparisons.
-comm_bytes() {  # dtype zero [reduce dtype] -> comm_bytes_per_step of rank 0's AdamW step, less the 16 bytes
+# parameters in 2 bytes, not 4). Every step also sums the loss, the gradient norm's squares and the ranks' stop request
+# (three doubles, 24 bytes), left out of the comparisons.
+comm_bytes() {  # dtype zero [reduce dtype] -> comm_bytes_per_step of rank 0's AdamW step, less the 24 bytes
   "$tally" memory --model tiny --batch 2 --seq 32 --optimizer adamw --device cuda --dtype "$1" --world 2 --zero "$2" \
     --reduce-dtype "${3:-f32}" --json >"$work/comm.json" 2>&1 || fail "memory --world 2 --zero $2: $(cat "$work/comm.json")"
   python3 -c 'import json,sys; d = json.load(open(sys.argv[1])); assert d["reduce_dtype"] == sys.argv[2]
-print(d["optimizers"]["adamw"]["comm_bytes_per_step"] - 16)' "$work/comm.json" "${3:-f32}" || fail "memory --json: $*"
+print(d["optimizers"]["adamw"]["comm_bytes_per_step"] - 24)' "$work/comm.json" "${3:-f32}" || fail "memory --json: $*"
 }
 reduce=$(comm_bytes f32 0)
 [ "$(comm_bytes bf16 0)" -eq "$reduce" ] || fail "bf16 gradients should be summed as f32: $(comm_bytes bf16 0) vs $reduce"

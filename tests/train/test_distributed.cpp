@@ -12,6 +12,7 @@
 #include "core/dist/communicator.h"
 #include "optim/came.h"
 #include "optim/lamb.h"
+#include "train/data_parallel.h"
 #include "tests/train/turn_ranks.h"
 #include "tests/train/zero1_equivalence.h"
 
@@ -247,6 +248,34 @@ TEST_CASE("distributed: a vector whose step sums over it goes whole to one rank,
         CHECK(test::rank_elements(params[i], cut, c.rank()) == test::rank_elements(whole_params[i], cut, c.rank()));
       }
     });
+  }
+}
+
+TEST_CASE("distributed: the loss, the norm and one rank's stop request are every rank's after the step's sum") {
+  // A signal reaches one rank (or ranks at different steps): the request travels with the loss, so every rank stops
+  // after the same step, instead of one stopping while the others wait for it in the next step's collectives.
+  for (const int world : {2, 3}) {
+    for (const train::ZeroStage stage : {train::ZeroStage::zero0, train::ZeroStage::zero1}) {
+      test::TurnRanks group(world);
+      group.run([&](dist::Communicator& c) {
+        std::vector<Tensor> params = {from_vector(test::normal_values(12, 7), {3, 4})};
+        params[0].set_requires_grad(true);
+        params[0].set_name("w");
+        auto opt = optim::make_optimizer("adamw", params, {{"lr", 1e-3}});
+        if (stage == train::ZeroStage::zero1) opt->shard(c);
+        train::DataParallel dp(c, stage, *opt, params);
+        const dist::Traffic before = c.traffic();
+        INFO("world ", world, " rank ", c.rank(), " ZeRO ", int(stage));
+        for (int asking = -1; asking < world; ++asking) {  // -1: no rank asks
+          // Rank r's loss r + 1 and squares 4 (ZeRO 1: its part's; ZeRO 0: the whole gradient's, every rank's alike).
+          const train::DataParallel::LossAndNorm r = dp.loss_and_norm(double(c.rank() + 1), 4.0, c.rank() == asking);
+          CHECK(r.loss == doctest::Approx(double(world + 1) / 2));
+          CHECK(r.norm == doctest::Approx(stage == train::ZeroStage::zero1 ? std::sqrt(4.0 * world) : 2.0));
+          CHECK(r.stop == (asking >= 0));
+        }
+        CHECK(c.traffic() - before == dist::Traffic{world + 1, (world + 1) * train::DataParallel::kLossAndNormBytes});
+      });
+    }
   }
 }
 

@@ -75,7 +75,7 @@ inline void check_zero1_equals_whole(dist::Communicator& c, Device device, int s
       sharded->set_inspect(step == 2 ? optim::Inspect::summary : optim::Inspect::off);
       const dist::Traffic t0 = c.traffic();
       dp.reduce_gradients();
-      dp.loss_and_norm(0.0, 0.0);  // a training step's other collective
+      dp.loss_and_norm(0.0, 0.0, false);  // a training step's other collective
       const dist::Traffic t1 = c.traffic();
       sharded->step();
       const dist::Traffic t2 = c.traffic();
@@ -163,8 +163,8 @@ inline void check_zero1_bf16_rounding(dist::Communicator& c, Device device, int 
       const dist::Traffic before = c.traffic();
       dp.gather_parameters();
       CHECK(c.traffic() - before == dp.gather_traffic());
-      // bf16 parameters gathered as bf16: half the bytes of the f32 sums (less the loss and norm's two doubles).
-      CHECK(2 * dp.gather_traffic().bytes == dp.reduce_traffic().bytes - 16);
+      // bf16 parameters gathered as bf16: half the bytes of the f32 sums (less the loss and norm's collective).
+      CHECK(2 * dp.gather_traffic().bytes == dp.reduce_traffic().bytes - train::DataParallel::kLossAndNormBytes);
     }
     for (size_t i = 0; i < shapes.size(); ++i) {
       const std::string param = part_params[i].name();
