@@ -21,7 +21,8 @@ int32_t sample_token(std::span<const float> logits, double temperature, int64_t 
   auto before = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
   std::partial_sort(order.begin(), order.begin() + k, order.end(), before);
   const double top = logits[order[0]];
-  TALLY_CHECK(std::isfinite(top), "[sample] the largest logit is ", top);
+  TALLY_CHECK(std::isfinite(top), "[sample] the model's logits are not finite (the largest is ", top, "): its weights ",
+              "overflow or hold NaN, as a diverged run's do (train with a lower --lr, --grad-clip, more --warmup)");
   std::vector<double> w(static_cast<size_t>(k));
   double total = 0;
   for (int64_t i = 0; i < k; ++i) total += w[size_t(i)] = std::exp((double(logits[order[size_t(i)]]) - top) / temperature);

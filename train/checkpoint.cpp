@@ -203,4 +203,17 @@ std::optional<fs::path> latest_checkpoint(const fs::path& run_dir) {
   return best;
 }
 
+std::vector<fs::path> checkpoints_newest_first(const fs::path& run_dir) {
+  std::vector<std::pair<int64_t, fs::path>> found;
+  std::error_code ec;
+  if (!fs::is_directory(run_dir, ec)) return {};
+  for (const auto& e : fs::directory_iterator(run_dir, ec))
+    if (int64_t s = step_of(e.path()); s >= 0 && fs::exists(e.path() / "manifest.json"))
+      found.emplace_back(s, e.path());
+  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::vector<fs::path> out;
+  for (auto& [s, p] : found) out.push_back(std::move(p));
+  return out;
+}
+
 }  // namespace tally::train

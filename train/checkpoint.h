@@ -13,6 +13,7 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <vector>
 #include <optional>
 
 #include "core/io/tensor_file.h"
@@ -50,6 +51,8 @@ Manifest parse_manifest(std::string_view text, const std::string& where);
 
 // The complete checkpoint with the highest step under run_dir (ignores temporary directories).
 std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& run_dir);
+// Every complete checkpoint under run_dir, the highest step first.
+std::vector<std::filesystem::path> checkpoints_newest_first(const std::filesystem::path& run_dir);
 
 // "step-00000123"
 std::string checkpoint_name(int64_t step);

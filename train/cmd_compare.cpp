@@ -44,8 +44,12 @@ int cmd_compare(const Args& args) {
     double lr;
     RunSummary summary;
   };
-  std::vector<Result> results;
+  // Every run's configuration first, so that a bad optimizer name or rate is refused before anything trains.
+  std::vector<RunConfig> configs;
   for (size_t i = 0; i < names.size(); ++i) {
+    for (size_t j = 0; j < i; ++j)
+      if (names[j] == names[i])
+        throw FlagError("--optimizers lists '" + names[i] + "' twice (each run goes to OUT/runs/<optimizer>)");
     // Each run gets the shared flags plus its own optimizer, learning rate and run directory.
     std::vector<FlagSpec> run_specs = train_flags();
     Flags rf("train", "", run_specs);
@@ -54,7 +58,11 @@ int cmd_compare(const Args& args) {
     rf.set("optimizer", names[i]);
     if (!lrs.empty()) rf.set("lr", lrs[i]);
     rf.set("out", (report / "runs" / names[i]).string());
-    RunConfig c = run_config(rf, DataResolution::resolve, dist::process_group().world());
+    configs.push_back(run_config(rf, DataResolution::resolve, dist::process_group().world()));
+  }
+  std::vector<Result> results;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const RunConfig& c = configs[i];
     std::printf("\n=== %s (lr %.3g) ===\n", names[i].c_str(), c.optimizer.lr());
     Trainer t(c);
     results.push_back({names[i], c.optimizer.lr(), t.run()});

@@ -24,6 +24,13 @@ int cmd_report(const Args& args) {
   ReportOptions options;
   options.max_points = f.integer("max-points");
   if (options.max_points < 2) throw FlagError("--max-points must be at least 2");
+  // The page never replaces what it is made of: a run's log or configuration.
+  std::error_code ec;
+  for (const fs::path& run : runs)
+    for (const char* input : {"log.jsonl", "config.json"})
+      if (fs::exists(out, ec) && fs::equivalent(out, run / input, ec))
+        throw FlagError("--out '" + out.string() + "' is the " + input + " of run '" + run.string() +
+                        "', which the page is made from; give another file");
   write_report(runs, out, {}, options);
   std::printf("report: %s\n", out.c_str());
   return 0;

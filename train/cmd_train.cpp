@@ -22,9 +22,13 @@ namespace {
 nlohmann::json saved_flags(const std::filesystem::path& resume) {
   namespace fs = std::filesystem;
   auto flags_in = [](const fs::path& file) {
-    if (!fs::is_regular_file(file)) return nlohmann::json::object();
+    if (!fs::exists(file)) return nlohmann::json::object();
     nlohmann::json j = nlohmann::json::parse(std::ifstream(file), nullptr, false);
-    return j.is_object() && j.contains("flags") && j["flags"].is_object() ? j["flags"] : nlohmann::json::object();
+    if (!fs::is_regular_file(file) || !j.is_object() || !j.contains("flags") || !j["flags"].is_object())
+      fail("--resume: '", file.string(),
+           "' holds no {\"flags\": {...}} object (damaged?), so the run's flags cannot be ",
+           "read back; restore it, or move it away to continue with the flags the checkpoint was saved with");
+    return j["flags"];
   };
   const bool is_checkpoint = fs::exists(resume / "manifest.json");
   nlohmann::json flags = flags_in((is_checkpoint ? resume.parent_path() : resume) / "config.json");
@@ -45,7 +49,9 @@ int cmd_train(const Args& args) {
   if (auto cfg = flags.maybe("config")) flags.merge_json_file(*cfg);
   std::optional<std::filesystem::path> resume;
   if (auto r = flags.maybe("resume")) {
-    resume = *r;
+    // "run/step-00000003/" names the same checkpoint as "run/step-00000003" (its parent is the run directory).
+    resume = std::filesystem::path(*r).lexically_normal();
+    if (resume->filename().empty()) resume = resume->parent_path();
     // A resumed run takes its saved flags; flags given now win (e.g. more --steps). The saved "out" is where the run
     // was, not where it is now (a moved or copied run continues in place).
     const nlohmann::json saved = saved_flags(*resume);
@@ -63,8 +69,13 @@ int cmd_train(const Args& args) {
   if (resume) trainer.resume(*resume);
   RunSummary s = trainer.run();
   if (ranks.rank() == 0) {  // the page of this run, also of one stopped early
-    write_report({config.out}, config.out / "report.html");
-    std::printf("report: %s/report.html\n", config.out.c_str());
+    // The training is done and saved: a page that cannot be written (a damaged log line, a full disk) is a warning.
+    try {
+      write_report({config.out}, config.out / "report.html");
+      std::printf("report: %s/report.html\n", config.out.c_str());
+    } catch (const Error& e) {
+      std::fprintf(stderr, "tally train: warning: the run finished, but its report was not written: %s\n", e.what());
+    }
   }
   if (s.interrupted) return 0;
   std::printf("\nfinal: train loss %.4f, val loss %.4f, %.0f ms/step, optimizer state %s, %lld skipped step(s)\n",
@@ -72,8 +83,13 @@ int cmd_train(const Args& args) {
               (long long)s.skipped_steps);
   if (ranks.rank() != 0) return 0;
   std::printf("\nsamples:\n");
-  for (uint64_t i = 0; i < 2; ++i)
-    std::printf("--- %llu ---\n%s\n", (unsigned long long)i + 1, trainer.sample("", config.sample_tokens, config.seed + 1000 + i).c_str());
+  try {
+    for (uint64_t i = 0; i < 2; ++i)
+      std::printf("--- %llu ---\n%s\n", (unsigned long long)i + 1,
+                  trainer.sample("", config.sample_tokens, config.seed + 1000 + i).c_str());
+  } catch (const Error& e) {  // the run is saved; say why there is no sample
+    std::printf("(none: %s)\n", e.what());
+  }
   std::printf("---\nlog: %s/log.jsonl\ncheckpoint: %s\n", config.out.c_str(), s.last_checkpoint.c_str());
   return 0;
 }

@@ -4,6 +4,9 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include "core/allocator.h"
 #include "core/cuda/runtime.h"  // plain C++: cuBLAS's workspace size in every build; its functions run in CUDA builds
 #include "train/step.h"
@@ -167,6 +170,26 @@ MemoryBudget memory_budget(Device device, int64_t live, int64_t held_before) {
     if (const int64_t limit = cpu_memory_limit(); limit > 0 && (b.bytes < 0 || limit - held_before < b.bytes)) {
       b.bytes = limit - held_before;
       b.source = "the CPU allocator's limit (set_cpu_memory_limit)";
+    }
+    // A cap on the address space (ulimit -v): what is left of it, less what the process maps already (its code,
+    // thread stacks and libraries' buffers) beside what this run holds. Past it allocations fail, and OpenBLAS
+    // retries a failed one for ever: the step must be refused before it starts.
+    if (struct rlimit as; ::getrlimit(RLIMIT_AS, &as) == 0 && as.rlim_cur != RLIM_INFINITY) {
+      long long pages = -1;
+      if (std::FILE* f = std::fopen("/proc/self/statm", "r")) {
+        if (std::fscanf(f, "%lld", &pages) != 1) pages = -1;
+        std::fclose(f);
+      }
+      if (pages >= 0) {
+        const int64_t mapped = int64_t(pages) * int64_t(::sysconf(_SC_PAGESIZE));
+        const int64_t left = int64_t(as.rlim_cur) - mapped + live;
+        if (b.bytes < 0 || left < b.bytes) {
+          b.bytes = left;
+          b.source =
+              cat("the address-space limit (ulimit -v) ", format_bytes_human(int64_t(as.rlim_cur)), ", less the ",
+                  format_bytes_human(mapped), " mapped now, + ", format_bytes_human(live), " this run already holds");
+        }
+      }
     }
   }
 #ifdef TALLY_HAS_CUDA

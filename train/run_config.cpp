@@ -1,6 +1,9 @@
 // `tally train`'s flags and the RunConfig resolved from them (see run_config.h).
 #include "train/run_config.h"
 
+#include <cmath>
+#include <utility>
+
 namespace tally::train {
 
 namespace {
@@ -124,6 +127,18 @@ RunConfig run_config_unchecked(const Flags& f, DataResolution data, int32_t worl
   c.threads = thread_count(f);
   if (c.warmup < 0 || c.val_batches < 1 || c.max_bad_steps < 1 || c.keep_last < 0)
     throw FlagError("--warmup, --keep-last must be >= 0; --val-batches, --max-bad-steps >= 1");
+  // Counts and intervals of which 0 means "none" or "off": never negative.
+  for (const auto& [name, value] : {std::pair<const char*, int64_t>{"eval-every", c.eval_every},
+                                    {"sample-every", c.sample_every},
+                                    {"sample-tokens", c.sample_tokens},
+                                    {"save-every", c.save_every},
+                                    {"log-optim", c.log_optim}})
+    if (value < 0) throw FlagError(cat("--", name, " must be >= 0 (0: none), got ", value, f.origin(name)));
+  if (!(c.min_lr_ratio >= 0 && c.min_lr_ratio <= 1))
+    throw FlagError(cat("--min-lr-ratio must be in [0, 1] (the final learning rate over the peak), got ", c.min_lr_ratio,
+                        f.origin("min-lr-ratio")));
+  if (!(c.grad_clip >= 0) || !std::isfinite(c.grad_clip))
+    throw FlagError(cat("--grad-clip must be >= 0 (0: off), got ", c.grad_clip, f.origin("grad-clip")));
   const std::string zero = f.str("zero");
   if (zero != "0" && zero != "1") throw FlagError("--zero must be 0 or 1, got '" + zero + "'");
   c.zero = zero == "1" ? ZeroStage::zero1 : ZeroStage::zero0;

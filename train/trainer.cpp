@@ -327,12 +327,22 @@ fs::path Trainer::write_checkpoint(int64_t step, train::CheckpointContent c, con
 
 void Trainer::resume(const fs::path& dir_in) {
   fs::path dir = dir_in;
+  std::vector<fs::path> older;  // a run directory's other checkpoints, named when its latest does not load
   if (!fs::exists(dir / "manifest.json")) {
-    auto latest = train::latest_checkpoint(dir);
-    TALLY_CHECK(latest.has_value(), "--resume '", dir.string(), "': no complete checkpoint there");
-    dir = *latest;
+    std::vector<fs::path> all = train::checkpoints_newest_first(dir);
+    TALLY_CHECK(!all.empty(), "--resume '", dir.string(), "': no complete checkpoint there");
+    dir = all.front();
+    older.assign(all.begin() + 1, all.end());
   }
-  train::CheckpointContent c = train::load_checkpoint(dir);
+  train::CheckpointContent c;
+  try {
+    c = train::load_checkpoint(dir);
+  } catch (const Error& e) {
+    if (older.empty()) throw;
+    fail(e.what(), "\nThe run's earlier checkpoint ", older.front().string(),
+         " may be intact: continue from it with --resume ", older.front().string(),
+         " (move the damaged one away: a --resume of the run directory takes its latest checkpoint)");
+  }
   const train::RunState rs = train::run_state_from_json(c.state, (dir / "state.json").string());
   // The vocabulary's padding may differ (--no-vocab-pad given now): the optimizer state never holds padding rows.
   models::GPT2Config saved_model = rs.model;
@@ -370,6 +380,15 @@ RunSummary Trainer::run() {
   faults_ = {.nan_at_step = faults::nan_at_step(), .oom_at_step = faults::oom_at_step()};
   TALLY_CHECK(start_step_ < c_.steps, "--resume '", resumed_from_.string(), "': the checkpoint is at step ", start_step_,
               " and this run has --steps ", c_.steps, ": nothing to train (give --steps above ", start_step_, ")");
+  if (resumed_from_.empty() && comm_.rank() == 0) {
+    // A new run into a directory that holds another would overwrite its log and configuration and mix the two runs'
+    // checkpoints (--keep-last would prune the older run's, a later --resume pick up whichever step is higher).
+    const std::optional<fs::path> earlier = train::latest_checkpoint(c_.out);
+    const bool logged = fs::exists(c_.out / "log.jsonl");
+    TALLY_CHECK(!earlier && !logged, "'", c_.out.string(), "' already holds a run (",
+                earlier ? cat("its checkpoint ", earlier->filename().string()) : std::string("its log.jsonl"),
+                "): continue it with --resume ", c_.out.string(), ", or train into another --out; nothing was changed");
+  }
   std::printf("model: GPT-2 %s, %s parameters | optimizer: %s lr %.3g wd %.3g | data: %s\n",
               c_.model.str().c_str(), format_count(model_->num_parameters()).c_str(), c_.optimizer.name.c_str(),
               c_.optimizer.lr(), c_.optimizer.weight_decay(), c_.data.description.c_str());
@@ -485,8 +504,14 @@ void Trainer::run_steps(RunSummary& s) {
                   format_bytes_human(u.peak_held).c_str());
     progress.show(step, line, first || last || evaluating);
     if (c_.sample_every > 0 && step % c_.sample_every == 0 && !last && comm_.rank() == 0) {
-      std::printf("%s--- sample at step %lld ---\n%s\n---\n", progress.break_line(), (long long)step,
-                  sample("", c_.sample_tokens, c_.seed + uint64_t(step)).c_str());
+      // A sample that cannot be drawn (a diverged model's logits) is reported; the run goes on to save this step.
+      std::string text;
+      try {
+        text = sample("", c_.sample_tokens, c_.seed + uint64_t(step));
+      } catch (const Error& e) {
+        text = cat("(no sample: ", e.what(), ")");
+      }
+      std::printf("%s--- sample at step %lld ---\n%s\n---\n", progress.break_line(), (long long)step, text.c_str());
     }
     if ((c_.save_every > 0 && step % c_.save_every == 0) || last) s.last_checkpoint = save(step);
     s.steps_done = step;

@@ -217,11 +217,21 @@ AtomicFileWriter::AtomicFileWriter(fs::path path) : path_(std::move(path)) {
   TALLY_CHECK(path_.has_filename(), "[io] '", path_.string(), "': expected a file path, got a directory path");
   fault_after_ = faults::write_after_bytes();
   std::error_code ec;
+  // A symbolic link is written through: the file it names is replaced, the link stays.
+  if (fs::is_symlink(path_, ec)) {
+    const fs::path target = fs::weakly_canonical(path_, ec);
+    if (!ec) path_ = target;
+  }
   if (fs::is_directory(path_, ec))
     fail("[io] '", path_.string(), "' is a directory; cannot replace it with a file");
+  if (fs::exists(path_, ec) && !fs::is_regular_file(path_, ec))
+    fail("[io] '", path_.string(), "' is not a regular file (a device, a pipe or a socket): tally writes a file by ",
+         "replacing it whole, which would replace that; give the path of a file");
   fs::path dir = directory_of(path_);
   if (!fs::is_directory(dir, ec))
-    fail("[io] '", path_.string(), "': cannot write: directory '", dir.string(), "' does not exist");
+    fail("[io] '", path_.string(), "': cannot write: ",
+         fs::exists(dir, ec) ? cat("'", dir.string(), "' is not a directory")
+                             : cat("directory '", dir.string(), "' does not exist"));
 
   temp_path_ = path_;
   temp_path_ += cat(".tmp.", ::getpid());

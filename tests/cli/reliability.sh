@@ -35,6 +35,14 @@ expect 1 "largest --batch that fits is [0-9]+" env TALLY_MEMORY_LIMIT=60M "$tall
 grep -q "no checkpoint was written" "$work/out" || fail "refusal does not say nothing was written"
 grep -q "total (peak, all at once)" "$work/out" || fail "refusal has no plan"
 [ -z "$(steps "$work/oom")" ] || fail "refused run left $(steps "$work/oom")"
+# A cap on the address space (ulimit -v) is part of the budget: a step that cannot fit under it is refused before
+# training (an allocation failing under the cap would leave OpenBLAS retrying it for ever). One thread each for
+# OpenMP and OpenBLAS keeps the process's own mappings small. (Not under AddressSanitizer: its shadow memory alone
+# is terabytes of address space.)
+if [ -z "${ASAN_OPTIONS:-}" ]; then
+  (ulimit -v 2500000 && OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 expect 1 "the address-space limit \(ulimit -v\)" \
+    "$tally" train "${common[@]}" --model d6 --batch 16 --seq 1024 --steps 1 --out "$work/as") || exit 1
+fi
 
 "$tally" train "${common[@]}" --steps 2 --out "$work/run" >"$work/out" 2>&1 || fail "training: $(tail -5 "$work/out")"
 expect 1 "out of memory on the CPU: could not allocate" env TALLY_FAULT_OOM_AT_STEP=4 "$tally" train --resume "$work/run" \
@@ -143,4 +151,54 @@ expect 2 "--batch expects an integer, got '2x' \(from config file '.*cfg_bad.jso
 expect 2 "expects an integer" "$tally" train --batch 99999999999999999999
 expect 2 "more than 1099511627776" "$tally" train --width 1048576 --heads 1
 expect 2 "must be positive" "$tally" train --steps -1
+# ---- runs and outputs that would lose something ----
+# Settings that would put NaN in the weights of a finite run, and more threads than a process can start: refused.
+expect 2 "eps must be > 0" "$tally" train "${common[@]}" --optimizer adamw --eps 0 --steps 1 --out "$work/eps0"
+expect 2 "eps \(eps1, eps2\) must be > 0" "$tally" train "${common[@]}" --optimizer came --eps2 0 --steps 1 --out "$work/eps0"
+expect 2 "threads must be 0 \(all cores\) to 1024" "$tally" train "${common[@]}" --threads 100000 --out "$work/threads"
+# A new run into a directory that holds one: refused, the old run untouched.
+"$tally" train "${common[@]}" --steps 2 --out "$work/mine" >"$work/out" 2>&1 || fail "train: $(tail -3 "$work/out")"
+before=$(cat "$work/mine/log.jsonl" "$work/mine/config.json" | md5sum) kept=$(steps "$work/mine")
+expect 1 "already holds a run \(its checkpoint step-00000002\): continue it with --resume" "$tally" train \
+  "${common[@]}" --steps 1 --keep-last 1 --out "$work/mine"
+[ "$(cat "$work/mine/log.jsonl" "$work/mine/config.json" | md5sum)" = "$before" ] && [ "$(steps "$work/mine")" = "$kept" ] ||
+  fail "a refused new run changed the run it found: $(steps "$work/mine")"
+# A checkpoint named with a trailing slash is that checkpoint: its run goes on in its directory.
+expect 0 "resumed from" "$tally" train --resume "$work/mine/step-00000002/" --steps 3
+[ -d "$work/mine/step-00000003" ] || fail "--resume DIR/step-00000002/ did not go on in DIR: $(steps "$work/mine")"
+# Nothing left to train: refused, not an empty run.
+expect 1 "the checkpoint is at step 3 and this run has --steps 3: nothing to train" "$tally" train --resume "$work/mine" --steps 3
+# A damaged config.json (the run's flags): refused, naming it.
+cp "$work/mine/config.json" "$work/config.keep" && echo garbage >"$work/mine/config.json"
+expect 1 "mine/config.json' holds no" "$tally" train --resume "$work/mine" --steps 4
+cp "$work/config.keep" "$work/mine/config.json"
+# A damaged log line does not fail a run that trained and saved: its report is a warning.
+echo garbage >>"$work/mine/log.jsonl"
+expect 0 "warning: the run finished, but its report was not written" "$tally" train --resume "$work/mine" --steps 4
+[ -d "$work/mine/step-00000004" ] || fail "the run with a damaged log line did not save: $(steps "$work/mine")"
+# The page never replaces its own input; a pipe is never replaced by a file; a link is written through.
+expect 2 "is the log.jsonl of run" "$tally" report "$work/mine" --out "$work/mine/log.jsonl"
+grep -q '"step":4' "$work/mine/log.jsonl" || fail "tally report replaced the run's log"
+mkfifo "$work/pipe" || fail "mkfifo"
+expect 1 "is not a regular file \(a device, a pipe or a socket\)" "$tally" export --checkpoint "$work/mine" \
+  --format safetensors --out "$work/pipe"
+[ -p "$work/pipe" ] || fail "export replaced a pipe with a file"
+touch "$work/real.safetensors" && ln -s real.safetensors "$work/link.safetensors"
+expect 0 "wrote" "$tally" export --checkpoint "$work/mine" --format safetensors --out "$work/link.safetensors"
+[ -L "$work/link.safetensors" ] && [ -s "$work/real.safetensors" ] || fail "export did not write through a link"
+# A diverged run (SGD at lr 1e30: finite weights whose forward overflows) ends saved, saying why it has no sample.
+expect 0 "logits are not finite .*lower --lr" "$tally" train "${common[@]}" --optimizer sgd --lr 1e30 --grad-clip 0 \
+  --steps 3 --out "$work/diverged"
+[ -d "$work/diverged/step-00000003" ] || fail "the diverged run did not save: $(steps "$work/diverged")"
+# The latest checkpoint damaged: the refusal names the run's earlier one, which continues.
+printf 'X' | dd of="$work/mine/step-00000004/optimizer.safetensors" bs=1 seek=1000 conv=notrunc 2>/dev/null
+expect 1 "earlier checkpoint .*step-00000003 may be intact: continue from it with --resume" "$tally" train \
+  --resume "$work/mine" --steps 5
+expect 0 "resumed from .*step-00000003" "$tally" train --resume "$work/mine/step-00000003" --steps 5
+expect 2 "save-every must be >= 0" "$tally" train "${common[@]}" --save-every -1 --out "$work/neg"
+expect 2 "grad-clip must be >= 0" "$tally" train "${common[@]}" --grad-clip -1 --out "$work/neg"
+# tally compare refuses a bad list of optimizers before it trains anything.
+expect 2 "unknown optimizer 'foo'" "$tally" compare "${common[@]}" --steps 1 --optimizers came,foo --out "$work/cmp"
+[ -z "$(find "$work/cmp" -name log.jsonl)" ] || fail "compare trained before refusing an unknown optimizer"
+expect 2 "lists 'came' twice" "$tally" compare "${common[@]}" --steps 1 --optimizers came,came --out "$work/cmp"
 echo "cli reliability: ok"

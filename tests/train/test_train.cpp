@@ -87,16 +87,18 @@ TEST_CASE("train: the plan predicted on the meta device equals the CPU step, cat
       {"--optimizer", "adafactor", "--total-batch", "128"},
       {"--optimizer", "sgd", "--total-batch", "128"},
       {"--optimizer", "came", "--seq", "640", "--total-batch", "1280", "--val-batches", "1"}};
-  for (std::vector<std::string> args : runs) {
+  for (size_t run = 0; run < runs.size(); ++run) {
+    std::vector<std::string> args = runs[run];
     const bool chunked = args.size() > 4;                              // the last run
     const std::string opt = args[1] + (chunked ? " B*T 1280" : "");  // for the messages
     args.insert(args.end(), {"--steps", "1"});
-    RunConfig c = config_from(args, out);
+    const fs::path dir = out / std::to_string(run);  // a run directory each (one holding a run is not trained into)
+    RunConfig c = config_from(args, dir);
     Trainer t(c);
     MemoryFigures p = t.predict_memory();
     RunSummary s = t.run();
     // run() measured after its first step; repeat the comparison here from its log.
-    auto log = read_log(out / "log.jsonl");
+    auto log = read_log(dir / "log.jsonl");
     bool seen = false;
     for (const auto& j : log)
       if (j.contains("memory_predicted")) {
@@ -171,7 +173,7 @@ TEST_CASE("train: a NaN step is skipped, the optimizer untouched; too many stop 
     }
   CHECK(skipped);
   {
-    Trainer t(config_from({"--steps", "5", "--max-bad-steps", "1"}, out));
+    Trainer t(config_from({"--steps", "5", "--max-bad-steps", "1"}, out / "stopped"));
     CHECK_THROWS_WITH_AS(t.run(), doctest::Contains("training stopped: 1 non-finite steps in a row"), Error);
   }
   ::unsetenv("TALLY_FAULT_NAN_AT_STEP");
