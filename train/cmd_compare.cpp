@@ -57,7 +57,12 @@ int cmd_compare(const Args& args) {
       if (k != "optimizers" && k != "lrs" && k != "out" && k != "config" && f.given(k)) rf.set(k, v);
     rf.set("optimizer", names[i]);
     if (!lrs.empty()) rf.set("lr", lrs[i]);
-    rf.set("out", (report / "runs" / names[i]).string());
+    const fs::path run_dir = report / "runs" / names[i];
+    // A directory of an earlier compare is kept: refused here, before any run trains (train would refuse it later).
+    if (fs::exists(run_dir / "log.jsonl") || latest_checkpoint(run_dir))
+      fail("'", run_dir.string(), "' holds a run of an earlier compare: give another --out, or move '", report.string(),
+           "' away; nothing was trained");
+    rf.set("out", run_dir.string());
     configs.push_back(run_config(rf, DataResolution::resolve, dist::process_group().world()));
   }
   std::vector<Result> results;
@@ -66,7 +71,10 @@ int cmd_compare(const Args& args) {
     std::printf("\n=== %s (lr %.3g) ===\n", names[i].c_str(), c.optimizer.lr());
     Trainer t(c);
     results.push_back({names[i], c.optimizer.lr(), t.run()});
-    if (g_stop_requested.load()) break;
+    // Stopped by a request: every rank of a data-parallel compare agrees on a run's stop (it travels with a step's
+    // loss); one process also stops at a request made after its run's last step.
+    const bool one_process = dist::process_group().world() == 1;
+    if (results.back().summary.interrupted || (one_process && g_stop_requested.load())) break;
   }
 
   std::vector<report::Series> curves;

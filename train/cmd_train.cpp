@@ -15,26 +15,31 @@ namespace tally::train {
 
 namespace {
 
+// The "flags" object of a run's config.json or a checkpoint's state.json; empty when the file is not there.
+nlohmann::json flags_in(const std::filesystem::path& file) {
+  if (!std::filesystem::exists(file)) return nlohmann::json::object();
+  nlohmann::json j = nlohmann::json::parse(std::ifstream(file), nullptr, false);
+  if (!std::filesystem::is_regular_file(file) || !j.is_object() || !j.contains("flags") || !j["flags"].is_object())
+    return nullptr;  // damaged
+  return j["flags"];
+}
+
 // The flags of the run a --resume continues (a run directory, or one of its checkpoints): the run directory's
 // config.json (the flags it was last started with: more --steps, say), else, for a checkpoint taken out of its run
-// directory, those the checkpoint was saved with (its state.json); an empty object when neither is there or
-// readable (the checkpoint's own checks then name what differs).
+// directory, those the checkpoint was saved with (its state.json); an empty object when neither is there (a damaged
+// state.json is then the checkpoint's own checks' to name).
 nlohmann::json saved_flags(const std::filesystem::path& resume) {
   namespace fs = std::filesystem;
-  auto flags_in = [](const fs::path& file) {
-    if (!fs::exists(file)) return nlohmann::json::object();
-    nlohmann::json j = nlohmann::json::parse(std::ifstream(file), nullptr, false);
-    if (!fs::is_regular_file(file) || !j.is_object() || !j.contains("flags") || !j["flags"].is_object())
-      fail("--resume: '", file.string(),
-           "' holds no {\"flags\": {...}} object (damaged?), so the run's flags cannot be ",
-           "read back; restore it, or move it away to continue with the flags the checkpoint was saved with");
-    return j["flags"];
-  };
   const bool is_checkpoint = fs::exists(resume / "manifest.json");
-  nlohmann::json flags = flags_in((is_checkpoint ? resume.parent_path() : resume) / "config.json");
+  const fs::path config = (is_checkpoint ? resume.parent_path() : resume) / "config.json";
+  nlohmann::json flags = flags_in(config);
+  if (flags.is_null())
+    fail("--resume: '", config.string(), "' holds no {\"flags\": {...}} object (damaged?), so the run's flags cannot ",
+         "be read back; restore it, or move it away to continue with the flags its checkpoint was saved with");
   if (!flags.empty()) return flags;
   const std::optional<fs::path> checkpoint = is_checkpoint ? std::optional(resume) : latest_checkpoint(resume);
-  return checkpoint ? flags_in(*checkpoint / "state.json") : flags;
+  flags = checkpoint ? flags_in(*checkpoint / "state.json") : flags;
+  return flags.is_null() ? nlohmann::json::object() : flags;
 }
 
 }  // namespace

@@ -173,7 +173,8 @@ MemoryBudget memory_budget(Device device, int64_t live, int64_t held_before) {
     }
     // A cap on the address space (ulimit -v): what is left of it, less what the process maps already (its code,
     // thread stacks and libraries' buffers) beside what this run holds. Past it allocations fail, and OpenBLAS
-    // retries a failed one for ever: the step must be refused before it starts.
+    // retries a failed one for ever, so a step that cannot fit is refused before it starts. A lower bound of what
+    // is needed: threads not yet started map their stacks and malloc arenas later (tens of MiB each).
     if (struct rlimit as; ::getrlimit(RLIMIT_AS, &as) == 0 && as.rlim_cur != RLIM_INFINITY) {
       long long pages = -1;
       if (std::FILE* f = std::fopen("/proc/self/statm", "r")) {

@@ -9,6 +9,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <thread>
 
 #include "core/allocator.h"
 #include "core/autograd/node.h"
@@ -19,6 +20,7 @@
 #include "data/tokenizer.h"
 #include "models/generate.h"
 #include "train/checkpoint.h"
+#include "train/flags.h"
 #include "train/run_state.h"
 
 namespace fs = std::filesystem;
@@ -213,13 +215,18 @@ std::string Trainer::sample(const std::string& prompt, int64_t tokens, uint64_t 
   if (!tok) tok.emplace(data::Tokenizer::load());
   NoGradGuard no_grad;
   model_->eval();
+  // Back to training mode however this returns (a sample that fails is reported and the run goes on).
+  struct TrainModeAgain {
+    models::GPT2& model;
+    ~TrainModeAgain() { model.train(); }
+  } train_mode_again{*model_};
   std::vector<int32_t> ids = prompt.empty() ? std::vector<int32_t>{data::Tokenizer::kEndOfText}
                                             : tok->encode(prompt, data::SpecialTokens::allowed);
   int64_t room = c_.model.block_size - int64_t(ids.size());
   MemoryScope scope(Category::other, "sample");
-  auto out = models::generate(*model_, {ids}, {.max_new_tokens = std::max<int64_t>(0, std::min(tokens, room)),
-                                               .temperature = 1.0, .top_k = 40, .seed = seed});
-  model_->train();
+  auto out = models::generate(
+      *model_, {ids},
+      {.max_new_tokens = std::max<int64_t>(0, std::min(tokens, room)), .temperature = 1.0, .top_k = 40, .seed = seed});
   std::vector<int32_t> all = ids;
   all.insert(all.end(), out[0].begin(), out[0].end());
   if (prompt.empty()) all.erase(all.begin());
@@ -288,8 +295,13 @@ fs::path Trainer::save(int64_t step) {
   int32_t written = 0;
   if (comm_.rank() != 0) {
     comm_.broadcast(&written, sizeof written, 0);
-    TALLY_CHECK(written == 1, "rank 0 could not write the checkpoint of step ", step, " into '", c_.out.string(),
-                "' (its error says why); earlier checkpoints are untouched");
+    if (written != 1) {
+      // Rank 0 prints why and ends the job (MPI_Abort): wait for that, so that its error is the one the job shows;
+      // should the job still be running after a while, end it from here.
+      for (int i = 0; i < 100; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      fail("rank 0 could not write the checkpoint of step ", step, " into '", c_.out.string(),
+           "' (its error says why); earlier checkpoints are untouched");
+    }
     return c_.out / train::checkpoint_name(step);
   }
   fs::path path;
@@ -378,16 +390,20 @@ void Trainer::resume(const fs::path& dir_in) {
 RunSummary Trainer::run() {
   RunSummary s;
   faults_ = {.nan_at_step = faults::nan_at_step(), .oom_at_step = faults::oom_at_step()};
-  TALLY_CHECK(start_step_ < c_.steps, "--resume '", resumed_from_.string(), "': the checkpoint is at step ", start_step_,
-              " and this run has --steps ", c_.steps, ": nothing to train (give --steps above ", start_step_, ")");
+  if (start_step_ >= c_.steps)
+    throw FlagError(cat("--resume '", resumed_from_.string(), "': the checkpoint is at step ", start_step_,
+                        " and this run has --steps ", c_.steps, ": nothing to train (give --steps above ", start_step_,
+                        ")"));
   if (resumed_from_.empty() && comm_.rank() == 0) {
     // A new run into a directory that holds another would overwrite its log and configuration and mix the two runs'
     // checkpoints (--keep-last would prune the older run's, a later --resume pick up whichever step is higher).
     const std::optional<fs::path> earlier = train::latest_checkpoint(c_.out);
     const bool logged = fs::exists(c_.out / "log.jsonl");
-    TALLY_CHECK(!earlier && !logged, "'", c_.out.string(), "' already holds a run (",
-                earlier ? cat("its checkpoint ", earlier->filename().string()) : std::string("its log.jsonl"),
-                "): continue it with --resume ", c_.out.string(), ", or train into another --out; nothing was changed");
+    if (earlier)
+      fail("'", c_.out.string(), "' already holds a run (its checkpoint ", earlier->filename().string(),
+           "): continue it with --resume ", c_.out.string(), ", or train into another --out; nothing was changed");
+    TALLY_CHECK(!logged, "'", c_.out.string(), "' already holds a run (its log.jsonl, and no checkpoint to continue ",
+                "from): move that log away to start a run here, or train into another --out; nothing was changed");
   }
   std::printf("model: GPT-2 %s, %s parameters | optimizer: %s lr %.3g wd %.3g | data: %s\n",
               c_.model.str().c_str(), format_count(model_->num_parameters()).c_str(), c_.optimizer.name.c_str(),

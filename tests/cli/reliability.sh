@@ -167,7 +167,7 @@ expect 1 "already holds a run \(its checkpoint step-00000002\): continue it with
 expect 0 "resumed from" "$tally" train --resume "$work/mine/step-00000002/" --steps 3
 [ -d "$work/mine/step-00000003" ] || fail "--resume DIR/step-00000002/ did not go on in DIR: $(steps "$work/mine")"
 # Nothing left to train: refused, not an empty run.
-expect 1 "the checkpoint is at step 3 and this run has --steps 3: nothing to train" "$tally" train --resume "$work/mine" --steps 3
+expect 2 "the checkpoint is at step 3 and this run has --steps 3: nothing to train" "$tally" train --resume "$work/mine" --steps 3
 # A damaged config.json (the run's flags): refused, naming it.
 cp "$work/mine/config.json" "$work/config.keep" && echo garbage >"$work/mine/config.json"
 expect 1 "mine/config.json' holds no" "$tally" train --resume "$work/mine" --steps 4
@@ -201,4 +201,10 @@ expect 2 "grad-clip must be >= 0" "$tally" train "${common[@]}" --grad-clip -1 -
 expect 2 "unknown optimizer 'foo'" "$tally" compare "${common[@]}" --steps 1 --optimizers came,foo --out "$work/cmp"
 [ -z "$(find "$work/cmp" -name log.jsonl)" ] || fail "compare trained before refusing an unknown optimizer"
 expect 2 "lists 'came' twice" "$tally" compare "${common[@]}" --steps 1 --optimizers came,came --out "$work/cmp"
+# ... and a directory of an earlier compare, before training the runs it does not hold either.
+"$tally" compare "${common[@]}" --steps 1 --optimizers adamw --out "$work/cmp2" >"$work/out" 2>&1 ||
+  fail "compare: $(tail -3 "$work/out")"
+expect 1 "cmp2/runs/adamw' holds a run of an earlier compare" "$tally" compare "${common[@]}" --steps 1 \
+  --optimizers came,adamw --out "$work/cmp2"
+[ ! -e "$work/cmp2/runs/came/log.jsonl" ] || fail "compare trained came before refusing the earlier compare's adamw"
 echo "cli reliability: ok"

@@ -29,11 +29,13 @@ grep -q "run directory '$work/busy' is in use by another process (pid $bg: " "$w
 "$tally" train --resume "$work/busy" --steps 3 >"$work/o" 2>&1 && fail "a resume into a busy directory ran"
 grep -q "is in use by another process (pid $bg" "$work/o" || fail "resume refusal: $(cat "$work/o")"
 kill -KILL "$bg"; wait "$bg" 2>/dev/null; bg=""
-# Killed, it holds nothing: the directory is free again (a new run is refused for the run it holds, not for a lock),
-# the log intact.
+# Killed, it holds nothing: the directory is free again. A new run is refused for the run it holds (its log, no
+# checkpoint), not for a lock; with that log moved away, it runs.
 "$tally" train "${common[@]}" --steps 2 --out "$work/busy" >"$work/o" 2>&1 && fail "a new run into a directory holding a run ran"
-grep -q "already holds a run (.*): continue it with --resume" "$work/o" ||
+grep -q "already holds a run (its log.jsonl, and no checkpoint to continue from): move that log away" "$work/o" ||
   fail "after the holder died: $(tail -3 "$work/o")"
+mv "$work/busy/log.jsonl" "$work/busy.old.jsonl"
+"$tally" train "${common[@]}" --steps 2 --out "$work/busy" >"$work/o" 2>&1 || fail "after the holder died: $(tail -3 "$work/o")"
 [ "$(tr -d '\000' < "$work/busy/log.jsonl" | wc -c)" -eq "$(wc -c < "$work/busy/log.jsonl")" ] || fail "NUL bytes in log.jsonl"
 
 # ---- --no-vocab-pad, whatever the model is made from ----

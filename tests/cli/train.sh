@@ -29,9 +29,16 @@ last=$(ls "$work/int" | grep "^step-" | sort | tail -1); last=$((10#${last#step-
 "$tally" train --resume "$work/int" --steps $((last + 2)) >"$work/res.log" 2>&1 || fail "resume failed: $(tail -5 "$work/res.log")"
 grep -q "resumed from" "$work/res.log" || fail "no resume message"
 
-# SIGKILL at random moments while checkpointing every step: the latest checkpoint always loads.
+# SIGKILL at random moments while checkpointing every step: the latest checkpoint always loads, and the next round
+# continues from it (a round killed before its first checkpoint leaves a log only: the next starts afresh).
 for round in 1 2 3; do
-  "$tally" train "${common[@]}" --steps 100000 --save-every 1 --keep-last 2 --out "$work/kill" >"$work/kill.log" 2>&1 &
+  if compgen -G "$work/kill/step-*" >/dev/null; then
+    run=(--resume "$work/kill" --steps 100000)
+  else
+    rm -rf "$work/kill"
+    run=("${common[@]}" --steps 100000 --save-every 1 --keep-last 2 --out "$work/kill")
+  fi
+  "$tally" train "${run[@]}" >"$work/kill.log" 2>&1 &
   pid=$!
   sleep "0.$((RANDOM % 9 + 1))"; sleep $((round))
   kill -KILL $pid; wait $pid 2>/dev/null
