@@ -1,4 +1,4 @@
-// `tally train`: trains a GPT-2 (default: a small preset on Tiny Shakespeare with CAME, on the CPU), printing the
+// `tally train`: trains a GPT-2 (default: the d4 preset on Tiny Shakespeare with CAME, on the CPU), printing the
 // exact memory plan first and the measured figures beside it after step 1, a progress line, evaluations and
 // samples; writes DIR/log.jsonl, DIR/config.json, checkpoints and DIR/report.html (train/report.h). SIGINT/SIGTERM
 // finish the step and save.

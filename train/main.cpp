@@ -23,7 +23,7 @@ const std::map<std::string, Command>& commands() {
   static const std::map<std::string, Command> table = {
       {"demo", {tally::train::cmd_demo, "a short autograd demo: fit a tiny MLP on the CPU"}},
       {"prepare", {tally::train::cmd_prepare, "tokenize a UTF-8 text file into llm.c token shards"}},
-      {"train", {tally::train::cmd_train, "train a GPT-2 (default: small preset, Tiny Shakespeare, CAME, CPU)"}},
+      {"train", {tally::train::cmd_train, "train a GPT-2 (default: the d4 preset, Tiny Shakespeare, CAME, CPU)"}},
       {"compare", {tally::train::cmd_compare, "train with several optimizers and write a report"}},
       {"report", {tally::train::cmd_report, "an HTML page of runs: training curves, optimizer internals, memory"}},
       {"memory", {tally::train::cmd_memory, "the exact memory plan of a model and optimizers, without allocating"}},
