@@ -1,6 +1,7 @@
 // Text -> llm.c token shards (see prepare.h).
 #include "data/prepare.h"
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <span>
@@ -11,12 +12,16 @@
 #include "core/error.h"
 #include "data/shards.h"
 #include "data/tokenizer.h"
+#include "data/utf8.h"
 
 namespace tally::data {
 
 namespace {
 
 std::string read_text(const std::filesystem::path& path) {
+  std::error_code ec;
+  TALLY_CHECK(!std::filesystem::is_directory(path, ec), "[prepare] ", path.string(),
+              " is a directory: give a UTF-8 text file");
   std::ifstream f(path, std::ios::binary);
   TALLY_CHECK(f, "[prepare] cannot open text file ", path.string());
   std::ostringstream ss;
@@ -46,6 +51,13 @@ PrepareResult prepare_text(const std::filesystem::path& text_path, const std::fi
   TALLY_CHECK(options.val_tokens > 0, "[prepare] val_tokens must be positive, got ", options.val_tokens);
   const std::string text = read_text(text_path);
   TALLY_CHECK(!text.empty(), "[prepare] ", text_path.string(), " is empty");
+  // Not UTF-8: said here with the file's own offset and line (the tokenizer sees documents, not the file).
+  if (const size_t bad = first_invalid_utf8(text); bad != text.size()) {
+    const int64_t line = 1 + std::count(text.begin(), text.begin() + std::ptrdiff_t(bad), '\n');
+    fail("[prepare] ", text_path.string(), " is not UTF-8 text: byte ", bad, " (line ", line, ") is 0x", std::hex,
+         int(static_cast<unsigned char>(text[bad])), std::dec,
+         ", not valid UTF-8 there; convert the file to UTF-8 (e.g. with iconv)");
+  }
   const auto tok = Tokenizer::load(options.tokenizer_dir);
   PrepareResult r;
   const auto t0 = std::chrono::steady_clock::now();

@@ -32,4 +32,11 @@ fail() { echo "FAIL: $*"; exit 1; }
 grep -q "cannot open text file" "$out/err" || fail "missing-file message: $(cat "$out/err")"
 "$tally" prepare --out "$out/x" 2> /dev/null
 [[ $? == 2 ]] || fail "a missing --text flag should exit 2"
+# Text that is not UTF-8: the file, the byte and its line; a directory given as --text: said so.
+printf 'hello\nworld\xff more\n' > "$out/latin.txt"
+"$tally" prepare --text "$out/latin.txt" --out "$out/x" 2> "$out/err"
+[[ $? == 1 ]] || fail "non-UTF-8 text should exit 1"
+grep -q "latin.txt is not UTF-8 text: byte 11 (line 2) is 0xff" "$out/err" || fail "non-UTF-8 message: $(cat "$out/err")"
+"$tally" prepare --text "$out" --out "$out/x" 2> "$out/err"
+[[ $? == 1 ]] && grep -q "is a directory: give a UTF-8 text file" "$out/err" || fail "directory as --text: $(cat "$out/err")"
 echo "ok"
