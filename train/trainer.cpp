@@ -394,9 +394,12 @@ RunSummary Trainer::run() {
     throw FlagError(cat("--resume '", resumed_from_.string(), "': the checkpoint is at step ", start_step_,
                         " and this run has --steps ", c_.steps, ": nothing to train (give --steps above ", start_step_,
                         ")"));
-  if (resumed_from_.empty() && comm_.rank() == 0) {
-    // A new run into a directory that holds another would overwrite its log and configuration and mix the two runs'
-    // checkpoints (--keep-last would prune the older run's, a later --resume pick up whichever step is higher).
+  std::error_code ec;
+  const bool own_directory = !resumed_from_.empty() && fs::equivalent(resumed_from_.parent_path(), c_.out, ec);
+  if (!own_directory && comm_.rank() == 0) {
+    // A new run (or a resumed one continuing elsewhere than its own directory) into a directory that holds another
+    // would overwrite its log and configuration and mix the two runs' checkpoints (--keep-last would prune the older
+    // run's, a later --resume pick up whichever step is higher).
     const std::optional<fs::path> earlier = train::latest_checkpoint(c_.out);
     const bool logged = fs::exists(c_.out / "log.jsonl");
     if (earlier)

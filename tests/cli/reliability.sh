@@ -190,6 +190,8 @@ expect 0 "wrote" "$tally" export --checkpoint "$work/mine" --format safetensors 
 expect 0 "logits are not finite .*lower --lr" "$tally" train "${common[@]}" --optimizer sgd --lr 1e30 --grad-clip 0 \
   --steps 3 --out "$work/diverged"
 [ -d "$work/diverged/step-00000003" ] || fail "the diverged run did not save: $(steps "$work/diverged")"
+# A resumed run continued into another run's directory: refused as a new run there is.
+expect 1 "diverged' already holds a run" "$tally" train --resume "$work/mine/step-00000003" --steps 6 --out "$work/diverged"
 # The latest checkpoint damaged: the refusal names the run's earlier one, which continues.
 printf 'X' | dd of="$work/mine/step-00000004/optimizer.safetensors" bs=1 seek=1000 conv=notrunc 2>/dev/null
 expect 1 "earlier checkpoint .*step-00000003 may be intact: continue from it with --resume" "$tally" train \
