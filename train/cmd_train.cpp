@@ -52,6 +52,10 @@ int cmd_train(const Args& args) {
   flags.parse(args);
   if (!flags.positional().empty()) throw FlagError("unexpected argument '" + flags.positional().front() + "'");
   if (auto cfg = flags.maybe("config")) flags.merge_json_file(*cfg);
+  std::vector<std::string> model_flags_with_init;  // before a resumed run's saved flags join the given ones
+  if (flags.given("init") && !flags.given("resume"))
+    for (const char* name : {"model", "layers", "heads", "width", "block"})
+      if (flags.given(name)) model_flags_with_init.push_back(name);
   std::optional<std::filesystem::path> resume;
   if (auto r = flags.maybe("resume")) {
     // "run/step-00000003/" names the same checkpoint as "run/step-00000003" (its parent is the run directory).
@@ -67,6 +71,7 @@ int cmd_train(const Args& args) {
       flags.set("out", std::filesystem::exists(*resume / "manifest.json") ? resume->parent_path().string() : resume->string());
   }
   RunConfig config = run_config(flags, DataResolution::resolve, ranks.world());
+  config.model_flags_with_init = model_flags_with_init;
   std::printf("tally train: resolved configuration (written to %s/config.json as training starts)\n", config.out.c_str());
   for (const auto& [k, v] : config.flags.items()) std::printf("  --%s %s\n", k.c_str(), v.get<std::string>().c_str());
   install_stop_handlers();

@@ -20,6 +20,9 @@ struct RunConfig {
   models::GPT2Config model;
   int64_t vocab_multiple = 128;  // the vocabulary is padded to a multiple of this (1: --no-vocab-pad), --init too
   std::string init;  // a model file to start from ("" = GPT-2 init from seed)
+  // The model flags (--model, --layers, ...) given with --init on the command line or in --config: the model the
+  // file holds must be theirs (a resumed run's saved flags are not listed: its checkpoint is checked instead).
+  std::vector<std::string> model_flags_with_init;
   OptimizerChoice optimizer;
   DataChoice data;
   int64_t batch = 8, seq = 128, steps = 100;

@@ -4,6 +4,7 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -112,6 +113,15 @@ Trainer::Trainer(RunConfig config)
     MemoryScope scope(Category::parameter, "init");
     model_ = load_model_file(c_.init, c_.device);
     models::GPT2Config loaded = model_->config();
+    const auto shape = [](const models::GPT2Config& m) {
+      return std::array<int64_t, 4>{m.n_layer, m.n_head, m.n_embd, m.block_size};
+    };
+    if (!c_.model_flags_with_init.empty() && shape(loaded) != shape(c_.model)) {
+      std::string given;
+      for (const std::string& name : c_.model_flags_with_init) given += cat(given.empty() ? "" : ", ", "--", name);
+      throw FlagError(cat("--init '", c_.init, "' holds a GPT-2 ", loaded.str(), "; the model flags given with it (",
+                          given, ") ask for ", c_.model.str(), ": leave them out to train the file's model"));
+    }
     loaded.dropout = c_.model.dropout;
     loaded.padded_vocab_size = models::padded_vocab(loaded.vocab_size, c_.vocab_multiple);
     c_.model = loaded;

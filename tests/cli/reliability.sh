@@ -190,6 +190,9 @@ expect 0 "wrote" "$tally" export --checkpoint "$work/mine" --format safetensors 
 expect 0 "logits are not finite .*lower --lr" "$tally" train "${common[@]}" --optimizer sgd --lr 1e30 --grad-clip 0 \
   --steps 3 --out "$work/diverged"
 [ -d "$work/diverged/step-00000003" ] || fail "the diverged run did not save: $(steps "$work/diverged")"
+# Model flags given with --init that ask for another model than the file's: refused, naming them.
+expect 2 "holds a GPT-2 L2 NH2 C64 .*model flags given with it \(--model, --width\)" "$tally" train "${common[@]}" \
+  --init "$work/mine/step-00000003" --model d4 --width 512 --steps 1 --out "$work/init-flags"
 # A resumed run continued into another run's directory: refused as a new run there is.
 expect 1 "diverged' already holds a run" "$tally" train --resume "$work/mine/step-00000003" --steps 6 --out "$work/diverged"
 # The latest checkpoint damaged: the refusal names the run's earlier one, which continues.
