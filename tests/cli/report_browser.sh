@@ -66,6 +66,9 @@ read_page "$work/cmp/report.html" "came=$work/cmp/runs/came" "adamw=$work/cmp/ru
 # collectives, as logged.
 if command -v mpirun >/dev/null; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  # Under AddressSanitizer: OpenMPI keeps some memory for the life of the process, which only the slow unwinder
+  # traces to OpenMPI's frames (scripts/lsan-suppressions.txt), as tests/cli/distributed.sh explains.
+  if [ -n "${ASAN_OPTIONS:-}" ]; then export ASAN_OPTIONS="$ASAN_OPTIONS:fast_unwind_on_malloc=0"; fi
   if timeout 300 mpirun --oversubscribe -np 2 "$tally" train "${common[@]}" --steps 3 --eval-every 3 --log-optim 1 \
     --zero 1 --out "$work/dp" >"$work/o" 2>&1; then
     grep -q '"collectives_measured"' "$work/dp/log.jsonl" || fail "the 2-rank run logged no communication record"
