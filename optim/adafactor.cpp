@@ -9,7 +9,7 @@ namespace tally::optim {
 void validate(const AdafactorConfig& c, int group) {
   const char* op = "[adafactor]";
   TALLY_CHECK(std::isfinite(c.lr) && c.lr > 0.0, op, " group ", group, ": lr is required and must be > 0, got ", c.lr);
-  TALLY_CHECK(c.eps[0] > 0.0, op, " group ", group, ": eps[0] (eps1) must be > 0 (with 0, an element whose gradient stays 0 is updated by 0/0 = NaN), got ", c.eps[0]);
+  TALLY_CHECK(c.eps[0] > 0.0, op, " group ", group, ": eps[0] (eps1) ", kEpsMustBePositive, ", got ", c.eps[0]);
   TALLY_CHECK(c.clip_threshold > 0.0, op, " group ", group, ": clip_threshold must be > 0, got ", c.clip_threshold);
   TALLY_CHECK(c.decay_rate < 0.0, op, " group ", group, ": decay_rate must be < 0 (beta2_t = 1 - t^decay_rate), got ",
               c.decay_rate);

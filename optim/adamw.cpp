@@ -11,7 +11,7 @@ void validate(const AdamWConfig& c, int group) {
   TALLY_CHECK(std::isfinite(c.lr) && c.lr >= 0.0, op, " group ", group, ": lr must be >= 0, got ", c.lr);
   TALLY_CHECK(c.betas[0] >= 0.0 && c.betas[0] < 1.0 && c.betas[1] >= 0.0 && c.betas[1] < 1.0, op, " group ", group,
               ": betas must be in [0, 1), got (", c.betas[0], ", ", c.betas[1], ")");
-  TALLY_CHECK(c.eps > 0.0, op, " group ", group, ": eps must be > 0 (with 0, an element whose gradient stays 0 is updated by 0/0 = NaN), got ", c.eps);
+  TALLY_CHECK(c.eps > 0.0, op, " group ", group, ": eps ", kEpsMustBePositive, ", got ", c.eps);
   TALLY_CHECK(std::isfinite(c.weight_decay) && c.weight_decay >= 0.0, op, " group ", group,
               ": weight_decay must be >= 0, got ", c.weight_decay);
 }

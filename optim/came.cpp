@@ -13,8 +13,8 @@ void validate(const CameConfig& c, int group) {
   for (double b : c.betas)
     TALLY_CHECK(b >= 0.0 && b <= 1.0, op, " group ", group, ": betas must be in [0, 1], got (", c.betas[0], ", ",
                 c.betas[1], ", ", c.betas[2], ")");
-  TALLY_CHECK(c.eps[0] > 0.0 && c.eps[1] > 0.0, op, " group ", group, ": eps (eps1, eps2) must be > 0 (with 0, an ",
-              "element whose gradient stays 0 is updated by 0/0 = NaN), got (", c.eps[0], ", ", c.eps[1], ")");
+  TALLY_CHECK(c.eps[0] > 0.0 && c.eps[1] > 0.0, op, " group ", group, ": eps (eps1, eps2) ", kEpsMustBePositive,
+              ", got (", c.eps[0], ", ", c.eps[1], ")");
   TALLY_CHECK(c.clip_threshold > 0.0, op, " group ", group, ": clip_threshold must be > 0, got ", c.clip_threshold);
   TALLY_CHECK(std::isfinite(c.weight_decay) && c.weight_decay >= 0.0, op, " group ", group,
               ": weight_decay must be >= 0, got ", c.weight_decay);

@@ -33,7 +33,7 @@ void validate(const Sm3Config& c, int group) {
   TALLY_CHECK(c.momentum >= 0.0 && c.momentum < 1.0, op, " group ", group, ": momentum must be in [0, 1), got ",
               c.momentum);
   TALLY_CHECK(c.beta >= 0.0 && c.beta <= 1.0, op, " group ", group, ": beta must be in [0, 1], got ", c.beta);
-  TALLY_CHECK(c.eps > 0.0, op, " group ", group, ": eps must be > 0 (with 0, an element whose gradient stays 0 is updated by 0/0 = NaN), got ", c.eps);
+  TALLY_CHECK(c.eps > 0.0, op, " group ", group, ": eps ", kEpsMustBePositive, ", got ", c.eps);
   TALLY_CHECK(std::isfinite(c.weight_decay) && c.weight_decay >= 0.0, op, " group ", group,
               ": weight_decay must be >= 0, got ", c.weight_decay);
 }

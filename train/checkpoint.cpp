@@ -116,11 +116,8 @@ fs::path save_checkpoint(const fs::path& run_dir, int64_t step, const Checkpoint
     throw;
   }
   if (opt.keep_last > 0) {
-    std::vector<std::pair<int64_t, fs::path>> all;
-    for (const auto& e : fs::directory_iterator(run_dir))
-      if (int64_t s = step_of(e.path()); s >= 0 && fs::exists(e.path() / "manifest.json")) all.emplace_back(s, e.path());
-    std::sort(all.begin(), all.end());
-    for (size_t i = 0; i + size_t(opt.keep_last) < all.size(); ++i) fs::remove_all(all[i].second, ec);
+    const std::vector<fs::path> all = checkpoints_newest_first(run_dir);
+    for (size_t i = size_t(opt.keep_last); i < all.size(); ++i) fs::remove_all(all[i], ec);
   }
   return final_dir;
 }
@@ -189,19 +186,12 @@ CheckpointContent load_checkpoint(const fs::path& dir) {
 }
 
 std::optional<fs::path> latest_checkpoint(const fs::path& run_dir) {
-  std::optional<fs::path> best;
-  int64_t best_step = -1;
-  std::error_code ec;
-  if (!fs::is_directory(run_dir, ec)) return std::nullopt;
-  for (const auto& e : fs::directory_iterator(run_dir, ec)) {
-    int64_t s = step_of(e.path());
-    if (s > best_step && fs::exists(e.path() / "manifest.json")) {
-      best_step = s;
-      best = e.path();
-    }
-  }
-  return best;
+  std::vector<fs::path> all = checkpoints_newest_first(run_dir);
+  if (all.empty()) return std::nullopt;
+  return all.front();
 }
+
+bool holds_run(const fs::path& dir) { return fs::exists(dir / "log.jsonl") || latest_checkpoint(dir).has_value(); }
 
 std::vector<fs::path> checkpoints_newest_first(const fs::path& run_dir) {
   std::vector<std::pair<int64_t, fs::path>> found;

@@ -53,6 +53,8 @@ Manifest parse_manifest(std::string_view text, const std::string& where);
 std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& run_dir);
 // Every complete checkpoint under run_dir, the highest step first.
 std::vector<std::filesystem::path> checkpoints_newest_first(const std::filesystem::path& run_dir);
+// Whether dir holds a run: its log.jsonl or a complete checkpoint (a new run there would overwrite or mix with it).
+bool holds_run(const std::filesystem::path& dir);
 
 // "step-00000123"
 std::string checkpoint_name(int64_t step);

@@ -59,7 +59,7 @@ int cmd_compare(const Args& args) {
     if (!lrs.empty()) rf.set("lr", lrs[i]);
     const fs::path run_dir = report / "runs" / names[i];
     // A directory of an earlier compare is kept: refused here, before any run trains (train would refuse it later).
-    if (fs::exists(run_dir / "log.jsonl") || latest_checkpoint(run_dir))
+    if (holds_run(run_dir))
       fail("'", run_dir.string(), "' holds a run of an earlier compare: give another --out, or move '", report.string(),
            "' away; nothing was trained");
     rf.set("out", run_dir.string());

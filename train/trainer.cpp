@@ -10,6 +10,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <thread>
 
 #include "core/allocator.h"
@@ -315,14 +316,15 @@ fs::path Trainer::save(int64_t step) {
     return c_.out / train::checkpoint_name(step);
   }
   fs::path path;
+  std::exception_ptr error;
   try {
     path = write_checkpoint(step, std::move(c), st);
     written = 1;
   } catch (...) {
-    comm_.broadcast(&written, sizeof written, 0);
-    throw;
+    error = std::current_exception();
   }
   comm_.broadcast(&written, sizeof written, 0);
+  if (error) std::rethrow_exception(error);
   return path;
 }
 
