@@ -124,7 +124,7 @@ if [[ "$skip" == *" build "* ]]; then
   fi
 elif timeout 150 cmake -S "$root" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DTALLY_CUDA=ON \
      -DCMAKE_CUDA_ARCHITECTURES=90 -DTALLY_WERROR=OFF "${cmake_args[@]}" >>"$log" 2>&1 &&
-   timeout "${GPU_CHECK_BUILD_TIMEOUT:-240}" cmake --build "$build" -j "$jobs" --target tally_tests bench_cuda bench_gpu_train >>"$log" 2>&1; then
+   timeout "${GPU_CHECK_BUILD_TIMEOUT:-240}" cmake --build "$build" -j "$jobs" --target tally tally_tests bench_cuda bench_gpu_train >>"$log" 2>&1; then
   bin_dir=$build
   row "build (sm_90, Release)" "ok in $(elapsed "$t0")"
   row "configured" "$(grep -E '^-- tally: (MPI|cuDNN)' "$log" | sed 's/^-- tally: //' | tr '\n' ';' | sed 's/;$//; s/;/; /g')"
@@ -149,6 +149,36 @@ if [ -n "$bin_dir" ]; then
   cat "$out/cuda_tests.log" >>"$log"
   grep -E "ERROR|FAILED|CHECK|REQUIRE|relative max error|differ" "$out/cuda_tests.log" | head -40
   row "cuda tests" "rc=$rc in $(elapsed "$t0"): $(doctest_line "$out/cuda_tests.log")"
+
+  # ---- the tally command on the GPU: a short bf16 run, its checkpoint evaluated on the GPU and the CPU ----
+  if [ -x "$bin_dir/tally" ]; then
+    t0=$(date +%s)
+    say "== tally train/eval/sample --device cuda (tiny model)"
+    cli=$out/cli_work && rm -rf "$cli" && mkdir -p "$cli"
+    {
+      timeout 60 "$bin_dir/tally" train --model tiny --batch 4 --seq 64 --steps 6 --eval-every 0 --device cuda \
+        --dtype bf16 --out "$cli/run" &&
+        ev=(eval --checkpoint "$cli/run" --data "$cli/run/data/val.bin" --batch 4 --seq 64 --batches 4 --json) &&
+        timeout 60 "$bin_dir/tally" "${ev[@]}" >"$cli/cpu.json" &&
+        timeout 60 "$bin_dir/tally" "${ev[@]}" --device cuda >"$cli/cuda.json" &&
+        timeout 60 "$bin_dir/tally" "${ev[@]}" --device cuda --dtype bf16 >"$cli/bf16.json" &&
+        timeout 60 "$bin_dir/tally" sample --checkpoint "$cli/run" --prompt "ROMEO:" --tokens 8 --device cuda
+    } >"$out/cli.log" 2>&1
+    rc=$?
+    cat "$out/cli.log" >>"$log"
+    # f32 on the GPU against the CPU: float rounding (TF32 matmuls allowed: 1e-3 relative); bf16 within 2%.
+    verdict=$(python3 - "$cli" <<'PY' 2>&1
+import json, sys
+d = sys.argv[1]
+c, g, b = (json.load(open(f"{d}/{n}.json"))["loss"] for n in ("cpu", "cuda", "bf16"))
+ok = abs(g - c) <= 1e-3 * abs(c) and abs(b - c) <= 2e-2 * abs(c)
+print(("ok" if ok else "MISMATCH") + f": eval cpu {c:.6f} cuda {g:.6f} cuda-bf16 {b:.6f}")
+PY
+)
+    verdict=$(tail -1 <<<"$verdict")
+    row "tally cli on cuda" "rc=$rc in $(elapsed "$t0"): $verdict"
+    rm -rf "$cli"
+  fi
 
   # ---- the rest of the suite ----
   if [[ "$skip" != *" full "* ]]; then

@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "core/autograd/node.h"
+#include "core/dist/communicator.h"
 #include "core/io/npy.h"
 #include "core/ops.h"
 #include "data/loader.h"
@@ -276,40 +277,62 @@ int cmd_inspect(const Args& args) {
 // ---- eval ----
 
 int cmd_eval(const Args& args) {
-  Flags f("eval", "mean loss of a model over token shards (non-overlapping sequential windows)",
-          {{"checkpoint", "model: tally checkpoint/run directory, Hugging Face model directory, llm.c .bin or "
-                          ".safetensors", ""},
-           {"data", "token shards (llm.c format; a path or a glob)", ""},
-           {"batch", "B", "4"},
-           {"seq", "T", "1024"},
-           {"batches", "evaluate the first N batches (default: every full batch)", ""},
-           {"threads", "CPU threads (0: all)", "0"},
-           {"json", "print {\"loss\": ..., \"tokens\": ...}", "", FlagKind::switch_}});
+  std::vector<FlagSpec> specs = {
+      {"checkpoint", "model: tally checkpoint/run directory, Hugging Face model directory, llm.c .bin or .safetensors",
+       ""},
+      {"data", "token shards (llm.c format; a path or a glob)", ""},
+      {"batch", "B", "4"},
+      {"seq", "T", "1024"},
+      {"batches", "evaluate the first N batches (default: every full batch)", ""},
+      {"threads", "CPU threads (0: all)", "0"},
+      {"json", "print {\"loss\": ..., \"tokens\": ...}", "", FlagKind::switch_}};
+  for (auto& s : device_flags("f32 | bf16 (CUDA only: the weights rounded to bf16, computing as bf16 training does)"))
+    specs.push_back(s);
+  Flags f("eval",
+          "mean loss of a model over token shards (non-overlapping sequential windows; under mpirun -np N the ranks "
+          "share the batches out and rank 0 prints)",
+          specs);
   f.parse(args);
   no_positional(f);
   const int threads = thread_count(f);
   if (threads > 0) omp_set_num_threads(threads);
-  auto model = load_model_file(f.str("checkpoint"), Device::cpu());
-  int64_t B = f.integer("batch"), T = f.integer("seq");
+  Device device = device_flag(f);
+  const DType dtype = dtype_flag(f, device);
+  const int64_t B = f.integer("batch"), T = f.integer("seq");
   if (B < 1 || T < 1) throw FlagError("--batch and --seq must be positive");
-  if (T > model->config().block_size) throw FlagError("--seq exceeds the model's block size " + std::to_string(model->config().block_size));
+  if (f.given("batches") && f.integer("batches") < 1) throw FlagError("--batches must be positive");
   micro_batch_tokens(B, T);
-  data::DataLoader loader(data::ShardSet::open(f.str("data"), {.vocab_limit = int32_t(model->config().vocab_size)}),
+  // Started by mpirun with several ranks: one GPU each (its place on its machine), the batches dealt out in turn.
+  dist::Communicator* comm = dist::launched_by_mpi() ? &dist::process_group() : nullptr;
+  const int world = comm ? comm->world() : 1, rank = comm ? comm->rank() : 0;
+  if (device.is_cuda() && world > 1) device = Device::cuda(comm->local_rank());
+  require_usable(device);
+
+  auto loaded = load_model_file(f.str("checkpoint"), device);
+  const models::GPT2Config config = loaded->config();
+  if (T > config.block_size) throw FlagError(cat("--seq exceeds the model's block size ", config.block_size));
+  auto model = converted_model(std::move(loaded), config, dtype, f.str("checkpoint"));
+  data::DataLoader loader(data::ShardSet::open(f.str("data"), {.vocab_limit = int32_t(config.vocab_size)}),
                           {.batch = B, .seq_len = T});
   int64_t n = loader.batches_per_epoch();
   if (f.given("batches")) n = std::min(n, f.integer("batches"));
-  if (n < 1) throw FlagError("--batches must be positive");
   NoGradGuard no_grad;
   model->eval();
   double sum = 0;
   data::Batch b;
   for (int64_t i = 0; i < n; ++i) {
     loader.next(b);
-    Tensor x = from_vector(b.inputs, {B, T}, {.dtype = DType::i32}), y = from_vector(b.targets, {B, T}, {.dtype = DType::i32});
+    if (i % world != rank) continue;
+    Tensor x = from_vector(b.inputs, {B, T}, {.dtype = DType::i32, .device = device});
+    Tensor y = from_vector(b.targets, {B, T}, {.dtype = DType::i32, .device = device});
     sum += model->loss(x, y).item();
   }
-  double loss = sum / double(n);
-  int64_t tokens = n * B * T;
+  if (world > 1) comm->all_reduce_sum(&sum, 1);
+  const double loss = sum / double(n);
+  if (rank != 0) return 0;  // rank 0 prints, or reports what went wrong
+  TALLY_CHECK(std::isfinite(loss), "the mean loss over ", n, " batches is ", loss, ": the model's forward overflows ",
+              "(a diverged run's weights?); '", f.str("checkpoint"), "' cannot be evaluated");
+  const int64_t tokens = n * B * T;
   if (f.on("json")) std::printf("%s\n", json{{"loss", loss}, {"tokens", tokens}}.dump().c_str());
   else std::printf("loss %.6f over %lld tokens (%lld batches of %lld x %lld)\n", loss, (long long)tokens, (long long)n,
                    (long long)B, (long long)T);
@@ -374,31 +397,46 @@ int cmd_export(const Args& args) {
 // ---- sample ----
 
 int cmd_sample(const Args& args) {
-  Flags f("sample", "generate text from a model",
-          {{"checkpoint", "model: tally checkpoint/run directory, Hugging Face model directory, llm.c .bin or "
-                          ".safetensors", ""},
-           {"prompt", "text to continue (default: start of a document)", ""},
-           {"tokens", "tokens to generate", "128"},
-           {"temperature", "sampling temperature (> 0)", "1.0"},
-           {"top-k", "sample among the k most likely tokens (0: all)", "40"},
-           {"seed", "random seed", "1"},
-           {"threads", "CPU threads (0: all)", "0"}});
+  std::vector<FlagSpec> specs = {
+      {"checkpoint", "model: tally checkpoint/run directory, Hugging Face model directory, llm.c .bin or .safetensors",
+       ""},
+      {"prompt", "text to continue (default: start of a document)", ""},
+      {"tokens", "tokens to generate (at most the model's block size less the prompt's)", "128"},
+      {"temperature", "sampling temperature (> 0)", "1.0"},
+      {"top-k", "sample among the k most likely tokens (0: all)", "40"},
+      {"seed", "random seed", "1"},
+      {"threads", "CPU threads (0: all)", "0"}};
+  for (auto& s : device_flags("f32 | bf16 (CUDA only: the weights rounded to bf16)")) specs.push_back(s);
+  Flags f("sample", "generate text from a model (under mpirun, rank 0 alone samples)", specs);
   f.parse(args);
   no_positional(f);
   const int threads = thread_count(f);
   if (threads > 0) omp_set_num_threads(threads);
-  double temperature = f.number("temperature");
+  const double temperature = f.number("temperature");
   if (!(temperature > 0)) throw FlagError("--temperature must be positive");
-  int64_t top_k = f.integer("top-k"), tokens = f.integer("tokens");
+  const int64_t top_k = f.integer("top-k");
+  int64_t tokens = f.integer("tokens");
   if (top_k < 0 || tokens < 0) throw FlagError("--top-k and --tokens must be >= 0");
-  auto model = load_model_file(f.str("checkpoint"), Device::cpu());
+  const Device device = device_flag(f);
+  const DType dtype = dtype_flag(f, device);
+  // One text, written once: under mpirun the other ranks have nothing to do.
+  if (dist::launched_by_mpi() && dist::process_group().rank() != 0) return 0;
+  require_usable(device);
+  auto loaded = load_model_file(f.str("checkpoint"), device);
+  const models::GPT2Config config = loaded->config();
+  auto model = converted_model(std::move(loaded), config, dtype, f.str("checkpoint"));
   data::Tokenizer tok = data::Tokenizer::load();
   std::string prompt = f.maybe("prompt").value_or("");
   std::vector<int32_t> ids = prompt.empty() ? std::vector<int32_t>{data::Tokenizer::kEndOfText}
                                             : tok.encode(prompt, data::SpecialTokens::allowed);
-  TALLY_CHECK(int64_t(ids.size()) < model->config().block_size, "the prompt has ", ids.size(),
-              " tokens; the model sees at most ", model->config().block_size);
-  tokens = std::min(tokens, model->config().block_size - int64_t(ids.size()));
+  TALLY_CHECK(int64_t(ids.size()) < config.block_size, "the prompt has ", ids.size(),
+              " tokens; the model sees at most ", config.block_size);
+  const int64_t room = config.block_size - int64_t(ids.size());
+  if (tokens > room) {
+    std::fprintf(stderr, "[sample] %lld tokens, not %lld: the model sees %lld at most and the prompt holds %zu\n",
+                 (long long)room, (long long)tokens, (long long)config.block_size, ids.size());
+    tokens = room;
+  }
   NoGradGuard no_grad;
   model->eval();
   std::fputs(prompt.c_str(), stdout);

@@ -37,11 +37,6 @@ std::vector<FlagSpec> train_flags() {
       {"resume", "continue a run from its directory or a checkpoint directory", ""},
       {"seed", "seed for initialisation and data order", "1337"},
       {"no-shuffle", "read the training data in order (as llm.c)", "", FlagKind::switch_},
-      {"device", "cpu | cuda", "cpu"},
-      {"dtype",
-       "f32 | bf16 (mixed precision, CUDA only: bf16 parameters, activations and gradients; f32 master "
-       "weights and optimizer state; checkpoints hold both)",
-       "f32"},
       {"threads", "CPU threads (0: all)", "0"},
       {"zero",
        "data-parallel runs (mpirun -np N tally train ...): 0 every rank keeps the whole optimizer state | "
@@ -54,6 +49,9 @@ std::vector<FlagSpec> train_flags() {
       {"config", "a JSON file of flags (command-line flags win)", ""},
   };
   f.insert(f.end(), run.begin(), run.end());
+  for (auto& s : device_flags("f32 | bf16 (mixed precision, CUDA only: bf16 parameters, activations and gradients; "
+                              "f32 master weights and optimizer state; checkpoints hold both)"))
+    f.push_back(s);
   return f;
 }
 
@@ -113,17 +111,8 @@ RunConfig run_config_unchecked(const Flags& f, DataResolution data, int32_t worl
   c.max_bad_steps = f.integer("max-bad-steps");
   c.seed = uint64_t(f.integer("seed"));
   c.shuffle = !f.on("no-shuffle");
-  try {
-    c.device = Device::parse(f.str("device"));
-  } catch (const Error& e) {
-    throw FlagError(e.what());
-  }
-  if (c.device.is_meta()) throw FlagError("--device meta is for memory planning only");
-  const std::string dtype = f.str("dtype");
-  if (dtype != "f32" && dtype != "bf16") throw FlagError("--dtype must be f32 or bf16, got '" + dtype + "'");
-  c.dtype = dtype == "bf16" ? DType::bf16 : DType::f32;
-  if (c.dtype == DType::bf16 && !c.device.is_cuda())
-    throw FlagError("--dtype bf16 computes on CUDA only: add --device cuda, or train in f32 on the CPU");
+  c.device = device_flag(f);
+  c.dtype = dtype_flag(f, c.device);
   c.threads = thread_count(f);
   if (c.warmup < 0 || c.val_batches < 1 || c.max_bad_steps < 1 || c.keep_last < 0)
     throw FlagError("--warmup, --keep-last must be >= 0; --val-batches, --max-bad-steps >= 1");

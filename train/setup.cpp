@@ -101,6 +101,50 @@ std::unique_ptr<models::GPT2> load_model_file(const fs::path& path_in, Device de
   return models::load_llmc(path, {.device = device});
 }
 
+std::unique_ptr<models::GPT2> converted_model(std::unique_ptr<models::GPT2> model, const models::GPT2Config& config,
+                                              DType dtype, const std::string& source) {
+  if (dtype == model->dtype() && config.padded_vocab_size == model->config().padded_vocab_size) return model;
+  auto converted = std::make_unique<models::GPT2>(config, models::GPT2Options{.device = model->options().device,
+                                                                              .dtype = dtype,
+                                                                              .seed = model->options().seed,
+                                                                              .init = models::Init::none});
+  for (const auto& [name, t] : model->named_parameters()) converted->load_parameter(name, t, source);
+  return converted;
+}
+
+std::vector<FlagSpec> device_flags(const std::string& dtype_help) {
+  return {{"device", "cpu | cuda", "cpu"}, {"dtype", dtype_help, "f32"}};
+}
+
+Device device_flag(const Flags& f) {
+  Device device;
+  try {
+    device = Device::parse(f.str("device"));
+  } catch (const Error& e) {
+    throw FlagError(e.what());
+  }
+  if (device.is_meta()) throw FlagError("--device meta is for memory planning only");
+  return device;
+}
+
+DType dtype_flag(const Flags& f, Device device) {
+  const std::string dtype = f.str("dtype");
+  if (dtype != "f32" && dtype != "bf16") throw FlagError("--dtype must be f32 or bf16, got '" + dtype + "'");
+  if (dtype == "bf16" && !device.is_cuda())
+    throw FlagError("--dtype bf16 computes on CUDA only: add --device cuda, or use f32 on the CPU");
+  return dtype == "bf16" ? DType::bf16 : DType::f32;
+}
+
+void require_usable(Device device) {
+  if (!device.is_cuda()) return;
+#ifdef TALLY_HAS_CUDA
+  constexpr const char* kBuiltWithCuda = "yes";
+#else
+  constexpr const char* kBuiltWithCuda = "no: configure with -DTALLY_CUDA=ON";
+#endif
+  TALLY_CHECK(cuda_available(), "--device cuda: no CUDA device is available (built with CUDA: ", kBuiltWithCuda, ")");
+}
+
 int64_t micro_batch_tokens(int64_t batch, int64_t seq) {
   TALLY_ASSERT(batch > 0 && seq > 0);
   constexpr int64_t kMaxTokens = INT32_MAX;

@@ -34,6 +34,21 @@ int64_t micro_batch_tokens(int64_t batch, int64_t seq);
 // .safetensors in Hugging Face naming, or a Hugging Face model directory (its model.safetensors, config.json beside it
 // checked against the tensors). Returns the model on `device`.
 std::unique_ptr<models::GPT2> load_model_file(const std::filesystem::path& path, Device device);
+// `model` as `config` says (its vocabulary padded as config's) with parameters of `dtype`: the same model when both
+// already hold, else a copy (bf16: the weights rounded to nearest even; another padding: the vocabulary's rows
+// moved). `source` names the file in errors.
+std::unique_ptr<models::GPT2> converted_model(std::unique_ptr<models::GPT2> model, const models::GPT2Config& config,
+                                              DType dtype, const std::string& source);
+
+// ---- device ----
+// --device cpu | cuda and --dtype f32 | bf16 (bf16 computes on CUDA only), for the commands that run a model.
+std::vector<FlagSpec> device_flags(const std::string& dtype_help);
+// The flags' device (meta refused: it is for planning) and dtype; a bad value or combination is a FlagError.
+Device device_flag(const Flags& flags);
+DType dtype_flag(const Flags& flags, Device device);
+// Refuses a device this process cannot compute on: for CUDA, a GPU must be present and the binary built with CUDA
+// (a tally::Error saying which is missing).
+void require_usable(Device device);
 
 // ---- data parallel ----
 // --reduce-dtype: what a data-parallel run sums its gradients in over the ranks, f32 (default) or bf16 (half the

@@ -103,13 +103,7 @@ Trainer::Trainer(RunConfig config)
     if (c_.device.is_cuda()) c_.device = Device::cuda(comm_.local_rank());
   }
   held_before_ = c_.device.is_cuda() && !cuda_available() ? 0 : ledger(c_.device).total().live_held;
-#ifdef TALLY_HAS_CUDA
-  constexpr const char* kBuiltWithCuda = "yes";
-#else
-  constexpr const char* kBuiltWithCuda = "no: configure with -DTALLY_CUDA=ON";
-#endif
-  if (c_.device.is_cuda())
-    TALLY_CHECK(cuda_available(), "--device cuda: no CUDA device is available (built with CUDA: ", kBuiltWithCuda, ")");
+  require_usable(c_.device);
   if (!c_.init.empty()) {
     MemoryScope scope(Category::parameter, "init");
     model_ = load_model_file(c_.init, c_.device);
@@ -126,14 +120,7 @@ Trainer::Trainer(RunConfig config)
     loaded.dropout = c_.model.dropout;
     loaded.padded_vocab_size = models::padded_vocab(loaded.vocab_size, c_.vocab_multiple);
     c_.model = loaded;
-    // bf16 from a file: the loaded weights rounded to nearest even; another padding: the vocabulary's rows moved.
-    if (c_.dtype != model_->dtype() || c_.model.padded_vocab_size != model_->config().padded_vocab_size) {
-      auto converted = std::make_unique<models::GPT2>(c_.model, models::GPT2Options{.device = c_.device, .dtype = c_.dtype,
-                                                                                    .seed = model_->options().seed,
-                                                                                    .init = models::Init::none});
-      for (const auto& [name, t] : model_->named_parameters()) converted->load_parameter(name, t, c_.init);
-      model_ = std::move(converted);
-    }
+    model_ = converted_model(std::move(model_), c_.model, c_.dtype, c_.init);
   } else {
     model_ = std::make_unique<models::GPT2>(
         c_.model, models::GPT2Options{.device = c_.device, .dtype = c_.dtype, .seed = c_.seed});

@@ -5,7 +5,7 @@
 # is bit-identical; a checkpoint of 2 ranks resumes bit-exactly at 2 and continues at 1; shuffled, 2 ranks equal one
 # process too and a 2-rank checkpoint continues at 1 on the same batches; ranks started with different flags are
 # refused naming the flag; a rank that fails or dies ends the job with a clear error in bounded time and the last
-# checkpoint stays loadable. Skipped, saying so, where MPI is not installed or tally was built without it.
+# checkpoint stays loadable; eval shares its batches over the ranks, sample runs on rank 0. Skipped, saying so, where MPI is not installed or tally was built without it.
 set -uo pipefail
 tally="$1"
 tests_bin="$(dirname "$tally")/tally_tests"
@@ -132,6 +132,28 @@ cmp -s <(losses "$work/alone-run") <(losses "$work/two-came-1" | tail -3) ||
   fail "a resume with --steps at the checkpoint's step ran"
 grep -q "the checkpoint is at step 3 and this run has --steps 3: nothing to train" "$work/o" ||
   fail "--steps at the checkpoint's step: $(tail -3 "$work/o")"
+
+# eval and sample under mpirun: the ranks share the batches out and rank 0 prints the loss once, equal to one
+# process's within double rounding (each rank sums its batches, then the ranks' sums are added: another order); at 3
+# ranks the 5 batches do not divide evenly. sample runs on rank 0 alone: one text, the one a single process writes.
+val="$work/two-came-1/data/val.bin"
+[ -f "$val" ] || val=$(ls "$work"/*/data/val.bin | head -1)
+ev=(eval --checkpoint "$work/two-came-1" --data "$val" --batch 2 --seq 32 --batches 5 --threads 1 --json)
+one=$("$tally" "${ev[@]}") || fail "eval at 1 rank: $one"
+for n in 2 3; do
+  "${mpi[@]}" -np $n "$tally" "${ev[@]}" >"$work/ev$n" 2>&1 || fail "eval at $n ranks: $(tail -3 "$work/ev$n")"
+  [ "$(wc -l <"$work/ev$n")" -eq 1 ] || fail "eval at $n ranks printed $(wc -l <"$work/ev$n") lines: $(head -3 "$work/ev$n")"
+  python3 - "$one" "$(cat "$work/ev$n")" <<'PY' || fail "eval at $n ranks: $(cat "$work/ev$n"), one process: $one"
+import json, sys
+a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+assert a["tokens"] == b["tokens"] == 5 * 2 * 32
+assert abs(a["loss"] - b["loss"]) <= 1e-12 * abs(a["loss"]), (a, b)
+PY
+done
+sa=(sample --checkpoint "$work/two-came-1" --prompt "ROMEO:" --tokens 8 --seed 3 --threads 1)
+"$tally" "${sa[@]}" >"$work/s1" 2>&1 || fail "sample at 1 rank: $(tail -3 "$work/s1")"
+"${mpi[@]}" -np 2 "$tally" "${sa[@]}" >"$work/s2" 2>&1 || fail "sample at 2 ranks: $(tail -3 "$work/s2")"
+cmp -s "$work/s1" "$work/s2" || fail "sample at 2 ranks: $(head -c 300 "$work/s2") -- one process: $(head -c 300 "$work/s1")"
 
 # Shuffled (the default order): the ranks deal out the stream of slices one process reads, so 2 ranks accumulating 2
 # micro-batches train on the batches of one process accumulating 4 (--total-batch counts all ranks' tokens), and a

@@ -190,6 +190,10 @@ expect 0 "wrote" "$tally" export --checkpoint "$work/mine" --format safetensors 
 expect 0 "logits are not finite .*lower --lr" "$tally" train "${common[@]}" --optimizer sgd --lr 1e30 --grad-clip 0 \
   --steps 3 --out "$work/diverged"
 [ -d "$work/diverged/step-00000003" ] || fail "the diverged run did not save: $(steps "$work/diverged")"
+# eval of it: an error naming the checkpoint, not "loss -nan" with exit 0.
+expect 1 "mean loss over 2 batches is -?nan: the model's forward overflows .*diverged/step-00000003' cannot be evaluated" \
+  "$tally" eval --checkpoint "$work/diverged/step-00000003" --data "$work/diverged/data/val.bin" --batch 2 --seq 16 \
+  --batches 2
 # Model flags given with --init that ask for another model than the file's: refused, naming them.
 expect 2 "holds a GPT-2 L2 NH2 C64 .*model flags given with it \(--model, --width\)" "$tally" train "${common[@]}" \
   --init "$work/mine/step-00000003" --model d4 --width 512 --steps 1 --out "$work/init-flags"
