@@ -3,6 +3,7 @@
 #include "core/io/file.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -10,6 +11,8 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <csignal>
 #include <bit>
 #include <cerrno>
 #include <cstdio>
@@ -200,9 +203,59 @@ constexpr size_t kMaxSyscallBytes = size_t(1) << 30;  // Linux moves at most ~2 
 std::mutex g_live_mutex;
 std::set<std::string> g_live_temps;
 
+// The same paths for a signal that ends the process (SIGINT, SIGTERM, SIGHUP at their default action): its handler
+// unlinks them, then dies by the signal as it would have, so an interrupted write leaves no temp file behind. Each
+// slot holds a heap copy of one path; the handler only reads the slots and calls unlink, sigaction and raise
+// (async-signal-safe). More writers at once than slots: the rest are not cleaned up on a signal.
+constexpr int kTempSlots = 64;
+std::atomic<char*> g_temp_slots[kTempSlots];
+
+void unlink_temps_and_die(int sig) {
+  for (auto& slot : g_temp_slots)
+    if (const char* p = slot.load()) ::unlink(p);
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(sig, &dfl, nullptr);
+  ::raise(sig);
+}
+
+// Installed by every writer for the signals whose action is the default: a program that handles them itself (the
+// trainer stops after its step and saves) keeps its handler.
+void clean_up_on_termination() {
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
+    struct sigaction old {};
+    if (sigaction(sig, nullptr, &old) != 0 || (old.sa_flags & SA_SIGINFO) || old.sa_handler != SIG_DFL) continue;
+    struct sigaction sa {};
+    sa.sa_handler = unlink_temps_and_die;
+    sigemptyset(&sa.sa_mask);
+    sigaction(sig, &sa, nullptr);
+  }
+}
+
+void remember_temp(const fs::path& temp) {
+  clean_up_on_termination();
+  char* copy = ::strdup(temp.c_str());
+  if (!copy) return;
+  for (auto& slot : g_temp_slots) {
+    char* empty = nullptr;
+    if (slot.compare_exchange_strong(empty, copy)) return;
+  }
+  std::free(copy);
+}
+
 void forget_temp(const fs::path& temp) {
-  std::lock_guard lock(g_live_mutex);
-  g_live_temps.erase(temp.string());
+  {
+    std::lock_guard lock(g_live_mutex);
+    g_live_temps.erase(temp.string());
+  }
+  for (auto& slot : g_temp_slots) {
+    char* p = slot.load();
+    if (p && temp == p && slot.compare_exchange_strong(p, nullptr)) {
+      std::free(p);
+      return;
+    }
+  }
 }
 
 fs::path directory_of(const fs::path& path) {
@@ -240,6 +293,7 @@ AtomicFileWriter::AtomicFileWriter(fs::path path) : path_(std::move(path)) {
     if (!g_live_temps.insert(temp_path_.string()).second)
       fail("[io] '", path_.string(), "': another AtomicFileWriter in this process is already writing it");
   }
+  remember_temp(temp_path_);
   fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
   if (fd_ < 0) {
     int err = errno;

@@ -51,7 +51,9 @@ class MappedFile {
 // A failed write (short write, ENOSPC, EIO) throws at once, removes the temp file, and says that the previous
 // <path> is intact; the writer is then dead and further write()/commit() calls throw.
 // Small writes are buffered (256 KiB); large ones go straight to the kernel.
-// If <path> is a symlink, the link itself is replaced by the new regular file (rename semantics).
+// If <path> is a symlink, the file it names is replaced (the link stays); a path that names no regular file (a
+// device, a pipe) is refused. A process ended by SIGINT, SIGTERM or SIGHUP while writing (signals it does not handle
+// itself) removes its temp files first.
 // One process may not have two writers for the same path open at once (the temp names would collide): the
 // second constructor throws.
 //

@@ -1,7 +1,9 @@
 // Tests of core/io/file.h: read_file and MappedFile errors, AtomicFileWriter (commit, abandon, injected disk
 // full leaving the previous file intact), DirectoryLock, and CRC-32C known vectors and hardware/portable agreement.
 #include <doctest/doctest.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -155,6 +157,34 @@ TEST_CASE("AtomicFileWriter: without commit the temp file is removed and the old
   }
   CHECK(!fs::exists(dir / "never.bin"));
   CHECK(test::count_temp_files(dir) == 0);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("AtomicFileWriter: a process ended by SIGTERM or SIGINT while writing leaves no temp file") {
+  fs::path dir = test::temp_dir("io_signal");
+  for (int sig : {SIGTERM, SIGINT}) {
+    const fs::path p = dir / "model.bin";
+    write_file_atomic(p, std::string_view("old"));
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      // The signal's default action, as in the tally command (the test runner handles it itself).
+      struct sigaction dfl {};
+      dfl.sa_handler = SIG_DFL;
+      sigemptyset(&dfl.sa_mask);
+      sigaction(sig, &dfl, nullptr);
+      AtomicFileWriter w(p);
+      w.write(pattern(size_t(1) << 20));
+      ::raise(sig);
+      ::_exit(0);  // not reached: the signal ends the process
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    CHECK(WIFSIGNALED(status));
+    CHECK(WTERMSIG(status) == sig);
+    CHECK(test::count_temp_files(dir) == 0);
+    CHECK(test::slurp(p) == "old");
+  }
   fs::remove_all(dir);
 }
 
