@@ -131,13 +131,10 @@ std::string Flags::str(const std::string& name) const {
 }
 
 int64_t Flags::integer(const std::string& name) const {
-  std::string v = str(name);
-  errno = 0;
-  char* end = nullptr;
-  long long x = std::strtoll(v.c_str(), &end, 10);
-  if (v.empty() || *end != '\0' || errno == ERANGE)
-    throw FlagError(tally::cat("--", name, " expects an integer, got '", v, "'", origin(name)));
-  return x;
+  const std::string v = str(name);
+  const std::optional<int64_t> x = parse_int64(v);
+  if (!x) throw FlagError(tally::cat("--", name, " expects a decimal integer, got '", v, "'", origin(name)));
+  return *x;
 }
 
 double Flags::number(const std::string& name) const {

@@ -14,7 +14,7 @@ grep -q "unknown flag --no-such-flag" <<<"$msg" || { echo "unexpected message: $
 set +e
 msg=$("$tally" demo --steps abc 2>&1); rc=$?
 set -e
-[ "$rc" -eq 2 ] && grep -q "expects an integer, got 'abc'" <<<"$msg" || { echo "bad integer not refused: $rc $msg"; exit 1; }
+[ "$rc" -eq 2 ] && grep -q "expects a decimal integer, got 'abc'" <<<"$msg" || { echo "bad integer not refused: $rc $msg"; exit 1; }
 set +e
 "$tally" no-such-command >/dev/null 2>&1; rc=$?
 set -e

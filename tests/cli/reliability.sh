@@ -147,8 +147,8 @@ fi
 printf '{"batch": 2, "seq": 1' >"$work/cfg_trunc.json"
 expect 2 "cfg_trunc.json' is not valid JSON" "$tally" train --config "$work/cfg_trunc.json"
 printf '{"batch": "2x", "seq": 16}' >"$work/cfg_bad.json"
-expect 2 "--batch expects an integer, got '2x' \(from config file '.*cfg_bad.json'\)" "$tally" train --config "$work/cfg_bad.json"
-expect 2 "expects an integer" "$tally" train --batch 99999999999999999999
+expect 2 "--batch expects a decimal integer, got '2x' \(from config file '.*cfg_bad.json'\)" "$tally" train --config "$work/cfg_bad.json"
+expect 2 "expects a decimal integer" "$tally" train --batch 99999999999999999999
 expect 2 "more than 1099511627776" "$tally" train --width 1048576 --heads 1
 expect 2 "must be positive" "$tally" train --steps -1
 # ---- runs and outputs that would lose something ----

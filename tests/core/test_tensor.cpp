@@ -41,11 +41,31 @@ TEST_CASE("checked_numel: negative dimensions and overflow give nothing; a zero 
   CHECK(empty({big, big, 0}, {DType::f32, Device::meta()}).numel() == 0);
 }
 
-TEST_CASE("parse_finite_double: the whole text, within double's range, finite") {
+TEST_CASE("parse_finite_double: the whole text, decimal, within double's range, finite") {
   CHECK(parse_finite_double("3e-4") == 3e-4);
   CHECK(parse_finite_double("-0.5") == -0.5);
-  for (const char* bad : {"", "1e-332", "1e400", "inf", "nan", "0.1x", "x", "1 "})
-    CHECK_MESSAGE(!parse_finite_double(bad), bad);
+  CHECK(parse_finite_double("+2.5E3") == 2500.0);
+  CHECK(parse_finite_double(".5") == 0.5);
+  CHECK(parse_finite_double("1.") == 1.0);
+  CHECK(parse_finite_double("0") == 0.0);
+  CHECK(parse_finite_double("0e-500") == 0.0);  // zero, not an underflow
+  CHECK(parse_finite_double("2.2250738585072014e-308") == 2.2250738585072014e-308);
+  for (const char* bad :
+       {"",   "1e-332", "1e-400", "0.0000001e-320", "1e400", "-1e400", "inf", "nan", "-inf", "0.1x", "x",  "1 ",
+        " 1", "\t1",    "0x10",   "-0x1p3",         "++1",   "+-1",    "+",   "-",   "1e",   "e5",   "1,5"})
+    CHECK_MESSAGE(!parse_finite_double(bad), std::string(bad));
+}
+
+TEST_CASE("parse_int64: the whole text, decimal, within int64's range") {
+  CHECK(parse_int64("42") == 42);
+  CHECK(parse_int64("-7") == -7);
+  CHECK(parse_int64("+8") == 8);
+  CHECK(parse_int64("007") == 7);
+  CHECK(parse_int64("9223372036854775807") == INT64_MAX);
+  CHECK(parse_int64("-9223372036854775808") == INT64_MIN);
+  for (const char* bad : {"", "9223372036854775808", "99999999999999999999", "1.5", "1e3", " 1", "1 ", "0x10", "0X1F",
+                          "++1", "+-1", "+", "-", "x", "2x"})
+    CHECK_MESSAGE(!parse_int64(bad), std::string(bad));
 }
 
 TEST_CASE("item requires exactly one element") {
