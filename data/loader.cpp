@@ -1,4 +1,4 @@
-// DataLoader (see loader.h): llm.c's window arithmetic, the counter-based shuffle, and position save/restore.
+// DataLoader (see loader.h): llm.c's slices of B*T+1 tokens, the counter-based shuffle, and position save/restore.
 // Permutations come from SplitMix64 streams keyed by (seed, epoch, shard) with a portable unbiased bounded draw,
 // so the same seed gives the same batches with any compiler or standard library.
 #include "data/loader.h"
@@ -50,7 +50,9 @@ std::vector<uint32_t> permutation(size_t n, SplitMix64 rng) {
 }
 
 constexpr uint32_t kPositionMagic = 0x50444C54;  // "TLDP"
-constexpr uint32_t kPositionVersion = 2;         // 1: shuffled positions in windows of W slices
+// 1 and 2: sequential positions in windows of W slices (each rank read its slice of the window, skipping a shard's
+// last slices that fewer than W were left of); 1: shuffled positions in such windows too.
+constexpr uint32_t kPositionVersion = 3;
 
 const char* order_name(LoaderOrder o) { return o == LoaderOrder::shuffled ? "shuffled" : "sequential"; }
 
@@ -93,8 +95,8 @@ LoaderPosition LoaderPosition::from_bytes(std::span<const uint8_t> bytes) {
   get(magic);
   get(version);
   TALLY_CHECK(magic == kPositionMagic, "[loader] position: bad magic ", magic, " (not a saved loader position)");
-  TALLY_CHECK(version == 1 || version == kPositionVersion, "[loader] position: unsupported version ", version,
-              ", expected 1 or ", kPositionVersion);
+  TALLY_CHECK(version >= 1 && version <= kPositionVersion, "[loader] position: unsupported version ", version,
+              ", expected 1 to ", kPositionVersion);
   LoaderPosition p;
   uint64_t order = 0;
   int64_t world = 0;
@@ -111,7 +113,8 @@ LoaderPosition LoaderPosition::from_bytes(std::span<const uint8_t> bytes) {
   TALLY_CHECK(world >= 1 && world <= INT32_MAX, "[loader] position: bad world ", world);
   p.order = order ? LoaderOrder::shuffled : LoaderOrder::sequential;
   p.world = int32_t(world);
-  if (version == 1 && p.order == LoaderOrder::shuffled) {  // windows of `world` slices: the same place in slices
+  // Windows of `world` slices: the same place in slices.
+  if (version == 1 || (version == 2 && p.order == LoaderOrder::sequential)) {
     TALLY_CHECK(p.window <= UINT64_MAX / uint64_t(world), "[loader] position: window ", p.window, " out of range");
     p.window *= uint64_t(world);
   }
@@ -130,24 +133,21 @@ DataLoader::DataLoader(ShardSet shards, LoaderConfig config) : shards_(std::move
   TALLY_CHECK(shards_.size() > 0, "[loader] no shards");
   TALLY_CHECK(shards_.size() <= UINT32_MAX, "[loader] too many shards (", shards_.size(), ")");
   tokens_ = c.batch * c.seq_len;
-  stride_ = c.order == LoaderOrder::shuffled ? tokens_ : int64_t(c.world) * tokens_;
   for (const Shard& s : shards_.shards())
-    TALLY_CHECK(int64_t(s.size()) >= stride_ + 1, "[loader] ", s.path().string(), " has ", s.size(),
-                " tokens, too few for one batch: B=", c.batch, " x T=", c.seq_len,
-                c.order == LoaderOrder::shuffled ? std::string() : cat(" across ", c.world, " process(es)"), " needs ",
-                stride_ + 1, " tokens");
+    TALLY_CHECK(int64_t(s.size()) >= tokens_ + 1, "[loader] ", s.path().string(), " has ", s.size(),
+                " tokens, too few for one batch: B=", c.batch, " x T=", c.seq_len, " needs ", tokens_ + 1, " tokens");
   reset();
 }
 
-int64_t DataLoader::windows_in_shard(size_t shard) const {
-  // llm.c: a window takes B*T+1 tokens but the next starts stride tokens later, hence the -1.
-  return (int64_t(shards_[shard].size()) - 1) / stride_;
+int64_t DataLoader::slices_in_shard(size_t shard) const {
+  // llm.c: a slice takes B*T+1 tokens but the next starts B*T tokens later, hence the -1.
+  return (int64_t(shards_[shard].size()) - 1) / tokens_;
 }
 
 int64_t DataLoader::batches_per_epoch() const {
   int64_t n = 0;
-  for (size_t i = 0; i < shards_.size(); ++i) n += windows_in_shard(i);
-  return config_.order == LoaderOrder::shuffled ? n / config_.world : n;
+  for (size_t i = 0; i < shards_.size(); ++i) n += slices_in_shard(i);
+  return n / config_.world;
 }
 
 const std::vector<uint32_t>& DataLoader::cached(std::array<CachedOrder, 2>& cache, uint64_t epoch, uint32_t file,
@@ -170,9 +170,7 @@ uint32_t DataLoader::file_at(uint64_t epoch, uint64_t slot) {
   return cached(shard_orders_, epoch, 0, shards_.size(), kShardOrderStream)[slot];
 }
 
-uint64_t DataLoader::count_at(uint64_t epoch, uint64_t slot) {
-  return uint64_t(windows_in_shard(file_at(epoch, slot)));
-}
+uint64_t DataLoader::count_at(uint64_t epoch, uint64_t slot) { return uint64_t(slices_in_shard(file_at(epoch, slot))); }
 
 void DataLoader::settle(Place& p) {
   // llm.c: move on only when a batch is asked for and the current shard has none left.
@@ -226,19 +224,11 @@ void DataLoader::restore(const LoaderPosition& p) {
   TALLY_CHECK(p.shard < shards_.size(), "[loader] restore: shard slot ", p.shard, " is outside the ", shards_.size(),
               " shard(s)");
   const uint32_t file = file_at(p.epoch, p.shard);
-  const uint64_t count = uint64_t(windows_in_shard(file));
-  // Sequential, saved by a loader split over another number of processes: the same tokens read, in windows of this
-  // world's width, rounded up so none is read twice (exact when the widths divide evenly). Shuffled, the slices are
-  // the same at every world: the place carries over as it is.
-  const bool same_cut = p.world == c.world || c.order == LoaderOrder::shuffled;
-  TALLY_CHECK(p.window <= (same_cut ? count : UINT64_MAX / uint64_t(p.world)), "[loader] restore: window ", p.window,
-              " is past the ", count, " ", c.order == LoaderOrder::shuffled ? "slices" : "windows", " of ",
+  const uint64_t count = uint64_t(slices_in_shard(file));
+  // The stream of slices is the same at every world: a place saved at another carries over as it is.
+  TALLY_CHECK(p.window <= count, "[loader] restore: slice ", p.window, " is past the ", count, " slices of ",
               shards_[file].path().string());
-  next_ = {.epoch = p.epoch,
-           .slot = p.shard,
-           .window = same_cut
-                         ? p.window
-                         : std::min(count, (p.window * uint64_t(p.world) + uint64_t(c.world) - 1) / uint64_t(c.world))};
+  next_ = {.epoch = p.epoch, .slot = p.shard, .window = p.window};
 }
 
 void DataLoader::next(std::span<int32_t> inputs, std::span<int32_t> targets) {
@@ -246,21 +236,17 @@ void DataLoader::next(std::span<int32_t> inputs, std::span<int32_t> targets) {
   TALLY_CHECK(int64_t(inputs.size()) == bt && int64_t(targets.size()) == bt, "[loader] next: expected buffers of B*T=",
               bt, " tokens, got ", inputs.size(), " inputs and ", targets.size(), " targets");
   settle(next_);
-  const uint16_t* p = nullptr;
-  if (config_.order == LoaderOrder::sequential) {
-    // This rank's slice of the window.
-    p = shards_[file_at(next_.epoch, next_.slot)].data() + int64_t(next_.window) * stride_ + int64_t(config_.rank) * bt;
-    forward(next_, 1);
-  } else {
-    // The rank-th slice of the stream from here on; the ranks' next batches start world slices later.
-    Place mine = next_;
-    forward(mine, uint64_t(config_.rank));
-    settle(mine);
-    const uint32_t file = file_at(mine.epoch, mine.slot);
-    const uint32_t slice = cached(slice_orders_, mine.epoch, file, size_t(windows_in_shard(file)), file)[mine.window];
-    p = shards_[file].data() + int64_t(slice) * bt;
-    forward(next_, uint64_t(config_.world));
-  }
+  // The rank-th slice of the stream from here on; the ranks' next batches start world slices later.
+  Place mine = next_;
+  forward(mine, uint64_t(config_.rank));
+  settle(mine);
+  const uint32_t file = file_at(mine.epoch, mine.slot);
+  const uint64_t slice =
+      config_.order == LoaderOrder::sequential
+          ? mine.window
+          : cached(slice_orders_, mine.epoch, file, size_t(slices_in_shard(file)), file)[mine.window];
+  const uint16_t* p = shards_[file].data() + int64_t(slice) * bt;
+  forward(next_, uint64_t(config_.world));
   for (int64_t i = 0; i < bt; ++i) {
     inputs[size_t(i)] = p[i];
     targets[size_t(i)] = p[i + 1];

@@ -1,10 +1,11 @@
-// DataLoader: (B, T) batches of int32 inputs and next-token targets from a ShardSet, in one of two orders:
-// - sequential, as llm.c's loader does it: window i of a shard is the B*T+1 tokens at i*W*B*T + rank*B*T (W
-//   processes), shards in turn, wrapping;
-// - shuffled: the shards in a seeded permutation per epoch and each shard's slices of B*T+1 tokens (at j*B*T) in a
-//   seeded permutation, one stream of slices that the W processes deal out (rank r takes slices r, r+W, ...). The
-//   stream does not depend on W, so W processes read what one process reads over W micro-batches, in the same order,
-//   at every position of every epoch.
+// DataLoader: (B, T) batches of int32 inputs and next-token targets from a ShardSet. A shard's slices are its B*T+1
+// tokens at j*B*T (as llm.c cuts them); the loader reads one stream of slices, which W processes deal out (rank r
+// takes slices r, r+W, ...), in one of two orders:
+// - sequential, as llm.c's loader reads one process's data: the slices in turn, shards in turn, wrapping;
+// - shuffled: the shards in a seeded permutation per epoch and each shard's slices in a seeded permutation.
+// The stream does not depend on W, so W processes read what one process reads over W micro-batches, in the same
+// order, at every position of every epoch. (llm.c's processes instead read slices r, r+W, ... of each shard and skip
+// the shard's last slices when fewer than W are left: the same batches as here except at a shard's end.)
 // Its position is a small value that can be saved and restored, so a resumed run sees exactly the batches it would
 // have seen (and, shuffled, at another W too).
 #pragma once
@@ -25,7 +26,7 @@ struct LoaderConfig {
   int64_t batch = 0;    // B
   int64_t seq_len = 0;  // T
   int32_t rank = 0;     // this process, 0 <= rank < world
-  int32_t world = 1;    // processes sharing the data; each reads its own B*T slice of every window
+  int32_t world = 1;    // processes sharing the data, dealing out its slices
   LoaderOrder order = LoaderOrder::sequential;
   uint64_t seed = 0;    // for LoaderOrder::shuffled; every rank must use the same seed (they share the windows)
 };
@@ -36,8 +37,8 @@ struct LoaderConfig {
 struct LoaderPosition {
   uint64_t epoch = 0;  // completed passes over all shards
   uint64_t shard = 0;  // index into this epoch's shard order
-  // sequential: index of this world's windows in the shard; shuffled: index into the shard's slice order of the
-  // slice rank 0 reads next (the same at every world). Equal to the count: the shard is used up.
+  // Index into the shard's slice order (sequential: the slice itself) of the slice rank 0 reads next (the same at
+  // every world). Equal to the count: the shard is used up.
   uint64_t window = 0;
   uint64_t seed = 0;
   LoaderOrder order = LoaderOrder::sequential;
@@ -47,8 +48,8 @@ struct LoaderPosition {
 
   static constexpr size_t kBytes = 80;
   // Fixed-size little-endian encoding with a magic and version; from_bytes throws tally::Error on anything else.
-  // Version 1 counted a shuffled position in windows of W slices (the older shuffle): read, it becomes the same
-  // place in slices (the slices after it come in this version's order).
+  // Versions 1 and 2 counted a sequential position (version 1 a shuffled one too) in windows of W slices: read, it
+  // becomes the same place in slices (the slices after it come in this version's order).
   std::vector<uint8_t> to_bytes() const;
   static LoaderPosition from_bytes(std::span<const uint8_t> bytes);
   bool operator==(const LoaderPosition&) const = default;
@@ -61,7 +62,7 @@ struct Batch {
 
 class DataLoader {
  public:
-  // Checks the configuration and that every shard holds at least world*B*T + 1 tokens (error naming the file).
+  // Checks the configuration and that every shard holds at least B*T + 1 tokens (error naming the file).
   DataLoader(ShardSet shards, LoaderConfig config);
 
   // Fills B*T inputs and targets (spans of exactly B*T elements) with the next batch.
@@ -73,27 +74,25 @@ class DataLoader {
   void reset();
   LoaderPosition position() const;
   // Continues from a saved position; throws tally::Error if it was taken with a different B, T, order, seed or
-  // number of shards, or lies outside this data. A position saved at another world moves to the same place in the
-  // data (see restore's comment).
+  // number of shards, or lies outside this data. A position saved at another world continues at the same place.
   void restore(const LoaderPosition& pos);
 
-  // A shard's (by file index) windows (sequential: this process reads one slice of each) or slices (shuffled: the
-  // processes share them out).
-  int64_t windows_in_shard(size_t shard) const;
-  // This process's, over all shards (shuffled: the epoch's slices / W, rounded down).
+  // A shard's (by file index) slices, which the processes share out.
+  int64_t slices_in_shard(size_t shard) const;
+  // This process's, over all shards: the epoch's slices / W, rounded down.
   int64_t batches_per_epoch() const;
   const ShardSet& shards() const { return shards_; }
   const LoaderConfig& config() const { return config_; }
 
  private:
-  // A place in the walk: epoch, shard slot and window (or slice) in it, as in LoaderPosition.
+  // A place in the walk: epoch, shard slot and slice in it, as in LoaderPosition.
   struct Place {
     uint64_t epoch = 0, slot = 0, window = 0;
   };
   uint32_t file_at(uint64_t epoch, uint64_t slot);   // the shard in that slot of that epoch's order
-  uint64_t count_at(uint64_t epoch, uint64_t slot);  // its windows or slices
+  uint64_t count_at(uint64_t epoch, uint64_t slot);  // its slices
   void settle(Place& p);                             // past a used-up shard, to the next one's start
-  void forward(Place& p, uint64_t n);                // n windows or slices on (stays at a shard's end)
+  void forward(Place& p, uint64_t n);                // n slices on (stays at a shard's end)
   // Shuffled: the orders, each a function of (seed, epoch[, shard]), kept for the epoch (and shard) in use and the
   // one after, which a rank's slice may lie in.
   struct CachedOrder {
@@ -107,9 +106,8 @@ class DataLoader {
 
   ShardSet shards_;
   LoaderConfig config_;
-  int64_t tokens_ = 0;  // B * T: one process's batch
-  int64_t stride_ = 0;  // sequential: world * B * T, tokens between window starts; shuffled: B * T
-  Place next_;          // sequential: this process's next window; shuffled: the slice rank 0 reads next
+  int64_t tokens_ = 0;  // B * T: one process's batch, and the tokens between slice starts
+  Place next_;          // the slice rank 0 reads next
   std::array<CachedOrder, 2> shard_orders_, slice_orders_;
   uint64_t uses_ = 0;
 };

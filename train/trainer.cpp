@@ -380,9 +380,7 @@ void Trainer::resume(const fs::path& dir_in) {
   std::printf("resumed from %s at step %lld%s\n", dir.c_str(), (long long)start_step_,
               rs.world == comm_.world() ? ""
                                         : cat(" (saved by ", rs.world, " rank(s), continued by ", comm_.world(),
-                                              c_.shuffle ? ": the shuffled data resumes exactly where it stopped)"
-                                                         : ": the data resumes at the same tokens, rounded up to a "
-                                                           "whole batch)")
+                                              ": the data resumes exactly where it stopped)")
                                               .c_str());
 }
 

@@ -1,12 +1,13 @@
 // Tests of token shards (round trip, raw uint16, globbing, every corrupt-header case, the vocabulary check) and of
 // the DataLoader (llm.c window arithmetic, shard switching, wrap-around, rank/world, shuffle determinism, the
-// shuffled stream the same at every world, exact resume from a saved position, at any world when shuffled).
+// stream the same at every world in either order, exact resume from a saved position at any world).
 // Synthetic data: the token at global position g across a set's shards is g % 50000.
 #include <doctest/doctest.h>
 
 #include <fstream>
 #include <numeric>
 #include <set>
+#include <tuple>
 
 #include "core/error.h"
 #include "data/loader.h"
@@ -195,13 +196,13 @@ TEST_CASE("loader: sequential batches follow llm.c's window arithmetic, switch s
   DataLoader dl(ShardSet::open((dir / "s_*.bin").string()), {.batch = 2, .seq_len = 8});
   const size_t bt = 16;
   const int64_t w0 = (1000 - 1) / 16, w1 = (60001 - 1) / 16, w2 = (777 - 1) / 16;
-  CHECK(dl.windows_in_shard(0) == w0);
+  CHECK(dl.slices_in_shard(0) == w0);
   CHECK(dl.batches_per_epoch() == w0 + w1 + w2);
 
   std::vector<std::pair<size_t, size_t>> expect;  // (shard, window) of every batch of two epochs
   for (int e = 0; e < 2; ++e)
     for (size_t s = 0; s < 3; ++s)
-      for (int64_t w = 0; w < dl.windows_in_shard(s); ++w) expect.emplace_back(s, size_t(w));
+      for (int64_t w = 0; w < dl.slices_in_shard(s); ++w) expect.emplace_back(s, size_t(w));
   Batch b;
   for (size_t i = 0; i < expect.size(); ++i) {
     dl.next(b);
@@ -237,26 +238,31 @@ TEST_CASE("loader: sequential batches follow llm.c's window arithmetic, switch s
   fs::remove_all(dir);
 }
 
-TEST_CASE("loader: rank r of w reads its own slice of each window, as llm.c") {
+TEST_CASE("loader: sequential, rank r of W reads llm.c's slice r of each window until a shard's last window") {
   const fs::path dir = tally::test::temp_dir("loader_rank");
   write_synthetic(dir, "s", {5000, 3001});
-  const size_t offset[] = {0, 5000};
   const int world = 3;
   const size_t bt = 4 * 16, stride = world * bt;
   std::vector<DataLoader> ranks;
   for (int r = 0; r < world; ++r)
     ranks.emplace_back(ShardSet::open((dir / "s_*.bin").string()),
                        LoaderConfig{.batch = 4, .seq_len = 16, .rank = r, .world = world});
-  const int64_t w0 = (5000 - 1) / int64_t(stride), w1 = (3001 - 1) / int64_t(stride);
-  CHECK(ranks[0].windows_in_shard(0) == w0);
-  for (int64_t i = 0; i < 2 * (w0 + w1) + 3; ++i) {
-    const int64_t in_epoch = i % (w0 + w1);
-    const size_t s = in_epoch < w0 ? 0 : 1, w = size_t(in_epoch < w0 ? in_epoch : in_epoch - w0);
+  // llm.c: window i of a shard is the W*B*T+1 tokens at i*W*B*T, rank r reads the B*T+1 at i*W*B*T + r*B*T. The
+  // first shard's 78 slices are 26 whole windows of 3.
+  const int64_t w0 = (5000 - 1) / int64_t(stride);
+  CHECK(ranks[0].slices_in_shard(0) == (5000 - 1) / int64_t(bt));
+  for (int64_t i = 0; i < w0; ++i)
     for (int r = 0; r < world; ++r) {
       INFO("batch " << i << " rank " << r);
-      check_batch(ranks[size_t(r)].next(), offset[s] + w * stride + size_t(r) * bt);
+      check_batch(ranks[size_t(r)].next(), size_t(i) * stride + size_t(r) * bt);
     }
-  }
+  // The second shard's 46 slices: 15 windows of 3, then one slice left, which rank 0 reads with the next epoch's
+  // first two slices (llm.c would skip it).
+  for (int64_t i = 0; i < 15; ++i)
+    for (int r = 0; r < world; ++r) check_batch(ranks[size_t(r)].next(), 5000 + size_t(i) * stride + size_t(r) * bt);
+  check_batch(ranks[0].next(), 5000 + 45 * bt);
+  check_batch(ranks[1].next(), 0);
+  check_batch(ranks[2].next(), bt);
   fs::remove_all(dir);
 }
 
@@ -297,64 +303,67 @@ TEST_CASE("loader: shuffled order is a seeded permutation, deterministic per see
   fs::remove_all(dir);
 }
 
-TEST_CASE("loader: shuffled, W processes deal out the stream of slices one process reads, at any W and position") {
+TEST_CASE(
+    "loader: W processes deal out the stream of slices one process reads, at any W and position, in either order") {
   const fs::path dir = tally::test::temp_dir("loader_shuffle_world");
   // 62, 20, 2 and 125 slices of 16 tokens: 209 a epoch, which no W below divides, so the ranks' batches straddle
   // shards and epochs; the third shard has fewer slices than most worlds here.
   write_synthetic(dir, "s", {1000, 333, 40, 2001});
   const std::string glob = (dir / "s_*.bin").string();
-  auto config = [](int32_t rank, int32_t world) {
-    return LoaderConfig{
-        .batch = 2, .seq_len = 8, .rank = rank, .world = world, .order = LoaderOrder::shuffled, .seed = 5};
-  };
-  DataLoader one(ShardSet::open(glob), config(0, 1));
-  CHECK(one.batches_per_epoch() == 209);
-  std::vector<std::vector<int32_t>> stream;  // what one process reads over three epochs and more
-  std::vector<LoaderPosition> at;            // its position before each batch
-  for (int i = 0; i < 3 * 209 + 40; ++i) {
-    at.push_back(one.position());
-    stream.push_back(one.next().inputs);
-  }
-  for (const int32_t world : {2, 3, 5}) {
-    std::vector<DataLoader> ranks;
-    for (int32_t r = 0; r < world; ++r) ranks.emplace_back(ShardSet::open(glob), config(r, world));
-    CHECK(ranks[0].batches_per_epoch() == 209 / world);
-    bool same = true, same_place = true;
-    for (size_t round = 0; (round + 1) * size_t(world) <= stream.size(); ++round) {
-      // Every rank stands where one process stood after round * W batches, and reads its share of the next W.
-      for (int32_t r = 0; r < world; ++r) {
-        const LoaderPosition p = ranks[size_t(r)].position(), q = at[round * size_t(world)];
-        same_place &= p.epoch == q.epoch && p.shard == q.shard && p.window == q.window;
-        same &= ranks[size_t(r)].next().inputs == stream[round * size_t(world) + size_t(r)];
-      }
+  for (const LoaderOrder order : {LoaderOrder::sequential, LoaderOrder::shuffled}) {
+    INFO("order " << std::string(order == LoaderOrder::shuffled ? "shuffled" : "sequential"));
+    auto config = [order](int32_t rank, int32_t world) {
+      return LoaderConfig{.batch = 2, .seq_len = 8, .rank = rank, .world = world, .order = order, .seed = 5};
+    };
+    DataLoader one(ShardSet::open(glob), config(0, 1));
+    CHECK(one.batches_per_epoch() == 209);
+    std::vector<std::vector<int32_t>> stream;  // what one process reads over three epochs and more
+    std::vector<LoaderPosition> at;            // its position before each batch
+    for (int i = 0; i < 3 * 209 + 40; ++i) {
+      at.push_back(one.position());
+      stream.push_back(one.next().inputs);
     }
-    INFO("world " << world);
-    CHECK(same);
-    CHECK(same_place);
-    // A position saved at this world continues exactly at another, and at one process.
-    for (const int32_t other : {1, 2, 3, 5}) {
-      DataLoader saver(ShardSet::open(glob), config(0, world));
-      const size_t rounds = 211 / size_t(world) + 1;  // into the second epoch
-      for (size_t i = 0; i < rounds; ++i) saver.next();
-      const LoaderPosition saved = LoaderPosition::from_bytes(saver.position().to_bytes());
-      bool continues = true;
-      std::vector<DataLoader> resumed;
-      for (int32_t r = 0; r < other; ++r) {
-        resumed.emplace_back(ShardSet::open(glob), config(r, other));
-        resumed.back().restore(saved);
+    for (const int32_t world : {2, 3, 5}) {
+      std::vector<DataLoader> ranks;
+      for (int32_t r = 0; r < world; ++r) ranks.emplace_back(ShardSet::open(glob), config(r, world));
+      CHECK(ranks[0].batches_per_epoch() == 209 / world);
+      bool same = true, same_place = true;
+      for (size_t round = 0; (round + 1) * size_t(world) <= stream.size(); ++round) {
+        // Every rank stands where one process stood after round * W batches, and reads its share of the next W.
+        for (int32_t r = 0; r < world; ++r) {
+          const LoaderPosition p = ranks[size_t(r)].position(), q = at[round * size_t(world)];
+          same_place &= p.epoch == q.epoch && p.shard == q.shard && p.window == q.window;
+          same &= ranks[size_t(r)].next().inputs == stream[round * size_t(world) + size_t(r)];
+        }
       }
-      for (size_t k = 0; k < 50; ++k)
-        for (int32_t r = 0; r < other; ++r)
-          continues &=
-              resumed[size_t(r)].next().inputs == stream[rounds * size_t(world) + k * size_t(other) + size_t(r)];
-      INFO("saved at world " << world << ", resumed at " << other);
-      CHECK(continues);
+      INFO("world " << world);
+      CHECK(same);
+      CHECK(same_place);
+      // A position saved at this world continues exactly at another, and at one process.
+      for (const int32_t other : {1, 2, 3, 5}) {
+        DataLoader saver(ShardSet::open(glob), config(0, world));
+        const size_t rounds = 211 / size_t(world) + 1;  // into the second epoch
+        for (size_t i = 0; i < rounds; ++i) saver.next();
+        const LoaderPosition saved = LoaderPosition::from_bytes(saver.position().to_bytes());
+        bool continues = true;
+        std::vector<DataLoader> resumed;
+        for (int32_t r = 0; r < other; ++r) {
+          resumed.emplace_back(ShardSet::open(glob), config(r, other));
+          resumed.back().restore(saved);
+        }
+        for (size_t k = 0; k < 50; ++k)
+          for (int32_t r = 0; r < other; ++r)
+            continues &=
+                resumed[size_t(r)].next().inputs == stream[rounds * size_t(world) + k * size_t(other) + size_t(r)];
+        INFO("saved at world " << world << ", resumed at " << other);
+        CHECK(continues);
+      }
     }
   }
   fs::remove_all(dir);
 }
 
-TEST_CASE("loader: a version 1 position (shuffled windows of W slices) reads as the same place in slices") {
+TEST_CASE("loader: an older position (windows of W slices) reads as the same place in slices") {
   LoaderPosition p{.epoch = 1,
                    .shard = 2,
                    .window = 5,
@@ -364,19 +373,26 @@ TEST_CASE("loader: a version 1 position (shuffled windows of W slices) reads as 
                    .seq_len = 8,
                    .world = 3,
                    .num_shards = 4};
-  std::vector<uint8_t> v1 = p.to_bytes();
-  CHECK(v1[4] == 2);  // the version, after the magic
-  v1[4] = 1;
-  LoaderPosition read = LoaderPosition::from_bytes(v1);
-  CHECK(read.window == 15);
-  CHECK(read.epoch == 1);
-  CHECK(read.shard == 2);
-  p.order = LoaderOrder::sequential;  // sequential windows are what they were
-  v1 = p.to_bytes();
-  v1[4] = 1;
-  CHECK(LoaderPosition::from_bytes(v1) == p);
-  v1[4] = 3;
-  has(error_of([&] { LoaderPosition::from_bytes(v1); }), "unsupported version 3, expected 1 or 2");
+  auto as_version = [](const LoaderPosition& q, uint8_t version) {
+    std::vector<uint8_t> bytes = q.to_bytes();
+    CHECK(bytes[4] == 3);  // the version, after the magic
+    bytes[4] = version;
+    return bytes;
+  };
+  // Version 1: shuffled and sequential positions in windows; version 2: sequential ones.
+  for (const auto& [order, version, window] : {std::tuple{LoaderOrder::shuffled, 1, 15},
+                                               {LoaderOrder::shuffled, 2, 5},
+                                               {LoaderOrder::sequential, 1, 15},
+                                               {LoaderOrder::sequential, 2, 15},
+                                               {LoaderOrder::sequential, 3, 5}}) {
+    p.order = order;
+    const LoaderPosition read = LoaderPosition::from_bytes(as_version(p, uint8_t(version)));
+    INFO("version " << version << (order == LoaderOrder::shuffled ? " shuffled" : " sequential"));
+    CHECK(read.window == uint64_t(window));
+    CHECK(read.epoch == 1);
+    CHECK(read.shard == 2);
+  }
+  has(error_of([&] { LoaderPosition::from_bytes(as_version(p, 4)); }), "unsupported version 4, expected 1 to 3");
 }
 
 TEST_CASE("loader: a restored position yields exactly the batches of an uninterrupted loader") {
@@ -386,7 +402,7 @@ TEST_CASE("loader: a restored position yields exactly the batches of an uninterr
   for (const LoaderOrder order : {LoaderOrder::sequential, LoaderOrder::shuffled}) {
     const LoaderConfig cfg{.batch = 3, .seq_len = 10, .rank = 1, .world = 2, .order = order, .seed = 7};
     DataLoader ref(ShardSet::open(glob), cfg);
-    const int64_t epoch = ref.batches_per_epoch(), w0 = ref.windows_in_shard(0);
+    const int64_t epoch = ref.batches_per_epoch(), w0 = ref.slices_in_shard(0);
     std::vector<std::vector<int32_t>> expected;
     for (int64_t i = 0; i < 3 * epoch; ++i) expected.push_back(ref.next().inputs);
     // Stop mid-shard, exactly at a shard's end, at an epoch's end, and inside the second epoch.
