@@ -146,6 +146,10 @@ void save_hf_gpt2(const GPT2& model, const fs::path& dir_in, const HfExportOptio
   fs::remove_all(stage, ec);
   fs::create_directory(stage, ec);
   TALLY_CHECK(!ec, "[hf] cannot create '", stage.string(), "': ", ec.message(), " (is the directory writable?)");
+  // Interrupted (SIGINT, SIGTERM): the staging directory goes with the process.
+  std::vector<fs::path> staged;
+  for (const std::string& f : hf_export_file_names()) staged.push_back(stage / f);
+  const io::RemovedOnTermination removed_if_killed(staged, {stage});
   std::vector<std::string> written;
   try {
     const DType dtype = export_dtype(model, options.dtype);

@@ -203,16 +203,17 @@ constexpr size_t kMaxSyscallBytes = size_t(1) << 30;  // Linux moves at most ~2 
 std::mutex g_live_mutex;
 std::set<std::string> g_live_temps;
 
-// The same paths for a signal that ends the process (SIGINT, SIGTERM, SIGHUP at their default action): its handler
-// unlinks them, then dies by the signal as it would have, so an interrupted write leaves no temp file behind. Each
-// slot holds a heap copy of one path; the handler only reads the slots and calls unlink, sigaction and raise
-// (async-signal-safe). More writers at once than slots: the rest are not cleaned up on a signal.
-constexpr int kTempSlots = 64;
-std::atomic<char*> g_temp_slots[kTempSlots];
+// Paths to remove when a signal ends the process (RemovedOnTermination): each slot holds a heap copy of one path;
+// the handler only reads the slots and calls unlink, rmdir, sigaction and raise (async-signal-safe), then dies by
+// the signal as it would have. Files first, so that a staging directory is empty when its turn comes.
+constexpr int kRemovalSlots = 64;
+std::atomic<char*> g_file_slots[kRemovalSlots], g_dir_slots[kRemovalSlots];
 
-void unlink_temps_and_die(int sig) {
-  for (auto& slot : g_temp_slots)
+void remove_and_die(int sig) {
+  for (auto& slot : g_file_slots)
     if (const char* p = slot.load()) ::unlink(p);
+  for (auto& slot : g_dir_slots)
+    if (const char* p = slot.load()) ::rmdir(p);
   struct sigaction dfl {};
   dfl.sa_handler = SIG_DFL;
   sigemptyset(&dfl.sa_mask);
@@ -220,42 +221,38 @@ void unlink_temps_and_die(int sig) {
   ::raise(sig);
 }
 
-// Installed by every writer for the signals whose action is the default: a program that handles them itself (the
-// trainer stops after its step and saves) keeps its handler.
-void clean_up_on_termination() {
+// Installed for the signals whose action is the default: a program that handles them itself (the trainer stops
+// after its step and saves) keeps its handler.
+void install_removal_handler() {
   for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
     struct sigaction old {};
     if (sigaction(sig, nullptr, &old) != 0 || (old.sa_flags & SA_SIGINFO) || old.sa_handler != SIG_DFL) continue;
     struct sigaction sa {};
-    sa.sa_handler = unlink_temps_and_die;
+    sa.sa_handler = remove_and_die;
     sigemptyset(&sa.sa_mask);
     sigaction(sig, &sa, nullptr);
   }
 }
 
-void remember_temp(const fs::path& temp) {
-  clean_up_on_termination();
-  char* copy = ::strdup(temp.c_str());
-  if (!copy) return;
-  for (auto& slot : g_temp_slots) {
+// The slot now holding a copy of `path`, or null when every slot is taken.
+std::atomic<char*>* hold(std::atomic<char*> (&slots)[kRemovalSlots], const fs::path& path) {
+  char* copy = ::strdup(path.c_str());
+  if (!copy) return nullptr;
+  for (auto& slot : slots) {
     char* empty = nullptr;
-    if (slot.compare_exchange_strong(empty, copy)) return;
+    if (slot.compare_exchange_strong(empty, copy)) return &slot;
   }
   std::free(copy);
+  return nullptr;
+}
+
+void release(std::atomic<char*>* slot) {
+  if (slot) std::free(slot->exchange(nullptr));
 }
 
 void forget_temp(const fs::path& temp) {
-  {
-    std::lock_guard lock(g_live_mutex);
-    g_live_temps.erase(temp.string());
-  }
-  for (auto& slot : g_temp_slots) {
-    char* p = slot.load();
-    if (p && temp == p && slot.compare_exchange_strong(p, nullptr)) {
-      std::free(p);
-      return;
-    }
-  }
+  std::lock_guard lock(g_live_mutex);
+  g_live_temps.erase(temp.string());
 }
 
 fs::path directory_of(const fs::path& path) {
@@ -264,6 +261,17 @@ fs::path directory_of(const fs::path& path) {
 }
 
 }  // namespace
+
+RemovedOnTermination::RemovedOnTermination(const std::vector<fs::path>& files,
+                                           const std::vector<fs::path>& directories) {
+  install_removal_handler();
+  for (const fs::path& f : files) held_.push_back(hold(g_file_slots, f));
+  for (const fs::path& d : directories) held_.push_back(hold(g_dir_slots, d));
+}
+
+RemovedOnTermination::~RemovedOnTermination() {
+  for (std::atomic<char*>* slot : held_) release(slot);
+}
 
 AtomicFileWriter::AtomicFileWriter(fs::path path) : path_(std::move(path)) {
   TALLY_CHECK(!path_.empty(), "[io] AtomicFileWriter: empty path");
@@ -293,7 +301,7 @@ AtomicFileWriter::AtomicFileWriter(fs::path path) : path_(std::move(path)) {
     if (!g_live_temps.insert(temp_path_.string()).second)
       fail("[io] '", path_.string(), "': another AtomicFileWriter in this process is already writing it");
   }
-  remember_temp(temp_path_);
+  removed_if_killed_ = std::make_unique<RemovedOnTermination>(std::vector<fs::path>{temp_path_});
   fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
   if (fd_ < 0) {
     int err = errno;
@@ -312,6 +320,7 @@ void AtomicFileWriter::abandon() noexcept {
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
   ::unlink(temp_path_.c_str());
+  removed_if_killed_.reset();
   forget_temp(temp_path_);
   state_ = State::failed;
 }
@@ -395,6 +404,7 @@ void AtomicFileWriter::commit() {
   fd_ = -1;
   if (::close(fd) != 0 && errno != EINTR) fail_sync("close", errno);  // NFS reports late write errors here
   if (::rename(temp_path_.c_str(), path_.c_str()) != 0) fail_sync("rename", errno);
+  removed_if_killed_.reset();
   forget_temp(temp_path_);
   state_ = State::committed;
   buffer_ = {};

@@ -2,9 +2,11 @@
 // Every failure throws tally::Error naming the file and the problem ("[io] 'run/ckpt.bin': ...").
 // Used by checkpoints (llm.c format, safetensors, tally's own), golden-data loading in tests, and .npy export.
 #pragma once
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -41,6 +43,23 @@ class MappedFile {
   std::filesystem::path path_;
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
+};
+
+// ---- what an interrupted process leaves behind ----
+// While a guard lives, a signal that ends the process (SIGINT, SIGTERM or SIGHUP, those the process leaves at their
+// default action) first removes the guards' paths: every file, then every directory (rmdir: the ones empty by
+// then). For temp files and staging directories, which an interrupted write would otherwise leave behind. At most
+// 64 files and 64 directories at once (more are not removed on a signal); SIGKILL cannot be caught.
+class RemovedOnTermination {
+ public:
+  explicit RemovedOnTermination(const std::vector<std::filesystem::path>& files,
+                                const std::vector<std::filesystem::path>& directories = {});
+  ~RemovedOnTermination();
+  RemovedOnTermination(const RemovedOnTermination&) = delete;
+  RemovedOnTermination& operator=(const RemovedOnTermination&) = delete;
+
+ private:
+  std::vector<std::atomic<char*>*> held_;  // the handler's slots holding this guard's paths (null: none was free)
 };
 
 // ---- atomic replacement of a file ----
@@ -90,6 +109,7 @@ class AtomicFileWriter {
   uint64_t accepted_ = 0;  // bytes accepted from callers
   uint64_t on_disk_ = 0;   // bytes the kernel has taken
   int64_t fault_after_ = -1;  // from TALLY_FAULT_WRITE_AFTER_BYTES; -1 = no fault injection
+  std::unique_ptr<RemovedOnTermination> removed_if_killed_;  // the temp file, while it may exist
 };
 
 // Writes bytes to path atomically (AtomicFileWriter + commit).

@@ -188,6 +188,38 @@ TEST_CASE("AtomicFileWriter: a process ended by SIGTERM or SIGINT while writing 
   fs::remove_all(dir);
 }
 
+TEST_CASE("RemovedOnTermination: a staging directory and its files go with a process ended by a signal") {
+  fs::path dir = test::temp_dir("io_signal_stage");
+  const fs::path stage = dir / ".export.tmp-1", kept = dir / "kept.bin";
+  write_file_atomic(kept, std::string_view("kept"));
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(SIGTERM, &dfl, nullptr);
+    fs::create_directory(stage);
+    const RemovedOnTermination guard({stage / "a.bin", stage / "b.json"}, {stage});
+    write_file_atomic(stage / "a.bin", std::string_view("a"));
+    AtomicFileWriter w(stage / "b.json");  // its temp file is in the directory too
+    w.write(std::string_view("{}"));
+    ::raise(SIGTERM);
+    ::_exit(0);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  CHECK(WIFSIGNALED(status));
+  CHECK(!fs::exists(stage));
+  CHECK(test::slurp(kept) == "kept");
+  {  // a guard that has ended removes nothing
+    fs::create_directory(stage);
+    { const RemovedOnTermination guard({}, {stage}); }
+    CHECK(fs::exists(stage));
+  }
+  fs::remove_all(dir);
+}
+
 TEST_CASE("AtomicFileWriter: misuse and bad destinations give clear errors") {
   fs::path dir = test::temp_dir("io_misuse");
   fs::path p = dir / "f.bin";
