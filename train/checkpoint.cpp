@@ -48,18 +48,6 @@ nlohmann::json file_entry(const fs::path& p) {
   return {{"bytes", m.size()}, {"crc32c", io::crc32c_hex(io::crc32c(m.data(), m.size()))}};
 }
 
-int64_t step_of(const fs::path& dir) {
-  std::string name = dir.filename().string();
-  if (name.rfind("step-", 0) != 0) return -1;
-  try {
-    size_t used = 0;
-    long long v = std::stoll(name.substr(5), &used);
-    return used == name.size() - 5 ? v : -1;
-  } catch (...) {
-    return -1;
-  }
-}
-
 // Temporary step directories left by processes that died while saving (SIGKILL, power loss): never taken for
 // checkpoints, but they hold disk space. Those of live processes (another run saving into the same directory) stay.
 void remove_stale_temporaries(const fs::path& run_dir) {
@@ -79,6 +67,18 @@ void remove_stale_temporaries(const fs::path& run_dir) {
 }
 
 }  // namespace
+
+int64_t checkpoint_step(const fs::path& dir) {
+  std::string name = dir.filename().string();
+  if (name.rfind("step-", 0) != 0) return -1;
+  try {
+    size_t used = 0;
+    long long v = std::stoll(name.substr(5), &used);
+    return used == name.size() - 5 ? v : -1;
+  } catch (...) {
+    return -1;
+  }
+}
 
 std::string checkpoint_name(int64_t step) {
   char buf[32];
@@ -198,7 +198,7 @@ std::vector<fs::path> checkpoints_newest_first(const fs::path& run_dir) {
   std::error_code ec;
   if (!fs::is_directory(run_dir, ec)) return {};
   for (const auto& e : fs::directory_iterator(run_dir, ec))
-    if (int64_t s = step_of(e.path()); s >= 0 && fs::exists(e.path() / "manifest.json"))
+    if (int64_t s = checkpoint_step(e.path()); s >= 0 && fs::exists(e.path() / "manifest.json"))
       found.emplace_back(s, e.path());
   std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
   std::vector<fs::path> out;

@@ -58,5 +58,7 @@ bool holds_run(const std::filesystem::path& dir);
 
 // "step-00000123"
 std::string checkpoint_name(int64_t step);
+// The step a checkpoint directory's name says (step-00000123: 123), or -1 for another name.
+int64_t checkpoint_step(const std::filesystem::path& dir);
 
 }  // namespace tally::train

@@ -72,11 +72,13 @@ int cmd_train(const Args& args) {
   }
   RunConfig config = run_config(flags, DataResolution::resolve, ranks.world());
   config.model_flags_with_init = model_flags_with_init;
-  std::printf("tally train: resolved configuration (written to %s/config.json as training starts)\n", config.out.c_str());
-  for (const auto& [k, v] : config.flags.items()) std::printf("  --%s %s\n", k.c_str(), v.get<std::string>().c_str());
   install_stop_handlers();
   Trainer trainer(config);
   if (resume) trainer.resume(*resume);
+  trainer.check_before_run();
+  std::printf("tally train: resolved configuration (written to %s/config.json as training starts)\n",
+              config.out.c_str());
+  for (const auto& [k, v] : config.flags.items()) std::printf("  --%s %s\n", k.c_str(), v.get<std::string>().c_str());
   RunSummary s = trainer.run();
   if (ranks.rank() == 0) {  // the page of this run, also of one stopped early
     // The training is done and saved: a page that cannot be written (a damaged log line, a full disk) is a warning.

@@ -350,9 +350,9 @@ void Trainer::resume(const fs::path& dir_in) {
     c = train::load_checkpoint(dir);
   } catch (const Error& e) {
     if (older.empty()) throw;
-    fail(e.what(), "\nThe run's earlier checkpoint ", older.front().string(),
-         " may be intact: continue from it with --resume ", older.front().string(),
-         " (move the damaged one away: a --resume of the run directory takes its latest checkpoint)");
+    fail(e.what(), "\nThe run's earlier checkpoint ", older.front().string(), " may be intact: move the damaged ",
+         dir.filename().string(), " out of ", dir_in.string(), ", then continue from the earlier one with --resume ",
+         dir_in.string(), " (its latest checkpoint then)");
   }
   const train::RunState rs = train::run_state_from_json(c.state, (dir / "state.json").string());
   // The vocabulary's padding may differ (--no-vocab-pad given now): the optimizer state never holds padding rows.
@@ -377,16 +377,13 @@ void Trainer::resume(const fs::path& dir_in) {
   skipped_total_ = rs.skipped_steps;
   start_step_ = rs.step;
   resumed_from_ = dir;
-  std::printf("resumed from %s at step %lld%s\n", dir.c_str(), (long long)start_step_,
-              rs.world == comm_.world() ? ""
-                                        : cat(" (saved by ", rs.world, " rank(s), continued by ", comm_.world(),
-                                              ": the data resumes exactly where it stopped)")
-                                              .c_str());
+  resume_note_ = cat("resumed from ", dir.string(), " at step ", start_step_,
+                     rs.world == comm_.world() ? ""
+                                               : cat(" (saved by ", rs.world, " rank(s), continued by ", comm_.world(),
+                                                     ": the data resumes exactly where it stopped)"));
 }
 
-RunSummary Trainer::run() {
-  RunSummary s;
-  faults_ = {.nan_at_step = faults::nan_at_step(), .oom_at_step = faults::oom_at_step()};
+void Trainer::check_before_run() const {
   if (start_step_ >= c_.steps)
     throw FlagError(cat("--resume '", resumed_from_.string(), "': the checkpoint is at step ", start_step_,
                         " and this run has --steps ", c_.steps, ": nothing to train (give --steps above ", start_step_,
@@ -405,6 +402,25 @@ RunSummary Trainer::run() {
     TALLY_CHECK(!logged, "'", c_.out.string(), "' already holds a run (its log.jsonl, and no checkpoint to continue ",
                 "from): move that log away to start a run here, or train into another --out; nothing was changed");
   }
+  if (own_directory && comm_.rank() == 0) {
+    // Resumed from an earlier checkpoint than the run's latest: continuing here would put a second continuation's
+    // checkpoints among the first one's (--keep-last would prune the new ones, a later --resume take the old latest).
+    std::vector<std::string> later;
+    for (const fs::path& p : train::checkpoints_newest_first(c_.out))
+      if (train::checkpoint_step(p) > start_step_) later.insert(later.begin(), p.filename().string());
+    if (!later.empty())
+      fail("--resume '", resumed_from_.string(), "': the run went on past step ", start_step_, " (its checkpoint",
+           later.size() > 1 ? "s " : " ", later.front(), later.size() > 1 ? cat(" to ", later.back()) : "",
+           "); continuing from this one in '", c_.out.string(), "' would mix the two continuations. Continue from ",
+           "the latest with --resume ", c_.out.string(), ", or from this one into another --out; nothing was changed");
+  }
+}
+
+RunSummary Trainer::run() {
+  check_before_run();
+  RunSummary s;
+  faults_ = {.nan_at_step = faults::nan_at_step(), .oom_at_step = faults::oom_at_step()};
+  if (!resume_note_.empty()) std::printf("%s\n", resume_note_.c_str());
   std::printf("model: GPT-2 %s, %s parameters | optimizer: %s lr %.3g wd %.3g | data: %s\n",
               c_.model.str().c_str(), format_count(model_->num_parameters()).c_str(), c_.optimizer.name.c_str(),
               c_.optimizer.lr(), c_.optimizer.weight_decay(), c_.data.description.c_str());

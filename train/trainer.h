@@ -44,6 +44,9 @@ class Trainer {
   ~Trainer();
   // Continues from a checkpoint directory (model, optimizer state, loader position, step, RNG).
   void resume(const std::filesystem::path& checkpoint_dir);
+  // Refuses a run that would train nothing (resumed at or past --steps) or write into a directory holding another
+  // run, or another continuation of this one (a FlagError or tally::Error; nothing written). run() checks first too.
+  void check_before_run() const;
   RunSummary run();
 
   // The exact memory plan of one training step (run on the meta device), and its rendering.
@@ -79,6 +82,7 @@ class Trainer {
   MemoryFigures predicted_;      // the plan of one step, made by run()
   int64_t start_step_ = 0;       // steps already done (resume)
   std::filesystem::path resumed_from_;  // the checkpoint resume() loaded, if any
+  std::string resume_note_;             // what run() prints about it
   int64_t held_before_ = 0;      // bytes live on the device before this run allocated anything
   int64_t skipped_total_ = 0, skipped_in_row_ = 0;
 };

@@ -199,11 +199,20 @@ expect 2 "holds a GPT-2 L2 NH2 C64 .*model flags given with it \(--model, --widt
   --init "$work/mine/step-00000003" --model d4 --width 512 --steps 1 --out "$work/init-flags"
 # A resumed run continued into another run's directory: refused as a new run there is.
 expect 1 "diverged' already holds a run" "$tally" train --resume "$work/mine/step-00000003" --steps 6 --out "$work/diverged"
-# The latest checkpoint damaged: the refusal names the run's earlier one, which continues.
+# Resumed from an earlier checkpoint than the run's latest, into the run: refused (its continuation would mix with
+# the one that made step 4: --keep-last pruned the new checkpoints), nothing changed.
+before=$(cat "$work/mine/log.jsonl" "$work/mine/config.json" | md5sum) kept=$(steps "$work/mine")
+expect 1 "the run went on past step 2 \(its checkpoints step-00000003 to step-00000004\); continuing from this one" \
+  "$tally" train --resume "$work/mine/step-00000002" --steps 6 --keep-last 1
+[ "$(cat "$work/mine/log.jsonl" "$work/mine/config.json" | md5sum)" = "$before" ] && [ "$(steps "$work/mine")" = "$kept" ] ||
+  fail "a refused rewind changed the run: $(steps "$work/mine")"
+# The latest checkpoint damaged: the refusal names the run's earlier one, which continues once the damaged one is
+# moved away.
 printf 'X' | dd of="$work/mine/step-00000004/optimizer.safetensors" bs=1 seek=1000 conv=notrunc 2>/dev/null
-expect 1 "earlier checkpoint .*step-00000003 may be intact: continue from it with --resume" "$tally" train \
-  --resume "$work/mine" --steps 5
-expect 0 "resumed from .*step-00000003" "$tally" train --resume "$work/mine/step-00000003" --steps 5
+expect 1 "earlier checkpoint .*step-00000003 may be intact: move the damaged step-00000004 out of .*mine, then continue" \
+  "$tally" train --resume "$work/mine" --steps 5
+mv "$work/mine/step-00000004" "$work/damaged-step-4"
+expect 0 "resumed from .*step-00000003" "$tally" train --resume "$work/mine" --steps 5
 expect 2 "save-every must be >= 0" "$tally" train "${common[@]}" --save-every -1 --out "$work/neg"
 expect 2 "grad-clip must be >= 0" "$tally" train "${common[@]}" --grad-clip -1 --out "$work/neg"
 # tally compare refuses a bad list of optimizers before it trains anything.
