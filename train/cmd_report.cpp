@@ -4,6 +4,7 @@
 #include "train/commands.h"
 #include "train/flags.h"
 #include "train/report.h"
+#include "train/setup.h"
 
 namespace fs = std::filesystem;
 
@@ -31,6 +32,7 @@ int cmd_report(const Args& args) {
       if (fs::exists(out, ec) && fs::equivalent(out, run / input, ec))
         throw FlagError("--out '" + out.string() + "' is the " + input + " of run '" + run.string() +
                         "', which the page is made from; give another file");
+  refuse_run_file_as_output(out, "--out");
   write_report(runs, out, {}, options);
   std::printf("report: %s\n", out.c_str());
   return 0;

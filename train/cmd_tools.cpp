@@ -246,6 +246,7 @@ int cmd_inspect(const Args& args) {
   train::CheckpointContent c = train::load_checkpoint(dir);
   if (auto name = f.maybe("dump")) {
     if (!f.given("to")) throw FlagError("--dump NAME needs --to FILE.npy");
+    refuse_run_file_as_output(f.str("to"), "--to");
     const Tensor& t = io::find_tensor(c.optimizer, *name, (dir / "optimizer.safetensors").string());
     Tensor host = t.dtype() == DType::bf16 ? t.to(DType::f32) : t;
     io::write_npy(f.str("to"), host.dtype(), host.shape(), host.data_ptr());
@@ -365,6 +366,7 @@ int cmd_export(const Args& args) {
 
   auto model = load_model_file(f.str("checkpoint"), Device::cpu());
   const fs::path out = f.str("out");
+  refuse_run_file_as_output(out, "--out");
   if (format == "hf") {
     models::HfExportOptions options{.dtype = export_dtype};
     if (!f.on("no-tokenizer")) {

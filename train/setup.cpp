@@ -112,6 +112,24 @@ std::unique_ptr<models::GPT2> converted_model(std::unique_ptr<models::GPT2> mode
   return converted;
 }
 
+void refuse_run_file_as_output(const fs::path& out, const std::string& flag) {
+  std::error_code ec;
+  const fs::path path = fs::weakly_canonical(out, ec);
+  if (ec) return;  // a path that cannot be resolved is no existing run's file; the write reports its own error
+  const fs::path dir = path.parent_path();
+  const std::string name = path.filename().string();
+  const bool checkpoint_file =
+      fs::exists(dir / "manifest.json", ec) && (name == "manifest.json" || name == "model.safetensors" ||
+                                                name == "optimizer.safetensors" || name == "state.json");
+  const bool run_file = (name == "log.jsonl" || name == "config.json" || name == "tally.lock") && train::holds_run(dir);
+  if (checkpoint_file)
+    throw FlagError(cat(flag, " '", out.string(), "' is the ", name, " of checkpoint '", dir.string(),
+                        "': writing it would damage the checkpoint; give another file"));
+  if (run_file)
+    throw FlagError(cat(flag, " '", out.string(), "' is the ", name, " of run '", dir.string(),
+                        "': writing it would damage the run; give another file"));
+}
+
 std::vector<FlagSpec> device_flags(const std::string& dtype_help) {
   return {{"device", "cpu | cuda", "cpu"}, {"dtype", dtype_help, "f32"}};
 }

@@ -40,6 +40,11 @@ std::unique_ptr<models::GPT2> load_model_file(const std::filesystem::path& path,
 std::unique_ptr<models::GPT2> converted_model(std::unique_ptr<models::GPT2> model, const models::GPT2Config& config,
                                               DType dtype, const std::string& source);
 
+// ---- outputs ----
+// A FlagError naming `flag` when `out` is one of a checkpoint's files (its manifest, weights, optimizer state or
+// state.json) or a run directory's log.jsonl, config.json or lock file: a command's output must not replace them.
+void refuse_run_file_as_output(const std::filesystem::path& out, const std::string& flag);
+
 // ---- device ----
 // --device cpu | cuda and --dtype f32 | bf16 (bf16 computes on CUDA only), for the commands that run a model.
 std::vector<FlagSpec> device_flags(const std::string& dtype_help);

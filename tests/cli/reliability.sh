@@ -179,6 +179,17 @@ expect 0 "warning: the run finished, but its report was not written" "$tally" tr
 # The page never replaces its own input; a pipe is never replaced by a file; a link is written through.
 expect 2 "is the log.jsonl of run" "$tally" report "$work/mine" --out "$work/mine/log.jsonl"
 grep -q '"step":4' "$work/mine/log.jsonl" || fail "tally report replaced the run's log"
+# No command's output replaces a checkpoint's files or a run's log and configuration.
+ck4=$(ls -d "$work/mine"/step-* | tail -1)
+before=$(cat "$ck4"/* "$work/mine/log.jsonl" "$work/mine/config.json" | md5sum)
+expect 2 "is the model.safetensors of checkpoint .*: writing it would damage the checkpoint" "$tally" export \
+  --checkpoint "$work/mine" --format safetensors --out "$ck4/model.safetensors"
+expect 2 "is the state.json of checkpoint" "$tally" inspect "$work/mine" \
+  --dump transformer.h.0.attn.c_attn.weight:exp_avg --to "$ck4/state.json"
+expect 2 "is the log.jsonl of run .*: writing it would damage the run" "$tally" export --checkpoint "$work/mine" \
+  --format llmc --out "$work/mine/log.jsonl"
+[ "$(cat "$ck4"/* "$work/mine/log.jsonl" "$work/mine/config.json" | md5sum)" = "$before" ] ||
+  fail "an output replaced a checkpoint's or the run's file"
 mkfifo "$work/pipe" || fail "mkfifo"
 expect 1 "is not a regular file \(a device, a pipe or a socket\)" "$tally" export --checkpoint "$work/mine" \
   --format safetensors --out "$work/pipe"
