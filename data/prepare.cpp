@@ -76,8 +76,9 @@ PrepareResult prepare_text(const std::filesystem::path& text_path, const std::fi
   const auto val = all.first(size_t(options.val_tokens)), train = all.subspan(size_t(options.val_tokens));
   r.val_path = out_dir / "val.bin";
   r.train_path = out_dir / "train.bin";
-  write_shard(r.val_path, val);
+  // train.bin first: a prepare interrupted while writing it (the long write) leaves the previous pair as it was.
   write_shard(r.train_path, train);
+  write_shard(r.val_path, val);
   r.val_tokens = val.size();
   r.train_tokens = train.size();
   return r;

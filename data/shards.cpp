@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/io/file.h"
 
 namespace tally::data {
 
@@ -37,53 +38,26 @@ struct Fd {
   }
 };
 
-void write_all(int fd, const void* data, size_t bytes, const fs::path& tmp) {
-  const char* p = static_cast<const char*>(data);
-  while (bytes > 0) {
-    const ssize_t n = ::write(fd, p, std::min<size_t>(bytes, size_t(1) << 30));
-    if (n < 0 && errno == EINTR) continue;
-    TALLY_CHECK(n > 0, "[shards] write_shard: writing ", tmp.string(), " failed: ", sys_error());
-    p += n;
-    bytes -= size_t(n);
-  }
-}
-
 // Writes the header, then the tokens block by block (convert fills a uint16 block from the caller's tokens),
-// into a temporary file beside path; fsync, rename over path, fsync the directory.
+// through io::AtomicFileWriter: a temp file beside path, fsynced and renamed over it (nothing left of a failed or
+// interrupted write).
 template <class Convert>
 void write_shard_impl(const fs::path& path, size_t count, Convert convert) {
   TALLY_CHECK(count <= size_t(std::numeric_limits<int32_t>::max()), "[shards] write_shard: ", path.string(), ": ",
               count, " tokens do not fit the header's int32 count (at most ", std::numeric_limits<int32_t>::max(), ")");
-  const fs::path dir = path.has_parent_path() ? path.parent_path() : fs::path(".");
-  TALLY_CHECK(fs::is_directory(dir), "[shards] write_shard: directory ", dir.string(), " of ", path.string(),
-              " does not exist");
-  const fs::path tmp = dir / cat(".", path.filename().string(), ".tmp.", ::getpid());
-  Fd f{::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)};
-  TALLY_CHECK(f.fd >= 0, "[shards] write_shard: cannot create ", tmp.string(), ": ", sys_error());
-  try {
-    std::array<int32_t, kShardHeaderBytes / 4> header{};
-    header[0] = kShardMagic;
-    header[1] = kShardVersion;
-    header[2] = int32_t(count);
-    write_all(f.fd, header.data(), sizeof header, tmp);
-    std::vector<uint16_t> block(std::min<size_t>(count, size_t(1) << 20));
-    for (size_t at = 0; at < count; at += block.size()) {
-      const size_t n = std::min(block.size(), count - at);
-      convert(at, std::span<uint16_t>(block.data(), n));
-      write_all(f.fd, block.data(), n * sizeof(uint16_t), tmp);
-    }
-    TALLY_CHECK(::fsync(f.fd) == 0, "[shards] write_shard: fsync of ", tmp.string(), " failed: ", sys_error());
-    TALLY_CHECK(::close(f.fd) == 0, "[shards] write_shard: closing ", tmp.string(), " failed: ", sys_error());
-    f.fd = -1;
-    TALLY_CHECK(::rename(tmp.c_str(), path.c_str()) == 0, "[shards] write_shard: renaming ", tmp.string(), " to ",
-                path.string(), " failed: ", sys_error());
-  } catch (...) {
-    ::unlink(tmp.c_str());
-    throw;
+  io::AtomicFileWriter out(path);
+  std::array<int32_t, kShardHeaderBytes / 4> header{};
+  header[0] = kShardMagic;
+  header[1] = kShardVersion;
+  header[2] = int32_t(count);
+  out.write(header.data(), sizeof header);
+  std::vector<uint16_t> block(std::min<size_t>(count, size_t(1) << 20));
+  for (size_t at = 0; at < count; at += block.size()) {
+    const size_t n = std::min(block.size(), count - at);
+    convert(at, std::span<uint16_t>(block.data(), n));
+    out.write(block.data(), n * sizeof(uint16_t));
   }
-  // The rename is durable only once the directory entry is on disk; failure here loses nothing already written.
-  Fd d{::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
-  if (d.fd >= 0) (void)::fsync(d.fd);
+  out.commit();
 }
 
 }  // namespace

@@ -99,6 +99,9 @@ TEST_CASE("shards: write and read back, llm.c and raw uint16") {
 
   has(error_of([&] { write_shard(dir / "b.bin", std::vector<int32_t>{1, 70000}); }), "token 70000 at position 1");
   has(error_of([&] { write_shard(dir / "missing" / "c.bin", small); }), "does not exist");
+  CHECK(!fs::exists(dir / "b.bin"));
+  for (const auto& e : fs::directory_iterator(dir))  // the failed write left no temp file
+    CHECK_MESSAGE(e.path().filename().string().find(".tmp") == std::string::npos, e.path().string());
   fs::remove_all(dir);
 }
 
