@@ -83,8 +83,8 @@ void Flags::merge_json(std::string_view json_text, const std::string& path) {
     std::string text;
     if (value.is_string()) text = value.get<std::string>();
     else if (value.is_boolean()) text = value.get<bool>() ? "1" : "0";
-    else if (value.is_number_integer()) text = std::to_string(value.get<int64_t>());
-    else if (value.is_number()) text = value.dump();
+    else if (value.is_number())
+      text = value.dump();  // integers exactly, signed or not (the flag's parser checks range)
     else throw FlagError(tally::cat("config file '", path, "': '", key, "' must be a string, number or boolean"));
     if (s->kind == FlagKind::switch_ && !value.is_boolean())
       throw FlagError(tally::cat("config file '", path, "': '", key, "' is a switch: use true or false"));
@@ -133,8 +133,13 @@ std::string Flags::str(const std::string& name) const {
 int64_t Flags::integer(const std::string& name) const {
   const std::string v = str(name);
   const std::optional<int64_t> x = parse_int64(v);
-  if (!x) throw FlagError(tally::cat("--", name, " expects a decimal integer, got '", v, "'", origin(name)));
-  return *x;
+  if (x) return *x;
+  const bool digits =
+      v.find_first_not_of("+-0123456789") == std::string::npos && v.find_first_of("0123456789") != std::string::npos;
+  if (digits && parse_finite_double(v))  // a decimal integer past int64's range
+    throw FlagError(tally::cat("--", name, " ", v, " is out of range (integers from ", INT64_MIN, " to ", INT64_MAX,
+                               ")", origin(name)));
+  throw FlagError(tally::cat("--", name, " expects a decimal integer, got '", v, "'", origin(name)));
 }
 
 double Flags::number(const std::string& name) const {

@@ -148,7 +148,12 @@ printf '{"batch": 2, "seq": 1' >"$work/cfg_trunc.json"
 expect 2 "cfg_trunc.json' is not valid JSON" "$tally" train --config "$work/cfg_trunc.json"
 printf '{"batch": "2x", "seq": 16}' >"$work/cfg_bad.json"
 expect 2 "--batch expects a decimal integer, got '2x' \(from config file '.*cfg_bad.json'\)" "$tally" train --config "$work/cfg_bad.json"
-expect 2 "expects a decimal integer" "$tally" train --batch 99999999999999999999
+expect 2 "--batch 99999999999999999999 is out of range" "$tally" train --batch 99999999999999999999
+# An integer in a config file past int64's range is refused, not wrapped to another value (-1 for 2^64 - 1).
+printf '{"batch": 2, "seed": 18446744073709551615}' >"$work/cfg_big.json"
+expect 2 "--seed 18446744073709551615 is out of range .*\(from config file '.*cfg_big.json'\)" "$tally" train \
+  --config "$work/cfg_big.json"
+expect 2 "--batch expects a decimal integer, got '0x10'" "$tally" train --batch 0x10
 expect 2 "more than 1099511627776" "$tally" train --width 1048576 --heads 1
 expect 2 "must be positive" "$tally" train --steps -1
 # ---- runs and outputs that would lose something ----
