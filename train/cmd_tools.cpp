@@ -311,7 +311,7 @@ int cmd_eval(const Args& args) {
 
   auto loaded = load_model_file(f.str("checkpoint"), device);
   const models::GPT2Config config = loaded->config();
-  if (T > config.block_size) throw FlagError(cat("--seq exceeds the model's block size ", config.block_size));
+  if (T > config.block_size) throw FlagError(cat("--seq ", T, " exceeds the model's block size ", config.block_size));
   auto model = converted_model(std::move(loaded), config, dtype, f.str("checkpoint"));
   data::DataLoader loader(data::ShardSet::open(f.str("data"), {.vocab_limit = int32_t(config.vocab_size)}),
                           {.batch = B, .seq_len = T});

@@ -117,6 +117,9 @@ Trainer::Trainer(RunConfig config)
       throw FlagError(cat("--init '", c_.init, "' holds a GPT-2 ", loaded.str(), "; the model flags given with it (",
                           given, ") ask for ", c_.model.str(), ": leave them out to train the file's model"));
     }
+    if (c_.seq > loaded.block_size)
+      throw FlagError(cat("--seq ", c_.seq, " exceeds the block size ", loaded.block_size, " of the model in --init '",
+                          c_.init, "'"));
     loaded.dropout = c_.model.dropout;
     loaded.padded_vocab_size = models::padded_vocab(loaded.vocab_size, c_.vocab_multiple);
     c_.model = loaded;

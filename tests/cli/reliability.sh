@@ -213,6 +213,10 @@ expect 1 "mean loss over 2 batches is -?nan: the model's forward overflows .*div
 # Model flags given with --init that ask for another model than the file's: refused, naming them.
 expect 2 "holds a GPT-2 L2 NH2 C64 .*model flags given with it \(--model, --width\)" "$tally" train "${common[@]}" \
   --init "$work/mine/step-00000003" --model d4 --width 512 --steps 1 --out "$work/init-flags"
+# --seq past the block of the --init model: refused up front (exit 2), as it is for --model.
+expect 0 "checkpoint" "$tally" train "${common[@]}" --block 16 --steps 1 --out "$work/block16"
+expect 2 "--seq 32 exceeds the block size 16 of the model in --init" "$tally" train --batch 2 --threads 1 \
+  --init "$work/block16" --seq 32 --steps 1 --out "$work/init-seq"
 # A resumed run continued into another run's directory: refused as a new run there is.
 expect 1 "diverged' already holds a run" "$tally" train --resume "$work/mine/step-00000003" --steps 6 --out "$work/diverged"
 # Resumed from an earlier checkpoint than the run's latest, into the run: refused (its continuation would mix with
