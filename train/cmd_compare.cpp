@@ -3,9 +3,9 @@
 // loss curves (SVG), optimizer-state memory (SVG), and a Markdown table of final train/val loss, state bytes and
 // ms/step. The CAME paper's central claim at small scale.
 #include <cstdio>
-#include <fstream>
 
 #include "core/dist/communicator.h"
+#include "core/io/file.h"
 #include "core/ledger.h"
 #include "train/commands.h"
 #include "train/report.h"
@@ -18,6 +18,10 @@ using nlohmann::json;
 namespace tally::train {
 
 int cmd_compare(const Args& args) {
+  // Data-parallel (mpirun -np N tally compare ...): rank 0 alone prints and writes the report, as train does.
+  const dist::Communicator& ranks = dist::process_group();
+  if (ranks.rank() != 0 && !std::freopen("/dev/null", "w", stdout))
+    fail("rank ", ranks.rank(), ": cannot quiet stdout");
   std::vector<FlagSpec> specs;
   for (FlagSpec s : train_flags()) {
     if (s.name == "optimizer" || s.name == "lr" || s.name == "resume") continue;
@@ -63,7 +67,7 @@ int cmd_compare(const Args& args) {
       fail("'", run_dir.string(), "' holds a run of an earlier compare: give another --out, or move '", report.string(),
            "' away; nothing was trained");
     rf.set("out", run_dir.string());
-    configs.push_back(run_config(rf, DataResolution::resolve, dist::process_group().world()));
+    configs.push_back(run_config(rf, DataResolution::resolve, ranks.world()));
   }
   std::vector<Result> results;
   for (size_t i = 0; i < names.size(); ++i) {
@@ -73,10 +77,11 @@ int cmd_compare(const Args& args) {
     results.push_back({names[i], c.optimizer.lr(), t.run()});
     // Stopped by a request: every rank of a data-parallel compare agrees on a run's stop (it travels with a step's
     // loss); one process also stops at a request made after its run's last step.
-    const bool one_process = dist::process_group().world() == 1;
+    const bool one_process = ranks.world() == 1;
     if (results.back().summary.interrupted || (one_process && g_stop_requested.load())) break;
   }
 
+  if (ranks.rank() != 0) return 0;
   std::vector<report::Series> curves;
   std::vector<report::Bar> bars;
   for (size_t i = 0; i < results.size(); ++i) {
@@ -86,23 +91,26 @@ int cmd_compare(const Args& args) {
     bars.push_back({r.name, double(r.summary.optimizer_state_bytes) / 1e6,
                     format_bytes_human(r.summary.optimizer_state_bytes), int(i)});
   }
-  std::ofstream(report / "loss.svg") << report::line_chart("loss per step", "step", "cross-entropy (nats)", curves);
-  std::ofstream(report / "memory.svg") << report::bar_chart("optimizer state", "MB", bars);
-  std::ofstream md(report / "report.md");
-  md << "# Optimizer comparison\n\n![loss](loss.svg)\n\n![memory](memory.svg)\n\n";
-  md << "| optimizer | lr | final train loss | final val loss | optimizer state (bytes) | ms/step |\n|---|---|---|---|---|---|\n";
+  io::write_file_atomic(report / "loss.svg",
+                        report::line_chart("loss per step", "step", "cross-entropy (nats)", curves));
+  io::write_file_atomic(report / "memory.svg", report::bar_chart("optimizer state", "MB", bars));
+  std::string md = "# Optimizer comparison\n\n![loss](loss.svg)\n\n![memory](memory.svg)\n\n";
+  md +=
+      "| optimizer | lr | final train loss | final val loss | optimizer state (bytes) | ms/step "
+      "|\n|---|---|---|---|---|---|\n";
   json summary = json::array();
   for (const auto& r : results) {
     char row[256];
     std::snprintf(row, sizeof row, "| %s | %.3g | %.4f | %.4f | %s | %.0f |\n", r.name.c_str(), r.lr, r.summary.final_train_loss,
                   r.summary.final_val_loss, format_bytes_exact(r.summary.optimizer_state_bytes).c_str(), r.summary.ms_per_step);
-    md << row;
+    md += row;
     std::printf("%s", row);
     summary.push_back({{"optimizer", r.name}, {"lr", r.lr}, {"final_train_loss", r.summary.final_train_loss},
                        {"final_val_loss", r.summary.final_val_loss}, {"state_bytes", r.summary.optimizer_state_bytes},
                        {"ms_per_step", r.summary.ms_per_step}, {"steps", r.summary.steps_done}});
   }
-  std::ofstream(report / "summary.json") << summary.dump(2) << "\n";
+  io::write_file_atomic(report / "report.md", md);
+  io::write_file_atomic(report / "summary.json", summary.dump(2) + "\n");
   std::vector<fs::path> run_dirs;
   std::vector<std::string> run_names;
   for (const auto& r : results) {

@@ -160,6 +160,13 @@ sa=(sample --checkpoint "$work/two-came-1" --prompt "ROMEO:" --tokens 8 --seed 3
 "${mpi[@]}" -np 2 "$tally" "${sa[@]}" >"$work/s2" 2>&1 || fail "sample at 2 ranks: $(tail -3 "$work/s2")"
 cmp -s "$work/s1" "$work/s2" || fail "sample at 2 ranks: $(head -c 300 "$work/s2") -- one process: $(head -c 300 "$work/s1")"
 
+# compare under mpirun: data-parallel runs, printed and written up once, by rank 0.
+"${mpi[@]}" -np 2 "$tally" compare "${common[@]}" --steps 2 --optimizers came,adamw --out "$work/cmp" >"$work/o" 2>&1 ||
+  fail "compare at 2 ranks: $(tail -3 "$work/o")"
+[ "$(grep -c '^| came ' "$work/o")" -eq 1 ] && [ "$(grep -c '^report: ' "$work/o")" -eq 1 ] ||
+  fail "compare at 2 ranks printed its table $(grep -c '^| came ' "$work/o") time(s)"
+[ -s "$work/cmp/report.html" ] && [ -s "$work/cmp/summary.json" ] || fail "compare at 2 ranks wrote no report"
+
 # Shuffled (the default order): the ranks deal out the stream of slices one process reads, so 2 ranks accumulating 2
 # micro-batches train on the batches of one process accumulating 4 (--total-batch counts all ranks' tokens), and a
 # checkpoint of 2 ranks continues at 1 (4 micro-batches: the tokens per step are kept) on the batches the 2 would
