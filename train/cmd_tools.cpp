@@ -409,7 +409,7 @@ int cmd_sample(const Args& args) {
       {"seed", "random seed", "1"},
       {"threads", "CPU threads (0: all)", "0"}};
   for (auto& s : device_flags("f32 | bf16 (CUDA only: the weights rounded to bf16)")) specs.push_back(s);
-  Flags f("sample", "generate text from a model (under mpirun, rank 0 alone samples)", specs);
+  Flags f("sample", "generate text from a model", specs);
   f.parse(args);
   no_positional(f);
   const int threads = thread_count(f);
@@ -421,8 +421,6 @@ int cmd_sample(const Args& args) {
   if (top_k < 0 || tokens < 0) throw FlagError("--top-k and --tokens must be >= 0");
   const Device device = device_flag(f);
   const DType dtype = dtype_flag(f, device);
-  // One text, written once: under mpirun the other ranks have nothing to do.
-  if (dist::launched_by_mpi() && dist::process_group().rank() != 0) return 0;
   require_usable(device);
   auto loaded = load_model_file(f.str("checkpoint"), device);
   const models::GPT2Config config = loaded->config();

@@ -14,21 +14,29 @@
 
 namespace {
 
+// Under mpirun with several ranks: train, compare and eval share the work over the ranks; the other commands do one
+// process's work, which rank 0 does alone (the others end at once, so nothing is printed or written N times).
+enum class Ranks { share_the_work, rank_0_alone };
+
 struct Command {
   std::function<int(const tally::train::Args&)> run;
   const char* help;
+  Ranks ranks = Ranks::rank_0_alone;
 };
 
 const std::map<std::string, Command>& commands() {
   static const std::map<std::string, Command> table = {
       {"demo", {tally::train::cmd_demo, "a short autograd demo: fit a tiny MLP on the CPU"}},
       {"prepare", {tally::train::cmd_prepare, "tokenize a UTF-8 text file into llm.c token shards"}},
-      {"train", {tally::train::cmd_train, "train a GPT-2 (default: the d4 preset, Tiny Shakespeare, CAME, CPU)"}},
-      {"compare", {tally::train::cmd_compare, "train with several optimizers and write a report"}},
+      {"train",
+       {tally::train::cmd_train, "train a GPT-2 (default: the d4 preset, Tiny Shakespeare, CAME, CPU)",
+        Ranks::share_the_work}},
+      {"compare",
+       {tally::train::cmd_compare, "train with several optimizers and write a report", Ranks::share_the_work}},
       {"report", {tally::train::cmd_report, "an HTML page of runs: training curves, optimizer internals, memory"}},
       {"memory", {tally::train::cmd_memory, "the exact memory plan of a model and optimizers, without allocating"}},
       {"inspect", {tally::train::cmd_inspect, "per-tensor optimizer state of a checkpoint"}},
-      {"eval", {tally::train::cmd_eval, "mean loss of a model over token shards"}},
+      {"eval", {tally::train::cmd_eval, "mean loss of a model over token shards", Ranks::share_the_work}},
       {"export", {tally::train::cmd_export, "write a model as llm.c .bin or .safetensors"}},
       {"sample", {tally::train::cmd_sample, "generate text from a model"}},
   };
@@ -82,6 +90,9 @@ int main(int argc, char** argv) {
   tally::train::Args args(argv + 2, argv + argc);
   const std::string who = std::string(argv[1]) + rank_label();
   try {
+    if (it->second.ranks == Ranks::rank_0_alone && tally::dist::launched_by_mpi() &&
+        tally::dist::process_group().rank() != 0)
+      return 0;
     return it->second.run(args);
   } catch (const tally::train::HelpRequested& h) {
     std::fputs(h.what(), stdout);

@@ -140,7 +140,8 @@ grep -q "the checkpoint is at step 3 and this run has --steps 3: nothing to trai
 
 # eval and sample under mpirun: the ranks share the batches out and rank 0 prints the loss once, equal to one
 # process's within double rounding (each rank sums its batches, then the ranks' sums are added: another order); at 3
-# ranks the 5 batches do not divide evenly. sample runs on rank 0 alone: one text, the one a single process writes.
+# ranks the 5 batches do not divide evenly. sample, a one-process command, runs on rank 0 alone: one text, the one a
+# single process writes.
 val="$work/two-came-1/data/val.bin"
 [ -f "$val" ] || val=$(ls "$work"/*/data/val.bin | head -1)
 ev=(eval --checkpoint "$work/two-came-1" --data "$val" --batch 2 --seq 32 --batches 5 --threads 1 --json)
@@ -159,6 +160,13 @@ sa=(sample --checkpoint "$work/two-came-1" --prompt "ROMEO:" --tokens 8 --seed 3
 "$tally" "${sa[@]}" >"$work/s1" 2>&1 || fail "sample at 1 rank: $(tail -3 "$work/s1")"
 "${mpi[@]}" -np 2 "$tally" "${sa[@]}" >"$work/s2" 2>&1 || fail "sample at 2 ranks: $(tail -3 "$work/s2")"
 cmp -s "$work/s1" "$work/s2" || fail "sample at 2 ranks: $(head -c 300 "$work/s2") -- one process: $(head -c 300 "$work/s1")"
+# The other one-process commands too: an export under mpirun is written once (two ranks renamed over each other's
+# staging directory), and a bad flag is reported once.
+"${mpi[@]}" -np 2 "$tally" export --checkpoint "$work/two-came-1" --format hf --out "$work/hf2" >"$work/o" 2>&1 ||
+  fail "export at 2 ranks: $(tail -3 "$work/o")"
+[ "$(grep -c '^wrote ' "$work/o")" -eq 1 ] || fail "export at 2 ranks: $(cat "$work/o")"
+"${mpi[@]}" -np 2 "$tally" inspect --bogus >"$work/o" 2>&1 && fail "inspect --bogus ran"
+[ "$(grep -c 'bogus' "$work/o")" -eq 1 ] || fail "a bad flag at 2 ranks: $(cat "$work/o")"
 
 # compare under mpirun: data-parallel runs, printed and written up once, by rank 0.
 "${mpi[@]}" -np 2 "$tally" compare "${common[@]}" --steps 2 --optimizers came,adamw --out "$work/cmp" >"$work/o" 2>&1 ||
