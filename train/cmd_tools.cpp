@@ -417,6 +417,7 @@ int cmd_sample(const Args& args) {
   const double temperature = f.number("temperature");
   if (!(temperature > 0)) throw FlagError("--temperature must be positive");
   const int64_t top_k = f.integer("top-k");
+  const uint64_t seed = uint64_t(f.integer("seed"));
   int64_t tokens = f.integer("tokens");
   if (top_k < 0 || tokens < 0) throw FlagError("--top-k and --tokens must be >= 0");
   const Device device = device_flag(f);
@@ -444,8 +445,11 @@ int cmd_sample(const Args& args) {
   // and writes bytes that are no UTF-8 (an untrained model emits them) as U+FFFD, so stdout is always valid UTF-8.
   data::Utf8Stream text;
   auto out = models::generate(*model, {ids},
-                              {.max_new_tokens = tokens, .temperature = temperature, .top_k = top_k,
-                               .seed = uint64_t(f.integer("seed")), .on_step = [&](int64_t, std::span<const int32_t> t) {
+                              {.max_new_tokens = tokens,
+                               .temperature = temperature,
+                               .top_k = top_k,
+                               .seed = seed,
+                               .on_step = [&](int64_t, std::span<const int32_t> t) {
                                  const std::string piece = text.push(tok.decode(t));
                                  std::fwrite(piece.data(), 1, piece.size(), stdout);  // a NUL byte is text too
                                  std::fflush(stdout);

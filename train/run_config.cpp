@@ -33,7 +33,7 @@ std::vector<FlagSpec> train_flags() {
       {"sample-tokens", "tokens per sample", "64"},
       {"out", "run directory (log.jsonl, config.json, checkpoints)", "runs/latest"},
       {"save-every", "checkpoint every N steps (0: only at the end)", "0"},
-      {"keep-last", "checkpoints kept", "3"},
+      {"keep-last", "checkpoints kept, the latest (0: all)", "3"},
       {"resume", "continue a run from its directory or a checkpoint directory", ""},
       {"seed", "seed for initialisation and data order", "1337"},
       {"no-shuffle", "read the training data in order (as llm.c)", "", FlagKind::switch_},

@@ -430,6 +430,9 @@ RunSummary Trainer::run() {
   std::printf("batch %lld x %lld tokens, %lld micro-batch(es) per step, %lld steps, %s schedule (warmup %lld), %d threads\n",
               (long long)c_.batch, (long long)c_.seq, (long long)c_.accumulation, (long long)c_.steps, c_.schedule.c_str(),
               (long long)c_.warmup, omp_get_max_threads());
+  if (c_.sample_tokens > c_.model.block_size - 1)  // a sample starts from one token and the model sees a block
+    std::printf("samples: %lld tokens each, not --sample-tokens %lld: the model's block holds %lld\n",
+                (long long)(c_.model.block_size - 1), (long long)c_.sample_tokens, (long long)c_.model.block_size);
   {
     // Atomic: a resume reads the run's flags back from it, so a kill must never leave it half written.
     nlohmann::json cfg = {
@@ -465,10 +468,11 @@ RunSummary Trainer::run() {
 
 namespace {
 
-// The progress line: rewritten in place on a terminal, every `every` steps (and on demand) otherwise.
+// The progress line: rewritten in place on a terminal, every `every` steps (and on demand) otherwise. Under mpirun,
+// stdout is a pseudo-terminal whatever the job's output goes to (a file, a pipe): lines, as for a file.
 class ProgressLine {
  public:
-  explicit ProgressLine(int64_t every) : every_(every), tty_(::isatty(STDOUT_FILENO)) {}
+  explicit ProgressLine(int64_t every) : every_(every), tty_(::isatty(STDOUT_FILENO) && !dist::launched_by_mpi()) {}
   bool tty() const { return tty_; }
   // Something else is printed next: start it on a line of its own.
   const char* break_line() const { return tty_ ? "\n" : ""; }
