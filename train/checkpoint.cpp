@@ -117,7 +117,8 @@ fs::path save_checkpoint(const fs::path& run_dir, int64_t step, const Checkpoint
   }
   if (opt.keep_last > 0) {
     const std::vector<fs::path> all = checkpoints_newest_first(run_dir);
-    for (size_t i = size_t(opt.keep_last); i < all.size(); ++i) fs::remove_all(all[i], ec);
+    for (size_t i = size_t(opt.keep_last); i < all.size(); ++i)
+      if (opt.keep_also.empty() || !fs::equivalent(all[i], opt.keep_also, ec)) fs::remove_all(all[i], ec);
   }
   return final_dir;
 }

@@ -28,6 +28,7 @@ struct CheckpointContent {
 
 struct SaveOptions {
   int keep_last = 3;  // older complete checkpoints beyond this many are removed (0 keeps all)
+  std::filesystem::path keep_also;  // never removed by keep_last (the trainer's last checkpoint known to be good)
 };
 
 // Returns the directory written.

@@ -103,7 +103,9 @@ std::unique_ptr<models::GPT2> load_model_file(const fs::path& path_in, Device de
 
 std::unique_ptr<models::GPT2> converted_model(std::unique_ptr<models::GPT2> model, const models::GPT2Config& config,
                                               DType dtype, const std::string& source) {
-  if (dtype == model->dtype() && config.padded_vocab_size == model->config().padded_vocab_size) return model;
+  if (dtype == model->dtype() && config.padded_vocab_size == model->config().padded_vocab_size &&
+      config.dropout == model->config().dropout)
+    return model;
   auto converted = std::make_unique<models::GPT2>(config, models::GPT2Options{.device = model->options().device,
                                                                               .dtype = dtype,
                                                                               .seed = model->options().seed,

@@ -34,9 +34,9 @@ int64_t micro_batch_tokens(int64_t batch, int64_t seq);
 // .safetensors in Hugging Face naming, or a Hugging Face model directory (its model.safetensors, config.json beside it
 // checked against the tensors). Returns the model on `device`.
 std::unique_ptr<models::GPT2> load_model_file(const std::filesystem::path& path, Device device);
-// `model` as `config` says (its vocabulary padded as config's) with parameters of `dtype`: the same model when both
-// already hold, else a copy (bf16: the weights rounded to nearest even; another padding: the vocabulary's rows
-// moved). `source` names the file in errors.
+// `model` as `config` says (its vocabulary padded as config's, its dropout) with parameters of `dtype`: the same
+// model when all already hold, else a copy (bf16: the weights rounded to nearest even; another padding: the
+// vocabulary's rows moved). `source` names the file in errors.
 std::unique_ptr<models::GPT2> converted_model(std::unique_ptr<models::GPT2> model, const models::GPT2Config& config,
                                               DType dtype, const std::string& source);
 

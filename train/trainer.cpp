@@ -315,6 +315,8 @@ fs::path Trainer::save(int64_t step) {
   }
   comm_.broadcast(&written, sizeof written, 0);
   if (error) std::rethrow_exception(error);
+  last_saved_ = path;
+  last_saved_step_ = step;
   return path;
 }
 
@@ -336,7 +338,7 @@ fs::path Trainer::write_checkpoint(int64_t step, train::CheckpointContent c, con
   rs.zero = c_.zero == ZeroStage::zero1 ? 1 : 0;
   rs.flags = c_.flags;
   c.state = train::to_json(rs);
-  return train::save_checkpoint(c_.out, step, c, {.keep_last = int(c_.keep_last)});
+  return train::save_checkpoint(c_.out, step, c, {.keep_last = int(c_.keep_last), .keep_also = good_checkpoint_});
 }
 
 void Trainer::resume(const fs::path& dir_in) {
@@ -380,6 +382,8 @@ void Trainer::resume(const fs::path& dir_in) {
   skipped_total_ = rs.skipped_steps;
   start_step_ = rs.step;
   resumed_from_ = dir;
+  last_saved_ = dir;  // good once the first step after it trains finitely
+  last_saved_step_ = rs.step;
   resume_note_ = cat("resumed from ", dir.string(), " at step ", start_step_,
                      rs.world == comm_.world() ? ""
                                                : cat(" (saved by ", rs.world, " rank(s), continued by ", comm_.world(),
@@ -468,6 +472,13 @@ RunSummary Trainer::run() {
 
 namespace {
 
+// A loss for the progress line: four decimals as the training loss has, significant digits below 0.001.
+std::string format_loss(double v) {
+  char text[32];
+  std::snprintf(text, sizeof text, std::fabs(v) >= 1e-3 ? "%.4f" : "%.4g", v);
+  return text;
+}
+
 // The progress line: rewritten in place on a terminal, every `every` steps (and on demand) otherwise. Under mpirun,
 // stdout is a pseudo-terminal whatever the job's output goes to (a file, a pipe): lines, as for a file.
 class ProgressLine {
@@ -506,6 +517,9 @@ void Trainer::run_steps(RunSummary& s) {
   for (int64_t step = start_step_ + 1; step <= c_.steps; ++step) {
     const bool first = step == start_step_ + 1, last = step == c_.steps;
     const StepRecord r = train_step(step);
+    // A checkpoint whose next step trained finitely holds a good model: kept whatever --keep-last prunes, and named
+    // if the run diverges later (a model can be finite and still overflow the next forward).
+    if (!r.skipped && last_saved_step_ == step - 1) good_checkpoint_ = last_saved_;
     if (!first) {  // the first step pays for allocations and caches: not counted in ms/step
       ms_sum += r.ms;
       ++ms_count;
@@ -519,9 +533,13 @@ void Trainer::run_steps(RunSummary& s) {
         s.steps_done = step;
         s.skipped_steps = skipped_total_;
         s.last_checkpoint = save(step);
-        fail("training stopped: ", skipped_in_row_, " non-finite steps in a row (limit --max-bad-steps ", c_.max_bad_steps,
-             "). The last good model and optimizer state are saved in ", s.last_checkpoint.string(),
-             "; try a lower --lr, a --grad-clip, or more --warmup.");
+        fail("training stopped: ", skipped_in_row_, " non-finite steps in a row (limit --max-bad-steps ",
+             c_.max_bad_steps, "). The model they started from and its optimizer state are saved in ",
+             s.last_checkpoint.string(), "; ",
+             good_checkpoint_.empty()
+                 ? std::string("no checkpoint of this run was followed by a finite step")
+                 : cat("the newest checkpoint followed by a finite step is ", good_checkpoint_.string()),
+             ". Try a lower --lr, a --grad-clip, or more --warmup.");
       }
     } else {
       skipped_in_row_ = 0;
@@ -537,8 +555,9 @@ void Trainer::run_steps(RunSummary& s) {
     const double eta = seconds_since(t_start) / double(step - start_step_) * double(c_.steps - step);
     const Usage u = ledger(c_.device).total();
     char line[256];
-    std::snprintf(line, sizeof line, "step %lld/%lld | loss %.4f | val %s | lr %.2e | %.0f tok/s | ETA %s | mem %s / peak %s",
-                  (long long)step, (long long)c_.steps, r.loss, std::isfinite(val) ? cat(val).substr(0, 6).c_str() : "-",
+    std::snprintf(line, sizeof line,
+                  "step %lld/%lld | loss %.4f | val %s | lr %.2e | %.0f tok/s | ETA %s | mem %s / peak %s",
+                  (long long)step, (long long)c_.steps, r.loss, std::isfinite(val) ? format_loss(val).c_str() : "-",
                   r.lr, r.tokens_per_s, duration_str(eta).c_str(), format_bytes_human(u.live_held).c_str(),
                   format_bytes_human(u.peak_held).c_str());
     progress.show(step, line, first || last || evaluating);
@@ -552,7 +571,9 @@ void Trainer::run_steps(RunSummary& s) {
       }
       std::printf("%s--- sample at step %lld ---\n%s\n---\n", progress.break_line(), (long long)step, text.c_str());
     }
-    if ((c_.save_every > 0 && step % c_.save_every == 0) || last) s.last_checkpoint = save(step);
+    // Not amid non-finite steps: the model has not changed since the streak began, and a save would only push
+    // older checkpoints out.
+    if ((c_.save_every > 0 && step % c_.save_every == 0 && !r.skipped) || last) s.last_checkpoint = save(step);
     s.steps_done = step;
     // One process stops at a request made by now; ranks at one some rank had when the step's loss was summed (a rank
     // that stopped alone would leave the others waiting in the next step's collectives).

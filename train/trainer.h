@@ -83,6 +83,9 @@ class Trainer {
   int64_t start_step_ = 0;       // steps already done (resume)
   std::filesystem::path resumed_from_;  // the checkpoint resume() loaded, if any
   std::string resume_note_;             // what run() prints about it
+  std::filesystem::path last_saved_;    // the newest checkpoint of this run (written or resumed), and its step
+  int64_t last_saved_step_ = -1;
+  std::filesystem::path good_checkpoint_;  // the newest one followed by a finite step (rank 0)
   int64_t held_before_ = 0;      // bytes live on the device before this run allocated anything
   int64_t skipped_total_ = 0, skipped_in_row_ = 0;
 };

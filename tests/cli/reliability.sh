@@ -206,6 +206,15 @@ expect 0 "wrote" "$tally" export --checkpoint "$work/mine" --format safetensors 
 expect 0 "logits are not finite .*lower --lr" "$tally" train "${common[@]}" --optimizer sgd --lr 1e30 --grad-clip 0 \
   --steps 3 --out "$work/diverged"
 [ -d "$work/diverged/step-00000003" ] || fail "the diverged run did not save: $(steps "$work/diverged")"
+# Stopped by --max-bad-steps, saving every step and keeping 2: the newest checkpoint followed by a finite step is
+# named and kept (it was pruned in favour of the diverged ones), and no checkpoint is saved amid the non-finite steps.
+expect 1 "The model they started from .* saved in .*; the newest checkpoint followed by a finite step is " \
+  "$tally" train "${common[@]}" --optimizer sgd --lr 1e6 --grad-clip 0 --max-bad-steps 3 --save-every 1 --keep-last 2 \
+  --steps 20 --out "$work/diverging"
+good=$(sed -n 's/.*the newest checkpoint followed by a finite step is \([^ ]*\)\. Try.*/\1/p' "$work/out")
+[ -d "$good" ] || fail "the good checkpoint named ('$good') was not kept: $(steps "$work/diverging")"
+[ "$(steps "$work/diverging" | wc -w)" -le 3 ] || fail "diverging run's checkpoints: $(steps "$work/diverging")"
+expect 0 "^loss " "$tally" eval --checkpoint "$good" --data "$work/diverging/data/val.bin" --batch 2 --seq 16 --batches 2
 # eval of it: an error naming the checkpoint, not "loss -nan" with exit 0.
 expect 1 "mean loss over 2 batches is -?nan: the model's forward overflows .*diverged/step-00000003' cannot be evaluated" \
   "$tally" eval --checkpoint "$work/diverged/step-00000003" --data "$work/diverged/data/val.bin" --batch 2 --seq 16 \
@@ -217,6 +226,13 @@ expect 2 "holds a GPT-2 L2 NH2 C64 .*model flags given with it \(--model, --widt
 expect 0 "checkpoint" "$tally" train "${common[@]}" --block 16 --steps 1 --out "$work/block16"
 expect 2 "--seq 32 exceeds the block size 16 of the model in --init" "$tally" train --batch 2 --threads 1 \
   --init "$work/block16" --seq 32 --steps 1 --out "$work/init-seq"
+# --dropout with --init applies (the file's model trained without it: its dropout was kept).
+for d in 0 0.5; do
+  "$tally" train --batch 2 --seq 16 --threads 1 --init "$work/block16" --dropout $d --steps 2 --eval-every 0 \
+    --out "$work/dropout$d" >"$work/out" 2>&1 || fail "--init with --dropout $d: $(tail -3 "$work/out")"
+done
+cmp -s <(grep -o '"loss":[^,]*' "$work/dropout0/log.jsonl") <(grep -o '"loss":[^,]*' "$work/dropout0.5/log.jsonl") &&
+  fail "--dropout 0.5 with --init trained as --dropout 0"
 # A resumed run continued into another run's directory: refused as a new run there is.
 expect 1 "diverged' already holds a run" "$tally" train --resume "$work/mine/step-00000003" --steps 6 --out "$work/diverged"
 # Resumed from an earlier checkpoint than the run's latest, into the run: refused (its continuation would mix with
