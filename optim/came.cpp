@@ -10,9 +10,11 @@ namespace tally::optim {
 void validate(const CameConfig& c, int group) {
   const char* op = "[came]";
   TALLY_CHECK(std::isfinite(c.lr) && c.lr > 0.0, op, " group ", group, ": lr is required and must be > 0, got ", c.lr);
-  for (double b : c.betas)
-    TALLY_CHECK(b >= 0.0 && b <= 1.0, op, " group ", group, ": betas must be in [0, 1], got (", c.betas[0], ", ",
-                c.betas[1], ", ", c.betas[2], ")");
+  TALLY_CHECK(c.betas[0] >= 0.0 && c.betas[0] <= 1.0 && c.betas[1] >= 0.0 && c.betas[1] < 1.0 && c.betas[2] >= 0.0 &&
+                  c.betas[2] < 1.0,
+              op, " group ", group, ": betas must be in [0, 1], [0, 1) and [0, 1) (at 1, beta2's and beta3's moving ",
+              "averages stay 0 and the update divides by them), got (", c.betas[0], ", ", c.betas[1], ", ", c.betas[2],
+              ")");
   TALLY_CHECK(c.eps[0] > 0.0 && c.eps[1] > 0.0, op, " group ", group, ": eps (eps1, eps2) ", kEpsMustBePositive,
               ", got (", c.eps[0], ", ", c.eps[1], ")");
   TALLY_CHECK(c.clip_threshold > 0.0, op, " group ", group, ": clip_threshold must be > 0, got ", c.clip_threshold);

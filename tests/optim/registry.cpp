@@ -65,8 +65,13 @@ TEST_CASE("registry: settings reach the configuration; unknown names and malform
   CHECK_THROWS_WITH_AS(make_optimizer("lion", {p}), doctest::Contains("unknown optimizer 'lion' (expected one of came"),
                        Error);
   // The entry's own checks run before anything is built: check() throws what make() would.
-  CHECK_THROWS_WITH_AS(find_optimizer("came").check({{"beta1", 2.0}}), doctest::Contains("betas must be in [0, 1]"),
-                       Error);
+  CHECK_THROWS_WITH_AS(find_optimizer("came").check({{"beta1", 2.0}}),
+                       doctest::Contains("betas must be in [0, 1], [0, 1) and [0, 1)"), Error);
+  // beta2 or beta3 of 1: a moving average that stays 0 under the update's division (NaN from the first step).
+  for (const char* b : {"beta2", "beta3"})
+    CHECK_THROWS_WITH_AS(find_optimizer("came").check({{b, 1.0}}), doctest::Contains("stay 0 and the update divides"),
+                         Error);
+  CHECK_NOTHROW(find_optimizer("came").check({{"beta1", 1.0}}));  // m stays 0: no update, nothing undefined
   CHECK_NOTHROW(find_optimizer("came").check({}));
 }
 

@@ -207,8 +207,10 @@ TEST_CASE("sm3, lamb: settings reach the configuration; bad values are refused n
   CHECK(Lamb::step_size(LambConfig{.lr = 1e-2}, 2) == doctest::Approx(1e-2 / (1 - 0.81)));
   CHECK_THROWS_WITH_AS(optim::make_optimizer("sm3", {p}, {{"momentum", 1.0}}),
                        doctest::Contains("[sm3] group 0: momentum must be in [0, 1), got 1"), Error);
+  CHECK_THROWS_WITH_AS(optim::make_optimizer("sm3", {p}, {{"beta", 1.0}}),
+                       doctest::Contains("[sm3] group 0: beta must be in [0, 1) (at 1 the accumulators"), Error);
   CHECK_THROWS_WITH_AS(optim::make_optimizer("sm3", {p}, {{"beta", 1.5}}),
-                       doctest::Contains("[sm3] group 0: beta must be in [0, 1], got 1.5"), Error);
+                       doctest::Contains("[sm3] group 0: beta must be in [0, 1) (at 1 the accumulators"), Error);
   CHECK_THROWS_WITH_AS(optim::make_optimizer("sm3", {p}, {{"beta1", 0.9}}),
                        doctest::Contains("[sm3] has no setting 'beta1'"), Error);
   CHECK_THROWS_WITH_AS(optim::make_optimizer("lamb", {p}, {{"lamb-clamp", 0.0}}),

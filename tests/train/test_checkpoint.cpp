@@ -55,14 +55,23 @@ TEST_CASE("checkpoint: round trip keeps values and dtypes") {
 
 TEST_CASE("checkpoint: keep-last-N and the latest complete step") {
   fs::path run = test::temp_dir("ckpt_keep");
-  for (int s = 1; s <= 5; ++s) train::save_checkpoint(run, s * 10, sample_content(float(s)), {.keep_last = 2});
+  for (int s = 1; s <= 5; ++s)
+    train::save_checkpoint(run, s * 10, sample_content(float(s)), {.keep_last = 2, .keep_also = {}});
   CHECK_FALSE(fs::exists(run / "step-00000030"));
   CHECK(fs::exists(run / "step-00000040"));
   CHECK(fs::exists(run / "step-00000050"));
+  // A checkpoint kept besides the last N (the trainer's last one known to be good) outlives the pruning.
+  for (int s = 6; s <= 8; ++s)
+    train::save_checkpoint(run, s * 10, sample_content(float(s)), {.keep_last = 2, .keep_also = run / "step-00000040"});
+  CHECK(fs::exists(run / "step-00000040"));
+  CHECK_FALSE(fs::exists(run / "step-00000050"));
+  CHECK_FALSE(fs::exists(run / "step-00000060"));
+  CHECK(fs::exists(run / "step-00000070"));
+  CHECK(fs::exists(run / "step-00000080"));
   // A leftover temporary directory (a crash mid-save) is never taken for a checkpoint.
-  fs::create_directory(run / ".tmp-step-00000060-1");
-  CHECK(train::latest_checkpoint(run) == run / "step-00000050");
-  CHECK(io::find_tensor(train::load_checkpoint(run / "step-00000050").model, "w", "t").to_vector<float>()[0] == 5.0f);
+  fs::create_directory(run / ".tmp-step-00000090-1");
+  CHECK(train::latest_checkpoint(run) == run / "step-00000080");
+  CHECK(io::find_tensor(train::load_checkpoint(run / "step-00000080").model, "w", "t").to_vector<float>()[0] == 8.0f);
   fs::remove_all(run);
 }
 
