@@ -37,8 +37,10 @@ int cmd_demo(const Args& args) {
   std::vector<Tensor*> params = {&w1, &b1, &w2, &b2};
   for (Tensor* p : params) p->set_requires_grad(true);
 
-  std::printf("tally demo: a %lld-unit MLP fitting tanh(1.5x)*0.8 on %lld points (this is a demo of the engine;\n"
-              "the GPT-2 training job arrives with `tally train`)\n", (long long)hidden, (long long)n);
+  std::printf(
+      "tally demo: a %lld-unit MLP fitting tanh(1.5x)*0.8 on %lld points (a demo of the autograd engine;\n"
+      "GPT-2 trains with `tally train`)\n",
+      (long long)hidden, (long long)n);
   double first = 0, last = 0;
   for (int64_t step = 1; step <= steps; ++step) {
     Tensor loss;

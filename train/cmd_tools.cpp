@@ -243,6 +243,7 @@ int cmd_inspect(const Args& args) {
     TALLY_CHECK(latest.has_value(), "'", dir.string(), "' holds no complete checkpoint");
     dir = *latest;
   }
+  if (f.given("to") && !f.given("dump")) throw FlagError("--to FILE.npy is for --dump NAME (the tensor to write)");
   train::CheckpointContent c = train::load_checkpoint(dir);
   if (auto name = f.maybe("dump")) {
     if (!f.given("to")) throw FlagError("--dump NAME needs --to FILE.npy");

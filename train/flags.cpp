@@ -88,6 +88,9 @@ void Flags::merge_json(std::string_view json_text, const std::string& path) {
     else throw FlagError(tally::cat("config file '", path, "': '", key, "' must be a string, number or boolean"));
     if (s->kind == FlagKind::switch_ && !value.is_boolean())
       throw FlagError(tally::cat("config file '", path, "': '", key, "' is a switch: use true or false"));
+    if (s->kind != FlagKind::switch_ && value.is_boolean())
+      throw FlagError(tally::cat("config file '", path, "': '", key, "' takes a value, not ", value.dump(),
+                                 " (true and false are for switches)"));
     if (!values_.count(key)) {
       values_[key] = text;
       from_file_[key] = path;
@@ -118,7 +121,9 @@ std::vector<std::string> Flags::list(const std::string& name) const {
   while (start <= s.size()) {
     size_t comma = s.find(',', start);
     if (comma == std::string::npos) comma = s.size();
-    if (comma > start) out.push_back(s.substr(start, comma - start));
+    if (comma == start)
+      throw FlagError(tally::cat("--", name, " '", s, "' has an empty entry (a comma-separated list)", origin(name)));
+    out.push_back(s.substr(start, comma - start));
     start = comma + 1;
   }
   return out;

@@ -122,7 +122,7 @@ RunConfig run_config_unchecked(const Flags& f, DataResolution data, int32_t worl
                                     {"sample-tokens", c.sample_tokens},
                                     {"save-every", c.save_every},
                                     {"log-optim", c.log_optim}})
-    if (value < 0) throw FlagError(cat("--", name, " must be >= 0 (0: none), got ", value, f.origin(name)));
+    if (value < 0) throw FlagError(cat("--", name, " must be >= 0, got ", value, f.origin(name)));
   if (!(c.min_lr_ratio >= 0 && c.min_lr_ratio <= 1))
     throw FlagError(cat("--min-lr-ratio must be in [0, 1] (the final learning rate over the peak), got ", c.min_lr_ratio,
                         f.origin("min-lr-ratio")));

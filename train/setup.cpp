@@ -124,11 +124,15 @@ void refuse_run_file_as_output(const fs::path& out, const std::string& flag) {
       fs::exists(dir / "manifest.json", ec) && (name == "manifest.json" || name == "model.safetensors" ||
                                                 name == "optimizer.safetensors" || name == "state.json");
   const bool run_file = (name == "log.jsonl" || name == "config.json" || name == "tally.lock") && train::holds_run(dir);
+  // The token shards a run tokenized its text into (OUT/data), which it reads again when resumed.
+  const bool run_data = (name == "train.bin" || name == "val.bin" || name == "source.txt") &&
+                        dir.filename() == "data" && train::holds_run(dir.parent_path());
   if (checkpoint_file)
     throw FlagError(cat(flag, " '", out.string(), "' is the ", name, " of checkpoint '", dir.string(),
                         "': writing it would damage the checkpoint; give another file"));
-  if (run_file)
-    throw FlagError(cat(flag, " '", out.string(), "' is the ", name, " of run '", dir.string(),
+  if (run_file || run_data)
+    throw FlagError(cat(flag, " '", out.string(), "' is the ", name, " of run '",
+                        (run_data ? dir.parent_path() : dir).string(),
                         "': writing it would damage the run; give another file"));
 }
 

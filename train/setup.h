@@ -42,7 +42,8 @@ std::unique_ptr<models::GPT2> converted_model(std::unique_ptr<models::GPT2> mode
 
 // ---- outputs ----
 // A FlagError naming `flag` when `out` is one of a checkpoint's files (its manifest, weights, optimizer state or
-// state.json) or a run directory's log.jsonl, config.json or lock file: a command's output must not replace them.
+// state.json) or a run directory's log.jsonl, config.json, lock file or tokenized data (data/train.bin, val.bin,
+// source.txt): a command's output must not replace them.
 void refuse_run_file_as_output(const std::filesystem::path& out, const std::string& flag);
 
 // ---- device ----

@@ -154,6 +154,9 @@ printf '{"batch": 2, "seed": 18446744073709551615}' >"$work/cfg_big.json"
 expect 2 "--seed 18446744073709551615 is out of range .*\(from config file '.*cfg_big.json'\)" "$tally" train \
   --config "$work/cfg_big.json"
 expect 2 "--batch expects a decimal integer, got '0x10'" "$tally" train --batch 0x10
+printf '{"lr": true}' >"$work/cfg_bool.json"
+expect 2 "'lr' takes a value, not true" "$tally" train --config "$work/cfg_bool.json"
+expect 2 "--lrs ',' has an empty entry" "$tally" compare --lrs , --out "$work/cmp-empty"
 expect 2 "more than 1099511627776" "$tally" train --width 1048576 --heads 1
 expect 2 "must be positive" "$tally" train --steps -1
 # ---- runs and outputs that would lose something ----
@@ -186,14 +189,16 @@ expect 2 "is the log.jsonl of run" "$tally" report "$work/mine" --out "$work/min
 grep -q '"step":4' "$work/mine/log.jsonl" || fail "tally report replaced the run's log"
 # No command's output replaces a checkpoint's files or a run's log and configuration.
 ck4=$(ls -d "$work/mine"/step-* | tail -1)
-before=$(cat "$ck4"/* "$work/mine/log.jsonl" "$work/mine/config.json" | md5sum)
+before=$(cat "$ck4"/* "$work/mine/log.jsonl" "$work/mine/config.json" "$work/mine/data/train.bin" | md5sum)
 expect 2 "is the model.safetensors of checkpoint .*: writing it would damage the checkpoint" "$tally" export \
   --checkpoint "$work/mine" --format safetensors --out "$ck4/model.safetensors"
 expect 2 "is the state.json of checkpoint" "$tally" inspect "$work/mine" \
   --dump transformer.h.0.attn.c_attn.weight:exp_avg --to "$ck4/state.json"
 expect 2 "is the log.jsonl of run .*: writing it would damage the run" "$tally" export --checkpoint "$work/mine" \
   --format llmc --out "$work/mine/log.jsonl"
-[ "$(cat "$ck4"/* "$work/mine/log.jsonl" "$work/mine/config.json" | md5sum)" = "$before" ] ||
+expect 2 "is the train.bin of run .*: writing it would damage the run" "$tally" report "$work/mine" \
+  --out "$work/mine/data/train.bin"
+[ "$(cat "$ck4"/* "$work/mine/log.jsonl" "$work/mine/config.json" "$work/mine/data/train.bin" | md5sum)" = "$before" ] ||
   fail "an output replaced a checkpoint's or the run's file"
 mkfifo "$work/pipe" || fail "mkfifo"
 expect 1 "is not a regular file \(a device, a pipe or a socket\)" "$tally" export --checkpoint "$work/mine" \
