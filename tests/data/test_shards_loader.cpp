@@ -7,7 +7,6 @@
 #include <fstream>
 #include <numeric>
 #include <set>
-#include <tuple>
 
 #include "core/error.h"
 #include "data/loader.h"
@@ -383,15 +382,19 @@ TEST_CASE("loader: an older position (windows of W slices) reads as the same pla
     return bytes;
   };
   // Version 1: shuffled and sequential positions in windows; version 2: sequential ones.
-  for (const auto& [order, version, window] : {std::tuple{LoaderOrder::shuffled, 1, 15},
-                                               {LoaderOrder::shuffled, 2, 5},
-                                               {LoaderOrder::sequential, 1, 15},
-                                               {LoaderOrder::sequential, 2, 15},
-                                               {LoaderOrder::sequential, 3, 5}}) {
-    p.order = order;
-    const LoaderPosition read = LoaderPosition::from_bytes(as_version(p, uint8_t(version)));
-    INFO("version " << version << (order == LoaderOrder::shuffled ? " shuffled" : " sequential"));
-    CHECK(read.window == uint64_t(window));
+  struct Case {
+    LoaderOrder order;
+    int version;
+    uint64_t window;  // as read
+  };
+  // Not a structured binding: INFO's lambda captures the names (clang 14 cannot capture bindings).
+  for (const Case c :
+       {Case{LoaderOrder::shuffled, 1, 15}, Case{LoaderOrder::shuffled, 2, 5}, Case{LoaderOrder::sequential, 1, 15},
+        Case{LoaderOrder::sequential, 2, 15}, Case{LoaderOrder::sequential, 3, 5}}) {
+    p.order = c.order;
+    const LoaderPosition read = LoaderPosition::from_bytes(as_version(p, uint8_t(c.version)));
+    INFO("version " << c.version << (c.order == LoaderOrder::shuffled ? " shuffled" : " sequential"));
+    CHECK(read.window == c.window);
     CHECK(read.epoch == 1);
     CHECK(read.shard == 2);
   }
