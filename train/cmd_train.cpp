@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "core/dist/communicator.h"
+#include "core/io/file.h"
 #include "train/checkpoint.h"
 #include "train/commands.h"
 #include "train/report.h"
@@ -69,6 +70,11 @@ int cmd_train(const Args& args) {
     // --resume names a run directory or one of its checkpoints; either way the run goes on in the run directory.
     if (!flags.given("out"))
       flags.set("out", std::filesystem::exists(*resume / "manifest.json") ? resume->parent_path().string() : resume->string());
+  }
+  // A new run into a directory holding one: refused before the data is resolved (tokenizing a text writes OUT/data).
+  if (!resume && ranks.rank() == 0 && std::filesystem::is_directory(flags.str("out"))) {  // rank 0 owns the directory
+    const io::DirectoryLock in_use_elsewhere(flags.str("out"), "run directory");  // a run training there: named first
+    refuse_new_run_into(flags.str("out"));
   }
   RunConfig config = run_config(flags, DataResolution::resolve, ranks.world());
   config.model_flags_with_init = model_flags_with_init;

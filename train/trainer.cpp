@@ -390,6 +390,19 @@ void Trainer::resume(const fs::path& dir_in) {
                                                      ": the data resumes exactly where it stopped)"));
 }
 
+void refuse_new_run_into(const fs::path& out) {
+  // A new run (or a resumed one continuing elsewhere than its own directory) into a directory that holds another
+  // would overwrite its log and configuration and mix the two runs' checkpoints (--keep-last would prune the older
+  // run's, a later --resume pick up whichever step is higher).
+  const std::optional<fs::path> earlier = train::latest_checkpoint(out);
+  const bool logged = fs::exists(out / "log.jsonl");
+  if (earlier)
+    fail("'", out.string(), "' already holds a run (its checkpoint ", earlier->filename().string(),
+         "): continue it with --resume ", out.string(), ", or train into another --out; nothing was changed");
+  TALLY_CHECK(!logged, "'", out.string(), "' already holds a run (its log.jsonl, and no checkpoint to continue ",
+              "from): move that log away to start a run here, or train into another --out; nothing was changed");
+}
+
 void Trainer::check_before_run() const {
   if (start_step_ >= c_.steps)
     throw FlagError(cat("--resume '", resumed_from_.string(), "': the checkpoint is at step ", start_step_,
@@ -397,18 +410,7 @@ void Trainer::check_before_run() const {
                         ")"));
   std::error_code ec;
   const bool own_directory = !resumed_from_.empty() && fs::equivalent(resumed_from_.parent_path(), c_.out, ec);
-  if (!own_directory && comm_.rank() == 0) {
-    // A new run (or a resumed one continuing elsewhere than its own directory) into a directory that holds another
-    // would overwrite its log and configuration and mix the two runs' checkpoints (--keep-last would prune the older
-    // run's, a later --resume pick up whichever step is higher).
-    const std::optional<fs::path> earlier = train::latest_checkpoint(c_.out);
-    const bool logged = fs::exists(c_.out / "log.jsonl");
-    if (earlier)
-      fail("'", c_.out.string(), "' already holds a run (its checkpoint ", earlier->filename().string(),
-           "): continue it with --resume ", c_.out.string(), ", or train into another --out; nothing was changed");
-    TALLY_CHECK(!logged, "'", c_.out.string(), "' already holds a run (its log.jsonl, and no checkpoint to continue ",
-                "from): move that log away to start a run here, or train into another --out; nothing was changed");
-  }
+  if (!own_directory && comm_.rank() == 0) refuse_new_run_into(c_.out);
   if (own_directory && comm_.rank() == 0) {
     // Resumed from an earlier checkpoint than the run's latest: continuing here would put a second continuation's
     // checkpoints among the first one's (--keep-last would prune the new ones, a later --resume take the old latest).

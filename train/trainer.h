@@ -38,6 +38,9 @@ struct RunSummary {
 extern std::atomic<bool> g_stop_requested;
 void install_stop_handlers();
 
+// Refuses (tally::Error) a new run into `out` when it holds a run: its log or a checkpoint.
+void refuse_new_run_into(const std::filesystem::path& out);
+
 class Trainer {
  public:
   explicit Trainer(RunConfig config);

@@ -166,11 +166,12 @@ expect 2 "eps \(eps1, eps2\) must be > 0" "$tally" train "${common[@]}" --optimi
 expect 2 "threads must be 0 \(all cores\) to 1024" "$tally" train "${common[@]}" --threads 100000 --out "$work/threads"
 # A new run into a directory that holds one: refused, the old run untouched.
 "$tally" train "${common[@]}" --steps 2 --out "$work/mine" >"$work/out" 2>&1 || fail "train: $(tail -3 "$work/out")"
-before=$(cat "$work/mine/log.jsonl" "$work/mine/config.json" | md5sum) kept=$(steps "$work/mine")
+before=$(cat "$work/mine/log.jsonl" "$work/mine/config.json" "$work/mine"/data/* | md5sum) kept=$(steps "$work/mine")
+# (Another --val-tokens: the text would be tokenized again into the run's data/ if the refusal came later.)
 expect 1 "already holds a run \(its checkpoint step-00000002\): continue it with --resume" "$tally" train \
-  "${common[@]}" --steps 1 --keep-last 1 --out "$work/mine"
-[ "$(cat "$work/mine/log.jsonl" "$work/mine/config.json" | md5sum)" = "$before" ] && [ "$(steps "$work/mine")" = "$kept" ] ||
-  fail "a refused new run changed the run it found: $(steps "$work/mine")"
+  "${common[@]}" --steps 1 --keep-last 1 --val-tokens 1000 --out "$work/mine"
+[ "$(cat "$work/mine/log.jsonl" "$work/mine/config.json" "$work/mine"/data/* | md5sum)" = "$before" ] &&
+  [ "$(steps "$work/mine")" = "$kept" ] || fail "a refused new run changed the run it found: $(steps "$work/mine")"
 # A checkpoint named with a trailing slash is that checkpoint: its run goes on in its directory.
 expect 0 "resumed from" "$tally" train --resume "$work/mine/step-00000002/" --steps 3
 [ -d "$work/mine/step-00000003" ] || fail "--resume DIR/step-00000002/ did not go on in DIR: $(steps "$work/mine")"
