@@ -33,7 +33,15 @@ std::atomic<bool> g_stop_requested{false};
 
 namespace {
 
-void on_stop_signal(int) { g_stop_requested.store(true); }
+// The first request: stop after the step in progress (all its micro-batches) and save; said at once, since a step
+// may take a while. A second: stop now, without saving (the last checkpoint stays).
+void on_stop_signal(int sig) {
+  if (g_stop_requested.exchange(true)) return io::die_by_signal(sig);  // delivered as this handler returns
+  static constexpr char kNote[] =
+      "\ntally: stopping after this step, with a checkpoint (signal again to stop at once, without saving)\n";
+  const ssize_t ignored = ::write(STDERR_FILENO, kNote, sizeof kNote - 1);
+  (void)ignored;
+}
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -209,17 +209,7 @@ std::set<std::string> g_live_temps;
 constexpr int kRemovalSlots = 64;
 std::atomic<char*> g_file_slots[kRemovalSlots], g_dir_slots[kRemovalSlots];
 
-void remove_and_die(int sig) {
-  for (auto& slot : g_file_slots)
-    if (const char* p = slot.load()) ::unlink(p);
-  for (auto& slot : g_dir_slots)
-    if (const char* p = slot.load()) ::rmdir(p);
-  struct sigaction dfl {};
-  dfl.sa_handler = SIG_DFL;
-  sigemptyset(&dfl.sa_mask);
-  sigaction(sig, &dfl, nullptr);
-  ::raise(sig);
-}
+void remove_and_die(int sig) { die_by_signal(sig); }
 
 // Installed for the signals whose action is the default: a program that handles them itself (the trainer stops
 // after its step and saves) keeps its handler.
@@ -261,6 +251,18 @@ fs::path directory_of(const fs::path& path) {
 }
 
 }  // namespace
+
+void die_by_signal(int sig) {
+  for (auto& slot : g_file_slots)
+    if (const char* p = slot.load()) ::unlink(p);
+  for (auto& slot : g_dir_slots)
+    if (const char* p = slot.load()) ::rmdir(p);
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(sig, &dfl, nullptr);
+  ::raise(sig);
+}
 
 RemovedOnTermination::RemovedOnTermination(const std::vector<fs::path>& files,
                                            const std::vector<fs::path>& directories) {

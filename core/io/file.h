@@ -62,6 +62,11 @@ class RemovedOnTermination {
   std::vector<std::atomic<char*>*> held_;  // the handler's slots holding this guard's paths (null: none was free)
 };
 
+// Removes every live guard's paths, then ends the process by `sig` at its default action: for a program's own
+// handler of SIGINT/SIGTERM that decides to die (async-signal-safe). Called in a handler of `sig`, the signal is
+// delivered when the handler returns: return at once.
+void die_by_signal(int sig);
+
 // ---- atomic replacement of a file ----
 // Writes go to "<path>.tmp.<pid>" in the same directory (so the final rename never crosses filesystems).
 // commit() flushes, fsyncs the temp file, renames it over <path> and fsyncs the directory, so after a crash

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# End to end with the executable: SIGINT finishes the step, saves and exits 0, and --resume continues; SIGKILL at
-# random moments (also in the middle of writing a checkpoint) always leaves a loadable checkpoint; bad usage exits
-# 2; the memory, inspect, eval, export and sample subcommands work on the run's checkpoint.
+# End to end with the executable: SIGINT finishes the step, saves and exits 0 (a second one stops at once), and
+# --resume continues; SIGKILL at random moments (also in the middle of writing a checkpoint) always leaves a loadable
+# checkpoint; bad usage exits 2; the memory, inspect, eval, export and sample subcommands work on the run's checkpoint.
 set -uo pipefail
 tally="$1"
 work=$(mktemp -d)
@@ -28,6 +28,20 @@ compgen -G "$work/int/step-*" >/dev/null || fail "no checkpoint after SIGINT"
 last=$(ls "$work/int" | grep "^step-" | sort | tail -1); last=$((10#${last#step-}))
 "$tally" train --resume "$work/int" --steps $((last + 2)) >"$work/res.log" 2>&1 || fail "resume failed: $(tail -5 "$work/res.log")"
 grep -q "resumed from" "$work/res.log" || fail "no resume message"
+
+# A long step (many micro-batches): the request is acknowledged at once, and a second one stops the run at once,
+# without a checkpoint (the last one stays): exit by the signal, no temporary left.
+"$tally" train "${common[@]}" --steps 3 --total-batch 64000 --out "$work/twice" >"$work/twice.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 100); do grep -q "micro-batch" "$work/twice.log" 2>/dev/null && break; sleep 0.2; done
+sleep 1
+kill -TERM $pid
+for _ in $(seq 1 50); do grep -q "stopping after this step" "$work/twice.log" && break; sleep 0.1; done
+grep -q "stopping after this step, with a checkpoint (signal again" "$work/twice.log" ||
+  fail "a stop request was not acknowledged: $(tail -3 "$work/twice.log")"
+kill -TERM $pid; wait $pid; rc=$?
+[ $rc -eq 143 ] || fail "a second SIGTERM: exit $rc (expected 143): $(tail -3 "$work/twice.log")"
+[ -z "$(ls -A "$work/twice" | grep -E '^(step-|\.tmp)')" ] || fail "a second SIGTERM left: $(ls -A "$work/twice")"
 
 # SIGKILL at random moments while checkpointing every step: the latest checkpoint always loads, and the next round
 # continues from it (a round killed before its first checkpoint leaves a log only: the next starts afresh).
