@@ -91,6 +91,10 @@ int cmd_memory(const Args& args) {
                    "activations, f32 master weights in the optimizer state)", "f32"});
   specs.push_back({"device", "where the step runs: cpu | cuda (planned here, no GPU needed: the CUDA kernels' scratch, "
                    "cuBLAS's workspace and the caching allocator's rounding; bf16 is always planned for cuda)", "cpu"});
+  specs.push_back({"total-batch",
+                   "tokens per optimizer step, all ranks' (a multiple of B*T*ranks: gradient "
+                   "accumulation, as train takes it)",
+                   ""});
   specs.push_back({"world", "data-parallel ranks (mpirun -np N): the figures are one rank's", "1"});
   specs.push_back({"zero", "0: every rank keeps the whole optimizer state | 1: its part of it (ZeRO stage 1)", "0"});
   specs.push_back(reduce_dtype_flag());
@@ -128,9 +132,12 @@ int cmd_memory(const Args& args) {
   auto shard_of = [&](int64_t r) {
     return zero == ZeroStage::zero1 ? optim::ShardOf{int(r), int(world)} : optim::ShardOf{};
   };
+  if (f.given("total-batch") && !with_step) throw FlagError("--total-batch goes with --batch and --seq");
+  const int64_t accumulation = with_step ? accumulation_of(f, B, T, world) : 1;
   auto step_of = [&](int64_t r) {
     return StepShape{.batch = B,
                      .seq = T,
+                     .accumulation = accumulation,
                      .dtype = dtype,
                      .parallel = {.world = int(world), .rank = int(r), .zero = zero, .reduce_dtype = reduce},
                      .device = device};

@@ -82,19 +82,8 @@ RunConfig run_config_unchecked(const Flags& f, DataResolution data, int32_t worl
     throw FlagError("--seq " + std::to_string(c.seq) + " exceeds the model's block size " + std::to_string(c.model.block_size));
   if (world < 1) throw FlagError("the data-parallel world must be at least 1 rank, got " + std::to_string(world));
   c.world = world;
-  const int64_t per = micro_batch_tokens(c.batch, c.seq);
-  if (per > INT64_MAX / world)
-    throw FlagError("B*T = " + std::to_string(per) + " tokens on each of " + std::to_string(world) +
-                    " ranks overflows");
-  const int64_t per_step = per * world;  // one micro-batch on every rank
-  if (f.given("total-batch")) {
-    int64_t total = f.integer("total-batch");
-    if (total < per_step || total % per_step != 0)
-      throw FlagError("--total-batch " + std::to_string(total) +
-                      " must be a positive multiple of B*T = " + std::to_string(per) +
-                      (world > 1 ? " x " + std::to_string(world) + " ranks = " + std::to_string(per_step) : ""));
-    c.accumulation = total / per_step;
-  }
+  c.accumulation = accumulation_of(f, c.batch, c.seq, world);
+  const int64_t per_step = c.batch * c.seq * world;  // one micro-batch on every rank
   c.schedule = f.str("schedule");
   if (c.schedule != "cosine" && c.schedule != "constant") throw FlagError("--schedule must be cosine or constant");
   c.warmup = std::min(f.integer("warmup"), c.steps);  // a run shorter than its warmup warms up throughout

@@ -169,6 +169,21 @@ void require_usable(Device device) {
   TALLY_CHECK(cuda_available(), "--device cuda: no CUDA device is available (built with CUDA: ", kBuiltWithCuda, ")");
 }
 
+int64_t accumulation_of(const Flags& f, int64_t batch, int64_t seq, int64_t world) {
+  const int64_t per = micro_batch_tokens(batch, seq);
+  if (per > INT64_MAX / world) throw FlagError(cat("B*T = ", per, " tokens on each of ", world, " ranks overflows"));
+  const int64_t per_step = per * world;  // one micro-batch on every rank
+  if (!f.given("total-batch")) return 1;
+  const int64_t total = f.integer("total-batch");
+  if (total < per_step || total % per_step != 0)
+    throw FlagError(cat("--total-batch ", total, f.origin("total-batch"), " must be a positive multiple of B*T = ", per,
+                        world > 1 ? cat(" x ", world, " ranks = ", per_step) : "",
+                        f.given("resume") ? " (a resumed run keeps its tokens per step: give --total-batch to change "
+                                            "them, or a --batch and ranks that divide them)"
+                                          : ""));
+  return total / per_step;
+}
+
 int64_t micro_batch_tokens(int64_t batch, int64_t seq) {
   TALLY_ASSERT(batch > 0 && seq > 0);
   constexpr int64_t kMaxTokens = INT32_MAX;

@@ -77,6 +77,14 @@ grep -q '"state_bytes"' "$work/mem.json" || fail "memory json"
 "$tally" memory --model tiny --dtype bf16 --batch 2 --seq 32 --json >"$work/mem16.json" || fail "memory --dtype bf16"
 grep -q '"master"' "$work/mem16.json" || fail "memory --dtype bf16 plans no master weights"
 grep -q '"dtype": "bf16"' "$work/mem16.json" || fail "memory --dtype bf16 json has no dtype"
+# Gradient accumulation (--total-batch): memory plans the step train measures, to the byte.
+"$tally" train "${common[@]}" --steps 1 --total-batch 128 --optimizer came --out "$work/acc" >"$work/acc.log" 2>&1 ||
+  fail "train --total-batch 128: $(tail -3 "$work/acc.log")"
+measured=$(grep "total (peak, all at once)" "$work/acc.log" | tail -1 | awk '{print $8}' | tr -d ,)  # predicted, measured, difference
+planned=$("$tally" memory --model tiny --batch 2 --seq 32 --total-batch 128 --optimizer came --json |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["optimizers"]["came"]["total"])')
+[ -n "$measured" ] && [ "$measured" = "$planned" ] ||
+  fail "memory --total-batch 128 plans $planned B, train measured $measured B"
 "$tally" train --model tiny --dtype bf16 --steps 1 --out "$work/bf16" >"$work/o16" 2>&1 && fail "train --dtype bf16 ran on the CPU"
 grep -q "needs --device cuda\|CUDA only" "$work/o16" || fail "train --dtype bf16 on the CPU: unclear error: $(cat "$work/o16")"
 "$tally" export --checkpoint "$work/int" --format llmc --out "$work/m.bin" >/dev/null || fail "export llmc"
