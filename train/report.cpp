@@ -31,11 +31,14 @@ std::vector<StepPoint> downsample_min_max(const std::vector<StepPoint>& points, 
   TALLY_CHECK(max_points >= 2, "downsample_min_max: max_points must be at least 2, got ", max_points);
   const int64_t n = int64_t(points.size());
   if (n <= max_points) return points;
-  const int64_t buckets = max_points / 2;
+  // The first and the last point, so that the chart spans the run; between them, buckets of the inner points.
+  const int64_t inner = n - 2, buckets = (max_points - 2) / 2;
   std::vector<StepPoint> out;
-  out.reserve(size_t(2 * buckets));
+  out.reserve(size_t(2 * buckets + 2));
+  out.push_back(points.front());
   for (int64_t b = 0; b < buckets; ++b) {
-    const int64_t lo = n * b / buckets, hi = n * (b + 1) / buckets;  // [lo, hi): never empty, n > buckets
+    // [lo, hi) among the inner points 1 .. n-2: never empty, inner >= max_points - 1 > buckets
+    const int64_t lo = 1 + inner * b / buckets, hi = 1 + inner * (b + 1) / buckets;
     int64_t low = lo, high = lo;
     for (int64_t i = lo + 1; i < hi; ++i) {
       if (points[size_t(i)].value < points[size_t(low)].value) low = i;
@@ -44,6 +47,7 @@ std::vector<StepPoint> downsample_min_max(const std::vector<StepPoint>& points, 
     out.push_back(points[size_t(std::min(low, high))]);
     if (low != high) out.push_back(points[size_t(std::max(low, high))]);
   }
+  out.push_back(points.back());
   return out;
 }
 

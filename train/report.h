@@ -31,8 +31,9 @@ struct StepPoint {
   int64_t step = 0;
   double value = 0;
 };
-// At most max_points points (max_points >= 2): unchanged when it already has no more; otherwise the steps are cut
-// into max_points/2 buckets of equal count and each keeps its lowest and highest point, in step order.
+// At most max_points points (max_points >= 2): unchanged when it already has no more; otherwise the first and the
+// last point, and between them the steps cut into (max_points - 2)/2 buckets of equal count, each keeping its lowest
+// and highest point, in step order.
 std::vector<StepPoint> downsample_min_max(const std::vector<StepPoint>& points, int64_t max_points);
 
 // The page's data for these run directories (each holds log.jsonl, and config.json for the memory panel). A

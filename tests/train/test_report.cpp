@@ -86,6 +86,13 @@ TEST_CASE("report: downsample_min_max keeps short series, and of long ones each 
   }
   CHECK(spike);
   CHECK(dip);
+  // The chart spans the run: its first and last step are shown, at any budget.
+  for (const int64_t budget : {2, 3, 4, 100, 200}) {
+    const std::vector<StepPoint> s = downsample_min_max(many, budget);
+    CHECK(s.size() <= size_t(budget));
+    CHECK(s.front().step == 1);
+    CHECK(s.back().step == 10000);
+  }
   CHECK_THROWS_AS(downsample_min_max(many, 1), Error);
 }
 
