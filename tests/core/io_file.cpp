@@ -35,6 +35,25 @@ std::vector<uint8_t> pattern(size_t n) {
   return v;
 }
 
+// Runs `body` in a child process with `sig` at its default action (as in the tally command; the test runner handles
+// it itself), where body raises it; returns the signal that ended the child, or 0.
+template <class Body>
+int signal_ending_child(int sig, Body body) {
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(sig, &dfl, nullptr);
+    body();
+    ::_exit(0);  // not reached when body raised the signal
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  return WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+}
+
 }  // namespace
 
 TEST_SUITE("io") {
@@ -165,23 +184,11 @@ TEST_CASE("AtomicFileWriter: a process ended by SIGTERM or SIGINT while writing 
   for (int sig : {SIGTERM, SIGINT}) {
     const fs::path p = dir / "model.bin";
     write_file_atomic(p, std::string_view("old"));
-    const pid_t child = ::fork();
-    REQUIRE(child >= 0);
-    if (child == 0) {
-      // The signal's default action, as in the tally command (the test runner handles it itself).
-      struct sigaction dfl {};
-      dfl.sa_handler = SIG_DFL;
-      sigemptyset(&dfl.sa_mask);
-      sigaction(sig, &dfl, nullptr);
-      AtomicFileWriter w(p);
-      w.write(pattern(size_t(1) << 20));
-      ::raise(sig);
-      ::_exit(0);  // not reached: the signal ends the process
-    }
-    int status = 0;
-    REQUIRE(::waitpid(child, &status, 0) == child);
-    CHECK(WIFSIGNALED(status));
-    CHECK(WTERMSIG(status) == sig);
+    CHECK(signal_ending_child(sig, [&] {
+            AtomicFileWriter w(p);
+            w.write(pattern(size_t(1) << 20));
+            ::raise(sig);
+          }) == sig);
     CHECK(test::count_temp_files(dir) == 0);
     CHECK(test::slurp(p) == "old");
   }
@@ -192,24 +199,14 @@ TEST_CASE("RemovedOnTermination: a staging directory and its files go with a pro
   fs::path dir = test::temp_dir("io_signal_stage");
   const fs::path stage = dir / ".export.tmp-1", kept = dir / "kept.bin";
   write_file_atomic(kept, std::string_view("kept"));
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    struct sigaction dfl {};
-    dfl.sa_handler = SIG_DFL;
-    sigemptyset(&dfl.sa_mask);
-    sigaction(SIGTERM, &dfl, nullptr);
-    fs::create_directory(stage);
-    const RemovedOnTermination guard({stage / "a.bin", stage / "b.json"}, {stage});
-    write_file_atomic(stage / "a.bin", std::string_view("a"));
-    AtomicFileWriter w(stage / "b.json");  // its temp file is in the directory too
-    w.write(std::string_view("{}"));
-    ::raise(SIGTERM);
-    ::_exit(0);
-  }
-  int status = 0;
-  REQUIRE(::waitpid(child, &status, 0) == child);
-  CHECK(WIFSIGNALED(status));
+  CHECK(signal_ending_child(SIGTERM, [&] {
+          fs::create_directory(stage);
+          const RemovedOnTermination guard({stage / "a.bin", stage / "b.json"}, {stage});
+          write_file_atomic(stage / "a.bin", std::string_view("a"));
+          AtomicFileWriter w(stage / "b.json");  // its temp file is in the directory too
+          w.write(std::string_view("{}"));
+          ::raise(SIGTERM);
+        }) == SIGTERM);
   CHECK(!fs::exists(stage));
   CHECK(test::slurp(kept) == "kept");
   {  // a guard that has ended removes nothing
