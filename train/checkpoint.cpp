@@ -98,6 +98,11 @@ fs::path save_checkpoint(const fs::path& run_dir, int64_t step, const Checkpoint
   fs::remove_all(tmp, ec);
   fs::create_directory(tmp, ec);
   TALLY_CHECK(!ec, "[checkpoint] cannot create '", tmp.string(), "': ", ec.message(), " (is the directory writable?)");
+  // Ended by a signal while writing (a second stop request): the temporary directory goes with the process.
+  std::vector<fs::path> files;
+  for (const char* f : kFiles) files.push_back(tmp / f);
+  files.push_back(tmp / "manifest.json");
+  const io::RemovedOnTermination removed_if_killed(files, {tmp});
   try {
     io::save_tensors(tmp / "model.safetensors", content.model, {{"format", kFormat}, {"part", "model"}});
     io::save_tensors(tmp / "optimizer.safetensors", content.optimizer, {{"format", kFormat}, {"part", "optimizer"}});
@@ -115,12 +120,16 @@ fs::path save_checkpoint(const fs::path& run_dir, int64_t step, const Checkpoint
     fs::remove_all(tmp, ec);
     throw;
   }
-  if (opt.keep_last > 0) {
-    const std::vector<fs::path> all = checkpoints_newest_first(run_dir);
-    for (size_t i = size_t(opt.keep_last); i < all.size(); ++i)
-      if (opt.keep_also.empty() || !fs::equivalent(all[i], opt.keep_also, ec)) fs::remove_all(all[i], ec);
-  }
+  prune_checkpoints(run_dir, opt.keep_last, opt.keep_also);
   return final_dir;
+}
+
+void prune_checkpoints(const fs::path& run_dir, int keep_last, const fs::path& keep_also) {
+  if (keep_last <= 0) return;
+  std::error_code ec;
+  const std::vector<fs::path> all = checkpoints_newest_first(run_dir);
+  for (size_t i = size_t(keep_last); i < all.size(); ++i)
+    if (keep_also.empty() || !fs::equivalent(all[i], keep_also, ec)) fs::remove_all(all[i], ec);
 }
 
 Manifest parse_manifest(std::string_view text, const std::string& where) {

@@ -31,6 +31,9 @@ struct SaveOptions {
   std::filesystem::path keep_also;  // never removed by keep_last (the trainer's last checkpoint known to be good)
 };
 
+// Removes the complete checkpoints of run_dir beyond the newest keep_last (0: none), except keep_also.
+void prune_checkpoints(const std::filesystem::path& run_dir, int keep_last, const std::filesystem::path& keep_also);
+
 // Returns the directory written.
 std::filesystem::path save_checkpoint(const std::filesystem::path& run_dir, int64_t step, const CheckpointContent& content,
                                       SaveOptions opt = {});

@@ -71,10 +71,18 @@ int cmd_train(const Args& args) {
     if (!flags.given("out"))
       flags.set("out", std::filesystem::exists(*resume / "manifest.json") ? resume->parent_path().string() : resume->string());
   }
-  // A new run into a directory holding one: refused before the data is resolved (tokenizing a text writes OUT/data).
-  if (!resume && ranks.rank() == 0 && std::filesystem::is_directory(flags.str("out"))) {  // rank 0 owns the directory
-    const io::DirectoryLock in_use_elsewhere(flags.str("out"), "run directory");  // a run training there: named first
-    refuse_new_run_into(flags.str("out"));
+  // A new run (or one resumed elsewhere than its own directory) into a directory holding a run: refused before the
+  // data is resolved (tokenizing a text writes OUT/data), by every rank (each would resolve the data).
+  const std::filesystem::path out = flags.str("out");
+  std::error_code ec;
+  const bool own_directory =
+      resume && std::filesystem::equivalent(
+                    std::filesystem::exists(*resume / "manifest.json") ? resume->parent_path() : *resume, out, ec);
+  if (!own_directory && std::filesystem::is_directory(out)) {
+    if (ranks.rank() == 0) {  // a run training there is named first (rank 0 owns the directory's lock)
+      const io::DirectoryLock in_use_elsewhere(out, "run directory");
+    }
+    refuse_new_run_into(out);
   }
   RunConfig config = run_config(flags, DataResolution::resolve, ranks.world());
   config.model_flags_with_init = model_flags_with_init;

@@ -90,9 +90,8 @@ int main(int argc, char** argv) {
   tally::train::Args args(argv + 2, argv + argc);
   const std::string who = std::string(argv[1]) + rank_label();
   try {
-    if (it->second.ranks == Ranks::rank_0_alone && tally::dist::launched_by_mpi() &&
-        tally::dist::process_group().rank() != 0)
-      return 0;
+    // Read from the launcher's environment: these commands never start MPI (a build without it runs them too).
+    if (it->second.ranks == Ranks::rank_0_alone && tally::dist::launcher_rank() != 0) return 0;
     return it->second.run(args);
   } catch (const tally::train::HelpRequested& h) {
     std::fputs(h.what(), stdout);

@@ -311,7 +311,9 @@ fs::path Trainer::save(int64_t step) {
       fail("rank 0 could not write the checkpoint of step ", step, " into '", c_.out.string(),
            "' (its error says why); earlier checkpoints are untouched");
     }
-    return c_.out / train::checkpoint_name(step);
+    last_saved_ = c_.out / train::checkpoint_name(step);
+    last_saved_step_ = step;
+    return last_saved_;
   }
   fs::path path;
   std::exception_ptr error;
@@ -529,7 +531,11 @@ void Trainer::run_steps(RunSummary& s) {
     const StepRecord r = train_step(step);
     // A checkpoint whose next step trained finitely holds a good model: kept whatever --keep-last prunes, and named
     // if the run diverges later (a model can be finite and still overflow the next forward).
-    if (!r.skipped && last_saved_step_ == step - 1) good_checkpoint_ = last_saved_;
+    if (!r.skipped && last_saved_step_ == step - 1 && good_checkpoint_ != last_saved_) {
+      good_checkpoint_ = last_saved_;
+      // The good one kept before it (the newest was not yet known good) goes, as --keep-last says.
+      if (comm_.rank() == 0) train::prune_checkpoints(c_.out, int(c_.keep_last), good_checkpoint_);
+    }
     if (!first) {  // the first step pays for allocations and caches: not counted in ms/step
       ms_sum += r.ms;
       ++ms_count;
@@ -543,13 +549,15 @@ void Trainer::run_steps(RunSummary& s) {
         s.steps_done = step;
         s.skipped_steps = skipped_total_;
         s.last_checkpoint = save(step);
-        fail("training stopped: ", skipped_in_row_, " non-finite steps in a row (limit --max-bad-steps ",
-             c_.max_bad_steps, "). The model they started from and its optimizer state are saved in ",
-             s.last_checkpoint.string(), "; ",
-             good_checkpoint_.empty()
-                 ? std::string("no checkpoint of this run was followed by a finite step")
-                 : cat("the newest checkpoint followed by a finite step is ", good_checkpoint_.string()),
-             ". Try a lower --lr, a --grad-clip, or more --warmup.");
+        fail(
+            "training stopped: ", skipped_in_row_, " non-finite steps in a row (limit --max-bad-steps ",
+            c_.max_bad_steps, "). The model they started from and its optimizer state are saved in ",
+            s.last_checkpoint.string(), "; ",
+            good_checkpoint_.empty()
+                ? std::string("no checkpoint of this run was followed by a finite step")
+                : cat("the newest checkpoint followed by a finite step is ", good_checkpoint_.string(),
+                      " (continue from it into another directory: --resume ", good_checkpoint_.string(), " --out NEW)"),
+            ". Try a lower --lr, a --grad-clip, or more --warmup.");
       }
     } else {
       skipped_in_row_ = 0;
@@ -596,6 +604,9 @@ void Trainer::run_steps(RunSummary& s) {
     }
   }
   progress.finish();
+  // The final model's validation loss is finite: its checkpoint is good, and --keep-last alone decides what stays.
+  if (!s.interrupted && s.steps_done == c_.steps && std::isfinite(val) && comm_.rank() == 0)
+    train::prune_checkpoints(c_.out, int(c_.keep_last), {});
   s.final_val_loss = val;
   s.ms_per_step = ms_count ? ms_sum / double(ms_count) : NAN;
   s.optimizer_state_bytes = optimizer_->total_state_bytes();

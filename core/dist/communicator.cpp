@@ -97,6 +97,13 @@ bool launched_by_mpi() {
   return false;
 }
 
+int launcher_rank() {
+  for (const char* v : {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"})
+    if (const char* e = std::getenv(v); e && *e)
+      if (const std::optional<int64_t> r = parse_int64(e); r && *r >= 0 && *r <= INT32_MAX) return int(*r);
+  return 0;
+}
+
 double nccl_timeout_seconds(const char* value) {
   if (!value || !*value) return kNcclTimeoutSeconds;
   const std::optional<double> s = parse_finite_double(value);

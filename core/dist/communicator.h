@@ -99,6 +99,9 @@ class Communicator {
 // Whether this process was started by an MPI launcher (mpirun, srun): OMPI_COMM_WORLD_SIZE, PMI_SIZE or
 // PMIX_RANK in the environment.
 bool launched_by_mpi();
+// This process's rank as the launcher's environment gives it (OMPI_COMM_WORLD_RANK, PMI_RANK, PMIX_RANK), read
+// without starting MPI: 0 when not launched by one (or when none of them holds a rank).
+int launcher_rank();
 
 // The communicator of this process, made on first use: MPI when launched by one (a build without MPI then refuses
 // with a clear error), else the single-process one. MPI is finalised at exit.

@@ -236,8 +236,22 @@ std::atomic<char*>* hold(std::atomic<char*> (&slots)[kRemovalSlots], const fs::p
   return nullptr;
 }
 
+// A released path is not freed while the process runs: a handler on another thread may be reading it (a
+// process-directed signal can land on any thread). A few bytes per write; freed at exit.
+struct Retired {
+  std::mutex mutex;
+  std::vector<char*> paths;
+  ~Retired() {
+    for (char* p : paths) std::free(p);
+  }
+};
+Retired g_retired;
+
 void release(std::atomic<char*>* slot) {
-  if (slot) std::free(slot->exchange(nullptr));
+  if (!slot) return;
+  char* p = slot->exchange(nullptr);
+  std::lock_guard lock(g_retired.mutex);
+  g_retired.paths.push_back(p);
 }
 
 void forget_temp(const fs::path& temp) {

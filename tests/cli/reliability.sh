@@ -214,13 +214,15 @@ expect 0 "logits are not finite .*lower --lr" "$tally" train "${common[@]}" --op
 [ -d "$work/diverged/step-00000003" ] || fail "the diverged run did not save: $(steps "$work/diverged")"
 # Stopped by --max-bad-steps, saving every step and keeping 2: the newest checkpoint followed by a finite step is
 # named and kept (it was pruned in favour of the diverged ones), and no checkpoint is saved amid the non-finite steps.
-expect 1 "The model they started from .* saved in .*; the newest checkpoint followed by a finite step is " \
+# (Where the first non-finite step comes depends on the machine's arithmetic: if it is step 2, no checkpoint is good.)
+expect 1 "The model they started from .* saved in .*; (the newest checkpoint followed by a finite step is|no checkpoint)" \
   "$tally" train "${common[@]}" --optimizer sgd --lr 1e6 --grad-clip 0 --max-bad-steps 3 --save-every 1 --keep-last 2 \
   --steps 20 --out "$work/diverging"
-good=$(sed -n 's/.*the newest checkpoint followed by a finite step is \([^ ]*\)\. Try.*/\1/p' "$work/out")
-[ -d "$good" ] || fail "the good checkpoint named ('$good') was not kept: $(steps "$work/diverging")"
+good=$(sed -n 's/.*the newest checkpoint followed by a finite step is \([^ ]*\) (continue.*/\1/p' "$work/out")
+[ -z "$good" ] || [ -d "$good" ] || fail "the good checkpoint named ('$good') was not kept: $(steps "$work/diverging")"
 [ "$(steps "$work/diverging" | wc -w)" -le 3 ] || fail "diverging run's checkpoints: $(steps "$work/diverging")"
-expect 0 "^loss " "$tally" eval --checkpoint "$good" --data "$work/diverging/data/val.bin" --batch 2 --seq 16 --batches 2
+[ -z "$good" ] ||
+  expect 0 "^loss " "$tally" eval --checkpoint "$good" --data "$work/diverging/data/val.bin" --batch 2 --seq 16 --batches 2
 # eval of it: an error naming the checkpoint, not "loss -nan" with exit 0.
 expect 1 "mean loss over 2 batches is -?nan: the model's forward overflows .*diverged/step-00000003' cannot be evaluated" \
   "$tally" eval --checkpoint "$work/diverged/step-00000003" --data "$work/diverged/data/val.bin" --batch 2 --seq 16 \

@@ -31,7 +31,7 @@ grep -q "resumed from" "$work/res.log" || fail "no resume message"
 
 # A long step (many micro-batches): the request is acknowledged at once, and a second one stops the run at once,
 # without a checkpoint (the last one stays): exit by the signal, no temporary left.
-"$tally" train "${common[@]}" --steps 3 --total-batch 64000 --out "$work/twice" >"$work/twice.log" 2>&1 &
+"$tally" train "${common[@]}" --steps 3 --total-batch 256000 --out "$work/twice" >"$work/twice.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 100); do grep -q "micro-batch" "$work/twice.log" 2>/dev/null && break; sleep 0.2; done
 sleep 1

@@ -209,11 +209,13 @@ TEST_CASE("RemovedOnTermination: a staging directory and its files go with a pro
         }) == SIGTERM);
   CHECK(!fs::exists(stage));
   CHECK(test::slurp(kept) == "kept");
-  {  // a guard that has ended removes nothing
-    fs::create_directory(stage);
-    { const RemovedOnTermination guard({}, {stage}); }
-    CHECK(fs::exists(stage));
-  }
+  // A guard that has ended removes nothing when the signal comes later.
+  fs::create_directory(stage);
+  CHECK(signal_ending_child(SIGTERM, [&] {
+          { const RemovedOnTermination guard({}, {stage}); }
+          ::raise(SIGTERM);
+        }) == SIGTERM);
+  CHECK(fs::exists(stage));
   fs::remove_all(dir);
 }
 
