@@ -286,15 +286,13 @@ int cmd_inspect(const Args& args) {
 // ---- eval ----
 
 int cmd_eval(const Args& args) {
-  std::vector<FlagSpec> specs = {
-      {"checkpoint", "model: tally checkpoint/run directory, Hugging Face model directory, llm.c .bin or .safetensors",
-       ""},
-      {"data", "token shards (llm.c format; a path or a glob)", ""},
-      {"batch", "B", "4"},
-      {"seq", "T", "1024"},
-      {"batches", "evaluate the first N batches (default: every full batch)", ""},
-      {"threads", "CPU threads (0: all)", "0"},
-      {"json", "print {\"loss\": ..., \"tokens\": ...}", "", FlagKind::switch_}};
+  std::vector<FlagSpec> specs = {model_file_flag(),
+                                 {"data", "token shards (llm.c format; a path or a glob)", ""},
+                                 {"batch", "B", "4"},
+                                 {"seq", "T", "1024"},
+                                 {"batches", "evaluate the first N batches (default: every full batch)", ""},
+                                 {"threads", "CPU threads (0: all)", "0"},
+                                 {"json", "print {\"loss\": ..., \"tokens\": ...}", "", FlagKind::switch_}};
   for (auto& s : device_flags("f32 | bf16 (CUDA only: the weights rounded to bf16, computing as bf16 training does)"))
     specs.push_back(s);
   Flags f("eval",
@@ -317,10 +315,9 @@ int cmd_eval(const Args& args) {
   if (device.is_cuda() && world > 1) device = Device::cuda(comm->local_rank());
   require_usable(device);
 
-  auto loaded = load_model_file(f.str("checkpoint"), device);
-  const models::GPT2Config config = loaded->config();
+  auto model = load_model_file(f.str("checkpoint"), device, dtype);
+  const models::GPT2Config config = model->config();
   if (T > config.block_size) throw FlagError(cat("--seq ", T, " exceeds the model's block size ", config.block_size));
-  auto model = converted_model(std::move(loaded), config, dtype, f.str("checkpoint"));
   data::DataLoader loader(data::ShardSet::open(f.str("data"), {.vocab_limit = int32_t(config.vocab_size)}),
                           {.batch = B, .seq_len = T});
   int64_t n = loader.batches_per_epoch();
@@ -351,15 +348,17 @@ int cmd_eval(const Args& args) {
 // ---- export ----
 
 int cmd_export(const Args& args) {
-  Flags f("export", "write a model in an interchange format",
-          {{"checkpoint", "model: tally checkpoint/run directory, Hugging Face model directory, llm.c .bin or "
-                          ".safetensors", ""},
-           {"format", "llmc | llmc-bf16 | safetensors | hf (a Hugging Face model directory: weights, config.json, "
-                      "generation_config.json, tokenizer files)", ""},
-           {"out", "the file to write (hf: the directory; an existing one must be empty or hold a previous export)", ""},
-           {"dtype", "safetensors and hf: the weights' element type, f32 | bf16 (llm.c: choose llmc or llmc-bf16)", "f32"},
-           {"no-tokenizer", "hf: leave out the tokenizer files (needed when the vocabulary is not GPT-2's)", "",
-            FlagKind::switch_}});
+  Flags f(
+      "export", "write a model in an interchange format",
+      {model_file_flag(),
+       {"format",
+        "llmc | llmc-bf16 | safetensors | hf (a Hugging Face model directory: weights, config.json, "
+        "generation_config.json, tokenizer files)",
+        ""},
+       {"out", "the file to write (hf: the directory; an existing one must be empty or hold a previous export)", ""},
+       {"dtype", "safetensors and hf: the weights' element type, f32 | bf16 (llm.c: choose llmc or llmc-bf16)", "f32"},
+       {"no-tokenizer", "hf: leave out the tokenizer files (needed when the vocabulary is not GPT-2's)", "",
+        FlagKind::switch_}});
   f.parse(args);
   no_positional(f);
   const std::string format = f.str("format");
@@ -408,8 +407,7 @@ int cmd_export(const Args& args) {
 
 int cmd_sample(const Args& args) {
   std::vector<FlagSpec> specs = {
-      {"checkpoint", "model: tally checkpoint/run directory, Hugging Face model directory, llm.c .bin or .safetensors",
-       ""},
+      model_file_flag(),
       {"prompt", "text to continue (default: start of a document)", ""},
       {"tokens", "tokens to generate (at most the model's block size less the prompt's)", "128"},
       {"temperature", "sampling temperature (> 0)", "1.0"},
@@ -431,9 +429,8 @@ int cmd_sample(const Args& args) {
   const Device device = device_flag(f);
   const DType dtype = dtype_flag(f, device);
   require_usable(device);
-  auto loaded = load_model_file(f.str("checkpoint"), device);
-  const models::GPT2Config config = loaded->config();
-  auto model = converted_model(std::move(loaded), config, dtype, f.str("checkpoint"));
+  auto model = load_model_file(f.str("checkpoint"), device, dtype);
+  const models::GPT2Config config = model->config();
   data::Tokenizer tok = data::Tokenizer::load();
   std::string prompt = f.maybe("prompt").value_or("");
   std::vector<int32_t> ids = prompt.empty() ? std::vector<int32_t>{data::Tokenizer::kEndOfText}

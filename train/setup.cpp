@@ -136,6 +136,17 @@ void refuse_run_file_as_output(const fs::path& out, const std::string& flag) {
                         "': writing it would damage the run; give another file"));
 }
 
+std::unique_ptr<models::GPT2> load_model_file(const fs::path& path, Device device, DType dtype) {
+  auto model = load_model_file(path, device);
+  const models::GPT2Config config = model->config();
+  return converted_model(std::move(model), config, dtype, path.string());
+}
+
+FlagSpec model_file_flag() {
+  return {"checkpoint",
+          "model: tally checkpoint/run directory, Hugging Face model directory, llm.c .bin or .safetensors", ""};
+}
+
 std::vector<FlagSpec> device_flags(const std::string& dtype_help) {
   return {{"device", "cpu | cuda", "cpu"}, {"dtype", dtype_help, "f32"}};
 }

@@ -37,6 +37,10 @@ int64_t accumulation_of(const Flags& flags, int64_t batch, int64_t seq, int64_t 
 // .safetensors in Hugging Face naming, or a Hugging Face model directory (its model.safetensors, config.json beside it
 // checked against the tensors). Returns the model on `device`.
 std::unique_ptr<models::GPT2> load_model_file(const std::filesystem::path& path, Device device);
+// The same with parameters of `dtype` (bf16: the weights rounded to nearest even).
+std::unique_ptr<models::GPT2> load_model_file(const std::filesystem::path& path, Device device, DType dtype);
+// --checkpoint: the model file of eval, export and sample (any of the forms above).
+FlagSpec model_file_flag();
 // `model` as `config` says (its vocabulary padded as config's, its dropout) with parameters of `dtype`: the same
 // model when all already hold, else a copy (bf16: the weights rounded to nearest even; another padding: the
 // vocabulary's rows moved). `source` names the file in errors.
