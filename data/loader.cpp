@@ -52,7 +52,8 @@ std::vector<uint32_t> permutation(size_t n, SplitMix64 rng) {
 constexpr uint32_t kPositionMagic = 0x50444C54;  // "TLDP"
 // 1 and 2: sequential positions in windows of W slices (each rank read its slice of the window, skipping a shard's
 // last slices that fewer than W were left of); 1: shuffled positions in such windows too.
-constexpr uint32_t kPositionVersion = 3;
+// 4: the data's token counts (data_tokens, data_sizes_hash) appended.
+constexpr uint32_t kPositionVersion = 4;
 
 const char* order_name(LoaderOrder o) { return o == LoaderOrder::shuffled ? "shuffled" : "sequential"; }
 
@@ -79,12 +80,14 @@ std::vector<uint8_t> LoaderPosition::to_bytes() const {
   put(seq_len);
   put(int64_t(world));
   put(num_shards);
+  put(data_tokens);
+  put(data_sizes_hash);
   TALLY_ASSERT(at == kBytes);
   return out;
 }
 
 LoaderPosition LoaderPosition::from_bytes(std::span<const uint8_t> bytes) {
-  TALLY_CHECK(bytes.size() == kBytes, "[loader] position: expected ", kBytes, " bytes, found ", bytes.size());
+  TALLY_CHECK(bytes.size() >= 8, "[loader] position: expected ", kBytes, " bytes, found ", bytes.size());
   size_t at = 0;
   auto get = [&](auto& v) {
     uint64_t x = 0;
@@ -97,6 +100,9 @@ LoaderPosition LoaderPosition::from_bytes(std::span<const uint8_t> bytes) {
   TALLY_CHECK(magic == kPositionMagic, "[loader] position: bad magic ", magic, " (not a saved loader position)");
   TALLY_CHECK(version >= 1 && version <= kPositionVersion, "[loader] position: unsupported version ", version,
               ", expected 1 to ", kPositionVersion);
+  const size_t expected = version >= 4 ? kBytes : kBytesBeforeVersion4;
+  TALLY_CHECK(bytes.size() == expected, "[loader] position: expected ", expected, " bytes (version ", version,
+              "), found ", bytes.size());
   LoaderPosition p;
   uint64_t order = 0;
   int64_t world = 0;
@@ -109,6 +115,10 @@ LoaderPosition LoaderPosition::from_bytes(std::span<const uint8_t> bytes) {
   get(p.seq_len);
   get(world);
   get(p.num_shards);
+  if (version >= 4) {
+    get(p.data_tokens);
+    get(p.data_sizes_hash);
+  }
   TALLY_CHECK(order <= 1, "[loader] position: bad order code ", order);
   TALLY_CHECK(world >= 1 && world <= INT32_MAX, "[loader] position: bad world ", world);
   p.order = order ? LoaderOrder::shuffled : LoaderOrder::sequential;
@@ -136,6 +146,14 @@ DataLoader::DataLoader(ShardSet shards, LoaderConfig config) : shards_(std::move
   for (const Shard& s : shards_.shards())
     TALLY_CHECK(int64_t(s.size()) >= tokens_ + 1, "[loader] ", s.path().string(), " has ", s.size(),
                 " tokens, too few for one batch: B=", c.batch, " x T=", c.seq_len, " needs ", tokens_ + 1, " tokens");
+  // FNV-1a over the counts' bytes, never 0 (0 stands for "not recorded").
+  data_sizes_hash_ = 0xCBF29CE484222325ull;
+  for (const Shard& s : shards_.shards()) {
+    data_tokens_ += s.size();
+    for (int i = 0; i < 8; ++i)
+      data_sizes_hash_ = (data_sizes_hash_ ^ ((uint64_t(s.size()) >> (8 * i)) & 0xFF)) * 0x100000001B3ull;
+  }
+  data_sizes_hash_ += data_sizes_hash_ == 0;
   reset();
 }
 
@@ -210,7 +228,9 @@ LoaderPosition DataLoader::position() const {
           .batch = config_.batch,
           .seq_len = config_.seq_len,
           .world = config_.world,
-          .num_shards = shards_.size()};
+          .num_shards = shards_.size(),
+          .data_tokens = data_tokens_,
+          .data_sizes_hash = data_sizes_hash_};
 }
 
 void DataLoader::restore(const LoaderPosition& p) {
@@ -221,6 +241,13 @@ void DataLoader::restore(const LoaderPosition& p) {
               p.world, " order=", order_name(p.order), " seed=", p.seed, " over ", p.num_shards,
               " shard(s); this loader has B=", c.batch, " T=", c.seq_len, " world=", c.world, " order=",
               order_name(c.order), " seed=", c.seed, " over ", shards_.size(), " shard(s)");
+  // Recorded since version 4. Same-sized shards with other tokens are not detected (that would take reading them).
+  TALLY_CHECK(p.data_sizes_hash == 0 || (p.data_tokens == data_tokens_ && p.data_sizes_hash == data_sizes_hash_),
+              "[loader] restore: the data changed since the position was saved: its ", shards_.size(),
+              " shard(s) held ", p.data_tokens, " tokens, now ", data_tokens_,
+              p.data_tokens == data_tokens_ ? " but in shards of other sizes" : "",
+              " (a shard replaced, cut or grown; resume over the data the run was saved with, or start a new run "
+              "from the checkpoint's weights with --init)");
   TALLY_CHECK(p.shard < shards_.size(), "[loader] restore: shard slot ", p.shard, " is outside the ", shards_.size(),
               " shard(s)");
   const uint32_t file = file_at(p.epoch, p.shard);

@@ -45,11 +45,18 @@ struct LoaderPosition {
   int64_t batch = 0, seq_len = 0;
   int32_t world = 1;
   uint64_t num_shards = 0;
+  // The data it was taken over: the shards' tokens, in all and as a hash of each shard's count in order, so that a
+  // shard replaced by one of another size is refused (the place would name other slices). 0 in a position saved
+  // before they were recorded (versions 1 to 3): not checked.
+  uint64_t data_tokens = 0;
+  uint64_t data_sizes_hash = 0;
 
-  static constexpr size_t kBytes = 80;
+  static constexpr size_t kBytes = 96;
+  static constexpr size_t kBytesBeforeVersion4 = 80;
   // Fixed-size little-endian encoding with a magic and version; from_bytes throws tally::Error on anything else.
   // Versions 1 and 2 counted a sequential position (version 1 a shuffled one too) in windows of W slices: read, it
-  // becomes the same place in slices (the slices after it come in this version's order).
+  // becomes the same place in slices (the slices after it come in this version's order). Versions 1 to 3 are
+  // kBytesBeforeVersion4 bytes (no data fields).
   std::vector<uint8_t> to_bytes() const;
   static LoaderPosition from_bytes(std::span<const uint8_t> bytes);
   bool operator==(const LoaderPosition&) const = default;
@@ -73,8 +80,9 @@ class DataLoader {
   // Back to the first batch of epoch 0 (the eval walk starts here).
   void reset();
   LoaderPosition position() const;
-  // Continues from a saved position; throws tally::Error if it was taken with a different B, T, order, seed or
-  // number of shards, or lies outside this data. A position saved at another world continues at the same place.
+  // Continues from a saved position; throws tally::Error if it was taken with a different B, T, order, seed,
+  // number of shards or shard sizes, or lies outside this data. A position saved at another world continues at the same
+  // place.
   void restore(const LoaderPosition& pos);
 
   // A shard's (by file index) slices, which the processes share out.
@@ -110,6 +118,7 @@ class DataLoader {
   Place next_;          // the slice rank 0 reads next
   std::array<CachedOrder, 2> shard_orders_, slice_orders_;
   uint64_t uses_ = 0;
+  uint64_t data_tokens_ = 0, data_sizes_hash_ = 0;  // LoaderPosition's data fields for these shards
 };
 
 }  // namespace tally::data

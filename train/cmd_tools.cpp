@@ -113,7 +113,10 @@ int cmd_memory(const Args& args) {
   const bool with_step = f.given("batch") || f.given("seq");
   int64_t B = f.given("batch") ? f.integer("batch") : 4, T = f.given("seq") ? f.integer("seq") : config.block_size;
   if (with_step && (B < 1 || T < 1 || T > config.block_size)) throw FlagError("--batch and --seq must be positive, --seq <= block size");
-  if (with_step) micro_batch_tokens(B, T);
+  if (with_step) {
+    micro_batch_tokens(B, T);
+    check_attention_fits(B, config.n_head, T);
+  }
   const std::string dtype_str = f.str("dtype");
   if (dtype_str != "f32" && dtype_str != "bf16") throw FlagError("--dtype must be f32 or bf16, got '" + dtype_str + "'");
   const DType dtype = dtype_str == "bf16" ? DType::bf16 : DType::f32;

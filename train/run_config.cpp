@@ -83,6 +83,7 @@ RunConfig run_config_unchecked(const Flags& f, DataResolution data, int32_t worl
   if (world < 1) throw FlagError("the data-parallel world must be at least 1 rank, got " + std::to_string(world));
   c.world = world;
   c.accumulation = accumulation_of(f, c.batch, c.seq, world);
+  check_attention_fits(c.batch, c.model.n_head, c.seq);
   const int64_t per_step = c.batch * c.seq * world;  // one micro-batch on every rank
   c.schedule = f.str("schedule");
   if (c.schedule != "cosine" && c.schedule != "constant") throw FlagError("--schedule must be cosine or constant");

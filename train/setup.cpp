@@ -204,6 +204,16 @@ int64_t micro_batch_tokens(int64_t batch, int64_t seq) {
   return batch * seq;
 }
 
+void check_attention_fits(int64_t batch, int64_t heads, int64_t seq) {
+  TALLY_ASSERT(batch > 0 && heads > 0 && seq > 0);
+  constexpr int64_t kMostScores = int64_t(1) << 59;
+  const long double scores = (long double)batch * (long double)heads * (long double)seq * (long double)seq;
+  if (scores > (long double)kMostScores)
+    throw FlagError(cat("--batch ", batch, " x ", heads, " heads x --seq ", seq, " x ", seq,
+                        ": the attention's scores would hold ", double(scores), " elements, more than the ",
+                        kMostScores, " a step's memory can be planned with (its bytes would pass 64 bits)"));
+}
+
 // ---- data parallel ----
 
 FlagSpec reduce_dtype_flag() {

@@ -29,6 +29,9 @@ int64_t vocab_multiple(const Flags& flags);
 // refused with a FlagError naming both flags: the kernels index the rows of (B*T, V) logits in 32 bits, and B*T
 // itself must not overflow.
 int64_t micro_batch_tokens(int64_t batch, int64_t seq);
+// The attention's (B, H, T, T) scores of a micro-batch: more than 2^59 elements (their bytes, and the plan's sums of
+// them, would pass 64 bits) is refused with a FlagError naming the flags, before a plan or a tensor is made.
+void check_attention_fits(int64_t batch, int64_t heads, int64_t seq);
 // The micro-batches each of `world` ranks accumulates per optimizer step: --total-batch (all ranks' tokens) over
 // world*B*T, which must divide it (FlagError); 1 without it.
 int64_t accumulation_of(const Flags& flags, int64_t batch, int64_t seq, int64_t world);

@@ -120,10 +120,23 @@ Trainer::Trainer(RunConfig config)
       return std::array<int64_t, 4>{m.n_layer, m.n_head, m.n_embd, m.block_size};
     };
     if (!c_.model_flags_with_init.empty() && shape(loaded) != shape(c_.model)) {
-      std::string given;
-      for (const std::string& name : c_.model_flags_with_init) given += cat(given.empty() ? "" : ", ", "--", name);
-      throw FlagError(cat("--init '", c_.init, "' holds a GPT-2 ", loaded.str(), "; the model flags given with it (",
-                          given, ") ask for ", c_.model.str(), ": leave them out to train the file's model"));
+      // Each flag given against the file's value (a preset: its whole shape); the flags not given say nothing.
+      const auto value = [](const models::GPT2Config& m, const std::string& name) -> int64_t {
+        return name == "layers" ? m.n_layer : name == "heads" ? m.n_head : name == "width" ? m.n_embd : m.block_size;
+      };
+      std::string asked;
+      for (const std::string& name : c_.model_flags_with_init)
+        if (name == "model") {
+          const std::string preset = c_.flags.value("model", std::string());
+          const models::GPT2Config p = models::GPT2Config::preset(preset);
+          if (shape(p) != shape(loaded))
+            asked += cat(asked.empty() ? "" : ", ", "--model ", preset, " (", p.str(), ")");
+        } else if (value(c_.model, name) != value(loaded, name))
+          asked += cat(asked.empty() ? "" : ", ", "--", name, " ", value(c_.model, name),
+                       " (the file's: ", value(loaded, name), ")");
+      throw FlagError(cat("--init '", c_.init, "' holds a GPT-2 ", loaded.str(),
+                          "; the model flags given with it ask for ", asked.empty() ? c_.model.str() : asked,
+                          ": leave them out to train the file's model"));
     }
     if (c_.seq > loaded.block_size)
       throw FlagError(cat("--seq ", c_.seq, " exceeds the block size ", loaded.block_size, " of the model in --init '",

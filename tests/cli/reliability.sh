@@ -158,6 +158,11 @@ printf '{"lr": true}' >"$work/cfg_bool.json"
 expect 2 "'lr' takes a value, not true" "$tally" train --config "$work/cfg_bool.json"
 expect 2 "--lrs ',' has an empty entry" "$tally" compare --lrs , --out "$work/cmp-empty"
 expect 2 "more than 1099511627776" "$tally" train --width 1048576 --heads 1
+# A sequence so long that the attention's (B, H, T, T) scores outgrow the plan's 64-bit bytes: refused, naming it.
+long=(--model tiny --batch 1 --block 2000000000 --seq 2000000000)
+refusal="--batch 1 x 2 heads x --seq 2000000000 x 2000000000: the attention's scores would hold 8e\+18 elements"
+expect 2 "$refusal" "$tally" memory "${long[@]}"
+expect 2 "$refusal" "$tally" train "${long[@]}" --out "$work/long"
 expect 2 "must be positive" "$tally" train --steps -1
 # ---- runs and outputs that would lose something ----
 # Settings that would put NaN in the weights of a finite run, and more threads than a process can start: refused.
@@ -177,6 +182,16 @@ expect 0 "resumed from" "$tally" train --resume "$work/mine/step-00000002/" --st
 [ -d "$work/mine/step-00000003" ] || fail "--resume DIR/step-00000002/ did not go on in DIR: $(steps "$work/mine")"
 # Nothing left to train: refused, not an empty run.
 expect 2 "the checkpoint is at step 3 and this run has --steps 3: nothing to train" "$tally" train --resume "$work/mine" --steps 3
+# A training shard replaced by one of another size since the checkpoint: refused (the saved place in the data
+# would name other slices), nothing changed.
+mkdir -p "$work/shards" && cp "$work/mine/data/train.bin" "$work/mine/data/val.bin" "$work/shards/"
+"$tally" train "${common[@]}" --steps 1 --train "$work/shards/train.bin" --val "$work/shards/val.bin" \
+  --out "$work/sharded" >"$work/out" 2>&1 || fail "train on shards: $(tail -3 "$work/out")"
+cp "$work/shards/val.bin" "$work/shards/train.bin"
+kept=$(steps "$work/sharded")
+expect 1 "the data changed since the position was saved: its 1 shard\(s\) held [0-9]+ tokens, now [0-9]+" \
+  "$tally" train --resume "$work/sharded" --steps 2
+[ "$(steps "$work/sharded")" = "$kept" ] || fail "a refused resume over other data changed the run: $(steps "$work/sharded")"
 # A damaged config.json (the run's flags): refused, naming it.
 cp "$work/mine/config.json" "$work/config.keep" && echo garbage >"$work/mine/config.json"
 expect 1 "mine/config.json' holds no" "$tally" train --resume "$work/mine" --steps 4
@@ -228,8 +243,11 @@ expect 1 "mean loss over 2 batches is -?nan: the model's forward overflows .*div
   "$tally" eval --checkpoint "$work/diverged/step-00000003" --data "$work/diverged/data/val.bin" --batch 2 --seq 16 \
   --batches 2
 # Model flags given with --init that ask for another model than the file's: refused, naming them.
-expect 2 "holds a GPT-2 L2 NH2 C64 .*model flags given with it \(--model, --width\)" "$tally" train "${common[@]}" \
-  --init "$work/mine/step-00000003" --model d4 --width 512 --steps 1 --out "$work/init-flags"
+expect 2 "holds a GPT-2 L2 NH2 C64 .*model flags given with it ask for --model d4 \(L4 NH4 C256 T1024 .*\), --width 512 \(the file's: 64\)" \
+  "$tally" train "${common[@]}" --init "$work/mine/step-00000003" --model d4 --width 512 --steps 1 --out "$work/init-flags"
+# ... each given flag with the file's value, not the request filled in from the default preset.
+expect 2 "model flags given with it ask for --layers 3 \(the file's: 2\): leave them out" "$tally" train "${common[@]}" \
+  --init "$work/mine/step-00000003" --layers 3 --steps 1 --out "$work/init-flags"
 # --seq past the block of the --init model: refused up front (exit 2), as it is for --model.
 expect 0 "checkpoint" "$tally" train "${common[@]}" --block 16 --steps 1 --out "$work/block16"
 expect 2 "--seq 32 exceeds the block size 16 of the model in --init" "$tally" train --batch 2 --threads 1 \

@@ -377,8 +377,9 @@ TEST_CASE("loader: an older position (windows of W slices) reads as the same pla
                    .num_shards = 4};
   auto as_version = [](const LoaderPosition& q, uint8_t version) {
     std::vector<uint8_t> bytes = q.to_bytes();
-    CHECK(bytes[4] == 3);  // the version, after the magic
+    CHECK(bytes[4] == 4);  // the version, after the magic
     bytes[4] = version;
+    if (version < 4) bytes.resize(LoaderPosition::kBytesBeforeVersion4);  // no data fields
     return bytes;
   };
   // Version 1: shuffled and sequential positions in windows; version 2: sequential ones.
@@ -398,7 +399,14 @@ TEST_CASE("loader: an older position (windows of W slices) reads as the same pla
     CHECK(read.epoch == 1);
     CHECK(read.shard == 2);
   }
-  has(error_of([&] { LoaderPosition::from_bytes(as_version(p, 4)); }), "unsupported version 4, expected 1 to 3");
+  has(error_of([&] { LoaderPosition::from_bytes(as_version(p, 5)); }), "unsupported version 5, expected 1 to 4");
+  // The length goes with the version.
+  std::vector<uint8_t> short_v4 = p.to_bytes();
+  short_v4.resize(LoaderPosition::kBytesBeforeVersion4);
+  has(error_of([&] { LoaderPosition::from_bytes(short_v4); }), "expected 96 bytes (version 4), found 80");
+  std::vector<uint8_t> long_v3 = as_version(p, 3);
+  long_v3.resize(LoaderPosition::kBytes);
+  has(error_of([&] { LoaderPosition::from_bytes(long_v3); }), "expected 80 bytes (version 3), found 96");
 }
 
 TEST_CASE("loader: a restored position yields exactly the batches of an uninterrupted loader") {
@@ -436,7 +444,41 @@ TEST_CASE("loader: a restored position yields exactly the batches of an uninterr
   std::vector<uint8_t> junk = a.position().to_bytes();
   junk[0] ^= 1;
   has(error_of([&] { LoaderPosition::from_bytes(junk); }), "bad magic");
-  has(error_of([&] { LoaderPosition::from_bytes(std::vector<uint8_t>(7)); }), "expected 80 bytes, found 7");
+  has(error_of([&] { LoaderPosition::from_bytes(std::vector<uint8_t>(7)); }), "expected 96 bytes, found 7");
+  fs::remove_all(dir);
+}
+
+TEST_CASE("loader: a position is refused over shards of other sizes, and a position without sizes is not checked") {
+  const fs::path dir = tally::test::temp_dir("loader_data_changed");
+  const LoaderConfig cfg{.batch = 2, .seq_len = 8, .order = LoaderOrder::shuffled, .seed = 3};
+  write_synthetic(dir, "s", {400, 300});
+  const std::string glob = (dir / "s_*.bin").string();
+  DataLoader first(ShardSet::open(glob), cfg);
+  for (int i = 0; i < 5; ++i) first.next();
+  const LoaderPosition saved = LoaderPosition::from_bytes(first.position().to_bytes());
+  CHECK(saved.data_tokens == 700);
+  CHECK(saved.data_sizes_hash != 0);
+  // Same data (reopened): continues.
+  DataLoader same(ShardSet::open(glob), cfg);
+  same.restore(saved);
+  CHECK(same.next().inputs == first.next().inputs);
+  // The first shard replaced by a longer one: the saved place would name other slices.
+  write_synthetic(dir, "s", {500, 300});
+  DataLoader grown(ShardSet::open(glob), cfg);
+  has(error_of([&] { grown.restore(saved); }),
+      "the data changed since the position was saved: its 2 shard(s) held 700 tokens, now 800");
+  // The same total in other shards: refused too.
+  write_synthetic(dir, "s", {300, 400});
+  DataLoader swapped(ShardSet::open(glob), cfg);
+  has(error_of([&] { swapped.restore(saved); }), "held 700 tokens, now 700 but in shards of other sizes");
+  // A position saved before the sizes were recorded (version 3) is taken as it is.
+  std::vector<uint8_t> v3 = saved.to_bytes();
+  v3[4] = 3;
+  v3.resize(LoaderPosition::kBytesBeforeVersion4);
+  const LoaderPosition old = LoaderPosition::from_bytes(v3);
+  CHECK(old.data_sizes_hash == 0);
+  swapped.restore(old);
+  CHECK(swapped.position().window == saved.window);
   fs::remove_all(dir);
 }
 

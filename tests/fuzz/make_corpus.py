@@ -57,16 +57,24 @@ put("fuzz_shards", "llmc_shuffled_vocab", bytes([6, 2, 5, 9, 0, 200]) + shard(to
 put("fuzz_shards", "llmc_world2", bytes([2, 0, 3, 1, 0b0101, 200]) + shard(toks))
 put("fuzz_shards", "raw_uint16", bytes([1, 1, 3, 0, 0, 0]) + np.asarray(toks[:40], dtype="<u2").tobytes())
 
-# loader positions: order byte, then the 80-byte encoding (magic "TLDP", version 1, epoch, shard, window, seed,
-# order, B, T, world, number of shards), for the target's 2-shard loader with B=2, T=4, seed 7
+# loader positions: order byte, then the encoding (magic "TLDP", version, epoch, shard, window, seed, order, B, T,
+# world, number of shards; from version 4 the shards' tokens and the FNV-1a hash of their counts: 96 bytes, 80
+# before), for the target's 2-shard loader (97 and 61 tokens) with B=2, T=4, seed 7
 def position(order, epoch, shard_, window, version=2, world=1):
-    return bytes([order]) + struct.pack("<IIQQQQQqqqQ", 0x50444C54, version, epoch, shard_, window, 7, order, 2, 4,
-                                        world, 2)
+    out = bytes([order]) + struct.pack("<IIQQQQQqqqQ", 0x50444C54, version, epoch, shard_, window, 7, order, 2, 4,
+                                       world, 2)
+    if version >= 4:
+        h = 0xCBF29CE484222325
+        for b in struct.pack("<QQ", 97, 61):
+            h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+        out += struct.pack("<QQ", 97 + 61, h or 1)
+    return out
 
 put("fuzz_loader_position", "sequential", position(0, 0, 1, 3))
 put("fuzz_loader_position", "shuffled", position(1, 2, 0, 5))
 put("fuzz_loader_position", "end_of_shard", position(0, 1, 1, 7))
 put("fuzz_loader_position", "shuffled_v1_world2", position(1, 1, 1, 3, version=1, world=2))  # windows of 2 slices
+put("fuzz_loader_position", "shuffled_v4", position(1, 2, 0, 5, version=4))
 
 # llm.c model files: L1 NH1 C4 T4 V8 Vp8 (300 parameters), fp32 (version 3) and bf16 (version 5)
 def llmc(version, n_params=300, cfg=(4, 8, 1, 1, 4, 8)):
