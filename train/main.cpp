@@ -1,11 +1,14 @@
 // `tally`: the command-line entry point. Dispatches to a subcommand (train/commands.h) and turns errors into
 // messages and exit codes: tally::Error -> 1, flag errors -> 2 with the subcommand's usage.
+#include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <exception>
 #include <functional>
 #include <map>
 #include <string>
+#include <thread>
 
 #include "core/dist/communicator.h"
 #include "core/error.h"
@@ -54,6 +57,11 @@ std::string rank_label() {
   }
 }
 
+// Rank 0's failure ends the job before another rank that failed alike reports: the ranks of a job usually fail
+// together (the same flags, files and checks), and each printed the same message. A rank other than 0 waits this
+// long before it reports; still running then, its failure was its own (or rank 0 is slow to fail) and it reports.
+constexpr auto kOtherRanksReportAfter = std::chrono::seconds(5);
+
 // A rank that fails ends the whole job: the others would otherwise wait for it in their next collective.
 int end_job(int code) {
   if (tally::dist::launched_by_mpi()) {
@@ -67,6 +75,17 @@ int end_job(int code) {
     }
   }
   return code;
+}
+
+// Prints a failure (see kOtherRanksReportAfter) and ends the job with `code`.
+int fail_with(const std::string& message, int code) {
+  // A failed command has nothing to save: a stop signal (mpirun ending the job) ends it, unacknowledged.
+  std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
+  if (tally::dist::launched_by_mpi() && tally::dist::launcher_rank() != 0)
+    std::this_thread::sleep_for(kOtherRanksReportAfter);
+  std::fputs(message.c_str(), stderr);
+  return end_job(code);
 }
 
 void print_help() {
@@ -97,16 +116,12 @@ int main(int argc, char** argv) {
     std::fputs(h.what(), stdout);
     return 0;
   } catch (const tally::train::FlagError& e) {
-    std::fprintf(stderr, "tally %s: %s\n(see 'tally %s --help')\n", who.c_str(), e.what(), argv[1]);
-    return end_job(2);
+    return fail_with("tally " + who + ": " + e.what() + "\n(see 'tally " + argv[1] + " --help')\n", 2);
   } catch (const tally::Error& e) {
-    std::fprintf(stderr, "tally %s: error: %s\n", who.c_str(), e.what());
-    return end_job(1);
+    return fail_with("tally " + who + ": error: " + e.what() + "\n", 1);
   } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "tally %s: error: out of memory\n", who.c_str());
-    return end_job(1);
+    return fail_with("tally " + who + ": error: out of memory\n", 1);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "tally %s: error: %s\n", who.c_str(), e.what());
-    return end_job(1);
+    return fail_with("tally " + who + ": error: " + e.what() + "\n", 1);
   }
 }

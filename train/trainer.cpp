@@ -4,6 +4,7 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cmath>
@@ -186,12 +187,20 @@ void Trainer::check_same_configuration() {
   for (const auto& [k, v] : c_.flags.items())
     if (k != "out" && (!theirs.contains(k) || theirs[k] != v))
       differences += cat(" --", k, " ", v.dump(), " (rank 0: ", theirs.contains(k) ? theirs[k].dump() : "unset", ")");
-  double mismatches = differences.empty() ? 0 : 1;
-  comm_.all_reduce_sum(&mismatches, 1);
-  if (mismatches > 0)
-    fail("the ranks of this run were started with different configurations (", int(mismatches), " of ", comm_.world(),
-         " differ from rank 0)", differences.empty() ? "" : cat("; this rank, ", comm_.rank(), ", has", differences),
-         ". Start every rank with the same flags.");
+  // Which ranks differ; every rank then names the first one's flags (rank 0 reports for the job: main's fail_with).
+  std::vector<double> differs(size_t(comm_.world()), 0.0);
+  differs[size_t(comm_.rank())] = differences.empty() ? 0 : 1;
+  comm_.all_reduce_sum(differs.data(), comm_.world());
+  const auto first = std::find(differs.begin(), differs.end(), 1.0);
+  if (first == differs.end()) return;
+  const int first_rank = int(first - differs.begin());
+  int64_t first_size = int64_t(differences.size());
+  comm_.broadcast(&first_size, sizeof first_size, first_rank);
+  differences.resize(size_t(first_size));
+  comm_.broadcast(differences.data(), first_size, first_rank);
+  fail("the ranks of this run were started with different configurations (",
+       int(std::count(differs.begin(), differs.end(), 1.0)), " of ", comm_.world(), " differ from rank 0); rank ",
+       first_rank, " has", differences, ". Start every rank with the same flags.");
 }
 
 Trainer::~Trainer() = default;
