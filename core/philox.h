@@ -49,14 +49,9 @@ TALLY_HD int floor_log2(uint64_t n) {  // n > 0
 #endif
 }
 
-// ln(m 2^(e-32)) for n = m 2^e (m in [1, 2), its exponent e = floor(log2 n)) of an integer 1 <= n <= 2^32: the
-// body of log_fraction32 once n is split (the CPU's vectorised path, core/kernels/cpu/philox_lanes.h, splits n
-// with bit operations and shares this arithmetic).
-TALLY_HD double log_fraction32_split(double m, int e) {
-  if (m > 0x1.6a09e667f3bcdp+0) {
-    m *= 0.5;  // exact
-    e += 1;
-  }
+// ln(m 2^k) for m in [sqrt(1/2), sqrt(2)) and an integer k (as a double): ln m = 2 atanh((m-1)/(m+1)), the power
+// of two folded in exactly.
+TALLY_HD double log_fraction32_reduced(double m, double k) {
   double s = (m - 1.0) / (m + 1.0);  // m - 1 and m + 1 are exact (m has at most 33 significant bits)
   double z = s * s;
   double p = 0x1.8618618618618p-5;  // 1/21, then down to 1/3 (|s| <= 0.1716: the z^10 term is below 2^-55)
@@ -70,9 +65,19 @@ TALLY_HD double log_fraction32_split(double m, int e) {
   p = std::fma(p, z, 0x1.999999999999ap-3);
   p = std::fma(p, z, 0x1.5555555555555p-2);
   double atanh_s = std::fma(s * z, p, s);
-  double k = double(e - 32);
   double low = std::fma(k, 0x1.a39ef35793c76p-33, 2.0 * atanh_s);  // ln 2 split: k * hi is exact
   return k * 0x1.62e42fee00000p-1 + low;
+}
+
+// ln(m 2^(e-32)) for n = m 2^e (m in [1, 2), its exponent e = floor(log2 n)) of an integer 1 <= n <= 2^32: the
+// body of log_fraction32 once n is split (the CPU's vectorised path, core/kernels/cpu/philox_lanes.h, splits n
+// with bit operations, reduces m as here without a branch, and shares log_fraction32_reduced).
+TALLY_HD double log_fraction32_split(double m, int e) {
+  if (m > 0x1.6a09e667f3bcdp+0) {
+    m *= 0.5;  // exact
+    e += 1;
+  }
+  return log_fraction32_reduced(m, double(e - 32));
 }
 
 // ln(n / 2^32) for an integer 1 <= n <= 2^32: n = m 2^e with m in [sqrt(1/2), sqrt(2)),

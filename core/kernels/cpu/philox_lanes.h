@@ -44,24 +44,34 @@ inline void philox_words01(uint64_t seed, uint64_t first, uint32_t* __restrict w
   }
 }
 
-// rng::normal_from_bits(a[j], b[j]) for j in [0, kLanes).
+// rng::normal_from_bits(a[j], b[j]) for j in [0, kLanes). Every choice is made between doubles on a condition
+// computed in doubles: a 32-bit condition selecting 64-bit values (or the reverse) is a mask of another width,
+// which GCC's vectoriser for AVX2 gives up on (AVX-512's mask registers hide it), leaving the loop scalar.
 inline void normal_from_bits(const uint32_t* __restrict a, const uint32_t* __restrict b, float* __restrict out) {
   for (int j = 0; j < kLanes; ++j) {
-    // log_fraction32(a + 1): n = a + 1 in [1, 2^32] is exact in double; its exponent field is floor(log2 n) and
-    // the mantissa with a zero exponent is n / 2^e (what ldexp(n, -e) gives, exactly).
-    const uint64_t bits = std::bit_cast<uint64_t>(double(uint64_t(a[j]) + 1));
-    const int e = int(bits >> 52) - 1023;
-    const double m = std::bit_cast<double>((bits & 0x000FFFFFFFFFFFFFull) | 0x3FF0000000000000ull);
-    const double r = std::sqrt(-2.0 * rng::log_fraction32_split(m, e));
-    // cos_turns(b) without the switch.
-    const uint32_t quadrant = b[j] >> 30, f = b[j] & 0x3FFFFFFFu;
-    const bool low = f <= (1u << 29);
-    const uint32_t h = low ? f : (1u << 30) - f;
-    const double phi = 0x1.921fb54442d18p+2 * (double(h) * 0x1p-32);  // ldexp(h, -32): exact either way
+    // log_fraction32(a + 1): n = a + 1 in [1, 2^32] is exact in double (a through 2^52's bits: an unsigned
+    // conversion has no AVX2 instruction); its exponent field is floor(log2 n) and the mantissa with a zero
+    // exponent is n / 2^e (what ldexp(n, -e) gives, exactly).
+    const double n = (std::bit_cast<double>(0x4330000000000000ull | a[j]) - 0x1p52) + 1.0;
+    const uint64_t bits = std::bit_cast<uint64_t>(n);
+    // e - 32, through 2^52's bits too (a 64-bit integer conversion needs AVX-512): exact, the field is 1023-1055.
+    const double e = std::bit_cast<double>((bits >> 52) | 0x4330000000000000ull) - (0x1p52 + 1055.0);
+    const double m1 = std::bit_cast<double>((bits & 0x000FFFFFFFFFFFFFull) | 0x3FF0000000000000ull);
+    // log_fraction32_split's reduction: m in [sqrt(1/2), sqrt(2)), e + 1 when halved (both exact).
+    const bool halve = m1 > 0x1.6a09e667f3bcdp+0;
+    const double m = halve ? m1 * 0.5 : m1;
+    const double k = halve ? e + 1.0 : e;
+    const double r = std::sqrt(-2.0 * rng::log_fraction32_reduced(m, k));
+    // cos_turns(b) without the switch; the quadrant and the fraction as doubles (exact: below 2^30).
+    const double quadrant = double(int32_t(b[j] >> 30)), f = double(int32_t(b[j] & 0x3FFFFFFFu));
+    const bool low = f <= 0x1p29;
+    const double h = low ? f : 0x1p30 - f;                    // exact
+    const double phi = 0x1.921fb54442d18p+2 * (h * 0x1p-32);  // ldexp(h, -32): exact either way
     const double cs = rng::cos_small(phi), sn = rng::sin_small(phi);
     const double c = low ? cs : sn, s = low ? sn : cs;
-    const double v = (quadrant & 1u) ? s : c;              // quadrants 0, 2: +-c; 1, 3: -+s
-    const double signed_v = (quadrant == 1u || quadrant == 2u) ? -v : v;
+    const bool odd = quadrant == 1.0 || quadrant == 3.0;
+    const double v = odd ? s : c;  // quadrants 0, 2: +-c; 1, 3: -+s
+    const double signed_v = (quadrant == 1.0 || quadrant == 2.0) ? -v : v;
     out[j] = float(r * signed_v);
   }
 }
