@@ -2,7 +2,7 @@
 // them. Internal to optim/kernels/cpu. Element-wise IEEE arithmetic, exactly the scalar code's rounding, so every
 // machine computes the same bits. With AVX-512: GNU vector extensions of 64 bytes, one register each. Elsewhere: a
 // pair of 32-byte vectors (one AVX register each), with the same operators: GCC keeps a 64-byte vector that no
-// register holds in memory and splits every operation through it, which made CAME's CPU step 2.5x slower on an
+// register holds in memory and splits every operation through it, which made CAME's CPU step about 3x slower on an
 // AVX2 machine than this pair. The operations are also defined for a plain float, so that per-element arithmetic
 // is written once, as a template, for one element or 16 side by side.
 #pragma once
