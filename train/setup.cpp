@@ -211,7 +211,8 @@ void check_attention_fits(int64_t batch, int64_t heads, int64_t seq) {
   if (scores > (long double)kMostScores)
     throw FlagError(cat("--batch ", batch, " x ", heads, " heads x --seq ", seq, " x ", seq,
                         ": the attention's scores would hold ", double(scores), " elements, more than the ",
-                        kMostScores, " a step's memory can be planned with (its bytes would pass 64 bits)"));
+                        kMostScores,
+                        " a step's memory can be planned with (the plan's sums of bytes would pass 64 bits)"));
 }
 
 // ---- data parallel ----

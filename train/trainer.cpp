@@ -117,31 +117,34 @@ Trainer::Trainer(RunConfig config)
     MemoryScope scope(Category::parameter, "init");
     model_ = load_model_file(c_.init, c_.device);
     models::GPT2Config loaded = model_->config();
-    const auto shape = [](const models::GPT2Config& m) {
-      return std::array<int64_t, 4>{m.n_layer, m.n_head, m.n_embd, m.block_size};
+    // Each dimension a given model flag sets (a preset sets them all) against the file's; one that differs refuses
+    // the run, naming the flag and the file's value. Dimensions no given flag sets are the file's.
+    const auto given = [&](const char* name) {
+      return std::find(c_.model_flags_with_init.begin(), c_.model_flags_with_init.end(), name) !=
+             c_.model_flags_with_init.end();
     };
-    if (!c_.model_flags_with_init.empty() && shape(loaded) != shape(c_.model)) {
-      // Each flag given against the file's value (a preset: its whole shape); the flags not given say nothing.
-      const auto value = [](const models::GPT2Config& m, const std::string& name) -> int64_t {
-        return name == "layers" ? m.n_layer : name == "heads" ? m.n_head : name == "width" ? m.n_embd : m.block_size;
-      };
-      std::string asked;
-      for (const std::string& name : c_.model_flags_with_init)
-        if (name == "model") {
-          const std::string preset = c_.flags.value("model", std::string());
-          const models::GPT2Config p = models::GPT2Config::preset(preset);
-          if (shape(p) != shape(loaded))
-            asked += cat(asked.empty() ? "" : ", ", "--model ", preset, " (", p.str(), ")");
-        } else if (value(c_.model, name) != value(loaded, name))
-          asked += cat(asked.empty() ? "" : ", ", "--", name, " ", value(c_.model, name),
-                       " (the file's: ", value(loaded, name), ")");
-      throw FlagError(cat("--init '", c_.init, "' holds a GPT-2 ", loaded.str(),
-                          "; the model flags given with it ask for ", asked.empty() ? c_.model.str() : asked,
-                          ": leave them out to train the file's model"));
+    struct Dimension {
+      const char* flag;
+      int64_t models::GPT2Config::*member;
+    };
+    std::string asked;
+    for (const Dimension d :
+         {Dimension{"layers", &models::GPT2Config::n_layer}, Dimension{"heads", &models::GPT2Config::n_head},
+          Dimension{"width", &models::GPT2Config::n_embd}, Dimension{"block", &models::GPT2Config::block_size}}) {
+      if ((!given(d.flag) && !given("model")) || c_.model.*d.member == loaded.*d.member) continue;
+      asked += cat(asked.empty() ? "" : ", ",
+                   given(d.flag) ? cat("--", d.flag, " ")
+                                 : cat("--model ", c_.flags.value("model", std::string()), "'s ", d.flag, " "),
+                   c_.model.*d.member, " (the file's: ", loaded.*d.member, ")");
     }
+    if (!asked.empty())
+      throw FlagError(cat("--init '", c_.init, "' holds a GPT-2 ", loaded.str(),
+                          "; the model flags given with it ask for ", asked,
+                          ": leave them out to train the file's model"));
     if (c_.seq > loaded.block_size)
       throw FlagError(cat("--seq ", c_.seq, " exceeds the block size ", loaded.block_size, " of the model in --init '",
                           c_.init, "'"));
+    check_attention_fits(c_.batch, loaded.n_head, c_.seq);  // the file's heads, which may not be the flags'
     loaded.dropout = c_.model.dropout;
     loaded.padded_vocab_size = models::padded_vocab(loaded.vocab_size, c_.vocab_multiple);
     c_.model = loaded;

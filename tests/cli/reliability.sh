@@ -243,11 +243,15 @@ expect 1 "mean loss over 2 batches is -?nan: the model's forward overflows .*div
   "$tally" eval --checkpoint "$work/diverged/step-00000003" --data "$work/diverged/data/val.bin" --batch 2 --seq 16 \
   --batches 2
 # Model flags given with --init that ask for another model than the file's: refused, naming them.
-expect 2 "holds a GPT-2 L2 NH2 C64 .*model flags given with it ask for --model d4 \(L4 NH4 C256 T1024 .*\), --width 512 \(the file's: 64\)" \
+expect 2 "holds a GPT-2 L2 NH2 C64 .*model flags given with it ask for --model d4's layers 4 \(the file's: 2\), --model d4's heads 4 \(the file's: 2\), --width 512 \(the file's: 64\): leave" \
   "$tally" train "${common[@]}" --init "$work/mine/step-00000003" --model d4 --width 512 --steps 1 --out "$work/init-flags"
-# ... each given flag with the file's value, not the request filled in from the default preset.
+# ... each given flag with the file's value, not the request filled in from the default preset; a flag that agrees
+# with the file trains it.
 expect 2 "model flags given with it ask for --layers 3 \(the file's: 2\): leave them out" "$tally" train "${common[@]}" \
   --init "$work/mine/step-00000003" --layers 3 --steps 1 --out "$work/init-flags"
+# (No --model: the default preset's other dimensions are not the file's, and no flag asks for them.)
+expect 0 "checkpoint" "$tally" train "${common[@]:2}" --init "$work/mine/step-00000003" --layers 2 --steps 1 \
+  --out "$work/init-agrees"
 # --seq past the block of the --init model: refused up front (exit 2), as it is for --model.
 expect 0 "checkpoint" "$tally" train "${common[@]}" --block 16 --steps 1 --out "$work/block16"
 expect 2 "--seq 32 exceeds the block size 16 of the model in --init" "$tally" train --batch 2 --threads 1 \

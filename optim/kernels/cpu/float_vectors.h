@@ -116,8 +116,8 @@ inline doublex8 high_half_to_double(floatx16 v) {
 }
 #else
 inline doublex8 eight_to_double(floatx8 v) {
-  return {__builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3), doublex4),
-          __builtin_convertvector(__builtin_shufflevector(v, v, 4, 5, 6, 7), doublex4)};
+  return {doublex4{double(v[0]), double(v[1]), double(v[2]), double(v[3])},
+          doublex4{double(v[4]), double(v[5]), double(v[6]), double(v[7])}};
 }
 inline doublex8 low_half_to_double(floatx16 v) { return eight_to_double(v.lo); }
 inline doublex8 high_half_to_double(floatx16 v) { return eight_to_double(v.hi); }
