@@ -209,8 +209,6 @@ std::set<std::string> g_live_temps;
 constexpr int kRemovalSlots = 64;
 std::atomic<char*> g_file_slots[kRemovalSlots], g_dir_slots[kRemovalSlots];
 
-void remove_and_die(int sig) { die_by_signal(sig); }
-
 // Installed for the signals whose action is the default: a program that handles them itself (the trainer stops
 // after its step and saves) keeps its handler.
 void install_removal_handler() {
@@ -218,7 +216,7 @@ void install_removal_handler() {
     struct sigaction old {};
     if (sigaction(sig, nullptr, &old) != 0 || (old.sa_flags & SA_SIGINFO) || old.sa_handler != SIG_DFL) continue;
     struct sigaction sa {};
-    sa.sa_handler = remove_and_die;
+    sa.sa_handler = die_by_signal;
     sigemptyset(&sa.sa_mask);
     sigaction(sig, &sa, nullptr);
   }
