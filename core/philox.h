@@ -49,9 +49,14 @@ TALLY_HD int floor_log2(uint64_t n) {  // n > 0
 #endif
 }
 
-// ln(m 2^k) for m in [sqrt(1/2), sqrt(2)) and an integer k (as a double): ln m = 2 atanh((m-1)/(m+1)), the power
-// of two folded in exactly.
-TALLY_HD double log_fraction32_reduced(double m, double k) {
+// ln(m 2^k) for m in [1, 2) and an integer k (as a double): the body of log_fraction32 once n = m 2^(k+32) is split
+// (the CPU's vectorised path, core/kernels/cpu/philox_lanes.h, splits n with bit operations and calls this too). m
+// is first brought into [sqrt(1/2), sqrt(2)) (halved, k + 1: both exact) without a branch, which the vectorised
+// path needs; then ln m = 2 atanh((m-1)/(m+1)), the power of two folded in exactly.
+TALLY_HD double log_fraction32_split(double m, double k) {
+  const bool halve = m > 0x1.6a09e667f3bcdp+0;
+  m = halve ? m * 0.5 : m;
+  k = halve ? k + 1.0 : k;
   double s = (m - 1.0) / (m + 1.0);  // m - 1 and m + 1 are exact (m has at most 33 significant bits)
   double z = s * s;
   double p = 0x1.8618618618618p-5;  // 1/21, then down to 1/3 (|s| <= 0.1716: the z^10 term is below 2^-55)
@@ -69,22 +74,11 @@ TALLY_HD double log_fraction32_reduced(double m, double k) {
   return k * 0x1.62e42fee00000p-1 + low;
 }
 
-// ln(m 2^(e-32)) for n = m 2^e (m in [1, 2), its exponent e = floor(log2 n)) of an integer 1 <= n <= 2^32: the
-// body of log_fraction32 once n is split (the CPU's vectorised path, core/kernels/cpu/philox_lanes.h, splits n
-// with bit operations, reduces m as here without a branch, and shares log_fraction32_reduced).
-TALLY_HD double log_fraction32_split(double m, int e) {
-  if (m > 0x1.6a09e667f3bcdp+0) {
-    m *= 0.5;  // exact
-    e += 1;
-  }
-  return log_fraction32_reduced(m, double(e - 32));
-}
-
 // ln(n / 2^32) for an integer 1 <= n <= 2^32: n = m 2^e with m in [sqrt(1/2), sqrt(2)),
 // ln m = 2 atanh((m-1)/(m+1)), and the power of two folded in exactly (full relative accuracy near n = 2^32).
 TALLY_HD double log_fraction32(uint64_t n) {
   const int e = floor_log2(n);
-  return log_fraction32_split(std::ldexp(double(n), -e), e);  // ldexp: exact
+  return log_fraction32_split(std::ldexp(double(n), -e), double(e - 32));  // ldexp: exact
 }
 
 // cos(phi) and sin(phi) for 0 <= phi <= pi/4 (Taylor to the phi^19 term, error below 2^-53).

@@ -54,14 +54,10 @@ inline void normal_from_bits(const uint32_t* __restrict a, const uint32_t* __res
     // exponent is n / 2^e (what ldexp(n, -e) gives, exactly).
     const double n = (std::bit_cast<double>(0x4330000000000000ull | a[j]) - 0x1p52) + 1.0;
     const uint64_t bits = std::bit_cast<uint64_t>(n);
-    // e - 32, through 2^52's bits too (a 64-bit integer conversion needs AVX-512): exact, the field is 1023-1055.
-    const double e = std::bit_cast<double>((bits >> 52) | 0x4330000000000000ull) - (0x1p52 + 1055.0);
-    const double m1 = std::bit_cast<double>((bits & 0x000FFFFFFFFFFFFFull) | 0x3FF0000000000000ull);
-    // log_fraction32_split's reduction: m in [sqrt(1/2), sqrt(2)), e + 1 when halved (both exact).
-    const bool halve = m1 > 0x1.6a09e667f3bcdp+0;
-    const double m = halve ? m1 * 0.5 : m1;
-    const double k = halve ? e + 1.0 : e;
-    const double r = std::sqrt(-2.0 * rng::log_fraction32_reduced(m, k));
+    // k = e - 32, through 2^52's bits too (a 64-bit integer conversion needs AVX-512): exact, the field is 1023-1055.
+    const double k = std::bit_cast<double>((bits >> 52) | 0x4330000000000000ull) - (0x1p52 + 1055.0);
+    const double m = std::bit_cast<double>((bits & 0x000FFFFFFFFFFFFFull) | 0x3FF0000000000000ull);
+    const double r = std::sqrt(-2.0 * rng::log_fraction32_split(m, k));
     // cos_turns(b) without the switch; the quadrant and the fraction as doubles (exact: below 2^30).
     const double quadrant = double(int32_t(b[j] >> 30)), f = double(int32_t(b[j] & 0x3FFFFFFFu));
     const bool low = f <= 0x1p29;
