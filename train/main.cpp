@@ -3,12 +3,15 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <functional>
 #include <map>
 #include <string>
 #include <thread>
+
+#include <unistd.h>
 
 #include "core/dist/communicator.h"
 #include "core/error.h"
@@ -21,29 +24,59 @@ namespace {
 // process's work, which rank 0 does alone (the others end at once, so nothing is printed or written N times).
 enum class Ranks { share_the_work, rank_0_alone };
 
+// Whether a command computes on several threads (and so sets OpenMP's idle threads to sleep: see sleep_when_idle).
+enum class Threads { few, many };
+
 struct Command {
   std::function<int(const tally::train::Args&)> run;
   const char* help;
   Ranks ranks = Ranks::rank_0_alone;
+  Threads threads = Threads::few;
 };
 
 const std::map<std::string, Command>& commands() {
   static const std::map<std::string, Command> table = {
       {"demo", {tally::train::cmd_demo, "a short autograd demo: fit a tiny MLP on the CPU"}},
-      {"prepare", {tally::train::cmd_prepare, "tokenize a UTF-8 text file into llm.c token shards"}},
+      {"prepare",
+       {tally::train::cmd_prepare, "tokenize a UTF-8 text file into llm.c token shards", Ranks::rank_0_alone,
+        Threads::many}},
       {"train",
        {tally::train::cmd_train, "train a GPT-2 (default: the d4 preset, Tiny Shakespeare, CAME, CPU)",
-        Ranks::share_the_work}},
+        Ranks::share_the_work, Threads::many}},
       {"compare",
-       {tally::train::cmd_compare, "train with several optimizers and write a report", Ranks::share_the_work}},
+       {tally::train::cmd_compare, "train with several optimizers and write a report", Ranks::share_the_work,
+        Threads::many}},
       {"report", {tally::train::cmd_report, "an HTML page of runs: training curves, optimizer internals, memory"}},
       {"memory", {tally::train::cmd_memory, "the exact memory plan of a model and optimizers, without allocating"}},
       {"inspect", {tally::train::cmd_inspect, "per-tensor optimizer state of a checkpoint"}},
-      {"eval", {tally::train::cmd_eval, "mean loss of a model over token shards", Ranks::share_the_work}},
+      {"eval",
+       {tally::train::cmd_eval, "mean loss of a model over token shards", Ranks::share_the_work, Threads::many}},
       {"export", {tally::train::cmd_export, "write a model as llm.c .bin or .safetensors"}},
-      {"sample", {tally::train::cmd_sample, "generate text from a model"}},
+      {"sample", {tally::train::cmd_sample, "generate text from a model", Ranks::rank_0_alone, Threads::many}},
   };
   return table;
+}
+
+// OpenMP's idle threads spin for a while (libgomp: up to 300,000 rounds) before they sleep, unless OMP_WAIT_POLICY or
+// GOMP_SPINCOUNT say otherwise, and libgomp reads those once, as it loads, before main. On the 2-core VMs measured
+// (bench/NOTES.md) the spinning made a 2-thread GPT-2 step 1.3-1.7x slower than with OMP_WAIT_POLICY=passive. So a
+// command of Threads::many whose user has set neither runs itself again with OMP_WAIT_POLICY=passive: an exec, the
+// same process (pid, arguments, environment otherwise) before it has done anything. If the exec fails it goes on as
+// it is. The run's header names the policy it ran under (trainer.cpp).
+void sleep_when_idle(char** argv) {
+#ifdef __linux__
+  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
+  // The executable's own path, not /proc/self/exe: the process is named after the path it runs (ps, pgrep).
+  char path[4096];
+  const ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
+  if (n <= 0) return;
+  path[n] = '\0';
+  if (setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return;
+  execv(path, argv);
+  unsetenv("OMP_WAIT_POLICY");  // not replaced: libgomp runs as it loaded, spinning
+#else
+  (void)argv;
+#endif
 }
 
 // " (rank 1 of 4)" in a data-parallel run, "" otherwise.
@@ -106,6 +139,7 @@ int main(int argc, char** argv) {
     print_help();
     return 2;
   }
+  if (it->second.threads == Threads::many) sleep_when_idle(argv);
   tally::train::Args args(argv + 2, argv + argc);
   const std::string who = std::string(argv[1]) + rank_label();
   try {

@@ -468,9 +468,12 @@ RunSummary Trainer::run() {
   std::printf("model: GPT-2 %s, %s parameters | optimizer: %s lr %.3g wd %.3g | data: %s\n",
               c_.model.str().c_str(), format_count(model_->num_parameters()).c_str(), c_.optimizer.name.c_str(),
               c_.optimizer.lr(), c_.optimizer.weight_decay(), c_.data.description.c_str());
-  std::printf("batch %lld x %lld tokens, %lld micro-batch(es) per step, %lld steps, %s schedule (warmup %lld), %d threads\n",
-              (long long)c_.batch, (long long)c_.seq, (long long)c_.accumulation, (long long)c_.steps, c_.schedule.c_str(),
-              (long long)c_.warmup, omp_get_max_threads());
+  const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
+  std::printf(
+      "batch %lld x %lld tokens, %lld micro-batch(es) per step, %lld steps, %s schedule (warmup %lld), %d threads "
+      "(OMP_WAIT_POLICY %s)\n",
+      (long long)c_.batch, (long long)c_.seq, (long long)c_.accumulation, (long long)c_.steps, c_.schedule.c_str(),
+      (long long)c_.warmup, omp_get_max_threads(), wait_policy ? wait_policy : "unset");
   if (c_.sample_tokens > c_.model.block_size - 1)  // a sample starts from one token and the model sees a block
     std::printf("samples: %lld tokens each, not --sample-tokens %lld: the model's block holds %lld\n",
                 (long long)(c_.model.block_size - 1), (long long)c_.sample_tokens, (long long)c_.model.block_size);

@@ -17,6 +17,15 @@ grep -q "unknown flag --no-such-flag" "$work/o" || fail "unknown flag message: $
 echo '{"batch": 2, "no_such": 1}' > "$work/bad.json"
 "$tally" train --config "$work/bad.json" >"$work/o" 2>&1; [ $? -eq 2 ] && grep -q "unknown flag 'no_such'" "$work/o" || fail "bad config: $(cat "$work/o")"
 
+# OpenMP's idle threads sleep unless the user chose: with OMP_WAIT_POLICY and GOMP_SPINCOUNT unset, train runs itself
+# again with OMP_WAIT_POLICY=passive (the header names the policy the run computed under); a policy set is kept.
+env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT "$tally" train "${common[@]}" --steps 1 --out "$work/wait" >"$work/o" 2>&1 ||
+  fail "train with OMP_WAIT_POLICY unset: $(tail -3 "$work/o")"
+grep -q "threads (OMP_WAIT_POLICY passive)" "$work/o" || fail "wait policy not passive by default: $(grep threads "$work/o")"
+OMP_WAIT_POLICY=active "$tally" train "${common[@]}" --steps 1 --out "$work/wait-active" >"$work/o" 2>&1 ||
+  fail "train with OMP_WAIT_POLICY=active: $(tail -3 "$work/o")"
+grep -q "threads (OMP_WAIT_POLICY active)" "$work/o" || fail "OMP_WAIT_POLICY=active not kept: $(grep threads "$work/o")"
+
 # SIGINT: finish the step, checkpoint, exit 0; then resume to the end.
 "$tally" train "${common[@]}" --steps 100000 --out "$work/int" >"$work/int.log" 2>&1 &
 pid=$!
