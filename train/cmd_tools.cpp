@@ -2,7 +2,6 @@
 // state in a checkpoint), `eval` (loss of a model on shards), `export` (llm.c, safetensors or a Hugging Face model
 // directory), `sample`.
 #include <cmath>
-#include <omp.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -305,7 +304,6 @@ int cmd_eval(const Args& args) {
   f.parse(args);
   no_positional(f);
   const int threads = thread_count(f);
-  if (threads > 0) omp_set_num_threads(threads);
   Device device = device_flag(f);
   const DType dtype = dtype_flag(f, device);
   const int64_t B = f.integer("batch"), T = f.integer("seq");
@@ -314,6 +312,7 @@ int cmd_eval(const Args& args) {
   micro_batch_tokens(B, T);
   // Started by mpirun with several ranks: one GPU each (its place on its machine), the batches dealt out in turn.
   dist::Communicator* comm = dist::launched_by_mpi() ? &dist::process_group() : nullptr;
+  use_threads(threads, comm);
   const int world = comm ? comm->world() : 1, rank = comm ? comm->rank() : 0;
   if (device.is_cuda() && world > 1) device = Device::cuda(comm->local_rank());
   require_usable(device);
@@ -421,8 +420,7 @@ int cmd_sample(const Args& args) {
   Flags f("sample", "generate text from a model", specs);
   f.parse(args);
   no_positional(f);
-  const int threads = thread_count(f);
-  if (threads > 0) omp_set_num_threads(threads);
+  use_threads(thread_count(f), nullptr);  // rank 0 alone (main.cpp): the process's CPUs
   const double temperature = f.number("temperature");
   if (!(temperature > 0)) throw FlagError("--temperature must be positive");
   const int64_t top_k = f.integer("top-k");

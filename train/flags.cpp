@@ -1,10 +1,13 @@
 // Flag parsing for the tally subcommands (see flags.h).
 #include "train/flags.h"
 
+#include "core/dist/communicator.h"
 #include "core/error.h"
 #include "core/parse.h"
 
 #include <nlohmann/json.hpp>
+
+#include <omp.h>
 
 #include <cerrno>
 #include <fstream>
@@ -199,6 +202,14 @@ int thread_count(const Flags& f) {
     throw FlagError("--threads must be 0 (all cores) to " + std::to_string(kMaxThreads) + ", got " + std::to_string(n) +
                     f.origin("threads"));
   return int(n);
+}
+
+void use_threads(int threads, dist::Communicator* comm) {
+  const int shared = comm && comm->world() > 1 ? dist::shared_cpu_threads(*comm) : 0;  // every rank: a collective
+  if (threads > 0)
+    omp_set_num_threads(threads);
+  else if (shared > 0 && !std::getenv("OMP_NUM_THREADS"))
+    omp_set_num_threads(shared);
 }
 
 }  // namespace tally::train

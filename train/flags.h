@@ -10,6 +10,10 @@
 #include <string_view>
 #include <vector>
 
+namespace tally::dist {
+class Communicator;
+}
+
 namespace tally::train {
 
 class FlagError : public std::runtime_error {
@@ -79,5 +83,9 @@ class Flags {
 // slows a run down, and tens of thousands exhaust the process), FlagError otherwise.
 constexpr int kMaxThreads = 1024;
 int thread_count(const Flags& f);
+// Sets the threads a command computes with: `threads` when > 0 (--threads); else, in a run of several ranks and
+// without OMP_NUM_THREADS, this rank's share of its machine's CPUs (dist::shared_cpu_threads); else OpenMP's default
+// (every CPU the process may run on). With several ranks every rank must call it: it is a collective.
+void use_threads(int threads, dist::Communicator* comm);
 
 }  // namespace tally::train

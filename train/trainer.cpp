@@ -101,7 +101,7 @@ Trainer::Trainer(RunConfig config)
     : c_(std::move(config)),
       comm_(dist::process_group()),
       lock_(comm_.rank() == 0 ? lock_run_directory(c_.out) : nullptr) {
-  if (c_.threads > 0) omp_set_num_threads(c_.threads);
+  use_threads(c_.threads, &comm_);
   // --total-batch is shared out over the ranks (accumulation per rank): the configuration must have been resolved for
   // this run's.
   TALLY_CHECK(c_.world == comm_.world(), "[train] the configuration was resolved for ", c_.world,

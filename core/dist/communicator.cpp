@@ -2,8 +2,13 @@
 // NCCL engines are in mpi.cpp.
 #include "core/dist/communicator.h"
 
+#include <sched.h>
+
+#include <algorithm>
+#include <bit>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "core/error.h"
 #include "core/parse.h"
@@ -89,6 +94,38 @@ std::vector<uint64_t> Communicator::all_gather_u64(uint64_t x) {
   for (size_t r = 0; r < out.size(); ++r)
     for (int k = 0; k < 4; ++k) out[r] |= uint64_t(slots[r * 4 + size_t(k)]) << (16 * k);
   return out;
+}
+
+int shared_cpu_threads(Communicator& comm) {
+  constexpr int kWords = CPU_SETSIZE / 64;
+  struct Cpus {
+    int64_t node = 0, readable = 0;
+    uint64_t mask[kWords] = {};
+  };
+  std::vector<Cpus> all(static_cast<size_t>(comm.world()));
+  Cpus& mine = all[size_t(comm.rank())];
+  mine.node = comm.node();
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    mine.readable = 1;
+    for (int c = 0; c < CPU_SETSIZE; ++c)
+      if (CPU_ISSET(c, &set)) mine.mask[c / 64] |= uint64_t(1) << (c % 64);
+  }
+  comm.all_gather(all.data(), int64_t(sizeof(Cpus)), Device::cpu());
+  if (!mine.readable) return 0;
+  int own = 0, sharing = 0, before = 0;  // this rank's CPUs; the ranks sharing any of them (itself too), lower ranks
+  for (int w = 0; w < kWords; ++w) own += std::popcount(mine.mask[w]);
+  for (int r = 0; r < comm.world(); ++r) {
+    const Cpus& other = all[size_t(r)];
+    bool overlap = false;
+    for (int w = 0; w < kWords && other.node == mine.node && other.readable; ++w)
+      overlap = overlap || (other.mask[w] & mine.mask[w]) != 0;
+    if (!overlap) continue;
+    ++sharing;
+    if (r < comm.rank()) ++before;
+  }
+  return std::max(1, own / sharing + (before < own % sharing ? 1 : 0));
 }
 
 bool launched_by_mpi() {

@@ -38,6 +38,7 @@ class Communicator {
   int rank() const { return rank_; }
   int world() const { return world_; }
   int local_rank() const { return local_rank_; }  // among the ranks of this machine: the GPU a rank uses
+  int node() const { return node_; }              // this machine: the world rank of its first rank
   virtual std::string engine() const = 0;         // "single process", "mpi", "mpi+nccl"
 
   // In place: data[i] = sum over ranks of data[i]. f32 on `device` (a CUDA buffer goes through NCCL), f64 on the
@@ -78,7 +79,8 @@ class Communicator {
   Traffic traffic() const { return traffic_; }
 
  protected:
-  Communicator(int rank, int world, int local_rank) : rank_(rank), world_(world), local_rank_(local_rank) {}
+  Communicator(int rank, int world, int local_rank, int node = 0)
+      : rank_(rank), world_(world), local_rank_(local_rank), node_(node) {}
   // What each engine provides: the collectives above, uncounted.
   virtual void do_all_reduce_sum(float* data, int64_t n, Device device) = 0;
   virtual void do_all_reduce_sum(double* data, int64_t n, Device device) = 0;
@@ -92,7 +94,7 @@ class Communicator {
 
  private:
   void count(int64_t bytes) { traffic_ += {1, bytes}; }
-  int rank_, world_, local_rank_;
+  int rank_, world_, local_rank_, node_;
   Traffic traffic_;
 };
 
@@ -102,6 +104,14 @@ bool launched_by_mpi();
 // This process's rank as the launcher's environment gives it (OMPI_COMM_WORLD_RANK, PMI_RANK, PMIX_RANK), read
 // without starting MPI: 0 when not launched by one (or when none of them holds a rank).
 int launcher_rank();
+
+// The CPU threads this rank computes with when none were asked for: the CPUs it may run on (its affinity mask, which
+// OpenMP's default thread count counts) shared out among the ranks of its machine that may run on any of them (the
+// first ranks one more when they do not divide). mpirun binds a rank to a core (OpenMPI, 2 ranks or fewer), to a
+// socket (more ranks) or to nothing (--bind-to none, --oversubscribe): without this, each rank bound to a socket or to
+// nothing would start one thread per CPU of the socket or of the machine. 0 when the affinity cannot be read. A
+// collective (one all-gather of each rank's machine and mask).
+int shared_cpu_threads(Communicator& comm);
 
 // The communicator of this process, made on first use: MPI when launched by one (a build without MPI then refuses
 // with a clear error), else the single-process one. MPI is finalised at exit.

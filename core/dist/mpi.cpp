@@ -50,8 +50,10 @@ class Mpi final : public Communicator {
     MPI_Comm node;
     check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
     check(MPI_Comm_rank(node, &local), "MPI_Comm_rank");
+    int first = rank;  // the machine's first rank (its ranks are ordered by world rank): names the machine
+    check(MPI_Bcast(&first, 1, MPI_INT, 0, node), "MPI_Bcast");
     MPI_Comm_free(&node);
-    auto mpi = std::unique_ptr<Mpi>(new Mpi(rank, world, local));
+    auto mpi = std::unique_ptr<Mpi>(new Mpi(rank, world, local, first));
     check(MPI_Op_create(bf16_sum, 1, &mpi->bf16_sum_), "MPI_Op_create");
     return mpi;
   }
@@ -166,7 +168,7 @@ class Mpi final : public Communicator {
             "MPI_Allreduce");
   }
 
-  Mpi(int rank, int world, int local) : Communicator(rank, world, local) {}
+  Mpi(int rank, int world, int local, int node) : Communicator(rank, world, local, node) {}
   MPI_Op bf16_sum_ = MPI_OP_NULL;
 
 #ifdef TALLY_HAS_NCCL

@@ -207,6 +207,20 @@ grep -q "4 micro-batch(es) per step" "$work/o" || fail "resumed at 1 rank: $(gre
 w=$(worst "$work/two-shuf" "$work/one-shuf")
 rounding "$w" || fail "shuffled: resumed at 1 rank, losses differ by $w (relative)"
 
+# Ranks that may run on the same CPUs share them out: unbound (--bind-to none), without --threads or OMP_NUM_THREADS,
+# each of 2 ranks takes half of the CPUs (rank 0, which prints, the larger half), not one thread per CPU each; a
+# --threads or an OMP_NUM_THREADS given is kept.
+unbound=(--model tiny --batch 2 --seq 32 --val-batches 1 --eval-every 0 --steps 1)
+cpus=$(nproc)
+half=$(((cpus + 1) / 2))
+env -u OMP_NUM_THREADS "${mpi[@]}" --bind-to none -np 2 "$tally" train "${unbound[@]}" --out "$work/unbound" >"$work/o" 2>&1 ||
+  fail "an unbound 2-rank run: $(tail -3 "$work/o")"
+grep -q ", $half threads (" "$work/o" || fail "2 unbound ranks on $cpus CPUs should take $half threads: $(grep threads "$work/o")"
+OMP_NUM_THREADS=3 "${mpi[@]}" --bind-to none -np 2 "$tally" train "${unbound[@]}" --out "$work/unbound-env" >"$work/o" 2>&1 &&
+  grep -q ", 3 threads (" "$work/o" || fail "OMP_NUM_THREADS=3 not kept: $(grep threads "$work/o")"
+env -u OMP_NUM_THREADS "${mpi[@]}" --bind-to none -np 2 "$tally" train "${unbound[@]}" --threads 3 --out "$work/unbound-flag" \
+  >"$work/o" 2>&1 && grep -q ", 3 threads (" "$work/o" || fail "--threads 3 not kept: $(grep threads "$work/o")"
+
 # Ranks started differently are refused, naming the flag.
 "${mpi[@]}" -np 1 "$tally" train "${common[@]}" --steps 2 --lr 1e-3 --out "$work/mix" : \
   -np 1 "$tally" train "${common[@]}" --steps 2 --lr 2e-3 --out "$work/mix" >"$work/o" 2>&1 && fail "mismatched ranks ran"

@@ -6,6 +6,9 @@
 // checkpoints of a sharded optimizer hold whole tensors and load at any world size.
 #include <doctest/doctest.h>
 
+#include <sched.h>
+
+#include <algorithm>
 #include <cmath>
 
 #include "core/autograd/node.h"
@@ -160,6 +163,33 @@ TEST_CASE("distributed: collectives sum, take maxima, scatter and gather, whatev
     test::TurnRanks group(world);
     group.run(check_collectives);
   }
+}
+
+TEST_CASE("distributed: ranks that may run on the same CPUs share them out, ranks of other machines do not") {
+  // Threads of this process have its CPUs: every rank taking turns here has the same mask.
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  REQUIRE(sched_getaffinity(0, sizeof set, &set) == 0);
+  const int cpus = CPU_COUNT(&set);
+  for (int world : {2, 3}) {
+    std::vector<int> threads(static_cast<size_t>(world));
+    test::TurnRanks group(world);
+    group.run([&](dist::Communicator& c) { threads[size_t(c.rank())] = dist::shared_cpu_threads(c); });
+    int total = 0;
+    for (int r = 0; r < world; ++r) {
+      INFO("world ", world, " rank ", r, " of ", cpus, " CPUs");
+      CHECK(threads[size_t(r)] == std::max(1, cpus / world + (r < cpus % world ? 1 : 0)));
+      total += threads[size_t(r)];
+    }
+    CHECK(total == std::max(cpus, world));  // every CPU used, none twice (one thread each when there are fewer)
+  }
+  // Two machines (the same mask, other nodes): each rank has its machine's CPUs to itself.
+  std::vector<int> alone(2);
+  test::TurnRanks two_machines(2, {0, 1});
+  two_machines.run([&](dist::Communicator& c) { alone[size_t(c.rank())] = dist::shared_cpu_threads(c); });
+  CHECK(alone == std::vector<int>{cpus, cpus});
+  // One process: its CPUs.
+  CHECK(dist::shared_cpu_threads(*dist::single_process()) == cpus);
 }
 
 TEST_CASE("distributed: a ZeRO-1 step equals the whole step for every optimizer (50 steps, every state tensor)") {

@@ -24,7 +24,9 @@ namespace tally::test {
 
 class TurnRanks {
  public:
-  explicit TurnRanks(int world) : world_(world), pending_(size_t(world)) {}
+  explicit TurnRanks(int world) : world_(world), pending_(size_t(world)), nodes_(size_t(world), 0) {}
+  // Ranks on machines of their own: rank r's Communicator::node() is nodes[r] (default: all on machine 0).
+  TurnRanks(int world, std::vector<int> nodes) : world_(world), pending_(size_t(world)), nodes_(std::move(nodes)) {}
 
   // body(comm) on every rank, each on its own thread; rethrows the first rank's exception after all have ended.
   void run(const std::function<void(dist::Communicator&)>& body) {
@@ -73,7 +75,8 @@ class TurnRanks {
 
   class Rank final : public dist::Communicator {
    public:
-    Rank(TurnRanks& group, int rank) : Communicator(rank, group.world_, 0), group_(group) {}
+    Rank(TurnRanks& group, int rank)
+        : Communicator(rank, group.world_, 0, group.nodes_.at(size_t(rank))), group_(group) {}
     std::string engine() const override { return "ranks taking turns (test)"; }
     [[noreturn]] void abort(int code) override { fail("[turn ranks] rank ", rank(), " aborted with code ", code); }
 
@@ -246,6 +249,7 @@ class TurnRanks {
   bool failed_ = false;
   int64_t completed_ = 0;  // collectives completed so far
   std::vector<Pending> pending_;
+  std::vector<int> nodes_;  // each rank's machine (Communicator::node)
 };
 
 }  // namespace tally::test
