@@ -293,7 +293,10 @@ int cmd_eval(const Args& args) {
                                  {"batch", "B", "4"},
                                  {"seq", "T", "1024"},
                                  {"batches", "evaluate the first N batches (default: every full batch)", ""},
-                                 {"threads", "CPU threads (0: all)", "0"},
+                                 {"threads",
+                                  "CPU threads (0: all, or with several ranks this rank's share of its "
+                                  "machine's CPUs)",
+                                  "0"},
                                  {"json", "print {\"loss\": ..., \"tokens\": ...}", "", FlagKind::switch_}};
   for (auto& s : device_flags("f32 | bf16 (CUDA only: the weights rounded to bf16, computing as bf16 training does)"))
     specs.push_back(s);

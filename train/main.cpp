@@ -11,6 +11,7 @@
 #include <string>
 #include <thread>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/dist/communicator.h"
@@ -58,22 +59,39 @@ const std::map<std::string, Command>& commands() {
 }
 
 // OpenMP's idle threads spin for a while (libgomp: up to 300,000 rounds) before they sleep, unless OMP_WAIT_POLICY or
-// GOMP_SPINCOUNT say otherwise, and libgomp reads those once, as it loads, before main. On the 2-core VMs measured
-// (bench/NOTES.md) the spinning made a 2-thread GPT-2 step 1.3-1.7x slower than with OMP_WAIT_POLICY=passive. So a
-// command of Threads::many whose user has set neither runs itself again with OMP_WAIT_POLICY=passive: an exec, the
-// same process (pid, arguments, environment otherwise) before it has done anything. If the exec fails it goes on as
-// it is. The run's header names the policy it ran under (trainer.cpp).
+// GOMP_SPINCOUNT (LLVM's libomp: KMP_BLOCKTIME) say otherwise, and the runtime reads those once, as it loads, before
+// main. On the 2-core VMs measured (bench/NOTES.md) the spinning made 2-thread GPT-2 steps 1.3-1.7x slower than with
+// OMP_WAIT_POLICY=passive (d4 and gpt2). So a command of Threads::many whose user has set none of them runs itself
+// again with OMP_WAIT_POLICY=passive: an exec of the same executable, the same process (pid, arguments, environment
+// otherwise) before it has done anything. Not when the process runs another program's image (tally started through
+// the dynamic loader, valgrind): /proc/self/exe would then name that program. If the exec fails it goes on as it is.
+// The run's header names the policy it ran under (trainer.cpp).
+bool set_in_environment(const char* name) {
+  const char* v = std::getenv(name);
+  return v && *v;  // an empty value is ignored by the runtimes too
+}
+
 void sleep_when_idle(char** argv) {
 #ifdef __linux__
-  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
+  for (const char* name : {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"})
+    if (set_in_environment(name)) return;
+  if (std::strstr(std::getenv("LD_PRELOAD") ? std::getenv("LD_PRELOAD") : "", "vgpreload")) return;  // valgrind
   // The executable's own path, not /proc/self/exe: the process is named after the path it runs (ps, pgrep).
   char path[4096];
-  const ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
-  if (n <= 0) return;
+  const ssize_t n = readlink("/proc/self/exe", path, sizeof path);
+  if (n <= 0 || n >= ssize_t(sizeof path)) return;  // unreadable, or longer than the buffer
   path[n] = '\0';
+  // The file this process was started as: argv[0] itself when it names a path, else its name found on PATH,
+  // whose last component then matches the executable's.
+  const char* slash = std::strrchr(path, '/');
+  struct stat exe, started;
+  const bool same = std::strchr(argv[0], '/') ? stat(path, &exe) == 0 && stat(argv[0], &started) == 0 &&
+                                                    exe.st_dev == started.st_dev && exe.st_ino == started.st_ino
+                                              : slash && std::strcmp(slash + 1, argv[0]) == 0;
+  if (!same) return;
   if (setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return;
   execv(path, argv);
-  unsetenv("OMP_WAIT_POLICY");  // not replaced: libgomp runs as it loaded, spinning
+  unsetenv("OMP_WAIT_POLICY");  // not replaced: the runtime runs as it loaded, spinning
 #else
   (void)argv;
 #endif
@@ -139,7 +157,7 @@ int main(int argc, char** argv) {
     print_help();
     return 2;
   }
-  if (it->second.threads == Threads::many) sleep_when_idle(argv);
+  if (it->second.threads == Threads::many) sleep_when_idle(argv);  // before anything, MPI (rank_label) included
   tally::train::Args args(argv + 2, argv + argc);
   const std::string who = std::string(argv[1]) + rank_label();
   try {

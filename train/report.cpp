@@ -415,7 +415,12 @@ json config_and_plan(const fs::path& dir) {
       int before = omp_get_max_threads();
       ~Threads() { omp_set_num_threads(before); }
     } restore;
-    if (c.threads > 0) omp_set_num_threads(c.threads);
+    // The threads it computed with (config.json's "threads"; older runs: --threads, 0 leaving this process's).
+    const int threads = cfg.contains("threads") && cfg["threads"].is_number_integer() &&
+                                cfg["threads"].get<int64_t>() >= 1 && cfg["threads"].get<int64_t>() <= kMaxThreads
+                            ? cfg["threads"].get<int>()
+                            : c.threads;
+    if (threads > 0) omp_set_num_threads(threads);
     const StepShape shape{.batch = c.batch, .seq = c.seq, .accumulation = c.accumulation, .grad_clip = c.grad_clip,
                           .dtype = c.dtype};
     std::vector<optim::NamedShape> shapes;

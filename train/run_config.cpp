@@ -37,7 +37,7 @@ std::vector<FlagSpec> train_flags() {
       {"resume", "continue a run from its directory or a checkpoint directory", ""},
       {"seed", "seed for initialisation and data order", "1337"},
       {"no-shuffle", "read the training data in order (as llm.c)", "", FlagKind::switch_},
-      {"threads", "CPU threads (0: all)", "0"},
+      {"threads", "CPU threads (0: all, or with several ranks this rank's share of its machine's CPUs)", "0"},
       {"zero",
        "data-parallel runs (mpirun -np N tally train ...): 0 every rank keeps the whole optimizer state | "
        "1 each rank keeps and steps its part of it (ZeRO stage 1)",

@@ -468,19 +468,25 @@ RunSummary Trainer::run() {
   std::printf("model: GPT-2 %s, %s parameters | optimizer: %s lr %.3g wd %.3g | data: %s\n",
               c_.model.str().c_str(), format_count(model_->num_parameters()).c_str(), c_.optimizer.name.c_str(),
               c_.optimizer.lr(), c_.optimizer.weight_decay(), c_.data.description.c_str());
-  const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
+  // How idle threads wait (main.cpp sets OMP_WAIT_POLICY=passive unless one of these was given).
+  std::string waiting;
+  for (const char* name : {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"})
+    if (const char* v = std::getenv(name); v && *v) waiting += cat(waiting.empty() ? "" : ", ", name, "=", v);
   std::printf(
       "batch %lld x %lld tokens, %lld micro-batch(es) per step, %lld steps, %s schedule (warmup %lld), %d threads "
-      "(OMP_WAIT_POLICY %s)\n",
+      "(%s)\n",
       (long long)c_.batch, (long long)c_.seq, (long long)c_.accumulation, (long long)c_.steps, c_.schedule.c_str(),
-      (long long)c_.warmup, omp_get_max_threads(), wait_policy ? wait_policy : "unset");
+      (long long)c_.warmup, omp_get_max_threads(), waiting.empty() ? "OMP_WAIT_POLICY unset" : waiting.c_str());
   if (c_.sample_tokens > c_.model.block_size - 1)  // a sample starts from one token and the model sees a block
     std::printf("samples: %lld tokens each, not --sample-tokens %lld: the model's block holds %lld\n",
                 (long long)(c_.model.block_size - 1), (long long)c_.sample_tokens, (long long)c_.model.block_size);
   {
     // Atomic: a resume reads the run's flags back from it, so a kill must never leave it half written.
     nlohmann::json cfg = {
-        {"flags", c_.flags}, {"model_config", train::model_config_json(c_.model)}, {"world", c_.world}};
+        {"flags", c_.flags},
+        {"model_config", train::model_config_json(c_.model)},
+        {"world", c_.world},
+        {"threads", omp_get_max_threads()}};  // what --threads 0 came to (attention's CPU scratch is per thread)
     io::write_file_atomic(c_.out / "config.json", cfg.dump(2) + "\n");
   }
   // The exact plan of one step (a meta device planning for this run's device: the same tensors, kernels' scratch

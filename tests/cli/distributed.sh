@@ -211,7 +211,7 @@ rounding "$w" || fail "shuffled: resumed at 1 rank, losses differ by $w (relativ
 # each of 2 ranks takes half of the CPUs (rank 0, which prints, the larger half), not one thread per CPU each; a
 # --threads or an OMP_NUM_THREADS given is kept.
 unbound=(--model tiny --batch 2 --seq 32 --val-batches 1 --eval-every 0 --steps 1)
-cpus=$(nproc)
+cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc itself honours those two
 half=$(((cpus + 1) / 2))
 env -u OMP_NUM_THREADS "${mpi[@]}" --bind-to none -np 2 "$tally" train "${unbound[@]}" --out "$work/unbound" >"$work/o" 2>&1 ||
   fail "an unbound 2-rank run: $(tail -3 "$work/o")"

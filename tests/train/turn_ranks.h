@@ -26,7 +26,9 @@ class TurnRanks {
  public:
   explicit TurnRanks(int world) : world_(world), pending_(size_t(world)), nodes_(size_t(world), 0) {}
   // Ranks on machines of their own: rank r's Communicator::node() is nodes[r] (default: all on machine 0).
-  TurnRanks(int world, std::vector<int> nodes) : world_(world), pending_(size_t(world)), nodes_(std::move(nodes)) {}
+  TurnRanks(int world, std::vector<int> nodes) : world_(world), pending_(size_t(world)), nodes_(std::move(nodes)) {
+    TALLY_CHECK(int(nodes_.size()) == world, "[turn ranks] ", nodes_.size(), " machines given for ", world, " ranks");
+  }
 
   // body(comm) on every rank, each on its own thread; rethrows the first rank's exception after all have ended.
   void run(const std::function<void(dist::Communicator&)>& body) {
