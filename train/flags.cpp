@@ -204,6 +204,13 @@ int thread_count(const Flags& f) {
   return int(n);
 }
 
+std::string idle_wait_settings() {
+  std::string settings;
+  for (const char* name : {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"})
+    if (const char* v = std::getenv(name); v && *v) settings += cat(settings.empty() ? "" : ", ", name, "=", v);
+  return settings;
+}
+
 void use_threads(int threads, dist::Communicator* comm) {
   const int shared = comm && comm->world() > 1 ? dist::shared_cpu_threads(*comm) : 0;  // every rank: a collective
   if (threads > 0)

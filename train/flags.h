@@ -87,5 +87,9 @@ int thread_count(const Flags& f);
 // without OMP_NUM_THREADS, this rank's share of its machine's CPUs (dist::shared_cpu_threads); else OpenMP's default
 // (every CPU the process may run on). With several ranks every rank must call it: it is a collective.
 void use_threads(int threads, dist::Communicator* comm);
+// How OpenMP's idle threads were told to wait: "NAME=value" for each of OMP_WAIT_POLICY, GOMP_SPINCOUNT and
+// KMP_BLOCKTIME set in the environment (an empty value, which the runtimes ignore, counts as unset), comma-separated;
+// "" when none is (main.cpp then sets OMP_WAIT_POLICY=passive).
+std::string idle_wait_settings();
 
 }  // namespace tally::train

@@ -66,15 +66,9 @@ const std::map<std::string, Command>& commands() {
 // otherwise) before it has done anything. Not when the process runs another program's image (tally started through
 // the dynamic loader, valgrind): /proc/self/exe would then name that program. If the exec fails it goes on as it is.
 // The run's header names the policy it ran under (trainer.cpp).
-bool set_in_environment(const char* name) {
-  const char* v = std::getenv(name);
-  return v && *v;  // an empty value is ignored by the runtimes too
-}
-
 void sleep_when_idle(char** argv) {
 #ifdef __linux__
-  for (const char* name : {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"})
-    if (set_in_environment(name)) return;
+  if (!tally::train::idle_wait_settings().empty()) return;
   if (std::strstr(std::getenv("LD_PRELOAD") ? std::getenv("LD_PRELOAD") : "", "vgpreload")) return;  // valgrind
   // The executable's own path, not /proc/self/exe: the process is named after the path it runs (ps, pgrep).
   char path[4096];

@@ -403,11 +403,15 @@ json config_and_plan(const fs::path& dir) {
       TALLY_CHECK(v.is_string(), "'", path.string(), "': flag \"", k, "\" is not a string");
       flags.set(k, v.get<std::string>());
     }
+    // cfg[key] when it is an integer in [1, most], else `otherwise`.
+    const auto count = [&](const char* key, int64_t most, int otherwise) {
+      return cfg.contains(key) && cfg[key].is_number_integer() && cfg[key].get<int64_t>() >= 1 &&
+                     cfg[key].get<int64_t>() <= most
+                 ? cfg[key].get<int>()
+                 : otherwise;
+    };
     // Written by a run of several ranks: its tokens per step were theirs (a config.json without "world": one).
-    const int32_t world = cfg.contains("world") && cfg["world"].is_number_integer() &&
-                                  cfg["world"].get<int64_t>() >= 1 && cfg["world"].get<int64_t>() <= INT32_MAX
-                              ? cfg["world"].get<int32_t>()
-                              : 1;
+    const int32_t world = count("world", INT32_MAX, 1);
     RunConfig c = run_config(flags, DataResolution::skip, world);
     if (cfg.contains("model_config")) c.model = train::model_config_from_json(cfg["model_config"], path.string());
     // Some CPU scratch is per thread (attention's): plan with the run's thread count, as its trainer did.
@@ -416,10 +420,7 @@ json config_and_plan(const fs::path& dir) {
       ~Threads() { omp_set_num_threads(before); }
     } restore;
     // The threads it computed with (config.json's "threads"; older runs: --threads, 0 leaving this process's).
-    const int threads = cfg.contains("threads") && cfg["threads"].is_number_integer() &&
-                                cfg["threads"].get<int64_t>() >= 1 && cfg["threads"].get<int64_t>() <= kMaxThreads
-                            ? cfg["threads"].get<int>()
-                            : c.threads;
+    const int threads = count("threads", kMaxThreads, c.threads);
     if (threads > 0) omp_set_num_threads(threads);
     const StepShape shape{.batch = c.batch, .seq = c.seq, .accumulation = c.accumulation, .grad_clip = c.grad_clip,
                           .dtype = c.dtype};

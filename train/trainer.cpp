@@ -468,10 +468,7 @@ RunSummary Trainer::run() {
   std::printf("model: GPT-2 %s, %s parameters | optimizer: %s lr %.3g wd %.3g | data: %s\n",
               c_.model.str().c_str(), format_count(model_->num_parameters()).c_str(), c_.optimizer.name.c_str(),
               c_.optimizer.lr(), c_.optimizer.weight_decay(), c_.data.description.c_str());
-  // How idle threads wait (main.cpp sets OMP_WAIT_POLICY=passive unless one of these was given).
-  std::string waiting;
-  for (const char* name : {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"})
-    if (const char* v = std::getenv(name); v && *v) waiting += cat(waiting.empty() ? "" : ", ", name, "=", v);
+  const std::string waiting = idle_wait_settings();  // how idle threads wait
   std::printf(
       "batch %lld x %lld tokens, %lld micro-batch(es) per step, %lld steps, %s schedule (warmup %lld), %d threads "
       "(%s)\n",

@@ -118,9 +118,9 @@ int shared_cpu_threads(Communicator& comm) {
   for (int w = 0; w < kWords; ++w) own += std::popcount(mine.mask[w]);
   for (int r = 0; r < comm.world(); ++r) {
     const Cpus& other = all[size_t(r)];
+    if (other.node != mine.node || !other.readable) continue;
     bool overlap = false;
-    for (int w = 0; w < kWords && other.node == mine.node && other.readable; ++w)
-      overlap = overlap || (other.mask[w] & mine.mask[w]) != 0;
+    for (int w = 0; w < kWords; ++w) overlap = overlap || (other.mask[w] & mine.mask[w]) != 0;
     if (!overlap) continue;
     ++sharing;
     if (r < comm.rank()) ++before;
