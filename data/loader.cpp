@@ -52,8 +52,17 @@ std::vector<uint32_t> permutation(size_t n, SplitMix64 rng) {
 constexpr uint32_t kPositionMagic = 0x50444C54;  // "TLDP"
 // 1 and 2: sequential positions in windows of W slices (each rank read its slice of the window, skipping a shard's
 // last slices that fewer than W were left of); 1: shuffled positions in such windows too.
-// 4: the data's token counts (data_tokens, data_sizes_hash) appended.
-constexpr uint32_t kPositionVersion = 4;
+// 4: the data's token counts (data_tokens, data_sizes_hash) appended. 5: its sampled tokens' hash (data_sample_hash).
+constexpr uint32_t kPositionVersion = 5;
+
+// FNV-1a, 64 bits, over the bytes of x (little-endian); never 0 once finished (0 stands for "not recorded").
+struct Fnv64 {
+  uint64_t h = 0xCBF29CE484222325ull;
+  void add(uint64_t x, int bytes) {
+    for (int i = 0; i < bytes; ++i) h = (h ^ ((x >> (8 * i)) & 0xFF)) * 0x100000001B3ull;
+  }
+  uint64_t finish() const { return h + (h == 0); }
+};
 
 const char* order_name(LoaderOrder o) { return o == LoaderOrder::shuffled ? "shuffled" : "sequential"; }
 
@@ -82,6 +91,7 @@ std::vector<uint8_t> LoaderPosition::to_bytes() const {
   put(num_shards);
   put(data_tokens);
   put(data_sizes_hash);
+  put(data_sample_hash);
   TALLY_ASSERT(at == kBytes);
   return out;
 }
@@ -100,7 +110,7 @@ LoaderPosition LoaderPosition::from_bytes(std::span<const uint8_t> bytes) {
   TALLY_CHECK(magic == kPositionMagic, "[loader] position: bad magic ", magic, " (not a saved loader position)");
   TALLY_CHECK(version >= 1 && version <= kPositionVersion, "[loader] position: unsupported version ", version,
               ", expected 1 to ", kPositionVersion);
-  const size_t expected = version >= 4 ? kBytes : kBytesBeforeVersion4;
+  const size_t expected = version >= 5 ? kBytes : version == 4 ? kBytesBeforeVersion5 : kBytesBeforeVersion4;
   TALLY_CHECK(bytes.size() == expected, "[loader] position: expected ", expected, " bytes (version ", version,
               "), found ", bytes.size());
   LoaderPosition p;
@@ -119,6 +129,7 @@ LoaderPosition LoaderPosition::from_bytes(std::span<const uint8_t> bytes) {
     get(p.data_tokens);
     get(p.data_sizes_hash);
   }
+  if (version >= 5) get(p.data_sample_hash);
   TALLY_CHECK(order <= 1, "[loader] position: bad order code ", order);
   TALLY_CHECK(world >= 1 && world <= INT32_MAX, "[loader] position: bad world ", world);
   p.order = order ? LoaderOrder::shuffled : LoaderOrder::sequential;
@@ -146,14 +157,21 @@ DataLoader::DataLoader(ShardSet shards, LoaderConfig config) : shards_(std::move
   for (const Shard& s : shards_.shards())
     TALLY_CHECK(int64_t(s.size()) >= tokens_ + 1, "[loader] ", s.path().string(), " has ", s.size(),
                 " tokens, too few for one batch: B=", c.batch, " x T=", c.seq_len, " needs ", tokens_ + 1, " tokens");
-  // FNV-1a over the counts' bytes, never 0 (0 stands for "not recorded").
-  data_sizes_hash_ = 0xCBF29CE484222325ull;
+  // The counts' bytes in order; the tokens of each shard's sampled windows in order (starts evenly spaced from the
+  // first token to the last window's, which ends at the last token; windows overlap in a small shard).
+  Fnv64 sizes, samples;
+  constexpr int64_t S = LoaderPosition::kSampleWindows, W = LoaderPosition::kSampleTokens;
   for (const Shard& s : shards_.shards()) {
     data_tokens_ += s.size();
-    for (int i = 0; i < 8; ++i)
-      data_sizes_hash_ = (data_sizes_hash_ ^ ((uint64_t(s.size()) >> (8 * i)) & 0xFF)) * 0x100000001B3ull;
+    sizes.add(s.size(), 8);
+    const int64_t n = int64_t(s.size()), w = std::min(W, n), last = n - w;
+    for (int64_t j = 0; j < S; ++j) {
+      const int64_t start = last * j / (S - 1);  // last < 2^48 tokens: no overflow
+      for (int64_t k = 0; k < w; ++k) samples.add(s.data()[start + k], 2);
+    }
   }
-  data_sizes_hash_ += data_sizes_hash_ == 0;
+  data_sizes_hash_ = sizes.finish();
+  data_sample_hash_ = samples.finish();
   reset();
 }
 
@@ -230,7 +248,8 @@ LoaderPosition DataLoader::position() const {
           .world = config_.world,
           .num_shards = shards_.size(),
           .data_tokens = data_tokens_,
-          .data_sizes_hash = data_sizes_hash_};
+          .data_sizes_hash = data_sizes_hash_,
+          .data_sample_hash = data_sample_hash_};
 }
 
 void DataLoader::restore(const LoaderPosition& p) {
@@ -241,11 +260,14 @@ void DataLoader::restore(const LoaderPosition& p) {
               p.world, " order=", order_name(p.order), " seed=", p.seed, " over ", p.num_shards,
               " shard(s); this loader has B=", c.batch, " T=", c.seq_len, " world=", c.world, " order=",
               order_name(c.order), " seed=", c.seed, " over ", shards_.size(), " shard(s)");
-  // Recorded since version 4. Same-sized shards with other tokens are not detected (that would take reading them).
-  TALLY_CHECK(p.data_sizes_hash == 0 || (p.data_tokens == data_tokens_ && p.data_sizes_hash == data_sizes_hash_),
-              "[loader] restore: the data changed since the position was saved: its ", shards_.size(),
-              " shard(s) held ", p.data_tokens, " tokens, now ", data_tokens_,
-              p.data_tokens == data_tokens_ ? " but in shards of other sizes" : "",
+  // Sizes recorded since version 4, sampled tokens since version 5.
+  const bool same_sizes =
+      p.data_sizes_hash == 0 || (p.data_tokens == data_tokens_ && p.data_sizes_hash == data_sizes_hash_);
+  const bool same_samples = p.data_sample_hash == 0 || p.data_sample_hash == data_sample_hash_;
+  TALLY_CHECK(same_sizes && same_samples, "[loader] restore: the data changed since the position was saved: its ",
+              shards_.size(), " shard(s) held ", p.data_tokens, " tokens, now ", data_tokens_,
+              !same_sizes ? (p.data_tokens == data_tokens_ ? " but in shards of other sizes" : "")
+                          : " in shards of the same sizes but with other tokens",
               " (a shard replaced, cut or grown; resume over the data the run was saved with, or start a new run "
               "from the checkpoint's weights with --init)");
   TALLY_CHECK(p.shard < shards_.size(), "[loader] restore: shard slot ", p.shard, " is outside the ", shards_.size(),

@@ -50,13 +50,19 @@ struct LoaderPosition {
   // before they were recorded (versions 1 to 3): not checked.
   uint64_t data_tokens = 0;
   uint64_t data_sizes_hash = 0;
+  // A hash of each shard's tokens at kSampleWindows evenly spaced places (the first and last tokens included), so
+  // that a shard replaced by another of the same size is refused too unless the two agree at every sampled token
+  // (reading every token would cost a pass over the data at each start). 0 before version 5: not checked.
+  uint64_t data_sample_hash = 0;
 
-  static constexpr size_t kBytes = 96;
+  static constexpr size_t kBytes = 104;
+  static constexpr size_t kBytesBeforeVersion5 = 96;
   static constexpr size_t kBytesBeforeVersion4 = 80;
+  static constexpr int64_t kSampleWindows = 64, kSampleTokens = 32;  // per shard: 64 places of 32 tokens
   // Fixed-size little-endian encoding with a magic and version; from_bytes throws tally::Error on anything else.
   // Versions 1 and 2 counted a sequential position (version 1 a shuffled one too) in windows of W slices: read, it
   // becomes the same place in slices (the slices after it come in this version's order). Versions 1 to 3 are
-  // kBytesBeforeVersion4 bytes (no data fields).
+  // kBytesBeforeVersion4 bytes (no data fields), version 4 kBytesBeforeVersion5 (no data_sample_hash).
   std::vector<uint8_t> to_bytes() const;
   static LoaderPosition from_bytes(std::span<const uint8_t> bytes);
   bool operator==(const LoaderPosition&) const = default;
@@ -81,8 +87,8 @@ class DataLoader {
   void reset();
   LoaderPosition position() const;
   // Continues from a saved position; throws tally::Error if it was taken with a different B, T, order, seed,
-  // number of shards or shard sizes, or lies outside this data. A position saved at another world continues at the same
-  // place.
+  // number of shards, shard sizes or sampled tokens, or lies outside this data. A position saved at another world
+  // continues at the same place.
   void restore(const LoaderPosition& pos);
 
   // A shard's (by file index) slices, which the processes share out.
@@ -118,7 +124,7 @@ class DataLoader {
   Place next_;          // the slice rank 0 reads next
   std::array<CachedOrder, 2> shard_orders_, slice_orders_;
   uint64_t uses_ = 0;
-  uint64_t data_tokens_ = 0, data_sizes_hash_ = 0;  // LoaderPosition's data fields for these shards
+  uint64_t data_tokens_ = 0, data_sizes_hash_ = 0, data_sample_hash_ = 0;  // LoaderPosition's data fields
 };
 
 }  // namespace tally::data

@@ -192,6 +192,21 @@ kept=$(steps "$work/sharded")
 expect 1 "the data changed since the position was saved: its 1 shard\(s\) held [0-9]+ tokens, now [0-9]+" \
   "$tally" train --resume "$work/sharded" --steps 2
 [ "$(steps "$work/sharded")" = "$kept" ] || fail "a refused resume over other data changed the run: $(steps "$work/sharded")"
+# The shard back, but with its last token changed (the same size): refused too, nothing changed.
+cp "$work/mine/data/train.bin" "$work/shards/train.bin"
+size=$(stat -c %s "$work/shards/train.bin")
+last=$(od -An -tu2 -j $((size - 2)) -N2 "$work/shards/train.bin" | tr -d ' ')
+other=$((last ^ 1))
+printf "$(printf '\\x%02x\\x%02x' $((other & 255)) $((other >> 8)))" |
+  dd of="$work/shards/train.bin" bs=1 seek=$((size - 2)) conv=notrunc status=none
+[ "$(stat -c %s "$work/shards/train.bin")" = "$size" ] || fail "the changed shard's size changed"
+cmp -s "$work/mine/data/train.bin" "$work/shards/train.bin" && fail "the shard's last token was not changed"
+expect 1 "held [0-9]+ tokens, now [0-9]+ in shards of the same sizes but with other tokens" \
+  "$tally" train --resume "$work/sharded" --steps 2
+[ "$(steps "$work/sharded")" = "$kept" ] || fail "a refused resume over other tokens changed the run: $(steps "$work/sharded")"
+# The run's own data again: it goes on.
+cp "$work/mine/data/train.bin" "$work/shards/train.bin"
+expect 0 "resumed from" "$tally" train --resume "$work/sharded" --steps 2
 # A damaged config.json (the run's flags): refused, naming it.
 cp "$work/mine/config.json" "$work/config.keep" && echo garbage >"$work/mine/config.json"
 expect 1 "mine/config.json' holds no" "$tally" train --resume "$work/mine" --steps 4

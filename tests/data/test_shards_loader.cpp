@@ -377,9 +377,10 @@ TEST_CASE("loader: an older position (windows of W slices) reads as the same pla
                    .num_shards = 4};
   auto as_version = [](const LoaderPosition& q, uint8_t version) {
     std::vector<uint8_t> bytes = q.to_bytes();
-    CHECK(bytes[4] == 4);  // the version, after the magic
+    CHECK(bytes[4] == 5);  // the version, after the magic
     bytes[4] = version;
     if (version < 4) bytes.resize(LoaderPosition::kBytesBeforeVersion4);  // no data fields
+    if (version == 4) bytes.resize(LoaderPosition::kBytesBeforeVersion5);  // no sampled tokens' hash
     return bytes;
   };
   // Version 1: shuffled and sequential positions in windows; version 2: sequential ones.
@@ -399,14 +400,17 @@ TEST_CASE("loader: an older position (windows of W slices) reads as the same pla
     CHECK(read.epoch == 1);
     CHECK(read.shard == 2);
   }
-  has(error_of([&] { LoaderPosition::from_bytes(as_version(p, 5)); }), "unsupported version 5, expected 1 to 4");
+  has(error_of([&] { LoaderPosition::from_bytes(as_version(p, 6)); }), "unsupported version 6, expected 1 to 5");
   // The length goes with the version.
-  std::vector<uint8_t> short_v4 = p.to_bytes();
+  std::vector<uint8_t> short_v5 = p.to_bytes();
+  short_v5.resize(LoaderPosition::kBytesBeforeVersion5);
+  has(error_of([&] { LoaderPosition::from_bytes(short_v5); }), "expected 104 bytes (version 5), found 96");
+  std::vector<uint8_t> short_v4 = as_version(p, 4);
   short_v4.resize(LoaderPosition::kBytesBeforeVersion4);
   has(error_of([&] { LoaderPosition::from_bytes(short_v4); }), "expected 96 bytes (version 4), found 80");
   std::vector<uint8_t> long_v3 = as_version(p, 3);
   long_v3.resize(LoaderPosition::kBytes);
-  has(error_of([&] { LoaderPosition::from_bytes(long_v3); }), "expected 80 bytes (version 3), found 96");
+  has(error_of([&] { LoaderPosition::from_bytes(long_v3); }), "expected 80 bytes (version 3), found 104");
 }
 
 TEST_CASE("loader: a restored position yields exactly the batches of an uninterrupted loader") {
@@ -444,7 +448,7 @@ TEST_CASE("loader: a restored position yields exactly the batches of an uninterr
   std::vector<uint8_t> junk = a.position().to_bytes();
   junk[0] ^= 1;
   has(error_of([&] { LoaderPosition::from_bytes(junk); }), "bad magic");
-  has(error_of([&] { LoaderPosition::from_bytes(std::vector<uint8_t>(7)); }), "expected 96 bytes, found 7");
+  has(error_of([&] { LoaderPosition::from_bytes(std::vector<uint8_t>(7)); }), "expected 104 bytes, found 7");
   fs::remove_all(dir);
 }
 
@@ -479,6 +483,51 @@ TEST_CASE("loader: a position is refused over shards of other sizes, and a posit
   CHECK(old.data_sizes_hash == 0);
   swapped.restore(old);
   CHECK(swapped.position().window == saved.window);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("loader: a position is refused over shards of the same sizes with other tokens where it samples them") {
+  const fs::path dir = tally::test::temp_dir("loader_tokens_changed");
+  const LoaderConfig cfg{.batch = 2, .seq_len = 8, .order = LoaderOrder::shuffled, .seed = 3};
+  const std::vector<fs::path> paths = write_synthetic(dir, "s", {5000, 300});
+  const std::string glob = (dir / "s_*.bin").string();
+  DataLoader first(ShardSet::open(glob), cfg);
+  for (int i = 0; i < 3; ++i) first.next();
+  const LoaderPosition saved = LoaderPosition::from_bytes(first.position().to_bytes());
+  CHECK(saved.data_sample_hash != 0);
+  const ShardSet original = ShardSet::open(paths[0].string());
+  const std::vector<uint16_t> tokens(original[0].data(), original[0].data() + original[0].size());
+  // The same tokens written again: the same data, continues.
+  write_shard(paths[0], tokens);
+  DataLoader rewritten(ShardSet::open(glob), cfg);
+  rewritten.restore(saved);
+  CHECK(rewritten.next().inputs == first.next().inputs);
+  // One token changed at a sampled place (the first, the last, one inside the 64 evenly spaced windows of 32): refused.
+  const int64_t inside = (5000 - 32) * 40 / 63 + 17;
+  for (const int64_t at : {int64_t(0), int64_t(4999), inside}) {
+    std::vector<uint16_t> other = tokens;
+    other[size_t(at)] ^= 1;
+    write_shard(paths[0], other);
+    DataLoader changed(ShardSet::open(glob), cfg);
+    INFO("token " << at << " changed");
+    has(error_of([&] { changed.restore(saved); }),
+        "its 2 shard(s) held 5300 tokens, now 5300 in shards of the same sizes but with other tokens");
+  }
+  // Another tokenization of the same length: refused.
+  std::vector<uint16_t> other(5000);
+  for (size_t i = 0; i < other.size(); ++i) other[i] = uint16_t((i * 7919 + 11) % 50257);
+  write_shard(paths[0], other);
+  DataLoader retokenized(ShardSet::open(glob), cfg);
+  has(error_of([&] { retokenized.restore(saved); }), "with other tokens");
+  // A position saved before the samples were recorded (version 4) is checked by its sizes only.
+  std::vector<uint8_t> v4 = saved.to_bytes();
+  v4[4] = 4;
+  v4.resize(LoaderPosition::kBytesBeforeVersion5);
+  const LoaderPosition old = LoaderPosition::from_bytes(v4);
+  CHECK(old.data_sample_hash == 0);
+  CHECK(old.data_sizes_hash == saved.data_sizes_hash);
+  retokenized.restore(old);
+  CHECK(retokenized.position().window == saved.window);
   fs::remove_all(dir);
 }
 

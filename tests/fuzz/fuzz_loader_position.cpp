@@ -1,5 +1,5 @@
 // libFuzzer target for a saved data-loader position (LoaderPosition::from_bytes, then DataLoader::restore): any
-// 96 bytes (80 of an older version; or any other length) must restore a loader whose batches stay inside its
+// 104 bytes (96 or 80 of an older version; or any other length) must restore a loader whose batches stay inside its
 // shards, or throw tally::Error. The loader reads two small in-memory shards; the input's first byte picks its order.
 // Built only with -DTALLY_FUZZ=ON under clang; scripts/fuzz.sh runs it with tests/fuzz/corpus/fuzz_loader_position.
 #include <cstddef>

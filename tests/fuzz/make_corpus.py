@@ -59,15 +59,30 @@ put("fuzz_shards", "raw_uint16", bytes([1, 1, 3, 0, 0, 0]) + np.asarray(toks[:40
 
 # loader positions: order byte, then the encoding (magic "TLDP", version, epoch, shard, window, seed, order, B, T,
 # world, number of shards; from version 4 the shards' tokens and the FNV-1a hash of their counts: 96 bytes, 80
-# before), for the target's 2-shard loader (97 and 61 tokens) with B=2, T=4, seed 7
+# before; from version 5 the FNV-1a hash of each shard's tokens at 64 evenly spaced windows of 32: 104 bytes), for
+# the target's 2-shard loader (97 and 61 tokens, each 0, 1, 2, ...) with B=2, T=4, seed 7
+def fnv(data):
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h or 1
+
+def sampled(counts):
+    out = b""
+    for n in counts:
+        w = min(32, n)
+        for j in range(64):
+            start = (n - w) * j // 63
+            out += struct.pack("<%dH" % w, *range(start, start + w))
+    return out
+
 def position(order, epoch, shard_, window, version=2, world=1):
     out = bytes([order]) + struct.pack("<IIQQQQQqqqQ", 0x50444C54, version, epoch, shard_, window, 7, order, 2, 4,
                                        world, 2)
     if version >= 4:
-        h = 0xCBF29CE484222325
-        for b in struct.pack("<QQ", 97, 61):
-            h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-        out += struct.pack("<QQ", 97 + 61, h or 1)
+        out += struct.pack("<QQ", 97 + 61, fnv(struct.pack("<QQ", 97, 61)))
+    if version >= 5:
+        out += struct.pack("<Q", fnv(sampled([97, 61])))
     return out
 
 put("fuzz_loader_position", "sequential", position(0, 0, 1, 3))
@@ -75,6 +90,7 @@ put("fuzz_loader_position", "shuffled", position(1, 2, 0, 5))
 put("fuzz_loader_position", "end_of_shard", position(0, 1, 1, 7))
 put("fuzz_loader_position", "shuffled_v1_world2", position(1, 1, 1, 3, version=1, world=2))  # windows of 2 slices
 put("fuzz_loader_position", "shuffled_v4", position(1, 2, 0, 5, version=4))
+put("fuzz_loader_position", "shuffled_v5", position(1, 2, 0, 5, version=5))
 
 # llm.c model files: L1 NH1 C4 T4 V8 Vp8 (300 parameters), fp32 (version 3) and bf16 (version 5)
 def llmc(version, n_params=300, cfg=(4, 8, 1, 1, 4, 8)):
