@@ -47,7 +47,7 @@ nlohmann::json saved_flags(const std::filesystem::path& resume) {
 
 int cmd_train(const Args& args) {
   // Data-parallel (mpirun -np N tally train ...): rank 0 alone prints; the others' errors still reach stderr.
-  const dist::Communicator& ranks = dist::process_group();
+  dist::Communicator& ranks = dist::process_group();
   if (ranks.rank() != 0 && !std::freopen("/dev/null", "w", stdout)) fail("rank ", ranks.rank(), ": cannot quiet stdout");
   Flags flags("train", "train a GPT-2 (defaults: preset d4 on Tiny Shakespeare with CAME on the CPU)", train_flags());
   flags.parse(args);
@@ -84,6 +84,8 @@ int cmd_train(const Args& args) {
     }
     refuse_new_run_into(out);
   }
+  // The rank's share of the CPUs (as the trainer keeps it) before anything computes: tokenizing a --text does.
+  use_threads(thread_count(flags), &ranks);
   RunConfig config = run_config(flags, DataResolution::resolve, ranks.world());
   config.model_flags_with_init = model_flags_with_init;
   install_stop_handlers();

@@ -96,14 +96,27 @@ std::vector<uint64_t> Communicator::all_gather_u64(uint64_t x) {
   return out;
 }
 
+int cpu_share(std::span<const RankCpus> all, int rank) {
+  const RankCpus& mine = all[size_t(rank)];
+  if (!mine.readable) return 0;
+  int own = 0, sharing = 0, before = 0;  // this rank's CPUs; the ranks sharing any of them (itself too), lower ranks
+  for (int w = 0; w < RankCpus::kWords; ++w) own += std::popcount(mine.mask[w]);
+  for (size_t r = 0; r < all.size(); ++r) {
+    const RankCpus& other = all[r];
+    if (other.node != mine.node || !other.readable) continue;
+    bool overlap = false;
+    for (int w = 0; w < RankCpus::kWords; ++w) overlap = overlap || (other.mask[w] & mine.mask[w]) != 0;
+    if (!overlap) continue;
+    ++sharing;
+    if (int(r) < rank) ++before;
+  }
+  return std::max(1, own / sharing + (before < own % sharing ? 1 : 0));
+}
+
 int shared_cpu_threads(Communicator& comm) {
-  constexpr int kWords = CPU_SETSIZE / 64;
-  struct Cpus {
-    int64_t node = 0, readable = 0;
-    uint64_t mask[kWords] = {};
-  };
-  std::vector<Cpus> all(static_cast<size_t>(comm.world()));
-  Cpus& mine = all[size_t(comm.rank())];
+  static_assert(RankCpus::kWords * 64 == CPU_SETSIZE);
+  std::vector<RankCpus> all(static_cast<size_t>(comm.world()));
+  RankCpus& mine = all[size_t(comm.rank())];
   mine.node = comm.node();
   cpu_set_t set;
   CPU_ZERO(&set);
@@ -112,20 +125,8 @@ int shared_cpu_threads(Communicator& comm) {
     for (int c = 0; c < CPU_SETSIZE; ++c)
       if (CPU_ISSET(c, &set)) mine.mask[c / 64] |= uint64_t(1) << (c % 64);
   }
-  comm.all_gather(all.data(), int64_t(sizeof(Cpus)), Device::cpu());
-  if (!mine.readable) return 0;
-  int own = 0, sharing = 0, before = 0;  // this rank's CPUs; the ranks sharing any of them (itself too), lower ranks
-  for (int w = 0; w < kWords; ++w) own += std::popcount(mine.mask[w]);
-  for (int r = 0; r < comm.world(); ++r) {
-    const Cpus& other = all[size_t(r)];
-    if (other.node != mine.node || !other.readable) continue;
-    bool overlap = false;
-    for (int w = 0; w < kWords; ++w) overlap = overlap || (other.mask[w] & mine.mask[w]) != 0;
-    if (!overlap) continue;
-    ++sharing;
-    if (r < comm.rank()) ++before;
-  }
-  return std::max(1, own / sharing + (before < own % sharing ? 1 : 0));
+  comm.all_gather(all.data(), int64_t(sizeof(RankCpus)), Device::cpu());
+  return cpu_share(all, comm.rank());
 }
 
 bool launched_by_mpi() {

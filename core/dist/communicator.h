@@ -6,6 +6,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -112,6 +113,18 @@ int launcher_rank();
 // nothing would start one thread per CPU of the socket or of the machine. 0 when the affinity cannot be read. A
 // collective (one all-gather of each rank's machine and mask).
 int shared_cpu_threads(Communicator& comm);
+
+// What shared_cpu_threads gathers of each rank: its machine and the CPUs it may run on.
+struct RankCpus {
+  static constexpr int kWords = 1024 / 64;  // CPU_SETSIZE bits
+  int64_t node = 0;                         // Communicator::node()
+  int64_t readable = 0;                     // 0: the affinity mask could not be read (the rank is left out)
+  uint64_t mask[kWords] = {};               // bit c: CPU c
+};
+// shared_cpu_threads's share for rank `rank` of `all` (one entry per rank): its CPUs divided among the ranks of its
+// machine whose masks overlap its own (itself included), the lower ranks first to take one more; at least 1; 0 when
+// its own mask is unreadable.
+int cpu_share(std::span<const RankCpus> all, int rank);
 
 // The communicator of this process, made on first use: MPI when launched by one (a build without MPI then refuses
 // with a clear error), else the single-process one. MPI is finalised at exit.

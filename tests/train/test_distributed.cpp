@@ -192,6 +192,42 @@ TEST_CASE("distributed: ranks that may run on the same CPUs share them out, rank
   CHECK(dist::shared_cpu_threads(*dist::single_process()) == cpus);
 }
 
+TEST_CASE("distributed: a rank's share counts the ranks whose CPUs overlap its own, on its machine") {
+  // Ranks' CPUs as [first, last] ranges on machines `node`; every mask readable unless said.
+  struct Rank {
+    int first, last;
+    int64_t node = 0;
+    int64_t readable = 1;
+  };
+  auto shares = [](const std::vector<Rank>& ranks) {
+    std::vector<dist::RankCpus> all(ranks.size());
+    for (size_t r = 0; r < ranks.size(); ++r) {
+      all[r].node = ranks[r].node;
+      all[r].readable = ranks[r].readable;
+      for (int c = ranks[r].first; c <= ranks[r].last; ++c) all[r].mask[c / 64] |= uint64_t(1) << (c % 64);
+    }
+    std::vector<int> out;
+    for (int r = 0; r < int(ranks.size()); ++r) out.push_back(dist::cpu_share(all, r));
+    return out;
+  };
+  // Bound to disjoint cores (mpirun's --bind-to core): each its own.
+  CHECK(shares({{0, 3}, {4, 7}, {8, 8}}) == std::vector<int>{4, 4, 1});
+  // Partly overlapping: 0-3 meets 2-5 only, 2-5 meets both, 4-7 meets 2-5 only. A rank's share never counts a rank
+  // that cannot run on its CPUs; where every pair does not overlap, fewer threads than CPUs (none run twice).
+  CHECK(shares({{0, 3}, {2, 5}, {4, 7}}) == std::vector<int>{2, 1, 2});
+  // One mask inside another: each halves its own CPUs.
+  CHECK(shares({{0, 7}, {2, 3}}) == std::vector<int>{4, 1});
+  // CPUs that do not divide: the lower rank takes the odd one.
+  CHECK(shares({{0, 6}, {0, 6}}) == std::vector<int>{4, 3});
+  // More ranks than CPUs: one thread each.
+  CHECK(shares({{0, 1}, {0, 1}, {0, 1}}) == std::vector<int>{1, 1, 1});
+  // The same CPUs on two machines: not shared; an unreadable mask: 0 (OpenMP's default), and not counted by others.
+  CHECK(shares({{0, 7}, {0, 7, 1}, {0, 7}}) == std::vector<int>{4, 8, 4});
+  CHECK(shares({{0, 7}, {0, 7, 0, 0}}) == std::vector<int>{8, 0});
+  // CPUs past 64 (a mask of several words).
+  CHECK(shares({{60, 131}, {128, 135}}) == std::vector<int>{36, 4});
+}
+
 TEST_CASE("distributed: a ZeRO-1 step equals the whole step for every optimizer (50 steps, every state tensor)") {
   test::check_zero1_equals_whole(ranks(), Device::cpu(), 50);
 }
