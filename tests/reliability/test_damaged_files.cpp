@@ -225,7 +225,7 @@ TEST_CASE("damaged files: a training run's checkpoint (state.json's loader posit
   CHECK(resume_with([](nlohmann::json&) {}).empty());  // unchanged: resumes
   CHECK(resume_with([](nlohmann::json& j) {
           j["loader"] = "00ff";
-        }).find("state.json': 'loader': [loader] position: expected 96 bytes") != std::string::npos);
+        }).find("state.json': 'loader': [loader] position: expected 104 bytes") != std::string::npos);
   CHECK(resume_with([](nlohmann::json& j) { j["loader"] = std::string(160, 'z'); }).find("not a lowercase hex digit") != std::string::npos);
   CHECK(resume_with([](nlohmann::json& j) { j["optimizer"]["steps"] = "three"; }).find("field 'optimizer.steps' must be an integer, found \"three\"") != std::string::npos);
   CHECK(resume_with([](nlohmann::json& j) { j["dropout_rng"]["seed"] = -1; }).find("field 'dropout_rng.seed' must be a non-negative integer") != std::string::npos);
