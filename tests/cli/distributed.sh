@@ -61,7 +61,10 @@ comm() {
   sed -n 's/.*"collectives_measured":\([0-9]*\),"collectives_predicted":\([0-9]*\),"comm_bytes_measured":\([0-9]*\),"comm_bytes_predicted":\([0-9]*\).*/\1 \2 \3 \4/p' \
     "$1/log.jsonl"
 }
-for opt in adamw came adafactor sgd sm3 lamb; do
+# Every optimizer the binary offers (its --optimizer choices), so that a new one is covered without editing this list.
+optimizers=$("$tally" train --help | sed -n 's/^ *--optimizer VALUE *\(.*\) (default.*/\1/p' | tr -d '|')
+[ "$(echo $optimizers | wc -w)" -ge 6 ] || fail "could not read the optimizers from tally train --help: '$optimizers'"
+for opt in $optimizers; do
   "$tally" train "${common[@]}" --optimizer $opt --steps 6 --total-batch 128 --out "$work/one-$opt" >"$work/o" 2>&1 ||
     fail "$opt, one process: $(tail -3 "$work/o")"
   for zero in 0 1; do
