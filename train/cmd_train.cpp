@@ -43,6 +43,28 @@ nlohmann::json saved_flags(const std::filesystem::path& resume) {
   return flags.is_null() ? nlohmann::json::object() : flags;
 }
 
+// What --resume names must be a run directory holding a checkpoint, or one of its checkpoints: checked before
+// anything is read or written (a mistyped path would otherwise become a directory of freshly tokenized data, and a
+// model file or export would be read as a run's configuration).
+void check_resume_target(const std::filesystem::path& r) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::status(r, ec);
+  const std::string kWhat = "it names a run directory, or one of its step-NNNNNNNN checkpoints";
+  if (!fs::exists(st))
+    fail("--resume '", r.string(), "': no such file or directory (", kWhat, "); nothing was changed");
+  if (!fs::is_directory(st))
+    fail("--resume '", r.string(), "' is a file, not a run (", kWhat,
+         "); to start a new run from a model file, use --init ", r.string(), "; nothing was changed");
+  if (fs::exists(r / "manifest.json") || !checkpoints_newest_first(r).empty()) return;
+  std::string hint;
+  if (fs::exists(r / "log.jsonl"))
+    hint = "; its run stopped before its first checkpoint: start it again (move its log.jsonl away, or another --out)";
+  else if (fs::exists(r / "model.safetensors") || fs::exists(r / "config.json"))
+    hint = cat("; it holds a model, not a run: to start a new run from it, use --init ", r.string());
+  fail("--resume '", r.string(), "': no complete checkpoint there (", kWhat, ")", hint, "; nothing was changed");
+}
+
 }  // namespace
 
 int cmd_train(const Args& args) {
@@ -59,9 +81,16 @@ int cmd_train(const Args& args) {
       if (flags.given(name)) model_flags_with_init.push_back(name);
   std::optional<std::filesystem::path> resume;
   if (auto r = flags.maybe("resume")) {
+    if (flags.given("init"))
+      throw FlagError(
+          "--init starts a new run from a model file and --resume continues a run from its checkpoint, whose weights "
+          "it "
+          "loads: give one of them (a resumed run keeps the flags it was started with, --init and --config's "
+          "included)");
     // "run/step-00000003/" names the same checkpoint as "run/step-00000003" (its parent is the run directory).
     resume = std::filesystem::path(*r).lexically_normal();
     if (resume->filename().empty()) resume = resume->parent_path();
+    check_resume_target(*resume);
     // A resumed run takes its saved flags; flags given now win (e.g. more --steps). The saved "out" is where the run
     // was, not where it is now (a moved or copied run continues in place).
     const nlohmann::json saved = saved_flags(*resume);
@@ -106,9 +135,10 @@ int cmd_train(const Args& args) {
     }
   }
   if (s.interrupted) return 0;
-  std::printf("\nfinal: train loss %.4f, val loss %.4f, %.0f ms/step, optimizer state %s, %lld skipped step(s)\n",
-              s.final_train_loss, s.final_val_loss, s.ms_per_step, format_bytes_exact(s.optimizer_state_bytes).c_str(),
-              (long long)s.skipped_steps);
+  std::printf("\nfinal: train loss %.4f, val loss %.4f, %.0f ms/step%s, optimizer state %s, %lld skipped step(s)\n",
+              s.final_train_loss, s.final_val_loss, s.ms_per_step,
+              s.ms_from_first_step ? " (one step, its warm-up included)" : "",
+              format_bytes_exact(s.optimizer_state_bytes).c_str(), (long long)s.skipped_steps);
   if (ranks.rank() != 0) return 0;
   std::printf("\nsamples:\n");
   try {

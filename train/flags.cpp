@@ -10,7 +10,9 @@
 #include <omp.h>
 
 #include <cerrno>
+#include <filesystem>
 #include <fstream>
+#include <set>
 #include <cmath>
 #include <cstdlib>
 #include <sstream>
@@ -64,6 +66,9 @@ void Flags::parse(const std::vector<std::string>& args) {
 }
 
 void Flags::merge_json_file(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw FlagError(tally::cat("config file '", path, "' is a directory, not a JSON file"));
   std::ifstream in(path, std::ios::binary);
   if (!in) throw FlagError(tally::cat("cannot read config file '", path, "'"));
   std::ostringstream text;
@@ -74,13 +79,27 @@ void Flags::merge_json_file(const std::string& path) {
 
 void Flags::merge_json(std::string_view json_text, const std::string& path) {
   nlohmann::json j;
+  // A flag named twice in the object would silently take its last value: refused (keys of the top-level object).
+  std::set<std::string> keys;
+  std::string twice;
+  const nlohmann::json::parser_callback_t note_keys = [&](int depth, nlohmann::json::parse_event_t event,
+                                                          nlohmann::json& parsed) {
+    if (event == nlohmann::json::parse_event_t::key && depth == 1 && !keys.insert(parsed.get<std::string>()).second &&
+        twice.empty())
+      twice = parsed.get<std::string>();
+    return true;
+  };
   try {
-    j = nlohmann::json::parse(json_text);
+    j = nlohmann::json::parse(json_text, note_keys);
   } catch (const nlohmann::json::exception& e) {
     throw FlagError(tally::cat("config file '", path, "' is not valid JSON: ", e.what()));
   }
   if (!j.is_object()) throw FlagError(tally::cat("config file '", path, "' must hold one JSON object of flag names"));
+  if (!twice.empty()) throw FlagError(tally::cat("config file '", path, "' names '", twice, "' twice"));
   for (const auto& [key, value] : j.items()) {
+    if (key == "config")
+      throw FlagError(tally::cat("config file '", path, "': 'config' names another config file, which is not read: ",
+                                 "merge its flags into this one, or give it with --config instead"));
     const FlagSpec* s = spec(key);
     if (!s) throw FlagError(tally::cat("config file '", path, "': unknown flag '", key, "' for 'tally ", command_, "'"));
     std::string text;

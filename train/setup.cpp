@@ -295,9 +295,12 @@ const char* kDownloadHint =
     "      https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt\n"
     "  ../shared/data/tinyshakespeare.txt beside the checkout";
 
-// Tokenizes `text_path` into cache_dir/{train,val}.bin once (reused while the text's size and time match).
+// Tokenizes `text_path` into cache_dir/{train,val}.bin once (reused while the text's size and time match; shards
+// there that this did not write, without its source.txt stamp, are refused, never replaced).
 DataChoice from_text(const fs::path& text_path, int64_t val_tokens, const fs::path& cache_dir, const std::string& why) {
-  TALLY_CHECK(fs::is_regular_file(text_path), "text file '", text_path.string(), "' does not exist");
+  TALLY_CHECK(fs::exists(text_path), "text file '", text_path.string(), "' does not exist");
+  TALLY_CHECK(fs::is_regular_file(text_path), "text file '", text_path.string(), "' is ",
+              fs::is_directory(text_path) ? "a directory" : "not a regular file", ", not a text file");
   fs::path dir = cache_dir / "data";
   fs::path train = dir / "train.bin", val = dir / "val.bin", stamp = dir / "source.txt";
   std::ostringstream id;
@@ -313,6 +316,11 @@ DataChoice from_text(const fs::path& text_path, int64_t val_tokens, const fs::pa
     have = ss.str();
   }
   if (have != id.str() || !fs::exists(train) || !fs::exists(val)) {
+    // Shards there without the stamp are not this cache's: someone's own data, never replaced.
+    TALLY_CHECK(fs::exists(stamp) || (!fs::exists(train) && !fs::exists(val)), "'", dir.string(),
+                "' holds train.bin or val.bin that tally did not tokenize there (no source.txt beside them), which ",
+                "tokenizing ", text_path.string(), " would replace: train on them with --train and --val, or give ",
+                "another --out; nothing was changed");
     data::prepare_text(text_path, dir, {.val_tokens = val_tokens});
     std::ofstream(stamp) << id.str();
   }
@@ -330,6 +338,10 @@ DataChoice resolve_data(const Flags& f, const fs::path& cache_dir) {
   if (val_tokens <= 0) throw FlagError("--val-tokens must be positive");
   if (f.given("train") || f.given("val")) {
     if (!f.given("train") || !f.given("val")) throw FlagError("--train and --val go together");
+    if (f.given("text"))
+      throw FlagError(
+          "--text and --train/--val are two ways to give the data: give one (--text is tokenized into "
+          "OUT/data/train.bin and val.bin)");
     return {f.str("train"), f.str("val"), "shards " + f.str("train") + " / " + f.str("val")};
   }
   if (f.given("text")) return from_text(f.str("text"), val_tokens, cache_dir, "--text");

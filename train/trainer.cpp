@@ -400,7 +400,13 @@ void Trainer::resume(const fs::path& dir_in) {
   saved_model.padded_vocab_size = c_.model.padded_vocab_size;
   TALLY_CHECK(train::model_config_json(saved_model) == train::model_config_json(c_.model), "--resume '", dir.string(),
               "': the checkpoint's model ", train::model_config_json(rs.model).dump(), " differs from this run's ",
-              train::model_config_json(c_.model).dump());
+              train::model_config_json(c_.model).dump(),
+              " (a resumed run keeps its model: leave out the model flags; to train another model from these weights, "
+              "start a new run with --init)");
+  TALLY_CHECK(rs.optimizer_kind == optimizer_->kind(), "--resume '", dir.string(),
+              "': the checkpoint was trained with --optimizer ", rs.optimizer_kind, ", this run has --optimizer ",
+              optimizer_->kind(), " (resume with the same --optimizer; to go on with ", optimizer_->kind(),
+              " from these weights, start a new run with --init ", dir.string(), ")");
   TALLY_CHECK(rs.dtype == c_.dtype, "--resume '", dir.string(), "': the checkpoint was trained with --dtype ",
               dtype_name(rs.dtype), ", this run has --dtype ", dtype_name(c_.dtype), " (resume with the same --dtype)");
   const std::string model_file = (dir / "model.safetensors").string();
@@ -555,7 +561,7 @@ void Trainer::run_steps(RunSummary& s) {
   ProgressLine progress(c_.log_every);
   optimizer_->init_state();
   const auto t_start = std::chrono::steady_clock::now();
-  double val = NAN, ms_sum = 0;
+  double val = NAN, ms_sum = 0, first_ms = NAN;
   int64_t ms_count = 0;
   for (int64_t step = start_step_ + 1; step <= c_.steps; ++step) {
     const bool first = step == start_step_ + 1, last = step == c_.steps;
@@ -570,6 +576,8 @@ void Trainer::run_steps(RunSummary& s) {
     if (!first) {  // the first step pays for allocations and caches: not counted in ms/step
       ms_sum += r.ms;
       ++ms_count;
+    } else {
+      first_ms = r.ms;  // ms/step of a session of one step (marked so)
     }
     if (r.skipped) {
       ++skipped_total_;
@@ -639,7 +647,8 @@ void Trainer::run_steps(RunSummary& s) {
   if (!s.interrupted && s.steps_done == c_.steps && std::isfinite(val) && comm_.rank() == 0)
     train::prune_checkpoints(c_.out, int(c_.keep_last), {});
   s.final_val_loss = val;
-  s.ms_per_step = ms_count ? ms_sum / double(ms_count) : NAN;
+  s.ms_per_step = ms_count ? ms_sum / double(ms_count) : first_ms;
+  s.ms_from_first_step = ms_count == 0;
   s.optimizer_state_bytes = optimizer_->total_state_bytes();
   s.skipped_steps = skipped_total_;
 }

@@ -27,6 +27,7 @@ namespace tally::train {
 struct RunSummary {
   int64_t steps_done = 0;
   double final_train_loss = NAN, final_val_loss = NAN, ms_per_step = NAN;
+  bool ms_from_first_step = false;  // ms_per_step is the session's only step, warm-up (allocations, caches) included
   int64_t optimizer_state_bytes = 0;
   int64_t skipped_steps = 0;
   bool interrupted = false;

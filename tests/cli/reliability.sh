@@ -182,6 +182,33 @@ expect 0 "resumed from" "$tally" train --resume "$work/mine/step-00000002/" --st
 [ -d "$work/mine/step-00000003" ] || fail "--resume DIR/step-00000002/ did not go on in DIR: $(steps "$work/mine")"
 # Nothing left to train: refused, not an empty run.
 expect 2 "the checkpoint is at step 3 and this run has --steps 3: nothing to train" "$tally" train --resume "$work/mine" --steps 3
+# --resume of what is not a run: refused before anything is read or written (no directory made, no data tokenized).
+expect 1 "--resume '.*typo': no such file or directory" "$tally" train --resume "$work/typo"
+[ ! -e "$work/typo" ] || fail "a refused --resume of a missing directory made it: $(ls -a "$work/typo")"
+"$tally" export --checkpoint "$work/mine" --format llmc --out "$work/model.llmc" >"$work/out" 2>&1 || fail "export: $(tail -3 "$work/out")"
+expect 1 "--resume '.*model.llmc' is a file, not a run .*use --init" "$tally" train --resume "$work/model.llmc"
+mkdir -p "$work/mydata/data" && cp "$work/mine/data/train.bin" "$work/mine/data/val.bin" "$work/mydata/data/"
+expect 1 "--resume '.*mydata': no complete checkpoint there" "$tally" train --resume "$work/mydata"
+# A new run tokenizing --text into a directory whose data/ holds shards it did not write: refused, the shards kept.
+before_data=$(cat "$work/mydata/data/"* | md5sum)
+expect 1 "holds train.bin or val.bin that tally did not tokenize there .*train on them with --train and --val" \
+  "$tally" train "${common[@]}" --steps 1 --val-tokens 1000 --out "$work/mydata"
+[ "$(cat "$work/mydata/data/"* | md5sum)" = "$before_data" ] && [ ! -e "$work/mydata/data/source.txt" ] ||
+  fail "a refused run changed the shards it found in its --out"
+# Flags that contradict each other or the checkpoint: refused, naming them.
+expect 2 "--init starts a new run from a model file and --resume continues a run" "$tally" train --resume "$work/mine" \
+  --init "$work/model.llmc" --steps 4
+expect 2 "--text and --train/--val are two ways to give the data" "$tally" train "${common[@]}" --steps 1 \
+  --train "$work/mine/data/train.bin" --val "$work/mine/data/val.bin" --text "$work/mine/config.json" --out "$work/both"
+expect 1 "the checkpoint was trained with --optimizer came, this run has --optimizer adamw" "$tally" train \
+  --resume "$work/mine" --steps 4 --optimizer adamw
+expect 1 "text file '.*' is a directory, not a text file" "$tally" train "${common[@]}" --text "$work/mine" --out "$work/td"
+# Config files: a directory, a flag named twice, a config naming another config.
+expect 2 "config file '.*' is a directory" "$tally" train --config "$work/mine"
+printf '{"steps": 2, "steps": 3}' >"$work/cfg_twice.json"
+expect 2 "cfg_twice.json' names 'steps' twice" "$tally" train --config "$work/cfg_twice.json"
+printf '{"config": "other.json"}' >"$work/cfg_nested.json"
+expect 2 "'config' names another config file, which is not read" "$tally" train --config "$work/cfg_nested.json"
 # A training shard replaced by one of another size since the checkpoint: refused (the saved place in the data
 # would name other slices), nothing changed.
 mkdir -p "$work/shards" && cp "$work/mine/data/train.bin" "$work/mine/data/val.bin" "$work/shards/"

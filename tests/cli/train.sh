@@ -24,6 +24,8 @@ quiet=(env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT -u KMP_BLOCKTIME)
 "${quiet[@]}" "$tally" train "${common[@]}" --steps 1 --out "$work/wait" >"$work/o" 2>&1 ||
   fail "train with OMP_WAIT_POLICY unset: $(tail -3 "$work/o")"
 grep -q "threads (OMP_WAIT_POLICY=passive)" "$work/o" || fail "wait policy not passive by default: $(grep threads "$work/o")"
+# A session of one step reports that step's time, said to include its warm-up (not nan).
+grep -qE "final: .*, [0-9]+ ms/step \(one step, its warm-up included\)" "$work/o" || fail "one step's ms/step: $(grep final: "$work/o")"
 "${quiet[@]}" OMP_WAIT_POLICY= "$tally" train "${common[@]}" --steps 1 --out "$work/wait-empty" >"$work/o" 2>&1 &&
   grep -q "threads (OMP_WAIT_POLICY=passive)" "$work/o" || fail "an empty OMP_WAIT_POLICY: $(grep threads "$work/o")"
 "${quiet[@]}" OMP_WAIT_POLICY=active "$tally" train "${common[@]}" --steps 1 --out "$work/wait-active" >"$work/o" 2>&1 &&
