@@ -240,10 +240,23 @@ std::string memory_advice(const models::GPT2Config& model, const OptimizerChoice
     s.batch = fit;
     const MemoryFigures at = predict_step_memory(model, optimizer, s);
     out += cat("The largest --batch that fits is ", fit, " (peak ", format_bytes_human(at.total_held), ")");
-    out += (batch * shape.accumulation) % fit == 0
-               ? cat("; --total-batch ", batch * shape.seq * shape.accumulation * shape.parallel.world,
-                     " keeps the tokens per optimizer step (gradient accumulation).\n")
-               : ".\n";
+    // The same tokens per optimizer step in smaller micro-batches: a batch dividing them, its gradients accumulated
+    // over the micro-batches (which costs memory of its own: planned as such, not assumed).
+    const int64_t micro_total = batch * shape.accumulation;
+    const int64_t tokens = micro_total * shape.seq * shape.parallel.world;
+    std::string keep;
+    for (int64_t d = std::min(fit, micro_total); d >= 1 && keep.empty(); --d) {
+      if (micro_total % d != 0) continue;
+      StepShape k = shape;
+      k.batch = d;
+      k.accumulation = micro_total / d;
+      if (const MemoryFigures m = predict_step_memory(model, optimizer, k); m.total_held <= budget.bytes)
+        keep = cat("; --batch ", d, " --total-batch ", tokens, " keeps the tokens per optimizer step (", k.accumulation,
+                   " micro-batches accumulated, peak ", format_bytes_human(m.total_held), ").\n");
+    }
+    out += keep.empty() ? cat("; no smaller batch keeps the ", tokens,
+                              " tokens per optimizer step within the budget (gradient accumulation holds more).\n")
+                        : keep;
   } else {
     StepShape s = shape;
     s.batch = 1;

@@ -35,6 +35,18 @@ expect 1 "largest --batch that fits is [0-9]+" env TALLY_MEMORY_LIMIT=60M "$tall
 grep -q "no checkpoint was written" "$work/out" || fail "refusal does not say nothing was written"
 grep -q "total (peak, all at once)" "$work/out" || fail "refusal has no plan"
 [ -z "$(steps "$work/oom")" ] || fail "refused run left $(steps "$work/oom")"
+# Accumulating the same tokens per step in smaller micro-batches holds more than one batch of the largest size that
+# fits: here (60M, T=16) none of 4, 2, 1 fits accumulated, and the advice says so rather than name one that does not.
+grep -q "no smaller batch keeps the 128 tokens per optimizer step within the budget" "$work/out" ||
+  fail "accumulation advice at 60M: $(grep -i largest "$work/out")"
+# At T=64 under 85 MB one does (batch 1 accumulated 8 times), and the advice, followed, fits the same budget.
+expect 1 "largest --batch that fits is 2" env TALLY_MEMORY_LIMIT=85000000 "$tally" train "${common[@]}" --seq 64 \
+  --batch 8 --steps 1 --out "$work/oom64"
+advice=$(sed -n 's/.*; \(--batch [0-9]* --total-batch [0-9]*\) keeps the tokens per optimizer step.*/\1/p' "$work/out")
+[ "$advice" = "--batch 1 --total-batch 512" ] || fail "accumulation advice at 85 MB: $(grep -i largest "$work/out")"
+# shellcheck disable=SC2086
+env TALLY_MEMORY_LIMIT=85000000 "$tally" train "${common[@]}" --seq 64 $advice --steps 1 --out "$work/oom-advised" \
+  >"$work/o2" 2>&1 || fail "the advised '$advice' does not fit: $(tail -3 "$work/o2")"
 # A cap on the address space (ulimit -v) is part of the budget: a step that cannot fit under it is refused before
 # training (an allocation failing under the cap would leave OpenBLAS retrying it for ever). One thread each for
 # OpenMP and OpenBLAS keeps the process's own mappings small. (Not under AddressSanitizer: its shadow memory alone
