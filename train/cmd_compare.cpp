@@ -74,7 +74,14 @@ int cmd_compare(const Args& args) {
     const RunConfig& c = configs[i];
     std::printf("\n=== %s (lr %.3g) ===\n", names[i].c_str(), c.optimizer.lr());
     Trainer t(c);
-    results.push_back({names[i], c.optimizer.lr(), t.run()});
+    // A run that stops on non-finite steps (--max-bad-steps) is a result of the comparison: reported with what it
+    // trained, and the other optimizers still run. (Every rank stops at the same step: the loss is summed over them.)
+    try {
+      results.push_back({names[i], c.optimizer.lr(), t.run()});
+    } catch (const TrainingStopped& e) {
+      std::printf("%s: %s\n", names[i].c_str(), e.what());
+      results.push_back({names[i], c.optimizer.lr(), e.summary()});
+    }
     // Stopped by a request: every rank of a data-parallel compare agrees on a run's stop (it travels with a step's
     // loss); one process also stops at a request made after its run's last step.
     const bool one_process = ranks.world() == 1;
@@ -99,16 +106,35 @@ int cmd_compare(const Args& args) {
       "| optimizer | lr | final train loss | final val loss | optimizer state (bytes) | ms/step "
       "|\n|---|---|---|---|---|---|\n";
   json summary = json::array();
+  std::string notes;
   for (const auto& r : results) {
-    char row[256];
-    std::snprintf(row, sizeof row, "| %s | %.3g | %.4f | %.4f | %s | %.0f |\n", r.name.c_str(), r.lr, r.summary.final_train_loss,
-                  r.summary.final_val_loss, format_bytes_exact(r.summary.optimizer_state_bytes).c_str(), r.summary.ms_per_step);
+    char row[320];
+    const RunSummary& s = r.summary;
+    if (s.stopped.empty()) {
+      std::snprintf(row, sizeof row, "| %s | %.3g | %.4f | %.4f | %s | %.0f |\n", r.name.c_str(), r.lr,
+                    s.final_train_loss, s.final_val_loss, format_bytes_exact(s.optimizer_state_bytes).c_str(),
+                    s.ms_per_step);
+    } else {  // its last finite loss, where there was one; no final validation
+      char last[48] = "";
+      if (!s.train_curve.empty()) std::snprintf(last, sizeof last, ", last finite %.4f", s.final_train_loss);
+      std::snprintf(row, sizeof row, "| %s | %.3g | stopped at step %lld (non-finite)%s | - | %s | %.0f |\n",
+                    r.name.c_str(), r.lr, (long long)s.steps_done, last,
+                    format_bytes_exact(s.optimizer_state_bytes).c_str(), s.ms_per_step);
+      notes += cat("- ", r.name, ": ", s.stopped, "\n");
+    }
     md += row;
     std::printf("%s", row);
-    summary.push_back({{"optimizer", r.name}, {"lr", r.lr}, {"final_train_loss", r.summary.final_train_loss},
-                       {"final_val_loss", r.summary.final_val_loss}, {"state_bytes", r.summary.optimizer_state_bytes},
-                       {"ms_per_step", r.summary.ms_per_step}, {"steps", r.summary.steps_done}});
+    json entry = {{"optimizer", r.name},
+                  {"lr", r.lr},
+                  {"final_train_loss", s.final_train_loss},
+                  {"final_val_loss", s.final_val_loss},
+                  {"state_bytes", s.optimizer_state_bytes},
+                  {"ms_per_step", s.ms_per_step},
+                  {"steps", s.steps_done}};
+    if (!s.stopped.empty()) entry["stopped"] = s.stopped;
+    summary.push_back(entry);
   }
+  if (!notes.empty()) md += "\nRuns that stopped before their last step:\n\n" + notes;
   io::write_file_atomic(report / "report.md", md);
   io::write_file_atomic(report / "summary.json", summary.dump(2) + "\n");
   std::vector<fs::path> run_dirs;

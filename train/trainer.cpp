@@ -508,6 +508,7 @@ RunSummary Trainer::run() {
     log_ = std::make_unique<RunLog>(c_.out / "log.jsonl", start_step_ > 0 ? LogStart::append : LogStart::fresh);
   try {
     run_steps(s);
+    if (!s.stopped.empty()) throw TrainingStopped(s.stopped, s);
   } catch (const std::bad_alloc&) {
     throw OutOfMemory(cat("out of memory during training (std::bad_alloc). ",
                           memory_advice(c_.model, c_.optimizer, step_shape(), predicted_, budget), advice_of_failure));
@@ -586,9 +587,8 @@ void Trainer::run_steps(RunSummary& s) {
                   progress.break_line(), (long long)step, r.loss, r.grad_norm, (long long)skipped_in_row_);
       if (skipped_in_row_ >= c_.max_bad_steps) {
         s.steps_done = step;
-        s.skipped_steps = skipped_total_;
         s.last_checkpoint = save(step);
-        fail(
+        s.stopped = cat(
             "training stopped: ", skipped_in_row_, " non-finite steps in a row (limit --max-bad-steps ",
             c_.max_bad_steps, "). The model they started from and its optimizer state are saved in ",
             s.last_checkpoint.string(), "; ",
@@ -597,6 +597,7 @@ void Trainer::run_steps(RunSummary& s) {
                 : cat("the newest checkpoint followed by a finite step is ", good_checkpoint_.string(),
                       " (continue from it into another directory: --resume ", good_checkpoint_.string(), " --out NEW)"),
             ". Try a lower --lr, a --grad-clip, or more --warmup.");
+        break;
       }
     } else {
       skipped_in_row_ = 0;
@@ -644,7 +645,7 @@ void Trainer::run_steps(RunSummary& s) {
   }
   progress.finish();
   // The final model's validation loss is finite: its checkpoint is good, and --keep-last alone decides what stays.
-  if (!s.interrupted && s.steps_done == c_.steps && std::isfinite(val) && comm_.rank() == 0)
+  if (!s.interrupted && s.stopped.empty() && s.steps_done == c_.steps && std::isfinite(val) && comm_.rank() == 0)
     train::prune_checkpoints(c_.out, int(c_.keep_last), {});
   s.final_val_loss = val;
   s.ms_per_step = ms_count ? ms_sum / double(ms_count) : first_ms;

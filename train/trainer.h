@@ -33,6 +33,18 @@ struct RunSummary {
   bool interrupted = false;
   std::filesystem::path last_checkpoint;
   std::vector<std::pair<int64_t, double>> train_curve, val_curve;
+  std::string stopped;  // why training stopped before --steps on non-finite steps (--max-bad-steps); else empty
+};
+
+// Thrown by Trainer::run when training stops on --max-bad-steps non-finite steps in a row (the model they started
+// from saved): what() says why and what to try; summary() is the run so far (compare reports it beside the others).
+class TrainingStopped : public Error {
+ public:
+  TrainingStopped(const std::string& what, RunSummary summary) : Error(what), summary_(std::move(summary)) {}
+  const RunSummary& summary() const { return summary_; }
+
+ private:
+  RunSummary summary_;
 };
 
 // Set by SIGINT/SIGTERM: the run finishes its step, saves a checkpoint and returns.

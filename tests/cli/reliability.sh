@@ -345,4 +345,13 @@ expect 2 "lists 'came' twice" "$tally" compare "${common[@]}" --steps 1 --optimi
 expect 1 "cmp2/runs/adamw' holds a run of an earlier compare" "$tally" compare "${common[@]}" --steps 1 \
   --optimizers came,adamw --out "$work/cmp2"
 [ ! -e "$work/cmp2/runs/came/log.jsonl" ] || fail "compare trained came before refusing the earlier compare's adamw"
+# A run of a compare that stops on non-finite steps is one of its results: the next optimizer still trains, and
+# the report (table, summary.json, page) says where and why it stopped.
+expect 0 "sgd \| 1e\+30 \| stopped at step [0-9]+ \(non-finite\)" "$tally" compare "${common[@]}" --steps 3 \
+  --optimizers sgd,adamw --lrs 1e30,1e-3 --max-bad-steps 1 --grad-clip 0 --out "$work/cmp3"
+grep -q "^| adamw | 0.001 | [0-9.]* | [0-9.]* |" "$work/cmp3/report.md" || fail "compare: adamw not reported after sgd stopped"
+grep -q "Runs that stopped before their last step" "$work/cmp3/report.md" || fail "compare: no note of the stopped run"
+grep -q '"stopped": "training stopped: 1 non-finite steps in a row' "$work/cmp3/summary.json" ||
+  fail "compare: summary.json does not say the run stopped"
+[ -f "$work/cmp3/report.html" ] || fail "compare: no page after a run stopped"
 echo "cli reliability: ok"
