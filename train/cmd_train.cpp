@@ -7,6 +7,7 @@
 
 #include "core/dist/communicator.h"
 #include "core/io/file.h"
+#include "optim/registry.h"
 #include "train/checkpoint.h"
 #include "train/commands.h"
 #include "train/report.h"
@@ -46,7 +47,7 @@ nlohmann::json saved_flags(const std::filesystem::path& resume) {
 // What --resume names must be a run directory holding a checkpoint, or one of its checkpoints: checked before
 // anything is read or written (a mistyped path would otherwise become a directory of freshly tokenized data, and a
 // model file or export would be read as a run's configuration).
-void check_resume_target(const std::filesystem::path& r) {
+void check_resume_target(const std::filesystem::path& r, int rank) {
   namespace fs = std::filesystem;
   std::error_code ec;
   const fs::file_status st = fs::status(r, ec);
@@ -58,11 +59,35 @@ void check_resume_target(const std::filesystem::path& r) {
          "); to start a new run from a model file, use --init ", r.string(), "; nothing was changed");
   if (fs::exists(r / "manifest.json") || !checkpoints_newest_first(r).empty()) return;
   std::string hint;
-  if (fs::exists(r / "log.jsonl"))
+  if (fs::exists(r / "log.jsonl")) {
+    // A run's directory: one still training there is named first (rank 0 takes and drops its lock: rank 0 owns it).
+    if (rank == 0) {
+      const io::DirectoryLock in_use_elsewhere(r, "run directory");
+    }
     hint = "; its run stopped before its first checkpoint: start it again (move its log.jsonl away, or another --out)";
-  else if (fs::exists(r / "model.safetensors") || fs::exists(r / "config.json"))
+  } else if (fs::exists(r / "model.safetensors") || fs::exists(r / "config.json"))
     hint = cat("; it holds a model, not a run: to start a new run from it, use --init ", r.string());
   fail("--resume '", r.string(), "': no complete checkpoint there (", kWhat, ")", hint, "; nothing was changed");
+}
+
+// A setting that only other optimizers read would be ignored without a word (`--eps2` with AdamW): refused, naming
+// the optimizers that read it. (compare and memory take several optimizers at once and pass each its own.)
+void refuse_settings_of_other_optimizers(const std::string& optimizer, const std::vector<std::string>& given) {
+  const optim::OptimizerEntry* mine = nullptr;
+  for (const optim::OptimizerEntry& e : optim::optimizers())
+    if (e.name == optimizer) mine = &e;
+  if (!mine) return;  // an unknown --optimizer: refused with the known ones by the run's configuration
+  for (const std::string& name : given) {
+    bool read = false;
+    for (const optim::Setting& s : mine->settings) read = read || s.name == name;
+    if (read) continue;
+    std::string readers;
+    for (const optim::OptimizerEntry& e : optim::optimizers())
+      for (const optim::Setting& s : e.settings)
+        if (s.name == name) readers += (readers.empty() ? "" : ", ") + e.name;
+    throw FlagError(cat("--", name, " is a setting of ", readers, ", not of ", optimizer,
+                        " (this run's --optimizer): leave it out, or choose an optimizer that reads it"));
+  }
 }
 
 }  // namespace
@@ -75,6 +100,10 @@ int cmd_train(const Args& args) {
   flags.parse(args);
   if (!flags.positional().empty()) throw FlagError("unexpected argument '" + flags.positional().front() + "'");
   if (auto cfg = flags.maybe("config")) flags.merge_json_file(*cfg);
+  // The optimizer settings given now (not a resumed run's saved ones): each must be one the run's optimizer reads.
+  std::vector<std::string> settings_given;
+  for (const optim::Setting& s : optim::all_settings())
+    if (flags.given(s.name)) settings_given.push_back(s.name);
   std::vector<std::string> model_flags_with_init;  // before a resumed run's saved flags join the given ones
   if (flags.given("init") && !flags.given("resume"))
     for (const char* name : {"model", "layers", "heads", "width", "block"})
@@ -90,7 +119,7 @@ int cmd_train(const Args& args) {
     // "run/step-00000003/" names the same checkpoint as "run/step-00000003" (its parent is the run directory).
     resume = std::filesystem::path(*r).lexically_normal();
     if (resume->filename().empty()) resume = resume->parent_path();
-    check_resume_target(*resume);
+    check_resume_target(*resume, ranks.rank());
     // A resumed run takes its saved flags; flags given now win (e.g. more --steps). The saved "out" is where the run
     // was, not where it is now (a moved or copied run continues in place).
     const nlohmann::json saved = saved_flags(*resume);
@@ -100,6 +129,7 @@ int cmd_train(const Args& args) {
     if (!flags.given("out"))
       flags.set("out", std::filesystem::exists(*resume / "manifest.json") ? resume->parent_path().string() : resume->string());
   }
+  refuse_settings_of_other_optimizers(flags.str("optimizer"), settings_given);
   // A new run (or one resumed elsewhere than its own directory) into a directory holding a run: refused before the
   // data is resolved (tokenizing a text writes OUT/data), by every rank (each would resolve the data).
   const std::filesystem::path out = flags.str("out");

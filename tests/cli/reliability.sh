@@ -214,6 +214,11 @@ expect 2 "--text and --train/--val are two ways to give the data" "$tally" train
   --train "$work/mine/data/train.bin" --val "$work/mine/data/val.bin" --text "$work/mine/config.json" --out "$work/both"
 expect 1 "the checkpoint was trained with --optimizer came, this run has --optimizer adamw" "$tally" train \
   --resume "$work/mine" --steps 4 --optimizer adamw
+# A setting only other optimizers read: refused, naming them (compare passes each optimizer its own).
+expect 2 "--eps2 is a setting of came, not of adamw" "$tally" train "${common[@]}" --optimizer adamw --eps2 1e-16 \
+  --steps 1 --out "$work/eps2"
+expect 2 "--momentum is a setting of sgd, sm3, not of came" "$tally" train "${common[@]}" --momentum 0.9 --steps 1 \
+  --out "$work/momentum"
 expect 1 "text file '.*' is a directory, not a text file" "$tally" train "${common[@]}" --text "$work/mine" --out "$work/td"
 # Config files: a directory, a flag named twice, a config naming another config.
 expect 2 "config file '.*' is a directory" "$tally" train --config "$work/mine"
