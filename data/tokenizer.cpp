@@ -570,8 +570,9 @@ fs::path Tokenizer::default_dir() {
   // None has both: the two from the download cache, downloaded there once (not with TALLY_OFFLINE=1).
   const auto encoder = fetch(DataFile::gpt2_encoder), vocab = fetch(DataFile::gpt2_vocab);
   if (encoder && vocab) return encoder->parent_path();
-  std::string msg = "[tokenizer] GPT-2 files (encoder.json, vocab.bpe) not found; set TALLY_GPT2_DIR or pass a "
-                    "directory. Tried:";
+  std::string msg =
+      "[tokenizer] GPT-2 files (encoder.json, vocab.bpe) not found; set TALLY_GPT2_DIR to a directory "
+      "holding both (tally prepare also takes --tokenizer-dir). Tried:";
   for (const auto& d : tried) msg += cat(' ', d.string());
   throw Error(cat(msg, ". ", offline_note()));
 }

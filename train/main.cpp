@@ -52,7 +52,7 @@ const std::map<std::string, Command>& commands() {
       {"inspect", {tally::train::cmd_inspect, "per-tensor optimizer state of a checkpoint"}},
       {"eval",
        {tally::train::cmd_eval, "mean loss of a model over token shards", Ranks::share_the_work, Threads::many}},
-      {"export", {tally::train::cmd_export, "write a model as llm.c .bin or .safetensors"}},
+      {"export", {tally::train::cmd_export, "write a model as llm.c .bin, .safetensors or a Hugging Face directory"}},
       {"sample", {tally::train::cmd_sample, "generate text from a model", Ranks::rank_0_alone, Threads::many}},
   };
   return table;
