@@ -480,6 +480,9 @@ RunSummary Trainer::run() {
       "(%s)\n",
       (long long)c_.batch, (long long)c_.seq, (long long)c_.accumulation, (long long)c_.steps, c_.schedule.c_str(),
       (long long)c_.warmup, omp_get_max_threads(), waiting.empty() ? "OMP_WAIT_POLICY unset" : waiting.c_str());
+  if (const int64_t held = val_loader_->batches_per_epoch(); c_.val_batches > held)  // evaluate() takes what there is
+    std::printf("validation: %lld batches, not --val-batches %lld: the validation data holds %lld of %lld x %lld\n",
+                (long long)held, (long long)c_.val_batches, (long long)held, (long long)c_.batch, (long long)c_.seq);
   if (c_.sample_tokens > c_.model.block_size - 1)  // a sample starts from one token and the model sees a block
     std::printf("samples: %lld tokens each, not --sample-tokens %lld: the model's block holds %lld\n",
                 (long long)(c_.model.block_size - 1), (long long)c_.sample_tokens, (long long)c_.model.block_size);

@@ -26,6 +26,11 @@ quiet=(env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT -u KMP_BLOCKTIME)
 grep -q "threads (OMP_WAIT_POLICY=passive)" "$work/o" || fail "wait policy not passive by default: $(grep threads "$work/o")"
 # A session of one step reports that step's time, said to include its warm-up (not nan).
 grep -qE "final: .*, [0-9]+ ms/step \(one step, its warm-up included\)" "$work/o" || fail "one step's ms/step: $(grep final: "$work/o")"
+# More --val-batches than the validation data holds: the run says how many it evaluates.
+"$tally" train "${common[@]}" --val-batches 100000 --steps 1 --out "$work/val-all" >"$work/o" 2>&1 ||
+  fail "train --val-batches 100000: $(tail -3 "$work/o")"
+grep -qE "^validation: [0-9]+ batches, not --val-batches 100000: the validation data holds [0-9]+ of 2 x 32" "$work/o" ||
+  fail "no note of the validation batches: $(grep -i valid "$work/o")"
 "${quiet[@]}" OMP_WAIT_POLICY= "$tally" train "${common[@]}" --steps 1 --out "$work/wait-empty" >"$work/o" 2>&1 &&
   grep -q "threads (OMP_WAIT_POLICY=passive)" "$work/o" || fail "an empty OMP_WAIT_POLICY: $(grep threads "$work/o")"
 "${quiet[@]}" OMP_WAIT_POLICY=active "$tally" train "${common[@]}" --steps 1 --out "$work/wait-active" >"$work/o" 2>&1 &&
