@@ -116,7 +116,7 @@ int cmd_compare(const Args& args) {
                     s.ms_per_step);
     } else {  // its last finite loss, where there was one; no final validation
       char last[48] = "";
-      if (!s.train_curve.empty()) std::snprintf(last, sizeof last, ", last finite %.4f", s.final_train_loss);
+      if (!s.train_curve.empty()) std::snprintf(last, sizeof last, ", last finite %.4g", s.final_train_loss);
       std::snprintf(row, sizeof row, "| %s | %.3g | stopped at step %lld (non-finite)%s | - | %s | %.0f |\n",
                     r.name.c_str(), r.lr, (long long)s.steps_done, last,
                     format_bytes_exact(s.optimizer_state_bytes).c_str(), s.ms_per_step);
@@ -131,7 +131,10 @@ int cmd_compare(const Args& args) {
                   {"state_bytes", s.optimizer_state_bytes},
                   {"ms_per_step", s.ms_per_step},
                   {"steps", s.steps_done}};
-    if (!s.stopped.empty()) entry["stopped"] = s.stopped;
+    if (!s.stopped.empty()) {
+      entry["stopped"] = s.stopped;
+      entry["final_val_loss"] = nullptr;  // no final evaluation (an earlier one would pass for the run's result)
+    }
     summary.push_back(entry);
   }
   if (!notes.empty()) md += "\nRuns that stopped before their last step:\n\n" + notes;

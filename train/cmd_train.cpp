@@ -53,7 +53,9 @@ void check_resume_target(const std::filesystem::path& r, int rank) {
   const fs::file_status st = fs::status(r, ec);
   const std::string kWhat = "it names a run directory, or one of its step-NNNNNNNN checkpoints";
   if (!fs::exists(st))
-    fail("--resume '", r.string(), "': no such file or directory (", kWhat, "); nothing was changed");
+    fail("--resume '", r.string(),
+         "': ", st.type() == fs::file_type::not_found ? std::string("no such file or directory") : ec.message(), " (",
+         kWhat, "); nothing was changed");
   if (!fs::is_directory(st))
     fail("--resume '", r.string(), "' is a file, not a run (", kWhat,
          "); to start a new run from a model file, use --init ", r.string(), "; nothing was changed");
@@ -72,12 +74,13 @@ void check_resume_target(const std::filesystem::path& r, int rank) {
 
 // A setting that only other optimizers read would be ignored without a word (`--eps2` with AdamW): refused, naming
 // the optimizers that read it. (compare and memory take several optimizers at once and pass each its own.)
-void refuse_settings_of_other_optimizers(const std::string& optimizer, const std::vector<std::string>& given) {
+void refuse_settings_of_other_optimizers(const std::string& optimizer,
+                                         const std::vector<std::pair<std::string, std::string>>& given) {
   const optim::OptimizerEntry* mine = nullptr;
   for (const optim::OptimizerEntry& e : optim::optimizers())
     if (e.name == optimizer) mine = &e;
   if (!mine) return;  // an unknown --optimizer: refused with the known ones by the run's configuration
-  for (const std::string& name : given) {
+  for (const auto& [name, origin] : given) {
     bool read = false;
     for (const optim::Setting& s : mine->settings) read = read || s.name == name;
     if (read) continue;
@@ -85,7 +88,7 @@ void refuse_settings_of_other_optimizers(const std::string& optimizer, const std
     for (const optim::OptimizerEntry& e : optim::optimizers())
       for (const optim::Setting& s : e.settings)
         if (s.name == name) readers += (readers.empty() ? "" : ", ") + e.name;
-    throw FlagError(cat("--", name, " is a setting of ", readers, ", not of ", optimizer,
+    throw FlagError(cat("--", name, origin, " is a setting of ", readers, ", not of ", optimizer,
                         " (this run's --optimizer): leave it out, or choose an optimizer that reads it"));
   }
 }
@@ -101,9 +104,11 @@ int cmd_train(const Args& args) {
   if (!flags.positional().empty()) throw FlagError("unexpected argument '" + flags.positional().front() + "'");
   if (auto cfg = flags.maybe("config")) flags.merge_json_file(*cfg);
   // The optimizer settings given now (not a resumed run's saved ones): each must be one the run's optimizer reads.
-  std::vector<std::string> settings_given;
+  // (A switch given as off asks for nothing.) Each with where it was given, for the error.
+  std::vector<std::pair<std::string, std::string>> settings_given;
   for (const optim::Setting& s : optim::all_settings())
-    if (flags.given(s.name)) settings_given.push_back(s.name);
+    if (flags.given(s.name) && (s.kind != optim::SettingKind::switch_ || flags.on(s.name)))
+      settings_given.push_back({s.name, flags.origin(s.name)});
   std::vector<std::string> model_flags_with_init;  // before a resumed run's saved flags join the given ones
   if (flags.given("init") && !flags.given("resume"))
     for (const char* name : {"model", "layers", "heads", "width", "block"})
@@ -111,20 +116,24 @@ int cmd_train(const Args& args) {
   std::optional<std::filesystem::path> resume;
   if (auto r = flags.maybe("resume")) {
     if (flags.given("init"))
-      throw FlagError(
-          "--init starts a new run from a model file and --resume continues a run from its checkpoint, whose weights "
-          "it "
-          "loads: give one of them (a resumed run keeps the flags it was started with, --init and --config's "
-          "included)");
+      throw FlagError(cat("--init", flags.origin("init"),
+                          " starts a new run from a model file and --resume continues a run from its checkpoint, whose "
+                          "weights it loads: give one of them (a resumed run keeps the flags it was started with, "
+                          "--init and --config's included)"));
     // "run/step-00000003/" names the same checkpoint as "run/step-00000003" (its parent is the run directory).
     resume = std::filesystem::path(*r).lexically_normal();
     if (resume->filename().empty()) resume = resume->parent_path();
     check_resume_target(*resume, ranks.rank());
     // A resumed run takes its saved flags; flags given now win (e.g. more --steps). The saved "out" is where the run
     // was, not where it is now (a moved or copied run continues in place).
+    // The data flags go together: data given now (--text, or --train and --val) replaces the saved run's whole.
     const nlohmann::json saved = saved_flags(*resume);
-    for (const auto& [k, v] : saved.items())
-      if (!flags.given(k) && k != "resume" && k != "out" && v.is_string()) flags.set(k, v.get<std::string>());
+    const bool data_given = flags.given("text") || flags.given("train") || flags.given("val");
+    for (const auto& [k, v] : saved.items()) {
+      const bool data_flag = k == "text" || k == "train" || k == "val";
+      if (!flags.given(k) && !(data_flag && data_given) && k != "resume" && k != "out" && v.is_string())
+        flags.set(k, v.get<std::string>());
+    }
     // --resume names a run directory or one of its checkpoints; either way the run goes on in the run directory.
     if (!flags.given("out"))
       flags.set("out", std::filesystem::exists(*resume / "manifest.json") ? resume->parent_path().string() : resume->string());

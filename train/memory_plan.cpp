@@ -229,7 +229,7 @@ std::string memory_advice(const models::GPT2Config& model, const OptimizerChoice
   std::string out =
       cat("One training step of this run holds ", format_bytes_exact(predicted.total_held), " (",
           format_bytes_human(predicted.total_held), ") at its peak, predicted exactly on the meta device ",
-          "(the plan below lists the ", format_bytes_exact(predicted.total),
+          "(the plan lists the ", format_bytes_exact(predicted.total),
           " requested; the allocator holds each block rounded up); the budget is ", format_bytes_exact(budget.bytes),
           " (", format_bytes_human(budget.bytes), ", ", budget.source, ").\n");
   const int64_t batch = shape.batch;

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/io/file.h"
 #include "core/ledger.h"
 #include "data/fetch.h"
 #include "data/prepare.h"
@@ -321,8 +322,12 @@ DataChoice from_text(const fs::path& text_path, int64_t val_tokens, const fs::pa
                 "' holds train.bin or val.bin that tally did not tokenize there (no source.txt beside them), which ",
                 "tokenizing ", text_path.string(), " would replace: train on them with --train and --val, or give ",
                 "another --out; nothing was changed");
+    // The stamp comes first, marked unfinished: shards that appear here later are this cache's even if tokenizing is
+    // interrupted (or another rank of the run tokenizes beside this one), and an unfinished stamp never matches.
+    fs::create_directories(dir);
+    io::write_file_atomic(stamp, "tokenizing, unfinished\n" + id.str());
     data::prepare_text(text_path, dir, {.val_tokens = val_tokens});
-    std::ofstream(stamp) << id.str();
+    io::write_file_atomic(stamp, id.str());
   }
   return {train.string(), val.string(), why + " " + text_path.string() + " (tokenized into " + dir.string() + ")"};
 }

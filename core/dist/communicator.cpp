@@ -97,10 +97,12 @@ std::vector<uint64_t> Communicator::all_gather_u64(uint64_t x) {
 }
 
 int cpu_share(std::span<const RankCpus> all, int rank) {
+  TALLY_CHECK(rank >= 0 && size_t(rank) < all.size(), "[dist] cpu_share: rank ", rank, " of ", all.size());
   const RankCpus& mine = all[size_t(rank)];
   if (!mine.readable) return 0;
   int own = 0, sharing = 0, before = 0;  // this rank's CPUs; the ranks sharing any of them (itself too), lower ranks
   for (int w = 0; w < RankCpus::kWords; ++w) own += std::popcount(mine.mask[w]);
+  if (own == 0) return 0;  // an empty mask (never from sched_getaffinity): OpenMP's default
   for (size_t r = 0; r < all.size(); ++r) {
     const RankCpus& other = all[r];
     if (other.node != mine.node || !other.readable) continue;

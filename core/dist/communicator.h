@@ -123,7 +123,7 @@ struct RankCpus {
 };
 // shared_cpu_threads's share for rank `rank` of `all` (one entry per rank): its CPUs divided among the ranks of its
 // machine whose masks overlap its own (itself included), the lower ranks first to take one more; at least 1; 0 when
-// its own mask is unreadable.
+// its own mask is unreadable or empty.
 int cpu_share(std::span<const RankCpus> all, int rank);
 
 // The communicator of this process, made on first use: MPI when launched by one (a build without MPI then refuses

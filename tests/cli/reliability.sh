@@ -219,6 +219,14 @@ expect 2 "--eps2 is a setting of came, not of adamw" "$tally" train "${common[@]
   --steps 1 --out "$work/eps2"
 expect 2 "--momentum is a setting of sgd, sm3, not of came" "$tally" train "${common[@]}" --momentum 0.9 --steps 1 \
   --out "$work/momentum"
+# A run started from --text, resumed with --train/--val (its own tokens, the text moved away): the data given now
+# replaces the saved --text, not contradicts it.
+for i in $(seq 1 2000); do echo "the quick brown fox number $i jumps over the lazy dog"; done >"$work/fox.txt"
+"$tally" train "${common[@]}" --steps 1 --text "$work/fox.txt" --val-tokens 1000 --out "$work/fox" >"$work/out" 2>&1 ||
+  fail "train --text: $(tail -3 "$work/out")"
+mv "$work/fox.txt" "$work/fox.moved"
+expect 0 "resumed from" "$tally" train --resume "$work/fox" --steps 2 --train "$work/fox/data/train.bin" \
+  --val "$work/fox/data/val.bin"
 expect 1 "text file '.*' is a directory, not a text file" "$tally" train "${common[@]}" --text "$work/mine" --out "$work/td"
 # Config files: a directory, a flag named twice, a config naming another config.
 expect 2 "config file '.*' is a directory" "$tally" train --config "$work/mine"
