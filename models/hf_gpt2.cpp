@@ -3,6 +3,7 @@
 #include "models/hf_gpt2.h"
 
 #include <fcntl.h>
+#include <stdio.h>  // renameat2, RENAME_EXCHANGE
 #include <unistd.h>
 
 #include <algorithm>
@@ -166,12 +167,32 @@ void save_hf_gpt2(const GPT2& model, const fs::path& dir_in, const HfExportOptio
     fsync_path(stage);
     if (!existed) {
       fs::rename(stage, dir);
+    } else if (::renameat2(AT_FDCWD, stage.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) == 0) {
+      // Swapped whole, never file by file (a signal between two files' renames left two exports mixed): one atomic
+      // exchange where the file system has it; the staging directory then holds the old export.
+      fs::remove_all(stage, ec);
     } else {
-      for (const std::string& f : written) fs::rename(stage / f, dir / f);
-      for (const std::string& f : hf_export_file_names())
-        if (std::find(written.begin(), written.end(), f) == written.end()) fs::remove(dir / f);
-      fs::remove(stage);
-      fsync_path(dir);
+      // Else the old directory aside, the new one in, the old one removed: killed between those two renames, `dir`
+      // is missing and the previous export lies whole in `old`.
+      const fs::path old = parent / cat(".", dir.filename().string(), ".old-", ::getpid());
+      fs::remove_all(old, ec);
+      std::error_code aside;
+      fs::rename(dir, old, aside);
+      if (!aside) {
+        try {
+          fs::rename(stage, dir);
+        } catch (...) {
+          fs::rename(old, dir, ec);
+          throw;
+        }
+        fs::remove_all(old, ec);
+      } else {  // a directory that cannot move (a mount point, say): its files replaced one by one
+        for (const std::string& f : written) fs::rename(stage / f, dir / f);
+        for (const std::string& f : hf_export_file_names())
+          if (std::find(written.begin(), written.end(), f) == written.end()) fs::remove(dir / f);
+        fs::remove(stage);
+        fsync_path(dir);
+      }
     }
     fsync_path(parent);
   } catch (const fs::filesystem_error& e) {

@@ -27,9 +27,8 @@ struct HfExportOptions {
   std::optional<HfTokenizerFiles> tokenizer = {};  // nullopt: no tokenizer files (a model whose V is not GPT-2's)
 };
 
-// The files save_hf_gpt2 may write. In an existing directory it replaces these and nothing else, and removes those of
-// them that this export does not write (a previous export's tokenizer files, say), so the directory never mixes two
-// exports.
+// The files save_hf_gpt2 may write. An existing directory may hold these only (a previous export), and is replaced
+// whole, so it never mixes two exports (a previous export's tokenizer files, say, do not stay beside one without).
 const std::vector<std::string>& hf_export_file_names();
 
 // The JSON files' contents (tests compare them with transformers' own output, field by field).
@@ -45,9 +44,12 @@ nlohmann::json hf_tokenizer_config_json(const GPT2Config& config);
 
 // Writes the directory `dir` (created with its parents if missing). Every file is written into a staging directory
 // beside `dir` first, so a failure (a full disk, say) leaves `dir` as it was. A new `dir` appears whole (one rename);
-// in an existing one each file is replaced by a rename. An existing `dir` must be empty or hold only files of
-// hf_export_file_names() (a previous export): anything else there is refused, naming the files, and nothing is
-// written.
+// an existing one is exchanged with the staging directory in one atomic rename (RENAME_EXCHANGE) and the old one
+// removed; where the file system lacks that, moved aside, the new one renamed in, the old one removed (a process killed
+// between those two renames leaves no `dir` and the previous export whole in `.<dir>.old-<pid>` beside it). Never a
+// directory of two exports' files; one that cannot be moved (a mount point) has its files replaced one by one. An
+// existing `dir` must be empty or hold only files of hf_export_file_names() (a previous export): anything else there is
+// refused, naming the files, and nothing is written.
 void save_hf_gpt2(const GPT2& model, const std::filesystem::path& dir, const HfExportOptions& options = {});
 
 }  // namespace tally::models
