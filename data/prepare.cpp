@@ -76,9 +76,9 @@ PrepareResult prepare_text(const std::filesystem::path& text_path, const std::fi
   const auto val = all.first(size_t(options.val_tokens)), train = all.subspan(size_t(options.val_tokens));
   r.val_path = out_dir / "val.bin";
   r.train_path = out_dir / "train.bin";
-  // train.bin first: a prepare interrupted while writing it (the long write) leaves the previous pair as it was.
-  write_shard(r.train_path, train);
-  write_shard(r.val_path, val);
+  // Both written before either replaces its file: a prepare interrupted while writing leaves the previous pair whole.
+  const ShardTokens pair[] = {{r.train_path, train}, {r.val_path, val}};
+  write_shards(pair);
   r.val_tokens = val.size();
   r.train_tokens = train.size();
   return r;

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <array>
+#include <memory>
 #include <bit>
 #include <cerrno>
 #include <cstring>
@@ -38,14 +39,14 @@ struct Fd {
   }
 };
 
-// Writes the header, then the tokens block by block (convert fills a uint16 block from the caller's tokens),
-// through io::AtomicFileWriter: a temp file beside path, fsynced and renamed over it (nothing left of a failed or
-// interrupted write).
+// Writes the header, then the tokens block by block (convert fills a uint16 block from the caller's tokens), into
+// an io::AtomicFileWriter: a temp file beside its path, fsynced and renamed over it by commit() (nothing left of a
+// failed or interrupted write).
 template <class Convert>
-void write_shard_impl(const fs::path& path, size_t count, Convert convert) {
+void fill_shard(io::AtomicFileWriter& out, size_t count, Convert convert) {
+  const fs::path& path = out.path();
   TALLY_CHECK(count <= size_t(std::numeric_limits<int32_t>::max()), "[shards] write_shard: ", path.string(), ": ",
               count, " tokens do not fit the header's int32 count (at most ", std::numeric_limits<int32_t>::max(), ")");
-  io::AtomicFileWriter out(path);
   std::array<int32_t, kShardHeaderBytes / 4> header{};
   header[0] = kShardMagic;
   header[1] = kShardVersion;
@@ -57,26 +58,42 @@ void write_shard_impl(const fs::path& path, size_t count, Convert convert) {
     convert(at, std::span<uint16_t>(block.data(), n));
     out.write(block.data(), n * sizeof(uint16_t));
   }
-  out.commit();
+}
+
+void fill_shard(io::AtomicFileWriter& out, std::span<const int32_t> tokens) {
+  fill_shard(out, tokens.size(), [&](size_t at, std::span<uint16_t> block) {
+    for (size_t i = 0; i < block.size(); ++i) {
+      const int32_t t = tokens[at + i];
+      TALLY_CHECK(t >= 0 && t <= 65535, "[shards] write_shard: ", out.path().string(), ": token ", t, " at position ",
+                  at + i, " does not fit uint16 (llm.c shards hold ids 0..65535)");
+      block[i] = static_cast<uint16_t>(t);
+    }
+  });
 }
 
 }  // namespace
 
 void write_shard(const fs::path& path, std::span<const uint16_t> tokens) {
-  write_shard_impl(path, tokens.size(), [&](size_t at, std::span<uint16_t> block) {
+  io::AtomicFileWriter out(path);
+  fill_shard(out, tokens.size(), [&](size_t at, std::span<uint16_t> block) {
     std::copy_n(tokens.begin() + std::ptrdiff_t(at), block.size(), block.begin());
   });
+  out.commit();
 }
 
 void write_shard(const fs::path& path, std::span<const int32_t> tokens) {
-  write_shard_impl(path, tokens.size(), [&](size_t at, std::span<uint16_t> block) {
-    for (size_t i = 0; i < block.size(); ++i) {
-      const int32_t t = tokens[at + i];
-      TALLY_CHECK(t >= 0 && t <= 65535, "[shards] write_shard: ", path.string(), ": token ", t, " at position ",
-                  at + i, " does not fit uint16 (llm.c shards hold ids 0..65535)");
-      block[i] = static_cast<uint16_t>(t);
-    }
-  });
+  io::AtomicFileWriter out(path);
+  fill_shard(out, tokens);
+  out.commit();
+}
+
+void write_shards(std::span<const ShardTokens> shards) {
+  std::vector<std::unique_ptr<io::AtomicFileWriter>> out;
+  for (const ShardTokens& s : shards) {
+    out.push_back(std::make_unique<io::AtomicFileWriter>(s.path));
+    fill_shard(*out.back(), s.tokens);
+  }
+  for (auto& w : out) w->commit();
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -549,3 +549,23 @@ TEST_CASE("loader: a shard too small for one batch, and bad configurations, are 
 }
 
 }  // TEST_SUITE
+
+TEST_CASE("shards: a set written together replaces none of its files when any of them fails") {
+  const fs::path dir = tally::test::temp_dir("shards_pair");
+  write_shard(dir / "train.bin", std::vector<uint16_t>(100, 1));
+  write_shard(dir / "val.bin", std::vector<uint16_t>(50, 2));
+  // The second shard's token does not fit uint16: the first, already written to its temp file, is not renamed in.
+  const std::vector<int32_t> train(300, 3), bad_val = {4, 70000};
+  const ShardTokens failing[] = {{dir / "train.bin", train}, {dir / "val.bin", bad_val}};
+  has(error_of([&] { write_shards(failing); }), "token 70000 at position 1 does not fit uint16");
+  CHECK(ShardSet::open((dir / "train.bin").string())[0].size() == 100);
+  CHECK(ShardSet::open((dir / "val.bin").string())[0].size() == 50);
+  CHECK(std::distance(fs::directory_iterator(dir), fs::directory_iterator{}) == 2);  // no temp file left
+  // Both good: both replaced.
+  const std::vector<int32_t> val(60, 5);
+  const ShardTokens good[] = {{dir / "train.bin", train}, {dir / "val.bin", val}};
+  write_shards(good);
+  CHECK(ShardSet::open((dir / "train.bin").string())[0].size() == 300);
+  CHECK(ShardSet::open((dir / "val.bin").string())[0][0] == 5);
+  fs::remove_all(dir);
+}
