@@ -110,7 +110,11 @@ int cmd_compare(const Args& args) {
   for (const auto& r : results) {
     char row[320];
     const RunSummary& s = r.summary;
-    if (s.stopped.empty()) {
+    if (s.interrupted) {  // stopped on request: its last loss, no final validation
+      std::snprintf(row, sizeof row, "| %s | %.3g | %.4f (interrupted at step %lld) | - | %s | %.0f |\n",
+                    r.name.c_str(), r.lr, s.final_train_loss, (long long)s.steps_done,
+                    format_bytes_exact(s.optimizer_state_bytes).c_str(), s.ms_per_step);
+    } else if (s.stopped.empty()) {
       std::snprintf(row, sizeof row, "| %s | %.3g | %.4f | %.4f | %s | %.0f |\n", r.name.c_str(), r.lr,
                     s.final_train_loss, s.final_val_loss, format_bytes_exact(s.optimizer_state_bytes).c_str(),
                     s.ms_per_step);
@@ -135,7 +139,20 @@ int cmd_compare(const Args& args) {
       entry["stopped"] = s.stopped;
       entry["final_val_loss"] = nullptr;  // no final evaluation (an earlier one would pass for the run's result)
     }
+    if (s.interrupted) {
+      entry["final_val_loss"] = nullptr;
+      const std::string stop =
+          cat("interrupted on request at step ", s.steps_done, " of ", configs[size_t(&r - results.data())].steps,
+              " (continue it: tally train --resume ", (report / "runs" / r.name).string(), ")");
+      entry["stopped"] = stop;
+      notes += cat("- ", r.name, ": ", stop, "\n");
+    }
     summary.push_back(entry);
+  }
+  // Optimizers a stop request left untrained: named, not silently missing.
+  for (size_t i = results.size(); i < names.size(); ++i) {
+    summary.push_back({{"optimizer", names[i]}, {"stopped", "not run: the comparison was interrupted before it"}});
+    notes += cat("- ", names[i], ": not run (the comparison was interrupted before it)\n");
   }
   if (!notes.empty()) md += "\nRuns that stopped before their last step:\n\n" + notes;
   io::write_file_atomic(report / "report.md", md);

@@ -371,4 +371,16 @@ grep -q "Runs that stopped before their last step" "$work/cmp3/report.md" || fai
 grep -q '"stopped": "training stopped: 1 non-finite steps in a row' "$work/cmp3/summary.json" ||
   fail "compare: summary.json does not say the run stopped"
 [ -f "$work/cmp3/report.html" ] || fail "compare: no page after a run stopped"
+# Interrupted (SIGINT): the run in progress saves and is reported as interrupted, the optimizers not reached are
+# named as not run; exit 0.
+"$tally" compare "${common[@]}" --steps 100000 --optimizers came,adamw --out "$work/cmpint" >"$work/cmpint.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 150); do grep -q "^step 1/" "$work/cmpint.log" 2>/dev/null && break; sleep 0.2; done
+kill -INT "$pid"
+wait "$pid" || fail "an interrupted compare exited $?: $(tail -3 "$work/cmpint.log")"
+grep -q "^- came: interrupted on request at step [0-9]* of 100000 (continue it: tally train --resume" \
+  "$work/cmpint/report.md" || fail "interrupted compare: $(tail -4 "$work/cmpint/report.md")"
+grep -q "^- adamw: not run" "$work/cmpint/report.md" || fail "interrupted compare: adamw not named as not run"
+grep -q '"stopped": "not run: the comparison was interrupted before it"' "$work/cmpint/summary.json" ||
+  fail "interrupted compare: summary.json does not name adamw"
 echo "cli reliability: ok"
