@@ -9,6 +9,7 @@
 #include "data/prepare.h"
 #include "train/commands.h"
 #include "train/flags.h"
+#include "train/setup.h"
 
 namespace tally::train {
 
@@ -59,7 +60,13 @@ int cmd_prepare(const Args& args) {
   const std::filesystem::path out_dir = flags.str("out");
   const int64_t val_tokens = flags.integer("val-tokens");
   if (val_tokens <= 0) throw FlagError("--val-tokens must be positive, got " + std::to_string(val_tokens));
+  if (flags.given("split-docs") && flags.str("split-docs").empty())
+    throw FlagError("--split-docs '' names no separator: leave the flag out to keep the text one document");
   const std::string sep = unescape(flags.maybe("split-docs").value_or(""));
+  // A run's or a checkpoint's own files are never the output (a run's data/ is what its --resume reads).
+  for (const char* shard : {"train.bin", "val.bin"}) refuse_run_file_as_output(out_dir / shard, "--out");
+  if (std::filesystem::exists(out_dir / "manifest.json"))
+    throw FlagError("--out '" + out_dir.string() + "' is a checkpoint directory: give another directory");
 
   data::PrepareResult r = data::prepare_text(
       text_path, out_dir,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end test of `tally prepare` on Tiny Shakespeare: token counts of val.bin/train.bin (llm.c's split, with
-# and without --split-docs '\n\n'), and the exit codes of a missing file (1) and a missing flag (2).
+# and without --split-docs '\n\n'), the exit codes of a missing file (1) and a missing flag (2), and outputs that
+# would damage a run (its data/, a checkpoint) refused.
 # Usage: prepare.sh TALLY_BINARY SOURCE_DIR
 set -u
 tally="$1"
@@ -39,4 +40,17 @@ printf 'hello\nworld\xff more\n' > "$out/latin.txt"
 grep -q "latin.txt is not UTF-8 text: byte 11 (line 2) is 0xff" "$out/err" || fail "non-UTF-8 message: $(cat "$out/err")"
 "$tally" prepare --text "$out" --out "$out/x" 2> "$out/err"
 [[ $? == 1 ]] && grep -q "is a directory: give a UTF-8 text file" "$out/err" || fail "directory as --text: $(cat "$out/err")"
+# An empty --split-docs: refused (exit 2), not silently one document.
+"$tally" prepare --text "$text" --out "$out/x" --split-docs '' 2> "$out/err"
+[[ $? == 2 ]] || fail "--split-docs '' should exit 2"
+# A run's data/ or a checkpoint directory as --out: refused (exit 2), their files untouched.
+"$tally" train --model tiny --batch 2 --seq 16 --threads 1 --steps 1 --eval-every 0 --val-batches 1 \
+  --train "$out/one/train.bin" --val "$out/one/val.bin" --out "$out/run" > "$out/log" 2>&1 || fail "train: $(tail -3 "$out/log")"
+mkdir -p "$out/run/data" && cp "$out/docs/train.bin" "$out/docs/val.bin" "$out/run/data/"
+before=$(cat "$out/run/data/"* "$out/run/step-00000001/"* | md5sum)
+"$tally" prepare --text "$text" --out "$out/run/data" 2> "$out/err"
+[[ $? == 2 ]] && grep -q "is the train.bin of run" "$out/err" || fail "prepare into a run's data/: $(cat "$out/err")"
+"$tally" prepare --text "$text" --out "$out/run/step-00000001" 2> "$out/err"
+[[ $? == 2 ]] && grep -q "is a checkpoint directory" "$out/err" || fail "prepare into a checkpoint: $(cat "$out/err")"
+[[ "$(cat "$out/run/data/"* "$out/run/step-00000001/"* | md5sum)" == "$before" ]] || fail "a refused prepare changed the run"
 echo "ok"
