@@ -54,9 +54,10 @@ std::vector<std::string> memory_optimizers(const Flags& f) {
 int memory_of_shapes(const Flags& f) {
   for (const FlagSpec& s : model_flags("gpt2"))
     if (f.given(s.name)) throw FlagError("--" + s.name + " is for a GPT-2 model; --shapes gives the model");
-  if (f.given("batch") || f.given("seq") || f.given("device"))
-    throw FlagError("--batch, --seq and --device plan a step's activations and workspaces, which need a model tally runs (--model); --shapes plans "
-                    "parameters, gradients and optimizer state");
+  if (f.given("batch") || f.given("seq") || f.given("device") || f.given("total-batch"))
+    throw FlagError(
+        "--batch, --seq, --total-batch and --device plan a step's activations and workspaces, which need a "
+        "model tally runs (--model); --shapes plans parameters, gradients and optimizer state");
   if (f.given("dtype")) throw FlagError("--shapes plans both f32 and bf16 training; leave out --dtype");
   const int64_t world = f.integer("world"), rank = f.integer("rank");
   const std::string zero = f.str("zero");
@@ -452,10 +453,16 @@ int cmd_sample(const Args& args) {
   const models::GPT2Config config = model->config();
   data::Tokenizer tok = data::Tokenizer::load();
   std::string prompt = f.maybe("prompt").value_or("");
-  std::vector<int32_t> ids = prompt.empty() ? std::vector<int32_t>{data::Tokenizer::kEndOfText}
-                                            : tok.encode(prompt, data::SpecialTokens::allowed);
-  TALLY_CHECK(int64_t(ids.size()) < config.block_size, "the prompt has ", ids.size(),
-              " tokens; the model sees at most ", config.block_size);
+  std::vector<int32_t> ids = {data::Tokenizer::kEndOfText};
+  try {
+    if (!prompt.empty()) ids = tok.encode(prompt, data::SpecialTokens::allowed);
+  } catch (const Error& e) {
+    fail("--prompt: ", e.what());
+  }
+  TALLY_CHECK(int64_t(ids.size()) <= config.block_size, "--prompt has ", ids.size(), " tokens; the model sees at most ",
+              config.block_size);
+  TALLY_CHECK(tokens == 0 || int64_t(ids.size()) < config.block_size, "--prompt has ", ids.size(),
+              " tokens, the whole of the model's block: no room for a new token (shorten the prompt, or --tokens 0)");
   const int64_t room = config.block_size - int64_t(ids.size());
   if (tokens > room) {
     std::fprintf(stderr, "[sample] %lld tokens, not %lld: the model sees %lld at most and the prompt holds %zu\n",

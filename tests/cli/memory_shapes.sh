@@ -72,8 +72,10 @@ echo '[{"name": "w", "shape": [768, -3]}]' >"$work/bad.json"
 expect_error 1 "tensor 'w' (entry 0): shape \[768,-3\] must hold non-negative integers" --shapes "$work/bad.json"
 echo '{"weight_map": {"w": "model-00001-of-00002.safetensors"}}' >"$work/model.safetensors.index.json"
 expect_error 1 "shard 'model-00001-of-00002.safetensors'" --shapes "$work/model.safetensors.index.json"
-expect_error 2 "--batch, --seq and --device plan" --shapes "$src/tests/data/gpt2_124m.shapes.json" --batch 4
-expect_error 2 "--batch, --seq and --device plan" --shapes "$src/tests/data/gpt2_124m.shapes.json" --device cuda
+expect_error 2 "--batch, --seq, --total-batch and --device plan" --shapes "$src/tests/data/gpt2_124m.shapes.json" --batch 4
+expect_error 2 "--batch, --seq, --total-batch and --device plan" --shapes "$src/tests/data/gpt2_124m.shapes.json" --device cuda
+expect_error 2 "--batch, --seq, --total-batch and --device plan" --shapes "$src/tests/data/gpt2_124m.shapes.json" \
+  --total-batch 512
 expect_error 2 "--device must be cpu or cuda, got 'tpu'" --model tiny --batch 2 --seq 32 --device tpu
 expect_error 2 "--model is for a GPT-2 model" --shapes "$src/tests/data/gpt2_124m.shapes.json" --model tiny
 expect_error 2 "--tensors goes with --shapes" --model tiny --tensors

@@ -356,6 +356,16 @@ expect 2 "--optimizer lists 'came' twice" "$tally" memory --model tiny --optimiz
 # eval without --seq reads windows of the model's block (16: the block-16 run above), not 1024.
 expect 0 "over 64 tokens \(2 batches of 2 x 16\)" "$tally" eval --checkpoint "$work/block16" \
   --data "$work/block16/data/val.bin" --batch 2 --batches 2
+# sample: a prompt of the whole block samples nothing new (--tokens 0 prints it), a longer one is refused; a prompt
+# that is not UTF-8 is named.
+prompt="word$(printf ' word%.0s' $(seq 1 15))"
+expect 0 "^word( word){15}$" "$tally" sample --checkpoint "$work/block16" --prompt "$prompt" --tokens 0
+expect 1 "--prompt has 16 tokens, the whole of the model's block: no room for a new token" "$tally" sample \
+  --checkpoint "$work/block16" --prompt "$prompt" --tokens 1
+expect 1 "--prompt has 17 tokens; the model sees at most 16" "$tally" sample --checkpoint "$work/block16" \
+  --prompt "$prompt word" --tokens 0
+expect 1 "--prompt: \[tokenizer\] encode: invalid UTF-8 at byte offset 2" "$tally" sample --checkpoint "$work/block16" \
+  --prompt $'ab\xffcd'
 # ... and a directory of an earlier compare, before training the runs it does not hold either.
 "$tally" compare "${common[@]}" --steps 1 --optimizers adamw --out "$work/cmp2" >"$work/out" 2>&1 ||
   fail "compare: $(tail -3 "$work/out")"
