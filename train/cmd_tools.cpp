@@ -258,9 +258,14 @@ int cmd_inspect(const Args& args) {
   f.parse(args);
   if (f.positional().size() != 1) throw FlagError("give one run or checkpoint directory");
   fs::path dir = f.positional()[0];
+  TALLY_CHECK(fs::exists(dir), "'", dir.string(), "' does not exist (give a run directory or one of its checkpoints)");
   if (fs::is_directory(dir) && !fs::exists(dir / "manifest.json")) {
     auto latest = train::latest_checkpoint(dir);
-    TALLY_CHECK(latest.has_value(), "'", dir.string(), "' holds no complete checkpoint");
+    const bool model_dir = fs::exists(dir / "model.safetensors") || fs::exists(dir / "config.json");
+    TALLY_CHECK(latest.has_value(), "'", dir.string(), "' holds no complete checkpoint",
+                model_dir && !fs::exists(dir / "log.jsonl")
+                    ? " (it holds a model, which has no optimizer state to inspect; a run's checkpoints do)"
+                    : "");
     dir = *latest;
   }
   if (f.given("to") && !f.given("dump")) throw FlagError("--to FILE.npy is for --dump NAME (the tensor to write)");

@@ -409,6 +409,13 @@ void Trainer::resume(const fs::path& dir_in) {
               " from these weights, start a new run with --init ", dir.string(), ")");
   TALLY_CHECK(rs.dtype == c_.dtype, "--resume '", dir.string(), "': the checkpoint was trained with --dtype ",
               dtype_name(rs.dtype), ", this run has --dtype ", dtype_name(c_.dtype), " (resume with the same --dtype)");
+  // The saved place in the data names slices of B x T tokens: another --batch or --seq cannot continue it.
+  TALLY_CHECK(rs.loader.batch == c_.batch && rs.loader.seq_len == c_.seq, "--resume '", dir.string(),
+              "': the checkpoint's place in the data is in batches of --batch ", rs.loader.batch, " x --seq ",
+              rs.loader.seq_len, " per rank, this run has --batch ", c_.batch, " --seq ", c_.seq,
+              " (resume with those; to go on with other batches from these "
+              "weights, start a new run with --init ",
+              dir.string(), ")");
   const std::string model_file = (dir / "model.safetensors").string();
   for (const auto& [name, t] : model_->named_parameters())
     model_->load_parameter(name, io::find_tensor(c.model, name, model_file), model_file);

@@ -214,6 +214,9 @@ expect 2 "--text and --train/--val are two ways to give the data" "$tally" train
   --train "$work/mine/data/train.bin" --val "$work/mine/data/val.bin" --text "$work/mine/config.json" --out "$work/both"
 expect 1 "the checkpoint was trained with --optimizer came, this run has --optimizer adamw" "$tally" train \
   --resume "$work/mine" --steps 4 --optimizer adamw
+expect 1 "the checkpoint's place in the data is in batches of --batch 2 x --seq 16 per rank, this run has --batch 1" \
+  "$tally" train --resume "$work/mine" --steps 4 --batch 1
+expect 1 "'$work/nothing' does not exist" "$tally" inspect "$work/nothing"
 # A setting only other optimizers read: refused, naming them (compare passes each optimizer its own).
 expect 2 "--eps2 is a setting of came, not of adamw" "$tally" train "${common[@]}" --optimizer adamw --eps2 1e-16 \
   --steps 1 --out "$work/eps2"
