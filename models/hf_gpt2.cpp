@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <set>
 
 #include "core/io/file.h"
@@ -113,6 +114,8 @@ void save_hf_gpt2(const GPT2& model, const fs::path& dir_in, const HfExportOptio
   const GPT2Config& c = model.config();
   fs::path dir = fs::absolute(dir_in).lexically_normal();
   if (dir.filename().empty()) dir = dir.parent_path();  // "out/" names "out"
+  // A symbolic link is written through (the directory it names is replaced, the link stays), as files are.
+  if (std::error_code link; fs::is_symlink(dir, link)) dir = fs::canonical(dir);
   const std::string where = cat("[hf] '", dir_in.string(), "': ");
   if (options.tokenizer)
     TALLY_CHECK(options.tokenizer->vocab_size == c.vocab_size, where, "the tokenizer has ",
@@ -171,6 +174,9 @@ void save_hf_gpt2(const GPT2& model, const fs::path& dir_in, const HfExportOptio
       // Swapped whole, never file by file (a signal between two files' renames left two exports mixed): one atomic
       // exchange where the file system has it; the staging directory then holds the old export.
       fs::remove_all(stage, ec);
+      if (ec)
+        std::fprintf(stderr, "%swritten; the previous export, swapped into '%s', could not be removed: %s\n",
+                     where.c_str(), stage.c_str(), ec.message().c_str());
     } else {
       // Else the old directory aside, the new one in, the old one removed: killed between those two renames, `dir`
       // is missing and the previous export lies whole in `old`.
@@ -183,9 +189,15 @@ void save_hf_gpt2(const GPT2& model, const fs::path& dir_in, const HfExportOptio
           fs::rename(stage, dir);
         } catch (...) {
           fs::rename(old, dir, ec);
+          if (ec)
+            std::fprintf(stderr, "%sthe previous export is whole in '%s' (it could not be moved back: %s)\n",
+                         where.c_str(), old.c_str(), ec.message().c_str());
           throw;
         }
         fs::remove_all(old, ec);
+        if (ec)
+          std::fprintf(stderr, "%swritten; the previous export, moved to '%s', could not be removed: %s\n",
+                       where.c_str(), old.c_str(), ec.message().c_str());
       } else {  // a directory that cannot move (a mount point, say): its files replaced one by one
         for (const std::string& f : written) fs::rename(stage / f, dir / f);
         for (const std::string& f : hf_export_file_names())

@@ -466,9 +466,8 @@ int cmd_sample(const Args& args) {
   }
   TALLY_CHECK(int64_t(ids.size()) <= config.block_size, "--prompt has ", ids.size(), " tokens; the model sees at most ",
               config.block_size);
-  TALLY_CHECK(tokens == 0 || int64_t(ids.size()) < config.block_size, "--prompt has ", ids.size(),
-              " tokens, the whole of the model's block: no room for a new token (shorten the prompt, or --tokens 0)");
-  const int64_t room = config.block_size - int64_t(ids.size());
+  // The last token sampled is never fed back: a prompt of P tokens leaves room for block - P + 1.
+  const int64_t room = config.block_size - int64_t(ids.size()) + 1;
   if (tokens > room) {
     std::fprintf(stderr, "[sample] %lld tokens, not %lld: the model sees %lld at most and the prompt holds %zu\n",
                  (long long)room, (long long)tokens, (long long)config.block_size, ids.size());

@@ -126,12 +126,13 @@ int cmd_train(const Args& args) {
     check_resume_target(*resume, ranks.rank());
     // A resumed run takes its saved flags; flags given now win (e.g. more --steps). The saved "out" is where the run
     // was, not where it is now (a moved or copied run continues in place).
-    // The data flags go together: data given now (--text, or --train and --val) replaces the saved run's whole.
+    // Data given now in one way replaces the saved run's data given the other way: --text drops a saved --train
+    // and --val, --train or --val a saved --text (a --text run resumed on its own shards, say).
     const nlohmann::json saved = saved_flags(*resume);
-    const bool data_given = flags.given("text") || flags.given("train") || flags.given("val");
+    const bool text_given = flags.given("text"), shards_given = flags.given("train") || flags.given("val");
     for (const auto& [k, v] : saved.items()) {
-      const bool data_flag = k == "text" || k == "train" || k == "val";
-      if (!flags.given(k) && !(data_flag && data_given) && k != "resume" && k != "out" && v.is_string())
+      const bool replaced = (text_given && (k == "train" || k == "val")) || (shards_given && k == "text");
+      if (!flags.given(k) && !replaced && k != "resume" && k != "out" && v.is_string())
         flags.set(k, v.get<std::string>());
     }
     // --resume names a run directory or one of its checkpoints; either way the run goes on in the run directory.

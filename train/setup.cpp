@@ -191,7 +191,7 @@ int64_t accumulation_of(const Flags& f, int64_t batch, int64_t seq, int64_t worl
     throw FlagError(cat("--total-batch ", total, f.origin("total-batch"), " must be a positive multiple of B*T = ", per,
                         world > 1 ? cat(" x ", world, " ranks = ", per_step) : "",
                         f.given("resume") ? " (a resumed run keeps its tokens per step: give --total-batch to change "
-                                            "them, or a --batch and ranks that divide them)"
+                                            "them, or ranks that divide them)"
                                           : ""));
   return total / per_step;
 }

@@ -230,6 +230,8 @@ for i in $(seq 1 2000); do echo "the quick brown fox number $i jumps over the la
 mv "$work/fox.txt" "$work/fox.moved"
 expect 0 "resumed from" "$tally" train --resume "$work/fox" --steps 2 --train "$work/fox/data/train.bin" \
   --val "$work/fox/data/val.bin"
+# ... and --val alone (another validation set) keeps the saved --train.
+expect 0 "resumed from" "$tally" train --resume "$work/fox" --steps 3 --val "$work/fox/data/val.bin"
 expect 1 "text file '.*' is a directory, not a text file" "$tally" train "${common[@]}" --text "$work/mine" --out "$work/td"
 # Config files: a directory, a flag named twice, a config naming another config.
 expect 2 "config file '.*' is a directory" "$tally" train --config "$work/mine"
@@ -359,12 +361,12 @@ expect 2 "--optimizer lists 'came' twice" "$tally" memory --model tiny --optimiz
 # eval without --seq reads windows of the model's block (16: the block-16 run above), not 1024.
 expect 0 "over 64 tokens \(2 batches of 2 x 16\)" "$tally" eval --checkpoint "$work/block16" \
   --data "$work/block16/data/val.bin" --batch 2 --batches 2
-# sample: a prompt of the whole block samples nothing new (--tokens 0 prints it), a longer one is refused; a prompt
-# that is not UTF-8 is named.
+# sample: a prompt of the whole block still gets one new token (the last sampled is never fed back: more are cut to
+# one, saying so); a longer prompt is refused; a prompt that is not UTF-8 is named.
 prompt="word$(printf ' word%.0s' $(seq 1 15))"
 expect 0 "^word( word){15}$" "$tally" sample --checkpoint "$work/block16" --prompt "$prompt" --tokens 0
-expect 1 "--prompt has 16 tokens, the whole of the model's block: no room for a new token" "$tally" sample \
-  --checkpoint "$work/block16" --prompt "$prompt" --tokens 1
+expect 0 "\[sample\] 1 tokens, not 5: the model sees 16 at most and the prompt holds 16" "$tally" sample \
+  --checkpoint "$work/block16" --prompt "$prompt" --tokens 5
 expect 1 "--prompt has 17 tokens; the model sees at most 16" "$tally" sample --checkpoint "$work/block16" \
   --prompt "$prompt word" --tokens 0
 expect 1 "--prompt: \[tokenizer\] encode: invalid UTF-8 at byte offset 2" "$tally" sample --checkpoint "$work/block16" \
@@ -389,6 +391,7 @@ grep -q '"stopped": "training stopped: 1 non-finite steps in a row' "$work/cmp3/
 "$tally" compare "${common[@]}" --steps 100000 --optimizers came,adamw --out "$work/cmpint" >"$work/cmpint.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 150); do grep -q "^step 1/" "$work/cmpint.log" 2>/dev/null && break; sleep 0.2; done
+grep -q "^step 1/" "$work/cmpint.log" || { kill -KILL "$pid"; fail "compare did not start: $(tail -3 "$work/cmpint.log")"; }
 kill -INT "$pid"
 wait "$pid" || fail "an interrupted compare exited $?: $(tail -3 "$work/cmpint.log")"
 grep -q "^- came: interrupted on request at step [0-9]* of 100000 (continue it: tally train --resume" \
