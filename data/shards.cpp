@@ -93,6 +93,7 @@ void write_shards(std::span<const ShardTokens> shards) {
     out.push_back(std::make_unique<io::AtomicFileWriter>(s.path));
     fill_shard(*out.back(), s.tokens);
   }
+  for (auto& w : out) w->sync();  // every file on disk before the first rename
   for (auto& w : out) w->commit();
 }
 

@@ -21,9 +21,9 @@ inline constexpr size_t kShardHeaderBytes = 1024;
 // names the first offender); more than INT32_MAX tokens is an error (the header holds an int32 count).
 void write_shard(const std::filesystem::path& path, std::span<const uint16_t> tokens);
 void write_shard(const std::filesystem::path& path, std::span<const int32_t> tokens);
-// Shards that belong together (a train/val pair): every one written in full to its temp file before the first is
-// renamed over its path, so a process stopped or failing while writing leaves the previous set whole (only the
-// commits, a sync and a rename each, follow one another).
+// Shards that belong together (a train/val pair): every one written in full and synced to its temp file before the
+// first is renamed over its path, so a process stopped or failing while writing leaves the previous set whole (only
+// the renames follow one another).
 struct ShardTokens {
   std::filesystem::path path;
   std::span<const int32_t> tokens;

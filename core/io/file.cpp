@@ -327,7 +327,7 @@ AtomicFileWriter::AtomicFileWriter(fs::path path) : path_(std::move(path)) {
 }
 
 AtomicFileWriter::~AtomicFileWriter() {
-  if (state_ == State::open) abandon();
+  if (state_ == State::open || state_ == State::synced) abandon();
 }
 
 void AtomicFileWriter::abandon() noexcept {
@@ -383,6 +383,7 @@ void AtomicFileWriter::flush_buffer() {
 void AtomicFileWriter::write(const void* data, size_t n) {
   if (state_ == State::committed) fail("[io] '", path_.string(), "': write after commit()");
   if (state_ == State::failed) fail("[io] '", path_.string(), "': write after an earlier failure");
+  if (state_ == State::synced) fail("[io] '", path_.string(), "': write after sync()");
   if (n == 0) return;
   TALLY_CHECK(data != nullptr, "[io] '", path_.string(), "': write of ", n, " bytes from a null pointer");
   const auto* p = static_cast<const uint8_t*>(data);
@@ -400,24 +401,34 @@ void AtomicFileWriter::write(const void* data, size_t n) {
   }
 }
 
-void AtomicFileWriter::commit() {
-  if (state_ == State::committed) fail("[io] '", path_.string(), "': commit() called twice");
-  if (state_ == State::failed) fail("[io] '", path_.string(), "': commit() after an earlier failure");
+void AtomicFileWriter::fail_commit(const char* what, int err) {
+  abandon();
+  std::error_code ec;
+  fail("[io] '", path_.string(), "': ", what, " of temp file '", temp_path_.string(), "' failed: ", errno_text(err),
+       "; ",
+       fs::exists(path_, ec) ? cat("the previous '", path_.string(), "' is intact")
+                             : std::string("nothing was written"));
+}
+
+void AtomicFileWriter::sync() {
+  if (state_ == State::committed) fail("[io] '", path_.string(), "': sync() after commit()");
+  if (state_ == State::failed) fail("[io] '", path_.string(), "': sync() after an earlier failure");
+  if (state_ == State::synced) return;
   flush_buffer();
-  auto fail_sync = [&](const char* what, int err) {
-    abandon();
-    std::error_code ec;
-    fail("[io] '", path_.string(), "': ", what, " of temp file '", temp_path_.string(), "' failed: ",
-         errno_text(err), "; ",
-         fs::exists(path_, ec) ? cat("the previous '", path_.string(), "' is intact") : std::string("nothing was written"));
-  };
   while (::fsync(fd_) != 0) {
-    if (errno != EINTR) fail_sync("fsync", errno);
+    if (errno != EINTR) fail_commit("fsync", errno);
   }
   int fd = fd_;
   fd_ = -1;
-  if (::close(fd) != 0 && errno != EINTR) fail_sync("close", errno);  // NFS reports late write errors here
-  if (::rename(temp_path_.c_str(), path_.c_str()) != 0) fail_sync("rename", errno);
+  if (::close(fd) != 0 && errno != EINTR) fail_commit("close", errno);  // NFS reports late write errors here
+  state_ = State::synced;
+}
+
+void AtomicFileWriter::commit() {
+  if (state_ == State::committed) fail("[io] '", path_.string(), "': commit() called twice");
+  if (state_ == State::failed) fail("[io] '", path_.string(), "': commit() after an earlier failure");
+  sync();
+  if (::rename(temp_path_.c_str(), path_.c_str()) != 0) fail_commit("rename", errno);
   removed_if_killed_.reset();
   forget_temp(temp_path_);
   state_ = State::committed;

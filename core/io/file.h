@@ -94,6 +94,9 @@ class AtomicFileWriter {
   void write(const void* data, size_t n);
   void write(std::span<const uint8_t> bytes) { write(bytes.data(), bytes.size()); }
   void write(std::string_view text) { write(text.data(), text.size()); }
+  // Flushes, fsyncs and closes the temp file: the slow, fallible part of commit(), which then only renames (files
+  // written together sync all before any is renamed in). write() is refused afterwards.
+  void sync();
   void commit();
 
   const std::filesystem::path& path() const { return path_; }
@@ -104,12 +107,13 @@ class AtomicFileWriter {
   void flush_buffer();
   void write_to_fd(const uint8_t* p, size_t n);
   [[noreturn]] void fail_write(int err, size_t attempted);
+  [[noreturn]] void fail_commit(const char* what, int err);  // abandons, then throws naming what failed
   void abandon() noexcept;  // close and unlink the temp file; the writer is dead afterwards
 
   std::filesystem::path path_;
   std::filesystem::path temp_path_;
   int fd_ = -1;
-  enum class State { open, committed, failed } state_ = State::open;
+  enum class State { open, synced, committed, failed } state_ = State::open;
   std::vector<uint8_t> buffer_;
   uint64_t accepted_ = 0;  // bytes accepted from callers
   uint64_t on_disk_ = 0;   // bytes the kernel has taken
