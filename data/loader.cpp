@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "core/error.h"
+#include "core/fnv.h"
 
 namespace tally::data {
 
@@ -55,14 +56,8 @@ constexpr uint32_t kPositionMagic = 0x50444C54;  // "TLDP"
 // 4: the data's token counts (data_tokens, data_sizes_hash) appended. 5: its sampled tokens' hash (data_sample_hash).
 constexpr uint32_t kPositionVersion = 5;
 
-// FNV-1a, 64 bits, over the bytes of x (little-endian); never 0 once finished (0 stands for "not recorded").
-struct Fnv64 {
-  uint64_t h = 0xCBF29CE484222325ull;
-  void add(uint64_t x, int bytes) {
-    for (int i = 0; i < bytes; ++i) h = (h ^ ((x >> (8 * i)) & 0xFF)) * 0x100000001B3ull;
-  }
-  uint64_t finish() const { return h + (h == 0); }
-};
+// A recorded hash is never 0 (0 stands for "not recorded").
+uint64_t recorded(const Fnv1a64& f) { return f.h + (f.h == 0); }
 
 const char* order_name(LoaderOrder o) { return o == LoaderOrder::shuffled ? "shuffled" : "sequential"; }
 
@@ -159,19 +154,19 @@ DataLoader::DataLoader(ShardSet shards, LoaderConfig config) : shards_(std::move
                 " tokens, too few for one batch: B=", c.batch, " x T=", c.seq_len, " needs ", tokens_ + 1, " tokens");
   // The counts' bytes in order; the tokens of each shard's sampled windows in order (starts evenly spaced from the
   // first token to the last window's, which ends at the last token; windows overlap in a small shard).
-  Fnv64 sizes, samples;
+  Fnv1a64 sizes, samples;
   constexpr int64_t S = LoaderPosition::kSampleWindows, W = LoaderPosition::kSampleTokens;
   for (const Shard& s : shards_.shards()) {
     data_tokens_ += s.size();
-    sizes.add(s.size(), 8);
+    sizes.add_le(s.size(), 8);
     const int64_t n = int64_t(s.size()), w = std::min(W, n), last = n - w;
     for (int64_t j = 0; j < S; ++j) {
       const int64_t start = last * j / (S - 1);  // last < 2^48 tokens: no overflow
-      for (int64_t k = 0; k < w; ++k) samples.add(s.data()[start + k], 2);
+      for (int64_t k = 0; k < w; ++k) samples.add_le(s.data()[start + k], 2);
     }
   }
-  data_sizes_hash_ = sizes.finish();
-  data_sample_hash_ = samples.finish();
+  data_sizes_hash_ = recorded(sizes);
+  data_sample_hash_ = recorded(samples);
   reset();
 }
 

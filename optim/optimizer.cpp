@@ -9,6 +9,7 @@
 #include <set>
 
 #include "core/autograd/node.h"
+#include "core/fnv.h"
 #include "core/ledger.h"
 #include "optim/kernels/cuda_workspace.h"
 
@@ -32,9 +33,9 @@ std::vector<StateSpec> with_master(std::vector<StateSpec> specs, const Shape& sh
 }
 
 uint64_t bf16_rounding_key(uint64_t seed, const std::string& name) {  // FNV-1a of the name, then splitmix64
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (unsigned char c : name) h = (h ^ c) * 0x100000001b3ull;
-  uint64_t z = h ^ seed;
+  Fnv1a64 f;
+  for (unsigned char c : name) f.add_byte(c);
+  uint64_t z = f.h ^ seed;
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);

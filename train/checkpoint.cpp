@@ -203,6 +203,10 @@ std::optional<fs::path> latest_checkpoint(const fs::path& run_dir) {
 
 bool holds_run(const fs::path& dir) { return fs::exists(dir / "log.jsonl") || latest_checkpoint(dir).has_value(); }
 
+bool holds_model_only(const fs::path& dir) {
+  return (fs::exists(dir / "model.safetensors") || fs::exists(dir / "config.json")) && !fs::exists(dir / "log.jsonl");
+}
+
 std::vector<fs::path> checkpoints_newest_first(const fs::path& run_dir) {
   std::vector<std::pair<int64_t, fs::path>> found;
   std::error_code ec;

@@ -59,6 +59,9 @@ std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::pa
 std::vector<std::filesystem::path> checkpoints_newest_first(const std::filesystem::path& run_dir);
 // Whether dir holds a run: its log.jsonl or a complete checkpoint (a new run there would overwrite or mix with it).
 bool holds_run(const std::filesystem::path& dir);
+// An exported model's directory (model.safetensors or config.json) that is no run's (no log.jsonl): what --init
+// takes, where --resume or inspect were given it.
+bool holds_model_only(const std::filesystem::path& dir);
 
 // "step-00000123"
 std::string checkpoint_name(int64_t step);

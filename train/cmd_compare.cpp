@@ -34,7 +34,7 @@ int cmd_compare(const Args& args) {
   f.parse(args);
   if (!f.positional().empty()) throw FlagError("unexpected argument '" + f.positional().front() + "'");
   if (auto cfg = f.maybe("config")) f.merge_json_file(*cfg);
-  std::vector<std::string> names = f.list("optimizers");
+  std::vector<std::string> names = f.list_once("optimizers", " (each run goes to OUT/runs/<optimizer>)");
   std::vector<std::string> lrs = f.given("lrs") ? f.list("lrs") : std::vector<std::string>{};
   if (names.empty()) throw FlagError("--optimizers lists none");
   if (!lrs.empty() && lrs.size() != names.size())
@@ -51,9 +51,6 @@ int cmd_compare(const Args& args) {
   // Every run's configuration first, so that a bad optimizer name or rate is refused before anything trains.
   std::vector<RunConfig> configs;
   for (size_t i = 0; i < names.size(); ++i) {
-    for (size_t j = 0; j < i; ++j)
-      if (names[j] == names[i])
-        throw FlagError("--optimizers lists '" + names[i] + "' twice (each run goes to OUT/runs/<optimizer>)");
     // Each run gets the shared flags plus its own optimizer, learning rate and run directory.
     std::vector<FlagSpec> run_specs = train_flags();
     Flags rf("train", "", run_specs);
@@ -110,6 +107,12 @@ int cmd_compare(const Args& args) {
   for (const auto& r : results) {
     char row[320];
     const RunSummary& s = r.summary;
+    // Why the run ended before its last step (non-finite steps, or a stop request); empty when it did not.
+    const std::string stop =
+        s.interrupted
+            ? cat("interrupted on request at step ", s.steps_done, " of ", configs[size_t(&r - results.data())].steps,
+                  " (continue it: tally train --resume ", (report / "runs" / r.name).string(), ")")
+            : s.stopped;
     if (s.interrupted) {  // stopped on request: its last loss, no final validation
       std::snprintf(row, sizeof row, "| %s | %.3g | %.4f (interrupted at step %lld) | - | %s | %.0f |\n",
                     r.name.c_str(), r.lr, s.final_train_loss, (long long)s.steps_done,
@@ -124,7 +127,6 @@ int cmd_compare(const Args& args) {
       std::snprintf(row, sizeof row, "| %s | %.3g | stopped at step %lld (non-finite)%s | - | %s | %.0f |\n",
                     r.name.c_str(), r.lr, (long long)s.steps_done, last,
                     format_bytes_exact(s.optimizer_state_bytes).c_str(), s.ms_per_step);
-      notes += cat("- ", r.name, ": ", s.stopped, "\n");
     }
     md += row;
     std::printf("%s", row);
@@ -135,16 +137,9 @@ int cmd_compare(const Args& args) {
                   {"state_bytes", s.optimizer_state_bytes},
                   {"ms_per_step", s.ms_per_step},
                   {"steps", s.steps_done}};
-    if (!s.stopped.empty()) {
-      entry["stopped"] = s.stopped;
-      entry["final_val_loss"] = nullptr;  // no final evaluation (an earlier one would pass for the run's result)
-    }
-    if (s.interrupted) {
-      entry["final_val_loss"] = nullptr;
-      const std::string stop =
-          cat("interrupted on request at step ", s.steps_done, " of ", configs[size_t(&r - results.data())].steps,
-              " (continue it: tally train --resume ", (report / "runs" / r.name).string(), ")");
+    if (!stop.empty()) {
       entry["stopped"] = stop;
+      entry["final_val_loss"] = nullptr;  // no final evaluation (an earlier one would pass for the run's result)
       notes += cat("- ", r.name, ": ", stop, "\n");
     }
     summary.push_back(entry);

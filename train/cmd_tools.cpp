@@ -41,15 +41,6 @@ void no_positional(const Flags& f) {
 
 namespace {
 
-// --optimizer's list for `tally memory`: each optimizer once (a repeat would print the same table twice).
-std::vector<std::string> memory_optimizers(const Flags& f) {
-  std::vector<std::string> names = f.list("optimizer");
-  for (size_t i = 0; i < names.size(); ++i)
-    for (size_t j = 0; j < i; ++j)
-      if (names[j] == names[i]) throw FlagError("--optimizer lists '" + names[i] + "' twice");
-  return names;
-}
-
 // tally memory --shapes FILE: any model's tensors, every optimizer (train/shape_memory.h).
 int memory_of_shapes(const Flags& f) {
   for (const FlagSpec& s : model_flags("gpt2"))
@@ -66,7 +57,7 @@ int memory_of_shapes(const Flags& f) {
   if (zero != "0" && zero != "1") throw FlagError("--zero must be 0 or 1, got '" + zero + "'");
   std::vector<std::string> names;
   if (f.given("optimizer"))
-    names = memory_optimizers(f);
+    names = f.list_once("optimizer");
   else
     for (const optim::OptimizerEntry& e : optim::optimizers()) names.push_back(e.name);
   if (names.empty()) throw FlagError("--optimizer lists no optimizer");
@@ -168,7 +159,7 @@ int cmd_memory(const Args& args) {
   if (with_step) out["batch"] = B, out["seq"] = T, out["device"] = device == DeviceKind::cuda ? "cuda" : "cpu";
   out["world"] = world, out["zero"] = zero == ZeroStage::zero1 ? 1 : 0, out["rank"] = rank;
   out["reduce_dtype"] = dtype_name(reduce);
-  std::vector<std::string> names = memory_optimizers(f);
+  std::vector<std::string> names = f.list_once("optimizer");
   if (names.empty()) throw FlagError("--optimizer lists no optimizer");
   for (const std::string& name : names) {
     const OptimizerChoice choice = optimizer_choice(f, name);
@@ -261,9 +252,8 @@ int cmd_inspect(const Args& args) {
   TALLY_CHECK(fs::exists(dir), "'", dir.string(), "' does not exist (give a run directory or one of its checkpoints)");
   if (fs::is_directory(dir) && !fs::exists(dir / "manifest.json")) {
     auto latest = train::latest_checkpoint(dir);
-    const bool model_dir = fs::exists(dir / "model.safetensors") || fs::exists(dir / "config.json");
     TALLY_CHECK(latest.has_value(), "'", dir.string(), "' holds no complete checkpoint",
-                model_dir && !fs::exists(dir / "log.jsonl")
+                train::holds_model_only(dir)
                     ? " (it holds a model, which has no optimizer state to inspect; a run's checkpoints do)"
                     : "");
     dir = *latest;
@@ -329,7 +319,6 @@ int cmd_eval(const Args& args) {
   int64_t T = f.given("seq") ? f.integer("seq") : 0;  // 0: the model's block size, once it is loaded
   if (B < 1 || (f.given("seq") && T < 1)) throw FlagError("--batch and --seq must be positive");
   if (f.given("batches") && f.integer("batches") < 1) throw FlagError("--batches must be positive");
-  if (T > 0) micro_batch_tokens(B, T);
   // Started by mpirun with several ranks: one GPU each (its place on its machine), the batches dealt out in turn.
   dist::Communicator* comm = dist::launched_by_mpi() ? &dist::process_group() : nullptr;
   use_threads(threads, comm);
@@ -339,10 +328,8 @@ int cmd_eval(const Args& args) {
 
   auto model = load_model_file(f.str("checkpoint"), device, dtype);
   const models::GPT2Config config = model->config();
-  if (T == 0) {
-    T = config.block_size;
-    micro_batch_tokens(B, T);
-  }
+  if (T == 0) T = config.block_size;
+  micro_batch_tokens(B, T);
   if (T > config.block_size) throw FlagError(cat("--seq ", T, " exceeds the model's block size ", config.block_size));
   data::DataLoader loader(data::ShardSet::open(f.str("data"), {.vocab_limit = int32_t(config.vocab_size)}),
                           {.batch = B, .seq_len = T});

@@ -67,7 +67,7 @@ void check_resume_target(const std::filesystem::path& r, int rank) {
       const io::DirectoryLock in_use_elsewhere(r, "run directory");
     }
     hint = "; its run stopped before its first checkpoint: start it again (move its log.jsonl away, or another --out)";
-  } else if (fs::exists(r / "model.safetensors") || fs::exists(r / "config.json"))
+  } else if (holds_model_only(r))
     hint = cat("; it holds a model, not a run: to start a new run from it, use --init ", r.string());
   fail("--resume '", r.string(), "': no complete checkpoint there (", kWhat, ")", hint, "; nothing was changed");
 }

@@ -9,6 +9,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <filesystem>
 #include <fstream>
@@ -134,6 +135,14 @@ std::optional<std::string> Flags::maybe(const std::string& name) const {
   const FlagSpec* s = spec(name);
   if (!s->default_value.empty()) return s->default_value;
   return std::nullopt;
+}
+
+std::vector<std::string> Flags::list_once(const std::string& name, const std::string& why) const {
+  std::vector<std::string> out = list(name);
+  for (size_t i = 0; i < out.size(); ++i)
+    if (std::find(out.begin(), out.begin() + std::ptrdiff_t(i), out[i]) != out.begin() + std::ptrdiff_t(i))
+      throw FlagError(tally::cat("--", name, " lists '", out[i], "' twice", why));
+  return out;
 }
 
 std::vector<std::string> Flags::list(const std::string& name) const {

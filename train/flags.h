@@ -57,6 +57,8 @@ class Flags {
   double number(const std::string& name) const;     // FlagError when absent or not a number
   bool on(const std::string& name) const;           // switches
   std::vector<std::string> list(const std::string& name) const;  // a comma-separated value, empty items dropped
+  // list() with each entry once: a repeat is a FlagError "--NAME lists 'X' twice", then `why`.
+  std::vector<std::string> list_once(const std::string& name, const std::string& why = "") const;
   std::optional<std::string> maybe(const std::string& name) const;
   const std::vector<std::string>& positional() const { return positional_; }
 
