@@ -1,12 +1,16 @@
 // `tally compare`: the same training run with several optimizers (default CAME, AdamW, Adafactor, each with its
 // own learning rate), written up as a report directory: the HTML page of all runs (report.html, train/report.h),
 // loss curves (SVG), optimizer-state memory (SVG), and a Markdown table of final train/val loss, state bytes and
-// ms/step. The CAME paper's central claim at small scale.
+// ms/step, written after each run. The CAME paper's central claim at small scale. The comparison is saved as it
+// starts (OUT/compare.json: optimizers, rates, the flags every run gets), so that --resume continues one interrupted.
+#include <cmath>
 #include <cstdio>
+#include <map>
 
 #include "core/dist/communicator.h"
 #include "core/io/file.h"
 #include "core/ledger.h"
+#include "train/checkpoint.h"
 #include "train/commands.h"
 #include "train/report.h"
 #include "train/svg.h"
@@ -17,81 +21,36 @@ using nlohmann::json;
 
 namespace tally::train {
 
-int cmd_compare(const Args& args) {
-  // Data-parallel (mpirun -np N tally compare ...): rank 0 alone prints and writes the report, as train does.
-  const dist::Communicator& ranks = dist::process_group();
-  if (ranks.rank() != 0 && !std::freopen("/dev/null", "w", stdout))
-    fail("rank ", ranks.rank(), ": cannot quiet stdout");
-  std::vector<FlagSpec> specs;
-  for (FlagSpec s : train_flags()) {
-    if (s.name == "optimizer" || s.name == "lr" || s.name == "resume") continue;
-    if (s.name == "out") s = {"out", "report directory (runs go to OUT/runs/<optimizer>)", "runs/compare"};
-    specs.push_back(s);
-  }
-  specs.push_back({"optimizers", "comma-separated optimizers (" + optim::optimizer_names() + ")", "came,adamw,adafactor"});
-  specs.push_back({"lrs", "comma-separated peak learning rates, one per optimizer (default: each one's default)", ""});
-  Flags f("compare", "train the same model with several optimizers and write a report", specs);
-  f.parse(args);
-  if (!f.positional().empty()) throw FlagError("unexpected argument '" + f.positional().front() + "'");
-  if (auto cfg = f.maybe("config")) f.merge_json_file(*cfg);
-  std::vector<std::string> names = f.list_once("optimizers", " (each run goes to OUT/runs/<optimizer>)");
-  std::vector<std::string> lrs = f.given("lrs") ? f.list("lrs") : std::vector<std::string>{};
-  if (names.empty()) throw FlagError("--optimizers lists none");
-  if (!lrs.empty() && lrs.size() != names.size())
-    throw FlagError("--lrs gives " + std::to_string(lrs.size()) + " rates for " + std::to_string(names.size()) + " optimizers");
-  const fs::path report = f.str("out");
-  fs::create_directories(report);
-  install_stop_handlers();
+namespace {
 
-  struct Result {
-    std::string name;
-    double lr;
-    RunSummary summary;
-  };
-  // Every run's configuration first, so that a bad optimizer name or rate is refused before anything trains.
-  std::vector<RunConfig> configs;
-  for (size_t i = 0; i < names.size(); ++i) {
-    // Each run gets the shared flags plus its own optimizer, learning rate and run directory.
-    std::vector<FlagSpec> run_specs = train_flags();
-    Flags rf("train", "", run_specs);
-    for (const auto& [k, v] : f.resolved())
-      if (k != "optimizers" && k != "lrs" && k != "out" && k != "config" && f.given(k)) rf.set(k, v);
-    rf.set("optimizer", names[i]);
-    if (!lrs.empty()) rf.set("lr", lrs[i]);
-    const fs::path run_dir = report / "runs" / names[i];
-    // A directory of an earlier compare is kept: refused here, before any run trains (train would refuse it later).
-    if (holds_run(run_dir))
-      fail("'", run_dir.string(), "' holds a run of an earlier compare: give another --out, or move '", report.string(),
-           "' away; nothing was trained");
-    rf.set("out", run_dir.string());
-    configs.push_back(run_config(rf, DataResolution::resolve, ranks.world()));
-  }
-  std::vector<Result> results;
-  for (size_t i = 0; i < names.size(); ++i) {
-    const RunConfig& c = configs[i];
-    std::printf("\n=== %s (lr %.3g) ===\n", names[i].c_str(), c.optimizer.lr());
-    Trainer t(c);
-    // A run that stops on non-finite steps (--max-bad-steps) is a result of the comparison: reported with what it
-    // trained, and the other optimizers still run. (Every rank stops at the same step: the loss is summed over them.)
-    try {
-      results.push_back({names[i], c.optimizer.lr(), t.run()});
-    } catch (const TrainingStopped& e) {
-      std::printf("%s: %s\n", names[i].c_str(), e.what());
-      results.push_back({names[i], c.optimizer.lr(), e.summary()});
-    }
-    // Stopped by a request: every rank of a data-parallel compare agrees on a run's stop (it travels with a step's
-    // loss); one process also stops at a request made after its run's last step.
-    const bool one_process = ranks.world() == 1;
-    if (results.back().summary.interrupted || (one_process && g_stop_requested.load())) break;
-  }
+struct Result {
+  std::string name;
+  double lr;
+  RunSummary summary;
+};
 
-  if (ranks.rank() != 0) return 0;
+// Why a run ended before its last step (non-finite steps, or a stop request); empty when it did not.
+std::string stop_text(const RunSummary& s, int64_t steps, const fs::path& report) {
+  if (!s.interrupted) return s.stopped;
+  return cat("interrupted on request at step ", s.steps_done, " of ", steps,
+             " (continue the comparison: tally compare --resume ", report.string(), ")");
+}
+
+// The report directory's files for the runs in `results` (the whole training history of each, from its log), the
+// optimizers in `names` beyond them named as not run: report.md, summary.json, loss.svg, memory.svg, report.html.
+void write_comparison(const fs::path& report, const std::vector<Result>& results, const std::vector<std::string>& names,
+                      const std::vector<RunConfig>& configs) {
   std::vector<report::Series> curves;
   std::vector<report::Bar> bars;
   for (size_t i = 0; i < results.size(); ++i) {
-    const auto& r = results[i];
-    curves.push_back({r.name + " train", {r.summary.train_curve.begin(), r.summary.train_curve.end()}, report::LineStyle::solid, int(i)});
-    curves.push_back({r.name + " val", {r.summary.val_curve.begin(), r.summary.val_curve.end()}, report::LineStyle::dashed, int(i)});
+    const Result& r = results[i];
+    const LossCurves c = loss_curves(report / "runs" / r.name);
+    report::Series train{r.name + " train", {}, report::LineStyle::solid, int(i)};
+    report::Series val{r.name + " val", {}, report::LineStyle::dashed, int(i)};
+    for (const StepPoint& p : c.train) train.points.emplace_back(double(p.step), p.value);
+    for (const StepPoint& p : c.val) val.points.emplace_back(double(p.step), p.value);
+    curves.push_back(std::move(train));
+    curves.push_back(std::move(val));
     bars.push_back({r.name, double(r.summary.optimizer_state_bytes) / 1e6,
                     format_bytes_human(r.summary.optimizer_state_bytes), int(i)});
   }
@@ -104,15 +63,11 @@ int cmd_compare(const Args& args) {
       "|\n|---|---|---|---|---|---|\n";
   json summary = json::array();
   std::string notes;
-  for (const auto& r : results) {
+  for (size_t i = 0; i < results.size(); ++i) {
+    const Result& r = results[i];
     char row[320];
     const RunSummary& s = r.summary;
-    // Why the run ended before its last step (non-finite steps, or a stop request); empty when it did not.
-    const std::string stop =
-        s.interrupted
-            ? cat("interrupted on request at step ", s.steps_done, " of ", configs[size_t(&r - results.data())].steps,
-                  " (continue it: tally train --resume ", (report / "runs" / r.name).string(), ")")
-            : s.stopped;
+    const std::string stop = stop_text(s, configs[i].steps, report);
     if (s.interrupted) {  // stopped on request: its last loss, no final validation
       std::snprintf(row, sizeof row, "| %s | %.3g | %.4f (interrupted at step %lld) | - | %s | %.0f |\n",
                     r.name.c_str(), r.lr, s.final_train_loss, (long long)s.steps_done,
@@ -123,13 +78,12 @@ int cmd_compare(const Args& args) {
                     s.ms_per_step);
     } else {  // its last finite loss, where there was one; no final validation
       char last[48] = "";
-      if (!s.train_curve.empty()) std::snprintf(last, sizeof last, ", last finite %.4g", s.final_train_loss);
+      if (std::isfinite(s.final_train_loss)) std::snprintf(last, sizeof last, ", last finite %.4g", s.final_train_loss);
       std::snprintf(row, sizeof row, "| %s | %.3g | stopped at step %lld (non-finite)%s | - | %s | %.0f |\n",
                     r.name.c_str(), r.lr, (long long)s.steps_done, last,
                     format_bytes_exact(s.optimizer_state_bytes).c_str(), s.ms_per_step);
     }
     md += row;
-    std::printf("%s", row);
     json entry = {{"optimizer", r.name},
                   {"lr", r.lr},
                   {"final_train_loss", s.final_train_loss},
@@ -139,12 +93,14 @@ int cmd_compare(const Args& args) {
                   {"steps", s.steps_done}};
     if (!stop.empty()) {
       entry["stopped"] = stop;
+      entry["interrupted"] = s.interrupted;
       entry["final_val_loss"] = nullptr;  // no final evaluation (an earlier one would pass for the run's result)
       notes += cat("- ", r.name, ": ", stop, "\n");
     }
     summary.push_back(entry);
   }
-  // Optimizers a stop request left untrained: named, not silently missing.
+  // Optimizers the comparison has not reached (a stop request, or a comparison still training): named, not
+  // silently missing.
   for (size_t i = results.size(); i < names.size(); ++i) {
     summary.push_back({{"optimizer", names[i]}, {"stopped", "not run: the comparison was interrupted before it"}});
     notes += cat("- ", names[i], ": not run (the comparison was interrupted before it)\n");
@@ -159,6 +115,231 @@ int cmd_compare(const Args& args) {
     run_names.push_back(r.name);
   }
   write_report(run_dirs, report / "report.html", run_names);
+}
+
+// The printed table of the results (rank 0's stdout), as report.md has it.
+void print_table(const fs::path& report) {
+  const std::string md = io::read_file_text(report / "report.md");
+  const size_t table = md.find("| optimizer |");
+  if (table != std::string::npos) std::printf("\n%s", md.substr(table).c_str());
+}
+
+// What a comparison is, saved in OUT/compare.json as it starts, so that --resume continues it: its optimizers, their
+// learning rates (empty: each one's default), and the training flags given for every run.
+struct Comparison {
+  std::vector<std::string> optimizers, lrs;
+  json flags = json::object();
+};
+
+Comparison read_comparison(const fs::path& report) {
+  const fs::path file = report / "compare.json";
+  std::error_code ec;
+  if (!fs::is_directory(report, ec))
+    fail("--resume '", report.string(), "': no such directory (it names the --out of a tally compare)");
+  if (!fs::exists(file)) {
+    const std::string hint = holds_run(report) ? cat(": it holds a run of tally train; continue it with tally train "
+                                                     "--resume ",
+                                                     report.string())
+                                               : std::string(" (a tally compare writes it as it starts)");
+    fail("--resume '", report.string(), "': no compare.json there", hint, "; nothing was trained");
+  }
+  const json j = json::parse(io::read_file_text(file), nullptr, false);
+  auto strings = [&](const char* key) {
+    std::vector<std::string> out;
+    if (!j.is_object() || !j.contains(key) || !j[key].is_array())
+      fail("'", file.string(), "' has no \"", key, "\" list (damaged?); nothing was trained");
+    for (const json& v : j[key]) {
+      if (!v.is_string())
+        fail("'", file.string(), "': \"", key, "\" holds ", v.dump(), ", not a name; nothing was trained");
+      out.push_back(v.get<std::string>());
+    }
+    return out;
+  };
+  Comparison c{strings("optimizers"), strings("lrs")};
+  if (!j.contains("flags") || !j["flags"].is_object())
+    fail("'", file.string(), "' has no \"flags\" object (damaged?); nothing was trained");
+  c.flags = j["flags"];
+  if (c.optimizers.empty() || (!c.lrs.empty() && c.lrs.size() != c.optimizers.size()))
+    fail("'", file.string(), "': ", c.optimizers.size(), " optimizers and ", c.lrs.size(), " rates (damaged?)");
+  return c;
+}
+
+// The rows an earlier session of a resumed comparison wrote (summary.json), by optimizer; empty where there is none.
+std::map<std::string, json> earlier_rows(const fs::path& report) {
+  std::map<std::string, json> rows;
+  if (!fs::exists(report / "summary.json")) return rows;
+  const json j = json::parse(io::read_file_text(report / "summary.json"), nullptr, false);
+  if (!j.is_array()) return rows;
+  for (const json& e : j)
+    if (e.is_object() && e.contains("optimizer") && e["optimizer"].is_string())
+      rows[e["optimizer"].get<std::string>()] = e;
+  return rows;
+}
+
+double number_or_nan(const json& e, const char* key) {
+  return e.contains(key) && e[key].is_number() ? e[key].get<double>() : NAN;
+}
+
+// A run an earlier session finished (or stopped on non-finite steps): its row as that session wrote it.
+RunSummary finished_run(const json& row) {
+  RunSummary s;
+  s.steps_done = row.value("steps", int64_t(0));
+  s.final_train_loss = number_or_nan(row, "final_train_loss");
+  s.final_val_loss = number_or_nan(row, "final_val_loss");
+  s.ms_per_step = number_or_nan(row, "ms_per_step");
+  s.optimizer_state_bytes = row.value("state_bytes", int64_t(0));
+  if (row.contains("stopped") && row["stopped"].is_string()) s.stopped = row["stopped"].get<std::string>();
+  return s;
+}
+
+}  // namespace
+
+int cmd_compare(const Args& args) {
+  // Data-parallel (mpirun -np N tally compare ...): rank 0 alone prints and writes the report, as train does.
+  const dist::Communicator& ranks = dist::process_group();
+  if (ranks.rank() != 0 && !std::freopen("/dev/null", "w", stdout))
+    fail("rank ", ranks.rank(), ": cannot quiet stdout");
+  std::vector<FlagSpec> specs;
+  for (FlagSpec s : train_flags()) {
+    if (s.name == "optimizer" || s.name == "lr") continue;
+    if (s.name == "out") s = {"out", "report directory (runs go to OUT/runs/<optimizer>)", "runs/compare"};
+    if (s.name == "resume")
+      s = {"resume", "continue an interrupted comparison: its report directory (flags given now join each run's)", ""};
+    specs.push_back(s);
+  }
+  specs.push_back(
+      {"optimizers", "comma-separated optimizers (" + optim::optimizer_names() + ")", "came,adamw,adafactor"});
+  specs.push_back({"lrs", "comma-separated peak learning rates, one per optimizer (default: each one's default)", ""});
+  Flags f("compare", "train the same model with several optimizers and write a report", specs);
+  f.parse(args);
+  if (!f.positional().empty()) throw FlagError("unexpected argument '" + f.positional().front() + "'");
+  if (auto cfg = f.maybe("config")) f.merge_json_file(*cfg);
+  // The training flags given now (every run gets them), and what the comparison is.
+  auto own_flag = [](const std::string& k) {
+    return k == "optimizers" || k == "lrs" || k == "out" || k == "config" || k == "resume";
+  };
+  json given = json::object();
+  for (const auto& [k, v] : f.resolved())
+    if (!own_flag(k) && f.given(k)) given[k] = v;
+  Comparison cmp;
+  fs::path report;
+  const std::optional<std::string> resume = f.maybe("resume");
+  if (resume) {
+    for (const char* k : {"optimizers", "lrs"})
+      if (f.given(k))
+        throw FlagError(cat("--", k, f.origin(k),
+                            " with --resume: a resumed comparison trains the optimizers and rates ",
+                            "it started with (its compare.json)"));
+    report = fs::path(*resume).lexically_normal();
+    if (report.filename().empty()) report = report.parent_path();
+    std::error_code ec;
+    if (f.given("out") && !fs::equivalent(report, f.str("out"), ec))
+      throw FlagError(cat("--out ", f.str("out"), " with --resume ", *resume,
+                          ": a resumed comparison goes on in its own directory"));
+    cmp = read_comparison(report);
+    for (const auto& [k, v] : given.items()) cmp.flags[k] = v;  // flags given now win: more --steps, say
+  } else {
+    cmp.optimizers = f.list_once("optimizers", " (each run goes to OUT/runs/<optimizer>)");
+    cmp.lrs = f.given("lrs") ? f.list("lrs") : std::vector<std::string>{};
+    cmp.flags = given;
+    report = f.str("out");
+    if (cmp.optimizers.empty()) throw FlagError("--optimizers lists none");
+    if (!cmp.lrs.empty() && cmp.lrs.size() != cmp.optimizers.size())
+      throw FlagError("--lrs gives " + std::to_string(cmp.lrs.size()) + " rates for " +
+                      std::to_string(cmp.optimizers.size()) + " optimizers");
+    if (fs::exists(report / "compare.json"))
+      fail("'", report.string(), "' holds an earlier comparison: continue it with tally compare --resume ",
+           report.string(), ", or give another --out; nothing was trained");
+  }
+  const std::vector<std::string>& names = cmp.optimizers;
+  install_stop_handlers();
+
+  // Every run's configuration first, so that a bad optimizer name or rate is refused before anything trains. A
+  // resumed comparison continues each run from its latest checkpoint (with its own saved flags, those given now
+  // winning), keeps the rows of runs finished before, and starts the runs it had not reached.
+  const std::map<std::string, json> earlier = resume ? earlier_rows(report) : std::map<std::string, json>{};
+  std::vector<RunConfig> configs;
+  std::vector<bool> continues(names.size(), false), finished(names.size(), false);
+  for (size_t i = 0; i < names.size(); ++i) {
+    const fs::path run_dir = report / "runs" / names[i];
+    Flags rf("train", "", train_flags());
+    const std::optional<fs::path> checkpoint = latest_checkpoint(run_dir);
+    continues[i] = resume && checkpoint;
+    if (continues[i]) {  // the run's own saved flags, those given now winning
+      for (const auto& [k, v] : given.items()) rf.set(k, v.get<std::string>());
+      take_saved_flags(rf, saved_run_flags(run_dir));
+    } else if (!resume && holds_run(run_dir)) {  // a directory of an earlier compare without compare.json
+      fail("'", run_dir.string(), "' holds a run of an earlier compare: give another --out, or move '", report.string(),
+           "' away; nothing was trained");
+    } else if (holds_run(run_dir)) {
+      fail("'", run_dir.string(),
+           "' holds a run that stopped before its first checkpoint: move it away and resume the ",
+           "comparison again (the run then starts anew); nothing was trained");
+    } else {
+      for (const auto& [k, v] : cmp.flags.items())
+        if (v.is_string()) rf.set(k, v.get<std::string>());
+    }
+    rf.set("optimizer", names[i]);
+    if (!cmp.lrs.empty()) rf.set("lr", cmp.lrs[i]);
+    rf.set("out", run_dir.string());
+    configs.push_back(run_config(rf, DataResolution::resolve, ranks.world()));
+    // Done before: at its last step, or stopped on non-finite steps at its latest checkpoint (continuing would only
+    // repeat them); kept as the earlier session reported it.
+    if (continues[i]) {
+      const int64_t at = checkpoint_step(*checkpoint);
+      const auto row = earlier.find(names[i]);
+      const bool interrupted = row != earlier.end() && row->second.value("interrupted", false);
+      const bool reported = row != earlier.end() && !interrupted && row->second.value("steps", int64_t(-1)) == at;
+      const bool diverged = reported && row->second.contains("stopped");
+      if (at >= configs[i].steps && interrupted)
+        throw FlagError(cat("--steps ", configs[i].steps, ": the run of ", names[i], " was interrupted at step ", at,
+                            "; give --steps above ", at, " to continue it"));
+      if ((at >= configs[i].steps || diverged) && !reported)
+        fail("'", run_dir.string(), "' finished at step ", at, " but '", (report / "summary.json").string(),
+             "' has no row of it (damaged?): give more --steps to continue it, or write its page with tally report ",
+             run_dir.string());
+      finished[i] = at >= configs[i].steps || diverged;
+    }
+  }
+  // Written again at a resume: flags given then (more --steps) are the comparison's from now on.
+  if (ranks.rank() == 0) {
+    fs::create_directories(report);
+    const json saved = {{"optimizers", cmp.optimizers}, {"lrs", cmp.lrs}, {"flags", cmp.flags}};
+    io::write_file_atomic(report / "compare.json", saved.dump(2) + "\n");
+  }
+
+  std::vector<Result> results;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const RunConfig& c = configs[i];
+    if (finished[i]) {
+      results.push_back({names[i], c.optimizer.lr(), finished_run(earlier.at(names[i]))});
+      const RunSummary& kept = results.back().summary;
+      std::printf("\n=== %s (lr %.3g): %s at step %lld before; kept ===\n", names[i].c_str(), c.optimizer.lr(),
+                  kept.stopped.empty() ? "finished" : "stopped on non-finite steps", (long long)kept.steps_done);
+      continue;
+    }
+    std::printf("\n=== %s (lr %.3g) ===\n", names[i].c_str(), c.optimizer.lr());
+    Trainer t(c);
+    if (continues[i]) t.resume(c.out);
+    // A run that stops on non-finite steps (--max-bad-steps) is a result of the comparison: reported with what it
+    // trained, and the other optimizers still run. (Every rank stops at the same step: the loss is summed over them.)
+    try {
+      results.push_back({names[i], c.optimizer.lr(), t.run()});
+    } catch (const TrainingStopped& e) {
+      std::printf("%s: %s\n", names[i].c_str(), e.what());
+      results.push_back({names[i], c.optimizer.lr(), e.summary()});
+    }
+    // The report so far after each run: a comparison killed later keeps the rows of the runs it finished.
+    if (ranks.rank() == 0) write_comparison(report, results, names, configs);
+    // Stopped by a request: every rank of a data-parallel compare agrees on a run's stop (it travels with a step's
+    // loss); one process also stops at a request made after its run's last step.
+    const bool one_process = ranks.world() == 1;
+    if (results.back().summary.interrupted || (one_process && g_stop_requested.load())) break;
+  }
+
+  if (ranks.rank() != 0) return 0;
+  write_comparison(report, results, names, configs);
+  print_table(report);
   std::printf("\nreport: %s/report.html (and report.md, loss.svg, memory.svg, summary.json)\n", report.c_str());
   return 0;
 }

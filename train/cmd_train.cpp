@@ -17,33 +17,6 @@ namespace tally::train {
 
 namespace {
 
-// The "flags" object of a run's config.json or a checkpoint's state.json; empty when the file is not there.
-nlohmann::json flags_in(const std::filesystem::path& file) {
-  if (!std::filesystem::exists(file)) return nlohmann::json::object();
-  nlohmann::json j = nlohmann::json::parse(std::ifstream(file), nullptr, false);
-  if (!std::filesystem::is_regular_file(file) || !j.is_object() || !j.contains("flags") || !j["flags"].is_object())
-    return nullptr;  // damaged
-  return j["flags"];
-}
-
-// The flags of the run a --resume continues (a run directory, or one of its checkpoints): the run directory's
-// config.json (the flags it was last started with: more --steps, say), else, for a checkpoint taken out of its run
-// directory, those the checkpoint was saved with (its state.json); an empty object when neither is there (a damaged
-// state.json is then the checkpoint's own checks' to name).
-nlohmann::json saved_flags(const std::filesystem::path& resume) {
-  namespace fs = std::filesystem;
-  const bool is_checkpoint = fs::exists(resume / "manifest.json");
-  const fs::path config = (is_checkpoint ? resume.parent_path() : resume) / "config.json";
-  nlohmann::json flags = flags_in(config);
-  if (flags.is_null())
-    fail("--resume: '", config.string(), "' holds no {\"flags\": {...}} object (damaged?), so the run's flags cannot ",
-         "be read back; restore it, or move it away to continue with the flags its checkpoint was saved with");
-  if (!flags.empty()) return flags;
-  const std::optional<fs::path> checkpoint = is_checkpoint ? std::optional(resume) : latest_checkpoint(resume);
-  flags = checkpoint ? flags_in(*checkpoint / "state.json") : flags;
-  return flags.is_null() ? nlohmann::json::object() : flags;
-}
-
 // What --resume names must be a run directory holding a checkpoint, or one of its checkpoints: checked before
 // anything is read or written (a mistyped path would otherwise become a directory of freshly tokenized data, and a
 // model file or export would be read as a run's configuration).
@@ -124,17 +97,8 @@ int cmd_train(const Args& args) {
     resume = std::filesystem::path(*r).lexically_normal();
     if (resume->filename().empty()) resume = resume->parent_path();
     check_resume_target(*resume, ranks.rank());
-    // A resumed run takes its saved flags; flags given now win (e.g. more --steps). The saved "out" is where the run
-    // was, not where it is now (a moved or copied run continues in place).
-    // Data given now in one way replaces the saved run's data given the other way: --text drops a saved --train
-    // and --val, --train or --val a saved --text (a --text run resumed on its own shards, say).
-    const nlohmann::json saved = saved_flags(*resume);
-    const bool text_given = flags.given("text"), shards_given = flags.given("train") || flags.given("val");
-    for (const auto& [k, v] : saved.items()) {
-      const bool replaced = (text_given && (k == "train" || k == "val")) || (shards_given && k == "text");
-      if (!flags.given(k) && !replaced && k != "resume" && k != "out" && v.is_string())
-        flags.set(k, v.get<std::string>());
-    }
+    // A resumed run takes its saved flags; flags given now win (e.g. more --steps).
+    take_saved_flags(flags, saved_run_flags(*resume));
     // --resume names a run directory or one of its checkpoints; either way the run goes on in the run directory.
     if (!flags.given("out"))
       flags.set("out", std::filesystem::exists(*resume / "manifest.json") ? resume->parent_path().string() : resume->string());

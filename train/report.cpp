@@ -535,6 +535,15 @@ json log_data(std::istream& log, const std::string& where, const ReportOptions& 
           {"memory", d.memory}, {"comm", d.comm}};
 }
 
+LossCurves loss_curves(const fs::path& run_dir) {
+  const fs::path path = run_dir / "log.jsonl";
+  std::ifstream in(path);
+  if (!in) fail("cannot read '", path.string(), "'");
+  InternalsBuckets internals(1, 2);  // --log-optim's records are not curves of the loss: kept to a minimum
+  RunLogData d = read_log(in, path.string(), internals);
+  return {std::move(d.loss), std::move(d.val_loss)};
+}
+
 json report_data(const std::vector<fs::path>& runs, const std::vector<std::string>& names, const ReportOptions& options) {
   TALLY_CHECK(!runs.empty(), "report: no run directory given");
   TALLY_CHECK(names.empty() || names.size() == runs.size(), "report: ", names.size(), " names for ", runs.size(), " runs");

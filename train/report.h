@@ -47,6 +47,12 @@ nlohmann::json report_data(const std::vector<std::filesystem::path>& runs, const
 // {"summary", "series", "internals", "memory", "comm"}. grad_clip > 0: the summary counts the steps it clipped.
 nlohmann::json log_data(std::istream& log, const std::string& where, const ReportOptions& options = {},
                         double grad_clip = 0);
+// A run's training and validation losses from its log.jsonl (`run_dir`'s), every step (a resumed run's repeated
+// steps once); the same checks as report_data.
+struct LossCurves {
+  std::vector<StepPoint> train, val;
+};
+LossCurves loss_curves(const std::filesystem::path& run_dir);
 // The whole page for that data.
 std::string report_html(const nlohmann::json& data);
 // report_data + report_html, written to `out` (replaced atomically).

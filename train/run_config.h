@@ -53,4 +53,13 @@ enum class DataResolution { resolve, skip };
 // that a run resumed at another world keeps its tokens per step.
 RunConfig run_config(const Flags& flags, DataResolution data = DataResolution::resolve, int32_t world = 1);
 
+// The flags of the run a --resume continues (a run directory, or one of its checkpoints): the run directory's
+// config.json, else those its checkpoint was saved with; an empty object when neither is there. A damaged
+// config.json is a tally::Error.
+nlohmann::json saved_run_flags(const std::filesystem::path& resume);
+// Takes a resumed run's saved flags into `flags` where not given now (flags given now win: more --steps, say), all
+// but "out" and "resume" (the saved "out" is where the run was, not where it is now: a moved or copied run
+// continues in place). Data given now one way replaces the saved data given the other way.
+void take_saved_flags(Flags& flags, const nlohmann::json& saved);
+
 }  // namespace tally::train

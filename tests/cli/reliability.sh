@@ -374,8 +374,8 @@ expect 1 "--prompt: \[tokenizer\] encode: invalid UTF-8 at byte offset 2" "$tall
 # ... and a directory of an earlier compare, before training the runs it does not hold either.
 "$tally" compare "${common[@]}" --steps 1 --optimizers adamw --out "$work/cmp2" >"$work/out" 2>&1 ||
   fail "compare: $(tail -3 "$work/out")"
-expect 1 "cmp2/runs/adamw' holds a run of an earlier compare" "$tally" compare "${common[@]}" --steps 1 \
-  --optimizers came,adamw --out "$work/cmp2"
+expect 1 "'.*cmp2' holds an earlier comparison: continue it with tally compare --resume" "$tally" compare \
+  "${common[@]}" --steps 1 --optimizers came,adamw --out "$work/cmp2"
 [ ! -e "$work/cmp2/runs/came/log.jsonl" ] || fail "compare trained came before refusing the earlier compare's adamw"
 # A run of a compare that stops on non-finite steps is one of its results: the next optimizer still trains, and
 # the report (table, summary.json, page) says where and why it stopped.
@@ -394,9 +394,30 @@ for _ in $(seq 1 150); do grep -q "^step 1/" "$work/cmpint.log" 2>/dev/null && b
 grep -q "^step 1/" "$work/cmpint.log" || { kill -KILL "$pid"; fail "compare did not start: $(tail -3 "$work/cmpint.log")"; }
 kill -INT "$pid"
 wait "$pid" || fail "an interrupted compare exited $?: $(tail -3 "$work/cmpint.log")"
-grep -q "^- came: interrupted on request at step [0-9]* of 100000 (continue it: tally train --resume" \
+grep -q "^- came: interrupted on request at step [0-9]* of 100000 (continue the comparison: tally compare --resume" \
   "$work/cmpint/report.md" || fail "interrupted compare: $(tail -4 "$work/cmpint/report.md")"
 grep -q "^- adamw: not run" "$work/cmpint/report.md" || fail "interrupted compare: adamw not named as not run"
 grep -q '"stopped": "not run: the comparison was interrupted before it"' "$work/cmpint/summary.json" ||
   fail "interrupted compare: summary.json does not name adamw"
+# ... and --resume continues it: the interrupted run from its checkpoint, the one not reached from the start; the
+# rows of both, every step of each in its log once. Resumed again, nothing trains and the rows are kept.
+at=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[0]['steps'])" "$work/cmpint/summary.json")
+expect 2 "steps 1: the run of came was interrupted at step $at; give --steps above $at" "$tally" compare \
+  --resume "$work/cmpint" --steps 1
+expect 2 "--optimizers with --resume" "$tally" compare --resume "$work/cmpint" --optimizers adamw
+expect 1 "no compare.json there: it holds a run of tally train; continue it with tally train --resume" \
+  "$tally" compare --resume "$work/cmpint/runs/came"
+expect 0 "resumed from .*cmpint/runs/came/step-0*$at at step $at" "$tally" compare --resume "$work/cmpint" \
+  --steps $((at + 2))
+grep -q "^| came | 0.001 | [0-9.]* | [0-9.]* |" "$work/cmpint/report.md" &&
+  grep -q "^| adamw | 0.0015 | [0-9.]* | [0-9.]* |" "$work/cmpint/report.md" &&
+  ! grep -q "stopped before" "$work/cmpint/report.md" || fail "resumed compare: $(cat "$work/cmpint/report.md")"
+for o in came adamw; do
+  logged=$(grep -c '"grad_norm"' "$work/cmpint/runs/$o/log.jsonl")
+  [ "$logged" = $((at + 2)) ] || fail "resumed compare: $o logged $logged steps, not $((at + 2))"
+done
+before=$(cat "$work/cmpint"/runs/*/log.jsonl "$work/cmpint/summary.json" | md5sum)
+expect 0 "=== adamw \(lr 0.0015\): finished at step $((at + 2)) before; kept" "$tally" compare --resume "$work/cmpint"
+[ "$(cat "$work/cmpint"/runs/*/log.jsonl "$work/cmpint/summary.json" | md5sum)" = "$before" ] ||
+  fail "a compare resumed after its last step changed its runs or rows"
 echo "cli reliability: ok"
