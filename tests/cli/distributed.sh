@@ -5,7 +5,8 @@
 # is bit-identical; a checkpoint of 2 ranks resumes bit-exactly at 2 and continues at 1; shuffled, 2 ranks equal one
 # process too and a 2-rank checkpoint continues at 1 on the same batches; ranks started with different flags are
 # refused naming the flag; a rank that fails or dies ends the job with a clear error in bounded time and the last
-# checkpoint stays loadable; eval shares its batches over the ranks, sample runs on rank 0. Skipped, saying so, where MPI is not installed or tally was built without it.
+# checkpoint stays loadable; eval shares its batches over the ranks, sample runs on rank 0; a compare of 2 ranks
+# continues in one process. Skipped, saying so, where MPI is not installed or tally was built without it.
 set -uo pipefail
 tally="$1"
 tests_bin="$(dirname "$tally")/tally_tests"
@@ -185,6 +186,11 @@ cmp -s "$work/s1" "$work/s2" || fail "sample at 2 ranks: $(head -c 300 "$work/s2
 [ "$(grep -c '^| came ' "$work/o")" -eq 1 ] && [ "$(grep -c '^report: ' "$work/o")" -eq 1 ] ||
   fail "compare at 2 ranks printed its table $(grep -c '^| came ' "$work/o") time(s)"
 [ -s "$work/cmp/report.html" ] && [ -s "$work/cmp/summary.json" ] || fail "compare at 2 ranks wrote no report"
+# ... continued by one process with more --steps: each run from its 2-rank checkpoint (world 2 to 1), reported once.
+"$tally" compare --resume "$work/cmp" --steps 3 >"$work/o" 2>&1 || fail "compare resumed at 1 rank: $(tail -3 "$work/o")"
+[ "$(grep -c 'resumed from .*cmp/runs/.*/step-00000002 at step 2' "$work/o")" -eq 2 ] &&
+  python3 -c "import json,sys; assert [r['steps'] for r in json.load(open(sys.argv[1]))] == [3, 3]" \
+    "$work/cmp/summary.json" || fail "compare resumed at 1 rank: $(grep -E 'resumed|^\|' "$work/o")"
 
 # Shuffled (the default order): the ranks deal out the stream of slices one process reads, so 2 ranks accumulating 2
 # micro-batches train on the batches of one process accumulating 4 (--total-batch counts all ranks' tokens), and a
