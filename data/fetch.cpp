@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <array>
 #include <cerrno>
 #include <chrono>
@@ -303,8 +304,10 @@ fs::path cache_dir() {
 }
 
 bool offline() {
-  const std::string v = env_or_empty("TALLY_OFFLINE");
-  return !v.empty() && v != "0";
+  // Set and not a "no" (0, false, no, off, any case): offline. Another value errs on the side of no network.
+  std::string v = env_or_empty("TALLY_OFFLINE");
+  for (char& ch : v) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+  return !v.empty() && v != "0" && v != "false" && v != "no" && v != "off";
 }
 
 std::string download_url(DataFile file) {

@@ -142,6 +142,10 @@ std::unique_ptr<GPT2> load_llmc_from_memory(std::span<const uint8_t> file, const
 void save_llmc(const GPT2& model, const std::filesystem::path& path, LlmcPrecision precision) {
   TALLY_CHECK(!model.device().is_meta(), "[llmc] cannot save '", path.string(), "': the model is on the meta device");
   const GPT2Config& c = model.config();
+  // llm.c's header has no layer-norm epsilon: its models use GPT-2's.
+  TALLY_CHECK(
+      c.ln_eps == 1e-5, "[llmc] cannot save '", path.string(), "': the model's layer-norm epsilon is ", c.ln_eps,
+      ", and llm.c's format has none (its models use GPT-2's 1e-5); export it as safetensors or hf, which keep it");
   std::array<int32_t, kHeaderInts> h{};
   h[0] = kLlmcModelMagic;
   h[1] = precision == LlmcPrecision::f32 ? 3 : 5;

@@ -2,6 +2,7 @@
 // inference (shapes, metadata, config.json), Conv1D transposes, and export.
 #include "models/safetensors_gpt2.h"
 
+#include <cmath>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -164,6 +165,16 @@ GPT2Config infer_config(const io::SafetensorsReader& r, const FileIndex& idx,
     }
   }
 
+  // Its layer-norm epsilon likewise (config.json's, when there is one, wins: as in transformers, it is the model's).
+  std::optional<double> metadata_eps;
+  if (auto it = r.metadata().find("layer_norm_epsilon"); it != r.metadata().end()) {
+    const nlohmann::json v = nlohmann::json::parse(it->second, nullptr, false);
+    TALLY_CHECK(v.is_number() && v.get<double>() > 0 && std::isfinite(v.get<double>()), where,
+                "metadata layer_norm_epsilon '", it->second, "' is not a positive number");
+    metadata_eps = v.get<double>();
+    c.ln_eps = *metadata_eps;
+  }
+
   std::optional<int64_t> config_heads;
   std::string config_path;
   if (config_json && std::filesystem::exists(*config_json)) {
@@ -215,8 +226,11 @@ GPT2Config infer_config(const io::SafetensorsReader& r, const FileIndex& idx,
     heads = known_gpt2_heads(c.n_layer, c.n_embd);
     source = "the released GPT-2 sizes";
   }
-  TALLY_CHECK(heads > 0, where, "cannot tell the number of attention heads of a model with L=", c.n_layer, " C=",
-              c.n_embd, ": put a Hugging Face config.json beside the file or pass n_head explicitly");
+  TALLY_CHECK(heads > 0, where, "cannot tell the number of attention heads of a model with L=", c.n_layer,
+              " C=", c.n_embd,
+              ": put a Hugging Face config.json (with n_head) beside the file, or give the tally checkpoint directory "
+              "the file ",
+              "came from");
   TALLY_CHECK(c.n_embd % heads == 0, where, "n_head ", heads, " (from ", source, ") does not divide C=", c.n_embd);
   c.n_head = heads;
   c.validate();
@@ -386,7 +400,8 @@ void save_all(const GPT2& model, const std::filesystem::path& path) {
                   {"n_head", std::to_string(c.n_head)},
                   {"n_embd", std::to_string(c.n_embd)},
                   {"n_positions", std::to_string(c.block_size)},
-                  {"vocab_size", std::to_string(c.vocab_size)}};
+                  {"vocab_size", std::to_string(c.vocab_size)},
+                  {"layer_norm_epsilon", nlohmann::json(c.ln_eps).dump()}};
   io::write_safetensors(path, tensors, opt);
 }
 }  // namespace

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <map>
 
 #include "core/autograd/node.h"
 #include "core/error.h"
@@ -104,7 +105,13 @@ fs::path save_checkpoint(const fs::path& run_dir, int64_t step, const Checkpoint
   files.push_back(tmp / "manifest.json");
   const io::RemovedOnTermination removed_if_killed(files, {tmp});
   try {
-    io::save_tensors(tmp / "model.safetensors", content.model, {{"format", kFormat}, {"part", "model"}});
+    // The model's heads and layer-norm epsilon, which its shapes do not tell, for the file read on its own.
+    std::map<std::string, std::string> model_metadata = {{"format", kFormat}, {"part", "model"}};
+    if (const nlohmann::json& mc = content.state.value("model_config", nlohmann::json::object()); mc.is_object()) {
+      if (mc.contains("n_head")) model_metadata["n_head"] = mc["n_head"].dump();
+      if (mc.contains("ln_eps")) model_metadata["layer_norm_epsilon"] = mc["ln_eps"].dump();
+    }
+    io::save_tensors(tmp / "model.safetensors", content.model, model_metadata);
     io::save_tensors(tmp / "optimizer.safetensors", content.optimizer, {{"format", kFormat}, {"part", "optimizer"}});
     nlohmann::json state = content.state;
     state["step"] = step;

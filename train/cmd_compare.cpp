@@ -283,6 +283,7 @@ int cmd_compare(const Args& args) {
     if (!cmp.lrs.empty()) rf.set("lr", cmp.lrs[i]);
     rf.set("out", run_dir.string());
     configs.push_back(run_config(rf, DataResolution::resolve, ranks.world()));
+    if (continues[i]) resume_model_of(configs.back(), run_dir);
     // Done before: at its last step, or stopped on non-finite steps at its latest checkpoint (continuing would only
     // repeat them); kept as the earlier session reported it.
     if (continues[i]) {

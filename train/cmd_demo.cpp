@@ -19,6 +19,7 @@ int cmd_demo(const Args& args) {
   const int64_t steps = flags.integer("steps"), hidden = flags.integer("hidden"), n = 256;
   const double lr = flags.number("lr");
   if (steps < 1 || hidden < 1) throw FlagError("--steps and --hidden must be positive");
+  if (!std::isfinite(lr) || lr <= 0) throw FlagError(cat("--lr must be a finite number > 0, got ", flags.str("lr")));
   Generator gen(uint64_t(flags.integer("seed")));
 
   Tensor x, y, w1, b1, w2, b2;
@@ -65,7 +66,13 @@ int cmd_demo(const Args& args) {
       std::printf("step %5lld  loss %.6f\n", (long long)step, last);
   }
   std::printf("\nloss %.6f -> %.6f\n\nmemory ledger (CPU):\n%s", first, last, ledger().table().c_str());
-  return last < first ? 0 : 1;
+  // A demo whose loss did not fall (a rate too high, say) says so: the exit status alone would leave it unexplained.
+  if (steps > 1 && !(last < first)) {
+    std::fprintf(stderr, "tally demo: the loss did not fall (%g -> %g) in %lld steps: try a smaller --lr\n", first,
+                 last, (long long)steps);
+    return 1;
+  }
+  return 0;
 }
 
 }  // namespace tally::train

@@ -422,7 +422,9 @@ int cmd_sample(const Args& args) {
   std::vector<FlagSpec> specs = {
       model_file_flag(),
       {"prompt", "text to continue (default: start of a document)", ""},
-      {"tokens", "tokens to generate (at most the model's block size less the prompt's)", "128"},
+      {"tokens",
+       "tokens to generate (at most the model's block size less the prompt's, plus one: the last is never fed back)",
+       "128"},
       {"temperature", "sampling temperature (> 0)", "1.0"},
       {"top-k", "sample among the k most likely tokens (0: all)", "40"},
       {"seed", "random seed", "1"},
@@ -456,7 +458,9 @@ int cmd_sample(const Args& args) {
   // The last token sampled is never fed back: a prompt of P tokens leaves room for block - P + 1.
   const int64_t room = config.block_size - int64_t(ids.size()) + 1;
   if (tokens > room) {
-    std::fprintf(stderr, "[sample] %lld tokens, not %lld: the model sees %lld at most and the prompt holds %zu\n",
+    std::fprintf(stderr,
+                 "[sample] %lld tokens, not %lld: the model sees %lld at most and the prompt holds %zu (the "
+                 "last token sampled is never fed back)\n",
                  (long long)room, (long long)tokens, (long long)config.block_size, ids.size());
     tokens = room;
   }

@@ -121,6 +121,7 @@ int cmd_train(const Args& args) {
   use_threads(thread_count(flags), &ranks);
   RunConfig config = run_config(flags, DataResolution::resolve, ranks.world());
   config.model_flags_with_init = model_flags_with_init;
+  if (resume) resume_model_of(config, *resume);
   install_stop_handlers();
   Trainer trainer(config);
   if (resume) trainer.resume(*resume);
@@ -139,8 +140,13 @@ int cmd_train(const Args& args) {
     }
   }
   if (s.interrupted) return 0;
-  std::printf("\nfinal: train loss %.4f, val loss %.4f, %.0f ms/step%s, optimizer state %s, %lld skipped step(s)\n",
-              s.final_train_loss, s.final_val_loss, s.ms_per_step,
+  // The last finite loss: the last step's, unless the steps after it were skipped as non-finite.
+  const int64_t loss_step = s.train_curve.empty() ? -1 : s.train_curve.back().first;
+  const std::string loss_note = loss_step >= 0 && loss_step != s.steps_done
+                                    ? cat(" (step ", loss_step, "'s: the steps after it were not finite)")
+                                    : "";
+  std::printf("\nfinal: train loss %.4f%s, val loss %.4f, %.0f ms/step%s, optimizer state %s, %lld skipped step(s)\n",
+              s.final_train_loss, loss_note.c_str(), s.final_val_loss, s.ms_per_step,
               s.ms_from_first_step ? " (one step, its warm-up included)" : "",
               format_bytes_exact(s.optimizer_state_bytes).c_str(), (long long)s.skipped_steps);
   if (ranks.rank() != 0) return 0;

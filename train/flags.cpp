@@ -62,6 +62,13 @@ void Flags::parse(const std::vector<std::string>& args) {
       if (i + 1 >= args.size()) throw FlagError(tally::cat("--", name, " needs a value"));
       value = args[++i];
     }
+    // A flag naming a file or directory given as '' (an unset shell variable, say) would reach the file system as
+    // an empty path, whose errors say nothing of the flag.
+    static constexpr const char* kPathFlags[] = {"out", "to",     "data", "checkpoint", "text",  "train",
+                                                 "val", "config", "init", "resume",     "shapes"};
+    if (value.empty())
+      for (const char* p : kPathFlags)
+        if (name == p) throw FlagError(tally::cat("--", name, " is empty: give a path"));
     values_[name] = value;
   }
 }

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "train/checkpoint.h"
+#include "train/run_state.h"
 
 namespace tally::train {
 
@@ -161,6 +162,18 @@ nlohmann::json saved_run_flags(const std::filesystem::path& resume) {
   const std::optional<fs::path> checkpoint = is_checkpoint ? std::optional(resume) : latest_checkpoint(resume);
   flags = checkpoint ? flags_in(*checkpoint / "state.json") : flags;
   return flags.is_null() ? nlohmann::json::object() : flags;
+}
+
+void resume_model_of(RunConfig& config, const std::filesystem::path& resume) {
+  namespace fs = std::filesystem;
+  if (config.init.empty()) return;
+  const std::optional<fs::path> checkpoint =
+      fs::exists(resume / "manifest.json") ? std::optional(resume) : latest_checkpoint(resume);
+  if (!checkpoint) return;  // Trainer::resume names what is missing
+  const fs::path state = *checkpoint / "state.json";
+  const nlohmann::json j = nlohmann::json::parse(std::ifstream(state), nullptr, false);
+  if (!j.is_object() || !j.contains("model_config")) return;  // damaged: load_checkpoint's checks name it
+  config.model_of_checkpoint = model_config_from_json(j["model_config"], state.string());
 }
 
 void take_saved_flags(Flags& flags, const nlohmann::json& saved) {

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,9 @@ struct RunConfig {
   // The model flags (--model, --layers, ...) given with --init on the command line or in --config: the model the
   // file holds must be theirs (a resumed run's saved flags are not listed: its checkpoint is checked instead).
   std::vector<std::string> model_flags_with_init;
+  // A resumed run that was started with --init: the model its checkpoint records (resume_model_of), built in place
+  // of reading the --init file again (which may be gone; the checkpoint holds every weight).
+  std::optional<models::GPT2Config> model_of_checkpoint;
   OptimizerChoice optimizer;
   DataChoice data;
   int64_t batch = 8, seq = 128, steps = 100;
@@ -61,5 +65,8 @@ nlohmann::json saved_run_flags(const std::filesystem::path& resume);
 // but "out" and "resume" (the saved "out" is where the run was, not where it is now: a moved or copied run
 // continues in place). Data given now one way replaces the saved data given the other way.
 void take_saved_flags(Flags& flags, const nlohmann::json& saved);
+// What --resume continues with `config`: when the run was started with --init, the model of the checkpoint it resumes
+// from (a run directory's latest, or the checkpoint named) goes into config.model_of_checkpoint.
+void resume_model_of(RunConfig& config, const std::filesystem::path& resume);
 
 }  // namespace tally::train

@@ -88,8 +88,9 @@ struct Fields {
 }  // namespace
 
 json model_config_json(const models::GPT2Config& c) {
-  return {{"n_layer", c.n_layer}, {"n_head", c.n_head}, {"n_embd", c.n_embd}, {"block_size", c.block_size},
-          {"vocab_size", c.vocab_size}, {"padded_vocab_size", c.padded_vocab_size}, {"dropout", c.dropout}};
+  return {{"n_layer", c.n_layer},       {"n_head", c.n_head},         {"n_embd", c.n_embd},
+          {"block_size", c.block_size}, {"vocab_size", c.vocab_size}, {"padded_vocab_size", c.padded_vocab_size},
+          {"dropout", c.dropout},       {"ln_eps", c.ln_eps}};
 }
 
 models::GPT2Config model_config_from_json(const json& j, const std::string& where) {
@@ -102,6 +103,7 @@ models::GPT2Config model_config_from_json(const json& j, const std::string& wher
   c.vocab_size = f.integer("vocab_size", 1);
   c.padded_vocab_size = f.integer("padded_vocab_size", 1);
   if (j.contains("dropout")) c.dropout = f.number("dropout");
+  if (j.contains("ln_eps")) c.ln_eps = f.number("ln_eps");  // absent before it was recorded: GPT-2's 1e-5
   try {
     c.validate();
   } catch (const Error& e) {

@@ -68,6 +68,10 @@ std::unique_ptr<models::GPT2> load_model_file(const fs::path& path_in, Device de
   // checkpoints under it and no weights of its own.
   if (fs::is_directory(path) && !fs::exists(path / "manifest.json") && fs::exists(path / "model.safetensors"))
     path /= "model.safetensors";
+  // A file of a tally checkpoint (its model.safetensors holds tally's own layout, not Hugging Face's): the checkpoint.
+  if (const fs::path dir = fs::absolute(path).parent_path();
+      !fs::is_directory(path) && fs::exists(dir / "manifest.json") && fs::exists(dir / "state.json"))
+    path = dir;
   if (fs::is_directory(path)) {
     if (!fs::exists(path / "manifest.json")) {
       auto latest = train::latest_checkpoint(path);
@@ -292,9 +296,8 @@ const char* kDownloadHint =
     "  --train SHARDS --val SHARDS   llm.c token shards (make them with `tally prepare --text FILE --out DIR`)\n"
     "  --text FILE                   any UTF-8 text file\n"
     "  TALLY_DATA=FILE_OR_DIR        a text file, or a directory holding train.bin and val.bin\n"
-    "  data/tinyshakespeare.txt      in the checkout, e.g. downloaded from\n"
-    "      https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt\n"
-    "  ../shared/data/tinyshakespeare.txt beside the checkout";
+    "  tinyshakespeare.txt           in one of the places looked in (below), e.g. downloaded from\n"
+    "      https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt";
 
 // Tokenizes `text_path` into cache_dir/{train,val}.bin once (reused while the text's size and time match; shards
 // there that this did not write, without its source.txt stamp, are refused, never replaced).
@@ -376,7 +379,9 @@ DataChoice resolve_data_from(const std::vector<fs::path>& candidates, int64_t va
   }
   // None of them: Tiny Shakespeare from the download cache, downloaded there once (not with TALLY_OFFLINE=1).
   if (auto text = data::fetch(data::DataFile::tiny_shakespeare)) return from_text(*text, val_tokens, cache_dir, "cached");
-  fail(kDownloadHint, "\n", data::offline_note());
+  std::string looked_in;  // where Tiny Shakespeare was looked for, as data::fetch looks (TALLY_SHARED_DATA's included)
+  for (const fs::path& d : data::search_dirs()) looked_in += cat("\n  ", (d / "tinyshakespeare.txt").string());
+  fail(kDownloadHint, "\nLooked for tinyshakespeare.txt in:", looked_in, "\n", data::offline_note());
 }
 
 }  // namespace tally::train

@@ -11,7 +11,9 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
+#include <fstream>
 #include <thread>
 
 #include "core/allocator.h"
@@ -36,11 +38,13 @@ namespace {
 
 // The first request: stop after the step in progress (all its micro-batches) and save; said at once, since a step
 // may take a while. A second: stop now, without saving (the last checkpoint stays).
+// Under mpirun the note says more: mpirun also signals every rank to end a job one of whose ranks failed, and then
+// ends them before any checkpoint.
+char g_stop_note[320] =
+    "\ntally: stopping after this step, with a checkpoint (signal again to stop at once, without saving)\n";
 void on_stop_signal(int sig) {
   if (g_stop_requested.exchange(true)) return io::die_by_signal(sig);  // delivered as this handler returns
-  static constexpr char kNote[] =
-      "\ntally: stopping after this step, with a checkpoint (signal again to stop at once, without saving)\n";
-  const ssize_t ignored = ::write(STDERR_FILENO, kNote, sizeof kNote - 1);
+  const ssize_t ignored = ::write(STDERR_FILENO, g_stop_note, std::strlen(g_stop_note));
   (void)ignored;
 }
 
@@ -88,6 +92,12 @@ class LoaderBatches final : public Batches {
 }  // namespace
 
 void install_stop_handlers() {
+  if (dist::launched_by_mpi())
+    std::snprintf(g_stop_note, sizeof g_stop_note,
+                  "\ntally (rank %d): signal received: stopping after this step, with a checkpoint, unless mpirun ends "
+                  "the job first (as it does when a rank has failed: that rank's error says why); signal again to stop "
+                  "at once, without saving\n",
+                  dist::process_group().rank());
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);
@@ -113,7 +123,15 @@ Trainer::Trainer(RunConfig config)
   }
   held_before_ = c_.device.is_cuda() && !cuda_available() ? 0 : ledger(c_.device).total().live_held;
   require_usable(c_.device);
-  if (!c_.init.empty()) {
+  if (c_.model_of_checkpoint) {
+    // Resumed, started with --init: the checkpoint's model, whose weights resume() loads.
+    models::GPT2Config m = *c_.model_of_checkpoint;
+    m.dropout = c_.model.dropout;
+    m.padded_vocab_size = models::padded_vocab(m.vocab_size, c_.vocab_multiple);
+    c_.model = m;
+    model_ = std::make_unique<models::GPT2>(
+        c_.model, models::GPT2Options{.device = c_.device, .dtype = c_.dtype, .seed = c_.seed});
+  } else if (!c_.init.empty()) {
     MemoryScope scope(Category::parameter, "init");
     model_ = load_model_file(c_.init, c_.device);
     models::GPT2Config loaded = model_->config();
@@ -171,6 +189,7 @@ Trainer::Trainer(RunConfig config)
                                            .seed = c_.seed});
   // Validation walks the batches one process would; the ranks share them out (evaluate()).
   val_loader_ = std::make_unique<data::DataLoader>(std::move(val), data::LoaderConfig{.batch = c_.batch, .seq_len = c_.seq});
+  if (comm_.world() > 1) check_same_data();
   // Started by mpirun, even as one rank: the collectives run (one GPU then exercises NCCL's path).
   if (comm_.world() > 1 || dist::launched_by_mpi())
     parallel_ = std::make_unique<DataParallel>(comm_, c_.zero, *optimizer_, model_->parameters(), c_.reduce_dtype);
@@ -179,7 +198,30 @@ Trainer::Trainer(RunConfig config)
 void Trainer::check_same_configuration() {
   // Rank 0's resolved flags to every rank, each compares them with its own: a rank started differently would
   // train another model, or stall the others in a collective of another size.
-  std::string mine = c_.flags.dump();
+  nlohmann::json flags = c_.flags;
+  flags.erase("out");
+  check_same_on_every_rank(flags, "--", "were started with different configurations",
+                           "Start every rank with the same flags.");
+}
+
+void Trainer::check_same_data() {
+  // The same flags may name different files (a relative path, a stale copy on one machine): each rank's data as
+  // the loader records it for a checkpoint (its tokens, their shards' sizes, a sample of its tokens).
+  auto identity = [](const data::DataLoader& l) {
+    const data::LoaderPosition p = l.position();
+    char hashes[64];
+    std::snprintf(hashes, sizeof hashes, "%016llx/%016llx", (unsigned long long)p.data_sizes_hash,
+                  (unsigned long long)p.data_sample_hash);
+    return cat(p.data_tokens, " tokens in ", p.num_shards, " shard(s), sizes/sampled-tokens hashes ", hashes);
+  };
+  check_same_on_every_rank({{"training data", identity(*train_loader_)}, {"validation data", identity(*val_loader_)}},
+                           "", "read different data",
+                           "Give every rank the same data (on a machine of its own, a copy of rank 0's files).");
+}
+
+void Trainer::check_same_on_every_rank(const nlohmann::json& mine_json, const char* key_prefix, const std::string& what,
+                                       const std::string& advice) {
+  std::string mine = mine_json.dump();
   int64_t size = int64_t(mine.size());
   comm_.broadcast(&size, sizeof size, 0);
   std::string lead(size_t(size), '\0');
@@ -187,10 +229,11 @@ void Trainer::check_same_configuration() {
   comm_.broadcast(lead.data(), size, 0);
   const nlohmann::json theirs = nlohmann::json::parse(lead, nullptr, false);
   std::string differences;
-  for (const auto& [k, v] : c_.flags.items())
-    if (k != "out" && (!theirs.contains(k) || theirs[k] != v))
-      differences += cat(" --", k, " ", v.dump(), " (rank 0: ", theirs.contains(k) ? theirs[k].dump() : "unset", ")");
-  // Which ranks differ; every rank then names the first one's flags (rank 0 reports for the job: main's fail_with).
+  for (const auto& [k, v] : mine_json.items())
+    if (!theirs.contains(k) || theirs[k] != v)
+      differences +=
+          cat(" ", key_prefix, k, " ", v.dump(), " (rank 0: ", theirs.contains(k) ? theirs[k].dump() : "unset", ")");
+  // Which ranks differ; every rank then names the first one's entries (rank 0 reports for the job: main's fail_with).
   std::vector<double> differs(size_t(comm_.world()), 0.0);
   differs[size_t(comm_.rank())] = differences.empty() ? 0 : 1;
   comm_.all_reduce_sum(differs.data(), comm_.world());
@@ -201,9 +244,8 @@ void Trainer::check_same_configuration() {
   comm_.broadcast(&first_size, sizeof first_size, first_rank);
   differences.resize(size_t(first_size));
   comm_.broadcast(differences.data(), first_size, first_rank);
-  fail("the ranks of this run were started with different configurations (",
-       int(std::count(differs.begin(), differs.end(), 1.0)), " of ", comm_.world(), " differ from rank 0); rank ",
-       first_rank, " has", differences, ". Start every rank with the same flags.");
+  fail("the ranks of this run ", what, " (", int(std::count(differs.begin(), differs.end(), 1.0)), " of ",
+       comm_.world(), " differ from rank 0); rank ", first_rank, " has", differences, ". ", advice);
 }
 
 Trainer::~Trainer() = default;
@@ -449,6 +491,32 @@ void refuse_new_run_into(const fs::path& out) {
          "): continue it with --resume ", out.string(), ", or train into another --out; nothing was changed");
   TALLY_CHECK(!logged, "'", out.string(), "' already holds a run (its log.jsonl, and no checkpoint to continue ",
               "from): move that log away to start a run here, or train into another --out; nothing was changed");
+  // Files a run writes that are there and are not a run's (a checkpoint's directory, a Hugging Face export's
+  // config.json, a page of someone's own): the run would overwrite them.
+  if (fs::exists(out / "manifest.json"))
+    fail("'", out.string(), "' is a checkpoint directory (its manifest.json): train into another --out (to continue ",
+         "its run: --resume ", out.string(), "); nothing was changed");
+  auto head_of = [](const fs::path& file) {
+    std::ifstream in(file, std::ios::binary);
+    std::string head(4096, '\0');
+    in.read(head.data(), std::streamsize(head.size()));
+    head.resize(size_t(in.gcount()));
+    return head;
+  };
+  std::error_code ec;
+  if (fs::exists(out / "config.json", ec)) {
+    // A run refused before its first step (out of memory, say) leaves its config.json: that one is the run's own.
+    const nlohmann::json j = nlohmann::json::parse(head_of(out / "config.json"), nullptr, false);
+    const bool runs_own = j.is_object() && j.contains("flags") && j["flags"].is_object() && j.contains("model_config");
+    if (!runs_own)
+      fail("'", out.string(), "' holds a config.json that no tally run wrote",
+           fs::exists(out / "model.safetensors") ? " (a model's)" : "",
+           ": a run writes its own there; train into another --out, or move it away; nothing was changed");
+  }
+  if (fs::exists(out / "report.html", ec) &&
+      head_of(out / "report.html").find("<title>tally report:") == std::string::npos)
+    fail("'", out.string(), "' holds a report.html that tally did not write: a run writes its own there; train into ",
+         "another --out, or move it away; nothing was changed");
 }
 
 void Trainer::check_before_run() const {
@@ -500,7 +568,7 @@ RunSummary Trainer::run() {
         {"model_config", train::model_config_json(c_.model)},
         {"world", c_.world},
         {"threads", omp_get_max_threads()}};  // what --threads 0 came to (attention's CPU scratch is per thread)
-    io::write_file_atomic(c_.out / "config.json", cfg.dump(2) + "\n");
+    if (comm_.rank() == 0) io::write_file_atomic(c_.out / "config.json", cfg.dump(2) + "\n");
   }
   // The exact plan of one step (a meta device planning for this run's device: the same tensors, kernels' scratch
   // and cuBLAS's workspace), checked against the budget before anything more is allocated. The budget is computed

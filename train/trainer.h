@@ -82,6 +82,11 @@ class Trainer {
 
   // Resolved flags compared over the ranks: refuses (naming the flags) a rank started differently from rank 0.
   void check_same_configuration();
+  void check_same_data();
+  // Every rank's `mine` against rank 0's (a collective): a tally::Error on every rank naming the first rank that
+  // differs and its entries (each named key_prefix + key), "the ranks of this run <what> ... <advice>".
+  void check_same_on_every_rank(const nlohmann::json& mine, const char* key_prefix, const std::string& what,
+                                const std::string& advice);
 
   RunConfig c_;
   dist::Communicator& comm_;                  // the ranks of a data-parallel run (one: a single process)

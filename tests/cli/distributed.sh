@@ -3,7 +3,8 @@
 # 2-rank run equals one process accumulating 2 micro-batches (the same windows of data in the same order) within
 # float rounding (with dropout too), ZeRO 1 equals ZeRO 0, memory and communication bytes equal their plans, a rerun
 # is bit-identical; a checkpoint of 2 ranks resumes bit-exactly at 2 and continues at 1; shuffled, 2 ranks equal one
-# process too and a 2-rank checkpoint continues at 1 on the same batches; ranks started with different flags are
+# process too and a 2-rank checkpoint continues at 1 on the same batches; ranks started with different flags (or
+# the same flags naming different data) are
 # refused naming the flag; a rank that fails or dies ends the job with a clear error in bounded time and the last
 # checkpoint stays loadable; eval shares its batches over the ranks, sample runs on rank 0; a compare of 2 ranks
 # continues in one process. Skipped, saying so, where MPI is not installed or tally was built without it.
@@ -235,6 +236,22 @@ env -u OMP_NUM_THREADS "${mpi[@]}" --bind-to none -np 2 "$tally" train "${unboun
   -np 1 "$tally" train "${common[@]}" --steps 2 --lr 2e-3 --out "$work/mix" >"$work/o" 2>&1 && fail "mismatched ranks ran"
 grep -q 'different configurations (1 of 2 differ from rank 0); rank 1 has --lr "2e-3" (rank 0: "1e-3")' "$work/o" ||
   fail "mismatch message: $(tail -5 "$work/o")"
+# The same flags naming different data (a relative path, each rank in a directory of its own): refused, naming it.
+mkdir -p "$work/da" "$work/db"
+python3 - "$work" <<'PY'
+import struct, sys
+for d, n in (("da", 4000), ("db", 4100)):
+    for split, count in (("train", n), ("val", 2000)):
+        header = [20240520, 1, count] + [0] * 253
+        with open(f"{sys.argv[1]}/{d}/{split}.bin", "wb") as f:
+            f.write(struct.pack("<256i", *header))
+            f.write(struct.pack(f"<{count}H", *[(i * 7) % 50000 for i in range(count)]))
+PY
+"${mpi[@]}" -np 1 -wdir "$work/da" "$(realpath "$tally")" train "${base[@]}" --train train.bin --val val.bin --steps 1 \
+  --out "$work/mixdata" : -np 1 -wdir "$work/db" "$(realpath "$tally")" train "${base[@]}" --train train.bin --val val.bin --steps 1 --out "$work/mixdata" \
+  >"$work/o" 2>&1 && fail "ranks reading different data ran"
+grep -q 'read different data (1 of 2 differ from rank 0); rank 1 has training data "4100 tokens in 1 shard(s)' "$work/o" ||
+  fail "different data: $(tail -c 1500 "$work/o")"
 # Ranks failing alike report once: rank 0's report ends the job before the others' (a flag, a run in the way). The
 # other rank waits 5 s before it reports; both fail right after MPI_Init lines them up, so rank 0's abort ends it
 # long before.

@@ -2,7 +2,7 @@
 # End to end with the executable: `tally export --format hf` of a trained run writes a Hugging Face model directory
 # (weights, config.json with the run's dropout, generation_config.json, GPT-2's tokenizer files) that eval, sample and
 # --init read back as the same model; --dtype bf16; an export never clobbers a directory holding other files; bad
-# combinations of flags exit 2. (Field-by-field and logit checks against transformers: tests/models/hf_export.cpp.)
+# combinations of flags exit 2; a model's own layer-norm epsilon survives training, checkpoints, resume and export. (Field-by-field and logit checks against transformers: tests/models/hf_export.cpp.)
 set -uo pipefail
 tally="$1"
 work=$(mktemp -d)
@@ -74,4 +74,37 @@ grep -q "llmc or llmc-bf16" "$work/o" || fail "--dtype with llmc: $(cat "$work/o
 # llm.c export is unchanged by all this.
 "$tally" export --checkpoint "$work/hf" --format llmc --out "$work/m.bin" >/dev/null || fail "export llmc from the hf directory"
 [ "$(eval_of "$work/m.bin")" = "$a" ] || fail "the llm.c export of the hf directory evaluates differently"
+"$tally" export --checkpoint "$work/run" --format hf --out "" >"$work/o" 2>&1; [ $? -eq 2 ] && grep -q "out is empty" "$work/o" ||
+  fail "--out '': $(cat "$work/o")"
+# A checkpoint's own model.safetensors is read as its checkpoint (its layout is tally's, not Hugging Face's).
+ck=$(ls -d "$work/run"/step-* | tail -1)
+[ "$(eval_of "$ck/model.safetensors")" = "$a" ] || fail "a checkpoint's model.safetensors evaluates differently"
+
+# A layer-norm epsilon of the model's own (config.json's layer_norm_epsilon): trained with, kept by the checkpoint
+# (eval of the run equals its logged validation), resumed without the --init directory, exported to hf, and refused
+# by llm.c's format, which has no place for it.
+cp -r "$work/hf" "$work/eps"
+python3 -c "import json,sys; p=sys.argv[1]; j=json.load(open(p)); j['layer_norm_epsilon']=0.1; json.dump(j,open(p,'w'))" \
+  "$work/eps/config.json"
+"$tally" train --batch 2 --seq 16 --threads 1 --val-batches 1 --eval-every 0 --warmup 1 --no-shuffle --steps 1 \
+  --init "$work/eps" --train "$work/run/data/train.bin" --val "$work/run/data/val.bin" --out "$work/epsrun" >"$work/o" 2>&1 ||
+  fail "--init with layer_norm_epsilon 0.1: $(tail -3 "$work/o")"
+logged=$(python3 -c "import json,sys; print([json.loads(l)['val_loss'] for l in open(sys.argv[1]) if 'val_loss' in l][-1])" \
+  "$work/epsrun/log.jsonl")
+evaluated=$("$tally" eval --checkpoint "$work/epsrun" --data "$work/run/data/val.bin" --batch 2 --seq 16 --batches 1 --json |
+  python3 -c "import json,sys; print(json.load(sys.stdin)['loss'])")
+python3 -c "import sys; a,b=map(float,sys.argv[1:]); assert abs(a-b) <= 1e-6*abs(a), (a,b)" "$logged" "$evaluated" ||
+  fail "the checkpoint lost the model's epsilon: logged $logged, evaluated $evaluated"
+mv "$work/eps" "$work/eps-moved"
+"$tally" train --resume "$work/epsrun" --steps 2 >"$work/o" 2>&1 || fail "resume without the --init directory: $(tail -3 "$work/o")"
+"$tally" export --checkpoint "$work/epsrun" --format hf --out "$work/eps-out" >/dev/null || fail "export hf of the eps run"
+grep -q '"layer_norm_epsilon": 0.1,' "$work/eps-out/config.json" || fail "the export lost the epsilon"
+"$tally" export --checkpoint "$work/epsrun" --format llmc --out "$work/eps.bin" >"$work/o" 2>&1 && fail "llmc export of eps 0.1 ran"
+grep -q "llm.c's format has none" "$work/o" || fail "llmc refusal: $(cat "$work/o")"
+# A run into the export's directory would overwrite its config.json: refused, the export unchanged.
+before=$(md5sum <"$work/eps-out/config.json")
+"$tally" train "${common[@]}" --steps 1 --init "$work/eps-out" --out "$work/eps-out" >"$work/o" 2>&1 && fail "a run into an export ran"
+grep -q "holds a config.json that no tally run wrote (a model's)" "$work/o" || fail "run into an export: $(cat "$work/o")"
+[ "$(md5sum <"$work/eps-out/config.json")" = "$before" ] && [ ! -e "$work/eps-out/log.jsonl" ] ||
+  fail "a refused run changed the export"
 echo "cli export_hf: ok"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End to end with the executable, what a user meets around runs: a run directory in use is locked (a second run is
-# refused naming the holder; the lock dies with its process), --no-vocab-pad holds for every way a model is made
+# refused naming the holder; the lock dies with its process; files there that are not a run's are never
+# overwritten), --no-vocab-pad holds for every way a model is made
 # (--init of each format, --resume), samples are valid UTF-8 whatever the model emits, and `tally memory`'s table
 # counts parameters as a count and keeps its columns aligned.
 set -uo pipefail
@@ -18,6 +19,23 @@ common=(--model tiny --batch 2 --seq 16 --threads 1 --val-batches 1 --eval-every
 padded() { grep -o '"padded_vocab_size": [0-9]*' "$1/config.json" | grep -o '[0-9]*$'; }
 
 # ---- one run per directory ----
+# Files a run writes, already there and not a run's, are never overwritten: someone's config.json or report.html, a
+# checkpoint directory. A run refused before its first step (out of memory) leaves its own config.json: the next
+# run goes in.
+mkdir -p "$work/mine" && echo '{"my": "settings"}' >"$work/mine/config.json"
+"$tally" train "${common[@]}" --steps 1 --out "$work/mine" >"$work/o" 2>&1 && fail "a run over someone's config.json ran"
+grep -q "holds a config.json that no tally run wrote: a run writes its own there" "$work/o" || fail "$(cat "$work/o")"
+[ "$(cat "$work/mine/config.json")" = '{"my": "settings"}' ] && [ ! -e "$work/mine/log.jsonl" ] || fail "config.json replaced"
+rm "$work/mine/config.json" && echo '<html>mine</html>' >"$work/mine/report.html"
+"$tally" train "${common[@]}" --steps 1 --out "$work/mine" >"$work/o" 2>&1 && fail "a run over someone's report.html ran"
+grep -q "holds a report.html that tally did not write" "$work/o" || fail "$(cat "$work/o")"
+"$tally" train "${common[@]}" --steps 1 --out "$work/first" >"$work/o" 2>&1 || fail "train: $(tail -3 "$work/o")"
+"$tally" train "${common[@]}" --steps 1 --out "$work/first/step-00000001" >"$work/o" 2>&1 && fail "a run into a checkpoint ran"
+grep -q "is a checkpoint directory (its manifest.json)" "$work/o" || fail "$(cat "$work/o")"
+TALLY_MEMORY_LIMIT=30M "$tally" train "${common[@]}" --steps 1 --out "$work/refused" >"$work/o" 2>&1 && fail "30M fitted"
+[ -f "$work/refused/config.json" ] || fail "the refused run left no config.json (the case below tests nothing)"
+"$tally" train "${common[@]}" --steps 1 --out "$work/refused" >"$work/o" 2>&1 || fail "after a refused run: $(tail -3 "$work/o")"
+
 "$tally" train "${common[@]}" --steps 100000 --out "$work/busy" >"$work/busy.log" 2>&1 &
 bg=$!
 for _ in $(seq 1 150); do grep -q "^step 1/" "$work/busy.log" 2>/dev/null && break; sleep 0.2; done

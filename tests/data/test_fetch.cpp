@@ -114,7 +114,9 @@ TEST_CASE("fetch: search order, cache directory, URLs and TALLY_OFFLINE follow t
     test::ScopedEnv url("TALLY_DATA_URL", "http://127.0.0.1:8000/mirror/");
     CHECK(download_url(DataFile::gpt2_encoder) == "http://127.0.0.1:8000/mirror/gpt2/encoder.json");
   }
-  for (const auto& entry : {std::pair{"", false}, std::pair{"0", false}, std::pair{"1", true}, std::pair{"yes", true}}) {
+  for (const auto& entry : {std::pair{"", false}, std::pair{"0", false}, std::pair{"false", false},
+                            std::pair{"No", false}, std::pair{"OFF", false}, std::pair{"1", true},
+                            std::pair{"yes", true}, std::pair{"true", true}, std::pair{"offline", true}}) {
     const char* value = entry.first;
     const bool expected = entry.second;
     test::ScopedEnv env("TALLY_OFFLINE", value);

@@ -241,6 +241,12 @@ TEST_CASE("train: bad flags and missing data are refused clearly") {
     CHECK_THROWS_WITH_AS(resolve_data_from({}, 32768, out), doctest::Contains("no training data found"), Error);
     CHECK_THROWS_WITH_AS(resolve_data_from({}, 32768, out), doctest::Contains("tinyshakespeare/input.txt"), Error);
     CHECK_THROWS_WITH_AS(resolve_data_from({}, 32768, out), doctest::Contains("TALLY_OFFLINE is set"), Error);
+    // Each place looked in is named: TALLY_SHARED_DATA's, which replaces ../shared/data, included.
+    test::ScopedEnv shared("TALLY_SHARED_DATA", (out / "elsewhere").string());
+    CHECK_THROWS_WITH_AS(resolve_data_from({}, 32768, out),
+                         doctest::Contains((out / "elsewhere" / "tinyshakespeare.txt").string().c_str()), Error);
+    CHECK_THROWS_WITH_AS(resolve_data_from({}, 32768, out),
+                         doctest::Contains((out / "cache" / "tinyshakespeare.txt").string().c_str()), Error);
   }
   if (saved) ::setenv("TALLY_DATA", saved->c_str(), 1);
   fs::remove_all(out);
