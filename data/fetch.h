@@ -30,7 +30,7 @@ std::vector<std::filesystem::path> search_dirs();
 // Where downloads are kept: $TALLY_CACHE_DIR; else data/ in the checkout when it can be written; else
 // $XDG_CACHE_HOME/tally (~/.cache/tally).
 std::filesystem::path cache_dir();
-// TALLY_OFFLINE set to anything but "" or "0".
+// TALLY_OFFLINE set to anything but "", "0", "false", "no" or "off" (in any case).
 bool offline();
 // Where `file` is downloaded from: $TALLY_DATA_URL/<name> when that is set (http, https or file), else the
 // canonical URL.

@@ -3,8 +3,12 @@
 // loss curves (SVG), optimizer-state memory (SVG), and a Markdown table of final train/val loss, state bytes and
 // ms/step, written after each run. The CAME paper's central claim at small scale. The comparison is saved as it
 // starts (OUT/compare.json: optimizers, rates, the flags every run gets), so that --resume continues one interrupted.
+#include <signal.h>
+
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <map>
 
 #include "core/dist/communicator.h"
@@ -42,9 +46,15 @@ void write_comparison(const fs::path& report, const std::vector<Result>& results
                       const std::vector<RunConfig>& configs) {
   std::vector<report::Series> curves;
   std::vector<report::Bar> bars;
+  std::string unreadable;  // runs whose log could not be read: their curves are left out, and the report says why
   for (size_t i = 0; i < results.size(); ++i) {
     const Result& r = results[i];
-    const LossCurves c = loss_curves(report / "runs" / r.name);
+    LossCurves c;
+    try {
+      c = loss_curves(report / "runs" / r.name);
+    } catch (const Error& e) {
+      unreadable += cat("- ", r.name, ": its curves are left out: ", e.what(), "\n");
+    }
     report::Series train{r.name + " train", {}, report::LineStyle::solid, int(i)};
     report::Series val{r.name + " val", {}, report::LineStyle::dashed, int(i)};
     for (const StepPoint& p : c.train) train.points.emplace_back(double(p.step), p.value);
@@ -106,6 +116,7 @@ void write_comparison(const fs::path& report, const std::vector<Result>& results
     notes += cat("- ", names[i], ": not run (the comparison was interrupted before it)\n");
   }
   if (!notes.empty()) md += "\nRuns that stopped before their last step:\n\n" + notes;
+  if (!unreadable.empty()) md += "\nLogs that could not be read:\n\n" + unreadable;
   io::write_file_atomic(report / "report.md", md);
   io::write_file_atomic(report / "summary.json", summary.dump(2) + "\n");
   std::vector<fs::path> run_dirs;
@@ -114,7 +125,11 @@ void write_comparison(const fs::path& report, const std::vector<Result>& results
     run_dirs.push_back(report / "runs" / r.name);
     run_names.push_back(r.name);
   }
-  write_report(run_dirs, report / "report.html", run_names);
+  try {
+    write_report(run_dirs, report / "report.html", run_names);
+  } catch (const Error& e) {  // the table and curves are written: the page's failure is a warning
+    std::fprintf(stderr, "tally compare: warning: report.html was not written: %s\n", e.what());
+  }
 }
 
 // The printed table of the results (rank 0's stdout), as report.md has it.
@@ -137,10 +152,15 @@ Comparison read_comparison(const fs::path& report) {
   if (!fs::is_directory(report, ec))
     fail("--resume '", report.string(), "': no such directory (it names the --out of a tally compare)");
   if (!fs::exists(file)) {
-    const std::string hint = holds_run(report) ? cat(": it holds a run of tally train; continue it with tally train "
-                                                     "--resume ",
-                                                     report.string())
-                                               : std::string(" (a tally compare writes it as it starts)");
+    // A run of a comparison (OUT/runs/<optimizer>) is continued with its comparison.
+    const fs::path outer = fs::absolute(report).lexically_normal().parent_path().parent_path();
+    const std::string hint =
+        fs::exists(outer / "compare.json") && holds_run(report)
+            ? cat(": it is a run of the comparison in '", outer.string(),
+                  "': continue that with tally compare --resume ", outer.string())
+        : holds_run(report)
+            ? cat(": it holds a run of tally train; continue it with tally train --resume ", report.string())
+            : std::string(" (a tally compare writes it as it starts)");
     fail("--resume '", report.string(), "': no compare.json there", hint, "; nothing was trained");
   }
   const json j = json::parse(io::read_file_text(file), nullptr, false);
@@ -180,7 +200,7 @@ double number_or_nan(const json& e, const char* key) {
   return e.contains(key) && e[key].is_number() ? e[key].get<double>() : NAN;
 }
 
-// A run an earlier session finished (or stopped on non-finite steps): its row as that session wrote it.
+// A run an earlier invocation finished (or stopped on non-finite steps): its row as that invocation wrote it.
 RunSummary finished_run(const json& row) {
   RunSummary s;
   s.steps_done = row.value("steps", int64_t(0));
@@ -192,11 +212,83 @@ RunSummary finished_run(const json& row) {
   return s;
 }
 
+// A finished run without a row (the comparison was killed after its last checkpoint, before its report): the row
+// from its log: the last step's loss, the final validation, ms/step from the mean tokens/s, the measured state bytes.
+RunSummary summary_from_log(const fs::path& run_dir, const RunConfig& c) {
+  const fs::path path = run_dir / "log.jsonl";
+  std::ifstream in(path);
+  if (!in) fail("cannot read '", path.string(), "'");
+  const json d = log_data(in, path.string());
+  const json& sum = d["summary"];
+  RunSummary s;
+  s.steps_done = sum.value("last_step", int64_t(0));
+  s.final_train_loss = number_or_nan(sum, "final_loss");
+  if (sum.value("final_val_step", int64_t(-1)) == s.steps_done) s.final_val_loss = number_or_nan(sum, "final_val_loss");
+  const double tokens_per_s = number_or_nan(sum, "mean_tokens_per_s");
+  s.ms_per_step = double(c.batch * c.seq * c.accumulation * c.world) / tokens_per_s * 1000.0;
+  const json& memory = d["memory"];
+  if (memory.is_object() && memory.contains("memory") && memory["memory"].contains("measured"))
+    s.optimizer_state_bytes = memory["memory"]["measured"].value("optimizer_state", int64_t(0));
+  return s;
+}
+
+// The files a comparison writes in its directory.
+constexpr const char* kReportFiles[] = {"compare.json", "report.md", "summary.json",
+                                        "report.html",  "loss.svg",  "memory.svg"};
+
+// Whether some run under OUT/runs holds a run (its log or a checkpoint).
+bool holds_some_run(const fs::path& report) {
+  std::error_code ec;
+  if (!fs::is_directory(report / "runs", ec)) return false;
+  for (const auto& e : fs::directory_iterator(report / "runs", ec))
+    if (holds_run(e.path())) return true;
+  return false;
+}
+
+// A new comparison into `report`: refused when it holds an earlier comparison that trained something (continue that
+// with --resume), a run of tally train or a checkpoint, or files a comparison writes that no comparison started there
+// (someone's report.md, say). A comparison that trained nothing (refused before its first step) is begun again.
+void refuse_report_directory(const fs::path& report) {
+  std::error_code ec;
+  if (!fs::exists(report, ec)) return;
+  if (fs::exists(report / "compare.json")) {
+    if (holds_some_run(report))
+      fail("'", report.string(), "' holds an earlier comparison: continue it with tally compare --resume ",
+           report.string(), ", or give another --out; nothing was trained");
+    return;
+  }
+  if (holds_run(report) || fs::exists(report / "manifest.json"))
+    fail("'", report.string(), "' holds a run of tally train (or a checkpoint): give the comparison another --out; ",
+         "nothing was trained");
+  for (const char* name : kReportFiles)
+    if (fs::exists(report / name))
+      fail("'", report.string(), "' holds a ", name, " that no comparison started there wrote: give another --out, or ",
+           "move it away; nothing was trained");
+  if (holds_some_run(report))
+    fail("'", report.string(), "' holds runs of an earlier compare: give another --out, or move it away; nothing was ",
+         "trained");
+}
+
+// Files a killed comparison left half written (NAME.tmp.PID of its report files, the process gone).
+void remove_stale_report_temporaries(const fs::path& report) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(report, ec)) {
+    const std::string name = e.path().filename().string();
+    for (const char* f : kReportFiles) {
+      const std::string prefix = cat(f, ".tmp.");
+      if (!name.starts_with(prefix)) continue;
+      const std::string pid = name.substr(prefix.size());
+      if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) continue;
+      if (::kill(pid_t(std::stol(pid)), 0) != 0 && errno == ESRCH) fs::remove(e.path(), ec);
+    }
+  }
+}
+
 }  // namespace
 
 int cmd_compare(const Args& args) {
   // Data-parallel (mpirun -np N tally compare ...): rank 0 alone prints and writes the report, as train does.
-  const dist::Communicator& ranks = dist::process_group();
+  dist::Communicator& ranks = dist::process_group();
   if (ranks.rank() != 0 && !std::freopen("/dev/null", "w", stdout))
     fail("rank ", ranks.rank(), ": cannot quiet stdout");
   std::vector<FlagSpec> specs;
@@ -225,18 +317,23 @@ int cmd_compare(const Args& args) {
   fs::path report;
   const std::optional<std::string> resume = f.maybe("resume");
   if (resume) {
-    for (const char* k : {"optimizers", "lrs"})
-      if (f.given(k))
-        throw FlagError(cat("--", k, f.origin(k),
-                            " with --resume: a resumed comparison trains the optimizers and rates ",
-                            "it started with (its compare.json)"));
     report = fs::path(*resume).lexically_normal();
     if (report.filename().empty()) report = report.parent_path();
     std::error_code ec;
     if (f.given("out") && !fs::equivalent(report, f.str("out"), ec))
       throw FlagError(cat("--out ", f.str("out"), " with --resume ", *resume,
                           ": a resumed comparison goes on in its own directory"));
+    if (f.given("init"))
+      throw FlagError(cat("--init", f.origin("init"), " with --resume: the runs continue from their checkpoints, and ",
+                          "those not reached start as the comparison began (its compare.json)"));
     cmp = read_comparison(report);
+    // The comparison's own lists again (a --config that started it names them) change nothing; others are refused.
+    if (f.given("optimizers") && f.list("optimizers") != cmp.optimizers)
+      throw FlagError(cat("--optimizers", f.origin("optimizers"), " with --resume: a resumed comparison trains the ",
+                          "optimizers it started with (", report.string(), "/compare.json)"));
+    if (f.given("lrs") && f.list("lrs") != cmp.lrs)
+      throw FlagError(cat("--lrs", f.origin("lrs"), " with --resume: a resumed comparison keeps the rates it started ",
+                          "with (", report.string(), "/compare.json)"));
     for (const auto& [k, v] : given.items()) cmp.flags[k] = v;  // flags given now win: more --steps, say
   } else {
     cmp.optimizers = f.list_once("optimizers", " (each run goes to OUT/runs/<optimizer>)");
@@ -247,19 +344,20 @@ int cmd_compare(const Args& args) {
     if (!cmp.lrs.empty() && cmp.lrs.size() != cmp.optimizers.size())
       throw FlagError("--lrs gives " + std::to_string(cmp.lrs.size()) + " rates for " +
                       std::to_string(cmp.optimizers.size()) + " optimizers");
-    if (fs::exists(report / "compare.json"))
-      fail("'", report.string(), "' holds an earlier comparison: continue it with tally compare --resume ",
-           report.string(), ", or give another --out; nothing was trained");
+    // Rank 0 alone looks (the others would see the compare.json it writes below); its refusal ends the job.
+    if (ranks.rank() == 0) refuse_report_directory(report);
   }
   const std::vector<std::string>& names = cmp.optimizers;
   install_stop_handlers();
 
   // Every run's configuration first, so that a bad optimizer name or rate is refused before anything trains. A
   // resumed comparison continues each run from its latest checkpoint (with its own saved flags, those given now
-  // winning), keeps the rows of runs finished before, and starts the runs it had not reached.
+  // winning), keeps the rows of runs finished before, and starts the runs it had not reached; a run killed before its
+  // first checkpoint is moved aside and starts anew.
   const std::map<std::string, json> earlier = resume ? earlier_rows(report) : std::map<std::string, json>{};
   std::vector<RunConfig> configs;
   std::vector<bool> continues(names.size(), false), finished(names.size(), false);
+  std::vector<RunSummary> kept(names.size());
   for (size_t i = 0; i < names.size(); ++i) {
     const fs::path run_dir = report / "runs" / names[i];
     Flags rf("train", "", train_flags());
@@ -268,14 +366,14 @@ int cmd_compare(const Args& args) {
     if (continues[i]) {  // the run's own saved flags, those given now winning
       for (const auto& [k, v] : given.items()) rf.set(k, v.get<std::string>());
       take_saved_flags(rf, saved_run_flags(run_dir));
-    } else if (!resume && holds_run(run_dir)) {  // a directory of an earlier compare without compare.json
-      fail("'", run_dir.string(), "' holds a run of an earlier compare: give another --out, or move '", report.string(),
-           "' away; nothing was trained");
-    } else if (holds_run(run_dir)) {
-      fail("'", run_dir.string(),
-           "' holds a run that stopped before its first checkpoint: move it away and resume the ",
-           "comparison again (the run then starts anew); nothing was trained");
+      rf.set("resume", run_dir.string());
     } else {
+      if (resume && holds_run(run_dir) && ranks.rank() == 0) {
+        const fs::path aside = report / "runs" / cat(names[i], ".killed-before-checkpoint-", ::time(nullptr));
+        fs::rename(run_dir, aside);
+        std::printf("%s: its run was stopped before its first checkpoint: moved to %s, and trained anew\n",
+                    names[i].c_str(), aside.c_str());
+      }
       for (const auto& [k, v] : cmp.flags.items())
         if (v.is_string()) rf.set(k, v.get<std::string>());
     }
@@ -283,28 +381,40 @@ int cmd_compare(const Args& args) {
     if (!cmp.lrs.empty()) rf.set("lr", cmp.lrs[i]);
     rf.set("out", run_dir.string());
     configs.push_back(run_config(rf, DataResolution::resolve, ranks.world()));
-    if (continues[i]) resume_model_of(configs.back(), run_dir);
+    RunConfig& c = configs.back();
+    c.continue_with = cat("tally compare --resume ", report.string());
+    if (!continues[i]) continue;
+    for (const char* m : {"model", "layers", "heads", "width", "block"})
+      if (given.contains(m)) c.model_flags_with_init.push_back(m);
+    resume_model_of(c, run_dir);
     // Done before: at its last step, or stopped on non-finite steps at its latest checkpoint (continuing would only
-    // repeat them); kept as the earlier session reported it.
-    if (continues[i]) {
-      const int64_t at = checkpoint_step(*checkpoint);
-      const auto row = earlier.find(names[i]);
-      const bool interrupted = row != earlier.end() && row->second.value("interrupted", false);
-      const bool reported = row != earlier.end() && !interrupted && row->second.value("steps", int64_t(-1)) == at;
-      const bool diverged = reported && row->second.contains("stopped");
-      if (at >= configs[i].steps && interrupted)
-        throw FlagError(cat("--steps ", configs[i].steps, ": the run of ", names[i], " was interrupted at step ", at,
-                            "; give --steps above ", at, " to continue it"));
-      if ((at >= configs[i].steps || diverged) && !reported)
-        fail("'", run_dir.string(), "' finished at step ", at, " but '", (report / "summary.json").string(),
-             "' has no row of it (damaged?): give more --steps to continue it, or write its page with tally report ",
-             run_dir.string());
-      finished[i] = at >= configs[i].steps || diverged;
-    }
+    // repeat them); its row as written then, or, missing (killed before it was written), from its log.
+    const int64_t at = checkpoint_step(*checkpoint);
+    if (at > c.steps)
+      throw FlagError(cat("--steps ", c.steps, ": the run of ", names[i], " is at step ", at,
+                          " already; give --steps of at least ", at, " (the runs of a comparison train alike)"));
+    const auto row = earlier.find(names[i]);
+    const bool row_here = row != earlier.end() && row->second.value("steps", int64_t(-1)) == at &&
+                          !row->second.value("interrupted", false);
+    const bool diverged = row_here && row->second.contains("stopped");
+    finished[i] = at == c.steps || diverged;
+    if (finished[i]) kept[i] = row_here ? finished_run(row->second) : summary_from_log(run_dir, c);
   }
-  // Written again at a resume: flags given then (more --steps) are the comparison's from now on.
+  // Each run to continue is checked against its checkpoint (model, optimizer, batches) before anything trains or the
+  // comparison's record changes: a refusal leaves everything as it was.
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (!continues[i] || finished[i]) continue;
+    Trainer probe(configs[i]);
+    probe.resume(configs[i].out);
+    probe.check_before_run();
+  }
+  // Written again at a resume: flags given then (more --steps) are the comparison's from now on. The broadcast lines
+  // the ranks up first: every rank has read what it needed of the directory.
+  int64_t ready = 1;
+  ranks.broadcast(&ready, sizeof ready, 0);
   if (ranks.rank() == 0) {
     fs::create_directories(report);
+    remove_stale_report_temporaries(report);
     const json saved = {{"optimizers", cmp.optimizers}, {"lrs", cmp.lrs}, {"flags", cmp.flags}};
     io::write_file_atomic(report / "compare.json", saved.dump(2) + "\n");
   }
@@ -313,10 +423,9 @@ int cmd_compare(const Args& args) {
   for (size_t i = 0; i < names.size(); ++i) {
     const RunConfig& c = configs[i];
     if (finished[i]) {
-      results.push_back({names[i], c.optimizer.lr(), finished_run(earlier.at(names[i]))});
-      const RunSummary& kept = results.back().summary;
+      results.push_back({names[i], c.optimizer.lr(), kept[i]});
       std::printf("\n=== %s (lr %.3g): %s at step %lld before; kept ===\n", names[i].c_str(), c.optimizer.lr(),
-                  kept.stopped.empty() ? "finished" : "stopped on non-finite steps", (long long)kept.steps_done);
+                  kept[i].stopped.empty() ? "finished" : "stopped on non-finite steps", (long long)kept[i].steps_done);
       continue;
     }
     std::printf("\n=== %s (lr %.3g) ===\n", names[i].c_str(), c.optimizer.lr());
@@ -331,7 +440,15 @@ int cmd_compare(const Args& args) {
       results.push_back({names[i], c.optimizer.lr(), e.summary()});
     }
     // The report so far after each run: a comparison killed later keeps the rows of the runs it finished.
-    if (ranks.rank() == 0) write_comparison(report, results, names, configs);
+    // (A report that cannot be written now, a full disk say, is a warning: the runs still to train go on.)
+    if (ranks.rank() == 0) {
+      try {
+        write_comparison(report, results, names, configs);
+      } catch (const Error& e) {
+        std::fprintf(stderr, "tally compare: warning: the report after %s was not written: %s\n", names[i].c_str(),
+                     e.what());
+      }
+    }
     // Stopped by a request: every rank of a data-parallel compare agrees on a run's stop (it travels with a step's
     // loss); one process also stops at a request made after its run's last step.
     const bool one_process = ranks.world() == 1;

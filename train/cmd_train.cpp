@@ -17,6 +17,13 @@ namespace tally::train {
 
 namespace {
 
+// A run training in `dir` is named (a tally::Error): its lock is taken and dropped. Without a lock file nothing holds
+// it, and none is created (a refused run leaves nothing behind).
+void refuse_if_in_use(const std::filesystem::path& dir) {
+  if (!std::filesystem::exists(dir / io::DirectoryLock::kLockFile)) return;
+  const io::DirectoryLock in_use_elsewhere(dir, "run directory");
+}
+
 // What --resume names must be a run directory holding a checkpoint, or one of its checkpoints: checked before
 // anything is read or written (a mistyped path would otherwise become a directory of freshly tokenized data, and a
 // model file or export would be read as a run's configuration).
@@ -36,9 +43,7 @@ void check_resume_target(const std::filesystem::path& r, int rank) {
   std::string hint;
   if (fs::exists(r / "log.jsonl")) {
     // A run's directory: one still training there is named first (rank 0 takes and drops its lock: rank 0 owns it).
-    if (rank == 0) {
-      const io::DirectoryLock in_use_elsewhere(r, "run directory");
-    }
+    if (rank == 0) refuse_if_in_use(r);
     hint = "; its run stopped before its first checkpoint: start it again (move its log.jsonl away, or another --out)";
   } else if (holds_model_only(r))
     hint = cat("; it holds a model, not a run: to start a new run from it, use --init ", r.string());
@@ -82,8 +87,10 @@ int cmd_train(const Args& args) {
   for (const optim::Setting& s : optim::all_settings())
     if (flags.given(s.name) && (s.kind != optim::SettingKind::switch_ || flags.on(s.name)))
       settings_given.push_back({s.name, flags.origin(s.name)});
-  std::vector<std::string> model_flags_with_init;  // before a resumed run's saved flags join the given ones
-  if (flags.given("init") && !flags.given("resume"))
+  // Before a resumed run's saved flags join the given ones: the model flags given with --init, or given now to a
+  // resumed run (a run started with --init checks them against its checkpoint's model).
+  std::vector<std::string> model_flags_with_init;
+  if (flags.given("init") || flags.given("resume"))
     for (const char* name : {"model", "layers", "heads", "width", "block"})
       if (flags.given(name)) model_flags_with_init.push_back(name);
   std::optional<std::filesystem::path> resume;
@@ -112,9 +119,7 @@ int cmd_train(const Args& args) {
       resume && std::filesystem::equivalent(
                     std::filesystem::exists(*resume / "manifest.json") ? resume->parent_path() : *resume, out, ec);
   if (!own_directory && std::filesystem::is_directory(out)) {
-    if (ranks.rank() == 0) {  // a run training there is named first (rank 0 owns the directory's lock)
-      const io::DirectoryLock in_use_elsewhere(out, "run directory");
-    }
+    if (ranks.rank() == 0) refuse_if_in_use(out);  // a run training there is named first (rank 0 owns the lock)
     refuse_new_run_into(out);
   }
   // The rank's share of the CPUs (as the trainer keeps it) before anything computes: tokenizing a --text does.

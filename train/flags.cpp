@@ -35,6 +35,18 @@ void Flags::set(const std::string& name, const std::string& value) {
   values_[name] = value;
 }
 
+namespace {
+// A flag naming a file or directory given as '' (an unset shell variable, say) would reach the file system as an empty
+// path, whose errors say nothing of the flag.
+void refuse_empty_path(const std::string& name, const std::string& value, const std::string& origin) {
+  static constexpr const char* kPathFlags[] = {"out", "to",     "data", "checkpoint", "text",   "train",
+                                               "val", "config", "init", "resume",     "shapes", "tokenizer-dir"};
+  if (value.empty())
+    for (const char* p : kPathFlags)
+      if (name == p) throw FlagError(tally::cat("--", name, origin, " is empty: give a path"));
+}
+}  // namespace
+
 void Flags::parse(const std::vector<std::string>& args) {
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -62,13 +74,7 @@ void Flags::parse(const std::vector<std::string>& args) {
       if (i + 1 >= args.size()) throw FlagError(tally::cat("--", name, " needs a value"));
       value = args[++i];
     }
-    // A flag naming a file or directory given as '' (an unset shell variable, say) would reach the file system as
-    // an empty path, whose errors say nothing of the flag.
-    static constexpr const char* kPathFlags[] = {"out", "to",     "data", "checkpoint", "text",  "train",
-                                                 "val", "config", "init", "resume",     "shapes"};
-    if (value.empty())
-      for (const char* p : kPathFlags)
-        if (name == p) throw FlagError(tally::cat("--", name, " is empty: give a path"));
+    refuse_empty_path(name, value, "");
     values_[name] = value;
   }
 }
@@ -121,6 +127,7 @@ void Flags::merge_json(std::string_view json_text, const std::string& path) {
     if (s->kind != FlagKind::switch_ && value.is_boolean())
       throw FlagError(tally::cat("config file '", path, "': '", key, "' takes a value, not ", value.dump(),
                                  " (true and false are for switches)"));
+    refuse_empty_path(key, text, tally::cat(" (in config file '", path, "')"));
     if (!values_.count(key)) {
       values_[key] = text;
       from_file_[key] = path;

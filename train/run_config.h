@@ -27,6 +27,9 @@ struct RunConfig {
   // A resumed run that was started with --init: the model its checkpoint records (resume_model_of), built in place
   // of reading the --init file again (which may be gone; the checkpoint holds every weight).
   std::optional<models::GPT2Config> model_of_checkpoint;
+  // How a run stopped on request is continued, for its message (empty: tally train's --resume of its directory; a
+  // comparison's run is continued with its comparison).
+  std::string continue_with;
   OptimizerChoice optimizer;
   DataChoice data;
   int64_t batch = 8, seq = 128, steps = 100;

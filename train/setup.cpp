@@ -68,9 +68,10 @@ std::unique_ptr<models::GPT2> load_model_file(const fs::path& path_in, Device de
   // checkpoints under it and no weights of its own.
   if (fs::is_directory(path) && !fs::exists(path / "manifest.json") && fs::exists(path / "model.safetensors"))
     path /= "model.safetensors";
-  // A file of a tally checkpoint (its model.safetensors holds tally's own layout, not Hugging Face's): the checkpoint.
+  // A tally checkpoint's model.safetensors (tally's own layout, not Hugging Face's): the checkpoint.
   if (const fs::path dir = fs::absolute(path).parent_path();
-      !fs::is_directory(path) && fs::exists(dir / "manifest.json") && fs::exists(dir / "state.json"))
+      path.filename() == "model.safetensors" && !fs::is_directory(path) && fs::exists(dir / "manifest.json") &&
+      fs::exists(dir / "state.json"))
     path = dir;
   if (fs::is_directory(path)) {
     if (!fs::exists(path / "manifest.json")) {

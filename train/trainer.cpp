@@ -123,20 +123,11 @@ Trainer::Trainer(RunConfig config)
   }
   held_before_ = c_.device.is_cuda() && !cuda_available() ? 0 : ledger(c_.device).total().live_held;
   require_usable(c_.device);
-  if (c_.model_of_checkpoint) {
-    // Resumed, started with --init: the checkpoint's model, whose weights resume() loads.
-    models::GPT2Config m = *c_.model_of_checkpoint;
-    m.dropout = c_.model.dropout;
-    m.padded_vocab_size = models::padded_vocab(m.vocab_size, c_.vocab_multiple);
-    c_.model = m;
-    model_ = std::make_unique<models::GPT2>(
-        c_.model, models::GPT2Options{.device = c_.device, .dtype = c_.dtype, .seed = c_.seed});
-  } else if (!c_.init.empty()) {
-    MemoryScope scope(Category::parameter, "init");
-    model_ = load_model_file(c_.init, c_.device);
-    models::GPT2Config loaded = model_->config();
-    // Each dimension a given model flag sets (a preset sets them all) against the file's; one that differs refuses
-    // the run, naming the flag and the file's value. Dimensions no given flag sets are the file's.
+  // Each dimension a given model flag sets (a preset sets them all) against the model's (the --init file's, or a
+  // resumed --init run's checkpoint's); one that differs refuses the run, naming the flag and the model's value.
+  // Dimensions no given flag sets are the model's.
+  auto check_model_flags = [&](const models::GPT2Config& loaded, const std::string& holder, const char* whose,
+                               const std::string& advice) {
     const auto given = [&](const char* name) {
       return std::find(c_.model_flags_with_init.begin(), c_.model_flags_with_init.end(), name) !=
              c_.model_flags_with_init.end();
@@ -153,12 +144,28 @@ Trainer::Trainer(RunConfig config)
       asked += cat(asked.empty() ? "" : ", ",
                    given(d.flag) ? cat("--", d.flag, " ")
                                  : cat("--model ", c_.flags.value("model", std::string()), "'s ", d.flag, " "),
-                   c_.model.*d.member, " (the file's: ", loaded.*d.member, ")");
+                   c_.model.*d.member, " (", whose, "'s: ", loaded.*d.member, ")");
     }
     if (!asked.empty())
-      throw FlagError(cat("--init '", c_.init, "' holds a GPT-2 ", loaded.str(),
-                          "; the model flags given with it ask for ", asked,
-                          ": leave them out to train the file's model"));
+      throw FlagError(cat(holder, " holds a GPT-2 ", loaded.str(), "; the model flags given with it ask for ", asked,
+                          ": ", advice));
+  };
+  if (c_.model_of_checkpoint) {
+    // Resumed, started with --init: the checkpoint's model, whose weights resume() loads.
+    check_model_flags(*c_.model_of_checkpoint, "--resume: the checkpoint", "the checkpoint",
+                      "a resumed run keeps its model (leave them out; to train another model from these weights, start "
+                      "a new run with --init)");
+    models::GPT2Config m = *c_.model_of_checkpoint;
+    m.dropout = c_.model.dropout;
+    m.padded_vocab_size = models::padded_vocab(m.vocab_size, c_.vocab_multiple);
+    c_.model = m;
+    model_ = std::make_unique<models::GPT2>(
+        c_.model, models::GPT2Options{.device = c_.device, .dtype = c_.dtype, .seed = c_.seed});
+  } else if (!c_.init.empty()) {
+    MemoryScope scope(Category::parameter, "init");
+    model_ = load_model_file(c_.init, c_.device);
+    models::GPT2Config loaded = model_->config();
+    check_model_flags(loaded, cat("--init '", c_.init, "'"), "the file", "leave them out to train the file's model");
     if (c_.seq > loaded.block_size)
       throw FlagError(cat("--seq ", c_.seq, " exceeds the block size ", loaded.block_size, " of the model in --init '",
                           c_.init, "'"));
@@ -496,9 +503,9 @@ void refuse_new_run_into(const fs::path& out) {
   if (fs::exists(out / "manifest.json"))
     fail("'", out.string(), "' is a checkpoint directory (its manifest.json): train into another --out (to continue ",
          "its run: --resume ", out.string(), "); nothing was changed");
-  auto head_of = [](const fs::path& file) {
+  auto head_of = [](const fs::path& file) {  // its first MiB: a run's config.json is a few KiB
     std::ifstream in(file, std::ios::binary);
-    std::string head(4096, '\0');
+    std::string head(size_t(1) << 20, '\0');
     in.read(head.data(), std::streamsize(head.size()));
     head.resize(size_t(in.gcount()));
     return head;
@@ -716,8 +723,9 @@ void Trainer::run_steps(RunSummary& s) {
     if ((parallel_ ? r.stop : g_stop_requested.load()) && !last) {
       s.last_checkpoint = save(step);
       s.interrupted = true;
-      std::printf("%sstopped at step %lld on request; checkpoint %s (continue with --resume %s)\n", progress.break_line(),
-                  (long long)step, s.last_checkpoint.c_str(), c_.out.c_str());
+      const std::string how = c_.continue_with.empty() ? cat("--resume ", c_.out.string()) : c_.continue_with;
+      std::printf("%sstopped at step %lld on request; checkpoint %s (continue with %s)\n", progress.break_line(),
+                  (long long)step, s.last_checkpoint.c_str(), how.c_str());
       break;
     }
   }

@@ -97,6 +97,9 @@ python3 -c "import sys; a,b=map(float,sys.argv[1:]); assert abs(a-b) <= 1e-6*abs
   fail "the checkpoint lost the model's epsilon: logged $logged, evaluated $evaluated"
 mv "$work/eps" "$work/eps-moved"
 "$tally" train --resume "$work/epsrun" --steps 2 >"$work/o" 2>&1 || fail "resume without the --init directory: $(tail -3 "$work/o")"
+"$tally" train --resume "$work/epsrun" --steps 3 --model d4 >"$work/o" 2>&1; [ $? -eq 2 ] &&
+  grep -q "the checkpoint holds a GPT-2 L2 NH2 C64 .*model flags given with it ask for --model d4's layers 4" "$work/o" ||
+  fail "another model at the resume of an --init run: $(tail -3 "$work/o")"
 "$tally" export --checkpoint "$work/epsrun" --format hf --out "$work/eps-out" >/dev/null || fail "export hf of the eps run"
 grep -q '"layer_norm_epsilon": 0.1,' "$work/eps-out/config.json" || fail "the export lost the epsilon"
 "$tally" export --checkpoint "$work/epsrun" --format llmc --out "$work/eps.bin" >"$work/o" 2>&1 && fail "llmc export of eps 0.1 ran"
@@ -107,4 +110,6 @@ before=$(md5sum <"$work/eps-out/config.json")
 grep -q "holds a config.json that no tally run wrote (a model's)" "$work/o" || fail "run into an export: $(cat "$work/o")"
 [ "$(md5sum <"$work/eps-out/config.json")" = "$before" ] && [ ! -e "$work/eps-out/log.jsonl" ] ||
   fail "a refused run changed the export"
+"$tally" export --checkpoint "$work/epsrun" --format hf --out "$work/eps-out" >"$work/o" 2>&1 ||
+  fail "the export again, after a refused run: $(cat "$work/o")"
 echo "cli export_hf: ok"

@@ -402,11 +402,18 @@ grep -q '"stopped": "not run: the comparison was interrupted before it"' "$work/
 # ... and --resume continues it: the interrupted run from its checkpoint, the one not reached from the start; the
 # rows of both, every step of each in its log once. Resumed again, nothing trains and the rows are kept.
 at=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[0]['steps'])" "$work/cmpint/summary.json")
-expect 2 "steps 1: the run of came was interrupted at step $at; give --steps above $at" "$tally" compare \
+expect 2 "steps 1: the run of came is at step $at already; give --steps of at least $at" "$tally" compare \
   --resume "$work/cmpint" --steps 1
 expect 2 "--optimizers with --resume" "$tally" compare --resume "$work/cmpint" --optimizers adamw
-expect 1 "no compare.json there: it holds a run of tally train; continue it with tally train --resume" \
+expect 1 "no compare.json there: it is a run of the comparison in '.*cmpint': continue that with tally compare --resume" \
   "$tally" compare --resume "$work/cmpint/runs/came"
+# A resume refused by a run's checkpoint (other batches) changes nothing, the comparison's record included.
+before=$(md5sum <"$work/cmpint/compare.json")
+expect 1 "the checkpoint's place in the data is in batches of --batch 2" "$tally" compare --resume "$work/cmpint" \
+  --batch 4 --total-batch 64 --steps $((at + 2))
+[ "$(md5sum <"$work/cmpint/compare.json")" = "$before" ] || fail "a refused resume changed compare.json"
+# A run killed before its first checkpoint (here: a log and nothing else) is moved aside and trained anew.
+mkdir -p "$work/cmpint/runs/adamw" && echo '{"step":1,"loss":10}' >"$work/cmpint/runs/adamw/log.jsonl"
 expect 0 "resumed from .*cmpint/runs/came/step-0*$at at step $at" "$tally" compare --resume "$work/cmpint" \
   --steps $((at + 2))
 grep -q "^| came | 0.001 | [0-9.]* | [0-9.]* |" "$work/cmpint/report.md" &&
@@ -416,8 +423,24 @@ for o in came adamw; do
   logged=$(grep -c '"grad_norm"' "$work/cmpint/runs/$o/log.jsonl")
   [ "$logged" = $((at + 2)) ] || fail "resumed compare: $o logged $logged steps, not $((at + 2))"
 done
-before=$(cat "$work/cmpint"/runs/*/log.jsonl "$work/cmpint/summary.json" | md5sum)
+ls -d "$work/cmpint/runs/adamw.killed-before-checkpoint-"* >/dev/null 2>&1 || fail "the killed run was not moved aside"
+before=$(cat "$work/cmpint"/runs/{came,adamw}/log.jsonl "$work/cmpint/summary.json" | md5sum)
 expect 0 "=== adamw \(lr 0.0015\): finished at step $((at + 2)) before; kept" "$tally" compare --resume "$work/cmpint"
-[ "$(cat "$work/cmpint"/runs/*/log.jsonl "$work/cmpint/summary.json" | md5sum)" = "$before" ] ||
+[ "$(cat "$work/cmpint"/runs/{came,adamw}/log.jsonl "$work/cmpint/summary.json" | md5sum)" = "$before" ] ||
   fail "a compare resumed after its last step changed its runs or rows"
+# Killed after a run's last checkpoint, before its row was written: the row comes from the run's log.
+cp "$work/cmpint/report.md" "$work/report-before.md" && rm "$work/cmpint/summary.json"
+expect 0 "=== came \(lr 0.001\): finished at step $((at + 2)) before; kept" "$tally" compare --resume "$work/cmpint"
+for o in came adamw; do
+  [ "$(grep "^| $o " "$work/cmpint/report.md" | cut -d'|' -f2-5)" = "$(grep "^| $o " "$work/report-before.md" | cut -d'|' -f2-5)" ] ||
+    fail "$o's row rebuilt from its log: $(grep "^| $o " "$work/cmpint/report.md") against $(grep "^| $o " "$work/report-before.md")"
+done
+# A new comparison never writes over files it did not write; one that trained nothing is begun again.
+mkdir -p "$work/cmpmine" && echo mine >"$work/cmpmine/report.md"
+expect 1 "holds a report.md that no comparison started there wrote" "$tally" compare "${common[@]}" --steps 1 \
+  --optimizers sgd --out "$work/cmpmine"
+[ "$(cat "$work/cmpmine/report.md")" = mine ] || fail "compare replaced someone's report.md"
+expect 1 "out of memory" env TALLY_MEMORY_LIMIT=30M "$tally" compare "${common[@]}" --steps 1 --optimizers sgd \
+  --out "$work/cmpoom"
+expect 0 "report: " "$tally" compare "${common[@]}" --steps 1 --optimizers sgd --out "$work/cmpoom"
 echo "cli reliability: ok"

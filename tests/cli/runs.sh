@@ -29,6 +29,7 @@ grep -q "holds a config.json that no tally run wrote: a run writes its own there
 rm "$work/mine/config.json" && echo '<html>mine</html>' >"$work/mine/report.html"
 "$tally" train "${common[@]}" --steps 1 --out "$work/mine" >"$work/o" 2>&1 && fail "a run over someone's report.html ran"
 grep -q "holds a report.html that tally did not write" "$work/o" || fail "$(cat "$work/o")"
+[ ! -e "$work/mine/tally.lock" ] || fail "a refused run left tally.lock"
 "$tally" train "${common[@]}" --steps 1 --out "$work/first" >"$work/o" 2>&1 || fail "train: $(tail -3 "$work/o")"
 "$tally" train "${common[@]}" --steps 1 --out "$work/first/step-00000001" >"$work/o" 2>&1 && fail "a run into a checkpoint ran"
 grep -q "is a checkpoint directory (its manifest.json)" "$work/o" || fail "$(cat "$work/o")"
