@@ -10,6 +10,8 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <memory>
+#include <set>
 
 #include "core/dist/communicator.h"
 #include "core/io/file.h"
@@ -40,15 +42,16 @@ std::string stop_text(const RunSummary& s, int64_t steps, const fs::path& report
              " (continue the comparison: tally compare --resume ", report.string(), ")");
 }
 
-// The report directory's files for the runs in `results` (the whole training history of each, from its log), the
-// optimizers in `names` beyond them named as not run: report.md, summary.json, loss.svg, memory.svg, report.html.
-void write_comparison(const fs::path& report, const std::vector<Result>& results, const std::vector<std::string>& names,
-                      const std::vector<RunConfig>& configs) {
+// The report directory's files for the runs in `results` (one per optimizer of `names`: the whole training history
+// of each, from its log; an empty one is named as not run): report.md, summary.json, loss.svg, memory.svg, report.html.
+void write_comparison(const fs::path& report, const std::vector<std::optional<Result>>& results,
+                      const std::vector<std::string>& names, const std::vector<RunConfig>& configs) {
   std::vector<report::Series> curves;
   std::vector<report::Bar> bars;
   std::string unreadable;  // runs whose log could not be read: their curves are left out, and the report says why
   for (size_t i = 0; i < results.size(); ++i) {
-    const Result& r = results[i];
+    if (!results[i]) continue;
+    const Result& r = *results[i];
     LossCurves c;
     try {
       c = loss_curves(report / "runs" / r.name);
@@ -74,7 +77,12 @@ void write_comparison(const fs::path& report, const std::vector<Result>& results
   json summary = json::array();
   std::string notes;
   for (size_t i = 0; i < results.size(); ++i) {
-    const Result& r = results[i];
+    if (!results[i]) {  // not reached (a stop request, or a comparison still training): named, not silently missing
+      summary.push_back({{"optimizer", names[i]}, {"stopped", "not run: the comparison was interrupted before it"}});
+      notes += cat("- ", names[i], ": not run (the comparison was interrupted before it)\n");
+      continue;
+    }
+    const Result& r = *results[i];
     char row[320];
     const RunSummary& s = r.summary;
     const std::string stop = stop_text(s, configs[i].steps, report);
@@ -109,12 +117,6 @@ void write_comparison(const fs::path& report, const std::vector<Result>& results
     }
     summary.push_back(entry);
   }
-  // Optimizers the comparison has not reached (a stop request, or a comparison still training): named, not
-  // silently missing.
-  for (size_t i = results.size(); i < names.size(); ++i) {
-    summary.push_back({{"optimizer", names[i]}, {"stopped", "not run: the comparison was interrupted before it"}});
-    notes += cat("- ", names[i], ": not run (the comparison was interrupted before it)\n");
-  }
   if (!notes.empty()) md += "\nRuns that stopped before their last step:\n\n" + notes;
   if (!unreadable.empty()) md += "\nLogs that could not be read:\n\n" + unreadable;
   io::write_file_atomic(report / "report.md", md);
@@ -122,8 +124,9 @@ void write_comparison(const fs::path& report, const std::vector<Result>& results
   std::vector<fs::path> run_dirs;
   std::vector<std::string> run_names;
   for (const auto& r : results) {
-    run_dirs.push_back(report / "runs" / r.name);
-    run_names.push_back(r.name);
+    if (!r) continue;
+    run_dirs.push_back(report / "runs" / r->name);
+    run_names.push_back(r->name);
   }
   try {
     write_report(run_dirs, report / "report.html", run_names);
@@ -184,7 +187,7 @@ Comparison read_comparison(const fs::path& report) {
   return c;
 }
 
-// The rows an earlier session of a resumed comparison wrote (summary.json), by optimizer; empty where there is none.
+// The rows an earlier invocation of a resumed comparison wrote (summary.json), by optimizer; empty where there is none.
 std::map<std::string, json> earlier_rows(const fs::path& report) {
   std::map<std::string, json> rows;
   if (!fs::exists(report / "summary.json")) return rows;
@@ -214,17 +217,19 @@ RunSummary finished_run(const json& row) {
 
 // A finished run without a row (the comparison was killed after its last checkpoint, before its report): the row
 // from its log: the last step's loss, the final validation, ms/step from the mean tokens/s, the measured state bytes.
-RunSummary summary_from_log(const fs::path& run_dir, const RunConfig& c) {
+RunSummary summary_from_log(const fs::path& run_dir, const RunConfig& c, int64_t at) {
   const fs::path path = run_dir / "log.jsonl";
   std::ifstream in(path);
   if (!in) fail("cannot read '", path.string(), "'");
   const json d = log_data(in, path.string());
   const json& sum = d["summary"];
   RunSummary s;
-  s.steps_done = sum.value("last_step", int64_t(0));
+  s.steps_done = at;
   s.final_train_loss = number_or_nan(sum, "final_loss");
-  if (sum.value("final_val_step", int64_t(-1)) == s.steps_done) s.final_val_loss = number_or_nan(sum, "final_val_loss");
-  const double tokens_per_s = number_or_nan(sum, "mean_tokens_per_s");
+  if (sum.value("final_val_step", int64_t(-1)) == at) s.final_val_loss = number_or_nan(sum, "final_val_loss");
+  double tokens_per_s = number_or_nan(sum, "mean_tokens_per_s");  // all steps but the first (its warm-up)
+  if (const json& one = d["series"]["tokens_per_s"]["points"]; !std::isfinite(tokens_per_s) && !one.empty())
+    tokens_per_s = one.back()[1].get<double>();  // a run of one step
   s.ms_per_step = double(c.batch * c.seq * c.accumulation * c.world) / tokens_per_s * 1000.0;
   const json& memory = d["memory"];
   if (memory.is_object() && memory.contains("memory") && memory["memory"].contains("measured"))
@@ -279,7 +284,7 @@ void remove_stale_report_temporaries(const fs::path& report) {
       if (!name.starts_with(prefix)) continue;
       const std::string pid = name.substr(prefix.size());
       if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) continue;
-      if (::kill(pid_t(std::stol(pid)), 0) != 0 && errno == ESRCH) fs::remove(e.path(), ec);
+      if (pid.size() <= 9 && ::kill(pid_t(std::stol(pid)), 0) != 0 && errno == ESRCH) fs::remove(e.path(), ec);
     }
   }
 }
@@ -323,18 +328,33 @@ int cmd_compare(const Args& args) {
     if (f.given("out") && !fs::equivalent(report, f.str("out"), ec))
       throw FlagError(cat("--out ", f.str("out"), " with --resume ", *resume,
                           ": a resumed comparison goes on in its own directory"));
-    if (f.given("init"))
-      throw FlagError(cat("--init", f.origin("init"), " with --resume: the runs continue from their checkpoints, and ",
-                          "those not reached start as the comparison began (its compare.json)"));
     cmp = read_comparison(report);
-    // The comparison's own lists again (a --config that started it names them) change nothing; others are refused.
+    // What a resumed comparison trains stays as it began (its compare.json): its lists, and every flag that shapes
+    // training (the model, data, batches, schedule, optimizer settings); the same values again (a --config that
+    // started it) change nothing. More --steps, and how a run is watched and saved, may change.
     if (f.given("optimizers") && f.list("optimizers") != cmp.optimizers)
       throw FlagError(cat("--optimizers", f.origin("optimizers"), " with --resume: a resumed comparison trains the ",
                           "optimizers it started with (", report.string(), "/compare.json)"));
     if (f.given("lrs") && f.list("lrs") != cmp.lrs)
       throw FlagError(cat("--lrs", f.origin("lrs"), " with --resume: a resumed comparison keeps the rates it started ",
                           "with (", report.string(), "/compare.json)"));
-    for (const auto& [k, v] : given.items()) cmp.flags[k] = v;  // flags given now win: more --steps, say
+    static const std::set<std::string> kMayChange = {"steps",         "eval-every", "val-batches",  "sample-every",
+                                                     "sample-tokens", "save-every", "keep-last",    "log-every",
+                                                     "log-optim",     "threads",    "max-bad-steps"};
+    for (const auto& [k, v] : given.items()) {
+      std::string before;
+      if (cmp.flags.contains(k))
+        before = cmp.flags[k].get<std::string>();
+      else
+        for (const FlagSpec& spec : train_flags())
+          if (spec.name == k) before = spec.default_value;
+      if (!kMayChange.count(k) && v.get<std::string>() != before)
+        throw FlagError(
+            cat("--", k, " ", v.get<std::string>(), f.origin(k), " with --resume: the comparison's runs ",
+                "train with --", k, " ", before.empty() ? std::string("unset") : before,
+                " (every run alike); only --steps and how runs are evaluated, logged and saved may change"));
+      cmp.flags[k] = v;  // flags given now win: more --steps, say
+    }
   } else {
     cmp.optimizers = f.list_once("optimizers", " (each run goes to OUT/runs/<optimizer>)");
     cmp.lrs = f.given("lrs") ? f.list("lrs") : std::vector<std::string>{};
@@ -344,36 +364,46 @@ int cmd_compare(const Args& args) {
     if (!cmp.lrs.empty() && cmp.lrs.size() != cmp.optimizers.size())
       throw FlagError("--lrs gives " + std::to_string(cmp.lrs.size()) + " rates for " +
                       std::to_string(cmp.optimizers.size()) + " optimizers");
-    // Rank 0 alone looks (the others would see the compare.json it writes below); its refusal ends the job.
-    if (ranks.rank() == 0) refuse_report_directory(report);
   }
+  // Rank 0 alone looks at the directory and takes it (a second compare into it, or a second resume, is refused while
+  // this one runs); the ranks then line up, so that none writes into a directory that rank 0 refuses.
+  std::unique_ptr<io::DirectoryLock> lock;
+  if (ranks.rank() == 0) {
+    if (!resume) refuse_report_directory(report);
+    fs::create_directories(report);
+    lock = std::make_unique<io::DirectoryLock>(report, "comparison directory");
+  }
+  int64_t go = 1;
+  ranks.broadcast(&go, sizeof go, 0);
   const std::vector<std::string>& names = cmp.optimizers;
   install_stop_handlers();
 
   // Every run's configuration first, so that a bad optimizer name or rate is refused before anything trains. A
-  // resumed comparison continues each run from its latest checkpoint (with its own saved flags, those given now
+  // resumed comparison continues each run from its latest checkpoint (with its own saved flags, the comparison's
   // winning), keeps the rows of runs finished before, and starts the runs it had not reached; a run killed before its
-  // first checkpoint is moved aside and starts anew.
+  // first checkpoint starts anew (its log is kept aside).
   const std::map<std::string, json> earlier = resume ? earlier_rows(report) : std::map<std::string, json>{};
   std::vector<RunConfig> configs;
-  std::vector<bool> continues(names.size(), false), finished(names.size(), false);
-  std::vector<RunSummary> kept(names.size());
+  std::vector<bool> continues(names.size(), false), finished(names.size(), false), restarts(names.size(), false);
+  std::vector<std::optional<Result>> results(names.size());
   for (size_t i = 0; i < names.size(); ++i) {
     const fs::path run_dir = report / "runs" / names[i];
     Flags rf("train", "", train_flags());
     const std::optional<fs::path> checkpoint = latest_checkpoint(run_dir);
     continues[i] = resume && checkpoint;
-    if (continues[i]) {  // the run's own saved flags, those given now winning
-      for (const auto& [k, v] : given.items()) rf.set(k, v.get<std::string>());
-      take_saved_flags(rf, saved_run_flags(run_dir));
+    restarts[i] = resume && !checkpoint && holds_run(run_dir);
+    if (restarts[i] && ranks.rank() == 0) {
+      // Killed before its first checkpoint, or still training under another process (named by its lock).
+      const io::DirectoryLock in_use_elsewhere(run_dir, "run directory");
+    }
+    json saved = json::object();
+    if (continues[i]) {  // the run's own saved flags, the comparison's winning
+      saved = saved_run_flags(run_dir);
+      for (const auto& [k, v] : cmp.flags.items())
+        if (v.is_string()) rf.set(k, v.get<std::string>());
+      take_saved_flags(rf, saved);
       rf.set("resume", run_dir.string());
     } else {
-      if (resume && holds_run(run_dir) && ranks.rank() == 0) {
-        const fs::path aside = report / "runs" / cat(names[i], ".killed-before-checkpoint-", ::time(nullptr));
-        fs::rename(run_dir, aside);
-        std::printf("%s: its run was stopped before its first checkpoint: moved to %s, and trained anew\n",
-                    names[i].c_str(), aside.c_str());
-      }
       for (const auto& [k, v] : cmp.flags.items())
         if (v.is_string()) rf.set(k, v.get<std::string>());
     }
@@ -384,21 +414,27 @@ int cmd_compare(const Args& args) {
     RunConfig& c = configs.back();
     c.continue_with = cat("tally compare --resume ", report.string());
     if (!continues[i]) continue;
-    for (const char* m : {"model", "layers", "heads", "width", "block"})
-      if (given.contains(m)) c.model_flags_with_init.push_back(m);
     resume_model_of(c, run_dir);
-    // Done before: at its last step, or stopped on non-finite steps at its latest checkpoint (continuing would only
-    // repeat them); its row as written then, or, missing (killed before it was written), from its log.
+    // Done before: trained to the end of its own schedule (the --steps it last ran with), or stopped on non-finite
+    // steps at its latest checkpoint (continuing would only repeat them). Kept when that is this comparison's --steps:
+    // its row as written then, or, missing (killed before it was written), from its log.
     const int64_t at = checkpoint_step(*checkpoint);
-    if (at > c.steps)
-      throw FlagError(cat("--steps ", c.steps, ": the run of ", names[i], " is at step ", at,
-                          " already; give --steps of at least ", at, " (the runs of a comparison train alike)"));
+    const std::string saved_steps = saved.is_object() ? saved.value("steps", std::string()) : std::string();
+    const bool ran_its_schedule = saved_steps == std::to_string(at);
     const auto row = earlier.find(names[i]);
     const bool row_here = row != earlier.end() && row->second.value("steps", int64_t(-1)) == at &&
                           !row->second.value("interrupted", false);
     const bool diverged = row_here && row->second.contains("stopped");
+    if (at > c.steps || (at == c.steps && !ran_its_schedule && !diverged))
+      throw FlagError(cat("--steps ", c.steps, ": the run of ", names[i], " stopped at step ", at,
+                          ran_its_schedule ? "" : cat(" of its ", saved_steps), "; give --steps ",
+                          at > c.steps ? cat("of at least ", at) : cat("above ", at),
+                          " (the runs of a comparison train alike)"));
     finished[i] = at == c.steps || diverged;
-    if (finished[i]) kept[i] = row_here ? finished_run(row->second) : summary_from_log(run_dir, c);
+    if (finished[i]) {
+      const RunSummary kept = row_here ? finished_run(row->second) : summary_from_log(run_dir, c, at);
+      results[i] = Result{names[i], c.optimizer.lr(), kept};
+    }
   }
   // Each run to continue is checked against its checkpoint (model, optimizer, batches) before anything trains or the
   // comparison's record changes: a refusal leaves everything as it was.
@@ -408,24 +444,30 @@ int cmd_compare(const Args& args) {
     probe.resume(configs[i].out);
     probe.check_before_run();
   }
-  // Written again at a resume: flags given then (more --steps) are the comparison's from now on. The broadcast lines
-  // the ranks up first: every rank has read what it needed of the directory.
-  int64_t ready = 1;
-  ranks.broadcast(&ready, sizeof ready, 0);
+  // Then the record (written again at a resume: flags given then, such as more --steps, are the comparison's from
+  // now on), and the logs of runs killed before their first checkpoint put aside, after the ranks have read them.
+  ranks.broadcast(&go, sizeof go, 0);
   if (ranks.rank() == 0) {
-    fs::create_directories(report);
     remove_stale_report_temporaries(report);
     const json saved = {{"optimizers", cmp.optimizers}, {"lrs", cmp.lrs}, {"flags", cmp.flags}};
     io::write_file_atomic(report / "compare.json", saved.dump(2) + "\n");
+    for (size_t i = 0; i < names.size(); ++i) {
+      if (!restarts[i]) continue;
+      const fs::path run_dir = report / "runs" / names[i];
+      const fs::path aside = run_dir / cat("log.killed-before-checkpoint-", ::time(nullptr), ".jsonl");
+      fs::rename(run_dir / "log.jsonl", aside);
+      std::printf("%s: its run was stopped before its first checkpoint: it starts anew (its log is kept as %s)\n",
+                  names[i].c_str(), aside.c_str());
+    }
   }
+  ranks.broadcast(&go, sizeof go, 0);
 
-  std::vector<Result> results;
   for (size_t i = 0; i < names.size(); ++i) {
     const RunConfig& c = configs[i];
     if (finished[i]) {
-      results.push_back({names[i], c.optimizer.lr(), kept[i]});
+      const RunSummary& kept = results[i]->summary;
       std::printf("\n=== %s (lr %.3g): %s at step %lld before; kept ===\n", names[i].c_str(), c.optimizer.lr(),
-                  kept[i].stopped.empty() ? "finished" : "stopped on non-finite steps", (long long)kept[i].steps_done);
+                  kept.stopped.empty() ? "finished" : "stopped on non-finite steps", (long long)kept.steps_done);
       continue;
     }
     std::printf("\n=== %s (lr %.3g) ===\n", names[i].c_str(), c.optimizer.lr());
@@ -434,10 +476,10 @@ int cmd_compare(const Args& args) {
     // A run that stops on non-finite steps (--max-bad-steps) is a result of the comparison: reported with what it
     // trained, and the other optimizers still run. (Every rank stops at the same step: the loss is summed over them.)
     try {
-      results.push_back({names[i], c.optimizer.lr(), t.run()});
+      results[i] = Result{names[i], c.optimizer.lr(), t.run()};
     } catch (const TrainingStopped& e) {
       std::printf("%s: %s\n", names[i].c_str(), e.what());
-      results.push_back({names[i], c.optimizer.lr(), e.summary()});
+      results[i] = Result{names[i], c.optimizer.lr(), e.summary()};
     }
     // The report so far after each run: a comparison killed later keeps the rows of the runs it finished.
     // (A report that cannot be written now, a full disk say, is a warning: the runs still to train go on.)
@@ -452,7 +494,7 @@ int cmd_compare(const Args& args) {
     // Stopped by a request: every rank of a data-parallel compare agrees on a run's stop (it travels with a step's
     // loss); one process also stops at a request made after its run's last step.
     const bool one_process = ranks.world() == 1;
-    if (results.back().summary.interrupted || (one_process && g_stop_requested.load())) break;
+    if (results[i]->summary.interrupted || (one_process && g_stop_requested.load())) break;
   }
 
   if (ranks.rank() != 0) return 0;

@@ -402,17 +402,17 @@ grep -q '"stopped": "not run: the comparison was interrupted before it"' "$work/
 # ... and --resume continues it: the interrupted run from its checkpoint, the one not reached from the start; the
 # rows of both, every step of each in its log once. Resumed again, nothing trains and the rows are kept.
 at=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[0]['steps'])" "$work/cmpint/summary.json")
-expect 2 "steps 1: the run of came is at step $at already; give --steps of at least $at" "$tally" compare \
-  --resume "$work/cmpint" --steps 1
+expect 2 "steps 1: the run of came stopped at step $at of its 100000; give --steps (of at least|above) $at" "$tally" \
+  compare --resume "$work/cmpint" --steps 1
 expect 2 "--optimizers with --resume" "$tally" compare --resume "$work/cmpint" --optimizers adamw
 expect 1 "no compare.json there: it is a run of the comparison in '.*cmpint': continue that with tally compare --resume" \
   "$tally" compare --resume "$work/cmpint/runs/came"
-# A resume refused by a run's checkpoint (other batches) changes nothing, the comparison's record included.
+# Flags that shape training stay as the comparison began (every run alike): refused, nothing changed.
 before=$(md5sum <"$work/cmpint/compare.json")
-expect 1 "the checkpoint's place in the data is in batches of --batch 2" "$tally" compare --resume "$work/cmpint" \
+expect 2 "--batch 4 with --resume: the comparison's runs train with --batch 2" "$tally" compare --resume "$work/cmpint" \
   --batch 4 --total-batch 64 --steps $((at + 2))
 [ "$(md5sum <"$work/cmpint/compare.json")" = "$before" ] || fail "a refused resume changed compare.json"
-# A run killed before its first checkpoint (here: a log and nothing else) is moved aside and trained anew.
+# A run killed before its first checkpoint (here: a log and nothing else) starts anew, its log kept aside.
 mkdir -p "$work/cmpint/runs/adamw" && echo '{"step":1,"loss":10}' >"$work/cmpint/runs/adamw/log.jsonl"
 expect 0 "resumed from .*cmpint/runs/came/step-0*$at at step $at" "$tally" compare --resume "$work/cmpint" \
   --steps $((at + 2))
@@ -423,7 +423,7 @@ for o in came adamw; do
   logged=$(grep -c '"grad_norm"' "$work/cmpint/runs/$o/log.jsonl")
   [ "$logged" = $((at + 2)) ] || fail "resumed compare: $o logged $logged steps, not $((at + 2))"
 done
-ls -d "$work/cmpint/runs/adamw.killed-before-checkpoint-"* >/dev/null 2>&1 || fail "the killed run was not moved aside"
+ls "$work/cmpint/runs/adamw/log.killed-before-checkpoint-"*.jsonl >/dev/null 2>&1 || fail "the killed run's log was not kept"
 before=$(cat "$work/cmpint"/runs/{came,adamw}/log.jsonl "$work/cmpint/summary.json" | md5sum)
 expect 0 "=== adamw \(lr 0.0015\): finished at step $((at + 2)) before; kept" "$tally" compare --resume "$work/cmpint"
 [ "$(cat "$work/cmpint"/runs/{came,adamw}/log.jsonl "$work/cmpint/summary.json" | md5sum)" = "$before" ] ||
