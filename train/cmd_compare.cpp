@@ -3,9 +3,6 @@
 // loss curves (SVG), optimizer-state memory (SVG), and a Markdown table of final train/val loss, state bytes and
 // ms/step, written after each run. The CAME paper's central claim at small scale. The comparison is saved as it
 // starts (OUT/compare.json: optimizers, rates, the flags every run gets), so that --resume continues one interrupted.
-#include <signal.h>
-
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -274,21 +271,6 @@ void refuse_report_directory(const fs::path& report) {
          "trained");
 }
 
-// Files a killed comparison left half written (NAME.tmp.PID of its report files, the process gone).
-void remove_stale_report_temporaries(const fs::path& report) {
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(report, ec)) {
-    const std::string name = e.path().filename().string();
-    for (const char* f : kReportFiles) {
-      const std::string prefix = cat(f, ".tmp.");
-      if (!name.starts_with(prefix)) continue;
-      const std::string pid = name.substr(prefix.size());
-      if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) continue;
-      if (pid.size() <= 9 && ::kill(pid_t(std::stol(pid)), 0) != 0 && errno == ESRCH) fs::remove(e.path(), ec);
-    }
-  }
-}
-
 }  // namespace
 
 int cmd_compare(const Args& args) {
@@ -396,16 +378,13 @@ int cmd_compare(const Args& args) {
       // Killed before its first checkpoint, or still training under another process (named by its lock).
       const io::DirectoryLock in_use_elsewhere(run_dir, "run directory");
     }
+    for (const auto& [k, v] : cmp.flags.items())
+      if (v.is_string()) rf.set(k, v.get<std::string>());
     json saved = json::object();
     if (continues[i]) {  // the run's own saved flags, the comparison's winning
       saved = saved_run_flags(run_dir);
-      for (const auto& [k, v] : cmp.flags.items())
-        if (v.is_string()) rf.set(k, v.get<std::string>());
       take_saved_flags(rf, saved);
       rf.set("resume", run_dir.string());
-    } else {
-      for (const auto& [k, v] : cmp.flags.items())
-        if (v.is_string()) rf.set(k, v.get<std::string>());
     }
     rf.set("optimizer", names[i]);
     if (!cmp.lrs.empty()) rf.set("lr", cmp.lrs[i]);
@@ -419,7 +398,7 @@ int cmd_compare(const Args& args) {
     // steps at its latest checkpoint (continuing would only repeat them). Kept when that is this comparison's --steps:
     // its row as written then, or, missing (killed before it was written), from its log.
     const int64_t at = checkpoint_step(*checkpoint);
-    const std::string saved_steps = saved.is_object() ? saved.value("steps", std::string()) : std::string();
+    const std::string saved_steps = saved.value("steps", std::string());
     const bool ran_its_schedule = saved_steps == std::to_string(at);
     const auto row = earlier.find(names[i]);
     const bool row_here = row != earlier.end() && row->second.value("steps", int64_t(-1)) == at &&
@@ -448,7 +427,7 @@ int cmd_compare(const Args& args) {
   // now on), and the logs of runs killed before their first checkpoint put aside, after the ranks have read them.
   ranks.broadcast(&go, sizeof go, 0);
   if (ranks.rank() == 0) {
-    remove_stale_report_temporaries(report);
+    for (const char* name : kReportFiles) io::remove_stale_temporaries_of(report / name);  // of a killed compare
     const json saved = {{"optimizers", cmp.optimizers}, {"lrs", cmp.lrs}, {"flags", cmp.flags}};
     io::write_file_atomic(report / "compare.json", saved.dump(2) + "\n");
     for (size_t i = 0; i < names.size(); ++i) {

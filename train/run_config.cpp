@@ -23,6 +23,12 @@ nlohmann::json flags_in(const std::filesystem::path& file) {
   return j["flags"];
 }
 
+// The checkpoint a --resume continues from: the one it names, or its run directory's latest (none: nullopt).
+std::optional<std::filesystem::path> checkpoint_named_by(const std::filesystem::path& resume) {
+  if (std::filesystem::exists(resume / "manifest.json")) return resume;
+  return latest_checkpoint(resume);
+}
+
 }  // namespace
 
 std::vector<FlagSpec> train_flags() {
@@ -159,18 +165,16 @@ nlohmann::json saved_run_flags(const std::filesystem::path& resume) {
     fail("--resume: '", config.string(), "' holds no {\"flags\": {...}} object (damaged?), so the run's flags cannot ",
          "be read back; restore it, or move it away to continue with the flags its checkpoint was saved with");
   if (!flags.empty()) return flags;
-  const std::optional<fs::path> checkpoint = is_checkpoint ? std::optional(resume) : latest_checkpoint(resume);
+  const std::optional<fs::path> checkpoint = checkpoint_named_by(resume);
   flags = checkpoint ? flags_in(*checkpoint / "state.json") : flags;
   return flags.is_null() ? nlohmann::json::object() : flags;
 }
 
 void resume_model_of(RunConfig& config, const std::filesystem::path& resume) {
-  namespace fs = std::filesystem;
   if (config.init.empty()) return;
-  const std::optional<fs::path> checkpoint =
-      fs::exists(resume / "manifest.json") ? std::optional(resume) : latest_checkpoint(resume);
+  const std::optional<std::filesystem::path> checkpoint = checkpoint_named_by(resume);
   if (!checkpoint) return;  // Trainer::resume names what is missing
-  const fs::path state = *checkpoint / "state.json";
+  const std::filesystem::path state = *checkpoint / "state.json";
   const nlohmann::json j = nlohmann::json::parse(std::ifstream(state), nullptr, false);
   if (!j.is_object() || !j.contains("model_config")) return;  // damaged: load_checkpoint's checks name it
   config.model_of_checkpoint = model_config_from_json(j["model_config"], state.string());

@@ -503,25 +503,25 @@ void refuse_new_run_into(const fs::path& out) {
   if (fs::exists(out / "manifest.json"))
     fail("'", out.string(), "' is a checkpoint directory (its manifest.json): train into another --out (to continue ",
          "its run: --resume ", out.string(), "); nothing was changed");
-  auto head_of = [](const fs::path& file) {  // its first MiB: a run's config.json is a few KiB
-    std::ifstream in(file, std::ios::binary);
-    std::string head(size_t(1) << 20, '\0');
-    in.read(head.data(), std::streamsize(head.size()));
-    head.resize(size_t(in.gcount()));
-    return head;
-  };
   std::error_code ec;
   if (fs::exists(out / "config.json", ec)) {
     // A run refused before its first step (out of memory, say) leaves its config.json: that one is the run's own.
-    const nlohmann::json j = nlohmann::json::parse(head_of(out / "config.json"), nullptr, false);
+    const nlohmann::json j = nlohmann::json::parse(io::read_file_text(out / "config.json"), nullptr, false);
     const bool runs_own = j.is_object() && j.contains("flags") && j["flags"].is_object() && j.contains("model_config");
     if (!runs_own)
       fail("'", out.string(), "' holds a config.json that no tally run wrote",
            fs::exists(out / "model.safetensors") ? " (a model's)" : "",
            ": a run writes its own there; train into another --out, or move it away; nothing was changed");
   }
+  auto page_head = [](const fs::path& file) {  // a tally page names itself in its <head>
+    std::ifstream in(file, std::ios::binary);
+    std::string head(4096, '\0');
+    in.read(head.data(), std::streamsize(head.size()));
+    head.resize(size_t(in.gcount()));
+    return head;
+  };
   if (fs::exists(out / "report.html", ec) &&
-      head_of(out / "report.html").find("<title>tally report:") == std::string::npos)
+      page_head(out / "report.html").find("<title>tally report:") == std::string::npos)
     fail("'", out.string(), "' holds a report.html that tally did not write: a run writes its own there; train into ",
          "another --out, or move it away; nothing was changed");
 }

@@ -448,6 +448,18 @@ void AtomicFileWriter::commit() {
          "' failed, so the rename may not survive a crash: ", errno_text(err));
 }
 
+void remove_stale_temporaries_of(const fs::path& path) {
+  const std::string prefix = cat(path.filename().string(), ".tmp.");
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(directory_of(path), ec)) {
+    const std::string name = e.path().filename().string();
+    if (!name.starts_with(prefix)) continue;
+    const std::string pid = name.substr(prefix.size());
+    if (pid.empty() || pid.size() > 9 || pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    if (::kill(pid_t(std::stol(pid)), 0) != 0 && errno == ESRCH) fs::remove(e.path(), ec);
+  }
+}
+
 void write_file_atomic(const fs::path& path, std::span<const uint8_t> bytes) {
   AtomicFileWriter w(path);
   w.write(bytes);

@@ -124,6 +124,9 @@ class AtomicFileWriter {
 // Writes bytes to path atomically (AtomicFileWriter + commit).
 void write_file_atomic(const std::filesystem::path& path, std::span<const uint8_t> bytes);
 void write_file_atomic(const std::filesystem::path& path, std::string_view text);
+// Removes the temp files ("<path>.tmp.<pid>") that writers of `path` left when their process died while writing
+// (SIGKILL, power loss); those of live processes stay.
+void remove_stale_temporaries_of(const std::filesystem::path& path);
 
 // ---- exclusive use of a directory ----
 // Holds an advisory lock (flock, exclusive, non-blocking) on <dir>/<kLockFile> for its lifetime; the file records

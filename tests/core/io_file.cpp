@@ -179,6 +179,24 @@ TEST_CASE("AtomicFileWriter: without commit the temp file is removed and the old
   fs::remove_all(dir);
 }
 
+TEST_CASE("remove_stale_temporaries_of: the temp files of dead writers go, those of live ones and others stay") {
+  fs::path dir = test::temp_dir("io_stale");
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  REQUIRE(child > 0);
+  ::waitpid(child, nullptr, 0);  // a pid whose process is gone
+  const fs::path p = dir / "report.md";
+  for (const std::string& name : {cat("report.md.tmp.", child), cat("report.md.tmp.", ::getpid()),
+                                  cat("summary.json.tmp.", child), std::string("report.md.tmp.x1")})
+    test::write_raw(dir / name, std::string("partial"));
+  remove_stale_temporaries_of(p);
+  CHECK(!fs::exists(dir / cat("report.md.tmp.", child)));
+  CHECK(fs::exists(dir / cat("report.md.tmp.", ::getpid())));  // a live writer's
+  CHECK(fs::exists(dir / cat("summary.json.tmp.", child)));    // another file's
+  CHECK(fs::exists(dir / "report.md.tmp.x1"));                 // not a pid
+  fs::remove_all(dir);
+}
+
 TEST_CASE("AtomicFileWriter: a process ended by SIGTERM or SIGINT while writing leaves no temp file") {
   fs::path dir = test::temp_dir("io_signal");
   for (int sig : {SIGTERM, SIGINT}) {
