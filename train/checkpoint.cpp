@@ -2,11 +2,9 @@
 #include "train/checkpoint.h"
 
 #include <fcntl.h>
-#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -56,14 +54,7 @@ void remove_stale_temporaries(const fs::path& run_dir) {
   for (const auto& e : fs::directory_iterator(run_dir, ec)) {
     const std::string name = e.path().filename().string();
     if (name.rfind(".tmp-step-", 0) != 0) continue;
-    const size_t dash = name.rfind('-');
-    long pid = 0;
-    try {
-      pid = std::stol(name.substr(dash + 1));
-    } catch (...) {
-      continue;
-    }
-    if (pid > 0 && pid != ::getpid() && ::kill(pid_t(pid), 0) != 0 && errno == ESRCH) fs::remove_all(e.path(), ec);
+    if (io::writer_is_gone(std::string_view(name).substr(name.rfind('-') + 1))) fs::remove_all(e.path(), ec);
   }
 }
 

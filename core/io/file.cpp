@@ -454,10 +454,14 @@ void remove_stale_temporaries_of(const fs::path& path) {
   for (const auto& e : fs::directory_iterator(directory_of(path), ec)) {
     const std::string name = e.path().filename().string();
     if (!name.starts_with(prefix)) continue;
-    const std::string pid = name.substr(prefix.size());
-    if (pid.empty() || pid.size() > 9 || pid.find_first_not_of("0123456789") != std::string::npos) continue;
-    if (::kill(pid_t(std::stol(pid)), 0) != 0 && errno == ESRCH) fs::remove(e.path(), ec);
+    if (writer_is_gone(std::string_view(name).substr(prefix.size()))) fs::remove(e.path(), ec);
   }
+}
+
+bool writer_is_gone(std::string_view pid) {
+  if (pid.empty() || pid.size() > 9 || pid.find_first_not_of("0123456789") != std::string_view::npos) return false;
+  const long id = std::stol(std::string(pid));
+  return id > 0 && ::kill(pid_t(id), 0) != 0 && errno == ESRCH;
 }
 
 void write_file_atomic(const fs::path& path, std::span<const uint8_t> bytes) {

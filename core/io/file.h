@@ -127,6 +127,9 @@ void write_file_atomic(const std::filesystem::path& path, std::string_view text)
 // Removes the temp files ("<path>.tmp.<pid>") that writers of `path` left when their process died while writing
 // (SIGKILL, power loss); those of live processes stay.
 void remove_stale_temporaries_of(const std::filesystem::path& path);
+// True when `pid` (the decimal digits a temporary's name ends with) names no live process: its writer died while
+// writing. False for anything else, a live process's and text that is not a pid included.
+bool writer_is_gone(std::string_view pid);
 
 // ---- exclusive use of a directory ----
 // Holds an advisory lock (flock, exclusive, non-blocking) on <dir>/<kLockFile> for its lifetime; the file records

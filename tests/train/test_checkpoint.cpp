@@ -2,6 +2,7 @@
 // checkpoints (bit flips, truncation, missing manifest, full disk, read-only directory) reported clearly.
 #include <doctest/doctest.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -72,6 +73,22 @@ TEST_CASE("checkpoint: keep-last-N and the latest complete step") {
   fs::create_directory(run / ".tmp-step-00000090-1");
   CHECK(train::latest_checkpoint(run) == run / "step-00000080");
   CHECK(io::find_tensor(train::load_checkpoint(run / "step-00000080").model, "w", "t").to_vector<float>()[0] == 8.0f);
+  fs::remove_all(run);
+}
+
+TEST_CASE("checkpoint: a save removes the temporary directories of savers that died, not those of live ones") {
+  fs::path run = test::temp_dir("ckpt_stale");
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  REQUIRE(child > 0);
+  ::waitpid(child, nullptr, 0);  // a pid whose process is gone
+  const fs::path dead = run / cat(".tmp-step-00000007-", child), live = run / cat(".tmp-step-00000007-", ::getppid());
+  fs::create_directories(dead);
+  fs::create_directories(live);
+  train::save_checkpoint(run, 8, sample_content(1.0f));
+  CHECK_FALSE(fs::exists(dead));
+  CHECK(fs::exists(live));
+  CHECK(train::latest_checkpoint(run) == run / "step-00000008");
   fs::remove_all(run);
 }
 
