@@ -16,6 +16,7 @@
 #include "train/checkpoint.h"
 #include "train/commands.h"
 #include "train/report.h"
+#include "train/run_log.h"
 #include "train/svg.h"
 #include "train/trainer.h"
 
@@ -433,7 +434,7 @@ int cmd_compare(const Args& args) {
     for (size_t i = 0; i < names.size(); ++i) {
       if (!restarts[i]) continue;
       const fs::path run_dir = report / "runs" / names[i];
-      const fs::path aside = run_dir / cat("log.killed-before-checkpoint-", ::time(nullptr), ".jsonl");
+      const fs::path aside = unused_aside_path(run_dir, "log.killed-before-checkpoint");
       fs::rename(run_dir / "log.jsonl", aside);
       std::printf("%s: its run was stopped before its first checkpoint: it starts anew (its log is kept as %s)\n",
                   names[i].c_str(), aside.c_str());

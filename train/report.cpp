@@ -316,8 +316,8 @@ struct RunLogData {
   json memory, comm;  // the first of each record (a resumed run logs them again)
 };
 
-// Reads log.jsonl. Records of a step already read (a resumed run repeats the steps after its checkpoint: bit for bit,
-// but for their timing) are counted and left out.
+// Reads log.jsonl. Records of a step already read are counted and left out: a resumed run sets aside the records
+// after its checkpoint (set_aside_records_after), but logs written before it did repeat those steps.
 RunLogData read_log(std::istream& in, const std::string& name, InternalsBuckets& internals) {
   RunLogData d;
   int64_t last_step = -1, last_val = -1, last_optim = -1;

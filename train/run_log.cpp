@@ -2,8 +2,11 @@
 #include "train/run_log.h"
 
 #include <cmath>
+#include <ctime>
+#include <string_view>
 
 #include "core/error.h"
+#include "core/io/file.h"
 
 using nlohmann::json;
 
@@ -15,6 +18,37 @@ namespace {
 json number(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
 }  // namespace
+
+std::filesystem::path unused_aside_path(const std::filesystem::path& dir, const std::string& stem) {
+  const std::string base = cat(stem, "-", ::time(nullptr));
+  std::filesystem::path p = dir / (base + ".jsonl");
+  for (int k = 2; std::filesystem::exists(p); ++k) p = dir / cat(base, "-", k, ".jsonl");
+  return p;
+}
+
+std::filesystem::path set_aside_records_after(const std::filesystem::path& log, int64_t step) {
+  if (!std::filesystem::exists(log)) return {};
+  const std::string text = io::read_file_text(log);
+  std::string kept, aside;
+  for (size_t at = 0; at < text.size();) {
+    const size_t end = text.find('\n', at);
+    const bool finished = end != std::string::npos;
+    const std::string_view line = std::string_view(text).substr(at, finished ? end + 1 - at : std::string::npos);
+    at += line.size();
+    // A line this version cannot read stays where it is (the report names it); one that was being written when the
+    // process died goes aside with the records after the checkpoint, which it was.
+    const json r = json::parse(line, nullptr, false);
+    const bool later =
+        r.is_object() && r.contains("step") && r["step"].is_number_integer() && r["step"].get<int64_t>() > step;
+    (later || !finished ? aside : kept) += line;
+  }
+  if (aside.empty()) return {};
+  if (aside.back() != '\n') aside += '\n';
+  const std::filesystem::path side = unused_aside_path(log.parent_path(), cat("log.superseded-after-step-", step));
+  io::write_file_atomic(side, aside);
+  io::write_file_atomic(log, kept);
+  return side;
+}
 
 RunLog::RunLog(std::filesystem::path path, LogStart start) : path_(std::move(path)) {
   file_ = std::fopen(path_.c_str(), start == LogStart::append ? "a" : "w");

@@ -1,5 +1,6 @@
 // log.jsonl of a training run: one JSON object per line, the only writer of the file. Each record is written and
-// flushed whole, so a killed run loses at most the line it was writing; a resumed run appends. Records:
+// flushed whole, so a killed run loses at most the line it was writing; a resumed run appends, after the records of
+// the steps it trains again are set aside (set_aside_records_after), so each step appears once. Records:
 //   {"step", "loss", "lr", "grad_norm", "tokens_per_s", "ms"}             a training step
 //   {"step", "skipped": true, "loss", "grad_norm"}                          a non-finite step (null for NaN/inf)
 //   {"step", "val_loss"}                                                   an evaluation
@@ -29,6 +30,17 @@ struct StepRecord {
 };
 
 enum class LogStart { fresh, append };
+
+// A run resumed from its checkpoint at `step` trains the steps after it again (the process that logged them was
+// killed before its next checkpoint, or stopped without saving), perhaps on another schedule (more --steps): their
+// records, and an unfinished last line, move from `log` to a file beside it (returned; empty when there were none),
+// "log.superseded-after-step-N-TIME.jsonl", so that the log holds each step once, as the model saw it, and nothing
+// is lost. The side file is written before the log is replaced (both atomically): a kill in between leaves the
+// records in both, never in neither.
+std::filesystem::path set_aside_records_after(const std::filesystem::path& log, int64_t step);
+
+// A name for a file kept aside in `dir`: "<stem>-<unix time>.jsonl", or with "-2", "-3", ... when that is taken.
+std::filesystem::path unused_aside_path(const std::filesystem::path& dir, const std::string& stem);
 
 class RunLog {
  public:

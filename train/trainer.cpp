@@ -589,8 +589,13 @@ RunSummary Trainer::run() {
                           memory_advice(c_.model, c_.optimizer, step_shape(), predicted_, budget),
                           "Nothing was trained and no checkpoint was written."));
   CpuMemoryLimitScope ceiling(budget.enforced ? std::optional(budget.bytes + held_before_) : std::nullopt);
-  if (comm_.rank() == 0)  // rank 0 alone logs
+  if (comm_.rank() == 0) {  // rank 0 alone logs
+    if (start_step_ > 0)
+      if (const fs::path side = set_aside_records_after(c_.out / "log.jsonl", start_step_); !side.empty())
+        std::printf("log.jsonl: the records after step %lld, trained again now, were moved to %s\n",
+                    (long long)start_step_, side.c_str());
     log_ = std::make_unique<RunLog>(c_.out / "log.jsonl", start_step_ > 0 ? LogStart::append : LogStart::fresh);
+  }
   try {
     run_steps(s);
     if (!s.stopped.empty()) throw TrainingStopped(s.stopped, s);

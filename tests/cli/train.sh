@@ -92,6 +92,19 @@ pid=$!
 for _ in $(seq 1 150); do grep -q "^step [0-9]*/" "$work/rk.log" 2>/dev/null && break; sleep 0.2; done
 kill -INT $pid; wait $pid || fail "resume after SIGKILL failed: $(tail -5 "$work/rk.log")"
 
+# A run killed after logging steps it had not saved (here: its last checkpoint removed) and resumed with more --steps
+# trains them again on the stretched schedule: their first records are set aside, so the log holds each step once.
+"$tally" train "${common[@]}" --steps 5 --save-every 3 --keep-last 5 --out "$work/aside" >"$work/o" 2>&1 ||
+  fail "train --save-every 3: $(tail -3 "$work/o")"
+rm -rf "$work/aside/step-00000005"
+"$tally" train --resume "$work/aside" --steps 7 >"$work/o" 2>&1 || fail "resume with records after the checkpoint: $(tail -3 "$work/o")"
+grep -q "log.jsonl: the records after step 3, trained again now, were moved to $work/aside/log.superseded-after-step-3-" \
+  "$work/o" || fail "no note of the records set aside: $(grep -i log "$work/o")"
+steps=$(grep -o '^{"grad_norm"[^}]*"step":[0-9]*' "$work/aside/log.jsonl" | grep -o '[0-9]*$' | tr '\n' ' ')
+[ "$steps" = "1 2 3 4 5 6 7 " ] || fail "the resumed log's steps: $steps"
+aside=$(grep -o '^{"grad_norm"[^}]*"step":[0-9]*' "$work"/aside/log.superseded-after-step-3-*.jsonl | grep -o '[0-9]*$' | tr '\n' ' ')
+[ "$aside" = "4 5 " ] || fail "the records set aside: $aside"
+
 # The other subcommands on that run.
 "$tally" inspect "$work/int" >"$work/o" 2>&1 || fail "inspect: $(cat "$work/o")"
 grep -q "exp_avg_sq_row" "$work/o" || fail "inspect lists no CAME state"

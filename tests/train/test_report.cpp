@@ -6,10 +6,13 @@
 // page in a browser.
 #include <doctest/doctest.h>
 
+#include <ctime>
 #include <fstream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "tests/core/io_test_helpers.h"
 #include "tests/test_util.h"
 #include "train/report.h"
 #include "train/run_log.h"
@@ -215,6 +218,59 @@ TEST_CASE("report: steps a resumed run logged again are shown once; an unfinishe
   CHECK(run["summary"]["repeated_records"] == 4);  // steps 5 and 6, a step record and an internals record each
   CHECK(run["summary"]["incomplete_last_line"] == true);
   CHECK(tensor_of(run, "transformer.ln_f.bias")["records"] == 8);
+}
+
+TEST_CASE("log: a resumed run sets aside the records after its checkpoint, then logs each step once") {
+  const fs::path dir = write_run("aside", 7);  // steps 1-7, a validation at 5; checkpoint at 4, killed after 7
+  const fs::path log = dir / "log.jsonl";
+  append_line(log, "not json, kept where it is\n");
+  append_line(log, "{\"step\": 8, \"loss\": 1.");  // killed while writing
+  const fs::path taken = dir / cat("log.superseded-after-step-4-", ::time(nullptr), ".jsonl");
+  test::write_raw(taken, std::string("someone's\n"));  // a name in use is never overwritten
+  const fs::path side = set_aside_records_after(log, 4);
+  REQUIRE(!side.empty());
+  CHECK(side.parent_path() == dir);
+  CHECK(side.filename().string().starts_with("log.superseded-after-step-4-"));
+  CHECK(side != taken);
+  CHECK(test::slurp(taken) == "someone's\n");
+  // The log keeps steps 1-4 and the line it cannot read; the side file every record after step 4, in order, and the
+  // unfinished line, finished.
+  std::vector<int64_t> kept_steps, aside_steps;
+  std::string kept_other;
+  for (const auto& [file, steps] : {std::pair{log, &kept_steps}, std::pair{side, &aside_steps}}) {
+    std::istringstream in(test::slurp(file));
+    for (std::string line; std::getline(in, line);) {
+      const json r = json::parse(line, nullptr, false);
+      if (r.is_object() && r.contains("step") && r.contains("loss") && !r["loss"].is_null())
+        steps->push_back(r["step"]);
+      else if (file == log)
+        kept_other += line + "|";
+      else if (!r.is_object() || !r.contains("step"))
+        CHECK(line == "{\"step\": 8, \"loss\": 1.");
+    }
+  }
+  CHECK(kept_steps == std::vector<int64_t>{1, 2, 3, 4});
+  CHECK(aside_steps == std::vector<int64_t>{5, 6, 7});
+  CHECK(kept_other.find("not json, kept where it is") != std::string::npos);
+  CHECK(kept_other.find("val_loss") == std::string::npos);  // the validation at step 5 went aside
+  CHECK(test::slurp(side).find("\"val_loss\"") != std::string::npos);
+  CHECK(test::slurp(side).back() == '\n');
+  CHECK(set_aside_records_after(log, 4).empty());  // nothing after step 4 now: no side file
+  // The resumed run's records follow; the report then has each step once, the later values, nothing repeated.
+  std::string lines = test::slurp(log);
+  fs::remove(log);
+  test::write_raw(log, lines.substr(0, lines.find("not json")));  // (a log this version can read whole)
+  {
+    RunLog again(log, LogStart::append);
+    for (int64_t s = 5; s <= 9; ++s)
+      again.step({.step = s, .loss = 20.0 / double(s), .lr = 1e-3, .grad_norm = 1, .ms = 10, .tokens_per_s = 100});
+  }
+  const json run = report_data({dir})["runs"][0];
+  CHECK(run["series"]["loss"]["points"].size() == 9);
+  CHECK(run["summary"]["repeated_records"] == 0);
+  CHECK(run["series"]["loss"]["points"][5][1].get<double>() == doctest::Approx(20.0 / 6.0));
+  CHECK(set_aside_records_after(dir / "no-such-log.jsonl", 4).empty());
+  fs::remove_all(dir);
 }
 
 TEST_CASE("report: bad input is an error naming the file and line, never a crash") {
