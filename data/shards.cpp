@@ -214,7 +214,11 @@ ShardSet ShardSet::from_shards(std::vector<Shard> shards, ShardSetOptions option
 }
 
 ShardSet ShardSet::open(const std::string& pattern, ShardSetOptions options) {
-  if (pattern.find_first_of("*?[") == std::string::npos) return from_paths({fs::path(pattern)}, options);
+  // A path that exists is that file, whatever it holds ("runs/r[1]/data/train.bin": a run's own shards under an
+  // --out with glob characters), never a pattern that could match other runs' files too.
+  std::error_code ec;
+  if (pattern.find_first_of("*?[") == std::string::npos || fs::exists(fs::path(pattern), ec))
+    return from_paths({fs::path(pattern)}, options);
   glob_t g{};
   const int rc = ::glob(pattern.c_str(), GLOB_ERR, nullptr, &g);
   std::vector<fs::path> paths;

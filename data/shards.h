@@ -69,7 +69,8 @@ struct ShardSetOptions {
 // The shards a loader reads, in sorted path order: one file, or every file a glob pattern matches.
 class ShardSet {
  public:
-  // pattern: a file path or a glob ("dir/train_*.bin"). No match is an error naming the pattern.
+  // pattern: a file path or a glob ("dir/train_*.bin"); a path that exists is taken as it is, glob characters
+  // included. No match is an error naming the pattern.
   static ShardSet open(const std::string& pattern, ShardSetOptions options = {});
   static ShardSet from_paths(const std::vector<std::filesystem::path>& paths, ShardSetOptions options = {});
   // Shards already open (e.g. Shard::from_memory); options.format is not used.

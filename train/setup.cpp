@@ -1,8 +1,11 @@
 // Shared set-up of the training subcommands (see setup.h).
 #include "train/setup.h"
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -300,8 +303,14 @@ const char* kDownloadHint =
     "  tinyshakespeare.txt           in one of the places looked in (below), e.g. downloaded from\n"
     "      https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt";
 
+bool same_bytes(const fs::path& a, const fs::path& b) {
+  const io::MappedFile x(a), y(b);
+  return x.size() == y.size() && (x.size() == 0 || std::memcmp(x.data(), y.data(), x.size()) == 0);
+}
+
 // Tokenizes `text_path` into cache_dir/{train,val}.bin once (reused while the text's size and time match; shards
-// there that this did not write, without its source.txt stamp, are refused, never replaced).
+// there that this did not write, without its source.txt stamp, are refused, never replaced; those of a run there are
+// compared with the text's tokens, never replaced).
 DataChoice from_text(const fs::path& text_path, int64_t val_tokens, const fs::path& cache_dir, const std::string& why) {
   TALLY_CHECK(fs::exists(text_path), "text file '", text_path.string(), "' does not exist");
   TALLY_CHECK(fs::is_regular_file(text_path), "text file '", text_path.string(), "' is ",
@@ -320,7 +329,30 @@ DataChoice from_text(const fs::path& text_path, int64_t val_tokens, const fs::pa
     ss << in.rdbuf();
     have = ss.str();
   }
-  if (have != id.str() || !fs::exists(train) || !fs::exists(val)) {
+  if (have != id.str() && fs::exists(train) && fs::exists(val) && train::holds_run(cache_dir)) {
+    // A run trained on these shards (resumed now, or refused later as a run already there): they are never replaced.
+    // The text is tokenized aside and compared: the same tokens (the file touched, copied back) only renew the stamp.
+    const fs::path aside = dir / cat(".tokenizing-", ::getpid());
+    std::error_code ec;
+    fs::remove_all(aside, ec);
+    const io::RemovedOnTermination removed_if_killed({aside / "train.bin", aside / "val.bin"}, {aside});
+    bool same = false;
+    try {
+      fs::create_directories(aside);
+      data::prepare_text(text_path, aside, {.val_tokens = val_tokens});
+      same = same_bytes(aside / "train.bin", train) && same_bytes(aside / "val.bin", val);
+    } catch (...) {
+      fs::remove_all(aside, ec);
+      throw;
+    }
+    fs::remove_all(aside, ec);
+    TALLY_CHECK(same, why, " ", text_path.string(), " no longer tokenizes to the shards in '", dir.string(),
+                "' that the run in '", cache_dir.string(),
+                "' was trained on (the text or --val-tokens changed): "
+                "restore it, or train on those shards with --train ",
+                train.string(), " --val ", val.string(), "; nothing was changed");
+    io::write_file_atomic(stamp, id.str());
+  } else if (have != id.str() || !fs::exists(train) || !fs::exists(val)) {
     // Shards there without the stamp are not this cache's: someone's own data, never replaced.
     TALLY_CHECK(fs::exists(stamp) || (!fs::exists(train) && !fs::exists(val)), "'", dir.string(),
                 "' holds train.bin or val.bin that tally did not tokenize there (no source.txt beside them), which ",

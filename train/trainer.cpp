@@ -361,7 +361,8 @@ StepRecord Trainer::train_step(int64_t step) {
   }
   if (log_) log_->step(r);
   if (inspect) {
-    if (log_) log_->optimizer_internals(step, optimizer_->internals());
+    // A skipped step ran no optimizer: its internals would be the last step's again.
+    if (log_ && !r.skipped) log_->optimizer_internals(step, optimizer_->internals());
     optimizer_->set_inspect(optim::Inspect::off);
   }
   return r;

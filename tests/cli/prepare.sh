@@ -53,4 +53,21 @@ before=$(cat "$out/run/data/"* "$out/run/step-00000001/"* | md5sum)
 "$tally" prepare --text "$text" --out "$out/run/step-00000001" 2> "$out/err"
 [[ $? == 2 ]] && grep -q "is a checkpoint directory" "$out/err" || fail "prepare into a checkpoint: $(cat "$out/err")"
 [[ "$(cat "$out/run/data/"* "$out/run/step-00000001/"* | md5sum)" == "$before" ]] || fail "a refused prepare changed the run"
+# A run trained from --text, whose text then changes: its resume (and a new run into its directory) is refused before
+# its shards are touched; the same text again (copied back: a new time) resumes, the shards compared, not replaced.
+head -c 20000 "$text" > "$out/small.txt" && cp -p "$out/small.txt" "$out/small.orig"
+"$tally" train --model tiny --batch 2 --seq 16 --threads 1 --steps 1 --eval-every 0 --val-batches 1 --val-tokens 1000 \
+  --text "$out/small.txt" --out "$out/trun" > "$out/log" 2>&1 || fail "train --text: $(tail -3 "$out/log")"
+shards=$(cat "$out/trun/data/train.bin" "$out/trun/data/val.bin" | md5sum)
+head -c 3000 "$text" >> "$out/small.txt"
+"$tally" train --resume "$out/trun" --steps 2 2> "$out/err" > /dev/null
+[[ $? == 1 ]] && grep -q "small.txt no longer tokenizes to the shards in '$out/trun/data' that the run in '$out/trun' was trained on" \
+  "$out/err" || fail "resume after the text changed: $(cat "$out/err")"
+"$tally" train --model tiny --batch 2 --seq 16 --threads 1 --steps 1 --val-tokens 1000 --text "$out/small.txt" \
+  --out "$out/trun" 2> "$out/err" > /dev/null
+[[ $? == 1 ]] && grep -q "already holds a run" "$out/err" || fail "a new run over a run of another text: $(cat "$out/err")"
+[[ "$(cat "$out/trun/data/train.bin" "$out/trun/data/val.bin" | md5sum)" == "$shards" ]] || fail "a refused run changed the shards"
+[[ -z "$(ls -A "$out/trun/data" | grep tokenizing)" ]] || fail "left behind: $(ls -A "$out/trun/data")"
+cp "$out/small.orig" "$out/small.txt" && touch "$out/small.txt"
+"$tally" train --resume "$out/trun" --steps 2 > "$out/log" 2>&1 || fail "resume with the text restored: $(tail -3 "$out/log")"
 echo "ok"

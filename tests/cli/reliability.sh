@@ -304,7 +304,14 @@ expect 0 "logits are not finite .*lower --lr" "$tally" train "${common[@]}" --op
 # (Where the first non-finite step comes depends on the machine's arithmetic: if it is step 2, no checkpoint is good.)
 expect 1 "The model they started from .* saved in .*; (the newest checkpoint followed by a finite step is|no checkpoint)" \
   "$tally" train "${common[@]}" --optimizer sgd --lr 1e6 --grad-clip 0 --max-bad-steps 3 --save-every 1 --keep-last 2 \
-  --steps 20 --out "$work/diverging"
+  --steps 20 --log-optim 1 --out "$work/diverging"
+# --log-optim logs the internals of the steps the optimizer ran, none of a skipped step (they were the last step's).
+bad=$(grep '"skipped":true' "$work/diverging/log.jsonl" | grep -o '"step":[0-9]*' | cut -d: -f2)
+[ "$(echo $bad | wc -w)" -eq 3 ] || fail "the diverging run's skipped steps: '$bad'"
+for n in $bad; do
+  ! grep -q "^{\"optim\".*\"step\":$n}\$" "$work/diverging/log.jsonl" || fail "internals logged for skipped step $n"
+done
+grep -q '^{"optim"' "$work/diverging/log.jsonl" || fail "the diverging run logged no internals"
 good=$(sed -n 's/.*the newest checkpoint followed by a finite step is \([^ ]*\) (continue.*/\1/p' "$work/out")
 [ -z "$good" ] || [ -d "$good" ] || fail "the good checkpoint named ('$good') was not kept: $(steps "$work/diverging")"
 [ "$(steps "$work/diverging" | wc -w)" -le 3 ] || fail "diverging run's checkpoints: $(steps "$work/diverging")"

@@ -115,6 +115,16 @@ TEST_CASE("shards: globs are sorted; no match is an error") {
   CHECK(set[1][0] == 100);
   has(error_of([&] { ShardSet::open((dir / "val_*.bin").string()); }), "no files match");
   has(error_of([&] { ShardSet::open((dir / "nope.bin").string()); }), "cannot open");
+  // A file whose name holds glob characters is that file: not a pattern ("train_[1].bin" would match train_1.bin),
+  // nor "no files match" (a pattern "train_[1].bin" does not match itself).
+  write_shard(dir / "train_1.bin", std::vector<uint16_t>{7});
+  write_shard(dir / "train_[1].bin", std::vector<uint16_t>{8, 9});
+  const ShardSet literal = ShardSet::open((dir / "train_[1].bin").string());
+  REQUIRE(literal.size() == 1);
+  CHECK(literal[0].size() == 2);
+  write_shard(dir / "x*.bin", std::vector<uint16_t>{4});
+  write_shard(dir / "x1.bin", std::vector<uint16_t>{5, 6});
+  CHECK(ShardSet::open((dir / "x*.bin").string()).total_tokens() == 1);  // not also x*.bin's siblings
   fs::remove_all(dir);
 }
 

@@ -332,6 +332,24 @@ TEST_CASE("options: grad_scale fused into the step equals scaling the gradients 
   }
 }
 
+TEST_CASE("options: a clip threshold so small that RMS / threshold overflows gives a zero update, as the package") {
+  // came-pytorch and transformers' Adafactor divide u by clamp(RMS(u) / threshold, min=1): inf in float, and u / inf
+  // is 0, so the parameters stay (no weight decay). The fast division of the factored steps must not make NaN of it.
+  for (int kind = 0; kind < 4; ++kind) {
+    INFO("kind ", kind, kind % 2 ? " (dense)" : " (factored)");
+    const Shape shape = kind % 2 ? Shape{60} : Shape{50, 60};
+    const std::vector<float> init = normal_values(numel(shape), 43);
+    Tensor p = make_param("tiny.clip", init, shape);
+    std::unique_ptr<optim::Optimizer> opt;
+    if (kind < 2)
+      opt = std::make_unique<Came>(std::vector<Tensor>{p}, CameConfig{.lr = 1e-2, .clip_threshold = 1e-40});
+    else
+      opt = std::make_unique<Adafactor>(std::vector<Tensor>{p}, AdafactorConfig{.lr = 1e-2, .clip_threshold = 1e-40});
+    run_steps(*opt, p, 2, 900);
+    CHECK(p.to_vector<float>() == init);
+  }
+}
+
 TEST_CASE("determinism: results do not depend on the number of threads") {
   const Shape shape = {512, 96};  // several row blocks and above the parallel threshold
   std::vector<std::vector<float>> results;

@@ -211,6 +211,15 @@ TEST_CASE("train: bad flags and missing data are refused clearly") {
   CHECK_THROWS_WITH_AS(config_from({"--total-batch", "100"}, out), doctest::Contains("must be a positive multiple of B*T = 64"),
                        FlagError);
   CHECK_THROWS_WITH_AS(config_from({"--model", "gpt5"}, out), doctest::Contains("gpt5"), FlagError);
+  // A value forgotten before the next flag is refused (the flag after it was taken for the value, and lost);
+  // a value that starts with -- is given with =.
+  CHECK_THROWS_WITH_AS(config_from({"--out", "--came-bf16-m"}, out),
+                       doctest::Contains("--out needs a value, got the flag --came-bf16-m (a value that starts with -- "
+                                         "is given as --out=VALUE)"),
+                       FlagError);
+  CHECK_THROWS_WITH_AS(config_from({"--log-optim", "--steps", "2"}, out),
+                       doctest::Contains("--log-optim needs a value, got the flag --steps"), FlagError);
+  CHECK(config_from({"--out=" + (out / "--odd").string()}, out).out == out / "--odd");
   // Numbers a double cannot hold (an underflow reads as 0, an overflow as inf) and non-finite ones are refused by name.
   for (const char* lr : {"1e-332", "1e400", "nan", "inf", "0", "-1e-3"})
     CHECK_THROWS_AS(config_from({"--lr", lr}, out), FlagError);

@@ -22,17 +22,17 @@ namespace {
 // otherwise alias the constants and force reloads.
 struct AdafactorElement {
   float gs = 1;              // gradient scale (fused clipping)
-  float d = 1, inv_d = 1;    // the RMS clip's divisor and its reciprocal
+  ClipDivisor clip;          // the RMS clip's divisor
   float lr = 0;
   float b1 = 0, one_b1 = 1;  // beta1, 1 - beta1
   float decay = 0;           // -weight_decay * lr
 
   // lr * u / d with u = (g*gs) * rf * cf: the clip's division by the corrected reciprocal product.
   float factored_update(float rf, float cf, float g) const {
-    return divide(factored_normalised(rf, cf, g, gs), d, inv_d) * lr;
+    return divide(factored_normalised(rf, cf, g, gs), clip) * lr;
   }
   // lr * u / d with u = (g*gs) / sqrt(v), an exact division (dense tensors are small).
-  float dense_update(float g, float v) const { return (dense_normalised(g * gs, v) / d) * lr; }
+  float dense_update(float g, float v) const { return (dense_normalised(g * gs, v) / clip.d) * lr; }
   // With beta1 the step is the first moment of the lr-scaled updates: m = b1*m + (1-b1)*update, stored.
   float first_moment(float update, float* m) const {
     const float mn = ema(*m, update, b1, one_b1);
@@ -54,10 +54,10 @@ void adafactor_factored(const AdafactorFactoredArgs& a) {
 
   second_moment_pass(l, pl, w, a.grad, gs, eps1, a.exp_avg_sq_row, a.beta2t);
   const double update_sq = finish_factors(l, w, a.exp_avg_sq_row, a.exp_avg_sq_col, a.beta2t, w.s_sum, a.shard);
-  const float d = clip_divisor(whole_sum(update_sq, a.shard), whole_numel(l.numel(), a.shard), a.clip_threshold);
+  const ClipDivisor clip =
+      clip_divisor(whole_sum(update_sq, a.shard), whole_numel(l.numel(), a.shard), a.clip_threshold);
   const AdafactorElement ada{.gs = gs,
-                             .d = d,
-                             .inv_d = 1.0f / d,
+                             .clip = clip,
                              .lr = float(a.lr),
                              .b1 = float(a.beta1),
                              .one_b1 = float(1.0 - a.beta1),
@@ -110,10 +110,9 @@ template <bool kStats>
 void adafactor_dense(const AdafactorDenseArgs& a) {
   const float gs = float(a.grad_scale);
   const double update_sq = dense_second_moment_pass(a.n, a.grad, gs, float(a.eps1), a.beta2t, a.exp_avg_sq);
-  const float d = clip_divisor(whole_sum(update_sq, a.shard), whole_numel(a.n, a.shard), a.clip_threshold);
+  const ClipDivisor clip = clip_divisor(whole_sum(update_sq, a.shard), whole_numel(a.n, a.shard), a.clip_threshold);
   const AdafactorElement ada{.gs = gs,
-                             .d = d,
-                             .inv_d = 1.0f / d,
+                             .clip = clip,
                              .lr = float(a.lr),
                              .b1 = float(a.beta1),
                              .one_b1 = float(1.0 - a.beta1),

@@ -56,7 +56,7 @@ struct CameElement {
   float gs = 1;              // gradient scale (fused clipping)
   float b1 = 0, one_b1 = 1;  // beta1, 1 - beta1
   float eps2 = 0;
-  float d = 1, inv_d = 1;    // the RMS clip's divisor and its reciprocal
+  ClipDivisor clip;  // the RMS clip's divisor
   float lr = 0;
   float decay = 0;           // -weight_decay * lr
 
@@ -65,7 +65,7 @@ struct CameElement {
   template <bool kClip, class R, class V, class MT>
   Moment<V> factored_moment(R rf, V cf, V g, V m, MT* m_out) const {
     V u = factored_normalised(rf, cf, g, gs);
-    if constexpr (kClip) u = divide(u, d, inv_d);
+    if constexpr (kClip) u = divide(u, clip);
     const V mn = store(m_out, ema(m, u, b1, one_b1));
     const V e = u - mn;
     return {mn, e * e + eps2};
@@ -75,7 +75,7 @@ struct CameElement {
   // m = b1*m + (1-b1)*u, stored through m. Returns m as stored.
   template <class MT>
   float dense_moment(float g, float v, MT* m) const {
-    const float u = dense_normalised(g * gs, v) / d;
+    const float u = dense_normalised(g * gs, v) / clip.d;
     return store(m, ema(load(m), u, b1, one_b1));
   }
 
@@ -101,13 +101,13 @@ void came_factored(const CameFactoredArgs& a) {
   // Pass 1: r, c (and their factors) and the sum of u^2 for the RMS clip, from one read of g.
   second_moment_pass(l, pl, w, a.grad, gs, eps1, a.exp_avg_sq_row, a.beta2);
   const double update_sq = finish_factors(l, w, a.exp_avg_sq_row, a.exp_avg_sq_col, a.beta2, w.s_sum, a.shard);
-  const float d = clip_divisor(whole_sum(update_sq, a.shard), whole_numel(l.numel(), a.shard), a.clip_threshold);
+  const ClipDivisor clip =
+      clip_divisor(whole_sum(update_sq, a.shard), whole_numel(l.numel(), a.shard), a.clip_threshold);
   const CameElement came{.gs = gs,
                          .b1 = float(a.beta1),
                          .one_b1 = float(1.0 - a.beta1),
                          .eps2 = float(a.eps2),
-                         .d = d,
-                         .inv_d = 1.0f / d,
+                         .clip = clip,
                          .lr = float(a.lr),
                          .decay = float(-a.weight_decay * a.lr)};
 
@@ -231,7 +231,8 @@ void came_factored(const CameFactoredArgs& a) {
                      });
   };
   // d == 1: no division (dividing by 1 is exact; the division is the pass's costliest arithmetic).
-  if (d > 1.0f) pass2.template operator()<true>();
+  if (clip.d > 1.0f)
+    pass2.template operator()<true>();
   else pass2.template operator()<false>();
   rows_from_sums(l, w, a.exp_avg_res_row, a.beta3);
   finish_factors(l, w, a.exp_avg_res_row, a.exp_avg_res_col, a.beta3, nullptr, a.shard);
@@ -272,12 +273,11 @@ template <class MT, bool kStats>
 void came_dense(const CameDenseArgs& a) {
   const float gs = float(a.grad_scale);
   const double update_sq = dense_second_moment_pass(a.n, a.grad, gs, float(a.eps1), a.beta2, a.exp_avg_sq);
-  const float d = clip_divisor(whole_sum(update_sq, a.shard), whole_numel(a.n, a.shard), a.clip_threshold);
+  const ClipDivisor clip = clip_divisor(whole_sum(update_sq, a.shard), whole_numel(a.n, a.shard), a.clip_threshold);
   const CameElement came{.gs = gs,
                          .b1 = float(a.beta1),
                          .one_b1 = float(1.0 - a.beta1),
-                         .d = d,
-                         .inv_d = 1.0f / d,
+                         .clip = clip,
                          .lr = float(a.lr),
                          .decay = float(-a.weight_decay * a.lr)};
 

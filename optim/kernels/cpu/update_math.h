@@ -39,19 +39,26 @@ inline V factored_normalised(R rf, V cf, V g, float gs) {
   return (rf * cf) * (g * gs);
 }
 
-// The clipping divisor max(1, RMS / threshold), in float as the package computes it.
-inline float clip_divisor(double sum_sq, int64_t numel, double threshold) {
+// The clipping divisor max(1, RMS / threshold), in float as the package computes it, with what divide() takes.
+struct ClipDivisor {
+  float d = 1;         // the divisor (dense steps divide by it exactly)
+  float inv_d = 1;     // 1 / d
+  float residual = 1;  // the d of divide()'s residual step: d, or 0 when d is infinite (an RMS past float's range over
+                       // a tiny threshold): u / inf is +-0, which divide() then gives exactly (with d, 0 * inf = NaN)
+};
+inline ClipDivisor clip_divisor(double sum_sq, int64_t numel, double threshold) {
   const float rms = float(std::sqrt(sum_sq)) / float(std::sqrt(double(numel)));
-  return std::max(1.0f, rms / float(threshold));
+  const float d = std::max(1.0f, rms / float(threshold));
+  return {.d = d, .inv_d = 1.0f / d, .residual = std::isinf(d) ? 0.0f : d};
 }
 
 // u / d for the clip: the reciprocal product corrected by one fused residual step. Vector division costs more
 // than the rest of the pass; this equals the correctly rounded quotient except in a few elements per million,
 // which are one ulp off (the divisor itself already differs from the package's by float rounding).
 template <class V>
-inline V divide(V u, float d, float inv_d) {
-  const V q = u * inv_d;
-  return fused_mul_add(fused_mul_add(-q, splat<V>(d), u), splat<V>(inv_d), q);
+inline V divide(V u, const ClipDivisor& c) {
+  const V q = u * c.inv_d;
+  return fused_mul_add(fused_mul_add(-q, splat<V>(c.residual), u), splat<V>(c.inv_d), q);
 }
 
 // Decoupled weight decay, then the step: p + p*decay (decay = -lr*wd, fused as torch's p.add_(p, alpha=-lr*wd);
