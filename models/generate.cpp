@@ -70,7 +70,9 @@ std::vector<std::vector<int32_t>> generate(GPT2& model, const std::vector<std::v
 
   ModeGuard eval(model, nn::Mode::eval);
   NoGradGuard no_grad;
+  TALLY_CHECK(options.vocab_limit >= 0, "[generate] vocab_limit must be >= 0, got ", options.vocab_limit);
   const int64_t V = model.config().vocab_size;
+  const int64_t sampled = options.vocab_limit > 0 ? std::min(options.vocab_limit, V) : V;  // the ids drawn from
   KVCache cache = model.make_kv_cache(B, positions);
   std::vector<int32_t> flat;
   flat.reserve(size_t(B * T0));
@@ -84,7 +86,7 @@ std::vector<std::vector<int32_t>> generate(GPT2& model, const std::vector<std::v
     std::vector<float> host = logits.to_vector<float>();  // (B, V)
     bool all_stopped = true;
     for (int64_t b = 0; b < B; ++b) {
-      int32_t tok = sample_token(std::span<const float>(host.data() + b * V, size_t(V)), options.temperature,
+      int32_t tok = sample_token(std::span<const float>(host.data() + b * V, size_t(sampled)), options.temperature,
                                  options.top_k, gen);
       if (stopped[size_t(b)]) {
         tok = options.stop_token;

@@ -16,6 +16,8 @@ struct SampleOptions {
   int64_t top_k = 0;         // keep the k most likely tokens (0: all; 1: greedy)
   uint64_t seed = 0;
   int32_t stop_token = -1;   // a row that samples this token stops growing (< 0: none)
+  int64_t vocab_limit = 0;   // sample among the ids below this (0: all of the model's): a tokenizer's vocabulary
+                             // when the model's is larger (nanoGPT's 50,304 rows, 47 never trained)
   // Called after each step with the step index and the token sampled for each row (rows that already stopped
   // repeat their stop token).
   std::function<void(int64_t step, std::span<const int32_t> tokens)> on_step = {};

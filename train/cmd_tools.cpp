@@ -453,6 +453,11 @@ int cmd_sample(const Args& args) {
   } catch (const Error& e) {
     fail("--prompt: ", e.what());
   }
+  for (int32_t id : ids)
+    TALLY_CHECK(id < config.vocab_size, "the model's vocabulary holds ", config.vocab_size, " tokens, not GPT-2's ",
+                tok.vocab_size(), ": ", prompt.empty() ? "token " : "--prompt's token ", id,
+                prompt.empty() ? " (the end-of-text token a sample without --prompt starts from)" : "",
+                " is outside it (tally sample reads and writes text with GPT-2's tokenizer)");
   TALLY_CHECK(int64_t(ids.size()) <= config.block_size, "--prompt has ", ids.size(), " tokens; the model sees at most ",
               config.block_size);
   // The last token sampled is never fed back: a prompt of P tokens leaves room for block - P + 1.
@@ -475,6 +480,7 @@ int cmd_sample(const Args& args) {
                                .temperature = temperature,
                                .top_k = top_k,
                                .seed = seed,
+                               .vocab_limit = tok.vocab_size(),  // a larger model's other ids are no text
                                .on_step = [&](int64_t, std::span<const int32_t> t) {
                                  const std::string piece = text.push(tok.decode(t));
                                  std::fwrite(piece.data(), 1, piece.size(), stdout);  // a NUL byte is text too

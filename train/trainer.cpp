@@ -307,9 +307,12 @@ std::string Trainer::sample(const std::string& prompt, int64_t tokens, uint64_t 
                                             : tok->encode(prompt, data::SpecialTokens::allowed);
   int64_t room = c_.model.block_size - int64_t(ids.size());
   MemoryScope scope(Category::other, "sample");
-  auto out = models::generate(
-      *model_, {ids},
-      {.max_new_tokens = std::max<int64_t>(0, std::min(tokens, room)), .temperature = 1.0, .top_k = 40, .seed = seed});
+  auto out = models::generate(*model_, {ids},
+                              {.max_new_tokens = std::max<int64_t>(0, std::min(tokens, room)),
+                               .temperature = 1.0,
+                               .top_k = 40,
+                               .seed = seed,
+                               .vocab_limit = tok->vocab_size()});
   std::vector<int32_t> all = ids;
   all.insert(all.end(), out[0].begin(), out[0].end());
   if (prompt.empty()) all.erase(all.begin());

@@ -98,6 +98,20 @@ TEST_CASE("generate: the seed fixes the sample; stop token, callback, mode resto
   CHECK_THROWS_WITH_AS(generate(model, {{1}}, {.temperature = 0}), doctest::Contains("temperature must be positive"),
                        Error);
   CHECK_THROWS_WITH_AS(generate(model, {{600}}, {.max_new_tokens = 2}), doctest::Contains("outside the vocabulary"), Error);
+
+  // vocab_limit: ids at or past it are never drawn (a tokenizer's vocabulary under a model's larger one), however hot
+  // the sample; without it, a sample this hot draws them.
+  auto hot = [&](int64_t limit) {
+    int32_t most = 0;
+    for (uint64_t seed = 0; seed < 8; ++seed)
+      for (const auto& row :
+           generate(model, prompts, {.max_new_tokens = 20, .temperature = 1e6, .seed = seed, .vocab_limit = limit}))
+        for (int32_t t : row) most = std::max(most, t);
+    return most;
+  };
+  CHECK(hot(10) < 10);
+  CHECK(hot(0) >= 10);
+  CHECK(hot(1'000'000) >= 10);  // beyond the model's vocabulary: all of it
 }
 
 TEST_CASE("sample_token: frequencies follow softmax(logits / temperature) over the top k") {
