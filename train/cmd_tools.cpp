@@ -250,7 +250,10 @@ int cmd_inspect(const Args& args) {
   if (f.positional().size() != 1) throw FlagError("give one run or checkpoint directory");
   fs::path dir = f.positional()[0];
   TALLY_CHECK(fs::exists(dir), "'", dir.string(), "' does not exist (give a run directory or one of its checkpoints)");
-  if (fs::is_directory(dir) && !fs::exists(dir / "manifest.json")) {
+  // A run directory: its latest checkpoint. A checkpoint's own files without their manifest (a checkpoint damaged or
+  // copied in part) go to load_checkpoint, which says so.
+  const bool checkpoint_files = fs::exists(dir / "optimizer.safetensors") || fs::exists(dir / "state.json");
+  if (fs::is_directory(dir) && !fs::exists(dir / "manifest.json") && !checkpoint_files) {
     auto latest = train::latest_checkpoint(dir);
     TALLY_CHECK(latest.has_value(), "'", dir.string(), "' holds no complete checkpoint",
                 train::holds_model_only(dir)

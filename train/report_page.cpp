@@ -502,7 +502,7 @@ const char* report_page_script() {
     const sec = panel('internals', 'Optimizer internals', 'What --log-optim N records every N steps for each tensor: the update before and after CAME\'s RMS clip, the first moment, the applied step, and CAME\'s confidence factors; curves for one tensor, heatmaps of layer (or tensor) × step.');
     const withInternals = DATA.runs.filter(r => r.internals);
     if (!withInternals.length)
-      sec.append(h('p', {class: 'note', 'data-key': 'internals/none'}, 'No run here logged its optimizer\'s internals: train with --log-optim N (e.g. --log-optim 10) to record them every N steps.'));
+      sec.append(h('p', {class: 'note', 'data-key': 'internals/none'}, 'No run here logged its optimizer\'s internals: train with --log-optim N to record them every N steps (e.g. --log-optim 10; a run of fewer than N steps records none).'));
     DATA.runs.forEach((r, i) => { if (r.internals) sec.append(internalsRun(r, i)); });
     return sec;
   }

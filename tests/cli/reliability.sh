@@ -217,6 +217,10 @@ expect 1 "the checkpoint was trained with --optimizer came, this run has --optim
 expect 1 "the checkpoint's place in the data is in batches of --batch 2 x --seq 16 per rank, this run has --batch 1" \
   "$tally" train --resume "$work/mine" --steps 4 --batch 1
 expect 1 "'$work/nothing' does not exist" "$tally" inspect "$work/nothing"
+# A checkpoint copied without its manifest: said so (not "it holds a model").
+last=$(ls -d "$work/mine"/step-* | tail -1)
+mkdir -p "$work/part" && cp "$last"/*.safetensors "$last"/state.json "$work/part/"
+expect 1 "has no manifest.json: it is incomplete or not a tally checkpoint" "$tally" inspect "$work/part"
 # A setting only other optimizers read: refused, naming them (compare passes each optimizer its own).
 expect 2 "--eps2 is a setting of came, not of adamw" "$tally" train "${common[@]}" --optimizer adamw --eps2 1e-16 \
   --steps 1 --out "$work/eps2"

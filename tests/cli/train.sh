@@ -31,6 +31,12 @@ grep -qE "final: .*, [0-9]+ ms/step \(one step, its warm-up included\)" "$work/o
   fail "train --val-batches 100000: $(tail -3 "$work/o")"
 grep -qE "^validation: [0-9]+ batches, not --val-batches 100000: the validation data holds [0-9]+ of 2 x 32" "$work/o" ||
   fail "no note of the validation batches: $(grep -i valid "$work/o")"
+# A --log-optim past the last step: said at the start (the run logs no internals).
+"$tally" train "${common[@]}" --steps 1 --log-optim 5 --out "$work/log-optim" >"$work/o" 2>&1 ||
+  fail "train --log-optim 5: $(tail -3 "$work/o")"
+grep -q "^optimizer internals: none will be logged: --log-optim 5 is past the last step, 1" "$work/o" ||
+  fail "no note of --log-optim past the last step: $(grep -i optim "$work/o")"
+! grep -q '"optim"' "$work/log-optim/log.jsonl" || fail "internals logged past --steps"
 "${quiet[@]}" OMP_WAIT_POLICY= "$tally" train "${common[@]}" --steps 1 --out "$work/wait-empty" >"$work/o" 2>&1 &&
   grep -q "threads (OMP_WAIT_POLICY=passive)" "$work/o" || fail "an empty OMP_WAIT_POLICY: $(grep threads "$work/o")"
 "${quiet[@]}" OMP_WAIT_POLICY=active "$tally" train "${common[@]}" --steps 1 --out "$work/wait-active" >"$work/o" 2>&1 &&
