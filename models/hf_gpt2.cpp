@@ -115,7 +115,7 @@ void save_hf_gpt2(const GPT2& model, const fs::path& dir_in, const HfExportOptio
   fs::path dir = fs::absolute(dir_in).lexically_normal();
   if (dir.filename().empty()) dir = dir.parent_path();  // "out/" names "out"
   // A symbolic link is written through (the directory it names is replaced, the link stays), as files are.
-  if (std::error_code link; fs::is_symlink(dir, link)) dir = fs::canonical(dir);
+  dir = io::through_links(dir);
   const std::string where = cat("[hf] '", dir_in.string(), "': ");
   if (options.tokenizer)
     TALLY_CHECK(options.tokenizer->vocab_size == c.vocab_size, where, "the tokenizer has ",

@@ -287,16 +287,25 @@ RemovedOnTermination::~RemovedOnTermination() {
   for (std::atomic<char*>* slot : held_) release(slot);
 }
 
+fs::path through_links(const fs::path& path) {
+  fs::path p = path;
+  std::error_code ec;
+  for (int hops = 0; fs::is_symlink(p, ec); ++hops) {
+    TALLY_CHECK(hops < 40, "[io] '", path.string(), "': more than 40 symbolic links in a row (a loop?)");
+    const fs::path target = fs::read_symlink(p, ec);
+    TALLY_CHECK(!ec, "[io] '", p.string(), "': cannot read the symbolic link: ", ec.message());
+    p = target.is_absolute() ? target : (p.parent_path() / target).lexically_normal();
+  }
+  return p;
+}
+
 AtomicFileWriter::AtomicFileWriter(fs::path path) : path_(std::move(path)) {
   TALLY_CHECK(!path_.empty(), "[io] AtomicFileWriter: empty path");
   TALLY_CHECK(path_.has_filename(), "[io] '", path_.string(), "': expected a file path, got a directory path");
   fault_after_ = faults::write_after_bytes();
   std::error_code ec;
-  // A symbolic link is written through: the file it names is replaced, the link stays.
-  if (fs::is_symlink(path_, ec)) {
-    const fs::path target = fs::weakly_canonical(path_, ec);
-    if (!ec) path_ = target;
-  }
+  // A symbolic link is written through: the file it names is replaced (or made, when it names none), the link stays.
+  path_ = through_links(path_);
   if (fs::is_directory(path_, ec))
     fail("[io] '", path_.string(), "' is a directory; cannot replace it with a file");
   if (fs::exists(path_, ec) && !fs::is_regular_file(path_, ec))

@@ -67,6 +67,11 @@ class RemovedOnTermination {
 // delivered when the handler returns: return at once.
 void die_by_signal(int sig);
 
+// The path a symbolic link names, followed through every link (a relative target is read from the link's directory);
+// the path itself when it is no link. The end may not exist (a dangling link: what writing through it creates). A
+// chain of more than 40 links is a tally::Error, as the kernel's ELOOP.
+std::filesystem::path through_links(const std::filesystem::path& path);
+
 // ---- atomic replacement of a file ----
 // Writes go to "<path>.tmp.<pid>" in the same directory (so the final rename never crosses filesystems).
 // commit() flushes, fsyncs the temp file, renames it over <path> and fsyncs the directory, so after a crash

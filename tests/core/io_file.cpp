@@ -179,6 +179,26 @@ TEST_CASE("AtomicFileWriter: without commit the temp file is removed and the old
   fs::remove_all(dir);
 }
 
+TEST_CASE("AtomicFileWriter: a symbolic link is written through, dangling or chained; the links stay") {
+  fs::path dir = test::temp_dir("io_links");
+  fs::create_directories(dir / "sub");
+  fs::create_symlink("sub/target.bin", dir / "dangling");  // relative, naming no file yet
+  fs::create_symlink(dir / "dangling", dir / "chain");     // a link to that link
+  write_file_atomic(dir / "chain", std::string_view("one"));
+  CHECK(fs::is_symlink(dir / "chain"));
+  CHECK(fs::is_symlink(dir / "dangling"));
+  CHECK(test::slurp(dir / "sub" / "target.bin") == "one");
+  write_file_atomic(dir / "dangling", std::string_view("two"));  // now a link to a file: replaced through it
+  CHECK(test::slurp(dir / "sub" / "target.bin") == "two");
+  CHECK(fs::is_symlink(dir / "dangling"));
+  CHECK(through_links(dir / "sub" / "target.bin") == dir / "sub" / "target.bin");
+  fs::create_symlink("loop-b", dir / "loop-a");
+  fs::create_symlink("loop-a", dir / "loop-b");
+  CHECK_THROWS_WITH_AS(write_file_atomic(dir / "loop-a", std::string_view("x")),
+                       doctest::Contains("more than 40 symbolic links in a row"), Error);
+  fs::remove_all(dir);
+}
+
 TEST_CASE("remove_stale_temporaries_of: the temp files of dead writers go, those of live ones and others stay") {
   fs::path dir = test::temp_dir("io_stale");
   const pid_t child = ::fork();
