@@ -11,6 +11,7 @@
 #include <set>
 
 #include "core/io/file.h"
+#include "core/io/safetensors.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -134,6 +135,19 @@ void save_hf_gpt2(const GPT2& model, const fs::path& dir_in, const HfExportOptio
       if (!e.is_regular_file() || std::find(ours.begin(), ours.end(), name) == ours.end()) foreign.push_back(name);
     }
     std::sort(foreign.begin(), foreign.end());
+    // The same names as transformers' save_pretrained writes: a previous export is told by its weights' metadata,
+    // which tally's exports record (the model's dimensions) and transformers' do not.
+    if (foreign.empty() && !fs::is_empty(dir)) {
+      bool exported = false;
+      try {
+        const auto meta = io::read_safetensors_header(dir / "model.safetensors").metadata;
+        exported = meta.contains("n_layer") && meta.contains("n_head") && meta.contains("vocab_size");
+      } catch (const std::exception&) {  // unreadable weights: no export of ours either
+      }
+      TALLY_CHECK(exported, where, "the directory holds a model that tally did not export (its model.safetensors ",
+                  fs::exists(dir / "model.safetensors") ? "records no n_layer, n_head and vocab_size" : "is missing",
+                  ", which tally's exports do): export into a new or empty directory (nothing was written)");
+    }
     if (!foreign.empty()) {
       std::string list;
       for (size_t i = 0; i < foreign.size() && i < 5; ++i) list += (i ? ", '" : "'") + foreign[i] + "'";

@@ -275,6 +275,28 @@ TEST_CASE("hf export: an existing directory is replaced only where it holds a pr
   save_hf_gpt2(model, out);
   CHECK(files_in(out) == std::set<std::string>{"model.safetensors", "config.json", "generation_config.json"});
 
+  // A directory of the same names that transformers' save_pretrained wrote (its weights record only "format"): not a
+  // previous export, refused, untouched. So is one whose weights are missing or unreadable.
+  const fs::path theirs = dir / "theirs";
+  fs::create_directories(theirs);
+  const float one = 1.0f;
+  io::SafetensorsWriteOptions pt;
+  pt.metadata = {{"format", "pt"}};
+  const std::vector<io::SafetensorsTensor> wte = {
+      {.name = "transformer.wte.weight", .dtype = io::SafeDType::f32, .shape = {1, 1}, .data = &one}};
+  io::write_safetensors(theirs / "model.safetensors", wte, pt);
+  io::write_file_atomic(theirs / "config.json", std::string("{\"model_type\": \"gpt2\"}"));
+  const auto weights = io::read_file(theirs / "model.safetensors");
+  CHECK_THROWS_WITH_AS(save_hf_gpt2(model, theirs),
+                       doctest::Contains("holds a model that tally did not export (its model.safetensors records no "
+                                         "n_layer, n_head and vocab_size"),
+                       Error);
+  CHECK(io::read_file(theirs / "model.safetensors") == weights);
+  CHECK(io::read_file_text(theirs / "config.json") == "{\"model_type\": \"gpt2\"}");
+  fs::remove(theirs / "model.safetensors");
+  CHECK_THROWS_WITH_AS(save_hf_gpt2(model, theirs), doctest::Contains("its model.safetensors is missing"), Error);
+  CHECK(staging_left(theirs) == 0);
+
   // A file where the directory should be.
   io::write_file_atomic(dir / "file", std::string("x"));
   CHECK_THROWS_WITH_AS(save_hf_gpt2(model, dir / "file"), doctest::Contains("exists and is not a directory"), Error);
