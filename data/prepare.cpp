@@ -31,16 +31,20 @@ std::string read_text(const std::filesystem::path& path) {
 }
 
 // Documents of text split after each occurrence of sep (the separator stays at the end of its document, so the
-// token stream equals llm.c's text.replace(sep, sep + "<|endoftext|>")).
+// token stream equals llm.c's text.replace(sep, sep + "<|endoftext|>"): a text that ends with a separator ends with
+// an empty document, whose tokens are that last end-of-text token alone).
 std::vector<std::string_view> split_documents(std::string_view text, std::string_view sep) {
   std::vector<std::string_view> docs;
   if (sep.empty()) return {text};
+  bool ended_by_sep = false;
   for (size_t start = 0; start < text.size();) {
     const size_t hit = text.find(sep, start);
-    const size_t end = hit == std::string_view::npos ? text.size() : hit + sep.size();
+    ended_by_sep = hit != std::string_view::npos;
+    const size_t end = ended_by_sep ? hit + sep.size() : text.size();
     docs.push_back(text.substr(start, end - start));
     start = end;
   }
+  if (ended_by_sep) docs.push_back(text.substr(text.size()));
   return docs;
 }
 

@@ -40,6 +40,19 @@ printf 'hello\nworld\xff more\n' > "$out/latin.txt"
 grep -q "latin.txt is not UTF-8 text: byte 11 (line 2) is 0xff" "$out/err" || fail "non-UTF-8 message: $(cat "$out/err")"
 "$tally" prepare --text "$out" --out "$out/x" 2> "$out/err"
 [[ $? == 1 ]] && grep -q "is a directory: give a UTF-8 text file" "$out/err" || fail "directory as --text: $(cat "$out/err")"
+# --split-docs equals llm.c's text.replace(sep, sep + EOT) after a leading EOT: a text ending with the separator
+# ends with an end-of-text token; one with more after its last separator ends with that text as its last document.
+tokens_of() { od -An -tu2 -w2 -v -j 1024 "$1" | tr -d ' ' | tr '\n' ' '; }
+printf 'a\n\nb\n\n' > "$out/ends.txt"
+"$tally" prepare --text "$out/ends.txt" --out "$out/ends" --split-docs '\n\n' --val-tokens 1 > /dev/null ||
+  fail "prepare --split-docs of a text ending with the separator"
+[[ "$(tokens_of "$out/ends/val.bin")$(tokens_of "$out/ends/train.bin")" == "50256 64 628 50256 65 628 50256 " ]] ||
+  fail "a text ending with the separator: $(tokens_of "$out/ends/val.bin")$(tokens_of "$out/ends/train.bin")"
+printf 'a\n\nb\n\n\n' > "$out/ends.txt"
+"$tally" prepare --text "$out/ends.txt" --out "$out/ends3" --split-docs '\n\n' --val-tokens 1 > /dev/null ||
+  fail "prepare --split-docs of a text ending with a longer run"
+[[ "$(tokens_of "$out/ends3/val.bin")$(tokens_of "$out/ends3/train.bin")" == "50256 64 628 50256 65 628 50256 198 " ]] ||
+  fail "a text ending with the separator and a newline: $(tokens_of "$out/ends3/val.bin")$(tokens_of "$out/ends3/train.bin")"
 # An empty --split-docs: refused (exit 2), not silently one document.
 "$tally" prepare --text "$text" --out "$out/x" --split-docs '' 2> "$out/err"
 [[ $? == 2 ]] && grep -q "names no separator" "$out/err" || fail "--split-docs '': $(cat "$out/err")"
