@@ -255,10 +255,21 @@ int cmd_inspect(const Args& args) {
   const bool checkpoint_files = fs::exists(dir / "optimizer.safetensors") || fs::exists(dir / "state.json");
   if (fs::is_directory(dir) && !fs::exists(dir / "manifest.json") && !checkpoint_files) {
     auto latest = train::latest_checkpoint(dir);
-    TALLY_CHECK(latest.has_value(), "'", dir.string(), "' holds no complete checkpoint",
-                train::holds_model_only(dir)
-                    ? " (it holds a model, which has no optimizer state to inspect; a run's checkpoints do)"
-                    : "");
+    if (!latest) {
+      // A comparison's directory: its runs, each a run directory to inspect.
+      std::vector<std::string> found;
+      std::error_code ec;
+      for (const auto& e : fs::directory_iterator(dir / "runs", ec))
+        if (train::latest_checkpoint(e.path())) found.push_back(e.path().string());
+      std::sort(found.begin(), found.end());
+      std::string runs;
+      for (const std::string& r : found) runs += (runs.empty() ? "" : ", ") + r;
+      fail("'", dir.string(), "' holds no complete checkpoint",
+           train::holds_model_only(dir) ? " (it holds a model, which has no optimizer state to inspect; a run's "
+                                          "checkpoints do)"
+           : runs.empty()               ? ""
+                                        : cat(" (it is a comparison: inspect one of its runs, ", runs, ")"));
+    }
     dir = *latest;
   }
   if (f.given("to") && !f.given("dump")) throw FlagError("--to FILE.npy is for --dump NAME (the tensor to write)");

@@ -79,6 +79,9 @@ std::unique_ptr<models::GPT2> load_model_file(const fs::path& path_in, Device de
   if (fs::is_directory(path)) {
     if (!fs::exists(path / "manifest.json")) {
       auto latest = train::latest_checkpoint(path);
+      TALLY_CHECK(latest.has_value() || !fs::exists(path / "model.safetensors.index.json"), "'", path.string(),
+                  "' holds a Hugging Face model whose weights are split in shards (model.safetensors.index.json), ",
+                  "which tally does not read: save it as one file (save_pretrained(DIR, max_shard_size=\"100GB\"))");
       TALLY_CHECK(latest.has_value(), "'", path.string(),
                   "' is neither a tally checkpoint, a run directory holding one, nor a Hugging Face model directory "
                   "(model.safetensors and config.json)");

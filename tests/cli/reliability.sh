@@ -397,6 +397,9 @@ grep -q "Runs that stopped before their last step" "$work/cmp3/report.md" || fai
 grep -q '"stopped": "training stopped: 1 non-finite steps in a row' "$work/cmp3/summary.json" ||
   fail "compare: summary.json does not say the run stopped"
 [ -f "$work/cmp3/report.html" ] || fail "compare: no page after a run stopped"
+# inspect of a comparison's directory names its runs.
+expect 1 "holds no complete checkpoint \(it is a comparison: inspect one of its runs, .*cmp3/runs/adamw, .*cmp3/runs/sgd\)" \
+  "$tally" inspect "$work/cmp3"
 # Interrupted (SIGINT): the run in progress saves and is reported as interrupted, the optimizers not reached are
 # named as not run; exit 0.
 "$tally" compare "${common[@]}" --steps 100000 --optimizers came,adamw --out "$work/cmpint" >"$work/cmpint.log" 2>&1 &
