@@ -86,6 +86,7 @@ int64_t Tensor::size(int64_t dim) const { return impl_->shape[wrap_dim(dim, this
 int64_t Tensor::stride(int64_t dim) const { return impl_->strides[wrap_dim(dim, this->dim(), "stride")]; }
 
 bool Tensor::is_contiguous() const {
+  if (numel() == 0) return true;  // no element to be out of place (whatever strides a view of it was given)
   int64_t expected = 1;
   for (int i = dim() - 1; i >= 0; --i) {
     if (impl_->shape[i] == 1) continue;

@@ -1,6 +1,8 @@
 // The smaller subcommands around training: `memory` (the exact plan without allocating), `inspect` (optimizer
 // state in a checkpoint), `eval` (loss of a model on shards), `export` (llm.c, safetensors or a Hugging Face model
 // directory), `sample`.
+#include <omp.h>
+
 #include <cmath>
 
 #include <algorithm>
@@ -100,6 +102,10 @@ int cmd_memory(const Args& args) {
   specs.push_back({"zero", "0: every rank keeps the whole optimizer state | 1: its part of it (ZeRO stage 1)", "0"});
   specs.push_back(reduce_dtype_flag());
   specs.push_back({"rank", "the rank whose figures are printed (parts may be uneven)", "0"});
+  specs.push_back({"threads",
+                   "CPU threads the run will use (the CPU attention's scratch is per thread): 0 for this "
+                   "machine's, as train takes them",
+                   "0"});
   specs.push_back({"json", "print one JSON object", "", FlagKind::switch_});
   specs.push_back({"shapes", "any model instead of a GPT-2 preset: a .safetensors file (only its header is read), a "
                    "sharded checkpoint's .safetensors.index.json, or a JSON list of {\"name\", \"shape\"}: the state "
@@ -114,6 +120,7 @@ int cmd_memory(const Args& args) {
   const bool with_step = f.given("batch") || f.given("seq");
   int64_t B = f.given("batch") ? f.integer("batch") : 4, T = f.given("seq") ? f.integer("seq") : config.block_size;
   if (with_step && (B < 1 || T < 1 || T > config.block_size)) throw FlagError("--batch and --seq must be positive, --seq <= block size");
+  use_threads(thread_count(f), nullptr);  // the CPU plan's attention scratch: one block per thread
   if (with_step) {
     micro_batch_tokens(B, T);
     check_attention_fits(B, config.n_head, T);
@@ -183,7 +190,7 @@ int cmd_memory(const Args& args) {
         o["collectives_per_step"] = p.comm.collectives;
       }
     }
-    if (world > 1) {  // every rank's state (and step), for uneven parts
+    if (world > 1 && f.on("json")) {  // every rank's state (and step), for uneven parts
       json ranks = json::array();
       for (int64_t r = 0; r < world; ++r) {
         json e = {{"rank", r}, {"state_bytes", optim::total_bytes(choice.predict(shapes, shard_of(r)))}};
@@ -204,7 +211,8 @@ int cmd_memory(const Args& args) {
   if (with_step)
     std::printf("a step of batch %lld x %lld tokens on %s%s\n", (long long)B, (long long)T,
                 device == DeviceKind::cuda ? "a CUDA GPU" : "the CPU",
-                device == DeviceKind::cuda ? " (its kernels' scratch and cuBLAS's 32 MiB workspace included)" : "");
+                device == DeviceKind::cuda ? " (its kernels' scratch and cuBLAS's 32 MiB workspace included)"
+                                           : cat(" with ", omp_get_max_threads(), " threads (--threads)").c_str());
   if (world > 1)
     std::printf("rank %lld of %lld data-parallel ranks, ZeRO %s: %s (gradients summed in %s)\n", (long long)rank,
                 (long long)world, zero_str.c_str(),

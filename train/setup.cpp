@@ -1,6 +1,7 @@
 // Shared set-up of the training subcommands (see setup.h).
 #include "train/setup.h"
 
+#include <omp.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -225,6 +226,14 @@ void check_attention_fits(int64_t batch, int64_t heads, int64_t seq) {
                         ": the attention's scores would hold ", double(scores), " elements, more than the ",
                         kMostScores,
                         " a step's memory can be planned with (the plan's sums of bytes would pass 64 bits)"));
+  // The CPU attention's scratch: two (seq, seq) blocks per thread.
+  const long double scratch = (long double)omp_get_max_threads() * 2 * (long double)seq * (long double)seq;
+  if (scratch > (long double)kMostScores)
+    throw FlagError(cat("--seq ", seq, " x ", seq, " x 2 x ", omp_get_max_threads(),
+                        " threads: the CPU attention's "
+                        "scratch would hold ",
+                        double(scratch), " elements, more than the ", kMostScores,
+                        " a step's memory can be planned with (fewer --threads, or a shorter --seq)"));
 }
 
 // ---- data parallel ----

@@ -130,6 +130,13 @@ planned=$("$tally" memory --model tiny --batch 2 --seq 32 --total-batch 128 --op
   python3 -c 'import json, sys; print(json.load(sys.stdin)["optimizers"]["came"]["total"])')
 [ -n "$measured" ] && [ "$measured" = "$planned" ] ||
   fail "memory --total-batch 128 plans $planned B, train measured $measured B"
+# The CPU attention's scratch is per thread: memory --threads plans the run of that many threads, to the byte.
+"$tally" train "${common[@]}" --steps 1 --threads 3 --out "$work/thr3" >"$work/thr3.log" 2>&1 ||
+  fail "train --threads 3: $(tail -3 "$work/thr3.log")"
+measured=$(grep "total (peak, all at once)" "$work/thr3.log" | tail -1 | awk '{print $8}' | tr -d ,)
+planned=$("$tally" memory --model tiny --batch 2 --seq 32 --threads 3 --optimizer came --json |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["optimizers"]["came"]["total"])')
+[ -n "$measured" ] && [ "$measured" = "$planned" ] || fail "memory --threads 3 plans $planned B, train measured $measured B"
 "$tally" train --model tiny --dtype bf16 --steps 1 --out "$work/bf16" >"$work/o16" 2>&1 && fail "train --dtype bf16 ran on the CPU"
 grep -q "needs --device cuda\|CUDA only" "$work/o16" || fail "train --dtype bf16 on the CPU: unclear error: $(cat "$work/o16")"
 "$tally" export --checkpoint "$work/int" --format llmc --out "$work/m.bin" >/dev/null || fail "export llmc"

@@ -81,6 +81,9 @@ TEST_CASE("views share storage and compute strides") {
   CHECK(t.strides() == Strides{1, 3});
   CHECK_FALSE(t.is_contiguous());
   CHECK(t.contiguous().to_vector<float>() == std::vector<float>{0, 3, 1, 4, 2, 5});
+  // A tensor of no element is contiguous, whatever its strides (a (5, 0) matrix, a slice of no row, transposed).
+  for (const Shape& none : {Shape{5, 0}, Shape{2, 0, 3}, Shape{0, 0}}) CHECK(zeros(none).is_contiguous());
+  CHECK(a.slice(0, 1, 1).transpose(0, 1).is_contiguous());
   Tensor s = a.slice(1, 1, 3);
   CHECK(s.shape() == Shape{2, 2});
   CHECK(s.offset() == 1);

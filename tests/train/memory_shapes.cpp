@@ -374,6 +374,12 @@ TEST_CASE("memory shapes: bad input is a clear error naming the file and the ten
   write_text(d / "huge.json", huge + "]");
   CHECK(error_of([&] { plan_shapes(read_model_shapes(d / "huge.json"), {{.name = "adamw"}}, {}); })
             .find("elements in all") != std::string::npos);
+  // Tensors of no element, a zero after the first dim included: planned (no state), for every optimizer.
+  write_text(d / "empty.json", R"([{"name": "a", "shape": [5, 0]}, {"name": "b", "shape": [2, 0, 3]},
+                                    {"name": "c", "shape": [4, 6]}])");
+  std::vector<OptimizerChoice> every;
+  for (const optim::OptimizerEntry& e : optim::optimizers()) every.push_back({.name = e.name});
+  CHECK_NOTHROW(plan_shapes(read_model_shapes(d / "empty.json"), every, {}));
   // Nothing to train.
   write_text(d / "ints.json", R"([{"name": "ids", "shape": [8], "dtype": "int64"}])");
   CHECK(error_of([&] { plan_shapes(read_model_shapes(d / "ints.json"), {{.name = "came"}}, {}); })
