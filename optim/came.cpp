@@ -193,8 +193,9 @@ void Came::record_internals(Slot& s, const double* stats) {
   // The confidence factors, from the small R and C vectors of the whole tensor (copied to the host when on a device;
   // sharded, every rank's rows gathered).
   const kernels::FactoredLayout l = layout(s.whole.shape(), c).factoring.layout;
-  const Factors f = confidence_factors(l, gathered(s, s.index_of("exp_avg_res_row")).to_vector<float>(),
-                                       gathered(s, s.index_of("exp_avg_res_col")).to_vector<float>());
+  const Tensor R = gathered(s, s.index_of("exp_avg_res_row")), C = gathered(s, s.index_of("exp_avg_res_col"));
+  if (R.device().is_meta()) return;  // a plan: the gathered vectors are made, there is nothing to read
+  const Factors f = confidence_factors(l, R.to_vector<float>(), C.to_vector<float>());
   in.has_confidence = true;
   in.confidence_row = summarize(f.row);
   in.confidence_col = summarize(f.col);

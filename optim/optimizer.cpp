@@ -562,7 +562,8 @@ void Optimizer::step_slot(Slot& s, const StepOptions& options) {
                                       full_grad.offset() + part_first(s));
   ensure_state(s);
   const Device dev = s.param.device();
-  const bool inspecting = inspect_ != Inspect::off && !dev.is_meta();
+  // On the meta device (a plan) an inspected step makes its buffers, which the plan counts, and no numbers.
+  const bool inspecting = inspect_ != Inspect::off;
   if (inspecting && inspect_ == Inspect::factored_error && s.factored && !s.exact.defined()) allocate_exact(s);
   double* stats = nullptr;
   if (inspecting) {
@@ -586,8 +587,9 @@ void Optimizer::step_slot(Slot& s, const StepOptions& options) {
     update(s, grad, options, ws, stats);
   }
   if (inspecting) {
-    std::vector<double> host = stats_[dev.str()].to_vector<double>();
-    if (comm()) comm()->all_reduce_sum(host.data(), int64_t(host.size()));  // sums over the whole tensor
+    std::vector<double> host(kernels::kStatCount, 0.0);
+    if (!dev.is_meta()) host = stats_[dev.str()].to_vector<double>();
+    if (comm() && !dev.is_meta()) comm()->all_reduce_sum(host.data(), int64_t(host.size()));  // over the whole tensor
     s.internals = TensorInternals{};
     s.internals.param = s.name;
     s.internals.step = s.step;
@@ -690,8 +692,15 @@ Tensor Optimizer::gathered(const Slot& s, size_t i) const {
   const Tensor& mine = s.tensors[i];
   const std::vector<int64_t> numels = part_numels(s, i);
   if (numels.empty()) return mine;  // not sharded, or the same on every rank
-  // Every rank's part, padded to the largest, in one all-gather of bytes (a bf16 state travels as its bits).
   const StateSpec whole = whole_specs(s)[i];
+  if (mine.device().is_meta()) {
+    // A plan: the whole tensor assembled on the host, counted where the host is the planned device (a CUDA run's
+    // host memory is not its GPU's); no values.
+    if (mine.device().backend() != DeviceKind::cpu) return mine;
+    MemoryScope scope(Category::other, s.name + ":" + whole.name + ":gathered");
+    return empty(whole.shape, {.dtype = whole.dtype, .device = mine.device()});
+  }
+  // Every rank's part, padded to the largest, in one all-gather of bytes (a bf16 state travels as its bits).
   const int world = comm()->world();
   const size_t esize = dtype_size(whole.dtype);
   const int64_t segment = *std::max_element(numels.begin(), numels.end()) * int64_t(esize);  // bytes

@@ -1,6 +1,7 @@
 // The memory of a training step: figures, the meta-device plan, the budget, the batch that fits (see memory_plan.h).
 #include "train/memory_plan.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 
@@ -114,10 +115,14 @@ MemoryFigures predict_step_memory(const models::GPT2Config& config, const Optimi
   std::unique_ptr<DataParallel> dp;
   if (par.world > 1 || par.launched)
     dp = std::make_unique<DataParallel>(*comm, par.zero, *opt, model.parameters(), par.reduce_dtype);
+  if (shape.inspected) opt->set_inspect(optim::Inspect::summary);
   meta.reset_peaks();
   MetaBatches batches(shape);
-  optimizer_step(model, *opt, batches,
-                 {.accumulation = shape.accumulation, .grad_clip = shape.grad_clip, .parallel = dp.get()});
+  // Two micro-batches stand for any number: the first makes the gradients, every later one allocates and frees as
+  // the second does (nothing of a micro-batch outlives it), so 10,000 of them are planned as fast as two.
+  optimizer_step(
+      model, *opt, batches,
+      {.accumulation = std::min<int64_t>(shape.accumulation, 2), .grad_clip = shape.grad_clip, .parallel = dp.get()});
   MemoryFigures figures = measure(meta, *opt);
   if (dp) figures.comm = dp->reduce_traffic() + dp->gather_traffic() + opt->traffic_per_step();
   return figures;
@@ -207,21 +212,31 @@ MemoryBudget memory_budget(Device device, int64_t live, int64_t held_before) {
 
 int64_t largest_fitting_batch(const models::GPT2Config& model, const OptimizerChoice& optimizer, StepShape shape,
                               int64_t bytes) {
-  // The peak grows with B (activations are proportional to it), so a binary search over [1, B] finds the edge.
-  int64_t lo = 0, hi = shape.batch;  // lo fits (0 trivially), everything above hi does not
   auto fits = [&](int64_t b) {
     StepShape s = shape;
     s.batch = b;
     return predict_step_memory(model, optimizer, s).total_held <= bytes;
   };
-  if (fits(hi)) return hi;
-  --hi;
-  while (lo < hi) {
-    const int64_t mid = lo + (hi - lo + 1) / 2;
-    if (fits(mid)) lo = mid;
-    else hi = mid - 1;
-  }
-  return lo;
+  // The largest b in [first, last] that fits, where the peak grows with b (0: none does).
+  auto search = [&](int64_t first, int64_t last) -> int64_t {
+    if (first > last || !fits(first)) return 0;
+    int64_t lo = first, hi = last;  // lo fits
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo + 1) / 2;
+      if (fits(mid))
+        lo = mid;
+      else
+        hi = mid - 1;
+    }
+    return lo;
+  };
+  // The peak grows with B (activations are proportional to it) on either side of the loss's chunking: a micro-batch
+  // of at most loss_chunk_rows positions holds its whole logits, a larger one a chunk of them, so B = 2 may fit
+  // where B = 1 does not. The larger side is searched first.
+  const int64_t rows = models::GPT2Options{}.loss_chunk_rows;
+  const int64_t whole_logits = rows > 0 ? std::min(shape.batch, rows / shape.seq) : shape.batch;  // B*T <= rows
+  if (const int64_t b = search(whole_logits + 1, shape.batch); b > 0) return b;
+  return search(1, whole_logits);
 }
 
 std::string memory_advice(const models::GPT2Config& model, const OptimizerChoice& optimizer, StepShape shape,

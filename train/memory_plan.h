@@ -58,6 +58,7 @@ struct StepShape {
   DType dtype = DType::f32;  // the model's parameters
   Parallelism parallel = {};
   DeviceKind device = DeviceKind::cpu;  // where the step runs: cpu or cuda (bf16 runs on CUDA only)
+  bool inspected = false;               // the optimizer reports its internals (--log-optim): their buffers too
 };
 // The meta device that plans a step of this shape: its kernels' workspaces and its allocator's rounding are those of
 // the step's device.

@@ -21,9 +21,17 @@ StepOutcome optimizer_step(models::GPT2& model, optim::Optimizer& opt, Batches& 
   const uint64_t first_draw = dropout.offset();
   uint64_t draws = 0;
   opt.zero_grad(optim::ZeroGrad::set_to_none);
-  // The micro-batches' losses are read after the last backward pass is queued: the host does not wait for the
-  // device inside the loop (on a GPU it keeps queueing kernels while the earlier ones run).
-  std::vector<Tensor> losses;
+  // The two numbers the host needs, made on the device in one buffer and read back by one copy after the last
+  // backward pass is queued (the step's one wait for a GPU, which meanwhile keeps queueing kernels): the
+  // micro-batches' losses summed in double, in order, as each is made (a micro-batch holds nothing after it: memory
+  // does not grow with their number), and the squared gradient elements (this rank's share of the norm).
+  Tensor readback, loss_slot, squares_slot;
+  {
+    MemoryScope scope(Category::workspace, "step_readback");
+    readback = zeros({2}, {.dtype = DType::f64, .device = model.device()});
+    loss_slot = readback.slice(0, 0, 1);
+    squares_slot = readback.slice(0, 1, 2);
+  }
   for (int64_t micro = 0; micro < plan.accumulation; ++micro) {
     Tensor x, y;  // (B, T) i32
     {
@@ -33,21 +41,18 @@ StepOutcome optimizer_step(models::GPT2& model, optim::Optimizer& opt, Batches& 
     draws = model.dropout_draws(x.numel());
     dropout.set_state(dropout.seed(), first_draw + uint64_t(micro * ranks + rank) * draws);
     Tensor loss = model.loss(x, y, batches.ids());
-    losses.push_back(loss.detach());
+    {
+      MemoryScope scope(Category::workspace, "step_readback");
+      add_(loss_slot, loss.detach().to(DType::f64).reshape({1}));
+    }
     if (parts > 1) loss = loss * (1.0 / double(parts));
     loss.backward();
   }
   dropout.set_state(dropout.seed(), first_draw + uint64_t(parts) * draws);  // past every rank's micro-batches
   if (dp) dp->reduce_gradients();  // every rank now holds the sum (ZeRO 1: of the parts it steps)
-  // The two numbers the host needs, made on the device in one buffer and read back by one copy (the step's one wait
-  // for a GPU): the micro-batches' losses summed in double, in order, and the squared gradient elements (this rank's
-  // share of the norm).
   double loss_sum = 0, squares = 0;
   {
     MemoryScope scope(Category::workspace, "step_readback");
-    Tensor readback = zeros({2}, {.dtype = DType::f64, .device = model.device()});
-    Tensor loss_slot = readback.slice(0, 0, 1), squares_slot = readback.slice(0, 1, 2);
-    for (const Tensor& l : losses) add_(loss_slot, l.to(DType::f64).reshape({1}));
     if (dp)
       dp->add_grad_squares(squares_slot);
     else

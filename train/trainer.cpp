@@ -268,7 +268,8 @@ StepShape Trainer::step_shape() const {
                        .zero = c_.zero,
                        .reduce_dtype = c_.reduce_dtype,
                        .launched = parallel_ != nullptr},
-          .device = c_.device.kind};
+          .device = c_.device.kind,
+          .inspected = inspected(start_step_ + 1)};
 }
 
 MemoryFigures Trainer::predict_memory() const { return predict_step_memory(c_.model, c_.optimizer, step_shape()); }
@@ -324,7 +325,7 @@ std::string Trainer::sample(const std::string& prompt, int64_t tokens, uint64_t 
 StepRecord Trainer::train_step(int64_t step) {
   StepRecord r{.step = step, .lr = schedule_->lr(step - 1)};
   optimizer_->set_lr_factor(schedule_->factor(step - 1));
-  const bool inspect = c_.log_optim > 0 && step % c_.log_optim == 0;
+  const bool inspect = inspected(step);
   optimizer_->set_inspect(inspect ? optim::Inspect::summary : optim::Inspect::off);
   const bool first = step == start_step_ + 1;
   Ledger& ledger_now = ledger(c_.device);
@@ -589,11 +590,19 @@ RunSummary Trainer::run() {
   // once: the check, the CPU's ceiling (TALLY_MEMORY_LIMIT) and the advice of an error all use it.
   predicted_ = predict_memory();
   std::printf("\n%s\n", format_plan(predicted_, nullptr).c_str());
+  // The run's peak: an inspected step's (its statistics, CAME's gathered factors) when a later step is one.
+  StepShape peak_shape = step_shape();
+  MemoryFigures peak = predicted_;
+  const int64_t first_inspected = c_.log_optim > 0 ? (start_step_ / c_.log_optim + 1) * c_.log_optim : -1;
+  if (!peak_shape.inspected && first_inspected > 0 && first_inspected <= c_.steps) {
+    peak_shape.inspected = true;
+    peak = predict_step_memory(c_.model, c_.optimizer, peak_shape);
+  }
   const MemoryBudget budget = memory_budget(c_.device, run_holds(), held_before_);
   const std::string advice_of_failure = "Nothing of the failed step was saved; earlier checkpoints are untouched.";
-  if (budget.bytes >= 0 && predicted_.total_held > budget.bytes)
+  if (budget.bytes >= 0 && peak.total_held > budget.bytes)
     throw OutOfMemory(cat("out of memory: refusing to start training on ", c_.device.str(), ". ",
-                          memory_advice(c_.model, c_.optimizer, step_shape(), predicted_, budget),
+                          memory_advice(c_.model, c_.optimizer, peak_shape, peak, budget),
                           "Nothing was trained and no checkpoint was written."));
   CpuMemoryLimitScope ceiling(budget.enforced ? std::optional(budget.bytes + held_before_) : std::nullopt);
   if (comm_.rank() == 0) {  // rank 0 alone logs
@@ -608,11 +617,11 @@ RunSummary Trainer::run() {
     if (!s.stopped.empty()) throw TrainingStopped(s.stopped, s);
   } catch (const std::bad_alloc&) {
     throw OutOfMemory(cat("out of memory during training (std::bad_alloc). ",
-                          memory_advice(c_.model, c_.optimizer, step_shape(), predicted_, budget), advice_of_failure));
+                          memory_advice(c_.model, c_.optimizer, peak_shape, peak, budget), advice_of_failure));
   } catch (const OutOfMemory& e) {
     if (budget.bytes < 0) throw;
-    throw OutOfMemory(cat(e.what(), "\n\n", memory_advice(c_.model, c_.optimizer, step_shape(), predicted_, budget),
-                          advice_of_failure));
+    throw OutOfMemory(
+        cat(e.what(), "\n\n", memory_advice(c_.model, c_.optimizer, peak_shape, peak, budget), advice_of_failure));
   }
   return s;
 }

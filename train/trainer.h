@@ -75,7 +75,8 @@ class Trainer {
  private:
   StepRecord train_step(int64_t step);
   void run_steps(RunSummary& s);  // the loop of run()
-  StepShape step_shape() const;
+  StepShape step_shape() const;   // of the first step of this process
+  bool inspected(int64_t step) const { return c_.log_optim > 0 && step % c_.log_optim == 0; }  // --log-optim's steps
   int64_t run_holds() const { return ledger(c_.device).total().live_held - held_before_; }
   std::filesystem::path save(int64_t step);  // every rank calls it; rank 0 writes
   std::filesystem::path write_checkpoint(int64_t step, train::CheckpointContent c, const optim::OptimizerState& st);

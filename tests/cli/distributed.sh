@@ -80,6 +80,16 @@ for opt in $optimizers; do
       fail "$opt zero $zero: communication (collectives, bytes) differs from the prediction: $(comm "$work/two-$opt-$zero")"
   done
 done
+# An inspected ZeRO-1 CAME step (--log-optim 1) gathers every rank's confidence factors on rank 0: planned too, owner
+# by owner.
+"${mpi[@]}" -np 2 "$tally" train "${common[@]}" --optimizer came --steps 2 --zero 1 --log-optim 1 \
+  --out "$work/two-came-inspected" >"$work/o" 2>&1 || fail "came zero 1 --log-optim 1: $(tail -5 "$work/o")"
+python3 - "$work/two-came-inspected/log.jsonl" <<'PY' || fail "came zero 1 --log-optim 1: measured is not the plan"
+import json, sys
+m = next(r for r in map(json.loads, open(sys.argv[1])) if "memory" in r)["memory"]
+assert any(k.endswith(":gathered") for k in m["predicted"]["owners"]["other"]), m["predicted"]["owners"]["other"]
+assert m["predicted"] == m["measured"], [k for k in m["predicted"] if m["predicted"][k] != m["measured"].get(k)]
+PY
 # ZeRO 1 CAME completes its sums over the ranks (three rounds per matrix, one per vector): more collectives than
 # AdamW's, whose ZeRO-1 step needs none of its own.
 read -r came_calls _ < <(comm "$work/two-came-1")

@@ -130,6 +130,16 @@ planned=$("$tally" memory --model tiny --batch 2 --seq 32 --total-batch 128 --op
   python3 -c 'import json, sys; print(json.load(sys.stdin)["optimizers"]["came"]["total"])')
 [ -n "$measured" ] && [ "$measured" = "$planned" ] ||
   fail "memory --total-batch 128 plans $planned B, train measured $measured B"
+# ... and of five micro-batches (the plan runs two: every later one allocates as the second does), with the held
+# bytes too: the run's own check, to the byte in every category.
+"$tally" train "${common[@]}" --steps 1 --total-batch 320 --optimizer came --out "$work/acc5" >"$work/acc5.log" 2>&1 ||
+  fail "train --total-batch 320: $(tail -3 "$work/acc5.log")"
+grep -q '"memory_difference":0,' "$work/acc5/log.jsonl" || fail "5 micro-batches: measured is not the plan"
+python3 - "$work/acc5/log.jsonl" <<'PY' || fail "5 micro-batches: a category differs from the plan"
+import json, sys
+m = next(r for r in map(json.loads, open(sys.argv[1])) if "memory" in r)["memory"]
+assert m["predicted"] == m["measured"], [k for k in m["predicted"] if m["predicted"][k] != m["measured"].get(k)]
+PY
 # The CPU attention's scratch is per thread: memory --threads plans the run of that many threads, to the byte.
 "$tally" train "${common[@]}" --steps 1 --threads 3 --out "$work/thr3" >"$work/thr3.log" 2>&1 ||
   fail "train --threads 3: $(tail -3 "$work/thr3.log")"

@@ -99,6 +99,22 @@ TEST_CASE("out of memory: a run over its budget is refused before training, nami
   fs::remove_all(out);
 }
 
+TEST_CASE("out of memory: the largest batch that fits is found where a smaller batch's peak is higher") {
+  // At --seq 512, B = 1 and 2 hold their whole logits (B*T <= the loss's 1024-row chunk), B = 3 a chunk of them:
+  // the peak of B = 3 is below B = 2's. Under a budget of B = 3's peak, 3 fits though 2 does not.
+  fs::path out = test::temp_dir("oom_chunks");
+  const RunConfig c = tiny_run({"--seq", "512", "--batch", "4"}, out);
+  const int64_t p1 = peak_at_batch(c, 1), p2 = peak_at_batch(c, 2), p3 = peak_at_batch(c, 3), p4 = peak_at_batch(c, 4);
+  REQUIRE(p3 < p2);
+  REQUIRE(p3 < p4);
+  const StepShape shape{.batch = 4, .seq = 512, .accumulation = 1, .grad_clip = c.grad_clip};
+  CHECK(largest_fitting_batch(c.model, c.optimizer, shape, p3) == 3);
+  CHECK(largest_fitting_batch(c.model, c.optimizer, shape, p4) == 4);
+  CHECK(largest_fitting_batch(c.model, c.optimizer, shape, std::min(p1, p3) - 1) == 0);
+  if (p1 < p3) CHECK(largest_fitting_batch(c.model, c.optimizer, shape, p3 - 1) == 1);  // B = 2 and 3 do not fit
+  fs::remove_all(out);
+}
+
 TEST_CASE("out of memory: the plan is exact, so a budget of exactly the predicted peak is enough (and enforced)") {
   fs::path out = test::temp_dir("oom_exact");
   const RunConfig c = tiny_run({"--save-every", "1"}, out);
