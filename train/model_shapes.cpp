@@ -167,6 +167,28 @@ bool ModelTensor::trained() const {
 
 int64_t ModelTensor::stored_bytes() const { return numel(shape) * int64_t(element_size(dtype)); }
 
+// A tally checkpoint's model.safetensors stores the embedding padded to a multiple of 128 rows (GPT-2's 50,257 as
+// 50,304), and training keeps no state for the padding: its rows are left out, the vocabulary read from the
+// checkpoint's state.json (the shapes a plan of the model itself uses, as `tally memory --model` and inspect count).
+void drop_padding_rows(ModelShapes& m, const io::SafetensorsHeader& h, const fs::path& path) {
+  const auto format = h.metadata.find("format");
+  if (format == h.metadata.end() || format->second != "tally-checkpoint") return;
+  const fs::path state = path.parent_path() / "state.json";
+  int64_t vocab = -1;
+  try {
+    const ordered_json s = parse_json_file(state, "checkpoint state");
+    vocab = s.at("model_config").at("vocab_size").get<int64_t>();
+  } catch (const std::exception&) {
+    return;  // no state beside it: the tensors as stored
+  }
+  for (ModelTensor& t : m.tensors)
+    if (t.name == "transformer.wte.weight" && !t.shape.empty() && vocab > 0 && t.shape[0] > vocab) {
+      m.format = cat("safetensors header of a tally checkpoint (wte's ", t.shape[0] - vocab,
+                     " padding rows left out: training keeps no state for them)");
+      t.shape[0] = vocab;
+    }
+}
+
 ModelShapes read_model_shapes(const fs::path& path) {
   std::error_code ec;
   if (!fs::exists(path, ec)) fail("[shapes] '", path.string(), "': no such file");
@@ -180,6 +202,7 @@ ModelShapes read_model_shapes(const fs::path& path) {
   } else {
     const io::SafetensorsHeader h = io::read_safetensors_header(path);
     m = {.source = path.string(), .format = "safetensors header", .tensors = from_header(h)};
+    drop_padding_rows(m, h, path);
   }
   if (m.tensors.empty()) fail("[shapes] '", m.source, "' lists no tensors");
   return m;

@@ -111,6 +111,14 @@ steps=$(grep -o '^{"grad_norm"[^}]*"step":[0-9]*' "$work/aside/log.jsonl" | grep
 aside=$(grep -o '^{"grad_norm"[^}]*"step":[0-9]*' "$work"/aside/log.superseded-after-step-3-*.jsonl | grep -o '[0-9]*$' | tr '\n' ' ')
 [ "$aside" = "4 5 " ] || fail "the records set aside: $aside"
 
+# memory --shapes of a checkpoint's model.safetensors: its embedding's padding rows are left out, as training keeps
+# no state for them: the state of the model planned by its flags.
+shapes=$("$tally" memory --shapes "$work/int/$(ls "$work/int" | grep '^step-' | tail -1)/model.safetensors" \
+  --optimizer came --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["optimizers"][0]["f32"]["state_bytes"])')
+flags=$("$tally" memory --model tiny --optimizer came --json |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["optimizers"]["came"]["state_bytes"])')
+[ -n "$shapes" ] && [ "$shapes" = "$flags" ] || fail "memory --shapes of a checkpoint: $shapes B of state, the model's is $flags B"
+
 # The other subcommands on that run.
 "$tally" inspect "$work/int" >"$work/o" 2>&1 || fail "inspect: $(cat "$work/o")"
 grep -q "exp_avg_sq_row" "$work/o" || fail "inspect lists no CAME state"
