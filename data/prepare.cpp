@@ -69,7 +69,7 @@ PrepareResult prepare_text(const std::filesystem::path& text_path, const std::fi
   const std::vector<int32_t> tokens = tok.encode_documents(docs);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   r.bytes = text.size();
-  r.documents = docs.size();
+  r.documents = docs.size() - (docs.size() > 1 && docs.back().empty() ? 1 : 0);  // the closing end-of-text is none
   r.tokens = tokens.size();
   TALLY_CHECK(int64_t(tokens.size()) > options.val_tokens, "[prepare] ", text_path.string(), " has ", tokens.size(),
               " tokens; --val-tokens ", options.val_tokens, " leaves none for train.bin");

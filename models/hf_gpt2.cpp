@@ -117,6 +117,7 @@ void save_hf_gpt2(const GPT2& model, const fs::path& dir_in, const HfExportOptio
   if (dir.filename().empty()) dir = dir.parent_path();  // "out/" names "out"
   // A symbolic link is written through (the directory it names is replaced, the link stays), as files are.
   dir = io::through_links(dir);
+  if (dir.filename().empty()) dir = dir.parent_path();  // a link to "newdir/" names newdir
   const std::string where = cat("[hf] '", dir_in.string(), "': ");
   if (options.tokenizer)
     TALLY_CHECK(options.tokenizer->vocab_size == c.vocab_size, where, "the tokenizer has ",

@@ -13,6 +13,7 @@
 #include "core/dist/communicator.h"
 #include "core/io/file.h"
 #include "core/ledger.h"
+#include "optim/registry.h"
 #include "train/checkpoint.h"
 #include "train/commands.h"
 #include "train/report.h"
@@ -347,6 +348,12 @@ int cmd_compare(const Args& args) {
     if (!cmp.lrs.empty() && cmp.lrs.size() != cmp.optimizers.size())
       throw FlagError("--lrs gives " + std::to_string(cmp.lrs.size()) + " rates for " +
                       std::to_string(cmp.optimizers.size()) + " optimizers");
+  }
+  // An unknown optimizer is refused before the directory is taken (or any run's data tokenized into it).
+  for (const std::string& name : cmp.optimizers) {
+    bool known = false;
+    for (const optim::OptimizerEntry& e : optim::optimizers()) known = known || e.name == name;
+    if (!known) throw FlagError(cat("unknown optimizer '", name, "' (expected one of ", optim::optimizer_names(), ")"));
   }
   // Rank 0 alone looks at the directory and takes it (a second compare into it, or a second resume, is refused while
   // this one runs); the ranks then line up, so that none writes into a directory that rank 0 refuses.

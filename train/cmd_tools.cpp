@@ -104,7 +104,7 @@ int cmd_memory(const Args& args) {
   specs.push_back({"rank", "the rank whose figures are printed (parts may be uneven)", "0"});
   specs.push_back({"threads",
                    "CPU threads the run will use (the CPU attention's scratch is per thread): 0 for this "
-                   "machine's, as train takes them",
+                   "machine's, as a one-process train takes them (with --world, give each rank's)",
                    "0"});
   specs.push_back({"json", "print one JSON object", "", FlagKind::switch_});
   specs.push_back({"shapes", "any model instead of a GPT-2 preset: a .safetensors file (only its header is read), a "

@@ -45,7 +45,7 @@ std::vector<FlagSpec> train_flags() {
       {"total-batch", "tokens per optimizer step, all ranks' (a multiple of B*T*ranks: gradient accumulation)", ""},
       {"steps", "optimizer steps", "200"},
       {"schedule", "cosine (linear warmup, cosine decay to --min-lr-ratio) | constant", "cosine"},
-      {"warmup", "warmup steps", "20"},
+      {"warmup", "warmup steps (at most --steps: a shorter run warms up throughout)", "20"},
       {"min-lr-ratio", "final lr as a fraction of the peak (cosine)", "0.1"},
       {"grad-clip", "global gradient-norm clip (0: off)", "1"},
       {"eval-every", "evaluate every N steps (0: only at the end)", "50"},

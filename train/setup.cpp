@@ -341,7 +341,7 @@ DataChoice from_text(const fs::path& text_path, int64_t val_tokens, const fs::pa
     ss << in.rdbuf();
     have = ss.str();
   }
-  if (have != id.str() && fs::exists(train) && fs::exists(val) && train::holds_run(cache_dir)) {
+  if (have != id.str() && fs::exists(stamp) && fs::exists(train) && fs::exists(val) && train::holds_run(cache_dir)) {
     // A run trained on these shards (resumed now, or refused later as a run already there): they are never replaced.
     // The text is tokenized aside and compared: the same tokens (the file touched, copied back) only renew the stamp.
     const fs::path aside = dir / cat(".tokenizing-", ::getpid());

@@ -570,9 +570,9 @@ RunSummary Trainer::run() {
   if (const int64_t held = val_loader_->batches_per_epoch(); c_.val_batches > held)  // evaluate() takes what there is
     std::printf("validation: %lld batches, not --val-batches %lld: the validation data holds %lld of %lld x %lld\n",
                 (long long)held, (long long)c_.val_batches, (long long)held, (long long)c_.batch, (long long)c_.seq);
-  if (c_.log_optim > c_.steps)  // internals are logged at the steps that --log-optim divides
-    std::printf("optimizer internals: none will be logged: --log-optim %lld is past the last step, %lld\n",
-                (long long)c_.log_optim, (long long)c_.steps);
+  if (c_.log_optim > 0 && (start_step_ / c_.log_optim + 1) * c_.log_optim > c_.steps)  // the steps it divides
+    std::printf("optimizer internals: none will be logged: no step up to %lld is a multiple of --log-optim %lld\n",
+                (long long)c_.steps, (long long)c_.log_optim);
   if (c_.sample_tokens > c_.model.block_size - 1)  // a sample starts from one token and the model sees a block
     std::printf("samples: %lld tokens each, not --sample-tokens %lld: the model's block holds %lld\n",
                 (long long)(c_.model.block_size - 1), (long long)c_.sample_tokens, (long long)c_.model.block_size);

@@ -294,7 +294,8 @@ fs::path through_links(const fs::path& path) {
     TALLY_CHECK(hops < 40, "[io] '", path.string(), "': more than 40 symbolic links in a row (a loop?)");
     const fs::path target = fs::read_symlink(p, ec);
     TALLY_CHECK(!ec, "[io] '", p.string(), "': cannot read the symbolic link: ", ec.message());
-    p = target.is_absolute() ? target : (p.parent_path() / target).lexically_normal();
+    // Not normalised: "dir/../x" is the kernel's to resolve (dir may be a link itself, whose ".." is not its parent's).
+    p = target.is_absolute() ? target : p.parent_path() / target;
   }
   return p;
 }
@@ -306,6 +307,8 @@ AtomicFileWriter::AtomicFileWriter(fs::path path) : path_(std::move(path)) {
   std::error_code ec;
   // A symbolic link is written through: the file it names is replaced (or made, when it names none), the link stays.
   path_ = through_links(path_);
+  TALLY_CHECK(path_.has_filename(), "[io] '", path.string(), "' is a link to a directory path ('", path_.string(),
+              "'), not to a file");
   if (fs::is_directory(path_, ec))
     fail("[io] '", path_.string(), "' is a directory; cannot replace it with a file");
   if (fs::exists(path_, ec) && !fs::is_regular_file(path_, ec))

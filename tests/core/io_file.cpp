@@ -192,6 +192,18 @@ TEST_CASE("AtomicFileWriter: a symbolic link is written through, dangling or cha
   CHECK(test::slurp(dir / "sub" / "target.bin") == "two");
   CHECK(fs::is_symlink(dir / "dangling"));
   CHECK(through_links(dir / "sub" / "target.bin") == dir / "sub" / "target.bin");
+  // A relative link read through a linked directory: its ".." is the linked directory's parent, as the kernel has it
+  // (proj/cur -> ../real/a, and a/m.bin -> ../shared/m.bin names real/shared/m.bin, not proj/shared/m.bin).
+  for (const char* d : {"real/a", "real/shared", "proj/shared"}) fs::create_directories(dir / d);
+  fs::create_symlink("../real/a", dir / "proj" / "cur");
+  fs::create_symlink("../shared/m.bin", dir / "real" / "a" / "m.bin");
+  write_file_atomic(dir / "proj" / "cur" / "m.bin", std::string_view("three"));
+  CHECK(test::slurp(dir / "real" / "shared" / "m.bin") == "three");
+  CHECK_FALSE(fs::exists(dir / "proj" / "shared" / "m.bin"));
+  // A link to a directory path is no file to write.
+  fs::create_symlink("sub/", dir / "to-dir");
+  CHECK_THROWS_WITH_AS(write_file_atomic(dir / "to-dir", std::string_view("x")),
+                       doctest::Contains("is a link to a directory path"), Error);
   fs::create_symlink("loop-b", dir / "loop-a");
   fs::create_symlink("loop-a", dir / "loop-b");
   CHECK_THROWS_WITH_AS(write_file_atomic(dir / "loop-a", std::string_view("x")),

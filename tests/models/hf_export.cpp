@@ -297,6 +297,15 @@ TEST_CASE("hf export: an existing directory is replaced only where it holds a pr
   CHECK_THROWS_WITH_AS(save_hf_gpt2(model, theirs), doctest::Contains("its model.safetensors is missing"), Error);
   CHECK(staging_left(theirs) == 0);
 
+  // A link to "new/" (as tab completion writes it), dangling: the export is made there, whole, the link kept.
+  fs::create_symlink("new/", dir / "to-new");
+  save_hf_gpt2(model, dir / "to-new");
+  CHECK(fs::is_symlink(dir / "to-new"));
+  CHECK(files_in(dir / "new") == std::set<std::string>{"model.safetensors", "config.json", "generation_config.json"});
+  CHECK(staging_left(dir / "new") == 0);
+  save_hf_gpt2(other, dir / "to-new");  // and again, replacing that export
+  CHECK(files_in(dir / "new") == std::set<std::string>{"model.safetensors", "config.json", "generation_config.json"});
+
   // A file where the directory should be.
   io::write_file_atomic(dir / "file", std::string("x"));
   CHECK_THROWS_WITH_AS(save_hf_gpt2(model, dir / "file"), doctest::Contains("exists and is not a directory"), Error);

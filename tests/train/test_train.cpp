@@ -221,6 +221,13 @@ TEST_CASE("train: bad flags and missing data are refused clearly") {
   CHECK_THROWS_WITH_AS(config_from({"--log-optim", "--steps", "2"}, out),
                        doctest::Contains("--log-optim needs a value, got the flag --steps"), FlagError);
   CHECK(config_from({"--out=" + (out / "--odd").string()}, out).out == out / "--odd");
+  CHECK_THROWS_WITH_AS(config_from({"--out", "--help"}, out), doctest::Contains("--out needs a value"), FlagError);
+  CHECK_THROWS_WITH_AS(config_from({"--out", "--steps=3"}, out), doctest::Contains("got the flag --steps=3"),
+                       FlagError);
+  // A value that starts with -- but names no flag is a value (a prompt "-- a comment", a separator "---").
+  Flags values("train", "", train_flags());
+  values.parse({"--out", "-- not a flag"});
+  CHECK(values.str("out") == "-- not a flag");
   // Numbers a double cannot hold (an underflow reads as 0, an overflow as inf) and non-finite ones are refused by name.
   for (const char* lr : {"1e-332", "1e400", "nan", "inf", "0", "-1e-3"})
     CHECK_THROWS_AS(config_from({"--lr", lr}, out), FlagError);
