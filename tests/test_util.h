@@ -11,6 +11,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "core/tensor.h"
@@ -38,6 +39,15 @@ inline std::filesystem::path data_file(data::DataFile file) {
 // tests/reference in the checkout.
 inline std::filesystem::path reference_dir() { return std::filesystem::path(TALLY_SOURCE_DIR) / "tests" / "reference"; }
 // A fresh temporary directory for one test.
+// The pid of a process that has ended (a child forked, exited and reaped): what a temporary's name holds when its
+// writer died. (The kernel may in time give the number to another process; not within a test.)
+inline pid_t gone_pid() {
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  if (child > 0) ::waitpid(child, nullptr, 0);
+  return child;
+}
+
 inline std::filesystem::path temp_dir(const std::string& name) {
   auto p = std::filesystem::temp_directory_path() / ("tally_test_" + name + "_" + std::to_string(::getpid()));
   std::filesystem::remove_all(p);

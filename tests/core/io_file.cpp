@@ -213,10 +213,8 @@ TEST_CASE("AtomicFileWriter: a symbolic link is written through, dangling or cha
 
 TEST_CASE("remove_stale_temporaries_of: the temp files of dead writers go, those of live ones and others stay") {
   fs::path dir = test::temp_dir("io_stale");
-  const pid_t child = ::fork();
-  if (child == 0) ::_exit(0);
+  const pid_t child = test::gone_pid();
   REQUIRE(child > 0);
-  ::waitpid(child, nullptr, 0);  // a pid whose process is gone
   const fs::path p = dir / "report.md";
   for (const std::string& name : {cat("report.md.tmp.", child), cat("report.md.tmp.", ::getpid()),
                                   cat("summary.json.tmp.", child), std::string("report.md.tmp.x1")})

@@ -2,7 +2,6 @@
 // checkpoints (bit flips, truncation, missing manifest, full disk, read-only directory) reported clearly.
 #include <doctest/doctest.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -78,10 +77,8 @@ TEST_CASE("checkpoint: keep-last-N and the latest complete step") {
 
 TEST_CASE("checkpoint: a save removes the temporary directories of savers that died, not those of live ones") {
   fs::path run = test::temp_dir("ckpt_stale");
-  const pid_t child = ::fork();
-  if (child == 0) ::_exit(0);
+  const pid_t child = test::gone_pid();
   REQUIRE(child > 0);
-  ::waitpid(child, nullptr, 0);  // a pid whose process is gone
   const fs::path dead = run / cat(".tmp-step-00000007-", child), live = run / cat(".tmp-step-00000007-", ::getppid());
   fs::create_directories(dead);
   fs::create_directories(live);
