@@ -19,7 +19,7 @@ namespace tally::train {
 
 namespace {
 
-constexpr const char* kFormat = "tally-checkpoint";
+constexpr const char* kFormat = kCheckpointFormat;
 constexpr int kVersion = 1;
 constexpr const char* kFiles[] = {"model.safetensors", "optimizer.safetensors", "state.json"};
 

@@ -20,6 +20,9 @@
 
 namespace tally::train {
 
+// The "format" a checkpoint's manifest and safetensors files carry in their metadata.
+inline constexpr const char* kCheckpointFormat = "tally-checkpoint";
+
 struct CheckpointContent {
   io::NamedTensors model;
   io::NamedTensors optimizer;

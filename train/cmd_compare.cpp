@@ -351,9 +351,11 @@ int cmd_compare(const Args& args) {
   }
   // An unknown optimizer is refused before the directory is taken (or any run's data tokenized into it).
   for (const std::string& name : cmp.optimizers) {
-    bool known = false;
-    for (const optim::OptimizerEntry& e : optim::optimizers()) known = known || e.name == name;
-    if (!known) throw FlagError(cat("unknown optimizer '", name, "' (expected one of ", optim::optimizer_names(), ")"));
+    try {
+      optim::find_optimizer(name);
+    } catch (const Error& err) {
+      throw FlagError(err.what());
+    }
   }
   // Rank 0 alone looks at the directory and takes it (a second compare into it, or a second resume, is refused while
   // this one runs); the ranks then line up, so that none writes into a directory that rank 0 refuses.

@@ -75,8 +75,7 @@ void Flags::parse(const std::vector<std::string>& args) {
       // "--out --came-bf16-m" is a forgotten value, not a directory named "--came-bf16-m" (and a switch lost); a
       // value that merely starts with -- ("-- a comment") is a value.
       if (const std::string& next = args[i + 1]; next.starts_with("--")) {
-        const std::string next_name =
-            next.substr(2, next.find('=') == std::string::npos ? std::string::npos : next.find('=') - 2);
+        const std::string next_name = next.substr(2, next.find('=') - 2);  // npos - 2 still reaches the end
         if (spec(next_name) || next_name == "help")
           throw FlagError(tally::cat("--", name, " needs a value, got the flag ", next, " (a value that starts with ",
                                      "-- is given as --", name, "=VALUE)"));

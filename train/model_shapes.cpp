@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/io/file.h"
 #include "core/io/safetensors.h"
+#include "train/checkpoint.h"
 
 namespace fs = std::filesystem;
 
@@ -172,7 +173,7 @@ int64_t ModelTensor::stored_bytes() const { return numel(shape) * int64_t(elemen
 // checkpoint's state.json (the shapes a plan of the model itself uses, as `tally memory --model` and inspect count).
 void drop_padding_rows(ModelShapes& m, const io::SafetensorsHeader& h, const fs::path& path) {
   const auto format = h.metadata.find("format");
-  if (format == h.metadata.end() || format->second != "tally-checkpoint") return;
+  if (format == h.metadata.end() || format->second != kCheckpointFormat) return;
   const fs::path state = path.parent_path() / "state.json";
   int64_t vocab = -1;
   try {
