@@ -122,8 +122,12 @@ std::vector<Setting> common_settings(double default_lr) {
 template <class Opt, class Config>
 OptimizerEntry entry(std::string name, std::string summary, double default_lr, std::vector<Setting> own,
                      Config (*config)(const SettingsReader&)) {
-  OptimizerEntry e{.name = name, .summary = std::move(summary), .default_lr = default_lr,
-                   .settings = common_settings(default_lr)};
+  OptimizerEntry e{.name = name,
+                   .summary = std::move(summary),
+                   .default_lr = default_lr,
+                   .settings = common_settings(default_lr),
+                   .sums_over_tensor = Opt::kSumsOverTensor,
+                   .fused_bf16 = Opt::kFusedBf16};
   e.settings.insert(e.settings.end(), own.begin(), own.end());
   auto reader = [name, declared = e.settings](const Settings& given) { return SettingsReader(name, declared, given); };
   e.make = [reader, config](const std::vector<Tensor>& params, const Settings& given) -> std::unique_ptr<Optimizer> {

@@ -83,6 +83,11 @@ struct OptimizerEntry {
       predict = {};
   // Throws what make() would throw for these settings, without parameters (flags are checked before a run).
   std::function<void(const Settings& given)> check = {};
+  // Its step sums over a whole tensor (a clip's RMS, a norm): under ZeRO 1 a tensor cut over ranks completes those
+  // sums with collectives (Opt::kSumsOverTensor).
+  bool sums_over_tensor = false;
+  // Its CUDA kernels read a bf16 parameter's gradient and round the parameter themselves (Opt::kFusedBf16).
+  bool fused_bf16 = false;
 };
 
 // Every optimizer, in the order help texts list them.

@@ -79,7 +79,7 @@ expect_error 2 "--batch, --seq, --total-batch and --device plan" --shapes "$src/
 expect_error 2 "--device must be cpu or cuda, got 'tpu'" --model tiny --batch 2 --seq 32 --device tpu
 expect_error 2 "--model is for a GPT-2 model" --shapes "$src/tests/data/gpt2_124m.shapes.json" --model tiny
 expect_error 2 "--tensors goes with --shapes" --model tiny --tensors
-expect_error 2 "unknown optimizer 'lion'" --shapes "$src/tests/data/gpt2_124m.shapes.json" --optimizer lion
+expect_error 2 "unknown optimizer 'no-such-optimizer'" --shapes "$src/tests/data/gpt2_124m.shapes.json" --optimizer no-such-optimizer
 # A step planned for a GPU, without one: the same tensors as the CPU's step, plus the CUDA kernels' scratch and
 # cuBLAS's workspace (32 MiB, kept); equal to the GPU's measured bytes (tests/cuda/test_cuda_gpt2.cpp).
 plan_total() {  # device -> the adamw step's planned peak, requested bytes

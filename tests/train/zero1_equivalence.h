@@ -124,7 +124,8 @@ inline void check_zero1_equals_whole(dist::Communicator& c, Device device, int s
 
 // bf16 parameters over f32 master weights, sharded: each rank rounds its part's elements with the random bits the
 // whole step gives them (every part starts on one of round_to_bf16's 8-element blocks and draws from that block's
-// counter). AdamW, SGD and SM3 step each element with the same arithmetic at any cut, so this rank's part of the bf16
+// counter). The optimizers whose step sums over no whole tensor (AdamW, SGD and SM3; the registry's
+// sums_over_tensor) step each element with the same arithmetic at any cut, so this rank's part of the bf16
 // parameter and of the master equal the whole step's bit for bit, for cuts whose balanced share would not be a
 // multiple of 8 ({50} at 3 ranks: 24, 16 and 10 elements; {37, 20}: rows in pairs). The full gradient is given to
 // every rank, as the reduce-scatter leaves it. Then the parts are gathered, as bf16 (a third of the bytes a step's
@@ -143,7 +144,9 @@ inline void check_zero1_bf16_rounding(dist::Communicator& c, Device device, int 
     }
     return out;
   };
-  for (const std::string name : {"adamw", "sgd", "sm3"}) {
+  for (const optim::OptimizerEntry& entry : optim::optimizers()) {
+    if (entry.sums_over_tensor) continue;
+    const std::string& name = entry.name;
     INFO("optimizer ", name, ", world ", c.world(), ", rank ", c.rank(), ", ", device.str());
     std::vector<Tensor> whole_params = bf16_params(), part_params = bf16_params();
     auto whole = optim::make_optimizer(name, whole_params, {{"lr", 1e-2}});
