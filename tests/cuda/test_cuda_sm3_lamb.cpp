@@ -1,8 +1,8 @@
-// SM3 and LAMB on the GPU against the CPU, step for step, as tests/optim/cuda.cpp checks the other optimizers: the
-// same parameters and gradients on both devices give the same parameters, state and internals (sums run in another
-// order: 1e-5 relative plus 1e-6 of each tensor's scale; SM3's maxima are exact). Shapes cover a scalar, vectors,
-// matrices with one and several column tiles, rows in several row tiles, 3-D and 4-D tensors (accumulators of middle
-// dims), and a tensor larger than one grid of tiles. Skipped, visibly, without a GPU.
+// SM3 and LAMB on the GPU against the CPU, step for step, in more settings and shapes than tests/optim/cuda.cpp
+// gives every optimizer: the same parameters and gradients on both devices give the same parameters, state and
+// internals (sums run in another order: 1e-5 relative plus 1e-6 of each tensor's scale; SM3's maxima are exact).
+// Shapes cover a scalar, vectors, matrices with one and several column tiles, rows in several row tiles, 3-D and 4-D
+// tensors (accumulators of middle dims), and a tensor larger than one grid of tiles. Skipped, visibly, without a GPU.
 #include <doctest/doctest.h>
 
 #include "core/device.h"

@@ -155,23 +155,18 @@ TEST_CASE("internals: off by default; CAME clip, RMS and confidence factors matc
 
 TEST_CASE("internals: inspection does not change the step (bitwise), for every optimizer") {
   const Shape shape = {40, 30};
-  for (int kind = 0; kind < 4; ++kind) {
-    INFO("kind ", kind);
+  for (const OptimizerCase& c : every_optimizer({{"lr", 1e-2}, {"weight-decay", 0.1}})) {
+    INFO(c.label());
     Tensor a = make_param("bit.a", normal_values(1200, 9), shape);
     Tensor b = make_param("bit.a", normal_values(1200, 9), shape);
-    auto make = [&](Tensor& p) -> std::unique_ptr<optim::Optimizer> {
-      if (kind == 0) return std::make_unique<Came>(std::vector<Tensor>{p}, CameConfig{.lr = 1e-2, .weight_decay = 0.1});
-      if (kind == 1) return std::make_unique<AdamW>(std::vector<Tensor>{p}, AdamWConfig{.lr = 1e-2});
-      if (kind == 2) return std::make_unique<Adafactor>(std::vector<Tensor>{p}, AdafactorConfig{.lr = 1e-2, .beta1 = 0.9});
-      return std::make_unique<Sgd>(std::vector<Tensor>{p}, SgdConfig{.lr = 1e-2, .momentum = 0.9});
-    };
-    auto oa = make(a), ob = make(b);
+    auto oa = optim::make_optimizer(c.name, {a}, c.settings), ob = optim::make_optimizer(c.name, {b}, c.settings);
     ob->set_inspect(optim::Inspect::factored_error);
     run_steps(*oa, a, 4, 77);
     run_steps(*ob, b, 4, 77);
     CHECK(same(a, b));
     CHECK(ob->internals()[0].step == 4);
     CHECK(std::isfinite(ob->internals()[0].update_rms));
+    CHECK(ob->internals()[0].applied_rms > 0);
   }
 }
 
@@ -306,17 +301,11 @@ TEST_CASE("options: bf16 first moment is stored rounded to nearest even and trac
 
 TEST_CASE("options: grad_scale fused into the step equals scaling the gradients first") {
   const Shape shape = {50, 60};
-  for (int kind = 0; kind < 4; ++kind) {
-    INFO("kind ", kind);
+  for (const OptimizerCase& c : every_optimizer()) {
+    INFO(c.label());
     Tensor a = make_param("gs.a", normal_values(3000, 41), shape);
     Tensor b = make_param("gs.a", normal_values(3000, 41), shape);
-    auto make = [&](Tensor& p) -> std::unique_ptr<optim::Optimizer> {
-      if (kind == 0) return std::make_unique<Came>(std::vector<Tensor>{p}, CameConfig{.lr = 1e-2});
-      if (kind == 1) return std::make_unique<AdamW>(std::vector<Tensor>{p}, AdamWConfig{.lr = 1e-2});
-      if (kind == 2) return std::make_unique<Adafactor>(std::vector<Tensor>{p}, AdafactorConfig{.lr = 1e-2});
-      return std::make_unique<Sgd>(std::vector<Tensor>{p}, SgdConfig{.lr = 1e-2, .momentum = 0.5});
-    };
-    auto oa = make(a), ob = make(b);
+    auto oa = optim::make_optimizer(c.name, {a}, c.settings), ob = optim::make_optimizer(c.name, {b}, c.settings);
     for (int k = 0; k < 3; ++k) {
       const std::vector<float> g = normal_values(3000, 800 + uint64_t(k), 5.0);
       a.set_grad(make_grad(g, shape));
@@ -350,18 +339,81 @@ TEST_CASE("options: a clip threshold so small that RMS / threshold overflows giv
   }
 }
 
-TEST_CASE("determinism: results do not depend on the number of threads") {
-  const Shape shape = {512, 96};  // several row blocks and above the parallel threshold
-  std::vector<std::vector<float>> results;
-  for (int threads : {1, 2}) {
-    omp_set_num_threads(threads);
-    Tensor p = make_param("det.w", normal_values(512 * 96, 51), shape);
-    Came opt({p}, {.lr = 1e-2});
-    run_steps(opt, p, 3, 900);
-    results.push_back(p.to_vector<float>());
+TEST_CASE("determinism: results do not depend on the number of threads, nor on inspection, for every optimizer") {
+  // A matrix of several row blocks above the parallel threshold, a 3-d tensor and a long vector.
+  const std::vector<Shape> shapes = {{512, 96}, {64, 8, 40}, {30000}};
+  for (const OptimizerCase& c : every_optimizer({{"lr", 1e-2}, {"weight-decay", 0.1}})) {
+    std::vector<std::vector<float>> results;
+    for (int run = 0; run < 3; ++run) {  // 1 thread, 2 threads, 2 threads with inspection
+      INFO(c.label(), ", run ", run);
+      omp_set_num_threads(run == 0 ? 1 : 2);
+      std::vector<Tensor> params;
+      for (size_t i = 0; i < shapes.size(); ++i)
+        params.push_back(make_param(cat("det.", i), normal_values(numel(shapes[i]), 51 + i), shapes[i]));
+      auto opt = optim::make_optimizer(c.name, params, c.settings);
+      if (run == 2) opt->set_inspect(optim::Inspect::summary);
+      for (int k = 0; k < 3; ++k) {
+        for (size_t i = 0; i < shapes.size(); ++i)
+          params[i].set_grad(make_grad(normal_values(params[i].numel(), 900 + 50 * i + uint64_t(k)), shapes[i]));
+        opt->step();
+      }
+      std::vector<float> all;
+      for (const Tensor& p : params) {
+        const std::vector<float> v = p.to_vector<float>();
+        all.insert(all.end(), v.begin(), v.end());
+      }
+      results.push_back(all);
+      if (run == 2)
+        for (const optim::TensorInternals& in : opt->internals()) {
+          INFO(in.param);
+          CHECK(in.step == 3);
+          CHECK(std::isfinite(in.update_rms));
+          CHECK(in.applied_rms > 0);
+        }
+    }
+    omp_set_num_threads(omp_get_num_procs());
+    CHECK(results[0] == results[1]);
+    CHECK(results[1] == results[2]);
   }
-  omp_set_num_threads(omp_get_num_procs());
-  CHECK(results[0] == results[1]);
+}
+
+TEST_CASE("save/load: a restored optimizer continues bit for bit, for every optimizer") {
+  for (const OptimizerCase& c : every_optimizer({{"lr", 1e-2}, {"weight-decay", 0.1}})) {
+    INFO(c.label());
+    Tensor a = make_param("sl.w", normal_values(48 * 40, 7), {48, 40});
+    Tensor v = make_param("sl.b", normal_values(40, 8), {40});
+    auto first = optim::make_optimizer(c.name, {a, v}, c.settings);
+    auto grads = [&](int k) {
+      a.set_grad(make_grad(normal_values(48 * 40, 100 + uint64_t(k)), {48, 40}));
+      v.set_grad(make_grad(normal_values(40, 200 + uint64_t(k)), {40}));
+    };
+    for (int k = 0; k < 3; ++k) {
+      grads(k);
+      first->step();
+    }
+    optim::OptimizerState saved = first->state_dict();
+    CHECK(saved.kind == c.name);
+    CHECK(saved.steps == 3);
+    for (auto& [k, t] : saved.tensors) t = t.clone();  // deep copies, as a checkpoint hands them over
+    Tensor a2 = make_param("sl.w", a.to_vector<float>(), {48, 40});
+    Tensor v2 = make_param("sl.b", v.to_vector<float>(), {40});
+    auto second = optim::make_optimizer(c.name, {a2, v2}, c.settings);
+    second->load_state_dict(saved);
+    for (int k = 3; k < 5; ++k) {
+      grads(k);
+      first->step();
+      a2.set_grad(a.grad());
+      v2.set_grad(v.grad());
+      second->step();
+    }
+    CHECK(same(a, a2));
+    CHECK(same(v, v2));
+    const optim::OptimizerState after = first->state_dict(), after2 = second->state_dict();
+    for (const auto& [k, t] : after.tensors) {
+      INFO(k);
+      CHECK(same(t, after2.tensors.at(k)));
+    }
+  }
 }
 
 TEST_CASE("clipping: global norm in double, torch's coefficient, pre-clip norm returned") {

@@ -20,40 +20,29 @@ namespace {
 constexpr int kSteps = 5;
 
 struct Case {
-  std::string name;
-  std::function<std::unique_ptr<optim::Optimizer>(const std::vector<Tensor>&)> make;
+  OptimizerCase optimizer;
   // Extra absolute tolerance on the parameters after the steps. A bf16 first moment is rounded to nearest, and the
   // devices' different summation orders (~1e-7 relative) move a few of its elements across a rounding midpoint:
   // one bf16 ulp (2^-8 relative) of m, which reaches the update (about lr x |u| x 2^-8 per step). Such a case
   // allows 2^-6 of lr per step; a wrong kernel is off by the order of lr itself.
   double param_atol = 0;
+  std::unique_ptr<optim::Optimizer> make(const std::vector<Tensor>& params) const {
+    return optim::make_optimizer(optimizer.name, params, optimizer.settings);
+  }
 };
 
+// Every registered optimizer at its defaults (a new one is tested by its registration), then variants whose kernel
+// paths the defaults leave off (tests/cuda/test_cuda_sm3_lamb.cpp has SM3's and LAMB's, over more shapes).
 std::vector<Case> cases() {
-  return {
-      {"came", [](const std::vector<Tensor>& p) { return std::make_unique<Came>(p, CameConfig{.lr = 1e-2}); }},
-      {"came wd, ones, bf16",
-       [](const std::vector<Tensor>& p) {
-         return std::make_unique<Came>(p, CameConfig{.lr = 1e-2, .weight_decay = 0.1, .exp_avg_dtype = DType::bf16,
-                                                     .confidence_init = ConfidenceInit::ones});
-       },
-       kSteps * 1e-2 / 64},  // param_atol
-      {"came two_largest_dims",
-       [](const std::vector<Tensor>& p) {
-         return std::make_unique<Came>(p, CameConfig{.lr = 1e-2, .factoring = optim::Factoring::two_largest_dims});
-       }},
-      {"adamw", [](const std::vector<Tensor>& p) { return std::make_unique<AdamW>(p, AdamWConfig{.lr = 1e-2}); }},
-      {"adafactor", [](const std::vector<Tensor>& p) { return std::make_unique<Adafactor>(p, AdafactorConfig{.lr = 1e-2}); }},
-      {"adafactor beta1 wd",
-       [](const std::vector<Tensor>& p) {
-         return std::make_unique<Adafactor>(p, AdafactorConfig{.lr = 1e-2, .beta1 = 0.9, .weight_decay = 0.1});
-       }},
-      {"sgd nesterov wd",
-       [](const std::vector<Tensor>& p) {
-         return std::make_unique<Sgd>(p, SgdConfig{.lr = 1e-2, .momentum = 0.9, .weight_decay = 0.01,
-                                                   .nesterov = Nesterov::yes});
-       }},
-  };
+  std::vector<Case> out;
+  for (const optim::OptimizerEntry& e : optim::optimizers()) out.push_back({{e.name, {{"lr", 1e-2}}}});
+  out.push_back({{"came", {{"lr", 1e-2}, {"weight-decay", 0.1}, {"came-confidence-ones", true}, {"came-bf16-m", true}}},
+                 kSteps * 1e-2 / 64});
+  out.push_back({{"came", {{"lr", 1e-2}, {"came-factor-largest", true}}}});
+  out.push_back({{"adafactor", {{"lr", 1e-2}, {"no-adafactor-beta1", true}}}});
+  out.push_back({{"adafactor", {{"lr", 1e-2}, {"weight-decay", 0.1}, {"decay", "all"}}}});
+  out.push_back({{"sgd", {{"lr", 1e-2}, {"weight-decay", 0.01}, {"nesterov", true}}}});
+  return out;
 }
 
 // The CUDA tiles have 8 rows for the small matrices, 16 for {9000, 3} and 32 for {16400, 3} (make_plan); {1100, 36}
@@ -89,7 +78,8 @@ TEST_CASE("cuda: every optimizer on the GPU matches the CPU step for step" * doc
       og->step({.grad_scale = 0.5});
     }
     for (size_t s = 0; s < kShapes.size(); ++s) {
-      INFO(cat(c.name, " ", shape_str(kShapes[s]), inspect == optim::Inspect::off ? " (no inspection)" : ""));
+      INFO(cat(c.optimizer.label(), " ", shape_str(kShapes[s]),
+               inspect == optim::Inspect::off ? " (no inspection)" : ""));
       auto check = [&](const Tensor& a, const Tensor& b, const std::string& what, double extra_atol) {
         const std::vector<float> va = a.to(DType::f32).to_vector<float>(), vb = b.to(DType::f32).to_vector<float>();
         double scale = 0;
@@ -192,41 +182,19 @@ TEST_CASE("cuda: CAME and Adafactor step many small dense tensors together as th
 // (P, n, Q, m, S) layout under two_largest_dims.
 TEST_CASE("cuda: bf16 optimizer steps fuse the gradient widening and the rounding, bit for bit" *
           doctest::skip(!tally::cuda_available())) {
-  using Make = std::function<std::unique_ptr<optim::Optimizer>(const std::vector<Tensor>&)>;
-  const std::vector<std::pair<std::string, Make>> makers = {
-      {"came", [](const std::vector<Tensor>& p) { return std::make_unique<Came>(p, CameConfig{.lr = 1e-2}); }},
-      {"came bf16 exp_avg, wd",
-       [](const std::vector<Tensor>& p) {
-         return std::make_unique<Came>(p, CameConfig{.lr = 1e-2, .weight_decay = 0.1, .exp_avg_dtype = DType::bf16});
-       }},
-      {"came two_largest_dims",
-       [](const std::vector<Tensor>& p) {
-         return std::make_unique<Came>(p, CameConfig{.lr = 1e-2, .factoring = optim::Factoring::two_largest_dims});
-       }},
-      {"adafactor",
-       [](const std::vector<Tensor>& p) { return std::make_unique<Adafactor>(p, AdafactorConfig{.lr = 1e-2}); }},
-      {"adafactor beta1, wd",
-       [](const std::vector<Tensor>& p) {
-         return std::make_unique<Adafactor>(p, AdafactorConfig{.lr = 1e-2, .beta1 = 0.9, .weight_decay = 0.1});
-       }},
-      {"adamw wd",
-       [](const std::vector<Tensor>& p) {
-         return std::make_unique<AdamW>(p, AdamWConfig{.lr = 1e-2, .weight_decay = 0.1});
-       }},
-      {"sgd nesterov, wd",
-       [](const std::vector<Tensor>& p) {
-         return std::make_unique<Sgd>(
-             p, SgdConfig{.lr = 1e-2, .momentum = 0.9, .weight_decay = 0.1, .nesterov = optim::Nesterov::yes});
-       }},
-      {"lamb", [](const std::vector<Tensor>& p) { return std::make_unique<Lamb>(p, LambConfig{.lr = 1e-2}); }},
-      {"sm3", [](const std::vector<Tensor>& p) { return std::make_unique<Sm3>(p, Sm3Config{.lr = 1e-2}); }},
-      {"sm3 momentum, beta, wd",
-       [](const std::vector<Tensor>& p) {
-         return std::make_unique<Sm3>(p, Sm3Config{.lr = 1e-2, .momentum = 0.9, .beta = 0.5, .weight_decay = 0.1});
-       }},
-  };
-  for (const auto& maker : makers) {
-    INFO(maker.first);
+  // Every registered optimizer whose kernels fuse bf16 (all today), with weight decay; then variants of other paths.
+  std::vector<OptimizerCase> makers;
+  for (const optim::OptimizerEntry& e : optim::optimizers())
+    if (e.fused_bf16) makers.push_back({e.name, {{"lr", 1e-2}, {"weight-decay", 0.1}}});
+  for (const OptimizerCase& c :
+       std::vector<OptimizerCase>{{"came", {{"lr", 1e-2}, {"came-bf16-m", true}}},
+                                  {"came", {{"lr", 1e-2}, {"came-factor-largest", true}}},
+                                  {"adafactor", {{"lr", 1e-2}, {"no-adafactor-beta1", true}}},
+                                  {"sgd", {{"lr", 1e-2}, {"weight-decay", 0.1}, {"nesterov", true}}},
+                                  {"sm3", {{"lr", 1e-2}, {"momentum", 0.9}, {"beta", 0.5}, {"weight-decay", 0.1}}}})
+    makers.push_back(c);
+  for (const OptimizerCase& maker : makers) {
+    INFO(maker.label());
     // A dense tensor too large to be batched (CAME steps it alone), then small ones.
     std::vector<Shape> shapes = {{300, 260}, {257, 131}, {4, 33, 65}, {130, 2, 128}, {70001}};
     for (int i = 0; i < optim::kernels::kCameDenseBatchTasks + 5; ++i)  // two batch launches; sizes 1 .. 3001
@@ -240,7 +208,8 @@ TEST_CASE("cuda: bf16 optimizer steps fuse the gradient widening and the roundin
       pb.push_back(b);
       pf.push_back(make_param(cat("p", i), b.to(DType::f32).to_vector<float>(), shapes[i], Device::cuda()));
     }
-    const std::unique_ptr<optim::Optimizer> ob = maker.second(pb), of = maker.second(pf);
+    const std::unique_ptr<optim::Optimizer> ob = optim::make_optimizer(maker.name, pb, maker.settings),
+                                            of = optim::make_optimizer(maker.name, pf, maker.settings);
     ob->init_state();
     of->init_state();
     // Fused, the bf16 steps need no f32 buffer to widen gradients into: the same workspace as the f32 steps.

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -138,6 +139,38 @@ inline optim::Settings reference_settings(const std::string& kind, const nlohman
 inline std::unique_ptr<optim::Optimizer> make_optimizer(const std::string& kind, const nlohmann::json& hyper,
                                                         const nlohmann::json& extra, const std::vector<Tensor>& params) {
   return optim::make_optimizer(kind, params, reference_settings(kind, hyper, extra));
+}
+
+// The tests of what every optimizer must do (inspection changes nothing, restored state continues bit for bit,
+// the thread count changes nothing, a fused gradient scale equals scaling first): each registered optimizer at its
+// defaults with `common` over them, and then the variants that switch on what an optimizer's defaults leave off.
+// A new optimizer is in these tests by its registration alone.
+struct OptimizerCase {
+  std::string name;  // the registry's
+  optim::Settings settings;
+  std::string label() const {
+    std::string out = name;
+    for (const auto& [k, v] : settings.values()) out += cat(" ", k, "=", v);
+    return out;
+  }
+};
+inline std::vector<OptimizerCase> every_optimizer(const optim::Settings& common = {{"lr", 1e-2}}) {
+  const std::map<std::string, std::vector<optim::Settings>> variants = {
+      {"sm3", {{{"momentum", 0.9}, {"beta", 0.5}}}},
+      {"adafactor", {{{"no-adafactor-beta1", true}}}},
+      {"came", {{{"came-bf16-m", true}}}},
+  };
+  std::vector<OptimizerCase> out;
+  for (const optim::OptimizerEntry& e : optim::optimizers()) {
+    out.push_back({e.name, common});
+    if (auto v = variants.find(e.name); v != variants.end())
+      for (const optim::Settings& extra : v->second) {
+        OptimizerCase c{e.name, common};
+        for (const auto& [k, value] : extra.values()) c.settings.set(k, value);
+        out.push_back(c);
+      }
+  }
+  return out;
 }
 
 }  // namespace tally::test
