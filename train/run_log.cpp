@@ -1,12 +1,17 @@
 // log.jsonl (see run_log.h).
 #include "train/run_log.h"
 
+#include <cerrno>
 #include <cmath>
 #include <ctime>
+#include <algorithm>
 #include <string_view>
+#include <system_error>
 
 #include "core/error.h"
 #include "core/io/file.h"
+
+#include <unistd.h>
 
 using nlohmann::json;
 
@@ -50,9 +55,24 @@ std::filesystem::path set_aside_records_after(const std::filesystem::path& log, 
   return side;
 }
 
+int64_t last_step_recorded(const std::filesystem::path& log) {
+  if (!std::filesystem::exists(log)) return 0;
+  const std::string text = io::read_file_text(log);
+  int64_t last = 0;
+  for (size_t at = 0; at < text.size();) {
+    const size_t end = std::min(text.find('\n', at), text.size());
+    const json r = json::parse(std::string_view(text).substr(at, end - at), nullptr, false);
+    at = end + 1;
+    if (r.is_object() && r.contains("step") && r["step"].is_number_integer() &&
+        (r.contains("ms") || r.contains("skipped")))
+      last = std::max(last, r["step"].get<int64_t>());
+  }
+  return last;
+}
+
 RunLog::RunLog(std::filesystem::path path, LogStart start) : path_(std::move(path)) {
   file_ = std::fopen(path_.c_str(), start == LogStart::append ? "a" : "w");
-  TALLY_CHECK(file_, "cannot write '", path_.string(), "'");
+  TALLY_CHECK(file_, "cannot write '", path_.string(), "': ", std::system_category().message(errno));
 }
 
 RunLog::~RunLog() {
@@ -61,8 +81,15 @@ RunLog::~RunLog() {
 
 void RunLog::write(const json& record) {
   const std::string line = record.dump() + "\n";
+  errno = 0;
   TALLY_CHECK(std::fwrite(line.data(), 1, line.size(), file_) == line.size() && std::fflush(file_) == 0,
-              "cannot write '", path_.string(), "'");
+              "cannot write '", path_.string(),
+              "': ", errno ? std::system_category().message(errno) : std::string("the write was cut short"));
+}
+
+void RunLog::sync() {
+  TALLY_CHECK(std::fflush(file_) == 0 && ::fsync(::fileno(file_)) == 0, "cannot write '", path_.string(),
+              "': ", std::system_category().message(errno));
 }
 
 void RunLog::step(const StepRecord& r) {

@@ -39,6 +39,9 @@ enum class LogStart { fresh, append };
 // records in both, never in neither.
 std::filesystem::path set_aside_records_after(const std::filesystem::path& log, int64_t step);
 
+// The highest step with a training-step record (trained or skipped) in the log; 0 for none or no log.
+int64_t last_step_recorded(const std::filesystem::path& log);
+
 // A name for a file kept aside in `dir`: "<stem>-<unix time>.jsonl", or with "-2", "-3", ... when that is taken.
 std::filesystem::path unused_aside_path(const std::filesystem::path& dir, const std::string& stem);
 
@@ -54,6 +57,9 @@ class RunLog {
   void memory(int64_t step, const MemoryFigures& predicted, const MemoryFigures& measured);
   void communication(int64_t step, const dist::Traffic& predicted, const dist::Traffic& measured);
   void optimizer_internals(int64_t step, const std::vector<optim::TensorInternals>& internals);
+  // The records so far on the disk (fsync): done as a checkpoint is saved, so that a power loss that keeps the
+  // checkpoint keeps the log records of the steps before it.
+  void sync();
 
  private:
   void write(const nlohmann::json& record);

@@ -344,7 +344,7 @@ DataChoice from_text(const fs::path& text_path, int64_t val_tokens, const fs::pa
   if (have != id.str() && fs::exists(stamp) && fs::exists(train) && fs::exists(val) && train::holds_run(cache_dir)) {
     // A run trained on these shards (resumed now, or refused later as a run already there): they are never replaced.
     // The text is tokenized aside and compared: the same tokens (the file touched, copied back) only renew the stamp.
-    const fs::path aside = dir / cat(".tokenizing-", ::getpid());
+    const fs::path aside = dir / cat(".tokenizing-", ::getpid());  // remove_stale_tokenizing knows the name
     std::error_code ec;
     fs::remove_all(aside, ec);
     const io::RemovedOnTermination removed_if_killed({aside / "train.bin", aside / "val.bin"}, {aside});
@@ -385,6 +385,19 @@ DataChoice from_dir(const fs::path& d, const std::string& why) {
 }
 
 }  // namespace
+
+void remove_stale_tokenizing(const fs::path& cache_dir) {
+  const fs::path dir = cache_dir / "data";
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return;
+  io::remove_stale_temporaries_in(dir);
+  constexpr std::string_view kAside = ".tokenizing-";  // from_text's directory of a text tokenized aside
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.starts_with(kAside) && io::writer_is_gone(std::string_view(name).substr(kAside.size())))
+      fs::remove_all(e.path(), ec);
+  }
+}
 
 DataChoice resolve_data(const Flags& f, const fs::path& cache_dir) {
   const int64_t val_tokens = f.integer("val-tokens");

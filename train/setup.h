@@ -103,6 +103,10 @@ struct DataChoice {
 // (data/fetch.h). Text is tokenized once into `cache_dir`. A failed download, or nothing found with
 // TALLY_OFFLINE=1: a tally::Error saying exactly which file to provide and where to download it.
 DataChoice resolve_data(const Flags& flags, const std::filesystem::path& cache_dir);
+// Removes what tokenizing into cache_dir/data left when its process died (SIGKILL, a file-size limit, power loss):
+// temp files of the shards and the stamp, and directories of text tokenized aside. Called by the process holding
+// the run directory once every rank has resolved its data (a live writer's files stay).
+void remove_stale_tokenizing(const std::filesystem::path& cache_dir);
 // The fallback part of that order: the first candidate that exists (a directory with train.bin and val.bin, or a
 // text file); none: Tiny Shakespeare from the download cache (data::fetch), or the error that says what to provide.
 DataChoice resolve_data_from(const std::vector<std::filesystem::path>& candidates, int64_t val_tokens,

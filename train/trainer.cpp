@@ -42,10 +42,13 @@ namespace {
 // ends them before any checkpoint.
 char g_stop_note[320] =
     "\ntally: stopping after this step, with a checkpoint (signal again to stop at once, without saving)\n";
+const char kStopAtOnceNote[] = "\ntally: stopping at once, without saving (the run's last checkpoint stays)\n";
 void on_stop_signal(int sig) {
-  if (g_stop_requested.exchange(true)) return io::die_by_signal(sig);  // delivered as this handler returns
-  const ssize_t ignored = ::write(STDERR_FILENO, g_stop_note, std::strlen(g_stop_note));
+  const bool again = g_stop_requested.exchange(true);
+  const char* note = again ? kStopAtOnceNote : g_stop_note;
+  const ssize_t ignored = ::write(STDERR_FILENO, note, std::strlen(note));
   (void)ignored;
+  if (again) io::die_by_signal(sig);  // delivered as this handler returns
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -103,6 +106,11 @@ void install_stop_handlers() {
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
+  // A hangup (the terminal or ssh session closed) stops as the others do, after the step and with a checkpoint;
+  // not under nohup, which ignores it so that the run goes on.
+  struct sigaction hup {};
+  if (sigaction(SIGHUP, nullptr, &hup) == 0 && !(hup.sa_flags & SA_SIGINFO) && hup.sa_handler != SIG_IGN)
+    sigaction(SIGHUP, &sa, nullptr);
 }
 
 // ---- the trainer ----
@@ -120,6 +128,12 @@ Trainer::Trainer(RunConfig config)
     check_same_configuration();
     // One GPU per rank: the rank's place on its machine picks it.
     if (c_.device.is_cuda()) c_.device = Device::cuda(comm_.local_rank());
+  }
+  // Every rank has resolved its data by now (the check above is a collective): what a killed process left half
+  // written in the run directory and its data goes (the last checkpoint's own temporaries go as it saves).
+  if (comm_.rank() == 0) {
+    io::remove_stale_temporaries_in(c_.out);
+    remove_stale_tokenizing(c_.out);
   }
   held_before_ = c_.device.is_cuda() && !cuda_available() ? 0 : ledger(c_.device).total().live_held;
   require_usable(c_.device);
@@ -411,6 +425,7 @@ fs::path Trainer::save(int64_t step) {
 
 // Rank 0's part of save(): the run's state beside the model and the optimizer's state, written atomically.
 fs::path Trainer::write_checkpoint(int64_t step, train::CheckpointContent c, const optim::OptimizerState& st) {
+  if (log_) log_->sync();  // the records of the steps it holds reach the disk first
   for (const auto& [name, t] : st.tensors) c.optimizer.emplace_back(name, t);
   train::RunState rs;
   rs.step = step;
@@ -606,10 +621,26 @@ RunSummary Trainer::run() {
                           "Nothing was trained and no checkpoint was written."));
   CpuMemoryLimitScope ceiling(budget.enforced ? std::optional(budget.bytes + held_before_) : std::nullopt);
   if (comm_.rank() == 0) {  // rank 0 alone logs
-    if (start_step_ > 0)
+    if (start_step_ > 0) {
       if (const fs::path side = set_aside_records_after(c_.out / "log.jsonl", start_step_); !side.empty())
-        std::printf("log.jsonl: the records after step %lld, trained again now, were moved to %s\n",
-                    (long long)start_step_, side.c_str());
+        std::printf(
+            "log.jsonl: the records after step %lld (trained again now), or a line cut short, were moved to "
+            "%s\n",
+            (long long)start_step_, side.c_str());
+      // Steps the checkpoint holds but the log does not (a log edited or deleted, or lost to a crash of the machine
+      // between a record and its sync): said, not filled in; the report's curves have a gap there.
+      std::error_code ec;
+      const bool own_directory = fs::equivalent(resumed_from_.parent_path(), c_.out, ec);
+      if (const int64_t recorded = last_step_recorded(c_.out / "log.jsonl"); own_directory && recorded < start_step_)
+        std::printf(
+            "log.jsonl: no record of step%s %s: %s, and the checkpoint holds step %lld (those steps were "
+            "trained and saved; their records were lost)\n",
+            recorded + 1 < start_step_ ? "s" : "",
+            recorded + 1 < start_step_ ? cat(recorded + 1, "-", start_step_).c_str()
+                                       : std::to_string(start_step_).c_str(),
+            recorded > 0 ? cat("its training records end at step ", recorded).c_str() : "it holds no training record",
+            (long long)start_step_);
+    }
     log_ = std::make_unique<RunLog>(c_.out / "log.jsonl", start_step_ > 0 ? LogStart::append : LogStart::fresh);
   }
   try {

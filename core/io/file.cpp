@@ -360,6 +360,10 @@ void AtomicFileWriter::fail_write(int err, size_t attempted) {
     fail("[io] '", path_.string(), "': cannot write: the disk is full (",
          err == ENOSPC ? "no space left on device" : "disk quota exceeded", ") after ", on_disk_,
          " bytes had been written; ", previous, " and the temp file '", temp_path_.string(), "' was removed");
+  if (err == EFBIG)  // the process's file-size limit (SIGXFSZ is ignored: the write fails instead of the process)
+    fail("[io] '", path_.string(), "': cannot write: the file would exceed this process's file-size limit (",
+         "ulimit -f) after ", on_disk_, " bytes; ", previous, " and the temp file '", temp_path_.string(),
+         "' was removed");
   fail("[io] '", path_.string(), "': writing ", attempted, " bytes to temp file '", temp_path_.string(),
        "' failed after ", on_disk_, " bytes: ", err == 0 ? "write() made no progress" : errno_text(err), "; ",
        previous, " and the temp file was removed");
@@ -467,6 +471,16 @@ void remove_stale_temporaries_of(const fs::path& path) {
     const std::string name = e.path().filename().string();
     if (!name.starts_with(prefix)) continue;
     if (writer_is_gone(std::string_view(name).substr(prefix.size()))) fs::remove(e.path(), ec);
+  }
+}
+
+void remove_stale_temporaries_in(const fs::path& dir) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    const size_t tmp = name.rfind(".tmp.");
+    if (tmp == std::string::npos || tmp == 0) continue;
+    if (writer_is_gone(std::string_view(name).substr(tmp + 5)) && e.is_regular_file(ec)) fs::remove(e.path(), ec);
   }
 }
 

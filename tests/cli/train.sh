@@ -60,6 +60,48 @@ compgen -G "$work/int/step-*" >/dev/null || fail "no checkpoint after SIGINT"
 last=$(ls "$work/int" | grep "^step-" | sort | tail -1); last=$((10#${last#step-}))
 "$tally" train --resume "$work/int" --steps $((last + 2)) >"$work/res.log" 2>&1 || fail "resume failed: $(tail -5 "$work/res.log")"
 grep -q "resumed from" "$work/res.log" || fail "no resume message"
+last_int=$((last + 2))
+
+# A hangup (the terminal closed) stops as SIGINT does, with a checkpoint; under nohup the run goes on.
+"$tally" train "${common[@]}" --steps 100000 --out "$work/hup" >"$work/hup.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 100); do grep -q "^step 1/" "$work/hup.log" 2>/dev/null && break; sleep 0.2; done
+kill -HUP $pid; wait $pid; rc=$?
+[ $rc -eq 0 ] && grep -q "stopped at step" "$work/hup.log" && compgen -G "$work/hup/step-*" >/dev/null ||
+  fail "SIGHUP: exit $rc: $(tail -3 "$work/hup.log")"
+nohup "$tally" train "${common[@]}" --steps 40 --out "$work/nohup" >"$work/nohup.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 100); do grep -q "^step 1/" "$work/nohup.log" 2>/dev/null && break; sleep 0.2; done
+kill -HUP $pid; wait $pid; rc=$?
+[ $rc -eq 0 ] && [ -d "$work/nohup/step-00000040" ] || fail "SIGHUP under nohup: exit $rc: $(tail -3 "$work/nohup.log")"
+
+# Records lost from the log (edited, or a crash of the machine) are named at a resume, not filled in.
+"$tally" train "${common[@]}" --steps 4 --out "$work/gap" >"$work/o" 2>&1 || fail "train --steps 4: $(tail -3 "$work/o")"
+python3 - "$work/gap/log.jsonl" <<'PY'
+import sys
+lines = open(sys.argv[1]).read().splitlines(keepends=True)
+open(sys.argv[1], "w").write("".join(l for l in lines if '"step":1,' in l))
+PY
+"$tally" train --resume "$work/gap" --steps 5 >"$work/o" 2>&1 || fail "resume of a cut log: $(tail -3 "$work/o")"
+grep -q "log.jsonl: no record of steps 2-4: its training records end at step 1, and the checkpoint holds step 4" \
+  "$work/o" || fail "no note of the steps missing from the log: $(grep log.jsonl "$work/o")"
+
+# What a killed process left half written (a tokenizing's temp shard and its aside directory, a config's temp) goes
+# when the next run takes the directory; a live process's would stay.
+gone=$(sh -c 'echo $$')
+echo partial >"$work/int/data/train.bin.tmp.$gone" && echo partial >"$work/int/config.json.tmp.$gone"
+mkdir -p "$work/int/data/.tokenizing-$gone" && echo partial >"$work/int/data/.tokenizing-$gone/train.bin"
+echo live >"$work/int/data/val.bin.tmp.$$"
+"$tally" train --resume "$work/int" --steps $((last_int + 3)) >"$work/o" 2>&1 || fail "resume: $(tail -3 "$work/o")"
+[ -z "$(ls -A "$work/int" "$work/int/data" | grep -E "tmp\.$gone|tokenizing")" ] ||
+  fail "a dead process's temporaries stayed: $(ls -A "$work/int" "$work/int/data")"
+[ -f "$work/int/data/val.bin.tmp.$$" ] || fail "a live process's temp file was removed"
+rm "$work/int/data/val.bin.tmp.$$"
+
+# A file-size limit (ulimit -f) fails the write by name; the process is not killed by SIGXFSZ.
+(ulimit -f 200; "$tally" train "${common[@]}" --steps 1 --out "$work/fsize" >"$work/o" 2>&1); rc=$?
+[ $rc -eq 1 ] && grep -q "would exceed this process's file-size limit (ulimit -f)" "$work/o" ||
+  fail "ulimit -f: exit $rc: $(tail -3 "$work/o")"
 
 # A long step (many micro-batches): the request is acknowledged at once, and a second one stops the run at once,
 # without a checkpoint (the last one stays): exit by the signal, no temporary left.
@@ -73,6 +115,8 @@ grep -q "stopping after this step, with a checkpoint (signal again" "$work/twice
   fail "a stop request was not acknowledged: $(tail -3 "$work/twice.log")"
 kill -TERM $pid; wait $pid; rc=$?
 [ $rc -eq 143 ] || fail "a second SIGTERM: exit $rc (expected 143): $(tail -3 "$work/twice.log")"
+grep -q "stopping at once, without saving (the run's last checkpoint stays)" "$work/twice.log" ||
+  fail "a second SIGTERM said nothing: $(tail -3 "$work/twice.log")"
 [ -z "$(ls -A "$work/twice" | grep -E '^(step-|\.tmp)')" ] || fail "a second SIGTERM left: $(ls -A "$work/twice")"
 
 # SIGKILL at random moments while checkpointing every step: the latest checkpoint always loads, and the next round
@@ -104,7 +148,7 @@ kill -INT $pid; wait $pid || fail "resume after SIGKILL failed: $(tail -5 "$work
   fail "train --save-every 3: $(tail -3 "$work/o")"
 rm -rf "$work/aside/step-00000005"
 "$tally" train --resume "$work/aside" --steps 7 >"$work/o" 2>&1 || fail "resume with records after the checkpoint: $(tail -3 "$work/o")"
-grep -q "log.jsonl: the records after step 3, trained again now, were moved to $work/aside/log.superseded-after-step-3-" \
+grep -q "log.jsonl: the records after step 3 (trained again now), or a line cut short, were moved to $work/aside/log.superseded-after-step-3-" \
   "$work/o" || fail "no note of the records set aside: $(grep -i log "$work/o")"
 steps=$(grep -o '^{"grad_norm"[^}]*"step":[0-9]*' "$work/aside/log.jsonl" | grep -o '[0-9]*$' | tr '\n' ' ')
 [ "$steps" = "1 2 3 4 5 6 7 " ] || fail "the resumed log's steps: $steps"
