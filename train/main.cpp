@@ -127,6 +127,8 @@ int fail_with(const std::string& message, int code) {
   // A failed command has nothing to save: a stop signal (mpirun ending the job) ends it, unacknowledged.
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGTERM, SIG_DFL);
+  // What the command printed before it failed comes first where both streams go to one file.
+  std::fflush(stdout);
   if (tally::dist::launched_by_mpi() && tally::dist::launcher_rank() != 0)
     std::this_thread::sleep_for(kOtherRanksReportAfter);
   std::fputs(message.c_str(), stderr);

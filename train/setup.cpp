@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "core/error.h"
@@ -97,12 +98,19 @@ std::unique_ptr<models::GPT2> load_model_file(const fs::path& path_in, Device de
       // Every parameter's shape and presence against the recorded configuration before anything is allocated,
       // so a configuration that disagrees with the tensors is an error rather than a huge allocation.
       models::GPT2 plan(config, models::GPT2Options{.device = Device::meta(), .init = models::Init::none});
+      std::set<std::string> needed;
       for (const auto& [name, t] : plan.named_parameters()) {
         const Tensor& saved = io::find_tensor(c.model, name, model_path.string());
         TALLY_CHECK(saved.shape() == t.shape(), "checkpoint '", model_path.string(), "': tensor '", name, "' is ",
                     shape_str(saved.shape()), " but the model configuration ", config.str(), " in '",
                     state_path.string(), "' needs ", shape_str(t.shape()));
+        needed.insert(name);
       }
+      // Tensors the configuration has no place for (a layer more than it says): the two disagree.
+      for (const auto& [name, t] : c.model)
+        TALLY_CHECK(needed.count(name), "checkpoint '", model_path.string(), "' holds tensor '", name,
+                    "', which the model configuration ", config.str(), " in '", state_path.string(),
+                    "' has no place for: the two disagree");
     }
     auto model = std::make_unique<models::GPT2>(config, models::GPT2Options{.device = device, .init = models::Init::none});
     for (const auto& [name, t] : model->named_parameters())

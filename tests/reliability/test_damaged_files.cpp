@@ -239,6 +239,10 @@ TEST_CASE("damaged files: a training run's checkpoint (state.json's loader posit
   // before allocating it.
   resume_with([](nlohmann::json& j) { j["model_config"]["n_layer"] = 60000; });
   CHECK_THROWS_WITH_AS(train::load_model_file(dir, Device::cpu()), doctest::Contains("has no tensor named 'transformer.h.2"), Error);
+  // One layer fewer than the tensors saved: the second layer's tensors have no place (not silently left out).
+  resume_with([](nlohmann::json& j) { j["model_config"]["n_layer"] = 1; });
+  CHECK_THROWS_WITH_AS(train::load_model_file(dir, Device::cpu()), doctest::Contains("holds tensor 'transformer.h.1."),
+                       Error);
   fs::remove_all(run);
 }
 
