@@ -5,7 +5,7 @@
 // --device meta runs the same step on the meta device as it would run on CUDA (--dtype bf16 for mixed precision):
 // every op, autograd node, ledger entry and optimizer slot, but no arithmetic and no launches: the time is tally's own
 // host work per step, which a GPU step cannot go below.
-// Usage: bench_gpt2_step [--models gpt2,d4] [--batch 4] [--seq 64] [--optimizer adamw|came|adafactor|none]
+// Usage: bench_gpt2_step [--models gpt2,d4] [--batch 4] [--seq 64] [--optimizer NAME|none (any registered)]
 //                        [--threads N] [--steps 3] [--warmup 1] [--device cpu|meta] [--dtype f32|bf16] [--json]
 //                        [--ledger]
 #include <omp.h>
@@ -156,9 +156,10 @@ void bench(const std::string& preset, const Options& o) {
 int main(int argc, char** argv) {
   std::string models = "gpt2,d4";
   Options o;
-  const char* usage =
-      "flags: --models gpt2,d4 --batch B --seq T --optimizer adamw|came|adafactor|none --threads N --steps N "
-      "--warmup N --device cpu|meta --dtype f32|bf16 --json --ledger";
+  const std::string usage_text =
+      "flags: --models gpt2,d4 --batch B --seq T --optimizer " + optim::optimizer_names("|") +
+      "|none --threads N --steps N --warmup N --device cpu|meta --dtype f32|bf16 --json --ledger";
+  const char* usage = usage_text.c_str();
   for (int i = 1; i < argc; ++i) {
     std::string k = argv[i];
     if (k == "--json") {

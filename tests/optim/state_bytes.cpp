@@ -1,6 +1,6 @@
 // Exact optimizer-state bytes: for a vector, matrices and a 3-D tensor, the ledger's requested bytes (per owner
 // and per category), state_bytes() measured from the tensors, the closed-form prediction, and the formulas of
-// came.md must all be the same number. Also: lazy vs eager allocation, the meta device, held bytes.
+// docs/optimizers.md must all be the same number. Also: lazy vs eager allocation, the meta device, held bytes.
 #include <doctest/doctest.h>
 
 #include "core/ledger.h"
@@ -35,7 +35,7 @@ std::vector<TensorState> predict(Kind k, const std::vector<NamedShape>& shapes) 
   return {};
 }
 
-// came.md's table, written out independently of the implementation. n = shape[-2] (or the length of a vector),
+// docs/optimizers.md's formulas, written out independently of the implementation. n = shape[-2] (or the length of a vector),
 // m = shape[-1]; for more dims the factors hold prod(shape[:-1]) and prod(shape[:-2]) * shape[-1] elements.
 int64_t formula(Kind k, const Shape& s) {
   const int64_t N = numel(s);
@@ -74,7 +74,7 @@ const char* kind_name(Kind k) {
 
 TEST_SUITE("optim") {
 
-TEST_CASE("state bytes: ledger == state_bytes() == prediction == came.md formula (vector, matrices, 3-D)") {
+TEST_CASE("state bytes: ledger == state_bytes() == prediction == docs/optimizers.md formula (vector, matrices, 3-D)") {
   const std::vector<Shape> shapes = {{4096}, {1024, 4096}, {4096, 1024}, {768, 3072}, {6, 40, 24}, {7, 5}};
   for (Kind k : {Kind::came, Kind::adamw, Kind::adafactor, Kind::adafactor_beta1, Kind::sgd}) {
     for (size_t si = 0; si < shapes.size(); ++si) {
@@ -111,7 +111,7 @@ TEST_CASE("state bytes: ledger == state_bytes() == prediction == came.md formula
   }
 }
 
-TEST_CASE("state bytes: came.md's 1024x4096 figures") {
+TEST_CASE("state bytes: docs/optimizers.md's 1024x4096 figures") {
   const std::vector<NamedShape> w = {{"w", {1024, 4096}}};
   CHECK(total_bytes(AdamW::predict_state_bytes(w, {})) == 33'554'432);
   CHECK(total_bytes(Came::predict_state_bytes(w, {.lr = 1e-3})) == 16'818'176);
