@@ -75,11 +75,11 @@ double max_abs(const std::vector<double>& v) {
 
 double rel(double a, double b) { return std::abs(a - b) / std::abs(b); }
 
-// The reference's optimizer, from its recorded hyperparameters, with weight decay on tensors of 2+ dims only
+// The reference's optimizer, from the tally settings recorded for its hyperparameters, with weight decay on tensors of 2+ dims only
 // (as the reference's two torch param groups; for Adafactor and SGD weight_decay is 0 and both groups are alike).
-std::unique_ptr<optim::Optimizer> make_optimizer(const std::string& kind, const nlohmann::json& h,
+std::unique_ptr<optim::Optimizer> make_optimizer(const std::string& kind, const nlohmann::json& tally_settings,
                                                  const std::vector<Tensor>& params, optim::DecayRule rule) {
-  optim::Settings s = test::reference_settings(kind, h, nlohmann::json::object());
+  optim::Settings s = test::settings_from_json(tally_settings);
   s.set("decay", rule == optim::DecayRule::all ? "all" : "matrices");
   return optim::make_optimizer(kind, params, s);
 }
@@ -107,7 +107,7 @@ struct Run {
 };
 
 Run train(const std::string& kind, int64_t vocab_multiple, optim::DecayRule rule) {
-  const nlohmann::json hyper = nlohmann::json::parse(golden().metadata().at("optimizers")).at(kind);
+  const nlohmann::json settings = nlohmann::json::parse(golden().metadata().at("tally_settings")).at(kind);
   const int steps = std::stoi(golden().metadata().at("steps"));
   const double clip = std::stod(golden().metadata().at("clip_grad_norm"));
   Run run;
@@ -117,7 +117,7 @@ Run train(const std::string& kind, int64_t vocab_multiple, optim::DecayRule rule
   m.train();
   std::map<std::string, Tensor> initial;
   for (const auto& [name, p] : m.named_parameters()) initial[name] = p.clone();
-  run.opt = make_optimizer(kind, hyper, m.parameters(), rule);
+  run.opt = make_optimizer(kind, settings, m.parameters(), rule);
   optim::Optimizer* opt = run.opt.get();
   const int64_t C = m.config().n_embd;
   for (int k = 0; k < steps; ++k) {

@@ -32,7 +32,7 @@ Worst run_case(const std::string& name, const nlohmann::json& spec) {
     const io::SafetensorsEntry& init = ref.at("init/" + shape_name);
     const Shape shape(init.shape.begin(), init.shape.end());
     Tensor p = make_param("w", ref.read_floats(init.name), shape);
-    auto opt = make_optimizer(spec.at("kind"), spec.at("hyper"), spec.at("extra"), {p});
+    auto opt = optim::make_optimizer(spec.at("kind").get<std::string>(), {p}, settings_from_json(spec.at("tally")));
     opt->set_inspect(optim::Inspect::summary);
     for (int k = 1; k <= steps; ++k) {
       const std::string prefix = name + "/" + shape_name + "/step" + std::to_string(k);

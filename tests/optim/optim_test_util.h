@@ -1,4 +1,4 @@
-// Helpers for the optimizer tests: the golden file, building optimizers from its recorded hyperparameters,
+// Helpers for the optimizer tests: the golden file, the tally settings it records for each reference step,
 // named parameters, and a combined absolute/relative tensor comparison that reports its worst element.
 #pragma once
 #include <algorithm>
@@ -84,61 +84,17 @@ inline Mismatch compare(const std::vector<float>& a, const std::vector<float>& b
   return m;
 }
 
-// The golden file's hyperparameters (metadata "cases": the reference's own keyword arguments, e.g. came-pytorch's
-// betas=(b1, b2, b3)) as registry settings. Where a keyword is absent the reference's default applies, which the
-// registry's need not share (torch's AdamW decays by 1e-2, transformers' Adafactor has no first moment, torch's SGD
-// no momentum), so those are written out. The references decay every tensor they are given.
-inline optim::Settings reference_settings(const std::string& kind, const nlohmann::json& h, const nlohmann::json& extra) {
-  optim::Settings s{{"lr", h.at("lr").get<double>()}, {"decay", "all"}};
-  auto number = [&](const char* key, const std::string& setting, double fallback) {
-    s.set(setting, h.contains(key) ? h[key].get<double>() : fallback);
-  };
-  if (kind == "came") {
-    const std::vector<double> betas = h.value("betas", std::vector<double>{0.9, 0.999, 0.9999});
-    const std::vector<double> eps = h.value("eps", std::vector<double>{1e-30, 1e-16});
-    s.set("beta1", betas[0]).set("beta2", betas[1]).set("beta3", betas[2]).set("eps1", eps[0]).set("eps2", eps[1]);
-    number("clip_threshold", "clip-threshold", 1.0);
-    number("weight_decay", "weight-decay", 0.0);
-    s.set("came-confidence-ones", extra.value("confidence_init", "zeros") == "ones");
-  } else if (kind == "adamw") {
-    const std::vector<double> betas = h.value("betas", std::vector<double>{0.9, 0.999});
-    s.set("beta1", betas[0]).set("beta2", betas[1]);
-    number("eps", "eps", 1e-8);
-    number("weight_decay", "weight-decay", 1e-2);
-  } else if (kind == "adafactor") {
-    const std::vector<double> eps = h.value("eps", std::vector<double>{1e-30, 1e-3});
-    s.set("eps1", eps[0]);
-    number("clip_threshold", "clip-threshold", 1.0);
-    number("decay_rate", "decay-rate", -0.8);
-    number("weight_decay", "weight-decay", 0.0);
-    if (h.contains("beta1") && !h["beta1"].is_null()) s.set("beta1", h["beta1"].get<double>());
-    else s.set("no-adafactor-beta1", true);
-  } else if (kind == "sgd") {
-    number("momentum", "momentum", 0.0);
-    number("dampening", "dampening", 0.0);
-    number("weight_decay", "weight-decay", 0.0);
-    s.set("nesterov", h.value("nesterov", false));
-  } else if (kind == "sm3") {
-    number("momentum", "momentum", 0.0);
-    number("beta", "beta", 0.0);
-    number("eps", "eps", 1e-30);
-  } else if (kind == "lamb") {
-    const std::vector<double> betas = h.value("betas", std::vector<double>{0.9, 0.999});
-    s.set("beta1", betas[0]).set("beta2", betas[1]);
-    number("eps", "eps", 1e-6);
-    number("weight_decay", "weight-decay", 0.0);
-    s.set("lamb-decay-in-update", !h.value("weight_decouple", true));
-    s.set("lamb-no-bias-correction", h.value("adam_debias", false));
-    if (extra.contains("clamp")) s.set("lamb-clamp", extra["clamp"].get<double>());  // the class attribute Lamb.clamp
-  } else {
-    fail("unknown optimizer kind in the golden file: ", kind);
+// The tally settings a golden file records for a reference optimizer's step (tests/reference/tally_settings.py
+// maps the reference's keyword arguments, and its defaults, to the registry's settings where the data is made).
+inline optim::Settings settings_from_json(const nlohmann::json& j) {
+  optim::Settings s;
+  for (const auto& [name, value] : j.items()) {
+    if (value.is_boolean()) s.set(name, value.get<bool>());
+    else if (value.is_number()) s.set(name, value.get<double>());
+    else if (value.is_string()) s.set(name, value.get<std::string>());
+    else fail("golden file: tally setting '", name, "' is ", value.dump(), ", not a number, switch or word");
   }
   return s;
-}
-
-inline std::unique_ptr<optim::Optimizer> make_optimizer(const std::string& kind, const nlohmann::json& hyper,
-                                                        const nlohmann::json& extra, const std::vector<Tensor>& params) {
-  return optim::make_optimizer(kind, params, reference_settings(kind, hyper, extra));
 }
 
 // The tests of what every optimizer must do (inspection changes nothing, restored state continues bit for bit,

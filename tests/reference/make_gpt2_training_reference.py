@@ -14,7 +14,8 @@ Writes gpt2_training_golden.safetensors, next to this script:
   <opt>/delta_norm               (P,) f64: ||p_final - p_initial||_2 of every parameter, in the order of metadata
                                  "params" (HF names, wte once)
   <opt>/param/<hf name>          the final values of a few tensors (FINAL_TENSORS), HF layout (Conv1D (in, out)), f32
-Optimizers (metadata "optimizers" holds each one's hyperparameters as JSON):
+Optimizers (metadata "optimizers" holds each one's hyperparameters as JSON, "tally_settings" the tally settings of
+the same step, tests/reference/tally_settings.py):
   came       came_pytorch.CAME 0.1.3, package defaults but lr, weight decay WD on tensors of 2+ dims only
   adamw      torch.optim.AdamW, default betas/eps, weight decay WD on tensors of 2+ dims only
   adafactor  transformers' Adafactor(scale_parameter=False, relative_step=False, warmup_init=False, beta1=0.9) (the
@@ -56,6 +57,8 @@ from pytorch_optimizer import SM3, Lamb
 from safetensors.torch import save_file
 from transformers import GPT2LMHeadModel
 from transformers.optimization import Adafactor
+
+from tally_settings import tally_settings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL_DIR = os.path.join(HERE, "gpt2_tiny")
@@ -205,6 +208,7 @@ def main():
         "steps": str(STEPS),
         "clip_grad_norm": str(CLIP),
         "optimizers": json.dumps(OPTIMIZERS, sort_keys=True),
+        "tally_settings": json.dumps({k: tally_settings(k, h) for k, h in OPTIMIZERS.items()}, sort_keys=True),
         "params": json.dumps(names),
         "torch_f32_spread": json.dumps(spread, sort_keys=True),
         "torch": torch.__version__,

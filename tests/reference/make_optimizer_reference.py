@@ -18,7 +18,8 @@ Names: init/<shape>                    the starting parameter (f32)
                                            package's own state['adam_norm'] / sqrt(numel), f64
 SM3 keeps a zero momentum_buffer even without momentum, which is not recorded then (tally allocates none); Lamb's
 scalar state (weight_norm, adam_norm, trust_ratio) is not recorded as state.
-Metadata "cases" lists each case with its hyperparameters as JSON.
+Metadata "cases" lists each case with its hyperparameters as JSON, and the tally settings of the same step
+(tests/reference/tally_settings.py).
 Regenerate: python3 tests/reference/make_optimizer_reference.py   (needs torch, came-pytorch==0.1.3,
 pytorch_optimizer==4.1.0, transformers, safetensors, numpy)
 """
@@ -34,6 +35,8 @@ from pytorch_optimizer import SM3, Lamb
 from safetensors.torch import save_file
 from transformers.optimization import Adafactor
 import came_pytorch
+
+from tally_settings import tally_settings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "optimizer_reference.safetensors")
@@ -176,7 +179,8 @@ def main():
         "came_pytorch": "0.1.3",
         "pytorch_optimizer": version("pytorch_optimizer"),
         "steps": str(STEPS),
-        "cases": json.dumps({c: {"kind": k, "hyper": h, "extra": e} for c, (k, h, e) in CASES.items()}),
+        "cases": json.dumps({c: {"kind": k, "hyper": h, "extra": e, "tally": tally_settings(k, h, e)}
+                             for c, (k, h, e) in CASES.items()}),
     }
     try:
         import transformers
