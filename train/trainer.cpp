@@ -216,12 +216,20 @@ Trainer::Trainer(RunConfig config)
     parallel_ = std::make_unique<DataParallel>(comm_, c_.zero, *optimizer_, model_->parameters(), c_.reduce_dtype);
 }
 
+void check_same_flags(dist::Communicator& ranks, const std::map<std::string, std::string>& resolved) {
+  nlohmann::json flags = nlohmann::json::object();
+  for (const auto& [k, v] : resolved)
+    if (k != "out") flags[k] = v;
+  check_same_on_every_rank(ranks, flags, "--", "were started with different configurations",
+                           "Start every rank with the same flags.");
+}
+
 void Trainer::check_same_configuration() {
   // Rank 0's resolved flags to every rank, each compares them with its own: a rank started differently would
   // train another model, or stall the others in a collective of another size.
   nlohmann::json flags = c_.flags;
   flags.erase("out");
-  check_same_on_every_rank(flags, "--", "were started with different configurations",
+  check_same_on_every_rank(comm_, flags, "--", "were started with different configurations",
                            "Start every rank with the same flags.");
 }
 
@@ -235,19 +243,19 @@ void Trainer::check_same_data() {
                   (unsigned long long)p.data_sample_hash);
     return cat(p.data_tokens, " tokens in ", p.num_shards, " shard(s), sizes/sampled-tokens hashes ", hashes);
   };
-  check_same_on_every_rank({{"training data", identity(*train_loader_)}, {"validation data", identity(*val_loader_)}},
-                           "", "read different data",
-                           "Give every rank the same data (on a machine of its own, a copy of rank 0's files).");
+  check_same_on_every_rank(
+      comm_, {{"training data", identity(*train_loader_)}, {"validation data", identity(*val_loader_)}}, "",
+      "read different data", "Give every rank the same data (on a machine of its own, a copy of rank 0's files).");
 }
 
-void Trainer::check_same_on_every_rank(const nlohmann::json& mine_json, const char* key_prefix, const std::string& what,
-                                       const std::string& advice) {
+void check_same_on_every_rank(dist::Communicator& ranks, const nlohmann::json& mine_json, const char* key_prefix,
+                              const std::string& what, const std::string& advice) {
   std::string mine = mine_json.dump();
   int64_t size = int64_t(mine.size());
-  comm_.broadcast(&size, sizeof size, 0);
+  ranks.broadcast(&size, sizeof size, 0);
   std::string lead(size_t(size), '\0');
-  if (comm_.rank() == 0) lead = mine;
-  comm_.broadcast(lead.data(), size, 0);
+  if (ranks.rank() == 0) lead = mine;
+  ranks.broadcast(lead.data(), size, 0);
   const nlohmann::json theirs = nlohmann::json::parse(lead, nullptr, false);
   std::string differences;
   for (const auto& [k, v] : mine_json.items())
@@ -255,18 +263,18 @@ void Trainer::check_same_on_every_rank(const nlohmann::json& mine_json, const ch
       differences +=
           cat(" ", key_prefix, k, " ", v.dump(), " (rank 0: ", theirs.contains(k) ? theirs[k].dump() : "unset", ")");
   // Which ranks differ; every rank then names the first one's entries (rank 0 reports for the job: main's fail_with).
-  std::vector<double> differs(size_t(comm_.world()), 0.0);
-  differs[size_t(comm_.rank())] = differences.empty() ? 0 : 1;
-  comm_.all_reduce_sum(differs.data(), comm_.world());
+  std::vector<double> differs(size_t(ranks.world()), 0.0);
+  differs[size_t(ranks.rank())] = differences.empty() ? 0 : 1;
+  ranks.all_reduce_sum(differs.data(), ranks.world());
   const auto first = std::find(differs.begin(), differs.end(), 1.0);
   if (first == differs.end()) return;
   const int first_rank = int(first - differs.begin());
   int64_t first_size = int64_t(differences.size());
-  comm_.broadcast(&first_size, sizeof first_size, first_rank);
+  ranks.broadcast(&first_size, sizeof first_size, first_rank);
   differences.resize(size_t(first_size));
-  comm_.broadcast(differences.data(), first_size, first_rank);
+  ranks.broadcast(differences.data(), first_size, first_rank);
   fail("the ranks of this run ", what, " (", int(std::count(differs.begin(), differs.end(), 1.0)), " of ",
-       comm_.world(), " differ from rank 0); rank ", first_rank, " has", differences, ". ", advice);
+       ranks.world(), " differ from rank 0); rank ", first_rank, " has", differences, ". ", advice);
 }
 
 Trainer::~Trainer() = default;

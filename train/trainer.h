@@ -49,6 +49,15 @@ class TrainingStopped : public Error {
 
 // Set by SIGINT/SIGTERM: the run finishes its step, saves a checkpoint and returns.
 extern std::atomic<bool> g_stop_requested;
+
+// Every rank's `mine` against rank 0's (a collective): a tally::Error on every rank naming the first rank that
+// differs and its entries (each named key_prefix + key), "the ranks of this run <what> ... <advice>".
+void check_same_on_every_rank(dist::Communicator& ranks, const nlohmann::json& mine, const char* key_prefix,
+                              const std::string& what, const std::string& advice);
+// The flags every rank was started with (resolved: given, from --config or a resumed run, or defaults), but --out,
+// against rank 0's: checked before any rank resolves its data, since ranks of different --text would tokenize into
+// one OUT/data at once.
+void check_same_flags(dist::Communicator& ranks, const std::map<std::string, std::string>& resolved);
 void install_stop_handlers();
 
 // Refuses (tally::Error) a new run into `out` when it holds a run: its log or a checkpoint.
@@ -84,10 +93,6 @@ class Trainer {
   // Resolved flags compared over the ranks: refuses (naming the flags) a rank started differently from rank 0.
   void check_same_configuration();
   void check_same_data();
-  // Every rank's `mine` against rank 0's (a collective): a tally::Error on every rank naming the first rank that
-  // differs and its entries (each named key_prefix + key), "the ranks of this run <what> ... <advice>".
-  void check_same_on_every_rank(const nlohmann::json& mine, const char* key_prefix, const std::string& what,
-                                const std::string& advice);
 
   RunConfig c_;
   dist::Communicator& comm_;                  // the ranks of a data-parallel run (one: a single process)

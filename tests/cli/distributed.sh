@@ -246,6 +246,14 @@ env -u OMP_NUM_THREADS "${mpi[@]}" --bind-to none -np 2 "$tally" train "${unboun
   -np 1 "$tally" train "${common[@]}" --steps 2 --lr 2e-3 --out "$work/mix" >"$work/o" 2>&1 && fail "mismatched ranks ran"
 grep -q 'different configurations (1 of 2 differ from rank 0); rank 1 has --lr "2e-3" (rank 0: "1e-3")' "$work/o" ||
   fail "mismatch message: $(tail -5 "$work/o")"
+# Ranks given different --text are refused before either tokenizes (both would write one OUT/data at once).
+echo "the first rank's text" >"$work/ta.txt" && echo "the second rank's text" >"$work/tb.txt"
+"${mpi[@]}" -np 1 "$tally" train "${base[@]}" --text "$work/ta.txt" --steps 1 --out "$work/mixtext" : \
+  -np 1 "$tally" train "${base[@]}" --text "$work/tb.txt" --steps 1 --out "$work/mixtext" >"$work/o" 2>&1 &&
+  fail "ranks of different --text ran"
+grep -q "different configurations (1 of 2 differ from rank 0); rank 1 has --text \"$work/tb.txt\"" "$work/o" ||
+  fail "different --text: $(tail -5 "$work/o")"
+[ ! -e "$work/mixtext/data" ] || fail "ranks of different --text tokenized: $(ls -A "$work/mixtext/data")"
 # The same flags naming different data (a relative path, each rank in a directory of its own): refused, naming it.
 mkdir -p "$work/da" "$work/db"
 python3 - "$work" <<'PY'
