@@ -1,7 +1,7 @@
 // Device parsing and printing; CUDA presence when the backend is not built.
 #include "core/device.h"
 
-#include <cstdlib>
+#include <string>
 
 #include "core/error.h"
 
@@ -12,11 +12,10 @@ Device Device::parse(const std::string& s) {
   if (s == "meta") return meta();
   if (s == "meta:cuda") return meta(DeviceKind::cuda);
   if (s == "cuda") return cuda(0);
-  if (s.rfind("cuda:", 0) == 0) {
-    char* end = nullptr;
-    long i = std::strtol(s.c_str() + 5, &end, 10);
-    if (end && *end == '\0' && s.size() > 5 && i >= 0) return cuda(int(i));
-  }
+  // "cuda:N": N in decimal digits only (no sign, no space), small enough for an int.
+  if (const std::string n = s.rfind("cuda:", 0) == 0 ? s.substr(5) : "";
+      !n.empty() && n.size() <= 6 && n.find_first_not_of("0123456789") == std::string::npos)
+    return cuda(std::stoi(n));
   fail("unknown device '", s, "' (expected cpu, cuda or cuda:N)");
 }
 

@@ -337,6 +337,7 @@ int cmd_eval(const Args& args) {
   const int threads = thread_count(f);
   Device device = device_flag(f);
   const DType dtype = dtype_flag(f, device);
+  use_f32_matmul(f);
   const int64_t B = f.integer("batch");
   int64_t T = f.given("seq") ? f.integer("seq") : 0;  // 0: the model's block size, once it is loaded
   if (B < 1 || (f.given("seq") && T < 1)) throw FlagError("--batch and --seq must be positive");
@@ -464,6 +465,7 @@ int cmd_sample(const Args& args) {
   if (top_k < 0 || tokens < 0) throw FlagError("--top-k and --tokens must be >= 0");
   const Device device = device_flag(f);
   const DType dtype = dtype_flag(f, device);
+  use_f32_matmul(f);
   require_usable(device);
   auto model = load_model_file(f.str("checkpoint"), device, dtype);
   const models::GPT2Config config = model->config();

@@ -124,6 +124,7 @@ RunConfig run_config_unchecked(const Flags& f, DataResolution data, int32_t worl
   c.shuffle = !f.on("no-shuffle");
   c.device = device_flag(f);
   c.dtype = dtype_flag(f, c.device);
+  use_f32_matmul(f);
   c.threads = thread_count(f);
   if (c.warmup < 0 || c.val_batches < 1 || c.max_bad_steps < 1 || c.keep_last < 0)
     throw FlagError("--warmup, --keep-last must be >= 0; --val-batches, --max-bad-steps >= 1");

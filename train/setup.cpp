@@ -22,6 +22,10 @@
 #include "train/checkpoint.h"
 #include "train/run_state.h"
 
+#ifdef TALLY_HAS_CUDA
+#include "core/cuda/runtime.h"
+#endif
+
 namespace fs = std::filesystem;
 
 namespace tally::train {
@@ -169,7 +173,22 @@ FlagSpec model_file_flag() {
 }
 
 std::vector<FlagSpec> device_flags(const std::string& dtype_help) {
-  return {{"device", "cpu | cuda", "cpu"}, {"dtype", dtype_help, "f32"}};
+  return {{"device", "cpu | cuda", "cpu"},
+          {"dtype", dtype_help, "f32"},
+          {"f32-matmul",
+           "CUDA with --dtype f32: tf32 (matrix products on TF32 tensor cores: inputs rounded to 10 mantissa bits, "
+           "f32 sums, about 3e-4 relative error, as PyTorch's allow_tf32) | strict (full f32 products, slower); the "
+           "CPU's are f32",
+           "tf32"}};
+}
+
+void use_f32_matmul(const Flags& f) {
+  const std::string mode = f.str("f32-matmul");
+  if (mode != "tf32" && mode != "strict")
+    throw FlagError(cat("--f32-matmul must be tf32 or strict, got '", mode, "'", f.origin("f32-matmul")));
+#ifdef TALLY_HAS_CUDA
+  cuda::set_fp32_matmul(mode == "strict" ? cuda::Fp32Matmul::strict : cuda::Fp32Matmul::tf32);
+#endif
 }
 
 Device device_flag(const Flags& f) {
@@ -187,7 +206,10 @@ DType dtype_flag(const Flags& f, Device device) {
   const std::string dtype = f.str("dtype");
   if (dtype != "f32" && dtype != "bf16") throw FlagError("--dtype must be f32 or bf16, got '" + dtype + "'");
   if (dtype == "bf16" && !device.is_cuda())
-    throw FlagError("--dtype bf16 computes on CUDA only: add --device cuda, or use f32 on the CPU");
+    throw FlagError(f.given("resume") ? "--resume: the run trains with --dtype bf16, which computes on CUDA only: "
+                                        "resume it with --device cuda (eval, sample and export read its checkpoints "
+                                        "on the CPU)"
+                                      : "--dtype bf16 computes on CUDA only: add --device cuda, or use f32 on the CPU");
   return dtype == "bf16" ? DType::bf16 : DType::f32;
 }
 
@@ -198,7 +220,11 @@ void require_usable(Device device) {
 #else
   constexpr const char* kBuiltWithCuda = "no: configure with -DTALLY_CUDA=ON";
 #endif
-  TALLY_CHECK(cuda_available(), "--device cuda: no CUDA device is available (built with CUDA: ", kBuiltWithCuda, ")");
+  TALLY_CHECK(cuda_available(), "--device ", device.str(),
+              ": no CUDA device is available (built with CUDA: ", kBuiltWithCuda, ")");
+  const int count = cuda_device_count();
+  TALLY_CHECK(device.index < count, "--device ", device.str(), ": this machine has ", count, " CUDA device",
+              count == 1 ? " (cuda:0)" : cat("s (cuda:0 to cuda:", count - 1, ")"));
 }
 
 int64_t accumulation_of(const Flags& f, int64_t batch, int64_t seq, int64_t world) {
@@ -398,7 +424,7 @@ void remove_stale_tokenizing(const fs::path& cache_dir) {
   const fs::path dir = cache_dir / "data";
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return;
-  io::remove_stale_temporaries_in(dir);
+  for (const char* name : {"train.bin", "val.bin", "source.txt"}) io::remove_stale_temporaries_of(dir / name);
   constexpr std::string_view kAside = ".tokenizing-";  // from_text's directory of a text tokenized aside
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     const std::string name = e.path().filename().string();

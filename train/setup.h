@@ -62,6 +62,8 @@ std::vector<FlagSpec> device_flags(const std::string& dtype_help);
 // The flags' device (meta refused: it is for planning) and dtype; a bad value or combination is a FlagError.
 Device device_flag(const Flags& flags);
 DType dtype_flag(const Flags& flags, Device device);
+// --f32-matmul: how CUDA's f32 matrix products run, for the whole process (cuda::set_fp32_matmul).
+void use_f32_matmul(const Flags& flags);
 // Refuses a device this process cannot compute on: for CUDA, a GPU must be present and the binary built with CUDA
 // (a tally::Error saying which is missing).
 void require_usable(Device device);

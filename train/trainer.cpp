@@ -132,7 +132,7 @@ Trainer::Trainer(RunConfig config)
   // Every rank has resolved its data by now (the check above is a collective): what a killed process left half
   // written in the run directory and its data goes (the last checkpoint's own temporaries go as it saves).
   if (comm_.rank() == 0) {
-    io::remove_stale_temporaries_in(c_.out);
+    for (const char* name : {"config.json", "log.jsonl", "report.html"}) io::remove_stale_temporaries_of(c_.out / name);
     remove_stale_tokenizing(c_.out);
   }
   held_before_ = c_.device.is_cuda() && !cuda_available() ? 0 : ledger(c_.device).total().live_held;
@@ -216,22 +216,15 @@ Trainer::Trainer(RunConfig config)
     parallel_ = std::make_unique<DataParallel>(comm_, c_.zero, *optimizer_, model_->parameters(), c_.reduce_dtype);
 }
 
-void check_same_flags(dist::Communicator& ranks, const std::map<std::string, std::string>& resolved) {
-  nlohmann::json flags = nlohmann::json::object();
-  for (const auto& [k, v] : resolved)
-    if (k != "out") flags[k] = v;
+void check_same_flags(dist::Communicator& ranks, nlohmann::json flags) {
+  // Rank 0's flags to every rank, each compares them with its own: a rank started differently would train another
+  // model, or stall the others in a collective of another size.
+  flags.erase("out");
   check_same_on_every_rank(ranks, flags, "--", "were started with different configurations",
                            "Start every rank with the same flags.");
 }
 
-void Trainer::check_same_configuration() {
-  // Rank 0's resolved flags to every rank, each compares them with its own: a rank started differently would
-  // train another model, or stall the others in a collective of another size.
-  nlohmann::json flags = c_.flags;
-  flags.erase("out");
-  check_same_on_every_rank(comm_, flags, "--", "were started with different configurations",
-                           "Start every rank with the same flags.");
-}
+void Trainer::check_same_configuration() { check_same_flags(comm_, c_.flags); }
 
 void Trainer::check_same_data() {
   // The same flags may name different files (a relative path, a stale copy on one machine): each rank's data as
@@ -590,6 +583,10 @@ RunSummary Trainer::run() {
       "(%s)\n",
       (long long)c_.batch, (long long)c_.seq, (long long)c_.accumulation, (long long)c_.steps, c_.schedule.c_str(),
       (long long)c_.warmup, omp_get_max_threads(), waiting.empty() ? "OMP_WAIT_POLICY unset" : waiting.c_str());
+  if (c_.device.is_cuda() && c_.dtype == DType::f32)  // what --dtype f32 computes in, said (PyTorch's allow_tf32)
+    std::printf("f32 matrix products: %s\n", c_.flags.value("f32-matmul", "tf32") == "strict"
+                                                 ? "full f32 (--f32-matmul strict)"
+                                                 : "on TF32 tensor cores (--f32-matmul strict for full f32)");
   if (const int64_t held = val_loader_->batches_per_epoch(); c_.val_batches > held)  // evaluate() takes what there is
     std::printf("validation: %lld batches, not --val-batches %lld: the validation data holds %lld of %lld x %lld\n",
                 (long long)held, (long long)c_.val_batches, (long long)held, (long long)c_.batch, (long long)c_.seq);

@@ -54,10 +54,10 @@ extern std::atomic<bool> g_stop_requested;
 // differs and its entries (each named key_prefix + key), "the ranks of this run <what> ... <advice>".
 void check_same_on_every_rank(dist::Communicator& ranks, const nlohmann::json& mine, const char* key_prefix,
                               const std::string& what, const std::string& advice);
-// The flags every rank was started with (resolved: given, from --config or a resumed run, or defaults), but --out,
-// against rank 0's: checked before any rank resolves its data, since ranks of different --text would tokenize into
-// one OUT/data at once.
-void check_same_flags(dist::Communicator& ranks, const std::map<std::string, std::string>& resolved);
+// The flags every rank was started with (a JSON object of name: value), but --out, against rank 0's. train and
+// compare check those resolved from the command line before any rank resolves its data (ranks of different --text
+// would tokenize into one OUT/data at once); the Trainer checks its run's configuration again.
+void check_same_flags(dist::Communicator& ranks, nlohmann::json flags);
 void install_stop_handlers();
 
 // Refuses (tally::Error) a new run into `out` when it holds a run: its log or a checkpoint.

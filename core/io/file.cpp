@@ -474,16 +474,6 @@ void remove_stale_temporaries_of(const fs::path& path) {
   }
 }
 
-void remove_stale_temporaries_in(const fs::path& dir) {
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    const std::string name = e.path().filename().string();
-    const size_t tmp = name.rfind(".tmp.");
-    if (tmp == std::string::npos || tmp == 0) continue;
-    if (writer_is_gone(std::string_view(name).substr(tmp + 5)) && e.is_regular_file(ec)) fs::remove(e.path(), ec);
-  }
-}
-
 bool writer_is_gone(std::string_view pid) {
   if (pid.empty() || pid.size() > 9 || pid.find_first_not_of("0123456789") != std::string_view::npos) return false;
   const long id = std::stol(std::string(pid));

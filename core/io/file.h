@@ -132,8 +132,6 @@ void write_file_atomic(const std::filesystem::path& path, std::string_view text)
 // Removes the temp files ("<path>.tmp.<pid>") that writers of `path` left when their process died while writing
 // (SIGKILL, power loss); those of live processes stay.
 void remove_stale_temporaries_of(const std::filesystem::path& path);
-// The same for every file of `dir` ("<name>.tmp.<pid>" whose writer is gone).
-void remove_stale_temporaries_in(const std::filesystem::path& dir);
 // True when `pid` (the decimal digits a temporary's name ends with) names no live process: its writer died while
 // writing. False for anything else, a live process's and text that is not a pid included.
 bool writer_is_gone(std::string_view pid);

@@ -62,6 +62,17 @@ TEST_CASE("bf16: tally train --dtype bf16 needs --device cuda") {
   train::Flags f("train", "", train::train_flags());
   f.parse({"--model", "tiny", "--dtype", "bf16"});
   CHECK_THROWS_WITH_AS(train::run_config(f), doctest::Contains("--dtype bf16 computes on CUDA only"), train::FlagError);
+  train::Flags m("train", "", train::train_flags());
+  m.parse({"--model", "tiny", "--f32-matmul", "fast"});
+  CHECK_THROWS_WITH_AS(train::run_config(m), doctest::Contains("--f32-matmul must be tf32 or strict, got 'fast'"),
+                       train::FlagError);
+  // A resumed bf16 run (its --dtype saved, not given now) is told to resume on CUDA, not to change its dtype.
+  train::Flags r("train", "", train::train_flags());
+  r.parse({"--resume", "run", "--dtype", "bf16"});
+  CHECK_THROWS_WITH_AS(train::dtype_flag(r, Device::cpu()),
+                       doctest::Contains("--resume: the run trains with --dtype bf16, which computes on CUDA only: "
+                                         "resume it with --device cuda"),
+                       train::FlagError);
   train::Flags g("train", "", train::train_flags());
   g.parse({"--model", "tiny", "--dtype", "f16"});
   CHECK_THROWS_WITH_AS(train::run_config(g), doctest::Contains("--dtype must be f32 or bf16"), train::FlagError);

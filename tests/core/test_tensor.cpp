@@ -213,6 +213,10 @@ TEST_CASE("device parsing") {
   CHECK(Device::parse("cuda:1") == Device::cuda(1));
   CHECK(Device::parse("cuda").str() == "cuda:0");
   CHECK_THROWS_WITH_AS(Device::parse("tpu"), doctest::Contains("unknown device 'tpu'"), Error);
+  CHECK(Device::parse("cuda:12") == Device::cuda(12));
+  // Decimal digits only, within an int: not wrapped (2^32 is not cuda:0), no sign, no space, no suffix.
+  for (const char* bad : {"cuda:4294967296", "cuda:", "cuda: 1", "cuda:+1", "cuda:-1", "cuda:1x", "cuda:1.0"})
+    CHECK_THROWS_WITH_AS(Device::parse(bad), doctest::Contains(cat("unknown device '", bad, "'").c_str()), Error);
 }
 
 }  // TEST_SUITE
