@@ -3,6 +3,7 @@
 #include "models/checkpoint_llmc.h"
 
 #include <array>
+#include <string_view>
 
 #include "core/io/file.h"
 #include "models/checkpoint_common.h"
@@ -139,6 +140,10 @@ std::unique_ptr<GPT2> load_llmc_from_memory(std::span<const uint8_t> file, const
   return load_image(name, file.data(), file.size(), options);
 }
 
+namespace {
+constexpr int64_t kLlmcVocabMultiple = 128;  // llm.c's pad_vocab
+}  // namespace
+
 void save_llmc(const GPT2& model, const std::filesystem::path& path, LlmcPrecision precision) {
   TALLY_CHECK(!model.device().is_meta(), "[llmc] cannot save '", path.string(), "': the model is on the meta device");
   const GPT2Config& c = model.config();
@@ -154,20 +159,26 @@ void save_llmc(const GPT2& model, const std::filesystem::path& path, LlmcPrecisi
   h[4] = int32_t(c.n_layer);
   h[5] = int32_t(c.n_head);
   h[6] = int32_t(c.n_embd);
-  h[7] = int32_t(c.padded_vocab_size);
+  // llm.c writes its vocabulary padded to a multiple of 128 rows, which its CUDA kernels read with 16-byte loads: a
+  // model kept unpadded (--no-vocab-pad) is written with zero rows up to the next multiple, as llm.c would write it.
+  const int64_t Vp = (c.padded_vocab_size + kLlmcVocabMultiple - 1) / kLlmcVocabMultiple * kLlmcVocabMultiple;
+  h[7] = int32_t(Vp);
   io::AtomicFileWriter out(path);
   out.write(h.data(), sizeof h);
-  for (const Slot& slot : layout(model))
-    for (const Tensor& part : slot.parts) {
-      std::vector<float> v = detail::values_of<float>(part);
-      if (precision == LlmcPrecision::f32) {
-        out.write(v.data(), v.size() * sizeof(float));
-      } else {
-        std::vector<uint16_t> b(v.size());
-        for (size_t i = 0; i < v.size(); ++i) b[i] = float_to_bf16(v[i]).bits;
-        out.write(b.data(), b.size() * sizeof(uint16_t));
-      }
+  auto write_values = [&](const std::vector<float>& v) {
+    if (precision == LlmcPrecision::f32) {
+      out.write(v.data(), v.size() * sizeof(float));
+    } else {
+      std::vector<uint16_t> b(v.size());
+      for (size_t i = 0; i < v.size(); ++i) b[i] = float_to_bf16(v[i]).bits;
+      out.write(b.data(), b.size() * sizeof(uint16_t));
     }
+  };
+  for (const Slot& slot : layout(model)) {
+    for (const Tensor& part : slot.parts) write_values(detail::values_of<float>(part));
+    if (std::string_view(slot.name) == "wte")
+      write_values(std::vector<float>(size_t((Vp - c.padded_vocab_size) * c.n_embd), 0.0f));
+  }
   out.commit();
 }
 

@@ -1,7 +1,9 @@
 // llm.c's GPT-2 model file (see docs/formats.md): a 256 x int32 header (magic 20240326, version 3 = fp32 or 5 = bf16,
-// maxT, V, L, NH, C, Vp) then 16 tensors with the per-layer ones stacked over all L layers and Linear weights (out, in),
-// wte padded to Vp rows. Files written here load in llm.c and vice versa (the padded vocabulary is whatever the model
-// has: llm.c reads Vp from the header). Errors name the file and the problem. Not here: optimizer state, tokens.
+// maxT, V, L, NH, C, Vp) then 16 tensors with the per-layer ones stacked over all L layers and Linear weights (out,
+// in), wte padded to Vp rows. Files written here load in llm.c and vice versa: read, Vp is whatever the file has (llm.c
+// reads it from the header too); written, the model's padded to a multiple of 128 with zero rows, as llm.c writes it
+// (a model kept unpadded gets them in the file only). Errors name the file and the problem. Not here: optimizer
+// state, tokens.
 #pragma once
 #include <filesystem>
 #include <memory>

@@ -28,6 +28,11 @@
 #include "train/flags.h"
 #include "train/run_state.h"
 
+#ifdef TALLY_HAS_CUDA
+#include "core/kernels/cuda/attention_cudnn.h"
+#include "core/kernels/cuda/linear_epilogues.h"
+#endif
+
 namespace fs = std::filesystem;
 
 namespace tally::train {
@@ -112,6 +117,27 @@ void install_stop_handlers() {
   if (sigaction(SIGHUP, nullptr, &hup) == 0 && !(hup.sa_flags & SA_SIGINFO) && hup.sa_handler != SIG_IGN)
     sigaction(SIGHUP, &sa, nullptr);
 }
+
+namespace {
+
+// A faster CUDA path switched on in the environment (each stays off until a GPU has compared it with the default):
+// whether the first step took it, or why not (its last problem's answer), so that a run never falls back unseen.
+void note_cuda_paths_taken(DType dtype) {
+#ifdef TALLY_HAS_CUDA
+  auto note = [](const char* variable, const std::string& refusal) {
+    const char* value = std::getenv(variable);
+    if (value && std::strcmp(value, "1") == 0)
+      std::printf("%s=1: %s\n", variable, refusal.empty() ? "used" : cat("not used: ", refusal).c_str());
+  };
+  note("TALLY_CUDNN_ATTENTION", dtype == DType::bf16 ? kernels::cuda::cudnn_attention_last_refusal()
+                                                     : std::string("bf16 attention only (this run computes in f32)"));
+  note("TALLY_CUBLASLT_EPILOGUES", kernels::cuda::linear_epilogues_last_refusal());
+#else
+  (void)dtype;
+#endif
+}
+
+}  // namespace
 
 // ---- the trainer ----
 
@@ -371,6 +397,7 @@ StepRecord Trainer::train_step(int64_t step) {
     const MemoryFigures m = measure(ledger_now, *optimizer_);
     std::printf("after step %lld, measured beside predicted:\n%s\n", (long long)step, format_plan(predicted_, &m).c_str());
     if (log_) log_->memory(step, predicted_, m);
+    if (c_.device.is_cuda()) note_cuda_paths_taken(c_.dtype);
   }
   if (first && parallel_ && log_) {
     // What the step handed to the collectives beside the plan: a skipped step neither updates nor gathers.
@@ -573,6 +600,8 @@ RunSummary Trainer::run() {
   check_before_run();
   RunSummary s;
   faults_ = {.nan_at_step = faults::nan_at_step(), .oom_at_step = faults::oom_at_step()};
+  if (faults_.oom_at_step > 0 && !c_.device.is_cpu())
+    std::printf("TALLY_FAULT_OOM_AT_STEP: ignored on %s (it fails the CPU's allocations)\n", c_.device.str().c_str());
   if (!resume_note_.empty()) std::printf("%s\n", resume_note_.c_str());
   std::printf("model: GPT-2 %s, %s parameters | optimizer: %s lr %.3g wd %.3g | data: %s\n",
               c_.model.str().c_str(), format_count(model_->num_parameters()).c_str(), c_.optimizer.name.c_str(),

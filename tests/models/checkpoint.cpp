@@ -3,6 +3,7 @@
 // no prefix, mask buffers, a stored tied head; and the errors for untied heads, unknown or missing tensors).
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <filesystem>
@@ -61,6 +62,26 @@ TEST_CASE("llm.c file: fp32 round trip is exact, header fields as in llm.c") {
   GPT2 target(test::tiny_config(), {.seed = 99});
   load_llmc_into(target, dir / "m.bin");
   check_same_parameters(model, target);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("llm.c file: an unpadded model is written padded to a multiple of 128 rows, as llm.c writes it") {
+  auto dir = test::temp_dir("llmc_unpadded");
+  GPT2Config c = test::tiny_config();
+  c.padded_vocab_size = c.vocab_size;  // 500, as --no-vocab-pad keeps it
+  GPT2 model(c, {.seed = 23});
+  save_llmc(model, dir / "m.bin");
+  std::vector<uint8_t> bytes = file_bytes(dir / "m.bin");
+  std::array<int32_t, 8> h{};
+  std::memcpy(h.data(), bytes.data(), sizeof h);
+  CHECK(h[3] == 500);
+  CHECK(h[7] == 512);
+  CHECK(bytes.size() == 1024 + 4 * size_t(c.num_parameters() + 12 * c.n_embd));
+  auto back = load_llmc(dir / "m.bin");
+  REQUIRE(back->config().padded_vocab_size == 512);
+  const std::vector<float> wte = model.wte.weight().to_vector<float>(), read = back->wte.weight().to_vector<float>();
+  CHECK(std::equal(wte.begin(), wte.end(), read.begin()));
+  CHECK(std::all_of(read.begin() + std::ptrdiff_t(wte.size()), read.end(), [](float x) { return x == 0.0f; }));
   std::filesystem::remove_all(dir);
 }
 
