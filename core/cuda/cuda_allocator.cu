@@ -38,9 +38,13 @@ class DeviceGuard {
   bool switched_ = false;
 };
 
+// TALLY_CUDA_ALLOCATOR: unset, empty or "cached" (the default), or "direct"; a typo is refused, not taken for the
+// default.
 CudaAllocatorMode mode_from_environment() {
   const char* e = std::getenv("TALLY_CUDA_ALLOCATOR");
-  return (e && std::strcmp(e, "direct") == 0) ? CudaAllocatorMode::direct : CudaAllocatorMode::cached;
+  if (!e || e[0] == '\0' || std::strcmp(e, "cached") == 0) return CudaAllocatorMode::cached;
+  if (std::strcmp(e, "direct") == 0) return CudaAllocatorMode::direct;
+  fail("environment variable TALLY_CUDA_ALLOCATOR='", e, "': set it to cached (the default) or direct");
 }
 
 class CachingAllocator final : public Allocator {

@@ -9,6 +9,7 @@
 
 #include "core/cuda/common.cuh"
 #include "core/cuda/cuda_allocator.h"
+#include "core/cuda/env_switch.h"
 #include "core/device.h"
 #include "core/ledger.h"
 #include "core/wait.h"
@@ -69,11 +70,9 @@ DeviceState& state(int device) {
 
 std::atomic<uint8_t> g_fp32_matmul{uint8_t(Fp32Matmul::tf32)};
 
-int initial_launch_sync() {
-  const char* e = std::getenv("TALLY_CUDA_SYNC");
-  return (e && std::strcmp(e, "0") != 0 && e[0] != '\0') ? int(LaunchSync::after_each_kernel) : int(LaunchSync::async);
-}
-std::atomic<int> g_launch_sync{initial_launch_sync()};
+// TALLY_CUDA_SYNC=1: a wait after each kernel (a fault is reported by the kernel that caused it). Read on first use
+// (env_on refuses a value other than 0 or 1 by throwing, which static initialisation could not report).
+EnvSwitch g_sync_after_each_kernel{"TALLY_CUDA_SYNC"};
 
 void init_stream(DeviceState& s, int device) {
   TALLY_CUDA_CHECK("cuda", cudaStreamCreateWithFlags(&s.stream, cudaStreamDefault));
@@ -191,7 +190,7 @@ void check_launch(const char* kernel, const char* file, int line) {
   if (err != cudaSuccess)
     fail("[", kernel, "] kernel launch failed: ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ") at ", file,
          ":", line);
-  if (g_launch_sync.load(std::memory_order_relaxed) == int(LaunchSync::after_each_kernel)) {
+  if (g_sync_after_each_kernel.on()) {
     cudaStream_t s = stream();
     err = wait_status(kernel, [s] { return cudaStreamQuery(s); }, [s] { return cudaStreamSynchronize(s); });
     if (err != cudaSuccess)
@@ -200,7 +199,9 @@ void check_launch(const char* kernel, const char* file, int line) {
   }
 }
 
-void set_launch_sync(LaunchSync mode) { g_launch_sync.store(int(mode)); }
+void set_launch_sync(LaunchSync mode) {
+  mode == LaunchSync::after_each_kernel ? g_sync_after_each_kernel.turn_on() : g_sync_after_each_kernel.turn_off();
+}
 
 int64_t host_waits() { return g_host_waits.load(); }
 
