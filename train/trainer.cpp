@@ -476,9 +476,15 @@ fs::path Trainer::write_checkpoint(int64_t step, train::CheckpointContent c, con
 void Trainer::resume(const fs::path& dir_in) {
   fs::path dir = dir_in;
   std::vector<fs::path> older;  // a run directory's other checkpoints, named when its latest does not load
+  std::string incomplete;       // later step directories without a manifest (a save cut short), said
   if (!fs::exists(dir / "manifest.json")) {
     std::vector<fs::path> all = train::checkpoints_newest_first(dir);
     TALLY_CHECK(!all.empty(), "--resume '", dir.string(), "': no complete checkpoint there");
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir, ec))
+      if (train::checkpoint_step(e.path()) > train::checkpoint_step(all.front()) &&
+          !fs::exists(e.path() / "manifest.json"))
+        incomplete += cat(incomplete.empty() ? "" : ", ", e.path().filename().string());
     dir = all.front();
     older.assign(all.begin() + 1, all.end());
   }
@@ -530,6 +536,10 @@ void Trainer::resume(const fs::path& dir_in) {
   last_saved_ = dir;  // good once the first step after it trains finitely
   last_saved_step_ = rs.step;
   resume_note_ = cat("resumed from ", dir.string(), " at step ", start_step_,
+                     incomplete.empty() ? ""
+                                        : cat(" (", incomplete,
+                                              " there has no manifest.json: a save cut short, "
+                                              "not a checkpoint; replaced when its step is saved again)"),
                      rs.world == comm_.world() ? ""
                                                : cat(" (saved by ", rs.world, " rank(s), continued by ", comm_.world(),
                                                      ": the data resumes exactly where it stopped)"));

@@ -86,6 +86,14 @@ PY
 grep -q "log.jsonl: no record of steps 2-4: its training records end at step 1, and the checkpoint holds step 4" \
   "$work/o" || fail "no note of the steps missing from the log: $(grep log.jsonl "$work/o")"
 
+# A later step directory without its manifest (a save cut short) is named at a resume from the one before.
+"$tally" train "${common[@]}" --steps 4 --save-every 2 --keep-last 5 --out "$work/cut" >"$work/o" 2>&1 ||
+  fail "train --save-every 2: $(tail -3 "$work/o")"
+rm "$work/cut/step-00000004/manifest.json"
+"$tally" train --resume "$work/cut" --steps 5 >"$work/o" 2>&1 || fail "resume past a cut save: $(tail -3 "$work/o")"
+grep -q "resumed from $work/cut/step-00000002 at step 2 (step-00000004 there has no manifest.json: a save cut short" \
+  "$work/o" || fail "the cut save was not named: $(grep resumed "$work/o")"
+
 # What a killed process left half written (a tokenizing's temp shard and its aside directory, a config's temp) goes
 # when the next run takes the directory; a live process's would stay.
 gone=$(sh -c 'echo $$')
