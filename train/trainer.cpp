@@ -504,8 +504,11 @@ void Trainer::resume(const fs::path& dir_in) {
   TALLY_CHECK(train::model_config_json(saved_model) == train::model_config_json(c_.model), "--resume '", dir.string(),
               "': the checkpoint's model ", train::model_config_json(rs.model).dump(), " differs from this run's ",
               train::model_config_json(c_.model).dump(),
-              " (a resumed run keeps its model: leave out the model flags; to train another model from these weights, "
-              "start a new run with --init)");
+              c_.model_flags_with_init.empty()
+                  ? " (no model flag was given: the checkpoint's state.json and the run's config.json disagree, one of "
+                    "them changed since the run saved them)"
+                  : " (a resumed run keeps its model: leave out the model flags; to train another model from these "
+                    "weights, start a new run with --init)");
   TALLY_CHECK(rs.optimizer_kind == optimizer_->kind(), "--resume '", dir.string(),
               "': the checkpoint was trained with --optimizer ", rs.optimizer_kind, ", this run has --optimizer ",
               optimizer_->kind(), " (resume with the same --optimizer; to go on with ", optimizer_->kind(),
