@@ -1,7 +1,7 @@
 // `tally train`: trains a GPT-2 (default: the d4 preset on Tiny Shakespeare with CAME, on the CPU), printing the
 // exact memory plan first and the measured figures beside it after step 1, a progress line, evaluations and
-// samples; writes DIR/log.jsonl, DIR/config.json, checkpoints and DIR/report.html (train/report.h). SIGINT/SIGTERM
-// finish the step and save.
+// samples; writes DIR/log.jsonl, DIR/config.json, checkpoints and DIR/report.html (train/report.h).
+// SIGINT/SIGTERM/SIGHUP finish the step and save.
 #include <cstdio>
 #include <fstream>
 

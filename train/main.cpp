@@ -127,6 +127,8 @@ int fail_with(const std::string& message, int code) {
   // A failed command has nothing to save: a stop signal (mpirun ending the job) ends it, unacknowledged.
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGTERM, SIG_DFL);
+  if (struct sigaction hup{}; sigaction(SIGHUP, nullptr, &hup) == 0 && hup.sa_handler != SIG_IGN)
+    std::signal(SIGHUP, SIG_DFL);  // (not under nohup)
   // What the command printed before it failed comes first where both streams go to one file.
   std::fflush(stdout);
   if (tally::dist::launched_by_mpi() && tally::dist::launcher_rank() != 0)

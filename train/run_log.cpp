@@ -88,7 +88,12 @@ void RunLog::write(const json& record) {
 }
 
 void RunLog::sync() {
-  TALLY_CHECK(std::fflush(file_) == 0 && ::fsync(::fileno(file_)) == 0, "cannot write '", path_.string(),
+  TALLY_CHECK(std::fflush(file_) == 0, "cannot write '", path_.string(), "': ", std::system_category().message(errno));
+  int rc = 0;
+  do rc = ::fsync(::fileno(file_));
+  while (rc != 0 && errno == EINTR);  // a stop signal during the sync (no SA_RESTART)
+  // A log that cannot be synced (a pipe, /dev/null, a read-only mount's quirk) is written all the same.
+  TALLY_CHECK(rc == 0 || errno == EINVAL || errno == EROFS, "cannot write '", path_.string(),
               "': ", std::system_category().message(errno));
 }
 

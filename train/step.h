@@ -29,8 +29,8 @@ struct StepPlan {
   double grad_clip = 1.0;     // global-norm clip (0: off)
   bool poison_loss = false;   // fault injection (core/faults.h): the step's loss reads as NaN
   DataParallel* parallel = nullptr;  // data-parallel over ranks, or null: one process
-  // A request to stop after this step (SIGINT/SIGTERM), or null. Data-parallel, it is read when the loss is summed
-  // over the ranks and summed with it, so that every rank stops after the same step.
+  // A request to stop after this step (SIGINT/SIGTERM/SIGHUP), or null. Data-parallel, it is read when the loss is
+  // summed over the ranks and summed with it, so that every rank stops after the same step.
   const std::atomic<bool>* stop_requested = nullptr;
 };
 

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <exception>
 #include <fstream>
+#include <set>
 #include <thread>
 
 #include "core/allocator.h"
@@ -54,6 +55,15 @@ void on_stop_signal(int sig) {
   const ssize_t ignored = ::write(STDERR_FILENO, note, std::strlen(note));
   (void)ignored;
   if (again) io::die_by_signal(sig);  // delivered as this handler returns
+}
+
+// The reader of stdout gone (tally train | head, a terminal closed under tee): a stop request as SIGINT's, without
+// its second-signal meaning, since every later write raises SIGPIPE again (and fails, which printing ignores).
+void on_broken_pipe(int) {
+  if (!g_stop_requested.exchange(true)) {
+    const ssize_t ignored = ::write(STDERR_FILENO, g_stop_note, std::strlen(g_stop_note));
+    (void)ignored;
+  }
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -116,6 +126,10 @@ void install_stop_handlers() {
   struct sigaction hup {};
   if (sigaction(SIGHUP, nullptr, &hup) == 0 && !(hup.sa_flags & SA_SIGINFO) && hup.sa_handler != SIG_IGN)
     sigaction(SIGHUP, &sa, nullptr);
+  struct sigaction pipe {};
+  pipe.sa_handler = on_broken_pipe;
+  sigemptyset(&pipe.sa_mask);
+  sigaction(SIGPIPE, &pipe, nullptr);
 }
 
 namespace {
@@ -504,11 +518,9 @@ void Trainer::resume(const fs::path& dir_in) {
   TALLY_CHECK(train::model_config_json(saved_model) == train::model_config_json(c_.model), "--resume '", dir.string(),
               "': the checkpoint's model ", train::model_config_json(rs.model).dump(), " differs from this run's ",
               train::model_config_json(c_.model).dump(),
-              c_.model_flags_with_init.empty()
-                  ? " (no model flag was given: the checkpoint's state.json and the run's config.json disagree, one of "
-                    "them changed since the run saved them)"
-                  : " (a resumed run keeps its model: leave out the model flags; to train another model from these "
-                    "weights, start a new run with --init)");
+              " (a resumed run keeps its model: leave out the model flags given now, or, to train another model "
+              "from these weights, start a new run with --init; given none, the checkpoint's state.json and the "
+              "run's saved flags disagree: one of them changed since it was saved)");
   TALLY_CHECK(rs.optimizer_kind == optimizer_->kind(), "--resume '", dir.string(),
               "': the checkpoint was trained with --optimizer ", rs.optimizer_kind, ", this run has --optimizer ",
               optimizer_->kind(), " (resume with the same --optimizer; to go on with ", optimizer_->kind(),
@@ -523,8 +535,15 @@ void Trainer::resume(const fs::path& dir_in) {
               "weights, start a new run with --init ",
               dir.string(), ")");
   const std::string model_file = (dir / "model.safetensors").string();
-  for (const auto& [name, t] : model_->named_parameters())
+  std::set<std::string> needed;
+  for (const auto& [name, t] : model_->named_parameters()) {
     model_->load_parameter(name, io::find_tensor(c.model, name, model_file), model_file);
+    needed.insert(name);
+  }
+  // A tensor the model has no place for (a layer more than state.json says): the checkpoint's files disagree.
+  for (const auto& [name, t] : c.model)
+    TALLY_CHECK(needed.count(name), "--resume '", dir.string(), "': ", model_file, " holds tensor '", name,
+                "', which the model configuration in its state.json has no place for: the two disagree");
   optim::OptimizerState st;
   st.kind = rs.optimizer_kind;
   st.steps = rs.optimizer_steps;

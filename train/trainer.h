@@ -47,7 +47,7 @@ class TrainingStopped : public Error {
   RunSummary summary_;
 };
 
-// Set by SIGINT/SIGTERM: the run finishes its step, saves a checkpoint and returns.
+// Set by SIGINT/SIGTERM/SIGHUP (and a broken stdout pipe): the run finishes its step, saves a checkpoint and returns.
 extern std::atomic<bool> g_stop_requested;
 
 // Every rank's `mine` against rank 0's (a collective): a tally::Error on every rank naming the first rank that

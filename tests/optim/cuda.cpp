@@ -36,8 +36,10 @@ struct Case {
 std::vector<Case> cases() {
   std::vector<Case> out;
   for (const optim::OptimizerEntry& e : optim::optimizers()) out.push_back({{e.name, {{"lr", 1e-2}}}});
-  out.push_back({{"came", {{"lr", 1e-2}, {"weight-decay", 0.1}, {"came-confidence-ones", true}, {"came-bf16-m", true}}},
-                 kSteps * 1e-2 / 64});
+  out.push_back(
+      {{"came",
+        {{"lr", 1e-2}, {"weight-decay", 0.1}, {"decay", "all"}, {"came-confidence-ones", true}, {"came-bf16-m", true}}},
+       kSteps * 1e-2 / 64});
   out.push_back({{"came", {{"lr", 1e-2}, {"came-factor-largest", true}}}});
   out.push_back({{"adafactor", {{"lr", 1e-2}, {"no-adafactor-beta1", true}}}});
   out.push_back({{"adafactor", {{"lr", 1e-2}, {"weight-decay", 0.1}, {"decay", "all"}}}});

@@ -115,6 +115,7 @@ inline std::vector<OptimizerCase> every_optimizer(const optim::Settings& common 
       {"sm3", {{{"momentum", 0.9}, {"beta", 0.5}}}},
       {"adafactor", {{{"no-adafactor-beta1", true}}}},
       {"came", {{{"came-bf16-m", true}}}},
+      {"sgd", {{{"nesterov", true}}}},
   };
   std::vector<OptimizerCase> out;
   for (const optim::OptimizerEntry& e : optim::optimizers()) {

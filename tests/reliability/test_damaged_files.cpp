@@ -243,6 +243,12 @@ TEST_CASE("damaged files: a training run's checkpoint (state.json's loader posit
   resume_with([](nlohmann::json& j) { j["model_config"]["n_layer"] = 1; });
   CHECK_THROWS_WITH_AS(train::load_model_file(dir, Device::cpu()), doctest::Contains("holds tensor 'transformer.h.1."),
                        Error);
+  {  // The run's configuration saying one layer as well: the resume refuses the tensors it has no place for too.
+    train::RunConfig one = config;
+    one.model.n_layer = 1;
+    train::Trainer t(one);
+    CHECK_THROWS_WITH_AS(t.resume(dir), doctest::Contains("holds tensor 'transformer.h.1."), Error);
+  }
   fs::remove_all(run);
 }
 
