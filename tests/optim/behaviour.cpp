@@ -409,9 +409,9 @@ TEST_CASE("save/load: a restored optimizer continues bit for bit, for every opti
     CHECK(same(a, a2));
     CHECK(same(v, v2));
     const optim::OptimizerState after = first->state_dict(), after2 = second->state_dict();
-    for (const auto& [k, t] : after.tensors) {
-      INFO(k);
-      CHECK(same(t, after2.tensors.at(k)));
+    for (const auto& entry : after.tensors) {  // no structured binding: clang 14 cannot capture one in INFO
+      INFO(entry.first);
+      CHECK(same(entry.second, after2.tensors.at(entry.first)));
     }
   }
 }
