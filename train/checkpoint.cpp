@@ -47,17 +47,6 @@ nlohmann::json file_entry(const fs::path& p) {
   return {{"bytes", m.size()}, {"crc32c", io::crc32c_hex(io::crc32c(m.data(), m.size()))}};
 }
 
-// Temporary step directories left by processes that died while saving (SIGKILL, power loss): never taken for
-// checkpoints, but they hold disk space. Those of live processes (another run saving into the same directory) stay.
-void remove_stale_temporaries(const fs::path& run_dir) {
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(run_dir, ec)) {
-    const std::string name = e.path().filename().string();
-    if (name.rfind(".tmp-step-", 0) != 0) continue;
-    if (io::writer_is_gone(std::string_view(name).substr(name.rfind('-') + 1))) fs::remove_all(e.path(), ec);
-  }
-}
-
 }  // namespace
 
 int64_t checkpoint_step(const fs::path& dir) {
@@ -86,7 +75,9 @@ fs::path save_checkpoint(const fs::path& run_dir, int64_t step, const Checkpoint
   TALLY_CHECK(!ec, "[checkpoint] cannot create '", run_dir.string(), "': ", ec.message());
   const fs::path final_dir = run_dir / checkpoint_name(step);
   const fs::path tmp = run_dir / (".tmp-" + checkpoint_name(step) + "-" + std::to_string(::getpid()));
-  remove_stale_temporaries(run_dir);
+  // Step directories of processes that died while saving (SIGKILL, power loss): never taken for checkpoints, but
+  // they hold disk space. Those of live processes (another run saving into the same directory) stay.
+  io::remove_stale_directories(run_dir, ".tmp-step-");
   fs::remove_all(tmp, ec);
   fs::create_directory(tmp, ec);
   TALLY_CHECK(!ec, "[checkpoint] cannot create '", tmp.string(), "': ", ec.message(), " (is the directory writable?)");

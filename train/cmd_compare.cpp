@@ -357,9 +357,7 @@ int cmd_compare(const Args& args) {
       throw FlagError(err.what());
     }
   }
-  if (ranks.world() > 1)
-    check_same_flags(ranks, nlohmann::json(f.resolved()));  // before any rank tokenizes into a run's data
-  if (ranks.world() == 1) require_usable(device_flag(f));   // a missing GPU before tokenizing
+  check_before_data(ranks, f);
   // Rank 0 alone looks at the directory and takes it (a second compare into it, or a second resume, is refused while
   // this one runs); the ranks then line up, so that none writes into a directory that rank 0 refuses.
   std::unique_ptr<io::DirectoryLock> lock;

@@ -124,9 +124,7 @@ int cmd_train(const Args& args) {
   }
   // The rank's share of the CPUs (as the trainer keeps it) before anything computes: tokenizing a --text does.
   use_threads(thread_count(flags), &ranks);
-  if (ranks.world() > 1)
-    check_same_flags(ranks, nlohmann::json(flags.resolved()));  // before any rank tokenizes into OUT/data
-  if (ranks.world() == 1) require_usable(device_flag(flags));   // a missing GPU before tokenizing (a rank's: its own)
+  check_before_data(ranks, flags);
   RunConfig config = run_config(flags, DataResolution::resolve, ranks.world());
   config.model_flags_with_init = model_flags_with_init;
   if (resume) resume_model_of(config, *resume);

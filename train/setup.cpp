@@ -111,10 +111,8 @@ std::unique_ptr<models::GPT2> load_model_file(const fs::path& path_in, Device de
         needed.insert(name);
       }
       // Tensors the configuration has no place for (a layer more than it says): the two disagree.
-      for (const auto& [name, t] : c.model)
-        TALLY_CHECK(needed.count(name), "checkpoint '", model_path.string(), "' holds tensor '", name,
-                    "', which the model configuration ", config.str(), " in '", state_path.string(),
-                    "' has no place for: the two disagree");
+      io::require_no_other_tensors(c.model, needed, model_path.string(),
+                                   cat("the model configuration ", config.str(), " in '", state_path.string(), "'"));
     }
     auto model = std::make_unique<models::GPT2>(config, models::GPT2Options{.device = device, .init = models::Init::none});
     for (const auto& [name, t] : model->named_parameters())
@@ -425,12 +423,7 @@ void remove_stale_tokenizing(const fs::path& cache_dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return;
   for (const char* name : {"train.bin", "val.bin", "source.txt"}) io::remove_stale_temporaries_of(dir / name);
-  constexpr std::string_view kAside = ".tokenizing-";  // from_text's directory of a text tokenized aside
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    const std::string name = e.path().filename().string();
-    if (name.starts_with(kAside) && io::writer_is_gone(std::string_view(name).substr(kAside.size())))
-      fs::remove_all(e.path(), ec);
-  }
+  io::remove_stale_directories(dir, ".tokenizing-");  // from_text's directory of a text tokenized aside
 }
 
 DataChoice resolve_data(const Flags& f, const fs::path& cache_dir) {

@@ -49,21 +49,21 @@ namespace {
 char g_stop_note[320] =
     "\ntally: stopping after this step, with a checkpoint (signal again to stop at once, without saving)\n";
 const char kStopAtOnceNote[] = "\ntally: stopping at once, without saving (the run's last checkpoint stays)\n";
-void on_stop_signal(int sig) {
-  const bool again = g_stop_requested.exchange(true);
-  const char* note = again ? kStopAtOnceNote : g_stop_note;
+// Async-signal-safe: write(2) only.
+void say_from_handler(const char* note) {
   const ssize_t ignored = ::write(STDERR_FILENO, note, std::strlen(note));
   (void)ignored;
+}
+void on_stop_signal(int sig) {
+  const bool again = g_stop_requested.exchange(true);
+  say_from_handler(again ? kStopAtOnceNote : g_stop_note);
   if (again) io::die_by_signal(sig);  // delivered as this handler returns
 }
 
 // The reader of stdout gone (tally train | head, a terminal closed under tee): a stop request as SIGINT's, without
 // its second-signal meaning, since every later write raises SIGPIPE again (and fails, which printing ignores).
 void on_broken_pipe(int) {
-  if (!g_stop_requested.exchange(true)) {
-    const ssize_t ignored = ::write(STDERR_FILENO, g_stop_note, std::strlen(g_stop_note));
-    (void)ignored;
-  }
+  if (!g_stop_requested.exchange(true)) say_from_handler(g_stop_note);
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -262,6 +262,13 @@ void check_same_flags(dist::Communicator& ranks, nlohmann::json flags) {
   flags.erase("out");
   check_same_on_every_rank(ranks, flags, "--", "were started with different configurations",
                            "Start every rank with the same flags.");
+}
+
+void check_before_data(dist::Communicator& ranks, const Flags& flags) {
+  if (ranks.world() > 1)
+    check_same_flags(ranks, nlohmann::json(flags.resolved()));  // ranks of different --text would share OUT/data
+  else
+    require_usable(device_flag(flags));  // a missing GPU before tokenizing
 }
 
 void Trainer::check_same_configuration() { check_same_flags(comm_, c_.flags); }
@@ -541,9 +548,8 @@ void Trainer::resume(const fs::path& dir_in) {
     needed.insert(name);
   }
   // A tensor the model has no place for (a layer more than state.json says): the checkpoint's files disagree.
-  for (const auto& [name, t] : c.model)
-    TALLY_CHECK(needed.count(name), "--resume '", dir.string(), "': ", model_file, " holds tensor '", name,
-                "', which the model configuration in its state.json has no place for: the two disagree");
+  io::require_no_other_tensors(c.model, needed, model_file,
+                               cat("the model configuration in '", (dir / "state.json").string(), "'"));
   optim::OptimizerState st;
   st.kind = rs.optimizer_kind;
   st.steps = rs.optimizer_steps;

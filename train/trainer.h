@@ -58,6 +58,9 @@ void check_same_on_every_rank(dist::Communicator& ranks, const nlohmann::json& m
 // compare check those resolved from the command line before any rank resolves its data (ranks of different --text
 // would tokenize into one OUT/data at once); the Trainer checks its run's configuration again.
 void check_same_flags(dist::Communicator& ranks, nlohmann::json flags);
+// What train and compare check before resolving their data (tokenizing a --text writes): at N ranks, that every rank
+// has the same flags; alone, that its --device can compute (at N ranks each Trainer checks its rank's own).
+void check_before_data(dist::Communicator& ranks, const Flags& flags);
 void install_stop_handlers();
 
 // Refuses (tally::Error) a new run into `out` when it holds a run: its log or a checkpoint.

@@ -480,6 +480,15 @@ bool writer_is_gone(std::string_view pid) {
   return id > 0 && ::kill(pid_t(id), 0) != 0 && errno == ESRCH;
 }
 
+void remove_stale_directories(const fs::path& dir, std::string_view prefix) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.starts_with(prefix) && writer_is_gone(std::string_view(name).substr(name.rfind('-') + 1)))
+      fs::remove_all(e.path(), ec);
+  }
+}
+
 void write_file_atomic(const fs::path& path, std::span<const uint8_t> bytes) {
   AtomicFileWriter w(path);
   w.write(bytes);

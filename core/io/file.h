@@ -135,6 +135,9 @@ void remove_stale_temporaries_of(const std::filesystem::path& path);
 // True when `pid` (the decimal digits a temporary's name ends with) names no live process: its writer died while
 // writing. False for anything else, a live process's and text that is not a pid included.
 bool writer_is_gone(std::string_view pid);
+// Removes, with their contents, the entries of `dir` named "<prefix>...-<pid>" whose writer is gone (writer_is_gone):
+// directories a process was filling when it died. Those of live processes stay.
+void remove_stale_directories(const std::filesystem::path& dir, std::string_view prefix);
 
 // ---- exclusive use of a directory ----
 // Holds an advisory lock (flock, exclusive, non-blocking) on <dir>/<kLockFile> for its lifetime; the file records

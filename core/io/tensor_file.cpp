@@ -34,6 +34,13 @@ const Tensor& find_tensor(const NamedTensors& tensors, const std::string& name, 
   fail("'", where, "' has no tensor named '", name, "'");
 }
 
+void require_no_other_tensors(const NamedTensors& tensors, const std::set<std::string>& expected,
+                              const std::string& where, const std::string& described_by) {
+  for (const auto& [name, t] : tensors)
+    TALLY_CHECK(expected.count(name), "'", where, "' holds tensor '", name, "', which ", described_by,
+                " has no place for: the two disagree");
+}
+
 const Tensor& LoadedTensors::at(const std::string& name) const { return find_tensor(tensors, name, source); }
 
 LoadedTensors load_tensors(const std::filesystem::path& path) {
