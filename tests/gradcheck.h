@@ -5,6 +5,7 @@
 #pragma once
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <vector>
@@ -19,14 +20,16 @@ struct GradcheckOptions {
   double atol = 1e-7;
   double rtol = 1e-5;
   int64_t max_elements_per_input = 400;  // checks an evenly spaced sample beyond this
+  std::vector<size_t> frozen = {};       // inputs held fixed: no gradient is asked of them, and none may appear
 };
 
 inline void gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f, std::vector<Tensor> inputs,
                       GradcheckOptions opt = {}) {
-  for (auto& t : inputs) {
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    Tensor& t = inputs[k];
     if (!is_floating(t.dtype())) continue;
     REQUIRE(t.dtype() == DType::f64);
-    t.set_requires_grad(true);
+    if (std::find(opt.frozen.begin(), opt.frozen.end(), k) == opt.frozen.end()) t.set_requires_grad(true);
   }
   Generator gen(1234);
   Tensor weights;
@@ -39,7 +42,10 @@ inline void gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f
   loss.backward();
   for (size_t k = 0; k < inputs.size(); ++k) {
     Tensor x = inputs[k];
-    if (!x.requires_grad()) continue;
+    if (!x.requires_grad()) {
+      CHECK_MESSAGE(!x.grad().defined(), "input ", k, " is frozen but received a gradient");
+      continue;
+    }
     Tensor analytic = x.grad();
     REQUIRE_MESSAGE(analytic.defined(), "input ", k, " received no gradient");
     std::vector<double> a = analytic.to_vector<double>();

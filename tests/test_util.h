@@ -76,14 +76,19 @@ class ScopedEnv {
   std::optional<std::string> old_;
 };
 
-// max |got - want| / max |want| over all elements (scale-aware); infinite when the sizes differ or `got` is not finite
-// where `want` is.
+// max |got - want| / max |want| over all elements (scale-aware); infinite when the sizes differ, when `want` (a
+// reference) holds a NaN, or when `got` is not finite where `want` is or differs from an infinite `want`.
 inline double max_rel_error(const Tensor& got_t, const Tensor& want_t) {
   const std::vector<double> got = got_t.to_vector<double>(), want = want_t.to_vector<double>();
   if (got.size() != want.size()) return INFINITY;
   double max_err = 0.0, max_ref = 0.0;
   for (size_t i = 0; i < got.size(); ++i) {
-    if (!std::isfinite(got[i]) && std::isfinite(want[i])) return INFINITY;
+    if (std::isnan(want[i])) return INFINITY;
+    if (std::isinf(want[i])) {
+      if (got[i] != want[i]) return INFINITY;
+      continue;
+    }
+    if (!std::isfinite(got[i])) return INFINITY;
     max_err = std::max(max_err, std::fabs(got[i] - want[i]));
     max_ref = std::max(max_ref, std::fabs(want[i]));
   }

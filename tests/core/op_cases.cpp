@@ -84,6 +84,13 @@ Tensor make_leaf(const Arg& a, uint64_t seed, DType dtype) {
 }
 }  // namespace
 
+std::vector<size_t> frozen_inputs(const Variant& v) {
+  std::vector<size_t> out;
+  for (size_t i = 0; i < v.args.size(); ++i)
+    if (v.args[i].grad == Grad::frozen) out.push_back(i);
+  return out;
+}
+
 Inputs make_leaves(const Variant& v, size_t index, DType dtype) {
   Inputs out;
   for (size_t i = 0; i < v.args.size(); ++i) out.push_back(make_leaf(v.args[i], 100 * index + i + 1, dtype));
@@ -200,7 +207,9 @@ void add_elementwise(std::vector<OpCase>& t) {
                           .expect = {.values = {2, 4, 6, 16, 20, 24}}},
                          {.args = {{.shape = {3}, .values = given({10, 20, 30}), .view = expand_rows},
                                    {.shape = {2, 3}, .values = given(k23)}},
-                          .expect = {.values = {10, 40, 90, 40, 100, 180}}}},
+                          .expect = {.values = {10, 40, 90, 40, 100, 180}}},
+                         {.args = {{.shape = {2, 3}}, {.shape = {3}, .grad = Grad::frozen}}, .note = "b frozen"},
+                         {.args = {{.shape = {2, 3}, .grad = Grad::frozen}, {.shape = {2, 3}}}, .note = "a frozen"}},
                         binary_variants(normal()))});
   t.push_back({.op = "div",
                .forward = [](const Inputs& x) { return div(x[0], x[1]); },
@@ -414,6 +423,9 @@ void add_products(std::vector<OpCase>& t) {
       product({7, 13}, T, {13, 5}, P),
       product({3, 7, 13}, P, {3, 13, 5}, T),
       product({2, 3, 4, 9}, P, {9, 6}, P),
+      // One operand frozen: only the other's gradient product runs.
+      {.args = {{.shape = {3, 4}}, {.shape = {4, 5}, .grad = Grad::frozen}}, .note = "b frozen"},
+      {.args = {{.shape = {2, 3, 4}, .grad = Grad::frozen}, {.shape = {4, 5}}}, .note = "a frozen"},
       // K = 0: the product is zeros (nothing to accumulate; the output must still be written); no inputs to perturb.
       {.args = {{.shape = {17, 0}}, {.shape = {0, 5}}},
        .note = "K = 0",
@@ -436,7 +448,14 @@ void add_products(std::vector<OpCase>& t) {
        .expect = {.values = {3, 4, -1, 7, 8, -3}}},
       {.args = {{.shape = {2, 3, 4}}, {.shape = {5, 4}}, {.shape = {5}}}},
       {.args = {{.shape = {4, 3}, .view = transposed(0, 1)}, {.shape = {2, 4}}}, .note = "no bias"},
-      {.args = {{.shape = {2, 5, 64}}, {.shape = {12, 64}}, {.shape = {12}}}}};
+      {.args = {{.shape = {2, 5, 64}}, {.shape = {12, 64}}, {.shape = {12}}}},
+      // Frozen operands: a weight not trained (the bias alone gets a gradient), an input that is data.
+      {.args = {{.shape = {2, 3, 4}}, {.shape = {5, 4}, .grad = Grad::frozen}, {.shape = {5}}},
+       .note = "weight frozen"},
+      {.args = {{.shape = {3, 4}, .grad = Grad::frozen}, {.shape = {5, 4}, .grad = Grad::frozen}, {.shape = {5}}},
+       .note = "only the bias trained"},
+      {.args = {{.shape = {3, 4}, .grad = Grad::frozen}, {.shape = {5, 4}}, {.shape = {5}}}, .note = "x frozen"},
+      {.args = {{.shape = {3, 4}}, {.shape = {5, 4}, .grad = Grad::frozen}}, .note = "no bias, weight frozen"}};
   for (int64_t n : {1, 3, 257}) {
     const Check checks = n > 100 ? kDevicesOnly : Check::all;
     lin.push_back({.args = {{.shape = {n, 33}}, {.shape = {17, 33}}, {.shape = {17}}}, .checks = checks});
@@ -461,7 +480,9 @@ void add_products(std::vector<OpCase>& t) {
        .expect = {.values = gelu_of_linear}},
       {.args = {{.shape = {2, 3, 4}}, {.shape = {5, 4}}}, .note = "no bias"},
       {.args = {{.shape = {4, 3}, .view = transposed(0, 1)}, {.shape = {8, 4}}, {.shape = {8}}}},
-      {.args = {{.shape = {2, 5, 16}}, {.shape = {24, 16}}, {.shape = {24}}}}};
+      {.args = {{.shape = {2, 5, 16}}, {.shape = {24, 16}}, {.shape = {24}}}},
+      {.args = {{.shape = {3, 16}}, {.shape = {8, 16}, .grad = Grad::frozen}, {.shape = {8}}}, .note = "weight frozen"},
+      {.args = {{.shape = {3, 16}, .grad = Grad::frozen}, {.shape = {8, 16}}, {.shape = {8}}}, .note = "x frozen"}};
   for (int64_t n : {1, 257}) {
     const Check checks = n > 100 ? kDevicesOnly : Check::all;
     lg.push_back({.args = {{.shape = {n, 33}}, {.shape = {17, 33}}, {.shape = {17}}}, .checks = checks});
@@ -518,7 +539,11 @@ void add_normalisation(std::vector<OpCase>& t) {
       {.args = {{.shape = {2, 3, 6}}, {.shape = {6}}, {.shape = {6}}}},
       {.args = {{.shape = {3, 5}, .view = transposed(0, 1)}, {.shape = {3}}, {.shape = {3}}}},
       {.args = {{.shape = {6, 67}}, {.shape = {67}, .values = uniform(0.5, 1.5)}, {.shape = {67}}}},
-      {.args = {{.shape = {2, 3, 8}}, {.shape = {8}, .values = uniform(0.5, 1.5)}, {.shape = {8}}}}};
+      {.args = {{.shape = {2, 3, 8}}, {.shape = {8}, .values = uniform(0.5, 1.5)}, {.shape = {8}}}},
+      {.args = {{.shape = {3, 8}, .grad = Grad::frozen}, {.shape = {8}, .values = uniform(0.5, 1.5)}, {.shape = {8}}},
+       .note = "x frozen: the weight's and bias's gradients only"},
+      {.args = {{.shape = {3, 8}}, {.shape = {8}, .grad = Grad::frozen}, {.shape = {8}, .grad = Grad::frozen}},
+       .note = "weight and bias frozen"}};
   // CUDA's backward: several columns per thread and a last partial tile (257, 769), blocks taking several tiles
   // (9000 rows: 282 tiles over 256 blocks), rows too wide for the fused sums (2100 columns: the column sums instead).
   for (Shape s : std::vector<Shape>{{1, 1}, {1, 3}, {3, 17}, {257, 769}, {2, 1500, 33}, {9000, 5}, {5, 2100}}) {
@@ -665,6 +690,15 @@ void add_lookups(std::vector<OpCase>& t) {
                  .note = "a transposed x, chunks of 4 rows",
                  .forward = chunked(4, 0),
                  .expect = {.reference = unfused(0), .atol = 1e-12, .rtol = 1e-12}});
+  // One gradient asked for: x's alone (a frozen head), the weight's alone (x is data).
+  for (size_t frozen : {1, 0}) {
+    Variant one{.args = {{.shape = {5, 4}}, {.shape = {7, 4}}, {.shape = {5}, .values = ids(7)}},
+                .note = frozen == 1 ? "weight frozen, chunks of 2 rows" : "x frozen, chunks of 2 rows",
+                .forward = chunked(2, 0),
+                .expect = {.reference = unfused(0), .atol = 1e-12, .rtol = 1e-12}};
+    one.args[frozen].grad = Grad::frozen;
+    lce.push_back(std::move(one));
+  }
   t.push_back({.op = "linear_cross_entropy",
                .variants = std::move(lce),
                // bf16: normal inputs with C = 48 or 64 give logits of standard deviation 7-8, which bf16 holds to
@@ -792,6 +826,28 @@ void add_shape(std::vector<OpCase>& t) {
   t.push_back(one_variant("expand", [](const Inputs& x) { return x[0].expand({3, 2, 4}) * 2.0; }, {{.shape = {2, 1}}}));
   t.push_back(one_variant("unsqueeze-squeeze",
                           [](const Inputs& x) { return x[0].unsqueeze(1).squeeze(1).contiguous(); }, {{.shape = {3}}}));
+  t.push_back(one_variant("unsqueeze", [](const Inputs& x) { return x[0].unsqueeze(1) * 2.0; },
+                          {{.shape = {4, 3}, .view = transposed(0, 1)}}));
+  t.push_back(one_variant("squeeze", [](const Inputs& x) { return x[0].squeeze(1) * 2.0; }, {{.shape = {3, 1, 4}}}));
+  // A view that cannot be reshaped in place: reshape copies (its backward reshapes the gradient back).
+  t.push_back(one_variant("reshape of a strided view",
+                          [](const Inputs& x) {
+                            return x[0].reshape({2, 6}) * 2.0;
+                          },
+                          {{.shape = {4, 3}, .view = transposed(0, 1)}}));
+  t.push_back(one_variant("clone", [](const Inputs& x) { return x[0].clone() * 2.0; }, {{.shape = {3, 4}}}));
+  t.push_back(one_variant("contiguous", [](const Inputs& x) { return x[0].contiguous() * 2.0; },
+                          {{.shape = {4, 3}, .view = transposed(0, 1)}}));
+  // To the CPU and back: on a GPU the gradient crosses both ways.
+  t.push_back(one_variant("to(device)",
+                          [](const Inputs& x) { return (x[0] * 2.0).to(Device::cpu()).to(x[0].device()) * 3.0; },
+                          {{.shape = {3, 4}}}));
+  // Through f32 and back: values and steps chosen exact in f32, so the finite differences are exact too.
+  t.push_back(
+      {.op = "to(dtype)",
+       .forward = [](const Inputs& x) { return x[0].to(DType::f32).to(x[0].dtype()) * 2.0; },
+       .variants = {{.args = {{.shape = {4}, .values = given({0.5, -1, 2, 4})}}, .expect = {.values = {1, -2, 4, 8}}}},
+       .gradcheck = {.eps = 0.25}});
 }
 
 std::vector<OpCase> build() {

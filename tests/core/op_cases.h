@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "core/ops.h"
+#include "tests/gradcheck.h"
 
 namespace tally::test {
 
@@ -70,11 +71,17 @@ View transposed(int64_t d0, int64_t d1);
 View sliced(int64_t dim, int64_t start, int64_t end);
 View permuted(std::vector<int64_t> dims);
 
-// One input: a contiguous leaf of `shape` (gradients are taken with respect to it), seen through `view`.
+// Whether the drivers ask for an input's gradient. A frozen input (a weight that is not trained, an input that is
+// data) requires none, so the op runs its one-sided backward, and must leave that input without a gradient.
+enum class Grad { taken, frozen };
+
+// One input: a contiguous leaf of `shape` (gradients are taken with respect to it unless frozen), seen through
+// `view`.
 struct Arg {
   Shape shape = {};
   Values values = normal();  // a call, not "= {}", which trips GCC 12's -Wmaybe-uninitialized in the table
   View view = {};
+  Grad grad = Grad::taken;
 };
 
 // What an output is checked against in f64 on the CPU: given values, and/or the same output computed another way
@@ -116,6 +123,7 @@ struct OpCase {
   Backward backward = Backward::yes;
   Check checks = Check::all;        // the generic checks the op supports
   DType bf16_output = DType::bf16;  // the output's dtype for bf16 inputs
+  GradcheckOptions gradcheck = {};  // the finite differences' step and tolerances, where the defaults do not fit
 };
 
 // The table (tests/core/op_cases.cpp).
@@ -133,6 +141,8 @@ inline Check checks_of(const OpCase& c, const Variant& v) { return c.checks & v.
 const Expect& expect_of(const OpCase& c, const Variant& v);
 // "matmul (3, 4).transpose(0, 1), (4, 5): note"
 std::string describe(const OpCase& c, const Variant& v);
+// The positions of the variant's frozen inputs (Grad::frozen).
+std::vector<size_t> frozen_inputs(const Variant& v);
 // The leaves of variant `index`: floating inputs in `dtype`, ids in i32, seeded by the variant's position.
 Inputs make_leaves(const Variant& v, size_t index, DType dtype);
 // The op on the leaves: each seen through its view, then the variant's (or the case's) forward.

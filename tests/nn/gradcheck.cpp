@@ -47,8 +47,10 @@ void check_entries(const std::string& what, Tensor t, const std::function<double
   }
 }
 
-// loss = sum(f(x) * R) for a fixed random R; checks every parameter of `m` and the input x.
+// loss = sum(f(x) * R) for a fixed random R; checks every parameter of `m` (their gradients cleared first) and the
+// input x.
 void gradcheck_module(const nn::Module& m, Tensor x, const std::function<Tensor(const Tensor&)>& f, int samples = 12) {
+  for (auto [name, p] : m.named_parameters()) p.clear_grad();
   Tensor probe;
   {
     NoGradGuard no_grad;
@@ -110,6 +112,16 @@ TEST_CASE("gradcheck f64: MLP, causal self-attention and Block") {
   gradcheck_module(mlp, random_input({2, 3, 8}, 13), [&](const Tensor& x) { return mlp.forward(x); });
   gradcheck_module(attn, random_input({2, 5, 8}, 14), [&](const Tensor& x) { return attn.forward(x); });
   gradcheck_module(block, random_input({2, 5, 8}, 15), [&](const Tensor& x) { return block.forward(x); });
+  // The form GPT-2 trains with: the block's normed input given, its output joined with the next LayerNorm (whose
+  // parameters are checked too): both outputs, the sum and its norm, weigh in the loss.
+  nn::LayerNorm next("h.1.ln_1", kBlock.n_embd, kF64);
+  randomise(next, 16, 0.4);
+  const auto joined = [&](const Tensor& x) {
+    const AddLayerNorm out = block.forward(x, block.ln_1.forward(x), next);
+    return cat({out.sum, out.normed}, -1);
+  };
+  gradcheck_module(block, random_input({2, 5, 8}, 17), joined);
+  gradcheck_module(next, random_input({2, 5, 8}, 18), joined);
 }
 
 TEST_CASE("gradcheck f64: a tiny GPT-2 (tied, padded head) matches central differences on every parameter") {
