@@ -89,6 +89,9 @@ AddLayerNorm add_layer_norm(const Tensor& x, const Tensor& residual, const Tenso
 // for the device), or already checked by the caller where they were made (the shard loader validates all of its data
 // against the vocabulary when it opens it), so that a training step does not wait on the device for them.
 enum class TokenIds : uint8_t { check, checked_by_caller };
+// The host check itself: throws "[op] <what> X at position i of (shape) is outside [0, limit)" for the first id of
+// `ids` (i32, on any device but meta) outside [0, limit).
+void check_ids_in_range(const char* op, const Tensor& ids, int64_t limit, const std::string& what = "id");
 
 // indices (...) i32 into weight (V, C) -> (..., C). Backward scatter-adds rows (deterministically).
 Tensor embedding(const Tensor& indices, const Tensor& weight, TokenIds ids = TokenIds::check);

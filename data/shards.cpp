@@ -236,9 +236,12 @@ size_t ShardSet::total_tokens() const {
   return n;
 }
 
-void ShardSet::validate_vocab(int32_t limit) const {
+void ShardSet::validate_vocab(int32_t limit) {
   TALLY_CHECK(limit > 0, "[shards] validate_vocab: the limit must be positive, got ", limit);
-  if (limit > 65535) return;  // every uint16 fits
+  const auto checked = [&] {
+    if (checked_vocab_limit_ == 0 || limit < checked_vocab_limit_) checked_vocab_limit_ = limit;
+  };
+  if (limit > 65535) return checked();  // every uint16 fits
   const auto lim = static_cast<uint16_t>(limit);
   for (const Shard& s : shards_) {
     const uint16_t* t = s.data();
@@ -250,6 +253,7 @@ void ShardSet::validate_vocab(int32_t limit) const {
     TALLY_CHECK(first == n, "[shards] ", s.path().string(), ": token ", t[first], " at position ", first,
                 " is outside the model's vocabulary (expected ids < ", limit, ")");
   }
+  checked();
 }
 
 }  // namespace tally::data

@@ -81,11 +81,14 @@ class ShardSet {
   const std::vector<Shard>& shards() const { return shards_; }
   size_t total_tokens() const;
 
-  // Throws tally::Error naming the first file and token position holding an id >= limit.
-  void validate_vocab(int32_t limit) const;
+  // Throws tally::Error naming the first file and token position holding an id >= limit; else records the limit.
+  void validate_vocab(int32_t limit);
+  // The smallest limit validate_vocab has checked every token against (0: none): ids from these shards are below it.
+  int32_t checked_vocab_limit() const { return checked_vocab_limit_; }
 
  private:
   std::vector<Shard> shards_;
+  int32_t checked_vocab_limit_ = 0;
 };
 
 }  // namespace tally::data

@@ -178,11 +178,7 @@ void GPT2::check_ids(const Tensor& ids, const char* what, int64_t T_limit, Token
               device().str());
   TALLY_CHECK(ids.size(0) > 0 && ids.size(1) > 0 && ids.size(1) <= T_limit, "[gpt2] ", what, " ", shape_str(ids.shape()),
               ": need B > 0 and 0 < T <= ", T_limit, " (block_size ", config_.block_size, ")");
-  if (device().is_meta() || values == TokenIds::checked_by_caller) return;
-  std::vector<int32_t> host = ids.to_vector<int32_t>();
-  for (size_t i = 0; i < host.size(); ++i)
-    TALLY_CHECK(host[i] >= 0 && host[i] < config_.vocab_size, "[gpt2] ", what, " ", shape_str(ids.shape()), ": token ",
-                host[i], " at flat position ", i, " is outside the vocabulary [0, ", config_.vocab_size, ")");
+  if (values == TokenIds::check) check_ids_in_range("gpt2", ids, config_.vocab_size, cat(what, ": token"));
 }
 
 void GPT2::load_parameter(const std::string& name, const Tensor& saved, const std::string& source) {

@@ -358,17 +358,8 @@ int cmd_eval(const Args& args) {
                           {.batch = B, .seq_len = T});
   int64_t n = loader.batches_per_epoch();
   if (f.given("batches")) n = std::min(n, f.integer("batches"));
-  NoGradGuard no_grad;
   model->eval();
-  double sum = 0;
-  data::Batch b;
-  for (int64_t i = 0; i < n; ++i) {
-    loader.next(b);
-    if (i % world != rank) continue;
-    Tensor x = from_vector(b.inputs, {B, T}, {.dtype = DType::i32, .device = device});
-    Tensor y = from_vector(b.targets, {B, T}, {.dtype = DType::i32, .device = device});
-    sum += model->loss(x, y).item();
-  }
+  double sum = rank_loss_sum(*model, loader, n, rank, world);
   if (world > 1) comm->all_reduce_sum(&sum, 1);
   const double loss = sum / double(n);
   if (rank != 0) return 0;  // rank 0 prints, or reports what went wrong

@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "core/io/file.h"
+#include "core/autograd/node.h"
 #include "core/ledger.h"
 #include "data/fetch.h"
 #include "data/prepare.h"
@@ -467,6 +468,27 @@ DataChoice resolve_data_from(const std::vector<fs::path>& candidates, int64_t va
   std::string looked_in;  // where Tiny Shakespeare was looked for, as data::fetch looks (TALLY_SHARED_DATA's included)
   for (const fs::path& d : data::search_dirs()) looked_in += cat("\n  ", (d / "tinyshakespeare.txt").string());
   fail(kDownloadHint, "\nLooked for tinyshakespeare.txt in:", looked_in, "\n", data::offline_note());
+}
+
+Tensor token_tensor(const std::vector<int32_t>& ids, int64_t B, int64_t T, Device device) {
+  return from_vector(ids, {B, T}, {.dtype = DType::i32, .device = device});
+}
+
+double rank_loss_sum(const models::GPT2& model, data::DataLoader& loader, int64_t batches, int rank, int world) {
+  NoGradGuard no_grad;
+  const int32_t limit = loader.shards().checked_vocab_limit();
+  const TokenIds ids = limit > 0 && limit <= model.config().vocab_size ? TokenIds::checked_by_caller : TokenIds::check;
+  const int64_t B = loader.config().batch, T = loader.config().seq_len;
+  double sum = 0;
+  data::Batch b;
+  for (int64_t i = 0; i < batches; ++i) {
+    loader.next(b);
+    if (i % world != rank) continue;
+    MemoryScope scope(Category::other, "eval");
+    sum += model.loss(token_tensor(b.inputs, B, T, model.device()), token_tensor(b.targets, B, T, model.device()), ids)
+               .item();
+  }
+  return sum;
 }
 
 }  // namespace tally::train

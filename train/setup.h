@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "data/loader.h"
 #include "data/shards.h"
 #include "models/gpt2.h"
 #include "optim/optimizer.h"
@@ -117,5 +118,11 @@ DataChoice resolve_data_from(const std::vector<std::filesystem::path>& candidate
 // tinyshakespeare.txt in each of data::search_dirs() (that directory, then ../shared/data or $TALLY_SHARED_DATA).
 std::vector<std::filesystem::path> default_data_candidates();
 std::vector<FlagSpec> data_flags();
+// (B, T) i32 token ids on `device` from a batch's B*T values.
+Tensor token_tensor(const std::vector<int32_t>& ids, int64_t B, int64_t T, Device device);
+// The summed loss of this rank's share of the next `batches` batches of `loader` (batch i is rank i % world's),
+// without gradients; the caller sets eval mode and sums over the ranks. Ids from shards validated against the
+// model's vocabulary (data::ShardSet::checked_vocab_limit) are not checked again on the host.
+double rank_loss_sum(const models::GPT2& model, data::DataLoader& loader, int64_t batches, int rank, int world);
 
 }  // namespace tally::train

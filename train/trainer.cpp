@@ -94,8 +94,8 @@ class LoaderBatches final : public Batches {
       : loader_(loader), B_(B), T_(T), device_(device) {}
   void next(Tensor& inputs, Tensor& targets) override {
     loader_.next(batch_);
-    inputs = from_vector(batch_.inputs, {B_, T_}, {.dtype = DType::i32, .device = device_});
-    targets = from_vector(batch_.targets, {B_, T_}, {.dtype = DType::i32, .device = device_});
+    inputs = token_tensor(batch_.inputs, B_, T_, device_);
+    targets = token_tensor(batch_.targets, B_, T_, device_);
   }
   // The shard sets are opened with the model's vocabulary as their limit (validate_vocab): every id is valid.
   TokenIds ids() const override { return TokenIds::checked_by_caller; }
@@ -341,16 +341,7 @@ double Trainer::evaluate(int64_t batches) {
   model_->eval();
   val_loader_->reset();
   batches = std::min(batches, val_loader_->batches_per_epoch());
-  double sum = 0;
-  data::Batch b;
-  for (int64_t i = 0; i < batches; ++i) {
-    val_loader_->next(b);
-    if (i % comm_.world() != comm_.rank()) continue;  // data-parallel: the ranks take turns
-    MemoryScope scope(Category::other, "eval");
-    Tensor x = from_vector(b.inputs, {c_.batch, c_.seq}, {.dtype = DType::i32, .device = c_.device});
-    Tensor y = from_vector(b.targets, {c_.batch, c_.seq}, {.dtype = DType::i32, .device = c_.device});
-    sum += model_->loss(x, y).item();
-  }
+  double sum = rank_loss_sum(*model_, *val_loader_, batches, comm_.rank(), comm_.world());  // the ranks take turns
   model_->train();
   comm_.all_reduce_sum(&sum, 1);
   return sum / double(batches);

@@ -123,16 +123,14 @@ AddLayerNorm add_layer_norm(const Tensor& x_in, const Tensor& residual_in, const
 
 // ---- embedding ----
 
-namespace {
 // Ids must be in [0, limit): checked on the host before any kernel reads them.
-void check_ids(const char* op, const Tensor& ids, int64_t limit) {
+void check_ids_in_range(const char* op, const Tensor& ids, int64_t limit, const std::string& what) {
   if (ids.device().is_meta()) return;
   std::vector<int32_t> host = ids.to_vector<int32_t>();
   for (size_t i = 0; i < host.size(); ++i)
-    TALLY_CHECK(host[i] >= 0 && host[i] < limit, "[", op, "] id ", host[i], " at position ", i, " of ",
+    TALLY_CHECK(host[i] >= 0 && host[i] < limit, "[", op, "] ", what, " ", host[i], " at position ", i, " of ",
                 shape_str(ids.shape()), " is outside [0, ", limit, ")");
 }
-}  // namespace
 
 Tensor embedding(const Tensor& indices_in, const Tensor& weight_in, TokenIds id_check) {
   TALLY_CHECK(indices_in.defined() && indices_in.dtype() == DType::i32, "[embedding] indices must be i32, got ",
@@ -143,7 +141,7 @@ Tensor embedding(const Tensor& indices_in, const Tensor& weight_in, TokenIds id_
               ", weight ", weight_in.str());
   Tensor ids = indices_in.contiguous(), w = weight_in.contiguous();
   int64_t V = w.size(0), C = w.size(1), N = ids.numel();
-  if (id_check == TokenIds::check) check_ids("embedding", ids, V);
+  if (id_check == TokenIds::check) check_ids_in_range("embedding", ids, V);
   Shape out_shape = ids.shape();
   out_shape.push_back(C);
   Tensor out = empty(out_shape, w.options());
@@ -183,7 +181,7 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets_in, CrossEnt
   // Rows may be strided (e.g. a column slice of wider logits); columns must be contiguous.
   Tensor logits = (logits_in.stride(1) == 1 && logits_in.stride(0) >= width) ? logits_in : logits_in.contiguous();
   Tensor targets = targets_in.contiguous();
-  if (options.targets == TokenIds::check) check_ids("cross_entropy", targets, V);
+  if (options.targets == TokenIds::check) check_ids_in_range("cross_entropy", targets, V);
   const int64_t ld = logits.stride(0);
   // Per-row losses and log-sum-exp in f32 for bf16 logits: the loss is then an f32 scalar.
   Tensor losses = empty({N}, detail::acc_options(logits)), lse = empty({N}, detail::acc_options(logits));
@@ -242,7 +240,7 @@ Tensor linear_cross_entropy(const Tensor& x_in, const Tensor& weight_in, const T
     w = weight_in.contiguous().detach();  // (width, C)
   }
   Tensor targets = targets_in.contiguous();
-  if (options.targets == TokenIds::check) check_ids("linear_cross_entropy", targets, V);
+  if (options.targets == TokenIds::check) check_ids_in_range("linear_cross_entropy", targets, V);
   const bool need_dx = grad_enabled() && x_in.requires_grad(), need_dw = grad_enabled() && weight_in.requires_grad();
   Tensor losses = empty({N}, detail::acc_options(x));  // per row, in f32 for bf16
   Tensor dx = need_dx ? empty({N, C}, x.options()) : Tensor();
