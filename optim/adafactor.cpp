@@ -4,19 +4,19 @@
 #include <algorithm>
 #include <cmath>
 
+#include "optim/validate.h"
+
 namespace tally::optim {
 
 void validate(const AdafactorConfig& c, int group) {
   const char* op = "[adafactor]";
-  TALLY_CHECK(std::isfinite(c.lr) && c.lr > 0.0, op, " group ", group, ": lr is required and must be > 0, got ", c.lr);
-  TALLY_CHECK(c.eps[0] > 0.0, op, " group ", group, ": eps[0] (eps1) ", kEpsMustBePositive, ", got ", c.eps[0]);
-  TALLY_CHECK(c.clip_threshold > 0.0, op, " group ", group, ": clip_threshold must be > 0, got ", c.clip_threshold);
+  check_required_lr(op, group, c.lr);
+  check_eps(op, group, "eps[0] (eps1)", c.eps[0]);
+  check_positive(op, group, "clip_threshold", c.clip_threshold);
   TALLY_CHECK(c.decay_rate < 0.0, op, " group ", group, ": decay_rate must be < 0 (beta2_t = 1 - t^decay_rate), got ",
               c.decay_rate);
-  TALLY_CHECK(!c.beta1 || (*c.beta1 >= 0.0 && *c.beta1 <= 1.0), op, " group ", group, ": beta1 must be in [0, 1], got ",
-              c.beta1.value_or(0.0));
-  TALLY_CHECK(std::isfinite(c.weight_decay) && c.weight_decay >= 0.0, op, " group ", group,
-              ": weight_decay must be >= 0, got ", c.weight_decay);
+  if (c.beta1) check_in(op, group, "beta1", *c.beta1, kUnitClosed);
+  check_weight_decay(op, group, c.weight_decay);
   TALLY_CHECK(c.min_dim_to_factor >= 1, op, " group ", group, ": min_dim_to_factor must be >= 1");
 }
 
