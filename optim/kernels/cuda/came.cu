@@ -344,12 +344,6 @@ void launch_factored_batch(CameBatch& b) {
   TALLY_CUDA_LAUNCH_CHECK("came batch param");
 }
 
-// A fused bf16 factored step takes the bf16 gradient and parameter and no statistics (op: the caller, for the error).
-void check_fused(const CameFactoredArgs& a, const char* op) {
-  TALLY_CHECK(!a.bf16_param.grad || (!a.grad && a.bf16_param.param && !a.stats && !a.exact_exp_avg_sq), "[", op,
-              "] a fused bf16 step takes the bf16 gradient and parameter (no f32 gradient) and no statistics");
-}
-
 // The batches of steps of one kind (first moment bf16 or not, gradient bf16 or not).
 template <class MT, class GT>
 void batch_steps_of_kind(const CameFactoredArgs* steps, int64_t count, char* workspace, int64_t workspace_bytes) {
@@ -379,7 +373,9 @@ void batch_steps_of_kind(const CameFactoredArgs* steps, int64_t count, char* wor
 void came_factored_steps(const CameFactoredArgs* steps, int64_t count, void* workspace, int64_t workspace_bytes) {
   check_and_step_unbatchable(
       steps, count, workspace, workspace_bytes, "came_factored_steps",
-      [](const CameFactoredArgs& a) { check_fused(a, "came_factored_steps"); },
+      [](const CameFactoredArgs& a) {
+        check_fused(a.bf16_param, a.grad, a.stats, a.exact_exp_avg_sq, "came_factored_steps");
+      },
       [](const CameFactoredArgs& a) { came_factored_step(a); });
   char* base = static_cast<char*>(workspace);
   batch_steps_of_kind<float, float>(steps, count, base, workspace_bytes);
@@ -420,7 +416,7 @@ void came_factored_step(const CameFactoredArgs& a) {
     return;
   }
   const bool bf16_moment = a.exp_avg_dtype == DType::bf16;
-  check_fused(a, "came_factored_step");
+  check_fused(a.bf16_param, a.grad, a.stats, a.exact_exp_avg_sq, "came_factored_step");
   if (a.bf16_param.grad) {
     bf16_moment ? came_factored<__nv_bfloat16>(a, a.bf16_param.grad) : came_factored<float>(a, a.bf16_param.grad);
   } else {
@@ -434,9 +430,8 @@ void came_dense_step(const CameDenseArgs& a) {
     return;
   }
   const bool bf16_moment = a.exp_avg_dtype == DType::bf16;
+  check_fused(a.bf16_param, a.grad, a.stats, nullptr, "came_dense_step");
   if (a.bf16_param.grad) {
-    TALLY_CHECK(!a.grad && a.bf16_param.param && !a.stats, "[came_dense_step] a fused bf16 step takes the bf16 ",
-                "gradient and parameter (no f32 gradient) and no statistics");
     bf16_moment ? came_dense<__nv_bfloat16>(a, a.bf16_param.grad) : came_dense<float>(a, a.bf16_param.grad);
   } else {
     bf16_moment ? came_dense<__nv_bfloat16>(a, a.grad) : came_dense<float>(a, a.grad);
