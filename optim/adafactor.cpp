@@ -1,7 +1,6 @@
 // Adafactor: configuration checks, state layout (transformers' names and order), kernel dispatch, internals.
 #include "optim/adafactor.h"
 
-#include <algorithm>
 #include <cmath>
 
 #include "optim/validate.h"
@@ -116,17 +115,8 @@ void Adafactor::finish_updates() {
 void Adafactor::record_internals(Slot& s, const double* stats) {
   Optimizer::record_internals(s, stats);
   const AdafactorConfig& c = config_of(s);
-  TensorInternals& in = s.internals;
-  const double n = double(s.whole.numel());
-  const float rms = float(std::sqrt(stats[kernels::kStatUpdateSq])) / float(std::sqrt(n));
-  const float divisor = std::max(1.0f, rms / float(c.clip_threshold));
-  in.clipped = divisor > 1.0f;
-  in.clipped_update_rms = in.update_rms / double(divisor);
-  if (c.beta1) in.exp_avg_rms = std::sqrt(stats[kernels::kStatExpAvgSq] / n);
-  if (s.factored && s.exact.defined()) {
-    in.factored_rel_error = std::sqrt(stats[kernels::kStatFactorErrSq] / stats[kernels::kStatExactSq]);
-    in.exact_since_step = s.exact_since;
-  }
+  record_clip_internals(s, stats, c.clip_threshold);
+  if (c.beta1) s.internals.exp_avg_rms = std::sqrt(stats[kernels::kStatExpAvgSq] / double(s.whole.numel()));
 }
 
 }  // namespace tally::optim

@@ -178,17 +178,9 @@ void Came::record_internals(Slot& s, const double* stats) {
   Optimizer::record_internals(s, stats);
   const CameConfig& c = config_of(s);
   TensorInternals& in = s.internals;
-  const double n = double(s.whole.numel());
-  const float rms = float(std::sqrt(stats[kernels::kStatUpdateSq])) / float(std::sqrt(n));
-  const float divisor = std::max(1.0f, rms / float(c.clip_threshold));
-  in.clipped = divisor > 1.0f;
-  in.clipped_update_rms = in.update_rms / double(divisor);
-  in.exp_avg_rms = std::sqrt(stats[kernels::kStatExpAvgSq] / n);
+  record_clip_internals(s, stats, c.clip_threshold);
+  in.exp_avg_rms = std::sqrt(stats[kernels::kStatExpAvgSq] / double(s.whole.numel()));
   if (!s.factored) return;
-  if (s.exact.defined()) {
-    in.factored_rel_error = std::sqrt(stats[kernels::kStatFactorErrSq] / stats[kernels::kStatExactSq]);
-    in.exact_since_step = s.exact_since;
-  }
   // The confidence factors, from the small R and C vectors of the whole tensor (copied to the host when on a device;
   // sharded, every rank's rows gathered).
   const kernels::FactoredLayout l = layout(s.whole.shape(), c).factoring.layout;

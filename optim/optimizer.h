@@ -359,6 +359,9 @@ class Optimizer {
   virtual void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) = 0;
   // Fills slot.internals from the step's stats (host copy).
   virtual void record_internals(Slot& slot, const double* stats);
+  // What CAME's and Adafactor's record_internals share: whether their RMS clip (at clip_threshold) scaled the
+  // update down, the update RMS after it, and (factored, an exact EMA kept) the factored estimate's relative error.
+  static void record_clip_internals(Slot& slot, const double* stats, double clip_threshold);
   // Runs what update() deferred to be launched together (CAME's and Adafactor's tensors on CUDA); called once after
   // every slot's update() in a step.
   virtual void finish_updates() {}
