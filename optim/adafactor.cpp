@@ -1,22 +1,21 @@
 // Adafactor: configuration checks, state layout (transformers' names and order), kernel dispatch, internals.
 #include "optim/adafactor.h"
 
-#include <algorithm>
 #include <cmath>
+
+#include "optim/validate.h"
 
 namespace tally::optim {
 
 void validate(const AdafactorConfig& c, int group) {
   const char* op = "[adafactor]";
-  TALLY_CHECK(std::isfinite(c.lr) && c.lr > 0.0, op, " group ", group, ": lr is required and must be > 0, got ", c.lr);
-  TALLY_CHECK(c.eps[0] > 0.0, op, " group ", group, ": eps[0] (eps1) ", kEpsMustBePositive, ", got ", c.eps[0]);
-  TALLY_CHECK(c.clip_threshold > 0.0, op, " group ", group, ": clip_threshold must be > 0, got ", c.clip_threshold);
+  check_required_lr(op, group, c.lr);
+  check_eps(op, group, "eps[0] (eps1)", c.eps[0]);
+  check_positive(op, group, "clip_threshold", c.clip_threshold);
   TALLY_CHECK(c.decay_rate < 0.0, op, " group ", group, ": decay_rate must be < 0 (beta2_t = 1 - t^decay_rate), got ",
               c.decay_rate);
-  TALLY_CHECK(!c.beta1 || (*c.beta1 >= 0.0 && *c.beta1 <= 1.0), op, " group ", group, ": beta1 must be in [0, 1], got ",
-              c.beta1.value_or(0.0));
-  TALLY_CHECK(std::isfinite(c.weight_decay) && c.weight_decay >= 0.0, op, " group ", group,
-              ": weight_decay must be >= 0, got ", c.weight_decay);
+  if (c.beta1) check_in(op, group, "beta1", *c.beta1, kUnitClosed);
+  check_weight_decay(op, group, c.weight_decay);
   TALLY_CHECK(c.min_dim_to_factor >= 1, op, " group ", group, ": min_dim_to_factor must be >= 1");
 }
 
@@ -116,17 +115,8 @@ void Adafactor::finish_updates() {
 void Adafactor::record_internals(Slot& s, const double* stats) {
   Optimizer::record_internals(s, stats);
   const AdafactorConfig& c = config_of(s);
-  TensorInternals& in = s.internals;
-  const double n = double(s.whole.numel());
-  const float rms = float(std::sqrt(stats[kernels::kStatUpdateSq])) / float(std::sqrt(n));
-  const float divisor = std::max(1.0f, rms / float(c.clip_threshold));
-  in.clipped = divisor > 1.0f;
-  in.clipped_update_rms = in.update_rms / double(divisor);
-  if (c.beta1) in.exp_avg_rms = std::sqrt(stats[kernels::kStatExpAvgSq] / n);
-  if (s.factored && s.exact.defined()) {
-    in.factored_rel_error = std::sqrt(stats[kernels::kStatFactorErrSq] / stats[kernels::kStatExactSq]);
-    in.exact_since_step = s.exact_since;
-  }
+  record_clip_internals(s, stats, c.clip_threshold);
+  if (c.beta1) s.internals.exp_avg_rms = std::sqrt(stats[kernels::kStatExpAvgSq] / double(s.whole.numel()));
 }
 
 }  // namespace tally::optim

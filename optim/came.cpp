@@ -5,21 +5,20 @@
 #include <algorithm>
 #include <cmath>
 
+#include "optim/validate.h"
+
 namespace tally::optim {
 
 void validate(const CameConfig& c, int group) {
   const char* op = "[came]";
-  TALLY_CHECK(std::isfinite(c.lr) && c.lr > 0.0, op, " group ", group, ": lr is required and must be > 0, got ", c.lr);
-  TALLY_CHECK(c.betas[0] >= 0.0 && c.betas[0] <= 1.0 && c.betas[1] >= 0.0 && c.betas[1] < 1.0 && c.betas[2] >= 0.0 &&
-                  c.betas[2] < 1.0,
-              op, " group ", group, ": betas must be in [0, 1], [0, 1) and [0, 1) (at 1, beta2's and beta3's moving ",
-              "averages stay 0 and the update divides by them), got (", c.betas[0], ", ", c.betas[1], ", ", c.betas[2],
-              ")");
-  TALLY_CHECK(c.eps[0] > 0.0 && c.eps[1] > 0.0, op, " group ", group, ": eps (eps1, eps2) ", kEpsMustBePositive,
-              ", got (", c.eps[0], ", ", c.eps[1], ")");
-  TALLY_CHECK(c.clip_threshold > 0.0, op, " group ", group, ": clip_threshold must be > 0, got ", c.clip_threshold);
-  TALLY_CHECK(std::isfinite(c.weight_decay) && c.weight_decay >= 0.0, op, " group ", group,
-              ": weight_decay must be >= 0, got ", c.weight_decay);
+  check_required_lr(op, group, c.lr);
+  const Interval betas_in[] = {kUnitClosed, kUnitOpen, kUnitOpen};
+  check_betas(op, group, c.betas, betas_in,
+              " (at 1, beta2's and beta3's moving averages stay 0 and the update divides by them)");
+  check_eps(op, group, "eps[0] (eps1)", c.eps[0]);
+  check_eps(op, group, "eps[1] (eps2)", c.eps[1]);
+  check_positive(op, group, "clip_threshold", c.clip_threshold);
+  check_weight_decay(op, group, c.weight_decay);
   TALLY_CHECK(c.exp_avg_dtype == DType::f32 || c.exp_avg_dtype == DType::bf16, op, " group ", group,
               ": exp_avg_dtype must be f32 or bf16, got ", dtype_name(c.exp_avg_dtype));
   TALLY_CHECK(c.min_dim_to_factor >= 1, op, " group ", group, ": min_dim_to_factor must be >= 1");
@@ -179,17 +178,9 @@ void Came::record_internals(Slot& s, const double* stats) {
   Optimizer::record_internals(s, stats);
   const CameConfig& c = config_of(s);
   TensorInternals& in = s.internals;
-  const double n = double(s.whole.numel());
-  const float rms = float(std::sqrt(stats[kernels::kStatUpdateSq])) / float(std::sqrt(n));
-  const float divisor = std::max(1.0f, rms / float(c.clip_threshold));
-  in.clipped = divisor > 1.0f;
-  in.clipped_update_rms = in.update_rms / double(divisor);
-  in.exp_avg_rms = std::sqrt(stats[kernels::kStatExpAvgSq] / n);
+  record_clip_internals(s, stats, c.clip_threshold);
+  in.exp_avg_rms = std::sqrt(stats[kernels::kStatExpAvgSq] / double(s.whole.numel()));
   if (!s.factored) return;
-  if (s.exact.defined()) {
-    in.factored_rel_error = std::sqrt(stats[kernels::kStatFactorErrSq] / stats[kernels::kStatExactSq]);
-    in.exact_since_step = s.exact_since;
-  }
   // The confidence factors, from the small R and C vectors of the whole tensor (copied to the host when on a device;
   // sharded, every rank's rows gathered).
   const kernels::FactoredLayout l = layout(s.whole.shape(), c).factoring.layout;

@@ -4,18 +4,17 @@
 
 #include <cmath>
 
+#include "optim/validate.h"
+
 namespace tally::optim {
 
 void validate(const LambConfig& c, int group) {
   const char* op = "[lamb]";
-  TALLY_CHECK(std::isfinite(c.lr) && c.lr >= 0.0, op, " group ", group, ": lr must be >= 0, got ", c.lr);
-  TALLY_CHECK(c.betas[0] >= 0.0 && c.betas[0] < 1.0 && c.betas[1] >= 0.0 && c.betas[1] < 1.0, op, " group ", group,
-              ": betas must be in [0, 1), got (", c.betas[0], ", ", c.betas[1], ")");
-  TALLY_CHECK(c.eps > 0.0, op, " group ", group, ": eps ", kEpsMustBePositive, ", got ", c.eps);
-  TALLY_CHECK(std::isfinite(c.weight_decay) && c.weight_decay >= 0.0, op, " group ", group,
-              ": weight_decay must be >= 0, got ", c.weight_decay);
-  TALLY_CHECK(c.clamp > 0.0, op, " group ", group, ": clamp (the largest weight norm of the trust ratio) must be > 0, got ",
-              c.clamp);
+  check_lr(op, group, c.lr);
+  check_betas(op, group, c.betas, kUnitOpen);
+  check_eps(op, group, "eps", c.eps);
+  check_weight_decay(op, group, c.weight_decay);
+  check_positive(op, group, "clamp (the largest weight norm of the trust ratio)", c.clamp);
 }
 
 std::vector<StateSpec> Lamb::state_specs(const Shape& shape, const LambConfig&) {

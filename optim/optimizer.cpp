@@ -604,6 +604,19 @@ void Optimizer::record_internals(Slot& s, const double* stats) {
   in.applied_rms = std::sqrt(stats[kernels::kStatAppliedSq] / n);
 }
 
+void Optimizer::record_clip_internals(Slot& s, const double* stats, double clip_threshold) {
+  TensorInternals& in = s.internals;
+  const double n = double(s.whole.numel());
+  const float rms = float(std::sqrt(stats[kernels::kStatUpdateSq])) / float(std::sqrt(n));
+  const float divisor = std::max(1.0f, rms / float(clip_threshold));
+  in.clipped = divisor > 1.0f;
+  in.clipped_update_rms = in.update_rms / double(divisor);
+  if (s.factored && s.exact.defined()) {
+    in.factored_rel_error = std::sqrt(stats[kernels::kStatFactorErrSq] / stats[kernels::kStatExactSq]);
+    in.exact_since_step = s.exact_since;
+  }
+}
+
 std::vector<TensorInternals> Optimizer::internals() const {
   std::vector<TensorInternals> out;
   out.reserve(slots_.size());

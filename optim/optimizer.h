@@ -144,9 +144,6 @@ ShardCut shard_cut(const Shape& whole, const StateLayout& layout, int world);
 // A vector (a bias, a LayerNorm weight) of at most this many elements may stay whole: see shard_cuts.
 inline constexpr int64_t kWholeTensorMax = int64_t(1) << 16;
 
-// Why validate() refuses an epsilon of 0 (the optimizers that divide by a root of their second moment).
-inline constexpr const char* kEpsMustBePositive =
-    "must be > 0 (with 0, an element whose gradient stays 0 is updated by 0/0 = NaN)";
 // Every tensor's cut over `world` ranks (tensor i called names[i], of shape wholes[i], laid out as layouts[i]):
 // shard_cut's, except that a vector or a scalar whose step sums over it (StateLayout::sums_over_tensor: CAME's and
 // Adafactor's RMS clip, LAMB's norms), of at most kWholeTensorMax elements, goes whole to one rank: its state is
@@ -362,6 +359,9 @@ class Optimizer {
   virtual void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) = 0;
   // Fills slot.internals from the step's stats (host copy).
   virtual void record_internals(Slot& slot, const double* stats);
+  // What CAME's and Adafactor's record_internals share: whether their RMS clip (at clip_threshold) scaled the
+  // update down, the update RMS after it, and (factored, an exact EMA kept) the factored estimate's relative error.
+  static void record_clip_internals(Slot& slot, const double* stats, double clip_threshold);
   // Runs what update() deferred to be launched together (CAME's and Adafactor's tensors on CUDA); called once after
   // every slot's update() in a step.
   virtual void finish_updates() {}

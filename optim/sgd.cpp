@@ -3,13 +3,15 @@
 
 #include <cmath>
 
+#include "optim/validate.h"
+
 namespace tally::optim {
 
 void validate(const SgdConfig& c, int group) {
   const char* op = "[sgd]";
-  TALLY_CHECK(std::isfinite(c.lr) && c.lr > 0.0, op, " group ", group, ": lr is required and must be > 0, got ", c.lr);
-  TALLY_CHECK(c.momentum >= 0.0, op, " group ", group, ": momentum must be >= 0, got ", c.momentum);
-  TALLY_CHECK(c.weight_decay >= 0.0, op, " group ", group, ": weight_decay must be >= 0, got ", c.weight_decay);
+  check_required_lr(op, group, c.lr);
+  check_finite_nonnegative(op, group, "momentum", c.momentum);
+  check_weight_decay(op, group, c.weight_decay);
   TALLY_CHECK(c.nesterov == Nesterov::no || (c.momentum > 0.0 && c.dampening == 0.0), op, " group ", group,
               ": Nesterov momentum requires momentum > 0 and zero dampening (got momentum ", c.momentum,
               ", dampening ", c.dampening, ")");

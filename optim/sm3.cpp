@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "optim/kernels/cuda_workspace.h"
+#include "optim/validate.h"
 
 namespace tally::optim {
 
@@ -29,16 +30,12 @@ kernels::Sm3Shape Sm3::kernel_shape(const Slot& s) {
 
 void validate(const Sm3Config& c, int group) {
   const char* op = "[sm3]";
-  TALLY_CHECK(std::isfinite(c.lr) && c.lr >= 0.0, op, " group ", group, ": lr must be >= 0, got ", c.lr);
-  TALLY_CHECK(c.momentum >= 0.0 && c.momentum < 1.0, op, " group ", group, ": momentum must be in [0, 1), got ",
-              c.momentum);
-  TALLY_CHECK(
-      c.beta >= 0.0 && c.beta < 1.0, op, " group ", group,
-      ": beta must be in [0, 1) (at 1 the accumulators never take a gradient and the update is g / sqrt(eps)), ",
-      "got ", c.beta);
-  TALLY_CHECK(c.eps > 0.0, op, " group ", group, ": eps ", kEpsMustBePositive, ", got ", c.eps);
-  TALLY_CHECK(std::isfinite(c.weight_decay) && c.weight_decay >= 0.0, op, " group ", group,
-              ": weight_decay must be >= 0, got ", c.weight_decay);
+  check_lr(op, group, c.lr);
+  check_in(op, group, "momentum", c.momentum, kUnitOpen);
+  check_in(op, group, "beta", c.beta, kUnitOpen,
+           " (at 1 the accumulators never take a gradient and the update is g / sqrt(eps))");
+  check_eps(op, group, "eps", c.eps);
+  check_weight_decay(op, group, c.weight_decay);
 }
 
 std::vector<StateSpec> Sm3::state_specs(const Shape& shape, const Sm3Config& c) {

@@ -4,6 +4,8 @@
 #include <doctest/doctest.h>
 #include <omp.h>
 
+#include <limits>
+
 #include "core/ledger.h"
 #include "tests/core/io_test_helpers.h"
 #include "tests/optim/optim_test_util.h"
@@ -508,6 +510,22 @@ TEST_CASE("validation: bad parameters and configurations throw naming what is wr
   CHECK(contains(msg, "f64"));
   CHECK(contains(error_message([&] { opt.step({.grad_scale = 0.0}); }), "grad_scale"));
   CHECK(contains(error_message([&] { (void)opt.param_step("nope"); }), "nope"));
+}
+
+TEST_CASE("validation: an infinite weight decay, or SGD momentum, is refused by name") {
+  Tensor a = make_param("v.a", {1, 2}, {2});
+  const double inf = std::numeric_limits<double>::infinity();
+  const std::string wd = " group 0: weight_decay must be finite and >= 0, got inf";
+  CHECK(contains(error_message([&] { AdamW({a}, {.weight_decay = inf}); }), "[adamw]" + wd));
+  CHECK(contains(error_message([&] { Lamb({a}, {.weight_decay = inf}); }), "[lamb]" + wd));
+  CHECK(contains(error_message([&] { Sm3({a}, {.weight_decay = inf}); }), "[sm3]" + wd));
+  CHECK(contains(error_message([&] { Came({a}, {.lr = 1e-3, .weight_decay = inf}); }), "[came]" + wd));
+  CHECK(contains(error_message([&] { Adafactor({a}, {.lr = 1e-3, .weight_decay = inf}); }), "[adafactor]" + wd));
+  CHECK(contains(error_message([&] { Sgd({a}, {.lr = 0.1, .weight_decay = inf}); }), "[sgd]" + wd));
+  CHECK(contains(error_message([&] { Sgd({a}, {.lr = 0.1, .momentum = inf}); }),
+                 "[sgd] group 0: momentum must be finite and >= 0, got inf"));
+  CHECK(contains(error_message([&] { Sgd({a}, {.lr = 0.1, .momentum = -inf}); }), "momentum must be finite and >= 0"));
+  CHECK_NOTHROW(Sgd({a}, {.lr = 0.1, .momentum = 0.9, .weight_decay = 0.1}));
 }
 
 }  // TEST_SUITE

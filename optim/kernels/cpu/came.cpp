@@ -319,11 +319,7 @@ void came_factored_step(const CameFactoredArgs& a) {
     return;
   }
   const bool bf = a.exp_avg_dtype == DType::bf16;
-  if (a.stats) {
-    bf ? came_factored<bf16, true>(a) : came_factored<float, true>(a);
-  } else {
-    bf ? came_factored<bf16, false>(a) : came_factored<float, false>(a);
-  }
+  with_flag(a.stats != nullptr, [&]<bool S>() { bf ? came_factored<bf16, S>(a) : came_factored<float, S>(a); });
 }
 
 void came_dense_step(const CameDenseArgs& a) {
@@ -333,11 +329,7 @@ void came_dense_step(const CameDenseArgs& a) {
     return;
   }
   const bool bf = a.exp_avg_dtype == DType::bf16;
-  if (a.stats) {
-    bf ? came_dense<bf16, true>(a) : came_dense<float, true>(a);
-  } else {
-    bf ? came_dense<bf16, false>(a) : came_dense<float, false>(a);
-  }
+  with_flag(a.stats != nullptr, [&]<bool S>() { bf ? came_dense<bf16, S>(a) : came_dense<float, S>(a); });
 }
 
 void came_factored_steps(const CameFactoredArgs* steps, int64_t count, void* workspace, int64_t workspace_bytes) {

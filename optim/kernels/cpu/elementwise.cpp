@@ -115,13 +115,6 @@ void sgd(const SgdArgs& a) {
   }
 }
 
-// Calls f.template operator()<B>() with B = the runtime flag as a compile-time constant.
-template <class F>
-void with_flag(bool flag, F&& f) {
-  if (flag) f.template operator()<true>();
-  else f.template operator()<false>();
-}
-
 }  // namespace
 
 void adamw_step(const AdamWArgs& a) {

@@ -110,14 +110,8 @@ void lamb(const LambArgs& a) {
 void lamb_step(const LambArgs& a) {
   refuse_fused_bf16(a.bf16_param, "lamb_step");
   if (a.n == 0 && !a.shard.sum) return;  // a rank with no element of a sharded tensor still adds its (zero) norms
-  const bool in_update = a.decay == LambDecay::in_update;
-  if (a.stats) {
-    if (in_update) lamb<true, true>(a);
-    else lamb<true, false>(a);
-  } else {
-    if (in_update) lamb<false, true>(a);
-    else lamb<false, false>(a);
-  }
+  with_flag(a.stats != nullptr,
+            [&]<bool S>() { with_flag(a.decay == LambDecay::in_update, [&]<bool U>() { lamb<S, U>(a); }); });
 }
 
 }  // namespace tally::optim::kernels::cpu

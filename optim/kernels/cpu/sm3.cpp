@@ -208,13 +208,6 @@ void sm3_dims(const Sm3Args& a) {
   }
 }
 
-// Calls f.template operator()<B>() with B = the runtime flag as a compile-time constant.
-template <class F>
-void with_flag(bool flag, F&& f) {
-  if (flag) f.template operator()<true>();
-  else f.template operator()<false>();
-}
-
 }  // namespace
 
 int64_t sm3_workspace_bytes(const Sm3Shape& shape) {

@@ -1,7 +1,8 @@
 // The loops the optimizer kernels are written in (internal to optim/kernels/cpu): over the tasks of a block plan
 // with row and column sums (reduce_tasks, reduce_rows_cols, reduce_row_groups), over every row (for_each_row),
 // and over a flat range (for_each_range). Each gives the kernel's per-element code its elements and sums what it
-// returns in task order, so results do not depend on the thread count. The arithmetic is the callers'.
+// returns in task order, so results do not depend on the thread count. The arithmetic is the callers'. Also
+// with_flag, the kernels' dispatch from a runtime flag to a template argument.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -125,6 +126,16 @@ void for_each_range(int64_t n, double* extras_out, Fn&& fn) {
   if (extras_out)
     for (int64_t t = 0; t < tasks; ++t)
       for (int e = 0; e < kExtras; ++e) extras_out[e] += extras[t][e];
+}
+
+// The kernels' dispatch from a runtime flag to a template argument: calls f.template operator()<B>() with B = flag
+// as a compile-time constant (with_flag(a.stats != nullptr, [&]<bool S>() { step<S>(a); })).
+template <class F>
+void with_flag(bool flag, F&& f) {
+  if (flag)
+    f.template operator()<true>();
+  else
+    f.template operator()<false>();
 }
 
 }  // namespace tally::optim::kernels::cpu::detail

@@ -139,12 +139,6 @@ UpdateScalars update_scalars(double grad_scale, double lr, double beta1, double 
           .wd = weight_decay != 0.0};
 }
 
-// A fused bf16 step takes the bf16 gradient and parameter and no statistics (they are read right after the step).
-void check_fused(const FusedBf16& f, const float* grad, const double* stats, const float* exact, const char* op) {
-  TALLY_CHECK(!f.grad || (!grad && f.param && !stats && !exact), "[", op, "] a fused bf16 step takes the bf16 ",
-              "gradient and parameter (no f32 gradient) and no statistics");
-}
-
 // The first two passes of a factored step (GT: the gradient's type): r, c and their factors; the clip divisor.
 template <class GT>
 void factored_first_passes(const AdafactorFactoredArgs& a, const GT* g, const Plan& plan, const Workspace& w) {

@@ -290,9 +290,7 @@ enum class DenseRoute { skip, batch, alone };
 template <class Args>
 DenseRoute dense_route(const Args& a, const char* op) {
   TALLY_CHECK(!a.stats, "[", op, "] a batched step cannot carry statistics");
-  if (a.bf16_param.grad)
-    TALLY_CHECK(a.bf16_param.param && !a.grad, "[", op, "] a fused bf16 step takes the bf16 gradient and parameter ",
-                "(no f32 gradient)");
+  check_fused(a.bf16_param, a.grad, a.stats, nullptr, op);
   if (a.n == 0 && !a.shard.sum) return DenseRoute::skip;
   return a.n > kDenseBatchMax || a.shard.sum ? DenseRoute::alone : DenseRoute::batch;
 }

@@ -18,6 +18,25 @@ using namespace detail;
 
 namespace {
 
+// The scalars of the first moment's and the parameter's updates, as float (as the CPU kernels convert them): built
+// once per step (came_scalars) or per batched tensor (came_scalars_of), passed by value.
+struct CameScalars {
+  float gs;          // the gradient's scale
+  float b1, one_b1;  // beta1, 1 - beta1
+  float lr;
+  float decay;  // -weight_decay * lr
+  bool wd;      // weight decay applies: p = p + decay p before the step
+};
+
+CameScalars came_scalars(double grad_scale, double beta1, double lr, double weight_decay) {
+  return {.gs = float(grad_scale),
+          .b1 = float(beta1),
+          .one_b1 = float(1.0 - beta1),
+          .lr = float(lr),
+          .decay = float(-weight_decay * lr),
+          .wd = weight_decay != 0.0};
+}
+
 // Pass 3, fused layout: updates m (exactly once per element) and returns the instability (u - m_new)^2 + eps2.
 // MT: the first moment's type; GT: the gradient's (f32, or bf16 read in place: FusedBf16).
 template <class MT, bool kUpdate, class GT>
@@ -29,13 +48,17 @@ struct MomentFill {
   const float* rf;
   const float* cf;
   const float* divisor;
-  float gs, b1, one_b1, eps2;
+  CameScalars s;
+  float eps2;
   __device__ float operator()(int64_t p, int64_t i, int64_t k) const {
     const int64_t e = (p * l.n + i) * K + k;
-    const float u = ((row_factor_of(l, rf, p, i, k) * cf[p * K + k]) * (load(g + e) * gs)) / *divisor;
+    const float u = ((row_factor_of(l, rf, p, i, k) * cf[p * K + k]) * (load(g + e) * s.gs)) / *divisor;
     float mn;
-    if constexpr (kUpdate) mn = store(m + e, fmaf(u, one_b1, load(m + e) * b1));
-    else mn = load(m + e);  // already updated (general layouts: the fill must be pure, it runs twice)
+    if constexpr (kUpdate) {
+      mn = store(m + e, fmaf(u, s.one_b1, load(m + e) * s.b1));
+    } else {
+      mn = load(m + e);  // already updated (general layouts: the fill must be pure, it runs twice)
+    }
     const float r = u - mn;
     return r * r + eps2;
   }
@@ -43,27 +66,26 @@ struct MomentFill {
 
 template <class MT, class GT>
 __global__ void moment_update(FactoredLayout l, int64_t K, const GT* g, MT* m, const float* rf, const float* cf,
-                              const float* divisor, float gs, float b1, float one_b1) {
+                              const float* divisor, CameScalars s) {
   const int64_t pi = blockIdx.x, k = blockIdx.y * int64_t(kThreads) + threadIdx.x;
   if (k >= K) return;
   const int64_t p = pi / l.n, i = pi % l.n, e = pi * K + k;
-  const float u = ((row_factor_of(l, rf, p, i, k) * cf[p * K + k]) * (load(g + e) * gs)) / *divisor;
-  store(m + e, fmaf(u, one_b1, load(m + e) * b1));
+  const float u = ((row_factor_of(l, rf, p, i, k) * cf[p * K + k]) * (load(g + e) * s.gs)) / *divisor;
+  store(m + e, fmaf(u, s.one_b1, load(m + e) * s.b1));
 }
 
 // Pass 4 on one element: p = p + (-lr*wd)*p (fused, as torch's add_(p, alpha)), then p -= (factor * m) * lr. Every
 // kernel that writes the parameter (factored, dense, fused bf16 or not) steps it through here, so that they round
 // alike. The dense step has no factor (1: the product is then m itself, exactly).
-__device__ inline float param_step(float x, float factor, float m, float lr, float decay, bool wd) {
-  if (wd) x = fmaf(x, decay, x);
-  return x - (factor * m) * lr;
+__device__ inline float param_step(float x, float factor, float m, const CameScalars& s) {
+  if (s.wd) x = fmaf(x, s.decay, x);
+  return x - (factor * m) * s.lr;
 }
 
 // Pass 4 of a factored tensor: row pi (p * n + i), its chunk kc of 4 * kThreads columns.
 template <class MT>
 __device__ inline void param_update_of(const FactoredLayout& l, int64_t K, float* param, const MT* m, const float* rf,
-                                       const float* cf, float lr, float decay, bool wd, bool vec, int64_t pi,
-                                       int64_t kc) {
+                                       const float* cf, const CameScalars& s, bool vec, int64_t pi, int64_t kc) {
   const int64_t k0 = (kc * kThreads + threadIdx.x) * 4;
   if (k0 >= K) return;
   const int64_t p = pi / l.n, i = pi % l.n;
@@ -78,35 +100,34 @@ __device__ inline void param_update_of(const FactoredLayout& l, int64_t K, float
       float* pp[4] = {&pv.x, &pv.y, &pv.z, &pv.w};
       const float ms[4] = {mv.x, mv.y, mv.z, mv.w};
 #pragma unroll
-      for (int t = 0; t < 4; ++t) *pp[t] = param_step(*pp[t], r * c[t], ms[t], lr, decay, wd);
+      for (int t = 0; t < 4; ++t) *pp[t] = param_step(*pp[t], r * c[t], ms[t], s);
       *reinterpret_cast<float4*>(pr + k0) = pv;
       return;
     }
   }
   for (int64_t k = k0; k < imin(K, k0 + 4); ++k)
-    pr[k] = param_step(pr[k], row_factor_of(l, rf, p, i, k) * cf[p * K + k], load(mr + k), lr, decay, wd);
+    pr[k] = param_step(pr[k], row_factor_of(l, rf, p, i, k) * cf[p * K + k], load(mr + k), s);
 }
 __host__ __device__ inline int64_t param_update_chunks(int64_t K) {
   return (K + 4 * kThreads - 1) / (4 * kThreads);
 }
 template <class MT>
 __global__ void param_update(FactoredLayout l, int64_t K, float* param, const MT* m, const float* rf, const float* cf,
-                             float lr, float decay, bool wd, bool vec) {
-  param_update_of(l, K, param, m, rf, cf, lr, decay, wd, vec, blockIdx.x, blockIdx.y);
+                             CameScalars s, bool vec) {
+  param_update_of(l, K, param, m, rf, cf, s, vec, blockIdx.x, blockIdx.y);
 }
 
 // Pass 4 of a bf16 parameter (FusedBf16): param_update's arithmetic on the master, then the bf16 parameter as
 // round_to_bf16 writes it: each thread takes whole 8-element Philox blocks of the flat tensor (a block may span rows).
 template <class MT>
 __device__ inline void param_update_rounded_of(const FactoredLayout& l, int64_t K, float* param, const MT* m,
-                                               const float* rf, const float* cf, float lr, float decay, bool wd,
+                                               const float* rf, const float* cf, const CameScalars& s,
                                                const FusedBf16& out, GridPos at) {
   update_rounded_blocks(
       l.numel(), out,
       [&](int64_t e) {
         const int64_t k = e % K, pi = e / K, p = pi / l.n, i = pi % l.n;
-        const float x =
-            param_step(param[e], row_factor_of(l, rf, p, i, k) * cf[p * K + k], load(m + e), lr, decay, wd);
+        const float x = param_step(param[e], row_factor_of(l, rf, p, i, k) * cf[p * K + k], load(m + e), s);
         param[e] = x;
         return x;
       },
@@ -114,8 +135,8 @@ __device__ inline void param_update_rounded_of(const FactoredLayout& l, int64_t 
 }
 template <class MT>
 __global__ void param_update_rounded(FactoredLayout l, int64_t K, float* param, const MT* m, const float* rf,
-                                     const float* cf, float lr, float decay, bool wd, FusedBf16 out) {
-  param_update_rounded_of(l, K, param, m, rf, cf, lr, decay, wd, out, own_grid());
+                                     const float* cf, CameScalars s, FusedBf16 out) {
+  param_update_rounded_of(l, K, param, m, rf, cf, s, out, own_grid());
 }
 
 // Inspection after the step: sum m^2 and sum (lr * factor * m)^2.
@@ -143,58 +164,54 @@ void came_factored(const CameFactoredArgs& a, const GT* g) {
   const Plan plan = make_plan(l);
   const Workspace w = carve(a.workspace, l, plan);
   const int64_t K = plan.K, N = l.numel();
-  const float gs = float(a.grad_scale);
+  const CameScalars s = came_scalars(a.grad_scale, a.beta1, a.lr, a.weight_decay);
   MT* m = static_cast<MT*>(a.exp_avg);
 
   // Pass 1: r, c and their factors.
-  factored_stats(l, plan, w, SquareFill<GT>{g, l.n, K, gs, float(a.eps1)}, a.exp_avg_sq_row, a.exp_avg_sq_col,
+  factored_stats(l, plan, w, SquareFill<GT>{g, l.n, K, s.gs, float(a.eps1)}, a.exp_avg_sq_row, a.exp_avg_sq_col,
                  a.beta2, a.shard);
   // Pass 2: RMS of u -> clip divisor (device scalar).
   const int blocks = reduce_blocks(N / 4 + 1);
   const bool vec = vectorizable(l, {g, a.param, a.exp_avg});
-  update_sq<GT><<<blocks, kThreads, 0, stream()>>>(l, K, g, w.row_factor, w.col_factor, gs, vec, w.block_sums);
+  update_sq<GT><<<blocks, kThreads, 0, stream()>>>(l, K, g, w.row_factor, w.col_factor, s.gs, vec, w.block_sums);
   TALLY_CUDA_LAUNCH_CHECK("came update_sq");
   launch_clip_divisor(w.block_sums, blocks, N, a.clip_threshold, w.divisor, a.stats, a.shard, w.total,
                       "came clip_divisor");
   if (a.stats && a.exact_exp_avg_sq) {
     const int b = reduce_blocks(N);
-    ExactFill f{l, K, a.grad, a.exact_exp_avg_sq, w.row_factor, w.col_factor, gs, float(a.eps1), float(a.beta2),
-                float(1.0 - a.beta2)};
+    const float b2 = float(a.beta2), one_b2 = float(1.0 - a.beta2);
+    ExactFill f{l, K, a.grad, a.exact_exp_avg_sq, w.row_factor, w.col_factor, s.gs, float(a.eps1), b2, one_b2};
     grid_sums<<<b, kThreads, 0, stream()>>>(N, f, w.block_sums);
     TALLY_CUDA_LAUNCH_CHECK("came exact ema");
     launch_add_block_sums(w.block_sums, b, a.stats, kStatFactorErrSq, kStatExactSq, 0, 2, "came add_block_sums");
   }
   // Pass 3: m, instability -> R, C and their factors (the row/col factor buffers are reused).
-  const float b1 = float(a.beta1), one_b1 = float(1.0 - a.beta1), eps2 = float(a.eps2);
+  const float eps2 = float(a.eps2);
   if (plan.fused_rows) {
-    MomentFill<MT, true, GT> f{l, K, g, m, w.row_factor, w.col_factor, w.divisor, gs, b1, one_b1, eps2};
+    MomentFill<MT, true, GT> f{l, K, g, m, w.row_factor, w.col_factor, w.divisor, s, eps2};
     // The fill reads the second-moment factors while the stats overwrite them only in the finishing kernels,
     // which run after the tile kernel completes (same stream).
     factored_stats(l, plan, w, f, a.exp_avg_res_row, a.exp_avg_res_col, a.beta3, a.shard);
   } else {
     const dim3 rows_grid(unsigned(l.P * l.n), unsigned((K + kThreads - 1) / kThreads));
-    moment_update<MT, GT><<<rows_grid, kThreads, 0, stream()>>>(l, K, g, m, w.row_factor, w.col_factor, w.divisor, gs,
-                                                                b1, one_b1);
+    moment_update<MT, GT><<<rows_grid, kThreads, 0, stream()>>>(l, K, g, m, w.row_factor, w.col_factor, w.divisor, s);
     TALLY_CUDA_LAUNCH_CHECK("came moment_update");
-    MomentFill<MT, false, GT> f{l, K, g, m, w.row_factor, w.col_factor, w.divisor, gs, b1, one_b1, eps2};
+    MomentFill<MT, false, GT> f{l, K, g, m, w.row_factor, w.col_factor, w.divisor, s, eps2};
     factored_stats(l, plan, w, f, a.exp_avg_res_row, a.exp_avg_res_col, a.beta3, a.shard);
   }
   // Pass 4: the parameter (and, fused, the bf16 parameter from it).
-  const float lr = float(a.lr), decay = float(-a.weight_decay * a.lr);
-  const bool wd = a.weight_decay != 0.0;
   if (a.bf16_param.grad) {
     param_update_rounded<MT><<<rounded_blocks_grid(N), kThreads, 0, stream()>>>(l, K, a.param, m, w.row_factor,
-                                                                                w.col_factor, lr, decay, wd,
-                                                                                a.bf16_param);
+                                                                                w.col_factor, s, a.bf16_param);
     TALLY_CUDA_LAUNCH_CHECK("came param_update_rounded");
   } else {
     const dim3 grid(unsigned(l.P * l.n), unsigned(param_update_chunks(K)));
-    param_update<MT><<<grid, kThreads, 0, stream()>>>(l, K, a.param, m, w.row_factor, w.col_factor, lr, decay, wd, vec);
+    param_update<MT><<<grid, kThreads, 0, stream()>>>(l, K, a.param, m, w.row_factor, w.col_factor, s, vec);
     TALLY_CUDA_LAUNCH_CHECK("came param_update");
   }
   if (a.stats) {
     const int b = reduce_blocks(N);
-    grid_sums<<<b, kThreads, 0, stream()>>>(N, MomentStats<MT>{l, K, m, w.row_factor, w.col_factor, float(a.lr)},
+    grid_sums<<<b, kThreads, 0, stream()>>>(N, MomentStats<MT>{l, K, m, w.row_factor, w.col_factor, s.lr},
                                             w.block_sums);
     TALLY_CUDA_LAUNCH_CHECK("came moment stats");
     launch_add_block_sums(w.block_sums, b, a.stats, kStatExpAvgSq, kStatAppliedSq, 0, 2, "came add_block_sums");
@@ -204,24 +221,23 @@ void came_factored(const CameFactoredArgs& a, const GT* g) {
 // Dense pass 2 on one element: u = g / sqrt(v) / divisor, m = b1 m + (1-b1) u, p = p + decay p - lr m. Returns m
 // as stored.
 template <class MT>
-__device__ inline float dense_moment_param(float g, float v, MT* m, float* p, float gs, float d, float b1,
-                                           float one_b1, float lr, float decay, bool wd) {
-  const float u = ((1.0f / sqrtf(v)) * (g * gs)) / d;
-  const float mn = store(m, fmaf(u, one_b1, load(m) * b1));
-  *p = param_step(*p, 1.0f, mn, lr, decay, wd);
+__device__ inline float dense_moment_param(float g, float v, MT* m, float* p, float d, const CameScalars& s) {
+  const float u = ((1.0f / sqrtf(v)) * (g * s.gs)) / d;
+  const float mn = store(m, fmaf(u, s.one_b1, load(m) * s.b1));
+  *p = param_step(*p, 1.0f, mn, s);
   return mn;
 }
 
 // Dense pass 2: m and p (and, inspecting, block sums of m^2 and (lr m)^2).
 template <class MT, bool kStats>
 __global__ void dense_update(int64_t n, const float* g, const float* v, MT* m, float* param, const float* divisor,
-                             float gs, float b1, float one_b1, float lr, float decay, bool wd, double* block_sums) {
+                             CameScalars s, double* block_sums) {
   double msq = 0, app = 0;
   const float d = *divisor;
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
-    const float mn = dense_moment_param(g[e], v[e], m + e, param + e, gs, d, b1, one_b1, lr, decay, wd);
+    const float mn = dense_moment_param(g[e], v[e], m + e, param + e, d, s);
     if (kStats) {
-      const float step = mn * lr;
+      const float step = mn * s.lr;
       msq += double(mn) * mn;
       app += double(step) * step;
     }
@@ -235,11 +251,11 @@ __global__ void dense_update(int64_t n, const float* g, const float* v, MT* m, f
 // Dense pass 2 of a bf16 parameter (FusedBf16): dense_moment_param on the master from the bf16 gradient, then the bf16
 // parameter as round_to_bf16 writes it; each thread takes whole 8-element Philox blocks.
 template <class MT>
-__global__ void dense_update_rounded(int64_t n, const float* v, MT* m, float* param, const float* divisor, float gs,
-                                     float b1, float one_b1, float lr, float decay, bool wd, FusedBf16 out) {
+__global__ void dense_update_rounded(int64_t n, const float* v, MT* m, float* param, const float* divisor,
+                                     CameScalars s, FusedBf16 out) {
   const float d = *divisor;
   update_rounded_blocks(n, out, [&](int64_t e) {
-    dense_moment_param(load(out.grad + e), v[e], m + e, param + e, gs, d, b1, one_b1, lr, decay, wd);
+    dense_moment_param(load(out.grad + e), v[e], m + e, param + e, d, s);
     return param[e];
   });
 }
@@ -248,30 +264,26 @@ __global__ void dense_update_rounded(int64_t n, const float* v, MT* m, float* pa
 template <class MT, class GT>
 void came_dense(const CameDenseArgs& a, const GT* g) {
   const DenseWorkspace w = carve_dense(a.workspace);
-  const float gs = float(a.grad_scale);
+  const CameScalars s = came_scalars(a.grad_scale, a.beta1, a.lr, a.weight_decay);
   const int blocks = reduce_blocks(a.n);
-  dense_second_moment<GT><<<blocks, kThreads, 0, stream()>>>(a.n, g, a.exp_avg_sq, gs, float(a.eps1), float(a.beta2),
+  dense_second_moment<GT><<<blocks, kThreads, 0, stream()>>>(a.n, g, a.exp_avg_sq, s.gs, float(a.eps1), float(a.beta2),
                                                              float(1.0 - a.beta2), w.block_sums);
   TALLY_CUDA_LAUNCH_CHECK("came dense_second_moment");
   launch_clip_divisor(w.block_sums, blocks, a.n, a.clip_threshold, w.divisor, a.stats, a.shard, w.total,
                       "came clip_divisor");
   MT* m = static_cast<MT*>(a.exp_avg);
-  const float b1 = float(a.beta1), one_b1 = float(1.0 - a.beta1), lr = float(a.lr);
-  const float decay = float(-a.weight_decay * a.lr);
-  const bool wd = a.weight_decay != 0.0;
   if (a.bf16_param.grad) {
     dense_update_rounded<MT><<<rounded_blocks_grid(a.n), kThreads, 0, stream()>>>(a.n, a.exp_avg_sq, m, a.param,
-                                                                                  w.divisor, gs, b1, one_b1, lr, decay,
-                                                                                  wd, a.bf16_param);
+                                                                                  w.divisor, s, a.bf16_param);
     TALLY_CUDA_LAUNCH_CHECK("came dense_update_rounded");
   } else if (a.stats) {
-    dense_update<MT, true><<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.exp_avg_sq, m, a.param, w.divisor, gs, b1,
-                                                              one_b1, lr, decay, wd, w.block_sums);
+    dense_update<MT, true>
+        <<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.exp_avg_sq, m, a.param, w.divisor, s, w.block_sums);
     TALLY_CUDA_LAUNCH_CHECK("came dense_update");
     launch_add_block_sums(w.block_sums, blocks, a.stats, kStatExpAvgSq, kStatAppliedSq, 0, 2, "came add_block_sums");
   } else {
-    dense_update<MT, false><<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.exp_avg_sq, m, a.param, w.divisor, gs, b1,
-                                                               one_b1, lr, decay, wd, w.block_sums);
+    dense_update<MT, false>
+        <<<blocks, kThreads, 0, stream()>>>(a.n, a.grad, a.exp_avg_sq, m, a.param, w.divisor, s, w.block_sums);
     TALLY_CUDA_LAUNCH_CHECK("came dense_update");
   }
 }
@@ -280,13 +292,21 @@ void came_dense(const CameDenseArgs& a, const GT* g) {
 using CameDenseBatch = DenseBatch<kCameDenseBatchTasks>;
 static_assert(sizeof(CameDenseBatch) <= 4000, "came_dense_batch: the launch's parameters must stay under 4 KiB");
 
+// A batched tensor's scalars, as came_scalars gives them (dense_task leaves decay 0 without weight decay).
+__device__ inline CameScalars came_scalars_of(const DenseTask& t) {
+  return {.gs = t.gs, .b1 = t.b1, .one_b1 = t.one_b1, .lr = t.lr, .decay = t.decay, .wd = t.decay != 0.0f};
+}
+__device__ inline CameScalars came_scalars_of(const FactoredTask<2>& t) {
+  return {.gs = t.gs, .b1 = t.b1, .one_b1 = t.one_b1, .lr = t.lr, .decay = t.decay, .wd = t.wd};
+}
+
 template <class MT>
 __global__ void came_dense_batch(const CameDenseBatch b) {
   const DenseTask& t = b.task[blockIdx.x];
   MT* m = static_cast<MT*>(t.exp_avg);
-  const bool wd = t.decay != 0.0f;
+  const CameScalars s = came_scalars_of(t);
   dense_task_step(t, [&](int64_t e, float d) {  // as dense_update
-    dense_moment_param(grad_of(t, e), t.v[e], m + e, t.param + e, t.gs, d, t.b1, t.one_b1, t.lr, t.decay, wd);
+    dense_moment_param(grad_of(t, e), t.v[e], m + e, t.param + e, d, s);
   });
 }
 
@@ -307,8 +327,10 @@ __global__ void batch_moment_tiles(const CameBatch b) {
   GridPos at;
   const auto& t = task_of(b, kTiles, at);
   const int64_t pt = at.block / t.plan.tiles_k, tk = at.block % t.plan.tiles_k;
-  const MomentFill<MT, true, GT> f{t.l, t.plan.K, static_cast<const GT*>(t.g), static_cast<MT*>(t.m), t.w.row_factor,
-                                   t.w.col_factor, t.w.divisor, t.gs, t.b1, t.one_b1, t.eps2};
+  const GT* g = static_cast<const GT*>(t.g);
+  MT* m = static_cast<MT*>(t.m);
+  const CameScalars s = came_scalars_of(t);
+  const MomentFill<MT, true, GT> f{t.l, t.plan.K, g, m, t.w.row_factor, t.w.col_factor, t.w.divisor, s, t.eps2};
   tile_stats_of(t.l, t.plan, f, t.w.row_partials, t.w.col_partials, pt, tk);
 }
 
@@ -318,10 +340,10 @@ __global__ void batch_param(const CameBatch b) {
   const auto& t = task_of(b, kParam, at);
   const MT* m = static_cast<const MT*>(t.m);
   if (t.out.grad) {
-    param_update_rounded_of(t.l, t.plan.K, t.param, m, t.w.row_factor, t.w.col_factor, t.lr, t.decay, t.wd, t.out, at);
+    param_update_rounded_of(t.l, t.plan.K, t.param, m, t.w.row_factor, t.w.col_factor, came_scalars_of(t), t.out, at);
   } else {
     const int64_t chunks = param_update_chunks(t.plan.K);
-    param_update_of(t.l, t.plan.K, t.param, m, t.w.row_factor, t.w.col_factor, t.lr, t.decay, t.wd, t.vec,
+    param_update_of(t.l, t.plan.K, t.param, m, t.w.row_factor, t.w.col_factor, came_scalars_of(t), t.vec,
                     at.block / chunks, at.block % chunks);
   }
 }
@@ -342,12 +364,6 @@ void launch_factored_batch(CameBatch& b) {
   launch_batch_ema_factors<CameBatch, 1>(b, "came batch");
   batch_param<MT><<<b.blocks[kParam], kThreads, 0, stream()>>>(b);
   TALLY_CUDA_LAUNCH_CHECK("came batch param");
-}
-
-// A fused bf16 factored step takes the bf16 gradient and parameter and no statistics (op: the caller, for the error).
-void check_fused(const CameFactoredArgs& a, const char* op) {
-  TALLY_CHECK(!a.bf16_param.grad || (!a.grad && a.bf16_param.param && !a.stats && !a.exact_exp_avg_sq), "[", op,
-              "] a fused bf16 step takes the bf16 gradient and parameter (no f32 gradient) and no statistics");
 }
 
 // The batches of steps of one kind (first moment bf16 or not, gradient bf16 or not).
@@ -379,7 +395,9 @@ void batch_steps_of_kind(const CameFactoredArgs* steps, int64_t count, char* wor
 void came_factored_steps(const CameFactoredArgs* steps, int64_t count, void* workspace, int64_t workspace_bytes) {
   check_and_step_unbatchable(
       steps, count, workspace, workspace_bytes, "came_factored_steps",
-      [](const CameFactoredArgs& a) { check_fused(a, "came_factored_steps"); },
+      [](const CameFactoredArgs& a) {
+        check_fused(a.bf16_param, a.grad, a.stats, a.exact_exp_avg_sq, "came_factored_steps");
+      },
       [](const CameFactoredArgs& a) { came_factored_step(a); });
   char* base = static_cast<char*>(workspace);
   batch_steps_of_kind<float, float>(steps, count, base, workspace_bytes);
@@ -420,7 +438,7 @@ void came_factored_step(const CameFactoredArgs& a) {
     return;
   }
   const bool bf16_moment = a.exp_avg_dtype == DType::bf16;
-  check_fused(a, "came_factored_step");
+  check_fused(a.bf16_param, a.grad, a.stats, a.exact_exp_avg_sq, "came_factored_step");
   if (a.bf16_param.grad) {
     bf16_moment ? came_factored<__nv_bfloat16>(a, a.bf16_param.grad) : came_factored<float>(a, a.bf16_param.grad);
   } else {
@@ -434,9 +452,8 @@ void came_dense_step(const CameDenseArgs& a) {
     return;
   }
   const bool bf16_moment = a.exp_avg_dtype == DType::bf16;
+  check_fused(a.bf16_param, a.grad, a.stats, nullptr, "came_dense_step");
   if (a.bf16_param.grad) {
-    TALLY_CHECK(!a.grad && a.bf16_param.param && !a.stats, "[came_dense_step] a fused bf16 step takes the bf16 ",
-                "gradient and parameter (no f32 gradient) and no statistics");
     bf16_moment ? came_dense<__nv_bfloat16>(a, a.bf16_param.grad) : came_dense<float>(a, a.bf16_param.grad);
   } else {
     bf16_moment ? came_dense<__nv_bfloat16>(a, a.grad) : came_dense<float>(a, a.grad);

@@ -88,6 +88,15 @@ __device__ inline void store_rounded_element(const FusedBf16& out, int64_t e, fl
   out.param[e].bits = rounded_bf16(x, r, int(e % 8));
 }
 
+// A fused bf16 step (f.grad set) takes the bf16 gradient and parameter, no f32 gradient and no statistics (they are
+// read right after the step), nor `exact` (a factored step's exact second moment, for inspection; null where the
+// step has none). op: the caller, for the error.
+inline void check_fused(const FusedBf16& f, const float* grad, const double* stats, const float* exact,
+                        const char* op) {
+  TALLY_CHECK(!f.grad || (!grad && f.param && !stats && !exact), "[", op, "] a fused bf16 step takes the bf16 ",
+              "gradient and parameter (no f32 gradient) and no statistics");
+}
+
 // The last pass of a fused bf16 step (FusedBf16): each thread takes whole 8-element Philox blocks of the n elements
 // (grid-stride); update(e) steps element e on the master and returns its new value, which the bf16 parameter gets
 // rounded as round_to_bf16 rounds it.

@@ -196,9 +196,8 @@ void adamw_step(const AdamWArgs& a) {
   s.neg_step_size = float(-(a.lr / bc1));
   s.inv_bc1 = 1.0 / bc1;
   s.wd = a.weight_decay != 0.0;
+  check_fused(a.bf16_param, a.grad, a.stats, nullptr, "adamw_step");
   if (a.bf16_param.grad) {
-    TALLY_CHECK(!a.grad && a.bf16_param.param && !a.stats, "[adamw_step] a fused bf16 step takes the bf16 gradient ",
-                "and parameter (no f32 gradient) and no statistics");
     const FusedBf16& f = a.bf16_param;
     const bool vec = aligned16({f.grad, f.param, a.param, a.exp_avg, a.exp_avg_sq});
     adamw_rounded_kernel<<<rounded_blocks_grid(a.n), kThreads, 0, stream()>>>(a.n, f.grad, a.param, a.exp_avg,
@@ -235,9 +234,8 @@ void sgd_step(const SgdArgs& a) {
   s.wd = a.weight_decay != 0.0;
   s.nesterov = a.nesterov == Nesterov::yes;
   s.first = a.first_step;
+  check_fused(a.bf16_param, a.grad, a.stats, nullptr, "sgd_step");
   if (a.bf16_param.grad) {
-    TALLY_CHECK(!a.grad && a.bf16_param.param && !a.stats, "[sgd_step] a fused bf16 step takes the bf16 gradient ",
-                "and parameter (no f32 gradient) and no statistics");
     sgd_rounded_kernel<<<rounded_blocks_grid(a.n), kThreads, 0, stream()>>>(a.n, a.param, a.momentum_buffer, s,
                                                                             a.bf16_param);
     TALLY_CUDA_LAUNCH_CHECK("sgd_rounded");

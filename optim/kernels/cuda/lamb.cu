@@ -136,8 +136,7 @@ void lamb_step(const LambArgs& a) {
   s.clamp = float(a.clamp);
   s.in_update = in_update;
   const FusedBf16& fused = a.bf16_param;
-  TALLY_CHECK(!fused.grad || (!a.grad && fused.param && !a.stats), "[lamb_step] a fused bf16 step takes the bf16 ",
-              "gradient and parameter (no f32 gradient) and no statistics");
+  check_fused(fused, a.grad, a.stats, nullptr, "lamb_step");
   const DenseWorkspace w = carve_dense(a.workspace);
   float* trust = w.divisor;  // the dense workspace's one float
   const int blocks = reduce_blocks(a.n);

@@ -226,8 +226,7 @@ void sm3_launch_of(const Sm3Args& a, int64_t n) {
 int64_t sm3_workspace_bytes(const Sm3Shape& shape) { return cuda_sm3_workspace_bytes(shape); }
 
 void sm3_step(const Sm3Args& a) {
-  TALLY_CHECK(!a.bf16_param.grad || (!a.grad && a.bf16_param.param && !a.stats), "[sm3_step] a fused bf16 step ",
-              "takes the bf16 gradient and parameter (no f32 gradient) and no statistics");
+  check_fused(a.bf16_param, a.grad, a.stats, nullptr, "sm3_step");
   int64_t n = 1;
   for (int k = 0; k < a.shape.rank; ++k) n *= a.shape.dims[k];
   if (n == 0) return;
