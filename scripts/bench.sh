@@ -4,7 +4,12 @@
 # threads on both sides:
 #   (a) GPT-2 training step (forward, backward, optimizer): tally vs PyTorch eager, gpt2 124M B=4 T=64 and the
 #       default d4 preset B=8 T=128, AdamW and CAME; ms/step, tokens/s, peak RSS, ratios. Each side runs as its
-#       own process (peak RSS is per process), alternating tally / peer BENCH_ROUNDS times, best of all.
+#       own process (peak RSS is per process), alternating tally / peer BENCH_ROUNDS times, best of all. Then the
+#       fastest peers a CPU user would pick, each round too: PyTorch with torch.compile (Inductor's C++/OpenMP
+#       kernels, SDPA attention; bench/peers/torch_compile_gpt2.py, both optimizers in one process, one compile),
+#       and, for gpt2 124M B=4 T=64 with AdamW (the one configuration its trainer runs), llm.c's CPU trainer when
+#       LLMC_CPU_BIN names a train_gpt2 built from llm.c's own repository (bench/peers/llmc_cpu.py; this
+#       repository neither contains nor builds it, and says so when it is absent);
 #   (b) optimizer step alone (CAME, AdamW, Adafactor) vs came-pytorch / torch.optim / transformers, and against
 #       the minimum bytes each step must move;
 #   (c) tokenizer throughput vs tiktoken on Tiny Shakespeare;
@@ -18,6 +23,7 @@
 # Not part of CI. Usage: scripts/bench.sh [BUILD_DIR]   (default build-bench). Duration: the 2026-11-27 run took 20 min
 # on 2 cores at load average ~200 (8 of them the fresh release build); BENCH_QUICK=1 or BENCH_ROUNDS=1 shorten it.
 # Environment: BENCH_THREADS (default: nproc), BENCH_ROUNDS (2), BENCH_STEPS (timed steps per process, 4),
+#   BENCH_SECTIONS (which of the sections above run, default "a b c d e"), LLMC_CPU_BIN (llm.c's train_gpt2),
 #   BENCH_QUICK=1 (d4 only, one round: a smoke test of the script), OMP_WAIT_POLICY (default passive for both
 #   sides, see bench/NOTES.md: on a shared machine spinning at barriers costs both frameworks 2-4x).
 set -euo pipefail
@@ -29,6 +35,8 @@ threads="${BENCH_THREADS:-$(nproc)}"
 rounds="${BENCH_ROUNDS:-2}"
 steps="${BENCH_STEPS:-4}"
 quick="${BENCH_QUICK:-0}"
+sections=" ${BENCH_SECTIONS:-a b c d e} "
+section() { [[ "$sections" == *" $1 "* ]]; }
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 export OMP_NUM_THREADS="$threads"
 
@@ -43,7 +51,9 @@ cmake --build "$build" -j "$(nproc)" --target bench_gpt2_step bench_optim bench_
 host="$(hostname -s 2>/dev/null || echo host)"
 date_tag="$(date -u +%Y-%m-%d)"
 mkdir -p "$root/bench/results"
-out="$root/bench/results/${date_tag}-${host}.md"
+suffix=""
+[[ "$sections" == " a b c d e " ]] || suffix="-sections-$(echo $sections | tr -d ' ')"
+out="$root/bench/results/${date_tag}-${host}${suffix}.md"
 raw="$(mktemp -d)"
 trap 'rm -rf "$raw"' EXIT
 
@@ -61,6 +71,8 @@ load_before="$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a)"
 # ---- (a) training step ----
 configs=("gpt2 12 12 768 4 64" "d4 4 4 256 8 128")
 [[ "$quick" == 1 ]] && { configs=("d4 4 4 256 8 128"); rounds=1; }
+section a || configs=()
+llmc_cpu="${LLMC_CPU_BIN:-}"
 for cfg in "${configs[@]}"; do
   read -r model L NH C B T <<< "$cfg"
   for opt in adamw came; do
@@ -76,28 +88,52 @@ for cfg in "${configs[@]}"; do
       fi
     done
   done
+  for ((r = 0; r < rounds; ++r)); do
+    if [[ $peer_step == 1 ]]; then
+      compile_opts=adamw
+      [[ $have_came == 1 ]] && compile_opts=adamw,came
+      say "step: pytorch + torch.compile $model B=$B T=$T $compile_opts (round $((r + 1))/$rounds)"
+      python3 "$root/bench/peers/torch_compile_gpt2.py" --device cpu --dtype fp32 --threads "$threads" --grad-clip 0 \
+        --layers "$L" --heads "$NH" --width "$C" --batch "$B" --seq "$T" --optimizer "$compile_opts" \
+        --steps "$steps" --warmup 2 --json >> "$raw/step_compile_${model}.jsonl" 2> "$raw/compile_${model}.err" ||
+        echo "peer failed: $(tail -3 "$raw/compile_${model}.err")" >&2
+    fi
+    if [[ $model == gpt2 && $B == 4 && $T == 64 ]]; then
+      say "step: llm.c CPU trainer $model B=$B T=$T adamw (round $((r + 1))/$rounds)"
+      python3 "$root/bench/peers/llmc_cpu.py" --bin "$llmc_cpu" --threads "$threads" --steps "$steps" --warmup 1 \
+        --json | tee -a "$raw/step_llmc_${model}.jsonl" | grep -o '"skipped": "[^"]*"' >&2 || true
+    fi
+  done
 done
 
 # ---- (b) optimizer step ----
-sets="4096x4096,768x3072,gpt2-124M"
-[[ "$quick" == 1 ]] && sets="768x3072"
-say "optimizer step ($sets)"
-optim_flags=(--steps 5 --sets "$sets" --json)
-have_py "torch, came_pytorch, transformers" || optim_flags+=(--no-peers)
-"$build/bench_optim" "${optim_flags[@]}" | tee "$raw/optim.txt" >&2
+if section b; then
+  sets="4096x4096,768x3072,gpt2-124M"
+  [[ "$quick" == 1 ]] && sets="768x3072"
+  say "optimizer step ($sets)"
+  optim_flags=(--steps 5 --sets "$sets" --json)
+  have_py "torch, came_pytorch, transformers" || optim_flags+=(--no-peers)
+  "$build/bench_optim" "${optim_flags[@]}" | tee "$raw/optim.txt" >&2
+fi
 
 # ---- (c) tokenizer ----
-say "tokenizer"
-"$build/bench_tokenizer" --reps 5 | tee "$raw/tokenizer.txt" >&2
+if section c; then
+  say "tokenizer"
+  "$build/bench_tokenizer" --reps 5 | tee "$raw/tokenizer.txt" >&2
+fi
 
 # ---- (d) core ----
-say "core"
-"$build/bench_core" | tee "$raw/core.txt" >&2
+if section d; then
+  say "core"
+  "$build/bench_core" | tee "$raw/core.txt" >&2
+fi
 
 # ---- (e) data parallelism ----
 # Per step: 2 x 8 x 128 tokens, either as two ranks' micro-batches or as one process's two accumulated ones.
 dp_common=(--model d4 --batch 8 --seq 128 --steps 8 --eval-every 0 --val-batches 1 --sample-tokens 1 --no-shuffle)
-if ! command -v mpirun > /dev/null; then
+if ! section e; then
+  :
+elif ! command -v mpirun > /dev/null; then
   echo "data parallel skipped: no mpirun (scripts/install-deps.sh installs openmpi-bin)" >&2
 elif ! OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe -np 2 "$build/tally" memory \
     --model tiny > "$raw/dp_probe.txt" 2>&1; then
@@ -141,6 +177,8 @@ def jsonl(name):
 def last_json(name):
     path = os.path.join(raw, name)
     found = None
+    if not os.path.exists(path):
+        return None
     for line in open(path):
         if line.strip().startswith("{"):
             found = json.loads(line)
@@ -199,6 +237,49 @@ L.append("")
 L.append("Targets: time ratio <= 0.8 on both configurations; gpt2 124M B=4 T=64 under 1500 ms per step on two cores "
          "(llm.c's CPU reference: ~4600 ms); peak RSS ratio <= 1.")
 L.append("")
+
+# (a) against the fastest peers
+fast = []
+for model in ("gpt2", "d4"):
+    comp = jsonl(f"step_compile_{model}.jsonl")
+    llmc = jsonl(f"step_llmc_{model}.jsonl")
+    for opt in ("adamw", "came"):
+        t = jsonl(f"step_tally_{model}_{opt}.jsonl")
+        c = [x for x in comp if x.get("optimizer") == opt and "ms_per_step" in x]
+        m = [x for x in llmc if x.get("optimizer") == opt and "ms_per_step" in x]
+        if not t or not (c or m):
+            continue
+        tb = min(x["best_ms"] for x in t)
+        trss = max(x["peak_rss_mb"] for x in t)
+        row = [model, f"{t[0]['batch']} x {t[0]['seq']}", opt, f"{tb:.0f}"]
+        if c:
+            cb = min(x["best_ms"] for x in c)
+            row += [f"{cb:.0f}", f"**{tb / cb:.2f}**", f"{min(x['cpu_ms'] for x in c):.0f}",
+                    f"{max(x['compile_s'] for x in c):.0f}", f"{max(x['peak_rss_mb'] for x in c):.0f}"]
+        else:
+            row += ["skipped", "", "", "", ""]
+        if m:
+            mb = min(x["best_ms"] for x in m)
+            row += [f"{mb:.0f}", f"**{tb / mb:.2f}**", f"{max(x['peak_rss_mb'] for x in m):.0f}"]
+        else:
+            row += ["n/a" if model != "gpt2" or opt != "adamw" else "skipped", "", ""]
+        row += [f"{trss:.0f}"]
+        fast.append("| " + " | ".join(row) + " |")
+if fast:
+    L.append("## Training step against the fastest peers, CPU")
+    L.append("")
+    L.append("| model | B x T | optimizer | tally ms/step | torch.compile ms/step | time ratio (tally/compile) | "
+             "compile CPU ms | compile first step s | compile peak RSS MiB | llm.c ms/step | time ratio (tally/llm.c) | "
+             "llm.c peak RSS MiB | tally peak RSS MiB |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    L += fast
+    L.append("")
+    L.append("torch.compile: bench/peers/torch_compile_gpt2.py on the CPU in f32 (a compact GPT-2: fused QKV, SDPA "
+             "attention, vocabulary padded to 50304 as tally's; AdamW fused, or came-pytorch), no gradient clipping, as "
+             "bench_gpt2_step; both optimizers in one process, so its peak RSS is the process's, the compiler's "
+             "included. llm.c: its CPU trainer train_gpt2.c (f32, OpenMP, AdamW; B=4 T=64 is the one configuration "
+             "it runs), through bench/peers/llmc_cpu.py; n/a where it has no such configuration or optimizer.")
+    L.append("")
 
 # (b)
 o = last_json("optim.txt")

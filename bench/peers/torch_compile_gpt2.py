@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Peer benchmark: GPT-2 training steps in PyTorch the fast way, on one GPU (or the CPU, for a smoke test).
+"""Peer benchmark: GPT-2 training steps in PyTorch the fast way, on one GPU or on the CPU.
 
 A compact GPT-2 (pre-norm blocks, fused QKV projection, tanh GELU, tied token embedding and LM head, no dropout)
 with F.scaled_dot_product_attention (flash attention on the GPU), bf16 autocast over f32 parameters, the whole
 forward and loss under torch.compile, torch.optim.AdamW(fused=True) or came_pytorch.CAME, gradient clipping at 1.0
-(as tally's step and llm.c do). The vocabulary is padded to a multiple of 64 (50257 -> 50304) for the matrix units,
+(as tally's trainer and llm.c's CUDA trainer do; --grad-clip 0 for none, as bench_gpt2_step and llm.c's CPU trainer
+time their steps). On the CPU (--device cpu --dtype fp32 --threads N) the compiled forward and backward are
+Inductor's C++/OpenMP kernels: the fastest PyTorch a CPU user would pick; scripts/bench.sh runs it so. The vocabulary is padded to a multiple of 64 (50257 -> 50304) for the matrix units,
 as nanoGPT and llm.c do; the padded rows never receive a target.
 
 Several optimizers can share one process (--optimizer adamw,came): the model is compiled once and each optimizer
@@ -12,8 +14,9 @@ starts from the same initial weights. Random tokens, fixed seeds, the same batch
 
 Timing: each step is synchronized and timed alone; ms_per_step is the median over the timed steps (best_ms the
 fastest), tokens_per_s is at the median, as in bench/peers/torch_gpt2_step.py. compile_s is the first step's wall
-time (tracing and compiling included). peak_cuda_mb is torch.cuda.max_memory_allocated() from the optimizer's
-model up (reset before each optimizer).
+time (tracing and compiling included). cpu_ms is the process's CPU time (all threads) of the fastest timed step.
+peak_cuda_mb is torch.cuda.max_memory_allocated() from the optimizer's model up (reset before each optimizer);
+peak_rss_mb is the process's peak resident memory, the compiler's included (on the CPU, the only memory figure).
 
 MFU as llm.c computes it: flops per token = 6 N + 6 L C T, with N every parameter counted once (token embedding
 tied with the LM head, position embedding, layer norms and biases included) at the unpadded vocabulary, so that
@@ -21,8 +24,9 @@ the same N serves every implementation (124,439,808 for gpt2 124M); against --pe
 SXM: 989).
 
 Prints one JSON object per optimizer with --json, else a readable line per optimizer.
-Used by scripts/gpu_check.sh; never part of the build or the tests.
+Used by scripts/gpu_check.sh and scripts/bench.sh; never part of the build or the tests.
   torch_compile_gpt2.py --batch 8 --seq 1024 --optimizer adamw,came --steps 10 --warmup 3 --json
+  torch_compile_gpt2.py --device cpu --dtype fp32 --threads 2 --grad-clip 0 --batch 4 --seq 64 --json
   torch_compile_gpt2.py --device cpu --layers 2 --width 64 --heads 2 --seq 64 --batch 2 --steps 3 --no-compile
 """
 import argparse
@@ -86,6 +90,8 @@ def main():
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--optimizer", default="adamw", help="adamw, came, or a comma list sharing one compile")
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm at this (0: no clipping)")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: PyTorch's default)")
     ap.add_argument("--steps", type=int, default=10, help="timed steps")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first one compiles)")
     ap.add_argument("--device", default="cuda")
@@ -115,6 +121,8 @@ def main():
     except ImportError as e:
         emit({"peer": peer, "skipped": f"torch not installed: {e}"})
         return 0
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         emit({"peer": peer, "skipped": "no CUDA device"})
@@ -165,7 +173,8 @@ def main():
             with autocast:
                 loss = step_fn(x, y)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if args.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
             return loss
@@ -178,12 +187,13 @@ def main():
             for _ in range(args.warmup - 1):
                 step()
             sync()
-            times = []
+            times, cpu = [], []
             for _ in range(args.steps):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 loss = step()
                 sync()
                 times.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
         except torch.cuda.OutOfMemoryError as e:
             emit({"peer": peer, "optimizer": name, "batch": args.batch, "seq": T, "error": f"out of memory: {e}"[:300]})
             del opt
@@ -200,6 +210,7 @@ def main():
             "ms_per_step": ms, "best_ms": 1000 * times[0], "mean_ms": 1000 * sum(times) / len(times),
             "tokens_per_s": tokens_per_s, "flops_per_token": flops_per_token,
             "mfu": tokens_per_s * flops_per_token / (args.peak_tflops * 1e12), "peak_tflops": args.peak_tflops,
+            "cpu_ms": 1000 * min(cpu), "threads": torch.get_num_threads(), "grad_clip": args.grad_clip,
             "compile_s": compile_s, "loss": float(loss.item()),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }

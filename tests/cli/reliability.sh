@@ -179,7 +179,7 @@ expect 2 "must be positive" "$tally" train --steps -1
 # ---- runs and outputs that would lose something ----
 # Settings that would put NaN in the weights of a finite run, and more threads than a process can start: refused.
 expect 2 "eps must be > 0" "$tally" train "${common[@]}" --optimizer adamw --eps 0 --steps 1 --out "$work/eps0"
-expect 2 "eps \(eps1, eps2\) must be > 0" "$tally" train "${common[@]}" --optimizer came --eps2 0 --steps 1 --out "$work/eps0"
+expect 2 "eps\[1\] \(eps2\) must be > 0" "$tally" train "${common[@]}" --optimizer came --eps2 0 --steps 1 --out "$work/eps0"
 expect 2 "threads must be 0 \(all cores\) to 1024" "$tally" train "${common[@]}" --threads 100000 --out "$work/threads"
 # A new run into a directory that holds one: refused, the old run untouched.
 "$tally" train "${common[@]}" --steps 2 --out "$work/mine" >"$work/out" 2>&1 || fail "train: $(tail -3 "$work/out")"
