@@ -203,14 +203,15 @@ void add_elementwise(std::vector<OpCase>& t) {
   t.push_back(
       {.op = "mul",
        .forward = [](const Inputs& x) { return mul(x[0], x[1]); },
-       .variants = with({{.args = {{.shape = {2, 3}, .values = given(k23)}, {.shape = {2, 1}, .values = given({2, 4})}},
-                          .expect = {.values = {2, 4, 6, 16, 20, 24}}},
-                         {.args = {{.shape = {3}, .values = given({10, 20, 30}), .view = expand_rows},
-                                   {.shape = {2, 3}, .values = given(k23)}},
-                          .expect = {.values = {10, 40, 90, 40, 100, 180}}},
-                         {.args = {{.shape = {2, 3}}, {.shape = {3}, .grad = Grad::frozen}}, .note = "b frozen"},
-                         {.args = {{.shape = {2, 3}, .grad = Grad::frozen}, {.shape = {2, 3}}}, .note = "a frozen"}},
-                        binary_variants(normal()))});
+       .variants =
+           with({{.args = {{.shape = {2, 3}, .values = given(k23)}, {.shape = {2, 1}, .values = given({2, 4})}},
+                  .expect = {.values = {2, 4, 6, 16, 20, 24}}},
+                 {.args = {{.shape = {3}, .values = given({10, 20, 30}), .view = expand_rows},
+                           {.shape = {2, 3}, .values = given(k23)}},
+                  .expect = {.values = {10, 40, 90, 40, 100, 180}}}},
+                with(binary_variants(normal()),
+                     {{.args = {{.shape = {2, 3}}, {.shape = {3}, .grad = Grad::frozen}}, .note = "b frozen"},
+                      {.args = {{.shape = {2, 3}, .grad = Grad::frozen}, {.shape = {2, 3}}}, .note = "a frozen"}}))});
   t.push_back({.op = "div",
                .forward = [](const Inputs& x) { return div(x[0], x[1]); },
                .variants = with(
@@ -448,14 +449,7 @@ void add_products(std::vector<OpCase>& t) {
        .expect = {.values = {3, 4, -1, 7, 8, -3}}},
       {.args = {{.shape = {2, 3, 4}}, {.shape = {5, 4}}, {.shape = {5}}}},
       {.args = {{.shape = {4, 3}, .view = transposed(0, 1)}, {.shape = {2, 4}}}, .note = "no bias"},
-      {.args = {{.shape = {2, 5, 64}}, {.shape = {12, 64}}, {.shape = {12}}}},
-      // Frozen operands: a weight not trained (the bias alone gets a gradient), an input that is data.
-      {.args = {{.shape = {2, 3, 4}}, {.shape = {5, 4}, .grad = Grad::frozen}, {.shape = {5}}},
-       .note = "weight frozen"},
-      {.args = {{.shape = {3, 4}, .grad = Grad::frozen}, {.shape = {5, 4}, .grad = Grad::frozen}, {.shape = {5}}},
-       .note = "only the bias trained"},
-      {.args = {{.shape = {3, 4}, .grad = Grad::frozen}, {.shape = {5, 4}}, {.shape = {5}}}, .note = "x frozen"},
-      {.args = {{.shape = {3, 4}}, {.shape = {5, 4}, .grad = Grad::frozen}}, .note = "no bias, weight frozen"}};
+      {.args = {{.shape = {2, 5, 64}}, {.shape = {12, 64}}, {.shape = {12}}}}};
   for (int64_t n : {1, 3, 257}) {
     const Check checks = n > 100 ? kDevicesOnly : Check::all;
     lin.push_back({.args = {{.shape = {n, 33}}, {.shape = {17, 33}}, {.shape = {17}}}, .checks = checks});
@@ -465,6 +459,15 @@ void add_products(std::vector<OpCase>& t) {
     lin.push_back({.args = {{.shape = {n, 3, 24}}, {.shape = {17, 24}}, {.shape = {17}}}});
     lin.push_back({.args = {{.shape = {n, 3, 24}}, {.shape = {17, 24}}}, .note = "no bias"});
   }
+  // Frozen operands: a weight not trained (the bias alone gets a gradient), an input that is data.
+  for (Variant& frozen : std::vector<Variant>{
+           {.args = {{.shape = {2, 3, 4}}, {.shape = {5, 4}, .grad = Grad::frozen}, {.shape = {5}}},
+ .note = "weight frozen"},
+           {.args = {{.shape = {3, 4}, .grad = Grad::frozen}, {.shape = {5, 4}, .grad = Grad::frozen}, {.shape = {5}}},
+           .note = "only the bias trained"},
+           {.args = {{.shape = {3, 4}, .grad = Grad::frozen}, {.shape = {5, 4}}, {.shape = {5}}}, .note = "x frozen"},
+           {.args = {{.shape = {3, 4}}, {.shape = {5, 4}, .grad = Grad::frozen}}, .note = "no bias, weight frozen"}})
+    lin.push_back(std::move(frozen));
   t.push_back({.op = "linear",
                .forward = [](const Inputs& x) { return linear(x[0], x[1], x.size() > 2 ? x[2] : Tensor()); },
                .variants = std::move(lin),
@@ -473,21 +476,24 @@ void add_products(std::vector<OpCase>& t) {
   // linear_gelu: GELU of linear's values; OUT a multiple of 8 and not (cuBLASLt's GELU epilogue wants rows of 8k).
   std::vector<double> gelu_of_linear = {3.5, 4, -2, 7.5, 8, -4};
   for (double& e : gelu_of_linear) e = gelu_ref(e);
-  std::vector<Variant> lg = {
-      {.args = {{.shape = {2, 2}, .values = given({1, 2, 3, 4})},
-                {.shape = {3, 2}, .values = given({1, 1, 0, 2, -1, 0})},
-                {.shape = {3}, .values = given({0.5, 0, -1})}},
-       .expect = {.values = gelu_of_linear}},
-      {.args = {{.shape = {2, 3, 4}}, {.shape = {5, 4}}}, .note = "no bias"},
-      {.args = {{.shape = {4, 3}, .view = transposed(0, 1)}, {.shape = {8, 4}}, {.shape = {8}}}},
-      {.args = {{.shape = {2, 5, 16}}, {.shape = {24, 16}}, {.shape = {24}}}},
-      {.args = {{.shape = {3, 16}}, {.shape = {8, 16}, .grad = Grad::frozen}, {.shape = {8}}}, .note = "weight frozen"},
-      {.args = {{.shape = {3, 16}, .grad = Grad::frozen}, {.shape = {8, 16}}, {.shape = {8}}}, .note = "x frozen"}};
+  std::vector<Variant> lg = {{.args = {{.shape = {2, 2}, .values = given({1, 2, 3, 4})},
+                                       {.shape = {3, 2}, .values = given({1, 1, 0, 2, -1, 0})},
+                                       {.shape = {3}, .values = given({0.5, 0, -1})}},
+                              .expect = {.values = gelu_of_linear}},
+                             {.args = {{.shape = {2, 3, 4}}, {.shape = {5, 4}}}, .note = "no bias"},
+                             {.args = {{.shape = {4, 3}, .view = transposed(0, 1)}, {.shape = {8, 4}}, {.shape = {8}}}},
+                             {.args = {{.shape = {2, 5, 16}}, {.shape = {24, 16}}, {.shape = {24}}}}};
   for (int64_t n : {1, 257}) {
     const Check checks = n > 100 ? kDevicesOnly : Check::all;
     lg.push_back({.args = {{.shape = {n, 33}}, {.shape = {17, 33}}, {.shape = {17}}}, .checks = checks});
     lg.push_back({.args = {{.shape = {n, 40}}, {.shape = {64, 40}}, {.shape = {64}}}, .checks = checks});
   }
+  for (Variant& frozen :
+       std::vector<Variant>{{.args = {{.shape = {3, 16}}, {.shape = {8, 16}, .grad = Grad::frozen}, {.shape = {8}}},
+       .note = "weight frozen"},
+                            {.args = {{.shape = {3, 16}, .grad = Grad::frozen}, {.shape = {8, 16}}, {.shape = {8}}},
+                            .note = "x frozen"}})
+    lg.push_back(std::move(frozen));
   t.push_back({.op = "linear_gelu",
                .forward = [](const Inputs& x) { return linear_gelu(x[0], x[1], x.size() > 2 ? x[2] : Tensor()); },
                .variants = std::move(lg),
@@ -539,11 +545,7 @@ void add_normalisation(std::vector<OpCase>& t) {
       {.args = {{.shape = {2, 3, 6}}, {.shape = {6}}, {.shape = {6}}}},
       {.args = {{.shape = {3, 5}, .view = transposed(0, 1)}, {.shape = {3}}, {.shape = {3}}}},
       {.args = {{.shape = {6, 67}}, {.shape = {67}, .values = uniform(0.5, 1.5)}, {.shape = {67}}}},
-      {.args = {{.shape = {2, 3, 8}}, {.shape = {8}, .values = uniform(0.5, 1.5)}, {.shape = {8}}}},
-      {.args = {{.shape = {3, 8}, .grad = Grad::frozen}, {.shape = {8}, .values = uniform(0.5, 1.5)}, {.shape = {8}}},
-       .note = "x frozen: the weight's and bias's gradients only"},
-      {.args = {{.shape = {3, 8}}, {.shape = {8}, .grad = Grad::frozen}, {.shape = {8}, .grad = Grad::frozen}},
-       .note = "weight and bias frozen"}};
+      {.args = {{.shape = {2, 3, 8}}, {.shape = {8}, .values = uniform(0.5, 1.5)}, {.shape = {8}}}}};
   // CUDA's backward: several columns per thread and a last partial tile (257, 769), blocks taking several tiles
   // (9000 rows: 282 tiles over 256 blocks), rows too wide for the fused sums (2100 columns: the column sums instead).
   for (Shape s : std::vector<Shape>{{1, 1}, {1, 3}, {3, 17}, {257, 769}, {2, 1500, 33}, {9000, 5}, {5, 2100}}) {
@@ -551,6 +553,14 @@ void add_normalisation(std::vector<OpCase>& t) {
     ln.push_back({.args = {{.shape = s}, {.shape = {C}}, {.shape = {C}}},
                   .checks = numel(s) > 10000 ? kDevicesOnly : Check::all});
   }
+  for (Variant& frozen : std::vector<Variant>{
+           {.args = {{.shape = {3, 8}, .grad = Grad::frozen},
+                     {.shape = {8}, .values = uniform(0.5, 1.5)},
+                     {.shape = {8}}},
+ .note = "x frozen: the weight's and bias's gradients only"},
+           {.args = {{.shape = {3, 8}}, {.shape = {8}, .grad = Grad::frozen}, {.shape = {8}, .grad = Grad::frozen}},
+           .note = "weight and bias frozen"}})
+    ln.push_back(std::move(frozen));
   t.push_back({.op = "layer_norm",
                .forward = [](const Inputs& in) { return layer_norm(in[0], in[1], in[2]); },
                .variants = std::move(ln),
