@@ -235,7 +235,7 @@ for model in ("gpt2", "d4"):
         L.append("| " + " | ".join(row) + " |")
 L.append("")
 L.append("Targets: time ratio <= 0.8 on both configurations; gpt2 124M B=4 T=64 under 1500 ms per step on two cores "
-         "(llm.c's CPU reference: ~4600 ms); peak RSS ratio <= 1.")
+         "(llm.c's CPU trainer, when LLMC_CPU_BIN names it: the next table); peak RSS ratio <= 1.")
 L.append("")
 
 # (a) against the fastest peers
