@@ -43,7 +43,8 @@ std::shared_ptr<TensorImpl> new_impl(const Shape& shape, TensorOptions opt) {
 }
 
 kernels::StridedLayout copy_layout(const Tensor& dst, const Tensor& src) {
-  TALLY_CHECK(dst.dim() <= kernels::kMaxDims, "[copy] tensors of more than ", kernels::kMaxDims, " dims");
+  TALLY_CHECK(dst.dim() <= kernels::kMaxDims, "[copy] ", shape_str(dst.shape()), ": tensors of more than ",
+              kernels::kMaxDims, " dims");
   kernels::StridedLayout l;
   l.ndim = dst.dim();
   for (int i = 0; i < l.ndim; ++i) {

@@ -34,13 +34,6 @@ const char* torch_dtype_name(DType t) {
 
 json end_of_text_or_null(const GPT2Config& c) { return c.vocab_size > kEndOfText ? json(kEndOfText) : json(nullptr); }
 
-void fsync_path(const fs::path& p) {
-  int fd = ::open(p.c_str(), O_RDONLY);
-  if (fd < 0) return;
-  ::fsync(fd);
-  ::close(fd);
-}
-
 std::string json_text(const json& j) { return j.dump(2) + "\n"; }  // as transformers writes (indent 2, sorted keys)
 
 }  // namespace
@@ -182,7 +175,7 @@ void save_hf_gpt2(const GPT2& model, const fs::path& dir_in, const HfExportOptio
       io::write_file_atomic(stage / "tokenizer_config.json", json_text(hf_tokenizer_config_json(c)));
       written.insert(written.end(), {"vocab.json", "merges.txt", "tokenizer_config.json"});
     }
-    fsync_path(stage);
+    io::fsync_path(stage);
     if (!existed) {
       fs::rename(stage, dir);
     } else if (::renameat2(AT_FDCWD, stage.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) == 0) {
@@ -218,10 +211,10 @@ void save_hf_gpt2(const GPT2& model, const fs::path& dir_in, const HfExportOptio
         for (const std::string& f : hf_export_file_names())
           if (std::find(written.begin(), written.end(), f) == written.end()) fs::remove(dir / f);
         fs::remove(stage);
-        fsync_path(dir);
+        io::fsync_path(dir);
       }
     }
-    fsync_path(parent);
+    io::fsync_path(parent);
   } catch (const fs::filesystem_error& e) {
     fs::remove_all(stage, ec);
     fail(where, "cannot write the export: ", e.what());

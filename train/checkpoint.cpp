@@ -23,13 +23,6 @@ constexpr const char* kFormat = kCheckpointFormat;
 constexpr int kVersion = 1;
 constexpr const char* kFiles[] = {"model.safetensors", "optimizer.safetensors", "state.json"};
 
-void fsync_path(const fs::path& p) {
-  int fd = ::open(p.c_str(), O_RDONLY);
-  if (fd < 0) return;
-  ::fsync(fd);
-  ::close(fd);
-}
-
 void check_finite(const io::NamedTensors& tensors, const char* part) {
   NoGradGuard no_grad;
   for (const auto& [name, t] : tensors) {
@@ -101,10 +94,10 @@ fs::path save_checkpoint(const fs::path& run_dir, int64_t step, const Checkpoint
     nlohmann::json manifest = {{"format", kFormat}, {"version", kVersion}, {"step", step}, {"files", nlohmann::json::object()}};
     for (const char* f : kFiles) manifest["files"][f] = file_entry(tmp / f);
     io::write_file_atomic(tmp / "manifest.json", manifest.dump(2) + "\n");
-    fsync_path(tmp);
+    io::fsync_path(tmp);
     if (fs::exists(final_dir)) fs::remove_all(final_dir);  // re-saving the same step replaces it
     fs::rename(tmp, final_dir);
-    fsync_path(run_dir);
+    io::fsync_path(run_dir);
   } catch (...) {
     fs::remove_all(tmp, ec);
     throw;

@@ -480,6 +480,15 @@ bool writer_is_gone(std::string_view pid) {
   return id > 0 && ::kill(pid_t(id), 0) != 0 && errno == ESRCH;
 }
 
+void fsync_path(const fs::path& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  int rc;
+  do rc = ::fsync(fd);
+  while (rc != 0 && errno == EINTR);
+  ::close(fd);
+}
+
 void remove_stale_directories(const fs::path& dir, std::string_view prefix) {
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(dir, ec)) {

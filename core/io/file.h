@@ -135,6 +135,9 @@ void remove_stale_temporaries_of(const std::filesystem::path& path);
 // True when `pid` (the decimal digits a temporary's name ends with) names no live process: its writer died while
 // writing. False for anything else, a live process's and text that is not a pid included.
 bool writer_is_gone(std::string_view pid);
+// Best-effort fsync of a directory (or file) by path, retried on EINTR, for renames of whole directories (a
+// checkpoint, an export) to be durable: a path that cannot be opened or synced is left as it is.
+void fsync_path(const std::filesystem::path& path);
 // Removes, with their contents, the entries of `dir` named "<prefix>...-<pid>" whose writer is gone (writer_is_gone):
 // directories a process was filling when it died. Those of live processes stay.
 void remove_stale_directories(const std::filesystem::path& dir, std::string_view prefix);

@@ -62,16 +62,20 @@ void attention_forward_call(const kernels::AttentionLayout& l, const Tensor& q, 
 Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, Causal causal) {
   const char* op = "scaled_dot_product_attention";
   check_floating(op, q_in);
-  check_pair(op, q_in, k_in);
-  check_pair(op, q_in, v_in);
+  check_pair(op, "q", q_in, "k", k_in);
+  check_pair(op, "q", q_in, "v", v_in);
   TALLY_CHECK(q_in.dim() == 4 && k_in.dim() == 4 && v_in.dim() == 4, "[", op, "] q, k, v must be (B, NH, T, HS), got ",
               shape_str(q_in.shape()), ", ", shape_str(k_in.shape()), ", ", shape_str(v_in.shape()));
   int64_t B = q_in.size(0), NH = q_in.size(1), Tq = q_in.size(2), HS = q_in.size(3), Tk = k_in.size(2);
   TALLY_CHECK(k_in.shape() == v_in.shape() && k_in.size(0) == B && k_in.size(1) == NH && k_in.size(3) == HS, "[", op,
               "] q ", shape_str(q_in.shape()), " does not match k ", shape_str(k_in.shape()), " and v ",
               shape_str(v_in.shape()));
-  TALLY_CHECK(Tq > 0 && Tk > 0 && (causal == Causal::no || Tq <= Tk), "[", op, "] causal attention needs 0 < Tq <= Tk, got Tq=",
-              Tq, " Tk=", Tk);
+  TALLY_CHECK(Tq > 0 && Tk > 0, "[", op, "] empty sequence: q ", shape_str(q_in.shape()), ", k ",
+              shape_str(k_in.shape()));
+  TALLY_CHECK(causal == Causal::no || Tq <= Tk, "[", op,
+              "] causal attention needs Tq <= Tk (the queries are the last Tq "
+              "positions), got q ",
+              shape_str(q_in.shape()), ", k ", shape_str(k_in.shape()));
   auto last_contiguous = [](const Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
   Tensor q = last_contiguous(q_in), k = last_contiguous(k_in), v = last_contiguous(v_in);
   kernels::AttentionLayout l;

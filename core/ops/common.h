@@ -10,12 +10,15 @@ inline void check_defined(const char* op, const Tensor& t, const char* what) {
   TALLY_CHECK(t.defined(), "[", op, "] ", what, " is undefined");
 }
 
-// Same dtype and device; floating.
-inline void check_pair(const char* op, const Tensor& a, const Tensor& b) {
-  check_defined(op, a, "first operand");
-  check_defined(op, b, "second operand");
-  TALLY_CHECK(a.dtype() == b.dtype(), "[", op, "] dtype mismatch: ", a.str(), " vs ", b.str());
-  TALLY_CHECK(a.device() == b.device(), "[", op, "] device mismatch: ", a.str(), " vs ", b.str());
+// Both defined, of the same dtype and device; the messages name the operands ("[linear] dtype mismatch: x f32(2, 3)
+// cpu vs bias f64(3,) cpu").
+inline void check_pair(const char* op, const char* a_name, const Tensor& a, const char* b_name, const Tensor& b) {
+  check_defined(op, a, a_name);
+  check_defined(op, b, b_name);
+  TALLY_CHECK(a.dtype() == b.dtype(), "[", op, "] dtype mismatch: ", a_name, " ", a.str(), " vs ", b_name, " ",
+              b.str());
+  TALLY_CHECK(a.device() == b.device(), "[", op, "] device mismatch: ", a_name, " ", a.str(), " vs ", b_name, " ",
+              b.str());
 }
 
 // f32, f64, or bf16 (which dispatch_float then accepts on CUDA only).

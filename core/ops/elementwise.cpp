@@ -12,10 +12,11 @@ using kernels::UnaryOp;
 namespace {
 
 Tensor binary_forward(BinaryOp op, const char* name, const Tensor& a, const Tensor& b) {
-  check_pair(name, a, b);
+  check_pair(name, "a", a, "b", b);
   check_floating(name, a);
   Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
-  TALLY_CHECK(int(shape.size()) <= kernels::kMaxDims, "[", name, "] more than ", kernels::kMaxDims, " dims");
+  TALLY_CHECK(int(shape.size()) <= kernels::kMaxDims, "[", name, "] ", shape_str(a.shape()), " and ",
+              shape_str(b.shape()), " broadcast to ", shape_str(shape), ": more than ", kernels::kMaxDims, " dims");
   Tensor out = empty(shape, a.options());
   kernels::BroadcastLayout l;
   l.ndim = int(shape.size());
@@ -166,7 +167,7 @@ Tensor gelu(const Tensor& a_in) {
 // ---- in place ----
 
 void add_(Tensor& dst, const Tensor& src, double alpha) {
-  check_pair("add_", dst, src);
+  check_pair("add_", "dst", dst, "src", src);
   check_floating("add_", dst);
   TALLY_CHECK(dst.shape() == src.shape(), "[add_] shape mismatch: destination ", shape_str(dst.shape()), ", source ",
               shape_str(src.shape()));

@@ -31,7 +31,7 @@ bool uniform_batch(const Tensor& t, int nb, int64_t* stride) {
   return true;
 }
 
-Operand operand(const Tensor& in, const Shape& batch, const char* op) {
+Operand operand(const Tensor& in, const Shape& batch) {
   int nb = in.dim() - 2;
   Tensor t = in;
   bool own_batch = nb > 0;
@@ -60,12 +60,11 @@ Operand operand(const Tensor& in, const Shape& batch, const char* op) {
   }
   o.t = t;
   o.batch_stride = own_batch ? bstride : 0;
-  (void)op;
   return o;
 }
 
 Tensor matmul_forward(const Tensor& a, const Tensor& b) {
-  check_pair("matmul", a, b);
+  check_pair("matmul", "a", a, "b", b);
   check_floating("matmul", a);
   TALLY_CHECK(a.dim() >= 2 && b.dim() >= 2, "[matmul] needs operands of 2+ dims, got ", shape_str(a.shape()), " @ ",
               shape_str(b.shape()));
@@ -78,7 +77,7 @@ Tensor matmul_forward(const Tensor& a, const Tensor& b) {
   out_shape.push_back(N);
   Tensor out = empty(out_shape, a.options());
   NoGradGuard no_grad;  // operand copies are internal
-  Operand A = operand(a, batch, "matmul"), B = operand(b, batch, "matmul");
+  Operand A = operand(a, batch), B = operand(b, batch);
   dispatch_float(a, "matmul", [&]<class T>() {
     kernels::GemmArgs<T> g;
     g.trans_a = A.trans;
@@ -129,14 +128,14 @@ namespace {
 // linear_gelu keeps the pre-activation (N, OUT) for its backward; the input x is kept when the weight needs a
 // gradient, the weight when x does.
 Tensor linear_op(const char* op, const Tensor& x, const Tensor& weight, const Tensor& bias, kernels::Activation act) {
-  check_pair(op, x, weight);
+  check_pair(op, "x", x, "weight", weight);
   check_floating(op, x);
   TALLY_CHECK(weight.dim() == 2, "[", op, "] weight must be (OUT, IN), got ", shape_str(weight.shape()));
   const int64_t out_features = weight.size(0), in_features = weight.size(1);
   TALLY_CHECK(x.dim() >= 1 && x.size(-1) == in_features, "[", op, "] input ", shape_str(x.shape()), " does not end in IN=",
               in_features, " of weight ", shape_str(weight.shape()));
   if (bias.defined()) {
-    check_pair(op, x, bias);
+    check_pair(op, "x", x, "bias", bias);
     TALLY_CHECK(bias.dim() == 1 && bias.size(0) == out_features, "[", op, "] bias ", shape_str(bias.shape()),
                 " does not match OUT=", out_features, " of weight ", shape_str(weight.shape()));
   }

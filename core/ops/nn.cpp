@@ -48,8 +48,8 @@ namespace {
 // x (..., C), weight (C), bias (C), all floating on one device.
 int64_t check_layer_norm(const char* op, const Tensor& x, const Tensor& weight, const Tensor& bias) {
   check_floating(op, x);
-  check_pair(op, x, weight);
-  check_pair(op, x, bias);
+  check_pair(op, "x", x, "weight", weight);
+  check_pair(op, "x", x, "bias", bias);
   const int64_t C = x.dim() ? x.size(-1) : 0;
   TALLY_CHECK(x.dim() >= 1 && C > 0, "[", op, "] input must end in a non-empty channel dim, got ", shape_str(x.shape()));
   TALLY_CHECK(weight.shape() == Shape{C} && bias.shape() == Shape{C}, "[", op, "] weight ", shape_str(weight.shape()),
@@ -101,7 +101,7 @@ Tensor layer_norm(const Tensor& x_in, const Tensor& weight_in, const Tensor& bia
 AddLayerNorm add_layer_norm(const Tensor& x_in, const Tensor& residual_in, const Tensor& weight_in,
                             const Tensor& bias_in, double eps) {
   const int64_t C = check_layer_norm("add_layer_norm", x_in, weight_in, bias_in);
-  check_pair("add_layer_norm", x_in, residual_in);
+  check_pair("add_layer_norm", "x", x_in, "residual", residual_in);
   TALLY_CHECK(residual_in.shape() == x_in.shape(), "[add_layer_norm] residual ", shape_str(residual_in.shape()),
               " must have the input's shape ", shape_str(x_in.shape()));
   Tensor x = x_in.contiguous(), r = residual_in.contiguous(), w = weight_in.contiguous(), b = bias_in.contiguous();
@@ -213,7 +213,7 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets_in, CrossEnt
 
 Tensor linear_cross_entropy(const Tensor& x_in, const Tensor& weight_in, const Tensor& targets_in,
                             LinearCrossEntropyOptions options) {
-  check_pair("linear_cross_entropy", x_in, weight_in);
+  check_pair("linear_cross_entropy", "x", x_in, "weight", weight_in);
   check_floating("linear_cross_entropy", x_in);
   TALLY_CHECK(x_in.dim() == 2 && weight_in.dim() == 2 && x_in.size(1) == weight_in.size(1),
               "[linear_cross_entropy] x must be (N, C) and weight (V, C), got x ", shape_str(x_in.shape()),

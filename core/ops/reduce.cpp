@@ -11,7 +11,6 @@ using detail::check_floating;
 
 namespace {
 
-// Sums one dim of a contiguous tensor, keeping it as size 1.
 // Sums the adjacent dims [d0, d1] of a contiguous tensor in one pass, viewed as (outer, n, inner); they stay as 1s.
 Tensor sum_dims_run(const Tensor& a, int d0, int d1) {
   Shape out_shape = a.shape();
@@ -92,7 +91,7 @@ Tensor mean(const Tensor& a, const std::vector<int64_t>& dims, KeepDim keep) {
 }
 
 Tensor mean(const Tensor& a) {
-  TALLY_CHECK(a.numel() > 0, "[mean] mean of an empty tensor");
+  TALLY_CHECK(a.numel() > 0, "[mean] mean of an empty tensor ", shape_str(a.shape()));
   return sum(a) * (1.0 / double(a.numel()));
 }
 

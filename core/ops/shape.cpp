@@ -12,7 +12,7 @@ Tensor cat(const std::vector<Tensor>& parts, int64_t dim) {
   Shape out_shape = first.shape();
   out_shape[d] = 0;
   for (const Tensor& p : parts) {
-    detail::check_pair("cat", first, p);
+    detail::check_pair("cat", "the first part", first, "a part", p);
     bool ok = p.dim() == first.dim();
     for (int i = 0; ok && i < p.dim(); ++i) ok = i == d || p.shape()[i] == first.shape()[i];
     TALLY_CHECK(ok, "[cat] shapes ", shape_str(first.shape()), " and ", shape_str(p.shape()), " differ outside dim ", d);
@@ -42,7 +42,7 @@ Tensor cat(const std::vector<Tensor>& parts, int64_t dim) {
 
 std::vector<Tensor> split(const Tensor& a, int64_t size, int64_t dim) {
   int d = wrap_dim(dim, a.dim(), "split");
-  TALLY_CHECK(size > 0, "[split] size must be positive, got ", size);
+  TALLY_CHECK(size > 0, "[split] ", shape_str(a.shape()), " along dim ", dim, ": size must be positive, got ", size);
   std::vector<Tensor> out;
   for (int64_t at = 0; at < a.shape()[d]; at += size) out.push_back(a.slice(d, at, std::min(a.shape()[d], at + size)));
   return out;

@@ -62,18 +62,25 @@ TEST_CASE("cuda attention: cuDNN's fused attention matches tally's kernels (bf16
     CHECK_MESSAGE(refusal.empty(), "cuDNN refused: ", refusal);
     CHECK(test::max_rel_error(fused.out, mine.out) <= 2e-2);
     CHECK(test::max_rel_error(fused.dqkv, mine.dqkv) <= 2e-2);
+    // Against the CPU in f32 on the same (bf16-rounded) values, not only against tally's GPU kernels.
+    const Tensor cpu_out = causal_self_attention(qkv.to(DType::bf16).to(DType::f32), s.heads);
+    CHECK(test::max_rel_error(fused.out, cpu_out) <= 2e-2);
     // cuDNN's forward, tally's backward: the saved statistic means the same to both (max + log sum exp).
     const Result mixed = attend(qkv, w, s.heads, on, off);
     CHECK(test::max_rel_error(mixed.dqkv, mine.dqkv) <= 2e-2);
+    // The backward is asked for cuDNN's deterministic algorithm: the same gradient, bit for bit, run after run.
+    const Result again = attend(qkv, w, s.heads, on, on);
+    const std::vector<float> first = fused.dqkv.to_vector<float>(), second = again.dqkv.to_vector<float>();
+    CHECK(first == second);
   }
-  // f32 operands are not cuDNN's here: tally's kernels run, whatever the switch says.
+  // f32 operands are not cuDNN's here: tally's kernels run, whatever the switch says, and match the CPU.
   kc::set_cudnn_attention(kc::CudnnAttention::on);
   Generator gen(3);
-  Tensor qkv = randn({1, 16, 3 * 64}, gen).to(Device::cuda());
-  const Tensor out = causal_self_attention(qkv, 2);
+  const Tensor qkv = randn({1, 16, 3 * 64}, gen);
+  const Tensor out = causal_self_attention(qkv.to(Device::cuda()), 2);
   kc::set_cudnn_attention(kc::CudnnAttention::off);
   CHECK(out.dtype() == DType::f32);
-  CHECK(std::isfinite(sum(out).item()));
+  CHECK(test::max_rel_error(out.to(Device::cpu()), causal_self_attention(qkv, 2)) <= 5e-3);  // TF32 products
 }
 
 }  // TEST_SUITE

@@ -1,4 +1,5 @@
 // CPU kernels: broadcasting binary ops, unary ops (incl. GELU and its backward), axpy, scale_by.
+#include <algorithm>
 #include <cmath>
 
 #include "core/kernels/cpu/vec_math.h"
@@ -19,8 +20,12 @@ void binary_loop(const T* a, const T* b, T* out, const BroadcastLayout& l, F f) 
   int64_t inner = last >= 0 ? l.shape[last] : 1;
   int64_t as = last >= 0 ? l.a_stride[last] : 0, bs = last >= 0 ? l.b_stride[last] : 0;
   int64_t rows = n / inner;
+  // Few long rows (1-D operands, a bias over one long row): each row in pieces, so that every thread has work.
+  const int64_t pieces = rows >= 16 ? 1 : std::max<int64_t>(1, inner / kParallelMin);
+  const int64_t piece = (inner + pieces - 1) / pieces;
 #pragma omp parallel for if (n > kParallelMin)
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t job = 0; job < rows * pieces; ++job) {
+    const int64_t r = job / pieces, lo = (job % pieces) * piece, hi = std::min(inner, lo + piece);
     int64_t rem = r, aoff = 0, boff = 0;
     for (int d = last - 1; d >= 0; --d) {
       int64_t idx = rem % l.shape[d];
@@ -33,13 +38,13 @@ void binary_loop(const T* a, const T* b, T* out, const BroadcastLayout& l, F f) 
     T* op = out + r * inner;
     if (as == 1 && bs == 1) {
 #pragma omp simd
-      for (int64_t i = 0; i < inner; ++i) op[i] = f(ap[i], bp[i]);
+      for (int64_t i = lo; i < hi; ++i) op[i] = f(ap[i], bp[i]);
     } else if (as == 1 && bs == 0) {
       T bv = bp[0];
 #pragma omp simd
-      for (int64_t i = 0; i < inner; ++i) op[i] = f(ap[i], bv);
+      for (int64_t i = lo; i < hi; ++i) op[i] = f(ap[i], bv);
     } else {
-      for (int64_t i = 0; i < inner; ++i) op[i] = f(ap[i * as], bp[i * bs]);
+      for (int64_t i = lo; i < hi; ++i) op[i] = f(ap[i * as], bp[i * bs]);
     }
   }
 }

@@ -186,7 +186,9 @@ Built build_backward(const AttentionLayout& l, const AttentionLayout& gl) {
                      .set_name("attention_backward")
                      .set_attn_scale(float(l.scale))
                      .set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT)
-                     .set_diagonal_band_right_bound(0);
+                     .set_diagonal_band_right_bound(0)
+                     // dQ summed in a fixed order: a rerun and a resumed run give the same bits, as without cuDNN
+                     .set_deterministic_algorithm(true);
   auto [dQ, dK, dV] = g->sdpa_backward(Q, K, V, O, dO, stats, options);
   dQ->set_output(true).set_dim(dims(l)).set_stride(strides(gl.q_strides)).set_uid(kDq);
   dK->set_output(true).set_dim(dims(l)).set_stride(strides(gl.k_strides)).set_uid(kDk);
