@@ -178,7 +178,7 @@ void GPT2::check_ids(const Tensor& ids, const char* what, int64_t T_limit, Token
               device().str());
   TALLY_CHECK(ids.size(0) > 0 && ids.size(1) > 0 && ids.size(1) <= T_limit, "[gpt2] ", what, " ", shape_str(ids.shape()),
               ": need B > 0 and 0 < T <= ", T_limit, " (block_size ", config_.block_size, ")");
-  if (values == TokenIds::check) check_ids_in_range("gpt2", ids, config_.vocab_size, cat(what, ": token"));
+  if (values == TokenIds::check) check_ids_in_range("gpt2", ids, config_.vocab_size, cat(what, ": vocabulary token"));
 }
 
 void GPT2::load_parameter(const std::string& name, const Tensor& saved, const std::string& source) {

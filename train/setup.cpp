@@ -112,7 +112,7 @@ std::unique_ptr<models::GPT2> load_model_file(const fs::path& path_in, Device de
         needed.insert(name);
       }
       // Tensors the configuration has no place for (a layer more than it says): the two disagree.
-      io::require_no_other_tensors(c.model, needed, model_path.string(),
+      io::require_no_other_tensors(c.model, needed, "checkpoint ", model_path.string(),
                                    cat("the model configuration ", config.str(), " in '", state_path.string(), "'"));
     }
     auto model = std::make_unique<models::GPT2>(config, models::GPT2Options{.device = device, .init = models::Init::none});

@@ -539,7 +539,7 @@ void Trainer::resume(const fs::path& dir_in) {
     needed.insert(name);
   }
   // A tensor the model has no place for (a layer more than state.json says): the checkpoint's files disagree.
-  io::require_no_other_tensors(c.model, needed, model_file,
+  io::require_no_other_tensors(c.model, needed, cat("--resume '", dir.string(), "': "), model_file,
                                cat("the model configuration in '", (dir / "state.json").string(), "'"));
   optim::OptimizerState st;
   st.kind = rs.optimizer_kind;

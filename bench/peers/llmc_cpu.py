@@ -147,9 +147,11 @@ def main():
                         losses[int(m.group(1))] = float(m.group(2))
         finally:
             killer.cancel()
-            if proc.poll() is None:
+            try:  # still running (or a zombie, which the signal does not harm): ended here
                 os.killpg(proc.pid, signal.SIGTERM)
-            _, _, usage = os.wait4(proc.pid, 0)
+            except ProcessLookupError:
+                pass
+            _, _, usage = os.wait4(proc.pid, 0)  # reaped here, not by poll(), for its peak memory
             proc.returncode = 0  # reaped here
             os.close(leader)
         if last_step not in times:

@@ -14,7 +14,7 @@ starts from the same initial weights. Random tokens, fixed seeds, the same batch
 
 Timing: each step is synchronized and timed alone; ms_per_step is the median over the timed steps (best_ms the
 fastest), tokens_per_s is at the median, as in bench/peers/torch_gpt2_step.py. compile_s is the first step's wall
-time (tracing and compiling included). cpu_ms is the process's CPU time (all threads) of the fastest timed step.
+time (tracing and compiling included). cpu_ms is the least process CPU time (all threads) of a timed step.
 peak_cuda_mb is torch.cuda.max_memory_allocated() from the optimizer's model up (reset before each optimizer);
 peak_rss_mb is the process's peak resident memory, the compiler's included (on the CPU, the only memory figure).
 

@@ -35,9 +35,9 @@ const Tensor& find_tensor(const NamedTensors& tensors, const std::string& name, 
 }
 
 void require_no_other_tensors(const NamedTensors& tensors, const std::set<std::string>& expected,
-                              const std::string& where, const std::string& described_by) {
+                              const std::string& context, const std::string& file, const std::string& described_by) {
   for (const auto& [name, t] : tensors)
-    TALLY_CHECK(expected.count(name), "'", where, "' holds tensor '", name, "', which ", described_by,
+    TALLY_CHECK(expected.count(name), context, "'", file, "' holds tensor '", name, "', which ", described_by,
                 " has no place for: the two disagree");
 }
 

@@ -18,10 +18,10 @@ using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 // The tensor called `name`; throws naming `where` (a file, a checkpoint) when absent.
 const Tensor& find_tensor(const NamedTensors& tensors, const std::string& name, const std::string& where);
 
-// Throws naming the first tensor of `tensors` that `expected` lacks: `where` (a file) holds a tensor that its
-// description (`described_by`, e.g. a model configuration) has no place for, so the two disagree.
+// Throws naming the first tensor of `tensors` that `expected` lacks: "<context>'<file>' holds tensor 'x', which
+// <described_by> has no place for: the two disagree" (context: e.g. "--resume 'DIR': checkpoint ").
 void require_no_other_tensors(const NamedTensors& tensors, const std::set<std::string>& expected,
-                              const std::string& where, const std::string& described_by);
+                              const std::string& context, const std::string& file, const std::string& described_by);
 
 // Writes atomically (temp file + fsync + rename). Names must be unique. The file orders tensors as Python's
 // safetensors does (by dtype size, then name), so read them back by name, not by position.

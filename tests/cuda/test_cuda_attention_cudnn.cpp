@@ -3,9 +3,10 @@
 // backward (dq, dk, dv through the fused qkv), for head sizes 32, 64 and 128, sequences that are and are not
 // multiples of the tiles, batch and heads > 1. Both run in bf16 with f32 accumulation but tile and round differently,
 // so they agree within bf16's resolution (2^-8 relative), not bit for bit: tolerance 2e-2 of each tensor's largest
-// value. Also checked: cuDNN did run (no refusal), its saved statistic serves tally's backward, and a problem it does
-// not take (f32) falls back. Skipped,
-// visibly, without a GPU or without cuDNN in the build.
+// value. Also checked: cuDNN did run (no refusal), its output against the CPU's f32 attention of the same values, its
+// saved statistic serves tally's backward, its backward (the deterministic algorithm) gives the same bits when run
+// again, and a problem it does not take (f32) falls back to tally's kernels, which match the CPU. Skipped, visibly,
+// without a GPU or without cuDNN in the build.
 #include <doctest/doctest.h>
 
 #ifdef TALLY_HAS_CUDA

@@ -196,6 +196,14 @@ TEST_CASE("shards: each corrupt header is an error naming the file and the probl
   has(msg, "token 50300 at position 517");
   has(msg, "expected ids < 50257");
   CHECK_NOTHROW(ShardSet::open(vocab_bin, {.format = ShardFormat::llmc, .vocab_limit = 50304}));
+  // What was checked is remembered, for the loader's users to skip checking the ids again: the smallest limit.
+  ShardSet checked = ShardSet::open(vocab_bin, {.format = ShardFormat::llmc, .vocab_limit = 60000});
+  CHECK(checked.checked_vocab_limit() == 60000);
+  checked.validate_vocab(50304);
+  CHECK(checked.checked_vocab_limit() == 50304);
+  checked.validate_vocab(70000);
+  CHECK(checked.checked_vocab_limit() == 50304);
+  CHECK(ShardSet::open(vocab_bin).checked_vocab_limit() == 0);
   fs::remove_all(dir);
 }
 

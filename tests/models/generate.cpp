@@ -97,8 +97,8 @@ TEST_CASE("generate: the seed fixes the sample; stop token, callback, mode resto
                        Error);
   CHECK_THROWS_WITH_AS(generate(model, {{1}}, {.temperature = 0}), doctest::Contains("temperature must be positive"),
                        Error);
-  CHECK_THROWS_WITH_AS(generate(model, {{600}}, {.max_new_tokens = 2}), doctest::Contains("token 600 at position 0 of"),
-                       Error);
+  CHECK_THROWS_WITH_AS(generate(model, {{600}}, {.max_new_tokens = 2}),
+                       doctest::Contains("vocabulary token 600 at position 0 of"), Error);
 
   // vocab_limit: ids at or past it are never drawn (a tokenizer's vocabulary under a model's larger one), however hot
   // the sample; without it, a sample this hot draws them.

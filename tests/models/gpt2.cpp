@@ -314,7 +314,7 @@ TEST_CASE("gpt2 argument errors name the problem") {
   CHECK_THROWS_WITH_AS(model.forward(ok.to(DType::i64)), doctest::Contains("idx must be i32 (B, T)"), Error);
   CHECK_THROWS_WITH_AS(model.forward(test::random_tokens(1, 33, 500, 1)), doctest::Contains("0 < T <= 32"), Error);
   CHECK_THROWS_WITH_AS(model.forward(from_vector<int32_t>({1, 2, 500}, {1, 3})),
-                       doctest::Contains("token 500 at position 2 of (1, 3) is outside [0, 500)"), Error);
+                       doctest::Contains("vocabulary token 500 at position 2 of (1, 3) is outside [0, 500)"), Error);
   CHECK_THROWS_WITH_AS(model.loss(ok, test::random_tokens(1, 3, 500, 1)), doctest::Contains("must have the shape of idx"),
                        Error);
   GPT2Config bad = c;
