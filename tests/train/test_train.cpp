@@ -11,6 +11,7 @@
 #include "core/autograd/node.h"
 #include "core/ledger.h"
 #include "optim/registry.h"
+#include "tests/models/test_helpers.h"
 #include "tests/test_util.h"
 #include "train/trainer.h"
 
@@ -331,28 +332,20 @@ TEST_CASE("train: --log-optim writes CAME's internals for every tensor") {
   CHECK(entries == 2);
   fs::remove_all(out);
 }
-}  // TEST_SUITE
 
 TEST_CASE(
     "evaluation: rank_loss_sum equals the model's losses; ids are checked unless the shards were validated "
     "against the model's vocabulary") {
-  models::GPT2Config c;
-  c.n_layer = 1;
-  c.n_head = 2;
-  c.n_embd = 16;
-  c.block_size = 8;
-  c.vocab_size = 100;
-  c.padded_vocab_size = 128;
-  const models::GPT2 model(c, {.seed = 3});
+  const models::GPT2 model(test::tiny_config(), {.seed = 3});  // vocabulary 500
   const std::filesystem::path dir = test::temp_dir("rank_loss_sum");
   std::vector<uint16_t> tokens(4 * 2 * 8 + 1);
-  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = uint16_t((i * 37) % 100);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = uint16_t((i * 37) % 500);
   data::write_shard(dir / "ok.bin", tokens);
-  tokens[20] = 150;  // outside the model's 100
+  tokens[20] = 600;  // outside the model's 500
   data::write_shard(dir / "bad.bin", tokens);
   const data::LoaderConfig two_by_eight{.batch = 2, .seq_len = 8};
   {
-    data::DataLoader loader(data::ShardSet::open((dir / "ok.bin").string(), {.vocab_limit = 100}), two_by_eight);
+    data::DataLoader loader(data::ShardSet::open((dir / "ok.bin").string(), {.vocab_limit = 500}), two_by_eight);
     data::DataLoader again(data::ShardSet::open((dir / "ok.bin").string()), two_by_eight);
     double want = 0;
     for (int i = 0; i < 3; ++i) {
@@ -379,7 +372,8 @@ TEST_CASE(
   // Validated against a larger vocabulary than the model's (or not at all): the host check still runs.
   for (int32_t limit : {1000, 0}) {
     data::DataLoader loader(data::ShardSet::open((dir / "bad.bin").string(), {.vocab_limit = limit}), two_by_eight);
-    CHECK_THROWS_WITH_AS(train::rank_loss_sum(model, loader, 2, 0, 1), doctest::Contains("token 150"), Error);
+    CHECK_THROWS_WITH_AS(train::rank_loss_sum(model, loader, 2, 0, 1), doctest::Contains("token 600"), Error);
   }
   std::filesystem::remove_all(dir);
 }
+}  // TEST_SUITE
