@@ -383,7 +383,8 @@ dist::Traffic Optimizer::factored_sums(const Slot& s, int column_rounds) {
   const dist::Traffic clip = {1, int64_t(sizeof(double))};
   if (!s.factored || !s.cut.columns_shared) return clip;
   const dist::Traffic columns = {1, (s.layout.cols() + s.layout.groups()) * int64_t(sizeof(double))};
-  return column_rounds * columns + clip;
+  const dist::Traffic update_sums = {0, s.layout.cols() * int64_t(sizeof(double))};  // in the first round
+  return column_rounds * columns + update_sums;
 }
 
 const ShardCut& Optimizer::shard_cut(const std::string& param) const {

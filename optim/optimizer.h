@@ -352,8 +352,8 @@ class Optimizer {
   virtual dist::Traffic cross_rank_traffic(const Slot& /*slot*/) const { return {}; }
   virtual dist::Traffic inspection_traffic(const Slot& slot) const;
   // Those of a CAME or Adafactor step (its kernels' kernels::Sharding): when the factored rows are cut,
-  // `column_rounds` rounds of the column sums with the row sums per group; always the update's squared sum (the RMS
-  // clip), one double.
+  // `column_rounds` rounds of the column sums with the row sums per group, the first of which also carries the column
+  // sums of the squared update (the RMS clip's); otherwise the update's squared sum alone, one double.
   static dist::Traffic factored_sums(const Slot& slot, int column_rounds);
   // Runs the kernel(s). `stats` is a kernels::kStatCount array on the slot's device, or null.
   virtual void update(Slot& slot, const Tensor& grad, const StepOptions& options, void* workspace, double* stats) = 0;

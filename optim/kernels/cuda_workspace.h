@@ -61,7 +61,7 @@ struct Workspace {
   float* col_factor = nullptr;       // (cols)
   double* block_sums = nullptr;      // (kMaxBlocks, kSums)
   float* divisor = nullptr;          // the clip divisor of this step
-  double* cross = nullptr;           // ZeRO 1, rows cut: (cols + groups) column and row-group sums over every rank
+  double* cross = nullptr;           // ZeRO 1, rows cut: a round's sums over every rank (RoundCarries, the longest)
   double* total = nullptr;           // ZeRO 1: the sum of u^2 over every rank
   int64_t bytes = 0;
 };
@@ -75,7 +75,7 @@ inline Workspace carve(void* base, const FactoredLayout& l, const Plan& p) {
   w.col_factor = c.take<float>(l.cols());
   w.block_sums = c.take<double>(kMaxBlocks * kSums);
   w.divisor = c.take<float>(1);
-  w.cross = c.take<double>(l.cols() + l.groups());
+  w.cross = c.take<double>(round_doubles(l, RoundCarries::column_and_update_sums));
   w.total = c.take<double>(1);
   w.bytes = c.bytes;
   return w;

@@ -51,14 +51,24 @@ class CrossRankSum {
   virtual void operator()(double* data, int64_t n) const = 0;
 };
 // A kernel given a part of a tensor completes the sums a step takes over the whole tensor: the update's RMS (the
-// clip) always, and when the factored row dim is cut the column sums and the row sums per row-group (the row
-// means) too, three rounds per CAME step. A rank may hold no element of a tensor: it still takes part.
+// clip), and when the factored row dim is cut the column sums and the row sums per row-group (the row means),
+// whose first round also completes the clip's sum (RoundCarries). A rank may hold no element of a tensor: it still
+// takes part.
 struct Sharding {
   const CrossRankSum* sum = nullptr;  // null: the tensor is whole here (the fields below are then unused)
   int64_t numel = 0;                  // elements of the whole tensor
   int64_t rows = 0;                   // rows_cut: the factored view's n over every rank
   bool rows_cut = false;              // the factored row dim is cut (column statistics are sums over every rank)
 };
+// What a round of a factored tensor whose rows are cut carries (doubles, in this order): the column sums (cols), the
+// row sums per row-group (groups) and, in the round after the second-moment pass, the column sums of the squared
+// update S_j = sum_i x_ij^2 / r_i (cols). With S over every rank's rows each rank has the whole tensor's sum of u^2,
+// sum_j mean_r * S_j / c_j: the RMS clip then takes no round of its own (two rounds per CAME step, one per
+// Adafactor step).
+enum class RoundCarries { column_sums, column_and_update_sums };
+inline int64_t round_doubles(const FactoredLayout& l, RoundCarries c) {
+  return l.cols() + l.groups() + (c == RoundCarries::column_and_update_sums ? l.cols() : 0);
+}
 
 // ---- CAME (came-pytorch 0.1.3) ----
 // Mixed precision fused into a step on CUDA (every optimizer's): the kernels read the bf16 gradient in place

@@ -90,8 +90,8 @@ m = next(r for r in map(json.loads, open(sys.argv[1])) if "memory" in r)["memory
 assert any(k.endswith(":gathered") for k in m["predicted"]["owners"]["other"]), m["predicted"]["owners"]["other"]
 assert m["predicted"] == m["measured"], [k for k in m["predicted"] if m["predicted"][k] != m["measured"].get(k)]
 PY
-# ZeRO 1 CAME completes its sums over the ranks (three rounds per matrix, one per vector): more collectives than
-# AdamW's, whose ZeRO-1 step needs none of its own.
+# ZeRO 1 CAME completes its sums over the ranks (two rounds per matrix; its vectors stay whole on one rank): more
+# collectives than AdamW's, whose ZeRO-1 step needs none of its own.
 read -r came_calls _ < <(comm "$work/two-came-1")
 read -r adamw_calls _ < <(comm "$work/two-adamw-1")
 [ "$came_calls" -gt "$adamw_calls" ] || fail "ZeRO 1: CAME's $came_calls collectives a step, AdamW's $adamw_calls"

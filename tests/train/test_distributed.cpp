@@ -317,6 +317,67 @@ TEST_CASE("distributed: a vector whose step sums over it goes whole to one rank,
   }
 }
 
+TEST_CASE("distributed: a matrix whose rows are cut costs CAME two collectives a step and Adafactor one") {
+  // The first round (the column sums and row-group sums of the second moment) also carries the column sums of the
+  // squared update over each rank's rows, from which every rank has the whole tensor's sum of u^2 (the RMS clip):
+  // CAME's instability takes the second round. At 3 ranks one rank holds no row of the (2, 24) matrix and still
+  // joins both rounds with zeros. The parameters after 3 steps are the whole step's within float rounding (the sums
+  // are added in another order).
+  const std::vector<Shape> shapes = {{40, 24}, {2, 24}};
+  const auto make = [&](const char* name, std::vector<Tensor>& params) {
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      params.push_back(from_vector(test::normal_values(numel(shapes[i]), 50 + i), shapes[i]));
+      params.back().set_requires_grad(true);
+      params.back().set_name(cat("m", i));
+    }
+    return optim::make_optimizer(name, params, {{"lr", 1e-2}});
+  };
+  const auto gradient = [&](size_t i, int step) {
+    return from_vector(test::normal_values(numel(shapes[i]), 200 * uint64_t(step) + i), shapes[i]);
+  };
+  for (const auto& [name, rounds] : {std::pair{"came", 2}, std::pair{"adafactor", 1}}) {
+    std::vector<Tensor> whole_params;
+    auto whole = make(name, whole_params);
+    for (int step = 1; step <= 3; ++step) {
+      for (size_t i = 0; i < shapes.size(); ++i) whole_params[i].set_grad(gradient(i, step));
+      whole->step();
+    }
+    for (const int world : {2, 3}) {
+      test::TurnRanks group(world);
+      group.run([&](dist::Communicator& c) {
+        INFO(name, " world ", world, " rank ", c.rank());
+        std::vector<Tensor> params;
+        auto sharded = make(name, params);
+        sharded->shard(c);
+        // Per matrix: `rounds` collectives of (cols + groups) doubles, and the update's column sums (cols) in the
+        // first.
+        const int64_t cols = 24, groups = 1;
+        const dist::Traffic expected{int64_t(shapes.size()) * rounds,
+                                     int64_t(shapes.size()) * (rounds * (cols + groups) + cols) * 8};
+        for (int step = 1; step <= 3; ++step) {
+          for (size_t i = 0; i < shapes.size(); ++i) params[i].set_grad(gradient(i, step));
+          const dist::Traffic before = c.traffic();
+          sharded->step();
+          CHECK(c.traffic() - before == expected);
+        }
+        CHECK(sharded->traffic_per_step() == expected);  // the prediction (of slots made by the first step)
+        if (world == 3) {                                // the (2, 24) matrix: a rank without a row
+          const optim::ShardCut& small = sharded->shard_cut("m1");
+          CHECK(small.part_numel(0) * small.part_numel(1) * small.part_numel(2) == 0);
+        }
+        for (size_t i = 0; i < shapes.size(); ++i) {
+          const optim::ShardCut& cut = sharded->shard_cut(params[i].name());
+          CHECK(cut.columns_shared);
+          const std::vector<float> got = test::rank_elements(params[i], cut, c.rank());
+          const std::vector<float> want = test::rank_elements(whole_params[i], cut, c.rank());
+          REQUIRE(got.size() == want.size());
+          for (size_t k = 0; k < got.size(); ++k) CHECK(got[k] == doctest::Approx(want[k]).epsilon(1e-5));
+        }
+      });
+    }
+  }
+}
+
 TEST_CASE("distributed: the loss, the norm and one rank's stop request are every rank's after the step's sum") {
   // A signal reaches one rank (or ranks at different steps): the request travels with the loss, so every rank stops
   // after the same step, instead of one stopping while the others wait for it in the next step's collectives.

@@ -53,7 +53,7 @@ void adafactor_factored(const AdafactorFactoredArgs& a) {
   auto offset = [&](int64_t p, int64_t i) { return (p * n + i) * K; };
 
   second_moment_pass(l, pl, w, a.grad, gs, eps1, a.exp_avg_sq_row, a.beta2t);
-  const double update_sq = finish_factors(l, w, a.exp_avg_sq_row, a.exp_avg_sq_col, a.beta2t, w.s_sum, a.shard);
+  const UpdateSquares update_sq = finish_factors(l, w, a.exp_avg_sq_row, a.exp_avg_sq_col, a.beta2t, w.s_sum, a.shard);
   const ClipDivisor clip =
       clip_divisor(whole_sum(update_sq, a.shard), whole_numel(l.numel(), a.shard), a.clip_threshold);
   const AdafactorElement ada{.gs = gs,
@@ -98,7 +98,7 @@ void adafactor_factored(const AdafactorFactoredArgs& a) {
     ex[1] += app;
   });
   if constexpr (kStats) {
-    a.stats[kStatUpdateSq] += update_sq;
+    a.stats[kStatUpdateSq] += update_sq.part;
     a.stats[kStatFactorErrSq] += exact[0];
     a.stats[kStatExactSq] += exact[1];
     a.stats[kStatExpAvgSq] += ex2[0];
@@ -148,8 +148,11 @@ void adafactor_factored_step(const AdafactorFactoredArgs& a) {
   refuse_fused_bf16(a.bf16_param, "adafactor_factored_step");
   if (a.layout.numel() == 0) {  // a rank with no rows of a sharded tensor: its share of the sums, then nothing
     if (!a.shard.sum) return;
-    if (a.shard.rows_cut) columns_without_rows(a.layout, a.exp_avg_sq_col, a.beta2t, a.shard);
-    whole_sum(0.0, a.shard);
+    // Rows cut: one round, which completes the clip's sum too.
+    if (a.shard.rows_cut)
+      columns_without_rows(a.layout, a.exp_avg_sq_col, a.beta2t, a.shard, RoundCarries::column_and_update_sums);
+    else
+      whole_sum(0.0, a.shard);
     return;
   }
   a.stats ? adafactor_factored<true>(a) : adafactor_factored<false>(a);

@@ -100,7 +100,7 @@ void came_factored(const CameFactoredArgs& a) {
 
   // Pass 1: r, c (and their factors) and the sum of u^2 for the RMS clip, from one read of g.
   second_moment_pass(l, pl, w, a.grad, gs, eps1, a.exp_avg_sq_row, a.beta2);
-  const double update_sq = finish_factors(l, w, a.exp_avg_sq_row, a.exp_avg_sq_col, a.beta2, w.s_sum, a.shard);
+  const UpdateSquares update_sq = finish_factors(l, w, a.exp_avg_sq_row, a.exp_avg_sq_col, a.beta2, w.s_sum, a.shard);
   const ClipDivisor clip =
       clip_divisor(whole_sum(update_sq, a.shard), whole_numel(l.numel(), a.shard), a.clip_threshold);
   const CameElement came{.gs = gs,
@@ -260,7 +260,7 @@ void came_factored(const CameFactoredArgs& a) {
   });
 
   if constexpr (kStats) {
-    a.stats[kStatUpdateSq] += update_sq;
+    a.stats[kStatUpdateSq] += update_sq.part;
     a.stats[kStatFactorErrSq] += exact[0];
     a.stats[kStatExactSq] += exact[1];
     a.stats[kStatExpAvgSq] += ex2[0];
@@ -311,11 +311,14 @@ void came_dense(const CameDenseArgs& a) {
 
 void came_factored_step(const CameFactoredArgs& a) {
   refuse_fused_bf16(a.bf16_param, "came_factored_step");
-  if (a.layout.numel() == 0) {  // a rank with no rows of a sharded tensor: its share of the three rounds
+  if (a.layout.numel() == 0) {  // a rank with no rows of a sharded tensor: its share of the rounds
     if (!a.shard.sum) return;
-    if (a.shard.rows_cut) columns_without_rows(a.layout, a.exp_avg_sq_col, a.beta2, a.shard);
-    whole_sum(0.0, a.shard);
-    if (a.shard.rows_cut) columns_without_rows(a.layout, a.exp_avg_res_col, a.beta3, a.shard);
+    if (a.shard.rows_cut) {  // two: the second moment's (which completes the clip's sum too) and the instability's
+      columns_without_rows(a.layout, a.exp_avg_sq_col, a.beta2, a.shard, RoundCarries::column_and_update_sums);
+      columns_without_rows(a.layout, a.exp_avg_res_col, a.beta3, a.shard, RoundCarries::column_sums);
+    } else {
+      whole_sum(0.0, a.shard);
+    }
     return;
   }
   const bool bf = a.exp_avg_dtype == DType::bf16;

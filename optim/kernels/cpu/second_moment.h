@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "core/error.h"
@@ -149,13 +150,21 @@ inline void second_moment_pass(const FactoredLayout& l, const BlockPlan& pl, con
   combine_columns(l, pl, w.s_partials, w.s_sum);
 }
 
+// The sum of u^2 over a factored tensor (u = x / sqrt(v), the update before the RMS clip), as finish_factors makes
+// it: this part's (what the inspection statistics add over the ranks) and, when the round of a tensor whose rows are
+// cut carried the column sums S_j of every rank, the whole tensor's (the clip then needs no round of its own).
+struct UpdateSquares {
+  double part = 0;
+  std::optional<double> whole;
+};
+
 // After a statistics pass: the column EMA from col_sum, the factors rsqrt(row / mean_i(row)) and rsqrt(col) (the
-// package's _approx_sq_grad), and the group means. Returns sum_j mean_r * S_j / c_j when s_sum is given (this
-// part's: a sharded caller adds it over the ranks). When the rows are cut over ranks (sh.rows_cut), the column
-// sums and the row sums per group are added over the ranks first, in one round, and the means are over every rank's
-// rows.
-inline double finish_factors(const FactoredLayout& l, const FactoredWorkspace& w, const float* row_stat,
-                             float* col_stat, double beta, const double* s_sum, const Sharding& sh = {}) {
+// package's _approx_sq_grad), and the group means. When s_sum is given, returns sum_j mean_r * S_j / c_j (this
+// part's). When the rows are cut over ranks (sh.rows_cut), the column sums, the row sums per group and S (when
+// given) are added over the ranks first, in one round; the means are then over every rank's rows and the returned
+// sum is also the whole tensor's.
+inline UpdateSquares finish_factors(const FactoredLayout& l, const FactoredWorkspace& w, const float* row_stat,
+                                    float* col_stat, double beta, const double* s_sum, const Sharding& sh = {}) {
   const float b = float(beta), one_b = float(1.0 - beta);
   const int64_t QS = l.Q * l.S, cols = l.cols(), groups = l.groups();
   std::vector<double> group_sum(static_cast<size_t>(groups));
@@ -167,12 +176,15 @@ inline double finish_factors(const FactoredLayout& l, const FactoredWorkspace& w
     group_sum[size_t(g)] = acc;
   }
   const bool across = sh.sum && sh.rows_cut;
-  if (across) {
-    std::vector<double> both(w.col_sum, w.col_sum + cols);
-    both.insert(both.end(), group_sum.begin(), group_sum.end());
-    (*sh.sum)(both.data(), int64_t(both.size()));
-    std::copy(both.begin(), both.begin() + cols, w.col_sum);
-    std::copy(both.begin() + cols, both.end(), group_sum.begin());
+  std::vector<double> s_whole;
+  if (across) {  // col_sum | group_sum | S
+    std::vector<double> round(w.col_sum, w.col_sum + cols);
+    round.insert(round.end(), group_sum.begin(), group_sum.end());
+    if (s_sum) round.insert(round.end(), s_sum, s_sum + cols);
+    (*sh.sum)(round.data(), int64_t(round.size()));
+    std::copy(round.begin(), round.begin() + cols, w.col_sum);
+    std::copy(round.begin() + cols, round.begin() + cols + groups, group_sum.begin());
+    if (s_sum) s_whole.assign(round.begin() + cols + groups, round.end());
   }
   const int64_t n = across ? sh.rows : l.n;
 #pragma omp parallel for simd if (cols > kParallelMin)
@@ -191,15 +203,21 @@ inline double finish_factors(const FactoredLayout& l, const FactoredWorkspace& w
       w.row_factor[x] = 1.0f / std::sqrt(row_stat[x] / mean);
     }
   }
-  if (!s_sum) return 0;
-  double total = 0;
+  if (!s_sum) return UpdateSquares{};
   const int64_t K = l.Q * l.m * l.S;
-  for (int64_t x = 0; x < cols; ++x) {
-    const int64_t p = x / K, k = x % K;
-    const int64_t g = p * QS + (k / (l.m * l.S)) * l.S + k % l.S;
-    total += double(w.group_mean[g]) * s_sum[x] / double(col_stat[x]);
-  }
-  return total;
+  auto update_squares = [&](const double* s) {
+    double total = 0;
+    for (int64_t x = 0; x < cols; ++x) {
+      const int64_t p = x / K, k = x % K;
+      const int64_t g = p * QS + (k / (l.m * l.S)) * l.S + k % l.S;
+      total += double(w.group_mean[g]) * s[x] / double(col_stat[x]);
+    }
+    return total;
+  };
+  UpdateSquares u;
+  u.part = update_squares(s_sum);
+  if (across) u.whole = update_squares(s_whole.data());
+  return u;
 }
 
 // The sum of the squared update over the whole tensor: this part's, added over the ranks when it is one part of
@@ -208,16 +226,21 @@ inline double whole_sum(double part, const Sharding& sh) {
   if (sh.sum) (*sh.sum)(&part, 1);
   return part;
 }
+// The whole tensor's sum of u^2: finish_factors' when its round completed it, else the parts added over the ranks.
+inline double whole_sum(const UpdateSquares& u, const Sharding& sh) {
+  return u.whole ? *u.whole : whole_sum(u.part, sh);
+}
 // The element count the RMS is taken over.
 inline int64_t whole_numel(int64_t part, const Sharding& sh) { return sh.sum ? sh.numel : part; }
 
-// A rank that holds no row of a tensor whose rows are cut still takes part in the round of finish_factors and keeps
-// its copy of the column statistic in step with every other rank's (nothing of its own to add).
-inline void columns_without_rows(const FactoredLayout& l, float* col_stat, double beta, const Sharding& sh) {
+// A rank that holds no row of a tensor whose rows are cut still takes part in the round of finish_factors (adding
+// zeros: nothing of its own) and keeps its copy of the column statistic in step with every other rank's.
+inline void columns_without_rows(const FactoredLayout& l, float* col_stat, double beta, const Sharding& sh,
+                                 RoundCarries carries) {
   const float b = float(beta), one_b = float(1.0 - beta);
-  std::vector<double> both(size_t(l.cols() + l.groups()), 0.0);
-  (*sh.sum)(both.data(), int64_t(both.size()));
-  for (int64_t x = 0; x < l.cols(); ++x) col_stat[x] = ema_of_mean(col_stat[x], both[size_t(x)], sh.rows, b, one_b);
+  std::vector<double> round(size_t(round_doubles(l, carries)), 0.0);
+  (*sh.sum)(round.data(), int64_t(round.size()));
+  for (int64_t x = 0; x < l.cols(); ++x) col_stat[x] = ema_of_mean(col_stat[x], round[size_t(x)], sh.rows, b, one_b);
 }
 
 // The row EMA from row_sum (after reduce_rows_cols or reduce_row_groups).

@@ -143,16 +143,12 @@ UpdateScalars update_scalars(double grad_scale, double lr, double beta1, double 
 template <class GT>
 void factored_first_passes(const AdafactorFactoredArgs& a, const GT* g, const Plan& plan, const Workspace& w) {
   const FactoredLayout& l = a.layout;
-  const int64_t K = plan.K, N = l.numel();
+  const int64_t K = plan.K;
   const float gs = float(a.grad_scale);
-  factored_stats(l, plan, w, SquareFill<GT>{g, l.n, K, gs, float(a.eps1)}, a.exp_avg_sq_row, a.exp_avg_sq_col,
-                 a.beta2t, a.shard);
-  const int blocks = reduce_blocks(N / 4 + 1);
-  update_sq<GT><<<blocks, kThreads, 0, stream()>>>(l, K, g, w.row_factor, w.col_factor, gs, vectorizable(l, {g}),
-                                                   w.block_sums);
-  TALLY_CUDA_LAUNCH_CHECK("adafactor update_sq");
-  launch_clip_divisor(w.block_sums, blocks, N, a.clip_threshold, w.divisor, a.stats, a.shard, w.total,
-                      "adafactor clip_divisor");
+  factored_stats(l, plan, w, SquareFill<GT>{g, l.n, K, gs, float(a.eps1)}, a.exp_avg_sq_row, a.exp_avg_sq_col, a.beta2t,
+                 a.shard, UpdateSource<GT>{g, gs});
+  factored_clip_divisor(l, plan, w, g, gs, vectorizable(l, {g}), a.clip_threshold, a.stats, a.shard,
+                        "adafactor clip_divisor");
 }
 
 // ---- adafactor_factored_steps: whole factored tensors of plain layout (Q*S == 1), without statistics, stepped
@@ -240,8 +236,11 @@ void adafactor_factored_step(const AdafactorFactoredArgs& a) {
   if (N == 0) {  // a rank with no rows of a sharded tensor: its share of the rounds, then nothing
     if (!a.shard.sum) return;
     const Workspace w = carve(a.workspace, l, make_plan(l));
-    if (a.shard.rows_cut) columns_without_rows(l, w, a.exp_avg_sq_col, a.beta2t, a.shard);
-    sums_without_elements(w.total, 1, a.shard);
+    // Rows cut: one round, which completes the clip's sum too.
+    if (a.shard.rows_cut)
+      columns_without_rows(l, w, a.exp_avg_sq_col, a.beta2t, a.shard, RoundCarries::column_and_update_sums);
+    else
+      sums_without_elements(w.total, 1, a.shard);
     return;
   }
   check_fused(a.bf16_param, a.grad, a.stats, a.exact_exp_avg_sq, "adafactor_factored_step");

@@ -169,14 +169,10 @@ void came_factored(const CameFactoredArgs& a, const GT* g) {
 
   // Pass 1: r, c and their factors.
   factored_stats(l, plan, w, SquareFill<GT>{g, l.n, K, s.gs, float(a.eps1)}, a.exp_avg_sq_row, a.exp_avg_sq_col,
-                 a.beta2, a.shard);
+                 a.beta2, a.shard, UpdateSource<GT>{g, s.gs});
   // Pass 2: RMS of u -> clip divisor (device scalar).
-  const int blocks = reduce_blocks(N / 4 + 1);
   const bool vec = vectorizable(l, {g, a.param, a.exp_avg});
-  update_sq<GT><<<blocks, kThreads, 0, stream()>>>(l, K, g, w.row_factor, w.col_factor, s.gs, vec, w.block_sums);
-  TALLY_CUDA_LAUNCH_CHECK("came update_sq");
-  launch_clip_divisor(w.block_sums, blocks, N, a.clip_threshold, w.divisor, a.stats, a.shard, w.total,
-                      "came clip_divisor");
+  factored_clip_divisor(l, plan, w, g, s.gs, vec, a.clip_threshold, a.stats, a.shard, "came clip_divisor");
   if (a.stats && a.exact_exp_avg_sq) {
     const int b = reduce_blocks(N);
     const float b2 = float(a.beta2), one_b2 = float(1.0 - a.beta2);
@@ -429,12 +425,15 @@ void came_dense_steps(const CameDenseArgs* steps, int64_t count) {
 }
 
 void came_factored_step(const CameFactoredArgs& a) {
-  if (a.layout.numel() == 0) {  // a rank with no rows of a sharded tensor: its share of the three rounds
+  if (a.layout.numel() == 0) {  // a rank with no rows of a sharded tensor: its share of the rounds
     if (!a.shard.sum) return;
     const Workspace w = carve(a.workspace, a.layout, make_plan(a.layout));
-    if (a.shard.rows_cut) columns_without_rows(a.layout, w, a.exp_avg_sq_col, a.beta2, a.shard);
-    sums_without_elements(w.total, 1, a.shard);
-    if (a.shard.rows_cut) columns_without_rows(a.layout, w, a.exp_avg_res_col, a.beta3, a.shard);
+    if (a.shard.rows_cut) {  // two: the second moment's (which completes the clip's sum too) and the instability's
+      columns_without_rows(a.layout, w, a.exp_avg_sq_col, a.beta2, a.shard, RoundCarries::column_and_update_sums);
+      columns_without_rows(a.layout, w, a.exp_avg_res_col, a.beta3, a.shard, RoundCarries::column_sums);
+    } else {
+      sums_without_elements(w.total, 1, a.shard);
+    }
     return;
   }
   const bool bf16_moment = a.exp_avg_dtype == DType::bf16;

@@ -48,6 +48,34 @@ __global__ void divisor_of_total(const double* total, int64_t numel, double thre
   if (threadIdx.x == 0) *divisor = clip_divisor_of(*total, numel, float(threshold));
 }
 
+// S_j: column x's tile partials (P, tiles_i, K) added in tile order.
+__global__ void update_column_sums(const double* col_partials, int64_t tiles_i, int64_t K, int64_t cols, double* s) {
+  const int64_t x = blockIdx.x * int64_t(kThreads) + threadIdx.x;
+  if (x >= cols) return;
+  const int64_t p = x / K, k = x % K;
+  double acc = 0;
+  for (int64_t t = 0; t < tiles_i; ++t) acc += col_partials[(p * tiles_i + t) * K + k];
+  s[x] = acc;
+}
+
+// sum_j mean_r * S_j / c_j over every column (round = w.cross after the round: column sums | group sums | S).
+__global__ void whole_update_squares(FactoredLayout l, const double* round, const float* col_stat, int64_t rows,
+                                     double* total) {
+  __shared__ double shared[kWarps];
+  const int64_t cols = l.cols(), K = l.Q * l.m * l.S, QS = l.Q * l.S;
+  const double* group_sums = round + cols;
+  const double* s = round + cols + l.groups();
+  double acc = 0;
+  for (int64_t x = threadIdx.x; x < cols; x += kThreads) {
+    const int64_t p = x / K, k = x % K;
+    const int64_t g = p * QS + (k / (l.m * l.S)) * l.S + k % l.S;
+    const float mean = float(group_sums[g] / double(rows));
+    acc += double(mean) * s[x] / double(col_stat[x]);
+  }
+  const double sum = block_sum_to_first<kThreads>(acc, shared);
+  if (threadIdx.x == 0) *total = sum;
+}
+
 __global__ void add_block_sums(const double* block_sums, int blocks, double* stats, int slot0, int slot1, int slot2,
                                int count) {
   __shared__ double shared[kWarps];
@@ -76,20 +104,39 @@ void sums_without_elements(double* sums, int64_t count, const Sharding& sh) {
   (*sh.sum)(sums, count);
 }
 
-void columns_over_ranks(const FactoredLayout& l, const Workspace& w, float* col_stat, double beta,
-                        const Sharding& sh) {
-  (*sh.sum)(w.cross, l.cols() + l.groups());
+void columns_over_ranks(const FactoredLayout& l, const Workspace& w, float* col_stat, double beta, const Sharding& sh,
+                        RoundCarries carries) {
+  (*sh.sum)(w.cross, round_doubles(l, carries));
   ema_cols_of_sums<<<unsigned((l.cols() + kThreads - 1) / kThreads), kThreads, 0, stream()>>>(
       col_stat, w.col_factor, w.cross, l.cols(), sh.rows, beta);
   TALLY_CUDA_LAUNCH_CHECK("ema_cols_of_sums");
 }
 
-void columns_without_rows(const FactoredLayout& l, const Workspace& w, float* col_stat, double beta,
-                          const Sharding& sh) {
+void columns_without_rows(const FactoredLayout& l, const Workspace& w, float* col_stat, double beta, const Sharding& sh,
+                          RoundCarries carries) {
   // Nothing of its own to add: zeros into the round, then the column EMAs as every rank makes them.
   TALLY_CUDA_CHECK("cudaMemsetAsync",
-                   cudaMemsetAsync(w.cross, 0, size_t(l.cols() + l.groups()) * sizeof(double), stream()));
-  columns_over_ranks(l, w, col_stat, beta, sh);
+                   cudaMemsetAsync(w.cross, 0, size_t(round_doubles(l, carries)) * sizeof(double), stream()));
+  columns_over_ranks(l, w, col_stat, beta, sh, carries);
+}
+
+void launch_update_column_sums(const FactoredLayout& l, const Plan& plan, const Workspace& w) {
+  const int64_t cols = l.cols();
+  update_column_sums<<<unsigned((cols + kThreads - 1) / kThreads), kThreads, 0, stream()>>>(
+      w.col_partials, plan.tiles_i, plan.K, cols, w.cross + cols + l.groups());
+  TALLY_CUDA_LAUNCH_CHECK("update_column_sums");
+}
+
+void launch_whole_update_squares(const FactoredLayout& l, const Workspace& w, const float* col_stat, int64_t rows) {
+  whole_update_squares<<<1, kThreads, 0, stream()>>>(l, w.cross, col_stat, rows, w.total);
+  TALLY_CUDA_LAUNCH_CHECK("whole_update_squares");
+}
+
+void launch_clip_divisor_of_whole(const Workspace& w, const double* block_sums, int blocks, double threshold,
+                                  double* stats, const Sharding& sh, const char* what) {
+  if (stats) launch_add_block_sums(block_sums, blocks, stats, kStatUpdateSq, 0, 0, 1, what);
+  divisor_of_total<<<1, 32, 0, stream()>>>(w.total, sh.numel, threshold, w.divisor);
+  TALLY_CUDA_LAUNCH_CHECK(what);
 }
 
 void launch_add_block_sums(const double* block_sums, int blocks, double* stats, int slot0, int slot1, int slot2,

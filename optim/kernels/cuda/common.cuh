@@ -306,24 +306,58 @@ void launch_clip_divisor(const double* block_sums, int blocks, int64_t numel, do
 // ZeRO 1, a rank that holds no element of a tensor: its share of the rounds of a step, nothing of its own to add.
 // A round of `count` sums (the clip's u^2, LAMB's two norms; device doubles of the workspace) made of zeros.
 void sums_without_elements(double* sums, int64_t count, const Sharding& sh);
-// ZeRO 1, rows cut: w.cross (this rank's column sums, then its row-group sums) summed over the ranks, then the column
-// EMAs and factors from the sums over every rank's rows.
-void columns_over_ranks(const FactoredLayout& l, const Workspace& w, float* col_stat, double beta,
-                        const Sharding& sh);
+// ZeRO 1, rows cut: w.cross (this rank's column sums, its row-group sums and, as `carries` says, its column sums of
+// u^2) summed over the ranks, then the column EMAs and factors from the sums over every rank's rows.
+void columns_over_ranks(const FactoredLayout& l, const Workspace& w, float* col_stat, double beta, const Sharding& sh,
+                        RoundCarries carries);
 // The round of factored_stats when rows are cut (through w.cross), keeping this rank's copy of the column statistic
 // in step with every other rank's.
-void columns_without_rows(const FactoredLayout& l, const Workspace& w, float* col_stat, double beta,
-                          const Sharding& sh);
+void columns_without_rows(const FactoredLayout& l, const Workspace& w, float* col_stat, double beta, const Sharding& sh,
+                          RoundCarries carries);
+// After columns_over_ranks carried the column sums of u^2 (S, at w.cross + cols + groups): the whole tensor's sum of
+// u^2, sum_j mean_r * S_j / c_j, into *w.total (one block; every rank makes the same sum in the same order).
+void launch_whole_update_squares(const FactoredLayout& l, const Workspace& w, const float* col_stat, int64_t rows);
+// The clip divisor from *w.total (the whole sum of u^2, over sh.numel elements) and, when asked, this part's sum of
+// u^2 (slot 0 of `blocks` block sums) into stats[kStatUpdateSq].
+void launch_clip_divisor_of_whole(const Workspace& w, const double* block_sums, int blocks, double threshold,
+                                  double* stats, const Sharding& sh, const char* what);
 // stats[slot_e] += the sum of slot e, for e < count (at most 3).
 void launch_add_block_sums(const double* block_sums, int blocks, double* stats, int slot0, int slot1, int slot2,
                            int count, const char* what);
 
+// The gradient of a second-moment pass (x = g * gs), whose round (rows cut) carries the column sums of u^2.
+template <class GT>
+struct UpdateSource {
+  const GT* g = nullptr;
+  float gs = 1;
+};
+
+// ZeRO 1, rows cut: S_j = sum_i x_ij^2 / r_i over this rank's rows (r: the new row statistic) into the round's third
+// part, w.cross + cols + groups. A thread per column of a row tile into col_partials (P, tiles_i, K), then the tiles
+// added in order: the same sums the CPU's second-moment pass makes, in a fixed order.
+template <class GT>
+__global__ void update_column_partials(FactoredLayout l, Plan plan, const GT* g, float gs, const float* row_stat,
+                                       double* col_partials) {
+  const int64_t p = blockIdx.x / plan.tiles_i, tile = blockIdx.x % plan.tiles_i;
+  const int64_t k = int64_t(blockIdx.y) * kThreads + threadIdx.x;
+  if (k >= plan.K) return;
+  const int64_t i0 = tile * plan.tile_rows, i1 = imin(l.n, i0 + plan.tile_rows);
+  double acc = 0;
+  for (int64_t i = i0; i < i1; ++i) {
+    const float x = load(g + (p * l.n + i) * plan.K + k) * gs;
+    acc += double(x * x) / double(row_stat[row_index(l, p, i, k)]);
+  }
+  col_partials[(p * plan.tiles_i + tile) * plan.K + k] = acc;
+}
+void launch_update_column_sums(const FactoredLayout& l, const Plan& plan, const Workspace& w);  // partials -> S
+
 // Runs the two statistics passes (tile kernel, rows when not fused) of one fill and finishes the EMAs and factors.
 // ZeRO 1 with rows cut (sh.rows_cut): the column sums and the row-group sums are completed over the ranks in one
-// round (w.cross) before the column EMAs and the row factors.
-template <class Fill>
+// round (w.cross) before the column EMAs and the row factors; given the gradient (`update`, the second-moment pass),
+// the round also carries the column sums of u^2, and the whole tensor's sum of u^2 is left in *w.total.
+template <class Fill, class GT = float>
 void factored_stats(const FactoredLayout& l, const Plan& plan, const Workspace& w, Fill fill, float* row_stat,
-                    float* col_stat, double beta, const Sharding& sh) {
+                    float* col_stat, double beta, const Sharding& sh, UpdateSource<GT> update = {}) {
   const dim3 grid(unsigned(l.P * plan.tiles_i), unsigned(plan.tiles_k));
   tile_stats<<<grid, kThreads, 0, stream()>>>(l, plan, fill, w.row_partials, w.col_partials);
   TALLY_CUDA_LAUNCH_CHECK("tile_stats");
@@ -339,7 +373,16 @@ void factored_stats(const FactoredLayout& l, const Plan& plan, const Workspace& 
     double* group_sums = w.cross + l.cols();
     row_group_sums<<<unsigned(l.groups()), kRowFactorThreads, 0, stream()>>>(row_stat, l, group_sums);
     TALLY_CUDA_LAUNCH_CHECK("row_group_sums");
-    columns_over_ranks(l, w, col_stat, beta, sh);
+    if (update.g) {
+      const dim3 grid(unsigned(l.P * plan.tiles_i), unsigned(plan.tiles_k));
+      update_column_partials<GT>
+          <<<grid, kThreads, 0, stream()>>>(l, plan, update.g, update.gs, row_stat, w.col_partials);
+      TALLY_CUDA_LAUNCH_CHECK("update_column_partials");
+      launch_update_column_sums(l, plan, w);
+    }
+    columns_over_ranks(l, w, col_stat, beta, sh,
+                       update.g ? RoundCarries::column_and_update_sums : RoundCarries::column_sums);
+    if (update.g) launch_whole_update_squares(l, w, col_stat, sh.rows);
     row_factors<<<unsigned(l.groups()), kRowFactorThreads, 0, stream()>>>(row_stat, w.row_factor, l, group_sums, sh.rows);
   } else {
     row_factors<<<unsigned(l.groups()), kRowFactorThreads, 0, stream()>>>(row_stat, w.row_factor, l, nullptr, l.n);
@@ -407,6 +450,24 @@ template <class GT>
 __global__ void update_sq(FactoredLayout l, int64_t K, const GT* g, const float* rf, const float* cf, float gs,
                           bool vec, double* block_sums) {
   update_sq_of(l, K, g, rf, cf, gs, vec, block_sums, own_grid());
+}
+
+// The clip divisor of a factored step, after its second-moment factored_stats: from this tensor's sum of u^2 (an
+// update_sq pass), or, ZeRO 1 with rows cut, from the whole sum that factored_stats' round completed (the pass then
+// runs only for the statistics, which keep this part's sum).
+template <class GT>
+void factored_clip_divisor(const FactoredLayout& l, const Plan& plan, const Workspace& w, const GT* g, float gs,
+                           bool vec, double threshold, double* stats, const Sharding& sh, const char* what) {
+  const bool whole = sh.sum && sh.rows_cut;
+  const int blocks = reduce_blocks(l.numel() / 4 + 1);
+  if (!whole || stats) {
+    update_sq<GT><<<blocks, kThreads, 0, stream()>>>(l, plan.K, g, w.row_factor, w.col_factor, gs, vec, w.block_sums);
+    TALLY_CUDA_LAUNCH_CHECK(what);
+  }
+  if (whole)
+    launch_clip_divisor_of_whole(w, w.block_sums, blocks, threshold, stats, sh, what);
+  else
+    launch_clip_divisor(w.block_sums, blocks, l.numel(), threshold, w.divisor, stats, sh, w.total, what);
 }
 
 // Inspection: exact EMA of g^2+eps1 and its distance to the factored estimate 1/(rf cf)^2.
