@@ -17,20 +17,40 @@ namespace {
 
 constexpr std::string_view kPrefix = "transformer.";
 
-// The per-layer tensors of a Hugging Face GPT-2 block, in order; Conv1D weights are the (in, out) ones.
+// How a file holds a weight: as tally does, or transposed as Hugging Face's Conv1D holds it, (in, out).
+enum class Stored { as_is, conv1d };
+
+// The per-layer tensors of a Hugging Face GPT-2 block, in order: the name, how the file holds it, the block's
+// parameter it loads into, and its shape in the file in widths C: (w[0] C) for a vector, (w[0] C, w[1] C) for a matrix.
 struct LayerTensor {
   const char* name;
-  bool conv1d;
+  Stored stored;
+  Tensor (*param)(const nn::Block&);
+  int64_t w[2];
 };
 constexpr LayerTensor kLayerTensors[] = {
-    {"ln_1.weight", false},    {"ln_1.bias", false},      {"attn.c_attn.weight", true}, {"attn.c_attn.bias", false},
-    {"attn.c_proj.weight", true}, {"attn.c_proj.bias", false}, {"ln_2.weight", false},     {"ln_2.bias", false},
-    {"mlp.c_fc.weight", true}, {"mlp.c_fc.bias", false},   {"mlp.c_proj.weight", true},  {"mlp.c_proj.bias", false},
+    {"ln_1.weight", Stored::as_is, [](const nn::Block& b) { return b.ln_1.weight(); }, {1, 0}},
+    {"ln_1.bias", Stored::as_is, [](const nn::Block& b) { return b.ln_1.bias(); }, {1, 0}},
+    {"attn.c_attn.weight", Stored::conv1d, [](const nn::Block& b) { return b.attn.c_attn.weight(); }, {1, 3}},
+    {"attn.c_attn.bias", Stored::as_is, [](const nn::Block& b) { return b.attn.c_attn.bias(); }, {3, 0}},
+    {"attn.c_proj.weight", Stored::conv1d, [](const nn::Block& b) { return b.attn.c_proj.weight(); }, {1, 1}},
+    {"attn.c_proj.bias", Stored::as_is, [](const nn::Block& b) { return b.attn.c_proj.bias(); }, {1, 0}},
+    {"ln_2.weight", Stored::as_is, [](const nn::Block& b) { return b.ln_2.weight(); }, {1, 0}},
+    {"ln_2.bias", Stored::as_is, [](const nn::Block& b) { return b.ln_2.bias(); }, {1, 0}},
+    {"mlp.c_fc.weight", Stored::conv1d, [](const nn::Block& b) { return b.mlp.c_fc.weight(); }, {1, 4}},
+    {"mlp.c_fc.bias", Stored::as_is, [](const nn::Block& b) { return b.mlp.c_fc.bias(); }, {4, 0}},
+    {"mlp.c_proj.weight", Stored::conv1d, [](const nn::Block& b) { return b.mlp.c_proj.weight(); }, {4, 1}},
+    {"mlp.c_proj.bias", Stored::as_is, [](const nn::Block& b) { return b.mlp.c_proj.bias(); }, {1, 0}},
 };
+Shape file_shape(const LayerTensor& t, int64_t C) {
+  return t.w[1] > 0 ? Shape{t.w[0] * C, t.w[1] * C} : Shape{t.w[0] * C};
+}
+const char* layout_note(Stored stored) { return stored == Stored::conv1d ? " (Conv1D: (in, out))" : ""; }
 
 bool is_conv1d_weight(std::string_view hf_name) {
   for (const LayerTensor& t : kLayerTensors)
-    if (t.conv1d && hf_name.size() > std::string_view(t.name).size() && hf_name.ends_with(t.name)) return true;
+    if (t.stored == Stored::conv1d && hf_name.size() > std::string_view(t.name).size() && hf_name.ends_with(t.name))
+      return true;
   return false;
 }
 
@@ -251,32 +271,28 @@ void load_all(GPT2& model, const io::SafetensorsReader& r, const FileIndex& idx)
   const GPT2Config& c = model.config();
   NoGradGuard no_grad;
   // file tensor -> parameter, with the file's expected shape.
-  auto load = [&](const std::string& name, const Tensor& param, bool conv1d) {
+  auto load = [&](const std::string& name, const Tensor& param, Stored stored) {
     const io::SafetensorsEntry& e = *idx.tensors.at(name);
-    Shape want = conv1d ? Shape{param.size(1), param.size(0)} : param.shape();
+    Shape want = stored == Stored::conv1d ? Shape{param.size(1), param.size(0)} : param.shape();
     TALLY_CHECK(e.shape == want, where, "tensor '", e.name, "' is ", shape_str(e.shape), ", expected ", shape_str(want),
-                conv1d ? " (Conv1D: (in, out))" : "");
+                layout_note(stored));
     std::vector<T> v = read_values<T>(r, e);
-    if (conv1d) v = detail::transposed(v, want[0], want[1]);
+    if (stored == Stored::conv1d) v = detail::transposed(v, want[0], want[1]);
     detail::assign_from_host(param, v.data(), dtype_v<T>);
   };
   Tensor wte = model.wte.weight();
-  load("wte.weight", wte.slice(0, 0, c.vocab_size), false);
+  load("wte.weight", wte.slice(0, 0, c.vocab_size), Stored::as_is);
   if (c.padded_vocab_size > c.vocab_size) {
     Tensor pad = wte.slice(0, c.vocab_size, c.padded_vocab_size);
     pad.zero_();
   }
-  load("wpe.weight", model.wpe.weight(), false);
+  load("wpe.weight", model.wpe.weight(), Stored::as_is);
   for (int64_t i = 0; i < c.n_layer; ++i) {
     const nn::Block& b = *model.h[size_t(i)];
-    const Tensor params[] = {b.ln_1.weight(),        b.ln_1.bias(),         b.attn.c_attn.weight(), b.attn.c_attn.bias(),
-                             b.attn.c_proj.weight(), b.attn.c_proj.bias(),  b.ln_2.weight(),        b.ln_2.bias(),
-                             b.mlp.c_fc.weight(),    b.mlp.c_fc.bias(),     b.mlp.c_proj.weight(),  b.mlp.c_proj.bias()};
-    for (size_t k = 0; k < std::size(kLayerTensors); ++k)
-      load(cat("h.", i, ".", kLayerTensors[k].name), params[k], kLayerTensors[k].conv1d);
+    for (const LayerTensor& t : kLayerTensors) load(cat("h.", i, ".", t.name), t.param(b), t.stored);
   }
-  load("ln_f.weight", model.ln_f.weight(), false);
-  load("ln_f.bias", model.ln_f.bias(), false);
+  load("ln_f.weight", model.ln_f.weight(), Stored::as_is);
+  load("ln_f.bias", model.ln_f.bias(), Stored::as_is);
 
   if (idx.lm_head) {  // a tied head stored anyway (older exports): it must be wte, value for value
     const io::SafetensorsEntry& head = *idx.lm_head;
@@ -294,19 +310,17 @@ namespace {
 // file claims through wte and wpe alone must not make the import allocate more than the file could fill.
 void check_shapes(const io::SafetensorsReader& r, const FileIndex& idx, const GPT2Config& c) {
   const int64_t C = c.n_embd;
-  auto expect = [&](const std::string& name, const Shape& want, bool conv1d) {
+  auto expect = [&](const std::string& name, const Shape& want, Stored stored) {
     const io::SafetensorsEntry& e = *idx.tensors.at(name);
     TALLY_CHECK(e.shape == want, "[safetensors] '", r.source(), "': tensor '", e.name, "' is ", shape_str(e.shape),
-                ", expected ", shape_str(want), conv1d ? " (Conv1D: (in, out))" : "", " for a GPT-2 ", c.str());
+                ", expected ", shape_str(want), layout_note(stored), " for a GPT-2 ", c.str());
   };
-  expect("wte.weight", {c.vocab_size, C}, false);
-  expect("wpe.weight", {c.block_size, C}, false);
-  expect("ln_f.weight", {C}, false);
-  expect("ln_f.bias", {C}, false);
-  const Shape shapes[] = {{C}, {C}, {C, 3 * C}, {3 * C}, {C, C}, {C}, {C}, {C}, {C, 4 * C}, {4 * C}, {4 * C, C}, {C}};
+  expect("wte.weight", {c.vocab_size, C}, Stored::as_is);
+  expect("wpe.weight", {c.block_size, C}, Stored::as_is);
+  expect("ln_f.weight", {C}, Stored::as_is);
+  expect("ln_f.bias", {C}, Stored::as_is);
   for (int64_t i = 0; i < c.n_layer; ++i)
-    for (size_t k = 0; k < std::size(kLayerTensors); ++k)
-      expect(cat("h.", i, ".", kLayerTensors[k].name), shapes[k], kLayerTensors[k].conv1d);
+    for (const LayerTensor& t : kLayerTensors) expect(cat("h.", i, ".", t.name), file_shape(t, C), t.stored);
 }
 
 std::unique_ptr<GPT2> load_from_reader(const io::SafetensorsReader& reader,

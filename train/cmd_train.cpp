@@ -136,6 +136,7 @@ int cmd_train(const Args& args) {
               config.out.c_str());
   for (const auto& [k, v] : config.flags.items()) std::printf("  --%s %s\n", k.c_str(), v.get<std::string>().c_str());
   RunSummary s = trainer.run();
+  if (s.stopped_before_training) return 0;  // said by the trainer; nothing to report
   if (ranks.rank() == 0) {  // the page of this run, also of one stopped early
     // The training is done and saved: a page that cannot be written (a damaged log line, a full disk) is a warning.
     try {

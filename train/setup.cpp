@@ -474,10 +474,14 @@ Tensor token_tensor(const std::vector<int32_t>& ids, int64_t B, int64_t T, Devic
   return from_vector(ids, {B, T}, {.dtype = DType::i32, .device = device});
 }
 
+TokenIds loader_token_ids(const data::DataLoader& loader, int64_t vocab) {
+  const int32_t limit = loader.shards().checked_vocab_limit();
+  return limit > 0 && limit <= vocab ? TokenIds::checked_by_caller : TokenIds::check;
+}
+
 double rank_loss_sum(const models::GPT2& model, data::DataLoader& loader, int64_t batches, int rank, int world) {
   NoGradGuard no_grad;
-  const int32_t limit = loader.shards().checked_vocab_limit();
-  const TokenIds ids = limit > 0 && limit <= model.config().vocab_size ? TokenIds::checked_by_caller : TokenIds::check;
+  const TokenIds ids = loader_token_ids(loader, model.config().vocab_size);
   const int64_t B = loader.config().batch, T = loader.config().seq_len;
   double sum = 0;
   data::Batch b;

@@ -120,9 +120,12 @@ std::vector<std::filesystem::path> default_data_candidates();
 std::vector<FlagSpec> data_flags();
 // (B, T) i32 token ids on `device` from a batch's B*T values.
 Tensor token_tensor(const std::vector<int32_t>& ids, int64_t B, int64_t T, Device device);
+// How the model is to treat the ids of `loader`'s batches: already checked (TokenIds::checked_by_caller) when its
+// shards were validated against a limit within the model's vocabulary of `vocab` (data::ShardSet::checked_vocab_limit),
+// else checked on the host before use.
+TokenIds loader_token_ids(const data::DataLoader& loader, int64_t vocab);
 // The summed loss of this rank's share of the next `batches` batches of `loader` (batch i is rank i % world's),
-// without gradients; the caller sets eval mode and sums over the ranks. Ids from shards validated against the
-// model's vocabulary (data::ShardSet::checked_vocab_limit) are not checked again on the host.
+// without gradients; the caller sets eval mode and sums over the ranks (ids as loader_token_ids says).
 double rank_loss_sum(const models::GPT2& model, data::DataLoader& loader, int64_t batches, int rank, int world);
 
 }  // namespace tally::train

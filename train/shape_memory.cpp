@@ -473,36 +473,35 @@ nlohmann::json shapes_report_json(const ShapesReport& r) {
               {"adamw_state_bytes", {{"f32", r.adamw_f32}, {"bf16", r.adamw_bf16}}}};
   json rows = json::array();
   for (const PlannedRow& row : r.rows) {
-    auto figures = [&](const StateFigures& f, bool per_tensor) {
+    auto figures = [&](const StateFigures& f) {
       json o = {{"parameters", f.parameters}, {"gradients", f.gradients},   {"state_bytes", f.state},
                 {"state_by_kind", f.state_by_kind}, {"workspace", f.workspace}, {"total", f.total()}};
       if (r.parallel.world > 1) o["comm_buffer"] = f.comm_buffer;
-      if (per_tensor) {
-        json ts = json::array();
-        for (size_t i = 0; i < f.tensors.size(); ++i) {
-          json states = json::array();
-          for (const optim::StateSpec& s : f.tensors[i].states)
-            states.push_back(
-                {{"name", s.name}, {"shape", s.shape}, {"dtype", dtype_name(s.dtype)}, {"bytes", s.bytes()}});
-          ts.push_back({{"name", f.tensors[i].param},
-                        {"shape", r.trained[i].shape},
-                        {"factored", f.factoring[i].factored},
-                        {"factoring", optim::describe_factoring(r.trained[i].shape, f.factoring[i])},
-                        {"bytes", f.tensors[i].bytes()},
-                        {"states", states}});
-        }
-        o["tensors"] = ts;
-      }
       return o;
+    };
+    // Each trained tensor's state, listed once (in f32: the bf16 figures differ in bytes, not in layout).
+    auto tensor_figures = [&](const StateFigures& f) {
+      json ts = json::array();
+      for (size_t i = 0; i < f.tensors.size(); ++i) {
+        json states = json::array();
+        for (const optim::StateSpec& s : f.tensors[i].states)
+          states.push_back(
+              {{"name", s.name}, {"shape", s.shape}, {"dtype", dtype_name(s.dtype)}, {"bytes", s.bytes()}});
+        ts.push_back({{"name", f.tensors[i].param},
+                      {"shape", r.trained[i].shape},
+                      {"factored", f.factoring[i].factored},
+                      {"factoring", optim::describe_factoring(r.trained[i].shape, f.factoring[i])},
+                      {"bytes", f.tensors[i].bytes()},
+                      {"states", states}});
+      }
+      return ts;
     };
     json settings = json::object();
     for (const auto& [k, v] : row.optimizer.choice.settings.values()) settings[k] = v;
-    json o = {{"label", row.optimizer.label},
-              {"optimizer", row.optimizer.choice.name},
-              {"settings", settings},
-              {"varied", row.optimizer.varied},
-              {"f32", figures(row.f32, true)},
-              {"bf16", figures(row.bf16, false)}};
+    json o = {{"label", row.optimizer.label}, {"optimizer", row.optimizer.choice.name},
+              {"settings", settings},         {"varied", row.optimizer.varied},
+              {"f32", figures(row.f32)},      {"bf16", figures(row.bf16)}};
+    o["f32"]["tensors"] = tensor_figures(row.f32);
     o["f32"]["vs_adamw"] = r.adamw_f32 > 0 ? json(double(row.f32.state) / double(r.adamw_f32)) : json(nullptr);
     o["bf16"]["vs_adamw"] = r.adamw_bf16 > 0 ? json(double(row.bf16.state) / double(r.adamw_bf16)) : json(nullptr);
     if (!row.rank_state.empty()) o["ranks_state_bytes"] = row.rank_state;

@@ -90,20 +90,21 @@ std::unique_ptr<io::DirectoryLock> lock_run_directory(const fs::path& out) {
 // A step's micro-batches from the training loader, on the run's device.
 class LoaderBatches final : public Batches {
  public:
-  LoaderBatches(data::DataLoader& loader, int64_t B, int64_t T, Device device)
-      : loader_(loader), B_(B), T_(T), device_(device) {}
+  LoaderBatches(data::DataLoader& loader, int64_t B, int64_t T, Device device, int64_t vocab)
+      : loader_(loader), B_(B), T_(T), device_(device), ids_(loader_token_ids(loader, vocab)) {}
   void next(Tensor& inputs, Tensor& targets) override {
     loader_.next(batch_);
     inputs = token_tensor(batch_.inputs, B_, T_, device_);
     targets = token_tensor(batch_.targets, B_, T_, device_);
   }
-  // The shard sets are opened with the model's vocabulary as their limit (validate_vocab): every id is valid.
-  TokenIds ids() const override { return TokenIds::checked_by_caller; }
+  // The trainer opens its shard sets with the model's vocabulary as their limit (validate_vocab): every id is valid.
+  TokenIds ids() const override { return ids_; }
 
  private:
   data::DataLoader& loader_;
   int64_t B_, T_;
   Device device_;
+  TokenIds ids_;
   data::Batch batch_;
 };
 
@@ -391,7 +392,7 @@ StepRecord Trainer::train_step(int64_t step) {
     // Fault injection: this step's CPU allocations fail as a refused malloc would.
     const bool refuse = c_.device.is_cpu() && faults_.oom_at_step == step;
     CpuMemoryLimitScope oom(refuse ? std::optional(ledger_now.total().live_held) : std::nullopt);
-    LoaderBatches batches(*train_loader_, c_.batch, c_.seq, c_.device);
+    LoaderBatches batches(*train_loader_, c_.batch, c_.seq, c_.device, model_->config().vocab_size);
     o = optimizer_step(*model_, *optimizer_, batches,
                        {.accumulation = c_.accumulation, .grad_clip = c_.grad_clip,
                         .poison_loss = faults_.nan_at_step == step, .parallel = parallel_.get(),
@@ -683,6 +684,23 @@ RunSummary Trainer::run() {
                           memory_advice(c_.model, c_.optimizer, peak_shape, peak, budget),
                           "Nothing was trained and no checkpoint was written."));
   CpuMemoryLimitScope ceiling(budget.enforced ? std::optional(budget.bytes + held_before_) : std::nullopt);
+  // A stop requested while the run was set up (loading, planning): no step is trained and no log is started, so the
+  // same command starts the run again (a resumed run's checkpoint and log stay as they were). The ranks agree first:
+  // one stopping alone would leave the others waiting in the first step's collectives.
+  double stop = g_stop_requested.load() ? 1.0 : 0.0;
+  if (parallel_) comm_.all_reduce_sum(&stop, 1);
+  if (stop > 0) {
+    s.interrupted = s.stopped_before_training = true;
+    s.steps_done = start_step_;
+    s.last_checkpoint = resumed_from_;
+    const std::string how = c_.continue_with.empty() ? cat("--resume ", c_.out.string()) : c_.continue_with;
+    if (comm_.rank() == 0)
+      std::printf("stopped on request before step %lld: nothing was trained or saved%s\n", (long long)start_step_ + 1,
+                  resumed_from_.empty()
+                      ? " (the same command starts the run again)"
+                      : cat(" (checkpoint ", resumed_from_.string(), " stays; continue with ", how, ")").c_str());
+    return s;
+  }
   if (comm_.rank() == 0) {  // rank 0 alone logs
     if (start_step_ > 0) {
       if (const fs::path side = set_aside_records_after(c_.out / "log.jsonl", start_step_); !side.empty())

@@ -31,6 +31,7 @@ struct RunSummary {
   int64_t optimizer_state_bytes = 0;
   int64_t skipped_steps = 0;
   bool interrupted = false;
+  bool stopped_before_training = false;  // interrupted during setup: no step trained, no log or checkpoint written
   std::filesystem::path last_checkpoint;
   std::vector<std::pair<int64_t, double>> train_curve, val_curve;
   std::string stopped;  // why training stopped before --steps on non-finite steps (--max-bad-steps); else empty
@@ -47,7 +48,8 @@ class TrainingStopped : public Error {
   RunSummary summary_;
 };
 
-// Set by SIGINT/SIGTERM/SIGHUP (and a broken stdout pipe): the run finishes its step, saves a checkpoint and returns.
+// Set by SIGINT/SIGTERM/SIGHUP (and a broken stdout pipe): the run finishes its step, saves a checkpoint and returns;
+// set before the first step (during setup), the run returns without training or writing a log or checkpoint.
 extern std::atomic<bool> g_stop_requested;
 
 // Every rank's `mine` against rank 0's (a collective): a tally::Error on every rank naming the first rank that

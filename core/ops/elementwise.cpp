@@ -71,11 +71,14 @@ Tensor mul(const Tensor& a, const Tensor& b) {
 
 Tensor div(const Tensor& a, const Tensor& b) {
   Tensor out = binary_forward(BinaryOp::div, "div", a, b);
-  Tensor sb = b.detach(), so = saved(out);
-  return record("div", out, {&a, &b}, [sb, so, shape_a = a.shape(), shape_b = b.shape()](const Tensor& g) -> std::vector<Tensor> {
-    Tensor ga = g / sb;
-    return {sum_to(ga, shape_a), sum_to(neg(ga * so), shape_b)};  // d(a/b)/db = -(a/b)/b
-  });
+  const bool ga = a.requires_grad(), gb = b.requires_grad();
+  Tensor sb = b.detach(), so = gb ? saved(out) : Tensor();  // the quotient only for b's gradient
+  return record("div", out, {&a, &b},
+                [sb, so, ga, gb, shape_a = a.shape(), shape_b = b.shape()](const Tensor& g) -> std::vector<Tensor> {
+                  Tensor q = g / sb;
+                  return {ga ? sum_to(q, shape_a) : Tensor(),
+                          gb ? sum_to(neg(q * so), shape_b) : Tensor()};  // d(a/b)/db = -(a/b)/b
+                });
 }
 
 // ---- scalar forms ----
@@ -138,9 +141,9 @@ Tensor sqrt(const Tensor& a) {
 
 Tensor rsqrt(const Tensor& a) {
   Tensor out = unary_forward(UnaryOp::rsqrt, "rsqrt", a);
-  Tensor sa = a.detach(), so = saved(out);
-  return record("rsqrt", out, {&a}, [sa, so](const Tensor& g) -> std::vector<Tensor> {
-    return {g * so / sa * -0.5};  // d(a^-1/2)/da = -1/2 a^-3/2
+  Tensor so = saved(out);
+  return record("rsqrt", out, {&a}, [so](const Tensor& g) -> std::vector<Tensor> {
+    return {g * (so * so * so) * -0.5};  // d(a^-1/2)/da = -1/2 a^-3/2 = -1/2 out^3
   });
 }
 

@@ -217,7 +217,11 @@ void add_elementwise(std::vector<OpCase>& t) {
                .variants = with(
                    {{.args = {{.shape = {2, 3}, .values = given(k23)}, {.shape = {3}, .values = given({10, 20, 30})}},
                      .expect = {.values = {0.1, 0.1, 0.1, 0.4, 0.25, 0.2}}}},
-                   binary_variants(divisor))});
+                   with(binary_variants(divisor),
+                        {{.args = {{.shape = {2, 3}}, {.shape = {3}, .values = divisor, .grad = Grad::frozen}},
+                          .note = "b frozen"},
+                         {.args = {{.shape = {2, 3}, .grad = Grad::frozen}, {.shape = {2, 3}, .values = divisor}},
+                          .note = "a frozen"}}))});
 
   const Values positive = uniform(0.25, 3.0);
   t.push_back(unary("neg", [](const Inputs& x) { return neg(x[0]); }, [](double v) { return -v; }, normal()));

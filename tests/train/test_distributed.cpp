@@ -335,7 +335,13 @@ TEST_CASE("distributed: a matrix whose rows are cut costs CAME two collectives a
   const auto gradient = [&](size_t i, int step) {
     return from_vector(test::normal_values(numel(shapes[i]), 200 * uint64_t(step) + i), shapes[i]);
   };
-  for (const auto& [name, rounds] : {std::pair{"came", 2}, std::pair{"adafactor", 1}}) {
+  struct Case {
+    const char* name;
+    int rounds;  // per matrix and step
+  };
+  for (const Case& each : {Case{"came", 2}, Case{"adafactor", 1}}) {
+    const char* name = each.name;  // not a structured binding: the lambdas below capture it (clang 14)
+    const int rounds = each.rounds;
     std::vector<Tensor> whole_params;
     auto whole = make(name, whole_params);
     for (int step = 1; step <= 3; ++step) {

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/autograd/node.h"
+#include "core/io/file.h"
 #include "core/ledger.h"
 #include "optim/registry.h"
 #include "tests/models/test_helpers.h"
@@ -180,6 +181,48 @@ TEST_CASE("train: a NaN step is skipped, the optimizer untouched; too many stop 
     CHECK_THROWS_WITH_AS(t.run(), doctest::Contains("training stopped: 1 non-finite steps in a row"), Error);
   }
   ::unsetenv("TALLY_FAULT_NAN_AT_STEP");
+  fs::remove_all(out);
+}
+
+TEST_CASE("train: a stop requested during setup trains nothing and writes no log, so the same command starts again") {
+  // As a signal during loading or planning sets it (the handlers are installed before the trainer is made).
+  struct StopRequested {
+    StopRequested() { g_stop_requested = true; }
+    ~StopRequested() { g_stop_requested = false; }
+  };
+  const fs::path out = test::temp_dir("train_stop_in_setup");
+  {
+    Trainer t(config_from({"--steps", "2", "--save-every", "2"}, out));
+    StopRequested stop;
+    const RunSummary s = t.run();
+    CHECK(s.interrupted);
+    CHECK(s.stopped_before_training);
+    CHECK(s.steps_done == 0);
+    CHECK(s.last_checkpoint.empty());
+    CHECK(t.optimizer().steps() == 0);
+  }
+  CHECK_FALSE(fs::exists(out / "log.jsonl"));
+  CHECK_FALSE(train::latest_checkpoint(out).has_value());
+  CHECK_NOTHROW(refuse_new_run_into(out));  // not a run yet: the same command may train there
+  {
+    Trainer t(config_from({"--steps", "2", "--save-every", "2"}, out));
+    CHECK(t.run().steps_done == 2);
+  }
+  // Resumed and stopped during setup: the checkpoint and the log as they were.
+  const std::string log = io::read_file_text(out / "log.jsonl");
+  const std::optional<fs::path> checkpoint = train::latest_checkpoint(out);
+  REQUIRE(checkpoint.has_value());
+  {
+    Trainer t(config_from({"--steps", "4"}, out));
+    t.resume(out);
+    StopRequested stop;
+    const RunSummary s = t.run();
+    CHECK(s.stopped_before_training);
+    CHECK(s.steps_done == 2);
+    CHECK(s.last_checkpoint == *checkpoint);
+  }
+  CHECK(io::read_file_text(out / "log.jsonl") == log);
+  CHECK(train::latest_checkpoint(out) == checkpoint);
   fs::remove_all(out);
 }
 
