@@ -51,6 +51,36 @@ inline std::vector<float> rank_elements(const Tensor& t, const optim::ShardCut& 
   return {v.begin() + cut.offsets[size_t(rank)], v.begin() + cut.offsets[size_t(rank) + 1]};
 }
 
+// An inspected sharded step reports what the whole step reports: each tensor's sums are this rank's part added over
+// the ranks (the clip's sum of u^2 included, however the step completed it), and the confidence factors come from
+// the gathered vectors. Within float rounding of sums formed in another order.
+inline void check_internals_equal(const std::vector<optim::TensorInternals>& sharded,
+                                  const std::vector<optim::TensorInternals>& whole) {
+  REQUIRE(sharded.size() == whole.size());
+  auto same = [](double a, double b) {
+    return (std::isnan(a) && std::isnan(b)) || std::abs(a - b) <= 1e-5 * std::max(std::abs(b), 1e-6);
+  };
+  for (size_t i = 0; i < whole.size(); ++i) {
+    const optim::TensorInternals &a = sharded[i], &b = whole[i];
+    INFO("internals of ", b.param);
+    CHECK(a.param == b.param);
+    CHECK(a.step == b.step);
+    CHECK(same(a.update_rms, b.update_rms));
+    CHECK(same(a.clipped_update_rms, b.clipped_update_rms));
+    CHECK(a.clipped == b.clipped);
+    CHECK(same(a.exp_avg_rms, b.exp_avg_rms));
+    CHECK(same(a.applied_rms, b.applied_rms));
+    CHECK(a.has_confidence == b.has_confidence);
+    for (const auto& [x, y] :
+         {std::pair{a.confidence_row, b.confidence_row}, std::pair{a.confidence_col, b.confidence_col},
+          std::pair{a.confidence_scale, b.confidence_scale}}) {
+      CHECK(same(x.min, y.min));
+      CHECK(same(x.mean, y.mean));
+      CHECK(same(x.max, y.max));
+    }
+  }
+}
+
 // The sharded step differs from the whole one only in how sums over a tensor are formed (each rank's part, then
 // over ranks, in double): parameters and state agree to float rounding, accumulated over `steps` steps of updates
 // about lr in size. (SM3 takes maxima, exact in any order: tests/optim/sm3_lamb.cpp checks its bits.)
@@ -69,10 +99,12 @@ inline void check_zero1_equals_whole(dist::Communicator& c, Device device, int s
         // Each rank contributes g / world (a training step scales its loss so): the reduce-scatter sums them to g.
         part_params[i].set_grad(zero1_gradient(part_params[i], i, step, 1.0 / c.world()));
       }
+      // Step 2 inspects: each tensor's statistics are summed over the ranks too.
+      const optim::Inspect inspect = step == 2 ? optim::Inspect::summary : optim::Inspect::off;
+      whole->set_inspect(inspect);
       whole->step();
       INFO("step ", step);
-      // Step 2 inspects: each tensor's statistics are summed over the ranks too.
-      sharded->set_inspect(step == 2 ? optim::Inspect::summary : optim::Inspect::off);
+      sharded->set_inspect(inspect);
       const dist::Traffic t0 = c.traffic();
       dp.reduce_gradients();
       dp.loss_and_norm(0.0, 0.0, false);  // a training step's other collective
@@ -85,6 +117,7 @@ inline void check_zero1_equals_whole(dist::Communicator& c, Device device, int s
       CHECK(t1 - t0 == dp.reduce_traffic());
       CHECK(t2 - t1 == sharded->traffic_per_step());
       CHECK(c.traffic() - t2 == dp.gather_traffic());
+      if (inspect != optim::Inspect::off) check_internals_equal(sharded->internals(), whole->internals());
     }
     for (size_t i = 0; i < whole_params.size(); ++i) {
       INFO("parameter ", i);

@@ -373,8 +373,7 @@ void factored_stats(const FactoredLayout& l, const Plan& plan, const Workspace& 
     double* group_sums = w.cross + l.cols();
     row_group_sums<<<unsigned(l.groups()), kRowFactorThreads, 0, stream()>>>(row_stat, l, group_sums);
     TALLY_CUDA_LAUNCH_CHECK("row_group_sums");
-    if (update.g) {
-      const dim3 grid(unsigned(l.P * plan.tiles_i), unsigned(plan.tiles_k));
+    if (update.g) {  // the tile kernel's grid: a thread per column of each row tile
       update_column_partials<GT>
           <<<grid, kThreads, 0, stream()>>>(l, plan, update.g, update.gs, row_stat, w.col_partials);
       TALLY_CUDA_LAUNCH_CHECK("update_column_partials");
