@@ -382,9 +382,12 @@ dist::Traffic Optimizer::inspection_traffic(const Slot& /*slot*/) const {
 dist::Traffic Optimizer::factored_sums(const Slot& s, int column_rounds) {
   const dist::Traffic clip = {1, int64_t(sizeof(double))};
   if (!s.factored || !s.cut.columns_shared) return clip;
-  const dist::Traffic columns = {1, (s.layout.cols() + s.layout.groups()) * int64_t(sizeof(double))};
-  const dist::Traffic update_sums = {0, s.layout.cols() * int64_t(sizeof(double))};  // in the first round
-  return column_rounds * columns + update_sums;
+  const auto round = [&](kernels::RoundCarries carries) {
+    return dist::Traffic{1, kernels::round_doubles(s.layout, carries) * int64_t(sizeof(double))};
+  };
+  // The first round also carries the update's column sums (the clip's); a later one (CAME's instability) does not.
+  return round(kernels::RoundCarries::column_and_update_sums) +
+         (column_rounds - 1) * round(kernels::RoundCarries::column_sums);
 }
 
 const ShardCut& Optimizer::shard_cut(const std::string& param) const {

@@ -466,7 +466,10 @@ int cmd_compare(const Args& args) {
     // A run that stops on non-finite steps (--max-bad-steps) is a result of the comparison: reported with what it
     // trained, and the other optimizers still run. (Every rank stops at the same step: the loss is summed over them.)
     try {
-      results[i] = Result{names[i], c.optimizer.lr(), t.run()};
+      RunSummary s = t.run();
+      // Stopped during its setup: nothing trained, no log; the run is reported as not reached.
+      if (s.stopped_before_training) break;
+      results[i] = Result{names[i], c.optimizer.lr(), std::move(s)};
     } catch (const TrainingStopped& e) {
       std::printf("%s: %s\n", names[i].c_str(), e.what());
       results[i] = Result{names[i], c.optimizer.lr(), e.summary()};

@@ -47,7 +47,8 @@ namespace {
 // Under mpirun the note says more: mpirun also signals every rank to end a job one of whose ranks failed, and then
 // ends them before any checkpoint.
 char g_stop_note[320] =
-    "\ntally: stopping after this step, with a checkpoint (signal again to stop at once, without saving)\n";
+    "\ntally: stopping after this step, with a checkpoint (before the first step: without training) (signal again to "
+    "stop at once, without saving)\n";
 const char kStopAtOnceNote[] = "\ntally: stopping at once, without saving (the run's last checkpoint stays)\n";
 // Async-signal-safe: write(2) only.
 void say_from_handler(const char* note) {
@@ -97,7 +98,8 @@ class LoaderBatches final : public Batches {
     inputs = token_tensor(batch_.inputs, B_, T_, device_);
     targets = token_tensor(batch_.targets, B_, T_, device_);
   }
-  // The trainer opens its shard sets with the model's vocabulary as their limit (validate_vocab): every id is valid.
+  // The trainer opens its shard sets with the model's vocabulary as their limit (validate_vocab): its batches' ids
+  // are then checked already (loader_token_ids says so from the shards' recorded limit).
   TokenIds ids() const override { return ids_; }
 
  private:
@@ -685,20 +687,23 @@ RunSummary Trainer::run() {
                           "Nothing was trained and no checkpoint was written."));
   CpuMemoryLimitScope ceiling(budget.enforced ? std::optional(budget.bytes + held_before_) : std::nullopt);
   // A stop requested while the run was set up (loading, planning): no step is trained and no log is started, so the
-  // same command starts the run again (a resumed run's checkpoint and log stay as they were). The ranks agree first:
-  // one stopping alone would leave the others waiting in the first step's collectives.
+  // same command starts the run again (only config.json was written, as by a run refused for memory; a resumed run's
+  // checkpoints and log stay as they were). The ranks agree first: one stopping alone would leave the others waiting
+  // in the first step's collectives.
   double stop = g_stop_requested.load() ? 1.0 : 0.0;
   if (parallel_) comm_.all_reduce_sum(&stop, 1);
   if (stop > 0) {
     s.interrupted = s.stopped_before_training = true;
     s.steps_done = start_step_;
     s.last_checkpoint = resumed_from_;
+    // Continued with --resume OUT only when the checkpoint is OUT's own (a run resumed into another --out has none).
+    std::error_code ec;
+    const bool own = !resumed_from_.empty() && fs::equivalent(resumed_from_.parent_path(), c_.out, ec);
     const std::string how = c_.continue_with.empty() ? cat("--resume ", c_.out.string()) : c_.continue_with;
     if (comm_.rank() == 0)
       std::printf("stopped on request before step %lld: nothing was trained or saved%s\n", (long long)start_step_ + 1,
-                  resumed_from_.empty()
-                      ? " (the same command starts the run again)"
-                      : cat(" (checkpoint ", resumed_from_.string(), " stays; continue with ", how, ")").c_str());
+                  own ? cat(" (checkpoint ", resumed_from_.string(), " stays; continue with ", how, ")").c_str()
+                      : " (the same command starts the run again)");
     return s;
   }
   if (comm_.rank() == 0) {  // rank 0 alone logs

@@ -32,6 +32,7 @@ struct RunSummary {
   int64_t skipped_steps = 0;
   bool interrupted = false;
   bool stopped_before_training = false;  // interrupted during setup: no step trained, no log or checkpoint written
+                                         // (config.json only)
   std::filesystem::path last_checkpoint;
   std::vector<std::pair<int64_t, double>> train_curve, val_curve;
   std::string stopped;  // why training stopped before --steps on non-finite steps (--max-bad-steps); else empty
@@ -49,7 +50,8 @@ class TrainingStopped : public Error {
 };
 
 // Set by SIGINT/SIGTERM/SIGHUP (and a broken stdout pipe): the run finishes its step, saves a checkpoint and returns;
-// set before the first step (during setup), the run returns without training or writing a log or checkpoint.
+// set before the first step (during setup), the run returns without training or writing a log or checkpoint (its
+// config.json is written, as a run refused for memory writes it).
 extern std::atomic<bool> g_stop_requested;
 
 // Every rank's `mine` against rank 0's (a collective): a tally::Error on every rank naming the first rank that

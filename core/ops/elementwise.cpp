@@ -143,7 +143,7 @@ Tensor rsqrt(const Tensor& a) {
   Tensor out = unary_forward(UnaryOp::rsqrt, "rsqrt", a);
   Tensor so = saved(out);
   return record("rsqrt", out, {&a}, [so](const Tensor& g) -> std::vector<Tensor> {
-    return {g * (so * so * so) * -0.5};  // d(a^-1/2)/da = -1/2 a^-3/2 = -1/2 out^3
+    return {g * so * so * so * -0.5};  // d(a^-1/2)/da = -1/2 a^-3/2 = -1/2 out^3 (g first: out^3 alone may overflow)
   });
 }
 

@@ -1,7 +1,8 @@
 // CUDA kernels of CAME (came-pytorch 0.1.3), factored and dense; the arithmetic of the CPU kernels
 // (optim/kernels/cpu/came.cpp) in four passes (the CPU folds the u^2 sum into its first pass; here the row statistics
 // are only final after the tile kernel, so u^2 takes one more read of g: 32 bytes/param). Factored step:
-// tile_stats(g^2+eps1) -> r, c, factors; grid sums of u^2 -> clip divisor (on the device: no host round trip);
+// tile_stats(g^2+eps1) -> r, c, factors; grid sums of u^2 -> clip divisor (on the device: no host round trip; ZeRO 1
+// with rows cut: from the column sums of u^2 the first round carries, the u^2 pass then only for the statistics);
 // tile_stats that updates m and sums the instability -> R, C, factors; elementwise parameter update (float4 loads when
 // rows allow). Nine launches per factored tensor (the package issues ~22 kernels), or nine for a batch of them
 // (came_factored_steps); small dense tensors are stepped together, one block each (came_dense_steps); bf16 ones have

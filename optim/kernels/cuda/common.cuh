@@ -334,7 +334,7 @@ struct UpdateSource {
 
 // ZeRO 1, rows cut: S_j = sum_i x_ij^2 / r_i over this rank's rows (r: the new row statistic) into the round's third
 // part, w.cross + cols + groups. A thread per column of a row tile into col_partials (P, tiles_i, K), then the tiles
-// added in order: the same sums the CPU's second-moment pass makes, in a fixed order.
+// added in order: the sums the CPU's second-moment pass makes, here in double and in a fixed order.
 template <class GT>
 __global__ void update_column_partials(FactoredLayout l, Plan plan, const GT* g, float gs, const float* row_stat,
                                        double* col_partials) {
