@@ -47,8 +47,7 @@ namespace {
 // Under mpirun the note says more: mpirun also signals every rank to end a job one of whose ranks failed, and then
 // ends them before any checkpoint.
 char g_stop_note[320] =
-    "\ntally: stopping after this step, with a checkpoint (before the first step: without training) (signal again to "
-    "stop at once, without saving)\n";
+    "\ntally: stopping after this step, with a checkpoint (signal again to stop at once, without saving)\n";
 const char kStopAtOnceNote[] = "\ntally: stopping at once, without saving (the run's last checkpoint stays)\n";
 // Async-signal-safe: write(2) only.
 void say_from_handler(const char* note) {
