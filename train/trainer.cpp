@@ -605,13 +605,21 @@ void refuse_new_run_into(const fs::path& out) {
          "another --out, or move it away; nothing was changed");
 }
 
+bool Trainer::resumed_in_own_directory() const {
+  std::error_code ec;
+  return !resumed_from_.empty() && fs::equivalent(resumed_from_.parent_path(), c_.out, ec);
+}
+
+std::string Trainer::continue_command() const {
+  return c_.continue_with.empty() ? cat("--resume ", c_.out.string()) : c_.continue_with;
+}
+
 void Trainer::check_before_run() const {
   if (start_step_ >= c_.steps)
     throw FlagError(cat("--resume '", resumed_from_.string(), "': the checkpoint is at step ", start_step_,
                         " and this run has --steps ", c_.steps, ": nothing to train (give --steps above ", start_step_,
                         ")"));
-  std::error_code ec;
-  const bool own_directory = !resumed_from_.empty() && fs::equivalent(resumed_from_.parent_path(), c_.out, ec);
+  const bool own_directory = resumed_in_own_directory();
   if (!own_directory && comm_.rank() == 0) refuse_new_run_into(c_.out);
   if (own_directory && comm_.rank() == 0) {
     // Resumed from an earlier checkpoint than the run's latest: continuing here would put a second continuation's
@@ -696,13 +704,12 @@ RunSummary Trainer::run() {
     s.steps_done = start_step_;
     s.last_checkpoint = resumed_from_;
     // Continued with --resume OUT only when the checkpoint is OUT's own (a run resumed into another --out has none).
-    std::error_code ec;
-    const bool own = !resumed_from_.empty() && fs::equivalent(resumed_from_.parent_path(), c_.out, ec);
-    const std::string how = c_.continue_with.empty() ? cat("--resume ", c_.out.string()) : c_.continue_with;
     if (comm_.rank() == 0)
-      std::printf("stopped on request before step %lld: nothing was trained or saved%s\n", (long long)start_step_ + 1,
-                  own ? cat(" (checkpoint ", resumed_from_.string(), " stays; continue with ", how, ")").c_str()
-                      : " (the same command starts the run again)");
+      std::printf(
+          "stopped on request before step %lld: nothing was trained or saved%s\n", (long long)start_step_ + 1,
+          resumed_in_own_directory()
+              ? cat(" (checkpoint ", resumed_from_.string(), " stays; continue with ", continue_command(), ")").c_str()
+              : " (the same command starts the run again)");
     return s;
   }
   if (comm_.rank() == 0) {  // rank 0 alone logs
@@ -714,9 +721,8 @@ RunSummary Trainer::run() {
             (long long)start_step_, side.c_str());
       // Steps the checkpoint holds but the log does not (a log edited or deleted, or lost to a crash of the machine
       // between a record and its sync): said, not filled in; the report's curves have a gap there.
-      std::error_code ec;
-      const bool own_directory = fs::equivalent(resumed_from_.parent_path(), c_.out, ec);
-      if (const int64_t recorded = last_step_recorded(c_.out / "log.jsonl"); own_directory && recorded < start_step_)
+      if (const int64_t recorded = last_step_recorded(c_.out / "log.jsonl");
+          resumed_in_own_directory() && recorded < start_step_)
         std::printf(
             "log.jsonl: no record of step%s %s: %s, and the checkpoint holds step %lld (those steps were "
             "trained and saved; their records were lost)\n",
@@ -860,9 +866,8 @@ void Trainer::run_steps(RunSummary& s) {
     if ((parallel_ ? r.stop : g_stop_requested.load()) && !last) {
       s.last_checkpoint = save(step);
       s.interrupted = true;
-      const std::string how = c_.continue_with.empty() ? cat("--resume ", c_.out.string()) : c_.continue_with;
       std::printf("%sstopped at step %lld on request; checkpoint %s (continue with %s)\n", progress.break_line(),
-                  (long long)step, s.last_checkpoint.c_str(), how.c_str());
+                  (long long)step, s.last_checkpoint.c_str(), continue_command().c_str());
       break;
     }
   }

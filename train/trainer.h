@@ -100,6 +100,10 @@ class Trainer {
   // Resolved flags compared over the ranks: refuses (naming the flags) a rank started differently from rank 0.
   void check_same_configuration();
   void check_same_data();
+  // Resumed from a checkpoint of --out's own run (not one continued into another directory).
+  bool resumed_in_own_directory() const;
+  // How a user continues this run after a stop: --resume OUT, or what the caller said (compare's --resume DIR).
+  std::string continue_command() const;
 
   RunConfig c_;
   dist::Communicator& comm_;                  // the ranks of a data-parallel run (one: a single process)
