@@ -1,5 +1,6 @@
 // Reductions over dims (sum, mean, max) with keepdim: forward and backward side by side.
 #include <algorithm>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -99,6 +100,9 @@ Tensor max(const Tensor& a_in, int64_t dim, KeepDim keep) {
   check_floating("max", a_in);
   int d = wrap_dim(dim, a_in.dim(), "max");
   TALLY_CHECK(a_in.shape()[d] > 0, "[max] dim ", d, " of ", shape_str(a_in.shape()), " is empty");
+  // The backward keeps each maximum's index as i32.
+  TALLY_CHECK(a_in.shape()[d] <= std::numeric_limits<int32_t>::max(), "[max] dim ", d, " of ", shape_str(a_in.shape()),
+              " has more than 2^31 - 1 elements (indices are kept as i32)");
   Tensor a = a_in.contiguous();
   int64_t outer = 1, inner = 1, n = a.shape()[d];
   for (int i = 0; i < d; ++i) outer *= a.shape()[i];

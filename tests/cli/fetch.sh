@@ -20,7 +20,7 @@ for d in "${TALLY_SHARED_DATA:-$src/../shared/data}" "$src/data"; do
 done
 if [ -z "$real" ]; then
   echo "SKIPPED: no copy of tinyshakespeare.txt and gpt2/{encoder.json,vocab.bpe} to serve (../shared/data or data/)"
-  exit 0
+  exit 77
 fi
 command -v python3 >/dev/null || fail "python3 is needed for the local HTTP server (scripts/install-deps.sh installs it)"
 [ -x "$unit_tests" ] || fail "no tally_tests beside $tally"

@@ -12,7 +12,7 @@ text="${TALLY_SHARED_DATA:-$src/../shared/data}/tinyshakespeare.txt"
 [[ -f "$text" ]] || text="${TALLY_CACHE_DIR:-$src/data}/tinyshakespeare.txt"
 if [[ ! -f "$text" ]]; then
   echo "SKIPPED: $text not found"
-  exit 0
+  exit 77
 fi
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT

@@ -58,8 +58,15 @@ def value(dom, key):
 
 
 def same(dom, key, expected):
+    """The page shows `expected`; a value the log holds as null (not finite) shows as blank or NaN, and only then."""
+    if key not in dom.values:
+        value(dom, key)  # says the element is missing
+        return
     got = value(dom, key)
-    check(got is None or got == float(expected), f"{key}: the page shows {got}, expected {expected}")
+    if expected is None:
+        check(got is None, f"{key}: the page shows {got}, expected blank (the log holds null)")
+    else:
+        check(got is not None and got == float(expected), f"{key}: the page shows {got}, expected {expected}")
 
 
 def records(run_dir):

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <optional>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "core/autograd/node.h"
@@ -137,21 +138,33 @@ TEST_CASE("train: the plan predicted on the meta device equals the CPU step, cat
 
 TEST_CASE("train: a resumed run is bit-identical to an uninterrupted one") {
   fs::path a = test::temp_dir("train_resume_a"), b = test::temp_dir("train_resume_b");
-  {
-    Trainer t(config_from({"--save-every", "3", "--keep-last", "5"}, a));
-    t.run();
-  }
+  Trainer whole(config_from({"--save-every", "3", "--keep-last", "5"}, a));
+  whole.run();
   REQUIRE(fs::exists(a / "step-00000003"));
-  {
-    Trainer t(config_from({}, b));
-    t.resume(a / "step-00000003");
-    t.run();
-  }
+  Trainer resumed(config_from({}, b));
+  resumed.resume(a / "step-00000003");
+  resumed.run();
   auto la = losses(read_log(a / "log.jsonl")), lb = losses(read_log(b / "log.jsonl"));
   REQUIRE(lb.size() == 5);  // steps 4..8
   for (const auto& entry : lb) {  // not a structured binding: CHECK_MESSAGE's lambda captures it (clang 14)
     const auto step = entry.first;
     CHECK_MESSAGE(entry.second == la[step], "step ", step);  // exact, not approximate
+  }
+  // And where the runs end: every parameter and every optimizer state tensor, bit for bit (widening to double is
+  // exact), and the step counts.
+  // (Loops without structured bindings: CHECK_MESSAGE's lambda captures the names, which clang 14 refuses.)
+  for (const auto& named : whole.model().named_parameters()) {
+    const std::string& name = named.first;
+    CHECK_MESSAGE(named.second.to_vector<double>() == resumed.model().parameter(name).to_vector<double>(), name);
+  }
+  const optim::OptimizerState sa = whole.optimizer().state_dict(), sb = resumed.optimizer().state_dict();
+  CHECK(sa.steps == sb.steps);
+  CHECK(sa.param_steps == sb.param_steps);
+  REQUIRE(sa.tensors.size() == sb.tensors.size());
+  for (const auto& entry : sa.tensors) {
+    const std::string& key = entry.first;
+    REQUIRE_MESSAGE(sb.tensors.contains(key), key);
+    CHECK_MESSAGE(entry.second.to_vector<double>() == sb.tensors.at(key).to_vector<double>(), key);
   }
   fs::remove_all(a);
   fs::remove_all(b);
@@ -350,10 +363,13 @@ TEST_CASE("train: with no data in any place, Tiny Shakespeare is downloaded into
 TEST_SUITE("train") {
 TEST_CASE("train: --log-optim writes CAME's internals for every tensor") {
   fs::path out = test::temp_dir("train_log_optim");
+  std::set<std::string> params;  // every trained parameter's name
   {
     Trainer t(config_from({"--steps", "4", "--log-optim", "2"}, out));
+    for (const auto& [name, p] : t.model().named_parameters()) params.insert(name);
     t.run();
   }
+  REQUIRE(params.size() > 2);
   int entries = 0;
   for (const auto& j : read_log(out / "log.jsonl")) {
     if (!j.contains("optim")) continue;
@@ -361,8 +377,10 @@ TEST_CASE("train: --log-optim writes CAME's internals for every tensor") {
     CHECK((j["step"] == 2 || j["step"] == 4));
     REQUIRE(j["optim"].is_array());
     bool saw_confidence = false;
+    std::multiset<std::string> logged;
     for (const auto& e : j["optim"]) {
-      CHECK(e.contains("param"));
+      REQUIRE(e.contains("param"));
+      logged.insert(e["param"].get<std::string>());
       CHECK(e["update_rms"].is_number());
       CHECK(e["clipped"].is_boolean());
       if (e.contains("confidence_scale")) {
@@ -371,6 +389,7 @@ TEST_CASE("train: --log-optim writes CAME's internals for every tensor") {
       }
     }
     CHECK(saw_confidence);  // CAME's factored tensors report their confidence factors
+    CHECK(logged == std::multiset<std::string>(params.begin(), params.end()));  // each tensor once, none left out
   }
   CHECK(entries == 2);
   fs::remove_all(out);

@@ -102,6 +102,9 @@ PointerArrays pointers_in(void* workspace, const AttentionLayout& l, int64_t ele
 // q, o, dout (inputs) and dq (output) at row r0; k, v and dk, dv at key c0, from their strides; s and dp to row r0 of
 // the pair's slot (p mod chunk) in the score buffers, c0 elements of T on (P and dS are T: float in place, or bf16
 // over the first half of their float rows; S and dP, written in float, are only ever addressed with c0 = 0).
+// sets: (pointer sets, kCudaAttentionPointerArrays, pairs); q, k, v, o, dout, dq, dk, dv: (B, NH, T, HS) through
+// l's (q k v o) and g's (dout dq dk dv) strides, each may be null; scores, dscores: (chunk, Tq, Tk) of acc_t<T>.
+// Grid: (pairs, pointer sets).
 template <class T>
 __global__ void build_pointers_kernel(void** sets, int64_t pairs, int64_t NH, const T* q, const T* k, const T* v,
                                       const T* o, const T* dout, T* dq, T* dk, T* dv, const AttentionLayout l,
@@ -133,6 +136,7 @@ __global__ void build_pointers_kernel(void** sets, int64_t pairs, int64_t NH, co
 }
 
 // Every block's pointer arrays, in one launch.
+// arrays: the pointer sets of the workspace; q..dv and scores, dscores as build_pointers_kernel takes them.
 template <class T>
 void build_pointers(const PointerArrays& arrays, const T* q, const T* k, const T* v, const T* o, const T* dout, T* dq,
                     T* dk, T* dv, const AttentionLayout& l, const AttentionLayout& g, acc_t<T>* scores,
@@ -178,6 +182,8 @@ __device__ __forceinline__ void write_probs(acc_t<T>* row, int64_t n, Value valu
 
 // One block per (pair in chunk, query row of the row block): P = softmax over keys j <= last (0 beyond, up to the
 // block's keys), over S; lse saved.
+// scores: (chunk, Tq, Tk) of acc_t<T>, P written over S as write_probs writes it; lse: (B * NH, Tq), pair pp of
+// the chunk at row first_pair + pp.
 template <class T>
 __global__ void attention_softmax_kernel(acc_t<T>* __restrict__ scores, acc_t<T>* __restrict__ lse, int64_t first_pair,
                                          const AttentionLayout l, const RowBlock block) {
@@ -202,6 +208,7 @@ __global__ void attention_softmax_kernel(acc_t<T>* __restrict__ scores, acc_t<T>
 }
 
 // Backward, before the products: P = exp(S - lse) for j <= last, 0 beyond (over S).
+// scores: (chunk, Tq, Tk) of acc_t<T>, P written over S as write_probs writes it; lse: (B * NH, Tq).
 template <class T>
 __global__ void attention_probs_kernel(acc_t<T>* __restrict__ scores, const acc_t<T>* __restrict__ lse, int64_t first_pair,
                                        const AttentionLayout l, const RowBlock block) {
@@ -216,6 +223,7 @@ __global__ void attention_probs_kernel(acc_t<T>* __restrict__ scores, const acc_
 // Backward, between the products: dS = P * (dP - D), D = sum_j P[i, j] dP[i, j] (= sum_e O[i, e] dO[i, e] in exact
 // arithmetic; from P and dP, a row with one visible key gets dS = 0 exactly, as its gradient is); written over P
 // (row stride ldp) once D is summed.
+// probs: (chunk, Tq, ldp) of T (P in, dS out); dprobs: (chunk, Tq, Tk) of acc_t<T>. One block per row, as above.
 template <class T>
 __global__ void attention_dscores_kernel(T* __restrict__ probs, int64_t ldp, const acc_t<T>* __restrict__ dprobs,
                                          const AttentionLayout l, const RowBlock block) {
@@ -248,6 +256,8 @@ void check_rows(const AttentionLayout& l, int64_t rows, const char* op) {
 
 int64_t attention_workspace_size(const AttentionLayout& l) { return cuda_attention_workspace_elements(l); }
 
+// out = softmax(scale * q k^T, causal) v, by row blocks and chunks of (b, h) pairs. q, k, v, out: (B, NH, T, HS)
+// through l's strides; lse: (B, NH, Tq) contiguous; workspace: attention_workspace_size(l) elements of acc_t<T>.
 template <class T>
 void attention_forward(const T* q, const T* k, const T* v, T* out, acc_t<T>* lse, acc_t<T>* workspace,
                        const AttentionLayout& l) {
@@ -283,6 +293,8 @@ void attention_forward(const T* q, const T* k, const T* v, T* out, acc_t<T>* lse
   }
 }
 
+// dq, dk, dv (g's strides) from dout (g.out_strides) and the saved lse (B, NH, Tq), recomputing P. q, k, v, out:
+// (B, NH, T, HS) through l's strides; workspace: attention_workspace_size(l) elements of acc_t<T>.
 template <class T>
 void attention_backward(const T* q, const T* k, const T* v, const T* out, const acc_t<T>* lse, const T* dout, T* dq, T* dk,
                         T* dv, acc_t<T>* workspace, const AttentionLayout& l, const AttentionLayout& g) {

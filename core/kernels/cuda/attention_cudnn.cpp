@@ -95,16 +95,19 @@ cudnnHandle_t handle() {
   return it->second;
 }
 
-// A problem: the device, the shape, every operand's (b, h, t) strides, and the direction.
-using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, std::array<int64_t, 24>, bool>;
+// Which graph of a problem: the forward, or the backward that takes the forward's outputs and statistics.
+enum class Direction : uint8_t { forward, backward };
 
-Key key_of(const AttentionLayout& l, const AttentionLayout& g, bool backward) {
+// A problem: the device, the shape, every operand's (b, h, t) strides, and the direction.
+using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, std::array<int64_t, 24>, Direction>;
+
+Key key_of(const AttentionLayout& l, const AttentionLayout& g, Direction direction) {
   std::array<int64_t, 24> s{};
   const int64_t* parts[8] = {l.q_strides, l.k_strides, l.v_strides, l.out_strides,
                              g.q_strides, g.k_strides, g.v_strides, g.out_strides};
   for (int p = 0; p < 8; ++p)
     for (int i = 0; i < 3; ++i) s[size_t(p * 3 + i)] = parts[p][i];
-  return {tally::cuda::current_device(), l.B, l.NH, l.Tq, l.HS, s, backward};
+  return {tally::cuda::current_device(), l.B, l.NH, l.Tq, l.HS, s, direction};
 }
 
 struct Built {
@@ -197,13 +200,15 @@ Built build_backward(const AttentionLayout& l, const AttentionLayout& gl) {
 }
 
 // The cached graph of a problem (built on first use; a refusal is cached too).
-const Built& graph_for(const AttentionLayout& l, const AttentionLayout& g, bool backward) {
+// l: the operands' layout; g: the gradients' (the backward's; the forward passes l again).
+const Built& graph_for(const AttentionLayout& l, const AttentionLayout& g, Direction direction) {
   static std::mutex mutex;
   static std::map<Key, Built> cache;
   std::lock_guard lock(mutex);
-  const Key key = key_of(l, g, backward);
+  const Key key = key_of(l, g, direction);
   auto it = cache.find(key);
-  if (it == cache.end()) it = cache.emplace(key, backward ? build_backward(l, g) : build_forward(l)).first;
+  if (it == cache.end())
+    it = cache.emplace(key, direction == Direction::backward ? build_backward(l, g) : build_forward(l)).first;
   return it->second;
 }
 
@@ -238,7 +243,7 @@ bool cudnn_attention_forward(const void* q, const void* k, const void* v, void* 
   if (!takes(l, {q, k, v, out, lse})) return false;
   std::unordered_map<int64_t, void*> pack = {{kQ, const_cast<void*>(q)}, {kK, const_cast<void*>(k)},
                                              {kV, const_cast<void*>(v)}, {kO, out}, {kStats, lse}};
-  return run(graph_for(l, l, false), pack, workspace, workspace_bytes);
+  return run(graph_for(l, l, Direction::forward), pack, workspace, workspace_bytes);
 }
 
 bool cudnn_attention_backward(const void* q, const void* k, const void* v, const void* out, const float* lse,
@@ -249,7 +254,7 @@ bool cudnn_attention_backward(const void* q, const void* k, const void* v, const
       {kQ, const_cast<void*>(q)},         {kK, const_cast<void*>(k)},       {kV, const_cast<void*>(v)},
       {kO, const_cast<void*>(out)},       {kStats, const_cast<float*>(lse)}, {kDout, const_cast<void*>(dout)},
       {kDq, dq},                          {kDk, dk},                         {kDv, dv}};
-  return run(graph_for(l, g, true), pack, workspace, workspace_bytes);
+  return run(graph_for(l, g, Direction::backward), pack, workspace, workspace_bytes);
 }
 
 #endif  // TALLY_HAS_CUDNN

@@ -41,12 +41,15 @@ StridedLayout collapse(const StridedLayout& in) {
   return out;
 }
 
+// dst[i] = convert(src[i]) over contiguous arrays; dst, src: (n).
 template <class D, class S>
 __global__ void convert_dense_kernel(D* __restrict__ dst, const S* __restrict__ src, int64_t n) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     dst[i] = convert_dev<D>(src[i]);
 }
 
+// dst = convert(src) over the n elements of l.shape, each array addressed through its own strides (l.dst_stride,
+// l.src_stride).
 // Index: the type the linear output index is decomposed in (uint32_t when every index fits).
 template <class D, class S, class Index>
 __global__ void copy_strided_kernel(D* __restrict__ dst, const S* __restrict__ src, const StridedLayout l, Index n) {
@@ -64,6 +67,8 @@ __global__ void copy_strided_kernel(D* __restrict__ dst, const S* __restrict__ s
   }
 }
 
+// One dtype pair of copy_strided (layout.shape, both strides): a cudaMemcpyAsync or convert_dense_kernel when the
+// collapsed layout is dense, else copy_strided_kernel.
 template <class D, class S>
 void copy_typed(D* dst, const S* src, const StridedLayout& layout) {
   int64_t n = 1;
@@ -88,6 +93,7 @@ void copy_typed(D* dst, const S* src, const StridedLayout& layout) {
   TALLY_CUDA_LAUNCH_CHECK("copy_strided_kernel");
 }
 
+// dst[i] = value; dst: (n).
 template <class D>
 __global__ void fill_kernel(D* __restrict__ dst, int64_t n, D value) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
@@ -103,12 +109,14 @@ D host_from_double(double v) {
 
 }  // namespace
 
+// dst = convert(src) over layout (its shape, dst_stride and src_stride), between any two dtypes.
 void copy_strided(void* dst, DType dst_dtype, const void* src, DType src_dtype, const StridedLayout& layout) {
   with_dtype(dst_dtype, [&]<class D>() {
     with_dtype(src_dtype, [&]<class S>() { copy_typed(static_cast<D*>(dst), static_cast<const S*>(src), layout); });
   });
 }
 
+// dst (n elements of dtype) = value: a cudaMemsetAsync when its bytes are all zero, else fill_kernel.
 void fill(void* dst, DType dtype, int64_t n, double value) {
   if (n <= 0) return;
   with_dtype(dtype, [&]<class D>() {

@@ -16,6 +16,8 @@ using tally::cuda::MaxSum;
 using tally::cuda::row_threads;
 using tally::cuda::stream;
 
+// One block per row r: lse[r] = log(sum_c exp(logits[r, c])), losses[r] = lse[r] - logits[r, targets[r]], over
+// c < V. logits: (N, ld); targets, losses, lse: (N).
 template <class T>
 __global__ void cross_entropy_forward_kernel(const T* __restrict__ logits, int64_t ld, const int32_t* __restrict__ targets,
                                              acc_t<T>* __restrict__ losses, acc_t<T>* __restrict__ lse, int64_t V) {
@@ -41,6 +43,8 @@ __global__ void cross_entropy_forward_kernel(const T* __restrict__ logits, int64
   }
 }
 
+// One block per row r: dlogits[r, c] = scale * (exp(logits[r, c] - lse[r]) - [c == targets[r]]) for c < V, 0 for
+// c in [V, ld_grad); scale = *dloss (1 if null) * inv_count. logits: (N, ld); targets, lse: (N); dlogits: (N, ld_grad).
 template <class T>
 // logits and dlogits may be one buffer (each element is read, then written, by one thread): not __restrict__.
 __global__ void cross_entropy_backward_kernel(const T* logits, int64_t ld, const int32_t* __restrict__ targets,
@@ -65,6 +69,7 @@ __global__ void cross_entropy_backward_kernel(const T* logits, int64_t ld, const
 
 }  // namespace
 
+// losses, lse (N) of logits (N, row stride ld) against targets (N): one block per row.
 template <class T>
 void cross_entropy_forward(const T* logits, int64_t ld, const int32_t* targets, acc_t<T>* losses, acc_t<T>* lse, int64_t N,
                            int64_t V) {
@@ -74,6 +79,8 @@ void cross_entropy_forward(const T* logits, int64_t ld, const int32_t* targets, 
   TALLY_CUDA_LAUNCH_CHECK("cross_entropy_forward_kernel");
 }
 
+// dlogits (N, ld_grad) = (*dloss / mean_count) * (softmax(logits) - onehot(targets)), zeros past V; logits: (N, ld);
+// targets, lse: (N).
 template <class T>
 void cross_entropy_backward(const T* logits, int64_t ld, const int32_t* targets, const acc_t<T>* lse,
                             const acc_t<T>* dloss, T* dlogits, int64_t ld_grad, int64_t N, int64_t V,

@@ -69,6 +69,7 @@ struct Unary {
 // ---- kernels ----
 
 // out[i] = f(a[i], b[i]) over contiguous arrays, W elements per access (W = 1: any alignment).
+// a, b, out: (n).
 template <class T, int W, class F>
 __global__ void binary_contiguous_kernel(const T* a, const T* b, T* __restrict__ out, int64_t n, F f) {
   const int64_t start = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, step = int64_t(gridDim.x) * blockDim.x;
@@ -85,6 +86,7 @@ __global__ void binary_contiguous_kernel(const T* a, const T* b, T* __restrict__
 }
 
 // One operand is a single value (broadcast scalar): out[i] = f(a[i], s) or f(s, b[i]).
+// v, out: (n); scalar: one element, read on the device.
 template <class T, int W, class F, bool kScalarIsA>
 __global__ void binary_scalar_kernel(const T* v, const T* scalar, T* __restrict__ out, int64_t n, F f) {
   const acc_t<T> s = to_acc(*scalar);
@@ -102,6 +104,7 @@ __global__ void binary_scalar_kernel(const T* v, const T* scalar, T* __restrict_
 }
 
 // General broadcast: the contiguous output index is decomposed along the collapsed shape.
+// out: (n) contiguous over l.shape; a, b read through l.a_stride, l.b_stride (0 along a broadcast dim).
 template <class T, class Index, class F>
 __global__ void binary_broadcast_kernel(const T* a, const T* b, T* __restrict__ out, const BroadcastLayout l, Index n, F f) {
   for (Index i = Index(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += Index(gridDim.x) * blockDim.x) {
@@ -118,6 +121,7 @@ __global__ void binary_broadcast_kernel(const T* a, const T* b, T* __restrict__ 
   }
 }
 
+// out[i] = f(a[i]) over contiguous arrays, W elements per access (W = 1: any alignment); a, out: (n).
 template <class T, int W, class F>
 __global__ void unary_kernel(const T* a, T* __restrict__ out, int64_t n, F f) {
   const int64_t start = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, step = int64_t(gridDim.x) * blockDim.x;
@@ -145,6 +149,7 @@ struct GeluBackward {
 };
 
 // y[i] += alpha * x[i] (y and x may be the same array).
+// y, x: (n).
 template <class T, int W>
 __global__ void axpy_kernel(T* y, const T* x, int64_t n, acc_t<T> alpha) {
   const int64_t start = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, step = int64_t(gridDim.x) * blockDim.x;
@@ -160,6 +165,7 @@ __global__ void axpy_kernel(T* y, const T* x, int64_t n, acc_t<T> alpha) {
 }
 
 // x[i] *= *scale, the scale read on the device.
+// x: (n); scale: one value.
 template <class T, int W>
 __global__ void scale_by_kernel(T* x, const acc_t<T>* scale, int64_t n) {
   const acc_t<T> s = *scale;
@@ -198,6 +204,9 @@ BroadcastLayout collapse(const BroadcastLayout& in) {
   return out;
 }
 
+// out (contiguous, layout.shape) = f(a, b): binary_contiguous_kernel, binary_scalar_kernel or
+// binary_broadcast_kernel, as the collapsed layout allows (the first two in 16-byte vectors when their arrays are
+// aligned).
 template <class T, class F>
 void binary_launch(const T* a, const T* b, T* out, const BroadcastLayout& layout, F f) {
   int64_t n = 1;
@@ -240,6 +249,7 @@ void binary_launch(const T* a, const T* b, T* out, const BroadcastLayout& layout
   TALLY_CUDA_LAUNCH_CHECK("binary_broadcast_kernel");
 }
 
+// out[i] = op(a[i]); a, out: (n), in 16-byte vectors when both are aligned.
 template <class T, UnaryOp op>
 void unary_launch(const T* a, T* out, int64_t n, double scalar) {
   using C = acc_t<T>;
@@ -254,6 +264,7 @@ void unary_launch(const T* a, T* out, int64_t n, double scalar) {
 
 }  // namespace
 
+// out (contiguous, l.shape) = a op b; a and b read through l's strides (0 along a broadcast dim).
 template <class T>
 void binary(BinaryOp op, const T* a, const T* b, T* out, const BroadcastLayout& l) {
   switch (op) {
@@ -264,6 +275,7 @@ void binary(BinaryOp op, const T* a, const T* b, T* out, const BroadcastLayout& 
   }
 }
 
+// out[i] = op(a[i]) over n contiguous elements; scalar feeds the *_scalar ops.
 template <class T>
 void unary(UnaryOp op, const T* a, T* out, int64_t n, double scalar) {
   if (n <= 0) return;
@@ -283,6 +295,7 @@ void unary(UnaryOp op, const T* a, T* out, int64_t n, double scalar) {
   }
 }
 
+// dx[i] = dy[i] * gelu'(x[i]) (tanh approximation); x, dy, dx: (n).
 template <class T>
 void gelu_backward(const T* x, const T* dy, T* dx, int64_t n) {
   if (n <= 0) return;
@@ -291,9 +304,10 @@ void gelu_backward(const T* x, const T* dy, T* dx, int64_t n) {
     binary_contiguous_kernel<T, P><<<grid_for(n / P + 1, kThreads), kThreads, 0, stream()>>>(x, dy, dx, n, GeluBackward<acc_t<T>>{});
   else
     binary_contiguous_kernel<T, 1><<<grid_for(n, kThreads), kThreads, 0, stream()>>>(x, dy, dx, n, GeluBackward<acc_t<T>>{});
-  TALLY_CUDA_LAUNCH_CHECK("gelu_backward_kernel");
+  TALLY_CUDA_LAUNCH_CHECK("gelu_backward (binary_contiguous_kernel)");
 }
 
+// y[i] += alpha * x[i]; y, x: (n).
 template <class T>
 void axpy(T* y, const T* x, int64_t n, double alpha) {
   if (n <= 0) return;
@@ -305,6 +319,7 @@ void axpy(T* y, const T* x, int64_t n, double alpha) {
   TALLY_CUDA_LAUNCH_CHECK("axpy_kernel");
 }
 
+// x[i] *= *scale, the scale read on the device (no host wait); x: (n).
 template <class T>
 void scale_by(T* x, const acc_t<T>* scale, int64_t n) {
   if (n <= 0) return;

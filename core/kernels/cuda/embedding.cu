@@ -20,6 +20,7 @@ using tally::cuda::stream;
 using tally::cuda::Vec;
 
 // out (N, C) = weight[indices]: blockIdx.y walks rows, threads walk W-wide column groups.
+// indices: (N); weight: (V, C).
 template <class T, int W>
 __global__ void embedding_forward_kernel(const int32_t* __restrict__ indices, const T* __restrict__ weight,
                                          T* __restrict__ out, int64_t N, int64_t C) {
@@ -50,6 +51,7 @@ __device__ inline int64_t tile_load(const uint32_t* keys, uint32_t* tile, int sh
   return count;
 }
 
+// sort_count: keys: (N); counts: (kCudaSortDigits, tiles), digit-major. One block of kSortThreads per tile.
 __global__ void __launch_bounds__(kSortThreads)
     sort_count(const uint32_t* __restrict__ keys, uint32_t* __restrict__ counts, int shift, int64_t N) {
   __shared__ uint32_t tile[kCudaSortTile];  // the tile's digits
@@ -60,6 +62,8 @@ __global__ void __launch_bounds__(kSortThreads)
   counts[int64_t(d) * gridDim.x + blockIdx.x] = n;
 }
 
+// sort_offsets: counts: (length) = (kCudaSortDigits, tiles), replaced in place by their exclusive prefix sums. One
+// block of kScanThreads.
 __global__ void __launch_bounds__(kScanThreads) sort_offsets(uint32_t* __restrict__ counts, int64_t length) {
   __shared__ uint32_t sums[kScanThreads];
   const int64_t per = (length + kScanThreads - 1) / kScanThreads;
@@ -82,6 +86,8 @@ __global__ void __launch_bounds__(kScanThreads) sort_offsets(uint32_t* __restric
   }
 }
 
+// sort_scatter: keys_in, values_in (null: the positions), keys_out, values_out: (N); offsets: (kCudaSortDigits,
+// tiles), sort_offsets' output. One block of kSortThreads per tile.
 __global__ void __launch_bounds__(kSortThreads)
     sort_scatter(const uint32_t* __restrict__ keys_in, const uint32_t* __restrict__ values_in,
                  uint32_t* __restrict__ keys_out, uint32_t* __restrict__ values_out, const uint32_t* __restrict__ offsets,
@@ -100,6 +106,8 @@ __global__ void __launch_bounds__(kSortThreads)
 }
 
 // Block j handles sorted position j if it starts a run of equal ids: dweight[id] = sum of dout rows of the run.
+// sorted_ids, positions: (N) (ids sorted, and each one's position in indices); dout: (N, C); dweight: (V, C), rows of
+// ids absent from the batch untouched. N blocks.
 template <class T>
 __global__ void embedding_backward_kernel(const uint32_t* __restrict__ sorted_ids, const uint32_t* __restrict__ positions,
                                           const T* __restrict__ dout, T* __restrict__ dweight, int64_t N, int64_t C) {
@@ -118,6 +126,7 @@ __global__ void embedding_backward_kernel(const uint32_t* __restrict__ sorted_id
 
 }  // namespace
 
+// out (N, C) = the rows of weight (V, C) at indices (N); 16-byte vectors when C and the pointers allow.
 template <class T>
 void embedding_forward(const int32_t* indices, const T* weight, T* out, int64_t N, int64_t C) {
   if (N == 0 || C == 0) return;
@@ -136,6 +145,8 @@ void embedding_forward(const int32_t* indices, const T* weight, T* out, int64_t 
   TALLY_CUDA_LAUNCH_CHECK("embedding_forward_kernel");
 }
 
+// dweight (V, C) zeroed, then each id's rows of dout (N, C) added in position order: indices (N) radix-sorted by id
+// in workspace (cuda_embedding_backward_workspace_bytes(N) bytes), then embedding_backward_kernel.
 template <class T>
 void embedding_backward(const int32_t* indices, const T* dout, T* dweight, void* workspace, int64_t N, int64_t V,
                         int64_t C) {

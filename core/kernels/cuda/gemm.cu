@@ -22,6 +22,7 @@ int as_int(int64_t v, const char* what) {
 }
 
 // C (per batch, row stride ldc) = beta * C; beta == 0 writes zeros (C may hold NaN garbage).
+// C: (batch, M, N) with row stride ldc and batch stride batch_stride.
 template <class T>
 __global__ void scale_matrix_kernel(T* C, int64_t M, int64_t N, int64_t ldc, int64_t batch_stride, int64_t batch,
                                     acc_t<T> beta) {
@@ -36,6 +37,8 @@ __global__ void scale_matrix_kernel(T* C, int64_t M, int64_t N, int64_t ldc, int
 
 }  // namespace
 
+// C (M, N) = alpha * op(A) (M, K) @ op(B) (K, N) + beta * C per batch (GemmArgs' strides): cublasGemmEx, or
+// cublasGemmStridedBatchedEx for batch > 1; scale_matrix_kernel when K == 0.
 template <class T>
 void gemm(const GemmArgs<T>& g) {
   if (g.M == 0 || g.N == 0 || g.batch == 0) return;
@@ -65,6 +68,7 @@ void gemm(const GemmArgs<T>& g) {
                                                         Types::compute(), CUBLAS_GEMM_DEFAULT));
 }
 
+// One cublasGemmBatchedEx over the device pointer arrays A, B, C (batch), shapes as in gemm.cuh.
 template <class T, class TC>
 void gemm_batched_pointers(Trans trans_a, Trans trans_b, int64_t M, int64_t N, int64_t K, double alpha_d,
                            const T* const* A, int64_t lda_, const T* const* B, int64_t ldb_, double beta_d, TC* const* C,

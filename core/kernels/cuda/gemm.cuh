@@ -35,6 +35,7 @@ struct CublasTypes<bf16> {
 // Row-major batched product over device arrays of per-batch pointers (cublasGemmBatchedEx):
 // C[i] = alpha * op(A[i]) @ op(B[i]) + beta * C[i]; lda/ldb/ldc are row strides as stored. Operands are T, the
 // product TC: T itself, or float for bf16 operands.
+// A, B, C: (batch) device arrays of matrix pointers; op(A[i]): (M, K), op(B[i]): (K, N), C[i]: (M, N).
 template <class T, class TC = T>
 void gemm_batched_pointers(Trans trans_a, Trans trans_b, int64_t M, int64_t N, int64_t K, double alpha,
                            const T* const* A, int64_t lda, const T* const* B, int64_t ldb, double beta, TC* const* C,

@@ -30,6 +30,7 @@ __device__ inline int64_t warp_row(int64_t N) {
 // y = LayerNorm(x); or, given a residual, sum = x + residual (rounded as add() rounds it) is written in the first
 // pass and the later passes read the row of sum back (this thread's own writes, from the cache): one kernel, so both
 // forms run the same arithmetic on the same values and agree bit for bit.
+// x, residual, sum (both null without a residual), y: (N, C); weight, bias: (C); mean, rstd: (N). One warp per row.
 template <class T>
 __global__ void layernorm_forward_kernel(const T* __restrict__ x, const T* __restrict__ residual, T* __restrict__ sum,
                                          const T* __restrict__ weight, const T* __restrict__ bias, T* __restrict__ y,
@@ -89,6 +90,8 @@ __device__ inline RowMeans<T> backward_row_means(const T* __restrict__ dyr, cons
   return {A(warp_sum(sum_g) / double(C)), A(warp_sum(sum_gn) / double(C))};
 }
 
+// dx = rstd * (dy * weight - mean_c(dy * weight) - norm * mean_c(dy * weight * norm)), norm = (x - mean) * rstd,
+// one warp per row. dy, x, dx: (N, C); weight: (C); mean, rstd: (N).
 template <class T>
 __global__ void layernorm_backward_dx_kernel(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ weight,
                                              const acc_t<T>* __restrict__ mean, const acc_t<T>* __restrict__ rstd,
@@ -116,6 +119,7 @@ __global__ void layernorm_backward_dx_kernel(const T* __restrict__ dy, const T* 
 // the sums. One read of dy and x from memory, where the dx kernel and two column sums made three.
 constexpr int kTileRows = int(kCudaLayerNormTileRows);
 
+// dy, x, dx (null: not wanted): (N, C); weight: (C); mean, rstd: (N); partial: (2, gridDim.x, C) of double.
 template <class T>
 __global__ void layernorm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x,
                                           const T* __restrict__ weight, const acc_t<T>* __restrict__ mean,
@@ -185,6 +189,7 @@ struct DbiasValue {
 
 }  // namespace
 
+// y (N, C) = (x - mean) * rstd * weight + bias per row of x (N, C); weight, bias: (C); mean, rstd (N) saved.
 template <class T>
 void layernorm_forward(const T* x, const T* weight, const T* bias, T* y, acc_t<T>* mean, acc_t<T>* rstd, int64_t N,
                        int64_t C, double eps) {
@@ -195,6 +200,8 @@ void layernorm_forward(const T* x, const T* weight, const T* bias, T* y, acc_t<T
   TALLY_CUDA_LAUNCH_CHECK("layernorm_forward_kernel");
 }
 
+// sum (N, C) = x + residual (N, C), then layernorm_forward of sum, in one kernel; y: (N, C); weight, bias: (C);
+// mean, rstd: (N).
 template <class T>
 void add_layernorm_forward(const T* x, const T* residual, T* sum, const T* weight, const T* bias, T* y, acc_t<T>* mean,
                            acc_t<T>* rstd, int64_t N, int64_t C, double eps) {
@@ -205,6 +212,9 @@ void add_layernorm_forward(const T* x, const T* residual, T* sum, const T* weigh
   TALLY_CUDA_LAUNCH_CHECK("layernorm_forward_kernel");
 }
 
+// dx (N, C) and dweight, dbias (C), each may be null, from dy, x (N, C), weight (C) and the saved mean, rstd (N):
+// layernorm_backward_kernel and column_sum_finish_kernel when dweight or dbias is wanted and
+// cuda_layernorm_backward_fused(N, C), else the dx kernel and column_sum.
 template <class T>
 void layernorm_backward(const T* dy, const T* x, const T* weight, const acc_t<T>* mean, const acc_t<T>* rstd, T* dx,
                         T* dweight, T* dbias, void* workspace, int64_t N, int64_t C) {

@@ -14,6 +14,7 @@ namespace {
 using tally::cuda::grid_for;
 using tally::cuda::stream;
 
+// out[i] = mean + std * normal(Philox(seed, offset + i)); out: (n).
 template <class T>
 __global__ void random_normal_kernel(T* __restrict__ out, int64_t n, uint64_t seed, uint64_t offset, double mean,
                                      double std) {
@@ -23,6 +24,7 @@ __global__ void random_normal_kernel(T* __restrict__ out, int64_t n, uint64_t se
   }
 }
 
+// out[i] = lo + (hi - lo) * u, u uniform in [0, 1) from Philox(seed, offset + i); out: (n).
 template <class T>
 __global__ void random_uniform_kernel(T* __restrict__ out, int64_t n, uint64_t seed, uint64_t offset, double lo,
                                       double hi) {
@@ -32,6 +34,7 @@ __global__ void random_uniform_kernel(T* __restrict__ out, int64_t n, uint64_t s
   }
 }
 
+// y[i] = x[i] * scale where uniform(Philox(seed, offset + i)) >= threshold, else 0; x, y: (n).
 template <class T>
 __global__ void dropout_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n, float threshold, acc_t<T> scale,
                                uint64_t seed, uint64_t offset) {
@@ -43,6 +46,7 @@ __global__ void dropout_kernel(const T* __restrict__ x, T* __restrict__ y, int64
 
 }  // namespace
 
+// out (n) from N(mean, std^2), element i drawn with counter offset + i.
 template <class T>
 void random_normal(T* out, int64_t n, uint64_t seed, uint64_t offset, double mean, double std) {
   if (n <= 0) return;
@@ -50,6 +54,7 @@ void random_normal(T* out, int64_t n, uint64_t seed, uint64_t offset, double mea
   TALLY_CUDA_LAUNCH_CHECK("random_normal_kernel");
 }
 
+// out (n) uniform over [lo, hi), element i drawn with counter offset + i.
 template <class T>
 void random_uniform(T* out, int64_t n, uint64_t seed, uint64_t offset, double lo, double hi) {
   if (n <= 0) return;
@@ -57,6 +62,7 @@ void random_uniform(T* out, int64_t n, uint64_t seed, uint64_t offset, double lo
   TALLY_CUDA_LAUNCH_CHECK("random_uniform_kernel");
 }
 
+// y = x * keep / (1 - p), keep = uniform(counter offset + i) >= p; x, y: (n).
 template <class T>
 void dropout(const T* x, T* y, int64_t n, double p, uint64_t seed, uint64_t offset) {
   if (n <= 0) return;

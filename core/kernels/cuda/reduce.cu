@@ -24,6 +24,7 @@ using tally::cuda::Vec;
 constexpr int64_t kRowChunk = kCudaRowChunk;  // elements per block when long rows are split
 
 // Block r sums elements [c0, c1) of row (r / parts) where part = r % parts; writes out[r] (T or double).
+// in: (outer, n); out: (outer, parts) (with parts == 1: (outer)).
 template <class T, class Out>
 __global__ void row_sum_kernel(const T* __restrict__ in, Out* __restrict__ out, int64_t n, int64_t parts,
                                int64_t part_len) {
@@ -36,6 +37,7 @@ __global__ void row_sum_kernel(const T* __restrict__ in, Out* __restrict__ out, 
   if (threadIdx.x == 0) out[blockIdx.x] = from_double_dev<Out>(acc);
 }
 
+// out[r] = the sum of partial[r, 0..parts) in a fixed order, one block per row; partial: (outer, parts), out: (outer).
 template <class T>
 __global__ void partial_finish_kernel(const double* __restrict__ partial, T* __restrict__ out, int64_t parts) {
   const double* p = partial + int64_t(blockIdx.x) * parts;
@@ -62,6 +64,8 @@ __device__ __forceinline__ bool better(T v, int64_t i, T best, int64_t bi) {
   return v > best || (v == best && i < bi);
 }
 
+// One block per row: out[r] = the maximum of in[r, :], argmax[r] its first index (NaN wins); in: (outer, n);
+// out, argmax: (outer).
 // Values are compared as acc_t<T> (bf16 widens exactly, so the order is that of the stored values).
 template <class T>
 __global__ void max_rows_kernel(const T* __restrict__ in, T* __restrict__ out, int32_t* __restrict__ argmax, int64_t n) {
@@ -95,6 +99,7 @@ __global__ void max_rows_kernel(const T* __restrict__ in, T* __restrict__ out, i
 }
 
 // One thread per (o, c): the CPU's sequential scan over n (coalesced across c).
+// in: (outer, n, inner); out, argmax: (outer, inner).
 template <class T>
 __global__ void max_columns_kernel(const T* __restrict__ in, T* __restrict__ out, int32_t* __restrict__ argmax,
                                    int64_t outer, int64_t n, int64_t inner) {
@@ -116,6 +121,7 @@ __global__ void max_columns_kernel(const T* __restrict__ in, T* __restrict__ out
   }
 }
 
+// dx[o, argmax[o, c], c] = dy[o, c] (the rest of dx zeroed before); dy, argmax: (outer, inner); dx: (outer, n, inner).
 template <class T>
 __global__ void max_backward_kernel(const T* __restrict__ dy, const int32_t* __restrict__ argmax, T* __restrict__ dx,
                                     int64_t outer, int64_t n, int64_t inner) {
@@ -144,6 +150,8 @@ __global__ void add_bias_kernel(T* __restrict__ y, const T* __restrict__ bias, i
 
 }  // namespace
 
+// out (outer, inner) = the sum over n of in (outer, n, inner): column sums (reduce.cuh) when inner > 1, else row
+// sums (split into parts with a second pass for a few long rows).
 template <class T>
 void sum_dim(const T* in, T* out, void* workspace, int64_t outer, int64_t n, int64_t inner) {
   if (outer == 0 || inner == 0) return;
@@ -173,6 +181,7 @@ void sum_dim(const T* in, T* out, void* workspace, int64_t outer, int64_t n, int
   TALLY_CUDA_LAUNCH_CHECK("partial_finish_kernel");
 }
 
+// out, argmax (outer, inner) = the maximum over n of in (outer, n, inner) and its first index.
 template <class T>
 void max_dim(const T* in, T* out, int32_t* argmax, int64_t outer, int64_t n, int64_t inner) {
   if (outer == 0 || inner == 0 || n == 0) return;
@@ -186,6 +195,7 @@ void max_dim(const T* in, T* out, int32_t* argmax, int64_t outer, int64_t n, int
   TALLY_CUDA_LAUNCH_CHECK("max_columns_kernel");
 }
 
+// dx (outer, n, inner) = dy (outer, inner) at the argmax (outer, inner) positions, zero elsewhere.
 template <class T>
 void max_dim_backward(const T* dy, const int32_t* argmax, T* dx, int64_t outer, int64_t n, int64_t inner) {
   if (outer * n * inner == 0) return;
@@ -194,6 +204,7 @@ void max_dim_backward(const T* dy, const int32_t* argmax, T* dx, int64_t outer, 
   TALLY_CUDA_LAUNCH_CHECK("max_backward_kernel");
 }
 
+// y (N, C) += bias (C) on every row, in 16-byte vectors when C and the pointers allow.
 template <class T>
 void add_bias(T* y, const T* bias, int64_t N, int64_t C) {
   if (N == 0 || C == 0) return;
@@ -210,6 +221,7 @@ void add_bias(T* y, const T* bias, int64_t N, int64_t C) {
   TALLY_CUDA_LAUNCH_CHECK("add_bias_kernel");
 }
 
+// dbias (C) = the sum over rows of dy (N, C): sum_dim of (1, N, C).
 template <class T>
 void bias_backward(const T* dy, T* dbias, void* workspace, int64_t N, int64_t C) {
   sum_dim(dy, dbias, workspace, 1, N, C);

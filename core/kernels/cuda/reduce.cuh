@@ -14,6 +14,7 @@ inline constexpr int kColRows = 16;                  // row phases per block
 
 // Block (kColTile, kColRows); grid (column tiles, min(outer, 65535), chunks). Value(o, i, c) -> double.
 // With one chunk the result goes to out (converted to T); else to partial[(o * chunks + chunk) * inner + c].
+// out: (outer, inner); partial: (outer, chunks, inner), chunks = gridDim.z (null with one chunk).
 template <class T, class Value>
 __global__ void column_sum_kernel(int64_t outer, int64_t n, int64_t inner, int64_t rows_per_chunk, Value value,
                                   T* __restrict__ out, double* __restrict__ partial) {
@@ -43,6 +44,7 @@ __global__ void column_sum_kernel(int64_t outer, int64_t n, int64_t inner, int64
 }
 
 // out[o, c] = sum over chunks of partial, in chunk order.
+// partial: (outer, chunks, inner); out: (outer, inner).
 template <class T>
 __global__ void column_sum_finish_kernel(const double* __restrict__ partial, T* __restrict__ out, int64_t outer,
                                          int64_t chunks, int64_t inner) {

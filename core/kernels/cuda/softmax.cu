@@ -27,6 +27,7 @@ __device__ __forceinline__ void accumulate(MaxSum<T>& ms, T x) {
   }
 }
 
+// One block per row: y = softmax(x) or log_softmax(x) over the row's C values; x, y: (N, C).
 template <class T>
 __global__ void softmax_forward_kernel(SoftmaxKind kind, const T* __restrict__ x, T* __restrict__ y, int64_t C) {
   using A = acc_t<T>;
@@ -44,6 +45,7 @@ __global__ void softmax_forward_kernel(SoftmaxKind kind, const T* __restrict__ x
   }
 }
 
+// One block per row: softmax dx = y * (dy - sum(dy * y)); log_softmax dx = dy - exp(y) * sum(dy); y, dy, dx: (N, C).
 template <class T>
 __global__ void softmax_backward_kernel(SoftmaxKind kind, const T* __restrict__ y, const T* __restrict__ dy,
                                         T* __restrict__ dx, int64_t C) {
@@ -67,6 +69,7 @@ __global__ void softmax_backward_kernel(SoftmaxKind kind, const T* __restrict__ 
 
 }  // namespace
 
+// y (N, C) = softmax or log_softmax of x (N, C) over the last dim.
 template <class T>
 void softmax_forward(SoftmaxKind kind, const T* x, T* y, int64_t N, int64_t C) {
   if (N == 0 || C == 0) return;
@@ -75,6 +78,7 @@ void softmax_forward(SoftmaxKind kind, const T* x, T* y, int64_t N, int64_t C) {
   TALLY_CUDA_LAUNCH_CHECK("softmax_forward_kernel");
 }
 
+// dx (N, C) from the saved output y (N, C) and dy (N, C).
 template <class T>
 void softmax_backward(SoftmaxKind kind, const T* y, const T* dy, T* dx, int64_t N, int64_t C) {
   if (N == 0 || C == 0) return;

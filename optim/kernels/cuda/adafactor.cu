@@ -75,6 +75,8 @@ __device__ inline void factored_update_of(const FactoredLayout& l, int64_t K, co
     write_block_sums(sums, block_sums, at.block);
   }
 }
+// g, m (null without beta1), param: (P * n, K); rf: (rows); cf: (cols); divisor: one value; block_sums:
+// (gridDim.x, kSums) with kStats.
 template <bool kStats>
 __global__ void factored_update(FactoredLayout l, int64_t K, const float* g, float* m, float* param, const float* rf,
                                 const float* cf, const float* divisor, UpdateScalars s, double* block_sums) {
@@ -85,6 +87,8 @@ inline int64_t factored_update_tasks(const FactoredLayout& l, int64_t K) {
   return l.P * l.n * ((K + kThreads - 1) / kThreads);
 }
 
+// The dense update pass: update_element with the factor 1 / sqrt(v). g, v, m (null without beta1), param: (n);
+// with kStats, block sums of m^2 (slot 0, with a first moment) and of the applied step^2 (slot 1).
 template <bool kStats>
 __global__ void dense_update(int64_t n, const float* g, const float* v, float* m, float* param, const float* divisor,
                              UpdateScalars s, double* block_sums) {
@@ -117,12 +121,14 @@ __device__ inline void update_rounded_of(int64_t n, const Factor& factor, float*
       },
       at);
 }
+// m (null without beta1), param, out.grad, out.param: (n); factor(e): element e's factor; divisor: one value.
 template <class Factor>
 __global__ void update_rounded(int64_t n, Factor factor, float* m, float* param, const float* divisor,
                                UpdateScalars s, FusedBf16 out) {
   update_rounded_of(n, factor, m, param, divisor, s, out, own_grid());
 }
 
+// update_rounded over n elements, a thread per 8-element Philox block.
 template <class Factor>
 void launch_update_rounded(int64_t n, Factor factor, float* m, float* param, const float* divisor,
                            const UpdateScalars& s, const FusedBf16& out) {
@@ -140,6 +146,7 @@ UpdateScalars update_scalars(double grad_scale, double lr, double beta1, double 
 }
 
 // The first two passes of a factored step (GT: the gradient's type): r, c and their factors; the clip divisor.
+// g: (P * n, K) (the layout's elements); the factors and divisor into w.
 template <class GT>
 void factored_first_passes(const AdafactorFactoredArgs& a, const GT* g, const Plan& plan, const Workspace& w) {
   const FactoredLayout& l = a.layout;
@@ -162,6 +169,7 @@ __device__ inline UpdateScalars update_scalars_of(const FactoredTask<1>& t) {
 }
 
 // The update pass of each tensor, as factored_update<false> or (fused bf16) update_rounded.
+// Grid b.blocks[kParam]; each tensor's g, m, param: (P * n, K), its factors and divisor from t.w.
 __global__ void batch_update(const AdafactorBatch b) {
   GridPos at;
   const auto& t = task_of(b, kParam, at);
@@ -213,6 +221,8 @@ using AdafactorDenseBatch = DenseBatch<kAdafactorDenseBatchTasks>;
 static_assert(sizeof(AdafactorDenseBatch) <= 4000,
               "adafactor_dense_batch: the launch's parameters must stay under 4 KiB");
 
+// One block per task: the whole of adafactor_dense_step on task blockIdx.x; param, grad, exp_avg (null without
+// beta1), v: (t.n).
 __global__ void adafactor_dense_batch(const AdafactorDenseBatch b) {
   const DenseTask& t = b.task[blockIdx.x];
   float* m = static_cast<float*>(t.exp_avg);
@@ -223,6 +233,7 @@ __global__ void adafactor_dense_batch(const AdafactorDenseBatch b) {
   });
 }
 
+// adafactor_dense_batch, one block per task of b.
 void launch_dense_batch(const AdafactorDenseBatch& b) {
   adafactor_dense_batch<<<unsigned(b.count), kThreads, 0, stream()>>>(b);
   TALLY_CUDA_LAUNCH_CHECK("adafactor dense_batch");
@@ -230,6 +241,8 @@ void launch_dense_batch(const AdafactorDenseBatch& b) {
 
 }  // namespace
 
+// One factored tensor's step: r, c and factors, the clip divisor, then the update pass; param, grad, exp_avg:
+// (layout); exp_avg_sq_row: (rows); exp_avg_sq_col: (cols).
 void adafactor_factored_step(const AdafactorFactoredArgs& a) {
   const FactoredLayout& l = a.layout;
   const int64_t N = l.numel();
@@ -278,6 +291,8 @@ void adafactor_factored_step(const AdafactorFactoredArgs& a) {
   }
 }
 
+// One dense tensor's step: v and the sum of u^2, the clip divisor, then the update pass; param, grad, exp_avg,
+// exp_avg_sq: (n).
 void adafactor_dense_step(const AdafactorDenseArgs& a) {
   if (a.n == 0) {
     if (a.shard.sum) sums_without_elements(carve_dense(a.workspace).total, 1, a.shard);
@@ -313,6 +328,8 @@ void adafactor_dense_step(const AdafactorDenseArgs& a) {
   }
 }
 
+// steps: (count); the unbatchable ones one by one, the others in batches (f32 gradients, then bf16) sharing
+// workspace (workspace_bytes).
 void adafactor_factored_steps(const AdafactorFactoredArgs* steps, int64_t count, void* workspace,
                               int64_t workspace_bytes) {
   check_and_step_unbatchable(
@@ -326,6 +343,8 @@ void adafactor_factored_steps(const AdafactorFactoredArgs* steps, int64_t count,
   batch_steps_of_kind<bf16>(steps, count, base, workspace_bytes);
 }
 
+// steps: (count); up to kAdafactorDenseBatchTasks tensors of at most kDenseBatchMax elements per launch, the others
+// one by one.
 void adafactor_dense_steps(const AdafactorDenseArgs* steps, int64_t count) {
   AdafactorDenseBatch b{};
   for (int64_t i = 0; i < count; ++i) {

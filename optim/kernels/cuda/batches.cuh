@@ -55,6 +55,8 @@ __device__ inline const auto& task_of(const Batch& b, int launch, GridPos& at) {
 }
 
 // Pass 1 of every tensor's tiles: g^2 + eps1, as factored_stats runs SquareFill.
+// Grid b.blocks[kTiles]; each tensor's partials into its t.w: row_partials (P * n, tiles_k), col_partials
+// (P, tiles_i, K).
 template <class Batch, class GT>
 __global__ void batch_square_tiles(const Batch b) {
   GridPos at;
@@ -65,6 +67,7 @@ __global__ void batch_square_tiles(const Batch b) {
 }
 
 // The row and column EMAs of statistics pass kPass, as ema_rows_cols.
+// Grid b.blocks[kEma]; row_stat[kPass] (rows), col_stat[kPass] and t.w.col_factor (cols).
 template <class Batch, int kPass>
 __global__ void __launch_bounds__(kEmaThreads) batch_ema(const Batch b) {
   GridPos at;
@@ -74,6 +77,7 @@ __global__ void __launch_bounds__(kEmaThreads) batch_ema(const Batch b) {
 }
 
 // The row factors of statistics pass kPass, as row_factors.
+// Grid b.blocks[kRowFactors], a block per (p, q, s) group; t.w.row_factor: (rows).
 template <class Batch, int kPass>
 __global__ void __launch_bounds__(kRowFactorThreads) batch_row_factors(const Batch b) {
   GridPos at;
@@ -81,6 +85,8 @@ __global__ void __launch_bounds__(kRowFactorThreads) batch_row_factors(const Bat
   row_factors_of(t.row_stat[kPass], t.w.row_factor, t.l, nullptr, t.l.n, at.block);
 }
 
+// The block sums of u^2 of every tensor, as update_sq: g (P * n, K) read, t.w.block_sums (update_blocks, kSums)
+// written. Grid b.blocks[kUpdateSq].
 template <class Batch, class GT>
 __global__ void batch_update_sq(const Batch b) {
   GridPos at;
@@ -90,6 +96,7 @@ __global__ void batch_update_sq(const Batch b) {
 }
 
 // One block per tensor, as clip_divisor.
+// t.w.block_sums: (update_blocks, kSums), slot 0; the divisor into *t.w.divisor.
 template <class Batch>
 __global__ void batch_clip(const Batch b) {
   __shared__ double shared[kWarps];

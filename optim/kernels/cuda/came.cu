@@ -65,6 +65,8 @@ struct MomentFill {
   }
 };
 
+// Pass 3 of a general layout (Q*S > 1), before its statistics: m = b1 m + (1-b1) u, u = factor * g / divisor, once
+// per element. g, m: (P * n, K); rf: (rows); cf: (cols). Grid (P * n, K / kThreads rounded up).
 template <class MT, class GT>
 __global__ void moment_update(FactoredLayout l, int64_t K, const GT* g, MT* m, const float* rf, const float* cf,
                               const float* divisor, CameScalars s) {
@@ -112,6 +114,7 @@ __device__ inline void param_update_of(const FactoredLayout& l, int64_t K, float
 __host__ __device__ inline int64_t param_update_chunks(int64_t K) {
   return (K + 4 * kThreads - 1) / (4 * kThreads);
 }
+// param, m: (P * n, K); rf: (rows); cf: (cols). Grid (P * n, param_update_chunks(K)).
 template <class MT>
 __global__ void param_update(FactoredLayout l, int64_t K, float* param, const MT* m, const float* rf, const float* cf,
                              CameScalars s, bool vec) {
@@ -134,6 +137,7 @@ __device__ inline void param_update_rounded_of(const FactoredLayout& l, int64_t 
       },
       at);
 }
+// param, m, out.grad, out.param: (P * n, K); rf: (rows); cf: (cols).
 template <class MT>
 __global__ void param_update_rounded(FactoredLayout l, int64_t K, float* param, const MT* m, const float* rf,
                                      const float* cf, CameScalars s, FusedBf16 out) {
@@ -159,6 +163,7 @@ struct MomentStats {
 };
 
 // g: a.grad, or the bf16 gradient of a FusedBf16 step.
+// One factored tensor's four passes; g, param, exp_avg: (layout); the row statistics (rows), the column ones (cols).
 template <class MT, class GT>
 void came_factored(const CameFactoredArgs& a, const GT* g) {
   const FactoredLayout& l = a.layout;
@@ -226,6 +231,7 @@ __device__ inline float dense_moment_param(float g, float v, MT* m, float* p, fl
 }
 
 // Dense pass 2: m and p (and, inspecting, block sums of m^2 and (lr m)^2).
+// g, v, m, param: (n); divisor: one value; block_sums: (gridDim.x, kSums) with kStats.
 template <class MT, bool kStats>
 __global__ void dense_update(int64_t n, const float* g, const float* v, MT* m, float* param, const float* divisor,
                              CameScalars s, double* block_sums) {
@@ -247,6 +253,7 @@ __global__ void dense_update(int64_t n, const float* g, const float* v, MT* m, f
 
 // Dense pass 2 of a bf16 parameter (FusedBf16): dense_moment_param on the master from the bf16 gradient, then the bf16
 // parameter as round_to_bf16 writes it; each thread takes whole 8-element Philox blocks.
+// v, m, param, out.grad, out.param: (n); divisor: one value.
 template <class MT>
 __global__ void dense_update_rounded(int64_t n, const float* v, MT* m, float* param, const float* divisor,
                                      CameScalars s, FusedBf16 out) {
@@ -258,6 +265,7 @@ __global__ void dense_update_rounded(int64_t n, const float* v, MT* m, float* pa
 }
 
 // g: a.grad, or the bf16 gradient of a FusedBf16 step.
+// One dense tensor's step: v and the sum of u^2, the clip divisor, then m and p; g, param, exp_avg, exp_avg_sq: (n).
 template <class MT, class GT>
 void came_dense(const CameDenseArgs& a, const GT* g) {
   const DenseWorkspace w = carve_dense(a.workspace);
@@ -297,6 +305,7 @@ __device__ inline CameScalars came_scalars_of(const FactoredTask<2>& t) {
   return {.gs = t.gs, .b1 = t.b1, .one_b1 = t.one_b1, .lr = t.lr, .decay = t.decay, .wd = t.wd};
 }
 
+// One block per task: both passes of came_dense on task blockIdx.x; param, grad, exp_avg, v: (t.n).
 template <class MT>
 __global__ void came_dense_batch(const CameDenseBatch b) {
   const DenseTask& t = b.task[blockIdx.x];
@@ -307,6 +316,7 @@ __global__ void came_dense_batch(const CameDenseBatch b) {
   });
 }
 
+// came_dense_batch, one block per task of b.
 template <class MT>
 void launch_dense_batch(const CameDenseBatch& b) {
   came_dense_batch<MT><<<unsigned(b.count), kThreads, 0, stream()>>>(b);
@@ -319,6 +329,7 @@ using CameBatch = FactoredBatch<2, kCameFactoredBatchTasks>;
 static_assert(sizeof(CameBatch) <= 4000, "came_factored_steps: the launch's parameters must stay under 4 KiB");
 
 // Pass 3 of each tensor's tiles: m and the instability (MomentFill).
+// Grid b.blocks[kTiles]; each tensor's g, m: (P * n, K), its partials into t.w as batch_square_tiles writes them.
 template <class MT, class GT>
 __global__ void batch_moment_tiles(const CameBatch b) {
   GridPos at;
@@ -331,6 +342,8 @@ __global__ void batch_moment_tiles(const CameBatch b) {
   tile_stats_of(t.l, t.plan, f, t.w.row_partials, t.w.col_partials, pt, tk);
 }
 
+// Pass 4 of each tensor, as param_update or (fused bf16) param_update_rounded; param, m: (P * n, K). Grid
+// b.blocks[kParam].
 template <class MT>
 __global__ void batch_param(const CameBatch b) {
   GridPos at;
@@ -389,6 +402,8 @@ void batch_steps_of_kind(const CameFactoredArgs* steps, int64_t count, char* wor
 
 }  // namespace
 
+// steps: (count); the unbatchable ones one by one, the others in batches of one kind (first moment and gradient
+// dtypes) sharing workspace (workspace_bytes).
 void came_factored_steps(const CameFactoredArgs* steps, int64_t count, void* workspace, int64_t workspace_bytes) {
   check_and_step_unbatchable(
       steps, count, workspace, workspace_bytes, "came_factored_steps",
@@ -403,6 +418,8 @@ void came_factored_steps(const CameFactoredArgs* steps, int64_t count, void* wor
   batch_steps_of_kind<__nv_bfloat16, bf16>(steps, count, base, workspace_bytes);
 }
 
+// steps: (count); up to kCameDenseBatchTasks tensors of at most kDenseBatchMax elements per launch (f32 and bf16
+// first moments apart), the others one by one.
 void came_dense_steps(const CameDenseArgs* steps, int64_t count) {
   CameDenseBatch f32{}, bf{};
   for (int64_t i = 0; i < count; ++i) {
@@ -425,6 +442,8 @@ void came_dense_steps(const CameDenseArgs* steps, int64_t count) {
   if (bf.count > 0) launch_dense_batch<__nv_bfloat16>(bf);
 }
 
+// One factored tensor's step (came_factored by first moment and gradient dtype); param, grad, exp_avg: (layout);
+// exp_avg_sq_row, exp_avg_res_row: (rows); exp_avg_sq_col, exp_avg_res_col: (cols).
 void came_factored_step(const CameFactoredArgs& a) {
   if (a.layout.numel() == 0) {  // a rank with no rows of a sharded tensor: its share of the rounds
     if (!a.shard.sum) return;
@@ -446,6 +465,7 @@ void came_factored_step(const CameFactoredArgs& a) {
   }
 }
 
+// One dense tensor's step (came_dense by first moment and gradient dtype); param, grad, exp_avg, exp_avg_sq: (n).
 void came_dense_step(const CameDenseArgs& a) {
   if (a.n == 0) {
     if (a.shard.sum) sums_without_elements(carve_dense(a.workspace).total, 1, a.shard);

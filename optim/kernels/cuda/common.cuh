@@ -90,11 +90,14 @@ __device__ inline void store_rounded_element(const FusedBf16& out, int64_t e, fl
 
 // A fused bf16 step (f.grad set) takes the bf16 gradient and parameter, no f32 gradient and no statistics (they are
 // read right after the step), nor `exact` (a factored step's exact second moment, for inspection; null where the
-// step has none). op: the caller, for the error.
+// step has none); a step that is not fused has neither bf16 pointer (the kernels test f.grad alone). op: the caller,
+// for the error.
 inline void check_fused(const FusedBf16& f, const float* grad, const double* stats, const float* exact,
                         const char* op) {
   TALLY_CHECK(!f.grad || (!grad && f.param && !stats && !exact), "[", op, "] a fused bf16 step takes the bf16 ",
               "gradient and parameter (no f32 gradient) and no statistics");
+  TALLY_CHECK(f.grad || !f.param, "[", op, "] a bf16 parameter to write without its bf16 gradient: a fused bf16 step ",
+              "takes both");
 }
 
 // The last pass of a fused bf16 step (FusedBf16): each thread takes whole 8-element Philox blocks of the n elements
@@ -150,12 +153,15 @@ __device__ inline void tile_stats_of(const FactoredLayout& l, const Plan& plan, 
     }
   }
 }
+// Grid (P * tiles_i, tiles_k): block (pt, tk) runs tile_stats_of. row_partials: (P * n, tiles_k), written when
+// plan.fused_rows; col_partials: (P, tiles_i, K).
 template <class Fill>
 __global__ void tile_stats(FactoredLayout l, Plan plan, Fill fill, double* row_partials, double* col_partials) {
   tile_stats_of(l, plan, fill, row_partials, col_partials, blockIdx.x, blockIdx.y);
 }
 
 // Row statistics of a layout with Q*S > 1: one block per row statistic (p, i, q, s), summing over j.
+// row_partials: (rows) (row_terms = 1); fill(p, i, k) over k = (q * m + j) * S + s.
 template <class Fill>
 __global__ void row_sums_general(FactoredLayout l, Fill fill, double* row_partials) {
   __shared__ double shared[kWarps];
@@ -231,6 +237,9 @@ __device__ inline void ema_rows_cols_of(float* row_stat, const double* row_parti
   else
     ema_col_group(col_stat, col_factor, col_partials, l, plan, (block - row_blocks) * 32, beta, col_sums);
 }
+// stat = beta*stat + (1-beta)*mean for the rows and the columns (as described above kColLanes), block by block.
+// row_stat: (rows); row_partials: (rows, row_terms); col_stat, col_factor, col_sums (null: not rows cut): (cols);
+// col_partials: (P, tiles_i, K). Grid: ema_blocks(l) blocks of kEmaThreads.
 __global__ void __launch_bounds__(kEmaThreads)
     ema_rows_cols(float* row_stat, const double* row_partials, float* col_stat, float* col_factor,
                   const double* col_partials, FactoredLayout l, Plan plan, double beta, double* col_sums);
@@ -260,12 +269,15 @@ __device__ inline void row_factors_of(const float* row, float* row_factor, const
   }
 }
 // One block per (p, q, s) group.
+// row, row_factor: (rows); group_sums: (groups), or null.
 __global__ void __launch_bounds__(kRowFactorThreads)
     row_factors(const float* row, float* row_factor, FactoredLayout l, const double* group_sums, int64_t rows);
 // ZeRO 1, rows cut: the sum of each (p, q, s) group's row statistics over this rank's rows into group_sums[g].
+// row: (rows); group_sums: (groups).
 __global__ void __launch_bounds__(kRowFactorThreads)
     row_group_sums(const float* row, FactoredLayout l, double* group_sums);
 // ZeRO 1, rows cut: the column EMAs and factors from col_sums, the sums over every rank's `rows` rows.
+// col_stat, col_factor, col_sums: (cols).
 __global__ void ema_cols_of_sums(float* col_stat, float* col_factor, const double* col_sums, int64_t cols,
                                  int64_t rows, double beta);
 
@@ -301,6 +313,7 @@ __device__ inline double sum_slot(const double* block_sums, int64_t blocks, int 
 // divisor = max(1, RMS / threshold) from slot 0; adds that sum to stats[kStatUpdateSq] (if stats). ZeRO 1 (sh.sum):
 // the RMS is over the whole tensor, sh.numel elements, its sum completed over the ranks in *total (device memory);
 // the statistic keeps this part's sum (the optimizer adds the parts over the ranks).
+// block_sums: (blocks, kSums); divisor, total: one value each; stats: kStatCount doubles, or null.
 void launch_clip_divisor(const double* block_sums, int blocks, int64_t numel, double threshold, float* divisor,
                          double* stats, const Sharding& sh, double* total, const char* what);
 // ZeRO 1, a rank that holds no element of a tensor: its share of the rounds of a step, nothing of its own to add.
@@ -308,20 +321,25 @@ void launch_clip_divisor(const double* block_sums, int blocks, int64_t numel, do
 void sums_without_elements(double* sums, int64_t count, const Sharding& sh);
 // ZeRO 1, rows cut: w.cross (this rank's column sums, its row-group sums and, as `carries` says, its column sums of
 // u^2) summed over the ranks, then the column EMAs and factors from the sums over every rank's rows.
+// col_stat: (cols); w.cross: round_doubles(l, carries) doubles.
 void columns_over_ranks(const FactoredLayout& l, const Workspace& w, float* col_stat, double beta, const Sharding& sh,
                         RoundCarries carries);
 // The round of factored_stats when rows are cut (through w.cross), keeping this rank's copy of the column statistic
 // in step with every other rank's.
+// col_stat: (cols); w.cross: round_doubles(l, carries) doubles.
 void columns_without_rows(const FactoredLayout& l, const Workspace& w, float* col_stat, double beta, const Sharding& sh,
                           RoundCarries carries);
 // After columns_over_ranks carried the column sums of u^2 (S, at w.cross + cols + groups): the whole tensor's sum of
 // u^2, sum_j mean_r * S_j / c_j, into *w.total (one block; every rank makes the same sum in the same order).
+// col_stat: (cols); w.cross: column sums (cols), group sums (groups), S (cols).
 void launch_whole_update_squares(const FactoredLayout& l, const Workspace& w, const float* col_stat, int64_t rows);
 // The clip divisor from *w.total (the whole sum of u^2, over sh.numel elements) and, when asked, this part's sum of
 // u^2 (slot 0 of `blocks` block sums) into stats[kStatUpdateSq].
+// block_sums: (blocks, kSums); stats: kStatCount doubles, or null.
 void launch_clip_divisor_of_whole(const Workspace& w, const double* block_sums, int blocks, double threshold,
                                   double* stats, const Sharding& sh, const char* what);
 // stats[slot_e] += the sum of slot e, for e < count (at most 3).
+// block_sums: (blocks, kSums); stats: the doubles the slots index.
 void launch_add_block_sums(const double* block_sums, int blocks, double* stats, int slot0, int slot1, int slot2,
                            int count, const char* what);
 
@@ -335,6 +353,7 @@ struct UpdateSource {
 // ZeRO 1, rows cut: S_j = sum_i x_ij^2 / r_i over this rank's rows (r: the new row statistic) into the round's third
 // part, w.cross + cols + groups. A thread per column of a row tile into col_partials (P, tiles_i, K), then the tiles
 // added in order: the sums the CPU's second-moment pass makes, here in double and in a fixed order.
+// g: (P, n, K); row_stat: (rows). Grid (P * tiles_i, tiles_k), as tile_stats'.
 template <class GT>
 __global__ void update_column_partials(FactoredLayout l, Plan plan, const GT* g, float gs, const float* row_stat,
                                        double* col_partials) {
@@ -349,12 +368,14 @@ __global__ void update_column_partials(FactoredLayout l, Plan plan, const GT* g,
   }
   col_partials[(p * plan.tiles_i + tile) * plan.K + k] = acc;
 }
+// S (cols, at w.cross + cols + groups) = w.col_partials (P, tiles_i, K) summed over the row tiles, in order.
 void launch_update_column_sums(const FactoredLayout& l, const Plan& plan, const Workspace& w);  // partials -> S
 
 // Runs the two statistics passes (tile kernel, rows when not fused) of one fill and finishes the EMAs and factors.
 // ZeRO 1 with rows cut (sh.rows_cut): the column sums and the row-group sums are completed over the ranks in one
 // round (w.cross) before the column EMAs and the row factors; given the gradient (`update`, the second-moment pass),
 // the round also carries the column sums of u^2, and the whole tensor's sum of u^2 is left in *w.total.
+// row_stat: (rows); col_stat: (cols); partials, factors (w.row_factor (rows), w.col_factor (cols)) in w.
 template <class Fill, class GT = float>
 void factored_stats(const FactoredLayout& l, const Plan& plan, const Workspace& w, Fill fill, float* row_stat,
                     float* col_stat, double beta, const Sharding& sh, UpdateSource<GT> update = {}) {
@@ -390,6 +411,7 @@ void factored_stats(const FactoredLayout& l, const Plan& plan, const Workspace& 
 }
 
 // Sum over the tensor of fn(e) into block sums (slot 0..kSums-1 as fn fills them), grid-stride, fixed grid.
+// block_sums: (gridDim.x, kSums); fn(e, acc) for e in [0, n).
 template <class Fn>
 __global__ void grid_sums(int64_t n, Fn fn, double* block_sums) {
   double acc[kSums] = {0, 0, 0, 0};
@@ -445,6 +467,7 @@ __device__ inline void update_sq_of(const FactoredLayout& l, int64_t K, const GT
   }
   write_block_sum(acc, block_sums, at.block);
 }
+// g: (P * n, K); rf: (rows); cf: (cols) = (P, K); block_sums: (gridDim.x, kSums), slot 0.
 template <class GT>
 __global__ void update_sq(FactoredLayout l, int64_t K, const GT* g, const float* rf, const float* cf, float gs,
                           bool vec, double* block_sums) {
@@ -454,6 +477,7 @@ __global__ void update_sq(FactoredLayout l, int64_t K, const GT* g, const float*
 // The clip divisor of a factored step, after its second-moment factored_stats: from this tensor's sum of u^2 (an
 // update_sq pass), or, ZeRO 1 with rows cut, from the whole sum that factored_stats' round completed (the pass then
 // runs only for the statistics, which keep this part's sum).
+// g: (P * n, K); the divisor into *w.divisor; stats: kStatCount doubles, or null.
 template <class GT>
 void factored_clip_divisor(const FactoredLayout& l, const Plan& plan, const Workspace& w, const GT* g, float gs,
                            bool vec, double threshold, double* stats, const Sharding& sh, const char* what) {
@@ -505,6 +529,7 @@ __device__ inline float clip_divisor_of(double sum, int64_t numel, float thresho
 
 // Dense pass 1 (CAME and Adafactor): v = b2 v + (1-b2)(g^2+eps1), block sums of u^2 = (g / sqrt(v))^2. GT: the
 // gradient's type (f32, or bf16 read in place: FusedBf16).
+// g, v: (n); block_sums: (gridDim.x, kSums), slot 0.
 template <class GT>
 __global__ void dense_second_moment(int64_t n, const GT* g, float* v, float gs, float eps1, float b2, float one_b2,
                                     double* block_sums) {

@@ -38,6 +38,8 @@ __device__ inline AdamWOut adamw_element(float g, float p, float m0, float v0, c
   return o;
 }
 
+// AdamW on n elements, 4 per thread (float4 when vec); g, p, m, v: (n). With kStats, block sums of the update
+// direction^2, m^2 and the applied step^2 (slots 0-2), block_sums: (gridDim.x, kSums).
 template <bool kStats>
 __global__ void adamw_kernel(int64_t n, const float* g, float* p, float* m, float* v, AdamWScalars s, bool vec,
                              double* block_sums) {
@@ -83,6 +85,7 @@ __global__ void adamw_kernel(int64_t n, const float* g, float* p, float* m, floa
 
 // A bf16 parameter (FusedBf16): adamw_element on the master, then the bf16 parameter as round_to_bf16 writes it.
 // Each thread takes whole 8-element Philox blocks (two float4 of p, m, v and 16 bytes of g when aligned).
+// g, p, m, v, out.param: (n).
 __global__ void adamw_rounded_kernel(int64_t n, const bf16* g, float* p, float* m, float* v, AdamWScalars s, bool vec,
                                      FusedBf16 out) {
   const int64_t blocks = int64_t(round_to_bf16_blocks(n));
@@ -145,6 +148,8 @@ __device__ inline SgdOut sgd_element(float g, float* p, float* buf, const SgdSca
   return {d, b, s.neg_lr * d};
 }
 
+// SGD on n elements; g, p, buf (null without momentum): (n). With kStats, block sums of d^2, b^2 and the applied
+// step^2 (slots 0-2), block_sums: (gridDim.x, kSums).
 template <bool kStats>
 __global__ void sgd_kernel(int64_t n, const float* g, float* p, float* buf, SgdScalars s, double* block_sums) {
   double acc[3] = {0, 0, 0};
@@ -161,6 +166,7 @@ __global__ void sgd_kernel(int64_t n, const float* g, float* p, float* buf, SgdS
 
 // A bf16 parameter (FusedBf16): sgd_element on the master, then the bf16 parameter as round_to_bf16 writes it; each
 // thread takes whole 8-element Philox blocks.
+// p, buf (null without momentum), out.grad, out.param: (n).
 __global__ void sgd_rounded_kernel(int64_t n, float* p, float* buf, SgdScalars s, FusedBf16 out) {
   update_rounded_blocks(n, out, [&](int64_t e) {
     sgd_element(load(out.grad + e), p + e, buf ? buf + e : nullptr, s);
@@ -168,6 +174,7 @@ __global__ void sgd_rounded_kernel(int64_t n, float* p, float* buf, SgdScalars s
   });
 }
 
+// Block sums of x[e]^2 (slot 0); x: (n); block_sums: (gridDim.x, kSums).
 __global__ void sum_squares_kernel(int64_t n, const float* x, double* block_sums) {
   double acc = 0;
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads)
@@ -175,12 +182,14 @@ __global__ void sum_squares_kernel(int64_t n, const float* x, double* block_sums
   write_block_sum(acc, block_sums);
 }
 
+// x[e] *= s; x: (n).
 __global__ void scale_kernel(int64_t n, float* x, float s) {
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) x[e] *= s;
 }
 
 }  // namespace
 
+// One AdamW step, one elementwise pass; param, grad (or bf16_param.grad), exp_avg, exp_avg_sq: (n).
 void adamw_step(const AdamWArgs& a) {
   if (a.n == 0) return;
   const double bc1 = 1.0 - pow(a.beta1, double(a.step));
@@ -223,6 +232,7 @@ void adamw_step(const AdamWArgs& a) {
   }
 }
 
+// One SGD step, one elementwise pass; param, grad (or bf16_param.grad), momentum_buffer (null without momentum): (n).
 void sgd_step(const SgdArgs& a) {
   if (a.n == 0) return;
   SgdScalars s;  // (no designated initializers: .cu files must also build as C++17)
@@ -255,6 +265,7 @@ void sgd_step(const SgdArgs& a) {
   }
 }
 
+// out[0] += the sum of x^2; x: (n); workspace: dense_workspace_bytes(n) bytes.
 void sum_squares(const float* x, int64_t n, double* out, void* workspace) {
   if (n == 0) return;
   const DenseWorkspace w = carve_dense(workspace);
@@ -283,6 +294,8 @@ static_assert(sizeof(SquaresBatch) <= 4000, "sum_squares_batch: the launch's par
 // Blocks of one tensor: one per 8192 elements, 1..256 (the launch takes at most kMaxBlocks).
 int squares_blocks(int64_t n) { return int(std::clamp<int64_t>((n + 8191) / 8192, 1, 256)); }
 
+// Block sums of x^2 of each task over its run of blocks [first_block, the next task's); task x: (k.n), f32 or
+// bf16; block_sums: (gridDim.x, kSums), slot 0.
 __global__ void sum_squares_batch(const SquaresBatch b, double* block_sums) {
   int t = 0;
   while (t + 1 < b.count && b.task[t + 1].first_block <= int(blockIdx.x)) ++t;
@@ -307,6 +320,8 @@ __global__ void sum_squares_batch(const SquaresBatch b, double* block_sums) {
 
 int64_t squares_workspace_bytes(const SquaresInput*, int64_t) { return cuda_dense_workspace_bytes(); }
 
+// out[0] += the sums of squares of the tensors xs (count): up to kSquaresTasks of them and kMaxBlocks blocks per
+// launch.
 void sum_squares_many(const SquaresInput* xs, int64_t count, double* out, void* workspace) {
   const DenseWorkspace w = carve_dense(workspace);
   SquaresBatch b{};
@@ -329,6 +344,7 @@ void sum_squares_many(const SquaresInput* xs, int64_t count, double* out, void* 
   launch();
 }
 
+// x[e] *= s; x: (n).
 void scale(float* x, int64_t n, double s) {
   if (n == 0) return;
   const unsigned blocks = unsigned(imin((n + kThreads - 1) / kThreads, 65535));

@@ -24,6 +24,7 @@ __device__ inline float lamb_update(float m, float v, float kept, const LambScal
 
 // Pass 1: the moments; block sums of p'^2 (slot 0), u^2 (slot 1), m^2 (slot 2). GT: the gradient's type (f32, or
 // bf16 read in place: FusedBf16).
+// g, p, m, v: (n); block_sums: (gridDim.x, kSums).
 template <class GT>
 __global__ void lamb_moments(int64_t n, const GT* g, const float* p, float* m, float* v, LambScalars s,
                              double* block_sums) {
@@ -52,6 +53,7 @@ __device__ inline float trust_ratio(double weight_sq, double update_sq, float cl
 
 // One block: the norms from the block sums (in order), the trust ratio into *trust; statistics of this tensor. ZeRO 1
 // (norms_sq): the two squared norms of this part into norms_sq instead, completed over the ranks before trust_of.
+// block_sums: (blocks, kSums); trust: one value; stats: kStatCount doubles, or null; norms_sq: (2), or null.
 __global__ void lamb_trust(const double* block_sums, int blocks, float clamp, float eps, float* trust, double* stats,
                            double* norms_sq) {
   __shared__ double shared[kWarps];
@@ -75,6 +77,7 @@ __global__ void lamb_trust(const double* block_sums, int blocks, float clamp, fl
 }
 
 // One warp; its first thread writes the trust ratio.
+// norms_sq: (2); trust: one value.
 __global__ void trust_of(const double* norms_sq, float clamp, float eps, float* trust) {
   if (threadIdx.x == 0) *trust = trust_ratio(norms_sq[0], norms_sq[1], clamp, eps);
 }
@@ -89,6 +92,7 @@ __device__ inline float lamb_apply_element(float* p, float m, float v, float tr,
 }
 
 // Pass 2; block sums of the applied change^2 (slot 0) with kStats.
+// p, m, v: (n); trust: one value; block_sums: (gridDim.x, kSums) with kStats.
 template <bool kStats>
 __global__ void lamb_apply(int64_t n, float* p, const float* m, const float* v, LambScalars s, const float* trust,
                            double* block_sums) {
@@ -106,6 +110,7 @@ __global__ void lamb_apply(int64_t n, float* p, const float* m, const float* v, 
 
 // Pass 2 of a bf16 parameter (FusedBf16): lamb_apply_element on the master, then the bf16 parameter as round_to_bf16
 // writes it; each thread takes whole 8-element Philox blocks.
+// p, m, v, out.grad, out.param: (n); trust: one value.
 __global__ void lamb_apply_rounded(int64_t n, float* p, const float* m, const float* v, LambScalars s,
                                    const float* trust, FusedBf16 out) {
   const float tr = *trust;
@@ -117,6 +122,8 @@ __global__ void lamb_apply_rounded(int64_t n, float* p, const float* m, const fl
 
 }  // namespace
 
+// One LAMB step: lamb_moments, the trust ratio (lamb_trust; ZeRO 1: the norms summed over the ranks, trust_of), then
+// the apply pass. param, grad (or bf16_param.grad), exp_avg, exp_avg_sq: (n).
 void lamb_step(const LambArgs& a) {
   if (a.n == 0) {  // a rank with no element of a sharded tensor still adds its (zero) norms
     if (a.shard.sum) sums_without_elements(carve_dense(a.workspace).total, 2, a.shard);

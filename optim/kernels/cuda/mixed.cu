@@ -10,6 +10,8 @@ using namespace detail;
 
 namespace {
 
+// param[e] = master[e] rounded stochastically, a thread per 8-element Philox block (16-byte stores when vec);
+// master, param: (n).
 __global__ void round_to_bf16_kernel(const float* master, bf16* param, int64_t n, uint64_t seed, uint64_t offset,
                                      bool vec) {
   const int64_t blocks = int64_t(round_to_bf16_blocks(n));
@@ -27,6 +29,7 @@ __global__ void round_to_bf16_kernel(const float* master, bf16* param, int64_t n
   }
 }
 
+// Block sums of float(x[e])^2 (slot 0); x: (n); block_sums: (gridDim.x, kSums).
 __global__ void sum_squares_bf16_kernel(int64_t n, const bf16* x, double* block_sums) {
   double acc = 0;
   for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < n; e += int64_t(gridDim.x) * kThreads) {
@@ -36,6 +39,7 @@ __global__ void sum_squares_bf16_kernel(int64_t n, const bf16* x, double* block_
   write_block_sum(acc, block_sums);
 }
 
+// x[e] = bf16(float(x[e]) * s), rounded to nearest even; x: (n).
 __global__ void scale_bf16_kernel(int64_t n, bf16* x, float s) {
   using tally::kernels::cuda::bf16_to_float_dev;
   using tally::kernels::cuda::float_to_bf16_dev;
@@ -45,6 +49,7 @@ __global__ void scale_bf16_kernel(int64_t n, bf16* x, float s) {
 
 }  // namespace
 
+// param (n) = master (n) rounded stochastically to bf16, element e with bits of Philox4x32-10(seed, offset + e / 8).
 void round_to_bf16(const float* master, bf16* param, int64_t n, uint64_t seed, uint64_t offset) {
   if (n == 0) return;
   const bool vec = aligned16({master, param});
@@ -52,6 +57,7 @@ void round_to_bf16(const float* master, bf16* param, int64_t n, uint64_t seed, u
   TALLY_CUDA_LAUNCH_CHECK("round_to_bf16");
 }
 
+// out[0] += the sum of float(x)^2; x: (n); workspace: dense_workspace_bytes(n) bytes.
 void sum_squares_bf16(const bf16* x, int64_t n, double* out, void* workspace) {
   if (n == 0) return;
   const DenseWorkspace w = carve_dense(workspace);
@@ -61,6 +67,7 @@ void sum_squares_bf16(const bf16* x, int64_t n, double* out, void* workspace) {
   launch_add_block_sums(w.block_sums, blocks, out, 0, 0, 0, 1, "sum_squares_bf16 total");
 }
 
+// x[e] = bf16(float(x[e]) * s); x: (n).
 void scale_bf16(bf16* x, int64_t n, double s) {
   if (n == 0) return;
   const unsigned blocks = unsigned(imin((n + kThreads - 1) / kThreads, 65535));

@@ -58,6 +58,8 @@ __device__ inline float sm3_element(float g, float smallest, float* p, float* m,
 
 // Rank 0 or 1: one accumulator value per element (a vector keeps max(acc, v) with beta > 0, a scalar v). GT: the
 // gradient's type (f32, or bf16 with the parameter's rounding fused: `out`).
+// g, p, m (null without momentum), acc: (n); out.param: (n) when fused (out.grad set); block_sums: (gridDim.x, kSums)
+// with kStats.
 template <bool kStats, bool kMomentum, bool kBeta, class GT>
 __global__ void sm3_dense(int64_t n, const GT* g, float* p, float* m, float* acc, Sm3Scalars s, bool keep_max,
                           FusedBf16 out, double* block_sums) {
@@ -66,7 +68,7 @@ __global__ void sm3_dense(int64_t n, const GT* g, float* p, float* m, float* acc
     const float old = acc[e];
     const float v = sm3_element<kStats, kMomentum, kBeta>(load(g + e), old, p + e, kMomentum ? m + e : nullptr, s, sums);
     acc[e] = keep_max ? fmaxf(old, v) : v;
-    if (out.param) store_rounded_element(out, e, p[e]);
+    if (out.grad) store_rounded_element(out, e, p[e]);
   }
   if constexpr (kStats) write_block_sums(sums, block_sums);
 }
@@ -105,6 +107,9 @@ __device__ inline float leading_min(const Sm3Walk& w, int64_t i) {
   return lead;
 }
 
+// A rank >= 2 tensor as (R, K), tiles of kTileRows x kTileCols over a grid-stride loop: each element stepped from
+// the old accumulators (sm3_element). g, p, m (null without momentum): (R, K); col_max: (tiles_i, K), each row
+// tile's column maxima of v; row_max: (R, tiles_k), each row's maxima per column tile; block_sums: (gridDim.x, kSums).
 template <bool kStats, bool kMomentum, bool kBeta, class GT>
 __global__ void sm3_tiles(Sm3Walk w, Sm3Scalars s, const GT* g, float* p, float* m, FusedBf16 out, float* col_max,
                           float* row_max, double* block_sums) {
@@ -124,7 +129,7 @@ __global__ void sm3_tiles(Sm3Walk w, Sm3Scalars s, const GT* g, float* p, float*
         const int64_t e = i * w.K + j;
         v = sm3_element<kStats, kMomentum, kBeta>(load(g + e), fminf(leading_min(w, i), last), p + e,
                                                   kMomentum ? m + e : nullptr, s, sums);
-        if (out.param) store_rounded_element(out, e, p[e]);
+        if (out.grad) store_rounded_element(out, e, p[e]);
         col = fmaxf(col, v);
       }
       const float r = ::tally::cuda::warp_max(v);
@@ -144,6 +149,7 @@ __global__ void sm3_tiles(Sm3Walk w, Sm3Scalars s, const GT* g, float* p, float*
 
 // Accumulators of the dims before the last: one thread per index i of dim k (indices in the order of the dims), the
 // maximum over the rows of that index and their column tiles (dim 0 of a matrix: its row's tiles_k partials).
+// row_max: (R, tiles_k); a thread per index of every dim before the last (`indices` in all); w.acc[k]: (dims[k]).
 __global__ void sm3_leading(Sm3Walk w, int64_t indices, const float* row_max, bool keep_max) {
   int64_t b = blockIdx.x * int64_t(kThreads) + threadIdx.x;
   if (b >= indices) return;
@@ -162,6 +168,7 @@ __global__ void sm3_leading(Sm3Walk w, int64_t indices, const float* row_max, bo
 }
 
 // The last dim's accumulator: 32 columns per block, lane l of kColLanes taking row tiles l, l + kColLanes, ...
+// col_max: (tiles_i, K); w.acc[rank - 1]: (K).
 __global__ void __launch_bounds__(kEmaThreads) sm3_columns(Sm3Walk w, const float* col_max, bool keep_max) {
   __shared__ float lanes[kColLanes][32];
   const int l = threadIdx.x / 32, x = threadIdx.x % 32;
@@ -179,6 +186,7 @@ __global__ void __launch_bounds__(kEmaThreads) sm3_columns(Sm3Walk w, const floa
 }
 
 // One step of a tensor with the flags as template arguments; GT: the gradient's type (bf16: fused, no statistics).
+// g: (n), the tensor's elements.
 template <bool kStats, bool kMomentum, bool kBeta, class GT>
 void sm3_launch(const Sm3Args& a, const GT* g, int64_t n) {
   const Sm3Scalars s = scalars_of(a);
@@ -211,6 +219,7 @@ void sm3_launch(const Sm3Args& a, const GT* g, int64_t n) {
                           "sm3 add_block_sums");
 }
 
+// sm3_launch with the gradient the step reads: a.grad, or a fused step's bf16 gradient.
 template <bool kStats, bool kMomentum, bool kBeta>
 void sm3_launch_of(const Sm3Args& a, int64_t n) {
   if constexpr (kStats) {
@@ -225,6 +234,8 @@ void sm3_launch_of(const Sm3Args& a, int64_t n) {
 
 int64_t sm3_workspace_bytes(const Sm3Shape& shape) { return cuda_sm3_workspace_bytes(shape); }
 
+// One SM3 step: sm3_dense for rank < 2, else sm3_tiles, sm3_leading and sm3_columns; param, grad (or
+// bf16_param.grad), momentum_buffer: (shape); accumulators[k]: (dims[k]) for rank >= 2, else one, (shape).
 void sm3_step(const Sm3Args& a) {
   check_fused(a.bf16_param, a.grad, a.stats, nullptr, "sm3_step");
   int64_t n = 1;
