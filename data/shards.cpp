@@ -139,7 +139,8 @@ ShardLayout shard_layout(std::span<const uint8_t> head, size_t bytes, ShardForma
 
 Shard Shard::open(const fs::path& path, ShardFormat format) {
   const std::string name = path.string();
-  Fd f{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  // Without blocking: a FIFO with no writer would hold open() forever before the check below could refuse it.
+  Fd f{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK)};
   TALLY_CHECK(f.fd >= 0, "[shards] cannot open ", name, ": ", sys_error());
   struct stat st {};
   TALLY_CHECK(::fstat(f.fd, &st) == 0, "[shards] cannot stat ", name, ": ", sys_error());

@@ -47,9 +47,15 @@ std::string open_problem(const fs::path& path, int err) {
   }
 }
 
-// Opens path read-only and checks it is not a directory; returns the fd and fills st.
-int open_for_reading(const fs::path& path, struct stat& st) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+// What a reader takes: any file it can read through (a pipe's data too), or only a regular file (a memory map).
+enum class Readable : uint8_t { any_file, regular_file };
+
+// Opens path read-only and checks it is not a directory (nor anything but a regular file when `want` says so);
+// returns the fd and fills st. A regular file is opened without blocking: a FIFO with no writer would otherwise
+// hold open() forever before its type could be refused (O_NONBLOCK changes nothing for a regular file's reads).
+int open_for_reading(const fs::path& path, struct stat& st, Readable want) {
+  const int flags = O_RDONLY | O_CLOEXEC | (want == Readable::regular_file ? O_NONBLOCK : 0);
+  int fd = ::open(path.c_str(), flags);
   if (fd < 0) fail("[io] '", path.string(), "' ", open_problem(path, errno));
   if (::fstat(fd, &st) != 0) {
     int err = errno;
@@ -60,13 +66,17 @@ int open_for_reading(const fs::path& path, struct stat& st) {
     ::close(fd);
     fail("[io] '", path.string(), "' is a directory, expected a file");
   }
+  if (want == Readable::regular_file && !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail("[io] '", path.string(), "' is not a regular file (a FIFO, a device or a socket) and cannot be memory-mapped");
+  }
   return fd;
 }
 
 template <class Container>
 Container read_all(const fs::path& path) {
   struct stat st{};
-  int fd = open_for_reading(path, st);
+  int fd = open_for_reading(path, st, Readable::any_file);
   Container out;
   // Regular files report their size, so one allocation suffices; pipes and /proc files report 0 and grow.
   if (S_ISREG(st.st_mode) && st.st_size > 0) out.resize(size_t(st.st_size));
@@ -147,11 +157,7 @@ DirectoryLock::~DirectoryLock() {
 
 MappedFile::MappedFile(const fs::path& path) : path_(path) {
   struct stat st{};
-  int fd = open_for_reading(path, st);
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    fail("[io] '", path.string(), "' is not a regular file and cannot be memory-mapped");
-  }
+  int fd = open_for_reading(path, st, Readable::regular_file);
   size_ = size_t(st.st_size);
   if (size_ > 0) {  // mmap of length 0 is an error (EINVAL); an empty file simply has no mapping
     void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);

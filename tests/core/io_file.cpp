@@ -1,5 +1,6 @@
-// Tests of core/io/file.h: read_file and MappedFile errors, AtomicFileWriter (commit, abandon, injected disk
-// full leaving the previous file intact), DirectoryLock, and CRC-32C known vectors and hardware/portable agreement.
+// Tests of core/io/file.h: read_file and MappedFile errors (a FIFO refused where a file is mapped, read where it is
+// read through), AtomicFileWriter (commit, abandon, injected disk full leaving the previous file intact),
+// DirectoryLock, and CRC-32C known vectors and hardware/portable agreement.
 #include <doctest/doctest.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -11,8 +12,13 @@
 #include <numeric>
 #include <random>
 
+#include <thread>
+
 #include "core/io/file.h"
+#include "core/io/safetensors.h"
+#include "data/shards.h"
 #include "tests/core/io_test_helpers.h"
+#include "tests/fifo.h"
 #include "tests/test_util.h"
 
 using namespace tally;
@@ -114,6 +120,36 @@ TEST_CASE("MappedFile maps contents, handles empty files, names the file in erro
   CHECK(contains(msg, "does not exist"));
   msg = error_message([&] { MappedFile x(dir); });
   CHECK(contains(msg, "is a directory"));
+  fs::remove_all(dir);
+}
+
+TEST_CASE("a FIFO where a file to map is expected is refused at once, not waited on; read_file reads a pipe") {
+  fs::path dir = test::temp_dir("io_fifo");
+  {
+    test::Fifo fifo(dir / "model.bin");
+    std::string msg = error_message([&] { MappedFile x(fifo.path()); });
+    CHECK(contains(msg, fifo.path().string()));
+    CHECK(contains(msg, "not a regular file"));
+    msg = error_message([&] { (void)read_safetensors_header(fifo.path()); });
+    CHECK(contains(msg, fifo.path().string()));
+    CHECK(contains(msg, "not a regular file"));
+    msg = error_message([&] { (void)data::Shard::open(fifo.path(), data::ShardFormat::llmc); });
+    CHECK(contains(msg, fifo.path().string()));
+    CHECK(contains(msg, "not a regular file"));
+    CHECK_FALSE(fifo.released());  // no open() waited for a writer
+  }
+  {
+    // read_file takes what a pipe carries (a shell's <(...) is one): it waits for the writer, by design.
+    test::Fifo fifo(dir / "text");
+    std::thread writer([&] {  // no assertion here (a throwing one would end the process); the read checks it all
+      const int fd = ::open(fifo.path().c_str(), O_WRONLY | O_CLOEXEC);
+      if (fd < 0) return;
+      [[maybe_unused]] const ssize_t written = ::write(fd, "through a pipe", 14);
+      ::close(fd);
+    });
+    CHECK(read_file_text(fifo.path()) == "through a pipe");
+    writer.join();
+  }
   fs::remove_all(dir);
 }
 

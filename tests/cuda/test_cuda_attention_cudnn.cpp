@@ -11,6 +11,7 @@
 
 #ifdef TALLY_HAS_CUDA
 #include <cmath>
+#include <string>
 
 #include "core/autograd/node.h"
 #include "core/kernels/cuda/attention_cudnn.h"
@@ -25,6 +26,7 @@ namespace {
 
 struct Result {
   Tensor out, dqkv;
+  std::string forward_refusal, backward_refusal;  // why cuDNN declined each pass ("" where it ran)
 };
 
 // causal_self_attention of qkv (B, T, 3C) in bf16 on the GPU, and d(sum(out * w))/dqkv; cuDNN on or off for the
@@ -35,11 +37,13 @@ Result attend(const Tensor& qkv_f32, const Tensor& w_f32, int64_t heads, kc::Cud
   qkv.set_requires_grad(true);
   kc::set_cudnn_attention(forward);
   Tensor out = causal_self_attention(qkv, heads);
+  const std::string forward_refusal = kc::cudnn_attention_last_refusal();  // the backward's call overwrites it
   Tensor loss = sum(out * w_f32.to(Device::cuda()).to(DType::bf16));
   kc::set_cudnn_attention(backward);
   loss.backward();
   kc::set_cudnn_attention(kc::CudnnAttention::off);
-  return {out.to(DType::f32).to(Device::cpu()), qkv.grad().to(DType::f32).to(Device::cpu())};
+  return {out.to(DType::f32).to(Device::cpu()), qkv.grad().to(DType::f32).to(Device::cpu()), forward_refusal,
+          kc::cudnn_attention_last_refusal()};
 }
 
 }  // namespace
@@ -59,8 +63,8 @@ TEST_CASE("cuda attention: cuDNN's fused attention matches tally's kernels (bf16
     using enum kc::CudnnAttention;
     const Result mine = attend(qkv, w, s.heads, off, off);
     const Result fused = attend(qkv, w, s.heads, on, on);
-    const std::string refusal = kc::cudnn_attention_last_refusal();
-    CHECK_MESSAGE(refusal.empty(), "cuDNN refused: ", refusal);
+    CHECK_MESSAGE(fused.forward_refusal.empty(), "cuDNN refused the forward: ", fused.forward_refusal);
+    CHECK_MESSAGE(fused.backward_refusal.empty(), "cuDNN refused the backward: ", fused.backward_refusal);
     CHECK(test::max_rel_error(fused.out, mine.out) <= 2e-2);
     CHECK(test::max_rel_error(fused.dqkv, mine.dqkv) <= 2e-2);
     // Against the CPU in f32 on the same (bf16-rounded) values, not only against tally's GPU kernels.
@@ -68,6 +72,7 @@ TEST_CASE("cuda attention: cuDNN's fused attention matches tally's kernels (bf16
     CHECK(test::max_rel_error(fused.out, cpu_out) <= 2e-2);
     // cuDNN's forward, tally's backward: the saved statistic means the same to both (max + log sum exp).
     const Result mixed = attend(qkv, w, s.heads, on, off);
+    CHECK_MESSAGE(mixed.forward_refusal.empty(), "cuDNN refused the forward: ", mixed.forward_refusal);
     CHECK(test::max_rel_error(mixed.dqkv, mine.dqkv) <= 2e-2);
     // The backward is asked for cuDNN's deterministic algorithm: the same gradient, bit for bit, run after run.
     const Result again = attend(qkv, w, s.heads, on, on);

@@ -7,7 +7,9 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -71,14 +73,16 @@ void check_close(const Tensor& got_t, const Tensor& want_t, double tol, const st
   CHECK(err <= tol);
 }
 
-// Bitwise equality (as doubles: every dtype converts to double exactly).
+// Bitwise equality (as doubles: every dtype converts to double exactly, sign of zero included), every NaN alike.
 void check_equal(const Tensor& got_t, const Tensor& want_t, const std::string& what) {
   INFO(what);
   REQUIRE(got_t.shape() == want_t.shape());
   std::vector<double> got = got_t.to_vector<double>(), want = want_t.to_vector<double>();
   int64_t diff = 0, first = -1;
   for (size_t i = 0; i < got.size(); ++i) {
-    bool same = got[i] == want[i] || (std::isnan(got[i]) && std::isnan(want[i]));
+    // Compared as bits: -0.0 == 0.0 as numbers, and a cast or fill that lost the sign would pass.
+    bool same = std::bit_cast<uint64_t>(got[i]) == std::bit_cast<uint64_t>(want[i]) ||
+                (std::isnan(got[i]) && std::isnan(want[i]));
     if (!same) {
       ++diff;
       if (first < 0) first = int64_t(i);

@@ -1,5 +1,6 @@
 // Training checkpoints: round trip with dtypes kept, keep-last-N, refusal of NaN, and damaged or partial
-// checkpoints (bit flips, truncation, missing manifest, full disk, read-only directory) reported clearly.
+// checkpoints (bit flips, truncation, missing manifest, full disk, a run directory that cannot be made or written)
+// reported clearly.
 #include <doctest/doctest.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -9,6 +10,7 @@
 #include <fstream>
 
 #include "core/ops.h"
+#include "tests/core/io_test_helpers.h"
 #include "tests/test_util.h"
 #include "train/checkpoint.h"
 
@@ -42,10 +44,22 @@ TEST_CASE("checkpoint: round trip keeps values and dtypes") {
   fs::path dir = train::save_checkpoint(run, 12, sample_content(1.0f));
   CHECK(dir.filename() == "step-00000012");
   train::CheckpointContent c = train::load_checkpoint(dir);
-  REQUIRE(c.model.size() == 2);
-  CHECK(io::find_tensor(c.model, "w", "test").to_vector<float>() == std::vector<float>{1, 2, 3, 4, 5, 6});
+  // Every tensor as saved: name, dtype, shape and value (widening to double is exact for f32, bf16 and these i64).
+  const train::CheckpointContent want = sample_content(1.0f);
+  for (const auto& [got, saved] : {std::pair{&c.model, &want.model}, std::pair{&c.optimizer, &want.optimizer}}) {
+    REQUIRE(got->size() == saved->size());
+    for (const auto& entry : *saved) {
+      const Tensor t = io::find_tensor(*got, entry.first, "test");
+      INFO(entry.first);
+      CHECK(t.dtype() == entry.second.dtype());
+      CHECK(t.shape() == entry.second.shape());
+      CHECK(t.to_vector<double>() == entry.second.to_vector<double>());
+    }
+  }
   CHECK(io::find_tensor(c.optimizer, "w:exp_avg", "test").dtype() == DType::bf16);
   CHECK(io::find_tensor(c.optimizer, "w:step", "test").dtype() == DType::i64);
+  CHECK(c.state["note"] == "hello");
+  CHECK(c.state["loader"]["shard"] == 1);
   CHECK_THROWS_WITH_AS(io::find_tensor(c.model, "nope", "ckpt"), doctest::Contains("'ckpt' has no tensor named 'nope'"), Error);
   CHECK(c.state["step"] == 12);
   CHECK(c.state["loader"]["offset"] == 4096);
@@ -98,6 +112,7 @@ TEST_CASE("checkpoint: NaN and Inf are refused before anything is written") {
   c.optimizer[0].second = from_vector<float>({INFINITY}, {1});
   CHECK_THROWS_WITH_AS(train::save_checkpoint(run, 1, c), doctest::Contains("optimizer tensor 'w:exp_avg' holds inf"), Error);
   CHECK_FALSE(train::latest_checkpoint(run).has_value());
+  CHECK(fs::is_empty(run));  // not even a temporary directory
   fs::remove_all(run);
 }
 
@@ -138,16 +153,28 @@ TEST_CASE("checkpoint: a full disk leaves the previous checkpoint intact") {
   fs::remove_all(run);
 }
 
-TEST_CASE("checkpoint: a read-only run directory is a clear error") {
+TEST_CASE("checkpoint: a run directory that cannot be made or written is a clear error") {
+  fs::path base = test::temp_dir("ckpt_ro");
+  // A run directory under a regular file cannot be made, by anyone (root included).
+  test::write_raw(base / "a-file", std::string("x"));
+  const fs::path under_file = base / "a-file" / "run";
+  const std::string msg = test::error_message([&] { train::save_checkpoint(under_file, 1, sample_content(1.0f)); });
+  CHECK(test::contains(msg, "[checkpoint] cannot create '" + under_file.string() + "'"));
+  CHECK(test::contains(msg, "Not a directory"));
+  // A read-only one: its step's temporary directory cannot be made (root writes anywhere: not checked then).
   if (::geteuid() == 0) {
-    MESSAGE("skipped: running as root, permissions are not enforced");
-    return;
+    MESSAGE("running as root: the read-only directory's case is skipped (root writes anywhere)");
+  } else {
+    const fs::path run = base / "read-only";
+    fs::create_directory(run);
+    ::chmod(run.c_str(), 0555);
+    const std::string ro = test::error_message([&] { train::save_checkpoint(run, 1, sample_content(1.0f)); });
+    CHECK(test::contains(ro, "cannot create '" + (run / ".tmp-step-00000001").string()));
+    CHECK(test::contains(ro, "is the directory writable?"));
+    ::chmod(run.c_str(), 0755);
+    CHECK(fs::is_empty(run));
   }
-  fs::path run = test::temp_dir("ckpt_ro");
-  ::chmod(run.c_str(), 0555);
-  CHECK_THROWS_WITH_AS(train::save_checkpoint(run, 1, sample_content(1.0f)), doctest::Contains("cannot create"), Error);
-  ::chmod(run.c_str(), 0755);
-  fs::remove_all(run);
+  fs::remove_all(base);
 }
 
 }  // TEST_SUITE

@@ -64,7 +64,7 @@ TEST_CASE("train: the loss falls, the log is well formed, the plan equals the me
   auto l = losses(log);
   REQUIRE(l.size() == 30);
   CHECK(l[30] < l[1] - 0.5);  // from ~10.8 (uniform over 50k tokens) clearly down
-  int evals = 0;
+  int evals = 0, memory_records = 0;
   for (const auto& j : log) {
     if (j.contains("val_loss")) {
       ++evals;
@@ -73,9 +73,14 @@ TEST_CASE("train: the loss falls, the log is well formed, the plan equals the me
     if (j.contains("loss")) {
       for (const char* k : {"step", "loss", "lr", "grad_norm", "tokens_per_s", "ms"}) CHECK_MESSAGE(j.contains(k), k);
     }
-    if (j.contains("memory_predicted")) CHECK(j["memory_difference"] == 0);
+    if (j.contains("memory_predicted")) {
+      ++memory_records;
+      CHECK(j["memory_difference"] == 0);
+      CHECK(j["memory_measured"] == j["memory_predicted"]);
+    }
   }
   CHECK(evals == 3);
+  CHECK(memory_records > 0);
   CHECK(predicted.total > 0);
   CHECK(fs::exists(out / "config.json"));
   CHECK(fs::exists(s.last_checkpoint / "manifest.json"));

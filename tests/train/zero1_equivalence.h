@@ -57,12 +57,14 @@ inline std::vector<float> rank_elements(const Tensor& t, const optim::ShardCut& 
 inline void check_internals_equal(const std::vector<optim::TensorInternals>& sharded,
                                   const std::vector<optim::TensorInternals>& whole) {
   REQUIRE(sharded.size() == whole.size());
+  REQUIRE(!whole.empty());
   auto same = [](double a, double b) {
     return (std::isnan(a) && std::isnan(b)) || std::abs(a - b) <= 1e-5 * std::max(std::abs(b), 1e-6);
   };
   for (size_t i = 0; i < whole.size(); ++i) {
     const optim::TensorInternals &a = sharded[i], &b = whole[i];
     INFO("internals of ", b.param);
+    REQUIRE(std::isfinite(b.update_rms));  // an inspected step: the whole step's figures are there to compare
     CHECK(a.param == b.param);
     CHECK(a.step == b.step);
     CHECK(same(a.update_rms, b.update_rms));
