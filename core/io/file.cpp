@@ -51,8 +51,9 @@ std::string open_problem(const fs::path& path, int err) {
 enum class Readable : uint8_t { any_file, regular_file };
 
 // Opens path read-only and checks it is not a directory (nor anything but a regular file when `want` says so);
-// returns the fd and fills st. A regular file is opened without blocking: a FIFO with no writer would otherwise
-// hold open() forever before its type could be refused (O_NONBLOCK changes nothing for a regular file's reads).
+// returns the fd and fills st. A file that must be regular (to be mapped) is opened without blocking: a FIFO with no
+// writer would otherwise hold open() forever before its type could be refused (O_NONBLOCK changes nothing for a
+// regular file's reads).
 int open_for_reading(const fs::path& path, struct stat& st, Readable want) {
   const int flags = O_RDONLY | O_CLOEXEC | (want == Readable::regular_file ? O_NONBLOCK : 0);
   int fd = ::open(path.c_str(), flags);
@@ -68,7 +69,7 @@ int open_for_reading(const fs::path& path, struct stat& st, Readable want) {
   }
   if (want == Readable::regular_file && !S_ISREG(st.st_mode)) {
     ::close(fd);
-    fail("[io] '", path.string(), "' is not a regular file (a FIFO, a device or a socket) and cannot be memory-mapped");
+    fail("[io] '", path.string(), "' is not a regular file (a device, a pipe or a socket) and cannot be memory-mapped");
   }
   return fd;
 }

@@ -269,9 +269,9 @@ SafetensorsHeader read_safetensors_header(const fs::path& path) {
   const std::string where = cat("[safetensors] '", h.source, "': ");
   std::error_code ec;
   if (fs::is_directory(path, ec)) fail(where, "is a directory, not a safetensors file");
-  // Anything else than a regular file (a FIFO would block the open below forever) has no size to check against.
+  // Anything but a regular file (a FIFO would block the open below forever) has no size to check against.
   if (fs::exists(path, ec) && !fs::is_regular_file(path, ec))
-    fail(where, "is not a regular file (a FIFO, a device or a socket)");
+    fail(where, "is not a regular file (a device, a pipe or a socket)");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(where, fs::exists(path, ec) ? "cannot be opened for reading" : "no such file");
   const uintmax_t file_size = fs::file_size(path, ec);

@@ -8,10 +8,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <numeric>
 #include <random>
-
 #include <thread>
 
 #include "core/io/file.h"
@@ -141,10 +141,17 @@ TEST_CASE("a FIFO where a file to map is expected is refused at once, not waited
   {
     // read_file takes what a pipe carries (a shell's <(...) is one): it waits for the writer, by design.
     test::Fifo fifo(dir / "text");
-    std::thread writer([&] {  // no assertion here (a throwing one would end the process); the read checks it all
-      const int fd = ::open(fifo.path().c_str(), O_WRONLY | O_CLOEXEC);
+    // The writer opens without blocking, retrying until the reader is there (ENXIO before), and gives up after
+    // 10 s: it never waits for a reader that the watchdog already released. No assertion in the thread (a throwing
+    // one would end the process); the read checks it all.
+    std::thread writer([&] {
+      const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      int fd = -1;
+      while ((fd = ::open(fifo.path().c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC)) < 0 &&
+             std::chrono::steady_clock::now() < give_up)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
       if (fd < 0) return;
-      [[maybe_unused]] const ssize_t written = ::write(fd, "through a pipe", 14);
+      [[maybe_unused]] const ssize_t written = ::write(fd, "through a pipe", 14);  // fits the pipe's buffer
       ::close(fd);
     });
     CHECK(read_file_text(fifo.path()) == "through a pipe");

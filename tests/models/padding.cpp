@@ -53,8 +53,10 @@ TEST_SUITE("models") {
 TEST_CASE("vocabulary padding: 20 steps padded and unpadded give the same losses, weights and optimizer state") {
   // The two models differ only in the head's GEMM (N = 512 or 500 columns), which BLAS may block differently: the
   // runs agree to float rounding, amplified by 20 steps of adaptive updates (seen: losses within 4e-6 relative with
-  // OPENBLAS_CORETYPE=Haswell, bit-equal without; CAME's, which reaches a loss of 0.0035, is the largest). Before the
-  // optimizers ignored padding, CAME's and Adafactor's state had 512 rows and their row means and clip differed.
+  // OPENBLAS_CORETYPE=Haswell, bit-equal without; CAME's, which reaches a loss of 0.0035, is the largest). Tolerance
+  // 5e-5 of (|loss| + 0.05): relative for losses of order 1, and at least 2.5e-6 absolute (7e-4 of 0.0035) for the
+  // smallest, so that the rounding of other BLAS kernels stays well inside it. Before the optimizers ignored
+  // padding, CAME's and Adafactor's state had 512 rows and their row means and clip differed.
   for (const std::string name : {"came", "adafactor", "adamw"}) {
     INFO("optimizer ", name);
     Trained padded = train(name, 128), plain = train(name, 1);
@@ -62,7 +64,7 @@ TEST_CASE("vocabulary padding: 20 steps padded and unpadded give the same losses
     REQUIRE(plain.model->config().padded_vocab_size == 500);
     for (size_t i = 0; i < padded.losses.size(); ++i) {
       INFO("step ", i + 1);
-      CHECK(padded.losses[i] == doctest::Approx(plain.losses[i]).epsilon(5e-5).scale(0));
+      CHECK(padded.losses[i] == doctest::Approx(plain.losses[i]).epsilon(5e-5).scale(0.05));
     }
     CHECK(padded.losses.back() < padded.losses.front() - 0.1);  // it trained
     for (const auto& [pname, p] : plain.model->named_parameters()) {

@@ -334,27 +334,34 @@ TEST_CASE("sm3: ZeRO 1 cuts dim 0 and gives the whole tensor's bits, ranks holdi
 
 // Thread counts, inspection and restored state: tests/optim/behaviour.cpp's tests of every registered optimizer.
 TEST_CASE("lamb: the trust ratio rescales the update the internals report") {
-  Tensor a = make_param("tr.a", normal_values(64 * 8 * 40, 51), {64, 8, 40});
-  auto opt = optim::make_optimizer("lamb", {a}, {{"weight-decay", 0.1}});
-  opt->set_inspect(optim::Inspect::summary);
-  std::vector<float> before;  // the parameter before the last step
-  for (int k = 0; k < 3; ++k) {
-    a.set_grad(make_grad(normal_values(a.numel(), 900 + uint64_t(k)), a.shape()));
-    before = a.to_vector<float>();
-    opt->step();
+  // Weights of norm ~143 (clamped to 10) and ~7 (not clamped): both terms of the ratio are exercised.
+  for (const float spread : {1.0f, 0.05f}) {
+    INFO("weights scaled by ", spread);
+    std::vector<float> values = normal_values(64 * 8 * 40, 51);
+    for (float& v : values) v *= spread;
+    Tensor a = make_param("tr.a", values, {64, 8, 40});
+    auto opt = optim::make_optimizer("lamb", {a}, {{"weight-decay", 0.1}});
+    opt->set_inspect(optim::Inspect::summary);
+    std::vector<float> before;  // the parameter before the last step
+    for (int k = 0; k < 3; ++k) {
+      a.set_grad(make_grad(normal_values(a.numel(), 900 + uint64_t(k)), a.shape()));
+      before = a.to_vector<float>();
+      opt->step();
+    }
+    const optim::TensorInternals in = opt->internals()[0];
+    CHECK(std::isfinite(in.exp_avg_rms));
+    // The trust ratio, recomputed: min(||p (1 - lr wd)||, clamp) / (||u|| + eps), with ||u|| from the reported RMS
+    // of u (defaults: clamp 10, eps 1e-6). The internals report it as clipped_update_rms / update_rms; float norms
+    // and the RMS's round trip agree to ~1e-6 relative.
+    const float keep = float(1.0 - 0.1 * opt->lr());
+    double kept_sq = 0;
+    for (float x : before) kept_sq += double(x * keep) * double(x * keep);
+    CHECK((std::sqrt(kept_sq) > 10.0) == (spread == 1.0f));  // clamped in the first case only
+    const double update_norm = in.update_rms * std::sqrt(double(a.numel()));
+    const double trust = std::min(std::sqrt(kept_sq), 10.0) / (update_norm + 1e-6);
+    CHECK(trust != doctest::Approx(1.0));
+    CHECK(in.clipped_update_rms / in.update_rms == doctest::Approx(trust).epsilon(1e-4).scale(0));
   }
-  const optim::TensorInternals in = opt->internals()[0];
-  CHECK(std::isfinite(in.exp_avg_rms));
-  // The trust ratio, recomputed: min(||p (1 - lr wd)||, clamp) / (||u|| + eps), with ||u|| from the reported RMS of u
-  // (defaults: clamp 10, eps 1e-6). The internals report it as clipped_update_rms / update_rms; float norms and
-  // the RMS's round trip agree to ~1e-6 relative.
-  const float keep = float(1.0 - 0.1 * opt->lr());
-  double kept_sq = 0;
-  for (float x : before) kept_sq += double(x * keep) * double(x * keep);
-  const double update_norm = in.update_rms * std::sqrt(double(a.numel()));
-  const double trust = std::min(std::sqrt(kept_sq), 10.0) / (update_norm + 1e-6);
-  CHECK(trust != doctest::Approx(1.0));
-  CHECK(in.clipped_update_rms / in.update_rms == doctest::Approx(trust).epsilon(1e-4).scale(0));
 }
 
 }  // TEST_SUITE
