@@ -337,9 +337,7 @@ TEST_CASE("lamb: the trust ratio rescales the update the internals report") {
   // Weights of norm ~143 (clamped to 10) and ~7 (not clamped): both terms of the ratio are exercised.
   for (const float spread : {1.0f, 0.05f}) {
     INFO("weights scaled by ", spread);
-    std::vector<float> values = normal_values(64 * 8 * 40, 51);
-    for (float& v : values) v *= spread;
-    Tensor a = make_param("tr.a", values, {64, 8, 40});
+    Tensor a = make_param("tr.a", normal_values(64 * 8 * 40, 51, spread), {64, 8, 40});
     auto opt = optim::make_optimizer("lamb", {a}, {{"weight-decay", 0.1}});
     opt->set_inspect(optim::Inspect::summary);
     std::vector<float> before;  // the parameter before the last step
